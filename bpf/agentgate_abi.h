@@ -1,0 +1,191 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The kernel/user contract of agentgate: every map key and value, event and
+ * counter that crosses the boundary is defined here and only here. Included by
+ * bpf/agentgate.bpf.c (with vmlinux.h) and by userspace (with <linux/types.h>).
+ *
+ * Rules: fixed-width __u types only, explicit padding, pinned enum values.
+ * Bump AG_ABI_VERSION whenever a layout or a meaning changes: pins live under
+ * <bpffs>/agentgate/v<AG_ABI_VERSION>/, so an enforcer never reuses maps of
+ * another layout.
+ *
+ * Addresses are always 16 bytes; IPv4 is stored IPv4-mapped (::ffff:a.b.c.d),
+ * so one code path and one policy entry cover AF_INET and v4-mapped AF_INET6.
+ * Ports are in host byte order everywhere in this header.
+ */
+#ifndef AGENTGATE_ABI_H
+#define AGENTGATE_ABI_H
+
+#define AG_ABI_VERSION 1
+
+#define AG_MAX_AGENTS   256     /* slots; slot 0 means "no agent" and is denied */
+#define AG_PAIR_MAX     65536   /* concurrent connects awaiting accept() */
+#define AG_ALLOW_MAX    16384   /* kernel allow-set entries, all agents */
+#define AG_RINGBUF_DEFAULT (1u << 20)
+#define AG_COMM_LEN     16
+
+/* Per-CPU counters (map ag_counters, PERCPU_ARRAY of __u64). */
+enum ag_counter {
+	AG_CNT_RB_DROP          = 0,  /* bpf_ringbuf_reserve failed: event lost */
+	AG_CNT_PAIR_FAIL        = 1,  /* pair map update failed: connect denied */
+	AG_CNT_SK_STORAGE_FAIL  = 2,  /* sk storage could not be created: denied */
+	AG_CNT_NO_STAMP         = 3,  /* socket without identity stamp: denied */
+	AG_CNT_NO_AGENT         = 4,  /* cgroup without agent slot: denied */
+	AG_CNT_REDIRECT         = 5,  /* TCP connects redirected */
+	AG_CNT_DNS_REDIRECT     = 6,  /* UDP datagrams/connects to :53 redirected */
+	AG_CNT_DENY_CONNECT     = 7,  /* connects/sendmsgs denied */
+	AG_CNT_DENY_SOCK        = 8,  /* socket() refused (family/protocol) */
+	AG_CNT_DENY_BIND        = 9,  /* bind() to an enforcer port refused */
+	AG_CNT_CFG_MISSING      = 10, /* ag_global not written yet: denied */
+	AG_CNT__MAX             = 16,
+};
+
+/* Ring buffer event kinds and reasons (struct ag_event). */
+enum ag_ev_kind {
+	AG_EV_REDIRECT     = 1,
+	AG_EV_DENY         = 2,
+	AG_EV_DNS_REDIRECT = 3,
+	AG_EV_SOCK_DENY    = 4,
+	AG_EV_BIND_DENY    = 5,
+};
+
+enum ag_reason {
+	AG_R_NONE         = 0,
+	AG_R_NO_STAMP     = 1,  /* socket created outside an agent cgroup's hooks */
+	AG_R_NOT_ALLOWED  = 2,  /* destination not in the agent's allow set */
+	AG_R_METADATA     = 3,  /* cloud metadata address not named by a target */
+	AG_R_UDP_NOT_DNS  = 4,  /* UDP to anything but port 53 */
+	AG_R_FAMILY       = 5,  /* address family other than AF_INET/AF_INET6 */
+	AG_R_PROTOCOL     = 6,  /* raw, ICMP, MPTCP, SCTP, UDPLITE ... */
+	AG_R_MAP_FAIL     = 7,  /* a map operation failed */
+	AG_R_RESERVED_PORT= 8,  /* bind to an enforcer port */
+	AG_R_NO_AGENT     = 9,  /* cgroup has no agent slot configured */
+	AG_R_NETNS        = 10, /* network namespace not served by the enforcer */
+	AG_R_NO_CONFIG    = 11, /* enforcer never configured the kernel side */
+};
+
+/* ag_agent_cfg.flags */
+#define AG_AF_ACTIVE   (1u << 0)  /* slot in use */
+#define AG_AF_OBSERVE  (1u << 1)  /* redirect every TCP destination; the enforcer decides */
+
+/* ag_global.flags */
+#define AG_GF_READY    (1u << 0)
+
+/* Map ag_global: ARRAY, one entry, written by the enforcer. */
+struct ag_global {
+	__u32 abi_version;
+	__u32 flags;
+	__u16 tcp_port;        /* the enforcer's TCP listener (127.0.0.1, ::1) */
+	__u16 dns_port_base;   /* agent slot s has its DNS listener at base + s */
+	__u16 dns_port_count;  /* ports [base, base+count) are reserved */
+	__u16 pad0;
+	__u64 netns_cookie;    /* network namespace the listeners live in */
+};
+
+/* Map ag_cgrp: CGROUP_STORAGE keyed by struct bpf_cgroup_storage_key
+ * {cgroup inode, BPF_CGROUP_INET_SOCK_CREATE}; zero (slot 0) until written. */
+struct ag_cgrp_cfg {
+	__u32 slot;
+	__u32 epoch;
+};
+
+/* Map ag_agents: ARRAY[AG_MAX_AGENTS], indexed by slot. */
+struct ag_agent_cfg {
+	__u32 flags;
+	__u32 epoch;
+};
+
+/*
+ * Map ag_allow: LPM_TRIE. All of slot, port, proto and pad always lie inside
+ * the prefix: prefixlen = AG_ALLOW_FIXED_BITS + address bits (IPv4 /n is
+ * 96 + n on the mapped form). port 0 matches any port (second lookup).
+ */
+#define AG_ALLOW_FIXED_BITS 64
+struct ag_allow_key {
+	__u32 prefixlen;
+	__u32 slot;
+	__u16 port;
+	__u8  proto;          /* IPPROTO_TCP */
+	__u8  pad;
+	__u8  addr[16];
+};
+
+#define AG_ALLOW_METADATA (1u << 0) /* entry names a cloud metadata address */
+struct ag_allow_val {
+	__u32 target_id;
+	__u32 flags;
+};
+
+/* Map ag_sk: SK_STORAGE, stamped at sock_create, completed at connect. */
+#define AG_SK_STAMPED    (1u << 0)
+#define AG_SK_REDIRECTED (1u << 1)  /* TCP/UDP connect rewritten to the enforcer */
+#define AG_SK_DNS        (1u << 2)  /* DNS datagrams redirected; dns_* valid */
+struct ag_sk_state {
+	__u32 slot;
+	__u32 flags;
+	__u64 cgroup_id;      /* creating task's cgroup at socket() */
+	__u32 tgid;
+	__u32 pid;
+	__u32 uid;
+	__u32 pad0;
+	char  comm[AG_COMM_LEN];
+	__u8  orig_addr[16];
+	__u16 orig_port;
+	__u8  orig_family;    /* AF_INET or AF_INET6, as the agent dialled */
+	__u8  pad1[5];
+	__u8  dns_addr[16];   /* resolver the agent addressed (for recvmsg) */
+	__u16 dns_port;
+	__u8  dns_family;
+	__u8  pad2[5];
+};
+
+/*
+ * Map ag_pairs: HASH, written by sock_ops at TCP_CONNECT_CB, looked up and
+ * deleted by the enforcer after accept(). The netns cookie is part of the key
+ * so listeners in agent network namespaces can be added without a new ABI.
+ */
+struct ag_pair_key {
+	__u64 netns_cookie;
+	__u8  client_addr[16];
+	__u8  listen_addr[16];
+	__u16 client_port;
+	__u16 listen_port;
+	__u32 pad;
+};
+
+struct ag_pair_val {
+	__u8  orig_addr[16];
+	__u16 orig_port;
+	__u8  orig_family;
+	__u8  proto;
+	__u32 slot;
+	__u32 tgid;
+	__u32 pid;
+	__u32 uid;
+	__u32 pad0;
+	__u64 cgroup_id;
+	__u64 sock_cookie;
+	__u64 ts_ns;
+	char  comm[AG_COMM_LEN];
+};
+
+/* Map ag_events: RINGBUF. */
+struct ag_event {
+	__u64 ts_ns;
+	__u64 cgroup_id;
+	__u64 sock_cookie;
+	__u32 kind;           /* enum ag_ev_kind */
+	__u32 reason;         /* enum ag_reason */
+	__u32 slot;
+	__u32 tgid;
+	__u32 pid;
+	__u32 uid;
+	char  comm[AG_COMM_LEN];
+	__u8  addr[16];
+	__u16 port;
+	__u8  family;
+	__u8  proto;
+	__u32 pad0;
+};
+
+#endif /* AGENTGATE_ABI_H */

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs every Debian package agentgate needs to build, run, test and benchmark.
+# Idempotent: quiet and quick when everything is already present.
+set -euo pipefail
+
+PKGS=(
+  # build
+  make gcc clang llvm pkg-config bpftool libbpf-dev libelf-dev zlib1g-dev
+  libyaml-dev libjansson-dev libssl-dev libcurl4-openssl-dev libpcre2-dev libcap-dev
+  libclang-rt-14-dev
+  # run
+  iproute2 util-linux
+  # test: real servers and clients
+  curl dnsmasq-base python3 python3-pytest python3-psycopg2 socat openssl liburing-dev
+  # bench peers
+  haproxy
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  st=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+  [[ "$st" == "install ok installed" ]] || missing+=("$p")
+done
+[[ ${#missing[@]} -eq 0 ]] && exit 0
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "install-deps: missing packages: ${missing[*]} (run as root: sudo $0)" >&2
+  exit 1
+fi
+echo "install-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+# Packages such as haproxy start a service from their postinst; we only want the
+# binaries (tests start their own instances on loopback), so forbid service starts
+# for the duration of the install unless the machine already has a policy.
+own_policy=0
+if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+  chmod 755 /usr/sbin/policy-rc.d
+  own_policy=1
+fi
+trap '[[ $own_policy -eq 1 ]] && rm -f /usr/sbin/policy-rc.d' EXIT
+apt-get update -qq >/dev/null
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

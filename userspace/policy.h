@@ -1,0 +1,231 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * policy: load and validate a policy file (YAML via libyaml, JSON via jansson)
+ * into an immutable compiled snapshot, and answer questions about it.
+ *
+ * The shape is the contract of DESIGN.md §3. Unknown keys and values are
+ * errors, reported as 'file:line:col: message' (line and column 1-based).
+ * A struct policy is never modified after policy_load_*() returns; a reload
+ * builds a new one and swaps it whole. policy_free() accepts NULL.
+ *
+ * Addresses are 16 bytes, IPv4 stored IPv4-mapped (::ffff:a.b.c.d); prefix
+ * lengths are on that 128-bit form (an IPv4 /24 is 120). Ports host order.
+ */
+#ifndef AGENTGATE_POLICY_H
+#define AGENTGATE_POLICY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define POLICY_MAX_ERRORS 32
+#define POLICY_MAX_FILE   (4u << 20)   /* larger policy files are refused */
+
+enum policy_mode { POLICY_ENFORCE = 0, POLICY_OBSERVE = 1 };
+
+enum policy_proto {
+	PROTO_TCP = 0,
+	PROTO_TLS,
+	PROTO_POSTGRES,
+	PROTO_HTTP,
+	PROTO_KUBERNETES,
+	PROTO__COUNT
+};
+
+enum policy_ident_source {
+	IDENT_LOCAL = 0,
+	IDENT_CLIENT_CREDENTIALS,
+	IDENT_TOKEN_FILE,
+};
+
+enum policy_addr_kind { ADDR_IP = 0, ADDR_CIDR, ADDR_HOST };
+
+struct policy_strv {           /* a list of strings; n may be 0, v may be NULL */
+	char **v;
+	size_t n;
+};
+
+struct policy_addr {
+	enum policy_addr_kind kind;
+	uint8_t addr[16];          /* ADDR_IP / ADDR_CIDR (network address, host bits zero) */
+	uint8_t prefixlen;         /* 128 for ADDR_IP; 96+n for IPv4 /n */
+	bool is_v4;
+	char *host;                /* ADDR_HOST: lower case, no trailing dot */
+	uint16_t port;             /* 1..65535 */
+};
+
+struct policy_error {
+	char file[256];
+	int line, col;             /* 1-based; 0 when unknown */
+	char msg[256];
+};
+
+struct policy_errors {
+	struct policy_error e[POLICY_MAX_ERRORS];
+	int n;                     /* errors stored (at most POLICY_MAX_ERRORS) */
+	int total;                 /* errors found */
+};
+
+struct policy_upstream {       /* fields for later protocol modules; all optional */
+	struct policy_addr address;    /* has_address: dial this instead of the original dst */
+	bool has_address;
+	char *tls;                     /* disable | require | verify-full */
+	char *ca_file, *cert_file, *key_file, *server_name;
+	char *user, *password_file, *database, *search_path;
+	uint32_t statement_timeout_ms, idle_in_transaction_timeout_ms;
+	char *bearer_token_file, *basic_auth_file, *header_name, *header_value_file;
+	bool bearer_agent_token;       /* upstream: {bearer: agent_token} */
+};
+
+struct policy_target {
+	char *name;
+	enum policy_proto proto;
+	struct policy_addr addr;       /* what agents dial */
+	struct policy_upstream upstream;
+	bool names_metadata;           /* addr is a cloud metadata address */
+	int line;
+};
+
+struct policy_identity {
+	enum policy_ident_source source;
+	char *issuer, *client_id, *client_secret_file, *private_key_file;
+	char *audience, *token_file, *groups_claim;
+};
+
+struct policy_agent {
+	char *name;
+	char *cgroup;                  /* as written; NULL = agentgate/<name> */
+	struct policy_identity identity;
+	bool accept_user_tokens;
+	uint32_t max_connections;      /* limits.connections, default 256 */
+	int line;
+	/* compiled: targets this agent may connect to (bindings -> roles -> rules) */
+	bool *may_target;              /* [ntargets] */
+	const struct policy_rule **target_rule; /* [ntargets]: first rule naming it, or NULL */
+};
+
+struct policy_action {             /* allow: / review: of a rule; all lists optional */
+	bool present;
+	struct policy_strv statements, tables, functions, http, verbs, resources, namespaces;
+	uint32_t timeout_s;            /* review only; default 300 */
+};
+
+struct policy_mask {
+	bool present;
+	struct policy_strv columns, detectors, json;
+};
+
+struct policy_rule {
+	char *target;                  /* target name */
+	int target_idx;
+	struct policy_action allow, review;
+	struct policy_mask mask;
+	const char *role;              /* owning role's name */
+	int index;                     /* position in the role's rules */
+	int line;
+};
+
+struct policy_role {
+	char *name;
+	struct policy_rule *rules;
+	size_t nrules;
+	int line;
+};
+
+struct policy_binding {
+	char *role;
+	int role_idx;
+	struct policy_strv agents;
+	/* claims: {claim-name: [values]} */
+	char **claim_names;
+	struct policy_strv *claim_values;
+	size_t nclaims;
+	int line;
+};
+
+enum policy_sink_type { SINK_FILE = 0, SINK_STDOUT, SINK_SYSLOG, SINK_SPLUNK_HEC,
+			SINK_ELASTICSEARCH, SINK_WEBHOOK };
+
+struct policy_sink {
+	enum policy_sink_type type;
+	char *path;                    /* file */
+	char *address, *transport;     /* syslog */
+	char *url, *token_file, *index;/* hec, es, webhook */
+	int line;
+};
+
+struct policy_audit {
+	char *spool_dir;
+	uint64_t spool_max_bytes;
+	char *on_full;                 /* drop_newest | fail_closed */
+	struct policy_sink *sinks;
+	size_t nsinks;
+};
+
+struct policy {
+	char *path;                    /* file it came from ("<embedded>" for the default) */
+	char hash[65];                 /* sha256 hex of the file's bytes */
+	int version;
+	enum policy_mode mode;
+	bool has_dns;
+	struct policy_addr dns_upstream;   /* ADDR_IP with port */
+	struct policy_strv dns_allow;      /* empty: every name allowed */
+	struct policy_agent *agents;
+	size_t nagents;
+	struct policy_target *targets;
+	size_t ntargets;
+	struct policy_role *roles;
+	size_t nroles;
+	struct policy_binding *bindings;
+	size_t nbindings;
+	struct policy_audit audit;
+	char *approvals_webhook;
+};
+
+/*
+ * Load and validate. 'path' names the source in error messages; the format is
+ * JSON when the name ends in ".json" or the first non-blank byte is '{',
+ * YAML otherwise. Returns the compiled policy, or NULL with errs filled
+ * (errs->n >= 1). Never prints.
+ */
+struct policy *policy_load_file(const char *path, struct policy_errors *errs);
+struct policy *policy_load_buffer(const char *name, const char *buf, size_t len,
+				  struct policy_errors *errs);
+void policy_free(struct policy *p);
+
+/* Formats error i as "file:line:col: msg" into out (always NUL-terminated). */
+void policy_error_format(const struct policy_error *e, char *out, size_t outlen);
+
+/* Index of the agent with this name, or -1. */
+int policy_agent_index(const struct policy *p, const char *name);
+int policy_target_index(const struct policy *p, const char *name);
+
+/*
+ * Host-name targets match addresses the agent's DNS queries resolved to. The
+ * caller supplies the lookup: return true if 'host' resolved to 'addr' for
+ * this agent and the answer's TTL has not run out.
+ */
+typedef bool (*policy_host_resolved_fn)(void *ctx, const char *host, const uint8_t addr[16]);
+
+/*
+ * The target a connection to addr:port is for, or -1. Order: an exact IP
+ * target, then the longest CIDR prefix, then a host-name target whose name
+ * resolved to addr (via 'resolved', which may be NULL). Pure.
+ */
+int policy_match_target(const struct policy *p, const uint8_t addr[16], uint16_t port,
+			policy_host_resolved_fn resolved, void *ctx);
+
+/* True when name matches dns.allow (exact, or "*.suffix" for any name below
+ * suffix, not suffix itself), or when dns.allow is absent/empty. Case-insensitive. */
+bool policy_dns_allowed(const struct policy *p, const char *name);
+
+/* True for 169.254.169.254 and fd00:ec2::254 (16-byte form). */
+bool policy_is_metadata_addr(const uint8_t addr[16]);
+
+/* Parses "ip:port", "[v6]:port", "cidr:port" ("10.0.0.0/8:5432", "[fd00::/8]:443")
+ * or "host:port". Returns 0 or -EINVAL with a reason in why. */
+int policy_parse_addr(const char *s, struct policy_addr *out, char *why, size_t whylen);
+
+const char *policy_proto_name(enum policy_proto p);
+
+#endif /* AGENTGATE_POLICY_H */
