@@ -16,6 +16,10 @@
 #ifndef AGENTGATE_ABI_H
 #define AGENTGATE_ABI_H
 
+#ifndef __VMLINUX_H__
+#include <linux/types.h>   /* userspace; BPF objects get the types from vmlinux.h */
+#endif
+
 #define AG_ABI_VERSION 1
 
 #define AG_MAX_AGENTS   256     /* slots; slot 0 means "no agent" and is denied */
@@ -187,5 +191,18 @@ struct ag_event {
 	__u8  proto;
 	__u32 pad0;
 };
+
+#ifndef __VMLINUX_H__
+/* Userspace twins of the BPF layouts: a size change without an ABI bump fails the build. */
+_Static_assert(sizeof(struct ag_global) == 24, "ag_global layout");
+_Static_assert(sizeof(struct ag_cgrp_cfg) == 8, "ag_cgrp_cfg layout");
+_Static_assert(sizeof(struct ag_agent_cfg) == 8, "ag_agent_cfg layout");
+_Static_assert(sizeof(struct ag_allow_key) == 28, "ag_allow_key layout");
+_Static_assert(sizeof(struct ag_allow_val) == 8, "ag_allow_val layout");
+_Static_assert(sizeof(struct ag_sk_state) == 96, "ag_sk_state layout");
+_Static_assert(sizeof(struct ag_pair_key) == 48, "ag_pair_key layout");
+_Static_assert(sizeof(struct ag_pair_val) == 80, "ag_pair_val layout");
+_Static_assert(sizeof(struct ag_event) == 88, "ag_event layout");
+#endif
 
 #endif /* AGENTGATE_ABI_H */

@@ -149,15 +149,15 @@ enum policy_sink_type { SINK_FILE = 0, SINK_STDOUT, SINK_SYSLOG, SINK_SPLUNK_HEC
 struct policy_sink {
 	enum policy_sink_type type;
 	char *path;                    /* file */
-	char *address, *transport;     /* syslog */
+	char *address, *transport;     /* syslog: host:port as written; tcp (default) | tls | relp */
 	char *url, *token_file, *index;/* hec, es, webhook */
 	int line;
 };
 
 struct policy_audit {
 	char *spool_dir;
-	uint64_t spool_max_bytes;
-	char *on_full;                 /* drop_newest | fail_closed */
+	uint64_t spool_max_bytes;      /* 0: not set, the audit module's default */
+	char *on_full;                 /* drop_newest (default) | fail_closed; never NULL */
 	struct policy_sink *sinks;
 	size_t nsinks;
 };
@@ -223,7 +223,9 @@ bool policy_dns_allowed(const struct policy *p, const char *name);
 bool policy_is_metadata_addr(const uint8_t addr[16]);
 
 /* Parses "ip:port", "[v6]:port", "cidr:port" ("10.0.0.0/8:5432", "[fd00::/8]:443")
- * or "host:port". Returns 0 or -EINVAL with a reason in why. */
+ * or "host:port". Returns 0, or -EINVAL (-ENOMEM) with a reason in why (which
+ * may be NULL). For ADDR_HOST, out->host is malloc'd and the caller frees it;
+ * on failure *out is zeroed, so there is nothing to free. */
 int policy_parse_addr(const char *s, struct policy_addr *out, char *why, size_t whylen);
 
 const char *policy_proto_name(enum policy_proto p);

@@ -1,0 +1,511 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * agentgate kernel side: every socket an agent cgroup opens is stamped with
+ * the agent's identity, and every TCP connect is either refused here or
+ * rewritten to the enforcer's loopback listener; DNS goes to the enforcer's
+ * DNS listener and all other UDP is refused.
+ *
+ * Every error path denies. Anything the programs could not do (ring buffer
+ * full, map update failed) is counted in ag_counters for the enforcer to
+ * report. Enforcement never depends on an event being delivered.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "agentgate_abi.h"
+#include "maps.bpf.h"
+
+#define AF_INET   2
+#define AF_INET6  10
+#define SOCK_STREAM 1
+#define SOCK_DGRAM  2
+#define ECONNREFUSED 111
+
+#define ALLOW 1
+#define DENY  0
+
+/* Set by the loader from a feature probe: bpf_set_retval() exists (>= 5.18)
+ * so a denied connect fails with ECONNREFUSED instead of EPERM. */
+const volatile bool has_set_retval = false;
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&ag_counters, &idx);
+
+	if (v)
+		*v += 1;
+}
+
+static __always_inline bool is_v4mapped(const __u8 a[16])
+{
+	return a[0] == 0 && a[1] == 0 && a[2] == 0 && a[3] == 0 && a[4] == 0 &&
+	       a[5] == 0 && a[6] == 0 && a[7] == 0 && a[8] == 0 && a[9] == 0 &&
+	       a[10] == 0xff && a[11] == 0xff;
+}
+
+static __always_inline void map_v4(__u8 a[16], __u32 ip4_be)
+{
+	__builtin_memset(a, 0, 10);
+	a[10] = 0xff;
+	a[11] = 0xff;
+	__builtin_memcpy(a + 12, &ip4_be, 4);
+}
+
+static __always_inline bool is_metadata(const __u8 a[16])
+{
+	/* 169.254.169.254 */
+	if (is_v4mapped(a))
+		return a[12] == 169 && a[13] == 254 && a[14] == 169 && a[15] == 254;
+	/* fd00:ec2::254 */
+	return a[0] == 0xfd && a[1] == 0x00 && a[2] == 0x0e && a[3] == 0xc2 &&
+	       a[4] == 0 && a[5] == 0 && a[6] == 0 && a[7] == 0 && a[8] == 0 &&
+	       a[9] == 0 && a[10] == 0 && a[11] == 0 && a[12] == 0 && a[13] == 0 &&
+	       a[14] == 0x02 && a[15] == 0x54;
+}
+
+static __always_inline bool is_loopback(const __u8 a[16])
+{
+	int i;
+
+	if (is_v4mapped(a))
+		return a[12] == 127;
+	for (i = 0; i < 15; i++)
+		if (a[i])
+			return false;
+	return a[15] == 1;
+}
+
+static __always_inline void fill_task(struct ag_sk_state *st)
+{
+	__u64 pt = bpf_get_current_pid_tgid();
+
+	st->tgid = pt >> 32;
+	st->pid = (__u32)pt;
+	st->uid = (__u32)bpf_get_current_uid_gid();
+	bpf_get_current_comm(st->comm, sizeof(st->comm));
+}
+
+static __always_inline void emit(__u32 kind, __u32 reason, __u32 slot, __u64 cookie,
+				 const __u8 addr[16], __u16 port, __u8 family, __u8 proto)
+{
+	struct ag_event *e = bpf_ringbuf_reserve(&ag_events, sizeof(*e), 0);
+	__u64 pt;
+
+	if (!e) {
+		count(AG_CNT_RB_DROP);
+		return;
+	}
+	pt = bpf_get_current_pid_tgid();
+	e->ts_ns = bpf_ktime_get_boot_ns();
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->sock_cookie = cookie;
+	e->kind = kind;
+	e->reason = reason;
+	e->slot = slot;
+	e->tgid = pt >> 32;
+	e->pid = (__u32)pt;
+	e->uid = (__u32)bpf_get_current_uid_gid();
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	if (addr)
+		__builtin_memcpy(e->addr, addr, 16);
+	else
+		__builtin_memset(e->addr, 0, 16);
+	e->port = port;
+	e->family = family;
+	e->proto = proto;
+	e->pad0 = 0;
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* ---- socket creation: only TCP and UDP over IPv4/IPv6, stamped ---------- */
+
+SEC("cgroup/sock_create")
+int ag_sock_create(struct bpf_sock *sk)
+{
+	struct ag_cgrp_cfg *cc = bpf_get_local_storage(&ag_cgrp, 0);
+	__u32 fam = sk->family, type = sk->type, proto = sk->protocol;
+	struct ag_sk_state *st;
+	__u32 reason = AG_R_NONE, slot = cc ? cc->slot : 0;
+
+	if (fam != AF_INET && fam != AF_INET6)
+		reason = AG_R_FAMILY;
+	else if (!((type == SOCK_STREAM && proto == IPPROTO_TCP) ||
+		   (type == SOCK_DGRAM && proto == IPPROTO_UDP)))
+		reason = AG_R_PROTOCOL;
+	else if (slot == 0 || slot >= AG_MAX_AGENTS)
+		reason = AG_R_NO_AGENT;
+	if (reason != AG_R_NONE) {
+		count(reason == AG_R_NO_AGENT ? AG_CNT_NO_AGENT : AG_CNT_DENY_SOCK);
+		emit(AG_EV_SOCK_DENY, reason, slot, 0, NULL, 0, fam, proto);
+		return DENY;
+	}
+
+	st = bpf_sk_storage_get(&ag_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st) {
+		count(AG_CNT_SK_STORAGE_FAIL);
+		emit(AG_EV_SOCK_DENY, AG_R_MAP_FAIL, slot, 0, NULL, 0, fam, proto);
+		return DENY;
+	}
+	st->slot = slot;
+	st->flags = AG_SK_STAMPED;
+	st->cgroup_id = bpf_get_current_cgroup_id();
+	fill_task(st);
+	return ALLOW;
+}
+
+/* ---- connect: refuse, or remember the destination and redirect ---------- */
+
+static __always_inline int deny_connect(struct bpf_sock_addr *ctx, __u32 reason, __u32 slot,
+					const __u8 addr[16], __u16 port, __u8 family)
+{
+	count(AG_CNT_DENY_CONNECT);
+	emit(AG_EV_DENY, reason, slot, bpf_get_socket_cookie(ctx), addr, port, family,
+	     (__u8)ctx->protocol);
+	if (has_set_retval)
+		bpf_set_retval(-ECONNREFUSED);
+	return DENY;
+}
+
+static __always_inline bool allowed(__u32 slot, const __u8 addr[16], __u16 port, bool *metadata_ok)
+{
+	struct ag_allow_key k = {};
+	struct ag_allow_val *v;
+
+	k.prefixlen = AG_ALLOW_FIXED_BITS + 128;
+	k.slot = slot;
+	k.port = port;
+	k.proto = IPPROTO_TCP;
+	__builtin_memcpy(k.addr, addr, 16);
+	v = bpf_map_lookup_elem(&ag_allow, &k);
+	if (!v) {
+		k.port = 0;
+		v = bpf_map_lookup_elem(&ag_allow, &k);
+	}
+	if (!v)
+		return false;
+	*metadata_ok = v->flags & AG_ALLOW_METADATA;
+	return true;
+}
+
+/* Writes the enforcer address into ctx: 127.0.0.1, ::1 or ::ffff:127.0.0.1. */
+static __always_inline void rewrite(struct bpf_sock_addr *ctx, bool v6, bool mapped, __u16 port)
+{
+	/* One store per field straight off ctx: the verifier refuses stores
+	 * through a ctx pointer the compiler has offset (as it does when it
+	 * merges per-branch stores). */
+	__u32 w2 = mapped ? bpf_htonl(0x0000ffff) : 0;
+	__u32 w3 = mapped ? bpf_htonl(0x7f000001) : bpf_htonl(1);
+
+	if (!v6) {
+		ctx->user_ip4 = bpf_htonl(0x7f000001);
+	} else {
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = w2;
+		ctx->user_ip6[3] = w3;
+	}
+	ctx->user_port = bpf_htons(port);
+}
+
+/*
+ * UDP, from connect() or sendmsg(): only DNS, which goes to the agent's DNS
+ * listener; the resolver the agent addressed is remembered for recvmsg and
+ * getpeername.
+ */
+static __always_inline int udp_dst(struct bpf_sock_addr *ctx, struct ag_sk_state *st,
+				   const struct ag_global *g, const __u8 addr[16], __u16 port,
+				   bool v6)
+{
+	if (port != 53)
+		return deny_connect(ctx, AG_R_UDP_NOT_DNS, st->slot, addr, port,
+				    v6 ? AF_INET6 : AF_INET);
+	if (st->slot >= g->dns_port_count)
+		return deny_connect(ctx, AG_R_NO_AGENT, st->slot, addr, port,
+				    v6 ? AF_INET6 : AF_INET);
+	/* Already pointing at our listener (a second copy of this program). */
+	if (!(is_loopback(addr) && port == g->dns_port_base + st->slot)) {
+		__builtin_memcpy(st->dns_addr, addr, 16);
+		st->dns_port = port;
+		st->dns_family = v6 ? AF_INET6 : AF_INET;
+		st->flags |= AG_SK_DNS;
+	}
+	count(AG_CNT_DNS_REDIRECT);
+	rewrite(ctx, v6, is_v4mapped(addr), g->dns_port_base + st->slot);
+	return ALLOW;
+}
+
+static __always_inline int do_connect(struct bpf_sock_addr *ctx, const __u8 addr[16], __u16 port,
+				      bool v6, bool is_sendmsg)
+{
+	__u32 zero = 0, slot;
+	struct ag_global *g = bpf_map_lookup_elem(&ag_global, &zero);
+	struct ag_agent_cfg *ac;
+	struct ag_sk_state *st;
+	__u8 family = v6 ? AF_INET6 : AF_INET;
+	bool metadata_ok = false, hit;
+
+	if (!g || g->abi_version != AG_ABI_VERSION || !(g->flags & AG_GF_READY)) {
+		count(AG_CNT_CFG_MISSING);
+		return deny_connect(ctx, AG_R_NO_CONFIG, 0, addr, port, family);
+	}
+	st = bpf_sk_storage_get(&ag_sk, ctx->sk, 0, 0);
+	if (!st || !(st->flags & AG_SK_STAMPED)) {
+		count(AG_CNT_NO_STAMP);
+		return deny_connect(ctx, AG_R_NO_STAMP, 0, addr, port, family);
+	}
+	slot = st->slot;
+	if (bpf_get_netns_cookie(ctx) != g->netns_cookie)
+		return deny_connect(ctx, AG_R_NETNS, slot, addr, port, family);
+	if (ctx->type == SOCK_DGRAM)
+		return udp_dst(ctx, st, g, addr, port, v6);
+	if (is_sendmsg || ctx->type != SOCK_STREAM)
+		return deny_connect(ctx, AG_R_PROTOCOL, slot, addr, port, family);
+
+	ac = bpf_map_lookup_elem(&ag_agents, &slot);
+	if (!ac || !(ac->flags & AG_AF_ACTIVE)) {
+		count(AG_CNT_NO_AGENT);
+		return deny_connect(ctx, AG_R_NO_AGENT, slot, addr, port, family);
+	}
+
+	/* A second copy of this program (it must never happen, but if it does)
+	 * sees our rewrite: keep the destination the first copy saved. */
+	if ((st->flags & AG_SK_REDIRECTED) && is_loopback(addr) && port == g->tcp_port)
+		return ALLOW;
+
+	hit = allowed(slot, addr, port, &metadata_ok);
+	if (is_metadata(addr) && !metadata_ok)
+		return deny_connect(ctx, AG_R_METADATA, slot, addr, port, family);
+	if (!hit && !(ac->flags & AG_AF_OBSERVE))
+		return deny_connect(ctx, AG_R_NOT_ALLOWED, slot, addr, port, family);
+
+	__builtin_memcpy(st->orig_addr, addr, 16);
+	st->orig_port = port;
+	st->orig_family = family;
+	st->flags |= AG_SK_REDIRECTED;
+	fill_task(st);
+	rewrite(ctx, v6, is_v4mapped(addr), g->tcp_port);
+	count(AG_CNT_REDIRECT);
+	emit(AG_EV_REDIRECT, AG_R_NONE, slot, bpf_get_socket_cookie(ctx), addr, port, family,
+	     IPPROTO_TCP);
+	return ALLOW;
+}
+
+static __always_inline void ctx_addr6(struct bpf_sock_addr *ctx, __u8 a[16])
+{
+	__u32 w[4];
+
+	w[0] = ctx->user_ip6[0];
+	w[1] = ctx->user_ip6[1];
+	w[2] = ctx->user_ip6[2];
+	w[3] = ctx->user_ip6[3];
+	__builtin_memcpy(a, w, 16);
+}
+
+static __always_inline __u16 ctx_port(struct bpf_sock_addr *ctx)
+{
+	return bpf_ntohs((__u16)ctx->user_port);
+}
+
+SEC("cgroup/connect4")
+int ag_connect4(struct bpf_sock_addr *ctx)
+{
+	__u8 a[16];
+
+	map_v4(a, ctx->user_ip4);
+	return do_connect(ctx, a, ctx_port(ctx), false, false);
+}
+
+SEC("cgroup/connect6")
+int ag_connect6(struct bpf_sock_addr *ctx)
+{
+	__u8 a[16];
+
+	ctx_addr6(ctx, a);
+	return do_connect(ctx, a, ctx_port(ctx), true, false);
+}
+
+SEC("cgroup/sendmsg4")
+int ag_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	__u8 a[16];
+
+	map_v4(a, ctx->user_ip4);
+	return do_connect(ctx, a, ctx_port(ctx), false, true);
+}
+
+SEC("cgroup/sendmsg6")
+int ag_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	__u8 a[16];
+
+	ctx_addr6(ctx, a);
+	return do_connect(ctx, a, ctx_port(ctx), true, true);
+}
+
+/* ---- the agent sees the peer it dialled ------------------------------- */
+
+static __always_inline void set_addr(struct bpf_sock_addr *ctx, const __u8 a[16], __u16 port, bool v6)
+{
+	__u32 w[4];
+
+	__builtin_memcpy(w, a, 16);
+	if (v6) {
+		ctx->user_ip6[0] = w[0];
+		ctx->user_ip6[1] = w[1];
+		ctx->user_ip6[2] = w[2];
+		ctx->user_ip6[3] = w[3];
+	} else {
+		ctx->user_ip4 = w[3];
+	}
+	ctx->user_port = bpf_htons(port);
+}
+
+static __always_inline int peer(struct bpf_sock_addr *ctx, bool v6)
+{
+	struct ag_sk_state *st = bpf_sk_storage_get(&ag_sk, ctx->sk, 0, 0);
+
+	if (!st)
+		return ALLOW;
+	if (st->flags & AG_SK_REDIRECTED)
+		set_addr(ctx, st->orig_addr, st->orig_port, v6);
+	else if (st->flags & AG_SK_DNS)
+		set_addr(ctx, st->dns_addr, st->dns_port, v6);
+	return ALLOW;
+}
+
+SEC("cgroup/getpeername4")
+int ag_getpeername4(struct bpf_sock_addr *ctx)
+{
+	return peer(ctx, false);
+}
+
+SEC("cgroup/getpeername6")
+int ag_getpeername6(struct bpf_sock_addr *ctx)
+{
+	return peer(ctx, true);
+}
+
+/* DNS replies appear to come from the resolver the agent addressed. */
+static __always_inline int recv(struct bpf_sock_addr *ctx, bool v6)
+{
+	__u32 zero = 0;
+	struct ag_global *g = bpf_map_lookup_elem(&ag_global, &zero);
+	struct ag_sk_state *st = bpf_sk_storage_get(&ag_sk, ctx->sk, 0, 0);
+	__u8 a[16];
+
+	if (!g || !st || !(st->flags & AG_SK_DNS))
+		return ALLOW;
+	if (v6)
+		ctx_addr6(ctx, a);
+	else
+		map_v4(a, ctx->user_ip4);
+	if (is_loopback(a) && ctx_port(ctx) == g->dns_port_base + st->slot)
+		set_addr(ctx, st->dns_addr, st->dns_port, v6);
+	return ALLOW;
+}
+
+SEC("cgroup/recvmsg4")
+int ag_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	return recv(ctx, false);
+}
+
+SEC("cgroup/recvmsg6")
+int ag_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	return recv(ctx, true);
+}
+
+/* ---- an agent may not squat the enforcer's ports ---------------------- */
+
+static __always_inline int bind_check(struct bpf_sock_addr *ctx)
+{
+	__u32 zero = 0;
+	struct ag_global *g = bpf_map_lookup_elem(&ag_global, &zero);
+	__u16 port = ctx_port(ctx);
+
+	if (!g) {
+		count(AG_CNT_CFG_MISSING);
+		return DENY;
+	}
+	if (port != 0 && (port == g->tcp_port ||
+			  (port >= g->dns_port_base && port < g->dns_port_base + g->dns_port_count))) {
+		count(AG_CNT_DENY_BIND);
+		emit(AG_EV_BIND_DENY, AG_R_RESERVED_PORT, 0, bpf_get_socket_cookie(ctx), NULL,
+		     port, (__u8)ctx->family, (__u8)ctx->protocol);
+		return DENY;
+	}
+	return ALLOW;
+}
+
+SEC("cgroup/bind4")
+int ag_bind4(struct bpf_sock_addr *ctx)
+{
+	return bind_check(ctx);
+}
+
+SEC("cgroup/bind6")
+int ag_bind6(struct bpf_sock_addr *ctx)
+{
+	return bind_check(ctx);
+}
+
+/* ---- sock_ops: hand the enforcer what it needs to know at accept() ----- */
+
+SEC("sockops")
+int ag_sock_ops(struct bpf_sock_ops *ops)
+{
+	struct ag_pair_key k = {};
+	struct ag_pair_val v = {};
+	struct ag_sk_state *st;
+	struct bpf_sock *sk;
+
+	if (ops->op != BPF_SOCK_OPS_TCP_CONNECT_CB)
+		return 1;
+	sk = ops->sk;
+	if (!sk)
+		return 1;
+	st = bpf_sk_storage_get(&ag_sk, sk, 0, 0);
+	if (!st || !(st->flags & AG_SK_REDIRECTED))
+		return 1;
+
+	k.netns_cookie = bpf_get_netns_cookie(ops);
+	if (ops->family == AF_INET) {
+		map_v4(k.client_addr, ops->local_ip4);
+		map_v4(k.listen_addr, ops->remote_ip4);
+	} else {
+		__u32 w[4];
+
+		w[0] = ops->local_ip6[0];
+		w[1] = ops->local_ip6[1];
+		w[2] = ops->local_ip6[2];
+		w[3] = ops->local_ip6[3];
+		__builtin_memcpy(k.client_addr, w, 16);
+		w[0] = ops->remote_ip6[0];
+		w[1] = ops->remote_ip6[1];
+		w[2] = ops->remote_ip6[2];
+		w[3] = ops->remote_ip6[3];
+		__builtin_memcpy(k.listen_addr, w, 16);
+	}
+	k.client_port = (__u16)ops->local_port;
+	k.listen_port = (__u16)(bpf_ntohl(ops->remote_port) & 0xffff);
+
+	__builtin_memcpy(v.orig_addr, st->orig_addr, 16);
+	v.orig_port = st->orig_port;
+	v.orig_family = st->orig_family;
+	v.proto = IPPROTO_TCP;
+	v.slot = st->slot;
+	v.tgid = st->tgid;
+	v.pid = st->pid;
+	v.uid = st->uid;
+	v.cgroup_id = st->cgroup_id;
+	v.sock_cookie = bpf_get_socket_cookie(ops);
+	v.ts_ns = bpf_ktime_get_boot_ns();
+	__builtin_memcpy(v.comm, st->comm, sizeof(v.comm));
+	/* On failure the enforcer finds no entry and refuses: fail closed. */
+	if (bpf_map_update_elem(&ag_pairs, &k, &v, BPF_ANY))
+		count(AG_CNT_PAIR_FAIL);
+	return 1;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,761 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Unit tests for policy_load.c and policy_match.c. Run from the repository
+ * root: policy files are read from tests/unit/policies/.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdlib.h>
+
+#include <openssl/evp.h>
+
+#include "policy.h"
+#include "unit.h"
+
+#define DATA "tests/unit/policies/"
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static void dump_errors(const struct policy_errors *e)
+{
+	char line[640];
+
+	for (int i = 0; i < e->n; i++) {
+		policy_error_format(&e->e[i], line, sizeof(line));
+		fprintf(stderr, "    %s\n", line);
+	}
+}
+
+static struct policy *load_ok(const char *path)
+{
+	struct policy_errors e;
+	struct policy *p = policy_load_file(path, &e);
+
+	if (!p) {
+		fprintf(stderr, "  %s did not load:\n", path);
+		dump_errors(&e);
+	}
+	return p;
+}
+
+static struct policy *load_str(const char *name, const char *text, struct policy_errors *e)
+{
+	return policy_load_buffer(name, text, strlen(text), e);
+}
+
+static bool has_error(const struct policy_errors *e, int line, int col, const char *sub)
+{
+	for (int i = 0; i < e->n; i++)
+		if (e->e[i].line == line && e->e[i].col == col && strstr(e->e[i].msg, sub))
+			return true;
+	return false;
+}
+
+static void addr_of(const char *s, uint8_t out[16])
+{
+	struct in_addr v4;
+
+	if (inet_pton(AF_INET, s, &v4) == 1) {
+		memset(out, 0, 10);
+		out[10] = out[11] = 0xff;
+		memcpy(out + 12, &v4, 4);
+		return;
+	}
+	if (inet_pton(AF_INET6, s, out) != 1) {
+		fprintf(stderr, "  test bug: bad address %s\n", s);
+		memset(out, 0, 16);
+	}
+}
+
+static const char *strv_at(const struct policy_strv *sv, size_t i)
+{
+	return i < sv->n ? sv->v[i] : NULL;
+}
+
+/* ---- files that must load ---------------------------------------------- */
+
+static void test_default_policy(void)
+{
+	struct policy *p = load_ok("policies/default.yaml");
+
+	CHECK(p != NULL);
+	if (!p)
+		return;
+	CHECK(p->version == 1);
+	CHECK(p->mode == POLICY_OBSERVE);
+	CHECK(p->nagents == 1);
+	CHECK_STR(p->agents[0].name, "default");
+	CHECK(p->agents[0].cgroup == NULL);
+	CHECK(p->agents[0].identity.source == IDENT_LOCAL);
+	CHECK(p->agents[0].max_connections == 1024);
+	CHECK(p->ntargets == 0);
+	CHECK(p->audit.nsinks == 2);
+	CHECK(p->audit.sinks[0].type == SINK_STDOUT);
+	CHECK(p->audit.sinks[1].type == SINK_FILE);
+	CHECK_STR(p->audit.sinks[1].path, "/var/log/agentgate/audit.jsonl");
+	CHECK_STR(p->audit.on_full, "drop_newest");
+	CHECK(!p->has_dns);
+	CHECK(policy_dns_allowed(p, "anything.example"));
+	policy_free(p);
+}
+
+static void check_full_shape(const struct policy *p)
+{
+	const struct policy_target *t;
+	const struct policy_rule *r;
+
+	CHECK(p->version == 1);
+	CHECK(p->mode == POLICY_ENFORCE);
+	CHECK(p->has_dns);
+	CHECK(p->dns_upstream.kind == ADDR_IP && p->dns_upstream.port == 53);
+	CHECK(p->dns_allow.n == 2);
+	CHECK_STR(strv_at(&p->dns_allow, 0), "*.example.com");
+	CHECK_STR(strv_at(&p->dns_allow, 1), "api.openai.com");
+
+	CHECK(p->nagents == 2);
+	if (p->nagents == 2) {
+		const struct policy_agent *a = &p->agents[0];
+
+		CHECK_STR(a->name, "support-bot");
+		CHECK_STR(a->cgroup, "agentgate/support-bot");
+		CHECK(a->identity.source == IDENT_CLIENT_CREDENTIALS);
+		CHECK_STR(a->identity.issuer, "https://idp.example.com");
+		CHECK_STR(a->identity.client_id, "support-bot");
+		CHECK_STR(a->identity.client_secret_file, "/etc/agentgate/secrets/support-bot");
+		CHECK_STR(a->identity.audience, "urn:agentgate");
+		CHECK(a->identity.private_key_file == NULL);
+		CHECK(a->accept_user_tokens);
+		CHECK(a->max_connections == 256);
+		CHECK(p->agents[1].identity.source == IDENT_LOCAL);
+		CHECK(!p->agents[1].accept_user_tokens);
+		CHECK(p->agents[1].max_connections == 256);
+	}
+
+	CHECK(p->ntargets == 8);
+	if (p->ntargets != 8)
+		return;
+	t = &p->targets[0];
+	CHECK_STR(t->name, "orders-db");
+	CHECK(t->proto == PROTO_POSTGRES);
+	CHECK(t->addr.kind == ADDR_IP && t->addr.port == 5432 && t->addr.is_v4);
+	CHECK(!t->names_metadata);
+	CHECK_STR(t->upstream.user, "app_reader");
+	CHECK_STR(t->upstream.password_file, "/etc/agentgate/secrets/orders-db");
+	CHECK_STR(t->upstream.database, "orders");
+	CHECK_STR(t->upstream.search_path, "public");
+	CHECK(t->upstream.statement_timeout_ms == 30000);
+	CHECK_STR(t->upstream.tls, "verify-full");
+	CHECK_STR(t->upstream.ca_file, "/etc/ssl/certs/db-ca.pem");
+	CHECK(!t->upstream.has_address);
+
+	t = &p->targets[1];
+	CHECK(t->proto == PROTO_HTTP);
+	CHECK(t->addr.kind == ADDR_HOST && t->addr.port == 80);
+	CHECK_STR(t->addr.host, "billing.internal");
+	CHECK(t->upstream.has_address && t->upstream.address.port == 443);
+	CHECK_STR(t->upstream.address.host, "billing.internal");
+	CHECK_STR(t->upstream.bearer_token_file, "/etc/agentgate/secrets/billing");
+
+	CHECK(p->targets[2].proto == PROTO_TLS);
+	CHECK(p->targets[3].proto == PROTO_TCP);
+	CHECK(p->targets[4].addr.kind == ADDR_CIDR && p->targets[4].addr.prefixlen == 104);
+	CHECK(p->targets[5].addr.kind == ADDR_IP && !p->targets[5].addr.is_v4);
+	CHECK(p->targets[6].addr.kind == ADDR_CIDR && p->targets[6].addr.prefixlen == 8);
+	CHECK(p->targets[7].proto == PROTO_KUBERNETES);
+	CHECK(p->targets[7].upstream.bearer_agent_token);
+
+	CHECK(p->nroles == 2);
+	if (p->nroles != 2 || p->roles[0].nrules != 4)
+		return;
+	r = &p->roles[0].rules[0];
+	CHECK_STR(r->target, "orders-db");
+	CHECK(r->target_idx == 0);
+	CHECK_STR(r->role, "support-reader");
+	CHECK(r->index == 0);
+	CHECK(r->allow.present && r->review.present && r->mask.present);
+	CHECK_STR(strv_at(&r->allow.statements, 0), "select");
+	CHECK(r->allow.tables.n == 2);
+	CHECK_STR(strv_at(&r->review.statements, 0), "update");
+	CHECK(r->review.timeout_s == 300);
+	CHECK(r->mask.columns.n == 2 && r->mask.detectors.n == 2);
+	r = &p->roles[0].rules[1];
+	CHECK(r->allow.http.n == 2);
+	CHECK_STR(strv_at(&r->allow.http, 1), "GET /v1/invoices/*");
+	CHECK_STR(strv_at(&r->mask.json, 0), "$.customer.email");
+	CHECK(!r->review.present);
+	r = &p->roles[0].rules[2];
+	CHECK(r->target_idx == 2 && !r->allow.present && !r->mask.present);
+	r = &p->roles[1].rules[0];
+	CHECK_STR(strv_at(&r->allow.resources, 0), "pods");   /* scalar taken as a list */
+	CHECK(r->review.timeout_s == 120);
+
+	CHECK(p->nbindings == 3);
+	if (p->nbindings == 3) {
+		CHECK(p->bindings[0].role_idx == 0);
+		CHECK(p->bindings[1].nclaims == 1);
+		CHECK_STR(p->bindings[1].claim_names[0], "groups");
+		CHECK_STR(strv_at(&p->bindings[1].claim_values[0], 0), "support");
+		CHECK(p->bindings[2].role_idx == 1 && p->bindings[2].agents.n == 2);
+	}
+
+	CHECK_STR(p->audit.spool_dir, "/var/lib/agentgate/spool");
+	CHECK(p->audit.spool_max_bytes == (1ull << 30));
+	CHECK_STR(p->audit.on_full, "drop_newest");
+	CHECK(p->audit.nsinks == 5);
+	if (p->audit.nsinks == 5) {
+		CHECK(p->audit.sinks[1].type == SINK_SYSLOG);
+		CHECK_STR(p->audit.sinks[1].address, "siem.example.com:2514");
+		CHECK_STR(p->audit.sinks[1].transport, "relp");
+		CHECK(p->audit.sinks[2].type == SINK_SPLUNK_HEC);
+		CHECK_STR(p->audit.sinks[2].token_file, "/etc/agentgate/secrets/hec");
+		CHECK_STR(p->audit.sinks[3].index, "agentgate-audit");
+		CHECK(p->audit.sinks[4].type == SINK_WEBHOOK);
+	}
+	CHECK_STR(p->approvals_webhook, "https://hooks.slack.com/services/T000/B000/XXXX");
+}
+
+static void test_full_yaml(void)
+{
+	struct policy *p = load_ok(DATA "good_full.yaml");
+
+	CHECK(p != NULL);
+	if (p)
+		check_full_shape(p);
+	policy_free(p);
+}
+
+static void test_full_json_twin(void)
+{
+	struct policy *y = load_ok(DATA "good_full.yaml");
+	struct policy *j = load_ok(DATA "good_full.json");
+
+	CHECK(y && j);
+	if (j)
+		check_full_shape(j);
+	if (y && j)
+		CHECK(strcmp(y->hash, j->hash) != 0);
+	policy_free(y);
+	policy_free(j);
+}
+
+static void test_hash_is_sha256_of_bytes(void)
+{
+	const char *text = "version: 1\nagents: [{name: a}]\n";
+	unsigned char md[32];
+	char hex[65];
+	unsigned int len = 0;
+	struct policy_errors e;
+	struct policy *p = load_str("h.yaml", text, &e);
+
+	CHECK(p != NULL);
+	CHECK(EVP_Digest(text, strlen(text), md, &len, EVP_sha256(), NULL) == 1);
+	for (int i = 0; i < 32; i++)
+		snprintf(hex + 2 * i, 3, "%02x", md[i]);
+	if (p) {
+		CHECK_STR(p->hash, hex);
+		CHECK_STR(p->path, "h.yaml");
+	}
+	policy_free(p);
+}
+
+static void test_compile_may_target(void)
+{
+	struct policy *p = load_ok(DATA "good_full.yaml");
+	int bot, def, db, llm, net, k8s;
+
+	CHECK(p != NULL);
+	if (!p)
+		return;
+	bot = policy_agent_index(p, "support-bot");
+	def = policy_agent_index(p, "default");
+	db = policy_target_index(p, "orders-db");
+	llm = policy_target_index(p, "llm-api");
+	net = policy_target_index(p, "internal-net");
+	k8s = policy_target_index(p, "cluster");
+	CHECK(bot == 0 && def == 1 && db == 0 && llm == 2 && net == 4 && k8s == 7);
+	CHECK(p->agents[bot].may_target[db]);
+	CHECK(p->agents[bot].target_rule[db] == &p->roles[0].rules[0]);
+	CHECK(p->agents[bot].may_target[llm]);
+	CHECK(p->agents[bot].target_rule[llm] == &p->roles[0].rules[2]);
+	CHECK(!p->agents[bot].may_target[net]);
+	CHECK(p->agents[bot].target_rule[net] == NULL);
+	CHECK(p->agents[bot].may_target[k8s]);
+	/* "default" is bound to k8s-viewer only; the claims binding is not resolved here */
+	CHECK(p->agents[def].may_target[k8s]);
+	CHECK(!p->agents[def].may_target[db]);
+	CHECK(policy_agent_index(p, "nobody") == -1);
+	CHECK(policy_target_index(p, "nothing") == -1);
+	CHECK(policy_agent_index(NULL, "x") == -1);
+	policy_free(p);
+}
+
+static void test_defaults_and_forms(void)
+{
+	static const char text[] =
+		"version: 1\n"
+		"agents:\n"
+		"  - name: a\n"
+		"    cgroup: /system.slice/agent-a.scope\n"
+		"    identity: {source: token_file, token_file: /run/t, issuer: http://127.0.0.1:5556,\n"
+		"               audience: x, groups_claim: groups}\n"
+		"targets:\n"
+		"  - name: db\n"
+		"    protocol: postgres\n"
+		"    address: DB.Example.COM.:5432\n"
+		"    upstream: {statement_timeout: 1m30s, idle_in_transaction_session_timeout: 500ms}\n"
+		"  - {name: imds, protocol: http, address: 169.254.169.254:80}\n"
+		"  - {name: imds6, protocol: http, address: '[fd00:ec2::254]:80'}\n"
+		"roles:\n"
+		"  - name: r\n"
+		"    rules:\n"
+		"      - {target: db, allow: {}, review: {statements: delete}}\n"
+		"bindings:\n"
+		"  - {role: r, agents: a}\n"
+		"audit:\n"
+		"  spool: {max_bytes: 10MB}\n"
+		"  sinks: [{type: syslog, address: '[::1]:514'}]\n";
+	struct policy_errors e;
+	struct policy *p = load_str("forms.yaml", text, &e);
+
+	CHECK(p != NULL);
+	if (!p) {
+		dump_errors(&e);
+		return;
+	}
+	CHECK(p->mode == POLICY_ENFORCE);
+	CHECK_STR(p->agents[0].cgroup, "/system.slice/agent-a.scope");
+	CHECK(p->agents[0].identity.source == IDENT_TOKEN_FILE);
+	CHECK_STR(p->targets[0].addr.host, "db.example.com");
+	CHECK(p->targets[0].upstream.statement_timeout_ms == 90000);
+	CHECK(p->targets[0].upstream.idle_in_transaction_timeout_ms == 500);
+	CHECK(p->targets[1].names_metadata);
+	CHECK(p->targets[2].names_metadata);
+	CHECK(!p->targets[0].names_metadata);
+	CHECK(p->roles[0].rules[0].allow.present && p->roles[0].rules[0].allow.statements.n == 0);
+	CHECK(p->roles[0].rules[0].review.timeout_s == 300);
+	CHECK_STR(strv_at(&p->roles[0].rules[0].review.statements, 0), "delete");
+	CHECK(p->agents[0].may_target[0] && !p->agents[0].may_target[1]);
+	CHECK(p->audit.spool_max_bytes == 10000000);
+	CHECK_STR(p->audit.sinks[0].transport, "tcp");
+	CHECK_STR(p->audit.on_full, "drop_newest");
+	policy_free(p);
+}
+
+/* ---- files that must be refused ------------------------------------------- */
+
+struct bad_case {
+	const char *file;
+	int line, col;
+	const char *msg;
+	int total;      /* errors expected in all */
+};
+
+static const struct bad_case bad_cases[] = {
+	{ "bad_unknown_key.yaml", 4, 3, "unknown key 'alow' (did you mean 'allow'?)", 1 },
+	{ "bad_unknown_top.yaml", 2, 1, "unknown key 'agnets' (did you mean 'agents'?)", 2 },
+	{ "bad_unknown_top.yaml", 1, 1, "missing required key 'agents'", 2 },
+	{ "bad_wrong_type.yaml", 2, 9, "agents must be a list, got 'a'", 1 },
+	{ "bad_limits_type.yaml", 4, 27, "connections must be an integer", 1 },
+	{ "bad_limits_range.yaml", 5, 20, "connections must be in 1..1000000", 1 },
+	{ "bad_addr_noport.yaml", 6, 14, "missing port", 1 },
+	{ "bad_addr_v6_nobrackets.yaml", 4, 41, "IPv6 addresses need brackets", 1 },
+	{ "bad_port.yaml", 6, 14, "bad port '70000'", 1 },
+	{ "bad_port_zero.yaml", 6, 14, "bad port '0'", 1 },
+	{ "bad_cidr_hostbits.yaml", 6, 14, "host bits set", 1 },
+	{ "bad_cidr_prefix.yaml", 6, 14, "bad prefix length '/33'", 1 },
+	{ "bad_host.yaml", 6, 14, "'10.0.0.256' is not a valid IP address or host name", 1 },
+	{ "bad_protocol.yaml", 5, 15, "protocol must be one of tcp|tls|postgres|http|kubernetes", 1 },
+	{ "bad_dup_agent.yaml", 5, 11, "duplicate agent name 'a' (first defined at line 3)", 1 },
+	{ "bad_dup_target.yaml", 5, 12, "duplicate target name 'db' (first defined at line 4)", 1 },
+	{ "bad_dup_address.yaml", 5, 46, "same address as target 'db1'", 1 },
+	{ "bad_dup_key.yaml", 5, 5, "duplicate key 'name' (first at 3:5)", 1 },
+	{ "bad_unknown_target.yaml", 8, 17, "unknown target 'orders-dbb' (did you mean 'orders-db'?)", 1 },
+	{ "bad_unknown_role.yaml", 6, 12, "unknown role 'writer'", 1 },
+	{ "bad_unknown_agent.yaml", 7, 27, "unknown agent 'support-bto' (did you mean 'support-bot'?)", 1 },
+	{ "bad_inline_secret.yaml", 8, 7, "secrets must come from a file (use 'client_secret_file')", 2 },
+	{ "bad_inline_password.yaml", 7, 27, "secrets must come from a file (use 'password_file')", 1 },
+	{ "bad_duration.yaml", 8, 26, "bad duration '30'", 1 },
+	{ "bad_version_missing.yaml", 1, 1, "missing required key 'version'", 1 },
+	{ "bad_version_2.yaml", 1, 10, "unsupported version 2", 1 },
+	{ "bad_mode.yaml", 2, 7, "mode must be one of enforce|observe, got 'permissive'", 1 },
+	{ "bad_cgroup_dotdot.yaml", 4, 13, "'..'", 1 },
+	{ "bad_json_syntax.json", 4, 18, "invalid JSON", 1 },
+	{ "bad_json_dup.json", 4, 3, "duplicate key 'version' (first at 2:3)", 1 },
+	{ "bad_json_type.json", 2, 14, "version must be an integer", 1 },
+	{ "bad_anchor.yaml", 3, 5, "anchors are not allowed", 2 },
+	{ "bad_anchor.yaml", 5, 5, "aliases are not allowed", 2 },
+	{ "bad_tag.yaml", 3, 11, "tags are not allowed", 1 },
+	{ "bad_two_docs.yaml", 3, 1, "single YAML document", 1 },
+	{ "bad_size.yaml", 4, 42, "bad size '1 gigabyte'", 1 },
+	{ "bad_identity_cc.yaml", 5, 7, "missing required key 'client_id'", 2 },
+	{ "bad_identity_cc.yaml", 9, 7, "not both", 2 },
+	{ "bad_local_identity.yaml", 4, 31, "'issuer' does not apply to identity source 'local'", 1 },
+	{ "bad_scope.yaml", 9, 17, "'statements' does not apply to http target 'api'", 1 },
+	{ "bad_binding_empty.yaml", 5, 5, "needs 'agents' or 'claims'", 1 },
+	{ "bad_agents_empty.yaml", 2, 9, "at least one agent", 1 },
+	{ "bad_yaml_syntax.yaml", 4, 4, "did not find expected", 1 },
+	{ "bad_sink.yaml", 5, 7, "a file sink needs 'path'", 2 },
+	{ "bad_sink.yaml", 6, 22, "'url' does not apply to stdout sinks", 2 },
+	{ "bad_dns_upstream.yaml", 2, 17, "dns upstream must be an IP address", 1 },
+	{ "bad_bool.yaml", 4, 25, "must be true or false", 1 },
+	{ "bad_agent_name.yaml", 3, 11, "invalid agent name 'bad name'", 1 },
+	{ "bad_review_timeout.yaml", 9, 49, "whole seconds", 1 },
+};
+
+static void test_bad_files(void)
+{
+	for (size_t i = 0; i < sizeof(bad_cases) / sizeof(bad_cases[0]); i++) {
+		const struct bad_case *c = &bad_cases[i];
+		struct policy_errors e;
+		char path[256];
+		struct policy *p;
+
+		snprintf(path, sizeof(path), DATA "%s", c->file);
+		p = policy_load_file(path, &e);
+		CHECK(p == NULL);
+		policy_free(p);
+		if (!has_error(&e, c->line, c->col, c->msg) || e.total != c->total) {
+			fprintf(stderr, "  %s: wanted %d error(s) incl. %d:%d '%s', got:\n",
+				c->file, c->total, c->line, c->col, c->msg);
+			dump_errors(&e);
+			unit_failed_checks++;
+		}
+		CHECK(e.n >= 1 && strcmp(e.e[0].file, path) == 0);
+	}
+}
+
+static void test_errors_sorted_and_capped(void)
+{
+	char text[4096];
+	size_t used;
+	struct policy_errors e;
+	struct policy *p;
+
+	used = (size_t)snprintf(text, sizeof(text), "version: 1\nagents:\n  - name: a\n");
+	for (int i = 0; i < 40; i++)
+		used += (size_t)snprintf(text + used, sizeof(text) - used, "bogus%d: 1\n", i);
+	p = load_str("many.yaml", text, &e);
+	CHECK(p == NULL);
+	CHECK(e.n == POLICY_MAX_ERRORS);
+	CHECK(e.total == 40);
+	for (int i = 1; i < e.n; i++)
+		CHECK(e.e[i - 1].line < e.e[i].line);
+}
+
+static void test_buffers_and_limits(void)
+{
+	struct policy_errors e;
+	struct policy *p;
+	char *big, deep[200];
+
+	/* JSON detected by content, named without .json */
+	p = load_str("inline", "  {\"version\": 1, \"agents\": [{\"name\": \"a\"}]}", &e);
+	CHECK(p != NULL);
+	policy_free(p);
+	p = load_str("inline", "{\"version\": 1, // no comments in JSON\n}", &e);
+	CHECK(p == NULL && has_error(&e, 1, 16, "invalid JSON"));
+	/* .json names are JSON even when the content would pass as YAML */
+	p = load_str("p.json", "version: 1\nagents: [{name: a}]\n", &e);
+	CHECK(p == NULL && e.n == 1 && strstr(e.e[0].msg, "invalid JSON"));
+	p = load_str("cg.yaml", "version: 1\nagents:\n  - {name: x}\n"
+		     "  - {name: y, cgroup: /agentgate/x}\n", &e);
+	CHECK(p == NULL && e.total == 1 && has_error(&e, 4, 23, "share cgroup 'agentgate/x'"));
+	p = load_str("empty.yaml", "# nothing here\n", &e);
+	CHECK(p == NULL && has_error(&e, 1, 1, "policy is empty"));
+	p = load_str("list.yaml", "- a\n- b\n", &e);
+	CHECK(p == NULL && has_error(&e, 1, 1, "the policy must be a mapping"));
+	p = load_str("nul.yaml", "version: 1\nagents: [{name: \"a\\0b\"}]\n", &e);
+	CHECK(p == NULL && has_error(&e, 2, 17, "control character"));
+	p = load_str("utf8.yaml", "version: 1\nagents: [{name: \xff}]\n", &e);
+	CHECK(p == NULL && e.n == 1 && e.e[0].line == 2);
+
+	memset(deep, '[', sizeof(deep) - 1);
+	deep[sizeof(deep) - 1] = '\0';
+	p = load_str("deep.yaml", deep, &e);
+	CHECK(p == NULL && e.n >= 1 && strstr(e.e[0].msg, "nested deeper"));
+
+	big = malloc(POLICY_MAX_FILE + 1);
+	CHECK(big != NULL);
+	if (big) {
+		memset(big, '#', POLICY_MAX_FILE + 1);
+		p = policy_load_buffer("big.yaml", big, POLICY_MAX_FILE + 1, &e);
+		CHECK(p == NULL && e.n == 1 && strstr(e.e[0].msg, "limit"));
+		free(big);
+	}
+
+	p = policy_load_buffer("noerrs.yaml", "version: 2\n", 11, NULL);
+	CHECK(p == NULL);
+	p = policy_load_file("/dev/zero", &e);   /* endless: refused, not swallowed */
+	CHECK(p == NULL && e.n == 1 && strstr(e.e[0].msg, "larger than"));
+	p = policy_load_file(DATA "does-not-exist.yaml", &e);
+	CHECK(p == NULL && e.n == 1 && e.e[0].line == 0 && strstr(e.e[0].msg, "cannot open"));
+	policy_free(NULL);
+}
+
+static void test_error_format(void)
+{
+	struct policy_error e = { .file = "prod.yaml", .line = 12, .col = 7,
+				  .msg = "unknown key 'alow'" };
+	char out[128], tiny[8];
+
+	policy_error_format(&e, out, sizeof(out));
+	CHECK_STR(out, "prod.yaml:12:7: unknown key 'alow'");
+	e.col = 0;
+	policy_error_format(&e, out, sizeof(out));
+	CHECK_STR(out, "prod.yaml:12: unknown key 'alow'");
+	e.line = 0;
+	policy_error_format(&e, out, sizeof(out));
+	CHECK_STR(out, "prod.yaml: unknown key 'alow'");
+	policy_error_format(&e, tiny, sizeof(tiny));
+	CHECK_STR(tiny, "prod.ya");
+}
+
+/* ---- matching ------------------------------------------------------------ */
+
+static const char match_policy[] =
+	"version: 1\n"
+	"agents: [{name: a}]\n"
+	"targets:\n"
+	"  - {name: wide, protocol: tcp, address: 10.0.0.0/8:5432}\n"       /* 0 */
+	"  - {name: exact, protocol: postgres, address: 10.0.0.5:5432}\n"   /* 1 */
+	"  - {name: narrow, protocol: tcp, address: 10.0.0.0/24:5432}\n"    /* 2 */
+	"  - {name: byname, protocol: postgres, address: db.internal:5432}\n" /* 3 */
+	"  - {name: v6, protocol: tls, address: '[2001:db8::1]:443'}\n"     /* 4 */
+	"  - {name: v6net, protocol: tls, address: '[2001:db8::/32]:443'}\n" /* 5 */
+	"  - {name: web, protocol: http, address: 10.0.0.0/8:80}\n"         /* 6 */
+	"  - {name: all4, protocol: tls, address: 0.0.0.0/0:443}\n";        /* 7 */
+
+static bool resolves_db(void *ctx, const char *host, const uint8_t addr[16])
+{
+	uint8_t want[16];
+
+	(*(int *)ctx)++;
+	addr_of("192.168.1.1", want);
+	if (strcmp(host, "db.internal") == 0 && memcmp(addr, want, 16) == 0)
+		return true;
+	addr_of("10.0.0.7", want);
+	return strcmp(host, "db.internal") == 0 && memcmp(addr, want, 16) == 0;
+}
+
+struct match_case {
+	const char *addr;
+	uint16_t port;
+	bool with_resolver;
+	int want;
+};
+
+static void test_match_target(void)
+{
+	static const struct match_case cases[] = {
+		{ "10.0.0.5", 5432, true, 1 },        /* exact beats both prefixes */
+		{ "10.0.0.6", 5432, true, 2 },        /* longest prefix */
+		{ "10.1.0.1", 5432, true, 0 },
+		{ "10.0.0.5", 5433, true, -1 },       /* port mismatch */
+		{ "10.0.0.5", 80, true, 6 },
+		{ "192.168.1.1", 5432, true, 3 },     /* by name */
+		{ "192.168.1.1", 5432, false, -1 },   /* no resolver, no name match */
+		{ "10.0.0.7", 5432, true, 2 },        /* a prefix beats a name */
+		{ "::10.0.0.5", 5432, true, -1 },     /* v4-compatible is not v4-mapped */
+		{ "::ffff:10.0.0.5", 5432, true, 1 }, /* v4-mapped is v4 */
+		{ "2001:db8::1", 443, true, 4 },
+		{ "2001:db8::2", 443, true, 5 },
+		{ "2001:db9::1", 443, true, -1 },
+		{ "8.8.8.8", 443, true, 7 },          /* 0.0.0.0/0 covers every IPv4 */
+		{ "2001:db9::1", 80, true, -1 },
+	};
+	struct policy_errors e;
+	struct policy *p = load_str("match.yaml", match_policy, &e);
+	int calls = 0;
+
+	CHECK(p != NULL);
+	if (!p) {
+		dump_errors(&e);
+		return;
+	}
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const struct match_case *c = &cases[i];
+		uint8_t a[16];
+		int got;
+
+		addr_of(c->addr, a);
+		got = policy_match_target(p, a, c->port, c->with_resolver ? resolves_db : NULL,
+					  &calls);
+		if (got != c->want) {
+			fprintf(stderr, "  match %s port %u: got %d, want %d\n", c->addr,
+				c->port, got, c->want);
+			unit_failed_checks++;
+		}
+	}
+	CHECK(calls > 0);
+	CHECK(policy_match_target(NULL, NULL, 1, NULL, NULL) == -1);
+	policy_free(p);
+}
+
+static void test_metadata(void)
+{
+	uint8_t a[16];
+
+	addr_of("169.254.169.254", a);
+	CHECK(policy_is_metadata_addr(a));
+	addr_of("fd00:ec2::254", a);
+	CHECK(policy_is_metadata_addr(a));
+	addr_of("169.254.169.253", a);
+	CHECK(!policy_is_metadata_addr(a));
+	addr_of("::169.254.169.254", a);      /* not v4-mapped */
+	CHECK(!policy_is_metadata_addr(a));
+	addr_of("fd00:ec2::253", a);
+	CHECK(!policy_is_metadata_addr(a));
+	CHECK(!policy_is_metadata_addr(NULL));
+}
+
+/* ---- DNS ----------------------------------------------------------------- */
+
+static void test_dns_allowed(void)
+{
+	static const struct { const char *name; bool want; } cases[] = {
+		{ "api.openai.com", true },
+		{ "API.OpenAI.com.", true },
+		{ "x.api.openai.com", false },
+		{ "openai.com", false },
+		{ "a.example.com", true },
+		{ "a.b.Example.COM", true },
+		{ "example.com", false },        /* "*." means strictly below */
+		{ "example.com.", false },
+		{ "badexample.com", false },
+		{ "xexample.com", false },
+		{ "mail.example.org", true },    /* written with a trailing dot and upper case */
+		{ "", false },
+		{ ".", false },
+		{ "a.example.com..", false },
+	};
+	static const char text[] =
+		"version: 1\n"
+		"dns: {upstream: 127.0.0.53:53, allow: ['*.example.com', api.openai.com, "
+		"MAIL.example.ORG.]}\n"
+		"agents: [{name: a}]\n";
+	struct policy_errors e;
+	struct policy *p = load_str("dns.yaml", text, &e), *open_p;
+
+	CHECK(p != NULL);
+	if (!p) {
+		dump_errors(&e);
+		return;
+	}
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		if (policy_dns_allowed(p, cases[i].name) != cases[i].want) {
+			fprintf(stderr, "  dns_allowed('%s') != %d\n", cases[i].name, cases[i].want);
+			unit_failed_checks++;
+		}
+	}
+	CHECK(!policy_dns_allowed(p, NULL));
+	policy_free(p);
+
+	open_p = load_str("dns2.yaml", "version: 1\ndns: {upstream: '[::1]:53'}\nagents: [{name: a}]\n", &e);
+	CHECK(open_p != NULL);
+	if (open_p)
+		CHECK(policy_dns_allowed(open_p, "anything.at.all"));
+	policy_free(open_p);
+
+	p = load_str("dns3.yaml", "version: 1\ndns: {upstream: 1.1.1.1:53, allow: ['*', 'a.*.com']}\n"
+		     "agents: [{name: a}]\n", &e);
+	CHECK(p == NULL && e.total == 2 && has_error(&e, 2, 37, "'*'"));
+}
+
+/* ---- address parsing ----------------------------------------------------- */
+
+struct addr_case {
+	const char *in;
+	int rc;
+	enum policy_addr_kind kind;
+	const char *addr;            /* inet_ntop form of the stored 16 bytes */
+	uint8_t prefixlen;
+	bool is_v4;
+	const char *host;
+	uint16_t port;
+};
+
+#define BAD(s) { .in = (s), .rc = -EINVAL }
+
+static void test_parse_addr(void)
+{
+	static const struct addr_case cases[] = {
+		{ "1.2.3.4:5432", 0, ADDR_IP, "::ffff:1.2.3.4", 128, true, NULL, 5432 },
+		{ "[2001:db8::1]:443", 0, ADDR_IP, "2001:db8::1", 128, false, NULL, 443 },
+		{ "10.0.0.0/8:5432", 0, ADDR_CIDR, "::ffff:10.0.0.0", 104, true, NULL, 5432 },
+		{ "[fd00::/8]:443", 0, ADDR_CIDR, "fd00::", 8, false, NULL, 443 },
+		{ "0.0.0.0/0:1", 0, ADDR_CIDR, "::ffff:0.0.0.0", 96, true, NULL, 1 },
+		{ "[::ffff:1.2.3.4]:80", 0, ADDR_IP, "::ffff:1.2.3.4", 128, true, NULL, 80 },
+		{ "Host.Name.:443", 0, ADDR_HOST, NULL, 0, false, "host.name", 443 },
+		{ "localhost:65535", 0, ADDR_HOST, NULL, 0, false, "localhost", 65535 },
+		{ "_svc.internal:8080", 0, ADDR_HOST, NULL, 0, false, "_svc.internal", 8080 },
+		BAD("1.2.3.4"), BAD("1.2.3.4:"), BAD("1.2.3.4:0"),
+		BAD("1.2.3.4:65536"), BAD("1.2.3.4:-1"), BAD("1.2.3.4:8a"),
+		BAD("1.2.3.4:123456"), BAD("2001:db8::1:443"),
+		BAD("[2001:db8::1]443"), BAD("[2001:db8::1:443"),
+		BAD("[1.2.3.4]:80"), BAD("10.0.0.1/8:80"),
+		BAD("10.0.0.0/33:80"), BAD("10.0.0.0/:80"),
+		BAD("[fd00::/129]:443"), BAD("10.0.0.256:80"),
+		BAD("1.2.3:80"), BAD("010.0.0.1:80"), BAD("-bad.host:80"),
+		BAD("bad-.host:80"), BAD("a..b:80"), BAD("*.example.com:443"),
+		BAD(":80"), BAD("[]:80"), BAD(""),
+		BAD("[fe80::1%eth0]:80"), BAD("host name:80"),
+		BAD("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.com:80"),
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const struct addr_case *c = &cases[i];
+		struct policy_addr a;
+		char why[128], ntop[INET6_ADDRSTRLEN] = "";
+		int rc = policy_parse_addr(c->in, &a, why, sizeof(why));
+		bool ok = rc == c->rc;
+
+		if (rc == 0 && c->rc == 0) {
+			if (a.kind != ADDR_HOST)
+				inet_ntop(AF_INET6, a.addr, ntop, sizeof(ntop));
+			ok = a.kind == c->kind && a.port == c->port &&
+			     (c->addr == NULL || strcmp(ntop, c->addr) == 0) &&
+			     (a.kind == ADDR_HOST || (a.prefixlen == c->prefixlen &&
+						      a.is_v4 == c->is_v4)) &&
+			     (c->host == NULL ? a.host == NULL :
+			      (a.host && strcmp(a.host, c->host) == 0));
+		} else if (rc != 0) {
+			ok = ok && why[0] != '\0' && a.host == NULL;
+		}
+		if (!ok) {
+			fprintf(stderr, "  parse_addr('%s'): rc %d kind %d addr %s/%u host %s why '%s'\n",
+				c->in, rc, a.kind, ntop, a.prefixlen, a.host ? a.host : "-",
+				rc ? why : "");
+			unit_failed_checks++;
+		}
+		free(a.host);
+	}
+	CHECK(policy_parse_addr(NULL, &(struct policy_addr){ 0 }, NULL, 0) == -EINVAL);
+}
+
+static void test_proto_name(void)
+{
+	CHECK_STR(policy_proto_name(PROTO_TCP), "tcp");
+	CHECK_STR(policy_proto_name(PROTO_POSTGRES), "postgres");
+	CHECK_STR(policy_proto_name(PROTO_KUBERNETES), "kubernetes");
+	CHECK_STR(policy_proto_name(PROTO__COUNT), "unknown");
+}
+
+int main(void)
+{
+	RUN(test_default_policy);
+	RUN(test_full_yaml);
+	RUN(test_full_json_twin);
+	RUN(test_hash_is_sha256_of_bytes);
+	RUN(test_compile_may_target);
+	RUN(test_defaults_and_forms);
+	RUN(test_bad_files);
+	RUN(test_errors_sorted_and_capped);
+	RUN(test_buffers_and_limits);
+	RUN(test_error_format);
+	RUN(test_match_target);
+	RUN(test_metadata);
+	RUN(test_dns_allowed);
+	RUN(test_parse_addr);
+	RUN(test_proto_name);
+	UNIT_DONE("policy");
+}

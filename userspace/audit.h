@@ -1,0 +1,56 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * audit: one place that builds OCSF 1.8.0 events and delivers them.
+ *
+ * audit_emit() assigns metadata.uid (UUIDv7) and a gap-free
+ * metadata.sequence under one lock, writes one JSON line to every sink
+ * (stdout, file), keeps the line in a bounded in-memory ring for
+ * `agentgate audit tail`, and pushes it to followers. It never blocks on a
+ * follower: one that cannot keep up is dropped. Events never carry a secret
+ * or an unmasked value; builders take only what may be shown.
+ */
+#ifndef AGENTGATE_AUDIT_H
+#define AGENTGATE_AUDIT_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include "policy.h"
+
+#define OCSF_VERSION "1.8.0"
+#define AUDIT_RECENT 1024
+
+/* Opens the policy's sinks (file, stdout). Other sink types are reported
+ * by the caller as not yet available. 0 or -errno. */
+int audit_open(const struct policy *p);
+void audit_close(void);
+/* The policy hash stamped on every event (changes on reload). */
+void audit_set_policy(const struct policy *p);
+
+/* A new event of class_uid (4001, 4003, 6002, 1008, ...) with its class,
+ * category and type fields filled. The caller adds the rest, then emits. */
+json_t *audit_event(int class_uid, int activity_id, const char *activity_name);
+/* Takes ownership of ev. Thread-safe. */
+void audit_emit(json_t *ev);
+
+/* Agent context shared by every event about an agent's activity. */
+struct audit_agent {
+	const char *name;        /* NULL: unknown */
+	const char *cgroup;
+	uint32_t pid, tid, uid;
+	const char *comm;
+	uint64_t cgroup_id;
+};
+void audit_add_agent(json_t *ev, const struct audit_agent *a);
+/* status/disposition/action: allowed (1) or blocked (2), with observe marking. */
+void audit_add_verdict(json_t *ev, bool allowed, bool would_deny, const char *rule,
+		       const char *reason);
+
+/* Last n events (n <= AUDIT_RECENT), oldest first, as a JSON array of strings. */
+json_t *audit_recent(int n);
+/* Adds a follower fd (non-blocking); audit owns and closes it. */
+void audit_follow(int fd);
+
+uint64_t audit_sequence(void);
+
+#endif

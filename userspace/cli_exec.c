@@ -1,0 +1,241 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * agentgate exec: run CMD as an agent. In order: find the agent's cgroup and
+ * check its programs are attached (else refuse), move into the cgroup, take
+ * a private mount namespace in which every cgroup2 and bpffs mount is
+ * read-only and the state directory is hidden, drop the capabilities that
+ * would undo enforcement, switch user when --user is given, set
+ * no_new_privs, and execvp(CMD): CMD's exit status and output are its own.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <jansson.h>
+#include <limits.h>
+#include <pwd.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/capability.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "loader.h"
+#include "util.h"
+
+static const cap_value_t dropped_caps[] = {
+	CAP_SYS_ADMIN, CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_PTRACE,
+	CAP_SYS_MODULE, CAP_PERFMON,
+};
+#define NDROPPED (int)(sizeof(dropped_caps) / sizeof(dropped_caps[0]))
+
+static int find_agent(const char *state_dir, const char *agent, char *path, size_t pathlen,
+		      uint64_t *cgid)
+{
+	char file[PATH_MAX + 16];
+	json_error_t jerr;
+	json_t *arr, *it;
+	size_t i;
+	int ret = -ENOENT;
+
+	snprintf(file, sizeof(file), "%s/agents.json", state_dir);
+	arr = json_load_file(file, JSON_REJECT_DUPLICATES, &jerr);
+	if (!arr)
+		return -ENOENT;
+	json_array_foreach(arr, i, it) {
+		const char *name = json_string_value(json_object_get(it, "name"));
+		const char *p = json_string_value(json_object_get(it, "path"));
+
+		if (name && p && strcmp(name, agent) == 0) {
+			snprintf(path, pathlen, "%s", p);
+			*cgid = json_integer_value(json_object_get(it, "cgroup_id"));
+			ret = 0;
+			break;
+		}
+	}
+	json_decref(arr);
+	return ret;
+}
+
+static int join_cgroup(const char *cgpath)
+{
+	char procs[PATH_MAX + 16], pid[32];
+	int fd, err = 0;
+
+	snprintf(procs, sizeof(procs), "%s/cgroup.procs", cgpath);
+	fd = open(procs, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	snprintf(pid, sizeof(pid), "%d\n", getpid());
+	if (write(fd, pid, strlen(pid)) < 0)
+		err = -errno;
+	close(fd);
+	return err;
+}
+
+static int remount_ro(const char *path)
+{
+	if (mount(path, path, NULL, MS_BIND | MS_REC, NULL))
+		return -errno;
+	if (mount(NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL))
+		return -errno;
+	return 0;
+}
+
+/* Every cgroup, cgroup2 and bpf mount point in the new namespace becomes
+ * read-only. The list is read first: each bind mount adds a mountinfo line. */
+static int lock_mounts(const char *state_dir)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	char line[4096], (*mnts)[PATH_MAX] = NULL;
+	int n = 0, err = 0;
+
+	if (!f)
+		return -errno;
+	mnts = calloc(64, PATH_MAX);
+	while (mnts && n < 64 && fgets(line, sizeof(line), f)) {
+		char *sep = strstr(line, " - ");
+		char type[64];
+		bool dup = false;
+
+		if (!sep || sscanf(sep + 3, "%63s", type) != 1)
+			continue;
+		if (strcmp(type, "cgroup2") && strcmp(type, "bpf") && strcmp(type, "cgroup"))
+			continue;
+		if (sscanf(line, "%*s %*s %*s %*s %4095s", mnts[n]) != 1 || strchr(mnts[n], '\\'))
+			continue;
+		for (int i = 0; i < n; i++)
+			dup |= strcmp(mnts[i], mnts[n]) == 0;
+		if (!dup)
+			n++;
+	}
+	fclose(f);
+	if (!mnts)
+		return -ENOMEM;
+	for (int i = 0; i < n && !err; i++) {
+		err = remount_ro(mnts[i]);
+		if (err)
+			fprintf(stderr, "agentgate: exec: make '%s' read-only: %s\n", mnts[i], strerror(-err));
+	}
+	free(mnts);
+	if (err)
+		return err;
+	/* Hide the state directory (admin socket, keys, spool) behind an empty, read-only tmpfs. */
+	if (mount("tmpfs", state_dir, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+		  "size=4k,mode=0500")) {
+		err = -errno;
+		fprintf(stderr, "agentgate: exec: hide '%s': %s\n", state_dir, strerror(errno));
+	}
+	return err;
+}
+
+static int drop_caps(void)
+{
+	cap_t caps;
+	int err = 0;
+
+	for (int i = 0; i < NDROPPED; i++)
+		if (prctl(PR_CAPBSET_DROP, dropped_caps[i], 0, 0, 0) && errno != EINVAL)
+			return -errno;
+	prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+	caps = cap_get_proc();
+	if (!caps)
+		return -errno;
+	if (cap_set_flag(caps, CAP_EFFECTIVE, NDROPPED, dropped_caps, CAP_CLEAR) ||
+	    cap_set_flag(caps, CAP_PERMITTED, NDROPPED, dropped_caps, CAP_CLEAR) ||
+	    cap_set_flag(caps, CAP_INHERITABLE, NDROPPED, dropped_caps, CAP_CLEAR) ||
+	    cap_set_proc(caps))
+		err = -errno;
+	cap_free(caps);
+	return err;
+}
+
+static int switch_user(const char *user)
+{
+	struct passwd *pw = getpwnam(user);
+	uint64_t uid;
+
+	if (!pw && parse_u64(user, 0, UINT32_MAX - 1, &uid) == 0)
+		pw = getpwuid(uid);
+	if (!pw) {
+		fprintf(stderr, "agentgate: exec: unknown user '%s'\n", user);
+		return -ENOENT;
+	}
+	if (initgroups(pw->pw_name, pw->pw_gid) || setgid(pw->pw_gid) || setuid(pw->pw_uid))
+		return -errno;
+	/* Leaving uid 0 clears every capability; make sure nothing is left. */
+	if (pw->pw_uid != 0 && (setuid(0) == 0 || prctl(PR_CAPBSET_READ, CAP_SYS_ADMIN) < 0)) {
+		fprintf(stderr, "agentgate: exec: could not drop root\n");
+		return -EPERM;
+	}
+	setenv("HOME", pw->pw_dir, 1);
+	setenv("USER", pw->pw_name, 1);
+	setenv("LOGNAME", pw->pw_name, 1);
+	return 0;
+}
+
+int cmd_exec(int argc, char **argv, const char *state_dir)
+{
+	const char *agent = NULL, *user = NULL;
+	char cgpath[PATH_MAX];
+	uint64_t cgid = 0;
+	struct stat st;
+	int i, err;
+
+	for (i = 0; i < argc; i++) {
+		if (strcmp(argv[i], "--") == 0) {
+			i++;
+			break;
+		} else if (strcmp(argv[i], "--agent") == 0 && i + 1 < argc) {
+			agent = argv[++i];
+		} else if (strcmp(argv[i], "--user") == 0 && i + 1 < argc) {
+			user = argv[++i];
+		} else {
+			break;
+		}
+	}
+	if (!agent || i >= argc) {
+		fprintf(stderr, "usage: agentgate exec --agent NAME [--user U] -- CMD [ARG...]\n");
+		return 2;
+	}
+	if (find_agent(state_dir, agent, cgpath, sizeof(cgpath), &cgid)) {
+		fprintf(stderr, "agentgate: exec: agent '%s' is not known to the enforcer of '%s' "
+			"(is 'agentgate run' running with a policy that names it?)\n", agent, state_dir);
+		return 1;
+	}
+	if (stat(cgpath, &st) || st.st_ino != cgid || !loader_agent_attached(agent, cgid)) {
+		fprintf(stderr, "agentgate: exec: agent '%s': programs are not attached to '%s'; "
+			"refusing to run the command unenforced\n", agent, cgpath);
+		return 1;
+	}
+	if ((err = join_cgroup(cgpath))) {
+		fprintf(stderr, "agentgate: exec: join cgroup '%s': %s\n", cgpath, strerror(-err));
+		return 1;
+	}
+	if (unshare(CLONE_NEWNS) || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL)) {
+		fprintf(stderr, "agentgate: exec: private mount namespace: %s\n", strerror(errno));
+		return 1;
+	}
+	if (lock_mounts(state_dir))
+		return 1;
+	if ((err = drop_caps())) {
+		fprintf(stderr, "agentgate: exec: drop capabilities: %s\n", strerror(-err));
+		return 1;
+	}
+	if (user && (err = switch_user(user))) {
+		if (err != -ENOENT)
+			fprintf(stderr, "agentgate: exec: switch to user '%s': %s\n", user, strerror(-err));
+		return 1;
+	}
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)) {
+		fprintf(stderr, "agentgate: exec: no_new_privs: %s\n", strerror(errno));
+		return 1;
+	}
+	execvp(argv[i], argv + i);
+	fprintf(stderr, "agentgate: exec: %s: %s\n", argv[i], strerror(errno));
+	return errno == ENOENT ? 127 : 126;
+}

@@ -1,0 +1,924 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/file.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <bpf/libbpf.h>
+
+#include "admin.h"
+#include "audit.h"
+#include "conn.h"
+#include "dns.h"
+#include "enforcer.h"
+#include "loop.h"
+#include "proto.h"
+#include "util.h"
+
+#ifndef SO_NETNS_COOKIE
+#define SO_NETNS_COOKIE 71
+#endif
+
+struct enforcer *E;
+
+extern const char ag_default_policy[], ag_default_policy_end[];
+
+static const char *const counter_names[AG_CNT__MAX] = {
+	[AG_CNT_RB_DROP] = "ringbuf_dropped",
+	[AG_CNT_PAIR_FAIL] = "pair_map_update_failed",
+	[AG_CNT_SK_STORAGE_FAIL] = "sk_storage_failed",
+	[AG_CNT_NO_STAMP] = "no_identity_stamp",
+	[AG_CNT_NO_AGENT] = "no_agent_slot",
+	[AG_CNT_REDIRECT] = "redirected",
+	[AG_CNT_DNS_REDIRECT] = "dns_redirected",
+	[AG_CNT_DENY_CONNECT] = "denied_connect",
+	[AG_CNT_DENY_SOCK] = "denied_socket",
+	[AG_CNT_DENY_BIND] = "denied_bind",
+	[AG_CNT_CFG_MISSING] = "config_missing",
+};
+
+static const char *reason_str(uint32_t r)
+{
+	switch (r) {
+	case AG_R_NO_STAMP: return "socket has no agent identity stamp";
+	case AG_R_NOT_ALLOWED: return "destination not allowed for this agent";
+	case AG_R_METADATA: return "cloud metadata address not named by any target";
+	case AG_R_UDP_NOT_DNS: return "UDP other than DNS (port 53) is refused";
+	case AG_R_FAMILY: return "address family refused";
+	case AG_R_PROTOCOL: return "socket type or protocol refused (only TCP and UDP)";
+	case AG_R_MAP_FAIL: return "kernel map operation failed";
+	case AG_R_RESERVED_PORT: return "port reserved for the enforcer";
+	case AG_R_NO_AGENT: return "cgroup has no agent configured";
+	case AG_R_NETNS: return "network namespace not served by the enforcer";
+	case AG_R_NO_CONFIG: return "enforcer has not configured the kernel side";
+	default: return "unknown";
+	}
+}
+
+/* ---- policy → cgroups and kernel maps ------------------------------------ */
+
+static int resolve_cgroup(const struct policy_agent *a, char *abs, size_t abslen, char *rel, size_t rellen)
+{
+	const char *root = E->cgroup2;
+	size_t rl = strlen(root);
+	char given[PATH_MAX];
+
+	if (a->cgroup)
+		snprintf(given, sizeof(given), "%s", a->cgroup);
+	else
+		snprintf(given, sizeof(given), "agentgate/%s", a->name);
+	/* Absolute paths may name the mount ("/sys/fs/cgroup/unified/x") or
+	 * the hierarchy ("/x"); relative ones are relative to the mount. */
+	if (strncmp(given, root, rl) == 0 && (given[rl] == '/' || given[rl] == 0))
+		snprintf(rel, rellen, "%s", given[rl] ? given + rl : "/");
+	else
+		snprintf(rel, rellen, "%s%s", given[0] == '/' ? "" : "/", given);
+	if (strcmp(rel, "/") == 0)
+		return -EINVAL;   /* never the root cgroup: the enforcer lives there */
+	snprintf(abs, abslen, "%s%s", root, rel);
+	return 0;
+}
+
+static bool path_within(const char *inner, const char *outer)
+{
+	size_t n = strlen(outer);
+
+	return strncmp(inner, outer, n) == 0 && (inner[n] == '/' || inner[n] == 0);
+}
+
+int enforcer_agent_of_cgroup(const char *rel)
+{
+	for (size_t i = 0; E && i < E->policy->nagents; i++) {
+		if (path_within(rel, E->agents[i].cgroup_rel))
+			return i;
+		for (int x = 0; x < E->agents[i].nextra; x++)
+			if (path_within(rel, E->agents[i].extra_rel[x]))
+				return i;
+	}
+	return -1;
+}
+
+static int program_allow_set(void)
+{
+	const struct policy *p = E->policy;
+	int err = loader_allow_clear(E->loader);
+
+	for (size_t a = 0; !err && a < p->nagents; a++) {
+		for (size_t t = 0; !err && t < p->ntargets; t++) {
+			const struct policy_target *tg = &p->targets[t];
+			uint32_t flags = tg->names_metadata ? AG_ALLOW_METADATA : 0;
+
+			if (tg->addr.kind == ADDR_HOST)
+				continue;   /* added as the agent's DNS answers arrive */
+			/* Metadata entries are needed in observe mode too: the kernel
+			 * refuses metadata addresses unless a target names them. */
+			if (!p->agents[a].may_target[t] && !(tg->names_metadata && p->mode == POLICY_OBSERVE))
+				continue;
+			err = loader_allow(E->loader, a + 1, tg->addr.addr, tg->addr.prefixlen,
+					   tg->addr.port, t, flags, true);
+		}
+	}
+	return err;
+}
+
+struct orphan_ctx { int n; };
+
+static void orphan_cb(void *ctx, const char *agent, uint64_t cgid, int nlinks, int ndead)
+{
+	struct orphan_ctx *oc = ctx;
+
+	if (policy_agent_index(E->policy, agent) < 0) {
+		log_warn("agent '%s' (cgroup %llu) is attached but not in the policy: its sockets are "
+			 "refused until 'agentgate detach --agent %s'", agent, (unsigned long long)cgid, agent);
+		oc->n++;
+	}
+}
+
+static int write_agents_file(void)
+{
+	char path[PATH_MAX + 32], tmp[PATH_MAX + 40];
+	json_t *arr = json_array();
+	int err = 0;
+
+	for (size_t i = 0; i < E->policy->nagents; i++)
+		json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:I}",
+			"name", E->policy->agents[i].name, "cgroup", E->agents[i].cgroup_rel,
+			"path", E->agents[i].cgroup_path, "cgroup_id", (json_int_t)E->agents[i].cgid));
+	snprintf(path, sizeof(path), "%s/agents.json", E->state_dir);
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	if (json_dump_file(arr, tmp, JSON_INDENT(2)) || rename(tmp, path))
+		err = -EIO;
+	json_decref(arr);
+	return err;
+}
+
+static int program_kernel(void)
+{
+	const struct policy *p = E->policy;
+	struct ag_global g = {
+		.abi_version = AG_ABI_VERSION,
+		.flags = AG_GF_READY,
+		.tcp_port = E->tcp_port,
+		.dns_port_base = E->dns_base,
+		.dns_port_count = AG_MAX_AGENTS,
+		.netns_cookie = E->netns_cookie,
+	};
+	struct orphan_ctx oc = { 0 };
+	int err;
+
+	if (p->nagents >= AG_MAX_AGENTS) {
+		log_err("policy: at most %d agents", AG_MAX_AGENTS - 1);
+		return -E2BIG;
+	}
+	err = loader_set_global(E->loader, &g);
+	if (err)
+		return err;
+	for (uint32_t slot = 1; slot < AG_MAX_AGENTS; slot++) {
+		struct ag_agent_cfg cfg = { 0 };
+
+		if (slot <= p->nagents)
+			cfg.flags = AG_AF_ACTIVE | (p->mode == POLICY_OBSERVE ? AG_AF_OBSERVE : 0);
+		err = loader_set_agent(E->loader, slot, &cfg);
+		if (err)
+			return err;
+	}
+	err = program_allow_set();
+	if (err) {
+		log_err("kernel allow set: %s", strerror(-err));
+		return err;
+	}
+	for (size_t i = 0; i < p->nagents; i++) {
+		struct agent_rt *rt = &E->agents[i];
+
+		if (resolve_cgroup(&p->agents[i], rt->cgroup_path, sizeof(rt->cgroup_path),
+				   rt->cgroup_rel, sizeof(rt->cgroup_rel))) {
+			log_err("agent '%s': cgroup must not be the cgroup2 root", p->agents[i].name);
+			return -EINVAL;
+		}
+		err = mkdir_p(rt->cgroup_path, 0755);
+		if (err) {
+			log_err("agent '%s': create cgroup '%s': %s", p->agents[i].name, rt->cgroup_path,
+				strerror(-err));
+			return err;
+		}
+		err = loader_attach(E->loader, p->agents[i].name, rt->cgroup_path, i + 1, &rt->cgid);
+		if (err) {
+			log_err("agent '%s': attach to '%s': %s", p->agents[i].name, rt->cgroup_path,
+				strerror(-err));
+			return err;
+		}
+		rt->attached = true;
+		log_info("agent '%s': cgroup %s attached (%d programs)", p->agents[i].name,
+			 rt->cgroup_path, loader_nprogs);
+	}
+	loader_list_pins(orphan_cb, &oc);
+	return write_agents_file();
+}
+
+/* ---- per-connection decision --------------------------------------------- */
+
+static bool is_own_listener(const uint8_t a[16], uint16_t port)
+{
+	bool loop = addr_is_v4mapped(a) ? a[12] == 127 : (memcmp(a, "\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0", 15) == 0 && a[15] == 1);
+
+	return loop && (port == E->tcp_port ||
+			(port >= E->dns_base && port < E->dns_base + AG_MAX_AGENTS));
+}
+
+json_t *enforcer_conn_event(struct conn *c, int activity_id, const char *activity_name)
+{
+	json_t *ev = audit_event(4001, activity_id, activity_name);
+	const struct policy *p = c->policy;
+	struct audit_agent a = { 0 };
+	char src[64], dst[64];
+
+	if (!ev)
+		return NULL;
+	if (c->agent_idx >= 0) {
+		a.name = p->agents[c->agent_idx].name;
+		a.cgroup = E->agents[c->agent_idx].cgroup_rel;
+	}
+	a.pid = c->pair.tgid;
+	a.tid = c->pair.pid;
+	a.uid = c->pair.uid;
+	a.comm = c->pair.comm;
+	a.cgroup_id = c->pair.cgroup_id;
+	audit_add_agent(ev, &a);
+	addr_str(c->client_addr, src, sizeof(src));
+	addr_str(c->pair.orig_addr, dst, sizeof(dst));
+	json_object_set_new(ev, "src_endpoint", json_pack("{s:s, s:i}", "ip", src, "port", c->client_port));
+	json_object_set_new(ev, "dst_endpoint", json_pack("{s:s, s:i}", "ip", dst, "port", c->pair.orig_port));
+	json_object_set_new(ev, "connection_info", json_pack("{s:s, s:i, s:i, s:s, s:I}",
+		"protocol_name", "tcp", "protocol_num", 6, "direction_id", 2, "direction", "Outbound",
+		"uid", (json_int_t)c->pair.sock_cookie));
+	json_t *um = json_object_get(ev, "unmapped");
+	if (c->target_idx >= 0)
+		json_object_set_new(um, "target", json_string(p->targets[c->target_idx].name));
+	if (c->ops)
+		json_object_set_new(um, "module", json_string(c->ops->name));
+	if (c->fallback_proto)
+		json_object_set_new(um, "module_note", json_string(
+			"protocol module not available yet: relayed as tcp without inspection"));
+	if (c->upstream_desc[0])
+		json_object_set_new(um, "upstream", json_string(c->upstream_desc));
+	return ev;
+}
+
+bool enforcer_should_refuse(struct conn *c, const char *reason)
+{
+	if (c->policy->mode == POLICY_OBSERVE) {
+		c->would_deny = true;
+		c->deny_reason = reason;
+		return false;
+	}
+	return true;
+}
+
+void enforcer_conn_closed(struct conn *c, const char *why)
+{
+	json_t *ev;
+
+	if (c->closing || c->agent_idx < 0)
+		return;
+	ev = enforcer_conn_event(c, 2, "Close");
+	if (!ev)
+		return;
+	json_object_set_new(ev, "traffic", json_pack("{s:I, s:I}", "bytes_out", (json_int_t)c->bytes[DIR_UP],
+						     "bytes_in", (json_int_t)c->bytes[DIR_DOWN]));
+	json_object_set_new(ev, "duration", json_integer(now_ns_mono() / 1000000ull - c->start_ms));
+	audit_add_verdict(ev, true, c->would_deny, c->rule ? c->rule->role : NULL, why);
+	audit_emit(ev);
+}
+
+static void refuse(struct conn *c, const char *reason)
+{
+	json_t *ev = enforcer_conn_event(c, 5, "Refuse");
+
+	if (c->agent_idx >= 0)
+		atomic_fetch_add(&E->agents[c->agent_idx].refused, 1);
+	if (ev) {
+		audit_add_verdict(ev, false, false, c->rule ? c->rule->role : NULL, reason);
+		audit_emit(ev);
+	}
+	conn_refuse(c);
+}
+
+void enforcer_accept(struct worker *w, int fd)
+{
+	const struct policy *p = E->policy;
+	struct sockaddr_storage peer, local;
+	socklen_t pl = sizeof(peer), ll = sizeof(local);
+	struct ag_pair_key key = { .netns_cookie = E->netns_cookie };
+	struct conn *c = calloc(1, sizeof(*c));
+	const char *deny = NULL;
+	int one = 1, err;
+
+	if (!c) {
+		close(fd);
+		return;
+	}
+	c->agent.fd = fd;
+	c->agent.c = c;
+	c->agent.is_agent = true;
+	c->up.fd = -1;
+	c->up.c = c;
+	c->agent_idx = c->target_idx = -1;
+	c->policy = p;
+	c->start_ms = now_ns_mono() / 1000000ull;
+	worker_link(w, c);
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+
+	if (getpeername(fd, (struct sockaddr *)&peer, &pl) || getsockname(fd, (struct sockaddr *)&local, &ll)) {
+		conn_close(c, true);
+		return;
+	}
+	addr_from_sockaddr(&peer, key.client_addr, &key.client_port);
+	addr_from_sockaddr(&local, key.listen_addr, &key.listen_port);
+	memcpy(c->client_addr, key.client_addr, 16);
+	c->client_port = key.client_port;
+
+	/* Only connections that came through the hooks have a pair entry. */
+	if (loader_pair_take(E->loader, &key, &c->pair)) {
+		atomic_fetch_add(&E->no_pair, 1);
+		json_t *ev = enforcer_conn_event(c, 5, "Refuse");
+		if (ev) {
+			audit_add_verdict(ev, false, false, NULL,
+					  "connection did not come through the agent hooks (no pair entry)");
+			audit_emit(ev);
+		}
+		conn_close(c, true);
+		return;
+	}
+	if (c->pair.slot == 0 || c->pair.slot > p->nagents) {
+		refuse(c, "socket belongs to no agent of the running policy");
+		return;
+	}
+	c->agent_idx = c->pair.slot - 1;
+	struct agent_rt *rt = &E->agents[c->agent_idx];
+	const struct policy_agent *ag = &p->agents[c->agent_idx];
+	atomic_fetch_add(&rt->active, 1);   /* released in conn_free */
+	atomic_fetch_add(&rt->accepted, 1);
+
+	if (is_own_listener(c->pair.orig_addr, c->pair.orig_port)) {
+		atomic_fetch_add(&E->self_dial, 1);
+		refuse(c, "destination is the enforcer's own listener");
+		return;
+	}
+	if (atomic_load(&rt->active) > ag->max_connections) {
+		refuse(c, "agent connection limit reached (limits.connections)");
+		return;
+	}
+	c->target_idx = policy_match_target(p, c->pair.orig_addr, c->pair.orig_port, dns_resolved,
+					    (void *)(uintptr_t)c->pair.slot);
+	const struct policy_target *t = c->target_idx >= 0 ? &p->targets[c->target_idx] : NULL;
+
+	if (policy_is_metadata_addr(c->pair.orig_addr) && !(t && t->names_metadata)) {
+		refuse(c, "cloud metadata address not named by any target");
+		return;
+	}
+	if (!t)
+		deny = "no target matches the destination";
+	else if (!ag->may_target[c->target_idx])
+		deny = "no role bound to the agent has a rule for this target";
+	else
+		c->rule = ag->target_rule[c->target_idx];
+	if (deny && enforcer_should_refuse(c, deny)) {
+		refuse(c, deny);
+		return;
+	}
+	c->ops = t ? proto_for(t->proto, &c->fallback_proto) : &proto_tcp_ops;
+	err = c->ops->start(c);
+	if (!c->closing) {
+		json_t *ev = enforcer_conn_event(c, 1, "Open");
+
+		if (ev) {
+			audit_add_verdict(ev, !err, c->would_deny, c->rule ? c->rule->role : NULL,
+					  err ? strerror(-err) : c->deny_reason);
+			audit_emit(ev);
+		}
+	}
+	if (err && !c->closing) {
+		conn_close(c, true);
+		return;
+	}
+	if (!c->closing)
+		worker_watch(w, &c->agent, EPOLLIN | EPOLLOUT | EPOLLRDHUP);
+}
+
+/* ---- ring buffer, counters, status --------------------------------------- */
+
+static int on_kernel_event(void *ctx, void *data, size_t size)
+{
+	const struct ag_event *e = data;
+	struct audit_agent a = { 0 };
+	char dst[64];
+	json_t *ev;
+
+	if (size < sizeof(*e))
+		return 0;
+	if (e->kind == AG_EV_REDIRECT || e->kind == AG_EV_DNS_REDIRECT)
+		return 0;   /* the enforcer audits the connection itself, with more context */
+	if (e->slot > 0 && e->slot <= E->policy->nagents) {
+		a.name = E->policy->agents[e->slot - 1].name;
+		a.cgroup = E->agents[e->slot - 1].cgroup_rel;
+		atomic_fetch_add(&E->agents[e->slot - 1].denied_kernel, 1);
+	}
+	a.pid = e->tgid;
+	a.tid = e->pid;
+	a.uid = e->uid;
+	a.comm = e->comm;
+	a.cgroup_id = e->cgroup_id;
+	ev = audit_event(4001, 5, "Refuse");
+	if (!ev)
+		return 0;
+	audit_add_agent(ev, &a);
+	if (e->kind == AG_EV_DENY) {
+		addr_str(e->addr, dst, sizeof(dst));
+		json_object_set_new(ev, "dst_endpoint", json_pack("{s:s, s:i}", "ip", dst, "port", e->port));
+	}
+	json_object_set_new(ev, "connection_info", json_pack("{s:s, s:i, s:i, s:s}",
+		"protocol_name", e->proto == IPPROTO_UDP ? "udp" : e->proto == IPPROTO_TCP ? "tcp" : "other",
+		"protocol_num", e->proto, "direction_id", 2, "direction", "Outbound"));
+	json_object_set_new(json_object_get(ev, "unmapped"), "enforced_by", json_string("kernel"));
+	json_object_set_new(json_object_get(ev, "unmapped"), "hook", json_string(
+		e->kind == AG_EV_SOCK_DENY ? "sock_create" : e->kind == AG_EV_BIND_DENY ? "bind" : "connect"));
+	audit_add_verdict(ev, false, false, NULL, reason_str(e->reason));
+	audit_emit(ev);
+	return 0;
+}
+
+/* Kernel-side failures become Event Log Activity (1008) events. */
+static void check_counters(void)
+{
+	static const int lossy[] = { AG_CNT_RB_DROP, AG_CNT_PAIR_FAIL, AG_CNT_SK_STORAGE_FAIL };
+	uint64_t now[AG_CNT__MAX];
+
+	if (loader_counters(E->loader, now))
+		return;
+	for (size_t i = 0; i < sizeof(lossy) / sizeof(lossy[0]); i++) {
+		int k = lossy[i];
+		uint64_t delta = now[k] - E->kcount_seen[k];
+		json_t *ev;
+
+		if (now[k] <= E->kcount_seen[k])
+			continue;
+		ev = audit_event(1008, 99, "Other");
+		if (ev) {
+			json_object_set_new(ev, "message", json_string(k == AG_CNT_RB_DROP
+				? "kernel events lost: ring buffer full (enforcement unaffected)"
+				: "kernel map operation failed (the affected operations were denied)"));
+			json_object_set_new(json_object_get(ev, "unmapped") ? json_object_get(ev, "unmapped") :
+					    (json_object_set_new(ev, "unmapped", json_object()), json_object_get(ev, "unmapped")),
+					    "loss", json_pack("{s:s, s:I, s:I, s:I}", "counter", counter_names[k],
+					    "count", (json_int_t)delta, "total", (json_int_t)now[k],
+					    "after_sequence", (json_int_t)audit_sequence()));
+			audit_emit(ev);
+		}
+		E->kcount_seen[k] = now[k];
+	}
+}
+
+static json_t *known_limits(void)
+{
+	const struct loader_features *f = loader_features(E->loader);
+	json_t *l = json_array();
+
+	json_array_append_new(l, json_string(
+		"AF_PACKET, AF_UNIX, AF_VSOCK and AF_NETLINK sockets are not seen by the cgroup socket hooks: "
+		"agents started with 'agentgate exec' lose CAP_NET_RAW (no AF_PACKET); for attached cgroups run the "
+		"agent without CAP_NET_RAW and restrict AF_UNIX by mount isolation"));
+	if (!f->lsm)
+		json_array_append_new(l, json_string("BPF LSM programs do not load on this host: no LSM backstop"));
+	json_array_append_new(l, json_string(
+		"sockets created before a cgroup was attached, and sockets passed in with SCM_RIGHTS from outside "
+		"the agent cgroup, are not redirected (cgroup_skb backstop not yet installed): start agents with "
+		"'agentgate exec' after the enforcer is ready"));
+	json_array_append_new(l, json_string(
+		"inbound connections to listeners an agent opens are not restricted (no cgroup_skb ingress backstop yet)"));
+	json_array_append_new(l, json_string(
+		"an agent with CAP_SYS_ADMIN, CAP_BPF or CAP_NET_ADMIN in the initial user namespace, or running as "
+		"uid 0 outside 'agentgate exec', can detach the programs or leave its cgroup"));
+	json_array_append_new(l, json_string(
+		"policy changes do not reach connections already established"));
+	json_array_append_new(l, json_string(
+		"agents in their own network namespace are refused (listeners in agent namespaces not yet served)"));
+	json_array_append_new(l, json_string(
+		"DNS over TCP, DoT and DoH are ordinary TCP connections: allowed only to a target"));
+	if (!f->set_retval)
+		json_array_append_new(l, json_string("bpf_set_retval unavailable: denied connects fail with EPERM"));
+	for (size_t t = 0; t < E->policy->ntargets; t++) {
+		bool fb;
+
+		proto_for(E->policy->targets[t].proto, &fb);
+		if (fb) {
+			json_array_append_new(l, json_string(
+				"postgres, http and kubernetes targets are relayed as tcp without inspection "
+				"until their protocol modules land"));
+			break;
+		}
+	}
+	return l;
+}
+
+void *enforcer_status_json(void)
+{
+	const struct policy *p = E->policy;
+	const struct loader_features *f = loader_features(E->loader);
+	json_t *agents = json_array(), *targets = json_array(), *counters = json_object();
+	uint64_t k[AG_CNT__MAX] = { 0 };
+	char pins[PATH_MAX];
+
+	for (size_t i = 0; i < p->nagents; i++) {
+		struct agent_rt *rt = &E->agents[i];
+		int nprogs = 0;
+
+		loader_prog_count(rt->cgroup_path, &nprogs);
+		json_t *extra = json_array();
+		for (int x = 0; x < rt->nextra; x++)
+			json_array_append_new(extra, json_string(rt->extra_rel[x]));
+		json_array_append_new(agents, json_pack(
+			"{s:s, s:s, s:s, s:I, s:i, s:b, s:i, s:o, s:{s:s, s:s, s:n, s:b},"
+			" s:i, s:i, s:I, s:I, s:I}",
+			"name", p->agents[i].name, "cgroup", rt->cgroup_rel, "cgroup_path", rt->cgroup_path,
+			"cgroup_id", (json_int_t)rt->cgid, "slot", (int)i + 1, "attached", rt->attached,
+			"programs", nprogs, "extra_cgroups", extra,
+			"principal", "iss", "local", "sub", p->agents[i].name, "exp", "verified", 0,
+			"connections", (int)atomic_load(&rt->active),
+			"max_connections", (int)p->agents[i].max_connections,
+			"accepted", (json_int_t)atomic_load(&rt->accepted),
+			"refused", (json_int_t)atomic_load(&rt->refused),
+			"denied_in_kernel", (json_int_t)atomic_load(&rt->denied_kernel)));
+	}
+	for (size_t t = 0; t < p->ntargets; t++) {
+		const struct policy_target *tg = &p->targets[t];
+		char addr[300];
+		bool fb;
+		const struct proto_ops *ops = proto_for(tg->proto, &fb);
+
+		if (tg->addr.kind == ADDR_HOST) {
+			snprintf(addr, sizeof(addr), "%s:%u", tg->addr.host, tg->addr.port);
+		} else {
+			char a[64];
+
+			addr_str(tg->addr.addr, a, sizeof(a));
+			snprintf(addr, sizeof(addr), "%s%s%s/%u:%u", addr_is_v4mapped(tg->addr.addr) ? "" : "[", a,
+				 addr_is_v4mapped(tg->addr.addr) ? "" : "]",
+				 addr_is_v4mapped(tg->addr.addr) ? tg->addr.prefixlen - 96 : tg->addr.prefixlen,
+				 tg->addr.port);
+		}
+		json_array_append_new(targets, json_pack("{s:s, s:s, s:s, s:s}", "name", tg->name,
+			"protocol", policy_proto_name(tg->proto), "address", addr,
+			"module", fb ? "tcp (protocol module not available yet)" : ops->name));
+	}
+	loader_counters(E->loader, k);
+	for (int i = 0; i < AG_CNT__MAX; i++)
+		if (counter_names[i])
+			json_object_set_new(counters, counter_names[i], json_integer(k[i]));
+	json_object_set_new(counters, "no_pair_entry", json_integer(atomic_load(&E->no_pair)));
+	json_object_set_new(counters, "dialed_enforcer", json_integer(atomic_load(&E->self_dial)));
+	json_object_set_new(counters, "audit_sequence", json_integer(audit_sequence()));
+	loader_pin_root(pins, sizeof(pins));
+
+	return json_pack("{s:s, s:i, s:I, s:{s:s, s:s, s:s}, s:s, s:s, s:s, s:{s:i, s:i, s:i},"
+			 " s:o, s:o, s:o, s:o, s:{s:b, s:b, s:b}, s:o}",
+		"version", AG_VERSION, "pid", (int)getpid(),
+		"uptime_s", (json_int_t)((now_ms_realtime() - E->started_ms) / 1000),
+		"policy", "path", E->policy_desc, "hash", p->hash,
+		"mode", p->mode == POLICY_OBSERVE ? "observe" : "enforce",
+		"state_dir", E->state_dir, "cgroup2", E->cgroup2, "pin_root", pins,
+		"listeners", "tcp_port", E->tcp_port, "dns_port_base", E->dns_base,
+		"workers", E->nworkers,
+		"agents", agents, "targets", targets, "counters", counters, "dns",
+		E->dns ? dns_status(E->dns) : json_null(),
+		"kernel_features", "set_retval", f->set_retval, "connect_unix", f->connect_unix,
+		"lsm", f->lsm,
+		"known_limits", known_limits());
+}
+
+int enforcer_attach_extra(const char *agent, const char *cgroup, char *err, size_t errlen)
+{
+	int idx = policy_agent_index(E->policy, agent);
+	struct agent_rt *rt;
+	struct policy_agent tmp = { 0 };
+	char abs[PATH_MAX], rel[PATH_MAX];
+	uint64_t cgid;
+	struct stat st;
+	int ret;
+
+	if (idx < 0) {
+		snprintf(err, errlen, "no agent '%s' in the running policy", agent);
+		return -ENOENT;
+	}
+	rt = &E->agents[idx];
+	tmp.cgroup = (char *)cgroup;
+	if (resolve_cgroup(&tmp, abs, sizeof(abs), rel, sizeof(rel)) || stat(abs, &st) || !S_ISDIR(st.st_mode)) {
+		snprintf(err, errlen, "'%s' is not a cgroup under %s", cgroup, E->cgroup2);
+		return -ENOENT;
+	}
+	if (rt->nextra >= 8) {
+		snprintf(err, errlen, "agent '%s' already has 8 extra cgroups", agent);
+		return -E2BIG;
+	}
+	ret = loader_attach(E->loader, agent, abs, idx + 1, &cgid);
+	if (ret) {
+		snprintf(err, errlen, "attach to '%s': %s", abs, strerror(-ret));
+		return ret;
+	}
+	for (int x = 0; x < rt->nextra; x++)
+		if (rt->extra_cgid[x] == cgid)
+			return 0;
+	snprintf(rt->extra_rel[rt->nextra], PATH_MAX, "%s", rel);
+	rt->extra_cgid[rt->nextra++] = cgid;
+	return 0;
+}
+
+/* ---- run ------------------------------------------------------------------ */
+
+static struct policy *load_policy(const char *path, char *desc, size_t desclen)
+{
+	struct policy_errors errs = { 0 };
+	struct policy *p;
+
+	if (!path && access("/etc/agentgate/policy.yaml", F_OK) == 0)
+		path = "/etc/agentgate/policy.yaml";
+	if (path) {
+		p = policy_load_file(path, &errs);
+		snprintf(desc, desclen, "%s", path);
+	} else {
+		p = policy_load_buffer("<embedded default>", ag_default_policy,
+				       ag_default_policy_end - ag_default_policy, &errs);
+		snprintf(desc, desclen, "<embedded default>");
+	}
+	for (int i = 0; !p && i < errs.n; i++) {
+		char line[600];
+
+		policy_error_format(&errs.e[i], line, sizeof(line));
+		fprintf(stderr, "%s\n", line);
+	}
+	return p;
+}
+
+/* What this build cannot do yet is refused at start, never silently ignored. */
+static int check_supported(const struct policy *p)
+{
+	for (size_t i = 0; i < p->nagents; i++) {
+		if (p->agents[i].identity.source != IDENT_LOCAL) {
+			log_err("agent '%s': identity source other than 'local' is not implemented in this build",
+				p->agents[i].name);
+			return -ENOTSUP;
+		}
+	}
+	for (size_t i = 0; i < p->audit.nsinks; i++) {
+		enum policy_sink_type t = p->audit.sinks[i].type;
+
+		if (t != SINK_FILE && t != SINK_STDOUT) {
+			log_err("audit sink on line %d: only 'file' and 'stdout' sinks are implemented in this build",
+				p->audit.sinks[i].line);
+			return -ENOTSUP;
+		}
+	}
+	return 0;
+}
+
+static int take_lock(const char *state_dir)
+{
+	char path[PATH_MAX + 16], pidbuf[32];
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/run.lock", state_dir);
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -errno;
+	if (flock(fd, LOCK_EX | LOCK_NB)) {
+		ssize_t n = pread(fd, pidbuf, sizeof(pidbuf) - 1, 0);
+
+		pidbuf[n > 0 ? n : 0] = 0;
+		pidbuf[strcspn(pidbuf, "\n")] = 0;
+		log_err("another enforcer (pid %s) holds %s", pidbuf[0] ? pidbuf : "?", path);
+		close(fd);
+		return -EBUSY;
+	}
+	snprintf(pidbuf, sizeof(pidbuf), "%d\n", getpid());
+	if (ftruncate(fd, 0) == 0)
+		(void)!pwrite(fd, pidbuf, strlen(pidbuf), 0);
+	return fd;
+}
+
+static void lifecycle_event(int activity, const char *name, const char *msg)
+{
+	json_t *ev = audit_event(6002, activity, name);
+
+	if (!ev)
+		return;
+	json_object_set_new(ev, "app", json_pack("{s:s, s:s}", "name", "agentgate", "version", AG_VERSION));
+	json_object_set_new(ev, "message", json_string(msg));
+	audit_emit(ev);
+}
+
+static int main_loop(int epfd, int sfd, struct ring_buffer *rb, struct admin *adm)
+{
+	struct epoll_event evs[64];
+	uint64_t last_sec = 0, last_sweep = 0;
+
+	while (!E->stop) {
+		int n = epoll_wait(epfd, evs, 64, 250);
+
+		for (int i = 0; i < n; i++) {
+			struct main_item *it = evs[i].data.ptr;
+
+			switch (it->kind) {
+			case MI_RINGBUF:
+				ring_buffer__consume(rb);
+				break;
+			case MI_SIGNAL: {
+				struct signalfd_siginfo si;
+
+				while (read(sfd, &si, sizeof(si)) == sizeof(si)) {
+					if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)
+						E->stop = 1;
+				}
+				break;
+			}
+			case MI_ADMIN:
+			case MI_ADMIN_CONN:
+				admin_on_event(adm, it, evs[i].events);
+				break;
+			case MI_DNS_LISTEN:
+			case MI_DNS_UPSTREAM:
+				dns_on_event(E->dns, it, evs[i].events);
+				break;
+			}
+		}
+		uint64_t now = now_ns_mono() / 1000000000ull;
+		if (now != last_sec) {
+			last_sec = now;
+			ring_buffer__consume(rb);
+			check_counters();
+			dns_tick(E->dns);
+		}
+		if (now - last_sweep >= 10) {
+			last_sweep = now;
+			/* Entries for connects the enforcer never accepted. */
+			loader_pair_sweep(E->loader, 30ull * 1000000000ull, NULL);
+		}
+	}
+	return 0;
+}
+
+int enforcer_run(const char *policy_path, const char *state_dir)
+{
+	static struct enforcer enf;
+	struct main_item rb_item = { .kind = MI_RINGBUF }, sig_item = { .kind = MI_SIGNAL };
+	struct ring_buffer *rb = NULL;
+	struct admin *adm = NULL;
+	char own[PATH_MAX], err[256];
+	sigset_t mask;
+	int epfd = -1, sfd = -1, lockfd = -1, ret = 1, rc;
+	uint32_t rbsize = 0;
+	socklen_t cl = sizeof(enf.netns_cookie);
+
+	E = &enf;
+	E->started_ms = now_ms_realtime();
+	E->tcp_port = AG_TCP_PORT_DEFAULT;
+	E->dns_base = AG_DNS_PORT_BASE_DEFAULT;
+	snprintf(E->state_dir, sizeof(E->state_dir), "%s", state_dir);
+
+	E->policy = load_policy(policy_path, E->policy_desc, sizeof(E->policy_desc));
+	if (!E->policy || check_supported(E->policy))
+		return 1;
+	if ((rc = mkdir_p(state_dir, 0700))) {
+		log_err("state directory '%s': %s", state_dir, strerror(-rc));
+		return 1;
+	}
+	chmod(state_dir, 0700);
+	lockfd = take_lock(state_dir);
+	if (lockfd < 0)
+		return 1;
+	if ((rc = find_mount("cgroup2", E->cgroup2, sizeof(E->cgroup2)))) {
+		log_err("no cgroup2 mount in /proc/self/mountinfo: %s", strerror(-rc));
+		goto out;
+	}
+	for (size_t i = 0; i < E->policy->nagents; i++)
+		resolve_cgroup(&E->policy->agents[i], E->agents[i].cgroup_path, PATH_MAX,
+			       E->agents[i].cgroup_rel, PATH_MAX);
+	if (proc_cgroup2_path(getpid(), own, sizeof(own)) == 0 && enforcer_agent_of_cgroup(own) >= 0) {
+		log_err("the enforcer runs inside agent cgroup '%s': its own connections would loop; "
+			"start it from outside every agent cgroup", own);
+		goto out;
+	}
+	const char *rbenv = getenv("AGENTGATE_RINGBUF_BYTES");   /* test knob: small ring buffers */
+	if (rbenv) {
+		uint64_t v;
+
+		if (parse_u64(rbenv, 4096, 1u << 30, &v) == 0)
+			rbsize = v;
+	}
+	if ((rc = loader_open(&E->loader, rbsize))) {
+		log_err("loading BPF programs: %s", strerror(-rc));
+		goto out;
+	}
+
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
+	sigaddset(&mask, SIGHUP);
+	sigaddset(&mask, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &mask, NULL);   /* inherited by workers */
+	sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+	epfd = epoll_create1(EPOLL_CLOEXEC);
+
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	E->nworkers = ncpu < 1 ? 1 : ncpu > MAX_WORKERS ? MAX_WORKERS : ncpu;
+	E->workers = calloc(E->nworkers, sizeof(struct worker));
+	for (int i = 0; i < E->nworkers; i++) {
+		if ((rc = worker_init(&E->workers[i], i, E->tcp_port))) {
+			log_err("listener on port %u: %s", E->tcp_port, strerror(-rc));
+			goto out;
+		}
+	}
+	if (getsockopt(E->workers[0].listen[0].fd, SOL_SOCKET, SO_NETNS_COOKIE, &E->netns_cookie, &cl)) {
+		log_err("SO_NETNS_COOKIE: %s", strerror(errno));
+		goto out;
+	}
+	if ((rc = audit_open(E->policy))) {
+		log_err("audit sinks: %s", strerror(-rc));
+		goto out;
+	}
+	if ((rc = dns_open(&E->dns, E->policy, E->dns_base, epfd, err, sizeof(err)))) {
+		log_err("%s", err);
+		goto out;
+	}
+	if (program_kernel())
+		goto out;
+	rb = loader_ringbuf(E->loader, on_kernel_event, NULL);
+	rb_item.fd = ring_buffer__epoll_fd(rb);
+	sig_item.fd = sfd;
+	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &rb_item };
+	epoll_ctl(epfd, EPOLL_CTL_ADD, ring_buffer__epoll_fd(rb), &ev);
+	ev.data.ptr = &sig_item;
+	epoll_ctl(epfd, EPOLL_CTL_ADD, sfd, &ev);
+	loader_counters(E->loader, E->kcount_seen);
+	loader_pair_sweep(E->loader, 30ull * 1000000000ull, NULL);
+
+	for (int i = 0; i < E->nworkers; i++)
+		worker_start(&E->workers[i]);
+	/* Last: a status that answers means the enforcer is ready. */
+	if ((rc = admin_open(&adm, state_dir, epfd))) {
+		log_err("admin socket in '%s': %s", state_dir, strerror(-rc));
+		E->stop = 1;
+	} else {
+		char msg[PATH_MAX + 128];
+
+		snprintf(msg, sizeof(msg), "enforcer started (policy %s, %s mode, %zu agents)",
+			 E->policy_desc, E->policy->mode == POLICY_OBSERVE ? "observe" : "enforce",
+			 E->policy->nagents);
+		lifecycle_event(1, "Start", msg);
+		log_info("%s; ready", msg);
+		ret = 0;
+	}
+	main_loop(epfd, sfd, rb, adm);
+
+	/* Stop accepting, let live relays finish briefly; pins stay: agents'
+	 * connects are refused until an enforcer runs again (fail closed). */
+	admin_close(adm);
+	adm = NULL;
+	for (int i = 0; i < E->nworkers; i++)
+		worker_stop_accepting(&E->workers[i]);
+	for (int waited = 0; waited < 20; waited++) {
+		int live = 0;
+
+		for (int i = 0; i < E->nworkers; i++)
+			live += E->workers[i].nconns;
+		if (!live)
+			break;
+		usleep(100000);
+	}
+	for (int i = 0; i < E->nworkers; i++)
+		worker_join(&E->workers[i]);
+	ring_buffer__consume(rb);
+	lifecycle_event(2, "Stop", "enforcer stopped; programs stay attached (connections refused until restart)");
+	log_info("stopped; kernel programs stay pinned (fail closed)");
+out:
+	admin_close(adm);
+	ring_buffer__free(rb);
+	dns_close(E->dns);
+	audit_close();
+	loader_close(E->loader);
+	if (epfd >= 0)
+		close(epfd);
+	if (sfd >= 0)
+		close(sfd);
+	if (lockfd >= 0)
+		close(lockfd);
+	return ret;
+}

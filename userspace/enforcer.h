@@ -1,0 +1,97 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * enforcer: the state of `agentgate run` shared by the main thread (ring
+ * buffer, DNS, admin socket, signals) and the worker threads (one epoll
+ * loop each, SO_REUSEPORT listeners). Workers only read the policy and the
+ * slot table; counters are atomics; the DNS learned table has its own lock.
+ */
+#ifndef AGENTGATE_ENFORCER_H
+#define AGENTGATE_ENFORCER_H
+
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include "agentgate_abi.h"
+#include "loader.h"
+#include "policy.h"
+#include <jansson.h>
+
+#define AG_TCP_PORT_DEFAULT 15001
+#define AG_DNS_PORT_BASE_DEFAULT 15100
+#define MAX_WORKERS 64
+
+struct worker;
+struct dns;
+
+/* What the main thread's epoll reports: ptr to one of these. */
+enum main_kind { MI_RINGBUF = 1, MI_SIGNAL, MI_ADMIN, MI_ADMIN_CONN, MI_DNS_LISTEN, MI_DNS_UPSTREAM };
+struct main_item {
+	int kind;
+	int fd;
+	int slot;       /* DNS listeners: the agent slot */
+	void *ptr;
+};
+
+struct conn;
+
+struct agent_rt {
+	char cgroup_path[PATH_MAX];   /* absolute filesystem path */
+	char cgroup_rel[PATH_MAX];    /* path inside the cgroup2 hierarchy, "/agentgate/x" */
+	uint64_t cgid;
+	bool attached;
+	atomic_uint active;           /* live connections */
+	atomic_ullong accepted, refused, denied_kernel;
+	/* extra cgroups attached with `agentgate attach` */
+	char extra_rel[8][PATH_MAX];
+	uint64_t extra_cgid[8];
+	int nextra;
+};
+
+struct enforcer {
+	struct policy *policy;
+	struct loader *loader;
+	char state_dir[PATH_MAX];
+	char cgroup2[PATH_MAX];
+	char policy_desc[PATH_MAX];
+	uint16_t tcp_port, dns_base;
+	uint64_t netns_cookie;
+	int nworkers;
+	struct worker *workers;
+	struct agent_rt agents[AG_MAX_AGENTS];   /* index = policy agent index; slot = index + 1 */
+	struct dns *dns;
+	atomic_ullong no_pair, self_dial;
+	uint64_t kcount_seen[AG_CNT__MAX];
+	uint64_t started_ms;
+	volatile sig_atomic_t stop;
+	atomic_bool draining;
+};
+
+extern struct enforcer *E;
+
+/* Runs the enforcer until SIGTERM/SIGINT. Returns the process exit code. */
+int enforcer_run(const char *policy_path, const char *state_dir);
+
+/* Worker side: a freshly accepted agent connection. Takes ownership of fd. */
+void enforcer_accept(struct worker *w, int fd);
+/* A Network Activity (4001) event about connection c, with agent, endpoints,
+ * target and module filled; the caller adds the verdict and emits it. */
+json_t *enforcer_conn_event(struct conn *c, int activity_id, const char *activity_name);
+/* In observe mode a denial is recorded and the connection goes on: returns
+ * true when the caller must refuse (enforce mode). */
+bool enforcer_should_refuse(struct conn *c, const char *reason);
+/* Audit of a connection's end. */
+void enforcer_conn_closed(struct conn *c, const char *why);
+
+/* Fills status JSON (jansson json_t *) — declared void * to keep jansson out. */
+void *enforcer_status_json(void);
+
+/* Index of the agent whose cgroup (path inside the hierarchy) contains rel, or -1. */
+int enforcer_agent_of_cgroup(const char *rel);
+
+/* Attach an agent to an extra cgroup at runtime (`agentgate attach`). 0 or -errno. */
+int enforcer_attach_extra(const char *agent, const char *cgroup, char *err, size_t errlen);
+
+#endif

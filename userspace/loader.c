@@ -1,0 +1,585 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <bpf/bpf.h>
+#include <bpf/btf.h>
+#include <bpf/libbpf.h>
+
+#include "agentgate.skel.h"
+#include "loader.h"
+#include "util.h"
+
+/* Order matters only for messages; every program is attached to every agent cgroup. */
+const char *const loader_prog_names[] = {
+	"ag_sock_create", "ag_connect4", "ag_connect6", "ag_sendmsg4", "ag_sendmsg6",
+	"ag_recvmsg4", "ag_recvmsg6", "ag_getpeername4", "ag_getpeername6",
+	"ag_bind4", "ag_bind6", "ag_sock_ops",
+};
+const int loader_nprogs = sizeof(loader_prog_names) / sizeof(loader_prog_names[0]);
+
+#define MAX_LINKS 4096
+
+struct loader {
+	struct agentgate_bpf *skel;
+	struct loader_features feat;
+	char root[PATH_MAX];
+	struct bpf_link *links[MAX_LINKS];
+	int nlinks;
+};
+
+int loader_pin_root(char *out, size_t outlen)
+{
+	char bpffs[PATH_MAX];
+	int err = ensure_bpffs(bpffs, sizeof(bpffs));
+
+	if (err)
+		return err;
+	if ((size_t)snprintf(out, outlen, "%s/agentgate/v%d", bpffs, AG_ABI_VERSION) >= outlen)
+		return -ENAMETOOLONG;
+	return 0;
+}
+
+static int libbpf_quiet(enum libbpf_print_level level, const char *fmt, va_list ap)
+{
+	if (level == LIBBPF_WARN || ag_log_level >= LOG_LVL_DEBUG)
+		return vfprintf(stderr, fmt, ap);
+	return 0;
+}
+
+static bool btf_has_enum_value(const char *name)
+{
+	struct btf *btf = btf__load_vmlinux_btf();
+	bool found = false;
+
+	if (!btf)
+		return false;
+	for (unsigned int i = 1; i < btf__type_cnt(btf) && !found; i++) {
+		const struct btf_type *t = btf__type_by_id(btf, i);
+		const struct btf_enum *e;
+
+		if (!btf_is_enum(t))
+			continue;
+		e = btf_enum(t);
+		for (int j = 0; j < btf_vlen(t); j++)
+			if (strcmp(btf__name_by_offset(btf, e[j].name_off), name) == 0)
+				found = true;
+	}
+	btf__free(btf);
+	return found;
+}
+
+static void probe_features(struct loader_features *f)
+{
+	char *lsm = read_file("/sys/kernel/security/lsm", 4096, NULL);
+
+	f->set_retval = libbpf_probe_bpf_helper(BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+						BPF_FUNC_set_retval, NULL) == 1;
+	f->connect_unix = btf_has_enum_value("BPF_CGROUP_UNIX_CONNECT");
+	/* LSM programs refuse to load on some hosts even with "bpf" in the LSM
+	 * list (the development VMs do): both must hold. */
+	f->lsm = lsm && strstr(lsm, "bpf") &&
+		 libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_LSM, NULL) == 1;
+	free(lsm);
+}
+
+int loader_open(struct loader **out, uint32_t ringbuf_bytes)
+{
+	LIBBPF_OPTS(bpf_object_open_opts, opts);
+	char maps[PATH_MAX + 8];
+	struct loader *l;
+	int err;
+
+	libbpf_set_print(libbpf_quiet);
+	l = calloc(1, sizeof(*l));
+	if (!l)
+		return -ENOMEM;
+	err = loader_pin_root(l->root, sizeof(l->root));
+	if (err)
+		goto fail;
+	snprintf(maps, sizeof(maps), "%s/maps", l->root);
+	err = mkdir_p(maps, 0700);
+	if (err)
+		goto fail;
+	probe_features(&l->feat);
+
+	opts.pin_root_path = maps;
+	l->skel = agentgate_bpf__open_opts(&opts);
+	if (!l->skel) {
+		err = -errno;
+		goto fail;
+	}
+	l->skel->rodata->has_set_retval = l->feat.set_retval;
+	if (ringbuf_bytes) {
+		err = bpf_map__set_max_entries(l->skel->maps.ag_events, ringbuf_bytes);
+		if (err)
+			goto fail;
+	}
+	err = agentgate_bpf__load(l->skel);
+	if (err)
+		goto fail;
+	*out = l;
+	return 0;
+fail:
+	loader_close(l);
+	return err < 0 ? err : -EINVAL;
+}
+
+void loader_close(struct loader *l)
+{
+	if (!l)
+		return;
+	for (int i = 0; i < l->nlinks; i++)
+		bpf_link__destroy(l->links[i]);   /* pinned: the kernel link lives on */
+	agentgate_bpf__destroy(l->skel);
+	free(l);
+}
+
+const struct loader_features *loader_features(const struct loader *l)
+{
+	return &l->feat;
+}
+
+static struct bpf_program *prog_by_name(struct loader *l, const char *name)
+{
+	return bpf_object__find_program_by_name(l->skel->obj, name);
+}
+
+static int link_dir(const char *root, const char *agent, uint64_t cgid, char *out, size_t outlen)
+{
+	if ((size_t)snprintf(out, outlen, "%s/links/%s/%llu", root, agent,
+			     (unsigned long long)cgid) >= outlen)
+		return -ENAMETOOLONG;
+	return 0;
+}
+
+static int rm_link_dir(const char *dir, int *removed, int *ndead);
+
+/* A cgroup belongs to one agent: links pinned for it under another agent's
+ * name (the agent was renamed) are removed before attaching, or the two
+ * copies would run in sequence. */
+static void drop_other_owners(const char *root, const char *agent, uint64_t cgid)
+{
+	char path[PATH_MAX + 64];
+	struct dirent *de;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "%s/links", root);
+	d = opendir(path);
+	if (!d)
+		return;
+	while ((de = readdir(d))) {
+		char dir[PATH_MAX + 128];
+		struct stat st;
+
+		if (de->d_name[0] == '.' || strcmp(de->d_name, agent) == 0)
+			continue;
+		snprintf(dir, sizeof(dir), "%s/%s/%llu", path, de->d_name, (unsigned long long)cgid);
+		if (stat(dir, &st) == 0) {
+			log_warn("cgroup %llu was attached for agent '%s'; moving it to '%s'",
+				 (unsigned long long)cgid, de->d_name, agent);
+			rm_link_dir(dir, NULL, NULL);
+		}
+	}
+	closedir(d);
+}
+
+int loader_attach(struct loader *l, const char *agent, const char *cgroup_path, uint32_t slot,
+		  uint64_t *cgid)
+{
+	struct bpf_cgroup_storage_key key = {};
+	struct ag_cgrp_cfg cc = { .slot = slot };
+	char dir[PATH_MAX];
+	struct stat st;
+	int cgfd, err = 0;
+
+	cgfd = open(cgroup_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (cgfd < 0)
+		return -errno;
+	if (fstat(cgfd, &st)) {
+		err = -errno;
+		goto out;
+	}
+	*cgid = st.st_ino;
+	err = link_dir(l->root, agent, st.st_ino, dir, sizeof(dir));
+	if (err)
+		goto out;
+	drop_other_owners(l->root, agent, st.st_ino);
+	err = mkdir_p(dir, 0700);
+	if (err)
+		goto out;
+
+	for (int i = 0; i < loader_nprogs; i++) {
+		struct bpf_program *prog = prog_by_name(l, loader_prog_names[i]);
+		char path[PATH_MAX + 64];
+		struct bpf_link *link;
+
+		if (!prog) {
+			err = -ENOENT;
+			goto out;
+		}
+		snprintf(path, sizeof(path), "%s/%s", dir, loader_prog_names[i]);
+		link = access(path, F_OK) == 0 ? bpf_link__open(path) : NULL;
+		if (link) {
+			err = bpf_link__update_program(link, prog);
+			if (!err)
+				goto keep;
+			/* ENOLINK: the link's cgroup is gone (recreated with the
+			 * same name); replace the defunct pin. */
+			log_warn("pinned link '%s' unusable (%s); re-attaching", path, strerror(-err));
+			bpf_link__destroy(link);
+			unlink(path);
+		}
+		link = bpf_program__attach_cgroup(prog, cgfd);
+		if (!link) {
+			err = -errno;
+			log_err("attach %s to '%s': %s", loader_prog_names[i], cgroup_path, strerror(-err));
+			goto out;
+		}
+		err = bpf_link__pin(link, path);
+		if (err) {
+			bpf_link__destroy(link);  /* unpinned: detaches, so nothing half-done stays */
+			goto out;
+		}
+keep:
+		if (l->nlinks < MAX_LINKS)
+			l->links[l->nlinks++] = link;
+		else
+			bpf_link__destroy(link);
+	}
+
+	key.cgroup_inode_id = st.st_ino;
+	key.attach_type = BPF_CGROUP_INET_SOCK_CREATE;
+	if (bpf_map_update_elem(bpf_map__fd(l->skel->maps.ag_cgrp), &key, &cc, BPF_ANY))
+		err = -errno;
+out:
+	close(cgfd);
+	return err;
+}
+
+int loader_set_global(struct loader *l, const struct ag_global *g)
+{
+	__u32 zero = 0;
+
+	return bpf_map_update_elem(bpf_map__fd(l->skel->maps.ag_global), &zero, g, BPF_ANY) ? -errno : 0;
+}
+
+int loader_set_agent(struct loader *l, uint32_t slot, const struct ag_agent_cfg *cfg)
+{
+	if (slot >= AG_MAX_AGENTS)
+		return -EINVAL;
+	return bpf_map_update_elem(bpf_map__fd(l->skel->maps.ag_agents), &slot, cfg, BPF_ANY) ? -errno : 0;
+}
+
+int loader_allow(struct loader *l, uint32_t slot, const uint8_t addr[16], uint8_t prefixlen,
+		 uint16_t port, uint32_t target_id, uint32_t flags, bool add)
+{
+	struct ag_allow_key k = {
+		.prefixlen = AG_ALLOW_FIXED_BITS + prefixlen,
+		.slot = slot,
+		.port = port,
+		.proto = 6,
+	};
+	struct ag_allow_val v = { .target_id = target_id, .flags = flags };
+	int fd = bpf_map__fd(l->skel->maps.ag_allow);
+
+	if (prefixlen > 128)
+		return -EINVAL;
+	memcpy(k.addr, addr, 16);
+	if (add)
+		return bpf_map_update_elem(fd, &k, &v, BPF_ANY) ? -errno : 0;
+	return bpf_map_delete_elem(fd, &k) && errno != ENOENT ? -errno : 0;
+}
+
+int loader_allow_clear(struct loader *l)
+{
+	int fd = bpf_map__fd(l->skel->maps.ag_allow);
+	struct ag_allow_key k;
+
+	/* Deleting while iterating restarts from the first key each time. */
+	while (bpf_map_get_next_key(fd, NULL, &k) == 0)
+		if (bpf_map_delete_elem(fd, &k))
+			return -errno;
+	return 0;
+}
+
+int loader_pair_take(struct loader *l, const struct ag_pair_key *k, struct ag_pair_val *v)
+{
+	int fd = bpf_map__fd(l->skel->maps.ag_pairs);
+
+	return bpf_map_lookup_and_delete_elem(fd, k, v) ? -errno : 0;
+}
+
+int loader_pair_sweep(struct loader *l, uint64_t max_age_ns, uint64_t *removed)
+{
+	int fd = bpf_map__fd(l->skel->maps.ag_pairs);
+	struct ag_pair_key k, next;
+	struct ag_pair_val v;
+	uint64_t now = now_ns_boot(), n = 0;
+	bool first = true;
+
+	while (bpf_map_get_next_key(fd, first ? NULL : &k, &next) == 0) {
+		first = false;
+		k = next;
+		if (bpf_map_lookup_elem(fd, &k, &v) == 0 && now > v.ts_ns &&
+		    now - v.ts_ns > max_age_ns && bpf_map_delete_elem(fd, &k) == 0)
+			n++;
+	}
+	if (removed)
+		*removed = n;
+	return 0;
+}
+
+int loader_counters(struct loader *l, uint64_t out[AG_CNT__MAX])
+{
+	int ncpu = libbpf_num_possible_cpus(), fd = bpf_map__fd(l->skel->maps.ag_counters);
+	uint64_t *vals;
+
+	if (ncpu <= 0)
+		return -EINVAL;
+	vals = calloc(ncpu, sizeof(*vals));
+	if (!vals)
+		return -ENOMEM;
+	for (__u32 i = 0; i < AG_CNT__MAX; i++) {
+		out[i] = 0;
+		if (bpf_map_lookup_elem(fd, &i, vals))
+			continue;
+		for (int c = 0; c < ncpu; c++)
+			out[i] += vals[c];
+	}
+	free(vals);
+	return 0;
+}
+
+int loader_ringbuf_fd(struct loader *l)
+{
+	return bpf_map__fd(l->skel->maps.ag_events);
+}
+
+struct ring_buffer *loader_ringbuf(struct loader *l, int (*cb)(void *, void *, size_t), void *ctx)
+{
+	return ring_buffer__new(loader_ringbuf_fd(l), cb, ctx, NULL);
+}
+
+/* ---- pins, usable without a loaded skeleton ------------------------------- */
+
+static int rm_link_dir(const char *dir, int *removed, int *ndead)
+{
+	struct dirent *de;
+	DIR *d = opendir(dir);
+
+	if (!d)
+		return -errno;
+	while ((de = readdir(d))) {
+		char path[PATH_MAX + 300];
+		int fd;
+
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+		fd = bpf_obj_get(path);
+		if (fd >= 0) {
+			/* Detach explicitly: unpinning alone leaves the link alive
+			 * while any process (a running enforcer) holds its fd. */
+			if (bpf_link_detach(fd) == 0 && removed)
+				(*removed)++;
+			else if (ndead)
+				(*ndead)++;
+			close(fd);
+		}
+		unlink(path);
+	}
+	closedir(d);
+	return rmdir(dir) ? -errno : 0;
+}
+
+static int for_each_subdir(const char *dir, int (*fn)(const char *path, const char *name, void *ctx),
+			   void *ctx)
+{
+	struct dirent *de;
+	DIR *d = opendir(dir);
+	int err = 0;
+
+	if (!d)
+		return errno == ENOENT ? 0 : -errno;
+	while ((de = readdir(d))) {
+		char path[PATH_MAX + 300];
+
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+		err = fn(path, de->d_name, ctx);
+		if (err)
+			break;
+	}
+	closedir(d);
+	return err;
+}
+
+struct detach_ctx { int removed; };
+
+static int detach_cg(const char *path, const char *name, void *ctx)
+{
+	struct detach_ctx *dc = ctx;
+
+	rm_link_dir(path, &dc->removed, NULL);
+	return 0;
+}
+
+static int detach_agent(const char *path, const char *name, void *ctx)
+{
+	for_each_subdir(path, detach_cg, ctx);
+	rmdir(path);
+	return 0;
+}
+
+static int unlink_entry(const char *path, const char *name, void *ctx)
+{
+	unlink(path);
+	return 0;
+}
+
+int loader_detach_pins(const char *agent, int *removed)
+{
+	char root[PATH_MAX], dir[PATH_MAX + 64];
+	struct detach_ctx dc = { 0 };
+	int err = loader_pin_root(root, sizeof(root));
+
+	if (err)
+		return err;
+	if (agent) {
+		snprintf(dir, sizeof(dir), "%s/links/%s", root, agent);
+		if (access(dir, F_OK))
+			return -ENOENT;
+		detach_agent(dir, agent, &dc);
+	} else {
+		snprintf(dir, sizeof(dir), "%s/links", root);
+		for_each_subdir(dir, detach_agent, &dc);
+		rmdir(dir);
+		snprintf(dir, sizeof(dir), "%s/maps", root);
+		for_each_subdir(dir, unlink_entry, NULL);
+		rmdir(dir);
+		rmdir(root);
+		/* The parent "agentgate" directory: only when no other ABI version is pinned. */
+		char *slash = strrchr(root, '/');
+		if (slash) {
+			*slash = 0;
+			rmdir(root);
+		}
+	}
+	if (removed)
+		*removed = dc.removed;
+	return 0;
+}
+
+struct list_ctx {
+	loader_pin_cb cb;
+	void *ctx;
+	const char *agent;
+};
+
+static int list_cg(const char *path, const char *name, void *ctx)
+{
+	struct list_ctx *lc = ctx;
+	uint64_t cgid = 0;
+	int nlinks = 0, ndead = 0;
+	struct dirent *de;
+	DIR *d;
+
+	if (parse_u64(name, 1, UINT64_MAX, &cgid))
+		return 0;
+	d = opendir(path);
+	if (!d)
+		return 0;
+	while ((de = readdir(d))) {
+		char p[PATH_MAX + 300];
+		struct bpf_link_info info = {};
+		__u32 len = sizeof(info);
+		int fd;
+
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(p, sizeof(p), "%s/%s", path, de->d_name);
+		fd = bpf_obj_get(p);
+		if (fd < 0) {
+			ndead++;
+			continue;
+		}
+		if (bpf_obj_get_info_by_fd(fd, &info, &len) == 0 && info.type == BPF_LINK_TYPE_CGROUP &&
+		    info.cgroup.cgroup_id == cgid)
+			nlinks++;
+		else
+			ndead++;
+		close(fd);
+	}
+	closedir(d);
+	lc->cb(lc->ctx, lc->agent, cgid, nlinks, ndead);
+	return 0;
+}
+
+static int list_agent(const char *path, const char *name, void *ctx)
+{
+	struct list_ctx *lc = ctx;
+
+	lc->agent = name;
+	return for_each_subdir(path, list_cg, lc);
+}
+
+int loader_list_pins(loader_pin_cb cb, void *ctx)
+{
+	char root[PATH_MAX], dir[PATH_MAX + 16];
+	struct list_ctx lc = { .cb = cb, .ctx = ctx };
+	int err = loader_pin_root(root, sizeof(root));
+
+	if (err)
+		return err;
+	snprintf(dir, sizeof(dir), "%s/links", root);
+	return for_each_subdir(dir, list_agent, &lc);
+}
+
+struct attached_ctx { uint64_t cgid; const char *agent; bool ok; };
+
+static void attached_cb(void *ctx, const char *agent, uint64_t cgid, int nlinks, int ndead)
+{
+	struct attached_ctx *ac = ctx;
+
+	if (strcmp(agent, ac->agent) == 0 && cgid == ac->cgid && nlinks == loader_nprogs && ndead == 0)
+		ac->ok = true;
+}
+
+bool loader_agent_attached(const char *agent, uint64_t cgid)
+{
+	struct attached_ctx ac = { .cgid = cgid, .agent = agent };
+
+	loader_list_pins(attached_cb, &ac);
+	return ac.ok;
+}
+
+int loader_prog_count(const char *cgroup_path, int *total)
+{
+	static const enum bpf_attach_type types[] = {
+		BPF_CGROUP_INET_SOCK_CREATE, BPF_CGROUP_INET4_CONNECT, BPF_CGROUP_INET6_CONNECT,
+		BPF_CGROUP_UDP4_SENDMSG, BPF_CGROUP_UDP6_SENDMSG, BPF_CGROUP_UDP4_RECVMSG,
+		BPF_CGROUP_UDP6_RECVMSG, BPF_CGROUP_INET4_GETPEERNAME, BPF_CGROUP_INET6_GETPEERNAME,
+		BPF_CGROUP_INET4_BIND, BPF_CGROUP_INET6_BIND, BPF_CGROUP_SOCK_OPS,
+	};
+	int fd = open(cgroup_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	if (fd < 0)
+		return -errno;
+	*total = 0;
+	for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
+		__u32 ids[64], cnt = 64;
+
+		if (bpf_prog_query(fd, types[i], 0, NULL, ids, &cnt) == 0)
+			*total += cnt;
+	}
+	close(fd);
+	return 0;
+}

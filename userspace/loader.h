@@ -1,0 +1,83 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * loader: the only libbpf-heavy code. Loads the skeleton with every map
+ * pinned (and reused when a pin exists) under <bpffs>/agentgate/v<ABI>/maps,
+ * attaches the programs to agent cgroups through bpf_links pinned under
+ * <bpffs>/agentgate/v<ABI>/links/<agent>/<cgroup-id>/<program>, and updates
+ * maps. An existing pinned link is updated in place
+ * (bpf_link__update_program), never attached twice.
+ */
+#ifndef AGENTGATE_LOADER_H
+#define AGENTGATE_LOADER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include "agentgate_abi.h"
+
+struct loader;
+struct ring_buffer;
+
+struct loader_features {
+	bool set_retval;        /* bpf_set_retval: denials are ECONNREFUSED (else EPERM) */
+	bool connect_unix;      /* cgroup/connect_unix attach type exists (>= 6.7) */
+	bool lsm;               /* BPF LSM programs load */
+};
+
+/* Pin root for this ABI: "<bpffs>/agentgate/v<N>" into out. Mounts bpffs if needed. */
+int loader_pin_root(char *out, size_t outlen);
+
+/* Loads programs; maps reuse existing pins. ringbuf_bytes 0 = default. */
+int loader_open(struct loader **out, uint32_t ringbuf_bytes);
+void loader_close(struct loader *l);   /* NULL-safe; pins stay (fail closed) */
+const struct loader_features *loader_features(const struct loader *l);
+
+/*
+ * Attaches every program to the cgroup at cgroup_path for agent 'agent',
+ * reusing and updating pinned links. Writes the cgroup's slot into the
+ * cgroup storage afterwards. *cgid gets the cgroup id (inode). 0 or -errno.
+ */
+int loader_attach(struct loader *l, const char *agent, const char *cgroup_path, uint32_t slot,
+		  uint64_t *cgid);
+
+int loader_set_global(struct loader *l, const struct ag_global *g);
+int loader_set_agent(struct loader *l, uint32_t slot, const struct ag_agent_cfg *cfg);
+/* Adds/removes an allow-set entry for slot: addr/prefixlen (128-bit form), port (0 = any). */
+int loader_allow(struct loader *l, uint32_t slot, const uint8_t addr[16], uint8_t prefixlen,
+		 uint16_t port, uint32_t target_id, uint32_t flags, bool add);
+/* Removes every allow-set entry of the slots for which keep[slot] is false,
+ * and of every slot when keep is NULL. */
+int loader_allow_clear(struct loader *l);
+
+/* Looks up and deletes a pair entry. 0, -ENOENT, or -errno. */
+int loader_pair_take(struct loader *l, const struct ag_pair_key *k, struct ag_pair_val *v);
+/* Deletes pair entries older than max_age_ns (connections never accepted). */
+int loader_pair_sweep(struct loader *l, uint64_t max_age_ns, uint64_t *removed);
+
+/* Sum of each per-CPU counter. */
+int loader_counters(struct loader *l, uint64_t out[AG_CNT__MAX]);
+
+int loader_ringbuf_fd(struct loader *l);
+struct ring_buffer *loader_ringbuf(struct loader *l,
+				   int (*cb)(void *ctx, void *data, size_t size), void *ctx);
+
+/*
+ * Removes pinned links (detaching them, even while an enforcer holds them)
+ * for one agent, or for all when agent is NULL; with agent NULL also removes
+ * the map pins. Works with no enforcer running. *removed = links detached.
+ */
+int loader_detach_pins(const char *agent, int *removed);
+
+/* For each pinned agent link directory: agent name, cgroup id, links count. */
+typedef void (*loader_pin_cb)(void *ctx, const char *agent, uint64_t cgid, int nlinks, int ndead);
+int loader_list_pins(loader_pin_cb cb, void *ctx);
+
+/* True when every program is attached to cgroup cgid for agent through a live pinned link. */
+bool loader_agent_attached(const char *agent, uint64_t cgid);
+
+/* Number of programs of each attach type on a cgroup (for status and tests). */
+int loader_prog_count(const char *cgroup_path, int *total);
+
+extern const char *const loader_prog_names[];
+extern const int loader_nprogs;
+
+#endif

@@ -1,0 +1,206 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "enforcer.h"
+#include "loop.h"
+#include "util.h"
+
+static int listen_on(int family, uint16_t port)
+{
+	struct sockaddr_storage ss;
+	uint8_t a[16] = { 0 };
+	int one = 1, fd;
+	socklen_t len;
+
+	if (family == AF_INET) {
+		a[10] = a[11] = 0xff;
+		a[12] = 127;
+		a[15] = 1;
+	} else {
+		a[15] = 1;
+	}
+	len = addr_to_sockaddr(a, port, &ss);
+	fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+	if (family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	if (bind(fd, (struct sockaddr *)&ss, len) || listen(fd, 4096)) {
+		int err = -errno;
+
+		close(fd);
+		return err;
+	}
+	return fd;
+}
+
+int worker_init(struct worker *w, int id, uint16_t port)
+{
+	int fd4, fd6;
+
+	memset(w, 0, sizeof(*w));
+	w->id = id;
+	w->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (w->epfd < 0)
+		return -errno;
+	fd4 = listen_on(AF_INET, port);
+	if (fd4 < 0)
+		return fd4;
+	fd6 = listen_on(AF_INET6, port);
+	if (fd6 < 0) {
+		close(fd4);
+		return fd6;
+	}
+	w->listen[0] = (struct conn_end){ .fd = fd4 };
+	w->listen[1] = (struct conn_end){ .fd = fd6 };
+	for (int i = 0; i < 2; i++) {
+		struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &w->listen[i] };
+
+		if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->listen[i].fd, &ev))
+			return -errno;
+	}
+	return 0;
+}
+
+int worker_watch(struct worker *w, struct conn_end *e, uint32_t events)
+{
+	struct epoll_event ev = { .events = events | EPOLLET, .data.ptr = e };
+
+	return epoll_ctl(w->epfd, EPOLL_CTL_ADD, e->fd, &ev) ? -errno : 0;
+}
+
+void worker_link(struct worker *w, struct conn *c)
+{
+	c->w = w;
+	c->prev = NULL;
+	c->next = w->conns;
+	if (w->conns)
+		w->conns->prev = c;
+	w->conns = c;
+	w->nconns++;
+}
+
+void worker_retire(struct worker *w, struct conn *c)
+{
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		w->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	w->nconns--;
+	c->next = w->dead;
+	c->prev = NULL;
+	w->dead = c;
+}
+
+static void accept_all(struct worker *w, int lfd)
+{
+	for (;;) {
+		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+		if (fd < 0) {
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			if (errno != EAGAIN)
+				log_warn("accept: %s", strerror(errno));
+			return;
+		}
+		enforcer_accept(w, fd);
+	}
+}
+
+static void check_deadlines(struct worker *w)
+{
+	uint64_t now = now_ns_mono() / 1000000ull;
+
+	for (struct conn *c = w->conns, *next; c; c = next) {
+		next = c->next;
+		if (c->deadline_ms && now > c->deadline_ms) {
+			c->deadline_ms = 0;
+			enforcer_conn_closed(c, "upstream connect timed out");
+			conn_close(c, true);
+		}
+	}
+}
+
+static void close_listeners(struct worker *w)
+{
+	for (int i = 0; i < 2; i++) {
+		if (w->listen[i].fd >= 0) {
+			epoll_ctl(w->epfd, EPOLL_CTL_DEL, w->listen[i].fd, NULL);
+			close(w->listen[i].fd);
+			w->listen[i].fd = -1;
+		}
+	}
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	struct epoll_event evs[256];
+	uint64_t last_tick = 0;
+
+	while (!w->stop) {
+		if (w->stop_accept && w->listen[0].fd >= 0)
+			close_listeners(w);
+		int n = epoll_wait(w->epfd, evs, 256, 200);
+
+		for (int i = 0; i < n; i++) {
+			struct conn_end *e = evs[i].data.ptr;
+
+			if (!e->c)
+				accept_all(w, e->fd);
+			else
+				conn_on_event(e, evs[i].events);
+		}
+		while (w->dead) {
+			struct conn *c = w->dead;
+
+			w->dead = c->next;
+			conn_free(c);
+		}
+		uint64_t now = now_ns_mono();
+		if (now - last_tick > 200000000ull) {
+			last_tick = now;
+			check_deadlines(w);
+		}
+	}
+	return NULL;
+}
+
+void worker_stop_accepting(struct worker *w)
+{
+	w->stop_accept = 1;
+}
+
+int worker_start(struct worker *w)
+{
+	return -pthread_create(&w->thread, NULL, worker_main, w);
+}
+
+void worker_join(struct worker *w)
+{
+	w->stop = 1;
+	pthread_join(w->thread, NULL);
+	for (struct conn *c = w->conns, *next; c; c = next) {
+		next = c->next;
+		conn_close(c, false);
+	}
+	while (w->dead) {
+		struct conn *c = w->dead;
+
+		w->dead = c->next;
+		conn_free(c);
+	}
+	close(w->epfd);
+}

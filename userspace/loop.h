@@ -1,0 +1,38 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * loop: a worker thread with one epoll loop and its own SO_REUSEPORT
+ * listeners on 127.0.0.1 and ::1. Connections accepted by a worker live and
+ * die on it; nothing is shared between workers but the read-only policy.
+ */
+#ifndef AGENTGATE_LOOP_H
+#define AGENTGATE_LOOP_H
+
+#include <pthread.h>
+#include <stdint.h>
+#include "conn.h"
+
+struct worker {
+	int id;
+	int epfd;
+	pthread_t thread;
+	struct conn_end listen[2];      /* c == NULL marks a listener */
+	struct conn *conns;             /* live */
+	struct conn *dead;              /* closed this iteration, freed after it */
+	int nconns;
+	volatile int stop;
+	volatile int stop_accept;      /* set by the main thread; the worker closes its listeners */
+};
+
+/* Creates the worker's listeners and epoll; 0 or -errno. */
+int worker_init(struct worker *w, int id, uint16_t port);
+int worker_start(struct worker *w);
+/* Closes listeners (stop accepting); live connections go on. */
+void worker_stop_accepting(struct worker *w);
+void worker_join(struct worker *w);
+
+/* Registers fd with data pointer e for edge-triggered in/out. */
+int worker_watch(struct worker *w, struct conn_end *e, uint32_t events);
+void worker_link(struct worker *w, struct conn *c);
+void worker_retire(struct worker *w, struct conn *c);
+
+#endif

@@ -1,0 +1,390 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * policy_match: questions asked of a loaded policy on the connection path
+ * (which target is this destination, may this name be resolved), plus the
+ * small parsers and formatters shared with policy_load.c.
+ *
+ * Everything here that takes a struct policy is pure and allocation-free: it
+ * runs for every accepted connection and every DNS query.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "policy.h"
+
+#define ADDR_MAX_LEN 300   /* longest "host:port" we look at: 253 + brackets + port */
+#define DNS_NAME_MAX 253
+
+static const uint8_t v4_mapped_prefix[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+
+/* ---- naming ------------------------------------------------------------ */
+
+const char *policy_proto_name(enum policy_proto p)
+{
+	static const char *const names[PROTO__COUNT] = {
+		[PROTO_TCP] = "tcp",
+		[PROTO_TLS] = "tls",
+		[PROTO_POSTGRES] = "postgres",
+		[PROTO_HTTP] = "http",
+		[PROTO_KUBERNETES] = "kubernetes",
+	};
+
+	if ((unsigned)p >= PROTO__COUNT)
+		return "unknown";
+	return names[p];
+}
+
+void policy_error_format(const struct policy_error *e, char *out, size_t outlen)
+{
+	if (!out || outlen == 0)
+		return;
+	if (!e) {
+		out[0] = '\0';
+		return;
+	}
+	/* Editors and CI annotators parse "file:line:col:", so only print the
+	 * parts we actually know rather than a misleading ":0". */
+	if (e->line > 0 && e->col > 0)
+		snprintf(out, outlen, "%s:%d:%d: %s", e->file, e->line, e->col, e->msg);
+	else if (e->line > 0)
+		snprintf(out, outlen, "%s:%d: %s", e->file, e->line, e->msg);
+	else
+		snprintf(out, outlen, "%s: %s", e->file, e->msg);
+}
+
+int policy_agent_index(const struct policy *p, const char *name)
+{
+	if (!p || !name)
+		return -1;
+	for (size_t i = 0; i < p->nagents; i++)
+		if (p->agents[i].name && strcmp(p->agents[i].name, name) == 0)
+			return (int)i;
+	return -1;
+}
+
+int policy_target_index(const struct policy *p, const char *name)
+{
+	if (!p || !name)
+		return -1;
+	for (size_t i = 0; i < p->ntargets; i++)
+		if (p->targets[i].name && strcmp(p->targets[i].name, name) == 0)
+			return (int)i;
+	return -1;
+}
+
+/* ---- matching ---------------------------------------------------------- */
+
+static bool prefix_contains(const uint8_t net[16], unsigned prefixlen, const uint8_t addr[16])
+{
+	unsigned full = prefixlen / 8, rest = prefixlen % 8;
+
+	if (prefixlen > 128)
+		return false;
+	if (memcmp(net, addr, full) != 0)
+		return false;
+	if (rest == 0)
+		return true;
+	uint8_t mask = (uint8_t)(0xff << (8 - rest));
+	return (net[full] & mask) == (addr[full] & mask);
+}
+
+int policy_match_target(const struct policy *p, const uint8_t addr[16], uint16_t port,
+			policy_host_resolved_fn resolved, void *ctx)
+{
+	int best = -1;
+	unsigned best_len = 0;
+
+	if (!p || !addr)
+		return -1;
+
+	for (size_t i = 0; i < p->ntargets; i++) {
+		const struct policy_addr *a = &p->targets[i].addr;
+
+		if (a->kind == ADDR_IP && a->port == port && memcmp(a->addr, addr, 16) == 0)
+			return (int)i;
+	}
+
+	/* Longest prefix wins so a narrow target carved out of a wide one gets
+	 * its own rules; ties go to the target written first. */
+	for (size_t i = 0; i < p->ntargets; i++) {
+		const struct policy_addr *a = &p->targets[i].addr;
+
+		if (a->kind != ADDR_CIDR || a->port != port)
+			continue;
+		if (!prefix_contains(a->addr, a->prefixlen, addr))
+			continue;
+		if (best < 0 || a->prefixlen > best_len) {
+			best = (int)i;
+			best_len = a->prefixlen;
+		}
+	}
+	if (best >= 0)
+		return best;
+
+	if (!resolved)
+		return -1;
+	for (size_t i = 0; i < p->ntargets; i++) {
+		const struct policy_addr *a = &p->targets[i].addr;
+
+		if (a->kind == ADDR_HOST && a->port == port && a->host &&
+		    resolved(ctx, a->host, addr))
+			return (int)i;
+	}
+	return -1;
+}
+
+bool policy_dns_allowed(const struct policy *p, const char *name)
+{
+	size_t len;
+
+	if (!name)
+		return false;
+	if (!p || p->dns_allow.n == 0)
+		return true;
+
+	len = strnlen(name, DNS_NAME_MAX + 2);
+	if (len > 0 && name[len - 1] == '.')
+		len--;
+	if (len == 0 || len > DNS_NAME_MAX)
+		return false;
+
+	for (size_t i = 0; i < p->dns_allow.n; i++) {
+		const char *e = p->dns_allow.v[i];
+		size_t elen = strlen(e);
+
+		if (elen > 2 && e[0] == '*' && e[1] == '.') {
+			/* "*.example.com": strictly below, so the dot before the
+			 * suffix must be in the name and something before it. */
+			size_t slen = elen - 2;
+
+			if (len > slen + 1 && name[len - slen - 1] == '.' &&
+			    strncasecmp(name + len - slen, e + 2, slen) == 0)
+				return true;
+		} else if (elen == len && strncasecmp(name, e, len) == 0) {
+			return true;
+		}
+	}
+	return false;
+}
+
+bool policy_is_metadata_addr(const uint8_t addr[16])
+{
+	static const uint8_t aws_v4[16] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff,
+					    169, 254, 169, 254 };
+	static const uint8_t aws_v6[16] = { 0xfd, 0x00, 0x0e, 0xc2, 0, 0, 0, 0,
+					    0, 0, 0, 0, 0, 0, 0x02, 0x54 };
+
+	if (!addr)
+		return false;
+	return memcmp(addr, aws_v4, 16) == 0 || memcmp(addr, aws_v6, 16) == 0;
+}
+
+/* ---- address parsing --------------------------------------------------- */
+
+static int fail(char *why, size_t whylen, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static int fail(char *why, size_t whylen, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (why && whylen) {
+		va_start(ap, fmt);
+		vsnprintf(why, whylen, fmt, ap);
+		va_end(ap);
+	}
+	return -EINVAL;
+}
+
+static int parse_port(const char *s, uint16_t *port)
+{
+	unsigned long v = 0;
+	size_t n = 0;
+
+	for (; s[n]; n++) {
+		if (s[n] < '0' || s[n] > '9' || n >= 5)
+			return -1;
+		v = v * 10 + (unsigned long)(s[n] - '0');
+	}
+	if (n == 0 || v < 1 || v > 65535)
+		return -1;
+	*port = (uint16_t)v;
+	return 0;
+}
+
+static int parse_prefixlen(const char *s, unsigned max, unsigned *out)
+{
+	unsigned v = 0;
+	size_t n = 0;
+
+	for (; s[n]; n++) {
+		if (s[n] < '0' || s[n] > '9' || n >= 3)
+			return -1;
+		v = v * 10 + (unsigned)(s[n] - '0');
+	}
+	if (n == 0 || v > max)
+		return -1;
+	*out = v;
+	return 0;
+}
+
+static bool host_bits_zero(const uint8_t a[16], unsigned prefixlen)
+{
+	for (unsigned bit = prefixlen; bit < 128; bit++)
+		if (a[bit / 8] & (0x80 >> (bit % 8)))
+			return false;
+	return true;
+}
+
+/* RFC 1123 names, plus '_' which internal zones use. The last label must not
+ * be all digits, so a mistyped IPv4 address is not taken for a host name. */
+static bool valid_host_name(const char *h, size_t len)
+{
+	size_t label = 0;
+	bool all_digits = true;
+
+	if (len == 0 || len > DNS_NAME_MAX)
+		return false;
+	for (size_t i = 0; i <= len; i++) {
+		char c = i < len ? h[i] : '.';
+
+		if (c == '.') {
+			if (label == 0 || label > 63 || h[i - 1] == '-')
+				return false;
+			if (i == len && all_digits)
+				return false;
+			label = 0;
+			all_digits = true;
+			continue;
+		}
+		bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+			     (c >= '0' && c <= '9');
+		if (!alnum && c != '-' && c != '_')
+			return false;
+		if (label == 0 && c == '-')
+			return false;
+		if (c < '0' || c > '9')
+			all_digits = false;
+		label++;
+	}
+	return true;
+}
+
+static int parse_ip_or_cidr(char *host, bool v6, struct policy_addr *out,
+			    char *why, size_t whylen)
+{
+	char *slash = strchr(host, '/');
+	unsigned plen = 0;
+
+	if (slash)
+		*slash = '\0';
+	if (v6) {
+		if (inet_pton(AF_INET6, host, out->addr) != 1)
+			return fail(why, whylen, "'%s' is not an IPv6 address", host);
+	} else {
+		memcpy(out->addr, v4_mapped_prefix, 12);
+		if (inet_pton(AF_INET, host, out->addr + 12) != 1)
+			return fail(why, whylen, "'%s' is not an IPv4 address", host);
+	}
+	out->is_v4 = memcmp(out->addr, v4_mapped_prefix, 12) == 0;
+	if (!slash) {
+		out->kind = ADDR_IP;
+		out->prefixlen = 128;
+		return 0;
+	}
+	if (parse_prefixlen(slash + 1, v6 ? 128 : 32, &plen) < 0)
+		return fail(why, whylen, "bad prefix length '/%s'", slash + 1);
+	out->kind = ADDR_CIDR;
+	out->prefixlen = (uint8_t)(v6 ? plen : 96 + plen);
+	if (v6 && plen < 96)
+		out->is_v4 = false;
+	/* A set host bit usually means the author meant a single address or
+	 * mistyped the prefix; guessing either way would widen or narrow the
+	 * target silently. */
+	if (!host_bits_zero(out->addr, out->prefixlen))
+		return fail(why, whylen, "'%s/%u' has host bits set beyond the prefix length",
+			    host, plen);
+	return 0;
+}
+
+int policy_parse_addr(const char *s, struct policy_addr *out, char *why, size_t whylen)
+{
+	char host[ADDR_MAX_LEN + 1];
+	const char *port_s;
+	size_t len, hlen;
+	bool bracketed = false;
+
+	if (why && whylen)
+		why[0] = '\0';
+	if (!out)
+		return -EINVAL;
+	memset(out, 0, sizeof(*out));
+	if (!s || !*s)
+		return fail(why, whylen, "empty address");
+	len = strnlen(s, ADDR_MAX_LEN + 1);
+	if (len > ADDR_MAX_LEN)
+		return fail(why, whylen, "address longer than %d characters", ADDR_MAX_LEN);
+
+	if (s[0] == '[') {
+		const char *close = strchr(s, ']');
+
+		if (!close)
+			return fail(why, whylen, "missing ']' after IPv6 address");
+		if (close[1] != ':')
+			return fail(why, whylen, "missing port after ']' (expected [addr]:port)");
+		bracketed = true;
+		hlen = (size_t)(close - s - 1);
+		memcpy(host, s + 1, hlen);
+		port_s = close + 2;
+	} else {
+		const char *colon = strrchr(s, ':');
+
+		if (!colon)
+			return fail(why, whylen, "missing port (expected host:port)");
+		hlen = (size_t)(colon - s);
+		memcpy(host, s, hlen);
+		port_s = colon + 1;
+	}
+	host[hlen] = '\0';
+
+	if (hlen == 0)
+		return fail(why, whylen, "missing host before ':'");
+	if (!bracketed && memchr(host, ':', hlen))
+		return fail(why, whylen, "IPv6 addresses need brackets, e.g. [2001:db8::1]:443");
+	if (parse_port(port_s, &out->port) < 0)
+		return fail(why, whylen, "bad port '%s' (expected 1..65535)", port_s);
+
+	if (bracketed)
+		return parse_ip_or_cidr(host, true, out, why, whylen);
+	if (strchr(host, '/'))
+		return parse_ip_or_cidr(host, false, out, why, whylen);
+
+	memcpy(out->addr, v4_mapped_prefix, 12);
+	if (inet_pton(AF_INET, host, out->addr + 12) == 1) {
+		out->kind = ADDR_IP;
+		out->prefixlen = 128;
+		out->is_v4 = true;
+		return 0;
+	}
+	memset(out->addr, 0, sizeof(out->addr));
+
+	if (hlen > 1 && host[hlen - 1] == '.')
+		host[--hlen] = '\0';
+	if (!valid_host_name(host, hlen))
+		return fail(why, whylen, "'%s' is not a valid IP address or host name", host);
+	for (size_t i = 0; i < hlen; i++)
+		if (host[i] >= 'A' && host[i] <= 'Z')
+			host[i] = (char)(host[i] - 'A' + 'a');
+	out->host = strdup(host);
+	if (!out->host) {
+		fail(why, whylen, "out of memory");
+		return -ENOMEM;
+	}
+	out->kind = ADDR_HOST;
+	return 0;
+}

@@ -1,0 +1,43 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * One table per protocol module. The enforcer attributes an accepted
+ * connection (agent, original destination, target) and hands it to the
+ * module of the target's protocol through proto_for(). Adding a protocol
+ * means adding a proto_<name>.c exporting one const struct proto_ops and one
+ * line in proto_for().
+ *
+ * Contract: start() is called once, on the worker thread that owns the
+ * connection, before any byte is relayed. The module either calls
+ * conn_connect_upstream() (and may keep inspecting bytes through
+ * on_agent_data/on_upstream_data) or conn_refuse(). Callbacks return 0 to go
+ * on, or a negative errno to close the connection. A module that wants plain
+ * relaying after its decision calls conn_relay(); from then on conn.c moves the
+ * bytes itself and the module's data callbacks are no longer called.
+ */
+#ifndef AGENTGATE_PROTO_H
+#define AGENTGATE_PROTO_H
+
+#include "policy.h"
+
+struct conn;
+
+struct proto_ops {
+	const char *name;
+	int (*start)(struct conn *c);
+	/* Bytes from the agent are in conn_agent_buf(c); consume with conn_agent_consume(). */
+	int (*on_agent_data)(struct conn *c);
+	int (*on_upstream_data)(struct conn *c);
+	void (*release)(struct conn *c);     /* frees module state; NULL-safe on c->proto_state */
+};
+
+extern const struct proto_ops proto_tcp_ops;
+extern const struct proto_ops proto_tls_ops;
+
+/*
+ * The module for a protocol. Protocols whose module has not landed yet
+ * (postgres, http, kubernetes) are relayed by the tcp module, and
+ * *fallback is set so the caller can say so in audit and status.
+ */
+const struct proto_ops *proto_for(enum policy_proto p, bool *fallback);
+
+#endif

@@ -1,0 +1,106 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * tls: TLS passed through untouched, allowed by SNI. The ClientHello is read
+ * (bounded by CONN_BUF, which equals TLS_HELLO_MAX), the server name checked
+ * against the target's names, and then every byte, the ClientHello first, is
+ * relayed as it came. Names: the host of a host-name target, and
+ * upstream.server_name when given. A target addressed by IP with no
+ * server_name accepts any SNI (recorded in audit).
+ */
+#include <errno.h>
+#include <string.h>
+#include <strings.h>
+
+#include "audit.h"
+#include "conn.h"
+#include "enforcer.h"
+#include "proto.h"
+#include "tls_hello.h"
+
+_Static_assert(CONN_BUF >= TLS_HELLO_MAX, "a whole ClientHello must fit the agent buffer");
+
+static const char *sni_verdict(const struct policy_target *t, const struct tls_hello *h)
+{
+	bool named = false;
+
+	if (t && t->addr.kind == ADDR_HOST) {
+		named = true;
+		if (h->has_sni && strcasecmp(h->sni, t->addr.host) == 0)
+			return NULL;
+	}
+	if (t && t->upstream.server_name) {
+		named = true;
+		if (h->has_sni && strcasecmp(h->sni, t->upstream.server_name) == 0)
+			return NULL;
+	}
+	if (!named)
+		return NULL;
+	return h->has_sni ? "server name (SNI) is not one of the target's names"
+			  : "ClientHello has no server name (SNI)";
+}
+
+static void audit_sni(struct conn *c, const struct tls_hello *h, bool allowed, const char *reason)
+{
+	json_t *ev = enforcer_conn_event(c, allowed ? 6 : 5, allowed ? "Traffic" : "Refuse");
+
+	if (!ev)
+		return;
+	if (h && h->has_sni)
+		json_object_set_new(ev, "tls", json_pack("{s:s}", "sni", h->sni));
+	audit_add_verdict(ev, allowed, c->would_deny, c->rule ? c->rule->role : NULL, reason);
+	audit_emit(ev);
+}
+
+static int tls_start(struct conn *c)
+{
+	return 0;   /* nothing to do until the ClientHello arrives */
+}
+
+static int tls_on_agent_data(struct conn *c)
+{
+	const struct policy_target *t = c->target_idx >= 0 ? &c->policy->targets[c->target_idx] : NULL;
+	struct tls_hello h;
+	const uint8_t *buf;
+	uint32_t len;
+	const char *why;
+	int n = conn_agent_fill(c), st, err;
+
+	if (n == -EAGAIN)
+		return 0;
+	if (n < 0)
+		return n;
+	buf = conn_agent_buf(c, &len);
+	st = len ? tls_hello_parse(buf, len, &h) : TLS_HELLO_NEED_MORE;
+	if (st == TLS_HELLO_NEED_MORE && (n == 0 || len >= CONN_BUF))
+		st = TLS_HELLO_MALFORMED;   /* EOF or bound reached mid-hello */
+	if (st == TLS_HELLO_NEED_MORE)
+		return 0;
+	if (st != TLS_HELLO_OK) {
+		why = "not a well-formed TLS ClientHello";
+		if (enforcer_should_refuse(c, why)) {
+			audit_sni(c, NULL, false, why);
+			conn_refuse(c);
+			return 0;
+		}
+		audit_sni(c, NULL, true, why);
+	} else {
+		why = sni_verdict(t, &h);
+		if (why && enforcer_should_refuse(c, why)) {
+			audit_sni(c, &h, false, why);
+			conn_refuse(c);
+			return 0;
+		}
+		audit_sni(c, &h, true, why);
+	}
+	err = conn_connect_upstream(c);
+	if (err)
+		return err;
+	conn_relay(c);
+	return 0;
+}
+
+const struct proto_ops proto_tls_ops = {
+	.name = "tls",
+	.start = tls_start,
+	.on_agent_data = tls_on_agent_data,
+};

@@ -1,0 +1,59 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Small helpers shared by the enforcer and the CLI: logging, mount discovery,
+ * address formatting, time. Library code returns -errno and does not log;
+ * ag_log is for the outer layers that decide what to do. */
+#ifndef AGENTGATE_UTIL_H
+#define AGENTGATE_UTIL_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#define AG_VERSION "0.1.0"
+#define AG_DEFAULT_STATE_DIR "/var/lib/agentgate"
+
+enum ag_log_level { LOG_LVL_ERR = 0, LOG_LVL_WARN, LOG_LVL_INFO, LOG_LVL_DEBUG };
+extern int ag_log_level;
+void ag_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define log_err(...)   ag_log(LOG_LVL_ERR, __VA_ARGS__)
+#define log_warn(...)  ag_log(LOG_LVL_WARN, __VA_ARGS__)
+#define log_info(...)  ag_log(LOG_LVL_INFO, __VA_ARGS__)
+#define log_debug(...) ag_log(LOG_LVL_DEBUG, __VA_ARGS__)
+
+/* Mount point of the first filesystem of type fstype ("cgroup2", "bpf") in
+ * /proc/self/mountinfo, into out. 0, -ENOENT, or -errno. */
+int find_mount(const char *fstype, char *out, size_t outlen);
+
+/* Mounts bpffs at /sys/fs/bpf if no bpffs is mounted; returns its path. */
+int ensure_bpffs(char *out, size_t outlen);
+
+/* 16-byte (v4-mapped) address helpers. */
+bool addr_is_v4mapped(const uint8_t a[16]);
+void addr_from_sockaddr(const struct sockaddr_storage *ss, uint8_t a[16], uint16_t *port);
+/* Fills ss for connect(): AF_INET for v4-mapped, AF_INET6 otherwise. */
+socklen_t addr_to_sockaddr(const uint8_t a[16], uint16_t port, struct sockaddr_storage *ss);
+/* "1.2.3.4" or "2001:db8::1" (v4-mapped printed as IPv4). */
+void addr_str(const uint8_t a[16], char *out, size_t outlen);
+
+uint64_t now_ms_realtime(void);
+uint64_t now_ns_mono(void);
+uint64_t now_ns_boot(void);
+
+/* mkdir -p with mode; 0 or -errno. */
+int mkdir_p(const char *path, mode_t mode);
+
+/* Writes a whole buffer to fd, retrying on EINTR/short writes. 0 or -errno. */
+int write_all(int fd, const void *buf, size_t len);
+
+/* Reads a whole (small) file into a NUL-terminated malloc'd buffer. */
+char *read_file(const char *path, size_t max, size_t *len_out);
+
+/* Strict decimal parse of [min,max]; 0 or -EINVAL. */
+int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out);
+
+/* The cgroup v2 path ("/agentgate/x") of a process, from /proc/PID/cgroup. */
+int proc_cgroup2_path(int pid, char *out, size_t outlen);
+
+#endif
