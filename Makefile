@@ -70,6 +70,7 @@ $(BUILD)/%.o: userspace/%.c $(wildcard userspace/*.h) bpf/agentgate_abi.h $(BUIL
 
 $(BUILD)/asan/%.o: userspace/%.c $(wildcard userspace/*.h) bpf/agentgate_abi.h $(BUILD)/agentgate.skel.h | $(BUILD)
 	$(call msg,CC-ASAN,$@)
+	$(Q)mkdir -p $(@D)
 	$(Q)$(CC) $(CFLAGS) $(SANFLAGS) -c $< -o $@
 
 $(BUILD)/embedded.o: policies/default.yaml | $(BUILD)
@@ -79,7 +80,12 @@ $(BUILD)/embedded.o: policies/default.yaml | $(BUILD)
 
 $(BUILD)/unit/%: tests/unit/%.c tests/unit/unit.h $(ASAN_OBJS) | $(BUILD)
 	$(call msg,UNIT,$@)
+	$(Q)mkdir -p $(@D)
 	$(Q)$(CC) $(CFLAGS) $(SANFLAGS) -Itests/unit $< $(ASAN_OBJS) -o $@ $(LDLIBS)
+
+$(BUILD)/uring_connect: tests/integration/helpers/uring_connect.c | $(BUILD)
+	$(call msg,CC,$@)
+	$(Q)$(CC) -O2 -Wall -Wextra -Werror $< -o $@ -luring
 
 vmlinux:
 	$(BPFTOOL) btf dump file /sys/kernel/btf/vmlinux format c > vmlinux.h
@@ -89,7 +95,7 @@ run: all
 
 unit: deps $(UNIT_BINS)
 
-test: all unit
+test: all unit $(BUILD)/uring_connect
 	$(Q)tests/run.sh
 
 bench: all

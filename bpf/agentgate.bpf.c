@@ -155,13 +155,15 @@ int ag_sock_create(struct bpf_sock *sk)
 
 /* ---- connect: refuse, or remember the destination and redirect ---------- */
 
-static __always_inline int deny_connect(struct bpf_sock_addr *ctx, __u32 reason, __u32 slot,
-					const __u8 addr[16], __u16 port, __u8 family)
+/* connect() fails with ECONNREFUSED (where bpf_set_retval exists), a
+ * sendmsg() with EPERM: "refused by the peer" means nothing for a datagram. */
+static __always_inline int deny_op(struct bpf_sock_addr *ctx, __u32 reason, __u32 slot,
+				   const __u8 addr[16], __u16 port, __u8 family, bool is_sendmsg)
 {
 	count(AG_CNT_DENY_CONNECT);
 	emit(AG_EV_DENY, reason, slot, bpf_get_socket_cookie(ctx), addr, port, family,
 	     (__u8)ctx->protocol);
-	if (has_set_retval)
+	if (has_set_retval && !is_sendmsg)
 		bpf_set_retval(-ECONNREFUSED);
 	return DENY;
 }
@@ -214,14 +216,14 @@ static __always_inline void rewrite(struct bpf_sock_addr *ctx, bool v6, bool map
  */
 static __always_inline int udp_dst(struct bpf_sock_addr *ctx, struct ag_sk_state *st,
 				   const struct ag_global *g, const __u8 addr[16], __u16 port,
-				   bool v6)
+				   bool v6, bool is_sendmsg)
 {
 	if (port != 53)
-		return deny_connect(ctx, AG_R_UDP_NOT_DNS, st->slot, addr, port,
-				    v6 ? AF_INET6 : AF_INET);
+		return deny_op(ctx, AG_R_UDP_NOT_DNS, st->slot, addr, port,
+				    v6 ? AF_INET6 : AF_INET, is_sendmsg);
 	if (st->slot >= g->dns_port_count)
-		return deny_connect(ctx, AG_R_NO_AGENT, st->slot, addr, port,
-				    v6 ? AF_INET6 : AF_INET);
+		return deny_op(ctx, AG_R_NO_AGENT, st->slot, addr, port,
+				    v6 ? AF_INET6 : AF_INET, is_sendmsg);
 	/* Already pointing at our listener (a second copy of this program). */
 	if (!(is_loopback(addr) && port == g->dns_port_base + st->slot)) {
 		__builtin_memcpy(st->dns_addr, addr, 16);
@@ -246,25 +248,25 @@ static __always_inline int do_connect(struct bpf_sock_addr *ctx, const __u8 addr
 
 	if (!g || g->abi_version != AG_ABI_VERSION || !(g->flags & AG_GF_READY)) {
 		count(AG_CNT_CFG_MISSING);
-		return deny_connect(ctx, AG_R_NO_CONFIG, 0, addr, port, family);
+		return deny_op(ctx, AG_R_NO_CONFIG, 0, addr, port, family, is_sendmsg);
 	}
 	st = bpf_sk_storage_get(&ag_sk, ctx->sk, 0, 0);
 	if (!st || !(st->flags & AG_SK_STAMPED)) {
 		count(AG_CNT_NO_STAMP);
-		return deny_connect(ctx, AG_R_NO_STAMP, 0, addr, port, family);
+		return deny_op(ctx, AG_R_NO_STAMP, 0, addr, port, family, is_sendmsg);
 	}
 	slot = st->slot;
 	if (bpf_get_netns_cookie(ctx) != g->netns_cookie)
-		return deny_connect(ctx, AG_R_NETNS, slot, addr, port, family);
+		return deny_op(ctx, AG_R_NETNS, slot, addr, port, family, is_sendmsg);
 	if (ctx->type == SOCK_DGRAM)
-		return udp_dst(ctx, st, g, addr, port, v6);
+		return udp_dst(ctx, st, g, addr, port, v6, is_sendmsg);
 	if (is_sendmsg || ctx->type != SOCK_STREAM)
-		return deny_connect(ctx, AG_R_PROTOCOL, slot, addr, port, family);
+		return deny_op(ctx, AG_R_PROTOCOL, slot, addr, port, family, is_sendmsg);
 
 	ac = bpf_map_lookup_elem(&ag_agents, &slot);
 	if (!ac || !(ac->flags & AG_AF_ACTIVE)) {
 		count(AG_CNT_NO_AGENT);
-		return deny_connect(ctx, AG_R_NO_AGENT, slot, addr, port, family);
+		return deny_op(ctx, AG_R_NO_AGENT, slot, addr, port, family, is_sendmsg);
 	}
 
 	/* A second copy of this program (it must never happen, but if it does)
@@ -274,9 +276,9 @@ static __always_inline int do_connect(struct bpf_sock_addr *ctx, const __u8 addr
 
 	hit = allowed(slot, addr, port, &metadata_ok);
 	if (is_metadata(addr) && !metadata_ok)
-		return deny_connect(ctx, AG_R_METADATA, slot, addr, port, family);
+		return deny_op(ctx, AG_R_METADATA, slot, addr, port, family, is_sendmsg);
 	if (!hit && !(ac->flags & AG_AF_OBSERVE))
-		return deny_connect(ctx, AG_R_NOT_ALLOWED, slot, addr, port, family);
+		return deny_op(ctx, AG_R_NOT_ALLOWED, slot, addr, port, family, is_sendmsg);
 
 	__builtin_memcpy(st->orig_addr, addr, 16);
 	st->orig_port = port;

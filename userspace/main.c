@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <jansson.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -401,6 +402,7 @@ int main(int argc, char **argv)
 
 	if (env && *env)
 		state_dir = env;
+	signal(SIGPIPE, SIG_IGN);   /* a closed admin socket is an error return, not a death */
 	for (; i < argc && argv[i][0] == '-'; i++) {
 		if (strcmp(argv[i], "--state-dir") == 0 && i + 1 < argc)
 			state_dir = argv[++i];

@@ -6,6 +6,10 @@
 # corpus; crashes to build/fuzz/<target>-crash-*. A crash makes this exit
 # non-zero: fix it, then copy the input into tests/fuzz/corpus/<target>/ so
 # tests/fuzz/replay.sh keeps it fixed.
+# The seed corpora are the unit tests' named cases, written once with
+#   test_tls_hello --write-corpus tests/fuzz/corpus/tls_hello
+#   test_dns_msg   --write-corpus tests/fuzz/corpus/dns_msg
+# plus inputs fuzzing found worth keeping (found-*).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

@@ -1,0 +1,581 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The data path: real kernel hooks on real cgroups, real servers, real clients."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+from conftest import (AG, CG2, DNS_BASE, PY, TCP_PORT, URING, connect_code, detach_all, wait_for)
+
+
+def enforce_policy(port, agent="t-agent", extra_targets="", extra_rules="", mode="enforce"):
+    return f"""
+    version: 1
+    mode: {mode}
+    agents:
+      - name: {agent}
+        limits: {{connections: 64}}
+    targets:
+      - {{name: echo, protocol: tcp, address: 127.0.0.1:{port}}}
+    {extra_targets}
+    roles:
+      - name: r
+        rules:
+          - target: echo
+    {extra_rules}
+    bindings:
+      - {{role: r, agents: [{agent}]}}
+    """
+
+
+def net_events(e, pred):
+    return [ev for ev in e.events() if ev.get("class_uid") == 4001 and pred(ev)]
+
+
+def test_allowed_tcp_relayed_and_audited(enforcer, servers):
+    port = servers.http()
+    enforcer.start(f"""
+    version: 1
+    agents: [{{name: t-agent}}]
+    targets: [{{name: web, protocol: tcp, address: 127.0.0.1:{port}}}]
+    roles: [{{name: r, rules: [{{target: web}}]}}]
+    bindings: [{{role: r, agents: [t-agent]}}]
+    """)
+    p = subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", "t-agent", "--",
+                          "curl", "-s", f"http://127.0.0.1:{port}/index.html"],
+                         stdout=subprocess.PIPE, text=True)
+    out, _ = p.communicate(timeout=20)
+    assert p.returncode == 0
+    assert out == "hello from the test server\n"
+    # exec replaces itself with curl: the audited pid is curl's.
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4001 and e["activity_name"] == "Open")
+    assert ev, enforcer.events()
+    assert ev["actor"]["process"]["pid"] == p.pid
+    assert ev["actor"]["process"]["name"] == "curl"
+    assert ev["unmapped"]["agent"]["name"] == "t-agent"
+    assert ev["unmapped"]["agent"]["cgroup"] == "/agentgate/t-agent"
+    assert ev["unmapped"]["target"] == "web"
+    assert ev["dst_endpoint"] == {"ip": "127.0.0.1", "port": port}
+    assert ev["disposition"] == "Allowed" and ev["unmapped"]["verdict"] == "allow"
+    assert ev["metadata"]["version"] == "1.8.0" and ev["metadata"]["sequence"] >= 1
+    close = enforcer.wait_event(lambda e: e.get("class_uid") == 4001 and e["activity_name"] == "Close")
+    assert close and close["traffic"]["bytes_in"] > 0
+    # The server saw the enforcer, not the agent: the connection went through the relay.
+    seqs = [e["metadata"]["sequence"] for e in enforcer.events()]
+    assert seqs == list(range(1, len(seqs) + 1)), "sequence must be gap-free"
+
+
+def test_not_allowed_destination_refused_and_audited(enforcer, servers):
+    port, log = servers.echo()
+    other, other_log = servers.echo()
+    enforcer.start(enforce_policy(port))
+    r = enforcer.py("t-agent", connect_code("127.0.0.1", other))
+    assert r.stdout.split() == ["ERR", "ECONNREFUSED"], r.stdout + r.stderr
+    assert open(other_log).read() == "", "the refused connection must never reach the server"
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4001 and e["activity_name"] == "Refuse")
+    assert ev and ev["unmapped"]["enforced_by"] == "kernel"
+    assert ev["dst_endpoint"]["port"] == other
+    assert ev["unmapped"]["reason"] == "destination not allowed for this agent"
+    assert ev["actor"]["process"]["name"] == "python3"
+    # The allowed one still works.
+    r = enforcer.py("t-agent", connect_code("127.0.0.1", port))
+    assert r.stdout.split() == ["OK", "127.0.0.1", str(port), "hello"], r.stdout + r.stderr
+
+
+def test_ipv6_and_v4_mapped(enforcer, servers):
+    p4, _ = servers.echo("127.0.0.1")
+    p6, log6 = servers.echo("::1")
+    enforcer.start(enforce_policy(p4, extra_targets=f"  - {{name: echo6, protocol: tcp, address: '[::1]:{p6}'}}",
+                                  extra_rules="      - target: echo6"))
+    r = enforcer.py("t-agent", connect_code("::1", p6, "AF_INET6"))
+    assert r.stdout.split() == ["OK", "::1", str(p6), "hello"], r.stdout + r.stderr
+    # Java style: an AF_INET6 socket dialling an IPv4-mapped address goes
+    # through connect6 and must match the IPv4 target.
+    r = enforcer.py("t-agent", connect_code("::ffff:127.0.0.1", p4, "AF_INET6"))
+    assert r.stdout.split() == ["OK", "::ffff:127.0.0.1", str(p4), "hello"], r.stdout + r.stderr
+    # And a v4-mapped address that is not allowed is refused like its IPv4 twin.
+    r = enforcer.py("t-agent", connect_code("::ffff:127.0.0.1", p6, "AF_INET6"))
+    assert r.stdout.split() == ["ERR", "ECONNREFUSED"], r.stdout
+    assert open(log6).read().count("::1") == 1  # only the enforcer's relay of the allowed one
+
+
+def test_getpeername_shows_original_peer(enforcer, servers):
+    port, log = servers.echo()
+    enforcer.start(enforce_policy(port))
+    r = enforcer.py("t-agent", f"""
+    import socket
+    s = socket.create_connection(("127.0.0.1", {port}), timeout=5)
+    print(s.getpeername()[1], s.getsockname()[0])
+    """)
+    peer_port, local = r.stdout.split()
+    assert int(peer_port) == port  # not the enforcer's 15001
+    # What the server logs is the enforcer's upstream socket, not the agent's.
+    assert wait_for(lambda: open(log).read())
+
+
+DNS_QUERY = r"""
+import socket, struct, sys, random
+def query(name, server, qtype=1):
+    qid = random.randint(0, 65535)
+    q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    for label in name.split("."):
+        q += bytes([len(label)]) + label.encode()
+    q += b"\0" + struct.pack(">HH", qtype, 1)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(5)
+    s.sendto(q, server)
+    data, frm = s.recvfrom(4096)
+    rcode = data[3] & 0xf
+    ancount = struct.unpack(">H", data[6:8])[0]
+    ips = []
+    # answers follow the question; A records are 16 bytes with a compressed name
+    off = len(q)
+    for _ in range(ancount):
+        if data[off] & 0xc0 == 0xc0: off += 2
+        else:
+            while data[off]: off += data[off] + 1
+            off += 1
+        t, c, ttl, rdlen = struct.unpack(">HHIH", data[off:off + 10]); off += 10
+        if t == 1: ips.append(socket.inet_ntoa(data[off:off + 4]))
+        off += rdlen
+    return frm, rcode, ips
+"""
+
+
+def dns_policy(dns_port, web_port, allow='["*.test"]'):
+    return f"""
+    version: 1
+    mode: enforce
+    dns: {{upstream: 127.0.0.1:{dns_port}, allow: {allow}}}
+    agents: [{{name: t-agent}}]
+    targets:
+      - {{name: api, protocol: tcp, address: api.test:{web_port}}}
+    roles: [{{name: r, rules: [{{target: api}}]}}]
+    bindings: [{{role: r, agents: [t-agent]}}]
+    """
+
+
+def test_dns_through_listener_and_host_target(enforcer, servers):
+    web, log = servers.echo("127.0.0.2")
+    dns = servers.dnsmasq({"api.test": "127.0.0.2", "other.test": "127.0.0.3"})
+    enforcer.start(dns_policy(dns, web))
+    code = DNS_QUERY + f"""
+import errno
+def dial():
+    s = socket.socket(); s.settimeout(5)
+    try:
+        s.connect(("127.0.0.2", {web})); s.sendall(b"hi\\n"); return "OK " + s.recv(10).decode().strip()
+    except OSError as e:
+        return "ERR " + errno.errorcode[e.errno]
+print(dial())                                         # before resolving: not a known address
+frm, rcode, ips = query("api.test", ("192.0.2.53", 53))  # any resolver address: redirected
+print(frm[0], frm[1], rcode, ",".join(ips))
+print(dial())                                         # after: the host-name target matches
+frm, rcode, ips = query("blocked.example", ("192.0.2.53", 53))
+print("blocked", rcode)
+"""
+    r = enforcer.py("t-agent", code)
+    lines = r.stdout.splitlines()
+    assert lines[0] == "ERR ECONNREFUSED", r.stdout + r.stderr
+    # The reply appears to come from the resolver the agent addressed.
+    assert lines[1] == "192.0.2.53 53 0 127.0.0.2", r.stdout
+    assert lines[2] == "OK hi", r.stdout
+    assert lines[3] == "blocked 5", r.stdout  # REFUSED: not in dns.allow
+    q = enforcer.wait_event(lambda e: e.get("class_uid") == 4003 and e["query"]["hostname"] == "api.test")
+    assert q and q["answers"][0]["rdata"] == "127.0.0.2" and q["unmapped"]["agent"]["name"] == "t-agent"
+    b = enforcer.wait_event(lambda e: e.get("class_uid") == 4003 and e["query"]["hostname"] == "blocked.example")
+    assert b and b["disposition"] == "Blocked"
+    opened = enforcer.wait_event(lambda e: e.get("class_uid") == 4001 and e["activity_name"] == "Open")
+    assert opened["unmapped"]["target"] == "api"
+
+
+def test_other_udp_refused(enforcer, servers):
+    port, _ = servers.echo()
+    enforcer.start(enforce_policy(port))
+    r = enforcer.py("t-agent", """
+    import socket, errno
+    out = []
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for dst in [("127.0.0.1", 9999), ("192.0.2.1", 443)]:
+        try:
+            s.sendto(b"x", dst); out.append("sent")
+        except OSError as e:
+            out.append(errno.errorcode[e.errno])
+    try:
+        s.connect(("192.0.2.1", 443)); out.append("connected")
+    except OSError as e:
+        out.append(errno.errorcode[e.errno])
+    s6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        s6.sendto(b"x", ("::1", 9999)); out.append("sent")
+    except OSError as e:
+        out.append(errno.errorcode[e.errno])
+    print(" ".join(out))
+    """)
+    assert r.stdout.split() == ["EPERM", "EPERM", "ECONNREFUSED", "EPERM"], r.stdout + r.stderr
+    assert enforcer.wait_event(lambda e: e.get("unmapped", {}).get("reason") ==
+                               "UDP other than DNS (port 53) is refused")
+
+
+def test_tls_allowed_by_sni_refused_for_other(enforcer, servers):
+    port = servers.tls("allowed.test")
+    enforcer.start(f"""
+    version: 1
+    agents: [{{name: t-agent}}]
+    targets:
+      - {{name: llm, protocol: tls, address: 127.0.0.1:{port}, upstream: {{server_name: allowed.test}}}}
+    roles: [{{name: r, rules: [{{target: llm}}]}}]
+    bindings: [{{role: r, agents: [t-agent]}}]
+    """)
+    ok = enforcer.exec("t-agent", ["curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}",
+                                   "--resolve", f"allowed.test:{port}:127.0.0.1",
+                                   f"https://allowed.test:{port}/"])
+    assert ok.returncode == 0 and ok.stdout == "200", ok.stdout + ok.stderr
+    bad = enforcer.exec("t-agent", ["curl", "-sk", "--resolve", f"evil.test:{port}:127.0.0.1",
+                                    f"https://evil.test:{port}/"])
+    assert bad.returncode != 0 and bad.stdout == ""
+    ev = enforcer.wait_event(lambda e: e.get("tls", {}).get("sni") == "evil.test")
+    assert ev and ev["disposition"] == "Blocked"
+    assert "SNI" in ev["unmapped"]["reason"]
+    good = enforcer.wait_event(lambda e: e.get("tls", {}).get("sni") == "allowed.test")
+    assert good and good["disposition"] == "Allowed"
+    # Not TLS at all: refused too.
+    r = enforcer.py("t-agent", connect_code("127.0.0.1", port, send=b"GET / HTTP/1.0\r\n\r\n"))
+    assert r.stdout.split()[0] in ("ERR-IO", "OK") and "HTTP" not in r.stdout, r.stdout
+
+
+def test_tcp_fast_open_and_io_uring_are_redirected(enforcer, servers):
+    port, log = servers.echo()
+    other, other_log = servers.echo()
+    enforcer.start(enforce_policy(port))
+    r = enforcer.py("t-agent", f"""
+    import socket, errno
+    for p in ({port}, {other}):
+        s = socket.socket()   # blocking: a timeout makes sendto non-blocking (EINPROGRESS)
+        try:
+            s.sendto(b"tfo\\n", socket.MSG_FASTOPEN, ("127.0.0.1", p))
+            s.settimeout(5)
+            print("OK", s.getpeername()[1], s.recv(10).decode().strip())
+        except OSError as e:
+            print("ERR", errno.errorcode[e.errno])
+    """)
+    assert r.stdout.splitlines() == [f"OK {port} tfo", "ERR ECONNREFUSED"], r.stdout + r.stderr
+    r = enforcer.exec("t-agent", [URING, "127.0.0.1", str(port)])
+    assert r.returncode == 0 and r.stdout.strip() == f"peer 127.0.0.1:{port} reply ping", r.stdout
+    r = enforcer.exec("t-agent", [URING, "127.0.0.1", str(other)])
+    assert r.returncode == 111, r.stdout  # ECONNREFUSED in the CQE
+    assert open(other_log).read() == ""
+    # Both allowed connections went through the enforcer.
+    assert len(net_events(enforcer, lambda e: e["activity_name"] == "Open")) >= 2
+
+
+def test_raw_mptcp_udplite_sockets_refused(enforcer, servers):
+    port, _ = servers.echo()
+    enforcer.start(enforce_policy(port))
+    code = """
+import socket, errno
+out = []
+for args in [(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP),
+             (socket.AF_INET6, socket.SOCK_RAW, 58),
+             (socket.AF_INET, socket.SOCK_STREAM, 262),
+             (socket.AF_INET, socket.SOCK_DGRAM, 136),
+             (socket.AF_INET, socket.SOCK_STREAM, 0),
+             (socket.AF_INET, socket.SOCK_DGRAM, 0)]:
+    try:
+        socket.socket(*args).close(); out.append("ok")
+    except OSError as e:
+        out.append(errno.errorcode[e.errno])
+print(" ".join(out))
+"""
+    # Run with full root capabilities (an attached workload, not exec): the
+    # refusal must come from the hook, not from a missing CAP_NET_RAW.
+    outside = subprocess.run([PY, "-c", code], capture_output=True, text=True)
+    assert outside.stdout.split()[0] == "ok", "control: raw sockets work outside the cgroup"
+    r = enforcer.in_cgroup("t-agent", [PY, "-c", code])
+    assert r.stdout.split() == ["EPERM", "EPERM", "EPERM", "EPERM", "ok", "ok"], r.stdout + r.stderr
+    ev = enforcer.wait_event(lambda e: e.get("unmapped", {}).get("hook") == "sock_create")
+    assert ev and ev["unmapped"]["agent"]["name"] == "t-agent"
+
+
+def test_agent_dialing_enforcer_port_refused(enforcer, servers):
+    port, _ = servers.echo()
+    # observe mode: the kernel redirects everything; the enforcer must refuse
+    # a connection whose original destination is its own listener.
+    enforcer.start(enforce_policy(port, mode="observe"))
+    r = enforcer.py("t-agent", connect_code("127.0.0.1", TCP_PORT))
+    assert r.stdout.split()[0] in ("ERR-IO", "ERR") or r.stdout.split()[-1] == "<eof>", r.stdout
+    assert "hello" not in r.stdout
+    ev = enforcer.wait_event(lambda e: e.get("unmapped", {}).get("reason") ==
+                             "destination is the enforcer's own listener")
+    assert ev and ev["disposition"] == "Blocked"
+    # In enforce mode the kernel refuses it outright.
+    enforcer.stop()
+    enforcer.start(enforce_policy(port))
+    r = enforcer.py("t-agent", connect_code("127.0.0.1", TCP_PORT))
+    assert r.stdout.split() == ["ERR", "ECONNREFUSED"]
+    # And it cannot bind the enforcer's ports either (squatting while it is down).
+    r = enforcer.py("t-agent", f"""
+    import socket, errno
+    for p in ({TCP_PORT}, {DNS_BASE + 1}):
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", p)); print("bound")
+        except OSError as e:
+            print(errno.errorcode[e.errno])
+    """)
+    assert r.stdout.split() == ["EPERM", "EPERM"], r.stdout + r.stderr
+
+
+def test_process_outside_cgroup_untouched(enforcer, servers):
+    port, _ = servers.echo()
+    other, other_log = servers.echo()
+    enforcer.start(enforce_policy(port))
+    before = len(enforcer.events())
+    s = socket.create_connection(("127.0.0.1", other), timeout=5)
+    s.sendall(b"direct\n")
+    assert s.recv(10) == b"direct\n"
+    assert s.getpeername()[1] == other
+    s.close()
+    assert wait_for(lambda: open(other_log).read())
+    time.sleep(0.5)
+    assert len(enforcer.events()) == before, "nothing about the outside process is audited"
+
+
+def test_exec_hardening(enforcer, servers):
+    port, _ = servers.echo()
+    enforcer.start(enforce_policy(port))
+    sock = os.path.join(enforcer.state, "admin.sock")
+    r = enforcer.py("t-agent", f"""
+    import os, socket, errno
+    out = []
+    try:
+        open("{CG2}/cgroup.procs", "w").write(str(os.getpid())); out.append("escaped")
+    except OSError as e:
+        out.append(errno.errorcode[e.errno])
+    try:
+        os.mkdir("{CG2}/agentgate/t-agent/child"); out.append("mkdir")
+    except OSError as e:
+        out.append(errno.errorcode[e.errno])
+    out.append("visible" if os.path.exists("{sock}") else "hidden")
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect("{sock}"); out.append("connected")
+    except OSError as e:
+        out.append(errno.errorcode[e.errno])
+    caps = [l for l in open("/proc/self/status") if l.startswith("CapEff")][0].split()[1]
+    out.append("sysadmin" if int(caps, 16) & (1 << 21) else "nosysadmin")
+    out.append("netraw" if int(caps, 16) & (1 << 13) else "nonetraw")
+    out.append([l for l in open("/proc/self/status") if l.startswith("NoNewPrivs")][0].split()[1])
+    print(" ".join(out))
+    """)
+    assert r.stdout.split() == ["EROFS", "EROFS", "hidden", "ENOENT", "nosysadmin", "nonetraw", "1"], \
+        r.stdout + r.stderr
+    # --user: the command runs as that user; exit status and output are its own.
+    r = enforcer.exec("t-agent", ["sh", "-c", "id -un; exit 7"], user="nobody")
+    assert r.returncode == 7 and r.stdout == "nobody\n", r.stdout + r.stderr
+    # The admin socket refuses a peer inside an agent cgroup, even with full capabilities.
+    r = enforcer.in_cgroup("t-agent", [AG, "--state-dir", enforcer.state, "status"])
+    assert r.returncode != 0 and "agent cgroup" in r.stderr, r.stdout + r.stderr
+    # ...and a peer without CAP_SYS_ADMIN.
+    r = subprocess.run(["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin", AG,
+                        "--state-dir", enforcer.state, "status"], capture_output=True, text=True)
+    assert r.returncode != 0 and "CAP_SYS_ADMIN" in r.stderr, r.stdout + r.stderr
+
+
+def test_exec_refuses_when_not_attached(enforcer, servers, tmp):
+    port, _ = servers.echo()
+    enforcer.start(enforce_policy(port))
+    enforcer.stop()
+    assert enforcer.cli("detach", "--agent", "t-agent").returncode == 0
+    r = enforcer.exec("t-agent", ["true"])
+    assert r.returncode == 1 and "not attached" in r.stderr, r.stderr
+    r = enforcer.exec("t-nosuch", ["true"])
+    assert r.returncode == 1 and "not known" in r.stderr
+
+
+def prog_count(cgpath):
+    r = subprocess.run(["bpftool", "-j", "cgroup", "show", cgpath], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip() or "[]")
+
+
+def test_sigkill_fail_closed_restart_and_policy_change(enforcer, servers):
+    a, a_log = servers.echo()
+    b, b_log = servers.echo()
+    enforcer.start(enforce_policy(a))
+    r = enforcer.py("t-agent", connect_code("127.0.0.1", a))
+    assert r.stdout.startswith("OK"), r.stdout
+    enforcer.stop(signal.SIGKILL)
+    # Programs stay pinned: the agent cannot go direct.
+    r = enforcer.py("t-agent", connect_code("127.0.0.1", a))
+    assert r.stdout.split() == ["ERR", "ECONNREFUSED"], r.stdout + r.stderr
+    a_before = open(a_log).read()
+    # Restart with a policy that allows b instead of a.
+    enforcer.start(enforce_policy(b))
+    progs = prog_count(enforcer.cgroup_path("t-agent"))
+    types = [p["attach_type"] for p in progs]
+    assert len(progs) == 12 and len(set(types)) == 12, progs  # exactly one program per hook
+    assert enforcer.status()["agents"][0]["programs"] == 12
+    r = enforcer.py("t-agent", connect_code("127.0.0.1", b))
+    assert r.stdout.split() == ["OK", "127.0.0.1", str(b), "hello"], r.stdout + r.stderr
+    r = enforcer.py("t-agent", connect_code("127.0.0.1", a))
+    assert r.stdout.split() == ["ERR", "ECONNREFUSED"], r.stdout
+    assert open(a_log).read() == a_before
+    # A second restart still leaves one program per hook.
+    enforcer.stop()
+    enforcer.start(enforce_policy(b))
+    assert len(prog_count(enforcer.cgroup_path("t-agent"))) == 12
+
+
+def test_detach_all_without_enforcer_leaves_no_pins(enforcer, servers):
+    port, log = servers.echo()
+    enforcer.start(enforce_policy(port))
+    enforcer.stop(signal.SIGKILL)
+    r = enforcer.cli("detach", "--all")
+    assert r.returncode == 0 and "detached 12 links" in r.stdout, r.stdout + r.stderr
+    bpffs = [l.split()[4] for l in open("/proc/self/mountinfo") if " - bpf " in l][0]
+    assert not os.path.exists(os.path.join(bpffs, "agentgate"))
+    assert prog_count(enforcer.cgroup_path("t-agent")) == []
+    # Break-glass: with nothing attached the cgroup is no longer enforced.
+    r = enforcer.in_cgroup("t-agent", [PY, "-c", "import socket; s=socket.create_connection(('127.0.0.1', %d)); "
+                                       "print(s.getpeername()[1])" % port])
+    assert r.stdout.strip() == str(port)
+
+
+def test_ringbuf_flood_losses_counted_denials_enforced(enforcer, servers):
+    port, _ = servers.echo()
+    detach_all()  # a fresh, small ring buffer
+    enforcer.start(enforce_policy(port), env={"AGENTGATE_RINGBUF_BYTES": "4096"})
+    # Freeze the consumer so the 4 KiB ring buffer overflows.
+    enforcer.proc.p.send_signal(signal.SIGSTOP)
+    try:
+        r = enforcer.py("t-agent", """
+        import socket
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sent = denied = 0
+        for i in range(3000):
+            try:
+                s.sendto(b"x", ("192.0.2.1", 9000)); sent += 1
+            except PermissionError:
+                denied += 1
+        print(sent, denied)
+        """)
+    finally:
+        enforcer.proc.p.send_signal(signal.SIGCONT)
+    assert r.stdout.split() == ["0", "3000"], r.stdout + r.stderr
+    loss = enforcer.wait_event(lambda e: e.get("class_uid") == 1008, timeout=8)
+    assert loss, "a loss event must be emitted"
+    assert loss["unmapped"]["loss"]["counter"] == "ringbuf_dropped"
+    assert loss["unmapped"]["loss"]["count"] > 0
+    st = enforcer.status()
+    assert st["counters"]["ringbuf_dropped"] == loss["unmapped"]["loss"]["total"]
+    assert st["counters"]["denied_connect"] >= 3000
+    delivered = len([e for e in enforcer.events() if e.get("unmapped", {}).get("enforced_by") == "kernel"])
+    assert delivered + st["counters"]["ringbuf_dropped"] >= 3000
+
+
+def test_metadata_address_refused_in_observe_mode(enforcer, servers):
+    port, _ = servers.echo()
+    enforcer.start(enforce_policy(port, mode="observe"))
+    r = enforcer.py("t-agent", connect_code("169.254.169.254", 80))
+    assert r.stdout.split() == ["ERR", "ECONNREFUSED"], r.stdout + r.stderr
+    ev = enforcer.wait_event(lambda e: e.get("unmapped", {}).get("reason") ==
+                             "cloud metadata address not named by any target")
+    assert ev
+    # Observe mode relays what enforce would refuse, and says so.
+    other, other_log = servers.echo()
+    r = enforcer.py("t-agent", connect_code("127.0.0.1", other))
+    assert r.stdout.split()[0] == "OK"
+    ev = enforcer.wait_event(lambda e: e.get("unmapped", {}).get("verdict") == "would_deny")
+    assert ev and ev["unmapped"]["reason"] == "no target matches the destination"
+
+
+def test_unserved_network_namespace_refused(enforcer, servers):
+    port, log = servers.echo()
+    enforcer.start(enforce_policy(port))
+    # A new user+network namespace (no privileges needed): its 127.0.0.1 is
+    # not the enforcer's, and the netns cookie check refuses the connect.
+    r = enforcer.exec("t-agent", ["unshare", "-Urn", PY, "-c", connect_code_flat("127.0.0.1", port)])
+    assert r.stdout.split() == ["ERR", "ECONNREFUSED"], r.stdout + r.stderr
+    assert enforcer.wait_event(lambda e: e.get("unmapped", {}).get("reason") ==
+                               "network namespace not served by the enforcer")
+
+
+def connect_code_flat(host, port):
+    import textwrap
+    return textwrap.dedent(connect_code(host, port))
+
+
+def test_connection_limit(enforcer, servers):
+    port, _ = servers.echo()
+    enforcer.start(enforce_policy(port).replace("connections: 64", "connections: 2"))
+    r = enforcer.py("t-agent", f"""
+    import socket
+    socks, res = [], []
+    for i in range(3):
+        s = socket.create_connection(("127.0.0.1", {port}), timeout=5)
+        socks.append(s)
+        try:
+            s.sendall(b"x"); d = s.recv(1); res.append("ok" if d else "eof")
+        except OSError:
+            res.append("reset")
+    print(" ".join(res))
+    """)
+    assert r.stdout.split()[:2] == ["ok", "ok"] and r.stdout.split()[2] in ("eof", "reset"), r.stdout
+    assert enforcer.wait_event(lambda e: "limits.connections" in e.get("unmapped", {}).get("reason", ""))
+
+
+def test_half_close_relayed(enforcer, servers):
+    port, _ = servers.echo()
+    enforcer.start(enforce_policy(port))
+    r = enforcer.py("t-agent", f"""
+    import socket
+    s = socket.create_connection(("127.0.0.1", {port}), timeout=5)
+    payload = b"x" * 3000000
+    s.sendall(payload)
+    s.shutdown(socket.SHUT_WR)      # the echo server sees EOF after all bytes
+    got = b""
+    while True:
+        d = s.recv(65536)
+        if not d: break
+        got += d
+    print(len(got), got == payload)
+    """)
+    assert r.stdout.split() == ["3000000", "True"], r.stdout + r.stderr
+    close = enforcer.wait_event(lambda e: e.get("activity_name") == "Close")
+    assert close["traffic"] == {"bytes_out": 3000000, "bytes_in": 3000000}
+
+
+def test_attach_existing_cgroup(enforcer, servers):
+    port, _ = servers.echo()
+    other, other_log = servers.echo()
+    cg = os.path.join(CG2, "agtest-scope")
+    os.makedirs(cg, exist_ok=True)
+    try:
+        enforcer.start(enforce_policy(port))
+        r = enforcer.cli("attach", "--agent", "t-agent", "--cgroup", "agtest-scope")
+        assert r.returncode == 0, r.stderr
+        code = connect_code_flat("127.0.0.1", other)
+        r = subprocess.run(["sh", "-c", f"echo $$ > {cg}/cgroup.procs && exec {PY} -c \"$0\"", code],
+                           capture_output=True, text=True)
+        assert r.stdout.split() == ["ERR", "ECONNREFUSED"], r.stdout + r.stderr
+        st = enforcer.status()
+        assert st["agents"][0]["extra_cgroups"] == ["/agtest-scope"]
+    finally:
+        enforcer.cleanup()
+        os.rmdir(cg)
+
+
+def test_status_exit_3_without_enforcer(tmp):
+    r = subprocess.run([AG, "--state-dir", tmp, "status"], capture_output=True, text=True)
+    assert r.returncode == 3 and "no enforcer" in r.stderr
+
+
+def test_second_enforcer_refused(enforcer, servers):
+    port, _ = servers.echo()
+    enforcer.start(enforce_policy(port))
+    r = subprocess.run([AG, "--state-dir", enforcer.state, "run", "--policy",
+                        enforcer.policy(enforce_policy(port))], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 1 and "another enforcer" in r.stderr
