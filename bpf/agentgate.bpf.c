@@ -114,7 +114,10 @@ static __always_inline void emit(__u32 kind, __u32 reason, __u32 slot, __u64 coo
 	e->family = family;
 	e->proto = proto;
 	e->pad0 = 0;
-	bpf_ringbuf_submit(e, 0);
+	/* Redirects are routine (the enforcer audits the connection itself):
+	 * they do not wake the consumer, which drains them with the next
+	 * denial or its periodic poll. Denials wake it. */
+	bpf_ringbuf_submit(e, kind == AG_EV_REDIRECT || kind == AG_EV_DNS_REDIRECT ? BPF_RB_NO_WAKEUP : 0);
 }
 
 /* ---- socket creation: only TCP and UDP over IPv4/IPv6, stamped ---------- */

@@ -3,8 +3,8 @@
  * audit: one place that builds OCSF 1.8.0 events and delivers them.
  *
  * audit_emit() assigns metadata.uid (UUIDv7) and a gap-free
- * metadata.sequence under one lock, writes one JSON line to every sink
- * (stdout, file), keeps the line in a bounded in-memory ring for
+ * metadata.sequence under one lock, appends one JSON line to every sink's
+ * batch (stdout, file; written within 250 ms, see audit_flush()), keeps the line in a bounded in-memory ring for
  * `agentgate audit tail`, and pushes it to followers. It never blocks on a
  * follower: one that cannot keep up is dropped. Events never carry a secret
  * or an unmasked value; builders take only what may be shown.
@@ -23,7 +23,9 @@
 /* Opens the policy's sinks (file, stdout). Other sink types are reported
  * by the caller as not yet available. 0 or -errno. */
 int audit_open(const struct policy *p);
-void audit_close(void);
+void audit_close(void);   /* flushes */
+/* Writes batched lines out; the main loop calls it at least every 250 ms. */
+void audit_flush(void);
 /* The policy hash stamped on every event (changes on reload). */
 void audit_set_policy(const struct policy *p);
 

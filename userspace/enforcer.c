@@ -313,11 +313,11 @@ static void refuse(struct conn *c, const char *reason)
 	conn_refuse(c);
 }
 
-void enforcer_accept(struct worker *w, int fd)
+void enforcer_accept(struct worker *w, int fd, int family)
 {
 	const struct policy *p = E->policy;
-	struct sockaddr_storage peer, local;
-	socklen_t pl = sizeof(peer), ll = sizeof(local);
+	struct sockaddr_storage peer;
+	socklen_t pl = sizeof(peer);
 	struct ag_pair_key key = { .netns_cookie = E->netns_cookie };
 	struct conn *c = calloc(1, sizeof(*c));
 	const char *deny = NULL;
@@ -338,12 +338,18 @@ void enforcer_accept(struct worker *w, int fd)
 	worker_link(w, c);
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 
-	if (getpeername(fd, (struct sockaddr *)&peer, &pl) || getsockname(fd, (struct sockaddr *)&local, &ll)) {
+	if (getpeername(fd, (struct sockaddr *)&peer, &pl)) {
 		conn_close(c, true);
 		return;
 	}
 	addr_from_sockaddr(&peer, key.client_addr, &key.client_port);
-	addr_from_sockaddr(&local, key.listen_addr, &key.listen_port);
+	/* The listeners are bound to exactly these addresses: no getsockname(). */
+	if (family == AF_INET) {
+		key.listen_addr[10] = key.listen_addr[11] = 0xff;
+		key.listen_addr[12] = 127;
+	}
+	key.listen_addr[15] = 1;
+	key.listen_port = E->tcp_port;
 	memcpy(c->client_addr, key.client_addr, 16);
 	c->client_port = key.client_port;
 
@@ -759,10 +765,11 @@ static int main_loop(int epfd, int sfd, struct ring_buffer *rb, struct admin *ad
 				break;
 			}
 		}
+		ring_buffer__consume(rb);   /* events submitted without wakeup */
+		audit_flush();
 		uint64_t now = now_ns_mono() / 1000000000ull;
 		if (now != last_sec) {
 			last_sec = now;
-			ring_buffer__consume(rb);
 			check_counters();
 			dns_tick(E->dns);
 		}

@@ -103,7 +103,7 @@ void worker_retire(struct worker *w, struct conn *c)
 	w->dead = c;
 }
 
-static void accept_all(struct worker *w, int lfd)
+static void accept_all(struct worker *w, int lfd, int family)
 {
 	for (;;) {
 		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -115,7 +115,7 @@ static void accept_all(struct worker *w, int lfd)
 				log_warn("accept: %s", strerror(errno));
 			return;
 		}
-		enforcer_accept(w, fd);
+		enforcer_accept(w, fd, family);
 	}
 }
 
@@ -159,7 +159,7 @@ static void *worker_main(void *arg)
 			struct conn_end *e = evs[i].data.ptr;
 
 			if (!e->c)
-				accept_all(w, e->fd);
+				accept_all(w, e->fd, e == &w->listen[0] ? AF_INET : AF_INET6);
 			else
 				conn_on_event(e, evs[i].events);
 		}
