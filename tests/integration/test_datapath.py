@@ -268,7 +268,7 @@ def test_tcp_fast_open_and_io_uring_are_redirected(enforcer, servers):
     assert r.returncode == 111, r.stdout  # ECONNREFUSED in the CQE
     assert open(other_log).read() == ""
     # Both allowed connections went through the enforcer.
-    assert len(net_events(enforcer, lambda e: e["activity_name"] == "Open")) >= 2
+    assert wait_for(lambda: len(net_events(enforcer, lambda e: e["activity_name"] == "Open")) >= 2)
 
 
 def test_raw_mptcp_udplite_sockets_refused(enforcer, servers):
@@ -332,6 +332,7 @@ def test_process_outside_cgroup_untouched(enforcer, servers):
     port, _ = servers.echo()
     other, other_log = servers.echo()
     enforcer.start(enforce_policy(port))
+    time.sleep(0.6)   # audit lines are written in batches, at least every 250 ms
     before = len(enforcer.events())
     s = socket.create_connection(("127.0.0.1", other), timeout=5)
     s.sendall(b"direct\n")
