@@ -218,6 +218,8 @@ static int program_kernel(void)
 			return err;
 		}
 		rt->attached = true;
+		if (loader_prune_dead(p->agents[i].name) > 0)
+			log_info("agent '%s': removed pinned links of a deleted cgroup", p->agents[i].name);
 		log_info("agent '%s': cgroup %s attached (%d programs)", p->agents[i].name,
 			 rt->cgroup_path, loader_nprogs);
 	}

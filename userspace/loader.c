@@ -583,3 +583,27 @@ int loader_prog_count(const char *cgroup_path, int *total)
 	close(fd);
 	return 0;
 }
+
+struct prune_ctx { const char *agent; char dirs[16][PATH_MAX]; int n; };
+
+static void prune_cb(void *ctx, const char *agent, uint64_t cgid, int nlinks, int ndead)
+{
+	struct prune_ctx *pc = ctx;
+	char root[PATH_MAX];
+
+	if (strcmp(agent, pc->agent) != 0 || nlinks > 0 || pc->n >= 16 ||
+	    loader_pin_root(root, sizeof(root)))
+		return;
+	link_dir(root, agent, cgid, pc->dirs[pc->n], PATH_MAX);
+	pc->n++;
+}
+
+int loader_prune_dead(const char *agent)
+{
+	struct prune_ctx pc = { .agent = agent };
+
+	loader_list_pins(prune_cb, &pc);
+	for (int i = 0; i < pc.n; i++)
+		rm_link_dir(pc.dirs[i], NULL, NULL);
+	return pc.n;
+}

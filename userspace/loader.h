@@ -67,6 +67,10 @@ struct ring_buffer *loader_ringbuf(struct loader *l,
  */
 int loader_detach_pins(const char *agent, int *removed);
 
+/* Removes an agent's link directories whose links no longer point at a live
+ * cgroup (the cgroup was deleted). Returns how many were removed. */
+int loader_prune_dead(const char *agent);
+
 /* For each pinned agent link directory: agent name, cgroup id, links count. */
 typedef void (*loader_pin_cb)(void *ctx, const char *agent, uint64_t cgid, int nlinks, int ndead);
 int loader_list_pins(loader_pin_cb cb, void *ctx);

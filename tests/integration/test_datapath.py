@@ -580,3 +580,56 @@ def test_second_enforcer_refused(enforcer, servers):
     r = subprocess.run([AG, "--state-dir", enforcer.state, "run", "--policy",
                         enforcer.policy(enforce_policy(port))], capture_output=True, text=True, timeout=10)
     assert r.returncode == 1 and "another enforcer" in r.stderr
+
+
+def test_forged_connection_without_hooks_refused(enforcer, servers):
+    """A process outside every agent cgroup dials the enforcer's port directly:
+    no pair-map entry, so it is refused and audited."""
+    port, log = servers.echo()
+    enforcer.start(enforce_policy(port))
+    s = socket.create_connection(("127.0.0.1", TCP_PORT), timeout=5)
+    try:
+        s.sendall(b"hello\n")
+        data = s.recv(10)
+    except OSError:
+        data = b""
+    s.close()
+    assert data == b""
+    assert open(log).read() == ""
+    ev = enforcer.wait_event(lambda e: "no pair entry" in e.get("unmapped", {}).get("reason", ""))
+    assert ev and ev["disposition"] == "Blocked"
+    assert enforcer.status()["counters"]["no_pair_entry"] >= 1
+
+
+def test_privileged_socket_options_refused_in_exec(enforcer, servers):
+    port, _ = servers.echo()
+    enforcer.start(enforce_policy(port))
+    r = enforcer.py("t-agent", """
+    import socket, errno
+    out = []
+    s = socket.socket()
+    for level, opt, val in [(socket.SOL_SOCKET, socket.SO_MARK, 1),
+                            (socket.SOL_IP, 19, 1),          # IP_TRANSPARENT
+                            (socket.SOL_IP, 15, 1)]:         # IP_FREEBIND: allowed, still redirected
+        try:
+            s.setsockopt(level, opt, val); out.append("set")
+        except OSError as e:
+            out.append(errno.errorcode[e.errno])
+    print(" ".join(out))
+    """)
+    assert r.stdout.split()[:2] == ["EPERM", "EPERM"], r.stdout + r.stderr
+
+
+def test_recreated_agent_cgroup(enforcer, servers):
+    port, _ = servers.echo()
+    enforcer.start(enforce_policy(port))
+    enforcer.stop()
+    cg = enforcer.cgroup_path("t-agent")
+    os.rmdir(cg)          # the pinned links now point at a dead cgroup
+    enforcer.start(enforce_policy(port))
+    assert len(prog_count(cg)) == 12
+    r = enforcer.py("t-agent", connect_code("127.0.0.1", port))
+    assert r.stdout.split() == ["OK", "127.0.0.1", str(port), "hello"], r.stdout + r.stderr
+    bpffs = [l.split()[4] for l in open("/proc/self/mountinfo") if " - bpf " in l][0]
+    dirs = os.listdir(os.path.join(bpffs, "agentgate", "v1", "links", "t-agent"))
+    assert dirs == [str(os.stat(cg).st_ino)], dirs   # the dead cgroup's pins are gone
