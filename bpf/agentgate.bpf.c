@@ -455,6 +455,87 @@ int ag_bind6(struct bpf_sock_addr *ctx)
 	return bind_check(ctx);
 }
 
+/* ---- backstop: an agent's packets go to the enforcer and nowhere else ---
+ *
+ * The connect hooks redirect what an agent dials; these catch what they
+ * cannot see: connections opened before the cgroup was attached, inbound
+ * connections to listeners an agent opened, and anything else that would
+ * leave or reach an agent socket without passing the enforcer. Only TCP to
+ * or from the enforcer's listener port and UDP to or from the agent DNS
+ * ports on loopback pass. Headers that cannot be parsed are dropped.
+ * Sockets created outside the cgroup (fd passing) carry their own cgroup and
+ * are not covered: a known limit.
+ */
+#define ETH_P_IP   0x0800
+#define ETH_P_IPV6 0x86DD
+
+static __always_inline bool enforcer_port(const struct ag_global *g, __u8 proto, __u16 port)
+{
+	if (proto == IPPROTO_TCP)
+		return port == g->tcp_port;
+	if (proto == IPPROTO_UDP)
+		return port >= g->dns_port_base && port < g->dns_port_base + g->dns_port_count;
+	return false;
+}
+
+static __always_inline int backstop(struct __sk_buff *skb, bool egress)
+{
+	__u32 zero = 0;
+	struct ag_global *g = bpf_map_lookup_elem(&ag_global, &zero);
+	__u8 proto, peer_lo;
+	__u16 ports[2];
+	__u32 off;
+
+	if (!g)
+		goto drop;
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr ip;
+
+		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)))
+			goto drop;
+		if (ip.frag_off & bpf_htons(0x3fff))   /* fragments: no ports to check */
+			goto drop;
+		proto = ip.protocol;
+		off = ip.ihl * 4;
+		/* 127.0.0.0/8, the peer's side */
+		peer_lo = ((egress ? bpf_ntohl(ip.daddr) : bpf_ntohl(ip.saddr)) >> 24) == 127;
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr ip6;
+		__u32 w[4];
+
+		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)))
+			goto drop;
+		proto = ip6.nexthdr;   /* extension headers: dropped below */
+		off = sizeof(ip6);
+		__builtin_memcpy(w, egress ? &ip6.daddr : &ip6.saddr, 16);
+		peer_lo = w[0] == 0 && w[1] == 0 && w[2] == 0 && w[3] == bpf_htonl(1);
+	} else {
+		goto drop;
+	}
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		goto drop;
+	if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)))
+		goto drop;
+	/* ports[0] source, ports[1] destination; the peer's port matters */
+	if (peer_lo && enforcer_port(g, proto, bpf_ntohs(egress ? ports[1] : ports[0])))
+		return 1;
+drop:
+	count(egress ? AG_CNT_SKB_EGRESS_DROP : AG_CNT_SKB_INGRESS_DROP);
+	return 0;
+}
+
+SEC("cgroup_skb/egress")
+int ag_skb_egress(struct __sk_buff *skb)
+{
+	return backstop(skb, true);
+}
+
+SEC("cgroup_skb/ingress")
+int ag_skb_ingress(struct __sk_buff *skb)
+{
+	return backstop(skb, false);
+}
+
 /* ---- sock_ops: hand the enforcer what it needs to know at accept() ----- */
 
 SEC("sockops")

@@ -41,6 +41,8 @@ enum ag_counter {
 	AG_CNT_DENY_SOCK        = 8,  /* socket() refused (family/protocol) */
 	AG_CNT_DENY_BIND        = 9,  /* bind() to an enforcer port refused */
 	AG_CNT_CFG_MISSING      = 10, /* ag_global not written yet: denied */
+	AG_CNT_SKB_EGRESS_DROP  = 11, /* backstop: packets to anything but the enforcer dropped */
+	AG_CNT_SKB_INGRESS_DROP = 12, /* backstop: packets from anything but the enforcer dropped */
 	AG_CNT__MAX             = 16,
 };
 

@@ -58,8 +58,9 @@ static int store_name(char *dst, const char *src)
 /*
  * ns_initparse() skips names without following compression pointers, so a
  * loop or a pointer out of the message is only found by expanding. Expand
- * every owner name in every section once, so no part of a message we
- * accept is one that a resolver library would choke on.
+ * every owner name in every section once, so no message we accept (and
+ * relay) has an owner name a resolver library would choke on. Names inside
+ * RDATA of other types (NS, MX, SOA) are the agent's resolver's business.
  */
 static int check_names(ns_msg *h)
 {
@@ -95,8 +96,8 @@ static int read_question(ns_msg *h, struct dns_question *q)
 	if (store_name(q->qname, rr.name) < 0)
 		return -EINVAL;
 	q->id = ns_msg_id(*h);
-	q->qtype = ns_rr_type(rr);
-	q->qclass = ns_rr_class(rr);
+	q->qtype = (uint16_t)ns_rr_type(rr);
+	q->qclass = (uint16_t)ns_rr_class(rr);
 	return 0;
 }
 

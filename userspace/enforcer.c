@@ -45,6 +45,8 @@ static const char *const counter_names[AG_CNT__MAX] = {
 	[AG_CNT_DENY_SOCK] = "denied_socket",
 	[AG_CNT_DENY_BIND] = "denied_bind",
 	[AG_CNT_CFG_MISSING] = "config_missing",
+	[AG_CNT_SKB_EGRESS_DROP] = "backstop_egress_dropped",
+	[AG_CNT_SKB_INGRESS_DROP] = "backstop_ingress_dropped",
 };
 
 static const char *reason_str(uint32_t r)
@@ -508,11 +510,12 @@ static json_t *known_limits(void)
 	if (!f->lsm)
 		json_array_append_new(l, json_string("BPF LSM programs do not load on this host: no LSM backstop"));
 	json_array_append_new(l, json_string(
-		"sockets created before a cgroup was attached, and sockets passed in with SCM_RIGHTS from outside "
-		"the agent cgroup, are not redirected (cgroup_skb backstop not yet installed): start agents with "
-		"'agentgate exec' after the enforcer is ready"));
+		"sockets created outside the agent cgroup and passed in (SCM_RIGHTS, pidfd_getfd), or created before "
+		"a process moved into it, belong to their original cgroup and are not enforced: start agents with "
+		"'agentgate exec', which also makes cgroupfs read-only and drops CAP_SYS_PTRACE"));
 	json_array_append_new(l, json_string(
-		"inbound connections to listeners an agent opens are not restricted (no cgroup_skb ingress backstop yet)"));
+		"agents cannot accept inbound connections: the backstop drops every packet not to or from the "
+		"enforcer, including connections opened before attach (they stall rather than leak)"));
 	json_array_append_new(l, json_string(
 		"an agent with CAP_SYS_ADMIN, CAP_BPF or CAP_NET_ADMIN in the initial user namespace, or running as "
 		"uid 0 outside 'agentgate exec', can detach the programs or leave its cgroup"));

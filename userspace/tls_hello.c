@@ -22,8 +22,8 @@ enum {
 	EXT_SERVER_NAME   = 0,
 	EXT_ALPN          = 16,
 	EXT_PRE_SHARED_KEY = 41,
-	EXT_ECH           = 0xfe0d,   /* draft-ietf-tls-esni-18+ */
-	EXT_ESNI          = 0xffce,   /* draft-ietf-tls-esni-00..02 */
+	EXT_ECH           = 0xfe0d,   /* encrypted_client_hello, draft-ietf-tls-esni */
+	EXT_ESNI          = 0xffce,   /* encrypted_server_name, its early drafts */
 	SNI_HOST_NAME     = 0,
 };
 
@@ -54,7 +54,7 @@ static int frame(const uint8_t *buf, size_t len, size_t *msg_len, size_t *consum
 	size_t pos = 0;       /* start of the current record */
 	size_t have = 0;      /* handshake bytes in complete records before pos */
 	size_t need = 0;      /* HS_HEADER + body length, 0 until the header is known */
-	uint8_t hs[HS_HEADER];
+	uint8_t hs[HS_HEADER] = { 0 };
 	uint16_t version = 0;
 
 	for (;;) {
@@ -67,8 +67,8 @@ static int frame(const uint8_t *buf, size_t len, size_t *msg_len, size_t *consum
 			return TLS_HELLO_MALFORMED;   /* also every SSLv2 hello (high bit set) */
 		if (avail >= 2 && buf[pos + 1] != 3)
 			return TLS_HELLO_MALFORMED;
-		/* Records of one ClientHello share a version; a server reading
-		 * them must not be able to disagree about where they belong. */
+		/* Clients send every record of a ClientHello with one version;
+		 * a change midway has no legitimate use. */
 		if (avail >= 3 && pos > 0 && get16(buf + pos + 1) != version)
 			return TLS_HELLO_MALFORMED;
 		if (avail < REC_HEADER)
@@ -256,8 +256,8 @@ static bool host_name_ok(char *s, size_t n)
 
 /*
  * server_name (RFC 6066 §3): exactly one entry, of type host_name. The RFC
- * allows one name per type and defines one type; OpenSSL and others take the
- * first entry, other servers may not, so a list of two is refused.
+ * allows one name per type and defines one type, yet servers differ on a
+ * list of two (some refuse it, some take one of the names), so we refuse.
  */
 static int parse_sni(struct rd *ext, struct tls_hello *out)
 {
@@ -362,7 +362,7 @@ static int parse_client_hello(struct rd *r, struct tls_hello *out)
 {
 	struct rd session_id, suites, compression, exts;
 
-	if (!rd_u16(r, &out->client_version) || out->client_version >> 8 != 3)
+	if (!rd_u16(r, &out->client_version) || (out->client_version >> 8) != 3)
 		return TLS_HELLO_MALFORMED;
 	if (!rd_skip(r, 32))                                    /* random */
 		return TLS_HELLO_MALFORMED;
@@ -372,8 +372,8 @@ static int parse_client_hello(struct rd *r, struct tls_hello *out)
 		return TLS_HELLO_MALFORMED;
 	if (!rd_vec8(r, &compression) || compression.left < 1)
 		return TLS_HELLO_MALFORMED;
-	/* Hellos before TLS 1.2 may end here; otherwise the extension block
-	 * must be present and be exactly the rest of the message. */
+	/* Extensions are optional, detected by bytes following (RFC 5246
+	 * §7.4.1.2); when present the block must be exactly the rest. */
 	if (r->left == 0)
 		return TLS_HELLO_OK;
 	if (!rd_vec16(r, &exts) || r->left != 0)

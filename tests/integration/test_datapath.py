@@ -10,6 +10,11 @@ import time
 from conftest import (AG, CG2, DNS_BASE, PY, TCP_PORT, URING, connect_code, detach_all, wait_for)
 
 
+# sock_create, connect4/6, sendmsg4/6, recvmsg4/6, getpeername4/6, bind4/6,
+# sock_ops, cgroup_skb egress and ingress: one program per hook.
+NPROGS = 14
+
+
 def enforce_policy(port, agent="t-agent", extra_targets="", extra_rules="", mode="enforce"):
     return f"""
     version: 1
@@ -417,8 +422,8 @@ def test_sigkill_fail_closed_restart_and_policy_change(enforcer, servers):
     enforcer.start(enforce_policy(b))
     progs = prog_count(enforcer.cgroup_path("t-agent"))
     types = [p["attach_type"] for p in progs]
-    assert len(progs) == 12 and len(set(types)) == 12, progs  # exactly one program per hook
-    assert enforcer.status()["agents"][0]["programs"] == 12
+    assert len(progs) == NPROGS and len(set(types)) == NPROGS, progs  # exactly one program per hook
+    assert enforcer.status()["agents"][0]["programs"] == NPROGS
     r = enforcer.py("t-agent", connect_code("127.0.0.1", b))
     assert r.stdout.split() == ["OK", "127.0.0.1", str(b), "hello"], r.stdout + r.stderr
     r = enforcer.py("t-agent", connect_code("127.0.0.1", a))
@@ -427,7 +432,7 @@ def test_sigkill_fail_closed_restart_and_policy_change(enforcer, servers):
     # A second restart still leaves one program per hook.
     enforcer.stop()
     enforcer.start(enforce_policy(b))
-    assert len(prog_count(enforcer.cgroup_path("t-agent"))) == 12
+    assert len(prog_count(enforcer.cgroup_path("t-agent"))) == NPROGS
 
 
 def test_detach_all_without_enforcer_leaves_no_pins(enforcer, servers):
@@ -435,7 +440,7 @@ def test_detach_all_without_enforcer_leaves_no_pins(enforcer, servers):
     enforcer.start(enforce_policy(port))
     enforcer.stop(signal.SIGKILL)
     r = enforcer.cli("detach", "--all")
-    assert r.returncode == 0 and "detached 12 links" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and f"detached {NPROGS} links" in r.stdout, r.stdout + r.stderr
     bpffs = [l.split()[4] for l in open("/proc/self/mountinfo") if " - bpf " in l][0]
     assert not os.path.exists(os.path.join(bpffs, "agentgate"))
     assert prog_count(enforcer.cgroup_path("t-agent")) == []
@@ -627,9 +632,66 @@ def test_recreated_agent_cgroup(enforcer, servers):
     cg = enforcer.cgroup_path("t-agent")
     os.rmdir(cg)          # the pinned links now point at a dead cgroup
     enforcer.start(enforce_policy(port))
-    assert len(prog_count(cg)) == 12
+    assert len(prog_count(cg)) == NPROGS
     r = enforcer.py("t-agent", connect_code("127.0.0.1", port))
     assert r.stdout.split() == ["OK", "127.0.0.1", str(port), "hello"], r.stdout + r.stderr
     bpffs = [l.split()[4] for l in open("/proc/self/mountinfo") if " - bpf " in l][0]
     dirs = os.listdir(os.path.join(bpffs, "agentgate", "v1", "links", "t-agent"))
     assert dirs == [str(os.stat(cg).st_ino)], dirs   # the dead cgroup's pins are gone
+
+
+PRE_EXISTING = r"""
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+s.sendall(b"before\n"); print(s.recv(100).decode().strip(), flush=True)
+sys.stdin.readline()                  # the test attaches the cgroup meanwhile
+try:
+    s.sendall(b"after\n"); s.settimeout(2); d = s.recv(100)
+    print("got", d.decode().strip() or "<eof>", flush=True)
+except OSError as e:
+    print("blocked", type(e).__name__, flush=True)
+"""
+
+
+def test_backstop_connection_opened_before_attach(enforcer, servers, tmp):
+    """A connection opened inside the cgroup before the programs were attached
+    goes nowhere once they are: the backstop drops its packets."""
+    port, log = servers.echo()
+    cg = enforcer.cgroup_path("t-agent")
+    os.makedirs(cg, exist_ok=True)
+    enforcer.agents.add("t-agent")
+    p = subprocess.Popen(["sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec {PY} -c "$0" {port}', PRE_EXISTING],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "before"     # direct: nothing attached yet
+    enforcer.start(enforce_policy(port))
+    p.stdin.write("go\n"); p.stdin.flush()
+    out = p.stdout.readline().strip()
+    p.wait(10)
+    assert out.startswith("blocked"), out
+    assert "after" not in out
+    assert enforcer.status()["counters"]["backstop_egress_dropped"] > 0
+
+
+def test_backstop_inbound_listener(enforcer, servers):
+    """An agent that listens cannot be reached from outside."""
+    port, _ = servers.echo()
+    enforcer.start(enforce_policy(port))
+    lport = __import__("conftest").free_port()
+    p = subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", "t-agent", "--", PY, "-c",
+                          f"import socket; s=socket.socket(); s.bind(('127.0.0.1', {lport})); s.listen(); "
+                          f"print('listening', flush=True); s.settimeout(4)\n"
+                          f"try:\n c,a=s.accept(); print('accepted')\nexcept OSError: print('none')"],
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "listening"
+    c = socket.socket()
+    c.settimeout(1.5)
+    try:
+        c.connect(("127.0.0.1", lport))
+        reached = True
+    except OSError:
+        reached = False
+    c.close()
+    assert not reached
+    assert p.stdout.readline().strip() == "none"
+    p.wait(10)
+    assert enforcer.status()["counters"]["backstop_ingress_dropped"] > 0
