@@ -17,7 +17,7 @@
 static int ensure_buf(struct conn *c, int d)
 {
 	if (!c->buf[d]) {
-		c->buf[d] = malloc(CONN_BUF);
+		c->buf[d] = worker_buf_get(c->w);
 		if (!c->buf[d])
 			return -ENOMEM;
 	}
@@ -123,8 +123,8 @@ void conn_free(struct conn *c)
 		c->ops->release(c);
 	if (c->agent_idx >= 0 && E)
 		atomic_fetch_sub(&E->agents[c->agent_idx].active, 1);
-	free(c->buf[0]);
-	free(c->buf[1]);
+	worker_buf_put(c->w, c->buf[0]);
+	worker_buf_put(c->w, c->buf[1]);
 	free(c);
 }
 

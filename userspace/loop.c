@@ -71,6 +71,19 @@ int worker_init(struct worker *w, int id, uint16_t port)
 	return 0;
 }
 
+void *worker_buf_get(struct worker *w)
+{
+	return w->nspare ? w->spare[--w->nspare] : malloc(CONN_BUF);
+}
+
+void worker_buf_put(struct worker *w, void *buf)
+{
+	if (buf && w->nspare < WORKER_SPARE_BUFS)
+		w->spare[w->nspare++] = buf;
+	else
+		free(buf);
+}
+
 int worker_watch(struct worker *w, struct conn_end *e, uint32_t events)
 {
 	struct epoll_event ev = { .events = events | EPOLLET, .data.ptr = e };
@@ -203,4 +216,6 @@ void worker_join(struct worker *w)
 		conn_free(c);
 	}
 	close(w->epfd);
+	while (w->nspare)
+		free(w->spare[--w->nspare]);
 }

@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include "conn.h"
 
+#define WORKER_SPARE_BUFS 64
+
 struct worker {
 	int id;
 	int epfd;
@@ -21,7 +23,13 @@ struct worker {
 	int nconns;
 	volatile int stop;
 	volatile int stop_accept;      /* set by the main thread; the worker closes its listeners */
+	void *spare[WORKER_SPARE_BUFS];  /* recycled CONN_BUF buffers */
+	int nspare;
 };
+
+/* A relay buffer (CONN_BUF bytes) from the worker's spares or malloc; NULL on ENOMEM. */
+void *worker_buf_get(struct worker *w);
+void worker_buf_put(struct worker *w, void *buf);   /* NULL-safe */
 
 /* Creates the worker's listeners and epoll; 0 or -errno. */
 int worker_init(struct worker *w, int id, uint16_t port);
