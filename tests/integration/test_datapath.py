@@ -695,3 +695,52 @@ def test_backstop_inbound_listener(enforcer, servers):
     assert p.stdout.readline().strip() == "none"
     p.wait(10)
     assert enforcer.status()["counters"]["backstop_ingress_dropped"] > 0
+
+
+def test_dns_ipv6_and_connected_udp(enforcer, servers):
+    web, _ = servers.echo("127.0.0.2")
+    dns = servers.dnsmasq({"api.test": "127.0.0.2"})
+    enforcer.start(dns_policy(dns, web))
+    code = DNS_QUERY + r"""
+import struct
+# IPv6 resolver, unconnected
+q = struct.pack(">HHHHHH", 7, 0x0100, 1, 0, 0, 0) + b"\x03api\x04test\x00" + struct.pack(">HH", 1, 1)
+s6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s6.settimeout(5)
+s6.sendto(q, ("2001:db8::53", 53))
+data, frm = s6.recvfrom(512)
+print(frm[0], frm[1], data[3] & 0xf, socket.inet_ntoa(data[-4:]))
+# connected UDP: send()/recv() without addresses; getpeername is the resolver
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); c.settimeout(5)
+c.connect(("198.51.100.7", 53))
+c.send(q); data = c.recv(512)
+print(c.getpeername()[0], c.getpeername()[1], socket.inet_ntoa(data[-4:]))
+"""
+    r = enforcer.py("t-agent", code)
+    assert r.stdout.splitlines() == ["2001:db8::53 53 0 127.0.0.2", "198.51.100.7 53 127.0.0.2"], \
+        r.stdout + r.stderr
+
+
+def test_dns_spoofed_answer_not_learned(enforcer, servers):
+    """An agent cannot teach the enforcer an address: only answers from the
+    upstream to the enforcer's own query socket are learned."""
+    web, web_log = servers.echo("127.0.0.3")
+    dns = servers.dnsmasq({"api.test": "127.0.0.2"})
+    enforcer.start(dns_policy(dns, web))
+    code = DNS_QUERY + f"""
+import struct, errno
+# A forged "answer" sent to the agent's own DNS listener port claims api.test is 127.0.0.3.
+ans = struct.pack(">HHHHHH", 9, 0x8180, 1, 1, 0, 0) + b"\\x03api\\x04test\\x00" + struct.pack(">HH", 1, 1)
+ans += b"\\xc0\\x0c" + struct.pack(">HHIH", 1, 1, 300, 4) + socket.inet_aton("127.0.0.3")
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.sendto(ans, ("192.0.2.53", 53))
+frm, rcode, ips = query("api.test", ("192.0.2.53", 53))
+print(",".join(ips))
+s = socket.socket(); s.settimeout(3)
+try:
+    s.connect(("127.0.0.3", {web})); print("connected")
+except OSError as e:
+    print(errno.errorcode[e.errno])
+"""
+    r = enforcer.py("t-agent", code)
+    assert r.stdout.split() == ["127.0.0.2", "ECONNREFUSED"], r.stdout + r.stderr
+    assert open(web_log).read() == ""
