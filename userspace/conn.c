@@ -155,16 +155,24 @@ static int pump(struct conn *c, int d)
 		}
 		c->len[d] = c->off[d] = 0;
 		if (c->eof[d]) {
-			if (!c->shut[d]) {
+			/* The other direction is over too: close() will send the
+			 * FIN, no shutdown() needed. */
+			if (!c->shut[d] && !(c->eof[!d] && c->len[!d] == c->off[!d]))
 				shutdown(dst, SHUT_WR);
-				c->shut[d] = true;
-			}
+			c->shut[d] = true;
 			return 0;
 		}
+		if (c->drained[d])
+			return 0;
 		ssize_t n = recv(src, c->buf[d], CONN_BUF, 0);
 
 		if (n > 0) {
 			c->len[d] = n;
+			/* A short read emptied the socket: with edge-triggered
+			 * epoll, data or a FIN arriving later raises a new event,
+			 * so no read is needed just to see EAGAIN. A FIN that was
+			 * already queued raised none: the event said RDHUP. */
+			c->drained[d] = n < CONN_BUF && !c->hup[d];
 			continue;
 		}
 		if (n == 0) {
@@ -184,7 +192,10 @@ void conn_relay(struct conn *c)
 
 static void relay(struct conn *c)
 {
-	int err = pump(c, DIR_UP);
+	int err;
+
+	c->drained[DIR_UP] = c->drained[DIR_DOWN] = false;
+	err = pump(c, DIR_UP);
 
 	if (!err)
 		err = pump(c, DIR_DOWN);
@@ -225,6 +236,8 @@ void conn_on_event(struct conn_end *e, uint32_t events)
 
 	if (c->closing)
 		return;
+	if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+		c->hup[e->is_agent ? DIR_UP : DIR_DOWN] = true;
 	if (!e->is_agent && c->connecting) {
 		upstream_connected(c);
 		if (c->closing || c->connecting)

@@ -317,15 +317,13 @@ static void refuse(struct conn *c, const char *reason)
 	conn_refuse(c);
 }
 
-void enforcer_accept(struct worker *w, int fd, int family)
+void enforcer_accept(struct worker *w, int fd, int family, const struct sockaddr_storage *peer)
 {
 	const struct policy *p = E->policy;
-	struct sockaddr_storage peer;
-	socklen_t pl = sizeof(peer);
 	struct ag_pair_key key = { .netns_cookie = E->netns_cookie };
 	struct conn *c = calloc(1, sizeof(*c));
 	const char *deny = NULL;
-	int one = 1, err;
+	int err;
 
 	if (!c) {
 		close(fd);
@@ -340,13 +338,7 @@ void enforcer_accept(struct worker *w, int fd, int family)
 	c->policy = p;
 	c->start_ms = now_ns_mono() / 1000000ull;
 	worker_link(w, c);
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-
-	if (getpeername(fd, (struct sockaddr *)&peer, &pl)) {
-		conn_close(c, true);
-		return;
-	}
-	addr_from_sockaddr(&peer, key.client_addr, &key.client_port);
+	addr_from_sockaddr(peer, key.client_addr, &key.client_port);
 	/* The listeners are bound to exactly these addresses: no getsockname(). */
 	if (family == AF_INET) {
 		key.listen_addr[10] = key.listen_addr[11] = 0xff;

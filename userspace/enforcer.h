@@ -9,6 +9,7 @@
 #define AGENTGATE_ENFORCER_H
 
 #include <limits.h>
+#include <sys/socket.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -75,8 +76,8 @@ extern struct enforcer *E;
 int enforcer_run(const char *policy_path, const char *state_dir);
 
 /* Worker side: a freshly accepted agent connection on the listener of
- * 'family' (AF_INET: 127.0.0.1, AF_INET6: ::1). Takes ownership of fd. */
-void enforcer_accept(struct worker *w, int fd, int family);
+ * 'family' (AF_INET: 127.0.0.1, AF_INET6: ::1) from 'peer'. Takes ownership of fd. */
+void enforcer_accept(struct worker *w, int fd, int family, const struct sockaddr_storage *peer);
 /* A Network Activity (4001) event about connection c, with agent, endpoints,
  * target and module filled; the caller adds the verdict and emits it. */
 json_t *enforcer_conn_event(struct conn *c, int activity_id, const char *activity_name);
