@@ -149,6 +149,10 @@ int ag_sock_create(struct bpf_sock *sk)
 		emit(AG_EV_SOCK_DENY, AG_R_MAP_FAIL, slot, 0, NULL, 0, fam, proto);
 		return DENY;
 	}
+	/* Programs of nested cgroups run innermost first: the innermost agent's
+	 * stamp stands, an enclosing agent's copy does not overwrite it. */
+	if (st->flags & AG_SK_STAMPED)
+		return ALLOW;
 	st->slot = slot;
 	st->flags = AG_SK_STAMPED;
 	st->cgroup_id = bpf_get_current_cgroup_id();
@@ -221,19 +225,20 @@ static __always_inline int udp_dst(struct bpf_sock_addr *ctx, struct ag_sk_state
 				   const struct ag_global *g, const __u8 addr[16], __u16 port,
 				   bool v6, bool is_sendmsg)
 {
+	/* Already pointing at our listener: a second copy of this program (an
+	 * enclosing agent cgroup's) sees the first copy's rewrite. */
+	if (is_loopback(addr) && port == g->dns_port_base + st->slot && (st->flags & AG_SK_DNS))
+		return ALLOW;
 	if (port != 53)
 		return deny_op(ctx, AG_R_UDP_NOT_DNS, st->slot, addr, port,
 				    v6 ? AF_INET6 : AF_INET, is_sendmsg);
 	if (st->slot >= g->dns_port_count)
 		return deny_op(ctx, AG_R_NO_AGENT, st->slot, addr, port,
 				    v6 ? AF_INET6 : AF_INET, is_sendmsg);
-	/* Already pointing at our listener (a second copy of this program). */
-	if (!(is_loopback(addr) && port == g->dns_port_base + st->slot)) {
-		__builtin_memcpy(st->dns_addr, addr, 16);
-		st->dns_port = port;
-		st->dns_family = v6 ? AF_INET6 : AF_INET;
-		st->flags |= AG_SK_DNS;
-	}
+	__builtin_memcpy(st->dns_addr, addr, 16);
+	st->dns_port = port;
+	st->dns_family = v6 ? AF_INET6 : AF_INET;
+	st->flags |= AG_SK_DNS;
 	count(AG_CNT_DNS_REDIRECT);
 	rewrite(ctx, v6, is_v4mapped(addr), g->dns_port_base + st->slot);
 	return ALLOW;

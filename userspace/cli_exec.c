@@ -2,10 +2,10 @@
 /*
  * agentgate exec: run CMD as an agent. In order: find the agent's cgroup and
  * check its programs are attached (else refuse), move into the cgroup, take
- * a private mount namespace in which every cgroup2 and bpffs mount is
- * read-only and the state directory is hidden, drop the capabilities that
- * would undo enforcement, switch user when --user is given, set
- * no_new_privs, and execvp(CMD): CMD's exit status and output are its own.
+ * a private mount namespace in which cgroupfs and /proc/sys are read-only and
+ * bpffs, the state directory and /etc/agentgate are hidden, switch user when --user is given, set
+ * drop every capability, set no_new_privs, close inherited descriptors, and
+ * execvp(CMD): CMD's exit status and output are its own.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -14,7 +14,9 @@
 #include <limits.h>
 #include <pwd.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/capability.h>
@@ -27,11 +29,6 @@
 #include "loader.h"
 #include "util.h"
 
-static const cap_value_t dropped_caps[] = {
-	CAP_SYS_ADMIN, CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_PTRACE,
-	CAP_SYS_MODULE, CAP_PERFMON,
-};
-#define NDROPPED (int)(sizeof(dropped_caps) / sizeof(dropped_caps[0]))
 
 static int find_agent(const char *state_dir, const char *agent, char *path, size_t pathlen,
 		      uint64_t *cgid)
@@ -77,6 +74,14 @@ static int join_cgroup(const char *cgpath)
 	return err;
 }
 
+/* Covers path with an empty read-only tmpfs. */
+static int hide(const char *path)
+{
+	if (mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0500"))
+		return -errno;
+	return 0;
+}
+
 static int remount_ro(const char *path)
 {
 	if (mount(path, path, NULL, MS_BIND | MS_REC, NULL))
@@ -86,12 +91,16 @@ static int remount_ro(const char *path)
 	return 0;
 }
 
-/* Every cgroup, cgroup2 and bpf mount point in the new namespace becomes
- * read-only. The list is read first: each bind mount adds a mountinfo line. */
+/* Every cgroup and cgroup2 mount point in the new namespace becomes
+ * read-only, and every bpffs is hidden: opening a pin is a read, and a uid-0
+ * agent (CAP_DAC_OVERRIDE) could otherwise open our pinned links and detach
+ * them with BPF_LINK_DETACH, which needs no capability. The list is read
+ * first: each mount adds a mountinfo line. */
 static int lock_mounts(const char *state_dir)
 {
 	FILE *f = fopen("/proc/self/mountinfo", "re");
 	char line[4096], (*mnts)[PATH_MAX] = NULL;
+	bool is_bpf[64] = { false };
 	int n = 0, err = 0;
 
 	if (!f)
@@ -111,44 +120,62 @@ static int lock_mounts(const char *state_dir)
 		for (int i = 0; i < n; i++)
 			dup |= strcmp(mnts[i], mnts[n]) == 0;
 		if (!dup)
-			n++;
+			is_bpf[n++] = strcmp(type, "bpf") == 0;
 	}
 	fclose(f);
 	if (!mnts)
 		return -ENOMEM;
 	for (int i = 0; i < n && !err; i++) {
-		err = remount_ro(mnts[i]);
+		err = is_bpf[i] ? hide(mnts[i]) : remount_ro(mnts[i]);
 		if (err)
-			fprintf(stderr, "agentgate: exec: make '%s' read-only: %s\n", mnts[i], strerror(-err));
+			fprintf(stderr, "agentgate: exec: %s '%s': %s\n", is_bpf[i] ? "hide" : "make read-only",
+				mnts[i], strerror(-err));
 	}
 	free(mnts);
 	if (err)
 		return err;
-	/* Hide the state directory (admin socket, keys, spool) behind an empty, read-only tmpfs. */
-	if (mount("tmpfs", state_dir, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
-		  "size=4k,mode=0500")) {
-		err = -errno;
-		fprintf(stderr, "agentgate: exec: hide '%s': %s\n", state_dir, strerror(errno));
+	/* Hide the state directory (admin socket, keys, spool) and the
+	 * configuration (policy, secret files) behind empty read-only tmpfs. */
+	if ((err = hide(state_dir))) {
+		fprintf(stderr, "agentgate: exec: hide '%s': %s\n", state_dir, strerror(-err));
+		return err;
 	}
+	if (access("/etc/agentgate", F_OK) == 0 && (err = hide("/etc/agentgate"))) {
+		fprintf(stderr, "agentgate: exec: hide /etc/agentgate: %s\n", strerror(-err));
+		return err;
+	}
+	/* uid 0 could otherwise write e.g. kernel.core_pattern and run code
+	 * outside the cgroup. */
+	if ((err = remount_ro("/proc/sys")))
+		fprintf(stderr, "agentgate: exec: make /proc/sys read-only: %s\n", strerror(-err));
 	return err;
 }
 
-static int drop_caps(void)
+/*
+ * Every capability goes, from the bounding set too, so nothing exec'd later
+ * gets one back: CAP_SYS_ADMIN, CAP_BPF, CAP_NET_ADMIN (detach or re-attach
+ * programs), CAP_NET_RAW (AF_PACKET), CAP_SYS_PTRACE (steal fds), but also
+ * CAP_DAC_OVERRIDE (read secrets), CAP_KILL (stop the enforcer), CAP_SYS_RAWIO
+ * and the rest. An agent needs none of them to make outbound connections.
+ */
+static int drop_bounding_set(void)
 {
-	cap_t caps;
-	int err = 0;
-
-	for (int i = 0; i < NDROPPED; i++)
-		if (prctl(PR_CAPBSET_DROP, dropped_caps[i], 0, 0, 0) && errno != EINVAL)
+	for (int c = 0; c <= CAP_LAST_CAP; c++)
+		if (prctl(PR_CAPBSET_DROP, c, 0, 0, 0) && errno != EINVAL)
 			return -errno;
 	prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
-	caps = cap_get_proc();
+	return 0;
+}
+
+/* After switch_user (which needs CAP_SETUID/CAP_SETGID): clear the rest. */
+static int clear_caps(void)
+{
+	cap_t caps = cap_init();   /* all clear */
+	int err = 0;
+
 	if (!caps)
 		return -errno;
-	if (cap_set_flag(caps, CAP_EFFECTIVE, NDROPPED, dropped_caps, CAP_CLEAR) ||
-	    cap_set_flag(caps, CAP_PERMITTED, NDROPPED, dropped_caps, CAP_CLEAR) ||
-	    cap_set_flag(caps, CAP_INHERITABLE, NDROPPED, dropped_caps, CAP_CLEAR) ||
-	    cap_set_proc(caps))
+	if (cap_set_proc(caps))
 		err = -errno;
 	cap_free(caps);
 	return err;
@@ -167,8 +194,8 @@ static int switch_user(const char *user)
 	}
 	if (initgroups(pw->pw_name, pw->pw_gid) || setgid(pw->pw_gid) || setuid(pw->pw_uid))
 		return -errno;
-	/* Leaving uid 0 clears every capability; make sure nothing is left. */
-	if (pw->pw_uid != 0 && (setuid(0) == 0 || prctl(PR_CAPBSET_READ, CAP_SYS_ADMIN) < 0)) {
+	/* Leaving uid 0 must be final. */
+	if (pw->pw_uid != 0 && setuid(0) == 0) {
 		fprintf(stderr, "agentgate: exec: could not drop root\n");
 		return -EPERM;
 	}
@@ -222,7 +249,7 @@ int cmd_exec(int argc, char **argv, const char *state_dir)
 	}
 	if (lock_mounts(state_dir))
 		return 1;
-	if ((err = drop_caps())) {
+	if ((err = drop_bounding_set())) {
 		fprintf(stderr, "agentgate: exec: drop capabilities: %s\n", strerror(-err));
 		return 1;
 	}
@@ -231,10 +258,18 @@ int cmd_exec(int argc, char **argv, const char *state_dir)
 			fprintf(stderr, "agentgate: exec: switch to user '%s': %s\n", user, strerror(-err));
 		return 1;
 	}
+	if ((err = clear_caps())) {
+		fprintf(stderr, "agentgate: exec: drop capabilities: %s\n", strerror(-err));
+		return 1;
+	}
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)) {
 		fprintf(stderr, "agentgate: exec: no_new_privs: %s\n", strerror(errno));
 		return 1;
 	}
+	/* Descriptors inherited from outside the cgroup (a socket opened before
+	 * exec) would not be enforced: only stdin, stdout and stderr pass. */
+	close_range(3, ~0u, 0);
+	signal(SIGPIPE, SIG_DFL);   /* main() ignores it for the CLI; CMD gets the default */
 	execvp(argv[i], argv + i);
 	fprintf(stderr, "agentgate: exec: %s: %s\n", argv[i], strerror(errno));
 	return errno == ENOENT ? 127 : 126;

@@ -162,17 +162,13 @@ static int pump(struct conn *c, int d)
 			c->shut[d] = true;
 			return 0;
 		}
-		if (c->drained[d])
-			return 0;
 		ssize_t n = recv(src, c->buf[d], CONN_BUF, 0);
 
 		if (n > 0) {
+			/* Read on until EAGAIN even after a short read: a read
+			 * also stops short at TCP urgent data, and with
+			 * edge-triggered epoll nothing would report the rest. */
 			c->len[d] = n;
-			/* A short read emptied the socket: with edge-triggered
-			 * epoll, data or a FIN arriving later raises a new event,
-			 * so no read is needed just to see EAGAIN. A FIN that was
-			 * already queued raised none: the event said RDHUP. */
-			c->drained[d] = n < CONN_BUF && !c->hup[d];
 			continue;
 		}
 		if (n == 0) {
@@ -192,10 +188,7 @@ void conn_relay(struct conn *c)
 
 static void relay(struct conn *c)
 {
-	int err;
-
-	c->drained[DIR_UP] = c->drained[DIR_DOWN] = false;
-	err = pump(c, DIR_UP);
+	int err = pump(c, DIR_UP);
 
 	if (!err)
 		err = pump(c, DIR_DOWN);
@@ -236,8 +229,6 @@ void conn_on_event(struct conn_end *e, uint32_t events)
 
 	if (c->closing)
 		return;
-	if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-		c->hup[e->is_agent ? DIR_UP : DIR_DOWN] = true;
 	if (!e->is_agent && c->connecting) {
 		upstream_connected(c);
 		if (c->closing || c->connecting)

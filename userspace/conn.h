@@ -35,8 +35,6 @@ struct conn {
 	uint32_t len[2], off[2];
 	bool eof[2];          /* source of direction d reached EOF */
 	bool shut[2];         /* destination of direction d was shut down (or needs no shutdown) */
-	bool drained[2];      /* source of direction d was read empty in this event round */
-	bool hup[2];          /* source of direction d reported RDHUP/HUP/ERR */
 	bool connecting, relaying, closing;
 	uint64_t deadline_ms; /* connect deadline (monotonic ms), 0 = none */
 	uint64_t bytes[2];

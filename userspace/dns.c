@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/epoll.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -35,10 +36,12 @@ struct pending {
 	int listen_fd;
 	struct sockaddr_storage client;
 	socklen_t client_len;
-	uint16_t id;
+	uint16_t id;           /* the agent's query id, restored in the reply */
+	uint16_t up_id;        /* the random id sent upstream */
 	char qname[256];
 	uint16_t qtype;
 	uint64_t deadline_ms;
+	bool would_deny;
 };
 
 struct dns {
@@ -54,7 +57,10 @@ struct dns {
 	pthread_rwlock_t lock;
 	struct learned *learned[AG_MAX_AGENTS];   /* [slot][DNS_LEARNED_MAX], lazily */
 	uint64_t queries, refused, failed, learned_total;
+	int inflight[AG_MAX_AGENTS];
 };
+
+#define DNS_PENDING_PER_AGENT 64   /* one agent cannot starve the others' DNS */
 
 static uint64_t mono_ms(void)
 {
@@ -137,7 +143,7 @@ int dns_open(struct dns **out, const struct policy *p, uint16_t base, int epfd, 
 		d->has_upstream = true;
 	}
 	for (size_t i = 0; i < p->nagents; i++) {
-		int slot = i + 1;
+		int slot = E->slot_of[i];
 
 		for (int f = 0; f < 2; f++) {
 			int fd = udp_listen(f ? AF_INET6 : AF_INET, base + slot);
@@ -175,10 +181,10 @@ void dns_close(struct dns *d)
 
 static void agent_ctx(int slot, struct audit_agent *a)
 {
-	int idx = slot - 1;
+	int idx = enforcer_agent_idx(slot);
 
 	memset(a, 0, sizeof(*a));
-	if (E && idx >= 0 && (size_t)idx < E->policy->nagents) {
+	if (idx >= 0) {
 		a->name = E->policy->agents[idx].name;
 		a->cgroup = E->agents[idx].cgroup_rel;
 		a->cgroup_id = E->agents[idx].cgid;
@@ -263,16 +269,21 @@ static void on_query(struct dns *d, struct main_item *li)
 			audit_dns(d, li->slot, "", 0, -1, NULL, false, "malformed DNS query");
 			continue;   /* not answerable: no question to echo */
 		}
+		bool would_deny = false;
 		if (!policy_dns_allowed(d->p, q.qname)) {
-			d->refused++;
-			reply_error(li->fd, &client, clen, buf, n, ns_r_refused);
-			audit_dns(d, li->slot, q.qname, q.qtype, ns_r_refused, NULL, false,
-				  "name not allowed by dns.allow");
-			continue;
+			if (d->p->mode != POLICY_OBSERVE) {
+				d->refused++;
+				reply_error(li->fd, &client, clen, buf, n, ns_r_refused);
+				audit_dns(d, li->slot, q.qname, q.qtype, ns_r_refused, NULL, false,
+					  "name not allowed by dns.allow");
+				continue;
+			}
+			would_deny = true;   /* observe: recorded with the answer */
 		}
-		for (int i = 0; i < DNS_PENDING_MAX && !pd; i++)
-			if (!d->pending[i].used)
-				pd = &d->pending[i];
+		if (d->inflight[li->slot] < DNS_PENDING_PER_AGENT)
+			for (int i = 0; i < DNS_PENDING_MAX && !pd; i++)
+				if (!d->pending[i].used)
+					pd = &d->pending[i];
 		if (!d->has_upstream || !pd) {
 			d->failed++;
 			reply_error(li->fd, &client, clen, buf, n, ns_r_servfail);
@@ -280,6 +291,13 @@ static void on_query(struct dns *d, struct main_item *li)
 				  !pd ? "too many queries in flight" : "no DNS upstream configured");
 			continue;
 		}
+		/* The agent chose its query id; the upstream sees a random one, so
+		 * an off-path party the agent colludes with cannot predict it. */
+		uint16_t up_id;
+		if (getrandom(&up_id, sizeof(up_id), 0) != sizeof(up_id))
+			up_id = (uint16_t)now_ns_mono();
+		buf[0] = up_id >> 8;
+		buf[1] = up_id & 0xff;
 		struct sockaddr_storage up;
 		socklen_t ulen = addr_to_sockaddr(d->up_addr, d->up_port, &up);
 		int fd = socket(up.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -301,6 +319,9 @@ static void on_query(struct dns *d, struct main_item *li)
 		pd->client = client;
 		pd->client_len = clen;
 		pd->id = q.id;
+		pd->up_id = up_id;
+		pd->would_deny = would_deny;
+		d->inflight[li->slot]++;
 		snprintf(pd->qname, sizeof(pd->qname), "%s", q.qname);
 		pd->qtype = q.qtype;
 		pd->deadline_ms = mono_ms() + DNS_TIMEOUT_MS;
@@ -311,6 +332,7 @@ static void on_query(struct dns *d, struct main_item *li)
 
 static void finish(struct dns *d, struct pending *pd)
 {
+	d->inflight[pd->slot]--;
 	epoll_ctl(d->epfd, EPOLL_CTL_DEL, pd->item.fd, NULL);
 	close(pd->item.fd);
 	pd->used = false;
@@ -326,7 +348,7 @@ static bool name_eq(const char *a, const char *b)
 static int kernel_allow(struct dns *d, int slot, const char *name, const uint8_t addr[16], uint16_t *port)
 {
 	const struct policy *p = d->p;
-	const struct policy_agent *ag = &p->agents[slot - 1];
+	const struct policy_agent *ag = &p->agents[enforcer_agent_idx(slot)];
 	int used = -1;
 
 	for (size_t t = 0; t < p->ntargets; t++) {
@@ -340,6 +362,33 @@ static int kernel_allow(struct dns *d, int slot, const char *name, const uint8_t
 		}
 	}
 	return used;
+}
+
+/* True when the kernel key (slot, addr/128, port) is still needed: by another
+ * learned name of this agent, or by a static IP target of the policy. */
+static bool key_needed(struct dns *d, int slot, const struct learned *self)
+{
+	const struct policy *p = d->p;
+
+	for (int i = 0; i < DNS_LEARNED_MAX; i++) {
+		const struct learned *l = &d->learned[slot][i];
+
+		if (l != self && l->expires_ms && l->in_kernel && l->kport == self->kport &&
+		    memcmp(l->addr, self->addr, 16) == 0)
+			return true;
+	}
+	for (size_t t = 0; t < p->ntargets; t++)
+		if (p->targets[t].addr.kind == ADDR_IP && p->targets[t].addr.port == self->kport &&
+		    memcmp(p->targets[t].addr.addr, self->addr, 16) == 0)
+			return true;
+	return false;
+}
+
+static void kernel_forget(struct dns *d, int slot, struct learned *l)
+{
+	if (l->in_kernel && !key_needed(d, slot, l))
+		loader_allow(E->loader, slot, l->addr, 128, l->kport, l->ktarget, 0, false);
+	l->in_kernel = false;
 }
 
 static void learn(struct dns *d, int slot, const char *name, const uint8_t addr[16], uint32_t ttl)
@@ -369,9 +418,8 @@ static void learn(struct dns *d, int slot, const char *name, const uint8_t addr[
 	}
 	if (!slotp)
 		slotp = oldest;   /* table full: the entry closest to expiry goes */
-	if (slotp->expires_ms && !(name_eq(slotp->name, name) && !memcmp(slotp->addr, addr, 16)) &&
-	    slotp->in_kernel)
-		loader_allow(E->loader, slot, slotp->addr, 128, slotp->kport, slotp->ktarget, 0, false);
+	if (slotp->expires_ms && !(name_eq(slotp->name, name) && !memcmp(slotp->addr, addr, 16)))
+		kernel_forget(d, slot, slotp);
 	if (!(slotp->expires_ms && name_eq(slotp->name, name) && !memcmp(slotp->addr, addr, 16))) {
 		snprintf(slotp->name, sizeof(slotp->name), "%s", name);
 		memcpy(slotp->addr, addr, 16);
@@ -401,7 +449,7 @@ static void on_answer(struct dns *d, struct pending *pd)
 
 	if (n < 0 && errno == EAGAIN)
 		return;
-	if (n <= 0 || dns_answer_parse(buf, n, &ans) || ans.id != pd->id ||
+	if (n <= 0 || dns_answer_parse(buf, n, &ans) || ans.id != pd->up_id ||
 	    !name_eq(ans.q.qname, pd->qname) || ans.q.qtype != pd->qtype) {
 		/* Not the answer to this query: ignore it and keep waiting, so a
 		 * spoofed datagram cannot end the exchange. The deadline bounds it. */
@@ -411,13 +459,16 @@ static void on_answer(struct dns *d, struct pending *pd)
 		finish(d, pd);
 		return;
 	}
-	for (int i = 0; i < ans.naddrs; i++) {
+	/* Addresses are learned under the name the agent asked for, never under
+	 * a name the answer claims (a CNAME chain from a resolver the agent can
+	 * influence could name any host-name target). */
+	for (int i = 0; i < ans.naddrs; i++)
 		learn(d, pd->slot, pd->qname, ans.addrs[i].addr, ans.addrs[i].ttl);
-		for (int c = 0; c < ans.ncnames; c++)
-			learn(d, pd->slot, ans.cnames[c], ans.addrs[i].addr, ans.addrs[i].ttl);
-	}
+	buf[0] = pd->id >> 8;
+	buf[1] = pd->id & 0xff;
 	sendto(pd->listen_fd, buf, n, MSG_DONTWAIT, (struct sockaddr *)&pd->client, pd->client_len);
-	audit_dns(d, pd->slot, pd->qname, pd->qtype, ans.rcode, &ans, true, NULL);
+	audit_dns(d, pd->slot, pd->qname, pd->qtype, ans.rcode, &ans, true,
+		  pd->would_deny ? "name not allowed by dns.allow (observe mode)" : NULL);
 	finish(d, pd);
 }
 
@@ -463,10 +514,8 @@ void dns_tick(struct dns *d)
 
 			if (!l->expires_ms || now < l->expires_ms)
 				continue;
-			if (l->in_kernel)
-				loader_allow(E->loader, s, l->addr, 128, l->kport, l->ktarget, 0, false);
+			kernel_forget(d, s, l);
 			l->expires_ms = 0;
-			l->in_kernel = false;
 		}
 	}
 	pthread_rwlock_unlock(&d->lock);

@@ -126,7 +126,7 @@ static int program_allow_set(void)
 			 * refuses metadata addresses unless a target names them. */
 			if (!p->agents[a].may_target[t] && !(tg->names_metadata && p->mode == POLICY_OBSERVE))
 				continue;
-			err = loader_allow(E->loader, a + 1, tg->addr.addr, tg->addr.prefixlen,
+			err = loader_allow(E->loader, E->slot_of[a], tg->addr.addr, tg->addr.prefixlen,
 					   tg->addr.port, t, flags, true);
 		}
 	}
@@ -140,8 +140,12 @@ static void orphan_cb(void *ctx, const char *agent, uint64_t cgid, int nlinks, i
 	struct orphan_ctx *oc = ctx;
 
 	if (policy_agent_index(E->policy, agent) < 0) {
-		log_warn("agent '%s' (cgroup %llu) is attached but not in the policy: its sockets are "
-			 "refused until 'agentgate detach --agent %s'", agent, (unsigned long long)cgid, agent);
+		/* Slot 0: every new socket of that cgroup is refused at socket(). */
+		int err = loader_set_cgroup_slot(E->loader, cgid, 0);
+
+		log_warn("agent '%s' (cgroup %llu) is attached but not in the policy: %s", agent,
+			 (unsigned long long)cgid, err ? "could not disable it" :
+			 "its new sockets are refused until 'agentgate detach --agent NAME'");
 		oc->n++;
 	}
 }
@@ -162,6 +166,121 @@ static int write_agents_file(void)
 		err = -EIO;
 	json_decref(arr);
 	return err;
+}
+
+/* Stable slots: an agent keeps the slot it had (slots.json); a new agent
+ * takes a slot never used before, or, when none is left, one whose agent is
+ * gone and has no pinned links. */
+static int assign_slots(void)
+{
+	const struct policy *p = E->policy;
+	char path[PATH_MAX + 16];
+	json_t *known, *out = json_object();
+	bool used[AG_MAX_AGENTS] = { [0] = true };
+	const char *name;
+	json_t *v;
+	int err = 0;
+
+	snprintf(path, sizeof(path), "%s/slots.json", E->state_dir);
+	known = json_load_file(path, JSON_REJECT_DUPLICATES, NULL);
+	if (!known)
+		known = json_object();
+	for (int s = 0; s < AG_MAX_AGENTS; s++)
+		E->agent_of_slot[s] = -1;
+	json_object_foreach(known, name, v) {
+		json_int_t s = json_integer_value(v);
+
+		if (s > 0 && s < AG_MAX_AGENTS)
+			used[s] = true;
+	}
+	for (size_t i = 0; i < p->nagents; i++) {
+		json_int_t s = json_integer_value(json_object_get(known, p->agents[i].name));
+
+		if (s > 0 && s < AG_MAX_AGENTS && E->agent_of_slot[s] < 0) {
+			E->slot_of[i] = s;
+			E->agent_of_slot[s] = i;
+		} else {
+			E->slot_of[i] = 0;
+		}
+	}
+	for (size_t i = 0; i < p->nagents; i++) {
+		if (E->slot_of[i])
+			continue;
+		for (int s = 1; s < AG_MAX_AGENTS && !E->slot_of[i]; s++)
+			if (!used[s] && E->agent_of_slot[s] < 0)
+				E->slot_of[i] = s;
+		/* All used once: reuse the slot of an agent that is gone, in the
+		 * order of slots.json, but only when no pinned link names it. */
+		json_object_foreach(known, name, v) {
+			json_int_t s = json_integer_value(v);
+			char dir[PATH_MAX + 300], root[PATH_MAX];
+
+			if (E->slot_of[i] || s <= 0 || s >= AG_MAX_AGENTS || E->agent_of_slot[s] >= 0 ||
+			    loader_pin_root(root, sizeof(root)))
+				continue;
+			snprintf(dir, sizeof(dir), "%s/links/%s", root, name);
+			if (access(dir, F_OK) != 0)
+				E->slot_of[i] = s;
+		}
+		if (!E->slot_of[i]) {
+			log_err("no free agent slot for '%s'", p->agents[i].name);
+			err = -ENOSPC;
+			break;
+		}
+		E->agent_of_slot[E->slot_of[i]] = i;
+	}
+	/* Keep every name ever seen, so its slot is not handed out while its
+	 * cgroup may still hold sockets stamped with it. */
+	json_object_foreach(known, name, v)
+		if (policy_agent_index(p, name) < 0)
+			json_object_set(out, name, v);
+	for (size_t i = 0; i < p->nagents; i++)
+		json_object_set_new(out, p->agents[i].name, json_integer(E->slot_of[i]));
+	if (!err) {
+		char tmp[PATH_MAX + 32];
+
+		snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+		if (json_dump_file(out, tmp, JSON_INDENT(2) | JSON_SORT_KEYS) || rename(tmp, path))
+			err = -EIO;
+	}
+	json_decref(known);
+	json_decref(out);
+	return err;
+}
+
+/* Attachments made with `agentgate attach` survive restarts. */
+static void save_attachments(void)
+{
+	char path[PATH_MAX + 32], tmp[PATH_MAX + 40];
+	json_t *arr = json_array();
+
+	for (size_t i = 0; i < E->policy->nagents; i++)
+		for (int x = 0; x < E->agents[i].nextra; x++)
+			json_array_append_new(arr, json_pack("{s:s, s:s}", "agent", E->policy->agents[i].name,
+							     "cgroup", E->agents[i].extra_rel[x]));
+	snprintf(path, sizeof(path), "%s/attachments.json", E->state_dir);
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	if (json_dump_file(arr, tmp, JSON_INDENT(2)) || rename(tmp, path))
+		log_warn("could not save %s", path);
+	json_decref(arr);
+}
+
+static void restore_attachments(void)
+{
+	char path[PATH_MAX + 32], err[512];
+	json_t *arr, *it;
+	size_t i;
+
+	snprintf(path, sizeof(path), "%s/attachments.json", E->state_dir);
+	arr = json_load_file(path, JSON_REJECT_DUPLICATES, NULL);
+	json_array_foreach(arr, i, it) {
+		const char *agent = json_string_value(json_object_get(it, "agent"));
+		const char *cg = json_string_value(json_object_get(it, "cgroup"));
+
+		if (agent && cg && enforcer_attach_extra(agent, cg, err, sizeof(err)))
+			log_warn("attachment of '%s' to '%s' not restored: %s", agent, cg, err);
+	}
+	json_decref(arr);
 }
 
 static int program_kernel(void)
@@ -188,7 +307,7 @@ static int program_kernel(void)
 	for (uint32_t slot = 1; slot < AG_MAX_AGENTS; slot++) {
 		struct ag_agent_cfg cfg = { 0 };
 
-		if (slot <= p->nagents)
+		if (E->agent_of_slot[slot] >= 0)
 			cfg.flags = AG_AF_ACTIVE | (p->mode == POLICY_OBSERVE ? AG_AF_OBSERVE : 0);
 		err = loader_set_agent(E->loader, slot, &cfg);
 		if (err)
@@ -213,7 +332,7 @@ static int program_kernel(void)
 				strerror(-err));
 			return err;
 		}
-		err = loader_attach(E->loader, p->agents[i].name, rt->cgroup_path, i + 1, &rt->cgid);
+		err = loader_attach(E->loader, p->agents[i].name, rt->cgroup_path, E->slot_of[i], &rt->cgid);
 		if (err) {
 			log_err("agent '%s': attach to '%s': %s", p->agents[i].name, rt->cgroup_path,
 				strerror(-err));
@@ -226,6 +345,7 @@ static int program_kernel(void)
 			 rt->cgroup_path, loader_nprogs);
 	}
 	loader_list_pins(orphan_cb, &oc);
+	restore_attachments();
 	return write_agents_file();
 }
 
@@ -361,11 +481,11 @@ void enforcer_accept(struct worker *w, int fd, int family, const struct sockaddr
 		conn_close(c, true);
 		return;
 	}
-	if (c->pair.slot == 0 || c->pair.slot > p->nagents) {
+	if (enforcer_agent_idx(c->pair.slot) < 0) {
 		refuse(c, "socket belongs to no agent of the running policy");
 		return;
 	}
-	c->agent_idx = c->pair.slot - 1;
+	c->agent_idx = enforcer_agent_idx(c->pair.slot);
 	struct agent_rt *rt = &E->agents[c->agent_idx];
 	const struct policy_agent *ag = &p->agents[c->agent_idx];
 	atomic_fetch_add(&rt->active, 1);   /* released in conn_free */
@@ -430,10 +550,11 @@ static int on_kernel_event(void *ctx, void *data, size_t size)
 		return 0;
 	if (e->kind == AG_EV_REDIRECT || e->kind == AG_EV_DNS_REDIRECT)
 		return 0;   /* the enforcer audits the connection itself, with more context */
-	if (e->slot > 0 && e->slot <= E->policy->nagents) {
-		a.name = E->policy->agents[e->slot - 1].name;
-		a.cgroup = E->agents[e->slot - 1].cgroup_rel;
-		atomic_fetch_add(&E->agents[e->slot - 1].denied_kernel, 1);
+	int ai = enforcer_agent_idx(e->slot);
+	if (ai >= 0) {
+		a.name = E->policy->agents[ai].name;
+		a.cgroup = E->agents[ai].cgroup_rel;
+		atomic_fetch_add(&E->agents[ai].denied_kernel, 1);
 	}
 	a.pid = e->tgid;
 	a.tid = e->pid;
@@ -553,7 +674,7 @@ void *enforcer_status_json(void)
 			"{s:s, s:s, s:s, s:I, s:i, s:b, s:i, s:o, s:{s:s, s:s, s:n, s:b},"
 			" s:i, s:i, s:I, s:I, s:I}",
 			"name", p->agents[i].name, "cgroup", rt->cgroup_rel, "cgroup_path", rt->cgroup_path,
-			"cgroup_id", (json_int_t)rt->cgid, "slot", (int)i + 1, "attached", rt->attached,
+			"cgroup_id", (json_int_t)rt->cgid, "slot", (int)E->slot_of[i], "attached", rt->attached,
 			"programs", nprogs, "extra_cgroups", extra,
 			"principal", "iss", "local", "sub", p->agents[i].name, "exp", "verified", 0,
 			"connections", (int)atomic_load(&rt->active),
@@ -628,11 +749,36 @@ int enforcer_attach_extra(const char *agent, const char *cgroup, char *err, size
 		snprintf(err, errlen, "'%s' is not a cgroup under %s", cgroup, E->cgroup2);
 		return -ENOENT;
 	}
+	{
+		char own[PATH_MAX];
+		struct stat root;
+
+		/* Never the root cgroup, the enforcer's own cgroup or an ancestor of
+		 * it (its upstream connections would loop), nor a cgroup inside or
+		 * around another agent's (nested agents take each other's identity). */
+		if (stat(E->cgroup2, &root) == 0 && root.st_ino == st.st_ino) {
+			snprintf(err, errlen, "'%s' is the cgroup2 root", cgroup);
+			return -EINVAL;
+		}
+		if (proc_cgroup2_path(getpid(), own, sizeof(own)) == 0 && path_within(own, rel)) {
+			snprintf(err, errlen, "'%s' contains the enforcer itself", cgroup);
+			return -EINVAL;
+		}
+		for (size_t i = 0; i < E->policy->nagents; i++) {
+			const char *o = E->agents[i].cgroup_rel;
+
+			if ((int)i != idx && (path_within(rel, o) || path_within(o, rel))) {
+				snprintf(err, errlen, "'%s' overlaps agent '%s' (%s)", cgroup,
+					 E->policy->agents[i].name, o);
+				return -EINVAL;
+			}
+		}
+	}
 	if (rt->nextra >= 8) {
 		snprintf(err, errlen, "agent '%s' already has 8 extra cgroups", agent);
 		return -E2BIG;
 	}
-	ret = loader_attach(E->loader, agent, abs, idx + 1, &cgid);
+	ret = loader_attach(E->loader, agent, abs, E->slot_of[idx], &cgid);
 	if (ret) {
 		snprintf(err, errlen, "attach to '%s': %s", abs, strerror(-ret));
 		return ret;
@@ -642,6 +788,7 @@ int enforcer_attach_extra(const char *agent, const char *cgroup, char *err, size
 			return 0;
 	snprintf(rt->extra_rel[rt->nextra], PATH_MAX, "%s", rel);
 	rt->extra_cgid[rt->nextra++] = cgid;
+	save_attachments();
 	return 0;
 }
 
@@ -858,6 +1005,8 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 		log_err("audit sinks: %s", strerror(-rc));
 		goto out;
 	}
+	if (assign_slots())
+		goto out;
 	if ((rc = dns_open(&E->dns, E->policy, E->dns_base, epfd, err, sizeof(err)))) {
 		log_err("%s", err);
 		goto out;

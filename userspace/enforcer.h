@@ -61,7 +61,9 @@ struct enforcer {
 	uint64_t netns_cookie;
 	int nworkers;
 	struct worker *workers;
-	struct agent_rt agents[AG_MAX_AGENTS];   /* index = policy agent index; slot = index + 1 */
+	struct agent_rt agents[AG_MAX_AGENTS];   /* index = policy agent index */
+	uint32_t slot_of[AG_MAX_AGENTS];         /* policy agent index -> kernel slot */
+	int agent_of_slot[AG_MAX_AGENTS];        /* kernel slot -> policy agent index, or -1 */
 	struct dns *dns;
 	atomic_ullong no_pair, self_dial;
 	uint64_t kcount_seen[AG_CNT__MAX];
@@ -89,6 +91,15 @@ void enforcer_conn_closed(struct conn *c, const char *why);
 
 /* Fills status JSON (jansson json_t *) — declared void * to keep jansson out. */
 void *enforcer_status_json(void);
+
+/* Kernel slot <-> policy agent index. Slots are stable per agent name across
+ * restarts (<state-dir>/slots.json), so a socket stamped before a restart, or
+ * a cgroup of an agent removed from the policy, never takes another agent's
+ * identity. enforcer_agent_idx returns -1 for a slot no agent holds. */
+static inline int enforcer_agent_idx(uint32_t slot)
+{
+	return slot > 0 && slot < AG_MAX_AGENTS ? E->agent_of_slot[slot] : -1;
+}
 
 /* Index of the agent whose cgroup (path inside the hierarchy) contains rel, or -1. */
 int enforcer_agent_of_cgroup(const char *rel);

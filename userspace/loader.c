@@ -263,6 +263,15 @@ out:
 	return err;
 }
 
+int loader_set_cgroup_slot(struct loader *l, uint64_t cgid, uint32_t slot)
+{
+	struct bpf_cgroup_storage_key key = { .cgroup_inode_id = cgid,
+					      .attach_type = BPF_CGROUP_INET_SOCK_CREATE };
+	struct ag_cgrp_cfg cc = { .slot = slot };
+
+	return bpf_map_update_elem(bpf_map__fd(l->skel->maps.ag_cgrp), &key, &cc, BPF_EXIST) ? -errno : 0;
+}
+
 int loader_set_global(struct loader *l, const struct ag_global *g)
 {
 	__u32 zero = 0;
@@ -319,18 +328,26 @@ int loader_pair_take(struct loader *l, const struct ag_pair_key *k, struct ag_pa
 int loader_pair_sweep(struct loader *l, uint64_t max_age_ns, uint64_t *removed)
 {
 	int fd = bpf_map__fd(l->skel->maps.ag_pairs);
-	struct ag_pair_key k, next;
+	struct ag_pair_key k, next, *stale;
 	struct ag_pair_val v;
-	uint64_t now = now_ns_boot(), n = 0;
+	uint64_t now = now_ns_boot(), n = 0, nstale = 0;
 	bool first = true;
 
-	while (bpf_map_get_next_key(fd, first ? NULL : &k, &next) == 0) {
+	/* Collect first, delete after: deleting while walking makes
+	 * get_next_key restart from the first key. */
+	stale = calloc(AG_PAIR_MAX, sizeof(*stale));
+	if (!stale)
+		return -ENOMEM;
+	while (nstale < AG_PAIR_MAX && bpf_map_get_next_key(fd, first ? NULL : &k, &next) == 0) {
 		first = false;
 		k = next;
-		if (bpf_map_lookup_elem(fd, &k, &v) == 0 && now > v.ts_ns &&
-		    now - v.ts_ns > max_age_ns && bpf_map_delete_elem(fd, &k) == 0)
-			n++;
+		if (bpf_map_lookup_elem(fd, &k, &v) == 0 && now > v.ts_ns && now - v.ts_ns > max_age_ns)
+			stale[nstale++] = k;
 	}
+	for (uint64_t i = 0; i < nstale; i++)
+		if (bpf_map_delete_elem(fd, &stale[i]) == 0)
+			n++;
+	free(stale);
 	if (removed)
 		*removed = n;
 	return 0;

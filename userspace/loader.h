@@ -39,6 +39,9 @@ const struct loader_features *loader_features(const struct loader *l);
 int loader_attach(struct loader *l, const char *agent, const char *cgroup_path, uint32_t slot,
 		  uint64_t *cgid);
 
+/* Writes the agent slot of an attached cgroup (0: its sockets are refused). */
+int loader_set_cgroup_slot(struct loader *l, uint64_t cgid, uint32_t slot);
+
 int loader_set_global(struct loader *l, const struct ag_global *g);
 int loader_set_agent(struct loader *l, uint32_t slot, const struct ag_agent_cfg *cfg);
 /* Adds/removes an allow-set entry for slot: addr/prefixlen (128-bit form), port (0 = any). */

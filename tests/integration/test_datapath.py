@@ -503,7 +503,7 @@ def test_unserved_network_namespace_refused(enforcer, servers):
     enforcer.start(enforce_policy(port))
     # A new user+network namespace (no privileges needed): its 127.0.0.1 is
     # not the enforcer's, and the netns cookie check refuses the connect.
-    r = enforcer.exec("t-agent", ["unshare", "-Urn", PY, "-c", connect_code_flat("127.0.0.1", port)])
+    r = enforcer.exec("t-agent", ["unshare", "-Urn", PY, "-c", connect_code_flat("127.0.0.1", port)], user="nobody")
     assert r.stdout.split() == ["ERR", "ECONNREFUSED"], r.stdout + r.stderr
     assert enforcer.wait_event(lambda e: e.get("unmapped", {}).get("reason") ==
                                "network namespace not served by the enforcer")
