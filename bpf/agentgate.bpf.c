@@ -51,11 +51,14 @@ static __always_inline void map_v4(__u8 a[16], __u32 ip4_be)
 	__builtin_memcpy(a + 12, &ip4_be, 4);
 }
 
+/* The metadata class; twin of policy_is_metadata_addr() in userspace. */
 static __always_inline bool is_metadata(const __u8 a[16])
 {
-	/* 169.254.169.254 */
-	if (is_v4mapped(a))
-		return a[12] == 169 && a[13] == 254 && a[14] == 169 && a[15] == 254;
+	if (is_v4mapped(a))   /* 169.254.0.0/16, 100.100.100.200 */
+		return (a[12] == 169 && a[13] == 254) ||
+		       (a[12] == 100 && a[13] == 100 && a[14] == 100 && a[15] == 200);
+	if (a[0] == 0xfe && (a[1] & 0xc0) == 0x80)   /* fe80::/10 */
+		return true;
 	/* fd00:ec2::254 */
 	return a[0] == 0xfd && a[1] == 0x00 && a[2] == 0x0e && a[3] == 0xc2 &&
 	       a[4] == 0 && a[5] == 0 && a[6] == 0 && a[7] == 0 && a[8] == 0 &&

@@ -134,6 +134,15 @@ static const char *peer_refusal(int fd)
 		return "cannot identify peer";
 	if (proc_cgroup2_path(cr.pid, cg, sizeof(cg)) || enforcer_agent_of_cgroup(cg) >= 0)
 		return "peer runs inside an agent cgroup";
+	/* CapEff is relative to the peer's own user namespace: root of a child
+	 * namespace has all of them there and none here. */
+	char mine[64], theirs[64], p1[64];
+	ssize_t a, b;
+	snprintf(p1, sizeof(p1), "/proc/%d/ns/user", cr.pid);
+	a = readlink("/proc/self/ns/user", mine, sizeof(mine) - 1);
+	b = readlink(p1, theirs, sizeof(theirs) - 1);
+	if (a <= 0 || b != a || memcmp(mine, theirs, a) != 0)
+		return "peer is not in the enforcer's user namespace";
 	if (!has_sys_admin(cr.pid))
 		return "peer lacks CAP_SYS_ADMIN";
 	return NULL;

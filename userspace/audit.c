@@ -9,11 +9,12 @@
 #include <sys/random.h>
 #include <unistd.h>
 
+#include "agentgate_abi.h"
 #include "audit.h"
 #include "util.h"
 
 #define MAX_FOLLOWERS 16
-#define MAX_SINKS 8
+#define MAX_SINKS 16   /* the policy validator allows 16 */
 
 #define SINK_BUF (64 * 1024)
 #define SINK_FLUSH_AT (48 * 1024)
@@ -193,8 +194,17 @@ static void uuid7(char out[37])
 
 void audit_add_agent(json_t *ev, const struct audit_agent *a)
 {
+	/* comm is whatever the agent set with prctl(PR_SET_NAME): keep it
+	 * printable ASCII, or invalid UTF-8 would make jansson drop the actor. */
+	char comm[AG_COMM_LEN + 1] = "";
+	for (int i = 0; a->comm && i < AG_COMM_LEN && a->comm[i]; i++) {
+		unsigned char ch = a->comm[i];
+
+		comm[i] = ch >= 0x20 && ch < 0x7f ? ch : '?';
+		comm[i + 1] = 0;
+	}
 	json_t *proc = json_pack("{s:i, s:i, s:s, s:{s:s}}", "pid", (int)a->pid, "tid", (int)a->tid,
-				 "name", a->comm ? a->comm : "", "user", "uid", "");
+				 "name", comm, "user", "uid", "");
 	char uid[16];
 
 	snprintf(uid, sizeof(uid), "%u", a->uid);

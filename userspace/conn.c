@@ -219,7 +219,7 @@ static void upstream_connected(struct conn *c)
 		return;
 	}
 	c->connecting = false;
-	c->deadline_ms = 0;
+	c->deadline_ms = 0;   /* connected means decided: no deadline while relaying */
 }
 
 void conn_on_event(struct conn_end *e, uint32_t events)

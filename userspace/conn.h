@@ -52,6 +52,7 @@ struct conn {
 	bool fallback_proto;  /* protocol module not available: relayed as tcp */
 	bool would_deny;      /* observe mode: the policy would have denied */
 	const char *deny_reason;
+	char rule_desc[160];  /* "role 'r' rule 2 (line 14)", empty when no rule decided */
 	char upstream_desc[64];
 	struct conn *next, *prev;  /* worker's list */
 };

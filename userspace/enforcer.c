@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -353,7 +354,11 @@ static int program_kernel(void)
 
 static bool is_own_listener(const uint8_t a[16], uint16_t port)
 {
-	bool loop = addr_is_v4mapped(a) ? a[12] == 127 : (memcmp(a, "\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0", 15) == 0 && a[15] == 1);
+	static const uint8_t zero[16];
+	/* loopback, or the unspecified address (connecting to 0.0.0.0 or ::
+	 * reaches the local host) */
+	bool loop = addr_is_v4mapped(a) ? a[12] == 127 || memcmp(a + 12, zero, 4) == 0
+					: memcmp(a, zero, 15) == 0 && a[15] <= 1;
 
 	return loop && (port == E->tcp_port ||
 			(port >= E->dns_base && port < E->dns_base + AG_MAX_AGENTS));
@@ -382,9 +387,11 @@ json_t *enforcer_conn_event(struct conn *c, int activity_id, const char *activit
 	addr_str(c->pair.orig_addr, dst, sizeof(dst));
 	json_object_set_new(ev, "src_endpoint", json_pack("{s:s, s:i}", "ip", src, "port", c->client_port));
 	json_object_set_new(ev, "dst_endpoint", json_pack("{s:s, s:i}", "ip", dst, "port", c->pair.orig_port));
-	json_object_set_new(ev, "connection_info", json_pack("{s:s, s:i, s:i, s:s, s:I}",
+	char cookie[24];
+	snprintf(cookie, sizeof(cookie), "%llu", (unsigned long long)c->pair.sock_cookie);
+	json_object_set_new(ev, "connection_info", json_pack("{s:s, s:i, s:i, s:s, s:s}",
 		"protocol_name", "tcp", "protocol_num", 6, "direction_id", 2, "direction", "Outbound",
-		"uid", (json_int_t)c->pair.sock_cookie));
+		"uid", cookie));
 	json_t *um = json_object_get(ev, "unmapped");
 	if (c->target_idx >= 0)
 		json_object_set_new(um, "target", json_string(p->targets[c->target_idx].name));
@@ -396,6 +403,22 @@ json_t *enforcer_conn_event(struct conn *c, int activity_id, const char *activit
 	if (c->upstream_desc[0])
 		json_object_set_new(um, "upstream", json_string(c->upstream_desc));
 	return ev;
+}
+
+const char *enforcer_rule_name(struct conn *c)
+{
+	if (!c->rule)
+		return NULL;
+	if (!c->rule_desc[0])
+		snprintf(c->rule_desc, sizeof(c->rule_desc), "role '%s' rule %d (line %d)", c->rule->role,
+			 c->rule->index + 1, c->rule->line);
+	return c->rule_desc;
+}
+
+void enforcer_count_refused(struct conn *c)
+{
+	if (c->agent_idx >= 0)
+		atomic_fetch_add(&E->agents[c->agent_idx].refused, 1);
 }
 
 bool enforcer_should_refuse(struct conn *c, const char *reason)
@@ -420,7 +443,7 @@ void enforcer_conn_closed(struct conn *c, const char *why)
 	json_object_set_new(ev, "traffic", json_pack("{s:I, s:I}", "bytes_out", (json_int_t)c->bytes[DIR_UP],
 						     "bytes_in", (json_int_t)c->bytes[DIR_DOWN]));
 	json_object_set_new(ev, "duration", json_integer(now_ns_mono() / 1000000ull - c->start_ms));
-	audit_add_verdict(ev, true, c->would_deny, c->rule ? c->rule->role : NULL, why);
+	audit_add_verdict(ev, true, c->would_deny, enforcer_rule_name(c), why);
 	audit_emit(ev);
 }
 
@@ -428,10 +451,9 @@ static void refuse(struct conn *c, const char *reason)
 {
 	json_t *ev = enforcer_conn_event(c, 5, "Refuse");
 
-	if (c->agent_idx >= 0)
-		atomic_fetch_add(&E->agents[c->agent_idx].refused, 1);
+	enforcer_count_refused(c);
 	if (ev) {
-		audit_add_verdict(ev, false, false, c->rule ? c->rule->role : NULL, reason);
+		audit_add_verdict(ev, false, false, enforcer_rule_name(c), reason);
 		audit_emit(ev);
 	}
 	conn_refuse(c);
@@ -519,12 +541,15 @@ void enforcer_accept(struct worker *w, int fd, int family, const struct sockaddr
 		return;
 	}
 	c->ops = t ? proto_for(t->proto, &c->fallback_proto) : &proto_tcp_ops;
+	if (c->ops->on_agent_data)   /* the module decides on the agent's first bytes */
+		c->deadline_ms = now_ns_mono() / 1000000ull + AG_DECISION_TIMEOUT_MS;
 	err = c->ops->start(c);
-	if (!c->closing) {
+	/* Modules that decide later (tls) record the Open themselves, with what they saw. */
+	if (!c->closing && (err || !c->ops->on_agent_data)) {
 		json_t *ev = enforcer_conn_event(c, 1, "Open");
 
 		if (ev) {
-			audit_add_verdict(ev, !err, c->would_deny, c->rule ? c->rule->role : NULL,
+			audit_add_verdict(ev, !err, c->would_deny, enforcer_rule_name(c),
 					  err ? strerror(-err) : c->deny_reason);
 			audit_emit(ev);
 		}
@@ -818,14 +843,61 @@ static struct policy *load_policy(const char *path, char *desc, size_t desclen)
 	return p;
 }
 
-/* What this build cannot do yet is refused at start, never silently ignored. */
+static bool action_has_content(const struct policy_action *a)
+{
+	return a->present && (a->statements.n || a->tables.n || a->functions.n || a->http.n ||
+			      a->verbs.n || a->resources.n || a->namespaces.n);
+}
+
+/*
+ * What this build cannot enforce is refused at start, never silently ignored:
+ * a rule that narrows a postgres/http/kubernetes target (statements, http,
+ * masks, review) would otherwise be relayed as plain TCP, which grants more
+ * than it says. A bare rule ({target: db}) is connection-level and allowed.
+ */
 static int check_supported(const struct policy *p)
 {
+	int bad = 0;
+
 	for (size_t i = 0; i < p->nagents; i++) {
 		if (p->agents[i].identity.source != IDENT_LOCAL) {
-			log_err("agent '%s': identity source other than 'local' is not implemented in this build",
-				p->agents[i].name);
-			return -ENOTSUP;
+			log_err("agent '%s' (line %d): identity source other than 'local' is not implemented in this build",
+				p->agents[i].name, p->agents[i].line);
+			bad++;
+		}
+		if (p->agents[i].accept_user_tokens) {
+			log_err("agent '%s' (line %d): accept_user_tokens is not implemented in this build",
+				p->agents[i].name, p->agents[i].line);
+			bad++;
+		}
+	}
+	for (size_t i = 0; i < p->ntargets; i++) {
+		const struct policy_target *t = &p->targets[i];
+
+		if (t->upstream.has_address && t->upstream.address.kind != ADDR_IP) {
+			log_err("target '%s' (line %d): upstream.address must be an IP address in this build",
+				t->name, t->line);
+			bad++;
+		}
+	}
+	for (size_t r = 0; r < p->nroles; r++) {
+		for (size_t k = 0; k < p->roles[r].nrules; k++) {
+			const struct policy_rule *ru = &p->roles[r].rules[k];
+
+			if (action_has_content(&ru->allow) || ru->review.present || ru->mask.present) {
+				log_err("role '%s' rule %zu (line %d): allow/review/mask rules for target '%s' need its "
+					"%s module, which is not in this build (a bare '{target: %s}' rule allows "
+					"the connection)", p->roles[r].name, k + 1, ru->line, ru->target,
+					policy_proto_name(p->targets[ru->target_idx].proto), ru->target);
+				bad++;
+			}
+		}
+	}
+	for (size_t b = 0; b < p->nbindings; b++) {
+		if (p->bindings[b].nclaims) {
+			log_err("binding on line %d: bindings by claims need an OIDC identity source, not in this build",
+				p->bindings[b].line);
+			bad++;
 		}
 	}
 	for (size_t i = 0; i < p->audit.nsinks; i++) {
@@ -834,10 +906,18 @@ static int check_supported(const struct policy *p)
 		if (t != SINK_FILE && t != SINK_STDOUT) {
 			log_err("audit sink on line %d: only 'file' and 'stdout' sinks are implemented in this build",
 				p->audit.sinks[i].line);
-			return -ENOTSUP;
+			bad++;
 		}
 	}
-	return 0;
+	if (p->audit.spool_dir) {
+		log_err("audit.spool is not implemented in this build");
+		bad++;
+	}
+	if (p->approvals_webhook) {
+		log_err("approvals are not implemented in this build");
+		bad++;
+	}
+	return bad ? -ENOTSUP : 0;
 }
 
 static int take_lock(const char *state_dir)
@@ -944,6 +1024,12 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 	E->dns_base = AG_DNS_PORT_BASE_DEFAULT;
 	snprintf(E->state_dir, sizeof(E->state_dir), "%s", state_dir);
 
+	/* Two descriptors per relayed connection: take the hard limit. */
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
 	E->policy = load_policy(policy_path, E->policy_desc, sizeof(E->policy_desc));
 	if (!E->policy || check_supported(E->policy))
 		return 1;

@@ -83,6 +83,12 @@ void enforcer_accept(struct worker *w, int fd, int family, const struct sockaddr
 /* A Network Activity (4001) event about connection c, with agent, endpoints,
  * target and module filled; the caller adds the verdict and emits it. */
 json_t *enforcer_conn_event(struct conn *c, int activity_id, const char *activity_name);
+/* The rule that decided, for audit ("role 'r' rule 2 (line 14)"), or NULL. */
+const char *enforcer_rule_name(struct conn *c);
+/* Counts a refusal made by a protocol module. */
+void enforcer_count_refused(struct conn *c);
+#define AG_DECISION_TIMEOUT_MS 10000   /* a module must decide (e.g. see a ClientHello) within this */
+
 /* In observe mode a denial is recorded and the connection goes on: returns
  * true when the caller must refuse (enforce mode). */
 bool enforcer_should_refuse(struct conn *c, const char *reason);

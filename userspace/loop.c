@@ -118,9 +118,30 @@ void worker_retire(struct worker *w, struct conn *c)
 	w->dead = c;
 }
 
+#define ACCEPT_BATCH 64   /* per wakeup, so a connection flood cannot starve live relays */
+
+static void pause_accepting(struct worker *w)
+{
+	for (int i = 0; i < 2; i++)
+		if (w->listen[i].fd >= 0)
+			epoll_ctl(w->epfd, EPOLL_CTL_DEL, w->listen[i].fd, NULL);
+	w->accept_paused_until = now_ns_mono() + 100000000ull;
+}
+
+static void resume_accepting(struct worker *w)
+{
+	for (int i = 0; i < 2; i++) {
+		struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &w->listen[i] };
+
+		if (w->listen[i].fd >= 0)
+			epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->listen[i].fd, &ev);
+	}
+	w->accept_paused_until = 0;
+}
+
 static void accept_all(struct worker *w, int lfd, int family)
 {
-	for (;;) {
+	for (int n = 0; n < ACCEPT_BATCH; n++) {
 		struct sockaddr_storage peer;
 		socklen_t pl = sizeof(peer);
 		int fd = accept4(lfd, (struct sockaddr *)&peer, &pl, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -128,8 +149,15 @@ static void accept_all(struct worker *w, int lfd, int family)
 		if (fd < 0) {
 			if (errno == EINTR || errno == ECONNABORTED)
 				continue;
-			if (errno != EAGAIN)
+			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+				/* Out of descriptors or memory: the listener stays
+				 * readable, so stop watching it for 100 ms rather than
+				 * spin; connections wait in the backlog. */
+				log_warn("accept: %s; pausing accepts for 100 ms", strerror(errno));
+				pause_accepting(w);
+			} else if (errno != EAGAIN) {
 				log_warn("accept: %s", strerror(errno));
+			}
 			return;
 		}
 		enforcer_accept(w, fd, family, &peer);
@@ -144,7 +172,8 @@ static void check_deadlines(struct worker *w)
 		next = c->next;
 		if (c->deadline_ms && now > c->deadline_ms) {
 			c->deadline_ms = 0;
-			enforcer_conn_closed(c, "upstream connect timed out");
+			enforcer_conn_closed(c, c->connecting ? "upstream connect timed out"
+							      : "no decision: the agent sent too little in time");
 			conn_close(c, true);
 		}
 	}
@@ -187,6 +216,8 @@ static void *worker_main(void *arg)
 			conn_free(c);
 		}
 		uint64_t now = now_ns_mono();
+		if (w->accept_paused_until && now > w->accept_paused_until && !w->stop_accept)
+			resume_accepting(w);
 		if (now - last_tick > 200000000ull) {
 			last_tick = now;
 			check_deadlines(w);
@@ -211,6 +242,7 @@ void worker_join(struct worker *w)
 	pthread_join(w->thread, NULL);
 	for (struct conn *c = w->conns, *next; c; c = next) {
 		next = c->next;
+		enforcer_conn_closed(c, "enforcer stopping");
 		conn_close(c, false);
 	}
 	while (w->dead) {

@@ -23,6 +23,7 @@ struct worker {
 	int nconns;
 	volatile int stop;
 	volatile int stop_accept;      /* set by the main thread; the worker closes its listeners */
+	uint64_t accept_paused_until;   /* monotonic ns; 0 = accepting */
 	void *spare[WORKER_SPARE_BUFS];  /* recycled CONN_BUF buffers */
 	int nspare;
 };

@@ -40,8 +40,14 @@ static int usage(FILE *f)
 	return f == stderr ? 2 : 0;
 }
 
+/* Exit 3 only when no enforcer runs; a socket we may not open is an error. */
 static int not_running(void)
 {
+	if (errno == EACCES || errno == EPERM) {
+		fprintf(stderr, "agentgate: cannot reach the enforcer of '%s': %s (run as root)\n", state_dir,
+			strerror(errno));
+		return 1;
+	}
 	fprintf(stderr, "agentgate: no enforcer is running for state directory '%s'\n", state_dir);
 	return 3;
 }
@@ -286,8 +292,10 @@ static int cmd_audit(int argc, char **argv)
 			return usage(stderr);
 	}
 	int fd = admin_connect(state_dir);
-	if (fd < 0)
+	if (fd < 0) {
+		errno = -fd;
 		return not_running();
+	}
 	json_t *req = json_pack("{s:s, s:I, s:b}", "cmd", "audit_tail", "n", (json_int_t)n, "follow", follow);
 	char *s = json_dumps(req, JSON_COMPACT);
 	json_decref(req);

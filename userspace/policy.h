@@ -219,7 +219,8 @@ int policy_match_target(const struct policy *p, const uint8_t addr[16], uint16_t
  * suffix, not suffix itself), or when dns.allow is absent/empty. Case-insensitive. */
 bool policy_dns_allowed(const struct policy *p, const char *name);
 
-/* True for 169.254.169.254 and fd00:ec2::254 (16-byte form). */
+/* True for the metadata class: 169.254.0.0/16, 100.100.100.200, fe80::/10,
+ * fd00:ec2::254 (16-byte form). */
 bool policy_is_metadata_addr(const uint8_t addr[16]);
 
 /* Parses "ip:port", "[v6]:port", "cidr:port" ("10.0.0.0/8:5432", "[fd00::/8]:443")

@@ -172,16 +172,24 @@ bool policy_dns_allowed(const struct policy *p, const char *name)
 	return false;
 }
 
+/*
+ * The metadata class: the link-local ranges cloud instance metadata and
+ * credential services live in (169.254.0.0/16: AWS/GCP/Azure IMDS, ECS task
+ * credentials at 169.254.170.2; fe80::/10), AWS's IPv6 IMDS fd00:ec2::254 and
+ * Alibaba's 100.100.100.200. Twin of is_metadata() in bpf/agentgate.bpf.c.
+ */
 bool policy_is_metadata_addr(const uint8_t addr[16])
 {
-	static const uint8_t aws_v4[16] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff,
-					    169, 254, 169, 254 };
+	static const uint8_t v4map[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
 	static const uint8_t aws_v6[16] = { 0xfd, 0x00, 0x0e, 0xc2, 0, 0, 0, 0,
 					    0, 0, 0, 0, 0, 0, 0x02, 0x54 };
 
 	if (!addr)
 		return false;
-	return memcmp(addr, aws_v4, 16) == 0 || memcmp(addr, aws_v6, 16) == 0;
+	if (memcmp(addr, v4map, 12) == 0)
+		return (addr[12] == 169 && addr[13] == 254) ||
+		       (addr[12] == 100 && addr[13] == 100 && addr[14] == 100 && addr[15] == 200);
+	return memcmp(addr, aws_v6, 16) == 0 || (addr[0] == 0xfe && (addr[1] & 0xc0) == 0x80);
 }
 
 /* ---- address parsing --------------------------------------------------- */

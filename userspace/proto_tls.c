@@ -41,13 +41,15 @@ static const char *sni_verdict(const struct policy_target *t, const struct tls_h
 
 static void audit_sni(struct conn *c, const struct tls_hello *h, bool allowed, const char *reason)
 {
-	json_t *ev = enforcer_conn_event(c, allowed ? 6 : 5, allowed ? "Traffic" : "Refuse");
+	json_t *ev = enforcer_conn_event(c, allowed ? 1 : 5, allowed ? "Open" : "Refuse");
 
 	if (!ev)
 		return;
 	if (h && h->has_sni)
 		json_object_set_new(ev, "tls", json_pack("{s:s}", "sni", h->sni));
-	audit_add_verdict(ev, allowed, c->would_deny, c->rule ? c->rule->role : NULL, reason);
+	if (!allowed)
+		enforcer_count_refused(c);
+	audit_add_verdict(ev, allowed, c->would_deny, enforcer_rule_name(c), reason);
 	audit_emit(ev);
 }
 

@@ -109,6 +109,22 @@ audit: {{sinks: [{{type: webhook, url: 'http://127.0.0.1:1/x'}}]}}
     assert r.returncode == 1 and "only 'file' and 'stdout' sinks" in r.stderr, r.stderr
 
 
+def test_run_refuses_rules_it_cannot_enforce(tmp):
+    """A rule that narrows a postgres target would be relayed as plain TCP,
+    granting more than it says: refused at start, not silently widened."""
+    p = os.path.join(tmp, "p.yaml")
+    with open(p, "w") as f:
+        f.write("""version: 1
+agents: [{name: a}]
+targets: [{name: db, protocol: postgres, address: 127.0.0.1:5432}]
+roles: [{name: r, rules: [{target: db, allow: {statements: [select]}}]}]
+bindings: [{role: r, agents: [a]}]
+""")
+    assert run("policy", "check", p).returncode == 0     # the shape is valid
+    r = run("--state-dir", os.path.join(tmp, "s"), "run", "--policy", p, timeout=20)
+    assert r.returncode == 1 and "need its postgres module" in r.stderr, r.stderr
+
+
 def test_unimplemented_commands_say_so():
     for args in (["reload"], ["audit", "verify", "x"], ["approvals", "list"], ["replay", "s"],
                  ["token", "verify", "--agent", "a", "-"]):

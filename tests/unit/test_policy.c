@@ -593,18 +593,30 @@ static void test_match_target(void)
 
 static void test_metadata(void)
 {
+	static const struct { const char *ip; bool want; } cases[] = {
+		{ "169.254.169.254", true },     /* AWS/GCP/Azure IMDS */
+		{ "169.254.170.2", true },       /* ECS task credentials */
+		{ "169.254.0.1", true },         /* all of 169.254.0.0/16 */
+		{ "169.255.0.1", false },
+		{ "169.253.255.255", false },
+		{ "100.100.100.200", true },     /* Alibaba */
+		{ "100.100.100.201", false },
+		{ "fd00:ec2::254", true },       /* AWS IPv6 IMDS */
+		{ "fd00:ec2::253", false },
+		{ "fe80::1", true },             /* fe80::/10 */
+		{ "febf::1", true },
+		{ "fec0::1", false },
+		{ "::169.254.169.254", false },  /* not v4-mapped */
+		{ "10.0.0.1", false },
+	};
 	uint8_t a[16];
 
-	addr_of("169.254.169.254", a);
-	CHECK(policy_is_metadata_addr(a));
-	addr_of("fd00:ec2::254", a);
-	CHECK(policy_is_metadata_addr(a));
-	addr_of("169.254.169.253", a);
-	CHECK(!policy_is_metadata_addr(a));
-	addr_of("::169.254.169.254", a);      /* not v4-mapped */
-	CHECK(!policy_is_metadata_addr(a));
-	addr_of("fd00:ec2::253", a);
-	CHECK(!policy_is_metadata_addr(a));
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		addr_of(cases[i].ip, a);
+		if (policy_is_metadata_addr(a) != cases[i].want)
+			fprintf(stderr, "  metadata case %s\n", cases[i].ip);
+		CHECK(policy_is_metadata_addr(a) == cases[i].want);
+	}
 	CHECK(!policy_is_metadata_addr(NULL));
 }
 
