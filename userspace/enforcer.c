@@ -284,6 +284,35 @@ static void restore_attachments(void)
 	json_decref(arr);
 }
 
+/*
+ * Keeps the enforcer's ports out of the ephemeral range, so no socket (an
+ * agent's autobind while the enforcer is down, say) can hold one and stop it
+ * from starting. Appends to net.ipv4.ip_local_reserved_ports; never removes.
+ */
+static void reserve_ports(void)
+{
+	const char *path = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+	char want[64], *cur = read_file(path, 65536, NULL);
+	int fd;
+
+	snprintf(want, sizeof(want), "%u,%u-%u", E->tcp_port, E->dns_base, E->dns_base + AG_MAX_AGENTS - 1);
+	if (!cur)
+		return;
+	cur[strcspn(cur, "\n")] = 0;
+	if (!strstr(cur, want)) {
+		char *val = NULL;
+
+		if (asprintf(&val, "%s%s%s", cur, cur[0] ? "," : "", want) > 0 &&
+		    (fd = open(path, O_WRONLY | O_CLOEXEC)) >= 0) {
+			if (write_all(fd, val, strlen(val)))
+				log_warn("could not reserve ports %s: %s", want, strerror(errno));
+			close(fd);
+		}
+		free(val);
+	}
+	free(cur);
+}
+
 static int program_kernel(void)
 {
 	const struct policy *p = E->policy;
@@ -302,6 +331,7 @@ static int program_kernel(void)
 		log_err("policy: at most %d agents", AG_MAX_AGENTS - 1);
 		return -E2BIG;
 	}
+	reserve_ports();
 	err = loader_set_global(E->loader, &g);
 	if (err)
 		return err;
@@ -319,6 +349,15 @@ static int program_kernel(void)
 		log_err("kernel allow set: %s", strerror(-err));
 		return err;
 	}
+	for (size_t i = 0; i < p->nagents; i++)
+		for (size_t j = i + 1; j < p->nagents; j++)
+			if (path_within(E->agents[i].cgroup_rel, E->agents[j].cgroup_rel) ||
+			    path_within(E->agents[j].cgroup_rel, E->agents[i].cgroup_rel)) {
+				log_err("agents '%s' (%s) and '%s' (%s): one cgroup lies inside the other; "
+					"nested agents would take each other's identity", p->agents[i].name,
+					E->agents[i].cgroup_rel, p->agents[j].name, E->agents[j].cgroup_rel);
+				return -EINVAL;
+			}
 	for (size_t i = 0; i < p->nagents; i++) {
 		struct agent_rt *rt = &E->agents[i];
 

@@ -21,22 +21,23 @@ _Static_assert(CONN_BUF >= TLS_HELLO_MAX, "a whole ClientHello must fit the agen
 
 static const char *sni_verdict(const struct policy_target *t, const struct tls_hello *h)
 {
-	bool named = false;
+	const char *names[2] = {
+		t && t->addr.kind == ADDR_HOST ? t->addr.host : NULL,
+		t ? t->upstream.server_name : NULL,
+	};
 
-	if (t && t->addr.kind == ADDR_HOST) {
-		named = true;
-		if (h->has_sni && strcasecmp(h->sni, t->addr.host) == 0)
+	if (!names[0] && !names[1])
+		return NULL;   /* an IP target without server_name: any SNI, recorded */
+	/* With ECH the SNI is only the outer, public name: the real server could
+	 * be any host behind it. A name-checked target cannot allow that. */
+	if (h->has_ech)
+		return "ClientHello uses Encrypted Client Hello: the real server name is hidden";
+	if (!h->has_sni)
+		return "ClientHello has no server name (SNI)";
+	for (int i = 0; i < 2; i++)
+		if (names[i] && strcasecmp(h->sni, names[i]) == 0)
 			return NULL;
-	}
-	if (t && t->upstream.server_name) {
-		named = true;
-		if (h->has_sni && strcasecmp(h->sni, t->upstream.server_name) == 0)
-			return NULL;
-	}
-	if (!named)
-		return NULL;
-	return h->has_sni ? "server name (SNI) is not one of the target's names"
-			  : "ClientHello has no server name (SNI)";
+	return "server name (SNI) is not one of the target's names";
 }
 
 static void audit_sni(struct conn *c, const struct tls_hello *h, bool allowed, const char *reason)

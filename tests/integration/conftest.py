@@ -253,11 +253,14 @@ class Enforcer:
         return os.path.join(CG2, "agentgate", agent)
 
     def events(self):
+        """Complete audit lines so far (a batch may be mid-write: a last line
+        without its newline is not complete yet)."""
         try:
             with open(self.audit) as f:
-                return [json.loads(l) for l in f if l.strip()]
+                data = f.read()
         except FileNotFoundError:
             return []
+        return [json.loads(l) for l in data.split("\n")[:-1] if l.strip()]
 
     def wait_event(self, pred, timeout=5.0):
         found = wait_for(lambda: [e for e in self.events() if pred(e)], timeout)
