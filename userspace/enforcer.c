@@ -959,12 +959,12 @@ static int check_supported(const struct policy *p)
 	return bad ? -ENOTSUP : 0;
 }
 
-static int take_lock(const char *state_dir)
+/* Takes the lock file at path (flock); the holder's pid is written in it. */
+static int take_lock(const char *path)
 {
-	char path[PATH_MAX + 16], pidbuf[32];
+	char pidbuf[32];
 	int fd;
 
-	snprintf(path, sizeof(path), "%s/run.lock", state_dir);
 	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return -errno;
@@ -1053,7 +1053,8 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 	struct admin *adm = NULL;
 	char own[PATH_MAX], err[256];
 	sigset_t mask;
-	int epfd = -1, sfd = -1, lockfd = -1, ret = 1, rc;
+	int epfd = -1, sfd = -1, lockfd = -1, hostlock = -1, ret = 1, rc;
+	char lockpath[PATH_MAX + 16];
 	uint32_t rbsize = 0;
 	socklen_t cl = sizeof(enf.netns_cookie);
 
@@ -1077,9 +1078,18 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 		return 1;
 	}
 	chmod(state_dir, 0700);
-	lockfd = take_lock(state_dir);
+	snprintf(lockpath, sizeof(lockpath), "%s/run.lock", state_dir);
+	lockfd = take_lock(lockpath);
 	if (lockfd < 0)
 		return 1;
+	/* The pins and the listener ports are global: one enforcer per host,
+	 * whatever its state directory. */
+	mkdir_p("/run/agentgate", 0700);
+	hostlock = take_lock("/run/agentgate/enforcer.lock");
+	if (hostlock < 0) {
+		close(lockfd);
+		return 1;
+	}
 	if ((rc = find_mount("cgroup2", E->cgroup2, sizeof(E->cgroup2)))) {
 		log_err("no cgroup2 mount in /proc/self/mountinfo: %s", strerror(-rc));
 		goto out;
@@ -1198,5 +1208,7 @@ out:
 		close(sfd);
 	if (lockfd >= 0)
 		close(lockfd);
+	if (hostlock >= 0)
+		close(hostlock);
 	return ret;
 }

@@ -579,12 +579,18 @@ def test_status_exit_3_without_enforcer(tmp):
     assert r.returncode == 3 and "no enforcer" in r.stderr
 
 
-def test_second_enforcer_refused(enforcer, servers):
+def test_second_enforcer_refused(enforcer, servers, tmp):
     port, _ = servers.echo()
     enforcer.start(enforce_policy(port))
     r = subprocess.run([AG, "--state-dir", enforcer.state, "run", "--policy",
                         enforcer.policy(enforce_policy(port))], capture_output=True, text=True, timeout=10)
     assert r.returncode == 1 and "another enforcer" in r.stderr
+    # Another state directory does not make a second enforcer possible: the
+    # pins and ports are global.
+    r = subprocess.run([AG, "--state-dir", os.path.join(tmp, "other"), "run", "--policy",
+                        enforcer.policy(enforce_policy(port))], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 1 and "another enforcer" in r.stderr and "/run/agentgate" in r.stderr
+    assert enforcer.status_rc() == 0
 
 
 def test_forged_connection_without_hooks_refused(enforcer, servers):
