@@ -194,11 +194,14 @@ static void agent_ctx(int slot, struct audit_agent *a)
 static void audit_dns(struct dns *d, int slot, const char *qname, uint16_t qtype, int rcode,
 		      const struct dns_answer *ans, bool allowed, const char *reason)
 {
-	json_t *ev = audit_event(4003, allowed ? 2 : 1, allowed ? "Response" : "Query");
+	json_t *ev;
 	struct audit_agent a;
 	const char *tn = dns_type_name(qtype);
 	char up[64];
 
+	if (!enforcer_audit_admit(slot))
+		return;
+	ev = audit_event(4003, allowed ? 2 : 1, allowed ? "Response" : "Query");
 	if (!ev)
 		return;
 	agent_ctx(slot, &a);

@@ -603,6 +603,53 @@ void enforcer_accept(struct worker *w, int fd, int family, const struct sockaddr
 
 /* ---- ring buffer, counters, status --------------------------------------- */
 
+bool enforcer_audit_admit(uint32_t slot)
+{
+	uint64_t now = now_ns_mono();
+
+	if (slot >= AG_MAX_AGENTS)
+		slot = 0;
+	typeof(E->bucket[0]) *b = &E->bucket[slot];
+	if (!b->last_ns)
+		b->tokens = E->audit_burst;
+	else
+		b->tokens += (double)(now - b->last_ns) * E->audit_rate / 1e9;
+	if (b->tokens > E->audit_burst)
+		b->tokens = E->audit_burst;
+	b->last_ns = now;
+	if (b->tokens >= 1) {
+		b->tokens -= 1;
+		return true;
+	}
+	b->suppressed++;
+	return false;
+}
+
+/* One loss event per agent per second for what the rate limit suppressed. */
+static void report_suppressed(void)
+{
+	for (int s = 0; s < AG_MAX_AGENTS; s++) {
+		int ai = enforcer_agent_idx(s);
+		json_t *ev;
+
+		if (!E->bucket[s].suppressed)
+			continue;
+		ev = audit_event(1008, 99, "Other");
+		if (ev) {
+			json_object_set_new(ev, "message", json_string(
+				"audit events of this agent suppressed by the rate limit (enforcement unaffected)"));
+			json_object_set_new(ev, "unmapped", json_pack("{s:{s:s, s:I, s:i, s:i}}", "loss",
+				"counter", "agent_rate_limited", "count", (json_int_t)E->bucket[s].suppressed,
+				"rate_per_s", (int)E->audit_rate, "burst", (int)E->audit_burst));
+			if (ai >= 0)
+				json_object_set_new(json_object_get(ev, "unmapped"), "agent",
+						    json_pack("{s:s}", "name", E->policy->agents[ai].name));
+			audit_emit(ev);
+		}
+		E->bucket[s].suppressed = 0;
+	}
+}
+
 static int on_kernel_event(void *ctx, void *data, size_t size)
 {
 	const struct ag_event *e = data;
@@ -614,6 +661,8 @@ static int on_kernel_event(void *ctx, void *data, size_t size)
 		return 0;
 	if (e->kind == AG_EV_REDIRECT || e->kind == AG_EV_DNS_REDIRECT)
 		return 0;   /* the enforcer audits the connection itself, with more context */
+	if (!enforcer_audit_admit(e->slot))
+		return 0;
 	int ai = enforcer_agent_idx(e->slot);
 	if (ai >= 0) {
 		a.name = E->policy->agents[ai].name;
@@ -1034,6 +1083,7 @@ static int main_loop(int epfd, int sfd, struct ring_buffer *rb, struct admin *ad
 		if (now != last_sec) {
 			last_sec = now;
 			check_counters();
+			report_suppressed();
 			dns_tick(E->dns);
 		}
 		if (now - last_sweep >= 10) {
@@ -1108,6 +1158,18 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 
 		if (parse_u64(rbenv, 4096, 1u << 30, &v) == 0)
 			rbsize = v;
+	}
+	/* Test knob: "RATE/BURST" for the per-agent audit rate limit. */
+	E->audit_rate = AUDIT_RATE;
+	E->audit_burst = AUDIT_BURST;
+	const char *rl_env = getenv("AGENTGATE_AUDIT_RATE");
+	if (rl_env) {
+		unsigned rate, burst;
+
+		if (sscanf(rl_env, "%u/%u", &rate, &burst) == 2 && rate > 0 && burst > 0) {
+			E->audit_rate = rate;
+			E->audit_burst = burst;
+		}
 	}
 	if ((rc = loader_open(&E->loader, rbsize))) {
 		log_err("loading BPF programs: %s", strerror(-rc));

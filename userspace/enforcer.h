@@ -67,6 +67,8 @@ struct enforcer {
 	struct dns *dns;
 	atomic_ullong no_pair, self_dial;
 	uint64_t kcount_seen[AG_CNT__MAX];
+	struct { double tokens; uint64_t last_ns, suppressed; } bucket[AG_MAX_AGENTS];
+	double audit_rate, audit_burst;
 	uint64_t started_ms;
 	volatile sig_atomic_t stop;
 	atomic_bool draining;
@@ -106,6 +108,16 @@ static inline int enforcer_agent_idx(uint32_t slot)
 {
 	return slot > 0 && slot < AG_MAX_AGENTS ? E->agent_of_slot[slot] : -1;
 }
+
+/*
+ * Per-agent token bucket for audit events an agent can cause without holding
+ * a connection (kernel denials, DNS queries): AUDIT_RATE per second, bursts
+ * of AUDIT_BURST. Suppressed events are counted and reported once a second as
+ * an Event Log Activity (1008) event. Main thread only.
+ */
+#define AUDIT_RATE  5000
+#define AUDIT_BURST 20000
+bool enforcer_audit_admit(uint32_t slot);
 
 /* Index of the agent whose cgroup (path inside the hierarchy) contains rel, or -1. */
 int enforcer_agent_of_cgroup(const char *rel);

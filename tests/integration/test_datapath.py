@@ -782,3 +782,34 @@ def test_relay_integrity_under_concurrency(enforcer, servers):
     closes = wait_for(lambda: [e for e in enforcer.events() if e.get("activity_name") == "Close"]
                       if len([e for e in enforcer.events() if e.get("activity_name") == "Close"]) >= 40 else None)
     assert closes and all(e["traffic"]["bytes_in"] == 2 * 1024 * 1024 for e in closes)
+
+
+def test_audit_rate_limit_per_agent(enforcer, servers):
+    """A flood of denied sends is enforced in full, but an agent cannot fill
+    the disk: past its burst, its events are counted, not written. (The
+    limit is lowered to 100/s, burst 500, through a test knob.)"""
+    port, _ = servers.echo()
+    enforcer.start(enforce_policy(port), env={"AGENTGATE_AUDIT_RATE": "100/500"})
+    r = enforcer.py("t-agent", """
+    import socket
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    denied = 0
+    for i in range(5000):
+        try:
+            s.sendto(b"x", ("192.0.2.1", 9000))
+        except PermissionError:
+            denied += 1
+    print(denied)
+    """, timeout=60)
+    assert r.stdout.strip() == "5000", r.stdout + r.stderr
+    loss = enforcer.wait_event(lambda e: e.get("class_uid") == 1008 and
+                               e["unmapped"]["loss"]["counter"] == "agent_rate_limited", timeout=8)
+    assert loss and loss["unmapped"]["agent"]["name"] == "t-agent"
+    time.sleep(1.5)
+    evs = enforcer.events()
+    written = len([e for e in evs if e.get("unmapped", {}).get("enforced_by") == "kernel"])
+    suppressed = sum(e["unmapped"]["loss"]["count"] for e in evs
+                     if e.get("class_uid") == 1008 and e["unmapped"]["loss"]["counter"] == "agent_rate_limited")
+    dropped = enforcer.status()["counters"]["ringbuf_dropped"]
+    assert 500 <= written < 1500, written
+    assert written + suppressed + dropped == 5000, (written, suppressed, dropped)
