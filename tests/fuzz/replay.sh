@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Replay every fuzz corpus through its target without libFuzzer: gcc,
-# ASan+UBSan, one binary per target (replay.c + fuzz_<t>.c + userspace/<t>.c).
-# Prints "fuzz-replay <t>: N passed, M failed" per corpus; exits non-zero if
-# anything failed or crashed. Run by `make test` via tests/run.sh.
+# ASan+UBSan, one binary per corpus/<t>/ (replay.c + fuzz_<t>.c + what
+# targets.sh says it links). Prints "fuzz-replay <t>: N passed, M failed"
+# per corpus; exits non-zero if anything failed to build, failed or crashed.
+# Meant for `make test` (tests/run.sh).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+. tests/fuzz/targets.sh
 
 out=build/fuzz-replay
 CC=${CC:-gcc}
@@ -12,20 +14,13 @@ CFLAGS=(-std=gnu11 -g -O1 -Wall -Wextra -Werror -Wno-unused-parameter -D_GNU_SOU
 	-fno-omit-frame-pointer -fsanitize=address,undefined
 	-fno-sanitize-recover=undefined -Iuserspace)
 
-libs_for() {
-	case $1 in
-	dns_msg) echo -lresolv ;;
-	*) ;;
-	esac
-}
-
 mkdir -p "$out"
 rc=0
 for corpus in tests/fuzz/corpus/*/; do
 	t=$(basename "$corpus")
 	# shellcheck disable=SC2046
-	if ! "$CC" "${CFLAGS[@]}" tests/fuzz/replay.c "tests/fuzz/fuzz_$t.c" "userspace/$t.c" \
-		-o "$out/replay_$t" $(libs_for "$t"); then
+	if ! "$CC" "${CFLAGS[@]}" tests/fuzz/replay.c "tests/fuzz/fuzz_$t.c" $(fuzz_srcs "$t") \
+		-o "$out/replay_$t" $(fuzz_libs "$t"); then
 		echo "fuzz-replay $t: 0 passed, 1 failed (build)"
 		rc=1
 		continue

@@ -1,0 +1,39 @@
+# shellcheck shell=bash
+# What each fuzz target links: sourced by run.sh and replay.sh.
+# A target is tests/fuzz/fuzz_<name>.c with its corpus in corpus/<name>/;
+# by default it tests userspace/<name>.c and needs no library. Add a line
+# below when a target differs.
+
+fuzz_srcs() {
+	case $1 in
+	jwt) echo userspace/ident_jwt.c ;;
+	*) echo "userspace/$1.c" ;;
+	esac
+}
+
+fuzz_libs() {
+	case $1 in
+	dns_msg) echo -lresolv ;;
+	jwt) echo -ljansson -lssl -lcrypto ;;
+	*) ;;
+	esac
+}
+
+# libFuzzer -max_len: enough to reach the parser's own size limit.
+fuzz_max_len() {
+	case $1 in
+	tls_hello) echo $((65536 + 64)) ;;    # TLS_HELLO_MAX and a bit
+	dns_msg) echo 8192 ;;                 # past DNS_QUERY_MAX
+	*) echo 4096 ;;
+	esac
+}
+
+# Every target present: fuzz_<name>.c files, in name order.
+fuzz_all_targets() {
+	local f
+	for f in tests/fuzz/fuzz_*.c; do
+		[ -e "$f" ] || continue
+		f=${f#tests/fuzz/fuzz_}
+		echo "${f%.c}"
+	done
+}
