@@ -96,34 +96,6 @@ static int resolv_conf_upstream(uint8_t addr[16])
 	return ret;
 }
 
-static int udp_listen(int family, uint16_t port)
-{
-	struct sockaddr_storage ss;
-	uint8_t a[16] = { 0 };
-	int one = 1, fd;
-	socklen_t len;
-
-	if (family == AF_INET) {
-		a[10] = a[11] = 0xff;
-		a[12] = 127;
-	}
-	a[15] = 1;
-	len = addr_to_sockaddr(a, port, &ss);
-	fd = socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -errno;
-	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (family == AF_INET6)
-		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-	if (bind(fd, (struct sockaddr *)&ss, len)) {
-		int err = -errno;
-
-		close(fd);
-		return err;
-	}
-	return fd;
-}
-
 int dns_open(struct dns **out, const struct policy *p, uint16_t base, int epfd, char *err, size_t errlen)
 {
 	struct dns *d = calloc(1, sizeof(*d));
@@ -146,7 +118,7 @@ int dns_open(struct dns **out, const struct policy *p, uint16_t base, int epfd, 
 		int slot = E->slot_of[i];
 
 		for (int f = 0; f < 2; f++) {
-			int fd = udp_listen(f ? AF_INET6 : AF_INET, base + slot);
+			int fd = loopback_socket(f ? AF_INET6 : AF_INET, SOCK_DGRAM, base + slot, false);
 			struct main_item *it = &d->listeners[d->nlisteners];
 			struct epoll_event ev = { .events = EPOLLIN, .data.ptr = it };
 

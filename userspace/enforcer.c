@@ -521,11 +521,7 @@ void enforcer_accept(struct worker *w, int fd, int family, const struct sockaddr
 	worker_link(w, c);
 	addr_from_sockaddr(peer, key.client_addr, &key.client_port);
 	/* The listeners are bound to exactly these addresses: no getsockname(). */
-	if (family == AF_INET) {
-		key.listen_addr[10] = key.listen_addr[11] = 0xff;
-		key.listen_addr[12] = 127;
-	}
-	key.listen_addr[15] = 1;
+	addr_loopback(family, key.listen_addr);
 	key.listen_port = E->tcp_port;
 	memcpy(c->client_addr, key.client_addr, 16);
 	c->client_port = key.client_port;

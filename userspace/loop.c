@@ -15,28 +15,12 @@
 
 static int listen_on(int family, uint16_t port)
 {
-	struct sockaddr_storage ss;
-	uint8_t a[16] = { 0 };
-	int one = 1, fd;
-	socklen_t len;
+	int one = 1, fd = loopback_socket(family, SOCK_STREAM, port, true);
 
-	if (family == AF_INET) {
-		a[10] = a[11] = 0xff;
-		a[12] = 127;
-		a[15] = 1;
-	} else {
-		a[15] = 1;
-	}
-	len = addr_to_sockaddr(a, port, &ss);
-	fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
-		return -errno;
-	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+		return fd;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));   /* inherited by accepted sockets */
-	if (family == AF_INET6)
-		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-	if (bind(fd, (struct sockaddr *)&ss, len) || listen(fd, 4096)) {
+	if (listen(fd, 4096)) {
 		int err = -errno;
 
 		close(fd);

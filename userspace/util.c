@@ -139,6 +139,42 @@ void addr_str(const uint8_t a[16], char *out, size_t outlen)
 		inet_ntop(AF_INET6, a, out, outlen);
 }
 
+void addr_loopback(int family, uint8_t a[16])
+{
+	memset(a, 0, 16);
+	if (family == AF_INET) {
+		a[10] = a[11] = 0xff;
+		a[12] = 127;
+	}
+	a[15] = 1;
+}
+
+int loopback_socket(int family, int type, uint16_t port, bool reuseport)
+{
+	struct sockaddr_storage ss;
+	uint8_t a[16];
+	int one = 1, fd;
+	socklen_t len;
+
+	addr_loopback(family, a);
+	len = addr_to_sockaddr(a, port, &ss);
+	fd = socket(family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (reuseport)
+		setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+	if (family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	if (bind(fd, (struct sockaddr *)&ss, len)) {
+		int err = -errno;
+
+		close(fd);
+		return err;
+	}
+	return fd;
+}
+
 static uint64_t clock_ns(clockid_t id)
 {
 	struct timespec ts;

@@ -37,6 +37,13 @@ socklen_t addr_to_sockaddr(const uint8_t a[16], uint16_t port, struct sockaddr_s
 /* "1.2.3.4" or "2001:db8::1" (v4-mapped printed as IPv4). */
 void addr_str(const uint8_t a[16], char *out, size_t outlen);
 
+/* The enforcer's loopback address for family (127.0.0.1 as v4-mapped, or ::1). */
+void addr_loopback(int family, uint8_t a[16]);
+/* A non-blocking socket of type bound to the loopback address of family at
+ * port (IPv6 sockets IPv6-only, SO_REUSEADDR; SO_REUSEPORT when reuseport).
+ * Returns the fd or -errno; the caller listens. */
+int loopback_socket(int family, int type, uint16_t port, bool reuseport);
+
 uint64_t now_ms_realtime(void);
 uint64_t now_ns_mono(void);
 uint64_t now_ns_boot(void);
