@@ -148,6 +148,15 @@ static int pump(struct conn *c, int d)
 			if (n < 0) {
 				if (errno == EINTR)
 					continue;
+				if (errno == EPIPE || errno == ECONNRESET) {
+					/* The destination is gone: this direction is over,
+					 * but what the other one still carries (an early
+					 * answer, say) is delivered before closing. */
+					c->len[d] = c->off[d] = 0;
+					c->eof[d] = c->shut[d] = true;
+					shutdown(src, SHUT_RD);
+					return 0;
+				}
 				return errno == EAGAIN ? 0 : -errno;
 			}
 			c->off[d] += n;

@@ -813,3 +813,50 @@ def test_audit_rate_limit_per_agent(enforcer, servers):
     dropped = enforcer.status()["counters"]["ringbuf_dropped"]
     assert 500 <= written < 1500, written
     assert written + suppressed + dropped == 5000, (written, suppressed, dropped)
+
+
+EARLY_ANSWER_SERVER = r"""
+import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen()
+print("ready", flush=True)
+c, _ = s.accept()
+c.recv(10)                                   # reads the start of the upload only
+c.sendall(b"413 too large\n")
+c.close()                                    # the rest of the upload is refused
+time.sleep(2)
+"""
+
+
+def test_early_answer_delivered_when_upstream_closes(enforcer, servers, tmp):
+    """The upstream answers and closes while the agent is still sending: the
+    agent still gets the answer."""
+    port = __import__("conftest").free_port()
+    srv = subprocess.Popen([PY, "-c", EARLY_ANSWER_SERVER, str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert srv.stdout.readline().strip() == "ready"
+        enforcer.start(enforce_policy(port))
+        r = enforcer.py("t-agent", f"""
+        import socket, threading
+        s = socket.create_connection(("127.0.0.1", {port}), timeout=10)
+        def upload():
+            try:
+                for i in range(400):
+                    s.sendall(b"x" * 65536)
+            except OSError:
+                pass
+        t = threading.Thread(target=upload, daemon=True); t.start()
+        got = b""
+        try:
+            while not got.endswith(b"\\n"):
+                d = s.recv(100)
+                if not d: break
+                got += d
+        except OSError as e:
+            got += b"ERR " + str(e).encode()
+        print(got.decode().strip())
+        """, timeout=60)
+        assert r.stdout.strip() == "413 too large", r.stdout + r.stderr
+    finally:
+        srv.kill()
+        srv.wait()
