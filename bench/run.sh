@@ -158,9 +158,10 @@ ag_setup() {
 	EOF
 	./agentgate run --policy "$TMP/policy.yaml" --state-dir "$AG_STATE" >"$TMP/agentgate.log" 2>&1 &
 	AG_PID=$!
-	AG_STARTED=1
 	for ((i = 0; i < 100; i++)); do
-		./agentgate status --state-dir "$AG_STATE" >/dev/null 2>&1 && break
+		# Only an enforcer we saw become ready is ours to detach afterwards:
+		# one that exited (another enforcer holds the host lock) is not.
+		./agentgate status --state-dir "$AG_STATE" >/dev/null 2>&1 && { AG_STARTED=1; break; }
 		if ! kill -0 "$AG_PID" 2>/dev/null; then
 			wait "$AG_PID"; rc=$?; AG_PID=
 			ag_fail "enforcer exited with status $rc: $(tail -n 3 "$TMP/agentgate.log" | oneline)"

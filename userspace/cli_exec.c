@@ -106,7 +106,7 @@ static int lock_mounts(const char *state_dir)
 	if (!f)
 		return -errno;
 	mnts = calloc(64, PATH_MAX);
-	while (mnts && n < 64 && fgets(line, sizeof(line), f)) {
+	while (mnts && !err && fgets(line, sizeof(line), f)) {
 		char *sep = strstr(line, " - ");
 		char type[64];
 		bool dup = false;
@@ -115,8 +115,13 @@ static int lock_mounts(const char *state_dir)
 			continue;
 		if (strcmp(type, "cgroup2") && strcmp(type, "bpf") && strcmp(type, "cgroup"))
 			continue;
-		if (sscanf(line, "%*s %*s %*s %*s %4095s", mnts[n]) != 1 || strchr(mnts[n], '\\'))
-			continue;
+		if (n == 64 || sscanf(line, "%*s %*s %*s %*s %4095s", mnts[n]) != 1 ||
+		    strchr(mnts[n], '\\')) {
+			/* A mount we cannot name or hold would stay writable: refuse. */
+			fprintf(stderr, "agentgate: exec: cannot process a %s mount in mountinfo\n", type);
+			err = -EINVAL;
+			break;
+		}
 		for (int i = 0; i < n; i++)
 			dup |= strcmp(mnts[i], mnts[n]) == 0;
 		if (!dup)
@@ -125,6 +130,10 @@ static int lock_mounts(const char *state_dir)
 	fclose(f);
 	if (!mnts)
 		return -ENOMEM;
+	if (err) {
+		free(mnts);
+		return err;
+	}
 	for (int i = 0; i < n && !err; i++) {
 		err = is_bpf[i] ? hide(mnts[i]) : remount_ro(mnts[i]);
 		if (err)
@@ -268,7 +277,10 @@ int cmd_exec(int argc, char **argv, const char *state_dir)
 	}
 	/* Descriptors inherited from outside the cgroup (a socket opened before
 	 * exec) would not be enforced: only stdin, stdout and stderr pass. */
-	close_range(3, ~0u, 0);
+	if (close_range(3, ~0u, 0)) {
+		fprintf(stderr, "agentgate: exec: close inherited descriptors: %s\n", strerror(errno));
+		return 1;
+	}
 	signal(SIGPIPE, SIG_DFL);   /* main() ignores it for the CLI; CMD gets the default */
 	execvp(argv[i], argv + i);
 	fprintf(stderr, "agentgate: exec: %s: %s\n", argv[i], strerror(errno));

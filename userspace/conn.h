@@ -51,6 +51,7 @@ struct conn {
 	void *proto_state;
 	bool fallback_proto;  /* protocol module not available: relayed as tcp */
 	bool would_deny;      /* observe mode: the policy would have denied */
+	bool opened;          /* an Open event was recorded: a Close follows */
 	const char *deny_reason;
 	char rule_desc[160];  /* "role 'r' rule 2 (line 14)", empty when no rule decided */
 	char upstream_desc[64];

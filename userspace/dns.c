@@ -352,8 +352,11 @@ static bool key_needed(struct dns *d, int slot, const struct learned *self)
 		    memcmp(l->addr, self->addr, 16) == 0)
 			return true;
 	}
-	for (size_t t = 0; t < p->ntargets; t++)
-		if (p->targets[t].addr.kind == ADDR_IP && p->targets[t].addr.port == self->kport &&
+	int ai = enforcer_agent_idx(slot);
+
+	for (size_t t = 0; ai >= 0 && t < p->ntargets; t++)
+		if (p->agents[ai].may_target[t] && p->targets[t].addr.kind == ADDR_IP &&
+		    p->targets[t].addr.port == self->kport &&
 		    memcmp(p->targets[t].addr.addr, self->addr, 16) == 0)
 			return true;
 	return false;

@@ -476,6 +476,16 @@ void enforcer_conn_closed(struct conn *c, const char *why)
 
 	if (c->closing || c->agent_idx < 0)
 		return;
+	if (!c->opened) {
+		/* Never decided (a tls connection without a ClientHello in time):
+		 * the record is a refusal, not the close of an open connection. */
+		ev = enforcer_conn_event(c, 5, "Refuse");
+		if (ev) {
+			audit_add_verdict(ev, false, false, NULL, why ? why : "closed before a decision");
+			audit_emit(ev);
+		}
+		return;
+	}
 	ev = enforcer_conn_event(c, 2, "Close");
 	if (!ev)
 		return;
@@ -583,6 +593,7 @@ void enforcer_accept(struct worker *w, int fd, int family, const struct sockaddr
 	if (!c->closing && (err || !c->ops->on_agent_data)) {
 		json_t *ev = enforcer_conn_event(c, 1, "Open");
 
+		c->opened = true;
 		if (ev) {
 			audit_add_verdict(ev, !err, c->would_deny, enforcer_rule_name(c),
 					  err ? strerror(-err) : c->deny_reason);
@@ -657,13 +668,14 @@ static int on_kernel_event(void *ctx, void *data, size_t size)
 		return 0;
 	if (e->kind == AG_EV_REDIRECT || e->kind == AG_EV_DNS_REDIRECT)
 		return 0;   /* the enforcer audits the connection itself, with more context */
+	int ai = enforcer_agent_idx(e->slot);
+	if (ai >= 0)
+		atomic_fetch_add(&E->agents[ai].denied_kernel, 1);
 	if (!enforcer_audit_admit(e->slot))
 		return 0;
-	int ai = enforcer_agent_idx(e->slot);
 	if (ai >= 0) {
 		a.name = E->policy->agents[ai].name;
 		a.cgroup = E->agents[ai].cgroup_rel;
-		atomic_fetch_add(&E->agents[ai].denied_kernel, 1);
 	}
 	a.pid = e->tgid;
 	a.tid = e->pid;
@@ -734,13 +746,15 @@ static json_t *known_limits(void)
 	json_array_append_new(l, json_string(
 		"sockets created outside the agent cgroup and passed in (SCM_RIGHTS, pidfd_getfd), or created before "
 		"a process moved into it, belong to their original cgroup and are not enforced: start agents with "
-		"'agentgate exec', which also makes cgroupfs read-only and drops CAP_SYS_PTRACE"));
+		"'agentgate exec', which closes inherited descriptors, makes cgroupfs read-only and drops every "
+		"capability"));
 	json_array_append_new(l, json_string(
 		"agents cannot accept inbound connections: the backstop drops every packet not to or from the "
 		"enforcer, including connections opened before attach (they stall rather than leak)"));
 	json_array_append_new(l, json_string(
 		"an agent with CAP_SYS_ADMIN, CAP_BPF or CAP_NET_ADMIN in the initial user namespace, or running as "
-		"uid 0 outside 'agentgate exec', can detach the programs or leave its cgroup"));
+		"uid 0 outside 'agentgate exec', can detach the programs or leave its cgroup; under 'exec' a uid-0 "
+		"agent still owns root-owned files outside the hidden directories: run agents with --user"));
 	json_array_append_new(l, json_string(
 		"policy changes do not reach connections already established"));
 	json_array_append_new(l, json_string(
@@ -880,6 +894,20 @@ int enforcer_attach_extra(const char *agent, const char *cgroup, char *err, size
 				snprintf(err, errlen, "'%s' overlaps agent '%s' (%s)", cgroup,
 					 E->policy->agents[i].name, o);
 				return -EINVAL;
+			}
+			for (int x = 0; x < E->agents[i].nextra; x++) {
+				const char *xo = E->agents[i].extra_rel[x];
+
+				if (strcmp(xo, rel) != 0 && (path_within(rel, xo) || path_within(xo, rel))) {
+					snprintf(err, errlen, "'%s' overlaps cgroup %s of agent '%s'", cgroup, xo,
+						 E->policy->agents[i].name);
+					return -EINVAL;
+				}
+				if ((int)i != idx && strcmp(xo, rel) == 0) {
+					snprintf(err, errlen, "'%s' is already attached for agent '%s'", cgroup,
+						 E->policy->agents[i].name);
+					return -EINVAL;
+				}
 			}
 		}
 	}

@@ -365,6 +365,30 @@ static int cmd_attach(int argc, char **argv)
 	return ret;
 }
 
+/* A detached agent's `attach`ments are not restored at the next start. */
+static void forget_attachments(const char *agent)
+{
+	char path[4096 + 32];
+	json_t *arr, *keep, *it;
+	size_t i;
+
+	snprintf(path, sizeof(path), "%s/attachments.json", state_dir);
+	arr = json_load_file(path, 0, NULL);
+	if (!arr)
+		return;
+	keep = json_array();
+	json_array_foreach(arr, i, it) {
+		const char *a = json_string_value(json_object_get(it, "agent"));
+
+		if (agent && a && strcmp(a, agent) != 0)
+			json_array_append(keep, it);
+	}
+	if (json_dump_file(keep, path, JSON_INDENT(2)))
+		fprintf(stderr, "agentgate: warning: could not update %s\n", path);
+	json_decref(keep);
+	json_decref(arr);
+}
+
 static int cmd_detach(int argc, char **argv)
 {
 	const char *agent = NULL;
@@ -391,6 +415,7 @@ static int cmd_detach(int argc, char **argv)
 		return 1;
 	}
 	printf("detached %d links%s\n", removed, all ? "; all agentgate pins removed" : "");
+	forget_attachments(all ? NULL : agent);
 	if (admin_connect(state_dir) >= 0)
 		fprintf(stderr, "agentgate: warning: an enforcer is still running; agents%s are no longer "
 			"redirected until it restarts\n", all ? "" : " of this name");

@@ -50,6 +50,8 @@ static void audit_sni(struct conn *c, const struct tls_hello *h, bool allowed, c
 		json_object_set_new(ev, "tls", json_pack("{s:s}", "sni", h->sni));
 	if (!allowed)
 		enforcer_count_refused(c);
+	else
+		c->opened = true;
 	audit_add_verdict(ev, allowed, c->would_deny, enforcer_rule_name(c), reason);
 	audit_emit(ev);
 }
