@@ -320,11 +320,11 @@ def connect_code(host, port, family="AF_INET", send=b"hello\n"):
         s.connect(({host!r}, {port}))
     except OSError as e:
         print("ERR", errno.errorcode.get(e.errno, e.errno)); sys.exit(0)
-    peer = s.getpeername()
     try:
+        peer = s.getpeername()    # raises if a reset already arrived
         s.sendall({send!r})
         data = s.recv(100)
     except OSError as e:
-        print("ERR-IO", errno.errorcode.get(e.errno, e.errno), peer[0], peer[1]); sys.exit(0)
+        print("ERR-IO", errno.errorcode.get(e.errno, e.errno)); sys.exit(0)
     print("OK", peer[0], peer[1], data.decode(errors="replace").strip() or "<eof>")
     """

@@ -248,7 +248,7 @@ def test_tls_allowed_by_sni_refused_for_other(enforcer, servers):
     assert good and good["disposition"] == "Allowed"
     # Not TLS at all: refused too.
     r = enforcer.py("t-agent", connect_code("127.0.0.1", port, send=b"GET / HTTP/1.0\r\n\r\n"))
-    assert r.stdout.split()[0] in ("ERR-IO", "OK") and "HTTP" not in r.stdout, r.stdout
+    assert r.stdout.split() and r.stdout.split()[0] in ("ERR", "ERR-IO", "OK") and "HTTP" not in r.stdout, r.stdout + r.stderr
 
 
 def test_tcp_fast_open_and_io_uring_are_redirected(enforcer, servers):
@@ -310,7 +310,8 @@ def test_agent_dialing_enforcer_port_refused(enforcer, servers):
     # a connection whose original destination is its own listener.
     enforcer.start(enforce_policy(port, mode="observe"))
     r = enforcer.py("t-agent", connect_code("127.0.0.1", TCP_PORT))
-    assert r.stdout.split()[0] in ("ERR-IO", "ERR") or r.stdout.split()[-1] == "<eof>", r.stdout
+    out = r.stdout.split()
+    assert out and (out[0] in ("ERR-IO", "ERR") or out[-1] == "<eof>"), r.stdout + r.stderr
     assert "hello" not in r.stdout
     ev = enforcer.wait_event(lambda e: e.get("unmapped", {}).get("reason") ==
                              "destination is the enforcer's own listener")
