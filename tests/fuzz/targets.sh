@@ -24,6 +24,7 @@ fuzz_max_len() {
 	case $1 in
 	tls_hello) echo $((65536 + 64)) ;;    # TLS_HELLO_MAX and a bit
 	dns_msg) echo 8192 ;;                 # past DNS_QUERY_MAX
+	jwt) echo 17000 ;;                    # past the 16 KiB token limit
 	*) echo 4096 ;;
 	esac
 }
