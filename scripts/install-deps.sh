@@ -14,14 +14,21 @@ PKGS=(
   curl dnsmasq-base python3 python3-pytest python3-psycopg2 socat openssl liburing-dev
   # bench peers
   haproxy
+  # the test OpenID provider (npm package oidc-provider, pinned in tests/oidc)
+  nodejs
 )
 
+here=$(cd "$(dirname "$0")/.." && pwd)
 missing=()
 for p in "${PKGS[@]}"; do
   st=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
   [[ "$st" == "install ok installed" ]] || missing+=("$p")
 done
-[[ ${#missing[@]} -eq 0 ]] && exit 0
+if [[ ${#missing[@]} -eq 0 ]]; then
+  # npm packages for the tests, from the lock file (quiet, idempotent)
+  [[ $(id -u) -ne 0 ]] || "$here/tests/oidc/setup.sh"
+  exit 0
+fi
 
 if [[ $(id -u) -ne 0 ]]; then
   echo "install-deps: missing packages: ${missing[*]} (run as root: sudo $0)" >&2
@@ -41,3 +48,4 @@ fi
 trap '[[ $own_policy -eq 1 ]] && rm -f /usr/sbin/policy-rc.d' EXIT
 apt-get update -qq >/dev/null
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+"$here/tests/oidc/setup.sh"

@@ -16,6 +16,7 @@
 
 #include "admin.h"
 #include "cli.h"
+#include "cli_token.h"
 #include "enforcer.h"
 #include "loader.h"
 #include "policy.h"
@@ -36,6 +37,7 @@ static int usage(FILE *f)
 		"  policy check FILE...                     validate; file:line:col errors, exit 1\n"
 		"  policy explain [--policy FILE] --agent NAME --target T [REQUEST]\n"
 		"  audit tail [-f] [--json] [-n N]          recent audit events\n"
+		"  token verify --agent NAME [--policy FILE] TOKEN|-   verify a token as the enforcer would\n"
 		"  version\n");
 	return f == stderr ? 2 : 0;
 }
@@ -496,7 +498,7 @@ int main(int argc, char **argv)
 	if (strcmp(cmd, "replay") == 0)
 		return not_yet("replay", "audit pipeline issue");
 	if (strcmp(cmd, "token") == 0)
-		return not_yet("token verify", "identity issue");
+		return cmd_token(sub_argc, sub_argv, state_dir);
 	if (strcmp(cmd, "version") == 0) {
 		printf("agentgate %s (kernel ABI v%d)\n", AG_VERSION, AG_ABI_VERSION);
 		return 0;
