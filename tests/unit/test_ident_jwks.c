@@ -1,0 +1,193 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * ident_jwks without a network: URL rules, the cache TTL from Cache-Control,
+ * one refetch per 30 s for an unknown kid, the last known good key set while
+ * the issuer is down (24 h bound), and discovery refusals, through an
+ * injected clock and fetcher. The key set is one the test OpenID provider
+ * (tests/oidc) published: public keys only.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ident_jwks.h"
+#include "unit.h"
+
+static const char JWKS[] =
+	"{\"keys\":[{\"kty\":\"RSA\",\"use\":\"sig\",\"kid\":\"rs1\",\"alg\":\"RS256\",\"e\":\"AQAB"
+	"\",\"n\":\"21f71cxNPccnbScjYZ9F_VtiDt7gjyLPjsf0Xm0bv7HCcLWT_aKE4h2dCgAG-ZyZQN0weqbqSyeBG4d"
+	"nXaoW4gNxnZurpaUdqsw1U3pkIIpT4VUT1u0x1euzmcxnWkqfOIrv4vczidGqm2JuBdDflF_dFlRVqzVRbmqUqDv0N"
+	"DOQ-tCm2fE6bstb0lHtSBWpK9SBEyRBgaY2YRwu7ThsgTzHYRCzEsvzXoMnqHMY3Xdk8pdwVCc2Mk_q8pRRU7qwikF"
+	"cfJiNjc71TyBRk2sfXWAbUrVIQfU5_gphWUDYBKxx0gnmsjyfHZM7cYrOSeSJPjv1AC7Uoe0lWzkP0EOZhQ\"},{\""
+	"kty\":\"EC\",\"use\":\"sig\",\"kid\":\"ec1\",\"alg\":\"ES256\",\"crv\":\"P-256\",\"x\":\"m"
+	"COmetmsehNaor0mTCB1mhVhk3Pgw30K-3iLnNwaQ2E\",\"y\":\"5__mQV1ZY_v6Oy4UU48xAXbO4wbCmdw-8MAud"
+	"Pugwyk\"},{\"kty\":\"OKP\",\"use\":\"sig\",\"kid\":\"ed1\",\"alg\":\"EdDSA\",\"crv\":\"Ed2"
+	"5519\",\"x\":\"7U7xtzeAdmPRdVG03i2kB8h22IcmSPz1f0UCbuhRNTM\"}]}";
+
+static int64_t T = 1000;
+static int64_t mono(void *c) { return T; }
+static int64_t real(void *c) { return 1700000000 + T; }
+static int fetches, fail;
+static const char *cc = "", *disc_iss = "http://127.0.0.1:9", *juri = "http://127.0.0.1:9/jwks";
+static const char *jwks_text = JWKS;
+
+static int fake(void *ctx, const char *url, const char *ca, struct ident_http_resp *r, char *why, size_t wl)
+{
+	fetches++;
+	if (fail) { snprintf(why, wl, "Failed to connect"); return -EHOSTUNREACH; }
+	r->status = 200;
+	if (strstr(url, "/.well-known/openid-configuration")) {
+		char b[512];
+		snprintf(b, sizeof(b), "{\"issuer\":\"%s\",\"jwks_uri\":\"%s\"}", disc_iss, juri);
+		r->body = strdup(b);
+		snprintf(r->content_type, sizeof(r->content_type), "application/json; charset=utf-8");
+	} else {
+		r->body = strdup(jwks_text);
+		snprintf(r->content_type, sizeof(r->content_type), "application/jwk-set+json");
+		snprintf(r->cache_control, sizeof(r->cache_control), "%s", cc);
+	}
+	r->len = strlen(r->body);
+	return 0;
+}
+
+/* header {"alg":"RS256","typ":"at+jwt","kid":"zzz"} . {} . junk */
+static const char *UNK = "eyJhbGciOiJSUzI1NiIsInR5cCI6ImF0K2p3dCIsImtpZCI6Inp6eiJ9.e30.AAAA";
+
+static struct ident_issuer *mk(void)
+{
+	struct issuer_opts o = { .now_mono = mono, .now_real = real, .fetch = fake };
+	char why[256];
+	struct ident_issuer *i = issuer_new("http://127.0.0.1:9", &o, why, sizeof(why));
+	CHECK(i != NULL);
+	return i;
+}
+
+static int ver(struct ident_issuer *i, char *why, size_t wl)
+{
+	const char *aud[] = { "urn:agentgate" };
+	struct jwt_policy p = { .issuer = "http://127.0.0.1:9", .audiences = aud, .naud = 1, .now = real(NULL) };
+	struct jwt_claims c;
+	int r = issuer_verify(i, UNK, strlen(UNK), &p, &c, why, wl);
+	jwt_claims_free(&c);
+	return r;
+}
+
+static void test_url_rules(void)
+{
+	char why[512];
+
+	/* URL rules */
+	CHECK(ident_url_check("https://idp.example.com", NULL, why, sizeof(why)) == 0);
+	CHECK(ident_url_check("http://127.0.0.1:8080/x", NULL, why, sizeof(why)) == 0);
+	CHECK(ident_url_check("http://127.255.1.2", NULL, why, sizeof(why)) == 0);
+	CHECK(ident_url_check("http://[::1]:80", NULL, why, sizeof(why)) == 0);
+	CHECK(ident_url_check("http://localhost", NULL, why, sizeof(why)) == -EPROTO);
+	CHECK(ident_url_check("http://127.1", NULL, why, sizeof(why)) == -EPROTO);
+	CHECK(ident_url_check("http://[::ffff:127.0.0.1]", NULL, why, sizeof(why)) == -EPROTO);
+	CHECK(ident_url_check("http://128.0.0.1", NULL, why, sizeof(why)) == -EPROTO);
+	CHECK(ident_url_check("ftp://127.0.0.1", NULL, why, sizeof(why)) == -EPROTO);
+	CHECK(ident_url_check("http://127.0.0.1@evil.com", NULL, why, sizeof(why)) == -EINVAL);
+	CHECK(ident_url_check("https://idp/?q", NULL, why, sizeof(why)) == -EINVAL);
+	CHECK(ident_url_check("http://127.0.0.1:99999", NULL, why, sizeof(why)) == -EINVAL);
+	CHECK(ident_url_check("http://127.0.0.1/jwks", "https://idp", why, sizeof(why)) == -EPROTO);
+	CHECK(ident_url_check("https://idp/jwks", "http://127.0.0.1", why, sizeof(why)) == -EPROTO);
+	CHECK(ident_url_check("https://other/jwks", "https://idp", why, sizeof(why)) == 0);
+	CHECK(!issuer_new("http://192.0.2.1", NULL, why, sizeof(why)) && errno == EPROTO);
+
+}
+
+static void test_ttl(void)
+{
+	struct issuer_status st;
+	char why[512];
+
+	/* TTL clamp */
+	const char *ccs[] = { "", "max-age=5", "public, max-age=99999", "no-store", "max-age=900" };
+	int64_t want[] = { 600, 60, 3600, 60, 900 };
+	for (int k = 0; k < 5; k++) {
+		struct ident_issuer *i = mk();
+		cc = ccs[k];
+		CHECK(ver(i, why, sizeof(why)) == -ENOKEY);
+		issuer_status(i, &st);
+		CHECK(st.ttl_s == want[k] && st.nkeys == 3);
+		issuer_free(i);
+	}
+	cc = "";
+
+}
+
+/* The cache state runs through the next two tests in order. */
+static struct ident_issuer *shared;
+
+static void test_unknown_kid_refetch(void)
+{
+	char why[512];
+	struct ident_issuer *i = mk();
+
+	/* unknown kid: one refetch per 30 s, no storm */
+	fetches = 0;
+	CHECK(ver(i, why, sizeof(why)) == -ENOKEY && fetches == 2);       /* first fetch */
+	T += 1;
+	CHECK(ver(i, why, sizeof(why)) == -ENOKEY && fetches == 2 && strstr(why, "rate limited"));
+	T += 30;
+	CHECK(ver(i, why, sizeof(why)) == -ENOKEY && fetches == 4);       /* one refetch */
+	for (int k = 0; k < 1000; k++)
+		CHECK(ver(i, why, sizeof(why)) == -ENOKEY);
+	CHECK(fetches == 4);
+
+	shared = i;
+}
+
+static void test_issuer_down(void)
+{
+	struct issuer_status st;
+	char why[512];
+	struct ident_issuer *i = shared;
+
+	/* issuer down: last known good until 24 h, then -ESTALE */
+	fail = 1;
+	T += 700;                               /* past the TTL */
+	CHECK(ver(i, why, sizeof(why)) == -ENOKEY && fetches == 5);
+	issuer_status(i, &st);
+	CHECK(st.have_keys && st.stale && strstr(st.last_error, "Failed to connect"));
+	T += 10;                                /* failed refresh retried at most every 30 s */
+	CHECK(ver(i, why, sizeof(why)) == -ENOKEY && fetches == 5);
+	T += 86400;
+	CHECK(ver(i, why, sizeof(why)) == -ESTALE && strstr(why, "over the 86400 s bound"));
+	fail = 0;
+	T += 30;
+	CHECK(ver(i, why, sizeof(why)) == -ENOKEY);                     /* back */
+	issuer_status(i, &st);
+	CHECK(st.age_s == 0 && st.last_error[0] == 0);
+	issuer_free(i);
+
+}
+
+static void test_discovery_refusals(void)
+{
+	char why[512];
+	struct ident_issuer *i;
+
+	/* discovery: other issuer, refused jwks_uri */
+	disc_iss = "http://127.0.0.1:10";
+	i = mk();
+	CHECK(ver(i, why, sizeof(why)) == -EPROTO && strstr(why, "issuer differs"));
+	issuer_free(i);
+	disc_iss = "http://127.0.0.1:9";
+	juri = "http://10.0.0.1/jwks";
+	i = mk();
+	fetches = 0;
+	CHECK(ver(i, why, sizeof(why)) == -EPROTO && strstr(why, "jwks_uri refused") && fetches == 1);
+	issuer_free(i);
+}
+
+int main(void)
+{
+	RUN(test_url_rules);
+	RUN(test_ttl);
+	RUN(test_unknown_kid_refetch);
+	RUN(test_issuer_down);
+	RUN(test_discovery_refusals);
+	UNIT_DONE("ident_jwks");
+}
