@@ -21,23 +21,6 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-static const char *corpus_dir;
-
-static void seed(const char *name, const uint8_t *buf, size_t len)
-{
-	char path[512];
-
-	if (!corpus_dir)
-		return;
-	if (snprintf(path, sizeof(path), "%s/%s", corpus_dir, name) >= (int)sizeof(path))
-		abort();
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd < 0 || write(fd, buf, len) != (ssize_t)len) {
-		fprintf(stderr, "write-corpus: '%s': %s\n", path, strerror(errno));
-		exit(2);
-	}
-	close(fd);
-}
 
 static uint8_t *copy_of(const uint8_t *buf, size_t len)
 {
@@ -237,12 +220,12 @@ static void test_query_basic(void)
 	CHECK(q.id == (buf[0] << 8 | buf[1]));
 	CHECK_STR(q.qname, "www.example.com");
 	CHECK(q.qtype == ns_t_aaaa && q.qclass == ns_c_in);
-	seed("query-aaaa", buf, n);
+	unit_seed("query-aaaa", buf, n);
 
 	n = mkquery(".", ns_t_ns, buf, sizeof(buf));
 	CHECK(qparse(buf, n, &q) == 0);
 	CHECK_STR(q.qname, "");
-	seed("query-root", buf, n);
+	unit_seed("query-root", buf, n);
 
 	/* an EDNS OPT record in the additional section is fine */
 	n = mkquery("example.com", ns_t_a, buf, sizeof(buf));
@@ -251,7 +234,7 @@ static void test_query_basic(void)
 	buf[11] = 1;
 	CHECK(qparse(buf, n + sizeof(opt), &q) == 0);
 	CHECK_STR(q.qname, "example.com");
-	seed("query-edns", buf, n + sizeof(opt));
+	unit_seed("query-edns", buf, n + sizeof(opt));
 }
 
 /* Odd bytes in a label come out escaped, never raw. */
@@ -271,7 +254,7 @@ static void test_query_escapes(void)
 	CHECK(qparse(m.b, m.n, &q) == 0);
 	CHECK_STR(q.qname, "a\\.b.x\\000y.com");
 	CHECK(!dns_name_is_valid(q.qname));
-	seed("query-escapes", m.b, m.n);
+	unit_seed("query-escapes", m.b, m.n);
 
 	/* 127 one-byte labels of 0x01: 255 bytes on the wire, 634 characters
 	 * printed; too long for the field, so refused */
@@ -284,7 +267,7 @@ static void test_query_escapes(void)
 	put16(&m, ns_t_a);
 	put16(&m, ns_c_in);
 	CHECK(qparse(m.b, m.n, &q) == -EINVAL);
-	seed("query-name-too-long-printed", m.b, m.n);
+	unit_seed("query-name-too-long-printed", m.b, m.n);
 }
 
 static void test_query_rejects(void)
@@ -302,7 +285,7 @@ static void test_query_rejects(void)
 	memcpy(bad, buf, n);
 	bad[2] |= 0x80;
 	CHECK(qparse(bad, n, &q) == -EINVAL);
-	seed("query-bad-qr", bad, n);
+	unit_seed("query-bad-qr", bad, n);
 
 	for (unsigned op = 1; op < 16; op++) {
 		memcpy(bad, buf, n);
@@ -320,7 +303,7 @@ static void test_query_rejects(void)
 	memcpy(bad + n, buf + 12, n - 12);
 	bad[5] = 2;
 	CHECK(qparse(bad, 2 * n - 12, &q) == -EINVAL);
-	seed("query-two-questions", bad, 2 * n - 12);
+	unit_seed("query-two-questions", bad, 2 * n - 12);
 
 	/* a byte after the question */
 	memcpy(bad, buf, n);
@@ -336,7 +319,7 @@ static void test_query_rejects(void)
 	ptr(&m, QNAME_OFF);
 	rr_a(&m, "192.0.2.1", 60);
 	CHECK(qparse(m.b, m.n, &q) == -EINVAL);
-	seed("query-with-answer", m.b, m.n);
+	unit_seed("query-with-answer", m.b, m.n);
 
 	/* qname a pointer to itself */
 	header(&m, 1, 0x0100, 1, 0, 0, 0);
@@ -344,7 +327,7 @@ static void test_query_rejects(void)
 	put16(&m, ns_t_a);
 	put16(&m, ns_c_in);
 	CHECK(qparse(m.b, m.n, &q) == -EINVAL);
-	seed("query-ptr-loop", m.b, m.n);
+	unit_seed("query-ptr-loop", m.b, m.n);
 
 	/* a label running past the end */
 	header(&m, 1, 0x0100, 1, 0, 0, 0);
@@ -362,7 +345,7 @@ static void test_query_rejects(void)
 	rr_data(&m, 41, 512, 0);
 	rr_end(&m);
 	CHECK(qparse(m.b, m.n, &q) == -EINVAL);
-	seed("query-ar-ptr-loop", m.b, m.n);
+	unit_seed("query-ar-ptr-loop", m.b, m.n);
 }
 
 static void test_query_sizes(void)
@@ -471,7 +454,7 @@ static void test_answer_chain(void)
 		int v4 = addr_is(&a.addrs[0], "192.0.2.1") ? 0 : 1;
 		CHECK(addr_is(&a.addrs[v4], "192.0.2.1"));
 		CHECK(addr_is(&a.addrs[1 - v4], "2001:db8::1"));
-		seed(rev ? "answer-chain-reversed" : "answer-chain", m.b, n);
+		unit_seed(rev ? "answer-chain-reversed" : "answer-chain", m.b, n);
 
 		size_t bad = 0;
 		for (size_t k = 0; k < n; k++)
@@ -510,7 +493,7 @@ static void test_answer_direct(void)
 	CHECK(addr_is(&a.addrs[1], "192.0.2.8") && a.addrs[1].ttl == DNS_TTL_MAX);
 	CHECK(addr_is(&a.addrs[2], "::1") && a.addrs[2].ttl == 5);
 	CHECK_STR(a.addrs[0].name, "www.example.com");
-	seed("answer-ttls", m.b, m.n);
+	unit_seed("answer-ttls", m.b, m.n);
 
 	/* owner in another case still matches the question */
 	answer_start(&m, 1);
@@ -526,7 +509,7 @@ static void test_answer_direct(void)
 	m.b[2] |= 0x02;
 	CHECK(aparse(m.b, m.n, &a) == 0);
 	CHECK(a.rcode == ns_r_nxdomain && a.truncated && a.naddrs == 0);
-	seed("answer-nxdomain-tc", m.b, m.n);
+	unit_seed("answer-nxdomain-tc", m.b, m.n);
 }
 
 static void test_answer_many(void)
@@ -545,7 +528,7 @@ static void test_answer_many(void)
 	CHECK(aparse(m.b, m.n, &a) == 0);
 	CHECK(a.naddrs == DNS_MAX_ADDRS && a.nskipped == 8);
 	CHECK(addr_is(&a.addrs[31], "198.51.100.31"));
-	seed("answer-40-a", m.b, m.n);
+	unit_seed("answer-40-a", m.b, m.n);
 }
 
 /* A chain longer than DNS_MAX_CNAMES: the ninth link is skipped, what
@@ -575,7 +558,7 @@ static void test_answer_long_chain(void)
 	CHECK_STR(a.cnames[7], "c8.example.com");
 	CHECK(a.nskipped == 1);
 	CHECK(a.nunrelated == 2 && a.naddrs == 0);
-	seed("answer-long-chain", m.b, m.n);
+	unit_seed("answer-long-chain", m.b, m.n);
 }
 
 static void test_answer_rejects(void)
@@ -588,7 +571,7 @@ static void test_answer_rejects(void)
 	n = build_chain(&m, false);
 	m.b[2] &= 0x7f;
 	CHECK(aparse(m.b, n, &a) == -EINVAL);
-	seed("answer-bad-qr", m.b, n);
+	unit_seed("answer-bad-qr", m.b, n);
 
 	/* two questions, zero questions */
 	answer_start(&m, 0);
@@ -597,7 +580,7 @@ static void test_answer_rejects(void)
 	put16(&m, ns_c_in);
 	set_count(&m, 0, 2);
 	CHECK(aparse(m.b, m.n, &a) == -EINVAL);
-	seed("answer-two-questions", m.b, m.n);
+	unit_seed("answer-two-questions", m.b, m.n);
 	header(&m, 1, RESPONSE | ns_r_formerr, 0, 0, 0, 0);
 	CHECK(aparse(m.b, m.n, &a) == -EINVAL);
 
@@ -606,7 +589,7 @@ static void test_answer_rejects(void)
 	ptr(&m, m.n);
 	rr_a(&m, "192.0.2.1", 60);
 	CHECK(aparse(m.b, m.n, &a) == -EINVAL);
-	seed("answer-ptr-self", m.b, m.n);
+	unit_seed("answer-ptr-self", m.b, m.n);
 
 	/* two pointers pointing at each other, in CNAME data */
 	answer_start(&m, 1);
@@ -616,7 +599,7 @@ static void test_answer_rejects(void)
 	ptr(&m, m.n - 2);
 	rr_end(&m);
 	CHECK(aparse(m.b, m.n, &a) == -EINVAL);
-	seed("answer-ptr-pair-loop", m.b, m.n);
+	unit_seed("answer-ptr-pair-loop", m.b, m.n);
 
 	/* pointer past the end */
 	answer_start(&m, 1);
@@ -634,7 +617,7 @@ static void test_answer_rejects(void)
 	ptr(&m, QNAME_OFF);
 	rr_end(&m);
 	CHECK(aparse(m.b, m.n, &a) == -EINVAL);
-	seed("answer-ns-ptr-loop", m.b, m.n);
+	unit_seed("answer-ns-ptr-loop", m.b, m.n);
 
 	/* A with 5 bytes, AAAA with 4 */
 	answer_start(&m, 1);
@@ -643,7 +626,7 @@ static void test_answer_rejects(void)
 	put(&m, "\1\2\3\4\5", 5);
 	rr_end(&m);
 	CHECK(aparse(m.b, m.n, &a) == -EINVAL);
-	seed("answer-a-5-bytes", m.b, m.n);
+	unit_seed("answer-a-5-bytes", m.b, m.n);
 	answer_start(&m, 1);
 	ptr(&m, QNAME_OFF);
 	rr_data(&m, ns_t_aaaa, ns_c_in, 60);
@@ -666,7 +649,7 @@ static void test_answer_rejects(void)
 	put8(&m, 0);
 	rr_end(&m);
 	CHECK(aparse(m.b, m.n, &a) == -EINVAL);
-	seed("answer-cname-trailing", m.b, m.n);
+	unit_seed("answer-cname-trailing", m.b, m.n);
 
 	/* the same off the chain: every CNAME is checked, related or not */
 	answer_start(&m, 1);
@@ -676,7 +659,7 @@ static void test_answer_rejects(void)
 	put8(&m, 0);
 	rr_end(&m);
 	CHECK(aparse(m.b, m.n, &a) == -EINVAL);
-	seed("answer-unrelated-cname-trailing", m.b, m.n);
+	unit_seed("answer-unrelated-cname-trailing", m.b, m.n);
 
 	/* a CNAME target whose printed form does not fit DNS_NAME_MAX */
 	answer_start(&m, 1);
@@ -689,7 +672,7 @@ static void test_answer_rejects(void)
 	put8(&m, 0);
 	rr_end(&m);
 	CHECK(aparse(m.b, m.n, &a) == -EINVAL);
-	seed("answer-cname-target-too-long", m.b, m.n);
+	unit_seed("answer-cname-target-too-long", m.b, m.n);
 
 	/* CNAME loops: to itself, and www -> x -> www */
 	answer_start(&m, 1);
@@ -708,7 +691,7 @@ static void test_answer_rejects(void)
 	ptr(&m, QNAME_OFF);
 	rr_end(&m);
 	CHECK(aparse(m.b, m.n, &a) == -EINVAL);
-	seed("answer-cname-loop", m.b, m.n);
+	unit_seed("answer-cname-loop", m.b, m.n);
 
 	/* two different CNAMEs for the question; the same one twice is fine */
 	for (int same = 0; same <= 1; same++) {
@@ -724,7 +707,7 @@ static void test_answer_rejects(void)
 		CHECK(aparse(m.b, m.n, &a) == (same ? 0 : -EINVAL));
 		if (same)
 			CHECK(a.ncnames == 1);
-		seed(same ? "answer-cname-dup-same" : "answer-cname-two", m.b, m.n);
+		unit_seed(same ? "answer-cname-dup-same" : "answer-cname-two", m.b, m.n);
 	}
 
 	/* a byte after the last record */
@@ -766,7 +749,7 @@ static void test_make_reply(void)
 	CHECK(memcmp(reply + 4, "\0\1\0\0\0\0\0\0", 8) == 0);
 	/* the question bytes exactly as the agent sent them (0x20 case) */
 	CHECK(memcmp(reply + 12, query + 12, qn - 12) == 0);
-	seed("reply-refused", reply, (size_t)n);
+	unit_seed("reply-refused", reply, (size_t)n);
 
 	n = dns_make_reply(query, qn, ns_r_servfail, reply, sizeof(reply));
 	CHECK(n > 0 && aparse(reply, (size_t)n, &a) == 0 && a.rcode == ns_r_servfail);
@@ -807,7 +790,7 @@ static void test_make_reply(void)
 	n = dns_make_reply(m.b, m.n, ns_r_refused, reply, sizeof(reply));
 	CHECK(n == 12 + 1 + 4);
 	CHECK(n > 0 && reply[12] == 0 && aparse(reply, (size_t)n, &a) == 0);
-	seed("query-qname-ptr-into-header", m.b, m.n);
+	unit_seed("query-qname-ptr-into-header", m.b, m.n);
 }
 
 /* ---- helpers ---- */
@@ -878,7 +861,7 @@ static void test_type_name(void)
 int main(int argc, char **argv)
 {
 	if (argc == 3 && strcmp(argv[1], "--write-corpus") == 0)
-		corpus_dir = argv[2];
+		unit_corpus_dir = argv[2];
 	else if (argc != 1) {
 		fprintf(stderr, "usage: %s [--write-corpus DIR]\n", argv[0]);
 		return 2;

@@ -26,24 +26,6 @@
 #define NEED_MORE TLS_HELLO_NEED_MORE
 #define MALFORMED TLS_HELLO_MALFORMED
 
-static const char *corpus_dir;
-
-/* --write-corpus: keep the named inputs as fuzzing seeds. */
-static void seed(const char *name, const uint8_t *buf, size_t len)
-{
-	char path[512];
-
-	if (!corpus_dir)
-		return;
-	if (snprintf(path, sizeof(path), "%s/%s", corpus_dir, name) >= (int)sizeof(path))
-		abort();
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd < 0 || write(fd, buf, len) != (ssize_t)len) {
-		fprintf(stderr, "write-corpus: '%s': %s\n", path, strerror(errno));
-		exit(2);
-	}
-	close(fd);
-}
 
 /* Parse from an exact-size heap copy and check the invariants every
  * result must satisfy, whatever the input. */
@@ -75,7 +57,7 @@ static void expect(const char *name, const uint8_t *buf, size_t len, int want, c
 	struct tls_hello h;
 	int st = parse(buf, len, &h);
 
-	seed(name, buf, len);
+	unit_seed(name, buf, len);
 	if (st != want)
 		fprintf(stderr, "  case '%s': got %d, want %d\n", name, st, want);
 	CHECK(st == want);
@@ -345,7 +327,7 @@ static void test_openssl_tls13(void)
 	CHECK(h.has_alpn && h.nalpn == 2);
 	CHECK_STR(h.alpn[0], "h2");
 	CHECK_STR(h.alpn[1], "http/1.1");
-	seed("ok-openssl-tls13", buf, n);
+	unit_seed("ok-openssl-tls13", buf, n);
 	expect_prefixes_need_more(buf, n);
 }
 
@@ -360,7 +342,7 @@ static void test_openssl_tls12(void)
 	CHECK_STR(h.sni, "api.openai.com");
 	CHECK(!h.has_alpn && h.nalpn == 0);
 	CHECK(h.client_version == 0x0303);
-	seed("ok-openssl-tls12", buf, n);
+	unit_seed("ok-openssl-tls12", buf, n);
 	expect_prefixes_need_more(buf, n);
 }
 
@@ -374,7 +356,7 @@ static void test_openssl_no_sni(void)
 	CHECK(parse(buf, n, &h) == OK);
 	CHECK(!h.has_sni);
 	CHECK_STR(h.sni, "");
-	seed("ok-openssl-no-sni", buf, n);
+	unit_seed("ok-openssl-no-sni", buf, n);
 	expect_prefixes_need_more(buf, n);
 }
 
@@ -408,7 +390,7 @@ static void test_trailing_records(void)
 	CHECK(parse(buf, n + sizeof(ccs), &h) == OK);
 	CHECK(h.consumed == n);
 	CHECK_STR(h.sni, "example.com");
-	seed("ok-trailing-ccs", buf, n + sizeof(ccs));
+	unit_seed("ok-trailing-ccs", buf, n + sizeof(ccs));
 }
 
 /* The hello split into two records at every possible point, including
@@ -430,9 +412,9 @@ static void test_split_everywhere(void)
 		    strcmp(h.sni, "split.example.com") == 0)
 			ok++;
 		if (cut == 2)
-			seed("ok-split-in-header", two, m);
+			unit_seed("ok-split-in-header", two, m);
 		if (cut == msg_len / 2) {
-			seed("ok-split-two-records", two, m);
+			unit_seed("ok-split-two-records", two, m);
 			expect_prefixes_need_more(two, m);
 		}
 	}
@@ -452,7 +434,7 @@ static void test_one_byte_records(void)
 	CHECK(parse(many, m, &h) == OK);
 	CHECK_STR(h.sni, "tiny.example.com");
 	CHECK(h.consumed == m);
-	seed("ok-one-byte-records", many, m);
+	unit_seed("ok-one-byte-records", many, m);
 	expect_prefixes_need_more(many, m);
 }
 
@@ -637,7 +619,7 @@ static void test_size_bound(void)
 		small[6 * i + 5] = hs_hdr[i];
 	CHECK(parse(small, TLS_HELLO_MAX, &h) == MALFORMED);
 	CHECK(parse(small, TLS_HELLO_MAX - 6, &h) == NEED_MORE);
-	seed("bad-bound-1byte-records", small, TLS_HELLO_MAX);
+	unit_seed("bad-bound-1byte-records", small, TLS_HELLO_MAX);
 
 	/* the 16 KiB record limit holds per record, not for the hello */
 	bb_init(&e, e_buf, sizeof(e_buf));
@@ -954,7 +936,7 @@ static void test_alpn(void)
 	CHECK(parse(rec, n, &h) == OK);
 	CHECK(h.has_alpn && h.nalpn == 8);
 	CHECK_STR(h.alpn[7], "h");
-	seed("ok-alpn-8", rec, n);
+	unit_seed("ok-alpn-8", rec, n);
 
 	bb_init(&e, e_buf, sizeof(e_buf));
 	ext_alpn(&e, long31, 1);
@@ -1011,7 +993,7 @@ static void test_ech(void)
 		CHECK(parse(rec, n, &h) == OK);
 		CHECK(h.has_ech);
 		CHECK_STR(h.sni, "public.example.com");
-		seed(i == 0 ? "ok-ech" : "ok-esni", rec, n);
+		unit_seed(i == 0 ? "ok-ech" : "ok-esni", rec, n);
 	}
 }
 
@@ -1036,7 +1018,7 @@ static void test_cleared_on_failure(void)
 int main(int argc, char **argv)
 {
 	if (argc == 3 && strcmp(argv[1], "--write-corpus") == 0)
-		corpus_dir = argv[2];
+		unit_corpus_dir = argv[2];
 	else if (argc != 1) {
 		fprintf(stderr, "usage: %s [--write-corpus DIR]\n", argv[0]);
 		return 2;

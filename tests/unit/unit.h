@@ -8,11 +8,35 @@
 #ifndef AGENTGATE_UNIT_H
 #define AGENTGATE_UNIT_H
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static int unit_failed_checks;
 static int unit_passed, unit_failed;
+
+/* --write-corpus DIR: tests that parse agent bytes keep their named inputs
+ * as fuzzing seeds in DIR (tests/fuzz/corpus/<parser>/). */
+static const char *unit_corpus_dir;
+
+static void __attribute__((unused)) unit_seed(const char *name, const void *buf, size_t len)
+{
+	char path[512];
+
+	if (!unit_corpus_dir)
+		return;
+	if (snprintf(path, sizeof(path), "%s/%s", unit_corpus_dir, name) >= (int)sizeof(path))
+		abort();
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0 || write(fd, buf, len) != (ssize_t)len) {
+		fprintf(stderr, "write-corpus: '%s': %s\n", path, strerror(errno));
+		exit(2);
+	}
+	close(fd);
+}
 
 #define CHECK(cond) do { \
 	if (!(cond)) { \
