@@ -718,14 +718,18 @@ static void check_counters(void)
 			continue;
 		ev = audit_event(1008, 99, "Other");
 		if (ev) {
-			json_object_set_new(ev, "message", json_string(k == AG_CNT_RB_DROP
-				? "kernel events lost: ring buffer full (enforcement unaffected)"
-				: "kernel map operation failed (the affected operations were denied)"));
-			json_object_set_new(json_object_get(ev, "unmapped") ? json_object_get(ev, "unmapped") :
-					    (json_object_set_new(ev, "unmapped", json_object()), json_object_get(ev, "unmapped")),
-					    "loss", json_pack("{s:s, s:I, s:I, s:I}", "counter", counter_names[k],
-					    "count", (json_int_t)delta, "total", (json_int_t)now[k],
-					    "after_sequence", (json_int_t)audit_sequence()));
+			static const char *const why[AG_CNT__MAX] = {
+				[AG_CNT_RB_DROP] = "kernel events lost: ring buffer full (enforcement unaffected)",
+				[AG_CNT_PAIR_FAIL] = "pair map full or failing: the affected connections reached "
+						     "the enforcer without attribution and were refused",
+				[AG_CNT_SK_STORAGE_FAIL] = "socket storage could not be created: the affected "
+							   "sockets were refused",
+			};
+			/* The events lost sit just before the next sequence number. */
+			json_object_set_new(ev, "message", json_string(why[k]));
+			json_object_set_new(ev, "unmapped", json_pack("{s:{s:s, s:I, s:I, s:I}}", "loss",
+				"counter", counter_names[k], "count", (json_int_t)delta, "total", (json_int_t)now[k],
+				"after_sequence", (json_int_t)audit_sequence()));
 			audit_emit(ev);
 		}
 		E->kcount_seen[k] = now[k];
