@@ -375,10 +375,18 @@ def test_exec_hardening(enforcer, servers):
     out.append("sysadmin" if int(caps, 16) & (1 << 21) else "nosysadmin")
     out.append("netraw" if int(caps, 16) & (1 << 13) else "nonetraw")
     out.append([l for l in open("/proc/self/status") if l.startswith("NoNewPrivs")][0].split()[1])
+    out.append("nocaps" if int(caps, 16) == 0 else "caps")
+    # bpffs is hidden (a uid-0 agent could otherwise open our pinned links and detach them)
+    bpffs = [l.split()[4] for l in open("/proc/self/mountinfo") if " - bpf " in l]
+    out.append("bpffs-empty" if bpffs and all(not os.listdir(b) for b in bpffs) else "bpffs-visible")
+    try:
+        open("/proc/sys/kernel/core_pattern", "w").write("|/bin/false"); out.append("sysctl-written")
+    except OSError as e:
+        out.append(errno.errorcode[e.errno])
     print(" ".join(out))
     """)
-    assert r.stdout.split() == ["EROFS", "EROFS", "hidden", "ENOENT", "nosysadmin", "nonetraw", "1"], \
-        r.stdout + r.stderr
+    assert r.stdout.split() == ["EROFS", "EROFS", "hidden", "ENOENT", "nosysadmin", "nonetraw", "1",
+                                "nocaps", "bpffs-empty", "EROFS"], r.stdout + r.stderr
     # --user: the command runs as that user; exit status and output are its own.
     r = enforcer.exec("t-agent", ["sh", "-c", "id -un; exit 7"], user="nobody")
     assert r.returncode == 7 and r.stdout == "nobody\n", r.stdout + r.stderr
