@@ -219,11 +219,13 @@ void audit_add_agent(json_t *ev, const struct audit_agent *a)
 		um = json_object();
 		json_object_set_new(ev, "unmapped", um);
 	}
-	/* Identity source 'local': the principal is the agent name, unverified. */
+	/* Without a verified identity the principal is the agent name (source
+	 * 'local'), marked unverified. */
 	json_object_set_new(um, "agent", json_pack("{s:s, s:s, s:I, s:{s:s, s:s, s:b}}",
 		"name", a->name ? a->name : "", "cgroup", a->cgroup ? a->cgroup : "",
 		"cgroup_id", (json_int_t)a->cgroup_id,
-		"principal", "iss", "local", "sub", a->name ? a->name : "", "verified", 0));
+		"principal", "iss", a->iss ? a->iss : "local",
+		"sub", a->sub && a->sub[0] ? a->sub : a->name ? a->name : "", "verified", a->verified));
 }
 
 void audit_add_verdict(json_t *ev, bool allowed, bool would_deny, const char *rule,

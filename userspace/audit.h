@@ -42,6 +42,10 @@ struct audit_agent {
 	uint32_t pid, tid, uid;
 	const char *comm;
 	uint64_t cgroup_id;
+	/* principal: iss/sub as verified by the identity source; NULL iss means
+	 * the local source (iss "local", sub = agent name, unverified) */
+	const char *iss, *sub;
+	bool verified;
 };
 void audit_add_agent(json_t *ev, const struct audit_agent *a);
 /* status/disposition/action: allowed (1) or blocked (2), with observe marking. */

@@ -18,14 +18,13 @@
 #include <unistd.h>
 
 #include "cli_token.h"
+#include "ident.h"
 #include "ident_jwks.h"
 #include "ident_jwt.h"
 #include "policy.h"
 #include "util.h"
 
 #define TOKEN_DEFAULT_POLICY "/etc/agentgate/policy.yaml"
-#define TOKEN_LEEWAY_S       60
-#define TOKEN_MAX_AGE_S      86400   /* identity-audit.md §1: cap token age ourselves */
 
 static int usage(void)
 {
@@ -70,28 +69,6 @@ static char *read_stdin(size_t *len)
 static bool is_space(char c)
 {
 	return c == ' ' || c == '\t' || c == '\n' || c == '\r';
-}
-
-/* <state_dir>/jwks/<sha256(issuer)>.json; "" when the directory cannot be
- * had (not root, read-only): the cache is then memory only. */
-static void cache_path(const char *state_dir, const char *issuer, char *out, size_t outlen)
-{
-	unsigned char md[32];
-	char dir[PATH_MAX], hex[65];
-	unsigned int mdlen = 0;
-
-	out[0] = '\0';
-	if (!state_dir || !*state_dir)
-		return;
-	if (!EVP_Digest(issuer, strlen(issuer), md, &mdlen, EVP_sha256(), NULL) || mdlen != 32)
-		return;
-	for (unsigned int i = 0; i < 32; i++)
-		snprintf(hex + 2 * i, 3, "%02x", md[i]);
-	if ((size_t)snprintf(dir, sizeof(dir), "%s/jwks", state_dir) >= sizeof(dir))
-		return;
-	if (mkdir_p(dir, 0700) < 0)
-		return;
-	snprintf(out, outlen, "%s/%s.json", dir, hex);
 }
 
 static json_t *strv_json(const char *const *v, size_t n)
@@ -151,7 +128,7 @@ static int verify(const char *agent, const char *policy_path, const char *arg, c
 	struct ident_issuer *iss = NULL;
 	struct issuer_opts opts = { 0 };
 	struct jwt_claims claims = { 0 };
-	struct jwt_policy jp = { 0 };
+	struct jwt_policy jp;
 	struct issuer_status st;
 	char why[512], cache[PATH_MAX], line[600];
 	const char *aud[1];
@@ -206,7 +183,7 @@ static int verify(const char *agent, const char *policy_path, const char *arg, c
 		goto out;
 	}
 
-	cache_path(state_dir, id->issuer, cache, sizeof(cache));
+	ident_jwks_cache_path(state_dir, id->issuer, cache, sizeof(cache));
 	opts.cache_file = cache[0] ? cache : NULL;
 	iss = issuer_new(id->issuer, &opts, why, sizeof(why));
 	if (!iss) {
@@ -217,17 +194,8 @@ static int verify(const char *agent, const char *policy_path, const char *arg, c
 		goto out;
 	}
 
-	aud[0] = id->audience;
-	jp.issuer = id->issuer;
-	jp.audiences = aud;
-	jp.naud = 1;
-	/* client_credentials yields RFC 9068 access tokens; a token file may
-	 * hold any kind we know (k8s, JWT-SVID, CI), never another explicit typ. */
-	jp.typ = id->source == IDENT_CLIENT_CREDENTIALS ? "at+jwt" : NULL;
-	jp.groups_claim = id->groups_claim;
-	jp.leeway_s = TOKEN_LEEWAY_S;
-	jp.max_age_s = TOKEN_MAX_AGE_S;
-	jp.now = (int64_t)time(NULL);
+	/* The enforcer's rules for this agent's tokens (ident.c). */
+	ident_jwt_policy(id, (int64_t)time(NULL), aud, &jp);
 
 	ret = issuer_verify(iss, tok, len, &jp, &claims, why, sizeof(why));
 	if (issuer_status(iss, &st) == 0 && st.have_keys && st.last_error[0])

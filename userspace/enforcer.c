@@ -50,6 +50,8 @@ static const char *const counter_names[AG_CNT__MAX] = {
 	[AG_CNT_SKB_INGRESS_DROP] = "backstop_ingress_dropped",
 };
 
+static void agent_principal(int idx, struct audit_agent *a, struct ident_principal *pr);
+
 static const char *reason_str(uint32_t r)
 {
 	switch (r) {
@@ -410,11 +412,14 @@ json_t *enforcer_conn_event(struct conn *c, int activity_id, const char *activit
 	struct audit_agent a = { 0 };
 	char src[64], dst[64];
 
+	struct ident_principal pr;
+
 	if (!ev)
 		return NULL;
 	if (c->agent_idx >= 0) {
 		a.name = p->agents[c->agent_idx].name;
 		a.cgroup = E->agents[c->agent_idx].cgroup_rel;
+		agent_principal(c->agent_idx, &a, &pr);
 	}
 	a.pid = c->pair.tgid;
 	a.tid = c->pair.pid;
@@ -442,6 +447,27 @@ json_t *enforcer_conn_event(struct conn *c, int activity_id, const char *activit
 	if (c->upstream_desc[0])
 		json_object_set_new(um, "upstream", json_string(c->upstream_desc));
 	return ev;
+}
+
+void enforcer_principal(int idx, struct ident_principal *out)
+{
+	struct agent_rt *rt = &E->agents[idx];
+
+	pthread_mutex_lock(&rt->plock);
+	*out = rt->principal;
+	pthread_mutex_unlock(&rt->plock);
+}
+
+/* Fills the principal fields of an audit agent; pr is caller storage that
+ * must outlive the event being built. */
+static void agent_principal(int idx, struct audit_agent *a, struct ident_principal *pr)
+{
+	enforcer_principal(idx, pr);
+	if (strcmp(pr->source, "local") != 0) {
+		a->iss = pr->iss;
+		a->sub = pr->sub;
+		a->verified = pr->verified;
+	}
 }
 
 const char *enforcer_rule_name(struct conn *c)
@@ -563,6 +589,21 @@ void enforcer_accept(struct worker *w, int fd, int family, const struct sockaddr
 		refuse(c, "destination is the enforcer's own listener");
 		return;
 	}
+	if (ag->identity.source != IDENT_LOCAL) {
+		struct ident_principal pr;
+
+		enforcer_principal(c->agent_idx, &pr);
+		if (!pr.verified) {
+			/* Fail closed: no verified identity, no access. The
+			 * reason is the source's, never a token or secret. */
+			snprintf(c->rule_desc, sizeof(c->rule_desc), "identity not verified: %s", pr.reason);
+			if (enforcer_should_refuse(c, c->rule_desc)) {
+				refuse(c, c->rule_desc);
+				return;
+			}
+			c->rule_desc[0] = 0;
+		}
+	}
 	if (atomic_load(&rt->active) > ag->max_connections) {
 		refuse(c, "agent connection limit reached (limits.connections)");
 		return;
@@ -673,9 +714,11 @@ static int on_kernel_event(void *ctx, void *data, size_t size)
 		atomic_fetch_add(&E->agents[ai].denied_kernel, 1);
 	if (!enforcer_audit_admit(e->slot))
 		return 0;
+	struct ident_principal pr;
 	if (ai >= 0) {
 		a.name = E->policy->agents[ai].name;
 		a.cgroup = E->agents[ai].cgroup_rel;
+		agent_principal(ai, &a, &pr);
 	}
 	a.pid = e->tgid;
 	a.tid = e->pid;
@@ -794,16 +837,35 @@ void *enforcer_status_json(void)
 		int nprogs = 0;
 
 		loader_prog_count(rt->cgroup_path, &nprogs);
+		struct ident_principal pr;
+		enforcer_principal(i, &pr);
+		json_t *principal = json_pack("{s:s, s:s, s:s}", "source", pr.source, "iss", pr.iss,
+					      "sub", pr.sub);
+		json_object_set_new(principal, "exp", pr.exp ? json_integer(pr.exp) : json_null());
+		json_object_set_new(principal, "verified", json_boolean(pr.verified));
+		if (pr.client_id[0])
+			json_object_set_new(principal, "client_id", json_string(pr.client_id));
+		if (pr.ngroups) {
+			json_t *g = json_array();
+			for (size_t k = 0; k < pr.ngroups; k++)
+				json_array_append_new(g, json_string(pr.groups[k]));
+			json_object_set_new(principal, "groups", g);
+		}
+		if (pr.reason[0] && strcmp(pr.source, "local") != 0)
+			json_object_set_new(principal, "reason", json_string(pr.reason));
+		if (pr.warning[0])
+			json_object_set_new(principal, "warning", json_string(pr.warning));
+		if (pr.secret_file_exposed)
+			json_object_set_new(principal, "secret_file_exposed", json_true());
 		json_t *extra = json_array();
 		for (int x = 0; x < rt->nextra; x++)
 			json_array_append_new(extra, json_string(rt->extra_rel[x]));
 		json_array_append_new(agents, json_pack(
-			"{s:s, s:s, s:s, s:I, s:i, s:b, s:i, s:o, s:{s:s, s:s, s:n, s:b},"
+			"{s:s, s:s, s:s, s:I, s:i, s:b, s:i, s:o, s:o,"
 			" s:i, s:i, s:I, s:I, s:I}",
 			"name", p->agents[i].name, "cgroup", rt->cgroup_rel, "cgroup_path", rt->cgroup_path,
 			"cgroup_id", (json_int_t)rt->cgid, "slot", (int)E->slot_of[i], "attached", rt->attached,
-			"programs", nprogs, "extra_cgroups", extra,
-			"principal", "iss", "local", "sub", p->agents[i].name, "exp", "verified", 0,
+			"programs", nprogs, "extra_cgroups", extra, "principal", principal,
 			"connections", (int)atomic_load(&rt->active),
 			"max_connections", (int)p->agents[i].max_connections,
 			"accepted", (json_int_t)atomic_load(&rt->accepted),
@@ -976,11 +1038,6 @@ static int check_supported(const struct policy *p)
 	int bad = 0;
 
 	for (size_t i = 0; i < p->nagents; i++) {
-		if (p->agents[i].identity.source != IDENT_LOCAL) {
-			log_err("agent '%s' (line %d): identity source other than 'local' is not implemented in this build",
-				p->agents[i].name, p->agents[i].line);
-			bad++;
-		}
 		if (p->agents[i].accept_user_tokens) {
 			log_err("agent '%s' (line %d): accept_user_tokens is not implemented in this build",
 				p->agents[i].name, p->agents[i].line);
@@ -1071,6 +1128,69 @@ static void lifecycle_event(int activity, const char *name, const char *msg)
 	audit_emit(ev);
 }
 
+/* Authentication (3002): an agent's principal changed (obtained, refreshed
+ * to a new subject, lost, or recovered). */
+static void audit_principal(int idx)
+{
+	struct ident_principal pr;
+	struct audit_agent a = { .name = E->policy->agents[idx].name, .cgroup = E->agents[idx].cgroup_rel,
+				 .cgroup_id = E->agents[idx].cgid };
+	json_t *ev;
+
+	agent_principal(idx, &a, &pr);
+	ev = audit_event(3002, pr.verified ? 1 : 99, pr.verified ? "Logon" : "Other");
+	if (!ev)
+		return;
+	audit_add_agent(ev, &a);
+	json_object_set_new(ev, "auth_protocol", json_string(pr.source));
+	json_object_set_new(ev, "is_mfa", json_false());
+	json_object_set_new(ev, "service", json_pack("{s:s}", "name", pr.iss));
+	if (pr.exp)
+		json_object_set_new(ev, "unmapped_exp", json_integer(pr.exp));
+	audit_add_verdict(ev, pr.verified, false, NULL, pr.verified ? (pr.warning[0] ? pr.warning : NULL)
+								    : pr.reason);
+	audit_emit(ev);
+}
+
+/* Creates each agent's identity source and takes a first principal. */
+static int open_identities(void)
+{
+	for (size_t i = 0; i < E->policy->nagents; i++) {
+		struct agent_rt *rt = &E->agents[i];
+		char why[256];
+
+		pthread_mutex_init(&rt->plock, NULL);
+		rt->ident = ident_agent_new(E->policy->agents[i].name, &E->policy->agents[i].identity,
+					    E->state_dir, why, sizeof(why));
+		if (!rt->ident) {
+			log_err("agent '%s': identity: %s", E->policy->agents[i].name, why);
+			return -EINVAL;
+		}
+		ident_agent_tick(rt->ident, now_ns_mono() / 1000000ull);
+		ident_agent_principal(rt->ident, &rt->principal);
+		if (E->policy->agents[i].identity.source != IDENT_LOCAL)
+			log_info("agent '%s': identity %s", E->policy->agents[i].name,
+				 rt->principal.verified ? "verified" : rt->principal.reason);
+	}
+	return 0;
+}
+
+static void tick_identities(void)
+{
+	for (size_t i = 0; i < E->policy->nagents; i++) {
+		struct agent_rt *rt = &E->agents[i];
+		struct ident_principal pr;
+
+		if (!rt->ident || ident_agent_tick(rt->ident, now_ns_mono() / 1000000ull) != 1)
+			continue;
+		ident_agent_principal(rt->ident, &pr);
+		pthread_mutex_lock(&rt->plock);
+		rt->principal = pr;
+		pthread_mutex_unlock(&rt->plock);
+		audit_principal(i);
+	}
+}
+
 static int main_loop(int epfd, int sfd, struct ring_buffer *rb, struct admin *adm)
 {
 	struct epoll_event evs[64];
@@ -1112,6 +1232,7 @@ static int main_loop(int epfd, int sfd, struct ring_buffer *rb, struct admin *ad
 			last_sec = now;
 			check_counters();
 			report_suppressed();
+			tick_identities();
 			dns_tick(E->dns);
 		}
 		if (now - last_sweep >= 10) {
@@ -1236,7 +1357,7 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 		log_err("%s", err);
 		goto out;
 	}
-	if (program_kernel())
+	if (open_identities() || program_kernel())
 		goto out;
 	rb = loader_ringbuf(E->loader, on_kernel_event, NULL);
 	rb_item.fd = ring_buffer__epoll_fd(rb);
@@ -1292,6 +1413,8 @@ out:
 	dns_close(E->dns);
 	audit_close();
 	loader_close(E->loader);
+	for (size_t i = 0; E->policy && i < E->policy->nagents; i++)
+		ident_agent_free(E->agents[i].ident);
 	if (epfd >= 0)
 		close(epfd);
 	if (sfd >= 0)

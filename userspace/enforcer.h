@@ -17,6 +17,7 @@
 #include <stdint.h>
 #include "agentgate_abi.h"
 #include "loader.h"
+#include "ident.h"
 #include "policy.h"
 #include <jansson.h>
 
@@ -45,6 +46,11 @@ struct agent_rt {
 	bool attached;
 	atomic_uint active;           /* live connections */
 	atomic_ullong accepted, refused, denied_kernel;
+	/* identity: the source lives on the main thread; workers read the
+	 * principal snapshot under plock */
+	struct ident_agent *ident;
+	pthread_mutex_t plock;
+	struct ident_principal principal;
 	/* extra cgroups attached with `agentgate attach` */
 	char extra_rel[8][PATH_MAX];
 	uint64_t extra_cgid[8];
@@ -118,6 +124,9 @@ static inline int enforcer_agent_idx(uint32_t slot)
 #define AUDIT_RATE  5000
 #define AUDIT_BURST 20000
 bool enforcer_audit_admit(uint32_t slot);
+
+/* A copy of agent idx's current principal (thread-safe). */
+void enforcer_principal(int idx, struct ident_principal *out);
 
 /* Index of the agent whose cgroup (path inside the hierarchy) contains rel, or -1. */
 int enforcer_agent_of_cgroup(const char *rel);

@@ -58,7 +58,8 @@ def test_status_human_and_json_and_audit_tail(enforcer, servers):
     assert "t-agent" in r.stdout and "attached" in r.stdout and "known limits:" in r.stdout
     st = enforcer.status()
     a = st["agents"][0]
-    assert a["principal"] == {"iss": "local", "sub": "t-agent", "exp": None, "verified": False}
+    assert a["principal"] == {"source": "local", "iss": "local", "sub": "t-agent", "exp": None,
+                              "verified": False}
     assert a["cgroup"] == "/agentgate/t-agent" and a["attached"] is True
     assert st["policy"]["mode"] == "enforce" and len(st["policy"]["hash"]) == 64
     db = [t for t in st["targets"] if t["name"] == "db"][0]

@@ -1,0 +1,353 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Identity sources (userspace/ident.c) against a real OpenID provider on
+loopback (tests/oidc/server.js): client_credentials (token, refresh, wrong
+secret, issuer down at start, exposed secret file) and token_file (verified,
+rewritten, tampered). Driven through tests/integration/helpers/ident_driver.c,
+which ticks one agent once a second on the real clock and prints its
+principal as a JSON line on every change."""
+import base64
+import json
+import os
+import select
+import subprocess
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from conftest import ROOT, Proc, free_port
+
+OIDC_DIR = os.path.join(ROOT, "tests", "oidc")
+CLIENT_ID = "t-ident-a"
+CLIENT_SECRET = "t-ident-a-secret-0123456789"
+AUDIENCE = "urn:agentgate"
+SRCS = ["tests/integration/helpers/ident_driver.c", "userspace/ident.c", "userspace/ident_jwks.c",
+        "userspace/ident_jwt.c", "userspace/policy_load.c", "userspace/policy_match.c",
+        "userspace/util.c"]
+
+
+@pytest.fixture(scope="module")
+def driver_bin():
+    """The driver, built with the project's flags into a private directory
+    (never the shared build/)."""
+    d = tempfile.mkdtemp(prefix="agident-")
+    out = os.path.join(d, "ident_driver")
+    cmd = ["gcc", "-std=gnu11", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter",
+           "-Wno-format-truncation", "-D_GNU_SOURCE", "-fno-strict-aliasing", "-Ibpf",
+           "-Iuserspace", *SRCS, "-o", out, "-lcurl", "-ljansson", "-lssl", "-lcrypto", "-lyaml",
+           "-lpthread"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    yield out
+    os.unlink(out)
+    os.rmdir(d)
+
+
+class Provider:
+    """tests/oidc/server.js on 127.0.0.1:port (ttl = access-token seconds)."""
+
+    def __init__(self, tmp, port=None, ttl=300):
+        r = subprocess.run([os.path.join(OIDC_DIR, "setup.sh")], capture_output=True, text=True)
+        assert r.returncode == 0, "tests/oidc/setup.sh failed: " + r.stderr
+        self.port = port or free_port()
+        self.issuer = f"http://127.0.0.1:{self.port}"
+        self.log = os.path.join(tmp, f"oidc-{self.port}-{time.time_ns()}.log")
+        env = dict(os.environ, OIDC_TTL=str(ttl))
+        self.proc = Proc(["node", os.path.join(OIDC_DIR, "server.js"), str(self.port), CLIENT_ID,
+                          CLIENT_SECRET], stdout=subprocess.PIPE, stderr=open(self.log, "w"),
+                         cwd=OIDC_DIR, env=env)
+        out = self.proc.p.stdout
+        end = time.time() + 20
+        line = b""
+        while time.time() < end and b"READY" not in line:
+            ready, _, _ = select.select([out], [], [], 0.5)
+            if ready:
+                line = out.readline()
+                if not line:
+                    break
+        assert b"READY" in line, "OIDC provider did not start:\n" + open(self.log).read()
+
+    def token(self, resource=AUDIENCE, alg="RS256"):
+        body = urllib.parse.urlencode({"grant_type": "client_credentials", "resource": resource,
+                                       "token_alg": alg}).encode()
+        req = urllib.request.Request(self.issuer + "/token", data=body, method="POST")
+        basic = base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
+        req.add_header("Authorization", "Basic " + basic)
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.load(r)["access_token"]
+
+    def stop(self):
+        self.proc.stop()
+
+
+@pytest.fixture
+def idp(tmp):
+    p = Provider(tmp)
+    yield p
+    p.stop()
+
+
+def claims(tok):
+    p = tok.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)))
+
+
+def write_secret(tmp, secret=CLIENT_SECRET, mode=0o600):
+    path = os.path.join(tmp, f"secret-{time.time_ns()}")
+    with open(path, "w") as f:
+        f.write(secret + "\n")
+    os.chmod(path, mode)
+    return path
+
+
+def write_policy(tmp, issuer, identity):
+    path = os.path.join(tmp, f"policy-{time.time_ns()}.yaml")
+    with open(path, "w") as f:
+        f.write(f"""version: 1
+agents:
+  - name: t-bot
+    identity: {{issuer: "{issuer}", audience: "{AUDIENCE}", {identity}}}
+""")
+    return path
+
+
+def cc_policy(tmp, issuer, secret_file):
+    return write_policy(tmp, issuer, f"source: client_credentials, client_id: {CLIENT_ID}, "
+                                     f"client_secret_file: {secret_file}")
+
+
+def tf_policy(tmp, issuer, token_file):
+    return write_policy(tmp, issuer, f"source: token_file, token_file: {token_file}")
+
+
+class Driver:
+    """ident_driver running in the background; lines() is what it printed."""
+
+    def __init__(self, binary, tmp, policy, seconds=60, agent="t-bot"):
+        self.proc = Proc([binary, policy, agent, os.path.join(tmp, "state"), str(seconds)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.out = []
+        self.pos = 0
+        self.buf = b""
+        self.raw = ""
+
+    def _read(self, timeout):
+        """Reads what is there (unbuffered, so select() tells the truth) and
+        parses every complete line. False on timeout or end of output."""
+        fd = self.proc.p.stdout.fileno()
+        ready, _, _ = select.select([fd], [], [], timeout)
+        if not ready:
+            return False
+        data = os.read(fd, 65536)
+        if not data:
+            return False
+        self.buf += data
+        while b"\n" in self.buf:
+            line, self.buf = self.buf.split(b"\n", 1)
+            text = line.decode() + "\n"
+            self.raw += text
+            self.out.append(json.loads(text))
+        return True
+
+    def wait(self, pred, timeout):
+        """The first line after the one the previous wait() returned (already
+        read or coming) for which pred holds."""
+        end = time.time() + timeout
+        while True:
+            for i in range(self.pos, len(self.out)):
+                if pred(self.out[i]):
+                    self.pos = i + 1
+                    return self.out[i]
+            self.pos = len(self.out)
+            left = end - time.time()
+            if left <= 0 or (not self._read(left) and self.proc.p.poll() is not None):
+                break
+        pytest.fail(f"no matching principal in {timeout} s; got:\n{self.raw}"
+                    f"stderr: {self.stderr()}")
+
+    def stderr(self):
+        if self.proc.p.poll() is None:
+            return ""
+        return self.proc.p.stderr.read().decode()
+
+    def finish(self):
+        """Stops it, reads the rest, and returns everything it printed."""
+        self.proc.stop()
+        rest = (self.buf + self.proc.p.stdout.read()).decode()
+        self.buf = b""
+        for line in rest.splitlines():
+            self.raw += line + "\n"
+            self.out.append(json.loads(line))
+        err = self.proc.p.stderr.read().decode()
+        return self.raw + err
+
+
+def run_once(binary, tmp, policy, seconds):
+    r = subprocess.run([binary, policy, "t-bot", os.path.join(tmp, "state"), str(seconds)],
+                       capture_output=True, text=True, timeout=seconds + 30)
+    return r, [json.loads(l) for l in r.stdout.splitlines()]
+
+
+# ---- client_credentials ------------------------------------------------------
+
+def test_client_credentials_verified_principal(tmp, idp, driver_bin):
+    pol = cc_policy(tmp, idp.issuer, write_secret(tmp))
+    r, lines = run_once(driver_bin, tmp, pol, 3)
+    assert r.returncode == 0, r.stderr
+    assert lines[0]["verified"] is False and lines[0]["reason"] == "not obtained yet"
+    p = lines[-1]
+    assert p["verified"] is True and p["token"] is True, lines
+    assert p["source"] == "client_credentials" and p["iss"] == idp.issuer
+    assert p["sub"] == CLIENT_ID and p["client_id"] == CLIENT_ID
+    assert 0 < p["exp"] - time.time() <= 300
+    assert p["groups"] == ["agents", "support"] and p["reason"] == "" and p["warning"] == ""
+    assert p["secret_file_exposed"] is False
+    assert CLIENT_SECRET not in r.stdout + r.stderr
+
+
+def test_client_credentials_refreshes_before_expiry(tmp, driver_bin):
+    idp = Provider(tmp, ttl=6)
+    try:
+        pol = cc_policy(tmp, idp.issuer, write_secret(tmp))
+        start = time.time()
+        r, lines = run_once(driver_bin, tmp, pol, 14)
+    finally:
+        idp.stop()
+    assert r.returncode == 0, r.stderr
+    verified = [p for p in lines if p["verified"]]
+    # 6 s tokens refreshed at 80 % (4 s): three or four tokens in 14 s, each
+    # obtained before the previous one expired.
+    assert len(verified) >= 3, lines
+    exps = [p["exp"] for p in verified]
+    assert exps == sorted(exps) and len(set(exps)) == len(exps), exps
+    first = lines.index(verified[0])
+    assert all(p["verified"] for p in lines[first:]), "the principal lapsed:\n" + r.stdout
+    for prev, nxt in zip(verified, verified[1:]):
+        # each new token arrived a good while before the previous one's exp
+        assert start + nxt["t_ms"] / 1000 < prev["exp"] - 0.5, lines
+
+
+def test_wrong_secret_unverified_with_reason(tmp, idp, driver_bin):
+    wrong = "not-the-secret-42"
+    pol = cc_policy(tmp, idp.issuer, write_secret(tmp, secret=wrong))
+    r, lines = run_once(driver_bin, tmp, pol, 3)
+    assert r.returncode == 0, r.stderr
+    p = lines[-1]
+    assert p["verified"] is False and p["token"] is False
+    assert p["reason"] == "token endpoint: HTTP status 401: invalid_client", lines
+    assert wrong not in r.stdout + r.stderr and CLIENT_SECRET not in r.stdout + r.stderr
+
+
+def test_issuer_down_at_start_then_verified(tmp, driver_bin):
+    port = free_port()
+    issuer = f"http://127.0.0.1:{port}"
+    d = Driver(driver_bin, tmp, cc_policy(tmp, issuer, write_secret(tmp)), seconds=60)
+    idp = None
+    try:
+        p = d.wait(lambda p: p["reason"].startswith("discovery:"), 5)
+        assert p["verified"] is False and "connect" in p["reason"].lower(), p
+        time.sleep(2)
+        idp = Provider(tmp, port=port)
+        t0 = time.time()
+        # backoff 1, 2, 4, 8, 16 s: the next attempt is at most 16 s away
+        p = d.wait(lambda p: p["verified"], 20)
+        assert p["sub"] == CLIENT_ID and p["iss"] == issuer
+        assert time.time() - t0 < 20
+    finally:
+        out = d.finish()
+        if idp:
+            idp.stop()
+    assert CLIENT_SECRET not in out
+
+
+def test_exposed_secret_file_is_reported(tmp, idp, driver_bin):
+    pol = cc_policy(tmp, idp.issuer, write_secret(tmp, mode=0o644))
+    r, lines = run_once(driver_bin, tmp, pol, 3)
+    p = lines[-1]
+    assert p["verified"] is True and p["secret_file_exposed"] is True, lines
+    assert CLIENT_SECRET not in r.stdout + r.stderr
+
+
+def test_private_key_jwt_refused_at_open(tmp, idp, driver_bin):
+    key = os.path.join(tmp, "client.key")
+    open(key, "w").close()
+    pol = write_policy(tmp, idp.issuer, f"source: client_credentials, client_id: {CLIENT_ID}, "
+                                        f"private_key_file: {key}")
+    r, lines = run_once(driver_bin, tmp, pol, 1)
+    assert r.returncode == 1 and lines == []
+    assert "private_key_jwt) is not implemented yet" in r.stderr, r.stderr
+
+
+# ---- token_file --------------------------------------------------------------
+
+def write_token(path, tok, rename=False):
+    if rename:      # how kubelet and spiffe-helper replace it
+        tmpf = path + ".new"
+        with open(tmpf, "w") as f:
+            f.write(tok + "\n")
+        os.rename(tmpf, path)
+    else:
+        with open(path, "w") as f:
+            f.write(tok + "\n")
+
+
+def test_token_file_verified_and_rewritten(tmp, idp, driver_bin):
+    path = os.path.join(tmp, "token")
+    tok1 = idp.token()
+    write_token(path, tok1)
+    d = Driver(driver_bin, tmp, tf_policy(tmp, idp.issuer, path), seconds=60)
+    toks = [tok1]
+    try:
+        p = d.wait(lambda p: p["verified"], 5)
+        assert p["source"] == "token_file" and p["sub"] == CLIENT_ID and p["iss"] == idp.issuer
+        assert p["exp"] == claims(tok1)["exp"] and p["token"] is True
+        for rename in (False, True):
+            time.sleep(1.1)                 # a later exp, so the principal differs
+            tok = idp.token(alg="ES256")
+            toks.append(tok)
+            assert claims(tok)["exp"] != p["exp"]
+            write_token(path, tok, rename=rename)
+            p = d.wait(lambda q, e=claims(tok)["exp"]: q["verified"] and q["exp"] == e, 4)
+    finally:
+        out = d.finish()
+    assert not any(t in out for t in toks), "a token was printed"
+    assert not any(t.split(".")[2] in out for t in toks)
+
+
+def test_token_file_tampered_unverified_with_reason(tmp, idp, driver_bin):
+    path = os.path.join(tmp, "token")
+    good = idp.token()
+    write_token(path, good)
+    d = Driver(driver_bin, tmp, tf_policy(tmp, idp.issuer, path), seconds=60)
+    try:
+        d.wait(lambda p: p["verified"], 5)
+        h, pl, s = idp.token().split(".")
+        c = claims(f"{h}.{pl}.{s}")
+        c["sub"] = "admin"
+        pl2 = base64.urlsafe_b64encode(json.dumps(c).encode()).decode().rstrip("=")
+        bad = f"{h}.{pl2}.{s}"
+        write_token(path, bad)
+        p = d.wait(lambda p: not p["verified"], 4)
+        assert p["token"] is False
+        assert p["reason"].startswith("token file token refused: ") and "signature" in p["reason"], p
+        # a good token again: verified again
+        time.sleep(1.1)
+        write_token(path, idp.token())
+        p = d.wait(lambda p: p["verified"] and p["sub"] == CLIENT_ID, 4)
+    finally:
+        out = d.finish()
+    assert good not in out and bad not in out and s not in out
+
+
+def test_token_file_missing_then_written(tmp, idp, driver_bin):
+    path = os.path.join(tmp, "token")
+    d = Driver(driver_bin, tmp, tf_policy(tmp, idp.issuer, path), seconds=60)
+    try:
+        p = d.wait(lambda p: "No such file" in p["reason"], 4)
+        assert p["verified"] is False and path in p["reason"]
+        write_token(path, idp.token())
+        d.wait(lambda p: p["verified"], 5)
+    finally:
+        d.finish()

@@ -1,0 +1,1075 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * ident: identity sources per agent. The contract is in ident.h; the
+ * comments here say why the code looks the way it does.
+ */
+#include <ctype.h>
+#include <curl/curl.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <limits.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ident.h"
+#include "util.h"
+
+struct ident_agent {
+	char *name;
+	const struct ident_source_ops *ops;
+	struct policy_identity id;      /* our own copies of the strings */
+	struct ident_issuer *iss;
+	struct ident_principal pr;
+
+	char *token;                    /* the verified token, NUL-terminated; wiped */
+	size_t toklen;
+	int64_t tok_exp;                /* its exp (real time) */
+
+	uint64_t next_ms;               /* no fetch / re-read before this (monotonic) */
+	uint64_t backoff_ms;            /* next retry delay after a failure */
+	bool retry;                     /* token_file: the last read failed transiently */
+	bool force_jwks;                /* the issuer's keys could not be had: refetch first */
+
+	/* client_credentials */
+	char token_endpoint[IDENT_URL_MAX];
+
+	/* token_file: what the file looked like when last read */
+	bool have_stat;
+	struct stat st;
+};
+
+/* ---- small helpers ------------------------------------------------------ */
+
+static void setwhy(char *why, size_t whylen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void setwhy(char *why, size_t whylen, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!why || !whylen)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(why, whylen, fmt, ap);
+	va_end(ap);
+}
+
+static int64_t real_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec;
+}
+
+static void wipe_free(char *p, size_t len)
+{
+	if (!p)
+		return;
+	OPENSSL_cleanse(p, len);
+	free(p);
+}
+
+static void drop_token(struct ident_agent *a)
+{
+	wipe_free(a->token, a->toklen + 1);
+	a->token = NULL;
+	a->toklen = 0;
+	a->tok_exp = 0;
+}
+
+static bool is_space(char c)
+{
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+void ident_jwt_policy(const struct policy_identity *id, int64_t now, const char **aud_slot,
+		      struct jwt_policy *jp)
+{
+	memset(jp, 0, sizeof(*jp));
+	aud_slot[0] = id->audience;
+	jp->issuer = id->issuer;
+	jp->audiences = aud_slot;
+	jp->naud = 1;
+	/* client_credentials yields RFC 9068 access tokens; a token file may
+	 * hold any kind we know (k8s, JWT-SVID, CI), never another explicit typ. */
+	jp->typ = id->source == IDENT_CLIENT_CREDENTIALS ? "at+jwt" : NULL;
+	jp->groups_claim = id->groups_claim;
+	jp->leeway_s = IDENT_LEEWAY_S;
+	jp->max_age_s = IDENT_MAX_AGE_S;
+	jp->now = now;
+}
+
+void ident_jwks_cache_path(const char *state_dir, const char *issuer, char *out, size_t outlen)
+{
+	unsigned char md[32];
+	char dir[PATH_MAX], hex[65];
+	unsigned int mdlen = 0;
+
+	out[0] = '\0';
+	if (!state_dir || !*state_dir || !issuer)
+		return;
+	if (!EVP_Digest(issuer, strlen(issuer), md, &mdlen, EVP_sha256(), NULL) || mdlen != 32)
+		return;
+	for (unsigned int i = 0; i < 32; i++)
+		snprintf(hex + 2 * i, 3, "%02x", md[i]);
+	if ((size_t)snprintf(dir, sizeof(dir), "%s/jwks", state_dir) >= sizeof(dir))
+		return;
+	if (mkdir_p(dir, 0700) < 0)
+		return;
+	snprintf(out, outlen, "%s/%s.json", dir, hex);
+}
+
+/* ---- principal bookkeeping --------------------------------------------- */
+
+static void set_unverified(struct ident_agent *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void set_unverified(struct ident_agent *a, const char *fmt, ...)
+{
+	va_list ap;
+
+	drop_token(a);
+	/* No claims without a token: a binding on groups or sub must never
+	 * match an agent that is not verified (local keeps its name). */
+	if (a->id.source != IDENT_LOCAL) {
+		a->pr.sub[0] = '\0';
+		a->pr.client_id[0] = '\0';
+		a->pr.exp = 0;
+		a->pr.ngroups = 0;
+		a->pr.groups_truncated = false;
+		memset(a->pr.groups, 0, sizeof(a->pr.groups));
+	}
+	a->pr.verified = false;
+	a->pr.warning[0] = '\0';
+	va_start(ap, fmt);
+	vsnprintf(a->pr.reason, sizeof(a->pr.reason), fmt, ap);
+	va_end(ap);
+}
+
+/* Takes a copy of tok; fills the principal from verified claims. */
+static int set_verified(struct ident_agent *a, const char *tok, size_t len, const struct jwt_claims *c)
+{
+	char *copy = malloc(len + 1);
+	size_t n = 0;
+
+	if (!copy)
+		return -ENOMEM;
+	memcpy(copy, tok, len);
+	copy[len] = '\0';
+	drop_token(a);
+	a->token = copy;
+	a->toklen = len;
+	a->tok_exp = c->exp;
+
+	snprintf(a->pr.iss, sizeof(a->pr.iss), "%s", c->iss);
+	snprintf(a->pr.sub, sizeof(a->pr.sub), "%s", c->sub);
+	snprintf(a->pr.client_id, sizeof(a->pr.client_id), "%s",
+		 c->client_id ? c->client_id : c->azp ? c->azp : "");
+	a->pr.exp = c->exp;
+	a->pr.groups_truncated = false;
+	for (size_t i = 0; i < c->ngroups; i++) {
+		if (n == IDENT_MAX_GROUPS || strlen(c->groups[i]) >= IDENT_GROUP_MAX) {
+			a->pr.groups_truncated = true;
+			continue;
+		}
+		snprintf(a->pr.groups[n++], IDENT_GROUP_MAX, "%s", c->groups[i]);
+	}
+	for (size_t i = n; i < IDENT_MAX_GROUPS; i++)
+		a->pr.groups[i][0] = '\0';
+	a->pr.ngroups = n;
+	a->pr.verified = true;
+	a->pr.reason[0] = '\0';
+	a->pr.warning[0] = '\0';
+	return 0;
+}
+
+static void schedule_retry(struct ident_agent *a, uint64_t now_ms)
+{
+	if (a->backoff_ms < IDENT_BACKOFF_MIN_MS)
+		a->backoff_ms = IDENT_BACKOFF_MIN_MS;
+	a->next_ms = now_ms + a->backoff_ms;
+	a->backoff_ms = a->backoff_ms * 2 > IDENT_BACKOFF_MAX_MS ? IDENT_BACKOFF_MAX_MS : a->backoff_ms * 2;
+}
+
+/*
+ * A failure. A transient one (network, issuer down, unreadable file) keeps
+ * a good token that has not expired and says so in the warning; a definitive
+ * one (a token that does not verify, a client the issuer refuses) drops it:
+ * disabling the client at the provider must take the access away.
+ */
+static void failed(struct ident_agent *a, uint64_t now_ms, bool definitive, const char *reason)
+{
+	schedule_retry(a, now_ms);
+	if (!definitive && a->token && real_now() < a->tok_exp) {
+		snprintf(a->pr.warning, sizeof(a->pr.warning), "%s", reason);
+		return;
+	}
+	set_unverified(a, "%s", reason);
+}
+
+static void succeeded(struct ident_agent *a)
+{
+	a->backoff_ms = IDENT_BACKOFF_MIN_MS;
+	a->force_jwks = false;
+}
+
+/* A held token stops being good at its exp, refresh or no refresh. */
+static void expire_check(struct ident_agent *a)
+{
+	if (a->token && real_now() >= a->tok_exp) {
+		char last[IDENT_REASON_MAX];
+
+		snprintf(last, sizeof(last), "%s", a->pr.warning);
+		if (last[0])
+			set_unverified(a, "token expired; last refresh failed: %s", last);
+		else
+			set_unverified(a, "token expired");
+	}
+}
+
+/* Errors of issuer_verify() that a retry can cure: the issuer or its keys
+ * could not be had, or we could not compute. Everything else is a verdict
+ * on the token. */
+static bool verify_transient(int err)
+{
+	return err == -EHOSTUNREACH || err == -ETIMEDOUT || err == -ESTALE || err == -EPROTO ||
+	       err == -EIO || err == -ENOMEM;
+}
+
+/* Verify tok with the agent's issuer. 0, or -errno with the reason. */
+static int verify_token(struct ident_agent *a, const char *tok, size_t len, struct jwt_claims *c,
+			char *why, size_t whylen)
+{
+	struct jwt_policy jp;
+	const char *aud[1];
+	char r[IDENT_REASON_MAX];
+
+	if (a->force_jwks)
+		issuer_refresh(a->iss, true, r, sizeof(r));   /* the verdict below tells */
+	ident_jwt_policy(&a->id, real_now(), aud, &jp);
+	return issuer_verify(a->iss, tok, len, &jp, c, why, whylen);
+}
+
+/* ---- HTTP (the rules of ident_jwks.c; its fetcher is static there) ----- */
+
+struct recv_buf {
+	struct ident_http_resp *resp;
+	bool too_big, oom;
+};
+
+/* The body may hold a token: grow by copying and wiping, not realloc. */
+static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
+{
+	struct recv_buf *b = arg;
+	size_t n = size * nmemb, old = b->resp->len;
+	char *nb;
+
+	if (n > IDENT_FETCH_MAX || old + n > IDENT_FETCH_MAX) {
+		b->too_big = true;
+		return 0;
+	}
+	nb = malloc(old + n + 1);
+	if (!nb) {
+		b->oom = true;
+		return 0;
+	}
+	if (old)
+		memcpy(nb, b->resp->body, old);
+	memcpy(nb + old, data, n);
+	nb[old + n] = '\0';
+	wipe_free(b->resp->body, old + 1);
+	b->resp->body = nb;
+	b->resp->len = old + n;
+	return n;
+}
+
+static size_t on_header(char *data, size_t size, size_t nmemb, void *arg)
+{
+	struct ident_http_resp *r = arg;
+	size_t n = size * nmemb, k;
+	const char *v;
+
+	if (n >= 5 && strncmp(data, "HTTP/", 5) == 0)
+		r->content_type[0] = '\0';
+	if (n > 13 && strncasecmp(data, "content-type:", 13) == 0) {
+		v = data + 13;
+		k = n - 13;
+		while (k && (*v == ' ' || *v == '\t')) {
+			v++;
+			k--;
+		}
+		while (k && (v[k - 1] == '\r' || v[k - 1] == '\n' || v[k - 1] == ' '))
+			k--;
+		if (k >= sizeof(r->content_type))
+			k = sizeof(r->content_type) - 1;
+		memcpy(r->content_type, v, k);
+		r->content_type[k] = '\0';
+	}
+	return n;
+}
+
+static void resp_clear(struct ident_http_resp *r)
+{
+	wipe_free(r->body, r->len + 1);
+	memset(r, 0, sizeof(*r));
+}
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static void curl_init_once(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
+
+/*
+ * GET (post == NULL) or POST url. auth, when set, is a whole header line
+ * ("Authorization: Basic ...") and is wiped from libcurl's list before that
+ * is freed. The URL has passed ident_url_check(). 0 (any status) or -errno.
+ */
+static int http_do(const char *url, const char *post, const char *auth,
+		   struct ident_http_resp *resp, char *why, size_t whylen)
+{
+	struct recv_buf b = { .resp = resp };
+	const char *proto = strncmp(url, "https://", 8) == 0 ? "https" : "http";
+	char errbuf[CURL_ERROR_SIZE] = "";
+	struct curl_slist *hdrs = NULL, *h;
+	CURLcode rc;
+	CURL *c;
+	int ret = 0;
+
+	memset(resp, 0, sizeof(*resp));
+	pthread_once(&curl_once, curl_init_once);
+	c = curl_easy_init();
+	if (!c) {
+		setwhy(why, whylen, "curl_easy_init failed");
+		return -ENOMEM;
+	}
+	if (auth) {
+		h = curl_slist_append(NULL, auth);
+		if (!h) {
+			curl_easy_cleanup(c);
+			setwhy(why, whylen, "out of memory");
+			return -ENOMEM;
+		}
+		hdrs = h;
+		h = curl_slist_append(hdrs, "Accept: application/json");
+		if (h)
+			hdrs = h;
+	}
+	if (curl_easy_setopt(c, CURLOPT_URL, url) ||
+	    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, proto) ||
+	    curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, proto) ||
+	    curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L) ||
+	    curl_easy_setopt(c, CURLOPT_MAXREDIRS, 0L) ||
+	    curl_easy_setopt(c, CURLOPT_PROXY, "") ||
+	    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L) ||
+	    curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L) ||
+	    curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L) ||
+	    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)IDENT_CONNECT_TIMEOUT_MS) ||
+	    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)IDENT_TOTAL_TIMEOUT_MS) ||
+	    curl_easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)IDENT_FETCH_MAX) ||
+	    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body) ||
+	    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b) ||
+	    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header) ||
+	    curl_easy_setopt(c, CURLOPT_HEADERDATA, resp) ||
+	    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf) ||
+	    curl_easy_setopt(c, CURLOPT_USERAGENT, "agentgate") ||
+	    (hdrs && curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdrs)) ||
+	    (post && curl_easy_setopt(c, CURLOPT_POSTFIELDS, post))) {
+		setwhy(why, whylen, "libcurl refused an option (too old?)");
+		ret = -ENOTSUP;
+		goto out;
+	}
+	rc = curl_easy_perform(c);
+	if (b.too_big || rc == CURLE_FILESIZE_EXCEEDED) {
+		setwhy(why, whylen, "response larger than %u bytes", IDENT_FETCH_MAX);
+		ret = -EMSGSIZE;
+	} else if (b.oom) {
+		setwhy(why, whylen, "out of memory");
+		ret = -ENOMEM;
+	} else if (rc != CURLE_OK) {
+		setwhy(why, whylen, "%s", errbuf[0] ? errbuf : curl_easy_strerror(rc));
+		ret = rc == CURLE_OPERATION_TIMEDOUT ? -ETIMEDOUT : -EHOSTUNREACH;
+	} else {
+		curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &resp->status);
+	}
+out:
+	curl_easy_cleanup(c);
+	for (h = hdrs; h; h = h->next)
+		OPENSSL_cleanse(h->data, strlen(h->data));
+	curl_slist_free_all(hdrs);
+	if (ret < 0)
+		resp_clear(resp);
+	return ret;
+}
+
+static bool is_json(const char *ct)
+{
+	size_t n = strcspn(ct, "; \t");
+
+	return n == 16 && strncasecmp(ct, "application/json", 16) == 0;
+}
+
+/* application/x-www-form-urlencoded (RFC 6749 §2.3.1 wants it for the
+ * Basic credentials too). Returns a malloc'd string or NULL. */
+static char *form_encode(const char *s)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	size_t n = strlen(s), k = 0;
+	char *out = malloc(3 * n + 1);
+
+	if (!out)
+		return NULL;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char ch = (unsigned char)s[i];
+
+		if (isalnum(ch) || ch == '-' || ch == '.' || ch == '_' || ch == '~') {
+			out[k++] = (char)ch;
+		} else {
+			out[k++] = '%';
+			out[k++] = hex[ch >> 4];
+			out[k++] = hex[ch & 15];
+		}
+	}
+	out[k] = '\0';
+	return out;
+}
+
+/* ---- local --------------------------------------------------------------- */
+
+static int local_open(struct ident_agent *a, const struct policy_identity *id,
+		      const char *state_dir, char *why, size_t whylen)
+{
+	(void)id;
+	(void)state_dir;
+	(void)why;
+	(void)whylen;
+	snprintf(a->pr.iss, sizeof(a->pr.iss), "local");
+	snprintf(a->pr.sub, sizeof(a->pr.sub), "%s", a->name);
+	a->pr.exp = 0;
+	a->pr.verified = false;
+	snprintf(a->pr.reason, sizeof(a->pr.reason), "identity source 'local' is not verified");
+	return 0;
+}
+
+static int local_tick(struct ident_agent *a, uint64_t now_ms)
+{
+	(void)a;
+	(void)now_ms;
+	return 0;
+}
+
+static void nothing_to_close(struct ident_agent *a)
+{
+	(void)a;
+}
+
+/* ---- shared by the verifying sources ------------------------------------- */
+
+static int dupstr(char **dst, const char *src)
+{
+	if (!src)
+		return 0;
+	*dst = strdup(src);
+	return *dst ? 0 : -ENOMEM;
+}
+
+static int issuer_open(struct ident_agent *a, const struct policy_identity *id,
+		       const char *state_dir, char *why, size_t whylen)
+{
+	struct issuer_opts opts = { 0 };
+	char cache[PATH_MAX], r[IDENT_REASON_MAX];
+
+	if (!id->issuer || !id->audience) {
+		setwhy(why, whylen, "identity source '%s' needs an issuer and an audience", a->ops->name);
+		return -EINVAL;
+	}
+	a->id.source = id->source;
+	if (dupstr(&a->id.issuer, id->issuer) || dupstr(&a->id.audience, id->audience) ||
+	    dupstr(&a->id.client_id, id->client_id) || dupstr(&a->id.groups_claim, id->groups_claim) ||
+	    dupstr(&a->id.client_secret_file, id->client_secret_file) ||
+	    dupstr(&a->id.token_file, id->token_file)) {
+		setwhy(why, whylen, "out of memory");
+		return -ENOMEM;
+	}
+	ident_jwks_cache_path(state_dir, id->issuer, cache, sizeof(cache));
+	opts.cache_file = cache[0] ? cache : NULL;
+	a->iss = issuer_new(id->issuer, &opts, r, sizeof(r));
+	if (!a->iss) {
+		int err = errno ? errno : EINVAL;
+
+		setwhy(why, whylen, "issuer '%s': %s", id->issuer, r);
+		return -err;
+	}
+	snprintf(a->pr.iss, sizeof(a->pr.iss), "%s", id->issuer);
+	snprintf(a->pr.reason, sizeof(a->pr.reason), "not obtained yet");
+	a->backoff_ms = IDENT_BACKOFF_MIN_MS;
+	return 0;
+}
+
+static void issuer_close(struct ident_agent *a)
+{
+	issuer_free(a->iss);
+	a->iss = NULL;
+}
+
+/* ---- client_credentials -------------------------------------------------- */
+
+static int cc_open(struct ident_agent *a, const struct policy_identity *id,
+		   const char *state_dir, char *why, size_t whylen)
+{
+	if (id->private_key_file) {
+		setwhy(why, whylen, "client_credentials with private_key_file (private_key_jwt) "
+		       "is not implemented yet; use client_secret_file");
+		return -ENOTSUP;
+	}
+	if (!id->client_id || !id->client_secret_file) {
+		setwhy(why, whylen, "identity source 'client_credentials' needs client_id and "
+		       "client_secret_file");
+		return -EINVAL;
+	}
+	return issuer_open(a, id, state_dir, why, whylen);
+}
+
+/*
+ * Reads the secret (trailing whitespace trimmed) into a malloc'd buffer of
+ * IDENT_SECRET_MAX + 1 bytes the caller wipes. Notes a file open to group
+ * or others in the principal. Re-read on every fetch, so a rotated secret
+ * is picked up without a reload.
+ */
+static char *read_secret(struct ident_agent *a, char *why, size_t whylen)
+{
+	const char *path = a->id.client_secret_file;
+	char *buf = NULL;
+	struct stat st;
+	size_t n = 0;
+	int fd, err;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	if (fd < 0) {
+		err = errno;
+		setwhy(why, whylen, "client secret file '%s': %s", path, strerror(err));
+		return NULL;
+	}
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		setwhy(why, whylen, "client secret file '%s': not a regular file", path);
+		goto fail;
+	}
+	a->pr.secret_file_exposed = (st.st_mode & (S_IRWXG | S_IRWXO)) != 0;
+	buf = malloc(IDENT_SECRET_MAX + 1);
+	if (!buf) {
+		setwhy(why, whylen, "out of memory");
+		goto fail;
+	}
+	for (;;) {
+		ssize_t r = read(fd, buf + n, IDENT_SECRET_MAX + 1 - n);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			err = errno;
+			setwhy(why, whylen, "client secret file '%s': %s", path, strerror(err));
+			goto fail;
+		}
+		if (r == 0)
+			break;
+		n += (size_t)r;
+		if (n > IDENT_SECRET_MAX) {
+			setwhy(why, whylen, "client secret file '%s': larger than %d bytes", path,
+			       IDENT_SECRET_MAX);
+			goto fail;
+		}
+	}
+	close(fd);
+	while (n && is_space(buf[n - 1]))
+		n--;
+	buf[n] = '\0';
+	if (n == 0 || memchr(buf, '\0', n)) {
+		setwhy(why, whylen, "client secret file '%s': empty or binary", path);
+		wipe_free(buf, IDENT_SECRET_MAX + 1);
+		return NULL;
+	}
+	return buf;
+fail:
+	close(fd);
+	wipe_free(buf, IDENT_SECRET_MAX + 1);
+	return NULL;
+}
+
+/* token_endpoint from discovery, checked like a jwks_uri. */
+static int cc_discover(struct ident_agent *a, char *why, size_t whylen)
+{
+	struct ident_http_resp resp;
+	char url[IDENT_URL_MAX + 64], r[IDENT_REASON_MAX];
+	size_t n = strlen(a->id.issuer);
+	const char *s;
+	json_error_t jerr;
+	json_t *doc;
+	int ret;
+
+	while (n > 0 && a->id.issuer[n - 1] == '/')
+		n--;
+	if ((size_t)snprintf(url, sizeof(url), "%.*s/.well-known/openid-configuration", (int)n,
+			     a->id.issuer) >= sizeof(url)) {
+		setwhy(why, whylen, "discovery: issuer URL too long");
+		return -ENAMETOOLONG;
+	}
+	ret = http_do(url, NULL, NULL, &resp, r, sizeof(r));
+	if (ret < 0) {
+		setwhy(why, whylen, "discovery: %s", r);
+		return ret;
+	}
+	if (resp.status != 200 || !is_json(resp.content_type) || !resp.body) {
+		long status = resp.status;
+
+		setwhy(why, whylen, "discovery: HTTP status %ld%s", status,
+		       status == 200 ? ", not JSON" : "");
+		resp_clear(&resp);
+		return status >= 500 || status == 0 ? -EHOSTUNREACH : -EPROTO;
+	}
+	doc = json_loadb(resp.body, resp.len, JSON_REJECT_DUPLICATES, &jerr);
+	resp_clear(&resp);
+	if (!json_is_object(doc)) {
+		setwhy(why, whylen, "discovery: not a JSON object");
+		ret = -EPROTO;
+		goto out;
+	}
+	s = json_string_value(json_object_get(doc, "issuer"));
+	if (!s || strcmp(s, a->id.issuer) != 0) {
+		setwhy(why, whylen, "discovery: the document's issuer differs from the configured issuer");
+		ret = -EPROTO;
+		goto out;
+	}
+	s = json_string_value(json_object_get(doc, "token_endpoint"));
+	if (!s) {
+		setwhy(why, whylen, "discovery: no token_endpoint");
+		ret = -EPROTO;
+		goto out;
+	}
+	ret = ident_url_check(s, a->id.issuer, r, sizeof(r));
+	if (ret < 0) {
+		setwhy(why, whylen, "discovery: token_endpoint refused: %s", r);
+		ret = -EPROTO;
+		goto out;
+	}
+	snprintf(a->token_endpoint, sizeof(a->token_endpoint), "%s", s);
+	ret = 0;
+out:
+	json_decref(doc);
+	return ret;
+}
+
+/* An OAuth error code (RFC 6749 §5.2) is a short token; anything else from
+ * the body is not worth quoting. */
+static const char *oauth_error(json_t *doc)
+{
+	const char *e = json_string_value(json_object_get(doc, "error"));
+	size_t n;
+
+	if (!e)
+		return NULL;
+	n = strlen(e);
+	if (n == 0 || n > 64)
+		return NULL;
+	for (size_t i = 0; i < n; i++)
+		if (!(islower((unsigned char)e[i]) || e[i] == '_'))
+			return NULL;
+	return e;
+}
+
+/* "Authorization: Basic base64(enc(id):enc(secret))"; malloc'd, wiped by the caller. */
+static char *basic_auth(const char *client_id, const char *secret, size_t *lenp)
+{
+	char *eid = form_encode(client_id), *esec = form_encode(secret), *pair = NULL, *hdr = NULL;
+	size_t plen = 0, hlen = 0;
+
+	if (!eid || !esec)
+		goto out;
+	plen = strlen(eid) + 1 + strlen(esec);
+	pair = malloc(plen + 1);
+	if (!pair)
+		goto out;
+	snprintf(pair, plen + 1, "%s:%s", eid, esec);
+	hlen = 21 + 4 * ((plen + 2) / 3) + 1;
+	hdr = malloc(hlen);
+	if (!hdr)
+		goto out;
+	memcpy(hdr, "Authorization: Basic ", 21);
+	EVP_EncodeBlock((unsigned char *)hdr + 21, (const unsigned char *)pair, (int)plen);
+	*lenp = hlen;
+out:
+	wipe_free(eid, eid ? strlen(eid) + 1 : 0);
+	wipe_free(esec, esec ? strlen(esec) + 1 : 0);
+	wipe_free(pair, plen + 1);
+	return hdr;
+}
+
+/*
+ * POST the client_credentials grant. On success *tokp is the access token
+ * (malloc'd, the caller wipes it). definitive is set when the issuer said
+ * no (4xx: bad secret, disabled client, unknown resource).
+ */
+static int cc_request(struct ident_agent *a, char **tokp, size_t *lenp, bool *definitive,
+		      char *why, size_t whylen)
+{
+	struct ident_http_resp resp;
+	char *secret, *auth = NULL, *eaud = NULL, *body = NULL, r[IDENT_REASON_MAX];
+	size_t authlen = 0, blen;
+	json_error_t jerr;
+	json_t *doc = NULL;
+	const char *tok, *e;
+	long status;
+	int ret;
+
+	*definitive = false;
+	secret = read_secret(a, why, whylen);
+	if (!secret)
+		return -EACCES;
+	auth = basic_auth(a->id.client_id, secret, &authlen);
+	wipe_free(secret, IDENT_SECRET_MAX + 1);
+	eaud = form_encode(a->id.audience);
+	if (!auth || !eaud) {
+		setwhy(why, whylen, "out of memory");
+		ret = -ENOMEM;
+		goto out;
+	}
+	/* RFC 8707 resource, and the "audience" most other issuers (Auth0,
+	 * Okta custom servers) read instead. */
+	blen = strlen(eaud) * 2 + 64;
+	body = malloc(blen);
+	if (!body) {
+		setwhy(why, whylen, "out of memory");
+		ret = -ENOMEM;
+		goto out;
+	}
+	snprintf(body, blen, "grant_type=client_credentials&resource=%s&audience=%s", eaud, eaud);
+	ret = http_do(a->token_endpoint, body, auth, &resp, r, sizeof(r));
+	if (ret < 0) {
+		setwhy(why, whylen, "token endpoint: %s", r);
+		goto out;
+	}
+	status = resp.status;
+	if (resp.body && is_json(resp.content_type))
+		doc = json_loadb(resp.body, resp.len, JSON_REJECT_DUPLICATES, &jerr);
+	resp_clear(&resp);
+	if (status != 200) {
+		e = json_is_object(doc) ? oauth_error(doc) : NULL;
+		setwhy(why, whylen, "token endpoint: HTTP status %ld%s%s", status,
+		       e ? ": " : "", e ? e : "");
+		*definitive = status >= 400 && status < 500 && status != 429 && status != 408;
+		ret = *definitive ? -EACCES : -EHOSTUNREACH;
+		goto out;
+	}
+	tok = json_is_object(doc) ? json_string_value(json_object_get(doc, "access_token")) : NULL;
+	if (!tok) {
+		setwhy(why, whylen, "token endpoint: no access_token in the response");
+		ret = -EPROTO;
+		goto out;
+	}
+	*lenp = strlen(tok);
+	*tokp = strdup(tok);
+	if (!*tokp) {
+		setwhy(why, whylen, "out of memory");
+		ret = -ENOMEM;
+		goto out;
+	}
+	ret = 0;
+out:
+	if (doc) {
+		/* jansson holds the token in its own string; wipe it there too. */
+		json_t *at = json_object_get(doc, "access_token");
+
+		if (json_is_string(at))
+			OPENSSL_cleanse((char *)json_string_value(at), json_string_length(at));
+		json_decref(doc);
+	}
+	wipe_free(auth, authlen);
+	free(eaud);
+	free(body);
+	return ret;
+}
+
+static int cc_tick(struct ident_agent *a, uint64_t now_ms)
+{
+	struct jwt_claims c = { 0 };
+	char why[IDENT_REASON_MAX], vwhy[200];
+	bool definitive = false;
+	char *tok = NULL;
+	size_t len = 0;
+	int64_t now, lifetime, at;
+	int ret;
+
+	expire_check(a);
+	if (now_ms < a->next_ms)
+		return 0;
+	if (!a->token_endpoint[0]) {
+		ret = cc_discover(a, why, sizeof(why));
+		if (ret < 0) {
+			failed(a, now_ms, false, why);
+			return ret;
+		}
+	}
+	ret = cc_request(a, &tok, &len, &definitive, why, sizeof(why));
+	if (ret < 0) {
+		if (!definitive)
+			a->token_endpoint[0] = '\0';    /* rediscover: the issuer may have moved on */
+		failed(a, now_ms, definitive, why);
+		return ret;
+	}
+	ret = verify_token(a, tok, len, &c, vwhy, sizeof(vwhy));
+	if (ret < 0) {
+		bool transient = verify_transient(ret);
+
+		if (ret == -EHOSTUNREACH)
+			a->force_jwks = true;
+		snprintf(why, sizeof(why), "access token refused: %s", vwhy);
+		failed(a, now_ms, !transient, why);
+		goto out;
+	}
+	ret = set_verified(a, tok, len, &c);
+	if (ret < 0) {
+		failed(a, now_ms, false, "out of memory");
+		goto out;
+	}
+	succeeded(a);
+	/* Refresh at IDENT_REFRESH_PCT of the lifetime (from iat, which
+	 * at+jwt requires), never sooner than a second from now. */
+	now = real_now();
+	at = c.has_iat ? c.iat : now;
+	lifetime = c.exp - at;
+	at += lifetime * IDENT_REFRESH_PCT / 100;
+	a->next_ms = now_ms + (uint64_t)(at - now > 1 ? at - now : 1) * 1000;
+out:
+	jwt_claims_free(&c);
+	wipe_free(tok, len + 1);
+	return ret;
+}
+
+/* ---- token_file ---------------------------------------------------------- */
+
+static int tf_open(struct ident_agent *a, const struct policy_identity *id,
+		   const char *state_dir, char *why, size_t whylen)
+{
+	if (!id->token_file) {
+		setwhy(why, whylen, "identity source 'token_file' needs token_file");
+		return -EINVAL;
+	}
+	return issuer_open(a, id, state_dir, why, whylen);
+}
+
+static bool same_file(const struct stat *x, const struct stat *y)
+{
+	return x->st_dev == y->st_dev && x->st_ino == y->st_ino && x->st_size == y->st_size &&
+	       x->st_mtim.tv_sec == y->st_mtim.tv_sec && x->st_mtim.tv_nsec == y->st_mtim.tv_nsec &&
+	       x->st_ctim.tv_sec == y->st_ctim.tv_sec && x->st_ctim.tv_nsec == y->st_ctim.tv_nsec;
+}
+
+/* Reads at most JWT_MAX_TOKEN + 64 bytes: enough for jwt_verify to call a
+ * larger token too large. Buffer of that size + 1, wiped by the caller. */
+static char *tf_read(const char *path, size_t *lenp, char *why, size_t whylen)
+{
+	size_t cap = JWT_MAX_TOKEN + 64, n = 0;
+	char *buf;
+	int fd, err;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	if (fd < 0) {
+		err = errno;
+		setwhy(why, whylen, "token file '%s': %s", path, strerror(err));
+		return NULL;
+	}
+	buf = malloc(cap + 1);
+	if (!buf) {
+		close(fd);
+		setwhy(why, whylen, "out of memory");
+		return NULL;
+	}
+	while (n < cap) {
+		ssize_t r = read(fd, buf + n, cap - n);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			err = errno;
+			close(fd);
+			wipe_free(buf, cap + 1);
+			setwhy(why, whylen, "token file '%s': %s", path, strerror(err));
+			return NULL;
+		}
+		if (r == 0)
+			break;
+		n += (size_t)r;
+	}
+	close(fd);
+	buf[n] = '\0';
+	*lenp = n;
+	return buf;
+}
+
+static int tf_tick(struct ident_agent *a, uint64_t now_ms)
+{
+	struct jwt_claims c = { 0 };
+	char why[IDENT_REASON_MAX], vwhy[200];
+	size_t len = 0, off = 0, n;
+	struct stat st;
+	char *buf;
+	int ret, err;
+
+	expire_check(a);
+	if (stat(a->id.token_file, &st) < 0) {
+		err = errno;
+		a->have_stat = false;
+		if (now_ms < a->next_ms)
+			return 0;
+		snprintf(why, sizeof(why), "token file '%s': %s", a->id.token_file, strerror(err));
+		failed(a, now_ms, false, why);
+		return -err;
+	}
+	if (a->have_stat && same_file(&st, &a->st) && (!a->retry || now_ms < a->next_ms))
+		return 0;
+	a->st = st;
+	a->have_stat = true;
+	buf = tf_read(a->id.token_file, &len, why, sizeof(why));
+	if (!buf) {
+		a->retry = true;
+		failed(a, now_ms, false, why);
+		return -EIO;
+	}
+	n = len;
+	while (off < n && is_space(buf[off]))
+		off++;
+	while (n > off && is_space(buf[n - 1]))
+		n--;
+	if (n == off) {
+		/* A writer that truncates then writes: look again next tick. */
+		a->retry = true;
+		failed(a, now_ms, false, "token file is empty");
+		ret = -ENODATA;
+		goto out;
+	}
+	ret = verify_token(a, buf + off, n - off, &c, vwhy, sizeof(vwhy));
+	if (ret < 0) {
+		bool transient = verify_transient(ret);
+
+		if (ret == -EHOSTUNREACH)
+			a->force_jwks = true;
+		a->retry = transient;
+		snprintf(why, sizeof(why), "token file token refused: %s", vwhy);
+		failed(a, now_ms, !transient, why);
+		goto out;
+	}
+	ret = set_verified(a, buf + off, n - off, &c);
+	if (ret < 0) {
+		a->retry = true;
+		failed(a, now_ms, false, "out of memory");
+		goto out;
+	}
+	a->retry = false;
+	succeeded(a);
+out:
+	jwt_claims_free(&c);
+	wipe_free(buf, JWT_MAX_TOKEN + 64 + 1);
+	return ret;
+}
+
+/* ---- the table and the agent --------------------------------------------- */
+
+static const struct ident_source_ops ident_sources[] = {
+	[IDENT_LOCAL] = { "local", local_open, local_tick, nothing_to_close },
+	[IDENT_CLIENT_CREDENTIALS] = { "client_credentials", cc_open, cc_tick, issuer_close },
+	[IDENT_TOKEN_FILE] = { "token_file", tf_open, tf_tick, issuer_close },
+};
+
+static void free_identity(struct policy_identity *id)
+{
+	free(id->issuer);
+	free(id->client_id);
+	free(id->client_secret_file);
+	free(id->private_key_file);
+	free(id->audience);
+	free(id->token_file);
+	free(id->groups_claim);
+	memset(id, 0, sizeof(*id));
+}
+
+struct ident_agent *ident_agent_new(const char *agent_name, const struct policy_identity *id,
+				    const char *state_dir, char *why, size_t whylen)
+{
+	struct ident_agent *a;
+	int ret;
+
+	if (!agent_name || !id || (unsigned)id->source >= sizeof(ident_sources) / sizeof(ident_sources[0])) {
+		setwhy(why, whylen, "bad arguments");
+		errno = EINVAL;
+		return NULL;
+	}
+	a = calloc(1, sizeof(*a));
+	if (!a || !(a->name = strdup(agent_name))) {
+		free(a);
+		setwhy(why, whylen, "out of memory");
+		errno = ENOMEM;
+		return NULL;
+	}
+	a->ops = &ident_sources[id->source];
+	a->pr.source = a->ops->name;
+	ret = a->ops->open(a, id, state_dir, why, whylen);
+	if (ret < 0) {
+		ident_agent_free(a);
+		errno = -ret;
+		return NULL;
+	}
+	if (why && whylen)
+		why[0] = '\0';
+	return a;
+}
+
+static bool principal_equal(const struct ident_principal *x, const struct ident_principal *y)
+{
+	if (x->verified != y->verified || x->exp != y->exp || x->ngroups != y->ngroups ||
+	    x->groups_truncated != y->groups_truncated ||
+	    x->secret_file_exposed != y->secret_file_exposed ||
+	    strcmp(x->iss, y->iss) || strcmp(x->sub, y->sub) || strcmp(x->client_id, y->client_id) ||
+	    strcmp(x->reason, y->reason) || strcmp(x->warning, y->warning))
+		return false;
+	for (size_t i = 0; i < x->ngroups; i++)
+		if (strcmp(x->groups[i], y->groups[i]))
+			return false;
+	return true;
+}
+
+int ident_agent_tick(struct ident_agent *a, uint64_t now_ms)
+{
+	struct ident_principal before;
+
+	if (!a)
+		return -EINVAL;
+	before = a->pr;
+	a->ops->tick(a, now_ms);
+	return principal_equal(&before, &a->pr) ? 0 : 1;
+}
+
+void ident_agent_principal(const struct ident_agent *a, struct ident_principal *out)
+{
+	*out = a->pr;
+}
+
+const char *ident_agent_token(const struct ident_agent *a)
+{
+	return a && a->pr.verified ? a->token : NULL;
+}
+
+void ident_agent_free(struct ident_agent *a)
+{
+	if (!a)
+		return;
+	if (a->ops)
+		a->ops->close(a);
+	drop_token(a);
+	free_identity(&a->id);
+	free(a->name);
+	OPENSSL_cleanse(&a->pr, sizeof(a->pr));
+	free(a);
+}
