@@ -51,6 +51,7 @@ static const char *const counter_names[AG_CNT__MAX] = {
 };
 
 static void agent_principal(int idx, struct audit_agent *a, struct ident_principal *pr);
+static bool claims_may_grant(int t);
 
 static const char *reason_str(uint32_t r)
 {
@@ -127,7 +128,11 @@ static int program_allow_set(void)
 				continue;   /* added as the agent's DNS answers arrive */
 			/* Metadata entries are needed in observe mode too: the kernel
 			 * refuses metadata addresses unless a target names them. */
-			if (!p->agents[a].may_target[t] && !(tg->names_metadata && p->mode == POLICY_OBSERVE))
+			/* Targets a claims binding could grant go in for agents with an
+			 * OIDC identity: the enforcer decides with the principal. */
+			bool maybe = p->agents[a].identity.source != IDENT_LOCAL && claims_may_grant(t);
+			if (!p->agents[a].may_target[t] && !maybe &&
+			    !(tg->names_metadata && p->mode == POLICY_OBSERVE))
 				continue;
 			err = loader_allow(E->loader, E->slot_of[a], tg->addr.addr, tg->addr.prefixlen,
 					   tg->addr.port, t, flags, true);
@@ -470,6 +475,85 @@ static void agent_principal(int idx, struct audit_agent *a, struct ident_princip
 	}
 }
 
+/*
+ * Bindings by claims: a binding matches when, for every claim it names, one
+ * of its values equals the principal's (AND across claims, OR within one).
+ * Claims available: the agent's groups claim (identity.groups_claim, default
+ * "groups"), "sub", and "client_id"/"azp". A binding naming any other claim
+ * never matches. Only a verified principal matches anything.
+ */
+static bool claim_has(const struct policy_identity *id, const struct ident_principal *pr,
+		      const char *claim, const char *value)
+{
+	const char *gc = id->groups_claim ? id->groups_claim : "groups";
+
+	if (strcmp(claim, gc) == 0) {
+		for (size_t g = 0; g < pr->ngroups; g++)
+			if (strcmp(pr->groups[g], value) == 0)
+				return true;
+		return false;
+	}
+	if (strcmp(claim, "sub") == 0)
+		return strcmp(pr->sub, value) == 0;
+	if (strcmp(claim, "client_id") == 0 || strcmp(claim, "azp") == 0)
+		return strcmp(pr->client_id, value) == 0;
+	return false;
+}
+
+static bool binding_matches(const struct policy_binding *b, const struct policy_identity *id,
+			    const struct ident_principal *pr)
+{
+	if (!pr->verified || !b->nclaims)
+		return false;
+	for (size_t k = 0; k < b->nclaims; k++) {
+		bool any = false;
+
+		for (size_t v = 0; v < b->claim_values[k].n && !any; v++)
+			any = claim_has(id, pr, b->claim_names[k], b->claim_values[k].v[v]);
+		if (!any)
+			return false;
+	}
+	return true;
+}
+
+/* The rule allowing agent idx to use target t: a binding by name first, then
+ * a binding by claims that the agent's current principal satisfies. */
+static const struct policy_rule *rule_for(int idx, int t)
+{
+	const struct policy *p = E->policy;
+	const struct policy_agent *ag = &p->agents[idx];
+	struct ident_principal pr;
+
+	if (ag->may_target[t])
+		return ag->target_rule[t];
+	enforcer_principal(idx, &pr);
+	for (size_t b = 0; b < p->nbindings; b++) {
+		const struct policy_role *role = &p->roles[p->bindings[b].role_idx];
+
+		if (!binding_matches(&p->bindings[b], &ag->identity, &pr))
+			continue;
+		for (size_t r = 0; r < role->nrules; r++)
+			if (role->rules[r].target_idx == t)
+				return &role->rules[r];
+	}
+	return NULL;
+}
+
+/* True when some binding by claims could grant target t (to any principal). */
+static bool claims_may_grant(int t)
+{
+	const struct policy *p = E->policy;
+
+	for (size_t b = 0; b < p->nbindings; b++) {
+		const struct policy_role *role = &p->roles[p->bindings[b].role_idx];
+
+		for (size_t r = 0; p->bindings[b].nclaims && r < role->nrules; r++)
+			if (role->rules[r].target_idx == t)
+				return true;
+	}
+	return false;
+}
+
 const char *enforcer_rule_name(struct conn *c)
 {
 	if (!c->rule)
@@ -618,10 +702,8 @@ void enforcer_accept(struct worker *w, int fd, int family, const struct sockaddr
 	}
 	if (!t)
 		deny = "no target matches the destination";
-	else if (!ag->may_target[c->target_idx])
-		deny = "no role bound to the agent has a rule for this target";
-	else
-		c->rule = ag->target_rule[c->target_idx];
+	else if (!(c->rule = rule_for(c->agent_idx, c->target_idx)))
+		deny = "no role bound to the agent (by name or by its identity's claims) has a rule for this target";
 	if (deny && enforcer_should_refuse(c, deny)) {
 		refuse(c, deny);
 		return;
@@ -1064,13 +1146,6 @@ static int check_supported(const struct policy *p)
 					policy_proto_name(p->targets[ru->target_idx].proto), ru->target);
 				bad++;
 			}
-		}
-	}
-	for (size_t b = 0; b < p->nbindings; b++) {
-		if (p->bindings[b].nclaims) {
-			log_err("binding on line %d: bindings by claims need an OIDC identity source, not in this build",
-				p->bindings[b].line);
-			bad++;
 		}
 	}
 	for (size_t i = 0; i < p->audit.nsinks; i++) {

@@ -224,8 +224,30 @@ static int cmd_policy_explain(int argc, char **argv)
 			       request ? request : "");
 		ret = 0;
 	} else {
-		printf("deny: no role bound to agent '%s' has a rule for target '%s'%s\n", agent, target,
-		       p->mode == POLICY_OBSERVE ? " (observe mode: recorded, not enforced)" : "");
+		bool by_claims = false;
+
+		/* A binding by claims may still grant it, depending on the token. */
+		for (size_t b = 0; b < p->nbindings; b++) {
+			const struct policy_role *role = &p->roles[p->bindings[b].role_idx];
+
+			for (size_t r = 0; p->bindings[b].nclaims && r < role->nrules; r++) {
+				if (role->rules[r].target_idx != ti)
+					continue;
+				printf("%s: role '%s' (binding on line %d) allows target '%s' if the agent's "
+				       "verified identity has", by_claims ? "or" : "depends on identity", role->name,
+				       p->bindings[b].line, target);
+				for (size_t k = 0; k < p->bindings[b].nclaims; k++)
+					for (size_t v = 0; v < p->bindings[b].claim_values[k].n; v++)
+						printf("%s %s=%s", k || v ? (v ? " or" : " and") : "",
+						       p->bindings[b].claim_names[k], p->bindings[b].claim_values[k].v[v]);
+				printf("\n");
+				by_claims = true;
+				break;
+			}
+		}
+		if (!by_claims)
+			printf("deny: no role bound to agent '%s' has a rule for target '%s'%s\n", agent, target,
+			       p->mode == POLICY_OBSERVE ? " (observe mode: recorded, not enforced)" : "");
 		ret = 0;
 	}
 	policy_free(p);

@@ -71,3 +71,39 @@ def test_identity_lost_is_audited(enforcer, servers, tmp, monkeypatch):
         assert r.stdout.split()[0] in ("ERR", "ERR-IO") or r.stdout.split()[-1] == "<eof>", r.stdout
     finally:
         p.stop()
+
+
+def claims_policy(tmp, issuer, port, groups):
+    path = os.path.join(tmp, "client-secret")
+    with open(path, "w") as f:
+        f.write(CLIENT_SECRET)
+    os.chmod(path, 0o600)
+    return f"""
+    version: 1
+    agents:
+      - name: t-bot
+        identity: {{source: client_credentials, issuer: "{issuer}", client_id: {CLIENT_ID},
+                    client_secret_file: {path}, audience: "{AUDIENCE}"}}
+    targets: [{{name: echo, protocol: tcp, address: 127.0.0.1:{port}}}]
+    roles: [{{name: support-reader, rules: [{{target: echo}}]}}]
+    bindings: [{{role: support-reader, claims: {{groups: {groups}}}}}]
+    """
+
+
+def test_binding_by_claims(enforcer, servers, idp, tmp):
+    """The provider puts groups [agents, support] in the token: a binding on
+    groups: [support] grants the role; one on [finance] does not."""
+    port, log = servers.echo()
+    enforcer.start(claims_policy(tmp, idp.issuer, port, "[support]"))
+    assert "support" in enforcer.status()["agents"][0]["principal"]["groups"]
+    r = enforcer.py("t-bot", connect_code("127.0.0.1", port))
+    assert r.stdout.split() == ["OK", "127.0.0.1", str(port), "hello"], r.stdout + r.stderr
+    ev = enforcer.wait_event(lambda e: e.get("activity_name") == "Open")
+    assert ev["unmapped"]["rule"].startswith("role 'support-reader'")
+    enforcer.stop()
+    enforcer.start(claims_policy(tmp, idp.issuer, port, "[finance]"))
+    r = enforcer.py("t-bot", connect_code("127.0.0.1", port))
+    out = r.stdout.split()
+    assert out and (out[0] in ("ERR", "ERR-IO") or out[-1] == "<eof>"), r.stdout + r.stderr
+    ev = enforcer.wait_event(lambda e: e.get("activity_name") == "Refuse")
+    assert ev and "claims" in ev["unmapped"]["reason"]
