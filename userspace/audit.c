@@ -11,6 +11,7 @@
 
 #include "agentgate_abi.h"
 #include "audit.h"
+#include "audit_chain.h"
 #include "util.h"
 
 #define MAX_FOLLOWERS 16
@@ -41,7 +42,50 @@ static struct {
 	int recent_head, recent_n;
 	int followers[MAX_FOLLOWERS];
 	int nfollowers;
-} A = { .lock = PTHREAD_MUTEX_INITIALIZER };
+	/* tamper evidence (see audit_chain.h) */
+	char last_hash[AUDIT_HASH_HEX];   /* hash of the last line emitted */
+	char state_dir[4096];
+	char key_id[AUDIT_KEYID_HEX];
+	EVP_PKEY *key;                    /* NULL: no checkpoints */
+	uint64_t cp_pending;              /* events since the last checkpoint */
+	uint64_t cp_last_ms;
+	uint64_t cp_every, cp_every_ms;
+} A = { .lock = PTHREAD_MUTEX_INITIALIZER, .last_hash = AUDIT_ZERO_HASH,
+	.cp_every = AUDIT_CHECKPOINT_EVERY, .cp_every_ms = AUDIT_CHECKPOINT_MS };
+
+static void emit_locked(json_t *ev);
+static void checkpoint_locked(void);
+
+int audit_set_state_dir(const char *dir)
+{
+	EVP_PKEY *k = NULL;
+	int err = audit_key_open(dir, &k);
+
+	if (err)
+		return err;
+	pthread_mutex_lock(&A.lock);
+	EVP_PKEY_free(A.key);
+	A.key = k;
+	audit_key_id(k, A.key_id);
+	snprintf(A.state_dir, sizeof(A.state_dir), "%s", dir);
+	audit_chain_state_load(dir, A.last_hash);
+	A.cp_last_ms = now_ms_realtime();
+	pthread_mutex_unlock(&A.lock);
+	return 0;
+}
+
+void audit_set_checkpoint(uint64_t every_events, uint64_t every_ms)
+{
+	pthread_mutex_lock(&A.lock);
+	A.cp_every = every_events ? every_events : AUDIT_CHECKPOINT_EVERY;
+	A.cp_every_ms = every_ms ? every_ms : AUDIT_CHECKPOINT_MS;
+	pthread_mutex_unlock(&A.lock);
+}
+
+const char *audit_key_fingerprint(void)
+{
+	return A.key_id;
+}
 
 int audit_open(const struct policy *p)
 {
@@ -93,6 +137,8 @@ static void flush_locked(void)
 void audit_flush(void)
 {
 	pthread_mutex_lock(&A.lock);
+	if (A.key && A.cp_pending && now_ms_realtime() - A.cp_last_ms >= A.cp_every_ms)
+		checkpoint_locked();
 	flush_locked();
 	pthread_mutex_unlock(&A.lock);
 }
@@ -100,6 +146,10 @@ void audit_flush(void)
 void audit_close(void)
 {
 	pthread_mutex_lock(&A.lock);
+	if (A.key && A.cp_pending)
+		checkpoint_locked();   /* a clean stop leaves no unsigned tail */
+	EVP_PKEY_free(A.key);
+	A.key = NULL;
 	flush_locked();
 	for (int i = 0; i < A.nsinks; i++) {
 		free(A.sinks[i].buf);
@@ -267,20 +317,53 @@ static void push_followers(const char *line, size_t len)
 	}
 }
 
-void audit_emit(json_t *ev)
+/* Signs the chain head: the event just emitted is covered, and through
+ * its prev_hash every event before it. Called with the lock held. */
+static void checkpoint_locked(void)
+{
+	char sig[AUDIT_SIG_HEX], host[256] = "";
+	json_t *ev;
+	int err;
+
+	if (audit_checkpoint_sign(A.key, A.seq, A.last_hash, A.cp_pending, sig)) {
+		ag_log(LOG_LVL_ERR, "audit: signing checkpoint at sequence %llu failed",
+		       (unsigned long long)A.seq);
+		return;
+	}
+	gethostname(host, sizeof(host) - 1);
+	ev = audit_event(1008, 99, "Other");
+	if (!ev)
+		return;
+	json_object_set_new(ev, "message", json_string("audit checkpoint: chain head signed"));
+	json_object_set_new(ev, "actor", json_pack("{s:s, s:{s:i, s:s}}", "app_name", "agentgate",
+		"process", "pid", (int)getpid(), "name", "agentgate"));
+	json_object_set_new(ev, "device", json_pack("{s:s, s:i, s:s}", "hostname", host,
+		"type_id", 1, "type", "Server"));
+	json_object_set_new(ev, "unmapped", json_pack("{s:{s:I, s:s, s:I, s:s, s:s, s:s}}",
+		"checkpoint", "sequence", (json_int_t)A.seq, "hash", A.last_hash,
+		"count", (json_int_t)A.cp_pending, "alg", "Ed25519", "key_id", A.key_id,
+		"signature", sig));
+	A.cp_pending = 0;
+	A.cp_last_ms = now_ms_realtime();
+	emit_locked(ev);
+	json_decref(ev);
+	/* The next run chains from this checkpoint line. */
+	if ((err = audit_chain_state_save(A.state_dir, A.last_hash)))
+		ag_log(LOG_LVL_ERR, "audit: saving chain head in '%s': %s", A.state_dir,
+		       strerror(-err));
+}
+
+static void emit_locked(json_t *ev)
 {
 	char uid[37];
 	char *line;
 	size_t len;
 
-	if (!ev)
-		return;
 	uuid7(uid);
-	pthread_mutex_lock(&A.lock);
 	json_object_set_new(ev, "time", json_integer(now_ms_realtime()));
-	json_object_set_new(ev, "metadata", json_pack("{s:s, s:s, s:I, s:s, s:{s:s, s:s, s:s}}",
+	json_object_set_new(ev, "metadata", json_pack("{s:s, s:s, s:I, s:s, s:s, s:{s:s, s:s, s:s}}",
 		"version", OCSF_VERSION, "uid", uid, "sequence", (json_int_t)++A.seq,
-		"log_name", "agentgate",
+		"prev_hash", A.last_hash, "log_name", "agentgate",
 		"product", "name", "agentgate", "vendor_name", "agentgate", "version", AG_VERSION));
 	json_t *um = json_object_get(ev, "unmapped");
 	if (!um) {
@@ -294,6 +377,8 @@ void audit_emit(json_t *ev)
 	char *grown = line ? realloc(line, len + 2) : NULL;   /* room for '\n' */
 	if (grown) {
 		line = grown;
+		/* The chain covers the exact bytes written, without the newline. */
+		audit_chain_hash(line, len, A.last_hash);
 		line[len] = '\n';
 		line[len + 1] = 0;
 		for (int i = 0; i < A.nsinks; i++) {
@@ -321,10 +406,22 @@ void audit_emit(json_t *ev)
 			A.recent[(A.recent_head + A.recent_n++) % AUDIT_RECENT] = line;
 		}
 	} else {
+		/* The sequence number is consumed: verify reports the gap as a
+		 * deletion, which is what a reader of the trail should see. */
 		free(line);
 		ag_log(LOG_LVL_ERR, "audit: out of memory, event %llu not written",
 		       (unsigned long long)A.seq);
 	}
+}
+
+void audit_emit(json_t *ev)
+{
+	if (!ev)
+		return;
+	pthread_mutex_lock(&A.lock);
+	emit_locked(ev);
+	if (++A.cp_pending >= A.cp_every && A.key)
+		checkpoint_locked();
 	pthread_mutex_unlock(&A.lock);
 	json_decref(ev);
 }

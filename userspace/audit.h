@@ -6,7 +6,8 @@
  * metadata.sequence under one lock, appends one JSON line to every sink's
  * batch (stdout, file; written within 250 ms, see audit_flush()), keeps the line in a bounded in-memory ring for
  * `agentgate audit tail`, and pushes it to followers. It never blocks on a
- * follower: one that cannot keep up is dropped. Events never carry a secret
+ * follower: one that cannot keep up is dropped. Every line carries
+ * metadata.prev_hash, and signed checkpoints are interleaved (audit_chain.h). Events never carry a secret
  * or an unmasked value; builders take only what may be shown.
  */
 #ifndef AGENTGATE_AUDIT_H
@@ -19,6 +20,23 @@
 
 #define OCSF_VERSION "1.8.0"
 #define AUDIT_RECENT 1024
+#define AUDIT_CHECKPOINT_EVERY 1000     /* events */
+#define AUDIT_CHECKPOINT_MS 60000       /* at most this long between checkpoints */
+
+/* Tamper evidence (format in audit_chain.h). Loads or creates the Ed25519
+ * checkpoint key <dir>/audit-signing.key (0600; public half exported as
+ * <dir>/audit-signing.pub) and the saved chain head, so the run's first event
+ * chains from the last checkpoint of the previous run. Call before
+ * audit_open(). Without it events are still hash-chained (from zeros) but
+ * no checkpoints are signed. 0 or -errno (-EPERM: key file readable by
+ * others). */
+int audit_set_state_dir(const char *dir);
+/* Checkpoint after every_events events or every_ms ms, whichever comes
+ * first (0: the default). The time limit is checked in audit_flush(); a
+ * final checkpoint is written by audit_close(). */
+void audit_set_checkpoint(uint64_t every_events, uint64_t every_ms);
+/* key_id of the signing key ("" before audit_set_state_dir), for `status`. */
+const char *audit_key_fingerprint(void);
 
 /* Opens the policy's sinks (file, stdout). Other sink types are reported
  * by the caller as not yet available. 0 or -errno. */

@@ -1422,6 +1422,10 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 		log_err("SO_NETNS_COOKIE: %s", strerror(errno));
 		goto out;
 	}
+	if ((rc = audit_set_state_dir(state_dir))) {
+		log_err("audit signing key in '%s': %s", state_dir, strerror(-rc));
+		goto out;
+	}
 	if ((rc = audit_open(E->policy))) {
 		log_err("audit sinks: %s", strerror(-rc));
 		goto out;

@@ -16,6 +16,7 @@
 
 #include "admin.h"
 #include "cli.h"
+#include "cli_audit.h"
 #include "cli_token.h"
 #include "enforcer.h"
 #include "loader.h"
@@ -37,6 +38,7 @@ static int usage(FILE *f)
 		"  policy check FILE...                     validate; file:line:col errors, exit 1\n"
 		"  policy explain [--policy FILE] --agent NAME --target T [REQUEST]\n"
 		"  audit tail [-f] [--json] [-n N]          recent audit events\n"
+		"  audit verify FILE [--pubkey FILE] [--strict]   check the hash chain and signed checkpoints\n"
 		"  token verify --agent NAME [--policy FILE] TOKEN|-   verify a token as the enforcer would\n"
 		"  version\n");
 	return f == stderr ? 2 : 0;
@@ -510,7 +512,7 @@ int main(int argc, char **argv)
 	if (strcmp(cmd, "policy") == 0)
 		return cmd_policy(sub_argc, sub_argv);
 	if (strcmp(cmd, "audit") == 0 && sub_argc > 0 && strcmp(sub_argv[0], "verify") == 0)
-		return not_yet("audit verify", "audit pipeline issue");
+		return cmd_audit_verify(sub_argc - 1, sub_argv + 1, state_dir);
 	if (strcmp(cmd, "audit") == 0)
 		return cmd_audit(sub_argc, sub_argv);
 	if (strcmp(cmd, "reload") == 0)

@@ -1,0 +1,122 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Tamper evidence: `agentgate audit verify` on a real enforcer's file sink."""
+import json
+import os
+import re
+
+from conftest import connect_code
+
+
+def policy(port):
+    return f"""
+    version: 1
+    agents: [{{name: t-agent}}]
+    targets: [{{name: echo, protocol: tcp, address: 127.0.0.1:{port}}}]
+    roles: [{{name: r, rules: [{{target: echo}}]}}]
+    bindings: [{{role: r, agents: [t-agent]}}]
+    """
+
+
+def run_and_stop(enforcer, servers):
+    port, _ = servers.echo()
+    enforcer.start(policy(port))
+    for _ in range(3):
+        enforcer.py("t-agent", connect_code("127.0.0.1", port))        # allowed
+        enforcer.py("t-agent", connect_code("127.0.0.1", port + 1))    # refused
+    enforcer.stop()
+    with open(enforcer.audit) as f:
+        lines = f.read().splitlines(keepends=True)
+    assert len(lines) >= 5, lines
+    return lines
+
+
+def verify(enforcer, path, *extra):
+    r = enforcer.cli("audit", "verify", path, *extra)
+    return r.returncode, r.stdout + r.stderr
+
+
+def write(enforcer, name, lines):
+    path = os.path.join(enforcer.tmp, name)
+    with open(path, "w") as f:
+        f.writelines(lines)
+    return path
+
+
+def broken_line(out):
+    m = re.search(r":(\d+): (\S+):", out)
+    assert m, out
+    return int(m.group(1)), m.group(2)
+
+
+def test_audit_verify_detects_tampering(enforcer, servers):
+    lines = run_and_stop(enforcer, servers)
+    evs = [json.loads(l) for l in lines]
+    assert all(len(e["metadata"]["prev_hash"]) == 64 for e in evs)
+    cps = [i for i, e in enumerate(evs) if "checkpoint" in e.get("unmapped", {})]
+    assert cps and cps[-1] == len(lines) - 1, "a clean stop ends with a checkpoint"
+    assert evs[cps[-1]]["class_uid"] == 1008
+    assert all("PRIVATE" not in l for l in lines)
+    key = os.path.join(enforcer.state, "audit-signing.key")
+    assert os.stat(key).st_mode & 0o777 == 0o600
+    assert os.path.exists(os.path.join(enforcer.state, "audit-signing.pub"))
+
+    rc, out = verify(enforcer, enforcer.audit)
+    assert rc == 0, out
+    assert f"{len(lines) - len(cps)} events, {len(cps)} checkpoints verified" in out
+
+    k = 2   # 0-based index of a plain event with a successor
+    assert k not in cps and k + 1 < len(lines)
+
+    # one byte edited, JSON still valid: named by its line number (1-based)
+    ed = list(lines)
+    i = ed[k].index('"class_name":"') + len('"class_name":"')
+    ed[k] = ed[k][:i] + ("X" if ed[k][i] != "X" else "Y") + ed[k][i + 1:]
+    rc, out = verify(enforcer, write(enforcer, "edited.jsonl", ed))
+    assert rc == 1, out
+    assert broken_line(out) == (k + 1, "edited"), out
+
+    rc, out = verify(enforcer, write(enforcer, "deleted.jsonl", lines[:k] + lines[k + 1:]))
+    assert rc == 1, out
+    assert broken_line(out) == (k + 1, "deleted"), out
+
+    sw = list(lines)
+    sw[k], sw[k + 1] = sw[k + 1], sw[k]
+    rc, out = verify(enforcer, write(enforcer, "swapped.jsonl", sw))
+    assert rc == 1, out
+    assert broken_line(out)[1] == "reordered", out
+
+    c = cps[0]
+    bad = list(lines)
+    m = re.search(r'"signature":"([0-9a-f])', bad[c])
+    flip = "1" if m.group(1) != "1" else "2"
+    bad[c] = bad[c][:m.start(1)] + flip + bad[c][m.end(1):]
+    rc, out = verify(enforcer, write(enforcer, "badsig.jsonl", bad))
+    assert rc == 1, out
+    assert broken_line(out) == (c + 1, "bad-signature"), out
+
+    # a public key that did not sign: every checkpoint fails
+    other = os.path.join(enforcer.tmp, "other-state")
+    os.makedirs(other, mode=0o700)
+    gen = os.path.join(enforcer.tmp, "gen.pem")
+    assert os.system(f"openssl genpkey -algorithm ed25519 -out {gen} && "
+                     f"openssl pkey -in {gen} -pubout -out {other}/audit-signing.pub") == 0
+    rc, out = verify(enforcer, enforcer.audit, "--pubkey", f"{other}/audit-signing.pub")
+    assert rc == 1, out
+    assert broken_line(out) == (c + 1, "bad-signature"), out
+
+    # a tail cut off after the last checkpoint is a warning, not a break
+    rc, out = verify(enforcer, write(enforcer, "tail.jsonl", lines[:-1]))
+    assert rc == 0 and "not signed" in out, out
+
+    rc, out = verify(enforcer, enforcer.audit, "--bogus")
+    assert rc == 2, out
+
+
+def test_audit_chain_continues_across_restart(enforcer, servers):
+    run_and_stop(enforcer, servers)
+    lines = run_and_stop(enforcer, servers)
+    starts = [i for i, l in enumerate(lines) if json.loads(l)["metadata"]["sequence"] == 1]
+    assert len(starts) == 2, "two runs appended to one file"
+    rc, out = verify(enforcer, enforcer.audit)
+    assert rc == 0, out
+    assert "warning" not in out, out

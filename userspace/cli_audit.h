@@ -1,0 +1,12 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#ifndef AGENTGATE_CLI_AUDIT_H
+#define AGENTGATE_CLI_AUDIT_H
+
+/* `agentgate audit verify FILE [--pubkey FILE] [--strict]`: recomputes the
+ * hash chain of a JSON-lines audit file and checks checkpoint signatures
+ * (public key default <state_dir>/audit-signing.pub). argv starts after
+ * "verify". Exit 0 intact (events after the last checkpoint are a warning,
+ * an error with --strict), 1 on a break, 2 on usage or I/O errors. */
+int cmd_audit_verify(int argc, char **argv, const char *state_dir);
+
+#endif
