@@ -24,6 +24,8 @@ for p in "${PKGS[@]}"; do
   st=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
   [[ "$st" == "install ok installed" ]] || missing+=("$p")
 done
+# Debian's nodejs comes without npm (NodeSource's includes it).
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [[ ${#missing[@]} -eq 0 ]]; then
   # npm packages for the tests, from the lock file (quiet, idempotent)
   [[ $(id -u) -ne 0 ]] || "$here/tests/oidc/setup.sh"

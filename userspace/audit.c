@@ -275,7 +275,7 @@ void audit_add_agent(json_t *ev, const struct audit_agent *a)
 		"name", a->name ? a->name : "", "cgroup", a->cgroup ? a->cgroup : "",
 		"cgroup_id", (json_int_t)a->cgroup_id,
 		"principal", "iss", a->iss ? a->iss : "local",
-		"sub", a->sub && a->sub[0] ? a->sub : a->name ? a->name : "", "verified", a->verified));
+		"sub", a->iss ? (a->sub ? a->sub : "") : a->name ? a->name : "", "verified", a->verified));
 }
 
 void audit_add_verdict(json_t *ev, bool allowed, bool would_deny, const char *rule,

@@ -53,7 +53,8 @@ struct conn {
 	bool would_deny;      /* observe mode: the policy would have denied */
 	bool opened;          /* an Open event was recorded: a Close follows */
 	const char *deny_reason;
-	char rule_desc[160];  /* "role 'r' rule 2 (line 14)", empty when no rule decided */
+	char rule_desc[160];
+	char why[300];        /* a refusal reason built for this connection */  /* "role 'r' rule 2 (line 14)", empty when no rule decided */
 	char upstream_desc[64];
 	struct conn *next, *prev;  /* worker's list */
 };

@@ -151,7 +151,7 @@ void dns_close(struct dns *d)
 	free(d);
 }
 
-static void agent_ctx(int slot, struct audit_agent *a)
+static void agent_ctx(int slot, struct audit_agent *a, struct ident_principal *pr)
 {
 	int idx = enforcer_agent_idx(slot);
 
@@ -160,6 +160,7 @@ static void agent_ctx(int slot, struct audit_agent *a)
 		a->name = E->policy->agents[idx].name;
 		a->cgroup = E->agents[idx].cgroup_rel;
 		a->cgroup_id = E->agents[idx].cgid;
+		enforcer_audit_principal(idx, a, pr);
 	}
 }
 
@@ -168,6 +169,7 @@ static void audit_dns(struct dns *d, int slot, const char *qname, uint16_t qtype
 {
 	json_t *ev;
 	struct audit_agent a;
+	struct ident_principal pr;
 	const char *tn = dns_type_name(qtype);
 	char up[64];
 
@@ -176,7 +178,7 @@ static void audit_dns(struct dns *d, int slot, const char *qname, uint16_t qtype
 	ev = audit_event(4003, allowed ? 2 : 1, allowed ? "Response" : "Query");
 	if (!ev)
 		return;
-	agent_ctx(slot, &a);
+	agent_ctx(slot, &a, &pr);
 	audit_add_agent(ev, &a);
 	json_object_set_new(ev, "query", json_pack("{s:s, s:s, s:s}", "hostname", qname,
 		"type", tn ? tn : "", "class", "IN"));
@@ -323,13 +325,12 @@ static bool name_eq(const char *a, const char *b)
 static int kernel_allow(struct dns *d, int slot, const char *name, const uint8_t addr[16], uint16_t *port)
 {
 	const struct policy *p = d->p;
-	const struct policy_agent *ag = &p->agents[enforcer_agent_idx(slot)];
-	int used = -1;
+	int idx = enforcer_agent_idx(slot), used = -1;
 
-	for (size_t t = 0; t < p->ntargets; t++) {
+	for (size_t t = 0; idx >= 0 && t < p->ntargets; t++) {
 		const struct policy_target *tg = &p->targets[t];
 
-		if (tg->addr.kind != ADDR_HOST || !name_eq(tg->addr.host, name) || !ag->may_target[t])
+		if (tg->addr.kind != ADDR_HOST || !name_eq(tg->addr.host, name) || !enforcer_may_target(idx, t))
 			continue;
 		if (loader_allow(E->loader, slot, addr, 128, tg->addr.port, t, 0, true) == 0) {
 			used = t;

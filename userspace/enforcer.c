@@ -50,7 +50,7 @@ static const char *const counter_names[AG_CNT__MAX] = {
 	[AG_CNT_SKB_INGRESS_DROP] = "backstop_ingress_dropped",
 };
 
-static void agent_principal(int idx, struct audit_agent *a, struct ident_principal *pr);
+#define agent_principal enforcer_audit_principal
 static bool claims_may_grant(int t);
 
 static const char *reason_str(uint32_t r)
@@ -463,9 +463,7 @@ void enforcer_principal(int idx, struct ident_principal *out)
 	pthread_mutex_unlock(&rt->plock);
 }
 
-/* Fills the principal fields of an audit agent; pr is caller storage that
- * must outlive the event being built. */
-static void agent_principal(int idx, struct audit_agent *a, struct ident_principal *pr)
+void enforcer_audit_principal(int idx, struct audit_agent *a, struct ident_principal *pr)
 {
 	enforcer_principal(idx, pr);
 	if (strcmp(pr->source, "local") != 0) {
@@ -537,6 +535,12 @@ static const struct policy_rule *rule_for(int idx, int t)
 				return &role->rules[r];
 	}
 	return NULL;
+}
+
+bool enforcer_may_target(int idx, int t)
+{
+	return E->policy->agents[idx].may_target[t] ||
+	       (E->policy->agents[idx].identity.source != IDENT_LOCAL && claims_may_grant(t));
 }
 
 /* True when some binding by claims could grant target t (to any principal). */
@@ -680,12 +684,11 @@ void enforcer_accept(struct worker *w, int fd, int family, const struct sockaddr
 		if (!pr.verified) {
 			/* Fail closed: no verified identity, no access. The
 			 * reason is the source's, never a token or secret. */
-			snprintf(c->rule_desc, sizeof(c->rule_desc), "identity not verified: %s", pr.reason);
-			if (enforcer_should_refuse(c, c->rule_desc)) {
-				refuse(c, c->rule_desc);
+			snprintf(c->why, sizeof(c->why), "identity not verified: %s", pr.reason);
+			if (enforcer_should_refuse(c, c->why)) {
+				refuse(c, c->why);
 				return;
 			}
-			c->rule_desc[0] = 0;
 		}
 	}
 	if (atomic_load(&rt->active) > ag->max_connections) {
@@ -1221,7 +1224,7 @@ static void audit_principal(int idx)
 	json_object_set_new(ev, "is_mfa", json_false());
 	json_object_set_new(ev, "service", json_pack("{s:s}", "name", pr.iss));
 	if (pr.exp)
-		json_object_set_new(ev, "unmapped_exp", json_integer(pr.exp));
+		json_object_set_new(json_object_get(ev, "unmapped"), "exp", json_integer(pr.exp));
 	audit_add_verdict(ev, pr.verified, false, NULL, pr.verified ? (pr.warning[0] ? pr.warning : NULL)
 								    : pr.reason);
 	audit_emit(ev);
@@ -1243,9 +1246,11 @@ static int open_identities(void)
 		}
 		ident_agent_tick(rt->ident, now_ns_mono() / 1000000ull);
 		ident_agent_principal(rt->ident, &rt->principal);
-		if (E->policy->agents[i].identity.source != IDENT_LOCAL)
+		if (E->policy->agents[i].identity.source != IDENT_LOCAL) {
 			log_info("agent '%s': identity %s", E->policy->agents[i].name,
 				 rt->principal.verified ? "verified" : rt->principal.reason);
+			audit_principal(i);
+		}
 	}
 	return 0;
 }

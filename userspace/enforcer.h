@@ -127,6 +127,13 @@ bool enforcer_audit_admit(uint32_t slot);
 
 /* A copy of agent idx's current principal (thread-safe). */
 void enforcer_principal(int idx, struct ident_principal *out);
+struct audit_agent;
+/* Fills the principal fields of an audit agent from agent idx; pr is caller
+ * storage that must outlive the event being built. */
+void enforcer_audit_principal(int idx, struct audit_agent *a, struct ident_principal *pr);
+/* True when the agent may be granted target t: by name, or (agents with an
+ * OIDC identity) by some binding on claims, decided per connection. */
+bool enforcer_may_target(int idx, int t);
 
 /* Index of the agent whose cgroup (path inside the hierarchy) contains rel, or -1. */
 int enforcer_agent_of_cgroup(const char *rel);

@@ -232,7 +232,8 @@ static int cmd_policy_explain(int argc, char **argv)
 		for (size_t b = 0; b < p->nbindings; b++) {
 			const struct policy_role *role = &p->roles[p->bindings[b].role_idx];
 
-			for (size_t r = 0; p->bindings[b].nclaims && r < role->nrules; r++) {
+			for (size_t r = 0; p->agents[ai].identity.source != IDENT_LOCAL &&
+					   p->bindings[b].nclaims && r < role->nrules; r++) {
 				if (role->rules[r].target_idx != ti)
 					continue;
 				printf("%s: role '%s' (binding on line %d) allows target '%s' if the agent's "
