@@ -259,152 +259,7 @@ static int verify_token(struct ident_agent *a, const char *tok, size_t len, stru
 
 /* ---- HTTP (the rules of ident_jwks.c; its fetcher is static there) ----- */
 
-struct recv_buf {
-	struct ident_http_resp *resp;
-	bool too_big, oom;
-};
-
-/* The body may hold a token: grow by copying and wiping, not realloc. */
-static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
-{
-	struct recv_buf *b = arg;
-	size_t n = size * nmemb, old = b->resp->len;
-	char *nb;
-
-	if (n > IDENT_FETCH_MAX || old + n > IDENT_FETCH_MAX) {
-		b->too_big = true;
-		return 0;
-	}
-	nb = malloc(old + n + 1);
-	if (!nb) {
-		b->oom = true;
-		return 0;
-	}
-	if (old)
-		memcpy(nb, b->resp->body, old);
-	memcpy(nb + old, data, n);
-	nb[old + n] = '\0';
-	wipe_free(b->resp->body, old + 1);
-	b->resp->body = nb;
-	b->resp->len = old + n;
-	return n;
-}
-
-static size_t on_header(char *data, size_t size, size_t nmemb, void *arg)
-{
-	struct ident_http_resp *r = arg;
-	size_t n = size * nmemb, k;
-	const char *v;
-
-	if (n >= 5 && strncmp(data, "HTTP/", 5) == 0)
-		r->content_type[0] = '\0';
-	if (n > 13 && strncasecmp(data, "content-type:", 13) == 0) {
-		v = data + 13;
-		k = n - 13;
-		while (k && (*v == ' ' || *v == '\t')) {
-			v++;
-			k--;
-		}
-		while (k && (v[k - 1] == '\r' || v[k - 1] == '\n' || v[k - 1] == ' '))
-			k--;
-		if (k >= sizeof(r->content_type))
-			k = sizeof(r->content_type) - 1;
-		memcpy(r->content_type, v, k);
-		r->content_type[k] = '\0';
-	}
-	return n;
-}
-
-static void resp_clear(struct ident_http_resp *r)
-{
-	wipe_free(r->body, r->len + 1);
-	memset(r, 0, sizeof(*r));
-}
-
-static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-static void curl_init_once(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
-
-/*
- * GET (post == NULL) or POST url. auth, when set, is a whole header line
- * ("Authorization: Basic ...") and is wiped from libcurl's list before that
- * is freed. The URL has passed ident_url_check(). 0 (any status) or -errno.
- */
-static int http_do(const char *url, const char *post, const char *auth,
-		   struct ident_http_resp *resp, char *why, size_t whylen)
-{
-	struct recv_buf b = { .resp = resp };
-	const char *proto = strncmp(url, "https://", 8) == 0 ? "https" : "http";
-	char errbuf[CURL_ERROR_SIZE] = "";
-	struct curl_slist *hdrs = NULL, *h;
-	CURLcode rc;
-	CURL *c;
-	int ret = 0;
-
-	memset(resp, 0, sizeof(*resp));
-	pthread_once(&curl_once, curl_init_once);
-	c = curl_easy_init();
-	if (!c) {
-		setwhy(why, whylen, "curl_easy_init failed");
-		return -ENOMEM;
-	}
-	if (auth) {
-		h = curl_slist_append(NULL, auth);
-		if (!h) {
-			curl_easy_cleanup(c);
-			setwhy(why, whylen, "out of memory");
-			return -ENOMEM;
-		}
-		hdrs = h;
-		h = curl_slist_append(hdrs, "Accept: application/json");
-		if (h)
-			hdrs = h;
-	}
-	if (curl_easy_setopt(c, CURLOPT_URL, url) ||
-	    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, proto) ||
-	    curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, proto) ||
-	    curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L) ||
-	    curl_easy_setopt(c, CURLOPT_MAXREDIRS, 0L) ||
-	    curl_easy_setopt(c, CURLOPT_PROXY, "") ||
-	    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L) ||
-	    curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L) ||
-	    curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L) ||
-	    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)IDENT_CONNECT_TIMEOUT_MS) ||
-	    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)IDENT_TOTAL_TIMEOUT_MS) ||
-	    curl_easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)IDENT_FETCH_MAX) ||
-	    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body) ||
-	    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b) ||
-	    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header) ||
-	    curl_easy_setopt(c, CURLOPT_HEADERDATA, resp) ||
-	    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf) ||
-	    curl_easy_setopt(c, CURLOPT_USERAGENT, "agentgate") ||
-	    (hdrs && curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdrs)) ||
-	    (post && curl_easy_setopt(c, CURLOPT_POSTFIELDS, post))) {
-		setwhy(why, whylen, "libcurl refused an option (too old?)");
-		ret = -ENOTSUP;
-		goto out;
-	}
-	rc = curl_easy_perform(c);
-	if (b.too_big || rc == CURLE_FILESIZE_EXCEEDED) {
-		setwhy(why, whylen, "response larger than %u bytes", IDENT_FETCH_MAX);
-		ret = -EMSGSIZE;
-	} else if (b.oom) {
-		setwhy(why, whylen, "out of memory");
-		ret = -ENOMEM;
-	} else if (rc != CURLE_OK) {
-		setwhy(why, whylen, "%s", errbuf[0] ? errbuf : curl_easy_strerror(rc));
-		ret = rc == CURLE_OPERATION_TIMEDOUT ? -ETIMEDOUT : -EHOSTUNREACH;
-	} else {
-		curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &resp->status);
-	}
-out:
-	curl_easy_cleanup(c);
-	for (h = hdrs; h; h = h->next)
-		OPENSSL_cleanse(h->data, strlen(h->data));
-	curl_slist_free_all(hdrs);
-	if (ret < 0)
-		resp_clear(resp);
-	return ret;
-}
+#define resp_clear ident_http_resp_clear
 
 static bool is_json(const char *ct)
 {
@@ -617,7 +472,7 @@ static int cc_discover(struct ident_agent *a, char *why, size_t whylen)
 		setwhy(why, whylen, "discovery: issuer URL too long");
 		return -ENAMETOOLONG;
 	}
-	ret = http_do(url, NULL, NULL, &resp, r, sizeof(r));
+	ret = ident_http(url, NULL, NULL, NULL, &resp, r, sizeof(r));
 	if (ret < 0) {
 		setwhy(why, whylen, "discovery: %s", r);
 		return ret;
@@ -746,7 +601,7 @@ static int cc_request(struct ident_agent *a, char **tokp, size_t *lenp, bool *de
 		goto out;
 	}
 	snprintf(body, blen, "grant_type=client_credentials&resource=%s&audience=%s", eaud, eaud);
-	ret = http_do(a->token_endpoint, body, auth, &resp, r, sizeof(r));
+	ret = ident_http(a->token_endpoint, NULL, body, auth, &resp, r, sizeof(r));
 	if (ret < 0) {
 		setwhy(why, whylen, "token endpoint: %s", r);
 		goto out;

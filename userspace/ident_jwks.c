@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <curl/curl.h>
+#include <openssl/crypto.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -242,25 +243,32 @@ struct recv_buf {
 	bool oom;
 };
 
+/* Grows the body by copying, wiping the old copy: a response may be a token. */
 static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
 {
 	struct recv_buf *b = arg;
-	size_t n = size * nmemb;
+	size_t n = size * nmemb, old = b->resp->len;
 	char *nb;
 
-	if (n > IDENT_FETCH_MAX || b->resp->len + n > IDENT_FETCH_MAX) {
+	if (n > IDENT_FETCH_MAX || old + n > IDENT_FETCH_MAX) {
 		b->too_big = true;
 		return 0;       /* aborts the transfer with CURLE_WRITE_ERROR */
 	}
-	nb = realloc(b->resp->body, b->resp->len + n + 1);
+	nb = malloc(old + n + 1);
 	if (!nb) {
 		b->oom = true;
 		return 0;
 	}
-	memcpy(nb + b->resp->len, data, n);
+	if (old)
+		memcpy(nb, b->resp->body, old);
+	memcpy(nb + old, data, n);
+	nb[old + n] = '\0';
+	if (b->resp->body) {
+		OPENSSL_cleanse(b->resp->body, old + 1);
+		free(b->resp->body);
+	}
 	b->resp->body = nb;
-	b->resp->len += n;
-	nb[b->resp->len] = '\0';
+	b->resp->len = old + n;
 	return n;
 }
 
@@ -303,28 +311,42 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *arg)
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static void curl_init_once(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
 
-static int curl_fetch(void *ctx, const char *url, const char *ca_file,
-		      struct ident_http_resp *resp, char *why, size_t whylen)
+int ident_http(const char *url, const char *ca_file, const char *post, const char *auth,
+	       struct ident_http_resp *resp, char *why, size_t whylen)
 {
 	struct recv_buf b = { .resp = resp };
 	const char *proto = strncmp(url, "https://", 8) == 0 ? "https" : "http";
 	char errbuf[CURL_ERROR_SIZE] = "";
+	struct curl_slist *hdrs = NULL, *h;
 	CURLcode rc;
 	CURL *c;
 	int ret = 0;
 
+	memset(resp, 0, sizeof(*resp));
 	pthread_once(&curl_once, curl_init_once);
 	c = curl_easy_init();
 	if (!c) {
 		setwhy(why, whylen, "curl_easy_init failed");
 		return -ENOMEM;
 	}
+	if (auth) {
+		h = curl_slist_append(NULL, auth);
+		if (!h) {
+			curl_easy_cleanup(c);
+			setwhy(why, whylen, "out of memory");
+			return -ENOMEM;
+		}
+		hdrs = h;
+		h = curl_slist_append(hdrs, "Accept: application/json");
+		if (h)
+			hdrs = h;
+	}
 	if (curl_easy_setopt(c, CURLOPT_URL, url) ||
 	    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, proto) ||
 	    curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, proto) ||
 	    curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L) ||
 	    curl_easy_setopt(c, CURLOPT_MAXREDIRS, 0L) ||
-	    curl_easy_setopt(c, CURLOPT_PROXY, "") ||          /* no proxy, whatever the env */
+	    curl_easy_setopt(c, CURLOPT_PROXY, "") ||
 	    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L) ||
 	    curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L) ||
 	    curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L) ||
@@ -337,10 +359,12 @@ static int curl_fetch(void *ctx, const char *url, const char *ca_file,
 	    curl_easy_setopt(c, CURLOPT_HEADERDATA, resp) ||
 	    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf) ||
 	    curl_easy_setopt(c, CURLOPT_USERAGENT, "agentgate") ||
-	    (ca_file && curl_easy_setopt(c, CURLOPT_CAINFO, ca_file))) {
+	    (ca_file && curl_easy_setopt(c, CURLOPT_CAINFO, ca_file)) ||
+	    (hdrs && curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdrs)) ||
+	    (post && curl_easy_setopt(c, CURLOPT_POSTFIELDS, post))) {
 		setwhy(why, whylen, "libcurl refused an option (too old?)");
-		curl_easy_cleanup(c);
-		return -ENOTSUP;
+		ret = -ENOTSUP;
+		goto out;
 	}
 	rc = curl_easy_perform(c);
 	if (b.too_big || rc == CURLE_FILESIZE_EXCEEDED) {
@@ -355,17 +379,34 @@ static int curl_fetch(void *ctx, const char *url, const char *ca_file,
 	} else {
 		curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &resp->status);
 	}
+out:
 	curl_easy_cleanup(c);
+	for (h = hdrs; h; h = h->next)
+		OPENSSL_cleanse(h->data, strlen(h->data));
+	curl_slist_free_all(hdrs);
+	if (ret < 0)
+		ident_http_resp_clear(resp);
 	return ret;
+}
+
+static int curl_fetch(void *ctx, const char *url, const char *ca_file,
+		      struct ident_http_resp *resp, char *why, size_t whylen)
+{
+	return ident_http(url, ca_file, NULL, NULL, resp, why, whylen);
 }
 
 /* ---- fetch and parse ---------------------------------------------------- */
 
-static void resp_clear(struct ident_http_resp *r)
+void ident_http_resp_clear(struct ident_http_resp *r)
 {
-	free(r->body);
+	if (r->body) {
+		OPENSSL_cleanse(r->body, r->len + 1);
+		free(r->body);
+	}
 	memset(r, 0, sizeof(*r));
 }
+
+#define resp_clear ident_http_resp_clear
 
 /* True when the media type (before any ';') is one of the two JSON types we
  * take; application/jwk-set+json only where JWKS is. */

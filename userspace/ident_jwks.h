@@ -75,6 +75,20 @@ struct ident_http_resp {
 };
 
 /*
+ * The one HTTP client of the identity code (libcurl): GET (post NULL) or POST
+ * url, with the rules above (scheme of the URL only, no redirects, no proxy,
+ * TLS verified, CA file optional, timeouts, size cap). auth, when set, is a
+ * whole header line ("Authorization: Basic ...") and is wiped from libcurl's
+ * list before that is freed; the body buffer is wiped as it grows. The URL
+ * must have passed ident_url_check(). 0 (any HTTP status) or -errno with a
+ * reason in why; *resp is the caller's, freed with ident_http_resp_clear().
+ */
+int ident_http(const char *url, const char *ca_file, const char *post, const char *auth,
+	       struct ident_http_resp *resp, char *why, size_t whylen);
+/* Wipes and frees a response's body. */
+void ident_http_resp_clear(struct ident_http_resp *r);
+
+/*
  * A fetcher: GET url into *resp. Returns 0 (any HTTP status) or -errno with
  * a reason in why. The default one is libcurl with the rules above; tests
  * inject their own. The URL has already passed ident_url_check().
