@@ -50,7 +50,6 @@ static const char *const counter_names[AG_CNT__MAX] = {
 	[AG_CNT_SKB_INGRESS_DROP] = "backstop_ingress_dropped",
 };
 
-#define agent_principal enforcer_audit_principal
 static bool claims_may_grant(int t);
 
 static const char *reason_str(uint32_t r)
@@ -424,7 +423,7 @@ json_t *enforcer_conn_event(struct conn *c, int activity_id, const char *activit
 	if (c->agent_idx >= 0) {
 		a.name = p->agents[c->agent_idx].name;
 		a.cgroup = E->agents[c->agent_idx].cgroup_rel;
-		agent_principal(c->agent_idx, &a, &pr);
+		enforcer_audit_principal(c->agent_idx, &a, &pr);
 	}
 	a.pid = c->pair.tgid;
 	a.tid = c->pair.pid;
@@ -803,7 +802,7 @@ static int on_kernel_event(void *ctx, void *data, size_t size)
 	if (ai >= 0) {
 		a.name = E->policy->agents[ai].name;
 		a.cgroup = E->agents[ai].cgroup_rel;
-		agent_principal(ai, &a, &pr);
+		enforcer_audit_principal(ai, &a, &pr);
 	}
 	a.pid = e->tgid;
 	a.tid = e->pid;
@@ -1215,7 +1214,7 @@ static void audit_principal(int idx)
 				 .cgroup_id = E->agents[idx].cgid };
 	json_t *ev;
 
-	agent_principal(idx, &a, &pr);
+	enforcer_audit_principal(idx, &a, &pr);
 	ev = audit_event(3002, pr.verified ? 1 : 99, pr.verified ? "Logon" : "Other");
 	if (!ev)
 		return;
