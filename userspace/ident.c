@@ -676,9 +676,13 @@ static int cc_tick(struct ident_agent *a, uint64_t now_ms)
 	}
 	ret = verify_token(a, tok, len, &c, vwhy, sizeof(vwhy));
 	if (ret < 0) {
-		bool transient = verify_transient(ret);
+		/* An unknown kid may be a key rotated in since the last JWKS
+		 * fetch, which the refetch limit (one per 30 s) can hold back:
+		 * keep retrying with backoff instead of waiting for the file
+		 * to change again. */
+		bool transient = verify_transient(ret) || ret == -ENOKEY;
 
-		if (ret == -EHOSTUNREACH)
+		if (ret == -EHOSTUNREACH || ret == -ENOKEY)
 			a->force_jwks = true;
 		snprintf(why, sizeof(why), "access token refused: %s", vwhy);
 		failed(a, now_ms, !transient, why);
@@ -807,9 +811,13 @@ static int tf_tick(struct ident_agent *a, uint64_t now_ms)
 	}
 	ret = verify_token(a, buf + off, n - off, &c, vwhy, sizeof(vwhy));
 	if (ret < 0) {
-		bool transient = verify_transient(ret);
+		/* An unknown kid may be a key rotated in since the last JWKS
+		 * fetch, which the refetch limit (one per 30 s) can hold back:
+		 * keep retrying with backoff instead of waiting for the file
+		 * to change again. */
+		bool transient = verify_transient(ret) || ret == -ENOKEY;
 
-		if (ret == -EHOSTUNREACH)
+		if (ret == -EHOSTUNREACH || ret == -ENOKEY)
 			a->force_jwks = true;
 		a->retry = transient;
 		snprintf(why, sizeof(why), "token file token refused: %s", vwhy);

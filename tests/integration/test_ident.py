@@ -351,3 +351,26 @@ def test_token_file_missing_then_written(tmp, idp, driver_bin):
         d.wait(lambda p: p["verified"], 5)
     finally:
         d.finish()
+
+
+def test_token_file_new_key_within_refetch_window(tmp, idp, driver_bin):
+    """The provider rotates its key right after the agent's first JWKS fetch;
+    the platform writes a token signed with the new key, inside the 30 s
+    refetch limit. The agent does not wait for the file to change again: it
+    retries with a forced JWKS refresh and is verified with the new key."""
+    path = os.path.join(tmp, "token")
+    write_token(path, idp.token())
+    d = Driver(driver_bin, tmp, tf_policy(tmp, idp.issuer, path), seconds=90)
+    try:
+        d.wait(lambda p: p["verified"], 5)
+        req = urllib.request.Request(idp.issuer + "/admin/rotate", data=b"", method="POST")
+        urllib.request.urlopen(req, timeout=5).close()
+        time.sleep(1.1)
+        tok = idp.token()
+        h = tok.split(".")[0]
+        assert json.loads(base64.urlsafe_b64decode(h + "=" * (-len(h) % 4)))["kid"] != "rs1"
+        write_token(path, tok)
+        p = d.wait(lambda q, e=claims(tok)["exp"]: q["verified"] and q["exp"] == e, 70)
+        assert p["sub"] == CLIENT_ID
+    finally:
+        d.finish()
