@@ -50,18 +50,6 @@ struct ident_agent {
 
 /* ---- small helpers ------------------------------------------------------ */
 
-static void setwhy(char *why, size_t whylen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void setwhy(char *why, size_t whylen, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!why || !whylen)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(why, whylen, fmt, ap);
-	va_end(ap);
-}
-
 static int64_t real_now(void)
 {
 	struct timespec ts;
@@ -259,7 +247,6 @@ static int verify_token(struct ident_agent *a, const char *tok, size_t len, stru
 
 /* ---- HTTP (the rules of ident_jwks.c; its fetcher is static there) ----- */
 
-#define resp_clear ident_http_resp_clear
 
 static bool is_json(const char *ct)
 {
@@ -339,7 +326,7 @@ static int issuer_open(struct ident_agent *a, const struct policy_identity *id,
 	char cache[PATH_MAX], r[IDENT_REASON_MAX];
 
 	if (!id->issuer || !id->audience) {
-		setwhy(why, whylen, "identity source '%s' needs an issuer and an audience", a->ops->name);
+		ident_setwhy(why, whylen, "identity source '%s' needs an issuer and an audience", a->ops->name);
 		return -EINVAL;
 	}
 	a->id.source = id->source;
@@ -347,7 +334,7 @@ static int issuer_open(struct ident_agent *a, const struct policy_identity *id,
 	    dupstr(&a->id.client_id, id->client_id) || dupstr(&a->id.groups_claim, id->groups_claim) ||
 	    dupstr(&a->id.client_secret_file, id->client_secret_file) ||
 	    dupstr(&a->id.token_file, id->token_file)) {
-		setwhy(why, whylen, "out of memory");
+		ident_setwhy(why, whylen, "out of memory");
 		return -ENOMEM;
 	}
 	ident_jwks_cache_path(state_dir, id->issuer, cache, sizeof(cache));
@@ -356,7 +343,7 @@ static int issuer_open(struct ident_agent *a, const struct policy_identity *id,
 	if (!a->iss) {
 		int err = errno ? errno : EINVAL;
 
-		setwhy(why, whylen, "issuer '%s': %s", id->issuer, r);
+		ident_setwhy(why, whylen, "issuer '%s': %s", id->issuer, r);
 		return -err;
 	}
 	snprintf(a->pr.iss, sizeof(a->pr.iss), "%s", id->issuer);
@@ -377,12 +364,12 @@ static int cc_open(struct ident_agent *a, const struct policy_identity *id,
 		   const char *state_dir, char *why, size_t whylen)
 {
 	if (id->private_key_file) {
-		setwhy(why, whylen, "client_credentials with private_key_file (private_key_jwt) "
+		ident_setwhy(why, whylen, "client_credentials with private_key_file (private_key_jwt) "
 		       "is not implemented yet; use client_secret_file");
 		return -ENOTSUP;
 	}
 	if (!id->client_id || !id->client_secret_file) {
-		setwhy(why, whylen, "identity source 'client_credentials' needs client_id and "
+		ident_setwhy(why, whylen, "identity source 'client_credentials' needs client_id and "
 		       "client_secret_file");
 		return -EINVAL;
 	}
@@ -406,17 +393,17 @@ static char *read_secret(struct ident_agent *a, char *why, size_t whylen)
 	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
 	if (fd < 0) {
 		err = errno;
-		setwhy(why, whylen, "client secret file '%s': %s", path, strerror(err));
+		ident_setwhy(why, whylen, "client secret file '%s': %s", path, strerror(err));
 		return NULL;
 	}
 	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-		setwhy(why, whylen, "client secret file '%s': not a regular file", path);
+		ident_setwhy(why, whylen, "client secret file '%s': not a regular file", path);
 		goto fail;
 	}
 	a->pr.secret_file_exposed = (st.st_mode & (S_IRWXG | S_IRWXO)) != 0;
 	buf = malloc(IDENT_SECRET_MAX + 1);
 	if (!buf) {
-		setwhy(why, whylen, "out of memory");
+		ident_setwhy(why, whylen, "out of memory");
 		goto fail;
 	}
 	for (;;) {
@@ -426,14 +413,14 @@ static char *read_secret(struct ident_agent *a, char *why, size_t whylen)
 			continue;
 		if (r < 0) {
 			err = errno;
-			setwhy(why, whylen, "client secret file '%s': %s", path, strerror(err));
+			ident_setwhy(why, whylen, "client secret file '%s': %s", path, strerror(err));
 			goto fail;
 		}
 		if (r == 0)
 			break;
 		n += (size_t)r;
 		if (n > IDENT_SECRET_MAX) {
-			setwhy(why, whylen, "client secret file '%s': larger than %d bytes", path,
+			ident_setwhy(why, whylen, "client secret file '%s': larger than %d bytes", path,
 			       IDENT_SECRET_MAX);
 			goto fail;
 		}
@@ -443,7 +430,7 @@ static char *read_secret(struct ident_agent *a, char *why, size_t whylen)
 		n--;
 	buf[n] = '\0';
 	if (n == 0 || memchr(buf, '\0', n)) {
-		setwhy(why, whylen, "client secret file '%s': empty or binary", path);
+		ident_setwhy(why, whylen, "client secret file '%s': empty or binary", path);
 		wipe_free(buf, IDENT_SECRET_MAX + 1);
 		return NULL;
 	}
@@ -469,44 +456,44 @@ static int cc_discover(struct ident_agent *a, char *why, size_t whylen)
 		n--;
 	if ((size_t)snprintf(url, sizeof(url), "%.*s/.well-known/openid-configuration", (int)n,
 			     a->id.issuer) >= sizeof(url)) {
-		setwhy(why, whylen, "discovery: issuer URL too long");
+		ident_setwhy(why, whylen, "discovery: issuer URL too long");
 		return -ENAMETOOLONG;
 	}
 	ret = ident_http(url, NULL, NULL, NULL, &resp, r, sizeof(r));
 	if (ret < 0) {
-		setwhy(why, whylen, "discovery: %s", r);
+		ident_setwhy(why, whylen, "discovery: %s", r);
 		return ret;
 	}
 	if (resp.status != 200 || !is_json(resp.content_type) || !resp.body) {
 		long status = resp.status;
 
-		setwhy(why, whylen, "discovery: HTTP status %ld%s", status,
+		ident_setwhy(why, whylen, "discovery: HTTP status %ld%s", status,
 		       status == 200 ? ", not JSON" : "");
-		resp_clear(&resp);
+		ident_http_resp_clear(&resp);
 		return status >= 500 || status == 0 ? -EHOSTUNREACH : -EPROTO;
 	}
 	doc = json_loadb(resp.body, resp.len, JSON_REJECT_DUPLICATES, &jerr);
-	resp_clear(&resp);
+	ident_http_resp_clear(&resp);
 	if (!json_is_object(doc)) {
-		setwhy(why, whylen, "discovery: not a JSON object");
+		ident_setwhy(why, whylen, "discovery: not a JSON object");
 		ret = -EPROTO;
 		goto out;
 	}
 	s = json_string_value(json_object_get(doc, "issuer"));
 	if (!s || strcmp(s, a->id.issuer) != 0) {
-		setwhy(why, whylen, "discovery: the document's issuer differs from the configured issuer");
+		ident_setwhy(why, whylen, "discovery: the document's issuer differs from the configured issuer");
 		ret = -EPROTO;
 		goto out;
 	}
 	s = json_string_value(json_object_get(doc, "token_endpoint"));
 	if (!s) {
-		setwhy(why, whylen, "discovery: no token_endpoint");
+		ident_setwhy(why, whylen, "discovery: no token_endpoint");
 		ret = -EPROTO;
 		goto out;
 	}
 	ret = ident_url_check(s, a->id.issuer, r, sizeof(r));
 	if (ret < 0) {
-		setwhy(why, whylen, "discovery: token_endpoint refused: %s", r);
+		ident_setwhy(why, whylen, "discovery: token_endpoint refused: %s", r);
 		ret = -EPROTO;
 		goto out;
 	}
@@ -587,7 +574,7 @@ static int cc_request(struct ident_agent *a, char **tokp, size_t *lenp, bool *de
 	wipe_free(secret, IDENT_SECRET_MAX + 1);
 	eaud = form_encode(a->id.audience);
 	if (!auth || !eaud) {
-		setwhy(why, whylen, "out of memory");
+		ident_setwhy(why, whylen, "out of memory");
 		ret = -ENOMEM;
 		goto out;
 	}
@@ -596,23 +583,23 @@ static int cc_request(struct ident_agent *a, char **tokp, size_t *lenp, bool *de
 	blen = strlen(eaud) * 2 + 64;
 	body = malloc(blen);
 	if (!body) {
-		setwhy(why, whylen, "out of memory");
+		ident_setwhy(why, whylen, "out of memory");
 		ret = -ENOMEM;
 		goto out;
 	}
 	snprintf(body, blen, "grant_type=client_credentials&resource=%s&audience=%s", eaud, eaud);
 	ret = ident_http(a->token_endpoint, NULL, body, auth, &resp, r, sizeof(r));
 	if (ret < 0) {
-		setwhy(why, whylen, "token endpoint: %s", r);
+		ident_setwhy(why, whylen, "token endpoint: %s", r);
 		goto out;
 	}
 	status = resp.status;
 	if (resp.body && is_json(resp.content_type))
 		doc = json_loadb(resp.body, resp.len, JSON_REJECT_DUPLICATES, &jerr);
-	resp_clear(&resp);
+	ident_http_resp_clear(&resp);
 	if (status != 200) {
 		e = json_is_object(doc) ? oauth_error(doc) : NULL;
-		setwhy(why, whylen, "token endpoint: HTTP status %ld%s%s", status,
+		ident_setwhy(why, whylen, "token endpoint: HTTP status %ld%s%s", status,
 		       e ? ": " : "", e ? e : "");
 		*definitive = status >= 400 && status < 500 && status != 429 && status != 408;
 		ret = *definitive ? -EACCES : -EHOSTUNREACH;
@@ -620,14 +607,14 @@ static int cc_request(struct ident_agent *a, char **tokp, size_t *lenp, bool *de
 	}
 	tok = json_is_object(doc) ? json_string_value(json_object_get(doc, "access_token")) : NULL;
 	if (!tok) {
-		setwhy(why, whylen, "token endpoint: no access_token in the response");
+		ident_setwhy(why, whylen, "token endpoint: no access_token in the response");
 		ret = -EPROTO;
 		goto out;
 	}
 	*lenp = strlen(tok);
 	*tokp = strdup(tok);
 	if (!*tokp) {
-		setwhy(why, whylen, "out of memory");
+		ident_setwhy(why, whylen, "out of memory");
 		ret = -ENOMEM;
 		goto out;
 	}
@@ -713,7 +700,7 @@ static int tf_open(struct ident_agent *a, const struct policy_identity *id,
 		   const char *state_dir, char *why, size_t whylen)
 {
 	if (!id->token_file) {
-		setwhy(why, whylen, "identity source 'token_file' needs token_file");
+		ident_setwhy(why, whylen, "identity source 'token_file' needs token_file");
 		return -EINVAL;
 	}
 	return issuer_open(a, id, state_dir, why, whylen);
@@ -737,13 +724,13 @@ static char *tf_read(const char *path, size_t *lenp, char *why, size_t whylen)
 	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 	if (fd < 0) {
 		err = errno;
-		setwhy(why, whylen, "token file '%s': %s", path, strerror(err));
+		ident_setwhy(why, whylen, "token file '%s': %s", path, strerror(err));
 		return NULL;
 	}
 	buf = malloc(cap + 1);
 	if (!buf) {
 		close(fd);
-		setwhy(why, whylen, "out of memory");
+		ident_setwhy(why, whylen, "out of memory");
 		return NULL;
 	}
 	while (n < cap) {
@@ -755,7 +742,7 @@ static char *tf_read(const char *path, size_t *lenp, char *why, size_t whylen)
 			err = errno;
 			close(fd);
 			wipe_free(buf, cap + 1);
-			setwhy(why, whylen, "token file '%s': %s", path, strerror(err));
+			ident_setwhy(why, whylen, "token file '%s': %s", path, strerror(err));
 			return NULL;
 		}
 		if (r == 0)
@@ -865,14 +852,14 @@ struct ident_agent *ident_agent_new(const char *agent_name, const struct policy_
 	int ret;
 
 	if (!agent_name || !id || (unsigned)id->source >= sizeof(ident_sources) / sizeof(ident_sources[0])) {
-		setwhy(why, whylen, "bad arguments");
+		ident_setwhy(why, whylen, "bad arguments");
 		errno = EINVAL;
 		return NULL;
 	}
 	a = calloc(1, sizeof(*a));
 	if (!a || !(a->name = strdup(agent_name))) {
 		free(a);
-		setwhy(why, whylen, "out of memory");
+		ident_setwhy(why, whylen, "out of memory");
 		errno = ENOMEM;
 		return NULL;
 	}

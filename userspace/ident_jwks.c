@@ -60,8 +60,7 @@ static int64_t default_real(void *ctx) { return clock_s(CLOCK_REALTIME); }
 static int64_t now_mono(const struct ident_issuer *iss) { return iss->now_mono(iss->clock_ctx); }
 static int64_t now_real(const struct ident_issuer *iss) { return iss->now_real(iss->clock_ctx); }
 
-static void setwhy(char *why, size_t whylen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void setwhy(char *why, size_t whylen, const char *fmt, ...)
+void ident_setwhy(char *why, size_t whylen, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -107,7 +106,7 @@ static int url_parse(const char *url, struct url_parts *u, char *why, size_t why
 
 	memset(u, 0, sizeof(*u));
 	if (strnlen(url, IDENT_URL_MAX) >= IDENT_URL_MAX) {
-		setwhy(why, whylen, "URL longer than %d bytes", IDENT_URL_MAX - 1);
+		ident_setwhy(why, whylen, "URL longer than %d bytes", IDENT_URL_MAX - 1);
 		return -EINVAL;
 	}
 	if (strncmp(url, "https://", 8) == 0) {
@@ -116,29 +115,29 @@ static int url_parse(const char *url, struct url_parts *u, char *why, size_t why
 	} else if (strncmp(url, "http://", 7) == 0) {
 		a = url + 7;
 	} else {
-		setwhy(why, whylen, "only https:// URLs are allowed (http:// on a loopback literal)");
+		ident_setwhy(why, whylen, "only https:// URLs are allowed (http:// on a loopback literal)");
 		return -EPROTO;
 	}
 	for (p = url; *p; p++) {
 		if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f || *p == '\\') {
-			setwhy(why, whylen, "URL has a space, control or non-ASCII byte");
+			ident_setwhy(why, whylen, "URL has a space, control or non-ASCII byte");
 			return -EINVAL;
 		}
 		if (*p == '?' || *p == '#') {
-			setwhy(why, whylen, "URL has a query or fragment");
+			ident_setwhy(why, whylen, "URL has a query or fragment");
 			return -EINVAL;
 		}
 	}
 	end = a + strcspn(a, "/");
 	if (memchr(a, '@', (size_t)(end - a))) {
-		setwhy(why, whylen, "URL has userinfo");
+		ident_setwhy(why, whylen, "URL has userinfo");
 		return -EINVAL;
 	}
 	if (*a == '[') {
 		h = a + 1;
 		hend = memchr(h, ']', (size_t)(end - h));
 		if (!hend) {
-			setwhy(why, whylen, "URL has an unterminated [IPv6] host");
+			ident_setwhy(why, whylen, "URL has an unterminated [IPv6] host");
 			return -EINVAL;
 		}
 		p = hend + 1;
@@ -151,7 +150,7 @@ static int url_parse(const char *url, struct url_parts *u, char *why, size_t why
 	}
 	n = (size_t)(hend - h);
 	if (n == 0 || n >= sizeof(u->host)) {
-		setwhy(why, whylen, "URL has an empty or overlong host");
+		ident_setwhy(why, whylen, "URL has an empty or overlong host");
 		return -EINVAL;
 	}
 	memcpy(u->host, h, n);
@@ -161,18 +160,18 @@ static int url_parse(const char *url, struct url_parts *u, char *why, size_t why
 		unsigned long port = 0;
 
 		if (*p != ':' || p + 1 == end || end - (p + 1) > 5) {
-			setwhy(why, whylen, "URL has a bad port");
+			ident_setwhy(why, whylen, "URL has a bad port");
 			return -EINVAL;
 		}
 		for (d = p + 1; d < end; d++) {
 			if (!isdigit((unsigned char)*d)) {
-				setwhy(why, whylen, "URL has a bad port");
+				ident_setwhy(why, whylen, "URL has a bad port");
 				return -EINVAL;
 			}
 			port = port * 10 + (unsigned long)(*d - '0');
 		}
 		if (port == 0 || port > 65535) {
-			setwhy(why, whylen, "URL has a bad port");
+			ident_setwhy(why, whylen, "URL has a bad port");
 			return -EINVAL;
 		}
 	}
@@ -180,7 +179,7 @@ static int url_parse(const char *url, struct url_parts *u, char *why, size_t why
 		struct in6_addr a6;
 
 		if (inet_pton(AF_INET6, u->host, &a6) != 1) {
-			setwhy(why, whylen, "URL has a bad IPv6 literal");
+			ident_setwhy(why, whylen, "URL has a bad IPv6 literal");
 			return -EINVAL;
 		}
 		u->loopback = IN6_IS_ADDR_LOOPBACK(&a6);
@@ -202,31 +201,31 @@ int ident_url_check(const char *url, const char *issuer, char *why, size_t whyle
 	int ret;
 
 	if (!url) {
-		setwhy(why, whylen, "no URL");
+		ident_setwhy(why, whylen, "no URL");
 		return -EINVAL;
 	}
 	ret = url_parse(url, &u, r, sizeof(r));
 	if (ret < 0) {
-		setwhy(why, whylen, "%s", r);
+		ident_setwhy(why, whylen, "%s", r);
 		return ret;
 	}
 	if (!u.https && !u.loopback) {
-		setwhy(why, whylen, "http:// is allowed only on a loopback literal (127.0.0.0/8, [::1]); "
+		ident_setwhy(why, whylen, "http:// is allowed only on a loopback literal (127.0.0.0/8, [::1]); "
 		       "use https://");
 		return -EPROTO;
 	}
 	if (issuer) {
 		ret = url_parse(issuer, &iu, r, sizeof(r));
 		if (ret < 0) {
-			setwhy(why, whylen, "issuer: %s", r);
+			ident_setwhy(why, whylen, "issuer: %s", r);
 			return ret;
 		}
 		if (iu.https != u.https) {
-			setwhy(why, whylen, "jwks_uri scheme differs from the issuer's");
+			ident_setwhy(why, whylen, "jwks_uri scheme differs from the issuer's");
 			return -EPROTO;
 		}
 		if (!iu.https && !u.loopback) {
-			setwhy(why, whylen, "jwks_uri of a loopback issuer is not on loopback");
+			ident_setwhy(why, whylen, "jwks_uri of a loopback issuer is not on loopback");
 			return -EPROTO;
 		}
 	}
@@ -326,14 +325,14 @@ int ident_http(const char *url, const char *ca_file, const char *post, const cha
 	pthread_once(&curl_once, curl_init_once);
 	c = curl_easy_init();
 	if (!c) {
-		setwhy(why, whylen, "curl_easy_init failed");
+		ident_setwhy(why, whylen, "curl_easy_init failed");
 		return -ENOMEM;
 	}
 	if (auth) {
 		h = curl_slist_append(NULL, auth);
 		if (!h) {
 			curl_easy_cleanup(c);
-			setwhy(why, whylen, "out of memory");
+			ident_setwhy(why, whylen, "out of memory");
 			return -ENOMEM;
 		}
 		hdrs = h;
@@ -362,19 +361,19 @@ int ident_http(const char *url, const char *ca_file, const char *post, const cha
 	    (ca_file && curl_easy_setopt(c, CURLOPT_CAINFO, ca_file)) ||
 	    (hdrs && curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdrs)) ||
 	    (post && curl_easy_setopt(c, CURLOPT_POSTFIELDS, post))) {
-		setwhy(why, whylen, "libcurl refused an option (too old?)");
+		ident_setwhy(why, whylen, "libcurl refused an option (too old?)");
 		ret = -ENOTSUP;
 		goto out;
 	}
 	rc = curl_easy_perform(c);
 	if (b.too_big || rc == CURLE_FILESIZE_EXCEEDED) {
-		setwhy(why, whylen, "response larger than %u bytes", IDENT_FETCH_MAX);
+		ident_setwhy(why, whylen, "response larger than %u bytes", IDENT_FETCH_MAX);
 		ret = -EMSGSIZE;
 	} else if (b.oom) {
-		setwhy(why, whylen, "out of memory");
+		ident_setwhy(why, whylen, "out of memory");
 		ret = -ENOMEM;
 	} else if (rc != CURLE_OK) {
-		setwhy(why, whylen, "%s", errbuf[0] ? errbuf : curl_easy_strerror(rc));
+		ident_setwhy(why, whylen, "%s", errbuf[0] ? errbuf : curl_easy_strerror(rc));
 		ret = rc == CURLE_OPERATION_TIMEDOUT ? -ETIMEDOUT : -EHOSTUNREACH;
 	} else {
 		curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &resp->status);
@@ -406,7 +405,6 @@ void ident_http_resp_clear(struct ident_http_resp *r)
 	memset(r, 0, sizeof(*r));
 }
 
-#define resp_clear ident_http_resp_clear
 
 /* True when the media type (before any ';') is one of the two JSON types we
  * take; application/jwk-set+json only where JWKS is. */
@@ -429,23 +427,23 @@ static int get_json(struct ident_issuer *iss, const char *what, const char *url,
 	r[0] = '\0';
 	ret = iss->fetch(iss->fetch_ctx, url, iss->ca_file, resp, r, sizeof(r));
 	if (ret < 0) {
-		setwhy(why, whylen, "%s: %s", what, r[0] ? r : strerror(-ret));
-		resp_clear(resp);
+		ident_setwhy(why, whylen, "%s: %s", what, r[0] ? r : strerror(-ret));
+		ident_http_resp_clear(resp);
 		return ret;
 	}
 	if (resp->status != 200) {
-		setwhy(why, whylen, "%s: HTTP status %ld", what, resp->status);
-		resp_clear(resp);
+		ident_setwhy(why, whylen, "%s: HTTP status %ld", what, resp->status);
+		ident_http_resp_clear(resp);
 		return -EHOSTUNREACH;
 	}
 	if (!json_type_ok(resp->content_type, jwks)) {
-		setwhy(why, whylen, "%s: content type is not JSON", what);
-		resp_clear(resp);
+		ident_setwhy(why, whylen, "%s: content type is not JSON", what);
+		ident_http_resp_clear(resp);
 		return -EPROTO;
 	}
 	if (!resp->body || resp->len > IDENT_FETCH_MAX) {
-		setwhy(why, whylen, "%s: empty or oversized body", what);
-		resp_clear(resp);
+		ident_setwhy(why, whylen, "%s: empty or oversized body", what);
+		ident_http_resp_clear(resp);
 		return -EPROTO;
 	}
 	return 0;
@@ -512,35 +510,35 @@ static int discover(struct ident_issuer *iss, char *jwks_uri, size_t urilen, cha
 	int ret;
 
 	if (discovery_url(iss->issuer, url, sizeof(url)) < 0) {
-		setwhy(why, whylen, "discovery: issuer URL too long");
+		ident_setwhy(why, whylen, "discovery: issuer URL too long");
 		return -ENAMETOOLONG;
 	}
 	ret = get_json(iss, "discovery", url, false, &resp, why, whylen);
 	if (ret < 0)
 		return ret;
 	doc = json_loadb(resp.body, resp.len, JSON_REJECT_DUPLICATES, &jerr);
-	resp_clear(&resp);
+	ident_http_resp_clear(&resp);
 	if (!json_is_object(doc)) {
-		setwhy(why, whylen, "discovery: not a JSON object");
+		ident_setwhy(why, whylen, "discovery: not a JSON object");
 		json_decref(doc);
 		return -EPROTO;
 	}
 	s = json_string_value(json_object_get(doc, "issuer"));
 	if (!s || strcmp(s, iss->issuer) != 0) {
 		/* The document's value is attacker-influenced text: not quoted. */
-		setwhy(why, whylen, "discovery: the document's issuer differs from the configured issuer");
+		ident_setwhy(why, whylen, "discovery: the document's issuer differs from the configured issuer");
 		json_decref(doc);
 		return -EPROTO;
 	}
 	s = json_string_value(json_object_get(doc, "jwks_uri"));
 	if (!s) {
-		setwhy(why, whylen, "discovery: no jwks_uri");
+		ident_setwhy(why, whylen, "discovery: no jwks_uri");
 		json_decref(doc);
 		return -EPROTO;
 	}
 	ret = ident_url_check(s, iss->issuer, r, sizeof(r));
 	if (ret < 0) {
-		setwhy(why, whylen, "discovery: jwks_uri refused: %s", r);
+		ident_setwhy(why, whylen, "discovery: jwks_uri refused: %s", r);
 		json_decref(doc);
 		return -EPROTO;
 	}
@@ -692,13 +690,13 @@ static int refresh_locked(struct ident_issuer *iss, char *why, size_t whylen)
 		ret = jwks_parse(resp.body, resp.len, &keys, pr, sizeof(pr));
 		if (ret < 0) {
 			snprintf(r, sizeof(r), "jwks: %s", pr);
-			resp_clear(&resp);
+			ident_http_resp_clear(&resp);
 		}
 	}
 	if (ret < 0) {
 		iss->failures++;
 		snprintf(iss->last_error, sizeof(iss->last_error), "%s", r);
-		setwhy(why, whylen, "%s", r);
+		ident_setwhy(why, whylen, "%s", r);
 		return ret;
 	}
 	jwks_free(iss->keys);
@@ -729,7 +727,7 @@ int issuer_refresh(struct ident_issuer *iss, bool force, char *why, size_t whyle
 		return -EINVAL;
 	pthread_mutex_lock(&iss->mu);
 	if (!force && !may_attempt(iss)) {
-		setwhy(why, whylen, "refetch rate limited (one per %d s)", IDENT_REFETCH_MIN);
+		ident_setwhy(why, whylen, "refetch rate limited (one per %d s)", IDENT_REFETCH_MIN);
 		ret = -EAGAIN;
 	} else {
 		ret = refresh_locked(iss, why, whylen);
@@ -750,7 +748,7 @@ int issuer_verify(struct ident_issuer *iss, const char *token, size_t len,
 	if (out)
 		memset(out, 0, sizeof(*out));
 	if (!iss || !pol || !pol->issuer || strcmp(pol->issuer, iss->issuer) != 0) {
-		setwhy(why, whylen, "policy: the verification policy names another issuer");
+		ident_setwhy(why, whylen, "policy: the verification policy names another issuer");
 		return -EINVAL;
 	}
 	pthread_mutex_lock(&iss->mu);
@@ -759,14 +757,14 @@ int issuer_verify(struct ident_issuer *iss, const char *token, size_t len,
 		fetched = true;
 	}
 	if (!iss->keys) {
-		setwhy(why, whylen, "no keys for the issuer: %s",
+		ident_setwhy(why, whylen, "no keys for the issuer: %s",
 		       fret < 0 ? fr : (iss->last_error[0] ? iss->last_error : "not fetched yet"));
 		ret = fret == -EPROTO ? -EPROTO : -EHOSTUNREACH;
 		goto out;
 	}
 	age = now_mono(iss) - iss->fetched_mono;
 	if (age > IDENT_LKG_MAX) {
-		setwhy(why, whylen, "the issuer's keys were last fetched %" PRId64 " s ago, over the "
+		ident_setwhy(why, whylen, "the issuer's keys were last fetched %" PRId64 " s ago, over the "
 		       "%d s bound: %s", age, IDENT_LKG_MAX,
 		       iss->last_error[0] ? iss->last_error : "not refreshed");
 		ret = -ESTALE;
@@ -844,7 +842,7 @@ struct ident_issuer *issuer_new(const char *issuer, const struct issuer_opts *op
 	return iss;
 oom:
 	issuer_free(iss);
-	setwhy(why, whylen, "out of memory");
+	ident_setwhy(why, whylen, "out of memory");
 	errno = ENOMEM;
 	return NULL;
 }

@@ -85,6 +85,9 @@ struct ident_http_resp {
  */
 int ident_http(const char *url, const char *ca_file, const char *post, const char *auth,
 	       struct ident_http_resp *resp, char *why, size_t whylen);
+/* printf into why (NULL-safe): the reasons of the identity code. */
+void ident_setwhy(char *why, size_t whylen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 /* Wipes and frees a response's body. */
 void ident_http_resp_clear(struct ident_http_resp *r);
 

@@ -5,15 +5,20 @@ verified principal, which status and every audit event carry; without a
 verified identity its connections are refused (fail closed)."""
 import os
 
-from conftest import connect_code, wait_for
+from conftest import connect_code
 from test_token import AUDIENCE, CLIENT_ID, CLIENT_SECRET, idp  # noqa: F401 (fixture)
 
 
-def policy(tmp, issuer, port, secret=CLIENT_SECRET):
+def secret_file(tmp, secret=CLIENT_SECRET):
     path = os.path.join(tmp, "client-secret")
     with open(path, "w") as f:
         f.write(secret)
     os.chmod(path, 0o600)
+    return path
+
+
+def policy(tmp, issuer, port, secret=CLIENT_SECRET):
+    path = secret_file(tmp, secret)
     return f"""
     version: 1
     agents:
@@ -52,13 +57,12 @@ def test_unverified_agent_refused(enforcer, servers, idp, tmp):
     assert ev and ev["unmapped"]["reason"].startswith("identity not verified: ")
 
 
-def test_identity_lost_is_audited(enforcer, servers, tmp, monkeypatch):
+def test_identity_lost_is_audited(enforcer, servers, tmp):
     """Tokens live 6 s; the provider goes away: when the held token expires
     the principal becomes unverified, an Authentication (3002) event records
     it, and the agent's connections are refused from then on."""
     from test_token import Provider
-    monkeypatch.setenv("OIDC_TTL", "6")
-    p = Provider(tmp)
+    p = Provider(tmp, ttl=6)
     try:
         port, _ = servers.echo()
         enforcer.start(policy(tmp, p.issuer, port))
@@ -74,10 +78,7 @@ def test_identity_lost_is_audited(enforcer, servers, tmp, monkeypatch):
 
 
 def claims_policy(tmp, issuer, port, groups):
-    path = os.path.join(tmp, "client-secret")
-    with open(path, "w") as f:
-        f.write(CLIENT_SECRET)
-    os.chmod(path, 0o600)
+    path = secret_file(tmp)
     return f"""
     version: 1
     agents:

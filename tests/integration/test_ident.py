@@ -12,17 +12,16 @@ import select
 import subprocess
 import tempfile
 import time
-import urllib.parse
-import urllib.request
 
 import pytest
 
 from conftest import ROOT, Proc, free_port
 
-OIDC_DIR = os.path.join(ROOT, "tests", "oidc")
+import oidc
+from oidc import AUDIENCE
+
 CLIENT_ID = "t-ident-a"
 CLIENT_SECRET = "t-ident-a-secret-0123456789"
-AUDIENCE = "urn:agentgate"
 SRCS = ["tests/integration/helpers/ident_driver.c", "userspace/ident.c", "userspace/ident_jwks.c",
         "userspace/ident_jwt.c", "userspace/policy_load.c", "userspace/policy_match.c",
         "userspace/util.c"]
@@ -45,41 +44,8 @@ def driver_bin():
     os.rmdir(d)
 
 
-class Provider:
-    """tests/oidc/server.js on 127.0.0.1:port (ttl = access-token seconds)."""
-
-    def __init__(self, tmp, port=None, ttl=300):
-        r = subprocess.run([os.path.join(OIDC_DIR, "setup.sh")], capture_output=True, text=True)
-        assert r.returncode == 0, "tests/oidc/setup.sh failed: " + r.stderr
-        self.port = port or free_port()
-        self.issuer = f"http://127.0.0.1:{self.port}"
-        self.log = os.path.join(tmp, f"oidc-{self.port}-{time.time_ns()}.log")
-        env = dict(os.environ, OIDC_TTL=str(ttl))
-        self.proc = Proc(["node", os.path.join(OIDC_DIR, "server.js"), str(self.port), CLIENT_ID,
-                          CLIENT_SECRET], stdout=subprocess.PIPE, stderr=open(self.log, "w"),
-                         cwd=OIDC_DIR, env=env)
-        out = self.proc.p.stdout
-        end = time.time() + 20
-        line = b""
-        while time.time() < end and b"READY" not in line:
-            ready, _, _ = select.select([out], [], [], 0.5)
-            if ready:
-                line = out.readline()
-                if not line:
-                    break
-        assert b"READY" in line, "OIDC provider did not start:\n" + open(self.log).read()
-
-    def token(self, resource=AUDIENCE, alg="RS256"):
-        body = urllib.parse.urlencode({"grant_type": "client_credentials", "resource": resource,
-                                       "token_alg": alg}).encode()
-        req = urllib.request.Request(self.issuer + "/token", data=body, method="POST")
-        basic = base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
-        req.add_header("Authorization", "Basic " + basic)
-        with urllib.request.urlopen(req, timeout=5) as r:
-            return json.load(r)["access_token"]
-
-    def stop(self):
-        self.proc.stop()
+def Provider(tmp, port=None, ttl=300):
+    return oidc.Provider(tmp, CLIENT_ID, CLIENT_SECRET, port=port, ttl=ttl)
 
 
 @pytest.fixture
@@ -363,8 +329,7 @@ def test_token_file_new_key_within_refetch_window(tmp, idp, driver_bin):
     d = Driver(driver_bin, tmp, tf_policy(tmp, idp.issuer, path), seconds=90)
     try:
         d.wait(lambda p: p["verified"], 5)
-        req = urllib.request.Request(idp.issuer + "/admin/rotate", data=b"", method="POST")
-        urllib.request.urlopen(req, timeout=5).close()
+        idp.rotate()
         time.sleep(1.1)
         tok = idp.token()
         h = tok.split(".")[0]

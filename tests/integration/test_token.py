@@ -7,64 +7,24 @@ import base64
 import http.server
 import json
 import os
-import select
-import signal
 import subprocess
 import threading
 import time
-import urllib.parse
-import urllib.request
 
 import pytest
 
-from conftest import AG, ROOT, Proc, free_port
+from conftest import AG
 
-OIDC_DIR = os.path.join(ROOT, "tests", "oidc")
+import oidc
+from oidc import AUDIENCE
+
 CLIENT_ID = "t-agent-a"
 CLIENT_SECRET = "t-agent-a-secret-0123456789"
-AUDIENCE = "urn:agentgate"
 REFUSED = "agentgate: token: refused: "
 
 
-class Provider:
-    """tests/oidc/server.js on 127.0.0.1:port, stopped by its PID."""
-
-    def __init__(self, tmp):
-        r = subprocess.run([os.path.join(OIDC_DIR, "setup.sh")], capture_output=True, text=True)
-        assert r.returncode == 0, "tests/oidc/setup.sh failed: " + r.stderr
-        self.port = free_port()
-        self.issuer = f"http://127.0.0.1:{self.port}"
-        self.log = os.path.join(tmp, f"oidc-{self.port}.log")
-        self.proc = Proc(["node", os.path.join(OIDC_DIR, "server.js"), str(self.port), CLIENT_ID,
-                          CLIENT_SECRET], stdout=subprocess.PIPE, stderr=open(self.log, "w"),
-                         cwd=OIDC_DIR)
-        out = self.proc.p.stdout
-        end = time.time() + 20
-        line = b""
-        while time.time() < end and b"READY" not in line:
-            ready, _, _ = select.select([out], [], [], 0.5)
-            if ready:
-                line = out.readline()
-                if not line:
-                    break
-        assert b"READY" in line, "OIDC provider did not start:\n" + open(self.log).read()
-
-    def token(self, resource=AUDIENCE, alg="RS256"):
-        body = urllib.parse.urlencode({"grant_type": "client_credentials", "resource": resource,
-                                       "token_alg": alg}).encode()
-        req = urllib.request.Request(self.issuer + "/token", data=body, method="POST")
-        basic = base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
-        req.add_header("Authorization", "Basic " + basic)
-        with urllib.request.urlopen(req, timeout=5) as r:
-            return json.load(r)["access_token"]
-
-    def rotate(self):
-        req = urllib.request.Request(self.issuer + "/admin/rotate", data=b"", method="POST")
-        with urllib.request.urlopen(req, timeout=5) as r:
-            return json.load(r)
-
-    def stop(self):
-        self.proc.stop()
+def Provider(tmp, ttl=300):
+    return oidc.Provider(tmp, CLIENT_ID, CLIENT_SECRET, ttl=ttl)
 
 
 @pytest.fixture

@@ -1,0 +1,60 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The test OpenID provider (tests/oidc/server.js, npm oidc-provider) for the
+identity tests: one class, started on 127.0.0.1 and stopped by its PID."""
+import base64
+import json
+import os
+import select
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+
+from conftest import ROOT, Proc, free_port
+
+OIDC_DIR = os.path.join(ROOT, "tests", "oidc")
+AUDIENCE = "urn:agentgate"
+
+
+class Provider:
+    """server.js on 127.0.0.1:port with one client_credentials client;
+    ttl = access-token lifetime in seconds."""
+
+    def __init__(self, tmp, client_id, client_secret, port=None, ttl=300):
+        r = subprocess.run([os.path.join(OIDC_DIR, "setup.sh")], capture_output=True, text=True)
+        assert r.returncode == 0, "tests/oidc/setup.sh failed: " + r.stderr
+        self.client_id, self.client_secret = client_id, client_secret
+        self.port = port or free_port()
+        self.issuer = f"http://127.0.0.1:{self.port}"
+        self.log = os.path.join(tmp, f"oidc-{self.port}-{time.time_ns()}.log")
+        env = dict(os.environ, OIDC_TTL=str(ttl))
+        self.proc = Proc(["node", os.path.join(OIDC_DIR, "server.js"), str(self.port), client_id,
+                          client_secret], stdout=subprocess.PIPE, stderr=open(self.log, "w"),
+                         cwd=OIDC_DIR, env=env)
+        out = self.proc.p.stdout
+        end = time.time() + 20
+        line = b""
+        while time.time() < end and b"READY" not in line:
+            ready, _, _ = select.select([out], [], [], 0.5)
+            if ready:
+                line = out.readline()
+                if not line:
+                    break
+        assert b"READY" in line, "OIDC provider did not start:\n" + open(self.log).read()
+
+    def token(self, resource=AUDIENCE, alg="RS256"):
+        body = urllib.parse.urlencode({"grant_type": "client_credentials", "resource": resource,
+                                       "token_alg": alg}).encode()
+        req = urllib.request.Request(self.issuer + "/token", data=body, method="POST")
+        basic = base64.b64encode(f"{self.client_id}:{self.client_secret}".encode()).decode()
+        req.add_header("Authorization", "Basic " + basic)
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.load(r)["access_token"]
+
+    def rotate(self):
+        req = urllib.request.Request(self.issuer + "/admin/rotate", data=b"", method="POST")
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.load(r)
+
+    def stop(self):
+        self.proc.stop()
