@@ -23,7 +23,8 @@ ARCH    := $(shell uname -m | sed 's/x86_64/x86/;s/aarch64/arm64/')
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -Wno-format-truncation -D_GNU_SOURCE \
 	   -fno-strict-aliasing -I$(BUILD) -Ibpf -Iuserspace
-LDLIBS  := -lbpf -lelf -lz -lyaml -ljansson -lcurl -lssl -lcrypto -lresolv -lcap -lpthread
+LDLIBS  := -lbpf -lelf -lz -lyaml -ljansson -lcurl -lssl -lcrypto -lresolv -lcap -lpthread \
+	   -lpg_query -lpcre2-8 -lrelp
 SANFLAGS:= -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -Wall -Werror -I. -Ibpf \

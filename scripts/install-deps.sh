@@ -7,13 +7,14 @@ PKGS=(
   # build
   make gcc clang llvm pkg-config bpftool libbpf-dev libelf-dev zlib1g-dev
   libyaml-dev libjansson-dev libssl-dev libcurl4-openssl-dev libpcre2-dev libcap-dev
-  libclang-rt-14-dev
+  libclang-rt-14-dev libpg-query-dev libprotobuf-c-dev librelp-dev
   # run
   iproute2 util-linux
   # test: real servers and clients
   curl dnsmasq-base python3 python3-pytest python3-psycopg2 socat openssl liburing-dev
+  postgresql-15 postgresql-client-15 nginx rsyslog rsyslog-relp rsyslog-openssl
   # bench peers
-  haproxy
+  haproxy pgbouncer wrk
   # the test OpenID provider (npm package oidc-provider, pinned in tests/oidc)
   nodejs
 )

@@ -39,6 +39,13 @@ def cgroup2_mount():
 
 CG2 = cgroup2_mount()
 
+# One integration run at a time on a host (the enforcer's pins, ports and host
+# lock are global): a second pytest waits here until the first one ends.
+os.makedirs("/run/agentgate", exist_ok=True)
+_RUN_LOCK = open("/run/agentgate/tests.lock", "a")
+import fcntl  # noqa: E402
+fcntl.flock(_RUN_LOCK, fcntl.LOCK_EX)
+
 
 def free_port(family=socket.AF_INET, kind=socket.SOCK_STREAM, host="127.0.0.1"):
     s = socket.socket(family, kind)
