@@ -536,6 +536,62 @@ static const struct policy_rule *rule_for(int idx, int t)
 	return NULL;
 }
 
+static bool strv_has(const struct policy_strv *v, const char *s)
+{
+	for (size_t i = 0; i < v->n; i++)
+		if (strcmp(v->v[i], s) == 0)
+			return true;
+	return false;
+}
+
+static size_t add_role_rules(const struct policy_role *role, int t, const struct policy_rule **out,
+			     size_t n, size_t max)
+{
+	for (size_t r = 0; r < role->nrules; r++) {
+		bool dup = false;
+
+		if (role->rules[r].target_idx != t)
+			continue;
+		for (size_t k = 0; k < n && !dup; k++)
+			dup = out[k] == &role->rules[r];
+		if (!dup) {
+			if (n == max)
+				return max + 1;
+			out[n++] = &role->rules[r];
+		}
+	}
+	return n;
+}
+
+size_t enforcer_rules_for(int idx, int t, const struct policy_rule **out, size_t max)
+{
+	const struct policy *p = E->policy;
+	const struct policy_agent *ag = &p->agents[idx];
+	struct ident_principal pr;
+	size_t n = 0;
+
+	enforcer_principal(idx, &pr);
+	for (size_t b = 0; b < p->nbindings && n <= max; b++) {
+		const struct policy_binding *bd = &p->bindings[b];
+
+		if (strv_has(&bd->agents, ag->name) || binding_matches(bd, &ag->identity, &pr))
+			n = add_role_rules(&p->roles[bd->role_idx], t, out, n, max);
+	}
+	return n;
+}
+
+size_t enforcer_user_rules_for(int idx, const struct ident_principal *user, int t,
+			       const struct policy_rule **out, size_t max)
+{
+	const struct policy *p = E->policy;
+	size_t n = 0;
+
+	for (size_t b = 0; b < p->nbindings && n <= max; b++)
+		if (binding_matches(&p->bindings[b], &p->agents[idx].identity, user))
+			n = add_role_rules(&p->roles[p->bindings[b].role_idx], t, out, n, max);
+	return n;
+}
+
 bool enforcer_may_target(int idx, int t)
 {
 	return E->policy->agents[idx].may_target[t] ||
@@ -1141,6 +1197,11 @@ static int check_supported(const struct policy *p)
 		for (size_t k = 0; k < p->roles[r].nrules; k++) {
 			const struct policy_rule *ru = &p->roles[r].rules[k];
 
+			bool fb;
+			const struct proto_ops *ops = proto_for(p->targets[ru->target_idx].proto, &fb);
+
+			if (ops->enforces_rules && !fb)
+				continue;
 			if (action_has_content(&ru->allow) || ru->review.present || ru->mask.present) {
 				log_err("role '%s' rule %zu (line %d): allow/review/mask rules for target '%s' need its "
 					"%s module, which is not in this build (a bare '{target: %s}' rule allows "

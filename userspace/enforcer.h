@@ -135,6 +135,23 @@ void enforcer_audit_principal(int idx, struct audit_agent *a, struct ident_princ
  * OIDC identity) by some binding on claims, decided per connection. */
 bool enforcer_may_target(int idx, int t);
 
+/*
+ * Every rule agent idx holds for target t, in policy order: rules of roles
+ * bound to it by name, then by claims its current principal satisfies
+ * (deduplicated). Protocol modules judge a request against all of them:
+ * allowed if some rule allows it. Returns the count; a value > max means
+ * the list did not fit (the caller must deny). Thread-safe.
+ */
+#define ENFORCER_MAX_RULES 64
+size_t enforcer_rules_for(int idx, int t, const struct policy_rule **out, size_t max);
+/*
+ * Delegation: the rules a verified user principal holds for target t, by
+ * claims bindings only (users are never bound by agent name), reading claims
+ * the way agent idx's identity does (its groups_claim). Same return as above.
+ */
+size_t enforcer_user_rules_for(int idx, const struct ident_principal *user, int t,
+			       const struct policy_rule **out, size_t max);
+
 /* Index of the agent whose cgroup (path inside the hierarchy) contains rel, or -1. */
 int enforcer_agent_of_cgroup(const char *rel);
 

@@ -23,6 +23,10 @@ struct conn;
 
 struct proto_ops {
 	const char *name;
+	/* The module enforces allow/review/mask content rules (statements,
+	 * http, verbs...). The enforcer refuses to start with such rules on a
+	 * target whose module does not. */
+	bool enforces_rules;
 	int (*start)(struct conn *c);
 	/* Bytes from the agent are in conn_agent_buf(c); consume with conn_agent_consume(). */
 	int (*on_agent_data)(struct conn *c);
