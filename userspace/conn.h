@@ -19,6 +19,7 @@
 
 struct worker;
 struct proto_ops;
+typedef struct ssl_st SSL;
 
 enum conn_dir { DIR_UP = 0, DIR_DOWN = 1 };   /* agent->upstream, upstream->agent */
 
@@ -57,7 +58,88 @@ struct conn {
 	char why[300];        /* a refusal reason built for this connection */  /* "role 'r' rule 2 (line 14)", empty when no rule decided */
 	char upstream_desc[64];
 	struct conn *next, *prev;  /* worker's list */
+
+	/* stream mode (conn_stream()): per side, SIDE_AGENT / SIDE_UP */
+	bool streaming;
+	struct conn_side {
+		uint8_t *in;           /* received, not yet consumed by the module */
+		uint32_t in_len, in_off, in_cap, in_max;
+		uint8_t *out;          /* queued by the module, not yet written */
+		uint32_t out_len, out_off, out_cap;
+		bool in_eof;           /* the peer finished sending (or TLS close_notify) */
+		bool want_shut, shut;  /* conn_shutdown() asked / done */
+		SSL *ssl;              /* TLS on this leg, after conn_tls() */
+		bool tls_pending;      /* conn_tls() asked: starts once out is flushed */
+		bool tls_ready;        /* handshake done */
+		bool tls_server;
+	} side[2];
+	bool finishing;            /* conn_finish(): close once the agent's output is written */
+	uint64_t rx[2], tx[2];     /* stream mode byte counts per side, after TLS */
 };
+
+/*
+ * Stream mode: for modules that stay in the path for the whole session
+ * (postgres, http). After conn_stream(c), conn.c owns both sockets (and TLS
+ * on either leg) and the module sees bytes, never fds:
+ *
+ *   - Bytes received from a side accumulate in its input buffer; then the
+ *     module's on_agent_data / on_upstream_data is called. The module reads
+ *     them with conn_in() and drops what it used with conn_in_consume();
+ *     what it leaves stays for the next call (a partial message).
+ *   - The module queues output with conn_send(); conn.c writes it as the
+ *     socket allows. Backpressure: while either side's queued output is over
+ *     CONN_OUT_HIGH, conn.c reads nothing more from either side; the module
+ *     is called again (with its leftover input) once output drained below
+ *     CONN_OUT_LOW. conn_send() itself never fails for space below
+ *     CONN_OUT_MAX per side (-ENOBUFS beyond: a module bug or an abuse; close).
+ *   - Input buffers start at CONN_BUF and hold at most in_max bytes
+ *     (CONN_IN_MAX unless the module raised it with conn_in_reserve()); a
+ *     module must consume (or pass through) before a full buffer, or the
+ *     connection is closed (a side whose buffer is full and unconsumed is
+ *     an error, -EMSGSIZE).
+ *   - on_upstream_data is also called once when the upstream connection is
+ *     established (with no input), so a module can send its startup.
+ *   - Callbacks return 0 or -errno (close with reset, audited by conn.c).
+ *   - EOF: conn_in_eof(c, side) turns true and the callback is called; the
+ *     module decides (answer pipelined requests, then conn_shutdown()).
+ */
+enum conn_side_id { SIDE_AGENT = 0, SIDE_UP = 1 };
+#define CONN_IN_MAX   (1u << 20)
+#define CONN_IN_LIMIT (16u << 20)     /* the most conn_in_reserve() grants */
+#define CONN_OUT_HIGH (256u << 10)
+#define CONN_OUT_LOW  (64u << 10)
+#define CONN_OUT_MAX  (32u << 20)
+
+/* Enter stream mode (from start(), before or after conn_connect_upstream()). 0 or -errno. */
+int conn_stream(struct conn *c);
+const uint8_t *conn_in(struct conn *c, int side, uint32_t *len);
+void conn_in_consume(struct conn *c, int side, uint32_t n);
+bool conn_in_eof(const struct conn *c, int side);
+/* Let side's input buffer grow to max bytes (<= CONN_IN_LIMIT) for one big message. */
+int conn_in_reserve(struct conn *c, int side, uint32_t max);
+int conn_send(struct conn *c, int side, const void *buf, size_t len);
+uint32_t conn_out_pending(const struct conn *c, int side);
+/* Half-close toward side once its queued output is written (TLS: close_notify, then FIN). */
+void conn_shutdown(struct conn *c, int side);
+/* Close the whole connection once everything queued for the agent is written
+ * (an error message, a 403 with Connection: close). */
+void conn_finish(struct conn *c);
+/*
+ * TLS on a leg, started once everything queued toward that side is written
+ * (so a PostgreSQL 'S' or an HTTP answer goes out in the clear first). The
+ * module made ssl (SSL_new on its SSL_CTX, with verification, SNI and
+ * hostname checks set as it wants); conn.c sets the fd, drives the handshake
+ * on the socket's readiness, and owns and frees ssl from then on. server:
+ * true for the agent leg (we terminate), false for upstream (we are client).
+ * Input received before the call that the module did not consume is an
+ * error (-EPROTO: bytes smuggled ahead of the handshake, CVE-2021-23214).
+ * The module's callback for that side is called with no input when the
+ * handshake completes (conn_tls_ready() true), or the connection is closed
+ * with the TLS error in audit (conn_tls_error()).
+ */
+int conn_tls(struct conn *c, int side, SSL *ssl, bool server);
+bool conn_tls_ready(const struct conn *c, int side);
+const char *conn_tls_error(const struct conn *c);   /* last TLS failure text, "" if none */
 
 /* Dials the upstream (the target's upstream address, else the original
  * destination). 0 or -errno; the connection proceeds asynchronously. */

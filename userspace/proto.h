@@ -32,6 +32,11 @@ struct proto_ops {
 	int (*on_agent_data)(struct conn *c);
 	int (*on_upstream_data)(struct conn *c);
 	void (*release)(struct conn *c);     /* frees module state; NULL-safe on c->proto_state */
+	/* Stream mode only, optional: dialling upstream failed (err = -errno,
+	 * -ETIMEDOUT on the connect deadline). The module may conn_send() an
+	 * error the agent understands and conn_finish(); else the agent's
+	 * connection is reset. */
+	void (*on_upstream_fail)(struct conn *c, int err);
 };
 
 extern const struct proto_ops proto_tcp_ops;
