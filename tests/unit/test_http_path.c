@@ -1,0 +1,370 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * Unit tests for userspace/http_path.c: the canonical request target (the
+ * path cases of /work/shared/cases/http.txt by id, and the nginx bypasses of
+ * notes/postgres-http.md §5.2), authorities, rule checks and matching.
+ *
+ *   test_http_path                      run the tests
+ *   test_http_path --write-corpus DIR   also write each named target to DIR
+ */
+#include "http_path.h"
+#include "unit.h"
+
+struct canon_case {
+	const char *id;
+	const char *target;
+	const char *want;          /* canonical path, or NULL: refused */
+	const char *query;         /* expected query, NULL: none */
+};
+
+static const struct canon_case cases[] = {
+	{ "H01", "/v1/invoices/42", "/v1/invoices/42", NULL },
+	{ "H03", "/v1/invoices/../admin/users", NULL, NULL },
+	{ "H05", "/v1/invoices/..%2fadmin/users", NULL, NULL },
+	{ "H05-upper", "/v1/invoices/..%2Fadmin/users", NULL, NULL },
+	{ "H07", "/v1/invoices/%252e%252e/admin", NULL, NULL },
+	{ "H09", "/v1/invoices\\..\\admin", NULL, NULL },
+	{ "H11", "/v1//invoices/42", NULL, NULL },
+	{ "H13", "/v1/invoices/42%00.json", NULL, NULL },
+	{ "H15", "/v1/invoices/42#/../../admin", NULL, NULL },
+	{ "H17", "/v1/invoices/42?next=/../../admin", "/v1/invoices/42", "next=/../../admin" },
+	{ "H19", "http://evil.internal/v1/invoices/42", "/v1/invoices/42", NULL },
+	/* nginx §5.2: what it blocked and what it forwarded raw */
+	{ "dot", "/v1/invoices/.", NULL, NULL },
+	{ "dot-mid", "/v1/./invoices", NULL, NULL },
+	{ "dotdot-end", "/v1/invoices/..", NULL, NULL },
+	{ "enc-dot", "/v1/invoices/%2e%2e/admin", NULL, NULL },
+	{ "enc-dot-upper", "/v1/invoices/%2E%2E%2Fadmin", NULL, NULL },
+	{ "half-enc-dot", "/v1/invoices/.%2e/admin", NULL, NULL },
+	{ "enc-dot-in-name", "/v1/invoices/a%2ejson", NULL, NULL },
+	{ "dotdot-semicolon", "/v1/invoices/42/..;/..;/admin", NULL, NULL },
+	{ "semicolon", "/v1/invoices/42;jsessionid=1", NULL, NULL },
+	{ "enc-backslash", "/v1/invoices/%5c..%5cadmin", NULL, NULL },
+	{ "overlong-dot", "/v1/invoices/%C0%AE%C0%AE/admin", NULL, NULL },
+	{ "overlong-slash", "/v1/invoices/%C0%AF", NULL, NULL },
+	{ "overlong-e0", "/v1/%E0%80%AF", NULL, NULL },
+	{ "overlong-f0", "/v1/%F0%80%80%AF", NULL, NULL },
+	{ "surrogate", "/v1/%ED%A0%80", NULL, NULL },
+	{ "above-max", "/v1/%F4%90%80%80", NULL, NULL },
+	{ "f5", "/v1/%F5%80%80%80", NULL, NULL },
+	{ "lone-cont", "/v1/%80", NULL, NULL },
+	{ "truncated-utf8", "/v1/%C3", NULL, NULL },
+	{ "truncated-utf8-raw", "/v1/%C3a", NULL, NULL },
+	{ "utf8-ok", "/v1/caf%c3%a9", "/v1/caf%C3%A9", NULL },
+	{ "utf8-4", "/v1/%F0%9F%98%80", "/v1/%F0%9F%98%80", NULL },
+	{ "unreserved-decoded", "/v1/%61dmin", "/v1/admin", NULL },
+	{ "tilde-decoded", "/%7euser", "/~user", NULL },
+	{ "space-kept", "/v1/a%20b", "/v1/a%20b", NULL },
+	{ "hex-upper", "/v1/%7b%7d", "/v1/%7B%7D", NULL },
+	{ "lt-kept", "/v1/%3cx%3E", "/v1/%3Cx%3E", NULL },
+	{ "enc-reserved-at", "/v1/%40", NULL, NULL },
+	{ "enc-reserved-q", "/v1/a%3Fb", NULL, NULL },
+	{ "enc-reserved-hash", "/v1/a%23b", NULL, NULL },
+	{ "enc-reserved-semi", "/v1/a%3bb", NULL, NULL },
+	{ "enc-pct", "/v1/%25", NULL, NULL },
+	{ "enc-ctl", "/v1/%0a", NULL, NULL },
+	{ "enc-del", "/v1/%7F", NULL, NULL },
+	{ "bad-pct", "/v1/%zz", NULL, NULL },
+	{ "short-pct", "/v1/%4", NULL, NULL },
+	{ "short-pct-end", "/v1/%", NULL, NULL },
+	{ "raw-bracket", "/v1/[x]", NULL, NULL },
+	{ "raw-pipe", "/v1/a|b", NULL, NULL },
+	{ "raw-quote", "/v1/a\"b", NULL, NULL },
+	{ "raw-brace", "/v1/{x}", NULL, NULL },
+	{ "sub-delims", "/v1/a!$&'()*+,=:@b", "/v1/a!$&'()*+,=:@b", NULL },
+	{ "root", "/", "/", NULL },
+	{ "trailing-slash", "/v1/invoices/", "/v1/invoices/", NULL },
+	{ "double-trailing", "/v1/invoices//", NULL, NULL },
+	{ "leading-double", "//v1/admin", NULL, NULL },
+	{ "case-kept", "/V1/ADMIN", "/V1/ADMIN", NULL },
+	{ "no-slash", "v1/invoices", NULL, NULL },
+	{ "empty-query", "/v1?", "/v1", "" },
+	{ "query-pct", "/v1?a=%2F%2e%00", "/v1", "a=%2F%2e%00" },
+	{ "query-bad-pct", "/v1?a=%g0", NULL, NULL },
+	{ "query-hash", "/v1?a=1#frag", NULL, NULL },
+	{ "query-qmark", "/v1?a=?/b", "/v1", "a=?/b" },
+	{ "path-in-query-enc", "/v1/x%3F?a", NULL, NULL },
+	{ "abs", "http://api.internal/v1/invoices/42?x=1", "/v1/invoices/42", "x=1" },
+	{ "abs-upper-scheme", "HTTP://api.internal/v1", "/v1", NULL },
+	{ "abs-https", "https://api.internal:8443/v1", "/v1", NULL },
+	{ "abs-no-path", "http://api.internal", "/", NULL },
+	{ "abs-no-path-query", "http://api.internal?x", "/", "x" },
+	{ "abs-dotdot", "http://api.internal/v1/../admin", NULL, NULL },
+	{ "abs-userinfo", "http://user@api.internal/v1", NULL, NULL },
+	{ "abs-empty-host", "http:///v1", NULL, NULL },
+	{ "abs-hash-host", "http://api.internal#/v1", NULL, NULL },
+	{ "abs-ftp", "ftp://api.internal/v1", NULL, NULL },
+	{ "abs-ipv6", "http://[::1]:8080/v1", "/v1", NULL },
+	{ "asterisk", "*", "*", NULL },
+	{ "authority-not-connect", "api.internal:443", NULL, NULL },
+};
+
+static void test_canon(void)
+{
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const struct canon_case *c = &cases[i];
+		size_t len = strlen(c->target);
+		uint8_t *copy = malloc(len);
+		char out[512];
+		struct http_target r;
+		int rc;
+
+		memcpy(copy, c->target, len);
+		rc = http_target_canon(copy, len, false, out, len + 2, &r);
+		if ((rc == 0) != (c->want != NULL) || (rc == 0 && strcmp(out, c->want) != 0))
+			fprintf(stderr, "  case %s: rc %d (%s) out '%s' want '%s'\n", c->id, rc,
+				rc ? r.error : "", rc ? "" : out, c->want ? c->want : "(refused)");
+		if (c->want) {
+			CHECK(rc == 0);
+			CHECK(rc == 0 && strcmp(out, c->want) == 0);
+			CHECK(rc == 0 && r.path_len == strlen(c->want));
+			CHECK(rc == 0 && r.path_len <= len);
+			if (c->query)
+				CHECK(rc == 0 && r.query && r.query_len == strlen(c->query) &&
+				      memcmp(r.query, c->query, r.query_len) == 0);
+			else
+				CHECK(rc == 0 && r.query == NULL);
+		} else {
+			CHECK(rc == -EINVAL);
+			CHECK(rc != 0 && r.error != NULL);
+		}
+		unit_seed(c->id, c->target, len);
+		free(copy);
+	}
+}
+
+/* The canonical form is a fixed point: canonicalising it again changes nothing. */
+static void test_idempotent(void)
+{
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char out[512], again[512];
+		struct http_target r;
+		size_t len = strlen(cases[i].target);
+
+		if (http_target_canon((const uint8_t *)cases[i].target, len, false, out, sizeof(out), &r) < 0 ||
+		    r.form == HTTP_FORM_ASTERISK)
+			continue;
+		CHECK(http_target_canon((const uint8_t *)out, r.path_len, false, again, sizeof(again), &r) == 0);
+		CHECK(strcmp(out, again) == 0);
+	}
+}
+
+static void test_forms(void)
+{
+	struct http_target r;
+	char out[64];
+	const char *t;
+
+	t = "http://API.internal:80/v1";
+	CHECK(http_target_canon((const uint8_t *)t, strlen(t), false, out, sizeof(out), &r) == 0);
+	CHECK(r.form == HTTP_FORM_ABSOLUTE && !r.https);
+	CHECK(r.authority_len == 15 && memcmp(r.authority, "API.internal:80", 15) == 0);
+	t = "api.internal:443";
+	CHECK(http_target_canon((const uint8_t *)t, strlen(t), true, out, sizeof(out), &r) == 0);
+	CHECK(r.form == HTTP_FORM_AUTHORITY && r.authority_len == strlen(t));
+	t = "api.internal";   /* CONNECT needs a port */
+	CHECK(http_target_canon((const uint8_t *)t, strlen(t), true, out, sizeof(out), &r) == -EINVAL);
+	t = "/v1";            /* and only authority-form */
+	CHECK(http_target_canon((const uint8_t *)t, strlen(t), true, out, sizeof(out), &r) == -EINVAL);
+	t = "*";
+	CHECK(http_target_canon((const uint8_t *)t, 1, false, out, sizeof(out), &r) == 0);
+	CHECK(r.form == HTTP_FORM_ASTERISK);
+	/* a buffer that is too small is an error, never an overflow */
+	t = "/v1/invoices";
+	CHECK(http_target_canon((const uint8_t *)t, strlen(t), false, out, 5, &r) == -EINVAL);
+	CHECK(http_target_canon((const uint8_t *)"", 0, false, out, sizeof(out), &r) == -EINVAL);
+	t = "/a\x01";
+	CHECK(http_target_canon((const uint8_t *)t, 3, false, out, sizeof(out), &r) == -EINVAL);
+}
+
+static void test_authority(void)
+{
+	static const struct { const char *in; int rc; const char *host; uint16_t port; } c[] = {
+		{ "api.internal", 0, "api.internal", 0 },
+		{ "API.Internal:8080", 0, "api.internal", 8080 },
+		{ "127.0.0.1:80", 0, "127.0.0.1", 80 },
+		{ "[::1]:443", 0, "::1", 443 },
+		{ "[FE80::1]", 0, "fe80::1", 0 },
+		{ "a_b.c", 0, "a_b.c", 0 },
+		{ "", -EINVAL, NULL, 0 },
+		{ ":80", -EINVAL, NULL, 0 },
+		{ "a:", -EINVAL, NULL, 0 },
+		{ "a:0", -EINVAL, NULL, 0 },
+		{ "a:65536", -EINVAL, NULL, 0 },
+		{ "a:123456", -EINVAL, NULL, 0 },
+		{ "a:8x", -EINVAL, NULL, 0 },
+		{ "a:80:80", -EINVAL, NULL, 0 },
+		{ "user@a", -EINVAL, NULL, 0 },
+		{ "a b", -EINVAL, NULL, 0 },
+		{ ".a", -EINVAL, NULL, 0 },
+		{ "a.", -EINVAL, NULL, 0 },
+		{ "a..b", -EINVAL, NULL, 0 },
+		{ "[::1", -EINVAL, NULL, 0 },
+		{ "[::1]x", -EINVAL, NULL, 0 },
+		{ "[]", -EINVAL, NULL, 0 },
+		{ "[g::1]", -EINVAL, NULL, 0 },
+	};
+
+	for (size_t i = 0; i < sizeof(c) / sizeof(c[0]); i++) {
+		char host[256];
+		uint16_t port = 7;
+		int rc = http_authority_parse((const uint8_t *)c[i].in, strlen(c[i].in), host, sizeof(host), &port);
+
+		if (rc != c[i].rc)
+			fprintf(stderr, "  authority '%s': %d\n", c[i].in, rc);
+		CHECK(rc == c[i].rc);
+		if (!rc && c[i].rc == 0) {
+			CHECK_STR(host, c[i].host);
+			CHECK(port == c[i].port);
+		}
+	}
+}
+
+static void test_rule_check(void)
+{
+	static const struct { const char *rule; bool ok; } c[] = {
+		{ "GET /v1/invoices", true },
+		{ "GET /v1/invoices/*", true },
+		{ "GET /v1/**", true },
+		{ "* /v1/**", true },
+		{ "DELETE /v1/invoices/*/lines/*", true },
+		{ "UPGRADE /ws", true },
+		{ "GET /", true },
+		{ "GET /v1/invoices/", true },
+		{ "GET /caf%C3%A9", true },
+		{ "get /v1", false },
+		{ "GET v1", false },
+		{ "GET", false },
+		{ " /v1", false },
+		{ "GET  /v1", false },
+		{ "GET /v1/inv*", false },
+		{ "GET /v1/***", false },
+		{ "GET /v1/*a", false },
+		{ "GET /v1/../admin", false },
+		{ "GET /v1//x", false },
+		{ "GET /v1?x=1", false },
+		{ "GET /v1/%61dmin", false },     /* not canonical: "a" is written raw */
+		{ "GET /caf%c3%a9", false },      /* not canonical: upper-case hex */
+		{ "GET /v1;x", false },
+		{ "GET /v1/%2F", false },
+		{ "CONNECT /x", false },
+		{ "ABCDEFGHIJKLMNOPQRSTU /v1", false },
+	};
+
+	for (size_t i = 0; i < sizeof(c) / sizeof(c[0]); i++) {
+		const char *why = NULL;
+		int rc = http_rule_check(c[i].rule, &why);
+
+		if ((rc == 0) != c[i].ok)
+			fprintf(stderr, "  rule '%s': %d %s\n", c[i].rule, rc, why ? why : "");
+		CHECK((rc == 0) == c[i].ok);
+		CHECK(c[i].ok || why != NULL);
+	}
+}
+
+static bool m(const char *rule, const char *method, const char *path)
+{
+	return http_rule_match(rule, method, strlen(method), false, path, strlen(path));
+}
+
+static void test_match(void)
+{
+	/* the policy of cases/http.txt */
+	CHECK(m("GET /v1/invoices/*", "GET", "/v1/invoices/42"));
+	CHECK(m("GET /v1/invoices", "GET", "/v1/invoices"));
+	CHECK(!m("GET /v1/invoices/*", "GET", "/v1/invoices"));
+	CHECK(!m("GET /v1/invoices/*", "GET", "/v1/invoices/"));
+	CHECK(!m("GET /v1/invoices/*", "GET", "/v1/invoices/42/lines"));
+	CHECK(!m("GET /v1/invoices", "GET", "/v1/invoices/"));
+	CHECK(!m("GET /v1/invoices/*", "DELETE", "/v1/invoices/1"));   /* H29 second */
+	CHECK(!m("GET /v1/invoices/*", "HEAD", "/v1/invoices/1"));
+	CHECK(!m("GET /v1/invoices/*", "GET", "/V1/invoices/1"));
+	CHECK(!m("GET /v1/invoices/*", "GET", "/v1/admin/users"));
+	CHECK(!m("GET /v1/invoices/*", "GE", "/v1/invoices/1"));
+	CHECK(!m("GET /v1/invoices/*", "GETX", "/v1/invoices/1"));
+	CHECK(!m("GET /v1/invoices/*", "GET", "/v1/invoices42"));
+	CHECK(!m("GET /v1/invoices", "GET", "/v1/invoicesX"));
+	CHECK(!m("GET /v1/invoice", "GET", "/v1/invoices"));
+	/* ** at any depth */
+	CHECK(m("GET /v1/**", "GET", "/v1"));
+	CHECK(m("GET /v1/**", "GET", "/v1/"));
+	CHECK(m("GET /v1/**", "GET", "/v1/a/b/c"));
+	CHECK(!m("GET /v1/**", "GET", "/v2/a"));
+	CHECK(!m("GET /v1/**", "GET", "/v10"));
+	CHECK(m("GET /**", "GET", "/"));
+	CHECK(m("GET /**", "GET", "/anything/at/all"));
+	CHECK(m("GET /a/**/z", "GET", "/a/z"));
+	CHECK(m("GET /a/**/z", "GET", "/a/b/c/z"));
+	CHECK(m("GET /a/**/z", "GET", "/a/z/z"));
+	CHECK(!m("GET /a/**/z", "GET", "/a/b/c/z/y"));
+	CHECK(!m("GET /a/**/z", "GET", "/a/b"));
+	CHECK(m("GET /a/**/*/z", "GET", "/a/b/c/z"));
+	CHECK(!m("GET /a/**/*/z", "GET", "/a/z"));
+	CHECK(m("GET /**/b/**", "GET", "/x/y/b/z"));
+	CHECK(!m("GET /**/b/**", "GET", "/x/y/c/z"));
+	CHECK(m("GET /a/*/c", "GET", "/a/b/c"));
+	CHECK(!m("GET /a/*/c", "GET", "/a/c"));
+	CHECK(m("GET /", "GET", "/"));
+	CHECK(!m("GET /*", "GET", "/"));
+	CHECK(m("GET /v1/invoices/", "GET", "/v1/invoices/"));
+	/* any method, but not CONNECT or TRACE, and never an upgrade */
+	CHECK(m("* /v1/**", "DELETE", "/v1/x"));
+	CHECK(m("* /v1/**", "PATCH", "/v1/x"));
+	CHECK(!m("* /v1/**", "CONNECT", "/v1/x"));
+	CHECK(!m("* /v1/**", "TRACE", "/v1/x"));
+	CHECK(!http_rule_match("* /ws", "GET", 3, true, "/ws", 3));
+	CHECK(!http_rule_match("GET /ws", "GET", 3, true, "/ws", 3));
+	CHECK(http_rule_match("UPGRADE /ws", "GET", 3, true, "/ws", 3));
+	CHECK(!http_rule_match("UPGRADE /ws", "POST", 4, true, "/ws", 3));
+	CHECK(!http_rule_match("UPGRADE /ws", "GET", 3, true, "/ws2", 4));
+	CHECK(!http_rule_match("UPGRADE /ws", "GET", 3, false, "/ws", 3));
+	CHECK(!http_rule_match("UPGRADE /ws", "UPGRADE", 7, false, "/ws", 3));
+	/* malformed rules match nothing */
+	CHECK(!m("GET", "GET", "/"));
+	CHECK(!m("GET v1", "GET", "v1"));
+}
+
+/* Decisions use canonical bytes: the bypasses of §5.2 never reach a match. */
+static void test_decide_on_canonical(void)
+{
+	static const char *bypass[] = {
+		"/v1/invoices/42/..;/..;/admin", "/v1/invoices/%252e%252e/admin",
+		"/v1/invoices/%5c..%5cadmin", "/v1/invoices/%C0%AE%C0%AE/admin",
+		"/v1/invoices/42#/../../admin", "/v1/invoices//../admin",
+	};
+
+	for (size_t i = 0; i < sizeof(bypass) / sizeof(bypass[0]); i++) {
+		char out[128];
+		struct http_target r;
+
+		CHECK(http_target_canon((const uint8_t *)bypass[i], strlen(bypass[i]), false, out,
+					sizeof(out), &r) == -EINVAL);
+	}
+	{
+		char out[128];
+		struct http_target r;
+		const char *t = "/v1/%69nvoices/%34%32";
+
+		CHECK(http_target_canon((const uint8_t *)t, strlen(t), false, out, sizeof(out), &r) == 0);
+		CHECK_STR(out, "/v1/invoices/42");
+		CHECK(m("GET /v1/invoices/*", "GET", out));
+	}
+}
+
+int main(int argc, char **argv)
+{
+	if (argc == 3 && strcmp(argv[1], "--write-corpus") == 0)
+		unit_corpus_dir = argv[2];
+	else if (argc != 1) {
+		fprintf(stderr, "usage: %s [--write-corpus DIR]\n", argv[0]);
+		return 2;
+	}
+	RUN(test_canon);
+	RUN(test_idempotent);
+	RUN(test_forms);
+	RUN(test_authority);
+	RUN(test_rule_check);
+	RUN(test_match);
+	RUN(test_decide_on_canonical);
+	UNIT_DONE("http_path");
+}

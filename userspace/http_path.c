@@ -1,0 +1,497 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * http_path: canonical request targets and rule patterns. The rules and why
+ * they refuse rather than normalise are in http_path.h.
+ */
+#include "http_path.h"
+
+#include <errno.h>
+#include <string.h>
+
+enum { C_BAD = 0, C_UNRES, C_SUB, C_COLAT };
+
+/* Raw bytes a path may carry: unreserved, sub-delims but ';', ':' and '@'. */
+static uint8_t path_class(uint8_t b)
+{
+	if ((b >= 'a' && b <= 'z') || (b >= 'A' && b <= 'Z') || (b >= '0' && b <= '9') ||
+	    b == '-' || b == '.' || b == '_' || b == '~')
+		return C_UNRES;
+	if (strchr("!$&'()*+,=", b) && b)
+		return C_SUB;
+	if (b == ':' || b == '@')
+		return C_COLAT;
+	return C_BAD;
+}
+
+static bool is_reserved(uint8_t b)
+{
+	return b && strchr(":/?#[]@!$&'()*+,;=", b) != NULL;
+}
+
+static int hexval(uint8_t b)
+{
+	if (b >= '0' && b <= '9')
+		return b - '0';
+	if (b >= 'a' && b <= 'f')
+		return b - 'a' + 10;
+	if (b >= 'A' && b <= 'F')
+		return b - 'A' + 10;
+	return -1;
+}
+
+static int pct(const uint8_t *s, size_t len, size_t i)
+{
+	int hi, lo;
+
+	if (i + 2 >= len)
+		return -1;
+	hi = hexval(s[i + 1]);
+	lo = hexval(s[i + 2]);
+	return hi < 0 || lo < 0 ? -1 : hi << 4 | lo;
+}
+
+static int bad(struct http_target *r, const char *why)
+{
+	r->error = why;
+	return -EINVAL;
+}
+
+/* Bytes needed by a UTF-8 lead byte and the allowed range of the first continuation. */
+static int utf8_lead(uint8_t b, uint8_t *lo, uint8_t *hi)
+{
+	*lo = 0x80;
+	*hi = 0xbf;
+	if (b >= 0xc2 && b <= 0xdf)
+		return 1;
+	if (b >= 0xe0 && b <= 0xef) {
+		if (b == 0xe0)
+			*lo = 0xa0;          /* overlong */
+		if (b == 0xed)
+			*hi = 0x9f;          /* surrogates */
+		return 2;
+	}
+	if (b >= 0xf0 && b <= 0xf4) {
+		if (b == 0xf0)
+			*lo = 0x90;          /* overlong */
+		if (b == 0xf4)
+			*hi = 0x8f;          /* > U+10FFFF */
+		return 3;
+	}
+	return -1;                       /* continuation, C0/C1 overlong, F5+ */
+}
+
+static void put_pct(char *out, size_t *o, int v)
+{
+	static const char hex[] = "0123456789ABCDEF";
+
+	out[(*o)++] = '%';
+	out[(*o)++] = hex[v >> 4];
+	out[(*o)++] = hex[v & 15];
+}
+
+/* The path part p[0..len) (starts with '/'), canonical into out. */
+static int canon_path(const uint8_t *p, size_t len, char *out, size_t outcap, struct http_target *r)
+{
+	size_t o = 0, seg = 0;
+
+	if (!len || p[0] != '/')
+		return bad(r, "path does not start with '/'");
+	if (outcap < len + 1)
+		return bad(r, "path too long");
+	for (size_t i = 0; i < len; i++) {
+		uint8_t b = p[i];
+		int v;
+
+		if (b == '/') {
+			if (i > 0) {
+				size_t sl = o - seg;
+
+				if (sl == 0)
+					return bad(r, "empty path segment (\"//\")");
+				if ((sl == 1 && out[seg] == '.') || (sl == 2 && out[seg] == '.' && out[seg + 1] == '.'))
+					return bad(r, "dot segment in the path");
+			}
+			out[o++] = '/';
+			seg = o;
+			continue;
+		}
+		if (b != '%') {
+			if (b == '\\')
+				return bad(r, "backslash in the path");
+			if (b == '#')
+				return bad(r, "raw '#' in the request target");
+			if (b == ';')
+				return bad(r, "';' (matrix parameters) in the path");
+			if (path_class(b) == C_BAD)
+				return bad(r, "byte not allowed in a path");
+			out[o++] = (char)b;
+			continue;
+		}
+		v = pct(p, len, i);
+		if (v < 0)
+			return bad(r, "malformed percent-escape in the path");
+		if (v == '/' || v == '\\')
+			return bad(r, "encoded slash or backslash in the path");
+		if (v == '%')
+			return bad(r, "double percent-encoding in the path");
+		if (v == 0)
+			return bad(r, "encoded NUL in the path");
+		if (v == '.')
+			return bad(r, "encoded dot in the path");
+		if (v < 0x20 || v == 0x7f)
+			return bad(r, "encoded control byte in the path");
+		if (is_reserved((uint8_t)v))
+			return bad(r, "percent-escape of a reserved character in the path");
+		if (v < 0x80) {
+			if (path_class((uint8_t)v) == C_UNRES)
+				out[o++] = (char)v;
+			else
+				put_pct(out, &o, v);
+			i += 2;
+			continue;
+		}
+		/* UTF-8: the whole sequence escaped, shortest form, a scalar value. */
+		{
+			uint8_t lo, hi;
+			int more = utf8_lead((uint8_t)v, &lo, &hi);
+
+			if (more < 0)
+				return bad(r, "invalid or overlong UTF-8 in the path");
+			put_pct(out, &o, v);
+			i += 2;
+			for (int k = 0; k < more; k++) {
+				int c = i + 1 < len && p[i + 1] == '%' ? pct(p, len, i + 1) : -1;
+
+				if (c < lo || c > hi)
+					return bad(r, "invalid or overlong UTF-8 in the path");
+				lo = 0x80;
+				hi = 0xbf;
+				put_pct(out, &o, c);
+				i += 3;
+			}
+		}
+	}
+	{
+		size_t sl = o - seg;
+
+		if ((sl == 1 && out[seg] == '.') || (sl == 2 && out[seg] == '.' && out[seg + 1] == '.'))
+			return bad(r, "dot segment in the path");
+	}
+	out[o] = '\0';
+	r->path_len = o;
+	return 0;
+}
+
+static int check_query(const uint8_t *q, size_t len, struct http_target *r)
+{
+	for (size_t i = 0; i < len; i++) {
+		if (q[i] == '#')
+			return bad(r, "raw '#' in the request target");
+		if (q[i] <= 0x20 || q[i] >= 0x7f)
+			return bad(r, "byte not allowed in the query");
+		if (q[i] == '%') {
+			if (pct(q, len, i) < 0)
+				return bad(r, "malformed percent-escape in the query");
+			i += 2;
+		}
+	}
+	return 0;
+}
+
+static bool scheme_is(const uint8_t *t, size_t len, const char *s)
+{
+	size_t n = strlen(s);
+
+	if (len < n)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if ((t[i] | (t[i] >= 'A' && t[i] <= 'Z' ? 0x20 : 0)) != (uint8_t)s[i])
+			return false;
+	return true;
+}
+
+int http_target_canon(const uint8_t *t, size_t len, bool connect, char *out, size_t outcap,
+		      struct http_target *r)
+{
+	size_t i = 0, pe;
+	char host[256];
+	uint16_t port;
+
+	memset(r, 0, sizeof(*r));
+	if (outcap < 2)
+		return bad(r, "path too long");
+	if (!len)
+		return bad(r, "empty request target");
+	for (size_t k = 0; k < len; k++)
+		if (t[k] <= 0x20 || t[k] >= 0x7f)
+			return bad(r, "control, space or non-ASCII byte in the request target");
+	if (connect) {
+		r->form = HTTP_FORM_AUTHORITY;
+		r->authority = t;
+		r->authority_len = len;
+		if (http_authority_parse(t, len, host, sizeof(host), &port) < 0 || !port)
+			return bad(r, "CONNECT target is not host:port");
+		memcpy(out, "/", 2);
+		r->path_len = 1;
+		return 0;
+	}
+	if (len == 1 && t[0] == '*') {
+		r->form = HTTP_FORM_ASTERISK;
+		memcpy(out, "*", 2);
+		r->path_len = 1;
+		return 0;
+	}
+	if (t[0] != '/') {
+		size_t a;
+
+		if (scheme_is(t, len, "http://"))
+			i = 7;
+		else if (scheme_is(t, len, "https://"))
+			i = 8, r->https = true;
+		else
+			return bad(r, "request target is neither origin-form nor an http(s) URI");
+		for (a = i; a < len && t[a] != '/' && t[a] != '?' && t[a] != '#'; a++)
+			;
+		r->form = HTTP_FORM_ABSOLUTE;
+		r->authority = t + i;
+		r->authority_len = a - i;
+		if (http_authority_parse(r->authority, r->authority_len, host, sizeof(host), &port) < 0)
+			return bad(r, "malformed authority in an absolute-form target");
+		i = a;
+		if (i == len || t[i] == '?') {
+			/* "http://h" or "http://h?q": the path is "/" (RFC 9112 §3.2.2) */
+			out[0] = '/';
+			out[1] = '\0';
+			r->path_len = 1;
+			if (i < len) {
+				r->query = t + i + 1;
+				r->query_len = len - i - 1;
+				return check_query(r->query, r->query_len, r);
+			}
+			return 0;
+		}
+	}
+	for (pe = i; pe < len && t[pe] != '?'; pe++)
+		;
+	if (canon_path(t + i, pe - i, out, outcap, r) < 0)
+		return -EINVAL;
+	if (pe < len) {
+		r->query = t + pe + 1;
+		r->query_len = len - pe - 1;
+		return check_query(r->query, r->query_len, r);
+	}
+	return 0;
+}
+
+int http_authority_parse(const uint8_t *s, size_t n, char *host, size_t hostcap, uint16_t *port)
+{
+	size_t i = 0, h = 0;
+	uint32_t p = 0;
+
+	*port = 0;
+	if (!n || hostcap < 256)
+		return -EINVAL;
+	if (s[0] == '[') {
+		for (i = 1; i < n && s[i] != ']'; i++) {
+			uint8_t b = s[i];
+
+			if (!(hexval(b) >= 0 || b == ':' || b == '.') || h >= 45)
+				return -EINVAL;
+			host[h++] = (char)(b >= 'A' && b <= 'F' ? b + 0x20 : b);
+		}
+		if (i == n || h < 2)
+			return -EINVAL;
+		i++;
+	} else {
+		for (; i < n && s[i] != ':'; i++) {
+			uint8_t b = s[i];
+
+			if (!((b >= 'a' && b <= 'z') || (b >= 'A' && b <= 'Z') || (b >= '0' && b <= '9') ||
+			      b == '-' || b == '.' || b == '_') || h >= 253)
+				return -EINVAL;
+			host[h++] = (char)(b >= 'A' && b <= 'Z' ? b + 0x20 : b);
+		}
+		if (!h || host[0] == '.' || host[h - 1] == '.')
+			return -EINVAL;
+		for (size_t k = 1; k < h; k++)
+			if (host[k] == '.' && host[k - 1] == '.')
+				return -EINVAL;
+	}
+	host[h] = '\0';
+	if (i < n) {
+		if (s[i] != ':' || i + 1 == n || n - i - 1 > 5)
+			return -EINVAL;
+		for (i++; i < n; i++) {
+			if (s[i] < '0' || s[i] > '9')
+				return -EINVAL;
+			p = p * 10 + (s[i] - '0');
+		}
+		if (!p || p > 65535)
+			return -EINVAL;
+		*port = (uint16_t)p;
+	}
+	return 0;
+}
+
+/* ---- rules ---------------------------------------------------------------- */
+
+/* Next segment of a path or pattern starting after a '/' at *s: [*s, end). */
+static size_t seg_end(const char *s, const char *end)
+{
+	const char *e = memchr(s, '/', (size_t)(end - s));
+
+	return (size_t)((e ? e : end) - s);
+}
+
+/*
+ * Segment glob: "*" one non-empty segment, "**" any number of segments.
+ * The classic wildcard walk with one backtrack point: at each mismatch it
+ * resumes after the last "**", which is enough because "**" matches any
+ * sequence (O(n*m) worst case, n and m bounded by the head size).
+ */
+bool http_pattern_match(const char *pat, size_t pat_len, const char *path, size_t path_len)
+{
+	const char *p = pat + 1, *pend = pat + pat_len, *s = path + 1, *send = path + path_len;
+	const char *star_p = NULL, *star_s = NULL;
+	bool p_done = false, s_done = false;
+
+	if (!pat_len || !path_len || pat[0] != '/' || path[0] != '/')
+		return false;
+	for (;;) {
+		size_t pl = p_done ? 0 : seg_end(p, pend), sl;
+
+		if (s_done)
+			break;
+		sl = seg_end(s, send);
+		if (!p_done && pl == 2 && p[0] == '*' && p[1] == '*') {
+			star_p = p;
+			star_s = s;
+			if (p + pl >= pend)
+				return true;   /* trailing "**" takes the rest */
+			p += pl + 1;
+			continue;
+		}
+		if (!p_done && ((pl == 1 && p[0] == '*' && sl > 0) ||
+				(pl == sl && memcmp(p, s, sl) == 0))) {
+			if (p + pl >= pend)
+				p_done = true;
+			else
+				p += pl + 1;
+			if (s + sl >= send)
+				s_done = true;
+			else
+				s += sl + 1;
+			continue;
+		}
+		if (!star_p)
+			return false;
+		/* "**" swallows one more segment of the path */
+		sl = seg_end(star_s, send);
+		if (star_s + sl >= send)
+			return false;
+		star_s += sl + 1;
+		s = star_s;
+		p = star_p + 3;
+		p_done = false;
+	}
+	/* path used up: the rest of the pattern must be "**" segments */
+	while (!p_done) {
+		size_t pl = seg_end(p, pend);
+
+		if (!(pl == 2 && p[0] == '*' && p[1] == '*'))
+			return false;
+		if (p + pl >= pend)
+			break;
+		p += pl + 1;
+	}
+	return true;
+}
+
+int http_rule_check(const char *rule, const char **why)
+{
+	const char *sp = strchr(rule, ' ');
+	size_t plen;
+	char canon[1024];
+	struct http_target r;
+
+	*why = NULL;
+	if (!sp || sp == rule) {
+		*why = "must look like \"METHOD /path\"";
+		return -EINVAL;
+	}
+	if (!(sp == rule + 1 && rule[0] == '*')) {
+		if (sp - rule > 20) {
+			*why = "method too long";
+			return -EINVAL;
+		}
+		for (const char *c = rule; c < sp; c++)
+			if (*c < 'A' || *c > 'Z') {
+				*why = "method must be upper-case letters or \"*\"";
+				return -EINVAL;
+			}
+	}
+	if (sp - rule == 7 && memcmp(rule, "CONNECT", 7) == 0) {
+		*why = "CONNECT is not supported in rules";
+		return -EINVAL;
+	}
+	plen = strlen(sp + 1);
+	if (!plen || sp[1] != '/') {
+		*why = "path must start with '/'";
+		return -EINVAL;
+	}
+	if (plen >= sizeof(canon) - 2) {
+		*why = "path too long";
+		return -EINVAL;
+	}
+	/* The pattern must already be canonical: a pattern that no canonical
+	 * path can equal would silently never match. '*' is a sub-delim, so the
+	 * canonicaliser accepts it; partial wildcards ("inv*") are refused. */
+	if (http_target_canon((const uint8_t *)sp + 1, plen, false, canon, sizeof(canon), &r) < 0) {
+		*why = r.error;
+		return -EINVAL;
+	}
+	if (r.query) {
+		*why = "a query in a rule is not supported";
+		return -EINVAL;
+	}
+	if (r.path_len != plen || memcmp(canon, sp + 1, plen) != 0) {
+		*why = "path is not canonical (write unreserved characters unescaped, escapes in upper case)";
+		return -EINVAL;
+	}
+	for (const char *s = canon + 1, *end = canon + r.path_len; s <= end;) {
+		size_t sl = seg_end(s, end);
+
+		if (memchr(s, '*', sl) && !(sl == 1 || (sl == 2 && s[1] == '*'))) {
+			*why = "'*' must be a whole segment (\"*\" or \"**\")";
+			return -EINVAL;
+		}
+		s += sl + 1;
+	}
+	return 0;
+}
+
+bool http_rule_match(const char *rule, const char *method, size_t method_len, bool upgrade,
+		     const char *path, size_t path_len)
+{
+	const char *sp = strchr(rule, ' ');
+	size_t rl;
+
+	if (!sp)
+		return false;
+	rl = (size_t)(sp - rule);
+	if (upgrade) {
+		/* only an explicit UPGRADE rule, and only for GET */
+		if (rl != 7 || memcmp(rule, "UPGRADE", 7) != 0 || method_len != 3 ||
+		    memcmp(method, "GET", 3) != 0)
+			return false;
+	} else if (rl == 7 && memcmp(rule, "UPGRADE", 7) == 0) {
+		return false;   /* an UPGRADE rule is not a method named UPGRADE */
+	} else if (rl == 1 && rule[0] == '*') {
+		if ((method_len == 7 && memcmp(method, "CONNECT", 7) == 0) ||
+		    (method_len == 5 && memcmp(method, "TRACE", 5) == 0))
+			return false;
+	} else if (rl != method_len || memcmp(rule, method, rl) != 0) {
+		return false;
+	}
+	return http_pattern_match(sp + 1, strlen(sp + 1), path, path_len);
+}

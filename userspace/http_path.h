@@ -1,0 +1,97 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * http_path: the canonical form of a request target, and rule patterns
+ * matched against it.
+ *
+ * A proxy that decides on a normalised path and forwards the raw one is
+ * bypassed by every server that normalises differently (nginx forwards
+ * "..;/", "%252e%252e", "%5c..", overlong UTF-8 and a raw '#' untouched while
+ * it decided on something else; notes/postgres-http.md §5.2). So the path is
+ * not normalised here: anything whose meaning could depend on who reads it is
+ * refused, and what is left has exactly one reading. The decision and the
+ * request line forwarded upstream use the same canonical bytes.
+ *
+ * Path rules (RFC 3986 path-absolute, narrowed):
+ *   - raw bytes: unreserved, sub-delims except ';', ':', '@', '/';
+ *     refused: '\', '#', ';', '[', ']', '"', '<', '>', '^', '`', '{', '|',
+ *     '}', space, controls, bytes >= 0x80;
+ *   - a percent-escape is decoded once: an unreserved character is written
+ *     raw ("%61" -> "a"), except '.' which is refused ("%2e" makes dot
+ *     segments); an escape of '/', '\', '%' (double encoding), NUL, a
+ *     control, or any other reserved character is refused; other printable
+ *     ASCII stays escaped, upper-case hex; bytes >= 0x80 must form valid,
+ *     shortest-form UTF-8 (no overlong forms, surrogates or > U+10FFFF) and
+ *     stay escaped;
+ *   - segments: "." and ".." are refused, and so are empty segments ("//"),
+ *     except one trailing "/" (a different path, only matched by a pattern
+ *     that ends in "/" or "**").
+ * The query is opaque: forwarded as sent, after checking that it has no '#'
+ * and only well-formed escapes. Paths are case-sensitive.
+ *
+ * Library code: no logging, no allocation; reentrant.
+ */
+#ifndef AGENTGATE_HTTP_PATH_H
+#define AGENTGATE_HTTP_PATH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum http_form {
+	HTTP_FORM_ORIGIN = 0,      /* "/path?query" */
+	HTTP_FORM_ABSOLUTE,        /* "http://authority/path?query" */
+	HTTP_FORM_AUTHORITY,       /* "host:port", CONNECT only */
+	HTTP_FORM_ASTERISK,        /* "*", OPTIONS only */
+};
+
+struct http_target {
+	enum http_form form;
+	size_t path_len;           /* canonical path in the caller's out buffer, NUL-terminated */
+	const uint8_t *query;      /* after '?', into the input; NULL when there is no '?' */
+	size_t query_len;
+	const uint8_t *authority;  /* absolute- and authority-form, into the input */
+	size_t authority_len;
+	bool https;                /* absolute-form with the https scheme */
+	const char *error;         /* on -EINVAL: why, a static string */
+};
+
+/*
+ * Canonicalise the request target t[0..len). connect: the method is
+ * CONNECT (only authority-form is accepted then, and only then).
+ * out (outcap >= len + 2) receives the canonical path, NUL-terminated; it
+ * is never longer than the input's path ("/" for an absolute-form target
+ * without a path). Returns 0, or -EINVAL with r->error.
+ */
+int http_target_canon(const uint8_t *t, size_t len, bool connect, char *out, size_t outcap,
+		      struct http_target *r);
+
+/*
+ * Parse an authority "host[:port]" (a Host field or a URI authority): host
+ * is a DNS name (letters, digits, '-', '_', '.'), an IPv4 literal, or an
+ * IPv6 literal in brackets; no userinfo. host is written lower-case (IPv6
+ * without brackets) into host (hostcap >= 256); *port is 0 when absent.
+ * Returns 0 or -EINVAL.
+ */
+int http_authority_parse(const uint8_t *s, size_t n, char *host, size_t hostcap, uint16_t *port);
+
+/*
+ * Rules are "METHOD /pattern". METHOD is upper-case letters, "*" for any
+ * method but CONNECT and TRACE, or "UPGRADE" (a GET with Upgrade, e.g. a
+ * WebSocket: a plain "GET" rule never allows an upgrade). The pattern is a
+ * canonical path (as above) whose segments may be "*" (exactly one
+ * non-empty segment) or "**" (zero or more segments, at any depth).
+ * http_rule_check: 0, or -EINVAL with a reason in *why.
+ */
+int http_rule_check(const char *rule, const char **why);
+
+/*
+ * Does rule allow method (as sent; upgrade: the request asks for an
+ * Upgrade) on the canonical path? Malformed rules match nothing.
+ */
+bool http_rule_match(const char *rule, const char *method, size_t method_len, bool upgrade,
+		     const char *path, size_t path_len);
+
+/* Does the pattern (the part after "METHOD ") match path? */
+bool http_pattern_match(const char *pat, size_t pat_len, const char *path, size_t path_len);
+
+#endif
