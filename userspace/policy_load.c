@@ -31,6 +31,7 @@
 #include <linux/types.h>
 #include "agentgate_abi.h"
 #include "policy.h"
+#include "http_path.h"
 
 /* Bounds on what a policy may make us allocate. */
 #define MAX_DEPTH    32              /* nesting of mappings and lists */
@@ -1580,13 +1581,13 @@ static void load_targets(struct vctx *v, const struct ynode *n, struct policy *p
 
 static void check_http_rule(struct vctx *v, const struct ynode *item, const char *s)
 {
-	const char *sp = strchr(s, ' ');
-	bool ok = sp && sp > s && sp[1] == '/';
+	const char *why;
 
-	for (const char *c = s; ok && c < sp; c++)
-		ok = (*c >= 'A' && *c <= 'Z') || (s[0] == '*' && sp == s + 1);
-	if (!ok)
-		verr(v, item, "http rule '%.64s' must look like \"METHOD /path\"", s);
+	/* The http module's own check: a pattern no canonical path can equal
+	 * ("GET /v1/../x", "GET /inv*") would silently never match. */
+	if (http_rule_check(s, &why) < 0)
+		verr(v, item, "http rule '%.64s': %s (write \"METHOD /path\", '*' one segment, '**' any depth)",
+		     s, why);
 }
 
 static void check_json_path(struct vctx *v, const struct ynode *item, const char *s)
