@@ -7,6 +7,7 @@
 fuzz_srcs() {
 	case $1 in
 	jwt) echo userspace/ident_jwt.c ;;
+	http_req) echo userspace/http_msg.c ;;
 	*) echo "userspace/$1.c" ;;
 	esac
 }
@@ -25,6 +26,8 @@ fuzz_max_len() {
 	tls_hello) echo $((65536 + 64)) ;;    # TLS_HELLO_MAX and a bit
 	dns_msg) echo 8192 ;;                 # past DNS_QUERY_MAX
 	jwt) echo 17000 ;;                    # past the 16 KiB token limit
+	http_req) echo 17000 ;;               # past HTTP_HEAD_MAX
+	http_path) echo 17000 ;;              # a target as long as a head
 	*) echo 4096 ;;
 	esac
 }

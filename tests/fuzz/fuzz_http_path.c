@@ -1,0 +1,77 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * libFuzzer target for userspace/http_path.c. Checks the promises of
+ * http_path.h, not just "no crash":
+ *  - an accepted path is never longer than the input, is NUL-terminated,
+ *    and is a fixed point (canonicalising it again gives the same bytes);
+ *  - it has no empty, "." or ".." segment, no '\', '#', ';' or '%' that is
+ *    not an upper-case escape;
+ *  - a rule that passes http_rule_check matches its own pattern taken as a
+ *    path (a canonical pattern always matches itself).
+ * tests/fuzz/replay.c runs this on the corpus without libFuzzer.
+ */
+#include "http_path.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static void must(bool cond)
+{
+	if (!cond)
+		abort();
+}
+
+static void check_canonical(const char *p, size_t n)
+{
+	must(p[0] == '/' && strlen(p) == n);
+	must(!strstr(p, "//") && !strstr(p, "/./") && !strstr(p, "/../"));
+	must(!(n >= 2 && strcmp(p + n - 2, "/.") == 0) && !(n >= 3 && strcmp(p + n - 3, "/..") == 0));
+	for (size_t i = 0; i < n; i++) {
+		must(p[i] != '\\' && p[i] != '#' && p[i] != ';' && p[i] != '?');
+		if (p[i] == '%')
+			must(i + 2 < n && ((p[i + 1] >= '0' && p[i + 1] <= '9') || (p[i + 1] >= 'A' && p[i + 1] <= 'F')) &&
+			     ((p[i + 2] >= '0' && p[i + 2] <= '9') || (p[i + 2] >= 'A' && p[i + 2] <= 'F')));
+	}
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	char *out = malloc(size + 2), *again = malloc(size + 2), *rule;
+	struct http_target r, r2;
+	const char *why;
+
+	if (!out || !again)
+		abort();
+	for (int connect = 0; connect < 2; connect++) {
+		if (http_target_canon(data, size, connect, out, size + 2, &r) < 0) {
+			must(r.error != NULL);
+			continue;
+		}
+		must(r.path_len <= size || (r.form == HTTP_FORM_ABSOLUTE && r.path_len == 1));
+		must(out[r.path_len] == '\0');
+		if (r.form == HTTP_FORM_ORIGIN || r.form == HTTP_FORM_ABSOLUTE) {
+			check_canonical(out, r.path_len);
+			must(http_target_canon((const uint8_t *)out, r.path_len, false, again, size + 2, &r2) == 0);
+			must(r2.path_len == r.path_len && memcmp(out, again, r.path_len) == 0);
+		}
+		if (r.query)
+			must(r.query >= data && r.query + r.query_len <= data + size);
+	}
+	/* the same bytes as a rule */
+	rule = malloc(size + 1);
+	if (!rule)
+		abort();
+	memcpy(rule, data, size);
+	rule[size] = '\0';
+	if (strlen(rule) == size && http_rule_check(rule, &why) == 0) {
+		const char *sp = strchr(rule, ' ');
+
+		must(http_pattern_match(sp + 1, strlen(sp + 1), sp + 1, strlen(sp + 1)));
+	}
+	free(rule);
+	free(out);
+	free(again);
+	return 0;
+}
