@@ -1,0 +1,293 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * http_upstream: per-target TLS client contexts and credential lines for
+ * the http module, cached per policy. See http_upstream.h.
+ */
+#include "http_upstream.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include "http_msg.h"
+#include "util.h"
+
+struct up_entry {
+	SSL_CTX *ctx;
+	bool ctx_done;
+	char *cred;                /* the header line, wiped on release */
+	size_t cred_len;
+	bool cred_done;
+	const char *cred_err;
+};
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static const struct policy *cache_policy;
+static char cache_hash[65];
+static struct up_entry *cache;
+static size_t ncache;
+
+static void entry_free(struct up_entry *e)
+{
+	SSL_CTX_free(e->ctx);
+	if (e->cred) {
+		OPENSSL_cleanse(e->cred, e->cred_len);
+		free(e->cred);
+	}
+	memset(e, 0, sizeof(*e));
+}
+
+void http_upstream_reset(void)
+{
+	pthread_mutex_lock(&lock);
+	for (size_t i = 0; i < ncache; i++)
+		entry_free(&cache[i]);
+	free(cache);
+	cache = NULL;
+	ncache = 0;
+	cache_policy = NULL;
+	pthread_mutex_unlock(&lock);
+}
+
+/* The entry of target t under the current policy; lock held. A reloaded
+ * policy (another pointer or hash) starts a new cache: connections keep
+ * their SSL (which holds a reference on its context). */
+static struct up_entry *entry(const struct policy *p, int t)
+{
+	if (cache_policy != p || strcmp(cache_hash, p->hash) != 0 || ncache != p->ntargets) {
+		for (size_t i = 0; i < ncache; i++)
+			entry_free(&cache[i]);
+		free(cache);
+		ncache = 0;
+		cache = calloc(p->ntargets ? p->ntargets : 1, sizeof(*cache));
+		if (!cache)
+			return NULL;
+		ncache = p->ntargets;
+		cache_policy = p;
+		snprintf(cache_hash, sizeof(cache_hash), "%s", p->hash);
+	}
+	return t >= 0 && (size_t)t < ncache ? &cache[t] : NULL;
+}
+
+/* Reads a small secret file into buf (NUL-terminated, trailing newline
+ * removed). 0 or -errno; on error nothing of the file stays in buf. */
+static int read_secret(const char *path, char *buf, size_t cap, size_t *len)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	size_t n = 0;
+
+	if (fd < 0)
+		return -errno;
+	for (;;) {
+		ssize_t r = read(fd, buf + n, cap - 1 - n);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			int err = -errno;
+
+			close(fd);
+			OPENSSL_cleanse(buf, cap);
+			return err;
+		}
+		if (r == 0)
+			break;
+		n += (size_t)r;
+		if (n == cap - 1) {
+			close(fd);
+			OPENSSL_cleanse(buf, cap);
+			return -EFBIG;
+		}
+	}
+	close(fd);
+	while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+		n--;
+	buf[n] = '\0';
+	*len = n;
+	return 0;
+}
+
+/* Builds the credential line of target t into e. Lock held. */
+static void load_cred(const struct policy_target *t, struct up_entry *e)
+{
+	const struct policy_upstream *u = &t->upstream;
+	char secret[HTTP_CRED_MAX], line[HTTP_CRED_MAX * 2];
+	size_t slen = 0;
+	int n = 0;
+
+	e->cred_done = true;
+	if (u->bearer_token_file) {
+		if (read_secret(u->bearer_token_file, secret, sizeof(secret), &slen) < 0) {
+			e->cred_err = "cannot read the target's bearer_token_file";
+			return;
+		}
+		n = snprintf(line, sizeof(line), "Authorization: Bearer %s\r\n", secret);
+	} else if (u->basic_auth_file) {
+		unsigned char *b64 = (unsigned char *)line + 21;
+
+		if (read_secret(u->basic_auth_file, secret, sizeof(secret), &slen) < 0) {
+			e->cred_err = "cannot read the target's basic_auth_file";
+			return;
+		}
+		if (!memchr(secret, ':', slen)) {
+			OPENSSL_cleanse(secret, sizeof(secret));
+			e->cred_err = "the target's basic_auth_file must hold user:password";
+			return;
+		}
+		memcpy(line, "Authorization: Basic ", 21);
+		n = 21 + EVP_EncodeBlock(b64, (const unsigned char *)secret, (int)slen);
+		memcpy(line + n, "\r\n", 3);
+		n += 2;
+	} else if (u->header_name && u->header_value_file) {
+		if (read_secret(u->header_value_file, secret, sizeof(secret), &slen) < 0) {
+			e->cred_err = "cannot read the target's header_value_file";
+			return;
+		}
+		n = snprintf(line, sizeof(line), "%s: %s\r\n", u->header_name, secret);
+	} else {
+		return;   /* nothing to inject */
+	}
+	/* A secret with a CR, LF or control byte would split the header. */
+	if (n <= 0 || (size_t)n >= HTTP_CRED_MAX ||
+	    !http_value_ok((const uint8_t *)secret, slen) ||
+	    (u->header_name && !u->bearer_token_file && !u->basic_auth_file &&
+	     !http_token_ok((const uint8_t *)u->header_name, strlen(u->header_name)))) {
+		e->cred_err = "the target's credential is too long or not a valid header value";
+	} else if ((e->cred = malloc((size_t)n))) {
+		memcpy(e->cred, line, (size_t)n);
+		e->cred_len = (size_t)n;
+	} else {
+		e->cred_err = "out of memory";
+	}
+	OPENSSL_cleanse(secret, sizeof(secret));
+	OPENSSL_cleanse(line, sizeof(line));
+}
+
+int http_upstream_cred(const struct policy *p, int t, char *buf, size_t cap, const char **why)
+{
+	struct up_entry *e;
+	int ret = 0;
+
+	*why = NULL;
+	pthread_mutex_lock(&lock);
+	e = entry(p, t);
+	if (!e) {
+		*why = "out of memory";
+		ret = -ENOMEM;
+	} else {
+		if (!e->cred_done)
+			load_cred(&p->targets[t], e);
+		if (e->cred_err) {
+			*why = e->cred_err;
+			ret = -EINVAL;
+		} else if (e->cred_len > cap) {
+			*why = "credential too long";
+			ret = -ENOBUFS;
+		} else if (e->cred_len) {
+			memcpy(buf, e->cred, e->cred_len);
+			ret = (int)e->cred_len;
+		}
+	}
+	pthread_mutex_unlock(&lock);
+	return ret;
+}
+
+static SSL_CTX *make_ctx(const struct policy_upstream *u, char *why, size_t whylen)
+{
+	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+	bool verify = !u->tls || strcmp(u->tls, "require") != 0;
+
+	if (!ctx) {
+		snprintf(why, whylen, "upstream TLS: cannot make a context");
+		return NULL;
+	}
+	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	SSL_CTX_set_verify(ctx, verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
+	if (verify) {
+		int ok = u->ca_file ? SSL_CTX_load_verify_locations(ctx, u->ca_file, NULL)
+				    : SSL_CTX_set_default_verify_paths(ctx);
+
+		if (ok != 1) {
+			snprintf(why, whylen, "upstream TLS: cannot load ca_file '%s'", u->ca_file ? u->ca_file : "");
+			SSL_CTX_free(ctx);
+			return NULL;
+		}
+	}
+	if (u->cert_file && (SSL_CTX_use_certificate_chain_file(ctx, u->cert_file) != 1 ||
+			     SSL_CTX_use_PrivateKey_file(ctx, u->key_file ? u->key_file : u->cert_file,
+							 SSL_FILETYPE_PEM) != 1 ||
+			     SSL_CTX_check_private_key(ctx) != 1)) {
+		snprintf(why, whylen, "upstream TLS: cannot load the client certificate '%s'", u->cert_file);
+		SSL_CTX_free(ctx);
+		return NULL;
+	}
+	return ctx;
+}
+
+/* The name the upstream's certificate must carry (and the SNI). */
+static void peer_name(const struct policy_target *t, char *out, size_t outlen)
+{
+	const struct policy_upstream *u = &t->upstream;
+
+	if (u->server_name)
+		snprintf(out, outlen, "%s", u->server_name);
+	else if (u->has_address && u->address.kind == ADDR_HOST)
+		snprintf(out, outlen, "%s", u->address.host);
+	else if (t->addr.kind == ADDR_HOST)
+		snprintf(out, outlen, "%s", t->addr.host);
+	else if (u->has_address)
+		addr_str(u->address.addr, out, outlen);
+	else
+		addr_str(t->addr.addr, out, outlen);
+}
+
+int http_upstream_ssl(const struct policy *p, int t, SSL **out, char *why, size_t whylen)
+{
+	const struct policy_target *tg = &p->targets[t];
+	const char *mode = tg->upstream.tls;
+	struct up_entry *e;
+	char name[256];
+	unsigned char ip[16];
+	SSL *ssl = NULL;
+
+	*out = NULL;
+	if (!mode || strcmp(mode, "disable") == 0)
+		return 0;
+	pthread_mutex_lock(&lock);
+	e = entry(p, t);
+	if (e && !e->ctx_done) {
+		e->ctx = make_ctx(&tg->upstream, why, whylen);
+		e->ctx_done = true;
+	} else if (e && !e->ctx) {
+		snprintf(why, whylen, "upstream TLS: the target's TLS settings could not be loaded");
+	}
+	if (e && e->ctx)
+		ssl = SSL_new(e->ctx);
+	pthread_mutex_unlock(&lock);
+	if (!ssl) {
+		if (e && e->ctx)
+			snprintf(why, whylen, "upstream TLS: out of memory");
+		else if (!e)
+			snprintf(why, whylen, "out of memory");
+		return -EPROTO;
+	}
+	peer_name(tg, name, sizeof(name));
+	if (inet_pton(AF_INET, name, ip) != 1 && inet_pton(AF_INET6, name, ip) != 1) {
+		SSL_set_tlsext_host_name(ssl, name);
+		if (strcmp(mode, "require") != 0)
+			SSL_set1_host(ssl, name);
+	} else if (strcmp(mode, "require") != 0) {
+		X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name);
+	}
+	*out = ssl;
+	return 0;
+}

@@ -1,0 +1,1153 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * http: an HTTP/1.1 proxy that decides every request on its canonical
+ * method and path, in stream mode (conn.h).
+ *
+ * One agent connection has one upstream connection of its own (no reuse
+ * across agents). Requests are parsed by http_msg (strict framing) and
+ * http_path (canonical target); each is judged against every rule the agent
+ * holds for the target (enforcer_rules_for): allowed when some rule's
+ * allow.http pattern matches. A denied request is answered here with 403
+ * and the JSON body of DESIGN.md §3, and never reaches the upstream; a
+ * malformed one gets 400 and the connection closes. Answers go back in
+ * request order (pipelining): a queue of requests in flight holds local
+ * answers until the forwarded requests before them are answered.
+ *
+ * What goes upstream is re-serialised from the parsed request, never the
+ * agent's bytes: "METHOD canonical-target HTTP/1.1", Host, the agent's
+ * end-to-end fields minus the ones below, our own framing (Content-Length,
+ * or chunked re-encoded), and the target's credential. Stripped: hop-by-hop
+ * fields (Connection and what it names, Keep-Alive, TE, Trailer,
+ * Transfer-Encoding, Upgrade unless allowed, Proxy-*), Authorization,
+ * Cookie, X-Forwarded-*, Forwarded, X-Real-IP, method overrides
+ * (X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override),
+ * Impersonate-* and X-Remote-* (Kubernetes front-proxy identity).
+ *
+ * Bodies stream through (backpressure is conn.c's): Content-Length bodies
+ * as they come, chunked bodies decoded and re-encoded, never buffered
+ * whole. Expect: 100-continue is decided on the head: a denial is a final
+ * 403 with Connection: close before any body byte is read; an allowed one
+ * is forwarded with the expectation, and the upstream's 100 relayed.
+ *
+ * Upgrade (WebSocket only) needs an explicit "UPGRADE /path" rule; after the
+ * upstream's 101 both directions are relayed as they are. h2c and CONNECT
+ * are always refused: nothing could inspect what follows.
+ *
+ * An agent that speaks TLS first (a ClientHello: 0x16) is terminated with a
+ * certificate from the local CA (local_ca.h); without the CA it is refused.
+ *
+ * HTTP/1.0 requests are accepted (Host supplied from the target when
+ * absent); their connection closes after the answer.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <jansson.h>
+#include <openssl/crypto.h>
+
+#include "audit.h"
+#include "conn.h"
+#include "enforcer.h"
+#include "http_msg.h"
+#include "http_path.h"
+#include "http_upstream.h"
+#include "local_ca.h"
+#include "proto.h"
+#include "util.h"
+
+#define HTTP_PIPELINE_MAX 16
+#define AUDIT_PATH_MAX    256
+
+enum { A_HEAD = 0, A_BODY, A_WAIT_UPGRADE, A_TUNNEL, A_DONE };
+enum { U_HEAD = 0, U_BODY, U_TUNNEL };
+
+struct hreq {                      /* a request in flight, answered in order */
+	bool local;                    /* answered by us */
+	bool head, upgrade, close_after, would_deny, allowed;
+	int status;
+	const char *reason;            /* static text, or NULL */
+	char rule[96];
+	char method[HTTP_METHOD_MAX + 1];
+	char path[AUDIT_PATH_MAX];
+	uint64_t t0_ms, req_bytes, resp_bytes;
+};
+
+struct http_state {
+	struct hreq q[HTTP_PIPELINE_MAX];
+	unsigned qhead, qlen;
+	int astate, ustate;
+	/* agent body */
+	bool abody_fwd, abody_chunked;
+	uint64_t aremain;
+	struct http_chunked ach;
+	struct hreq *abody_req;
+	/* upstream body */
+	enum http_body ubody;
+	uint64_t uremain;
+	struct http_chunked uch;
+	bool up_close;                 /* the upstream will close after this response */
+	/* upstream leg */
+	bool up_connected, up_tls, up_ready, up_failed;
+	bool agent_tls;
+	char host[256];                /* the target's name for Host when the agent sends none */
+};
+
+static struct http_state *st(struct conn *c)
+{
+	return c->proto_state;
+}
+
+static uint64_t now_ms(void)
+{
+	return now_ns_mono() / 1000000ull;
+}
+
+static const struct policy_target *target(struct conn *c)
+{
+	return c->target_idx >= 0 ? &c->policy->targets[c->target_idx] : NULL;
+}
+
+/* ---- audit ---------------------------------------------------------------- */
+
+static int ocsf_activity(const char *m, const char **name)
+{
+	static const struct { const char *m; int id; const char *name; } map[] = {
+		{ "CONNECT", 1, "Connect" }, { "DELETE", 2, "Delete" }, { "GET", 3, "Get" },
+		{ "HEAD", 4, "Head" }, { "OPTIONS", 5, "Options" }, { "POST", 6, "Post" },
+		{ "PUT", 7, "Put" }, { "TRACE", 8, "Trace" }, { "PATCH", 9, "Patch" },
+	};
+
+	for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
+		if (strcmp(m, map[i].m) == 0) {
+			*name = map[i].name;
+			return map[i].id;
+		}
+	*name = "Other";
+	return 99;
+}
+
+/* Adds key to the event's "unmapped" object (which holds the agent). */
+static void unmapped_set(json_t *ev, const char *key, json_t *v)
+{
+	json_t *um = json_object_get(ev, "unmapped");
+
+	if (!um) {
+		um = json_object();
+		json_object_set_new(ev, "unmapped", um);
+	}
+	json_object_set_new(um, key, v);
+}
+
+/* One HTTP Activity (4002) event per request. */
+static void audit_request(struct conn *c, const struct hreq *r)
+{
+	const char *aname = NULL;
+	int aid = ocsf_activity(r->method, &aname);
+	json_t *ev = audit_event(4002, aid, aname);
+	struct audit_agent a = { 0 };
+	struct ident_principal pr;
+	char dst[64];
+
+	if (!ev)
+		return;
+	if (c->agent_idx >= 0) {
+		a.name = c->policy->agents[c->agent_idx].name;
+		a.cgroup = E->agents[c->agent_idx].cgroup_rel;
+		enforcer_audit_principal(c->agent_idx, &a, &pr);
+	}
+	a.pid = c->pair.tgid;
+	a.tid = c->pair.pid;
+	a.uid = c->pair.uid;
+	a.comm = c->pair.comm;
+	a.cgroup_id = c->pair.cgroup_id;
+	audit_add_agent(ev, &a);
+	addr_str(c->pair.orig_addr, dst, sizeof(dst));
+	json_object_set_new(ev, "dst_endpoint", json_pack("{s:s, s:i}", "ip", dst, "port", c->pair.orig_port));
+	json_object_set_new(ev, "http_request", json_pack("{s:s, s:{s:s}}", "http_method", r->method,
+							  "url", "path", r->path));
+	if (r->status)
+		json_object_set_new(ev, "http_response", json_pack("{s:i}", "code", r->status));
+	json_object_set_new(ev, "traffic", json_pack("{s:I, s:I}", "bytes_out", (json_int_t)r->req_bytes,
+						     "bytes_in", (json_int_t)r->resp_bytes));
+	json_object_set_new(ev, "duration", json_integer((json_int_t)(now_ms() - r->t0_ms)));
+	unmapped_set(ev, "target", json_string(target(c) ? target(c)->name : ""));
+	unmapped_set(ev, "tls_intercepted", json_boolean(st(c)->agent_tls));
+	audit_add_verdict(ev, r->allowed, r->would_deny, r->rule[0] ? r->rule : NULL, r->reason);
+	audit_emit(ev);
+}
+
+/* ---- answers of our own ---------------------------------------------------- */
+
+static const char *status_text(int status)
+{
+	switch (status) {
+	case 400: return "Bad Request";
+	case 403: return "Forbidden";
+	case 502: return "Bad Gateway";
+	default: return "Error";
+	}
+}
+
+/* "HTTP/1.1 403 Forbidden" with the JSON body of DESIGN.md §3. */
+static int send_local(struct conn *c, const struct hreq *r)
+{
+	json_t *body = json_pack("{s:s, s:s, s:s}", "error", "agentgate: denied", "rule", r->rule,
+				 "reason", r->reason ? r->reason : "");
+	char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+	char head[256];
+	size_t blen = text ? strlen(text) : 0;
+	int n, err;
+
+	json_decref(body);
+	if (!text)
+		return -ENOMEM;
+	n = snprintf(head, sizeof(head), "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+		     "Content-Length: %zu\r\n%s\r\n", r->status, status_text(r->status), blen + 1,
+		     r->close_after ? "Connection: close\r\n" : "");
+	err = conn_send(c, SIDE_AGENT, head, (size_t)n);
+	if (!err && !r->head)
+		err = conn_send(c, SIDE_AGENT, text, blen);
+	if (!err && !r->head)
+		err = conn_send(c, SIDE_AGENT, "\n", 1);
+	free(text);
+	return err;
+}
+
+static struct hreq *q_front(struct http_state *s)
+{
+	return s->qlen ? &s->q[s->qhead] : NULL;
+}
+
+static struct hreq *q_push(struct http_state *s)
+{
+	struct hreq *r = &s->q[(s->qhead + s->qlen) % HTTP_PIPELINE_MAX];
+
+	s->qlen++;
+	memset(r, 0, sizeof(*r));
+	return r;
+}
+
+static void q_pop(struct http_state *s)
+{
+	s->qhead = (s->qhead + 1) % HTTP_PIPELINE_MAX;
+	s->qlen--;
+}
+
+/*
+ * Nothing more will be read from the agent once a request said close (or
+ * was malformed): close after the queue is answered. An agent that
+ * half-closed still gets its answers first.
+ */
+static void maybe_finish(struct conn *c)
+{
+	struct http_state *s = st(c);
+
+	if (s->qlen)
+		return;
+	if (s->astate == A_DONE || (s->astate == A_HEAD && conn_in_eof(c, SIDE_AGENT)))
+		conn_finish(c);
+}
+
+/* Sends the local answers at the front of the queue (their turn has come). */
+static int flush_local(struct conn *c)
+{
+	struct http_state *s = st(c);
+	struct hreq *r;
+	int err;
+
+	while ((r = q_front(s)) && r->local) {
+		if ((err = send_local(c, r)))
+			return err;
+		audit_request(c, r);
+		q_pop(s);
+	}
+	maybe_finish(c);
+	return 0;
+}
+
+static int process_agent(struct conn *c);
+
+/* ---- the decision ---------------------------------------------------------- */
+
+static void rule_desc(const struct policy_rule *r, char *out, size_t outlen)
+{
+	snprintf(out, outlen, "role '%s' rule %d (line %d)", r->role, r->index + 1, r->line);
+}
+
+/*
+ * Allowed when some rule the agent holds for the target allows method on
+ * path; review rules send the request to approval, which has not landed:
+ * until then that is a denial that says so.
+ */
+static bool decide(struct conn *c, const char *method, size_t mlen, bool upgrade, const char *path,
+		   size_t plen, struct hreq *r)
+{
+	const struct policy_rule *rules[ENFORCER_MAX_RULES];
+	size_t n = c->agent_idx >= 0 ? enforcer_rules_for(c->agent_idx, c->target_idx, rules,
+							  ENFORCER_MAX_RULES) : 0;
+
+	if (n > ENFORCER_MAX_RULES) {
+		r->reason = "too many rules for this target";
+		return false;
+	}
+	for (size_t i = 0; i < n; i++)
+		for (size_t k = 0; k < rules[i]->allow.http.n; k++)
+			if (http_rule_match(rules[i]->allow.http.v[k], method, mlen, upgrade, path, plen)) {
+				rule_desc(rules[i], r->rule, sizeof(r->rule));
+				return true;
+			}
+	for (size_t i = 0; i < n; i++)
+		for (size_t k = 0; k < rules[i]->review.http.n; k++)
+			if (http_rule_match(rules[i]->review.http.v[k], method, mlen, upgrade, path, plen)) {
+				rule_desc(rules[i], r->rule, sizeof(r->rule));
+				r->reason = "needs approval (review), and approvals are not available yet";
+				return false;
+			}
+	r->reason = upgrade ? "no rule allows this upgrade (an \"UPGRADE /path\" rule is needed)"
+			    : "no rule allows this method and path";
+	return false;
+}
+
+/* Fields never forwarded, whatever the agent says. */
+static bool strip_field(const uint8_t *b, const struct http_field *f)
+{
+	static const char *const exact[] = {
+		"host", "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
+		"content-length", "authorization", "cookie", "forwarded", "x-real-ip",
+		"x-http-method-override", "x-http-method", "x-method-override", "http2-settings",
+	};
+	static const char *const prefix[] = { "proxy-", "x-forwarded-", "impersonate-", "x-remote-" };
+	const char *name = (const char *)b + f->name;
+
+	for (size_t i = 0; i < sizeof(exact) / sizeof(exact[0]); i++)
+		if (http_field_is(b, f, exact[i]))
+			return true;
+	for (size_t i = 0; i < sizeof(prefix) / sizeof(prefix[0]); i++) {
+		size_t pl = strlen(prefix[i]);
+
+		if (f->name_len >= pl && strncasecmp(name, prefix[i], pl) == 0)
+			return true;
+	}
+	return false;
+}
+
+struct obuf {
+	char *b;
+	size_t n, cap;
+	bool over;
+};
+
+static void put(struct obuf *o, const void *p, size_t n)
+{
+	if (o->over || n > o->cap - o->n) {
+		o->over = true;
+		return;
+	}
+	memcpy(o->b + o->n, p, n);
+	o->n += n;
+}
+
+static void puts_(struct obuf *o, const char *s)
+{
+	put(o, s, strlen(s));
+}
+
+/* Host: the agent's, checked against the target; 0 or a reason. */
+static const char *check_host(struct conn *c, const uint8_t *b, const struct http_head *h,
+			      const struct http_target *tg, char *host, size_t hostcap)
+{
+	const struct policy_target *t = target(c);
+	uint16_t port, aport;
+	char ahost[256];
+	const char *names[3];
+
+	host[0] = '\0';
+	if (h->host >= 0) {
+		const struct http_field *f = &h->f[h->host];
+
+		if (http_authority_parse(b + f->value, f->value_len, host, hostcap, &port) < 0)
+			return "malformed Host";
+	}
+	if (tg->form == HTTP_FORM_ABSOLUTE) {
+		if (http_authority_parse(tg->authority, tg->authority_len, ahost, sizeof(ahost), &aport) < 0)
+			return "malformed authority";
+		if (host[0] && strcmp(ahost, host) != 0)
+			return "absolute-form authority and Host disagree";
+		if (!host[0])
+			snprintf(host, hostcap, "%s", ahost);
+	}
+	if (!host[0])
+		return NULL;   /* HTTP/1.0 without Host: supplied from the target */
+	/* A target with names accepts only those; an IP target without a
+	 * server_name accepts any name (recorded in audit with the request). */
+	names[0] = t->addr.kind == ADDR_HOST ? t->addr.host : NULL;
+	names[1] = t->upstream.server_name;
+	names[2] = t->upstream.has_address && t->upstream.address.kind == ADDR_HOST ? t->upstream.address.host : NULL;
+	if (!names[0] && !names[1] && !names[2])
+		return NULL;
+	for (int i = 0; i < 3; i++)
+		if (names[i] && strcasecmp(names[i], host) == 0)
+			return NULL;
+	return "Host is not the target's name";
+}
+
+/* Is this a WebSocket upgrade (the only kind we relay)? */
+static bool is_upgrade(const uint8_t *b, const struct http_head *h, bool *h2c)
+{
+	const struct http_field *f;
+
+	*h2c = false;
+	if (h->upgrade < 0 || !(h->conn & HTTP_CONN_UPGRADE))
+		return false;
+	f = &h->f[h->upgrade];
+	if (f->value_len == 9 && strncasecmp((const char *)b + f->value, "websocket", 9) == 0)
+		return true;
+	*h2c = true;   /* h2c or anything else: refused */
+	return false;
+}
+
+/* The forwarded head, re-serialised from the parse. */
+static int forward_head(struct conn *c, const uint8_t *b, const struct http_head *h, const char *path,
+			size_t plen, const struct http_target *tg, const char *host, bool upgrade)
+{
+	static __thread char buf[HTTP_HEAD_MAX + HTTP_CRED_MAX + 1024];
+	struct obuf o = { buf, 0, sizeof(buf), false };
+	const char *why;
+	int cl, err;
+
+	put(&o, b + h->method, h->method_len);
+	puts_(&o, " ");
+	put(&o, path, plen);
+	if (tg->query) {
+		puts_(&o, "?");
+		put(&o, tg->query, tg->query_len);
+	}
+	puts_(&o, " HTTP/1.1\r\nHost: ");
+	puts_(&o, host[0] ? host : st(c)->host);
+	puts_(&o, "\r\n");
+	for (unsigned i = 0; i < h->nf; i++) {
+		const struct http_field *f = &h->f[i];
+
+		if (strip_field(b, f) || http_conn_names(b, h, f))
+			continue;
+		put(&o, b + f->name, f->name_len);
+		puts_(&o, ": ");
+		put(&o, b + f->value, f->value_len);
+		puts_(&o, "\r\n");
+	}
+	if (h->body == HTTP_BODY_CHUNKED) {
+		puts_(&o, "Transfer-Encoding: chunked\r\n");
+	} else if (h->body == HTTP_BODY_LENGTH) {
+		char num[32];
+
+		snprintf(num, sizeof(num), "Content-Length: %llu\r\n", (unsigned long long)h->content_length);
+		puts_(&o, num);
+	}
+	if (upgrade) {
+		const struct http_field *f = &h->f[h->upgrade];
+
+		puts_(&o, "Connection: upgrade\r\nUpgrade: ");
+		put(&o, b + f->value, f->value_len);
+		puts_(&o, "\r\n");
+	}
+	cl = o.over ? -ENOBUFS : http_upstream_cred(c->policy, c->target_idx, o.b + o.n, o.cap - o.n - 2, &why);
+	if (cl < 0) {
+		OPENSSL_cleanse(buf, o.n);
+		return cl;
+	}
+	o.n += (size_t)cl;
+	puts_(&o, "\r\n");
+	err = o.over ? -ENOBUFS : conn_send(c, SIDE_UP, o.b, o.n);
+	OPENSSL_cleanse(buf, o.n);   /* it held the credential */
+	return err;
+}
+
+/* Sets the agent side up to read (and forward or drop) r's body. */
+static void expect_body(struct http_state *s, struct hreq *r, const struct http_head *h, bool fwd)
+{
+	s->astate = A_BODY;
+	s->abody_fwd = fwd;
+	s->abody_req = r;
+	s->abody_chunked = h->body == HTTP_BODY_CHUNKED;
+	s->aremain = h->content_length;
+	http_chunked_init(&s->ach);
+}
+
+/*
+ * One request head from the agent: the verdict in v (not yet queued).
+ * Returns true when it is to be forwarded.
+ */
+static bool judge(struct conn *c, const uint8_t *b, const struct http_head *h, char *path, size_t pathcap,
+		  struct http_target *tg, char *host, size_t hostcap, bool *upgrade, struct hreq *v)
+{
+	bool connect = h->method_len == 7 && memcmp(b + h->method, "CONNECT", 7) == 0, h2c;
+	const char *bad;
+
+	memset(v, 0, sizeof(*v));
+	memcpy(v->method, b + h->method, h->method_len);
+	v->head = h->method_len == 4 && memcmp(b + h->method, "HEAD", 4) == 0;
+	v->t0_ms = now_ms();
+	v->req_bytes = h->head_len;
+	v->close_after = h->version == 10 || (h->conn & HTTP_CONN_CLOSE);
+	*upgrade = false;
+	if (http_target_canon(b + h->target, h->target_len, connect, path, pathcap, tg) < 0) {
+		snprintf(v->path, sizeof(v->path), "%.*s", (int)(h->target_len < 200 ? h->target_len : 200),
+			 (const char *)b + h->target);
+		v->status = 400;
+		v->reason = tg->error;
+		v->close_after = true;
+		return false;
+	}
+	snprintf(v->path, sizeof(v->path), "%s", path);
+	if ((bad = check_host(c, b, h, tg, host, hostcap))) {
+		v->status = 400;
+		v->reason = bad;
+		v->close_after = true;
+		return false;
+	}
+	*upgrade = is_upgrade(b, h, &h2c);
+	if (connect || h2c || tg->form == HTTP_FORM_ASTERISK) {
+		v->status = 403;
+		v->reason = connect ? "CONNECT is not allowed (a tunnel cannot be inspected)"
+			  : h2c ? "only WebSocket upgrades can be allowed (h2c and others cannot be inspected)"
+				: "asterisk-form (OPTIONS *) is not allowed";
+		v->close_after = true;
+		return false;
+	}
+	if (decide(c, v->method, h->method_len, *upgrade, path, tg->path_len, v)) {
+		v->allowed = true;
+		return true;
+	}
+	if (c->policy->mode == POLICY_OBSERVE) {
+		v->would_deny = true;   /* observe: recorded, forwarded */
+		v->allowed = true;
+		return true;
+	}
+	v->status = 403;
+	return false;
+}
+
+/*
+ * One request head from the agent: 1 handled (the caller consumes the
+ * head), 0 wait (allowed, and the upstream leg is not ready yet), -errno.
+ */
+static int on_request(struct conn *c, const uint8_t *b, const struct http_head *h)
+{
+	struct http_state *s = st(c);
+	char path[HTTP_HEAD_MAX + 2], host[256];
+	bool upgrade, fwd, has_body;
+	struct http_target tg;
+	struct hreq v, *r;
+	int err;
+
+	has_body = h->body == HTTP_BODY_CHUNKED || (h->body == HTTP_BODY_LENGTH && h->content_length);
+	fwd = judge(c, b, h, path, sizeof(path), &tg, host, sizeof(host), &upgrade, &v);
+	if (fwd && !s->up_ready && !s->up_failed)
+		return 0;
+	if (fwd && s->up_failed) {
+		fwd = false;
+		v.allowed = false;
+		v.status = 502;
+		v.reason = "the upstream is not reachable";
+		v.close_after = true;
+	}
+	r = q_push(s);
+	*r = v;
+	if (fwd) {
+		r->upgrade = upgrade;
+		err = forward_head(c, b, h, path, tg.path_len, &tg, host, upgrade);
+		if (err == -EINVAL || err == -ENOBUFS) {
+			const char *why = NULL;
+
+			/* no credential to inject: fail closed and say why */
+			http_upstream_cred(c->policy, c->target_idx, path, 0, &why);
+			fwd = false;
+			r->allowed = false;
+			r->status = 502;
+			r->reason = why ? why : "the forwarded request is too large";
+			r->close_after = true;
+		} else if (err) {
+			return err;
+		}
+	}
+	if (!fwd) {
+		r->local = true;
+		/* A denied body is read and dropped so the connection can go on;
+		 * with Expect: 100-continue the agent may never send it, so the
+		 * answer closes instead, before any body byte is read. */
+		if (has_body && h->expect_continue)
+			r->close_after = true;
+		if (r->close_after)
+			s->astate = A_DONE;
+		else if (has_body)
+			expect_body(s, r, h, false);
+		return 1;
+	}
+	if (has_body)
+		expect_body(s, r, h, true);
+	else if (upgrade)
+		s->astate = A_WAIT_UPGRADE;
+	else if (r->close_after)
+		s->astate = A_DONE;
+	return 1;
+}
+
+/* Agent body bytes: forwarded (re-encoded when chunked) or dropped. Returns
+ * bytes consumed, or -errno. */
+static int agent_body(struct conn *c, const uint8_t *in, size_t len)
+{
+	struct http_state *s = st(c);
+	struct hreq *r = s->abody_req;
+	size_t off = 0;
+	int err;
+
+	if (!s->abody_chunked) {
+		size_t take = len < s->aremain ? len : (size_t)s->aremain;
+
+		if (s->abody_fwd && (err = conn_send(c, SIDE_UP, in, take)))
+			return err;
+		s->aremain -= take;
+		off = take;
+	} else {
+		while (off < len && !s->ach.done) {
+			size_t used, doff, dlen;
+			char hdr[24];
+
+			if (http_chunked_feed(&s->ach, in + off, len - off, &used, &doff, &dlen) < 0)
+				return -EPROTO;   /* the head was forwarded: the stream cannot be saved */
+			if (dlen && s->abody_fwd) {
+				size_t hl = http_chunk_header(dlen, hdr);
+
+				if ((err = conn_send(c, SIDE_UP, hdr, hl)) ||
+				    (err = conn_send(c, SIDE_UP, in + off + doff, dlen)) ||
+				    (err = conn_send(c, SIDE_UP, HTTP_CHUNK_TAIL, 2)))
+					return err;
+			}
+			if (!used)
+				break;
+			off += used;
+		}
+		if (s->ach.done && s->abody_fwd && (err = conn_send(c, SIDE_UP, HTTP_CHUNK_LAST, 5)))
+			return err;
+	}
+	if (r)
+		r->req_bytes += off;
+	if ((!s->abody_chunked && !s->aremain) || (s->abody_chunked && s->ach.done)) {
+		s->abody_req = NULL;
+		s->astate = r && r->close_after ? A_DONE : A_HEAD;
+		if (r && r->upgrade)
+			s->astate = A_WAIT_UPGRADE;
+	}
+	return (int)off;
+}
+
+static int process_agent(struct conn *c)
+{
+	struct http_state *s = st(c);
+	int err;
+
+	for (;;) {
+		uint32_t len;
+		const uint8_t *in = conn_in(c, SIDE_AGENT, &len);
+		struct http_head h;
+		int r;
+
+		switch (s->astate) {
+		case A_DONE:
+			conn_in_consume(c, SIDE_AGENT, len);
+			return flush_local(c);
+		case A_TUNNEL:
+			if (len && (err = conn_send(c, SIDE_UP, in, len)))
+				return err;
+			conn_in_consume(c, SIDE_AGENT, len);
+			if (conn_in_eof(c, SIDE_AGENT))
+				conn_shutdown(c, SIDE_UP);
+			return 0;
+		case A_WAIT_UPGRADE:
+			return flush_local(c);
+		case A_BODY:
+			if (!len) {
+				if (conn_in_eof(c, SIDE_AGENT))
+					return -EPIPE;   /* body cut short */
+				return flush_local(c);
+			}
+			r = agent_body(c, in, len);
+			if (r < 0)
+				return r;
+			conn_in_consume(c, SIDE_AGENT, (uint32_t)r);
+			if ((err = flush_local(c)))
+				return err;
+			continue;
+		case A_HEAD:
+			if (!len)
+				return flush_local(c);
+			if (s->qlen == HTTP_PIPELINE_MAX)
+				return flush_local(c);   /* resumes when an answer leaves */
+			r = http_req_parse(in, len, &h);
+			if (r == HTTP_NEED_MORE) {
+				if (conn_in_eof(c, SIDE_AGENT))
+					s->astate = A_DONE;   /* a partial request, then EOF */
+				return flush_local(c);
+			}
+			if (r == HTTP_MALFORMED) {
+				struct hreq *q = q_push(s);
+
+				snprintf(q->method, sizeof(q->method), "-");
+				q->local = true;
+				q->status = 400;
+				q->reason = h.error;
+				q->close_after = true;
+				q->t0_ms = now_ms();
+				q->req_bytes = len;
+				s->astate = A_DONE;
+				continue;
+			}
+			r = on_request(c, in, &h);
+			if (r < 0)
+				return r;
+			if (r == 0)
+				return flush_local(c);   /* waits for the upstream leg */
+			conn_in_consume(c, SIDE_AGENT, h.head_len);
+			if ((err = flush_local(c)))
+				return err;
+			continue;
+		}
+		return 0;
+	}
+}
+
+/* ---- responses --------------------------------------------------------------- */
+
+static bool strip_resp_field(const uint8_t *b, const struct http_field *f, bool upgrade)
+{
+	static const char *const hop[] = {
+		"connection", "keep-alive", "te", "trailer", "transfer-encoding", "proxy-connection",
+		"content-length",
+	};
+
+	for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
+		if (http_field_is(b, f, hop[i]))
+			return true;
+	return !upgrade && http_field_is(b, f, "upgrade");
+}
+
+/* The response head to the agent, re-serialised with our framing. */
+static int send_resp_head(struct conn *c, const uint8_t *b, const struct http_head *h, struct hreq *r,
+			  bool close)
+{
+	static __thread char buf[HTTP_RESP_HEAD_MAX + 256];
+	struct obuf o = { buf, 0, sizeof(buf), false };
+	const uint8_t *eol = memchr(b, '\r', h->head_len);
+	bool upgrade = h->status == 101;
+
+	put(&o, b, (size_t)(eol - b));   /* the status line, validated */
+	puts_(&o, "\r\n");
+	for (unsigned i = 0; i < h->nf; i++) {
+		const struct http_field *f = &h->f[i];
+
+		if (strip_resp_field(b, f, upgrade) || http_conn_names(b, h, f))
+			continue;
+		put(&o, b + f->name, f->name_len);
+		puts_(&o, ": ");
+		put(&o, b + f->value, f->value_len);
+		puts_(&o, "\r\n");
+	}
+	if (h->status >= 200) {
+		char num[48];
+
+		if (h->body == HTTP_BODY_CHUNKED) {
+			puts_(&o, "Transfer-Encoding: chunked\r\n");
+		} else if (h->body == HTTP_BODY_LENGTH || (h->body == HTTP_BODY_NONE && r->head)) {
+			/* a HEAD answer keeps the length of what GET would send */
+			for (unsigned i = 0; i < h->nf; i++)
+				if (http_field_is(b, &h->f[i], "content-length")) {
+					snprintf(num, sizeof(num), "Content-Length: %llu\r\n",
+						 (unsigned long long)h->content_length);
+					puts_(&o, num);
+					break;
+				}
+		}
+	}
+	if (upgrade)
+		puts_(&o, "Connection: upgrade\r\n");
+	else if (close && h->status >= 200)
+		puts_(&o, "Connection: close\r\n");
+	puts_(&o, "\r\n");
+	if (o.over)
+		return -EMSGSIZE;
+	r->resp_bytes += o.n;
+	return conn_send(c, SIDE_AGENT, o.b, o.n);
+}
+
+/* The forwarded request at the front has its whole answer. */
+static int response_done(struct conn *c)
+{
+	struct http_state *s = st(c);
+	struct hreq *r = q_front(s);
+	bool close = r->close_after || s->up_close;
+
+	int err;
+
+	audit_request(c, r);
+	q_pop(s);
+	s->ustate = U_HEAD;
+	if (close) {
+		/* Nothing pipelined after it is answered: answering some and not
+		 * others would shift answers onto the wrong requests. The agent
+		 * sees the connection close and retries. */
+		s->astate = A_DONE;
+		s->qlen = 0;
+	}
+	if ((err = flush_local(c)))
+		return err;
+	return process_agent(c);   /* a full queue, or a held request, may go on */
+}
+
+static int upstream_body(struct conn *c, const uint8_t *in, size_t len, bool eof)
+{
+	struct http_state *s = st(c);
+	struct hreq *r = q_front(s);
+	size_t off = 0;
+	int err;
+
+	switch (s->ubody) {
+	case HTTP_BODY_LENGTH: {
+		size_t take = len < s->uremain ? len : (size_t)s->uremain;
+
+		if ((err = conn_send(c, SIDE_AGENT, in, take)))
+			return err;
+		s->uremain -= take;
+		off = take;
+		r->resp_bytes += take;
+		if (!s->uremain) {
+			conn_in_consume(c, SIDE_UP, (uint32_t)off);
+			err = response_done(c);
+			return err ? err : 1;
+		}
+		if (eof)
+			return -EPIPE;   /* cut short: the agent must not take it for whole */
+		break;
+	}
+	case HTTP_BODY_CHUNKED:
+		while (off < len && !s->uch.done) {
+			size_t used, doff, dlen;
+			char hdr[24];
+
+			if (http_chunked_feed(&s->uch, in + off, len - off, &used, &doff, &dlen) < 0)
+				return -EPROTO;
+			if (dlen) {
+				size_t hl = http_chunk_header(dlen, hdr);
+
+				if ((err = conn_send(c, SIDE_AGENT, hdr, hl)) ||
+				    (err = conn_send(c, SIDE_AGENT, in + off + doff, dlen)) ||
+				    (err = conn_send(c, SIDE_AGENT, HTTP_CHUNK_TAIL, 2)))
+					return err;
+				r->resp_bytes += dlen;
+			}
+			if (!used)
+				break;
+			off += used;
+		}
+		if (s->uch.done) {
+			if ((err = conn_send(c, SIDE_AGENT, HTTP_CHUNK_LAST, 5)))
+				return err;
+			conn_in_consume(c, SIDE_UP, (uint32_t)off);
+			err = response_done(c);
+			return err ? err : 1;
+		}
+		if (eof)
+			return -EPIPE;
+		break;
+	default:   /* until the upstream closes */
+		if ((err = conn_send(c, SIDE_AGENT, in, len)))
+			return err;
+		off = len;
+		r->resp_bytes += len;
+		if (eof) {
+			conn_in_consume(c, SIDE_UP, (uint32_t)off);
+			s->up_close = true;
+			err = response_done(c);
+			return err ? err : 1;
+		}
+		break;
+	}
+	conn_in_consume(c, SIDE_UP, (uint32_t)off);
+	return 0;
+}
+
+static void upstream_gone(struct conn *c, const char *why)
+{
+	struct http_state *s = st(c);
+	struct hreq *r = q_front(s);
+
+	/* The request at the front got nothing: it gets a 502 of ours, and
+	 * the connection ends after it. */
+	s->up_failed = true;
+	if (r && !r->local) {
+		r->local = true;
+		r->allowed = false;
+		r->status = 502;
+		r->reason = why;
+		r->close_after = true;
+	}
+	for (unsigned i = 1; i < s->qlen; i++) {
+		struct hreq *o = &s->q[(s->qhead + i) % HTTP_PIPELINE_MAX];
+
+		if (!o->local) {
+			o->local = true;
+			o->status = 502;
+			o->reason = why;
+			o->close_after = true;
+		}
+	}
+	s->astate = A_DONE;
+}
+
+static int process_upstream(struct conn *c)
+{
+	struct http_state *s = st(c);
+	int err;
+
+	for (;;) {
+		uint32_t len;
+		const uint8_t *in = conn_in(c, SIDE_UP, &len);
+		bool eof = conn_in_eof(c, SIDE_UP);
+		struct hreq *r = q_front(s);
+		struct http_head h;
+		int rc;
+
+		if (s->ustate == U_TUNNEL) {
+			if (len && (err = conn_send(c, SIDE_AGENT, in, len)))
+				return err;
+			conn_in_consume(c, SIDE_UP, len);
+			if (eof)
+				conn_shutdown(c, SIDE_AGENT);
+			return 0;
+		}
+		if (s->ustate == U_BODY) {
+			if (!len && !eof)
+				return 0;
+			rc = upstream_body(c, in, len, eof);
+			if (rc < 0)
+				return rc;
+			if (rc == 0)
+				return 0;
+			continue;
+		}
+		/* U_HEAD */
+		if (!len) {
+			if (eof) {
+				upstream_gone(c, "the upstream closed the connection");
+				return flush_local(c);
+			}
+			return 0;
+		}
+		if (!r || r->local)
+			return -EPROTO;   /* bytes nobody asked for */
+		rc = http_resp_parse(in, len, r->head, &h);
+		if (rc == HTTP_NEED_MORE) {
+			if (eof) {
+				upstream_gone(c, "the upstream sent an incomplete response");
+				return flush_local(c);
+			}
+			return 0;
+		}
+		if (rc == HTTP_MALFORMED) {
+			upstream_gone(c, "the upstream sent a malformed response");
+			conn_in_consume(c, SIDE_UP, len);
+			return flush_local(c);
+		}
+		if (h.status == 101 && !r->upgrade) {
+			upstream_gone(c, "the upstream switched protocols unasked");
+			conn_in_consume(c, SIDE_UP, len);
+			return flush_local(c);
+		}
+		s->up_close = (h.conn & HTTP_CONN_CLOSE) || h.version == 10 || h.body == HTTP_BODY_EOF;
+		if (h.status >= 100 && h.status < 200 && h.status != 101) {
+			/* interim (100 Continue, 103): relayed to an HTTP/1.1 agent */
+			if ((err = send_resp_head(c, in, &h, r, false)))
+				return err;
+			conn_in_consume(c, SIDE_UP, h.head_len);
+			continue;
+		}
+		r->status = h.status;
+		if ((err = send_resp_head(c, in, &h, r, r->close_after || s->up_close)))
+			return err;
+		conn_in_consume(c, SIDE_UP, h.head_len);
+		if (h.status == 101) {
+			s->ustate = U_TUNNEL;
+			s->astate = A_TUNNEL;
+			audit_request(c, r);
+			q_pop(s);
+			if ((err = process_agent(c)))
+				return err;
+			continue;
+		}
+		if (r->upgrade) {   /* refused upgrade: the agent may go on with HTTP */
+			r->upgrade = false;
+			if (s->astate == A_WAIT_UPGRADE)
+				s->astate = A_HEAD;
+		}
+		if (h.body == HTTP_BODY_NONE) {
+			if ((err = response_done(c)))
+				return err;
+		} else {
+			s->ustate = U_BODY;
+			s->ubody = h.body;
+			s->uremain = h.content_length;
+			http_chunked_init(&s->uch);
+		}
+		if ((err = process_agent(c)))
+			return err;
+	}
+}
+
+/* ---- module entry points ------------------------------------------------------ */
+
+static void audit_conn_open(struct conn *c, bool allowed, const char *reason)
+{
+	json_t *ev = enforcer_conn_event(c, allowed ? 1 : 5, allowed ? "Open" : "Refuse");
+
+	if (!allowed)
+		enforcer_count_refused(c);
+	else
+		c->opened = true;
+	if (!ev)
+		return;
+	unmapped_set(ev, "tls_intercepted", json_boolean(st(c)->agent_tls));
+	audit_add_verdict(ev, allowed, c->would_deny, enforcer_rule_name(c), reason);
+	audit_emit(ev);
+}
+
+static int http_start(struct conn *c)
+{
+	const struct policy_target *t = target(c);
+	struct http_state *s = calloc(1, sizeof(*s));
+
+	if (!s)
+		return -ENOMEM;
+	c->proto_state = s;
+	if (t && t->addr.kind == ADDR_HOST)
+		snprintf(s->host, sizeof(s->host), "%s", t->addr.host);
+	else if (t && t->upstream.server_name)
+		snprintf(s->host, sizeof(s->host), "%s", t->upstream.server_name);
+	else {
+		char ip[64];
+
+		addr_str(c->pair.orig_addr, ip, sizeof(ip));
+		if (strchr(ip, ':'))
+			snprintf(s->host, sizeof(s->host), "[%s]:%u", ip, c->pair.orig_port);
+		else
+			snprintf(s->host, sizeof(s->host), "%s:%u", ip, c->pair.orig_port);
+	}
+	return 0;   /* the first byte says plain HTTP or TLS */
+}
+
+/*
+ * Before stream mode: the agent's first byte decides. It is peeked, not
+ * read, so the TLS handshake (conn.c's) sees the whole ClientHello.
+ */
+static int first_bytes(struct conn *c)
+{
+	struct http_state *s = st(c);
+	uint8_t b;
+	ssize_t n = recv(c->agent.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+	int err;
+
+	if (n < 0)
+		return errno == EAGAIN || errno == EINTR ? 0 : -errno;
+	if (n == 0) {
+		enforcer_conn_closed(c, "the agent closed before sending a request");
+		conn_close(c, false);
+		return 0;
+	}
+	if ((err = conn_stream(c)))
+		return err;
+	if (b == 0x16) {
+		char ip[64];
+		SSL *ssl;
+
+		addr_str(c->pair.orig_addr, ip, sizeof(ip));
+		ssl = local_ca_server_ssl(target(c)->addr.kind == ADDR_HOST ? target(c)->addr.host : ip);
+		if (!ssl) {
+			audit_conn_open(c, false, "the agent speaks TLS to an http target and the local CA is not available");
+			conn_refuse(c);
+			return 0;
+		}
+		s->agent_tls = true;
+		if ((err = conn_tls(c, SIDE_AGENT, ssl, true)))
+			return err;
+	}
+	audit_conn_open(c, true, c->deny_reason);
+	return conn_connect_upstream(c);
+}
+
+static int http_on_agent_data(struct conn *c)
+{
+	if (!c->streaming)
+		return first_bytes(c);
+	return process_agent(c);
+}
+
+static int http_on_upstream_data(struct conn *c)
+{
+	struct http_state *s = st(c);
+	int err;
+
+	if (!s->up_connected) {
+		SSL *ssl;
+		char why[200];
+
+		s->up_connected = true;
+		if ((err = http_upstream_ssl(c->policy, c->target_idx, &ssl, why, sizeof(why)))) {
+			upstream_gone(c, "upstream TLS is misconfigured");
+			log_err("http: target '%s': %s", target(c)->name, why);
+			return flush_local(c);
+		}
+		if (ssl) {
+			s->up_tls = true;
+			return conn_tls(c, SIDE_UP, ssl, false);
+		}
+		s->up_ready = true;
+		return process_agent(c);
+	}
+	if (!s->up_ready && s->up_tls) {
+		if (!conn_tls_ready(c, SIDE_UP))
+			return 0;
+		s->up_ready = true;
+		if ((err = process_agent(c)))
+			return err;
+	}
+	return process_upstream(c);
+}
+
+static void http_on_upstream_fail(struct conn *c, int err)
+{
+	log_debug("http: upstream %s: %s", c->upstream_desc, strerror(-err));
+	upstream_gone(c, "the upstream is not reachable");
+	/* requests parsed while dialling were held; answer them now */
+	if (process_agent(c) < 0)
+		return;
+	flush_local(c);
+	if (!st(c)->qlen)
+		conn_finish(c);
+}
+
+static void http_release(struct conn *c)
+{
+	free(c->proto_state);
+	c->proto_state = NULL;
+}
+
+const struct proto_ops proto_http_ops = {
+	.name = "http",
+	.enforces_rules = true,
+	.start = http_start,
+	.on_agent_data = http_on_agent_data,
+	.on_upstream_data = http_on_upstream_data,
+	.release = http_release,
+	.on_upstream_fail = http_on_upstream_fail,
+};
