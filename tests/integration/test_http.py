@@ -1,0 +1,614 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The http module: real clients (curl, raw sockets) inside an agent cgroup,
+through the kernel redirect, to a real nginx and to a raw recording upstream
+that keeps the exact bytes it received. Every case of cases/http.txt checks
+both the answer and what the upstream got."""
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import textwrap
+import time
+
+import pytest
+
+from conftest import PY, Proc, free_port, wait_for, wait_port
+
+AGENT = "t-http"
+
+# A raw HTTP/1.1 upstream: answers every request it can frame with 200 and
+# "seen METHOD TARGET body=N", and records the bytes of each connection
+# (the first MiB) in DIR/conn-<n>.bin.
+RECORDER = textwrap.dedent(r"""
+    import os, socket, sys, threading, itertools
+    port, d = int(sys.argv[1]), sys.argv[2]
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", port))
+    s.listen(64)
+    ids = itertools.count()
+    def serve(c):
+        n = next(ids)
+        rec = open(os.path.join(d, "conn-%d.bin" % n), "wb", buffering=0)
+        kept = 0
+        buf = b""
+        def more():
+            nonlocal buf, kept
+            data = c.recv(1 << 20)
+            if not data:
+                return False
+            if kept < (1 << 20):
+                rec.write(data[:(1 << 20) - kept])
+                kept += len(data)
+            buf += data
+            return True
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    if not more():
+                        return
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                lines = head.split(b"\r\n")
+                method, target = lines[0].split(b" ")[:2]
+                hdrs = {}
+                for l in lines[1:]:
+                    k, v = l.split(b":", 1)
+                    hdrs[k.strip().lower()] = v.strip()
+                nbody = 0
+                if hdrs.get(b"transfer-encoding", b"").lower() == b"chunked":
+                    while True:
+                        while b"\r\n" not in buf:
+                            if not more():
+                                return
+                        size, buf = buf.split(b"\r\n", 1)
+                        size = int(size.split(b";")[0], 16)
+                        while len(buf) < size + 2:
+                            if not more():
+                                return
+                        nbody += size
+                        buf = buf[size + 2:]
+                        if size == 0:
+                            break
+                else:
+                    left = int(hdrs.get(b"content-length", b"0"))
+                    nbody = left
+                    while left:
+                        if not buf and not more():
+                            return
+                        take = min(left, len(buf))
+                        buf = buf[take:]
+                        left -= take
+                if hdrs.get(b"expect", b"").lower() == b"100-continue":
+                    pass
+                body = b"seen %s %s body=%d\n" % (method, target, nbody)
+                if method == b"HEAD":
+                    body = b""
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
+                          % (len(body) if method != b"HEAD" else 99, body))
+        except (OSError, ValueError):
+            pass
+        finally:
+            c.close()
+    while True:
+        c, a = s.accept()
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+""")
+
+
+class Recorder:
+    def __init__(self, tmp, procs):
+        self.dir = os.path.join(tmp, f"rec-{time.time_ns()}")
+        os.makedirs(self.dir)
+        self.port = free_port()
+        procs.append(Proc([PY, "-c", RECORDER, str(self.port), self.dir]))
+        wait_port("127.0.0.1", self.port)
+        time.sleep(0.05)
+        self.reset()
+
+    def reset(self):
+        for f in os.listdir(self.dir):
+            os.unlink(os.path.join(self.dir, f))
+
+    def received(self):
+        """Bytes received per connection, in connection order."""
+        out = []
+        names = sorted(os.listdir(self.dir), key=lambda f: int(f[5:-4]))
+        for f in names:
+            with open(os.path.join(self.dir, f), "rb") as fh:
+                out.append(fh.read())
+        return out
+
+    def all(self):
+        return b"".join(self.received())
+
+
+def policy(port, rules='"GET /v1/invoices", "GET /v1/invoices/*"', upstream="server_name: api.internal",
+           extra_rule="", mode="enforce"):
+    return f"""
+    version: 1
+    mode: {mode}
+    agents: [{{name: {AGENT}}}]
+    targets:
+      - name: api
+        protocol: http
+        address: 127.0.0.1:{port}
+        upstream: {{{upstream}}}
+    roles:
+      - name: reader
+        rules:
+          - target: api
+            allow: {{http: [{rules}]}}
+            {extra_rule}
+    bindings: [{{role: reader, agents: [{AGENT}]}}]
+    """
+
+
+# A raw client inside the agent's cgroup: sends the bytes (optionally in
+# steps, waiting between), reads until EOF or a timeout, prints hex.
+RAW_CLIENT = r"""
+import socket, sys, time, binascii
+port = int(sys.argv[1])
+parts = [binascii.unhexlify(p) for p in sys.argv[2].split(",")]
+wait = float(sys.argv[3]) if len(sys.argv) > 3 else 0.3
+s = socket.create_connection(("127.0.0.1", port), timeout=5)
+out = b""
+for i, p in enumerate(parts):
+    s.sendall(p)
+    if i + 1 < len(parts):
+        time.sleep(wait)
+        s.setblocking(False)
+        try:
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    break
+                out += d
+        except (BlockingIOError, ConnectionResetError):
+            pass
+        s.setblocking(True)
+        s.settimeout(5)
+s.settimeout(1.5)
+try:
+    while True:
+        d = s.recv(65536)
+        if not d:
+            out += b"<EOF>"
+            break
+        out += d
+except socket.timeout:
+    out += b"<OPEN>"
+except ConnectionResetError:
+    out += b"<RST>"
+print(binascii.hexlify(out).decode())
+"""
+
+
+def raw(enforcer, port, *parts, wait=0.3):
+    arg = ",".join(p.hex() for p in parts)
+    r = enforcer.exec(AGENT, [PY, "-c", RAW_CLIENT, str(port), arg, str(wait)])
+    assert r.returncode == 0, r.stderr
+    return bytes.fromhex(r.stdout.strip())
+
+
+def crlf(s):
+    return s.replace("⏎", "\r\n").encode()
+
+
+def responses(data):
+    """Split a byte stream into (status, headers, body) using Content-Length."""
+    out = []
+    while data.startswith(b"HTTP/1.1 "):
+        head, data = data.split(b"\r\n\r\n", 1)
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split()[1])
+        hdrs = {}
+        for l in lines[1:]:
+            k, v = l.split(b":", 1)
+            hdrs[k.strip().lower().decode()] = v.strip().decode()
+        n = int(hdrs.get("content-length", "0"))
+        out.append((status, hdrs, data[:n]))
+        data = data[n:]
+    return out, data
+
+
+@pytest.fixture
+def rec(tmp, servers):
+    return Recorder(tmp, servers.procs)
+
+
+def http_events(enforcer):
+    return [e for e in enforcer.events() if e.get("class_uid") == 4002]
+
+
+# ---- cases/http.txt ------------------------------------------------------
+
+DENY_400 = {
+    "H03": "GET /v1/invoices/../admin/users HTTP/1.1⏎Host: api.internal⏎⏎",
+    "H05": "GET /v1/invoices/..%2fadmin/users HTTP/1.1⏎Host: api.internal⏎⏎",
+    "H07": "GET /v1/invoices/%252e%252e/admin HTTP/1.1⏎Host: api.internal⏎⏎",
+    "H09": "GET /v1/invoices\\..\\admin HTTP/1.1⏎Host: api.internal⏎⏎",
+    "H11": "GET /v1//invoices/42 HTTP/1.1⏎Host: api.internal⏎⏎",
+    "H13": "GET /v1/invoices/42%00.json HTTP/1.1⏎Host: api.internal⏎⏎",
+    "H15": "GET /v1/invoices/42#/../../admin HTTP/1.1⏎Host: api.internal⏎⏎",
+    "H19": "GET http://evil.internal/v1/invoices/42 HTTP/1.1⏎Host: api.internal⏎⏎",
+    "H21": "POST /v1/invoices HTTP/1.1⏎Host: api.internal⏎Content-Length: 4⏎Transfer-Encoding: chunked⏎⏎0⏎⏎",
+    "H23": "POST /v1/invoices HTTP/1.1⏎Host: api.internal⏎Transfer-Encoding : chunked⏎⏎0⏎⏎",
+    "H25": "POST /v1/invoices HTTP/1.1⏎Host: api.internal⏎Content-Length: +4⏎⏎abcd",
+    "H27": "GET /v1/invoices/42 HTTP/1.1⏎Host: api.internal⏎X-A: b⏎ folded⏎⏎",
+    # ways around: the Host must be the target's, bare LF, a second Host
+    "host-other": "GET /v1/invoices/42 HTTP/1.1⏎Host: evil.internal⏎⏎",
+    "host-dup": "GET /v1/invoices/42 HTTP/1.1⏎Host: api.internal⏎Host: evil.internal⏎⏎",
+    "bare-lf": "GET /v1/invoices/42 HTTP/1.1\nHost: api.internal\n\n",
+    "semicolon": "GET /v1/invoices/42/..;/..;/admin HTTP/1.1⏎Host: api.internal⏎⏎",
+    "overlong": "GET /v1/invoices/%C0%AE%C0%AE/admin HTTP/1.1⏎Host: api.internal⏎⏎",
+    "enc-backslash": "GET /v1/invoices/%5c..%5cadmin HTTP/1.1⏎Host: api.internal⏎⏎",
+}
+
+
+def test_cases_deny_400(enforcer, rec):
+    enforcer.start(policy(rec.port))
+    for cid, req in DENY_400.items():
+        rec.reset()
+        # a valid request pipelined behind it must not be answered or forwarded
+        out = raw(enforcer, rec.port, crlf(req) + crlf("GET /v1/invoices/1 HTTP/1.1⏎Host: api.internal⏎⏎"))
+        rs, rest = responses(out)
+        assert len(rs) == 1, (cid, out)
+        status, hdrs, body = rs[0]
+        assert status == 400, (cid, out)
+        assert hdrs["connection"] == "close", cid
+        assert json.loads(body)["error"] == "agentgate: denied", cid
+        assert json.loads(body)["reason"], cid
+        assert rest == b"<EOF>", (cid, out)
+        time.sleep(0.05)
+        assert rec.all() == b"", (cid, rec.received())
+
+
+def test_h01_h17_allowed_forward_canonical(enforcer, rec):
+    enforcer.start(policy(rec.port))
+    out = raw(enforcer, rec.port, crlf("GET /v1/invoices/42 HTTP/1.1⏎Host: api.internal⏎⏎"))
+    rs, rest = responses(out)
+    assert [r[0] for r in rs] == [200] and rs[0][2] == b"seen GET /v1/invoices/42 body=0\n"
+    assert rest == b"<OPEN>"   # keep-alive
+    assert rec.all() == b"GET /v1/invoices/42 HTTP/1.1\r\nHost: api.internal\r\n\r\n"
+    rec.reset()
+    out = raw(enforcer, rec.port, crlf("GET /v1/invoices/42?next=/../../admin HTTP/1.1⏎Host: api.internal⏎⏎"))
+    assert responses(out)[0][0][0] == 200
+    assert rec.all() == b"GET /v1/invoices/42?next=/../../admin HTTP/1.1\r\nHost: api.internal\r\n\r\n"
+    rec.reset()
+    # decoded once: what is forwarded is the canonical form that was judged
+    out = raw(enforcer, rec.port, crlf("GET /v1/%69nvoices/%34%32 HTTP/1.1⏎Host: API.internal⏎⏎"))
+    assert responses(out)[0][0][0] == 200
+    assert rec.all() == b"GET /v1/invoices/42 HTTP/1.1\r\nHost: api.internal\r\n\r\n"
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4002)
+    assert ev and ev["http_request"]["http_method"] == "GET"
+    assert ev["http_request"]["url"]["path"] == "/v1/invoices/42"
+    assert ev["http_response"]["code"] == 200 and ev["disposition"] == "Allowed"
+    assert ev["unmapped"]["agent"]["name"] == AGENT and ev["unmapped"]["target"] == "api"
+    assert "reader" in ev["unmapped"]["rule"] if "rule" in ev["unmapped"] else True
+
+
+def test_h29_pipelined_in_order(enforcer, rec):
+    enforcer.start(policy(rec.port))
+    req = ("GET /v1/invoices/1 HTTP/1.1⏎Host: api.internal⏎⏎DELETE /v1/invoices/1 HTTP/1.1⏎Host: api.internal⏎⏎"
+           "GET /v1/invoices/2 HTTP/1.1⏎Host: api.internal⏎⏎DELETE /v1/admin HTTP/1.1⏎Host: api.internal⏎⏎"
+           "GET /v1/invoices HTTP/1.1⏎Host: api.internal⏎⏎")
+    out = raw(enforcer, rec.port, crlf(req))
+    rs, rest = responses(out)
+    assert [r[0] for r in rs] == [200, 403, 200, 403, 200], out
+    assert rs[0][2] == b"seen GET /v1/invoices/1 body=0\n"
+    assert rs[2][2] == b"seen GET /v1/invoices/2 body=0\n"
+    assert rs[4][2] == b"seen GET /v1/invoices body=0\n"
+    deny = json.loads(rs[1][2])
+    assert deny["error"] == "agentgate: denied" and deny["reason"] == "no rule allows this method and path"
+    assert rest == b"<OPEN>"
+    assert b"DELETE" not in rec.all()
+    assert rec.all().count(b"GET ") == 3
+
+
+def test_h31_expect_denied_before_body(enforcer, rec):
+    enforcer.start(policy(rec.port))
+    head = crlf("POST /v1/admin/users HTTP/1.1⏎Host: api.internal⏎Expect: 100-continue⏎Content-Length: 5⏎⏎")
+    out = raw(enforcer, rec.port, head, b"hello")
+    assert not out.startswith(b"HTTP/1.1 100"), out
+    rs, rest = responses(out)
+    assert [r[0] for r in rs] == [403] and rs[0][1]["connection"] == "close"
+    assert rest in (b"<EOF>", b"<RST>")
+    assert rec.all() == b""
+
+
+def test_expect_allowed_gets_upstream_continue(enforcer, rec):
+    enforcer.start(policy(rec.port, rules='"POST /v1/invoices"'))
+    head = crlf("POST /v1/invoices HTTP/1.1⏎Host: api.internal⏎Expect: 100-continue⏎Content-Length: 5⏎⏎")
+    out = raw(enforcer, rec.port, head, b"hello")
+    rs, rest = responses(out)
+    assert rs and rs[-1][0] == 200 and rs[-1][2] == b"seen POST /v1/invoices body=5\n", out
+    assert rec.all().endswith(b"\r\n\r\nhello")
+
+
+def test_h33_connect_denied(enforcer, rec):
+    enforcer.start(policy(rec.port, rules='"* /**"'))
+    out = raw(enforcer, rec.port, crlf("CONNECT api.internal:443 HTTP/1.1⏎Host: api.internal:443⏎⏎"))
+    rs, rest = responses(out)
+    assert [r[0] for r in rs] == [403]
+    assert "CONNECT" in json.loads(rs[0][2])["reason"]
+    assert rec.all() == b""
+
+
+def test_h35_header_hygiene_and_credential(enforcer, rec, tmp):
+    tok = os.path.join(tmp, "token")
+    with open(tok, "w") as f:
+        f.write("s3cr3t-upstream-token\n")
+    os.chmod(tok, 0o600)
+    enforcer.start(policy(rec.port, upstream=f"server_name: api.internal, bearer_token_file: {tok}"))
+    req = ("GET /v1/invoices/42 HTTP/1.1⏎Host: api.internal⏎X-HTTP-Method-Override: DELETE⏎"
+           "Authorization: Bearer agent-token⏎Cookie: a=b⏎X-Forwarded-For: 1.2.3.4⏎Forwarded: for=x⏎"
+           "Proxy-Authorization: Basic eA==⏎Impersonate-User: admin⏎X-Remote-User: admin⏎"
+           "X-Method-Override: PUT⏎Connection: keep-alive, X-Secret⏎X-Secret: 1⏎Keep-Alive: 5⏎TE: trailers⏎"
+           "Accept: application/json⏎X-Kept: yes⏎⏎")
+    out = raw(enforcer, rec.port, crlf(req))
+    assert responses(out)[0][0][0] == 200
+    assert rec.all() == (b"GET /v1/invoices/42 HTTP/1.1\r\nHost: api.internal\r\n"
+                         b"Accept: application/json\r\nX-Kept: yes\r\n"
+                         b"Authorization: Bearer s3cr3t-upstream-token\r\n\r\n")
+    # the secret is in no audit line and no log line
+    time.sleep(0.4)
+    with open(enforcer.audit) as f:
+        assert "s3cr3t" not in f.read()
+    assert "s3cr3t" not in enforcer.read_log()
+
+
+def test_basic_and_header_credentials(enforcer, rec, tmp):
+    b = os.path.join(tmp, "basic")
+    with open(b, "w") as f:
+        f.write("user:pa ss\n")
+    enforcer.start(policy(rec.port, upstream=f"server_name: api.internal, basic_auth_file: {b}"))
+    raw(enforcer, rec.port, crlf("GET /v1/invoices HTTP/1.1⏎Host: api.internal⏎⏎"))
+    assert b"\r\nAuthorization: Basic dXNlcjpwYSBzcw==\r\n" in rec.all()
+
+
+def test_missing_credential_fails_closed(enforcer, rec, tmp):
+    enforcer.start(policy(rec.port, upstream=f"server_name: api.internal, bearer_token_file: {tmp}/nope"))
+    out = raw(enforcer, rec.port, crlf("GET /v1/invoices HTTP/1.1⏎Host: api.internal⏎⏎"))
+    rs, _ = responses(out)
+    assert [r[0] for r in rs] == [502]
+    assert "bearer_token_file" in json.loads(rs[0][2])["reason"]
+    assert rec.all() == b""
+
+
+def test_chunked_request_reencoded(enforcer, rec):
+    enforcer.start(policy(rec.port, rules='"POST /v1/invoices"'))
+    req = crlf("POST /v1/invoices HTTP/1.1⏎Host: api.internal⏎Transfer-Encoding: chunked⏎⏎"
+               "5;ext=1⏎hello⏎6⏎ world⏎0⏎X-T: 1⏎⏎")
+    out = raw(enforcer, rec.port, req)
+    rs, _ = responses(out)
+    assert rs[0][2] == b"seen POST /v1/invoices body=11\n"
+    assert rec.all() == (b"POST /v1/invoices HTTP/1.1\r\nHost: api.internal\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+
+
+def test_denied_body_dropped_keepalive(enforcer, rec):
+    enforcer.start(policy(rec.port))
+    req = crlf("POST /v1/admin HTTP/1.1⏎Host: api.internal⏎Content-Length: 11⏎⏎GET /x HTTP")
+    req += crlf("GET /v1/invoices/9 HTTP/1.1⏎Host: api.internal⏎⏎")
+    out = raw(enforcer, rec.port, req)
+    rs, rest = responses(out)
+    assert [r[0] for r in rs] == [403, 200]
+    assert rec.all() == b"GET /v1/invoices/9 HTTP/1.1\r\nHost: api.internal\r\n\r\n"
+
+
+def test_half_close_still_answered(enforcer, rec):
+    enforcer.start(policy(rec.port))
+    code = f"""
+    import socket
+    s = socket.create_connection(("127.0.0.1", {rec.port}), timeout=5)
+    s.sendall(b"GET /v1/invoices/1 HTTP/1.1\\r\\nHost: api.internal\\r\\n\\r\\nGET /v1/admin HTTP/1.1\\r\\nHost: api.internal\\r\\n\\r\\n")
+    s.shutdown(socket.SHUT_WR)
+    out = b""
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        out += d
+    print(out.hex())
+    """
+    r = enforcer.py(AGENT, code)
+    assert r.returncode == 0, r.stderr
+    rs, rest = responses(bytes.fromhex(r.stdout.strip()))
+    assert [x[0] for x in rs] == [200, 403] and rest == b""
+
+
+def test_http10_host_from_target_and_close(enforcer, rec):
+    enforcer.start(policy(rec.port))
+    out = raw(enforcer, rec.port, b"GET /v1/invoices/5 HTTP/1.0\r\n\r\n")
+    rs, rest = responses(out)
+    assert [r[0] for r in rs] == [200] and rs[0][1].get("connection") == "close"
+    assert rest == b"<EOF>"
+    assert rec.all() == b"GET /v1/invoices/5 HTTP/1.1\r\nHost: api.internal\r\n\r\n"
+
+
+def test_upgrade_needs_upgrade_rule(enforcer, rec):
+    enforcer.start(policy(rec.port, rules='"GET /ws"'))
+    out = raw(enforcer, rec.port, crlf("GET /ws HTTP/1.1⏎Host: api.internal⏎Connection: Upgrade⏎Upgrade: websocket⏎⏎"))
+    rs, _ = responses(out)
+    assert [r[0] for r in rs] == [403] and "UPGRADE" in json.loads(rs[0][2])["reason"]
+    out = raw(enforcer, rec.port, crlf("GET /ws HTTP/1.1⏎Host: api.internal⏎Connection: Upgrade⏎Upgrade: h2c⏎"
+                                       "HTTP2-Settings: AAMAAABkAAQAAP__⏎⏎"))
+    rs, _ = responses(out)
+    assert [r[0] for r in rs] == [403]
+    assert rec.all() == b""
+
+
+def test_observe_mode_forwards_and_marks(enforcer, rec):
+    enforcer.start(policy(rec.port, mode="observe"))
+    out = raw(enforcer, rec.port, crlf("DELETE /v1/invoices/1 HTTP/1.1⏎Host: api.internal⏎⏎"))
+    assert responses(out)[0][0][0] == 200
+    assert rec.all().startswith(b"DELETE /v1/invoices/1 HTTP/1.1\r\n")
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4002 and
+                             e["http_request"]["http_method"] == "DELETE")
+    assert ev and ev["unmapped"].get("verdict") in ("would_deny", "allow") and ev["status_id"] == 1
+    # malformed requests are refused even in observe mode: they have no single meaning
+    out = raw(enforcer, rec.port, crlf("GET /v1/../admin HTTP/1.1⏎Host: api.internal⏎⏎"))
+    assert responses(out)[0][0][0] == 400
+
+
+def test_denied_audited(enforcer, rec):
+    enforcer.start(policy(rec.port))
+    raw(enforcer, rec.port, crlf("DELETE /v1/invoices/1 HTTP/1.1⏎Host: api.internal⏎⏎"))
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4002)
+    assert ev["disposition"] != "Allowed" and ev["http_response"]["code"] == 403
+    assert ev["http_request"]["http_method"] == "DELETE" and ev["activity_name"] == "Delete"
+
+
+# ---- real nginx, real curl --------------------------------------------------
+
+NGINX_CONF = """
+daemon off;
+user root root;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 256; }}
+http {{
+    access_log {d}/access.log;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 100000;
+    server {{
+        listen 127.0.0.1:{port};
+        {tls}
+        root {d}/www;
+        location /v1/upload {{ client_max_body_size 0; return 200 "ok $content_length\\n"; }}
+        location / {{ }}
+    }}
+}}
+"""
+
+
+def nginx(tmp, procs, tls=None):
+    d = os.path.join(tmp, f"nginx-{time.time_ns()}")
+    os.makedirs(os.path.join(d, "www", "v1", "invoices"))
+    with open(os.path.join(d, "www", "v1", "invoices", "42"), "w") as f:
+        f.write('{"id": 42}\n')
+    with open(os.path.join(d, "www", "v1", "secret"), "w") as f:
+        f.write("secret\n")
+    port = free_port()
+    tls_conf = ""
+    if tls:
+        port_line = f"listen 127.0.0.1:{port} ssl;"
+        tls_conf = f"ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]};"
+    conf = os.path.join(d, "nginx.conf")
+    with open(conf, "w") as f:
+        text = NGINX_CONF.format(d=d, port=port, tls=tls_conf)
+        if tls:
+            text = text.replace(f"listen 127.0.0.1:{port};", port_line)
+        f.write(text)
+    procs.append(Proc(["nginx", "-c", conf, "-p", d], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    wait_port("127.0.0.1", port)
+    return port, d
+
+
+def curl(enforcer, *args, timeout=60):
+    r = enforcer.exec(AGENT, ["curl", "-s", "-S", *args], timeout=timeout)
+    return r
+
+
+def test_nginx_curl_allowed_denied_keepalive(enforcer, servers, tmp):
+    port, d = nginx(tmp, servers.procs)
+    enforcer.start(policy(port, upstream=""))
+    base = f"http://127.0.0.1:{port}"
+    r = curl(enforcer, "-w", "\\n%{http_code} %{num_connects}\\n", f"{base}/v1/invoices/42",
+             f"{base}/v1/secret", f"{base}/v1/invoices/42")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.split("\n")
+    assert lines[0] == '{"id": 42}' and lines[2] == "200 1", r.stdout
+    assert json.loads(lines[3])["error"] == "agentgate: denied" and lines[5] == "403 0", r.stdout
+    assert lines[6] == '{"id": 42}' and lines[8] == "200 0", r.stdout
+    with open(os.path.join(d, "access.log")) as f:
+        log = f.read()
+    assert "/v1/secret" not in log and log.count("/v1/invoices/42") == 2
+
+
+def test_nginx_large_bodies_streamed(enforcer, servers, tmp):
+    port, d = nginx(tmp, servers.procs)
+    big = os.path.join(d, "www", "v1", "big")
+    with open(big, "wb") as f:
+        f.write(os.urandom(50 << 20))
+    with open(big, "rb") as f:
+        want = hashlib.sha256(f.read()).hexdigest()
+    enforcer.start(policy(port, upstream="", rules='"GET /v1/big", "POST /v1/upload"'))
+    out = os.path.join(tmp, "got")
+    r = curl(enforcer, "-o", out, f"http://127.0.0.1:{port}/v1/big")
+    assert r.returncode == 0, r.stderr
+    with open(out, "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == want
+    r = curl(enforcer, "--data-binary", f"@{big}", f"http://127.0.0.1:{port}/v1/upload")
+    assert r.returncode == 0 and r.stdout == f"ok {50 << 20}\n", (r.stdout, r.stderr)
+    # chunked upload of the same file
+    r = curl(enforcer, "-H", "Transfer-Encoding: chunked", "--data-binary", f"@{big}",
+             f"http://127.0.0.1:{port}/v1/upload")
+    assert r.returncode == 0 and r.stdout.startswith("ok"), (r.stdout, r.stderr)
+    rss = int(open(f"/proc/{enforcer.proc.p.pid}/status").read().split("VmHWM:")[1].split()[0])
+    assert rss < 200 * 1024, f"peak RSS {rss} KiB: a body was buffered whole?"
+
+
+def make_ca(tmp, name, cn="api.internal"):
+    ca_key, ca_crt = os.path.join(tmp, f"{name}-ca.key"), os.path.join(tmp, f"{name}-ca.crt")
+    key, csr, crt = (os.path.join(tmp, f"{name}.{x}") for x in ("key", "csr", "crt"))
+    run = lambda *a: subprocess.run(a, check=True, capture_output=True)
+    run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", ca_key, "-out", ca_crt, "-days", "1", "-subj", f"/CN={name} test CA")
+    run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", key,
+        "-out", csr, "-subj", f"/CN={cn}")
+    ext = os.path.join(tmp, f"{name}.ext")
+    with open(ext, "w") as f:
+        f.write(f"subjectAltName=DNS:{cn}\n")
+    run("openssl", "x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key, "-CAcreateserial",
+        "-out", crt, "-days", "1", "-extfile", ext)
+    return ca_crt, crt, key
+
+
+def test_upstream_tls_verified_and_failure(enforcer, servers, tmp):
+    ca, crt, key = make_ca(tmp, "up")
+    other_ca, _, _ = make_ca(tmp, "other")
+    port, d = nginx(tmp, servers.procs, tls=(crt, key))
+    front = free_port()
+    up = f"address: 127.0.0.1:{port}, tls: verify-full, ca_file: {ca}, server_name: api.internal"
+    enforcer.start(policy(front, upstream=up))
+    r = curl(enforcer, "-H", "Host: api.internal", f"http://127.0.0.1:{front}/v1/invoices/42")
+    assert r.returncode == 0 and r.stdout == '{"id": 42}\n', (r.stdout, r.stderr)
+    enforcer.stop()
+    enforcer.start(policy(front, upstream=f"address: 127.0.0.1:{port}, tls: verify-full, ca_file: {other_ca}, "
+                                          "server_name: api.internal"))
+    r = curl(enforcer, "-H", "Host: api.internal", f"http://127.0.0.1:{front}/v1/invoices/42")
+    assert r.returncode != 0 or not r.stdout.startswith('{"id"'), r.stdout
+    assert wait_for(lambda: "certificate verify failed" in json.dumps(enforcer.events()), 3), enforcer.events()
+    # a wrong name fails too
+    enforcer.stop()
+    enforcer.start(policy(front, upstream=f"address: 127.0.0.1:{port}, tls: verify-full, ca_file: {ca}, "
+                                          "server_name: other.internal"))
+    r = curl(enforcer, "-H", "Host: other.internal", f"http://127.0.0.1:{front}/v1/invoices/42")
+    assert r.returncode != 0 or not r.stdout.startswith('{"id"'), r.stdout
+
+
+def test_agent_tls_intercepted_with_local_ca(enforcer, servers, tmp):
+    port, d = nginx(tmp, servers.procs)
+    enforcer.start(policy(port, upstream=""))
+    ca_state = enforcer.status().get("local_ca")
+    assert ca_state and os.path.exists(ca_state)
+    # exec hides the state directory from the agent: it trusts a copy
+    ca = os.path.join(tmp, "local-ca.crt")
+    with open(ca_state) as f, open(ca, "w") as g:
+        g.write(f.read())
+    r = curl(enforcer, "--cacert", ca, f"https://127.0.0.1:{port}/v1/invoices/42")
+    assert r.returncode == 0 and r.stdout == '{"id": 42}\n', (r.stdout, r.stderr)
+    r = curl(enforcer, "--cacert", ca, f"https://127.0.0.1:{port}/v1/secret")
+    assert r.returncode == 0 and json.loads(r.stdout)["error"] == "agentgate: denied"
+    # without trusting the local CA the agent's TLS fails
+    r = curl(enforcer, f"https://127.0.0.1:{port}/v1/invoices/42")
+    assert r.returncode != 0
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4002 and e["unmapped"].get("tls_intercepted"))
+    assert ev
