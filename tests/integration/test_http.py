@@ -285,7 +285,8 @@ def test_h01_h17_allowed_forward_canonical(enforcer, rec):
     assert ev["http_request"]["url"]["path"] == "/v1/invoices/42"
     assert ev["http_response"]["code"] == 200 and ev["disposition"] == "Allowed"
     assert ev["unmapped"]["agent"]["name"] == AGENT and ev["unmapped"]["target"] == "api"
-    assert "reader" in ev["unmapped"]["rule"] if "rule" in ev["unmapped"] else True
+    assert ev["unmapped"]["rule"].startswith("role 'reader' rule 1 (line ")
+    assert ev["unmapped"]["verdict"] == "allow" and ev["traffic"]["bytes_in"] > 0
 
 
 def test_h29_pipelined_in_order(enforcer, rec):
@@ -446,7 +447,8 @@ def test_observe_mode_forwards_and_marks(enforcer, rec):
     assert rec.all().startswith(b"DELETE /v1/invoices/1 HTTP/1.1\r\n")
     ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4002 and
                              e["http_request"]["http_method"] == "DELETE")
-    assert ev and ev["unmapped"].get("verdict") in ("would_deny", "allow") and ev["status_id"] == 1
+    assert ev and ev["unmapped"]["verdict"] == "would_deny" and ev["status_id"] == 1
+    assert ev["unmapped"]["reason"] == "no rule allows this method and path"
     # malformed requests are refused even in observe mode: they have no single meaning
     out = raw(enforcer, rec.port, crlf("GET /v1/../admin HTTP/1.1⏎Host: api.internal⏎⏎"))
     assert responses(out)[0][0][0] == 400
@@ -456,7 +458,8 @@ def test_denied_audited(enforcer, rec):
     enforcer.start(policy(rec.port))
     raw(enforcer, rec.port, crlf("DELETE /v1/invoices/1 HTTP/1.1⏎Host: api.internal⏎⏎"))
     ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4002)
-    assert ev["disposition"] != "Allowed" and ev["http_response"]["code"] == 403
+    assert ev["disposition"] == "Blocked" and ev["http_response"]["code"] == 403
+    assert ev["unmapped"]["verdict"] == "deny" and ev["status_detail"] == "no rule allows this method and path"
     assert ev["http_request"]["http_method"] == "DELETE" and ev["activity_name"] == "Delete"
 
 
