@@ -593,6 +593,22 @@ size_t enforcer_user_rules_for(int idx, const struct ident_principal *user, int 
 	return n;
 }
 
+int enforcer_user_verify(int idx, const char *tok, size_t len, struct ident_principal *user,
+			 char *why, size_t whylen)
+{
+	struct ident_principal agent;
+
+	memset(user, 0, sizeof(*user));
+	if (!E->policy->agents[idx].accept_user_tokens) {
+		snprintf(why, whylen, "agent '%s' does not accept user tokens (accept_user_tokens)",
+			 E->policy->agents[idx].name);
+		return -EPERM;
+	}
+	enforcer_principal(idx, &agent);
+	return ident_user_verify(E->agents[idx].ident, tok, len, agent.verified ? agent.sub : NULL,
+				 user, why, whylen);
+}
+
 bool enforcer_may_target(int idx, int t)
 {
 	return E->policy->agents[idx].may_target[t] ||

@@ -152,6 +152,17 @@ size_t enforcer_rules_for(int idx, int t, const struct policy_rule **out, size_t
 size_t enforcer_user_rules_for(int idx, const struct ident_principal *user, int t,
 			       const struct policy_rule **out, size_t max);
 
+/*
+ * Delegation: verify a user token agent idx presented in-band (see
+ * ident_user_verify: the agent's issuer and audience, cached keys only,
+ * act.sub must be the agent's verified sub). -EPERM when the agent does not
+ * accept user tokens. The caller intersects: a request is allowed only if
+ * the agent's rules (enforcer_rules_for) and the user's
+ * (enforcer_user_rules_for) both allow it. Thread-safe.
+ */
+int enforcer_user_verify(int idx, const char *tok, size_t len, struct ident_principal *user,
+			 char *why, size_t whylen);
+
 /* Index of the agent whose cgroup (path inside the hierarchy) contains rel, or -1. */
 int enforcer_agent_of_cgroup(const char *rel);
 
