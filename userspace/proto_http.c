@@ -70,6 +70,8 @@ struct hreq {                      /* a request in flight, answered in order */
 	int status;
 	const char *reason;            /* static text, or NULL */
 	char rule[96];
+	char user[64];                 /* the delegating user's sub, "" none */
+	char why[160];                 /* a reason built for this request */
 	char method[HTTP_METHOD_MAX + 1];
 	char path[AUDIT_PATH_MAX];
 	uint64_t t0_ms, req_bytes, resp_bytes;
@@ -93,6 +95,7 @@ struct http_state {
 	bool up_connected, up_tls, up_ready, up_failed;
 	bool agent_tls;
 	char host[256];                /* the target's name for Host when the agent sends none */
+	struct ident_principal user;   /* scratch: the delegating user of the request being judged */
 };
 
 static struct http_state *st(struct conn *c)
@@ -175,6 +178,8 @@ static void audit_request(struct conn *c, const struct hreq *r)
 	json_object_set_new(ev, "duration", json_integer((json_int_t)(now_ms() - r->t0_ms)));
 	unmapped_set(ev, "target", json_string(target(c) ? target(c)->name : ""));
 	unmapped_set(ev, "tls_intercepted", json_boolean(st(c)->agent_tls));
+	if (r->user[0])
+		unmapped_set(ev, "user", json_pack("{s:s}", "sub", r->user));
 	audit_add_verdict(ev, r->allowed, r->would_deny, r->rule[0] ? r->rule : NULL, r->reason);
 	audit_emit(ev);
 }
@@ -277,38 +282,102 @@ static void rule_desc(const struct policy_rule *r, char *out, size_t outlen)
 	snprintf(out, outlen, "role '%s' rule %d (line %d)", r->role, r->index + 1, r->line);
 }
 
+enum verdict { V_DENY = 0, V_REVIEW, V_ALLOW };
+
+/*
+ * A rule set's verdict on method + path: allow when some rule's allow.http
+ * matches, review when some review.http does; else deny. The deciding rule
+ * is described into rule.
+ */
+static enum verdict judge_rules(const struct policy_rule *const *rules, size_t n, const char *method,
+				size_t mlen, bool upgrade, const char *path, size_t plen, char *rule, size_t rulelen)
+{
+	for (size_t i = 0; i < n; i++)
+		for (size_t k = 0; k < rules[i]->allow.http.n; k++)
+			if (http_rule_match(rules[i]->allow.http.v[k], method, mlen, upgrade, path, plen)) {
+				rule_desc(rules[i], rule, rulelen);
+				return V_ALLOW;
+			}
+	for (size_t i = 0; i < n; i++)
+		for (size_t k = 0; k < rules[i]->review.http.n; k++)
+			if (http_rule_match(rules[i]->review.http.v[k], method, mlen, upgrade, path, plen)) {
+				rule_desc(rules[i], rule, rulelen);
+				return V_REVIEW;
+			}
+	return V_DENY;
+}
+
 /*
  * Allowed when some rule the agent holds for the target allows method on
- * path; review rules send the request to approval, which has not landed:
- * until then that is a denial that says so.
+ * path and, when the agent presented a verified user token (delegation,
+ * DESIGN.md §3), some rule the user holds does too. Review from either
+ * sends the request to approval, which has not landed: until then a denial
+ * that says so.
  */
-static bool decide(struct conn *c, const char *method, size_t mlen, bool upgrade, const char *path,
-		   size_t plen, struct hreq *r)
+static bool decide(struct conn *c, const struct ident_principal *user, const char *method, size_t mlen,
+		   bool upgrade, const char *path, size_t plen, struct hreq *r)
 {
 	const struct policy_rule *rules[ENFORCER_MAX_RULES];
 	size_t n = c->agent_idx >= 0 ? enforcer_rules_for(c->agent_idx, c->target_idx, rules,
 							  ENFORCER_MAX_RULES) : 0;
+	enum verdict v, uv = V_ALLOW;
+	char urule[96];
 
 	if (n > ENFORCER_MAX_RULES) {
 		r->reason = "too many rules for this target";
 		return false;
 	}
-	for (size_t i = 0; i < n; i++)
-		for (size_t k = 0; k < rules[i]->allow.http.n; k++)
-			if (http_rule_match(rules[i]->allow.http.v[k], method, mlen, upgrade, path, plen)) {
-				rule_desc(rules[i], r->rule, sizeof(r->rule));
-				return true;
-			}
-	for (size_t i = 0; i < n; i++)
-		for (size_t k = 0; k < rules[i]->review.http.n; k++)
-			if (http_rule_match(rules[i]->review.http.v[k], method, mlen, upgrade, path, plen)) {
-				rule_desc(rules[i], r->rule, sizeof(r->rule));
-				r->reason = "needs approval (review), and approvals are not available yet";
-				return false;
-			}
+	v = judge_rules(rules, n, method, mlen, upgrade, path, plen, r->rule, sizeof(r->rule));
+	if (user && v != V_DENY) {
+		n = enforcer_user_rules_for(c->agent_idx, user, c->target_idx, rules, ENFORCER_MAX_RULES);
+		if (n > ENFORCER_MAX_RULES) {
+			r->reason = "too many rules for this target";
+			return false;
+		}
+		uv = judge_rules(rules, n, method, mlen, upgrade, path, plen, urule, sizeof(urule));
+		if (uv == V_DENY) {
+			r->reason = "the delegating user's roles do not allow this method and path";
+			return false;
+		}
+	}
+	if (v == V_ALLOW && uv == V_ALLOW)
+		return true;
+	if (v != V_DENY) {
+		r->reason = "needs approval (review), and approvals are not available yet";
+		return false;
+	}
 	r->reason = upgrade ? "no rule allows this upgrade (an \"UPGRADE /path\" rule is needed)"
 			    : "no rule allows this method and path";
 	return false;
+}
+
+/*
+ * Delegation: an agent that accepts user tokens presents one as
+ * "Authorization: Bearer <token>" (consumed here, never forwarded).
+ * Returns 0 with *has_user set when one was verified, 0 without one, or
+ * -EPERM with why (the request is denied).
+ */
+static int user_token(struct conn *c, const uint8_t *b, const struct http_head *h, struct ident_principal *user,
+		      bool *has_user, char *why, size_t whylen)
+{
+	*has_user = false;
+	if (c->agent_idx < 0 || !c->policy->agents[c->agent_idx].accept_user_tokens)
+		return 0;
+	for (unsigned i = 0; i < h->nf; i++) {
+		const struct http_field *f = &h->f[i];
+
+		if (!http_field_is(b, f, "authorization"))
+			continue;
+		if (*has_user || f->value_len < 8 || strncasecmp((const char *)b + f->value, "Bearer ", 7) != 0) {
+			snprintf(why, whylen, "the user token must be one \"Authorization: Bearer\" field");
+			return -EPERM;
+		}
+		if (enforcer_user_verify(c->agent_idx, (const char *)b + f->value + 7, f->value_len - 7, user,
+					 why, whylen) < 0)
+			return -EPERM;
+		*has_user = true;
+	}
+	return 0;
 }
 
 /* Fields never forwarded, whatever the agent says. */
@@ -483,7 +552,8 @@ static void expect_body(struct http_state *s, struct hreq *r, const struct http_
 static bool judge(struct conn *c, const uint8_t *b, const struct http_head *h, char *path, size_t pathcap,
 		  struct http_target *tg, char *host, size_t hostcap, bool *upgrade, struct hreq *v)
 {
-	bool connect = h->method_len == 7 && memcmp(b + h->method, "CONNECT", 7) == 0, h2c;
+	bool connect = h->method_len == 7 && memcmp(b + h->method, "CONNECT", 7) == 0, h2c, has_user;
+	struct ident_principal *user = &st(c)->user;
 	const char *bad;
 
 	memset(v, 0, sizeof(*v));
@@ -517,7 +587,14 @@ static bool judge(struct conn *c, const uint8_t *b, const struct http_head *h, c
 		v->close_after = true;
 		return false;
 	}
-	if (decide(c, v->method, h->method_len, *upgrade, path, tg->path_len, v)) {
+	if (user_token(c, b, h, user, &has_user, v->why, sizeof(v->why)) < 0) {
+		v->status = 403;
+		v->reason = v->why;
+		return false;
+	}
+	if (has_user)
+		snprintf(v->user, sizeof(v->user), "%s", user->sub);
+	if (decide(c, has_user ? user : NULL, v->method, h->method_len, *upgrade, path, tg->path_len, v)) {
 		v->allowed = true;
 		return true;
 	}
@@ -556,6 +633,8 @@ static int on_request(struct conn *c, const uint8_t *b, const struct http_head *
 	}
 	r = q_push(s);
 	*r = v;
+	if (v.reason == v.why)
+		r->reason = r->why;   /* it pointed into the copy */
 	if (fwd) {
 		r->upgrade = upgrade;
 		err = forward_head(c, b, h, path, tg.path_len, &tg, host, upgrade);
