@@ -1,0 +1,106 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * `agentgate policy explain --agent A --target T "GET /path"` for http
+ * targets: the same canonicalisation and rule matching the http module
+ * applies to a live request, over the rules of roles bound to the agent by
+ * name (claims bindings depend on a token and are named, not judged).
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "http_explain.h"
+#include "http_path.h"
+
+static bool bound_by_name(const struct policy_binding *b, const char *agent)
+{
+	for (size_t i = 0; i < b->agents.n; i++)
+		if (strcmp(b->agents.v[i], agent) == 0)
+			return true;
+	return false;
+}
+
+/* Is the pattern list's match for this request? Prints the first one. */
+static const char *first_match(const struct policy_strv *v, const char *m, size_t ml, bool upgrade,
+			       const char *path, size_t pl)
+{
+	for (size_t k = 0; k < v->n; k++)
+		if (http_rule_match(v->v[k], m, ml, upgrade, path, pl))
+			return v->v[k];
+	return NULL;
+}
+
+int http_explain(const struct policy *p, int ai, int ti, const char *request, FILE *out)
+{
+	const char *agent = p->agents[ai].name, *sp, *pat;
+	char path[4096], method[24];
+	struct http_target tg;
+	bool upgrade = false, claims = false;
+	size_t ml;
+
+	if (!request || !(sp = strchr(request, ' ')) || sp == request || (size_t)(sp - request) >= sizeof(method)) {
+		fprintf(out, "explain: give the request as \"METHOD /path\" (\"UPGRADE /path\" for a WebSocket)\n");
+		return 2;
+	}
+	ml = (size_t)(sp - request);
+	memcpy(method, request, ml);
+	method[ml] = '\0';
+	for (size_t i = 0; i < ml; i++)
+		if (method[i] < 'A' || method[i] > 'Z') {
+			fprintf(out, "deny (400): method is not upper-case letters\n");
+			return 0;
+		}
+	if (strcmp(method, "UPGRADE") == 0) {   /* a GET asking for a WebSocket */
+		upgrade = true;
+		memcpy(method, "GET", 4);
+		ml = 3;
+	}
+	if (strcmp(method, "CONNECT") == 0) {
+		fprintf(out, "deny (403): CONNECT is not allowed (a tunnel cannot be inspected)\n");
+		return 0;
+	}
+	if (http_target_canon((const uint8_t *)sp + 1, strlen(sp + 1), false, path, sizeof(path), &tg) < 0) {
+		fprintf(out, "deny (400): %s\n", tg.error);
+		return 0;
+	}
+	if (tg.form != HTTP_FORM_ORIGIN) {
+		fprintf(out, "explain: give an origin-form path (\"/a/b?q\")\n");
+		return 2;
+	}
+	fprintf(out, "request: %s %s (canonical path '%s')\n", upgrade ? "GET (Upgrade: websocket)" : method,
+		sp + 1, path);
+	for (int pass = 0; pass < 2; pass++) {
+		for (size_t b = 0; b < p->nbindings; b++) {
+			const struct policy_binding *bd = &p->bindings[b];
+			const struct policy_role *role = &p->roles[bd->role_idx];
+
+			if (!bound_by_name(bd, agent)) {
+				claims |= bd->nclaims > 0;
+				continue;
+			}
+			for (size_t r = 0; r < role->nrules; r++) {
+				const struct policy_rule *rl = &role->rules[r];
+
+				if (rl->target_idx != ti)
+					continue;
+				pat = first_match(pass ? &rl->review.http : &rl->allow.http, method, ml, upgrade,
+						  path, tg.path_len);
+				if (!pat)
+					continue;
+				fprintf(out, "%s: role '%s' rule %d (line %d) %s \"%s\"\n",
+					pass ? "review" : "allow", role->name, rl->index + 1, rl->line,
+					pass ? "reviews" : "allows", pat);
+				if (pass)
+					fprintf(out, "note: approvals are not available yet: a review is a 403\n");
+				return 0;
+			}
+		}
+	}
+	fprintf(out, "deny (403): no rule of a role bound to agent '%s' allows %s %s%s\n", agent,
+		upgrade ? "UPGRADE" : method, path,
+		p->mode == POLICY_OBSERVE ? " (observe mode: recorded, not enforced)" : "");
+	if (claims && p->agents[ai].identity.source != IDENT_LOCAL)
+		fprintf(out, "note: roles bound by claims may allow it, depending on the agent's token\n");
+	if (p->agents[ai].accept_user_tokens)
+		fprintf(out, "note: with a user token, the user's roles must allow it too\n");
+	return 0;
+}
