@@ -615,3 +615,46 @@ def test_agent_tls_intercepted_with_local_ca(enforcer, servers, tmp):
     assert r.returncode != 0
     ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4002 and e["unmapped"].get("tls_intercepted"))
     assert ev
+
+
+def test_policy_explain_request_line(tmp):
+    from conftest import AG
+    pol = os.path.join(tmp, "p.yaml")
+    with open(pol, "w") as f:
+        f.write(textwrap.dedent("""
+        version: 1
+        agents: [{name: a}]
+        targets: [{name: api, protocol: http, address: 127.0.0.1:8080}]
+        roles: [{name: reader, rules: [{target: api, allow: {http: ["GET /v1/invoices", "GET /v1/invoices/*"]},
+                                        review: {http: ["DELETE /v1/invoices/*"]}}]}]
+        bindings: [{role: reader, agents: [a]}]
+        """))
+
+    def explain(req):
+        r = subprocess.run([AG, "policy", "explain", "--policy", pol, "--agent", "a", "--target", "api", req],
+                           capture_output=True, text=True)
+        return r.returncode, r.stdout
+
+    rc, out = explain("GET /v1/%69nvoices/42")
+    assert rc == 0 and "canonical path '/v1/invoices/42'" in out
+    assert "allow: role 'reader' rule 1 (line 5) allows \"GET /v1/invoices/*\"" in out
+    rc, out = explain("GET /v1/invoices/../admin")
+    assert out.splitlines()[-1] == "deny (400): dot segment in the path"
+    rc, out = explain("DELETE /v1/invoices/1")
+    assert "review: role 'reader'" in out
+    rc, out = explain("POST /v1/invoices")
+    assert "deny (403): no rule of a role bound to agent 'a' allows POST /v1/invoices" in out
+    rc, out = explain("nonsense")
+    assert rc == 2
+    # a pattern no request can match is refused when the policy loads
+    with open(pol, "w") as f:
+        f.write(textwrap.dedent("""
+        version: 1
+        agents: [{name: a}]
+        targets: [{name: api, protocol: http, address: 127.0.0.1:8080}]
+        roles: [{name: reader, rules: [{target: api, allow: {http: ["GET /v1/../admin"]}}]}]
+        bindings: [{role: reader, agents: [a]}]
+        """))
+    rc, out = explain("GET /v1/x")
+    r = subprocess.run([AG, "policy", "check", pol], capture_output=True, text=True)
+    assert r.returncode != 0 and "dot segment" in r.stdout + r.stderr
