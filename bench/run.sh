@@ -393,4 +393,211 @@ done
 for note in "${NOTES[@]}"; do
 	echo "note: $note"
 done
+
+# ---- HTTP (issue 5) ----------------------------------------------------------
+# wrk against nginx: direct, through nginx as a reverse proxy, through haproxy
+# in mode http, and through agentgate's http module (path rules; JSON masking
+# once the masking library is in), small and 64 KiB responses, side by side.
+# HTTP_BENCH=0 skips it. Runs after the TCP table, with its own enforcer.
+
+HTTP_CONNS=${HTTP_CONNS:-16}
+declare -A HVAL
+HNOTES=()
+NG_PID='' NGP_PID='' HHAP_PID=''
+
+http_stop() {
+	stop_pid "$HHAP_PID"; HHAP_PID=
+	stop_pid "$NGP_PID"; NGP_PID=
+	stop_pid "$NG_PID"; NG_PID=
+}
+
+# http_nginx NAME PORT EXTRA: an nginx with its own prefix in $TMP/NAME.
+http_nginx() {
+	local d=$TMP/$1
+	mkdir -p "$d/www" "$d/tmp"
+	cat >"$d/nginx.conf" <<-EOF
+	daemon off;
+	user root root;
+	worker_processes 1;
+	pid $d/nginx.pid;
+	error_log $d/error.log;
+	events { worker_connections 4096; }
+	http {
+	    access_log off;
+	    client_body_temp_path $d/tmp; proxy_temp_path $d/tmp;
+	    fastcgi_temp_path $d/tmp; uwsgi_temp_path $d/tmp; scgi_temp_path $d/tmp;
+	    keepalive_requests 1000000;
+	    default_type application/json;
+	    $3
+	}
+	EOF
+	nginx -c "$d/nginx.conf" -p "$d" >"$d/out.log" 2>&1 &
+}
+
+http_setup() {
+	command -v wrk >/dev/null || { echo "http bench: wrk not installed"; return 1; }
+	command -v nginx >/dev/null || { echo "http bench: nginx not installed"; return 1; }
+	pick_port; NG_PORT=$PORT
+	pick_port; NGP_PORT=$PORT
+	pick_port; HHAP_PORT=$PORT
+	http_nginx ng "$NG_PORT" "server { listen 127.0.0.1:$NG_PORT; root $TMP/ng/www; }"
+	NG_PID=$!
+	wait_listen "$NG_PORT" "$NG_PID" || { echo "http bench: nginx did not start: $(oneline <"$TMP/ng/error.log")"; return 1; }
+	python3 - "$TMP/ng/www" <<-'EOF'
+	import json, sys
+	d = sys.argv[1]
+	small = {"id": 42, "customer": {"name": "Ada", "email": "ada@example.com"}, "total": 1234}
+	open(d + "/small", "w").write(json.dumps(small))
+	items, big = [], ""
+	while len(big) < 65536:
+	    items.append({"id": len(items), "customer": {"name": "Ada", "email": "ada%d@example.com" % len(items)},
+	                  "card": "4111111111111111", "total": len(items) * 7})
+	    big = json.dumps({"items": items})
+	open(d + "/big", "w").write(big)
+	EOF
+	http_nginx ngp "$NGP_PORT" "upstream up { server 127.0.0.1:$NG_PORT; keepalive 64; }
+	    server { listen 127.0.0.1:$NGP_PORT; location / { proxy_pass http://up; proxy_http_version 1.1;
+	             proxy_set_header Connection \"\"; } }"
+	NGP_PID=$!
+	wait_listen "$NGP_PORT" "$NGP_PID" || HNOTES+=("nginx proxy did not start: $(oneline <"$TMP/ngp/error.log")")
+	if command -v haproxy >/dev/null; then
+		cat >"$TMP/haproxy-http.cfg" <<-EOF
+		global
+		    nbthread $NCPU
+		    maxconn $(( ($(ulimit -Hn) - 256) / 2 > 10000 ? 10000 : ($(ulimit -Hn) - 256) / 2 ))
+		defaults
+		    mode http
+		    option http-keep-alive
+		    http-reuse always
+		    timeout connect 5s
+		    timeout client 60s
+		    timeout server 60s
+		frontend bench
+		    bind 127.0.0.1:$HHAP_PORT
+		    default_backend srv
+		backend srv
+		    server srv 127.0.0.1:$NG_PORT
+		EOF
+		haproxy -f "$TMP/haproxy-http.cfg" -db >"$TMP/haproxy-http.log" 2>&1 &
+		HHAP_PID=$!
+		wait_listen "$HHAP_PORT" "$HHAP_PID" || HNOTES+=("haproxy (http) did not start: $(oneline <"$TMP/haproxy-http.log")")
+	fi
+	# agentgate: the TCP run's enforcer goes, one with an http target comes.
+	stop_enforcer
+	AG_NA=
+	cat >"$TMP/policy-http.yaml" <<-EOF
+	version: 1
+	agents:
+	  - name: bench
+	    limits: {connections: 100000}
+	targets:
+	  - {name: api, protocol: http, address: 127.0.0.1:$NG_PORT}
+	roles:
+	  - name: r
+	    rules:
+	      - target: api
+	        allow: {http: ["GET /small", "GET /big", "GET /v1/invoices/*"]}
+	bindings:
+	  - {role: r, agents: [bench]}
+	audit:
+	  sinks: [{type: file, path: $AG_STATE/audit-http.jsonl}]
+	EOF
+	./agentgate run --policy "$TMP/policy-http.yaml" --state-dir "$AG_STATE" >"$TMP/agentgate-http.log" 2>&1 &
+	AG_PID=$!
+	local i
+	for ((i = 0; i < 100; i++)); do
+		./agentgate status --state-dir "$AG_STATE" >/dev/null 2>&1 && { AG_STARTED=1; break; }
+		kill -0 "$AG_PID" 2>/dev/null || break
+		sleep 0.1
+	done
+	if [[ -z $AG_STARTED ]]; then
+		AG_NA="enforcer (http policy) did not start: $(tail -n 3 "$TMP/agentgate-http.log" | oneline)"
+		stop_enforcer
+	fi
+	# Proof the agentgate column goes through the module: a denied path is a 403 of ours.
+	if [[ -z $AG_NA ]] && ! ./agentgate exec --state-dir "$AG_STATE" --agent bench -- \
+		curl -s "http://127.0.0.1:$NG_PORT/denied" | grep -q '"agentgate: denied"'; then
+		AG_NA="the http module did not answer a denied path (not redirected?): $(tail -n 2 "$TMP/agentgate-http.log" | oneline)"
+	fi
+	return 0
+}
+
+# wrk_us "1.23ms": microseconds.
+wrk_us() {
+	awk -v v="$1" 'BEGIN { n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+		if (u == "us") print n; else if (u == "ms") print n * 1000; else if (u == "s") print n * 1000000; else print n }'
+}
+
+# http_measure PATH DOC ROUND
+http_measure() {
+	local path=$1 doc=$2 port out rps p99 non2xx
+	local -a cmd
+	case $path in
+	direct | agentgate) port=$NG_PORT ;;
+	nginx) port=$NGP_PORT; [[ -n $NGP_PID ]] || return 1 ;;
+	haproxy) port=$HHAP_PORT; [[ -n $HHAP_PID ]] || return 1 ;;
+	esac
+	cmd=(wrk -t1 -c"$HTTP_CONNS" -d"${BENCH_SECONDS}s" --latency "http://127.0.0.1:$port/$doc")
+	[[ $path == agentgate ]] && cmd=(./agentgate exec --state-dir "$AG_STATE" --agent bench -- "${cmd[@]}")
+	out=$(timeout -k 5 $((BENCH_SECONDS + 60)) "${cmd[@]}" 2>&1)
+	rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
+	p99=$(awk '$1 == "99%" { print $2 }' <<<"$out")
+	non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' <<<"$out")
+	if [[ -z $rps || -z $p99 ]]; then
+		HNOTES+=("$doc via $path, round $3: no result: $(oneline <<<"$out")")
+		return 1
+	fi
+	[[ -n $non2xx ]] && HNOTES+=("$doc via $path, round $3: $non2xx non-2xx responses")
+	printf '  http %-5s %-9s round %d/%d: %s req/s, p99 %s\n' "$doc" "$path" "$3" "$ROUNDS" "$rps" "$p99" >&2
+	HVAL[$doc-rps/$path]+=" $rps"
+	HVAL[$doc-p99/$path]+=" $(wrk_us "$p99")"
+}
+
+http_bench() {
+	local doc r k n path row d m
+	[[ ${HTTP_BENCH:-1} == 0 ]] && return 0
+	# One enforcer per host: wait for integration runs (they hold this lock).
+	mkdir -p /run/agentgate
+	exec {HLOCK}>>/run/agentgate/tests.lock
+	flock -x "$HLOCK"
+	http_setup || { http_stop; return 1; }
+	local -a hpaths=(direct nginx haproxy)
+	[[ -z $AG_NA ]] && hpaths+=(agentgate)
+	for doc in small big; do
+		for ((r = 1; r <= ROUNDS; r++)); do
+			n=${#hpaths[@]}
+			for ((k = 0; k < n; k++)); do
+				path=${hpaths[$(( (r - 1 + k) % n ))]}
+				http_measure "$path" "$doc" "$r" || true
+			done
+		done
+	done
+	echo
+	echo "HTTP: wrk, 1 thread, $HTTP_CONNS keep-alive connections, GET of a small JSON document and of 64 KiB"
+	echo "  (agentgate: path rules checked on every request${AG_NA:+; n/a: $AG_NA})"
+	printf '%-12s %-14s%-14s%-14s%-14s%-17s%s\n' test direct nginx haproxy agentgate agentgate/nginx agentgate/haproxy
+	for row in small-rps small-p99 big-rps big-p99; do
+		printf '%-12s ' "$row"
+		declare -A M=()
+		for path in direct nginx haproxy agentgate; do
+			m=$(median "${HVAL[$row/$path]:-}") || m=
+			M[$path]=$m
+			if [[ -z $m ]]; then
+				printf '%-14s' n/a
+			elif [[ $row == *rps ]]; then
+				printf '%-14s' "$(printf '%.0f req/s' "$m")"
+			else
+				printf '%-14s' "$(printf '%.0f us' "$m")"
+			fi
+		done
+		printf '%-17s%s\n' "$(ratio "${M[agentgate]}" "${M[nginx]}")" "$(ratio "${M[agentgate]}" "${M[haproxy]}")"
+	done
+	echo "rps rows: a ratio above 1 means agentgate is faster; p99 rows: a ratio below 1 means agentgate is faster."
+	for d in "${HNOTES[@]}"; do
+		echo "note: $d"
+	done
+	http_stop
+}
+
+http_bench || true
 exit 0
