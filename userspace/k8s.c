@@ -181,32 +181,32 @@ struct query {
 };
 
 /* Is the decoded key one of ours? Keys are matched after decoding, as Go
- * does, so "w%61tch" is "watch". */
+ * does, so "w%61tch" is "watch" (and "watch%00" is not). */
 static int classify_pair(struct span key, struct span val, struct query *q)
 {
 	char k[16];
 	bool odd;
 	long kn = unescape(key, k, sizeof(k), &odd);
+	struct span dk = { k, kn > 0 ? (size_t)kn : 0 };
 
 	if (kn < 0)
 		return -EINVAL;
 	if (kn >= (long)sizeof(k))
 		return 0;
-	k[kn] = '\0';
-	if (strcmp(k, "watch") == 0) {
+	if (span_is(dk, "watch")) {
 		if (q->has_watch)
 			return -EINVAL;   /* first-wins is Go's; two parsers may disagree */
 		q->has_watch = true;
 		q->watch = val;
-	} else if (strcmp(k, "fieldSelector") == 0) {
+	} else if (span_is(dk, "fieldSelector")) {
 		if (q->has_field_selector)
 			return -EINVAL;
 		q->has_field_selector = true;
 		q->field_selector = val;
-	} else if (strcmp(k, "limit") == 0 && !q->has_limit) {
+	} else if (span_is(dk, "limit") && !q->has_limit) {
 		q->has_limit = true;
 		q->limit = val;
-	} else if (strcmp(k, "timeoutSeconds") == 0 && !q->has_timeout) {
+	} else if (span_is(dk, "timeoutSeconds") && !q->has_timeout) {
 		q->has_timeout = true;
 		q->timeout = val;
 	}

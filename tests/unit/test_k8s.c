@@ -24,14 +24,22 @@
 
 static int seeds;
 
+/* Seeds are named "NNN-METHOD-path_and_query" (unsafe bytes as '_'). */
 static void seed(const char *method, const char *target, bool upgrade)
 {
-	char buf[K8S_PATH_MAX + K8S_QUERY_MAX + 64], name[32];
+	char buf[K8S_PATH_MAX + K8S_QUERY_MAX + 64], name[96];
 	int n = snprintf(buf, sizeof(buf), "%s%s %s", upgrade ? "U " : "", method, target);
+	int m = snprintf(name, sizeof(name), "%03d-%s%.8s-", seeds++, upgrade ? "U-" : "", method);
 
-	if (n < 0 || (size_t)n >= sizeof(buf))
+	if (n < 0 || (size_t)n >= sizeof(buf) || m < 0)
 		return;
-	snprintf(name, sizeof(name), "req-%03d", seeds++);
+	for (const char *t = target + (target[0] == '/'); *t && m < 72; t++, m++)
+		name[m] = (*t >= 'a' && *t <= 'z') || (*t >= 'A' && *t <= 'Z') ||
+			  (*t >= '0' && *t <= '9') || *t == '-' || *t == '.' ? *t : '_';
+	name[m] = '\0';
+	for (char *c = name; *c; c++)
+		if (*c == '/' || (unsigned char)*c < 0x21 || (unsigned char)*c >= 0x7f)
+			*c = '_';
 	unit_seed(name, buf, (size_t)n);
 }
 
@@ -400,6 +408,10 @@ static void test_list_watch(void)
 	/* Other keys are not watch. */
 	EXPECT("GET", "/api/v1/namespaces/default/pods?Watch=1&watchx=1&xwatch=1", false,
 	       "list", "", "v1", "default", "pods", "", "");
+	EXPECT("GET", "/api/v1/namespaces/default/pods?watch%00=1&%00watch=1&wat%00ch=1", false,
+	       "list", "", "v1", "default", "pods", "", "");
+	EXPECT("GET", "/api/v1/namespaces/default/pods?watch+=1&+watch=1", false,
+	       "list", "", "v1", "default", "pods", "", "");
 	EXPECT("GET", "/api/v1/namespaces/default/pods?&&watch=1&", false,
 	       "watch", "", "v1", "default", "pods", "", "");
 	/* A named get stays get, watch or not (the apiserver authorizes get). */
@@ -428,6 +440,8 @@ static void test_list_watch(void)
 	REFUSED("GET", "/api/v1/namespaces/default/pods?watch=1 x", false);
 	REFUSED("GET", "/api/v1/namespaces/default/pods?watch=\xc3\xa9", false);
 	REFUSED("GET", "/api/v1/namespaces/default/pods?fieldSelector=a%3D1&fieldSelector=b%3D2",
+		false);
+	REFUSED("GET", "/api/v1/namespaces/default/pods?fieldSelector=a%3D1&fieldSelecto%72=b%3D2",
 		false);
 	/* A bad query is refused for every verb, not just list. */
 	REFUSED("POST", "/api/v1/namespaces/default/pods?dryRun=All;x", false);
