@@ -572,8 +572,10 @@ static int resolve(const char *method, const char *path, size_t pathlen, const c
 	    (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0 ||
 	     strcmp(method, "POST") == 0))
 		snprintf(out->verb, sizeof(out->verb), "create");
+	/* WebSocket upgrades are GETs, SPDY ones POSTs. Another method would be
+	 * judged as create here and run as itself upstream. */
 	if (upgrade) {
-		if (!out->subresource[0])
+		if (!out->subresource[0] || (strcmp(method, "GET") != 0 && strcmp(method, "POST") != 0))
 			return -EINVAL;
 		snprintf(out->verb, sizeof(out->verb), "create");
 	}

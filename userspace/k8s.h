@@ -42,11 +42,11 @@
  *     for GET, HEAD and POST, upgraded or not: they open an interactive
  *     stream into a workload (kubernetes#78741, KEP-4006), so a rule must
  *     grant create on pods/exec, never get.
- *   - An upgraded request (WebSocket/SPDY; `upgrade` true) must name a
- *     subresource and is then verb create whatever the method (pods/exec,
+ *   - An upgraded request (WebSocket/SPDY; `upgrade` true) must be a GET
+ *     or a POST naming a subresource, and is then verb create (pods/exec,
  *     pods/portforward, services/proxy...). Upgrades without a subresource
- *     (watch over WebSocket), on the deprecated proxy/watch paths and on
- *     non-resource URLs are -EINVAL.
+ *     (watch over WebSocket), with another method, on the deprecated
+ *     proxy/watch paths and on non-resource URLs are -EINVAL.
  *   - The path must be canonical: starts with "/", no empty, "." or ".."
  *     segment (one trailing "/" is allowed and ignored, as the apiserver
  *     trims it), at most K8S_PATH_MAX bytes, and only RFC 3986 pchar bytes

@@ -10,7 +10,7 @@
  *  - refused: *out is all zero; accepted: every field NUL-terminated inside
  *    its array, the same answer twice, attributes in their character sets;
  *  - a non-resource request keeps the path and the lower-case method;
- *  - an upgrade is create on a subresource; get and delete always name an
+ *  - an upgrade is a GET or POST, create on a subresource; get and delete always name an
  *    object (without a name they are list/watch and deletecollection);
  *  - a path made non-canonical ("/.." appended) is refused;
  *  - the rule of shared/cases/k8s.txt allows only get/list of core pods in
@@ -92,7 +92,8 @@ static void check_request(const char *method, const char *path, size_t pathlen, 
 	must(!strchr(r->subresource, '.') && !strchr(r->subresource, '*'));
 	must(!strchr(r->name, '/') && !strchr(r->name, '%') && strcmp(r->name, "..") != 0);
 	if (upgrade)
-		must(strcmp(r->verb, "create") == 0 && r->subresource[0]);
+		must(strcmp(r->verb, "create") == 0 && r->subresource[0] &&
+		     (strcmp(method, "GET") == 0 || strcmp(method, "POST") == 0));
 	if (strcmp(r->verb, "get") == 0 || strcmp(r->verb, "delete") == 0)
 		must(r->name[0] != '\0');
 	if (strcmp(r->verb, "list") == 0 || strcmp(r->verb, "deletecollection") == 0)

@@ -625,6 +625,10 @@ static void test_streams_and_upgrades(void)
 	       "create", "", "v1", "d", "pods", "log", "p");
 	EXPECT("GET", "/api/v1/namespaces/d/pods/p/log?follow=true", false,
 	       "get", "", "v1", "d", "pods", "log", "p");
+	REFUSED("PUT", "/api/v1/namespaces/d/pods/p/status", true);
+	REFUSED("DELETE", "/api/v1/namespaces/d/pods/p/exec", true);
+	REFUSED("HEAD", "/api/v1/namespaces/d/pods/p/exec", true);
+	REFUSED("PATCH", "/api/v1/namespaces/d/services/s/proxy", true);
 	REFUSED("GET", "/api/v1/namespaces/d/pods?watch=1", true);
 	REFUSED("GET", "/api/v1/namespaces/d/pods/p", true);
 	REFUSED("GET", "/api/v1/namespaces/d", true);
@@ -1044,6 +1048,69 @@ static void test_action_check(void)
 	}
 }
 
+/* The rules as policy_load builds them from YAML, scalars and all. */
+static void test_loaded_policy(void)
+{
+	static const char yaml[] =
+		"version: 1\n"
+		"agents:\n"
+		"  - {name: bot, identity: {source: local}}\n"
+		"targets:\n"
+		"  - {name: cluster, protocol: kubernetes, address: 10.0.0.1:443}\n"
+		"roles:\n"
+		"  - name: viewer\n"
+		"    rules:\n"
+		"      - target: cluster\n"
+		"        allow: {verbs: [get, list, watch], resources: pods, namespaces: default}\n"
+		"        review: {verbs: [delete], resources: [pods], namespaces: [default]}\n"
+		"  - name: probes\n"
+		"    rules:\n"
+		"      - target: cluster\n"
+		"        allow: {verbs: get, resources: [/version, \"/healthz*\", nodes],\n"
+		"                namespaces: [\"(cluster)\"]}\n"
+		"bindings:\n"
+		"  - {role: viewer, agents: [bot]}\n"
+		"  - {role: probes, agents: [bot]}\n";
+	struct policy_errors e;
+	struct policy *p = policy_load_buffer("k8s.yaml", yaml, sizeof(yaml) - 1, &e);
+	const struct policy_rule *rules[2], *which;
+	struct k8s_request r;
+	char why[200];
+
+	CHECK(p != NULL);
+	if (!p) {
+		for (int i = 0; i < e.n; i++)
+			fprintf(stderr, "  %d:%d: %s\n", e.e[i].line, e.e[i].col, e.e[i].msg);
+		return;
+	}
+	CHECK(p->nroles == 2 && p->roles[0].nrules == 1 && p->roles[1].nrules == 1);
+	rules[0] = &p->roles[0].rules[0];
+	rules[1] = &p->roles[1].rules[0];
+	for (int i = 0; i < 2; i++) {
+		CHECK(k8s_action_check(&rules[i]->allow, why, sizeof(why)) == 0);
+		CHECK(k8s_action_check(&rules[i]->review, why, sizeof(why)) == 0);
+	}
+	CHECK(resolve("GET", "/api/v1/namespaces/default/pods?watch=1", false, &r) == 0);
+	CHECK(k8s_decide(rules, 2, &r, &which, NULL, 0) == K8S_ALLOW && which == rules[0]);
+	CHECK(resolve("DELETE", "/api/v1/namespaces/default/pods/p", false, &r) == 0);
+	CHECK(k8s_decide(rules, 2, &r, &which, NULL, 0) == K8S_REVIEW && which == rules[0]);
+	CHECK(resolve("DELETE", "/api/v1/namespaces/default/pods", false, &r) == 0);
+	CHECK(k8s_decide(rules, 2, &r, &which, NULL, 0) == K8S_DENY);
+	CHECK(resolve("GET", "/api/v1/nodes/n1", false, &r) == 0);
+	CHECK(k8s_decide(rules, 2, &r, &which, NULL, 0) == K8S_ALLOW && which == rules[1]);
+	CHECK(resolve("GET", "/api/v1/nodes", false, &r) == 0);
+	CHECK(k8s_decide(rules, 2, &r, &which, NULL, 0) == K8S_DENY);
+	CHECK(resolve("GET", "/api/v1/namespaces/default/nodes/n1", false, &r) == 0);
+	CHECK(k8s_decide(rules, 2, &r, &which, NULL, 0) == K8S_DENY);
+	CHECK(resolve("GET", "/healthz/ping", false, &r) == 0);
+	CHECK(k8s_decide(rules, 2, &r, &which, NULL, 0) == K8S_ALLOW && which == rules[1]);
+	CHECK(resolve("GET", "/version", false, &r) == 0);
+	CHECK(k8s_decide(rules, 2, &r, &which, NULL, 0) == K8S_ALLOW);
+	CHECK(resolve("GET", "/metrics", false, &r) == 0);
+	CHECK(k8s_decide(rules, 2, &r, &which, NULL, 0) == K8S_DENY);
+	policy_free(p);
+}
+
 /* ---- identity headers -------------------------------------------------- */
 
 static void test_impersonation(void)
@@ -1155,6 +1222,7 @@ int main(int argc, char **argv)
 	RUN(test_decide);
 	RUN(test_resource_string);
 	RUN(test_action_check);
+	RUN(test_loaded_policy);
 	RUN(test_impersonation);
 	RUN(test_identity_headers);
 	UNIT_DONE("k8s");
