@@ -10,8 +10,9 @@
  *  - refused: *out is all zero; accepted: every field NUL-terminated inside
  *    its array, the same answer twice, attributes in their character sets;
  *  - a non-resource request keeps the path and the lower-case method;
- *  - an upgrade is a GET or POST, create on a subresource; get and delete always name an
- *    object (without a name they are list/watch and deletecollection);
+ *  - an upgrade is a GET or POST, and create on a subresource;
+ *  - get and delete always name an object (without a name they are
+ *    list/watch and deletecollection);
  *  - a path made non-canonical ("/.." appended) is refused;
  *  - the rule of shared/cases/k8s.txt allows only get/list of core pods in
  *    namespace default; "*" matches every resource request and no other.
