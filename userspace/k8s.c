@@ -305,32 +305,31 @@ static bool go_int64_ok(struct span raw)
 }
 
 /* fields.UnescapeValue: \\ \, \= are escapes, any other escape and an
- * unescaped ',' or '=' are errors. Writes the value into out (cap >= n). */
-static int selector_unescape(const char *s, size_t n, char *out, size_t *outlen)
+ * unescaped ',' or '=' are errors. Returns the value's length, writing it
+ * into out when out is not NULL (the caller gives n bytes), or -EINVAL. */
+static long selector_unescape(struct span s, char *out)
 {
 	size_t o = 0;
 	bool in_slash = false;
 
-	for (size_t i = 0; i < n; i++) {
-		char c = s[i];
+	for (size_t i = 0; i < s.n; i++) {
+		char c = s.p[i];
 
 		if (in_slash) {
 			if (c != '\\' && c != ',' && c != '=')
 				return -EINVAL;
-			out[o++] = c;
 			in_slash = false;
 		} else if (c == '\\') {
 			in_slash = true;
+			continue;
 		} else if (c == ',' || c == '=') {
 			return -EINVAL;
-		} else {
-			out[o++] = c;
 		}
+		if (out)
+			out[o] = c;
+		o++;
 	}
-	if (in_slash)
-		return -EINVAL;
-	*outlen = o;
-	return 0;
+	return in_slash ? -EINVAL : (long)o;
 }
 
 static bool span_less(struct span a, struct span b)
@@ -347,19 +346,17 @@ static bool span_less(struct span a, struct span b)
  * or "=" (tried in that order at each position). The name is the value of
  * the first term in sorted order that is "metadata.name=" or "==". Any
  * malformed term fails the whole selector, and then the apiserver sets no
- * name. Returns 1 with *name set, 0 for no name, -EINVAL when we cannot
- * tell.
+ * name. Returns 1 with *value (still escaped) set, or 0 for no name.
  */
-static int selector_name(const char *sel, size_t n, struct span *best_term,
-			 char *name, size_t namecap, size_t *namelen)
+static int selector_name(const char *sel, size_t n, struct span *value)
 {
+	struct span best = { NULL, 0 };
 	size_t i = 0;
-	bool found = false;
 
 	while (i <= n) {
-		struct span t = { sel + i, 0 };
+		struct span t = { sel + i, 0 }, rhs;
 		bool in_slash = false;
-		size_t op = 0, oplen = 0;
+		size_t op, oplen = 0;
 
 		for (; i + t.n < n; t.n++) {
 			char c = sel[i + t.n];
@@ -386,28 +383,18 @@ static int selector_name(const char *sel, size_t n, struct span *best_term,
 		}
 		if (oplen == 0)
 			return 0;          /* "can't understand" */
-		{
-			char tmp[SELECTOR_MAX];
-			size_t vlen;
-			const char *rhs = t.p + op + oplen;
-
-			if (selector_unescape(rhs, t.n - op - oplen, tmp, &vlen) < 0)
-				return 0;
-			if (t.p[op] == '!' || op != strlen("metadata.name") ||
-			    memcmp(t.p, "metadata.name", op) != 0)
-				continue;
-			if (found && !span_less(t, *best_term))
-				continue;
-			if (vlen >= namecap)
-				return -EINVAL;
-			memcpy(name, tmp, vlen);
-			name[vlen] = '\0';
-			*namelen = vlen;
-			*best_term = t;
-			found = true;
+		rhs = (struct span){ t.p + op + oplen, t.n - op - oplen };
+		if (selector_unescape(rhs, NULL) < 0)
+			return 0;
+		if (t.p[op] == '!' || op != strlen("metadata.name") ||
+		    memcmp(t.p, "metadata.name", op) != 0)
+			continue;
+		if (!best.p || span_less(t, best)) {
+			best = t;
+			*value = rhs;
 		}
 	}
-	return found ? 1 : 0;
+	return best.p ? 1 : 0;
 }
 
 /*
@@ -418,11 +405,9 @@ static int selector_name(const char *sel, size_t n, struct span *best_term,
 static int list_or_watch(const struct query *q, struct k8s_request *out)
 {
 	char sel[SELECTOR_MAX], name[sizeof(out->name)];
-	struct span best = { NULL, 0 }, nm;
-	size_t namelen = 0;
+	struct span value, nm;
 	bool watch = false, odd;
-	long sn;
-	int r = 0;
+	long sn, namelen;
 
 	if (q->has_watch && watch_value(q->watch, &watch) < 0)
 		return -EINVAL;
@@ -435,17 +420,20 @@ static int list_or_watch(const struct query *q, struct k8s_request *out)
 	if ((q->has_limit && !go_int64_ok(q->limit)) ||
 	    (q->has_timeout && !go_int64_ok(q->timeout)))
 		return 0;
-	r = selector_name(sel, (size_t)sn, &best, name, sizeof(name), &namelen);
-	if (r <= 0)
-		return r;
+	if (!selector_name(sel, (size_t)sn, &value))
+		return 0;
+	namelen = selector_unescape(value, NULL);
+	if (namelen >= (long)sizeof(name))
+		return -EINVAL;   /* the apiserver names an object we could not show */
+	selector_unescape(value, name);
 	/* path.IsValidPathSegmentName, else the apiserver sets no name. */
-	nm = (struct span){ name, namelen };
-	if (span_is(nm, ".") || span_is(nm, "..") || memchr(name, '/', namelen) ||
-	    memchr(name, '%', namelen) || namelen == 0)
+	nm = (struct span){ name, (size_t)namelen };
+	if (namelen <= 0 || span_is(nm, ".") || span_is(nm, "..") ||
+	    memchr(name, '/', nm.n) || memchr(name, '%', nm.n))
 		return 0;
 	if (!all_of(nm, is_pchar))
-		return -EINVAL;   /* the apiserver names an object we could not show */
-	return put(out->name, sizeof(out->name), name, namelen);
+		return -EINVAL;
+	return put(out->name, sizeof(out->name), name, nm.n);
 }
 
 /* ---- resolving --------------------------------------------------------- */

@@ -527,7 +527,7 @@ static void test_field_selector_name(void)
 	REFUSED("GET", "/api/v1/pods?fieldSelector=metadata.name%3Da%22b", false);
 	REFUSED("GET", "/api/v1/pods?fieldSelector=metadata.name%3D%C3%A9", false);
 	{
-		char q[600];
+		char q[700];
 		int n = snprintf(q, sizeof(q), "/api/v1/pods?fieldSelector=metadata.name%%3D");
 
 		memset(q + n, 'x', 253);
@@ -535,6 +535,21 @@ static void test_field_selector_name(void)
 		EXPECT("GET", q, false, "list", "", "v1", "", "pods", "", q + n);
 		strcat(q, "x");
 		REFUSED("GET", q, false);
+		/* Too long, but a later term fails the selector: no name, as there. */
+		strcat(q, ",garbage");
+		EXPECT("GET", q, false, "list", "", "v1", "", "pods", "", "");
+		/* 253 bytes once unescaped, more before. */
+		n = snprintf(q, sizeof(q), "/api/v1/pods?fieldSelector=metadata.name%%3D");
+		for (int i = 0; i < 50; i++)
+			n += snprintf(q + n, sizeof(q) - (size_t)n, "a%%5C,");
+		memset(q + n, 'y', 153);
+		q[n + 153] = '\0';
+		{
+			struct k8s_request r;
+
+			CHECK(resolve("GET", q, false, &r) == 0);
+			CHECK(strlen(r.name) == 253 && strncmp(r.name, "a,a,", 4) == 0);
+		}
 	}
 }
 
