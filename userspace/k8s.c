@@ -464,10 +464,8 @@ static int resolve_nonresource(const char *method, const char *path, size_t path
 
 	if (upgrade)
 		return -EINVAL;
-	for (i = 0; method[i]; i++)
-		if (i + 1 >= sizeof(out->verb))
-			return -EINVAL;
-	for (i = 0; method[i]; i++)
+	/* The apiserver's strings.ToLower(method); method is one of ours. */
+	for (i = 0; method[i] && i + 1 < sizeof(out->verb); i++)
 		out->verb[i] = (char)(method[i] - 'A' + 'a');
 	out->verb[i] = '\0';
 	return put(out->path, sizeof(out->path), path, pathlen);
