@@ -405,6 +405,10 @@ static void test_list_watch(void)
 	       "watch", "", "v1", "default", "pods", "", "");
 	EXPECT("GET", "/api/v1/namespaces/default/pods?watch=f%61lse", false,
 	       "list", "", "v1", "default", "pods", "", "");
+	EXPECT("GET", "/api/v1/namespaces/default/pods?watch=fa%6cse", false,
+	       "list", "", "v1", "default", "pods", "", "");
+	EXPECT("GET", "/api/v1/namespaces/default/pods?watch=fa%6Cse", false,
+	       "list", "", "v1", "default", "pods", "", "");
 	/* Other keys are not watch. */
 	EXPECT("GET", "/api/v1/namespaces/default/pods?Watch=1&watchx=1&xwatch=1", false,
 	       "list", "", "v1", "default", "pods", "", "");
@@ -436,6 +440,8 @@ static void test_list_watch(void)
 	REFUSED("GET", "/api/v1/namespaces/default/pods?watch=%1", false);
 	REFUSED("GET", "/api/v1/namespaces/default/pods?watch=%zz", false);
 	REFUSED("GET", "/api/v1/namespaces/default/pods?x=%g0&watch=1", false);
+	REFUSED("GET", "/api/v1/namespaces/default/pods?%zzwatch=1", false);
+	REFUSED("GET", "/api/v1/namespaces/default/pods?a-very-long-key-name%=1", false);
 	REFUSED("GET", "/api/v1/namespaces/default/pods?watch=1#frag", false);
 	REFUSED("GET", "/api/v1/namespaces/default/pods?watch=1 x", false);
 	REFUSED("GET", "/api/v1/namespaces/default/pods?watch=\xc3\xa9", false);
@@ -512,6 +518,15 @@ static void test_field_selector_name(void)
 	EXPECT("GET", "/api/v1/pods?fieldSelector=metadata.name%3Dweb-1&limit=-9223372036854775808",
 	       false, "list", "", "v1", "", "pods", "", "web-1");
 	EXPECT("GET", "/api/v1/pods?fieldSelector=metadata.name%3Dweb-1&limit=%2B500", false,
+	       "list", "", "v1", "", "pods", "", "web-1");
+	EXPECT("GET", "/api/v1/pods?fieldSelector=metadata.name%3Dweb-1&limit=-", false,
+	       "list", "", "v1", "", "pods", "", "");
+	EXPECT("GET", "/api/v1/pods?fieldSelector=metadata.name%3Dweb-1&limit=1e3", false,
+	       "list", "", "v1", "", "pods", "", "");
+	EXPECT("GET", "/api/v1/pods?fieldSelector=metadata.name%3Dweb-1"
+	       "&timeoutSeconds=00000000009223372036854775807", false,
+	       "list", "", "v1", "", "pods", "", "web-1");
+	EXPECT("GET", "/api/v1/pods?fieldSelector=metadata.name%3Dweb-1&limit=1&limit=x", false,
 	       "list", "", "v1", "", "pods", "", "web-1");
 	/* Escapes in the value: "\," is a comma, which a name may hold. */
 	EXPECT("GET", "/api/v1/pods?fieldSelector=metadata.name%3Da%5C,b", false,
