@@ -25,6 +25,7 @@ fuzz_max_len() {
 	tls_hello) echo $((65536 + 64)) ;;    # TLS_HELLO_MAX and a bit
 	dns_msg) echo 8192 ;;                 # past DNS_QUERY_MAX
 	jwt) echo 17000 ;;                    # past the 16 KiB token limit
+	k8s) echo 21000 ;;                    # past K8S_PATH_MAX + K8S_QUERY_MAX
 	*) echo 4096 ;;
 	esac
 }
