@@ -30,6 +30,7 @@
 
 #include <linux/types.h>
 #include "agentgate_abi.h"
+#include "k8s.h"
 #include "policy.h"
 #include "http_path.h"
 
@@ -1607,7 +1608,7 @@ static void load_action(struct vctx *v, const struct ynode *m, struct policy_act
 		"namespaces", "timeout", NULL };
 	static const struct key_scope scope[] = {
 		{ "statements", P(PROTO_POSTGRES) }, { "tables", P(PROTO_POSTGRES) },
-		{ "functions", P(PROTO_POSTGRES) }, { "http", P_HTTPISH },
+		{ "functions", P(PROTO_POSTGRES) }, { "http", P(PROTO_HTTP) },
 		{ "verbs", P(PROTO_KUBERNETES) }, { "resources", P(PROTO_KUBERNETES) },
 		{ "namespaces", P(PROTO_KUBERNETES) }, { NULL, 0 } };
 	const struct ynode *n;
@@ -1632,6 +1633,13 @@ static void load_action(struct vctx *v, const struct ynode *m, struct policy_act
 		want_strv(v, n, "resources", &a->resources, NULL);
 	if ((n = map_get(m, "namespaces")))
 		want_strv(v, n, "namespaces", &a->namespaces, NULL);
+	if (t && t->proto == PROTO_KUBERNETES) {
+		char why[200];
+
+		/* A verb or resource no request can carry would match nothing, silently. */
+		if (k8s_action_check(a, why, sizeof(why)))
+			verr(v, m, "%s", why);
+	}
 	if (review && (n = map_get(m, "timeout")) && want_duration(v, n, "timeout", &ms)) {
 		if (ms % 1000 != 0 || ms == 0 || ms / 1000 > MAX_REVIEW_S)
 			verr(v, n, "review timeout must be whole seconds between 1s and 7d");

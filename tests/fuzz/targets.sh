@@ -28,6 +28,7 @@ fuzz_max_len() {
 	jwt) echo 17000 ;;                    # past the 16 KiB token limit
 	http_req) echo 17000 ;;               # past HTTP_HEAD_MAX
 	http_path) echo 17000 ;;              # a target as long as a head
+	k8s) echo 21000 ;;                    # past K8S_PATH_MAX + K8S_QUERY_MAX
 	*) echo 4096 ;;
 	esac
 }
