@@ -54,6 +54,7 @@
 #include "http_msg.h"
 #include "http_path.h"
 #include "http_upstream.h"
+#include "k8s.h"
 #include "local_ca.h"
 #include "proto.h"
 #include "util.h"
@@ -72,6 +73,7 @@ struct hreq {                      /* a request in flight, answered in order */
 	char rule[96];
 	char user[64];                 /* the delegating user's sub, "" none */
 	char why[160];                 /* a reason built for this request */
+	char k8s_verb[24], k8s_res[160], k8s_ns[64];   /* kubernetes attributes, for audit */
 	char method[HTTP_METHOD_MAX + 1];
 	char path[AUDIT_PATH_MAX];
 	uint64_t t0_ms, req_bytes, resp_bytes;
@@ -94,6 +96,7 @@ struct http_state {
 	/* upstream leg */
 	bool up_connected, up_tls, up_ready, up_failed;
 	bool agent_tls;
+	bool k8s;                      /* protocol: kubernetes */
 	char host[256];                /* the target's name for Host when the agent sends none */
 	struct ident_principal user;   /* scratch: the delegating user of the request being judged */
 };
@@ -180,6 +183,9 @@ static void audit_request(struct conn *c, const struct hreq *r)
 	unmapped_set(ev, "tls_intercepted", json_boolean(st(c)->agent_tls));
 	if (r->user[0])
 		unmapped_set(ev, "user", json_pack("{s:s}", "sub", r->user));
+	if (r->k8s_verb[0])
+		unmapped_set(ev, "kubernetes", json_pack("{s:s, s:s, s:s}", "verb", r->k8s_verb,
+							 "resource", r->k8s_res, "namespace", r->k8s_ns));
 	audit_add_verdict(ev, r->allowed, r->would_deny, r->rule[0] ? r->rule : NULL, r->reason);
 	audit_emit(ev);
 }
@@ -352,6 +358,54 @@ static bool decide(struct conn *c, const struct ident_principal *user, const cha
 }
 
 /*
+ * Kubernetes: the request as the apiserver's authorizer sees it (k8s.h),
+ * judged by the kubernetes rules the agent (and a delegating user) hold.
+ */
+static bool decide_k8s(struct conn *c, const struct ident_principal *user, const char *method, bool upgrade,
+		       const char *path, size_t plen, const struct http_target *tg, struct hreq *r)
+{
+	const struct policy_rule *rules[ENFORCER_MAX_RULES], *which = NULL;
+	struct k8s_request kr;
+	enum k8s_verdict v, uv;
+	size_t n;
+
+	if (k8s_resolve(method, path, plen, (const char *)tg->query, tg->query ? tg->query_len : 0, upgrade,
+			&kr) < 0) {
+		r->reason = "the request cannot be attributed to a Kubernetes verb and resource";
+		return false;
+	}
+	snprintf(r->k8s_verb, sizeof(r->k8s_verb), "%s", kr.verb);
+	k8s_resource_string(&kr, r->k8s_res, sizeof(r->k8s_res));
+	snprintf(r->k8s_ns, sizeof(r->k8s_ns), "%s", kr.namespace_);
+	n = c->agent_idx >= 0 ? enforcer_rules_for(c->agent_idx, c->target_idx, rules, ENFORCER_MAX_RULES) : 0;
+	if (n > ENFORCER_MAX_RULES) {
+		r->reason = "too many rules for this target";
+		return false;
+	}
+	v = k8s_decide(rules, n, &kr, &which, r->why, sizeof(r->why));
+	if (which)
+		rule_desc(which, r->rule, sizeof(r->rule));
+	if (user && v != K8S_DENY) {
+		n = enforcer_user_rules_for(c->agent_idx, user, c->target_idx, rules, ENFORCER_MAX_RULES);
+		if (n > ENFORCER_MAX_RULES) {
+			r->reason = "too many rules for this target";
+			return false;
+		}
+		uv = k8s_decide(rules, n, &kr, NULL, NULL, 0);
+		if (uv == K8S_DENY)
+			snprintf(r->why, sizeof(r->why), "the delegating user's roles do not allow %s %s", kr.verb,
+				 r->k8s_res);
+		v = k8s_verdict_both(v, uv);
+	}
+	if (v == K8S_ALLOW)
+		return true;
+	if (v == K8S_REVIEW)
+		snprintf(r->why, sizeof(r->why), "needs approval (review), and approvals are not available yet");
+	r->reason = r->why;
+	return false;
+}
+
+/*
  * Delegation: an agent that accepts user tokens presents one as
  * "Authorization: Bearer <token>" (consumed here, never forwarded).
  * Returns 0 with *has_user set when one was verified, 0 without one, or
@@ -463,19 +517,52 @@ static const char *check_host(struct conn *c, const uint8_t *b, const struct htt
 	return "Host is not the target's name";
 }
 
-/* Is this a WebSocket upgrade (the only kind we relay)? */
-static bool is_upgrade(const uint8_t *b, const struct http_head *h, bool *h2c)
+/*
+ * Is this an upgrade we relay? WebSocket; on kubernetes targets also
+ * SPDY/3.1 (kubectl exec, attach, port-forward), whose verb k8s.h makes
+ * create. h2c and anything else: refused (*h2c set).
+ */
+static bool is_upgrade(const uint8_t *b, const struct http_head *h, bool k8s, bool *h2c)
 {
 	const struct http_field *f;
+	const char *v;
 
 	*h2c = false;
 	if (h->upgrade < 0 || !(h->conn & HTTP_CONN_UPGRADE))
 		return false;
 	f = &h->f[h->upgrade];
-	if (f->value_len == 9 && strncasecmp((const char *)b + f->value, "websocket", 9) == 0)
+	v = (const char *)b + f->value;
+	if (f->value_len == 9 && strncasecmp(v, "websocket", 9) == 0)
 		return true;
-	*h2c = true;   /* h2c or anything else: refused */
+	if (k8s && f->value_len == 8 && strncasecmp(v, "SPDY/3.1", 8) == 0)
+		return true;
+	*h2c = true;
 	return false;
+}
+
+/*
+ * Kubernetes: the enforcer authenticates upstream as itself (the target's
+ * credential); Impersonate-User/-Group make the apiserver's RBAC judge the
+ * agent's principal too. Returns bytes written or -EACCES (a principal the
+ * apiserver reserves, like system:*), -ENOBUFS.
+ */
+static int impersonation(struct conn *c, char *buf, size_t cap)
+{
+	struct ident_principal pr;
+	const char *groups[IDENT_MAX_GROUPS];
+	const char *user;
+	int n;
+
+	if (c->agent_idx < 0)
+		return -EACCES;
+	enforcer_principal(c->agent_idx, &pr);
+	user = pr.sub[0] ? pr.sub : c->policy->agents[c->agent_idx].name;
+	for (size_t i = 0; i < pr.ngroups; i++)
+		groups[i] = pr.groups[i];
+	n = k8s_impersonation_headers(user, groups, pr.ngroups, buf, cap);
+	if (n == -ENOSPC)
+		return -ENOBUFS;
+	return n < 0 ? -EACCES : n;
 }
 
 /* The forwarded head, re-serialised from the parse. */
@@ -500,12 +587,20 @@ static int forward_head(struct conn *c, const uint8_t *b, const struct http_head
 	for (unsigned i = 0; i < h->nf; i++) {
 		const struct http_field *f = &h->f[i];
 
-		if (strip_field(b, f) || http_conn_names(b, h, f))
+		if (strip_field(b, f) || http_conn_names(b, h, f) ||
+		    (st(c)->k8s && k8s_header_is_identity((const char *)b + f->name, f->name_len)))
 			continue;
 		put(&o, b + f->name, f->name_len);
 		puts_(&o, ": ");
 		put(&o, b + f->value, f->value_len);
 		puts_(&o, "\r\n");
+	}
+	if (st(c)->k8s) {
+		int n = impersonation(c, o.b + o.n, o.cap - o.n);
+
+		if (n < 0)
+			return n;
+		o.n += (size_t)n;
 	}
 	if (h->body == HTTP_BODY_CHUNKED) {
 		puts_(&o, "Transfer-Encoding: chunked\r\n");
@@ -578,7 +673,7 @@ static bool judge(struct conn *c, const uint8_t *b, const struct http_head *h, c
 		v->close_after = true;
 		return false;
 	}
-	*upgrade = is_upgrade(b, h, &h2c);
+	*upgrade = is_upgrade(b, h, st(c)->k8s, &h2c);
 	if (connect || h2c || tg->form == HTTP_FORM_ASTERISK) {
 		v->status = 403;
 		v->reason = connect ? "CONNECT is not allowed (a tunnel cannot be inspected)"
@@ -594,7 +689,8 @@ static bool judge(struct conn *c, const uint8_t *b, const struct http_head *h, c
 	}
 	if (has_user)
 		snprintf(v->user, sizeof(v->user), "%s", user->sub);
-	if (decide(c, has_user ? user : NULL, v->method, h->method_len, *upgrade, path, tg->path_len, v)) {
+	if (st(c)->k8s ? decide_k8s(c, has_user ? user : NULL, v->method, *upgrade, path, tg->path_len, tg, v)
+		       : decide(c, has_user ? user : NULL, v->method, h->method_len, *upgrade, path, tg->path_len, v)) {
 		v->allowed = true;
 		return true;
 	}
@@ -638,7 +734,12 @@ static int on_request(struct conn *c, const uint8_t *b, const struct http_head *
 	if (fwd) {
 		r->upgrade = upgrade;
 		err = forward_head(c, b, h, path, tg.path_len, &tg, host, upgrade);
-		if (err == -EINVAL || err == -ENOBUFS) {
+		if (err == -EACCES) {
+			fwd = false;
+			r->allowed = false;
+			r->status = 403;
+			r->reason = "the agent's principal cannot be impersonated (a reserved system: name?)";
+		} else if (err == -EINVAL || err == -ENOBUFS) {
 			const char *why = NULL;
 
 			/* no credential to inject: fail closed and say why */
@@ -1109,6 +1210,7 @@ static int http_start(struct conn *c)
 	if (!s)
 		return -ENOMEM;
 	c->proto_state = s;
+	s->k8s = t && t->proto == PROTO_KUBERNETES;
 	if (t && t->addr.kind == ADDR_HOST)
 		snprintf(s->host, sizeof(s->host), "%s", t->addr.host);
 	else if (t && t->upstream.server_name)
@@ -1223,6 +1325,17 @@ static void http_release(struct conn *c)
 
 const struct proto_ops proto_http_ops = {
 	.name = "http",
+	.enforces_rules = true,
+	.start = http_start,
+	.on_agent_data = http_on_agent_data,
+	.on_upstream_data = http_on_upstream_data,
+	.release = http_release,
+	.on_upstream_fail = http_on_upstream_fail,
+};
+
+/* protocol: kubernetes: the same proxy, judging k8s.h attributes. */
+const struct proto_ops proto_kubernetes_ops = {
+	.name = "kubernetes",
 	.enforces_rules = true,
 	.start = http_start,
 	.on_agent_data = http_on_agent_data,
