@@ -42,6 +42,7 @@ struct proto_ops {
 extern const struct proto_ops proto_tcp_ops;
 extern const struct proto_ops proto_tls_ops;
 extern const struct proto_ops proto_http_ops;
+extern const struct proto_ops proto_kubernetes_ops;
 
 /*
  * The module for a protocol. Protocols whose module has not landed yet

@@ -27,8 +27,10 @@ const struct proto_ops *proto_for(enum policy_proto p, bool *fallback)
 		return &proto_tcp_ops;
 	case PROTO_HTTP:
 		return &proto_http_ops;
+	case PROTO_KUBERNETES:
+		return &proto_kubernetes_ops;
 	default:
-		/* postgres, kubernetes: their modules have not landed yet. */
+		/* postgres: its module has not landed yet. */
 		*fallback = true;
 		return &proto_tcp_ops;
 	}
