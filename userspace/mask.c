@@ -83,10 +83,12 @@ static inline bool is_alnum(uint8_t c) { return is_digit(c) || is_alpha(c); }
 static inline bool is_b64url(uint8_t c) { return is_alnum(c) || c == '-' || c == '_'; }
 static inline bool is_upnum(uint8_t c) { return is_digit(c) || (c >= 'A' && c <= 'Z'); }
 
-/* RFC 5322 atext plus '.', and any non-ASCII byte (RFC 6531 local parts). */
+/* RFC 5322 atext plus '.', and any non-ASCII byte (RFC 6531 local parts),
+ * but not '*': no real address has one, and leaving it out keeps the mask
+ * token inert ("****@x.org" after masking is not a new address). */
 static inline bool is_atext(uint8_t c)
 {
-	return is_alnum(c) || c >= 0x80 || (c && strchr("!#$%&'*+/=?^_`{|}~.-", c));
+	return is_alnum(c) || c >= 0x80 || (c && strchr("!#$%&'+/=?^_`{|}~.-", c));
 }
 
 static inline bool is_dchar(uint8_t c) { return is_alnum(c) || c == '-' || c >= 0x80; }
