@@ -937,15 +937,55 @@ struct cand {
 	bool live;
 };
 
+/* One cheap pass decides which fixed detectors can match at all: most
+ * result values have no '@', fewer than 13 digits, no two dots. */
+enum { C_DIGIT = 1, C_DOT = 2, C_AT = 4, C_PLUS = 8, C_NANPSEP = 16, C_DASH = 32 };
+
+static const uint8_t cls[256] = {
+	['0'] = C_DIGIT, ['1'] = C_DIGIT, ['2'] = C_DIGIT, ['3'] = C_DIGIT, ['4'] = C_DIGIT,
+	['5'] = C_DIGIT, ['6'] = C_DIGIT, ['7'] = C_DIGIT, ['8'] = C_DIGIT, ['9'] = C_DIGIT,
+	['.'] = C_DOT | C_NANPSEP, ['@'] = C_AT, ['+'] = C_PLUS, ['('] = C_NANPSEP,
+	['-'] = C_DASH | C_NANPSEP,
+};
+
+static unsigned possible(const struct mask_rules *m, const uint8_t *s, size_t len)
+{
+	size_t digits = 0, dots = 0;
+	unsigned seen = 0, d = 0;
+
+	for (size_t i = 0; i < len; i++) {
+		uint8_t c = cls[s[i]];
+
+		seen |= c;
+		digits += c & C_DIGIT;
+		dots += (c & C_DOT) >> 1;
+	}
+	if (digits >= 13)
+		d |= 1u << DET_CARD;
+	if (seen & C_AT)
+		d |= 1u << DET_EMAIL;
+	if (digits >= 9 && (seen & C_DASH))
+		d |= 1u << DET_SSN;
+	if (digits >= 2 && len >= 15)
+		d |= 1u << DET_IBAN;
+	if ((digits >= 8 && (seen & C_PLUS)) || (digits >= 10 && (seen & C_NANPSEP)))
+		d |= 1u << DET_PHONE;
+	if (dots >= 2)
+		d |= 1u << DET_JWT;
+	if (len >= 15)
+		d |= 1u << DET_APIKEY;
+	return d & m->det;
+}
+
 /* 1 found, 0 none, -1 fail closed. Detectors 0..DET__FIXED-1 are the fixed
  * ones (skipped when not enabled), the rest index m->re. */
-static int cand_next(const struct mask_rules *m, size_t k, const uint8_t *s, size_t len,
-		     size_t from, struct cand *c)
+static int cand_next(const struct mask_rules *m, unsigned det, size_t k, const uint8_t *s,
+		     size_t len, size_t from, struct cand *c)
 {
 	int rc;
 
 	if (k < DET__FIXED)
-		rc = (m->det & (1u << k)) && det_next[k](s, len, from, &c->s, &c->e);
+		rc = (det & (1u << k)) && det_next[k](s, len, from, &c->s, &c->e);
 	else
 		rc = next_re(m, m->re[k - DET__FIXED], s, len, from, &c->s, &c->e);
 	c->live = rc == 1;
@@ -969,13 +1009,14 @@ static size_t mask_run(const struct mask_rules *m, const uint8_t *s, size_t len,
 {
 	struct cand c[DET__FIXED + MASK_MAX_REGEX];
 	size_t nd = DET__FIXED + m->nre, o = 0, w = 0, cs = 0, ce = 0;
-	unsigned nh = 0;
+	unsigned nh = 0, det;
 	bool have = false;
 
 	if (m->nre && (len > MASK_REGEX_MAX_VALUE || !utf8_valid(s, len)))
 		goto whole;
+	det = possible(m, s, len);
 	for (size_t k = 0; k < nd; k++)
-		if (cand_next(m, k, s, len, 0, &c[k]) < 0)
+		if (cand_next(m, det, k, s, len, 0, &c[k]) < 0)
 			goto whole;
 	for (;;) {
 		size_t best = nd;
@@ -1000,7 +1041,7 @@ static size_t mask_run(const struct mask_rules *m, const uint8_t *s, size_t len,
 			ce = c[best].e;
 			have = true;
 		}
-		if (cand_next(m, best, s, len, c[best].e, &c[best]) < 0)
+		if (cand_next(m, det, best, s, len, c[best].e, &c[best]) < 0)
 			goto whole;
 	}
 	if (have) {
@@ -1060,7 +1101,7 @@ static size_t utf8_cut(const char *s, size_t n, size_t max)
 void mask_report_add(struct mask_report *rep, const struct mask_rules *m, const char *name,
 		     size_t len)
 {
-	char buf[64 * MASK_TOKEN_LEN + MASK_TOKEN_LEN];
+	char buf[256 * MASK_TOKEN_LEN + MASK_TOKEN_LEN];
 	size_t n, have, need;
 	const char *p;
 
@@ -1070,11 +1111,16 @@ void mask_report_add(struct mask_report *rep, const struct mask_rules *m, const 
 	have = strlen(rep->fields);
 	if (have >= 3 && strcmp(rep->fields + have - 3, "...") == 0)
 		return;
-	/* A field name is data too ({"alice@x.io": ...}): mask it first. */
-	n = mask_value(m, name, utf8_cut(name, len, 64), buf, sizeof(buf), NULL);
-	if (n == (size_t)-1)
-		n = 0;
-	n = utf8_cut(buf, n, 64);
+	/* A field name is data too ({"alice@x.io": ...}): mask it whole first,
+	 * then cut (cutting first could leave half a card unmasked). */
+	if (len > 256) {
+		memcpy(buf, "(long name)", n = 11);
+	} else {
+		n = mask_value(m, name, len, buf, sizeof(buf), NULL);
+		if (n == (size_t)-1)
+			memcpy(buf, MASK_TOKEN, n = MASK_TOKEN_LEN);
+		n = utf8_cut(buf, n, 64);
+	}
 	for (size_t i = 0; i < n; i++)      /* no control bytes in a log field */
 		if ((uint8_t)buf[i] < 0x20 || buf[i] == ',')
 			buf[i] = '_';

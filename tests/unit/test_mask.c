@@ -755,6 +755,15 @@ static void test_json_report(void)
 		CHECK(strcmp(rep.fields + strlen(rep.fields) - 4, ",...") == 0);
 		free(out);
 	}
+	/* a long name is masked whole before it is cut for the report */
+	{
+		const char *in2 = "{\"customer_reference_number_with_a_rather_long_prefix_4111111111111111\":1}";
+
+		CHECK(mask_json(m, in2, strlen(in2), &out, &outlen, &rep) == 0);
+		CHECK(rep.hits == 1 && !strstr(rep.fields, "4111") && !strstr(rep.fields, "1111"));
+		CHECK_STR(rep.fields, "customer_reference_number_with_a_rather_long_prefix_****");
+		free(out);
+	}
 	/* refused bodies leave an empty report */
 	CHECK(mask_json(m, "{\"a\":\"a@b.io\",", 14, &out, &outlen, &rep) == -EINVAL);
 	CHECK(rep.hits == 0 && rep.fields[0] == '\0');
