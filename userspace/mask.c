@@ -298,8 +298,8 @@ static bool next_iban(const uint8_t *s, size_t len, size_t from, size_t *ms, siz
 		unsigned want, r = 0, n = 4;
 		size_t q = p + 4, best = 0;
 
-		if (!is_alpha(s[p]) || !is_alpha(s[p + 1]) || !is_digit(s[p + 2]) ||
-		    !is_digit(s[p + 3]) || (p > 0 && is_alnum(s[p - 1])))
+		if (!is_digit(s[p + 2]) || !is_digit(s[p + 3]) || !is_alpha(s[p]) ||
+		    !is_alpha(s[p + 1]) || (p > 0 && is_alnum(s[p - 1])))
 			continue;
 		want = iban_expected(s[p], s[p + 1]);
 		while (n < 34) {
@@ -498,11 +498,14 @@ static bool upnum_fn(uint8_t c) { return is_upnum(c); }
 static bool alnum_us_fn(uint8_t c) { return is_alnum(c) || c == '_'; }
 static bool alnum_dash_fn(uint8_t c) { return is_alnum(c) || c == '-'; }
 
-static bool starts(const uint8_t *s, size_t len, size_t p, const char *pre)
+static inline bool starts(const uint8_t *s, size_t len, size_t p, const char *pre)
 {
-	size_t n = strlen(pre);
+	size_t i = 0;
 
-	return len - p >= n && memcmp(s + p, pre, n) == 0;
+	for (; pre[i]; i++)             /* short literals: no strlen/memcmp calls */
+		if (p + i >= len || s[p + i] != (uint8_t)pre[i])
+			return false;
+	return true;
 }
 
 /* Length of a key shape starting at p, or 0. The shape's tail must end at
@@ -565,9 +568,12 @@ static size_t apikey_at(const uint8_t *s, size_t len, size_t p)
 
 static bool next_apikey(const uint8_t *s, size_t len, size_t from, size_t *ms, size_t *me)
 {
-	for (size_t p = from; p < len; p++) {
+	for (size_t p = from; p + 15 <= len; p++) {
+		uint8_t c = s[p];
 		size_t n;
 
+		if (c != 'A' && c != 'g' && c != 'x' && c != 's' && c != 'r')
+			continue;
 		if (p > 0 && is_keychar(s[p - 1]))
 			continue;
 		if ((n = apikey_at(s, len, p))) {
@@ -950,7 +956,7 @@ static const uint8_t cls[256] = {
 
 static unsigned possible(const struct mask_rules *m, const uint8_t *s, size_t len)
 {
-	size_t digits = 0, dots = 0;
+	size_t digits = 0;
 	unsigned seen = 0, d = 0;
 
 	for (size_t i = 0; i < len; i++) {
@@ -958,7 +964,6 @@ static unsigned possible(const struct mask_rules *m, const uint8_t *s, size_t le
 
 		seen |= c;
 		digits += c & C_DIGIT;
-		dots += (c & C_DOT) >> 1;
 	}
 	if (digits >= 13)
 		d |= 1u << DET_CARD;
@@ -970,7 +975,7 @@ static unsigned possible(const struct mask_rules *m, const uint8_t *s, size_t le
 		d |= 1u << DET_IBAN;
 	if ((digits >= 8 && (seen & C_PLUS)) || (digits >= 10 && (seen & C_NANPSEP)))
 		d |= 1u << DET_PHONE;
-	if (dots >= 2)
+	if ((seen & C_DOT) && len >= 20)
 		d |= 1u << DET_JWT;
 	if (len >= 15)
 		d |= 1u << DET_APIKEY;
