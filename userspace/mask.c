@@ -132,7 +132,7 @@ static bool luhn_ok(const uint8_t *d, int n)
 	return sum % 10 == 0;
 }
 
-/* A card is a run of whole digit groups (single ' ' or '-' between groups),
+/* A card is a run of whole digit groups (single ' ', '-' or '.' between groups),
  * starting at a group start, 13-19 digits; the longest valid run from each
  * group start wins. A group is a maximal digit run, so digits inside a
  * longer run are never a card on their own. */
@@ -156,7 +156,7 @@ static bool next_card(const uint8_t *s, size_t len, size_t from, size_t *ms, siz
 				break;
 			if (nd >= 13 && card_issuer_ok(d, nd) && luhn_ok(d, nd))
 				best = q;
-			if (q + 1 < len && (s[q] == ' ' || s[q] == '-') && is_digit(s[q + 1]))
+			if (q + 1 < len && (s[q] == ' ' || s[q] == '-' || s[q] == '.') && is_digit(s[q + 1]))
 				q++;
 			else
 				break;

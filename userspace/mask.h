@@ -9,13 +9,15 @@
  * Masked content is replaced by the fixed token MASK_TOKEN.
  *
  * Detectors (policy names, nothing else is accepted):
- *   credit_card  13-19 digits, single spaces/dashes allowed between groups,
+ *   credit_card  13-19 digits, a single ' ', '-' or '.' between groups,
  *                Luhn-valid AND an issuer prefix with that brand's lengths
  *                (Visa 4, Mastercard 51-55/2221-2720, Amex 34/37,
  *                Discover 6011/65/644-649, JCB 3528-3589, Diners
  *                36/38/300-305, UnionPay 62). A number is judged on whole
  *                digit groups: the 16 digits inside a 25-digit run are not a
- *                card (and are not half-masked).
+ *                card (and are not half-masked). Not caught: other
+ *                separators ("4111_1111..."), non-ASCII digits, a card
+ *                written as a JSON number with an exponent.
  *   email        practical RFC 5321 local@domain.tld: dot-atom local part,
  *                at least two domain labels, alphabetic TLD of 2+ letters
  *                (non-ASCII bytes are accepted in both parts, so IDN

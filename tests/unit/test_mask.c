@@ -90,6 +90,9 @@ static const struct vcase vcases[] = {
 	{ "credit_card", "4111111111111111", "****" },
 	{ "credit_card", "card 4111 1111 1111 1111 exp", "card **** exp" },
 	{ "credit_card", "4111-1111-1111-1111", "****" },
+	{ "credit_card", "4111.1111.1111.1111", "****" },
+	{ "credit_card", "4111_1111_1111_1111", "4111_1111_1111_1111" },      /* not caught */
+	{ "credit_card", "version 1.2.3.4 and 10.0.0.1", "version 1.2.3.4 and 10.0.0.1" },
 	{ "credit_card", "Visa13 4222222222222.", "Visa13 ****." },
 	{ "credit_card", "5555555555554444", "****" },
 	{ "credit_card", "2223003122003222", "****" },
@@ -571,6 +574,8 @@ static const struct jcase jcases[] = {
 	  "{\"note\":\"card 4111 1111 1111 1111, mail a@b.io\",\"n\":\"ok\"}", 0,
 	  "{\"note\":\"card ****, mail ****\",\"n\":\"ok\"}" },
 	{ "det-escaped-at", { NULL }, true, "{\"m\":\"alice\\u0040example.com\"}", 0, "{\"m\":\"****\"}" },
+	{ "det-escaped-digits", { NULL }, true, "[\"\\u0034111111111111111\", \"4111\\u002d1111-1111-1111\"]", 0,
+	  "[\"****\",\"****\"]" },
 	{ "det-escapes-reencoded", { NULL }, true, "[\"\\\"q\\\" a@b.io\\n\\u0001\\u00e9\"]", 0,
 	  "[\"\\\"q\\\" ****\\n\\u0001\xc3\xa9\"]" },
 	{ "det-number-card", { NULL }, true, "{\"cc\":4111111111111111,\"n\":4111111111111112}", 0,
