@@ -9,6 +9,7 @@
  *   test_mask --bench                also prints mask_value ns/value
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -211,7 +212,11 @@ static void test_detector_table(void)
 			char name[64], seed[512];
 			int n = snprintf(seed, sizeof(seed), "D\n%s", c->in);
 
-			snprintf(name, sizeof(name), "value-%s-%02zu", c->det, i);
+			uint32_t h = 2166136261u;      /* FNV-1a: a name that stays put */
+
+			for (const char *q = c->in; *q; q++)
+				h = (h ^ (uint8_t)*q) * 16777619u;
+			snprintf(name, sizeof(name), "value-%s-%08x", c->det, h);
 			if (n > 0 && (size_t)n < sizeof(seed))
 				unit_seed(name, seed, (size_t)n);
 		}
@@ -392,6 +397,48 @@ static void test_regex_catastrophic(void)
 		CHECK(r == MASK_TOKEN_LEN);
 		free(in);
 		free(out);
+	}
+	mask_free(m);
+}
+
+/* One compiled object used by several threads at once (each thread gets
+ * its own PCRE2 match block). */
+struct thr_arg {
+	const struct mask_rules *m;
+	int bad;
+};
+
+static void *thr_main(void *p)
+{
+	struct thr_arg *a = p;
+
+	for (int i = 0; i < 2000; i++) {
+		char in[64], out[256];
+		int n = snprintf(in, sizeof(in), "EMP-%06d a@b.io %d", i, i);
+		size_t r = mask_value(a->m, in, (size_t)n, out, sizeof(out), NULL);
+		char want[64];
+		int wn = snprintf(want, sizeof(want), "**** **** %d", i);
+
+		if (r != (size_t)wn || memcmp(out, want, r) != 0)
+			a->bad++;
+	}
+	return NULL;
+}
+
+static void test_threads(void)
+{
+	const char *det[] = { "email", "regex:EMP-[0-9]{6}", NULL };
+	struct mask_rules *m = compile1(det, NULL);
+	struct thr_arg args[4];
+	pthread_t th[4];
+
+	for (int i = 0; i < 4; i++) {
+		args[i] = (struct thr_arg){ .m = m };
+		CHECK(pthread_create(&th[i], NULL, thr_main, &args[i]) == 0);
+	}
+	for (int i = 0; i < 4; i++) {
+		pthread_join(th[i], NULL);
+		CHECK(args[i].bad == 0);
 	}
 	mask_free(m);
 }
@@ -905,6 +952,7 @@ int main(int argc, char **argv)
 	RUN(test_huge_inputs);
 	RUN(test_regex);
 	RUN(test_regex_catastrophic);
+	RUN(test_threads);
 	RUN(test_detector_check);
 	RUN(test_compile_union);
 	RUN(test_json_path_check);
