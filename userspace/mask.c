@@ -1075,6 +1075,8 @@ size_t mask_value(const struct mask_rules *m, const char *in, size_t len, char *
 {
 	if (!out)
 		return (size_t)-1;
+	if (len == 0)                   /* nothing can match (empty patterns are refused) */
+		return 0;
 	if (!mask_has_detectors(m)) {
 		if (outcap < len)
 			return (size_t)-1;
@@ -1087,7 +1089,7 @@ size_t mask_value(const struct mask_rules *m, const char *in, size_t len, char *
 
 bool mask_value_matches(const struct mask_rules *m, const char *in, size_t len)
 {
-	return mask_has_detectors(m) && mask_run(m, (const uint8_t *)in, len, NULL, 0, NULL) > 0;
+	return len && mask_has_detectors(m) && mask_run(m, (const uint8_t *)in, len, NULL, 0, NULL) > 0;
 }
 
 /* ---- reports ------------------------------------------------------------- */

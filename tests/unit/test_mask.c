@@ -305,6 +305,14 @@ static void test_invalid_utf8(void)
 	CHECK_STR(mvs(r, "ok secret-12 \xc3\xa9"), "ok **** \xc3\xa9");
 	CHECK_STR(mv(r, "\xed\xa0\x80", 3, NULL), MASK_TOKEN);       /* surrogate */
 	CHECK_STR(mv(r, "\xc0\xaf", 2, NULL), MASK_TOKEN);           /* overlong */
+	/* an empty value (NULL or not) stays empty, custom patterns or not */
+	{
+		char out[8];
+
+		CHECK(mask_value(r, NULL, 0, out, sizeof(out), &hits) == 0);
+		CHECK(mask_value(r, "", 0, out, 0, &hits) == 0);
+		CHECK(!mask_value_matches(r, NULL, 0));
+	}
 	mask_free(m);
 	mask_free(r);
 }
