@@ -473,6 +473,9 @@ static bool next_jwt(const uint8_t *s, size_t len, size_t from, size_t *ms, size
 		if (e1 < len && s[e1] == '.' && (e2 = b64run(s, len, e1 + 1)) > e1 + 1 &&
 		    e2 < len && s[e2] == '.' && jwt_header_ok(s + p, e1 - p)) {
 			e3 = b64run(s, len, e2 + 1);
+			/* JWE compact form has five segments: take them all. */
+			while (e3 + 1 < len && s[e3] == '.' && is_b64url(s[e3 + 1]))
+				e3 = b64run(s, len, e3 + 1);
 			*ms = p;
 			*me = e3;
 			return true;

@@ -39,7 +39,8 @@
  *                national forms without '+' (020 7946 0958), bare digit
  *                runs (4155552671), extensions, vanity letters.
  *   jwt          three base64url segments (the third may be empty) whose
- *                first decodes to a JSON object naming "alg".
+ *                first decodes to a JSON object naming "alg"; further
+ *                segments (JWE has five) are masked with it.
  *   api_key      fixed shapes only: AWS AKIA/ASIA/ABIA/ACCA + 16, GitHub
  *                ghp_/gho_/ghu_/ghs_/ghr_ + 30..255, github_pat_, Slack
  *                xox[abprs]-, Stripe sk_live_/rk_live_/sk_test_/rk_test_,

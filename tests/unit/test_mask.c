@@ -179,6 +179,8 @@ static const struct vcase vcases[] = {
 	{ "jwt", "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.", "****" },                /* alg none */
 	{ "jwt", "eyJmb28iOiJiYXIifQ.eyJ4IjoxfQ.c2ln", "eyJmb28iOiJiYXIifQ.eyJ4IjoxfQ.c2ln" }, /* no alg */
 	{ "jwt", "www.example.com.au", "www.example.com.au" },
+	{ "jwt", "jwe eyJhbGciOiJSU0EtT0FFUCIsImVuYyI6IkEyNTZHQ00ifQ.OKOawDo13gRp2ojaHV7LFpZcgV7T6DVZKTyKOMTYUmKoTCVJRgckCL9kiMT03JGeipsEdY3mx_etLbbWSrFr05kLzcSr4qKAq7YN7e9jwQRb23nfa6c9d-StnImGyFDbSv04uVuxIp5Zms1gNxKKK2Da14B8S4rzVRltdYwam_lDp5XnZAYpQdb76FdIKLaVmqgfwX7XWRxv2322i-vDxRfqNzo_tETKzpVLzfiwQyeyPGLBIO56YJ7eObdv0je81860ppamavo35UgoRdbYaBcoh9QcfylQr66oc6vFWXRcZ_ZT2LawVCWTIy3brGPi6UklfCpIMfIjf7iGdXKHzg.48V1_ALb6US04U3b.5eym8TW_c8SuK0ltJ3rpYIzOeDQz7TALvtu6UG9oMo4vpzs9tX_EFShS8iB7j6jiSdiwkIr3ajwQzaBtQD_A.XFBoMYUZodetZdvTiFvSkQ end",
+	  "jwe **** end" },
 	{ "jwt", "eyJhbGciOiJIUzI1NiJ9", "eyJhbGciOiJIUzI1NiJ9" },                /* one segment */
 	/* api_key */
 	{ "api_key", "key=AKIAIOSFODNN7EXAMPLE;", "key=****;" },
