@@ -51,6 +51,7 @@ struct agent_rt {
 	struct ident_agent *ident;
 	pthread_mutex_t plock;
 	struct ident_principal principal;
+	char *token;                  /* copy of the verified token, under plock; wiped */
 	/* extra cgroups attached with `agentgate attach` */
 	char extra_rel[8][PATH_MAX];
 	uint64_t extra_cgid[8];
@@ -124,6 +125,14 @@ static inline int enforcer_agent_idx(uint32_t slot)
 #define AUDIT_RATE  5000
 #define AUDIT_BURST 20000
 bool enforcer_audit_admit(uint32_t slot);
+
+/*
+ * upstream: {bearer: agent_token}: a copy of agent idx's verified token into
+ * out (NUL-terminated). Returns its length, -ENOENT when the agent holds no
+ * verified token, -ENOSPC when out is too small. Thread-safe. The caller
+ * wipes out (OPENSSL_cleanse) after use and never logs it.
+ */
+int enforcer_agent_token(int idx, char *out, size_t outlen);
 
 /* A copy of agent idx's current principal (thread-safe). */
 void enforcer_principal(int idx, struct ident_principal *out);

@@ -31,6 +31,7 @@
 #include <linux/types.h>
 #include "agentgate_abi.h"
 #include "k8s.h"
+#include "mask.h"
 #include "policy.h"
 #include "http_path.h"
 
@@ -1593,8 +1594,18 @@ static void check_http_rule(struct vctx *v, const struct ynode *item, const char
 
 static void check_json_path(struct vctx *v, const struct ynode *item, const char *s)
 {
-	if (s[0] != '$')
-		verr(v, item, "json mask '%.64s' must be a JSONPath starting with '$'", s);
+	char why[160];
+
+	if (mask_json_path_check(s, why, sizeof(why)))
+		verr(v, item, "json mask '%.64s': %s", s, why);
+}
+
+static void check_detector(struct vctx *v, const struct ynode *item, const char *s)
+{
+	char why[192];
+
+	if (mask_detector_check(s, why, sizeof(why)))
+		verr(v, item, "detector '%.64s': %s", s, why);
 }
 
 static void load_action(struct vctx *v, const struct ynode *m, struct policy_action *a,
@@ -1665,7 +1676,7 @@ static void load_mask(struct vctx *v, const struct ynode *m, struct policy_mask 
 	if ((n = map_get(m, "columns")))
 		want_strv(v, n, "columns", &mk->columns, NULL);
 	if ((n = map_get(m, "detectors")))
-		want_strv(v, n, "detectors", &mk->detectors, NULL);
+		want_strv(v, n, "detectors", &mk->detectors, check_detector);
 	if ((n = map_get(m, "json")))
 		want_strv(v, n, "json", &mk->json, check_json_path);
 }

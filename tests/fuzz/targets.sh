@@ -8,6 +8,7 @@ fuzz_srcs() {
 	case $1 in
 	jwt) echo userspace/ident_jwt.c ;;
 	http_req) echo userspace/http_msg.c ;;
+	mask_json) echo userspace/mask.c userspace/mask_json.c ;;
 	*) echo "userspace/$1.c" ;;
 	esac
 }
@@ -16,6 +17,7 @@ fuzz_libs() {
 	case $1 in
 	dns_msg) echo -lresolv ;;
 	jwt) echo -ljansson -lssl -lcrypto ;;
+	mask_json) echo -lpcre2-8 -lpthread ;;
 	*) ;;
 	esac
 }
@@ -29,6 +31,7 @@ fuzz_max_len() {
 	http_req) echo 17000 ;;               # past HTTP_HEAD_MAX
 	http_path) echo 17000 ;;              # a target as long as a head
 	k8s) echo 21000 ;;                    # past K8S_PATH_MAX + K8S_QUERY_MAX
+	mask_json) echo 65536 ;;              # deep nesting and long digit/base64 runs
 	*) echo 4096 ;;
 	esac
 }
