@@ -125,13 +125,8 @@ static void load_cred(const struct policy_target *t, struct up_entry *e)
 	int n = 0;
 
 	e->cred_done = true;
-	if (u->bearer_agent_token) {
-		/* The agent's own token is main-thread state (ident.c swaps it
-		 * without a lock a worker could take): until a thread-safe
-		 * accessor exists, such a target fails closed. */
-		e->cred_err = "upstream 'bearer: agent_token' is not available yet";
-		return;
-	}
+	if (u->bearer_agent_token)
+		return;   /* per agent, per request: the http module adds it */
 	if (u->bearer_token_file) {
 		if (read_secret(u->bearer_token_file, secret, sizeof(secret), &slen) < 0) {
 			e->cred_err = "cannot read the target's bearer_token_file";

@@ -565,6 +565,27 @@ static int impersonation(struct conn *c, char *buf, size_t cap)
 	return n < 0 ? -EACCES : n;
 }
 
+/*
+ * upstream: {bearer: agent_token}: the agent's own verified token, copied
+ * per request (it is refreshed by the identity source) and wiped. -EPERM
+ * when the agent holds none (the request fails closed).
+ */
+static int agent_bearer(struct conn *c, struct obuf *o)
+{
+	char tok[HTTP_CRED_MAX];
+	int n = c->agent_idx >= 0 ? enforcer_agent_token(c->agent_idx, tok, sizeof(tok)) : -ENOENT;
+
+	if (n < 0 || !http_value_ok((const uint8_t *)tok, (size_t)n)) {
+		OPENSSL_cleanse(tok, sizeof(tok));
+		return -EPERM;
+	}
+	puts_(o, "Authorization: Bearer ");
+	put(o, tok, (size_t)n);
+	puts_(o, "\r\n");
+	OPENSSL_cleanse(tok, sizeof(tok));
+	return o->over ? -ENOBUFS : 0;
+}
+
 /* The forwarded head, re-serialised from the parse. */
 static int forward_head(struct conn *c, const uint8_t *b, const struct http_head *h, const char *path,
 			size_t plen, const struct http_target *tg, const char *host, bool upgrade)
@@ -623,6 +644,10 @@ static int forward_head(struct conn *c, const uint8_t *b, const struct http_head
 		return cl;
 	}
 	o.n += (size_t)cl;
+	if (target(c)->upstream.bearer_agent_token && (err = agent_bearer(c, &o)) < 0) {
+		OPENSSL_cleanse(buf, o.n);
+		return err;
+	}
 	puts_(&o, "\r\n");
 	err = o.over ? -ENOBUFS : conn_send(c, SIDE_UP, o.b, o.n);
 	OPENSSL_cleanse(buf, o.n);   /* it held the credential */
@@ -734,7 +759,13 @@ static int on_request(struct conn *c, const uint8_t *b, const struct http_head *
 	if (fwd) {
 		r->upgrade = upgrade;
 		err = forward_head(c, b, h, path, tg.path_len, &tg, host, upgrade);
-		if (err == -EACCES) {
+		if (err == -EPERM) {
+			fwd = false;
+			r->allowed = false;
+			r->status = 502;
+			r->reason = "the agent holds no verified token to send upstream (bearer: agent_token)";
+			r->close_after = true;
+		} else if (err == -EACCES) {
 			fwd = false;
 			r->allowed = false;
 			r->status = 403;
