@@ -658,3 +658,12 @@ def test_policy_explain_request_line(tmp):
     rc, out = explain("GET /v1/x")
     r = subprocess.run([AG, "policy", "check", pol], capture_output=True, text=True)
     assert r.returncode != 0 and "dot segment" in r.stdout + r.stderr
+
+
+def test_bearer_agent_token_fails_closed_without_one(enforcer, rec):
+    # a local agent holds no verified token: nothing is sent, the request is a 502
+    enforcer.start(policy(rec.port, upstream="server_name: api.internal, bearer: agent_token"))
+    out = raw(enforcer, rec.port, crlf("GET /v1/invoices HTTP/1.1⏎Host: api.internal⏎⏎"))
+    rs, _ = responses(out)
+    assert [r[0] for r in rs] == [502] and "agent_token" in json.loads(rs[0][2])["reason"]
+    assert rec.all() == b""
