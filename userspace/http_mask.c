@@ -1,0 +1,149 @@
+// SPDX-License-Identifier: Apache-2.0
+/* http_mask: content decoding and masking of response bodies (see http_mask.h). */
+#include "http_mask.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <zlib.h>
+
+static int inflate_with(const uint8_t *in, size_t len, size_t max, int wbits, uint8_t **out, size_t *outlen)
+{
+	z_stream zs;
+	size_t cap = len * 4 + 1024, n = 0;
+	uint8_t *buf;
+	int rc;
+
+	if (cap > max + 1)
+		cap = max + 1;
+	memset(&zs, 0, sizeof(zs));
+	if (inflateInit2(&zs, wbits) != Z_OK)
+		return -ENOMEM;
+	buf = malloc(cap);
+	if (!buf) {
+		inflateEnd(&zs);
+		return -ENOMEM;
+	}
+	zs.next_in = (Bytef *)in;
+	zs.avail_in = (uInt)len;
+	for (;;) {
+		if (n == cap) {
+			uint8_t *nb;
+
+			if (cap > max) {
+				rc = -E2BIG;
+				break;
+			}
+			cap = cap * 2 > max + 1 ? max + 1 : cap * 2;
+			nb = realloc(buf, cap);
+			if (!nb) {
+				rc = -ENOMEM;
+				break;
+			}
+			buf = nb;
+		}
+		zs.next_out = buf + n;
+		zs.avail_out = (uInt)(cap - n);
+		rc = inflate(&zs, Z_NO_FLUSH);
+		n = cap - zs.avail_out;
+		if (rc == Z_STREAM_END) {
+			/* bytes after the stream are not part of any reading */
+			rc = zs.avail_in ? -EINVAL : 0;
+			break;
+		}
+		if (rc == Z_OK && n == cap)
+			continue;
+		if (rc != Z_OK || !zs.avail_in) {
+			rc = rc == Z_MEM_ERROR ? -ENOMEM : -EINVAL;   /* corrupt or truncated */
+			break;
+		}
+	}
+	inflateEnd(&zs);
+	if (rc == 0 && n > max)
+		rc = -E2BIG;
+	if (rc) {
+		free(buf);
+		return rc;
+	}
+	*out = buf;
+	*outlen = n;
+	return 0;
+}
+
+int http_inflate(const uint8_t *in, size_t len, size_t max, uint8_t **out, size_t *outlen)
+{
+	int rc = inflate_with(in, len, max, 15 + 32, out, outlen);   /* gzip or zlib */
+
+	if (rc == -EINVAL)   /* "deflate" as raw deflate, as some servers send it */
+		rc = inflate_with(in, len, max, -15, out, outlen);
+	return rc;
+}
+
+static bool coding_is(const char *c, size_t n, const char *name)
+{
+	return n == strlen(name) && strncasecmp(c, name, n) == 0;
+}
+
+int http_mask_body(const struct mask_rules *m, const uint8_t *body, size_t len, const char *coding,
+		   size_t codinglen, char **out, size_t *outlen, struct mask_report *rep, const char **why)
+{
+	uint8_t *plain = NULL;
+	const uint8_t *p = body;
+	size_t plen = len, cap;
+	int rc;
+
+	memset(rep, 0, sizeof(*rep));
+	*out = NULL;
+	if (coding && codinglen && !coding_is(coding, codinglen, "identity")) {
+		if (!coding_is(coding, codinglen, "gzip") && !coding_is(coding, codinglen, "x-gzip") &&
+		    !coding_is(coding, codinglen, "deflate")) {
+			*why = "the response's content coding cannot be decoded for masking";
+			return -EINVAL;
+		}
+		rc = http_inflate(body, len, MASK_JSON_MAX, &plain, &plen);
+		if (rc) {
+			*why = rc == -E2BIG ? "the decoded response is too large to mask"
+					    : "the response's compressed body is corrupt";
+			return rc;
+		}
+		p = plain;
+	}
+	if (plen > MASK_JSON_MAX) {
+		free(plain);
+		*why = "the response is too large to mask";
+		return -E2BIG;
+	}
+	rc = mask_json(m, (const char *)p, plen, out, outlen, rep);
+	if (rc == 0 || rc == -E2BIG || rc == -ENOMEM) {
+		free(plain);
+		if (rc)
+			*why = rc == -E2BIG ? "the response is too large or too deep to mask" : "out of memory";
+		return rc;
+	}
+	/* Not JSON. */
+	if (!mask_has_detectors(m)) {
+		free(plain);
+		*why = "the response is not JSON and the route's mask names only JSON paths";
+		return -EINVAL;
+	}
+	cap = mask_value_bound(plen);
+	*out = malloc(cap + 1);
+	if (!*out) {
+		free(plain);
+		*why = "out of memory";
+		return -ENOMEM;
+	}
+	*outlen = mask_value(m, (const char *)p, plen, *out, cap, &rep->hits);
+	free(plain);
+	if (*outlen == (size_t)-1) {
+		free(*out);
+		*out = NULL;
+		*why = "masking failed";
+		return -EINVAL;
+	}
+	(*out)[*outlen] = '\0';
+	if (rep->hits)
+		mask_report_add(rep, m, "(body)", 6);
+	return 0;
+}

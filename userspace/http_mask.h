@@ -1,0 +1,32 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * http_mask: a response body on a masked route, made safe to show: the
+ * content coding (gzip, deflate) undone with zlib (bounded: a small body
+ * that inflates past MASK_JSON_MAX is refused, not followed), then masked
+ * by mask.h: as JSON when it parses as JSON (whatever its Content-Type
+ * says: a JSON body labelled text/plain is still read as JSON by a client),
+ * else by the detectors. A body that is not JSON on a route whose mask
+ * names JSON paths and no detectors is refused: nothing could say which
+ * part of it is $.customer.email. The result is sent identity-coded.
+ */
+#ifndef AGENTGATE_HTTP_MASK_H
+#define AGENTGATE_HTTP_MASK_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "mask.h"
+
+/*
+ * coding: the Content-Encoding value (NULL or "" or "identity": none;
+ * "gzip", "x-gzip", "deflate"; anything else is refused). On 0, *out is
+ * malloc'd (caller frees) with *outlen bytes, rep filled. On -errno, *why
+ * is a static reason (-EINVAL refused content, -E2BIG too large, -ENOMEM).
+ */
+int http_mask_body(const struct mask_rules *m, const uint8_t *body, size_t len, const char *coding,
+		   size_t codinglen, char **out, size_t *outlen, struct mask_report *rep, const char **why);
+
+/* Inflate gzip or zlib-wrapped (or raw) deflate into a malloc'd buffer of
+ * at most max bytes. 0, -EINVAL (corrupt), -E2BIG (over max), -ENOMEM. */
+int http_inflate(const uint8_t *in, size_t len, size_t max, uint8_t **out, size_t *outlen);
+
+#endif
