@@ -53,6 +53,7 @@
 #include "enforcer.h"
 #include "http_msg.h"
 #include "http_path.h"
+#include "http_mask.h"
 #include "http_upstream.h"
 #include "k8s.h"
 #include "local_ca.h"
@@ -74,6 +75,9 @@ struct hreq {                      /* a request in flight, answered in order */
 	char user[64];                 /* the delegating user's sub, "" none */
 	char why[160];                 /* a reason built for this request */
 	char k8s_verb[24], k8s_res[160], k8s_ns[64];   /* kubernetes attributes, for audit */
+	bool masked;                   /* the response is masked (mask rules apply) */
+	unsigned mask_hits;
+	char mask_fields[256];
 	char method[HTTP_METHOD_MAX + 1];
 	char path[AUDIT_PATH_MAX];
 	uint64_t t0_ms, req_bytes, resp_bytes;
@@ -99,6 +103,18 @@ struct http_state {
 	bool k8s;                      /* protocol: kubernetes */
 	char host[256];                /* the target's name for Host when the agent sends none */
 	struct ident_principal user;   /* scratch: the delegating user of the request being judged */
+	/* masking: the compiled union of the masks of the rules in force,
+	 * recompiled when that rule set changes */
+	struct mask_rules *mask;
+	const struct policy_rule *mask_of[2 * ENFORCER_MAX_RULES];
+	size_t nmask_of;
+	bool mask_valid;
+	/* a masked response being collected */
+	bool collecting;
+	uint8_t *mhead;                /* copy of its head; mh's offsets point into it */
+	struct http_head mh;
+	uint8_t *mbody;
+	size_t mlen, mcap;
 };
 
 static struct http_state *st(struct conn *c)
@@ -183,6 +199,8 @@ static void audit_request(struct conn *c, const struct hreq *r)
 	unmapped_set(ev, "tls_intercepted", json_boolean(st(c)->agent_tls));
 	if (r->user[0])
 		unmapped_set(ev, "user", json_pack("{s:s}", "sub", r->user));
+	if (r->masked)
+		unmapped_set(ev, "masked", json_pack("{s:i, s:s}", "hits", r->mask_hits, "fields", r->mask_fields));
 	if (r->k8s_verb[0])
 		unmapped_set(ev, "kubernetes", json_pack("{s:s, s:s, s:s}", "verb", r->k8s_verb,
 							 "resource", r->k8s_res, "namespace", r->k8s_ns));
@@ -588,7 +606,7 @@ static int agent_bearer(struct conn *c, struct obuf *o)
 
 /* The forwarded head, re-serialised from the parse. */
 static int forward_head(struct conn *c, const uint8_t *b, const struct http_head *h, const char *path,
-			size_t plen, const struct http_target *tg, const char *host, bool upgrade)
+			size_t plen, const struct http_target *tg, const char *host, bool upgrade, bool masked)
 {
 	static __thread char buf[HTTP_HEAD_MAX + HTTP_CRED_MAX + 1024];
 	struct obuf o = { buf, 0, sizeof(buf), false };
@@ -611,11 +629,17 @@ static int forward_head(struct conn *c, const uint8_t *b, const struct http_head
 		if (strip_field(b, f) || http_conn_names(b, h, f) ||
 		    (st(c)->k8s && k8s_header_is_identity((const char *)b + f->name, f->name_len)))
 			continue;
+		/* masked: a part of a body cannot be masked, and we decode only zlib codings */
+		if (masked && (http_field_is(b, f, "range") || http_field_is(b, f, "if-range") ||
+			       http_field_is(b, f, "accept-encoding")))
+			continue;
 		put(&o, b + f->name, f->name_len);
 		puts_(&o, ": ");
 		put(&o, b + f->value, f->value_len);
 		puts_(&o, "\r\n");
 	}
+	if (masked)
+		puts_(&o, "Accept-Encoding: gzip, deflate\r\n");
 	if (st(c)->k8s) {
 		int n = impersonation(c, o.b + o.n, o.cap - o.n);
 
@@ -654,6 +678,56 @@ static int forward_head(struct conn *c, const uint8_t *b, const struct http_head
 	return err;
 }
 
+/*
+ * The masks in force for this request: the union of the masks of every
+ * rule the agent holds for the target, and of the delegating user's
+ * (DESIGN.md §3: masks are the union). Compiled once per connection and
+ * again only when that rule set changes. NULL with *err set on failure
+ * (the request is refused: never unmasked by accident).
+ */
+static struct mask_rules *route_mask(struct conn *c, const struct ident_principal *user, const char **err)
+{
+	struct http_state *s = st(c);
+	const struct policy_rule *rules[2 * ENFORCER_MAX_RULES];
+	const struct policy_mask *masks[2 * ENFORCER_MAX_RULES];
+	size_t n = 0, k = 0;
+	char why[160];
+
+	*err = NULL;
+	if (c->agent_idx < 0)
+		return NULL;
+	n = enforcer_rules_for(c->agent_idx, c->target_idx, rules, ENFORCER_MAX_RULES);
+	if (n <= ENFORCER_MAX_RULES && user) {
+		size_t u = enforcer_user_rules_for(c->agent_idx, user, c->target_idx, rules + n, ENFORCER_MAX_RULES);
+
+		n = u > ENFORCER_MAX_RULES ? 2 * ENFORCER_MAX_RULES + 1 : n + u;
+	}
+	if (n > 2 * ENFORCER_MAX_RULES) {
+		*err = "too many rules for this target";
+		return NULL;
+	}
+	if (s->mask_valid && n == s->nmask_of && !memcmp(rules, s->mask_of, n * sizeof(rules[0])))
+		return s->mask;
+	for (size_t i = 0; i < n; i++)
+		if (rules[i]->mask.present)
+			masks[k++] = &rules[i]->mask;
+	mask_free(s->mask);
+	s->mask = NULL;
+	s->mask_valid = false;
+	if (k) {
+		s->mask = mask_compile(masks, k, why, sizeof(why));
+		if (!s->mask) {
+			log_err("http: target '%s': mask: %s", target(c)->name, why);
+			*err = "the route's mask could not be compiled";
+			return NULL;
+		}
+	}
+	memcpy(s->mask_of, rules, n * sizeof(rules[0]));
+	s->nmask_of = n;
+	s->mask_valid = true;
+	return s->mask;
+}
+
 /* Sets the agent side up to read (and forward or drop) r's body. */
 static void expect_body(struct http_state *s, struct hreq *r, const struct http_head *h, bool fwd)
 {
@@ -663,6 +737,29 @@ static void expect_body(struct http_state *s, struct hreq *r, const struct http_
 	s->abody_chunked = h->body == HTTP_BODY_CHUNKED;
 	s->aremain = h->content_length;
 	http_chunked_init(&s->ach);
+}
+
+/* An allowed request on a masked route: its response is masked; an
+ * upgrade there is refused (what follows could not be masked). */
+static bool masking(struct conn *c, const struct ident_principal *user, bool upgrade, struct hreq *v)
+{
+	const char *err;
+	struct mask_rules *m = route_mask(c, user, &err);
+
+	if (err) {
+		v->allowed = false;
+		v->status = 403;
+		v->reason = err;
+		return false;
+	}
+	v->masked = m && !mask_is_empty(m);
+	if (v->masked && upgrade) {
+		v->allowed = false;
+		v->status = 403;
+		v->reason = "an upgrade on a masked route is not allowed";
+		return false;
+	}
+	return true;
 }
 
 /*
@@ -717,12 +814,12 @@ static bool judge(struct conn *c, const uint8_t *b, const struct http_head *h, c
 	if (st(c)->k8s ? decide_k8s(c, has_user ? user : NULL, v->method, *upgrade, path, tg->path_len, tg, v)
 		       : decide(c, has_user ? user : NULL, v->method, h->method_len, *upgrade, path, tg->path_len, v)) {
 		v->allowed = true;
-		return true;
+		return masking(c, has_user ? user : NULL, *upgrade, v);
 	}
 	if (c->policy->mode == POLICY_OBSERVE) {
-		v->would_deny = true;   /* observe: recorded, forwarded */
+		v->would_deny = true;   /* observe: recorded, forwarded (masking is never weakened) */
 		v->allowed = true;
-		return true;
+		return masking(c, has_user ? user : NULL, *upgrade, v);
 	}
 	v->status = 403;
 	return false;
@@ -758,7 +855,7 @@ static int on_request(struct conn *c, const uint8_t *b, const struct http_head *
 		r->reason = r->why;   /* it pointed into the copy */
 	if (fwd) {
 		r->upgrade = upgrade;
-		err = forward_head(c, b, h, path, tg.path_len, &tg, host, upgrade);
+		err = forward_head(c, b, h, path, tg.path_len, &tg, host, upgrade, r->masked);
 		if (err == -EPERM) {
 			fwd = false;
 			r->allowed = false;
@@ -932,43 +1029,56 @@ static int process_agent(struct conn *c)
 
 /* ---- responses --------------------------------------------------------------- */
 
-static bool strip_resp_field(const uint8_t *b, const struct http_field *f, bool upgrade)
+static bool strip_resp_field(const uint8_t *b, const struct http_field *f, bool upgrade, bool masked)
 {
 	static const char *const hop[] = {
 		"connection", "keep-alive", "te", "trailer", "transfer-encoding", "proxy-connection",
 		"content-length",
 	};
+	/* a masked body is another body: its coding, validators and ranges go */
+	static const char *const body[] = {
+		"content-encoding", "etag", "accept-ranges", "content-range", "content-md5", "digest",
+		"repr-digest", "content-digest",
+	};
 
 	for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
 		if (http_field_is(b, f, hop[i]))
 			return true;
+	for (size_t i = 0; masked && i < sizeof(body) / sizeof(body[0]); i++)
+		if (http_field_is(b, f, body[i]))
+			return true;
 	return !upgrade && http_field_is(b, f, "upgrade");
 }
 
-/* The response head to the agent, re-serialised with our framing. */
+/*
+ * The response head to the agent, re-serialised with our framing. mlen >= 0:
+ * a masked body of that length follows (identity-coded).
+ */
 static int send_resp_head(struct conn *c, const uint8_t *b, const struct http_head *h, struct hreq *r,
-			  bool close)
+			  bool close, long long mlen)
 {
 	static __thread char buf[HTTP_RESP_HEAD_MAX + 256];
 	struct obuf o = { buf, 0, sizeof(buf), false };
 	const uint8_t *eol = memchr(b, '\r', h->head_len);
 	bool upgrade = h->status == 101;
+	char num[48];
 
 	put(&o, b, (size_t)(eol - b));   /* the status line, validated */
 	puts_(&o, "\r\n");
 	for (unsigned i = 0; i < h->nf; i++) {
 		const struct http_field *f = &h->f[i];
 
-		if (strip_resp_field(b, f, upgrade) || http_conn_names(b, h, f))
+		if (strip_resp_field(b, f, upgrade, mlen >= 0) || http_conn_names(b, h, f))
 			continue;
 		put(&o, b + f->name, f->name_len);
 		puts_(&o, ": ");
 		put(&o, b + f->value, f->value_len);
 		puts_(&o, "\r\n");
 	}
-	if (h->status >= 200) {
-		char num[48];
-
+	if (mlen >= 0) {
+		snprintf(num, sizeof(num), "Content-Length: %lld\r\n", mlen);
+		puts_(&o, num);
+	} else if (h->status >= 200) {
 		if (h->body == HTTP_BODY_CHUNKED) {
 			puts_(&o, "Transfer-Encoding: chunked\r\n");
 		} else if (h->body == HTTP_BODY_LENGTH || (h->body == HTTP_BODY_NONE && r->head)) {
@@ -991,6 +1101,64 @@ static int send_resp_head(struct conn *c, const uint8_t *b, const struct http_he
 		return -EMSGSIZE;
 	r->resp_bytes += o.n;
 	return conn_send(c, SIDE_AGENT, o.b, o.n);
+}
+
+static int response_done(struct conn *c);
+
+/* A masked response: keep a copy of its head; the body is collected. */
+static int collect_start(struct conn *c, const uint8_t *in, const struct http_head *h)
+{
+	struct http_state *s = st(c);
+
+	if (h->body == HTTP_BODY_LENGTH && h->content_length > MASK_JSON_MAX)
+		return -E2BIG;
+	free(s->mhead);
+	if (!(s->mhead = malloc(h->head_len)))
+		return -ENOMEM;
+	memcpy(s->mhead, in, h->head_len);
+	s->mh = *h;
+	s->mlen = 0;
+	s->collecting = true;
+	return 0;
+}
+
+/* Mask the collected body and send the answer; a body that cannot be
+ * masked is a 502 of ours, never the unmasked bytes. */
+static int collect_finish(struct conn *c)
+{
+	struct http_state *s = st(c);
+	struct hreq *r = q_front(s);
+	struct mask_report rep;
+	const char *why = NULL, *coding = NULL;
+	size_t clen = 0, outlen = 0;
+	char *out = NULL;
+	int err;
+
+	s->collecting = false;
+	for (unsigned i = 0; i < s->mh.nf; i++)
+		if (http_field_is(s->mhead, &s->mh.f[i], "content-encoding")) {
+			coding = (const char *)s->mhead + s->mh.f[i].value;
+			clen = s->mh.f[i].value_len;
+		}
+	err = http_mask_body(s->mask, s->mbody, s->mlen, coding, clen, &out, &outlen, &rep, &why);
+	s->mlen = 0;
+	if (err) {
+		r->local = true;
+		r->allowed = false;
+		r->status = 502;
+		r->reason = why;
+		r->close_after = true;
+		err = send_local(c, r);
+		return err;
+	}
+	r->mask_hits = rep.hits;
+	snprintf(r->mask_fields, sizeof(r->mask_fields), "%s", rep.fields);
+	err = send_resp_head(c, s->mhead, &s->mh, r, r->close_after || s->up_close, (long long)outlen);
+	if (!err)
+		err = conn_send(c, SIDE_AGENT, out, outlen);
+	r->resp_bytes += outlen;
+	free(out);
+	return err;
 }
 
 /* The forwarded request at the front has its whole answer. */
@@ -1017,10 +1185,60 @@ static int response_done(struct conn *c)
 	return process_agent(c);   /* a full queue, or a held request, may go on */
 }
 
+/* Response body bytes: to the agent (re-chunked when chunked), or into the
+ * masked response being collected. */
+static int body_out(struct conn *c, const uint8_t *p, size_t n, bool chunked)
+{
+	struct http_state *s = st(c);
+	char hdr[24];
+	int err;
+
+	if (s->collecting) {
+		if (n > MASK_JSON_MAX - s->mlen)
+			return -E2BIG;
+		if (s->mlen + n > s->mcap) {
+			size_t cap = s->mcap ? s->mcap : 64 * 1024;
+			uint8_t *nb;
+
+			while (cap < s->mlen + n)
+				cap *= 2;
+			if (!(nb = realloc(s->mbody, cap)))
+				return -ENOMEM;
+			s->mbody = nb;
+			s->mcap = cap;
+		}
+		memcpy(s->mbody + s->mlen, p, n);
+		s->mlen += n;
+		return 0;
+	}
+	q_front(s)->resp_bytes += n;
+	if (!chunked)
+		return conn_send(c, SIDE_AGENT, p, n);
+	size_t hl = http_chunk_header(n, hdr);
+
+	if ((err = conn_send(c, SIDE_AGENT, hdr, hl)) || (err = conn_send(c, SIDE_AGENT, p, n)))
+		return err;
+	return conn_send(c, SIDE_AGENT, HTTP_CHUNK_TAIL, 2);
+}
+
+/* The body is whole: the answer goes out (masked when collected). */
+static int body_done(struct conn *c)
+{
+	struct http_state *s = st(c);
+	int err;
+
+	if (s->collecting) {
+		if ((err = collect_finish(c)))
+			return err;
+	} else if (s->ubody == HTTP_BODY_CHUNKED && (err = conn_send(c, SIDE_AGENT, HTTP_CHUNK_LAST, 5))) {
+		return err;
+	}
+	return response_done(c);
+}
+
 static int upstream_body(struct conn *c, const uint8_t *in, size_t len, bool eof)
 {
 	struct http_state *s = st(c);
-	struct hreq *r = q_front(s);
 	size_t off = 0;
 	int err;
 
@@ -1028,14 +1246,13 @@ static int upstream_body(struct conn *c, const uint8_t *in, size_t len, bool eof
 	case HTTP_BODY_LENGTH: {
 		size_t take = len < s->uremain ? len : (size_t)s->uremain;
 
-		if ((err = conn_send(c, SIDE_AGENT, in, take)))
+		if ((err = body_out(c, in, take, false)))
 			return err;
 		s->uremain -= take;
 		off = take;
-		r->resp_bytes += take;
 		if (!s->uremain) {
 			conn_in_consume(c, SIDE_UP, (uint32_t)off);
-			err = response_done(c);
+			err = body_done(c);
 			return err ? err : 1;
 		}
 		if (eof)
@@ -1045,42 +1262,31 @@ static int upstream_body(struct conn *c, const uint8_t *in, size_t len, bool eof
 	case HTTP_BODY_CHUNKED:
 		while (off < len && !s->uch.done) {
 			size_t used, doff, dlen;
-			char hdr[24];
 
 			if (http_chunked_feed(&s->uch, in + off, len - off, &used, &doff, &dlen) < 0)
 				return -EPROTO;
-			if (dlen) {
-				size_t hl = http_chunk_header(dlen, hdr);
-
-				if ((err = conn_send(c, SIDE_AGENT, hdr, hl)) ||
-				    (err = conn_send(c, SIDE_AGENT, in + off + doff, dlen)) ||
-				    (err = conn_send(c, SIDE_AGENT, HTTP_CHUNK_TAIL, 2)))
-					return err;
-				r->resp_bytes += dlen;
-			}
+			if (dlen && (err = body_out(c, in + off + doff, dlen, true)))
+				return err;
 			if (!used)
 				break;
 			off += used;
 		}
 		if (s->uch.done) {
-			if ((err = conn_send(c, SIDE_AGENT, HTTP_CHUNK_LAST, 5)))
-				return err;
 			conn_in_consume(c, SIDE_UP, (uint32_t)off);
-			err = response_done(c);
+			err = body_done(c);
 			return err ? err : 1;
 		}
 		if (eof)
 			return -EPIPE;
 		break;
 	default:   /* until the upstream closes */
-		if ((err = conn_send(c, SIDE_AGENT, in, len)))
+		if ((err = body_out(c, in, len, false)))
 			return err;
 		off = len;
-		r->resp_bytes += len;
 		if (eof) {
 			conn_in_consume(c, SIDE_UP, (uint32_t)off);
 			s->up_close = true;
-			err = response_done(c);
+			err = body_done(c);
 			return err ? err : 1;
 		}
 		break;
@@ -1179,14 +1385,19 @@ static int process_upstream(struct conn *c)
 		s->up_close = (h.conn & HTTP_CONN_CLOSE) || h.version == 10 || h.body == HTTP_BODY_EOF;
 		if (h.status >= 100 && h.status < 200 && h.status != 101) {
 			/* interim (100 Continue, 103): relayed to an HTTP/1.1 agent */
-			if ((err = send_resp_head(c, in, &h, r, false)))
+			if ((err = send_resp_head(c, in, &h, r, false, -1)))
 				return err;
 			conn_in_consume(c, SIDE_UP, h.head_len);
 			continue;
 		}
 		r->status = h.status;
-		if ((err = send_resp_head(c, in, &h, r, r->close_after || s->up_close)))
+		if (r->masked && h.body != HTTP_BODY_NONE && h.status != 101) {
+			/* held until the body is whole and masked */
+			if ((err = collect_start(c, in, &h)))
+				return err;
+		} else if ((err = send_resp_head(c, in, &h, r, r->close_after || s->up_close, -1))) {
 			return err;
+		}
 		conn_in_consume(c, SIDE_UP, h.head_len);
 		if (h.status == 101) {
 			s->ustate = U_TUNNEL;
@@ -1350,6 +1561,13 @@ static void http_on_upstream_fail(struct conn *c, int err)
 
 static void http_release(struct conn *c)
 {
+	struct http_state *s = st(c);
+
+	if (s) {
+		mask_free(s->mask);
+		free(s->mhead);
+		free(s->mbody);
+	}
 	free(c->proto_state);
 	c->proto_state = NULL;
 }
