@@ -484,7 +484,9 @@ http {{
         listen 127.0.0.1:{port};
         {tls}
         root {d}/www;
+        gzip on; gzip_types application/json text/plain; gzip_min_length 0;
         location /v1/upload {{ client_max_body_size 0; return 200 "ok $content_length\\n"; }}
+        location /v1/text {{ default_type text/plain; }}
         location / {{ }}
     }}
 }}
@@ -667,3 +669,76 @@ def test_bearer_agent_token_fails_closed_without_one(enforcer, rec):
     rs, _ = responses(out)
     assert [r[0] for r in rs] == [502] and "agent_token" in json.loads(rs[0][2])["reason"]
     assert rec.all() == b""
+
+
+# ---- masking -------------------------------------------------------------------
+
+INVOICE = {"id": 42, "customer": {"name": "Ada", "email": "ada@example.com"},
+           "card": "4111 1111 1111 1111", "note": "call +1 415 555 0100"}
+
+
+def mask_policy(port, mask):
+    return f"""
+    version: 1
+    agents: [{{name: {AGENT}}}]
+    targets: [{{name: api, protocol: http, address: 127.0.0.1:{port}, upstream: {{}}}}]
+    roles:
+      - name: reader
+        rules:
+          - target: api
+            allow: {{http: ["GET /v1/**"]}}
+            mask: {mask}
+    bindings: [{{role: reader, agents: [{AGENT}]}}]
+    """
+
+
+def test_json_masking_gzip_range(enforcer, servers, tmp):
+    port, d = nginx(tmp, servers.procs)
+    with open(os.path.join(d, "www", "v1", "inv"), "w") as f:
+        f.write(json.dumps(INVOICE) + "\n")
+    with open(os.path.join(d, "www", "v1", "text"), "w") as f:
+        f.write("card 4111-1111-1111-1111 for ada@example.com\n")
+    enforcer.start(mask_policy(port, '{json: ["$.customer.email"], detectors: [credit_card]}'))
+    url = f"http://127.0.0.1:{port}/v1/inv"
+    for extra in ([], ["--compressed"], ["-r", "0-10"], ["-H", "Accept-Encoding: gzip"]):
+        r = curl(enforcer, "-D", "-", *extra, url)
+        assert r.returncode == 0, (extra, r.stderr)
+        assert "\n\n" in r.stdout, (extra, r.stdout, r.stderr)   # text mode: CRLF read as LF
+        head, body = r.stdout.split("\n\n", 1)
+        assert head.startswith("HTTP/1.1 200"), (extra, head)
+        assert "content-encoding" not in head.lower() and "etag" not in head.lower(), (extra, head)
+        got = json.loads(body)
+        assert got == {"id": 42, "customer": {"name": "Ada", "email": "****"}, "card": "****",
+                       "note": "call +1 415 555 0100"}, (extra, body)
+        clen = [l for l in head.split("\n") if l.lower().startswith("content-length:")]
+        assert clen and int(clen[0].split(":")[1]) == len(body.encode()), (extra, head)
+    # nginx did get gzip asked for, and did not get the Range
+    with open(os.path.join(d, "access.log")) as f:
+        assert " 206 " not in f.read()
+    # not JSON: the detectors mask the text
+    r = curl(enforcer, f"http://127.0.0.1:{port}/v1/text")
+    assert r.stdout == "card **** for ada@example.com\n", r.stdout
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4002 and e["unmapped"].get("masked", {}).get("hits"))
+    assert ev and "email" in ev["unmapped"]["masked"]["fields"]
+    assert "ada@example.com" not in json.dumps(enforcer.events())
+
+
+def test_masked_route_non_json_refused_without_detectors(enforcer, servers, tmp):
+    port, d = nginx(tmp, servers.procs)
+    with open(os.path.join(d, "www", "v1", "text"), "w") as f:
+        f.write("ada@example.com\n")
+    enforcer.start(mask_policy(port, '{json: ["$.customer.email"]}'))
+    r = curl(enforcer, "-w", "\n%{http_code}", f"http://127.0.0.1:{port}/v1/text")
+    body, code = r.stdout.rsplit("\n", 1)
+    assert code == "502" and "not JSON" in json.loads(body)["reason"]
+    assert "ada@example.com" not in r.stdout
+
+
+def test_h37_range_stripped_on_masked_route(enforcer, rec):
+    enforcer.start(mask_policy(rec.port, "{detectors: [email]}"))
+    out = raw(enforcer, rec.port, crlf("GET /v1/invoices HTTP/1.1⏎Host: api.internal⏎Range: bytes=0-10⏎"
+                                       "If-Range: x⏎Accept-Encoding: br⏎⏎"))
+    rs, _ = responses(out)
+    assert rs[0][0] == 200 and rs[0][2] == b"seen GET /v1/invoices body=0\n"
+    assert rec.all() == (b"GET /v1/invoices HTTP/1.1\r\nHost: api.internal\r\n"
+                         b"Accept-Encoding: gzip, deflate\r\n\r\n")
