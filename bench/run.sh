@@ -396,8 +396,8 @@ done
 
 # ---- HTTP (issue 5) ----------------------------------------------------------
 # wrk against nginx: direct, through nginx as a reverse proxy, through haproxy
-# in mode http, and through agentgate's http module (path rules; JSON masking
-# once the masking library is in), small and 64 KiB responses, side by side.
+# in mode http, and through agentgate's http module (path rules and JSON
+# masking), small and 64 KiB responses, side by side.
 # HTTP_BENCH=0 skips it. Runs after the TCP table, with its own enforcer.
 
 HTTP_CONNS=${HTTP_CONNS:-16}
@@ -497,6 +497,7 @@ http_setup() {
 	    rules:
 	      - target: api
 	        allow: {http: ["GET /small", "GET /big", "GET /v1/invoices/*"]}
+	        mask: {json: ["\$.customer.email", "\$..card"], detectors: [credit_card]}
 	bindings:
 	  - {role: r, agents: [bench]}
 	audit:
@@ -518,6 +519,9 @@ http_setup() {
 	if [[ -z $AG_NA ]] && ! ./agentgate exec --state-dir "$AG_STATE" --agent bench -- \
 		curl -s "http://127.0.0.1:$NG_PORT/denied" | grep -q '"agentgate: denied"'; then
 		AG_NA="the http module did not answer a denied path (not redirected?): $(tail -n 2 "$TMP/agentgate-http.log" | oneline)"
+	elif [[ -z $AG_NA ]] && ./agentgate exec --state-dir "$AG_STATE" --agent bench -- \
+		curl -s "http://127.0.0.1:$NG_PORT/small" | grep -q 'ada@example.com'; then
+		AG_NA="responses were not masked"
 	fi
 	return 0
 }
@@ -574,7 +578,7 @@ http_bench() {
 	done
 	echo
 	echo "HTTP: wrk, 1 thread, $HTTP_CONNS keep-alive connections, GET of a small JSON document and of 64 KiB"
-	echo "  (agentgate: path rules checked on every request${AG_NA:+; n/a: $AG_NA})"
+	echo "  (agentgate: path rules on every request, JSON masking of every response: \$.customer.email, \$..card, credit_card${AG_NA:+; n/a: $AG_NA})"
 	printf '%-12s %-14s%-14s%-14s%-14s%-17s%s\n' test direct nginx haproxy agentgate agentgate/nginx agentgate/haproxy
 	for row in small-rps small-p99 big-rps big-p99; do
 		printf '%-12s ' "$row"
