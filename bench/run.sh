@@ -503,6 +503,8 @@ http_setup() {
 	audit:
 	  sinks: [{type: file, path: $AG_STATE/audit-http.jsonl}]
 	EOF
+	# another enforcer on the host (someone's manual run) holds this: wait for it
+	[[ -e /run/agentgate/enforcer.lock ]] && flock -w 300 /run/agentgate/enforcer.lock true
 	./agentgate run --policy "$TMP/policy-http.yaml" --state-dir "$AG_STATE" >"$TMP/agentgate-http.log" 2>&1 &
 	AG_PID=$!
 	local i
