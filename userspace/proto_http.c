@@ -1140,7 +1140,12 @@ static int collect_finish(struct conn *c)
 			coding = (const char *)s->mhead + s->mh.f[i].value;
 			clen = s->mh.f[i].value_len;
 		}
-	err = http_mask_body(s->mask, s->mbody, s->mlen, coding, clen, &out, &outlen, &rep, &why);
+	if (!s->mask) {   /* the rule set changed under a pipelined request: fail closed */
+		err = -EINVAL;
+		why = "the route's mask changed while its response was read";
+	} else {
+		err = http_mask_body(s->mask, s->mbody, s->mlen, coding, clen, &out, &outlen, &rep, &why);
+	}
 	s->mlen = 0;
 	if (err) {
 		r->local = true;
@@ -1153,6 +1158,11 @@ static int collect_finish(struct conn *c)
 	}
 	r->mask_hits = rep.hits;
 	snprintf(r->mask_fields, sizeof(r->mask_fields), "%s", rep.fields);
+	if (s->mcap > (256u << 10)) {   /* a big body's buffer does not stay with the connection */
+		free(s->mbody);
+		s->mbody = NULL;
+		s->mcap = 0;
+	}
 	err = send_resp_head(c, s->mhead, &s->mh, r, r->close_after || s->up_close, (long long)outlen);
 	if (!err)
 		err = conn_send(c, SIDE_AGENT, out, outlen);
