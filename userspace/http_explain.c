@@ -10,6 +10,7 @@
 
 #include "http_explain.h"
 #include "http_path.h"
+#include "k8s.h"
 
 static bool bound_by_name(const struct policy_binding *b, const char *agent)
 {
@@ -27,6 +28,43 @@ static const char *first_match(const struct policy_strv *v, const char *m, size_
 		if (http_rule_match(v->v[k], m, ml, upgrade, path, pl))
 			return v->v[k];
 	return NULL;
+}
+
+/* Kubernetes targets: the apiserver's attributes and the k8s verdict. */
+static int k8s_explain(const struct policy *p, int ai, int ti, const char *method, bool upgrade,
+		       const char *path, const struct http_target *tg, FILE *out)
+{
+	const struct policy_rule *rules[256], *which = NULL;
+	struct k8s_request kr;
+	char res[200], reason[200];
+	enum k8s_verdict v;
+	size_t n = 0;
+
+	if (k8s_resolve(method, path, strlen(path), (const char *)tg->query, tg->query ? tg->query_len : 0,
+			upgrade, &kr) < 0) {
+		fprintf(out, "deny (403): the request cannot be attributed to a Kubernetes verb and resource\n");
+		return 0;
+	}
+	k8s_resource_string(&kr, res, sizeof(res));
+	fprintf(out, "kubernetes: verb %s, resource %s, namespace %s\n", kr.verb, res,
+		kr.namespace_[0] ? kr.namespace_ : "(cluster)");
+	for (size_t b = 0; b < p->nbindings; b++) {
+		const struct policy_role *role = &p->roles[p->bindings[b].role_idx];
+
+		if (!bound_by_name(&p->bindings[b], p->agents[ai].name))
+			continue;
+		for (size_t r = 0; r < role->nrules && n < 256; r++)
+			if (role->rules[r].target_idx == ti)
+				rules[n++] = &role->rules[r];
+	}
+	v = k8s_decide(rules, n, &kr, &which, reason, sizeof(reason));
+	if (v == K8S_DENY)
+		fprintf(out, "deny (403): %s\n", reason);
+	else
+		fprintf(out, "%s: role '%s' rule %d (line %d)%s\n", k8s_verdict_name(v), which->role,
+			which->index + 1, which->line,
+			v == K8S_REVIEW ? "\nnote: approvals are not available yet: a review is a 403" : "");
+	return 0;
 }
 
 int http_explain(const struct policy *p, int ai, int ti, const char *request, FILE *out)
@@ -68,6 +106,8 @@ int http_explain(const struct policy *p, int ai, int ti, const char *request, FI
 	}
 	fprintf(out, "request: %s %s (canonical path '%s')\n", upgrade ? "GET (Upgrade: websocket)" : method,
 		sp + 1, path);
+	if (p->targets[ti].proto == PROTO_KUBERNETES)
+		return k8s_explain(p, ai, ti, method, upgrade, path, &tg, out);
 	for (int pass = 0; pass < 2; pass++) {
 		for (size_t b = 0; b < p->nbindings; b++) {
 			const struct policy_binding *bd = &p->bindings[b];

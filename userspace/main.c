@@ -222,7 +222,7 @@ static int cmd_policy_explain(int argc, char **argv)
 		printf("allow: connect to target '%s' (role '%s', rule %d, line %d)\n", target, r->role,
 		       r->index + 1, r->line);
 		ret = 0;
-		if (p->targets[ti].proto == PROTO_HTTP && request)
+		if ((p->targets[ti].proto == PROTO_HTTP || p->targets[ti].proto == PROTO_KUBERNETES) && request)
 			ret = http_explain(p, ai, ti, request, stdout);
 		else if (p->targets[ti].proto != PROTO_TCP && p->targets[ti].proto != PROTO_TLS)
 			printf("note: the %s module has not landed yet; the request '%s' is not judged, "

@@ -127,3 +127,34 @@ def test_k8s_audit_attributes(enforcer, rec, token):
     assert ev and ev["http_response"]["code"] == 403
     assert ev["unmapped"]["kubernetes"] == {"verb": "list", "resource": "pods", "namespace": "kube-system"}
     assert "kube-system" in ev["unmapped"]["reason"]
+
+
+def test_policy_explain_kubernetes(tmp):
+    import subprocess
+    import textwrap
+    from conftest import AG
+    pol = os.path.join(tmp, "k.yaml")
+    with open(pol, "w") as f:
+        f.write(textwrap.dedent("""
+        version: 1
+        agents: [{name: a}]
+        targets: [{name: cluster, protocol: kubernetes, address: 127.0.0.1:6443}]
+        roles: [{name: r, rules: [{target: cluster, allow: {verbs: [get, list], resources: [pods],
+                                                             namespaces: [default]}}]}]
+        bindings: [{role: r, agents: [a]}]
+        """))
+
+    def explain(req):
+        r = subprocess.run([AG, "policy", "explain", "--policy", pol, "--agent", "a", "--target", "cluster", req],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.splitlines()
+
+    out = explain("GET /api/v1/namespaces/default/pods")
+    assert out[-2:] == ["kubernetes: verb list, resource pods, namespace default", "allow: role 'r' rule 1 (line 5)"]
+    out = explain("GET /api/v1/namespaces/default/pods?watch=true")
+    assert out[-1] == "deny (403): no rule allows watch pods in namespace 'default'"
+    out = explain("UPGRADE /api/v1/namespaces/default/pods/web-1/exec")
+    assert out[-2] == "kubernetes: verb create, resource pods/exec, namespace default"
+    assert out[-1].startswith("deny (403)")
+    assert explain("GET /api/v1/namespaces/default/pods%2Fweb-1")[-1].startswith("deny (400)")
