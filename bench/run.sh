@@ -519,7 +519,8 @@ http_setup() {
 	fi
 	# Proof the agentgate column goes through the module: a denied path is a 403 of ours.
 	local proof=
-	for ((i = 0; i < 5 && -z $AG_NA; i++)); do
+	for ((i = 0; i < 5; i++)); do
+		[[ -n $AG_NA ]] && break
 		proof=$(./agentgate exec --state-dir "$AG_STATE" --agent bench -- \
 			curl -sS "http://127.0.0.1:$NG_PORT/denied" 2>&1)
 		[[ $proof == *'"agentgate: denied"'* ]] && break
