@@ -569,6 +569,8 @@ http_measure() {
 http_bench() {
 	local doc r k n path row d m
 	[[ ${HTTP_BENCH:-1} == 0 ]] && return 0
+	# the servers started here are stopped on any exit, then the usual cleanup
+	trap 'hrc=$?; http_stop; (exit $hrc); cleanup' EXIT
 	# One enforcer per host: wait for integration runs (they hold this lock).
 	mkdir -p /run/agentgate
 	exec {HLOCK}>>/run/agentgate/tests.lock
