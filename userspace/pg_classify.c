@@ -922,16 +922,17 @@ static void walk_select(struct walker *w, int body, struct scope *parent, bool o
 		leave(w);
 		return;
 	}
-	if ((i = pgj_get(j, body, "withClause")) >= 0)
-		walk_with(w, i, &sc);
 	into = pgj_get(j, body, "intoClause");
 	if (into >= 0) {
 		output = false;         /* rows go into a table */
 		add_need(w, "select_into", PGC_DDL, false);
-		expr(w, pgj_get(j, into, "rel"), &sc);
 	} else if (stmtpos) {
 		add_need(w, "select", PGC_READ, false);
 	}
+	if ((i = pgj_get(j, body, "withClause")) >= 0)
+		walk_with(w, i, &sc);
+	if (into >= 0)
+		expr(w, pgj_get(j, into, "rel"), &sc);
 	locks = pgj_get(j, body, "lockingClause");
 	for (int l = pgj_first(j, locks); l >= 0; l = pgj_after(j, locks, l))
 		lock_need(w, l);
@@ -1035,10 +1036,11 @@ static void walk_dml(struct walker *w, int key, int body, struct scope *parent)
 		leave(w);
 		return;
 	}
+	add_need(w, pgj_is(j, key, "InsertStmt") ? "insert" : pgj_is(j, key, "UpdateStmt") ?
+		 "update" : pgj_is(j, key, "DeleteStmt") ? "delete" : "merge", PGC_WRITE, false);
 	if ((i = pgj_get(j, body, "withClause")) >= 0)
 		walk_with(w, i, &sc);
 	if (pgj_is(j, key, "InsertStmt")) {
-		add_need(w, "insert", PGC_WRITE, false);
 		/* the source query does not see the target */
 		walk_query(w, pgj_get(j, body, "selectStmt"), &sc, false, false, NULL);
 		if ((e = dml_target(w, body, &sc)) && w->nents < MAX_ENTRIES) {
@@ -1051,7 +1053,6 @@ static void walk_dml(struct walker *w, int key, int body, struct scope *parent)
 		}
 		expr(w, pgj_get(j, body, "onConflictClause"), &sc);
 	} else if (pgj_is(j, key, "UpdateStmt")) {
-		add_need(w, "update", PGC_WRITE, false);
 		dml_target(w, body, &sc);
 		i = pgj_get(j, body, "fromClause");
 		for (int f = pgj_first(j, i); f >= 0 && !w->denied; f = pgj_after(j, i, f))
@@ -1059,14 +1060,12 @@ static void walk_dml(struct walker *w, int key, int body, struct scope *parent)
 		expr(w, pgj_get(j, body, "targetList"), &sc);
 		expr(w, pgj_get(j, body, "whereClause"), &sc);
 	} else if (pgj_is(j, key, "DeleteStmt")) {
-		add_need(w, "delete", PGC_WRITE, false);
 		dml_target(w, body, &sc);
 		i = pgj_get(j, body, "usingClause");
 		for (int f = pgj_first(j, i); f >= 0 && !w->denied; f = pgj_after(j, i, f))
 			from_item(w, f, &sc);
 		expr(w, pgj_get(j, body, "whereClause"), &sc);
 	} else {        /* MergeStmt */
-		add_need(w, "merge", PGC_WRITE, false);
 		dml_target(w, body, &sc);
 		from_item(w, pgj_get(j, body, "sourceRelation"), &sc);
 		expr(w, pgj_get(j, body, "joinCondition"), &sc);
@@ -1524,6 +1523,8 @@ static void statement(struct walker *w, int key, int body, struct scope *sc, boo
 		break;
 	}
 	}
+	if (top && !st->tag)
+		st->tag = k->tag;
 	leave(w);
 }
 

@@ -7,6 +7,7 @@
 fuzz_srcs() {
 	case $1 in
 	jwt) echo userspace/ident_jwt.c ;;
+	pg_classify) echo userspace/pg_classify.c userspace/pg_classify_json.c userspace/pg_funcs.c ;;
 	*) echo "userspace/$1.c" ;;
 	esac
 }
@@ -15,6 +16,7 @@ fuzz_libs() {
 	case $1 in
 	dns_msg) echo -lresolv ;;
 	jwt) echo -ljansson -lssl -lcrypto ;;
+	pg_classify) echo -lpg_query -lpthread ;;
 	*) ;;
 	esac
 }
@@ -25,6 +27,7 @@ fuzz_max_len() {
 	tls_hello) echo $((65536 + 64)) ;;    # TLS_HELLO_MAX and a bit
 	dns_msg) echo 8192 ;;                 # past DNS_QUERY_MAX
 	jwt) echo 17000 ;;                    # past the 16 KiB token limit
+	pg_classify) echo 8192 ;;             # past the cache's 4 KiB text limit
 	*) echo 4096 ;;
 	esac
 }

@@ -65,7 +65,8 @@ static int judge_with(const struct pgc_ctx *c, const char *sql, size_t len,
 		abort();
 	memcpy(copy, sql, len);
 	snprintf(name, sizeof(name), "unit-%03d", seed_no++);
-	unit_seed(name, sql, len);
+	if (len <= 4096)        /* the huge texts of test_limits are no seeds */
+		unit_seed(name, sql, len);
 	rc = pgc_judge(c, copy, len, rules, n, r);
 	free(copy);
 	CHECK(rc == 0);
@@ -801,7 +802,6 @@ static void test_limits(void)
 {
 	struct pgc_result r;
 	char *s;
-	int saved = seed_no;
 
 	/* long but fine: a wide IN list */
 	s = repeat_sql("SELECT id FROM orders WHERE id IN (0", ",1", 20000, "", "", 0, ")");
@@ -845,7 +845,6 @@ static void test_limits(void)
 		r = judge(buf);
 		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "relations"));
 	}
-	seed_no = saved + 20;   /* the huge texts above are not fuzz seeds */
 	/* encoding */
 	static const char bad1[] = "SELECT '\xc3\x28'";
 	static const char bad2[] = "SELECT '\xc0\xaf'";             /* overlong '/' */
