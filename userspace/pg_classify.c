@@ -94,9 +94,15 @@ struct stmt_info {
 	bool opaque;               /* names objects the walk cannot see: no tables: rule fits */
 };
 
+struct entry;
+
 struct derived {
 	const char *masked[MAX_MASKED];
 	int nmasked;
+	/* FROM items whose columns pass through a '*' or 't.*' output (their
+	 * masked columns keep their names) */
+	const struct entry *src[MAX_MASKED];
+	int nsrc;
 	bool star_masked;          /* every column may carry masked lineage */
 };
 
@@ -366,12 +372,20 @@ static struct entry *add_entry(struct walker *w, struct scope *sc, const char *r
 	return e;
 }
 
-static bool derived_has(const struct derived *d, const char *col)
+static bool entry_masked_at(struct walker *w, const struct entry *e, const char *col, int depth);
+
+/* Does derived table d expose col (NULL: any column) with masked lineage? */
+static bool derived_has(struct walker *w, const struct derived *d, const char *col, int depth)
 {
-	if (d->star_masked)
+	if (d->star_masked || depth > 32)
 		return true;
-	for (int i = 0; i < d->nmasked; i++)
+	if (!col && d->nmasked)
+		return true;
+	for (int i = 0; col && i < d->nmasked; i++)
 		if (strcmp(d->masked[i], col) == 0)
+			return true;
+	for (int i = 0; i < d->nsrc; i++)
+		if (entry_masked_at(w, d->src[i], col, depth + 1))
 			return true;
 	return false;
 }
@@ -384,18 +398,34 @@ static void derived_add(struct derived *d, const char *col)
 		d->masked[d->nmasked++] = col;
 }
 
-/* Does entry e expose col with masked lineage? col == NULL: any column. */
-static bool entry_masked(struct walker *w, const struct entry *e, const char *col)
+static void derived_add_src(struct derived *d, const struct entry *e)
+{
+	for (int i = 0; i < d->nsrc; i++)
+		if (d->src[i] == e)
+			return;
+	if (d->nsrc == MAX_MASKED)
+		d->star_masked = true;
+	else
+		d->src[d->nsrc++] = e;
+}
+
+static bool entry_masked_at(struct walker *w, const struct entry *e, const char *col, int depth)
 {
 	switch (e->kind) {
 	case ENT_TABLE:
 		return masked(w, e->schema, e->rel, col);
 	case ENT_DERIVED:
-		return col ? derived_has(e->d, col) : (e->d->star_masked || e->d->nmasked > 0);
+		return derived_has(w, e->d, col, depth);
 	case ENT_OPAQUE:
 		return false;
 	}
 	return true;
+}
+
+/* Does entry e expose col with masked lineage? col == NULL: any column. */
+static bool entry_masked(struct walker *w, const struct entry *e, const char *col)
+{
+	return entry_masked_at(w, e, col, 0);
 }
 
 /* ---- forward declarations of the mutually recursive walk ---- */
@@ -439,20 +469,29 @@ static void colref(struct walker *w, int body, struct scope *sc, bool output,
 		n++;
 	}
 	if (star) {
-		/* t.* or *: the qualifying entry, or every entry of this scope */
+		/* t.* or *: the qualifying entry, or every entry of this scope;
+		 * a derived table records them as sources, by column name */
 		bool m = false, found = false;
 
 		for (struct entry *e = sc->ents; e; e = e->next) {
 			if (n && strcmp(e->refname ? e->refname : "", part[n - 1]) != 0)
 				continue;
 			found = true;
-			m |= entry_masked(w, e, NULL);
+			if (entry_masked(w, e, NULL)) {
+				m = true;
+				if (output && dout)
+					derived_add_src(dout, e);
+			}
 		}
 		if (n && !found)        /* t.* naming something not in this scope */
 			for (struct scope *s = sc->parent; s; s = s->parent)
 				for (struct entry *e = s->ents; e; e = e->next)
-					if (e->refname && strcmp(e->refname, part[n - 1]) == 0)
-						m |= entry_masked(w, e, NULL);
+					if (e->refname && strcmp(e->refname, part[n - 1]) == 0 &&
+					    entry_masked(w, e, NULL)) {
+						m = true;
+						if (output && dout)
+							derived_add_src(dout, e);
+					}
 		if (!m)
 			return;
 		if (!output) {
@@ -462,8 +501,6 @@ static void colref(struct walker *w, int body, struct scope *sc, bool output,
 		}
 		if (so)
 			so->star_masked = true;
-		if (dout)
-			dout->star_masked = true;
 		return;
 	}
 	if (n == 0) {
@@ -723,7 +760,7 @@ static void from_item(struct walker *w, int item, struct scope *sc)
 				if ((e = add_entry(w, sc, al ? al : get_str(w, body, "relname"),
 						   ENT_DERIVED))) {
 					e->d = c->d;
-					if (cols && (c->d->star_masked || c->d->nmasked) &&
+					if (cols && derived_has(w, c->d, NULL, 0) &&
 					    (e->d = new_derived(w)))
 						e->d->star_masked = true;
 				}
@@ -743,7 +780,7 @@ static void from_item(struct walker *w, int item, struct scope *sc)
 
 		if (d) {
 			walk_query(w, pgj_get(j, body, "subquery"), sc, true, false, d);
-			if (cols && (d->star_masked || d->nmasked))
+			if (cols && derived_has(w, d, NULL, 0))
 				d->star_masked = true;
 			if ((e = add_entry(w, sc, al, ENT_DERIVED)))
 				e->d = d;
@@ -770,10 +807,14 @@ static void from_item(struct walker *w, int item, struct scope *sc)
 		}
 		expr(w, pgj_get(j, body, "quals"), sc);
 		if (al) {
+			/* (a JOIN b) AS j: j's columns are a's and b's */
+			struct entry *last = sc->ents;
 			struct entry *e = add_entry(w, sc, al, ENT_DERIVED);
 
 			if (e && (e->d = new_derived(w)))
-				e->d->star_masked = any;
+				for (struct entry *c = last; c && c != before; c = c->next)
+					if (entry_masked(w, c, NULL))
+						derived_add_src(e->d, c);
 		}
 	} else if (pgj_is(j, key, "RangeTableSample")) {
 		from_item(w, pgj_get(j, body, "relation"), sc);
@@ -821,7 +862,7 @@ static void walk_with(struct walker *w, int wc, struct scope *sc)
 			sc->ctes = ct;
 		}
 		walk_query(w, pgj_get(j, body, "ctequery"), sc, true, false, d);
-		if (pgj_get(j, body, "aliascolnames") >= 0 && (d->star_masked || d->nmasked))
+		if (pgj_get(j, body, "aliascolnames") >= 0 && derived_has(w, d, NULL, 0))
 			d->star_masked = true;
 		if (!recursive) {
 			ct->next = sc->ctes;

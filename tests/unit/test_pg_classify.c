@@ -596,6 +596,10 @@ static void test_masks(void)
 	EXPECT("WITH c AS (SELECT cc, id FROM customers) SELECT cc FROM c WHERE id = 1", PGC_ALLOW);
 	EXPECT("SELECT count(*) FROM customers", PGC_ALLOW);
 	EXPECT("SELECT id FROM customers ORDER BY 1", PGC_ALLOW);
+	EXPECT("SELECT id, cc FROM customers ORDER BY 1", PGC_ALLOW);
+	EXPECT("SELECT * FROM (SELECT * FROM customers) x WHERE x.id = 1", PGC_ALLOW);
+	EXPECT("WITH c AS (SELECT * FROM customers) SELECT id, cc FROM c WHERE id = 1", PGC_ALLOW);
+	EXPECT("SELECT j.id FROM (customers c JOIN orders o ON true) AS j WHERE j.id = 1", PGC_ALLOW);
 	EXPECT("SELECT c.id, o.total FROM customers c JOIN orders o ON o.customer_id = c.id",
 	       PGC_ALLOW);
 	EXPECT("SELECT cc FROM customers c WHERE EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.id)",
@@ -640,6 +644,11 @@ static void test_masks(void)
 	EXPECT("SELECT id FROM customers c WHERE c IS NOT NULL", PGC_DENY);
 	/* lineage through derived tables */
 	EXPECT("SELECT * FROM (SELECT cc FROM customers) x WHERE x.cc = '1'", PGC_DENY);
+	EXPECT("SELECT * FROM (SELECT * FROM customers) x WHERE x.cc = '1'", PGC_DENY);
+	EXPECT("SELECT * FROM (SELECT c.* FROM customers c) x WHERE email = '1'", PGC_DENY);
+	EXPECT("SELECT * FROM (SELECT * FROM (SELECT * FROM customers) y) x WHERE x.cc = '1'",
+	       PGC_DENY);
+	EXPECT("SELECT x FROM (SELECT * FROM customers) x", PGC_DENY);
 	EXPECT("SELECT * FROM (SELECT cc AS y FROM customers) x WHERE y = '1'", PGC_DENY);
 	EXPECT("WITH c AS (SELECT cc FROM customers) SELECT upper(cc) FROM c", PGC_DENY);
 	EXPECT("WITH c AS (SELECT * FROM customers) SELECT id FROM c WHERE email = 'x'", PGC_DENY);
