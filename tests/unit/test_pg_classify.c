@@ -786,6 +786,30 @@ static void test_rules(void)
 	CHECK_STR(pgc_class_name(PGC_DDL), "ddl");
 }
 
+/* policy_load.c accepts in statements: only what pgc_statement_name_known() does */
+static void test_policy_statements(void)
+{
+	static const char good[] = "version: 1\nagents: [{name: a}]\n"
+		"targets: [{name: db, protocol: postgres, address: 127.0.0.1:5432}]\n"
+		"roles: [{name: r, rules: [{target: db, allow: {statements: [select, read, "
+		"create_table, select_for_update, copy]}}]}]\n"
+		"bindings: [{role: r, agents: [a]}]\n";
+	static const char bad[] = "version: 1\nagents: [{name: a}]\n"
+		"targets: [{name: db, protocol: postgres, address: 127.0.0.1:5432}]\n"
+		"roles: [{name: r, rules: [{target: db, allow: {statements: [select, selekt]}}]}]\n"
+		"bindings: [{role: r, agents: [a]}]\n";
+	struct policy_errors errs = { .n = 0 };
+	struct policy *p;
+
+	p = policy_load_buffer("good.yaml", good, sizeof(good) - 1, &errs);
+	CHECK(p != NULL);
+	policy_free(p);
+	memset(&errs, 0, sizeof(errs));
+	p = policy_load_buffer("bad.yaml", bad, sizeof(bad) - 1, &errs);
+	CHECK(p == NULL && errs.n >= 1 && strstr(errs.e[0].msg, "selekt"));
+	policy_free(p);
+}
+
 /* ---- limits: length, nesting, encoding ---- */
 
 static char *repeat_sql(const char *head, const char *unit, size_t n, const char *mid,
@@ -972,6 +996,7 @@ int main(int argc, char **argv)
 	RUN(test_copy);
 	RUN(test_masks);
 	RUN(test_rules);
+	RUN(test_policy_statements);
 	RUN(test_limits);
 	RUN(test_cache);
 	pgc_cache_flush();
