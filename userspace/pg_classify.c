@@ -972,8 +972,17 @@ static void walk_select(struct walker *w, int body, struct scope *parent, bool o
 	}
 	if ((i = pgj_get(j, body, "withClause")) >= 0)
 		walk_with(w, i, &sc);
-	if (into >= 0)
-		expr(w, pgj_get(j, into, "rel"), &sc);
+	if (into >= 0) {
+		/* the new table: never a CTE name, whatever is in scope */
+		const char *ts, *tr;
+		struct cte *c;
+		int rel = pgj_get(j, into, "rel");
+
+		if (rel < 0)
+			deny(w, "malformed SELECT INTO");
+		else
+			relation(w, rel, &sc, false, &ts, &tr, &c);
+	}
 	locks = pgj_get(j, body, "lockingClause");
 	for (int l = pgj_first(j, locks); l >= 0; l = pgj_after(j, locks, l))
 		lock_need(w, l);

@@ -426,6 +426,20 @@ static void test_statements(void)
 	EXPECT("WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d", PGC_DENY);
 	EXPECT("WITH d AS (INSERT INTO orders VALUES (1) RETURNING id) SELECT 1", PGC_DENY);
 	EXPECT("SELECT * INTO stolen FROM orders", PGC_DENY);
+	{
+		static char *ds[] = { "select", "ddl" };
+		static char *dt[] = { "public.orders" };
+		struct policy_rule dr = { .target = "db", .allow = { .present = true,
+			.statements = { ds, 2 }, .tables = { dt, 1 } } };
+		const struct policy_rule *drs[] = { &dr };
+
+		/* the INTO target is a new table even when a CTE has its name */
+		r = judge_rules("WITH x AS (SELECT 1) SELECT * INTO x FROM orders", drs, 1);
+		CHECK(r.verdict == PGC_DENY && has_table(&r, "public.x"));
+		r = judge_rules("SELECT * INTO orders FROM orders", drs, 1);
+		CHECK(r.verdict == PGC_ALLOW && r.cls == PGC_DDL);
+		CHECK_STR(r.tag, "select_into");
+	}
 	EXPECT("CREATE TABLE x AS SELECT * FROM orders", PGC_DENY);
 	EXPECT("CREATE TEMP TABLE customers AS SELECT 1", PGC_DENY);
 	EXPECT("DECLARE c CURSOR FOR SELECT * FROM secrets", PGC_DENY);
