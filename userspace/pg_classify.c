@@ -1713,8 +1713,8 @@ static void explain_denial(struct walker *w, const struct policy_rule *const *ru
 		}
 	}
 	if (st->opaque && ANY_ACTION(a->tables.n != 0)) {
-		deny(w, "statement %s names objects the classifier cannot see; only a rule without tables: can allow it",
-		     st->tag ? st->tag : "?");
+		deny(w, "statement %s names objects the classifier cannot see; "
+		     "only a rule without tables: can allow it", st->tag ? st->tag : "?");
 		return;
 	}
 	deny(w, "statement %s not allowed by any single rule", st->tag ? st->tag : "?");
@@ -2213,6 +2213,8 @@ int pgc_judge(const struct pgc_ctx *ctx, const char *sql, size_t len,
 		out_deny(out, "internal error: no context");
 		return -EINVAL;
 	}
+	if (!sql)
+		sql = "";
 	if (len > PGC_MAX_SQL) {
 		out_deny(out, "statement longer than %u bytes", PGC_MAX_SQL);
 		return 0;

@@ -67,7 +67,8 @@ struct pgc_ctx {                     /* per session, from the wire module */
 struct pgc_result {
 	enum pgc_verdict verdict;
 	enum pgc_class cls;              /* of the most significant statement in the message */
-	char tag[32];                    /* command tag of the first statement, lower case: "select", "insert", "create_table" */
+	char tag[32];                    /* command tag of the first statement, lower case:
+					  * "select", "insert", "create_table" */
 	int nstmts;
 	const struct policy_rule *rule;  /* deciding rule (allow or review); NULL on deny, and on
 					  * allow when only implicitly allowed statements were seen
@@ -75,7 +76,8 @@ struct pgc_result {
 	char reason[256];                /* deny: why, e.g. "table public.secrets not allowed" */
 	int ntables;
 	char tables[PGC_MAX_TABLES][128];/* schema.table, deduplicated; overflow -> deny */
-	bool copy_in, copy_out;          /* COPY FROM STDIN / TO STDOUT (allowed only if a rule named copy) */
+	bool copy_in, copy_out;          /* COPY FROM STDIN / TO STDOUT (allowed only if a
+					  * rule named copy) */
 	bool cached;                     /* served from the verdict cache */
 	bool ends_tx, begins_tx;         /* transaction control seen (for the wire module's tx tracking) */
 };

@@ -13,7 +13,9 @@
  * literal (to_regclass, pg_relation_size, has_*_privilege). Those are
  * either side effects or a way to read what the table rules forbid.
  *
- * Also listed: the names PostgreSQL's grammar turns SQL syntax into
+ * Also listed: a few read-only session facts drivers ask for (version,
+ * current_database, current_schema, pg_typeof). And the names PostgreSQL's
+ * grammar turns SQL syntax into
  * (EXTRACT -> pg_catalog.extract, AT TIME ZONE -> timezone, TRIM -> btrim,
  * POSITION -> position, SUBSTRING -> substring, OVERLAY -> overlay,
  * COLLATION FOR -> pg_collation_for, IS NORMALIZED -> is_normalized,
@@ -41,7 +43,8 @@ static const char *const safe_funcs[] = {
 	"cbrt", "ceil", "ceiling", "char_length", "character_length", "chr",
 	"clock_timestamp", "coalesce", "concat", "concat_ws", "corr", "cos",
 	"cosd", "cosh", "cot", "cotd", "count", "covar_pop", "covar_samp",
-	"cume_dist", "current_date", "date_bin", "date_part", "date_trunc",
+	"cume_dist", "current_database", "current_date", "current_schema",
+	"date_bin", "date_part", "date_trunc",
 	"degrees", "dense_rank", "div", "every", "exp", "extract", "factorial",
 	"first_value", "floor", "format", "gcd", "gen_random_uuid",
 	"generate_series", "generate_subscripts", "greatest", "initcap",
@@ -65,7 +68,7 @@ static const char *const safe_funcs[] = {
 	"min_scale", "mod", "mode", "normalize", "now", "nth_value", "ntile",
 	"nullif", "num_nonnulls", "num_nulls", "octet_length", "overlaps",
 	"overlay", "percent_rank", "percentile_cont", "percentile_disc",
-	"pg_collation_for", "pi", "position", "power", "quote_ident",
+	"pg_collation_for", "pg_typeof", "pi", "position", "power", "quote_ident",
 	"quote_literal", "quote_nullable", "radians", "random", "rank",
 	"regexp_count", "regexp_instr", "regexp_like", "regexp_match",
 	"regexp_matches", "regexp_replace", "regexp_split_to_array",
@@ -80,7 +83,7 @@ static const char *const safe_funcs[] = {
 	"to_char", "to_date", "to_hex", "to_json", "to_jsonb", "to_number",
 	"to_timestamp", "transaction_timestamp", "translate", "trim_array",
 	"trim_scale", "trunc", "unistr", "unnest", "upper", "var_pop",
-	"var_samp", "variance", "width_bucket",
+	"var_samp", "variance", "version", "width_bucket",
 };
 
 static int cmp_name(const void *key, const void *elem)
