@@ -1457,6 +1457,27 @@ static const struct kind kinds[] = {
 	{ "SecLabelStmt", "security_label", PGC_ADMIN, H_GENERIC, NULL },
 };
 
+/*
+ * DDL may not touch a table with masked columns: renaming a masked column,
+ * a trigger or rule on the table, an index or view over it would each
+ * undo the name-based column checks above (or copy values out).
+ */
+static void ddl_masked_check(struct walker *w, uint32_t bits)
+{
+	for (int i = 0; i < w->out->ntables && !w->denied; i++) {
+		char s[sizeof(w->out->tables[0])], *dot;
+
+		if (!(bits & (1u << i)))
+			continue;
+		memcpy(s, w->out->tables[i], sizeof(s));
+		if (!(dot = strchr(s, '.')))
+			continue;
+		*dot = '\0';
+		if (masked(w, s, dot + 1, NULL))
+			deny(w, "DDL on %s not allowed: it has masked columns", w->out->tables[i]);
+	}
+}
+
 static const struct kind *find_kind(struct walker *w, int key)
 {
 	for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
@@ -1549,9 +1570,13 @@ static void statement(struct walker *w, int key, int body, struct scope *sc, boo
 		add_need(w, k->tag, k->cls, false);
 		funccall(w, pgj_get(&w->j, body, "funccall"), sc, true);
 		break;
-	case H_DROP:
+	case H_DROP: {
+		uint32_t before = st->tables;
+
 		drop_stmt(w, body, st);
+		ddl_masked_check(w, st->tables & ~before);
 		break;
+	}
 	case H_KNOWN:
 	case H_GENERIC: {
 		struct scope fresh = { .parent = NULL };
@@ -1570,6 +1595,8 @@ static void statement(struct walker *w, int key, int body, struct scope *sc, boo
 		 * DATABASE, RENAME of a non-relation...) is opaque too */
 		if (k->h == H_GENERIC || st->tables == before)
 			st->opaque = true;
+		if (k->cls == PGC_DDL || k->cls == PGC_ADMIN)
+			ddl_masked_check(w, st->tables & ~before);
 		break;
 	}
 	}

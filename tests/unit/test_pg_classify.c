@@ -17,6 +17,7 @@
 #include "pg_classify.h"
 #include "unit.h"
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
 
@@ -754,6 +755,26 @@ static void test_rules(void)
 	CHECK(r.verdict == PGC_DENY);
 	r = judge_rules("CREATE SCHEMA s CREATE TABLE secrets2 (id int)", drs, 1);
 	CHECK(r.verdict == PGC_DENY);
+	/* DDL never touches a table with masked columns (renaming cc would
+	 * undo the column checks), whatever the rule grants */
+	{
+		static char *all[] = { "ddl", "admin" };
+		struct policy_rule ar = { .target = "db", .allow = { .present = true,
+			.statements = { all, 2 } } };
+		const struct policy_rule *ars[] = { &ar };
+
+		r = judge_rules("ALTER TABLE customers RENAME COLUMN cc TO x", ars, 1);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "masked"));
+		r = judge_rules("CREATE TRIGGER t AFTER INSERT ON customers FOR EACH ROW "
+				"EXECUTE FUNCTION f()", ars, 1);
+		CHECK(r.verdict == PGC_DENY);
+		r = judge_rules("DROP TABLE customers", ars, 1);
+		CHECK(r.verdict == PGC_DENY);
+		r = judge_rules("CREATE VIEW v AS SELECT id FROM customers", ars, 1);
+		CHECK(r.verdict == PGC_DENY);
+		r = judge_rules("ALTER TABLE orders RENAME COLUMN total TO amount", ars, 1);
+		CHECK(r.verdict == PGC_ALLOW && r.cls == PGC_DDL);
+	}
 	r = judge_rules("GRANT SELECT ON orders TO x", drs, 1);
 	CHECK(r.verdict == PGC_DENY && r.cls == PGC_ADMIN);
 	/* table patterns */
@@ -994,6 +1015,40 @@ static void test_cache(void)
 	pgc_cache_flush();
 }
 
+/* ---- threads: each has its own cache, freed when it exits ---- */
+
+static void *thread_main(void *arg)
+{
+	struct pgc_ctx c = ctx;
+	struct pgc_result r;
+	long bad = 0;
+
+	c.policy_gen = 11;
+	(void)arg;
+	for (int i = 0; i < 300; i++) {
+		char q[96];
+		int n = snprintf(q, sizeof(q), i % 2 ? "SELECT cc FROM customers WHERE id = %d" :
+			     "SELECT * FROM secrets WHERE id = %d", i % 7);
+
+		pgc_judge(&c, q, (size_t)n, ro, 1, &r);
+		bad += r.verdict != (i % 2 ? PGC_ALLOW : PGC_DENY);
+	}
+	return (void *)bad;
+}
+
+static void test_threads(void)
+{
+	pthread_t t[4];
+	void *bad;
+
+	for (int i = 0; i < 4; i++)
+		CHECK(pthread_create(&t[i], NULL, thread_main, NULL) == 0);
+	for (int i = 0; i < 4; i++) {
+		CHECK(pthread_join(t[i], &bad) == 0);
+		CHECK(bad == NULL);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	if (argc == 3 && strcmp(argv[1], "--write-corpus") == 0)
@@ -1013,6 +1068,7 @@ int main(int argc, char **argv)
 	RUN(test_policy_statements);
 	RUN(test_limits);
 	RUN(test_cache);
+	RUN(test_threads);
 	pgc_cache_flush();
 	UNIT_DONE("pg_classify");
 }
