@@ -52,6 +52,35 @@
  * (UNION...) and DISTINCT lose lineage or compare values: masked outputs
  * there are denied. RETURNING, INSERT ... SELECT, CREATE TABLE AS, views
  * and COPY are not result outputs.
+ *
+ * Decisions (each a row of kinds[] or a handler below):
+ *   - Implicitly allowed, no rule needed: transaction control (BEGIN/START
+ *     [READ ONLY], COMMIT, ROLLBACK, SAVEPOINT, RELEASE, ROLLBACK TO, SET
+ *     TRANSACTION/SESSION CHARACTERISTICS, SET CONSTRAINTS), SET/RESET of
+ *     the harmless settings in harmless_settings[], SHOW, CLOSE, and the
+ *     empty text. Anything that would make a transaction read-write (BEGIN
+ *     READ WRITE, SET TRANSACTION READ WRITE, SET SESSION CHARACTERISTICS
+ *     ... READ WRITE) is denied unless some rule grants a non-read
+ *     statement (pgc_rules_may_write). Two-phase commit is denied.
+ *   - Always denied, whatever the rules: SET/RESET of any other setting
+ *     (standard_conforming_strings, client_encoding/NAMES, search_path/
+ *     SCHEMA, role, session_authorization, default_transaction_read_only,
+ *     transaction_read_only, statement_timeout, custom "x.y" ...), RESET
+ *     ALL, DISCARD (any), set_config(), ALTER SYSTEM, ALTER ROLE/DATABASE
+ *     ... SET, COPY to/from a file or PROGRAM, DO, LISTEN/NOTIFY/UNLISTEN,
+ *     SQL-level PREPARE/EXECUTE/DEALLOCATE (not tracked: use the protocol's
+ *     Parse), FETCH/MOVE (cursors are not tracked), LOAD, DDL or admin
+ *     statements touching a table with masked columns.
+ *   - EXPLAIN [ANALYZE] X is judged as X (plain EXPLAIN too: the options
+ *     are not interpreted). DECLARE ... CURSOR FOR X is judged as X.
+ *   - COPY ... TO STDOUT / FROM STDIN needs a rule whose statements: names
+ *     "copy" (a class never grants it) and is denied for any table with
+ *     masked columns; COPY (query) TO STDOUT checks the query as a
+ *     non-output.
+ *   - CALL p(...) needs "call" (or "write") and p in the rule's functions:.
+ *   - SELECT ... FOR UPDATE/SHARE adds a write-class need
+ *     (select_for_update, ...); SELECT INTO adds select_into (ddl) and the
+ *     new table.
  */
 #include "pg_classify.h"
 #include "pg_classify_json.h"
