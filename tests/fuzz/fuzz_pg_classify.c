@@ -13,11 +13,17 @@
  * shared across inputs, so a normalized entry stored for one input and
  * served to a different one that it should not cover shows up here.
  *
+ * An input starting with 0xFF (never valid UTF-8, so never a judged text)
+ * goes to the JSON token walker (pg_classify_json.c) instead: libpg_query
+ * only ever hands it well-formed JSON, but a bug there must not become a
+ * crash, so it is fuzzed on arbitrary bytes too.
+ *
  * Seeds come from the unit test:
  *   test_pg_classify --write-corpus tests/fuzz/corpus/pg_classify
  * tests/fuzz/replay.c runs this on the corpus without libFuzzer.
  */
 #include "pg_classify.h"
+#include "pg_classify_json.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -61,12 +67,50 @@ static void check(const struct pgc_result *r)
 		abort();
 }
 
+static void json(const uint8_t *data, size_t size)
+{
+	struct pgj j = { 0 };
+	char *s = malloc(size ? size : 1);
+
+	if (!s)
+		return;
+	if (size)
+		memcpy(s, data, size);
+	if (pgj_tokenize(&j, s, size) == 0) {
+		for (uint32_t i = 0; i < j.ntok; i++) {
+			long v;
+			int body;
+
+			if (j.t[i].next > j.ntok || j.t[i].next <= i)
+				abort();
+			if (j.t[i].type == PGJ_STR)
+				pgj_str(&j, (int)i);
+			else if (j.t[i].type == PGJ_PRIM)
+				pgj_int(&j, (int)i, &v);
+			else {
+				pgj_get(&j, (int)i, "stmts");
+				pgj_unwrap(&j, (int)i, &body);
+				for (int e = pgj_first(&j, (int)i); e >= 0; e = pgj_after(&j, (int)i, e))
+					if ((uint32_t)e <= i || (uint32_t)e >= j.t[i].next)
+						abort();
+			}
+		}
+	}
+	pgj_free(&j);
+	free(s);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct pgc_ctx ctx = { .search_path = "public", .column_masked = masked };
 	struct pgc_result a, b, c;
-	char *sql = malloc(size ? size : 1);     /* exactly size bytes: ASan sees overreads */
+	char *sql;
 
+	if (size && data[0] == 0xFF) {
+		json(data + 1, size - 1);
+		return 0;
+	}
+	sql = malloc(size ? size : 1);   /* exactly size bytes: ASan sees overreads */
 	if (!sql)
 		return 0;
 	if (size)
