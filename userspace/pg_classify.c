@@ -2254,6 +2254,14 @@ static bool judge_parsed(struct tstate *t, const struct pgc_ctx *ctx,
 	return !w->nocache;
 }
 
+static bool may_have_constants(const char *s, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		if (s[i] == '\'' || s[i] == '$' || (s[i] >= '0' && s[i] <= '9'))
+			return true;
+	return false;
+}
+
 int pgc_judge(const struct pgc_ctx *ctx, const char *sql, size_t len,
 	      const struct policy_rule *const *rules, size_t nrules, struct pgc_result *out)
 {
@@ -2307,8 +2315,10 @@ int pgc_judge(const struct pgc_ctx *ctx, const char *sql, size_t len,
 		return -ENOMEM;
 	}
 
-	/* normalized key: one cached verdict for every constant */
-	if (xklen) {
+	/* normalized key: one cached verdict for every constant (a text with
+	 * no quote, '$' or digit has no constant to normalize: its exact key
+	 * is all there is, and pg_query_normalize would cost a parse) */
+	if (xklen && may_have_constants(sql, len)) {
 		nr = pg_query_normalize(t->sql);
 		have_nr = true;
 		if (!nr.error && nr.normalized_query &&

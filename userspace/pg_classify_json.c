@@ -55,18 +55,22 @@ static bool add_child(struct pgj *j, uint32_t parent, uint8_t type)
 	return true;
 }
 
-/* A string's end (index of the closing quote), or 0 when unterminated. */
+/* A string's end (index of the closing quote), or 0 when unterminated: the
+ * first '"' not escaped, i.e. preceded by an even number of backslashes. */
 static uint32_t str_end(const char *s, uint32_t len, uint32_t i)
 {
-	for (i++; i < len; i++) {
-		if (s[i] == '\\') {
-			i++;
-			continue;
-		}
-		if (s[i] == '"')
-			return i;
-		if ((unsigned char)s[i] < 0x20)
+	const char *open = s + i + 1, *p = open, *e = s + len;
+
+	while (p < e) {
+		const char *q = memchr(p, '"', (size_t)(e - p)), *b;
+
+		if (!q)
 			return 0;
+		for (b = q; b > open && b[-1] == '\\'; b--)
+			;
+		if ((q - b) % 2 == 0)
+			return (uint32_t)(q - s);
+		p = q + 1;
 	}
 	return 0;
 }
@@ -182,25 +186,6 @@ void pgj_free(struct pgj *j)
 	memset(j, 0, sizeof(*j));
 }
 
-int pgj_get(const struct pgj *j, int obj, const char *key)
-{
-	size_t klen = strlen(key);
-	uint32_t i;
-
-	if (obj < 0 || j->t[obj].type != PGJ_OBJ)
-		return -1;
-	i = (uint32_t)obj + 1;
-	for (uint32_t m = 0; m + 1 < j->t[obj].n; m += 2) {
-		const struct pgj_tok *k = &j->t[i];
-		uint32_t v = k->next;
-
-		if (k->len == klen && memcmp(j->s + k->start, key, klen) == 0)
-			return (int)v;
-		i = j->t[v].next;
-	}
-	return -1;
-}
-
 int pgj_unwrap(const struct pgj *j, int i, int *body)
 {
 	const struct pgj_tok *t;
@@ -216,13 +201,6 @@ int pgj_unwrap(const struct pgj *j, int i, int *body)
 		return -1;
 	*body = i + 2;
 	return i + 1;
-}
-
-bool pgj_is(const struct pgj *j, int tok, const char *lit)
-{
-	size_t n = strlen(lit);
-
-	return tok >= 0 && j->t[tok].len == n && memcmp(j->s + j->t[tok].start, lit, n) == 0;
 }
 
 static int hexval(char c)

@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #define PGJ_MAX_DEPTH  1024          /* deeper trees are refused (-E2BIG) */
 #define PGJ_MAX_TOKENS (1u << 22)    /* about 4M tokens: a 1 MiB statement's worst case */
@@ -40,15 +41,38 @@ struct pgj {
 int pgj_tokenize(struct pgj *j, const char *s, size_t len);
 void pgj_free(struct pgj *j);
 
-/* The value token of key in object obj, or -1 (also when obj is not an object). */
-int pgj_get(const struct pgj *j, int obj, const char *key);
+/* The value token of key in object obj, or -1 (also when obj is not an
+ * object). Inline so strlen() of a literal key folds to a constant. */
+static inline int pgj_get(const struct pgj *j, int obj, const char *key)
+{
+	size_t klen = strlen(key);
+	uint32_t i;
+
+	if (obj < 0 || j->t[obj].type != PGJ_OBJ)
+		return -1;
+	i = (uint32_t)obj + 1;
+	for (uint32_t m = 0; m + 1 < j->t[obj].n; m += 2) {
+		const struct pgj_tok *k = &j->t[i];
+		uint32_t v = k->next;
+
+		if (k->len == klen && memcmp(j->s + k->start, key, klen) == 0)
+			return (int)v;
+		i = j->t[v].next;
+	}
+	return -1;
+}
 
 /* A node in a generic Node* field is {"TypeName": {...}}: returns the key
  * token (the type name) and sets *body, or -1 when i is not such a wrapper. */
 int pgj_unwrap(const struct pgj *j, int i, int *body);
 
 /* True when token tok's raw bytes equal lit (keys, type names, enum values). */
-bool pgj_is(const struct pgj *j, int tok, const char *lit);
+static inline bool pgj_is(const struct pgj *j, int tok, const char *lit)
+{
+	size_t n = strlen(lit);
+
+	return tok >= 0 && j->t[tok].len == n && memcmp(j->s + j->t[tok].start, lit, n) == 0;
+}
 
 /* The decoded, NUL-terminated text of a string token (owned by j), or NULL. */
 const char *pgj_str(struct pgj *j, int tok);
