@@ -94,8 +94,22 @@ struct pgc_result {
  * rule's allow action (statements: tag or class; tables: every relation;
  * functions: every function outside the built-in safe list) for ALLOW; if
  * some statement is only permitted by a review action, REVIEW; otherwise
- * DENY. An absent tables: list means any table. COPY needs the tag "copy"
- * named explicitly (a class does not grant it).
+ * DENY. Statements that need no rule (transaction control, SET/RESET of a
+ * few harmless settings, SHOW, CLOSE, the empty text) are allowed unless
+ * they would make a read-only role's transaction read-write.
+ *   statements: tags ("select", "insert", "create_table", ...) or classes
+ *               (read, write, ddl, admin); an absent list permits nothing.
+ *               COPY needs the tag "copy" named (a class does not grant it).
+ *   tables:     "schema.table", "table" (in the pinned schema), "schema.*",
+ *               "*"; names as PostgreSQL stores them (lower case unless
+ *               created quoted). An absent list means any table; a rule
+ *               with a list never grants DDL/admin statements whose objects
+ *               the classifier cannot name (e.g. DROP FUNCTION, GRANT).
+ *   functions:  "name" or "schema.name"; an unqualified call matches "name",
+ *               "<pinned>.name" and "pg_catalog.name".
+ * The result's rule is the deciding rule; cached results hold rule
+ * pointers, valid while the policy generation they were made under is.
+ * Needs about 1 MiB of stack for the deepest texts it accepts.
  */
 int pgc_judge(const struct pgc_ctx *ctx, const char *sql, size_t len,
 	      const struct policy_rule *const *rules, size_t nrules, struct pgc_result *out);
