@@ -93,6 +93,7 @@
 #include <string.h>
 
 #include <pg_query.h>
+#include <pg_query/pg_query.pb-c.h>
 
 #define MAX_STMTS       64     /* statements per message */
 #define MAX_NEEDS       12     /* (tag, class) pairs per statement */
@@ -2254,6 +2255,97 @@ static bool judge_parsed(struct tstate *t, const struct pgc_ctx *ctx,
 	return !w->nocache;
 }
 
+/*
+ * libpg_query's JSON writer recurses once per tree level without a depth
+ * check: `SELECT 1+1+...+1` with 100000 terms (200 KB, a left-deep tree the
+ * parser builds without complaint) overflows an 8 MiB stack and kills the
+ * process. At about 130 bytes of stack per level, texts up to
+ * SCAN_OVER bytes (at most ~4000 levels: a level costs at least two
+ * bytes) are safe on any stack of 2 MiB or more. Longer texts are lexed
+ * first (pg_query_scan: the same lexer, flat, no tree) and refused when
+ * an upper bound on their depth is too high. The bound: a level of the
+ * tree needs an operator or keyword token, or a parenthesis/bracket group;
+ * tokens of a group that has closed are no ancestors of anything after
+ * it, so the bound is the maximum, over the text, of the group depth plus
+ * the operator/keyword tokens in the open groups so far. Constants,
+ * identifiers, parameters, commas, dots and comments add no level. A long
+ * VALUES list or IN list stays low (each row is its own group); a
+ * 5000-term chain at one level, such as 5000 ANDed conditions, is refused.
+ */
+#define SCAN_OVER  8192
+#define MAX_NEST   4000
+
+static bool nesting_ok(const char *sql, char *why, size_t whylen)
+{
+	PgQueryScanResult sr = pg_query_scan(sql);
+	PgQuery__ScanResult *r;
+	int32_t stack[256];     /* operator tokens per open group (deeper: refused) */
+	long total = 0, depth = 0, worst = 0;
+	bool ok = true;
+
+	if (sr.error) {
+		snprintf(why, whylen, "parse error at position %d: %.160s", sr.error->cursorpos,
+			 sr.error->message ? sr.error->message : "?");
+		pg_query_free_scan_result(sr);
+		return false;
+	}
+	r = pg_query__scan_result__unpack(NULL, sr.pbuf.len, (const uint8_t *)sr.pbuf.data);
+	if (!r) {
+		snprintf(why, whylen, "statement could not be scanned");
+		pg_query_free_scan_result(sr);
+		return false;
+	}
+	stack[0] = 0;
+	for (size_t i = 0; i < r->n_tokens && ok; i++) {
+		switch ((int)r->tokens[i]->token) {
+		case PG_QUERY__TOKEN__ASCII_40:         /* ( */
+		case PG_QUERY__TOKEN__ASCII_91:         /* [ */
+			if (++depth >= (long)(sizeof(stack) / sizeof(stack[0]))) {
+				ok = false;
+				break;
+			}
+			stack[depth] = 0;
+			break;
+		case PG_QUERY__TOKEN__ASCII_41:         /* ) */
+		case PG_QUERY__TOKEN__ASCII_93:         /* ] */
+			if (depth > 0)
+				total -= stack[depth--];
+			break;
+		case PG_QUERY__TOKEN__ASCII_59:         /* ; */
+			if (depth == 0)
+				total = stack[0] = 0;
+			break;
+		case PG_QUERY__TOKEN__ASCII_44:         /* , */
+		case PG_QUERY__TOKEN__ASCII_46:         /* . */
+		case PG_QUERY__TOKEN__IDENT:
+		case PG_QUERY__TOKEN__UIDENT:
+		case PG_QUERY__TOKEN__FCONST:
+		case PG_QUERY__TOKEN__SCONST:
+		case PG_QUERY__TOKEN__USCONST:
+		case PG_QUERY__TOKEN__BCONST:
+		case PG_QUERY__TOKEN__XCONST:
+		case PG_QUERY__TOKEN__ICONST:
+		case PG_QUERY__TOKEN__PARAM:
+		case PG_QUERY__TOKEN__SQL_COMMENT:
+		case PG_QUERY__TOKEN__C_COMMENT:
+			break;
+		default:                                /* operators and keywords */
+			stack[depth]++;
+			total++;
+			break;
+		}
+		if (total + depth > worst)
+			worst = total + depth;
+		if (worst > MAX_NEST)
+			ok = false;
+	}
+	if (!ok)
+		snprintf(why, whylen, "statement nested too deeply");
+	pg_query__scan_result__free_unpacked(r, NULL);
+	pg_query_free_scan_result(sr);
+	return ok;
+}
+
 static bool may_have_constants(const char *s, size_t len)
 {
 	for (size_t i = 0; i < len; i++)
@@ -2313,6 +2405,10 @@ int pgc_judge(const struct pgc_ctx *ctx, const char *sql, size_t len,
 	if (!t->w && !(t->w = calloc(1, sizeof(*t->w)))) {
 		out_deny(out, "out of memory");
 		return -ENOMEM;
+	}
+	if (len > SCAN_OVER && !nesting_ok(t->sql, out->reason, sizeof(out->reason))) {
+		out->verdict = PGC_DENY;
+		return 0;
 	}
 
 	/* normalized key: one cached verdict for every constant (a text with

@@ -109,7 +109,7 @@ struct pgc_result {
  *               "<pinned>.name" and "pg_catalog.name".
  * The result's rule is the deciding rule; cached results hold rule
  * pointers, valid while the policy generation they were made under is.
- * Needs about 1 MiB of stack for the deepest texts it accepts.
+ * Needs 2 MiB of stack (the default 8 MiB is plenty): see nesting_ok().
  */
 int pgc_judge(const struct pgc_ctx *ctx, const char *sql, size_t len,
 	      const struct policy_rule *const *rules, size_t nrules, struct pgc_result *out);

@@ -899,6 +899,29 @@ static void test_limits(void)
 	r = judge(s);
 	CHECK(r.verdict == PGC_ALLOW);
 	free(s);
+	/* left-deep trees: libpg_query's JSON writer would overflow the stack */
+	s = repeat_sql("SELECT ", "1+", 4000, "1", "", 0, "");
+	r = judge(s);
+	CHECK(r.verdict == PGC_DENY);
+	free(s);
+	s = repeat_sql("SELECT ", "1+", 100000, "1", "", 0, "");
+	r = judge(s);
+	CHECK(r.verdict == PGC_DENY && strstr(r.reason, "nested too deeply"));
+	free(s);
+	s = repeat_sql("SELECT ", "1,1 UNION SELECT ", 5000, "1,1", "", 0, "");
+	r = judge(s);
+	CHECK(r.verdict == PGC_DENY && strstr(r.reason, "nested too deeply"));
+	free(s);
+	s = repeat_sql("SELECT ", "'x'::text::text::", 3000, "text", "", 0, "");
+	r = judge(s);
+	CHECK(r.verdict == PGC_DENY && strstr(r.reason, "nested too deeply"));
+	free(s);
+	/* long but flat: a bulk INSERT with casts and negative numbers */
+	s = repeat_sql("INSERT INTO orders (id, customer_id, total) VALUES (0, 0, 0)",
+		       ", (-1, 2, '3.5'::numeric)", 3000, "", "", 0, "");
+	r = judge_rules(s, rw, 1);
+	CHECK(r.verdict == PGC_ALLOW);
+	free(s);
 	/* many statements, many tables */
 	s = repeat_sql("", "SELECT 1;", 100, "", "", 0, "");
 	r = judge(s);
