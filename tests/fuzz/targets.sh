@@ -27,7 +27,7 @@ fuzz_max_len() {
 	tls_hello) echo $((65536 + 64)) ;;    # TLS_HELLO_MAX and a bit
 	dns_msg) echo 8192 ;;                 # past DNS_QUERY_MAX
 	jwt) echo 17000 ;;                    # past the 16 KiB token limit
-	pg_classify) echo 8192 ;;             # past the cache's 4 KiB text limit
+	pg_classify) echo 16384 ;;            # past the 8 KiB pre-scan threshold
 	*) echo 4096 ;;
 	esac
 }
