@@ -1738,7 +1738,7 @@ static void explain_denial(struct walker *w, const struct policy_rule *const *ru
 
 #define ANY_ACTION(cond) ({ bool any_ = false; \
 	for (size_t r_ = 0; r_ < nrules && !any_; r_++) \
-		for (int k_ = 0; k_ < 2 && !any_; k_++) { \
+		for (int k_ = 0; rules[r_] && k_ < 2 && !any_; k_++) { \
 			a = k_ ? &rules[r_]->review : &rules[r_]->allow; \
 			any_ = a->present && (cond); \
 		} \

@@ -739,6 +739,14 @@ static void test_rules(void)
 	CHECK(r.verdict == PGC_ALLOW && r.rule == &rv);
 	r = judge_rules("SELECT * FROM orders", NULL, 0);
 	CHECK(r.verdict == PGC_DENY && r.rule == NULL);
+	{
+		const struct policy_rule *holes[] = { NULL, &ro_rule, NULL };
+
+		r = judge_rules("SELECT * FROM orders", holes, 3);
+		CHECK(r.verdict == PGC_ALLOW && r.rule == &ro_rule);
+		r = judge_rules("SELECT * FROM secrets", holes, 3);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "public.secrets"));
+	}
 	/* DDL under a tables: list: only where the walk sees the objects */
 	r = judge_rules("DROP TABLE orders", drs, 1);
 	CHECK(r.verdict == PGC_ALLOW && r.cls == PGC_DDL);
