@@ -372,6 +372,15 @@ static void test_functions(void)
 	CHECK(!pgc_builtin_function_safe("query_to_xml"));
 	EXPECT("SELECT lower('A'), pg_catalog.upper('b'), now(), count(*) FROM orders", PGC_ALLOW);
 	EXPECT("SELECT EXTRACT(year FROM now()), substring('abc' FROM 2), trim(' x ')", PGC_ALLOW);
+	/* SQL syntax the grammar turns into pg_catalog calls */
+	EXPECT("SELECT 'a' LIKE 'b' ESCAPE 'c', 'a' SIMILAR TO 'b', now() AT TIME ZONE 'UTC', "
+	       "COLLATION FOR ('x'), 'a' IS NORMALIZED, (now(), now()) OVERLAPS (now(), now()), "
+	       "overlay('a' placing 'b' from 1), position('a' in 'b'), trim(both 'x' from 'y'), "
+	       "substring('a' similar 'b' escape 'c'), normalize('a'), CURRENT_TIMESTAMP, "
+	       "current_user, coalesce(null, 1), greatest(1, 2), nullif(1, 2), "
+	       "CASE WHEN true THEN 1 END, ARRAY[1, 2], '{1}'::int[], 'a' ~ 'b', 'x' ILIKE 'y'",
+	       PGC_ALLOW);
+	EXPECT("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY total) FROM orders", PGC_ALLOW);
 	EXPECT_REASON("SELECT pg_catalog.pg_read_file('x')", PGC_DENY, "pg_catalog.pg_read_file");
 	EXPECT_REASON("SELECT public.lower('x')", PGC_DENY, "public.lower");
 	EXPECT_REASON("SELECT id, set_config('search_path', 'evil', false) FROM orders", PGC_DENY,
