@@ -83,6 +83,16 @@ int pgj_tokenize(struct pgj *j, const char *s, size_t slen)
 
 	if (slen >= UINT32_MAX / 2)
 		return -E2BIG;
+	/* libpg_query's JSON has a token per 8 bytes or so: reserve once
+	 * rather than doubling through every size */
+	if (j->cap < slen / 6 && slen / 6 <= PGJ_MAX_TOKENS) {
+		struct pgj_tok *t = realloc(j->t, slen / 6 * sizeof(*t));
+
+		if (!t)
+			return -ENOMEM;
+		j->t = t;
+		j->cap = (uint32_t)(slen / 6);
+	}
 	j->s = s;
 	j->ntok = 0;
 	for (uint32_t i = 0; i < len; i++) {

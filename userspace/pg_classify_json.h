@@ -16,7 +16,7 @@
 #include <string.h>
 
 #define PGJ_MAX_DEPTH  1024          /* deeper trees are refused (-E2BIG) */
-#define PGJ_MAX_TOKENS (1u << 22)    /* about 4M tokens: a 1 MiB statement's worst case */
+#define PGJ_MAX_TOKENS (1u << 21)    /* 48 MiB of tokens at most; denser texts are refused */
 
 enum { PGJ_OBJ = 1, PGJ_ARR, PGJ_STR, PGJ_PRIM };
 
