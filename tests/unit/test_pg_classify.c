@@ -933,6 +933,16 @@ static void test_limits(void)
 	r = judge(s);
 	CHECK(r.verdict == PGC_DENY && strstr(r.reason, "nested too deeply"));
 	free(s);
+	/* past the pre-scan threshold: a lexer error is a parse error */
+	s = repeat_sql("SELECT 1", ", 1 /* c */ -- x\n", 1000, ", 'unterminated", "", 0, "");
+	r = judge(s);
+	CHECK(r.verdict == PGC_DENY && strstr(r.reason, "parse error"));
+	free(s);
+	s = repeat_sql("SELECT id FROM orders WHERE id IN (1", ", /* c */ $1 -- x\n", 1000, ")",
+		       "", 0, "");
+	r = judge(s);
+	CHECK(r.verdict == PGC_ALLOW);
+	free(s);
 	/* long but flat: a bulk INSERT with casts and negative numbers */
 	s = repeat_sql("INSERT INTO orders (id, customer_id, total) VALUES (0, 0, 0)",
 		       ", (-1, 2, '3.5'::numeric)", 3000, "", "", 0, "");
