@@ -32,7 +32,8 @@
 
 enum pgc_verdict { PGC_DENY = 0, PGC_ALLOW, PGC_REVIEW };
 
-/* Ordered by significance (a message's class is its most significant one). */
+/* A message's class is that of its most significant statement:
+ * admin > ddl > write > read > utility > transaction. */
 enum pgc_class { PGC_READ, PGC_WRITE, PGC_DDL, PGC_ADMIN, PGC_TRANSACTION, PGC_UTILITY };
 
 #define PGC_MAX_TABLES 32
