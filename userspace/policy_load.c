@@ -32,6 +32,7 @@
 #include "agentgate_abi.h"
 #include "k8s.h"
 #include "mask.h"
+#include "pg_classify.h"
 #include "policy.h"
 
 /* Bounds on what a policy may make us allocate. */
@@ -1607,6 +1608,14 @@ static void check_detector(struct vctx *v, const struct ynode *item, const char 
 		verr(v, item, "detector '%.64s': %s", s, why);
 }
 
+/* statements: only what the SQL classifier can produce and enforce. */
+static void check_pg_statement(struct vctx *v, const struct ynode *item, const char *s)
+{
+	if (!pgc_statement_name_known(s))
+		verr(v, item, "unknown statement '%.64s' (a command tag such as select, insert, "
+		     "create_table, or a class: read, write, ddl, admin)", s);
+}
+
 static void load_action(struct vctx *v, const struct ynode *m, struct policy_action *a,
 			bool review, const struct policy_target *t)
 {
@@ -1630,7 +1639,7 @@ static void load_action(struct vctx *v, const struct ynode *m, struct policy_act
 	check_keys(v, m, review ? review_keys : allow_keys);
 	check_scope(v, m, scope, t);
 	if ((n = map_get(m, "statements")))
-		want_strv(v, n, "statements", &a->statements, NULL);
+		want_strv(v, n, "statements", &a->statements, check_pg_statement);
 	if ((n = map_get(m, "tables")))
 		want_strv(v, n, "tables", &a->tables, NULL);
 	if ((n = map_get(m, "functions")))
