@@ -671,6 +671,10 @@ void enforcer_accept(struct worker *w, int fd, int family, const struct sockaddr
 	atomic_fetch_add(&rt->active, 1);   /* released in conn_free */
 	atomic_fetch_add(&rt->accepted, 1);
 
+	if (!audit_accepting()) {   /* on_full: fail_closed */
+		refuse(c, "audit cannot be recorded (spool full, on_full: fail_closed)");
+		return;
+	}
 	if (is_own_listener(c->pair.orig_addr, c->pair.orig_port)) {
 		atomic_fetch_add(&E->self_dial, 1);
 		refuse(c, "destination is the enforcer's own listener");
@@ -1159,10 +1163,6 @@ static int check_supported(const struct policy *p)
 			bad++;
 		}
 	}
-	if (p->audit.spool_dir) {
-		log_err("audit.spool is not implemented in this build");
-		bad++;
-	}
 	if (p->approvals_webhook) {
 		log_err("approvals are not implemented in this build");
 		bad++;
@@ -1291,6 +1291,8 @@ static int main_loop(int epfd, int sfd, struct ring_buffer *rb, struct admin *ad
 				while (read(sfd, &si, sizeof(si)) == sizeof(si)) {
 					if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)
 						E->stop = 1;
+					else if (si.ssi_signo == SIGHUP)
+						audit_reopen();
 				}
 				break;
 			}
