@@ -794,6 +794,10 @@ void spool_reader_seek(struct spool_reader *r, uint64_t seq)
 		seq = r->s->last_seq;
 	pthread_mutex_unlock(&r->s->lock);
 	r->pos = seq + 1;
+	if (r->pos < r->off_seq) {   /* back: rescan the segment from its start */
+		r->off = 0;
+		r->off_seq = r->seg_first;
+	}
 }
 
 int spool_reader_ack(struct spool_reader *r, uint64_t seq)
