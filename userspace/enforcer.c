@@ -1157,8 +1157,8 @@ static int check_supported(const struct policy *p)
 	for (size_t i = 0; i < p->audit.nsinks; i++) {
 		enum policy_sink_type t = p->audit.sinks[i].type;
 
-		if (t != SINK_FILE && t != SINK_STDOUT) {
-			log_err("audit sink on line %d: only 'file' and 'stdout' sinks are implemented in this build",
+		if (t != SINK_FILE && t != SINK_STDOUT && t != SINK_SYSLOG) {
+			log_err("audit sink on line %d: only 'file', 'stdout' and 'syslog' sinks are implemented in this build",
 				p->audit.sinks[i].line);
 			bad++;
 		}
