@@ -252,3 +252,136 @@ def test_syslog_outage_then_recovery(enforcer, servers, rsyslog, transport):
     # in order apart from a resent batch: never goes back further than a batch
     for a, b in zip(got, got[1:]):
         assert b > a or a - b < 1024
+
+
+# ---- HTTP sinks against the collector (a test double: see its docstring) ----
+
+from collector import Collector  # noqa: E402
+
+
+@pytest.fixture
+def collector():
+    c = Collector(acks=True)
+    c.start()
+    yield c
+    c.stop()
+
+
+def http_sinks(col, tmp, audit_path, token="test-token"):
+    tok = os.path.join(tmp, "hec.token")
+    with open(tok, "w") as f:
+        f.write(token + "\n")
+    os.chmod(tok, 0o600)
+    base = f"http://127.0.0.1:{col.port}"
+    return textwrap.dedent(f"""\
+        - {{type: file, path: {audit_path}}}
+        - {{type: splunk_hec, url: '{base}', token_file: {tok}, ack: true, index: sec}}
+        - {{type: elasticsearch, url: '{base}/', index: agentgate-audit}}
+        - {{type: webhook, url: '{base}/hook'}}
+        """)
+
+
+def hec_seqs(col):
+    with col.lock:
+        return [e["event"]["metadata"]["sequence"] for e in col.hec]
+
+
+def es_seqs(col):
+    with col.lock:
+        return [col.es_docs[i][1]["metadata"]["sequence"] for i in col.es_order]
+
+
+def hook_seqs(col):
+    with col.lock:
+        return [e["metadata"]["sequence"] for e in col.webhook]
+
+
+def test_http_sinks_complete_and_in_order(enforcer, servers, collector):
+    port, _ = servers.echo()
+    enforcer.start(policy(port, http_sinks(collector, enforcer.tmp, enforcer.audit)))
+    traffic(enforcer, port, 20)
+    assert wait_for(lambda: len(file_events(enforcer.audit)) >= 41, 10)
+    ref = file_events(enforcer.audit)
+    seqs = [e["metadata"]["sequence"] for e in ref]
+    for get in (hec_seqs, es_seqs, hook_seqs):
+        assert wait_for(lambda: set(seqs) <= set(get(collector)), 15), get.__name__
+    enforcer.stop()
+    byseq = {e["metadata"]["sequence"]: e for e in ref}
+    assert hec_seqs(collector)[:len(seqs)] == seqs
+    assert es_seqs(collector)[:len(seqs)] == seqs
+    assert hook_seqs(collector)[:len(seqs)] == seqs
+    with collector.lock:
+        assert len(collector.hec_channels) == 1           # one channel per sink
+        for env in collector.hec[:len(seqs)]:
+            ev = env["event"]
+            assert env["sourcetype"] == f"ocsf:{ev['class_uid']}"
+            assert env["index"] == "sec" and env["source"] == "agentgate"
+            assert abs(env["time"] * 1000 - ev["time"]) < 1
+            assert ev == byseq[ev["metadata"]["sequence"]]
+        for _id in collector.es_order[:len(seqs)]:
+            index, doc = collector.es_docs[_id]
+            assert index == "agentgate-audit" and doc["metadata"]["uid"] == _id
+            assert doc == byseq[doc["metadata"]["sequence"]]
+        assert all(s == 201 for s in collector.es_statuses)
+    assert "test-token" not in enforcer.read_log()
+
+
+def test_http_sinks_survive_errors_and_outage(enforcer, servers, collector):
+    """503s, per-item 429s, an HEC batch whose ack never comes, then the
+    collector down altogether while events are produced: every sequence
+    arrives; Elasticsearch stores each event exactly once."""
+    port, _ = servers.echo()
+    cport = collector.port
+    enforcer.start(policy(port, http_sinks(collector, enforcer.tmp, enforcer.audit)))
+    with collector.lock:
+        collector.fail_next = 4
+        collector.es_429_items = 7
+        collector.lose_unacked = 1
+    traffic(enforcer, port, 20)
+    collector.stop()
+    traffic(enforcer, port, 50)               # produced while the collector is down
+    time.sleep(1)
+    collector.start(cport)
+    traffic(enforcer, port, 10)
+    assert wait_for(lambda: len(file_events(enforcer.audit)) >= 161, 10)
+    seqs = [e["metadata"]["sequence"] for e in file_events(enforcer.audit)]
+    for get in (hec_seqs, es_seqs, hook_seqs):
+        assert wait_for(lambda: set(seqs) <= set(get(collector)), 30), \
+            (get.__name__, sorted(set(seqs) - set(get(collector)))[:10])
+    enforcer.stop()
+    with collector.lock:
+        statuses = list(collector.es_statuses)
+        answered = [s for _, s in collector.requests]
+    assert 429 in statuses and 409 in statuses, "per-item retry resent stored items: 409 = success"
+    assert 503 in answered
+    es = es_seqs(collector)
+    assert len(es) == len(set(es)), "elasticsearch: each _id stored once"
+    assert es[:len(seqs)] == sorted(es[:len(seqs)]) or set(es) >= set(seqs)
+    for get in (hec_seqs, hook_seqs):
+        got = get(collector)
+        assert len(got) - len(set(got)) <= 500, f"{get.__name__}: more duplicates than one batch"
+
+
+def test_http_permanent_error_goes_to_dead_letter(enforcer, servers, collector):
+    port, _ = servers.echo()
+    sinks = http_sinks(collector, enforcer.tmp, enforcer.audit, token="wrong-token")
+    sinks = "\n".join(l for l in sinks.splitlines() if "elasticsearch" not in l and "webhook" not in l)
+    enforcer.start(policy(port, sinks + "\n"))
+    traffic(enforcer, port, 5)
+    assert wait_for(lambda: len(file_events(enforcer.audit)) >= 11, 10)
+    seqs = [e["metadata"]["sequence"] for e in file_events(enforcer.audit)]
+    dl = os.path.join(enforcer.state, "spool", "dead-letter.jsonl")
+
+    def dead():
+        try:
+            with open(dl) as f:
+                return [json.loads(l) for l in f]
+        except FileNotFoundError:
+            return []
+    assert wait_for(lambda: set(seqs) <= {d["event"]["metadata"]["sequence"] for d in dead()}, 10)
+    enforcer.stop()
+    d = dead()[0]
+    assert d["sink"].startswith("splunk_hec-") and "HTTP 401" in d["reason"]
+    assert os.stat(dl).st_mode & 0o777 == 0o600
+    assert hec_seqs(collector) == []
+    assert "wrong-token" not in enforcer.read_log() and "wrong-token" not in open(dl).read()
