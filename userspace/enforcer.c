@@ -1154,15 +1154,6 @@ static int check_supported(const struct policy *p)
 			}
 		}
 	}
-	for (size_t i = 0; i < p->audit.nsinks; i++) {
-		enum policy_sink_type t = p->audit.sinks[i].type;
-
-		if (t != SINK_FILE && t != SINK_STDOUT && t != SINK_SYSLOG) {
-			log_err("audit sink on line %d: only 'file', 'stdout' and 'syslog' sinks are implemented in this build",
-				p->audit.sinks[i].line);
-			bad++;
-		}
-	}
 	if (p->approvals_webhook) {
 		log_err("approvals are not implemented in this build");
 		bad++;
