@@ -677,9 +677,10 @@ static void loss_event_locked(void)
 		"spool_bytes", (json_int_t)spool_bytes(A.spool)));
 	uint64_t n = A.dropped;
 	A.dropped = 0;
-	if (emit_locked(ev) == 0)
+	if (emit_locked(ev) == 0) {
+		A.cp_pending++;   /* a plain event for the checkpoint count */
 		atomic_store(&A.full, false);
-	else
+	} else
 		A.dropped += n;   /* still no room: counted on */
 	json_decref(ev);
 }
