@@ -385,3 +385,57 @@ def test_http_permanent_error_goes_to_dead_letter(enforcer, servers, collector):
     assert os.stat(dl).st_mode & 0o777 == 0o600
     assert hec_seqs(collector) == []
     assert "wrong-token" not in enforcer.read_log() and "wrong-token" not in open(dl).read()
+
+
+# ---- file sink: rotation and reopen on SIGHUP ----------------------------------
+
+def test_file_rotation_and_sighup_reopen(enforcer, servers):
+    port, _ = servers.echo()
+    d = enforcer.tmp
+    by_size, by_age, plain = (os.path.join(d, n) for n in ("size.jsonl", "age.jsonl", "plain.jsonl"))
+    sinks = textwrap.dedent(f"""\
+        - {{type: file, path: {enforcer.audit}}}
+        - {{type: file, path: {by_size}, rotate_bytes: 16KiB, keep: 3}}
+        - {{type: file, path: {by_age}, rotate_age: 1s}}
+        - {{type: file, path: {plain}}}
+        """)
+    old_umask = os.umask(0)                  # the sink sets 0600 itself
+    try:
+        enforcer.start(policy(port, sinks))
+    finally:
+        os.umask(old_umask)
+    traffic(enforcer, port, 60)
+    time.sleep(1.2)
+    traffic(enforcer, port, 5)
+    assert wait_for(lambda: len(file_events(enforcer.audit)) >= 131, 10)
+
+    # logrotate-style: move the file away, SIGHUP, the sink writes a new one
+    moved = plain + ".moved"
+    os.rename(plain, moved)
+    enforcer.proc.p.send_signal(signal.SIGHUP)
+    time.sleep(0.3)
+    traffic(enforcer, port, 5)
+    assert wait_for(lambda: os.path.exists(plain) and len(file_events(plain)) >= 10, 10)
+    enforcer.stop()
+    ref = [e["metadata"]["sequence"] for e in file_events(enforcer.audit)]
+
+    for p in [by_size + s for s in ("", ".1", ".2", ".3")]:
+        assert os.path.exists(p), p
+        assert os.stat(p).st_mode & 0o777 == 0o600, p
+        assert os.path.getsize(p) <= 16 * 1024 + 70 * 1024   # one batch may overshoot
+    assert not os.path.exists(by_size + ".4"), "keep: 3"
+    kept = []
+    for p in [by_size + s for s in (".3", ".2", ".1", "")]:
+        kept += [e["metadata"]["sequence"] for e in file_events(p)]
+    assert kept == ref[-len(kept):], "rotated files hold consecutive events, oldest in .3"
+    assert len(kept) < len(ref)
+
+    assert os.path.exists(by_age + ".1")
+    aged = [e["metadata"]["sequence"] for e in file_events(by_age + ".1")] + \
+        [e["metadata"]["sequence"] for e in file_events(by_age)]
+    assert aged == ref[-len(aged):]
+
+    both = [e["metadata"]["sequence"] for e in file_events(moved)] + \
+        [e["metadata"]["sequence"] for e in file_events(plain)]
+    assert both == ref, "nothing lost or repeated across the reopen"
+    assert os.stat(plain).st_mode & 0o777 == 0o600
