@@ -70,6 +70,10 @@ static struct {
 	uint64_t cp_last_ms;
 	uint64_t cp_every, cp_every_ms;
 	char host[256];
+	/* the chain head is saved (with fsync) off the emit path */
+	pthread_t saver;
+	bool saver_started, save_pending;
+	char save_hash[AUDIT_HASH_HEX];
 } A = { .lock = PTHREAD_MUTEX_INITIALIZER, .stop_lock = PTHREAD_MUTEX_INITIALIZER,
 	.stop_cond = PTHREAD_COND_INITIALIZER, .last_hash = AUDIT_ZERO_HASH,
 	.cp_every = AUDIT_CHECKPOINT_EVERY, .cp_every_ms = AUDIT_CHECKPOINT_MS };
@@ -77,6 +81,8 @@ static struct {
 static int emit_locked(json_t *ev);
 static void checkpoint_locked(void);
 static void checkpoint_seq_save(void);
+static void save_chain_head(void);
+static void *saver_thread(void *arg);
 
 int audit_set_state_dir(const char *dir)
 {
@@ -319,6 +325,9 @@ int audit_open(const struct policy *p)
 		return err;
 	if ((err = spool_start(A.spool)))
 		return err;
+	if ((err = pthread_create(&A.saver, NULL, saver_thread, NULL)))
+		return -err;
+	A.saver_started = true;
 	for (int i = 0; i < A.nsinks; i++) {
 		if ((err = pthread_create(&A.sinks[i].thr, NULL, sink_thread, &A.sinks[i])))
 			return -err;
@@ -439,6 +448,10 @@ void audit_close(void)
 		memset(k, 0, sizeof(*k));
 	}
 	A.nsinks = 0;
+	if (A.saver_started)
+		pthread_join(A.saver, NULL);
+	A.saver_started = false;
+	save_chain_head();
 	spool_close(A.spool);   /* readers are freed with it */
 	A.spool = NULL;
 	rec_configure(NULL, 0, 0);
@@ -619,7 +632,6 @@ static void checkpoint_locked(void)
 {
 	char sig[AUDIT_SIG_HEX];
 	json_t *ev;
-	int err;
 
 	if (audit_checkpoint_sign(A.key, A.seq, A.last_hash, A.cp_pending, sig)) {
 		ag_log(LOG_LVL_ERR, "audit: signing checkpoint at sequence %llu failed",
@@ -643,10 +655,37 @@ static void checkpoint_locked(void)
 	A.cp_pending = 0;
 	A.cp_last_ms = now_ms_realtime();
 	checkpoint_seq_save();
-	/* The next run chains from this checkpoint line. */
-	if ((err = audit_chain_state_save(A.state_dir, A.last_hash)))
+	/* The next run chains from this checkpoint line (when the spool is
+	 * gone; otherwise from the spool's last line). Saved with an fsync by
+	 * the saver thread within a second: an emitter never waits on the disk. */
+	memcpy(A.save_hash, A.last_hash, sizeof(A.save_hash));
+	A.save_pending = true;
+}
+
+/* Takes the pending chain head (under A.lock) and saves it. */
+static void save_chain_head(void)
+{
+	char hash[AUDIT_HASH_HEX];
+	bool pending;
+	int err;
+
+	pthread_mutex_lock(&A.lock);
+	pending = A.save_pending;
+	memcpy(hash, A.save_hash, sizeof(hash));
+	A.save_pending = false;
+	pthread_mutex_unlock(&A.lock);
+	if (pending && A.state_dir[0] && (err = audit_chain_state_save(A.state_dir, hash)))
 		ag_log(LOG_LVL_ERR, "audit: saving chain head in '%s': %s", A.state_dir,
 		       strerror(-err));
+}
+
+static void *saver_thread(void *arg)
+{
+	while (!atomic_load(&A.stopping)) {
+		sink_sleep(1000);
+		save_chain_head();
+	}
+	return NULL;
 }
 
 /* Event Log Activity for what on_full dropped, written once room returned:
@@ -702,6 +741,29 @@ static void drop_locked(void)
 	atomic_store(&A.full, true);
 }
 
+/* Fields OCSF requires for a class that the builder of this one event may
+ * not have at hand, filled here so that every event conforms: Event Log
+ * Activity needs actor and device (the enforcer itself), Authentication
+ * needs user (the principal the agent context names). */
+static void ocsf_required(json_t *ev)
+{
+	json_int_t cls = json_integer_value(json_object_get(ev, "class_uid"));
+
+	if (cls == 1008 && !json_object_get(ev, "device")) {
+		json_t *actor = json_incref(json_object_get(ev, "actor"));
+
+		add_self(ev);
+		if (actor)
+			json_object_set_new(ev, "actor", actor);
+	}
+	if (cls == 3002 && !json_object_get(ev, "user")) {
+		json_t *u = json_object_get(json_object_get(ev, "actor"), "user");
+
+		if (u)
+			json_object_set(ev, "user", u);
+	}
+}
+
 /* Stamps, serialises and spools ev (the caller keeps its reference). The
  * sequence is the spool's: consumed only when the line is in the spool.
  * 0, or -errno when the event was not recorded (counted as dropped when
@@ -715,6 +777,7 @@ static int emit_locked(json_t *ev)
 	int err = 0;
 
 	uuid7(uid);
+	ocsf_required(ev);
 	json_object_set_new(ev, "time", json_integer(now_ms_realtime()));
 	json_object_set_new(ev, "metadata", json_pack("{s:s, s:s, s:I, s:s, s:s, s:{s:s, s:s, s:s}}",
 		"version", OCSF_VERSION, "uid", uid, "sequence", (json_int_t)seq,

@@ -17,7 +17,7 @@
 #include "audit_spool.h"
 #include "util.h"
 
-#define WBUF_CAP (256 * 1024)
+#define WBUF_CAP (4u << 20)   /* the thread writes it every SPOOL_FLUSH_MS */
 #define READ_CAP_MAX (16u << 20)   /* one event line is never larger */
 
 struct seg {
@@ -59,8 +59,10 @@ struct spool {
 	struct seg *segs;
 	size_t nsegs, scap;
 	int fd;                 /* active segment */
-	char *wbuf;
+	char *wbuf, *spare;     /* appends go to wbuf; the thread writes the other */
 	size_t wlen;
+	bool flushing;          /* the thread is writing a swapped-out buffer */
+	pthread_cond_t flushed;
 	uint64_t last_seq;
 	uint64_t total;
 	uint64_t unsynced;      /* events written since the last fdatasync */
@@ -325,6 +327,7 @@ int spool_open(struct spool **out, const char *dir, uint64_t max_bytes, uint64_t
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_cond_init(&s->data, NULL);
 	pthread_cond_init(&s->tick, NULL);
+	pthread_cond_init(&s->flushed, NULL);
 	s->fd = s->dlfd = -1;
 	snprintf(s->dir, sizeof(s->dir), "%s", dir);
 	s->max_bytes = max_bytes ? max_bytes : SPOOL_DEFAULT_MAX_BYTES;
@@ -334,7 +337,8 @@ int spool_open(struct spool **out, const char *dir, uint64_t max_bytes, uint64_t
 		s->seg_max = 4096;
 	s->last_sync_ms = mono_ms();
 	if ((err = mkdir_p(dir, 0700)) || (err = (chmod(dir, 0700) ? -errno : 0)) ||
-	    !(s->wbuf = malloc(WBUF_CAP)) || (err = recover(s))) {
+	    !(s->wbuf = malloc(WBUF_CAP)) || !(s->spare = malloc(WBUF_CAP)) ||
+	    (err = recover(s))) {
 		spool_close(s);
 		return err ? err : -ENOMEM;
 	}
@@ -345,10 +349,15 @@ int spool_open(struct spool **out, const char *dir, uint64_t max_bytes, uint64_t
 
 /* ---- writing ------------------------------------------------------------- */
 
+/* Writes the buffer with the lock held; waits for a write the thread has
+ * in progress first, so the file keeps the append order. */
 static int flush_locked(struct spool *s)
 {
-	struct seg *a = active(s);
+	struct seg *a;
 
+	while (s->flushing)
+		pthread_cond_wait(&s->flushed, &s->lock);
+	a = active(s);
 	if (!s->wlen)
 		return 0;
 	if (write_all(s->fd, s->wbuf, s->wlen))
@@ -442,9 +451,11 @@ int spool_append(struct spool *s, uint64_t seq, const char *line, size_t len)
 		err = -ENOSPC;   /* the disk refuses writes: treated as a full spool */
 		goto out;
 	}
-	if (len + 1 > WBUF_CAP) {   /* one huge line: straight to the file */
+	if (len + 1 > WBUF_CAP) {   /* one huge line: straight to the file, in order */
 		struct iovec iov[2] = { { (void *)line, len }, { "\n", 1 } };
 
+		if ((err = flush_locked(s)))
+			goto out;
 		if (writev(s->fd, iov, 2) != (ssize_t)len + 1) {
 			err = -EIO;
 			goto out;
@@ -487,6 +498,51 @@ uint64_t spool_bytes(struct spool *s)
 	b = s->total;
 	pthread_mutex_unlock(&s->lock);
 	return b;
+}
+
+/* The thread's write: the buffer is swapped out and written without the
+ * lock, so an append never waits for the disk (a write can block on pages
+ * under writeback). A segment roll waits for it (flush_locked). */
+static int flush_async(struct spool *s)
+{
+	struct seg *a = active(s);
+	uint64_t first = a->first, last = a->last;
+	char *buf = s->wbuf;
+	size_t len = s->wlen;
+	int err = 0;
+
+	if (!len || s->flushing)
+		return 0;
+	s->wbuf = s->spare;
+	s->wlen = 0;
+	s->flushing = true;
+	pthread_mutex_unlock(&s->lock);
+	if (write_all(s->fd, buf, len))
+		err = -errno;
+	pthread_mutex_lock(&s->lock);
+	s->flushing = false;
+	s->spare = buf;
+	if (err) {
+		/* put it back in front of what was appended meanwhile */
+		if (len + s->wlen <= WBUF_CAP) {
+			memcpy(buf + len, s->wbuf, s->wlen);
+			s->spare = s->wbuf;
+			s->wbuf = buf;
+			s->wlen += len;
+		}
+	} else {
+		size_t i;
+
+		for (i = 0; i < s->nsegs && s->segs[i].first != first; i++)
+			;
+		if (i < s->nsegs) {
+			s->segs[i].written += len;
+			s->segs[i].wlast = last;
+		}
+		pthread_cond_broadcast(&s->data);
+	}
+	pthread_cond_broadcast(&s->flushed);
+	return err;
 }
 
 /* fdatasync without holding the lock: emitters never wait on the disk. */
@@ -601,7 +657,7 @@ static void *spool_thread(void *arg)
 			ts.tv_nsec -= 1000000000l;
 		}
 		pthread_cond_timedwait(&s->tick, &s->lock, &ts);
-		if (flush_locked(s))
+		if (flush_async(s))
 			continue;
 		if (s->unsynced && (s->unsynced >= SPOOL_SYNC_EVENTS ||
 				    mono_ms() - s->last_sync_ms >= SPOOL_SYNC_MS))
@@ -724,10 +780,12 @@ void spool_close(struct spool *s)
 	if (s->dlfd >= 0)
 		close(s->dlfd);
 	free(s->wbuf);
+	free(s->spare);
 	free(s->segs);
 	pthread_mutex_destroy(&s->lock);
 	pthread_cond_destroy(&s->data);
 	pthread_cond_destroy(&s->tick);
+	pthread_cond_destroy(&s->flushed);
 	free(s);
 }
 
