@@ -1457,7 +1457,7 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 		snprintf(msg, sizeof(msg), "enforcer started (policy %s, %s mode, %zu agents)",
 			 E->policy_desc, E->policy->mode == POLICY_OBSERVE ? "observe" : "enforce",
 			 E->policy->nagents);
-		lifecycle_event(1, "Start", msg);
+		lifecycle_event(3, "Start", msg);
 		log_info("%s; ready", msg);
 		ret = 0;
 	}
@@ -1481,7 +1481,7 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 	for (int i = 0; i < E->nworkers; i++)
 		worker_join(&E->workers[i]);
 	ring_buffer__consume(rb);
-	lifecycle_event(2, "Stop", "enforcer stopped; programs stay attached (connections refused until restart)");
+	lifecycle_event(4, "Stop", "enforcer stopped; programs stay attached (connections refused until restart)");
 	log_info("stopped; kernel programs stay pinned (fail closed)");
 out:
 	admin_close(adm);
