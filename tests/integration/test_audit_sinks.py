@@ -169,6 +169,7 @@ def test_syslog_tcp_tls_relp_complete_and_in_order(enforcer, servers, rsyslog):
     assert len(ref) >= 60
     seqs = [e["metadata"]["sequence"] for e in ref]
     assert seqs == list(range(1, len(ref) + 1))
+    validate_events(ref)
     with open(enforcer.audit) as f:
         ref_lines = f.read().split("\n")[:-1]
     for name in ("tcp", "tls", "relp"):
@@ -257,6 +258,7 @@ def test_syslog_outage_then_recovery(enforcer, servers, rsyslog, transport):
 # ---- HTTP sinks against the collector (a test double: see its docstring) ----
 
 from collector import Collector  # noqa: E402
+from test_audit_schema import validate_events  # noqa: E402
 
 
 @pytest.fixture
@@ -307,6 +309,7 @@ def test_http_sinks_complete_and_in_order(enforcer, servers, collector):
         assert wait_for(lambda: set(seqs) <= set(get(collector)), 15), get.__name__
     enforcer.stop()
     byseq = {e["metadata"]["sequence"]: e for e in ref}
+    validate_events(file_events(enforcer.audit))
     assert hec_seqs(collector)[:len(seqs)] == seqs
     assert es_seqs(collector)[:len(seqs)] == seqs
     assert hook_seqs(collector)[:len(seqs)] == seqs

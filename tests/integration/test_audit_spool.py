@@ -19,6 +19,7 @@ from conftest import AG, PY, connect_code, free_port, wait_for
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "helpers"))
 from collector import Collector  # noqa: E402
+from test_audit_schema import validate_events  # noqa: E402
 from test_audit_sinks import TRAFFIC, file_events, policy, traffic  # noqa: E402
 
 
@@ -92,6 +93,7 @@ def test_sigkill_mid_batch_resumes_from_cursor(enforcer, servers):
         rc, out = verify(enforcer)
         assert rc == 0, out
         assert "warning" not in out, out
+        validate_events(file_events(enforcer.audit))
     finally:
         col.stop()
 
@@ -147,6 +149,7 @@ def test_spool_full_drop_newest(enforcer, servers):
         assert loss["start_time"] <= loss["end_time"] and loss["severity_id"] >= 3
         assert "actor" in loss and "device" in loss
         prev = loss["metadata"]["sequence"]
+    assert 1008 in validate_events(evs)
     dropped = sum(l["count"] for l in losses)
     conns = [e for e in evs if e["class_uid"] == 4001 and e.get("dst_endpoint", {}).get("port") == port]
     assert len(conns) + dropped == 2 * n, (len(conns), dropped)
@@ -175,6 +178,7 @@ def test_spool_full_fail_closed(enforcer, servers):
         col.stop()
     evs = file_events(enforcer.audit)
     assert seqs(evs) == list(range(1, len(evs) + 1))
+    validate_events(evs)
     losses = loss_events(evs)
     assert losses and all(l["unmapped"]["loss"]["on_full"] == "fail_closed" and l["count"] > 0
                           for l in losses)
@@ -214,6 +218,7 @@ def test_flood_from_one_agent_is_rate_limited(enforcer, servers):
         col.stop()
     evs = file_events(enforcer.audit)
     assert seqs(evs) == list(range(1, len(evs) + 1))
+    validate_events(evs)
     refused = [e for e in evs if e["class_uid"] == 4001 and e.get("dst_endpoint", {}).get("port") == port + 1]
     lost = sum(e["unmapped"]["loss"]["count"] for e in evs if e["class_uid"] == 1008 and
                e.get("unmapped", {}).get("loss", {}).get("counter") in ("agent_rate_limited",
