@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import PY, Proc, free_port, wait_for, wait_port
+from conftest import AG, PY, Proc, free_port, wait_for, wait_port
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "helpers"))
 
@@ -93,10 +93,15 @@ class Rsyslog:
     def out(self, name):
         return os.path.join(self.tmp, f"{name}.log")
 
-    def start(self):
+    def start(self, direct=False):
+        """direct: no in-memory main queue, so a message is written before
+        rsyslog acknowledges it over RELP (what a receiver killed with
+        SIGKILL must have done for nothing to be lost)."""
         d = self.tmp
         conf = os.path.join(d, "rsyslog.conf")
         with open(conf, "w") as f:
+            if direct:
+                f.write('main_queue(queue.type="Direct")\n')
             f.write(textwrap.dedent(f"""
                 global(workDirectory="{d}/work" maxMessageSize="64k"
                        defaultNetstreamDriverCAFile="{d}/ca.pem"
@@ -118,9 +123,9 @@ class Rsyslog:
         for p in self.ports.values():
             wait_port("127.0.0.1", p)
 
-    def stop(self):
+    def stop(self, sig=signal.SIGTERM):
         if self.proc:
-            self.proc.stop()
+            self.proc.stop(sig)
             self.proc = None
 
     def messages(self, name):
@@ -253,6 +258,35 @@ def test_syslog_outage_then_recovery(enforcer, servers, rsyslog, transport):
     # in order apart from a resent batch: never goes back further than a batch
     for a, b in zip(got, got[1:]):
         assert b > a or a - b < 1024
+
+
+def test_relp_receiver_killed_mid_stream_loses_nothing(enforcer, servers, rsyslog):
+    """rsyslog SIGKILLed while a flood is being delivered over RELP, then
+    restarted: every sequence number arrives (RELP acknowledges, the sink
+    resends what was not)."""
+    port, _ = servers.echo()
+    rsyslog.start(direct=True)
+    sinks = textwrap.dedent(f"""\
+        - {{type: file, path: {enforcer.audit}}}
+        - {{type: syslog, address: 127.0.0.1:{rsyslog.ports['relp']}, transport: relp}}
+        """)
+    enforcer.start(policy(port, sinks))
+    flood = subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", "t-agent", "--",
+                              PY, "-c", TRAFFIC, "127.0.0.1", str(port), "1500"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert wait_for(lambda: len(rsyslog.messages("relp")) >= 300, 30)
+    rsyslog.stop(signal.SIGKILL)
+    time.sleep(0.5)
+    rsyslog.start(direct=True)
+    out, _ = flood.communicate(timeout=120)
+    assert out.strip() == "OK 1500", out
+    assert wait_for(lambda: len(file_events(enforcer.audit)) >= 3001, 10)
+    ref = [e["metadata"]["sequence"] for e in file_events(enforcer.audit)]
+    assert wait_seqs(lambda: [e for _, e in rsyslog.messages("relp")], ref, 30), \
+        sorted(set(ref) - {e["metadata"]["sequence"] for _, e in rsyslog.messages("relp")})[:20]
+    enforcer.stop()
+    got = [e["metadata"]["sequence"] for _, e in rsyslog.messages("relp")]
+    assert len(got) - len(set(got)) <= 1024, "duplicates beyond one batch"
 
 
 # ---- HTTP sinks against the collector (a test double: see its docstring) ----
