@@ -57,6 +57,7 @@ static int file_init(struct audit_sink *s)
 
 	if (!f)
 		return -ENOMEM;
+	f->fd = -1;
 	s->priv = f;
 	if (s->cfg->type == SINK_STDOUT) {
 		f->fd = STDOUT_FILENO;
