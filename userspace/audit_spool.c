@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -578,23 +579,31 @@ int spool_flush(struct spool *s, bool sync)
  * the .log. Runs without the lock: only this thread seals. */
 static int seal_one(struct spool *s, uint64_t first, uint64_t *zbytes)
 {
-	char lp[4200], zp[4200], tp[4300], *raw;
-	size_t n;
+	char lp[4200], zp[4200], tp[4300];
+	struct stat st;
+	void *raw = MAP_FAILED;
+	Bytef *z = NULL;
 	int err = 0, fd;
 
 	seg_path(s, first, ".log", lp, sizeof(lp));
 	seg_path(s, first, ".z", zp, sizeof(zp));
 	snprintf(tp, sizeof(tp), "%s.tmp", zp);
-	if ((err = slurp(lp, &raw, &n)))
-		return err;
-	uLongf zl = compressBound(n);
-	Bytef *z = malloc(zl);
-	if (!z || compress2(z, &zl, (Bytef *)raw, n, Z_BEST_SPEED) != Z_OK) {
-		free(raw);
+	/* mapped, not read: no copy of the segment */
+	if ((fd = open(lp, O_RDONLY | O_CLOEXEC)) < 0)
+		return -errno;
+	if (fstat(fd, &st) == 0 && st.st_size)
+		raw = mmap(NULL, st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+	close(fd);
+	uLongf zl = compressBound(st.st_size);
+	if ((st.st_size && raw == MAP_FAILED) || !(z = malloc(zl)) ||
+	    compress2(z, &zl, st.st_size ? raw : (void *)"", st.st_size, Z_BEST_SPEED) != Z_OK)
+		err = -ENOMEM;
+	if (raw != MAP_FAILED)
+		munmap(raw, st.st_size);
+	if (err) {
 		free(z);
-		return -ENOMEM;
+		return err;
 	}
-	free(raw);
 	fd = open(tp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0 || write_all(fd, z, zl) || fsync(fd))
 		err = -errno;
