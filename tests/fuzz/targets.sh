@@ -9,6 +9,7 @@ fuzz_srcs() {
 	jwt) echo userspace/ident_jwt.c ;;
 	http_req) echo userspace/http_msg.c ;;
 	mask_json) echo userspace/mask.c userspace/mask_json.c ;;
+	pg_classify) echo userspace/pg_classify.c userspace/pg_classify_json.c userspace/pg_funcs.c ;;
 	*) echo "userspace/$1.c" ;;
 	esac
 }
@@ -18,6 +19,7 @@ fuzz_libs() {
 	dns_msg) echo -lresolv ;;
 	jwt) echo -ljansson -lssl -lcrypto ;;
 	mask_json) echo -lpcre2-8 -lpthread ;;
+	pg_classify) echo -lpg_query -lpthread ;;
 	*) ;;
 	esac
 }
@@ -32,6 +34,7 @@ fuzz_max_len() {
 	http_path) echo 17000 ;;              # a target as long as a head
 	k8s) echo 21000 ;;                    # past K8S_PATH_MAX + K8S_QUERY_MAX
 	mask_json) echo 65536 ;;              # deep nesting and long digit/base64 runs
+	pg_classify) echo 16384 ;;            # past the 8 KiB pre-scan threshold
 	*) echo 4096 ;;
 	esac
 }

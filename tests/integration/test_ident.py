@@ -24,7 +24,8 @@ CLIENT_ID = "t-ident-a"
 CLIENT_SECRET = "t-ident-a-secret-0123456789"
 SRCS = ["tests/integration/helpers/ident_driver.c", "userspace/ident.c", "userspace/ident_assert.c", "userspace/ident_jwks.c",
         "userspace/ident_jwt.c", "userspace/policy_load.c", "userspace/policy_match.c",
-        "userspace/k8s.c", "userspace/mask.c", "userspace/mask_json.c",
+        "userspace/k8s.c", "userspace/mask.c", "userspace/mask_json.c", "userspace/pg_classify.c",
+        "userspace/pg_classify_json.c", "userspace/pg_funcs.c",
         "userspace/util.c"]
 
 
@@ -37,7 +38,7 @@ def driver_bin():
     cmd = ["gcc", "-std=gnu11", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter",
            "-Wno-format-truncation", "-D_GNU_SOURCE", "-fno-strict-aliasing", "-Ibpf",
            "-Iuserspace", *SRCS, "-o", out, "-lcurl", "-ljansson", "-lssl", "-lcrypto", "-lyaml",
-           "-lpthread", "-lpcre2-8"]
+           "-lpthread", "-lpcre2-8", "-lpg_query"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     yield out
