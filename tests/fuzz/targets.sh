@@ -15,6 +15,7 @@ fuzz_libs() {
 	case $1 in
 	dns_msg) echo -lresolv ;;
 	jwt) echo -ljansson -lssl -lcrypto ;;
+	pg_wire) echo -lssl -lcrypto ;;
 	*) ;;
 	esac
 }
@@ -25,6 +26,7 @@ fuzz_max_len() {
 	tls_hello) echo $((65536 + 64)) ;;    # TLS_HELLO_MAX and a bit
 	dns_msg) echo 8192 ;;                 # past DNS_QUERY_MAX
 	jwt) echo 17000 ;;                    # past the 16 KiB token limit
+	pg_wire) echo 12000 ;;                # past PG_STARTUP_MAX
 	*) echo 4096 ;;
 	esac
 }
