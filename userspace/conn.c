@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include <errno.h>
+#include <stdio.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
@@ -7,6 +8,9 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 #include "conn.h"
 #include "enforcer.h"
@@ -125,6 +129,11 @@ void conn_free(struct conn *c)
 		atomic_fetch_sub(&E->agents[c->agent_idx].active, 1);
 	worker_buf_put(c->w, c->buf[0]);
 	worker_buf_put(c->w, c->buf[1]);
+	for (int s = 0; s < 2; s++) {
+		SSL_free(c->side[s].ssl);
+		free(c->side[s].in);
+		free(c->side[s].out);
+	}
 	free(c);
 }
 
@@ -212,6 +221,475 @@ static void relay(struct conn *c)
 	}
 }
 
+/* ---- stream mode ------------------------------------------------------- */
+
+/*
+ * The stream engine: one pass moves every byte it can (TLS handshakes,
+ * queued output, input), calls the module when a side has news, and repeats
+ * until nothing moves. Sockets are edge-triggered, so every read and write
+ * goes on until EAGAIN (or a full buffer, or backpressure: see conn.h).
+ */
+
+static const char *tls_errtext(struct conn *c, const char *what)
+{
+	unsigned long e = ERR_get_error();
+	char buf[120];
+
+	if (e)
+		ERR_error_string_n(e, buf, sizeof(buf));
+	else
+		snprintf(buf, sizeof(buf), "%s", errno ? strerror(errno) : "connection closed");
+	ERR_clear_error();
+	snprintf(c->tls_err, sizeof(c->tls_err), "%s: %s", what, buf);
+	return c->tls_err;
+}
+
+int conn_stream(struct conn *c)
+{
+	c->streaming = true;
+	for (int s = 0; s < 2; s++)
+		if (!c->side[s].in_max)
+			c->side[s].in_max = CONN_IN_MAX;
+	return 0;
+}
+
+const uint8_t *conn_in(struct conn *c, int side, uint32_t *len)
+{
+	struct conn_side *sd = &c->side[side];
+
+	*len = sd->in_len - sd->in_off;
+	return sd->in ? sd->in + sd->in_off : NULL;
+}
+
+void conn_in_consume(struct conn *c, int side, uint32_t n)
+{
+	struct conn_side *sd = &c->side[side];
+
+	if (n > sd->in_len - sd->in_off)
+		n = sd->in_len - sd->in_off;
+	sd->in_off += n;
+	if (sd->in_off == sd->in_len)
+		sd->in_off = sd->in_len = 0;
+}
+
+bool conn_in_eof(const struct conn *c, int side)
+{
+	return c->side[side].in_eof;
+}
+
+int conn_in_reserve(struct conn *c, int side, uint32_t max)
+{
+	if (max > CONN_IN_LIMIT)
+		return -EMSGSIZE;
+	if (max > c->side[side].in_max)
+		c->side[side].in_max = max;
+	return 0;
+}
+
+/* Grows buf (cap) to hold need bytes, doubling, never beyond limit. */
+static int grow(uint8_t **buf, uint32_t *cap, size_t need, size_t limit)
+{
+	size_t ncap = *cap ? *cap : CONN_BUF;
+	uint8_t *nb;
+
+	if (need > limit)
+		return -ENOBUFS;
+	while (ncap < need)
+		ncap *= 2;
+	if (ncap > limit)
+		ncap = limit;
+	if (ncap == *cap)
+		return 0;
+	nb = realloc(*buf, ncap);
+	if (!nb)
+		return -ENOMEM;
+	*buf = nb;
+	*cap = ncap;
+	return 0;
+}
+
+int conn_send(struct conn *c, int side, const void *buf, size_t len)
+{
+	struct conn_side *sd = &c->side[side];
+	int err;
+
+	if (!len)
+		return 0;
+	if (sd->want_shut || c->closing)
+		return -EPIPE;
+	if (sd->out_off && sd->out_off == sd->out_len)
+		sd->out_off = sd->out_len = 0;
+	if (sd->out_off > sd->out_cap / 2) {   /* reclaim the written head */
+		memmove(sd->out, sd->out + sd->out_off, sd->out_len - sd->out_off);
+		sd->out_len -= sd->out_off;
+		sd->out_off = 0;
+	}
+	if ((size_t)sd->out_len - sd->out_off + len > CONN_OUT_MAX)
+		return -ENOBUFS;
+	if ((err = grow(&sd->out, &sd->out_cap, (size_t)sd->out_len + len, CONN_OUT_MAX + CONN_OUT_MAX)))
+		return err;
+	memcpy(sd->out + sd->out_len, buf, len);
+	sd->out_len += len;
+	return 0;
+}
+
+uint32_t conn_out_pending(const struct conn *c, int side)
+{
+	return c->side[side].out_len - c->side[side].out_off;
+}
+
+void conn_shutdown(struct conn *c, int side)
+{
+	c->side[side].want_shut = true;
+}
+
+void conn_finish(struct conn *c)
+{
+	c->finishing = true;
+}
+
+int conn_tls(struct conn *c, int side, SSL *ssl, bool server)
+{
+	struct conn_side *sd = &c->side[side];
+
+	if (sd->ssl || !ssl)
+		return -EINVAL;
+	if (sd->in_len > sd->in_off) {
+		SSL_free(ssl);
+		return -EPROTO;   /* bytes sent ahead of the handshake */
+	}
+	sd->ssl = ssl;
+	sd->tls_server = server;
+	sd->tls_pending = true;
+	SSL_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+	return 0;
+}
+
+bool conn_tls_ready(const struct conn *c, int side)
+{
+	return c->side[side].tls_ready;
+}
+
+const char *conn_tls_error(const struct conn *c)
+{
+	return c->tls_err;
+}
+
+static int side_fd(struct conn *c, int side)
+{
+	return side == SIDE_AGENT ? c->agent.fd : c->up.fd;
+}
+
+/* Handshake progress: 1 done now, 0 waiting for the socket, -errno. */
+static int tls_step(struct conn *c, int side)
+{
+	struct conn_side *sd = &c->side[side];
+	int r, e;
+
+	if (sd->tls_pending) {
+		if (sd->out_len > sd->out_off)
+			return 0;           /* the clear-text answer goes first */
+		if (sd->in_len > sd->in_off)
+			return -EPROTO;
+		sd->tls_pending = false;
+		if (!SSL_set_fd(sd->ssl, side_fd(c, side)))
+			return -ENOMEM;
+		if (sd->tls_server)
+			SSL_set_accept_state(sd->ssl);
+		else
+			SSL_set_connect_state(sd->ssl);
+	}
+	ERR_clear_error();
+	errno = 0;
+	r = SSL_do_handshake(sd->ssl);
+	if (r == 1) {
+		sd->tls_ready = true;
+		return 1;
+	}
+	e = SSL_get_error(sd->ssl, r);
+	if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+		return 0;
+	tls_errtext(c, side == SIDE_AGENT ? "agent TLS handshake" : "upstream TLS handshake");
+	if (!sd->tls_server) {
+		long v = SSL_get_verify_result(sd->ssl);
+
+		if (v != X509_V_OK)
+			snprintf(c->tls_err, sizeof(c->tls_err), "upstream TLS handshake: certificate verify failed: %s",
+				 X509_verify_cert_error_string(v));
+	}
+	return -EPROTO;
+}
+
+/* Writes queued output; 0 (all written or would block) or -errno. */
+static int flush_out(struct conn *c, int side, bool *moved)
+{
+	struct conn_side *sd = &c->side[side];
+	int fd = side_fd(c, side);
+
+	while (sd->out_len > sd->out_off) {
+		size_t len = sd->out_len - sd->out_off;
+		ssize_t n;
+
+		if (sd->ssl && !sd->tls_pending) {
+			size_t w = 0;
+			int r, e;
+
+			ERR_clear_error();
+			r = SSL_write_ex(sd->ssl, sd->out + sd->out_off, len, &w);
+			if (r <= 0) {
+				e = SSL_get_error(sd->ssl, r);
+				if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ)
+					return 0;
+				tls_errtext(c, "TLS write");
+				return -EPIPE;
+			}
+			n = w;
+		} else {
+			n = send(fd, sd->out + sd->out_off, len, MSG_NOSIGNAL);
+			if (n < 0) {
+				if (errno == EINTR)
+					continue;
+				return errno == EAGAIN ? 0 : -errno;
+			}
+		}
+		sd->out_off += n;
+		c->tx[side] += n;
+		c->bytes[side == SIDE_UP ? DIR_UP : DIR_DOWN] += n;
+		*moved = true;
+	}
+	sd->out_off = sd->out_len = 0;
+	if (sd->want_shut && !sd->shut) {
+		if (sd->ssl && sd->tls_ready)
+			SSL_shutdown(sd->ssl);   /* close_notify; no wait for the peer's */
+		shutdown(fd, SHUT_WR);
+		sd->shut = true;
+		*moved = true;
+	}
+	return 0;
+}
+
+/* Reads what the socket has into side's input. 1 when something new (bytes
+ * or EOF) arrived, 0 if not, -errno. */
+static int fill_in(struct conn *c, int side)
+{
+	struct conn_side *sd = &c->side[side];
+	int fd = side_fd(c, side), got = 0, err;
+
+	while (!sd->in_eof) {
+		if (sd->in_off && sd->in_len == sd->in_cap) {
+			memmove(sd->in, sd->in + sd->in_off, sd->in_len - sd->in_off);
+			sd->in_len -= sd->in_off;
+			sd->in_off = 0;
+		}
+		if (sd->in_len == sd->in_cap) {
+			if (sd->in_cap >= sd->in_max)
+				break;   /* full: the module must consume first */
+			if ((err = grow(&sd->in, &sd->in_cap, (size_t)sd->in_cap + 1, sd->in_max)))
+				return err;
+		}
+		size_t room = sd->in_cap - sd->in_len;
+		ssize_t n;
+
+		if (sd->ssl) {
+			size_t r = 0;
+			int ok, e;
+
+			ERR_clear_error();
+			errno = 0;
+			ok = SSL_read_ex(sd->ssl, sd->in + sd->in_len, room, &r);
+			if (ok <= 0) {
+				e = SSL_get_error(sd->ssl, ok);
+				if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+					break;
+				if (e == SSL_ERROR_ZERO_RETURN) {
+					sd->in_eof = true;
+					got = 1;
+					break;
+				}
+				tls_errtext(c, "TLS read");
+				return -EPROTO;
+			}
+			n = r;
+		} else {
+			n = recv(fd, sd->in + sd->in_len, room, 0);
+			if (n == 0) {
+				sd->in_eof = true;
+				got = 1;
+				break;
+			}
+			if (n < 0) {
+				if (errno == EINTR)
+					continue;
+				if (errno == EAGAIN)
+					break;
+				return -errno;
+			}
+		}
+		sd->in_len += n;
+		c->rx[side] += n;
+		got = 1;
+	}
+	return got;
+}
+
+static int call_module(struct conn *c, int side)
+{
+	int (*fn)(struct conn *) = side == SIDE_AGENT ? c->ops->on_agent_data : c->ops->on_upstream_data;
+
+	return fn ? fn(c) : 0;
+}
+
+static bool backpressured(struct conn *c)
+{
+	return conn_out_pending(c, SIDE_AGENT) > CONN_OUT_HIGH || conn_out_pending(c, SIDE_UP) > CONN_OUT_HIGH;
+}
+
+static bool side_live(struct conn *c, int side)
+{
+	return side_fd(c, side) >= 0 && !(side == SIDE_UP && c->connecting);
+}
+
+/* One stream-mode step after any socket event. Closes the connection on error. */
+static void stream_drive(struct conn *c, bool up_connected)
+{
+	bool was_bp = backpressured(c);
+	int err = 0;
+
+	if (up_connected && (err = call_module(c, SIDE_UP)))
+		goto fail;
+	for (int round = 0; round < 32 && !c->closing; round++) {
+		bool moved = false, news[2] = { false, false };
+
+		for (int s = 0; s < 2; s++) {
+			struct conn_side *sd = &c->side[s];
+
+			if (!side_live(c, s))
+				continue;
+			if (sd->ssl && !sd->tls_ready) {
+				err = tls_step(c, s);
+				if (err < 0)
+					goto fail;
+				if (err == 0 && !sd->tls_pending)
+					continue;   /* handshake waits for the socket */
+				if (err == 1)
+					news[s] = moved = true;
+				err = 0;
+			}
+			uint32_t queued = conn_out_pending(c, s);
+
+			if ((err = flush_out(c, s, &moved)))
+				goto fail;
+			/* Output drained: a module that held input back may go on. */
+			if (queued && !conn_out_pending(c, s))
+				for (int o = 0; o < 2; o++)
+					if (c->side[o].in_len > c->side[o].in_off)
+						news[o] = true;
+		}
+		if (c->finishing && !conn_out_pending(c, SIDE_AGENT)) {
+			enforcer_conn_closed(c, NULL);
+			conn_close(c, false);
+			return;
+		}
+		bool bp = backpressured(c);
+
+		if (was_bp && !bp) {    /* drained: the module may go on with what it left */
+			news[SIDE_AGENT] = news[SIDE_UP] = true;
+			moved = true;
+		}
+		was_bp = bp;
+		for (int s = 0; s < 2 && !bp && !c->finishing; s++) {
+			struct conn_side *sd = &c->side[s];
+
+			if (!side_live(c, s) || (sd->ssl && !sd->tls_ready) || sd->tls_pending)
+				continue;
+			int r = fill_in(c, s);
+
+			if (r < 0) {
+				err = r;
+				goto fail;
+			}
+			if (r)
+				news[s] = moved = true;
+		}
+		for (int s = 0; s < 2 && !c->closing; s++) {
+			struct conn_side *sd = &c->side[s];
+			uint32_t before;
+
+			if (!news[s])
+				continue;
+			before = sd->in_len - sd->in_off;
+			if ((err = call_module(c, s)))
+				goto fail;
+			/* A full input buffer the module left untouched can never
+			 * drain: the message is over the module's bound. */
+			if (!c->finishing && before && before == sd->in_len - sd->in_off &&
+			    sd->in_len - sd->in_off >= sd->in_max && !backpressured(c)) {
+				err = -EMSGSIZE;
+				goto fail;
+			}
+		}
+		if (c->closing)
+			return;
+		if (c->side[SIDE_AGENT].in_eof && c->side[SIDE_UP].in_eof && !conn_out_pending(c, SIDE_AGENT) &&
+		    !conn_out_pending(c, SIDE_UP) && !c->finishing) {
+			enforcer_conn_closed(c, NULL);
+			conn_close(c, false);
+			return;
+		}
+		if (!moved)
+			return;
+	}
+	/* Still busy after many rounds: let other connections run, and have
+	 * epoll report these sockets again (edge-triggered: re-arming makes a
+	 * still-ready socket fire once more). */
+	if (c->agent.fd >= 0)
+		worker_rearm(c->w, &c->agent, EPOLLIN | EPOLLOUT | EPOLLRDHUP);
+	if (c->up.fd >= 0)
+		worker_rearm(c->w, &c->up, EPOLLIN | EPOLLOUT | EPOLLRDHUP);
+	return;
+fail:
+	if (!c->closing) {
+		enforcer_conn_closed(c, c->tls_err[0] ? c->tls_err : strerror(-err));
+		conn_close(c, true);
+	}
+}
+
+/* Dialling upstream failed: a stream module may answer the agent itself. */
+static void stream_upstream_failed(struct conn *c, int err)
+{
+	if (c->up.fd >= 0) {
+		close(c->up.fd);
+		c->up.fd = -1;
+	}
+	c->connecting = false;
+	c->deadline_ms = 0;
+	if (c->ops->on_upstream_fail)
+		c->ops->on_upstream_fail(c, err);
+	if (!c->closing && c->finishing) {
+		stream_drive(c, false);
+		return;
+	}
+	if (!c->closing) {
+		char why[160];
+
+		snprintf(why, sizeof(why), "upstream %s: %s", c->upstream_desc, strerror(-err));
+		enforcer_conn_closed(c, why);
+		conn_close(c, true);
+	}
+}
+
+void conn_deadline(struct conn *c)
+{
+	c->deadline_ms = 0;
+	if (c->streaming && c->connecting) {
+		stream_upstream_failed(c, -ETIMEDOUT);
+		return;
+	}
+	enforcer_conn_closed(c, c->connecting ? "upstream connect timed out"
+					      : "no decision: the agent sent too little in time");
+	conn_close(c, true);
+}
+
 static void upstream_connected(struct conn *c)
 {
 	int soerr = 0;
@@ -219,6 +697,10 @@ static void upstream_connected(struct conn *c)
 
 	if (getsockopt(c->up.fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == 0 && soerr == EINPROGRESS)
 		return;
+	if (soerr && c->streaming) {
+		stream_upstream_failed(c, -soerr);
+		return;
+	}
 	if (soerr) {
 		char why[128];
 
@@ -242,6 +724,14 @@ void conn_on_event(struct conn_end *e, uint32_t events)
 		upstream_connected(c);
 		if (c->closing || c->connecting)
 			return;
+		if (c->streaming) {
+			stream_drive(c, true);
+			return;
+		}
+	}
+	if (c->streaming) {
+		stream_drive(c, false);
+		return;
 	}
 	if (c->relaying) {
 		if (!c->connecting)

@@ -75,6 +75,7 @@ struct conn {
 	} side[2];
 	bool finishing;            /* conn_finish(): close once the agent's output is written */
 	uint64_t rx[2], tx[2];     /* stream mode byte counts per side, after TLS */
+	char tls_err[160];
 };
 
 /*
@@ -156,6 +157,7 @@ int conn_agent_fill(struct conn *c);
 
 /* Event entry points used by the worker loop. */
 void conn_on_event(struct conn_end *e, uint32_t events);
+void conn_deadline(struct conn *c);   /* c->deadline_ms passed */
 void conn_free(struct conn *c);
 void conn_close(struct conn *c, bool reset);
 

@@ -22,6 +22,7 @@
 #include "conn.h"
 #include "dns.h"
 #include "enforcer.h"
+#include "local_ca.h"
 #include "loop.h"
 #include "proto.h"
 #include "util.h"
@@ -1043,7 +1044,7 @@ void *enforcer_status_json(void)
 	loader_pin_root(pins, sizeof(pins));
 
 	return json_pack("{s:s, s:i, s:I, s:{s:s, s:s, s:s}, s:s, s:s, s:s, s:{s:i, s:i, s:i},"
-			 " s:o, s:o, s:o, s:o, s:{s:b, s:b, s:b}, s:o}",
+			 " s:o, s:o, s:o, s:o, s:{s:b, s:b, s:b}, s:o, s:o}",
 		"version", AG_VERSION, "pid", (int)getpid(),
 		"uptime_s", (json_int_t)((now_ms_realtime() - E->started_ms) / 1000),
 		"policy", "path", E->policy_desc, "hash", p->hash,
@@ -1055,7 +1056,8 @@ void *enforcer_status_json(void)
 		E->dns ? dns_status(E->dns) : json_null(),
 		"kernel_features", "set_retval", f->set_retval, "connect_unix", f->connect_unix,
 		"lsm", f->lsm,
-		"known_limits", known_limits());
+		"known_limits", known_limits(),
+		"local_ca", local_ca_cert_path()[0] ? json_string(local_ca_cert_path()) : json_null());
 }
 
 int enforcer_attach_extra(const char *agent, const char *cgroup, char *err, size_t errlen)
@@ -1290,6 +1292,27 @@ static void audit_principal(int idx)
 	audit_emit(ev);
 }
 
+/* The local CA, when some target's module terminates agents' TLS (http,
+ * postgres). Without it those modules refuse TLS from agents; the enforcer
+ * still runs. */
+static void open_local_ca(void)
+{
+	char why[256];
+
+	for (size_t t = 0; t < E->policy->ntargets; t++) {
+		enum policy_proto p = E->policy->targets[t].proto;
+
+		if (p != PROTO_HTTP && p != PROTO_POSTGRES && p != PROTO_KUBERNETES)
+			continue;
+		if (local_ca_open(E->state_dir, why, sizeof(why)))
+			log_err("local CA: %s (agents' TLS to inspected targets will be refused)", why);
+		else
+			log_info("local CA: %s (add it to agents' trust stores for TLS to inspected targets)",
+				 local_ca_cert_path());
+		return;
+	}
+}
+
 /* Creates each agent's identity source and takes a first principal. */
 static int open_identities(void)
 {
@@ -1503,6 +1526,7 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 	}
 	if (open_identities() || program_kernel())
 		goto out;
+	open_local_ca();
 	rb = loader_ringbuf(E->loader, on_kernel_event, NULL);
 	rb_item.fd = ring_buffer__epoll_fd(rb);
 	sig_item.fd = sfd;
@@ -1556,6 +1580,7 @@ out:
 	ring_buffer__free(rb);
 	dns_close(E->dns);
 	audit_close();
+	local_ca_close();
 	loader_close(E->loader);
 	for (size_t i = 0; E->policy && i < E->policy->nagents; i++)
 		ident_agent_free(E->agents[i].ident);

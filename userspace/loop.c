@@ -77,6 +77,13 @@ int worker_watch(struct worker *w, struct conn_end *e, uint32_t events)
 	return epoll_ctl(w->epfd, EPOLL_CTL_ADD, e->fd, &ev) ? -errno : 0;
 }
 
+int worker_rearm(struct worker *w, struct conn_end *e, uint32_t events)
+{
+	struct epoll_event ev = { .events = events | EPOLLET, .data.ptr = e };
+
+	return epoll_ctl(w->epfd, EPOLL_CTL_MOD, e->fd, &ev) ? -errno : 0;
+}
+
 void worker_link(struct worker *w, struct conn *c)
 {
 	c->w = w;
@@ -155,10 +162,7 @@ static void check_deadlines(struct worker *w)
 	for (struct conn *c = w->conns, *next; c; c = next) {
 		next = c->next;
 		if (c->deadline_ms && now > c->deadline_ms) {
-			c->deadline_ms = 0;
-			enforcer_conn_closed(c, c->connecting ? "upstream connect timed out"
-							      : "no decision: the agent sent too little in time");
-			conn_close(c, true);
+			conn_deadline(c);
 		}
 	}
 }

@@ -41,6 +41,8 @@ void worker_join(struct worker *w);
 
 /* Registers fd with data pointer e for edge-triggered in/out. */
 int worker_watch(struct worker *w, struct conn_end *e, uint32_t events);
+/* Re-registers e: a socket still ready reports once more (edge-triggered). */
+int worker_rearm(struct worker *w, struct conn_end *e, uint32_t events);
 void worker_link(struct worker *w, struct conn *c);
 void worker_retire(struct worker *w, struct conn *c);
 

@@ -1,0 +1,488 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * conn stream mode and the local CA, over real sockets: socketpairs stand for
+ * the agent and the upstream, a real epoll drives conn_on_event() as the
+ * worker loop does, and a small test module (defined here) transforms bytes.
+ * TLS legs run a real OpenSSL peer on a thread.
+ */
+#include <pthread.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include "unit.h"
+#include "conn.h"
+#include "local_ca.h"
+#include "loop.h"
+#include "proto.h"
+#include "util.h"
+
+static struct worker W;
+
+static void set_nonblock(int fd)
+{
+	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+}
+static int a_peer, u_peer;     /* the agent's and the upstream's ends */
+static int mode;               /* what the test module does */
+static int tls_rc;
+static char ca_dir[] = "/tmp/ag-unit-ca-XXXXXX";
+
+enum { M_UPPER, M_AMPLIFY, M_EOF, M_FINISH, M_STARTTLS, M_HOLD, M_UPTLS };
+
+static int mod_agent(struct conn *c)
+{
+	uint32_t len;
+	const uint8_t *p = conn_in(c, SIDE_AGENT, &len);
+	char buf[65536];
+
+	switch (mode) {
+	case M_UPPER:
+		for (uint32_t i = 0; i < len && i < sizeof(buf); i++)
+			buf[i] = p[i] >= 'a' && p[i] <= 'z' ? p[i] - 32 : p[i];
+		if (len > sizeof(buf))
+			len = sizeof(buf);
+		conn_in_consume(c, SIDE_AGENT, len);
+		return conn_send(c, SIDE_UP, buf, len);
+	case M_AMPLIFY:
+		/* Each byte becomes four: the module stops reading when told. */
+		while (len && !conn_out_pending(c, SIDE_UP)) {
+			uint32_t n = len > 4096 ? 4096 : len;
+
+			for (int k = 0; k < 4; k++)
+				if (conn_send(c, SIDE_UP, p, n))
+					return -EIO;
+			conn_in_consume(c, SIDE_AGENT, n);
+			p = conn_in(c, SIDE_AGENT, &len);
+		}
+		if (len && conn_out_pending(c, SIDE_UP) <= CONN_OUT_HIGH) {
+			uint32_t n = len > 4096 ? 4096 : len;
+
+			for (int k = 0; k < 4; k++)
+				conn_send(c, SIDE_UP, p, n);
+			conn_in_consume(c, SIDE_AGENT, n);
+		}
+		return 0;
+	case M_EOF:
+		conn_in_consume(c, SIDE_AGENT, len);
+		if (len)
+			conn_send(c, SIDE_UP, p, len);
+		if (conn_in_eof(c, SIDE_AGENT))
+			conn_shutdown(c, SIDE_UP);
+		return 0;
+	case M_FINISH:
+		conn_in_consume(c, SIDE_AGENT, len);
+		conn_send(c, SIDE_AGENT, "bye", 3);
+		conn_finish(c);
+		return 0;
+	case M_STARTTLS:
+		if (!conn_tls_ready(c, SIDE_AGENT) && len >= 8 && memcmp(p, "STARTTLS", 8) == 0) {
+			SSL *ssl = local_ca_server_ssl("127.0.0.1");
+
+			conn_in_consume(c, SIDE_AGENT, 8);
+			conn_send(c, SIDE_AGENT, "OK", 2);
+			tls_rc = conn_tls(c, SIDE_AGENT, ssl, true);
+			return tls_rc;
+		}
+		conn_in_consume(c, SIDE_AGENT, len);
+		return len ? conn_send(c, SIDE_UP, p, len) : 0;
+	case M_HOLD:
+		return 0;   /* never consumes */
+	case M_UPTLS:
+		conn_in_consume(c, SIDE_AGENT, len);
+		return len ? conn_send(c, SIDE_UP, p, len) : 0;
+	}
+	return 0;
+}
+
+static int mod_up(struct conn *c)
+{
+	uint32_t len;
+	const uint8_t *p = conn_in(c, SIDE_UP, &len);
+	int err = 0;
+
+	if (len)
+		err = conn_send(c, SIDE_AGENT, p, len);
+	conn_in_consume(c, SIDE_UP, len);
+	if (mode == M_EOF && conn_in_eof(c, SIDE_UP))
+		conn_shutdown(c, SIDE_AGENT);
+	return err;
+}
+
+static const struct proto_ops test_ops = {
+	.name = "test", .on_agent_data = mod_agent, .on_upstream_data = mod_up,
+};
+
+static struct conn *new_conn(void)
+{
+	int ap[2], up[2];
+	struct conn *c = calloc(1, sizeof(*c));
+
+	socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ap);
+	socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, up);
+	set_nonblock(ap[1]);
+	set_nonblock(up[1]);
+	a_peer = ap[0];
+	u_peer = up[0];
+	worker_link(&W, c);
+	c->agent = (struct conn_end){ .fd = ap[1], .c = c, .is_agent = true };
+	c->up = (struct conn_end){ .fd = up[1], .c = c, .is_agent = false };
+	c->agent_idx = c->target_idx = -1;
+	c->ops = &test_ops;
+	conn_stream(c);
+	worker_watch(&W, &c->agent, EPOLLIN | EPOLLOUT | EPOLLRDHUP);
+	worker_watch(&W, &c->up, EPOLLIN | EPOLLOUT | EPOLLRDHUP);
+	return c;
+}
+
+/* Runs the loop for up to ms, or until *flag turns true. */
+static void drive(int ms, volatile bool *flag)
+{
+	uint64_t end = now_ns_mono() / 1000000ull + ms;
+
+	while (now_ns_mono() / 1000000ull < end && !(flag && *flag)) {
+		struct epoll_event ev[8];
+		int n = epoll_wait(W.epfd, ev, 8, 10);
+
+		for (int i = 0; i < n; i++)
+			conn_on_event(ev[i].data.ptr, ev[i].events);
+		while (W.dead) {
+			struct conn *d = W.dead;
+
+			W.dead = d->next;
+			conn_free(d);
+		}
+	}
+}
+
+/* Reads exactly n bytes from a blocking fd, driving the loop meanwhile. */
+static ssize_t read_n(int fd, char *buf, size_t n, int ms)
+{
+	size_t got = 0;
+	uint64_t end = now_ns_mono() / 1000000ull + ms;
+
+	set_nonblock(fd);
+	while (got < n && now_ns_mono() / 1000000ull < end) {
+		ssize_t r = recv(fd, buf + got, n - got, 0);
+
+		if (r > 0)
+			got += r;
+		else if (r == 0)
+			break;
+		else
+			drive(5, NULL);
+	}
+	return got;
+}
+
+static void t_transform(void)
+{
+	struct conn *c;
+	char buf[16] = "";
+
+	mode = M_UPPER;
+	c = new_conn();
+	CHECK(write(a_peer, "hello", 5) == 5);
+	CHECK(read_n(u_peer, buf, 5, 2000) == 5 && memcmp(buf, "HELLO", 5) == 0);
+	CHECK(write(u_peer, "world", 5) == 5);
+	CHECK(read_n(a_peer, buf, 5, 2000) == 5 && memcmp(buf, "world", 5) == 0);
+	CHECK(c->bytes[DIR_UP] == 5 && c->bytes[DIR_DOWN] == 5);
+	conn_close(c, false);
+	drive(10, NULL);
+	close(a_peer);
+	close(u_peer);
+}
+
+static void t_backpressure(void)
+{
+	struct conn *c;
+	static char chunk[65536];
+	size_t sent = 0, got = 0;
+	char *rbuf = malloc(1 << 20);
+
+	mode = M_AMPLIFY;
+	c = new_conn();
+	memset(chunk, 'x', sizeof(chunk));
+	set_nonblock(a_peer);
+	/* The upstream reads nothing: the agent must soon be unable to send. */
+	for (int i = 0; i < 400; i++) {
+		ssize_t n = send(a_peer, chunk, sizeof(chunk), MSG_DONTWAIT);
+
+		if (n > 0)
+			sent += n;
+		drive(2, NULL);
+	}
+	CHECK(sent < 8u << 20);   /* bounded: not everything the agent offered */
+	CHECK(conn_out_pending(c, SIDE_UP) <= CONN_OUT_HIGH + 4 * 4096 + 4 * 65536);
+	set_nonblock(u_peer);
+	uint64_t end = now_ns_mono() / 1000000ull + 5000;
+
+	while (got < 4 * sent && now_ns_mono() / 1000000ull < end) {
+		ssize_t n = recv(u_peer, rbuf, 1 << 20, 0);
+
+		if (n > 0)
+			got += n;
+		drive(1, NULL);
+	}
+	CHECK(got == 4 * sent);
+	conn_close(c, false);
+	drive(10, NULL);
+	free(rbuf);
+	close(a_peer);
+	close(u_peer);
+}
+
+static void t_eof(void)
+{
+	struct conn *c;
+	char buf[8];
+
+	mode = M_EOF;
+	c = new_conn();
+	CHECK(write(a_peer, "abc", 3) == 3);
+	shutdown(a_peer, SHUT_WR);
+	CHECK(read_n(u_peer, buf, 3, 2000) == 3);
+	CHECK(read_n(u_peer, buf, 1, 500) == 0);   /* the half-close came through */
+	CHECK(!c->closing);
+	CHECK(write(u_peer, "de", 2) == 2);
+	CHECK(read_n(a_peer, buf, 2, 2000) == 2 && memcmp(buf, "de", 2) == 0);
+	shutdown(u_peer, SHUT_WR);
+	drive(200, NULL);
+	CHECK(W.conns == NULL);   /* both sides done: closed and freed */
+	close(a_peer);
+	close(u_peer);
+}
+
+static void t_finish(void)
+{
+	char buf[8] = "";
+
+	mode = M_FINISH;
+	new_conn();
+	CHECK(write(a_peer, "q", 1) == 1);
+	CHECK(read_n(a_peer, buf, 3, 2000) == 3 && memcmp(buf, "bye", 3) == 0);
+	CHECK(read_n(a_peer, buf, 1, 500) == 0);
+	CHECK(W.conns == NULL);
+	close(a_peer);
+	close(u_peer);
+}
+
+static void t_hold_limit(void)
+{
+	static char chunk[65536];
+	size_t sent = 0;
+
+	mode = M_HOLD;
+	new_conn();
+	set_nonblock(a_peer);
+	for (int i = 0; i < 200 && W.conns; i++) {
+		ssize_t n = send(a_peer, chunk, sizeof(chunk), MSG_DONTWAIT | MSG_NOSIGNAL);
+
+		if (n > 0)
+			sent += n;
+		drive(2, NULL);
+	}
+	CHECK(W.conns == NULL);           /* over CONN_IN_MAX unconsumed: closed */
+	CHECK(sent >= CONN_IN_MAX);
+	close(a_peer);
+	close(u_peer);
+}
+
+/* ---- TLS ---------------------------------------------------------------- */
+
+static volatile bool client_done;
+static char client_err[200];
+
+static SSL_CTX *client_ctx(void)
+{
+	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+
+	SSL_CTX_load_verify_locations(ctx, local_ca_cert_path(), NULL);
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	return ctx;
+}
+
+static void *starttls_client(void *arg)
+{
+	const char *sni = arg;
+	SSL_CTX *ctx = client_ctx();
+	SSL *ssl = SSL_new(ctx);
+	char ok[3] = "";
+	int fd = a_peer;
+
+	if (write(fd, "STARTTLS", 8) != 8 || recv(fd, ok, 2, MSG_WAITALL) != 2 || memcmp(ok, "OK", 2)) {
+		snprintf(client_err, sizeof(client_err), "no OK");
+		goto out;
+	}
+	if (sni) {
+		SSL_set_tlsext_host_name(ssl, sni);
+		SSL_set1_host(ssl, sni);
+	} else {
+		X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), "127.0.0.1");
+	}
+	SSL_set_fd(ssl, fd);
+	if (SSL_connect(ssl) != 1) {
+		ERR_error_string_n(ERR_get_error(), client_err, sizeof(client_err));
+		goto out;
+	}
+	SSL_write(ssl, "secret", 6);
+out:
+	client_done = true;
+	SSL_free(ssl);
+	SSL_CTX_free(ctx);
+	return NULL;
+}
+
+static void tls_agent_case(const char *sni)
+{
+	pthread_t th;
+	char buf[8] = "";
+
+	mode = M_STARTTLS;
+	new_conn();
+	client_done = false;
+	client_err[0] = 0;
+	pthread_create(&th, NULL, starttls_client, (void *)sni);
+	drive(3000, &client_done);
+	drive(50, NULL);
+	pthread_join(th, NULL);
+	CHECK_STR(client_err, "");
+	CHECK(read_n(u_peer, buf, 6, 2000) == 6 && memcmp(buf, "secret", 6) == 0);
+	if (W.conns)
+		conn_close(W.conns, false);
+	drive(10, NULL);
+	close(a_peer);
+	close(u_peer);
+}
+
+static void t_tls_agent_leg(void)
+{
+	tls_agent_case(NULL);           /* no SNI: the fallback name (an IP SAN) */
+	tls_agent_case("db.example");   /* SNI picks the name */
+}
+
+static void t_tls_smuggled(void)
+{
+	mode = M_STARTTLS;
+	new_conn();
+	tls_rc = 0;
+	/* Bytes sent ahead of the handshake are refused (CVE-2021-23214). */
+	CHECK(write(a_peer, "STARTTLSjunk", 12) == 12);
+	drive(300, NULL);
+	CHECK(tls_rc == -EPROTO);
+	CHECK(W.conns == NULL);
+	close(a_peer);
+	close(u_peer);
+}
+
+struct srv { int fd; const char *name; char got[8]; };
+
+static void *tls_server(void *arg)
+{
+	struct srv *s = arg;
+	SSL *ssl = local_ca_server_ssl(s->name);
+
+	SSL_set_fd(ssl, s->fd);
+	if (SSL_accept(ssl) == 1)
+		SSL_read(ssl, s->got, 4);
+	SSL_free(ssl);
+	client_done = true;
+	return NULL;
+}
+
+static void uptls_case(const char *host, bool want_ok)
+{
+	struct srv s = { 0 };
+	pthread_t th;
+	struct conn *c;
+	SSL_CTX *ctx = client_ctx();
+	SSL *ssl = SSL_new(ctx);
+
+	mode = M_UPTLS;
+	c = new_conn();
+	s.fd = u_peer;
+	s.name = "localhost";
+	client_done = false;
+	/* The server (the local CA) mints for whatever SNI it sees: send
+	 * "localhost", expect host. */
+	SSL_set_tlsext_host_name(ssl, "localhost");
+	SSL_set1_host(ssl, host);
+	CHECK(conn_tls(c, SIDE_UP, ssl, false) == 0);
+	SSL_CTX_free(ctx);
+	pthread_create(&th, NULL, tls_server, &s);
+	CHECK(write(a_peer, "ping", 4) == 4);
+	drive(3000, &client_done);
+	if (want_ok) {
+		drive(100, NULL);
+		CHECK(memcmp(s.got, "ping", 4) == 0);
+		if (W.conns)
+			conn_close(W.conns, false);
+	} else {
+		drive(300, NULL);
+		CHECK(W.conns == NULL);   /* verification failed: closed, nothing sent */
+		CHECK(s.got[0] == 0);
+	}
+	shutdown(u_peer, SHUT_RDWR);
+	pthread_join(th, NULL);
+	drive(10, NULL);
+	close(a_peer);
+	close(u_peer);
+}
+
+static void t_tls_upstream_leg(void)
+{
+	uptls_case("localhost", true);
+	uptls_case("wrong.example", false);
+}
+
+static void t_ca_persists(void)
+{
+	char path[300], why[200];
+	char a[4096] = "", b[4096] = "";
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/ca/ca.crt", ca_dir);
+	fd = open(path, O_RDONLY);
+	CHECK(fd >= 0 && read(fd, a, sizeof(a) - 1) > 0);
+	close(fd);
+	local_ca_close();
+	CHECK(local_ca_open(ca_dir, why, sizeof(why)) == 0);
+	fd = open(path, O_RDONLY);
+	CHECK(fd >= 0 && read(fd, b, sizeof(b) - 1) > 0);
+	close(fd);
+	CHECK(a[0] && strcmp(a, b) == 0);   /* the same CA after a restart */
+	struct stat st;
+
+	snprintf(path, sizeof(path), "%s/ca/ca.key", ca_dir);
+	CHECK(stat(path, &st) == 0 && (st.st_mode & 0777) == 0600);
+	CHECK(local_ca_server_ssl("bad name!") == NULL);   /* agent-controlled names are checked */
+}
+
+int main(int argc, char **argv)
+{
+	char why[200];
+
+	W.epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (!mkdtemp(ca_dir) || local_ca_open(ca_dir, why, sizeof(why))) {
+		fprintf(stderr, "local CA: %s\n", why);
+		return 1;
+	}
+	RUN(t_transform);
+	RUN(t_backpressure);
+	RUN(t_eof);
+	RUN(t_finish);
+	RUN(t_hold_limit);
+	RUN(t_tls_agent_leg);
+	RUN(t_tls_smuggled);
+	RUN(t_tls_upstream_leg);
+	RUN(t_ca_persists);
+	local_ca_close();
+	char cmd[300];
+
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", ca_dir);
+	if (system(cmd)) {}
+	UNIT_DONE("conn_stream");
+}

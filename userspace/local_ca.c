@@ -1,0 +1,354 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * local_ca: see local_ca.h. OpenSSL 3 does the cryptography; what is ours is
+ * the policy: P-256 keys, a CA limited to signing server certificates
+ * (pathlen 0), leaves valid for LEAF_DAYS with one SAN each, a bounded
+ * in-memory cache of per-name contexts.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include "local_ca.h"
+#include "util.h"
+
+#define CA_DAYS     3650
+#define LEAF_DAYS   7
+#define CACHE_MAX   256          /* distinct server names kept; the oldest goes first */
+#define NAME_MAX_LEN 253
+
+struct leaf {
+	char name[NAME_MAX_LEN + 1];
+	SSL_CTX *ctx;
+	uint64_t used;
+};
+
+static struct {
+	pthread_mutex_t lock;
+	EVP_PKEY *ca_key, *leaf_key;
+	X509 *ca_cert;
+	char cert_path[4096];
+	struct leaf cache[CACHE_MAX];
+	uint64_t clock;
+} ca = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+static int fail(char *why, size_t whylen, int err, const char *what)
+{
+	unsigned long e = ERR_get_error();
+	char buf[160] = "";
+
+	if (e)
+		ERR_error_string_n(e, buf, sizeof(buf));
+	ERR_clear_error();
+	snprintf(why, whylen, "%s%s%s", what, buf[0] ? ": " : "", buf);
+	return err;
+}
+
+static int add_ext(X509 *cert, X509 *issuer, int nid, const char *value)
+{
+	X509V3_CTX ctx;
+	X509_EXTENSION *ext;
+
+	X509V3_set_ctx_nodb(&ctx);
+	X509V3_set_ctx(&ctx, issuer, cert, NULL, NULL, 0);
+	ext = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
+	if (!ext)
+		return -1;
+	X509_add_ext(cert, ext, -1);
+	X509_EXTENSION_free(ext);
+	return 0;
+}
+
+static X509 *new_cert(EVP_PKEY *key, const char *cn, long days)
+{
+	X509 *x = X509_new();
+	unsigned char serial[16];
+	BIGNUM *bn;
+
+	if (!x)
+		return NULL;
+	RAND_bytes(serial, sizeof(serial));
+	serial[0] &= 0x7f;   /* positive */
+	bn = BN_bin2bn(serial, sizeof(serial), NULL);
+	BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x));
+	BN_free(bn);
+	X509_set_version(x, 2);
+	X509_gmtime_adj(X509_getm_notBefore(x), -3600);   /* clocks differ */
+	X509_time_adj_ex(X509_getm_notAfter(x), days, 0, NULL);
+	X509_set_pubkey(x, key);
+	X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_UTF8,
+				   (const unsigned char *)cn, -1, -1, 0);
+	return x;
+}
+
+static int make_ca(char *why, size_t whylen)
+{
+	char cn[128], host[64] = "host";
+
+	ca.ca_key = EVP_EC_gen("P-256");
+	if (!ca.ca_key)
+		return fail(why, whylen, -ENOMEM, "generating the CA key");
+	gethostname(host, sizeof(host) - 1);
+	snprintf(cn, sizeof(cn), "agentgate local CA (%s)", host);
+	ca.ca_cert = new_cert(ca.ca_key, cn, CA_DAYS);
+	if (!ca.ca_cert)
+		return fail(why, whylen, -ENOMEM, "making the CA certificate");
+	X509_set_issuer_name(ca.ca_cert, X509_get_subject_name(ca.ca_cert));
+	if (add_ext(ca.ca_cert, ca.ca_cert, NID_basic_constraints, "critical,CA:TRUE,pathlen:0") ||
+	    add_ext(ca.ca_cert, ca.ca_cert, NID_key_usage, "critical,keyCertSign,cRLSign") ||
+	    add_ext(ca.ca_cert, ca.ca_cert, NID_subject_key_identifier, "hash") ||
+	    !X509_sign(ca.ca_cert, ca.ca_key, EVP_sha256()))
+		return fail(why, whylen, -EINVAL, "signing the CA certificate");
+	return 0;
+}
+
+/* Writes PEM through a temporary file and rename, so a crash never leaves half a key. */
+static int save_pem(const char *path, mode_t mode, EVP_PKEY *key, X509 *cert)
+{
+	char tmp[4200];
+	FILE *f;
+	int fd, ok;
+
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+	if (fd < 0)
+		return -errno;
+	f = fdopen(fd, "w");
+	if (!f) {
+		close(fd);
+		return -errno;
+	}
+	ok = key ? PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL) : PEM_write_X509(f, cert);
+	ok = ok && fflush(f) == 0 && fsync(fileno(f)) == 0;
+	fclose(f);
+	if (!ok || rename(tmp, path)) {
+		unlink(tmp);
+		return -EIO;
+	}
+	return 0;
+}
+
+static int load_ca(const char *kpath, const char *cpath, char *why, size_t whylen)
+{
+	FILE *kf = fopen(kpath, "re"), *cf = fopen(cpath, "re");
+	int err = 0;
+
+	if (!kf || !cf) {
+		if (kf)
+			fclose(kf);
+		if (cf)
+			fclose(cf);
+		return -ENOENT;
+	}
+	ca.ca_key = PEM_read_PrivateKey(kf, NULL, NULL, NULL);
+	ca.ca_cert = PEM_read_X509(cf, NULL, NULL, NULL);
+	fclose(kf);
+	fclose(cf);
+	if (!ca.ca_key || !ca.ca_cert || !X509_check_private_key(ca.ca_cert, ca.ca_key))
+		err = fail(why, whylen, -EINVAL, "the local CA in the state directory is unreadable or its key does not match");
+	else if (X509_cmp_current_time(X509_get0_notAfter(ca.ca_cert)) <= 0)
+		err = fail(why, whylen, -EKEYEXPIRED, "the local CA certificate has expired (remove the ca/ directory to make a new one)");
+	return err;
+}
+
+int local_ca_open(const char *state_dir, char *why, size_t whylen)
+{
+	char dir[4096], kpath[4150];
+	int err;
+
+	if (ca.ca_key)
+		return 0;
+	snprintf(dir, sizeof(dir), "%s/ca", state_dir);
+	if ((err = mkdir_p(dir, 0700)))
+		return fail(why, whylen, err, "creating the local CA directory");
+	snprintf(kpath, sizeof(kpath), "%s/ca.key", dir);
+	snprintf(ca.cert_path, sizeof(ca.cert_path), "%s/ca.crt", dir);
+	err = load_ca(kpath, ca.cert_path, why, whylen);
+	if (err == -ENOENT) {
+		EVP_PKEY_free(ca.ca_key);
+		X509_free(ca.ca_cert);
+		ca.ca_key = NULL;
+		ca.ca_cert = NULL;
+		if ((err = make_ca(why, whylen)))
+			goto out;
+		if ((err = save_pem(kpath, 0600, ca.ca_key, NULL)) ||
+		    (err = save_pem(ca.cert_path, 0644, NULL, ca.ca_cert))) {
+			snprintf(why, whylen, "saving the local CA in %s: %s", dir, strerror(-err));
+			goto out;
+		}
+	} else if (err) {
+		goto out;
+	}
+	/* One key for every leaf, never written anywhere: leaves live in memory. */
+	ca.leaf_key = EVP_EC_gen("P-256");
+	if (!ca.leaf_key)
+		err = fail(why, whylen, -ENOMEM, "generating the leaf key");
+out:
+	if (err) {
+		local_ca_close();
+		ca.cert_path[0] = 0;
+	}
+	return err;
+}
+
+const char *local_ca_cert_path(void)
+{
+	return ca.cert_path;
+}
+
+/* A name a certificate may carry: an IP literal, or a DNS name of letters,
+ * digits, '-', '.' (an SNI is agent-controlled). */
+static bool name_ok(const char *name, bool *is_ip)
+{
+	unsigned char buf[16];
+	size_t n = strlen(name);
+
+	*is_ip = inet_pton(AF_INET, name, buf) == 1 || inet_pton(AF_INET6, name, buf) == 1;
+	if (*is_ip)
+		return true;
+	if (n == 0 || n > NAME_MAX_LEN || name[0] == '.' || name[0] == '-')
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		char ch = name[i];
+
+		if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+		      ch == '-' || ch == '.'))
+			return false;
+	}
+	return true;
+}
+
+static int servername_cb(SSL *ssl, int *alert, void *arg);
+
+static SSL_CTX *mint(const char *name)
+{
+	char san[300];
+	bool is_ip;
+	X509 *x = NULL;
+	SSL_CTX *ctx = NULL;
+
+	if (!name_ok(name, &is_ip))
+		return NULL;
+	snprintf(san, sizeof(san), "%s:%s", is_ip ? "IP" : "DNS", name);
+	x = new_cert(ca.leaf_key, name, LEAF_DAYS);
+	if (!x)
+		return NULL;
+	X509_set_issuer_name(x, X509_get_subject_name(ca.ca_cert));
+	if (add_ext(x, ca.ca_cert, NID_basic_constraints, "critical,CA:FALSE") ||
+	    add_ext(x, ca.ca_cert, NID_key_usage, "critical,digitalSignature") ||
+	    add_ext(x, ca.ca_cert, NID_ext_key_usage, "serverAuth") ||
+	    add_ext(x, ca.ca_cert, NID_subject_alt_name, san) ||
+	    add_ext(x, ca.ca_cert, NID_authority_key_identifier, "keyid:always") ||
+	    !X509_sign(x, ca.ca_key, EVP_sha256()))
+		goto out;
+	ctx = SSL_CTX_new(TLS_server_method());
+	if (!ctx)
+		goto out;
+	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+	SSL_CTX_set_num_tickets(ctx, 0);
+	if (!SSL_CTX_use_certificate(ctx, x) || !SSL_CTX_use_PrivateKey(ctx, ca.leaf_key) ||
+	    !SSL_CTX_add1_chain_cert(ctx, ca.ca_cert)) {
+		SSL_CTX_free(ctx);
+		ctx = NULL;
+		goto out;
+	}
+	SSL_CTX_set_tlsext_servername_callback(ctx, servername_cb);
+out:
+	X509_free(x);
+	ERR_clear_error();
+	return ctx;
+}
+
+/* The context for name, minted on first use; a new reference, or NULL. */
+static SSL_CTX *leaf_ctx(const char *name)
+{
+	struct leaf *slot = NULL;
+	SSL_CTX *ctx = NULL;
+
+	pthread_mutex_lock(&ca.lock);
+	if (!ca.ca_key)
+		goto out;
+	for (int i = 0; i < CACHE_MAX; i++) {
+		struct leaf *l = &ca.cache[i];
+
+		if (l->ctx && strcasecmp(l->name, name) == 0) {
+			l->used = ++ca.clock;
+			SSL_CTX_up_ref(l->ctx);
+			ctx = l->ctx;
+			goto out;
+		}
+		if (!slot || !l->ctx || (slot->ctx && l->used < slot->used))
+			slot = l;
+	}
+	ctx = mint(name);
+	if (ctx && slot) {
+		SSL_CTX_free(slot->ctx);
+		snprintf(slot->name, sizeof(slot->name), "%s", name);
+		slot->ctx = ctx;
+		slot->used = ++ca.clock;
+		SSL_CTX_up_ref(ctx);
+	}
+out:
+	pthread_mutex_unlock(&ca.lock);
+	return ctx;
+}
+
+/* The client's SNI picks the certificate; without one, the fallback stands. */
+static int servername_cb(SSL *ssl, int *alert, void *arg)
+{
+	const char *sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+	SSL_CTX *ctx;
+
+	if (!sni)
+		return SSL_TLSEXT_ERR_OK;
+	ctx = leaf_ctx(sni);
+	if (!ctx) {
+		*alert = SSL_AD_UNRECOGNIZED_NAME;
+		return SSL_TLSEXT_ERR_ALERT_FATAL;
+	}
+	SSL_set_SSL_CTX(ssl, ctx);
+	SSL_CTX_free(ctx);   /* the SSL holds its own reference */
+	return SSL_TLSEXT_ERR_OK;
+}
+
+SSL *local_ca_server_ssl(const char *fallback_name)
+{
+	SSL_CTX *ctx = leaf_ctx(fallback_name);
+	SSL *ssl;
+
+	if (!ctx)
+		return NULL;
+	ssl = SSL_new(ctx);
+	SSL_CTX_free(ctx);
+	return ssl;
+}
+
+void local_ca_close(void)
+{
+	pthread_mutex_lock(&ca.lock);
+	for (int i = 0; i < CACHE_MAX; i++) {
+		SSL_CTX_free(ca.cache[i].ctx);
+		ca.cache[i].ctx = NULL;
+	}
+	EVP_PKEY_free(ca.ca_key);
+	EVP_PKEY_free(ca.leaf_key);
+	X509_free(ca.ca_cert);
+	ca.ca_key = ca.leaf_key = NULL;
+	ca.ca_cert = NULL;
+	pthread_mutex_unlock(&ca.lock);
+}
