@@ -41,6 +41,7 @@ struct proto_ops {
 
 extern const struct proto_ops proto_tcp_ops;
 extern const struct proto_ops proto_tls_ops;
+extern const struct proto_ops proto_pg_ops;
 
 /*
  * The module for a protocol. Protocols whose module has not landed yet

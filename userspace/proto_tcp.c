@@ -25,8 +25,10 @@ const struct proto_ops *proto_for(enum policy_proto p, bool *fallback)
 		return &proto_tls_ops;
 	case PROTO_TCP:
 		return &proto_tcp_ops;
+	case PROTO_POSTGRES:
+		return &proto_pg_ops;
 	default:
-		/* postgres, http, kubernetes: their modules have not landed yet. */
+		/* http, kubernetes: their modules have not landed yet. */
 		*fallback = true;
 		return &proto_tcp_ops;
 	}
