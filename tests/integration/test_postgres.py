@@ -1,0 +1,224 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The postgres module against a real PostgreSQL 15, with real clients (psql,
+psycopg2, pgbench, libpq sslmode=require) placed in an agent cgroup and sent
+through the kernel redirect. Every case of ../shared/cases/sql.txt checks the
+verdict the agent sees AND the database afterwards."""
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from conftest import PY, wait_for
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers"))
+from pg import Postgres  # noqa: E402
+
+AGENT = "t-pg"
+HELPERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers")
+
+
+@pytest.fixture
+def pg(tmp):
+    os.chmod(tmp, 0o755)
+    p = Postgres(tmp, ssl=True)
+    yield p
+    p.stop()
+
+
+RULES_RO = [{"target": "shop",
+             "allow": {"statements": ["select"], "tables": ["public.customers", "public.orders"]},
+             "mask": {"columns": ["public.customers.email", "public.customers.cc"]}}]
+
+
+def policy(pg, tmp, tls="disable", ca=None, mode="enforce", rules=None, user="app", pwfile=None,
+           upstream=None):
+    """The policy of ../shared/cases/sql.txt (agent_ro) for target 'shop', as YAML whose
+    values are JSON (flow style)."""
+    if pwfile is None:
+        pwfile = os.path.join(tmp, "pw")
+        with open(pwfile, "w") as f:
+            f.write("app-secret-pw\n" if user == "app" else "md5-secret-pw\n")
+        os.chmod(pwfile, 0o600)
+    up = {"user": user, "password_file": pwfile, "database": "shop", "tls": tls}
+    if ca:
+        up["ca_file"] = ca
+    up.update(upstream or {})
+    doc = {
+        "agents": [{"name": AGENT, "limits": {"connections": 64}}],
+        "targets": [{"name": "shop", "protocol": "postgres", "address": f"127.0.0.1:{pg.port}",
+                     "upstream": up}],
+        "roles": [{"name": "ro", "rules": RULES_RO if rules is None else rules}],
+        "bindings": [{"role": "ro", "agents": [AGENT]}],
+    }
+    return f"version: 1\nmode: {mode}\n" + "".join(f"{k}: {json.dumps(v)}\n" for k, v in doc.items())
+
+
+def psql(enforcer, pg, sql, extra=(), env=None, db="shop", user="agent_ro"):
+    """psql as the agent through the kernel redirect; returns (rc, stdout, stderr)."""
+    argv = ["psql", "-X", "-A", "-t", "-h", "127.0.0.1", "-p", str(pg.port), "-U", user, "-d", db,
+            "-v", "ON_ERROR_STOP=1", *extra, "-c", sql]
+    r = enforcer.exec(AGENT, ["env", "PGCONNECT_TIMEOUT=10", *[f"{k}={v}" for k, v in (env or {}).items()], *argv],
+                      timeout=60)
+    return r.returncode, r.stdout, r.stderr
+
+
+
+def agent_py(enforcer, code, timeout=90):
+    """Runs Python as the agent (its cgroup, the kernel redirect); returns the
+    JSON its last output line holds."""
+    prelude = f"import sys, json, struct, socket, time\nsys.path.insert(0, {HELPERS!r})\nfrom pgraw import *\n"
+    r = enforcer.py(AGENT, prelude + textwrap.dedent(code), timeout=timeout)
+    assert r.returncode == 0 and r.stdout.strip(), f"agent failed: {r.stdout}\n{r.stderr}\n" + enforcer.read_log()
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def stmt_events(enforcer):
+    return [e for e in enforcer.events() if e.get("class_uid") == 6005]
+
+
+def denied(res):
+    return res[0] == "err" and res[1] == "42501" and "agentgate: denied" in res[2]
+
+
+# ../shared/cases/sql.txt, S-cases: (id, expect, SQL). ALLOW+MASK rows are
+# checked for "****" in the masked columns. {tmp} is the test's directory.
+CASES = [
+    ("S01", "MASK", "SELECT id, email, cc FROM customers WHERE id = 1"),
+    ("S03", "DENY", "SELECT * FROM customers; DELETE FROM orders"),
+    ("S05", "DENY", "WITH r AS (SELECT 1), u AS (UPDATE orders SET total = 0 RETURNING 1) SELECT * FROM r"),
+    ("S07", "DENY", "SELECT * FROM orders FOR NO KEY UPDATE SKIP LOCKED"),
+    ("S09", "DENY", "SELECT * INTO TEMP stolen FROM customers"),
+    ("S11", "DENY", "CREATE MATERIALIZED VIEW mv AS SELECT * FROM customers"),
+    ("S13", "DENY", "COPY (SELECT * FROM customers) TO STDOUT WITH (FORMAT binary)"),
+    ("S15", "DENY", "COPY customers TO PROGRAM 'touch {tmp}/pwned'"),
+    ("S17", "DENY", "COPY customers TO '{tmp}/x.csv'"),
+    ("S19", "DENY", "DO $$ BEGIN EXECUTE 'DEL' || 'ETE FROM orders'; END $$"),
+    ("S21", "DENY", "SELECT pg_read_file('/etc/passwd')"),
+    ("S23", "DENY", "SELECT * FROM pg_ls_dir('.')"),
+    ("S25", "DENY", "SELECT lo_import('/etc/passwd')"),
+    ("S27", "DENY", "SELECT * FROM dblink('host=127.0.0.1 dbname=x', 'DELETE FROM orders') AS t(x text)"),
+    ("S29", "DENY", "SELECT set_config('standard_conforming_strings', 'off', false)"),
+    ("S31", "DENY", "SELECT set_config('application_name', (SELECT cc FROM customers LIMIT 1), false)"),
+    ("S33", "DENY", "SELECT setval('orders_id_seq', 1)"),
+    ("S35", "DENY", "SELECT query_to_xml('SELECT cc FROM secrets', true, false, '')"),
+    ("S37", "DENY", "SELECT query_to_xml('SELECT harmless_looking()', true, false, '')"),
+    ("S39", "DENY", "SELECT * FROM orders WHERE id = harmless_looking()"),
+    ("S41", "DENY", "EXECUTE p(1)"),
+    ("S43", "DENY", "FETCH ALL FROM c"),
+    ("S45", "DENY", "SET SESSION AUTHORIZATION postgres"),
+    ("S47", "DENY", "SET standard_conforming_strings = off"),
+    ("S49", "DENY", "SET default_transaction_read_only = off"),
+    ("S51", "DENY", "RESET ALL"),
+    ("S53", "DENY", "EXPLAIN DELETE FROM orders"),
+    ("S55", "DENY", "EXPLAIN (ANALYZE, FORMAT JSON) WITH d AS (DELETE FROM orders RETURNING 1) SELECT * FROM d"),
+    ("S57", "DENY", "NOTIFY ch, 'payload'"),
+    ("S59", "DENY", "VACUUM FULL orders"),
+    ("S61", "DENY", "CALL do_something(1)"),
+    ("S63", "DENY", "TRUNCATE orders"),
+    ("S65", "DENY", "INSERT INTO orders SELECT * FROM orders"),
+    ("S67", "DENY", "/* SELECT */ DELETE FROM orders"),
+    ("S69", "ALLOW", "SELECT $q$; DELETE FROM orders; $q$"),
+    ("S71", "MASK", 'SELECT * FROM "public"."customers"'),
+    ("S73", "DENY", 'SELECT * FROM "Customers"'),
+    ("S75", "DENY", "SELECT * FROM U&\"!0073ecrets\" UESCAPE '!'"),
+    ("S77", "DENY", "SELECT id FROM customers UNION ALL SELECT id FROM secrets"),
+    ("S79", "DENY", "SELECT * FROM customers WHERE id IN (SELECT id FROM secrets)"),
+    ("S81", "DENY", "VALUES ((SELECT cc FROM secrets LIMIT 1))"),
+    ("S83", "DENY", "SELECT * FROM pg_catalog.pg_authid"),
+    ("S85", "MASK", "SELECT * FROM ONLY customers"),
+    ("S87", "MASK", "SELECT cc AS x FROM customers"),
+    ("S89", "DENY", "SELECT row_to_json(c) FROM customers c"),
+    ("S91", "DENY", "SELECT cc::int FROM customers"),
+    ("S93", "MASK", "SELECT * FROM customers AS secrets"),
+    ("S95", "DENY", "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'DELETE FROM orders RETURNING 1'"),
+    ("S97", "DENY", "GRANT ALL ON orders TO public"),
+    ("S99", "DENY", "SELECT * FROM JSON_TABLE('[1]', '$[*]' COLUMNS (a int PATH '$'))"),
+]
+
+RUN_CASES = r"""
+import psycopg2
+res = {}
+for cid, sql in CASES:
+    c = None
+    try:
+        c = psycopg2.connect(host="127.0.0.1", port=PORT, user="agent_ro", dbname="shop", connect_timeout=10)
+        c.autocommit = True
+        cur = c.cursor()
+        cur.execute(sql)
+        rows = cur.fetchall() if cur.description else []
+        after = {}
+        for name in ("standard_conforming_strings", "default_transaction_read_only", "session_authorization",
+                     "search_path", "client_encoding"):
+            after[name] = c.get_parameter_status(name)
+        res[cid] = ["ok", [[str(v) for v in r] for r in rows][:5], after]
+    except psycopg2.Error as e:
+        res[cid] = ["err", e.pgcode, (e.pgerror or str(e)).strip()]
+    finally:
+        if c is not None:
+            c.close()
+print(json.dumps(res))
+"""
+
+
+def orders_state(pg):
+    return pg.sql("SELECT count(*), sum(total) FROM orders")
+
+
+def test_sql_cases_verdict_and_database_after(enforcer, pg, tmp):
+    enforcer.start(policy(pg, tmp))
+    before = orders_state(pg)
+    cases = [(cid, sql.replace("{tmp}", tmp)) for cid, _, sql in CASES]
+    res = agent_py(enforcer, f"CASES = {cases!r}\nPORT = {pg.port}\n" + RUN_CASES, timeout=180)
+    bad = []
+    for cid, expect, _ in CASES:
+        r = res[cid]
+        if expect == "DENY" and not denied(r):
+            bad.append((cid, r))
+        if expect == "ALLOW" and r[0] != "ok":
+            bad.append((cid, r))
+        if expect == "MASK":
+            if r[0] != "ok" or not r[1]:
+                bad.append((cid, r))
+                continue
+            # every email/cc value is masked; ids are not
+            for row in r[1]:
+                cells = [v for v in row if "@" in v or (v.isdigit() and len(v) > 12)]
+                if cells:
+                    bad.append((cid, r))
+            if "****" not in json.dumps(r[1]):
+                bad.append((cid, r))
+    assert not bad, bad
+    assert res["S01"][1] == [["1", "****", "****"]]
+    assert res["S87"][1] == [["****"], ["****"]]
+    # The database afterwards: nothing written, nothing created, no file, no program run.
+    assert orders_state(pg) == before == "5|15"
+    assert pg.sql("SELECT count(*) FROM customers") == "2"
+    assert pg.sql("SELECT count(*) FROM pg_matviews WHERE matviewname = 'mv'") == "0"
+    assert pg.sql("SELECT count(*) FROM pg_proc WHERE proname = 'f'") == "0"
+    assert pg.sql("SELECT count(*) FROM pg_largeobject_metadata") == "0"
+    assert pg.sql("SELECT last_value FROM orders_id_seq") == "5"
+    assert pg.sql("SELECT has_table_privilege('public', 'orders', 'DELETE')") == "f"
+    assert not os.path.exists(os.path.join(tmp, "x.csv"))
+    assert not os.path.exists(os.path.join(tmp, "pwned"))
+    # the settings never moved (what the server reported to the agent's own sessions)
+    for cid in ("S01", "S69", "S71"):
+        assert res[cid][2]["standard_conforming_strings"] == "on"
+        assert res[cid][2]["client_encoding"] == "UTF8"
+        assert res[cid][2]["session_authorization"] == "app"
+    # one Datastore Activity event per statement, denials with the reason, never a value
+    evs = wait_for(lambda: len(stmt_events(enforcer)) >= len(CASES) and stmt_events(enforcer), 5)
+    assert evs, enforcer.events()
+    dn = [e for e in evs if e["unmapped"]["verdict"] != "allow"]
+    assert len(dn) >= sum(1 for c in CASES if c[1] == "DENY")
+    ok = [e for e in evs if e["unmapped"]["verdict"] == "allow"]
+    assert any(e["unmapped"]["statement"].get("masked_columns") == "public.customers.email,public.customers.cc"
+               and e["unmapped"]["statement"]["rows"] == 1 for e in ok), ok
+    blob = json.dumps(evs)
+    assert "4111111111111111" not in blob and "alice@example.com" not in blob
+    assert all(e["unmapped"]["agent"]["name"] == AGENT for e in evs)
