@@ -1869,12 +1869,9 @@ static int fe_parse(struct conn *c, const struct pg_msg *m)
 
 	if (pg_parse_parse(m, &pp))
 		return fatal(c, "08P01", "agentgate: malformed Parse message");
-	if (pp.name[0] && map_get(&s->stmts, pp.name)) {
-		snprintf(why, sizeof(why), "prepared statement \"%.64s\" already exists", pp.name);
-		/* what PostgreSQL says (42P05), through the stand-in: the
-		 * existing statement is left alone, as the server would */
-		return standin(c, false, PG_DENY_NAME, why, NULL, "extended");
-	}
+	/* A name in use is the server's to refuse (42P05): in a pipeline an
+	 * earlier failure may have made the server skip the Parse that we saw
+	 * creating it. The table follows the server's answer (server_skipped). */
 	j = judge(c, pp.query, pp.query_len, why, sizeof(why));
 	if (!j || (!j->allowed && enforcer_should_refuse(c, why))) {
 		/* the agent's own name: a failing Parse("") drops the unnamed
@@ -2147,18 +2144,23 @@ static int process_agent(struct conn *c)
  * to the next Sync, undoing their table changes newest first. */
 static void server_skipped(struct pg_sess *s)
 {
+	struct pg_pend *p;
 	uint32_t k = 1;
 
 	while (k < s->qlen && pend_at(s, k)->kind != 'S')
 		k++;
 	for (uint32_t i = k; i-- > 1;)
 		pend_undo(s, pend_at(s, i), true);
-	/* the failed request itself: a failed Parse or Bind creates nothing
-	 * (and the unnamed one it replaced is gone) */
-	if (pend_at(s, 0)->kind == 'P' || pend_at(s, 0)->kind == 'B')
-		pend_undo(s, pend_at(s, 0), false);
+	/* The failed request itself: a failed Parse or Bind creates nothing. A
+	 * named statement or portal that existed stays (42P05/42P03); an unnamed
+	 * one is gone (the server drops it before parsing or binding; for a
+	 * Bind that failed early it may survive, and then we refuse to use it:
+	 * the safe side). */
+	p = pend_at(s, 0);
+	if (p->kind == 'P' || p->kind == 'B')
+		pend_undo(s, p, p->undo_name && p->undo_name[0]);
 	else
-		pend_undo(s, pend_at(s, 0), true);
+		pend_undo(s, p, true);
 	for (uint32_t i = 0; i < k; i++)
 		pend_pop(s);
 	if (s->qlen == 0)

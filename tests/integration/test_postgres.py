@@ -222,3 +222,120 @@ def test_sql_cases_verdict_and_database_after(enforcer, pg, tmp):
     blob = json.dumps(evs)
     assert "4111111111111111" not in blob and "alice@example.com" not in blob
     assert all(e["unmapped"]["agent"]["name"] == AGENT for e in evs)
+
+
+def test_startup_lockdown(enforcer, pg, tmp):
+    """D01, D03, D05 and the other startup parameters: refused, or replaced by the pinned value."""
+    enforcer.start(policy(pg, tmp))
+    res = agent_py(enforcer, f"""
+    out = {{}}
+    def attempt(name, **kw):
+        try:
+            c = Conn("127.0.0.1", {pg.port}, **kw)
+        except OSError as e:
+            out[name] = ["oserror", str(e)]
+            return
+        first_err = [summary([m])[0] for m in c.startup if m[0] == b"E"]
+        if first_err or c.startup[-1][0] != b"Z":
+            out[name] = ["refused", first_err]
+            return
+        c.send(Q("SELECT id FROM orders ORDER BY id LIMIT 1"))
+        out[name] = ["ok", summary(c.until_ready()), c.params, c.key]
+        c.close()
+    attempt("D01", params={{"options": "-c standard_conforming_strings=off"}})
+    attempt("D03", params={{"client_encoding": "SJIS"}})
+    attempt("D05", user="agent_ro", database="agent_ro")
+    attempt("otherdb", database="postgres")
+    attempt("replication", params={{"replication": "database"}})
+    attempt("search_path", params={{"search_path": "evil,public"}})
+    attempt("role", params={{"role": "postgres"}})
+    attempt("scs", params={{"standard_conforming_strings": "off"}})
+    attempt("plain", params={{"application_name": "bot", "DateStyle": "ISO"}})
+    print(json.dumps(out))
+    """)
+    for k in ("D01", "otherdb", "replication", "search_path", "role", "scs"):
+        assert res[k][0] == "refused" and "42501" in res[k][1][0] and "agentgate: denied" in res[k][1][0], (k, res[k])
+    # D03: the encoding the agent asked for is replaced by UTF8, and the server says so
+    assert res["D03"][0] == "ok" and res["D03"][2]["client_encoding"] == "UTF8"
+    # D05: libpq's default database (the user name) means the pinned one
+    assert res["D05"][0] == "ok" and res["D05"][1][-2:] == ["C:SELECT 1", "ZI"]
+    plain = res["plain"]
+    assert plain[0] == "ok" and plain[2]["application_name"] == "bot"
+    assert plain[2]["standard_conforming_strings"] == "on" and plain[2]["search_path" if "search_path" in plain[2] else "client_encoding"]
+    # the cancel key is ours: not the backend's pid
+    pids = pg.sql("SELECT string_agg(pid::text, ',') FROM pg_stat_activity").split(",")
+    assert str(plain[3][0]) not in pids
+    refusals = [e for e in enforcer.events() if e.get("class_uid") == 4001 and e["activity_name"] == "Refuse"]
+    assert any("options" in (e["unmapped"].get("reason") or json.dumps(e)) for e in refusals), refusals
+
+
+def test_protocol_cases(enforcer, pg, tmp):
+    """D07, D09, D11, D13, D15, D19, FunctionCall, and the extended protocol's error recovery."""
+    enforcer.start(policy(pg, tmp))
+    before = orders_state(pg)
+    res = agent_py(enforcer, f"""
+    out = {{}}
+    def conn():
+        return Conn("127.0.0.1", {pg.port})
+    c = conn()
+    # D07: bytes that are SJIS, not UTF-8
+    c.send(msg(b"Q", b"SELECT E'\\x95\\x5c'; DELETE FROM orders WHERE id=1; --'\\0"))
+    out["D07"] = summary(c.until_ready())
+    # D09: set_config and the exploit in one write
+    c.send(Q("SELECT set_config('standard_conforming_strings','off',false)") +
+           Q("SELECT 'a\\\\'' ; DELETE FROM orders; --'"))
+    out["D09"] = summary(c.until_ready(2))
+    out["D09_scs"] = c.params.get("standard_conforming_strings")
+    # D13: Bind to a statement the proxy never allowed, then the session goes on
+    c.send(B("", "p_unknown") + E("") + S + Q("SELECT 1 FROM orders LIMIT 1"))
+    out["D13"] = summary(c.until_ready(2))
+    # D15: binary result format for cc
+    c.send(P("", "SELECT cc FROM customers ORDER BY id") + B("", "", result_formats=[1]) + D(b"P", "") + E("") + S)
+    out["D15"] = summary(c.until_ready())
+    # FunctionCall (pg_read_file, OID 3826): never reaches the server
+    c.send(F(3826, ["/etc/passwd"]))
+    out["F"] = summary(c.until_ready())
+    # extended protocol: a denied Parse skips its Bind/Execute, the next Sync recovers
+    c.send(P("s1", "DELETE FROM orders") + B("", "s1") + E("") + S +
+           P("s2", "SELECT id FROM orders ORDER BY id") + B("", "s2") + E("", 2) + S)
+    out["ext"] = summary(c.until_ready(2))
+    # the denied name was never created; the allowed one was
+    c.send(B("", "s1") + E("") + S + B("", "s2") + E("", 1) + S)
+    out["ext2"] = summary(c.until_ready(2))
+    # a server-side error in a pipeline: the rest until Sync is skipped, the table stays right
+    c.send(P("s3", "SELECT nosuchcolumn FROM orders") + B("", "s3") + E("") + P("s4", "SELECT 1 FROM orders LIMIT 1") + S +
+           P("s4", "SELECT 2 FROM orders LIMIT 1") + B("", "s4") + E("") + S)
+    out["ext3"] = summary(c.until_ready(2))
+    # a duplicate statement name is the server's to refuse, and the old one is kept
+    c.send(P("s2", "SELECT 3") + S + B("", "s2") + E("", 1) + S)
+    out["dup"] = summary(c.until_ready(2))
+    c.close()
+    # D11: bytes after the Query's NUL
+    c = conn()
+    c.send(msg(b"Q", b"SELECT 1\\0DELETE FROM orders\\0"))
+    out["D11"] = summary(c.until_ready())
+    c.s.close()
+    # D19: a huge announced length
+    c = conn()
+    c.send(b"Q" + struct.pack("!I", 0x7FFFFFF0) + b"SELECT 1")
+    out["D19"] = summary(c.until_ready())
+    c.s.close()
+    print(json.dumps(out))
+    """)
+    dn = lambda s: s.startswith("E:42501:agentgate: denied")  # noqa: E731
+    assert dn(res["D07"][0]) and res["D07"][-1] == "ZI", res["D07"]
+    assert dn(res["D09"][0]), res["D09"]
+    assert res["D09_scs"] == "on"
+    assert dn(res["D13"][0]) and res["D13"][1] == "ZI" and res["D13"][-2:] == ["C:SELECT 1", "ZI"], res["D13"]
+    assert res["D15"] == ["1", "2", "T", "D:****", "D:****", "C:SELECT 2", "ZI"], res["D15"]
+    assert dn(res["F"][0]) and res["F"][-1] == "ZI", res["F"]
+    assert dn(res["ext"][0]) and res["ext"][1] == "ZI", res["ext"]
+    assert res["ext"][2:] == ["1", "2", "D:1", "D:2", "s", "ZI"], res["ext"]
+    assert dn(res["ext2"][0]) and res["ext2"][1:] == ["ZI", "2", "D:1", "s", "ZI"], res["ext2"]
+    assert res["ext3"][0].startswith("E:42703:") and res["ext3"][1] == "ZI", res["ext3"]
+    assert res["ext3"][2:] == ["1", "2", "D:2", "C:SELECT 1", "ZI"], res["ext3"]
+    assert res["dup"][0].startswith("E:42P05:"), res["dup"]
+    assert res["dup"][1:] == ["ZI", "2", "D:1", "s", "ZI"], res["dup"]
+    assert res["D11"][0].startswith("E:08P01:") and res["D11"][-1] == "EOF", res["D11"]
+    assert res["D19"][0].startswith("E:54000:agentgate: denied") and res["D19"][-1] == "EOF", res["D19"]
+    assert orders_state(pg) == before
