@@ -339,3 +339,293 @@ def test_protocol_cases(enforcer, pg, tmp):
     assert res["D11"][0].startswith("E:08P01:") and res["D11"][-1] == "EOF", res["D11"]
     assert res["D19"][0].startswith("E:54000:agentgate: denied") and res["D19"][-1] == "EOF", res["D19"]
     assert orders_state(pg) == before
+
+
+RULES_RW = [{"target": "shop",
+             "allow": {"statements": ["select", "insert", "copy"],
+                       "tables": ["public.customers", "public.orders", "public.big", "public.notes",
+                                  "public.pgbench_accounts", "public.pgbench_branches", "public.pgbench_tellers",
+                                  "public.pgbench_history"]},
+             "mask": {"columns": ["public.customers.email", "public.customers.cc"],
+                      "detectors": ["credit_card", "email"]}}]
+
+
+def test_denial_in_transaction_keeps_server_state(enforcer, pg, tmp):
+    """A denied statement inside BEGIN leaves the transaction failed, as PostgreSQL would:
+    the agent's COMMIT rolls back, and the insert before the denial is gone."""
+    enforcer.start(policy(pg, tmp, rules=RULES_RW))
+    res = agent_py(enforcer, f"""
+    import psycopg2
+    c = psycopg2.connect(host="127.0.0.1", port={pg.port}, user="agent_ro", dbname="shop")
+    cur = c.cursor()
+    out = {{}}
+    cur.execute("INSERT INTO orders (customer_id, total) VALUES (9, 900)")
+    try:
+        cur.execute("DELETE FROM orders")
+        out["delete"] = "ran"
+    except psycopg2.Error as e:
+        out["delete"] = [e.pgcode, e.pgerror]
+    try:
+        cur.execute("SELECT 1 FROM orders LIMIT 1")
+        out["after"] = "ran"
+    except psycopg2.Error as e:
+        out["after"] = e.pgcode
+    c.rollback()
+    # and the same in one simple-protocol string: nothing of it runs
+    try:
+        cur.execute("INSERT INTO orders (customer_id, total) VALUES (8, 800); DELETE FROM orders")
+    except psycopg2.Error as e:
+        out["multi"] = e.pgcode
+    c.rollback()
+    # explicit transaction with COMMIT after the denial
+    c.autocommit = True
+    cur.execute("BEGIN")
+    cur.execute("INSERT INTO orders (customer_id, total) VALUES (7, 700)")
+    try:
+        cur.execute("TRUNCATE orders")
+    except psycopg2.Error as e:
+        out["truncate"] = e.pgcode
+    cur.execute("COMMIT")
+    out["commit"] = cur.statusmessage
+    print(json.dumps(out))
+    """)
+    assert res["delete"][0] == "42501" and "agentgate: denied" in res["delete"][1]
+    assert res["after"] == "25P02"          # current transaction is aborted
+    assert res["multi"] == "42501"
+    assert res["truncate"] == "42501"
+    assert res["commit"] == "ROLLBACK"      # the server's own answer
+    assert pg.sql("SELECT count(*) FROM orders WHERE customer_id IN (7, 8, 9)") == "0"
+    assert orders_state(pg) == "5|15"
+
+
+def test_cancel_with_enforcer_key(enforcer, pg, tmp):
+    """D17: the agent cancels with the key we issued; a forged key does nothing."""
+    enforcer.start(policy(pg, tmp, rules=RULES_RW))
+    res = agent_py(enforcer, f"""
+    import psycopg2, threading
+    c = psycopg2.connect(host="127.0.0.1", port={pg.port}, user="agent_ro", dbname="shop")
+    out = {{}}
+    def go():
+        try:
+            c.cursor().execute("SELECT count(*) FROM big a CROSS JOIN big b")
+            out["q"] = "finished"
+        except psycopg2.Error as e:
+            out["q"] = e.pgcode
+    raw = Conn("127.0.0.1", {pg.port})
+    t = threading.Thread(target=go); t.start()
+    time.sleep(1.0)
+    cancel("127.0.0.1", {pg.port}, raw.key[0], raw.key[1] ^ 1)   # wrong key: nothing
+    cancel("127.0.0.1", {pg.port}, c.get_backend_pid(), 12345)    # the key of no session
+    time.sleep(1.0)
+    out["still"] = t.is_alive()
+    c.cancel()                                                     # libpq, our key
+    t.join(30)
+    out["pid"] = c.get_backend_pid()
+    raw.close()
+    print(json.dumps(out))
+    """)
+    assert res["still"] is True
+    assert res["q"] == "57014", res      # query_canceled
+    assert pg.sql(f"SELECT count(*) FROM pg_stat_activity WHERE pid = {res['pid']}") == "0"
+
+
+def test_pgbench_extended_prepared_and_pipeline(enforcer, pg, tmp):
+    """Real pgbench through the enforcer: simple, extended, prepared, and a pipeline of
+    extended-protocol batches (many messages in one write)."""
+    subprocess.run(["pgbench", "-i", "-s", "1", "-q", "-h", pg.sock, "-p", str(pg.port), "-U", "postgres", "shop"],
+                   check=True, capture_output=True)
+    pg.sql("GRANT SELECT ON ALL TABLES IN SCHEMA public TO app")
+    enforcer.start(policy(pg, tmp, rules=RULES_RW))
+    script = os.path.join(tmp, "pipe.sql")
+    with open(script, "w") as f:
+        f.write("\\set aid random(1, 100000)\n\\startpipeline\n")
+        for _ in range(10):
+            f.write("SELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n")
+        f.write("\\endpipeline\n")
+    for mode in ("simple", "extended", "prepared"):
+        r = enforcer.exec(AGENT, ["pgbench", "-n", "-S", "-M", mode, "-t", "200", "-c", "2", "-h", "127.0.0.1",
+                                  "-p", str(pg.port), "-U", "agent_ro", "shop"], timeout=120)
+        assert r.returncode == 0 and "number of failed transactions: 0" in r.stdout, (mode, r.stdout, r.stderr)
+    r = enforcer.exec(AGENT, ["pgbench", "-n", "-M", "extended", "-f", script, "-t", "50", "-c", "2", "-h",
+                              "127.0.0.1", "-p", str(pg.port), "-U", "agent_ro", "shop"], timeout=120)
+    assert r.returncode == 0 and "number of failed transactions: 0" in r.stdout, (r.stdout, r.stderr)
+    # a write pgbench's default script needs is denied (UPDATE is not in the rule)
+    r = enforcer.exec(AGENT, ["pgbench", "-n", "-t", "1", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "agent_ro",
+                              "shop"], timeout=60)
+    assert r.returncode != 0 and "agentgate: denied" in r.stderr
+    assert pg.sql("SELECT count(*) FROM pgbench_history") == "0"
+
+
+def test_large_result_masking_and_copy(enforcer, pg, tmp):
+    """120k rows with detectors, masked columns in binary and text, COPY allowed by rule
+    (in and out), COPY of a table with masked columns denied, side channels masked."""
+    enforcer.start(policy(pg, tmp, rules=RULES_RW))
+    res = agent_py(enforcer, f"""
+    import psycopg2, io
+    c = psycopg2.connect(host="127.0.0.1", port={pg.port}, user="agent_ro", dbname="shop")
+    c.autocommit = True
+    cur = c.cursor()
+    out = {{}}
+    cur.execute("SELECT id, label, note FROM big ORDER BY id")
+    rows = cur.fetchall()
+    out["n"] = len(rows)
+    out["notes"] = sorted(set(r[2] for r in rows))
+    out["label5"] = rows[4][1]
+    cur.execute("SELECT body FROM notes ORDER BY id")
+    out["body"] = [r[0] for r in cur.fetchall()]
+    buf = io.StringIO()
+    cur.copy_expert("COPY orders TO STDOUT", buf)
+    out["copy_out"] = len(buf.getvalue().splitlines())
+    cur.copy_expert("COPY orders (customer_id, total) FROM STDIN", io.StringIO("3\\t30\\n4\\t40\\n"))
+    out["copy_in"] = cur.rowcount
+    try:
+        cur.copy_expert("COPY customers TO STDOUT", io.StringIO())
+        out["copy_masked"] = "ran"
+    except psycopg2.Error as e:
+        out["copy_masked"] = e.pgcode
+    print(json.dumps(out))
+    """, timeout=180)
+    assert res["n"] == 120000
+    assert res["notes"] == ["card ****", "plain"], res["notes"]
+    assert res["label5"] == "row 5"
+    assert res["body"] == ["mail me at **** please", "nothing here"]
+    assert res["copy_out"] == 5
+    assert res["copy_in"] == 2
+    assert res["copy_masked"] == "42501"
+    assert pg.sql("SELECT count(*) FROM orders") == "7"
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 6005 and e["unmapped"]["statement"].get("rows") == 120000)
+    assert ev and ev["unmapped"]["statement"]["masked_values"] == 120
+
+
+def test_upstream_down_and_tls_failures(enforcer, pg, tmp, servers):
+    """A clear ErrorResponse when the upstream is down, when its certificate does not verify,
+    and when it refuses TLS that the target requires; nothing is sent in plaintext."""
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_port = dead.getsockname()[1]
+    dead.close()
+    # a fake server that says 'N' to SSLRequest and records everything it receives
+    rec = os.path.join(tmp, "plain.bin")
+    fake_port = free_tcp_port()
+    fake = subprocess.Popen([PY, "-c", textwrap.dedent(f"""
+        import socket
+        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", {fake_port})); s.listen(8)
+        while True:
+            c, _ = s.accept()
+            c.settimeout(2)
+            data = b""
+            try:
+                data = c.recv(8)
+                c.sendall(b"N")
+                while True:
+                    d = c.recv(4096)
+                    if not d:
+                        break
+                    data += d
+            except OSError:
+                pass
+            open({rec!r}, "ab").write(data)
+            c.close()
+        """)])
+    try:
+        import time as _t
+        _t.sleep(0.3)
+        pol = policy(pg, tmp, tls="verify-full", ca=pg.other_ca)
+        pol = pol.replace("}]\nroles", "}]\nroles", 1)
+        doc_extra = (f'targets: [{{"name": "shop", "protocol": "postgres", "address": "127.0.0.1:{pg.port}", '
+                     f'"upstream": {{"user": "app", "password_file": "{tmp}/pw", "database": "shop", '
+                     f'"tls": "verify-full", "ca_file": "{pg.other_ca}"}}}}, '
+                     f'{{"name": "down", "protocol": "postgres", "address": "127.0.0.1:{dead_port}", '
+                     f'"upstream": {{"user": "app", "password_file": "{tmp}/pw", "database": "shop"}}}}, '
+                     f'{{"name": "plain", "protocol": "postgres", "address": "127.0.0.1:{fake_port}", '
+                     f'"upstream": {{"user": "app", "password_file": "{tmp}/pw", "database": "shop", '
+                     f'"tls": "require"}}}}]\n')
+        lines = [doc_extra if l.startswith("targets:") else l for l in pol.splitlines(keepends=True)]
+        rules = [dict(RULES_RO[0]), {"target": "down"}, {"target": "plain"}]
+        lines = [f"roles: {json.dumps([{'name': 'ro', 'rules': rules}])}\n" if l.startswith("roles:") else l
+                 for l in lines]
+        enforcer.start("".join(lines))
+        rc, out, err = psql(enforcer, pg, "SELECT 1 FROM orders LIMIT 1")
+        assert rc != 0 and "agentgate: upstream TLS" in err and "certificate verify failed" in err, err
+        r = enforcer.exec(AGENT, ["psql", "-X", "-h", "127.0.0.1", "-p", str(dead_port), "-U", "a", "-d", "shop",
+                                  "-c", "SELECT 1"], timeout=30)
+        assert r.returncode != 0 and "agentgate: upstream" in r.stderr and "unreachable" in r.stderr, r.stderr
+        r = enforcer.exec(AGENT, ["psql", "-X", "-h", "127.0.0.1", "-p", str(fake_port), "-U", "a", "-d", "shop",
+                                  "-c", "SELECT 1"], timeout=30)
+        assert r.returncode != 0 and "does not accept TLS" in r.stderr, r.stderr
+        _t.sleep(0.5)
+        got = open(rec, "rb").read()
+        # SSLRequests (libpq retries without TLS on the agent leg: one more
+        # attempt) and nothing else
+        ssl_req = struct.pack("!II", 8, 80877103)
+        assert got and got == ssl_req * (len(got) // 8), got
+    finally:
+        fake.kill()
+        fake.wait()
+
+
+def free_tcp_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def test_tls_both_legs_and_md5(enforcer, pg, tmp):
+    """verify-full upstream with the right CA, an agent with sslmode=require (certificate
+    from the local CA), and md5 authentication upstream."""
+    enforcer.start(policy(pg, tmp, tls="verify-full", ca=pg.ca))
+    rc, out, err = psql(enforcer, pg, "SELECT id FROM orders ORDER BY id LIMIT 1",
+                        env={"PGSSLMODE": "require"})
+    assert rc == 0 and out.strip() == "1", err
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4001 and e["activity_name"] == "Open")
+    assert ev["unmapped"]["postgres"]["agent_tls"] is True
+    # libpq with the local CA as root: verify-full against the certificate we mint
+    ca = os.path.join(tmp, "local-ca.crt")   # the state directory is hidden from agents
+    with open(os.path.join(enforcer.state, "ca", "ca.crt")) as src, open(ca, "w") as dst:
+        dst.write(src.read())
+    rc, out, err = psql(enforcer, pg, "SELECT id FROM orders ORDER BY id LIMIT 1",
+                        env={"PGSSLMODE": "verify-ca", "PGSSLROOTCERT": ca})
+    assert rc == 0 and out.strip() == "1", err
+    pg.sql("ALTER SYSTEM SET log_connections = on", db="postgres")
+    enforcer.stop()
+    enforcer.start(policy(pg, tmp, user="app_md5"))
+    rc, out, err = psql(enforcer, pg, "SELECT id FROM orders ORDER BY id LIMIT 1")
+    assert rc == 0 and out.strip() == "1", err
+    # a wrong password: a clear error, no session
+    bad = os.path.join(tmp, "badpw")
+    with open(bad, "w") as f:
+        f.write("nope\n")
+    enforcer.stop()
+    enforcer.start(policy(pg, tmp, pwfile=bad))
+    rc, out, err = psql(enforcer, pg, "SELECT 1")
+    assert rc != 0 and "upstream authentication" in err and "password authentication failed" in err, err
+
+
+def test_observe_mode_records_and_allows(enforcer, pg, tmp):
+    enforcer.start(policy(pg, tmp, mode="observe"))
+    rc, out, err = psql(enforcer, pg, "SELECT count(*) FROM secrets")
+    assert rc == 0 and out.strip() == "1", err
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 6005 and
+                             e["unmapped"]["statement"].get("tables") == "public.secrets")
+    assert ev and ev["unmapped"].get("observe", ev["unmapped"]).get("would_deny", True), ev
+
+
+def test_policy_explain(enforcer, pg, tmp):
+    """agentgate policy explain for a postgres target: verdict, rule, tables, masked columns;
+    nothing sent (the server is not even needed)."""
+    path = enforcer.policy(policy(pg, tmp))
+    def explain(sql):
+        r = enforcer.cli("policy", "explain", "--policy", path, "--agent", AGENT, "--target", "shop", sql)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+    out = explain("SELECT id, email FROM customers WHERE id = 1")
+    assert "verdict: allow" in out and "rule: role 'ro' rule 1" in out and "tables: public.customers" in out
+    assert "masked columns: public.customers.email, public.customers.cc" in out
+    out = explain("DELETE FROM orders")
+    assert "verdict: deny (agentgate: denied:" in out and "class: write" in out and "tables: public.orders" in out
+    out = explain("SELECT * FROM customers WHERE cc LIKE '4%'")
+    assert "verdict: deny" in out and "cc" in out
+    assert pg.sql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'") == "0"
