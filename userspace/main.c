@@ -20,6 +20,7 @@
 #include "cli_token.h"
 #include "enforcer.h"
 #include "loader.h"
+#include "pg_explain.h"
 #include "policy.h"
 #include "util.h"
 
@@ -220,11 +221,13 @@ static int cmd_policy_explain(int argc, char **argv)
 
 		printf("allow: connect to target '%s' (role '%s', rule %d, line %d)\n", target, r->role,
 		       r->index + 1, r->line);
-		if (p->targets[ti].proto != PROTO_TCP && p->targets[ti].proto != PROTO_TLS)
+		ret = 0;
+		if (p->targets[ti].proto == PROTO_POSTGRES && request)
+			ret = pg_explain(p, ai, ti, request, stdout) < 0 ? 2 : 0;
+		else if (p->targets[ti].proto != PROTO_TCP && p->targets[ti].proto != PROTO_TLS)
 			printf("note: the %s module has not landed yet; the request '%s' is not judged, "
 			       "the connection is relayed as tcp\n", policy_proto_name(p->targets[ti].proto),
 			       request ? request : "");
-		ret = 0;
 	} else {
 		bool by_claims = false;
 
