@@ -393,4 +393,6 @@ done
 for note in "${NOTES[@]}"; do
 	echo "note: $note"
 done
+
+. bench/pg.sh    # PostgreSQL: pgbench through agentgate, pgbouncer, haproxy
 exit 0
