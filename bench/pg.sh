@@ -160,7 +160,9 @@ pg_measure() {
 	cmd+=(bench)
 	# --state-dir before the command: exec leaves argv unterminated after removing it (main.c)
 	[[ $path == agentgate ]] && cmd=(./agentgate --state-dir "$AG_STATE" exec --agent bench -- "${cmd[@]}")
-	out=$(PGPASSWORD=bench-pw timeout -k 5 $((BENCH_SECONDS + 60)) "${cmd[@]}" 2>&1)
+	# plain TCP on every path (agentgate would otherwise offer its local CA's
+	# TLS to libpq's sslmode=prefer, which the other paths cannot)
+	out=$(PGPASSWORD=bench-pw PGSSLMODE=disable timeout -k 5 $((BENCH_SECONDS + 60)) "${cmd[@]}" 2>&1)
 	tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out" | tail -n 1)
 	if [[ -z $tps ]] || ! grep -q 'number of failed transactions: 0' <<<"$out"; then
 		# called in $(...): notes go through a file
