@@ -28,7 +28,9 @@
 
 static int usage(void)
 {
-	fprintf(stderr, "usage: agentgate token verify --agent NAME [--policy FILE] TOKEN|-\n");
+	fprintf(stderr, "usage: agentgate token verify --agent NAME [--policy FILE] [--user [--actor SUB]] TOKEN|-\n"
+			"  --user        verify TOKEN as a user's token the agent presents for delegation\n"
+			"  --actor SUB   the agent's own principal (sub) that an RFC 8693 act.sub must name\n");
 	return 2;
 }
 
@@ -121,7 +123,13 @@ static int print_claims(const struct jwt_claims *c, const char *agent)
 	return 0;
 }
 
-static int verify(const char *agent, const char *policy_path, const char *arg, const char *state_dir)
+struct verify_opts {
+	bool user;             /* a delegating user's token, not the agent's own */
+	const char *actor;     /* with user: the agent's sub, for act.sub */
+};
+
+static int verify(const char *agent, const char *policy_path, const char *arg, const char *state_dir,
+		  const struct verify_opts *vo)
 {
 	struct policy_errors errs = { 0 };
 	const struct policy_identity *id;
@@ -194,13 +202,22 @@ static int verify(const char *agent, const char *policy_path, const char *arg, c
 		goto out;
 	}
 
-	/* The enforcer's rules for this agent's tokens (ident.c). */
+	if (vo->user && !p->agents[idx].accept_user_tokens) {
+		rc = refused("the agent does not accept user tokens (accept_user_tokens is not set)");
+		goto out;
+	}
+	/* The enforcer's rules for this agent's tokens (ident.c); a user's
+	 * token may be any kind we know (ident_user_verify). */
 	ident_jwt_policy(id, (int64_t)time(NULL), aud, &jp);
+	if (vo->user)
+		jp.typ = NULL;
 
 	ret = issuer_verify(iss, tok, len, &jp, &claims, why, sizeof(why));
 	if (issuer_status(iss, &st) == 0 && st.have_keys && st.last_error[0])
 		fprintf(stderr, "agentgate: token: warning: issuer '%s' unreachable, using keys fetched "
 			"%lld s ago: %s\n", id->issuer, (long long)st.age_s, st.last_error);
+	if (ret == 0 && vo->user)
+		ret = ident_user_check(&claims, vo->actor, why, sizeof(why));
 	if (ret < 0) {
 		rc = refused(why);
 		goto out;
@@ -224,6 +241,7 @@ out:
 int cmd_token(int argc, char **argv, const char *state_dir)
 {
 	const char *agent = NULL, *policy = TOKEN_DEFAULT_POLICY, *token = NULL;
+	struct verify_opts vo = { 0 };
 	int i;
 
 	if (argc < 1 || strcmp(argv[0], "verify") != 0)
@@ -233,6 +251,10 @@ int cmd_token(int argc, char **argv, const char *state_dir)
 			agent = argv[++i];
 		else if (strcmp(argv[i], "--policy") == 0 && i + 1 < argc)
 			policy = argv[++i];
+		else if (strcmp(argv[i], "--user") == 0)
+			vo.user = true;
+		else if (strcmp(argv[i], "--actor") == 0 && i + 1 < argc)
+			vo.actor = argv[++i];
 		else if (strcmp(argv[i], "--") == 0 && i + 2 == argc && !token)
 			token = argv[++i];
 		else if ((argv[i][0] != '-' || strcmp(argv[i], "-") == 0) && !token)
@@ -240,7 +262,7 @@ int cmd_token(int argc, char **argv, const char *state_dir)
 		else
 			return usage();
 	}
-	if (!agent || !token)
+	if (!agent || !token || (vo.actor && !vo.user))
 		return usage();
-	return verify(agent, policy, token, state_dir);
+	return verify(agent, policy, token, state_dir, &vo);
 }

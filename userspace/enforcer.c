@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <bpf/libbpf.h>
+#include <openssl/crypto.h>
 
 #include "admin.h"
 #include "audit.h"
@@ -591,6 +592,22 @@ size_t enforcer_user_rules_for(int idx, const struct ident_principal *user, int 
 		if (binding_matches(&p->bindings[b], &p->agents[idx].identity, user))
 			n = add_role_rules(&p->roles[p->bindings[b].role_idx], t, out, n, max);
 	return n;
+}
+
+int enforcer_user_verify(int idx, const char *tok, size_t len, struct ident_principal *user,
+			 char *why, size_t whylen)
+{
+	struct ident_principal agent;
+
+	memset(user, 0, sizeof(*user));
+	if (!E->policy->agents[idx].accept_user_tokens) {
+		snprintf(why, whylen, "agent '%s' does not accept user tokens (accept_user_tokens)",
+			 E->policy->agents[idx].name);
+		return -EPERM;
+	}
+	enforcer_principal(idx, &agent);
+	return ident_user_verify(E->agents[idx].ident, tok, len, agent.verified ? agent.sub : NULL,
+				 user, why, whylen);
 }
 
 bool enforcer_may_target(int idx, int t)
@@ -1315,6 +1332,8 @@ static void open_local_ca(void)
 	}
 }
 
+static void sync_token(struct agent_rt *rt);
+
 /* Creates each agent's identity source and takes a first principal. */
 static int open_identities(void)
 {
@@ -1331,6 +1350,7 @@ static int open_identities(void)
 		}
 		ident_agent_tick(rt->ident, now_ns_mono() / 1000000ull);
 		ident_agent_principal(rt->ident, &rt->principal);
+		sync_token(rt);
 		if (E->policy->agents[i].identity.source != IDENT_LOCAL) {
 			log_info("agent '%s': identity %s", E->policy->agents[i].name,
 				 rt->principal.verified ? "verified" : rt->principal.reason);
@@ -1340,13 +1360,58 @@ static int open_identities(void)
 	return 0;
 }
 
+/* Workers read the agent's token through rt->token (enforcer_agent_token);
+ * the ident_agent's own copy is the main thread's. */
+static void sync_token(struct agent_rt *rt)
+{
+	const char *tok = ident_agent_token(rt->ident);
+	char *copy = NULL, *old;
+
+	if (tok ? rt->token && strcmp(tok, rt->token) == 0 : !rt->token)
+		return;
+	if (tok && !(copy = strdup(tok)))
+		return;
+	pthread_mutex_lock(&rt->plock);
+	old = rt->token;
+	rt->token = copy;
+	pthread_mutex_unlock(&rt->plock);
+	if (old) {
+		OPENSSL_cleanse(old, strlen(old));
+		free(old);
+	}
+}
+
+int enforcer_agent_token(int idx, char *out, size_t outlen)
+{
+	struct agent_rt *rt = &E->agents[idx];
+	int ret;
+
+	pthread_mutex_lock(&rt->plock);
+	if (!rt->token || !rt->principal.verified) {
+		ret = -ENOENT;
+	} else {
+		size_t n = strlen(rt->token);
+
+		ret = n < outlen && n <= INT_MAX ? (int)n : -ENOSPC;
+		if (ret >= 0)
+			memcpy(out, rt->token, n + 1);
+	}
+	pthread_mutex_unlock(&rt->plock);
+	return ret;
+}
+
 static void tick_identities(void)
 {
 	for (size_t i = 0; i < E->policy->nagents; i++) {
 		struct agent_rt *rt = &E->agents[i];
 		struct ident_principal pr;
 
-		if (!rt->ident || ident_agent_tick(rt->ident, now_ns_mono() / 1000000ull) != 1)
+		if (!rt->ident)
+			continue;
+		int changed = ident_agent_tick(rt->ident, now_ns_mono() / 1000000ull);
+
+		sync_token(rt);
+		if (changed != 1)
 			continue;
 		ident_agent_principal(rt->ident, &pr);
 		pthread_mutex_lock(&rt->plock);
@@ -1584,8 +1649,13 @@ out:
 	audit_close();
 	local_ca_close();
 	loader_close(E->loader);
-	for (size_t i = 0; E->policy && i < E->policy->nagents; i++)
+	for (size_t i = 0; E->policy && i < E->policy->nagents; i++) {
 		ident_agent_free(E->agents[i].ident);
+		if (E->agents[i].token) {
+			OPENSSL_cleanse(E->agents[i].token, strlen(E->agents[i].token));
+			free(E->agents[i].token);
+		}
+	}
 	if (epfd >= 0)
 		close(epfd);
 	if (sfd >= 0)

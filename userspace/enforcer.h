@@ -51,6 +51,7 @@ struct agent_rt {
 	struct ident_agent *ident;
 	pthread_mutex_t plock;
 	struct ident_principal principal;
+	char *token;                  /* copy of the verified token, under plock; wiped */
 	/* extra cgroups attached with `agentgate attach` */
 	char extra_rel[8][PATH_MAX];
 	uint64_t extra_cgid[8];
@@ -125,6 +126,14 @@ static inline int enforcer_agent_idx(uint32_t slot)
 #define AUDIT_BURST 20000
 bool enforcer_audit_admit(uint32_t slot);
 
+/*
+ * upstream: {bearer: agent_token}: a copy of agent idx's verified token into
+ * out (NUL-terminated). Returns its length, -ENOENT when the agent holds no
+ * verified token, -ENOSPC when out is too small. Thread-safe. The caller
+ * wipes out (OPENSSL_cleanse) after use and never logs it.
+ */
+int enforcer_agent_token(int idx, char *out, size_t outlen);
+
 /* A copy of agent idx's current principal (thread-safe). */
 void enforcer_principal(int idx, struct ident_principal *out);
 struct audit_agent;
@@ -151,6 +160,17 @@ size_t enforcer_rules_for(int idx, int t, const struct policy_rule **out, size_t
  */
 size_t enforcer_user_rules_for(int idx, const struct ident_principal *user, int t,
 			       const struct policy_rule **out, size_t max);
+
+/*
+ * Delegation: verify a user token agent idx presented in-band (see
+ * ident_user_verify: the agent's issuer and audience, cached keys only,
+ * act.sub must be the agent's verified sub). -EPERM when the agent does not
+ * accept user tokens. The caller intersects: a request is allowed only if
+ * the agent's rules (enforcer_rules_for) and the user's
+ * (enforcer_user_rules_for) both allow it. Thread-safe.
+ */
+int enforcer_user_verify(int idx, const char *tok, size_t len, struct ident_principal *user,
+			 char *why, size_t whylen);
 
 /* Index of the agent whose cgroup (path inside the hierarchy) contains rel, or -1. */
 int enforcer_agent_of_cgroup(const char *rel);

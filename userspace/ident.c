@@ -6,6 +6,7 @@
 #include <ctype.h>
 #include <curl/curl.h>
 #include <errno.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <jansson.h>
 #include <limits.h>
@@ -22,6 +23,7 @@
 #include <unistd.h>
 
 #include "ident.h"
+#include "ident_assert.h"
 #include "util.h"
 
 struct ident_agent {
@@ -46,6 +48,9 @@ struct ident_agent {
 	/* token_file: what the file looked like when last read */
 	bool have_stat;
 	struct stat st;
+
+	/* delegation: a worker verifying a user token asks for a JWKS fetch */
+	atomic_bool user_refresh;
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -145,7 +150,6 @@ static void set_unverified(struct ident_agent *a, const char *fmt, ...)
 static int set_verified(struct ident_agent *a, const char *tok, size_t len, const struct jwt_claims *c)
 {
 	char *copy = malloc(len + 1);
-	size_t n = 0;
 
 	if (!copy)
 		return -ENOMEM;
@@ -156,23 +160,10 @@ static int set_verified(struct ident_agent *a, const char *tok, size_t len, cons
 	a->toklen = len;
 	a->tok_exp = c->exp;
 
-	snprintf(a->pr.iss, sizeof(a->pr.iss), "%s", c->iss);
-	snprintf(a->pr.sub, sizeof(a->pr.sub), "%s", c->sub);
-	snprintf(a->pr.client_id, sizeof(a->pr.client_id), "%s",
-		 c->client_id ? c->client_id : c->azp ? c->azp : "");
-	a->pr.exp = c->exp;
-	a->pr.groups_truncated = false;
-	for (size_t i = 0; i < c->ngroups; i++) {
-		if (n == IDENT_MAX_GROUPS || strlen(c->groups[i]) >= IDENT_GROUP_MAX) {
-			a->pr.groups_truncated = true;
-			continue;
-		}
-		snprintf(a->pr.groups[n++], IDENT_GROUP_MAX, "%s", c->groups[i]);
-	}
-	for (size_t i = n; i < IDENT_MAX_GROUPS; i++)
-		a->pr.groups[i][0] = '\0';
-	a->pr.ngroups = n;
-	a->pr.verified = true;
+	bool exposed = a->pr.secret_file_exposed;
+
+	ident_principal_from_claims(c, a->pr.source, &a->pr);
+	a->pr.secret_file_exposed = exposed;
 	a->pr.reason[0] = '\0';
 	a->pr.warning[0] = '\0';
 	return 0;
@@ -333,6 +324,7 @@ static int issuer_open(struct ident_agent *a, const struct policy_identity *id,
 	if (dupstr(&a->id.issuer, id->issuer) || dupstr(&a->id.audience, id->audience) ||
 	    dupstr(&a->id.client_id, id->client_id) || dupstr(&a->id.groups_claim, id->groups_claim) ||
 	    dupstr(&a->id.client_secret_file, id->client_secret_file) ||
+	    dupstr(&a->id.private_key_file, id->private_key_file) ||
 	    dupstr(&a->id.token_file, id->token_file)) {
 		ident_setwhy(why, whylen, "out of memory");
 		return -ENOMEM;
@@ -363,14 +355,9 @@ static void issuer_close(struct ident_agent *a)
 static int cc_open(struct ident_agent *a, const struct policy_identity *id,
 		   const char *state_dir, char *why, size_t whylen)
 {
-	if (id->private_key_file) {
-		ident_setwhy(why, whylen, "client_credentials with private_key_file (private_key_jwt) "
-		       "is not implemented yet; use client_secret_file");
-		return -ENOTSUP;
-	}
-	if (!id->client_id || !id->client_secret_file) {
+	if (!id->client_id || !id->client_secret_file == !id->private_key_file) {
 		ident_setwhy(why, whylen, "identity source 'client_credentials' needs client_id and "
-		       "client_secret_file");
+		       "one of client_secret_file, private_key_file");
 		return -EINVAL;
 	}
 	return issuer_open(a, id, state_dir, why, whylen);
@@ -382,9 +369,9 @@ static int cc_open(struct ident_agent *a, const struct policy_identity *id,
  * or others in the principal. Re-read on every fetch, so a rotated secret
  * is picked up without a reload.
  */
-static char *read_secret(struct ident_agent *a, char *why, size_t whylen)
+static char *read_secret_file(struct ident_agent *a, const char *path, const char *what, size_t max,
+			      size_t *lenp, char *why, size_t whylen)
 {
-	const char *path = a->id.client_secret_file;
 	char *buf = NULL;
 	struct stat st;
 	size_t n = 0;
@@ -393,35 +380,35 @@ static char *read_secret(struct ident_agent *a, char *why, size_t whylen)
 	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
 	if (fd < 0) {
 		err = errno;
-		ident_setwhy(why, whylen, "client secret file '%s': %s", path, strerror(err));
+		ident_setwhy(why, whylen, "%s '%s': %s", what, path, strerror(err));
 		return NULL;
 	}
 	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-		ident_setwhy(why, whylen, "client secret file '%s': not a regular file", path);
+		ident_setwhy(why, whylen, "%s '%s': not a regular file", what, path);
 		goto fail;
 	}
 	a->pr.secret_file_exposed = (st.st_mode & (S_IRWXG | S_IRWXO)) != 0;
-	buf = malloc(IDENT_SECRET_MAX + 1);
+	buf = malloc(max + 1);
 	if (!buf) {
 		ident_setwhy(why, whylen, "out of memory");
 		goto fail;
 	}
 	for (;;) {
-		ssize_t r = read(fd, buf + n, IDENT_SECRET_MAX + 1 - n);
+		ssize_t r = read(fd, buf + n, max + 1 - n);
 
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0) {
 			err = errno;
-			ident_setwhy(why, whylen, "client secret file '%s': %s", path, strerror(err));
+			ident_setwhy(why, whylen, "%s '%s': %s", what, path, strerror(err));
 			goto fail;
 		}
 		if (r == 0)
 			break;
 		n += (size_t)r;
-		if (n > IDENT_SECRET_MAX) {
-			ident_setwhy(why, whylen, "client secret file '%s': larger than %d bytes", path,
-			       IDENT_SECRET_MAX);
+		if (n > max) {
+			ident_setwhy(why, whylen, "%s '%s': larger than %zu bytes", what, path,
+			       max);
 			goto fail;
 		}
 	}
@@ -430,15 +417,24 @@ static char *read_secret(struct ident_agent *a, char *why, size_t whylen)
 		n--;
 	buf[n] = '\0';
 	if (n == 0 || memchr(buf, '\0', n)) {
-		ident_setwhy(why, whylen, "client secret file '%s': empty or binary", path);
-		wipe_free(buf, IDENT_SECRET_MAX + 1);
+		ident_setwhy(why, whylen, "%s '%s': empty or binary", what, path);
+		wipe_free(buf, max + 1);
 		return NULL;
 	}
+	*lenp = n;
 	return buf;
 fail:
 	close(fd);
-	wipe_free(buf, IDENT_SECRET_MAX + 1);
+	wipe_free(buf, max + 1);
 	return NULL;
+}
+
+static char *read_secret(struct ident_agent *a, char *why, size_t whylen)
+{
+	size_t n;
+
+	return read_secret_file(a, a->id.client_secret_file, "client secret file", IDENT_SECRET_MAX, &n,
+				why, whylen);
 }
 
 /* token_endpoint from discovery, checked like a jwks_uri. */
@@ -549,6 +545,29 @@ out:
 	return hdr;
 }
 
+#define IDENT_KEY_MAX 16384   /* bytes of a private key PEM file */
+
+/* A fresh private_key_jwt assertion for the token endpoint; the key is
+ * re-read every time (rotation without reload) and wiped. */
+static char *client_assertion(struct ident_agent *a, char *why, size_t whylen)
+{
+	size_t n = 0;
+	char *pem = read_secret_file(a, a->id.private_key_file, "private key file", IDENT_KEY_MAX, &n,
+				     why, whylen);
+	EVP_PKEY *key = NULL;
+	const char *alg;
+	char *jwt = NULL;
+
+	if (!pem)
+		return NULL;
+	if (ident_assert_key_load(pem, n, &key, &alg, why, whylen) == 0)
+		jwt = ident_client_assertion(key, alg, a->id.client_id, a->token_endpoint, real_now(),
+					     why, whylen);
+	EVP_PKEY_free(key);
+	wipe_free(pem, IDENT_KEY_MAX + 1);
+	return jwt;
+}
+
 /*
  * POST the client_credentials grant. On success *tokp is the access token
  * (malloc'd, the caller wipes it). definitive is set when the issuer said
@@ -559,7 +578,9 @@ static int cc_request(struct ident_agent *a, char **tokp, size_t *lenp, bool *de
 {
 	struct ident_http_resp resp;
 	char *secret, *auth = NULL, *eaud = NULL, *body = NULL, r[IDENT_REASON_MAX];
+	char *assertion = NULL, *eid = NULL;
 	size_t authlen = 0, blen;
+	int n;
 	json_error_t jerr;
 	json_t *doc = NULL;
 	const char *tok, *e;
@@ -567,13 +588,24 @@ static int cc_request(struct ident_agent *a, char **tokp, size_t *lenp, bool *de
 	int ret;
 
 	*definitive = false;
-	secret = read_secret(a, why, whylen);
-	if (!secret)
-		return -EACCES;
-	auth = basic_auth(a->id.client_id, secret, &authlen);
-	wipe_free(secret, IDENT_SECRET_MAX + 1);
+	if (a->id.private_key_file) {
+		/* private_key_jwt: the assertion goes in the body, no Authorization. */
+		assertion = client_assertion(a, why, whylen);
+		if (!assertion)
+			return -EACCES;
+	} else {
+		secret = read_secret(a, why, whylen);
+		if (!secret)
+			return -EACCES;
+		auth = basic_auth(a->id.client_id, secret, &authlen);
+		wipe_free(secret, IDENT_SECRET_MAX + 1);
+		if (!auth) {
+			ident_setwhy(why, whylen, "out of memory");
+			return -ENOMEM;
+		}
+	}
 	eaud = form_encode(a->id.audience);
-	if (!auth || !eaud) {
+	if (!eaud) {
 		ident_setwhy(why, whylen, "out of memory");
 		ret = -ENOMEM;
 		goto out;
@@ -581,13 +613,25 @@ static int cc_request(struct ident_agent *a, char **tokp, size_t *lenp, bool *de
 	/* RFC 8707 resource, and the "audience" most other issuers (Auth0,
 	 * Okta custom servers) read instead. */
 	blen = strlen(eaud) * 2 + 64;
+	if (assertion) {
+		eid = form_encode(a->id.client_id);
+		if (!eid) {
+			ident_setwhy(why, whylen, "out of memory");
+			ret = -ENOMEM;
+			goto out;
+		}
+		blen += strlen(eid) + strlen(assertion) + 128;
+	}
 	body = malloc(blen);
 	if (!body) {
 		ident_setwhy(why, whylen, "out of memory");
 		ret = -ENOMEM;
 		goto out;
 	}
-	snprintf(body, blen, "grant_type=client_credentials&resource=%s&audience=%s", eaud, eaud);
+	n = snprintf(body, blen, "grant_type=client_credentials&resource=%s&audience=%s", eaud, eaud);
+	if (assertion)
+		snprintf(body + n, blen - n, "&client_id=%s&client_assertion_type=urn%%3Aietf%%3Aparams%%3A"
+			 "oauth%%3Aclient-assertion-type%%3Ajwt-bearer&client_assertion=%s", eid, assertion);
 	ret = ident_http(a->token_endpoint, NULL, body, auth, &resp, r, sizeof(r));
 	if (ret < 0) {
 		ident_setwhy(why, whylen, "token endpoint: %s", r);
@@ -629,8 +673,12 @@ out:
 		json_decref(doc);
 	}
 	wipe_free(auth, authlen);
+	if (assertion)
+		wipe_free(assertion, strlen(assertion));
+	free(eid);
 	free(eaud);
-	free(body);
+	if (body)
+		wipe_free(body, strlen(body));
 	return ret;
 }
 
@@ -898,7 +946,71 @@ int ident_agent_tick(struct ident_agent *a, uint64_t now_ms)
 		return -EINVAL;
 	before = a->pr;
 	a->ops->tick(a, now_ms);
+	if (atomic_exchange(&a->user_refresh, false) && a->iss) {
+		char why[256];
+
+		issuer_refresh(a->iss, false, why, sizeof(why));
+	}
 	return principal_equal(&before, &a->pr) ? 0 : 1;
+}
+
+int ident_user_check(const struct jwt_claims *c, const char *agent_sub, char *why, size_t whylen)
+{
+	/* RFC 8693 §4.1: act names the party acting for the subject. A token
+	 * whose actor is another agent was exchanged for that agent, not this
+	 * one: replayed here it would borrow someone else's delegation. */
+	if (c->act_sub && (!agent_sub || !agent_sub[0] || strcmp(c->act_sub, agent_sub) != 0)) {
+		ident_setwhy(why, whylen, "the token's act.sub names another actor than this agent's principal");
+		return -EACCES;
+	}
+	return 0;
+}
+
+void ident_principal_from_claims(const struct jwt_claims *c, const char *source, struct ident_principal *out)
+{
+	size_t n = 0;
+
+	memset(out, 0, sizeof(*out));
+	out->source = source;
+	snprintf(out->iss, sizeof(out->iss), "%s", c->iss);
+	snprintf(out->sub, sizeof(out->sub), "%s", c->sub);
+	snprintf(out->client_id, sizeof(out->client_id), "%s",
+		 c->client_id ? c->client_id : c->azp ? c->azp : "");
+	out->exp = c->exp;
+	for (size_t i = 0; i < c->ngroups; i++) {
+		if (n == IDENT_MAX_GROUPS || strlen(c->groups[i]) >= IDENT_GROUP_MAX) {
+			out->groups_truncated = true;
+			continue;
+		}
+		snprintf(out->groups[n++], IDENT_GROUP_MAX, "%s", c->groups[i]);
+	}
+	out->ngroups = n;
+	out->verified = true;
+}
+
+int ident_user_verify(struct ident_agent *a, const char *tok, size_t len, const char *agent_sub,
+		      struct ident_principal *user, char *why, size_t whylen)
+{
+	struct jwt_claims c;
+	struct jwt_policy jp;
+	const char *aud[1];
+	bool want = false;
+	int ret;
+
+	memset(user, 0, sizeof(*user));
+	if (!a || a->id.source == IDENT_LOCAL || !a->iss) {
+		ident_setwhy(why, whylen, "the agent has no identity provider to verify user tokens with");
+		return -ENOTSUP;
+	}
+	ident_jwt_policy(&a->id, real_now(), aud, &jp);
+	jp.typ = NULL;   /* a user's access token or ID-token-shaped JWT; never another explicit typ */
+	ret = issuer_verify_cached(a->iss, tok, len, &jp, &c, &want, why, whylen);
+	if (want)
+		atomic_store(&a->user_refresh, true);
+	if (ret == 0 && (ret = ident_user_check(&c, agent_sub, why, whylen)) == 0)
+		ident_principal_from_claims(&c, "user_token", user);
+	jwt_claims_free(&c);
+	return ret;
 }
 
 void ident_agent_principal(const struct ident_agent *a, struct ident_principal *out)

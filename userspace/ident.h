@@ -16,9 +16,11 @@
  *                       lifetime; on any failure the last good token is kept
  *                       until it expires while the fetch is retried with
  *                       backoff (IDENT_BACKOFF_MIN_MS doubling to
- *                       IDENT_BACKOFF_MAX_MS). private_key_jwt (a
- *                       private_key_file in the policy) is refused at open:
- *                       not implemented yet.
+ *                       IDENT_BACKOFF_MAX_MS). With a private_key_file
+ *                       instead of a secret, the client authenticates with
+ *                       private_key_jwt (RFC 7523): a 60 s assertion signed
+ *                       with its key (RS256, ES256, EdDSA; ident_assert.c),
+ *                       the key re-read and wiped on every request.
  *   token_file          a token some platform writes (Kubernetes projected
  *                       token, JWT-SVID, CI token): re-read whenever the
  *                       file's inode, size, mtime or ctime changes, verified
@@ -113,9 +115,8 @@ struct ident_source_ops {
  * holds the JWKS cache (<state_dir>/jwks/). Nothing is fetched yet: the
  * principal starts unverified ("not obtained yet") until the first tick.
  * Returns NULL with a reason in why (errno set) when the identity cannot
- * work at all: an issuer or token URL the transport rules refuse, a
- * private_key_file (not implemented), missing fields, or no memory.
- * Free with ident_agent_free().
+ * work at all: an issuer or token URL the transport rules refuse, missing
+ * fields, or no memory. Free with ident_agent_free().
  */
 struct ident_agent *ident_agent_new(const char *agent_name, const struct policy_identity *id,
 				    const char *state_dir, char *why, size_t whylen);
@@ -138,6 +139,23 @@ void ident_agent_principal(const struct ident_agent *a, struct ident_principal *
  * For upstream {bearer: agent_token}. Never log it.
  */
 const char *ident_agent_token(const struct ident_agent *a);
+
+/*
+ * Delegation: verifies a user's token presented in-band to agent a's target
+ * (HTTP Authorization: Bearer, a PostgreSQL password) with a's issuer and
+ * audience, any token kind but never another explicit typ, and the keys
+ * already held: it never touches the network, and asks a's next tick for a
+ * JWKS fetch when one is due (unknown kid, TTL). An RFC 8693 token must
+ * name agent_sub (the agent's own verified principal) in act.sub. Fills
+ * *user (source "user_token"). Thread-safe; 0 or -errno with a reason that
+ * never holds the token.
+ */
+int ident_user_verify(struct ident_agent *a, const char *tok, size_t len, const char *agent_sub,
+		      struct ident_principal *user, char *why, size_t whylen);
+/* The act.sub rule alone (for `token verify --user`). 0 or -EACCES. */
+int ident_user_check(const struct jwt_claims *c, const char *agent_sub, char *why, size_t whylen);
+/* A verified principal from claims. */
+void ident_principal_from_claims(const struct jwt_claims *c, const char *source, struct ident_principal *out);
 
 /* Wipes any token and frees. NULL-safe. */
 void ident_agent_free(struct ident_agent *a);

@@ -44,6 +44,7 @@ struct ident_issuer {
 	char jwks_uri[IDENT_URL_MAX];
 	char last_error[256];
 	uint64_t fetches, failures;
+	bool refreshing;             /* a fetch is under way (without the lock) */
 };
 
 static int64_t clock_s(clockid_t id)
@@ -677,9 +678,18 @@ static int refresh_locked(struct ident_issuer *iss, char *why, size_t whylen)
 	int64_t ttl = IDENT_TTL_DEFAULT;
 	int ret;
 
+	if (iss->refreshing) {
+		ident_setwhy(why, whylen, "a JWKS fetch is already under way");
+		return -EAGAIN;
+	}
+	iss->refreshing = true;
 	iss->attempted = true;
 	iss->last_attempt_mono = now_mono(iss);
 	iss->fetches++;
+	/* The network part runs without the lock (it reads only what never
+	 * changes after issuer_new), so verifying with the cached keys, from
+	 * other threads, never waits for an issuer to answer. */
+	pthread_mutex_unlock(&iss->mu);
 	ret = discover(iss, uri, sizeof(uri), r, sizeof(r));
 	if (ret == 0)
 		ret = get_json(iss, "jwks", uri, true, &resp, r, sizeof(r));
@@ -693,6 +703,8 @@ static int refresh_locked(struct ident_issuer *iss, char *why, size_t whylen)
 			ident_http_resp_clear(&resp);
 		}
 	}
+	pthread_mutex_lock(&iss->mu);
+	iss->refreshing = false;
 	if (ret < 0) {
 		iss->failures++;
 		snprintf(iss->last_error, sizeof(iss->last_error), "%s", r);
@@ -782,6 +794,47 @@ int issuer_verify(struct ident_issuer *iss, const char *token, size_t len,
 			goto out;
 		}
 		ret = jwt_verify(token, len, iss->keys, pol, out, why, whylen);
+	}
+out:
+	pthread_mutex_unlock(&iss->mu);
+	return ret;
+}
+
+int issuer_verify_cached(struct ident_issuer *iss, const char *token, size_t len,
+			 const struct jwt_policy *pol, struct jwt_claims *out, bool *want_refresh,
+			 char *why, size_t whylen)
+{
+	int ret;
+
+	*want_refresh = false;
+	if (out)
+		memset(out, 0, sizeof(*out));
+	if (!iss || !pol || !pol->issuer || strcmp(pol->issuer, iss->issuer) != 0) {
+		ident_setwhy(why, whylen, "policy: the verification policy names another issuer");
+		return -EINVAL;
+	}
+	pthread_mutex_lock(&iss->mu);
+	if (!iss->keys) {
+		ident_setwhy(why, whylen, "no keys for the issuer yet: %s",
+			     iss->last_error[0] ? iss->last_error : "not fetched yet");
+		*want_refresh = true;
+		ret = -EHOSTUNREACH;
+		goto out;
+	}
+	if (now_mono(iss) - iss->fetched_mono > IDENT_LKG_MAX) {
+		ident_setwhy(why, whylen, "the issuer's keys are older than the %d s bound: %s", IDENT_LKG_MAX,
+			     iss->last_error[0] ? iss->last_error : "not refreshed");
+		*want_refresh = true;
+		ret = -ESTALE;
+		goto out;
+	}
+	if (now_mono(iss) - iss->fetched_mono >= iss->ttl)
+		*want_refresh = true;
+	ret = jwt_verify(token, len, iss->keys, pol, out, why, whylen);
+	if (ret == -ENOKEY) {
+		*want_refresh = may_attempt(iss) && !iss->refreshing;
+		addwhy(why, whylen, *want_refresh ? " (JWKS refetch requested)" :
+			" (JWKS refetch rate limited: one per %d s)", IDENT_REFETCH_MIN);
 	}
 out:
 	pthread_mutex_unlock(&iss->mu);

@@ -147,6 +147,17 @@ int issuer_verify(struct ident_issuer *iss, const char *token, size_t len,
 		  char *why, size_t whylen);
 
 /*
+ * As issuer_verify, but never fetches: it verifies with the keys held and
+ * sets *want_refresh when a fetch is due (no keys, past the TTL, an
+ * unknown kid within the refetch rate limit) for the thread that owns the
+ * issuer's refreshes to do. For worker threads: it waits at most for the
+ * cache lock, never for the network.
+ */
+int issuer_verify_cached(struct ident_issuer *iss, const char *token, size_t len,
+			 const struct jwt_policy *pol, struct jwt_claims *out, bool *want_refresh,
+			 char *why, size_t whylen);
+
+/*
  * Fetch now (discovery and JWKS), ignoring the TTL but not the rate limit
  * unless force. 0 or -errno with a reason.
  */

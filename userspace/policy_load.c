@@ -30,6 +30,9 @@
 
 #include <linux/types.h>
 #include "agentgate_abi.h"
+#include "k8s.h"
+#include "mask.h"
+#include "pg_classify.h"
 #include "policy.h"
 
 /* Bounds on what a policy may make us allocate. */
@@ -1591,8 +1594,26 @@ static void check_http_rule(struct vctx *v, const struct ynode *item, const char
 
 static void check_json_path(struct vctx *v, const struct ynode *item, const char *s)
 {
-	if (s[0] != '$')
-		verr(v, item, "json mask '%.64s' must be a JSONPath starting with '$'", s);
+	char why[160];
+
+	if (mask_json_path_check(s, why, sizeof(why)))
+		verr(v, item, "json mask '%.64s': %s", s, why);
+}
+
+static void check_detector(struct vctx *v, const struct ynode *item, const char *s)
+{
+	char why[192];
+
+	if (mask_detector_check(s, why, sizeof(why)))
+		verr(v, item, "detector '%.64s': %s", s, why);
+}
+
+/* statements: only what the SQL classifier can produce and enforce. */
+static void check_pg_statement(struct vctx *v, const struct ynode *item, const char *s)
+{
+	if (!pgc_statement_name_known(s))
+		verr(v, item, "unknown statement '%.64s' (a command tag such as select, insert, "
+		     "create_table, or a class: read, write, ddl, admin)", s);
 }
 
 static void load_action(struct vctx *v, const struct ynode *m, struct policy_action *a,
@@ -1606,7 +1627,7 @@ static void load_action(struct vctx *v, const struct ynode *m, struct policy_act
 		"namespaces", "timeout", NULL };
 	static const struct key_scope scope[] = {
 		{ "statements", P(PROTO_POSTGRES) }, { "tables", P(PROTO_POSTGRES) },
-		{ "functions", P(PROTO_POSTGRES) }, { "http", P_HTTPISH },
+		{ "functions", P(PROTO_POSTGRES) }, { "http", P(PROTO_HTTP) },
 		{ "verbs", P(PROTO_KUBERNETES) }, { "resources", P(PROTO_KUBERNETES) },
 		{ "namespaces", P(PROTO_KUBERNETES) }, { NULL, 0 } };
 	const struct ynode *n;
@@ -1618,7 +1639,7 @@ static void load_action(struct vctx *v, const struct ynode *m, struct policy_act
 	check_keys(v, m, review ? review_keys : allow_keys);
 	check_scope(v, m, scope, t);
 	if ((n = map_get(m, "statements")))
-		want_strv(v, n, "statements", &a->statements, NULL);
+		want_strv(v, n, "statements", &a->statements, check_pg_statement);
 	if ((n = map_get(m, "tables")))
 		want_strv(v, n, "tables", &a->tables, NULL);
 	if ((n = map_get(m, "functions")))
@@ -1631,6 +1652,13 @@ static void load_action(struct vctx *v, const struct ynode *m, struct policy_act
 		want_strv(v, n, "resources", &a->resources, NULL);
 	if ((n = map_get(m, "namespaces")))
 		want_strv(v, n, "namespaces", &a->namespaces, NULL);
+	if (t && t->proto == PROTO_KUBERNETES) {
+		char why[200];
+
+		/* A verb or resource no request can carry would match nothing, silently. */
+		if (k8s_action_check(a, why, sizeof(why)))
+			verr(v, m, "%s", why);
+	}
 	if (review && (n = map_get(m, "timeout")) && want_duration(v, n, "timeout", &ms)) {
 		if (ms % 1000 != 0 || ms == 0 || ms / 1000 > MAX_REVIEW_S)
 			verr(v, n, "review timeout must be whole seconds between 1s and 7d");
@@ -1656,7 +1684,7 @@ static void load_mask(struct vctx *v, const struct ynode *m, struct policy_mask 
 	if ((n = map_get(m, "columns")))
 		want_strv(v, n, "columns", &mk->columns, NULL);
 	if ((n = map_get(m, "detectors")))
-		want_strv(v, n, "detectors", &mk->detectors, NULL);
+		want_strv(v, n, "detectors", &mk->detectors, check_detector);
 	if ((n = map_get(m, "json")))
 		want_strv(v, n, "json", &mk->json, check_json_path);
 }

@@ -7,6 +7,8 @@
 fuzz_srcs() {
 	case $1 in
 	jwt) echo userspace/ident_jwt.c ;;
+	mask_json) echo userspace/mask.c userspace/mask_json.c ;;
+	pg_classify) echo userspace/pg_classify.c userspace/pg_classify_json.c userspace/pg_funcs.c ;;
 	*) echo "userspace/$1.c" ;;
 	esac
 }
@@ -15,6 +17,8 @@ fuzz_libs() {
 	case $1 in
 	dns_msg) echo -lresolv ;;
 	jwt) echo -ljansson -lssl -lcrypto ;;
+	mask_json) echo -lpcre2-8 -lpthread ;;
+	pg_classify) echo -lpg_query -lpthread ;;
 	pg_wire) echo -lssl -lcrypto ;;
 	*) ;;
 	esac
@@ -26,6 +30,9 @@ fuzz_max_len() {
 	tls_hello) echo $((65536 + 64)) ;;    # TLS_HELLO_MAX and a bit
 	dns_msg) echo 8192 ;;                 # past DNS_QUERY_MAX
 	jwt) echo 17000 ;;                    # past the 16 KiB token limit
+	k8s) echo 21000 ;;                    # past K8S_PATH_MAX + K8S_QUERY_MAX
+	mask_json) echo 65536 ;;              # deep nesting and long digit/base64 runs
+	pg_classify) echo 16384 ;;            # past the 8 KiB pre-scan threshold
 	pg_wire) echo 12000 ;;                # past PG_STARTUP_MAX
 	*) echo 4096 ;;
 	esac

@@ -20,7 +20,7 @@ class Provider:
     """server.js on 127.0.0.1:port with one client_credentials client;
     ttl = access-token lifetime in seconds."""
 
-    def __init__(self, tmp, client_id, client_secret, port=None, ttl=300):
+    def __init__(self, tmp, client_id, client_secret, port=None, ttl=300, pk_pem=None):
         r = subprocess.run([os.path.join(OIDC_DIR, "setup.sh")], capture_output=True, text=True)
         assert r.returncode == 0, "tests/oidc/setup.sh failed: " + r.stderr
         self.client_id, self.client_secret = client_id, client_secret
@@ -28,6 +28,8 @@ class Provider:
         self.issuer = f"http://127.0.0.1:{self.port}"
         self.log = os.path.join(tmp, f"oidc-{self.port}-{time.time_ns()}.log")
         env = dict(os.environ, OIDC_TTL=str(ttl))
+        if pk_pem:      # a "<client_id>-pk" client authenticating with private_key_jwt
+            env["OIDC_PK_CLIENT_PEM"] = pk_pem
         self.proc = Proc(["node", os.path.join(OIDC_DIR, "server.js"), str(self.port), client_id,
                           client_secret], stdout=subprocess.PIPE, stderr=open(self.log, "w"),
                          cwd=OIDC_DIR, env=env)
@@ -46,6 +48,23 @@ class Provider:
         body = urllib.parse.urlencode({"grant_type": "client_credentials", "resource": resource,
                                        "token_alg": alg}).encode()
         req = urllib.request.Request(self.issuer + "/token", data=body, method="POST")
+        basic = base64.b64encode(f"{self.client_id}:{self.client_secret}".encode()).decode()
+        req.add_header("Authorization", "Basic " + basic)
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.load(r)["access_token"]
+
+    def exchange(self, user, actor=None, no_act=False, resource=AUDIENCE, alg="RS256"):
+        """RFC 8693 token exchange by this client for a test user (server.js):
+        sub = user, act.sub = this client (or actor), or no act with no_act."""
+        form = {"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+                "subject_token": user, "subject_token_type": "urn:agentgate:test:user",
+                "resource": resource, "token_alg": alg}
+        if actor:
+            form["actor"] = actor
+        if no_act:
+            form["no_act"] = "1"
+        req = urllib.request.Request(self.issuer + "/token", data=urllib.parse.urlencode(form).encode(),
+                                     method="POST")
         basic = base64.b64encode(f"{self.client_id}:{self.client_secret}".encode()).decode()
         req.add_header("Authorization", "Basic " + basic)
         with urllib.request.urlopen(req, timeout=5) as r:

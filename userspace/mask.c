@@ -1,0 +1,1155 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * mask: compiling the union of policy masks and content masking of values.
+ * JSON bodies and JSON paths are in mask_json.c.
+ *
+ * The fixed detectors are hand-written byte scanners, not one big regex:
+ * they run on every result value of every masked query, so each is a single
+ * forward pass that looks only at its own anchor bytes (a digit starting a
+ * group, '@', '+', "ey", a key prefix...), never backtracks further than one
+ * bounded token, and needs no allocation or UTF-8 decoding. The checksum
+ * validators (Luhn, mod-97, SSA ranges, JWT header) are code anyway. PCRE2
+ * is used only for the policy's own regex: patterns, with match limits.
+ *
+ * Every detector is an iterator "next match starting at or after from";
+ * mask_run() merges the iterators in start order into a union of intervals
+ * and writes one MASK_TOKEN per merged interval. Each detector's own matches
+ * do not overlap, so every iterator only moves forward: linear passes.
+ */
+#include "mask.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
+#include "policy.h"
+
+enum det {
+	DET_CARD, DET_EMAIL, DET_SSN, DET_IBAN, DET_PHONE, DET_JWT, DET_APIKEY,
+	DET__FIXED
+};
+
+static const char *const det_names[DET__FIXED] = {
+	[DET_CARD] = "credit_card", [DET_EMAIL] = "email", [DET_SSN] = "us_ssn",
+	[DET_IBAN] = "iban", [DET_PHONE] = "phone", [DET_JWT] = "jwt",
+	[DET_APIKEY] = "api_key",
+};
+
+/* PCRE2 limits for custom patterns: far above what a sane pattern needs on
+ * a result value, far below what turns (a+)+$ into minutes. A hit masks the
+ * whole value (see mask.h). */
+#define RE_MATCH_LIMIT  200000u
+#define RE_DEPTH_LIMIT  10000u
+#define RE_HEAP_KIB     8192u
+#define RE_MAX_PATTERN  4096u
+#define JWT_MAX_HEADER  8192u     /* encoded header chars; a bigger one is not a JWT */
+
+struct mask_rules {
+	unsigned det;                  /* 1u << enum det */
+	pcre2_code *re[MASK_MAX_REGEX];
+	size_t nre;
+	pcre2_match_context *mctx;
+	char **cols;
+	size_t ncols;
+	struct mask_path *paths;
+	size_t npaths;
+};
+
+static void setwhy(char *why, size_t whylen, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void setwhy(char *why, size_t whylen, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!why || !whylen)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(why, whylen, fmt, ap);
+	va_end(ap);
+}
+
+/* ---- byte classes -------------------------------------------------------- */
+
+static inline bool is_digit(uint8_t c) { return c >= '0' && c <= '9'; }
+static inline bool is_alpha(uint8_t c) { return (c | 0x20) >= 'a' && (c | 0x20) <= 'z'; }
+static inline bool is_alnum(uint8_t c) { return is_digit(c) || is_alpha(c); }
+static inline bool is_b64url(uint8_t c) { return is_alnum(c) || c == '-' || c == '_'; }
+static inline bool is_upnum(uint8_t c) { return is_digit(c) || (c >= 'A' && c <= 'Z'); }
+
+/* RFC 5322 atext plus '.', and any non-ASCII byte (RFC 6531 local parts),
+ * but not '*': no real address has one, and leaving it out keeps the mask
+ * token inert ("****@x.org" after masking is not a new address). */
+static inline bool is_atext(uint8_t c)
+{
+	return is_alnum(c) || c >= 0x80 || (c && strchr("!#$%&'+/=?^_`{|}~.-", c));
+}
+
+static inline bool is_dchar(uint8_t c) { return is_alnum(c) || c == '-' || c >= 0x80; }
+
+/* ---- credit_card --------------------------------------------------------- */
+
+/* Issuer prefix and that brand's lengths (Luhn alone matches ~10% of all
+ * numbers, millisecond timestamps included). */
+static bool card_issuer_ok(const uint8_t *d, int n)
+{
+	int p2 = d[0] * 10 + d[1], p3 = p2 * 10 + d[2], p4 = p3 * 10 + d[3];
+
+	if (d[0] == 4)                                          /* Visa */
+		return n == 13 || n == 16 || n == 19;
+	if ((p2 >= 51 && p2 <= 55) || (p4 >= 2221 && p4 <= 2720)) /* Mastercard */
+		return n == 16;
+	if (p2 == 34 || p2 == 37)                               /* Amex */
+		return n == 15;
+	if (p4 == 6011 || p2 == 65 || (p3 >= 644 && p3 <= 649)) /* Discover */
+		return n >= 16;
+	if (p4 >= 3528 && p4 <= 3589)                           /* JCB */
+		return n >= 16;
+	if (p2 == 36 || p2 == 38 || (p3 >= 300 && p3 <= 305))   /* Diners */
+		return n >= 14;
+	if (p2 == 62)                                           /* UnionPay */
+		return n >= 16;
+	return false;
+}
+
+static bool luhn_ok(const uint8_t *d, int n)
+{
+	int sum = 0;
+
+	for (int i = 0; i < n; i++) {
+		int v = d[n - 1 - i];
+
+		if (i & 1)
+			v = v * 2 > 9 ? v * 2 - 9 : v * 2;
+		sum += v;
+	}
+	return sum % 10 == 0;
+}
+
+/* A card is a run of whole digit groups (single ' ', '-' or '.' between groups),
+ * starting at a group start, 13-19 digits; the longest valid run from each
+ * group start wins. A group is a maximal digit run, so digits inside a
+ * longer run are never a card on their own. */
+static bool next_card(const uint8_t *s, size_t len, size_t from, size_t *ms, size_t *me)
+{
+	for (size_t p = from; p + 13 <= len; p++) {
+		uint8_t d[19];
+		size_t q = p, best = 0;
+		int nd = 0;
+
+		if (!is_digit(s[p]) || (p > 0 && is_digit(s[p - 1])))
+			continue;
+		for (;;) {
+			while (q < len && is_digit(s[q]) && nd <= 19) {
+				if (nd < 19)
+					d[nd] = s[q] - '0';
+				nd++;
+				q++;
+			}
+			if (nd > 19 || (q < len && is_digit(s[q])))
+				break;
+			if (nd >= 13 && card_issuer_ok(d, nd) && luhn_ok(d, nd))
+				best = q;
+			if (q + 1 < len && (s[q] == ' ' || s[q] == '-' || s[q] == '.') && is_digit(s[q + 1]))
+				q++;
+			else
+				break;
+		}
+		if (best) {
+			*ms = p;
+			*me = best;
+			return true;
+		}
+	}
+	return false;
+}
+
+/* ---- us_ssn -------------------------------------------------------------- */
+
+static bool next_ssn(const uint8_t *s, size_t len, size_t from, size_t *ms, size_t *me)
+{
+	for (size_t p = from; p + 11 <= len; p++) {
+		const uint8_t *x = s + p;
+		int area, group, serial;
+
+		if (!is_digit(x[0]) || (p > 0 && is_digit(s[p - 1])))
+			continue;
+		if (!is_digit(x[1]) || !is_digit(x[2]) || x[3] != '-' || !is_digit(x[4]) ||
+		    !is_digit(x[5]) || x[6] != '-' || !is_digit(x[7]) || !is_digit(x[8]) ||
+		    !is_digit(x[9]) || !is_digit(x[10]) || (p + 11 < len && is_digit(x[11])))
+			continue;
+		area = (x[0] - '0') * 100 + (x[1] - '0') * 10 + (x[2] - '0');
+		group = (x[4] - '0') * 10 + (x[5] - '0');
+		serial = (x[7] - '0') * 1000 + (x[8] - '0') * 100 + (x[9] - '0') * 10 + (x[10] - '0');
+		if (area == 0 || area == 666 || area >= 900 || group == 0 || serial == 0)
+			continue;
+		*ms = p;
+		*me = p + 11;
+		return true;
+	}
+	return false;
+}
+
+/* ---- email --------------------------------------------------------------- */
+
+static bool tld_ok(const uint8_t *t, size_t n)
+{
+	bool alpha = true;
+
+	if (n < 2)
+		return false;
+	if (n > 4 && (t[0] | 0x20) == 'x' && (t[1] | 0x20) == 'n' && t[2] == '-' && t[3] == '-')
+		return true;                 /* punycode TLD */
+	for (size_t i = 0; i < n; i++) {
+		if (t[i] >= 0x80)
+			return true;         /* IDN TLD in UTF-8 */
+		alpha = alpha && is_alpha(t[i]);
+	}
+	return alpha;
+}
+
+/* Anchored on '@': the local part is scanned backwards (never before from,
+ * never across another '@'), the domain forwards; both scans stop at '@',
+ * so every byte is looked at a bounded number of times. */
+static bool next_email(const uint8_t *s, size_t len, size_t from, size_t *ms, size_t *me)
+{
+	size_t p = from;
+	const uint8_t *at;
+
+	while (p < len && (at = memchr(s + p, '@', len - p))) {
+		size_t a = (size_t)(at - s), ls = a, q = a + 1, good = 0;
+		int labels = 0;
+
+		while (ls > from && is_atext(s[ls - 1]) && s[ls - 1] != '@')
+			ls--;
+		while (ls < a && s[ls] == '.')
+			ls++;
+		p = a + 1;
+		if (ls == a)
+			continue;
+		for (;;) {
+			size_t l = q;
+
+			while (q < len && is_dchar(s[q]))
+				q++;
+			if (q == l)
+				break;
+			if (++labels >= 2 && tld_ok(s + l, q - l))
+				good = q;
+			if (q + 1 < len && s[q] == '.' && is_dchar(s[q + 1]))
+				q++;
+			else
+				break;
+		}
+		if (good) {
+			*ms = ls;
+			*me = good;
+			return true;
+		}
+	}
+	return false;
+}
+
+/* ---- iban ---------------------------------------------------------------- */
+
+/* SWIFT IBAN registry lengths; a country not listed is accepted at 15-34. */
+static const struct { char cc[3]; uint8_t len; } iban_len[] = {
+	{"AD",24},{"AE",23},{"AL",28},{"AT",20},{"AZ",28},{"BA",20},{"BE",16},{"BG",22},
+	{"BH",22},{"BR",29},{"BY",28},{"CH",21},{"CR",22},{"CY",28},{"CZ",24},{"DE",22},
+	{"DK",18},{"DO",28},{"EE",20},{"EG",29},{"ES",24},{"FI",18},{"FO",18},{"FR",27},
+	{"GB",22},{"GE",22},{"GI",23},{"GL",18},{"GR",27},{"GT",28},{"HR",21},{"HU",28},
+	{"IE",22},{"IL",23},{"IQ",23},{"IS",26},{"IT",27},{"JO",30},{"KW",30},{"KZ",20},
+	{"LB",28},{"LC",32},{"LI",21},{"LT",20},{"LU",20},{"LV",21},{"MC",27},{"MD",24},
+	{"ME",22},{"MK",19},{"MR",27},{"MT",31},{"MU",30},{"NL",18},{"NO",15},{"PK",24},
+	{"PL",28},{"PS",29},{"PT",25},{"QA",29},{"RO",24},{"RS",22},{"SA",24},{"SC",31},
+	{"SE",24},{"SI",19},{"SK",24},{"SM",27},{"ST",25},{"SV",28},{"TL",23},{"TN",24},
+	{"TR",26},{"UA",29},{"VA",22},{"VG",24},{"XK",20},
+};
+
+static unsigned iban_expected(uint8_t a, uint8_t b)
+{
+	a &= ~0x20;
+	b &= ~0x20;
+	for (size_t i = 0; i < sizeof(iban_len) / sizeof(iban_len[0]); i++)
+		if (iban_len[i].cc[0] == a && iban_len[i].cc[1] == b)
+			return iban_len[i].len;
+	return 0;
+}
+
+static unsigned mod97_add(unsigned r, uint8_t c)
+{
+	if (is_digit(c))
+		return (r * 10 + (c - '0')) % 97;
+	return (r * 100 + 10 + ((c | 0x20) - 'a')) % 97;
+}
+
+/* ISO 13616: BBAN, then country and check digits, read as one number. The
+ * remainder over the BBAN is kept as characters arrive, so every possible
+ * end is checked in O(1). */
+static bool next_iban(const uint8_t *s, size_t len, size_t from, size_t *ms, size_t *me)
+{
+	for (size_t p = from; p + 15 <= len; p++) {
+		unsigned want, r = 0, n = 4;
+		size_t q = p + 4, best = 0;
+
+		if (!is_digit(s[p + 2]) || !is_digit(s[p + 3]) || !is_alpha(s[p]) ||
+		    !is_alpha(s[p + 1]) || (p > 0 && is_alnum(s[p - 1])))
+			continue;
+		want = iban_expected(s[p], s[p + 1]);
+		while (n < 34) {
+			if (q < len && is_alnum(s[q])) {
+				r = mod97_add(r, s[q++]);
+				n++;
+			} else if (n % 4 == 0 && q + 1 < len && s[q] == ' ' && is_alnum(s[q + 1])) {
+				q++;
+				continue;
+			} else {
+				break;
+			}
+			if (n >= 15 && (!want || n == want) && (q == len || !is_alnum(s[q]))) {
+				unsigned t = r;
+
+				for (int i = 0; i < 4; i++)
+					t = mod97_add(t, s[p + i]);
+				if (t == 1)
+					best = q;
+			}
+		}
+		if (best) {
+			*ms = p;
+			*me = best;
+			return true;
+		}
+	}
+	return false;
+}
+
+/* ---- phone --------------------------------------------------------------- */
+
+static bool is_psep(uint8_t c) { return c == ' ' || c == '-' || c == '.' || c == '(' || c == ')'; }
+
+/* '+' then digit groups with at most two separator bytes between them
+ * ("+1 (415) 555-2671"); the longest run of whole groups with 8-15 digits. */
+static bool e164_at(const uint8_t *s, size_t len, size_t p, size_t *me)
+{
+	size_t q = p + 1, best = 0;
+	unsigned nd = 0;
+
+	if (q >= len || !is_digit(s[q]) || s[q] == '0' || (p > 0 && (is_alnum(s[p - 1]) || s[p - 1] == '+')))
+		return false;
+	for (;;) {
+		size_t g = q;
+
+		while (q < len && is_digit(s[q]))
+			q++;
+		if (nd + (q - g) > 15)
+			break;
+		nd += (unsigned)(q - g);
+		if (nd >= 8)
+			best = q;
+		if (q + 1 < len && is_psep(s[q]) && is_digit(s[q + 1]))
+			q++;
+		else if (q + 2 < len && is_psep(s[q]) && is_psep(s[q + 1]) && is_digit(s[q + 2]))
+			q += 2;
+		else
+			break;
+	}
+	if (best && (best == len || !is_digit(s[best]))) {
+		*me = best;
+		return true;
+	}
+	return false;
+}
+
+static bool nxx(const uint8_t *x) { return x[0] >= '2' && x[0] <= '9' && is_digit(x[1]) && is_digit(x[2]); }
+static bool d4(const uint8_t *x) { return is_digit(x[0]) && is_digit(x[1]) && is_digit(x[2]) && is_digit(x[3]); }
+
+/* NANP: (NXX) NXX-XXXX, (NXX)NXX-XXXX, NXX-NXX-XXXX, NXX.NXX.XXXX. */
+static bool nanp_at(const uint8_t *s, size_t len, size_t p, size_t *me)
+{
+	const uint8_t *x = s + p;
+	size_t end;
+
+	if (p > 0 && is_digit(s[p - 1]))
+		return false;
+	if (x[0] == '(') {
+		size_t k = p + 5;
+
+		if (len - p < 13 || !nxx(x + 1) || x[4] != ')')
+			return false;
+		if (s[k] == ' ')
+			k++;
+		if (k + 8 > len || !nxx(s + k) || s[k + 3] != '-' || !d4(s + k + 4))
+			return false;
+		end = k + 8;
+	} else {
+		if (len - p < 12 || !nxx(x) || (x[3] != '-' && x[3] != '.') || !nxx(x + 4) ||
+		    x[7] != x[3] || !d4(x + 8))
+			return false;
+		end = p + 12;
+	}
+	if (end < len && is_digit(s[end]))
+		return false;
+	*me = end;
+	return true;
+}
+
+static bool next_phone(const uint8_t *s, size_t len, size_t from, size_t *ms, size_t *me)
+{
+	for (size_t p = from; p < len; p++) {
+		uint8_t c = s[p];
+
+		if ((c == '+' && e164_at(s, len, p, me)) ||
+		    ((c == '(' || (c >= '2' && c <= '9')) && nanp_at(s, len, p, me))) {
+			*ms = p;
+			return true;
+		}
+	}
+	return false;
+}
+
+/* ---- jwt ----------------------------------------------------------------- */
+
+static int b64url_val(uint8_t c)
+{
+	if (c >= 'A' && c <= 'Z') return c - 'A';
+	if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+	if (is_digit(c)) return c - '0' + 52;
+	if (c == '-') return 62;
+	if (c == '_') return 63;
+	return -1;
+}
+
+/* Does the segment decode to a JSON object that names "alg"? A cheap check
+ * (no JSON parser on the hot path): first byte '{' after blanks, and the
+ * text "alg" in quotes somewhere in it. */
+static bool jwt_header_ok(const uint8_t *seg, size_t n)
+{
+	uint8_t dec[JWT_MAX_HEADER * 3 / 4 + 3];
+	size_t o = 0, i = 0;
+	uint32_t acc = 0;
+	int bits = 0;
+
+	if (n < 8 || n > JWT_MAX_HEADER || n % 4 == 1)
+		return false;
+	for (; i < n; i++) {
+		acc = (acc << 6) | (uint32_t)b64url_val(seg[i]);
+		bits += 6;
+		if (bits >= 8) {
+			bits -= 8;
+			dec[o++] = (uint8_t)(acc >> bits);
+		}
+	}
+	for (i = 0; i < o && (dec[i] == ' ' || dec[i] == '\t' || dec[i] == '\r' || dec[i] == '\n'); i++)
+		;
+	return i < o && dec[i] == '{' && memmem(dec, o, "\"alg\"", 5);
+}
+
+static size_t b64run(const uint8_t *s, size_t len, size_t q)
+{
+	while (q < len && is_b64url(s[q]))
+		q++;
+	return q;
+}
+
+static bool next_jwt(const uint8_t *s, size_t len, size_t from, size_t *ms, size_t *me)
+{
+	size_t p = from;
+
+	while (p < len) {
+		size_t e1, e2, e3;
+
+		if (s[p] != 'e' || (p > 0 && is_b64url(s[p - 1]))) {
+			p++;
+			continue;
+		}
+		e1 = b64run(s, len, p);
+		if (e1 < len && s[e1] == '.' && (e2 = b64run(s, len, e1 + 1)) > e1 + 1 &&
+		    e2 < len && s[e2] == '.' && jwt_header_ok(s + p, e1 - p)) {
+			e3 = b64run(s, len, e2 + 1);
+			/* JWE compact form has five segments: take them all. */
+			while (e3 + 1 < len && s[e3] == '.' && is_b64url(s[e3 + 1]))
+				e3 = b64run(s, len, e3 + 1);
+			*ms = p;
+			*me = e3;
+			return true;
+		}
+		p = e1;
+	}
+	return false;
+}
+
+/* ---- api_key ------------------------------------------------------------- */
+
+static bool is_keychar(uint8_t c) { return is_b64url(c); }
+
+static size_t run_of(const uint8_t *s, size_t len, size_t q, bool (*ok)(uint8_t))
+{
+	while (q < len && ok(s[q]))
+		q++;
+	return q;
+}
+
+static bool alnum_fn(uint8_t c) { return is_alnum(c); }
+static bool upnum_fn(uint8_t c) { return is_upnum(c); }
+static bool alnum_us_fn(uint8_t c) { return is_alnum(c) || c == '_'; }
+static bool alnum_dash_fn(uint8_t c) { return is_alnum(c) || c == '-'; }
+
+static inline bool starts(const uint8_t *s, size_t len, size_t p, const char *pre)
+{
+	size_t i = 0;
+
+	for (; pre[i]; i++)             /* short literals: no strlen/memcmp calls */
+		if (p + i >= len || s[p + i] != (uint8_t)pre[i])
+			return false;
+	return true;
+}
+
+/* Length of a key shape starting at p, or 0. The shape's tail must end at
+ * a byte that cannot continue a key. */
+static size_t apikey_at(const uint8_t *s, size_t len, size_t p)
+{
+	static const char *const aws[] = { "AKIA", "ASIA", "ABIA", "ACCA" };
+	static const char *const gh[] = { "ghp_", "gho_", "ghu_", "ghs_", "ghr_" };
+	static const char *const stripe[] = { "sk_live_", "rk_live_", "sk_test_", "rk_test_" };
+	size_t e, t;
+
+	switch (s[p]) {
+	case 'A':
+		for (size_t i = 0; i < 4; i++)
+			if (starts(s, len, p, aws[i]) && run_of(s, len, p + 4, upnum_fn) == p + 20 &&
+			    (p + 20 == len || !is_keychar(s[p + 20])))
+				return 20;
+		if (starts(s, len, p, "AIza") && (e = run_of(s, len, p + 4, is_keychar)) == p + 39)
+			return 39;
+		return 0;
+	case 'g':
+		for (size_t i = 0; i < 5; i++)
+			if (starts(s, len, p, gh[i])) {
+				e = run_of(s, len, p + 4, alnum_fn);
+				return e - p >= 34 && e - p <= 259 && (e == len || !is_keychar(s[e])) ? e - p : 0;
+			}
+		if (starts(s, len, p, "github_pat_")) {
+			e = run_of(s, len, p + 11, alnum_us_fn);
+			return e - p >= 11 + 22 && (e == len || !is_keychar(s[e])) ? e - p : 0;
+		}
+		return 0;
+	case 'x':
+		if (len - p > 5 && s[p + 1] == 'o' && s[p + 2] == 'x' && strchr("abprs", s[p + 3]) &&
+		    s[p + 3] && s[p + 4] == '-') {
+			e = run_of(s, len, p + 5, alnum_dash_fn);
+			return e - p >= 15 && (e == len || !is_keychar(s[e])) ? e - p : 0;
+		}
+		return 0;
+	case 's':
+	case 'r':
+		for (size_t i = 0; i < 4; i++)
+			if (starts(s, len, p, stripe[i])) {
+				e = run_of(s, len, p + 8, alnum_fn);
+				return e - p >= 8 + 16 && (e == len || !is_keychar(s[e])) ? e - p : 0;
+			}
+		if (s[p] == 's' && starts(s, len, p, "sk-")) {
+			bool letter = false, digit = false;
+
+			e = run_of(s, len, p + 3, is_keychar);
+			for (t = p + 3; t < e; t++) {
+				letter = letter || is_alpha(s[t]);
+				digit = digit || is_digit(s[t]);
+			}
+			return e - p >= 3 + 20 && letter && digit ? e - p : 0;
+		}
+		return 0;
+	}
+	return 0;
+}
+
+static bool next_apikey(const uint8_t *s, size_t len, size_t from, size_t *ms, size_t *me)
+{
+	for (size_t p = from; p + 15 <= len; p++) {
+		uint8_t c = s[p];
+		size_t n;
+
+		if (c != 'A' && c != 'g' && c != 'x' && c != 's' && c != 'r')
+			continue;
+		if (p > 0 && is_keychar(s[p - 1]))
+			continue;
+		if ((n = apikey_at(s, len, p))) {
+			*ms = p;
+			*me = p + n;
+			return true;
+		}
+	}
+	return false;
+}
+
+typedef bool (*next_fn)(const uint8_t *s, size_t len, size_t from, size_t *ms, size_t *me);
+
+static const next_fn det_next[DET__FIXED] = {
+	[DET_CARD] = next_card, [DET_EMAIL] = next_email, [DET_SSN] = next_ssn,
+	[DET_IBAN] = next_iban, [DET_PHONE] = next_phone, [DET_JWT] = next_jwt,
+	[DET_APIKEY] = next_apikey,
+};
+
+/* ---- custom patterns ----------------------------------------------------- */
+
+static pthread_key_t md_key;
+static pthread_once_t md_once = PTHREAD_ONCE_INIT;
+static bool md_key_ok;
+
+static void md_free(void *p)
+{
+	pcre2_match_data_free(p);
+}
+
+static void md_init(void)
+{
+	md_key_ok = pthread_key_create(&md_key, md_free) == 0;
+}
+
+/* One match block per thread: compiled rules are shared, match data is not.
+ * One ovector pair is enough, only the whole match is used. */
+static pcre2_match_data *thread_md(void)
+{
+	pcre2_match_data *md;
+
+	pthread_once(&md_once, md_init);
+	if (!md_key_ok)
+		return NULL;
+	md = pthread_getspecific(md_key);
+	if (!md && (md = pcre2_match_data_create(1, NULL)) && pthread_setspecific(md_key, md)) {
+		pcre2_match_data_free(md);
+		md = NULL;
+	}
+	return md;
+}
+
+/* 1 match, 0 none, -1 error (a limit, or anything else: fail closed). */
+static int next_re(const struct mask_rules *m, const pcre2_code *re, const uint8_t *s,
+		   size_t len, size_t from, size_t *ms, size_t *me)
+{
+	pcre2_match_data *md = thread_md();
+
+	if (!md)
+		return -1;
+	while (from <= len) {
+		int rc = pcre2_match(re, s, len, from, PCRE2_NO_UTF_CHECK, md, m->mctx);
+		PCRE2_SIZE *ov;
+
+		if (rc == PCRE2_ERROR_NOMATCH)
+			return 0;
+		if (rc < 0)
+			return -1;
+		ov = pcre2_get_ovector_pointer(md);
+		if (ov[1] < ov[0] || ov[0] < from || ov[1] > len)
+			return -1;                /* \K tricks: refuse */
+		if (ov[1] > ov[0]) {
+			*ms = ov[0];
+			*me = ov[1];
+			return 1;
+		}
+		/* Empty match (lookaround-only paths): step one character on. */
+		from = ov[0] + 1;
+		while (from < len && (s[from] & 0xc0) == 0x80)
+			from++;
+	}
+	return 0;
+}
+
+static int re_compile(const char *pat, pcre2_code **out, char *why, size_t whylen)
+{
+	size_t n = strlen(pat);
+	int errcode, rc;
+	PCRE2_SIZE erroff;
+	pcre2_code *re;
+	pcre2_match_data *md;
+
+	*out = NULL;
+	if (n == 0) {
+		setwhy(why, whylen, "regex: pattern is empty");
+		return -EINVAL;
+	}
+	if (n > RE_MAX_PATTERN) {
+		setwhy(why, whylen, "regex: pattern longer than %u bytes", RE_MAX_PATTERN);
+		return -EINVAL;
+	}
+	/* PCRE2 validates the pattern's own UTF-8 here; subjects are checked by
+	 * mask_value() before every use, hence NO_UTF_CHECK at match time. \C
+	 * could split a character, so it is refused. */
+	re = pcre2_compile((PCRE2_SPTR)pat, n, PCRE2_UTF | PCRE2_NEVER_BACKSLASH_C, &errcode,
+			   &erroff, NULL);
+	if (!re) {
+		PCRE2_UCHAR msg[128];
+
+		pcre2_get_error_message(errcode, msg, sizeof(msg));
+		setwhy(why, whylen, "regex: %s at offset %zu", (const char *)msg, (size_t)erroff);
+		return -EINVAL;
+	}
+	md = pcre2_match_data_create(1, NULL);
+	if (!md) {
+		pcre2_code_free(re);
+		return -ENOMEM;
+	}
+	rc = pcre2_match(re, (PCRE2_SPTR)"", 0, 0, 0, md, NULL);
+	pcre2_match_data_free(md);
+	if (rc >= 0) {
+		pcre2_code_free(re);
+		setwhy(why, whylen, "regex: pattern matches the empty string");
+		return -EINVAL;
+	}
+	(void)pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);   /* interpreter if no JIT */
+	*out = re;
+	return 0;
+}
+
+/* ---- detector specs ------------------------------------------------------ */
+
+static int det_lookup(const char *spec)
+{
+	for (int i = 0; i < DET__FIXED; i++)
+		if (strcmp(spec, det_names[i]) == 0)
+			return i;
+	return -1;
+}
+
+int mask_detector_check(const char *spec, char *why, size_t whylen)
+{
+	pcre2_code *re;
+	int rc;
+
+	if (!spec) {
+		setwhy(why, whylen, "missing detector");
+		return -EINVAL;
+	}
+	if (strncmp(spec, "regex:", 6) == 0) {
+		rc = re_compile(spec + 6, &re, why, whylen);
+		pcre2_code_free(re);
+		return rc;
+	}
+	if (det_lookup(spec) >= 0)
+		return 0;
+	if (strcasecmp(spec, "ssn") == 0)
+		setwhy(why, whylen, "unknown detector (did you mean 'us_ssn'?)");
+	else
+		setwhy(why, whylen, "unknown detector (known: credit_card, email, us_ssn, iban, "
+		       "phone, jwt, api_key, regex:<PCRE2 pattern>)");
+	return -EINVAL;
+}
+
+/* ---- compile ------------------------------------------------------------- */
+
+void mask_free(struct mask_rules *m)
+{
+	if (!m)
+		return;
+	for (size_t i = 0; i < m->nre; i++)
+		pcre2_code_free(m->re[i]);
+	pcre2_match_context_free(m->mctx);
+	for (size_t i = 0; i < m->ncols; i++)
+		free(m->cols[i]);
+	free(m->cols);
+	for (size_t i = 0; i < m->npaths; i++)
+		mask_path_release(&m->paths[i]);
+	free(m->paths);
+	free(m);
+}
+
+static int add_detector(struct mask_rules *m, const char *spec, char *err, size_t errlen)
+{
+	char why[192];
+	int d, rc;
+
+	if (strncmp(spec, "regex:", 6) != 0) {
+		if ((d = det_lookup(spec)) < 0) {
+			mask_detector_check(spec, why, sizeof(why));
+			setwhy(err, errlen, "detector '%.64s': %s", spec, why);
+			return -EINVAL;
+		}
+		m->det |= 1u << d;
+		return 0;
+	}
+	if (m->nre == MASK_MAX_REGEX) {
+		setwhy(err, errlen, "more than %d regex: detectors", MASK_MAX_REGEX);
+		return -EINVAL;
+	}
+	rc = re_compile(spec + 6, &m->re[m->nre], why, sizeof(why));
+	if (rc) {
+		setwhy(err, errlen, "detector '%.64s': %s", spec, why);
+		return rc;
+	}
+	m->nre++;
+	return 0;
+}
+
+static int add_strv(char ***v, size_t *n, const struct policy_strv *sv)
+{
+	char **nv;
+
+	if (!sv->n)
+		return 0;
+	nv = realloc(*v, (*n + sv->n) * sizeof(*nv));
+	if (!nv)
+		return -ENOMEM;
+	*v = nv;
+	for (size_t i = 0; i < sv->n; i++) {
+		if (!(nv[*n] = strdup(sv->v[i] ? sv->v[i] : "")))
+			return -ENOMEM;
+		(*n)++;
+	}
+	return 0;
+}
+
+static int add_mask(struct mask_rules *m, const struct policy_mask *pm, char *err, size_t errlen)
+{
+	struct mask_path *np;
+	char why[192];
+	int rc;
+
+	for (size_t i = 0; i < pm->detectors.n; i++)
+		if ((rc = add_detector(m, pm->detectors.v[i] ? pm->detectors.v[i] : "", err, errlen)))
+			return rc;
+	if ((rc = add_strv(&m->cols, &m->ncols, &pm->columns))) {
+		setwhy(err, errlen, "out of memory");
+		return rc;
+	}
+	if (!pm->json.n)
+		return 0;
+	np = realloc(m->paths, (m->npaths + pm->json.n) * sizeof(*np));
+	if (!np) {
+		setwhy(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	m->paths = np;
+	for (size_t i = 0; i < pm->json.n; i++) {
+		const char *path = pm->json.v[i] ? pm->json.v[i] : "";
+
+		if ((rc = mask_path_parse(path, &np[m->npaths], why, sizeof(why)))) {
+			setwhy(err, errlen, "json path '%.64s': %s", path, why);
+			return rc;
+		}
+		m->npaths++;
+	}
+	return 0;
+}
+
+struct mask_rules *mask_compile(const struct policy_mask *const *masks, size_t n,
+				char *err, size_t errlen)
+{
+	struct mask_rules *m = calloc(1, sizeof(*m));
+
+	setwhy(err, errlen, "%s", "");
+	if (!m || !(m->mctx = pcre2_match_context_create(NULL))) {
+		setwhy(err, errlen, "out of memory");
+		mask_free(m);
+		return NULL;
+	}
+	pcre2_set_match_limit(m->mctx, RE_MATCH_LIMIT);
+	pcre2_set_depth_limit(m->mctx, RE_DEPTH_LIMIT);
+	pcre2_set_heap_limit(m->mctx, RE_HEAP_KIB);
+	for (size_t i = 0; i < n; i++) {
+		if (!masks || !masks[i] || !masks[i]->present)
+			continue;
+		if (add_mask(m, masks[i], err, errlen)) {
+			mask_free(m);
+			return NULL;
+		}
+	}
+	return m;
+}
+
+bool mask_is_empty(const struct mask_rules *m)
+{
+	return !m || (!m->det && !m->nre && !m->ncols && !m->npaths);
+}
+
+bool mask_has_detectors(const struct mask_rules *m)
+{
+	return m && (m->det || m->nre);
+}
+
+bool mask_has_json(const struct mask_rules *m)
+{
+	return m && m->npaths;
+}
+
+const struct mask_path *mask_rules_paths(const struct mask_rules *m, size_t *n)
+{
+	*n = m ? m->npaths : 0;
+	return m ? m->paths : NULL;
+}
+
+/* Compared part by part: no buffer to build, no length limit to get wrong. */
+static bool part_eq(const char **sp, const char *part, char sep)
+{
+	size_t n = strlen(part);
+
+	if (strncmp(*sp, part, n) != 0 || (*sp)[n] != sep)
+		return false;
+	*sp += n + (sep ? 1 : 0);
+	return true;
+}
+
+bool mask_column_named(const struct mask_rules *m, const char *schema, const char *table,
+		       const char *column)
+{
+	if (!m || !schema || !table || !column)
+		return false;
+	for (size_t i = 0; i < m->ncols; i++) {
+		const char *s = m->cols[i];
+
+		if (part_eq(&s, schema, '.') && part_eq(&s, table, '.') && part_eq(&s, column, '\0'))
+			return true;
+	}
+	return false;
+}
+
+/* ---- masking a value ----------------------------------------------------- */
+
+static bool utf8_valid(const uint8_t *s, size_t n)
+{
+	size_t i = 0;
+
+	while (i < n) {
+		uint8_t c = s[i];
+		size_t k;
+		uint32_t cp, min;
+
+		if (c < 0x80) {
+			i++;
+			continue;
+		}
+		if (c >= 0xc2 && c <= 0xdf) { k = 1; cp = c & 0x1f; min = 0x80; }
+		else if (c >= 0xe0 && c <= 0xef) { k = 2; cp = c & 0x0f; min = 0x800; }
+		else if (c >= 0xf0 && c <= 0xf4) { k = 3; cp = c & 0x07; min = 0x10000; }
+		else return false;
+		if (n - i <= k)
+			return false;
+		for (size_t j = 1; j <= k; j++) {
+			if ((s[i + j] & 0xc0) != 0x80)
+				return false;
+			cp = (cp << 6) | (s[i + j] & 0x3f);
+		}
+		if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+			return false;
+		i += k + 1;
+	}
+	return true;
+}
+
+struct cand {
+	size_t s, e;
+	bool live;
+};
+
+/* One cheap pass decides which fixed detectors can match at all: most
+ * result values have no '@', fewer than 13 digits, no two dots. */
+enum { C_DIGIT = 1, C_DOT = 2, C_AT = 4, C_PLUS = 8, C_NANPSEP = 16, C_DASH = 32 };
+
+static const uint8_t cls[256] = {
+	['0'] = C_DIGIT, ['1'] = C_DIGIT, ['2'] = C_DIGIT, ['3'] = C_DIGIT, ['4'] = C_DIGIT,
+	['5'] = C_DIGIT, ['6'] = C_DIGIT, ['7'] = C_DIGIT, ['8'] = C_DIGIT, ['9'] = C_DIGIT,
+	['.'] = C_DOT | C_NANPSEP, ['@'] = C_AT, ['+'] = C_PLUS, ['('] = C_NANPSEP,
+	['-'] = C_DASH | C_NANPSEP,
+};
+
+static unsigned possible(const struct mask_rules *m, const uint8_t *s, size_t len)
+{
+	size_t digits = 0;
+	unsigned seen = 0, d = 0;
+
+	for (size_t i = 0; i < len; i++) {
+		uint8_t c = cls[s[i]];
+
+		seen |= c;
+		digits += c & C_DIGIT;
+	}
+	if (digits >= 13)
+		d |= 1u << DET_CARD;
+	if (seen & C_AT)
+		d |= 1u << DET_EMAIL;
+	if (digits >= 9 && (seen & C_DASH))
+		d |= 1u << DET_SSN;
+	if (digits >= 2 && len >= 15)
+		d |= 1u << DET_IBAN;
+	if ((digits >= 8 && (seen & C_PLUS)) || (digits >= 10 && (seen & C_NANPSEP)))
+		d |= 1u << DET_PHONE;
+	if ((seen & C_DOT) && len >= 20)
+		d |= 1u << DET_JWT;
+	if (len >= 15)
+		d |= 1u << DET_APIKEY;
+	return d & m->det;
+}
+
+/* 1 found, 0 none, -1 fail closed. Detectors 0..DET__FIXED-1 are the fixed
+ * ones (skipped when not enabled), the rest index m->re. */
+static int cand_next(const struct mask_rules *m, unsigned det, size_t k, const uint8_t *s,
+		     size_t len, size_t from, struct cand *c)
+{
+	int rc;
+
+	if (k < DET__FIXED)
+		rc = (det & (1u << k)) && det_next[k](s, len, from, &c->s, &c->e);
+	else
+		rc = next_re(m, m->re[k - DET__FIXED], s, len, from, &c->s, &c->e);
+	c->live = rc == 1;
+	return rc;
+}
+
+static bool put(char *out, size_t outcap, size_t *o, const void *p, size_t n)
+{
+	if (!out)
+		return true;
+	if (outcap - *o < n)
+		return false;
+	memcpy(out + *o, p, n);
+	*o += n;
+	return true;
+}
+
+/* out == NULL: count only. */
+static size_t mask_run(const struct mask_rules *m, const uint8_t *s, size_t len, char *out,
+		       size_t outcap, unsigned *hits)
+{
+	struct cand c[DET__FIXED + MASK_MAX_REGEX];
+	size_t nd = DET__FIXED + m->nre, o = 0, w = 0, cs = 0, ce = 0;
+	unsigned nh = 0, det;
+	bool have = false;
+
+	if (m->nre && (len > MASK_REGEX_MAX_VALUE || !utf8_valid(s, len)))
+		goto whole;
+	det = possible(m, s, len);
+	for (size_t k = 0; k < nd; k++)
+		if (cand_next(m, det, k, s, len, 0, &c[k]) < 0)
+			goto whole;
+	for (;;) {
+		size_t best = nd;
+
+		for (size_t k = 0; k < nd; k++)
+			if (c[k].live && (best == nd || c[k].s < c[best].s))
+				best = k;
+		if (best == nd)
+			break;
+		if (have && c[best].s <= ce) {
+			if (c[best].e > ce)
+				ce = c[best].e;
+		} else {
+			if (have) {
+				if (!put(out, outcap, &o, s + w, cs - w) ||
+				    !put(out, outcap, &o, MASK_TOKEN, MASK_TOKEN_LEN))
+					return (size_t)-1;
+				nh++;
+				w = ce;
+			}
+			cs = c[best].s;
+			ce = c[best].e;
+			have = true;
+		}
+		if (cand_next(m, det, best, s, len, c[best].e, &c[best]) < 0)
+			goto whole;
+	}
+	if (have) {
+		if (!put(out, outcap, &o, s + w, cs - w) ||
+		    !put(out, outcap, &o, MASK_TOKEN, MASK_TOKEN_LEN))
+			return (size_t)-1;
+		nh++;
+		w = ce;
+	}
+	if (!put(out, outcap, &o, s + w, len - w))
+		return (size_t)-1;
+	if (hits)
+		*hits += nh;
+	return out ? o : nh;
+whole:
+	o = 0;
+	if (!put(out, outcap, &o, MASK_TOKEN, MASK_TOKEN_LEN))
+		return (size_t)-1;
+	if (hits)
+		*hits += 1;
+	return out ? o : 1;
+}
+
+size_t mask_value(const struct mask_rules *m, const char *in, size_t len, char *out,
+		  size_t outcap, unsigned *hits)
+{
+	if (!out)
+		return (size_t)-1;
+	if (len == 0)                   /* nothing can match (empty patterns are refused) */
+		return 0;
+	if (!mask_has_detectors(m)) {
+		if (outcap < len)
+			return (size_t)-1;
+		if (len)
+			memcpy(out, in, len);
+		return len;
+	}
+	return mask_run(m, (const uint8_t *)in, len, out, outcap, hits);
+}
+
+bool mask_value_matches(const struct mask_rules *m, const char *in, size_t len)
+{
+	return len && mask_has_detectors(m) && mask_run(m, (const uint8_t *)in, len, NULL, 0, NULL) > 0;
+}
+
+/* ---- reports ------------------------------------------------------------- */
+
+/* Longest prefix of at most max bytes that does not end inside a UTF-8
+ * sequence. */
+static size_t utf8_cut(const char *s, size_t n, size_t max)
+{
+	if (n <= max)
+		return n;
+	while (max > 0 && ((uint8_t)s[max] & 0xc0) == 0x80)
+		max--;
+	return max;
+}
+
+void mask_report_add(struct mask_report *rep, const struct mask_rules *m, const char *name,
+		     size_t len)
+{
+	char buf[256 * MASK_TOKEN_LEN + MASK_TOKEN_LEN];
+	size_t n, have, need;
+	const char *p;
+
+	if (!rep)
+		return;
+	rep->fields[sizeof(rep->fields) - 1] = '\0';
+	have = strlen(rep->fields);
+	if (have >= 3 && strcmp(rep->fields + have - 3, "...") == 0)
+		return;
+	/* A field name is data too ({"alice@x.io": ...}): mask it whole first,
+	 * then cut (cutting first could leave half a card unmasked). */
+	if (len > 256) {
+		memcpy(buf, "(long name)", n = 11);
+	} else {
+		n = mask_value(m, name, len, buf, sizeof(buf), NULL);
+		if (n == (size_t)-1)
+			memcpy(buf, MASK_TOKEN, n = MASK_TOKEN_LEN);
+		n = utf8_cut(buf, n, 64);
+	}
+	for (size_t i = 0; i < n; i++)      /* no control bytes in a log field */
+		if ((uint8_t)buf[i] < 0x20 || buf[i] == ',')
+			buf[i] = '_';
+	for (p = rep->fields; *p; ) {       /* already listed? */
+		const char *comma = strchr(p, ',');
+		size_t l = comma ? (size_t)(comma - p) : strlen(p);
+
+		if (l == n && memcmp(p, buf, n) == 0)
+			return;
+		p += l + (comma ? 1 : 0);
+	}
+	need = (have ? 1 : 0) + n;
+	if (have + need + 1 > sizeof(rep->fields) - 4) {
+		if (have + 4 <= sizeof(rep->fields) - 1)
+			memcpy(rep->fields + have, have ? ",..." : "...", have ? 5 : 4);
+		return;
+	}
+	if (have)
+		rep->fields[have++] = ',';
+	memcpy(rep->fields + have, buf, n);
+	rep->fields[have + n] = '\0';
+}

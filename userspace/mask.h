@@ -1,0 +1,188 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * mask: the masking library shared by the PostgreSQL and HTTP modules
+ * (DESIGN.md §3 mask: {columns, detectors, json}).
+ *
+ * A struct mask_rules is compiled once per policy snapshot from the union of
+ * the policy masks that apply to a request (delegation: masks are the union),
+ * is never modified afterwards and may be used from any thread at once.
+ * Masked content is replaced by the fixed token MASK_TOKEN.
+ *
+ * Detectors (policy names, nothing else is accepted):
+ *   credit_card  13-19 digits, a single ' ', '-' or '.' between groups,
+ *                Luhn-valid AND an issuer prefix with that brand's lengths
+ *                (Visa 4, Mastercard 51-55/2221-2720, Amex 34/37,
+ *                Discover 6011/65/644-649, JCB 3528-3589, Diners
+ *                36/38/300-305, UnionPay 62). A number is judged on whole
+ *                digit groups: the 16 digits inside a 25-digit run are not a
+ *                card (and are not half-masked). Not caught: other
+ *                separators ("4111_1111..."), non-ASCII digits, a card
+ *                written as a JSON number with an exponent.
+ *   email        practical RFC 5321 local@domain.tld: dot-atom local part,
+ *                at least two domain labels, alphabetic TLD of 2+ letters
+ *                (non-ASCII bytes are accepted in both parts, so IDN
+ *                addresses are masked too). Not caught: quoted local parts
+ *                ("a b"@x.com), address literals (a@[10.0.0.1]),
+ *                single-label domains (root@localhost).
+ *   us_ssn       ddd-dd-dddd with dashes, not next to another digit, SSA
+ *                invalid ranges excluded (area 000, 666, 9xx; group 00;
+ *                serial 0000). Bare 9-digit runs and spaced forms are not
+ *                caught (every 9-digit id would be masked). There is no
+ *                "ssn" alias: the loader names us_ssn when it sees it.
+ *   iban         country code, 2 check digits, BBAN; mod-97 == 1; the
+ *                registry length for ~80 known countries (15-34 for the
+ *                rest); upper or lower case; optional single spaces every
+ *                4 characters.
+ *   phone        E.164: '+', 8-15 digits (first 1-9), single separators
+ *                ' ', '-', '.', '(' ')' between digits; NANP
+ *                (NXX) NXX-XXXX, NXX-NXX-XXXX, NXX.NXX.XXXX. Not caught:
+ *                national forms without '+' (020 7946 0958), bare digit
+ *                runs (4155552671), extensions, vanity letters.
+ *   jwt          three base64url segments (the third may be empty) whose
+ *                first decodes to a JSON object naming "alg"; further
+ *                segments (JWE has five) are masked with it.
+ *   api_key      fixed shapes only: AWS AKIA/ASIA/ABIA/ACCA + 16, GitHub
+ *                ghp_/gho_/ghu_/ghs_/ghr_ + 30..255, github_pat_, Slack
+ *                xox[abprs]-, Stripe sk_live_/rk_live_/sk_test_/rk_test_,
+ *                OpenAI sk-... (20+ characters with a letter and a digit:
+ *                "sk-learn-compatible-wrapper" is not a key), Google
+ *                AIza + 35. Opaque tokens without a shape ("Bearer abc123"
+ *                as a value, random hex secrets, PEM private keys) are NOT
+ *                caught: name the column/field or add a regex: detector.
+ *   regex:<re>   a custom PCRE2 pattern (UTF mode, JIT when available,
+ *                match/depth/heap limits). A pattern that matches the empty
+ *                string is refused at load time.
+ *
+ * Fail closed: when a custom pattern hits a PCRE2 limit (catastrophic
+ * backtracking) or the value is not valid UTF-8 while custom patterns are
+ * set (they run only on validated UTF-8), the WHOLE value becomes one
+ * MASK_TOKEN. The fixed detectors are byte scanners and work on any bytes.
+ */
+#ifndef AGENTGATE_MASK_H
+#define AGENTGATE_MASK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define MASK_TOKEN      "****"
+#define MASK_TOKEN_LEN  4
+#define MASK_JSON_MAX   (8u << 20)  /* JSON bodies above 8 MiB are refused (-E2BIG) */
+#define MASK_JSON_DEPTH 64          /* deeper nesting is refused (-E2BIG) */
+#define MASK_MAX_REGEX  64          /* custom patterns in one compiled union */
+#define MASK_REGEX_MAX_VALUE (1u << 20) /* larger values with custom patterns are masked whole */
+
+struct policy_mask;
+struct mask_rules;                 /* compiled, immutable, thread-safe to use */
+
+/* What one mask_json() (or a caller's own loop over mask_value) masked.
+ * fields: comma list of the masked field/column names, each at most 64 bytes,
+ * never cut inside a UTF-8 sequence, truncated with "..." when full; a name
+ * is itself content-masked first, so it never carries a detected secret. */
+struct mask_report {
+	unsigned hits;                 /* replacements made */
+	unsigned columns;              /* distinct values (fields/columns) touched */
+	char fields[512];
+};
+
+/* Compiles the union of n policy masks (n may be 0, masks[i] may be NULL or
+ * !present: they add nothing). Returns NULL and a reason in err on a bad
+ * detector name, a bad PCRE2 pattern or a bad JSON path, or ENOMEM.
+ * The result is freed with mask_free() (NULL-safe). */
+struct mask_rules *mask_compile(const struct policy_mask *const *masks, size_t n,
+				char *err, size_t errlen);
+void mask_free(struct mask_rules *m);
+
+bool mask_is_empty(const struct mask_rules *m);         /* nothing to mask at all */
+bool mask_has_detectors(const struct mask_rules *m);    /* content scanning needed */
+bool mask_has_json(const struct mask_rules *m);         /* JSON paths named */
+
+/* true when the policy names "schema.table.column" (exact, case-sensitive,
+ * as PostgreSQL reports the names). NULL parts never match. Identifiers that
+ * contain '.' cannot be named. */
+bool mask_column_named(const struct mask_rules *m, const char *schema, const char *table,
+		       const char *column);
+
+/* Worst-case output size of mask_value() for an input of len bytes: every
+ * match is at least one byte and becomes MASK_TOKEN_LEN bytes. */
+static inline size_t mask_value_bound(size_t len)
+{
+	return len > (SIZE_MAX - MASK_TOKEN_LEN) / MASK_TOKEN_LEN ?
+		SIZE_MAX : len * MASK_TOKEN_LEN + MASK_TOKEN_LEN;
+}
+
+/* Content masking of one value (bytes, any encoding): writes the value with
+ * every detector match replaced by MASK_TOKEN into out (capacity outcap;
+ * overlapping or touching matches become one token). Returns the output
+ * length, or (size_t)-1 if outcap is too small (out is then garbage; use
+ * mask_value_bound()). *hits (may be NULL) += replacements. The output never
+ * contains an unmasked match. Allocates nothing except, per thread, one
+ * PCRE2 match block on first use of a custom pattern. */
+size_t mask_value(const struct mask_rules *m, const char *in, size_t len, char *out,
+		  size_t outcap, unsigned *hits);
+
+/* Like mask_value() but only tells whether anything would be replaced. */
+bool mask_value_matches(const struct mask_rules *m, const char *in, size_t len);
+
+/* JSON body masking. The body is validated strictly (RFC 8259: one value,
+ * UTF-8, no duplicate member names, no lone surrogates, no \u0000) in one
+ * pass without a DOM; the output is compact (insignificant whitespace
+ * dropped) and otherwise the input's own bytes: member order, number
+ * spelling (big or precise numbers stay exact) and string escapes are kept.
+ *   - a value at a policy JSON path becomes the string "****" whatever its
+ *     type (objects and arrays are replaced whole);
+ *   - every string value is decoded (so "\u0040" hides nothing) and masked
+ *     by the detectors, then re-encoded;
+ *   - every number is scanned as text: a matching number (a card stored as
+ *     a JSON number) becomes the string "****";
+ *   - every member name is masked by the detectors too: {"alice@x.io": 1}
+ *     becomes {"****": 1}. Paths match the original name. Two names masked
+ *     to the same text in one object give a repeated name in the output.
+ * Returns 0 with *out malloc'd (caller frees; NUL-terminated, *outlen bytes
+ * without the NUL), -EINVAL (not JSON, duplicate names, invalid UTF-8,
+ * \u0000), -E2BIG (len > MASK_JSON_MAX, nesting deeper than MASK_JSON_DEPTH,
+ * output above 4 * MASK_JSON_MAX) or -ENOMEM. rep (may be NULL) is reset and
+ * filled. */
+int mask_json(const struct mask_rules *m, const char *body, size_t len, char **out,
+	      size_t *outlen, struct mask_report *rep);
+
+/* Appends name to rep->fields (comma list; see struct mask_report). For
+ * callers building a report from mask_value(). */
+void mask_report_add(struct mask_report *rep, const struct mask_rules *m, const char *name,
+		     size_t len);
+
+/* For the policy loader: 0 if the detector spec ("email", "regex:...") is
+ * valid, else -EINVAL with a reason in why. */
+int mask_detector_check(const char *spec, char *why, size_t whylen);
+/* 0 if path is a supported JSON path ($.a.b, $.a[*].b, $..name, $.a["k"],
+ * $.items[0], $.*), else -EINVAL with a reason in why. */
+int mask_json_path_check(const char *path, char *why, size_t whylen);
+
+/* ---- private to mask.c and mask_json.c ---------------------------------- */
+
+#define MASK_PATH_MAX_STEPS 32
+#define MASK_PATH_MAX_LEN   512
+
+enum mask_step_kind { MSTEP_NAME, MSTEP_INDEX, MSTEP_ANY };
+
+struct mask_step {
+	enum mask_step_kind kind;
+	bool descendant;               /* "..": matches at any depth below */
+	char *name;                    /* MSTEP_NAME, decoded */
+	size_t namelen;
+	uint32_t index;                /* MSTEP_INDEX */
+};
+
+struct mask_path {
+	struct mask_step step[MASK_PATH_MAX_STEPS];
+	unsigned nsteps;
+};
+
+/* The compiled JSON paths of m (mask_json.c walks them). */
+const struct mask_path *mask_rules_paths(const struct mask_rules *m, size_t *n);
+
+/* Parses path into p (names malloc'd; mask_path_release frees them). */
+int mask_path_parse(const char *path, struct mask_path *p, char *why, size_t whylen);
+void mask_path_release(struct mask_path *p);
+
+#endif

@@ -1,0 +1,872 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * mask_json: JSON paths and masking of JSON bodies.
+ *
+ * The body is validated and rewritten in one pass by a small recursive
+ * descent parser instead of jansson's DOM: jansson re-prints numbers (0.1
+ * comes back as 0.10000000000000001, integers past int64 are refused), and
+ * a masking proxy must hand the agent the upstream's bytes except where it
+ * masks. So values are copied from the input as they are (compacted:
+ * whitespace between tokens dropped), strings are decoded only to be
+ * scanned, and only a masked string is re-encoded. Strictness is jansson's
+ * with JSON_REJECT_DUPLICATES | JSON_DISALLOW_NUL: one RFC 8259 value,
+ * valid UTF-8, paired surrogates, no duplicate member names, no \u0000.
+ * Nesting is bounded by MASK_JSON_DEPTH, so the recursion is too.
+ *
+ * Paths are matched while parsing: every path is a small NFA whose states
+ * (bit i = "steps 0..i-1 matched") are carried down one level at a time; a
+ * value reached with a final state is replaced whole by "****" and its
+ * subtree is only validated.
+ */
+#include "mask.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void setwhy(char *why, size_t whylen, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void setwhy(char *why, size_t whylen, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!why || !whylen)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(why, whylen, fmt, ap);
+	va_end(ap);
+}
+
+/* ---- paths --------------------------------------------------------------- */
+
+void mask_path_release(struct mask_path *p)
+{
+	for (unsigned i = 0; p && i < p->nsteps; i++) {
+		free(p->step[i].name);
+		p->step[i].name = NULL;
+	}
+	if (p)
+		p->nsteps = 0;
+}
+
+static bool name_char(unsigned char c)
+{
+	return c >= 0x20 && c != 0x7f && !strchr(".[]*\"' $?@()=,:!<>", c);
+}
+
+/* Parses one bracket step after '['; *pp is moved past ']'. */
+static int parse_bracket(const char **pp, struct mask_step *st, char *why, size_t whylen)
+{
+	const char *p = *pp;
+
+	if (p[0] == '*' && p[1] == ']') {
+		st->kind = MSTEP_ANY;
+		*pp = p + 2;
+		return 0;
+	}
+	if (p[0] == '"' || p[0] == '\'') {
+		char q = p[0], *name;
+		size_t n = 0;
+
+		name = malloc(strlen(p) + 1);
+		if (!name)
+			return -ENOMEM;
+		for (p++; *p && *p != q; p++) {
+			if (*p == '\\') {
+				if (p[1] != '\\' && p[1] != '"' && p[1] != '\'') {
+					free(name);
+					setwhy(why, whylen, "only \\\\, \\\" and \\' escapes are supported in a quoted name");
+					return -EINVAL;
+				}
+				p++;
+			}
+			name[n++] = *p;
+		}
+		if (*p != q || p[1] != ']') {
+			free(name);
+			setwhy(why, whylen, "unterminated quoted name");
+			return -EINVAL;
+		}
+		if (n == 0) {
+			free(name);
+			setwhy(why, whylen, "empty member name");
+			return -EINVAL;
+		}
+		name[n] = '\0';
+		st->kind = MSTEP_NAME;
+		st->name = name;
+		st->namelen = n;
+		*pp = p + 2;
+		return 0;
+	}
+	if (p[0] >= '0' && p[0] <= '9') {
+		uint32_t v = 0;
+
+		if (p[0] == '0' && p[1] >= '0' && p[1] <= '9') {
+			setwhy(why, whylen, "index with a leading zero");
+			return -EINVAL;
+		}
+		for (; *p >= '0' && *p <= '9'; p++) {
+			if (v > 99999999u) {
+				setwhy(why, whylen, "index too large");
+				return -EINVAL;
+			}
+			v = v * 10 + (uint32_t)(*p - '0');
+		}
+		if (*p != ']') {
+			setwhy(why, whylen, "%s are not supported", *p == ':' ? "slices" :
+			       *p == ',' ? "unions" : "only [N], [*] and [\"name\"] are");
+			return -EINVAL;
+		}
+		st->kind = MSTEP_INDEX;
+		st->index = v;
+		*pp = p + 1;
+		return 0;
+	}
+	if (p[0] == '-')
+		setwhy(why, whylen, "negative indexes are not supported");
+	else if (p[0] == '?' || p[0] == '(')
+		setwhy(why, whylen, "filter and script expressions are not supported");
+	else
+		setwhy(why, whylen, "only [N], [*] and [\"name\"] are supported in brackets");
+	return -EINVAL;
+}
+
+int mask_path_parse(const char *path, struct mask_path *mp, char *why, size_t whylen)
+{
+	const char *p = path;
+	int rc;
+
+	memset(mp, 0, sizeof(*mp));
+	if (!path || path[0] != '$') {
+		setwhy(why, whylen, "a JSON path starts with '$'");
+		return -EINVAL;
+	}
+	if (strlen(path) > MASK_PATH_MAX_LEN) {
+		setwhy(why, whylen, "longer than %d bytes", MASK_PATH_MAX_LEN);
+		return -EINVAL;
+	}
+	if (!path[1]) {
+		setwhy(why, whylen, "'$' alone would mask the whole body; name a member");
+		return -EINVAL;
+	}
+	for (p++; *p; ) {
+		struct mask_step *st = &mp->step[mp->nsteps];
+
+		if (mp->nsteps == MASK_PATH_MAX_STEPS) {
+			setwhy(why, whylen, "more than %d steps", MASK_PATH_MAX_STEPS);
+			goto fail;
+		}
+		memset(st, 0, sizeof(*st));
+		if (p[0] == '.' && p[1] == '.') {
+			st->descendant = true;
+			p += 2;
+			if (*p == '[') {
+				p++;
+				if ((rc = parse_bracket(&p, st, why, whylen)))
+					goto fail_rc;
+				mp->nsteps++;
+				continue;
+			}
+		} else if (p[0] == '.') {
+			p++;
+		} else if (p[0] == '[') {
+			p++;
+			if ((rc = parse_bracket(&p, st, why, whylen)))
+				goto fail_rc;
+			mp->nsteps++;
+			continue;
+		} else {
+			setwhy(why, whylen, "unexpected '%c' at offset %zu", *p, (size_t)(p - path));
+			goto fail;
+		}
+		if (*p == '*') {
+			st->kind = MSTEP_ANY;
+			p++;
+		} else {
+			const char *s = p;
+
+			while (name_char((unsigned char)*p))
+				p++;
+			if (p == s) {
+				if (*p)
+					setwhy(why, whylen, "unexpected '%c' at offset %zu", *p,
+					       (size_t)(p - path));
+				else
+					setwhy(why, whylen, "empty member name at the end");
+				goto fail;
+			}
+			st->kind = MSTEP_NAME;
+			st->namelen = (size_t)(p - s);
+			if (!(st->name = strndup(s, st->namelen))) {
+				rc = -ENOMEM;
+				goto fail_rc;
+			}
+		}
+		mp->nsteps++;
+		if (*p && *p != '.' && *p != '[') {
+			setwhy(why, whylen, "unexpected '%c' at offset %zu", *p, (size_t)(p - path));
+			goto fail;
+		}
+	}
+	return 0;
+fail:
+	rc = -EINVAL;
+fail_rc:
+	if (rc == -ENOMEM)
+		setwhy(why, whylen, "out of memory");
+	mask_path_release(mp);
+	return rc;
+}
+
+int mask_json_path_check(const char *path, char *why, size_t whylen)
+{
+	struct mask_path mp;
+	int rc = mask_path_parse(path, &mp, why, whylen);
+
+	mask_path_release(&mp);
+	return rc;
+}
+
+/* ---- the rewriter -------------------------------------------------------- */
+
+struct keyref {
+	size_t off, len;               /* decoded name in w->arena */
+};
+
+struct jw {
+	const struct mask_rules *m;
+	const uint8_t *s;
+	size_t len, pos;
+	bool detect;                   /* detectors configured */
+	char *out;                     /* output */
+	size_t on, ocap;
+	uint8_t *dec;                  /* decoded string, scratch */
+	size_t dcap;
+	char *mbuf;                    /* masked string, scratch */
+	size_t mcap;
+	uint8_t *arena;                /* names of the open objects */
+	size_t an, acap;
+	struct keyref *keys;
+	size_t nk, kcap;
+	const struct mask_path *paths;
+	size_t npaths;
+	uint64_t *st;                  /* [MASK_JSON_DEPTH + 2][npaths] */
+	struct mask_report *rep;
+};
+
+#define OUT_MAX ((size_t)MASK_JSON_MAX * 4)
+
+static int grow(void **p, size_t *cap, size_t need, size_t max)
+{
+	size_t c = *cap ? *cap : 256;
+	void *np;
+
+	if (need <= *cap)
+		return 0;
+	if (need > max)
+		return -E2BIG;
+	while (c < need)
+		c = c > max / 2 ? max : c * 2;
+	if (!(np = realloc(*p, c)))
+		return -ENOMEM;
+	*p = np;
+	*cap = c;
+	return 0;
+}
+
+static int emit(struct jw *w, const void *p, size_t n)
+{
+	int rc;
+
+	if (!n)
+		return 0;
+	if (w->on + n + 1 > w->ocap && (rc = grow((void **)&w->out, &w->ocap, w->on + n + 1, OUT_MAX + 1)))
+		return rc;
+	memcpy(w->out + w->on, p, n);
+	w->on += n;
+	return 0;
+}
+
+static int emitc(struct jw *w, char c)
+{
+	return emit(w, &c, 1);
+}
+
+static void skip_ws(struct jw *w)
+{
+	while (w->pos < w->len) {
+		uint8_t c = w->s[w->pos];
+
+		if (c != ' ' && c != '\t' && c != '\n' && c != '\r')
+			break;
+		w->pos++;
+	}
+}
+
+static int hex4(const uint8_t *p, uint32_t *v)
+{
+	*v = 0;
+	for (int i = 0; i < 4; i++) {
+		uint8_t c = p[i];
+		int d = c >= '0' && c <= '9' ? c - '0' : (c | 0x20) >= 'a' && (c | 0x20) <= 'f' ?
+			(c | 0x20) - 'a' + 10 : -1;
+
+		if (d < 0)
+			return -EINVAL;
+		*v = (*v << 4) | (uint32_t)d;
+	}
+	return 0;
+}
+
+static size_t put_utf8(uint8_t *o, uint32_t cp)
+{
+	if (cp < 0x80) { o[0] = (uint8_t)cp; return 1; }
+	if (cp < 0x800) { o[0] = 0xc0 | (cp >> 6); o[1] = 0x80 | (cp & 0x3f); return 2; }
+	if (cp < 0x10000) {
+		o[0] = 0xe0 | (cp >> 12); o[1] = 0x80 | ((cp >> 6) & 0x3f); o[2] = 0x80 | (cp & 0x3f);
+		return 3;
+	}
+	o[0] = 0xf0 | (cp >> 18); o[1] = 0x80 | ((cp >> 12) & 0x3f);
+	o[2] = 0x80 | ((cp >> 6) & 0x3f); o[3] = 0x80 | (cp & 0x3f);
+	return 4;
+}
+
+/* Length of the valid UTF-8 sequence at p (n bytes left), 0 if invalid. */
+static size_t utf8_seq(const uint8_t *p, size_t n)
+{
+	uint8_t c = p[0];
+	size_t k;
+	uint32_t cp, min;
+
+	if (c >= 0xc2 && c <= 0xdf) { k = 1; cp = c & 0x1f; min = 0x80; }
+	else if (c >= 0xe0 && c <= 0xef) { k = 2; cp = c & 0x0f; min = 0x800; }
+	else if (c >= 0xf0 && c <= 0xf4) { k = 3; cp = c & 0x07; min = 0x10000; }
+	else return 0;
+	if (n <= k)
+		return 0;
+	for (size_t j = 1; j <= k; j++) {
+		if ((p[j] & 0xc0) != 0x80)
+			return 0;
+		cp = (cp << 6) | (p[j] & 0x3f);
+	}
+	if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+		return 0;
+	return k + 1;
+}
+
+/* Parses the string at w->pos (on '"'), decoding into w->dec (*dlen bytes);
+ * raw and rawlen give the token with its quotes. */
+static int parse_string(struct jw *w, size_t *raw, size_t *rawlen, size_t *dlen)
+{
+	const uint8_t *s = w->s;
+	size_t p = w->pos + 1, o = 0;
+	int rc;
+
+	/* Decoded text is never longer than its escaped form. */
+	if ((rc = grow((void **)&w->dec, &w->dcap, w->len - w->pos + 1, MASK_JSON_MAX + 1)))
+		return rc;
+	for (;;) {
+		uint8_t c;
+
+		if (p >= w->len)
+			return -EINVAL;
+		c = s[p];
+		if (c == '"')
+			break;
+		if (c < 0x20)
+			return -EINVAL;
+		if (c < 0x80 && c != '\\') {
+			w->dec[o++] = c;
+			p++;
+		} else if (c >= 0x80) {
+			size_t k = utf8_seq(s + p, w->len - p);
+
+			if (!k)
+				return -EINVAL;
+			memcpy(w->dec + o, s + p, k);
+			o += k;
+			p += k;
+		} else {
+			uint32_t cp, lo;
+
+			if (p + 1 >= w->len)
+				return -EINVAL;
+			switch (s[p + 1]) {
+			case '"': case '\\': case '/':
+				w->dec[o++] = s[p + 1]; p += 2; continue;
+			case 'b': w->dec[o++] = '\b'; p += 2; continue;
+			case 'f': w->dec[o++] = '\f'; p += 2; continue;
+			case 'n': w->dec[o++] = '\n'; p += 2; continue;
+			case 'r': w->dec[o++] = '\r'; p += 2; continue;
+			case 't': w->dec[o++] = '\t'; p += 2; continue;
+			case 'u': break;
+			default: return -EINVAL;
+			}
+			if (w->len - p < 6 || hex4(s + p + 2, &cp))
+				return -EINVAL;
+			p += 6;
+			if (cp == 0 || (cp >= 0xdc00 && cp <= 0xdfff))
+				return -EINVAL;
+			if (cp >= 0xd800 && cp <= 0xdbff) {
+				if (w->len - p < 6 || s[p] != '\\' || s[p + 1] != 'u' ||
+				    hex4(s + p + 2, &lo) || lo < 0xdc00 || lo > 0xdfff)
+					return -EINVAL;
+				p += 6;
+				cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+			}
+			o += put_utf8(w->dec + o, cp);
+		}
+	}
+	*raw = w->pos;
+	*rawlen = p + 1 - w->pos;
+	*dlen = o;
+	w->pos = p + 1;
+	return 0;
+}
+
+/* Emits bytes (valid UTF-8) as a JSON string. */
+static int emit_quoted(struct jw *w, const char *p, size_t n)
+{
+	static const char hex[] = "0123456789abcdef";
+	int rc = emitc(w, '"');
+
+	for (size_t i = 0, run = 0; !rc && i <= n; i++) {
+		uint8_t c = i < n ? (uint8_t)p[i] : 0;
+		char esc[7];
+		size_t el = 0;
+
+		if (i < n && c >= 0x20 && c != '"' && c != '\\')
+			continue;
+		if ((rc = emit(w, p + run, i - run)))
+			break;
+		run = i + 1;
+		if (i == n)
+			break;
+		esc[el++] = '\\';
+		switch (c) {
+		case '"': esc[el++] = '"'; break;
+		case '\\': esc[el++] = '\\'; break;
+		case '\n': esc[el++] = 'n'; break;
+		case '\r': esc[el++] = 'r'; break;
+		case '\t': esc[el++] = 't'; break;
+		case '\b': esc[el++] = 'b'; break;
+		case '\f': esc[el++] = 'f'; break;
+		default:
+			memcpy(esc + el, "u00", 3);
+			el += 3;
+			esc[el++] = hex[c >> 4];
+			esc[el++] = hex[c & 15];
+		}
+		rc = emit(w, esc, el);
+	}
+	return rc ? rc : emitc(w, '"');
+}
+
+/* Runs the detectors over w->dec[0..dlen). Returns hits; the masked text is
+ * in w->mbuf[0..*mlen). */
+static int detect(struct jw *w, size_t dlen, size_t *mlen, unsigned *hits)
+{
+	size_t cap = mask_value_bound(dlen), n;
+	int rc;
+
+	*hits = 0;
+	if ((rc = grow((void **)&w->mbuf, &w->mcap, cap, (size_t)-1)))
+		return rc;
+	n = mask_value(w->m, (const char *)w->dec, dlen, w->mbuf, w->mcap, hits);
+	if (n == (size_t)-1)
+		return -ENOMEM;          /* cannot happen: cap is the bound */
+	*mlen = n;
+	return 0;
+}
+
+/* The member name the current value belongs to, for the report. */
+struct ctx {
+	size_t name_off, name_len;     /* in w->arena; name_len == SIZE_MAX: "$" */
+	bool touched;                  /* counted in rep->columns already */
+};
+
+static void report(struct jw *w, struct ctx *cx, unsigned hits)
+{
+	if (!w->rep || !hits)
+		return;
+	w->rep->hits += hits;
+	if (!cx->touched) {
+		w->rep->columns++;
+		cx->touched = true;
+	}
+	if (cx->name_len == SIZE_MAX)
+		mask_report_add(w->rep, w->m, "$", 1);
+	else
+		mask_report_add(w->rep, w->m, (const char *)w->arena + cx->name_off, cx->name_len);
+}
+
+static int parse_value(struct jw *w, int depth, bool quiet, struct ctx *cx);
+
+/* Path states of a child of the value at level depth (named by key or by
+ * index), into level depth + 1. Returns true when a path ends there. */
+static bool step_states(struct jw *w, int depth, const uint8_t *key, size_t klen, bool is_index,
+			uint32_t index, bool *any)
+{
+	const uint64_t *par = w->st + (size_t)depth * w->npaths;
+	uint64_t *kid = w->st + (size_t)(depth + 1) * w->npaths;
+	bool final = false;
+
+	*any = false;
+	for (size_t i = 0; i < w->npaths; i++) {
+		const struct mask_path *mp = &w->paths[i];
+		uint64_t in = par[i], outs = 0;
+
+		for (unsigned b = 0; in && b < mp->nsteps; b++) {
+			const struct mask_step *st = &mp->step[b];
+			bool hit;
+
+			if (!(in & (1ull << b)))
+				continue;
+			in &= ~(1ull << b);
+			if (st->descendant)
+				outs |= 1ull << b;
+			hit = st->kind == MSTEP_ANY ||
+			      (st->kind == MSTEP_INDEX && is_index && st->index == index) ||
+			      (st->kind == MSTEP_NAME && !is_index && st->namelen == klen &&
+			       memcmp(st->name, key, klen) == 0);
+			if (hit)
+				outs |= 1ull << (b + 1);
+		}
+		kid[i] = outs;
+		if (outs & (1ull << mp->nsteps))
+			final = true;
+		if (outs)
+			*any = true;
+	}
+	return final;
+}
+
+static int push_key(struct jw *w, size_t dlen, size_t *off)
+{
+	int rc;
+
+	if ((rc = grow((void **)&w->arena, &w->acap, w->an + dlen + 1, MASK_JSON_MAX + 1)))
+		return rc;
+	if (w->nk == w->kcap) {
+		size_t cap = w->kcap ? w->kcap * 2 : 64;
+		struct keyref *nk = realloc(w->keys, cap * sizeof(*nk));
+
+		if (!nk)
+			return -ENOMEM;
+		w->keys = nk;
+		w->kcap = cap;
+	}
+	memcpy(w->arena + w->an, w->dec, dlen);
+	*off = w->an;
+	w->keys[w->nk].off = w->an;
+	w->keys[w->nk].len = dlen;
+	w->nk++;
+	w->an += dlen;
+	return 0;
+}
+
+/* glibc qsort_r: the arena is the comparator's context. */
+static int keycmp(const void *a, const void *b, void *arena)
+{
+	const struct keyref *x = a, *y = b;
+	const uint8_t *ar = arena;
+	size_t n = x->len < y->len ? x->len : y->len;
+	int c = memcmp(ar + x->off, ar + y->off, n);
+
+	return c ? c : (x->len > y->len) - (x->len < y->len);
+}
+
+/* Duplicate names among keys[k0..nk): pairwise for small objects, else sort
+ * and compare neighbours (O(k log k), no hash table to size). */
+static bool has_dup(struct jw *w, size_t k0)
+{
+	size_t n = w->nk - k0;
+
+	if (n <= 8) {
+		for (size_t i = k0; i < w->nk; i++)
+			for (size_t j = i + 1; j < w->nk; j++)
+				if (keycmp(&w->keys[i], &w->keys[j], w->arena) == 0)
+					return true;
+		return false;
+	}
+	qsort_r(w->keys + k0, n, sizeof(*w->keys), keycmp, w->arena);
+	for (size_t i = k0 + 1; i < w->nk; i++)
+		if (keycmp(&w->keys[i - 1], &w->keys[i], w->arena) == 0)
+			return true;
+	return false;
+}
+
+static const char MASKED[] = "\"" MASK_TOKEN "\"";
+
+/* A string value or member name: raw bytes when nothing matched, else the
+ * masked text re-encoded. */
+static int emit_scanned(struct jw *w, size_t raw, size_t rawlen, size_t dlen, struct ctx *cx,
+			bool quiet)
+{
+	unsigned hits = 0;
+	size_t mlen;
+	int rc;
+
+	if (quiet)
+		return 0;
+	if (w->detect) {
+		if ((rc = detect(w, dlen, &mlen, &hits)))
+			return rc;
+		if (hits) {
+			report(w, cx, hits);
+			return emit_quoted(w, w->mbuf, mlen);
+		}
+	}
+	return emit(w, w->s + raw, rawlen);
+}
+
+static int parse_object(struct jw *w, int depth, bool quiet, struct ctx *cx)
+{
+	size_t k0 = w->nk, a0 = w->an;
+	bool first = true;
+	int rc;
+
+	w->pos++;                                  /* '{' */
+	if (!quiet && (rc = emitc(w, '{')))
+		return rc;
+	skip_ws(w);
+	if (w->pos < w->len && w->s[w->pos] == '}') {
+		w->pos++;
+		return quiet ? 0 : emitc(w, '}');
+	}
+	for (;;) {
+		size_t raw, rawlen, dlen, off;
+		struct ctx kid = { 0 };
+		bool final = false, any = false;
+
+		skip_ws(w);
+		if (w->pos >= w->len || w->s[w->pos] != '"')
+			return -EINVAL;
+		if ((rc = parse_string(w, &raw, &rawlen, &dlen)) || (rc = push_key(w, dlen, &off)))
+			return rc;
+		kid.name_off = off;
+		kid.name_len = dlen;
+		if (!quiet && !first && (rc = emitc(w, ',')))
+			return rc;
+		first = false;
+		/* The name is data too: scanned like a string value, but a hit is
+		 * reported under the name's own (masked) text. */
+		if ((rc = emit_scanned(w, raw, rawlen, dlen, &kid, quiet)))
+			return rc;
+		kid.touched = false;
+		skip_ws(w);
+		if (w->pos >= w->len || w->s[w->pos] != ':')
+			return -EINVAL;
+		w->pos++;
+		if (!quiet && (rc = emitc(w, ':')))
+			return rc;
+		if (!quiet && w->npaths)
+			final = step_states(w, depth, w->arena + off, dlen, false, 0, &any);
+		skip_ws(w);
+		if (final) {
+			report(w, &kid, 1);
+			if ((rc = emit(w, MASKED, sizeof(MASKED) - 1)))
+				return rc;
+		}
+		if ((rc = parse_value(w, depth + 1, quiet || final, &kid)))
+			return rc;
+		skip_ws(w);
+		if (w->pos >= w->len)
+			return -EINVAL;
+		if (w->s[w->pos] == ',') {
+			w->pos++;
+			continue;
+		}
+		if (w->s[w->pos] != '}')
+			return -EINVAL;
+		w->pos++;
+		break;
+	}
+	if (has_dup(w, k0))
+		return -EINVAL;
+	w->nk = k0;
+	w->an = a0;
+	return quiet ? 0 : emitc(w, '}');
+}
+
+static int parse_array(struct jw *w, int depth, bool quiet, struct ctx *cx)
+{
+	uint32_t idx = 0;
+	int rc;
+
+	w->pos++;                                  /* '[' */
+	if (!quiet && (rc = emitc(w, '[')))
+		return rc;
+	skip_ws(w);
+	if (w->pos < w->len && w->s[w->pos] == ']') {
+		w->pos++;
+		return quiet ? 0 : emitc(w, ']');
+	}
+	for (;; idx += idx < UINT32_MAX) {
+		struct ctx kid = { .name_off = cx->name_off, .name_len = cx->name_len };
+		bool final = false, any = false;
+
+		if (!quiet && idx && (rc = emitc(w, ',')))
+			return rc;
+		if (!quiet && w->npaths)
+			final = step_states(w, depth, NULL, 0, true, idx, &any);
+		skip_ws(w);
+		if (final) {
+			report(w, &kid, 1);
+			if ((rc = emit(w, MASKED, sizeof(MASKED) - 1)))
+				return rc;
+		}
+		if ((rc = parse_value(w, depth + 1, quiet || final, &kid)))
+			return rc;
+		skip_ws(w);
+		if (w->pos >= w->len)
+			return -EINVAL;
+		if (w->s[w->pos] == ',') {
+			w->pos++;
+			continue;
+		}
+		if (w->s[w->pos] != ']')
+			return -EINVAL;
+		w->pos++;
+		break;
+	}
+	return quiet ? 0 : emitc(w, ']');
+}
+
+static int parse_number(struct jw *w, bool quiet, struct ctx *cx)
+{
+	const uint8_t *s = w->s;
+	size_t p = w->pos, start = p, n = w->len;
+	unsigned hits = 0;
+
+	if (p < n && s[p] == '-')
+		p++;
+	if (p < n && s[p] == '0')
+		p++;
+	else if (p < n && s[p] >= '1' && s[p] <= '9')
+		while (p < n && s[p] >= '0' && s[p] <= '9')
+			p++;
+	else
+		return -EINVAL;
+	if (p < n && s[p] == '.') {
+		if (++p >= n || s[p] < '0' || s[p] > '9')
+			return -EINVAL;
+		while (p < n && s[p] >= '0' && s[p] <= '9')
+			p++;
+	}
+	if (p < n && (s[p] == 'e' || s[p] == 'E')) {
+		p++;
+		if (p < n && (s[p] == '+' || s[p] == '-'))
+			p++;
+		if (p >= n || s[p] < '0' || s[p] > '9')
+			return -EINVAL;
+		while (p < n && s[p] >= '0' && s[p] <= '9')
+			p++;
+	}
+	w->pos = p;
+	if (quiet)
+		return 0;
+	/* A card or phone number stored as a JSON number is still one. */
+	if (w->detect && mask_value_matches(w->m, (const char *)s + start, p - start)) {
+		hits = 1;
+		report(w, cx, hits);
+		return emit(w, MASKED, sizeof(MASKED) - 1);
+	}
+	return emit(w, s + start, p - start);
+}
+
+static int parse_literal(struct jw *w, bool quiet)
+{
+	static const char *const lit[] = { "true", "false", "null" };
+
+	for (int i = 0; i < 3; i++) {
+		size_t n = strlen(lit[i]);
+
+		if (w->len - w->pos >= n && memcmp(w->s + w->pos, lit[i], n) == 0) {
+			w->pos += n;
+			return quiet ? 0 : emit(w, lit[i], n);
+		}
+	}
+	return -EINVAL;
+}
+
+static int parse_value(struct jw *w, int depth, bool quiet, struct ctx *cx)
+{
+	size_t raw, rawlen, dlen;
+	int rc;
+
+	skip_ws(w);
+	if (w->pos >= w->len)
+		return -EINVAL;
+	switch (w->s[w->pos]) {
+	case '{':
+		if (depth >= MASK_JSON_DEPTH)
+			return -E2BIG;
+		return parse_object(w, depth, quiet, cx);
+	case '[':
+		if (depth >= MASK_JSON_DEPTH)
+			return -E2BIG;
+		return parse_array(w, depth, quiet, cx);
+	case '"':
+		if ((rc = parse_string(w, &raw, &rawlen, &dlen)))
+			return rc;
+		return emit_scanned(w, raw, rawlen, dlen, cx, quiet);
+	case 't': case 'f': case 'n':
+		return parse_literal(w, quiet);
+	default:
+		return parse_number(w, quiet, cx);
+	}
+}
+
+int mask_json(const struct mask_rules *m, const char *body, size_t len, char **out,
+	      size_t *outlen, struct mask_report *rep)
+{
+	struct jw w = { .m = m, .s = (const uint8_t *)body, .len = len, .rep = rep };
+	struct ctx root = { .name_len = SIZE_MAX };
+	int rc;
+
+	*out = NULL;
+	*outlen = 0;
+	if (rep)
+		memset(rep, 0, sizeof(*rep));
+	if (len > MASK_JSON_MAX)
+		return -E2BIG;
+	if (!body)
+		return -EINVAL;
+	w.detect = mask_has_detectors(m);
+	w.paths = mask_rules_paths(m, &w.npaths);
+	if (w.npaths) {
+		w.st = calloc((size_t)(MASK_JSON_DEPTH + 2) * w.npaths, sizeof(*w.st));
+		if (!w.st)
+			return -ENOMEM;
+		for (size_t i = 0; i < w.npaths; i++)
+			w.st[i] = 1;               /* step 0 pending at the root */
+	}
+	if ((rc = grow((void **)&w.out, &w.ocap, len + 1, OUT_MAX + 1)))
+		goto done;
+	rc = parse_value(&w, 0, false, &root);
+	if (!rc) {
+		skip_ws(&w);
+		if (w.pos != w.len)
+			rc = -EINVAL;
+	}
+done:
+	free(w.st);
+	free(w.dec);
+	free(w.mbuf);
+	free(w.arena);
+	free(w.keys);
+	if (rc) {
+		free(w.out);
+		if (rep)
+			memset(rep, 0, sizeof(*rep));
+		return rc;
+	}
+	w.out[w.on] = '\0';
+	*out = w.out;
+	*outlen = w.on;
+	return 0;
+}

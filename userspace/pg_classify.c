@@ -1,0 +1,2509 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * pg_classify: statement classes, relations, functions and masked-column
+ * uses of one message's SQL, and the verdict against the principal's rules.
+ *
+ * The walk (a summary; details at each function):
+ *   - libpg_query parses the text (JSON output, tokenized by
+ *     pg_classify_json.c). Every element of stmts[] is one statement; each
+ *     gets its own verdict and the message is denied if any is denied.
+ *   - Statements are dispatched by node type (the kinds[] table). Node types
+ *     the table does not know are denied. Nested statements (data-modifying
+ *     CTEs, EXPLAIN's query, CREATE TABLE AS, DECLARE, COPY (query), rule
+ *     actions, CREATE SCHEMA elements) are found wherever they sit and add
+ *     their needs to the statement that holds them: EXPLAIN [ANALYZE] X is
+ *     judged as X, whatever its options (the notes' advice: don't interpret
+ *     "ANALYZE false").
+ *   - The parse-tree shape trap (notes §0.8): typed fields such as
+ *     DeleteStmt.relation or IntoClause.rel hold a bare RangeVar, not
+ *     {"RangeVar": ...}. Every object carrying "relname" is a RangeVar (in
+ *     PG 15's raw trees only RangeVar has that field), so relations are
+ *     found in both shapes, and the generic walk visits every field of
+ *     every node it does not handle specially.
+ *   - Functions: every FuncCall, and CALL's bare one. Built-ins on the safe
+ *     list (pg_funcs.c) are allowed; anything else needs a rule's
+ *     functions: entry. set_config is always denied (it changes settings).
+ *
+ * Names: the wire module pins search_path to ctx->search_path and forbids
+ * changing it, so an unqualified relation is ctx->search_path.name, with two
+ * exceptions. pg_catalog is searched before the pinned schema implicitly,
+ * so an unqualified name starting with "pg_" (all catalog relations do) is
+ * taken as pg_catalog.name; and pg_temp is searched before both, which only
+ * matters if the agent may create temporary tables (a ddl grant), in which
+ * case its own temp table shadows — data it created itself. Names written
+ * with a schema are used as written (pg_temp included). Three-part names are
+ * denied, and so are identifiers containing '.' (they would make
+ * "schema.table" ambiguous). Unqualified functions resolve pg_catalog first
+ * too, so the built-in list judges them by name.
+ *
+ * Masked columns (DESIGN §3): a masked column may appear only as a plain
+ * output column of the statement's result. Each SELECT keeps a scope of its
+ * FROM items; a column reference is looked up in the scope chain
+ * (conservatively: an unqualified name is masked if any table in any
+ * enclosing scope masks it). Subqueries in FROM and CTEs are "derived"
+ * tables that remember which of their output columns carry masked lineage,
+ * so `SELECT x.cc FROM (SELECT cc FROM customers) x` is a plain output and
+ * `... WHERE x.cc = '4'` is not. Column aliases in FROM (`customers AS
+ * c(a, b, x)`) rename columns, so a table with masked columns aliased that
+ * way has every column treated as masked. A bare name equal to a FROM item
+ * whose table has masked columns is a whole-row reference (`SELECT c FROM
+ * customers c`, `row_to_json(c)`): denied. ORDER BY / GROUP BY / DISTINCT
+ * ON by output name or position of a masked output: denied. Set operations
+ * (UNION...) and DISTINCT lose lineage or compare values: masked outputs
+ * there are denied. RETURNING, INSERT ... SELECT, CREATE TABLE AS, views
+ * and COPY are not result outputs.
+ *
+ * Decisions (each a row of kinds[] or a handler below):
+ *   - Implicitly allowed, no rule needed: transaction control (BEGIN/START
+ *     [READ ONLY], COMMIT, ROLLBACK, SAVEPOINT, RELEASE, ROLLBACK TO, SET
+ *     TRANSACTION/SESSION CHARACTERISTICS, SET CONSTRAINTS), SET/RESET of
+ *     the harmless settings in harmless_settings[], SHOW, CLOSE, and the
+ *     empty text. Anything that would make a transaction read-write (BEGIN
+ *     READ WRITE, SET TRANSACTION READ WRITE, SET SESSION CHARACTERISTICS
+ *     ... READ WRITE) is denied unless some rule grants a non-read
+ *     statement (pgc_rules_may_write). Two-phase commit is denied.
+ *   - Always denied, whatever the rules: SET/RESET of any other setting
+ *     (standard_conforming_strings, client_encoding/NAMES, search_path/
+ *     SCHEMA, role, session_authorization, default_transaction_read_only,
+ *     transaction_read_only, statement_timeout, custom "x.y" ...), RESET
+ *     ALL, DISCARD (any), set_config(), ALTER SYSTEM, ALTER ROLE/DATABASE
+ *     ... SET, COPY to/from a file or PROGRAM, DO, LISTEN/NOTIFY/UNLISTEN,
+ *     SQL-level PREPARE/EXECUTE/DEALLOCATE (not tracked: use the protocol's
+ *     Parse), FETCH/MOVE (cursors are not tracked), LOAD, DDL or admin
+ *     statements touching a table with masked columns.
+ *   - EXPLAIN [ANALYZE] X is judged as X (plain EXPLAIN too: the options
+ *     are not interpreted). DECLARE ... CURSOR FOR X is judged as X.
+ *   - COPY ... TO STDOUT / FROM STDIN needs a rule whose statements: names
+ *     "copy" (a class never grants it) and is denied for any table with
+ *     masked columns; COPY (query) TO STDOUT checks the query as a
+ *     non-output.
+ *   - CALL p(...) needs "call" (or "write") and p in the rule's functions:.
+ *   - SELECT ... FOR UPDATE/SHARE adds a write-class need
+ *     (select_for_update, ...); SELECT INTO adds select_into (ddl) and the
+ *     new table.
+ */
+#include "pg_classify.h"
+#include "pg_classify_json.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <pg_query.h>
+#include <pg_query/pg_query.pb-c.h>
+
+#define MAX_STMTS       64     /* statements per message */
+#define MAX_NEEDS       12     /* (tag, class) pairs per statement */
+#define MAX_FUNCS       32     /* distinct non-built-in functions per message */
+#define MAX_ENTRIES     512    /* FROM items per message */
+#define MAX_DERIVED     256    /* subqueries and CTEs per message */
+#define MAX_CTES        128
+#define MAX_MASKED      16     /* masked output names remembered per derived table */
+#define MAX_WALK_DEPTH  600    /* recursion of the tree walk */
+#define NAME_MAX_LEN    64     /* NAMEDATALEN: identifiers are at most 63 bytes */
+
+struct need {
+	const char *tag;
+	enum pgc_class cls;
+	bool tag_only;             /* only the tag grants it (copy) */
+};
+
+struct stmt_info {
+	const char *tag;
+	char tagbuf[32];
+	enum pgc_class cls;
+	bool has_cls;
+	struct need needs[MAX_NEEDS];
+	int nneeds;
+	uint32_t tables;           /* bits into out->tables */
+	uint32_t funcs;            /* bits into walker.funcs */
+	bool implicit;             /* allowed without a rule (transaction control, ...) */
+	bool opaque;               /* names objects the walk cannot see: no tables: rule fits */
+};
+
+struct entry;
+
+struct derived {
+	const char *masked[MAX_MASKED];
+	int nmasked;
+	/* FROM items whose columns pass through a '*' or 't.*' output (their
+	 * masked columns keep their names) */
+	const struct entry *src[MAX_MASKED];
+	int nsrc;
+	bool star_masked;          /* every column may carry masked lineage */
+};
+
+enum ent_kind { ENT_TABLE, ENT_DERIVED, ENT_OPAQUE };
+
+struct entry {
+	const char *refname;       /* alias, or the relation's name */
+	enum ent_kind kind;
+	const char *schema, *rel;  /* ENT_TABLE */
+	struct derived *d;         /* ENT_DERIVED */
+	struct entry *next;
+};
+
+struct cte {
+	const char *name;
+	struct derived *d;
+	struct cte *next;
+};
+
+struct scope {
+	struct scope *parent;
+	struct entry *ents;
+	struct cte *ctes;
+};
+
+/* What a SELECT's own target list put out, for ORDER BY / GROUP BY checks. */
+struct selout {
+	const char *names[MAX_MASKED];
+	int nnames;
+	bool star_masked, overflow;
+	uint64_t masked_pos;       /* bit k-1: output k is a masked column (k <= 64) */
+	int nout;
+};
+
+struct func {
+	char schema[NAME_MAX_LEN];     /* "" when unqualified */
+	char name[NAME_MAX_LEN];
+};
+
+struct walker {
+	struct pgj j;
+	const struct pgc_ctx *ctx;
+	const char *schema;            /* the pinned search_path */
+	struct pgc_result *out;
+	struct stmt_info *st;
+	struct stmt_info stmts[MAX_STMTS];
+	int nst;
+	struct func funcs[MAX_FUNCS];
+	int nfuncs;
+	struct entry ents[MAX_ENTRIES];
+	int nents;
+	struct derived ders[MAX_DERIVED];
+	int nders;
+	struct cte ctes[MAX_CTES];
+	int nctes;
+	int depth;
+	bool denied, nocache, may_write;
+};
+
+static void deny(struct walker *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void deny(struct walker *w, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (w->denied)
+		return;
+	w->denied = true;
+	va_start(ap, fmt);
+	vsnprintf(w->out->reason, sizeof(w->out->reason), fmt, ap);
+	va_end(ap);
+}
+
+/* ---- small helpers over the token tree ---- */
+
+static const char *get_str(struct walker *w, int obj, const char *key)
+{
+	int v = pgj_get(&w->j, obj, key);
+
+	return v >= 0 ? pgj_str(&w->j, v) : NULL;
+}
+
+static bool get_bool(struct walker *w, int obj, const char *key)
+{
+	return pgj_is(&w->j, pgj_get(&w->j, obj, key), "true");
+}
+
+/* The body of a wrapped node of type 'type' at i, or -1. */
+static int node_of(struct walker *w, int i, const char *type)
+{
+	int body, k = pgj_unwrap(&w->j, i, &body);
+
+	return k >= 0 && pgj_is(&w->j, k, type) ? body : -1;
+}
+
+/* {"String":{"sval":"x"}} -> "x"; NULL for anything else. */
+static const char *string_node(struct walker *w, int i)
+{
+	int b = node_of(w, i, "String");
+
+	return b >= 0 ? get_str(w, b, "sval") : NULL;
+}
+
+static bool enter(struct walker *w)
+{
+	if (++w->depth > MAX_WALK_DEPTH) {
+		deny(w, "statement nested too deeply");
+		return false;
+	}
+	return !w->denied;
+}
+
+static void leave(struct walker *w)
+{
+	w->depth--;
+}
+
+static int class_rank(enum pgc_class c)
+{
+	switch (c) {
+	case PGC_TRANSACTION: return 0;
+	case PGC_UTILITY: return 1;
+	case PGC_READ: return 2;
+	case PGC_WRITE: return 3;
+	case PGC_DDL: return 4;
+	case PGC_ADMIN: return 5;
+	}
+	return 5;
+}
+
+static void set_class(struct stmt_info *st, enum pgc_class c)
+{
+	if (!st->has_cls || class_rank(c) > class_rank(st->cls))
+		st->cls = c;
+	st->has_cls = true;
+}
+
+static void add_need(struct walker *w, const char *tag, enum pgc_class cls, bool tag_only)
+{
+	struct stmt_info *st = w->st;
+
+	if (!st->tag)
+		st->tag = tag;
+	set_class(st, cls);
+	for (int i = 0; i < st->nneeds; i++)
+		if (strcmp(st->needs[i].tag, tag) == 0 && st->needs[i].cls == cls)
+			return;
+	if (st->nneeds == MAX_NEEDS) {
+		deny(w, "statement too complex (more than %d kinds of action)", MAX_NEEDS);
+		return;
+	}
+	st->needs[st->nneeds++] = (struct need){ tag, cls, tag_only };
+}
+
+/* ---- relations ---- */
+
+static void add_table(struct walker *w, const char *schema, const char *rel)
+{
+	struct pgc_result *o = w->out;
+	char name[sizeof(o->tables[0])];
+	int n = snprintf(name, sizeof(name), "%s.%s", schema, rel);
+
+	if (n < 0 || (size_t)n >= sizeof(name)) {
+		deny(w, "relation name too long");
+		return;
+	}
+	for (int i = 0; i < o->ntables; i++) {
+		if (strcmp(o->tables[i], name) == 0) {
+			w->st->tables |= 1u << i;
+			return;
+		}
+	}
+	if (o->ntables == PGC_MAX_TABLES) {
+		deny(w, "more than %d relations in one message", PGC_MAX_TABLES);
+		return;
+	}
+	memcpy(o->tables[o->ntables], name, (size_t)n + 1);
+	w->st->tables |= 1u << o->ntables;
+	o->ntables++;
+}
+
+static struct cte *find_cte(struct scope *sc, const char *name)
+{
+	for (; sc; sc = sc->parent)
+		for (struct cte *c = sc->ctes; c; c = c->next)
+			if (strcmp(c->name, name) == 0)
+				return c;
+	return NULL;
+}
+
+/*
+ * A RangeVar body (wrapped or bare). Resolves it under the pinned path (see
+ * "Names" above), records the table, and returns the CTE it names instead
+ * when it is an unqualified name of a CTE in scope (CTE names shadow
+ * tables). schema and rel are set for tables. Returns false when denied.
+ */
+static bool relation(struct walker *w, int rv, struct scope *sc, bool may_be_cte,
+		     const char **schema, const char **rel, struct cte **cte)
+{
+	const char *s = get_str(w, rv, "schemaname"), *r = get_str(w, rv, "relname");
+
+	*cte = NULL;
+	if (pgj_get(&w->j, rv, "catalogname") >= 0) {
+		deny(w, "cross-database reference not allowed");
+		return false;
+	}
+	if (!r || !*r) {
+		deny(w, "relation without a name");
+		return false;
+	}
+	if (!s && may_be_cte && (*cte = find_cte(sc, r)))
+		return true;
+	if (!s) {
+		const char *p = get_str(w, rv, "relpersistence");
+
+		if (p && strcmp(p, "t") == 0)
+			s = "pg_temp";
+		else if (strncmp(r, "pg_", 3) == 0)
+			s = "pg_catalog";
+		else
+			s = w->schema;
+	}
+	if (strchr(s, '.') || strchr(r, '.')) {
+		deny(w, "identifiers containing '.' are not supported");
+		return false;
+	}
+	add_table(w, s, r);
+	*schema = s;
+	*rel = r;
+	return !w->denied;
+}
+
+static bool masked(struct walker *w, const char *schema, const char *rel, const char *col)
+{
+	if (!w->ctx->column_masked)
+		return false;
+	return w->ctx->column_masked(w->ctx->arg, schema, rel, col);
+}
+
+static struct derived *new_derived(struct walker *w)
+{
+	struct derived *d;
+
+	if (w->nders == MAX_DERIVED) {
+		deny(w, "too many subqueries");
+		return NULL;
+	}
+	d = &w->ders[w->nders++];
+	memset(d, 0, sizeof(*d));
+	return d;
+}
+
+static struct entry *add_entry(struct walker *w, struct scope *sc, const char *refname,
+			       enum ent_kind kind)
+{
+	struct entry *e;
+
+	if (w->nents == MAX_ENTRIES) {
+		deny(w, "too many FROM items");
+		return NULL;
+	}
+	e = &w->ents[w->nents++];
+	memset(e, 0, sizeof(*e));
+	e->refname = refname;
+	e->kind = kind;
+	e->next = sc->ents;
+	sc->ents = e;
+	return e;
+}
+
+static bool entry_masked_at(struct walker *w, const struct entry *e, const char *col, int depth);
+
+/* Does derived table d expose col (NULL: any column) with masked lineage? */
+static bool derived_has(struct walker *w, const struct derived *d, const char *col, int depth)
+{
+	if (d->star_masked || depth > 32)
+		return true;
+	if (!col && d->nmasked)
+		return true;
+	for (int i = 0; col && i < d->nmasked; i++)
+		if (strcmp(d->masked[i], col) == 0)
+			return true;
+	for (int i = 0; i < d->nsrc; i++)
+		if (entry_masked_at(w, d->src[i], col, depth + 1))
+			return true;
+	return false;
+}
+
+static void derived_add(struct derived *d, const char *col)
+{
+	if (d->nmasked == MAX_MASKED)
+		d->star_masked = true;  /* too many to remember: treat all as masked */
+	else
+		d->masked[d->nmasked++] = col;
+}
+
+static void derived_add_src(struct derived *d, const struct entry *e)
+{
+	for (int i = 0; i < d->nsrc; i++)
+		if (d->src[i] == e)
+			return;
+	if (d->nsrc == MAX_MASKED)
+		d->star_masked = true;
+	else
+		d->src[d->nsrc++] = e;
+}
+
+static bool entry_masked_at(struct walker *w, const struct entry *e, const char *col, int depth)
+{
+	switch (e->kind) {
+	case ENT_TABLE:
+		return masked(w, e->schema, e->rel, col);
+	case ENT_DERIVED:
+		return derived_has(w, e->d, col, depth);
+	case ENT_OPAQUE:
+		return false;
+	}
+	return true;
+}
+
+/* Does entry e expose col with masked lineage? col == NULL: any column. */
+static bool entry_masked(struct walker *w, const struct entry *e, const char *col)
+{
+	return entry_masked_at(w, e, col, 0);
+}
+
+/* ---- forward declarations of the mutually recursive walk ---- */
+
+static void expr(struct walker *w, int i, struct scope *sc);
+static void walk_select(struct walker *w, int body, struct scope *parent, bool output,
+			bool stmtpos, struct derived *dout);
+static void walk_query(struct walker *w, int node, struct scope *sc, bool output, bool stmtpos,
+		       struct derived *dout);
+static void statement(struct walker *w, int key, int body, struct scope *sc, bool top);
+
+/* ---- columns ---- */
+
+/*
+ * A ColumnRef body. output: it is a plain output column of a result (then a
+ * masked column is fine and is recorded in so/dout). Elsewhere a masked
+ * column, a whole-row reference to a table with masked columns, or a star
+ * over one, is denied.
+ */
+static void colref(struct walker *w, int body, struct scope *sc, bool output,
+		   struct selout *so, struct derived *dout, const char *outname)
+{
+	int fields = pgj_get(&w->j, body, "fields");
+	const char *part[4] = { NULL };
+	int n = 0;
+	bool star = false;
+
+	for (int f = pgj_first(&w->j, fields); f >= 0; f = pgj_after(&w->j, fields, f)) {
+		if (node_of(w, f, "A_Star") >= 0) {
+			star = true;
+			if (pgj_after(&w->j, fields, f) >= 0) {
+				deny(w, "malformed column reference");
+				return;
+			}
+			break;
+		}
+		if (n == 4 || !(part[n] = string_node(w, f))) {
+			deny(w, "malformed column reference");
+			return;
+		}
+		n++;
+	}
+	if (star) {
+		/* t.* or *: the qualifying entry, or every entry of this scope;
+		 * a derived table records them as sources, by column name */
+		bool m = false, found = false;
+
+		for (struct entry *e = sc->ents; e; e = e->next) {
+			if (n && strcmp(e->refname ? e->refname : "", part[n - 1]) != 0)
+				continue;
+			found = true;
+			if (entry_masked(w, e, NULL)) {
+				m = true;
+				if (output && dout)
+					derived_add_src(dout, e);
+			}
+		}
+		if (n && !found)        /* t.* naming something not in this scope */
+			for (struct scope *s = sc->parent; s; s = s->parent)
+				for (struct entry *e = s->ents; e; e = e->next)
+					if (e->refname && strcmp(e->refname, part[n - 1]) == 0 &&
+					    entry_masked(w, e, NULL)) {
+						m = true;
+						if (output && dout)
+							derived_add_src(dout, e);
+					}
+		if (!m)
+			return;
+		if (!output) {
+			deny(w, "masked columns used outside a plain output column (%s*)",
+			     n ? "qualified " : "");
+			return;
+		}
+		if (so)
+			so->star_masked = true;
+		return;
+	}
+	if (n == 0) {
+		deny(w, "malformed column reference");
+		return;
+	}
+	const char *col = part[n - 1];
+	bool m = false, found = false;
+
+	if (n == 1) {
+		/* PostgreSQL takes a column first, a whole-row reference to a
+		 * FROM item second; either way a masked table is involved. */
+		for (struct scope *s = sc; s && !w->denied; s = s->parent) {
+			for (struct entry *e = s->ents; e; e = e->next) {
+				if (e->refname && strcmp(e->refname, col) == 0 &&
+				    entry_masked(w, e, NULL)) {
+					deny(w, "whole-row reference to %s, which has masked columns",
+					     col);
+					return;
+				}
+				m |= entry_masked(w, e, col);
+			}
+		}
+	} else {
+		const char *q = part[n - 2], *qs = n >= 3 ? part[n - 3] : NULL;
+
+		for (struct scope *s = sc; s; s = s->parent) {
+			for (struct entry *e = s->ents; e; e = e->next) {
+				bool match = e->refname && strcmp(e->refname, q) == 0;
+
+				if (match && qs)
+					match = e->kind == ENT_TABLE && strcmp(e->schema, qs) == 0;
+				if (!match)
+					continue;
+				found = true;
+				m |= entry_masked(w, e, col);
+			}
+			if (found)
+				break;
+		}
+		if (!found)     /* unresolvable here: be conservative */
+			for (struct scope *s = sc; s; s = s->parent)
+				for (struct entry *e = s->ents; e; e = e->next)
+					m |= entry_masked(w, e, col);
+	}
+	if (!m || w->denied)
+		return;
+	if (!output) {
+		deny(w, "masked column %s used outside a plain output column", col);
+		return;
+	}
+	if (so) {
+		if (so->nnames < MAX_MASKED)
+			so->names[so->nnames++] = outname ? outname : col;
+		else
+			so->overflow = true;
+	}
+	if (dout)
+		derived_add(dout, outname ? outname : col);
+}
+
+/* ---- functions and operators ---- */
+
+static void note_function(struct walker *w, const char *schema, const char *name)
+{
+	int i;
+
+	w->nocache = true;      /* a rule-granted function may take object names */
+	for (i = 0; i < w->nfuncs; i++)
+		if (strcmp(w->funcs[i].schema, schema ? schema : "") == 0 &&
+		    strcmp(w->funcs[i].name, name) == 0)
+			break;
+	if (i == w->nfuncs) {
+		if (i == MAX_FUNCS) {
+			deny(w, "more than %d functions in one message", MAX_FUNCS);
+			return;
+		}
+		snprintf(w->funcs[i].schema, NAME_MAX_LEN, "%s", schema ? schema : "");
+		snprintf(w->funcs[i].name, NAME_MAX_LEN, "%s", name);
+		w->nfuncs++;
+	}
+	w->st->funcs |= 1u << i;
+}
+
+/* A function name list ([schema,] name). */
+static void function_name(struct walker *w, int names, bool call)
+{
+	const char *part[3] = { NULL };
+	int n = 0;
+
+	for (int f = pgj_first(&w->j, names); f >= 0; f = pgj_after(&w->j, names, f)) {
+		if (n == 3 || !(part[n] = string_node(w, f))) {
+			deny(w, "malformed function name");
+			return;
+		}
+		n++;
+	}
+	if (n == 0 || n == 3) {
+		deny(w, n ? "cross-database function reference not allowed" : "malformed function name");
+		return;
+	}
+	const char *schema = n == 2 ? part[0] : NULL, *name = part[n - 1];
+	bool catalog = !schema || strcmp(schema, "pg_catalog") == 0;
+
+	if (strlen(name) >= NAME_MAX_LEN || (schema && strlen(schema) >= NAME_MAX_LEN)) {
+		deny(w, "function name too long");
+		return;
+	}
+	if (catalog && strcmp(name, "set_config") == 0) {
+		deny(w, "function set_config not allowed: session settings cannot be changed");
+		return;
+	}
+	if (!call && catalog && pgc_builtin_function_safe(name))
+		return;
+	note_function(w, schema, name);
+}
+
+static void funccall(struct walker *w, int body, struct scope *sc, bool call)
+{
+	function_name(w, pgj_get(&w->j, body, "funcname"), call);
+	for (int v = pgj_first(&w->j, body); v >= 0 && !w->denied; v = pgj_after(&w->j, body, v))
+		if (!pgj_is(&w->j, v - 1, "funcname"))
+			expr(w, v, sc);
+}
+
+/* Operators resolve like functions; only pg_catalog may be named explicitly
+ * (an unqualified operator resolves pg_catalog first). */
+static void operator_name(struct walker *w, int names)
+{
+	int f = pgj_first(&w->j, names), n = 0;
+	const char *first = NULL;
+
+	for (; f >= 0; f = pgj_after(&w->j, names, f)) {
+		if (n++ == 0)
+			first = string_node(w, f);
+	}
+	if (n > 1 && (!first || strcmp(first, "pg_catalog") != 0))
+		deny(w, "operator in schema %s not allowed", first ? first : "?");
+}
+
+static void typecast(struct walker *w, int body, struct scope *sc)
+{
+	int tn = pgj_get(&w->j, body, "typeName"), names = pgj_get(&w->j, tn, "names");
+	const char *last = NULL;
+
+	for (int f = pgj_first(&w->j, names); f >= 0; f = pgj_after(&w->j, names, f))
+		last = string_node(w, f);
+	/* regclass, regproc, regtype...: a literal that names an object */
+	if (last && strncmp(last, "reg", 3) == 0)
+		w->nocache = true;
+	expr(w, pgj_get(&w->j, body, "arg"), sc);
+}
+
+/* ---- expressions: the generic walk ---- */
+
+static void node(struct walker *w, int key, int body, struct scope *sc)
+{
+	const struct pgj *j = &w->j;
+	const char *type = j->s + j->t[key].start;
+	uint32_t tlen = j->t[key].len;
+
+	if (pgj_is(j, key, "ColumnRef")) {
+		colref(w, body, sc, false, NULL, NULL, NULL);
+	} else if (pgj_is(j, key, "FuncCall")) {
+		funccall(w, body, sc, false);
+	} else if (pgj_is(j, key, "A_Const") || pgj_is(j, key, "ParamRef") ||
+		   pgj_is(j, key, "String") || pgj_is(j, key, "Integer") ||
+		   pgj_is(j, key, "Float") || pgj_is(j, key, "Boolean") ||
+		   pgj_is(j, key, "BitString") || pgj_is(j, key, "A_Star") ||
+		   pgj_is(j, key, "SQLValueFunction")) {
+		return;
+	} else if (pgj_is(j, key, "TypeCast")) {
+		typecast(w, body, sc);
+	} else if (pgj_is(j, key, "A_Expr")) {
+		operator_name(w, pgj_get(j, body, "name"));
+		expr(w, pgj_get(j, body, "lexpr"), sc);
+		expr(w, pgj_get(j, body, "rexpr"), sc);
+	} else if (pgj_is(j, key, "SubLink")) {
+		expr(w, pgj_get(j, body, "testexpr"), sc);
+		operator_name(w, pgj_get(j, body, "operName"));
+		walk_query(w, pgj_get(j, body, "subselect"), sc, false, false, NULL);
+	} else if (pgj_is(j, key, "SelectStmt")) {
+		walk_select(w, body, sc, false, false, NULL);
+	} else if (pgj_is(j, key, "RangeVar")) {
+		const char *s, *r;
+		struct cte *c;
+
+		relation(w, body, sc, true, &s, &r, &c);
+	} else if (pgj_is(j, key, "LockingClause")) {
+		return;         /* lockedRels name FROM items, already seen */
+	} else if (tlen > 4 && memcmp(type + tlen - 4, "Stmt", 4) == 0) {
+		statement(w, key, body, sc, false);
+	} else {
+		expr(w, body, sc);
+	}
+}
+
+static void expr(struct walker *w, int i, struct scope *sc)
+{
+	const struct pgj *j = &w->j;
+	int key, body;
+
+	if (i < 0 || !enter(w)) {
+		if (i >= 0)
+			leave(w);
+		return;
+	}
+	if (j->t[i].type == PGJ_OBJ) {
+		if ((key = pgj_unwrap(j, i, &body)) >= 0) {
+			node(w, key, body, sc);
+		} else if (pgj_get(j, i, "relname") >= 0) {
+			const char *s, *r;
+			struct cte *c;
+
+			relation(w, i, sc, true, &s, &r, &c);
+		} else {
+			for (int v = pgj_first(j, i); v >= 0 && !w->denied; v = pgj_after(j, i, v))
+				expr(w, v, sc);
+		}
+	} else if (j->t[i].type == PGJ_ARR) {
+		for (int v = pgj_first(j, i); v >= 0 && !w->denied; v = pgj_after(j, i, v))
+			expr(w, v, sc);
+	}
+	leave(w);
+}
+
+/* ---- FROM ---- */
+
+static const char *alias_name(struct walker *w, int obj, bool *has_cols)
+{
+	int a = pgj_get(&w->j, obj, "alias");
+
+	*has_cols = pgj_get(&w->j, a, "colnames") >= 0;
+	return a >= 0 ? get_str(w, a, "aliasname") : NULL;
+}
+
+static void from_item(struct walker *w, int item, struct scope *sc)
+{
+	const struct pgj *j = &w->j;
+	int body, key = pgj_unwrap(j, item, &body);
+	bool cols;
+
+	if (key < 0 || !enter(w)) {
+		if (key >= 0)
+			leave(w);
+		else
+			expr(w, item, sc);
+		return;
+	}
+	if (pgj_is(j, key, "RangeVar")) {
+		const char *s = NULL, *r = NULL, *al = alias_name(w, body, &cols);
+		struct cte *c;
+		struct entry *e;
+
+		if (relation(w, body, sc, true, &s, &r, &c)) {
+			if (c) {
+				if ((e = add_entry(w, sc, al ? al : get_str(w, body, "relname"),
+						   ENT_DERIVED))) {
+					e->d = c->d;
+					if (cols && derived_has(w, c->d, NULL, 0) &&
+					    (e->d = new_derived(w)))
+						e->d->star_masked = true;
+				}
+			} else if (cols && masked(w, s, r, NULL)) {
+				/* renamed columns: every column may be a masked one */
+				if ((e = add_entry(w, sc, al, ENT_DERIVED)) && (e->d = new_derived(w)))
+					e->d->star_masked = true;
+			} else if ((e = add_entry(w, sc, al ? al : r, ENT_TABLE))) {
+				e->schema = s;
+				e->rel = r;
+			}
+		}
+	} else if (pgj_is(j, key, "RangeSubselect")) {
+		struct derived *d = new_derived(w);
+		const char *al = alias_name(w, body, &cols);
+		struct entry *e;
+
+		if (d) {
+			walk_query(w, pgj_get(j, body, "subquery"), sc, true, false, d);
+			if (cols && derived_has(w, d, NULL, 0))
+				d->star_masked = true;
+			if ((e = add_entry(w, sc, al, ENT_DERIVED)))
+				e->d = d;
+		}
+	} else if (pgj_is(j, key, "JoinExpr")) {
+		struct entry *before = sc->ents;
+		const char *al = alias_name(w, body, &cols);
+		int using = pgj_get(j, body, "usingClause");
+
+		from_item(w, pgj_get(j, body, "larg"), sc);
+		from_item(w, pgj_get(j, body, "rarg"), sc);
+		bool any = false;
+
+		for (struct entry *e = sc->ents; e != before && e; e = e->next)
+			any |= entry_masked(w, e, NULL);
+		if (get_bool(w, body, "isNatural") && any)
+			deny(w, "NATURAL JOIN over a table with masked columns");
+		for (int u = pgj_first(j, using); u >= 0 && !w->denied; u = pgj_after(j, using, u)) {
+			const char *col = string_node(w, u);
+
+			for (struct entry *e = sc->ents; e != before && e && col; e = e->next)
+				if (entry_masked(w, e, col))
+					deny(w, "masked column %s used in JOIN USING", col);
+		}
+		expr(w, pgj_get(j, body, "quals"), sc);
+		if (al) {
+			/* (a JOIN b) AS j: j's columns are a's and b's */
+			struct entry *last = sc->ents;
+			struct entry *e = add_entry(w, sc, al, ENT_DERIVED);
+
+			if (e && (e->d = new_derived(w)))
+				for (struct entry *c = last; c && c != before; c = c->next)
+					if (entry_masked(w, c, NULL))
+						derived_add_src(e->d, c);
+		}
+	} else if (pgj_is(j, key, "RangeTableSample")) {
+		from_item(w, pgj_get(j, body, "relation"), sc);
+		function_name(w, pgj_get(j, body, "method"), false);
+		expr(w, pgj_get(j, body, "args"), sc);
+		expr(w, pgj_get(j, body, "repeatable"), sc);
+	} else {
+		/* RangeFunction, RangeTableFunc (XMLTABLE): functions and
+		 * expressions; their columns carry no lineage. */
+		const char *al = alias_name(w, body, &cols);
+
+		expr(w, body, sc);
+		add_entry(w, sc, al, ENT_OPAQUE);
+	}
+	leave(w);
+}
+
+/* ---- WITH ---- */
+
+static void walk_with(struct walker *w, int wc, struct scope *sc)
+{
+	const struct pgj *j = &w->j;
+	int ctes = pgj_get(j, wc, "ctes");
+	bool recursive = get_bool(w, wc, "recursive");
+
+	for (int c = pgj_first(j, ctes); c >= 0 && !w->denied; c = pgj_after(j, ctes, c)) {
+		int body = node_of(w, c, "CommonTableExpr");
+		const char *name = body >= 0 ? get_str(w, body, "ctename") : NULL;
+		struct derived *d = new_derived(w);
+		struct cte *ct;
+
+		if (!name || !d) {
+			deny(w, "malformed WITH clause");
+			return;
+		}
+		if (w->nctes == MAX_CTES) {
+			deny(w, "too many CTEs");
+			return;
+		}
+		ct = &w->ctes[w->nctes++];
+		ct->name = name;
+		ct->d = d;
+		if (recursive) {        /* visible in its own query */
+			ct->next = sc->ctes;
+			sc->ctes = ct;
+		}
+		walk_query(w, pgj_get(j, body, "ctequery"), sc, true, false, d);
+		if (pgj_get(j, body, "aliascolnames") >= 0 && derived_has(w, d, NULL, 0))
+			d->star_masked = true;
+		if (!recursive) {
+			ct->next = sc->ctes;
+			sc->ctes = ct;
+		}
+	}
+}
+
+/* ---- SELECT ---- */
+
+/* ORDER BY / GROUP BY / DISTINCT ON item: a bare name or a position may
+ * mean an output column, whose lineage the scope lookup cannot see. */
+static void sort_item(struct walker *w, int item, struct scope *sc, const struct selout *so)
+{
+	int b;
+	const char *name;
+
+	if ((b = node_of(w, item, "SortBy")) >= 0) {
+		operator_name(w, pgj_get(&w->j, b, "useOp"));
+		sort_item(w, pgj_get(&w->j, b, "node"), sc, so);
+		return;
+	}
+	if ((b = node_of(w, item, "GroupingSet")) >= 0) {
+		int content = pgj_get(&w->j, b, "content");
+
+		for (int c = pgj_first(&w->j, content); c >= 0; c = pgj_after(&w->j, content, c))
+			sort_item(w, c, sc, so);
+		return;
+	}
+	bool any = so->nnames || so->star_masked || so->overflow;
+
+	if ((b = node_of(w, item, "A_Const")) >= 0 || node_of(w, item, "ParamRef") >= 0) {
+		/* a constant here is a position: its value decides the verdict */
+		int iv = b >= 0 ? pgj_get(&w->j, b, "ival") : -1;
+		long pos = 0;
+
+		w->nocache = true;
+		if (!any)
+			return;
+		if (iv >= 0)
+			pgj_int(&w->j, pgj_get(&w->j, iv, "ival"), &pos);
+		if (so->star_masked || so->overflow || pos < 1 || pos > 64 || so->nout > 64 ||
+		    (so->masked_pos & (1ull << (pos - 1))))
+			deny(w, "ORDER BY/GROUP BY position of a masked output column");
+		return;
+	}
+	if ((b = node_of(w, item, "ColumnRef")) >= 0) {
+		int fields = pgj_get(&w->j, b, "fields"), f = pgj_first(&w->j, fields);
+
+		if (f >= 0 && pgj_after(&w->j, fields, f) < 0 && (name = string_node(w, f))) {
+			if (so->overflow)
+				deny(w, "ORDER BY/GROUP BY name where the output has masked columns");
+			for (int i = 0; i < so->nnames; i++)
+				if (strcmp(so->names[i], name) == 0)
+					deny(w, "masked column %s used in ORDER BY/GROUP BY", name);
+		}
+	}
+	expr(w, item, sc);
+}
+
+static void lock_need(struct walker *w, int lc)
+{
+	int b = node_of(w, lc, "LockingClause");
+	const char *s = b >= 0 ? get_str(w, b, "strength") : NULL;
+
+	if (s && strcmp(s, "LCS_FORKEYSHARE") == 0)
+		add_need(w, "select_for_key_share", PGC_WRITE, false);
+	else if (s && strcmp(s, "LCS_FORSHARE") == 0)
+		add_need(w, "select_for_share", PGC_WRITE, false);
+	else if (s && strcmp(s, "LCS_FORNOKEYUPDATE") == 0)
+		add_need(w, "select_for_no_key_update", PGC_WRITE, false);
+	else
+		add_need(w, "select_for_update", PGC_WRITE, false);
+}
+
+/*
+ * A SelectStmt body. output: its target list is the result's output (the
+ * statement itself, a DECLARE, a subquery in FROM or a CTE — whose
+ * consumer decides again). stmtpos: it is the statement (adds "select").
+ * dout: where a derived table records its masked outputs.
+ */
+static void walk_select(struct walker *w, int body, struct scope *parent, bool output,
+			bool stmtpos, struct derived *dout)
+{
+	const struct pgj *j = &w->j;
+	struct scope sc = { .parent = parent };
+	struct selout so = { .nnames = 0 };
+	int i, into, locks;
+	const char *op;
+
+	if (body < 0)
+		return;
+	if (j->t[body].type != PGJ_OBJ) {
+		deny(w, "malformed SELECT");
+		return;
+	}
+	if (!enter(w)) {
+		leave(w);
+		return;
+	}
+	into = pgj_get(j, body, "intoClause");
+	if (into >= 0) {
+		output = false;         /* rows go into a table */
+		add_need(w, "select_into", PGC_DDL, false);
+	} else if (stmtpos) {
+		add_need(w, "select", PGC_READ, false);
+	}
+	if ((i = pgj_get(j, body, "withClause")) >= 0)
+		walk_with(w, i, &sc);
+	if (into >= 0) {
+		/* the new table: never a CTE name, whatever is in scope */
+		const char *ts, *tr;
+		struct cte *c;
+		int rel = pgj_get(j, into, "rel");
+
+		if (rel < 0)
+			deny(w, "malformed SELECT INTO");
+		else
+			relation(w, rel, &sc, false, &ts, &tr, &c);
+	}
+	locks = pgj_get(j, body, "lockingClause");
+	for (int l = pgj_first(j, locks); l >= 0; l = pgj_after(j, locks, l))
+		lock_need(w, l);
+	op = get_str(w, body, "op");
+	if (op && strcmp(op, "SETOP_NONE") != 0) {
+		/* UNION/INTERSECT/EXCEPT compare rows and lose lineage */
+		/* larg/rarg are typed SelectStmt fields: bare bodies */
+		walk_select(w, pgj_get(j, body, "larg"), &sc, false, false, NULL);
+		walk_select(w, pgj_get(j, body, "rarg"), &sc, false, false, NULL);
+	}
+	i = pgj_get(j, body, "fromClause");
+	for (int f = pgj_first(j, i); f >= 0 && !w->denied; f = pgj_after(j, i, f))
+		from_item(w, f, &sc);
+	expr(w, pgj_get(j, body, "valuesLists"), &sc);
+	i = pgj_get(j, body, "targetList");
+	for (int t = pgj_first(j, i); t >= 0 && !w->denied; t = pgj_after(j, i, t)) {
+		int rt = node_of(w, t, "ResTarget"), val = pgj_get(j, rt, "val"), cr;
+
+		if (rt < 0) {
+			deny(w, "malformed target list");
+			break;
+		}
+		int before = so.nnames;
+
+		so.nout++;
+		if (output && (cr = node_of(w, val, "ColumnRef")) >= 0)
+			colref(w, cr, &sc, true, &so, dout, get_str(w, rt, "name"));
+		else
+			expr(w, val, &sc);
+		if ((so.nnames != before || so.overflow) && so.nout <= 64)
+			so.masked_pos |= 1ull << (so.nout - 1);
+	}
+	expr(w, pgj_get(j, body, "whereClause"), &sc);
+	expr(w, pgj_get(j, body, "havingClause"), &sc);
+	i = pgj_get(j, body, "groupClause");
+	for (int g = pgj_first(j, i); g >= 0 && !w->denied; g = pgj_after(j, i, g))
+		sort_item(w, g, &sc, &so);
+	i = pgj_get(j, body, "sortClause");
+	for (int s = pgj_first(j, i); s >= 0 && !w->denied; s = pgj_after(j, i, s))
+		sort_item(w, s, &sc, &so);
+	i = pgj_get(j, body, "distinctClause");
+	if (i >= 0 && (so.nnames || so.star_masked || so.overflow))
+		deny(w, "DISTINCT over masked columns");
+	for (int d = pgj_first(j, i); d >= 0 && !w->denied; d = pgj_after(j, i, d))
+		if (j->t[d].n)          /* plain DISTINCT is [{}] */
+			sort_item(w, d, &sc, &so);
+	expr(w, pgj_get(j, body, "windowClause"), &sc);
+	expr(w, pgj_get(j, body, "limitCount"), &sc);
+	expr(w, pgj_get(j, body, "limitOffset"), &sc);
+	leave(w);
+}
+
+/* A node in a query position: SELECT (with output/stmtpos) or a nested
+ * statement (data-modifying CTE, EXECUTE in CREATE TABLE AS...). */
+static void walk_query(struct walker *w, int nd, struct scope *sc, bool output, bool stmtpos,
+		       struct derived *dout)
+{
+	int body, key = pgj_unwrap(&w->j, nd, &body);
+
+	if (nd < 0)
+		return;
+	if (key < 0) {
+		deny(w, "malformed query");
+		return;
+	}
+	if (pgj_is(&w->j, key, "SelectStmt"))
+		walk_select(w, body, sc, output, stmtpos, dout);
+	else
+		statement(w, key, body, sc, false);
+}
+
+/* ---- INSERT / UPDATE / DELETE / MERGE ---- */
+
+static struct entry *dml_target(struct walker *w, int body, struct scope *sc)
+{
+	const char *s, *r;
+	struct cte *c;
+	bool cols;
+	const char *al;
+	int rv = pgj_get(&w->j, body, "relation");
+	struct entry *e;
+
+	if (rv < 0 || !relation(w, rv, sc, false, &s, &r, &c))
+		return NULL;
+	al = alias_name(w, rv, &cols);
+	if ((e = add_entry(w, sc, al ? al : r, ENT_TABLE))) {
+		e->schema = s;
+		e->rel = r;
+	}
+	return e;
+}
+
+static void walk_dml(struct walker *w, int key, int body, struct scope *parent)
+{
+	const struct pgj *j = &w->j;
+	struct scope sc = { .parent = parent };
+	struct entry *e;
+	int i;
+
+	if (!enter(w)) {
+		leave(w);
+		return;
+	}
+	add_need(w, pgj_is(j, key, "InsertStmt") ? "insert" : pgj_is(j, key, "UpdateStmt") ?
+		 "update" : pgj_is(j, key, "DeleteStmt") ? "delete" : "merge", PGC_WRITE, false);
+	if ((i = pgj_get(j, body, "withClause")) >= 0)
+		walk_with(w, i, &sc);
+	if (pgj_is(j, key, "InsertStmt")) {
+		/* the source query does not see the target */
+		walk_query(w, pgj_get(j, body, "selectStmt"), &sc, false, false, NULL);
+		if ((e = dml_target(w, body, &sc)) && w->nents < MAX_ENTRIES) {
+			struct entry *ex = add_entry(w, &sc, "excluded", ENT_TABLE);
+
+			if (ex) {
+				ex->schema = e->schema;
+				ex->rel = e->rel;
+			}
+		}
+		expr(w, pgj_get(j, body, "onConflictClause"), &sc);
+	} else if (pgj_is(j, key, "UpdateStmt")) {
+		dml_target(w, body, &sc);
+		i = pgj_get(j, body, "fromClause");
+		for (int f = pgj_first(j, i); f >= 0 && !w->denied; f = pgj_after(j, i, f))
+			from_item(w, f, &sc);
+		expr(w, pgj_get(j, body, "targetList"), &sc);
+		expr(w, pgj_get(j, body, "whereClause"), &sc);
+	} else if (pgj_is(j, key, "DeleteStmt")) {
+		dml_target(w, body, &sc);
+		i = pgj_get(j, body, "usingClause");
+		for (int f = pgj_first(j, i); f >= 0 && !w->denied; f = pgj_after(j, i, f))
+			from_item(w, f, &sc);
+		expr(w, pgj_get(j, body, "whereClause"), &sc);
+	} else {        /* MergeStmt */
+		dml_target(w, body, &sc);
+		from_item(w, pgj_get(j, body, "sourceRelation"), &sc);
+		expr(w, pgj_get(j, body, "joinCondition"), &sc);
+		expr(w, pgj_get(j, body, "mergeWhenClauses"), &sc);
+	}
+	/* RETURNING is not a result with lineage: masked columns denied */
+	expr(w, pgj_get(j, body, "returningList"), &sc);
+	leave(w);
+}
+
+/* ---- utility statements ---- */
+
+/* Settings an agent may change: none of them changes how SQL parses, who
+ * runs it, where names resolve, or whether the transaction may write. */
+static const char *const harmless_settings[] = {
+	"application_name", "bytea_output", "client_min_messages", "datestyle",
+	"default_transaction_isolation", "extra_float_digits", "intervalstyle",
+	"lc_monetary", "lc_numeric", "lc_time", "timezone", "transaction_isolation",
+	NULL,
+};
+
+/* A DefElem list of transaction modes: does it ask for READ WRITE? */
+static bool asks_read_write(struct walker *w, int opts)
+{
+	for (int o = pgj_first(&w->j, opts); o >= 0; o = pgj_after(&w->j, opts, o)) {
+		int de = node_of(w, o, "DefElem");
+		const char *name = de >= 0 ? get_str(w, de, "defname") : NULL;
+		int c, iv;
+		long v = 0;
+
+		if (!name || strcmp(name, "transaction_read_only") != 0)
+			continue;
+		c = node_of(w, pgj_get(&w->j, de, "arg"), "A_Const");
+		iv = pgj_get(&w->j, c, "ival");
+		/* {"ival":{}} is 0: READ WRITE; {"ival":{"ival":1}}: READ ONLY */
+		if (iv < 0)
+			return true;    /* not the shape we know: assume the worst */
+		pgj_int(&w->j, pgj_get(&w->j, iv, "ival"), &v);
+		if (v == 0)
+			return true;
+	}
+	return false;
+}
+
+static void txn(struct walker *w, int body)
+{
+	static const struct { const char *kind, *tag; bool begins, ends; } k[] = {
+		{ "TRANS_STMT_BEGIN", "begin", true, false },
+		{ "TRANS_STMT_START", "start_transaction", true, false },
+		{ "TRANS_STMT_COMMIT", "commit", false, true },
+		{ "TRANS_STMT_ROLLBACK", "rollback", false, true },
+		{ "TRANS_STMT_SAVEPOINT", "savepoint", false, false },
+		{ "TRANS_STMT_RELEASE", "release", false, false },
+		{ "TRANS_STMT_ROLLBACK_TO", "rollback", false, false },
+	};
+	const char *kind = get_str(w, body, "kind");
+
+	for (size_t i = 0; kind && i < sizeof(k) / sizeof(k[0]); i++) {
+		if (strcmp(kind, k[i].kind) != 0)
+			continue;
+		w->st->tag = k[i].tag;
+		set_class(w->st, PGC_TRANSACTION);
+		w->st->implicit = true;
+		w->out->begins_tx |= k[i].begins || (k[i].ends && get_bool(w, body, "chain"));
+		w->out->ends_tx |= k[i].ends;
+		if (k[i].begins && asks_read_write(w, pgj_get(&w->j, body, "options")) &&
+		    !w->may_write)
+			deny(w, "read-write transaction not allowed: the role may only read");
+		return;
+	}
+	deny(w, "two-phase commit statements not allowed");
+}
+
+static void set_stmt(struct walker *w, int body)
+{
+	const char *kind = get_str(w, body, "kind"), *name = get_str(w, body, "name");
+
+	w->st->tag = "set";
+	set_class(w->st, PGC_UTILITY);
+	if (!kind || strcmp(kind, "VAR_RESET_ALL") == 0) {
+		deny(w, "RESET ALL not allowed: it would undo pinned settings");
+		return;
+	}
+	if (strcmp(kind, "VAR_SET_MULTI") == 0) {
+		if (name && (strcmp(name, "TRANSACTION") == 0 ||
+			     strcmp(name, "SESSION CHARACTERISTICS") == 0)) {
+			w->st->tag = "set_transaction";
+			set_class(w->st, PGC_TRANSACTION);
+			w->st->implicit = true;
+			if (asks_read_write(w, pgj_get(&w->j, body, "args")) && !w->may_write)
+				deny(w, "read-write transaction not allowed: the role may only read");
+			return;
+		}
+		deny(w, "SET %s not allowed", name ? name : "?");
+		return;
+	}
+	if (strcmp(kind, "VAR_RESET") == 0)
+		w->st->tag = "reset";
+	for (int i = 0; name && harmless_settings[i]; i++) {
+		if (strcmp(name, harmless_settings[i]) == 0) {
+			w->st->implicit = true;
+			return;
+		}
+	}
+	deny(w, "setting %s cannot be changed", name ? name : "?");
+}
+
+static void copy_stmt(struct walker *w, int body, struct scope *parent)
+{
+	struct scope sc = { .parent = parent };
+	bool from = get_bool(w, body, "is_from");
+	int rv = pgj_get(&w->j, body, "relation");
+
+	if (get_bool(w, body, "is_program")) {
+		deny(w, "COPY to or from a program not allowed");
+		return;
+	}
+	if (pgj_get(&w->j, body, "filename") >= 0) {
+		deny(w, "COPY to or from a server file not allowed");
+		return;
+	}
+	add_need(w, "copy", from ? PGC_WRITE : PGC_READ, true);
+	if (from)
+		w->out->copy_in = true;
+	else
+		w->out->copy_out = true;
+	if (rv >= 0) {
+		const char *s, *r;
+		struct cte *c;
+		struct entry *e;
+
+		if (!relation(w, rv, &sc, false, &s, &r, &c))
+			return;
+		if (masked(w, s, r, NULL)) {
+			deny(w, "COPY of %s.%s not allowed: it has masked columns", s, r);
+			return;
+		}
+		if ((e = add_entry(w, &sc, r, ENT_TABLE))) {
+			e->schema = s;
+			e->rel = r;
+		}
+	}
+	/* COPY (query) TO STDOUT bypasses the row masking: no masked column
+	 * may reach it, so the query is not an output position */
+	walk_query(w, pgj_get(&w->j, body, "query"), &sc, false, false, NULL);
+	expr(w, pgj_get(&w->j, body, "whereClause"), &sc);
+}
+
+static void drop_stmt(struct walker *w, int body, struct stmt_info *st)
+{
+	static const struct { const char *type, *tag; bool rel; } k[] = {
+		{ "OBJECT_TABLE", "drop_table", true },
+		{ "OBJECT_VIEW", "drop_view", true },
+		{ "OBJECT_MATVIEW", "drop_materialized_view", true },
+		{ "OBJECT_INDEX", "drop_index", true },
+		{ "OBJECT_SEQUENCE", "drop_sequence", true },
+		{ "OBJECT_FOREIGN_TABLE", "drop_foreign_table", true },
+		{ "OBJECT_FUNCTION", "drop_function", false },
+		{ "OBJECT_PROCEDURE", "drop_procedure", false },
+		{ "OBJECT_SCHEMA", "drop_schema", false },
+		{ "OBJECT_TYPE", "drop_type", false },
+	};
+	const char *type = get_str(w, body, "removeType");
+	int objs = pgj_get(&w->j, body, "objects");
+	size_t i;
+
+	for (i = 0; type && i < sizeof(k) / sizeof(k[0]); i++)
+		if (strcmp(type, k[i].type) == 0)
+			break;
+	add_need(w, type && i < sizeof(k) / sizeof(k[0]) ? k[i].tag : "drop", PGC_DDL, false);
+	if (!type || i == sizeof(k) / sizeof(k[0]) || !k[i].rel) {
+		st->opaque = true;
+		return;
+	}
+	for (int o = pgj_first(&w->j, objs); o >= 0 && !w->denied; o = pgj_after(&w->j, objs, o)) {
+		int list = node_of(w, o, "List"), items = pgj_get(&w->j, list, "items");
+		const char *part[3] = { NULL };
+		int n = 0;
+
+		for (int f = pgj_first(&w->j, items); f >= 0; f = pgj_after(&w->j, items, f)) {
+			if (n == 3 || !(part[n] = string_node(w, f))) {
+				deny(w, "malformed DROP");
+				return;
+			}
+			n++;
+		}
+		if (n == 0 || n == 3) {
+			deny(w, n ? "cross-database reference not allowed" : "malformed DROP");
+			return;
+		}
+		const char *s = n == 2 ? part[0] : strncmp(part[n - 1], "pg_", 3) == 0 ?
+				"pg_catalog" : w->schema;
+
+		if (strchr(s, '.') || strchr(part[n - 1], '.')) {
+			deny(w, "identifiers containing '.' are not supported");
+			return;
+		}
+		add_table(w, s, part[n - 1]);
+	}
+}
+
+/* ---- the statement table ---- */
+
+enum handling {
+	H_DENY, H_SELECT, H_DML, H_COPY, H_EXPLAIN, H_CTAS, H_DECLARE, H_TXN, H_SET,
+	H_IMPLICIT, H_CALL, H_DROP, H_KNOWN, H_GENERIC,
+};
+
+struct kind {
+	const char *node;
+	const char *tag;
+	enum pgc_class cls;
+	enum handling h;
+	const char *why;           /* H_DENY */
+};
+
+/*
+ * Every statement node of PG 15's grammar. H_KNOWN: DDL/admin whose objects
+ * are relations the walk sees (a rule with tables: can grant it); H_GENERIC:
+ * objects the walk cannot name, so only a rule without tables: fits.
+ */
+static const struct kind kinds[] = {
+	{ "SelectStmt", "select", PGC_READ, H_SELECT, NULL },
+	{ "InsertStmt", "insert", PGC_WRITE, H_DML, NULL },
+	{ "UpdateStmt", "update", PGC_WRITE, H_DML, NULL },
+	{ "DeleteStmt", "delete", PGC_WRITE, H_DML, NULL },
+	{ "MergeStmt", "merge", PGC_WRITE, H_DML, NULL },
+	{ "CopyStmt", "copy", PGC_READ, H_COPY, NULL },
+	{ "ExplainStmt", "explain", PGC_READ, H_EXPLAIN, NULL },
+	{ "CreateTableAsStmt", "create_table_as", PGC_DDL, H_CTAS, NULL },
+	{ "DeclareCursorStmt", "declare_cursor", PGC_READ, H_DECLARE, NULL },
+	{ "TransactionStmt", "begin", PGC_TRANSACTION, H_TXN, NULL },
+	{ "VariableSetStmt", "set", PGC_UTILITY, H_SET, NULL },
+	{ "VariableShowStmt", "show", PGC_UTILITY, H_IMPLICIT, NULL },
+	{ "ConstraintsSetStmt", "set_constraints", PGC_TRANSACTION, H_IMPLICIT, NULL },
+	{ "ClosePortalStmt", "close_cursor", PGC_UTILITY, H_IMPLICIT, NULL },
+	{ "CallStmt", "call", PGC_WRITE, H_CALL, NULL },
+	{ "DropStmt", "drop", PGC_DDL, H_DROP, NULL },
+	{ "DoStmt", "do", PGC_ADMIN, H_DENY, "DO blocks are opaque code" },
+	{ "ListenStmt", "listen", PGC_UTILITY, H_DENY, "LISTEN/NOTIFY are a side channel" },
+	{ "NotifyStmt", "notify", PGC_UTILITY, H_DENY, "LISTEN/NOTIFY are a side channel" },
+	{ "UnlistenStmt", "unlisten", PGC_UTILITY, H_DENY, "LISTEN/NOTIFY are a side channel" },
+	{ "PrepareStmt", "prepare", PGC_UTILITY, H_DENY,
+	  "SQL-level PREPARE/EXECUTE/DEALLOCATE are not tracked (use the protocol's Parse)" },
+	{ "ExecuteStmt", "execute", PGC_UTILITY, H_DENY,
+	  "SQL-level PREPARE/EXECUTE/DEALLOCATE are not tracked (use the protocol's Parse)" },
+	{ "DeallocateStmt", "deallocate", PGC_UTILITY, H_DENY,
+	  "SQL-level PREPARE/EXECUTE/DEALLOCATE are not tracked (use the protocol's Parse)" },
+	{ "FetchStmt", "fetch", PGC_READ, H_DENY, "cursors are not tracked: FETCH/MOVE not allowed" },
+	{ "DiscardStmt", "discard", PGC_UTILITY, H_DENY, "DISCARD would undo pinned settings" },
+	{ "LoadStmt", "load", PGC_ADMIN, H_DENY, "LOAD loads server code" },
+	{ "AlterSystemStmt", "alter_system", PGC_ADMIN, H_DENY, "settings cannot be changed" },
+	{ "AlterRoleSetStmt", "alter_role", PGC_ADMIN, H_DENY, "settings cannot be changed" },
+	{ "AlterDatabaseSetStmt", "alter_database", PGC_ADMIN, H_DENY, "settings cannot be changed" },
+	{ "PLAssignStmt", "plassign", PGC_ADMIN, H_DENY, "PL/pgSQL only" },
+	{ "ReturnStmt", "return", PGC_ADMIN, H_DENY, "PL/pgSQL only" },
+	{ "CreateStmt", "create_table", PGC_DDL, H_KNOWN, NULL },
+	{ "CreateForeignTableStmt", "create_foreign_table", PGC_DDL, H_KNOWN, NULL },
+	{ "ViewStmt", "create_view", PGC_DDL, H_KNOWN, NULL },
+	{ "IndexStmt", "create_index", PGC_DDL, H_KNOWN, NULL },
+	{ "AlterTableStmt", "alter_table", PGC_DDL, H_KNOWN, NULL },
+	{ "CreateTrigStmt", "create_trigger", PGC_DDL, H_KNOWN, NULL },
+	{ "RuleStmt", "create_rule", PGC_DDL, H_KNOWN, NULL },
+	{ "CreatePolicyStmt", "create_policy", PGC_DDL, H_KNOWN, NULL },
+	{ "AlterPolicyStmt", "alter_policy", PGC_DDL, H_KNOWN, NULL },
+	{ "CreateSeqStmt", "create_sequence", PGC_DDL, H_KNOWN, NULL },
+	{ "AlterSeqStmt", "alter_sequence", PGC_DDL, H_KNOWN, NULL },
+	{ "RefreshMatViewStmt", "refresh_materialized_view", PGC_DDL, H_KNOWN, NULL },
+	{ "RenameStmt", "rename", PGC_DDL, H_KNOWN, NULL },
+	{ "AlterObjectSchemaStmt", "alter_object_schema", PGC_DDL, H_KNOWN, NULL },
+	{ "TruncateStmt", "truncate_table", PGC_WRITE, H_KNOWN, NULL },
+	{ "LockStmt", "lock_table", PGC_WRITE, H_KNOWN, NULL },
+	{ "VacuumStmt", "vacuum", PGC_ADMIN, H_KNOWN, NULL },
+	{ "ClusterStmt", "cluster", PGC_ADMIN, H_KNOWN, NULL },
+	{ "ReindexStmt", "reindex", PGC_ADMIN, H_KNOWN, NULL },
+	{ "CreateFunctionStmt", "create_function", PGC_DDL, H_GENERIC, NULL },
+	{ "AlterFunctionStmt", "alter_function", PGC_DDL, H_GENERIC, NULL },
+	{ "AlterDomainStmt", "alter_domain", PGC_DDL, H_GENERIC, NULL },
+	{ "DefineStmt", "define", PGC_DDL, H_GENERIC, NULL },
+	{ "CommentStmt", "comment", PGC_DDL, H_GENERIC, NULL },
+	{ "CreateDomainStmt", "create_domain", PGC_DDL, H_GENERIC, NULL },
+	{ "CreateConversionStmt", "create_conversion", PGC_DDL, H_GENERIC, NULL },
+	{ "CreateCastStmt", "create_cast", PGC_DDL, H_GENERIC, NULL },
+	{ "CreateOpClassStmt", "create_operator_class", PGC_DDL, H_GENERIC, NULL },
+	{ "CreateOpFamilyStmt", "create_operator_family", PGC_DDL, H_GENERIC, NULL },
+	{ "AlterOpFamilyStmt", "alter_operator_family", PGC_DDL, H_GENERIC, NULL },
+	{ "AlterObjectDependsStmt", "alter_object_depends", PGC_DDL, H_GENERIC, NULL },
+	{ "AlterOwnerStmt", "alter_owner", PGC_DDL, H_GENERIC, NULL },
+	{ "AlterOperatorStmt", "alter_operator", PGC_DDL, H_GENERIC, NULL },
+	{ "AlterTypeStmt", "alter_type", PGC_DDL, H_GENERIC, NULL },
+	{ "CompositeTypeStmt", "create_type", PGC_DDL, H_GENERIC, NULL },
+	{ "CreateEnumStmt", "create_type", PGC_DDL, H_GENERIC, NULL },
+	{ "CreateRangeStmt", "create_type", PGC_DDL, H_GENERIC, NULL },
+	{ "AlterEnumStmt", "alter_type", PGC_DDL, H_GENERIC, NULL },
+	{ "AlterTSDictionaryStmt", "alter_text_search_dictionary", PGC_DDL, H_GENERIC, NULL },
+	{ "AlterTSConfigurationStmt", "alter_text_search_configuration", PGC_DDL, H_GENERIC, NULL },
+	{ "CreateStatsStmt", "create_statistics", PGC_DDL, H_GENERIC, NULL },
+	{ "AlterStatsStmt", "alter_statistics", PGC_DDL, H_GENERIC, NULL },
+	{ "AlterCollationStmt", "alter_collation", PGC_DDL, H_GENERIC, NULL },
+	{ "CreateSchemaStmt", "create_schema", PGC_DDL, H_GENERIC, NULL },
+	{ "CheckPointStmt", "checkpoint", PGC_ADMIN, H_GENERIC, NULL },
+	{ "GrantStmt", "grant", PGC_ADMIN, H_GENERIC, NULL },
+	{ "GrantRoleStmt", "grant_role", PGC_ADMIN, H_GENERIC, NULL },
+	{ "AlterDefaultPrivilegesStmt", "alter_default_privileges", PGC_ADMIN, H_GENERIC, NULL },
+	{ "CreateRoleStmt", "create_role", PGC_ADMIN, H_GENERIC, NULL },
+	{ "AlterRoleStmt", "alter_role", PGC_ADMIN, H_GENERIC, NULL },
+	{ "DropRoleStmt", "drop_role", PGC_ADMIN, H_GENERIC, NULL },
+	{ "ReassignOwnedStmt", "reassign_owned", PGC_ADMIN, H_GENERIC, NULL },
+	{ "DropOwnedStmt", "drop_owned", PGC_ADMIN, H_GENERIC, NULL },
+	{ "CreatedbStmt", "create_database", PGC_ADMIN, H_GENERIC, NULL },
+	{ "DropdbStmt", "drop_database", PGC_ADMIN, H_GENERIC, NULL },
+	{ "AlterDatabaseStmt", "alter_database", PGC_ADMIN, H_GENERIC, NULL },
+	{ "AlterDatabaseRefreshCollStmt", "alter_database", PGC_ADMIN, H_GENERIC, NULL },
+	{ "CreateTableSpaceStmt", "create_tablespace", PGC_ADMIN, H_GENERIC, NULL },
+	{ "DropTableSpaceStmt", "drop_tablespace", PGC_ADMIN, H_GENERIC, NULL },
+	{ "AlterTableSpaceOptionsStmt", "alter_tablespace", PGC_ADMIN, H_GENERIC, NULL },
+	{ "AlterTableMoveAllStmt", "alter_table", PGC_ADMIN, H_GENERIC, NULL },
+	{ "CreateExtensionStmt", "create_extension", PGC_ADMIN, H_GENERIC, NULL },
+	{ "AlterExtensionStmt", "alter_extension", PGC_ADMIN, H_GENERIC, NULL },
+	{ "AlterExtensionContentsStmt", "alter_extension", PGC_ADMIN, H_GENERIC, NULL },
+	{ "CreateFdwStmt", "create_foreign_data_wrapper", PGC_ADMIN, H_GENERIC, NULL },
+	{ "AlterFdwStmt", "alter_foreign_data_wrapper", PGC_ADMIN, H_GENERIC, NULL },
+	{ "CreateForeignServerStmt", "create_server", PGC_ADMIN, H_GENERIC, NULL },
+	{ "AlterForeignServerStmt", "alter_server", PGC_ADMIN, H_GENERIC, NULL },
+	{ "CreateUserMappingStmt", "create_user_mapping", PGC_ADMIN, H_GENERIC, NULL },
+	{ "AlterUserMappingStmt", "alter_user_mapping", PGC_ADMIN, H_GENERIC, NULL },
+	{ "DropUserMappingStmt", "drop_user_mapping", PGC_ADMIN, H_GENERIC, NULL },
+	{ "ImportForeignSchemaStmt", "import_foreign_schema", PGC_ADMIN, H_GENERIC, NULL },
+	{ "CreateEventTrigStmt", "create_event_trigger", PGC_ADMIN, H_GENERIC, NULL },
+	{ "AlterEventTrigStmt", "alter_event_trigger", PGC_ADMIN, H_GENERIC, NULL },
+	{ "CreatePLangStmt", "create_language", PGC_ADMIN, H_GENERIC, NULL },
+	{ "CreateAmStmt", "create_access_method", PGC_ADMIN, H_GENERIC, NULL },
+	{ "CreateTransformStmt", "create_transform", PGC_ADMIN, H_GENERIC, NULL },
+	{ "CreatePublicationStmt", "create_publication", PGC_ADMIN, H_GENERIC, NULL },
+	{ "AlterPublicationStmt", "alter_publication", PGC_ADMIN, H_GENERIC, NULL },
+	{ "CreateSubscriptionStmt", "create_subscription", PGC_ADMIN, H_GENERIC, NULL },
+	{ "AlterSubscriptionStmt", "alter_subscription", PGC_ADMIN, H_GENERIC, NULL },
+	{ "DropSubscriptionStmt", "drop_subscription", PGC_ADMIN, H_GENERIC, NULL },
+	{ "SecLabelStmt", "security_label", PGC_ADMIN, H_GENERIC, NULL },
+};
+
+/*
+ * DDL may not touch a table with masked columns: renaming a masked column,
+ * a trigger or rule on the table, an index or view over it would each
+ * undo the name-based column checks above (or copy values out).
+ */
+static void ddl_masked_check(struct walker *w, uint32_t bits)
+{
+	for (int i = 0; i < w->out->ntables && !w->denied; i++) {
+		char s[sizeof(w->out->tables[0])], *dot;
+
+		if (!(bits & (1u << i)))
+			continue;
+		memcpy(s, w->out->tables[i], sizeof(s));
+		if (!(dot = strchr(s, '.')))
+			continue;
+		*dot = '\0';
+		if (masked(w, s, dot + 1, NULL))
+			deny(w, "DDL on %s not allowed: it has masked columns", w->out->tables[i]);
+	}
+}
+
+static const struct kind *find_kind(struct walker *w, int key)
+{
+	for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
+		if (pgj_is(&w->j, key, kinds[i].node))
+			return &kinds[i];
+	return NULL;
+}
+
+/*
+ * One statement node. top: it is an element of stmts[] (its tag becomes
+ * the statement's tag; SELECT is an output). Nested statements add their
+ * needs to the enclosing statement. Everything except SELECT and plain DML
+ * is a utility statement and never cached (its literals are its meaning).
+ */
+static void statement(struct walker *w, int key, int body, struct scope *sc, bool top)
+{
+	const struct kind *k = find_kind(w, key);
+	struct stmt_info *st = w->st;
+	const char *tag;
+
+	if (!k) {
+		deny(w, "unsupported statement %.*s", (int)w->j.t[key].len,
+		     w->j.s + w->j.t[key].start);
+		return;
+	}
+	if (!enter(w)) {
+		leave(w);
+		return;
+	}
+	if (k->h != H_SELECT && k->h != H_DML)
+		w->nocache = true;
+	if (top)
+		set_class(st, k->cls);
+	switch (k->h) {
+	case H_DENY:
+		deny(w, "%s", k->why);
+		break;
+	case H_SELECT:
+		walk_select(w, body, sc, true, true, NULL);
+		break;
+	case H_DML:
+		walk_dml(w, key, body, sc);
+		break;
+	case H_COPY:
+		copy_stmt(w, body, sc);
+		break;
+	case H_EXPLAIN:
+		/* EXPLAIN [ANALYZE] X is judged as X whatever its options */
+		if (top)
+			st->tag = k->tag;
+		walk_query(w, pgj_get(&w->j, body, "query"), sc, true, true, NULL);
+		break;
+	case H_DECLARE:
+		if (top)
+			st->tag = k->tag;
+		walk_query(w, pgj_get(&w->j, body, "query"), sc, true, true, NULL);
+		break;
+	case H_CTAS: {
+		const char *ot = get_str(w, body, "objtype");
+
+		tag = ot && strcmp(ot, "OBJECT_MATVIEW") == 0 ? "create_materialized_view" :
+		      k->tag;
+		add_need(w, tag, PGC_DDL, false);
+		expr(w, pgj_get(&w->j, body, "into"), sc);
+		walk_query(w, pgj_get(&w->j, body, "query"), sc, false, false, NULL);
+		break;
+	}
+	case H_TXN:
+		if (!top)
+			deny(w, "transaction control inside another statement");
+		else
+			txn(w, body);
+		break;
+	case H_SET:
+		if (!top)
+			deny(w, "SET inside another statement");
+		else
+			set_stmt(w, body);
+		break;
+	case H_IMPLICIT:
+		if (!top) {
+			deny(w, "%s inside another statement", k->tag);
+			break;
+		}
+		st->tag = k->tag;
+		set_class(st, k->cls);
+		st->implicit = true;
+		break;
+	case H_CALL:
+		add_need(w, k->tag, k->cls, false);
+		funccall(w, pgj_get(&w->j, body, "funccall"), sc, true);
+		break;
+	case H_DROP: {
+		uint32_t before = st->tables;
+
+		drop_stmt(w, body, st);
+		ddl_masked_check(w, st->tables & ~before);
+		break;
+	}
+	case H_KNOWN:
+	case H_GENERIC: {
+		struct scope fresh = { .parent = NULL };
+		uint32_t before = st->tables;
+
+		tag = k->tag;
+		if (pgj_is(&w->j, key, "CreateFunctionStmt") && get_bool(w, body, "is_procedure"))
+			tag = "create_procedure";
+		else if (pgj_is(&w->j, key, "VacuumStmt") && !get_bool(w, body, "is_vacuumcmd"))
+			tag = "analyze";
+		else if (pgj_is(&w->j, key, "GrantStmt") && !get_bool(w, body, "is_grant"))
+			tag = "revoke";
+		add_need(w, tag, k->cls, false);
+		expr(w, body, &fresh);
+		/* a known statement whose relation was not seen (CLUSTER, REINDEX
+		 * DATABASE, RENAME of a non-relation...) is opaque too */
+		if (k->h == H_GENERIC || st->tables == before)
+			st->opaque = true;
+		if (k->cls == PGC_DDL || k->cls == PGC_ADMIN)
+			ddl_masked_check(w, st->tables & ~before);
+		break;
+	}
+	}
+	if (top && !st->tag)
+		st->tag = k->tag;
+	leave(w);
+}
+
+/* ---- rules ---- */
+
+static bool strv_has(const struct policy_strv *v, const char *s)
+{
+	for (size_t i = 0; i < v->n; i++)
+		if (v->v[i] && strcmp(v->v[i], s) == 0)
+			return true;
+	return false;
+}
+
+const char *pgc_class_name(enum pgc_class c)
+{
+	switch (c) {
+	case PGC_READ: return "read";
+	case PGC_WRITE: return "write";
+	case PGC_DDL: return "ddl";
+	case PGC_ADMIN: return "admin";
+	case PGC_TRANSACTION: return "transaction";
+	case PGC_UTILITY: return "utility";
+	}
+	return "?";
+}
+
+static bool need_granted(const struct policy_strv *v, const struct need *n)
+{
+	return strv_has(v, n->tag) || (!n->tag_only && strv_has(v, pgc_class_name(n->cls)));
+}
+
+/* "schema.table" against tables: entries "schema.table", "table" (the
+ * pinned schema), "schema.*" and "*". */
+static bool table_granted(const struct policy_strv *v, const char *name, const char *pinned)
+{
+	const char *dot = strchr(name, '.');
+	size_t slen = dot ? (size_t)(dot - name) : 0;
+
+	for (size_t i = 0; i < v->n; i++) {
+		const char *e = v->v[i];
+
+		if (!e)
+			continue;
+		if (strcmp(e, "*") == 0 || strcmp(e, name) == 0)
+			return true;
+		if (!strchr(e, '.') && dot && strcmp(e, dot + 1) == 0 &&
+		    strlen(pinned) == slen && memcmp(pinned, name, slen) == 0)
+			return true;
+		if (dot && strlen(e) == slen + 2 && memcmp(e, name, slen + 1) == 0 &&
+		    e[slen + 1] == '*')
+			return true;
+	}
+	return false;
+}
+
+/* A function call against functions: entries "name" or "schema.name". An
+ * unqualified call resolves through pg_catalog, then the pinned schema, so
+ * it matches "name", "pinned.name" and "pg_catalog.name". */
+static bool function_granted(const struct policy_strv *v, const struct func *f,
+			     const char *pinned)
+{
+	char q[2 * NAME_MAX_LEN + 2];
+
+	if (*f->schema) {
+		snprintf(q, sizeof(q), "%s.%s", f->schema, f->name);
+		if (strv_has(v, q))
+			return true;
+		return strcmp(f->schema, pinned) == 0 && strv_has(v, f->name);
+	}
+	if (strv_has(v, f->name))
+		return true;
+	snprintf(q, sizeof(q), "%s.%s", pinned, f->name);
+	if (strv_has(v, q))
+		return true;
+	snprintf(q, sizeof(q), "pg_catalog.%s", f->name);
+	return strv_has(v, q);
+}
+
+static bool action_permits(const struct walker *w, const struct policy_action *a,
+			   const struct stmt_info *st)
+{
+	if (!a->present)
+		return false;
+	for (int i = 0; i < st->nneeds; i++)
+		if (!need_granted(&a->statements, &st->needs[i]))
+			return false;
+	if (a->tables.n && st->opaque)
+		return false;
+	for (int i = 0; i < w->out->ntables; i++)
+		if ((st->tables & (1u << i)) && a->tables.n &&
+		    !table_granted(&a->tables, w->out->tables[i], w->schema))
+			return false;
+	for (int i = 0; i < w->nfuncs; i++)
+		if ((st->funcs & (1u << i)) && !function_granted(&a->functions, &w->funcs[i], w->schema))
+			return false;
+	return true;
+}
+
+/* Why no rule permits st: the first thing no rule grants at all. */
+static void explain_denial(struct walker *w, const struct policy_rule *const *rules, size_t nrules,
+			   const struct stmt_info *st)
+{
+	const struct policy_action *a;
+
+#define ANY_ACTION(cond) ({ bool any_ = false; \
+	for (size_t r_ = 0; r_ < nrules && !any_; r_++) \
+		for (int k_ = 0; rules[r_] && k_ < 2 && !any_; k_++) { \
+			a = k_ ? &rules[r_]->review : &rules[r_]->allow; \
+			any_ = a->present && (cond); \
+		} \
+	any_; })
+
+	for (int i = 0; i < st->nneeds; i++) {
+		if (!ANY_ACTION(need_granted(&a->statements, &st->needs[i]))) {
+			if (st->needs[i].tag_only)
+				deny(w, "statement %s not allowed (needs a rule naming %s)",
+				     st->needs[i].tag, st->needs[i].tag);
+			else
+				deny(w, "statement %s not allowed", st->needs[i].tag);
+			return;
+		}
+	}
+	for (int i = 0; i < w->out->ntables; i++) {
+		if ((st->tables & (1u << i)) &&
+		    !ANY_ACTION(!a->tables.n || table_granted(&a->tables, w->out->tables[i], w->schema))) {
+			deny(w, "table %s not allowed", w->out->tables[i]);
+			return;
+		}
+	}
+	for (int i = 0; i < w->nfuncs; i++) {
+		if ((st->funcs & (1u << i)) &&
+		    !ANY_ACTION(function_granted(&a->functions, &w->funcs[i], w->schema))) {
+			deny(w, "function %s%s%s not allowed", w->funcs[i].schema,
+			     *w->funcs[i].schema ? "." : "", w->funcs[i].name);
+			return;
+		}
+	}
+	if (st->opaque && ANY_ACTION(a->tables.n != 0)) {
+		deny(w, "statement %s names objects the classifier cannot see; "
+		     "only a rule without tables: can allow it", st->tag ? st->tag : "?");
+		return;
+	}
+	deny(w, "statement %s not allowed by any single rule", st->tag ? st->tag : "?");
+#undef ANY_ACTION
+}
+
+static void decide(struct walker *w, const struct policy_rule *const *rules, size_t nrules)
+{
+	const struct policy_rule *allow_rule = NULL, *review_rule = NULL;
+
+	for (int s = 0; s < w->nst && !w->denied; s++) {
+		const struct stmt_info *st = &w->stmts[s];
+		const struct policy_rule *r = NULL;
+
+		if (st->implicit && st->nneeds == 0)
+			continue;
+		for (size_t i = 0; i < nrules && !r; i++)
+			if (rules[i] && action_permits(w, &rules[i]->allow, st))
+				r = rules[i];
+		if (r) {
+			if (!allow_rule)
+				allow_rule = r;
+			continue;
+		}
+		for (size_t i = 0; i < nrules && !r; i++)
+			if (rules[i] && action_permits(w, &rules[i]->review, st))
+				r = rules[i];
+		if (r) {
+			if (!review_rule)
+				review_rule = r;
+			continue;
+		}
+		explain_denial(w, rules, nrules, st);
+	}
+	if (w->denied)
+		return;
+	w->out->verdict = review_rule ? PGC_REVIEW : PGC_ALLOW;
+	w->out->rule = review_rule ? review_rule : allow_rule;
+}
+
+static bool is_write_entry(const char *s)
+{
+	static const char *const readonly[] = { "read", "select", "explain", "declare_cursor",
+						"show", NULL };
+
+	for (int i = 0; readonly[i]; i++)
+		if (strcmp(s, readonly[i]) == 0)
+			return false;
+	return true;
+}
+
+bool pgc_rules_may_write(const struct policy_rule *const *rules, size_t nrules)
+{
+	for (size_t r = 0; r < nrules; r++) {
+		for (int k = 0; rules[r] && k < 2; k++) {
+			const struct policy_action *a = k ? &rules[r]->review : &rules[r]->allow;
+
+			for (size_t i = 0; a->present && i < a->statements.n; i++)
+				if (a->statements.v[i] && is_write_entry(a->statements.v[i]))
+					return true;
+		}
+	}
+	return false;
+}
+
+bool pgc_statement_name_known(const char *s)
+{
+	static const char *const extra[] = {
+		"read", "write", "ddl", "admin", "select_into", "select_for_update",
+		"select_for_no_key_update", "select_for_share", "select_for_key_share",
+		"create_materialized_view", "create_procedure", "analyze", "revoke",
+		"drop_table", "drop_view", "drop_materialized_view", "drop_index",
+		"drop_sequence", "drop_foreign_table", "drop_function", "drop_procedure",
+		"drop_schema", "drop_type", NULL,
+	};
+
+	for (int i = 0; extra[i]; i++)
+		if (strcmp(s, extra[i]) == 0)
+			return true;
+	for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
+		if (kinds[i].h != H_DENY && kinds[i].h != H_TXN && kinds[i].h != H_SET &&
+		    kinds[i].h != H_IMPLICIT && strcmp(s, kinds[i].tag) == 0)
+			return true;
+	return false;
+}
+
+void pgc_combine(struct pgc_result *agent, const struct pgc_result *user)
+{
+	if (agent->verdict == PGC_DENY)
+		return;
+	if (user->verdict == PGC_DENY) {
+		agent->verdict = PGC_DENY;
+		agent->rule = NULL;
+		snprintf(agent->reason, sizeof(agent->reason), "user: %.240s", user->reason);
+		return;
+	}
+	if (user->verdict == PGC_REVIEW && agent->verdict == PGC_ALLOW) {
+		agent->verdict = PGC_REVIEW;
+		agent->rule = user->rule;
+	}
+	agent->cached = agent->cached && user->cached;
+}
+
+/* ---- input checks ---- */
+
+/* Strict UTF-8 (no overlong forms, no surrogates, nothing past U+10FFFF):
+ * the server decodes the text as UTF8, and the parser must see the same
+ * characters (notes D2). */
+static bool utf8_valid(const unsigned char *s, size_t len)
+{
+	size_t i = 0;
+
+	while (i < len) {
+		unsigned char c = s[i];
+		size_t n;
+		uint32_t cp;
+
+		if (c < 0x80) {
+			i++;
+			continue;
+		}
+		if (c >= 0xC2 && c <= 0xDF) {
+			n = 1;
+			cp = c & 0x1F;
+		} else if (c >= 0xE0 && c <= 0xEF) {
+			n = 2;
+			cp = c & 0x0F;
+		} else if (c >= 0xF0 && c <= 0xF4) {
+			n = 3;
+			cp = c & 0x07;
+		} else {
+			return false;
+		}
+		if (len - i <= n)
+			return false;
+		for (size_t k = 1; k <= n; k++) {
+			if ((s[i + k] & 0xC0) != 0x80)
+				return false;
+			cp = (cp << 6) | (s[i + k] & 0x3F);
+		}
+		if ((n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10FFFF ||
+		    (cp >= 0xD800 && cp <= 0xDFFF))
+			return false;
+		i += n + 1;
+	}
+	return true;
+}
+
+/* ---- the verdict cache ---- */
+
+/*
+ * Safety argument. An entry is keyed by: the policy generation the caller
+ * gives (bumped on every policy swap, so rule pointers and masks are those
+ * of one live snapshot), the rule pointers themselves (which rules: agent
+ * or delegating user), the mask predicate and its argument, the pinned
+ * schema, the caller's settings string, and the text. Two kinds of key:
+ * the exact text, and the text as pg_query_normalize() rewrites it (every
+ * constant replaced by $n). An exact-text hit is the same input judged
+ * under the same key, so the same verdict. A normalized hit stands for
+ * every text that differs only in constants (or has a parameter where
+ * another has a constant). The walk above never looks at a constant's
+ * value or kind, except in the places that set w->nocache, and only
+ * verdicts with nocache false are stored:
+ *   - ORDER BY / GROUP BY / DISTINCT ON items that are a constant or a
+ *     parameter (a position);
+ *   - casts to reg* types ('t'::regclass names an object);
+ *   - any function outside the built-in list (nextval('s'),
+ *     set_config('x', ...): their literals name objects or settings);
+ *   - every statement other than SELECT/INSERT/UPDATE/DELETE/MERGE
+ *     (utility statements: SET's value, COPY's file name, BEGIN's modes,
+ *     EXPLAIN's options are all literals that carry meaning).
+ * So every text mapping to a stored normalized key gets the verdict
+ * stored. Texts that fail checks (length, NUL, UTF-8) never reach the
+ * cache, and denied texts are cached like allowed ones (same argument).
+ *
+ * Per thread: each worker thread has its own table, so no locks; memory is
+ * bounded (CACHE_SETS x CACHE_WAYS entries of at most CACHE_MAX_TEXT bytes
+ * of text each) and freed when the thread exits. Set-associative with LRU
+ * within a set: colliding keys only evict each other, so a flood of
+ * crafted texts costs misses, never time.
+ */
+#define CACHE_SETS      256
+#define CACHE_WAYS      4
+#define CACHE_MAX_TEXT  4096
+
+struct cached {
+	enum pgc_verdict verdict;
+	enum pgc_class cls;
+	char tag[32];
+	int nstmts;
+	const struct policy_rule *rule;
+	char reason[256];
+	bool copy_in, copy_out, ends_tx, begins_tx;
+	int ntables;
+	char tables[][128];
+};
+
+struct centry {
+	uint64_t h;
+	uint64_t stamp;
+	size_t klen;
+	char *key;
+	struct cached *res;
+};
+
+struct tstate {
+	struct centry c[CACHE_SETS][CACHE_WAYS];
+	uint64_t clock;
+	char *sql;
+	size_t sqlcap;
+	char *kbuf;
+	size_t kcap;
+	struct walker *w;
+};
+
+static __thread struct tstate *tls;
+static pthread_key_t tls_key;
+static pthread_once_t tls_once = PTHREAD_ONCE_INIT;
+
+static void tstate_free(void *p)
+{
+	struct tstate *t = p;
+
+	if (!t)
+		return;
+	for (int s = 0; s < CACHE_SETS; s++)
+		for (int k = 0; k < CACHE_WAYS; k++) {
+			free(t->c[s][k].key);
+			free(t->c[s][k].res);
+		}
+	if (t->w)
+		pgj_free(&t->w->j);
+	free(t->w);
+	free(t->sql);
+	free(t->kbuf);
+	free(t);
+}
+
+static void tls_key_make(void)
+{
+	pthread_key_create(&tls_key, tstate_free);
+}
+
+static struct tstate *tstate_get(void)
+{
+	if (tls)
+		return tls;
+	pthread_once(&tls_once, tls_key_make);
+	tls = calloc(1, sizeof(*tls));
+	if (tls)
+		pthread_setspecific(tls_key, tls);
+	return tls;
+}
+
+void pgc_cache_flush(void)
+{
+	if (!tls)
+		return;
+	pthread_setspecific(tls_key, NULL);
+	tstate_free(tls);
+	tls = NULL;
+}
+
+static uint64_t fnv1a(const char *p, size_t n)
+{
+	uint64_t h = 0xcbf29ce484222325ULL;
+
+	for (size_t i = 0; i < n; i++) {
+		h ^= (unsigned char)p[i];
+		h *= 0x100000001b3ULL;
+	}
+	return h;
+}
+
+/* Builds the key in t->kbuf; returns its length, 0 when not cacheable. */
+static size_t key_build(struct tstate *t, char kind, const struct pgc_ctx *ctx,
+			const struct policy_rule *const *rules, size_t nrules,
+			const char *text, size_t tlen)
+{
+	const char *sp = ctx->search_path ? ctx->search_path : "public";
+	const char *set = ctx->settings ? ctx->settings : "";
+	size_t splen = strlen(sp) + 1, setlen = strlen(set) + 1;
+	size_t need = 1 + sizeof(ctx->policy_gen) + sizeof(nrules) + nrules * sizeof(void *) +
+		      sizeof(ctx->column_masked) + sizeof(ctx->arg) + splen + setlen + tlen;
+	char *p;
+
+	if (!ctx->policy_gen || tlen > CACHE_MAX_TEXT || nrules > 64)
+		return 0;
+	if (need > t->kcap) {
+		char *nb = realloc(t->kbuf, need);
+
+		if (!nb)
+			return 0;
+		t->kbuf = nb;
+		t->kcap = need;
+	}
+	p = t->kbuf;
+	*p++ = kind;
+	memcpy(p, &ctx->policy_gen, sizeof(ctx->policy_gen));
+	p += sizeof(ctx->policy_gen);
+	memcpy(p, &nrules, sizeof(nrules));
+	p += sizeof(nrules);
+	for (size_t i = 0; i < nrules; i++) {
+		memcpy(p, &rules[i], sizeof(void *));
+		p += sizeof(void *);
+	}
+	memcpy(p, &ctx->column_masked, sizeof(ctx->column_masked));
+	p += sizeof(ctx->column_masked);
+	memcpy(p, &ctx->arg, sizeof(ctx->arg));
+	p += sizeof(ctx->arg);
+	memcpy(p, sp, splen);
+	p += splen;
+	memcpy(p, set, setlen);
+	p += setlen;
+	memcpy(p, text, tlen);
+	return need;
+}
+
+static bool cache_get(struct tstate *t, size_t klen, struct pgc_result *out)
+{
+	uint64_t h = fnv1a(t->kbuf, klen);
+	struct centry *set = t->c[h % CACHE_SETS];
+
+	for (int k = 0; k < CACHE_WAYS; k++) {
+		struct centry *e = &set[k];
+		const struct cached *c = e->res;
+
+		if (!e->key || e->h != h || e->klen != klen || memcmp(e->key, t->kbuf, klen) != 0)
+			continue;
+		e->stamp = ++t->clock;
+		memset(out, 0, sizeof(*out));
+		out->verdict = c->verdict;
+		out->cls = c->cls;
+		memcpy(out->tag, c->tag, sizeof(out->tag));
+		out->nstmts = c->nstmts;
+		out->rule = c->rule;
+		memcpy(out->reason, c->reason, sizeof(out->reason));
+		out->copy_in = c->copy_in;
+		out->copy_out = c->copy_out;
+		out->ends_tx = c->ends_tx;
+		out->begins_tx = c->begins_tx;
+		out->ntables = c->ntables;
+		memcpy(out->tables, c->tables, (size_t)c->ntables * sizeof(out->tables[0]));
+		out->cached = true;
+		return true;
+	}
+	return false;
+}
+
+static void cache_put(struct tstate *t, size_t klen, const struct pgc_result *r)
+{
+	uint64_t h = fnv1a(t->kbuf, klen);
+	struct centry *set = t->c[h % CACHE_SETS], *victim = &set[0];
+	size_t rsize = sizeof(struct cached) + (size_t)r->ntables * sizeof(r->tables[0]);
+	struct cached *c;
+	char *key;
+
+	for (int k = 0; k < CACHE_WAYS; k++) {
+		if (set[k].key && set[k].h == h && set[k].klen == klen &&
+		    memcmp(set[k].key, t->kbuf, klen) == 0)
+			return;         /* already there */
+		if (!set[k].key || set[k].stamp < victim->stamp)
+			victim = &set[k];
+		if (!set[k].key)
+			break;
+	}
+	key = malloc(klen);
+	c = malloc(rsize);
+	if (!key || !c) {
+		free(key);
+		free(c);
+		return;
+	}
+	memcpy(key, t->kbuf, klen);
+	c->verdict = r->verdict;
+	c->cls = r->cls;
+	memcpy(c->tag, r->tag, sizeof(c->tag));
+	c->nstmts = r->nstmts;
+	c->rule = r->rule;
+	memcpy(c->reason, r->reason, sizeof(c->reason));
+	c->copy_in = r->copy_in;
+	c->copy_out = r->copy_out;
+	c->ends_tx = r->ends_tx;
+	c->begins_tx = r->begins_tx;
+	c->ntables = r->ntables;
+	memcpy(c->tables, r->tables, (size_t)r->ntables * sizeof(r->tables[0]));
+	free(victim->key);
+	free(victim->res);
+	victim->key = key;
+	victim->res = c;
+	victim->klen = klen;
+	victim->h = h;
+	victim->stamp = ++t->clock;
+}
+
+/* ---- judge ---- */
+
+static void out_deny(struct pgc_result *out, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+static void out_deny(struct pgc_result *out, const char *fmt, ...)
+{
+	va_list ap;
+
+	out->verdict = PGC_DENY;
+	out->rule = NULL;
+	va_start(ap, fmt);
+	vsnprintf(out->reason, sizeof(out->reason), fmt, ap);
+	va_end(ap);
+}
+
+/* Parses and walks t->sql into out; returns whether the verdict may be cached. */
+static bool judge_parsed(struct tstate *t, const struct pgc_ctx *ctx,
+			 const struct policy_rule *const *rules, size_t nrules,
+			 struct pgc_result *out)
+{
+	struct walker *w = t->w;
+	PgQueryParseResult pr;
+	int stmts, rc;
+
+	pr = pg_query_parse(t->sql);
+	if (pr.error) {
+		out_deny(out, "parse error at position %d: %.160s", pr.error->cursorpos,
+			 pr.error->message ? pr.error->message : "?");
+		pg_query_free_parse_result(pr);
+		return true;    /* a syntax error does not depend on constants */
+	}
+	w->nst = w->nfuncs = w->nents = w->nders = w->nctes = w->depth = 0;
+	w->denied = w->nocache = false;
+	w->ctx = ctx;
+	w->schema = ctx->search_path && *ctx->search_path ? ctx->search_path : "public";
+	w->out = out;
+	w->may_write = pgc_rules_may_write(rules, nrules);
+	rc = pgj_tokenize(&w->j, pr.parse_tree, strlen(pr.parse_tree));
+	if (rc < 0) {
+		out_deny(out, rc == -ENOMEM ? "out of memory" : "statement too complex");
+		pg_query_free_parse_result(pr);
+		return false;
+	}
+	stmts = pgj_get(&w->j, 0, "stmts");
+	for (int s = pgj_first(&w->j, stmts); s >= 0 && !w->denied; s = pgj_after(&w->j, stmts, s)) {
+		int body, key = pgj_unwrap(&w->j, pgj_get(&w->j, s, "stmt"), &body);
+		struct scope sc = { .parent = NULL };
+
+		if (w->nst == MAX_STMTS) {
+			deny(w, "more than %d statements in one message", MAX_STMTS);
+			break;
+		}
+		w->st = &w->stmts[w->nst++];
+		memset(w->st, 0, sizeof(*w->st));
+		if (key < 0) {
+			deny(w, "malformed parse tree");
+			break;
+		}
+		statement(w, key, body, &sc, true);
+		if (!w->st->tag)
+			w->st->tag = "?";
+	}
+	out->nstmts = w->nst;
+	if (w->nst) {
+		int best = 0;
+
+		snprintf(out->tag, sizeof(out->tag), "%s", w->stmts[0].tag);
+		for (int s = 1; s < w->nst; s++)
+			if (class_rank(w->stmts[s].cls) > class_rank(w->stmts[best].cls))
+				best = s;
+		out->cls = w->stmts[best].cls;
+	} else {
+		out->cls = PGC_UTILITY;         /* empty query */
+	}
+	if (!w->denied)
+		decide(w, rules, nrules);
+	if (w->denied) {
+		out->verdict = PGC_DENY;
+		out->rule = NULL;
+	}
+	/* the walker's strings live in its arena: nothing in out points
+	 * there. A huge statement's buffers are not kept for the next. */
+	if (w->j.cap > (1u << 16))
+		pgj_free(&w->j);
+	pg_query_free_parse_result(pr);
+	return !w->nocache;
+}
+
+/*
+ * libpg_query's JSON writer recurses once per tree level without a depth
+ * check: `SELECT 1+1+...+1` with 100000 terms (200 KB, a left-deep tree the
+ * parser builds without complaint) overflows an 8 MiB stack and kills the
+ * process. At about 130 bytes of stack per level, texts up to
+ * SCAN_OVER bytes (at most ~4000 levels: a level costs at least two
+ * bytes) are safe on any stack of 2 MiB or more. Longer texts are lexed
+ * first (pg_query_scan: the same lexer, flat, no tree) and refused when
+ * an upper bound on their depth is too high. The bound: a level of the
+ * tree needs an operator or keyword token, or a parenthesis/bracket group;
+ * tokens of a group that has closed are no ancestors of anything after
+ * it, so the bound is the maximum, over the text, of the group depth plus
+ * the operator/keyword tokens in the open groups so far. Constants,
+ * identifiers, parameters, commas, dots and comments add no level. A long
+ * VALUES list or IN list stays low (each row is its own group); a
+ * 5000-term chain at one level, such as 5000 ANDed conditions, is refused.
+ */
+#define SCAN_OVER  8192
+#define MAX_NEST   4000
+
+/* Protobuf wire format, just enough for pg_query_scan()'s flat ScanResult
+ * (field 2: repeated ScanToken; ScanToken field 4: the token). By hand
+ * because protobuf-c's unpack allocates one message per token, which was a
+ * fifth of the cost of judging a 40 KB INSERT; bounds-checked all the same. */
+static bool pb_varint(const uint8_t **p, const uint8_t *e, uint64_t *v)
+{
+	*v = 0;
+	for (int shift = 0; shift < 64 && *p < e; shift += 7) {
+		uint8_t b = *(*p)++;
+
+		*v |= (uint64_t)(b & 0x7F) << shift;
+		if (!(b & 0x80))
+			return true;
+	}
+	return false;
+}
+
+static bool pb_skip(const uint8_t **p, const uint8_t *e, unsigned wt)
+{
+	uint64_t v;
+
+	switch (wt) {
+	case 0:
+		return pb_varint(p, e, &v);
+	case 1:
+		if (e - *p < 8)
+			return false;
+		*p += 8;
+		return true;
+	case 2:
+		if (!pb_varint(p, e, &v) || v > (uint64_t)(e - *p))
+			return false;
+		*p += v;
+		return true;
+	case 5:
+		if (e - *p < 4)
+			return false;
+		*p += 4;
+		return true;
+	}
+	return false;
+}
+
+static bool nesting_ok(const char *sql, char *why, size_t whylen)
+{
+	PgQueryScanResult sr = pg_query_scan(sql);
+	const uint8_t *p, *e;
+	int32_t stack[256];     /* operator tokens per open group (deeper: refused) */
+	long total = 0, depth = 0, worst = 0;
+	bool ok = true;
+
+	if (sr.error) {
+		snprintf(why, whylen, "parse error at position %d: %.160s", sr.error->cursorpos,
+			 sr.error->message ? sr.error->message : "?");
+		pg_query_free_scan_result(sr);
+		return false;
+	}
+	p = (const uint8_t *)sr.pbuf.data;
+	e = p + sr.pbuf.len;
+	stack[0] = 0;
+	while (ok && p < e) {
+		uint64_t tag, len, tok = 0;
+		const uint8_t *te;
+
+		if (!pb_varint(&p, e, &tag)) {
+			ok = false;
+			break;
+		}
+		if (tag != ((2 << 3) | 2)) {            /* not a token: skip */
+			ok = pb_skip(&p, e, tag & 7);
+			continue;
+		}
+		if (!pb_varint(&p, e, &len) || len > (uint64_t)(e - p)) {
+			ok = false;
+			break;
+		}
+		te = p + len;
+		while (ok && p < te) {
+			uint64_t ftag;
+
+			if (!pb_varint(&p, te, &ftag))
+				ok = false;
+			else if (ftag == ((4 << 3) | 0))
+				ok = pb_varint(&p, te, &tok);
+			else
+				ok = pb_skip(&p, te, ftag & 7);
+		}
+		if (!ok)
+			break;
+		switch (tok) {
+		case PG_QUERY__TOKEN__ASCII_40:         /* ( */
+		case PG_QUERY__TOKEN__ASCII_91:         /* [ */
+			if (++depth >= (long)(sizeof(stack) / sizeof(stack[0]))) {
+				ok = false;
+				break;
+			}
+			stack[depth] = 0;
+			break;
+		case PG_QUERY__TOKEN__ASCII_41:         /* ) */
+		case PG_QUERY__TOKEN__ASCII_93:         /* ] */
+			if (depth > 0)
+				total -= stack[depth--];
+			break;
+		case PG_QUERY__TOKEN__ASCII_59:         /* ; */
+			if (depth == 0)
+				total = stack[0] = 0;
+			break;
+		case PG_QUERY__TOKEN__ASCII_44:         /* , */
+		case PG_QUERY__TOKEN__ASCII_46:         /* . */
+		case PG_QUERY__TOKEN__IDENT:
+		case PG_QUERY__TOKEN__UIDENT:
+		case PG_QUERY__TOKEN__FCONST:
+		case PG_QUERY__TOKEN__SCONST:
+		case PG_QUERY__TOKEN__USCONST:
+		case PG_QUERY__TOKEN__BCONST:
+		case PG_QUERY__TOKEN__XCONST:
+		case PG_QUERY__TOKEN__ICONST:
+		case PG_QUERY__TOKEN__PARAM:
+		case PG_QUERY__TOKEN__SQL_COMMENT:
+		case PG_QUERY__TOKEN__C_COMMENT:
+			break;
+		default:                                /* operators and keywords */
+			stack[depth]++;
+			total++;
+			break;
+		}
+		if (total + depth > worst)
+			worst = total + depth;
+		if (worst > MAX_NEST)
+			ok = false;
+	}
+	if (!ok)
+		snprintf(why, whylen, "statement nested too deeply");
+	pg_query_free_scan_result(sr);
+	return ok;
+}
+
+static bool may_have_constants(const char *s, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		if (s[i] == '\'' || s[i] == '$' || (s[i] >= '0' && s[i] <= '9'))
+			return true;
+	return false;
+}
+
+int pgc_judge(const struct pgc_ctx *ctx, const char *sql, size_t len,
+	      const struct policy_rule *const *rules, size_t nrules, struct pgc_result *out)
+{
+	struct tstate *t;
+	size_t xklen = 0, nklen = 0;
+	PgQueryNormalizeResult nr = { 0 };
+	bool cacheable, have_nr = false;
+
+	memset(out, 0, sizeof(*out));
+	out->verdict = PGC_DENY;
+	out->cls = PGC_UTILITY;
+	if (!ctx || (!sql && len)) {
+		out_deny(out, "internal error: no context");
+		return -EINVAL;
+	}
+	if (!sql)
+		sql = "";
+	if (len > PGC_MAX_SQL) {
+		out_deny(out, "statement longer than %u bytes", PGC_MAX_SQL);
+		return 0;
+	}
+	if (len && memchr(sql, '\0', len)) {
+		out_deny(out, "statement text holds a NUL byte");
+		return 0;
+	}
+	if (!utf8_valid((const unsigned char *)sql, len)) {
+		out_deny(out, "statement text is not valid UTF-8");
+		return 0;
+	}
+	if (!(t = tstate_get())) {
+		out_deny(out, "out of memory");
+		return -ENOMEM;
+	}
+	if ((xklen = key_build(t, 'X', ctx, rules, nrules, sql, len)) && cache_get(t, xklen, out))
+		return 0;
+	if (len + 1 > t->sqlcap) {
+		char *nb = realloc(t->sql, len + 1);
+
+		if (!nb) {
+			out_deny(out, "out of memory");
+			return -ENOMEM;
+		}
+		t->sql = nb;
+		t->sqlcap = len + 1;
+	}
+	if (len)
+		memcpy(t->sql, sql, len);
+	t->sql[len] = '\0';
+	if (!t->w && !(t->w = calloc(1, sizeof(*t->w)))) {
+		out_deny(out, "out of memory");
+		return -ENOMEM;
+	}
+	if (len > SCAN_OVER && !nesting_ok(t->sql, out->reason, sizeof(out->reason))) {
+		out->verdict = PGC_DENY;
+		return 0;
+	}
+
+	/* normalized key: one cached verdict for every constant (a text with
+	 * no quote, '$' or digit has no constant to normalize: its exact key
+	 * is all there is, and pg_query_normalize would cost a parse) */
+	if (xklen && may_have_constants(sql, len)) {
+		nr = pg_query_normalize(t->sql);
+		have_nr = true;
+		if (!nr.error && nr.normalized_query &&
+		    (nklen = key_build(t, 'N', ctx, rules, nrules, nr.normalized_query,
+				       strlen(nr.normalized_query))) &&
+		    cache_get(t, nklen, out)) {
+			struct pgc_result *hit = out;
+
+			/* remember the exact text too: next time costs no normalize */
+			if (key_build(t, 'X', ctx, rules, nrules, sql, len) == xklen)
+				cache_put(t, xklen, hit);
+			pg_query_free_normalize_result(nr);
+			return 0;
+		}
+	}
+	cacheable = judge_parsed(t, ctx, rules, nrules, out);
+	if (cacheable && nklen &&
+	    key_build(t, 'N', ctx, rules, nrules, nr.normalized_query,
+		      strlen(nr.normalized_query)) == nklen)
+		cache_put(t, nklen, out);
+	if (cacheable && xklen && key_build(t, 'X', ctx, rules, nrules, sql, len) == xklen)
+		cache_put(t, xklen, out);
+	if (have_nr)
+		pg_query_free_normalize_result(nr);
+	return 0;
+}

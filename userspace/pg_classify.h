@@ -1,0 +1,141 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * pg_classify: the PostgreSQL statement classifier and verdict (pure library,
+ * no I/O, no logging). The wire module (proto_pg) hands it the SQL text of one
+ * Query or Parse message and the rules the principal holds for the target;
+ * it answers allow / review / deny with the class, command tag and every
+ * relation the message touches.
+ *
+ * The text is parsed with libpg_query (PG 15.1 grammar). Anything that does
+ * not parse, does not validate as UTF-8, holds a NUL, or uses a statement the
+ * classifier does not model is denied. The classifier assumes what the wire
+ * module guarantees: client_encoding is UTF8, standard_conforming_strings is
+ * on, and search_path is pinned to ctx->search_path (statements that could
+ * change any of these are always denied here).
+ *
+ * Name resolution (documented in pg_classify.c, "Names"): an unqualified
+ * relation resolves to ctx->search_path, except names starting with "pg_",
+ * which resolve to pg_catalog (it is searched first implicitly); pg_temp is
+ * reported as pg_temp; three-part names are denied.
+ *
+ * Threads: pgc_judge() may be called from any number of threads at once; the
+ * verdict cache is per thread (no locks), freed when the thread exits.
+ */
+#ifndef AGENTGATE_PG_CLASSIFY_H
+#define AGENTGATE_PG_CLASSIFY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "policy.h"
+
+enum pgc_verdict { PGC_DENY = 0, PGC_ALLOW, PGC_REVIEW };
+
+/* A message's class is that of its most significant statement:
+ * admin > ddl > write > read > utility > transaction. */
+enum pgc_class { PGC_READ, PGC_WRITE, PGC_DDL, PGC_ADMIN, PGC_TRANSACTION, PGC_UTILITY };
+
+#define PGC_MAX_TABLES 32
+#define PGC_MAX_SQL    (1u << 20)   /* longer texts are denied */
+
+struct pgc_ctx {                     /* per session, from the wire module */
+	const char *search_path;         /* pinned single schema, e.g. "public"; NULL = "public" */
+	bool in_transaction;             /* BEGIN seen and not ended (informational) */
+	/* Ignored: whether a transaction may be made read-write is computed from
+	 * the rules (pgc_rules_may_write); kept so callers can record it. */
+	bool tx_read_write_granted;
+	/*
+	 * Masked-column predicate (from the mask library); may be NULL (no masks).
+	 * column == NULL asks "does this table have any masked column?" — needed
+	 * for whole-row references, SELECT * in non-output positions and COPY.
+	 * Names are as PostgreSQL resolves them (case-folded unless quoted).
+	 */
+	bool (*column_masked)(void *arg, const char *schema, const char *table, const char *column);
+	void *arg;
+	/*
+	 * Verdict cache. policy_gen must change whenever the rules or the masks
+	 * behind column_masked/arg may have changed (a policy reload, a different
+	 * principal's mask set); 0 disables the cache for this call. settings is
+	 * every other session setting that can change the verdict, as one string
+	 * (may be NULL). Rule pointers, column_masked and arg are part of the key
+	 * too.
+	 */
+	uint64_t policy_gen;
+	const char *settings;
+};
+
+struct pgc_result {
+	enum pgc_verdict verdict;
+	enum pgc_class cls;              /* of the most significant statement in the message */
+	char tag[32];                    /* command tag of the first statement, lower case:
+					  * "select", "insert", "create_table" */
+	int nstmts;
+	const struct policy_rule *rule;  /* deciding rule (allow or review); NULL on deny, and on
+					  * allow when only implicitly allowed statements were seen
+					  * (transaction control, harmless SET/SHOW, empty text) */
+	char reason[256];                /* deny: why, e.g. "table public.secrets not allowed" */
+	int ntables;
+	char tables[PGC_MAX_TABLES][128];/* schema.table, deduplicated; overflow -> deny */
+	bool copy_in, copy_out;          /* COPY FROM STDIN / TO STDOUT (allowed only if a
+					  * rule named copy) */
+	bool cached;                     /* served from the verdict cache */
+	bool ends_tx, begins_tx;         /* transaction control seen (for the wire module's tx tracking) */
+};
+
+/*
+ * Judges one Query/Parse message's SQL text (may hold several statements;
+ * must be valid UTF-8 and NUL-free; len bytes, no terminator needed) against
+ * the rules the principal holds for this target: an array of nrules rule
+ * pointers (their allow/review actions' statements/tables/functions lists).
+ * Fills *out completely. Returns 0, or -ENOMEM (out is then a deny; any
+ * error is a deny). Never crashes on any input.
+ *
+ * Rule semantics: every statement of the message must be permitted by one
+ * rule's allow action (statements: tag or class; tables: every relation;
+ * functions: every function outside the built-in safe list) for ALLOW; if
+ * some statement is only permitted by a review action, REVIEW; otherwise
+ * DENY. Statements that need no rule (transaction control, SET/RESET of a
+ * few harmless settings, SHOW, CLOSE, the empty text) are allowed unless
+ * they would make a read-only role's transaction read-write.
+ *   statements: tags ("select", "insert", "create_table", ...) or classes
+ *               (read, write, ddl, admin); an absent list permits nothing.
+ *               COPY needs the tag "copy" named (a class does not grant it).
+ *   tables:     "schema.table", "table" (in the pinned schema), "schema.*",
+ *               "*"; names as PostgreSQL stores them (lower case unless
+ *               created quoted). An absent list means any table; a rule
+ *               with a list never grants DDL/admin statements whose objects
+ *               the classifier cannot name (e.g. DROP FUNCTION, GRANT).
+ *   functions:  "name" or "schema.name"; an unqualified call matches "name",
+ *               "<pinned>.name" and "pg_catalog.name".
+ * The result's rule is the deciding rule; cached results hold rule
+ * pointers, valid while the policy generation they were made under is.
+ * Needs 2 MiB of stack (the default 8 MiB is plenty): see nesting_ok().
+ */
+int pgc_judge(const struct pgc_ctx *ctx, const char *sql, size_t len,
+	      const struct policy_rule *const *rules, size_t nrules, struct pgc_result *out);
+
+/* For delegation the caller judges twice (agent's rules, user's rules) and
+ * combines into agent: allow only if both allow, review if either says
+ * review (and neither denies), deny otherwise; the denial reason is kept. */
+void pgc_combine(struct pgc_result *agent, const struct pgc_result *user);
+
+/* "read", "write", "ddl", "admin", "transaction", "utility". */
+const char *pgc_class_name(enum pgc_class c);
+
+/* True when some rule's allow or review action grants a write, ddl or admin
+ * statement (so BEGIN READ WRITE / SET TRANSACTION READ WRITE is allowed). */
+bool pgc_rules_may_write(const struct policy_rule *const *rules, size_t nrules);
+
+/* True when s is a statements: entry the classifier understands (a class
+ * name or a command tag it can produce). For policy validation. */
+bool pgc_statement_name_known(const char *s);
+
+/* Drops the calling thread's verdict cache (tests; a worker before exit). */
+void pgc_cache_flush(void);
+
+/* Built-in safe function allowlist (pg_funcs.c): true when name (lower case,
+ * unqualified or pg_catalog) is a pure builtin an agent may call. */
+bool pgc_builtin_function_safe(const char *name);
+
+#endif /* AGENTGATE_PG_CLASSIFY_H */
