@@ -483,6 +483,12 @@ def test_large_result_masking_and_copy(enforcer, pg, tmp):
         out["copy_masked"] = "ran"
     except psycopg2.Error as e:
         out["copy_masked"] = e.pgcode
+    # a value in an error message (a side channel) is masked by the detectors
+    try:
+        cur.execute("SELECT id FROM orders WHERE id = 'carol@example.net'")
+        out["err"] = "ran"
+    except psycopg2.Error as e:
+        out["err"] = [e.pgcode, e.pgerror]
     print(json.dumps(out))
     """, timeout=180)
     assert res["n"] == 120000
@@ -492,6 +498,9 @@ def test_large_result_masking_and_copy(enforcer, pg, tmp):
     assert res["copy_out"] == 5
     assert res["copy_in"] == 2
     assert res["copy_masked"] == "42501"
+    # (the "LINE 1:" part psycopg2 adds is the agent's own query text, echoed client-side)
+    first = res["err"][1].splitlines()[0]
+    assert res["err"][0] == "22P02" and "****" in first and "carol@" not in first, res["err"]
     assert pg.sql("SELECT count(*) FROM orders") == "7"
     ev = enforcer.wait_event(lambda e: e.get("class_uid") == 6005 and e["unmapped"]["statement"].get("rows") == 120000)
     assert ev and ev["unmapped"]["statement"]["masked_values"] == 120
