@@ -1831,9 +1831,9 @@ static int fe_parse(struct conn *c, const struct pg_msg *m)
 	j = judge(c, pp.query, pp.query_len, why, sizeof(why));
 	if (!j || (!j->allowed && enforcer_should_refuse(c, why))) {
 		/* the agent's own name: a failing Parse("") drops the unnamed
-		 * statement on the server, and so does ours */
-		prev = map_set(&s->stmts, pp.name, NULL, NULL);
-		if (prev)
+		 * statement on the server, and so does ours; a failing named
+		 * Parse leaves an existing statement of that name alone */
+		if (!pp.name[0] && (prev = map_set(&s->stmts, "", NULL, NULL)))
 			judged_put(prev);
 		return standin(c, false, pp.name, why, j, "extended");
 	}
@@ -2155,7 +2155,7 @@ static int be_error(struct conn *c, const struct pg_msg *m, struct pg_pend *p)
 	if (p->kind == 'Q' || p->kind == 'S')
 		return err;    /* a Query (or a failing commit at Sync) still ends with 'Z' */
 	if (p->kind == 'E')
-		audit_stmt(c, p->j, "extended", true, p->deny != NULL, NULL, p, p->portal ? p->portal->plan : NULL);
+		audit_stmt(c, p->j, "extended", true, p->j && !p->j->allowed, NULL, p, p->portal ? p->portal->plan : NULL);
 	server_skipped(s);
 	return err;
 }
@@ -2267,6 +2267,29 @@ static int be_message(struct conn *c, const struct pg_msg *m)
 			if (p->kind == 'P' || p->kind == 'B' || p->kind == 'C')
 				pend_pop(s);
 			break;
+#ifdef HAVE_MASK
+		case 'H':
+			/* COPY TO STDOUT: text rows are scanned by the detectors
+			 * (below); binary COPY cannot be, so it is not let out */
+			if (s->mask_active && mask_has_detectors(s->mask) && m->len >= 1 && m->body[0] != 0)
+				return fatal(c, "42501", "agentgate: denied: binary COPY output cannot be masked");
+			break;
+		case 'd':
+			if (s->mask_active && mask_has_detectors(s->mask)) {
+				size_t cap = mask_value_bound(m->len), n;
+				char *buf = malloc(cap);
+
+				if (!buf)
+					return -ENOMEM;
+				n = mask_value(s->mask, (const char *)m->body, m->len, buf, cap, NULL);
+				pg_out_begin(&s->out, 'd');
+				pg_out_bytes(&s->out, buf, n);
+				pg_out_end(&s->out);
+				free(buf);
+				return send_out(c, SIDE_AGENT);
+			}
+			break;
+#endif
 		case 't':
 			p->got_paramdesc = true;
 			break;
@@ -2311,7 +2334,7 @@ static int be_message(struct conn *c, const struct pg_msg *m)
 				map_clear(&s->stmts, NULL, NULL);
 			}
 			if (p->kind == 'E') {
-				audit_stmt(c, p->j, "extended", true, p->deny != NULL, NULL, p,
+				audit_stmt(c, p->j, "extended", true, p->j && !p->j->allowed, NULL, p,
 					   p->portal ? p->portal->plan : NULL);
 				pend_pop(s);
 			}

@@ -483,12 +483,21 @@ def test_large_result_masking_and_copy(enforcer, pg, tmp):
         out["copy_masked"] = "ran"
     except psycopg2.Error as e:
         out["copy_masked"] = e.pgcode
+    buf = io.StringIO()
+    cur.copy_expert("COPY notes TO STDOUT", buf)
+    out["copy_notes"] = buf.getvalue()
     # a value in an error message (a side channel) is masked by the detectors
     try:
         cur.execute("SELECT id FROM orders WHERE id = 'carol@example.net'")
         out["err"] = "ran"
     except psycopg2.Error as e:
         out["err"] = [e.pgcode, e.pgerror]
+    # binary COPY cannot be scanned: refused (the session ends)
+    try:
+        cur.copy_expert("COPY notes TO STDOUT WITH (FORMAT binary)", io.BytesIO())
+        out["copy_binary"] = "ran"
+    except psycopg2.Error as e:
+        out["copy_binary"] = [e.pgcode, str(e)]
     print(json.dumps(out))
     """, timeout=180)
     assert res["n"] == 120000
@@ -498,6 +507,9 @@ def test_large_result_masking_and_copy(enforcer, pg, tmp):
     assert res["copy_out"] == 5
     assert res["copy_in"] == 2
     assert res["copy_masked"] == "42501"
+    assert res["copy_notes"] == "1\tmail me at **** please\n2\tnothing here\n", res["copy_notes"]
+    assert res["copy_binary"] != "ran" and "binary COPY output cannot be masked" in res["copy_binary"][1], res
+
     # (the "LINE 1:" part psycopg2 adds is the agent's own query text, echoed client-side)
     first = res["err"][1].splitlines()[0]
     assert res["err"][0] == "22P02" and "****" in first and "carol@" not in first, res["err"]
