@@ -11,7 +11,7 @@ PKGS=(
   # run
   iproute2 util-linux
   # test: real servers and clients
-  curl dnsmasq-base python3 python3-pytest python3-psycopg2 socat openssl liburing-dev
+  curl dnsmasq-base python3 python3-pytest python3-psycopg2 python3-jsonschema socat openssl liburing-dev
   postgresql-15 postgresql-client-15 nginx rsyslog rsyslog-relp rsyslog-openssl
   # bench peers
   haproxy pgbouncer wrk

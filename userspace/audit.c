@@ -6,29 +6,39 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdatomic.h>
 #include <sys/random.h>
+#include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "agentgate_abi.h"
 #include "audit.h"
 #include "audit_chain.h"
+#include "audit_sink.h"
+#include "audit_spool.h"
+#include "recording.h"
 #include "util.h"
 
 #define MAX_FOLLOWERS 16
 #define MAX_SINKS 16   /* the policy validator allows 16 */
+#define SINK_BATCH_BYTES (4u << 20)
+#define SINK_BACKOFF_MIN_MS 100
+#define SINK_BACKOFF_MAX_MS 5000
+#define SINK_DRAIN_MS 2000       /* audit_close() waits this long for sinks to catch up */
+#define LOSS_RESUME_ROOM (64 * 1024)
 
-#define SINK_BUF (64 * 1024)
-#define SINK_FLUSH_AT (48 * 1024)
-
-/* Lines are batched per sink and written when SINK_FLUSH_AT bytes wait, when
- * the main loop calls audit_flush() (at least every 250 ms), and at close:
- * one write(2) per batch instead of one per event. */
-struct sink {
-	enum policy_sink_type type;
-	int fd;
-	char path[4096];
-	char *buf;
-	size_t len;
+/* One sink's thread: reads the spool at its cursor, sends, acknowledges. */
+struct sink_rt {
+	struct audit_sink s;
+	struct spool_reader *r;
+	pthread_t thr;
+	bool started;
+	uint8_t *st;
+	size_t st_cap;
+	uint64_t backoff_ms;
+	bool failing;            /* logged once per outage */
+	_Atomic uint64_t acked;  /* for status and the drain at close */
 };
 
 static struct {
@@ -36,8 +46,17 @@ static struct {
 	uint64_t seq;
 	char policy_hash[65];
 	char policy_path[512];
-	struct sink sinks[MAX_SINKS];
+	struct spool *spool;
+	struct sink_rt sinks[MAX_SINKS];
 	int nsinks;
+	atomic_bool stopping;
+	pthread_mutex_t stop_lock;   /* sinks sleep their backoff on stop_cond */
+	pthread_cond_t stop_cond;
+	/* on_full */
+	bool fail_closed;
+	atomic_bool full;            /* an event did not fit: accepting stays false until room returns */
+	uint64_t resume_room;        /* free bytes that count as "room again" */
+	uint64_t dropped, drop_first_ms, drop_last_ms, drop_after_seq;
 	char *recent[AUDIT_RECENT];
 	int recent_head, recent_n;
 	int followers[MAX_FOLLOWERS];
@@ -50,11 +69,20 @@ static struct {
 	uint64_t cp_pending;              /* events since the last checkpoint */
 	uint64_t cp_last_ms;
 	uint64_t cp_every, cp_every_ms;
-} A = { .lock = PTHREAD_MUTEX_INITIALIZER, .last_hash = AUDIT_ZERO_HASH,
+	char host[256];
+	/* the chain head is saved (with fsync) off the emit path */
+	pthread_t saver;
+	bool saver_started, save_pending;
+	char save_hash[AUDIT_HASH_HEX];
+} A = { .lock = PTHREAD_MUTEX_INITIALIZER, .stop_lock = PTHREAD_MUTEX_INITIALIZER,
+	.stop_cond = PTHREAD_COND_INITIALIZER, .last_hash = AUDIT_ZERO_HASH,
 	.cp_every = AUDIT_CHECKPOINT_EVERY, .cp_every_ms = AUDIT_CHECKPOINT_MS };
 
-static void emit_locked(json_t *ev);
+static int emit_locked(json_t *ev);
 static void checkpoint_locked(void);
+static void checkpoint_seq_save(void);
+static void save_chain_head(void);
+static void *saver_thread(void *arg);
 
 int audit_set_state_dir(const char *dir)
 {
@@ -87,79 +115,347 @@ const char *audit_key_fingerprint(void)
 	return A.key_id;
 }
 
+const struct audit_sink_ops *audit_sink_ops_for(enum policy_sink_type t)
+{
+	switch (t) {
+	case SINK_FILE:
+	case SINK_STDOUT:
+		return &audit_sink_file_ops;
+	case SINK_SYSLOG:
+		return &audit_sink_syslog_ops;
+	case SINK_SPLUNK_HEC:
+		return &audit_sink_hec_ops;
+	case SINK_ELASTICSEARCH:
+		return &audit_sink_es_ops;
+	case SINK_WEBHOOK:
+		return &audit_sink_webhook_ops;
+	}
+	return NULL;
+}
+
+bool audit_sink_stopping(void)
+{
+	return atomic_load(&A.stopping);
+}
+
+/* A stable name for the cursor file: the type and a hash of where it
+ * delivers, so reordering sinks in the policy keeps each one's cursor. */
+static void sink_id(const struct policy_sink *ps, const char *type, char out[48])
+{
+	char key[8192], h[AUDIT_HASH_HEX];
+
+	snprintf(key, sizeof(key), "%s|%s|%s|%s|%s|%s", type, ps->path ? ps->path : "",
+		 ps->address ? ps->address : "", ps->transport ? ps->transport : "",
+		 ps->url ? ps->url : "", ps->index ? ps->index : "");
+	audit_chain_hash(key, strlen(key), h);
+	snprintf(out, 48, "%s-%.16s", ps->type == SINK_STDOUT ? "stdout" : type, h);
+}
+
+static void sink_sleep(uint64_t ms)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += ms / 1000;
+	ts.tv_nsec += (ms % 1000) * 1000000l;
+	if (ts.tv_nsec >= 1000000000l) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000l;
+	}
+	pthread_mutex_lock(&A.stop_lock);
+	if (!atomic_load(&A.stopping))
+		pthread_cond_timedwait(&A.stop_cond, &A.stop_lock, &ts);
+	pthread_mutex_unlock(&A.stop_lock);
+}
+
+/* 100 ms doubling to 5 s, each wait drawn from [b/2, b] so that sinks
+ * that failed together do not retry together. */
+static uint64_t next_backoff(struct sink_rt *k)
+{
+	uint32_t rnd;
+
+	k->backoff_ms = k->backoff_ms ? k->backoff_ms * 2 : SINK_BACKOFF_MIN_MS;
+	if (k->backoff_ms > SINK_BACKOFF_MAX_MS)
+		k->backoff_ms = SINK_BACKOFF_MAX_MS;
+	if (getrandom(&rnd, sizeof(rnd), GRND_NONBLOCK) != sizeof(rnd))
+		rnd = (uint32_t)now_ns_mono();
+	return k->backoff_ms / 2 + rnd % (k->backoff_ms / 2 + 1);
+}
+
+/* Skips what the destination already holds (a file written just before a
+ * crash), provided the event there is the one the spool has at that
+ * sequence. */
+static void sink_resume(struct sink_rt *k)
+{
+	char uid[40] = "", needle[64];
+	uint64_t c = spool_reader_cursor(k->r), seq;
+	struct spool_batch b;
+
+	if (!k->s.ops->resume || (seq = k->s.ops->resume(&k->s, c, uid)) <= c)
+		return;
+	spool_reader_seek(k->r, seq - 1);
+	snprintf(needle, sizeof(needle), "\"uid\":\"%s\"", uid);
+	if (spool_read(k->r, &b, 1, 64 * 1024, 0) == 1 && b.first == seq &&
+	    memmem(b.line[0], b.len[0], needle, strlen(needle))) {
+		spool_reader_ack(k->r, seq);
+		atomic_store(&k->acked, seq);
+		spool_reader_seek(k->r, seq);
+		return;
+	}
+	spool_reader_seek(k->r, c);   /* not ours: deliver from the cursor */
+}
+
+static void sink_settle(struct sink_rt *k, struct sink_batch *sb, int err)
+{
+	size_t i = 0;
+
+	if (!err)
+		for (; i < sb->n && sb->st[i] != SINK_RETRY; i++)
+			if (sb->st[i] == SINK_DEAD &&
+			    spool_dead_letter(A.spool, k->s.id, sb->why, sb->line[i], sb->len[i]))
+				break;   /* not even dead-lettered: keep it */
+	if (i) {
+		spool_reader_ack(k->r, sb->first + i - 1);
+		atomic_store(&k->acked, sb->first + i - 1);
+	}
+	if (i == sb->n) {
+		if (k->failing)
+			ag_log(LOG_LVL_INFO, "audit: sink %s delivering again", k->s.desc);
+		k->failing = false;
+		k->backoff_ms = 0;
+		return;
+	}
+	if (!k->failing)
+		ag_log(LOG_LVL_WARN, "audit: sink %s: %s; retrying from sequence %llu (events stay "
+		       "in the spool)", k->s.desc, sb->why[0] ? sb->why : strerror(-err),
+		       (unsigned long long)(sb->first + i));
+	k->failing = true;
+	spool_reader_seek(k->r, sb->first + i - 1);
+	sink_sleep(next_backoff(k));
+}
+
+static void *sink_thread(void *arg)
+{
+	struct sink_rt *k = arg;
+	size_t max = k->s.ops->batch_max ? k->s.ops->batch_max : 512;
+
+	sink_resume(k);
+	while (!atomic_load(&A.stopping)) {
+		struct spool_batch b;
+		int n, err;
+
+		if (atomic_exchange(&k->s.reopen, false) && k->s.ops->reopen)
+			k->s.ops->reopen(&k->s);
+		n = spool_read(k->r, &b, max, SINK_BATCH_BYTES, 200);
+		if (n <= 0) {
+			if (n < 0) {
+				ag_log(LOG_LVL_ERR, "audit: sink %s: reading the spool: %s", k->s.desc,
+				       strerror(-n));
+				sink_sleep(next_backoff(k));
+			}
+			continue;
+		}
+		if ((size_t)n > k->st_cap) {
+			uint8_t *st = realloc(k->st, n);
+
+			if (!st) {
+				spool_reader_seek(k->r, b.first - 1);
+				sink_sleep(next_backoff(k));
+				continue;
+			}
+			k->st = st;
+			k->st_cap = n;
+		}
+		struct sink_batch sb = { .first = b.first, .n = n, .line = b.line, .len = b.len,
+					 .st = k->st };
+		memset(sb.st, SINK_RETRY, n);
+		err = k->s.ops->send(&k->s, &sb);
+		sink_settle(k, &sb, err);
+	}
+	return NULL;
+}
+
+static void audit_chain_resume(void);
+
 int audit_open(const struct policy *p)
 {
-	int err = 0;
+	char dir[4200];
+	int err;
 
 	audit_set_policy(p);
+	gethostname(A.host, sizeof(A.host) - 1);
+	if (p->audit.spool_dir)
+		snprintf(dir, sizeof(dir), "%s", p->audit.spool_dir);
+	else if (A.state_dir[0])
+		snprintf(dir, sizeof(dir), "%s/spool", A.state_dir);
+	else
+		return -EINVAL;   /* nowhere to spool: audit_set_state_dir() first */
+	A.fail_closed = p->audit.on_full && strcmp(p->audit.on_full, "fail_closed") == 0;
+	uint64_t max = p->audit.spool_max_bytes ? p->audit.spool_max_bytes : SPOOL_DEFAULT_MAX_BYTES;
+	A.resume_room = max / 8 < LOSS_RESUME_ROOM ? max / 8 : LOSS_RESUME_ROOM;
+	atomic_store(&A.stopping, false);
+	if ((err = spool_open(&A.spool, dir, p->audit.spool_max_bytes, &A.seq))) {
+		ag_log(LOG_LVL_ERR, "audit: spool '%s': %s", dir, strerror(-err));
+		return err;
+	}
+	audit_chain_resume();
 	for (size_t i = 0; i < p->audit.nsinks && A.nsinks < MAX_SINKS; i++) {
 		const struct policy_sink *ps = &p->audit.sinks[i];
-		struct sink *s = &A.sinks[A.nsinks];
+		struct sink_rt *k = &A.sinks[A.nsinks];
 
-		s->buf = malloc(SINK_BUF);
-		s->len = 0;
-		if (!s->buf)
-			return -ENOMEM;
-		if (ps->type == SINK_STDOUT) {
-			s->type = SINK_STDOUT;
-			s->fd = STDOUT_FILENO;
-			A.nsinks++;
-		} else if (ps->type == SINK_FILE) {
-			char dir[4096];
-
-			snprintf(dir, sizeof(dir), "%s", ps->path);
-			err = mkdir_p(dirname(dir), 0700);
-			if (err)
-				return err;
-			s->fd = open(ps->path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
-			if (s->fd < 0)
-				return -errno;
-			s->type = SINK_FILE;
-			snprintf(s->path, sizeof(s->path), "%s", ps->path);
-			A.nsinks++;
+		memset(k, 0, sizeof(*k));
+		k->s.cfg = ps;
+		if (!(k->s.ops = audit_sink_ops_for(ps->type)))
+			return -ENOTSUP;
+		sink_id(ps, k->s.ops->type, k->s.id);
+		snprintf(k->s.desc, sizeof(k->s.desc), "%s", k->s.ops->type);
+		A.nsinks++;
+		if ((err = k->s.ops->init(&k->s))) {
+			ag_log(LOG_LVL_ERR, "audit: sink %s (line %d): %s", k->s.desc, ps->line,
+			       strerror(-err));
+			return err;
 		}
+		if ((err = spool_reader_open(A.spool, k->s.id, &k->r)))
+			return err;
+		atomic_store(&k->acked, spool_reader_cursor(k->r));
+	}
+	if (p->audit.recording_dir &&
+	    (err = rec_configure(p->audit.recording_dir, p->audit.recording_max_bytes,
+				 p->audit.recording_max_age_ms)))
+		return err;
+	if ((err = spool_start(A.spool)))
+		return err;
+	if ((err = pthread_create(&A.saver, NULL, saver_thread, NULL)))
+		return -err;
+	A.saver_started = true;
+	for (int i = 0; i < A.nsinks; i++) {
+		if ((err = pthread_create(&A.sinks[i].thr, NULL, sink_thread, &A.sinks[i])))
+			return -err;
+		A.sinks[i].started = true;
 	}
 	return 0;
 }
 
-static void flush_locked(void)
+/* The chain continues from the spool's last line, so a run after a crash
+ * chains on without a break; the checkpoint count includes the events of
+ * the previous run that no checkpoint signed. */
+static void audit_chain_resume(void)
 {
-	for (int i = 0; i < A.nsinks; i++) {
-		struct sink *s = &A.sinks[i];
+	char *line, path[4200], txt[32] = "";
+	size_t len;
+	uint64_t cp_seq = 0;
 
-		if (s->len && write_all(s->fd, s->buf, s->len))
-			ag_log(LOG_LVL_ERR, "audit: write to %s failed: %s",
-			       s->type == SINK_FILE ? s->path : "stdout", strerror(errno));
-		s->len = 0;
+	if (spool_last_line(A.spool, &line, &len))
+		return;   /* empty spool: the saved chain head (audit_set_state_dir) */
+	audit_chain_hash(line, len, A.last_hash);
+	free(line);
+	snprintf(path, sizeof(path), "%s/checkpoint-seq", spool_dir(A.spool));
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		if (read(fd, txt, sizeof(txt) - 1) > 0)
+			cp_seq = strtoull(txt, NULL, 10);
+		close(fd);
 	}
+	A.cp_pending = A.seq > cp_seq ? A.seq - cp_seq : 0;
 }
+
+static void checkpoint_seq_save(void)
+{
+	char path[4200], txt[32];
+	int fd;
+
+	if (!A.spool)
+		return;
+	snprintf(path, sizeof(path), "%s/checkpoint-seq", spool_dir(A.spool));
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return;
+	snprintf(txt, sizeof(txt), "%llu\n", (unsigned long long)A.seq);
+	(void)!write(fd, txt, strlen(txt));
+	close(fd);
+}
+
+static void loss_event_locked(void);
 
 void audit_flush(void)
 {
 	pthread_mutex_lock(&A.lock);
 	if (A.key && A.cp_pending && now_ms_realtime() - A.cp_last_ms >= A.cp_every_ms)
 		checkpoint_locked();
-	flush_locked();
+	if (A.dropped && A.spool && spool_has_room(A.spool, A.resume_room))
+		loss_event_locked();
 	pthread_mutex_unlock(&A.lock);
+}
+
+bool audit_accepting(void)
+{
+	return !A.fail_closed || !atomic_load(&A.full);
+}
+
+void audit_reopen(void)
+{
+	for (int i = 0; i < A.nsinks; i++)
+		atomic_store(&A.sinks[i].s.reopen, true);
+	if (A.spool)
+		spool_wake(A.spool);
+}
+
+/* Waits (bounded) until every sink acknowledged everything spooled. */
+static void drain_sinks(uint64_t last)
+{
+	uint64_t end = now_ns_mono() / 1000000ull + SINK_DRAIN_MS;
+
+	while (now_ns_mono() / 1000000ull < end) {
+		int behind = 0;
+
+		for (int i = 0; i < A.nsinks; i++)
+			behind += atomic_load(&A.sinks[i].acked) < last && !A.sinks[i].failing;
+		if (!behind)
+			return;
+		usleep(5000);
+	}
 }
 
 void audit_close(void)
 {
+	uint64_t last;
+
 	pthread_mutex_lock(&A.lock);
 	if (A.key && A.cp_pending)
 		checkpoint_locked();   /* a clean stop leaves no unsigned tail */
 	EVP_PKEY_free(A.key);
 	A.key = NULL;
-	flush_locked();
+	last = A.seq;
+	pthread_mutex_unlock(&A.lock);
+	if (A.spool) {
+		spool_flush(A.spool, true);
+		drain_sinks(last);
+	}
+	pthread_mutex_lock(&A.stop_lock);
+	atomic_store(&A.stopping, true);
+	pthread_cond_broadcast(&A.stop_cond);
+	pthread_mutex_unlock(&A.stop_lock);
+	if (A.spool)
+		spool_wake(A.spool);
 	for (int i = 0; i < A.nsinks; i++) {
-		free(A.sinks[i].buf);
-		A.sinks[i].buf = NULL;
-		if (A.sinks[i].type == SINK_FILE) {
-			fsync(A.sinks[i].fd);
-			close(A.sinks[i].fd);
-		}
+		struct sink_rt *k = &A.sinks[i];
+
+		if (k->started)
+			pthread_join(k->thr, NULL);
+		if (k->s.ops && k->s.ops->fini)
+			k->s.ops->fini(&k->s);
+		free(k->st);
+		memset(k, 0, sizeof(*k));
 	}
 	A.nsinks = 0;
+	if (A.saver_started)
+		pthread_join(A.saver, NULL);
+	A.saver_started = false;
+	save_chain_head();
+	spool_close(A.spool);   /* readers are freed with it */
+	A.spool = NULL;
+	rec_configure(NULL, 0, 0);
+	pthread_mutex_lock(&A.lock);
 	for (int i = 0; i < A.nfollowers; i++)
 		close(A.followers[i]);
 	A.nfollowers = 0;
@@ -168,6 +464,11 @@ void audit_close(void)
 		A.recent[i] = NULL;
 	}
 	A.recent_n = 0;
+	A.seq = 0;
+	A.dropped = 0;
+	atomic_store(&A.full, false);
+	memcpy(A.last_hash, AUDIT_ZERO_HASH, sizeof(A.last_hash));
+	A.cp_pending = 0;
 	pthread_mutex_unlock(&A.lock);
 }
 
@@ -317,52 +618,169 @@ static void push_followers(const char *line, size_t len)
 	}
 }
 
+static void add_self(json_t *ev)
+{
+	json_object_set_new(ev, "actor", json_pack("{s:s, s:{s:i, s:s}}", "app_name", "agentgate",
+		"process", "pid", (int)getpid(), "name", "agentgate"));
+	json_object_set_new(ev, "device", json_pack("{s:s, s:i, s:s}", "hostname", A.host,
+		"type_id", 1, "type", "Server"));
+}
+
 /* Signs the chain head: the event just emitted is covered, and through
  * its prev_hash every event before it. Called with the lock held. */
 static void checkpoint_locked(void)
 {
-	char sig[AUDIT_SIG_HEX], host[256] = "";
+	char sig[AUDIT_SIG_HEX];
 	json_t *ev;
-	int err;
 
 	if (audit_checkpoint_sign(A.key, A.seq, A.last_hash, A.cp_pending, sig)) {
 		ag_log(LOG_LVL_ERR, "audit: signing checkpoint at sequence %llu failed",
 		       (unsigned long long)A.seq);
 		return;
 	}
-	gethostname(host, sizeof(host) - 1);
 	ev = audit_event(1008, 99, "Other");
 	if (!ev)
 		return;
 	json_object_set_new(ev, "message", json_string("audit checkpoint: chain head signed"));
-	json_object_set_new(ev, "actor", json_pack("{s:s, s:{s:i, s:s}}", "app_name", "agentgate",
-		"process", "pid", (int)getpid(), "name", "agentgate"));
-	json_object_set_new(ev, "device", json_pack("{s:s, s:i, s:s}", "hostname", host,
-		"type_id", 1, "type", "Server"));
+	add_self(ev);
 	json_object_set_new(ev, "unmapped", json_pack("{s:{s:I, s:s, s:I, s:s, s:s, s:s}}",
 		"checkpoint", "sequence", (json_int_t)A.seq, "hash", A.last_hash,
 		"count", (json_int_t)A.cp_pending, "alg", "Ed25519", "key_id", A.key_id,
 		"signature", sig));
+	if (emit_locked(ev)) {
+		json_decref(ev);
+		return;   /* not recorded (spool full): the next checkpoint covers these events */
+	}
+	json_decref(ev);
 	A.cp_pending = 0;
 	A.cp_last_ms = now_ms_realtime();
-	emit_locked(ev);
-	json_decref(ev);
-	/* The next run chains from this checkpoint line. */
-	if ((err = audit_chain_state_save(A.state_dir, A.last_hash)))
+	checkpoint_seq_save();
+	/* The next run chains from this checkpoint line (when the spool is
+	 * gone; otherwise from the spool's last line). Saved with an fsync by
+	 * the saver thread within a second: an emitter never waits on the disk. */
+	memcpy(A.save_hash, A.last_hash, sizeof(A.save_hash));
+	A.save_pending = true;
+}
+
+/* Takes the pending chain head (under A.lock) and saves it. */
+static void save_chain_head(void)
+{
+	char hash[AUDIT_HASH_HEX];
+	bool pending;
+	int err;
+
+	pthread_mutex_lock(&A.lock);
+	pending = A.save_pending;
+	memcpy(hash, A.save_hash, sizeof(hash));
+	A.save_pending = false;
+	pthread_mutex_unlock(&A.lock);
+	if (pending && A.state_dir[0] && (err = audit_chain_state_save(A.state_dir, hash)))
 		ag_log(LOG_LVL_ERR, "audit: saving chain head in '%s': %s", A.state_dir,
 		       strerror(-err));
 }
 
-static void emit_locked(json_t *ev)
+static void *saver_thread(void *arg)
 {
-	char uid[37];
+	while (!atomic_load(&A.stopping)) {
+		sink_sleep(1000);
+		save_chain_head();
+	}
+	return NULL;
+}
+
+/* Event Log Activity for what on_full dropped, written once room returned:
+ * the dropped events had no sequence number, they sit between
+ * after_sequence and this event. */
+static void loss_event_locked(void)
+{
+	json_t *ev = audit_event(1008, 99, "Drop");
+	char msg[192];
+
+	if (!ev)
+		return;
+	snprintf(msg, sizeof(msg), "%llu audit events dropped: spool full (on_full=%s)",
+		 (unsigned long long)A.dropped, A.fail_closed ? "fail_closed" : "drop_newest");
+	json_object_set_new(ev, "message", json_string(msg));
+	json_object_set_new(ev, "severity_id", json_integer(4));
+	json_object_set_new(ev, "severity", json_string("High"));
+	json_object_set_new(ev, "status_id", json_integer(2));
+	json_object_set_new(ev, "status", json_string("Failure"));
+	json_object_set_new(ev, "count", json_integer(A.dropped));
+	json_object_set_new(ev, "start_time", json_integer(A.drop_first_ms));
+	json_object_set_new(ev, "end_time", json_integer(A.drop_last_ms));
+	add_self(ev);
+	json_object_set_new(ev, "unmapped", json_pack("{s:{s:s, s:I, s:I, s:s, s:I}}", "loss",
+		"counter", "spool_full", "count", (json_int_t)A.dropped,
+		"after_sequence", (json_int_t)A.drop_after_seq,
+		"on_full", A.fail_closed ? "fail_closed" : "drop_newest",
+		"spool_bytes", (json_int_t)spool_bytes(A.spool)));
+	uint64_t n = A.dropped;
+	A.dropped = 0;
+	if (emit_locked(ev) == 0) {
+		A.cp_pending++;   /* a plain event for the checkpoint count */
+		atomic_store(&A.full, false);
+	} else
+		A.dropped += n;   /* still no room: counted on */
+	json_decref(ev);
+}
+
+static void drop_locked(void)
+{
+	uint64_t now = now_ms_realtime();
+
+	if (!A.dropped) {
+		A.drop_first_ms = now;
+		A.drop_after_seq = A.seq;
+		ag_log(LOG_LVL_WARN, "audit: spool full after sequence %llu: %s",
+		       (unsigned long long)A.seq, A.fail_closed ?
+		       "new agent connections are refused until audit can be recorded (on_full: "
+		       "fail_closed)" : "dropping new events until there is room (on_full: drop_newest)");
+	}
+	A.dropped++;
+	A.drop_last_ms = now;
+	atomic_store(&A.full, true);
+}
+
+/* Fields OCSF requires for a class that the builder of this one event may
+ * not have at hand, filled here so that every event conforms: Event Log
+ * Activity needs actor and device (the enforcer itself), Authentication
+ * needs user (the principal the agent context names). */
+static void ocsf_required(json_t *ev)
+{
+	json_int_t cls = json_integer_value(json_object_get(ev, "class_uid"));
+
+	if (cls == 1008 && !json_object_get(ev, "device")) {
+		json_t *actor = json_incref(json_object_get(ev, "actor"));
+
+		add_self(ev);
+		if (actor)
+			json_object_set_new(ev, "actor", actor);
+	}
+	if (cls == 3002 && !json_object_get(ev, "user")) {
+		json_t *u = json_object_get(json_object_get(ev, "actor"), "user");
+
+		if (u)
+			json_object_set(ev, "user", u);
+	}
+}
+
+/* Stamps, serialises and spools ev (the caller keeps its reference). The
+ * sequence is the spool's: consumed only when the line is in the spool.
+ * 0, or -errno when the event was not recorded (counted as dropped when
+ * the spool is full). */
+static int emit_locked(json_t *ev)
+{
+	char uid[37], hash[AUDIT_HASH_HEX];
+	uint64_t seq = A.seq + 1;
 	char *line;
 	size_t len;
+	int err = 0;
 
 	uuid7(uid);
+	ocsf_required(ev);
 	json_object_set_new(ev, "time", json_integer(now_ms_realtime()));
 	json_object_set_new(ev, "metadata", json_pack("{s:s, s:s, s:I, s:s, s:s, s:{s:s, s:s, s:s}}",
-		"version", OCSF_VERSION, "uid", uid, "sequence", (json_int_t)++A.seq,
+		"version", OCSF_VERSION, "uid", uid, "sequence", (json_int_t)seq,
 		"prev_hash", A.last_hash, "log_name", "agentgate",
 		"product", "name", "agentgate", "vendor_name", "agentgate", "version", AG_VERSION));
 	json_t *um = json_object_get(ev, "unmapped");
@@ -373,45 +791,38 @@ static void emit_locked(json_t *ev)
 	json_object_set_new(um, "policy", json_pack("{s:s, s:s}", "hash", A.policy_hash,
 						    "path", A.policy_path));
 	line = json_dumps(ev, JSON_COMPACT | JSON_PRESERVE_ORDER);
-	len = line ? strlen(line) : 0;
-	char *grown = line ? realloc(line, len + 2) : NULL;   /* room for '\n' */
-	if (grown) {
-		line = grown;
-		/* The chain covers the exact bytes written, without the newline. */
-		audit_chain_hash(line, len, A.last_hash);
-		line[len] = '\n';
-		line[len + 1] = 0;
-		for (int i = 0; i < A.nsinks; i++) {
-			struct sink *sk = &A.sinks[i];
-
-			if (sk->len + len + 1 > SINK_BUF)
-				flush_locked();
-			if (len + 1 > SINK_BUF) {
-				if (write_all(sk->fd, line, len + 1))
-					ag_log(LOG_LVL_ERR, "audit: write to sink %d failed", i);
-			} else {
-				memcpy(sk->buf + sk->len, line, len + 1);
-				sk->len += len + 1;
-			}
-			if (sk->len >= SINK_FLUSH_AT)
-				flush_locked();
-		}
-		push_followers(line, len + 1);
-		line[len] = 0;
-		if (A.recent_n == AUDIT_RECENT) {   /* full: the newest replaces the oldest */
-			free(A.recent[A.recent_head]);
-			A.recent[A.recent_head] = line;
-			A.recent_head = (A.recent_head + 1) % AUDIT_RECENT;
-		} else {
-			A.recent[(A.recent_head + A.recent_n++) % AUDIT_RECENT] = line;
-		}
-	} else {
-		/* The sequence number is consumed: verify reports the gap as a
-		 * deletion, which is what a reader of the trail should see. */
+	char *grown = line ? realloc(line, (len = strlen(line)) + 2) : NULL;   /* room for '\n' */
+	if (!grown) {
 		free(line);
-		ag_log(LOG_LVL_ERR, "audit: out of memory, event %llu not written",
-		       (unsigned long long)A.seq);
+		ag_log(LOG_LVL_ERR, "audit: out of memory, an event was not recorded");
+		return -ENOMEM;
 	}
+	line = grown;
+	if (A.spool && (err = spool_append(A.spool, seq, line, len))) {
+		free(line);
+		if (err == -ENOSPC || err == -EIO)
+			drop_locked();
+		else
+			ag_log(LOG_LVL_ERR, "audit: spooling event %llu: %s", (unsigned long long)seq,
+			       strerror(-err));
+		return err;
+	}
+	A.seq = seq;
+	/* The chain covers the exact bytes spooled, without the newline. */
+	audit_chain_hash(line, len, hash);
+	memcpy(A.last_hash, hash, sizeof(hash));
+	line[len] = '\n';
+	line[len + 1] = 0;
+	push_followers(line, len + 1);
+	line[len] = 0;
+	if (A.recent_n == AUDIT_RECENT) {   /* full: the newest replaces the oldest */
+		free(A.recent[A.recent_head]);
+		A.recent[A.recent_head] = line;
+		A.recent_head = (A.recent_head + 1) % AUDIT_RECENT;
+	} else {
+		A.recent[(A.recent_head + A.recent_n++) % AUDIT_RECENT] = line;
+	}
+	return 0;
 }
 
 void audit_emit(json_t *ev)
@@ -419,8 +830,9 @@ void audit_emit(json_t *ev)
 	if (!ev)
 		return;
 	pthread_mutex_lock(&A.lock);
-	emit_locked(ev);
-	if (++A.cp_pending >= A.cp_every && A.key)
+	if (A.dropped && A.spool && spool_has_room(A.spool, A.resume_room))
+		loss_event_locked();
+	if (emit_locked(ev) == 0 && ++A.cp_pending >= A.cp_every && A.key)
 		checkpoint_locked();
 	pthread_mutex_unlock(&A.lock);
 	json_decref(ev);

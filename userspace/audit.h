@@ -3,12 +3,21 @@
  * audit: one place that builds OCSF 1.8.0 events and delivers them.
  *
  * audit_emit() assigns metadata.uid (UUIDv7) and a gap-free
- * metadata.sequence under one lock, appends one JSON line to every sink's
- * batch (stdout, file; written within 250 ms, see audit_flush()), keeps the line in a bounded in-memory ring for
- * `agentgate audit tail`, and pushes it to followers. It never blocks on a
- * follower: one that cannot keep up is dropped. Every line carries
- * metadata.prev_hash, and signed checkpoints are interleaved (audit_chain.h). Events never carry a secret
- * or an unmasked value; builders take only what may be shown.
+ * metadata.sequence under one lock and appends the JSON line to the on-disk
+ * spool (audit_spool.h); the sequence is the spool's, so it continues across
+ * restarts. Each sink (audit_sink.h) runs on its own thread and reads the
+ * spool at its own cursor: a slow or dead sink never holds up a decision.
+ * The line is also kept in a bounded in-memory ring for `agentgate audit
+ * tail` and pushed to followers (never blocking: one that cannot keep up is
+ * dropped). Every line carries metadata.prev_hash, and signed checkpoints
+ * are interleaved (audit_chain.h). Events never carry a secret or an
+ * unmasked value; builders take only what may be shown.
+ *
+ * When the spool is full (audit.spool.max_bytes), on_full decides:
+ * drop_newest drops the event (counted; an Event Log Activity 1008 "Drop"
+ * event with the count and the neighbouring sequence is written once there
+ * is room), fail_closed does the same and audit_accepting() turns false so
+ * new agent connections are refused until audit can be recorded again.
  */
 #ifndef AGENTGATE_AUDIT_H
 #define AGENTGATE_AUDIT_H
@@ -38,12 +47,22 @@ void audit_set_checkpoint(uint64_t every_events, uint64_t every_ms);
 /* key_id of the signing key ("" before audit_set_state_dir), for `status`. */
 const char *audit_key_fingerprint(void);
 
-/* Opens the policy's sinks (file, stdout). Other sink types are reported
- * by the caller as not yet available. 0 or -errno. */
+/* Opens the spool (audit.spool.dir, else <state dir>/spool: call
+ * audit_set_state_dir() first) and starts one thread per sink, and the
+ * session recorder when audit.recording is set. p must outlive
+ * audit_close(). 0 or -errno. */
 int audit_open(const struct policy *p);
-void audit_close(void);   /* flushes */
-/* Writes batched lines out; the main loop calls it at least every 250 ms. */
+/* Final checkpoint, gives the sinks up to 2 s to catch up, stops them. What
+ * they did not acknowledge stays in the spool for the next run. */
+void audit_close(void);
+/* Time-based checkpoints and the loss event once the spool has room again;
+ * the main loop calls it at least every 250 ms. */
 void audit_flush(void);
+/* false while on_full is fail_closed and an event could not be recorded:
+ * the enforcer refuses new agent connections. Lock-free. */
+bool audit_accepting(void);
+/* SIGHUP: file sinks reopen their path (after an external logrotate). */
+void audit_reopen(void);
 /* The policy hash stamped on every event (changes on reload). */
 void audit_set_policy(const struct policy *p);
 

@@ -16,6 +16,7 @@
 #include "enforcer.h"
 #include "loop.h"
 #include "proto.h"
+#include "recording.h"
 #include "util.h"
 
 static int ensure_buf(struct conn *c, int d)
@@ -45,6 +46,7 @@ int conn_agent_fill(struct conn *c)
 				 CONN_BUF - c->len[DIR_UP], 0);
 
 		if (n > 0) {
+			rec_relay(&c->rec, c, DIR_UP, c->buf[DIR_UP] + c->len[DIR_UP], n);
 			c->len[DIR_UP] += n;
 			continue;
 		}
@@ -127,6 +129,7 @@ void conn_free(struct conn *c)
 		c->ops->release(c);
 	if (c->agent_idx >= 0 && E)
 		atomic_fetch_sub(&E->agents[c->agent_idx].active, 1);
+	rec_close(c->rec);
 	worker_buf_put(c->w, c->buf[0]);
 	worker_buf_put(c->w, c->buf[1]);
 	for (int s = 0; s < 2; s++) {
@@ -186,6 +189,7 @@ static int pump(struct conn *c, int d)
 			/* Read on until EAGAIN even after a short read: a read
 			 * also stops short at TCP urgent data, and with
 			 * edge-triggered epoll nothing would report the rest. */
+			rec_relay(&c->rec, c, d, c->buf[d], n);
 			c->len[d] = n;
 			continue;
 		}

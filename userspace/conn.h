@@ -57,6 +57,7 @@ struct conn {
 	char rule_desc[160];
 	char why[300];        /* a refusal reason built for this connection */  /* "role 'r' rule 2 (line 14)", empty when no rule decided */
 	char upstream_desc[64];
+	struct rec *rec;      /* session recording (recording.h), NULL when off */
 	struct conn *next, *prev;  /* worker's list */
 
 	/* stream mode (conn_stream()): per side, SIDE_AGENT / SIDE_UP */

@@ -747,6 +747,10 @@ void enforcer_accept(struct worker *w, int fd, int family, const struct sockaddr
 	atomic_fetch_add(&rt->active, 1);   /* released in conn_free */
 	atomic_fetch_add(&rt->accepted, 1);
 
+	if (!audit_accepting()) {   /* on_full: fail_closed */
+		refuse(c, "audit cannot be recorded (spool full, on_full: fail_closed)");
+		return;
+	}
 	if (is_own_listener(c->pair.orig_addr, c->pair.orig_port)) {
 		atomic_fetch_add(&E->self_dial, 1);
 		refuse(c, "destination is the enforcer's own listener");
@@ -1232,19 +1236,6 @@ static int check_supported(const struct policy *p)
 			}
 		}
 	}
-	for (size_t i = 0; i < p->audit.nsinks; i++) {
-		enum policy_sink_type t = p->audit.sinks[i].type;
-
-		if (t != SINK_FILE && t != SINK_STDOUT) {
-			log_err("audit sink on line %d: only 'file' and 'stdout' sinks are implemented in this build",
-				p->audit.sinks[i].line);
-			bad++;
-		}
-	}
-	if (p->audit.spool_dir) {
-		log_err("audit.spool is not implemented in this build");
-		bad++;
-	}
 	if (p->approvals_webhook) {
 		log_err("approvals are not implemented in this build");
 		bad++;
@@ -1442,6 +1433,8 @@ static int main_loop(int epfd, int sfd, struct ring_buffer *rb, struct admin *ad
 				while (read(sfd, &si, sizeof(si)) == sizeof(si)) {
 					if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)
 						E->stop = 1;
+					else if (si.ssi_signo == SIGHUP)
+						audit_reopen();
 				}
 				break;
 			}
@@ -1616,7 +1609,7 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 		snprintf(msg, sizeof(msg), "enforcer started (policy %s, %s mode, %zu agents)",
 			 E->policy_desc, E->policy->mode == POLICY_OBSERVE ? "observe" : "enforce",
 			 E->policy->nagents);
-		lifecycle_event(1, "Start", msg);
+		lifecycle_event(3, "Start", msg);
 		log_info("%s; ready", msg);
 		ret = 0;
 	}
@@ -1640,7 +1633,7 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 	for (int i = 0; i < E->nworkers; i++)
 		worker_join(&E->workers[i]);
 	ring_buffer__consume(rb);
-	lifecycle_event(2, "Stop", "enforcer stopped; programs stay attached (connections refused until restart)");
+	lifecycle_event(4, "Stop", "enforcer stopped; programs stay attached (connections refused until restart)");
 	log_info("stopped; kernel programs stay pinned (fail closed)");
 out:
 	admin_close(adm);

@@ -524,7 +524,7 @@ int main(int argc, char **argv)
 	if (strcmp(cmd, "approvals") == 0)
 		return not_yet("approvals", "approval issue");
 	if (strcmp(cmd, "replay") == 0)
-		return not_yet("replay", "audit pipeline issue");
+		return cmd_replay(sub_argc, sub_argv, state_dir);
 	if (strcmp(cmd, "token") == 0)
 		return cmd_token(sub_argc, sub_argv, state_dir);
 	if (strcmp(cmd, "version") == 0) {

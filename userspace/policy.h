@@ -151,6 +151,11 @@ struct policy_sink {
 	char *path;                    /* file */
 	char *address, *transport;     /* syslog: host:port as written; tcp (default) | tls | relp */
 	char *url, *token_file, *index;/* hec, es, webhook */
+	char *ca_file;                 /* syslog tls, https: CA bundle to verify the server (NULL: system CAs) */
+	bool ack;                      /* splunk_hec: indexer acknowledgement (channel + /ack polling) */
+	uint64_t rotate_bytes;         /* file: rotate at this size (0: never) */
+	uint32_t rotate_age_ms;        /* file: rotate when the file is this old (0: never) */
+	uint32_t keep;                 /* file: rotated files kept (path.1 .. path.keep; default 5) */
 	int line;
 };
 
@@ -160,6 +165,10 @@ struct policy_audit {
 	char *on_full;                 /* drop_newest (default) | fail_closed; never NULL */
 	struct policy_sink *sinks;
 	size_t nsinks;
+	/* session recording (off when recording_dir is NULL) */
+	char *recording_dir;
+	uint64_t recording_max_bytes;  /* 0: the recorder's default */
+	uint32_t recording_max_age_ms; /* 0: the recorder's default */
 };
 
 struct policy {

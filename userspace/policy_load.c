@@ -1824,16 +1824,16 @@ static void load_bindings(struct vctx *v, const struct ynode *n, struct policy *
 
 struct sink_shape {
 	const char *need[3];
-	const char *may[3];
+	const char *may[4];
 };
 
 static const struct sink_shape sink_shapes[] = {
-	[SINK_FILE] = { { "path" }, { NULL } },
+	[SINK_FILE] = { { "path" }, { "rotate_bytes", "rotate_age", "keep" } },
 	[SINK_STDOUT] = { { NULL }, { NULL } },
-	[SINK_SYSLOG] = { { "address" }, { "transport" } },
-	[SINK_SPLUNK_HEC] = { { "url", "token_file" }, { "index" } },
-	[SINK_ELASTICSEARCH] = { { "url" }, { "index", "token_file" } },
-	[SINK_WEBHOOK] = { { "url" }, { "token_file" } },
+	[SINK_SYSLOG] = { { "address" }, { "transport", "ca_file" } },
+	[SINK_SPLUNK_HEC] = { { "url", "token_file" }, { "index", "ack", "ca_file" } },
+	[SINK_ELASTICSEARCH] = { { "url" }, { "index", "token_file", "ca_file" } },
+	[SINK_WEBHOOK] = { { "url" }, { "token_file", "ca_file" } },
 };
 
 static bool in_arr(const char *const *arr, size_t n, const char *s)
@@ -1855,7 +1855,7 @@ static void check_sink_shape(struct vctx *v, const struct ynode *m, enum policy_
 		const struct ynode *k = m->kid[i];
 
 		if (k->kind != Y_SCALAR || strcmp(k->val, "type") == 0 || !in_list(keys, k->val) ||
-		    in_arr(sh->need, 3, k->val) || in_arr(sh->may, 3, k->val))
+		    in_arr(sh->need, 3, k->val) || in_arr(sh->may, 4, k->val))
 			continue;
 		verr(v, k, "'%.64s' does not apply to %s sinks", k->val, tname);
 	}
@@ -1867,7 +1867,8 @@ static void check_sink_shape(struct vctx *v, const struct ynode *m, enum policy_
 static void load_sink(struct vctx *v, const struct ynode *m, struct policy_sink *s)
 {
 	static const char *const keys[] = {
-		"type", "path", "address", "transport", "url", "token_file", "index", NULL };
+		"type", "path", "address", "transport", "url", "token_file", "index", "ca_file", "ack",
+		"rotate_bytes", "rotate_age", "keep", NULL };
 	static const char *const types[] = {
 		[SINK_FILE] = "file", [SINK_STDOUT] = "stdout", [SINK_SYSLOG] = "syslog",
 		[SINK_SPLUNK_HEC] = "splunk_hec", [SINK_ELASTICSEARCH] = "elasticsearch",
@@ -1901,6 +1902,38 @@ static void load_sink(struct vctx *v, const struct ynode *m, struct policy_sink 
 		s->url = dup_url(v, n, "url");
 	s->token_file = opt_str(v, m, "token_file");
 	s->index = opt_str(v, m, "index");
+	s->ca_file = opt_str(v, m, "ca_file");
+	if ((n = map_get(m, "ack")))
+		want_bool(v, n, "ack", &s->ack);
+	const char *txt;
+	if ((n = map_get(m, "rotate_bytes")) && (txt = want_str(v, n, "rotate_bytes")) &&
+	    !parse_size(txt, &s->rotate_bytes))
+		verr(v, n, "bad size '%.64s' for rotate_bytes (use e.g. 100MiB)", txt);
+	if ((n = map_get(m, "rotate_age")))
+		want_duration(v, n, "rotate_age", &s->rotate_age_ms);
+	s->keep = 5;
+	long long keep;
+	if ((n = map_get(m, "keep")) && want_int(v, n, "keep", 1, 1000, &keep))
+		s->keep = (uint32_t)keep;
+}
+
+static void load_recording(struct vctx *v, const struct ynode *m, struct policy_audit *a)
+{
+	static const char *const keys[] = { "dir", "max_bytes", "max_age", NULL };
+	const struct ynode *n;
+	const char *s;
+
+	if (!want_map(v, m, "recording"))
+		return;
+	check_keys(v, m, keys);
+	if (!need(v, m, "dir"))
+		return;
+	a->recording_dir = opt_str(v, m, "dir");
+	if ((n = map_get(m, "max_bytes")) && (s = want_str(v, n, "max_bytes")) &&
+	    !parse_size(s, &a->recording_max_bytes))
+		verr(v, n, "bad size '%.64s' for max_bytes (use e.g. 1GiB)", s);
+	if ((n = map_get(m, "max_age")))
+		want_duration(v, n, "recording max_age", &a->recording_max_age_ms);
 }
 
 static void load_spool(struct vctx *v, const struct ynode *m, struct policy_audit *a)
@@ -1924,7 +1957,7 @@ static void load_spool(struct vctx *v, const struct ynode *m, struct policy_audi
 
 static void load_audit(struct vctx *v, const struct ynode *m, struct policy_audit *a)
 {
-	static const char *const keys[] = { "spool", "sinks", NULL };
+	static const char *const keys[] = { "spool", "sinks", "recording", NULL };
 	const struct ynode *n;
 
 	if (!want_map(v, m, "audit"))
@@ -1932,6 +1965,8 @@ static void load_audit(struct vctx *v, const struct ynode *m, struct policy_audi
 	check_keys(v, m, keys);
 	if ((n = map_get(m, "spool")))
 		load_spool(v, n, a);
+	if ((n = map_get(m, "recording")))
+		load_recording(v, n, a);
 	if (!(n = map_get(m, "sinks")) || !want_list(v, n, "sinks", MAX_SINKS))
 		return;
 	if (!(a->sinks = xcalloc(v, n, n->n, sizeof(*a->sinks))))
@@ -2154,8 +2189,10 @@ static void audit_free(struct policy_audit *a)
 		free(s->url);
 		free(s->token_file);
 		free(s->index);
+		free(s->ca_file);
 	}
 	free(a->sinks);
+	free(a->recording_dir);
 	free(a->spool_dir);
 	free(a->on_full);
 }

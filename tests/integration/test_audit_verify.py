@@ -115,8 +115,11 @@ def test_audit_verify_detects_tampering(enforcer, servers):
 def test_audit_chain_continues_across_restart(enforcer, servers):
     run_and_stop(enforcer, servers)
     lines = run_and_stop(enforcer, servers)
-    starts = [i for i, l in enumerate(lines) if json.loads(l)["metadata"]["sequence"] == 1]
+    evs = [json.loads(l) for l in lines]
+    starts = [e for e in evs if e["class_uid"] == 6002 and e["activity_name"] == "Start"]
     assert len(starts) == 2, "two runs appended to one file"
+    # the sequence is the spool's: the second run continues it
+    assert [e["metadata"]["sequence"] for e in evs] == list(range(1, len(evs) + 1))
     rc, out = verify(enforcer, enforcer.audit)
     assert rc == 0, out
     assert "warning" not in out, out

@@ -1,0 +1,478 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Audit sinks against real receivers: rsyslog on loopback (plain TCP with
+octet counting, TLS through its ossl driver, RELP through imrelp) with a
+configuration written here, and the HTTP collector (helpers/collector.py)
+standing in for Splunk HEC, Elasticsearch and a webhook.
+
+Events come from real traffic: a client inside the agent cgroup opens
+connections through the enforcer (each gives an Open and a Close event)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from conftest import AG, PY, Proc, free_port, wait_for, wait_port
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "helpers"))
+
+RSYSLOGD = "/usr/sbin/rsyslogd"
+
+TRAFFIC = textwrap.dedent(r"""
+    import socket, sys
+    host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    ok = 0
+    for i in range(n):
+        s = socket.create_connection((host, port), timeout=5)
+        s.sendall(b"x")
+        if s.recv(10):
+            ok += 1
+        s.close()
+    print("OK", ok)
+""")
+
+
+def policy(port, sinks, extra=""):
+    """sinks: YAML list items ("- {...}" lines); extra: more keys under audit."""
+    head = textwrap.dedent(f"""\
+        version: 1
+        agents: [{{name: t-agent}}]
+        targets: [{{name: echo, protocol: tcp, address: 127.0.0.1:{port}}}]
+        roles: [{{name: r, rules: [{{target: echo}}]}}]
+        bindings: [{{role: r, agents: [t-agent]}}]
+        audit:
+        """)
+    return (head + textwrap.indent(textwrap.dedent(extra), "  ") + "  sinks:\n" +
+            textwrap.indent(textwrap.dedent(sinks), "    "))
+
+
+def traffic(enforcer, port, n):
+    r = enforcer.exec("t-agent", [PY, "-c", TRAFFIC, "127.0.0.1", str(port), str(n)], timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == f"OK {n}", r.stdout + r.stderr
+
+
+def file_events(path):
+    with open(path) as f:
+        return [json.loads(l) for l in f.read().split("\n")[:-1] if l.strip()]
+
+
+class Rsyslog:
+    """rsyslogd in the foreground (-n -f conf -i pidfile) on free loopback
+    ports: plain TCP, TLS (ossl, server cert signed by a CA made here) and
+    RELP, each input writing the raw messages it received to its own file."""
+
+    def __init__(self, tmp):
+        self.tmp = os.path.join(tmp, "rsyslog")
+        os.makedirs(os.path.join(self.tmp, "work"), exist_ok=True)
+        self.ports = {"tcp": free_port(), "tls": free_port(), "relp": free_port()}
+        self.proc = None
+        self.ca = self._certs()
+
+    def _certs(self):
+        d = self.tmp
+
+        def run(*a):
+            subprocess.run(a, check=True, capture_output=True, cwd=d)
+        run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key",
+            "-out", "ca.pem", "-days", "1", "-subj", "/CN=agentgate test CA")
+        run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "srv.key", "-out",
+            "srv.csr", "-subj", "/CN=127.0.0.1")
+        with open(os.path.join(d, "ext"), "w") as f:
+            f.write("subjectAltName=IP:127.0.0.1\n")
+        run("openssl", "x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "srv.pem", "-days", "1", "-extfile", "ext")
+        # a second CA that signed nothing here: verification must fail with it
+        run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "other.key",
+            "-out", "other.pem", "-days", "1", "-subj", "/CN=some other CA")
+        return os.path.join(d, "ca.pem")
+
+    def out(self, name):
+        return os.path.join(self.tmp, f"{name}.log")
+
+    def start(self, direct=False):
+        """direct: no in-memory main queue, so a message is written before
+        rsyslog acknowledges it over RELP (what a receiver killed with
+        SIGKILL must have done for nothing to be lost)."""
+        d = self.tmp
+        conf = os.path.join(d, "rsyslog.conf")
+        with open(conf, "w") as f:
+            if direct:
+                f.write('main_queue(queue.type="Direct")\n')
+            f.write(textwrap.dedent(f"""
+                global(workDirectory="{d}/work" maxMessageSize="64k"
+                       defaultNetstreamDriverCAFile="{d}/ca.pem"
+                       defaultNetstreamDriverCertFile="{d}/srv.pem"
+                       defaultNetstreamDriverKeyFile="{d}/srv.key")
+                module(load="imtcp")
+                module(load="imrelp")
+                template(name="raw" type="string" string="%rawmsg%\\n")
+                input(type="imtcp" port="{self.ports['tcp']}" address="127.0.0.1" ruleset="tcp")
+                input(type="imtcp" port="{self.ports['tls']}" address="127.0.0.1" ruleset="tls"
+                      streamDriver.name="ossl" streamDriver.mode="1" streamDriver.authMode="anon")
+                input(type="imrelp" port="{self.ports['relp']}" address="127.0.0.1" ruleset="relp")
+                ruleset(name="tcp") {{ action(type="omfile" file="{self.out('tcp')}" template="raw") }}
+                ruleset(name="tls") {{ action(type="omfile" file="{self.out('tls')}" template="raw") }}
+                ruleset(name="relp") {{ action(type="omfile" file="{self.out('relp')}" template="raw") }}
+            """))
+        self.proc = Proc([RSYSLOGD, "-n", "-f", conf, "-i", os.path.join(d, "rsyslogd.pid")],
+                         stdout=open(os.path.join(d, "rsyslogd.log"), "a"), stderr=subprocess.STDOUT)
+        for p in self.ports.values():
+            wait_port("127.0.0.1", p)
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc:
+            self.proc.stop(sig)
+            self.proc = None
+
+    def messages(self, name):
+        """(raw header, OCSF event) per message received on that input."""
+        try:
+            with open(self.out(name), "rb") as f:
+                data = f.read().decode()
+        except FileNotFoundError:
+            return []
+        msgs = []
+        for line in data.split("\n")[:-1]:
+            hdr, sep, body = line.partition("] \ufeff")
+            assert sep, f"no structured data + BOM in {line[:200]!r}"
+            msgs.append((hdr + "]", json.loads(body)))
+        return msgs
+
+
+@pytest.fixture
+def rsyslog(tmp):
+    r = Rsyslog(tmp)
+    yield r
+    r.stop()
+
+
+def syslog_sinks(rs, audit_path, ca=None):
+    ca = ca or rs.ca
+    return textwrap.dedent(f"""\
+        - {{type: file, path: {audit_path}}}
+        - {{type: syslog, address: 127.0.0.1:{rs.ports['tcp']}, transport: tcp}}
+        - {{type: syslog, address: 127.0.0.1:{rs.ports['tls']}, transport: tls, ca_file: {ca}}}
+        - {{type: syslog, address: 127.0.0.1:{rs.ports['relp']}, transport: relp}}
+        """)
+
+
+def wait_seqs(get, want, timeout=15):
+    return wait_for(lambda: set(want) <= {e["metadata"]["sequence"] for e in get()}, timeout)
+
+
+def test_syslog_tcp_tls_relp_complete_and_in_order(enforcer, servers, rsyslog):
+    port, _ = servers.echo()
+    rsyslog.start()
+    enforcer.start(policy(port, syslog_sinks(rsyslog, enforcer.audit)))
+    traffic(enforcer, port, 30)
+    enforcer.stop()
+    ref = file_events(enforcer.audit)
+    assert len(ref) >= 60
+    seqs = [e["metadata"]["sequence"] for e in ref]
+    assert seqs == list(range(1, len(ref) + 1))
+    validate_events(ref)
+    with open(enforcer.audit) as f:
+        ref_lines = f.read().split("\n")[:-1]
+    for name in ("tcp", "tls", "relp"):
+        assert wait_seqs(lambda: [e for _, e in rsyslog.messages(name)], seqs), name
+        msgs = rsyslog.messages(name)
+        got = [e["metadata"]["sequence"] for _, e in msgs]
+        assert got == seqs, f"{name}: out of order or duplicated: {got[:20]}..."
+        for (hdr, ev), line in zip(msgs, ref_lines):
+            # the event is byte-for-byte what the file sink holds
+            assert json.dumps(ev, separators=(",", ":"), ensure_ascii=False) == \
+                json.dumps(json.loads(line), separators=(",", ":"), ensure_ascii=False)
+            # RFC 5424: <PRI>1 TIMESTAMP HOST APP PROCID MSGID [SD]
+            parts = hdr.split(" ", 6)
+            assert parts[0].startswith("<") and parts[0].endswith(">1"), hdr
+            pri = int(parts[0][1:-2])
+            assert pri // 8 == 13, hdr
+            assert parts[1].endswith("Z") and "T" in parts[1], hdr
+            assert parts[3] == "agentgate" and parts[5] == str(ev["class_uid"]), hdr
+            assert parts[6] == f'[agentgate@32473 seq="{ev["metadata"]["sequence"]}"]', hdr
+
+
+def test_syslog_tls_refuses_unverified_server(enforcer, servers, rsyslog):
+    port, _ = servers.echo()
+    rsyslog.start()
+    other = os.path.join(rsyslog.tmp, "other.pem")
+    sinks = textwrap.dedent(f"""\
+        - {{type: file, path: {enforcer.audit}}}
+        - {{type: syslog, address: 127.0.0.1:{rsyslog.ports['tls']}, transport: tls, ca_file: {other}}}
+        """)
+    enforcer.start(policy(port, sinks))
+    traffic(enforcer, port, 3)
+    assert wait_for(lambda: "TLS handshake" in enforcer.read_log(), 10), enforcer.read_log()
+    enforcer.stop()
+    assert rsyslog.messages("tls") == []
+    assert "certificate" in enforcer.read_log()
+    # nothing was acknowledged: the cursor still stands before the first event
+    cur = [f for f in os.listdir(os.path.join(enforcer.state, "spool")) if f.startswith("cursor-syslog")]
+    assert len(cur) == 1
+    with open(os.path.join(enforcer.state, "spool", cur[0])) as f:
+        assert int(f.read() or "0") == 0
+
+
+@pytest.mark.parametrize("transport", ["relp", "tcp", "tls"])
+def test_syslog_outage_then_recovery(enforcer, servers, rsyslog, transport):
+    """rsyslog down while events are produced, then up: every sequence
+    number arrives; duplicates only within one batch."""
+    port, _ = servers.echo()
+    rsyslog.start()
+    sinks = textwrap.dedent(f"""\
+        - {{type: file, path: {enforcer.audit}}}
+        - {{type: syslog, address: 127.0.0.1:{rsyslog.ports[transport]}, transport: {transport}, ca_file: {rsyslog.ca}}}
+        """) if transport == "tls" else textwrap.dedent(f"""\
+        - {{type: file, path: {enforcer.audit}}}
+        - {{type: syslog, address: 127.0.0.1:{rsyslog.ports[transport]}, transport: {transport}}}
+        """)
+    enforcer.start(policy(port, sinks))
+    traffic(enforcer, port, 10)
+    # Plain TCP and TLS have no application acknowledgement: what rsyslog's
+    # kernel acknowledged but rsyslog had not processed when it stopped is
+    # lost (documented in audit_sink_syslog.c). So the receiver is stopped
+    # only once it has everything so far; what is produced while it is down
+    # must all arrive, on every transport.
+    assert wait_for(lambda: len(file_events(enforcer.audit)) >= 21, 10)
+    first = [e["metadata"]["sequence"] for e in file_events(enforcer.audit)]
+    assert wait_seqs(lambda: [e for _, e in rsyslog.messages(transport)], first)
+    rsyslog.stop()
+    traffic(enforcer, port, 100)          # produced while the receiver is down
+    time.sleep(1)
+    rsyslog.start()
+    traffic(enforcer, port, 10)
+    assert wait_for(lambda: len(file_events(enforcer.audit)) >= 240, 10)
+    ref = [e["metadata"]["sequence"] for e in file_events(enforcer.audit)]
+    assert ref == list(range(1, len(ref) + 1)) and len(ref) >= 240
+    # the sink retries with backoff capped at 5 s
+    assert wait_seqs(lambda: [e for _, e in rsyslog.messages(transport)], ref, 20), \
+        sorted(set(ref) - {e["metadata"]["sequence"] for _, e in rsyslog.messages(transport)})[:20]
+    enforcer.stop(signal.SIGTERM)
+    got = [e["metadata"]["sequence"] for _, e in rsyslog.messages(transport)]
+    dups = len(got) - len(set(got))
+    assert dups <= 1024, f"{dups} duplicates: more than one batch"
+    # in order apart from a resent batch: never goes back further than a batch
+    for a, b in zip(got, got[1:]):
+        assert b > a or a - b < 1024
+
+
+def test_relp_receiver_killed_mid_stream_loses_nothing(enforcer, servers, rsyslog):
+    """rsyslog SIGKILLed while a flood is being delivered over RELP, then
+    restarted: every sequence number arrives (RELP acknowledges, the sink
+    resends what was not)."""
+    port, _ = servers.echo()
+    rsyslog.start(direct=True)
+    sinks = textwrap.dedent(f"""\
+        - {{type: file, path: {enforcer.audit}}}
+        - {{type: syslog, address: 127.0.0.1:{rsyslog.ports['relp']}, transport: relp}}
+        """)
+    enforcer.start(policy(port, sinks))
+    flood = subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", "t-agent", "--",
+                              PY, "-c", TRAFFIC, "127.0.0.1", str(port), "1500"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert wait_for(lambda: len(rsyslog.messages("relp")) >= 300, 30)
+    rsyslog.stop(signal.SIGKILL)
+    time.sleep(0.5)
+    rsyslog.start(direct=True)
+    out, _ = flood.communicate(timeout=120)
+    assert out.strip() == "OK 1500", out
+    assert wait_for(lambda: len(file_events(enforcer.audit)) >= 3001, 10)
+    ref = [e["metadata"]["sequence"] for e in file_events(enforcer.audit)]
+    assert wait_seqs(lambda: [e for _, e in rsyslog.messages("relp")], ref, 30), \
+        sorted(set(ref) - {e["metadata"]["sequence"] for _, e in rsyslog.messages("relp")})[:20]
+    enforcer.stop()
+    got = [e["metadata"]["sequence"] for _, e in rsyslog.messages("relp")]
+    assert len(got) - len(set(got)) <= 1024, "duplicates beyond one batch"
+
+
+# ---- HTTP sinks against the collector (a test double: see its docstring) ----
+
+from collector import Collector  # noqa: E402
+from test_audit_schema import validate_events  # noqa: E402
+
+
+@pytest.fixture
+def collector():
+    c = Collector(acks=True)
+    c.start()
+    yield c
+    c.stop()
+
+
+def http_sinks(col, tmp, audit_path, token="test-token"):
+    tok = os.path.join(tmp, "hec.token")
+    with open(tok, "w") as f:
+        f.write(token + "\n")
+    os.chmod(tok, 0o600)
+    base = f"http://127.0.0.1:{col.port}"
+    return textwrap.dedent(f"""\
+        - {{type: file, path: {audit_path}}}
+        - {{type: splunk_hec, url: '{base}', token_file: {tok}, ack: true, index: sec}}
+        - {{type: elasticsearch, url: '{base}/', index: agentgate-audit}}
+        - {{type: webhook, url: '{base}/hook'}}
+        """)
+
+
+def hec_seqs(col):
+    with col.lock:
+        return [e["event"]["metadata"]["sequence"] for e in col.hec]
+
+
+def es_seqs(col):
+    with col.lock:
+        return [col.es_docs[i][1]["metadata"]["sequence"] for i in col.es_order]
+
+
+def hook_seqs(col):
+    with col.lock:
+        return [e["metadata"]["sequence"] for e in col.webhook]
+
+
+def test_http_sinks_complete_and_in_order(enforcer, servers, collector):
+    port, _ = servers.echo()
+    enforcer.start(policy(port, http_sinks(collector, enforcer.tmp, enforcer.audit)))
+    traffic(enforcer, port, 20)
+    assert wait_for(lambda: len(file_events(enforcer.audit)) >= 41, 10)
+    ref = file_events(enforcer.audit)
+    seqs = [e["metadata"]["sequence"] for e in ref]
+    for get in (hec_seqs, es_seqs, hook_seqs):
+        assert wait_for(lambda: set(seqs) <= set(get(collector)), 15), get.__name__
+    enforcer.stop()
+    byseq = {e["metadata"]["sequence"]: e for e in ref}
+    validate_events(file_events(enforcer.audit))
+    assert hec_seqs(collector)[:len(seqs)] == seqs
+    assert es_seqs(collector)[:len(seqs)] == seqs
+    assert hook_seqs(collector)[:len(seqs)] == seqs
+    with collector.lock:
+        assert len(collector.hec_channels) == 1           # one channel per sink
+        for env in collector.hec[:len(seqs)]:
+            ev = env["event"]
+            assert env["sourcetype"] == f"ocsf:{ev['class_uid']}"
+            assert env["index"] == "sec" and env["source"] == "agentgate"
+            assert abs(env["time"] * 1000 - ev["time"]) < 1
+            assert ev == byseq[ev["metadata"]["sequence"]]
+        for _id in collector.es_order[:len(seqs)]:
+            index, doc = collector.es_docs[_id]
+            assert index == "agentgate-audit" and doc["metadata"]["uid"] == _id
+            assert doc == byseq[doc["metadata"]["sequence"]]
+        assert all(s == 201 for s in collector.es_statuses)
+    assert "test-token" not in enforcer.read_log()
+
+
+def test_http_sinks_survive_errors_and_outage(enforcer, servers, collector):
+    """503s, per-item 429s, an HEC batch whose ack never comes, then the
+    collector down altogether while events are produced: every sequence
+    arrives; Elasticsearch stores each event exactly once."""
+    port, _ = servers.echo()
+    cport = collector.port
+    enforcer.start(policy(port, http_sinks(collector, enforcer.tmp, enforcer.audit)))
+    with collector.lock:
+        collector.fail_next = 4
+        collector.es_429_items = 7
+        collector.lose_unacked = 1
+    traffic(enforcer, port, 20)
+    collector.stop()
+    traffic(enforcer, port, 50)               # produced while the collector is down
+    time.sleep(1)
+    collector.start(cport)
+    traffic(enforcer, port, 10)
+    assert wait_for(lambda: len(file_events(enforcer.audit)) >= 161, 10)
+    seqs = [e["metadata"]["sequence"] for e in file_events(enforcer.audit)]
+    for get in (hec_seqs, es_seqs, hook_seqs):
+        assert wait_for(lambda: set(seqs) <= set(get(collector)), 30), \
+            (get.__name__, sorted(set(seqs) - set(get(collector)))[:10])
+    enforcer.stop()
+    with collector.lock:
+        statuses = list(collector.es_statuses)
+        answered = [s for _, s in collector.requests]
+    assert 429 in statuses and 409 in statuses, "per-item retry resent stored items: 409 = success"
+    assert 503 in answered
+    es = es_seqs(collector)
+    assert len(es) == len(set(es)), "elasticsearch: each _id stored once"
+    assert es[:len(seqs)] == sorted(es[:len(seqs)]) or set(es) >= set(seqs)
+    for get in (hec_seqs, hook_seqs):
+        got = get(collector)
+        assert len(got) - len(set(got)) <= 500, f"{get.__name__}: more duplicates than one batch"
+
+
+def test_http_permanent_error_goes_to_dead_letter(enforcer, servers, collector):
+    port, _ = servers.echo()
+    sinks = http_sinks(collector, enforcer.tmp, enforcer.audit, token="wrong-token")
+    sinks = "\n".join(l for l in sinks.splitlines() if "elasticsearch" not in l and "webhook" not in l)
+    enforcer.start(policy(port, sinks + "\n"))
+    traffic(enforcer, port, 5)
+    assert wait_for(lambda: len(file_events(enforcer.audit)) >= 11, 10)
+    seqs = [e["metadata"]["sequence"] for e in file_events(enforcer.audit)]
+    dl = os.path.join(enforcer.state, "spool", "dead-letter.jsonl")
+
+    def dead():
+        try:
+            with open(dl) as f:
+                return [json.loads(l) for l in f]
+        except FileNotFoundError:
+            return []
+    assert wait_for(lambda: set(seqs) <= {d["event"]["metadata"]["sequence"] for d in dead()}, 10)
+    enforcer.stop()
+    d = dead()[0]
+    assert d["sink"].startswith("splunk_hec-") and "HTTP 401" in d["reason"]
+    assert os.stat(dl).st_mode & 0o777 == 0o600
+    assert hec_seqs(collector) == []
+    assert "wrong-token" not in enforcer.read_log() and "wrong-token" not in open(dl).read()
+
+
+# ---- file sink: rotation and reopen on SIGHUP ----------------------------------
+
+def test_file_rotation_and_sighup_reopen(enforcer, servers):
+    port, _ = servers.echo()
+    d = enforcer.tmp
+    by_size, by_age, plain = (os.path.join(d, n) for n in ("size.jsonl", "age.jsonl", "plain.jsonl"))
+    sinks = textwrap.dedent(f"""\
+        - {{type: file, path: {enforcer.audit}}}
+        - {{type: file, path: {by_size}, rotate_bytes: 16KiB, keep: 3}}
+        - {{type: file, path: {by_age}, rotate_age: 1s}}
+        - {{type: file, path: {plain}}}
+        """)
+    old_umask = os.umask(0)                  # the sink sets 0600 itself
+    try:
+        enforcer.start(policy(port, sinks))
+    finally:
+        os.umask(old_umask)
+    traffic(enforcer, port, 60)
+    time.sleep(1.2)
+    traffic(enforcer, port, 5)
+    assert wait_for(lambda: len(file_events(enforcer.audit)) >= 131, 10)
+
+    # logrotate-style: move the file away, SIGHUP, the sink writes a new one
+    moved = plain + ".moved"
+    os.rename(plain, moved)
+    enforcer.proc.p.send_signal(signal.SIGHUP)
+    time.sleep(0.3)
+    traffic(enforcer, port, 5)
+    assert wait_for(lambda: os.path.exists(plain) and len(file_events(plain)) >= 10, 10)
+    enforcer.stop()
+    ref = [e["metadata"]["sequence"] for e in file_events(enforcer.audit)]
+
+    for p in [by_size + s for s in ("", ".1", ".2", ".3")]:
+        assert os.path.exists(p), p
+        assert os.stat(p).st_mode & 0o777 == 0o600, p
+        assert os.path.getsize(p) <= 16 * 1024 + 70 * 1024   # one batch may overshoot
+    assert not os.path.exists(by_size + ".4"), "keep: 3"
+    kept = []
+    for p in [by_size + s for s in (".3", ".2", ".1", "")]:
+        kept += [e["metadata"]["sequence"] for e in file_events(p)]
+    assert kept == ref[-len(kept):], "rotated files hold consecutive events, oldest in .3"
+    assert len(kept) < len(ref)
+
+    assert os.path.exists(by_age + ".1")
+    aged = [e["metadata"]["sequence"] for e in file_events(by_age + ".1")] + \
+        [e["metadata"]["sequence"] for e in file_events(by_age)]
+    assert aged == ref[-len(aged):]
+
+    both = [e["metadata"]["sequence"] for e in file_events(moved)] + \
+        [e["metadata"]["sequence"] for e in file_events(plain)]
+    assert both == ref, "nothing lost or repeated across the reopen"
+    assert os.stat(plain).st_mode & 0o777 == 0o600

@@ -1,0 +1,227 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The audit spool with a real enforcer: resuming from the cursor after
+SIGKILL, a full spool in each on_full mode, a flood from one agent.
+
+A webhook sink pointed at the collector (helpers/collector.py, a test
+double) is the sink that can be taken down and brought back; while it is
+down nothing it has not acknowledged may leave the spool."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from conftest import AG, PY, connect_code, free_port, wait_for
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "helpers"))
+from collector import Collector  # noqa: E402
+from test_audit_schema import validate_events  # noqa: E402
+from test_audit_sinks import TRAFFIC, file_events, policy, traffic  # noqa: E402
+
+
+# connects until the first refusal; prints how many worked
+UNTIL_REFUSED = textwrap.dedent(r"""
+    import socket, sys
+    host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    ok = 0
+    for i in range(n):
+        try:
+            s = socket.create_connection((host, port), timeout=5)
+            s.sendall(b"x")
+            if not s.recv(10):
+                break
+            s.close()
+        except OSError:
+            break
+        ok += 1
+    print("OK", ok)
+""")
+
+
+def sinks(audit_path, hook_port):
+    return textwrap.dedent(f"""\
+        - {{type: file, path: {audit_path}}}
+        - {{type: webhook, url: 'http://127.0.0.1:{hook_port}/hook'}}
+        """)
+
+
+def seqs(evs):
+    return [e["metadata"]["sequence"] for e in evs]
+
+
+def verify(enforcer):
+    r = enforcer.cli("audit", "verify", enforcer.audit)
+    return r.returncode, r.stdout + r.stderr
+
+
+def test_sigkill_mid_batch_resumes_from_cursor(enforcer, servers):
+    col = Collector()
+    col.start()
+    try:
+        port, _ = servers.echo()
+        enforcer.start(policy(port, sinks(enforcer.audit, col.port)))
+        traffic(enforcer, port, 5)
+        flood = subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", "t-agent", "--",
+                                  PY, "-c", TRAFFIC, "127.0.0.1", str(port), "2000"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert wait_for(lambda: len(file_events(enforcer.audit)) >= 200, 20)
+        enforcer.stop(signal.SIGKILL)           # mid-flood, mid-batch
+        flood.wait(30)
+        before = seqs(file_events(enforcer.audit))
+        assert before == list(range(1, len(before) + 1))
+
+        enforcer.start(policy(port, sinks(enforcer.audit, col.port)))
+        traffic(enforcer, port, 10)
+        evs = file_events(enforcer.audit)
+        starts = [e for e in evs if e["class_uid"] == 6002 and e["activity_name"] == "Start"]
+        assert len(starts) == 2
+        # the sequence is the spool's: the second run continues it
+        assert starts[1]["metadata"]["sequence"] > max(before) - 1
+        assert wait_for(lambda: len(file_events(enforcer.audit)) >= len(evs) + 0 and
+                        set(seqs(file_events(enforcer.audit))) <= {e["metadata"]["sequence"] for e in col.webhook}, 20)
+        enforcer.stop()
+        got = seqs(file_events(enforcer.audit))
+        # the file sink skipped what it held already: no gap, no duplicate
+        assert got == list(range(1, len(got) + 1)), got[len(before) - 3:len(before) + 3]
+        hook = [e["metadata"]["sequence"] for e in col.webhook]
+        assert set(hook) >= set(got)
+        assert len(hook) - len(set(hook)) <= 500, "duplicates beyond one batch"
+        rc, out = verify(enforcer)
+        assert rc == 0, out
+        assert "warning" not in out, out
+        validate_events(file_events(enforcer.audit))
+    finally:
+        col.stop()
+
+
+def spool_policy(port, audit_path, hook_port, on_full):
+    extra = f"""\
+        spool: {{max_bytes: 64KiB, on_full: {on_full}}}
+        """
+    return policy(port, sinks(audit_path, hook_port), extra)
+
+
+def loss_events(evs):
+    return [e for e in evs if e["class_uid"] == 1008 and
+            e.get("unmapped", {}).get("loss", {}).get("counter") == "spool_full"]
+
+
+def test_spool_full_drop_newest(enforcer, servers):
+    port, _ = servers.echo()
+    hook_port = free_port()                 # nobody listens yet: the webhook holds the spool
+    enforcer.start(spool_policy(port, enforcer.audit, hook_port, "drop_newest"))
+    n = 300
+    traffic(enforcer, port, n)              # decisions never wait: every connection works
+    assert wait_for(lambda: "spool full" in enforcer.read_log(), 5), enforcer.read_log()
+    spool = os.path.join(enforcer.state, "spool")
+    size = sum(os.path.getsize(os.path.join(spool, f)) for f in os.listdir(spool) if f.startswith("seg-"))
+    assert size <= 64 * 1024
+    # (sealing compresses segments, so some room can return before the sink
+    # does: there may be several loss windows, each reported once)
+
+    def accounted():
+        evs = file_events(enforcer.audit)
+        conns = [e for e in evs if e["class_uid"] == 4001 and e.get("dst_endpoint", {}).get("port") == port]
+        return len(conns) + sum(l["count"] for l in loss_events(evs))
+
+    col = Collector()
+    col.start(hook_port)
+    try:
+        # the sink catches up, room returns, the last window is reported
+        assert wait_for(lambda: accounted() == 2 * n, 20), accounted()
+        enforcer.stop()
+    finally:
+        col.stop()
+    evs = file_events(enforcer.audit)
+    assert seqs(evs) == list(range(1, len(evs) + 1)), "dropped events take no sequence number"
+    losses = loss_events(evs)
+    assert losses
+    prev = 0
+    for loss in losses:
+        lu = loss["unmapped"]["loss"]
+        assert loss["activity_name"] == "Drop" and loss["count"] == lu["count"] > 0
+        assert lu["on_full"] == "drop_newest"
+        assert prev <= lu["after_sequence"] < loss["metadata"]["sequence"]
+        assert loss["start_time"] <= loss["end_time"] and loss["severity_id"] >= 3
+        assert "actor" in loss and "device" in loss
+        prev = loss["metadata"]["sequence"]
+    assert 1008 in validate_events(evs)
+    dropped = sum(l["count"] for l in losses)
+    conns = [e for e in evs if e["class_uid"] == 4001 and e.get("dst_endpoint", {}).get("port") == port]
+    assert len(conns) + dropped == 2 * n, (len(conns), dropped)
+    rc, out = verify(enforcer)
+    assert rc == 0, out
+
+
+def test_spool_full_fail_closed(enforcer, servers):
+    port, _ = servers.echo()
+    hook_port = free_port()
+    enforcer.start(spool_policy(port, enforcer.audit, hook_port, "fail_closed"))
+    r = enforcer.exec("t-agent", [PY, "-c", UNTIL_REFUSED, "127.0.0.1", str(port), "400"],
+                      timeout=120)
+    made = int(r.stdout.split()[-1])
+    assert 0 < made < 400, r.stdout + r.stderr     # refused once audit could not be recorded
+    assert "fail_closed" in enforcer.read_log()
+
+    col = Collector()
+    col.start(hook_port)
+    try:
+        assert wait_for(lambda: loss_events(file_events(enforcer.audit)), 20), "no loss event"
+        out = enforcer.py("t-agent", connect_code("127.0.0.1", port))
+        assert out.stdout.startswith("OK"), out.stdout   # accepting again
+        enforcer.stop()
+    finally:
+        col.stop()
+    evs = file_events(enforcer.audit)
+    assert seqs(evs) == list(range(1, len(evs) + 1))
+    validate_events(evs)
+    losses = loss_events(evs)
+    assert losses and all(l["unmapped"]["loss"]["on_full"] == "fail_closed" and l["count"] > 0
+                          for l in losses)
+
+
+DENIED = textwrap.dedent(r"""
+    import socket, sys
+    host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    refused = 0
+    for i in range(n):
+        s = socket.socket()
+        try:
+            s.connect((host, port))
+        except OSError:
+            refused += 1
+        s.close()
+    print("REFUSED", refused)
+""")
+
+
+def test_flood_from_one_agent_is_rate_limited(enforcer, servers):
+    """One agent cannot flood the trail: beyond its rate the events are
+    counted in loss events, enforcement is unaffected (every attempt is
+    refused), the sequence stays gap-free."""
+    port, _ = servers.echo()
+    col = Collector()
+    col.start()
+    n = 3000
+    try:
+        enforcer.start(policy(port, sinks(enforcer.audit, col.port)),
+                       env={"AGENTGATE_AUDIT_RATE": "200/400"})
+        r = enforcer.exec("t-agent", [PY, "-c", DENIED, "127.0.0.1", str(port + 1), str(n)], timeout=120)
+        assert r.stdout.strip() == f"REFUSED {n}", r.stdout + r.stderr
+        time.sleep(1.5)                    # suppressed counts are reported every second
+        enforcer.stop()
+    finally:
+        col.stop()
+    evs = file_events(enforcer.audit)
+    assert seqs(evs) == list(range(1, len(evs) + 1))
+    validate_events(evs)
+    refused = [e for e in evs if e["class_uid"] == 4001 and e.get("dst_endpoint", {}).get("port") == port + 1]
+    lost = sum(e["unmapped"]["loss"]["count"] for e in evs if e["class_uid"] == 1008 and
+               e.get("unmapped", {}).get("loss", {}).get("counter") in ("agent_rate_limited",
+                                                                         "ringbuf_dropped"))
+    assert len(refused) < n and lost > 0
+    assert len(refused) + lost == n, (len(refused), lost)

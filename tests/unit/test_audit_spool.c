@@ -1,0 +1,293 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Unit tests for audit_spool.c: ordering, sequence persistence across
+ * reopen, crash recovery (torn line, half-sealed segment), segment sealing
+ * with zlib, per-reader cursors, the size bound and the dead-letter file.
+ */
+#include <dirent.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdint.h>
+#include <sys/stat.h>
+
+#include "audit_spool.h"
+#include "unit.h"
+
+static char dir[256];
+
+static void fresh_dir(void)
+{
+	char cmd[300];
+
+	snprintf(dir, sizeof(dir), "/tmp/agentgate-spool-XXXXXX");
+	if (!mkdtemp(dir))
+		abort();
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	(void)!system(cmd);   /* spool_open creates it (0700) */
+}
+
+static void rm_dir(void)
+{
+	char cmd[300];
+
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	(void)!system(cmd);
+}
+
+static int line_for(uint64_t seq, char *buf, size_t n)
+{
+	return snprintf(buf, n, "{\"metadata\":{\"sequence\":%" PRIu64 "},\"pad\":\"%0*d\"}", seq,
+			(int)(seq % 50), 0);
+}
+
+static int append_n(struct spool *s, uint64_t from, int n)
+{
+	char buf[256];
+
+	for (int i = 0; i < n; i++) {
+		int len = line_for(from + i, buf, sizeof(buf)), err;
+
+		if ((err = spool_append(s, from + i, buf, len)))
+			return err;
+	}
+	return 0;
+}
+
+/* Reads everything available; checks each line is the expected one. */
+static uint64_t read_all(struct spool_reader *r, uint64_t expect_first, int *bad)
+{
+	struct spool_batch b;
+	uint64_t next = expect_first;
+	int n;
+
+	while ((n = spool_read(r, &b, 37, 1024, 50)) > 0) {
+		for (int i = 0; i < n; i++) {
+			char want[256];
+			int len = line_for(next, want, sizeof(want));
+
+			if (b.first + i != next || b.len[i] != (size_t)len ||
+			    memcmp(b.line[i], want, len)) {
+				if (!*bad)
+					fprintf(stderr, "  mismatch at %" PRIu64 ": '%.*s'\n", next,
+						(int)b.len[i], b.line[i]);
+				(*bad)++;
+			}
+			next++;
+		}
+	}
+	return next;
+}
+
+static int count_files(const char *suffix)
+{
+	DIR *d = opendir(dir);
+	struct dirent *de;
+	int n = 0;
+
+	while (d && (de = readdir(d))) {
+		size_t l = strlen(de->d_name), sl = strlen(suffix);
+
+		if (strncmp(de->d_name, "seg-", 4) == 0 && l > sl && !strcmp(de->d_name + l - sl, suffix))
+			n++;
+	}
+	if (d)
+		closedir(d);
+	return n;
+}
+
+static void test_order_and_persistence(void)
+{
+	struct spool *s;
+	struct spool_reader *r;
+	uint64_t last = 99;
+	int bad = 0;
+
+	fresh_dir();
+	CHECK(spool_open(&s, dir, 0, &last) == 0);
+	CHECK(last == 0);
+	CHECK(spool_reader_open(s, "r1", &r) == 0);
+	CHECK(spool_start(s) == 0);
+	CHECK(append_n(s, 1, 1000) == 0);
+	CHECK(spool_append(s, 5, "{}", 2) == -EINVAL);   /* sequence must follow */
+	CHECK(read_all(r, 1, &bad) == 1001);
+	CHECK(bad == 0);
+	CHECK(spool_reader_ack(r, 600) == 0);
+	spool_close(s);
+
+	CHECK(spool_open(&s, dir, 0, &last) == 0);
+	CHECK(last == 1000);
+	CHECK(spool_reader_open(s, "r1", &r) == 0);
+	CHECK(spool_reader_cursor(r) == 600);
+	CHECK(spool_start(s) == 0);
+	CHECK(append_n(s, 1001, 10) == 0);
+	bad = 0;
+	CHECK(read_all(r, 601, &bad) == 1011);
+	CHECK(bad == 0);
+	/* a reader seeks back to its cursor after a failed send */
+	spool_reader_seek(r, 700);
+	bad = 0;
+	CHECK(read_all(r, 701, &bad) == 1011);
+	CHECK(bad == 0);
+	spool_close(s);
+	rm_dir();
+}
+
+static void test_segments_sealed(void)
+{
+	struct spool *s;
+	struct spool_reader *r, *r2;
+	uint64_t last;
+	int bad = 0;
+
+	fresh_dir();
+	/* max 1 MiB: segments of 128 KiB */
+	CHECK(spool_open(&s, dir, 1 << 20, &last) == 0);
+	CHECK(spool_reader_open(s, "a", &r) == 0);
+	CHECK(spool_start(s) == 0);
+	CHECK(append_n(s, 1, 5000) == 0);
+	CHECK(spool_flush(s, true) == 0);
+	for (int i = 0; i < 100 && count_files(".log") > 1; i++)
+		usleep(20000);
+	CHECK(count_files(".log") == 1);
+	CHECK(count_files(".z") >= 2);
+	/* sealed segments cost less than their raw size */
+	CHECK(spool_bytes(s) < 5000 * 60);
+	CHECK(read_all(r, 1, &bad) == 5001);
+	CHECK(bad == 0);
+	/* a second reader starts at the oldest retained event */
+	CHECK(spool_reader_open(s, "b", &r2) == 0);
+	CHECK(spool_reader_cursor(r2) == 0);
+	bad = 0;
+	CHECK(read_all(r2, 1, &bad) == 5001);
+	CHECK(bad == 0);
+	spool_close(s);
+
+	/* reopen: the sealed segments are read back the same */
+	CHECK(spool_open(&s, dir, 1 << 20, &last) == 0);
+	CHECK(last == 5000);
+	CHECK(spool_reader_open(s, "fresh", &r) == 0);
+	bad = 0;
+	CHECK(read_all(r, 1, &bad) == 5001);
+	CHECK(bad == 0);
+	char *line;
+	size_t len;
+	CHECK(spool_last_line(s, &line, &len) == 0);
+	if (line) {
+		char want[256];
+		int wl = line_for(5000, want, sizeof(want));
+
+		CHECK(len == (size_t)wl && memcmp(line, want, wl) == 0);
+		free(line);
+	}
+	spool_close(s);
+	rm_dir();
+}
+
+static void test_bound_and_gc(void)
+{
+	struct spool *s;
+	struct spool_reader *r;
+	uint64_t last, seq = 1;
+	int err = 0, bad = 0;
+
+	fresh_dir();
+	CHECK(spool_open(&s, dir, 64 * 1024, &last) == 0);
+	CHECK(spool_reader_open(s, "slow", &r) == 0);
+	CHECK(spool_start(s) == 0);
+	while (seq < 100000 && !(err = append_n(s, seq, 1)))
+		seq++;
+	CHECK(err == -ENOSPC);     /* the reader acknowledged nothing: nothing can go */
+	CHECK(seq > 500);
+	CHECK(spool_bytes(s) <= 64 * 1024);
+	CHECK(!spool_has_room(s, 4096));
+	/* the reader catches up: sealed segments it acknowledged are deleted */
+	uint64_t end = read_all(r, 1, &bad);
+	CHECK(end == seq);
+	CHECK(bad == 0);
+	CHECK(spool_reader_ack(r, seq - 1) == 0);
+	for (int i = 0; i < 100 && !spool_has_room(s, 16 * 1024); i++)
+		usleep(20000);   /* sealing runs on the spool thread */
+	CHECK(spool_has_room(s, 16 * 1024));
+	CHECK(append_n(s, seq, 10) == 0);
+	spool_close(s);
+	rm_dir();
+}
+
+static void test_crash_recovery(void)
+{
+	struct spool *s;
+	struct spool_reader *r;
+	char path[400];
+	uint64_t last;
+	int bad = 0, fd;
+
+	fresh_dir();
+	CHECK(spool_open(&s, dir, 0, &last) == 0);
+	CHECK(append_n(s, 1, 20) == 0);
+	spool_close(s);
+	/* a torn line at the end (killed mid-write) */
+	snprintf(path, sizeof(path), "%s/seg-%020d.log", dir, 1);
+	fd = open(path, O_WRONLY | O_APPEND);
+	CHECK(fd >= 0 && write(fd, "{\"metadata\":{\"seq", 17) == 17);
+	close(fd);
+	/* a seal interrupted after the rename: both forms of segment 1 exist,
+	 * and a leftover temp file */
+	char z[400];
+	snprintf(z, sizeof(z), "%s/seg-%020d.z.tmp", dir, 7);
+	fd = open(z, O_WRONLY | O_CREAT, 0600);
+	close(fd);
+	CHECK(spool_open(&s, dir, 0, &last) == 0);
+	CHECK(last == 20);
+	CHECK(access(z, F_OK) != 0);
+	CHECK(spool_reader_open(s, "r", &r) == 0);
+	CHECK(append_n(s, 21, 5) == 0);
+	CHECK(spool_flush(s, false) == 0);
+	CHECK(read_all(r, 1, &bad) == 26);
+	CHECK(bad == 0);
+	spool_close(s);
+	rm_dir();
+}
+
+static void test_dead_letter_and_ids(void)
+{
+	struct spool *s;
+	struct spool_reader *r;
+	char path[400], *text;
+	uint64_t last;
+	size_t n = 0;
+
+	fresh_dir();
+	CHECK(spool_open(&s, dir, 0, &last) == 0);
+	CHECK(spool_reader_open(s, "../evil", &r) == -EINVAL);
+	CHECK(spool_reader_open(s, "a b", &r) == -EINVAL);
+	CHECK(spool_dead_letter(s, "hec-1", "HTTP 400: \"bad\"", "{\"x\":1}", 7) == 0);
+	spool_close(s);
+	snprintf(path, sizeof(path), "%s/dead-letter.jsonl", dir);
+	struct stat st;
+	CHECK(stat(path, &st) == 0 && (st.st_mode & 0777) == 0600);
+	text = NULL;
+	FILE *f = fopen(path, "r");
+	if (f) {
+		text = calloc(1, 4096);
+		n = fread(text, 1, 4095, f);
+		fclose(f);
+	}
+	CHECK(n > 0);
+	json_t *doc = text ? json_loads(text, 0, NULL) : NULL;
+	CHECK(doc != NULL);
+	CHECK_STR(json_string_value(json_object_get(doc, "reason")), "HTTP 400: \"bad\"");
+	CHECK(json_integer_value(json_object_get(json_object_get(doc, "event"), "x")) == 1);
+	json_decref(doc);
+	free(text);
+	rm_dir();
+}
+
+int main(void)
+{
+	RUN(test_order_and_persistence);
+	RUN(test_segments_sealed);
+	RUN(test_bound_and_gc);
+	RUN(test_crash_recovery);
+	RUN(test_dead_letter_and_ids);
+	UNIT_DONE("audit_spool");
+}

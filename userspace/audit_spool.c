@@ -1,0 +1,1091 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "audit_spool.h"
+#include "util.h"
+
+#define WBUF_CAP (4u << 20)   /* the thread writes it every SPOOL_FLUSH_MS */
+#define READ_CAP_MAX (16u << 20)   /* one event line is never larger */
+
+struct seg {
+	uint64_t first, last;   /* last = first - 1 while empty */
+	uint64_t wlast;         /* last sequence written to the file (readers stop here) */
+	uint64_t written;       /* bytes written to the .log */
+	uint64_t bytes;         /* bytes it costs: on disk + buffered; compressed once sealed */
+	bool closed;            /* no longer the active segment */
+	bool sealed;            /* .z exists, .log is gone */
+};
+
+struct spool_reader {
+	struct spool *s;
+	char id[64];
+	int cfd;                /* cursor file */
+	uint64_t acked;         /* last acknowledged sequence */
+	uint64_t pos;           /* next sequence to read */
+	/* the segment being read: its bytes (inflated when sealed) are loaded
+	 * lazily; off is the byte offset of line off_seq */
+	uint64_t seg_first;
+	bool seg_sealed;
+	int lfd;                /* .log of an unsealed segment */
+	char *zdata;            /* inflated sealed segment */
+	size_t zlen;
+	uint64_t off_seq, off;
+	char *buf;
+	size_t bcap;
+	const char **line;
+	size_t *len;
+	size_t lcap;
+};
+
+struct spool {
+	pthread_mutex_t lock;
+	pthread_cond_t data;    /* readers wait here */
+	pthread_cond_t tick;    /* the spool thread waits here */
+	char dir[4096];
+	uint64_t max_bytes, seg_max;
+	struct seg *segs;
+	size_t nsegs, scap;
+	int fd;                 /* active segment */
+	char *wbuf, *spare;     /* appends go to wbuf; the thread writes the other */
+	size_t wlen;
+	bool flushing;          /* the thread is writing a swapped-out buffer */
+	pthread_cond_t flushed;
+	uint64_t last_seq;
+	uint64_t total;
+	uint64_t unsynced;      /* events written since the last fdatasync */
+	uint64_t last_sync_ms;
+	struct spool_reader *readers[SPOOL_MAX_READERS];
+	int nreaders;
+	int dlfd;
+	bool started, stop;
+	pthread_t thr;
+};
+
+static uint64_t mono_ms(void)
+{
+	return now_ns_mono() / 1000000ull;
+}
+
+static void seg_path(const struct spool *s, uint64_t first, const char *ext, char *out, size_t n)
+{
+	snprintf(out, n, "%s/seg-%020" PRIu64 "%s", s->dir, first, ext);
+}
+
+static struct seg *active(struct spool *s)
+{
+	return &s->segs[s->nsegs - 1];
+}
+
+static int seg_push(struct spool *s, struct seg sg)
+{
+	if (s->nsegs == s->scap) {
+		size_t cap = s->scap ? 2 * s->scap : 16;
+		struct seg *n = realloc(s->segs, cap * sizeof(*n));
+
+		if (!n)
+			return -ENOMEM;
+		s->segs = n;
+		s->scap = cap;
+	}
+	s->segs[s->nsegs++] = sg;
+	return 0;
+}
+
+static int open_active(struct spool *s, uint64_t first)
+{
+	char path[4200];
+	int fd;
+
+	seg_path(s, first, ".log", path, sizeof(path));
+	fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -errno;
+	s->fd = fd;
+	return 0;
+}
+
+/* ---- recovery ------------------------------------------------------------ */
+
+static int slurp(const char *path, char **out, size_t *len)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	char *b;
+
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &st) || !(b = malloc(st.st_size + 1))) {
+		close(fd);
+		return -ENOMEM;
+	}
+	size_t got = 0;
+	while (got < (size_t)st.st_size) {
+		ssize_t n = pread(fd, b + got, st.st_size - got, got);
+
+		if (n <= 0)
+			break;
+		got += n;
+	}
+	close(fd);
+	*out = b;
+	*len = got;
+	return 0;
+}
+
+/* Inflates a sealed segment into a malloc'ed buffer. */
+static int inflate_file(const char *path, char **out, size_t *len)
+{
+	char *z, *raw = NULL;
+	size_t zlen, cap = 0;
+	z_stream zs = { 0 };
+	int err = slurp(path, &z, &zlen), rc;
+
+	if (err)
+		return err;
+	if (inflateInit(&zs) != Z_OK) {
+		free(z);
+		return -ENOMEM;
+	}
+	zs.next_in = (Bytef *)z;
+	zs.avail_in = zlen;
+	do {
+		if (zs.total_out == cap) {
+			size_t ncap = cap ? 2 * cap : 4 * zlen + 4096;
+			char *n = realloc(raw, ncap);
+
+			if (!n) {
+				rc = Z_MEM_ERROR;
+				break;
+			}
+			raw = n;
+			cap = ncap;
+		}
+		zs.next_out = (Bytef *)raw + zs.total_out;
+		zs.avail_out = cap - zs.total_out;
+		rc = inflate(&zs, Z_NO_FLUSH);
+	} while (rc == Z_OK);
+	*len = zs.total_out;
+	inflateEnd(&zs);
+	free(z);
+	if (rc != Z_STREAM_END) {
+		free(raw);
+		return -EIO;
+	}
+	*out = raw;
+	return 0;
+}
+
+static uint64_t count_lines(const char *b, size_t n)
+{
+	uint64_t c = 0;
+
+	for (const char *p = b; (p = memchr(p, '\n', b + n - p)); p++)
+		c++;
+	return c;
+}
+
+static int cmp_seg(const void *a, const void *b)
+{
+	const struct seg *x = a, *y = b;
+
+	return x->first < y->first ? -1 : x->first > y->first;
+}
+
+/* Cuts a torn last line off the active segment; returns its line count. */
+static int recover_active(struct spool *s, struct seg *sg)
+{
+	char path[4200], *b;
+	size_t n;
+	int err;
+
+	seg_path(s, sg->first, ".log", path, sizeof(path));
+	if ((err = slurp(path, &b, &n)))
+		return err;
+	size_t keep = n;
+	while (keep && b[keep - 1] != '\n')
+		keep--;
+	if (keep != n && truncate(path, keep))
+		err = -errno;
+	sg->last = sg->first + count_lines(b, keep) - 1;
+	sg->bytes = sg->written = keep;
+	free(b);
+	return err;
+}
+
+static int scan_dir(struct spool *s)
+{
+	DIR *d = opendir(s->dir);
+	struct dirent *de;
+	int err = 0;
+
+	if (!d)
+		return -errno;
+	while ((de = readdir(d))) {
+		char path[4200], ext[8] = "";
+		uint64_t first;
+		struct stat st;
+
+		if (sscanf(de->d_name, "seg-%20" SCNu64 "%7s", &first, ext) != 2 || !first)
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", s->dir, de->d_name);
+		if (strcmp(ext, ".z.tmp") == 0) {   /* a seal the crash interrupted */
+			unlink(path);
+			continue;
+		}
+		if ((strcmp(ext, ".log") && strcmp(ext, ".z")) || stat(path, &st))
+			continue;
+		bool sealed = strcmp(ext, ".z") == 0;
+		size_t i;
+		for (i = 0; i < s->nsegs && s->segs[i].first != first; i++)
+			;
+		if (i < s->nsegs) {
+			/* Both forms: the .z is complete (renamed after its
+			 * fsync), the .log was about to be removed. */
+			char lp[4200];
+
+			seg_path(s, first, ".log", lp, sizeof(lp));
+			unlink(lp);
+			if (sealed)
+				s->segs[i].bytes = st.st_size;
+			s->segs[i].sealed = true;
+			continue;
+		}
+		if ((err = seg_push(s, (struct seg){ .first = first, .bytes = st.st_size,
+						     .written = st.st_size, .sealed = sealed,
+						     .closed = true })))
+			break;
+	}
+	closedir(d);
+	return err;
+}
+
+static int recover(struct spool *s)
+{
+	int err = scan_dir(s);
+
+	if (err)
+		return err;
+	if (s->nsegs)
+		qsort(s->segs, s->nsegs, sizeof(*s->segs), cmp_seg);
+	for (size_t i = 0; i + 1 < s->nsegs; i++)
+		s->segs[i].last = s->segs[i].wlast = s->segs[i + 1].first - 1;
+	if (s->nsegs && !active(s)->sealed) {
+		struct seg *a = active(s);
+
+		if ((err = recover_active(s, a)))
+			return err;
+		a->closed = false;
+		a->wlast = a->last;
+		s->last_seq = a->last;
+		err = open_active(s, a->first);
+	} else {
+		uint64_t next = 1;
+
+		if (s->nsegs) {   /* the active segment was sealed but its successor never created */
+			struct seg *a = active(s);
+			char path[4200], *b;
+			size_t n;
+
+			seg_path(s, a->first, ".z", path, sizeof(path));
+			if ((err = inflate_file(path, &b, &n)))
+				return err;
+			a->last = a->wlast = a->first + count_lines(b, n) - 1;
+			free(b);
+			next = a->last + 1;
+		}
+		s->last_seq = next - 1;
+		if ((err = seg_push(s, (struct seg){ .first = next, .last = next - 1,
+						     .wlast = next - 1 })))
+			return err;
+		err = open_active(s, next);
+	}
+	for (size_t i = 0; i < s->nsegs; i++)
+		s->total += s->segs[i].bytes;
+	return err;
+}
+
+int spool_open(struct spool **out, const char *dir, uint64_t max_bytes, uint64_t *last_seq)
+{
+	struct spool *s = calloc(1, sizeof(*s));
+	int err;
+
+	if (!s)
+		return -ENOMEM;
+	pthread_mutex_init(&s->lock, NULL);
+	pthread_cond_init(&s->data, NULL);
+	pthread_cond_init(&s->tick, NULL);
+	pthread_cond_init(&s->flushed, NULL);
+	s->fd = s->dlfd = -1;
+	snprintf(s->dir, sizeof(s->dir), "%s", dir);
+	s->max_bytes = max_bytes ? max_bytes : SPOOL_DEFAULT_MAX_BYTES;
+	/* Several segments per spool, so deleting one frees a useful part. */
+	s->seg_max = s->max_bytes / 8 < SPOOL_SEG_MAX ? s->max_bytes / 8 : SPOOL_SEG_MAX;
+	if (s->seg_max < 4096)
+		s->seg_max = 4096;
+	s->last_sync_ms = mono_ms();
+	if ((err = mkdir_p(dir, 0700)) || (err = (chmod(dir, 0700) ? -errno : 0)) ||
+	    !(s->wbuf = malloc(WBUF_CAP)) || !(s->spare = malloc(WBUF_CAP)) ||
+	    (err = recover(s))) {
+		spool_close(s);
+		return err ? err : -ENOMEM;
+	}
+	*last_seq = s->last_seq;
+	*out = s;
+	return 0;
+}
+
+/* ---- writing ------------------------------------------------------------- */
+
+/* Writes the buffer with the lock held; waits for a write the thread has
+ * in progress first, so the file keeps the append order. */
+static int flush_locked(struct spool *s)
+{
+	struct seg *a;
+
+	while (s->flushing)
+		pthread_cond_wait(&s->flushed, &s->lock);
+	a = active(s);
+	if (!s->wlen)
+		return 0;
+	if (write_all(s->fd, s->wbuf, s->wlen))
+		return -errno;   /* kept: retried by the next flush */
+	a->written += s->wlen;
+	a->wlast = a->last;
+	s->wlen = 0;
+	pthread_cond_broadcast(&s->data);
+	return 0;
+}
+
+static uint64_t min_acked_locked(struct spool *s)
+{
+	uint64_t m = s->last_seq;
+
+	for (int i = 0; i < s->nreaders; i++)
+		if (s->readers[i]->acked < m)
+			m = s->readers[i]->acked;
+	return m;
+}
+
+/* Deletes the oldest sealed segments every reader is done with. */
+static void gc_locked(struct spool *s)
+{
+	uint64_t m;
+	size_t k = 0;
+
+	if (!s->started)
+		return;
+	m = min_acked_locked(s);
+	while (k + 1 < s->nsegs && s->segs[k].sealed && s->segs[k].last <= m) {
+		char path[4200];
+
+		seg_path(s, s->segs[k].first, ".z", path, sizeof(path));
+		unlink(path);
+		s->total -= s->segs[k].bytes;
+		k++;
+	}
+	if (k) {
+		memmove(s->segs, s->segs + k, (s->nsegs - k) * sizeof(*s->segs));
+		s->nsegs -= k;
+	}
+}
+
+static int roll_locked(struct spool *s, uint64_t next)
+{
+	int err = flush_locked(s);
+
+	if (err)
+		return err;
+	if ((err = seg_push(s, (struct seg){ .first = next, .last = next - 1, .wlast = next - 1 })))
+		return err;
+	s->segs[s->nsegs - 2].closed = true;
+	/* the old fd is synced by the seal; the thread may be syncing a dup */
+	close(s->fd);
+	s->fd = -1;
+	if ((err = open_active(s, next))) {
+		s->nsegs--;
+		s->segs[s->nsegs - 1].closed = false;
+		open_active(s, s->segs[s->nsegs - 1].first);
+		return err;
+	}
+	pthread_cond_signal(&s->tick);   /* seal it soon */
+	return 0;
+}
+
+static bool room_locked(struct spool *s, size_t len)
+{
+	if (s->total + len <= s->max_bytes)
+		return true;
+	gc_locked(s);
+	return s->total + len <= s->max_bytes;
+}
+
+int spool_append(struct spool *s, uint64_t seq, const char *line, size_t len)
+{
+	int err = 0;
+
+	pthread_mutex_lock(&s->lock);
+	if (seq != s->last_seq + 1) {
+		err = -EINVAL;
+		goto out;
+	}
+	if (!room_locked(s, len + 1)) {
+		err = -ENOSPC;
+		goto out;
+	}
+	if (active(s)->bytes && active(s)->bytes + len + 1 > s->seg_max && (err = roll_locked(s, seq)))
+		goto out;
+	if (s->wlen + len + 1 > WBUF_CAP && flush_locked(s) && s->wlen + len + 1 > WBUF_CAP) {
+		err = -ENOSPC;   /* the disk refuses writes: treated as a full spool */
+		goto out;
+	}
+	if (len + 1 > WBUF_CAP) {   /* one huge line: straight to the file, in order */
+		struct iovec iov[2] = { { (void *)line, len }, { "\n", 1 } };
+
+		if ((err = flush_locked(s)))
+			goto out;
+		if (writev(s->fd, iov, 2) != (ssize_t)len + 1) {
+			err = -EIO;
+			goto out;
+		}
+		active(s)->written += len + 1;
+		active(s)->wlast = seq;
+	} else {
+		memcpy(s->wbuf + s->wlen, line, len);
+		s->wbuf[s->wlen + len] = '\n';
+		s->wlen += len + 1;
+	}
+	active(s)->last = seq;
+	if (len + 1 > WBUF_CAP)
+		active(s)->wlast = seq;
+	active(s)->bytes += len + 1;
+	s->total += len + 1;
+	s->last_seq = seq;
+	if (++s->unsynced >= SPOOL_SYNC_EVENTS)
+		pthread_cond_signal(&s->tick);
+out:
+	pthread_mutex_unlock(&s->lock);
+	return err;
+}
+
+bool spool_has_room(struct spool *s, size_t len)
+{
+	bool r;
+
+	pthread_mutex_lock(&s->lock);
+	r = room_locked(s, len);
+	pthread_mutex_unlock(&s->lock);
+	return r;
+}
+
+uint64_t spool_bytes(struct spool *s)
+{
+	uint64_t b;
+
+	pthread_mutex_lock(&s->lock);
+	b = s->total;
+	pthread_mutex_unlock(&s->lock);
+	return b;
+}
+
+/* The thread's write: the buffer is swapped out and written without the
+ * lock, so an append never waits for the disk (a write can block on pages
+ * under writeback). A segment roll waits for it (flush_locked). */
+static int flush_async(struct spool *s)
+{
+	struct seg *a = active(s);
+	uint64_t first = a->first, last = a->last;
+	char *buf = s->wbuf;
+	size_t len = s->wlen;
+	int err = 0;
+
+	if (!len || s->flushing)
+		return 0;
+	s->wbuf = s->spare;
+	s->wlen = 0;
+	s->flushing = true;
+	pthread_mutex_unlock(&s->lock);
+	if (write_all(s->fd, buf, len))
+		err = -errno;
+	pthread_mutex_lock(&s->lock);
+	s->flushing = false;
+	s->spare = buf;
+	if (err) {
+		/* put it back in front of what was appended meanwhile */
+		if (len + s->wlen <= WBUF_CAP) {
+			memcpy(buf + len, s->wbuf, s->wlen);
+			s->spare = s->wbuf;
+			s->wbuf = buf;
+			s->wlen += len;
+		}
+	} else {
+		size_t i;
+
+		for (i = 0; i < s->nsegs && s->segs[i].first != first; i++)
+			;
+		if (i < s->nsegs) {
+			s->segs[i].written += len;
+			s->segs[i].wlast = last;
+		}
+		pthread_cond_broadcast(&s->data);
+	}
+	pthread_cond_broadcast(&s->flushed);
+	return err;
+}
+
+/* fdatasync without holding the lock: emitters never wait on the disk. */
+static int sync_unlocked(struct spool *s)
+{
+	int fd = dup(s->fd), err = 0;
+
+	s->unsynced = 0;
+	s->last_sync_ms = mono_ms();
+	if (fd < 0)
+		return -errno;
+	pthread_mutex_unlock(&s->lock);
+	if (fdatasync(fd))
+		err = -errno;
+	close(fd);
+	pthread_mutex_lock(&s->lock);
+	return err;
+}
+
+int spool_flush(struct spool *s, bool sync)
+{
+	int err;
+
+	pthread_mutex_lock(&s->lock);
+	err = flush_locked(s);
+	if (!err && sync)
+		err = sync_unlocked(s);
+	pthread_mutex_unlock(&s->lock);
+	return err;
+}
+
+/* Compresses a closed segment into .z (tmp + fsync + rename), then drops
+ * the .log. Runs without the lock: only this thread seals. */
+static int seal_one(struct spool *s, uint64_t first, uint64_t *zbytes)
+{
+	char lp[4200], zp[4200], tp[4300];
+	struct stat st;
+	void *raw = MAP_FAILED;
+	Bytef *z = NULL;
+	int err = 0, fd;
+
+	seg_path(s, first, ".log", lp, sizeof(lp));
+	seg_path(s, first, ".z", zp, sizeof(zp));
+	snprintf(tp, sizeof(tp), "%s.tmp", zp);
+	/* mapped, not read: no copy of the segment */
+	if ((fd = open(lp, O_RDONLY | O_CLOEXEC)) < 0)
+		return -errno;
+	if (fstat(fd, &st) == 0 && st.st_size)
+		raw = mmap(NULL, st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+	close(fd);
+	uLongf zl = compressBound(st.st_size);
+	if ((st.st_size && raw == MAP_FAILED) || !(z = malloc(zl)) ||
+	    compress2(z, &zl, st.st_size ? raw : (void *)"", st.st_size, Z_BEST_SPEED) != Z_OK)
+		err = -ENOMEM;
+	if (raw != MAP_FAILED)
+		munmap(raw, st.st_size);
+	if (err) {
+		free(z);
+		return err;
+	}
+	fd = open(tp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0 || write_all(fd, z, zl) || fsync(fd))
+		err = -errno;
+	if (fd >= 0)
+		close(fd);
+	free(z);
+	if (!err && rename(tp, zp))
+		err = -errno;
+	if (err) {
+		unlink(tp);
+		return err;
+	}
+	*zbytes = zl;
+	return 0;
+}
+
+static void seal_pending_locked(struct spool *s)
+{
+	for (size_t i = 0; i < s->nsegs; i++) {
+		struct seg *sg = &s->segs[i];
+		uint64_t first = sg->first, zb = 0;
+		char lp[4200];
+		int err;
+
+		if (!sg->closed || sg->sealed)
+			continue;
+		pthread_mutex_unlock(&s->lock);
+		err = seal_one(s, first, &zb);
+		pthread_mutex_lock(&s->lock);
+		if (err) {
+			ag_log(LOG_LVL_WARN, "audit spool: sealing segment %" PRIu64 " in '%s': %s",
+			       first, s->dir, strerror(-err));
+			return;
+		}
+		for (i = 0; i < s->nsegs && s->segs[i].first != first; i++)
+			;
+		if (i == s->nsegs)
+			return;
+		sg = &s->segs[i];
+		s->total = s->total - sg->bytes + zb;
+		sg->bytes = zb;
+		sg->sealed = true;
+		seg_path(s, first, ".log", lp, sizeof(lp));
+		unlink(lp);   /* readers holding it open keep reading */
+	}
+}
+
+static void *spool_thread(void *arg)
+{
+	struct spool *s = arg;
+
+	pthread_mutex_lock(&s->lock);
+	while (!s->stop) {
+		struct timespec ts;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += SPOOL_FLUSH_MS * 1000000l;
+		if (ts.tv_nsec >= 1000000000l) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000l;
+		}
+		pthread_cond_timedwait(&s->tick, &s->lock, &ts);
+		if (flush_async(s))
+			continue;
+		if (s->unsynced && (s->unsynced >= SPOOL_SYNC_EVENTS ||
+				    mono_ms() - s->last_sync_ms >= SPOOL_SYNC_MS))
+			sync_unlocked(s);
+		seal_pending_locked(s);
+		if (s->total > s->max_bytes / 2)
+			gc_locked(s);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return NULL;
+}
+
+int spool_start(struct spool *s)
+{
+	int err;
+
+	pthread_mutex_lock(&s->lock);
+	s->started = true;
+	pthread_mutex_unlock(&s->lock);
+	if ((err = pthread_create(&s->thr, NULL, spool_thread, s)))
+		return -err;
+	return 0;
+}
+
+void spool_wake(struct spool *s)
+{
+	pthread_mutex_lock(&s->lock);
+	pthread_cond_broadcast(&s->data);
+	pthread_mutex_unlock(&s->lock);
+}
+
+int spool_last_line(struct spool *s, char **out, size_t *len)
+{
+	char path[4200], *b = NULL;
+	size_t n = 0, i;
+	int err;
+
+	pthread_mutex_lock(&s->lock);
+	flush_locked(s);
+	for (i = s->nsegs; i > 0 && s->segs[i - 1].last < s->segs[i - 1].first; i--)
+		;
+	if (!i) {
+		pthread_mutex_unlock(&s->lock);
+		return -ENOENT;
+	}
+	const struct seg *sg = &s->segs[i - 1];
+	seg_path(s, sg->first, sg->sealed ? ".z" : ".log", path, sizeof(path));
+	err = sg->sealed ? inflate_file(path, &b, &n) : slurp(path, &b, &n);
+	pthread_mutex_unlock(&s->lock);
+	if (err)
+		return err;
+	size_t end = n;
+	while (end && b[end - 1] != '\n')
+		end--;
+	if (!end) {
+		free(b);
+		return -ENOENT;
+	}
+	size_t start = end - 1;
+	while (start && b[start - 1] != '\n')
+		start--;
+	memmove(b, b + start, end - 1 - start);
+	*out = b;
+	*len = end - 1 - start;
+	return 0;
+}
+
+const char *spool_dir(const struct spool *s)
+{
+	return s->dir;
+}
+
+/* ---- readers ------------------------------------------------------------- */
+
+static void reader_drop_seg(struct spool_reader *r)
+{
+	if (r->lfd >= 0)
+		close(r->lfd);
+	r->lfd = -1;
+	free(r->zdata);
+	r->zdata = NULL;
+	r->zlen = 0;
+	r->seg_first = 0;
+	r->off = 0;
+	r->off_seq = 0;
+}
+
+static void reader_free(struct spool_reader *r)
+{
+	if (!r)
+		return;
+	reader_drop_seg(r);
+	if (r->cfd >= 0)
+		close(r->cfd);
+	free(r->buf);
+	free(r->line);
+	free(r->len);
+	free(r);
+}
+
+void spool_close(struct spool *s)
+{
+	if (!s)
+		return;
+	if (s->started) {
+		pthread_mutex_lock(&s->lock);
+		s->stop = true;
+		pthread_cond_broadcast(&s->tick);
+		pthread_cond_broadcast(&s->data);
+		pthread_mutex_unlock(&s->lock);
+		pthread_join(s->thr, NULL);
+	}
+	if (s->fd >= 0) {
+		flush_locked(s);
+		fdatasync(s->fd);
+		close(s->fd);
+	}
+	for (int i = 0; i < s->nreaders; i++)
+		reader_free(s->readers[i]);
+	if (s->dlfd >= 0)
+		close(s->dlfd);
+	free(s->wbuf);
+	free(s->spare);
+	free(s->segs);
+	pthread_mutex_destroy(&s->lock);
+	pthread_cond_destroy(&s->data);
+	pthread_cond_destroy(&s->tick);
+	pthread_cond_destroy(&s->flushed);
+	free(s);
+}
+
+int spool_reader_open(struct spool *s, const char *id, struct spool_reader **out)
+{
+	struct spool_reader *r;
+	char path[4200], txt[32] = "";
+	uint64_t c = 0;
+
+	for (const char *p = id; *p; p++)
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+		      (*p >= '0' && *p <= '9') || *p == '-' || *p == '_'))
+			return -EINVAL;
+	if (strlen(id) >= sizeof(r->id) || !(r = calloc(1, sizeof(*r))))
+		return -EINVAL;
+	snprintf(r->id, sizeof(r->id), "%s", id);
+	r->s = s;
+	r->lfd = -1;
+	snprintf(path, sizeof(path), "%s/cursor-%s", s->dir, id);
+	r->cfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (r->cfd < 0) {
+		int err = -errno;
+
+		free(r);
+		return err;
+	}
+	if (pread(r->cfd, txt, sizeof(txt) - 1, 0) > 0)
+		sscanf(txt, "%" SCNu64, &c);
+	pthread_mutex_lock(&s->lock);
+	if (s->nreaders == SPOOL_MAX_READERS) {
+		pthread_mutex_unlock(&s->lock);
+		reader_free(r);
+		return -ENOSPC;
+	}
+	/* A new reader starts at the oldest retained event. */
+	if (c < s->segs[0].first - 1)
+		c = s->segs[0].first - 1;
+	if (c > s->last_seq)
+		c = s->last_seq;
+	r->acked = c;
+	r->pos = c + 1;
+	s->readers[s->nreaders++] = r;
+	pthread_mutex_unlock(&s->lock);
+	*out = r;
+	return 0;
+}
+
+uint64_t spool_reader_cursor(struct spool_reader *r)
+{
+	uint64_t c;
+
+	pthread_mutex_lock(&r->s->lock);
+	c = r->acked;
+	pthread_mutex_unlock(&r->s->lock);
+	return c;
+}
+
+void spool_reader_seek(struct spool_reader *r, uint64_t seq)
+{
+	pthread_mutex_lock(&r->s->lock);
+	if (seq < r->acked)
+		seq = r->acked;
+	if (seq > r->s->last_seq)
+		seq = r->s->last_seq;
+	pthread_mutex_unlock(&r->s->lock);
+	r->pos = seq + 1;
+	if (r->pos < r->off_seq) {   /* back: rescan the segment from its start */
+		r->off = 0;
+		r->off_seq = r->seg_first;
+	}
+}
+
+int spool_reader_ack(struct spool_reader *r, uint64_t seq)
+{
+	char txt[24];
+
+	pthread_mutex_lock(&r->s->lock);
+	if (seq > r->acked)
+		r->acked = seq;
+	pthread_mutex_unlock(&r->s->lock);
+	snprintf(txt, sizeof(txt), "%020" PRIu64 "\n", seq);
+	if (pwrite(r->cfd, txt, 21, 0) != 21)
+		return -errno;
+	return 0;
+}
+
+/* Loads the segment holding r->pos (under the lock: segment list). Returns
+ * the readable end (last sequence available), or 0 when none. */
+static int reader_locate(struct spool_reader *r, uint64_t *avail_last, uint64_t *seg_written)
+{
+	struct spool *s = r->s;
+	size_t i;
+
+	for (i = 0; i < s->nsegs; i++)
+		if (r->pos >= s->segs[i].first && r->pos <= s->segs[i].wlast)
+			break;
+	if (i == s->nsegs)
+		return -EAGAIN;
+	const struct seg *sg = &s->segs[i];
+
+	*avail_last = sg->wlast;
+	*seg_written = sg->written;
+	if (r->seg_first == sg->first && (r->zdata || r->lfd >= 0))
+		return 0;
+	reader_drop_seg(r);
+	r->seg_first = sg->first;
+	r->seg_sealed = sg->sealed;
+	r->off_seq = sg->first;
+	r->off = 0;
+	return 1;   /* needs loading */
+}
+
+static int reader_load(struct spool_reader *r)
+{
+	char path[4200];
+
+	if (r->seg_sealed) {
+		seg_path(r->s, r->seg_first, ".z", path, sizeof(path));
+		return inflate_file(path, &r->zdata, &r->zlen);
+	}
+	seg_path(r->s, r->seg_first, ".log", path, sizeof(path));
+	r->lfd = open(path, O_RDONLY | O_CLOEXEC);
+	if (r->lfd < 0)
+		return -errno;   /* sealed meanwhile: the caller retries */
+	return 0;
+}
+
+static int ensure_lines(struct spool_reader *r, size_t n)
+{
+	if (n <= r->lcap)
+		return 0;
+	const char **l = realloc(r->line, n * sizeof(*l));
+	if (l)
+		r->line = l;
+	size_t *ln = realloc(r->len, n * sizeof(*ln));
+	if (ln)
+		r->len = ln;
+	if (!l || !ln)
+		return -ENOMEM;
+	r->lcap = n;
+	return 0;
+}
+
+/* Bytes from the current segment starting at line r->off_seq: a window of
+ * the inflated data, or a pread of the .log into r->buf. */
+static int reader_bytes(struct spool_reader *r, uint64_t written, size_t want, const char **p,
+			size_t *n)
+{
+	if (r->zdata) {
+		*p = r->zdata + r->off;
+		*n = r->zlen - r->off;
+		return 0;
+	}
+	size_t avail = written > r->off ? written - r->off : 0;
+	if (want > avail)
+		want = avail;
+	if (want > r->bcap) {
+		char *b = realloc(r->buf, want);
+
+		if (!b)
+			return -ENOMEM;
+		r->buf = b;
+		r->bcap = want;
+	}
+	size_t got = 0;
+	while (got < want) {
+		ssize_t k = pread(r->lfd, r->buf + got, want - got, r->off + got);
+
+		if (k <= 0)
+			break;
+		got += k;
+	}
+	*p = r->buf;
+	*n = got;
+	return 0;
+}
+
+static int read_once(struct spool_reader *r, struct spool_batch *b, size_t max_n,
+		     size_t max_bytes)
+{
+	uint64_t last, written;
+	int err;
+
+	pthread_mutex_lock(&r->s->lock);
+	err = reader_locate(r, &last, &written);
+	pthread_mutex_unlock(&r->s->lock);
+	if (err < 0)
+		return err;
+	if (err == 1 && (err = reader_load(r))) {
+		reader_drop_seg(r);
+		return err == -ENOENT ? -EAGAIN : err;
+	}
+	if (max_n > last - r->pos + 1)
+		max_n = last - r->pos + 1;
+	if ((err = ensure_lines(r, max_n)))
+		return err;
+	for (size_t want = max_bytes;;) {
+		const char *p, *nl;
+		size_t n, used = 0, k = 0;
+
+		if ((err = reader_bytes(r, written, want, &p, &n)))
+			return err;
+		/* after a seek: skip to r->pos */
+		while (r->off_seq < r->pos && (nl = memchr(p + used, '\n', n - used))) {
+			used = nl + 1 - p;
+			r->off_seq++;
+		}
+		r->off += used;
+		p += used;
+		n -= used;
+		if (r->off_seq < r->pos) {
+			if (!used && (want >= READ_CAP_MAX || r->zdata))
+				return -EIO;
+			if (!used)
+				want *= 2;
+			continue;
+		}
+		for (used = 0; k < max_n && (nl = memchr(p + used, '\n', n - used)); k++) {
+			r->line[k] = p + used;
+			r->len[k] = nl - (p + used);
+			used = nl + 1 - p;
+		}
+		if (k) {
+			/* the pointers stay valid until the next read */
+			b->first = r->pos;
+			b->n = k;
+			b->line = r->line;
+			b->len = r->len;
+			r->off += used;
+			r->off_seq += k;
+			r->pos += k;
+			return (int)k;
+		}
+		if (r->zdata || n < want)
+			return -EAGAIN;
+		if (want >= READ_CAP_MAX)
+			return -EIO;
+		want *= 2;   /* one line longer than the window */
+	}
+}
+
+int spool_read(struct spool_reader *r, struct spool_batch *b, size_t max_n, size_t max_bytes,
+	       int wait_ms)
+{
+	for (int tries = 0; tries < 3; tries++) {
+		int n = read_once(r, b, max_n, max_bytes);
+
+		if (n > 0 || (n < 0 && n != -EAGAIN))
+			return n;
+		if (wait_ms <= 0 || tries == 2)
+			continue;
+		struct timespec ts;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += (long)wait_ms * 1000000l;
+		ts.tv_sec += ts.tv_nsec / 1000000000l;
+		ts.tv_nsec %= 1000000000l;
+		pthread_mutex_lock(&r->s->lock);
+		if (!r->s->stop && r->pos > active(r->s)->wlast)
+			pthread_cond_timedwait(&r->s->data, &r->s->lock, &ts);
+		pthread_mutex_unlock(&r->s->lock);
+		wait_ms = 0;
+	}
+	return 0;
+}
+
+int spool_dead_letter(struct spool *s, const char *sink, const char *why, const char *line,
+		      size_t len)
+{
+	json_t *hdr = json_pack("{s:s, s:s, s:I}", "sink", sink, "reason", why,
+				"time", (json_int_t)now_ms_realtime());
+	char *h = hdr ? json_dumps(hdr, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+	int err = 0;
+
+	json_decref(hdr);
+	if (!h)
+		return -ENOMEM;
+	pthread_mutex_lock(&s->lock);
+	if (s->dlfd < 0) {
+		char path[4200];
+
+		snprintf(path, sizeof(path), "%s/dead-letter.jsonl", s->dir);
+		s->dlfd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+	}
+	/* {"sink":..,"reason":..,"time":..,"event":<the line as spooled>} */
+	size_t hl = strlen(h);
+	h[hl - 1] = ',';
+	struct iovec iov[4] = { { h, hl }, { "\"event\":", 8 }, { (void *)line, len }, { "}\n", 2 } };
+	if (s->dlfd < 0 || writev(s->dlfd, iov, 4) < 0)
+		err = -errno;
+	pthread_mutex_unlock(&s->lock);
+	free(h);
+	return err;
+}
