@@ -382,6 +382,9 @@ static int fatal(struct conn *c, const char *sqlstate, const char *fmt, ...)
 	if (!c->why[0])
 		snprintf(c->why, sizeof(c->why), "%s", msg);
 	s->phase = PH_DONE;
+	/* FIN (and TLS close_notify) after the error, so the client reads it
+	 * as the end of the session rather than as a broken connection */
+	conn_shutdown(c, SIDE_AGENT);
 	conn_finish(c);
 	return 0;
 }
