@@ -615,4 +615,5 @@ http_bench() {
 }
 
 http_bench || true
+. bench/pg.sh    # PostgreSQL: pgbench through agentgate, pgbouncer, haproxy
 exit 0

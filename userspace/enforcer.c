@@ -663,6 +663,8 @@ void enforcer_conn_closed(struct conn *c, const char *why)
 
 	if (c->closing || c->agent_idx < 0)
 		return;
+	if (!why && c->why[0])
+		why = c->why;   /* a module's reason, set before it finished the connection */
 	if (!c->opened) {
 		/* Never decided (a tls connection without a ClientHello in time):
 		 * the record is a refusal, not the close of an open connection. */

@@ -21,6 +21,7 @@
 #include "enforcer.h"
 #include "http_explain.h"
 #include "loader.h"
+#include "pg_explain.h"
 #include "policy.h"
 #include "util.h"
 
@@ -224,6 +225,8 @@ static int cmd_policy_explain(int argc, char **argv)
 		ret = 0;
 		if ((p->targets[ti].proto == PROTO_HTTP || p->targets[ti].proto == PROTO_KUBERNETES) && request)
 			ret = http_explain(p, ai, ti, request, stdout);
+		else if (p->targets[ti].proto == PROTO_POSTGRES && request)
+			ret = pg_explain(p, ai, ti, request, stdout) < 0 ? 2 : 0;
 		else if (p->targets[ti].proto != PROTO_TCP && p->targets[ti].proto != PROTO_TLS)
 			printf("note: the %s module has not landed yet; the request '%s' is not judged, "
 			       "the connection is relayed as tcp\n", policy_proto_name(p->targets[ti].proto),

@@ -43,6 +43,7 @@ extern const struct proto_ops proto_tcp_ops;
 extern const struct proto_ops proto_tls_ops;
 extern const struct proto_ops proto_http_ops;
 extern const struct proto_ops proto_kubernetes_ops;
+extern const struct proto_ops proto_pg_ops;
 
 /*
  * The module for a protocol. Protocols whose module has not landed yet

@@ -29,8 +29,9 @@ const struct proto_ops *proto_for(enum policy_proto p, bool *fallback)
 		return &proto_http_ops;
 	case PROTO_KUBERNETES:
 		return &proto_kubernetes_ops;
+	case PROTO_POSTGRES:
+		return &proto_pg_ops;
 	default:
-		/* postgres: its module has not landed yet. */
 		*fallback = true;
 		return &proto_tcp_ops;
 	}

@@ -20,6 +20,7 @@ fuzz_libs() {
 	jwt) echo -ljansson -lssl -lcrypto ;;
 	mask_json) echo -lpcre2-8 -lpthread ;;
 	pg_classify) echo -lpg_query -lpthread ;;
+	pg_wire) echo -lssl -lcrypto ;;
 	*) ;;
 	esac
 }
@@ -35,6 +36,7 @@ fuzz_max_len() {
 	k8s) echo 21000 ;;                    # past K8S_PATH_MAX + K8S_QUERY_MAX
 	mask_json) echo 65536 ;;              # deep nesting and long digit/base64 runs
 	pg_classify) echo 16384 ;;            # past the 8 KiB pre-scan threshold
+	pg_wire) echo 12000 ;;                # past PG_STARTUP_MAX
 	*) echo 4096 ;;
 	esac
 }

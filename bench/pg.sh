@@ -1,0 +1,256 @@
+# shellcheck shell=bash
+# ---- PostgreSQL (issue 4) -----------------------------------------------------
+# Sourced by bench/run.sh after its tables (uses its helpers: pick_port,
+# wait_listen, stop_pid, stop_enforcer, median, oneline, TMP, ROUNDS,
+# BENCH_SECONDS). pgbench -S (select-only) at 1 and 8 clients in simple,
+# extended and prepared modes against one PostgreSQL 15: direct, through
+# pgbouncer (session pool), through haproxy (mode tcp), and through agentgate's
+# postgres module with an RBAC + masking policy (statements, tables, a masked
+# column and content detectors on every value). Rounds alternate the paths;
+# the table shows medians and ratios to direct. Then the cost of a statement
+# text the verdict cache has never seen (µs), from a script whose every
+# statement is new. PG_BENCH=0 skips it.
+
+PG_BENCH=${PG_BENCH:-1}
+PGB_SCALE=${PGB_SCALE:-10}
+PGBIN=/usr/lib/postgresql/15/bin
+PG_PID='' PGB_PID='' PHAP_PID=''
+declare -A PVAL
+PNOTES=()
+
+pg_bench_stop() {
+	stop_pid "$PHAP_PID"; PHAP_PID=
+	stop_pid "$PGB_PID"; PGB_PID=
+	[[ -n $PG_PID ]] && { kill -INT "$PG_PID" 2>/dev/null; stop_pid "$PG_PID" 20; PG_PID=; }
+}
+
+as_pg() { setpriv --reuid=postgres --regid=postgres --clear-groups "$@"; }
+
+pg_bench_setup() {
+	local d=$TMP/pg i
+	[[ -x $PGBIN/postgres ]] || { echo "postgres bench: PostgreSQL 15 not installed"; return 1; }
+	command -v pgbench >/dev/null || { echo "postgres bench: pgbench not installed"; return 1; }
+	id postgres >/dev/null 2>&1 || { echo "postgres bench: no postgres user"; return 1; }
+	mkdir -p "$d" && chown postgres: "$d" && chmod 755 "$TMP"
+	pick_port; PG_PORT=$PORT
+	pick_port; PGB_PORT=$PORT
+	pick_port; PHAP_PORT=$PORT
+	as_pg "$PGBIN/initdb" -D "$d/data" -E UTF8 --locale=C.UTF-8 -A trust -U postgres >"$d/initdb.log" 2>&1 ||
+		{ echo "postgres bench: initdb failed: $(oneline <"$d/initdb.log")"; return 1; }
+	cat >>"$d/data/postgresql.conf" <<-EOF
+	port = $PG_PORT
+	listen_addresses = '127.0.0.1'
+	unix_socket_directories = '$d'
+	max_connections = 100
+	fsync = off
+	synchronous_commit = off
+	shared_buffers = 256MB
+	password_encryption = 'scram-sha-256'
+	EOF
+	cat >"$d/data/pg_hba.conf" <<-EOF
+	local all all trust
+	host all bench 127.0.0.1/32 scram-sha-256
+	EOF
+	setpriv --reuid=postgres --regid=postgres --clear-groups "$PGBIN/postgres" -D "$d/data" \
+		>"$d/pg.log" 2>&1 9>&- &
+	PG_PID=$!
+	for ((i = 0; i < 100; i++)); do
+		psql -h "$d" -p "$PG_PORT" -U postgres -Atc 'SELECT 1' postgres >/dev/null 2>&1 && break
+		sleep 0.1
+	done
+	((i < 100)) || { echo "postgres bench: server did not start: $(tail -n 3 "$d/pg.log" | oneline)"; return 1; }
+	psql -h "$d" -p "$PG_PORT" -U postgres -q -c "CREATE ROLE bench LOGIN PASSWORD 'bench-pw'" \
+		-c 'CREATE DATABASE bench OWNER bench' postgres >/dev/null
+	echo "postgres bench: pgbench -i -s $PGB_SCALE" >&2
+	pgbench -i -q -s "$PGB_SCALE" -h "$d" -p "$PG_PORT" -U bench bench >"$d/init.log" 2>&1 ||
+		{ echo "postgres bench: pgbench -i failed: $(oneline <"$d/init.log")"; return 1; }
+	printf 'bench-pw\n' >"$d/pw" && chmod 600 "$d/pw"
+
+	# pgbouncer, session pool (it refuses to run as root)
+	if command -v pgbouncer >/dev/null; then
+		printf '"bench" "bench-pw"\n' >"$d/userlist.txt"
+		cat >"$d/pgbouncer.ini" <<-EOF
+		[databases]
+		bench = host=127.0.0.1 port=$PG_PORT dbname=bench
+		[pgbouncer]
+		listen_addr = 127.0.0.1
+		listen_port = $PGB_PORT
+		unix_socket_dir =
+		auth_type = scram-sha-256
+		auth_file = $d/userlist.txt
+		pool_mode = session
+		default_pool_size = 20
+		max_client_conn = 200
+		logfile = $d/pgbouncer.log
+		EOF
+		chown postgres: "$d/userlist.txt" "$d/pgbouncer.ini"
+		# not through as_pg: $! must be pgbouncer's own pid; fd 9 (the host
+		# lock) is not inherited
+		setpriv --reuid=postgres --regid=postgres --clear-groups pgbouncer "$d/pgbouncer.ini" \
+			>/dev/null 2>&1 9>&- &
+		PGB_PID=$!
+		wait_listen "$PGB_PORT" "$PGB_PID" || { PNOTES+=("pgbouncer did not start"); stop_pid "$PGB_PID"; PGB_PID=; }
+	fi
+	if command -v haproxy >/dev/null; then
+		cat >"$d/haproxy.cfg" <<-EOF
+		global
+		    nbthread 1
+		    maxconn 1000
+		defaults
+		    mode tcp
+		    timeout connect 5s
+		    timeout client 60s
+		    timeout server 60s
+		frontend pg
+		    bind 127.0.0.1:$PHAP_PORT
+		    default_backend pg
+		backend pg
+		    server pg 127.0.0.1:$PG_PORT
+		EOF
+		haproxy -f "$d/haproxy.cfg" -db >"$d/haproxy.log" 2>&1 9>&- &
+		PHAP_PID=$!
+		wait_listen "$PHAP_PORT" "$PHAP_PID" || { PNOTES+=("haproxy did not start"); stop_pid "$PHAP_PID"; PHAP_PID=; }
+	fi
+
+	# agentgate with an RBAC + masking policy
+	stop_enforcer
+	cat >"$TMP/pg-policy.yaml" <<-EOF
+	version: 1
+	agents: [{name: bench, limits: {connections: 1000}}]
+	targets:
+	  - name: pg
+	    protocol: postgres
+	    address: 127.0.0.1:$PG_PORT
+	    upstream: {user: bench, password_file: $d/pw, database: bench}
+	roles:
+	  - name: reader
+	    rules:
+	      - target: pg
+	        allow: {statements: [select], tables: [public.pgbench_accounts, public.pgbench_branches]}
+	        mask: {columns: [public.pgbench_accounts.filler], detectors: [credit_card, email]}
+	bindings: [{role: reader, agents: [bench]}]
+	audit:
+	  sinks: [{type: file, path: $AG_STATE/pg-audit.jsonl}]
+	EOF
+	./agentgate run --policy "$TMP/pg-policy.yaml" --state-dir "$AG_STATE" >"$TMP/agentgate-pg.log" 2>&1 9>&- &
+	AG_PID=$!
+	for ((i = 0; i < 100; i++)); do
+		./agentgate status --state-dir "$AG_STATE" >/dev/null 2>&1 && { AG_STARTED=1; break; }
+		kill -0 "$AG_PID" 2>/dev/null || break
+		sleep 0.1
+	done
+	if [[ -z $AG_STARTED ]]; then
+		PNOTES+=("agentgate did not start: $(tail -n 3 "$TMP/agentgate-pg.log" | oneline)")
+		stop_pid "$AG_PID"; AG_PID=
+	fi
+	return 0
+}
+
+# pg_measure PATH MODE CLIENTS [SCRIPT]: one pgbench run; prints tps or fails.
+pg_measure() {
+	local path=$1 mode=$2 n=$3 script=${4:-} port out tps
+	local -a cmd
+	case $path in
+	direct | agentgate) port=$PG_PORT ;;
+	pgbouncer) port=$PGB_PORT ;;
+	haproxy) port=$PHAP_PORT ;;
+	esac
+	cmd=(pgbench -n -M "$mode" -c "$n" -j "$n" -T "$BENCH_SECONDS" -h 127.0.0.1 -p "$port" -U bench)
+	if [[ -n $script ]]; then cmd+=(-f "$script"); else cmd+=(-S); fi
+	cmd+=(bench)
+	# --state-dir before the command: exec leaves argv unterminated after removing it (main.c)
+	[[ $path == agentgate ]] && cmd=(./agentgate --state-dir "$AG_STATE" exec --agent bench -- "${cmd[@]}")
+	# plain TCP on every path (agentgate would otherwise offer its local CA's
+	# TLS to libpq's sslmode=prefer, which the other paths cannot)
+	out=$(PGPASSWORD=bench-pw PGSSLMODE=disable timeout -k 5 $((BENCH_SECONDS + 60)) "${cmd[@]}" 2>&1)
+	tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out" | tail -n 1)
+	if [[ -z $tps ]] || ! grep -q 'number of failed transactions: 0' <<<"$out"; then
+		# called in $(...): notes go through a file
+		echo "$path $mode c=$n${script:+ ($script)}: $(tail -n 3 <<<"$out" | oneline)" >>"$TMP/pg-notes"
+		return 1
+	fi
+	echo "$tps"
+}
+
+pg_bench_run() {
+	local paths=(direct) mode n r k path tps d v line
+	[[ -n $PGB_PID ]] && paths+=(pgbouncer)
+	[[ -n $PHAP_PID ]] && paths+=(haproxy)
+	[[ -n $AG_STARTED ]] && paths+=(agentgate)
+	for n in 1 8; do
+		for mode in simple extended prepared; do
+			for ((r = 1; r <= ROUNDS; r++)); do
+				for ((k = 0; k < ${#paths[@]}; k++)); do
+					path=${paths[$(( (r - 1 + k) % ${#paths[@]} ))]}
+					tps=$(pg_measure "$path" "$mode" "$n") || continue
+					printf '  pgbench -S %-8s c=%d %-9s round %d/%d: %.0f tps\n' "$mode" "$n" "$path" "$r" "$ROUNDS" "$tps" >&2
+					PVAL[$mode/$n/$path]+=" $tps"
+				done
+			done
+		done
+	done
+
+	# A statement text never seen before costs one parse and a tree walk: every
+	# statement of this script has a new column alias (a literal would be
+	# normalised away by the verdict cache).
+	printf '\\set r random(1, 2000000000)\nSELECT abalance AS a:r FROM pgbench_accounts WHERE aid = 1;\n' >"$TMP/uncached.sql"
+	printf 'SELECT abalance AS a FROM pgbench_accounts WHERE aid = 1;\n' >"$TMP/cached.sql"
+	if [[ -n $AG_STARTED ]]; then
+		for ((r = 1; r <= ROUNDS; r++)); do
+			for path in direct agentgate; do
+				tps=$(pg_measure "$path" simple 1 "$TMP/uncached.sql") && PVAL[unc/$path]+=" $tps"
+				tps=$(pg_measure "$path" simple 1 "$TMP/cached.sql") && PVAL[cac/$path]+=" $tps"
+			done
+		done
+	fi
+
+	echo
+	echo "postgres: pgbench -S, scale $PGB_SCALE, ${BENCH_SECONDS}s x $ROUNDS rounds (median tps; ratio to direct)"
+	echo "  agentgate policy: allow select on 2 tables, mask 1 column, detectors credit_card+email on every value"
+	printf '%-16s %-12s%-20s%-20s%-20s\n' "mode/clients" direct pgbouncer haproxy agentgate
+	for n in 1 8; do
+		for mode in simple extended prepared; do
+			d=$(median "${PVAL[$mode/$n/direct]:-}") || d=
+			line=$(printf '%-16s %-12s' "$mode/$n" "${d:+$(printf '%.0f' "$d")}")
+			for path in pgbouncer haproxy agentgate; do
+				v=$(median "${PVAL[$mode/$n/$path]:-}") || v=
+				if [[ -n $v && -n $d ]]; then
+					line+=$(printf '%-20s' "$(printf '%.0f (%.2f)' "$v" "$(awk -v a="$v" -v b="$d" 'BEGIN{print a/b}')")")
+				else
+					line+=$(printf '%-20s' n/a)
+				fi
+			done
+			echo "$line"
+		done
+	done
+	local ua uc ud cd
+	ua=$(median "${PVAL[unc/agentgate]:-}") || ua=
+	uc=$(median "${PVAL[cac/agentgate]:-}") || uc=
+	ud=$(median "${PVAL[unc/direct]:-}") || ud=
+	cd=$(median "${PVAL[cac/direct]:-}") || cd=
+	if [[ -n $ua && -n $uc && -n $ud && -n $cd ]]; then
+		# per-statement time through agentgate minus the same without it,
+		# new texts versus a cached one: what a new text costs the enforcer
+		awk -v ua="$ua" -v uc="$uc" -v ud="$ud" -v cd="$cd" 'BEGIN {
+			printf "uncached statement: %.1f us more than a cached one (agentgate %.0f vs %.0f tps; direct %.0f vs %.0f tps, 1 client)\n",
+				(1e6 / ua - 1e6 / ud) - (1e6 / uc - 1e6 / cd), ua, uc, ud, cd }'
+	fi
+	[[ -f $AG_STATE/pg-audit.jsonl ]] &&
+		echo "agentgate audit: $(grep -c '"class_uid":6005\|"class_uid": 6005' "$AG_STATE/pg-audit.jsonl") statement events written"
+	[[ -f $TMP/pg-notes ]] && mapfile -t -O "${#PNOTES[@]}" PNOTES <"$TMP/pg-notes"
+	for line in "${PNOTES[@]}"; do
+		echo "note (postgres): $line"
+	done
+}
+
+if [[ $PG_BENCH != 0 ]]; then
+	# ours to stop on any exit, before run.sh's own cleanup
+	trap 'pg_bench_stop; cleanup' EXIT
+	# one enforcer per host: wait for integration runs (conftest.py's lock)
+	mkdir -p /run/agentgate && exec 9>>/run/agentgate/tests.lock && flock 9
+	if pg_bench_setup; then
+		pg_bench_run
+	fi
+	stop_enforcer
+	pg_bench_stop
+fi

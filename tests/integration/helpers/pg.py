@@ -1,0 +1,143 @@
+# SPDX-License-Identifier: Apache-2.0
+"""A real PostgreSQL 15 for the integration tests: initdb into a temp dir,
+loopback TCP only, scram-sha-256 for the enforcer's user, TLS with a test CA
+when asked, the schema of ../shared/cases/sql.txt. Stopped by its PID."""
+import os
+import signal
+import socket
+import subprocess
+import time
+
+PGBIN = "/usr/lib/postgresql/15/bin"
+PSQL = "/usr/bin/psql"
+
+SCHEMA = r"""
+CREATE TABLE customers (id int PRIMARY KEY, email text, cc text);
+CREATE TABLE orders (id serial PRIMARY KEY, customer_id int, total numeric);
+CREATE TABLE secrets (id int PRIMARY KEY, cc text);
+INSERT INTO customers VALUES (1, 'alice@example.com', '4111111111111111'),
+                             (2, 'bob@example.org', '5500005555555559');
+INSERT INTO orders (customer_id, total) SELECT 1 + (g % 2), g FROM generate_series(1, 5) g;
+INSERT INTO secrets VALUES (1, '378282246310005');
+CREATE FUNCTION harmless_looking() RETURNS int LANGUAGE plpgsql AS
+  $$BEGIN DELETE FROM orders WHERE id = 5; RETURN 1; END$$;
+CREATE TABLE big AS SELECT g AS id, 'row ' || g AS label,
+  CASE WHEN g % 1000 = 0 THEN 'card 4111 1111 1111 1111' ELSE 'plain' END AS note
+  FROM generate_series(1, 120000) g;
+CREATE TABLE notes (id int, body text);
+INSERT INTO notes VALUES (1, 'mail me at carol@example.net please'), (2, 'nothing here');
+CREATE ROLE app LOGIN PASSWORD 'app-secret-pw';
+CREATE ROLE app_md5 LOGIN;
+GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA public TO app, app_md5;
+GRANT USAGE, UPDATE, SELECT ON ALL SEQUENCES IN SCHEMA public TO app, app_md5;
+GRANT EXECUTE ON FUNCTION harmless_looking() TO app;
+GRANT pg_read_server_files, pg_write_server_files, pg_execute_server_program TO app;
+GRANT pg_signal_backend TO app;
+"""
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def make_ca(d, cn="127.0.0.1"):
+    """A test CA and a server certificate for cn (an IP SAN and a DNS SAN)."""
+    def run(*a):
+        subprocess.run(a, check=True, capture_output=True, cwd=d)
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+        "-days", "2", "-subj", "/CN=agentgate test CA")
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+        "-subj", f"/CN={cn}")
+    with open(os.path.join(d, "ext.cnf"), "w") as f:
+        f.write(f"subjectAltName=IP:{cn},DNS:db.test\n")
+    run("openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "ext.cnf")
+    # another CA that signed nothing: verify-full with it must fail
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "other.key", "-out",
+        "other.crt", "-days", "2", "-subj", "/CN=some other CA")
+    os.chmod(os.path.join(d, "server.key"), 0o600)
+    return os.path.join(d, "ca.crt"), os.path.join(d, "other.crt")
+
+
+class Postgres:
+    def __init__(self, tmp, ssl=False, hba_extra=""):
+        self.dir = os.path.join(tmp, "pgdata")
+        self.sock = os.path.join(tmp, "pgsock")
+        self.log = os.path.join(tmp, "pg.log")
+        self.port = free_port()
+        self.ca = self.other_ca = None
+        os.makedirs(self.sock, exist_ok=True)
+        os.makedirs(self.dir, exist_ok=True)
+        for p in (self.dir, self.sock):
+            os.chown(p, pg_uid(), pg_gid())
+        self.as_pg([f"{PGBIN}/initdb", "-D", self.dir, "-E", "UTF8", "--locale=C.UTF-8", "-A", "trust",
+                    "-U", "postgres"])
+        conf = [f"port = {self.port}", "listen_addresses = '127.0.0.1'",
+                f"unix_socket_directories = '{self.sock}'", "password_encryption = 'scram-sha-256'",
+                "max_connections = 60", "fsync = off", "synchronous_commit = off"]
+        if ssl:
+            certdir = os.path.join(tmp, "pgcerts")
+            os.makedirs(certdir, exist_ok=True)
+            self.ca, self.other_ca = make_ca(certdir)
+            for f in os.listdir(certdir):
+                os.chown(os.path.join(certdir, f), pg_uid(), pg_gid())
+            conf += ["ssl = on", f"ssl_cert_file = '{certdir}/server.crt'",
+                     f"ssl_key_file = '{certdir}/server.key'"]
+        with open(os.path.join(self.dir, "postgresql.conf"), "a") as f:
+            f.write("\n".join(conf) + "\n")
+        with open(os.path.join(self.dir, "pg_hba.conf"), "w") as f:
+            f.write("local all postgres trust\n")
+            f.write(hba_extra)
+            f.write("host all app_md5 127.0.0.1/32 md5\n")
+            f.write("host all all 127.0.0.1/32 scram-sha-256\n")
+        self.proc = subprocess.Popen(["setpriv", f"--reuid={pg_uid()}", f"--regid={pg_gid()}", "--clear-groups",
+                                      f"{PGBIN}/postgres", "-D", self.dir],
+                                     stdout=open(self.log, "a"), stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        end = time.time() + 15
+        while time.time() < end:
+            r = subprocess.run([PSQL, "-h", self.sock, "-p", str(self.port), "-U", "postgres", "-d", "postgres",
+                                "-Atc", "SELECT 1"], capture_output=True, text=True)
+            if r.returncode == 0:
+                break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError("postgres did not start:\n" + open(self.log).read())
+        self.sql("CREATE DATABASE shop", db="postgres")
+        self.sql(SCHEMA, db="shop")
+        self.sql("SET password_encryption = 'md5'; ALTER ROLE app_md5 PASSWORD 'md5-secret-pw'", db="shop")
+
+    def as_pg(self, argv):
+        subprocess.run(["setpriv", f"--reuid={pg_uid()}", f"--regid={pg_gid()}", "--clear-groups", *argv],
+                       check=True, capture_output=True)
+
+    def sql(self, q, db="shop"):
+        """Runs q as the superuser over the unix socket (never through agentgate)."""
+        r = subprocess.run([PSQL, "-h", self.sock, "-p", str(self.port), "-U", "postgres", "-d", db,
+                            "-v", "ON_ERROR_STOP=1", "-Atq", "-c", q], capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError(f"sql {q!r}: {r.stderr}")
+        return r.stdout.strip()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)   # fast shutdown
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def pg_uid():
+    import pwd
+    return pwd.getpwnam("postgres").pw_uid
+
+
+def pg_gid():
+    import pwd
+    return pwd.getpwnam("postgres").pw_gid

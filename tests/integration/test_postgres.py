@@ -1,0 +1,653 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The postgres module against a real PostgreSQL 15, with real clients (psql,
+psycopg2, pgbench, libpq sslmode=require) placed in an agent cgroup and sent
+through the kernel redirect. Every case of ../shared/cases/sql.txt checks the
+verdict the agent sees AND the database afterwards."""
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from conftest import PY, wait_for
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers"))
+from pg import Postgres  # noqa: E402
+
+AGENT = "t-pg"
+HELPERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers")
+
+
+@pytest.fixture
+def pg(tmp):
+    os.chmod(tmp, 0o755)
+    p = Postgres(tmp, ssl=True)
+    yield p
+    p.stop()
+
+
+RULES_RO = [{"target": "shop",
+             "allow": {"statements": ["select"], "tables": ["public.customers", "public.orders"]},
+             "mask": {"columns": ["public.customers.email", "public.customers.cc"]}}]
+
+
+def policy(pg, tmp, tls="disable", ca=None, mode="enforce", rules=None, user="app", pwfile=None,
+           upstream=None):
+    """The policy of ../shared/cases/sql.txt (agent_ro) for target 'shop', as YAML whose
+    values are JSON (flow style)."""
+    if pwfile is None:
+        pwfile = os.path.join(tmp, "pw")
+        with open(pwfile, "w") as f:
+            f.write("app-secret-pw\n" if user == "app" else "md5-secret-pw\n")
+        os.chmod(pwfile, 0o600)
+    up = {"user": user, "password_file": pwfile, "database": "shop", "tls": tls}
+    if ca:
+        up["ca_file"] = ca
+    up.update(upstream or {})
+    doc = {
+        "agents": [{"name": AGENT, "limits": {"connections": 64}}],
+        "targets": [{"name": "shop", "protocol": "postgres", "address": f"127.0.0.1:{pg.port}",
+                     "upstream": up}],
+        "roles": [{"name": "ro", "rules": RULES_RO if rules is None else rules}],
+        "bindings": [{"role": "ro", "agents": [AGENT]}],
+    }
+    return f"version: 1\nmode: {mode}\n" + "".join(f"{k}: {json.dumps(v)}\n" for k, v in doc.items())
+
+
+def psql(enforcer, pg, sql, extra=(), env=None, db="shop", user="agent_ro"):
+    """psql as the agent through the kernel redirect; returns (rc, stdout, stderr)."""
+    argv = ["psql", "-X", "-A", "-t", "-h", "127.0.0.1", "-p", str(pg.port), "-U", user, "-d", db,
+            "-v", "ON_ERROR_STOP=1", *extra, "-c", sql]
+    r = enforcer.exec(AGENT, ["env", "PGCONNECT_TIMEOUT=10", *[f"{k}={v}" for k, v in (env or {}).items()], *argv],
+                      timeout=60)
+    return r.returncode, r.stdout, r.stderr
+
+
+
+def agent_py(enforcer, code, timeout=90):
+    """Runs Python as the agent (its cgroup, the kernel redirect); returns the
+    JSON its last output line holds."""
+    prelude = f"import sys, json, struct, socket, time\nsys.path.insert(0, {HELPERS!r})\nfrom pgraw import *\n"
+    r = enforcer.py(AGENT, prelude + textwrap.dedent(code), timeout=timeout)
+    assert r.returncode == 0 and r.stdout.strip(), f"agent failed: {r.stdout}\n{r.stderr}\n" + enforcer.read_log()
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def stmt_events(enforcer):
+    return [e for e in enforcer.events() if e.get("class_uid") == 6005]
+
+
+def denied(res):
+    return res[0] == "err" and res[1] == "42501" and "agentgate: denied" in res[2]
+
+
+# ../shared/cases/sql.txt, S-cases: (id, expect, SQL). ALLOW+MASK rows are
+# checked for "****" in the masked columns. {tmp} is the test's directory.
+CASES = [
+    ("S01", "MASK", "SELECT id, email, cc FROM customers WHERE id = 1"),
+    ("S03", "DENY", "SELECT * FROM customers; DELETE FROM orders"),
+    ("S05", "DENY", "WITH r AS (SELECT 1), u AS (UPDATE orders SET total = 0 RETURNING 1) SELECT * FROM r"),
+    ("S07", "DENY", "SELECT * FROM orders FOR NO KEY UPDATE SKIP LOCKED"),
+    ("S09", "DENY", "SELECT * INTO TEMP stolen FROM customers"),
+    ("S11", "DENY", "CREATE MATERIALIZED VIEW mv AS SELECT * FROM customers"),
+    ("S13", "DENY", "COPY (SELECT * FROM customers) TO STDOUT WITH (FORMAT binary)"),
+    ("S15", "DENY", "COPY customers TO PROGRAM 'touch {tmp}/pwned'"),
+    ("S17", "DENY", "COPY customers TO '{tmp}/x.csv'"),
+    ("S19", "DENY", "DO $$ BEGIN EXECUTE 'DEL' || 'ETE FROM orders'; END $$"),
+    ("S21", "DENY", "SELECT pg_read_file('/etc/passwd')"),
+    ("S23", "DENY", "SELECT * FROM pg_ls_dir('.')"),
+    ("S25", "DENY", "SELECT lo_import('/etc/passwd')"),
+    ("S27", "DENY", "SELECT * FROM dblink('host=127.0.0.1 dbname=x', 'DELETE FROM orders') AS t(x text)"),
+    ("S29", "DENY", "SELECT set_config('standard_conforming_strings', 'off', false)"),
+    ("S31", "DENY", "SELECT set_config('application_name', (SELECT cc FROM customers LIMIT 1), false)"),
+    ("S33", "DENY", "SELECT setval('orders_id_seq', 1)"),
+    ("S35", "DENY", "SELECT query_to_xml('SELECT cc FROM secrets', true, false, '')"),
+    ("S37", "DENY", "SELECT query_to_xml('SELECT harmless_looking()', true, false, '')"),
+    ("S39", "DENY", "SELECT * FROM orders WHERE id = harmless_looking()"),
+    ("S41", "DENY", "EXECUTE p(1)"),
+    ("S43", "DENY", "FETCH ALL FROM c"),
+    ("S45", "DENY", "SET SESSION AUTHORIZATION postgres"),
+    ("S47", "DENY", "SET standard_conforming_strings = off"),
+    ("S49", "DENY", "SET default_transaction_read_only = off"),
+    ("S51", "DENY", "RESET ALL"),
+    ("S53", "DENY", "EXPLAIN DELETE FROM orders"),
+    ("S55", "DENY", "EXPLAIN (ANALYZE, FORMAT JSON) WITH d AS (DELETE FROM orders RETURNING 1) SELECT * FROM d"),
+    ("S57", "DENY", "NOTIFY ch, 'payload'"),
+    ("S59", "DENY", "VACUUM FULL orders"),
+    ("S61", "DENY", "CALL do_something(1)"),
+    ("S63", "DENY", "TRUNCATE orders"),
+    ("S65", "DENY", "INSERT INTO orders SELECT * FROM orders"),
+    ("S67", "DENY", "/* SELECT */ DELETE FROM orders"),
+    ("S69", "ALLOW", "SELECT $q$; DELETE FROM orders; $q$"),
+    ("S71", "MASK", 'SELECT * FROM "public"."customers"'),
+    ("S73", "DENY", 'SELECT * FROM "Customers"'),
+    ("S75", "DENY", "SELECT * FROM U&\"!0073ecrets\" UESCAPE '!'"),
+    ("S77", "DENY", "SELECT id FROM customers UNION ALL SELECT id FROM secrets"),
+    ("S79", "DENY", "SELECT * FROM customers WHERE id IN (SELECT id FROM secrets)"),
+    ("S81", "DENY", "VALUES ((SELECT cc FROM secrets LIMIT 1))"),
+    ("S83", "DENY", "SELECT * FROM pg_catalog.pg_authid"),
+    ("S85", "MASK", "SELECT * FROM ONLY customers"),
+    ("S87", "MASK", "SELECT cc AS x FROM customers"),
+    ("S89", "DENY", "SELECT row_to_json(c) FROM customers c"),
+    ("S91", "DENY", "SELECT cc::int FROM customers"),
+    ("S93", "MASK", "SELECT * FROM customers AS secrets"),
+    ("S95", "DENY", "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'DELETE FROM orders RETURNING 1'"),
+    ("S97", "DENY", "GRANT ALL ON orders TO public"),
+    ("S99", "DENY", "SELECT * FROM JSON_TABLE('[1]', '$[*]' COLUMNS (a int PATH '$'))"),
+]
+
+RUN_CASES = r"""
+import psycopg2
+res = {}
+for cid, sql in CASES:
+    c = None
+    try:
+        c = psycopg2.connect(host="127.0.0.1", port=PORT, user="agent_ro", dbname="shop", connect_timeout=10)
+        c.autocommit = True
+        cur = c.cursor()
+        cur.execute(sql)
+        rows = cur.fetchall() if cur.description else []
+        after = {}
+        for name in ("standard_conforming_strings", "default_transaction_read_only", "session_authorization",
+                     "search_path", "client_encoding"):
+            after[name] = c.get_parameter_status(name)
+        res[cid] = ["ok", [[str(v) for v in r] for r in rows][:5], after]
+    except psycopg2.Error as e:
+        res[cid] = ["err", e.pgcode, (e.pgerror or str(e)).strip()]
+    finally:
+        if c is not None:
+            c.close()
+print(json.dumps(res))
+"""
+
+
+def orders_state(pg):
+    return pg.sql("SELECT count(*), sum(total) FROM orders")
+
+
+def test_sql_cases_verdict_and_database_after(enforcer, pg, tmp):
+    enforcer.start(policy(pg, tmp))
+    before = orders_state(pg)
+    cases = [(cid, sql.replace("{tmp}", tmp)) for cid, _, sql in CASES]
+    res = agent_py(enforcer, f"CASES = {cases!r}\nPORT = {pg.port}\n" + RUN_CASES, timeout=180)
+    bad = []
+    for cid, expect, _ in CASES:
+        r = res[cid]
+        if expect == "DENY" and not denied(r):
+            bad.append((cid, r))
+        if expect == "ALLOW" and r[0] != "ok":
+            bad.append((cid, r))
+        if expect == "MASK":
+            if r[0] != "ok" or not r[1]:
+                bad.append((cid, r))
+                continue
+            # every email/cc value is masked; ids are not
+            for row in r[1]:
+                cells = [v for v in row if "@" in v or (v.isdigit() and len(v) > 12)]
+                if cells:
+                    bad.append((cid, r))
+            if "****" not in json.dumps(r[1]):
+                bad.append((cid, r))
+    assert not bad, bad
+    assert res["S01"][1] == [["1", "****", "****"]]
+    assert res["S87"][1] == [["****"], ["****"]]
+    # The database afterwards: nothing written, nothing created, no file, no program run.
+    assert orders_state(pg) == before == "5|15"
+    assert pg.sql("SELECT count(*) FROM customers") == "2"
+    assert pg.sql("SELECT count(*) FROM pg_matviews WHERE matviewname = 'mv'") == "0"
+    assert pg.sql("SELECT count(*) FROM pg_proc WHERE proname = 'f'") == "0"
+    assert pg.sql("SELECT count(*) FROM pg_largeobject_metadata") == "0"
+    assert pg.sql("SELECT last_value FROM orders_id_seq") == "5"
+    assert pg.sql("SELECT has_table_privilege('public', 'orders', 'DELETE')") == "f"
+    assert not os.path.exists(os.path.join(tmp, "x.csv"))
+    assert not os.path.exists(os.path.join(tmp, "pwned"))
+    # the settings never moved (what the server reported to the agent's own sessions)
+    for cid in ("S01", "S69", "S71"):
+        assert res[cid][2]["standard_conforming_strings"] == "on"
+        assert res[cid][2]["client_encoding"] == "UTF8"
+        assert res[cid][2]["session_authorization"] == "app"
+    # one Datastore Activity event per statement, denials with the reason, never a value
+    evs = wait_for(lambda: len(stmt_events(enforcer)) >= len(CASES) and stmt_events(enforcer), 5)
+    assert evs, enforcer.events()
+    dn = [e for e in evs if e["unmapped"]["verdict"] != "allow"]
+    assert len(dn) >= sum(1 for c in CASES if c[1] == "DENY")
+    ok = [e for e in evs if e["unmapped"]["verdict"] == "allow"]
+    assert any(e["unmapped"]["statement"].get("masked_columns") == "public.customers.email,public.customers.cc"
+               and e["unmapped"]["statement"]["rows"] == 1 for e in ok), ok
+    blob = json.dumps(evs)
+    assert "4111111111111111" not in blob and "alice@example.com" not in blob
+    assert all(e["unmapped"]["agent"]["name"] == AGENT for e in evs)
+
+
+def test_startup_lockdown(enforcer, pg, tmp):
+    """D01, D03, D05 and the other startup parameters: refused, or replaced by the pinned value."""
+    enforcer.start(policy(pg, tmp))
+    res = agent_py(enforcer, f"""
+    out = {{}}
+    def attempt(name, **kw):
+        try:
+            c = Conn("127.0.0.1", {pg.port}, **kw)
+        except OSError as e:
+            out[name] = ["oserror", str(e)]
+            return
+        first_err = [summary([m])[0] for m in c.startup if m[0] == b"E"]
+        if first_err or c.startup[-1][0] != b"Z":
+            out[name] = ["refused", first_err]
+            return
+        c.send(Q("SELECT id FROM orders ORDER BY id LIMIT 1"))
+        out[name] = ["ok", summary(c.until_ready()), c.params, c.key]
+        c.close()
+    attempt("D01", params={{"options": "-c standard_conforming_strings=off"}})
+    attempt("D03", params={{"client_encoding": "SJIS"}})
+    attempt("D05", user="agent_ro", database="agent_ro")
+    attempt("otherdb", database="postgres")
+    attempt("replication", params={{"replication": "database"}})
+    attempt("search_path", params={{"search_path": "evil,public"}})
+    attempt("role", params={{"role": "postgres"}})
+    attempt("scs", params={{"standard_conforming_strings": "off"}})
+    attempt("plain", params={{"application_name": "bot", "DateStyle": "ISO"}})
+    print(json.dumps(out))
+    """)
+    for k in ("D01", "otherdb", "replication", "search_path", "role", "scs"):
+        assert res[k][0] == "refused" and "42501" in res[k][1][0] and "agentgate: denied" in res[k][1][0], (k, res[k])
+    # D03: the encoding the agent asked for is replaced by UTF8, and the server says so
+    assert res["D03"][0] == "ok" and res["D03"][2]["client_encoding"] == "UTF8"
+    # D05: libpq's default database (the user name) means the pinned one
+    assert res["D05"][0] == "ok" and res["D05"][1][-2:] == ["C:SELECT 1", "ZI"]
+    plain = res["plain"]
+    assert plain[0] == "ok" and plain[2]["application_name"] == "bot"
+    assert plain[2]["standard_conforming_strings"] == "on" and plain[2]["search_path" if "search_path" in plain[2] else "client_encoding"]
+    # the cancel key is ours: not the backend's pid
+    pids = pg.sql("SELECT string_agg(pid::text, ',') FROM pg_stat_activity").split(",")
+    assert str(plain[3][0]) not in pids
+    refusals = [e for e in enforcer.events() if e.get("class_uid") == 4001 and e["activity_name"] == "Refuse"]
+    assert any("options" in (e["unmapped"].get("reason") or json.dumps(e)) for e in refusals), refusals
+
+
+def test_protocol_cases(enforcer, pg, tmp):
+    """D07, D09, D11, D13, D15, D19, FunctionCall, and the extended protocol's error recovery."""
+    enforcer.start(policy(pg, tmp))
+    before = orders_state(pg)
+    res = agent_py(enforcer, f"""
+    out = {{}}
+    def conn():
+        return Conn("127.0.0.1", {pg.port})
+    c = conn()
+    # D07: bytes that are SJIS, not UTF-8
+    c.send(msg(b"Q", b"SELECT E'\\x95\\x5c'; DELETE FROM orders WHERE id=1; --'\\0"))
+    out["D07"] = summary(c.until_ready())
+    # D09: set_config and the exploit in one write
+    c.send(Q("SELECT set_config('standard_conforming_strings','off',false)") +
+           Q("SELECT 'a\\\\'' ; DELETE FROM orders; --'"))
+    out["D09"] = summary(c.until_ready(2))
+    out["D09_scs"] = c.params.get("standard_conforming_strings")
+    # D13: Bind to a statement the proxy never allowed, then the session goes on
+    c.send(B("", "p_unknown") + E("") + S + Q("SELECT 1 FROM orders LIMIT 1"))
+    out["D13"] = summary(c.until_ready(2))
+    # D15: binary result format for cc
+    c.send(P("", "SELECT cc FROM customers ORDER BY id") + B("", "", result_formats=[1]) + D(b"P", "") + E("") + S)
+    out["D15"] = summary(c.until_ready())
+    # FunctionCall (pg_read_file, OID 3826): never reaches the server
+    c.send(F(3826, ["/etc/passwd"]))
+    out["F"] = summary(c.until_ready())
+    # extended protocol: a denied Parse skips its Bind/Execute, the next Sync recovers
+    c.send(P("s1", "DELETE FROM orders") + B("", "s1") + E("") + S +
+           P("s2", "SELECT id FROM orders ORDER BY id") + B("", "s2") + E("", 2) + S)
+    out["ext"] = summary(c.until_ready(2))
+    # the denied name was never created; the allowed one was
+    c.send(B("", "s1") + E("") + S + B("", "s2") + E("", 1) + S)
+    out["ext2"] = summary(c.until_ready(2))
+    # a server-side error in a pipeline: the rest until Sync is skipped, the table stays right
+    c.send(P("s3", "SELECT nosuchcolumn FROM orders") + B("", "s3") + E("") + P("s4", "SELECT 1 FROM orders LIMIT 1") + S +
+           P("s4", "SELECT 2 FROM orders LIMIT 1") + B("", "s4") + E("") + S)
+    out["ext3"] = summary(c.until_ready(2))
+    # a duplicate statement name is the server's to refuse, and the old one is kept
+    c.send(P("s2", "SELECT 3") + S + B("", "s2") + E("", 1) + S)
+    out["dup"] = summary(c.until_ready(2))
+    c.close()
+    # D11: bytes after the Query's NUL
+    c = conn()
+    c.send(msg(b"Q", b"SELECT 1\\0DELETE FROM orders\\0"))
+    out["D11"] = summary(c.until_ready())
+    c.s.close()
+    # D19: a huge announced length
+    c = conn()
+    c.send(b"Q" + struct.pack("!I", 0x7FFFFFF0) + b"SELECT 1")
+    out["D19"] = summary(c.until_ready())
+    c.s.close()
+    print(json.dumps(out))
+    """)
+    dn = lambda s: s.startswith("E:42501:agentgate: denied")  # noqa: E731
+    assert dn(res["D07"][0]) and res["D07"][-1] == "ZI", res["D07"]
+    assert dn(res["D09"][0]), res["D09"]
+    assert res["D09_scs"] == "on"
+    assert dn(res["D13"][0]) and res["D13"][1] == "ZI" and res["D13"][-2:] == ["C:SELECT 1", "ZI"], res["D13"]
+    assert res["D15"] == ["1", "2", "T", "D:****", "D:****", "C:SELECT 2", "ZI"], res["D15"]
+    assert dn(res["F"][0]) and res["F"][-1] == "ZI", res["F"]
+    assert dn(res["ext"][0]) and res["ext"][1] == "ZI", res["ext"]
+    assert res["ext"][2:] == ["1", "2", "D:1", "D:2", "s", "ZI"], res["ext"]
+    assert dn(res["ext2"][0]) and res["ext2"][1:] == ["ZI", "2", "D:1", "s", "ZI"], res["ext2"]
+    assert res["ext3"][0].startswith("E:42703:") and res["ext3"][1] == "ZI", res["ext3"]
+    assert res["ext3"][2:] == ["1", "2", "D:2", "C:SELECT 1", "ZI"], res["ext3"]
+    assert res["dup"][0].startswith("E:42P05:"), res["dup"]
+    assert res["dup"][1:] == ["ZI", "2", "D:1", "s", "ZI"], res["dup"]
+    assert res["D11"][0].startswith("E:08P01:") and res["D11"][-1] == "EOF", res["D11"]
+    assert res["D19"][0].startswith("E:54000:agentgate: denied") and res["D19"][-1] == "EOF", res["D19"]
+    assert orders_state(pg) == before
+
+
+RULES_RW = [{"target": "shop",
+             "allow": {"statements": ["select", "insert", "copy"],
+                       "tables": ["public.customers", "public.orders", "public.big", "public.notes",
+                                  "public.pgbench_accounts", "public.pgbench_branches", "public.pgbench_tellers",
+                                  "public.pgbench_history"]},
+             "mask": {"columns": ["public.customers.email", "public.customers.cc"],
+                      "detectors": ["credit_card", "email"]}}]
+
+
+def test_denial_in_transaction_keeps_server_state(enforcer, pg, tmp):
+    """A denied statement inside BEGIN leaves the transaction failed, as PostgreSQL would:
+    the agent's COMMIT rolls back, and the insert before the denial is gone."""
+    enforcer.start(policy(pg, tmp, rules=RULES_RW))
+    res = agent_py(enforcer, f"""
+    import psycopg2
+    c = psycopg2.connect(host="127.0.0.1", port={pg.port}, user="agent_ro", dbname="shop")
+    cur = c.cursor()
+    out = {{}}
+    cur.execute("INSERT INTO orders (customer_id, total) VALUES (9, 900)")
+    try:
+        cur.execute("DELETE FROM orders")
+        out["delete"] = "ran"
+    except psycopg2.Error as e:
+        out["delete"] = [e.pgcode, e.pgerror]
+    try:
+        cur.execute("SELECT 1 FROM orders LIMIT 1")
+        out["after"] = "ran"
+    except psycopg2.Error as e:
+        out["after"] = e.pgcode
+    c.rollback()
+    # and the same in one simple-protocol string: nothing of it runs
+    try:
+        cur.execute("INSERT INTO orders (customer_id, total) VALUES (8, 800); DELETE FROM orders")
+    except psycopg2.Error as e:
+        out["multi"] = e.pgcode
+    c.rollback()
+    # explicit transaction with COMMIT after the denial
+    c.autocommit = True
+    cur.execute("BEGIN")
+    cur.execute("INSERT INTO orders (customer_id, total) VALUES (7, 700)")
+    try:
+        cur.execute("TRUNCATE orders")
+    except psycopg2.Error as e:
+        out["truncate"] = e.pgcode
+    cur.execute("COMMIT")
+    out["commit"] = cur.statusmessage
+    print(json.dumps(out))
+    """)
+    assert res["delete"][0] == "42501" and "agentgate: denied" in res["delete"][1]
+    assert res["after"] == "25P02"          # current transaction is aborted
+    assert res["multi"] == "42501"
+    assert res["truncate"] == "42501"
+    assert res["commit"] == "ROLLBACK"      # the server's own answer
+    assert pg.sql("SELECT count(*) FROM orders WHERE customer_id IN (7, 8, 9)") == "0"
+    assert orders_state(pg) == "5|15"
+
+
+def test_cancel_with_enforcer_key(enforcer, pg, tmp):
+    """D17: the agent cancels with the key we issued; a forged key does nothing."""
+    enforcer.start(policy(pg, tmp, rules=RULES_RW))
+    res = agent_py(enforcer, f"""
+    import psycopg2, threading
+    c = psycopg2.connect(host="127.0.0.1", port={pg.port}, user="agent_ro", dbname="shop")
+    out = {{}}
+    def go():
+        try:
+            c.cursor().execute("SELECT count(*) FROM big a CROSS JOIN big b")
+            out["q"] = "finished"
+        except psycopg2.Error as e:
+            out["q"] = e.pgcode
+    raw = Conn("127.0.0.1", {pg.port})
+    t = threading.Thread(target=go); t.start()
+    time.sleep(1.0)
+    cancel("127.0.0.1", {pg.port}, raw.key[0], raw.key[1] ^ 1)   # wrong key: nothing
+    cancel("127.0.0.1", {pg.port}, c.get_backend_pid(), 12345)    # the key of no session
+    time.sleep(1.0)
+    out["still"] = t.is_alive()
+    c.cancel()                                                     # libpq, our key
+    t.join(30)
+    out["pid"] = c.get_backend_pid()
+    raw.close()
+    print(json.dumps(out))
+    """)
+    assert res["still"] is True
+    assert res["q"] == "57014", res      # query_canceled
+    assert pg.sql(f"SELECT count(*) FROM pg_stat_activity WHERE pid = {res['pid']}") == "0"
+
+
+def test_pgbench_extended_prepared_and_pipeline(enforcer, pg, tmp):
+    """Real pgbench through the enforcer: simple, extended, prepared, and a pipeline of
+    extended-protocol batches (many messages in one write)."""
+    subprocess.run(["pgbench", "-i", "-s", "1", "-q", "-h", pg.sock, "-p", str(pg.port), "-U", "postgres", "shop"],
+                   check=True, capture_output=True)
+    pg.sql("GRANT SELECT ON ALL TABLES IN SCHEMA public TO app")
+    enforcer.start(policy(pg, tmp, rules=RULES_RW))
+    script = os.path.join(tmp, "pipe.sql")
+    with open(script, "w") as f:
+        f.write("\\set aid random(1, 100000)\n\\startpipeline\n")
+        for _ in range(10):
+            f.write("SELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n")
+        f.write("\\endpipeline\n")
+    for mode in ("simple", "extended", "prepared"):
+        r = enforcer.exec(AGENT, ["pgbench", "-n", "-S", "-M", mode, "-t", "200", "-c", "2", "-h", "127.0.0.1",
+                                  "-p", str(pg.port), "-U", "agent_ro", "shop"], timeout=120)
+        assert r.returncode == 0 and "number of failed transactions: 0" in r.stdout, (mode, r.stdout, r.stderr)
+    r = enforcer.exec(AGENT, ["pgbench", "-n", "-M", "extended", "-f", script, "-t", "50", "-c", "2", "-h",
+                              "127.0.0.1", "-p", str(pg.port), "-U", "agent_ro", "shop"], timeout=120)
+    assert r.returncode == 0 and "number of failed transactions: 0" in r.stdout, (r.stdout, r.stderr)
+    # a write pgbench's default script needs is denied (UPDATE is not in the rule)
+    r = enforcer.exec(AGENT, ["pgbench", "-n", "-t", "1", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "agent_ro",
+                              "shop"], timeout=60)
+    assert r.returncode != 0 and "agentgate: denied" in r.stderr
+    assert pg.sql("SELECT count(*) FROM pgbench_history") == "0"
+
+
+def test_large_result_masking_and_copy(enforcer, pg, tmp):
+    """120k rows with detectors, masked columns in binary and text, COPY allowed by rule
+    (in and out), COPY of a table with masked columns denied, side channels masked."""
+    enforcer.start(policy(pg, tmp, rules=RULES_RW))
+    res = agent_py(enforcer, f"""
+    import psycopg2, io
+    c = psycopg2.connect(host="127.0.0.1", port={pg.port}, user="agent_ro", dbname="shop")
+    c.autocommit = True
+    cur = c.cursor()
+    out = {{}}
+    cur.execute("SELECT id, label, note FROM big ORDER BY id")
+    rows = cur.fetchall()
+    out["n"] = len(rows)
+    out["notes"] = sorted(set(r[2] for r in rows))
+    out["label5"] = rows[4][1]
+    cur.execute("SELECT body FROM notes ORDER BY id")
+    out["body"] = [r[0] for r in cur.fetchall()]
+    buf = io.StringIO()
+    cur.copy_expert("COPY orders TO STDOUT", buf)
+    out["copy_out"] = len(buf.getvalue().splitlines())
+    cur.copy_expert("COPY orders (customer_id, total) FROM STDIN", io.StringIO("3\\t30\\n4\\t40\\n"))
+    out["copy_in"] = cur.rowcount
+    try:
+        cur.copy_expert("COPY customers TO STDOUT", io.StringIO())
+        out["copy_masked"] = "ran"
+    except psycopg2.Error as e:
+        out["copy_masked"] = e.pgcode
+    buf = io.StringIO()
+    cur.copy_expert("COPY notes TO STDOUT", buf)
+    out["copy_notes"] = buf.getvalue()
+    # a value in an error message (a side channel) is masked by the detectors
+    try:
+        cur.execute("SELECT id FROM orders WHERE id = 'carol@example.net'")
+        out["err"] = "ran"
+    except psycopg2.Error as e:
+        out["err"] = [e.pgcode, e.pgerror]
+    # binary COPY cannot be scanned: refused (the session ends)
+    try:
+        cur.copy_expert("COPY notes TO STDOUT WITH (FORMAT binary)", io.BytesIO())
+        out["copy_binary"] = "ran"
+    except psycopg2.Error as e:
+        out["copy_binary"] = [e.pgcode, str(e)]
+    print(json.dumps(out))
+    """, timeout=180)
+    assert res["n"] == 120000
+    assert res["notes"] == ["card ****", "plain"], res["notes"]
+    assert res["label5"] == "row 5"
+    assert res["body"] == ["mail me at **** please", "nothing here"]
+    assert res["copy_out"] == 5
+    assert res["copy_in"] == 2
+    assert res["copy_masked"] == "42501"
+    assert res["copy_notes"] == "1\tmail me at **** please\n2\tnothing here\n", res["copy_notes"]
+    # refused: no row of it reaches the agent (the session ends with our FATAL error)
+    assert res["copy_binary"] != "ran", res
+
+    # (the "LINE 1:" part psycopg2 adds is the agent's own query text, echoed client-side)
+    first = res["err"][1].splitlines()[0]
+    assert res["err"][0] == "22P02" and "****" in first and "carol@" not in first, res["err"]
+    assert pg.sql("SELECT count(*) FROM orders") == "7"
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 6005 and e["unmapped"]["statement"].get("rows") == 120000)
+    assert ev and ev["unmapped"]["statement"]["masked_values"] == 120
+
+
+def test_upstream_down_and_tls_failures(enforcer, pg, tmp, servers):
+    """A clear ErrorResponse when the upstream is down, when its certificate does not verify,
+    and when it refuses TLS that the target requires; nothing is sent in plaintext."""
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_port = dead.getsockname()[1]
+    dead.close()
+    # a fake server that says 'N' to SSLRequest and records everything it receives
+    rec = os.path.join(tmp, "plain.bin")
+    fake_port = free_tcp_port()
+    fake = subprocess.Popen([PY, "-c", textwrap.dedent(f"""
+        import socket
+        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", {fake_port})); s.listen(8)
+        while True:
+            c, _ = s.accept()
+            c.settimeout(2)
+            data = b""
+            try:
+                data = c.recv(8)
+                c.sendall(b"N")
+                while True:
+                    d = c.recv(4096)
+                    if not d:
+                        break
+                    data += d
+            except OSError:
+                pass
+            open({rec!r}, "ab").write(data)
+            c.close()
+        """)])
+    try:
+        import time as _t
+        _t.sleep(0.3)
+        pol = policy(pg, tmp, tls="verify-full", ca=pg.other_ca)
+        pol = pol.replace("}]\nroles", "}]\nroles", 1)
+        doc_extra = (f'targets: [{{"name": "shop", "protocol": "postgres", "address": "127.0.0.1:{pg.port}", '
+                     f'"upstream": {{"user": "app", "password_file": "{tmp}/pw", "database": "shop", '
+                     f'"tls": "verify-full", "ca_file": "{pg.other_ca}"}}}}, '
+                     f'{{"name": "down", "protocol": "postgres", "address": "127.0.0.1:{dead_port}", '
+                     f'"upstream": {{"user": "app", "password_file": "{tmp}/pw", "database": "shop"}}}}, '
+                     f'{{"name": "plain", "protocol": "postgres", "address": "127.0.0.1:{fake_port}", '
+                     f'"upstream": {{"user": "app", "password_file": "{tmp}/pw", "database": "shop", '
+                     f'"tls": "require"}}}}]\n')
+        lines = [doc_extra if l.startswith("targets:") else l for l in pol.splitlines(keepends=True)]
+        rules = [dict(RULES_RO[0]), {"target": "down"}, {"target": "plain"}]
+        lines = [f"roles: {json.dumps([{'name': 'ro', 'rules': rules}])}\n" if l.startswith("roles:") else l
+                 for l in lines]
+        enforcer.start("".join(lines))
+        rc, out, err = psql(enforcer, pg, "SELECT 1 FROM orders LIMIT 1")
+        assert rc != 0 and "agentgate: upstream TLS" in err and "certificate verify failed" in err, err
+        r = enforcer.exec(AGENT, ["psql", "-X", "-h", "127.0.0.1", "-p", str(dead_port), "-U", "a", "-d", "shop",
+                                  "-c", "SELECT 1"], timeout=30)
+        assert r.returncode != 0 and "agentgate: upstream" in r.stderr and "unreachable" in r.stderr, r.stderr
+        r = enforcer.exec(AGENT, ["psql", "-X", "-h", "127.0.0.1", "-p", str(fake_port), "-U", "a", "-d", "shop",
+                                  "-c", "SELECT 1"], timeout=30)
+        assert r.returncode != 0 and "does not accept TLS" in r.stderr, r.stderr
+        _t.sleep(0.5)
+        got = open(rec, "rb").read()
+        # SSLRequests (libpq retries without TLS on the agent leg: one more
+        # attempt) and nothing else
+        ssl_req = struct.pack("!II", 8, 80877103)
+        assert got and got == ssl_req * (len(got) // 8), got
+    finally:
+        fake.kill()
+        fake.wait()
+
+
+def free_tcp_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def test_tls_both_legs_and_md5(enforcer, pg, tmp):
+    """verify-full upstream with the right CA, an agent with sslmode=require (certificate
+    from the local CA), and md5 authentication upstream."""
+    enforcer.start(policy(pg, tmp, tls="verify-full", ca=pg.ca))
+    rc, out, err = psql(enforcer, pg, "SELECT id FROM orders ORDER BY id LIMIT 1",
+                        env={"PGSSLMODE": "require"})
+    assert rc == 0 and out.strip() == "1", err
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4001 and e["activity_name"] == "Open")
+    assert ev["unmapped"]["postgres"]["agent_tls"] is True
+    # libpq with the local CA as root: verify-full against the certificate we mint
+    ca = os.path.join(tmp, "local-ca.crt")   # the state directory is hidden from agents
+    with open(os.path.join(enforcer.state, "ca", "ca.crt")) as src, open(ca, "w") as dst:
+        dst.write(src.read())
+    rc, out, err = psql(enforcer, pg, "SELECT id FROM orders ORDER BY id LIMIT 1",
+                        env={"PGSSLMODE": "verify-ca", "PGSSLROOTCERT": ca})
+    assert rc == 0 and out.strip() == "1", err
+    pg.sql("ALTER SYSTEM SET log_connections = on", db="postgres")
+    enforcer.stop()
+    enforcer.start(policy(pg, tmp, user="app_md5"))
+    rc, out, err = psql(enforcer, pg, "SELECT id FROM orders ORDER BY id LIMIT 1")
+    assert rc == 0 and out.strip() == "1", err
+    # a wrong password: a clear error, no session
+    bad = os.path.join(tmp, "badpw")
+    with open(bad, "w") as f:
+        f.write("nope\n")
+    enforcer.stop()
+    enforcer.start(policy(pg, tmp, pwfile=bad))
+    rc, out, err = psql(enforcer, pg, "SELECT 1")
+    assert rc != 0 and "upstream authentication" in err and "password authentication failed" in err, err
+
+
+def test_observe_mode_records_and_allows(enforcer, pg, tmp):
+    enforcer.start(policy(pg, tmp, mode="observe"))
+    rc, out, err = psql(enforcer, pg, "SELECT count(*) FROM secrets")
+    assert rc == 0 and out.strip() == "1", err
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 6005 and
+                             e["unmapped"]["statement"].get("tables") == "public.secrets")
+    assert ev and ev["unmapped"].get("observe", ev["unmapped"]).get("would_deny", True), ev
+
+
+def test_policy_explain(enforcer, pg, tmp):
+    """agentgate policy explain for a postgres target: verdict, rule, tables, masked columns;
+    nothing sent (the server is not even needed)."""
+    path = enforcer.policy(policy(pg, tmp))
+    def explain(sql):
+        r = enforcer.cli("policy", "explain", "--policy", path, "--agent", AGENT, "--target", "shop", sql)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+    out = explain("SELECT id, email FROM customers WHERE id = 1")
+    assert "verdict: allow" in out and "rule: role 'ro' rule 1" in out and "tables: public.customers" in out
+    assert "masked columns: public.customers.email, public.customers.cc" in out
+    out = explain("DELETE FROM orders")
+    assert "verdict: deny (agentgate: denied:" in out and "class: write" in out and "tables: public.orders" in out
+    out = explain("SELECT * FROM customers WHERE cc LIKE '4%'")
+    assert "verdict: deny" in out and "cc" in out
+    assert pg.sql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'") == "0"

@@ -1,0 +1,2556 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * postgres: the PostgreSQL protocol module. It stays in the path for the
+ * whole session (conn stream mode) and speaks protocol 3.0 on both legs.
+ *
+ * Startup. The agent's first packet is read here: SSLRequest is answered
+ * 'S' with TLS from the local CA when one is open (else 'N'), GSSENCRequest
+ * 'N', CancelRequest is mapped (below), StartupMessage is locked down: the
+ * database is the target's (an agent asking for another one is refused;
+ * absent, or equal to its user name as libpq defaults, means the target's),
+ * `options`, `replication`, `_pq_.*` and every setting outside a short
+ * allowlist are refused, client_encoding is replaced by UTF8. The agent
+ * authenticates by its cgroup identity: no password is asked. Upstream we
+ * send the target's user, database, client_encoding=UTF8,
+ * standard_conforming_strings=on, the target's search_path (default
+ * public), statement_timeout and idle_in_transaction_session_timeout, with
+ * TLS per target (disable | require | verify-full: CA file, host name) and
+ * authenticate with the target's password (SCRAM-SHA-256 with the server
+ * signature checked, md5, cleartext, trust). Only after the upstream said
+ * AuthenticationOk does the agent get its AuthenticationOk; ParameterStatus
+ * is passed on, BackendKeyData is replaced by a key we issue, ReadyForQuery
+ * passed on. ParameterStatus is also a tripwire: standard_conforming_strings
+ * other than on or client_encoding other than UTF8 ends the session.
+ *
+ * Cancel keys. The agent only ever sees keys we issue (random pid and
+ * secret). A table shared by the workers maps them to the upstream's key,
+ * the agent, the target and the address dialled. A CancelRequest is
+ * forwarded (over TLS when the target requires it) only when the key
+ * matches (constant-time) and comes from the same agent for the same
+ * target; otherwise it is dropped silently, as PostgreSQL does.
+ *
+ * Statements. Every Query and Parse is judged (pg_classify) before anything
+ * of it reaches the server. A denied message is not dropped: in its place
+ * the server gets a stand-in that fails at parse time (the text
+ * "agentgate denied", a syntax error), so the server goes exactly where it
+ * would have gone had the denied statement failed: an explicit transaction
+ * becomes failed, an implicit one ends, the extended protocol skips to Sync.
+ * The stand-in's ErrorResponse is rewritten into ours (42501, "agentgate:
+ * denied: ..."); nothing the server said about it reaches the agent. The
+ * cost is one round trip per denial, paid only by denials, and the
+ * transaction state is the server's own, never an imitation. FunctionCall
+ * ('F') is always denied the same way. A Bind, Describe or Execute naming a
+ * statement or portal we did not allow gets the stand-in too (a named Parse
+ * that fails changes nothing on the server). After a stand-in in the
+ * extended protocol we drop the agent's messages up to Sync, as the server
+ * would skip them: so Bind/Execute of a denied statement never reach it.
+ *
+ * The statement and portal tables mirror the server's. They change in
+ * request order; when the server reports an error in the extended protocol
+ * it skips everything up to Sync, so the changes of the failed and skipped
+ * requests are undone, newest first (pgbouncer#1535 is what happens
+ * otherwise). Portals die at the end of their transaction: each remembers
+ * how many syncs were sent before it, and a ReadyForQuery 'I' for a later
+ * sync drops it. Responses are matched to requests through a FIFO of
+ * pending requests, which also carries what audit needs (one Datastore
+ * Activity event per statement: verdict, rule, class, tables, rows,
+ * duration).
+ *
+ * Masking by column name uses the lineage in RowDescription (table OID,
+ * attribute number). Names are resolved once per session: before the agent
+ * gets its first ReadyForQuery, one catalog query on the session's own
+ * upstream connection lists the attributes of every table a mask names;
+ * its answer is never shown to the agent. Detectors scan text values and
+ * binary values of text-like types; side channels (ErrorResponse and
+ * NoticeResponse fields, NotificationResponse payloads) are scanned too.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include "audit.h"
+#include "conn.h"
+#include "enforcer.h"
+#include "pg_wire.h"
+#include "proto.h"
+#include "util.h"
+
+#include "pg_pgc.h"
+
+#if __has_include("mask.h")
+#include "mask.h"
+#define HAVE_MASK 1
+#endif
+
+#include "local_ca.h"
+
+#define PG_MSG_MAX      CONN_IN_LIMIT     /* largest message either side may send */
+#define PG_PEND_MAX     8192              /* requests in flight per session */
+#define PG_NAMES_MAX    4096              /* named statements + portals per session */
+#define PG_CANCEL_MAX   65536             /* live sessions with a cancel key, all workers */
+#define PG_DENY_TEXT    "agentgate denied"   /* the stand-in: a syntax error at parse time */
+#define PG_DENY_NAME    "agentgate_denied"   /* stand-in statement name for non-Parse denials */
+#define PG_APPNAME_MAX  63
+
+/* ---- cancel keys ---------------------------------------------------------- */
+
+struct cancel_ent {
+	uint32_t pid, key;            /* ours, what the agent holds */
+	uint32_t up_pid, up_key;      /* the server's */
+	int agent_idx, target_idx;
+	uint8_t addr[16];             /* the upstream as dialled */
+	uint16_t port;
+	bool used;
+};
+
+static pthread_mutex_t cancel_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct cancel_ent *cancel_tab;   /* open addressing on pid, PG_CANCEL_MAX slots */
+static unsigned cancel_n;
+
+static unsigned cancel_slot(uint32_t pid)
+{
+	return (pid * 2654435761u) & (PG_CANCEL_MAX - 1);
+}
+
+/* Issues a key for a session; 0 or -ENOSPC / -ENOMEM. */
+static int cancel_add(const struct cancel_ent *in, uint32_t *pid, uint32_t *key)
+{
+	int err = -ENOSPC;
+
+	pthread_mutex_lock(&cancel_lock);
+	if (!cancel_tab)
+		cancel_tab = calloc(PG_CANCEL_MAX, sizeof(*cancel_tab));
+	if (!cancel_tab) {
+		err = -ENOMEM;
+	} else if (cancel_n < PG_CANCEL_MAX / 2) {
+		uint32_t r[2];
+
+		do {
+			if (RAND_bytes((unsigned char *)r, sizeof(r)) != 1) {
+				err = -EIO;
+				goto out;
+			}
+			r[0] &= 0x7fffffff;   /* a positive pid, as a backend's is */
+		} while (r[0] == 0);
+		unsigned s = cancel_slot(r[0]);
+		while (cancel_tab[s].used)
+			s = (s + 1) & (PG_CANCEL_MAX - 1);
+		cancel_tab[s] = *in;
+		cancel_tab[s].pid = r[0];
+		cancel_tab[s].key = r[1];
+		cancel_tab[s].used = true;
+		cancel_n++;
+		*pid = r[0];
+		*key = r[1];
+		err = 0;
+	}
+out:
+	pthread_mutex_unlock(&cancel_lock);
+	return err;
+}
+
+/* Linear probing without tombstones: re-insert the run after a removal. */
+static void cancel_del(uint32_t pid)
+{
+	pthread_mutex_lock(&cancel_lock);
+	for (unsigned s = cancel_tab ? cancel_slot(pid) : 0; cancel_tab && cancel_tab[s].used;
+	     s = (s + 1) & (PG_CANCEL_MAX - 1)) {
+		if (cancel_tab[s].pid != pid)
+			continue;
+		cancel_tab[s].used = false;
+		cancel_n--;
+		for (unsigned t = (s + 1) & (PG_CANCEL_MAX - 1); cancel_tab[t].used;
+		     t = (t + 1) & (PG_CANCEL_MAX - 1)) {
+			struct cancel_ent e = cancel_tab[t];
+			unsigned u = cancel_slot(e.pid);
+
+			cancel_tab[t].used = false;
+			while (cancel_tab[u].used)
+				u = (u + 1) & (PG_CANCEL_MAX - 1);
+			cancel_tab[u] = e;
+		}
+		break;
+	}
+	pthread_mutex_unlock(&cancel_lock);
+}
+
+static bool cancel_find(uint32_t pid, uint32_t key, struct cancel_ent *out)
+{
+	bool found = false;
+
+	pthread_mutex_lock(&cancel_lock);
+	for (unsigned s = cancel_tab ? cancel_slot(pid) : 0; cancel_tab && cancel_tab[s].used;
+	     s = (s + 1) & (PG_CANCEL_MAX - 1)) {
+		if (cancel_tab[s].pid == pid) {
+			found = CRYPTO_memcmp(&cancel_tab[s].key, &key, sizeof(key)) == 0;
+			if (found)
+				*out = cancel_tab[s];
+			break;
+		}
+	}
+	pthread_mutex_unlock(&cancel_lock);
+	return found;
+}
+
+/* ---- session state ----------------------------------------------------------- */
+
+enum pg_phase {
+	PH_AGENT_STARTUP = 0,  /* waiting for the agent's first packet */
+	PH_UP_CONNECT,         /* dialling the upstream */
+	PH_UP_SSL,             /* SSLRequest sent, waiting for 'S'/'N' */
+	PH_UP_TLS,             /* upstream TLS handshake */
+	PH_UP_AUTH,            /* startup sent, authenticating */
+	PH_UP_PARAMS,          /* authenticated: ParameterStatus, BackendKeyData until 'Z' */
+	PH_UP_CATALOG,         /* our catalog query for masked columns */
+	PH_READY,              /* relaying the session */
+	PH_DONE,
+};
+
+/* A judged SQL text: what audit and the tables need. Refcounted. */
+struct pg_judged {
+	int refs;
+	bool allowed;          /* the policy allowed it (observe mode may still send a denied one) */
+	enum pgc_class cls;
+	char tag[32];
+	int nstmts;
+	const struct policy_rule *rule;
+	bool copy_in, copy_out, cached;
+	char *tables;          /* "public.a,public.b", or NULL */
+};
+
+/* A portal the server holds. Refcounted. */
+struct pg_portal {
+	int refs;
+	struct pg_judged *j;
+	uint32_t epoch;        /* syncs sent before its Bind */
+	int16_t nfmt;          /* result formats from Bind */
+	uint8_t *fmt;          /* nfmt bytes, 0 or 1 */
+	struct pg_plan *plan;  /* masking plan from its RowDescription, or NULL */
+};
+
+/* Names -> refcounted values, for statements (pg_judged) and portals. */
+struct pg_name {
+	struct pg_name *next;
+	void *val;
+	char name[];
+};
+#define PG_MAP_BUCKETS 64
+struct pg_map {
+	struct pg_name *b[PG_MAP_BUCKETS];
+	int n;
+	bool portals;
+};
+
+enum { UNDO_NONE = 0, UNDO_STMT, UNDO_PORTAL };
+
+struct pg_pend {
+	char kind;             /* 'Q' 'P' 'B' 'D' 'E' 'C' 'S' */
+	char sub;              /* Describe/Close: 'S' or 'P' */
+	bool standin;          /* our failing stand-in: rewrite its error */
+	bool hidden;           /* ours alone: swallow every response */
+	bool got_paramdesc;    /* Describe 'S': 't' seen */
+	bool errored;
+	uint8_t undo;          /* which map to restore on skip */
+	char *undo_name;
+	void *undo_prev;       /* value before this request (owned) */
+	struct pg_judged *j;   /* Q / E: for audit */
+	struct pg_portal *portal;   /* E / D('P'): where RowDescription and rows belong */
+	char *deny;            /* stand-in: the agent's error message */
+	char *deny_detail;
+	uint64_t start_ns, rows;
+	uint32_t epoch;
+	char sqlstate[6];      /* a server error, for audit */
+};
+
+/* Masking plan of one result (one RowDescription). */
+struct pg_plan {
+	int16_t ncols;
+	uint8_t *binary;       /* per column: binary format */
+	uint8_t *how;          /* per column: MASK_NO, MASK_NAMED, MASK_SCAN */
+	char *names;           /* masked column names for audit, or NULL */
+	unsigned hits;
+};
+enum {
+	COL_PASS = 0,
+	COL_NAMED,          /* named by policy: the value becomes **** */
+	COL_NAMED_JSON,     /* named, json/jsonb: "****" (a JSON string), with jsonb's version byte in binary */
+	COL_NULL,           /* named, a type that cannot hold ****: NULL */
+	COL_SCAN,           /* detectors over the bytes (text format, or text-like binary) */
+	COL_SCAN_NULL,      /* detectors over a non-text type's text form: a hit makes it NULL */
+};
+
+struct pg_sess {
+	enum pg_phase phase;
+	bool agent_tls, ssl_asked, gss_asked, negotiate;
+	bool cancel_registered;
+	bool is_cancel;                /* this connection forwards a CancelRequest */
+	uint32_t our_pid, our_key, up_pid, up_key;
+	char tx;                       /* last ReadyForQuery status */
+	char user[64];                 /* the agent's startup user (audit only) */
+	char appname[PG_APPNAME_MAX + 1];
+	char datestyle[64], timezone[64], extra_float[8], intervalstyle[32];
+	const char *negotiate_opts[PG_STARTUP_PARAMS];
+	int nnegotiate;
+	char *negotiate_buf;
+	struct pg_scram scram;
+	char *password;                /* wiped and freed once authenticated */
+	struct cancel_ent cancel;      /* PH_CANCEL: the mapped request */
+
+	struct pg_out out;             /* scratch for messages we build */
+	struct pgc_result res;         /* scratch for the classifier */
+
+	struct pg_map stmts, portals;
+	struct pg_pend *q;             /* ring of pending requests */
+	uint32_t qhead, qlen, qcap;
+	bool skip_to_sync;             /* the server skips until Sync: so do we */
+	uint32_t syncs;                /* syncs (S, Q, F) sent so far */
+
+#ifdef HAVE_MASK
+	struct mask_rules *mask;
+	bool mask_active;
+#endif
+	struct pg_plan *qplan;         /* simple Query: plan of the current result */
+	/* lineage: masked (table oid, attnum) pairs, from the catalog query */
+	struct { uint32_t oid; int16_t att; bool named; char name[96]; } *cols;
+	int ncols, capcols;
+	uint64_t gen;                  /* verdict cache generation (policy hash) */
+};
+
+static struct pg_sess *S(struct conn *c)
+{
+	return c->proto_state;
+}
+
+static const struct policy_target *target(struct conn *c)
+{
+	return &c->policy->targets[c->target_idx];
+}
+
+static const char *pinned_db(struct conn *c)
+{
+	const struct policy_upstream *u = &target(c)->upstream;
+
+	return u->database ? u->database : u->user ? u->user : "postgres";
+}
+
+static const char *search_path(struct conn *c)
+{
+	const char *sp = target(c)->upstream.search_path;
+
+	return sp && *sp ? sp : "public";
+}
+
+/* ---- sending ----------------------------------------------------------------- */
+
+static int send_out(struct conn *c, int side)
+{
+	struct pg_out *o = &S(c)->out;
+	int err;
+
+	if (o->overflow)
+		return -ENOBUFS;
+	err = o->len ? conn_send(c, side, o->buf, o->len) : 0;
+	pg_out_reset(o);
+	return err;
+}
+
+/* A FATAL error to the agent, then close once it is written. */
+static int fatal(struct conn *c, const char *sqlstate, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static int fatal(struct conn *c, const char *sqlstate, const char *fmt, ...)
+{
+	struct pg_sess *s = S(c);
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	pg_out_reset(&s->out);
+	pg_out_error(&s->out, 'E', "FATAL", sqlstate, msg, NULL, NULL);
+	send_out(c, SIDE_AGENT);
+	if (!c->why[0])
+		snprintf(c->why, sizeof(c->why), "%s", msg);
+	s->phase = PH_DONE;
+	/* FIN (and TLS close_notify) after the error, so the client reads it
+	 * as the end of the session rather than as a broken connection */
+	conn_shutdown(c, SIDE_AGENT);
+	conn_finish(c);
+	return 0;
+}
+
+/* ---- audit ----------------------------------------------------------------------- */
+
+static void audit_agent_fill(struct conn *c, struct audit_agent *a, struct ident_principal *pr)
+{
+	memset(a, 0, sizeof(*a));
+	if (c->agent_idx >= 0) {
+		a->name = c->policy->agents[c->agent_idx].name;
+		a->cgroup = E->agents[c->agent_idx].cgroup_rel;
+		enforcer_audit_principal(c->agent_idx, a, pr);
+	}
+	a->pid = c->pair.tgid;
+	a->tid = c->pair.pid;
+	a->uid = c->pair.uid;
+	a->comm = c->pair.comm;
+	a->cgroup_id = c->pair.cgroup_id;
+}
+
+/* A refusal: counted now; the enforcer records it (reason: c->why) when the
+ * connection closes, after the agent got our error. */
+static void audit_refuse(struct conn *c, const char *why)
+{
+	enforcer_count_refused(c);
+	if (why != c->why)
+		snprintf(c->why, sizeof(c->why), "%s", why);
+}
+
+static void audit_conn(struct conn *c, bool allowed, const char *reason)
+{
+	json_t *ev = enforcer_conn_event(c, allowed ? 1 : 5, allowed ? "Open" : "Refuse");
+
+	if (!allowed)
+		enforcer_count_refused(c);
+	else
+		c->opened = true;
+	if (!ev)
+		return;
+	json_object_set_new(json_object_get(ev, "unmapped"), "postgres",
+			    json_pack("{s:s, s:s, s:b}", "database", pinned_db(c), "user", S(c)->user,
+				      "agent_tls", S(c)->agent_tls));
+	audit_add_verdict(ev, allowed, c->would_deny, enforcer_rule_name(c), reason);
+	audit_emit(ev);
+}
+
+/*
+ * One Datastore Activity (6005) event for a statement. j may be NULL (a
+ * message denied before it could be judged). reason is the denial's, or
+ * NULL. Never carries the SQL text: literals in it may be values an agent
+ * must not see in audit either.
+ */
+static void audit_stmt(struct conn *c, const struct pg_judged *j, const char *proto, bool allowed,
+		       bool would_deny, const char *reason, const struct pg_pend *p, const struct pg_plan *plan)
+{
+	struct audit_agent a;
+	struct ident_principal pr;
+	char rule[160] = "", cookie[24];
+	json_t *ev = audit_event(6005, 4, "Query"), *st, *um;
+
+	if (!ev)
+		return;
+	audit_agent_fill(c, &a, &pr);
+	audit_add_agent(ev, &a);
+	json_object_set_new(ev, "database", json_pack("{s:s, s:s, s:i}", "name", pinned_db(c), "type",
+						      "Relational", "type_id", 1));
+	if (j && j->rule)
+		snprintf(rule, sizeof(rule), "role '%s' rule %d (line %d)", j->rule->role, j->rule->index + 1,
+			 j->rule->line);
+	st = json_pack("{s:s, s:s}", "protocol", proto, "class", j ? pgc_class_name(j->cls) : "unknown");
+	if (j) {
+		json_object_set_new(st, "tag", json_string(j->tag));
+		json_object_set_new(st, "statements", json_integer(j->nstmts));
+		json_object_set_new(st, "cached", json_boolean(j->cached));
+		if (j->tables)
+			json_object_set_new(st, "tables", json_string(j->tables));
+	}
+	if (p) {
+		json_object_set_new(st, "rows", json_integer((json_int_t)p->rows));
+		if (p->start_ns)
+			json_object_set_new(ev, "duration",
+					    json_integer((json_int_t)((now_ns_mono() - p->start_ns) / 1000000)));
+		if (p->sqlstate[0])
+			json_object_set_new(st, "server_error", json_string(p->sqlstate));
+	}
+	if (plan && plan->names) {
+		json_object_set_new(st, "masked_columns", json_string(plan->names));
+	}
+	if (plan && plan->hits)
+		json_object_set_new(st, "masked_values", json_integer(plan->hits));
+	um = json_object_get(ev, "unmapped");
+	json_object_set_new(um, "target", json_string(target(c)->name));
+	json_object_set_new(um, "module", json_string("postgres"));
+	snprintf(cookie, sizeof(cookie), "%llu", (unsigned long long)c->pair.sock_cookie);
+	json_object_set_new(um, "connection_uid", json_string(cookie));
+	json_object_set_new(um, "statement", st);
+	audit_add_verdict(ev, allowed, would_deny, rule[0] ? rule : NULL, reason);
+	audit_emit(ev);
+}
+
+/* ---- refcounted objects, name maps ----------------------------------------------- */
+
+static void judged_put(struct pg_judged *j)
+{
+	if (j && --j->refs == 0) {
+		free(j->tables);
+		free(j);
+	}
+}
+
+static struct pg_judged *judged_get(struct pg_judged *j)
+{
+	if (j)
+		j->refs++;
+	return j;
+}
+
+static void plan_free(struct pg_plan *p)
+{
+	if (p) {
+		free(p->how);
+		free(p->binary);
+		free(p->names);
+		free(p);
+	}
+}
+
+static void portal_put(struct pg_portal *p)
+{
+	if (p && --p->refs == 0) {
+		judged_put(p->j);
+		free(p->fmt);
+		plan_free(p->plan);
+		free(p);
+	}
+}
+
+static struct pg_portal *portal_get(struct pg_portal *p)
+{
+	if (p)
+		p->refs++;
+	return p;
+}
+
+static void val_put(struct pg_map *m, void *v)
+{
+	if (m->portals)
+		portal_put(v);
+	else
+		judged_put(v);
+}
+
+static unsigned name_hash(const char *s)
+{
+	unsigned h = 2166136261u;
+
+	for (; *s; s++)
+		h = (h ^ (uint8_t)*s) * 16777619u;
+	return h % PG_MAP_BUCKETS;
+}
+
+static void *map_get(struct pg_map *m, const char *name)
+{
+	for (struct pg_name *e = m->b[name_hash(name)]; e; e = e->next)
+		if (strcmp(e->name, name) == 0)
+			return e->val;
+	return NULL;
+}
+
+/* Sets name to val (NULL removes), taking val's reference; returns the
+ * previous value with its reference (the caller owns it), or NULL. When
+ * no entry can be added, sets *full and changes nothing (val stays the
+ * caller's). */
+static void *map_set(struct pg_map *m, const char *name, void *val, bool *full)
+{
+	struct pg_name **pp = &m->b[name_hash(name)], *e;
+	void *prev;
+	size_t n;
+
+	if (full)
+		*full = false;
+	for (; (e = *pp); pp = &e->next) {
+		if (strcmp(e->name, name) != 0)
+			continue;
+		prev = e->val;
+		if (val) {
+			e->val = val;
+		} else {
+			*pp = e->next;
+			free(e);
+			m->n--;
+		}
+		return prev;
+	}
+	if (!val)
+		return NULL;
+	n = strlen(name);
+	if (m->n >= PG_NAMES_MAX || !(e = malloc(sizeof(*e) + n + 1))) {
+		if (full)
+			*full = true;
+		return NULL;
+	}
+	memcpy(e->name, name, n + 1);
+	e->val = val;
+	e->next = m->b[name_hash(name)];
+	m->b[name_hash(name)] = e;
+	m->n++;
+	return NULL;
+}
+
+static void map_clear(struct pg_map *m, bool (*keep)(void *val, void *arg), void *arg)
+{
+	for (int i = 0; i < PG_MAP_BUCKETS; i++) {
+		struct pg_name **pp = &m->b[i], *e;
+
+		while ((e = *pp)) {
+			if (keep && keep(e->val, arg)) {
+				pp = &e->next;
+				continue;
+			}
+			*pp = e->next;
+			val_put(m, e->val);
+			free(e);
+			m->n--;
+		}
+	}
+}
+
+/* ---- pending requests ---------------------------------------------------------------- */
+
+static struct pg_pend *pend_at(struct pg_sess *s, uint32_t i)
+{
+	return &s->q[(s->qhead + i) & (s->qcap - 1)];
+}
+
+static struct pg_pend *pend_push(struct pg_sess *s, char kind)
+{
+	struct pg_pend *p;
+
+	if (s->qlen == s->qcap) {
+		uint32_t ncap = s->qcap ? s->qcap * 2 : 64;
+		struct pg_pend *nq;
+
+		if (ncap > PG_PEND_MAX || !(nq = calloc(ncap, sizeof(*nq))))
+			return NULL;
+		for (uint32_t i = 0; i < s->qlen; i++)
+			nq[i] = *pend_at(s, i);
+		free(s->q);
+		s->q = nq;
+		s->qcap = ncap;
+		s->qhead = 0;
+	}
+	p = pend_at(s, s->qlen++);
+	memset(p, 0, sizeof(*p));
+	p->kind = kind;
+	p->epoch = s->syncs;
+	p->start_ns = now_ns_mono();
+	return p;
+}
+
+static void pend_release(struct pg_sess *s, struct pg_pend *p)
+{
+	if (p->undo_prev)
+		val_put(p->undo == UNDO_PORTAL ? &s->portals : &s->stmts, p->undo_prev);
+	free(p->undo_name);
+	judged_put(p->j);
+	portal_put(p->portal);
+	free(p->deny);
+	free(p->deny_detail);
+	memset(p, 0, sizeof(*p));
+}
+
+static void pend_pop(struct pg_sess *s)
+{
+	pend_release(s, pend_at(s, 0));
+	s->qhead = (s->qhead + 1) & (s->qcap - 1);
+	s->qlen--;
+}
+
+/* Restores what request p changed in a table: the server never ran it. */
+static void pend_undo(struct pg_sess *s, struct pg_pend *p, bool restore_prev)
+{
+	struct pg_map *m;
+	void *cur;
+
+	if (p->undo == UNDO_NONE || !p->undo_name)
+		return;
+	m = p->undo == UNDO_PORTAL ? &s->portals : &s->stmts;
+	cur = map_set(m, p->undo_name, restore_prev ? p->undo_prev : NULL, NULL);
+	if (restore_prev)
+		p->undo_prev = NULL;   /* back in the map */
+	if (cur)
+		val_put(m, cur);
+}
+
+/* ---- judging ------------------------------------------------------------------------- */
+
+#ifdef HAVE_MASK
+static bool column_masked(void *arg, const char *schema, const char *table, const char *column)
+{
+	struct pg_sess *s = arg;
+
+	if (column)
+		return mask_column_named(s->mask, schema, table, column);
+	/* any masked column in this table? */
+	for (int i = 0; i < s->ncols; i++)
+		if (s->cols[i].named && strncmp(s->cols[i].name, schema, strlen(schema)) == 0) {
+			const char *p = s->cols[i].name + strlen(schema);
+
+			if (*p == '.' && strncmp(p + 1, table, strlen(table)) == 0 &&
+			    p[1 + strlen(table)] == '.')
+				return true;
+		}
+	return false;
+}
+#endif
+
+/*
+ * Judges one SQL text. Returns a new pg_judged (ref 1), with the policy's
+ * verdict in ->allowed and the reason for a denial in why; NULL on ENOMEM
+ * (deny). The SQL must be valid UTF-8 (checked here: a text that is not is
+ * denied without being parsed).
+ */
+static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, char *why, size_t whylen)
+{
+	struct pg_sess *s = S(c);
+	const struct policy_rule *rules[ENFORCER_MAX_RULES];
+	struct pgc_result *r = &s->res;
+	struct pgc_ctx ctx = {
+		.search_path = search_path(c),
+		.in_transaction = s->tx != 'I',
+		.policy_gen = s->gen,
+	};
+	struct pg_judged *j = calloc(1, sizeof(*j));
+	size_t nr;
+
+	if (!j) {
+		snprintf(why, whylen, "out of memory");
+		return NULL;
+	}
+	j->refs = 1;
+	j->cls = PGC_UTILITY;
+#ifdef HAVE_MASK
+	if (s->mask_active) {
+		ctx.column_masked = column_masked;
+		ctx.arg = s;
+	}
+#endif
+	if (!pg_utf8_valid(sql, len)) {
+		snprintf(why, whylen, "query text is not valid UTF-8");
+		return j;
+	}
+	nr = enforcer_rules_for(c->agent_idx, c->target_idx, rules, ENFORCER_MAX_RULES);
+	if (nr > ENFORCER_MAX_RULES) {
+		snprintf(why, whylen, "too many rules for this target");
+		return j;
+	}
+	if (pgc_judge(&ctx, sql, len, rules, nr, r) != 0)
+		r->verdict = PGC_DENY;
+	j->cls = r->cls;
+	snprintf(j->tag, sizeof(j->tag), "%s", r->tag);
+	j->nstmts = r->nstmts;
+	j->rule = r->rule;
+	j->copy_in = r->copy_in;
+	j->copy_out = r->copy_out;
+	j->cached = r->cached;
+	if (r->ntables > 0) {
+		size_t n = 0;
+
+		for (int i = 0; i < r->ntables && i < PGC_MAX_TABLES; i++)
+			n += strnlen(r->tables[i], sizeof(r->tables[i])) + 1;
+		j->tables = malloc(n);
+		if (j->tables) {
+			size_t cap = n, off = 0;
+
+			for (int i = 0; i < r->ntables && i < PGC_MAX_TABLES && off < cap; i++)
+				off += (size_t)snprintf(j->tables + off, cap - off, "%s%.*s", i ? "," : "",
+							(int)sizeof(r->tables[i]), r->tables[i]);
+		}
+	}
+	switch (r->verdict) {
+	case PGC_ALLOW:
+		j->allowed = true;
+		why[0] = '\0';
+		break;
+	case PGC_REVIEW:
+		snprintf(why, whylen, "needs approval (%s): approvals are not available yet, so it is denied",
+			 r->rule ? r->rule->role : "review rule");
+		break;
+	default:
+		snprintf(why, whylen, "%s", r->reason[0] ? r->reason : "not allowed by any rule");
+		break;
+	}
+	return j;
+}
+
+/* ---- masking ------------------------------------------------------------------------- */
+
+#ifdef HAVE_MASK
+/* Text-like types whose binary form is the text itself (jsonb: a version byte first). */
+static bool textlike_type(uint32_t oid)
+{
+	switch (oid) {
+	case 25: case 1043: case 1042: case 19: case 114: case 142: case 705: case 3802:
+		return true;
+	}
+	return false;
+}
+
+static const char *lineage_name(struct pg_sess *s, uint32_t oid, int16_t att, bool *named)
+{
+	for (int i = 0; i < s->ncols; i++)
+		if (s->cols[i].oid == oid && s->cols[i].att == att) {
+			*named = s->cols[i].named;
+			return s->cols[i].name;
+		}
+	*named = false;
+	return NULL;
+}
+
+/* A plan for a RowDescription; NULL when nothing in it needs masking. */
+static struct pg_plan *plan_for(struct pg_sess *s, const struct pg_msg *m, const struct pg_portal *portal)
+{
+	static __thread struct pg_field f[PG_FIELDS_MAX];
+	struct pg_plan *p;
+	char names[512] = "";
+	size_t nl = 0;
+	int n;
+	bool any = false;
+
+	if (!s->mask_active || pg_parse_rowdesc(m, f, PG_FIELDS_MAX, &n) != 0)
+		return NULL;
+	p = calloc(1, sizeof(*p));
+	if (!p || !(p->how = calloc(n ? n : 1, 1)) || !(p->binary = calloc(n ? n : 1, 1))) {
+		if (p)
+			free(p->how);
+		free(p);
+		return NULL;
+	}
+	p->ncols = (int16_t)n;
+	for (int i = 0; i < n; i++) {
+		bool named = false;
+		const char *nm = f[i].table_oid ? lineage_name(s, f[i].table_oid, f[i].attnum, &named) : NULL;
+		int fmt = f[i].format;   /* Describe 'P' and simple Query: the real formats */
+
+		p->binary[i] = (uint8_t)fmt;
+		bool json = f[i].type_oid == 114 || f[i].type_oid == 3802;
+
+		if (named) {
+			p->how[i] = json ? COL_NAMED_JSON : textlike_type(f[i].type_oid) ? COL_NAMED : COL_NULL;
+			if (json && fmt == 1 && f[i].type_oid == 114)
+				p->how[i] = COL_NAMED;   /* json binary is its text */
+			nl += snprintf(names + nl, sizeof(names) - nl, "%s%s", nl ? "," : "", nm);
+			if (nl >= sizeof(names))
+				nl = sizeof(names) - 1;
+			any = true;
+		} else if (mask_has_detectors(s->mask) && textlike_type(f[i].type_oid)) {
+			p->how[i] = COL_SCAN;
+			any = true;
+		} else if (mask_has_detectors(s->mask) && fmt == 0) {
+			p->how[i] = COL_SCAN_NULL;
+			any = true;
+		}
+		/* binary non-text values of unnamed columns: opaque to detectors */
+	}
+	if (!any) {
+		plan_free(p);
+		return NULL;
+	}
+	if (nl)
+		p->names = strdup(names);
+	return p;
+}
+
+/* Rewrites one DataRow by plan into s->out. 0, or -EBADMSG. */
+static int mask_row(struct pg_sess *s, const struct pg_msg *m, struct pg_plan *plan)
+{
+	struct pg_datarow d;
+	const uint8_t *v;
+	int32_t vl;
+	int rc, i = 0;
+	static __thread char *tmp;
+	static __thread size_t tmpcap;
+
+	if (pg_datarow_begin(m, &d) != 0 || d.ncols != plan->ncols)
+		return -EBADMSG;
+	pg_out_begin(&s->out, 'D');
+	pg_out_i16(&s->out, d.ncols);
+	while ((rc = pg_datarow_next(&d, &v, &vl)) == 1) {
+		uint8_t how = plan->how[i++];
+
+		if (vl < 0 || how == COL_PASS) {
+			pg_out_i32(&s->out, vl);
+			if (vl > 0)
+				pg_out_bytes(&s->out, v, (size_t)vl);
+			continue;
+		}
+		if (how == COL_NAMED || how == COL_NAMED_JSON) {
+			bool jsonb_bin = how == COL_NAMED_JSON && plan->binary[i - 1];
+			int32_t l = MASK_TOKEN_LEN + (how == COL_NAMED_JSON ? 2 : 0) + (jsonb_bin ? 1 : 0);
+
+			pg_out_i32(&s->out, l);
+			if (jsonb_bin)
+				pg_out_u8(&s->out, 1);
+			if (how == COL_NAMED_JSON)
+				pg_out_u8(&s->out, '"');
+			pg_out_bytes(&s->out, MASK_TOKEN, MASK_TOKEN_LEN);
+			if (how == COL_NAMED_JSON)
+				pg_out_u8(&s->out, '"');
+			plan->hits++;
+			continue;
+		}
+		if (how == COL_NULL || (how == COL_SCAN_NULL && mask_value_matches(s->mask, (const char *)v,
+										   (size_t)vl))) {
+			pg_out_i32(&s->out, -1);
+			plan->hits++;
+			continue;
+		}
+		if (how == COL_SCAN_NULL) {
+			pg_out_i32(&s->out, vl);
+			pg_out_bytes(&s->out, v, (size_t)vl);
+			continue;
+		}
+		size_t need = mask_value_bound((size_t)vl), n;
+		if (need > tmpcap) {
+			char *t = realloc(tmp, need);
+
+			if (!t)
+				return -ENOMEM;
+			tmp = t;
+			tmpcap = need;
+		}
+		n = mask_value(s->mask, (const char *)v, (size_t)vl, tmp, tmpcap, &plan->hits);
+		if (n == (size_t)-1)
+			return -ENOMEM;
+		pg_out_i32(&s->out, (int32_t)n);
+		pg_out_bytes(&s->out, tmp, n);
+	}
+	if (rc != 0)
+		return -EBADMSG;
+	pg_out_end(&s->out);
+	return s->out.overflow ? -ENOBUFS : 0;
+}
+
+/* ErrorResponse / NoticeResponse with every field value content-masked. */
+static int mask_fields(struct pg_sess *s, const struct pg_msg *m)
+{
+	struct pg_rd r;
+	const char *v;
+	uint32_t vl;
+	char code;
+	int rc;
+	char buf[4096 * MASK_TOKEN_LEN + MASK_TOKEN_LEN];
+
+	pg_rd_init(&r, m);
+	pg_out_begin(&s->out, m->type);
+	while ((rc = pg_fields_next(&r, &code, &v, &vl)) == 1) {
+		size_t n;
+
+		if (vl > 4096)
+			vl = 4096;   /* a huge message is cut rather than masked in pieces */
+		n = mask_value(s->mask, v, vl, buf, sizeof(buf), NULL);
+		if (n == (size_t)-1)
+			return -ENOMEM;
+		pg_out_u8(&s->out, (uint8_t)code);
+		pg_out_bytes(&s->out, buf, n);
+		pg_out_u8(&s->out, 0);
+	}
+	if (rc != 0)
+		return -EBADMSG;
+	pg_out_u8(&s->out, 0);
+	pg_out_end(&s->out);
+	return 0;
+}
+
+static int mask_notification(struct pg_sess *s, const struct pg_msg *m)
+{
+	uint32_t pid;
+	const char *ch, *pl;
+	size_t n, len;
+	char *buf;
+
+	if (pg_parse_notification(m, &pid, &ch, &pl) != 0)
+		return -EBADMSG;
+	len = strlen(pl);
+	buf = malloc(mask_value_bound(len));
+	if (!buf)
+		return -ENOMEM;
+	n = mask_value(s->mask, pl, len, buf, mask_value_bound(len), NULL);
+	pg_out_begin(&s->out, 'A');
+	pg_out_i32(&s->out, (int32_t)pid);
+	pg_out_str(&s->out, ch);
+	pg_out_bytes(&s->out, buf, n);
+	pg_out_u8(&s->out, 0);
+	pg_out_end(&s->out);
+	free(buf);
+	return 0;
+}
+#endif
+
+/* ---- the agent's startup ---------------------------------------------------------------- */
+
+static bool printable(const char *v, size_t max)
+{
+	size_t n = strlen(v);
+
+	if (n > max)
+		return false;
+	for (; *v; v++)
+		if ((uint8_t)*v < 0x20 || (uint8_t)*v > 0x7e)
+			return false;
+	return true;
+}
+
+/*
+ * Startup parameters: NULL when acceptable (kept in s), else the reason the
+ * connection is refused.
+ */
+static const char *check_startup(struct conn *c, const struct pg_startup *su, char *why, size_t whylen)
+{
+	struct pg_sess *s = S(c);
+	const char *user = pg_startup_get(su, "user"), *db = pg_startup_get(su, "database");
+
+	if (su->version != PG_PROTO_3_0)
+		s->negotiate = true;   /* a newer minor: we answer NegotiateProtocolVersion 3.0 */
+	if (!user || !*user)
+		return "the startup packet names no user";
+	snprintf(s->user, sizeof(s->user), "%s", user);
+	if (db && *db && strcmp(db, pinned_db(c)) != 0 && strcmp(db, user) != 0) {
+		snprintf(why, whylen, "database \"%s\" is not this target's database", db);
+		return why;
+	}
+	for (int i = 0; i < su->nparams; i++) {
+		const char *n = su->name[i], *v = su->value[i];
+
+		if (!strcmp(n, "user") || !strcmp(n, "database"))
+			continue;
+		if (!strncmp(n, "_pq_.", 5)) {
+			/* protocol extensions: unsupported, reported in 'v' */
+			s->negotiate_opts[s->nnegotiate++] = n;
+			s->negotiate = true;
+			continue;
+		}
+		if (!strcmp(n, "client_encoding")) {
+			/* replaced by UTF8 whatever it says: the server reports UTF8
+			 * back in ParameterStatus and the client follows (SJIS would
+			 * open a parser differential, notes D2) */
+			continue;
+		}
+		if (!strcmp(n, "application_name")) {
+			if (printable(v, PG_APPNAME_MAX))
+				snprintf(s->appname, sizeof(s->appname), "%s", v);
+			continue;
+		}
+		if (!strcasecmp(n, "DateStyle") && printable(v, sizeof(s->datestyle) - 1)) {
+			snprintf(s->datestyle, sizeof(s->datestyle), "%s", v);
+			continue;
+		}
+		if (!strcasecmp(n, "TimeZone") && printable(v, sizeof(s->timezone) - 1)) {
+			snprintf(s->timezone, sizeof(s->timezone), "%s", v);
+			continue;
+		}
+		if (!strcmp(n, "extra_float_digits") && printable(v, sizeof(s->extra_float) - 1)) {
+			snprintf(s->extra_float, sizeof(s->extra_float), "%s", v);
+			continue;
+		}
+		if (!strcasecmp(n, "IntervalStyle") && printable(v, sizeof(s->intervalstyle) - 1)) {
+			snprintf(s->intervalstyle, sizeof(s->intervalstyle), "%s", v);
+			continue;
+		}
+		if (!strcmp(n, "standard_conforming_strings") && !strcmp(v, "on"))
+			continue;
+		/* options (-c anything), replication (walsender grammar), search_path,
+		 * role, session_authorization, default_transaction_read_only, and
+		 * every other setting: refused */
+		snprintf(why, whylen, "startup parameter \"%.64s\" is not allowed", n);
+		return why;
+	}
+	return NULL;
+}
+
+static int start_upstream(struct conn *c);
+
+static int refuse_startup(struct conn *c, const char *why)
+{
+	if (!enforcer_should_refuse(c, why)) {
+		/* observe mode: recorded, and the session goes on without the
+		 * refused parameter (it is never sent upstream) */
+		return 1;
+	}
+	audit_refuse(c, why);
+	return fatal(c, "42501", "agentgate: denied: %s", why);
+}
+
+static int agent_cancel(struct conn *c, const struct pg_startup *su)
+{
+	struct pg_sess *s = S(c);
+	struct cancel_ent e;
+
+	s->phase = PH_DONE;
+	if (!cancel_find(su->pid, su->key, &e) || e.agent_idx != c->agent_idx || e.target_idx != c->target_idx) {
+		/* PostgreSQL answers nothing to a cancel with an unknown key */
+		snprintf(c->why, sizeof(c->why), "cancel request with a key this agent was not issued");
+		audit_refuse(c, c->why);
+		conn_finish(c);
+		return 0;
+	}
+	s->cancel = e;
+	s->is_cancel = true;
+	s->phase = PH_UP_CONNECT;
+	/* the session's own upstream, whatever address this connection dialled */
+	memcpy(c->pair.orig_addr, e.addr, 16);
+	c->pair.orig_port = e.port;
+	audit_conn(c, true, "cancel request forwarded");
+	return conn_connect_upstream(c);
+}
+
+static int agent_startup(struct conn *c)
+{
+	struct pg_sess *s = S(c);
+	struct pg_startup su;
+	const uint8_t *in;
+	uint32_t len;
+	char why[200];
+	const char *bad;
+	int n;
+
+	for (;;) {
+		in = conn_in(c, SIDE_AGENT, &len);
+		if (!len)
+			return conn_in_eof(c, SIDE_AGENT) ? -ECONNRESET : 0;
+		if (in[0] == 0x16) {
+			/* PG 17 direct TLS (sslnegotiation=direct): not offered */
+			audit_refuse(c, "direct TLS negotiation is not supported");
+			conn_finish(c);
+			s->phase = PH_DONE;
+			return 0;
+		}
+		n = pg_startup_frame(in, len, &su);
+		if (n == 0)
+			return conn_in_eof(c, SIDE_AGENT) ? -ECONNRESET : 0;
+		if (n < 0) {
+			audit_refuse(c, "malformed startup packet");
+			return fatal(c, "08P01", "agentgate: malformed startup packet");
+		}
+		switch (su.kind) {
+		case PG_SU_SSL: {
+			SSL *ssl = NULL;
+			char name[64];
+
+			if (s->ssl_asked || s->agent_tls)
+				return fatal(c, "08P01", "agentgate: a second SSLRequest");
+			s->ssl_asked = true;
+			conn_in_consume(c, SIDE_AGENT, (uint32_t)n);
+			if (len > (uint32_t)n) {
+				/* bytes after SSLRequest before our answer: CVE-2021-23214 */
+				audit_refuse(c, "bytes sent after SSLRequest before the TLS handshake");
+				conn_finish(c);
+				s->phase = PH_DONE;
+				return 0;
+			}
+			if (target(c)->addr.kind == ADDR_HOST)
+				snprintf(name, sizeof(name), "%s", target(c)->addr.host);
+			else
+				addr_str(c->pair.orig_addr, name, sizeof(name));
+			ssl = local_ca_server_ssl(name);   /* NULL without a local CA: 'N' */
+			if (conn_send(c, SIDE_AGENT, ssl ? "S" : "N", 1))
+				return -ENOBUFS;
+			if (ssl) {
+				int err = conn_tls(c, SIDE_AGENT, ssl, true);
+
+				if (err)
+					return err;
+				s->agent_tls = true;
+				return 0;   /* the startup packet comes over TLS */
+			}
+			continue;
+		}
+		case PG_SU_GSSENC:
+			if (s->gss_asked)
+				return fatal(c, "08P01", "agentgate: a second GSSENCRequest");
+			s->gss_asked = true;
+			conn_in_consume(c, SIDE_AGENT, (uint32_t)n);
+			if (conn_send(c, SIDE_AGENT, "N", 1))
+				return -ENOBUFS;
+			continue;
+		case PG_SU_CANCEL:
+			conn_in_consume(c, SIDE_AGENT, (uint32_t)n);
+			return agent_cancel(c, &su);
+		case PG_SU_STARTUP:
+			break;
+		}
+		bad = check_startup(c, &su, why, sizeof(why));
+		if (bad && refuse_startup(c, bad) == 0)
+			return 0;
+		/* keep what we need from the packet before it is consumed */
+		if (s->nnegotiate) {
+			size_t tot = 0, off = 0;
+
+			for (int i = 0; i < s->nnegotiate; i++)
+				tot += strlen(s->negotiate_opts[i]) + 1;
+			s->negotiate_buf = malloc(tot);
+			if (!s->negotiate_buf)
+				return -ENOMEM;
+			for (int i = 0; i < s->nnegotiate; i++) {
+				size_t l = strlen(s->negotiate_opts[i]) + 1;
+
+				memcpy(s->negotiate_buf + off, s->negotiate_opts[i], l);
+				s->negotiate_opts[i] = s->negotiate_buf + off;
+				off += l;
+			}
+		}
+		conn_in_consume(c, SIDE_AGENT, (uint32_t)n);
+		return start_upstream(c);
+	}
+}
+
+/* ---- upstream: TLS, startup, authentication --------------------------------------------- */
+
+static const char *tls_mode(struct conn *c)
+{
+	const char *m = target(c)->upstream.tls;
+
+	return m ? m : "disable";
+}
+
+static SSL *upstream_ssl(struct conn *c, char *why, size_t whylen)
+{
+	const struct policy_target *t = target(c);
+	const struct policy_upstream *u = &t->upstream;
+	bool verify = strcmp(tls_mode(c), "verify-full") == 0;
+	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+	SSL *ssl = NULL;
+	char host[256];
+	uint8_t bin[16];
+
+	if (!ctx) {
+		snprintf(why, whylen, "TLS context");
+		return NULL;
+	}
+	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	/* Verification is checked by us once the handshake is done
+	 * (up_tls_verified), not by failing the handshake inside conn.c: that
+	 * way the agent gets an error that says why. Nothing is sent to the
+	 * server before the check passes. */
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+	if (verify) {
+		if (u->ca_file ? SSL_CTX_load_verify_locations(ctx, u->ca_file, NULL) != 1
+			       : SSL_CTX_set_default_verify_paths(ctx) != 1) {
+			snprintf(why, whylen, "cannot load CA file '%s'", u->ca_file ? u->ca_file : "(system)");
+			goto fail;
+		}
+	}
+	if (u->cert_file && (SSL_CTX_use_certificate_chain_file(ctx, u->cert_file) != 1 ||
+			     SSL_CTX_use_PrivateKey_file(ctx, u->key_file, SSL_FILETYPE_PEM) != 1)) {
+		snprintf(why, whylen, "cannot load client certificate '%s'", u->cert_file);
+		goto fail;
+	}
+	ssl = SSL_new(ctx);
+	if (!ssl) {
+		snprintf(why, whylen, "TLS session");
+		goto fail;
+	}
+	/* the name to verify: server_name, else the target's host, else the IP dialled */
+	if (u->server_name)
+		snprintf(host, sizeof(host), "%s", u->server_name);
+	else if (u->has_address && u->address.kind == ADDR_HOST)
+		snprintf(host, sizeof(host), "%s", u->address.host);
+	else if (!u->has_address && t->addr.kind == ADDR_HOST)
+		snprintf(host, sizeof(host), "%s", t->addr.host);
+	else
+		addr_str(u->has_address ? u->address.addr : c->pair.orig_addr, host, sizeof(host));
+	if (inet_pton(AF_INET, host, bin) == 1 || inet_pton(AF_INET6, host, bin) == 1) {
+		if (verify && X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host) != 1)
+			goto bad_name;
+	} else {
+		SSL_set_tlsext_host_name(ssl, host);
+		if (verify && SSL_set1_host(ssl, host) != 1)
+			goto bad_name;
+	}
+	SSL_CTX_free(ctx);   /* ssl holds its own reference */
+	return ssl;
+bad_name:
+	snprintf(why, whylen, "cannot check the server name '%s'", host);
+fail:
+	SSL_free(ssl);
+	SSL_CTX_free(ctx);
+	return NULL;
+}
+
+static int send_startup(struct conn *c)
+{
+	struct pg_sess *s = S(c);
+	const struct policy_upstream *u = &target(c)->upstream;
+	const char *names[16], *values[16];
+	char st[24], idle[24];
+	int n = 0;
+
+	if (s->is_cancel) {
+		pg_out_cancel(&s->out, s->cancel.up_pid, s->cancel.up_key);
+		send_out(c, SIDE_UP);
+		conn_shutdown(c, SIDE_UP);
+		s->phase = PH_DONE;
+		conn_finish(c);
+		return 0;
+	}
+#define P(k, v) do { names[n] = (k); values[n] = (v); n++; } while (0)
+	P("user", u->user);
+	P("database", pinned_db(c));
+	P("client_encoding", "UTF8");
+	P("standard_conforming_strings", "on");
+	P("search_path", search_path(c));
+	if (u->statement_timeout_ms) {
+		snprintf(st, sizeof(st), "%u", u->statement_timeout_ms);
+		P("statement_timeout", st);
+	}
+	if (u->idle_in_transaction_timeout_ms) {
+		snprintf(idle, sizeof(idle), "%u", u->idle_in_transaction_timeout_ms);
+		P("idle_in_transaction_session_timeout", idle);
+	}
+	if (s->appname[0])
+		P("application_name", s->appname);
+	if (s->datestyle[0])
+		P("DateStyle", s->datestyle);
+	if (s->timezone[0])
+		P("TimeZone", s->timezone);
+	if (s->extra_float[0])
+		P("extra_float_digits", s->extra_float);
+	if (s->intervalstyle[0])
+		P("IntervalStyle", s->intervalstyle);
+#undef P
+	pg_out_startup(&s->out, names, values, n);
+	s->phase = PH_UP_AUTH;
+	return send_out(c, SIDE_UP);
+}
+
+static int read_password(struct conn *c)
+{
+	struct pg_sess *s = S(c);
+	const char *f = target(c)->upstream.password_file;
+	size_t len = 0;
+
+	if (!f)
+		return 0;
+	s->password = read_file(f, 4096, &len);
+	if (!s->password)
+		return -errno ? -errno : -EIO;
+	while (len && (s->password[len - 1] == '\n' || s->password[len - 1] == '\r'))
+		s->password[--len] = '\0';
+	return 0;
+}
+
+static void wipe_password(struct pg_sess *s)
+{
+	if (s->password) {
+		OPENSSL_cleanse(s->password, strlen(s->password));
+		free(s->password);
+		s->password = NULL;
+	}
+	pg_scram_clear(&s->scram);
+}
+
+static int start_upstream(struct conn *c)
+{
+	struct pg_sess *s = S(c);
+	const struct policy_upstream *u = &target(c)->upstream;
+	int err;
+
+	if (!u->user) {
+		audit_refuse(c, "the target names no upstream user");
+		return fatal(c, "28000", "agentgate: target \"%s\" has no upstream user", target(c)->name);
+	}
+	err = read_password(c);
+	if (err) {
+		audit_refuse(c, "cannot read the target's password_file");
+		return fatal(c, "28000", "agentgate: cannot read the password file of target \"%s\"",
+			     target(c)->name);
+	}
+	s->phase = PH_UP_CONNECT;
+	return conn_connect_upstream(c);
+}
+
+static void pg_upstream_fail(struct conn *c, int err)
+{
+	struct pg_sess *s = S(c);
+
+	if (!s || s->phase == PH_DONE)
+		return;
+	if (s->is_cancel) {
+		s->phase = PH_DONE;
+		conn_finish(c);
+		return;
+	}
+	audit_refuse(c, "upstream unreachable");
+	fatal(c, "08006", "agentgate: upstream %s of target \"%s\" is unreachable: %s", c->upstream_desc,
+	      target(c)->name, strerror(-err));
+}
+
+static int up_connected(struct conn *c)
+{
+	struct pg_sess *s = S(c);
+
+	if (strcmp(tls_mode(c), "disable") == 0)
+		return send_startup(c);
+	pg_out_ssl_request(&s->out);
+	s->phase = PH_UP_SSL;
+	return send_out(c, SIDE_UP);
+}
+
+static int up_ssl_answer(struct conn *c)
+{
+	struct pg_sess *s = S(c);
+	const uint8_t *in;
+	uint32_t len;
+	char why[256];
+	SSL *ssl;
+
+	in = conn_in(c, SIDE_UP, &len);
+	if (!len)
+		return conn_in_eof(c, SIDE_UP) ? fatal(c, "08006", "agentgate: upstream closed during TLS negotiation") : 0;
+	if (in[0] != 'S') {
+		/* 'N' (or an error): TLS is required, so nothing else is sent */
+		conn_in_consume(c, SIDE_UP, len);
+		if (s->is_cancel) {
+			s->phase = PH_DONE;
+			conn_finish(c);
+			return 0;
+		}
+		audit_refuse(c, "upstream refused TLS, which the target requires");
+		return fatal(c, "08001", "agentgate: upstream of target \"%s\" does not accept TLS (tls: %s)",
+			     target(c)->name, tls_mode(c));
+	}
+	if (len > 1) {
+		/* bytes after 'S' before the handshake: CVE-2021-23222 */
+		conn_in_consume(c, SIDE_UP, len);
+		audit_refuse(c, "upstream sent bytes after 'S' before the TLS handshake");
+		return fatal(c, "08P01", "agentgate: upstream sent unencrypted data after agreeing to TLS");
+	}
+	conn_in_consume(c, SIDE_UP, 1);
+	ssl = upstream_ssl(c, why, sizeof(why));
+	if (!ssl) {
+		audit_refuse(c, why);
+		return fatal(c, "08001", "agentgate: upstream TLS for target \"%s\": %s", target(c)->name, why);
+	}
+	s->phase = PH_UP_TLS;
+	return conn_tls(c, SIDE_UP, ssl, false);
+}
+
+/* PasswordMessage (a string: nul), SASLInitialResponse (mech given) or
+ * SASLResponse (neither: the data is the rest of the message). */
+static int send_password_msg(struct conn *c, const void *data, size_t len, const char *mech, bool nul)
+{
+	struct pg_sess *s = S(c);
+
+	pg_out_begin(&s->out, 'p');
+	if (mech) {
+		pg_out_str(&s->out, mech);
+		pg_out_i32(&s->out, (int32_t)len);
+	}
+	pg_out_bytes(&s->out, data, len);
+	if (nul)
+		pg_out_u8(&s->out, 0);
+	pg_out_end(&s->out);
+	return send_out(c, SIDE_UP);
+}
+
+static int auth_fail(struct conn *c, const char *what)
+{
+	wipe_password(S(c));
+	audit_refuse(c, what);
+	return fatal(c, "28000", "agentgate: upstream authentication for target \"%s\" failed: %s",
+		     target(c)->name, what);
+}
+
+static int up_auth(struct conn *c, const struct pg_msg *m)
+{
+	struct pg_sess *s = S(c);
+	const uint8_t *d;
+	uint32_t dl;
+	int32_t code;
+	char buf[600];
+	size_t bl;
+	int err;
+
+	if (pg_parse_auth(m, &code, &d, &dl))
+		return auth_fail(c, "malformed authentication request");
+	switch (code) {
+	case 0:
+		wipe_password(s);
+		if (s->scram.state != 0 && s->scram.state != 3)
+			return auth_fail(c, "the server skipped the SCRAM server signature");
+		s->phase = PH_UP_PARAMS;
+		if (s->negotiate) {
+			pg_out_negotiate(&s->out, s->negotiate_opts, s->nnegotiate);
+		}
+		pg_out_auth_ok(&s->out);
+		return send_out(c, SIDE_AGENT);
+	case 3:
+		if (!s->password)
+			return auth_fail(c, "the server asks for a password and the target has no password_file");
+		return send_password_msg(c, s->password, strlen(s->password), NULL, true);
+	case 5: {
+		char md5[36];
+
+		if (dl != 4)
+			return auth_fail(c, "malformed md5 request");
+		if (!s->password)
+			return auth_fail(c, "the server asks for a password and the target has no password_file");
+		if (pg_md5_password(target(c)->upstream.user, s->password, d, md5))
+			return auth_fail(c, "md5");
+		err = send_password_msg(c, md5, 35, NULL, true);
+		OPENSSL_cleanse(md5, sizeof(md5));
+		return err;
+	}
+	case 10: {
+		bool scram = false;
+
+		/* a list of mechanism names, each NUL-terminated, then a NUL */
+		for (uint32_t i = 0; i < dl && d[i];) {
+			const uint8_t *nul = memchr(d + i, 0, dl - i);
+
+			if (!nul)
+				break;
+			if (strcmp((const char *)d + i, "SCRAM-SHA-256") == 0)
+				scram = true;
+			i = (uint32_t)(nul - d) + 1;
+		}
+		if (!scram)
+			return auth_fail(c, "the server offers no SCRAM-SHA-256");
+		if (!s->password)
+			return auth_fail(c, "the server asks for a password and the target has no password_file");
+		if (pg_scram_first(&s->scram, buf, sizeof(buf), &bl))
+			return auth_fail(c, "SCRAM");
+		return send_password_msg(c, buf, bl, "SCRAM-SHA-256", false);
+	}
+	case 11:
+		err = pg_scram_final(&s->scram, s->password, d, dl, buf, sizeof(buf), &bl);
+		if (err == -EINVAL)
+			return auth_fail(c, "the password must be printable ASCII");
+		if (err)
+			return auth_fail(c, err == -ERANGE ? "SCRAM iteration count out of bounds"
+							   : "bad SCRAM server-first-message");
+		err = send_password_msg(c, buf, bl, NULL, false);
+		OPENSSL_cleanse(buf, sizeof(buf));
+		return err;
+	case 12:
+		if (pg_scram_verify(&s->scram, d, dl))
+			return auth_fail(c, "the server's SCRAM signature is wrong (not the real server?)");
+		return 0;
+	default:
+		snprintf(buf, sizeof(buf), "unsupported authentication method %d", code);
+		return auth_fail(c, buf);
+	}
+}
+
+/* Ends the session if the server reports a setting that would let SQL parse
+ * differently from how we judged it (notes D1, D2). */
+static bool param_ok(const char *name, const char *value)
+{
+	if (!strcmp(name, "standard_conforming_strings"))
+		return !strcmp(value, "on");
+	if (!strcmp(name, "client_encoding"))
+		return !strcmp(value, "UTF8");
+	return true;
+}
+
+/* ---- masked-column catalog lookup ------------------------------------------------------- */
+
+#ifdef HAVE_MASK
+/* Appends s as a SQL string literal (standard_conforming_strings is on). */
+static void lit(char *buf, size_t cap, size_t *n, const char *s)
+{
+	*n += snprintf(buf + *n, *n < cap ? cap - *n : 0, "'");
+	for (; *s && *n + 3 < cap; s++) {
+		if (*s == '\'')
+			buf[(*n)++] = '\'';
+		buf[(*n)++] = *s;
+	}
+	*n += snprintf(buf + *n, *n < cap ? cap - *n : 0, "'");
+}
+
+/* The catalog query for every table a mask column names; false when none. */
+static bool catalog_query(struct conn *c, char *sql, size_t cap)
+{
+	const struct policy_rule *rules[ENFORCER_MAX_RULES];
+	size_t nr = enforcer_rules_for(c->agent_idx, c->target_idx, rules, ENFORCER_MAX_RULES), n;
+	int ntab = 0;
+
+	if (nr > ENFORCER_MAX_RULES)
+		nr = ENFORCER_MAX_RULES;
+	n = (size_t)snprintf(sql, cap,
+		"SELECT c.oid, a.attnum, n.nspname || '.' || c.relname || '.' || a.attname "
+		"FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
+		"JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+		"WHERE a.attnum > 0 AND NOT a.attisdropped AND (n.nspname, c.relname) IN (");
+	for (size_t r = 0; r < nr; r++) {
+		const struct policy_strv *cols = &rules[r]->mask.columns;
+
+		for (size_t i = 0; i < cols->n; i++) {
+			char schema[128], table[128];
+			const char *d1 = strchr(cols->v[i], '.'), *d2 = d1 ? strchr(d1 + 1, '.') : NULL;
+
+			if (!d2 || d1 - cols->v[i] >= (long)sizeof(schema) || d2 - d1 - 1 >= (long)sizeof(table))
+				continue;
+			memcpy(schema, cols->v[i], (size_t)(d1 - cols->v[i]));
+			schema[d1 - cols->v[i]] = '\0';
+			memcpy(table, d1 + 1, (size_t)(d2 - d1 - 1));
+			table[d2 - d1 - 1] = '\0';
+			n += (size_t)snprintf(sql + n, n < cap ? cap - n : 0, "%s(", ntab ? "," : "");
+			lit(sql, cap, &n, schema);
+			n += (size_t)snprintf(sql + n, n < cap ? cap - n : 0, ",");
+			lit(sql, cap, &n, table);
+			n += (size_t)snprintf(sql + n, n < cap ? cap - n : 0, ")");
+			ntab++;
+		}
+	}
+	n += (size_t)snprintf(sql + n, n < cap ? cap - n : 0, ")");
+	return ntab > 0 && n < cap;
+}
+
+static int catalog_row(struct pg_sess *s, const struct pg_msg *m)
+{
+	struct pg_datarow d;
+	const uint8_t *v[3];
+	int32_t vl[3];
+	char oid[16], att[8];
+
+	if (pg_datarow_begin(m, &d) || d.ncols != 3)
+		return -EBADMSG;
+	for (int i = 0; i < 3; i++)
+		if (pg_datarow_next(&d, &v[i], &vl[i]) != 1 || vl[i] <= 0 || vl[i] >= 96)
+			return -EBADMSG;
+	if (s->ncols == s->capcols) {
+		int nc = s->capcols ? s->capcols * 2 : 16;
+		void *p = nc <= 65536 ? realloc(s->cols, (size_t)nc * sizeof(*s->cols)) : NULL;
+
+		if (!p)
+			return -ENOMEM;
+		s->cols = p;
+		s->capcols = nc;
+	}
+	memcpy(oid, v[0], (size_t)(vl[0] < 15 ? vl[0] : 15));
+	oid[vl[0] < 15 ? vl[0] : 15] = '\0';
+	memcpy(att, v[1], (size_t)(vl[1] < 7 ? vl[1] : 7));
+	att[vl[1] < 7 ? vl[1] : 7] = '\0';
+	s->cols[s->ncols].oid = (uint32_t)strtoul(oid, NULL, 10);
+	s->cols[s->ncols].att = (int16_t)strtol(att, NULL, 10);
+	memcpy(s->cols[s->ncols].name, v[2], (size_t)vl[2]);
+	s->cols[s->ncols].name[vl[2]] = '\0';
+	{
+		/* named when the policy names exactly schema.table.column */
+		char *nm = s->cols[s->ncols].name, *d1 = strchr(nm, '.'), *d2 = d1 ? strchr(d1 + 1, '.') : NULL;
+
+		if (d2) {
+			*d1 = *d2 = '\0';
+			s->cols[s->ncols].named = mask_column_named(s->mask, nm, d1 + 1, d2 + 1);
+			*d1 = *d2 = '.';
+		}
+	}
+	s->ncols++;
+	return 0;
+}
+#endif
+
+static int session_ready(struct conn *c, char status)
+{
+	struct pg_sess *s = S(c);
+
+	s->phase = PH_READY;
+	s->tx = status;
+	pg_out_ready(&s->out, status);
+	if (send_out(c, SIDE_AGENT))
+		return -ENOBUFS;
+	audit_conn(c, true, c->would_deny ? c->deny_reason : NULL);
+	return 0;
+}
+
+static int up_params(struct conn *c, const struct pg_msg *m)
+{
+	struct pg_sess *s = S(c);
+	const char *n, *v;
+	char st;
+
+	switch (m->type) {
+	case 'S':
+		if (pg_parse_param_status(m, &n, &v))
+			return -EBADMSG;
+		if (!param_ok(n, v))
+			return fatal(c, "08P01", "agentgate: the server reports %s = %s, which is not allowed", n, v);
+		return conn_send(c, SIDE_AGENT, m->body - 5, m->len + 5);
+	case 'K': {
+		struct cancel_ent e = { .agent_idx = c->agent_idx, .target_idx = c->target_idx,
+					.port = c->pair.orig_port };
+
+		if (pg_parse_key(m, &e.up_pid, &e.up_key))
+			return -EBADMSG;
+		memcpy(e.addr, c->pair.orig_addr, 16);
+		if (s->cancel_registered)
+			return 0;
+		if (cancel_add(&e, &s->our_pid, &s->our_key) == 0) {
+			s->cancel_registered = true;
+			pg_out_key(&s->out, s->our_pid, s->our_key);
+			return send_out(c, SIDE_AGENT);
+		}
+		return 0;   /* no key: the agent cannot cancel, as with a server that sends none */
+	}
+	case 'N':
+		return conn_send(c, SIDE_AGENT, m->body - 5, m->len + 5);
+	case 'E':
+		return fatal(c, pg_fields_get(m, 'C') ? pg_fields_get(m, 'C') : "08006",
+			     "agentgate: upstream error at session start: %s",
+			     pg_fields_get(m, 'M') ? pg_fields_get(m, 'M') : "(no message)");
+	case 'Z':
+		if (pg_parse_ready(m, &st))
+			return -EBADMSG;
+#ifdef HAVE_MASK
+		if (s->mask_active) {
+			char sql[8192];
+
+			if (catalog_query(c, sql, sizeof(sql))) {
+				pg_out_query(&s->out, sql);
+				s->phase = PH_UP_CATALOG;
+				return send_out(c, SIDE_UP);
+			}
+		}
+#endif
+		return session_ready(c, st);
+	default:
+		return fatal(c, "08P01", "agentgate: unexpected message '%c' from the server at session start",
+			     m->type);
+	}
+}
+
+#ifdef HAVE_MASK
+static int up_catalog(struct conn *c, const struct pg_msg *m)
+{
+	struct pg_sess *s = S(c);
+	char st;
+
+	switch (m->type) {
+	case 'T': case 'C': case 'N': case 'S':
+		return 0;
+	case 'D':
+		return catalog_row(s, m) ? fatal(c, "XX000", "agentgate: cannot read the catalog for masking") : 0;
+	case 'E':
+		return fatal(c, "XX000", "agentgate: the catalog query for masked columns failed: %s",
+			     pg_fields_get(m, 'M') ? pg_fields_get(m, 'M') : "");
+	case 'Z':
+		if (pg_parse_ready(m, &st))
+			return -EBADMSG;
+		return session_ready(c, st);
+	}
+	return fatal(c, "08P01", "agentgate: unexpected message '%c' during the catalog query", m->type);
+}
+#endif
+
+/* ---- the session: agent -> server ------------------------------------------------------ */
+
+/* Sends a stand-in for a denied message and queues what the agent will be told. */
+static int standin(struct conn *c, bool simple, const char *stmt_name, const char *why,
+		   struct pg_judged *j, const char *proto)
+{
+	struct pg_sess *s = S(c);
+	struct pg_pend *p = pend_push(s, simple ? 'Q' : 'P');
+
+	if (!p) {
+		judged_put(j);
+		return fatal(c, "54000", "agentgate: too many requests in flight");
+	}
+	p->standin = true;
+	p->j = j;
+	p->deny = strdup(why);
+	if (!p->deny)
+		return -ENOMEM;
+	if (simple) {
+		pg_out_query(&s->out, PG_DENY_TEXT);
+		s->syncs++;
+	} else {
+		pg_out_parse(&s->out, stmt_name, PG_DENY_TEXT);
+		s->skip_to_sync = true;
+	}
+	audit_stmt(c, j, proto, false, false, why, NULL, NULL);
+	return send_out(c, SIDE_UP);
+}
+
+/* Forwards msg bytes to the server. */
+static int fwd(struct conn *c, const struct pg_msg *m)
+{
+	return conn_send(c, SIDE_UP, m->body - 5, m->len + 5);
+}
+
+static int fe_query(struct conn *c, const struct pg_msg *m)
+{
+	struct pg_sess *s = S(c);
+	const char *sql;
+	uint32_t len;
+	char why[300];
+	struct pg_judged *j;
+	struct pg_pend *p;
+	void *prev;
+
+	if (pg_parse_query(m, &sql, &len))
+		return fatal(c, "08P01", "agentgate: malformed Query message");
+	j = judge(c, sql, len, why, sizeof(why));
+	if (!j || (!j->allowed && enforcer_should_refuse(c, why)))
+		return standin(c, true, NULL, why, j, "simple");
+	/* a simple Query drops the unnamed statement (exec_simple_query) */
+	p = pend_push(s, 'Q');
+	if (!p) {
+		judged_put(j);
+		return fatal(c, "54000", "agentgate: too many requests in flight");
+	}
+	p->j = j;
+	if (!j->allowed) {
+		free(p->deny);
+		p->deny = strdup(why);   /* observe mode: audited as would-deny */
+	}
+	prev = map_set(&s->stmts, "", NULL, NULL);
+	if (prev) {
+		p->undo = UNDO_STMT;
+		p->undo_name = strdup("");
+		p->undo_prev = prev;
+	}
+	prev = map_set(&s->portals, "", NULL, NULL);
+	if (prev)
+		portal_put(prev);
+	s->syncs++;
+	return fwd(c, m);
+}
+
+static int fe_parse(struct conn *c, const struct pg_msg *m)
+{
+	struct pg_sess *s = S(c);
+	struct pg_parse pp;
+	char why[300];
+	struct pg_judged *j;
+	struct pg_pend *p;
+	void *prev;
+	bool full;
+
+	if (pg_parse_parse(m, &pp))
+		return fatal(c, "08P01", "agentgate: malformed Parse message");
+	/* A name in use is the server's to refuse (42P05): in a pipeline an
+	 * earlier failure may have made the server skip the Parse that we saw
+	 * creating it. The table follows the server's answer (server_skipped). */
+	j = judge(c, pp.query, pp.query_len, why, sizeof(why));
+	if (!j || (!j->allowed && enforcer_should_refuse(c, why))) {
+		/* the agent's own name: a failing Parse("") drops the unnamed
+		 * statement on the server, and so does ours; a failing named
+		 * Parse leaves an existing statement of that name alone */
+		if (!pp.name[0] && (prev = map_set(&s->stmts, "", NULL, NULL)))
+			judged_put(prev);
+		return standin(c, false, pp.name, why, j, "extended");
+	}
+	prev = map_set(&s->stmts, pp.name, j, &full);
+	if (full) {
+		judged_put(j);
+		return standin(c, false, PG_DENY_NAME, "too many prepared statements in this session", NULL,
+			       "extended");
+	}
+	p = pend_push(s, 'P');
+	if (!p) {
+		judged_put(map_set(&s->stmts, pp.name, prev, NULL));
+		return fatal(c, "54000", "agentgate: too many requests in flight");
+	}
+	p->undo = UNDO_STMT;
+	p->undo_name = strdup(pp.name);
+	p->undo_prev = prev;
+	p->j = judged_get(j);
+	if (!j->allowed)
+		p->deny = strdup(why);
+	return fwd(c, m);
+}
+
+static int fe_bind(struct conn *c, const struct pg_msg *m)
+{
+	struct pg_sess *s = S(c);
+	struct pg_bind b;
+	struct pg_judged *j;
+	struct pg_portal *po;
+	struct pg_pend *p;
+	char why[200];
+	void *prev;
+	bool full;
+
+	if (pg_parse_bind(m, &b))
+		return fatal(c, "08P01", "agentgate: malformed Bind message");
+	j = map_get(&s->stmts, b.stmt);
+	if (!j) {
+		snprintf(why, sizeof(why), "prepared statement \"%.64s\" was not allowed (or does not exist)", b.stmt);
+		return standin(c, false, PG_DENY_NAME, why, NULL, "extended");
+	}
+	po = calloc(1, sizeof(*po));
+	if (!po)
+		return -ENOMEM;
+	po->refs = 1;
+	po->j = judged_get(j);
+	po->epoch = s->syncs;
+	po->nfmt = b.nresult_formats;
+	if (b.nresult_formats) {
+		po->fmt = malloc((size_t)b.nresult_formats);
+		if (!po->fmt) {
+			portal_put(po);
+			return -ENOMEM;
+		}
+		for (int i = 0; i < b.nresult_formats; i++)
+			po->fmt[i] = b.result_formats[2 * i + 1];
+	}
+	prev = map_set(&s->portals, b.portal, po, &full);
+	if (full) {
+		portal_put(po);
+		return standin(c, false, PG_DENY_NAME, "too many portals in this session", NULL, "extended");
+	}
+	p = pend_push(s, 'B');
+	if (!p) {
+		portal_put(map_set(&s->portals, b.portal, prev, NULL));
+		return fatal(c, "54000", "agentgate: too many requests in flight");
+	}
+	p->undo = UNDO_PORTAL;
+	p->undo_name = strdup(b.portal);
+	p->undo_prev = prev;
+	return fwd(c, m);
+}
+
+static int fe_describe(struct conn *c, const struct pg_msg *m)
+{
+	struct pg_sess *s = S(c);
+	struct pg_pend *p;
+	const char *name;
+	char kind, why[200];
+	void *v;
+
+	if (pg_parse_target(m, &kind, &name))
+		return fatal(c, "08P01", "agentgate: malformed Describe message");
+	v = map_get(kind == 'S' ? &s->stmts : &s->portals, name);
+	if (!v) {
+		snprintf(why, sizeof(why), "%s \"%.64s\" was not allowed (or does not exist)",
+			 kind == 'S' ? "prepared statement" : "portal", name);
+		return standin(c, false, PG_DENY_NAME, why, NULL, "extended");
+	}
+	p = pend_push(s, 'D');
+	if (!p)
+		return fatal(c, "54000", "agentgate: too many requests in flight");
+	p->sub = kind;
+	if (kind == 'P')
+		p->portal = portal_get(v);
+	return fwd(c, m);
+}
+
+static int fe_execute(struct conn *c, const struct pg_msg *m)
+{
+	struct pg_sess *s = S(c);
+	struct pg_portal *po;
+	struct pg_pend *p;
+	const char *name;
+	int32_t maxrows;
+	char why[200];
+
+	if (pg_parse_execute(m, &name, &maxrows))
+		return fatal(c, "08P01", "agentgate: malformed Execute message");
+	po = map_get(&s->portals, name);
+	if (!po) {
+		snprintf(why, sizeof(why), "portal \"%.64s\" was not allowed (or does not exist)", name);
+		return standin(c, false, PG_DENY_NAME, why, NULL, "extended");
+	}
+	p = pend_push(s, 'E');
+	if (!p)
+		return fatal(c, "54000", "agentgate: too many requests in flight");
+	p->portal = portal_get(po);
+	p->j = judged_get(po->j);
+	return fwd(c, m);
+}
+
+static int fe_close(struct conn *c, const struct pg_msg *m)
+{
+	struct pg_sess *s = S(c);
+	struct pg_pend *p;
+	const char *name;
+	char kind;
+
+	if (pg_parse_target(m, &kind, &name))
+		return fatal(c, "08P01", "agentgate: malformed Close message");
+	p = pend_push(s, 'C');
+	if (!p)
+		return fatal(c, "54000", "agentgate: too many requests in flight");
+	p->sub = kind;
+	p->undo = kind == 'S' ? UNDO_STMT : UNDO_PORTAL;
+	p->undo_name = strdup(name);
+	p->undo_prev = map_set(kind == 'S' ? &s->stmts : &s->portals, name, NULL, NULL);
+	return fwd(c, m);
+}
+
+static int fe_sync(struct conn *c, const struct pg_msg *m)
+{
+	struct pg_sess *s = S(c);
+	struct pg_pend *p = pend_push(s, 'S');
+
+	if (!p)
+		return fatal(c, "54000", "agentgate: too many requests in flight");
+	s->skip_to_sync = false;
+	s->syncs++;
+	return fwd(c, m);
+}
+
+/* One frontend message in PH_READY. */
+static int fe_message(struct conn *c, const struct pg_msg *m)
+{
+	struct pg_sess *s = S(c);
+
+	/* The server skips everything but Sync after an extended-protocol
+	 * error: what it would skip never reaches it (a Bind or Execute of a
+	 * denied statement, in particular). */
+	if (s->skip_to_sync && m->type != 'S' && m->type != 'X')
+		return 0;
+	switch (m->type) {
+	case 'Q':
+		return fe_query(c, m);
+	case 'P':
+		return fe_parse(c, m);
+	case 'B':
+		return fe_bind(c, m);
+	case 'D':
+		return fe_describe(c, m);
+	case 'E':
+		return fe_execute(c, m);
+	case 'C':
+		return fe_close(c, m);
+	case 'S':
+		return fe_sync(c, m);
+	case 'H':
+		return fwd(c, m);
+	case 'F': {
+		/* FunctionCall runs any function by OID with no SQL to judge (notes D4) */
+		const char *why = "FunctionCall (fastpath) messages are not allowed";
+		struct pg_pend *p;
+
+		if (enforcer_should_refuse(c, why))
+			return standin(c, true, NULL, why, NULL, "fastpath");
+		audit_stmt(c, NULL, "fastpath", true, true, why, NULL, NULL);
+		if (!(p = pend_push(s, 'Q')))
+			return fatal(c, "54000", "agentgate: too many requests in flight");
+		s->syncs++;
+		return fwd(c, m);
+	}
+	case 'd': case 'c': case 'f':
+		/* COPY data: the server only reads it inside a COPY FROM STDIN that
+		 * was allowed, and ignores it otherwise */
+		return fwd(c, m);
+	case 'X':
+		fwd(c, m);
+		conn_shutdown(c, SIDE_UP);
+		s->phase = PH_DONE;
+		return 0;
+	default:
+		return fatal(c, "08P01", "agentgate: unexpected message type '%c'", m->type);
+	}
+}
+
+static int frame_or_grow(struct conn *c, int side, const uint8_t *in, uint32_t len, struct pg_msg *m)
+{
+	int n = pg_frame(in, len, PG_MSG_MAX, m);
+
+	if (n == 0 && len >= 5) {
+		uint32_t want = pg_frame_size(in, len);
+
+		if (want > CONN_IN_MAX) {
+			int err = conn_in_reserve(c, side, want);
+
+			if (err)
+				return err;
+		}
+	}
+	return n;
+}
+
+static int process_agent(struct conn *c)
+{
+	struct pg_sess *s = S(c);
+	const uint8_t *in;
+	uint32_t len, used = 0;
+	struct pg_msg m;
+	int n, err = 0;
+
+	in = conn_in(c, SIDE_AGENT, &len);
+	while (s->phase == PH_READY && used < len) {
+		if (s->qlen + 2 > PG_PEND_MAX)
+			break;   /* resumed when the server's answers drain the queue */
+		n = frame_or_grow(c, SIDE_AGENT, in + used, len - used, &m);
+		if (n == -EMSGSIZE) {
+			err = fatal(c, "54000", "agentgate: denied: message of %u bytes is larger than allowed",
+				    pg_frame_size(in + used, len - used));
+			break;
+		}
+		if (n < 0) {
+			err = n == -EBADMSG ? fatal(c, "08P01", "agentgate: malformed message") : n;
+			break;
+		}
+		if (n == 0)
+			break;
+		used += (uint32_t)n;
+		err = fe_message(c, &m);
+		if (err)
+			break;
+	}
+	if (used && s->phase != PH_DONE)
+		conn_in_consume(c, SIDE_AGENT, used);
+	if (!err && s->phase == PH_READY && conn_in_eof(c, SIDE_AGENT) && used == len)
+		conn_shutdown(c, SIDE_UP);
+	return err;
+}
+
+/* ---- the session: server -> agent ----------------------------------------------------- */
+
+/* Pops the errored request p and everything the server skips after it up
+ * to the next Sync, undoing their table changes newest first. */
+static void server_skipped(struct pg_sess *s)
+{
+	struct pg_pend *p;
+	uint32_t k = 1;
+
+	while (k < s->qlen && pend_at(s, k)->kind != 'S')
+		k++;
+	for (uint32_t i = k; i-- > 1;)
+		pend_undo(s, pend_at(s, i), true);
+	/* The failed request itself: a failed Parse or Bind creates nothing. A
+	 * named statement or portal that existed stays (42P05/42P03); an unnamed
+	 * one is gone (the server drops it before parsing or binding; for a
+	 * Bind that failed early it may survive, and then we refuse to use it:
+	 * the safe side). */
+	p = pend_at(s, 0);
+	if (p->kind == 'P' || p->kind == 'B')
+		pend_undo(s, p, p->undo_name && p->undo_name[0]);
+	else
+		pend_undo(s, p, true);
+	for (uint32_t i = 0; i < k; i++)
+		pend_pop(s);
+	if (s->qlen == 0)
+		s->skip_to_sync = true;   /* no Sync sent yet: later messages would be skipped too */
+}
+
+static bool portal_live(void *val, void *arg)
+{
+	return ((struct pg_portal *)val)->epoch > *(uint32_t *)arg;
+}
+
+static int be_error(struct conn *c, const struct pg_msg *m, struct pg_pend *p)
+{
+	struct pg_sess *s = S(c);
+	const char *code = pg_fields_get(m, 'C');
+	int err;
+
+	if (p && code)
+		snprintf(p->sqlstate, sizeof(p->sqlstate), "%.5s", code);
+	if (p && p->standin) {
+		pg_out_denied(&s->out, p->deny ? p->deny : "not allowed", p->deny_detail);
+		err = send_out(c, SIDE_AGENT);
+	} else {
+#ifdef HAVE_MASK
+		if (s->mask_active && mask_has_detectors(s->mask)) {
+			err = mask_fields(s, m);
+			if (!err)
+				err = send_out(c, SIDE_AGENT);
+		} else
+#endif
+			err = conn_send(c, SIDE_AGENT, m->body - 5, m->len + 5);
+	}
+	if (!p)
+		return err;
+	p->errored = true;
+	if (p->kind == 'Q' || p->kind == 'S')
+		return err;    /* a Query (or a failing commit at Sync) still ends with 'Z' */
+	if (p->kind == 'E')
+		audit_stmt(c, p->j, "extended", true, p->j && !p->j->allowed, NULL, p, p->portal ? p->portal->plan : NULL);
+	server_skipped(s);
+	return err;
+}
+
+static int be_ready(struct conn *c, const struct pg_msg *m)
+{
+	struct pg_sess *s = S(c);
+	struct pg_pend *p;
+	char st;
+
+	if (pg_parse_ready(m, &st))
+		return -EBADMSG;
+	/* the request it answers: a Sync or a Query (anything before it was
+	 * skipped by the server) */
+	while (s->qlen && (p = pend_at(s, 0))->kind != 'S' && p->kind != 'Q') {
+		pend_undo(s, p, true);
+		pend_pop(s);
+	}
+	if (s->qlen) {
+		p = pend_at(s, 0);
+		if (p->kind == 'Q' && !p->standin)
+			audit_stmt(c, p->j, "simple", true, p->deny != NULL, p->deny, p, s->qplan);
+		if (st == 'I') {
+			uint32_t epoch = p->epoch;
+
+			map_clear(&s->portals, portal_live, &epoch);
+		}
+		pend_pop(s);
+	}
+	plan_free(s->qplan);
+	s->qplan = NULL;
+	s->tx = st;
+	return conn_send(c, SIDE_AGENT, m->body - 5, m->len + 5);
+}
+
+/* Whether a server message of type t can answer pending request p: a
+ * mismatch means our model and the server disagree, and the session ends
+ * rather than attribute rows to the wrong statement. */
+static bool answers(const struct pg_pend *p, char t)
+{
+	switch (t) {
+	case '1':
+		return p->kind == 'P';
+	case '2':
+		return p->kind == 'B';
+	case '3':
+		return p->kind == 'C';
+	case 't':
+		return p->kind == 'D' && p->sub == 'S' && !p->got_paramdesc;
+	case 'n':
+		return p->kind == 'D' && (p->sub == 'P' || p->got_paramdesc);
+	case 'T':
+		return p->kind == 'Q' || (p->kind == 'D' && (p->sub == 'P' || p->got_paramdesc));
+	case 's':
+		return p->kind == 'E';
+	case 'I': case 'C': case 'D': case 'G': case 'H': case 'd': case 'c':
+		return p->kind == 'E' || p->kind == 'Q';
+	case 'V':
+		return p->kind == 'Q';   /* FunctionCallResponse, observe mode only */
+	}
+	return false;
+}
+
+static int be_message(struct conn *c, const struct pg_msg *m)
+{
+	struct pg_sess *s = S(c);
+	struct pg_pend *p = s->qlen ? pend_at(s, 0) : NULL;
+	const char *n, *v;
+	int err = 0;
+
+	switch (m->type) {
+	case 'E':
+		return be_error(c, m, p);
+	case 'Z':
+		return be_ready(c, m);
+	case 'S':
+		if (pg_parse_param_status(m, &n, &v))
+			return -EBADMSG;
+		if (!param_ok(n, v))
+			return fatal(c, "08P01", "agentgate: the server reports %s = %s, which is not allowed", n, v);
+		break;
+	case 'N':
+#ifdef HAVE_MASK
+		if (s->mask_active && mask_has_detectors(s->mask)) {
+			err = mask_fields(s, m);
+			return err ? err : send_out(c, SIDE_AGENT);
+		}
+#endif
+		break;
+	case 'A':
+#ifdef HAVE_MASK
+		if (s->mask_active && mask_has_detectors(s->mask)) {
+			err = mask_notification(s, m);
+			return err ? err : send_out(c, SIDE_AGENT);
+		}
+#endif
+		break;
+	case 'W':
+		return fatal(c, "08P01", "agentgate: replication (CopyBoth) is not allowed");
+	case '1': case '2': case '3': case 'n': case 't': case 'T': case 'I': case 's':
+	case 'C': case 'D': case 'G': case 'H': case 'd': case 'c': case 'V':
+		if (!p || !answers(p, m->type))
+			return fatal(c, "08P01", "agentgate: server message '%c' answers no pending request",
+				     m->type);
+		if (p->standin)
+			return 0;   /* nothing but the error is ever shown for a stand-in */
+		switch (m->type) {
+		case '1': case '2': case '3':
+			if (p->kind == 'P' || p->kind == 'B' || p->kind == 'C')
+				pend_pop(s);
+			break;
+#ifdef HAVE_MASK
+		case 'H':
+			/* COPY TO STDOUT: text rows are scanned by the detectors
+			 * (below); binary COPY cannot be, so it is not let out */
+			if (s->mask_active && mask_has_detectors(s->mask) && m->len >= 1 && m->body[0] != 0)
+				return fatal(c, "42501", "agentgate: denied: binary COPY output cannot be masked");
+			break;
+		case 'd':
+			if (s->mask_active && mask_has_detectors(s->mask)) {
+				size_t cap = mask_value_bound(m->len), n;
+				char *buf = malloc(cap);
+
+				if (!buf)
+					return -ENOMEM;
+				n = mask_value(s->mask, (const char *)m->body, m->len, buf, cap, NULL);
+				pg_out_begin(&s->out, 'd');
+				pg_out_bytes(&s->out, buf, n);
+				pg_out_end(&s->out);
+				free(buf);
+				return send_out(c, SIDE_AGENT);
+			}
+			break;
+#endif
+		case 't':
+			p->got_paramdesc = true;
+			break;
+		case 'T':
+#ifdef HAVE_MASK
+			if (p->kind == 'Q') {
+				plan_free(s->qplan);
+				s->qplan = plan_for(s, m, NULL);
+			} else if (p->kind == 'D' && p->portal) {
+				plan_free(p->portal->plan);
+				p->portal->plan = plan_for(s, m, p->portal);
+			}
+#endif
+			if (p->kind == 'D')
+				pend_pop(s);
+			break;
+		case 'n':
+			if (p->kind == 'D')
+				pend_pop(s);
+			break;
+		case 'D': {
+			struct pg_plan *plan = p->kind == 'Q' ? s->qplan : p->portal ? p->portal->plan : NULL;
+
+			p->rows++;
+#ifdef HAVE_MASK
+			if (plan) {
+				err = mask_row(s, m, plan);
+				if (err)
+					return fatal(c, "XX000", "agentgate: cannot mask a row (%s): result ended",
+						     strerror(-err));
+				return send_out(c, SIDE_AGENT);
+			}
+#endif
+			(void)plan;
+			break;
+		}
+		case 'C': case 'I': case 's':
+			if (m->type == 'C' && pg_parse_command_complete(m, &n) == 0 &&
+			    (!strncmp(n, "DEALLOCATE", 10) || !strncmp(n, "DISCARD", 7))) {
+				/* the server dropped prepared statements; we forget them
+				 * all (a Bind to one we forgot is refused: safe side) */
+				map_clear(&s->stmts, NULL, NULL);
+			}
+			if (p->kind == 'E') {
+				audit_stmt(c, p->j, "extended", true, p->j && !p->j->allowed, NULL, p,
+					   p->portal ? p->portal->plan : NULL);
+				pend_pop(s);
+			}
+			break;
+		}
+		break;
+	default:
+		return fatal(c, "08P01", "agentgate: unexpected server message '%c'", m->type);
+	}
+	(void)err;
+	return conn_send(c, SIDE_AGENT, m->body - 5, m->len + 5);
+}
+
+static int process_upstream(struct conn *c)
+{
+	struct pg_sess *s = S(c);
+	const uint8_t *in;
+	uint32_t len, used = 0;
+	struct pg_msg m;
+	int n, err = 0;
+
+	in = conn_in(c, SIDE_UP, &len);
+	while (used < len && s->phase != PH_DONE) {
+		if (s->phase == PH_UP_SSL)
+			break;
+		n = frame_or_grow(c, SIDE_UP, in + used, len - used, &m);
+		if (n < 0) {
+			err = n == -EMSGSIZE || n == -EBADMSG
+				? fatal(c, "08P01", "agentgate: malformed or oversized message from the server") : n;
+			break;
+		}
+		if (n == 0)
+			break;
+		used += (uint32_t)n;
+		switch (s->phase) {
+		case PH_UP_AUTH:
+			if (m.type == 'R')
+				err = up_auth(c, &m);
+			else if (m.type == 'E')
+				err = auth_fail(c, pg_fields_get(&m, 'M') ? pg_fields_get(&m, 'M') : "server error");
+			else if (m.type == 'v' || m.type == 'N')
+				err = 0;
+			else
+				err = fatal(c, "08P01", "agentgate: unexpected message '%c' during authentication",
+					    m.type);
+			break;
+		case PH_UP_PARAMS:
+			err = up_params(c, &m);
+			break;
+#ifdef HAVE_MASK
+		case PH_UP_CATALOG:
+			err = up_catalog(c, &m);
+			break;
+#endif
+		case PH_READY:
+			err = be_message(c, &m);
+			break;
+		default:
+			err = fatal(c, "08P01", "agentgate: unexpected data from the server");
+			break;
+		}
+		if (err)
+			break;
+	}
+	if (used && s->phase != PH_DONE)
+		conn_in_consume(c, SIDE_UP, used);
+	return err;
+}
+
+/* ---- proto_ops ------------------------------------------------------------------------- */
+
+static int pg_start(struct conn *c)
+{
+	struct pg_sess *s = calloc(1, sizeof(*s));
+
+	if (!s)
+		return -ENOMEM;
+	c->proto_state = s;
+	s->tx = 'I';
+	s->portals.portals = true;
+	pg_out_init(&s->out, PG_MSG_MAX + 1024);
+	/* the verdict cache must not outlive a policy change: key it on the hash */
+	for (int i = 0; i < 16; i++)
+		s->gen = s->gen << 4 | (uint64_t)(c->policy->hash[i] % 16);
+	s->gen |= 1;
+#ifdef HAVE_MASK
+	{
+		const struct policy_rule *rules[ENFORCER_MAX_RULES];
+		const struct policy_mask *masks[ENFORCER_MAX_RULES];
+		size_t nr = enforcer_rules_for(c->agent_idx, c->target_idx, rules, ENFORCER_MAX_RULES);
+		char merr[200];
+
+		if (nr > ENFORCER_MAX_RULES)
+			nr = ENFORCER_MAX_RULES;
+		for (size_t i = 0; i < nr; i++)
+			masks[i] = &rules[i]->mask;
+		s->mask = mask_compile(masks, nr, merr, sizeof(merr));
+		if (!s->mask)
+			return -ENOMEM;   /* fail closed: no session without its masks */
+		s->mask_active = !mask_is_empty(s->mask);
+	}
+#endif
+	return conn_stream(c);
+}
+
+static int pg_on_agent_data(struct conn *c)
+{
+	struct pg_sess *s = S(c);
+
+	switch (s->phase) {
+	case PH_AGENT_STARTUP:
+		return agent_startup(c);
+	case PH_READY:
+		return process_agent(c);
+	case PH_DONE:
+		return 0;
+	default:
+		/* authenticating upstream: the agent waits (anything it pipelined
+		 * stays buffered until the session is ready) */
+		return 0;
+	}
+}
+
+/* verify-full: the chain (CA file) and the name, checked after the handshake. */
+static bool up_tls_verified(struct conn *c, char *why, size_t whylen)
+{
+	SSL *ssl = c->side[SIDE_UP].ssl;
+	X509 *peer;
+	long v;
+
+	if (strcmp(tls_mode(c), "verify-full") != 0)
+		return true;
+	peer = SSL_get1_peer_certificate(ssl);
+	if (!peer) {
+		snprintf(why, whylen, "the server presented no certificate");
+		return false;
+	}
+	X509_free(peer);
+	v = SSL_get_verify_result(ssl);
+	if (v != X509_V_OK) {
+		snprintf(why, whylen, "certificate verify failed: %s", X509_verify_cert_error_string(v));
+		return false;
+	}
+	return true;
+}
+
+static int pg_on_upstream_data(struct conn *c)
+{
+	struct pg_sess *s = S(c);
+	char why[256];
+	int err;
+
+	switch (s->phase) {
+	case PH_UP_CONNECT:
+		/* a cancel goes through the same TLS rules as a session */
+		return up_connected(c);
+	case PH_UP_SSL:
+		return up_ssl_answer(c);
+	case PH_UP_TLS:
+		if (!conn_tls_ready(c, SIDE_UP))
+			return 0;
+		if (!up_tls_verified(c, why, sizeof(why))) {
+			audit_refuse(c, why);
+			return fatal(c, "08001", "agentgate: upstream TLS for target \"%s\": %s", target(c)->name, why);
+		}
+		return send_startup(c);
+	case PH_DONE:
+		return 0;
+	default:
+		break;
+	}
+	err = process_upstream(c);
+	if (!err && s->phase == PH_READY)
+		err = process_agent(c);   /* input held back while the queue was full or before ready */
+	if (!err && s->phase != PH_DONE && conn_in_eof(c, SIDE_UP)) {
+		snprintf(c->why, sizeof(c->why), "the server closed the connection");
+		conn_finish(c);
+		s->phase = PH_DONE;
+	}
+	return err;
+}
+
+static void pg_release(struct conn *c)
+{
+	struct pg_sess *s = c->proto_state;
+
+	if (!s)
+		return;
+	if (s->cancel_registered)
+		cancel_del(s->our_pid);
+	while (s->qlen)
+		pend_pop(s);
+	free(s->q);
+	map_clear(&s->stmts, NULL, NULL);
+	map_clear(&s->portals, NULL, NULL);
+	plan_free(s->qplan);
+	wipe_password(s);
+	pg_out_free(&s->out);
+	free(s->negotiate_buf);
+	free(s->cols);
+#ifdef HAVE_MASK
+	mask_free(s->mask);
+#endif
+	free(s);
+	c->proto_state = NULL;
+}
+
+const struct proto_ops proto_pg_ops = {
+	.name = "postgres",
+	.enforces_rules = true,
+	.start = pg_start,
+	.on_agent_data = pg_on_agent_data,
+	.on_upstream_data = pg_on_upstream_data,
+	.release = pg_release,
+	.on_upstream_fail = pg_upstream_fail,
+};
