@@ -15,6 +15,7 @@
 #include "agentgate_abi.h"
 #include "audit.h"
 #include "audit_chain.h"
+#include "audit_json.h"
 #include "audit_sink.h"
 #include "audit_spool.h"
 #include "recording.h"
@@ -57,8 +58,15 @@ static struct {
 	atomic_bool full;            /* an event did not fit: accepting stays false until room returns */
 	uint64_t resume_room;        /* free bytes that count as "room again" */
 	uint64_t dropped, drop_first_ms, drop_last_ms, drop_after_seq;
-	char *recent[AUDIT_RECENT];
+	char *recent[AUDIT_RECENT];      /* slots keep their memory from event to event */
+	size_t recent_cap[AUDIT_RECENT];
 	int recent_head, recent_n;
+	/* the emit path's reusable parts (under lock): the line being built,
+	 * and metadata / unmapped.policy objects whose values change in place
+	 * instead of being built for every event */
+	struct audit_buf line;
+	json_t *md, *md_uid, *md_seq, *md_prev;
+	json_t *pol;
 	int followers[MAX_FOLLOWERS];
 	int nfollowers;
 	/* tamper evidence (see audit_chain.h) */
@@ -462,7 +470,13 @@ void audit_close(void)
 	for (int i = 0; i < AUDIT_RECENT; i++) {
 		free(A.recent[i]);
 		A.recent[i] = NULL;
+		A.recent_cap[i] = 0;
 	}
+	audit_buf_free(&A.line);
+	json_decref(A.md);
+	A.md = NULL;
+	json_decref(A.pol);
+	A.pol = NULL;
 	A.recent_n = 0;
 	A.seq = 0;
 	A.dropped = 0;
@@ -477,6 +491,8 @@ void audit_set_policy(const struct policy *p)
 	pthread_mutex_lock(&A.lock);
 	snprintf(A.policy_hash, sizeof(A.policy_hash), "%s", p->hash);
 	snprintf(A.policy_path, sizeof(A.policy_path), "%s", p->path ? p->path : "");
+	json_decref(A.pol);   /* rebuilt by the next emit */
+	A.pol = NULL;
 	pthread_mutex_unlock(&A.lock);
 }
 
@@ -538,9 +554,16 @@ static void uuid7(char out[37])
 		b[i] = ms >> (40 - 8 * i);
 	b[6] = 0x70 | (b[6] & 0x0f);
 	b[8] = 0x80 | (b[8] & 0x3f);
-	snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-		 b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12],
-		 b[13], b[14], b[15]);
+	/* 8-4-4-4-12 lowercase hex (not snprintf: this runs for every event) */
+	static const char hexd[] = "0123456789abcdef";
+	char *o = out;
+	for (int i = 0; i < 16; i++) {
+		if (i == 4 || i == 6 || i == 8 || i == 10)
+			*o++ = '-';
+		*o++ = hexd[b[i] >> 4];
+		*o++ = hexd[b[i] & 15];
+	}
+	*o = 0;
 }
 
 void audit_add_agent(json_t *ev, const struct audit_agent *a)
@@ -764,42 +787,95 @@ static void ocsf_required(json_t *ev)
 	}
 }
 
+/* metadata as every event carries it: built once, then uid, sequence and
+ * prev_hash are changed in place (a fresh object costs some thirty
+ * allocations per event). NULL when out of memory. */
+static json_t *metadata_locked(const char *uid, uint64_t seq)
+{
+	if (!A.md) {
+		A.md = json_pack("{s:s, s:s, s:I, s:s, s:s, s:{s:s, s:s, s:s}}", "version",
+				 OCSF_VERSION, "uid", "", "sequence", (json_int_t)0, "prev_hash", "",
+				 "log_name", "agentgate", "product", "name", "agentgate",
+				 "vendor_name", "agentgate", "version", AG_VERSION);
+		if (!A.md)
+			return NULL;
+		A.md_uid = json_object_get(A.md, "uid");
+		A.md_seq = json_object_get(A.md, "sequence");
+		A.md_prev = json_object_get(A.md, "prev_hash");
+	}
+	/* hex digits only: nothing to check */
+	if (json_string_setn_nocheck(A.md_uid, uid, strlen(uid)) ||
+	    json_integer_set(A.md_seq, (json_int_t)seq) ||
+	    json_string_setn_nocheck(A.md_prev, A.last_hash, strlen(A.last_hash)))
+		return NULL;
+	return A.md;
+}
+
+/* The newest line into the ring for `audit tail`; a slot's memory is
+ * reused. Out of memory: the ring misses this one. */
+static void recent_push_locked(const char *line, size_t len)
+{
+	int full = A.recent_n == AUDIT_RECENT;
+	int i = full ? A.recent_head : (A.recent_head + A.recent_n) % AUDIT_RECENT;
+
+	if (A.recent_cap[i] < len + 1) {
+		size_t cap = (len + 1 + 255) & ~(size_t)255;
+		char *p = realloc(A.recent[i], cap);
+
+		if (!p)
+			return;
+		A.recent[i] = p;
+		A.recent_cap[i] = cap;
+	}
+	memcpy(A.recent[i], line, len);
+	A.recent[i][len] = 0;
+	if (full)   /* the newest replaced the oldest */
+		A.recent_head = (A.recent_head + 1) % AUDIT_RECENT;
+	else
+		A.recent_n++;
+}
+
 /* Stamps, serialises and spools ev (the caller keeps its reference). The
  * sequence is the spool's: consumed only when the line is in the spool.
  * 0, or -errno when the event was not recorded (counted as dropped when
  * the spool is full). */
 static int emit_locked(json_t *ev)
 {
-	char uid[37], hash[AUDIT_HASH_HEX];
+	char uid[37];
 	uint64_t seq = A.seq + 1;
-	char *line;
+	json_t *md, *um;
 	size_t len;
-	int err = 0;
+	int err = 0, bad;
 
 	uuid7(uid);
 	ocsf_required(ev);
 	json_object_set_new(ev, "time", json_integer(now_ms_realtime()));
-	json_object_set_new(ev, "metadata", json_pack("{s:s, s:s, s:I, s:s, s:s, s:{s:s, s:s, s:s}}",
-		"version", OCSF_VERSION, "uid", uid, "sequence", (json_int_t)seq,
-		"prev_hash", A.last_hash, "log_name", "agentgate",
-		"product", "name", "agentgate", "vendor_name", "agentgate", "version", AG_VERSION));
-	json_t *um = json_object_get(ev, "unmapped");
-	if (!um) {
+	md = metadata_locked(uid, seq);
+	if (!(um = json_object_get(ev, "unmapped"))) {
 		um = json_object();
 		json_object_set_new(ev, "unmapped", um);
 	}
-	json_object_set_new(um, "policy", json_pack("{s:s, s:s}", "hash", A.policy_hash,
-						    "path", A.policy_path));
-	line = json_dumps(ev, JSON_COMPACT | JSON_PRESERVE_ORDER);
-	char *grown = line ? realloc(line, (len = strlen(line)) + 2) : NULL;   /* room for '\n' */
-	if (!grown) {
-		free(line);
+	if (!A.pol)
+		A.pol = json_pack("{s:s, s:s}", "hash", A.policy_hash, "path", A.policy_path);
+	/* The shared objects are attached for the serialisation only, and
+	 * detached before anyone else can see ev. */
+	bad = !md || json_object_set(ev, "metadata", md);
+	if (A.pol)
+		json_object_set(um, "policy", A.pol);
+	A.line.len = 0;
+	/* The same bytes as json_dumps(ev, JSON_COMPACT | JSON_PRESERVE_ORDER),
+	 * written into a reused buffer with room for the '\n' */
+	bad = bad || audit_json_dump(ev, &A.line) || audit_buf_reserve(&A.line, 1);
+	json_object_del(ev, "metadata");
+	if (A.pol)
+		json_object_del(um, "policy");
+	if (bad) {
 		ag_log(LOG_LVL_ERR, "audit: out of memory, an event was not recorded");
 		return -ENOMEM;
 	}
-	line = grown;
+	char *line = A.line.p;
+	len = A.line.len;
 	if (A.spool && (err = spool_append(A.spool, seq, line, len))) {
-		free(line);
 		if (err == -ENOSPC || err == -EIO)
 			drop_locked();
 		else
@@ -809,19 +885,13 @@ static int emit_locked(json_t *ev)
 	}
 	A.seq = seq;
 	/* The chain covers the exact bytes spooled, without the newline. */
-	audit_chain_hash(line, len, hash);
-	memcpy(A.last_hash, hash, sizeof(hash));
-	line[len] = '\n';
-	line[len + 1] = 0;
-	push_followers(line, len + 1);
-	line[len] = 0;
-	if (A.recent_n == AUDIT_RECENT) {   /* full: the newest replaces the oldest */
-		free(A.recent[A.recent_head]);
-		A.recent[A.recent_head] = line;
-		A.recent_head = (A.recent_head + 1) % AUDIT_RECENT;
-	} else {
-		A.recent[(A.recent_head + A.recent_n++) % AUDIT_RECENT] = line;
+	audit_chain_hash(line, len, A.last_hash);
+	if (A.nfollowers) {
+		line[len] = '\n';
+		push_followers(line, len + 1);
+		line[len] = 0;
 	}
+	recent_push_locked(line, len);
 	return 0;
 }
 
