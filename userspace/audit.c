@@ -512,19 +512,57 @@ static const char *class_name(int class_uid, int *category, const char **categor
 	}
 }
 
+/* The builders below run for every event: keys are constant ASCII and so
+ * are most values, so they skip jansson's UTF-8 checks (json_pack checks
+ * every key and string: a large share of building an event). A value from
+ * elsewhere is checked, and as with json_pack, any failure (invalid UTF-8,
+ * no memory) fails the whole object: *bad is set and the caller drops it. */
+static void put(json_t *o, const char *key, json_t *v, bool *bad)
+{
+	if (json_object_set_new_nocheck(o, key, v))
+		*bad = true;
+}
+
+static json_t *str_const(const char *s)
+{
+	return json_string_nocheck(s);
+}
+
+static json_t *str_checked(const char *s)
+{
+	return s ? json_string(s) : NULL;
+}
+
+/* o, or NULL (freed) when a put failed. */
+static json_t *built(json_t *o, bool bad)
+{
+	if (bad) {
+		json_decref(o);
+		return NULL;
+	}
+	return o;
+}
+
 json_t *audit_event(int class_uid, int activity_id, const char *activity_name)
 {
 	int category;
 	const char *category_name, *cname = class_name(class_uid, &category, &category_name);
 	char type_name[128];
+	json_t *ev = json_object();
+	bool bad = false;
 
 	snprintf(type_name, sizeof(type_name), "%s: %s", cname, activity_name);
-	return json_pack("{s:i, s:s, s:i, s:s, s:i, s:s, s:I, s:s, s:i, s:s}",
-			 "class_uid", class_uid, "class_name", cname,
-			 "category_uid", category, "category_name", category_name,
-			 "activity_id", activity_id, "activity_name", activity_name,
-			 "type_uid", (json_int_t)class_uid * 100 + activity_id, "type_name", type_name,
-			 "severity_id", 1, "severity", "Informational");
+	put(ev, "class_uid", json_integer(class_uid), &bad);
+	put(ev, "class_name", str_const(cname), &bad);
+	put(ev, "category_uid", json_integer(category), &bad);
+	put(ev, "category_name", str_const(category_name), &bad);
+	put(ev, "activity_id", json_integer(activity_id), &bad);
+	put(ev, "activity_name", str_checked(activity_name), &bad);
+	put(ev, "type_uid", json_integer((json_int_t)class_uid * 100 + activity_id), &bad);
+	put(ev, "type_name", str_checked(type_name), &bad);
+	put(ev, "severity_id", json_integer(1), &bad);
+	put(ev, "severity", str_const("Informational"), &bad);
+	return built(ev, bad);
 }
 
 /* Random bytes for UUIDs, fetched 4 KiB at a time per thread: one
@@ -570,61 +608,72 @@ void audit_add_agent(json_t *ev, const struct audit_agent *a)
 {
 	/* comm is whatever the agent set with prctl(PR_SET_NAME): keep it
 	 * printable ASCII, or invalid UTF-8 would make jansson drop the actor. */
-	char comm[AG_COMM_LEN + 1] = "";
-	for (int i = 0; a->comm && i < AG_COMM_LEN && a->comm[i]; i++) {
+	char comm[AG_COMM_LEN + 1] = "", uid[16];
+	const char *name = a->name ? a->name : "";
+	json_t *actor = json_object(), *proc = json_object(), *user = json_object(),
+	       *puser = json_object(), *agent = json_object(), *pr = json_object(), *um;
+	bool bad = false, bad_agent = false;
+
+	for (int i = 0; i < AG_COMM_LEN && a->comm && a->comm[i]; i++) {
 		unsigned char ch = a->comm[i];
 
 		comm[i] = ch >= 0x20 && ch < 0x7f ? ch : '?';
 		comm[i + 1] = 0;
 	}
-	json_t *proc = json_pack("{s:i, s:i, s:s, s:{s:s}}", "pid", (int)a->pid, "tid", (int)a->tid,
-				 "name", comm, "user", "uid", "");
-	char uid[16];
-
 	snprintf(uid, sizeof(uid), "%u", a->uid);
-	json_object_set_new(json_object_get(proc, "user"), "uid", json_string(uid));
-	json_object_set_new(ev, "actor", json_pack("{s:s, s:o, s:{s:s, s:s, s:s}}",
-		"app_name", a->name ? a->name : "",
-		"process", proc,
-		"user", "name", a->name ? a->name : "", "uid", a->name ? a->name : "",
-		"type", "Service"));
-	json_t *um = json_object_get(ev, "unmapped");
-	if (!um) {
+	put(puser, "uid", str_const(uid), &bad);
+	put(proc, "pid", json_integer((int)a->pid), &bad);
+	put(proc, "tid", json_integer((int)a->tid), &bad);
+	put(proc, "name", str_const(comm), &bad);
+	put(proc, "user", puser, &bad);
+	put(user, "name", str_checked(name), &bad);
+	put(user, "uid", str_checked(name), &bad);
+	put(user, "type", str_const("Service"), &bad);
+	put(actor, "app_name", str_checked(name), &bad);
+	put(actor, "process", proc, &bad);
+	put(actor, "user", user, &bad);
+	if ((actor = built(actor, bad)))
+		json_object_set_new_nocheck(ev, "actor", actor);
+	if (!(um = json_object_get(ev, "unmapped"))) {
 		um = json_object();
-		json_object_set_new(ev, "unmapped", um);
+		json_object_set_new_nocheck(ev, "unmapped", um);
 	}
 	/* Without a verified identity the principal is the agent name (source
 	 * 'local'), marked unverified. */
-	json_object_set_new(um, "agent", json_pack("{s:s, s:s, s:I, s:{s:s, s:s, s:b}}",
-		"name", a->name ? a->name : "", "cgroup", a->cgroup ? a->cgroup : "",
-		"cgroup_id", (json_int_t)a->cgroup_id,
-		"principal", "iss", a->iss ? a->iss : "local",
-		"sub", a->iss ? (a->sub ? a->sub : "") : a->name ? a->name : "", "verified", a->verified));
+	put(pr, "iss", a->iss ? str_checked(a->iss) : str_const("local"), &bad_agent);
+	put(pr, "sub", str_checked(a->iss ? (a->sub ? a->sub : "") : name), &bad_agent);
+	put(pr, "verified", json_boolean(a->verified), &bad_agent);
+	put(agent, "name", str_checked(name), &bad_agent);
+	put(agent, "cgroup", str_checked(a->cgroup ? a->cgroup : ""), &bad_agent);
+	put(agent, "cgroup_id", json_integer((json_int_t)a->cgroup_id), &bad_agent);
+	put(agent, "principal", pr, &bad_agent);
+	if ((agent = built(agent, bad_agent)))
+		json_object_set_new_nocheck(um, "agent", agent);
 }
 
 void audit_add_verdict(json_t *ev, bool allowed, bool would_deny, const char *rule,
 		       const char *reason)
 {
 	json_t *um = json_object_get(ev, "unmapped");
+	bool bad = false;   /* as before json_pack: a field that fails is left out */
 
-	json_object_set_new(ev, "status_id", json_integer(allowed ? 1 : 2));
-	json_object_set_new(ev, "status", json_string(allowed ? "Success" : "Failure"));
-	json_object_set_new(ev, "action_id", json_integer(allowed ? 1 : 2));
-	json_object_set_new(ev, "action", json_string(allowed ? "Allowed" : "Denied"));
-	json_object_set_new(ev, "disposition_id", json_integer(allowed ? 1 : 2));
-	json_object_set_new(ev, "disposition", json_string(allowed ? "Allowed" : "Blocked"));
+	put(ev, "status_id", json_integer(allowed ? 1 : 2), &bad);
+	put(ev, "status", str_const(allowed ? "Success" : "Failure"), &bad);
+	put(ev, "action_id", json_integer(allowed ? 1 : 2), &bad);
+	put(ev, "action", str_const(allowed ? "Allowed" : "Denied"), &bad);
+	put(ev, "disposition_id", json_integer(allowed ? 1 : 2), &bad);
+	put(ev, "disposition", str_const(allowed ? "Allowed" : "Blocked"), &bad);
 	if (!um) {
 		um = json_object();
-		json_object_set_new(ev, "unmapped", um);
+		put(ev, "unmapped", um, &bad);
 	}
-	json_object_set_new(um, "verdict", json_string(allowed ? (would_deny ? "would_deny" : "allow")
-							       : "deny"));
+	put(um, "verdict", str_const(allowed ? (would_deny ? "would_deny" : "allow") : "deny"), &bad);
 	if (rule)
-		json_object_set_new(um, "rule", json_string(rule));
+		put(um, "rule", str_checked(rule), &bad);
 	if (reason)
-		json_object_set_new(um, "reason", json_string(reason));
+		put(um, "reason", str_checked(reason), &bad);
 	if (reason && !allowed)
-		json_object_set_new(ev, "status_detail", json_string(reason));
+		put(ev, "status_detail", str_checked(reason), &bad);
 }
 
 static void push_followers(const char *line, size_t len)
