@@ -20,14 +20,11 @@ unsigned long audit_json_fallbacks(void)
 	return fallbacks;
 }
 
-int audit_buf_reserve(struct audit_buf *b, size_t n)
+static int grow(struct audit_buf *b, size_t n)
 {
-	size_t cap;
+	size_t cap = b->cap ? b->cap : 4096;
 	char *p;
 
-	if (b->cap - b->len > n)   /* > : one byte stays for the NUL */
-		return 0;
-	cap = b->cap ? b->cap : 4096;
 	while (cap - b->len <= n) {
 		if (cap > SIZE_MAX / 2)
 			return -1;
@@ -38,6 +35,17 @@ int audit_buf_reserve(struct audit_buf *b, size_t n)
 	b->p = p;
 	b->cap = cap;
 	return 0;
+}
+
+/* Room for n more bytes and the NUL. */
+static inline int reserve(struct audit_buf *b, size_t n)
+{
+	return b->cap - b->len > n ? 0 : grow(b, n);
+}
+
+int audit_buf_reserve(struct audit_buf *b, size_t n)
+{
+	return reserve(b, n);
 }
 
 void audit_buf_free(struct audit_buf *b)
@@ -80,18 +88,34 @@ static size_t utf8_seq(const uint8_t *s, size_t avail, int k)
 
 static const char hexd[] = "0123456789ABCDEF";
 
+/* true when none of the 8 bytes in x needs a look (a control character,
+ * '"', '\\', or a byte >= 0x80). Per term, the lowest such byte sets its
+ * own top bit without a borrow from below; bytes that need nothing set
+ * none, so the test is exact. */
+static inline bool word_plain(const uint8_t *s)
+{
+	const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+	uint64_t x;
+
+	memcpy(&x, s, 8);
+	return !(((x - ones * 0x20) | ((x ^ (ones * '"')) - ones) | ((x ^ (ones * '\\')) - ones) |
+		  x) & highs);
+}
+
 static int dump_string(const char *str, size_t len, struct audit_buf *b)
 {
 	const uint8_t *s = (const uint8_t *)str, *end = s + len, *run;
 	char *o;
 
 	/* worst case: every byte a control character, \u00XX */
-	if (len > (SIZE_MAX - 2) / 6 || audit_buf_reserve(b, 6 * len + 2))
+	if (len > (SIZE_MAX - 2) / 6 || reserve(b, 6 * len + 2))
 		return -1;
 	o = b->p + b->len;
 	*o++ = '"';
 	while (s < end) {
 		run = s;
+		while (end - s >= 8 && word_plain(s))
+			s += 8;
 		while (s < end && cls[*s] == C_PLAIN)
 			s++;
 		memcpy(o, run, s - run);
@@ -141,7 +165,7 @@ static int dump_int(json_int_t v, struct audit_buf *b)
 	} while (u);
 	if (v < 0)
 		*--p = '-';
-	if (audit_buf_reserve(b, e - p))
+	if (reserve(b, e - p))
 		return -1;
 	memcpy(b->p + b->len, p, e - p);
 	b->len += e - p;
@@ -155,7 +179,7 @@ static int dump_real(const json_t *v, struct audit_buf *b)
 	char tmp[128];
 	size_t n = json_dumpb(v, tmp, sizeof(tmp), JSON_COMPACT | JSON_ENCODE_ANY);
 
-	if (!n || n > sizeof(tmp) || audit_buf_reserve(b, n))
+	if (!n || n > sizeof(tmp) || reserve(b, n))
 		return -1;
 	memcpy(b->p + b->len, tmp, n);
 	b->len += n;
@@ -164,7 +188,7 @@ static int dump_real(const json_t *v, struct audit_buf *b)
 
 static int put(struct audit_buf *b, const char *s, size_t n)
 {
-	if (audit_buf_reserve(b, n))
+	if (reserve(b, n))
 		return -1;
 	memcpy(b->p + b->len, s, n);
 	b->len += n;
@@ -222,7 +246,7 @@ int audit_json_dump(const json_t *v, struct audit_buf *b)
 	char *ref;
 	int err;
 
-	if ((json_is_object(v) || json_is_array(v)) && !dump(v, b, 0) && !audit_buf_reserve(b, 0)) {
+	if ((json_is_object(v) || json_is_array(v)) && !dump(v, b, 0) && !reserve(b, 0)) {
 		b->p[b->len] = 0;
 		return 0;
 	}

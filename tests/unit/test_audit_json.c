@@ -214,6 +214,33 @@ static void test_generated(void)
 	CHECK(audit_json_fallbacks() == before);   /* all valid: none left the fast path */
 }
 
+/* Every special byte at every offset of short strings: the fast path
+ * looks at 8 bytes at a time, its edges must not hide one. */
+static void test_offsets(void)
+{
+	static const char *special[] = { "\"", "\\", "\n", "\x01", "\x1f", "\x7f", " ", "!",
+					 "#", "[", "]", "\xc3\xa9", "\xe2\x82\xac",
+					 "\xf0\x9f\x98\x80", "\xff" };
+	int bad = 0;
+
+	for (size_t k = 0; k < sizeof(special) / sizeof(special[0]); k++)
+		for (int len = 0; len < 34; len++)
+			for (int at = 0; at <= len; at++) {
+				char s[64];
+				json_t *v = json_object();
+				size_t l = strlen(special[k]);
+
+				/* at x's, the special byte(s), then len - at x's */
+				memset(s, 'x', sizeof(s));
+				memcpy(s + at, special[k], l);
+				s[len + l] = 0;
+				json_object_set_new(v, "k", json_string_nocheck(s));
+				bad += !same(v);
+				json_decref(v);
+			}
+	CHECK(bad == 0);
+}
+
 /* A reused buffer appends, and a refusal leaves what was there. */
 static void test_append(void)
 {
@@ -259,6 +286,7 @@ int main(void)
 	RUN(test_reals);
 	RUN(test_invalid_utf8);
 	RUN(test_generated);
+	RUN(test_offsets);
 	RUN(test_append);
 	RUN(test_large);
 	UNIT_DONE("audit_json");
