@@ -186,7 +186,7 @@ static int dump_real(const json_t *v, struct audit_buf *b)
 	return 0;
 }
 
-static int put(struct audit_buf *b, const char *s, size_t n)
+static inline int put(struct audit_buf *b, const char *s, size_t n)
 {
 	if (reserve(b, n))
 		return -1;
