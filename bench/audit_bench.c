@@ -16,6 +16,7 @@
  *      -lbpf -lelf -lz -lyaml -ljansson -lcurl -lssl -lcrypto -lresolv -lcap \
  *      -lpthread -lpg_query -lpcre2-8 -lrelp
  *   taskset -c 0 build/audit_bench file 500000      # one core
+ * AUDIT_BENCH_KEEP=1 keeps the temp dir (spool, sink output) and prints it.
  *
  * Each event is a Network Activity "Open" with the same agent context,
  * endpoints and verdict the enforcer writes (about 1 KiB of JSON). The
@@ -217,6 +218,10 @@ int main(int argc, char **argv)
 	if (rs > 0) {
 		kill(rs, SIGTERM);
 		waitpid(rs, NULL, 0);
+	}
+	if (getenv("AUDIT_BENCH_KEEP")) {   /* to look at the spool and the sink's output */
+		printf("  kept: %s\n", dir);
+		return 0;
 	}
 	char cmd[200];
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);

@@ -6,6 +6,7 @@
 #
 #   BENCH_SECONDS=5  length of each measurement
 #   ROUNDS=3         rounds per test and path; the table shows the median
+#   AUDIT_EVENTS=200000  events per round of the audit pipeline section (last)
 #
 # Only PIDs this script starts are ever signalled; everything it creates lives
 # in one temp dir that the EXIT trap removes.
@@ -26,6 +27,8 @@ log() { echo "bench: $*" >&2; }
 
 [[ $BENCH_SECONDS =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS must be a positive integer, not '$BENCH_SECONDS'"
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer, not '$ROUNDS'"
+AUDIT_EVENTS=${AUDIT_EVENTS:-200000}
+[[ $AUDIT_EVENTS =~ ^[1-9][0-9]*$ ]] || die "AUDIT_EVENTS must be a positive integer, not '$AUDIT_EVENTS'"
 command -v ss >/dev/null || die "ss (iproute2) is needed to find free ports"
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/agentgate-bench.XXXXXX") || die "mktemp failed"
@@ -616,4 +619,36 @@ http_bench() {
 
 http_bench || true
 . bench/pg.sh    # PostgreSQL: pgbench through agentgate, pgbouncer, haproxy
+# ---- audit pipeline (issue 6): sustained events/s through the real audit
+# code (build event -> spool -> sink thread -> destination, acknowledged),
+# everything pinned to one core. AUDIT_EVENTS per round (default 200000);
+# the goal is >= 200k events/s into the file sink. build/audit_bench starts
+# (and stops) its own rsyslogd for the tcp row and removes its temp dir.
+AUDIT_BENCH=$PWD/build/audit_bench
+audit_row() {	# audit_row MODE: median acknowledged events/s over ROUNDS, or n/a
+	local mode=$1 vals='' v r
+	for ((r = 0; r < ROUNDS; r++)); do
+		v=$(taskset -c 0 "$AUDIT_BENCH" "$mode" "$AUDIT_EVENTS" 2>>"$TMP/audit_bench.log" |
+			awk '/acknowledged by/ { print $(NF-3) }')
+		[[ -n $v ]] && vals+=" $v"
+	done
+	median "$vals" || echo n/a
+}
+echo
+# shellcheck disable=SC2046  # the object list is split on purpose
+if cc -O2 -g -D_GNU_SOURCE -Iuserspace -Ibuild -Ibpf bench/audit_bench.c \
+	$(ls build/*.o | grep -v -e /main.o -e bpf.o) -o "$AUDIT_BENCH" -lbpf -lelf -lz -lyaml \
+	-ljansson -lcurl -lssl -lcrypto -lresolv -lcap -lpthread -lpg_query -lpcre2-8 -lrelp \
+	2>"$TMP/audit_bench.build.log"; then
+	printf '%-30s %s\n' "audit sink (one core)" "events/s (median of $ROUNDS x $AUDIT_EVENTS)"
+	printf '%-30s %s\n' "file" "$(audit_row file)"
+	if [[ -x /usr/sbin/rsyslogd ]]; then
+		printf '%-30s %s\n' "rsyslog over tcp" "$(audit_row rsyslog)"
+	else
+		printf '%-30s %s\n' "rsyslog over tcp" "n/a (no /usr/sbin/rsyslogd)"
+	fi
+	echo "audit goal: >= 200000 events/s into the file sink on one core"
+else
+	echo "audit bench: n/a (build/audit_bench did not build: $(head -c 300 "$TMP/audit_bench.build.log"))"
+fi
 exit 0

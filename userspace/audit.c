@@ -15,6 +15,7 @@
 #include "agentgate_abi.h"
 #include "audit.h"
 #include "audit_chain.h"
+#include "audit_json.h"
 #include "audit_sink.h"
 #include "audit_spool.h"
 #include "recording.h"
@@ -57,8 +58,15 @@ static struct {
 	atomic_bool full;            /* an event did not fit: accepting stays false until room returns */
 	uint64_t resume_room;        /* free bytes that count as "room again" */
 	uint64_t dropped, drop_first_ms, drop_last_ms, drop_after_seq;
-	char *recent[AUDIT_RECENT];
+	char *recent[AUDIT_RECENT];      /* slots keep their memory from event to event */
+	size_t recent_cap[AUDIT_RECENT];
 	int recent_head, recent_n;
+	/* the emit path's reusable parts (under lock): the line being built,
+	 * and metadata / unmapped.policy objects whose values change in place
+	 * instead of being built for every event */
+	struct audit_buf line;
+	json_t *md, *md_uid, *md_seq, *md_prev;
+	json_t *pol;
 	int followers[MAX_FOLLOWERS];
 	int nfollowers;
 	/* tamper evidence (see audit_chain.h) */
@@ -462,7 +470,13 @@ void audit_close(void)
 	for (int i = 0; i < AUDIT_RECENT; i++) {
 		free(A.recent[i]);
 		A.recent[i] = NULL;
+		A.recent_cap[i] = 0;
 	}
+	audit_buf_free(&A.line);
+	json_decref(A.md);
+	A.md = NULL;
+	json_decref(A.pol);
+	A.pol = NULL;
 	A.recent_n = 0;
 	A.seq = 0;
 	A.dropped = 0;
@@ -477,6 +491,8 @@ void audit_set_policy(const struct policy *p)
 	pthread_mutex_lock(&A.lock);
 	snprintf(A.policy_hash, sizeof(A.policy_hash), "%s", p->hash);
 	snprintf(A.policy_path, sizeof(A.policy_path), "%s", p->path ? p->path : "");
+	json_decref(A.pol);   /* rebuilt by the next emit */
+	A.pol = NULL;
 	pthread_mutex_unlock(&A.lock);
 }
 
@@ -496,19 +512,57 @@ static const char *class_name(int class_uid, int *category, const char **categor
 	}
 }
 
+/* The builders below run for every event: keys are constant ASCII and so
+ * are most values, so they skip jansson's UTF-8 checks (json_pack checks
+ * every key and string: a large share of building an event). A value from
+ * elsewhere is checked, and as with json_pack, any failure (invalid UTF-8,
+ * no memory) fails the whole object: *bad is set and the caller drops it. */
+static void put(json_t *o, const char *key, json_t *v, bool *bad)
+{
+	if (json_object_set_new_nocheck(o, key, v))
+		*bad = true;
+}
+
+static json_t *str_const(const char *s)
+{
+	return json_string_nocheck(s);
+}
+
+static json_t *str_checked(const char *s)
+{
+	return s ? json_string(s) : NULL;
+}
+
+/* o, or NULL (freed) when a put failed. */
+static json_t *built(json_t *o, bool bad)
+{
+	if (bad) {
+		json_decref(o);
+		return NULL;
+	}
+	return o;
+}
+
 json_t *audit_event(int class_uid, int activity_id, const char *activity_name)
 {
 	int category;
 	const char *category_name, *cname = class_name(class_uid, &category, &category_name);
 	char type_name[128];
+	json_t *ev = json_object();
+	bool bad = false;
 
 	snprintf(type_name, sizeof(type_name), "%s: %s", cname, activity_name);
-	return json_pack("{s:i, s:s, s:i, s:s, s:i, s:s, s:I, s:s, s:i, s:s}",
-			 "class_uid", class_uid, "class_name", cname,
-			 "category_uid", category, "category_name", category_name,
-			 "activity_id", activity_id, "activity_name", activity_name,
-			 "type_uid", (json_int_t)class_uid * 100 + activity_id, "type_name", type_name,
-			 "severity_id", 1, "severity", "Informational");
+	put(ev, "class_uid", json_integer(class_uid), &bad);
+	put(ev, "class_name", str_const(cname), &bad);
+	put(ev, "category_uid", json_integer(category), &bad);
+	put(ev, "category_name", str_const(category_name), &bad);
+	put(ev, "activity_id", json_integer(activity_id), &bad);
+	put(ev, "activity_name", str_checked(activity_name), &bad);
+	put(ev, "type_uid", json_integer((json_int_t)class_uid * 100 + activity_id), &bad);
+	put(ev, "type_name", str_checked(type_name), &bad);
+	put(ev, "severity_id", json_integer(1), &bad);
+	put(ev, "severity", str_const("Informational"), &bad);
+	return built(ev, bad);
 }
 
 /* Random bytes for UUIDs, fetched 4 KiB at a time per thread: one
@@ -538,70 +592,88 @@ static void uuid7(char out[37])
 		b[i] = ms >> (40 - 8 * i);
 	b[6] = 0x70 | (b[6] & 0x0f);
 	b[8] = 0x80 | (b[8] & 0x3f);
-	snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-		 b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12],
-		 b[13], b[14], b[15]);
+	/* 8-4-4-4-12 lowercase hex (not snprintf: this runs for every event) */
+	static const char hexd[] = "0123456789abcdef";
+	char *o = out;
+	for (int i = 0; i < 16; i++) {
+		if (i == 4 || i == 6 || i == 8 || i == 10)
+			*o++ = '-';
+		*o++ = hexd[b[i] >> 4];
+		*o++ = hexd[b[i] & 15];
+	}
+	*o = 0;
 }
 
 void audit_add_agent(json_t *ev, const struct audit_agent *a)
 {
 	/* comm is whatever the agent set with prctl(PR_SET_NAME): keep it
 	 * printable ASCII, or invalid UTF-8 would make jansson drop the actor. */
-	char comm[AG_COMM_LEN + 1] = "";
-	for (int i = 0; a->comm && i < AG_COMM_LEN && a->comm[i]; i++) {
+	char comm[AG_COMM_LEN + 1] = "", uid[16];
+	const char *name = a->name ? a->name : "";
+	json_t *actor = json_object(), *proc = json_object(), *user = json_object(),
+	       *puser = json_object(), *agent = json_object(), *pr = json_object(), *um;
+	bool bad = false, bad_agent = false;
+
+	for (int i = 0; i < AG_COMM_LEN && a->comm && a->comm[i]; i++) {
 		unsigned char ch = a->comm[i];
 
 		comm[i] = ch >= 0x20 && ch < 0x7f ? ch : '?';
 		comm[i + 1] = 0;
 	}
-	json_t *proc = json_pack("{s:i, s:i, s:s, s:{s:s}}", "pid", (int)a->pid, "tid", (int)a->tid,
-				 "name", comm, "user", "uid", "");
-	char uid[16];
-
 	snprintf(uid, sizeof(uid), "%u", a->uid);
-	json_object_set_new(json_object_get(proc, "user"), "uid", json_string(uid));
-	json_object_set_new(ev, "actor", json_pack("{s:s, s:o, s:{s:s, s:s, s:s}}",
-		"app_name", a->name ? a->name : "",
-		"process", proc,
-		"user", "name", a->name ? a->name : "", "uid", a->name ? a->name : "",
-		"type", "Service"));
-	json_t *um = json_object_get(ev, "unmapped");
-	if (!um) {
+	put(puser, "uid", str_const(uid), &bad);
+	put(proc, "pid", json_integer((int)a->pid), &bad);
+	put(proc, "tid", json_integer((int)a->tid), &bad);
+	put(proc, "name", str_const(comm), &bad);
+	put(proc, "user", puser, &bad);
+	put(user, "name", str_checked(name), &bad);
+	put(user, "uid", str_checked(name), &bad);
+	put(user, "type", str_const("Service"), &bad);
+	put(actor, "app_name", str_checked(name), &bad);
+	put(actor, "process", proc, &bad);
+	put(actor, "user", user, &bad);
+	if ((actor = built(actor, bad)))
+		json_object_set_new_nocheck(ev, "actor", actor);
+	if (!(um = json_object_get(ev, "unmapped"))) {
 		um = json_object();
-		json_object_set_new(ev, "unmapped", um);
+		json_object_set_new_nocheck(ev, "unmapped", um);
 	}
 	/* Without a verified identity the principal is the agent name (source
 	 * 'local'), marked unverified. */
-	json_object_set_new(um, "agent", json_pack("{s:s, s:s, s:I, s:{s:s, s:s, s:b}}",
-		"name", a->name ? a->name : "", "cgroup", a->cgroup ? a->cgroup : "",
-		"cgroup_id", (json_int_t)a->cgroup_id,
-		"principal", "iss", a->iss ? a->iss : "local",
-		"sub", a->iss ? (a->sub ? a->sub : "") : a->name ? a->name : "", "verified", a->verified));
+	put(pr, "iss", a->iss ? str_checked(a->iss) : str_const("local"), &bad_agent);
+	put(pr, "sub", str_checked(a->iss ? (a->sub ? a->sub : "") : name), &bad_agent);
+	put(pr, "verified", json_boolean(a->verified), &bad_agent);
+	put(agent, "name", str_checked(name), &bad_agent);
+	put(agent, "cgroup", str_checked(a->cgroup ? a->cgroup : ""), &bad_agent);
+	put(agent, "cgroup_id", json_integer((json_int_t)a->cgroup_id), &bad_agent);
+	put(agent, "principal", pr, &bad_agent);
+	if ((agent = built(agent, bad_agent)))
+		json_object_set_new_nocheck(um, "agent", agent);
 }
 
 void audit_add_verdict(json_t *ev, bool allowed, bool would_deny, const char *rule,
 		       const char *reason)
 {
 	json_t *um = json_object_get(ev, "unmapped");
+	bool bad = false;   /* as before json_pack: a field that fails is left out */
 
-	json_object_set_new(ev, "status_id", json_integer(allowed ? 1 : 2));
-	json_object_set_new(ev, "status", json_string(allowed ? "Success" : "Failure"));
-	json_object_set_new(ev, "action_id", json_integer(allowed ? 1 : 2));
-	json_object_set_new(ev, "action", json_string(allowed ? "Allowed" : "Denied"));
-	json_object_set_new(ev, "disposition_id", json_integer(allowed ? 1 : 2));
-	json_object_set_new(ev, "disposition", json_string(allowed ? "Allowed" : "Blocked"));
+	put(ev, "status_id", json_integer(allowed ? 1 : 2), &bad);
+	put(ev, "status", str_const(allowed ? "Success" : "Failure"), &bad);
+	put(ev, "action_id", json_integer(allowed ? 1 : 2), &bad);
+	put(ev, "action", str_const(allowed ? "Allowed" : "Denied"), &bad);
+	put(ev, "disposition_id", json_integer(allowed ? 1 : 2), &bad);
+	put(ev, "disposition", str_const(allowed ? "Allowed" : "Blocked"), &bad);
 	if (!um) {
 		um = json_object();
-		json_object_set_new(ev, "unmapped", um);
+		put(ev, "unmapped", um, &bad);
 	}
-	json_object_set_new(um, "verdict", json_string(allowed ? (would_deny ? "would_deny" : "allow")
-							       : "deny"));
+	put(um, "verdict", str_const(allowed ? (would_deny ? "would_deny" : "allow") : "deny"), &bad);
 	if (rule)
-		json_object_set_new(um, "rule", json_string(rule));
+		put(um, "rule", str_checked(rule), &bad);
 	if (reason)
-		json_object_set_new(um, "reason", json_string(reason));
+		put(um, "reason", str_checked(reason), &bad);
 	if (reason && !allowed)
-		json_object_set_new(ev, "status_detail", json_string(reason));
+		put(ev, "status_detail", str_checked(reason), &bad);
 }
 
 static void push_followers(const char *line, size_t len)
@@ -764,42 +836,95 @@ static void ocsf_required(json_t *ev)
 	}
 }
 
+/* metadata as every event carries it: built once, then uid, sequence and
+ * prev_hash are changed in place (a fresh object costs some thirty
+ * allocations per event). NULL when out of memory. */
+static json_t *metadata_locked(const char *uid, uint64_t seq)
+{
+	if (!A.md) {
+		A.md = json_pack("{s:s, s:s, s:I, s:s, s:s, s:{s:s, s:s, s:s}}", "version",
+				 OCSF_VERSION, "uid", "", "sequence", (json_int_t)0, "prev_hash", "",
+				 "log_name", "agentgate", "product", "name", "agentgate",
+				 "vendor_name", "agentgate", "version", AG_VERSION);
+		if (!A.md)
+			return NULL;
+		A.md_uid = json_object_get(A.md, "uid");
+		A.md_seq = json_object_get(A.md, "sequence");
+		A.md_prev = json_object_get(A.md, "prev_hash");
+	}
+	/* hex digits only: nothing to check */
+	if (json_string_setn_nocheck(A.md_uid, uid, strlen(uid)) ||
+	    json_integer_set(A.md_seq, (json_int_t)seq) ||
+	    json_string_setn_nocheck(A.md_prev, A.last_hash, strlen(A.last_hash)))
+		return NULL;
+	return A.md;
+}
+
+/* The newest line into the ring for `audit tail`; a slot's memory is
+ * reused. Out of memory: the ring misses this one. */
+static void recent_push_locked(const char *line, size_t len)
+{
+	int full = A.recent_n == AUDIT_RECENT;
+	int i = full ? A.recent_head : (A.recent_head + A.recent_n) % AUDIT_RECENT;
+
+	if (A.recent_cap[i] < len + 1) {
+		size_t cap = (len + 1 + 255) & ~(size_t)255;
+		char *p = realloc(A.recent[i], cap);
+
+		if (!p)
+			return;
+		A.recent[i] = p;
+		A.recent_cap[i] = cap;
+	}
+	memcpy(A.recent[i], line, len);
+	A.recent[i][len] = 0;
+	if (full)   /* the newest replaced the oldest */
+		A.recent_head = (A.recent_head + 1) % AUDIT_RECENT;
+	else
+		A.recent_n++;
+}
+
 /* Stamps, serialises and spools ev (the caller keeps its reference). The
  * sequence is the spool's: consumed only when the line is in the spool.
  * 0, or -errno when the event was not recorded (counted as dropped when
  * the spool is full). */
 static int emit_locked(json_t *ev)
 {
-	char uid[37], hash[AUDIT_HASH_HEX];
+	char uid[37];
 	uint64_t seq = A.seq + 1;
-	char *line;
+	json_t *md, *um;
 	size_t len;
-	int err = 0;
+	int err = 0, bad;
 
 	uuid7(uid);
 	ocsf_required(ev);
 	json_object_set_new(ev, "time", json_integer(now_ms_realtime()));
-	json_object_set_new(ev, "metadata", json_pack("{s:s, s:s, s:I, s:s, s:s, s:{s:s, s:s, s:s}}",
-		"version", OCSF_VERSION, "uid", uid, "sequence", (json_int_t)seq,
-		"prev_hash", A.last_hash, "log_name", "agentgate",
-		"product", "name", "agentgate", "vendor_name", "agentgate", "version", AG_VERSION));
-	json_t *um = json_object_get(ev, "unmapped");
-	if (!um) {
+	md = metadata_locked(uid, seq);
+	if (!(um = json_object_get(ev, "unmapped"))) {
 		um = json_object();
 		json_object_set_new(ev, "unmapped", um);
 	}
-	json_object_set_new(um, "policy", json_pack("{s:s, s:s}", "hash", A.policy_hash,
-						    "path", A.policy_path));
-	line = json_dumps(ev, JSON_COMPACT | JSON_PRESERVE_ORDER);
-	char *grown = line ? realloc(line, (len = strlen(line)) + 2) : NULL;   /* room for '\n' */
-	if (!grown) {
-		free(line);
+	if (!A.pol)
+		A.pol = json_pack("{s:s, s:s}", "hash", A.policy_hash, "path", A.policy_path);
+	/* The shared objects are attached for the serialisation only, and
+	 * detached before anyone else can see ev. */
+	bad = !md || json_object_set(ev, "metadata", md);
+	if (A.pol)
+		json_object_set(um, "policy", A.pol);
+	A.line.len = 0;
+	/* The same bytes as json_dumps(ev, JSON_COMPACT | JSON_PRESERVE_ORDER),
+	 * written into a reused buffer with room for the '\n' */
+	bad = bad || audit_json_dump(ev, &A.line) || audit_buf_reserve(&A.line, 1);
+	json_object_del(ev, "metadata");
+	if (A.pol)
+		json_object_del(um, "policy");
+	if (bad) {
 		ag_log(LOG_LVL_ERR, "audit: out of memory, an event was not recorded");
 		return -ENOMEM;
 	}
-	line = grown;
+	char *line = A.line.p;
+	len = A.line.len;
 	if (A.spool && (err = spool_append(A.spool, seq, line, len))) {
-		free(line);
 		if (err == -ENOSPC || err == -EIO)
 			drop_locked();
 		else
@@ -809,19 +934,13 @@ static int emit_locked(json_t *ev)
 	}
 	A.seq = seq;
 	/* The chain covers the exact bytes spooled, without the newline. */
-	audit_chain_hash(line, len, hash);
-	memcpy(A.last_hash, hash, sizeof(hash));
-	line[len] = '\n';
-	line[len + 1] = 0;
-	push_followers(line, len + 1);
-	line[len] = 0;
-	if (A.recent_n == AUDIT_RECENT) {   /* full: the newest replaces the oldest */
-		free(A.recent[A.recent_head]);
-		A.recent[A.recent_head] = line;
-		A.recent_head = (A.recent_head + 1) % AUDIT_RECENT;
-	} else {
-		A.recent[(A.recent_head + A.recent_n++) % AUDIT_RECENT] = line;
+	audit_chain_hash(line, len, A.last_hash);
+	if (A.nfollowers) {
+		line[len] = '\n';
+		push_followers(line, len + 1);
+		line[len] = 0;
 	}
+	recent_push_locked(line, len);
 	return 0;
 }
 

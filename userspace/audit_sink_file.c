@@ -133,28 +133,45 @@ static int file_send(struct audit_sink *s, struct sink_batch *b)
 {
 	struct fsink *f = s->priv;
 	size_t total = 0, off = 0;
+	const char *out;
+	bool contiguous = true;
 	int err;
 
-	for (size_t i = 0; i < b->n; i++)
-		total += b->len[i] + 1;
-	if (total > f->cap) {
-		char *nb = realloc(f->buf, total);
-
-		if (!nb)
-			return -ENOMEM;
-		f->buf = nb;
-		f->cap = total;
-	}
+	if (!b->n)
+		return 0;
+	out = b->line[0];
+	/* A batch from the spool is usually its lines as they lie in the
+	 * segment, one '\n' between each: written from there, uncopied, with
+	 * the last line's '\n' (not ours to read) written after it. */
 	for (size_t i = 0; i < b->n; i++) {
-		memcpy(f->buf + off, b->line[i], b->len[i]);
-		off += b->len[i];
-		f->buf[off++] = '\n';
+		if (i)
+			contiguous = contiguous && b->line[i] == out + total &&
+				     b->line[i - 1][b->len[i - 1]] == '\n';
+		total += b->len[i] + 1;
+	}
+	if (!contiguous) {
+		if (total > f->cap) {
+			char *nb = realloc(f->buf, total);
+
+			if (!nb)
+				return -ENOMEM;
+			f->buf = nb;
+			f->cap = total;
+		}
+		for (size_t i = 0; i < b->n; i++) {
+			memcpy(f->buf + off, b->line[i], b->len[i]);
+			off += b->len[i];
+			f->buf[off++] = '\n';
+		}
+		out = f->buf;
 	}
 	if (f->fd < 0 && (err = fsink_open(f)))
 		goto fail;
 	if (due(s, f, total) && (err = rotate(s, f)))
 		goto fail;
-	if (write_all(f->fd, f->buf, total) || (!f->is_stdout && fdatasync(f->fd))) {
+	if ((contiguous ? write_all(f->fd, out, total - 1) || write_all(f->fd, "\n", 1) :
+			  write_all(f->fd, out, total)) ||
+	    (!f->is_stdout && fdatasync(f->fd))) {
 		err = -errno;
 		/* A short write leaves a torn line: cut it so the next write
 		 * starts a line (resume() relies on whole lines). */

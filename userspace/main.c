@@ -227,10 +227,6 @@ static int cmd_policy_explain(int argc, char **argv)
 			ret = http_explain(p, ai, ti, request, stdout);
 		else if (p->targets[ti].proto == PROTO_POSTGRES && request)
 			ret = pg_explain(p, ai, ti, request, stdout) < 0 ? 2 : 0;
-		else if (p->targets[ti].proto != PROTO_TCP && p->targets[ti].proto != PROTO_TLS)
-			printf("note: the %s module has not landed yet; the request '%s' is not judged, "
-			       "the connection is relayed as tcp\n", policy_proto_name(p->targets[ti].proto),
-			       request ? request : "");
 	} else {
 		bool by_claims = false;
 

@@ -1,0 +1,293 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * audit_json_dump() must write exactly what
+ * json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER) writes: the audit hash
+ * chain covers these bytes. Compared over fixed edge cases and many
+ * generated trees (strings with escapes, control characters, every UTF-8
+ * length, invalid UTF-8, keys with NUL bytes, integer extremes, reals,
+ * nesting), and the refusals must agree too.
+ */
+#include <float.h>
+#include <jansson.h>
+#include <limits.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "unit.h"
+#include "audit_json.h"
+
+#define FLAGS (JSON_COMPACT | JSON_PRESERVE_ORDER)
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+
+static uint64_t rnd(void)
+{
+	rng ^= rng << 13;
+	rng ^= rng >> 7;
+	rng ^= rng << 17;
+	return rng;
+}
+
+/* Both serialisers on v; true when they agree (bytes, or both refuse). */
+static bool same(const json_t *v)
+{
+	char *ref = json_dumps(v, FLAGS);
+	struct audit_buf b = { 0 };
+	int rc = audit_json_dump(v, &b);
+	bool ok = ref ? rc == 0 && b.len == strlen(ref) && memcmp(b.p, ref, b.len) == 0 &&
+			b.p[b.len] == 0
+		      : rc == -1 && b.len == 0;
+
+	if (!ok)
+		fprintf(stderr, "  mismatch:\n    json_dumps: %s\n    audit_json: %s (rc %d)\n",
+			ref ? ref : "(refused)", rc ? "(refused)" : b.p, rc);
+	free(ref);
+	audit_buf_free(&b);
+	return ok;
+}
+
+static void test_fixed(void)
+{
+	json_t *v = json_pack("{s:s, s:i, s:I, s:I, s:b, s:b, s:n, s:[], s:{}, s:[i, [s, {}], []]}",
+			      "a", "plain", "i", 0, "max", (json_int_t)LLONG_MAX, "min",
+			      (json_int_t)LLONG_MIN, "t", 1, "f", 0, "z", "ea", "eo", "nest",
+			      -1, "x", "y");
+
+	CHECK(same(v));
+	json_decref(v);
+	v = json_array();
+	CHECK(same(v));   /* top-level empty array */
+	json_decref(v);
+	v = json_object();
+	CHECK(same(v));
+	json_object_set_new(v, "s", json_string("quote \" backslash \\ slash / tab\t nl\n cr\r "
+						"bs\b ff\f del\x7f bell\x07 esc\x1b"));
+	json_object_set_new(v, "u", json_string("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 "
+						"\xef\xbf\xbf \xf4\x8f\xbf\xbf"));
+	json_object_set_new(v, "nul", json_stringn("a\0b", 3));
+	json_object_setn_new(v, "k\0\"ey\x01", 6, json_integer(7));
+	json_object_set_new(v, "", json_string(""));
+	CHECK(same(v));
+	json_decref(v);
+}
+
+static void test_reals(void)
+{
+	static const double r[] = { 0.0, -0.0, 1.0, -1.0, 0.1, 1.5, 100.0, 1e16, 1e17, 1e-5,
+				    1e-7, 123456789.125, 1e300, -1e-300, DBL_MAX, DBL_MIN,
+				    5e-324, 3.141592653589793, 2.0 / 3.0, 1e21, 12345678901234567.0 };
+	json_t *a = json_array();
+
+	for (size_t i = 0; i < sizeof(r) / sizeof(r[0]); i++)
+		json_array_append_new(a, json_real(r[i]));
+	for (int i = 0; i < 500; i++) {
+		uint64_t bits = rnd();
+		double d;
+
+		memcpy(&d, &bits, sizeof(d));
+		if (isfinite(d))
+			json_array_append_new(a, json_real(d));
+	}
+	CHECK(same(a));
+	json_decref(a);
+}
+
+/* Refused by both: invalid UTF-8 that json_string_nocheck lets in. */
+static void test_invalid_utf8(void)
+{
+	unsigned long before = audit_json_fallbacks();
+
+	static const char *bad[] = { "\x80", "\xc0\xaf", "\xc1\xbf", "\xe0\x80\xaf",
+				     "\xed\xa0\x80" /* surrogate */, "\xf4\x90\x80\x80",
+				     "\xf5\x80\x80\x80", "\xff", "ab\xc3", "\xe2\x82",
+				     "\xc3\x28", "\xf0\x9f\x98" };
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		json_t *v = json_pack("{s:i}", "x", 1);
+
+		json_object_set_new(v, "s", json_string_nocheck(bad[i]));
+		CHECK(same(v));
+		json_decref(v);
+		v = json_object();
+		json_object_set_new_nocheck(v, bad[i], json_true());
+		CHECK(same(v));
+		json_decref(v);
+	}
+	CHECK(audit_json_fallbacks() == before + 2 * sizeof(bad) / sizeof(bad[0]));
+}
+
+static void rand_bytes(char *s, size_t n)
+{
+	static const char *pieces[] = { "\"", "\\", "/", "\n", "\t", "\x01", "\x1f", "\x7f",
+					"\xc3\xa9", "\xe2\x80\xa8", "\xf0\x9f\x92\xa9", "\xef\xbb\xbf",
+					"\xc2\x80", "\xdf\xbf", "\xe0\xa0\x80", "\xf0\x90\x80\x80" };
+	size_t i = 0;
+
+	while (i < n) {
+		uint64_t r = rnd();
+
+		if (r % 4) {
+			s[i++] = (r >> 8) % 2 ? 'a' + (r >> 16) % 26 : ' ' + (r >> 16) % 95;
+			continue;
+		}
+		const char *p = pieces[(r >> 8) % (sizeof(pieces) / sizeof(pieces[0]))];
+		size_t l = strlen(p);
+
+		if (i + l > n)
+			break;
+		memcpy(s + i, p, l);
+		i += l;
+	}
+	s[i] = 0;
+}
+
+static json_t *gen(int depth)
+{
+	char s[200];
+	uint64_t r = rnd();
+	int kind = depth >= 5 ? r % 6 : r % 9;
+
+	switch (kind) {
+	case 0: return json_null();
+	case 1: return json_boolean(r & 64);
+	case 2: {
+		static const json_int_t edge[] = { 0, 1, -1, 9, 10, -10, 99, 100, INT_MAX,
+						   (json_int_t)INT_MAX + 1, INT_MIN, LLONG_MAX,
+						   LLONG_MIN, LLONG_MIN + 1, 1000000000000000000ll };
+		return json_integer(r & 128 ? edge[(r >> 8) % 15] : (json_int_t)rnd());
+	}
+	case 3: {
+		double d = (double)(int64_t)rnd() / (double)(1ull << (r % 60));
+
+		return json_real(d);
+	}
+	case 4:
+	case 5:
+		rand_bytes(s, rnd() % 120);
+		return json_string(s);
+	case 6:
+	case 7: {
+		json_t *o = json_object();
+		int n = rnd() % 8;
+
+		for (int i = 0; i < n; i++) {
+			rand_bytes(s, rnd() % 24);
+			json_object_set_new(o, s, gen(depth + 1));
+		}
+		return o;
+	}
+	default: {
+		json_t *a = json_array();
+		int n = rnd() % 6;
+
+		for (int i = 0; i < n; i++)
+			json_array_append_new(a, gen(depth + 1));
+		return a;
+	}
+	}
+}
+
+static void test_generated(void)
+{
+	unsigned long before = audit_json_fallbacks();
+	int bad = 0;
+
+	for (int i = 0; i < 5000; i++) {
+		json_t *v = json_object();
+		int n = 1 + rnd() % 10;
+
+		for (int k = 0; k < n; k++) {
+			char key[40];
+
+			rand_bytes(key, rnd() % 16);
+			json_object_set_new(v, key, gen(0));
+		}
+		if (i % 3 == 0)   /* replace a key in place: its position must stay */
+			json_object_set_new(v, json_object_iter_key(json_object_iter(v)),
+					    json_string("replaced"));
+		if (!same(v) && ++bad > 5)
+			break;
+		json_decref(v);
+	}
+	CHECK(bad == 0);
+	CHECK(audit_json_fallbacks() == before);   /* all valid: none left the fast path */
+}
+
+/* Every special byte at every offset of short strings: the fast path
+ * looks at 8 bytes at a time, its edges must not hide one. */
+static void test_offsets(void)
+{
+	static const char *special[] = { "\"", "\\", "\n", "\x01", "\x1f", "\x7f", " ", "!",
+					 "#", "[", "]", "\xc3\xa9", "\xe2\x82\xac",
+					 "\xf0\x9f\x98\x80", "\xff" };
+	int bad = 0;
+
+	for (size_t k = 0; k < sizeof(special) / sizeof(special[0]); k++)
+		for (int len = 0; len < 34; len++)
+			for (int at = 0; at <= len; at++) {
+				char s[64];
+				json_t *v = json_object();
+				size_t l = strlen(special[k]);
+
+				/* at x's, the special byte(s), then len - at x's */
+				memset(s, 'x', sizeof(s));
+				memcpy(s + at, special[k], l);
+				s[len + l] = 0;
+				json_object_set_new(v, "k", json_string_nocheck(s));
+				bad += !same(v);
+				json_decref(v);
+			}
+	CHECK(bad == 0);
+}
+
+/* A reused buffer appends, and a refusal leaves what was there. */
+static void test_append(void)
+{
+	struct audit_buf b = { 0 };
+	json_t *v = json_pack("{s:s}", "a", "b"), *w = json_object();
+
+	json_object_set_new(w, "bad", json_string_nocheck("\xff"));
+	CHECK(audit_json_dump(v, &b) == 0);
+	CHECK(audit_json_dump(v, &b) == 0);
+	CHECK_STR(b.p, "{\"a\":\"b\"}{\"a\":\"b\"}");
+	CHECK(audit_json_dump(w, &b) == -1);
+	CHECK(b.len == 18);
+	CHECK_STR(b.p, "{\"a\":\"b\"}{\"a\":\"b\"}");
+	b.len = 0;
+	json_t *s = json_string("x");
+	CHECK(audit_json_dump(s, &b) == -1);   /* not an object or array: json_dumps refuses */
+	CHECK(json_dumps(s, FLAGS) == NULL);
+	json_decref(s);
+	json_decref(v);
+	json_decref(w);
+	audit_buf_free(&b);
+}
+
+/* A string large enough to grow the buffer several times. */
+static void test_large(void)
+{
+	size_t n = 1 << 20;
+	char *s = malloc(n + 1);
+	json_t *v;
+
+	for (size_t i = 0; i < n; i++)
+		s[i] = i % 97 == 0 ? '\x02' : 'a' + i % 26;
+	s[n] = 0;
+	v = json_pack("{s:s}", "big", s);
+	CHECK(same(v));
+	json_decref(v);
+	free(s);
+}
+
+int main(void)
+{
+	RUN(test_fixed);
+	RUN(test_reals);
+	RUN(test_invalid_utf8);
+	RUN(test_generated);
+	RUN(test_offsets);
+	RUN(test_append);
+	RUN(test_large);
+	UNIT_DONE("audit_json");
+}

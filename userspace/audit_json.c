@@ -1,0 +1,264 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Written by hand because no library call fits: json_dumps is the reference
+ * (same escapes, same number formats, keys in insertion order), and
+ * tests/unit/test_audit_json.c compares the two over generated trees.
+ */
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "audit_json.h"
+
+#define MAX_DEPTH 64   /* events nest 4 deep; deeper is a loop json_dumps reports */
+
+static _Atomic unsigned long fallbacks;
+
+unsigned long audit_json_fallbacks(void)
+{
+	return fallbacks;
+}
+
+static int grow(struct audit_buf *b, size_t n)
+{
+	size_t cap = b->cap ? b->cap : 4096;
+	char *p;
+
+	while (cap - b->len <= n) {
+		if (cap > SIZE_MAX / 2)
+			return -1;
+		cap *= 2;
+	}
+	if (!(p = realloc(b->p, cap)))
+		return -1;
+	b->p = p;
+	b->cap = cap;
+	return 0;
+}
+
+/* Room for n more bytes and the NUL. */
+static inline int reserve(struct audit_buf *b, size_t n)
+{
+	return b->cap - b->len > n ? 0 : grow(b, n);
+}
+
+int audit_buf_reserve(struct audit_buf *b, size_t n)
+{
+	return reserve(b, n);
+}
+
+void audit_buf_free(struct audit_buf *b)
+{
+	free(b->p);
+	b->p = NULL;
+	b->len = b->cap = 0;
+}
+
+/* Byte classes: 0 copied as is, 1 escaped, 2 the lead of a UTF-8 sequence
+ * (2, 3 or 4 bytes: validated), 5 never valid in UTF-8. */
+enum { C_PLAIN, C_ESC, C_LEAD2, C_LEAD3, C_LEAD4, C_BAD };
+
+static const uint8_t cls[256] = {
+	[0 ... 0x1f] = C_ESC, ['"'] = C_ESC, ['\\'] = C_ESC,
+	[0x80 ... 0xc1] = C_BAD, [0xc2 ... 0xdf] = C_LEAD2, [0xe0 ... 0xef] = C_LEAD3,
+	[0xf0 ... 0xf4] = C_LEAD4, [0xf5 ... 0xff] = C_BAD,
+};
+
+/* Length of the valid UTF-8 sequence at s (lead class k), 0 if invalid:
+ * overlong forms, surrogates and code points past U+10FFFF are refused,
+ * as jansson refuses them. */
+static size_t utf8_seq(const uint8_t *s, size_t avail, int k)
+{
+	size_t n = k == C_LEAD2 ? 2 : k == C_LEAD3 ? 3 : 4;
+	uint32_t cp = s[0] & (n == 2 ? 0x1f : n == 3 ? 0x0f : 0x07);
+
+	if (n > avail)
+		return 0;
+	for (size_t i = 1; i < n; i++) {
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+		cp = cp << 6 | (s[i] & 0x3f);
+	}
+	if (cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff) || (n == 2 && cp < 0x80) ||
+	    (n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000))
+		return 0;
+	return n;
+}
+
+static const char hexd[] = "0123456789ABCDEF";
+
+/* true when none of the 8 bytes in x needs a look (a control character,
+ * '"', '\\', or a byte >= 0x80). Per term, the lowest such byte sets its
+ * own top bit without a borrow from below; bytes that need nothing set
+ * none, so the test is exact. */
+static inline bool word_plain(const uint8_t *s)
+{
+	const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+	uint64_t x;
+
+	memcpy(&x, s, 8);
+	return !(((x - ones * 0x20) | ((x ^ (ones * '"')) - ones) | ((x ^ (ones * '\\')) - ones) |
+		  x) & highs);
+}
+
+static int dump_string(const char *str, size_t len, struct audit_buf *b)
+{
+	const uint8_t *s = (const uint8_t *)str, *end = s + len, *run;
+	char *o;
+
+	/* worst case: every byte a control character, \u00XX */
+	if (len > (SIZE_MAX - 2) / 6 || reserve(b, 6 * len + 2))
+		return -1;
+	o = b->p + b->len;
+	*o++ = '"';
+	while (s < end) {
+		run = s;
+		while (end - s >= 8 && word_plain(s))
+			s += 8;
+		while (s < end && cls[*s] == C_PLAIN)
+			s++;
+		memcpy(o, run, s - run);
+		o += s - run;
+		if (s == end)
+			break;
+		int k = cls[*s];
+		if (k == C_ESC) {
+			*o++ = '\\';
+			switch (*s) {
+			case '"': *o++ = '"'; break;
+			case '\\': *o++ = '\\'; break;
+			case '\b': *o++ = 'b'; break;
+			case '\f': *o++ = 'f'; break;
+			case '\n': *o++ = 'n'; break;
+			case '\r': *o++ = 'r'; break;
+			case '\t': *o++ = 't'; break;
+			default:
+				memcpy(o, "u00", 3);
+				o[3] = hexd[*s >> 4];
+				o[4] = hexd[*s & 15];
+				o += 5;
+			}
+			s++;
+			continue;
+		}
+		size_t n = k == C_BAD ? 0 : utf8_seq(s, end - s, k);
+		if (!n)
+			return -1;   /* json_dumps refuses invalid UTF-8 as well */
+		memcpy(o, s, n);
+		o += n;
+		s += n;
+	}
+	*o++ = '"';
+	b->len = o - b->p;
+	return 0;
+}
+
+static int dump_int(json_int_t v, struct audit_buf *b)
+{
+	char tmp[24], *e = tmp + sizeof(tmp), *p = e;
+	unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+
+	do {
+		*--p = '0' + u % 10;
+		u /= 10;
+	} while (u);
+	if (v < 0)
+		*--p = '-';
+	if (reserve(b, e - p))
+		return -1;
+	memcpy(b->p + b->len, p, e - p);
+	b->len += e - p;
+	return 0;
+}
+
+/* Reals are rare in events and jansson's formatting depends on its build
+ * (printf %.17g with fix-ups, or dtoa): let jansson format them. */
+static int dump_real(const json_t *v, struct audit_buf *b)
+{
+	char tmp[128];
+	size_t n = json_dumpb(v, tmp, sizeof(tmp), JSON_COMPACT | JSON_ENCODE_ANY);
+
+	if (!n || n > sizeof(tmp) || reserve(b, n))
+		return -1;
+	memcpy(b->p + b->len, tmp, n);
+	b->len += n;
+	return 0;
+}
+
+static inline int put(struct audit_buf *b, const char *s, size_t n)
+{
+	if (reserve(b, n))
+		return -1;
+	memcpy(b->p + b->len, s, n);
+	b->len += n;
+	return 0;
+}
+
+static int dump(const json_t *v, struct audit_buf *b, int depth)
+{
+	if (!v || depth > MAX_DEPTH)
+		return -1;
+	switch (json_typeof(v)) {
+	case JSON_NULL:
+		return put(b, "null", 4);
+	case JSON_TRUE:
+		return put(b, "true", 4);
+	case JSON_FALSE:
+		return put(b, "false", 5);
+	case JSON_INTEGER:
+		return dump_int(json_integer_value(v), b);
+	case JSON_REAL:
+		return dump_real(v, b);
+	case JSON_STRING:
+		return dump_string(json_string_value(v), json_string_length(v), b);
+	case JSON_ARRAY: {
+		size_t n = json_array_size(v);
+
+		if (put(b, "[", 1))
+			return -1;
+		for (size_t i = 0; i < n; i++)
+			if ((i && put(b, ",", 1)) || dump(json_array_get(v, i), b, depth + 1))
+				return -1;
+		return put(b, "]", 1);
+	}
+	case JSON_OBJECT: {
+		bool first = true;
+
+		if (put(b, "{", 1))
+			return -1;
+		/* jansson keeps insertion order; json_dumps walks the same iterator */
+		for (void *it = json_object_iter((json_t *)v); it;
+		     it = json_object_iter_next((json_t *)v, it), first = false)
+			if ((!first && put(b, ",", 1)) ||
+			    dump_string(json_object_iter_key(it), json_object_iter_key_len(it), b) ||
+			    put(b, ":", 1) || dump(json_object_iter_value(it), b, depth + 1))
+				return -1;
+		return put(b, "}", 1);
+	}
+	}
+	return -1;
+}
+
+int audit_json_dump(const json_t *v, struct audit_buf *b)
+{
+	size_t start = b->len;
+	char *ref;
+	int err;
+
+	if ((json_is_object(v) || json_is_array(v)) && !dump(v, b, 0) && !reserve(b, 0)) {
+		b->p[b->len] = 0;
+		return 0;
+	}
+	/* Invalid UTF-8 (only json_*_nocheck lets it in), a loop, or no memory:
+	 * whatever json_dumps makes of it, byte for byte. It refuses invalid
+	 * UTF-8 in a value, but writes a key's invalid UTF-8 as a lone '"'. */
+	b->len = start;
+	fallbacks++;
+	ref = json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	err = ref ? put(b, ref, strlen(ref)) : -1;
+	free(ref);
+	if (b->p)
+		b->p[b->len] = 0;
+	return err;
+}
