@@ -1203,8 +1203,10 @@ static int check_supported(const struct policy *p)
 	int bad = 0;
 
 	for (size_t i = 0; i < p->nagents; i++) {
-		if (p->agents[i].accept_user_tokens) {
-			log_err("agent '%s' (line %d): accept_user_tokens is not implemented in this build",
+		/* Delegation needs an issuer to verify user tokens with. */
+		if (p->agents[i].accept_user_tokens && p->agents[i].identity.source == IDENT_LOCAL) {
+			log_err("agent '%s' (line %d): accept_user_tokens needs an OIDC identity (client_credentials "
+				"or token_file): user tokens are verified with the agent's issuer and audience",
 				p->agents[i].name, p->agents[i].line);
 			bad++;
 		}

@@ -488,6 +488,7 @@ int main(int argc, char **argv)
 				state_dir = sub_argv[k + 1];
 				memmove(sub_argv + k, sub_argv + k + 2, (sub_argc - k - 2) * sizeof(char *));
 				sub_argc -= 2;
+				sub_argv[sub_argc] = NULL;   /* exec hands CMD's argv on as it is */
 				break;
 			}
 		}
@@ -497,6 +498,7 @@ int main(int argc, char **argv)
 				state_dir = sub_argv[k + 1];
 				memmove(sub_argv + k, sub_argv + k + 2, (sub_argc - k - 2) * sizeof(char *));
 				sub_argc -= 2;
+				sub_argv[sub_argc] = NULL;   /* exec hands CMD's argv on as it is */
 				break;
 			}
 		}

@@ -399,6 +399,18 @@ def test_exec_hardening(enforcer, servers):
     assert r.returncode != 0 and "CAP_SYS_ADMIN" in r.stderr, r.stdout + r.stderr
 
 
+def test_exec_state_dir_after_the_command_keeps_argv(enforcer, servers):
+    """`exec --agent A --state-dir D -- CMD ARGS`: CMD gets exactly its own
+    arguments (the option taken out of argv must not leave copies behind)."""
+    port, _ = servers.echo()
+    enforcer.start(enforce_policy(port))
+    r = subprocess.run([AG, "exec", "--agent", "t-agent", "--state-dir", enforcer.state, "--",
+                        PY, "-c", "import sys; print(sys.argv[1:])", "a", "b", "c"],
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "['a', 'b', 'c']"
+
+
 def test_exec_refuses_when_not_attached(enforcer, servers, tmp):
     port, _ = servers.echo()
     enforcer.start(enforce_policy(port))
