@@ -479,6 +479,11 @@ static int fill_in(struct conn *c, int side)
 	struct conn_side *sd = &c->side[side];
 	int fd = side_fd(c, side), got = 0, err;
 
+	/* Nothing new since the socket was last drained: no recv that can only
+	 * say EAGAIN (edge-triggered epoll reports every arrival, which clears
+	 * the flag in conn_on_event). */
+	if (sd->drained)
+		return 0;
 	while (!sd->in_eof) {
 		if (sd->in_off && sd->in_len == sd->in_cap) {
 			memmove(sd->in, sd->in + sd->in_off, sd->in_len - sd->in_off);
@@ -503,7 +508,11 @@ static int fill_in(struct conn *c, int side)
 			ok = SSL_read_ex(sd->ssl, sd->in + sd->in_len, room, &r);
 			if (ok <= 0) {
 				e = SSL_get_error(sd->ssl, ok);
-				if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+				if (e == SSL_ERROR_WANT_READ) {
+					sd->drained = true;
+					break;
+				}
+				if (e == SSL_ERROR_WANT_WRITE)
 					break;
 				if (e == SSL_ERROR_ZERO_RETURN) {
 					sd->in_eof = true;
@@ -524,9 +533,21 @@ static int fill_in(struct conn *c, int side)
 			if (n < 0) {
 				if (errno == EINTR)
 					continue;
-				if (errno == EAGAIN)
+				if (errno == EAGAIN) {
+					sd->drained = true;
 					break;
+				}
 				return -errno;
+			}
+			/* A short read emptied the receive queue, unless the peer
+			 * also closed (then read on to see the EOF now: no new edge
+			 * will come for it). Urgent data also stops a read short; an
+			 * agent sending it only stalls its own connection. */
+			if ((size_t)n < room && !sd->hup) {
+				sd->in_len += n;
+				c->rx[side] += n;
+				sd->drained = true;
+				return 1;
 			}
 		}
 		sd->in_len += n;
@@ -724,6 +745,14 @@ void conn_on_event(struct conn_end *e, uint32_t events)
 
 	if (c->closing)
 		return;
+	/* Kept before stream mode too: a module may enter it after the event
+	 * that carried both the data and the FIN. */
+	struct conn_side *sd = &c->side[e->is_agent ? SIDE_AGENT : SIDE_UP];
+
+	if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+		sd->drained = false;
+	if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+		sd->hup = true;
 	if (!e->is_agent && c->connecting) {
 		upstream_connected(c);
 		if (c->closing || c->connecting)

@@ -73,6 +73,8 @@ struct conn {
 		bool tls_pending;      /* conn_tls() asked: starts once out is flushed */
 		bool tls_ready;        /* handshake done */
 		bool tls_server;
+		bool drained;          /* read until empty; nothing new reported since */
+		bool hup;              /* the peer closed its side (EPOLLRDHUP/HUP/ERR seen) */
 	} side[2];
 	bool finishing;            /* conn_finish(): close once the agent's output is written */
 	uint64_t rx[2], tx[2];     /* stream mode byte counts per side, after TLS */

@@ -83,6 +83,7 @@ struct policy_target {
 	struct policy_addr addr;       /* what agents dial */
 	struct policy_upstream upstream;
 	bool names_metadata;           /* addr is a cloud metadata address */
+	bool user_token_password;      /* postgres: user_tokens: password (delegation) */
 	int line;
 };
 

@@ -1490,7 +1490,8 @@ static void load_upstream(struct vctx *v, const struct ynode *m, struct policy_t
 
 static void load_target(struct vctx *v, const struct ynode *m, struct policy_target *t, int idx)
 {
-	static const char *const keys[] = { "name", "protocol", "address", "upstream", NULL };
+	static const char *const keys[] = { "name", "protocol", "address", "upstream", "user_tokens", NULL };
+	static const char *const utok[] = { "password", NULL };
 	static const char *const protos[] = {
 		[PROTO_TCP] = "tcp", [PROTO_TLS] = "tls", [PROTO_POSTGRES] = "postgres",
 		[PROTO_HTTP] = "http", [PROTO_KUBERNETES] = "kubernetes", NULL };
@@ -1511,6 +1512,15 @@ static void load_target(struct vctx *v, const struct ynode *m, struct policy_tar
 				    policy_is_metadata_addr(t->addr.addr);
 	if ((n = map_get(m, "upstream")))
 		load_upstream(v, n, t);
+	/* Delegation to a postgres target: the agent's client sends the user's
+	 * token as its password. */
+	if ((n = map_get(m, "user_tokens"))) {
+		if (t->proto != PROTO_POSTGRES && t->proto != PROTO__COUNT)
+			verr(v, n, "user_tokens applies to postgres targets (http and kubernetes read "
+			     "Authorization: Bearer)");
+		else if (want_enum(v, n, "user_tokens", utok) == 0)
+			t->user_token_password = true;
+	}
 }
 
 struct addr_ref {

@@ -206,6 +206,7 @@ static bool cancel_find(uint32_t pid, uint32_t key, struct cancel_ent *out)
 
 enum pg_phase {
 	PH_AGENT_STARTUP = 0,  /* waiting for the agent's first packet */
+	PH_AGENT_AUTH,         /* delegation: waiting for the user's token as the password */
 	PH_UP_CONNECT,         /* dialling the upstream */
 	PH_UP_SSL,             /* SSLRequest sent, waiting for 'S'/'N' */
 	PH_UP_TLS,             /* upstream TLS handshake */
@@ -297,6 +298,8 @@ struct pg_sess {
 	uint32_t our_pid, our_key, up_pid, up_key;
 	char tx;                       /* last ReadyForQuery status */
 	char user[64];                 /* the agent's startup user (audit only) */
+	bool has_deleg;                /* a verified user token came in the password field */
+	struct ident_principal deleg;  /* the delegating user */
 	char appname[PG_APPNAME_MAX + 1];
 	char datestyle[64], timezone[64], extra_float[8], intervalstyle[32];
 	const char *negotiate_opts[PG_STARTUP_PARAMS];
@@ -308,6 +311,7 @@ struct pg_sess {
 
 	struct pg_out out;             /* scratch for messages we build */
 	struct pgc_result res;         /* scratch for the classifier */
+	struct pgc_result ures;        /* scratch: the delegating user's verdict */
 
 	struct pg_map stmts, portals;
 	struct pg_pend *q;             /* ring of pending requests */
@@ -482,6 +486,9 @@ static void audit_stmt(struct conn *c, const struct pg_judged *j, const char *pr
 	snprintf(cookie, sizeof(cookie), "%llu", (unsigned long long)c->pair.sock_cookie);
 	json_object_set_new(um, "connection_uid", json_string(cookie));
 	json_object_set_new(um, "statement", st);
+	if (S(c)->has_deleg)
+		json_object_set_new(um, "user", json_pack("{s:s, s:s}", "iss", S(c)->deleg.iss, "sub",
+							  S(c)->deleg.sub));
 	audit_add_verdict(ev, allowed, would_deny, rule[0] ? rule : NULL, reason);
 	audit_emit(ev);
 }
@@ -745,6 +752,20 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 	}
 	if (pgc_judge(&ctx, sql, len, rules, nr, r) != 0)
 		r->verdict = PGC_DENY;
+	if (s->has_deleg && r->verdict != PGC_DENY) {
+		/* Delegation: the user's roles must allow it too (DESIGN §3). */
+		struct pgc_result *ur = &s->ures;
+		size_t nu = enforcer_user_rules_for(c->agent_idx, &s->deleg, c->target_idx, rules,
+						    ENFORCER_MAX_RULES);
+
+		if (nu > ENFORCER_MAX_RULES || pgc_judge(&ctx, sql, len, rules, nu, ur) != 0) {
+			ur->verdict = PGC_DENY;
+			snprintf(ur->reason, sizeof(ur->reason), "the user's rules could not be applied");
+		} else if (ur->verdict == PGC_DENY && !ur->reason[0]) {
+			snprintf(ur->reason, sizeof(ur->reason), "not allowed by any rule of the delegating user");
+		}
+		pgc_combine(r, ur);
+	}
 	j->cls = r->cls;
 	snprintf(j->tag, sizeof(j->tag), "%s", r->tag);
 	j->nstmts = r->nstmts;
@@ -1199,8 +1220,88 @@ static int agent_startup(struct conn *c)
 			}
 		}
 		conn_in_consume(c, SIDE_AGENT, (uint32_t)n);
+		if (target(c)->user_token_password && c->policy->agents[c->agent_idx].accept_user_tokens) {
+			/* Delegation: the user's token comes as the password
+			 * (AuthenticationCleartextPassword; the agent leg is
+			 * loopback or TLS). Upstream waits until it verified. */
+			pg_out_begin(&s->out, 'R');
+			pg_out_i32(&s->out, 3);
+			pg_out_end(&s->out);
+			s->phase = PH_AGENT_AUTH;
+			return send_out(c, SIDE_AGENT);
+		}
 		return start_upstream(c);
 	}
+}
+
+#ifdef HAVE_MASK
+static int compile_masks(struct conn *c);
+#endif
+
+/* The rules whose masks apply to this session: the agent's for the target
+ * and, with delegation, the user's (masks are the union). At most
+ * 2 * ENFORCER_MAX_RULES. A list over the bound is cut, which is safe only
+ * because judge() then denies every statement (too many rules) and nothing
+ * is returned to mask. */
+static size_t mask_rules_of(struct conn *c, const struct policy_rule **rules)
+{
+	struct pg_sess *s = S(c);
+	size_t nr = enforcer_rules_for(c->agent_idx, c->target_idx, rules, ENFORCER_MAX_RULES);
+
+	if (nr > ENFORCER_MAX_RULES)
+		nr = ENFORCER_MAX_RULES;
+	if (s->has_deleg) {
+		size_t nu = enforcer_user_rules_for(c->agent_idx, &s->deleg, c->target_idx, rules + nr,
+						    ENFORCER_MAX_RULES);
+
+		nr += nu > ENFORCER_MAX_RULES ? ENFORCER_MAX_RULES : nu;
+	}
+	return nr;
+}
+
+/* The PasswordMessage holding a delegating user's token. */
+static int agent_auth(struct conn *c)
+{
+	struct pg_sess *s = S(c);
+	const uint8_t *in;
+	uint32_t len, mlen;
+	char why[256];
+
+	in = conn_in(c, SIDE_AGENT, &len);
+	if (len < 5)
+		return conn_in_eof(c, SIDE_AGENT) ? -ECONNRESET : 0;
+	mlen = (uint32_t)in[1] << 24 | (uint32_t)in[2] << 16 | (uint32_t)in[3] << 8 | in[4];
+	if (in[0] != 'p' || mlen < 5 || mlen > 4 + JWT_MAX_TOKEN + 1) {
+		audit_refuse(c, "delegation: the password message is not a user token");
+		return fatal(c, "28000", "agentgate: denied: this target takes a user token as the password");
+	}
+	if (len < mlen + 1)
+		return conn_in_eof(c, SIDE_AGENT) ? -ECONNRESET : 0;
+	uint8_t *tok = (uint8_t *)in + 5;
+	size_t toklen = mlen - 4;
+
+	if (tok[toklen - 1] != 0) {
+		audit_refuse(c, "delegation: malformed password message");
+		return fatal(c, "08P01", "agentgate: malformed password message");
+	}
+	int err = enforcer_user_verify(c->agent_idx, (const char *)tok, toklen - 1, &s->deleg, why,
+				       sizeof(why));
+
+	OPENSSL_cleanse(tok, toklen);   /* the token is not kept */
+	conn_in_consume(c, SIDE_AGENT, mlen + 1);
+	if (err < 0) {
+		char r[300];
+
+		snprintf(r, sizeof(r), "delegation: user token refused: %s", why);
+		audit_refuse(c, r);
+		return fatal(c, "28000", "agentgate: denied: user token refused: %s", why);
+	}
+	s->has_deleg = true;
+#ifdef HAVE_MASK
+	if (compile_masks(c))
+		return fatal(c, "53200", "agentgate: cannot compile the masks for this session");
+#endif
+	return start_upstream(c);
 }
 
 /* ---- upstream: TLS, startup, authentication --------------------------------------------- */
@@ -1570,12 +1671,10 @@ static void lit(char *buf, size_t cap, size_t *n, const char *s)
 /* The catalog query for every table a mask column names; false when none. */
 static bool catalog_query(struct conn *c, char *sql, size_t cap)
 {
-	const struct policy_rule *rules[ENFORCER_MAX_RULES];
-	size_t nr = enforcer_rules_for(c->agent_idx, c->target_idx, rules, ENFORCER_MAX_RULES), n;
+	const struct policy_rule *rules[2 * ENFORCER_MAX_RULES];
+	size_t nr = mask_rules_of(c, rules), n;
 	int ntab = 0;
 
-	if (nr > ENFORCER_MAX_RULES)
-		nr = ENFORCER_MAX_RULES;
 	n = (size_t)snprintf(sql, cap,
 		"SELECT c.oid, a.attnum, n.nspname || '.' || c.relname || '.' || a.attname "
 		"FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
@@ -2409,6 +2508,28 @@ static int process_upstream(struct conn *c)
 
 /* ---- proto_ops ------------------------------------------------------------------------- */
 
+#ifdef HAVE_MASK
+/* The session's masks: the union over the agent's rules for the target and,
+ * with delegation, the user's (DESIGN §3: masks are the union). */
+static int compile_masks(struct conn *c)
+{
+	struct pg_sess *s = S(c);
+	const struct policy_rule *rules[2 * ENFORCER_MAX_RULES];
+	const struct policy_mask *masks[2 * ENFORCER_MAX_RULES];
+	size_t nr = mask_rules_of(c, rules);
+	char merr[200];
+
+	for (size_t i = 0; i < nr; i++)
+		masks[i] = &rules[i]->mask;
+	mask_free(s->mask);
+	s->mask = mask_compile(masks, nr, merr, sizeof(merr));
+	if (!s->mask)
+		return -ENOMEM;
+	s->mask_active = !mask_is_empty(s->mask);
+	return 0;
+}
+#endif
+
 static int pg_start(struct conn *c)
 {
 	struct pg_sess *s = calloc(1, sizeof(*s));
@@ -2424,21 +2545,8 @@ static int pg_start(struct conn *c)
 		s->gen = s->gen << 4 | (uint64_t)(c->policy->hash[i] % 16);
 	s->gen |= 1;
 #ifdef HAVE_MASK
-	{
-		const struct policy_rule *rules[ENFORCER_MAX_RULES];
-		const struct policy_mask *masks[ENFORCER_MAX_RULES];
-		size_t nr = enforcer_rules_for(c->agent_idx, c->target_idx, rules, ENFORCER_MAX_RULES);
-		char merr[200];
-
-		if (nr > ENFORCER_MAX_RULES)
-			nr = ENFORCER_MAX_RULES;
-		for (size_t i = 0; i < nr; i++)
-			masks[i] = &rules[i]->mask;
-		s->mask = mask_compile(masks, nr, merr, sizeof(merr));
-		if (!s->mask)
-			return -ENOMEM;   /* fail closed: no session without its masks */
-		s->mask_active = !mask_is_empty(s->mask);
-	}
+	if (compile_masks(c))
+		return -ENOMEM;   /* fail closed: no session without its masks */
 #endif
 	return conn_stream(c);
 }
@@ -2450,6 +2558,8 @@ static int pg_on_agent_data(struct conn *c)
 	switch (s->phase) {
 	case PH_AGENT_STARTUP:
 		return agent_startup(c);
+	case PH_AGENT_AUTH:
+		return agent_auth(c);
 	case PH_READY:
 		return process_agent(c);
 	case PH_DONE:

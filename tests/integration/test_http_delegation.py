@@ -34,7 +34,7 @@ def rec(tmp, servers):
     return Recorder(tmp, servers.procs)
 
 
-def start(enforcer, tmp, idp, rec):
+def start(enforcer, tmp, idp, rec, upstream="server_name: api.internal", accept="true"):
     secret = os.path.join(tmp, "deleg-secret")
     with open(secret, "w") as f:
         f.write(CLIENT_SECRET)
@@ -47,9 +47,9 @@ def start(enforcer, tmp, idp, rec):
       - name: {AGENT}
         identity: {{source: client_credentials, issuer: "{idp.issuer}", client_id: {CLIENT_ID},
                     client_secret_file: {secret}, audience: "{AUDIENCE}"}}
-        accept_user_tokens: true
+        accept_user_tokens: {accept}
     targets:
-      - {{name: api, protocol: http, address: 127.0.0.1:{rec.port}, upstream: {{server_name: api.internal}}}}
+      - {{name: api, protocol: http, address: 127.0.0.1:{rec.port}, upstream: {{{upstream}}}}}
     roles:
       - name: agent-role
         rules: [{{target: api, allow: {{http: ["GET /a/*", "GET /b"]}}}}]
@@ -116,3 +116,21 @@ def test_refused_user_tokens_deny_the_request(enforcer, tmp, idp, rec):
     # another audience
     assert get(enforcer, rec, "/a/1", idp.exchange("bob", resource="urn:elsewhere"))[0] == 403
     assert rec.all() == b""
+
+
+def test_upstream_bearer_agent_token(enforcer, tmp, idp, rec):
+    """upstream: {bearer: agent_token}: the agent's own verified access token
+    goes upstream in place of whatever the agent sent."""
+    start(enforcer, tmp, idp, rec, upstream="server_name: api.internal, bearer: agent_token", accept="false")
+    rec.reset()
+    out = raw(enforcer, rec.port, crlf("GET /b HTTP/1.1⏎Host: api.internal⏎Authorization: Bearer forged⏎⏎"))
+    rs, _ = responses(out)
+    assert [r[0] for r in rs] == [200], out
+    seen = rec.all().decode()
+    auth = [l for l in seen.split("\r\n") if l.lower().startswith("authorization:")]
+    assert len(auth) == 1 and "forged" not in seen, seen
+    tok = auth[0].split(None, 2)[2]
+    p = tok.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)))
+    assert claims["sub"] == CLIENT_ID and claims["iss"] == idp.issuer
+    assert tok not in json.dumps(enforcer.events())   # never in the audit trail

@@ -22,11 +22,10 @@ from oidc import AUDIENCE
 
 CLIENT_ID = "t-ident-a"
 CLIENT_SECRET = "t-ident-a-secret-0123456789"
-SRCS = ["tests/integration/helpers/ident_driver.c", "userspace/ident.c", "userspace/ident_assert.c", "userspace/ident_jwks.c",
-        "userspace/ident_jwt.c", "userspace/policy_load.c", "userspace/policy_match.c",
-        "userspace/k8s.c", "userspace/mask.c", "userspace/mask_json.c", "userspace/pg_classify.c",
-        "userspace/pg_classify_json.c", "userspace/pg_funcs.c",
-        "userspace/util.c"]
+# The driver links the objects `make` built (every module but main), so it
+# never falls behind what policy_load.c and ident.c depend on.
+LIBS = ["-lbpf", "-lelf", "-lz", "-lyaml", "-ljansson", "-lcurl", "-lssl", "-lcrypto", "-lresolv",
+        "-lcap", "-lpthread", "-lpg_query", "-lpcre2-8", "-lrelp"]
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +34,11 @@ def driver_bin():
     (never the shared build/)."""
     d = tempfile.mkdtemp(prefix="agident-")
     out = os.path.join(d, "ident_driver")
+    objs = sorted(os.path.join("build", f) for f in os.listdir(os.path.join(ROOT, "build"))
+                  if f.endswith(".o") and f not in ("main.o", "agentgate.bpf.o"))
     cmd = ["gcc", "-std=gnu11", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter",
-           "-Wno-format-truncation", "-D_GNU_SOURCE", "-fno-strict-aliasing", "-Ibpf",
-           "-Iuserspace", *SRCS, "-o", out, "-lcurl", "-ljansson", "-lssl", "-lcrypto", "-lyaml",
-           "-lpthread", "-lpcre2-8", "-lpg_query"]
+           "-Wno-format-truncation", "-D_GNU_SOURCE", "-fno-strict-aliasing", "-Ibpf", "-Ibuild",
+           "-Iuserspace", "tests/integration/helpers/ident_driver.c", *objs, "-o", out, *LIBS]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     yield out

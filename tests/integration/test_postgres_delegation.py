@@ -1,0 +1,119 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Delegation to a postgres target (issues 3 and 4): with `user_tokens:
+password` on the target and accept_user_tokens on the agent, the agent's
+client sends a user's token as its password (psql, PGPASSWORD); the enforcer
+verifies it with the agent's issuer and judges each statement with both the
+agent's and the user's rules (allowed only if both allow; masks are the
+union). Real PostgreSQL 15, real OpenID provider, real psql in the agent's
+cgroup through the kernel redirect."""
+import json
+import os
+import sys
+
+import pytest
+
+from conftest import wait_for
+import oidc
+from oidc import AUDIENCE
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers"))
+from pg import Postgres  # noqa: E402
+from test_postgres import AGENT, psql, stmt_events  # noqa: E402
+
+CLIENT_ID = "t-pg-deleg"
+CLIENT_SECRET = "t-pg-deleg-secret-0123456789"
+
+
+@pytest.fixture
+def pg(tmp):
+    os.chmod(tmp, 0o755)
+    p = Postgres(tmp)
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def idp(tmp):
+    p = oidc.Provider(tmp, CLIENT_ID, CLIENT_SECRET)
+    yield p
+    p.stop()
+
+
+def start(enforcer, tmp, pg, idp):
+    pw = os.path.join(tmp, "pw")
+    with open(pw, "w") as f:
+        f.write("app-secret-pw\n")
+    os.chmod(pw, 0o600)
+    secret = os.path.join(tmp, "client-secret")
+    with open(secret, "w") as f:
+        f.write(CLIENT_SECRET)
+    os.chmod(secret, 0o600)
+    # The agent may read customers and orders; finance users (bob) may read
+    # orders and secrets and must not see customers.email unmasked.
+    doc = {
+        "agents": [{"name": AGENT, "accept_user_tokens": True,
+                    "identity": {"source": "client_credentials", "issuer": idp.issuer,
+                                 "client_id": CLIENT_ID, "client_secret_file": secret,
+                                 "audience": AUDIENCE}}],
+        "targets": [{"name": "shop", "protocol": "postgres", "address": f"127.0.0.1:{pg.port}",
+                     "user_tokens": "password",
+                     "upstream": {"user": "app", "password_file": pw, "database": "shop",
+                                  "tls": "disable"}}],
+        "roles": [
+            {"name": "agent-ro", "rules": [{"target": "shop", "allow": {
+                "statements": ["select"], "tables": ["public.customers", "public.orders"]}}]},
+            {"name": "finance", "rules": [{"target": "shop", "allow": {
+                "statements": ["select"], "tables": ["public.orders", "public.secrets"]}}]},
+            {"name": "finance-cust", "rules": [{"target": "shop", "allow": {
+                "statements": ["select"], "tables": ["public.customers"]},
+                "mask": {"columns": ["public.customers.email"]}}]},
+        ],
+        "bindings": [{"role": "agent-ro", "agents": [AGENT]},
+                     {"role": "finance", "claims": {"groups": ["finance"]}},
+                     {"role": "finance-cust", "claims": {"groups": ["finance"]}}],
+    }
+    enforcer.start("version: 1\n" + "".join(f"{k}: {json.dumps(v)}\n" for k, v in doc.items()))
+
+    def verified():
+        return any(a["name"] == AGENT and a["principal"]["verified"] for a in enforcer.status()["agents"])
+    assert wait_for(verified, timeout=15), enforcer.status()
+
+
+def q(enforcer, pg, sql, token):
+    return psql(enforcer, pg, sql, env={"PGPASSWORD": token})
+
+
+def test_postgres_delegation_intersection_and_mask_union(enforcer, tmp, pg, idp):
+    start(enforcer, tmp, pg, idp)
+    bob = idp.exchange("bob")
+    # both allow orders
+    rc, out, err = q(enforcer, pg, "SELECT count(*) FROM orders", bob)
+    assert rc == 0, err
+    # the agent allows customers, the user's finance-cust allows it with email masked: the
+    # union of masks applies although the agent's own rule masks nothing
+    pg.sql("INSERT INTO customers VALUES (9001, 'bob.secret@example.com', '4111111111111111') "
+           "ON CONFLICT DO NOTHING")
+    rc, out, err = q(enforcer, pg, "SELECT email FROM customers WHERE id = 9001", bob)
+    assert rc != 0 or "bob.secret@example.com" not in out, out
+    rc, out, err = q(enforcer, pg, "SELECT id, email FROM customers", bob)
+    assert rc == 0, err
+    assert "bob.secret@example.com" not in out and "****" in out
+    # the user allows secrets, the agent does not: a user token never widens
+    rc, out, err = q(enforcer, pg, "SELECT * FROM secrets", bob)
+    assert rc != 0 and "agentgate: denied" in err
+    # alice has no role here: nothing
+    rc, out, err = q(enforcer, pg, "SELECT count(*) FROM orders", idp.exchange("alice"))
+    assert rc != 0 and "agentgate: denied" in err
+    evs = stmt_events(enforcer)
+    assert any(e["unmapped"].get("user", {}).get("sub") == "bob" for e in evs)
+    assert bob not in json.dumps(enforcer.events())
+
+
+def test_postgres_delegation_refuses_bad_tokens(enforcer, tmp, pg, idp):
+    start(enforcer, tmp, pg, idp)
+    rc, out, err = q(enforcer, pg, "SELECT 1", idp.exchange("bob", actor="agent-b"))
+    assert rc != 0 and "user token refused" in err and "act.sub" in err
+    rc, out, err = q(enforcer, pg, "SELECT 1", "not-a-token")
+    assert rc != 0 and "user token refused" in err
+    rc, out, err = q(enforcer, pg, "SELECT 1", idp.exchange("bob", resource="urn:elsewhere"))
+    assert rc != 0 and "user token refused" in err
