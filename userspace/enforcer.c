@@ -974,17 +974,8 @@ static json_t *known_limits(void)
 		"DNS over TCP, DoT and DoH are ordinary TCP connections: allowed only to a target"));
 	if (!f->set_retval)
 		json_array_append_new(l, json_string("bpf_set_retval unavailable: denied connects fail with EPERM"));
-	for (size_t t = 0; t < E->policy->ntargets; t++) {
-		bool fb;
-
-		proto_for(E->policy->targets[t].proto, &fb);
-		if (fb) {
-			json_array_append_new(l, json_string(
-				"postgres, http and kubernetes targets are relayed as tcp without inspection "
-				"until their protocol modules land"));
-			break;
-		}
-	}
+	json_array_append_new(l, json_string(
+		"review rules deny with 'needs approval': there is no approval mechanism yet"));
 	return l;
 }
 

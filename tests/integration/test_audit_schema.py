@@ -197,3 +197,54 @@ def test_schemas_can_fail():
     drop.update(count=3, start_time=1, end_time=2, severity_id=4)
     drop["unmapped"]["loss"] = {"counter": "spool_full", "count": 3}
     assert problems(drop) == []
+
+
+def test_http_and_datastore_events(enforcer, servers, tmp):
+    """HTTP Activity (4002) from the http module and Datastore Activity (6005)
+    from the postgres module, allowed and denied, against their schemas."""
+    import sys
+    sys.path.insert(0, os.path.join(HERE, "helpers"))
+    from pg import Postgres
+    from test_http import Recorder, crlf, raw
+    from test_http import AGENT as HTTP_AGENT
+    from test_postgres import psql
+    from test_postgres import policy as pg_policy
+
+    rec = Recorder(tmp, servers.procs)
+    os.chmod(tmp, 0o755)
+    pg = Postgres(tmp)
+    try:
+        doc = pg_policy(pg, tmp)
+        # both modules in one policy: the postgres policy plus an http agent, target and role
+        out = []
+        for l in doc.splitlines():
+            if l.startswith("agents: "):
+                agents = json.loads(l[len("agents: "):]) + [{"name": HTTP_AGENT}]
+                l = "agents: " + json.dumps(agents)
+            elif l.startswith("targets: "):
+                t = json.loads(l[len("targets: "):]) + [{"name": "api", "protocol": "http",
+                                                         "address": f"127.0.0.1:{rec.port}",
+                                                         "upstream": {"server_name": "api.internal"}}]
+                l = "targets: " + json.dumps(t)
+            elif l.startswith("roles: "):
+                r = json.loads(l[len("roles: "):]) + [{"name": "web", "rules": [
+                    {"target": "api", "allow": {"http": ["GET /ok"]}}]}]
+                l = "roles: " + json.dumps(r)
+            elif l.startswith("bindings: "):
+                b = json.loads(l[len("bindings: "):]) + [{"role": "web", "agents": [HTTP_AGENT]}]
+                l = "bindings: " + json.dumps(b)
+            out.append(l)
+        enforcer.start("\n".join(out) + "\n")
+        raw(enforcer, rec.port, crlf("GET /ok HTTP/1.1⏎Host: api.internal⏎⏎GET /no HTTP/1.1⏎Host: api.internal⏎⏎"))
+        assert psql(enforcer, pg, "SELECT count(*) FROM orders")[0] == 0
+        assert psql(enforcer, pg, "DELETE FROM orders")[0] != 0
+        assert enforcer.wait_event(lambda e: e["class_uid"] == 6005 and e["unmapped"]["verdict"] == "deny")
+        enforcer.stop()
+    finally:
+        pg.stop()
+    evs = events(enforcer)
+    seen = validate_events(evs)
+    assert {4002, 6005} <= seen, seen
+    assert {e["unmapped"]["verdict"] for e in evs if e["class_uid"] == 4002} == {"allow", "deny"}
+    assert {e["unmapped"]["verdict"] for e in evs if e["class_uid"] == 6005} == {"allow", "deny"}
+    SEEN.update(seen)

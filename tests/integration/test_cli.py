@@ -63,8 +63,8 @@ def test_status_human_and_json_and_audit_tail(enforcer, servers):
     assert a["cgroup"] == "/agentgate/t-agent" and a["attached"] is True
     assert st["policy"]["mode"] == "enforce" and len(st["policy"]["hash"]) == 64
     db = [t for t in st["targets"] if t["name"] == "db"][0]
-    assert db["module"].startswith("tcp (")    # said plainly: not inspected yet
-    assert any("relayed as tcp" in l for l in st["known_limits"])
+    assert db["module"] == "postgres"          # inspected by its module
+    assert any("needs approval" in l for l in st["known_limits"])
     enforcer.py("t-agent", f"import socket; socket.create_connection(('127.0.0.1', {port})).close()")
     enforcer.py("t-agent", "import socket\ntry: socket.create_connection(('127.0.0.1', 9), timeout=2)\nexcept OSError: pass")
 
@@ -110,20 +110,23 @@ approvals: {{notify: {{webhook: 'http://127.0.0.1:1/x'}}}}
     assert r.returncode == 1 and "approvals are not implemented" in r.stderr, r.stderr
 
 
-def test_run_refuses_rules_it_cannot_enforce(tmp):
-    """A rule that narrows a postgres target would be relayed as plain TCP,
-    granting more than it says: refused at start, not silently widened."""
+def test_run_refuses_what_it_cannot_enforce(tmp):
+    """Delegation for an agent with no issuer to verify user tokens with, and
+    an upstream given by host name, pass `policy check` but `run` refuses
+    them at start instead of silently widening or guessing."""
     p = os.path.join(tmp, "p.yaml")
     with open(p, "w") as f:
         f.write("""version: 1
-agents: [{name: a}]
-targets: [{name: db, protocol: postgres, address: 127.0.0.1:5432}]
+agents: [{name: a, accept_user_tokens: true}]
+targets: [{name: db, protocol: postgres, address: 127.0.0.1:5432, upstream: {address: "db.internal:5432"}}]
 roles: [{name: r, rules: [{target: db, allow: {statements: [select]}}]}]
 bindings: [{role: r, agents: [a]}]
 """)
     assert run("policy", "check", p).returncode == 0     # the shape is valid
     r = run("--state-dir", os.path.join(tmp, "s"), "run", "--policy", p, timeout=20)
-    assert r.returncode == 1 and "need its postgres module" in r.stderr, r.stderr
+    assert r.returncode == 1, r.stderr
+    assert "accept_user_tokens needs an OIDC identity" in r.stderr, r.stderr
+    assert "upstream.address must be an IP address" in r.stderr, r.stderr
 
 
 def test_unimplemented_commands_say_so():
