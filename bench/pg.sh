@@ -245,7 +245,7 @@ pg_bench_run() {
 
 if [[ $PG_BENCH != 0 ]]; then
 	# ours to stop on any exit, before run.sh's own cleanup
-	trap 'pg_bench_stop; cleanup' EXIT
+	trap 'pgrc=$?; pg_bench_stop; (exit $pgrc); cleanup' EXIT
 	# one enforcer per host: wait for integration runs (conftest.py's lock)
 	mkdir -p /run/agentgate && exec 9>>/run/agentgate/tests.lock && flock 9
 	if pg_bench_setup; then
