@@ -539,20 +539,18 @@ static int fill_in(struct conn *c, int side)
 				}
 				return -errno;
 			}
-			/* A short read emptied the receive queue, unless the peer
-			 * also closed (then read on to see the EOF now: no new edge
-			 * will come for it). Urgent data also stops a read short; an
-			 * agent sending it only stalls its own connection. */
-			if ((size_t)n < room && !sd->hup) {
-				sd->in_len += n;
-				c->rx[side] += n;
-				sd->drained = true;
-				return 1;
-			}
 		}
 		sd->in_len += n;
 		c->rx[side] += n;
 		got = 1;
+		/* A short plain read emptied the receive queue, unless the peer
+		 * also closed (then read on to see the EOF now: no new edge will
+		 * come for it). Urgent data also stops a read short; an agent
+		 * sending it only stalls its own connection. */
+		if (!sd->ssl && (size_t)n < room && !sd->hup) {
+			sd->drained = true;
+			break;
+		}
 	}
 	return got;
 }
