@@ -121,25 +121,38 @@ static pid_t start_rsyslog(const char *dir, int port)
 	return p;
 }
 
-static json_t *sample_event(uint64_t i)
+/* The event the enforcer writes most: a connection's Open, built the way
+ * enforcer_conn_event() builds it (audit_begin and the writer). */
+static struct audit_w *sample_event(uint64_t i)
 {
 	static const uint8_t dst[16] = { [10] = 0xff, [11] = 0xff, 127, 0, 0, 1 };
 	struct audit_agent a = { .name = "agent-a", .cgroup = "/agentgate/agent-a", .pid = 4242,
 				 .tid = 4243, .uid = 1000, .comm = "python3", .cgroup_id = 8834 };
-	json_t *ev = audit_event(4001, 1, "Open");
-	char ip[64];
+	struct audit_w *w = audit_begin(4001, 1, "Open");
+	char ip[64], cookie[24];
 
-	audit_add_agent(ev, &a);
+	audit_w_agent(w, &a);
 	addr_str(dst, ip, sizeof(ip));
-	json_object_set_new(ev, "src_endpoint", json_pack("{s:s, s:i}", "ip", ip,
-							  "port", (int)(30000 + i % 30000)));
-	json_object_set_new(ev, "dst_endpoint", json_pack("{s:s, s:i}", "ip", ip, "port", 5432));
-	json_object_set_new(ev, "connection_info", json_pack("{s:s, s:i, s:i, s:s, s:I}",
-		"protocol_name", "tcp", "protocol_num", 6, "direction_id", 2, "direction", "Outbound",
-		"uid", (json_int_t)i));
-	json_object_set_new(json_object_get(ev, "unmapped"), "target", json_string("db"));
-	audit_add_verdict(ev, true, false, "role 'r' rule 1 (line 12)", NULL);
-	return ev;
+	aobj_open(&w->top, "src_endpoint");
+	aobj_str(&w->top, "ip", ip);
+	aobj_int(&w->top, "port", (int)(30000 + i % 30000));
+	aobj_close(&w->top);
+	aobj_open(&w->top, "dst_endpoint");
+	aobj_str(&w->top, "ip", ip);
+	aobj_int(&w->top, "port", 5432);
+	aobj_close(&w->top);
+	snprintf(cookie, sizeof(cookie), "%llu", (unsigned long long)i);
+	aobj_open(&w->top, "connection_info");
+	aobj_str(&w->top, "protocol_name", "tcp");
+	aobj_int(&w->top, "protocol_num", 6);
+	aobj_int(&w->top, "direction_id", 2);
+	aobj_str(&w->top, "direction", "Outbound");
+	aobj_str(&w->top, "uid", cookie);
+	aobj_close(&w->top);
+	aobj_str(&w->um, "target", "db");
+	aobj_str(&w->um, "module", "postgres");
+	audit_w_verdict(w, true, false, "role 'r' rule 1 (line 12)", NULL);
+	return w;
 }
 
 int main(int argc, char **argv)
@@ -189,12 +202,12 @@ int main(int argc, char **argv)
 	/* the caller's share: building the event alone */
 	double tb = now_s();
 	for (uint64_t i = 0; i < n / 10; i++)
-		json_decref(sample_event(i));
+		audit_discard(sample_event(i));
 	double build_us = (now_s() - tb) / (n / 10) * 1e6;
 	uint64_t base = audit_sequence();
 	double t0 = now_s();
 	for (uint64_t i = 0; i < n; i++) {
-		audit_emit(sample_event(i));
+		audit_commit(sample_event(i));
 		if ((i & 4095) == 0)
 			audit_flush();
 	}

@@ -67,6 +67,7 @@ static struct {
 	struct audit_buf line;
 	json_t *md, *md_uid, *md_seq, *md_prev;
 	json_t *pol;
+	struct audit_buf polfrag;   /* "policy":{...} for writer events */
 	int followers[MAX_FOLLOWERS];
 	int nfollowers;
 	/* tamper evidence (see audit_chain.h) */
@@ -87,6 +88,7 @@ static struct {
 	.cp_every = AUDIT_CHECKPOINT_EVERY, .cp_every_ms = AUDIT_CHECKPOINT_MS };
 
 static int emit_locked(json_t *ev);
+static int spool_line_locked(char *line, size_t len, uint64_t seq);
 static void checkpoint_locked(void);
 static void checkpoint_seq_save(void);
 static void save_chain_head(void);
@@ -473,6 +475,7 @@ void audit_close(void)
 		A.recent_cap[i] = 0;
 	}
 	audit_buf_free(&A.line);
+	audit_buf_free(&A.polfrag);
 	json_decref(A.md);
 	A.md = NULL;
 	json_decref(A.pol);
@@ -493,6 +496,13 @@ void audit_set_policy(const struct policy *p)
 	snprintf(A.policy_path, sizeof(A.policy_path), "%s", p->path ? p->path : "");
 	json_decref(A.pol);   /* rebuilt by the next emit */
 	A.pol = NULL;
+	A.polfrag.len = 0;
+	if (audit_buf_put(&A.polfrag, "\"policy\":{\"hash\":", 17) ||
+	    audit_buf_str(&A.polfrag, A.policy_hash, strlen(A.policy_hash)) ||
+	    audit_buf_put(&A.polfrag, ",\"path\":", 8) ||
+	    audit_buf_str(&A.polfrag, A.policy_path, strlen(A.policy_path)) ||
+	    audit_buf_put(&A.polfrag, "}", 1))
+		A.polfrag.len = 0;   /* out of memory: writer events go without it */
 	pthread_mutex_unlock(&A.lock);
 }
 
@@ -893,8 +903,7 @@ static int emit_locked(json_t *ev)
 	char uid[37];
 	uint64_t seq = A.seq + 1;
 	json_t *md, *um;
-	size_t len;
-	int err = 0, bad;
+	int bad;
 
 	uuid7(uid);
 	ocsf_required(ev);
@@ -922,8 +931,15 @@ static int emit_locked(json_t *ev)
 		ag_log(LOG_LVL_ERR, "audit: out of memory, an event was not recorded");
 		return -ENOMEM;
 	}
-	char *line = A.line.p;
-	len = A.line.len;
+	return spool_line_locked(A.line.p, A.line.len, seq);
+}
+
+/* The serialised event (line[len] writable: room for a '\n') into the
+ * spool as sequence seq, then into the chain, followers and the ring. */
+static int spool_line_locked(char *line, size_t len, uint64_t seq)
+{
+	int err = 0;
+
 	if (A.spool && (err = spool_append(A.spool, seq, line, len))) {
 		if (err == -ENOSPC || err == -EIO)
 			drop_locked();
@@ -955,6 +971,197 @@ void audit_emit(json_t *ev)
 		checkpoint_locked();
 	pthread_mutex_unlock(&A.lock);
 	json_decref(ev);
+}
+
+/* ---- the writer (audit.h) ---------------------------------------------------- */
+
+static struct audit_w dead_w = { .top.bad = true, .um.bad = true, .busy = true };
+static __thread struct audit_w *thread_w;
+static pthread_key_t w_key;
+static pthread_once_t w_once = PTHREAD_ONCE_INIT;
+
+static void w_free(void *p)
+{
+	struct audit_w *w = p;
+
+	aobj_free(&w->top);
+	aobj_free(&w->um);
+	free(w);
+}
+
+static void w_key_init(void)
+{
+	if (pthread_key_create(&w_key, w_free))
+		abort();
+}
+
+/* The thread's writer; its buffers keep their memory from event to event.
+ * One begun while the thread's writer is in use (an event built while
+ * another is) gets a writer of its own, freed at commit. */
+static struct audit_w *w_take(void)
+{
+	struct audit_w *w = thread_w;
+
+	if (!w) {
+		pthread_once(&w_once, w_key_init);
+		if (!(w = calloc(1, sizeof(*w))))
+			return NULL;
+		thread_w = w;
+		pthread_setspecific(w_key, w);   /* freed when the thread ends */
+	}
+	if (w->busy) {
+		if (!(w = calloc(1, sizeof(*w))))
+			return NULL;
+		w->heap = true;
+	}
+	w->busy = true;
+	return w;
+}
+
+static void w_release(struct audit_w *w)
+{
+	if (w == &dead_w)
+		return;
+	if (w->heap)
+		w_free(w);
+	else
+		w->busy = false;
+}
+
+struct audit_w *audit_begin(int class_uid, int activity_id, const char *activity_name)
+{
+	int category;
+	const char *category_name, *cname = class_name(class_uid, &category, &category_name);
+	struct audit_w *w = w_take();
+	char type_name[128];
+
+	if (!w)
+		return &dead_w;   /* writes nothing; the commit logs the loss */
+	aobj_reset(&w->top);
+	aobj_reset(&w->um);
+	if (audit_buf_put(&w->top.b, "{", 1))
+		w->top.bad = true;
+	snprintf(type_name, sizeof(type_name), "%s: %s", cname, activity_name);
+	aobj_int(&w->top, "class_uid", class_uid);
+	aobj_str(&w->top, "class_name", cname);
+	aobj_int(&w->top, "category_uid", category);
+	aobj_str(&w->top, "category_name", category_name);
+	aobj_int(&w->top, "activity_id", activity_id);
+	aobj_str(&w->top, "activity_name", activity_name);
+	aobj_int(&w->top, "type_uid", (long long)class_uid * 100 + activity_id);
+	aobj_str(&w->top, "type_name", type_name);
+	aobj_int(&w->top, "severity_id", 1);
+	aobj_str(&w->top, "severity", "Informational");
+	return w;
+}
+
+/* The same members as audit_add_agent(). */
+void audit_w_agent(struct audit_w *w, const struct audit_agent *a)
+{
+	char comm[AG_COMM_LEN + 1] = "";
+	const char *name = a->name ? a->name : "";
+
+	for (int i = 0; i < AG_COMM_LEN && a->comm && a->comm[i]; i++) {
+		unsigned char ch = a->comm[i];
+
+		comm[i] = ch >= 0x20 && ch < 0x7f ? ch : '?';
+		comm[i + 1] = 0;
+	}
+	aobj_open(&w->top, "actor");
+	aobj_str(&w->top, "app_name", name);
+	aobj_open(&w->top, "process");
+	aobj_int(&w->top, "pid", (int)a->pid);
+	aobj_int(&w->top, "tid", (int)a->tid);
+	aobj_str(&w->top, "name", comm);
+	aobj_open(&w->top, "user");
+	/* a string, as OCSF's user.uid is */
+	char uid[16];
+	snprintf(uid, sizeof(uid), "%u", a->uid);
+	aobj_str(&w->top, "uid", uid);
+	aobj_close(&w->top);
+	aobj_close(&w->top);
+	aobj_open(&w->top, "user");
+	aobj_str(&w->top, "name", name);
+	aobj_str(&w->top, "uid", name);
+	aobj_str(&w->top, "type", "Service");
+	aobj_close(&w->top);
+	aobj_close(&w->top);
+
+	aobj_open(&w->um, "agent");
+	aobj_str(&w->um, "name", name);
+	aobj_str(&w->um, "cgroup", a->cgroup ? a->cgroup : "");
+	aobj_int(&w->um, "cgroup_id", (long long)a->cgroup_id);
+	aobj_open(&w->um, "principal");
+	aobj_str(&w->um, "iss", a->iss ? a->iss : "local");
+	aobj_str(&w->um, "sub", a->iss ? (a->sub ? a->sub : "") : name);
+	aobj_bool(&w->um, "verified", a->verified);
+	aobj_close(&w->um);
+	aobj_close(&w->um);
+}
+
+/* The same members as audit_add_verdict(). */
+void audit_w_verdict(struct audit_w *w, bool allowed, bool would_deny, const char *rule,
+		     const char *reason)
+{
+	aobj_int(&w->top, "status_id", allowed ? 1 : 2);
+	aobj_str(&w->top, "status", allowed ? "Success" : "Failure");
+	aobj_int(&w->top, "action_id", allowed ? 1 : 2);
+	aobj_str(&w->top, "action", allowed ? "Allowed" : "Denied");
+	aobj_int(&w->top, "disposition_id", allowed ? 1 : 2);
+	aobj_str(&w->top, "disposition", allowed ? "Allowed" : "Blocked");
+	if (reason && !allowed)
+		aobj_str(&w->top, "status_detail", reason);
+	aobj_str(&w->um, "verdict", allowed ? (would_deny ? "would_deny" : "allow") : "deny");
+	aobj_str(&w->um, "rule", rule);
+	aobj_str(&w->um, "reason", reason);
+}
+
+/* Closes the writer's event: unmapped (with the policy), time, metadata;
+ * then spools it. The line is the writer's own buffer. */
+static int emit_w_locked(struct audit_w *w)
+{
+	struct audit_buf *b = &w->top.b;
+	uint64_t seq = A.seq + 1;
+	char uid[37], tail[512];
+	int n;
+
+	if (w->top.bad || w->um.bad || w->top.depth || w->um.depth) {
+		ag_log(LOG_LVL_ERR, "audit: out of memory, an event was not recorded");
+		return -ENOMEM;
+	}
+	uuid7(uid);
+	n = snprintf(tail, sizeof(tail),
+		     "},\"time\":%llu,\"metadata\":{\"version\":\"" OCSF_VERSION "\",\"uid\":\"%s\","
+		     "\"sequence\":%llu,\"prev_hash\":\"%s\",\"log_name\":\"agentgate\",\"product\":"
+		     "{\"name\":\"agentgate\",\"vendor_name\":\"agentgate\",\"version\":\"" AG_VERSION "\"}}}",
+		     (unsigned long long)now_ms_realtime(), uid, (unsigned long long)seq, A.last_hash);
+	if (n < 0 || (size_t)n >= sizeof(tail) ||
+	    audit_buf_put(b, ",\"unmapped\":{", 13) ||
+	    (w->um.b.len && audit_buf_put(b, w->um.b.p, w->um.b.len)) ||
+	    (A.polfrag.len && ((w->um.b.len && audit_buf_put(b, ",", 1)) ||
+			       audit_buf_put(b, A.polfrag.p, A.polfrag.len))) ||
+	    audit_buf_put(b, tail, n) || audit_buf_reserve(b, 1)) {
+		ag_log(LOG_LVL_ERR, "audit: out of memory, an event was not recorded");
+		return -ENOMEM;
+	}
+	b->p[b->len] = 0;
+	return spool_line_locked(b->p, b->len, seq);
+}
+
+void audit_commit(struct audit_w *w)
+{
+	pthread_mutex_lock(&A.lock);
+	if (A.dropped && A.spool && spool_has_room(A.spool, A.resume_room))
+		loss_event_locked();
+	if (emit_w_locked(w) == 0 && ++A.cp_pending >= A.cp_every && A.key)
+		checkpoint_locked();
+	pthread_mutex_unlock(&A.lock);
+	w_release(w);
+}
+
+void audit_discard(struct audit_w *w)
+{
+	w_release(w);
 }
 
 json_t *audit_recent(int n)

@@ -25,6 +25,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include "audit_json.h"
 #include "policy.h"
 
 #define OCSF_VERSION "1.8.0"
@@ -90,6 +91,27 @@ void audit_add_verdict(json_t *ev, bool allowed, bool would_deny, const char *ru
 		       const char *reason);
 
 /* Last n events (n <= AUDIT_RECENT), oldest first, as a JSON array of strings. */
+/*
+ * The fast way to build an event, for those emitted per statement, request
+ * or connection: members are written straight into per-thread buffers
+ * (audit_json.h), no jansson tree. top holds the event's own members,
+ * um those of its "unmapped" object; audit_commit() closes both, adds
+ * unmapped.policy, time and metadata, and spools the line exactly as
+ * audit_emit() does. A writer belongs to the thread that began it, until
+ * audit_commit() or audit_discard(). Never NULL.
+ */
+struct audit_w {
+	struct audit_obj top, um;
+	bool heap;   /* begun while the thread's own writer was in use */
+	bool busy;
+};
+struct audit_w *audit_begin(int class_uid, int activity_id, const char *activity_name);
+void audit_w_agent(struct audit_w *w, const struct audit_agent *a);
+void audit_w_verdict(struct audit_w *w, bool allowed, bool would_deny, const char *rule,
+		     const char *reason);
+void audit_commit(struct audit_w *w);
+void audit_discard(struct audit_w *w);
+
 json_t *audit_recent(int n);
 /* Adds a follower fd (non-blocking); audit owns and closes it. */
 void audit_follow(int fd);

@@ -102,7 +102,10 @@ static inline bool word_plain(const uint8_t *s)
 		  x) & highs);
 }
 
-static int dump_string(const char *str, size_t len, struct audit_buf *b)
+/* lossy: invalid UTF-8 is written as U+FFFD, a byte at a time (the
+ * writer below: a value an agent chose must not cost the event); otherwise
+ * it fails the string, as json_dumps does. */
+static int dump_string_x(const char *str, size_t len, struct audit_buf *b, bool lossy)
 {
 	const uint8_t *s = (const uint8_t *)str, *end = s + len, *run;
 	char *o;
@@ -143,6 +146,12 @@ static int dump_string(const char *str, size_t len, struct audit_buf *b)
 			continue;
 		}
 		size_t n = k == C_BAD ? 0 : utf8_seq(s, end - s, k);
+		if (!n && lossy) {   /* "\ufffd" is no longer than the 6 bytes reserved */
+			memcpy(o, "\\ufffd", 6);
+			o += 6;
+			s++;
+			continue;
+		}
 		if (!n)
 			return -1;   /* json_dumps refuses invalid UTF-8 as well */
 		memcpy(o, s, n);
@@ -152,6 +161,11 @@ static int dump_string(const char *str, size_t len, struct audit_buf *b)
 	*o++ = '"';
 	b->len = o - b->p;
 	return 0;
+}
+
+static int dump_string(const char *str, size_t len, struct audit_buf *b)
+{
+	return dump_string_x(str, len, b, false);
 }
 
 static int dump_int(json_int_t v, struct audit_buf *b)
@@ -261,4 +275,112 @@ int audit_json_dump(const json_t *v, struct audit_buf *b)
 	if (b->p)
 		b->p[b->len] = 0;
 	return err;
+}
+
+/* ---- the member-by-member writer ------------------------------------------ */
+
+void aobj_reset(struct audit_obj *o)
+{
+	o->b.len = 0;
+	o->depth = 0;
+	o->has = 0;
+	o->bad = false;
+}
+
+void aobj_free(struct audit_obj *o)
+{
+	audit_buf_free(&o->b);
+}
+
+/* ',' when the open object already has a member, then "key": */
+static void member(struct audit_obj *o, const char *key)
+{
+	size_t kl = strlen(key);
+	uint32_t bit = 1u << o->depth;
+
+	if (o->bad || reserve(&o->b, kl + 4)) {
+		o->bad = true;
+		return;
+	}
+	char *w = o->b.p + o->b.len;
+	if (o->has & bit)
+		*w++ = ',';
+	*w++ = '"';
+	memcpy(w, key, kl);   /* keys are constant ASCII (callers' literals) */
+	w += kl;
+	*w++ = '"';
+	*w++ = ':';
+	o->b.len = w - o->b.p;
+	o->has |= bit;
+}
+
+void aobj_open(struct audit_obj *o, const char *key)
+{
+	member(o, key);
+	if (o->bad || o->depth + 1 >= AOBJ_MAX_DEPTH || put(&o->b, "{", 1)) {
+		o->bad = true;
+		return;
+	}
+	o->depth++;
+	o->has &= ~(1u << o->depth);
+}
+
+void aobj_close(struct audit_obj *o)
+{
+	if (o->bad || !o->depth || put(&o->b, "}", 1)) {
+		o->bad = true;
+		return;
+	}
+	o->depth--;
+}
+
+void aobj_strn(struct audit_obj *o, const char *key, const char *v, size_t len)
+{
+	if (!v)
+		return;
+	member(o, key);
+	if (!o->bad && dump_string_x(v, len, &o->b, true))
+		o->bad = true;
+}
+
+void aobj_str(struct audit_obj *o, const char *key, const char *v)
+{
+	if (v)
+		aobj_strn(o, key, v, strlen(v));
+}
+
+void aobj_int(struct audit_obj *o, const char *key, long long v)
+{
+	member(o, key);
+	if (!o->bad && dump_int(v, &o->b))
+		o->bad = true;
+}
+
+void aobj_bool(struct audit_obj *o, const char *key, bool v)
+{
+	member(o, key);
+	if (!o->bad && put(&o->b, v ? "true" : "false", v ? 4 : 5))
+		o->bad = true;
+}
+
+void aobj_raw(struct audit_obj *o, const char *key, const char *json, size_t len)
+{
+	member(o, key);
+	if (!o->bad && put(&o->b, json, len))
+		o->bad = true;
+}
+
+int audit_buf_put(struct audit_buf *b, const char *s, size_t n)
+{
+	return put(b, s, n);
+}
+
+int audit_buf_str(struct audit_buf *b, const char *s, size_t n)
+{
+	return dump_string_x(s, n, b, true);
+}
+
+int audit_buf_int(struct audit_buf *b, long long v)
+{
+	return dump_int(v, b);
 }

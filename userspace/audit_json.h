@@ -11,7 +11,9 @@
 #define AGENTGATE_AUDIT_JSON_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* A growable output buffer, reused from event to event. */
 struct audit_buf {
@@ -31,5 +33,41 @@ unsigned long audit_json_fallbacks(void);
 /* Reserves room for n more bytes. 0 or -1. */
 int audit_buf_reserve(struct audit_buf *b, size_t n);
 void audit_buf_free(struct audit_buf *b);
+/* Appends n bytes as they are / as a JSON string (escaped as json_dumps
+ * escapes; invalid UTF-8 written as U+FFFD) / a decimal integer. 0 or -1
+ * (no memory). */
+int audit_buf_put(struct audit_buf *b, const char *s, size_t n);
+int audit_buf_str(struct audit_buf *b, const char *s, size_t n);
+int audit_buf_int(struct audit_buf *b, long long v);
+
+/*
+ * The members of one JSON object written one after another into a reused
+ * buffer, for the events emitted per statement, request and connection:
+ * building and freeing a jansson tree (some forty allocations) costs more
+ * than the rest of the emit path. The buffer holds the members without the
+ * object's own braces; aobj_open/aobj_close nest objects. Keys are constant
+ * ASCII and written as given; a key must not repeat within an object (there
+ * is no jansson object to replace it). String values are escaped as
+ * json_dumps escapes them, except that invalid UTF-8 becomes U+FFFD instead
+ * of failing: a name an agent chose must not cost the event. A NULL string
+ * writes nothing. Out of memory sets bad, and the event is not recorded.
+ */
+#define AOBJ_MAX_DEPTH 8
+struct audit_obj {
+	struct audit_buf b;
+	unsigned depth;
+	uint32_t has;   /* bit d: the object open at depth d has a member */
+	bool bad;
+};
+void aobj_reset(struct audit_obj *o);
+void aobj_free(struct audit_obj *o);
+void aobj_open(struct audit_obj *o, const char *key);
+void aobj_close(struct audit_obj *o);
+void aobj_str(struct audit_obj *o, const char *key, const char *v);
+void aobj_strn(struct audit_obj *o, const char *key, const char *v, size_t len);
+void aobj_int(struct audit_obj *o, const char *key, long long v);
+void aobj_bool(struct audit_obj *o, const char *key, bool v);
+/* A value that is already JSON (len bytes). */
+void aobj_raw(struct audit_obj *o, const char *key, const char *json, size_t len);
 
 #endif

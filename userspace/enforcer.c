@@ -411,17 +411,14 @@ static bool is_own_listener(const uint8_t a[16], uint16_t port)
 			(port >= E->dns_base && port < E->dns_base + AG_MAX_AGENTS));
 }
 
-json_t *enforcer_conn_event(struct conn *c, int activity_id, const char *activity_name)
+struct audit_w *enforcer_conn_event(struct conn *c, int activity_id, const char *activity_name)
 {
-	json_t *ev = audit_event(4001, activity_id, activity_name);
+	struct audit_w *w = audit_begin(4001, activity_id, activity_name);
 	const struct policy *p = c->policy;
 	struct audit_agent a = { 0 };
+	struct ident_principal pr;
 	char src[64], dst[64];
 
-	struct ident_principal pr;
-
-	if (!ev)
-		return NULL;
 	if (c->agent_idx >= 0) {
 		a.name = p->agents[c->agent_idx].name;
 		a.cgroup = E->agents[c->agent_idx].cgroup_rel;
@@ -432,27 +429,36 @@ json_t *enforcer_conn_event(struct conn *c, int activity_id, const char *activit
 	a.uid = c->pair.uid;
 	a.comm = c->pair.comm;
 	a.cgroup_id = c->pair.cgroup_id;
-	audit_add_agent(ev, &a);
+	audit_w_agent(w, &a);
 	addr_str(c->client_addr, src, sizeof(src));
 	addr_str(c->pair.orig_addr, dst, sizeof(dst));
-	json_object_set_new(ev, "src_endpoint", json_pack("{s:s, s:i}", "ip", src, "port", c->client_port));
-	json_object_set_new(ev, "dst_endpoint", json_pack("{s:s, s:i}", "ip", dst, "port", c->pair.orig_port));
+	aobj_open(&w->top, "src_endpoint");
+	aobj_str(&w->top, "ip", src);
+	aobj_int(&w->top, "port", c->client_port);
+	aobj_close(&w->top);
+	aobj_open(&w->top, "dst_endpoint");
+	aobj_str(&w->top, "ip", dst);
+	aobj_int(&w->top, "port", c->pair.orig_port);
+	aobj_close(&w->top);
 	char cookie[24];
 	snprintf(cookie, sizeof(cookie), "%llu", (unsigned long long)c->pair.sock_cookie);
-	json_object_set_new(ev, "connection_info", json_pack("{s:s, s:i, s:i, s:s, s:s}",
-		"protocol_name", "tcp", "protocol_num", 6, "direction_id", 2, "direction", "Outbound",
-		"uid", cookie));
-	json_t *um = json_object_get(ev, "unmapped");
+	aobj_open(&w->top, "connection_info");
+	aobj_str(&w->top, "protocol_name", "tcp");
+	aobj_int(&w->top, "protocol_num", 6);
+	aobj_int(&w->top, "direction_id", 2);
+	aobj_str(&w->top, "direction", "Outbound");
+	aobj_str(&w->top, "uid", cookie);
+	aobj_close(&w->top);
 	if (c->target_idx >= 0)
-		json_object_set_new(um, "target", json_string(p->targets[c->target_idx].name));
+		aobj_str(&w->um, "target", p->targets[c->target_idx].name);
 	if (c->ops)
-		json_object_set_new(um, "module", json_string(c->ops->name));
+		aobj_str(&w->um, "module", c->ops->name);
 	if (c->fallback_proto)
-		json_object_set_new(um, "module_note", json_string(
-			"protocol module not available yet: relayed as tcp without inspection"));
+		aobj_str(&w->um, "module_note",
+			 "protocol module not available yet: relayed as tcp without inspection");
 	if (c->upstream_desc[0])
-		json_object_set_new(um, "upstream", json_string(c->upstream_desc));
-	return ev;
+		aobj_str(&w->um, "upstream", c->upstream_desc);
+	return w;
 }
 
 void enforcer_principal(int idx, struct ident_principal *out)
@@ -659,7 +665,7 @@ bool enforcer_should_refuse(struct conn *c, const char *reason)
 
 void enforcer_conn_closed(struct conn *c, const char *why)
 {
-	json_t *ev;
+	struct audit_w *w;
 
 	if (c->closing || c->agent_idx < 0)
 		return;
@@ -668,32 +674,28 @@ void enforcer_conn_closed(struct conn *c, const char *why)
 	if (!c->opened) {
 		/* Never decided (a tls connection without a ClientHello in time):
 		 * the record is a refusal, not the close of an open connection. */
-		ev = enforcer_conn_event(c, 5, "Refuse");
-		if (ev) {
-			audit_add_verdict(ev, false, false, NULL, why ? why : "closed before a decision");
-			audit_emit(ev);
-		}
+		w = enforcer_conn_event(c, 5, "Refuse");
+		audit_w_verdict(w, false, false, NULL, why ? why : "closed before a decision");
+		audit_commit(w);
 		return;
 	}
-	ev = enforcer_conn_event(c, 2, "Close");
-	if (!ev)
-		return;
-	json_object_set_new(ev, "traffic", json_pack("{s:I, s:I}", "bytes_out", (json_int_t)c->bytes[DIR_UP],
-						     "bytes_in", (json_int_t)c->bytes[DIR_DOWN]));
-	json_object_set_new(ev, "duration", json_integer(now_ns_mono() / 1000000ull - c->start_ms));
-	audit_add_verdict(ev, true, c->would_deny, enforcer_rule_name(c), why);
-	audit_emit(ev);
+	w = enforcer_conn_event(c, 2, "Close");
+	aobj_open(&w->top, "traffic");
+	aobj_int(&w->top, "bytes_out", (long long)c->bytes[DIR_UP]);
+	aobj_int(&w->top, "bytes_in", (long long)c->bytes[DIR_DOWN]);
+	aobj_close(&w->top);
+	aobj_int(&w->top, "duration", (long long)(now_ns_mono() / 1000000ull - c->start_ms));
+	audit_w_verdict(w, true, c->would_deny, enforcer_rule_name(c), why);
+	audit_commit(w);
 }
 
 static void refuse(struct conn *c, const char *reason)
 {
-	json_t *ev = enforcer_conn_event(c, 5, "Refuse");
+	struct audit_w *w = enforcer_conn_event(c, 5, "Refuse");
 
 	enforcer_count_refused(c);
-	if (ev) {
-		audit_add_verdict(ev, false, false, enforcer_rule_name(c), reason);
-		audit_emit(ev);
-	}
+	audit_w_verdict(w, false, false, enforcer_rule_name(c), reason);
+	audit_commit(w);
 	conn_refuse(c);
 }
 
@@ -728,12 +730,11 @@ void enforcer_accept(struct worker *w, int fd, int family, const struct sockaddr
 	/* Only connections that came through the hooks have a pair entry. */
 	if (loader_pair_take(E->loader, &key, &c->pair)) {
 		atomic_fetch_add(&E->no_pair, 1);
-		json_t *ev = enforcer_conn_event(c, 5, "Refuse");
-		if (ev) {
-			audit_add_verdict(ev, false, false, NULL,
-					  "connection did not come through the agent hooks (no pair entry)");
-			audit_emit(ev);
-		}
+		struct audit_w *w = enforcer_conn_event(c, 5, "Refuse");
+
+		audit_w_verdict(w, false, false, NULL,
+				"connection did not come through the agent hooks (no pair entry)");
+		audit_commit(w);
 		conn_close(c, true);
 		return;
 	}
@@ -796,14 +797,12 @@ void enforcer_accept(struct worker *w, int fd, int family, const struct sockaddr
 	err = c->ops->start(c);
 	/* Modules that decide later (tls) record the Open themselves, with what they saw. */
 	if (!c->closing && (err || !c->ops->on_agent_data)) {
-		json_t *ev = enforcer_conn_event(c, 1, "Open");
+		struct audit_w *w = enforcer_conn_event(c, 1, "Open");
 
 		c->opened = true;
-		if (ev) {
-			audit_add_verdict(ev, !err, c->would_deny, enforcer_rule_name(c),
-					  err ? strerror(-err) : c->deny_reason);
-			audit_emit(ev);
-		}
+		audit_w_verdict(w, !err, c->would_deny, enforcer_rule_name(c),
+				err ? strerror(-err) : c->deny_reason);
+		audit_commit(w);
 	}
 	if (err && !c->closing) {
 		conn_close(c, true);

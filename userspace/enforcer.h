@@ -26,6 +26,7 @@
 #define MAX_WORKERS 64
 
 struct worker;
+struct audit_w;
 struct dns;
 
 /* What the main thread's epoll reports: ptr to one of these. */
@@ -90,8 +91,9 @@ int enforcer_run(const char *policy_path, const char *state_dir);
  * 'family' (AF_INET: 127.0.0.1, AF_INET6: ::1) from 'peer'. Takes ownership of fd. */
 void enforcer_accept(struct worker *w, int fd, int family, const struct sockaddr_storage *peer);
 /* A Network Activity (4001) event about connection c, with agent, endpoints,
- * target and module filled; the caller adds the verdict and emits it. */
-json_t *enforcer_conn_event(struct conn *c, int activity_id, const char *activity_name);
+ * target and module written; the caller adds the verdict and commits it
+ * (audit_commit). */
+struct audit_w *enforcer_conn_event(struct conn *c, int activity_id, const char *activity_name);
 /* The rule that decided, for audit ("role 'r' rule 2 (line 14)"), or NULL. */
 const char *enforcer_rule_name(struct conn *c);
 /* Counts a refusal made by a protocol module. */

@@ -151,30 +151,16 @@ static int ocsf_activity(const char *m, const char **name)
 	return 99;
 }
 
-/* Adds key to the event's "unmapped" object (which holds the agent). */
-static void unmapped_set(json_t *ev, const char *key, json_t *v)
-{
-	json_t *um = json_object_get(ev, "unmapped");
-
-	if (!um) {
-		um = json_object();
-		json_object_set_new(ev, "unmapped", um);
-	}
-	json_object_set_new(um, key, v);
-}
-
 /* One HTTP Activity (4002) event per request. */
 static void audit_request(struct conn *c, const struct hreq *r)
 {
 	const char *aname = NULL;
 	int aid = ocsf_activity(r->method, &aname);
-	json_t *ev = audit_event(4002, aid, aname);
+	struct audit_w *w = audit_begin(4002, aid, aname);
 	struct audit_agent a = { 0 };
 	struct ident_principal pr;
 	char dst[64];
 
-	if (!ev)
-		return;
 	if (c->agent_idx >= 0) {
 		a.name = c->policy->agents[c->agent_idx].name;
 		a.cgroup = E->agents[c->agent_idx].cgroup_rel;
@@ -185,27 +171,50 @@ static void audit_request(struct conn *c, const struct hreq *r)
 	a.uid = c->pair.uid;
 	a.comm = c->pair.comm;
 	a.cgroup_id = c->pair.cgroup_id;
-	audit_add_agent(ev, &a);
+	audit_w_agent(w, &a);
 	addr_str(c->pair.orig_addr, dst, sizeof(dst));
-	json_object_set_new(ev, "dst_endpoint", json_pack("{s:s, s:i}", "ip", dst, "port", c->pair.orig_port));
-	json_object_set_new(ev, "http_request", json_pack("{s:s, s:{s:s}}", "http_method", r->method,
-							  "url", "path", r->path));
-	if (r->status)
-		json_object_set_new(ev, "http_response", json_pack("{s:i}", "code", r->status));
-	json_object_set_new(ev, "traffic", json_pack("{s:I, s:I}", "bytes_out", (json_int_t)r->req_bytes,
-						     "bytes_in", (json_int_t)r->resp_bytes));
-	json_object_set_new(ev, "duration", json_integer((json_int_t)(now_ms() - r->t0_ms)));
-	unmapped_set(ev, "target", json_string(target(c) ? target(c)->name : ""));
-	unmapped_set(ev, "tls_intercepted", json_boolean(st(c)->agent_tls));
-	if (r->user[0])
-		unmapped_set(ev, "user", json_pack("{s:s}", "sub", r->user));
-	if (r->masked)
-		unmapped_set(ev, "masked", json_pack("{s:i, s:s}", "hits", r->mask_hits, "fields", r->mask_fields));
-	if (r->k8s_verb[0])
-		unmapped_set(ev, "kubernetes", json_pack("{s:s, s:s, s:s}", "verb", r->k8s_verb,
-							 "resource", r->k8s_res, "namespace", r->k8s_ns));
-	audit_add_verdict(ev, r->allowed, r->would_deny, r->rule[0] ? r->rule : NULL, r->reason);
-	audit_emit(ev);
+	aobj_open(&w->top, "dst_endpoint");
+	aobj_str(&w->top, "ip", dst);
+	aobj_int(&w->top, "port", c->pair.orig_port);
+	aobj_close(&w->top);
+	aobj_open(&w->top, "http_request");
+	aobj_str(&w->top, "http_method", r->method);
+	aobj_open(&w->top, "url");
+	aobj_str(&w->top, "path", r->path);
+	aobj_close(&w->top);
+	aobj_close(&w->top);
+	if (r->status) {
+		aobj_open(&w->top, "http_response");
+		aobj_int(&w->top, "code", r->status);
+		aobj_close(&w->top);
+	}
+	aobj_open(&w->top, "traffic");
+	aobj_int(&w->top, "bytes_out", (long long)r->req_bytes);
+	aobj_int(&w->top, "bytes_in", (long long)r->resp_bytes);
+	aobj_close(&w->top);
+	aobj_int(&w->top, "duration", (long long)(now_ms() - r->t0_ms));
+	aobj_str(&w->um, "target", target(c) ? target(c)->name : "");
+	aobj_bool(&w->um, "tls_intercepted", st(c)->agent_tls);
+	if (r->user[0]) {
+		aobj_open(&w->um, "user");
+		aobj_str(&w->um, "sub", r->user);
+		aobj_close(&w->um);
+	}
+	if (r->masked) {
+		aobj_open(&w->um, "masked");
+		aobj_int(&w->um, "hits", r->mask_hits);
+		aobj_str(&w->um, "fields", r->mask_fields);
+		aobj_close(&w->um);
+	}
+	if (r->k8s_verb[0]) {
+		aobj_open(&w->um, "kubernetes");
+		aobj_str(&w->um, "verb", r->k8s_verb);
+		aobj_str(&w->um, "resource", r->k8s_res);
+		aobj_str(&w->um, "namespace", r->k8s_ns);
+		aobj_close(&w->um);
+	}
+	audit_w_verdict(w, r->allowed, r->would_deny, r->rule[0] ? r->rule : NULL, r->reason);
+	audit_commit(w);
 }
 
 /* ---- answers of our own ---------------------------------------------------- */
@@ -1441,17 +1450,15 @@ static int process_upstream(struct conn *c)
 
 static void audit_conn_open(struct conn *c, bool allowed, const char *reason)
 {
-	json_t *ev = enforcer_conn_event(c, allowed ? 1 : 5, allowed ? "Open" : "Refuse");
+	struct audit_w *w = enforcer_conn_event(c, allowed ? 1 : 5, allowed ? "Open" : "Refuse");
 
 	if (!allowed)
 		enforcer_count_refused(c);
 	else
 		c->opened = true;
-	if (!ev)
-		return;
-	unmapped_set(ev, "tls_intercepted", json_boolean(st(c)->agent_tls));
-	audit_add_verdict(ev, allowed, c->would_deny, enforcer_rule_name(c), reason);
-	audit_emit(ev);
+	aobj_bool(&w->um, "tls_intercepted", st(c)->agent_tls);
+	audit_w_verdict(w, allowed, c->would_deny, enforcer_rule_name(c), reason);
+	audit_commit(w);
 }
 
 static int http_start(struct conn *c)

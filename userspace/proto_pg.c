@@ -421,19 +421,19 @@ static void audit_refuse(struct conn *c, const char *why)
 
 static void audit_conn(struct conn *c, bool allowed, const char *reason)
 {
-	json_t *ev = enforcer_conn_event(c, allowed ? 1 : 5, allowed ? "Open" : "Refuse");
+	struct audit_w *w = enforcer_conn_event(c, allowed ? 1 : 5, allowed ? "Open" : "Refuse");
 
 	if (!allowed)
 		enforcer_count_refused(c);
 	else
 		c->opened = true;
-	if (!ev)
-		return;
-	json_object_set_new(json_object_get(ev, "unmapped"), "postgres",
-			    json_pack("{s:s, s:s, s:b}", "database", pinned_db(c), "user", S(c)->user,
-				      "agent_tls", S(c)->agent_tls));
-	audit_add_verdict(ev, allowed, c->would_deny, enforcer_rule_name(c), reason);
-	audit_emit(ev);
+	aobj_open(&w->um, "postgres");
+	aobj_str(&w->um, "database", pinned_db(c));
+	aobj_str(&w->um, "user", S(c)->user);
+	aobj_bool(&w->um, "agent_tls", S(c)->agent_tls);
+	aobj_close(&w->um);
+	audit_w_verdict(w, allowed, c->would_deny, enforcer_rule_name(c), reason);
+	audit_commit(w);
 }
 
 /*
@@ -445,52 +445,54 @@ static void audit_conn(struct conn *c, bool allowed, const char *reason)
 static void audit_stmt(struct conn *c, const struct pg_judged *j, const char *proto, bool allowed,
 		       bool would_deny, const char *reason, const struct pg_pend *p, const struct pg_plan *plan)
 {
+	struct audit_w *w = audit_begin(6005, 4, "Query");
 	struct audit_agent a;
 	struct ident_principal pr;
 	char rule[160] = "", cookie[24];
-	json_t *ev = audit_event(6005, 4, "Query"), *st, *um;
 
-	if (!ev)
-		return;
 	audit_agent_fill(c, &a, &pr);
-	audit_add_agent(ev, &a);
-	json_object_set_new(ev, "database", json_pack("{s:s, s:s, s:i}", "name", pinned_db(c), "type",
-						      "Relational", "type_id", 1));
+	audit_w_agent(w, &a);
+	aobj_open(&w->top, "database");
+	aobj_str(&w->top, "name", pinned_db(c));
+	aobj_str(&w->top, "type", "Relational");
+	aobj_int(&w->top, "type_id", 1);
+	aobj_close(&w->top);
+	if (p && p->start_ns)
+		aobj_int(&w->top, "duration", (long long)((now_ns_mono() - p->start_ns) / 1000000));
 	if (j && j->rule)
 		snprintf(rule, sizeof(rule), "role '%s' rule %d (line %d)", j->rule->role, j->rule->index + 1,
 			 j->rule->line);
-	st = json_pack("{s:s, s:s}", "protocol", proto, "class", j ? pgc_class_name(j->cls) : "unknown");
+	aobj_str(&w->um, "target", target(c)->name);
+	aobj_str(&w->um, "module", "postgres");
+	snprintf(cookie, sizeof(cookie), "%llu", (unsigned long long)c->pair.sock_cookie);
+	aobj_str(&w->um, "connection_uid", cookie);
+	aobj_open(&w->um, "statement");
+	aobj_str(&w->um, "protocol", proto);
+	aobj_str(&w->um, "class", j ? pgc_class_name(j->cls) : "unknown");
 	if (j) {
-		json_object_set_new(st, "tag", json_string(j->tag));
-		json_object_set_new(st, "statements", json_integer(j->nstmts));
-		json_object_set_new(st, "cached", json_boolean(j->cached));
-		if (j->tables)
-			json_object_set_new(st, "tables", json_string(j->tables));
+		aobj_str(&w->um, "tag", j->tag);
+		aobj_int(&w->um, "statements", j->nstmts);
+		aobj_bool(&w->um, "cached", j->cached);
+		aobj_str(&w->um, "tables", j->tables);
 	}
 	if (p) {
-		json_object_set_new(st, "rows", json_integer((json_int_t)p->rows));
-		if (p->start_ns)
-			json_object_set_new(ev, "duration",
-					    json_integer((json_int_t)((now_ns_mono() - p->start_ns) / 1000000)));
+		aobj_int(&w->um, "rows", (long long)p->rows);
 		if (p->sqlstate[0])
-			json_object_set_new(st, "server_error", json_string(p->sqlstate));
+			aobj_str(&w->um, "server_error", p->sqlstate);
 	}
-	if (plan && plan->names) {
-		json_object_set_new(st, "masked_columns", json_string(plan->names));
-	}
+	if (plan && plan->names)
+		aobj_str(&w->um, "masked_columns", plan->names);
 	if (plan && plan->hits)
-		json_object_set_new(st, "masked_values", json_integer(plan->hits));
-	um = json_object_get(ev, "unmapped");
-	json_object_set_new(um, "target", json_string(target(c)->name));
-	json_object_set_new(um, "module", json_string("postgres"));
-	snprintf(cookie, sizeof(cookie), "%llu", (unsigned long long)c->pair.sock_cookie);
-	json_object_set_new(um, "connection_uid", json_string(cookie));
-	json_object_set_new(um, "statement", st);
-	if (S(c)->has_deleg)
-		json_object_set_new(um, "user", json_pack("{s:s, s:s}", "iss", S(c)->deleg.iss, "sub",
-							  S(c)->deleg.sub));
-	audit_add_verdict(ev, allowed, would_deny, rule[0] ? rule : NULL, reason);
-	audit_emit(ev);
+		aobj_int(&w->um, "masked_values", plan->hits);
+	aobj_close(&w->um);
+	if (S(c)->has_deleg) {
+		aobj_open(&w->um, "user");
+		aobj_str(&w->um, "iss", S(c)->deleg.iss);
+		aobj_str(&w->um, "sub", S(c)->deleg.sub);
+		aobj_close(&w->um);
+	}
+	audit_w_verdict(w, allowed, would_deny, rule[0] ? rule : NULL, reason);
+	audit_commit(w);
 }
 
 /* ---- refcounted objects, name maps ----------------------------------------------- */

@@ -42,18 +42,19 @@ static const char *sni_verdict(const struct policy_target *t, const struct tls_h
 
 static void audit_sni(struct conn *c, const struct tls_hello *h, bool allowed, const char *reason)
 {
-	json_t *ev = enforcer_conn_event(c, allowed ? 1 : 5, allowed ? "Open" : "Refuse");
+	struct audit_w *w = enforcer_conn_event(c, allowed ? 1 : 5, allowed ? "Open" : "Refuse");
 
-	if (!ev)
-		return;
-	if (h && h->has_sni)
-		json_object_set_new(ev, "tls", json_pack("{s:s}", "sni", h->sni));
+	if (h && h->has_sni) {
+		aobj_open(&w->top, "tls");
+		aobj_str(&w->top, "sni", h->sni);
+		aobj_close(&w->top);
+	}
 	if (!allowed)
 		enforcer_count_refused(c);
 	else
 		c->opened = true;
-	audit_add_verdict(ev, allowed, c->would_deny, enforcer_rule_name(c), reason);
-	audit_emit(ev);
+	audit_w_verdict(w, allowed, c->would_deny, enforcer_rule_name(c), reason);
+	audit_commit(w);
 }
 
 static int tls_start(struct conn *c)

@@ -280,6 +280,91 @@ static void test_large(void)
 	free(s);
 }
 
+/* The member writer: what it writes parses back to the values given. */
+static json_t *writer_parse(struct audit_obj *o)
+{
+	struct audit_buf b = { 0 };
+	json_error_t err;
+	json_t *v;
+
+	audit_buf_put(&b, "{", 1);
+	audit_buf_put(&b, o->b.p, o->b.len);
+	audit_buf_put(&b, "}", 1);
+	v = json_loadb(b.p, b.len, JSON_ALLOW_NUL, &err);
+	if (!v)
+		fprintf(stderr, "  writer output does not parse (%s): %.*s\n", err.text, (int)b.len, b.p);
+	audit_buf_free(&b);
+	return v;
+}
+
+static void test_writer(void)
+{
+	struct audit_obj o = { 0 };
+	json_t *v, *want;
+	char ctl[40];
+
+	for (int i = 0; i < 32; i++)
+		ctl[i] = (char)(i + 1 == 32 ? '"' : i + 1);
+	ctl[32] = 0;
+	aobj_reset(&o);
+	aobj_int(&o, "a", -9223372036854775807ll - 1);
+	aobj_str(&o, "s", "q\"b\\s/ \xc3\xa9 \xf0\x9f\x98\x80");
+	aobj_str(&o, "ctl", ctl);
+	aobj_str(&o, "skipped", NULL);   /* NULL writes nothing */
+	aobj_open(&o, "o");
+	aobj_bool(&o, "t", true);
+	aobj_open(&o, "in");
+	aobj_close(&o);
+	aobj_bool(&o, "f", false);
+	aobj_close(&o);
+	aobj_strn(&o, "n", "ab\0cd", 5);   /* an embedded NUL is escaped */
+	aobj_raw(&o, "r", "[1,2]", 5);
+	CHECK(!o.bad && o.depth == 0);
+	v = writer_parse(&o);
+	want = json_pack("{s:I, s:s, s:s, s:{s:b, s:{}, s:b}, s:s%, s:[i,i]}", "a", (json_int_t)INT64_MIN,
+			 "s", "q\"b\\s/ \xc3\xa9 \xf0\x9f\x98\x80", "ctl", ctl, "o", "t", 1, "in", "f", 0,
+			 "n", "ab\0cd", (size_t)5, "r", 1, 2);
+	CHECK(v && want && json_equal(v, want));
+	/* the same escaping as json_dumps for a valid string */
+	json_t *one = json_pack("{s:s}", "s", ctl);
+	char *ref = json_dumps(one, FLAGS);
+	aobj_reset(&o);
+	aobj_str(&o, "s", ctl);
+	CHECK(ref && o.b.len + 2 == strlen(ref) && memcmp(ref + 1, o.b.p, o.b.len) == 0);
+	free(ref);
+	json_decref(one);
+	json_decref(v);
+	json_decref(want);
+
+	/* invalid UTF-8 (a lone continuation byte, an overlong '/', a
+	 * surrogate, a truncated sequence) becomes U+FFFD, a byte at a time;
+	 * the event is kept and the JSON stays valid */
+	aobj_reset(&o);
+	aobj_str(&o, "bad", "a\x80" "b\xc0\xaf" "c\xed\xa0\x80" "d\xe2\x82");
+	CHECK(!o.bad);
+	v = writer_parse(&o);
+	const char *got = json_string_value(json_object_get(v, "bad"));
+	CHECK(got && strcmp(got, "a\xef\xbf\xbd" "b\xef\xbf\xbd\xef\xbf\xbd" "c"
+			     "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd" "d\xef\xbf\xbd\xef\xbf\xbd") == 0);
+	json_decref(v);
+
+	/* nesting is bounded; closing what is not open is an error; both
+	 * mark the event bad (not recorded) instead of writing broken JSON */
+	aobj_reset(&o);
+	for (int i = 0; i < AOBJ_MAX_DEPTH + 2; i++)
+		aobj_open(&o, "d");
+	CHECK(o.bad);
+	aobj_reset(&o);
+	CHECK(!o.bad && o.b.len == 0);
+	aobj_close(&o);
+	CHECK(o.bad);
+	/* once bad, nothing more is written */
+	size_t len = o.b.len;
+	aobj_str(&o, "x", "y");
+	CHECK(o.b.len == len);
+	aobj_free(&o);
+}
+
 int main(void)
 {
 	RUN(test_fixed);
@@ -289,5 +374,6 @@ int main(void)
 	RUN(test_offsets);
 	RUN(test_append);
 	RUN(test_large);
+	RUN(test_writer);
 	UNIT_DONE("audit_json");
 }
