@@ -28,6 +28,7 @@ struct seg {
 	uint64_t bytes;         /* bytes it costs: on disk + buffered; compressed once sealed */
 	bool closed;            /* no longer the active segment */
 	bool sealed;            /* .z exists, .log is gone */
+	uint64_t closed_ms;     /* when it closed (0: found closed at open) */
 };
 
 struct spool_reader {
@@ -389,10 +390,10 @@ static void gc_locked(struct spool *s)
 	if (!s->started)
 		return;
 	m = min_acked_locked(s);
-	while (k + 1 < s->nsegs && s->segs[k].sealed && s->segs[k].last <= m) {
+	while (k + 1 < s->nsegs && s->segs[k].closed && s->segs[k].last <= m) {
 		char path[4200];
 
-		seg_path(s, s->segs[k].first, ".z", path, sizeof(path));
+		seg_path(s, s->segs[k].first, s->segs[k].sealed ? ".z" : ".log", path, sizeof(path));
 		unlink(path);
 		s->total -= s->segs[k].bytes;
 		k++;
@@ -412,6 +413,7 @@ static int roll_locked(struct spool *s, uint64_t next)
 	if ((err = seg_push(s, (struct seg){ .first = next, .last = next - 1, .wlast = next - 1 })))
 		return err;
 	s->segs[s->nsegs - 2].closed = true;
+	s->segs[s->nsegs - 2].closed_ms = mono_ms();
 	/* the old fd is synced by the seal; the thread may be syncing a dup */
 	close(s->fd);
 	s->fd = -1;
@@ -620,8 +622,33 @@ static int seal_one(struct spool *s, uint64_t first, uint64_t *zbytes)
 	return 0;
 }
 
+/* Deletes the oldest segment, whose lines every reader has acknowledged
+ * (readers holding it open keep reading). */
+static void drop_front_locked(struct spool *s)
+{
+	char path[4200];
+
+	seg_path(s, s->segs[0].first, s->segs[0].sealed ? ".z" : ".log", path, sizeof(path));
+	unlink(path);
+	s->total -= s->segs[0].bytes;
+	memmove(s->segs, s->segs + 1, (s->nsegs - 1) * sizeof(*s->segs));
+	s->nsegs--;
+}
+
 static void seal_pending_locked(struct spool *s)
 {
+	uint64_t acked = min_acked_locked(s), now = mono_ms();
+
+	/*
+	 * Sinks that keep up have acknowledged a segment soon after it closes:
+	 * it is deleted instead of compressed, which would be work for nothing.
+	 * The newest closed segment stays until a newer one closes: after a
+	 * crash the audit chain resumes from the spool's last line, which the
+	 * empty active segment does not have. Only the oldest segments go:
+	 * recovery derives a segment's last sequence from its successor's first.
+	 */
+	while (s->nreaders && s->nsegs > 2 && s->segs[0].closed && s->segs[0].last <= acked)
+		drop_front_locked(s);
 	for (size_t i = 0; i < s->nsegs; i++) {
 		struct seg *sg = &s->segs[i];
 		uint64_t first = sg->first, zb = 0;
@@ -629,6 +656,9 @@ static void seal_pending_locked(struct spool *s)
 		int err;
 
 		if (!sg->closed || sg->sealed)
+			continue;
+		/* what a sink still needs is compressed after a grace period */
+		if (s->nreaders && (sg->last <= acked || now - sg->closed_ms < SPOOL_SEAL_GRACE_MS))
 			continue;
 		pthread_mutex_unlock(&s->lock);
 		err = seal_one(s, first, &zb);
@@ -640,8 +670,11 @@ static void seal_pending_locked(struct spool *s)
 		}
 		for (i = 0; i < s->nsegs && s->segs[i].first != first; i++)
 			;
-		if (i == s->nsegs)
+		if (i == s->nsegs) {   /* deleted meanwhile (gc: every reader was done) */
+			seg_path(s, first, ".z", lp, sizeof(lp));
+			unlink(lp);
 			return;
+		}
 		sg = &s->segs[i];
 		s->total = s->total - sg->bytes + zb;
 		sg->bytes = zb;

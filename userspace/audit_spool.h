@@ -19,6 +19,9 @@
  * numbers are handed out again by the next run (no gap, no duplicate on any
  * sink).
  *
+ * A closed segment every reader has acknowledged is deleted instead of
+ * sealed (only the newest closed one stays, raw, until a newer one closes);
+ * one a reader still needs is sealed after SPOOL_SEAL_GRACE_MS.
  * The spool is bounded by max_bytes (sealed segments count compressed).
  * When an append does not fit, sealed segments every reader has acknowledged
  * are deleted; if it still does not fit, spool_append() returns -ENOSPC and
@@ -42,6 +45,7 @@
 #define SPOOL_FLUSH_MS 10
 #define SPOOL_SYNC_MS 100
 #define SPOOL_SYNC_EVENTS 4096
+#define SPOOL_SEAL_GRACE_MS 1000   /* a closed segment a sink still needs is sealed after this */
 #define SPOOL_MAX_READERS 16
 
 struct spool;

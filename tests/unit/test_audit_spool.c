@@ -2,7 +2,7 @@
 /*
  * Unit tests for audit_spool.c: ordering, sequence persistence across
  * reopen, crash recovery (torn line, half-sealed segment), segment sealing
- * with zlib, per-reader cursors, the size bound and the dead-letter file.
+ * with zlib (and deletion instead of it when every reader is done), per-reader cursors, the size bound and the dead-letter file.
  */
 #include <dirent.h>
 #include <inttypes.h>
@@ -183,6 +183,50 @@ static void test_segments_sealed(void)
 	rm_dir();
 }
 
+/* Segments every reader acknowledged are deleted, not compressed; the
+ * newest closed one stays raw so the chain can resume from its last line. */
+static void test_delivered_not_sealed(void)
+{
+	struct spool *s;
+	struct spool_reader *r;
+	uint64_t last, next = 1;
+	int bad = 0;
+
+	fresh_dir();
+	CHECK(spool_open(&s, dir, 1 << 20, &last) == 0);   /* segments of 128 KiB */
+	CHECK(spool_reader_open(s, "fast", &r) == 0);
+	CHECK(spool_start(s) == 0);
+	for (uint64_t seq = 1; seq <= 10000; seq += 500) {
+		CHECK(append_n(s, seq, 500) == 0);
+		CHECK(spool_flush(s, false) == 0);
+		next = read_all(r, next, &bad);
+		CHECK(spool_reader_ack(r, next - 1) == 0);
+	}
+	CHECK(next == 10001);
+	CHECK(bad == 0);
+	/* the spool thread runs every SPOOL_FLUSH_MS; wait out the seal grace */
+	usleep((SPOOL_SEAL_GRACE_MS + 200) * 1000);
+	CHECK(count_files(".z") == 0);
+	CHECK(count_files(".log") == 2);   /* the newest closed segment and the active one */
+	CHECK(spool_bytes(s) < 2 * (128 << 10));
+	spool_close(s);
+
+	CHECK(spool_open(&s, dir, 1 << 20, &last) == 0);
+	CHECK(last == 10000);
+	char *line = NULL;
+	size_t len = 0;
+	CHECK(spool_last_line(s, &line, &len) == 0);
+	if (line) {
+		char want[256];
+		int wl = line_for(10000, want, sizeof(want));
+
+		CHECK(len == (size_t)wl && memcmp(line, want, wl) == 0);
+		free(line);
+	}
+	spool_close(s);
+	rm_dir();
+}
+
 static void test_bound_and_gc(void)
 {
 	struct spool *s;
@@ -286,6 +330,7 @@ int main(void)
 {
 	RUN(test_order_and_persistence);
 	RUN(test_segments_sealed);
+	RUN(test_delivered_not_sealed);
 	RUN(test_bound_and_gc);
 	RUN(test_crash_recovery);
 	RUN(test_dead_letter_and_ids);
