@@ -1057,7 +1057,7 @@ void *enforcer_status_json(void)
 	loader_pin_root(pins, sizeof(pins));
 
 	return json_pack("{s:s, s:i, s:I, s:{s:s, s:s, s:s}, s:s, s:s, s:s, s:{s:i, s:i, s:i},"
-			 " s:o, s:o, s:o, s:o, s:{s:b, s:b, s:b}, s:o, s:o}",
+			 " s:o, s:o, s:o, s:o, s:{s:b, s:b, s:b}, s:o, s:o, s:o}",
 		"version", AG_VERSION, "pid", (int)getpid(),
 		"uptime_s", (json_int_t)((now_ms_realtime() - E->started_ms) / 1000),
 		"policy", "path", E->policy_desc, "hash", p->hash,
@@ -1070,7 +1070,8 @@ void *enforcer_status_json(void)
 		"kernel_features", "set_retval", f->set_retval, "connect_unix", f->connect_unix,
 		"lsm", f->lsm,
 		"known_limits", known_limits(),
-		"local_ca", local_ca_cert_path()[0] ? json_string(local_ca_cert_path()) : json_null());
+		"local_ca", local_ca_cert_path()[0] ? json_string(local_ca_cert_path()) : json_null(),
+		"audit", json_pack("{s:b}", "allowed_requests", p->audit.allowed_requests));
 }
 
 int enforcer_attach_extra(const char *agent, const char *cgroup, char *err, size_t errlen)
@@ -1570,6 +1571,9 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 		log_err("audit sinks: %s", strerror(-rc));
 		goto out;
 	}
+	if (!E->policy->audit.allowed_requests)
+		ag_log(LOG_LVL_WARN, "audit: allowed statements and HTTP requests are not recorded "
+		       "(audit.allowed_requests: false); denials, connections and identity are");
 	if (assign_slots())
 		goto out;
 	if ((rc = dns_open(&E->dns, E->policy, E->dns_base, epfd, err, sizeof(err)))) {

@@ -170,6 +170,9 @@ struct policy_audit {
 	char *recording_dir;
 	uint64_t recording_max_bytes;  /* 0: the recorder's default */
 	uint32_t recording_max_age_ms; /* 0: the recorder's default */
+	/* false: no event for an allowed statement or HTTP request (6005,
+	 * 4002); denials, connections and identity are always recorded */
+	bool allowed_requests;
 };
 
 struct policy {

@@ -1968,12 +1968,14 @@ static void load_spool(struct vctx *v, const struct ynode *m, struct policy_audi
 
 static void load_audit(struct vctx *v, const struct ynode *m, struct policy_audit *a)
 {
-	static const char *const keys[] = { "spool", "sinks", "recording", NULL };
+	static const char *const keys[] = { "spool", "sinks", "recording", "allowed_requests", NULL };
 	const struct ynode *n;
 
 	if (!want_map(v, m, "audit"))
 		return;
 	check_keys(v, m, keys);
+	if ((n = map_get(m, "allowed_requests")))
+		want_bool(v, n, "allowed_requests", &a->allowed_requests);
 	if ((n = map_get(m, "spool")))
 		load_spool(v, n, a);
 	if ((n = map_get(m, "recording")))
@@ -2046,6 +2048,7 @@ static void load_root(struct vctx *v, const struct ynode *root, struct policy *p
 		load_roles(v, n, p);
 	if ((n = map_get(root, "bindings")))
 		load_bindings(v, n, p);
+	p->audit.allowed_requests = true;   /* every statement and request, by default */
 	if ((n = map_get(root, "audit")))
 		load_audit(v, n, &p->audit);
 	if ((n = map_get(root, "approvals")))

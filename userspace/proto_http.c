@@ -156,11 +156,14 @@ static void audit_request(struct conn *c, const struct hreq *r)
 {
 	const char *aname = NULL;
 	int aid = ocsf_activity(r->method, &aname);
-	struct audit_w *w = audit_begin(4002, aid, aname);
+	struct audit_w *w;
 	struct audit_agent a = { 0 };
 	struct ident_principal pr;
 	char dst[64];
 
+	if (r->allowed && !c->policy->audit.allowed_requests)
+		return;
+	w = audit_begin(4002, aid, aname);
 	if (c->agent_idx >= 0) {
 		a.name = c->policy->agents[c->agent_idx].name;
 		a.cgroup = E->agents[c->agent_idx].cgroup_rel;

@@ -445,11 +445,14 @@ static void audit_conn(struct conn *c, bool allowed, const char *reason)
 static void audit_stmt(struct conn *c, const struct pg_judged *j, const char *proto, bool allowed,
 		       bool would_deny, const char *reason, const struct pg_pend *p, const struct pg_plan *plan)
 {
-	struct audit_w *w = audit_begin(6005, 4, "Query");
+	struct audit_w *w;
 	struct audit_agent a;
 	struct ident_principal pr;
 	char rule[160] = "", cookie[24];
 
+	if (allowed && !c->policy->audit.allowed_requests)
+		return;
+	w = audit_begin(6005, 4, "Query");
 	audit_agent_fill(c, &a, &pr);
 	audit_w_agent(w, &a);
 	aobj_open(&w->top, "database");

@@ -1,0 +1,52 @@
+# SPDX-License-Identifier: Apache-2.0
+"""audit.allowed_requests: false drops the per-statement / per-request events
+of ALLOWED statements and requests (what `make bench` compares against full
+auditing), and nothing else: denials, connections and the setting itself
+(status, log) stay visible. A real PostgreSQL and psql through the redirect."""
+import json
+
+from test_postgres import AGENT, pg, policy, psql  # noqa: F401  (pg is a fixture)
+
+
+def _events(enforcer, cls):
+    return [e for e in enforcer.events() if e.get("class_uid") == cls]
+
+
+def test_allowed_statements_not_recorded_denials_are(enforcer, pg, tmp):  # noqa: F811
+    text = policy(pg, tmp)
+    text += f"audit: {json.dumps({'allowed_requests': False, 'sinks': [{'type': 'file', 'path': enforcer.audit}]})}\n"
+    enforcer.start(text)
+    st = enforcer.status()
+    assert st["audit"] == {"allowed_requests": False}, st.get("audit")
+    assert "allowed_requests: false" in enforcer.read_log()
+    rc, out, err = psql(enforcer, pg, "SELECT count(*) FROM orders")
+    assert rc == 0 and out.strip().isdigit(), err
+    rc, out, err = psql(enforcer, pg, "DELETE FROM orders")
+    assert rc != 0 and "agentgate: denied" in err, (rc, out, err)
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 6005 and
+                             e["unmapped"].get("verdict") == "deny")
+    assert ev and ev["unmapped"]["statement"]["tag"] == "delete", ev
+    stmts = _events(enforcer, 6005)
+    assert all(e["unmapped"]["verdict"] == "deny" for e in stmts), stmts
+    # both sessions' connections are still recorded
+    assert enforcer.wait_event(lambda e: e.get("class_uid") == 4001 and
+                               e.get("activity_name") == "Close" and
+                               e["unmapped"].get("module") == "postgres")
+
+
+def test_default_records_every_statement(enforcer, pg, tmp):  # noqa: F811
+    enforcer.start(policy(pg, tmp))
+    assert enforcer.status()["audit"] == {"allowed_requests": True}
+    rc, out, err = psql(enforcer, pg, "SELECT count(*) FROM orders")
+    assert rc == 0, err
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 6005 and
+                             e["unmapped"].get("verdict") == "allow")
+    assert ev and ev["unmapped"]["statement"]["tables"] == "public.orders", ev
+
+
+def test_allowed_requests_must_be_boolean(enforcer, pg, tmp):  # noqa: F811
+    path = f"{tmp}/bad.yaml"
+    with open(path, "w") as f:
+        f.write(policy(pg, tmp) + "audit: {allowed_requests: sometimes}\n")
+    r = enforcer.cli("policy", "check", path)
+    assert r.returncode != 0 and "allowed_requests" in (r.stdout + r.stderr), (r.stdout, r.stderr)
