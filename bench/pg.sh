@@ -112,27 +112,40 @@ pg_bench_setup() {
 		wait_listen "$PHAP_PORT" "$PHAP_PID" || { PNOTES+=("haproxy did not start"); stop_pid "$PHAP_PID"; PHAP_PID=; }
 	fi
 
-	# agentgate with an RBAC + masking policy
+	# agentgate with an RBAC + masking policy; the same with the events of
+	# allowed statements off, for what full auditing costs
+	local audit_off
+	for audit_off in '' off; do
+		cat >"$TMP/pg-policy${audit_off:+-$audit_off}.yaml" <<-EOF
+		version: 1
+		agents: [{name: bench, limits: {connections: 1000}}]
+		targets:
+		  - name: pg
+		    protocol: postgres
+		    address: 127.0.0.1:$PG_PORT
+		    upstream: {user: bench, password_file: $d/pw, database: bench}
+		roles:
+		  - name: reader
+		    rules:
+		      - target: pg
+		        allow: {statements: [select], tables: [public.pgbench_accounts, public.pgbench_branches]}
+		        mask: {columns: [public.pgbench_accounts.filler], detectors: [credit_card, email]}
+		bindings: [{role: reader, agents: [bench]}]
+		audit:
+		  ${audit_off:+allowed_requests: false}
+		  sinks: [{type: file, path: $AG_STATE/pg-audit.jsonl}]
+		EOF
+	done
+	pg_agentgate_start "$TMP/pg-policy.yaml"
+	return 0
+}
+
+# pg_agentgate_start POLICY: (re)starts the enforcer on POLICY; sets AG_STARTED.
+pg_agentgate_start() {
+	local i
 	stop_enforcer
-	cat >"$TMP/pg-policy.yaml" <<-EOF
-	version: 1
-	agents: [{name: bench, limits: {connections: 1000}}]
-	targets:
-	  - name: pg
-	    protocol: postgres
-	    address: 127.0.0.1:$PG_PORT
-	    upstream: {user: bench, password_file: $d/pw, database: bench}
-	roles:
-	  - name: reader
-	    rules:
-	      - target: pg
-	        allow: {statements: [select], tables: [public.pgbench_accounts, public.pgbench_branches]}
-	        mask: {columns: [public.pgbench_accounts.filler], detectors: [credit_card, email]}
-	bindings: [{role: reader, agents: [bench]}]
-	audit:
-	  sinks: [{type: file, path: $AG_STATE/pg-audit.jsonl}]
-	EOF
-	./agentgate run --policy "$TMP/pg-policy.yaml" --state-dir "$AG_STATE" >"$TMP/agentgate-pg.log" 2>&1 9>&- &
+	AG_STARTED=
+	./agentgate run --policy "$1" --state-dir "$AG_STATE" >>"$TMP/agentgate-pg.log" 2>&1 9>&- &
 	AG_PID=$!
 	for ((i = 0; i < 100; i++)); do
 		./agentgate status --state-dir "$AG_STATE" >/dev/null 2>&1 && { AG_STARTED=1; break; }
@@ -140,10 +153,10 @@ pg_bench_setup() {
 		sleep 0.1
 	done
 	if [[ -z $AG_STARTED ]]; then
-		PNOTES+=("agentgate did not start: $(tail -n 3 "$TMP/agentgate-pg.log" | oneline)")
+		PNOTES+=("agentgate did not start on $1: $(tail -n 3 "$TMP/agentgate-pg.log" | oneline)")
 		stop_pid "$AG_PID"; AG_PID=
+		return 1
 	fi
-	return 0
 }
 
 # pg_measure PATH MODE CLIENTS [SCRIPT]: one pgbench run; prints tps or fails.
@@ -173,7 +186,7 @@ pg_measure() {
 }
 
 pg_bench_run() {
-	local paths=(direct) mode n r k path tps d v line
+	local paths=(direct) mode n r k path tps d v line policy
 	[[ -n $PGB_PID ]] && paths+=(pgbouncer)
 	[[ -n $PHAP_PID ]] && paths+=(haproxy)
 	[[ -n $AG_STARTED ]] && paths+=(agentgate)
@@ -200,6 +213,23 @@ pg_bench_run() {
 			for path in direct agentgate; do
 				tps=$(pg_measure "$path" simple 1 "$TMP/uncached.sql") && PVAL[unc/$path]+=" $tps"
 				tps=$(pg_measure "$path" simple 1 "$TMP/cached.sql") && PVAL[cac/$path]+=" $tps"
+			done
+		done
+	fi
+
+	# What full auditing costs: the same enforcer and policy with the events
+	# of allowed statements off (audit.allowed_requests: false), restarted
+	# between the two, alternating, pgbench -S simple at 1 and 8 clients.
+	local cfg
+	if [[ -n $AG_STARTED ]]; then
+		for ((r = 1; r <= ROUNDS; r++)); do
+			for cfg in on off; do
+				[[ $cfg == on ]] && policy=$TMP/pg-policy.yaml || policy=$TMP/pg-policy-off.yaml
+				pg_agentgate_start "$policy" || continue
+				for n in 1 8; do
+					tps=$(pg_measure agentgate simple "$n") && PVAL[audit$cfg/$n]+=" $tps" &&
+						printf '  pgbench -S simple c=%d audit %-3s round %d/%d: %.0f tps\n' "$n" "$cfg" "$r" "$ROUNDS" "$tps" >&2
+				done
 			done
 		done
 	fi
@@ -235,6 +265,13 @@ pg_bench_run() {
 			printf "uncached statement: %.1f us more than a cached one (agentgate %.0f vs %.0f tps; direct %.0f vs %.0f tps, 1 client)\n",
 				(1e6 / ua - 1e6 / ud) - (1e6 / uc - 1e6 / cd), ua, uc, ud, cd }'
 	fi
+	for n in 1 8; do
+		ua=$(median "${PVAL[auditon/$n]:-}") || ua=
+		uc=$(median "${PVAL[auditoff/$n]:-}") || uc=
+		[[ -n $ua && -n $uc ]] && awk -v a="$ua" -v b="$uc" -v n="$n" 'BEGIN {
+			printf "audit cost, pgbench -S simple c=%d: %.0f tps with every statement audited, %.0f without (on/off %.3f, cost %.1f%%; goal <= 3%%)\n",
+				n, a, b, a / b, (1 - a / b) * 100 }'
+	done
 	[[ -f $AG_STATE/pg-audit.jsonl ]] &&
 		echo "agentgate audit: $(grep -c '"class_uid":6005\|"class_uid": 6005' "$AG_STATE/pg-audit.jsonl") statement events written"
 	[[ -f $TMP/pg-notes ]] && mapfile -t -O "${#PNOTES[@]}" PNOTES <"$TMP/pg-notes"

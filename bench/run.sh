@@ -7,6 +7,8 @@
 #   BENCH_SECONDS=5  length of each measurement
 #   ROUNDS=3         rounds per test and path; the table shows the median
 #   AUDIT_EVENTS=200000  events per round of the audit pipeline section (last)
+#   TCP_TESTS="bulk rr cps"  the TCP tests to run ("" skips the TCP table);
+#   HTTP_BENCH=0, PG_BENCH=0 skip those sections
 #
 # Only PIDs this script starts are ever signalled; everything it creates lives
 # in one temp dir that the EXIT trap removes.
@@ -319,7 +321,7 @@ echo "  agentgate: ${rev:-unknown revision}${AG_NA:+ — n/a, see below}"
 # Interleaved: every round runs each path once, back to back, and the
 # starting path rotates, so drift (thermal, noisy neighbours, page cache)
 # hits all paths alike instead of whichever ran last.
-for test in bulk rr cps; do
+for test in ${TCP_TESTS-bulk rr cps}; do
 	for ((r = 1; r <= ROUNDS; r++)); do
 		n=${#PATHS[@]}
 		for ((k = 0; k < n; k++)); do
