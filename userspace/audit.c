@@ -249,6 +249,9 @@ static void *sink_thread(void *arg)
 	struct sink_rt *k = arg;
 	size_t max = k->s.ops->batch_max ? k->s.ops->batch_max : 512;
 
+	uint64_t last_send = 0;
+	bool behind = false;   /* the last batch was full: more is waiting */
+
 	sink_resume(k);
 	while (!atomic_load(&A.stopping)) {
 		struct spool_batch b;
@@ -256,6 +259,12 @@ static void *sink_thread(void *arg)
 
 		if (atomic_exchange(&k->s.reopen, false) && k->s.ops->reopen)
 			k->s.ops->reopen(&k->s);
+		if (k->s.ops->min_interval_ms && !behind) {
+			uint64_t since = now_ns_mono() / 1000000 - last_send;
+
+			if (since < k->s.ops->min_interval_ms)
+				sink_sleep(k->s.ops->min_interval_ms - since);   /* not when stopping */
+		}
 		n = spool_read(k->r, &b, max, SINK_BATCH_BYTES, 200);
 		if (n <= 0) {
 			if (n < 0) {
@@ -279,6 +288,9 @@ static void *sink_thread(void *arg)
 		struct sink_batch sb = { .first = b.first, .n = n, .line = b.line, .len = b.len,
 					 .st = k->st };
 		memset(sb.st, SINK_RETRY, n);
+		last_send = now_ns_mono() / 1000000;
+		/* a backlog of more than a quarter batch is sent right away */
+		behind = spool_reader_backlog(k->r) > max / 4;
 		err = k->s.ops->send(&k->s, &sb);
 		sink_settle(k, &sb, err);
 	}

@@ -67,6 +67,10 @@ struct audit_sink_ops {
 	void (*reopen)(struct audit_sink *s);
 	void (*fini)(struct audit_sink *s);
 	size_t batch_max;      /* events per send (0: default) */
+	/* Sends start at most this often (0: as soon as events are there):
+	 * for sinks whose every send costs the same whatever its size (the
+	 * file sink's fdatasync), events wait up to this long to share one. */
+	uint32_t min_interval_ms;
 };
 
 extern const struct audit_sink_ops audit_sink_file_ops;

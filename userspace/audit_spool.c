@@ -885,6 +885,16 @@ uint64_t spool_reader_cursor(struct spool_reader *r)
 	return c;
 }
 
+uint64_t spool_reader_backlog(struct spool_reader *r)
+{
+	uint64_t n;
+
+	pthread_mutex_lock(&r->s->lock);
+	n = r->s->last_seq + 1 > r->pos ? r->s->last_seq + 1 - r->pos : 0;
+	pthread_mutex_unlock(&r->s->lock);
+	return n;
+}
+
 void spool_reader_seek(struct spool_reader *r, uint64_t seq)
 {
 	pthread_mutex_lock(&r->s->lock);

@@ -90,6 +90,9 @@ int spool_flush(struct spool *s, bool sync);
  * 0 or -errno. */
 int spool_reader_open(struct spool *s, const char *id, struct spool_reader **out);
 /* Last acknowledged sequence of this reader. */
+/* Events appended (written or still buffered) that the reader has not
+ * read yet. The reader's thread only. */
+uint64_t spool_reader_backlog(struct spool_reader *r);
 uint64_t spool_reader_cursor(struct spool_reader *r);
 /* Moves the read position to after seq (>= cursor): the next batch starts
  * at seq + 1. Used to skip what a sink already holds, or to re-read after a
