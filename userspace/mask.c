@@ -1023,6 +1023,11 @@ static size_t mask_run(const struct mask_rules *m, const uint8_t *s, size_t len,
 	if (m->nre && (len > MASK_REGEX_MAX_VALUE || !utf8_valid(s, len)))
 		goto whole;
 	det = possible(m, s, len);
+	if (!det && !m->nre) {   /* no detector can match: most values */
+		if (!put(out, outcap, &o, s, len))
+			return (size_t)-1;
+		return out ? o : 0;
+	}
 	for (size_t k = 0; k < nd; k++)
 		if (cand_next(m, det, k, s, len, 0, &c[k]) < 0)
 			goto whole;

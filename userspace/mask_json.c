@@ -290,13 +290,18 @@ static int emit(struct jw *w, const void *p, size_t n)
 	return 0;
 }
 
-static int emitc(struct jw *w, char c)
+static inline int emitc(struct jw *w, char c)
 {
-	return emit(w, &c, 1);
+	if (w->on + 2 > w->ocap)
+		return emit(w, &c, 1);
+	w->out[w->on++] = c;
+	return 0;
 }
 
-static void skip_ws(struct jw *w)
+static inline void skip_ws(struct jw *w)
 {
+	if (w->pos < w->len && w->s[w->pos] > ' ')
+		return;   /* the common case: no whitespace at all */
 	while (w->pos < w->len) {
 		uint8_t c = w->s[w->pos];
 
@@ -357,6 +362,19 @@ static size_t utf8_seq(const uint8_t *p, size_t n)
 	return k + 1;
 }
 
+/* true when none of the 8 bytes at s needs a look in a string: a control
+ * character, '"', '\\' or a byte >= 0x80. Per term, the lowest such byte
+ * sets its own top bit without a borrow from below, so the test is exact. */
+static inline bool word_plain(const uint8_t *s)
+{
+	const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+	uint64_t x;
+
+	memcpy(&x, s, 8);
+	return !(((x - ones * 0x20) | ((x ^ (ones * '"')) - ones) | ((x ^ (ones * '\\')) - ones) |
+		  x) & highs);
+}
+
 /* Parses the string at w->pos (on '"'), decoding into w->dec (*dlen bytes);
  * raw and rawlen give the token with its quotes. */
 static int parse_string(struct jw *w, size_t *raw, size_t *rawlen, size_t *dlen)
@@ -371,6 +389,14 @@ static int parse_string(struct jw *w, size_t *raw, size_t *rawlen, size_t *dlen)
 	for (;;) {
 		uint8_t c;
 
+		if (p >= w->len)
+			return -EINVAL;
+		/* runs of plain ASCII, 8 bytes at a time */
+		while (w->len - p >= 8 && word_plain(s + p)) {
+			memcpy(w->dec + o, s + p, 8);
+			o += 8;
+			p += 8;
+		}
 		if (p >= w->len)
 			return -EINVAL;
 		c = s[p];
