@@ -13,6 +13,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "admin.h"
 #include "cli_audit.h"
 
 #define RBUF (64 * 1024)
@@ -253,8 +254,20 @@ int cmd_replay(int argc, char **argv, const char *state_dir)
 	if (!sess)
 		return usage();
 	if (!dir) {
-		snprintf(defdir, sizeof(defdir), "%s/recordings", state_dir);
+		/* the running enforcer's audit.recording.dir, else the state
+		 * directory's recordings/ */
+		json_t *req = json_pack("{s:s}", "cmd", "status");
+		json_t *st = req ? admin_call(state_dir, req) : NULL;
+		const char *rd = json_string_value(json_object_get(json_object_get(st, "audit"),
+								   "recording_dir"));
+
+		if (rd)
+			snprintf(defdir, sizeof(defdir), "%s", rd);
+		else
+			snprintf(defdir, sizeof(defdir), "%s/recordings", state_dir);
 		dir = defdir;
+		json_decref(req);
+		json_decref(st);
 	}
 	if ((err = find_session(sess, dir, base, sizeof(base)))) {
 		fprintf(stderr, "replay: no session '%s' in '%s'\n", sess, dir);

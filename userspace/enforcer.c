@@ -1071,7 +1071,8 @@ void *enforcer_status_json(void)
 		"lsm", f->lsm,
 		"known_limits", known_limits(),
 		"local_ca", local_ca_cert_path()[0] ? json_string(local_ca_cert_path()) : json_null(),
-		"audit", json_pack("{s:b}", "allowed_requests", p->audit.allowed_requests));
+		"audit", json_pack("{s:b, s:s?}", "allowed_requests", p->audit.allowed_requests,
+				   "recording_dir", p->audit.recording_dir));
 }
 
 int enforcer_attach_extra(const char *agent, const char *cgroup, char *err, size_t errlen)

@@ -17,7 +17,7 @@ def test_allowed_statements_not_recorded_denials_are(enforcer, pg, tmp):  # noqa
     text += f"audit: {json.dumps({'allowed_requests': False, 'sinks': [{'type': 'file', 'path': enforcer.audit}]})}\n"
     enforcer.start(text)
     st = enforcer.status()
-    assert st["audit"] == {"allowed_requests": False}, st.get("audit")
+    assert st["audit"]["allowed_requests"] is False, st.get("audit")
     assert "allowed_requests: false" in enforcer.read_log()
     rc, out, err = psql(enforcer, pg, "SELECT count(*) FROM orders")
     assert rc == 0 and out.strip().isdigit(), err
@@ -36,7 +36,7 @@ def test_allowed_statements_not_recorded_denials_are(enforcer, pg, tmp):  # noqa
 
 def test_default_records_every_statement(enforcer, pg, tmp):  # noqa: F811
     enforcer.start(policy(pg, tmp))
-    assert enforcer.status()["audit"] == {"allowed_requests": True}
+    assert enforcer.status()["audit"]["allowed_requests"] is True
     rc, out, err = psql(enforcer, pg, "SELECT count(*) FROM orders")
     assert rc == 0, err
     ev = enforcer.wait_event(lambda e: e.get("class_uid") == 6005 and

@@ -93,8 +93,13 @@ def test_replay_prints_session_in_order(enforcer, servers):
     assert "    tab\\tand\\x00binary\\xff\\\\\\n" in text
     assert f"end of session: {len(entries)} writes, {2 * len(sent)} bytes" in text
 
-    # the same session by file name and by path
+    # the same session by file name and by path; without --dir, from the
+    # running enforcer's audit.recording.dir (status shows it)
     assert replay(enforcer, name, "--dir", rec).stdout == out.stdout
+    enforcer.start(rec_policy(port, enforcer.audit, rec))
+    assert enforcer.status()["audit"]["recording_dir"] == rec
+    assert replay(enforcer, uid).stdout == out.stdout
+    enforcer.stop()
     assert replay(enforcer, os.path.join(rec, name + ".rec")).stdout == out.stdout
     r = replay(enforcer, "nosuch", "--dir", rec)
     assert r.returncode == 1 and b"no session" in r.stderr
