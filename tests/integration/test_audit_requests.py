@@ -50,3 +50,22 @@ def test_allowed_requests_must_be_boolean(enforcer, pg, tmp):  # noqa: F811
         f.write(policy(pg, tmp) + "audit: {allowed_requests: sometimes}\n")
     r = enforcer.cli("policy", "check", path)
     assert r.returncode != 0 and "allowed_requests" in (r.stdout + r.stderr), (r.stdout, r.stderr)
+
+
+def test_http_allowed_requests_not_recorded_denials_are(enforcer, tmp, servers):
+    """The same for HTTP (4002): an allowed GET leaves no event, a denied
+    DELETE on the same keep-alive connection does."""
+    import textwrap
+    from test_http import Recorder, crlf, policy as http_policy, raw, responses
+    rec = Recorder(tmp, servers.procs)
+    text = textwrap.dedent(http_policy(rec.port))
+    text += f"audit: {json.dumps({'allowed_requests': False, 'sinks': [{'type': 'file', 'path': enforcer.audit}]})}\n"
+    enforcer.start(text)
+    out = raw(enforcer, rec.port, crlf("GET /v1/invoices/7 HTTP/1.1⏎Host: api.internal⏎⏎"),
+              crlf("DELETE /v1/invoices/7 HTTP/1.1⏎Host: api.internal⏎⏎"))
+    got, _ = responses(out)
+    assert [g[0] for g in got] == [200, 403], out
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4002)
+    assert ev and ev["http_request"]["http_method"] == "DELETE" and ev["unmapped"]["verdict"] == "deny", ev
+    assert enforcer.wait_event(lambda e: e.get("class_uid") == 4001 and e.get("activity_name") == "Close")
+    assert [e["http_request"]["http_method"] for e in _events(enforcer, 4002)] == ["DELETE"]
