@@ -81,18 +81,12 @@
 #include "audit.h"
 #include "conn.h"
 #include "enforcer.h"
+#include "local_ca.h"
+#include "mask.h"
+#include "pg_classify.h"
 #include "pg_wire.h"
 #include "proto.h"
 #include "util.h"
-
-#include "pg_pgc.h"
-
-#if __has_include("mask.h")
-#include "mask.h"
-#define HAVE_MASK 1
-#endif
-
-#include "local_ca.h"
 
 #define PG_MSG_MAX      CONN_IN_LIMIT     /* largest message either side may send */
 #define PG_PEND_MAX     8192              /* requests in flight per session */
@@ -319,10 +313,8 @@ struct pg_sess {
 	bool skip_to_sync;             /* the server skips until Sync: so do we */
 	uint32_t syncs;                /* syncs (S, Q, F) sent so far */
 
-#ifdef HAVE_MASK
 	struct mask_rules *mask;
 	bool mask_active;
-#endif
 	struct pg_plan *qplan;         /* simple Query: plan of the current result */
 	/* lineage: masked (table oid, attnum) pairs, from the catalog query */
 	struct { uint32_t oid; int16_t att; bool named; char name[96]; } *cols;
@@ -695,7 +687,6 @@ static void pend_undo(struct pg_sess *s, struct pg_pend *p, bool restore_prev)
 
 /* ---- judging ------------------------------------------------------------------------- */
 
-#ifdef HAVE_MASK
 static bool column_masked(void *arg, const char *schema, const char *table, const char *column)
 {
 	struct pg_sess *s = arg;
@@ -713,7 +704,6 @@ static bool column_masked(void *arg, const char *schema, const char *table, cons
 		}
 	return false;
 }
-#endif
 
 /*
  * Judges one SQL text. Returns a new pg_judged (ref 1), with the policy's
@@ -740,12 +730,10 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 	}
 	j->refs = 1;
 	j->cls = PGC_UTILITY;
-#ifdef HAVE_MASK
 	if (s->mask_active) {
 		ctx.column_masked = column_masked;
 		ctx.arg = s;
 	}
-#endif
 	if (!pg_utf8_valid(sql, len)) {
 		snprintf(why, whylen, "query text is not valid UTF-8");
 		return j;
@@ -810,7 +798,6 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 
 /* ---- masking ------------------------------------------------------------------------- */
 
-#ifdef HAVE_MASK
 /* Text-like types whose binary form is the text itself (jsonb: a version byte first). */
 static bool textlike_type(uint32_t oid)
 {
@@ -1010,7 +997,6 @@ static int mask_notification(struct pg_sess *s, const struct pg_msg *m)
 	free(buf);
 	return 0;
 }
-#endif
 
 /* ---- the agent's startup ---------------------------------------------------------------- */
 
@@ -1239,9 +1225,7 @@ static int agent_startup(struct conn *c)
 	}
 }
 
-#ifdef HAVE_MASK
 static int compile_masks(struct conn *c);
-#endif
 
 /* The rules whose masks apply to this session: the agent's for the target
  * and, with delegation, the user's (masks are the union). At most
@@ -1302,10 +1286,8 @@ static int agent_auth(struct conn *c)
 		return fatal(c, "28000", "agentgate: denied: user token refused: %s", why);
 	}
 	s->has_deleg = true;
-#ifdef HAVE_MASK
 	if (compile_masks(c))
 		return fatal(c, "53200", "agentgate: cannot compile the masks for this session");
-#endif
 	return start_upstream(c);
 }
 
@@ -1660,7 +1642,6 @@ static bool param_ok(const char *name, const char *value)
 
 /* ---- masked-column catalog lookup ------------------------------------------------------- */
 
-#ifdef HAVE_MASK
 /* Appends s as a SQL string literal (standard_conforming_strings is on). */
 static void lit(char *buf, size_t cap, size_t *n, const char *s)
 {
@@ -1752,7 +1733,6 @@ static int catalog_row(struct pg_sess *s, const struct pg_msg *m)
 	s->ncols++;
 	return 0;
 }
-#endif
 
 static int session_ready(struct conn *c, char status)
 {
@@ -1805,7 +1785,6 @@ static int up_params(struct conn *c, const struct pg_msg *m)
 	case 'Z':
 		if (pg_parse_ready(m, &st))
 			return -EBADMSG;
-#ifdef HAVE_MASK
 		if (s->mask_active) {
 			char sql[8192];
 
@@ -1815,7 +1794,6 @@ static int up_params(struct conn *c, const struct pg_msg *m)
 				return send_out(c, SIDE_UP);
 			}
 		}
-#endif
 		return session_ready(c, st);
 	default:
 		return fatal(c, "08P01", "agentgate: unexpected message '%c' from the server at session start",
@@ -1823,7 +1801,6 @@ static int up_params(struct conn *c, const struct pg_msg *m)
 	}
 }
 
-#ifdef HAVE_MASK
 static int up_catalog(struct conn *c, const struct pg_msg *m)
 {
 	struct pg_sess *s = S(c);
@@ -1844,7 +1821,6 @@ static int up_catalog(struct conn *c, const struct pg_msg *m)
 	}
 	return fatal(c, "08P01", "agentgate: unexpected message '%c' during the catalog query", m->type);
 }
-#endif
 
 /* ---- the session: agent -> server ------------------------------------------------------ */
 
@@ -2247,13 +2223,11 @@ static int be_error(struct conn *c, const struct pg_msg *m, struct pg_pend *p)
 		pg_out_denied(&s->out, p->deny ? p->deny : "not allowed", p->deny_detail);
 		err = send_out(c, SIDE_AGENT);
 	} else {
-#ifdef HAVE_MASK
 		if (s->mask_active && mask_has_detectors(s->mask)) {
 			err = mask_fields(s, m);
 			if (!err)
 				err = send_out(c, SIDE_AGENT);
 		} else
-#endif
 			err = conn_send(c, SIDE_AGENT, m->body - 5, m->len + 5);
 	}
 	if (!p)
@@ -2345,20 +2319,16 @@ static int be_message(struct conn *c, const struct pg_msg *m)
 			return fatal(c, "08P01", "agentgate: the server reports %s = %s, which is not allowed", n, v);
 		break;
 	case 'N':
-#ifdef HAVE_MASK
 		if (s->mask_active && mask_has_detectors(s->mask)) {
 			err = mask_fields(s, m);
 			return err ? err : send_out(c, SIDE_AGENT);
 		}
-#endif
 		break;
 	case 'A':
-#ifdef HAVE_MASK
 		if (s->mask_active && mask_has_detectors(s->mask)) {
 			err = mask_notification(s, m);
 			return err ? err : send_out(c, SIDE_AGENT);
 		}
-#endif
 		break;
 	case 'W':
 		return fatal(c, "08P01", "agentgate: replication (CopyBoth) is not allowed");
@@ -2374,7 +2344,6 @@ static int be_message(struct conn *c, const struct pg_msg *m)
 			if (p->kind == 'P' || p->kind == 'B' || p->kind == 'C')
 				pend_pop(s);
 			break;
-#ifdef HAVE_MASK
 		case 'H':
 			/* COPY TO STDOUT: text rows are scanned by the detectors
 			 * (below); binary COPY cannot be, so it is not let out */
@@ -2396,12 +2365,10 @@ static int be_message(struct conn *c, const struct pg_msg *m)
 				return send_out(c, SIDE_AGENT);
 			}
 			break;
-#endif
 		case 't':
 			p->got_paramdesc = true;
 			break;
 		case 'T':
-#ifdef HAVE_MASK
 			if (p->kind == 'Q') {
 				plan_free(s->qplan);
 				s->qplan = plan_for(s, m, NULL);
@@ -2409,7 +2376,6 @@ static int be_message(struct conn *c, const struct pg_msg *m)
 				plan_free(p->portal->plan);
 				p->portal->plan = plan_for(s, m, p->portal);
 			}
-#endif
 			if (p->kind == 'D')
 				pend_pop(s);
 			break;
@@ -2421,7 +2387,6 @@ static int be_message(struct conn *c, const struct pg_msg *m)
 			struct pg_plan *plan = p->kind == 'Q' ? s->qplan : p->portal ? p->portal->plan : NULL;
 
 			p->rows++;
-#ifdef HAVE_MASK
 			if (plan) {
 				err = mask_row(s, m, plan);
 				if (err)
@@ -2429,8 +2394,6 @@ static int be_message(struct conn *c, const struct pg_msg *m)
 						     strerror(-err));
 				return send_out(c, SIDE_AGENT);
 			}
-#endif
-			(void)plan;
 			break;
 		}
 		case 'C': case 'I': case 's':
@@ -2451,7 +2414,6 @@ static int be_message(struct conn *c, const struct pg_msg *m)
 	default:
 		return fatal(c, "08P01", "agentgate: unexpected server message '%c'", m->type);
 	}
-	(void)err;
 	return conn_send(c, SIDE_AGENT, m->body - 5, m->len + 5);
 }
 
@@ -2491,11 +2453,9 @@ static int process_upstream(struct conn *c)
 		case PH_UP_PARAMS:
 			err = up_params(c, &m);
 			break;
-#ifdef HAVE_MASK
 		case PH_UP_CATALOG:
 			err = up_catalog(c, &m);
 			break;
-#endif
 		case PH_READY:
 			err = be_message(c, &m);
 			break;
@@ -2513,7 +2473,6 @@ static int process_upstream(struct conn *c)
 
 /* ---- proto_ops ------------------------------------------------------------------------- */
 
-#ifdef HAVE_MASK
 /* The session's masks: the union over the agent's rules for the target and,
  * with delegation, the user's (DESIGN §3: masks are the union). */
 static int compile_masks(struct conn *c)
@@ -2533,7 +2492,6 @@ static int compile_masks(struct conn *c)
 	s->mask_active = !mask_is_empty(s->mask);
 	return 0;
 }
-#endif
 
 static int pg_start(struct conn *c)
 {
@@ -2549,10 +2507,8 @@ static int pg_start(struct conn *c)
 	for (int i = 0; i < 16; i++)
 		s->gen = s->gen << 4 | (uint64_t)(c->policy->hash[i] % 16);
 	s->gen |= 1;
-#ifdef HAVE_MASK
 	if (compile_masks(c))
 		return -ENOMEM;   /* fail closed: no session without its masks */
-#endif
 	return conn_stream(c);
 }
 
@@ -2653,9 +2609,7 @@ static void pg_release(struct conn *c)
 	pg_out_free(&s->out);
 	free(s->negotiate_buf);
 	free(s->cols);
-#ifdef HAVE_MASK
 	mask_free(s->mask);
-#endif
 	free(s);
 	c->proto_state = NULL;
 }
