@@ -95,6 +95,7 @@
 #define PG_DENY_TEXT    "agentgate denied"   /* the stand-in: a syntax error at parse time */
 #define PG_DENY_NAME    "agentgate_denied"   /* stand-in statement name for non-Parse denials */
 #define PG_APPNAME_MAX  63
+#define PG_DISCARD_MAX  (2 * PG_MSG_MAX)  /* bytes of an oversized message read and dropped */
 
 /* ---- cancel keys ---------------------------------------------------------- */
 
@@ -208,19 +209,29 @@ enum pg_phase {
 	PH_UP_PARAMS,          /* authenticated: ParameterStatus, BackendKeyData until 'Z' */
 	PH_UP_CATALOG,         /* our catalog query for masked columns */
 	PH_READY,              /* relaying the session */
+	PH_DISCARD,            /* ending: our error is out, the agent's oversized message is dropped */
 	PH_DONE,
 };
 
-/* A judged SQL text: what audit and the tables need. Refcounted. */
+/*
+ * A judged SQL text: what audit and the tables need. Refcounted; one
+ * allocation holds it, its statements, its tables and its reason.
+ */
 struct pg_judged {
 	int refs;
 	bool allowed;          /* the policy allowed it (observe mode may still send a denied one) */
+	enum pgc_verdict verdict;
 	enum pgc_class cls;
 	char tag[32];
-	int nstmts;
+	int nstmts;            /* statements in the text: entries in st */
+	int denied_stmt;       /* the statement a denial is about; -1: the whole text */
 	const struct policy_rule *rule;
 	bool copy_in, copy_out, cached;
 	char *tables;          /* "public.a,public.b", or NULL */
+	char *why;             /* not allowed: the reason (observe mode sends it all the same) */
+	int ntables;
+	uint16_t toff[PGC_MAX_TABLES];   /* where table i starts in tables */
+	struct pgc_stmt *st;   /* per statement: verdict, rule, tag, class, tables (bits) */
 };
 
 /* A portal the server holds. Refcounted. */
@@ -262,8 +273,10 @@ struct pg_pend {
 	struct pg_portal *portal;   /* E / D('P'): where RowDescription and rows belong */
 	char *deny;            /* stand-in: the agent's error message */
 	char *deny_detail;
-	uint64_t start_ns, rows;
+	uint64_t start_ns, rows;   /* of the current statement (a Query: p->stmt) */
 	uint32_t epoch;
+	int stmt;              /* Query: the statement whose answer comes next (audited once it ends) */
+	bool audited;          /* Query: every event of it is out (a FunctionCall's, at once) */
 	char sqlstate[6];      /* a server error, for audit */
 };
 
@@ -311,6 +324,7 @@ struct pg_sess {
 	struct pg_pend *q;             /* ring of pending requests */
 	uint32_t qhead, qlen, qcap;
 	bool skip_to_sync;             /* the server skips until Sync: so do we */
+	uint32_t discard;              /* PH_DISCARD: bytes still to drop */
 	uint32_t syncs;                /* syncs (S, Q, F) sent so far */
 
 	struct mask_rules *mask;
@@ -432,10 +446,15 @@ static void audit_conn(struct conn *c, bool allowed, const char *reason)
  * One Datastore Activity (6005) event for a statement. j may be NULL (a
  * message denied before it could be judged). reason is the denial's, or
  * NULL. Never carries the SQL text: literals in it may be values an agent
- * must not see in audit either.
+ * must not see in audit either. index: the statement's place in its
+ * message (1-based; 0 when the event is about the whole message).
+ * decision: the policy's own answer for it ("allow", "review", "deny"),
+ * NULL when it was not judged; a review is enforced as a denial until
+ * approvals exist, so only this tells the two apart.
  */
 static void audit_stmt(struct conn *c, const struct pg_judged *j, const char *proto, bool allowed,
-		       bool would_deny, const char *reason, const struct pg_pend *p, const struct pg_plan *plan)
+		       bool would_deny, const char *reason, const struct pg_pend *p, const struct pg_plan *plan,
+		       int index, const char *decision)
 {
 	struct audit_w *w;
 	struct audit_agent a;
@@ -479,6 +498,10 @@ static void audit_stmt(struct conn *c, const struct pg_judged *j, const char *pr
 		aobj_str(&w->um, "masked_columns", plan->names);
 	if (plan && plan->hits)
 		aobj_int(&w->um, "masked_values", plan->hits);
+	if (index > 0)
+		aobj_int(&w->um, "index", index);
+	if (decision)
+		aobj_str(&w->um, "decision", decision);
 	aobj_close(&w->um);
 	if (S(c)->has_deleg) {
 		aobj_open(&w->um, "user");
@@ -490,14 +513,117 @@ static void audit_stmt(struct conn *c, const struct pg_judged *j, const char *pr
 	audit_commit(w);
 }
 
+/* The reason for a review verdict: it names the rule, and says it is a review. */
+static void review_reason(const struct policy_rule *r, char *buf, size_t len)
+{
+	if (r)
+		snprintf(buf, len, "review: needs approval (role '%s' rule %d, line %d), and approvals are not "
+			 "available yet", r->role, r->index + 1, r->line);
+	else
+		snprintf(buf, len, "review: needs approval, and approvals are not available yet");
+}
+
+static const char *verdict_name(enum pgc_verdict v)
+{
+	return v == PGC_ALLOW ? "allow" : v == PGC_REVIEW ? "review" : "deny";
+}
+
+/*
+ * Why statement i of a message that was not allowed is not: its own
+ * reason when it is the one the denial is about (or needs approval), else
+ * that of the statement that decided for the whole message.
+ */
+static const char *stmt_reason(const struct pg_judged *j, int i, char *buf, size_t len)
+{
+	const struct pgc_stmt *st = &j->st[i];
+
+	if (j->allowed)
+		return NULL;
+	if (i == j->denied_stmt || (j->denied_stmt < 0 && j->verdict == PGC_DENY))
+		return j->why;
+	if (st->judged && st->verdict == PGC_REVIEW) {
+		review_reason(st->rule, buf, len);
+		return buf;
+	}
+	if (j->verdict == PGC_REVIEW)
+		snprintf(buf, len, "another statement of this message needs approval (review)");
+	else
+		snprintf(buf, len, "statement %d of this message was denied: %s", j->denied_stmt + 1,
+			 j->why ? j->why : "?");
+	return buf;
+}
+
+/*
+ * The 6005 event of statement i of j, or of the whole message when j has
+ * no statements (an empty text, a parse error, j NULL). sent: the message
+ * went to the server (allowed, or observe mode); otherwise it was stood in
+ * for and nothing of it ran. reason overrides the statement's own (a
+ * statement the server skipped). The view handed to audit_stmt is the
+ * statement's: its tag, class, rule and tables; the statement count stays
+ * the message's.
+ */
+static void audit_stmt_at(struct conn *c, const struct pg_judged *j, int i, const char *proto, bool sent,
+			  const char *reason, const char *why, const struct pg_pend *p, const struct pg_plan *plan)
+{
+	struct pg_judged v;
+	const struct pgc_stmt *st;
+	char rbuf[320], tabs[PGC_MAX_TABLES * 130];
+	size_t n = 0;
+
+	if (!j || j->nstmts == 0 || i < 0 || i >= j->nstmts) {
+		if (!reason)
+			reason = j && !j->allowed ? j->why : why;
+		audit_stmt(c, j, proto, sent, sent && (!j || !j->allowed), reason, p, plan, 0,
+			   j ? verdict_name(j->verdict) : NULL);
+		return;
+	}
+	st = &j->st[i];
+	v = *j;
+	v.cls = st->cls;
+	v.rule = st->rule;
+	memcpy(v.tag, st->tag, sizeof(v.tag));
+	if (j->nstmts > 1) {
+		/* this statement's tables only, in the message's order */
+		v.tables = NULL;
+		for (int t = 0; t < j->ntables; t++) {
+			const char *name = j->tables + j->toff[t];
+			size_t l = t + 1 < j->ntables ? (size_t)(j->toff[t + 1] - j->toff[t] - 1) : strlen(name);
+
+			if (!(st->tables & (1u << t)) || n + l + 2 > sizeof(tabs))
+				continue;
+			if (n)
+				tabs[n++] = ',';
+			memcpy(tabs + n, name, l);
+			n += l;
+			v.tables = tabs;
+		}
+		tabs[n] = '\0';
+	}
+	if (!reason)
+		reason = stmt_reason(j, i, rbuf, sizeof(rbuf));
+	audit_stmt(c, &v, proto, sent, sent && !j->allowed, reason, p, plan, i + 1,
+		   st->judged ? verdict_name(st->verdict) : NULL);
+}
+
+/* The events of statements from..nstmts-1 of j (the message's one when it has none). */
+static void audit_stmts_from(struct conn *c, const struct pg_judged *j, int from, const char *proto, bool sent,
+			     const char *reason, const char *why, const struct pg_pend *p)
+{
+	if (!j || j->nstmts == 0) {
+		if (from == 0)
+			audit_stmt_at(c, j, -1, proto, sent, reason, why, p, NULL);
+		return;
+	}
+	for (int i = from; i < j->nstmts; i++)
+		audit_stmt_at(c, j, i, proto, sent, reason, why, p, NULL);
+}
+
 /* ---- refcounted objects, name maps ----------------------------------------------- */
 
 static void judged_put(struct pg_judged *j)
 {
-	if (j && --j->refs == 0) {
-		free(j->tables);
+	if (j && --j->refs == 0)
 		free(j);
-	}
 }
 
 static struct pg_judged *judged_get(struct pg_judged *j)
@@ -706,10 +832,68 @@ static bool column_masked(void *arg, const char *schema, const char *table, cons
 }
 
 /*
+ * A pg_judged for a verdict r (NULL: denied before the classifier, why
+ * says why), in one allocation: the struct, r's statements, the tables
+ * joined by commas, the reason when not allowed. NULL on ENOMEM.
+ */
+static struct pg_judged *judged_new(const struct pgc_result *r, const char *why)
+{
+	int nst = r ? r->nstmts : 0, nt = r ? r->ntables : 0;
+	size_t tlen = 0, wlen, off = 0;
+	struct pg_judged *j;
+	bool allowed = r && r->verdict == PGC_ALLOW;
+	char *p;
+
+	for (int i = 0; i < nt; i++)
+		tlen += strnlen(r->tables[i], sizeof(r->tables[i])) + 1;
+	wlen = allowed ? 0 : strlen(why) + 1;
+	j = calloc(1, sizeof(*j) + (size_t)nst * sizeof(j->st[0]) + tlen + wlen);
+	if (!j)
+		return NULL;
+	j->refs = 1;
+	j->st = (struct pgc_stmt *)(j + 1);
+	p = (char *)(j->st + nst);
+	j->allowed = allowed;
+	j->denied_stmt = -1;
+	j->cls = PGC_UTILITY;
+	if (r) {
+		j->verdict = r->verdict;
+		j->cls = r->cls;
+		snprintf(j->tag, sizeof(j->tag), "%s", r->tag);
+		j->nstmts = nst;
+		j->denied_stmt = r->denied_stmt < nst ? r->denied_stmt : -1;
+		j->rule = r->rule;
+		j->copy_in = r->copy_in;
+		j->copy_out = r->copy_out;
+		j->cached = r->cached;
+		memcpy(j->st, r->stmts, (size_t)nst * sizeof(j->st[0]));
+	}
+	if (nt) {
+		j->tables = p;
+		j->ntables = nt;
+		for (int i = 0; i < nt; i++) {
+			size_t n = strnlen(r->tables[i], sizeof(r->tables[i]));
+
+			j->toff[i] = (uint16_t)off;
+			memcpy(p + off, r->tables[i], n);
+			off += n;
+			p[off++] = ',';
+		}
+		p[off - 1] = '\0';
+		p += off;
+	}
+	if (wlen) {
+		j->why = p;
+		memcpy(p, why, wlen);
+	}
+	return j;
+}
+
+/*
  * Judges one SQL text. Returns a new pg_judged (ref 1), with the policy's
- * verdict in ->allowed and the reason for a denial in why; NULL on ENOMEM
- * (deny). The SQL must be valid UTF-8 (checked here: a text that is not is
- * denied without being parsed).
+ * verdict in ->allowed and the reason for a denial in why (and j->why);
+ * NULL on ENOMEM (deny). The SQL must be valid UTF-8 (checked here: a text
+ * that is not is denied without being parsed).
  */
 static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, char *why, size_t whylen)
 {
@@ -721,27 +905,21 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 		.in_transaction = s->tx != 'I',
 		.policy_gen = s->gen,
 	};
-	struct pg_judged *j = calloc(1, sizeof(*j));
+	struct pg_judged *j;
 	size_t nr;
 
-	if (!j) {
-		snprintf(why, whylen, "out of memory");
-		return NULL;
-	}
-	j->refs = 1;
-	j->cls = PGC_UTILITY;
 	if (s->mask_active) {
 		ctx.column_masked = column_masked;
 		ctx.arg = s;
 	}
 	if (!pg_utf8_valid(sql, len)) {
 		snprintf(why, whylen, "query text is not valid UTF-8");
-		return j;
+		goto early;
 	}
 	nr = enforcer_rules_for(c->agent_idx, c->target_idx, rules, ENFORCER_MAX_RULES);
 	if (nr > ENFORCER_MAX_RULES) {
 		snprintf(why, whylen, "too many rules for this target");
-		return j;
+		goto early;
 	}
 	if (pgc_judge(&ctx, sql, len, rules, nr, r) != 0)
 		r->verdict = PGC_DENY;
@@ -753,46 +931,33 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 
 		if (nu > ENFORCER_MAX_RULES || pgc_judge(&ctx, sql, len, rules, nu, ur) != 0) {
 			ur->verdict = PGC_DENY;
+			ur->nstmts = 0;
+			ur->denied_stmt = -1;
 			snprintf(ur->reason, sizeof(ur->reason), "the user's rules could not be applied");
 		} else if (ur->verdict == PGC_DENY && !ur->reason[0]) {
 			snprintf(ur->reason, sizeof(ur->reason), "not allowed by any rule of the delegating user");
 		}
 		pgc_combine(r, ur);
 	}
-	j->cls = r->cls;
-	snprintf(j->tag, sizeof(j->tag), "%s", r->tag);
-	j->nstmts = r->nstmts;
-	j->rule = r->rule;
-	j->copy_in = r->copy_in;
-	j->copy_out = r->copy_out;
-	j->cached = r->cached;
-	if (r->ntables > 0) {
-		size_t n = 0;
-
-		for (int i = 0; i < r->ntables && i < PGC_MAX_TABLES; i++)
-			n += strnlen(r->tables[i], sizeof(r->tables[i])) + 1;
-		j->tables = malloc(n);
-		if (j->tables) {
-			size_t cap = n, off = 0;
-
-			for (int i = 0; i < r->ntables && i < PGC_MAX_TABLES && off < cap; i++)
-				off += (size_t)snprintf(j->tables + off, cap - off, "%s%.*s", i ? "," : "",
-							(int)sizeof(r->tables[i]), r->tables[i]);
-		}
-	}
 	switch (r->verdict) {
 	case PGC_ALLOW:
-		j->allowed = true;
 		why[0] = '\0';
 		break;
 	case PGC_REVIEW:
-		snprintf(why, whylen, "needs approval (%s): approvals are not available yet, so it is denied",
-			 r->rule ? r->rule->role : "review rule");
+		review_reason(r->rule, why, whylen);
 		break;
 	default:
 		snprintf(why, whylen, "%s", r->reason[0] ? r->reason : "not allowed by any rule");
 		break;
 	}
+	j = judged_new(r, why);
+	if (!j)
+		snprintf(why, whylen, "out of memory");
+	return j;
+early:
+	j = judged_new(NULL, why);
+	if (!j)
+		snprintf(why, whylen, "out of memory");
 	return j;
 }
 
@@ -1300,25 +1465,23 @@ static const char *tls_mode(struct conn *c)
 	return m ? m : "disable";
 }
 
-static SSL *upstream_ssl(struct conn *c, char *why, size_t whylen)
+/*
+ * The TLS context of a target: the CA file (or the system store) and the
+ * client certificate, loaded once. Verification itself is checked by us
+ * once the handshake is done (up_tls_verified), not by failing the
+ * handshake inside conn.c: that way the agent gets an error that says why.
+ * Nothing is sent to the server before the check passes. Per-connection
+ * settings (the name to verify, SNI) go on each SSL, never here.
+ */
+static SSL_CTX *upstream_ctx_new(const struct policy_upstream *u, bool verify, char *why, size_t whylen)
 {
-	const struct policy_target *t = target(c);
-	const struct policy_upstream *u = &t->upstream;
-	bool verify = strcmp(tls_mode(c), "verify-full") == 0;
 	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-	SSL *ssl = NULL;
-	char host[256];
-	uint8_t bin[16];
 
 	if (!ctx) {
 		snprintf(why, whylen, "TLS context");
 		return NULL;
 	}
 	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-	/* Verification is checked by us once the handshake is done
-	 * (up_tls_verified), not by failing the handshake inside conn.c: that
-	 * way the agent gets an error that says why. Nothing is sent to the
-	 * server before the check passes. */
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
 	if (verify) {
 		if (u->ca_file ? SSL_CTX_load_verify_locations(ctx, u->ca_file, NULL) != 1
@@ -1332,10 +1495,80 @@ static SSL *upstream_ssl(struct conn *c, char *why, size_t whylen)
 		snprintf(why, whylen, "cannot load client certificate '%s'", u->cert_file);
 		goto fail;
 	}
+	return ctx;
+fail:
+	SSL_CTX_free(ctx);
+	return NULL;
+}
+
+/*
+ * Upstream TLS contexts, one per target of the running policy, shared by
+ * every session and worker: built by the first session that needs one (a
+ * CA bundle costs milliseconds to load, and per connection it was most of
+ * the cost of a TLS session), dropped when the policy changes (keyed by
+ * the policy and its hash). SSL_new() on a shared context is thread-safe
+ * and the context is refcounted, so a session's SSL keeps its context
+ * alive after we drop ours. A context that fails to build is not kept: the
+ * next session tries again (and says why).
+ */
+static pthread_mutex_t upctx_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+	const struct policy *policy;
+	char hash[sizeof(((struct policy *)0)->hash)];
+	size_t n;
+	SSL_CTX **ctx;
+} upctx;
+
+/* The target's context with a reference for the caller, or NULL and why. */
+static SSL_CTX *upstream_ctx(struct conn *c, bool verify, char *why, size_t whylen)
+{
+	const struct policy *pol = c->policy;
+	SSL_CTX *ctx = NULL;
+
+	pthread_mutex_lock(&upctx_lock);
+	if (upctx.policy != pol || strcmp(upctx.hash, pol->hash) != 0) {
+		for (size_t i = 0; i < upctx.n; i++)
+			SSL_CTX_free(upctx.ctx[i]);
+		free(upctx.ctx);
+		upctx.ctx = calloc(pol->ntargets ? pol->ntargets : 1, sizeof(*upctx.ctx));
+		upctx.n = upctx.ctx ? pol->ntargets : 0;
+		upctx.policy = upctx.ctx ? pol : NULL;
+		snprintf(upctx.hash, sizeof(upctx.hash), "%s", upctx.ctx ? pol->hash : "");
+	}
+	if (c->target_idx < 0 || (size_t)c->target_idx >= upctx.n) {
+		snprintf(why, whylen, "TLS context: out of memory");
+	} else {
+		SSL_CTX **slot = &upctx.ctx[c->target_idx];
+
+		if (!*slot)
+			*slot = upstream_ctx_new(&target(c)->upstream, verify, why, whylen);
+		ctx = *slot;
+		if (ctx && SSL_CTX_up_ref(ctx) != 1) {
+			snprintf(why, whylen, "TLS context");
+			ctx = NULL;
+		}
+	}
+	pthread_mutex_unlock(&upctx_lock);
+	return ctx;
+}
+
+static SSL *upstream_ssl(struct conn *c, char *why, size_t whylen)
+{
+	const struct policy_target *t = target(c);
+	const struct policy_upstream *u = &t->upstream;
+	bool verify = strcmp(tls_mode(c), "verify-full") == 0;
+	SSL_CTX *ctx = upstream_ctx(c, verify, why, whylen);
+	SSL *ssl = NULL;
+	char host[256];
+	uint8_t bin[16];
+
+	if (!ctx)
+		return NULL;
 	ssl = SSL_new(ctx);
+	SSL_CTX_free(ctx);   /* ours; ssl holds its own reference */
 	if (!ssl) {
 		snprintf(why, whylen, "TLS session");
-		goto fail;
+		return NULL;
 	}
 	/* the name to verify: server_name, else the target's host, else the IP dialled */
 	if (u->server_name)
@@ -1354,13 +1587,10 @@ static SSL *upstream_ssl(struct conn *c, char *why, size_t whylen)
 		if (verify && SSL_set1_host(ssl, host) != 1)
 			goto bad_name;
 	}
-	SSL_CTX_free(ctx);   /* ssl holds its own reference */
 	return ssl;
 bad_name:
 	snprintf(why, whylen, "cannot check the server name '%s'", host);
-fail:
 	SSL_free(ssl);
-	SSL_CTX_free(ctx);
 	return NULL;
 }
 
@@ -1847,7 +2077,10 @@ static int standin(struct conn *c, bool simple, const char *stmt_name, const cha
 		pg_out_parse(&s->out, stmt_name, PG_DENY_TEXT);
 		s->skip_to_sync = true;
 	}
-	audit_stmt(c, j, proto, false, false, why, NULL, NULL);
+	if (j && j->verdict == PGC_REVIEW)
+		p->deny_detail = strdup("the policy's verdict is review: a person must approve this statement");
+	/* one event per statement: none of them runs */
+	audit_stmts_from(c, j, 0, proto, false, NULL, why, NULL);
 	return send_out(c, SIDE_UP);
 }
 
@@ -1878,11 +2111,7 @@ static int fe_query(struct conn *c, const struct pg_msg *m)
 		judged_put(j);
 		return fatal(c, "54000", "agentgate: too many requests in flight");
 	}
-	p->j = j;
-	if (!j->allowed) {
-		free(p->deny);
-		p->deny = strdup(why);   /* observe mode: audited as would-deny */
-	}
+	p->j = j;   /* observe mode: j->why says what would have been denied */
 	prev = map_set(&s->stmts, "", NULL, NULL);
 	if (prev) {
 		p->undo = UNDO_STMT;
@@ -1935,8 +2164,6 @@ static int fe_parse(struct conn *c, const struct pg_msg *m)
 	p->undo_name = strdup(pp.name);
 	p->undo_prev = prev;
 	p->j = judged_get(j);
-	if (!j->allowed)
-		p->deny = strdup(why);
 	return fwd(c, m);
 }
 
@@ -2104,9 +2331,10 @@ static int fe_message(struct conn *c, const struct pg_msg *m)
 
 		if (enforcer_should_refuse(c, why))
 			return standin(c, true, NULL, why, NULL, "fastpath");
-		audit_stmt(c, NULL, "fastpath", true, true, why, NULL, NULL);
+		audit_stmt_at(c, NULL, -1, "fastpath", true, NULL, why, NULL, NULL);
 		if (!(p = pend_push(s, 'Q')))
 			return fatal(c, "54000", "agentgate: too many requests in flight");
+		p->audited = true;
 		s->syncs++;
 		return fwd(c, m);
 	}
@@ -2141,6 +2369,50 @@ static int frame_or_grow(struct conn *c, int side, const uint8_t *in, uint32_t l
 	return n;
 }
 
+/* PH_DISCARD: drops what the agent sends; closes at its EOF or once the
+ * oversized message (bounded by PG_DISCARD_MAX) has been read. */
+static int discard_agent(struct conn *c)
+{
+	struct pg_sess *s = S(c);
+	uint32_t len;
+
+	conn_in(c, SIDE_AGENT, &len);
+	conn_in_consume(c, SIDE_AGENT, len);
+	s->discard -= len < s->discard ? len : s->discard;
+	if (!s->discard || conn_in_eof(c, SIDE_AGENT)) {
+		s->phase = PH_DONE;
+		conn_finish(c);
+	}
+	return 0;
+}
+
+/*
+ * A message over PG_MSG_MAX ends the session, and the agent must hear why.
+ * Closing at once does not do that: the client is still writing the
+ * message, and a socket closed with unread bytes sends a reset, which can
+ * destroy our ErrorResponse before the client reads it. So: the error,
+ * then FIN, then the rest of the message is read and dropped (at most
+ * PG_DISCARD_MAX bytes: nothing of it is buffered), then the close. The
+ * server gets Terminate.
+ */
+static int too_large(struct conn *c, uint32_t size)
+{
+	struct pg_sess *s = S(c);
+
+	pg_out_reset(&s->out);
+	pg_out_error(&s->out, 'E', "FATAL", "54000", "agentgate: message too large", NULL, NULL);
+	send_out(c, SIDE_AGENT);
+	conn_shutdown(c, SIDE_AGENT);
+	pg_out_simple(&s->out, 'X');
+	send_out(c, SIDE_UP);
+	conn_shutdown(c, SIDE_UP);
+	snprintf(c->why, sizeof(c->why), "message of %u bytes from the agent: over the limit of %u", size,
+		 PG_MSG_MAX);
+	s->phase = PH_DISCARD;
+	s->discard = size < PG_DISCARD_MAX ? size : PG_DISCARD_MAX;
+	return discard_agent(c);
+}
+
 static int process_agent(struct conn *c)
 {
 	struct pg_sess *s = S(c);
@@ -2155,9 +2427,9 @@ static int process_agent(struct conn *c)
 			break;   /* resumed when the server's answers drain the queue */
 		n = frame_or_grow(c, SIDE_AGENT, in + used, len - used, &m);
 		if (n == -EMSGSIZE) {
-			err = fatal(c, "54000", "agentgate: denied: message of %u bytes is larger than allowed",
-				    pg_frame_size(in + used, len - used));
-			break;
+			if (used)
+				conn_in_consume(c, SIDE_AGENT, used);
+			return too_large(c, pg_frame_size(in + used, len - used));
 		}
 		if (n < 0) {
 			err = n == -EBADMSG ? fatal(c, "08P01", "agentgate: malformed message") : n;
@@ -2211,6 +2483,52 @@ static bool portal_live(void *val, void *arg)
 	return ((struct pg_portal *)val)->epoch > *(uint32_t *)arg;
 }
 
+/*
+ * A simple Query's current statement (p->stmt) ended: CommandComplete, or
+ * an ErrorResponse (error). The server answers the statements of a Query
+ * in order, each ending with its CommandComplete, so rows and the masking
+ * plan so far are this statement's. Its event goes out now, except the
+ * last statement's after a CommandComplete: that waits for ReadyForQuery,
+ * since an error at the implicit COMMIT that follows is still its own.
+ */
+static void query_stmt_end(struct conn *c, struct pg_pend *p, bool error)
+{
+	struct pg_sess *s = S(c);
+
+	if (p->audited || !p->j || p->j->nstmts == 0)
+		return;
+	if (!error && p->stmt >= p->j->nstmts - 1)
+		return;
+	if (p->stmt < p->j->nstmts)
+		audit_stmt_at(c, p->j, p->stmt, "simple", true, NULL, NULL, p, s->qplan);
+	p->stmt++;
+	p->rows = 0;
+	p->sqlstate[0] = '\0';
+	p->start_ns = now_ns_mono();
+	plan_free(s->qplan);
+	s->qplan = NULL;
+}
+
+/* ReadyForQuery ends a simple Query: the events not out yet (the last
+ * statement's; those the server skipped after an error). */
+static void query_end(struct conn *c, struct pg_pend *p)
+{
+	struct pg_sess *s = S(c);
+	const struct pg_judged *j = p->j;
+
+	p->audited = true;
+	if (!j || j->nstmts == 0) {
+		audit_stmt_at(c, j, -1, "simple", true, NULL, NULL, p, s->qplan);
+		return;
+	}
+	if (!p->errored && p->stmt < j->nstmts)
+		audit_stmt_at(c, j, p->stmt++, "simple", true, NULL, NULL, p, s->qplan);
+	audit_stmts_from(c, j, p->stmt, "simple", true,
+			 p->errored ? "not run: an earlier statement of this message failed"
+				    : "not run: the server answered fewer statements than the message holds",
+			 NULL, NULL);
+}
+
 static int be_error(struct conn *c, const struct pg_msg *m, struct pg_pend *p)
 {
 	struct pg_sess *s = S(c);
@@ -2233,10 +2551,12 @@ static int be_error(struct conn *c, const struct pg_msg *m, struct pg_pend *p)
 	if (!p)
 		return err;
 	p->errored = true;
+	if (p->kind == 'Q' && !p->standin)
+		query_stmt_end(c, p, true);
 	if (p->kind == 'Q' || p->kind == 'S')
 		return err;    /* a Query (or a failing commit at Sync) still ends with 'Z' */
 	if (p->kind == 'E')
-		audit_stmt(c, p->j, "extended", true, p->j && !p->j->allowed, NULL, p, p->portal ? p->portal->plan : NULL);
+		audit_stmt_at(c, p->j, 0, "extended", true, NULL, NULL, p, p->portal ? p->portal->plan : NULL);
 	server_skipped(s);
 	return err;
 }
@@ -2257,8 +2577,8 @@ static int be_ready(struct conn *c, const struct pg_msg *m)
 	}
 	if (s->qlen) {
 		p = pend_at(s, 0);
-		if (p->kind == 'Q' && !p->standin)
-			audit_stmt(c, p->j, "simple", true, p->deny != NULL, p->deny, p, s->qplan);
+		if (p->kind == 'Q' && !p->standin && !p->audited)
+			query_end(c, p);
 		if (st == 'I') {
 			uint32_t epoch = p->epoch;
 
@@ -2404,9 +2724,11 @@ static int be_message(struct conn *c, const struct pg_msg *m)
 				map_clear(&s->stmts, NULL, NULL);
 			}
 			if (p->kind == 'E') {
-				audit_stmt(c, p->j, "extended", true, p->j && !p->j->allowed, NULL, p,
-					   p->portal ? p->portal->plan : NULL);
+				audit_stmt_at(c, p->j, 0, "extended", true, NULL, NULL, p,
+					      p->portal ? p->portal->plan : NULL);
 				pend_pop(s);
+			} else if (p->kind == 'Q' && m->type == 'C') {
+				query_stmt_end(c, p, false);
 			}
 			break;
 		}
@@ -2523,6 +2845,8 @@ static int pg_on_agent_data(struct conn *c)
 		return agent_auth(c);
 	case PH_READY:
 		return process_agent(c);
+	case PH_DISCARD:
+		return discard_agent(c);
 	case PH_DONE:
 		return 0;
 	default:
@@ -2575,8 +2899,16 @@ static int pg_on_upstream_data(struct conn *c)
 			return fatal(c, "08001", "agentgate: upstream TLS for target \"%s\": %s", target(c)->name, why);
 		}
 		return send_startup(c);
-	case PH_DONE:
+	case PH_DISCARD:
+	case PH_DONE: {
+		uint32_t len;
+
+		/* the server's last words after Terminate: not the agent's */
+		conn_in(c, SIDE_UP, &len);
+		if (s->phase == PH_DISCARD)
+			conn_in_consume(c, SIDE_UP, len);
 		return 0;
+	}
 	default:
 		break;
 	}
