@@ -14,7 +14,8 @@
  * send the target's user, database, client_encoding=UTF8,
  * standard_conforming_strings=on, the target's search_path (default
  * public), statement_timeout and idle_in_transaction_session_timeout, with
- * TLS per target (disable | require | verify-full: CA file, host name) and
+ * TLS per target (disable | require | verify-full: CA file, host name; one
+ * SSL_CTX per target, built once per policy and shared by sessions) and
  * authenticate with the target's password (SCRAM-SHA-256 with the server
  * signature checked, md5, cleartext, trust). Only after the upstream said
  * AuthenticationOk does the agent get its AuthenticationOk; ParameterStatus
@@ -54,7 +55,11 @@
  * sync drops it. Responses are matched to requests through a FIFO of
  * pending requests, which also carries what audit needs (one Datastore
  * Activity event per statement: verdict, rule, class, tables, rows,
- * duration).
+ * duration; a Query holding several statements gives one event for each,
+ * rows attributed by their CommandComplete).
+ *
+ * A message over PG_MSG_MAX ends the session with FATAL 54000 "agentgate:
+ * message too large" (too_large() says how the agent gets to read it).
  *
  * Masking by column name uses the lineage in RowDescription (table OID,
  * attribute number). Names are resolved once per session: before the agent
@@ -95,7 +100,8 @@
 #define PG_DENY_TEXT    "agentgate denied"   /* the stand-in: a syntax error at parse time */
 #define PG_DENY_NAME    "agentgate_denied"   /* stand-in statement name for non-Parse denials */
 #define PG_APPNAME_MAX  63
-#define PG_DISCARD_MAX  (2 * PG_MSG_MAX)  /* bytes of an oversized message read and dropped */
+#define PG_DISCARD_MAX  (256u << 20)      /* an oversized message up to this is read and dropped */
+#define PG_DISCARD_MS   10000             /* ... for at most this long */
 
 /* ---- cancel keys ---------------------------------------------------------- */
 
@@ -2370,7 +2376,7 @@ static int frame_or_grow(struct conn *c, int side, const uint8_t *in, uint32_t l
 }
 
 /* PH_DISCARD: drops what the agent sends; closes at its EOF or once the
- * oversized message (bounded by PG_DISCARD_MAX) has been read. */
+ * oversized message has been read. */
 static int discard_agent(struct conn *c)
 {
 	struct pg_sess *s = S(c);
@@ -2389,11 +2395,16 @@ static int discard_agent(struct conn *c)
 /*
  * A message over PG_MSG_MAX ends the session, and the agent must hear why.
  * Closing at once does not do that: the client is still writing the
- * message, and a socket closed with unread bytes sends a reset, which can
- * destroy our ErrorResponse before the client reads it. So: the error,
- * then FIN, then the rest of the message is read and dropped (at most
- * PG_DISCARD_MAX bytes: nothing of it is buffered), then the close. The
- * server gets Terminate.
+ * message; a socket closed with unread bytes sends a reset that can drop
+ * our ErrorResponse; and libpq, while its write is blocked, reads what we
+ * send, and takes a TLS close_notify (or a FIN) it reads then for a broken
+ * connection before it parses the error. So the error goes out, the rest
+ * of the message is read and dropped (nothing of it is buffered), and the
+ * connection closes once the message is all in: the client's write
+ * completes and it reads our error (and a ReadyForQuery), then EOF. A message announced over
+ * PG_DISCARD_MAX is not waited for (FIN at once: the error is all there
+ * is to read), and a client that stops sending is reset after
+ * PG_DISCARD_MS. The server gets Terminate.
  */
 static int too_large(struct conn *c, uint32_t size)
 {
@@ -2401,15 +2412,22 @@ static int too_large(struct conn *c, uint32_t size)
 
 	pg_out_reset(&s->out);
 	pg_out_error(&s->out, 'E', "FATAL", "54000", "agentgate: message too large", NULL, NULL);
+	/* ReadyForQuery after it, though the session ends: libpq returns an
+	 * error as the query's result only once the query is complete; at EOF
+	 * without it, it reports a broken connection and drops the error */
+	pg_out_ready(&s->out, 'I');
 	send_out(c, SIDE_AGENT);
-	conn_shutdown(c, SIDE_AGENT);
 	pg_out_simple(&s->out, 'X');
 	send_out(c, SIDE_UP);
 	conn_shutdown(c, SIDE_UP);
 	snprintf(c->why, sizeof(c->why), "message of %u bytes from the agent: over the limit of %u", size,
 		 PG_MSG_MAX);
 	s->phase = PH_DISCARD;
-	s->discard = size < PG_DISCARD_MAX ? size : PG_DISCARD_MAX;
+	s->discard = size;
+	if (size > PG_DISCARD_MAX)
+		conn_shutdown(c, SIDE_AGENT);
+	else
+		c->deadline_ms = now_ns_mono() / 1000000ull + PG_DISCARD_MS;
 	return discard_agent(c);
 }
 

@@ -318,7 +318,7 @@ def test_protocol_cases(enforcer, pg, tmp):
     # D19: a huge announced length
     c = conn()
     c.send(b"Q" + struct.pack("!I", 0x7FFFFFF0) + b"SELECT 1")
-    out["D19"] = summary(c.until_ready())
+    out["D19"] = summary(c.until_ready()) + summary([c.read()])
     c.s.close()
     print(json.dumps(out))
     """)
@@ -337,7 +337,7 @@ def test_protocol_cases(enforcer, pg, tmp):
     assert res["dup"][0].startswith("E:42P05:"), res["dup"]
     assert res["dup"][1:] == ["ZI", "2", "D:1", "s", "ZI"], res["dup"]
     assert res["D11"][0].startswith("E:08P01:") and res["D11"][-1] == "EOF", res["D11"]
-    assert res["D19"][0] == "E:54000:agentgate: message too large" and res["D19"][-1] == "EOF", res["D19"]
+    assert res["D19"] == ["E:54000:agentgate: message too large", "ZI", "EOF"], res["D19"]
     assert orders_state(pg) == before
 
 
@@ -632,7 +632,34 @@ def test_observe_mode_records_and_allows(enforcer, pg, tmp):
     assert rc == 0 and out.strip() == "1", err
     ev = enforcer.wait_event(lambda e: e.get("class_uid") == 6005 and
                              e["unmapped"]["statement"].get("tables") == "public.secrets")
-    assert ev and ev["unmapped"].get("observe", ev["unmapped"]).get("would_deny", True), ev
+    assert ev and ev["unmapped"]["verdict"] == "would_deny" and "public.secrets" in ev["unmapped"]["reason"], ev
+    # per statement, the extended protocol, FunctionCall: each recorded once, with its reason
+    res = agent_py(enforcer, f"""
+    out = {{}}
+    c = Conn("127.0.0.1", {pg.port})
+    c.send(Q("SELECT id FROM orders ORDER BY id LIMIT 2; SELECT count(*) FROM secrets"))
+    out["multi"] = summary(c.until_ready())
+    c.send(P("", "SELECT cc FROM secrets") + B("", "") + E("") + S)
+    out["ext"] = summary(c.until_ready())
+    c.send(F(89))   # version(): runs, observe mode denies nothing
+    out["F"] = summary(c.until_ready())
+    c.close()
+    print(json.dumps(out))
+    """)
+    assert res["multi"][-3:] == ["D:1", "C:SELECT 1", "ZI"] and "D:2" in res["multi"], res["multi"]
+    assert res["ext"][-2:] == ["C:SELECT 1", "ZI"] and res["F"][0] == "V", res
+    evs = session_stmt_events(enforcer, 5)
+    m1, m2, ext, fc = evs[1:5]
+    assert [m1["unmapped"]["statement"]["index"], m2["unmapped"]["statement"]["index"]] == [1, 2]
+    assert m1["unmapped"]["statement"]["rows"] == 2 and m2["unmapped"]["statement"]["rows"] == 1
+    assert m1["unmapped"]["statement"]["decision"] == "allow" and m2["unmapped"]["statement"]["decision"] == "deny"
+    assert all(e["unmapped"]["verdict"] == "would_deny" for e in (m1, m2, ext, fc)), evs
+    assert "statement 2 of this message was denied" in m1["unmapped"]["reason"], m1
+    assert "public.secrets" in m2["unmapped"]["reason"] and "public.secrets" in ext["unmapped"]["reason"], ext
+    assert ext["unmapped"]["statement"]["protocol"] == "extended" and ext["unmapped"]["statement"]["rows"] == 1
+    assert fc["unmapped"]["statement"]["protocol"] == "fastpath" and "FunctionCall" in fc["unmapped"]["reason"]
+    time.sleep(0.5)
+    assert len(stmt_events(enforcer)) == 5, [brief(e) for e in stmt_events(enforcer)]
 
 
 def test_policy_explain(enforcer, pg, tmp):
@@ -822,7 +849,11 @@ def test_message_too_large_is_told(enforcer, pg, tmp):
         out["17"] = "ran"
     except psycopg2.Error as e:
         out["17"] = [type(e).__name__, e.pgcode, (e.pgerror or str(e)).strip()]
-    out["closed"] = c.closed != 0 or c.get_transaction_status() == 4   # TRANSACTION_STATUS_UNKNOWN
+    try:   # the session ended: the next statement cannot run
+        c.cursor().execute("SELECT 1")
+        out["closed"] = False
+    except psycopg2.Error:
+        out["closed"] = True
     c2 = psycopg2.connect(host="127.0.0.1", port={pg.port}, user="agent_ro", dbname="shop")
     cur = c2.cursor()
     cur.execute("SELECT count(*) FROM orders")
