@@ -576,6 +576,8 @@ static void audit_stmt_at(struct conn *c, const struct pg_judged *j, int i, cons
 	char rbuf[320], tabs[PGC_MAX_TABLES * 130];
 	size_t n = 0;
 
+	if (sent && !c->policy->audit.allowed_requests)
+		return;   /* what audit_stmt would drop: skip building the view */
 	if (!j || j->nstmts == 0 || i < 0 || i >= j->nstmts) {
 		if (!reason)
 			reason = j && !j->allowed ? j->why : why;
