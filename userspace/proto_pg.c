@@ -331,6 +331,7 @@ struct pg_sess {
 	uint32_t qhead, qlen, qcap;
 	bool skip_to_sync;             /* the server skips until Sync: so do we */
 	uint32_t discard;              /* PH_DISCARD: bytes still to drop */
+	uint32_t up_pass;              /* bytes of an oversized server message still to pass on */
 	uint32_t syncs;                /* syncs (S, Q, F) sent so far */
 
 	struct mask_rules *mask;
@@ -394,6 +395,11 @@ static int fatal(struct conn *c, const char *sqlstate, const char *fmt, ...)
 	va_end(ap);
 	pg_out_reset(&s->out);
 	pg_out_error(&s->out, 'E', "FATAL", sqlstate, msg, NULL, NULL);
+	/* With a request in flight, libpq takes the error for its answer only
+	 * once a ReadyForQuery completes it: at EOF before that it reports a
+	 * lost connection and drops our error. The session ends all the same. */
+	if (s->phase == PH_READY && s->qlen)
+		pg_out_ready(&s->out, 'I');
 	send_out(c, SIDE_AGENT);
 	if (!c->why[0])
 		snprintf(c->why, sizeof(c->why), "%s", msg);
@@ -2759,6 +2765,40 @@ static int be_message(struct conn *c, const struct pg_msg *m)
 	return conn_send(c, SIDE_AGENT, m->body - 5, m->len + 5);
 }
 
+/*
+ * A server message over PG_MSG_MAX (a value can be up to 1 GB) cannot be
+ * held whole. A DataRow that nothing in its result masks, or CopyData when
+ * no detector scans it, needs no look inside: it is passed on as it comes
+ * (s->up_pass counts what is left of it), a buffer at a time, under the
+ * usual backpressure. Anything else that large is refused: a row to mask
+ * must be whole (fail closed). True when the message at hdr (5 header
+ * bytes there) may be passed on.
+ */
+static bool up_passable(struct pg_sess *s, const uint8_t *hdr)
+{
+	struct pg_pend *p = s->qlen ? pend_at(s, 0) : NULL;
+
+	if (s->phase != PH_READY || !p || p->standin || !answers(p, (char)hdr[0]) ||
+	    pg_frame_size(hdr, 5) > (1u << 30) + 5)   /* the server's own limit: 1 GB */
+		return false;
+	if (hdr[0] == 'D')
+		return !(p->kind == 'Q' ? s->qplan : p->portal ? p->portal->plan : NULL);
+	if (hdr[0] == 'd')
+		return !(s->mask_active && mask_has_detectors(s->mask));
+	return false;
+}
+
+/* Passes on up to the rest of an oversized message (s->up_pass bytes). */
+static int up_pass_on(struct conn *c, const uint8_t *in, uint32_t len, uint32_t *used)
+{
+	struct pg_sess *s = S(c);
+	uint32_t k = len < s->up_pass ? len : s->up_pass;
+
+	s->up_pass -= k;
+	*used += k;
+	return k ? conn_send(c, SIDE_AGENT, in, k) : 0;
+}
+
 static int process_upstream(struct conn *c)
 {
 	struct pg_sess *s = S(c);
@@ -2768,13 +2808,29 @@ static int process_upstream(struct conn *c)
 	int n, err = 0;
 
 	in = conn_in(c, SIDE_UP, &len);
-	while (used < len && s->phase != PH_DONE) {
+	if (s->up_pass && s->phase == PH_READY)
+		err = up_pass_on(c, in, len, &used);
+	while (!err && !s->up_pass && used < len && s->phase != PH_DONE) {
 		if (s->phase == PH_UP_SSL)
 			break;
 		n = frame_or_grow(c, SIDE_UP, in + used, len - used, &m);
+		if (n == -EMSGSIZE && up_passable(s, in + used)) {
+			uint32_t size = pg_frame_size(in + used, len - used);
+
+			if (in[used] == 'D')
+				pend_at(s, 0)->rows++;
+			s->up_pass = size;
+			err = up_pass_on(c, in + used, len - used, &used);
+			break;
+		}
+		if (n == -EMSGSIZE) {
+			err = fatal(c, "54000", "agentgate: the server sent a message of %u bytes, over the limit of %u "
+				    "for one that must be inspected whole", pg_frame_size(in + used, len - used),
+				    PG_MSG_MAX);
+			break;
+		}
 		if (n < 0) {
-			err = n == -EMSGSIZE || n == -EBADMSG
-				? fatal(c, "08P01", "agentgate: malformed or oversized message from the server") : n;
+			err = n == -EBADMSG ? fatal(c, "08P01", "agentgate: malformed message from the server") : n;
 			break;
 		}
 		if (n == 0)

@@ -509,7 +509,7 @@ def test_large_result_masking_and_copy(enforcer, pg, tmp):
     assert res["copy_masked"] == "42501"
     assert res["copy_notes"] == "1\tmail me at **** please\n2\tnothing here\n", res["copy_notes"]
     # refused: no row of it reaches the agent (the session ends with our FATAL error)
-    assert res["copy_binary"] != "ran", res
+    assert res["copy_binary"][0] == "42501" and "binary COPY output cannot be masked" in res["copy_binary"][1], res
 
     # (the "LINE 1:" part psycopg2 adds is the agent's own query text, echoed client-side)
     first = res["err"][1].splitlines()[0]
@@ -922,3 +922,41 @@ def test_upstream_tls_context_built_once(enforcer, pg, tmp):
     enforcer.start(policy(pg, tmp, tls="verify-full", ca=live_ca) + "# generation 2\n")
     rc, out, err = psql(enforcer, pg, "SELECT 1 FROM orders LIMIT 1")
     assert rc != 0 and "certificate verify failed" in err, err
+
+
+def test_server_value_over_16mib(enforcer, pg, tmp):
+    """A value over 16 MiB from the server: passed on when nothing in its result is masked
+    (the session goes on, the rows are counted); refused with a clear error, ending the
+    session, when detectors must scan it (a row to mask must be whole)."""
+    big = "SELECT length(v), v FROM (SELECT repeat('ab', 10 << 20) AS v) t"
+    code = f"""
+    import psycopg2
+    out = {{}}
+    c = psycopg2.connect(host="127.0.0.1", port={pg.port}, user="agent_ro", dbname="shop")
+    c.autocommit = True
+    cur = c.cursor()
+    try:
+        cur.execute({big!r})
+        n, v = cur.fetchone()
+        out["big"] = [n, len(v), v[:4], v[-4:]]
+    except psycopg2.Error as e:
+        out["big"] = [e.pgcode, (e.pgerror or str(e)).strip()]
+    try:
+        cur.execute("SELECT id FROM orders ORDER BY id LIMIT 1")
+        out["after"] = cur.fetchall()
+    except psycopg2.Error as e:
+        out["after"] = str(e)
+    print(json.dumps(out))
+    """
+    enforcer.start(policy(pg, tmp))          # masks by column name only: this result has none
+    res = agent_py(enforcer, code, timeout=120)
+    assert res["big"] == [20 << 20, 20 << 20, "abab", "abab"], str(res)[:300]
+    assert res["after"] == [[1]]
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 6005 and e["unmapped"]["statement"].get("rows") == 1
+                             and e["unmapped"]["statement"]["tag"] == "select")
+    assert ev and ev["unmapped"]["verdict"] == "allow"
+    enforcer.stop()
+    enforcer.start(policy(pg, tmp, rules=RULES_RW))   # detectors scan every text value
+    res = agent_py(enforcer, code, timeout=120)
+    assert res["big"][0] == "54000" and "over the limit" in res["big"][1], str(res)[:300]
+    assert res["after"] != [[1]]           # the session ended
