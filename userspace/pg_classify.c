@@ -88,6 +88,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,7 +96,7 @@
 #include <pg_query.h>
 #include <pg_query/pg_query.pb-c.h>
 
-#define MAX_STMTS       64     /* statements per message */
+#define MAX_STMTS       PGC_MAX_STMTS
 #define MAX_NEEDS       12     /* (tag, class) pairs per statement */
 #define MAX_FUNCS       32     /* distinct non-built-in functions per message */
 #define MAX_ENTRIES     512    /* FROM items per message */
@@ -189,6 +190,7 @@ struct walker {
 	struct cte ctes[MAX_CTES];
 	int nctes;
 	int depth;
+	int deny_at;                   /* the statement whose walk denied, else -1 */
 	bool denied, nocache, may_write;
 };
 
@@ -1778,33 +1780,50 @@ static void explain_denial(struct walker *w, const struct policy_rule *const *ru
 #undef ANY_ACTION
 }
 
+/* One statement's own verdict and deciding rule (NULL: implicitly allowed, or denied). */
+static enum pgc_verdict stmt_verdict(const struct walker *w, const struct policy_rule *const *rules,
+				     size_t nrules, const struct stmt_info *st, const struct policy_rule **rule)
+{
+	*rule = NULL;
+	if (st->implicit && st->nneeds == 0)
+		return PGC_ALLOW;
+	for (size_t i = 0; i < nrules; i++)
+		if (rules[i] && action_permits(w, &rules[i]->allow, st)) {
+			*rule = rules[i];
+			return PGC_ALLOW;
+		}
+	for (size_t i = 0; i < nrules; i++)
+		if (rules[i] && action_permits(w, &rules[i]->review, st)) {
+			*rule = rules[i];
+			return PGC_REVIEW;
+		}
+	return PGC_DENY;
+}
+
+/* The message's verdict from its statements' (w->nst of them, all walked). */
 static void decide(struct walker *w, const struct policy_rule *const *rules, size_t nrules)
 {
 	const struct policy_rule *allow_rule = NULL, *review_rule = NULL;
 
 	for (int s = 0; s < w->nst && !w->denied; s++) {
-		const struct stmt_info *st = &w->stmts[s];
-		const struct policy_rule *r = NULL;
+		struct pgc_stmt *o = &w->out->stmts[s];
 
-		if (st->implicit && st->nneeds == 0)
-			continue;
-		for (size_t i = 0; i < nrules && !r; i++)
-			if (rules[i] && action_permits(w, &rules[i]->allow, st))
-				r = rules[i];
-		if (r) {
+		o->verdict = stmt_verdict(w, rules, nrules, &w->stmts[s], &o->rule);
+		o->judged = true;
+		switch (o->verdict) {
+		case PGC_ALLOW:
 			if (!allow_rule)
-				allow_rule = r;
-			continue;
-		}
-		for (size_t i = 0; i < nrules && !r; i++)
-			if (rules[i] && action_permits(w, &rules[i]->review, st))
-				r = rules[i];
-		if (r) {
+				allow_rule = o->rule;
+			break;
+		case PGC_REVIEW:
 			if (!review_rule)
-				review_rule = r;
-			continue;
+				review_rule = o->rule;
+			break;
+		case PGC_DENY:
+			explain_denial(w, rules, nrules, &w->stmts[s]);
+			w->out->denied_stmt = s;
+			break;
 		}
-		explain_denial(w, rules, nrules, st);
 	}
 	if (w->denied)
 		return;
@@ -1862,9 +1881,25 @@ void pgc_combine(struct pgc_result *agent, const struct pgc_result *user)
 {
 	if (agent->verdict == PGC_DENY)
 		return;
+	/* the same text: the same statements, unless the user's judging
+	 * stopped early (then the rest were not judged for the user) */
+	for (int i = 0; i < agent->nstmts; i++) {
+		struct pgc_stmt *a = &agent->stmts[i];
+		const struct pgc_stmt *u = i < user->nstmts ? &user->stmts[i] : NULL;
+
+		if (!u || u->verdict == PGC_DENY) {
+			a->verdict = PGC_DENY;
+			a->rule = NULL;
+			a->judged = u && u->judged;
+		} else if (u->verdict == PGC_REVIEW && a->verdict == PGC_ALLOW) {
+			a->verdict = PGC_REVIEW;
+			a->rule = u->rule;
+		}
+	}
 	if (user->verdict == PGC_DENY) {
 		agent->verdict = PGC_DENY;
 		agent->rule = NULL;
+		agent->denied_stmt = user->denied_stmt;
 		snprintf(agent->reason, sizeof(agent->reason), "user: %.240s", user->reason);
 		return;
 	}
@@ -1920,6 +1955,14 @@ static bool utf8_valid(const unsigned char *s, size_t len)
 	return true;
 }
 
+/* Clears what every call fills; tables[] and stmts[] (most of the struct)
+ * are left alone: they are read only up to ntables and nstmts. */
+static void result_clear(struct pgc_result *out)
+{
+	memset(out, 0, offsetof(struct pgc_result, ntables) + sizeof(out->ntables));
+	out->denied_stmt = -1;
+}
+
 /* ---- the verdict cache ---- */
 
 /*
@@ -1961,10 +2004,11 @@ struct cached {
 	enum pgc_verdict verdict;
 	enum pgc_class cls;
 	char tag[32];
-	int nstmts;
+	int nstmts, denied_stmt;
 	const struct policy_rule *rule;
 	char reason[256];
 	bool copy_in, copy_out, ends_tx, begins_tx;
+	struct pgc_stmt *stmts;        /* nstmts, in the same allocation, after tables */
 	int ntables;
 	char tables[][128];
 };
@@ -2102,11 +2146,13 @@ static bool cache_get(struct tstate *t, size_t klen, struct pgc_result *out)
 		if (!e->key || e->h != h || e->klen != klen || memcmp(e->key, t->kbuf, klen) != 0)
 			continue;
 		e->stamp = ++t->clock;
-		memset(out, 0, sizeof(*out));
+		result_clear(out);
 		out->verdict = c->verdict;
 		out->cls = c->cls;
 		memcpy(out->tag, c->tag, sizeof(out->tag));
 		out->nstmts = c->nstmts;
+		out->denied_stmt = c->denied_stmt;
+		memcpy(out->stmts, c->stmts, (size_t)c->nstmts * sizeof(out->stmts[0]));
 		out->rule = c->rule;
 		memcpy(out->reason, c->reason, sizeof(out->reason));
 		out->copy_in = c->copy_in;
@@ -2125,7 +2171,8 @@ static void cache_put(struct tstate *t, size_t klen, const struct pgc_result *r)
 {
 	uint64_t h = fnv1a(t->kbuf, klen);
 	struct centry *set = t->c[h % CACHE_SETS], *victim = &set[0];
-	size_t rsize = sizeof(struct cached) + (size_t)r->ntables * sizeof(r->tables[0]);
+	size_t toff = sizeof(struct cached) + (size_t)r->ntables * sizeof(r->tables[0]);
+	size_t rsize = toff + (size_t)r->nstmts * sizeof(r->stmts[0]);
 	struct cached *c;
 	char *key;
 
@@ -2150,6 +2197,9 @@ static void cache_put(struct tstate *t, size_t klen, const struct pgc_result *r)
 	c->cls = r->cls;
 	memcpy(c->tag, r->tag, sizeof(c->tag));
 	c->nstmts = r->nstmts;
+	c->denied_stmt = r->denied_stmt;
+	c->stmts = (struct pgc_stmt *)((char *)c + toff);
+	memcpy(c->stmts, r->stmts, (size_t)r->nstmts * sizeof(r->stmts[0]));
 	c->rule = r->rule;
 	memcpy(c->reason, r->reason, sizeof(c->reason));
 	c->copy_in = r->copy_in;
@@ -2182,6 +2232,49 @@ static void out_deny(struct pgc_result *out, const char *fmt, ...)
 	va_end(ap);
 }
 
+/*
+ * The walk stopped at a denial: the statements before the one it stopped
+ * at get their own verdicts (their walk was complete), the one it stopped
+ * at is the reason, and the rest are recorded unjudged, with the tag and
+ * class of their node type, so that audit still has one event for each.
+ * A denial with no statement to blame (too many statements, a malformed
+ * tree) is about the whole text.
+ */
+static void walk_denied(struct walker *w, int stmts, const struct policy_rule *const *rules,
+			size_t nrules)
+{
+	struct pgc_result *out = w->out;
+	int i = 0;
+
+	out->denied_stmt = w->deny_at;
+	for (int s = 0; s < w->nst; s++) {
+		struct pgc_stmt *o = &out->stmts[s];
+
+		if (s < w->deny_at) {
+			o->verdict = stmt_verdict(w, rules, nrules, &w->stmts[s], &o->rule);
+			o->judged = true;
+		} else if (s == w->deny_at) {
+			o->judged = true;
+		}
+	}
+	for (int s = pgj_first(&w->j, stmts); s >= 0 && out->nstmts < MAX_STMTS;
+	     s = pgj_after(&w->j, stmts, s), i++) {
+		int body, key;
+		const struct kind *k;
+		struct pgc_stmt *o;
+
+		if (i < w->nst)
+			continue;
+		key = pgj_unwrap(&w->j, pgj_get(&w->j, s, "stmt"), &body);
+		k = key >= 0 ? find_kind(w, key) : NULL;
+		o = &out->stmts[out->nstmts++];
+		memset(o, 0, sizeof(*o));
+		o->verdict = PGC_DENY;
+		o->cls = k ? k->cls : PGC_UTILITY;
+		snprintf(o->tag, sizeof(o->tag), "%s", k ? k->tag : "?");
+	}
+}
+
 /* Parses and walks t->sql into out; returns whether the verdict may be cached. */
 static bool judge_parsed(struct tstate *t, const struct pgc_ctx *ctx,
 			 const struct policy_rule *const *rules, size_t nrules,
@@ -2200,6 +2293,8 @@ static bool judge_parsed(struct tstate *t, const struct pgc_ctx *ctx,
 	}
 	w->nst = w->nfuncs = w->nents = w->nders = w->nctes = w->depth = 0;
 	w->denied = w->nocache = false;
+	w->deny_at = -1;
+	out->denied_stmt = -1;
 	w->ctx = ctx;
 	w->schema = ctx->search_path && *ctx->search_path ? ctx->search_path : "public";
 	w->out = out;
@@ -2222,12 +2317,15 @@ static bool judge_parsed(struct tstate *t, const struct pgc_ctx *ctx,
 		w->st = &w->stmts[w->nst++];
 		memset(w->st, 0, sizeof(*w->st));
 		if (key < 0) {
+			w->st->tag = "?";
 			deny(w, "malformed parse tree");
 			break;
 		}
 		statement(w, key, body, &sc, true);
 		if (!w->st->tag)
 			w->st->tag = "?";
+		if (w->denied)
+			w->deny_at = w->nst - 1;
 	}
 	out->nstmts = w->nst;
 	if (w->nst) {
@@ -2241,8 +2339,20 @@ static bool judge_parsed(struct tstate *t, const struct pgc_ctx *ctx,
 	} else {
 		out->cls = PGC_UTILITY;         /* empty query */
 	}
+	for (int s = 0; s < w->nst; s++) {
+		struct pgc_stmt *o = &out->stmts[s];
+
+		o->verdict = PGC_DENY;
+		o->judged = false;
+		o->rule = NULL;
+		o->cls = w->stmts[s].cls;
+		o->tables = w->stmts[s].tables;
+		snprintf(o->tag, sizeof(o->tag), "%s", w->stmts[s].tag);
+	}
 	if (!w->denied)
 		decide(w, rules, nrules);
+	else
+		walk_denied(w, stmts, rules, nrules);
 	if (w->denied) {
 		out->verdict = PGC_DENY;
 		out->rule = NULL;
@@ -2428,7 +2538,7 @@ int pgc_judge(const struct pgc_ctx *ctx, const char *sql, size_t len,
 	PgQueryNormalizeResult nr = { 0 };
 	bool cacheable, have_nr = false;
 
-	memset(out, 0, sizeof(*out));
+	result_clear(out);
 	out->verdict = PGC_DENY;
 	out->cls = PGC_UTILITY;
 	if (!ctx || (!sql && len)) {

@@ -37,6 +37,7 @@ enum pgc_verdict { PGC_DENY = 0, PGC_ALLOW, PGC_REVIEW };
 enum pgc_class { PGC_READ, PGC_WRITE, PGC_DDL, PGC_ADMIN, PGC_TRANSACTION, PGC_UTILITY };
 
 #define PGC_MAX_TABLES 32
+#define PGC_MAX_STMTS  64           /* statements per message; more are denied */
 #define PGC_MAX_SQL    (1u << 20)   /* longer texts are denied */
 
 struct pgc_ctx {                     /* per session, from the wire module */
@@ -65,22 +66,44 @@ struct pgc_ctx {                     /* per session, from the wire module */
 	const char *settings;
 };
 
+/*
+ * One statement of a message, in the order of the text: what one audit
+ * event per statement needs. verdict is the statement's own: allow (by
+ * rule, or implicitly: rule NULL), review, or deny. Only a judged deny
+ * (judged true) is the reason a message was denied; a statement after it
+ * was not judged (verdict deny, judged false, tag and class from its node
+ * type alone, no tables).
+ */
+struct pgc_stmt {
+	enum pgc_verdict verdict;
+	enum pgc_class cls;
+	bool judged;
+	char tag[32];
+	const struct policy_rule *rule;
+	uint32_t tables;                 /* bit i: the message's tables[i] */
+};
+
 struct pgc_result {
 	enum pgc_verdict verdict;
 	enum pgc_class cls;              /* of the most significant statement in the message */
 	char tag[32];                    /* command tag of the first statement, lower case:
 					  * "select", "insert", "create_table" */
-	int nstmts;
+	int nstmts;                      /* entries in stmts[] (0: empty text or parse error) */
 	const struct policy_rule *rule;  /* deciding rule (allow or review); NULL on deny, and on
 					  * allow when only implicitly allowed statements were seen
 					  * (transaction control, harmless SET/SHOW, empty text) */
 	char reason[256];                /* deny: why, e.g. "table public.secrets not allowed" */
-	int ntables;
-	char tables[PGC_MAX_TABLES][128];/* schema.table, deduplicated; overflow -> deny */
 	bool copy_in, copy_out;          /* COPY FROM STDIN / TO STDOUT (allowed only if a
 					  * rule named copy) */
 	bool cached;                     /* served from the verdict cache */
 	bool ends_tx, begins_tx;         /* transaction control seen (for the wire module's tx tracking) */
+	int denied_stmt;                 /* deny: the statement reason is about (index into
+					  * stmts[]), -1 when it is about the whole text */
+	/* Everything from here on is large and valid only up to ntables and
+	 * nstmts (a call clears the fields above, not these arrays). */
+	int ntables;
+	char tables[PGC_MAX_TABLES][128];/* schema.table, deduplicated; overflow -> deny */
+	struct pgc_stmt stmts[PGC_MAX_STMTS];
 };
 
 /*
@@ -117,7 +140,8 @@ int pgc_judge(const struct pgc_ctx *ctx, const char *sql, size_t len,
 
 /* For delegation the caller judges twice (agent's rules, user's rules) and
  * combines into agent: allow only if both allow, review if either says
- * review (and neither denies), deny otherwise; the denial reason is kept. */
+ * review (and neither denies), deny otherwise; the denial reason is kept.
+ * Per statement (stmts[]) the same. */
 void pgc_combine(struct pgc_result *agent, const struct pgc_result *user);
 
 /* "read", "write", "ddl", "admin", "transaction", "utility". */

@@ -14,7 +14,8 @@
  * send the target's user, database, client_encoding=UTF8,
  * standard_conforming_strings=on, the target's search_path (default
  * public), statement_timeout and idle_in_transaction_session_timeout, with
- * TLS per target (disable | require | verify-full: CA file, host name) and
+ * TLS per target (disable | require | verify-full: CA file, host name; one
+ * SSL_CTX per target, built once per policy and shared by sessions) and
  * authenticate with the target's password (SCRAM-SHA-256 with the server
  * signature checked, md5, cleartext, trust). Only after the upstream said
  * AuthenticationOk does the agent get its AuthenticationOk; ParameterStatus
@@ -54,7 +55,11 @@
  * sync drops it. Responses are matched to requests through a FIFO of
  * pending requests, which also carries what audit needs (one Datastore
  * Activity event per statement: verdict, rule, class, tables, rows,
- * duration).
+ * duration; a Query holding several statements gives one event for each,
+ * rows attributed by their CommandComplete).
+ *
+ * A message over PG_MSG_MAX ends the session with FATAL 54000 "agentgate:
+ * message too large" (too_large() says how the agent gets to read it).
  *
  * Masking by column name uses the lineage in RowDescription (table OID,
  * attribute number). Names are resolved once per session: before the agent
@@ -81,18 +86,12 @@
 #include "audit.h"
 #include "conn.h"
 #include "enforcer.h"
+#include "local_ca.h"
+#include "mask.h"
+#include "pg_classify.h"
 #include "pg_wire.h"
 #include "proto.h"
 #include "util.h"
-
-#include "pg_pgc.h"
-
-#if __has_include("mask.h")
-#include "mask.h"
-#define HAVE_MASK 1
-#endif
-
-#include "local_ca.h"
 
 #define PG_MSG_MAX      CONN_IN_LIMIT     /* largest message either side may send */
 #define PG_PEND_MAX     8192              /* requests in flight per session */
@@ -101,6 +100,8 @@
 #define PG_DENY_TEXT    "agentgate denied"   /* the stand-in: a syntax error at parse time */
 #define PG_DENY_NAME    "agentgate_denied"   /* stand-in statement name for non-Parse denials */
 #define PG_APPNAME_MAX  63
+#define PG_DISCARD_MAX  (256u << 20)      /* an oversized message up to this is read and dropped */
+#define PG_DISCARD_MS   10000             /* ... for at most this long */
 
 /* ---- cancel keys ---------------------------------------------------------- */
 
@@ -214,19 +215,29 @@ enum pg_phase {
 	PH_UP_PARAMS,          /* authenticated: ParameterStatus, BackendKeyData until 'Z' */
 	PH_UP_CATALOG,         /* our catalog query for masked columns */
 	PH_READY,              /* relaying the session */
+	PH_DISCARD,            /* ending: our error is out, the agent's oversized message is dropped */
 	PH_DONE,
 };
 
-/* A judged SQL text: what audit and the tables need. Refcounted. */
+/*
+ * A judged SQL text: what audit and the tables need. Refcounted; one
+ * allocation holds it, its statements, its tables and its reason.
+ */
 struct pg_judged {
 	int refs;
 	bool allowed;          /* the policy allowed it (observe mode may still send a denied one) */
+	enum pgc_verdict verdict;
 	enum pgc_class cls;
 	char tag[32];
-	int nstmts;
+	int nstmts;            /* statements in the text: entries in st */
+	int denied_stmt;       /* the statement a denial is about; -1: the whole text */
 	const struct policy_rule *rule;
 	bool copy_in, copy_out, cached;
 	char *tables;          /* "public.a,public.b", or NULL */
+	char *why;             /* not allowed: the reason (observe mode sends it all the same) */
+	int ntables;
+	uint16_t toff[PGC_MAX_TABLES];   /* where table i starts in tables */
+	struct pgc_stmt *st;   /* per statement: verdict, rule, tag, class, tables (bits) */
 };
 
 /* A portal the server holds. Refcounted. */
@@ -268,8 +279,10 @@ struct pg_pend {
 	struct pg_portal *portal;   /* E / D('P'): where RowDescription and rows belong */
 	char *deny;            /* stand-in: the agent's error message */
 	char *deny_detail;
-	uint64_t start_ns, rows;
+	uint64_t start_ns, rows;   /* of the current statement (a Query: p->stmt) */
 	uint32_t epoch;
+	int stmt;              /* Query: the statement whose answer comes next (audited once it ends) */
+	bool audited;          /* Query: every event of it is out (a FunctionCall's, at once) */
 	char sqlstate[6];      /* a server error, for audit */
 };
 
@@ -317,12 +330,12 @@ struct pg_sess {
 	struct pg_pend *q;             /* ring of pending requests */
 	uint32_t qhead, qlen, qcap;
 	bool skip_to_sync;             /* the server skips until Sync: so do we */
+	uint32_t discard;              /* PH_DISCARD: bytes still to drop */
+	uint32_t up_pass;              /* bytes of an oversized server message still to pass on */
 	uint32_t syncs;                /* syncs (S, Q, F) sent so far */
 
-#ifdef HAVE_MASK
 	struct mask_rules *mask;
 	bool mask_active;
-#endif
 	struct pg_plan *qplan;         /* simple Query: plan of the current result */
 	/* lineage: masked (table oid, attnum) pairs, from the catalog query */
 	struct { uint32_t oid; int16_t att; bool named; char name[96]; } *cols;
@@ -382,6 +395,11 @@ static int fatal(struct conn *c, const char *sqlstate, const char *fmt, ...)
 	va_end(ap);
 	pg_out_reset(&s->out);
 	pg_out_error(&s->out, 'E', "FATAL", sqlstate, msg, NULL, NULL);
+	/* With a request in flight, libpq takes the error for its answer only
+	 * once a ReadyForQuery completes it: at EOF before that it reports a
+	 * lost connection and drops our error. The session ends all the same. */
+	if (s->phase == PH_READY && s->qlen)
+		pg_out_ready(&s->out, 'I');
 	send_out(c, SIDE_AGENT);
 	if (!c->why[0])
 		snprintf(c->why, sizeof(c->why), "%s", msg);
@@ -440,10 +458,15 @@ static void audit_conn(struct conn *c, bool allowed, const char *reason)
  * One Datastore Activity (6005) event for a statement. j may be NULL (a
  * message denied before it could be judged). reason is the denial's, or
  * NULL. Never carries the SQL text: literals in it may be values an agent
- * must not see in audit either.
+ * must not see in audit either. index: the statement's place in its
+ * message (1-based; 0 when the event is about the whole message).
+ * decision: the policy's own answer for it ("allow", "review", "deny"),
+ * NULL when it was not judged; a review is enforced as a denial until
+ * approvals exist, so only this tells the two apart.
  */
 static void audit_stmt(struct conn *c, const struct pg_judged *j, const char *proto, bool allowed,
-		       bool would_deny, const char *reason, const struct pg_pend *p, const struct pg_plan *plan)
+		       bool would_deny, const char *reason, const struct pg_pend *p, const struct pg_plan *plan,
+		       int index, const char *decision)
 {
 	struct audit_w *w;
 	struct audit_agent a;
@@ -487,6 +510,10 @@ static void audit_stmt(struct conn *c, const struct pg_judged *j, const char *pr
 		aobj_str(&w->um, "masked_columns", plan->names);
 	if (plan && plan->hits)
 		aobj_int(&w->um, "masked_values", plan->hits);
+	if (index > 0)
+		aobj_int(&w->um, "index", index);
+	if (decision)
+		aobj_str(&w->um, "decision", decision);
 	aobj_close(&w->um);
 	if (S(c)->has_deleg) {
 		aobj_open(&w->um, "user");
@@ -498,14 +525,119 @@ static void audit_stmt(struct conn *c, const struct pg_judged *j, const char *pr
 	audit_commit(w);
 }
 
+/* The reason for a review verdict: it names the rule, and says it is a review. */
+static void review_reason(const struct policy_rule *r, char *buf, size_t len)
+{
+	if (r)
+		snprintf(buf, len, "review: needs approval (role '%s' rule %d, line %d), and approvals are not "
+			 "available yet", r->role, r->index + 1, r->line);
+	else
+		snprintf(buf, len, "review: needs approval, and approvals are not available yet");
+}
+
+static const char *verdict_name(enum pgc_verdict v)
+{
+	return v == PGC_ALLOW ? "allow" : v == PGC_REVIEW ? "review" : "deny";
+}
+
+/*
+ * Why statement i of a message that was not allowed is not: its own
+ * reason when it is the one the denial is about (or needs approval), else
+ * that of the statement that decided for the whole message.
+ */
+static const char *stmt_reason(const struct pg_judged *j, int i, char *buf, size_t len)
+{
+	const struct pgc_stmt *st = &j->st[i];
+
+	if (j->allowed)
+		return NULL;
+	if (i == j->denied_stmt || (j->denied_stmt < 0 && j->verdict == PGC_DENY))
+		return j->why;
+	if (st->judged && st->verdict == PGC_REVIEW) {
+		review_reason(st->rule, buf, len);
+		return buf;
+	}
+	if (j->verdict == PGC_REVIEW)
+		snprintf(buf, len, "another statement of this message needs approval (review)");
+	else
+		snprintf(buf, len, "statement %d of this message was denied: %s", j->denied_stmt + 1,
+			 j->why ? j->why : "?");
+	return buf;
+}
+
+/*
+ * The 6005 event of statement i of j, or of the whole message when j has
+ * no statements (an empty text, a parse error, j NULL). sent: the message
+ * went to the server (allowed, or observe mode); otherwise it was stood in
+ * for and nothing of it ran. reason overrides the statement's own (a
+ * statement the server skipped). The view handed to audit_stmt is the
+ * statement's: its tag, class, rule and tables; the statement count stays
+ * the message's.
+ */
+static void audit_stmt_at(struct conn *c, const struct pg_judged *j, int i, const char *proto, bool sent,
+			  const char *reason, const char *why, const struct pg_pend *p, const struct pg_plan *plan)
+{
+	struct pg_judged v;
+	const struct pgc_stmt *st;
+	char rbuf[320], tabs[PGC_MAX_TABLES * 130];
+	size_t n = 0;
+
+	if (sent && !c->policy->audit.allowed_requests)
+		return;   /* what audit_stmt would drop: skip building the view */
+	if (!j || j->nstmts == 0 || i < 0 || i >= j->nstmts) {
+		if (!reason)
+			reason = j && !j->allowed ? j->why : why;
+		audit_stmt(c, j, proto, sent, sent && (!j || !j->allowed), reason, p, plan, 0,
+			   j ? verdict_name(j->verdict) : NULL);
+		return;
+	}
+	st = &j->st[i];
+	v = *j;
+	v.cls = st->cls;
+	v.rule = st->rule;
+	memcpy(v.tag, st->tag, sizeof(v.tag));
+	if (j->nstmts > 1) {
+		/* this statement's tables only, in the message's order */
+		v.tables = NULL;
+		for (int t = 0; t < j->ntables; t++) {
+			const char *name = j->tables + j->toff[t];
+			size_t l = t + 1 < j->ntables ? (size_t)(j->toff[t + 1] - j->toff[t] - 1) : strlen(name);
+
+			if (!(st->tables & (1u << t)) || n + l + 2 > sizeof(tabs))
+				continue;
+			if (n)
+				tabs[n++] = ',';
+			memcpy(tabs + n, name, l);
+			n += l;
+			v.tables = tabs;
+		}
+		tabs[n] = '\0';
+	}
+	if (!reason)
+		reason = stmt_reason(j, i, rbuf, sizeof(rbuf));
+	audit_stmt(c, &v, proto, sent, sent && !j->allowed, reason, p, plan, i + 1,
+		   st->judged ? verdict_name(st->verdict) : NULL);
+}
+
+/* The events of statements from..nstmts-1 of j (the message's one when it has none). */
+static void audit_stmts_from(struct conn *c, const struct pg_judged *j, int from, const char *proto, bool sent,
+			     const char *reason, const char *why, const struct pg_pend *p)
+{
+	if (!j || j->nstmts == 0) {
+		if (from == 0)
+			audit_stmt_at(c, j, -1, proto, sent, reason, why, p, NULL);
+		return;
+	}
+	for (int i = from; i < j->nstmts; i++)
+		audit_stmt_at(c, j, i, proto, sent, reason, why, p, NULL);
+}
+
 /* ---- refcounted objects, name maps ----------------------------------------------- */
 
 static void judged_put(struct pg_judged *j)
 {
-	if (j && --j->refs == 0) {
-		free(j->tables);
+	if (j && --j->refs == 0)
 		free(j);
-	}
 }
 
 static struct pg_judged *judged_get(struct pg_judged *j)
@@ -695,7 +827,6 @@ static void pend_undo(struct pg_sess *s, struct pg_pend *p, bool restore_prev)
 
 /* ---- judging ------------------------------------------------------------------------- */
 
-#ifdef HAVE_MASK
 static bool column_masked(void *arg, const char *schema, const char *table, const char *column)
 {
 	struct pg_sess *s = arg;
@@ -713,13 +844,70 @@ static bool column_masked(void *arg, const char *schema, const char *table, cons
 		}
 	return false;
 }
-#endif
+
+/*
+ * A pg_judged for a verdict r (NULL: denied before the classifier, why
+ * says why), in one allocation: the struct, r's statements, the tables
+ * joined by commas, the reason when not allowed. NULL on ENOMEM.
+ */
+static struct pg_judged *judged_new(const struct pgc_result *r, const char *why)
+{
+	int nst = r ? r->nstmts : 0, nt = r ? r->ntables : 0;
+	size_t tlen = 0, wlen, off = 0;
+	struct pg_judged *j;
+	bool allowed = r && r->verdict == PGC_ALLOW;
+	char *p;
+
+	for (int i = 0; i < nt; i++)
+		tlen += strnlen(r->tables[i], sizeof(r->tables[i])) + 1;
+	wlen = allowed ? 0 : strlen(why) + 1;
+	j = calloc(1, sizeof(*j) + (size_t)nst * sizeof(j->st[0]) + tlen + wlen);
+	if (!j)
+		return NULL;
+	j->refs = 1;
+	j->st = (struct pgc_stmt *)(j + 1);
+	p = (char *)(j->st + nst);
+	j->allowed = allowed;
+	j->denied_stmt = -1;
+	j->cls = PGC_UTILITY;
+	if (r) {
+		j->verdict = r->verdict;
+		j->cls = r->cls;
+		snprintf(j->tag, sizeof(j->tag), "%s", r->tag);
+		j->nstmts = nst;
+		j->denied_stmt = r->denied_stmt < nst ? r->denied_stmt : -1;
+		j->rule = r->rule;
+		j->copy_in = r->copy_in;
+		j->copy_out = r->copy_out;
+		j->cached = r->cached;
+		memcpy(j->st, r->stmts, (size_t)nst * sizeof(j->st[0]));
+	}
+	if (nt) {
+		j->tables = p;
+		j->ntables = nt;
+		for (int i = 0; i < nt; i++) {
+			size_t n = strnlen(r->tables[i], sizeof(r->tables[i]));
+
+			j->toff[i] = (uint16_t)off;
+			memcpy(p + off, r->tables[i], n);
+			off += n;
+			p[off++] = ',';
+		}
+		p[off - 1] = '\0';
+		p += off;
+	}
+	if (wlen) {
+		j->why = p;
+		memcpy(p, why, wlen);
+	}
+	return j;
+}
 
 /*
  * Judges one SQL text. Returns a new pg_judged (ref 1), with the policy's
- * verdict in ->allowed and the reason for a denial in why; NULL on ENOMEM
- * (deny). The SQL must be valid UTF-8 (checked here: a text that is not is
- * denied without being parsed).
+ * verdict in ->allowed and the reason for a denial in why (and j->why);
+ * NULL on ENOMEM (deny). The SQL must be valid UTF-8 (checked here: a text
+ * that is not is denied without being parsed).
  */
 static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, char *why, size_t whylen)
 {
@@ -731,29 +919,21 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 		.in_transaction = s->tx != 'I',
 		.policy_gen = s->gen,
 	};
-	struct pg_judged *j = calloc(1, sizeof(*j));
+	struct pg_judged *j;
 	size_t nr;
 
-	if (!j) {
-		snprintf(why, whylen, "out of memory");
-		return NULL;
-	}
-	j->refs = 1;
-	j->cls = PGC_UTILITY;
-#ifdef HAVE_MASK
 	if (s->mask_active) {
 		ctx.column_masked = column_masked;
 		ctx.arg = s;
 	}
-#endif
 	if (!pg_utf8_valid(sql, len)) {
 		snprintf(why, whylen, "query text is not valid UTF-8");
-		return j;
+		goto early;
 	}
 	nr = enforcer_rules_for(c->agent_idx, c->target_idx, rules, ENFORCER_MAX_RULES);
 	if (nr > ENFORCER_MAX_RULES) {
 		snprintf(why, whylen, "too many rules for this target");
-		return j;
+		goto early;
 	}
 	if (pgc_judge(&ctx, sql, len, rules, nr, r) != 0)
 		r->verdict = PGC_DENY;
@@ -765,52 +945,38 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 
 		if (nu > ENFORCER_MAX_RULES || pgc_judge(&ctx, sql, len, rules, nu, ur) != 0) {
 			ur->verdict = PGC_DENY;
+			ur->nstmts = 0;
+			ur->denied_stmt = -1;
 			snprintf(ur->reason, sizeof(ur->reason), "the user's rules could not be applied");
 		} else if (ur->verdict == PGC_DENY && !ur->reason[0]) {
 			snprintf(ur->reason, sizeof(ur->reason), "not allowed by any rule of the delegating user");
 		}
 		pgc_combine(r, ur);
 	}
-	j->cls = r->cls;
-	snprintf(j->tag, sizeof(j->tag), "%s", r->tag);
-	j->nstmts = r->nstmts;
-	j->rule = r->rule;
-	j->copy_in = r->copy_in;
-	j->copy_out = r->copy_out;
-	j->cached = r->cached;
-	if (r->ntables > 0) {
-		size_t n = 0;
-
-		for (int i = 0; i < r->ntables && i < PGC_MAX_TABLES; i++)
-			n += strnlen(r->tables[i], sizeof(r->tables[i])) + 1;
-		j->tables = malloc(n);
-		if (j->tables) {
-			size_t cap = n, off = 0;
-
-			for (int i = 0; i < r->ntables && i < PGC_MAX_TABLES && off < cap; i++)
-				off += (size_t)snprintf(j->tables + off, cap - off, "%s%.*s", i ? "," : "",
-							(int)sizeof(r->tables[i]), r->tables[i]);
-		}
-	}
 	switch (r->verdict) {
 	case PGC_ALLOW:
-		j->allowed = true;
 		why[0] = '\0';
 		break;
 	case PGC_REVIEW:
-		snprintf(why, whylen, "needs approval (%s): approvals are not available yet, so it is denied",
-			 r->rule ? r->rule->role : "review rule");
+		review_reason(r->rule, why, whylen);
 		break;
 	default:
 		snprintf(why, whylen, "%s", r->reason[0] ? r->reason : "not allowed by any rule");
 		break;
 	}
+	j = judged_new(r, why);
+	if (!j)
+		snprintf(why, whylen, "out of memory");
+	return j;
+early:
+	j = judged_new(NULL, why);
+	if (!j)
+		snprintf(why, whylen, "out of memory");
 	return j;
 }
 
 /* ---- masking ------------------------------------------------------------------------- */
 
-#ifdef HAVE_MASK
 /* Text-like types whose binary form is the text itself (jsonb: a version byte first). */
 static bool textlike_type(uint32_t oid)
 {
@@ -1010,7 +1176,6 @@ static int mask_notification(struct pg_sess *s, const struct pg_msg *m)
 	free(buf);
 	return 0;
 }
-#endif
 
 /* ---- the agent's startup ---------------------------------------------------------------- */
 
@@ -1239,9 +1404,7 @@ static int agent_startup(struct conn *c)
 	}
 }
 
-#ifdef HAVE_MASK
 static int compile_masks(struct conn *c);
-#endif
 
 /* The rules whose masks apply to this session: the agent's for the target
  * and, with delegation, the user's (masks are the union). At most
@@ -1302,10 +1465,8 @@ static int agent_auth(struct conn *c)
 		return fatal(c, "28000", "agentgate: denied: user token refused: %s", why);
 	}
 	s->has_deleg = true;
-#ifdef HAVE_MASK
 	if (compile_masks(c))
 		return fatal(c, "53200", "agentgate: cannot compile the masks for this session");
-#endif
 	return start_upstream(c);
 }
 
@@ -1318,25 +1479,23 @@ static const char *tls_mode(struct conn *c)
 	return m ? m : "disable";
 }
 
-static SSL *upstream_ssl(struct conn *c, char *why, size_t whylen)
+/*
+ * The TLS context of a target: the CA file (or the system store) and the
+ * client certificate, loaded once. Verification itself is checked by us
+ * once the handshake is done (up_tls_verified), not by failing the
+ * handshake inside conn.c: that way the agent gets an error that says why.
+ * Nothing is sent to the server before the check passes. Per-connection
+ * settings (the name to verify, SNI) go on each SSL, never here.
+ */
+static SSL_CTX *upstream_ctx_new(const struct policy_upstream *u, bool verify, char *why, size_t whylen)
 {
-	const struct policy_target *t = target(c);
-	const struct policy_upstream *u = &t->upstream;
-	bool verify = strcmp(tls_mode(c), "verify-full") == 0;
 	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-	SSL *ssl = NULL;
-	char host[256];
-	uint8_t bin[16];
 
 	if (!ctx) {
 		snprintf(why, whylen, "TLS context");
 		return NULL;
 	}
 	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-	/* Verification is checked by us once the handshake is done
-	 * (up_tls_verified), not by failing the handshake inside conn.c: that
-	 * way the agent gets an error that says why. Nothing is sent to the
-	 * server before the check passes. */
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
 	if (verify) {
 		if (u->ca_file ? SSL_CTX_load_verify_locations(ctx, u->ca_file, NULL) != 1
@@ -1350,10 +1509,80 @@ static SSL *upstream_ssl(struct conn *c, char *why, size_t whylen)
 		snprintf(why, whylen, "cannot load client certificate '%s'", u->cert_file);
 		goto fail;
 	}
+	return ctx;
+fail:
+	SSL_CTX_free(ctx);
+	return NULL;
+}
+
+/*
+ * Upstream TLS contexts, one per target of the running policy, shared by
+ * every session and worker: built by the first session that needs one (a
+ * CA bundle costs milliseconds to load, and per connection it was most of
+ * the cost of a TLS session), dropped when the policy changes (keyed by
+ * the policy and its hash). SSL_new() on a shared context is thread-safe
+ * and the context is refcounted, so a session's SSL keeps its context
+ * alive after we drop ours. A context that fails to build is not kept: the
+ * next session tries again (and says why).
+ */
+static pthread_mutex_t upctx_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+	const struct policy *policy;
+	char hash[sizeof(((struct policy *)0)->hash)];
+	size_t n;
+	SSL_CTX **ctx;
+} upctx;
+
+/* The target's context with a reference for the caller, or NULL and why. */
+static SSL_CTX *upstream_ctx(struct conn *c, bool verify, char *why, size_t whylen)
+{
+	const struct policy *pol = c->policy;
+	SSL_CTX *ctx = NULL;
+
+	pthread_mutex_lock(&upctx_lock);
+	if (upctx.policy != pol || strcmp(upctx.hash, pol->hash) != 0) {
+		for (size_t i = 0; i < upctx.n; i++)
+			SSL_CTX_free(upctx.ctx[i]);
+		free(upctx.ctx);
+		upctx.ctx = calloc(pol->ntargets ? pol->ntargets : 1, sizeof(*upctx.ctx));
+		upctx.n = upctx.ctx ? pol->ntargets : 0;
+		upctx.policy = upctx.ctx ? pol : NULL;
+		snprintf(upctx.hash, sizeof(upctx.hash), "%s", upctx.ctx ? pol->hash : "");
+	}
+	if (c->target_idx < 0 || (size_t)c->target_idx >= upctx.n) {
+		snprintf(why, whylen, "TLS context: out of memory");
+	} else {
+		SSL_CTX **slot = &upctx.ctx[c->target_idx];
+
+		if (!*slot)
+			*slot = upstream_ctx_new(&target(c)->upstream, verify, why, whylen);
+		ctx = *slot;
+		if (ctx && SSL_CTX_up_ref(ctx) != 1) {
+			snprintf(why, whylen, "TLS context");
+			ctx = NULL;
+		}
+	}
+	pthread_mutex_unlock(&upctx_lock);
+	return ctx;
+}
+
+static SSL *upstream_ssl(struct conn *c, char *why, size_t whylen)
+{
+	const struct policy_target *t = target(c);
+	const struct policy_upstream *u = &t->upstream;
+	bool verify = strcmp(tls_mode(c), "verify-full") == 0;
+	SSL_CTX *ctx = upstream_ctx(c, verify, why, whylen);
+	SSL *ssl = NULL;
+	char host[256];
+	uint8_t bin[16];
+
+	if (!ctx)
+		return NULL;
 	ssl = SSL_new(ctx);
+	SSL_CTX_free(ctx);   /* ours; ssl holds its own reference */
 	if (!ssl) {
 		snprintf(why, whylen, "TLS session");
-		goto fail;
+		return NULL;
 	}
 	/* the name to verify: server_name, else the target's host, else the IP dialled */
 	if (u->server_name)
@@ -1372,13 +1601,10 @@ static SSL *upstream_ssl(struct conn *c, char *why, size_t whylen)
 		if (verify && SSL_set1_host(ssl, host) != 1)
 			goto bad_name;
 	}
-	SSL_CTX_free(ctx);   /* ssl holds its own reference */
 	return ssl;
 bad_name:
 	snprintf(why, whylen, "cannot check the server name '%s'", host);
-fail:
 	SSL_free(ssl);
-	SSL_CTX_free(ctx);
 	return NULL;
 }
 
@@ -1660,7 +1886,6 @@ static bool param_ok(const char *name, const char *value)
 
 /* ---- masked-column catalog lookup ------------------------------------------------------- */
 
-#ifdef HAVE_MASK
 /* Appends s as a SQL string literal (standard_conforming_strings is on). */
 static void lit(char *buf, size_t cap, size_t *n, const char *s)
 {
@@ -1752,7 +1977,6 @@ static int catalog_row(struct pg_sess *s, const struct pg_msg *m)
 	s->ncols++;
 	return 0;
 }
-#endif
 
 static int session_ready(struct conn *c, char status)
 {
@@ -1805,7 +2029,6 @@ static int up_params(struct conn *c, const struct pg_msg *m)
 	case 'Z':
 		if (pg_parse_ready(m, &st))
 			return -EBADMSG;
-#ifdef HAVE_MASK
 		if (s->mask_active) {
 			char sql[8192];
 
@@ -1815,7 +2038,6 @@ static int up_params(struct conn *c, const struct pg_msg *m)
 				return send_out(c, SIDE_UP);
 			}
 		}
-#endif
 		return session_ready(c, st);
 	default:
 		return fatal(c, "08P01", "agentgate: unexpected message '%c' from the server at session start",
@@ -1823,7 +2045,6 @@ static int up_params(struct conn *c, const struct pg_msg *m)
 	}
 }
 
-#ifdef HAVE_MASK
 static int up_catalog(struct conn *c, const struct pg_msg *m)
 {
 	struct pg_sess *s = S(c);
@@ -1844,7 +2065,6 @@ static int up_catalog(struct conn *c, const struct pg_msg *m)
 	}
 	return fatal(c, "08P01", "agentgate: unexpected message '%c' during the catalog query", m->type);
 }
-#endif
 
 /* ---- the session: agent -> server ------------------------------------------------------ */
 
@@ -1871,7 +2091,10 @@ static int standin(struct conn *c, bool simple, const char *stmt_name, const cha
 		pg_out_parse(&s->out, stmt_name, PG_DENY_TEXT);
 		s->skip_to_sync = true;
 	}
-	audit_stmt(c, j, proto, false, false, why, NULL, NULL);
+	if (j && j->verdict == PGC_REVIEW)
+		p->deny_detail = strdup("the policy's verdict is review: a person must approve this statement");
+	/* one event per statement: none of them runs */
+	audit_stmts_from(c, j, 0, proto, false, NULL, why, NULL);
 	return send_out(c, SIDE_UP);
 }
 
@@ -1902,11 +2125,7 @@ static int fe_query(struct conn *c, const struct pg_msg *m)
 		judged_put(j);
 		return fatal(c, "54000", "agentgate: too many requests in flight");
 	}
-	p->j = j;
-	if (!j->allowed) {
-		free(p->deny);
-		p->deny = strdup(why);   /* observe mode: audited as would-deny */
-	}
+	p->j = j;   /* observe mode: j->why says what would have been denied */
 	prev = map_set(&s->stmts, "", NULL, NULL);
 	if (prev) {
 		p->undo = UNDO_STMT;
@@ -1959,8 +2178,6 @@ static int fe_parse(struct conn *c, const struct pg_msg *m)
 	p->undo_name = strdup(pp.name);
 	p->undo_prev = prev;
 	p->j = judged_get(j);
-	if (!j->allowed)
-		p->deny = strdup(why);
 	return fwd(c, m);
 }
 
@@ -2128,9 +2345,10 @@ static int fe_message(struct conn *c, const struct pg_msg *m)
 
 		if (enforcer_should_refuse(c, why))
 			return standin(c, true, NULL, why, NULL, "fastpath");
-		audit_stmt(c, NULL, "fastpath", true, true, why, NULL, NULL);
+		audit_stmt_at(c, NULL, -1, "fastpath", true, NULL, why, NULL, NULL);
 		if (!(p = pend_push(s, 'Q')))
 			return fatal(c, "54000", "agentgate: too many requests in flight");
+		p->audited = true;
 		s->syncs++;
 		return fwd(c, m);
 	}
@@ -2165,6 +2383,62 @@ static int frame_or_grow(struct conn *c, int side, const uint8_t *in, uint32_t l
 	return n;
 }
 
+/* PH_DISCARD: drops what the agent sends; closes at its EOF or once the
+ * oversized message has been read. */
+static int discard_agent(struct conn *c)
+{
+	struct pg_sess *s = S(c);
+	uint32_t len;
+
+	conn_in(c, SIDE_AGENT, &len);
+	conn_in_consume(c, SIDE_AGENT, len);
+	s->discard -= len < s->discard ? len : s->discard;
+	if (!s->discard || conn_in_eof(c, SIDE_AGENT)) {
+		s->phase = PH_DONE;
+		conn_finish(c);
+	}
+	return 0;
+}
+
+/*
+ * A message over PG_MSG_MAX ends the session, and the agent must hear why.
+ * Closing at once does not do that: the client is still writing the
+ * message; a socket closed with unread bytes sends a reset that can drop
+ * our ErrorResponse; and libpq, while its write is blocked, reads what we
+ * send, and takes a TLS close_notify (or a FIN) it reads then for a broken
+ * connection before it parses the error. So the error goes out, the rest
+ * of the message is read and dropped (nothing of it is buffered), and the
+ * connection closes once the message is all in: the client's write
+ * completes and it reads our error (and a ReadyForQuery), then EOF. A message announced over
+ * PG_DISCARD_MAX is not waited for (FIN at once: the error is all there
+ * is to read), and a client that stops sending is reset after
+ * PG_DISCARD_MS. The server gets Terminate.
+ */
+static int too_large(struct conn *c, uint32_t size)
+{
+	struct pg_sess *s = S(c);
+
+	pg_out_reset(&s->out);
+	pg_out_error(&s->out, 'E', "FATAL", "54000", "agentgate: message too large", NULL, NULL);
+	/* ReadyForQuery after it, though the session ends: libpq returns an
+	 * error as the query's result only once the query is complete; at EOF
+	 * without it, it reports a broken connection and drops the error */
+	pg_out_ready(&s->out, 'I');
+	send_out(c, SIDE_AGENT);
+	pg_out_simple(&s->out, 'X');
+	send_out(c, SIDE_UP);
+	conn_shutdown(c, SIDE_UP);
+	snprintf(c->why, sizeof(c->why), "message of %u bytes from the agent: over the limit of %u", size,
+		 PG_MSG_MAX);
+	s->phase = PH_DISCARD;
+	s->discard = size;
+	if (size > PG_DISCARD_MAX)
+		conn_shutdown(c, SIDE_AGENT);
+	else
+		c->deadline_ms = now_ns_mono() / 1000000ull + PG_DISCARD_MS;
+	return discard_agent(c);
+}
+
 static int process_agent(struct conn *c)
 {
 	struct pg_sess *s = S(c);
@@ -2179,9 +2453,9 @@ static int process_agent(struct conn *c)
 			break;   /* resumed when the server's answers drain the queue */
 		n = frame_or_grow(c, SIDE_AGENT, in + used, len - used, &m);
 		if (n == -EMSGSIZE) {
-			err = fatal(c, "54000", "agentgate: denied: message of %u bytes is larger than allowed",
-				    pg_frame_size(in + used, len - used));
-			break;
+			if (used)
+				conn_in_consume(c, SIDE_AGENT, used);
+			return too_large(c, pg_frame_size(in + used, len - used));
 		}
 		if (n < 0) {
 			err = n == -EBADMSG ? fatal(c, "08P01", "agentgate: malformed message") : n;
@@ -2235,6 +2509,52 @@ static bool portal_live(void *val, void *arg)
 	return ((struct pg_portal *)val)->epoch > *(uint32_t *)arg;
 }
 
+/*
+ * A simple Query's current statement (p->stmt) ended: CommandComplete, or
+ * an ErrorResponse (error). The server answers the statements of a Query
+ * in order, each ending with its CommandComplete, so rows and the masking
+ * plan so far are this statement's. Its event goes out now, except the
+ * last statement's after a CommandComplete: that waits for ReadyForQuery,
+ * since an error at the implicit COMMIT that follows is still its own.
+ */
+static void query_stmt_end(struct conn *c, struct pg_pend *p, bool error)
+{
+	struct pg_sess *s = S(c);
+
+	if (p->audited || !p->j || p->j->nstmts == 0)
+		return;
+	if (!error && p->stmt >= p->j->nstmts - 1)
+		return;
+	if (p->stmt < p->j->nstmts)
+		audit_stmt_at(c, p->j, p->stmt, "simple", true, NULL, NULL, p, s->qplan);
+	p->stmt++;
+	p->rows = 0;
+	p->sqlstate[0] = '\0';
+	p->start_ns = now_ns_mono();
+	plan_free(s->qplan);
+	s->qplan = NULL;
+}
+
+/* ReadyForQuery ends a simple Query: the events not out yet (the last
+ * statement's; those the server skipped after an error). */
+static void query_end(struct conn *c, struct pg_pend *p)
+{
+	struct pg_sess *s = S(c);
+	const struct pg_judged *j = p->j;
+
+	p->audited = true;
+	if (!j || j->nstmts == 0) {
+		audit_stmt_at(c, j, -1, "simple", true, NULL, NULL, p, s->qplan);
+		return;
+	}
+	if (!p->errored && p->stmt < j->nstmts)
+		audit_stmt_at(c, j, p->stmt++, "simple", true, NULL, NULL, p, s->qplan);
+	audit_stmts_from(c, j, p->stmt, "simple", true,
+			 p->errored ? "not run: an earlier statement of this message failed"
+				    : "not run: the server answered fewer statements than the message holds",
+			 NULL, NULL);
+}
+
 static int be_error(struct conn *c, const struct pg_msg *m, struct pg_pend *p)
 {
 	struct pg_sess *s = S(c);
@@ -2247,22 +2567,22 @@ static int be_error(struct conn *c, const struct pg_msg *m, struct pg_pend *p)
 		pg_out_denied(&s->out, p->deny ? p->deny : "not allowed", p->deny_detail);
 		err = send_out(c, SIDE_AGENT);
 	} else {
-#ifdef HAVE_MASK
 		if (s->mask_active && mask_has_detectors(s->mask)) {
 			err = mask_fields(s, m);
 			if (!err)
 				err = send_out(c, SIDE_AGENT);
 		} else
-#endif
 			err = conn_send(c, SIDE_AGENT, m->body - 5, m->len + 5);
 	}
 	if (!p)
 		return err;
 	p->errored = true;
+	if (p->kind == 'Q' && !p->standin)
+		query_stmt_end(c, p, true);
 	if (p->kind == 'Q' || p->kind == 'S')
 		return err;    /* a Query (or a failing commit at Sync) still ends with 'Z' */
 	if (p->kind == 'E')
-		audit_stmt(c, p->j, "extended", true, p->j && !p->j->allowed, NULL, p, p->portal ? p->portal->plan : NULL);
+		audit_stmt_at(c, p->j, 0, "extended", true, NULL, NULL, p, p->portal ? p->portal->plan : NULL);
 	server_skipped(s);
 	return err;
 }
@@ -2283,8 +2603,8 @@ static int be_ready(struct conn *c, const struct pg_msg *m)
 	}
 	if (s->qlen) {
 		p = pend_at(s, 0);
-		if (p->kind == 'Q' && !p->standin)
-			audit_stmt(c, p->j, "simple", true, p->deny != NULL, p->deny, p, s->qplan);
+		if (p->kind == 'Q' && !p->standin && !p->audited)
+			query_end(c, p);
 		if (st == 'I') {
 			uint32_t epoch = p->epoch;
 
@@ -2345,20 +2665,16 @@ static int be_message(struct conn *c, const struct pg_msg *m)
 			return fatal(c, "08P01", "agentgate: the server reports %s = %s, which is not allowed", n, v);
 		break;
 	case 'N':
-#ifdef HAVE_MASK
 		if (s->mask_active && mask_has_detectors(s->mask)) {
 			err = mask_fields(s, m);
 			return err ? err : send_out(c, SIDE_AGENT);
 		}
-#endif
 		break;
 	case 'A':
-#ifdef HAVE_MASK
 		if (s->mask_active && mask_has_detectors(s->mask)) {
 			err = mask_notification(s, m);
 			return err ? err : send_out(c, SIDE_AGENT);
 		}
-#endif
 		break;
 	case 'W':
 		return fatal(c, "08P01", "agentgate: replication (CopyBoth) is not allowed");
@@ -2374,7 +2690,6 @@ static int be_message(struct conn *c, const struct pg_msg *m)
 			if (p->kind == 'P' || p->kind == 'B' || p->kind == 'C')
 				pend_pop(s);
 			break;
-#ifdef HAVE_MASK
 		case 'H':
 			/* COPY TO STDOUT: text rows are scanned by the detectors
 			 * (below); binary COPY cannot be, so it is not let out */
@@ -2396,12 +2711,10 @@ static int be_message(struct conn *c, const struct pg_msg *m)
 				return send_out(c, SIDE_AGENT);
 			}
 			break;
-#endif
 		case 't':
 			p->got_paramdesc = true;
 			break;
 		case 'T':
-#ifdef HAVE_MASK
 			if (p->kind == 'Q') {
 				plan_free(s->qplan);
 				s->qplan = plan_for(s, m, NULL);
@@ -2409,7 +2722,6 @@ static int be_message(struct conn *c, const struct pg_msg *m)
 				plan_free(p->portal->plan);
 				p->portal->plan = plan_for(s, m, p->portal);
 			}
-#endif
 			if (p->kind == 'D')
 				pend_pop(s);
 			break;
@@ -2421,7 +2733,6 @@ static int be_message(struct conn *c, const struct pg_msg *m)
 			struct pg_plan *plan = p->kind == 'Q' ? s->qplan : p->portal ? p->portal->plan : NULL;
 
 			p->rows++;
-#ifdef HAVE_MASK
 			if (plan) {
 				err = mask_row(s, m, plan);
 				if (err)
@@ -2429,8 +2740,6 @@ static int be_message(struct conn *c, const struct pg_msg *m)
 						     strerror(-err));
 				return send_out(c, SIDE_AGENT);
 			}
-#endif
-			(void)plan;
 			break;
 		}
 		case 'C': case 'I': case 's':
@@ -2441,9 +2750,11 @@ static int be_message(struct conn *c, const struct pg_msg *m)
 				map_clear(&s->stmts, NULL, NULL);
 			}
 			if (p->kind == 'E') {
-				audit_stmt(c, p->j, "extended", true, p->j && !p->j->allowed, NULL, p,
-					   p->portal ? p->portal->plan : NULL);
+				audit_stmt_at(c, p->j, 0, "extended", true, NULL, NULL, p,
+					      p->portal ? p->portal->plan : NULL);
 				pend_pop(s);
+			} else if (p->kind == 'Q' && m->type == 'C') {
+				query_stmt_end(c, p, false);
 			}
 			break;
 		}
@@ -2451,8 +2762,41 @@ static int be_message(struct conn *c, const struct pg_msg *m)
 	default:
 		return fatal(c, "08P01", "agentgate: unexpected server message '%c'", m->type);
 	}
-	(void)err;
 	return conn_send(c, SIDE_AGENT, m->body - 5, m->len + 5);
+}
+
+/*
+ * A server message over PG_MSG_MAX (a value can be up to 1 GB) cannot be
+ * held whole. A DataRow that nothing in its result masks, or CopyData when
+ * no detector scans it, needs no look inside: it is passed on as it comes
+ * (s->up_pass counts what is left of it), a buffer at a time, under the
+ * usual backpressure. Anything else that large is refused: a row to mask
+ * must be whole (fail closed). True when the message at hdr (5 header
+ * bytes there) may be passed on.
+ */
+static bool up_passable(struct pg_sess *s, const uint8_t *hdr)
+{
+	struct pg_pend *p = s->qlen ? pend_at(s, 0) : NULL;
+
+	if (s->phase != PH_READY || !p || p->standin || !answers(p, (char)hdr[0]) ||
+	    pg_frame_size(hdr, 5) > (1u << 30) + 5)   /* the server's own limit: 1 GB */
+		return false;
+	if (hdr[0] == 'D')
+		return !(p->kind == 'Q' ? s->qplan : p->portal ? p->portal->plan : NULL);
+	if (hdr[0] == 'd')
+		return !(s->mask_active && mask_has_detectors(s->mask));
+	return false;
+}
+
+/* Passes on up to the rest of an oversized message (s->up_pass bytes). */
+static int up_pass_on(struct conn *c, const uint8_t *in, uint32_t len, uint32_t *used)
+{
+	struct pg_sess *s = S(c);
+	uint32_t k = len < s->up_pass ? len : s->up_pass;
+
+	s->up_pass -= k;
+	*used += k;
+	return k ? conn_send(c, SIDE_AGENT, in, k) : 0;
 }
 
 static int process_upstream(struct conn *c)
@@ -2464,13 +2808,29 @@ static int process_upstream(struct conn *c)
 	int n, err = 0;
 
 	in = conn_in(c, SIDE_UP, &len);
-	while (used < len && s->phase != PH_DONE) {
+	if (s->up_pass && s->phase == PH_READY)
+		err = up_pass_on(c, in, len, &used);
+	while (!err && !s->up_pass && used < len && s->phase != PH_DONE) {
 		if (s->phase == PH_UP_SSL)
 			break;
 		n = frame_or_grow(c, SIDE_UP, in + used, len - used, &m);
+		if (n == -EMSGSIZE && up_passable(s, in + used)) {
+			uint32_t size = pg_frame_size(in + used, len - used);
+
+			if (in[used] == 'D')
+				pend_at(s, 0)->rows++;
+			s->up_pass = size;
+			err = up_pass_on(c, in + used, len - used, &used);
+			break;
+		}
+		if (n == -EMSGSIZE) {
+			err = fatal(c, "54000", "agentgate: the server sent a message of %u bytes, over the limit of %u "
+				    "for one that must be inspected whole", pg_frame_size(in + used, len - used),
+				    PG_MSG_MAX);
+			break;
+		}
 		if (n < 0) {
-			err = n == -EMSGSIZE || n == -EBADMSG
-				? fatal(c, "08P01", "agentgate: malformed or oversized message from the server") : n;
+			err = n == -EBADMSG ? fatal(c, "08P01", "agentgate: malformed message from the server") : n;
 			break;
 		}
 		if (n == 0)
@@ -2491,11 +2851,9 @@ static int process_upstream(struct conn *c)
 		case PH_UP_PARAMS:
 			err = up_params(c, &m);
 			break;
-#ifdef HAVE_MASK
 		case PH_UP_CATALOG:
 			err = up_catalog(c, &m);
 			break;
-#endif
 		case PH_READY:
 			err = be_message(c, &m);
 			break;
@@ -2513,7 +2871,6 @@ static int process_upstream(struct conn *c)
 
 /* ---- proto_ops ------------------------------------------------------------------------- */
 
-#ifdef HAVE_MASK
 /* The session's masks: the union over the agent's rules for the target and,
  * with delegation, the user's (DESIGN §3: masks are the union). */
 static int compile_masks(struct conn *c)
@@ -2533,7 +2890,6 @@ static int compile_masks(struct conn *c)
 	s->mask_active = !mask_is_empty(s->mask);
 	return 0;
 }
-#endif
 
 static int pg_start(struct conn *c)
 {
@@ -2549,10 +2905,8 @@ static int pg_start(struct conn *c)
 	for (int i = 0; i < 16; i++)
 		s->gen = s->gen << 4 | (uint64_t)(c->policy->hash[i] % 16);
 	s->gen |= 1;
-#ifdef HAVE_MASK
 	if (compile_masks(c))
 		return -ENOMEM;   /* fail closed: no session without its masks */
-#endif
 	return conn_stream(c);
 }
 
@@ -2567,6 +2921,8 @@ static int pg_on_agent_data(struct conn *c)
 		return agent_auth(c);
 	case PH_READY:
 		return process_agent(c);
+	case PH_DISCARD:
+		return discard_agent(c);
 	case PH_DONE:
 		return 0;
 	default:
@@ -2619,8 +2975,16 @@ static int pg_on_upstream_data(struct conn *c)
 			return fatal(c, "08001", "agentgate: upstream TLS for target \"%s\": %s", target(c)->name, why);
 		}
 		return send_startup(c);
-	case PH_DONE:
+	case PH_DISCARD:
+	case PH_DONE: {
+		uint32_t len;
+
+		/* the server's last words after Terminate: not the agent's */
+		conn_in(c, SIDE_UP, &len);
+		if (s->phase == PH_DISCARD)
+			conn_in_consume(c, SIDE_UP, len);
 		return 0;
+	}
 	default:
 		break;
 	}
@@ -2653,9 +3017,7 @@ static void pg_release(struct conn *c)
 	pg_out_free(&s->out);
 	free(s->negotiate_buf);
 	free(s->cols);
-#ifdef HAVE_MASK
 	mask_free(s->mask);
-#endif
 	free(s);
 	c->proto_state = NULL;
 }

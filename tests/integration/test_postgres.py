@@ -318,7 +318,7 @@ def test_protocol_cases(enforcer, pg, tmp):
     # D19: a huge announced length
     c = conn()
     c.send(b"Q" + struct.pack("!I", 0x7FFFFFF0) + b"SELECT 1")
-    out["D19"] = summary(c.until_ready())
+    out["D19"] = summary(c.until_ready()) + summary([c.read()])
     c.s.close()
     print(json.dumps(out))
     """)
@@ -337,7 +337,7 @@ def test_protocol_cases(enforcer, pg, tmp):
     assert res["dup"][0].startswith("E:42P05:"), res["dup"]
     assert res["dup"][1:] == ["ZI", "2", "D:1", "s", "ZI"], res["dup"]
     assert res["D11"][0].startswith("E:08P01:") and res["D11"][-1] == "EOF", res["D11"]
-    assert res["D19"][0].startswith("E:54000:agentgate: denied") and res["D19"][-1] == "EOF", res["D19"]
+    assert res["D19"] == ["E:54000:agentgate: message too large", "ZI", "EOF"], res["D19"]
     assert orders_state(pg) == before
 
 
@@ -509,7 +509,7 @@ def test_large_result_masking_and_copy(enforcer, pg, tmp):
     assert res["copy_masked"] == "42501"
     assert res["copy_notes"] == "1\tmail me at **** please\n2\tnothing here\n", res["copy_notes"]
     # refused: no row of it reaches the agent (the session ends with our FATAL error)
-    assert res["copy_binary"] != "ran", res
+    assert res["copy_binary"][0] == "42501" and "binary COPY output cannot be masked" in res["copy_binary"][1], res
 
     # (the "LINE 1:" part psycopg2 adds is the agent's own query text, echoed client-side)
     first = res["err"][1].splitlines()[0]
@@ -632,7 +632,34 @@ def test_observe_mode_records_and_allows(enforcer, pg, tmp):
     assert rc == 0 and out.strip() == "1", err
     ev = enforcer.wait_event(lambda e: e.get("class_uid") == 6005 and
                              e["unmapped"]["statement"].get("tables") == "public.secrets")
-    assert ev and ev["unmapped"].get("observe", ev["unmapped"]).get("would_deny", True), ev
+    assert ev and ev["unmapped"]["verdict"] == "would_deny" and "public.secrets" in ev["unmapped"]["reason"], ev
+    # per statement, the extended protocol, FunctionCall: each recorded once, with its reason
+    res = agent_py(enforcer, f"""
+    out = {{}}
+    c = Conn("127.0.0.1", {pg.port})
+    c.send(Q("SELECT id FROM orders ORDER BY id LIMIT 2; SELECT count(*) FROM secrets"))
+    out["multi"] = summary(c.until_ready())
+    c.send(P("", "SELECT cc FROM secrets") + B("", "") + E("") + S)
+    out["ext"] = summary(c.until_ready())
+    c.send(F(89))   # version(): runs, observe mode denies nothing
+    out["F"] = summary(c.until_ready())
+    c.close()
+    print(json.dumps(out))
+    """)
+    assert res["multi"][-3:] == ["D:1", "C:SELECT 1", "ZI"] and "D:2" in res["multi"], res["multi"]
+    assert res["ext"][-2:] == ["C:SELECT 1", "ZI"] and res["F"][0] == "V", res
+    evs = session_stmt_events(enforcer, 5)
+    m1, m2, ext, fc = evs[1:5]
+    assert [m1["unmapped"]["statement"]["index"], m2["unmapped"]["statement"]["index"]] == [1, 2]
+    assert m1["unmapped"]["statement"]["rows"] == 2 and m2["unmapped"]["statement"]["rows"] == 1
+    assert m1["unmapped"]["statement"]["decision"] == "allow" and m2["unmapped"]["statement"]["decision"] == "deny"
+    assert all(e["unmapped"]["verdict"] == "would_deny" for e in (m1, m2, ext, fc)), evs
+    assert "statement 2 of this message was denied" in m1["unmapped"]["reason"], m1
+    assert "public.secrets" in m2["unmapped"]["reason"] and "public.secrets" in ext["unmapped"]["reason"], ext
+    assert ext["unmapped"]["statement"]["protocol"] == "extended" and ext["unmapped"]["statement"]["rows"] == 1
+    assert fc["unmapped"]["statement"]["protocol"] == "fastpath" and "FunctionCall" in fc["unmapped"]["reason"]
+    time.sleep(0.5)
+    assert len(stmt_events(enforcer)) == 5, [brief(e) for e in stmt_events(enforcer)]
 
 
 def test_policy_explain(enforcer, pg, tmp):
@@ -651,3 +678,285 @@ def test_policy_explain(enforcer, pg, tmp):
     out = explain("SELECT * FROM customers WHERE cc LIKE '4%'")
     assert "verdict: deny" in out and "cc" in out
     assert pg.sql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'") == "0"
+
+
+def session_stmt_events(enforcer, n, timeout=5):
+    """The first n 6005 events, in the order they were recorded."""
+    evs = wait_for(lambda: len(stmt_events(enforcer)) >= n and stmt_events(enforcer), timeout)
+    assert evs, stmt_events(enforcer)
+    return sorted(evs, key=lambda e: e["metadata"]["sequence"])
+
+
+def brief(e):
+    st, um = e["unmapped"]["statement"], e["unmapped"]
+    return (st.get("index"), st.get("tag"), st.get("tables"), st.get("rows"), um["verdict"], st.get("decision"))
+
+
+RULES_STMT = [{"target": "shop",
+               "allow": {"statements": ["select", "insert"], "tables": ["public.customers", "public.orders"]},
+               "mask": {"columns": ["public.customers.cc"]}}]
+
+
+def test_one_event_per_statement_of_a_query(enforcer, pg, tmp):
+    """A simple-protocol Query holding several statements gives one 6005 event per statement,
+    each with its own tag, class, tables, rows, masked columns and verdict; what is forwarded
+    or denied does not change."""
+    enforcer.start(policy(pg, tmp, rules=RULES_STMT))
+    res = agent_py(enforcer, f"""
+    import psycopg2
+    c = psycopg2.connect(host="127.0.0.1", port={pg.port}, user="agent_ro", dbname="shop")
+    c.autocommit = True
+    cur = c.cursor()
+    out = {{}}
+    # 1: three reads, the second with a masked column
+    cur.execute("SELECT id FROM orders ORDER BY id; SELECT id, cc FROM customers ORDER BY id; SELECT 42")
+    out["last"] = cur.fetchall()
+    # 2: a write and a read
+    cur.execute("INSERT INTO orders (customer_id, total) VALUES (1, 10); SELECT count(*) FROM orders")
+    out["count"] = cur.fetchall()
+    # 3: the server fails the second: the third never runs
+    try:
+        cur.execute("SELECT 1 FROM orders LIMIT 1; SELECT nosuchcolumn FROM orders; SELECT 2 FROM customers")
+        out["err"] = "ran"
+    except psycopg2.Error as e:
+        out["err"] = e.pgcode
+    # 4: denied as a whole (the second is a DELETE): nothing of it runs
+    try:
+        cur.execute("SELECT 1 FROM orders LIMIT 1; DELETE FROM orders; SELECT 3")
+        out["deny"] = "ran"
+    except psycopg2.Error as e:
+        out["deny"] = [e.pgcode, e.pgerror]
+    # 5: one statement, as before
+    cur.execute("SELECT id FROM customers WHERE id = 1")
+    out["one"] = cur.fetchall()
+    print(json.dumps(out))
+    """)
+    assert res["last"] == [[42]] and res["count"] == [[6]] and res["one"] == [[1]], res
+    assert res["err"] == "42703", res
+    assert res["deny"][0] == "42501" and "agentgate: denied" in res["deny"][1], res
+    assert orders_state(pg) == "6|25"
+    evs = session_stmt_events(enforcer, 12)
+    got = [brief(e) for e in evs]
+    assert got == [
+        (1, "select", "public.orders", 5, "allow", "allow"),
+        (2, "select", "public.customers", 2, "allow", "allow"),
+        (3, "select", None, 1, "allow", "allow"),
+        (1, "insert", "public.orders", 0, "allow", "allow"),
+        (2, "select", "public.orders", 1, "allow", "allow"),
+        (1, "select", "public.orders", 1, "allow", "allow"),
+        (2, "select", "public.orders", 0, "allow", "allow"),
+        (3, "select", "public.customers", None, "allow", "allow"),
+        (1, "select", "public.orders", None, "deny", "allow"),
+        (2, "delete", "public.orders", None, "deny", "deny"),
+        (3, "select", None, None, "deny", None),
+        (1, "select", "public.customers", 1, "allow", "allow"),
+    ], got
+    st = [e["unmapped"]["statement"] for e in evs]
+    # each statement its own class, the message's count, masking only where it happened
+    assert [s["class"] for s in st[3:5]] == ["write", "read"]
+    assert all(s["statements"] == 3 for s in st[:3]) and st[11]["statements"] == 1
+    assert st[1]["masked_columns"] == "public.customers.cc" and st[1]["masked_values"] == 2, st[1]
+    assert "masked_columns" not in st[0] and "masked_values" not in st[0] and "masked_columns" not in st[2]
+    # the failing statement has the server's error; the one after it says it never ran
+    assert st[6]["server_error"] == "42703" and "server_error" not in st[5], st[5:8]
+    assert "not run" in evs[7]["unmapped"]["reason"] and "server_error" not in st[7]
+    # the denial: the DELETE carries the reason; the others say which statement it was
+    assert "delete" in evs[9]["unmapped"]["reason"].lower(), evs[9]
+    assert "statement 2 of this message was denied" in evs[8]["unmapped"]["reason"], evs[8]
+    assert "statement 2 of this message was denied" in evs[10]["unmapped"]["reason"], evs[10]
+    # each allowed statement names the rule that allowed it
+    assert all(e["unmapped"]["rule"].startswith("role 'ro' rule 1") for e in evs[:8]), evs[:8]
+
+
+RULES_REVIEW = [{"target": "shop",
+                 "allow": {"statements": ["select"], "tables": ["public.orders"]},
+                 "review": {"statements": ["update"], "tables": ["public.orders"]}}]
+
+
+def test_review_is_told_apart_from_deny(enforcer, pg, tmp):
+    """A review verdict is denied until approvals exist, but the agent's error and the 6005
+    event say review (needs approval), distinctly from a plain deny."""
+    enforcer.start(policy(pg, tmp, rules=RULES_REVIEW))
+    res = agent_py(enforcer, f"""
+    import psycopg2
+    c = psycopg2.connect(host="127.0.0.1", port={pg.port}, user="agent_ro", dbname="shop")
+    c.autocommit = True
+    cur = c.cursor()
+    out = {{}}
+    for name, sql in (("review", "UPDATE orders SET total = 0 WHERE id = 1"),
+                      ("deny", "DELETE FROM orders WHERE id = 1"),
+                      ("multi", "SELECT 1 FROM orders LIMIT 1; UPDATE orders SET total = 0")):
+        try:
+            cur.execute(sql)
+            out[name] = "ran"
+        except psycopg2.Error as e:
+            out[name] = [e.pgcode, e.diag.message_primary, e.diag.message_detail]
+    # extended protocol: the same
+    try:
+        cur2 = c.cursor()
+        cur2.execute("PREPARE x AS SELECT 1")   # SQL PREPARE is denied (plain deny)
+    except psycopg2.Error as e:
+        out["prepare"] = [e.pgcode, e.diag.message_primary, e.diag.message_detail]
+    raw = Conn("127.0.0.1", {pg.port})
+    raw.send(P("u", "UPDATE orders SET total = 0") + B("", "u") + E("") + S)
+    out["ext"] = summary(raw.until_ready())
+    raw.close()
+    print(json.dumps(out))
+    """)
+    code, msg, detail = res["review"]
+    assert code == "42501" and msg.startswith("agentgate: denied: review: needs approval"), res["review"]
+    assert "role 'ro' rule 1" in msg and detail and "review" in detail, res["review"]
+    code, msg, detail = res["deny"]
+    assert code == "42501" and msg.startswith("agentgate: denied") and "review" not in msg, res["deny"]
+    assert "approval" not in msg and not detail, res["deny"]
+    assert res["multi"][0] == "42501" and "review: needs approval" in res["multi"][1], res["multi"]
+    assert "review" not in res["prepare"][1] and not res["prepare"][2], res["prepare"]
+    assert res["ext"][0].startswith("E:42501:agentgate: denied: review: needs approval"), res["ext"]
+    assert orders_state(pg) == "5|15"
+    evs = session_stmt_events(enforcer, 6)
+    by = [(e["unmapped"]["statement"].get("tag"), e["unmapped"]["statement"].get("decision"),
+           e["unmapped"]["verdict"], e["unmapped"].get("reason", "")) for e in evs]
+    upd, dele, m1, m2, prep, ext = by
+    assert upd[:3] == ("update", "review", "deny") and upd[3].startswith("review: needs approval"), upd
+    assert dele[:3] == ("delete", "deny", "deny") and "review" not in dele[3] and "approval" not in dele[3], dele
+    assert m1[:3] == ("select", "allow", "deny") and "needs approval (review)" in m1[3], m1
+    assert m2[:3] == ("update", "review", "deny") and m2[3].startswith("review: needs approval"), m2
+    assert prep[1] == "deny" and "review" not in prep[3], prep
+    assert ext[:3] == ("update", "review", "deny") and evs[5]["unmapped"]["statement"]["protocol"] == "extended"
+    assert evs[0]["status_detail"].startswith("review: needs approval")
+
+
+def test_message_too_large_is_told(enforcer, pg, tmp):
+    """A message over the 16 MiB bound ends the session, and the agent reads why first:
+    FATAL 54000 'agentgate: message too large'. Under the bound, a long text is only denied
+    (the classifier's 1 MiB limit) and the session goes on."""
+    enforcer.start(policy(pg, tmp))
+    res = agent_py(enforcer, f"""
+    import psycopg2
+    out = {{}}
+    c = psycopg2.connect(host="127.0.0.1", port={pg.port}, user="agent_ro", dbname="shop")
+    c.autocommit = True
+    cur = c.cursor()
+    try:
+        cur.execute("SELECT length(%s)", ("x" * (15 << 20),))
+        out["15"] = "ran"
+    except psycopg2.Error as e:
+        out["15"] = [e.pgcode, (e.pgerror or str(e)).strip()]
+    cur.execute("SELECT id FROM orders ORDER BY id LIMIT 1")
+    out["after15"] = cur.fetchall()
+    try:
+        cur.execute("SELECT length(%s)", ("x" * (17 << 20),))
+        out["17"] = "ran"
+    except psycopg2.Error as e:
+        out["17"] = [type(e).__name__, e.pgcode, (e.pgerror or str(e)).strip()]
+    try:   # the session ended: the next statement cannot run
+        c.cursor().execute("SELECT 1")
+        out["closed"] = False
+    except psycopg2.Error:
+        out["closed"] = True
+    c2 = psycopg2.connect(host="127.0.0.1", port={pg.port}, user="agent_ro", dbname="shop")
+    cur = c2.cursor()
+    cur.execute("SELECT count(*) FROM orders")
+    out["next"] = cur.fetchall()
+    print(json.dumps(out))
+    """, timeout=120)
+    assert res["15"][0] == "42501" and "longer than" in res["15"][1], res["15"]
+    assert res["after15"] == [[1]]
+    kind, code, msg = res["17"]
+    assert code == "54000" and "agentgate: message too large" in msg, res["17"]
+    assert res["closed"] is True
+    assert res["next"] == [[5]]
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4001 and e["activity_name"] == "Close" and
+                             "over the limit" in (e["unmapped"].get("reason") or ""))
+    assert ev, [e for e in enforcer.events() if e.get("class_uid") == 4001]
+
+
+def test_upstream_tls_context_built_once(enforcer, pg, tmp):
+    """verify-full upstream TLS: the target's context (CA file) is built once per policy and
+    shared by every session, across workers: many sessions, sequential and concurrent, all
+    verified; the CA file is not read again per session (replacing it with a CA that signed
+    nothing changes nothing until the policy changes)."""
+    live_ca = os.path.join(tmp, "live-ca.pem")
+    with open(pg.ca) as src, open(live_ca, "w") as dst:
+        dst.write(src.read())
+    enforcer.start(policy(pg, tmp, tls="verify-full", ca=live_ca))
+    code = f"""
+    import psycopg2, threading
+    out = {{"ok": 0, "err": []}}
+    lock = threading.Lock()
+    def one():
+        try:
+            c = psycopg2.connect(host="127.0.0.1", port={pg.port}, user="agent_ro", dbname="shop",
+                                 connect_timeout=10)
+            cur = c.cursor()
+            cur.execute("SELECT id FROM orders ORDER BY id LIMIT 1")
+            assert cur.fetchall() == [(1,)]
+            c.close()
+            with lock:
+                out["ok"] += 1
+        except Exception as e:
+            with lock:
+                out["err"].append(str(e))
+    def many(n):
+        for _ in range(n):
+            one()
+    N, T = 20, 6
+    many(N)
+    ts = [threading.Thread(target=many, args=(N,)) for _ in range(T)]
+    for t in ts: t.start()
+    for t in ts: t.join()
+    print(json.dumps(out))
+    """
+    res = agent_py(enforcer, code, timeout=180)
+    assert res == {"ok": 140, "err": []}, res
+    # the CA file now holds a CA that signed nothing: sessions still verify against the
+    # context built from the old contents
+    with open(pg.other_ca) as src, open(live_ca, "w") as dst:
+        dst.write(src.read())
+    res = agent_py(enforcer, code, timeout=180)
+    assert res == {"ok": 140, "err": []}, res
+    opens = [e for e in enforcer.events() if e.get("class_uid") == 4001 and e["activity_name"] == "Open"]
+    assert len(opens) >= 280
+    # a new policy generation reads the file again: now nothing verifies, nothing is sent
+    enforcer.stop()
+    enforcer.start(policy(pg, tmp, tls="verify-full", ca=live_ca) + "# generation 2\n")
+    rc, out, err = psql(enforcer, pg, "SELECT 1 FROM orders LIMIT 1")
+    assert rc != 0 and "certificate verify failed" in err, err
+
+
+def test_server_value_over_16mib(enforcer, pg, tmp):
+    """A value over 16 MiB from the server: passed on when nothing in its result is masked
+    (the session goes on, the rows are counted); refused with a clear error, ending the
+    session, when detectors must scan it (a row to mask must be whole)."""
+    big = "SELECT length(v), v FROM (SELECT repeat('ab', 10 << 20) AS v) t"
+    code = f"""
+    import psycopg2
+    out = {{}}
+    c = psycopg2.connect(host="127.0.0.1", port={pg.port}, user="agent_ro", dbname="shop")
+    c.autocommit = True
+    cur = c.cursor()
+    try:
+        cur.execute({big!r})
+        n, v = cur.fetchone()
+        out["big"] = [n, len(v), v[:4], v[-4:]]
+    except psycopg2.Error as e:
+        out["big"] = [e.pgcode, (e.pgerror or str(e)).strip()]
+    try:
+        cur.execute("SELECT id FROM orders ORDER BY id LIMIT 1")
+        out["after"] = cur.fetchall()
+    except psycopg2.Error as e:
+        out["after"] = str(e)
+    print(json.dumps(out))
+    """
+    enforcer.start(policy(pg, tmp))          # masks by column name only: this result has none
+    res = agent_py(enforcer, code, timeout=120)
+    assert res["big"] == [20 << 20, 20 << 20, "abab", "abab"], str(res)[:300]
+    assert res["after"] == [[1]]
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 6005 and e["unmapped"]["statement"].get("rows") == 1
+                             and e["unmapped"]["statement"]["tag"] == "select")
+    assert ev and ev["unmapped"]["verdict"] == "allow"
+    enforcer.stop()
+    enforcer.start(policy(pg, tmp, rules=RULES_RW))   # detectors scan every text value
+    res = agent_py(enforcer, code, timeout=120)
+    assert res["big"][0] == "54000" and "over the limit" in res["big"][1], str(res)[:300]
+    assert res["after"] != [[1]]           # the session ended

@@ -838,6 +838,115 @@ static void test_rules(void)
 	CHECK_STR(pgc_class_name(PGC_DDL), "ddl");
 }
 
+/* ---- per statement: what one audit event per statement needs ---- */
+
+/* The tables of statement i, as "a,b". */
+static void stmt_tables(const struct pgc_result *r, int i, char *out, size_t len)
+{
+	size_t o = 0;
+
+	out[0] = '\0';
+	for (int t = 0; t < r->ntables && o < len; t++)
+		if (r->stmts[i].tables & (1u << t))
+			o += (size_t)snprintf(out + o, len - o, "%s%s", o ? "," : "", r->tables[t]);
+}
+
+static void test_per_statement(void)
+{
+	static char *us[] = { "update" };
+	static char *ot[] = { "public.orders" };
+	struct policy_rule rv = { .target = "db", .role = "rev",
+		.allow = { .present = true, .statements = { ro_stmts, 1 }, .tables = { ro_tables, 2 } },
+		.review = { .present = true, .statements = { us, 1 }, .tables = { ot, 1 } } };
+	const struct policy_rule *rvs[] = { &rv };
+	struct pgc_ctx c = ctx;
+	struct pgc_result r, u;
+	char t[256];
+
+	/* every statement allowed: each its own tag, class, tables, rule */
+	r = judge("SELECT id FROM orders; BEGIN; SELECT id FROM customers WHERE id = 1");
+	CHECK(r.verdict == PGC_ALLOW && r.nstmts == 3 && r.denied_stmt == -1);
+	CHECK_STR(r.stmts[0].tag, "select");
+	CHECK_STR(r.stmts[1].tag, "begin");
+	CHECK(r.stmts[0].verdict == PGC_ALLOW && r.stmts[0].judged && r.stmts[0].rule == &ro_rule);
+	CHECK(r.stmts[1].verdict == PGC_ALLOW && r.stmts[1].judged && r.stmts[1].rule == NULL);
+	CHECK(r.stmts[1].cls == PGC_TRANSACTION && r.stmts[0].cls == PGC_READ);
+	stmt_tables(&r, 0, t, sizeof(t));
+	CHECK_STR(t, "public.orders");
+	stmt_tables(&r, 1, t, sizeof(t));
+	CHECK_STR(t, "");
+	stmt_tables(&r, 2, t, sizeof(t));
+	CHECK_STR(t, "public.customers");
+	/* a table two statements touch is recorded once, in both */
+	r = judge("SELECT 1 FROM orders; SELECT 2 FROM orders, customers");
+	CHECK(r.ntables == 2 && (r.stmts[0].tables & r.stmts[1].tables) == 1u);
+	/* denied by the rules at the second: the first judged allow, the
+	 * second is the reason, the third was not judged */
+	r = judge("SELECT * FROM orders; DELETE FROM orders; SELECT 1");
+	CHECK(r.verdict == PGC_DENY && r.nstmts == 3 && r.denied_stmt == 1);
+	CHECK(r.stmts[0].verdict == PGC_ALLOW && r.stmts[0].judged);
+	CHECK(r.stmts[1].verdict == PGC_DENY && r.stmts[1].judged && r.stmts[1].cls == PGC_WRITE);
+	CHECK_STR(r.stmts[1].tag, "delete");
+	CHECK(r.stmts[2].verdict == PGC_DENY && !r.stmts[2].judged);
+	CHECK_STR(r.stmts[2].tag, "select");
+	/* denied by the walk (DO): the statements before it still get their
+	 * own verdicts, the ones after it their node's tag and class only */
+	r = judge("SELECT 1; DO $$ BEGIN END $$; TRUNCATE orders; SELECT 2");
+	CHECK(r.verdict == PGC_DENY && r.nstmts == 4 && r.denied_stmt == 1);
+	CHECK(r.stmts[0].verdict == PGC_ALLOW && r.stmts[0].judged);
+	CHECK(r.stmts[1].verdict == PGC_DENY && r.stmts[1].judged);
+	CHECK_STR(r.stmts[1].tag, "do");
+	CHECK(!r.stmts[2].judged && r.stmts[2].cls == PGC_WRITE && r.stmts[2].tables == 0);
+	CHECK_STR(r.stmts[2].tag, "truncate_table");
+	CHECK(!r.stmts[3].judged);
+	/* a parse error, an empty text: no statement to speak of */
+	r = judge("SELEC 1; SELECT 2");
+	CHECK(r.verdict == PGC_DENY && r.nstmts == 0 && r.denied_stmt == -1);
+	r = judge(";;");
+	CHECK(r.verdict == PGC_ALLOW && r.nstmts == 0);
+	/* more statements than we keep: denied for the whole text */
+	{
+		char big[PGC_MAX_STMTS * 10 + 16];
+		size_t o = 0;
+
+		for (int i = 0; i <= PGC_MAX_STMTS; i++)
+			o += (size_t)snprintf(big + o, sizeof(big) - o, "SELECT 1;");
+		r = judge(big);
+		CHECK(r.verdict == PGC_DENY && r.nstmts == PGC_MAX_STMTS && r.denied_stmt == -1);
+	}
+	/* review: only the statement that needs it says so */
+	r = judge_rules("SELECT 1 FROM orders; UPDATE orders SET total = 0", rvs, 1);
+	CHECK(r.verdict == PGC_REVIEW && r.rule == &rv && r.denied_stmt == -1);
+	CHECK(r.stmts[0].verdict == PGC_ALLOW && r.stmts[1].verdict == PGC_REVIEW);
+	CHECK(r.stmts[1].rule == &rv);
+	/* the cache keeps them */
+	pgc_cache_flush();
+	c.policy_gen = 11;
+	judge_with(&c, "SELECT 1 FROM orders; DELETE FROM orders WHERE id = 1; SELECT 2", 63, ro, 1, &r);
+	CHECK(!r.cached && r.nstmts == 3 && r.denied_stmt == 1);
+	judge_with(&c, "SELECT 1 FROM orders; DELETE FROM orders WHERE id = 7; SELECT 2", 63, ro, 1, &u);
+	CHECK(u.cached && u.nstmts == 3 && u.denied_stmt == 1);
+	CHECK(u.stmts[0].verdict == PGC_ALLOW && u.stmts[0].rule == &ro_rule && u.stmts[1].judged);
+	CHECK(!u.stmts[2].judged && u.stmts[1].tables == r.stmts[1].tables);
+	CHECK_STR(u.stmts[1].tag, "delete");
+	judge_with(&c, "SELECT id FROM orders; SELECT id FROM customers", 47, ro, 1, &r);
+	judge_with(&c, "SELECT id FROM orders; SELECT id FROM customers", 47, ro, 1, &u);
+	CHECK(u.cached && u.nstmts == 2 && u.stmts[1].tables == r.stmts[1].tables && u.stmts[1].tables);
+	pgc_cache_flush();
+	/* delegation: per statement too */
+	r = judge_rules("SELECT 1 FROM orders; UPDATE orders SET total = 0", rw, 1);
+	u = judge_rules("SELECT 1 FROM orders; UPDATE orders SET total = 0", rvs, 1);
+	pgc_combine(&r, &u);
+	CHECK(r.verdict == PGC_REVIEW && r.stmts[0].verdict == PGC_ALLOW && r.stmts[1].verdict == PGC_REVIEW);
+	CHECK(r.stmts[1].rule == &rv);
+	r = judge_rules("SELECT 1 FROM orders; UPDATE orders SET total = 0; SELECT 2", rw, 1);
+	u = judge_rules("SELECT 1 FROM orders; UPDATE orders SET total = 0; SELECT 2", ro, 1);
+	pgc_combine(&r, &u);
+	CHECK(r.verdict == PGC_DENY && r.denied_stmt == 1 && strstr(r.reason, "user:"));
+	CHECK(r.stmts[0].verdict == PGC_ALLOW && r.stmts[1].verdict == PGC_DENY && r.stmts[1].judged);
+	CHECK(r.stmts[2].verdict == PGC_DENY && !r.stmts[2].judged);
+}
+
 /* policy_load.c accepts in statements: only what pgc_statement_name_known() does */
 static void test_policy_statements(void)
 {
@@ -1115,6 +1224,7 @@ int main(int argc, char **argv)
 	RUN(test_copy);
 	RUN(test_masks);
 	RUN(test_rules);
+	RUN(test_per_statement);
 	RUN(test_policy_statements);
 	RUN(test_limits);
 	RUN(test_cache);
