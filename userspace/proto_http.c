@@ -21,7 +21,9 @@
  * Transfer-Encoding, Upgrade unless allowed, Proxy-*), Authorization,
  * Cookie, X-Forwarded-*, Forwarded, X-Real-IP, method overrides
  * (X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override),
- * Impersonate-* and X-Remote-* (Kubernetes front-proxy identity).
+ * Impersonate-* and X-Remote-* (Kubernetes front-proxy identity). With
+ * upstream.forwarded_for, one X-Forwarded-For of ours is added: the address
+ * the agent's connection came from.
  *
  * Bodies stream through (backpressure is conn.c's): Content-Length bodies
  * as they come, chunked bodies decoded and re-encoded, never buffered
@@ -732,6 +734,16 @@ static int forward_head(struct conn *c, const uint8_t *b, const struct http_head
 		put(&o, b + f->name, f->name_len);
 		puts_(&o, ": ");
 		put(&o, b + f->value, f->value_len);
+		puts_(&o, "\r\n");
+	}
+	if (target(c)->upstream.forwarded_for) {
+		/* the agent's own X-Forwarded-* were stripped above: this one is
+		 * the address its connection came from, as the enforcer saw it */
+		char ip[64];
+
+		addr_str(c->client_addr, ip, sizeof(ip));
+		puts_(&o, "X-Forwarded-For: ");
+		puts_(&o, ip);
 		puts_(&o, "\r\n");
 	}
 	if (masked)

@@ -2,7 +2,7 @@
 """The http module's edges: an upstream certificate that does not verify, a
 masked body over the masking bound, upstream keep-alive connections that
 close, a request head that never ends, HTTP/1.0 keep-alive, a WebSocket
-that goes through. Real nginx, raw upstreams written
+that goes through, and X-Forwarded-For. Real nginx, raw upstreams written
 here, and clients inside the agent cgroup through the kernel redirect."""
 import base64
 import gzip
@@ -566,3 +566,43 @@ def test_websocket_allowed_frames_both_ways(enforcer, servers, tmp):
     assert "UPGRADE" in json.loads(res["body"])["reason"]
     with open(logf) as f:
         assert len(f.read().splitlines()) == 4
+
+
+# ---- 7. X-Forwarded-For ---------------------------------------------------------------
+
+def test_forwarded_for_truthful_when_configured(enforcer, rec):
+    req = crlf("GET /v1/invoices/42 HTTP/1.1⏎Host: api.internal⏎X-Forwarded-For: 6.6.6.6⏎"
+               "X-Forwarded-Host: evil⏎Forwarded: for=6.6.6.6⏎⏎")
+    enforcer.start(policy(rec.port, upstream="server_name: api.internal, forwarded_for: true"))
+    out = raw(enforcer, rec.port, req)
+    assert responses(out)[0][0][0] == 200
+    # the agent dials 127.0.0.1, so that is its address as the enforcer sees it
+    assert rec.all() == (b"GET /v1/invoices/42 HTTP/1.1\r\nHost: api.internal\r\n"
+                         b"X-Forwarded-For: 127.0.0.1\r\n\r\n")
+    enforcer.stop()
+    rec.reset()
+    enforcer.start(policy(rec.port, upstream="server_name: api.internal"))
+    out = raw(enforcer, rec.port, req)
+    assert responses(out)[0][0][0] == 200
+    assert rec.all() == b"GET /v1/invoices/42 HTTP/1.1\r\nHost: api.internal\r\n\r\n"
+
+
+def test_forwarded_for_validated(tmp):
+    def check(target):
+        p = os.path.join(tmp, f"p-{time.time_ns()}.yaml")
+        with open(p, "w") as f:
+            f.write(textwrap.dedent(f"""
+            version: 1
+            agents: [{{name: a}}]
+            targets: [{target}]
+            roles: [{{name: r, rules: [{{target: t}}]}}]
+            bindings: [{{role: r, agents: [a]}}]
+            """))
+        r = subprocess.run([AG, "policy", "check", p], capture_output=True, text=True)
+        return r.returncode, r.stdout + r.stderr
+    rc, _ = check("{name: t, protocol: http, address: 127.0.0.1:80, upstream: {forwarded_for: true}}")
+    assert rc == 0
+    rc, out = check("{name: t, protocol: http, address: 127.0.0.1:80, upstream: {forwarded_for: maybe}}")
+    assert rc != 0 and "forwarded_for" in out, out
+    rc, out = check("{name: t, protocol: postgres, address: 127.0.0.1:5432, upstream: {forwarded_for: true}}")
+    assert rc != 0 and "forwarded_for" in out, out
