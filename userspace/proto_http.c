@@ -946,14 +946,6 @@ static int up_redial(struct conn *c)
 	return err;
 }
 
-/* A safe method (RFC 9110 §9.2.1): sending it twice changes nothing. PUT
- * and DELETE are idempotent too, but a second DELETE answers differently;
- * only what cannot change state is sent again. */
-static bool safe_method(const char *m)
-{
-	return strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0 || strcmp(m, "OPTIONS") == 0;
-}
-
 static bool forwarded_in_flight(const struct http_state *s)
 {
 	for (unsigned i = 0; i < s->qlen; i++)
@@ -990,9 +982,10 @@ static int on_request(struct conn *c, const uint8_t *b, const struct http_head *
 		v.reason = s->up_why[0] ? s->up_why : "the upstream is not reachable";
 		v.close_after = true;
 	}
-	/* Only the one request in flight, of a safe method and without a body,
-	 * may be sent again should a reused connection close under it. */
-	resendable = fwd && !has_body && !upgrade && safe_method(v.method) && !forwarded_in_flight(s);
+	/* Only the one request in flight, of a safe method and without a body
+	 * (http_req_resendable()), may be sent again should a reused
+	 * connection close under it. */
+	resendable = fwd && http_req_resendable(b, h) && !forwarded_in_flight(s);
 	if (fwd && !resendable)
 		s->resend_req = NULL;
 	r = q_push(s);

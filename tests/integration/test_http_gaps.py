@@ -606,3 +606,16 @@ def test_forwarded_for_validated(tmp):
     assert rc != 0 and "forwarded_for" in out, out
     rc, out = check("{name: t, protocol: postgres, address: 127.0.0.1:5432, upstream: {forwarded_for: true}}")
     assert rc != 0 and "forwarded_for" in out, out
+
+
+def test_keepalive_tls_upstream_closed_idle_connection_dials_again(enforcer, servers, tmp):
+    ca, crt, key = make_ca(tmp, "ka")
+    ng = Nginx(tmp, servers.procs, keepalive="1s", tls=(crt, key))
+    front = free_port()
+    enforcer.start(policy(front, upstream=f"address: 127.0.0.1:{ng.port}, tls: verify-full, ca_file: {ca}, "
+                                          "server_name: api.internal", rules='"GET /v1/**"'))
+    get = "GET /v1/inv.json HTTP/1.1\r\nHost: api.internal\r\n\r\n"
+    outs = client(enforcer, KEEPALIVE_CLIENT.format(port=front, reqs=[get, get], pause=2))
+    assert [o[0] for o in outs] == ["HTTP/1.1 200 OK"] * 2, outs
+    log = ng.log()
+    assert len(log) == 2 and len({x[0] for x in log}) == 2, log
