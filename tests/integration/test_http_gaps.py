@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import textwrap
+import threading
 import time
 
 
@@ -619,3 +620,21 @@ def test_keepalive_tls_upstream_closed_idle_connection_dials_again(enforcer, ser
     assert [o[0] for o in outs] == ["HTTP/1.1 200 OK"] * 2, outs
     log = ng.log()
     assert len(log) == 2 and len({x[0] for x in log}) == 2, log
+
+
+def test_keepalive_upstream_gone_when_dialling_again_is_502(enforcer, servers, tmp):
+    ng = Nginx(tmp, servers.procs, keepalive="1s")
+    proc = servers.procs[-1]
+    enforcer.start(policy(ng.port, upstream="", rules='"GET /v1/**"'))
+    get = "GET /v1/inv.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    done = []
+    t = threading.Thread(target=lambda: done.append(
+        client(enforcer, KEEPALIVE_CLIENT.format(port=ng.port, reqs=[get, get], pause=3))))
+    t.start()
+    time.sleep(1.5)     # the first answer is back and nginx closed the idle connection
+    proc.stop()
+    t.join(30)
+    outs = done[0]
+    assert outs[0][0] == "HTTP/1.1 200 OK", outs
+    assert outs[1][0] == "HTTP/1.1 502 Bad Gateway", outs
+    assert json.loads(outs[1][1])["reason"] == "the upstream is not reachable"
