@@ -1515,7 +1515,6 @@ static void upstream_gone(struct conn *c, const char *why)
 {
 	struct http_state *s = st(c);
 	struct hreq *r = q_front(s);
-
 	bool in_flight = false;
 
 	/* The request at the front got nothing: it gets a 502 of ours, and
