@@ -572,6 +572,8 @@ static bool side_live(struct conn *c, int side)
 	return side_fd(c, side) >= 0 && !(side == SIDE_UP && c->connecting);
 }
 
+static void stream_upstream_tls_failed(struct conn *c);
+
 /* One stream-mode step after any socket event. Closes the connection on error. */
 static void stream_drive(struct conn *c, bool up_connected)
 {
@@ -590,6 +592,10 @@ static void stream_drive(struct conn *c, bool up_connected)
 				continue;
 			if (sd->ssl && !sd->tls_ready) {
 				err = tls_step(c, s);
+				if (err < 0 && s == SIDE_UP && c->ops->on_upstream_tls_fail) {
+					stream_upstream_tls_failed(c);
+					return;
+				}
 				if (err < 0)
 					goto fail;
 				if (err == 0 && !sd->tls_pending)
@@ -699,6 +705,41 @@ static void stream_upstream_failed(struct conn *c, int err)
 		enforcer_conn_closed(c, why);
 		conn_close(c, true);
 	}
+}
+
+/* The upstream TLS handshake failed: the stream module answers the agent
+ * (an HTTP 502 saying why) instead of a reset; the agent's side goes on
+ * without an upstream until the module ends the connection. */
+static void stream_upstream_tls_failed(struct conn *c)
+{
+	if (c->up.fd >= 0) {
+		close(c->up.fd);
+		c->up.fd = -1;
+	}
+	c->ops->on_upstream_tls_fail(c);
+	if (!c->closing)
+		stream_drive(c, false);
+}
+
+int conn_redial_upstream(struct conn *c)
+{
+	struct conn_side *sd = &c->side[SIDE_UP];
+
+	if (!c->streaming)
+		return -EINVAL;
+	if (c->connecting)
+		return -EALREADY;
+	if (c->up.fd >= 0)
+		close(c->up.fd);   /* also leaves the epoll set */
+	c->up.fd = -1;
+	SSL_free(sd->ssl);
+	sd->ssl = NULL;
+	sd->in_len = sd->in_off = 0;
+	sd->out_len = sd->out_off = 0;
+	sd->in_eof = sd->want_shut = sd->shut = false;
+	sd->tls_pending = sd->tls_ready = sd->tls_server = false;
+	sd->drained = sd->hup = false;
+	return conn_connect_upstream(c);
 }
 
 void conn_deadline(struct conn *c)

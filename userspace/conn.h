@@ -148,6 +148,14 @@ const char *conn_tls_error(const struct conn *c);   /* last TLS failure text, ""
 /* Dials the upstream (the target's upstream address, else the original
  * destination). 0 or -errno; the connection proceeds asynchronously. */
 int conn_connect_upstream(struct conn *c);
+/*
+ * Stream mode: drops the upstream leg (its socket, TLS, unread input and
+ * unsent output) and dials the upstream again, as conn_connect_upstream().
+ * For a module whose upstream closed an idle keep-alive connection; the
+ * module's on_upstream_data is called again when the new leg is up.
+ * 0, -EALREADY while dialling, or -errno.
+ */
+int conn_redial_upstream(struct conn *c);
 /* Switches to plain relaying of everything buffered and to come. */
 void conn_relay(struct conn *c);
 /* Refuses: audit is the caller's; closes the agent side with a reset. */

@@ -103,7 +103,7 @@ int http_mask_body(const struct mask_rules *m, const uint8_t *body, size_t len, 
 		}
 		rc = http_inflate(body, len, MASK_JSON_MAX, &plain, &plen);
 		if (rc) {
-			*why = rc == -E2BIG ? "the decoded response is too large to mask"
+			*why = rc == -E2BIG ? "the decoded response body is larger than the masking bound (8 MiB) and cannot be masked"
 					    : "the response's compressed body is corrupt";
 			return rc;
 		}
@@ -111,7 +111,7 @@ int http_mask_body(const struct mask_rules *m, const uint8_t *body, size_t len, 
 	}
 	if (plen > MASK_JSON_MAX) {
 		free(plain);
-		*why = "the response is too large to mask";
+		*why = "the response body is larger than the masking bound (8 MiB) and cannot be masked";
 		return -E2BIG;
 	}
 	rc = mask_json(m, (const char *)p, plen, out, outlen, rep);

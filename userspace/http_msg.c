@@ -527,6 +527,19 @@ int http_chunked_feed(struct http_chunked *ch, const uint8_t *in, size_t len,
 	return 0;
 }
 
+bool http_req_resendable(const uint8_t *buf, const struct http_head *h)
+{
+	static const char *const safe[] = { "GET", "HEAD", "OPTIONS" };
+	bool ok = false;
+
+	for (size_t i = 0; i < sizeof(safe) / sizeof(safe[0]); i++)
+		if (h->method_len == strlen(safe[i]) && memcmp(buf + h->method, safe[i], h->method_len) == 0)
+			ok = true;
+	if (h->body == HTTP_BODY_CHUNKED || (h->body == HTTP_BODY_LENGTH && h->content_length))
+		return false;
+	return ok && h->upgrade < 0 && !(h->conn & HTTP_CONN_UPGRADE) && h->expect < 0;
+}
+
 size_t http_chunk_header(uint64_t n, char *out)
 {
 	static const char hex[] = "0123456789abcdef";

@@ -102,6 +102,15 @@ int http_req_parse(const uint8_t *buf, size_t len, struct http_head *h);
  */
 int http_resp_parse(const uint8_t *buf, size_t len, bool req_method_head, struct http_head *h);
 
+/*
+ * True when the parsed request h may be sent a second time, on a new
+ * connection, after a reused one closed before any byte of its answer (the
+ * keep-alive race, RFC 9112 §9.3.1): a safe method (GET, HEAD, OPTIONS;
+ * RFC 9110 §9.2.1), no body (none is kept to send again), no upgrade and
+ * no Expect. Idempotent PUT and DELETE are left out on purpose.
+ */
+bool http_req_resendable(const uint8_t *buf, const struct http_head *h);
+
 /* True when field i's name equals name (ASCII case-insensitive). */
 bool http_field_is(const uint8_t *buf, const struct http_field *f, const char *name);
 

@@ -75,6 +75,7 @@ struct policy_upstream {       /* fields for later protocol modules; all optiona
 	uint32_t statement_timeout_ms, idle_in_transaction_timeout_ms;
 	char *bearer_token_file, *basic_auth_file, *header_name, *header_value_file;
 	bool bearer_agent_token;       /* upstream: {bearer: agent_token} */
+	bool forwarded_for;            /* http: add X-Forwarded-For (the agent's address) */
 };
 
 struct policy_target {

@@ -1443,14 +1443,15 @@ static void load_upstream(struct vctx *v, const struct ynode *m, struct policy_t
 		"address", "tls", "ca_file", "cert_file", "key_file", "server_name", "user",
 		"password_file", "database", "search_path", "statement_timeout",
 		"idle_in_transaction_session_timeout", "bearer_token_file", "basic_auth_file",
-		"header", "bearer", NULL };
+		"header", "bearer", "forwarded_for", NULL };
 	static const struct key_scope scope[] = {
 		{ "user", P(PROTO_POSTGRES) }, { "password_file", P(PROTO_POSTGRES) },
 		{ "database", P(PROTO_POSTGRES) }, { "search_path", P(PROTO_POSTGRES) },
 		{ "statement_timeout", P(PROTO_POSTGRES) },
 		{ "idle_in_transaction_session_timeout", P(PROTO_POSTGRES) },
 		{ "bearer_token_file", P_HTTPISH }, { "basic_auth_file", P_HTTPISH },
-		{ "header", P_HTTPISH }, { "bearer", P_HTTPISH }, { NULL, 0 } };
+		{ "header", P_HTTPISH }, { "bearer", P_HTTPISH }, { "forwarded_for", P_HTTPISH },
+		{ NULL, 0 } };
 	static const char *const tls_modes[] = { "disable", "require", "verify-full", NULL };
 	struct policy_upstream *u = &t->upstream;
 	const struct ynode *n;
@@ -1486,6 +1487,8 @@ static void load_upstream(struct vctx *v, const struct ynode *m, struct policy_t
 		load_header(v, n, u);
 	if ((n = map_get(m, "bearer")))
 		load_bearer(v, n, u);
+	if ((n = map_get(m, "forwarded_for")))
+		want_bool(v, n, "forwarded_for", &u->forwarded_for);
 }
 
 static void load_target(struct vctx *v, const struct ynode *m, struct policy_target *t, int idx)

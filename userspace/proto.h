@@ -37,6 +37,12 @@ struct proto_ops {
 	 * error the agent understands and conn_finish(); else the agent's
 	 * connection is reset. */
 	void (*on_upstream_fail)(struct conn *c, int err);
+	/* Stream mode only, optional: the upstream TLS handshake failed
+	 * (conn_tls_error() says why, e.g. the certificate did not verify).
+	 * The upstream socket is already closed; the agent's side goes on,
+	 * and the module answers it and ends the connection (conn_finish())
+	 * when it has. Without this op, the agent's connection is reset. */
+	void (*on_upstream_tls_fail)(struct conn *c);
 };
 
 extern const struct proto_ops proto_tcp_ops;

@@ -21,7 +21,9 @@
  * Transfer-Encoding, Upgrade unless allowed, Proxy-*), Authorization,
  * Cookie, X-Forwarded-*, Forwarded, X-Real-IP, method overrides
  * (X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override),
- * Impersonate-* and X-Remote-* (Kubernetes front-proxy identity).
+ * Impersonate-* and X-Remote-* (Kubernetes front-proxy identity). With
+ * upstream.forwarded_for, one X-Forwarded-For of ours is added: the address
+ * the agent's connection came from.
  *
  * Bodies stream through (backpressure is conn.c's): Content-Length bodies
  * as they come, chunked bodies decoded and re-encoded, never buffered
@@ -37,7 +39,23 @@
  * certificate from the local CA (local_ca.h); without the CA it is refused.
  *
  * HTTP/1.0 requests are accepted (Host supplied from the target when
- * absent); their connection closes after the answer.
+ * absent); keep-alive is not offered to them: the answer says
+ * Connection: close and the connection closes after it. A chunked answer
+ * from the upstream reaches them de-chunked (delimited by the close), and
+ * interim 1xx answers do not reach them at all.
+ *
+ * The upstream leg: nothing is sent before it is up (TLS verified); a
+ * certificate that does not verify is a 502 saying so. An upstream that
+ * closes an idle keep-alive connection does not end the agent's: the next
+ * request dials again. When a reused connection closes under the one
+ * request in flight before any byte of its answer (the keep-alive race),
+ * that request is sent once more on a new connection if it is of a safe
+ * method and has no body; otherwise it gets a 502.
+ *
+ * Bounds an agent cannot stretch: a head of HTTP_HEAD_MAX bytes, whole
+ * within HTTP_HEAD_TIMEOUT_MS of its first byte; HTTP_PIPELINE_MAX requests
+ * in flight; a masked response body of MASK_JSON_MAX (over it: 502, never
+ * the unmasked bytes).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -62,13 +80,26 @@
 
 #define HTTP_PIPELINE_MAX 16
 #define AUDIT_PATH_MAX    256
+/*
+ * A request head must be whole this long after its first byte arrived, or
+ * the connection is closed (conn.c's deadline: a reset, audited). Counted
+ * from the first byte, not from the last, so trickling one byte at a time
+ * (slowloris) does not extend it. haproxy's documented advice for
+ * "timeout http-request" is 10 s; no real client takes longer to write a
+ * head of at most HTTP_HEAD_MAX bytes.
+ */
+#define HTTP_HEAD_TIMEOUT_MS 10000
 
 enum { A_HEAD = 0, A_BODY, A_WAIT_UPGRADE, A_TUNNEL, A_DONE };
-enum { U_HEAD = 0, U_BODY, U_TUNNEL };
+/* U_DISCARD: the response was refused (a 502 of ours went instead) and the
+ * connection is ending: what the upstream still sends is dropped. */
+enum { U_HEAD = 0, U_BODY, U_TUNNEL, U_DISCARD };
 
 struct hreq {                      /* a request in flight, answered in order */
 	bool local;                    /* answered by us */
 	bool head, upgrade, close_after, would_deny, allowed;
+	bool v10;                      /* an HTTP/1.0 request: no chunked, no 1xx back */
+	bool retried;                  /* sent again on a fresh upstream connection */
 	int status;
 	const char *reason;            /* static text, or NULL */
 	char rule[96];
@@ -97,8 +128,20 @@ struct http_state {
 	uint64_t uremain;
 	struct http_chunked uch;
 	bool up_close;                 /* the upstream will close after this response */
+	bool uchunked_out;             /* the response goes to the agent chunked */
 	/* upstream leg */
 	bool up_connected, up_tls, up_ready, up_failed;
+	bool up_idle;                  /* it closed with nothing in flight: dial again when needed */
+	unsigned up_served;            /* responses read on this upstream connection */
+	char up_why[200];              /* why it failed, when built here */
+	/* The one forwarded request in flight that may be sent again on a new
+	 * connection (a safe method, no body; see can_resend()): its head as
+	 * forwarded, without the credential (added again when resent). */
+	uint8_t *resend;
+	size_t resend_len, resend_cap;
+	const struct hreq *resend_req; /* NULL: nothing may be resent */
+	bool resend_pending;           /* send it once the new leg is up */
+	uint64_t head_since_ms;        /* a partial request head's first byte, 0 none */
 	bool agent_tls;
 	bool k8s;                      /* protocol: kubernetes */
 	char host[256];                /* the target's name for Host when the agent sends none */
@@ -616,14 +659,69 @@ static int agent_bearer(struct conn *c, struct obuf *o)
 	return o->over ? -ENOBUFS : 0;
 }
 
-/* The forwarded head, re-serialised from the parse. */
-static int forward_head(struct conn *c, const uint8_t *b, const struct http_head *h, const char *path,
-			size_t plen, const struct http_target *tg, const char *host, bool upgrade, bool masked)
+/* Where forwarded heads are built: per thread, never per request. */
+static __thread char head_buf[HTTP_HEAD_MAX + HTTP_CRED_MAX + 1024];
+
+/*
+ * Appends the target's credential (and the agent's token when the target
+ * says bearer: agent_token) and the blank line to the head in o, queues it
+ * upstream and wipes o. 0, or -errno: -EPERM, -EINVAL, -ENOBUFS when
+ * nothing was sent (no credential, or too large).
+ */
+static int send_head(struct conn *c, struct obuf *o)
 {
-	static __thread char buf[HTTP_HEAD_MAX + HTTP_CRED_MAX + 1024];
-	struct obuf o = { buf, 0, sizeof(buf), false };
 	const char *why;
 	int cl, err;
+
+	cl = o->over || o->cap - o->n < 2 ? -ENOBUFS
+		: http_upstream_cred(c->policy, c->target_idx, o->b + o->n, o->cap - o->n - 2, &why);
+	if (cl < 0) {
+		OPENSSL_cleanse(o->b, o->n);
+		return cl;
+	}
+	o->n += (size_t)cl;
+	if (target(c)->upstream.bearer_agent_token && (err = agent_bearer(c, o)) < 0) {
+		OPENSSL_cleanse(o->b, o->n);
+		return err;
+	}
+	puts_(o, "\r\n");
+	err = o->over ? -ENOBUFS : conn_send(c, SIDE_UP, o->b, o->n);
+	OPENSSL_cleanse(o->b, o->n);   /* it held the credential */
+	return err;
+}
+
+/*
+ * Keeps a copy of the head of r, the one forwarded request in flight, as
+ * forwarded but without its credential, so that it can be sent again on a
+ * new connection (can_resend()). The buffer stays with the connection.
+ */
+static void keep_for_resend(struct http_state *s, const struct hreq *r, const char *b, size_t n)
+{
+	s->resend_req = NULL;
+	if (n > s->resend_cap) {
+		size_t cap = n < 2048 ? 2048 : n;
+		uint8_t *nb = malloc(cap);
+
+		if (!nb)
+			return;   /* then it is not resent: a 502 if the race happens */
+		if (s->resend)
+			OPENSSL_cleanse(s->resend, s->resend_cap);
+		free(s->resend);
+		s->resend = nb;
+		s->resend_cap = cap;
+	}
+	memcpy(s->resend, b, n);
+	s->resend_len = n;
+	s->resend_req = r;
+}
+
+/* The forwarded head, re-serialised from the parse. resend_r: the request
+ * may be sent again (keep a copy), else NULL. */
+static int forward_head(struct conn *c, const uint8_t *b, const struct http_head *h, const char *path,
+			size_t plen, const struct http_target *tg, const char *host, bool upgrade, bool masked,
+			const struct hreq *resend_r)
+{
+	struct obuf o = { head_buf, 0, sizeof(head_buf), false };
 
 	put(&o, b + h->method, h->method_len);
 	puts_(&o, " ");
@@ -650,6 +748,16 @@ static int forward_head(struct conn *c, const uint8_t *b, const struct http_head
 		put(&o, b + f->value, f->value_len);
 		puts_(&o, "\r\n");
 	}
+	if (target(c)->upstream.forwarded_for) {
+		/* the agent's own X-Forwarded-* were stripped above: this one is
+		 * the address its connection came from, as the enforcer saw it */
+		char ip[64];
+
+		addr_str(c->client_addr, ip, sizeof(ip));
+		puts_(&o, "X-Forwarded-For: ");
+		puts_(&o, ip);
+		puts_(&o, "\r\n");
+	}
 	if (masked)
 		puts_(&o, "Accept-Encoding: gzip, deflate\r\n");
 	if (st(c)->k8s) {
@@ -674,20 +782,9 @@ static int forward_head(struct conn *c, const uint8_t *b, const struct http_head
 		put(&o, b + f->value, f->value_len);
 		puts_(&o, "\r\n");
 	}
-	cl = o.over ? -ENOBUFS : http_upstream_cred(c->policy, c->target_idx, o.b + o.n, o.cap - o.n - 2, &why);
-	if (cl < 0) {
-		OPENSSL_cleanse(buf, o.n);
-		return cl;
-	}
-	o.n += (size_t)cl;
-	if (target(c)->upstream.bearer_agent_token && (err = agent_bearer(c, &o)) < 0) {
-		OPENSSL_cleanse(buf, o.n);
-		return err;
-	}
-	puts_(&o, "\r\n");
-	err = o.over ? -ENOBUFS : conn_send(c, SIDE_UP, o.b, o.n);
-	OPENSSL_cleanse(buf, o.n);   /* it held the credential */
-	return err;
+	if (resend_r && !o.over)
+		keep_for_resend(st(c), resend_r, o.b, o.n);
+	return send_head(c, &o);
 }
 
 /*
@@ -790,7 +887,9 @@ static bool judge(struct conn *c, const uint8_t *b, const struct http_head *h, c
 	v->head = h->method_len == 4 && memcmp(b + h->method, "HEAD", 4) == 0;
 	v->t0_ms = now_ms();
 	v->req_bytes = h->head_len;
-	v->close_after = h->version == 10 || (h->conn & HTTP_CONN_CLOSE);
+	/* HTTP/1.0 keep-alive is not offered: the answer says Connection: close */
+	v->v10 = h->version == 10;
+	v->close_after = v->v10 || (h->conn & HTTP_CONN_CLOSE);
 	*upgrade = false;
 	if (http_target_canon(b + h->target, h->target_len, connect, path, pathcap, tg) < 0) {
 		snprintf(v->path, sizeof(v->path), "%.*s", (int)(h->target_len < 200 ? h->target_len : 200),
@@ -838,6 +937,36 @@ static bool judge(struct conn *c, const uint8_t *b, const struct http_head *h, c
 }
 
 /*
+ * The upstream closed, or a request failed, and the leg is dialled again
+ * (conn_redial_upstream()). On failure to even start, up_failed: what waits
+ * gets a 502.
+ */
+static int up_redial(struct conn *c)
+{
+	struct http_state *s = st(c);
+	int err;
+
+	s->up_idle = false;
+	s->up_connected = s->up_ready = s->up_tls = false;
+	s->up_served = 0;
+	s->ustate = U_HEAD;
+	if ((err = conn_redial_upstream(c))) {
+		log_debug("http: upstream %s: dialling again: %s", c->upstream_desc, strerror(-err));
+		snprintf(s->up_why, sizeof(s->up_why), "the upstream is not reachable");
+		s->up_failed = true;
+	}
+	return err;
+}
+
+static bool forwarded_in_flight(const struct http_state *s)
+{
+	for (unsigned i = 0; i < s->qlen; i++)
+		if (!s->q[(s->qhead + i) % HTTP_PIPELINE_MAX].local)
+			return true;
+	return false;
+}
+
+/*
  * One request head from the agent: 1 handled (the caller consumes the
  * head), 0 wait (allowed, and the upstream leg is not ready yet), -errno.
  */
@@ -845,29 +974,40 @@ static int on_request(struct conn *c, const uint8_t *b, const struct http_head *
 {
 	struct http_state *s = st(c);
 	char path[HTTP_HEAD_MAX + 2], host[256];
-	bool upgrade, fwd, has_body;
+	bool upgrade, fwd, has_body, resendable;
 	struct http_target tg;
 	struct hreq v, *r;
 	int err;
 
 	has_body = h->body == HTTP_BODY_CHUNKED || (h->body == HTTP_BODY_LENGTH && h->content_length);
 	fwd = judge(c, b, h, path, sizeof(path), &tg, host, sizeof(host), &upgrade, &v);
+	/* The upstream closed an idle keep-alive connection: nothing of this
+	 * request was sent yet, so any method may go on a new one. */
+	if (fwd && s->up_idle && !s->up_failed)
+		up_redial(c);
 	if (fwd && !s->up_ready && !s->up_failed)
 		return 0;
 	if (fwd && s->up_failed) {
 		fwd = false;
 		v.allowed = false;
 		v.status = 502;
-		v.reason = "the upstream is not reachable";
+		v.reason = s->up_why[0] ? s->up_why : "the upstream is not reachable";
 		v.close_after = true;
 	}
+	/* Only the one request in flight, of a safe method and without a body
+	 * (http_req_resendable()), may be sent again should a reused
+	 * connection close under it. */
+	resendable = fwd && http_req_resendable(b, h) && !forwarded_in_flight(s);
+	if (fwd && !resendable)
+		s->resend_req = NULL;
 	r = q_push(s);
 	*r = v;
 	if (v.reason == v.why)
 		r->reason = r->why;   /* it pointed into the copy */
 	if (fwd) {
 		r->upgrade = upgrade;
-		err = forward_head(c, b, h, path, tg.path_len, &tg, host, upgrade, r->masked);
+		err = forward_head(c, b, h, path, tg.path_len, &tg, host, upgrade, r->masked,
+				   resendable ? r : NULL);
 		if (err == -EPERM) {
 			fwd = false;
 			r->allowed = false;
@@ -964,6 +1104,28 @@ static int agent_body(struct conn *c, const uint8_t *in, size_t len)
 	return (int)off;
 }
 
+/*
+ * A partial request head is on a clock (HTTP_HEAD_TIMEOUT_MS from its first
+ * byte); conn.c's deadline closes the connection when it runs out. While
+ * the upstream is being dialled that deadline is the dial's; the head's is
+ * set again once the leg is up (process_agent() runs then).
+ */
+static void head_timer(struct conn *c, bool partial)
+{
+	struct http_state *s = st(c);
+
+	if (!partial) {
+		if (s->head_since_ms && !c->connecting)
+			c->deadline_ms = 0;
+		s->head_since_ms = 0;
+		return;
+	}
+	if (!s->head_since_ms)
+		s->head_since_ms = now_ms();
+	if (!c->connecting)
+		c->deadline_ms = s->head_since_ms + HTTP_HEAD_TIMEOUT_MS;
+}
+
 static int process_agent(struct conn *c)
 {
 	struct http_state *s = st(c);
@@ -1002,11 +1164,14 @@ static int process_agent(struct conn *c)
 				return err;
 			continue;
 		case A_HEAD:
-			if (!len)
+			if (!len) {
+				head_timer(c, false);
 				return flush_local(c);
+			}
 			if (s->qlen == HTTP_PIPELINE_MAX)
 				return flush_local(c);   /* resumes when an answer leaves */
 			r = http_req_parse(in, len, &h);
+			head_timer(c, r == HTTP_NEED_MORE && !conn_in_eof(c, SIDE_AGENT));
 			if (r == HTTP_NEED_MORE) {
 				if (conn_in_eof(c, SIDE_AGENT))
 					s->astate = A_DONE;   /* a partial request, then EOF */
@@ -1091,7 +1256,9 @@ static int send_resp_head(struct conn *c, const uint8_t *b, const struct http_he
 		snprintf(num, sizeof(num), "Content-Length: %lld\r\n", mlen);
 		puts_(&o, num);
 	} else if (h->status >= 200) {
-		if (h->body == HTTP_BODY_CHUNKED) {
+		if (h->body == HTTP_BODY_CHUNKED && !r->v10) {
+			/* (an HTTP/1.0 agent cannot read chunked: it gets the data
+			 * as it is, delimited by the close that follows) */
 			puts_(&o, "Transfer-Encoding: chunked\r\n");
 		} else if (h->body == HTTP_BODY_LENGTH || (h->body == HTTP_BODY_NONE && r->head)) {
 			/* a HEAD answer keeps the length of what GET would send */
@@ -1183,18 +1350,57 @@ static int collect_finish(struct conn *c)
 	return err;
 }
 
+#define MASK_TOO_BIG "the response body is larger than the masking bound (8 MiB) and cannot be masked"
+_Static_assert(MASK_JSON_MAX == 8u << 20, "MASK_TOO_BIG names the bound");
+
+/*
+ * The response at the front cannot be passed on (a masked body over the
+ * bound): the agent gets a 502 of ours instead, never the unmasked bytes,
+ * and the connection ends after it (requests pipelined behind it stay
+ * unanswered, as after any Connection: close). What the upstream still
+ * sends is dropped.
+ */
+static int refuse_response(struct conn *c, const char *why)
+{
+	struct http_state *s = st(c);
+	struct hreq *r = q_front(s);
+	int err;
+
+	s->collecting = false;
+	s->mlen = 0;
+	if (s->mcap > (256u << 10)) {
+		free(s->mbody);
+		s->mbody = NULL;
+		s->mcap = 0;
+	}
+	s->ustate = U_DISCARD;
+	s->astate = A_DONE;
+	if (!r)
+		return -EPROTO;
+	r->allowed = false;
+	r->status = 502;
+	r->reason = why;
+	r->close_after = true;
+	if ((err = send_local(c, r)))
+		return err;
+	audit_request(c, r);
+	q_pop(s);
+	s->qlen = 0;
+	return flush_local(c);
+}
+
 /* The forwarded request at the front has its whole answer. */
 static int response_done(struct conn *c)
 {
 	struct http_state *s = st(c);
 	struct hreq *r = q_front(s);
 	bool close = r->close_after || s->up_close;
-
 	int err;
 
 	audit_request(c, r);
 	q_pop(s);
 	s->ustate = U_HEAD;
+	s->up_served++;
 	if (close) {
 		/* Nothing pipelined after it is answered: answering some and not
 		 * others would shift answers onto the wrong requests. The agent
@@ -1234,7 +1440,7 @@ static int body_out(struct conn *c, const uint8_t *p, size_t n, bool chunked)
 		return 0;
 	}
 	q_front(s)->resp_bytes += n;
-	if (!chunked)
+	if (!chunked || !s->uchunked_out)
 		return conn_send(c, SIDE_AGENT, p, n);
 	size_t hl = http_chunk_header(n, hdr);
 
@@ -1252,7 +1458,7 @@ static int body_done(struct conn *c)
 	if (s->collecting) {
 		if ((err = collect_finish(c)))
 			return err;
-	} else if (s->ubody == HTTP_BODY_CHUNKED && (err = conn_send(c, SIDE_AGENT, HTTP_CHUNK_LAST, 5))) {
+	} else if (s->uchunked_out && (err = conn_send(c, SIDE_AGENT, HTTP_CHUNK_LAST, 5))) {
 		return err;
 	}
 	return response_done(c);
@@ -1321,16 +1527,23 @@ static void upstream_gone(struct conn *c, const char *why)
 {
 	struct http_state *s = st(c);
 	struct hreq *r = q_front(s);
+	bool in_flight = false;
 
 	/* The request at the front got nothing: it gets a 502 of ours, and
-	 * the connection ends after it. */
+	 * the connection ends after it. A request still to come (held while
+	 * dialling, or not read yet) gets its 502 when it is read. */
+	if (why != s->up_why)
+		snprintf(s->up_why, sizeof(s->up_why), "%s", why);
+	why = s->up_why;
 	s->up_failed = true;
+	s->resend_pending = false;
 	if (r && !r->local) {
 		r->local = true;
 		r->allowed = false;
 		r->status = 502;
 		r->reason = why;
 		r->close_after = true;
+		in_flight = true;
 	}
 	for (unsigned i = 1; i < s->qlen; i++) {
 		struct hreq *o = &s->q[(s->qhead + i) % HTTP_PIPELINE_MAX];
@@ -1340,9 +1553,37 @@ static void upstream_gone(struct conn *c, const char *why)
 			o->status = 502;
 			o->reason = why;
 			o->close_after = true;
+			in_flight = true;
 		}
 	}
-	s->astate = A_DONE;
+	if (in_flight || s->astate != A_HEAD)
+		s->astate = A_DONE;
+}
+
+/*
+ * The upstream closed a reused connection under r before a byte of its
+ * answer: the keep-alive race (the upstream's idle timeout ran out as the
+ * request went). r may be sent again on a new connection, once, when it is
+ * the only forwarded request in flight, of a safe method, without a body,
+ * and the connection had answered before (a new connection that closes is
+ * a failing upstream, not a race).
+ */
+static bool can_resend(const struct http_state *s, const struct hreq *r)
+{
+	return s->resend_req == r && !r->retried && !r->resp_bytes && s->up_served > 0 && s->resend_len;
+}
+
+static int resend(struct conn *c, struct hreq *r)
+{
+	struct http_state *s = st(c);
+
+	r->retried = true;
+	s->resend_pending = true;
+	if (up_redial(c) < 0) {
+		upstream_gone(c, "the upstream is not reachable");
+		return flush_local(c);
+	}
+	return 0;   /* sent by up_now_ready() */
 }
 
 static int process_upstream(struct conn *c)
@@ -1358,6 +1599,10 @@ static int process_upstream(struct conn *c)
 		struct http_head h;
 		int rc;
 
+		if (s->ustate == U_DISCARD) {
+			conn_in_consume(c, SIDE_UP, len);
+			return 0;
+		}
 		if (s->ustate == U_TUNNEL) {
 			if (len && (err = conn_send(c, SIDE_AGENT, in, len)))
 				return err;
@@ -1370,6 +1615,8 @@ static int process_upstream(struct conn *c)
 			if (!len && !eof)
 				return 0;
 			rc = upstream_body(c, in, len, eof);
+			if (rc == -E2BIG && s->collecting)
+				return refuse_response(c, MASK_TOO_BIG);
 			if (rc < 0)
 				return rc;
 			if (rc == 0)
@@ -1378,11 +1625,18 @@ static int process_upstream(struct conn *c)
 		}
 		/* U_HEAD */
 		if (!len) {
-			if (eof) {
-				upstream_gone(c, "the upstream closed the connection");
-				return flush_local(c);
+			if (!eof)
+				return 0;
+			if (!r || r->local) {
+				/* closed between requests (its keep-alive timeout):
+				 * the next request that goes upstream dials again */
+				s->up_idle = true;
+				return 0;
 			}
-			return 0;
+			if (can_resend(s, r))
+				return resend(c, r);
+			upstream_gone(c, "the upstream closed the connection");
+			return flush_local(c);
 		}
 		if (!r || r->local)
 			return -EPROTO;   /* bytes nobody asked for */
@@ -1404,18 +1658,24 @@ static int process_upstream(struct conn *c)
 			conn_in_consume(c, SIDE_UP, len);
 			return flush_local(c);
 		}
+		s->resend_req = NULL;   /* it is being answered: never sent again */
 		s->up_close = (h.conn & HTTP_CONN_CLOSE) || h.version == 10 || h.body == HTTP_BODY_EOF;
 		if (h.status >= 100 && h.status < 200 && h.status != 101) {
 			/* interim (100 Continue, 103): relayed to an HTTP/1.1 agent */
-			if ((err = send_resp_head(c, in, &h, r, false, -1)))
+			if (!r->v10 && (err = send_resp_head(c, in, &h, r, false, -1)))
 				return err;
 			conn_in_consume(c, SIDE_UP, h.head_len);
 			continue;
 		}
 		r->status = h.status;
+		s->uchunked_out = h.body == HTTP_BODY_CHUNKED && !r->v10;
 		if (r->masked && h.body != HTTP_BODY_NONE && h.status != 101) {
 			/* held until the body is whole and masked */
-			if ((err = collect_start(c, in, &h)))
+			if ((err = collect_start(c, in, &h)) == -E2BIG) {
+				conn_in_consume(c, SIDE_UP, h.head_len);
+				return refuse_response(c, MASK_TOO_BIG);
+			}
+			if (err)
 				return err;
 		} else if ((err = send_resp_head(c, in, &h, r, r->close_after || s->up_close, -1))) {
 			return err;
@@ -1535,6 +1795,31 @@ static int http_on_agent_data(struct conn *c)
 	return process_agent(c);
 }
 
+static void answer_up_failure(struct conn *c, const char *why, bool finish);
+
+/* The upstream leg is up (TLS included): a request to send again goes
+ * first, then what the agent sent while it was dialled. */
+static int up_now_ready(struct conn *c)
+{
+	struct http_state *s = st(c);
+	int err;
+
+	s->up_ready = true;
+	if (s->resend_pending) {
+		struct obuf o = { head_buf, s->resend_len, sizeof(head_buf), false };
+
+		s->resend_pending = false;
+		memcpy(head_buf, s->resend, s->resend_len);
+		if ((err = send_head(c, &o)) == -EPERM || err == -EINVAL || err == -ENOBUFS) {
+			upstream_gone(c, "the request could not be sent again (no credential)");
+			return flush_local(c);
+		}
+		if (err)
+			return err;
+	}
+	return process_agent(c);
+}
+
 static int http_on_upstream_data(struct conn *c)
 {
 	struct http_state *s = st(c);
@@ -1546,37 +1831,64 @@ static int http_on_upstream_data(struct conn *c)
 
 		s->up_connected = true;
 		if ((err = http_upstream_ssl(c->policy, c->target_idx, &ssl, why, sizeof(why)))) {
-			upstream_gone(c, "upstream TLS is misconfigured");
 			log_err("http: target '%s': %s", target(c)->name, why);
-			return flush_local(c);
+			answer_up_failure(c, "upstream TLS is misconfigured", false);
+			return 0;
 		}
 		if (ssl) {
 			s->up_tls = true;
 			return conn_tls(c, SIDE_UP, ssl, false);
 		}
-		s->up_ready = true;
-		return process_agent(c);
+		return up_now_ready(c);
 	}
 	if (!s->up_ready && s->up_tls) {
 		if (!conn_tls_ready(c, SIDE_UP))
 			return 0;
-		s->up_ready = true;
-		if ((err = process_agent(c)))
+		if ((err = up_now_ready(c)))
 			return err;
 	}
 	return process_upstream(c);
 }
 
-static void http_on_upstream_fail(struct conn *c, int err)
+/*
+ * The upstream leg failed before it was up: what waits gets a 502 saying
+ * why. finish: close once that is answered (conn.c resets the agent
+ * otherwise); else the agent's connection goes on until its request has
+ * been read and answered (it may not have been read yet: closing with it
+ * unread would be a reset).
+ */
+static void answer_up_failure(struct conn *c, const char *why, bool finish)
 {
-	log_debug("http: upstream %s: %s", c->upstream_desc, strerror(-err));
-	upstream_gone(c, "the upstream is not reachable");
+	upstream_gone(c, why);
 	/* requests parsed while dialling were held; answer them now */
 	if (process_agent(c) < 0)
 		return;
 	flush_local(c);
-	if (!st(c)->qlen)
+	if (finish && !st(c)->qlen)
 		conn_finish(c);
+}
+
+static void http_on_upstream_fail(struct conn *c, int err)
+{
+	log_debug("http: upstream %s: %s", c->upstream_desc, strerror(-err));
+	answer_up_failure(c, "the upstream is not reachable", true);
+}
+
+/*
+ * The upstream TLS handshake failed (conn.c closed the socket): nothing
+ * was sent to it, the agent gets a 502 that says why, and so does audit.
+ */
+static void http_on_upstream_tls_fail(struct conn *c)
+{
+	struct http_state *s = st(c);
+	const char *e = conn_tls_error(c), *v = strstr(e, "certificate verify failed");
+
+	if (v && (v = strchr(v, ':')))
+		snprintf(s->up_why, sizeof(s->up_why), "the upstream's TLS certificate failed verification:%s", v + 1);
+	else
+		snprintf(s->up_why, sizeof(s->up_why), "the upstream TLS handshake failed (%s)", e[0] ? e : "no detail");
+	log_warn("http: target '%s': upstream %s: %s", target(c)->name, c->upstream_desc, s->up_why);
+	answer_up_failure(c, s->up_why, false);
 }
 
 static void http_release(struct conn *c)
@@ -1587,6 +1899,9 @@ static void http_release(struct conn *c)
 		mask_free(s->mask);
 		free(s->mhead);
 		free(s->mbody);
+		if (s->resend)
+			OPENSSL_cleanse(s->resend, s->resend_cap);
+		free(s->resend);
 	}
 	free(c->proto_state);
 	c->proto_state = NULL;
@@ -1600,6 +1915,7 @@ const struct proto_ops proto_http_ops = {
 	.on_upstream_data = http_on_upstream_data,
 	.release = http_release,
 	.on_upstream_fail = http_on_upstream_fail,
+	.on_upstream_tls_fail = http_on_upstream_tls_fail,
 };
 
 /* protocol: kubernetes: the same proxy, judging k8s.h attributes. */
@@ -1611,4 +1927,5 @@ const struct proto_ops proto_kubernetes_ops = {
 	.on_upstream_data = http_on_upstream_data,
 	.release = http_release,
 	.on_upstream_fail = http_on_upstream_fail,
+	.on_upstream_tls_fail = http_on_upstream_tls_fail,
 };

@@ -427,6 +427,47 @@ static void test_chunk_header(void)
 	CHECK(n == 18 && memcmp(buf, "ffffffffffffffff\r\n", 18) == 0);
 }
 
+/* Which requests may go again on a new connection after the keep-alive race. */
+static void test_resendable(void)
+{
+	static const struct { const char *req; bool yes; } cases[] = {
+		{ "GET /a HTTP/1.1\r\nHost: x\r\n\r\n", true },
+		{ "HEAD /a HTTP/1.1\r\nHost: x\r\n\r\n", true },
+		{ "OPTIONS /a HTTP/1.1\r\nHost: x\r\n\r\n", true },
+		{ "GET /a HTTP/1.0\r\n\r\n", true },
+		{ "GET /a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", true },
+		/* a body is not kept: never */
+		{ "GET /a HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi", false },
+		{ "GET /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", false },
+		/* not safe, idempotent or not */
+		{ "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", false },
+		{ "PUT /a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", false },
+		{ "DELETE /a HTTP/1.1\r\nHost: x\r\n\r\n", false },
+		{ "PATCH /a HTTP/1.1\r\nHost: x\r\n\r\n", false },
+		{ "GETS /a HTTP/1.1\r\nHost: x\r\n\r\n", false },
+		{ "GE /a HTTP/1.1\r\nHost: x\r\n\r\n", false },
+		/* an upgrade or an expectation changes what a second send means */
+		{ "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", false },
+		{ "GET /a HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n", false },
+		{ "GET /a HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n", false },
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		size_t len = strlen(cases[i].req);
+		uint8_t *copy = malloc(len);
+		struct http_head h;
+
+		if (!copy)
+			abort();
+		memcpy(copy, cases[i].req, len);
+		CHECK(http_req_parse(copy, len, &h) == OK);
+		if (http_req_resendable(copy, &h) != cases[i].yes)
+			fprintf(stderr, "  resendable case %zu: want %d\n", i, cases[i].yes);
+		CHECK(http_req_resendable(copy, &h) == cases[i].yes);
+		free(copy);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	if (argc == 3 && strcmp(argv[1], "--write-corpus") == 0)
@@ -445,5 +486,6 @@ int main(int argc, char **argv)
 	RUN(test_chunked);
 	RUN(test_chunked_bounds);
 	RUN(test_chunk_header);
+	RUN(test_resendable);
 	UNIT_DONE("http_msg");
 }
