@@ -278,7 +278,10 @@ static const char *status_text(int status)
 /* "HTTP/1.1 403 Forbidden" with the JSON body of DESIGN.md §3. */
 static int send_local(struct conn *c, const struct hreq *r)
 {
-	json_t *body = json_pack("{s:s, s:s, s:s}", "error", "agentgate: denied", "rule", r->rule,
+	/* 502: the request was allowed, the upstream failed: an agent must not
+	 * read it as a policy decision */
+	json_t *body = json_pack("{s:s, s:s, s:s}", "error",
+				 r->status == 502 ? "agentgate: upstream error" : "agentgate: denied", "rule", r->rule,
 				 "reason", r->reason ? r->reason : "");
 	char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
 	char head[256];

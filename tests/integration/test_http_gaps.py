@@ -120,7 +120,7 @@ def test_upstream_cert_not_verified_is_502_and_audited(enforcer, servers, tmp):
     body, code = r.stdout.rsplit("\n", 1)
     assert code == "502", r.stdout
     err = json.loads(body)
-    assert err["error"] == "agentgate: denied"
+    assert err["error"] == "agentgate: upstream error"
     assert err["reason"].startswith("the upstream's TLS certificate failed verification: "), err
     assert "self-signed" in err["reason"] or "self signed" in err["reason"], err
     ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4002)
