@@ -241,6 +241,8 @@ static void audit_request(struct conn *c, const struct hreq *r)
 	aobj_int(&w->top, "duration", (long long)(now_ms() - r->t0_ms));
 	aobj_str(&w->um, "target", target(c) ? target(c)->name : "");
 	aobj_bool(&w->um, "tls_intercepted", st(c)->agent_tls);
+	if (r->retried)   /* resent once: the reused upstream connection closed first */
+		aobj_bool(&w->um, "retried", true);
 	if (r->user[0]) {
 		aobj_open(&w->um, "user");
 		aobj_str(&w->um, "sub", r->user);

@@ -299,6 +299,11 @@ def test_keepalive_race_resends_safe_request_once(enforcer, servers, tmp):
     n0, n1 = (int(o[1].split()[1].split(".")[0]) for o in outs)
     assert outs[0][1] == f"answer {n0}.1\n" and outs[1][1] == f"answer {n1}.1\n" and n1 > n0, outs
     assert log() == [f"conn-{n0} GET /v1/a", f"conn-{n0} GET /v1/b", f"conn-{n1} GET /v1/b"]
+    # the audit trail says which request went out twice
+    assert enforcer.wait_event(lambda e: e.get("class_uid") == 4002 and
+                               e["http_request"]["url"]["path"] == "/v1/b")
+    evs = {e["http_request"]["url"]["path"]: e for e in enforcer.events() if e.get("class_uid") == 4002}
+    assert evs["/v1/b"]["unmapped"].get("retried") is True and "retried" not in evs["/v1/a"]["unmapped"], evs
 
 
 def test_keepalive_race_never_resends_a_body(enforcer, servers, tmp):
