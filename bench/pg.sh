@@ -283,8 +283,10 @@ pg_bench_run() {
 if [[ $PG_BENCH != 0 ]]; then
 	# ours to stop on any exit, before run.sh's own cleanup
 	trap 'pgrc=$?; pg_bench_stop; (exit $pgrc); cleanup' EXIT
-	# one enforcer per host: wait for integration runs (conftest.py's lock)
-	mkdir -p /run/agentgate && exec 9>>/run/agentgate/tests.lock && flock 9
+	# one enforcer per host: wait for integration runs (conftest.py's lock),
+	# unless the HTTP section of this run holds it already (a second flock
+	# on another descriptor of the same file would wait for ourselves)
+	[[ -n ${HLOCK:-} ]] || { mkdir -p /run/agentgate && exec 9>>/run/agentgate/tests.lock && flock 9; }
 	if pg_bench_setup; then
 		pg_bench_run
 	fi

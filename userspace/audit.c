@@ -972,10 +972,13 @@ static int spool_line_locked(char *line, size_t len, uint64_t seq)
 	return 0;
 }
 
+static void defer_flush_first(void);
+
 void audit_emit(json_t *ev)
 {
 	if (!ev)
 		return;
+	defer_flush_first();   /* this thread's queued events come first */
 	pthread_mutex_lock(&A.lock);
 	if (A.dropped && A.spool && spool_has_room(A.spool, A.resume_room))
 		loss_event_locked();
@@ -1138,27 +1141,25 @@ void audit_w_verdict(struct audit_w *w, bool allowed, bool would_deny, const cha
 	aobj_str(&w->um, "reason", reason);
 }
 
-/* Closes the writer's event: unmapped (with the policy), time, metadata;
- * then spools it. The line is the writer's own buffer. */
-static int emit_w_locked(struct audit_w *w)
+/* Closes an event written by a writer: its own members top (from the '{')
+ * and those of unmapped um, plus unmapped.policy, time and metadata; then
+ * spools it. The line is built in b. */
+static int emit_parts_locked(struct audit_buf *b, const char *top, size_t toplen, const char *um,
+			     size_t umlen)
 {
-	struct audit_buf *b = &w->top.b;
 	uint64_t seq = A.seq + 1;
 	char uid[37];
 
-	if (w->top.bad || w->um.bad || w->top.depth || w->um.depth) {
-		ag_log(LOG_LVL_ERR, "audit: out of memory, an event was not recorded");
-		return -ENOMEM;
-	}
 	uuid7(uid);
 	/* appended piece by piece: snprintf was a tenth of the emit path */
 	static const char md1[] = "},\"time\":", md2[] = ",\"metadata\":{\"version\":\"" OCSF_VERSION
 		"\",\"uid\":\"", md3[] = "\",\"sequence\":", md4[] = ",\"prev_hash\":\"",
 		md5[] = "\",\"log_name\":\"agentgate\",\"product\":{\"name\":\"agentgate\","
 		"\"vendor_name\":\"agentgate\",\"version\":\"" AG_VERSION "\"}}}";
-	if (audit_buf_put(b, ",\"unmapped\":{", 13) ||
-	    (w->um.b.len && audit_buf_put(b, w->um.b.p, w->um.b.len)) ||
-	    (A.polfrag.len && ((w->um.b.len && audit_buf_put(b, ",", 1)) ||
+	if ((b->p != top && (b->len = 0, audit_buf_put(b, top, toplen))) ||
+	    audit_buf_put(b, ",\"unmapped\":{", 13) ||
+	    (umlen && audit_buf_put(b, um, umlen)) ||
+	    (A.polfrag.len && ((umlen && audit_buf_put(b, ",", 1)) ||
 			       audit_buf_put(b, A.polfrag.p, A.polfrag.len))) ||
 	    audit_buf_put(b, md1, sizeof(md1) - 1) || audit_buf_int(b, (long long)now_ms_realtime()) ||
 	    audit_buf_put(b, md2, sizeof(md2) - 1) || audit_buf_put(b, uid, 36) ||
@@ -1172,13 +1173,118 @@ static int emit_w_locked(struct audit_w *w)
 	return spool_line_locked(b->p, b->len, seq);
 }
 
-void audit_commit(struct audit_w *w)
+static bool w_ok(const struct audit_w *w)
 {
+	if (w->top.bad || w->um.bad || w->top.depth || w->um.depth) {
+		ag_log(LOG_LVL_ERR, "audit: out of memory, an event was not recorded");
+		return false;
+	}
+	return true;
+}
+
+static void emitted_locked(int err)
+{
+	if (err == 0 && ++A.cp_pending >= A.cp_every && A.key)
+		checkpoint_locked();
+}
+
+/*
+ * Deferred commits (audit_defer_begin): a worker thread queues the events of
+ * one pass over its ready sockets and spools them after the pass, once its
+ * answers are on their way: the agent does not wait for the emit path, and
+ * one lock round serves the whole batch. The queue is bounded; past it the
+ * batch is spooled at once. Each record: toplen, umlen (uint32), then the
+ * bytes.
+ */
+#define DEFER_MAX_BYTES (256u << 10)
+static __thread struct {
+	bool on;
+	struct audit_buf q, line;
+	unsigned n;
+} D;
+
+void audit_defer_begin(void)
+{
+	D.on = true;
+}
+
+void audit_defer_flush(void)
+{
+	size_t off = 0;
+
+	if (!D.n)
+		return;
 	pthread_mutex_lock(&A.lock);
 	if (A.dropped && A.spool && spool_has_room(A.spool, A.resume_room))
 		loss_event_locked();
-	if (emit_w_locked(w) == 0 && ++A.cp_pending >= A.cp_every && A.key)
-		checkpoint_locked();
+	while (off + 8 <= D.q.len) {
+		uint32_t tl, ul;
+
+		memcpy(&tl, D.q.p + off, 4);
+		memcpy(&ul, D.q.p + off + 4, 4);
+		off += 8;
+		emitted_locked(emit_parts_locked(&D.line, D.q.p + off, tl, D.q.p + off + tl, ul));
+		off += (size_t)tl + ul;
+	}
+	pthread_mutex_unlock(&A.lock);
+	D.q.len = 0;
+	D.n = 0;
+	if (D.q.cap > 4 * DEFER_MAX_BYTES) {   /* one huge event: give the memory back */
+		audit_buf_free(&D.q);
+		audit_buf_free(&D.line);
+	}
+}
+
+static void defer_flush_first(void)
+{
+	if (D.n)
+		audit_defer_flush();
+}
+
+void audit_defer_end(void)
+{
+	audit_defer_flush();
+	audit_buf_free(&D.q);
+	audit_buf_free(&D.line);
+	D.on = false;
+}
+
+static bool defer(struct audit_w *w)
+{
+	uint32_t tl = (uint32_t)w->top.b.len, ul = (uint32_t)w->um.b.len;
+
+	if (audit_buf_reserve(&D.q, 8 + (size_t)tl + ul))
+		return false;   /* committed at once */
+	memcpy(D.q.p + D.q.len, &tl, 4);
+	memcpy(D.q.p + D.q.len + 4, &ul, 4);
+	memcpy(D.q.p + D.q.len + 8, w->top.b.p, tl);
+	if (ul)
+		memcpy(D.q.p + D.q.len + 8 + tl, w->um.b.p, ul);
+	D.q.len += 8 + (size_t)tl + ul;
+	D.n++;
+	return true;
+}
+
+void audit_commit(struct audit_w *w)
+{
+	if (w == &dead_w) {
+		ag_log(LOG_LVL_ERR, "audit: out of memory, an event was not recorded");
+		return;
+	}
+	if (!w_ok(w)) {
+		w_release(w);
+		return;
+	}
+	if (D.on && defer(w)) {
+		w_release(w);
+		if (D.q.len >= DEFER_MAX_BYTES)
+			audit_defer_flush();
+		return;
+	}
+	pthread_mutex_lock(&A.lock);
+	if (A.dropped && A.spool && spool_has_room(A.spool, A.resume_room))
+		loss_event_locked();
+	emitted_locked(emit_parts_locked(&w->top.b, w->top.b.p, w->top.b.len, w->um.b.p, w->um.b.len));
 	pthread_mutex_unlock(&A.lock);
 	w_release(w);
 }

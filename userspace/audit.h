@@ -111,6 +111,14 @@ void audit_w_verdict(struct audit_w *w, bool allowed, bool would_deny, const cha
 		     const char *reason);
 void audit_commit(struct audit_w *w);
 void audit_discard(struct audit_w *w);
+/* From now on this thread's audit_commit() queues events (bounded), and
+ * audit_defer_flush() spools them: a worker calls it after each pass over
+ * its ready sockets, so answers go out before the emit path runs and one
+ * lock round serves many events. Sequence numbers are assigned at the
+ * flush. */
+void audit_defer_begin(void);
+void audit_defer_flush(void);
+void audit_defer_end(void);   /* flushes, frees the queue, commits at once again */
 
 json_t *audit_recent(int n);
 /* Adds a follower fd (non-blocking); audit owns and closes it. */

@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "audit.h"
 #include "enforcer.h"
 #include "loop.h"
 #include "util.h"
@@ -184,6 +185,7 @@ static void *worker_main(void *arg)
 	struct epoll_event evs[256];
 	uint64_t last_tick = 0;
 
+	audit_defer_begin();
 	while (!w->stop) {
 		if (w->stop_accept && w->listen[0].fd >= 0)
 			close_listeners(w);
@@ -203,14 +205,17 @@ static void *worker_main(void *arg)
 			w->dead = c->next;
 			conn_free(c);
 		}
+		audit_defer_flush();   /* this pass's answers are out: now its events */
 		uint64_t now = now_ns_mono();
 		if (w->accept_paused_until && now > w->accept_paused_until && !w->stop_accept)
 			resume_accepting(w);
 		if (now - last_tick > 200000000ull) {
 			last_tick = now;
 			check_deadlines(w);
+			audit_defer_flush();
 		}
 	}
+	audit_defer_end();
 	return NULL;
 }
 

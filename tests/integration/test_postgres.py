@@ -915,8 +915,9 @@ def test_upstream_tls_context_built_once(enforcer, pg, tmp):
         dst.write(src.read())
     res = agent_py(enforcer, code, timeout=180)
     assert res == {"ok": 140, "err": []}, res
-    opens = [e for e in enforcer.events() if e.get("class_uid") == 4001 and e["activity_name"] == "Open"]
-    assert len(opens) >= 280
+    def opens():
+        return [e for e in enforcer.events() if e.get("class_uid") == 4001 and e["activity_name"] == "Open"]
+    assert wait_for(lambda: len(opens()) >= 280, 10), len(opens())   # the sink writes in batches
     # a new policy generation reads the file again: now nothing verifies, nothing is sent
     enforcer.stop()
     enforcer.start(policy(pg, tmp, tls="verify-full", ca=live_ca) + "# generation 2\n")
