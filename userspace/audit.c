@@ -1141,11 +1141,10 @@ void audit_w_verdict(struct audit_w *w, bool allowed, bool would_deny, const cha
 	aobj_str(&w->um, "reason", reason);
 }
 
-/* Closes an event written by a writer: its own members top (from the '{')
- * and those of unmapped um, plus unmapped.policy, time and metadata; then
- * spools it. The line is built in b. */
-static int emit_parts_locked(struct audit_buf *b, const char *top, size_t toplen, const char *um,
-			     size_t umlen)
+/* Closes an event written by a writer: b holds its own members (from the
+ * '{'), um those of its unmapped object; adds unmapped.policy, time and
+ * metadata to b, then spools it. */
+static int emit_parts_locked(struct audit_buf *b, const char *um, size_t umlen)
 {
 	uint64_t seq = A.seq + 1;
 	char uid[37];
@@ -1156,8 +1155,7 @@ static int emit_parts_locked(struct audit_buf *b, const char *top, size_t toplen
 		"\",\"uid\":\"", md3[] = "\",\"sequence\":", md4[] = ",\"prev_hash\":\"",
 		md5[] = "\",\"log_name\":\"agentgate\",\"product\":{\"name\":\"agentgate\","
 		"\"vendor_name\":\"agentgate\",\"version\":\"" AG_VERSION "\"}}}";
-	if ((b->p != top && (b->len = 0, audit_buf_put(b, top, toplen))) ||
-	    audit_buf_put(b, ",\"unmapped\":{", 13) ||
+	if (audit_buf_put(b, ",\"unmapped\":{", 13) ||
 	    (umlen && audit_buf_put(b, um, umlen)) ||
 	    (A.polfrag.len && ((umlen && audit_buf_put(b, ",", 1)) ||
 			       audit_buf_put(b, A.polfrag.p, A.polfrag.len))) ||
@@ -1223,7 +1221,9 @@ void audit_defer_flush(void)
 		memcpy(&tl, D.q.p + off, 4);
 		memcpy(&ul, D.q.p + off + 4, 4);
 		off += 8;
-		emitted_locked(emit_parts_locked(&D.line, D.q.p + off, tl, D.q.p + off + tl, ul));
+		D.line.len = 0;
+		emitted_locked(audit_buf_put(&D.line, D.q.p + off, tl) ? -ENOMEM :
+			       emit_parts_locked(&D.line, D.q.p + off + tl, ul));
 		off += (size_t)tl + ul;
 	}
 	pthread_mutex_unlock(&A.lock);
@@ -1284,7 +1284,7 @@ void audit_commit(struct audit_w *w)
 	pthread_mutex_lock(&A.lock);
 	if (A.dropped && A.spool && spool_has_room(A.spool, A.resume_room))
 		loss_event_locked();
-	emitted_locked(emit_parts_locked(&w->top.b, w->top.b.p, w->top.b.len, w->um.b.p, w->um.b.len));
+	emitted_locked(emit_parts_locked(&w->top.b, w->um.b.p, w->um.b.len));
 	pthread_mutex_unlock(&A.lock);
 	w_release(w);
 }

@@ -15,12 +15,8 @@ import time
 
 
 from conftest import AG, PY, Proc, free_port, wait_port
-from test_http import AGENT, crlf, make_ca, policy, raw, responses  # noqa: F401
+from test_http import AGENT, crlf, curl, http_events, make_ca, policy, raw, responses  # noqa: F401
 from test_http import rec  # noqa: F401  (fixture)
-
-
-def http_events(enforcer):
-    return [e for e in enforcer.events() if e.get("class_uid") == 4002]
 
 
 def client(enforcer, code, timeout=40):
@@ -92,10 +88,6 @@ class Nginx:
             req, status = rest.rsplit(" ", 1)
             out.append((int(conn), req, int(status)))
         return out
-
-
-def curl(enforcer, *args, timeout=60):
-    return enforcer.exec(AGENT, ["curl", "-s", "-S", *args], timeout=timeout)
 
 
 # ---- 1. upstream certificate verification ------------------------------------
