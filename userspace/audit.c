@@ -87,6 +87,15 @@ static struct {
 	.stop_cond = PTHREAD_COND_INITIALIZER, .last_hash = AUDIT_ZERO_HASH,
 	.cp_every = AUDIT_CHECKPOINT_EVERY, .cp_every_ms = AUDIT_CHECKPOINT_MS };
 
+/* The pending queue: see "Deferred commits" below. */
+static struct {
+	pthread_mutex_t mu;
+	struct audit_buf q, spare;   /* spare: only drainers touch it (under A.lock) */
+	atomic_bool on;              /* the spool thread drains q */
+} P = { .mu = PTHREAD_MUTEX_INITIALIZER };
+
+static void drain_locked(void);
+static void audit_tick(void *arg);
 static int emit_locked(json_t *ev);
 static int spool_line_locked(char *line, size_t len, uint64_t seq);
 static void checkpoint_locked(void);
@@ -345,8 +354,10 @@ int audit_open(const struct policy *p)
 	    (err = rec_configure(p->audit.recording_dir, p->audit.recording_max_bytes,
 				 p->audit.recording_max_age_ms)))
 		return err;
+	spool_set_tick(A.spool, audit_tick, NULL);
 	if ((err = spool_start(A.spool)))
 		return err;
+	atomic_store(&P.on, true);
 	if ((err = pthread_create(&A.saver, NULL, saver_thread, NULL)))
 		return -err;
 	A.saver_started = true;
@@ -442,7 +453,9 @@ void audit_close(void)
 {
 	uint64_t last;
 
+	atomic_store(&P.on, false);   /* from here on, commits stamp their events at once */
 	pthread_mutex_lock(&A.lock);
+	drain_locked();
 	if (A.key && A.cp_pending)
 		checkpoint_locked();   /* a clean stop leaves no unsigned tail */
 	EVP_PKEY_free(A.key);
@@ -504,6 +517,7 @@ void audit_close(void)
 void audit_set_policy(const struct policy *p)
 {
 	pthread_mutex_lock(&A.lock);
+	drain_locked();   /* queued events carry the policy that decided them */
 	snprintf(A.policy_hash, sizeof(A.policy_hash), "%s", p->hash);
 	snprintf(A.policy_path, sizeof(A.policy_path), "%s", p->path ? p->path : "");
 	json_decref(A.pol);   /* rebuilt by the next emit */
@@ -980,6 +994,7 @@ void audit_emit(json_t *ev)
 		return;
 	defer_flush_first();   /* this thread's queued events come first */
 	pthread_mutex_lock(&A.lock);
+	drain_locked();
 	if (A.dropped && A.spool && spool_has_room(A.spool, A.resume_room))
 		loss_event_locked();
 	if (emit_locked(ev) == 0 && ++A.cp_pending >= A.cp_every && A.key)
@@ -995,12 +1010,59 @@ static __thread struct audit_w *thread_w;
 static pthread_key_t w_key;
 static pthread_once_t w_once = PTHREAD_ONCE_INIT;
 
+/*
+ * Parts that repeat from event to event, written once per thread: an
+ * event's header members (class, category, activity, type, severity: the
+ * same bytes for the same class and activity) and the agent's members
+ * (actor and unmapped.agent: the same for every statement of a
+ * connection). A hit costs a compare and a copy instead of some thirty
+ * escaped members. Keyed by every input the bytes depend on, so a hit
+ * writes exactly what writing the members would.
+ */
+#define HDR_SLOTS 8
+#define AGENT_SLOTS 16
+#define AGENT_KEY_MAX 1024
+struct hdr_slot {
+	int cls, act;
+	char name[64];
+	struct audit_buf b;
+};
+struct agent_slot {
+	struct audit_buf key, top, um;
+};
+struct audit_w_cache {
+	struct hdr_slot hdr[HDR_SLOTS];
+	unsigned hdr_next;
+	struct agent_slot ag[AGENT_SLOTS];
+	unsigned ag_next;
+	struct audit_buf key;
+	struct audit_obj t1, t2;
+};
+
+static void w_cache_free(struct audit_w_cache *c)
+{
+	if (!c)
+		return;
+	for (int i = 0; i < HDR_SLOTS; i++)
+		audit_buf_free(&c->hdr[i].b);
+	for (int i = 0; i < AGENT_SLOTS; i++) {
+		audit_buf_free(&c->ag[i].key);
+		audit_buf_free(&c->ag[i].top);
+		audit_buf_free(&c->ag[i].um);
+	}
+	audit_buf_free(&c->key);
+	aobj_free(&c->t1);
+	aobj_free(&c->t2);
+	free(c);
+}
+
 static void w_free(void *p)
 {
 	struct audit_w *w = p;
 
 	aobj_free(&w->top);
 	aobj_free(&w->um);
+	w_cache_free(w->cache);
 	free(w);
 }
 
@@ -1043,13 +1105,45 @@ static void w_release(struct audit_w *w)
 		w->busy = false;
 }
 
-struct audit_w *audit_begin(int class_uid, int activity_id, const char *activity_name)
+static void w_header(struct audit_obj *o, int class_uid, int activity_id,
+		     const char *activity_name)
 {
 	int category;
 	const char *category_name, *cname = class_name(class_uid, &category, &category_name);
-	struct audit_w *w = w_take();
 	char type_name[128];
 	size_t cl = strlen(cname), al = strlen(activity_name);
+
+	if (al > sizeof(type_name) - cl - 3)
+		al = sizeof(type_name) - cl - 3;
+	memcpy(type_name, cname, cl);   /* "<class>: <activity>" */
+	memcpy(type_name + cl, ": ", 2);
+	memcpy(type_name + cl + 2, activity_name, al);
+	type_name[cl + 2 + al] = 0;
+	aobj_int(o, "class_uid", class_uid);
+	aobj_str(o, "class_name", cname);
+	aobj_int(o, "category_uid", category);
+	aobj_str(o, "category_name", category_name);
+	aobj_int(o, "activity_id", activity_id);
+	aobj_str(o, "activity_name", activity_name);
+	aobj_int(o, "type_uid", (long long)class_uid * 100 + activity_id);
+	aobj_str(o, "type_name", type_name);
+	aobj_int(o, "severity_id", 1);
+	aobj_str(o, "severity", "Informational");
+}
+
+/* The thread's writer's cache, made on first use; NULL for a heap writer
+ * or without memory (the members are then written as they come). */
+static struct audit_w_cache *w_cache(struct audit_w *w)
+{
+	if (!w->cache && !w->heap)
+		w->cache = calloc(1, sizeof(*w->cache));
+	return w->heap ? NULL : w->cache;
+}
+
+struct audit_w *audit_begin(int class_uid, int activity_id, const char *activity_name)
+{
+	struct audit_w *w = w_take();
+	struct audit_w_cache *c;
 
 	if (!w)
 		return &dead_w;   /* writes nothing; the commit logs the loss */
@@ -1057,27 +1151,37 @@ struct audit_w *audit_begin(int class_uid, int activity_id, const char *activity
 	aobj_reset(&w->um);
 	if (audit_buf_put(&w->top.b, "{", 1))
 		w->top.bad = true;
-	if (al > sizeof(type_name) - cl - 3)
-		al = sizeof(type_name) - cl - 3;
-	memcpy(type_name, cname, cl);   /* "<class>: <activity>" */
-	memcpy(type_name + cl, ": ", 2);
-	memcpy(type_name + cl + 2, activity_name, al);
-	type_name[cl + 2 + al] = 0;
-	aobj_int(&w->top, "class_uid", class_uid);
-	aobj_str(&w->top, "class_name", cname);
-	aobj_int(&w->top, "category_uid", category);
-	aobj_str(&w->top, "category_name", category_name);
-	aobj_int(&w->top, "activity_id", activity_id);
-	aobj_str(&w->top, "activity_name", activity_name);
-	aobj_int(&w->top, "type_uid", (long long)class_uid * 100 + activity_id);
-	aobj_str(&w->top, "type_name", type_name);
-	aobj_int(&w->top, "severity_id", 1);
-	aobj_str(&w->top, "severity", "Informational");
+	if ((c = w_cache(w)) && strlen(activity_name) < sizeof(c->hdr[0].name)) {
+		struct hdr_slot *h;
+
+		for (int i = 0; i < HDR_SLOTS; i++) {
+			h = &c->hdr[i];
+			if (h->b.len && h->cls == class_uid && h->act == activity_id &&
+			    strcmp(h->name, activity_name) == 0) {
+				aobj_members(&w->top, h->b.p, h->b.len);
+				return w;
+			}
+		}
+		h = &c->hdr[c->hdr_next++ % HDR_SLOTS];
+		aobj_reset(&c->t1);
+		w_header(&c->t1, class_uid, activity_id, activity_name);
+		h->b.len = 0;
+		if (!c->t1.bad && !audit_buf_put(&h->b, c->t1.b.p, c->t1.b.len)) {
+			h->cls = class_uid;
+			h->act = activity_id;
+			strcpy(h->name, activity_name);
+			aobj_members(&w->top, h->b.p, h->b.len);
+			return w;
+		}
+		h->b.len = 0;
+	}
+	w_header(&w->top, class_uid, activity_id, activity_name);
 	return w;
 }
 
-/* The same members as audit_add_agent(). */
-void audit_w_agent(struct audit_w *w, const struct audit_agent *a)
+/* The same members as audit_add_agent(): actor into top, agent into um. */
+static void w_agent_members(struct audit_obj *top, struct audit_obj *um,
+			    const struct audit_agent *a)
 {
 	char comm[AG_COMM_LEN + 1] = "";
 	const char *name = a->name ? a->name : "";
@@ -1088,13 +1192,13 @@ void audit_w_agent(struct audit_w *w, const struct audit_agent *a)
 		comm[i] = ch >= 0x20 && ch < 0x7f ? ch : '?';
 		comm[i + 1] = 0;
 	}
-	aobj_open(&w->top, "actor");
-	aobj_str(&w->top, "app_name", name);
-	aobj_open(&w->top, "process");
-	aobj_int(&w->top, "pid", (int)a->pid);
-	aobj_int(&w->top, "tid", (int)a->tid);
-	aobj_str(&w->top, "name", comm);
-	aobj_open(&w->top, "user");
+	aobj_open(top, "actor");
+	aobj_str(top, "app_name", name);
+	aobj_open(top, "process");
+	aobj_int(top, "pid", (int)a->pid);
+	aobj_int(top, "tid", (int)a->tid);
+	aobj_str(top, "name", comm);
+	aobj_open(top, "user");
 	/* a string, as OCSF's user.uid is */
 	char uid[16], *u = uid + sizeof(uid) - 1;
 	uint32_t v = a->uid;
@@ -1102,26 +1206,89 @@ void audit_w_agent(struct audit_w *w, const struct audit_agent *a)
 	do
 		*--u = '0' + v % 10;
 	while (v /= 10);
-	aobj_str(&w->top, "uid", u);
-	aobj_close(&w->top);
-	aobj_close(&w->top);
-	aobj_open(&w->top, "user");
-	aobj_str(&w->top, "name", name);
-	aobj_str(&w->top, "uid", name);
-	aobj_str(&w->top, "type", "Service");
-	aobj_close(&w->top);
-	aobj_close(&w->top);
+	aobj_str(top, "uid", u);
+	aobj_close(top);
+	aobj_close(top);
+	aobj_open(top, "user");
+	aobj_str(top, "name", name);
+	aobj_str(top, "uid", name);
+	aobj_str(top, "type", "Service");
+	aobj_close(top);
+	aobj_close(top);
 
-	aobj_open(&w->um, "agent");
-	aobj_str(&w->um, "name", name);
-	aobj_str(&w->um, "cgroup", a->cgroup ? a->cgroup : "");
-	aobj_int(&w->um, "cgroup_id", (long long)a->cgroup_id);
-	aobj_open(&w->um, "principal");
-	aobj_str(&w->um, "iss", a->iss ? a->iss : "local");
-	aobj_str(&w->um, "sub", a->iss ? (a->sub ? a->sub : "") : name);
-	aobj_bool(&w->um, "verified", a->verified);
-	aobj_close(&w->um);
-	aobj_close(&w->um);
+	aobj_open(um, "agent");
+	aobj_str(um, "name", name);
+	aobj_str(um, "cgroup", a->cgroup ? a->cgroup : "");
+	aobj_int(um, "cgroup_id", (long long)a->cgroup_id);
+	aobj_open(um, "principal");
+	aobj_str(um, "iss", a->iss ? a->iss : "local");
+	aobj_str(um, "sub", a->iss ? (a->sub ? a->sub : "") : name);
+	aobj_bool(um, "verified", a->verified);
+	aobj_close(um);
+	aobj_close(um);
+}
+
+/* The agent cache's key: every input of w_agent_members(). false when it
+ * is too long to cache. */
+static bool agent_key(struct audit_buf *k, const struct audit_agent *a)
+{
+	const char *strs[5] = { a->name, a->cgroup, a->iss, a->sub, a->comm };
+	size_t cl = 0;
+
+	k->len = 0;
+	if (audit_buf_put(k, (const char *)&a->pid, sizeof(a->pid)) ||
+	    audit_buf_put(k, (const char *)&a->tid, sizeof(a->tid)) ||
+	    audit_buf_put(k, (const char *)&a->uid, sizeof(a->uid)) ||
+	    audit_buf_put(k, (const char *)&a->cgroup_id, sizeof(a->cgroup_id)) ||
+	    audit_buf_put(k, a->verified ? "v" : "u", 1))
+		return false;
+	while (a->comm && cl < AG_COMM_LEN && a->comm[cl])
+		cl++;
+	for (int i = 0; i < 5; i++) {
+		size_t n = i == 4 ? cl : strs[i] ? strlen(strs[i]) : 0;
+
+		/* NULL and "" differ: a length of SIZE_MAX marks NULL */
+		size_t tag = strs[i] ? n : SIZE_MAX;
+		if (k->len + n > AGENT_KEY_MAX ||
+		    audit_buf_put(k, (const char *)&tag, sizeof(tag)) ||
+		    (n && audit_buf_put(k, strs[i], n)))
+			return false;
+	}
+	return true;
+}
+
+void audit_w_agent(struct audit_w *w, const struct audit_agent *a)
+{
+	struct audit_w_cache *c = w_cache(w);
+	struct agent_slot *g;
+
+	if (!c || !agent_key(&c->key, a)) {
+		w_agent_members(&w->top, &w->um, a);
+		return;
+	}
+	for (int i = 0; i < AGENT_SLOTS; i++) {
+		g = &c->ag[i];
+		if (g->key.len == c->key.len && g->top.len &&
+		    memcmp(g->key.p, c->key.p, c->key.len) == 0) {
+			aobj_members(&w->top, g->top.p, g->top.len);
+			aobj_members(&w->um, g->um.p, g->um.len);
+			return;
+		}
+	}
+	g = &c->ag[c->ag_next++ % AGENT_SLOTS];
+	aobj_reset(&c->t1);
+	aobj_reset(&c->t2);
+	w_agent_members(&c->t1, &c->t2, a);
+	g->key.len = g->top.len = g->um.len = 0;
+	if (c->t1.bad || c->t2.bad || audit_buf_put(&g->key, c->key.p, c->key.len) ||
+	    audit_buf_put(&g->top, c->t1.b.p, c->t1.b.len) ||
+	    audit_buf_put(&g->um, c->t2.b.p, c->t2.b.len)) {
+		g->key.len = g->top.len = g->um.len = 0;
+		w_agent_members(&w->top, &w->um, a);
+		return;
+	}
+	aobj_members(&w->top, g->top.p, g->top.len);
+	aobj_members(&w->um, g->um.p, g->um.len);
 }
 
 /* The same members as audit_add_verdict(). */
@@ -1144,7 +1311,7 @@ void audit_w_verdict(struct audit_w *w, bool allowed, bool would_deny, const cha
 /* Closes an event written by a writer: b holds its own members (from the
  * '{'), um those of its unmapped object; adds unmapped.policy, time and
  * metadata to b, then spools it. */
-static int emit_parts_locked(struct audit_buf *b, const char *um, size_t umlen)
+static int emit_parts_locked(struct audit_buf *b, const char *um, size_t umlen, uint64_t time_ms)
 {
 	uint64_t seq = A.seq + 1;
 	char uid[37];
@@ -1159,7 +1326,7 @@ static int emit_parts_locked(struct audit_buf *b, const char *um, size_t umlen)
 	    (umlen && audit_buf_put(b, um, umlen)) ||
 	    (A.polfrag.len && ((umlen && audit_buf_put(b, ",", 1)) ||
 			       audit_buf_put(b, A.polfrag.p, A.polfrag.len))) ||
-	    audit_buf_put(b, md1, sizeof(md1) - 1) || audit_buf_int(b, (long long)now_ms_realtime()) ||
+	    audit_buf_put(b, md1, sizeof(md1) - 1) || audit_buf_int(b, (long long)time_ms) ||
 	    audit_buf_put(b, md2, sizeof(md2) - 1) || audit_buf_put(b, uid, 36) ||
 	    audit_buf_put(b, md3, sizeof(md3) - 1) || audit_buf_int(b, (long long)seq) ||
 	    audit_buf_put(b, md4, sizeof(md4) - 1) || audit_buf_put(b, A.last_hash, AUDIT_HASH_HEX - 1) ||
@@ -1188,18 +1355,97 @@ static void emitted_locked(int err)
 
 /*
  * Deferred commits (audit_defer_begin): a worker thread queues the events of
- * one pass over its ready sockets and spools them after the pass, once its
+ * one pass over its ready sockets and hands them on after the pass, once its
  * answers are on their way: the agent does not wait for the emit path, and
  * one lock round serves the whole batch. The queue is bounded; past it the
- * batch is spooled at once. Each record: toplen, umlen (uint32), then the
- * bytes.
+ * batch is handed on at once. Each record: time (uint64, ms), toplen, umlen
+ * (uint32), then the bytes.
+ *
+ * The pending queue (P): once the spool thread runs, writer events are not
+ * stamped by the thread that built them. They wait in P, in commit order,
+ * and the spool thread stamps them (sequence, uuid, prev_hash), hashes
+ * them into the chain and spools them at its next tick, just before it
+ * writes its buffer, which it did at that tick before anyway: an event
+ * reaches the spool file no later than it did. A worker's cost per event is
+ * building it and two copies; the SHA-256 of every line, the metadata, the
+ * copy into the spool and the ring for `audit tail` run on the spool
+ * thread. One queue for every thread, so sequence order is commit order;
+ * audit_emit() (jansson events) drains it first, so a thread's events keep
+ * their order. Bounded: past PENDING_MAX_BYTES the committing thread drains
+ * it itself.
  */
 #define DEFER_MAX_BYTES (256u << 10)
+#define PENDING_MAX_BYTES (8u << 20)
+#define REC_HDR 16
 static __thread struct {
 	bool on;
-	struct audit_buf q, line;
+	struct audit_buf q;
 	unsigned n;
 } D;
+
+/* Stamps and spools the records in p[0..len). A.lock held. */
+static void emit_records_locked(const char *p, size_t len)
+{
+	size_t off = 0;
+
+	if (!len)
+		return;
+	if (A.dropped && A.spool && spool_has_room(A.spool, A.resume_room))
+		loss_event_locked();
+	while (off + REC_HDR <= len) {
+		uint64_t t;
+		uint32_t tl, ul;
+
+		memcpy(&t, p + off, 8);
+		memcpy(&tl, p + off + 8, 4);
+		memcpy(&ul, p + off + 12, 4);
+		off += REC_HDR;
+		A.line.len = 0;
+		emitted_locked(audit_buf_put(&A.line, p + off, tl) ? -ENOMEM :
+			       emit_parts_locked(&A.line, p + off + tl, ul, t));
+		off += (size_t)tl + ul;
+	}
+}
+
+/* Everything in P into the spool, in order. A.lock held. */
+static void drain_locked(void)
+{
+	struct audit_buf b;
+
+	pthread_mutex_lock(&P.mu);
+	b = P.q;
+	P.q = P.spare;
+	P.q.len = 0;
+	P.spare = (struct audit_buf){ 0 };
+	pthread_mutex_unlock(&P.mu);
+	emit_records_locked(b.p, b.len);
+	b.len = 0;
+	if (b.cap > 2 * PENDING_MAX_BYTES)   /* after a burst: give the memory back */
+		audit_buf_free(&b);
+	pthread_mutex_lock(&P.mu);
+	P.spare = b;
+	pthread_mutex_unlock(&P.mu);
+}
+
+static void drain(void)
+{
+	pthread_mutex_lock(&A.lock);
+	drain_locked();
+	pthread_mutex_unlock(&A.lock);
+}
+
+/* The spool thread's tick. */
+static void audit_tick(void *arg)
+{
+	size_t n;
+
+	(void)arg;
+	pthread_mutex_lock(&P.mu);
+	n = P.q.len;
+	pthread_mutex_unlock(&P.mu);
+	if (n)
+		drain();
+}
 
 void audit_defer_begin(void)
 {
@@ -1208,31 +1454,34 @@ void audit_defer_begin(void)
 
 void audit_defer_flush(void)
 {
-	size_t off = 0;
-
 	if (!D.n)
 		return;
-	pthread_mutex_lock(&A.lock);
-	if (A.dropped && A.spool && spool_has_room(A.spool, A.resume_room))
-		loss_event_locked();
-	while (off + 8 <= D.q.len) {
-		uint32_t tl, ul;
+	if (atomic_load(&P.on)) {
+		bool over = false;
+		int bad;
 
-		memcpy(&tl, D.q.p + off, 4);
-		memcpy(&ul, D.q.p + off + 4, 4);
-		off += 8;
-		D.line.len = 0;
-		emitted_locked(audit_buf_put(&D.line, D.q.p + off, tl) ? -ENOMEM :
-			       emit_parts_locked(&D.line, D.q.p + off + tl, ul));
-		off += (size_t)tl + ul;
+		pthread_mutex_lock(&P.mu);
+		if (!(bad = audit_buf_put(&P.q, D.q.p, D.q.len)))
+			over = P.q.len >= PENDING_MAX_BYTES;
+		pthread_mutex_unlock(&P.mu);
+		if (!bad) {
+			D.q.len = 0;
+			D.n = 0;
+			if (over)
+				drain();
+			goto out;
+		}
+		/* no memory for the queue: stamped here, after what is queued */
 	}
+	pthread_mutex_lock(&A.lock);
+	drain_locked();
+	emit_records_locked(D.q.p, D.q.len);
 	pthread_mutex_unlock(&A.lock);
 	D.q.len = 0;
 	D.n = 0;
-	if (D.q.cap > 4 * DEFER_MAX_BYTES) {   /* one huge event: give the memory back */
+out:
+	if (D.q.cap > 4 * DEFER_MAX_BYTES)   /* one huge event: give the memory back */
 		audit_buf_free(&D.q);
-		audit_buf_free(&D.line);
-	}
 }
 
 static void defer_flush_first(void)
@@ -1245,22 +1494,23 @@ void audit_defer_end(void)
 {
 	audit_defer_flush();
 	audit_buf_free(&D.q);
-	audit_buf_free(&D.line);
 	D.on = false;
 }
 
 static bool defer(struct audit_w *w)
 {
 	uint32_t tl = (uint32_t)w->top.b.len, ul = (uint32_t)w->um.b.len;
+	uint64_t t = now_ms_realtime();   /* the event's time: when it was committed */
 
-	if (audit_buf_reserve(&D.q, 8 + (size_t)tl + ul))
+	if (audit_buf_reserve(&D.q, REC_HDR + (size_t)tl + ul))
 		return false;   /* committed at once */
-	memcpy(D.q.p + D.q.len, &tl, 4);
-	memcpy(D.q.p + D.q.len + 4, &ul, 4);
-	memcpy(D.q.p + D.q.len + 8, w->top.b.p, tl);
+	memcpy(D.q.p + D.q.len, &t, 8);
+	memcpy(D.q.p + D.q.len + 8, &tl, 4);
+	memcpy(D.q.p + D.q.len + 12, &ul, 4);
+	memcpy(D.q.p + D.q.len + REC_HDR, w->top.b.p, tl);
 	if (ul)
-		memcpy(D.q.p + D.q.len + 8 + tl, w->um.b.p, ul);
-	D.q.len += 8 + (size_t)tl + ul;
+		memcpy(D.q.p + D.q.len + REC_HDR + tl, w->um.b.p, ul);
+	D.q.len += REC_HDR + (size_t)tl + ul;
 	D.n++;
 	return true;
 }
@@ -1275,16 +1525,18 @@ void audit_commit(struct audit_w *w)
 		w_release(w);
 		return;
 	}
-	if (D.on && defer(w)) {
+	if ((D.on || atomic_load(&P.on)) && defer(w)) {
 		w_release(w);
-		if (D.q.len >= DEFER_MAX_BYTES)
+		if (!D.on || D.q.len >= DEFER_MAX_BYTES)
 			audit_defer_flush();
 		return;
 	}
+	defer_flush_first();
 	pthread_mutex_lock(&A.lock);
+	drain_locked();
 	if (A.dropped && A.spool && spool_has_room(A.spool, A.resume_room))
 		loss_event_locked();
-	emitted_locked(emit_parts_locked(&w->top.b, w->um.b.p, w->um.b.len));
+	emitted_locked(emit_parts_locked(&w->top.b, w->um.b.p, w->um.b.len, now_ms_realtime()));
 	pthread_mutex_unlock(&A.lock);
 	w_release(w);
 }

@@ -100,10 +100,12 @@ void audit_add_verdict(json_t *ev, bool allowed, bool would_deny, const char *ru
  * audit_emit() does. A writer belongs to the thread that began it, until
  * audit_commit() or audit_discard(). Never NULL.
  */
+struct audit_w_cache;
 struct audit_w {
 	struct audit_obj top, um;
 	bool heap;   /* begun while the thread's own writer was in use */
 	bool busy;
+	struct audit_w_cache *cache;   /* the thread's writer: parts written before */
 };
 struct audit_w *audit_begin(int class_uid, int activity_id, const char *activity_name);
 void audit_w_agent(struct audit_w *w, const struct audit_agent *a);

@@ -370,6 +370,19 @@ void aobj_raw(struct audit_obj *o, const char *key, const char *json, size_t len
 		o->bad = true;
 }
 
+void aobj_members(struct audit_obj *o, const char *members, size_t len)
+{
+	if (!len || o->bad)
+		return;
+	if (((o->has >> o->depth) & 1u) && put(&o->b, ",", 1)) {
+		o->bad = true;
+		return;
+	}
+	if (put(&o->b, members, len))
+		o->bad = true;
+	o->has |= 1u << o->depth;
+}
+
 int audit_buf_put(struct audit_buf *b, const char *s, size_t n)
 {
 	return put(b, s, n);

@@ -67,6 +67,10 @@ void aobj_str(struct audit_obj *o, const char *key, const char *v);
 void aobj_strn(struct audit_obj *o, const char *key, const char *v, size_t len);
 void aobj_int(struct audit_obj *o, const char *key, long long v);
 void aobj_bool(struct audit_obj *o, const char *key, bool v);
+/* Members already written (the bytes an aobj wrote at depth 0, without
+ * braces), appended at the current depth: for parts that repeat from event
+ * to event. */
+void aobj_members(struct audit_obj *o, const char *members, size_t len);
 /* A value that is already JSON (len bytes). */
 void aobj_raw(struct audit_obj *o, const char *key, const char *json, size_t len);
 

@@ -74,6 +74,8 @@ struct spool {
 	int dlfd;
 	bool started, stop;
 	pthread_t thr;
+	void (*tick_fn)(void *);
+	void *tick_arg;
 };
 
 static uint64_t mono_ms(void)
@@ -699,6 +701,11 @@ static void *spool_thread(void *arg)
 			ts.tv_nsec -= 1000000000l;
 		}
 		pthread_cond_timedwait(&s->tick, &s->lock, &ts);
+		if (s->tick_fn && !s->stop) {
+			pthread_mutex_unlock(&s->lock);
+			s->tick_fn(s->tick_arg);   /* appends: takes the lock itself */
+			pthread_mutex_lock(&s->lock);
+		}
 		if (flush_async(s))
 			continue;
 		if (s->unsynced && (s->unsynced >= SPOOL_SYNC_EVENTS ||
@@ -710,6 +717,12 @@ static void *spool_thread(void *arg)
 	}
 	pthread_mutex_unlock(&s->lock);
 	return NULL;
+}
+
+void spool_set_tick(struct spool *s, void (*fn)(void *), void *arg)
+{
+	s->tick_fn = fn;
+	s->tick_arg = arg;
 }
 
 int spool_start(struct spool *s)

@@ -70,6 +70,11 @@ int spool_open(struct spool **out, const char *dir, uint64_t max_bytes, uint64_t
  * segments). Call after the readers are registered: nothing is deleted
  * before. */
 int spool_start(struct spool *s);
+/* fn(arg) runs on the spool thread at every tick (at least every
+ * SPOOL_FLUSH_MS), before the buffer is written, without the spool's lock:
+ * audit.c hands its queued events to spool_append() there. Set before
+ * spool_start(). */
+void spool_set_tick(struct spool *s, void (*fn)(void *), void *arg);
 /* Writes what is buffered, syncs, stops the thread, frees. NULL-safe. */
 void spool_close(struct spool *s);
 

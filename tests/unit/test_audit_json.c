@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "unit.h"
+#include "audit.h"
 #include "audit_json.h"
 
 #define FLAGS (JSON_COMPACT | JSON_PRESERVE_ORDER)
@@ -365,6 +366,50 @@ static void test_writer(void)
 	aobj_free(&o);
 }
 
+/* The writer's caches (event header, agent members) write exactly the
+ * bytes the members write uncached: w1 is the thread's writer (cached);
+ * w2, begun while w1 is in use, is a heap writer (never cached). Agents
+ * that differ in one input each, NULL against "", and repeats (hits)
+ * interleaved with misses that evict slots. */
+static void test_writer_cache(void)
+{
+	const char *names[] = { "a", "b", "", NULL, "a\"q" };
+	const char *subs[] = { NULL, "", "s1", "s2" };
+	int mismatches = 0, n = 0;
+
+	for (int round = 0; round < 3; round++)
+		for (int i = 0; i < 5 * 4 * 2 * 3; i++) {
+			struct audit_agent a = {
+				.name = names[i % 5], .cgroup = i % 2 ? "/agentgate/x" : "/agentgate/y",
+				.pid = 100 + i % 3, .tid = 7, .uid = (uint32_t)i % 2, .comm = "psql\x01",
+				.cgroup_id = 42, .iss = i % 3 ? "https://idp" : NULL,
+				.sub = subs[(i / 5) % 4], .verified = (i / 20) % 2,
+			};
+			const char *act = i % 2 ? "Query" : "Open";
+			struct audit_w *w1 = audit_begin(i % 2 ? 6005 : 4001, 1 + i % 2, act);
+			struct audit_w *w2 = audit_begin(i % 2 ? 6005 : 4001, 1 + i % 2, act);
+
+			CHECK(!w1->heap && w2->heap);
+			audit_w_agent(w1, &a);
+			audit_w_agent(w2, &a);
+			aobj_str(&w1->top, "after", "x");
+			aobj_str(&w2->top, "after", "x");
+			CHECK(!w1->top.bad && !w1->um.bad && !w2->top.bad && !w2->um.bad);
+			mismatches += w1->top.b.len != w2->top.b.len ||
+				      memcmp(w1->top.b.p, w2->top.b.p, w1->top.b.len) ||
+				      w1->um.b.len != w2->um.b.len ||
+				      memcmp(w1->um.b.p, w2->um.b.p, w1->um.b.len);
+			n++;
+			audit_discard(w2);
+			audit_discard(w1);
+		}
+	CHECK(n == 360 && mismatches == 0);
+	/* the header of a long activity name is not cached, and still written */
+	struct audit_w *w = audit_begin(4002, 99, "An activity name longer than sixty-four bytes, so never cached");
+	CHECK(!w->top.bad && memmem(w->top.b.p, w->top.b.len, "sixty-four", 10));
+	audit_discard(w);
+}
+
 int main(void)
 {
 	RUN(test_fixed);
@@ -375,5 +420,6 @@ int main(void)
 	RUN(test_append);
 	RUN(test_large);
 	RUN(test_writer);
+	RUN(test_writer_cache);
 	UNIT_DONE("audit_json");
 }
