@@ -69,6 +69,7 @@ struct spool {
 	uint64_t total;
 	uint64_t unsynced;      /* events written since the last fdatasync */
 	uint64_t last_sync_ms;
+	uint64_t sync_mark;     /* last sequence written at the previous sync point */
 	struct spool_reader *readers[SPOOL_MAX_READERS];
 	int nreaders;
 	int dlfd;
@@ -709,8 +710,27 @@ static void *spool_thread(void *arg)
 		if (flush_async(s))
 			continue;
 		if (s->unsynced && (s->unsynced >= SPOOL_SYNC_EVENTS ||
-				    mono_ms() - s->last_sync_ms >= SPOOL_SYNC_MS))
-			sync_unlocked(s);
+				    mono_ms() - s->last_sync_ms >= SPOOL_SYNC_MS)) {
+			uint64_t mark = active(s)->wlast;
+
+			/* When every reader has acknowledged all that was written
+			 * by the previous sync point, the sinks hold those events
+			 * (the file sink syncs its file before it acknowledges),
+			 * and what is newer is younger than one sync period: the
+			 * loss a power cut could cause is what it was with the
+			 * sync. So the fdatasync is skipped; a delivered segment
+			 * is then deleted before its pages are ever written back,
+			 * and the disk writes each event once instead of twice.
+			 * A reader that falls behind (a sink down or slow) brings
+			 * the sync back. */
+			if (s->nreaders && min_acked_locked(s) >= s->sync_mark) {
+				s->unsynced = 0;
+				s->last_sync_ms = mono_ms();
+			} else {
+				sync_unlocked(s);
+			}
+			s->sync_mark = mark;
+		}
 		seal_pending_locked(s);
 		if (s->total > s->max_bytes / 2)
 			gc_locked(s);

@@ -14,7 +14,9 @@
  * reused, so after a restart spool_open() reports the last sequence on disk
  * and numbering continues from it. Appends are buffered and written by the
  * spool thread at least every SPOOL_FLUSH_MS (or when the buffer fills);
- * fdatasync is grouped (every SPOOL_SYNC_MS or SPOOL_SYNC_EVENTS). Lines a
+ * fdatasync is grouped (every SPOOL_SYNC_MS or SPOOL_SYNC_EVENTS), and
+ * skipped while every reader has acknowledged all that was written by the
+ * previous sync point (the sinks hold it; see spool_thread). Lines a
  * SIGKILL catches in the buffer were never seen by a sink; their sequence
  * numbers are handed out again by the next run (no gap, no duplicate on any
  * sink).
