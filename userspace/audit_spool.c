@@ -70,6 +70,7 @@ struct spool {
 	uint64_t unsynced;      /* events written since the last fdatasync */
 	uint64_t last_sync_ms;
 	uint64_t sync_mark;     /* last sequence written at the previous sync point */
+	uint64_t nsyncs;
 	struct spool_reader *readers[SPOOL_MAX_READERS];
 	int nreaders;
 	int dlfd;
@@ -558,6 +559,7 @@ static int sync_unlocked(struct spool *s)
 
 	s->unsynced = 0;
 	s->last_sync_ms = mono_ms();
+	s->nsyncs++;
 	if (fd < 0)
 		return -errno;
 	pthread_mutex_unlock(&s->lock);
@@ -798,6 +800,16 @@ int spool_last_line(struct spool *s, char **out, size_t *len)
 	*out = b;
 	*len = end - 1 - start;
 	return 0;
+}
+
+uint64_t spool_sync_count(struct spool *s)
+{
+	uint64_t n;
+
+	pthread_mutex_lock(&s->lock);
+	n = s->nsyncs;
+	pthread_mutex_unlock(&s->lock);
+	return n;
 }
 
 const char *spool_dir(const struct spool *s)

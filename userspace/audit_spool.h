@@ -123,6 +123,8 @@ void spool_wake(struct spool *s);
  * hash chain to continue from it after a restart. 0, -ENOENT when empty, or
  * -errno. */
 int spool_last_line(struct spool *s, char **out, size_t *len);
+/* fdatasync calls the spool thread made on the active segment (tests). */
+uint64_t spool_sync_count(struct spool *s);
 /* The spool directory. */
 const char *spool_dir(const struct spool *s);
 

@@ -132,6 +132,45 @@ static void test_order_and_persistence(void)
 	rm_dir();
 }
 
+/* The periodic fdatasync is skipped while the reader has acknowledged
+ * everything written by the previous sync point, and comes back when the
+ * reader falls behind. */
+static void test_sync_skipped_when_delivered(void)
+{
+	struct spool *s;
+	struct spool_reader *r;
+	uint64_t last, seq = 1, synced;
+	int bad = 0;
+
+	fresh_dir();
+	CHECK(spool_open(&s, dir, 0, &last) == 0);
+	CHECK(spool_reader_open(s, "r1", &r) == 0);
+	CHECK(spool_start(s) == 0);
+	/* a reader that keeps up: appends over 8 sync periods, acked as read */
+	synced = spool_sync_count(s);
+	for (int round = 0; round < 8 * SPOOL_SYNC_MS / 20; round++) {
+		uint64_t next;
+
+		CHECK(append_n(s, seq, 5) == 0);
+		seq += 5;
+		usleep(20 * 1000);
+		next = read_all(r, spool_reader_cursor(r) + 1, &bad);
+		CHECK(spool_reader_ack(r, next - 1) == 0);
+	}
+	CHECK(bad == 0);
+	CHECK(spool_sync_count(s) - synced <= 1);   /* the first period may sync */
+	/* a reader that stops acknowledging: the syncs come back */
+	synced = spool_sync_count(s);
+	for (int round = 0; round < 8 * SPOOL_SYNC_MS / 20; round++) {
+		CHECK(append_n(s, seq, 5) == 0);
+		seq += 5;
+		usleep(20 * 1000);
+	}
+	CHECK(spool_sync_count(s) - synced >= 4);
+	spool_close(s);
+	rm_dir();
+}
+
 static void test_segments_sealed(void)
 {
 	struct spool *s;
@@ -329,6 +368,7 @@ static void test_dead_letter_and_ids(void)
 int main(void)
 {
 	RUN(test_order_and_persistence);
+	RUN(test_sync_skipped_when_delivered);
 	RUN(test_segments_sealed);
 	RUN(test_delivered_not_sealed);
 	RUN(test_bound_and_gc);
