@@ -92,7 +92,7 @@ static struct {
 	pthread_mutex_t mu;
 	struct audit_buf q, spare;   /* spare: only drainers touch it (under A.lock) */
 	atomic_bool on;              /* the spool thread drains q */
-} P = { .mu = PTHREAD_MUTEX_INITIALIZER };
+} P = { .mu = PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP };   /* held for a copy: spin before sleeping */
 
 static void drain_locked(void);
 static void audit_tick(void *arg);
@@ -1030,11 +1030,15 @@ struct hdr_slot {
 struct agent_slot {
 	struct audit_buf key, top, um;
 };
+#define VERDICT_SLOTS 8
+#define VERDICT_KEY_MAX 512
 struct audit_w_cache {
 	struct hdr_slot hdr[HDR_SLOTS];
 	unsigned hdr_next;
 	struct agent_slot ag[AGENT_SLOTS];
 	unsigned ag_next;
+	struct agent_slot vd[VERDICT_SLOTS];   /* the same, for the verdict's members */
+	unsigned vd_next;
 	struct audit_buf key;
 	struct audit_obj t1, t2;
 };
@@ -1049,6 +1053,11 @@ static void w_cache_free(struct audit_w_cache *c)
 		audit_buf_free(&c->ag[i].key);
 		audit_buf_free(&c->ag[i].top);
 		audit_buf_free(&c->ag[i].um);
+	}
+	for (int i = 0; i < VERDICT_SLOTS; i++) {
+		audit_buf_free(&c->vd[i].key);
+		audit_buf_free(&c->vd[i].top);
+		audit_buf_free(&c->vd[i].um);
 	}
 	audit_buf_free(&c->key);
 	aobj_free(&c->t1);
@@ -1228,6 +1237,39 @@ static void w_agent_members(struct audit_obj *top, struct audit_obj *um,
 	aobj_close(um);
 }
 
+/* Looks key up in slots; on a miss fills the next slot with what fill
+ * writes into the cache's scratch objects. The members go into w either
+ * way. false: not cached (no memory); the caller writes them itself. */
+static bool w_cached_members(struct audit_w *w, struct audit_w_cache *c, struct agent_slot *slots,
+			     unsigned nslots, unsigned *next, const struct audit_buf *key,
+			     void (*fill)(struct audit_obj *, struct audit_obj *, const void *),
+			     const void *arg)
+{
+	struct agent_slot *g;
+
+	for (unsigned i = 0; i < nslots; i++) {
+		g = &slots[i];
+		if (g->key.len == key->len && (g->top.len || g->um.len) &&
+		    memcmp(g->key.p, key->p, key->len) == 0)
+			goto hit;
+	}
+	g = &slots[(*next)++ % nslots];
+	aobj_reset(&c->t1);
+	aobj_reset(&c->t2);
+	fill(&c->t1, &c->t2, arg);
+	g->key.len = g->top.len = g->um.len = 0;
+	if (c->t1.bad || c->t2.bad || audit_buf_put(&g->key, key->p, key->len) ||
+	    audit_buf_put(&g->top, c->t1.b.p, c->t1.b.len) ||
+	    audit_buf_put(&g->um, c->t2.b.p, c->t2.b.len)) {
+		g->key.len = g->top.len = g->um.len = 0;
+		return false;
+	}
+hit:
+	aobj_members(&w->top, g->top.p, g->top.len);
+	aobj_members(&w->um, g->um.p, g->um.len);
+	return true;
+}
+
 /* The agent cache's key: every input of w_agent_members(). false when it
  * is too long to cache. */
 static bool agent_key(struct audit_buf *k, const struct audit_agent *a)
@@ -1257,55 +1299,72 @@ static bool agent_key(struct audit_buf *k, const struct audit_agent *a)
 	return true;
 }
 
+static void agent_fill(struct audit_obj *top, struct audit_obj *um, const void *arg)
+{
+	w_agent_members(top, um, arg);
+}
+
 void audit_w_agent(struct audit_w *w, const struct audit_agent *a)
 {
 	struct audit_w_cache *c = w_cache(w);
-	struct agent_slot *g;
 
-	if (!c || !agent_key(&c->key, a)) {
-		w_agent_members(&w->top, &w->um, a);
+	if (c && agent_key(&c->key, a) &&
+	    w_cached_members(w, c, c->ag, AGENT_SLOTS, &c->ag_next, &c->key, agent_fill, a))
 		return;
-	}
-	for (int i = 0; i < AGENT_SLOTS; i++) {
-		g = &c->ag[i];
-		if (g->key.len == c->key.len && g->top.len &&
-		    memcmp(g->key.p, c->key.p, c->key.len) == 0) {
-			aobj_members(&w->top, g->top.p, g->top.len);
-			aobj_members(&w->um, g->um.p, g->um.len);
-			return;
-		}
-	}
-	g = &c->ag[c->ag_next++ % AGENT_SLOTS];
-	aobj_reset(&c->t1);
-	aobj_reset(&c->t2);
-	w_agent_members(&c->t1, &c->t2, a);
-	g->key.len = g->top.len = g->um.len = 0;
-	if (c->t1.bad || c->t2.bad || audit_buf_put(&g->key, c->key.p, c->key.len) ||
-	    audit_buf_put(&g->top, c->t1.b.p, c->t1.b.len) ||
-	    audit_buf_put(&g->um, c->t2.b.p, c->t2.b.len)) {
-		g->key.len = g->top.len = g->um.len = 0;
-		w_agent_members(&w->top, &w->um, a);
-		return;
-	}
-	aobj_members(&w->top, g->top.p, g->top.len);
-	aobj_members(&w->um, g->um.p, g->um.len);
+	w_agent_members(&w->top, &w->um, a);
 }
 
 /* The same members as audit_add_verdict(). */
+static void w_verdict_members(struct audit_obj *top, struct audit_obj *um, bool allowed,
+			      bool would_deny, const char *rule, const char *reason)
+{
+	aobj_int(top, "status_id", allowed ? 1 : 2);
+	aobj_str(top, "status", allowed ? "Success" : "Failure");
+	aobj_int(top, "action_id", allowed ? 1 : 2);
+	aobj_str(top, "action", allowed ? "Allowed" : "Denied");
+	aobj_int(top, "disposition_id", allowed ? 1 : 2);
+	aobj_str(top, "disposition", allowed ? "Allowed" : "Blocked");
+	if (reason && !allowed)
+		aobj_str(top, "status_detail", reason);
+	aobj_str(um, "verdict", allowed ? (would_deny ? "would_deny" : "allow") : "deny");
+	aobj_str(um, "rule", rule);
+	aobj_str(um, "reason", reason);
+}
+
+struct verdict_args {
+	bool allowed, would_deny;
+	const char *rule, *reason;
+};
+
+static void verdict_fill(struct audit_obj *top, struct audit_obj *um, const void *arg)
+{
+	const struct verdict_args *v = arg;
+
+	w_verdict_members(top, um, v->allowed, v->would_deny, v->rule, v->reason);
+}
+
 void audit_w_verdict(struct audit_w *w, bool allowed, bool would_deny, const char *rule,
 		     const char *reason)
 {
-	aobj_int(&w->top, "status_id", allowed ? 1 : 2);
-	aobj_str(&w->top, "status", allowed ? "Success" : "Failure");
-	aobj_int(&w->top, "action_id", allowed ? 1 : 2);
-	aobj_str(&w->top, "action", allowed ? "Allowed" : "Denied");
-	aobj_int(&w->top, "disposition_id", allowed ? 1 : 2);
-	aobj_str(&w->top, "disposition", allowed ? "Allowed" : "Blocked");
-	if (reason && !allowed)
-		aobj_str(&w->top, "status_detail", reason);
-	aobj_str(&w->um, "verdict", allowed ? (would_deny ? "would_deny" : "allow") : "deny");
-	aobj_str(&w->um, "rule", rule);
-	aobj_str(&w->um, "reason", reason);
+	struct audit_w_cache *c = w_cache(w);
+	struct verdict_args v = { allowed, would_deny, rule, reason };
+	size_t rl = rule ? strlen(rule) : 0, sl = reason ? strlen(reason) : 0;
+
+	if (c && rl + sl < VERDICT_KEY_MAX) {
+		/* flags, then each string with its length (SIZE_MAX: NULL) */
+		size_t rt = rule ? rl : SIZE_MAX, st = reason ? sl : SIZE_MAX;
+		char f[2] = { allowed, would_deny };
+
+		c->key.len = 0;
+		if (!audit_buf_put(&c->key, f, 2) &&
+		    !audit_buf_put(&c->key, (const char *)&rt, sizeof(rt)) &&
+		    (!rl || !audit_buf_put(&c->key, rule, rl)) &&
+		    !audit_buf_put(&c->key, (const char *)&st, sizeof(st)) &&
+		    (!sl || !audit_buf_put(&c->key, reason, sl)) &&
+		    w_cached_members(w, c, c->vd, VERDICT_SLOTS, &c->vd_next, &c->key, verdict_fill, &v))
+			return;
+	}
+	w_verdict_members(&w->top, &w->um, allowed, would_deny, rule, reason);
 }
 
 /* Closes an event written by a writer: b holds its own members (from the

@@ -366,7 +366,7 @@ static void test_writer(void)
 	aobj_free(&o);
 }
 
-/* The writer's caches (event header, agent members) write exactly the
+/* The writer's caches (event header, agent members, verdict) write exactly the
  * bytes the members write uncached: w1 is the thread's writer (cached);
  * w2, begun while w1 is in use, is a heap writer (never cached). Agents
  * that differ in one input each, NULL against "", and repeats (hits)
@@ -375,6 +375,8 @@ static void test_writer_cache(void)
 {
 	const char *names[] = { "a", "b", "", NULL, "a\"q" };
 	const char *subs[] = { NULL, "", "s1", "s2" };
+	const char *rules[] = { NULL, "role 'r' rule 1 (line 3)", "" };
+	const char *reasons[] = { NULL, "denied: \"x\"", "" };
 	int mismatches = 0, n = 0;
 
 	for (int round = 0; round < 3; round++)
@@ -392,6 +394,8 @@ static void test_writer_cache(void)
 			CHECK(!w1->heap && w2->heap);
 			audit_w_agent(w1, &a);
 			audit_w_agent(w2, &a);
+			audit_w_verdict(w1, i % 2, (i / 2) % 2, rules[i % 3], reasons[(i / 3) % 3]);
+			audit_w_verdict(w2, i % 2, (i / 2) % 2, rules[i % 3], reasons[(i / 3) % 3]);
 			aobj_str(&w1->top, "after", "x");
 			aobj_str(&w2->top, "after", "x");
 			CHECK(!w1->top.bad && !w1->um.bad && !w2->top.bad && !w2->um.bad);
