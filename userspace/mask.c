@@ -54,6 +54,7 @@ static const char *const det_names[DET__FIXED] = {
 struct mask_rules {
 	unsigned det;                  /* 1u << enum det */
 	size_t minlen;                 /* shortest possible match (see det_minlen) */
+	bool digits_only;              /* possible() needs no class but digits */
 	pcre2_code *re[MASK_MAX_REGEX];
 	size_t nre;
 	pcre2_match_context *mctx;
@@ -881,6 +882,9 @@ struct mask_rules *mask_compile(const struct policy_mask *const *masks, size_t n
 			return NULL;
 		}
 	}
+	/* possible() asks the digit count (card, iban), the length (iban,
+	 * api_key) and nothing else of these; the others need a class. */
+	m->digits_only = !(m->det & ~((1u << DET_CARD) | (1u << DET_IBAN) | (1u << DET_APIKEY)));
 	/* A custom pattern can match one byte (empty matches are refused). */
 	m->minlen = m->nre ? 1 : SIZE_MAX;
 	for (int d = 0; d < DET__FIXED; d++)
@@ -989,17 +993,65 @@ static const uint8_t cls[256] = {
 	['-'] = C_DASH | C_NANPSEP,
 };
 
-static unsigned possible(const struct mask_rules *m, const uint8_t *s, size_t len)
+/* Nonzero when one of the 8 bytes of x is zero. A false bit can only sit
+ * above a true zero byte (the borrow), so "nonzero" is exact. */
+static inline uint64_t zero_byte(uint64_t x)
 {
-	size_t digits = 0;
-	unsigned seen = 0, d = 0;
+	return (x - 0x0101010101010101ull) & ~x & 0x8080808080808080ull;
+}
 
-	for (size_t i = 0; i < len; i++) {
+/*
+ * The classes of cls[] over s, 8 bytes at a time: the digit count is exact
+ * (per byte b < 0x80, b + 0x50 has its top bit set iff b >= '0', b + 0x46
+ * iff b > '9'; no carry leaves a byte; bytes >= 0x80 are dropped), and a
+ * class is seen iff zero_byte() of the word XOR that byte is nonzero.
+ */
+static unsigned classes(const uint8_t *s, size_t len, bool digits_only, size_t *digits)
+{
+	const uint64_t ones = 0x0101010101010101ull, highs = ones * 0x80;
+	uint64_t dot = 0, at = 0, plus = 0, paren = 0, dash = 0;
+	size_t i = 0, nd = 0;
+	unsigned seen = 0;
+
+	/* The enabled detectors look at the digit count only (and the
+	 * length): the other classes are not needed, not computed. */
+	for (; digits_only && len - i >= 8; i += 8) {
+		uint64_t x, y, dg;
+
+		memcpy(&x, s + i, 8);
+		y = x & ~highs;
+		dg = (y + ones * 0x50) & ~(y + ones * 0x46) & ~x & highs;
+		nd += (size_t)(((dg >> 7) * ones) >> 56);
+	}
+	for (; len - i >= 8; i += 8) {
+		uint64_t x, y, dg;
+
+		memcpy(&x, s + i, 8);
+		y = x & ~highs;
+		dg = (y + ones * 0x50) & ~(y + ones * 0x46) & ~x & highs;
+		nd += (size_t)(((dg >> 7) * ones) >> 56);
+		dot |= zero_byte(x ^ (ones * '.'));
+		at |= zero_byte(x ^ (ones * '@'));
+		plus |= zero_byte(x ^ (ones * '+'));
+		paren |= zero_byte(x ^ (ones * '('));
+		dash |= zero_byte(x ^ (ones * '-'));
+	}
+	seen = (nd ? C_DIGIT : 0) | (dot ? C_DOT | C_NANPSEP : 0) | (at ? C_AT : 0) |
+	       (plus ? C_PLUS : 0) | (paren ? C_NANPSEP : 0) | (dash ? C_DASH | C_NANPSEP : 0);
+	for (; i < len; i++) {
 		uint8_t c = cls[s[i]];
 
 		seen |= c;
-		digits += c & C_DIGIT;
+		nd += c & C_DIGIT;
 	}
+	*digits = nd;
+	return seen;
+}
+
+static unsigned possible(const struct mask_rules *m, const uint8_t *s, size_t len)
+{
+	size_t digits;
+	unsigned seen = classes(s, len, m->digits_only, &digits), d = 0;
 	if (digits >= 13)
 		d |= 1u << DET_CARD;
 	if (seen & C_AT)

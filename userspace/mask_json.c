@@ -249,6 +249,7 @@ struct jw {
 	const struct mask_rules *m;
 	const uint8_t *s;
 	size_t len, pos;
+	size_t cp;                     /* the output run not yet copied starts here */
 	bool detect;                   /* detectors configured */
 	size_t minlen;                 /* shorter values are never changed by them */
 	char *out;                     /* output */
@@ -298,7 +299,18 @@ static int emit(struct jw *w, const void *p, size_t n)
 		return 0;
 	if (w->on + n + 1 > w->ocap && (rc = grow((void **)&w->out, &w->ocap, w->on + n + 1, OUT_MAX + 1)))
 		return rc;
-	memcpy(w->out + w->on, p, n);
+	/* Runs between whitespace are short: two overlapping 8-byte moves
+	 * (both inside [p, p + n)) instead of a call to memcpy. */
+	if (n >= 8 && n <= 16) {
+		uint64_t a, b;
+
+		memcpy(&a, p, 8);
+		memcpy(&b, (const uint8_t *)p + n - 8, 8);
+		memcpy(w->out + w->on, &a, 8);
+		memcpy(w->out + w->on + n - 8, &b, 8);
+	} else {
+		memcpy(w->out + w->on, p, n);
+	}
 	w->on += n;
 	return 0;
 }
@@ -311,17 +323,41 @@ static inline int emitc(struct jw *w, char c)
 	return 0;
 }
 
-static inline void skip_ws(struct jw *w)
+static inline bool is_ws(uint8_t c)
 {
-	if (w->pos < w->len && w->s[w->pos] > ' ')
-		return;   /* the common case: no whitespace at all */
-	while (w->pos < w->len) {
-		uint8_t c = w->s[w->pos];
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
 
-		if (c != ' ' && c != '\t' && c != '\n' && c != '\r')
-			break;
-		w->pos++;
-	}
+/*
+ * The output is the input's own bytes in runs: w->cp is where the run not
+ * yet copied starts. Whitespace between tokens and a replaced value end a
+ * run; every other token (punctuation, names, values nothing matched) is
+ * already in it, so it costs no copy of its own.
+ */
+static int flush(struct jw *w, size_t upto)
+{
+	int rc = emit(w, w->s + w->cp, upto - w->cp);
+
+	w->cp = upto;
+	return rc;
+}
+
+/* Skips whitespace; outside a replaced value (!quiet) it ends the run. */
+static inline int skip_ws(struct jw *w, bool quiet)
+{
+	size_t p = w->pos;
+	int rc;
+
+	if (p >= w->len || w->s[p] > ' ' || !is_ws(w->s[p]))
+		return 0;   /* the common case: no whitespace at all */
+	if (!quiet && (rc = flush(w, p)))
+		return rc;
+	while (p < w->len && is_ws(w->s[p]))
+		p++;
+	w->pos = p;
+	if (!quiet)
+		w->cp = p;
+	return 0;
 }
 
 static int hex4(const uint8_t *p, uint32_t *v)
@@ -724,10 +760,22 @@ static bool has_dup(struct jw *w, size_t k0)
 
 static const char MASKED[] = "\"" MASK_TOKEN "\"";
 
-/* A string value or member name: raw bytes when nothing matched, else the
- * masked text re-encoded. */
-static int emit_scanned(struct jw *w, size_t raw, size_t rawlen, const uint8_t *d, size_t dlen,
-			struct ctx *cx, bool quiet)
+/* The token at [start, end) is replaced by text: the run before it is
+ * copied, the run after it starts at end. */
+static int replace(struct jw *w, size_t start, size_t end, const char *text, size_t n)
+{
+	int rc;
+
+	if ((rc = flush(w, start)) || (rc = emit(w, text, n)))
+		return rc;
+	w->cp = end;
+	return 0;
+}
+
+/* A string value or member name: left in the run when nothing matched,
+ * else the masked text re-encoded in its place. */
+static int scan_string(struct jw *w, size_t raw, size_t rawlen, const uint8_t *d, size_t dlen,
+		       struct ctx *cx, bool quiet)
 {
 	unsigned hits = 0;
 	size_t mlen;
@@ -736,32 +784,49 @@ static int emit_scanned(struct jw *w, size_t raw, size_t rawlen, const uint8_t *
 	if (quiet)
 		return 0;
 	/* mask_value_maybe() is false only when mask_value() would give the
-	 * text back unchanged with no hit (mask.h): then the raw token is the
-	 * answer, without a copy through w->mbuf. */
-	if (w->detect && dlen >= w->minlen && mask_value_maybe(w->m, (const char *)d, dlen)) {
-		if ((rc = detect(w, d, dlen, &mlen, &hits)))
-			return rc;
-		if (hits) {
-			report(w, cx, hits);
-			return emit_quoted(w, w->mbuf, mlen);
-		}
-	}
-	return emit(w, w->s + raw, rawlen);
+	 * text back unchanged with no hit (mask.h): then the raw token stays,
+	 * without a copy through w->mbuf. */
+	if (!w->detect || dlen < w->minlen || !mask_value_maybe(w->m, (const char *)d, dlen))
+		return 0;
+	if ((rc = detect(w, d, dlen, &mlen, &hits)))
+		return rc;
+	if (!hits)
+		return 0;
+	report(w, cx, hits);
+	if ((rc = flush(w, raw)) || (rc = emit_quoted(w, w->mbuf, mlen)))
+		return rc;
+	w->cp = raw + rawlen;
+	return 0;
+}
+
+/*
+ * A member's or element's value. final: a path ends here, the value is
+ * replaced whole by "****" and only validated (quiet below it).
+ */
+static int child_value(struct jw *w, int depth, bool quiet, bool final, struct ctx *kid)
+{
+	size_t start = w->pos;
+	int rc;
+
+	if (!final)
+		return parse_value(w, depth, quiet, kid);
+	report(w, kid, 1);
+	if ((rc = parse_value(w, depth, true, kid)))
+		return rc;
+	return replace(w, start, w->pos, MASKED, sizeof(MASKED) - 1);
 }
 
 static int parse_object(struct jw *w, int depth, bool quiet, struct ctx *cx)
 {
 	size_t k0 = w->nk, a0 = w->an;
-	bool first = true;
 	int rc;
 
 	w->pos++;                                  /* '{' */
-	if (!quiet && (rc = emitc(w, '{')))
+	if ((rc = skip_ws(w, quiet)))
 		return rc;
-	skip_ws(w);
 	if (w->pos < w->len && w->s[w->pos] == '}') {
 		w->pos++;
-		return quiet ? 0 : emitc(w, '}');
+		return 0;
 	}
 	for (;;) {
 		size_t raw, rawlen, dlen, off;
@@ -769,42 +834,31 @@ static int parse_object(struct jw *w, int depth, bool quiet, struct ctx *cx)
 		struct ctx kid = { 0 };
 		bool final = false;
 
-		skip_ws(w);
 		if (w->pos >= w->len || w->s[w->pos] != '"')
 			return -EINVAL;
 		if ((rc = parse_string(w, &raw, &rawlen, &d, &dlen)) || (rc = push_key(w, d, dlen, &off)))
 			return rc;
 		kid.name_off = off;
 		kid.name_len = dlen;
-		if (!quiet && !first && (rc = emitc(w, ',')))
-			return rc;
-		first = false;
 		/* The name is data too: scanned like a string value, but a hit is
 		 * reported under the name's own (masked) text. */
-		if ((rc = emit_scanned(w, raw, rawlen, d, dlen, &kid, quiet)))
+		if ((rc = scan_string(w, raw, rawlen, d, dlen, &kid, quiet)) || (rc = skip_ws(w, quiet)))
 			return rc;
 		kid.touched = false;
-		skip_ws(w);
 		if (w->pos >= w->len || w->s[w->pos] != ':')
 			return -EINVAL;
 		w->pos++;
-		if (!quiet && (rc = emitc(w, ':')))
-			return rc;
 		if (!quiet && w->npaths)
 			final = step_states(w, depth, w->arena + off, dlen, false, 0);
-		skip_ws(w);
-		if (final) {
-			report(w, &kid, 1);
-			if ((rc = emit(w, MASKED, sizeof(MASKED) - 1)))
-				return rc;
-		}
-		if ((rc = parse_value(w, depth + 1, quiet || final, &kid)))
+		if ((rc = skip_ws(w, quiet)) || (rc = child_value(w, depth + 1, quiet, final, &kid)) ||
+		    (rc = skip_ws(w, quiet)))
 			return rc;
-		skip_ws(w);
 		if (w->pos >= w->len)
 			return -EINVAL;
 		if (w->s[w->pos] == ',') {
 			w->pos++;
+			if ((rc = skip_ws(w, quiet)))
+				return rc;
 			continue;
 		}
 		if (w->s[w->pos] != '}')
@@ -816,7 +870,7 @@ static int parse_object(struct jw *w, int depth, bool quiet, struct ctx *cx)
 		return -EINVAL;
 	w->nk = k0;
 	w->an = a0;
-	return quiet ? 0 : emitc(w, '}');
+	return 0;
 }
 
 static int parse_array(struct jw *w, int depth, bool quiet, struct ctx *cx)
@@ -825,34 +879,26 @@ static int parse_array(struct jw *w, int depth, bool quiet, struct ctx *cx)
 	int rc;
 
 	w->pos++;                                  /* '[' */
-	if (!quiet && (rc = emitc(w, '[')))
+	if ((rc = skip_ws(w, quiet)))
 		return rc;
-	skip_ws(w);
 	if (w->pos < w->len && w->s[w->pos] == ']') {
 		w->pos++;
-		return quiet ? 0 : emitc(w, ']');
+		return 0;
 	}
 	for (;; idx += idx < UINT32_MAX) {
 		struct ctx kid = { .name_off = cx->name_off, .name_len = cx->name_len };
 		bool final = false;
 
-		if (!quiet && idx && (rc = emitc(w, ',')))
-			return rc;
 		if (!quiet && w->npaths)
 			final = step_states(w, depth, NULL, 0, true, idx);
-		skip_ws(w);
-		if (final) {
-			report(w, &kid, 1);
-			if ((rc = emit(w, MASKED, sizeof(MASKED) - 1)))
-				return rc;
-		}
-		if ((rc = parse_value(w, depth + 1, quiet || final, &kid)))
+		if ((rc = child_value(w, depth + 1, quiet, final, &kid)) || (rc = skip_ws(w, quiet)))
 			return rc;
-		skip_ws(w);
 		if (w->pos >= w->len)
 			return -EINVAL;
 		if (w->s[w->pos] == ',') {
 			w->pos++;
+			if ((rc = skip_ws(w, quiet)))
+				return rc;
 			continue;
 		}
 		if (w->s[w->pos] != ']')
@@ -860,14 +906,13 @@ static int parse_array(struct jw *w, int depth, bool quiet, struct ctx *cx)
 		w->pos++;
 		break;
 	}
-	return quiet ? 0 : emitc(w, ']');
+	return 0;
 }
 
 static int parse_number(struct jw *w, bool quiet, struct ctx *cx)
 {
 	const uint8_t *s = w->s;
 	size_t p = w->pos, start = p, n = w->len;
-	unsigned hits = 0;
 
 	if (p < n && s[p] == '-')
 		p++;
@@ -898,35 +943,31 @@ static int parse_number(struct jw *w, bool quiet, struct ctx *cx)
 		return 0;
 	/* A card or phone number stored as a JSON number is still one. */
 	if (w->detect && p - start >= w->minlen && mask_value_matches(w->m, (const char *)s + start, p - start)) {
-		hits = 1;
-		report(w, cx, hits);
-		return emit(w, MASKED, sizeof(MASKED) - 1);
+		report(w, cx, 1);
+		return replace(w, start, p, MASKED, sizeof(MASKED) - 1);
 	}
-	return emit(w, s + start, p - start);
+	return 0;
 }
 
-static int parse_literal(struct jw *w, bool quiet)
+static int parse_literal(struct jw *w)
 {
-	static const char *const lit[] = { "true", "false", "null" };
+	static const struct { char t[6]; size_t n; } lit[] = { { "true", 4 }, { "false", 5 }, { "null", 4 } };
 
-	for (int i = 0; i < 3; i++) {
-		size_t n = strlen(lit[i]);
-
-		if (w->len - w->pos >= n && memcmp(w->s + w->pos, lit[i], n) == 0) {
-			w->pos += n;
-			return quiet ? 0 : emit(w, lit[i], n);
+	for (int i = 0; i < 3; i++)
+		if (w->len - w->pos >= lit[i].n && memcmp(w->s + w->pos, lit[i].t, lit[i].n) == 0) {
+			w->pos += lit[i].n;
+			return 0;
 		}
-	}
 	return -EINVAL;
 }
 
+/* The value at w->pos (whitespace before it already skipped). */
 static int parse_value(struct jw *w, int depth, bool quiet, struct ctx *cx)
 {
 	size_t raw, rawlen, dlen;
 	const uint8_t *d;
 	int rc;
 
-	skip_ws(w);
 	if (w->pos >= w->len)
 		return -EINVAL;
 	switch (w->s[w->pos]) {
@@ -941,9 +982,9 @@ static int parse_value(struct jw *w, int depth, bool quiet, struct ctx *cx)
 	case '"':
 		if ((rc = parse_string(w, &raw, &rawlen, &d, &dlen)))
 			return rc;
-		return emit_scanned(w, raw, rawlen, d, dlen, cx, quiet);
+		return scan_string(w, raw, rawlen, d, dlen, cx, quiet);
 	case 't': case 'f': case 'n':
-		return parse_literal(w, quiet);
+		return parse_literal(w);
 	default:
 		return parse_number(w, quiet, cx);
 	}
@@ -998,11 +1039,12 @@ int mask_json(const struct mask_rules *m, const char *body, size_t len, char **o
 	}
 	if ((rc = grow((void **)&w.out, &w.ocap, len + 1, OUT_MAX + 1)))
 		goto done;
-	rc = parse_value(&w, 0, false, &root);
-	if (!rc) {
-		skip_ws(&w);
+	if (!(rc = skip_ws(&w, false)) && !(rc = parse_value(&w, 0, false, &root)) &&
+	    !(rc = skip_ws(&w, false))) {
 		if (w.pos != w.len)
 			rc = -EINVAL;
+		else
+			rc = flush(&w, w.pos);
 	}
 done:
 	free(w.st);
