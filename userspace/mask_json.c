@@ -772,21 +772,32 @@ static int replace(struct jw *w, size_t start, size_t end, const char *text, siz
 	return 0;
 }
 
+static int scan_string_slow(struct jw *w, size_t raw, size_t rawlen, const uint8_t *d, size_t dlen,
+			    struct ctx *cx);
+
 /* A string value or member name: left in the run when nothing matched,
- * else the masked text re-encoded in its place. */
-static int scan_string(struct jw *w, size_t raw, size_t rawlen, const uint8_t *d, size_t dlen,
-		       struct ctx *cx, bool quiet)
+ * else the masked text re-encoded in its place. A string shorter than any
+ * detector's shortest match (mask_min_match()) cannot match: most names
+ * and short values stop here, inline. */
+static inline int scan_string(struct jw *w, size_t raw, size_t rawlen, const uint8_t *d, size_t dlen,
+			      struct ctx *cx, bool quiet)
+{
+	if (quiet || !w->detect || dlen < w->minlen)
+		return 0;
+	return scan_string_slow(w, raw, rawlen, d, dlen, cx);
+}
+
+static int scan_string_slow(struct jw *w, size_t raw, size_t rawlen, const uint8_t *d, size_t dlen,
+			    struct ctx *cx)
 {
 	unsigned hits = 0;
 	size_t mlen;
 	int rc;
 
-	if (quiet)
-		return 0;
 	/* mask_value_maybe() is false only when mask_value() would give the
 	 * text back unchanged with no hit (mask.h): then the raw token stays,
 	 * without a copy through w->mbuf. */
-	if (!w->detect || dlen < w->minlen || !mask_value_maybe(w->m, (const char *)d, dlen))
+	if (!mask_value_maybe(w->m, (const char *)d, dlen))
 		return 0;
 	if ((rc = detect(w, d, dlen, &mlen, &hits)))
 		return rc;
