@@ -261,7 +261,7 @@ struct jw {
 	uint8_t *arena;                /* names of the open objects */
 	size_t an, acap;
 	struct keyref *keys;
-	size_t nk, kcap;
+	size_t nk, kcap;               /* kcap in bytes */
 	const struct mask_path *paths;
 	size_t npaths;
 	const struct pbits *pb;        /* [npaths] */
@@ -269,7 +269,12 @@ struct jw {
 	struct mask_report *rep;
 	struct { char name[REPORT_CACHE_NAME]; size_t len; } rcache[REPORT_CACHE];
 	unsigned nrcache;              /* names already in rep->fields */
+	/* where arena and keys start, so a small body needs no allocation */
+	uint8_t arena0[256];
+	struct keyref keys0[32];
 };
+
+#define STACK_PATHS 4              /* path states of this many paths live on the stack */
 
 #define OUT_MAX ((size_t)MASK_JSON_MAX * 4)
 
@@ -702,21 +707,38 @@ static bool step_states(struct jw *w, int depth, const uint8_t *key, size_t klen
 	return final;
 }
 
+/* grow() for a buffer that starts in jw itself (inl): moved to the heap
+ * when it first outgrows it. */
+static int grow_inl(void **p, size_t *cap, size_t need, size_t max, void *inl, size_t used)
+{
+	void *np;
+	size_t c = *cap;
+	int rc;
+
+	if (need <= *cap)
+		return 0;
+	if (*p != inl)
+		return grow(p, cap, need, max);
+	np = NULL;
+	if ((rc = grow(&np, &c, need, max)))
+		return rc;
+	memcpy(np, inl, used);
+	*p = np;
+	*cap = c;
+	return 0;
+}
+
 static int push_key(struct jw *w, const uint8_t *d, size_t dlen, size_t *off)
 {
 	int rc;
 
-	if ((rc = grow((void **)&w->arena, &w->acap, w->an + dlen + 1, MASK_JSON_MAX + 1)))
+	if (w->an + dlen + 1 > w->acap &&
+	    (rc = grow_inl((void **)&w->arena, &w->acap, w->an + dlen + 1, MASK_JSON_MAX + 1, w->arena0, w->an)))
 		return rc;
-	if (w->nk == w->kcap) {
-		size_t cap = w->kcap ? w->kcap * 2 : 64;
-		struct keyref *nk = realloc(w->keys, cap * sizeof(*nk));
-
-		if (!nk)
-			return -ENOMEM;
-		w->keys = nk;
-		w->kcap = cap;
-	}
+	if ((w->nk + 1) * sizeof(*w->keys) > w->kcap &&
+	    (rc = grow_inl((void **)&w->keys, &w->kcap, (w->nk + 1) * sizeof(*w->keys), (size_t)-1, w->keys0,
+			   w->nk * sizeof(*w->keys))))
+		return rc;
 	memcpy(w->arena + w->an, d, dlen);
 	*off = w->an;
 	w->keys[w->nk].off = w->an;
@@ -1006,6 +1028,8 @@ int mask_json(const struct mask_rules *m, const char *body, size_t len, char **o
 {
 	struct jw w = { .m = m, .s = (const uint8_t *)body, .len = len, .rep = rep };
 	struct ctx root = { .name_len = SIZE_MAX };
+	uint64_t st_stack[(MASK_JSON_DEPTH + 2) * STACK_PATHS];
+	struct pbits pb_stack[STACK_PATHS];
 	int rc;
 
 	*out = NULL;
@@ -1019,16 +1043,30 @@ int mask_json(const struct mask_rules *m, const char *body, size_t len, char **o
 	w.detect = mask_has_detectors(m);
 	w.minlen = mask_min_match(m);
 	w.paths = mask_rules_paths(m, &w.npaths);
+	w.arena = w.arena0;
+	w.acap = sizeof(w.arena0);
+	w.keys = w.keys0;
+	w.kcap = sizeof(w.keys0);
 	if (w.npaths) {
+		size_t nst = (size_t)(MASK_JSON_DEPTH + 2) * w.npaths;
 		struct pbits *pb;
 
-		w.st = calloc((size_t)(MASK_JSON_DEPTH + 2) * w.npaths, sizeof(*w.st));
-		w.pb = pb = calloc(w.npaths, sizeof(*pb));
+		if (w.npaths <= STACK_PATHS) {
+			w.st = st_stack;
+			w.pb = pb = pb_stack;
+		} else {
+			w.st = malloc(nst * sizeof(*w.st));
+			w.pb = pb = malloc(w.npaths * sizeof(*pb));
+		}
 		if (!w.st || !pb) {
-			free(w.st);
-			free(pb);
+			if (w.st != st_stack) {
+				free(w.st);
+				free(pb);
+			}
 			return -ENOMEM;
 		}
+		memset(w.st, 0, nst * sizeof(*w.st));
+		memset(pb, 0, w.npaths * sizeof(*pb));
 		for (size_t i = 0; i < w.npaths; i++) {
 			const struct mask_path *mp = &w.paths[i];
 
@@ -1058,12 +1096,16 @@ int mask_json(const struct mask_rules *m, const char *body, size_t len, char **o
 			rc = flush(&w, w.pos);
 	}
 done:
-	free(w.st);
-	free((void *)w.pb);
+	if (w.st != st_stack) {
+		free(w.st);
+		free((void *)w.pb);
+	}
 	free(w.dec);
 	free(w.mbuf);
-	free(w.arena);
-	free(w.keys);
+	if (w.arena != w.arena0)
+		free(w.arena);
+	if (w.keys != w.keys0)
+		free(w.keys);
 	if (rc) {
 		free(w.out);
 		if (rep)

@@ -547,6 +547,66 @@ static void test_huge_strings(void)
 	mask_free(m);
 }
 
+/* ---- scratch that starts inside the parser and moves to the heap --------- */
+
+static void test_scratch_growth(void)
+{
+	const char *json[6] = { "$.k099", "$..deep", "$.a", "$.b", "$.c", "$.d" };
+	const char *det[1] = { "credit_card" };
+	struct mask_rules *m4 = compile(det, 1, json, 2), *m6 = compile(det, 1, json, 6);
+	char *body = malloc(1 << 16), *o;
+	size_t n;
+	int rc;
+
+	CHECK(m4 && m6);
+	if (!m4 || !m6) {
+		free(body);
+		mask_free(m4);
+		mask_free(m6);
+		return;
+	}
+	/* 100 members with 40-byte names: more keys and name bytes than start
+	 * inline; the last is named by a path */
+	for (int dup = 0; dup < 2; dup++) {
+		n = (size_t)sprintf(body, "{");
+		for (int i = 0; i < 100; i++)
+			n += (size_t)sprintf(body + n, "%s\"k%03d%036d\":%d", i ? "," : "", i, 0, i);
+		n += (size_t)sprintf(body + n, ",\"k099\":\"4111111111111111\"");
+		if (dup)   /* the first name again, at the very end */
+			n += (size_t)sprintf(body + n, ",\"k000%036d\":1", 0);
+		n += (size_t)sprintf(body + n, "}");
+		o = mj(m4, body, n, &rc, NULL);
+		if (dup) {
+			CHECK(rc == -EINVAL && o == NULL);
+		} else {
+			CHECK(rc == 0 && o && strstr(o, "\"k099\":\"****\"}") && !strstr(o, "4111"));
+			CHECK(o && strstr(o, "\"k098000000000000000000000000000000000000\":98,"));
+		}
+		free(o);
+	}
+	/* 20 open objects with 60-byte names: the names of the open objects
+	 * outgrow the inline arena while they are all still open */
+	n = 0;
+	for (int i = 0; i < 20; i++)
+		n += (size_t)sprintf(body + n, "{\"%060d\":", i);
+	n += (size_t)sprintf(body + n, "{\"deep\":1,\"x\":\"4111111111111111\"}");
+	for (int i = 0; i < 20; i++)
+		body[n++] = '}';
+	o = mj(m4, body, n, &rc, NULL);
+	CHECK(rc == 0 && o && strstr(o, "{\"deep\":\"****\",\"x\":\"****\"}}}"));
+	free(o);
+	/* more paths than live on the stack: the same answers */
+	o = mj(m6, body, n, &rc, NULL);
+	CHECK(rc == 0 && o && strstr(o, "{\"deep\":\"****\",\"x\":\"****\"}}}"));
+	free(o);
+	o = mjs(m6, "{\"a\":1,\"b\":[2],\"c\":{\"d\":3},\"d\":\"x\",\"e\":5}", &rc);
+	CHECK(rc == 0 && o && strcmp(o, "{\"a\":\"****\",\"b\":\"****\",\"c\":\"****\",\"d\":\"****\",\"e\":5}") == 0);
+	free(o);
+	free(body);
+	mask_free(m4);
+	mask_free(m6);
+}
+
 int main(void)
 {
 	RUN(test_min_lengths);
@@ -556,5 +616,6 @@ int main(void)
 	RUN(test_paths_nested);
 	RUN(test_report_cache);
 	RUN(test_huge_strings);
+	RUN(test_scratch_growth);
 	UNIT_DONE("mask_fast");
 }
