@@ -296,13 +296,18 @@ static int grow(void **p, size_t *cap, size_t need, size_t max)
 	return 0;
 }
 
-static int emit(struct jw *w, const void *p, size_t n)
+static int emit_grow(struct jw *w, size_t n)
+{
+	return grow((void **)&w->out, &w->ocap, w->on + n + 1, OUT_MAX + 1);
+}
+
+static inline __attribute__((always_inline)) int emit(struct jw *w, const void *p, size_t n)
 {
 	int rc;
 
 	if (!n)
 		return 0;
-	if (w->on + n + 1 > w->ocap && (rc = grow((void **)&w->out, &w->ocap, w->on + n + 1, OUT_MAX + 1)))
+	if (w->on + n + 1 > w->ocap && (rc = emit_grow(w, n)))
 		return rc;
 	/* Runs between whitespace are short: two overlapping 8-byte moves
 	 * (both inside [p, p + n)) instead of a call to memcpy. */
@@ -523,7 +528,7 @@ static int decode_string(struct jw *w, size_t b, size_t p, size_t *end, size_t *
  * ARE its decoded text: validated UTF-8, no control byte, nothing to
  * undo), else w->dec. raw and rawlen give the token with its quotes.
  */
-static int parse_string(struct jw *w, size_t *raw, size_t *rawlen, const uint8_t **d, size_t *dlen)
+static inline __attribute__((always_inline)) int parse_string(struct jw *w, size_t *raw, size_t *rawlen, const uint8_t **d, size_t *dlen)
 {
 	const uint8_t *s = w->s;
 	size_t b = w->pos + 1, p = b;
@@ -673,7 +678,7 @@ static int parse_value(struct jw *w, int depth, bool quiet, struct ctx *cx);
  * matches the child moves on to b + 1. Only name and index steps need a
  * look at the child, and only those that are pending.
  */
-static bool step_states(struct jw *w, int depth, const uint8_t *key, size_t klen, bool is_index,
+static inline __attribute__((always_inline)) bool step_states(struct jw *w, int depth, const uint8_t *key, size_t klen, bool is_index,
 			uint32_t index)
 {
 	const uint64_t *par = w->st + (size_t)depth * w->npaths;
@@ -728,7 +733,7 @@ static int grow_inl(void **p, size_t *cap, size_t need, size_t max, void *inl, s
 	return 0;
 }
 
-static int push_key(struct jw *w, const uint8_t *d, size_t dlen, size_t *off)
+static inline __attribute__((always_inline)) int push_key(struct jw *w, const uint8_t *d, size_t dlen, size_t *off)
 {
 	int rc;
 
