@@ -64,9 +64,12 @@ static bool ieq(const uint8_t *s, size_t n, const char *lit)
 	return i == n && !lit[i];
 }
 
-bool http_field_is(const uint8_t *buf, const struct http_field *f, const char *name)
+bool http_name_eq(const uint8_t *s, const char *name, size_t n)
 {
-	return ieq(buf + f->name, f->name_len, name);
+	for (size_t i = 0; i < n; i++)
+		if (lower(s[i]) != lower((uint8_t)name[i]))
+			return false;
+	return true;
 }
 
 /*

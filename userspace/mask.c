@@ -53,6 +53,8 @@ static const char *const det_names[DET__FIXED] = {
 
 struct mask_rules {
 	unsigned det;                  /* 1u << enum det */
+	size_t minlen;                 /* shortest possible match (see det_minlen) */
+	bool digits_only;              /* possible() needs no class but digits */
 	pcre2_code *re[MASK_MAX_REGEX];
 	size_t nre;
 	pcre2_match_context *mctx;
@@ -590,6 +592,27 @@ static bool next_apikey(const uint8_t *s, size_t len, size_t from, size_t *ms, s
 
 typedef bool (*next_fn)(const uint8_t *s, size_t len, size_t from, size_t *ms, size_t *me);
 
+/*
+ * The shortest text each fixed detector can match, read off its scanner:
+ * a value shorter than the smallest of the enabled ones is given back
+ * unchanged without a look (most JSON member names and short values).
+ *   card     next_card looks only at p + 13 <= len (13 digits at least)
+ *   email    a local byte, '@', two labels of which the last (the TLD) has
+ *            2+ bytes, a '.' between them: "a@b.cc", 6
+ *   ssn      next_ssn looks only at p + 11 <= len ("ddd-dd-dddd")
+ *   iban     next_iban looks only at p + 15 <= len
+ *   phone    E.164: '+' and 8+ digits, 9; NANP needs 12 (len - p >= 12)
+ *   jwt      possible() asks for 20 (the scanner alone: an 8-byte header,
+ *            '.', a payload byte, '.': 11)
+ *   api_key  next_apikey looks only at p + 15 <= len
+ * tests/unit/test_mask.c masks a value of exactly each length, so none of
+ * these can be too high without a test failing.
+ */
+static const uint8_t det_minlen[DET__FIXED] = {
+	[DET_CARD] = 13, [DET_EMAIL] = 6, [DET_SSN] = 11, [DET_IBAN] = 15,
+	[DET_PHONE] = 9, [DET_JWT] = 20, [DET_APIKEY] = 15,
+};
+
 static const next_fn det_next[DET__FIXED] = {
 	[DET_CARD] = next_card, [DET_EMAIL] = next_email, [DET_SSN] = next_ssn,
 	[DET_IBAN] = next_iban, [DET_PHONE] = next_phone, [DET_JWT] = next_jwt,
@@ -859,7 +882,20 @@ struct mask_rules *mask_compile(const struct policy_mask *const *masks, size_t n
 			return NULL;
 		}
 	}
+	/* possible() asks the digit count (card, iban), the length (iban,
+	 * api_key) and nothing else of these; the others need a class. */
+	m->digits_only = !(m->det & ~((1u << DET_CARD) | (1u << DET_IBAN) | (1u << DET_APIKEY)));
+	/* A custom pattern can match one byte (empty matches are refused). */
+	m->minlen = m->nre ? 1 : SIZE_MAX;
+	for (int d = 0; d < DET__FIXED; d++)
+		if ((m->det & (1u << d)) && det_minlen[d] < m->minlen)
+			m->minlen = det_minlen[d];
 	return m;
+}
+
+size_t mask_min_match(const struct mask_rules *m)
+{
+	return mask_has_detectors(m) ? m->minlen : SIZE_MAX;
 }
 
 bool mask_is_empty(const struct mask_rules *m)
@@ -957,17 +993,65 @@ static const uint8_t cls[256] = {
 	['-'] = C_DASH | C_NANPSEP,
 };
 
-static unsigned possible(const struct mask_rules *m, const uint8_t *s, size_t len)
+/* Nonzero when one of the 8 bytes of x is zero. A false bit can only sit
+ * above a true zero byte (the borrow), so "nonzero" is exact. */
+static inline uint64_t zero_byte(uint64_t x)
 {
-	size_t digits = 0;
-	unsigned seen = 0, d = 0;
+	return (x - 0x0101010101010101ull) & ~x & 0x8080808080808080ull;
+}
 
-	for (size_t i = 0; i < len; i++) {
+/*
+ * The classes of cls[] over s, 8 bytes at a time: the digit count is exact
+ * (per byte b < 0x80, b + 0x50 has its top bit set iff b >= '0', b + 0x46
+ * iff b > '9'; no carry leaves a byte; bytes >= 0x80 are dropped), and a
+ * class is seen iff zero_byte() of the word XOR that byte is nonzero.
+ */
+static unsigned classes(const uint8_t *s, size_t len, bool digits_only, size_t *digits)
+{
+	const uint64_t ones = 0x0101010101010101ull, highs = ones * 0x80;
+	uint64_t dot = 0, at = 0, plus = 0, paren = 0, dash = 0;
+	size_t i = 0, nd = 0;
+	unsigned seen = 0;
+
+	/* The enabled detectors look at the digit count only (and the
+	 * length): the other classes are not needed, not computed. */
+	for (; digits_only && len - i >= 8; i += 8) {
+		uint64_t x, y, dg;
+
+		memcpy(&x, s + i, 8);
+		y = x & ~highs;
+		dg = (y + ones * 0x50) & ~(y + ones * 0x46) & ~x & highs;
+		nd += (size_t)(((dg >> 7) * ones) >> 56);
+	}
+	for (; len - i >= 8; i += 8) {
+		uint64_t x, y, dg;
+
+		memcpy(&x, s + i, 8);
+		y = x & ~highs;
+		dg = (y + ones * 0x50) & ~(y + ones * 0x46) & ~x & highs;
+		nd += (size_t)(((dg >> 7) * ones) >> 56);
+		dot |= zero_byte(x ^ (ones * '.'));
+		at |= zero_byte(x ^ (ones * '@'));
+		plus |= zero_byte(x ^ (ones * '+'));
+		paren |= zero_byte(x ^ (ones * '('));
+		dash |= zero_byte(x ^ (ones * '-'));
+	}
+	seen = (nd ? C_DIGIT : 0) | (dot ? C_DOT | C_NANPSEP : 0) | (at ? C_AT : 0) |
+	       (plus ? C_PLUS : 0) | (paren ? C_NANPSEP : 0) | (dash ? C_DASH | C_NANPSEP : 0);
+	for (; i < len; i++) {
 		uint8_t c = cls[s[i]];
 
 		seen |= c;
-		digits += c & C_DIGIT;
+		nd += c & C_DIGIT;
 	}
+	*digits = nd;
+	return seen;
+}
+
+static unsigned possible(const struct mask_rules *m, const uint8_t *s, size_t len)
+{
+	size_t digits;
+	unsigned seen = classes(s, len, m->digits_only, &digits), d = 0;
 	if (digits >= 13)
 		d |= 1u << DET_CARD;
 	if (seen & C_AT)
@@ -1022,7 +1106,7 @@ static size_t mask_run(const struct mask_rules *m, const uint8_t *s, size_t len,
 
 	if (m->nre && (len > MASK_REGEX_MAX_VALUE || !utf8_valid(s, len)))
 		goto whole;
-	det = possible(m, s, len);
+	det = len < m->minlen ? 0 : possible(m, s, len);
 	if (!det && !m->nre) {   /* no detector can match: most values */
 		if (!put(out, outcap, &o, s, len))
 			return (size_t)-1;
@@ -1093,6 +1177,14 @@ size_t mask_value(const struct mask_rules *m, const char *in, size_t len, char *
 		return len;
 	}
 	return mask_run(m, (const uint8_t *)in, len, out, outcap, hits);
+}
+
+bool mask_value_maybe(const struct mask_rules *m, const char *in, size_t len)
+{
+	/* mask_run()'s own early exit, and nothing else: no custom pattern,
+	 * and no fixed detector can match (too short, or possible() says no) */
+	return len && mask_has_detectors(m) &&
+	       (m->nre || (len >= m->minlen && possible(m, (const uint8_t *)in, len)));
 }
 
 bool mask_value_matches(const struct mask_rules *m, const char *in, size_t len)

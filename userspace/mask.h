@@ -124,6 +124,16 @@ size_t mask_value(const struct mask_rules *m, const char *in, size_t len, char *
 /* Like mask_value() but only tells whether anything would be replaced. */
 bool mask_value_matches(const struct mask_rules *m, const char *in, size_t len);
 
+/* The detectors' cheap prefilter: false only when mask_value() would give
+ * in back unchanged with no hits (no custom pattern, and no fixed detector
+ * can match: too short for any, or missing what each needs: 13 digits, an
+ * '@'...). true says nothing: run mask_value(). */
+bool mask_value_maybe(const struct mask_rules *m, const char *in, size_t len);
+
+/* The shortest value any detector of m can change (1 with custom patterns,
+ * SIZE_MAX without detectors): mask_value() gives a shorter one back as is. */
+size_t mask_min_match(const struct mask_rules *m);
+
 /* JSON body masking. The body is validated strictly (RFC 8259: one value,
  * UTF-8, no duplicate member names, no lone surrogates, no \u0000) in one
  * pass without a DOM; the output is compact (insignificant whitespace

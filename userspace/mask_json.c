@@ -232,6 +232,15 @@ int mask_json_path_check(const char *path, char *why, size_t whylen)
 
 /* ---- the rewriter -------------------------------------------------------- */
 
+/* A path's steps by kind, one bit per step (see step_states()). */
+struct pbits {
+	uint64_t desc, any, name, index;
+	unsigned nsteps;
+};
+
+#define REPORT_CACHE      8
+#define REPORT_CACHE_NAME 64
+
 struct keyref {
 	size_t off, len;               /* decoded name in w->arena */
 };
@@ -240,7 +249,9 @@ struct jw {
 	const struct mask_rules *m;
 	const uint8_t *s;
 	size_t len, pos;
+	size_t cp;                     /* the output run not yet copied starts here */
 	bool detect;                   /* detectors configured */
+	size_t minlen;                 /* shorter values are never changed by them */
 	char *out;                     /* output */
 	size_t on, ocap;
 	uint8_t *dec;                  /* decoded string, scratch */
@@ -250,12 +261,20 @@ struct jw {
 	uint8_t *arena;                /* names of the open objects */
 	size_t an, acap;
 	struct keyref *keys;
-	size_t nk, kcap;
+	size_t nk, kcap;               /* kcap in bytes */
 	const struct mask_path *paths;
 	size_t npaths;
+	const struct pbits *pb;        /* [npaths] */
 	uint64_t *st;                  /* [MASK_JSON_DEPTH + 2][npaths] */
 	struct mask_report *rep;
+	struct { char name[REPORT_CACHE_NAME]; size_t len; } rcache[REPORT_CACHE];
+	unsigned nrcache;              /* names already in rep->fields */
+	/* where arena and keys start, so a small body needs no allocation */
+	uint8_t arena0[256];
+	struct keyref keys0[32];
 };
+
+#define STACK_PATHS 4              /* path states of this many paths live on the stack */
 
 #define OUT_MAX ((size_t)MASK_JSON_MAX * 4)
 
@@ -277,15 +296,31 @@ static int grow(void **p, size_t *cap, size_t need, size_t max)
 	return 0;
 }
 
-static int emit(struct jw *w, const void *p, size_t n)
+static int emit_grow(struct jw *w, size_t n)
+{
+	return grow((void **)&w->out, &w->ocap, w->on + n + 1, OUT_MAX + 1);
+}
+
+static inline __attribute__((always_inline)) int emit(struct jw *w, const void *p, size_t n)
 {
 	int rc;
 
 	if (!n)
 		return 0;
-	if (w->on + n + 1 > w->ocap && (rc = grow((void **)&w->out, &w->ocap, w->on + n + 1, OUT_MAX + 1)))
+	if (w->on + n + 1 > w->ocap && (rc = emit_grow(w, n)))
 		return rc;
-	memcpy(w->out + w->on, p, n);
+	/* Runs between whitespace are short: two overlapping 8-byte moves
+	 * (both inside [p, p + n)) instead of a call to memcpy. */
+	if (n >= 8 && n <= 16) {
+		uint64_t a, b;
+
+		memcpy(&a, p, 8);
+		memcpy(&b, (const uint8_t *)p + n - 8, 8);
+		memcpy(w->out + w->on, &a, 8);
+		memcpy(w->out + w->on + n - 8, &b, 8);
+	} else {
+		memcpy(w->out + w->on, p, n);
+	}
 	w->on += n;
 	return 0;
 }
@@ -298,17 +333,41 @@ static inline int emitc(struct jw *w, char c)
 	return 0;
 }
 
-static inline void skip_ws(struct jw *w)
+static inline bool is_ws(uint8_t c)
 {
-	if (w->pos < w->len && w->s[w->pos] > ' ')
-		return;   /* the common case: no whitespace at all */
-	while (w->pos < w->len) {
-		uint8_t c = w->s[w->pos];
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
 
-		if (c != ' ' && c != '\t' && c != '\n' && c != '\r')
-			break;
-		w->pos++;
-	}
+/*
+ * The output is the input's own bytes in runs: w->cp is where the run not
+ * yet copied starts. Whitespace between tokens and a replaced value end a
+ * run; every other token (punctuation, names, values nothing matched) is
+ * already in it, so it costs no copy of its own.
+ */
+static int flush(struct jw *w, size_t upto)
+{
+	int rc = emit(w, w->s + w->cp, upto - w->cp);
+
+	w->cp = upto;
+	return rc;
+}
+
+/* Skips whitespace; outside a replaced value (!quiet) it ends the run. */
+static inline int skip_ws(struct jw *w, bool quiet)
+{
+	size_t p = w->pos;
+	int rc;
+
+	if (p >= w->len || w->s[p] > ' ' || !is_ws(w->s[p]))
+		return 0;   /* the common case: no whitespace at all */
+	if (!quiet && (rc = flush(w, p)))
+		return rc;
+	while (p < w->len && is_ws(w->s[p]))
+		p++;
+	w->pos = p;
+	if (!quiet)
+		w->cp = p;
+	return 0;
 }
 
 static int hex4(const uint8_t *p, uint32_t *v)
@@ -362,43 +421,55 @@ static size_t utf8_seq(const uint8_t *p, size_t n)
 	return k + 1;
 }
 
-/* true when none of the 8 bytes at s needs a look in a string: a control
- * character, '"', '\\' or a byte >= 0x80. Per term, the lowest such byte
- * sets its own top bit without a borrow from below, so the test is exact. */
-static inline bool word_plain(const uint8_t *s)
+/*
+ * The first of the 8 bytes at s that needs a look in a string (a control
+ * character, '"', '\\' or a byte >= 0x80), or 8 when none does. Per byte,
+ * the lowest such byte sets its own top bit in t without a borrow from
+ * below (every byte under it is in 0x20..0x7f and neither '"' nor '\\'),
+ * so the lowest set bit of t is exact; bits above it may be noise and are
+ * never used.
+ */
+static inline unsigned first_special(const uint8_t *s)
 {
 	const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
-	uint64_t x;
+	uint64_t x, t;
 
 	memcpy(&x, s, 8);
-	return !(((x - ones * 0x20) | ((x ^ (ones * '"')) - ones) | ((x ^ (ones * '\\')) - ones) |
-		  x) & highs);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+	x = __builtin_bswap64(x);      /* byte 0 in the low bits, as below */
+#endif
+	t = ((x - ones * 0x20) | ((x ^ (ones * '"')) - ones) | ((x ^ (ones * '\\')) - ones) | x) & highs;
+	return t ? (unsigned)__builtin_ctzll(t) >> 3 : 8;
 }
 
-/* Parses the string at w->pos (on '"'), decoding into w->dec (*dlen bytes);
- * raw and rawlen give the token with its quotes. */
-static int parse_string(struct jw *w, size_t *raw, size_t *rawlen, size_t *dlen)
+/* Decodes the escapes of the string whose body starts at b (after its
+ * '"'); p is the first '\\' (everything before it is plain, validated).
+ * Decoded text goes to w->dec (*dlen bytes); *end is the closing '"'. */
+static int decode_string(struct jw *w, size_t b, size_t p, size_t *end, size_t *dlen)
 {
 	const uint8_t *s = w->s;
-	size_t p = w->pos + 1, o = 0;
+	size_t o = p - b;
 	int rc;
 
 	/* Decoded text is never longer than its escaped form. */
-	if ((rc = grow((void **)&w->dec, &w->dcap, w->len - w->pos + 1, MASK_JSON_MAX + 1)))
+	if ((rc = grow((void **)&w->dec, &w->dcap, w->len - b + 1, MASK_JSON_MAX + 1)))
 		return rc;
+	memcpy(w->dec, s + b, o);
 	for (;;) {
 		uint8_t c;
 
 		if (p >= w->len)
 			return -EINVAL;
 		/* runs of plain ASCII, 8 bytes at a time */
-		while (w->len - p >= 8 && word_plain(s + p)) {
-			memcpy(w->dec + o, s + p, 8);
-			o += 8;
-			p += 8;
+		if (w->len - p >= 8) {
+			unsigned k = first_special(s + p);
+
+			memcpy(w->dec + o, s + p, 8);   /* dec has room: see grow() */
+			o += k;
+			p += k;
+			if (k == 8)
+				continue;
 		}
-		if (p >= w->len)
-			return -EINVAL;
 		c = s[p];
 		if (c == '"')
 			break;
@@ -446,9 +517,61 @@ static int parse_string(struct jw *w, size_t *raw, size_t *rawlen, size_t *dlen)
 			o += put_utf8(w->dec + o, cp);
 		}
 	}
+	*end = p;
+	*dlen = o;
+	return 0;
+}
+
+/*
+ * Parses the string at w->pos (on '"'). Its decoded text is *d, *dlen
+ * bytes: the input's own bytes when the string has no escape (then they
+ * ARE its decoded text: validated UTF-8, no control byte, nothing to
+ * undo), else w->dec. raw and rawlen give the token with its quotes.
+ */
+static inline __attribute__((always_inline)) int parse_string(struct jw *w, size_t *raw, size_t *rawlen, const uint8_t **d, size_t *dlen)
+{
+	const uint8_t *s = w->s;
+	size_t b = w->pos + 1, p = b;
+	int rc;
+
+	for (;;) {
+		uint8_t c;
+
+		while (w->len - p >= 8) {
+			unsigned k = first_special(s + p);
+
+			p += k;
+			if (k < 8)
+				break;
+		}
+		if (p >= w->len)
+			return -EINVAL;
+		c = s[p];
+		if (c == '"') {
+			*d = s + b;
+			*dlen = p - b;
+			break;
+		}
+		if (c == '\\') {
+			if ((rc = decode_string(w, b, p, &p, dlen)))
+				return rc;
+			*d = w->dec;
+			break;
+		}
+		if (c < 0x20)
+			return -EINVAL;
+		if (c < 0x80) {
+			p++;
+		} else {
+			size_t k = utf8_seq(s + p, w->len - p);
+
+			if (!k)
+				return -EINVAL;
+			p += k;
+		}
+	}
 	*raw = w->pos;
 	*rawlen = p + 1 - w->pos;
-	*dlen = o;
 	w->pos = p + 1;
 	return 0;
 }
@@ -491,9 +614,9 @@ static int emit_quoted(struct jw *w, const char *p, size_t n)
 	return rc ? rc : emitc(w, '"');
 }
 
-/* Runs the detectors over w->dec[0..dlen). Returns hits; the masked text is
- * in w->mbuf[0..*mlen). */
-static int detect(struct jw *w, size_t dlen, size_t *mlen, unsigned *hits)
+/* Runs the detectors over d[0..dlen). Returns hits; the masked text is in
+ * w->mbuf[0..*mlen). */
+static int detect(struct jw *w, const uint8_t *d, size_t dlen, size_t *mlen, unsigned *hits)
 {
 	size_t cap = mask_value_bound(dlen), n;
 	int rc;
@@ -501,7 +624,7 @@ static int detect(struct jw *w, size_t dlen, size_t *mlen, unsigned *hits)
 	*hits = 0;
 	if ((rc = grow((void **)&w->mbuf, &w->mcap, cap, (size_t)-1)))
 		return rc;
-	n = mask_value(w->m, (const char *)w->dec, dlen, w->mbuf, w->mcap, hits);
+	n = mask_value(w->m, (const char *)d, dlen, w->mbuf, w->mcap, hits);
 	if (n == (size_t)-1)
 		return -ENOMEM;          /* cannot happen: cap is the bound */
 	*mlen = n;
@@ -514,6 +637,22 @@ struct ctx {
 	bool touched;                  /* counted in rep->columns already */
 };
 
+/* Adds name to the report's field list unless it was added before: the
+ * same name again changes nothing there (mask_report_add() lists a name
+ * once, and once the list is full nothing more goes in), so the cache only
+ * saves masking the name and searching the list on every hit. */
+static void report_name(struct jw *w, const char *name, size_t len)
+{
+	for (unsigned i = 0; i < w->nrcache; i++)
+		if (w->rcache[i].len == len && memcmp(w->rcache[i].name, name, len) == 0)
+			return;
+	mask_report_add(w->rep, w->m, name, len);
+	if (w->nrcache < REPORT_CACHE && len <= REPORT_CACHE_NAME) {
+		memcpy(w->rcache[w->nrcache].name, name, len);
+		w->rcache[w->nrcache++].len = len;
+	}
+}
+
 static void report(struct jw *w, struct ctx *cx, unsigned hits)
 {
 	if (!w->rep || !hits)
@@ -524,68 +663,88 @@ static void report(struct jw *w, struct ctx *cx, unsigned hits)
 		cx->touched = true;
 	}
 	if (cx->name_len == SIZE_MAX)
-		mask_report_add(w->rep, w->m, "$", 1);
+		report_name(w, "$", 1);
 	else
-		mask_report_add(w->rep, w->m, (const char *)w->arena + cx->name_off, cx->name_len);
+		report_name(w, (const char *)w->arena + cx->name_off, cx->name_len);
 }
 
 static int parse_value(struct jw *w, int depth, bool quiet, struct ctx *cx);
 
-/* Path states of a child of the value at level depth (named by key or by
- * index), into level depth + 1. Returns true when a path ends there. */
-static bool step_states(struct jw *w, int depth, const uint8_t *key, size_t klen, bool is_index,
-			uint32_t index, bool *any)
+/*
+ * Path states of a child of the value at level depth (named by key or by
+ * index), into level depth + 1. Returns true when a path ends there.
+ * Per path, bit b of a state set means "steps 0..b-1 matched, step b is
+ * next". A pending descendant step ("..") stays pending below; a step that
+ * matches the child moves on to b + 1. Only name and index steps need a
+ * look at the child, and only those that are pending.
+ */
+static inline __attribute__((always_inline)) bool step_states(struct jw *w, int depth, const uint8_t *key, size_t klen, bool is_index,
+			uint32_t index)
 {
 	const uint64_t *par = w->st + (size_t)depth * w->npaths;
 	uint64_t *kid = w->st + (size_t)(depth + 1) * w->npaths;
 	bool final = false;
 
-	*any = false;
 	for (size_t i = 0; i < w->npaths; i++) {
-		const struct mask_path *mp = &w->paths[i];
-		uint64_t in = par[i], outs = 0;
+		const struct pbits *pb = &w->pb[i];
+		const struct mask_step *step = w->paths[i].step;
+		uint64_t in = par[i], adv, look;
 
-		for (unsigned b = 0; in && b < mp->nsteps; b++) {
-			const struct mask_step *st = &mp->step[b];
-			bool hit;
-
-			if (!(in & (1ull << b)))
-				continue;
-			in &= ~(1ull << b);
-			if (st->descendant)
-				outs |= 1ull << b;
-			hit = st->kind == MSTEP_ANY ||
-			      (st->kind == MSTEP_INDEX && is_index && st->index == index) ||
-			      (st->kind == MSTEP_NAME && !is_index && st->namelen == klen &&
-			       memcmp(st->name, key, klen) == 0);
-			if (hit)
-				outs |= 1ull << (b + 1);
+		if (!in) {
+			kid[i] = 0;
+			continue;
 		}
-		kid[i] = outs;
-		if (outs & (1ull << mp->nsteps))
+		adv = in & pb->any;
+		look = in & (is_index ? pb->index : pb->name);
+		while (look) {
+			unsigned b = (unsigned)__builtin_ctzll(look);
+			const struct mask_step *st = &step[b];
+
+			look &= look - 1;
+			if (is_index ? st->index == index :
+			    st->namelen == klen && st->name[0] == key[0] && memcmp(st->name, key, klen) == 0)
+				adv |= 1ull << b;
+		}
+		kid[i] = (in & pb->desc) | (adv << 1);
+		if (kid[i] & (1ull << pb->nsteps))
 			final = true;
-		if (outs)
-			*any = true;
 	}
 	return final;
 }
 
-static int push_key(struct jw *w, size_t dlen, size_t *off)
+/* grow() for a buffer that starts in jw itself (inl): moved to the heap
+ * when it first outgrows it. */
+static int grow_inl(void **p, size_t *cap, size_t need, size_t max, void *inl, size_t used)
+{
+	void *np;
+	size_t c = *cap;
+	int rc;
+
+	if (need <= *cap)
+		return 0;
+	if (*p != inl)
+		return grow(p, cap, need, max);
+	np = NULL;
+	if ((rc = grow(&np, &c, need, max)))
+		return rc;
+	memcpy(np, inl, used);
+	*p = np;
+	*cap = c;
+	return 0;
+}
+
+static inline __attribute__((always_inline)) int push_key(struct jw *w, const uint8_t *d, size_t dlen, size_t *off)
 {
 	int rc;
 
-	if ((rc = grow((void **)&w->arena, &w->acap, w->an + dlen + 1, MASK_JSON_MAX + 1)))
+	if (w->an + dlen + 1 > w->acap &&
+	    (rc = grow_inl((void **)&w->arena, &w->acap, w->an + dlen + 1, MASK_JSON_MAX + 1, w->arena0, w->an)))
 		return rc;
-	if (w->nk == w->kcap) {
-		size_t cap = w->kcap ? w->kcap * 2 : 64;
-		struct keyref *nk = realloc(w->keys, cap * sizeof(*nk));
-
-		if (!nk)
-			return -ENOMEM;
-		w->keys = nk;
-		w->kcap = cap;
-	}
-	memcpy(w->arena + w->an, w->dec, dlen);
+	if ((w->nk + 1) * sizeof(*w->keys) > w->kcap &&
+	    (rc = grow_inl((void **)&w->keys, &w->kcap, (w->nk + 1) * sizeof(*w->keys), (size_t)-1, w->keys0,
+			   w->nk * sizeof(*w->keys))))
+		return rc;
+	memcpy(w->arena + w->an, d, dlen);
 	*off = w->an;
 	w->keys[w->nk].off = w->an;
 	w->keys[w->nk].len = dlen;
@@ -614,7 +773,8 @@ static bool has_dup(struct jw *w, size_t k0)
 	if (n <= 8) {
 		for (size_t i = k0; i < w->nk; i++)
 			for (size_t j = i + 1; j < w->nk; j++)
-				if (keycmp(&w->keys[i], &w->keys[j], w->arena) == 0)
+				if (w->keys[i].len == w->keys[j].len &&
+				    memcmp(w->arena + w->keys[i].off, w->arena + w->keys[j].off, w->keys[i].len) == 0)
 					return true;
 		return false;
 	}
@@ -627,83 +787,116 @@ static bool has_dup(struct jw *w, size_t k0)
 
 static const char MASKED[] = "\"" MASK_TOKEN "\"";
 
-/* A string value or member name: raw bytes when nothing matched, else the
- * masked text re-encoded. */
-static int emit_scanned(struct jw *w, size_t raw, size_t rawlen, size_t dlen, struct ctx *cx,
-			bool quiet)
+/* The token at [start, end) is replaced by text: the run before it is
+ * copied, the run after it starts at end. */
+static int replace(struct jw *w, size_t start, size_t end, const char *text, size_t n)
+{
+	int rc;
+
+	if ((rc = flush(w, start)) || (rc = emit(w, text, n)))
+		return rc;
+	w->cp = end;
+	return 0;
+}
+
+static int scan_string_slow(struct jw *w, size_t raw, size_t rawlen, const uint8_t *d, size_t dlen,
+			    struct ctx *cx);
+
+/* A string value or member name: left in the run when nothing matched,
+ * else the masked text re-encoded in its place. A string shorter than any
+ * detector's shortest match (mask_min_match()) cannot match: most names
+ * and short values stop here, inline. */
+static inline int scan_string(struct jw *w, size_t raw, size_t rawlen, const uint8_t *d, size_t dlen,
+			      struct ctx *cx, bool quiet)
+{
+	if (quiet || !w->detect || dlen < w->minlen)
+		return 0;
+	return scan_string_slow(w, raw, rawlen, d, dlen, cx);
+}
+
+static int scan_string_slow(struct jw *w, size_t raw, size_t rawlen, const uint8_t *d, size_t dlen,
+			    struct ctx *cx)
 {
 	unsigned hits = 0;
 	size_t mlen;
 	int rc;
 
-	if (quiet)
+	/* mask_value_maybe() is false only when mask_value() would give the
+	 * text back unchanged with no hit (mask.h): then the raw token stays,
+	 * without a copy through w->mbuf. */
+	if (!mask_value_maybe(w->m, (const char *)d, dlen))
 		return 0;
-	if (w->detect) {
-		if ((rc = detect(w, dlen, &mlen, &hits)))
-			return rc;
-		if (hits) {
-			report(w, cx, hits);
-			return emit_quoted(w, w->mbuf, mlen);
-		}
-	}
-	return emit(w, w->s + raw, rawlen);
+	if ((rc = detect(w, d, dlen, &mlen, &hits)))
+		return rc;
+	if (!hits)
+		return 0;
+	report(w, cx, hits);
+	if ((rc = flush(w, raw)) || (rc = emit_quoted(w, w->mbuf, mlen)))
+		return rc;
+	w->cp = raw + rawlen;
+	return 0;
+}
+
+/*
+ * A member's or element's value. final: a path ends here, the value is
+ * replaced whole by "****" and only validated (quiet below it).
+ */
+static int child_value(struct jw *w, int depth, bool quiet, bool final, struct ctx *kid)
+{
+	size_t start = w->pos;
+	int rc;
+
+	if (!final)
+		return parse_value(w, depth, quiet, kid);
+	report(w, kid, 1);
+	if ((rc = parse_value(w, depth, true, kid)))
+		return rc;
+	return replace(w, start, w->pos, MASKED, sizeof(MASKED) - 1);
 }
 
 static int parse_object(struct jw *w, int depth, bool quiet, struct ctx *cx)
 {
 	size_t k0 = w->nk, a0 = w->an;
-	bool first = true;
 	int rc;
 
 	w->pos++;                                  /* '{' */
-	if (!quiet && (rc = emitc(w, '{')))
+	if ((rc = skip_ws(w, quiet)))
 		return rc;
-	skip_ws(w);
 	if (w->pos < w->len && w->s[w->pos] == '}') {
 		w->pos++;
-		return quiet ? 0 : emitc(w, '}');
+		return 0;
 	}
 	for (;;) {
 		size_t raw, rawlen, dlen, off;
+		const uint8_t *d;
 		struct ctx kid = { 0 };
-		bool final = false, any = false;
+		bool final = false;
 
-		skip_ws(w);
 		if (w->pos >= w->len || w->s[w->pos] != '"')
 			return -EINVAL;
-		if ((rc = parse_string(w, &raw, &rawlen, &dlen)) || (rc = push_key(w, dlen, &off)))
+		if ((rc = parse_string(w, &raw, &rawlen, &d, &dlen)) || (rc = push_key(w, d, dlen, &off)))
 			return rc;
 		kid.name_off = off;
 		kid.name_len = dlen;
-		if (!quiet && !first && (rc = emitc(w, ',')))
-			return rc;
-		first = false;
 		/* The name is data too: scanned like a string value, but a hit is
 		 * reported under the name's own (masked) text. */
-		if ((rc = emit_scanned(w, raw, rawlen, dlen, &kid, quiet)))
+		if ((rc = scan_string(w, raw, rawlen, d, dlen, &kid, quiet)) || (rc = skip_ws(w, quiet)))
 			return rc;
 		kid.touched = false;
-		skip_ws(w);
 		if (w->pos >= w->len || w->s[w->pos] != ':')
 			return -EINVAL;
 		w->pos++;
-		if (!quiet && (rc = emitc(w, ':')))
-			return rc;
 		if (!quiet && w->npaths)
-			final = step_states(w, depth, w->arena + off, dlen, false, 0, &any);
-		skip_ws(w);
-		if (final) {
-			report(w, &kid, 1);
-			if ((rc = emit(w, MASKED, sizeof(MASKED) - 1)))
-				return rc;
-		}
-		if ((rc = parse_value(w, depth + 1, quiet || final, &kid)))
+			final = step_states(w, depth, w->arena + off, dlen, false, 0);
+		if ((rc = skip_ws(w, quiet)) || (rc = child_value(w, depth + 1, quiet, final, &kid)) ||
+		    (rc = skip_ws(w, quiet)))
 			return rc;
-		skip_ws(w);
 		if (w->pos >= w->len)
 			return -EINVAL;
 		if (w->s[w->pos] == ',') {
 			w->pos++;
+			if ((rc = skip_ws(w, quiet)))
+				return rc;
 			continue;
 		}
 		if (w->s[w->pos] != '}')
@@ -715,7 +908,7 @@ static int parse_object(struct jw *w, int depth, bool quiet, struct ctx *cx)
 		return -EINVAL;
 	w->nk = k0;
 	w->an = a0;
-	return quiet ? 0 : emitc(w, '}');
+	return 0;
 }
 
 static int parse_array(struct jw *w, int depth, bool quiet, struct ctx *cx)
@@ -724,34 +917,26 @@ static int parse_array(struct jw *w, int depth, bool quiet, struct ctx *cx)
 	int rc;
 
 	w->pos++;                                  /* '[' */
-	if (!quiet && (rc = emitc(w, '[')))
+	if ((rc = skip_ws(w, quiet)))
 		return rc;
-	skip_ws(w);
 	if (w->pos < w->len && w->s[w->pos] == ']') {
 		w->pos++;
-		return quiet ? 0 : emitc(w, ']');
+		return 0;
 	}
 	for (;; idx += idx < UINT32_MAX) {
 		struct ctx kid = { .name_off = cx->name_off, .name_len = cx->name_len };
-		bool final = false, any = false;
+		bool final = false;
 
-		if (!quiet && idx && (rc = emitc(w, ',')))
-			return rc;
 		if (!quiet && w->npaths)
-			final = step_states(w, depth, NULL, 0, true, idx, &any);
-		skip_ws(w);
-		if (final) {
-			report(w, &kid, 1);
-			if ((rc = emit(w, MASKED, sizeof(MASKED) - 1)))
-				return rc;
-		}
-		if ((rc = parse_value(w, depth + 1, quiet || final, &kid)))
+			final = step_states(w, depth, NULL, 0, true, idx);
+		if ((rc = child_value(w, depth + 1, quiet, final, &kid)) || (rc = skip_ws(w, quiet)))
 			return rc;
-		skip_ws(w);
 		if (w->pos >= w->len)
 			return -EINVAL;
 		if (w->s[w->pos] == ',') {
 			w->pos++;
+			if ((rc = skip_ws(w, quiet)))
+				return rc;
 			continue;
 		}
 		if (w->s[w->pos] != ']')
@@ -759,14 +944,13 @@ static int parse_array(struct jw *w, int depth, bool quiet, struct ctx *cx)
 		w->pos++;
 		break;
 	}
-	return quiet ? 0 : emitc(w, ']');
+	return 0;
 }
 
 static int parse_number(struct jw *w, bool quiet, struct ctx *cx)
 {
 	const uint8_t *s = w->s;
 	size_t p = w->pos, start = p, n = w->len;
-	unsigned hits = 0;
 
 	if (p < n && s[p] == '-')
 		p++;
@@ -796,35 +980,32 @@ static int parse_number(struct jw *w, bool quiet, struct ctx *cx)
 	if (quiet)
 		return 0;
 	/* A card or phone number stored as a JSON number is still one. */
-	if (w->detect && mask_value_matches(w->m, (const char *)s + start, p - start)) {
-		hits = 1;
-		report(w, cx, hits);
-		return emit(w, MASKED, sizeof(MASKED) - 1);
+	if (w->detect && p - start >= w->minlen && mask_value_matches(w->m, (const char *)s + start, p - start)) {
+		report(w, cx, 1);
+		return replace(w, start, p, MASKED, sizeof(MASKED) - 1);
 	}
-	return emit(w, s + start, p - start);
+	return 0;
 }
 
-static int parse_literal(struct jw *w, bool quiet)
+static int parse_literal(struct jw *w)
 {
-	static const char *const lit[] = { "true", "false", "null" };
+	static const struct { char t[6]; size_t n; } lit[] = { { "true", 4 }, { "false", 5 }, { "null", 4 } };
 
-	for (int i = 0; i < 3; i++) {
-		size_t n = strlen(lit[i]);
-
-		if (w->len - w->pos >= n && memcmp(w->s + w->pos, lit[i], n) == 0) {
-			w->pos += n;
-			return quiet ? 0 : emit(w, lit[i], n);
+	for (int i = 0; i < 3; i++)
+		if (w->len - w->pos >= lit[i].n && memcmp(w->s + w->pos, lit[i].t, lit[i].n) == 0) {
+			w->pos += lit[i].n;
+			return 0;
 		}
-	}
 	return -EINVAL;
 }
 
+/* The value at w->pos (whitespace before it already skipped). */
 static int parse_value(struct jw *w, int depth, bool quiet, struct ctx *cx)
 {
 	size_t raw, rawlen, dlen;
+	const uint8_t *d;
 	int rc;
 
-	skip_ws(w);
 	if (w->pos >= w->len)
 		return -EINVAL;
 	switch (w->s[w->pos]) {
@@ -837,11 +1018,11 @@ static int parse_value(struct jw *w, int depth, bool quiet, struct ctx *cx)
 			return -E2BIG;
 		return parse_array(w, depth, quiet, cx);
 	case '"':
-		if ((rc = parse_string(w, &raw, &rawlen, &dlen)))
+		if ((rc = parse_string(w, &raw, &rawlen, &d, &dlen)))
 			return rc;
-		return emit_scanned(w, raw, rawlen, dlen, cx, quiet);
+		return scan_string(w, raw, rawlen, d, dlen, cx, quiet);
 	case 't': case 'f': case 'n':
-		return parse_literal(w, quiet);
+		return parse_literal(w);
 	default:
 		return parse_number(w, quiet, cx);
 	}
@@ -852,6 +1033,8 @@ int mask_json(const struct mask_rules *m, const char *body, size_t len, char **o
 {
 	struct jw w = { .m = m, .s = (const uint8_t *)body, .len = len, .rep = rep };
 	struct ctx root = { .name_len = SIZE_MAX };
+	uint64_t st_stack[(MASK_JSON_DEPTH + 2) * STACK_PATHS];
+	struct pbits pb_stack[STACK_PATHS];
 	int rc;
 
 	*out = NULL;
@@ -863,28 +1046,71 @@ int mask_json(const struct mask_rules *m, const char *body, size_t len, char **o
 	if (!body)
 		return -EINVAL;
 	w.detect = mask_has_detectors(m);
+	w.minlen = mask_min_match(m);
 	w.paths = mask_rules_paths(m, &w.npaths);
+	w.arena = w.arena0;
+	w.acap = sizeof(w.arena0);
+	w.keys = w.keys0;
+	w.kcap = sizeof(w.keys0);
 	if (w.npaths) {
-		w.st = calloc((size_t)(MASK_JSON_DEPTH + 2) * w.npaths, sizeof(*w.st));
-		if (!w.st)
+		size_t nst = (size_t)(MASK_JSON_DEPTH + 2) * w.npaths;
+		struct pbits *pb;
+
+		if (w.npaths <= STACK_PATHS) {
+			w.st = st_stack;
+			w.pb = pb = pb_stack;
+		} else {
+			w.st = malloc(nst * sizeof(*w.st));
+			w.pb = pb = malloc(w.npaths * sizeof(*pb));
+		}
+		if (!w.st || !pb) {
+			if (w.st != st_stack) {
+				free(w.st);
+				free(pb);
+			}
 			return -ENOMEM;
-		for (size_t i = 0; i < w.npaths; i++)
+		}
+		memset(w.st, 0, nst * sizeof(*w.st));
+		memset(pb, 0, w.npaths * sizeof(*pb));
+		for (size_t i = 0; i < w.npaths; i++) {
+			const struct mask_path *mp = &w.paths[i];
+
 			w.st[i] = 1;               /* step 0 pending at the root */
+			pb[i].nsteps = mp->nsteps;
+			for (unsigned b = 0; b < mp->nsteps; b++) {
+				uint64_t bit = 1ull << b;
+
+				if (mp->step[b].descendant)
+					pb[i].desc |= bit;
+				if (mp->step[b].kind == MSTEP_ANY)
+					pb[i].any |= bit;
+				else if (mp->step[b].kind == MSTEP_NAME)
+					pb[i].name |= bit;
+				else
+					pb[i].index |= bit;
+			}
+		}
 	}
 	if ((rc = grow((void **)&w.out, &w.ocap, len + 1, OUT_MAX + 1)))
 		goto done;
-	rc = parse_value(&w, 0, false, &root);
-	if (!rc) {
-		skip_ws(&w);
+	if (!(rc = skip_ws(&w, false)) && !(rc = parse_value(&w, 0, false, &root)) &&
+	    !(rc = skip_ws(&w, false))) {
 		if (w.pos != w.len)
 			rc = -EINVAL;
+		else
+			rc = flush(&w, w.pos);
 	}
 done:
-	free(w.st);
+	if (w.st != st_stack) {
+		free(w.st);
+		free((void *)w.pb);
+	}
 	free(w.dec);
 	free(w.mbuf);
-	free(w.arena);
-	free(w.keys);
+	if (w.arena != w.arena0)
+		free(w.arena);
+	if (w.keys != w.keys0)
+		free(w.keys);
 	if (rc) {
 		free(w.out);
 		if (rep)

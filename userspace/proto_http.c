@@ -1211,23 +1211,25 @@ static int process_agent(struct conn *c)
 
 /* ---- responses --------------------------------------------------------------- */
 
+#define NAME(s) { s, sizeof(s) - 1 }
+
 static bool strip_resp_field(const uint8_t *b, const struct http_field *f, bool upgrade, bool masked)
 {
-	static const char *const hop[] = {
-		"connection", "keep-alive", "te", "trailer", "transfer-encoding", "proxy-connection",
-		"content-length",
-	};
-	/* a masked body is another body: its coding, validators and ranges go */
-	static const char *const body[] = {
-		"content-encoding", "etag", "accept-ranges", "content-range", "content-md5", "digest",
-		"repr-digest", "content-digest",
+	static const struct { const char *n; size_t len; } hop[] = {
+		NAME("connection"), NAME("keep-alive"), NAME("te"), NAME("trailer"),
+		NAME("transfer-encoding"), NAME("proxy-connection"), NAME("content-length"),
+	}, body[] = {
+		/* a masked body is another body: its coding, validators and ranges go */
+		NAME("content-encoding"), NAME("etag"), NAME("accept-ranges"), NAME("content-range"),
+		NAME("content-md5"), NAME("digest"), NAME("repr-digest"), NAME("content-digest"),
 	};
 
+	/* the length first: most fields have none of these lengths */
 	for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
-		if (http_field_is(b, f, hop[i]))
+		if (f->name_len == hop[i].len && http_name_eq(b + f->name, hop[i].n, hop[i].len))
 			return true;
 	for (size_t i = 0; masked && i < sizeof(body) / sizeof(body[0]); i++)
-		if (http_field_is(b, f, body[i]))
+		if (f->name_len == body[i].len && http_name_eq(b + f->name, body[i].n, body[i].len))
 			return true;
 	return !upgrade && http_field_is(b, f, "upgrade");
 }
