@@ -470,9 +470,28 @@ void enforcer_principal(int idx, struct ident_principal *out)
 	pthread_mutex_unlock(&rt->plock);
 }
 
+static void copy_str(char *dst, const char *src, size_t cap)
+{
+	size_t n = strnlen(src, cap - 1);
+
+	memcpy(dst, src, n);
+	dst[n] = 0;
+}
+
+/* Only what an event names of the principal (source, iss, sub, verified)
+ * is copied into *pr, by length: the whole principal is some 7 KiB, and
+ * this runs for every statement and request, under a lock the workers
+ * share. */
 void enforcer_audit_principal(int idx, struct audit_agent *a, struct ident_principal *pr)
 {
-	enforcer_principal(idx, pr);
+	struct agent_rt *rt = &E->agents[idx];
+
+	pthread_mutex_lock(&rt->plock);
+	pr->source = rt->principal.source;
+	pr->verified = rt->principal.verified;
+	copy_str(pr->iss, rt->principal.iss, sizeof(pr->iss));
+	copy_str(pr->sub, rt->principal.sub, sizeof(pr->sub));
+	pthread_mutex_unlock(&rt->plock);
 	if (strcmp(pr->source, "local") != 0) {
 		a->iss = pr->iss;
 		a->sub = pr->sub;
@@ -576,13 +595,23 @@ size_t enforcer_rules_for(int idx, int t, const struct policy_rule **out, size_t
 	const struct policy *p = E->policy;
 	const struct policy_agent *ag = &p->agents[idx];
 	struct ident_principal pr;
+	bool have_pr = false;
 	size_t n = 0;
 
-	enforcer_principal(idx, &pr);
 	for (size_t b = 0; b < p->nbindings && n <= max; b++) {
 		const struct policy_binding *bd = &p->bindings[b];
+		bool match = strv_has(&bd->agents, ag->name);
 
-		if (strv_has(&bd->agents, ag->name) || binding_matches(bd, &ag->identity, &pr))
+		/* the principal (a 7 KiB copy under a lock the workers share)
+		 * only for a binding by claims: binding_matches() is false
+		 * without claims */
+		if (!match && bd->nclaims) {
+			if (!have_pr)
+				enforcer_principal(idx, &pr);
+			have_pr = true;
+			match = binding_matches(bd, &ag->identity, &pr);
+		}
+		if (match)
 			n = add_role_rules(&p->roles[bd->role_idx], t, out, n, max);
 	}
 	return n;
@@ -1281,7 +1310,12 @@ static void audit_principal(int idx)
 				 .cgroup_id = E->agents[idx].cgid };
 	json_t *ev;
 
-	enforcer_audit_principal(idx, &a, &pr);
+	enforcer_principal(idx, &pr);   /* all of it: exp, reason, warning below */
+	if (strcmp(pr.source, "local") != 0) {
+		a.iss = pr.iss;
+		a.sub = pr.sub;
+		a.verified = pr.verified;
+	}
 	ev = audit_event(3002, pr.verified ? 1 : 99, pr.verified ? "Logon" : "Other");
 	if (!ev)
 		return;

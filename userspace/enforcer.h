@@ -140,7 +140,8 @@ int enforcer_agent_token(int idx, char *out, size_t outlen);
 void enforcer_principal(int idx, struct ident_principal *out);
 struct audit_agent;
 /* Fills the principal fields of an audit agent from agent idx; pr is caller
- * storage that must outlive the event being built. */
+ * storage that must outlive the event being built, of which only source,
+ * iss, sub and verified are set. */
 void enforcer_audit_principal(int idx, struct audit_agent *a, struct ident_principal *pr);
 /* True when the agent may be granted target t: by name, or (agents with an
  * OIDC identity) by some binding on claims, decided per connection. */
