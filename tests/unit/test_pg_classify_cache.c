@@ -413,6 +413,37 @@ static void test_scan_hits(void)
 	pgc_cache_flush();
 }
 
+/* The exact-text lookup runs before the NUL and UTF-8 checks: it may only
+ * ever answer for the very bytes that passed them. */
+static void test_checks_with_cache(void)
+{
+	struct pgc_ctx c = { .search_path = "public", .column_masked = mask_pred, .policy_gen = 6 };
+	static const char nul[] = "SELECT 1\0DELETE FROM orders";
+	static const char sjis[] = "SELECT E'\x95\x5c'; DELETE FROM orders WHERE id=1; --'";
+	struct pgc_result r;
+
+	pgc_cache_flush();
+	for (int k = 0; k < 2; k++) {
+		CHECK(pgc_judge(&c, "SELECT 1", 8, ro, 1, &r) == 0);
+		CHECK(r.verdict == PGC_ALLOW && r.cached == (k == 1));
+		CHECK(pgc_judge(&c, nul, sizeof(nul) - 1, ro, 1, &r) == 0);
+		CHECK(r.verdict == PGC_DENY && !r.cached && strstr(r.reason, "NUL"));
+		CHECK(pgc_judge(&c, sjis, sizeof(sjis) - 1, ro, 1, &r) == 0);
+		CHECK(r.verdict == PGC_DENY && !r.cached && strstr(r.reason, "UTF-8"));
+	}
+	/* a bad byte at every offset of a longer text, next to cached ones */
+	for (size_t at = 0; at < 40; at++) {
+		char q[48];
+
+		memset(q, ' ', sizeof(q));
+		memcpy(q, "SELECT 1", 8);
+		q[8 + at] = (char)0xff;
+		CHECK(pgc_judge(&c, q, sizeof(q), ro, 1, &r) == 0);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "UTF-8"));
+	}
+	pgc_cache_flush();
+}
+
 int main(void)
 {
 	RUN(test_key_tokens);
@@ -421,6 +452,7 @@ int main(void)
 	RUN(test_key_none);
 	RUN(test_cache_equivalence);
 	RUN(test_scan_hits);
+	RUN(test_checks_with_cache);
 	pgc_cache_flush();
 	UNIT_DONE("pg_classify_cache");
 }
