@@ -18,6 +18,11 @@
  *              scanner-key hit (PostgreSQL's lexer, then the table)
  * Statements: the notes' 186-byte 3-way join (Q200), a point SELECT, an
  * INSERT, and a masked-column SELECT with a CTE. Nothing is asserted.
+ *
+ * Wall-clock figures move with the neighbours on a shared machine;
+ * instruction counts do not: run it under valgrind --tool=callgrind and
+ * divide pgc_judge's inclusive count by its calls (callgrind_annotate
+ * --inclusive=yes --tree=caller).
  */
 #include "pg_classify.h"
 
