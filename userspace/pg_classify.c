@@ -87,6 +87,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -1923,7 +1924,12 @@ static bool utf8_valid(const unsigned char *s, size_t len)
 		unsigned char c = s[i];
 		size_t n;
 		uint32_t cp;
+		uint64_t w;
 
+		if (len - i >= 8 && (memcpy(&w, s + i, 8), !(w & 0x8080808080808080ULL))) {
+			i += 8;         /* eight ASCII bytes */
+			continue;
+		}
 		if (c < 0x80) {
 			i++;
 			continue;
@@ -1970,14 +1976,36 @@ static void result_clear(struct pgc_result *out)
  * gives (bumped on every policy swap, so rule pointers and masks are those
  * of one live snapshot), the rule pointers themselves (which rules: agent
  * or delegating user), the mask predicate and its argument, the pinned
- * schema, the caller's settings string, and the text. Two kinds of key:
- * the exact text, and the text as pg_query_normalize() rewrites it (every
- * constant replaced by $n). An exact-text hit is the same input judged
- * under the same key, so the same verdict. A normalized hit stands for
- * every text that differs only in constants (or has a parameter where
- * another has a constant). The walk above never looks at a constant's
- * value or kind, except in the places that set w->nocache, and only
- * verdicts with nocache false are stored:
+ * schema, the caller's settings string, and the text in one of two forms,
+ * each in a namespace of its own (the key's first byte):
+ *   'X' the exact text. A hit is the same input judged under the same
+ *       key, so the same verdict.
+ *   'S' the token stream PostgreSQL's own lexer produces (scan_key()
+ *       below), with the value of every constant left out: a hit stands
+ *       for every text that differs only in constants.
+ *
+ * Why texts sharing an 'S' key get the same verdict. The raw parser is a
+ * function of the token stream of its lexer: token codes, plus the values
+ * of identifiers, operators, parameters and constants (whitespace and
+ * comments never reach the grammar). scan_key() runs that very lexer
+ * (libpg_query's copy of scan.l, the code raw_parser() runs, with the
+ * same settings: standard_conforming_strings on, as the wire module
+ * guarantees) and records every token but comments: its code, and for
+ * identifiers (as the lexer hands them on: case-folded, quotes and
+ * doubled quotes resolved, truncated), operators, Unicode identifiers,
+ * keywords (their canonical spelling) and parameters ($n) the value too.
+ * Only constants (ICONST, FCONST, SCONST, USCONST, BCONST, XCONST) keep
+ * just their code, so their kind and position are in the key. Dollar
+ * quotes, E'' strings, nested comments and the like are the lexer's
+ * business, not ours: a text whose lexing differs gets a different
+ * key. The one place where the parser lets a constant's value change a
+ * name is UESCAPE (U&"d!0061ta" UESCAPE '!' is the identifier data):
+ * a text with a UESCAPE token gets no 'S' key at all. So two texts
+ * sharing a key give the grammar the same tokens, and their trees
+ * differ only where a constant's value lands: A_Const values, typmods,
+ * and float(p)'s choice of float4/float8. The walk above never looks at
+ * a constant's value or kind, except in the places that set w->nocache,
+ * and only verdicts with nocache false are stored:
  *   - ORDER BY / GROUP BY / DISTINCT ON items that are a constant or a
  *     parameter (a position);
  *   - casts to reg* types ('t'::regclass names an object);
@@ -1986,14 +2014,25 @@ static void result_clear(struct pgc_result *out)
  *   - every statement other than SELECT/INSERT/UPDATE/DELETE/MERGE
  *     (utility statements: SET's value, COPY's file name, BEGIN's modes,
  *     EXPLAIN's options are all literals that carry meaning).
- * So every text mapping to a stored normalized key gets the verdict
- * stored. Texts that fail checks (length, NUL, UTF-8) never reach the
- * cache, and denied texts are cached like allowed ones (same argument).
+ *
+ * A text that shares the key but would not parse. A few grammar checks
+ * look at a constant's value (float(0), an invalid U&'' escape), so text
+ * B may share the key of an allowed text A and still be a syntax error.
+ * B is then sent on with A's verdict, and the server, whose grammar is
+ * the same, rejects it: a simple Query's whole text is parsed before
+ * any of it runs, and a Parse with a syntax error creates no statement.
+ * Nothing runs that the verdict did not cover. The other way round, a
+ * text that failed to parse is cached under its exact key only (its
+ * denial may have come from a value), and a text the lexer refuses gets
+ * no 'S' key and is judged in full.
+ *
+ * Texts that fail checks (length, NUL, UTF-8) never reach the cache, and
+ * denied texts are cached like allowed ones (same argument).
  *
  * Per thread: each worker thread has its own table, so no locks; memory is
  * bounded (CACHE_SETS x CACHE_WAYS entries of at most CACHE_MAX_TEXT bytes
- * of text each) and freed when the thread exits. Set-associative with LRU
- * within a set: colliding keys only evict each other, so a flood of
+ * of key text each) and freed when the thread exits. Set-associative with
+ * LRU within a set: colliding keys only evict each other, so a flood of
  * crafted texts costs misses, never time.
  */
 #define CACHE_SETS      256
@@ -2029,6 +2068,7 @@ struct tstate {
 	char *kbuf;
 	size_t kcap;
 	struct walker *w;
+	char skey[CACHE_MAX_TEXT];     /* scan_key()'s output */
 };
 
 static __thread struct tstate *tls;
@@ -2079,15 +2119,30 @@ void pgc_cache_flush(void)
 	tls = NULL;
 }
 
-static uint64_t fnv1a(const char *p, size_t n)
+/*
+ * The table's hash: eight bytes a step (keys are ~100 bytes; FNV-1a's byte
+ * steps were most of a lookup). Not keyed: a crafted collision can only
+ * make keys share a set and evict each other (misses, see above); the full
+ * key is compared on every hit.
+ */
+static uint64_t key_hash(const char *p, size_t n)
 {
-	uint64_t h = 0xcbf29ce484222325ULL;
+	const uint64_t m = 0x9E3779B97F4A7C15ULL;
+	uint64_t h = 0xcbf29ce484222325ULL ^ n, w;
 
-	for (size_t i = 0; i < n; i++) {
-		h ^= (unsigned char)p[i];
-		h *= 0x100000001b3ULL;
+	for (; n >= 8; p += 8, n -= 8) {
+		memcpy(&w, p, 8);
+		h = (h ^ w) * m;
+		h ^= h >> 29;
 	}
-	return h;
+	if (n) {
+		w = 0;
+		memcpy(&w, p, n);
+		h = (h ^ w) * m;
+		h ^= h >> 29;
+	}
+	h *= m;
+	return h ^ (h >> 32);
 }
 
 /* Builds the key in t->kbuf; returns its length, 0 when not cacheable. */
@@ -2134,9 +2189,183 @@ static size_t key_build(struct tstate *t, char kind, const struct pgc_ctx *ctx,
 	return need;
 }
 
+/*
+ * PostgreSQL's core lexer, as libpg_query builds it (the scan.l that
+ * raw_parser() runs), called directly: pg_query_scan() wraps the same calls
+ * but packs every token into protobuf, which cost three times the lexing.
+ * libpg_query installs only pg_query.h, so the few entry points are
+ * declared here from PostgreSQL 15's parser/scanner.h and pg_query's
+ * internals. They are exported by libpg_query.so.1504 (libpg_query
+ * 15-4.x, PostgreSQL 15): its SONAME changes with the version, and
+ * test_pg_classify checks the tokens against pg_query_scan()'s. The lexer's state (core_yy_extra_type, ~100 bytes)
+ * is only ever handed back to it, so a buffer larger than it does.
+ * Errors are PostgreSQL ereport(ERROR)s: a siglongjmp to
+ * PG_exception_stack (thread-local in libpg_query), which must be set, or
+ * the error would become FATAL and end the process.
+ */
+typedef void *core_yyscan_t;
+typedef union {
+	int ival;
+	char *str;
+	const char *keyword;
+} core_YYSTYPE;
+struct ScanKeywordList;
+struct ErrorContextCallback;
+extern const struct ScanKeywordList ScanKeywords;
+extern const uint16_t ScanKeywordTokens[];
+extern __thread sigjmp_buf *PG_exception_stack;
+extern __thread struct ErrorContextCallback *error_context_stack;
+core_yyscan_t scanner_init(const char *str, void *yyext, const struct ScanKeywordList *kw,
+			   const uint16_t *kw_tokens);
+void scanner_finish(core_yyscan_t yyscanner);
+int core_yylex(core_YYSTYPE *lvalp, int *llocp, core_yyscan_t yyscanner);
+void *pg_query_enter_memory_context(void);
+void pg_query_exit_memory_context(void *ctx);
+void FlushErrorState(void);
+
+#define SCAN_EXTRA_SIZE 1024
+
+static bool skey_put(struct tstate *t, size_t *n, const void *p, size_t len)
+{
+	if (len > sizeof(t->skey) - *n)
+		return false;
+	memcpy(t->skey + *n, p, len);
+	*n += len;
+	return true;
+}
+
+/* One token into the key: its code, then its value unless it is a
+ * constant (see the safety argument). Returns false when the text gets no
+ * key (UESCAPE, or a key longer than the cache takes). */
+static bool skey_token(struct tstate *t, size_t *n, int tok, const core_YYSTYPE *v)
+{
+	uint16_t code = (uint16_t)tok;
+	const char *str = NULL;
+
+	switch (tok) {
+	case PG_QUERY__TOKEN__SQL_COMMENT:
+	case PG_QUERY__TOKEN__C_COMMENT:
+		return true;            /* the grammar never sees them */
+	case PG_QUERY__TOKEN__UESCAPE:
+		return false;           /* a constant that changes names */
+	case PG_QUERY__TOKEN__ICONST:
+	case PG_QUERY__TOKEN__FCONST:
+	case PG_QUERY__TOKEN__SCONST:
+	case PG_QUERY__TOKEN__USCONST:
+	case PG_QUERY__TOKEN__BCONST:
+	case PG_QUERY__TOKEN__XCONST:
+		return skey_put(t, n, &code, sizeof(code));
+	case PG_QUERY__TOKEN__PARAM:
+		return skey_put(t, n, &code, sizeof(code)) &&
+		       skey_put(t, n, &v->ival, sizeof(v->ival));
+	case PG_QUERY__TOKEN__IDENT:
+	case PG_QUERY__TOKEN__UIDENT:
+	case PG_QUERY__TOKEN__Op:
+		str = v->str;
+		break;
+	case PG_QUERY__TOKEN__TYPECAST:
+	case PG_QUERY__TOKEN__DOT_DOT:
+	case PG_QUERY__TOKEN__COLON_EQUALS:
+	case PG_QUERY__TOKEN__EQUALS_GREATER:
+	case PG_QUERY__TOKEN__LESS_EQUALS:
+	case PG_QUERY__TOKEN__GREATER_EQUALS:
+	case PG_QUERY__TOKEN__NOT_EQUALS:
+		break;                  /* fixed spellings ("!=" is "<>" to the grammar) */
+	default:
+		if (tok > 0 && tok < 256)
+			break;          /* a single character: its code */
+		if (tok < PG_QUERY__TOKEN__ABORT_P || tok > PG_QUERY__TOKEN__ZONE)
+			return false;   /* nothing the lexer returns: no key */
+		str = v->keyword;       /* a keyword: its canonical spelling */
+		if (!str)
+			return false;
+		break;
+	}
+	if (!skey_put(t, n, &code, sizeof(code)))
+		return false;
+	if (str) {
+		size_t len = strlen(str);
+		uint16_t l16 = (uint16_t)len;
+
+		if (len > UINT16_MAX)
+			return false;
+		return skey_put(t, n, &l16, sizeof(l16)) && skey_put(t, n, str, len);
+	}
+	return true;
+}
+
+/*
+ * The 'S' key text of t->sql (NUL-terminated) into t->skey: the lexer's
+ * tokens as the safety argument above describes. Returns its length, or 0
+ * when the text gets no such key (the lexer refused it, UESCAPE, too long).
+ */
+static size_t scan_key(struct tstate *t)
+{
+	_Alignas(16) unsigned char extra[SCAN_EXTRA_SIZE];
+	sigjmp_buf jb, *volatile saved_jb = PG_exception_stack;
+	struct ErrorContextCallback *volatile saved_ecs = error_context_stack;
+	void *mcx = pg_query_enter_memory_context();
+	volatile size_t n = 0;
+	volatile bool ok = true;
+
+	if (sigsetjmp(jb, 0) == 0) {
+		core_yyscan_t sc;
+		size_t k = 0;
+
+		PG_exception_stack = &jb;
+		sc = scanner_init(t->sql, extra, &ScanKeywords, ScanKeywordTokens);
+		for (;;) {
+			core_YYSTYPE v;
+			int loc, tok = core_yylex(&v, &loc, sc);
+
+			if (tok == 0)
+				break;
+			if (!skey_token(t, &k, tok, &v)) {
+				ok = false;
+				break;
+			}
+		}
+		n = k;
+		scanner_finish(sc);
+	} else {
+		ok = false;             /* a lexer error: judged in full */
+		FlushErrorState();
+	}
+	PG_exception_stack = saved_jb;
+	error_context_stack = saved_ecs;
+	pg_query_exit_memory_context(mcx);
+	return ok ? n : 0;
+}
+
+/* For test_pg_classify: the 'S' key text of sql (NUL-terminated) into out
+ * (cap bytes); returns its length, 0 when the text gets none. */
+size_t pgc_scan_key(const char *sql, char *out, size_t cap);
+size_t pgc_scan_key(const char *sql, char *out, size_t cap)
+{
+	struct tstate *t = tstate_get();
+	size_t len = strlen(sql), n;
+
+	if (!t || len > CACHE_MAX_TEXT)
+		return 0;
+	if (len + 1 > t->sqlcap) {
+		char *nb = realloc(t->sql, len + 1);
+
+		if (!nb)
+			return 0;
+		t->sql = nb;
+		t->sqlcap = len + 1;
+	}
+	memcpy(t->sql, sql, len + 1);
+	n = scan_key(t);
+	if (n > cap)
+		return 0;
+	memcpy(out, t->skey, n);
+	return n;
+}
+
 static bool cache_get(struct tstate *t, size_t klen, struct pgc_result *out)
 {
-	uint64_t h = fnv1a(t->kbuf, klen);
+	uint64_t h = key_hash(t->kbuf, klen);
 	struct centry *set = t->c[h % CACHE_SETS];
 
 	for (int k = 0; k < CACHE_WAYS; k++) {
@@ -2169,7 +2398,7 @@ static bool cache_get(struct tstate *t, size_t klen, struct pgc_result *out)
 
 static void cache_put(struct tstate *t, size_t klen, const struct pgc_result *r)
 {
-	uint64_t h = fnv1a(t->kbuf, klen);
+	uint64_t h = key_hash(t->kbuf, klen);
 	struct centry *set = t->c[h % CACHE_SETS], *victim = &set[0];
 	size_t toff = sizeof(struct cached) + (size_t)r->ntables * sizeof(r->tables[0]);
 	size_t rsize = toff + (size_t)r->nstmts * sizeof(r->stmts[0]);
@@ -2275,8 +2504,11 @@ static void walk_denied(struct walker *w, int stmts, const struct policy_rule *c
 	}
 }
 
-/* Parses and walks t->sql into out; returns whether the verdict may be cached. */
-static bool judge_parsed(struct tstate *t, const struct pgc_ctx *ctx,
+/* Which keys a verdict may be stored under (see the safety argument). */
+enum cache_as { CACHE_NONE, CACHE_EXACT, CACHE_ALL };
+
+/* Parses and walks t->sql into out; returns how the verdict may be cached. */
+static enum cache_as judge_parsed(struct tstate *t, const struct pgc_ctx *ctx,
 			 const struct policy_rule *const *rules, size_t nrules,
 			 struct pgc_result *out)
 {
@@ -2289,7 +2521,7 @@ static bool judge_parsed(struct tstate *t, const struct pgc_ctx *ctx,
 		out_deny(out, "parse error at position %d: %.160s", pr.error->cursorpos,
 			 pr.error->message ? pr.error->message : "?");
 		pg_query_free_parse_result(pr);
-		return true;    /* a syntax error does not depend on constants */
+		return CACHE_EXACT;     /* a syntax error may depend on a constant's value */
 	}
 	w->nst = w->nfuncs = w->nents = w->nders = w->nctes = w->depth = 0;
 	w->denied = w->nocache = false;
@@ -2303,7 +2535,7 @@ static bool judge_parsed(struct tstate *t, const struct pgc_ctx *ctx,
 	if (rc < 0) {
 		out_deny(out, rc == -ENOMEM ? "out of memory" : "statement too complex");
 		pg_query_free_parse_result(pr);
-		return false;
+		return CACHE_NONE;
 	}
 	stmts = pgj_get(&w->j, 0, "stmts");
 	for (int s = pgj_first(&w->j, stmts); s >= 0 && !w->denied; s = pgj_after(&w->j, stmts, s)) {
@@ -2362,7 +2594,7 @@ static bool judge_parsed(struct tstate *t, const struct pgc_ctx *ctx,
 	if (w->j.cap > (1u << 16))
 		pgj_free(&w->j);
 	pg_query_free_parse_result(pr);
-	return !w->nocache;
+	return w->nocache ? CACHE_NONE : CACHE_ALL;
 }
 
 /*
@@ -2534,9 +2766,8 @@ int pgc_judge(const struct pgc_ctx *ctx, const char *sql, size_t len,
 	      const struct policy_rule *const *rules, size_t nrules, struct pgc_result *out)
 {
 	struct tstate *t;
-	size_t xklen = 0, nklen = 0;
-	PgQueryNormalizeResult nr = { 0 };
-	bool cacheable, have_nr = false;
+	size_t xklen = 0, sklen = 0, stlen = 0;
+	enum cache_as cache;
 
 	result_clear(out);
 	out->verdict = PGC_DENY;
@@ -2551,6 +2782,14 @@ int pgc_judge(const struct pgc_ctx *ctx, const char *sql, size_t len,
 		out_deny(out, "statement longer than %u bytes", PGC_MAX_SQL);
 		return 0;
 	}
+	if (!(t = tstate_get())) {
+		out_deny(out, "out of memory");
+		return -ENOMEM;
+	}
+	/* an exact hit is these very bytes, stored only after they passed the
+	 * checks below: they need not run again */
+	if ((xklen = key_build(t, 'X', ctx, rules, nrules, sql, len)) && cache_get(t, xklen, out))
+		return 0;
 	if (len && memchr(sql, '\0', len)) {
 		out_deny(out, "statement text holds a NUL byte");
 		return 0;
@@ -2559,12 +2798,6 @@ int pgc_judge(const struct pgc_ctx *ctx, const char *sql, size_t len,
 		out_deny(out, "statement text is not valid UTF-8");
 		return 0;
 	}
-	if (!(t = tstate_get())) {
-		out_deny(out, "out of memory");
-		return -ENOMEM;
-	}
-	if ((xklen = key_build(t, 'X', ctx, rules, nrules, sql, len)) && cache_get(t, xklen, out))
-		return 0;
 	if (len + 1 > t->sqlcap) {
 		char *nb = realloc(t->sql, len + 1);
 
@@ -2587,33 +2820,18 @@ int pgc_judge(const struct pgc_ctx *ctx, const char *sql, size_t len,
 		return 0;
 	}
 
-	/* normalized key: one cached verdict for every constant (a text with
-	 * no quote, '$' or digit has no constant to normalize: its exact key
-	 * is all there is, and pg_query_normalize would cost a parse) */
-	if (xklen && may_have_constants(sql, len)) {
-		nr = pg_query_normalize(t->sql);
-		have_nr = true;
-		if (!nr.error && nr.normalized_query &&
-		    (nklen = key_build(t, 'N', ctx, rules, nrules, nr.normalized_query,
-				       strlen(nr.normalized_query))) &&
-		    cache_get(t, nklen, out)) {
-			struct pgc_result *hit = out;
-
-			/* remember the exact text too: next time costs no normalize */
-			if (key_build(t, 'X', ctx, rules, nrules, sql, len) == xklen)
-				cache_put(t, xklen, hit);
-			pg_query_free_normalize_result(nr);
-			return 0;
-		}
-	}
-	cacheable = judge_parsed(t, ctx, rules, nrules, out);
-	if (cacheable && nklen &&
-	    key_build(t, 'N', ctx, rules, nrules, nr.normalized_query,
-		      strlen(nr.normalized_query)) == nklen)
-		cache_put(t, nklen, out);
-	if (cacheable && xklen && key_build(t, 'X', ctx, rules, nrules, sql, len) == xklen)
+	/* the scanner key: one cached verdict for every constant (a text
+	 * with no quote, '$' or digit has no constant: its exact key is all
+	 * there is) */
+	if (xklen && may_have_constants(sql, len) && (stlen = scan_key(t)) &&
+	    (sklen = key_build(t, 'S', ctx, rules, nrules, t->skey, stlen)) &&
+	    cache_get(t, sklen, out))
+		return 0;
+	cache = judge_parsed(t, ctx, rules, nrules, out);
+	if (cache == CACHE_ALL && sklen &&
+	    key_build(t, 'S', ctx, rules, nrules, t->skey, stlen) == sklen)
+		cache_put(t, sklen, out);
+	if (cache != CACHE_NONE && xklen && key_build(t, 'X', ctx, rules, nrules, sql, len) == xklen)
 		cache_put(t, xklen, out);
-	if (have_nr)
-		pg_query_free_normalize_result(nr);
 	return 0;
 }

@@ -462,8 +462,19 @@ bool pg_utf8_valid(const char *str, size_t len)
 	while (i < len) {
 		uint8_t c = s[i];
 		uint32_t cp;
+		uint64_t w;
 		int n;
 
+		/* eight ASCII bytes, none NUL, at once (the usual has-a-zero-
+		 * byte test, then no high bit); anything else byte by byte */
+		if (len - i >= 8) {
+			memcpy(&w, s + i, 8);
+			if (!((w - 0x0101010101010101ULL) & ~w & 0x8080808080808080ULL) &&
+			    !(w & 0x8080808080808080ULL)) {
+				i += 8;
+				continue;
+			}
+		}
 		if (c == 0)
 			return false;
 		if (c < 0x80) {

@@ -742,7 +742,7 @@ static void *map_set(struct pg_map *m, const char *name, void *val, bool *full)
 
 static void map_clear(struct pg_map *m, bool (*keep)(void *val, void *arg), void *arg)
 {
-	for (int i = 0; i < PG_MAP_BUCKETS; i++) {
+	for (int i = 0; i < PG_MAP_BUCKETS && m->n; i++) {
 		struct pg_name **pp = &m->b[i], *e;
 
 		while ((e = *pp)) {

@@ -341,6 +341,54 @@ def test_protocol_cases(enforcer, pg, tmp):
     assert orders_state(pg) == before
 
 
+def test_cache_siblings_judged_apart(enforcer, pg, tmp):
+    """The verdict cache's constant-blind key (PostgreSQL's own lexer, constant values left out).
+    On one session (one worker, one cache) an allowed statement is followed by texts that differ
+    from it in a name, a comment's end, a quote or a UESCAPE: each is judged on its own. A text that
+    differs only in a constant but fails a grammar check on its value (float(0)) gets its sibling's
+    verdict, reaches the server and is refused there as a syntax error (the safety argument in
+    pg_classify.c), and nothing changes on the server."""
+    enforcer.start(policy(pg, tmp))
+    before = orders_state(pg)
+    res = agent_py(enforcer, f"""
+    out = {{}}
+    c = Conn("127.0.0.1", {pg.port})
+    def q(k, sql):
+        c.send(Q(sql))
+        out[k] = summary(c.until_ready())
+    q("a1", "SELECT id FROM orders WHERE id = 1")
+    q("a2", "SELECT id FROM orders WHERE id = 2")
+    q("b1", "SELECT id FROM secrets WHERE id = 1")
+    q("b2", 'SELECT id FROM "Orders" WHERE id = 1')
+    q("c1", "SELECT id FROM orders WHERE id = 1 /* ; DELETE FROM orders */")
+    q("c2", "SELECT id FROM orders WHERE id = 1 -- ; DELETE FROM orders")
+    q("c3", "SELECT id FROM orders WHERE id = 1 --\\n; DELETE FROM orders")
+    q("d1", "SELECT id FROM U&\\"!006Frders\\" UESCAPE '!' WHERE id = 1")
+    q("d2", "SELECT id FROM U&\\"!006Frders\\" UESCAPE '#' WHERE id = 1")
+    q("d3", "SELECT id FROM U&\\"!0073ecrets\\" UESCAPE '!' WHERE id = 1")
+    q("e1", "SELECT $q$; DELETE FROM orders; $q$")
+    q("e2", "SELECT 'q'; DELETE FROM orders; SELECT 'q'")
+    q("e3", "SELECT E'\\\\''; DELETE FROM orders; --'")
+    q("f1", "SELECT 1::float(9) FROM orders WHERE id = 1")
+    q("f2", "SELECT 1::float(0) FROM orders WHERE id = 1")
+    q("g1", "SELECT id, cc FROM customers ORDER BY 1")
+    q("g2", "SELECT id, cc FROM customers ORDER BY 2")
+    q("h1", "SELECT lower('x') FROM orders WHERE id = 1")
+    q("h2", "SELECT pg_read_file('x') FROM orders WHERE id = 1")
+    print(json.dumps(out))
+    """)
+    dn = lambda s: s[0].startswith("E:42501:agentgate: denied") and s[-1] == "ZI"  # noqa: E731
+    ok = lambda s: s[0] == "T" and s[-2].startswith("C:SELECT") and s[-1] == "ZI"  # noqa: E731
+    for k in ("a1", "a2", "c1", "c2", "d1", "e1", "f1", "g1", "h1"):
+        assert ok(res[k]), (k, res[k])
+    for k in ("b1", "b2", "c3", "d2", "d3", "e2", "e3", "g2", "h2"):
+        assert dn(res[k]), (k, res[k])
+    # the server's grammar (gram.y, opt_float) refuses it: nothing of the text ran
+    assert res["f2"][0].startswith("E:22023:precision for type float"), res["f2"]
+    assert res["f2"][-1] == "ZI", res["f2"]
+    assert orders_state(pg) == before
+
+
 RULES_RW = [{"target": "shop",
              "allow": {"statements": ["select", "insert", "copy"],
                        "tables": ["public.customers", "public.orders", "public.big", "public.notes",

@@ -326,6 +326,24 @@ static void test_utf8(void)
 	CHECK(!pg_utf8_valid("\xf4\x90\x80\x80", 4));          /* > U+10FFFF */
 	CHECK(!pg_utf8_valid("a\0b", 3));
 	CHECK(!pg_utf8_valid("\xe2\x82", 2));                  /* truncated */
+	/* the eight-bytes-at-once path: a NUL, a stray byte or a good
+	 * sequence at every offset of a word, in a longer ASCII text */
+	for (size_t at = 0; at < 24; at++) {
+		char t[32];
+
+		memset(t, 'a', sizeof(t));
+		t[at] = '\0';
+		CHECK(!pg_utf8_valid(t, sizeof(t)));
+		t[at] = '\x80';
+		CHECK(!pg_utf8_valid(t, sizeof(t)));
+		t[at] = '\x7f';
+		CHECK(pg_utf8_valid(t, sizeof(t)));
+		memcpy(t + at, "\xc3\xa9", 2);
+		CHECK(pg_utf8_valid(t, sizeof(t)));
+		CHECK(!pg_utf8_valid(t, at + 1));               /* cut inside it */
+		t[at + 1] = 'b';
+		CHECK(!pg_utf8_valid(t, sizeof(t)));
+	}
 }
 
 static void test_md5(void)

