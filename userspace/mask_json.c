@@ -301,6 +301,45 @@ static int emit_grow(struct jw *w, size_t n)
 	return grow((void **)&w->out, &w->ocap, w->on + n + 1, OUT_MAX + 1);
 }
 
+/*
+ * memcpy for the short pieces the rewriter copies (runs between whitespace
+ * such as `{"id":` or `"Ada",`, member names): two overlapping moves of 8,
+ * 4 or 2 bytes, both inside [src, src + n) so nothing outside it is read or
+ * written, instead of a call to memcpy; longer ones go to memcpy.
+ */
+static inline __attribute__((always_inline)) void copy_short(void *dst, const void *src, size_t n)
+{
+	uint8_t *d = dst;
+	const uint8_t *s = src;
+
+	if (n >= 8 && n <= 16) {
+		uint64_t a, b;
+
+		memcpy(&a, s, 8);
+		memcpy(&b, s + n - 8, 8);
+		memcpy(d, &a, 8);
+		memcpy(d + n - 8, &b, 8);
+	} else if (n >= 4 && n < 8) {
+		uint32_t a, b;
+
+		memcpy(&a, s, 4);
+		memcpy(&b, s + n - 4, 4);
+		memcpy(d, &a, 4);
+		memcpy(d + n - 4, &b, 4);
+	} else if (n >= 2 && n < 4) {
+		uint16_t a, b;
+
+		memcpy(&a, s, 2);
+		memcpy(&b, s + n - 2, 2);
+		memcpy(d, &a, 2);
+		memcpy(d + n - 2, &b, 2);
+	} else if (n == 1) {
+		*d = *s;
+	} else if (n) {
+		memcpy(d, s, n);
+	}
+}
+
 static inline __attribute__((always_inline)) int emit(struct jw *w, const void *p, size_t n)
 {
 	int rc;
@@ -309,18 +348,7 @@ static inline __attribute__((always_inline)) int emit(struct jw *w, const void *
 		return 0;
 	if (w->on + n + 1 > w->ocap && (rc = emit_grow(w, n)))
 		return rc;
-	/* Runs between whitespace are short: two overlapping 8-byte moves
-	 * (both inside [p, p + n)) instead of a call to memcpy. */
-	if (n >= 8 && n <= 16) {
-		uint64_t a, b;
-
-		memcpy(&a, p, 8);
-		memcpy(&b, (const uint8_t *)p + n - 8, 8);
-		memcpy(w->out + w->on, &a, 8);
-		memcpy(w->out + w->on + n - 8, &b, 8);
-	} else {
-		memcpy(w->out + w->on, p, n);
-	}
+	copy_short(w->out + w->on, p, n);
 	w->on += n;
 	return 0;
 }
@@ -744,7 +772,7 @@ static inline __attribute__((always_inline)) int push_key(struct jw *w, const ui
 	    (rc = grow_inl((void **)&w->keys, &w->kcap, (w->nk + 1) * sizeof(*w->keys), (size_t)-1, w->keys0,
 			   w->nk * sizeof(*w->keys))))
 		return rc;
-	memcpy(w->arena + w->an, d, dlen);
+	copy_short(w->arena + w->an, d, dlen);
 	*off = w->an;
 	w->keys[w->nk].off = w->an;
 	w->keys[w->nk].len = dlen;

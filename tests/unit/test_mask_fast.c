@@ -607,6 +607,67 @@ static void test_scratch_growth(void)
 	mask_free(m6);
 }
 
+/* ---- short copies (copy_short): every run and name length ----------------- */
+
+/* Runs between whitespace and member names of every length from 0 to 40
+ * are copied exactly (output = input without its whitespace), and names
+ * that differ only in their first or last byte are told apart while equal
+ * ones are duplicates (the names' copies in the arena are exact too). */
+static void test_short_runs(void)
+{
+	static const char *const json[] = { "$.nomatch" };
+	struct mask_rules *m = compile(NULL, 0, json, 1);
+	char in[8192], want[8192], name[64];
+	size_t n = 0, k = 0;
+	char *o;
+	int rc;
+
+	CHECK(m != NULL);
+	in[n++] = '{';
+	want[k++] = '{';
+	for (int len = 0; len <= 40; len++) {
+		for (int i = 0; i < len; i++)
+			name[i] = (char)('a' + (len + i * 7) % 26);
+		name[len] = '\0';
+		/* the value is a number of len + 1 digits, then a string */
+		n += (size_t)sprintf(in + n, "%s \"%s\" :\t", len ? " ," : "", name);
+		k += (size_t)sprintf(want + k, "%s\"%s\":", len ? "," : "", name);
+		for (int i = 0; i <= len; i++) {
+			in[n++] = (char)('1' + (i + len) % 9);
+			want[k++] = in[n - 1];
+		}
+		n += (size_t)sprintf(in + n, " ,\n\"%sX\" : \"%s\"", name, name);
+		k += (size_t)sprintf(want + k, ",\"%sX\":\"%s\"", name, name);
+	}
+	n += (size_t)sprintf(in + n, " }");
+	k += (size_t)sprintf(want + k, "}");
+	o = mj(m, in, n, &rc, NULL);
+	CHECK(rc == 0 && o && strcmp(o, want) == 0);
+	free(o);
+	for (int len = 1; len <= 40; len++) {
+		char a[64], b[64], doc[256];
+
+		for (int i = 0; i < len; i++)
+			a[i] = b[i] = (char)('a' + (len + i * 5) % 26);
+		a[len] = b[len] = '\0';
+		snprintf(doc, sizeof(doc), "{\"%s\": 1, \"%s\": 2}", a, b);
+		o = mjs(m, doc, &rc);
+		CHECK(rc == -EINVAL && !o);   /* a duplicate name */
+		b[len - 1] = 'Z';
+		snprintf(doc, sizeof(doc), "{\"%s\": 1, \"%s\": 2}", a, b);
+		o = mjs(m, doc, &rc);
+		CHECK(rc == 0 && o);
+		free(o);
+		b[len - 1] = a[len - 1];
+		b[0] = 'Z';
+		snprintf(doc, sizeof(doc), "{\"%s\": 1, \"%s\": 2}", a, b);
+		o = mjs(m, doc, &rc);
+		CHECK(rc == 0 && o);
+		free(o);
+	}
+	mask_free(m);
+}
+
 int main(void)
 {
 	RUN(test_min_lengths);
@@ -617,5 +678,6 @@ int main(void)
 	RUN(test_report_cache);
 	RUN(test_huge_strings);
 	RUN(test_scratch_growth);
+	RUN(test_short_runs);
 	UNIT_DONE("mask_fast");
 }
