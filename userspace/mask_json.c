@@ -390,7 +390,8 @@ static inline int skip_ws(struct jw *w, bool quiet)
 		return 0;   /* the common case: no whitespace at all */
 	if (!quiet && (rc = flush(w, p)))
 		return rc;
-	while (p < w->len && is_ws(w->s[p]))
+	p++;
+	while (p < w->len && w->s[p] <= ' ' && is_ws(w->s[p]))
 		p++;
 	w->pos = p;
 	if (!quiet)

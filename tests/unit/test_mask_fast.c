@@ -668,6 +668,57 @@ static void test_short_runs(void)
 	mask_free(m);
 }
 
+/* Whitespace runs of 1 to 9 bytes (of all four kinds) between every two
+ * tokens are dropped whole; a control byte that is not JSON whitespace
+ * (\v, \f, \x01) after or inside such a run is not JSON. */
+static void test_ws_runs(void)
+{
+	static const char *const json[] = { "$..card" };
+	static const char *const det[] = { "credit_card" };
+	static const char *const toks[] = { "{", "\"a\"", ":", "[", "1", ",", "\"4111111111111111\"", ",",
+					    "{", "\"card\"", ":", "true", "}", "]", ",", "\"b\"", ":", "null", "}" };
+	static const char wsch[] = " \t\n\r";
+	const char *want = "{\"a\":[1,\"****\",{\"card\":\"****\"}],\"b\":null}";
+	struct mask_rules *m = compile(det, 1, json, 1);
+	char in[1024], bad[1024];
+	char *o;
+	int rc;
+
+	CHECK(m != NULL);
+	for (int k = 1; k <= 9; k++) {
+		size_t n = 0;
+
+		for (size_t t = 0; t < sizeof(toks) / sizeof(toks[0]); t++) {
+			for (int i = 0; i < k; i++)
+				in[n++] = wsch[(i + t + (size_t)k) % 4];
+			n += (size_t)sprintf(in + n, "%s", toks[t]);
+		}
+		for (int i = 0; i < k; i++)
+			in[n++] = wsch[i % 4];
+		in[n] = '\0';
+		o = mj(m, in, n, &rc, NULL);
+		CHECK(rc == 0 && o && strcmp(o, want) == 0);
+		free(o);
+		/* a control byte at each place of a run after the first ':' */
+		for (int at = 0; at <= k; at++) {
+			static const char ctl[] = "\v\f\x01";
+
+			for (int c = 0; c < 3; c++) {
+				const char *colon = strchr(in, ':');
+				size_t pos = (size_t)(colon - in) + 1 + (size_t)at;
+
+				memcpy(bad, in, pos);
+				bad[pos] = ctl[c];
+				memcpy(bad + pos + 1, in + pos, n - pos);
+				o = mj(m, bad, n + 1, &rc, NULL);
+				CHECK(rc == -EINVAL && !o);
+				free(o);
+			}
+		}
+	}
+	mask_free(m);
+}
+
 int main(void)
 {
 	RUN(test_min_lengths);
@@ -679,5 +730,6 @@ int main(void)
 	RUN(test_huge_strings);
 	RUN(test_scratch_growth);
 	RUN(test_short_runs);
+	RUN(test_ws_runs);
 	UNIT_DONE("mask_fast");
 }
