@@ -25,6 +25,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 static void setwhy(char *why, size_t whylen, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
@@ -471,6 +474,23 @@ static inline unsigned first_special(const uint8_t *s)
 	return t ? (unsigned)__builtin_ctzll(t) >> 3 : 8;
 }
 
+#ifdef __SSE2__
+/* first_special() over 16 bytes (SSE2 is in every x86-64): the same bytes
+ * are special, a signed compare with 0x20 taking both the control
+ * characters and the bytes >= 0x80 (negative as signed). Exact: a mask bit
+ * per byte, no borrow between them. */
+static inline unsigned first_special16(const uint8_t *s)
+{
+	__m128i x = _mm_loadu_si128((const __m128i *)(const void *)s);
+	__m128i t = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('"')),
+					      _mm_cmpeq_epi8(x, _mm_set1_epi8('\\'))),
+				 _mm_cmplt_epi8(x, _mm_set1_epi8(0x20)));
+	unsigned msk = (unsigned)_mm_movemask_epi8(t);
+
+	return msk ? (unsigned)__builtin_ctz(msk) : 16;
+}
+#endif
+
 /* Decodes the escapes of the string whose body starts at b (after its
  * '"'); p is the first '\\' (everything before it is plain, validated).
  * Decoded text goes to w->dec (*dlen bytes); *end is the closing '"'. */
@@ -566,9 +586,21 @@ static inline __attribute__((always_inline)) int parse_string(struct jw *w, size
 	for (;;) {
 		uint8_t c;
 
-		while (w->len - p >= 8) {
-			unsigned k = first_special(s + p);
+		for (;;) {
+			unsigned k;
 
+#ifdef __SSE2__
+			if (w->len - p >= 16) {
+				k = first_special16(s + p);
+				p += k;
+				if (k < 16)
+					break;
+				continue;
+			}
+#endif
+			if (w->len - p < 8)
+				break;
+			k = first_special(s + p);
 			p += k;
 			if (k < 8)
 				break;

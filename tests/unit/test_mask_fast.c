@@ -188,7 +188,7 @@ static void test_escapes(void)
  * after (tail = "]") or well before it. */
 static void at_offsets(const struct mask_rules *m, const char *special, int want_rc, const char *what)
 {
-	for (size_t n = 0; n < 24; n++)
+	for (size_t n = 0; n < 40; n++)   /* past two 16-byte and five 8-byte windows */
 		for (size_t k = 0; k <= n; k++)
 			for (int pad = 0; pad < 2; pad++) {
 				char body[128], *o;
