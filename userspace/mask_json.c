@@ -377,8 +377,21 @@ static inline bool is_ws(uint8_t c)
  */
 static int flush(struct jw *w, size_t upto)
 {
-	int rc = emit(w, w->s + w->cp, upto - w->cp);
+	size_t n = upto - w->cp;
+	int rc;
 
+	/* Most runs are at most 16 bytes: one 16-byte move when the input
+	 * has 16 bytes from the run's start and the output room for them
+	 * plus the NUL. The bytes past the run are input bytes written past
+	 * w->on: never part of the output (the next emit writes over them,
+	 * the final length and NUL exclude them). */
+	if (n <= 16 && w->len - w->cp >= 16 && w->ocap - w->on > 16) {
+		memcpy(w->out + w->on, w->s + w->cp, 16);
+		w->on += n;
+		w->cp = upto;
+		return 0;
+	}
+	rc = emit(w, w->s + w->cp, n);
 	w->cp = upto;
 	return rc;
 }
