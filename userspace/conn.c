@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -312,6 +313,9 @@ static int grow(uint8_t **buf, uint32_t *cap, size_t need, size_t limit)
 	return 0;
 }
 
+static bool side_live(struct conn *c, int side);
+static int side_fd(struct conn *c, int side);
+
 int conn_send(struct conn *c, int side, const void *buf, size_t len)
 {
 	struct conn_side *sd = &c->side[side];
@@ -335,6 +339,43 @@ int conn_send(struct conn *c, int side, const void *buf, size_t len)
 	memcpy(sd->out + sd->out_len, buf, len);
 	sd->out_len += len;
 	return 0;
+}
+
+/*
+ * As conn_send(), but the bytes go to the socket now when they can: what is
+ * queued for side and buf are written with one sendmsg(), and only what the
+ * socket did not take is copied into the queue. Saves a copy of a big
+ * answer (a masked 64 KiB body). TLS legs, a leg still dialling, and a
+ * socket error all fall back to conn_send() (an error then surfaces from
+ * the next flush, as it would have).
+ */
+int conn_send_now(struct conn *c, int side, const void *buf, size_t len)
+{
+	struct conn_side *sd = &c->side[side];
+	size_t queued = sd->out_len - sd->out_off, sent;
+	struct iovec iov[2];
+	struct msghdr mh = { .msg_iov = iov };
+	ssize_t n;
+
+	if (!len || sd->want_shut || c->closing || sd->ssl || !side_live(c, side))
+		return conn_send(c, side, buf, len);
+	if (queued)
+		iov[mh.msg_iovlen++] = (struct iovec){ sd->out + sd->out_off, queued };
+	iov[mh.msg_iovlen++] = (struct iovec){ (void *)buf, len };
+	do
+		n = sendmsg(side_fd(c, side), &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+	while (n < 0 && errno == EINTR);
+	if (n <= 0)
+		return conn_send(c, side, buf, len);
+	c->tx[side] += n;
+	c->bytes[side == SIDE_UP ? DIR_UP : DIR_DOWN] += n;
+	if ((size_t)n < queued) {
+		sd->out_off += n;
+		return conn_send(c, side, buf, len);
+	}
+	sd->out_off = sd->out_len = 0;
+	sent = (size_t)n - queued;
+	return conn_send(c, side, (const uint8_t *)buf + sent, len - sent);
 }
 
 uint32_t conn_out_pending(const struct conn *c, int side)

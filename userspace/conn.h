@@ -122,6 +122,9 @@ bool conn_in_eof(const struct conn *c, int side);
 /* Let side's input buffer grow to max bytes (<= CONN_IN_LIMIT) for one big message. */
 int conn_in_reserve(struct conn *c, int side, uint32_t max);
 int conn_send(struct conn *c, int side, const void *buf, size_t len);
+/* conn_send() that writes to the socket at once what it can (queued bytes
+ * first) and queues only the rest: no copy of a big answer the socket takes. */
+int conn_send_now(struct conn *c, int side, const void *buf, size_t len);
 uint32_t conn_out_pending(const struct conn *c, int side);
 /* Half-close toward side once its queued output is written (TLS: close_notify, then FIN). */
 void conn_shutdown(struct conn *c, int side);

@@ -25,6 +25,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 static void setwhy(char *why, size_t whylen, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
@@ -301,6 +304,45 @@ static int emit_grow(struct jw *w, size_t n)
 	return grow((void **)&w->out, &w->ocap, w->on + n + 1, OUT_MAX + 1);
 }
 
+/*
+ * memcpy for the short pieces the rewriter copies (runs between whitespace
+ * such as `{"id":` or `"Ada",`, member names): two overlapping moves of 8,
+ * 4 or 2 bytes, both inside [src, src + n) so nothing outside it is read or
+ * written, instead of a call to memcpy; longer ones go to memcpy.
+ */
+static inline __attribute__((always_inline)) void copy_short(void *dst, const void *src, size_t n)
+{
+	uint8_t *d = dst;
+	const uint8_t *s = src;
+
+	if (n >= 8 && n <= 16) {
+		uint64_t a, b;
+
+		memcpy(&a, s, 8);
+		memcpy(&b, s + n - 8, 8);
+		memcpy(d, &a, 8);
+		memcpy(d + n - 8, &b, 8);
+	} else if (n >= 4 && n < 8) {
+		uint32_t a, b;
+
+		memcpy(&a, s, 4);
+		memcpy(&b, s + n - 4, 4);
+		memcpy(d, &a, 4);
+		memcpy(d + n - 4, &b, 4);
+	} else if (n >= 2 && n < 4) {
+		uint16_t a, b;
+
+		memcpy(&a, s, 2);
+		memcpy(&b, s + n - 2, 2);
+		memcpy(d, &a, 2);
+		memcpy(d + n - 2, &b, 2);
+	} else if (n == 1) {
+		*d = *s;
+	} else if (n) {
+		memcpy(d, s, n);
+	}
+}
+
 static inline __attribute__((always_inline)) int emit(struct jw *w, const void *p, size_t n)
 {
 	int rc;
@@ -309,18 +351,7 @@ static inline __attribute__((always_inline)) int emit(struct jw *w, const void *
 		return 0;
 	if (w->on + n + 1 > w->ocap && (rc = emit_grow(w, n)))
 		return rc;
-	/* Runs between whitespace are short: two overlapping 8-byte moves
-	 * (both inside [p, p + n)) instead of a call to memcpy. */
-	if (n >= 8 && n <= 16) {
-		uint64_t a, b;
-
-		memcpy(&a, p, 8);
-		memcpy(&b, (const uint8_t *)p + n - 8, 8);
-		memcpy(w->out + w->on, &a, 8);
-		memcpy(w->out + w->on + n - 8, &b, 8);
-	} else {
-		memcpy(w->out + w->on, p, n);
-	}
+	copy_short(w->out + w->on, p, n);
 	w->on += n;
 	return 0;
 }
@@ -346,8 +377,21 @@ static inline bool is_ws(uint8_t c)
  */
 static int flush(struct jw *w, size_t upto)
 {
-	int rc = emit(w, w->s + w->cp, upto - w->cp);
+	size_t n = upto - w->cp;
+	int rc;
 
+	/* Most runs are at most 16 bytes: one 16-byte move when the input
+	 * has 16 bytes from the run's start and the output room for them
+	 * plus the NUL. The bytes past the run are input bytes written past
+	 * w->on: never part of the output (the next emit writes over them,
+	 * the final length and NUL exclude them). */
+	if (n <= 16 && w->len - w->cp >= 16 && w->ocap - w->on > 16) {
+		memcpy(w->out + w->on, w->s + w->cp, 16);
+		w->on += n;
+		w->cp = upto;
+		return 0;
+	}
+	rc = emit(w, w->s + w->cp, n);
 	w->cp = upto;
 	return rc;
 }
@@ -362,7 +406,8 @@ static inline int skip_ws(struct jw *w, bool quiet)
 		return 0;   /* the common case: no whitespace at all */
 	if (!quiet && (rc = flush(w, p)))
 		return rc;
-	while (p < w->len && is_ws(w->s[p]))
+	p++;
+	while (p < w->len && w->s[p] <= ' ' && is_ws(w->s[p]))
 		p++;
 	w->pos = p;
 	if (!quiet)
@@ -441,6 +486,23 @@ static inline unsigned first_special(const uint8_t *s)
 	t = ((x - ones * 0x20) | ((x ^ (ones * '"')) - ones) | ((x ^ (ones * '\\')) - ones) | x) & highs;
 	return t ? (unsigned)__builtin_ctzll(t) >> 3 : 8;
 }
+
+#ifdef __SSE2__
+/* first_special() over 16 bytes (SSE2 is in every x86-64): the same bytes
+ * are special, a signed compare with 0x20 taking both the control
+ * characters and the bytes >= 0x80 (negative as signed). Exact: a mask bit
+ * per byte, no borrow between them. */
+static inline unsigned first_special16(const uint8_t *s)
+{
+	__m128i x = _mm_loadu_si128((const __m128i *)(const void *)s);
+	__m128i t = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('"')),
+					      _mm_cmpeq_epi8(x, _mm_set1_epi8('\\'))),
+				 _mm_cmplt_epi8(x, _mm_set1_epi8(0x20)));
+	unsigned msk = (unsigned)_mm_movemask_epi8(t);
+
+	return msk ? (unsigned)__builtin_ctz(msk) : 16;
+}
+#endif
 
 /* Decodes the escapes of the string whose body starts at b (after its
  * '"'); p is the first '\\' (everything before it is plain, validated).
@@ -537,9 +599,21 @@ static inline __attribute__((always_inline)) int parse_string(struct jw *w, size
 	for (;;) {
 		uint8_t c;
 
-		while (w->len - p >= 8) {
-			unsigned k = first_special(s + p);
+		for (;;) {
+			unsigned k;
 
+#ifdef __SSE2__
+			if (w->len - p >= 16) {
+				k = first_special16(s + p);
+				p += k;
+				if (k < 16)
+					break;
+				continue;
+			}
+#endif
+			if (w->len - p < 8)
+				break;
+			k = first_special(s + p);
 			p += k;
 			if (k < 8)
 				break;
@@ -744,7 +818,7 @@ static inline __attribute__((always_inline)) int push_key(struct jw *w, const ui
 	    (rc = grow_inl((void **)&w->keys, &w->kcap, (w->nk + 1) * sizeof(*w->keys), (size_t)-1, w->keys0,
 			   w->nk * sizeof(*w->keys))))
 		return rc;
-	memcpy(w->arena + w->an, d, dlen);
+	copy_short(w->arena + w->an, d, dlen);
 	*off = w->an;
 	w->keys[w->nk].off = w->an;
 	w->keys[w->nk].len = dlen;

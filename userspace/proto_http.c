@@ -93,7 +93,10 @@
 enum { A_HEAD = 0, A_BODY, A_WAIT_UPGRADE, A_TUNNEL, A_DONE };
 /* U_DISCARD: the response was refused (a 502 of ours went instead) and the
  * connection is ending: what the upstream still sends is dropped. */
-enum { U_HEAD = 0, U_BODY, U_TUNNEL, U_DISCARD };
+/* U_HELD: a masked response with a Content-Length waits, head and body,
+ * in the upstream input buffer until it is whole; it is masked from there
+ * (no copy of it is made). */
+enum { U_HEAD = 0, U_BODY, U_TUNNEL, U_DISCARD, U_HELD };
 
 struct hreq {                      /* a request in flight, answered in order */
 	bool local;                    /* answered by us */
@@ -152,10 +155,11 @@ struct http_state {
 	const struct policy_rule *mask_of[2 * ENFORCER_MAX_RULES];
 	size_t nmask_of;
 	bool mask_valid;
-	/* a masked response being collected */
+	/* a masked response being collected (chunked or delimited by the
+	 * close; one with a Content-Length is held in the input: U_HELD) */
 	bool collecting;
 	uint8_t *mhead;                /* copy of its head; mh's offsets point into it */
-	struct http_head mh;
+	struct http_head mh;           /* U_HELD: offsets into the upstream input */
 	uint8_t *mbody;
 	size_t mlen, mcap;
 };
@@ -1308,9 +1312,11 @@ static int collect_start(struct conn *c, const uint8_t *in, const struct http_he
 	return 0;
 }
 
-/* Mask the collected body and send the answer; a body that cannot be
- * masked is a 502 of ours, never the unmasked bytes. */
-static int collect_finish(struct conn *c)
+/* Mask a whole response body (head: the upstream's head, h parsed from it)
+ * and send the answer; a body that cannot be masked is a 502 of ours,
+ * never the unmasked bytes. */
+static int mask_answer(struct conn *c, const uint8_t *head, const struct http_head *h, const uint8_t *body,
+		       size_t blen)
 {
 	struct http_state *s = st(c);
 	struct hreq *r = q_front(s);
@@ -1320,41 +1326,68 @@ static int collect_finish(struct conn *c)
 	char *out = NULL;
 	int err;
 
-	s->collecting = false;
-	for (unsigned i = 0; i < s->mh.nf; i++)
-		if (http_field_is(s->mhead, &s->mh.f[i], "content-encoding")) {
-			coding = (const char *)s->mhead + s->mh.f[i].value;
-			clen = s->mh.f[i].value_len;
+	for (unsigned i = 0; i < h->nf; i++)
+		if (http_field_is(head, &h->f[i], "content-encoding")) {
+			coding = (const char *)head + h->f[i].value;
+			clen = h->f[i].value_len;
 		}
 	if (!s->mask) {   /* the rule set changed under a pipelined request: fail closed */
 		err = -EINVAL;
 		why = "the route's mask changed while its response was read";
 	} else {
-		err = http_mask_body(s->mask, s->mbody, s->mlen, coding, clen, &out, &outlen, &rep, &why);
+		err = http_mask_body(s->mask, body, blen, coding, clen, &out, &outlen, &rep, &why);
 	}
-	s->mlen = 0;
 	if (err) {
 		r->local = true;
 		r->allowed = false;
 		r->status = 502;
 		r->reason = why;
 		r->close_after = true;
-		err = send_local(c, r);
-		return err;
+		return send_local(c, r);
 	}
 	r->mask_hits = rep.hits;
 	snprintf(r->mask_fields, sizeof(r->mask_fields), "%s", rep.fields);
+	err = send_resp_head(c, head, h, r, r->close_after || s->up_close, (long long)outlen);
+	if (!err)   /* straight to the socket, head and body in one write, when it takes them */
+		err = conn_send_now(c, SIDE_AGENT, out, outlen);
+	r->resp_bytes += outlen;
+	free(out);
+	return err;
+}
+
+/* The collected body is whole: masked and answered. */
+static int collect_finish(struct conn *c)
+{
+	struct http_state *s = st(c);
+	int err;
+
+	s->collecting = false;
+	err = mask_answer(c, s->mhead, &s->mh, s->mbody, s->mlen);
+	s->mlen = 0;
 	if (s->mcap > (256u << 10)) {   /* a big body's buffer does not stay with the connection */
 		free(s->mbody);
 		s->mbody = NULL;
 		s->mcap = 0;
 	}
-	err = send_resp_head(c, s->mhead, &s->mh, r, r->close_after || s->up_close, (long long)outlen);
-	if (!err)
-		err = conn_send(c, SIDE_AGENT, out, outlen);
-	r->resp_bytes += outlen;
-	free(out);
 	return err;
+}
+
+/* U_HELD: the held response, once whole, is masked from the input buffer. */
+static int held_body(struct conn *c, const uint8_t *in, uint32_t len, bool eof)
+{
+	struct http_state *s = st(c);
+	size_t need = s->mh.head_len + (size_t)s->mh.content_length;
+	int err;
+
+	if (len < need)
+		return eof ? -EPIPE : 0;   /* cut short: never taken for whole */
+	err = mask_answer(c, in, &s->mh, in + s->mh.head_len, (size_t)s->mh.content_length);
+	conn_in_consume(c, SIDE_UP, (uint32_t)need);
+	s->ustate = U_HEAD;
+	if (err)
+		return err;
+	err = response_done(c);
+	return err ? err : 1;
 }
 
 #define MASK_TOO_BIG "the response body is larger than the masking bound (8 MiB) and cannot be masked"
@@ -1618,6 +1651,11 @@ static int process_upstream(struct conn *c)
 				conn_shutdown(c, SIDE_AGENT);
 			return 0;
 		}
+		if (s->ustate == U_HELD) {
+			if ((rc = held_body(c, in, len, eof)) <= 0)
+				return rc;
+			continue;
+		}
 		if (s->ustate == U_BODY) {
 			if (!len && !eof)
 				return 0;
@@ -1676,6 +1714,18 @@ static int process_upstream(struct conn *c)
 		}
 		r->status = h.status;
 		s->uchunked_out = h.body == HTTP_BODY_CHUNKED && !r->v10;
+		if (r->masked && h.body == HTTP_BODY_LENGTH && h.content_length <= MASK_JSON_MAX &&
+		    h.status != 101) {
+			/* held, unconsumed, in the input buffer until whole (it may
+			 * grow to hold it: bounded by MASK_JSON_MAX and the head's max) */
+			if ((err = conn_in_reserve(c, SIDE_UP, h.head_len + (uint32_t)h.content_length)))
+				return err;
+			s->mh = h;
+			s->ustate = U_HELD;
+			if ((err = process_agent(c)))
+				return err;
+			continue;
+		}
 		if (r->masked && h.body != HTTP_BODY_NONE && h.status != 101) {
 			/* held until the body is whole and masked */
 			if ((err = collect_start(c, in, &h)) == -E2BIG) {

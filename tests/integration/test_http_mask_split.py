@@ -11,7 +11,7 @@ import os
 import time
 
 from conftest import PY, Proc, free_port, wait_port
-from test_http import AGENT, curl, mask_policy  # noqa: F401
+from test_http import AGENT, crlf, curl, mask_policy, raw, responses  # noqa: F401
 
 # Answers GET /v1/<framing>/<step>/<name> with the file DIR/<name>, sent in
 # pieces of <step> bytes with a pause after each: framing "cl" is one
@@ -38,6 +38,13 @@ def serve(c):
             step = int(step)
             body = open(os.path.join(d, name), "rb").read()
             pieces = [body[i:i + step] for i in range(0, len(body), step)]
+            if framing == "cut":   # promises 100 bytes more than it sends, then closes
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                          % (len(body) + 100))
+                for p in pieces:
+                    c.sendall(p)
+                    time.sleep(0.002)
+                return
             if framing == "cl":
                 c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
                 for p in pieces:
@@ -148,3 +155,32 @@ def test_masked_invalid_json_split_is_masked_as_text(enforcer, servers, tmp):
     code, body = get(enforcer, port, "/v1/ch/2/cut")
     assert code == "502" and "not JSON" in json.loads(body)["reason"], body
     assert "4111" not in body
+
+
+def test_masked_pipelined_and_cut_short(enforcer, servers, tmp):
+    """Masked Content-Length answers to pipelined requests, each held whole
+    before it is masked (the next one's bytes may be in the same read);
+    a body cut short is never passed on, not even masked."""
+    port, d = upstream(tmp, servers.procs)
+    with open(os.path.join(d, "tricky"), "wb") as f:
+        f.write(TRICKY)
+    doc64, n64 = bench_doc(65536)
+    with open(os.path.join(d, "bench"), "w") as f:
+        f.write(doc64)
+    enforcer.start(mask_policy(port, MASK))
+    paths = ["/v1/cl/100000/tricky", "/v1/cl/65536/bench", "/v1/cl/7/tricky", "/v1/cl/100000/bench"]
+    req = "".join(f"GET {p} HTTP/1.1⏎Host: 127.0.0.1⏎⏎" for p in paths)
+    out = raw(enforcer, port, crlf(req))
+    rs, rest = responses(out)
+    assert [r[0] for r in rs] == [200, 200, 200, 200], out[:500]
+    want64 = {"items": [{"id": i, "customer": {"name": "Ada", "email": "****"}, "card": "****",
+                         "total": i * 7} for i in range(n64)]}
+    for (_, hdrs, body), p in zip(rs, paths):
+        assert int(hdrs["content-length"]) == len(body)
+        assert json.loads(body) == (TRICKY_MASKED if p.endswith("tricky") else want64), p
+    assert rest == b"<OPEN>"
+    assert b"4111" not in out and b"example.com" not in out
+    for step in (7, 4096, 100000):
+        r = curl(enforcer, "-w", "\n%{http_code}", f"http://127.0.0.1:{port}/v1/cut/{step}/tricky")
+        assert r.returncode != 0, (step, r.stdout)   # never taken for a whole answer
+        assert "4111" not in r.stdout and "example.com" not in r.stdout and "****" not in r.stdout, r.stdout

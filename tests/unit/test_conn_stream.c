@@ -31,7 +31,11 @@ static int mode;               /* what the test module does */
 static int tls_rc;
 static char ca_dir[] = "/tmp/ag-unit-ca-XXXXXX";
 
-enum { M_UPPER, M_AMPLIFY, M_EOF, M_FINISH, M_STARTTLS, M_HOLD, M_UPTLS };
+enum { M_UPPER, M_AMPLIFY, M_EOF, M_FINISH, M_STARTTLS, M_HOLD, M_UPTLS, M_SENDNOW };
+
+#define NOW_LEN (1u << 20)   /* more than a socketpair takes at once */
+static uint8_t *now_buf;
+static int now_rc[3];
 
 static int mod_agent(struct conn *c)
 {
@@ -94,6 +98,16 @@ static int mod_agent(struct conn *c)
 	case M_UPTLS:
 		conn_in_consume(c, SIDE_AGENT, len);
 		return len ? conn_send(c, SIDE_UP, p, len) : 0;
+	case M_SENDNOW:
+		/* queued bytes, then two big writes: the first fills the socket
+		 * (the rest is queued), the second finds a queue ahead of it */
+		conn_in_consume(c, SIDE_AGENT, len);
+		if (!len)
+			return 0;
+		now_rc[0] = conn_send(c, SIDE_UP, "head", 4);
+		now_rc[1] = conn_send_now(c, SIDE_UP, now_buf, NOW_LEN);
+		now_rc[2] = conn_send_now(c, SIDE_UP, now_buf + 7, NOW_LEN - 7);
+		return 0;
 	}
 	return 0;
 }
@@ -358,6 +372,38 @@ static void tls_agent_case(const char *sni)
 	close(u_peer);
 }
 
+/* conn_send_now: every byte arrives once, in order, after what was queued. */
+static void t_send_now(void)
+{
+	size_t total = 4 + NOW_LEN + NOW_LEN - 7;
+	char *got = malloc(total);
+	struct conn *c;
+	bool ok;
+
+	now_buf = malloc(NOW_LEN);
+	for (size_t i = 0; i < NOW_LEN; i++)
+		now_buf[i] = (uint8_t)(i * 31 + i / 251);
+	mode = M_SENDNOW;
+	c = new_conn();
+	CHECK(write(a_peer, "go", 2) == 2);
+	CHECK(read_n(u_peer, got, total, 5000) == (ssize_t)total);
+	CHECK(now_rc[0] == 0 && now_rc[1] == 0 && now_rc[2] == 0);
+	ok = memcmp(got, "head", 4) == 0 && memcmp(got + 4, now_buf, NOW_LEN) == 0 &&
+	     memcmp(got + 4 + NOW_LEN, now_buf + 7, NOW_LEN - 7) == 0;
+	CHECK(ok);
+	CHECK(c->bytes[DIR_UP] == total && c->tx[SIDE_UP] == total);
+	CHECK(conn_out_pending(c, SIDE_UP) == 0);
+	/* after a shutdown request it refuses as conn_send does */
+	conn_shutdown(c, SIDE_UP);
+	CHECK(conn_send_now(c, SIDE_UP, "x", 1) == -EPIPE);
+	conn_close(c, false);
+	drive(10, NULL);
+	close(a_peer);
+	close(u_peer);
+	free(now_buf);
+	free(got);
+}
+
 static void t_tls_agent_leg(void)
 {
 	tls_agent_case(NULL);           /* no SNI: the fallback name (an IP SAN) */
@@ -475,6 +521,7 @@ int main(int argc, char **argv)
 	RUN(t_eof);
 	RUN(t_finish);
 	RUN(t_hold_limit);
+	RUN(t_send_now);
 	RUN(t_tls_agent_leg);
 	RUN(t_tls_smuggled);
 	RUN(t_tls_upstream_leg);

@@ -188,7 +188,7 @@ static void test_escapes(void)
  * after (tail = "]") or well before it. */
 static void at_offsets(const struct mask_rules *m, const char *special, int want_rc, const char *what)
 {
-	for (size_t n = 0; n < 24; n++)
+	for (size_t n = 0; n < 40; n++)   /* past two 16-byte and five 8-byte windows */
 		for (size_t k = 0; k <= n; k++)
 			for (int pad = 0; pad < 2; pad++) {
 				char body[128], *o;
@@ -607,6 +607,118 @@ static void test_scratch_growth(void)
 	mask_free(m6);
 }
 
+/* ---- short copies (copy_short): every run and name length ----------------- */
+
+/* Runs between whitespace and member names of every length from 0 to 40
+ * are copied exactly (output = input without its whitespace), and names
+ * that differ only in their first or last byte are told apart while equal
+ * ones are duplicates (the names' copies in the arena are exact too). */
+static void test_short_runs(void)
+{
+	static const char *const json[] = { "$.nomatch" };
+	struct mask_rules *m = compile(NULL, 0, json, 1);
+	char in[8192], want[8192], name[64];
+	size_t n = 0, k = 0;
+	char *o;
+	int rc;
+
+	CHECK(m != NULL);
+	in[n++] = '{';
+	want[k++] = '{';
+	for (int len = 0; len <= 40; len++) {
+		for (int i = 0; i < len; i++)
+			name[i] = (char)('a' + (len + i * 7) % 26);
+		name[len] = '\0';
+		/* the value is a number of len + 1 digits, then a string */
+		n += (size_t)sprintf(in + n, "%s \"%s\" :\t", len ? " ," : "", name);
+		k += (size_t)sprintf(want + k, "%s\"%s\":", len ? "," : "", name);
+		for (int i = 0; i <= len; i++) {
+			in[n++] = (char)('1' + (i + len) % 9);
+			want[k++] = in[n - 1];
+		}
+		n += (size_t)sprintf(in + n, " ,\n\"%sX\" : \"%s\"", name, name);
+		k += (size_t)sprintf(want + k, ",\"%sX\":\"%s\"", name, name);
+	}
+	n += (size_t)sprintf(in + n, " }");
+	k += (size_t)sprintf(want + k, "}");
+	o = mj(m, in, n, &rc, NULL);
+	CHECK(rc == 0 && o && strcmp(o, want) == 0);
+	free(o);
+	for (int len = 1; len <= 40; len++) {
+		char a[64], b[64], doc[256];
+
+		for (int i = 0; i < len; i++)
+			a[i] = b[i] = (char)('a' + (len + i * 5) % 26);
+		a[len] = b[len] = '\0';
+		snprintf(doc, sizeof(doc), "{\"%s\": 1, \"%s\": 2}", a, b);
+		o = mjs(m, doc, &rc);
+		CHECK(rc == -EINVAL && !o);   /* a duplicate name */
+		b[len - 1] = 'Z';
+		snprintf(doc, sizeof(doc), "{\"%s\": 1, \"%s\": 2}", a, b);
+		o = mjs(m, doc, &rc);
+		CHECK(rc == 0 && o);
+		free(o);
+		b[len - 1] = a[len - 1];
+		b[0] = 'Z';
+		snprintf(doc, sizeof(doc), "{\"%s\": 1, \"%s\": 2}", a, b);
+		o = mjs(m, doc, &rc);
+		CHECK(rc == 0 && o);
+		free(o);
+	}
+	mask_free(m);
+}
+
+/* Whitespace runs of 1 to 9 bytes (of all four kinds) between every two
+ * tokens are dropped whole; a control byte that is not JSON whitespace
+ * (\v, \f, \x01) after or inside such a run is not JSON. */
+static void test_ws_runs(void)
+{
+	static const char *const json[] = { "$..card" };
+	static const char *const det[] = { "credit_card" };
+	static const char *const toks[] = { "{", "\"a\"", ":", "[", "1", ",", "\"4111111111111111\"", ",",
+					    "{", "\"card\"", ":", "true", "}", "]", ",", "\"b\"", ":", "null", "}" };
+	static const char wsch[] = " \t\n\r";
+	const char *want = "{\"a\":[1,\"****\",{\"card\":\"****\"}],\"b\":null}";
+	struct mask_rules *m = compile(det, 1, json, 1);
+	char in[1024], bad[1024];
+	char *o;
+	int rc;
+
+	CHECK(m != NULL);
+	for (int k = 1; k <= 9; k++) {
+		size_t n = 0;
+
+		for (size_t t = 0; t < sizeof(toks) / sizeof(toks[0]); t++) {
+			for (int i = 0; i < k; i++)
+				in[n++] = wsch[(i + t + (size_t)k) % 4];
+			n += (size_t)sprintf(in + n, "%s", toks[t]);
+		}
+		for (int i = 0; i < k; i++)
+			in[n++] = wsch[i % 4];
+		in[n] = '\0';
+		o = mj(m, in, n, &rc, NULL);
+		CHECK(rc == 0 && o && strcmp(o, want) == 0);
+		free(o);
+		/* a control byte at each place of a run after the first ':' */
+		for (int at = 0; at <= k; at++) {
+			static const char ctl[] = "\v\f\x01";
+
+			for (int c = 0; c < 3; c++) {
+				const char *colon = strchr(in, ':');
+				size_t pos = (size_t)(colon - in) + 1 + (size_t)at;
+
+				memcpy(bad, in, pos);
+				bad[pos] = ctl[c];
+				memcpy(bad + pos + 1, in + pos, n - pos);
+				o = mj(m, bad, n + 1, &rc, NULL);
+				CHECK(rc == -EINVAL && !o);
+				free(o);
+			}
+		}
+	}
+	mask_free(m);
+}
+
 int main(void)
 {
 	RUN(test_min_lengths);
@@ -617,5 +729,7 @@ int main(void)
 	RUN(test_report_cache);
 	RUN(test_huge_strings);
 	RUN(test_scratch_growth);
+	RUN(test_short_runs);
+	RUN(test_ws_runs);
 	UNIT_DONE("mask_fast");
 }
