@@ -315,6 +315,24 @@ static void finish(struct dns *d, struct pending *pd)
 	pd->used = false;
 }
 
+/* The exchange ends without an answer: the agent gets SERVFAIL now rather
+ * than waiting out its own timeout. */
+static void fail(struct dns *d, struct pending *pd, const char *reason)
+{
+	uint8_t q[512];
+	/* Rebuild a minimal query to echo in the SERVFAIL. */
+	int qlen = res_mkquery(ns_o_query, pd->qname, ns_c_in, pd->qtype, NULL, 0, NULL, q, sizeof(q));
+
+	d->failed++;
+	if (qlen > 1) {
+		q[0] = pd->id >> 8;
+		q[1] = pd->id & 0xff;
+		reply_error(pd->listen_fd, &pd->client, pd->client_len, q, qlen, ns_r_servfail);
+	}
+	audit_dns(d, pd->slot, pd->qname, pd->qtype, ns_r_servfail, NULL, false, reason);
+	finish(d, pd);
+}
+
 static bool name_eq(const char *a, const char *b)
 {
 	return strcasecmp(a, b) == 0;
@@ -434,8 +452,9 @@ static void on_answer(struct dns *d, struct pending *pd)
 		 * spoofed datagram cannot end the exchange. The deadline bounds it. */
 		if (n > 0)
 			return;
-		d->failed++;
-		finish(d, pd);
+		/* ICMP port unreachable (nothing listens yet, or any more) or an
+		 * empty datagram: no answer will come on this socket. */
+		fail(d, pd, "DNS upstream unreachable");
 		return;
 	}
 	/* Addresses are learned under the name the agent asked for, never under
@@ -467,22 +486,10 @@ void dns_tick(struct dns *d)
 
 	for (int i = 0; i < DNS_PENDING_MAX; i++) {
 		struct pending *pd = &d->pending[i];
-		uint8_t q[512];
-		int qlen;
 
 		if (!pd->used || now < pd->deadline_ms)
 			continue;
-		d->failed++;
-		/* Rebuild a minimal query to echo in the SERVFAIL. */
-		qlen = res_mkquery(ns_o_query, pd->qname, ns_c_in, pd->qtype, NULL, 0, NULL, q, sizeof(q));
-		if (qlen > 1) {
-			q[0] = pd->id >> 8;
-			q[1] = pd->id & 0xff;
-			reply_error(pd->listen_fd, &pd->client, pd->client_len, q, qlen, ns_r_servfail);
-		}
-		audit_dns(d, pd->slot, pd->qname, pd->qtype, ns_r_servfail, NULL, false,
-			  "DNS upstream did not answer");
-		finish(d, pd);
+		fail(d, pd, "DNS upstream did not answer");
 	}
 	pthread_rwlock_wrlock(&d->lock);
 	for (int s = 0; s < AG_MAX_AGENTS; s++) {

@@ -162,7 +162,21 @@ class Servers:
         for name, ip in records.items():
             argv.append(f"--host-record={name},{ip}")
         self.procs.append(Proc(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        time.sleep(0.3)
+        # Ready when it answers a query (a fixed sleep lost the race on a loaded machine:
+        # the enforcer forwarded the test's first query to a port nothing listened on yet).
+        q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x05ready\x04test\x00\x00\x01\x00\x01"
+
+        def answers():
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                s.settimeout(0.2)
+                s.sendto(q, ("127.0.0.1", port))
+                return s.recv(512)[:2] == b"\x12\x34"
+            except OSError:
+                return False
+            finally:
+                s.close()
+        assert wait_for(answers, 10), f"dnsmasq on {port} did not come up"
         return port
 
     def tls(self, cn="allowed.test"):

@@ -747,6 +747,32 @@ print(c.getpeername()[0], c.getpeername()[1], socket.inet_ntoa(data[-4:]))
         r.stdout + r.stderr
 
 
+def test_dns_upstream_down_answers_servfail(enforcer, servers):
+    """The resolver is down (nothing listens on its port): the agent gets
+    SERVFAIL when the ICMP error arrives, not silence until its own timeout
+    (the enforcer's deadline is 5 s; the agent here waits 3 s)."""
+    web, _ = servers.echo("127.0.0.2")
+    dead = __import__("conftest").free_port(socket.AF_INET, socket.SOCK_DGRAM)
+    enforcer.start(dns_policy(dead, web))
+    code = DNS_QUERY + r"""
+import time
+t = time.monotonic()
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
+q = b"\x00\x07\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03api\x04test\x00\x00\x01\x00\x01"
+s.sendto(q, ("192.0.2.53", 53))
+try:
+    data = s.recv(512)
+    print("rcode", data[3] & 0xf, "id", data[0] * 256 + data[1])
+except OSError as e:
+    print("no answer", e)
+"""
+    r = enforcer.py("t-agent", code)
+    assert r.stdout.split() == ["rcode", "2", "id", "7"], r.stdout + r.stderr
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4003
+                             and e.get("unmapped", {}).get("reason") == "DNS upstream unreachable")
+    assert ev is not None and ev["rcode"] == "ServFail", enforcer.events()[-3:]
+
+
 def test_dns_spoofed_answer_not_learned(enforcer, servers):
     """An agent cannot teach the enforcer an address: only answers from the
     upstream to the enforcer's own query socket are learned."""
