@@ -670,9 +670,10 @@ const char *enforcer_rule_name(struct conn *c)
 {
 	if (!c->rule)
 		return NULL;
+	if (c->rule->label)
+		return c->rule->label;
 	if (!c->rule_desc[0])
-		snprintf(c->rule_desc, sizeof(c->rule_desc), "role '%s' rule %d (line %d)", c->rule->role,
-			 c->rule->index + 1, c->rule->line);
+		policy_rule_label(c->rule, c->rule_desc, sizeof(c->rule_desc));
 	return c->rule_desc;
 }
 

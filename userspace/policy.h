@@ -125,6 +125,10 @@ struct policy_rule {
 	const char *role;              /* owning role's name */
 	int index;                     /* position in the role's rules */
 	int line;
+	/* "role 'R' rule N (line L)": how verdicts, errors and audit events
+	 * name the rule, formatted once here rather than per statement. NULL
+	 * only while the policy is invalid (no role name, no memory). */
+	char *label;
 };
 
 struct policy_role {
@@ -212,6 +216,9 @@ void policy_error_format(const struct policy_error *e, char *out, size_t outlen)
 
 /* Index of the agent with this name, or -1. */
 int policy_agent_index(const struct policy *p, const char *name);
+/* r's label; a rule built outside the loader (tests) has none and gets it
+ * formatted into buf. */
+const char *policy_rule_label(const struct policy_rule *r, char *buf, size_t len);
 int policy_target_index(const struct policy *p, const char *name);
 
 /*

@@ -1713,6 +1713,11 @@ static void load_rule(struct vctx *v, const struct ynode *m, struct policy_role 
 	rule->line = m->line;
 	rule->index = (int)j;
 	rule->role = role->name;
+	if (role->name && asprintf(&rule->label, "role '%s' rule %d (line %d)", role->name, rule->index + 1,
+				   rule->line) < 0) {
+		rule->label = NULL;
+		verr(v, m, "out of memory");
+	}
 	rule->target_idx = -1;
 	rule->review.timeout_s = DEFAULT_REVIEW_S;
 	if (!want_map(v, m, "a rule"))
@@ -2171,6 +2176,7 @@ static void role_free(struct policy_role *r)
 		struct policy_rule *rule = &r->rules[j];
 
 		free(rule->target);
+		free(rule->label);
 		action_free(&rule->allow);
 		action_free(&rule->review);
 		strv_free(&rule->mask.columns);

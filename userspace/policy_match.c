@@ -396,3 +396,11 @@ int policy_parse_addr(const char *s, struct policy_addr *out, char *why, size_t 
 	out->kind = ADDR_HOST;
 	return 0;
 }
+
+const char *policy_rule_label(const struct policy_rule *r, char *buf, size_t len)
+{
+	if (r->label)
+		return r->label;
+	snprintf(buf, len, "role '%s' rule %d (line %d)", r->role ? r->role : "?", r->index + 1, r->line);
+	return buf;
+}

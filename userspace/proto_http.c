@@ -367,7 +367,14 @@ static int process_agent(struct conn *c);
 
 static void rule_desc(const struct policy_rule *r, char *out, size_t outlen)
 {
-	snprintf(out, outlen, "role '%s' rule %d (line %d)", r->role, r->index + 1, r->line);
+	const char *l = policy_rule_label(r, out, outlen);
+
+	if (l != out && outlen) {
+		size_t n = strnlen(l, outlen - 1);
+
+		memcpy(out, l, n);
+		out[n] = 0;
+	}
 }
 
 enum verdict { V_DENY = 0, V_REVIEW, V_ALLOW };

@@ -341,6 +341,12 @@ struct pg_sess {
 	struct { uint32_t oid; int16_t att; bool named; char name[96]; } *cols;
 	int ncols, capcols;
 	uint64_t gen;                  /* verdict cache generation (policy hash) */
+	/* The members every 6005 event of this connection repeats, written
+	 * once: [0, afrag_top) for the event's top level ("database"),
+	 * [afrag_top, +afrag_um) for unmapped (target, module,
+	 * connection_uid). NULL until the first event, or without memory. */
+	char *afrag;
+	uint32_t afrag_top, afrag_um;
 };
 
 static struct pg_sess *S(struct conn *c)
@@ -464,34 +470,77 @@ static void audit_conn(struct conn *c, bool allowed, const char *reason)
  * NULL when it was not judged; a review is enforced as a denial until
  * approvals exist, so only this tells the two apart.
  */
+/* The members of a 6005 event that are the connection's: the pinned
+ * database at the top level, and in unmapped the target, the module and
+ * the connection's id. */
+static void conn_top_members(struct conn *c, struct audit_obj *o)
+{
+	aobj_open(o, "database");
+	aobj_str(o, "name", pinned_db(c));
+	aobj_str(o, "type", "Relational");
+	aobj_int(o, "type_id", 1);
+	aobj_close(o);
+}
+
+static void conn_um_members(struct conn *c, struct audit_obj *o)
+{
+	char cookie[24];
+
+	snprintf(cookie, sizeof(cookie), "%llu", (unsigned long long)c->pair.sock_cookie);
+	aobj_str(o, "target", target(c)->name);
+	aobj_str(o, "module", "postgres");
+	aobj_str(o, "connection_uid", cookie);
+}
+
+/* Writes them once per connection (into S(c)->afrag); on no memory they
+ * are written per event, as before. */
+static void audit_frags(struct conn *c)
+{
+	struct pg_sess *s = S(c);
+	struct audit_obj top = { 0 }, um = { 0 };
+
+	conn_top_members(c, &top);
+	conn_um_members(c, &um);
+	if (!top.bad && !um.bad && top.b.len + um.b.len < UINT32_MAX &&
+	    (s->afrag = malloc(top.b.len + um.b.len + 1))) {
+		memcpy(s->afrag, top.b.p, top.b.len);
+		memcpy(s->afrag + top.b.len, um.b.p, um.b.len);
+		s->afrag_top = (uint32_t)top.b.len;
+		s->afrag_um = (uint32_t)um.b.len;
+	}
+	aobj_free(&top);
+	aobj_free(&um);
+}
+
 static void audit_stmt(struct conn *c, const struct pg_judged *j, const char *proto, bool allowed,
 		       bool would_deny, const char *reason, const struct pg_pend *p, const struct pg_plan *plan,
 		       int index, const char *decision)
 {
+	struct pg_sess *s = S(c);
 	struct audit_w *w;
 	struct audit_agent a;
 	struct ident_principal pr;
-	char rule[160] = "", cookie[24];
+	char rbuf[160];
+	const char *rule = j && j->rule ? policy_rule_label(j->rule, rbuf, sizeof(rbuf)) : NULL;
 
 	if (allowed && !c->policy->audit.allowed_requests)
 		return;
 	w = audit_begin(6005, 4, "Query");
 	audit_agent_fill(c, &a, &pr);
 	audit_w_agent(w, &a);
-	aobj_open(&w->top, "database");
-	aobj_str(&w->top, "name", pinned_db(c));
-	aobj_str(&w->top, "type", "Relational");
-	aobj_int(&w->top, "type_id", 1);
-	aobj_close(&w->top);
+	if (!s->afrag)
+		audit_frags(c);
+	if (s->afrag) {
+		aobj_members(&w->top, s->afrag, s->afrag_top);
+	} else {
+		conn_top_members(c, &w->top);
+	}
 	if (p && p->start_ns)
 		aobj_int(&w->top, "duration", (long long)((now_ns_mono() - p->start_ns) / 1000000));
-	if (j && j->rule)
-		snprintf(rule, sizeof(rule), "role '%s' rule %d (line %d)", j->rule->role, j->rule->index + 1,
-			 j->rule->line);
-	aobj_str(&w->um, "target", target(c)->name);
-	aobj_str(&w->um, "module", "postgres");
-	snprintf(cookie, sizeof(cookie), "%llu", (unsigned long long)c->pair.sock_cookie);
-	aobj_str(&w->um, "connection_uid", cookie);
+	if (s->afrag)
+		aobj_members(&w->um, s->afrag + s->afrag_top, s->afrag_um);
+	else
+		conn_um_members(c, &w->um);
 	aobj_open(&w->um, "statement");
 	aobj_str(&w->um, "protocol", proto);
 	aobj_str(&w->um, "class", j ? pgc_class_name(j->cls) : "unknown");
@@ -515,13 +564,13 @@ static void audit_stmt(struct conn *c, const struct pg_judged *j, const char *pr
 	if (decision)
 		aobj_str(&w->um, "decision", decision);
 	aobj_close(&w->um);
-	if (S(c)->has_deleg) {
+	if (s->has_deleg) {
 		aobj_open(&w->um, "user");
-		aobj_str(&w->um, "iss", S(c)->deleg.iss);
-		aobj_str(&w->um, "sub", S(c)->deleg.sub);
+		aobj_str(&w->um, "iss", s->deleg.iss);
+		aobj_str(&w->um, "sub", s->deleg.sub);
 		aobj_close(&w->um);
 	}
-	audit_w_verdict(w, allowed, would_deny, rule[0] ? rule : NULL, reason);
+	audit_w_verdict(w, allowed, would_deny, rule, reason);
 	audit_commit(w);
 }
 
@@ -873,7 +922,8 @@ static struct pg_judged *judged_new(const struct pgc_result *r, const char *why)
 	if (r) {
 		j->verdict = r->verdict;
 		j->cls = r->cls;
-		snprintf(j->tag, sizeof(j->tag), "%s", r->tag);
+		memcpy(j->tag, r->tag, sizeof(j->tag));   /* same size, NUL-terminated */
+		j->tag[sizeof(j->tag) - 1] = '\0';
 		j->nstmts = nst;
 		j->denied_stmt = r->denied_stmt < nst ? r->denied_stmt : -1;
 		j->rule = r->rule;
@@ -3017,6 +3067,7 @@ static void pg_release(struct conn *c)
 	pg_out_free(&s->out);
 	free(s->negotiate_buf);
 	free(s->cols);
+	free(s->afrag);
 	mask_free(s->mask);
 	free(s);
 	c->proto_state = NULL;
