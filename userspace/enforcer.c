@@ -1587,6 +1587,20 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 	epfd = epoll_create1(EPOLL_CLOEXEC);
 
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	const char *wenv = getenv("AGENTGATE_WORKERS");
+
+	if (wenv && *wenv) {   /* a tuning knob; bad values are refused, not guessed at */
+		char *end;
+		long n = strtol(wenv, &end, 10);
+
+		if (*end || n < 1 || n > MAX_WORKERS) {
+			log_err("AGENTGATE_WORKERS=%.16s: want a number of worker threads from 1 to %d", wenv,
+				MAX_WORKERS);
+			rc = -EINVAL;
+			goto out;
+		}
+		ncpu = n;
+	}
 	E->nworkers = ncpu < 1 ? 1 : ncpu > MAX_WORKERS ? MAX_WORKERS : ncpu;
 	E->workers = calloc(E->nworkers, sizeof(struct worker));
 	for (int i = 0; i < E->nworkers; i++) {

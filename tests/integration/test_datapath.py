@@ -72,6 +72,25 @@ def test_allowed_tcp_relayed_and_audited(enforcer, servers):
     assert seqs == list(range(1, len(seqs) + 1)), "sequence must be gap-free"
 
 
+def test_workers_knob(enforcer, servers):
+    """AGENTGATE_WORKERS sets the number of worker threads; a value outside
+    1-64 or not a number stops the enforcer before it serves anything."""
+    port, _ = servers.echo()
+    for bad in ("0", "65", "2x", "-1"):
+        enforcer.start(enforce_policy(port), env={"AGENTGATE_WORKERS": bad}, expect_ready=False)
+        assert enforcer.proc.p.wait(10) != 0, bad
+        assert "AGENTGATE_WORKERS" in enforcer.read_log(), enforcer.read_log()
+    enforcer.start(enforce_policy(port), env={"AGENTGATE_WORKERS": "1"})
+    assert enforcer.status()["listeners"]["workers"] == 1
+    r = enforcer.py("t-agent", f"""
+    import socket
+    for i in range(3):
+        s = socket.create_connection(("127.0.0.1", {port}), timeout=5)
+        s.sendall(b"hi\\n"); print(s.recv(10).decode().strip())
+    """)
+    assert r.stdout.split() == ["hi", "hi", "hi"], r.stdout + r.stderr
+
+
 def test_not_allowed_destination_refused_and_audited(enforcer, servers):
     port, log = servers.echo()
     other, other_log = servers.echo()
