@@ -347,6 +347,7 @@ struct pg_sess {
 	 * connection_uid). NULL until the first event, or without memory. */
 	char *afrag;
 	uint32_t afrag_top, afrag_um;
+	bool up_last;                  /* the server message in hand is the last one read so far */
 };
 
 static struct pg_sess *S(struct conn *c)
@@ -2642,9 +2643,19 @@ static int be_ready(struct conn *c, const struct pg_msg *m)
 	struct pg_sess *s = S(c);
 	struct pg_pend *p;
 	char st;
+	int err = 0;
+	bool sent = false;
 
 	if (pg_parse_ready(m, &st))
 		return -EBADMSG;
+	/* The last message read: the agent's answer is complete, so it goes
+	 * out now, before the statement's audit event is built, which then
+	 * costs the agent no time. What is queued goes with it, in one
+	 * sendmsg, as it would have right after this. */
+	if (s->up_last) {
+		err = conn_send_now(c, SIDE_AGENT, m->body - 5, m->len + 5);
+		sent = true;
+	}
 	/* the request it answers: a Sync or a Query (anything before it was
 	 * skipped by the server) */
 	while (s->qlen && (p = pend_at(s, 0))->kind != 'S' && p->kind != 'Q') {
@@ -2665,7 +2676,7 @@ static int be_ready(struct conn *c, const struct pg_msg *m)
 	plan_free(s->qplan);
 	s->qplan = NULL;
 	s->tx = st;
-	return conn_send(c, SIDE_AGENT, m->body - 5, m->len + 5);
+	return sent ? err : conn_send(c, SIDE_AGENT, m->body - 5, m->len + 5);
 }
 
 /* Whether a server message of type t can answer pending request p: a
@@ -2886,6 +2897,7 @@ static int process_upstream(struct conn *c)
 		if (n == 0)
 			break;
 		used += (uint32_t)n;
+		s->up_last = used == len;
 		switch (s->phase) {
 		case PH_UP_AUTH:
 			if (m.type == 'R')
