@@ -378,6 +378,26 @@ int conn_send_now(struct conn *c, int side, const void *buf, size_t len)
 	return conn_send(c, side, (const uint8_t *)buf + sent, len - sent);
 }
 
+void conn_flush(struct conn *c, int side)
+{
+	struct conn_side *sd = &c->side[side];
+	size_t queued = sd->out_len - sd->out_off;
+	ssize_t n;
+
+	if (!queued || sd->want_shut || c->closing || sd->ssl || !side_live(c, side))
+		return;
+	do
+		n = send(side_fd(c, side), sd->out + sd->out_off, queued, MSG_NOSIGNAL | MSG_DONTWAIT);
+	while (n < 0 && errno == EINTR);
+	if (n <= 0)
+		return;   /* the next flush meets the error, or waits for room */
+	c->tx[side] += n;
+	c->bytes[side == SIDE_UP ? DIR_UP : DIR_DOWN] += n;
+	sd->out_off += n;
+	if (sd->out_off == sd->out_len)
+		sd->out_off = sd->out_len = 0;
+}
+
 uint32_t conn_out_pending(const struct conn *c, int side)
 {
 	return c->side[side].out_len - c->side[side].out_off;

@@ -125,6 +125,10 @@ int conn_send(struct conn *c, int side, const void *buf, size_t len);
 /* conn_send() that writes to the socket at once what it can (queued bytes
  * first) and queues only the rest: no copy of a big answer the socket takes. */
 int conn_send_now(struct conn *c, int side, const void *buf, size_t len);
+/* Writes what is queued for side now, as far as the socket takes it (the
+ * rest stays queued): for an answer that is complete before work that need
+ * not delay it. TLS legs and legs not yet up are left to the usual flush. */
+void conn_flush(struct conn *c, int side);
 uint32_t conn_out_pending(const struct conn *c, int side);
 /* Half-close toward side once its queued output is written (TLS: close_notify, then FIN). */
 void conn_shutdown(struct conn *c, int side);

@@ -1444,6 +1444,11 @@ static int response_done(struct conn *c)
 	bool close = r->close_after || s->up_close;
 	int err;
 
+	/* The last answer awaited: it goes out before its audit event is
+	 * built, which then costs the agent no time. (With more requests in
+	 * flight their answers follow, and one write serves them all.) */
+	if (s->qlen == 1)
+		conn_flush(c, SIDE_AGENT);
 	audit_request(c, r);
 	q_pop(s);
 	s->ustate = U_HEAD;

@@ -31,11 +31,12 @@ static int mode;               /* what the test module does */
 static int tls_rc;
 static char ca_dir[] = "/tmp/ag-unit-ca-XXXXXX";
 
-enum { M_UPPER, M_AMPLIFY, M_EOF, M_FINISH, M_STARTTLS, M_HOLD, M_UPTLS, M_SENDNOW };
+enum { M_UPPER, M_AMPLIFY, M_EOF, M_FINISH, M_STARTTLS, M_HOLD, M_UPTLS, M_SENDNOW, M_FLUSH };
 
 #define NOW_LEN (1u << 20)   /* more than a socketpair takes at once */
 static uint8_t *now_buf;
 static int now_rc[3];
+static uint32_t flush_left[2];   /* M_FLUSH: queued after each conn_flush() */
 
 static int mod_agent(struct conn *c)
 {
@@ -107,6 +108,19 @@ static int mod_agent(struct conn *c)
 		now_rc[0] = conn_send(c, SIDE_UP, "head", 4);
 		now_rc[1] = conn_send_now(c, SIDE_UP, now_buf, NOW_LEN);
 		now_rc[2] = conn_send_now(c, SIDE_UP, now_buf + 7, NOW_LEN - 7);
+		return 0;
+	case M_FLUSH:
+		/* a small answer is written by conn_flush() itself (nothing is
+		 * left for the loop); a big one only as far as the socket takes */
+		conn_in_consume(c, SIDE_AGENT, len);
+		if (!len)
+			return 0;
+		now_rc[0] = conn_send(c, SIDE_UP, "head", 4);
+		conn_flush(c, SIDE_UP);
+		flush_left[0] = conn_out_pending(c, SIDE_UP);
+		now_rc[1] = conn_send(c, SIDE_UP, now_buf, NOW_LEN);
+		conn_flush(c, SIDE_UP);
+		flush_left[1] = conn_out_pending(c, SIDE_UP);
 		return 0;
 	}
 	return 0;
@@ -404,6 +418,33 @@ static void t_send_now(void)
 	free(got);
 }
 
+static void t_flush(void)
+{
+	size_t total = 4 + NOW_LEN;
+	char *got = malloc(total);
+	struct conn *c;
+
+	now_buf = malloc(NOW_LEN);
+	for (size_t i = 0; i < NOW_LEN; i++)
+		now_buf[i] = (uint8_t)(i * 29 + i / 241);
+	mode = M_FLUSH;
+	c = new_conn();
+	CHECK(write(a_peer, "go", 2) == 2);
+	CHECK(read_n(u_peer, got, total, 5000) == (ssize_t)total);
+	CHECK(now_rc[0] == 0 && now_rc[1] == 0);
+	CHECK(flush_left[0] == 0);
+	CHECK(flush_left[1] > 0 && flush_left[1] < NOW_LEN);
+	CHECK(memcmp(got, "head", 4) == 0 && memcmp(got + 4, now_buf, NOW_LEN) == 0);
+	CHECK(c->bytes[DIR_UP] == total && c->tx[SIDE_UP] == total);
+	CHECK(conn_out_pending(c, SIDE_UP) == 0);
+	conn_close(c, false);
+	drive(10, NULL);
+	close(a_peer);
+	close(u_peer);
+	free(now_buf);
+	free(got);
+}
+
 static void t_tls_agent_leg(void)
 {
 	tls_agent_case(NULL);           /* no SNI: the fallback name (an IP SAN) */
@@ -522,6 +563,7 @@ int main(int argc, char **argv)
 	RUN(t_finish);
 	RUN(t_hold_limit);
 	RUN(t_send_now);
+	RUN(t_flush);
 	RUN(t_tls_agent_leg);
 	RUN(t_tls_smuggled);
 	RUN(t_tls_upstream_leg);
