@@ -248,6 +248,8 @@ struct pg_portal {
 	int16_t nfmt;          /* result formats from Bind */
 	uint8_t *fmt;          /* nfmt bytes, 0 or 1 */
 	struct pg_plan *plan;  /* masking plan from its RowDescription, or NULL */
+	bool described;        /* its RowDescription (or NoData) was read: plan is final */
+	bool describing;       /* a Describe of it is on its way to the server */
 };
 
 /* Names -> refcounted values, for statements (pg_judged) and portals. */
@@ -280,6 +282,7 @@ struct pg_pend {
 	char *deny;            /* stand-in: the agent's error message */
 	char *deny_detail;
 	uint64_t start_ns, rows;   /* of the current statement (a Query: p->stmt) */
+	uint64_t end_ns;           /* when it ended, for an event built later; 0: now */
 	uint32_t epoch;
 	int stmt;              /* Query: the statement whose answer comes next (audited once it ends) */
 	bool audited;          /* Query: every event of it is out (a FunctionCall's, at once) */
@@ -302,6 +305,8 @@ enum {
 	COL_SCAN,           /* detectors over the bytes (text format, or text-like binary) */
 	COL_SCAN_NULL,      /* detectors over a non-text type's text form: a hit makes it NULL */
 };
+
+#define PG_ADEFER_MAX 16
 
 struct pg_sess {
 	enum pg_phase phase;
@@ -348,6 +353,17 @@ struct pg_sess {
 	char *afrag;
 	uint32_t afrag_top, afrag_um;
 	bool up_last;                  /* the server message in hand is the last one read so far */
+	/* Events of ended Executes, built once the batch's answers are out
+	 * (audit_deferred_flush), in order, before any other event. */
+	struct pg_adefer {
+		struct pg_judged *j;   /* a reference */
+		uint64_t start_ns, end_ns, rows;
+		char sqlstate[6];
+		bool has_plan;
+		unsigned hits;
+		char *names;           /* the plan's masked column names (owned) */
+	} adefer[PG_ADEFER_MAX];
+	unsigned nadefer;
 };
 
 static struct pg_sess *S(struct conn *c)
@@ -537,7 +553,8 @@ static void audit_stmt(struct conn *c, const struct pg_judged *j, const char *pr
 		conn_top_members(c, &w->top);
 	}
 	if (p && p->start_ns)
-		aobj_int(&w->top, "duration", (long long)((now_ns_mono() - p->start_ns) / 1000000));
+		aobj_int(&w->top, "duration",
+			 (long long)(((p->end_ns ? p->end_ns : now_ns_mono()) - p->start_ns) / 1000000));
 	if (s->afrag)
 		aobj_members(&w->um, s->afrag + s->afrag_top, s->afrag_um);
 	else
@@ -624,8 +641,9 @@ static const char *stmt_reason(const struct pg_judged *j, int i, char *buf, size
  * statement's: its tag, class, rule and tables; the statement count stays
  * the message's.
  */
-static void audit_stmt_at(struct conn *c, const struct pg_judged *j, int i, const char *proto, bool sent,
-			  const char *reason, const char *why, const struct pg_pend *p, const struct pg_plan *plan)
+static void audit_stmt_at_now(struct conn *c, const struct pg_judged *j, int i, const char *proto, bool sent,
+			      const char *reason, const char *why, const struct pg_pend *p,
+			      const struct pg_plan *plan)
 {
 	struct pg_judged v;
 	const struct pgc_stmt *st;
@@ -667,6 +685,72 @@ static void audit_stmt_at(struct conn *c, const struct pg_judged *j, int i, cons
 		reason = stmt_reason(j, i, rbuf, sizeof(rbuf));
 	audit_stmt(c, &v, proto, sent, sent && !j->allowed, reason, p, plan, i + 1,
 		   st->judged ? verdict_name(st->verdict) : NULL);
+}
+
+static void judged_put(struct pg_judged *j);
+static struct pg_judged *judged_get(struct pg_judged *j);
+
+/* The deferred events, in order (the array is emptied first: building one
+ * never defers another). */
+static void audit_deferred_flush(struct conn *c)
+{
+	struct pg_sess *s = S(c);
+	unsigned n = s->nadefer;
+
+	s->nadefer = 0;
+	for (unsigned i = 0; i < n; i++) {
+		struct pg_adefer *d = &s->adefer[i];
+		struct pg_pend p = { .kind = 'E', .start_ns = d->start_ns, .end_ns = d->end_ns, .rows = d->rows };
+		struct pg_plan plan = { .names = d->names, .hits = d->hits };
+
+		memcpy(p.sqlstate, d->sqlstate, sizeof(p.sqlstate));
+		audit_stmt_at_now(c, d->j, 0, "extended", true, NULL, NULL, &p, d->has_plan ? &plan : NULL);
+		free(d->names);
+		judged_put(d->j);
+	}
+}
+
+/* Every other statement event: after the deferred ones. */
+static void audit_stmt_at(struct conn *c, const struct pg_judged *j, int i, const char *proto, bool sent,
+			  const char *reason, const char *why, const struct pg_pend *p, const struct pg_plan *plan)
+{
+	if (S(c)->nadefer)
+		audit_deferred_flush(c);
+	audit_stmt_at_now(c, j, i, proto, sent, reason, why, p, plan);
+}
+
+/*
+ * An Execute that ran to its end (CommandComplete, EmptyQueryResponse,
+ * PortalSuspended): its event is built after the answers read with it are
+ * on their way to the agent (at ReadyForQuery, or when the batch is done),
+ * with the duration it had when it ended. What it needs is copied: the
+ * request and the portal's plan may be gone by then. Without memory for
+ * the copy it is built now.
+ */
+static void audit_execute(struct conn *c, const struct pg_pend *p)
+{
+	struct pg_sess *s = S(c);
+	const struct pg_plan *plan = p->portal ? p->portal->plan : NULL;
+	struct pg_adefer *d;
+
+	if (!c->policy->audit.allowed_requests)
+		return;   /* what audit_stmt_at would drop */
+	if (s->nadefer == PG_ADEFER_MAX)
+		audit_deferred_flush(c);
+	d = &s->adefer[s->nadefer];
+	d->names = plan && plan->names ? strdup(plan->names) : NULL;
+	if (plan && plan->names && !d->names) {
+		audit_stmt_at(c, p->j, 0, "extended", true, NULL, NULL, p, plan);
+		return;
+	}
+	d->j = judged_get(p->j);
+	d->start_ns = p->start_ns;
+	d->end_ns = now_ns_mono();
+	d->rows = p->rows;
+	memcpy(d->sqlstate, p->sqlstate, sizeof(d->sqlstate));
+	d->has_plan = plan != NULL;
+	d->hits = plan ? plan->hits : 0;
+	s->nadefer++;
 }
 
 /* The events of statements from..nstmts-1 of j (the message's one when it has none). */
@@ -1050,7 +1134,14 @@ static const char *lineage_name(struct pg_sess *s, uint32_t oid, int16_t att, bo
 }
 
 /* A plan for a RowDescription; NULL when nothing in it needs masking. */
-static struct pg_plan *plan_for(struct pg_sess *s, const struct pg_msg *m, const struct pg_portal *portal)
+/*
+ * The masking plan of a result from its RowDescription m: *out is NULL
+ * when nothing in it is masked. Errors (a RowDescription we cannot read,
+ * no memory) are returned, never a NULL plan: the rows would pass
+ * unmasked.
+ */
+static int plan_for(struct pg_sess *s, const struct pg_msg *m, const struct pg_portal *portal,
+		    struct pg_plan **out)
 {
 	static __thread struct pg_field f[PG_FIELDS_MAX];
 	struct pg_plan *p;
@@ -1059,14 +1150,17 @@ static struct pg_plan *plan_for(struct pg_sess *s, const struct pg_msg *m, const
 	int n;
 	bool any = false;
 
-	if (!s->mask_active || pg_parse_rowdesc(m, f, PG_FIELDS_MAX, &n) != 0)
-		return NULL;
+	*out = NULL;
+	if (!s->mask_active)
+		return 0;
+	if (pg_parse_rowdesc(m, f, PG_FIELDS_MAX, &n) != 0)
+		return -EBADMSG;
 	p = calloc(1, sizeof(*p));
 	if (!p || !(p->how = calloc(n ? n : 1, 1)) || !(p->binary = calloc(n ? n : 1, 1))) {
 		if (p)
 			free(p->how);
 		free(p);
-		return NULL;
+		return -ENOMEM;
 	}
 	p->ncols = (int16_t)n;
 	for (int i = 0; i < n; i++) {
@@ -1096,11 +1190,14 @@ static struct pg_plan *plan_for(struct pg_sess *s, const struct pg_msg *m, const
 	}
 	if (!any) {
 		plan_free(p);
-		return NULL;
+		return 0;
 	}
-	if (nl)
-		p->names = strdup(names);
-	return p;
+	if (nl && !(p->names = strdup(names))) {
+		plan_free(p);
+		return -ENOMEM;
+	}
+	*out = p;
+	return 0;
 }
 
 /* Rewrites one DataRow by plan into s->out. 0, or -EBADMSG. */
@@ -2302,8 +2399,10 @@ static int fe_describe(struct conn *c, const struct pg_msg *m)
 	if (!p)
 		return fatal(c, "54000", "agentgate: too many requests in flight");
 	p->sub = kind;
-	if (kind == 'P')
+	if (kind == 'P') {
 		p->portal = portal_get(v);
+		p->portal->describing = true;
+	}
 	return fwd(c, m);
 }
 
@@ -2322,6 +2421,24 @@ static int fe_execute(struct conn *c, const struct pg_msg *m)
 	if (!po) {
 		snprintf(why, sizeof(why), "portal \"%.64s\" was not allowed (or does not exist)", name);
 		return standin(c, false, PG_DENY_NAME, why, NULL, "extended");
+	}
+	/* Masking reads each row by its description, which the server sends
+	 * only when asked: a client that executes without a Describe would
+	 * otherwise get its rows unread, unmasked. We ask, and keep the
+	 * answer to ourselves. */
+	if (s->mask_active && !po->described && !po->describing) {
+		int err;
+
+		p = pend_push(s, 'D');
+		if (!p)
+			return fatal(c, "54000", "agentgate: too many requests in flight");
+		p->sub = 'P';
+		p->hidden = true;
+		p->portal = portal_get(po);
+		po->describing = true;
+		pg_out_target(&s->out, 'D', 'P', name);
+		if ((err = send_out(c, SIDE_UP)))
+			return err;
 	}
 	p = pend_push(s, 'E');
 	if (!p)
@@ -2676,7 +2793,11 @@ static int be_ready(struct conn *c, const struct pg_msg *m)
 	plan_free(s->qplan);
 	s->qplan = NULL;
 	s->tx = st;
-	return sent ? err : conn_send(c, SIDE_AGENT, m->body - 5, m->len + 5);
+	if (!sent)
+		return conn_send(c, SIDE_AGENT, m->body - 5, m->len + 5);
+	if (s->nadefer)
+		audit_deferred_flush(c);
+	return err;
 }
 
 /* Whether a server message of type t can answer pending request p: a
@@ -2775,24 +2896,49 @@ static int be_message(struct conn *c, const struct pg_msg *m)
 		case 't':
 			p->got_paramdesc = true;
 			break;
-		case 'T':
+		case 'T': {
+			struct pg_plan *plan = NULL;
+			bool hidden = p->hidden;
+
+			if (p->kind == 'Q' || (p->kind == 'D' && p->portal))
+				err = plan_for(s, m, p->portal, &plan);
+			if (err)
+				return fatal(c, "XX000", "agentgate: cannot read the result's description (%s): "
+					     "result refused", strerror(-err));
 			if (p->kind == 'Q') {
 				plan_free(s->qplan);
-				s->qplan = plan_for(s, m, NULL);
+				s->qplan = plan;
 			} else if (p->kind == 'D' && p->portal) {
 				plan_free(p->portal->plan);
-				p->portal->plan = plan_for(s, m, p->portal);
+				p->portal->plan = plan;
+				p->portal->described = true;
 			}
 			if (p->kind == 'D')
 				pend_pop(s);
+			if (hidden)
+				return 0;   /* our own Describe: the agent did not ask */
 			break;
-		case 'n':
+		}
+		case 'n': {
+			bool hidden = p->hidden;
+
+			if (p->kind == 'D' && p->portal)
+				p->portal->described = true;
 			if (p->kind == 'D')
 				pend_pop(s);
+			if (hidden)
+				return 0;
 			break;
+		}
 		case 'D': {
 			struct pg_plan *plan = p->kind == 'Q' ? s->qplan : p->portal ? p->portal->plan : NULL;
 
+			/* Masking needs the row's description; an Execute always has
+			 * one (fe_execute asks for it). Should a row come without,
+			 * it is refused, not passed. */
+			if (s->mask_active && p->kind == 'E' && !(p->portal && p->portal->described))
+				return fatal(c, "XX000", "agentgate: a row arrived without its description: "
+					     "result refused");
 			p->rows++;
 			if (plan) {
 				err = mask_row(s, m, plan);
@@ -2811,8 +2957,7 @@ static int be_message(struct conn *c, const struct pg_msg *m)
 				map_clear(&s->stmts, NULL, NULL);
 			}
 			if (p->kind == 'E') {
-				audit_stmt_at(c, p->j, 0, "extended", true, NULL, NULL, p,
-					      p->portal ? p->portal->plan : NULL);
+				audit_execute(c, p);
 				pend_pop(s);
 			} else if (p->kind == 'Q' && m->type == 'C') {
 				query_stmt_end(c, p, false);
@@ -2842,8 +2987,11 @@ static bool up_passable(struct pg_sess *s, const uint8_t *hdr)
 	if (s->phase != PH_READY || !p || p->standin || !answers(p, (char)hdr[0]) ||
 	    pg_frame_size(hdr, 5) > (1u << 30) + 5)   /* the server's own limit: 1 GB */
 		return false;
-	if (hdr[0] == 'D')
+	if (hdr[0] == 'D') {
+		if (s->mask_active && p->kind == 'E' && !(p->portal && p->portal->described))
+			return false;
 		return !(p->kind == 'Q' ? s->qplan : p->portal ? p->portal->plan : NULL);
+	}
 	if (hdr[0] == 'd')
 		return !(s->mask_active && mask_has_detectors(s->mask));
 	return false;
@@ -2928,6 +3076,10 @@ static int process_upstream(struct conn *c)
 	}
 	if (used && s->phase != PH_DONE)
 		conn_in_consume(c, SIDE_UP, used);
+	if (s->nadefer) {   /* a batch without its ReadyForQuery: its answers go out first */
+		conn_flush(c, SIDE_AGENT);
+		audit_deferred_flush(c);
+	}
 	return err;
 }
 
@@ -3069,6 +3221,7 @@ static void pg_release(struct conn *c)
 		return;
 	if (s->cancel_registered)
 		cancel_del(s->our_pid);
+	audit_deferred_flush(c);   /* nothing deferred outlives a batch; to be sure */
 	while (s->qlen)
 		pend_pop(s);
 	free(s->q);

@@ -816,6 +816,73 @@ def test_one_event_per_statement_of_a_query(enforcer, pg, tmp):
     assert all(e["unmapped"]["rule"].startswith("role 'ro' rule 1") for e in evs[:8]), evs[:8]
 
 
+def test_extended_events_in_order_after_answers(enforcer, pg, tmp):
+    """Executes pipelined in one write get one event each, in their order, with their own
+    rows, masked columns and server error (the events are built after the answers went
+    out); an Execute answered without a ReadyForQuery (Flush) is recorded before the
+    Sync comes. No Describe is sent: masking asks for the description itself (a client
+    that skipped Describe got unmasked rows before)."""
+    enforcer.start(policy(pg, tmp, rules=RULES_STMT))
+    res = agent_py(enforcer, f"""
+    out = {{}}
+    c = Conn("127.0.0.1", {pg.port})
+    c.send(P("", "SELECT id FROM orders ORDER BY id") + B("", "") + E("") +
+           P("", "SELECT id, cc FROM customers ORDER BY id") + B("", "") + E("") +
+           P("", "SELECT id FROM orders WHERE id = 1") + B("", "") + E("") +
+           P("", "SELECT 1 / (id - id) FROM orders") + B("", "") + E("") + S)
+    b1 = c.until_ready()
+    out["b1"] = [m[0].decode() for m in b1]
+    out["rows"] = [datarow(b) for t, b in b1 if t == b"D"]
+    c.send(P("", "SELECT id FROM orders WHERE id < 3") + B("", "") + E("") + H)
+    msgs = []
+    while True:
+        t, b = c.read()
+        msgs.append(t.decode())
+        if t == b"C":
+            break
+    out["flush"] = msgs
+    def recorded():
+        for line in open({enforcer.audit!r}):
+            e = json.loads(line)
+            st = e.get("unmapped", {{}}).get("statement", {{}})
+            if e.get("class_uid") == 6005 and st.get("rows") == 2 and st.get("protocol") == "extended":
+                return True
+        return False
+    t0 = time.time()
+    while not recorded() and time.time() - t0 < 5:
+        time.sleep(0.05)
+    out["before_sync"] = recorded()
+    c.send(S)
+    out["sync"] = [m[0].decode() for m in c.until_ready()]
+    # the statement described, then executed in binary without a portal Describe
+    c.send(P("s1", "SELECT cc FROM customers ORDER BY id") + D(b"S", "s1") + S)
+    c.until_ready()
+    c.send(B("", "s1", result_formats=(1,)) + E("", 1) + E("") + S)
+    b2 = c.until_ready()
+    out["bin"] = [datarow(b) for t, b in b2 if t == b"D"]
+    out["b2"] = [m[0].decode() for m in b2]
+    c.close()
+    print(json.dumps(out))
+    """)
+    assert res["b1"].count("C") == 3 and "E" in res["b1"] and res["b1"][-1] == "Z", res
+    assert res["flush"][-1] == "C" and res["before_sync"] and res["sync"] == ["Z"], res
+    evs = session_stmt_events(enforcer, 7)
+    st = [e["unmapped"]["statement"] for e in evs]
+    assert [x["protocol"] for x in st] == ["extended"] * 7, st
+    assert [x.get("rows") for x in st[5:]] == [1, 1] and all("cc" in x.get("masked_columns", "") for x in st[5:])
+    evs, st = evs[:5], st[:5]
+    assert [x.get("rows") for x in st] == [5, st[1]["rows"], 1, 0, 2] and st[1]["rows"] >= 2, st
+    # no Describe was sent: the rows are masked all the same, and the agent sees no
+    # RowDescription it did not ask for
+    assert res["rows"][5:7] == [["1", "****"], ["2", "****"]], res["rows"]
+    assert "T" not in res["b1"] and "T" not in res["flush"], res
+    assert res["bin"] == [["****"], ["****"]] and res["b2"] == ["2", "D", "s", "D", "C", "Z"], res
+    assert "cc" in st[1].get("masked_columns", "") and "masked_columns" not in st[0], st
+    assert st[3].get("server_error") == "22012" and "server_error" not in st[2], st
+    assert all(e["unmapped"]["verdict"] == "allow" for e in evs), [brief(e) for e in evs]
+    assert all(e["duration"] >= 0 for e in evs)
+
+
 RULES_REVIEW = [{"target": "shop",
                  "allow": {"statements": ["select"], "tables": ["public.orders"]},
                  "review": {"statements": ["update"], "tables": ["public.orders"]}}]
