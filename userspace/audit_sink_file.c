@@ -120,11 +120,19 @@ static int rotate(struct audit_sink *s, struct fsink *f)
 	return fsink_open(f);
 }
 
+/* add more bytes would take the file past rotate_bytes. */
+static bool over(struct audit_sink *s, struct fsink *f, size_t add)
+{
+	return !f->is_stdout && s->cfg->rotate_bytes && f->size + add > s->cfg->rotate_bytes;
+}
+
+/* The file must be rotated before add more bytes go in (never an empty
+ * one: a line longer than rotate_bytes gets a file of its own). */
 static bool due(struct audit_sink *s, struct fsink *f, size_t add)
 {
 	if (f->is_stdout || !f->size)
 		return false;
-	if (s->cfg->rotate_bytes && f->size + add > s->cfg->rotate_bytes)
+	if (over(s, f, add))
 		return true;
 	return s->cfg->rotate_age_ms && now_ms_realtime() - f->opened_ms >= s->cfg->rotate_age_ms;
 }
@@ -178,7 +186,11 @@ static int file_send(struct audit_sink *s, struct sink_batch *b)
 	while (i < b->n) {
 		size_t j = i, bytes = 0;
 
-		while (j < b->n && (j == i || !due(s, f, bytes + b->len[j] + 1)))
+		/* over(), not only due(): an empty file (the first, or one
+		 * just rotated) takes lines up to rotate_bytes too, not the
+		 * rest of the batch */
+		while (j < b->n && (j == i || !(due(s, f, bytes + b->len[j] + 1) ||
+						over(s, f, bytes + b->len[j] + 1))))
 			bytes += b->len[j++] + 1;
 		if (due(s, f, bytes)) {
 			if ((err = rotate(s, f)))

@@ -1,0 +1,230 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Unit tests for audit_sink_file.c: what a batch writes (lines lying
+ * contiguously in the spool's memory or scattered), rotation falling
+ * between the lines of a batch.
+ */
+#include <inttypes.h>
+#include <sys/stat.h>
+
+#include "audit_sink.h"
+#include "unit.h"
+
+static char dir[256], path[320];
+
+static void fresh_dir(void)
+{
+	snprintf(dir, sizeof(dir), "/tmp/agentgate-sinkfile-XXXXXX");
+	if (!mkdtemp(dir))
+		abort();
+	snprintf(path, sizeof(path), "%s/audit.jsonl", dir);
+}
+
+static void rm_dir(void)
+{
+	char cmd[300];
+
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	(void)!system(cmd);
+}
+
+/* Line i: its sequence and a pad whose length varies with i. */
+static size_t line_for(uint64_t i, char *buf, size_t n)
+{
+	int k = snprintf(buf, n, "{\"metadata\":{\"sequence\":%" PRIu64 "},\"pad\":\"%0*d\"}", i,
+			 (int)(i * 37 % 700), 0);
+
+	return (size_t)k;
+}
+
+/* A batch of n lines from first. contiguous: the lines lie one after the
+ * other with a '\n' between them, as in a spool segment (the last one's
+ * '\n' is not part of the batch's memory); otherwise each line is its own
+ * allocation. The caller frees with batch_free. */
+struct tbatch {
+	struct sink_batch b;
+	char *mem;
+	char **own;
+};
+
+static void batch_make(struct tbatch *t, uint64_t first, size_t n, bool contiguous)
+{
+	char tmp[1024];
+	size_t off = 0;
+
+	memset(t, 0, sizeof(*t));
+	t->b.first = first;
+	t->b.n = n;
+	t->b.line = calloc(n, sizeof(char *));
+	t->b.len = calloc(n, sizeof(size_t));
+	t->b.st = malloc(n);
+	memset(t->b.st, SINK_RETRY, n);
+	if (contiguous)
+		t->mem = malloc(n * sizeof(tmp));
+	else
+		t->own = calloc(n, sizeof(char *));
+	for (size_t i = 0; i < n; i++) {
+		size_t len = line_for(first + i, tmp, sizeof(tmp));
+		char *p;
+
+		if (contiguous) {
+			p = t->mem + off;
+			memcpy(p, tmp, len);
+			if (i + 1 < n)
+				p[len] = '\n';
+			else
+				p[len] = 'X';   /* not ours to write: the sink must add its own '\n' */
+			off += len + 1;
+		} else {
+			p = t->own[i] = malloc(len + 1);
+			memcpy(p, tmp, len);
+			p[len] = 'Y';   /* no '\n' after a scattered line */
+		}
+		t->b.line[i] = p;
+		((size_t *)t->b.len)[i] = len;
+	}
+}
+
+static void batch_free(struct tbatch *t)
+{
+	if (t->own)
+		for (size_t i = 0; i < t->b.n; i++)
+			free(t->own[i]);
+	free(t->own);
+	free(t->mem);
+	free(t->b.line);
+	free((void *)t->b.len);
+	free(t->b.st);
+}
+
+static char *slurp(const char *p, size_t *len)
+{
+	FILE *f = fopen(p, "r");
+	char *b = NULL;
+
+	*len = 0;
+	if (!f)
+		return NULL;
+	fseek(f, 0, SEEK_END);
+	long n = ftell(f);
+	rewind(f);
+	b = malloc(n + 1);
+	*len = fread(b, 1, n, f);
+	b[*len] = 0;
+	fclose(f);
+	return b;
+}
+
+/* The expected bytes of lines [from, to). */
+static char *expect(uint64_t from, uint64_t to, size_t *len)
+{
+	char *b = malloc((to - from) * 1024 + 1), tmp[1024];
+	size_t off = 0;
+
+	for (uint64_t i = from; i < to; i++) {
+		size_t l = line_for(i, tmp, sizeof(tmp));
+
+		memcpy(b + off, tmp, l);
+		off += l;
+		b[off++] = '\n';
+	}
+	b[off] = 0;
+	*len = off;
+	return b;
+}
+
+static int sink_open(struct audit_sink *s, struct policy_sink *cfg)
+{
+	memset(s, 0, sizeof(*s));
+	s->ops = &audit_sink_file_ops;
+	s->cfg = cfg;
+	return s->ops->init(s);
+}
+
+/* Both memory layouts give the same file: each line once, in order, one
+ * '\n' after each, and every line acknowledged. */
+static void test_batches_written_whole(void)
+{
+	struct policy_sink cfg = { .type = SINK_FILE, .path = path };
+	struct audit_sink s;
+	uint64_t next = 1;
+
+	fresh_dir();
+	CHECK(sink_open(&s, &cfg) == 0);
+	for (int round = 0; round < 6; round++) {
+		struct tbatch t;
+		size_t n = 1 + round * 97;
+
+		batch_make(&t, next, n, round % 2 == 0);
+		CHECK(s.ops->send(&s, &t.b) == 0);
+		for (size_t i = 0; i < n; i++)
+			CHECK(t.b.st[i] == SINK_ACK);
+		next += n;
+		batch_free(&t);
+	}
+	s.ops->fini(&s);
+	size_t got_len, want_len;
+	char *got = slurp(path, &got_len), *want = expect(1, next, &want_len);
+	CHECK(got && got_len == want_len && memcmp(got, want, want_len) == 0);
+	free(got);
+	free(want);
+	rm_dir();
+}
+
+/* Rotation falls between the lines of one batch: the files together hold
+ * every line once, in order, and none holds more than rotate_bytes. */
+static void test_rotation_inside_batch(void)
+{
+	struct policy_sink cfg = { .type = SINK_FILE, .path = path, .rotate_bytes = 20000,
+				   .keep = 50 };
+	struct audit_sink s;
+	struct tbatch t;
+	const size_t n = 300;
+
+	fresh_dir();
+	CHECK(sink_open(&s, &cfg) == 0);
+	batch_make(&t, 1, n, true);
+	CHECK(s.ops->send(&s, &t.b) == 0);
+	batch_free(&t);
+	batch_make(&t, 1 + n, n, false);
+	CHECK(s.ops->send(&s, &t.b) == 0);
+	batch_free(&t);
+	s.ops->fini(&s);
+
+	/* oldest first: path.K .. path.1, then path */
+	int files = 0;
+	size_t total = 0, want_len;
+	char *want = expect(1, 1 + 2 * n, &want_len), *all = malloc(want_len + 1);
+
+	for (int k = 50; k >= 0; k--) {
+		char p[400];
+		size_t len;
+		char *b;
+
+		if (k)
+			snprintf(p, sizeof(p), "%s.%d", path, k);
+		else
+			snprintf(p, sizeof(p), "%s", path);
+		if (!(b = slurp(p, &len)))
+			continue;
+		files++;
+		CHECK(len <= cfg.rotate_bytes);
+		CHECK(len == 0 || b[len - 1] == '\n');   /* whole lines only */
+		if (total + len <= want_len)
+			memcpy(all + total, b, len);
+		total += len;
+		free(b);
+	}
+	CHECK(files > 2);
+	CHECK(total == want_len && memcmp(all, want, want_len) == 0);
+	free(all);
+	free(want);
+	rm_dir();
+}
+
+int main(void)
+{
+	RUN(test_batches_written_whole);
+	RUN(test_rotation_inside_batch);
+	UNIT_DONE("audit_sink_file");
+}
