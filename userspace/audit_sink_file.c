@@ -169,6 +169,27 @@ static int write_lines(struct fsink *f, const struct sink_batch *b, size_t i, si
 	return write_all(f->fd, f->buf, bytes) ? -errno : 0;
 }
 
+/* The page-cache range to drop after [start, end) was synced: the whole
+ * pages from start's page up to the page holding end (exclusive), so the
+ * partial page the next append writes into stays cached. *len 0: none. */
+static void drop_range(uint64_t start, uint64_t end, uint64_t *off, uint64_t *len)
+{
+	uint64_t pg = (uint64_t)sysconf(_SC_PAGESIZE);
+	uint64_t from = start / pg * pg, to = end / pg * pg;
+
+	*off = from;
+	*len = to > from ? to - from : 0;
+}
+
+static void drop_written(int fd, uint64_t start, uint64_t end)
+{
+	uint64_t off, len;
+
+	drop_range(start, end, &off, &len);
+	if (len)
+		posix_fadvise(fd, (off_t)off, (off_t)len, POSIX_FADV_DONTNEED);
+}
+
 static int file_send(struct audit_sink *s, struct sink_batch *b)
 {
 	struct fsink *f = s->priv;
@@ -214,9 +235,12 @@ static int file_send(struct audit_sink *s, struct sink_batch *b)
 	/* Written and on disk: these pages are not read again here, and
 	 * dropping them lets the next batch reuse them instead of growing the
 	 * page cache by every event ever written (fresh pages cost several
-	 * times the copy). A log shipper reading the file reads it from disk. */
+	 * times the copy). A log shipper reading the file reads it from disk.
+	 * The page holding the end of the file stays: the next batch appends
+	 * into it, and once dropped it had to be read back from the disk
+	 * first, a synchronous read in every send. */
 	if (!f->is_stdout)
-		posix_fadvise(f->fd, (off_t)start, (off_t)(f->size - start), POSIX_FADV_DONTNEED);
+		drop_written(f->fd, start, f->size);
 	memset(b->st, SINK_ACK, b->n);
 	return 0;
 fail:

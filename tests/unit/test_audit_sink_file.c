@@ -2,13 +2,18 @@
 /*
  * Unit tests for audit_sink_file.c: what a batch writes (lines lying
  * contiguously in the spool's memory or scattered), rotation falling
- * between the lines of a batch.
+ * between the lines of a batch, and the page cache after a send (written
+ * pages dropped, the page the next append writes into kept).
  */
 #include <inttypes.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 
 #include "audit_sink.h"
 #include "unit.h"
+
+#define TMPFS_MAGIC_ 0x01021994
 
 static char dir[256], path[320];
 
@@ -222,9 +227,75 @@ static void test_rotation_inside_batch(void)
 	rm_dir();
 }
 
+/* Pages of the file resident in the page cache: 1 per page in res. */
+static size_t resident(const char *p, unsigned char *res, size_t max)
+{
+	int fd = open(p, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	size_t pg = (size_t)sysconf(_SC_PAGESIZE), n = 0;
+
+	if (fd < 0 || fstat(fd, &st) || !st.st_size) {
+		if (fd >= 0)
+			close(fd);
+		return 0;
+	}
+	void *m = mmap(NULL, st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+	close(fd);
+	if (m == MAP_FAILED)
+		return 0;
+	n = (st.st_size + pg - 1) / pg;
+	if (n > max || mincore(m, st.st_size, res))
+		n = 0;
+	munmap(m, st.st_size);
+	return n;
+}
+
+/* After a send, the pages wholly written are dropped from the page cache,
+ * and the one the next append writes into stays (reading it back from the
+ * disk before each write cost a synchronous read per batch). */
+static void test_tail_page_kept(void)
+{
+	struct policy_sink cfg = { .type = SINK_FILE, .path = path };
+	struct audit_sink s;
+	struct statfs sf;
+	unsigned char res[4096];
+	uint64_t next = 1;
+	size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+
+	fresh_dir();
+	if (statfs(dir, &sf) == 0 && sf.f_type == TMPFS_MAGIC_) {
+		rm_dir();   /* tmpfs keeps every page: nothing to see */
+		return;
+	}
+	CHECK(sink_open(&s, &cfg) == 0);
+	for (int round = 0; round < 4; round++) {
+		struct tbatch t;
+		struct stat st;
+
+		batch_make(&t, next, 50 + round * 13, round % 2);
+		CHECK(s.ops->send(&s, &t.b) == 0);
+		next += t.b.n;
+		batch_free(&t);
+		CHECK(stat(path, &st) == 0);
+		size_t n = resident(path, res, sizeof(res));
+		CHECK(n == (st.st_size + pg - 1) / pg);
+		if (!n)
+			continue;
+		int kept = 0;
+		for (size_t i = 0; i + 1 < n; i++)
+			kept += res[i] & 1;
+		CHECK(kept == 0);   /* written and synced: dropped */
+		if (st.st_size % pg)
+			CHECK(res[n - 1] & 1);   /* the partial last page: kept */
+	}
+	s.ops->fini(&s);
+	rm_dir();
+}
+
 int main(void)
 {
 	RUN(test_batches_written_whole);
 	RUN(test_rotation_inside_batch);
+	RUN(test_tail_page_kept);
 	UNIT_DONE("audit_sink_file");
 }
