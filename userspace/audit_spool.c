@@ -1100,7 +1100,11 @@ static int read_once(struct spool_reader *r, struct spool_batch *b, size_t max_n
 				want *= 2;
 			continue;
 		}
+		/* a window widened for a long first line holds more than
+		 * max_bytes: the batch still stops there */
 		for (used = 0; k < max_n && (nl = memchr(p + used, '\n', n - used)); k++) {
+			if (k && (size_t)(nl + 1 - p) > max_bytes)
+				break;
 			r->line[k] = p + used;
 			r->len[k] = nl - (p + used);
 			used = nl + 1 - p;
