@@ -169,25 +169,16 @@ static int write_lines(struct fsink *f, const struct sink_batch *b, size_t i, si
 	return write_all(f->fd, f->buf, bytes) ? -errno : 0;
 }
 
-/* The page-cache range to drop after [start, end) was synced: the whole
- * pages from start's page up to the page holding end (exclusive), so the
- * partial page the next append writes into stays cached. *len 0: none. */
-static void drop_range(uint64_t start, uint64_t end, uint64_t *off, uint64_t *len)
+/* Drops [start, end) of the file from the page cache once synced: the
+ * whole pages from start's page up to the page holding end, which the
+ * next append writes into and so stays cached. */
+static void drop_written(int fd, uint64_t start, uint64_t end)
 {
 	uint64_t pg = (uint64_t)sysconf(_SC_PAGESIZE);
 	uint64_t from = start / pg * pg, to = end / pg * pg;
 
-	*off = from;
-	*len = to > from ? to - from : 0;
-}
-
-static void drop_written(int fd, uint64_t start, uint64_t end)
-{
-	uint64_t off, len;
-
-	drop_range(start, end, &off, &len);
-	if (len)
-		posix_fadvise(fd, (off_t)off, (off_t)len, POSIX_FADV_DONTNEED);
+	if (to > from)
+		posix_fadvise(fd, (off_t)from, (off_t)(to - from), POSIX_FADV_DONTNEED);
 }
 
 static int file_send(struct audit_sink *s, struct sink_batch *b)

@@ -77,7 +77,7 @@ struct spool {
 	int dlfd;
 	/* segments dropped from the list whose files the spool thread deletes
 	 * once it released the lock (unlink_dropped) */
-	struct { uint64_t first; bool sealed; } dropped[DROPPED_MAX];
+	struct dropped_seg { uint64_t first; bool sealed; } dropped[DROPPED_MAX];
 	int ndropped;
 	bool started, stop;
 	pthread_t thr;
@@ -709,7 +709,7 @@ static void seal_pending_locked(struct spool *s)
  * take a name meanwhile. */
 static void unlink_dropped(struct spool *s)
 {
-	typeof(s->dropped[0]) d[DROPPED_MAX];
+	struct dropped_seg d[DROPPED_MAX];
 	int n = s->ndropped;
 
 	if (!n)
