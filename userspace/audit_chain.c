@@ -42,23 +42,49 @@ static int unhex(const char *s, unsigned char *out, size_t n)
 
 /* SHA-256 fetched from the provider once: EVP_sha256() makes every
  * EVP_Digest() look the implementation up again (locks and all), which
- * cost as much as hashing an event line. Kept for the life of the process. */
+ * cost as much as hashing an event line. Kept for the life of the process.
+ * Each thread keeps one digest context too: EVP_Digest() allocates and
+ * frees one (and the provider's state in it) per call. */
 static EVP_MD *sha256;
 static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+static pthread_key_t sha256_key;
+static bool sha256_key_ok;
+static __thread EVP_MD_CTX *sha256_ctx;
+
+static void sha256_ctx_free(void *c)
+{
+	EVP_MD_CTX_free(c);
+}
 
 static void sha256_fetch(void)
 {
 	sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+	/* without the key, contexts are not freed at thread exit: still correct */
+	sha256_key_ok = pthread_key_create(&sha256_key, sha256_ctx_free) == 0;
+}
+
+/* This thread's context, or NULL (out of memory: EVP_Digest is used). */
+static EVP_MD_CTX *thread_ctx(void)
+{
+	if (!sha256_ctx && sha256 && (sha256_ctx = EVP_MD_CTX_new()) && sha256_key_ok)
+		pthread_setspecific(sha256_key, sha256_ctx);
+	return sha256_ctx;
 }
 
 void audit_chain_hash(const void *line, size_t len, char out[AUDIT_HASH_HEX])
 {
 	unsigned char md[32];
 	unsigned int mdlen = 0;
+	EVP_MD_CTX *c;
+	int ok;
 
 	pthread_once(&sha256_once, sha256_fetch);
-	if (!EVP_Digest(line, len, md, &mdlen, sha256 ? sha256 : EVP_sha256(), NULL) ||
-	    mdlen != 32)
+	if ((c = thread_ctx()))
+		ok = EVP_DigestInit_ex2(c, sha256, NULL) && EVP_DigestUpdate(c, line, len) &&
+		     EVP_DigestFinal_ex(c, md, &mdlen);
+	else
+		ok = EVP_Digest(line, len, md, &mdlen, sha256 ? sha256 : EVP_sha256(), NULL);
+	if (!ok || mdlen != 32)
 		memset(md, 0xff, sizeof(md));   /* never equals a real chain value */
 	hex(md, 32, out);
 }

@@ -120,11 +120,19 @@ static int rotate(struct audit_sink *s, struct fsink *f)
 	return fsink_open(f);
 }
 
+/* add more bytes would take the file past rotate_bytes. */
+static bool over(struct audit_sink *s, struct fsink *f, size_t add)
+{
+	return !f->is_stdout && s->cfg->rotate_bytes && f->size + add > s->cfg->rotate_bytes;
+}
+
+/* The file must be rotated before add more bytes go in (never an empty
+ * one: a line longer than rotate_bytes gets a file of its own). */
 static bool due(struct audit_sink *s, struct fsink *f, size_t add)
 {
 	if (f->is_stdout || !f->size)
 		return false;
-	if (s->cfg->rotate_bytes && f->size + add > s->cfg->rotate_bytes)
+	if (over(s, f, add))
 		return true;
 	return s->cfg->rotate_age_ms && now_ms_realtime() - f->opened_ms >= s->cfg->rotate_age_ms;
 }
@@ -161,6 +169,18 @@ static int write_lines(struct fsink *f, const struct sink_batch *b, size_t i, si
 	return write_all(f->fd, f->buf, bytes) ? -errno : 0;
 }
 
+/* Drops [start, end) of the file from the page cache once synced: the
+ * whole pages from start's page up to the page holding end, which the
+ * next append writes into and so stays cached. */
+static void drop_written(int fd, uint64_t start, uint64_t end)
+{
+	uint64_t pg = (uint64_t)sysconf(_SC_PAGESIZE);
+	uint64_t from = start / pg * pg, to = end / pg * pg;
+
+	if (to > from)
+		posix_fadvise(fd, (off_t)from, (off_t)(to - from), POSIX_FADV_DONTNEED);
+}
+
 static int file_send(struct audit_sink *s, struct sink_batch *b)
 {
 	struct fsink *f = s->priv;
@@ -178,7 +198,11 @@ static int file_send(struct audit_sink *s, struct sink_batch *b)
 	while (i < b->n) {
 		size_t j = i, bytes = 0;
 
-		while (j < b->n && (j == i || !due(s, f, bytes + b->len[j] + 1)))
+		/* over(), not only due(): an empty file (the first, or one
+		 * just rotated) takes lines up to rotate_bytes too, not the
+		 * rest of the batch */
+		while (j < b->n && (j == i || !(due(s, f, bytes + b->len[j] + 1) ||
+						over(s, f, bytes + b->len[j] + 1))))
 			bytes += b->len[j++] + 1;
 		if (due(s, f, bytes)) {
 			if ((err = rotate(s, f)))
@@ -202,9 +226,12 @@ static int file_send(struct audit_sink *s, struct sink_batch *b)
 	/* Written and on disk: these pages are not read again here, and
 	 * dropping them lets the next batch reuse them instead of growing the
 	 * page cache by every event ever written (fresh pages cost several
-	 * times the copy). A log shipper reading the file reads it from disk. */
+	 * times the copy). A log shipper reading the file reads it from disk.
+	 * The page holding the end of the file stays: the next batch appends
+	 * into it, and once dropped it had to be read back from the disk
+	 * first, a synchronous read in every send. */
 	if (!f->is_stdout)
-		posix_fadvise(f->fd, (off_t)start, (off_t)(f->size - start), POSIX_FADV_DONTNEED);
+		drop_written(f->fd, start, f->size);
 	memset(b->st, SINK_ACK, b->n);
 	return 0;
 fail:

@@ -20,6 +20,7 @@
 
 #define WBUF_CAP (4u << 20)   /* the thread writes it every SPOOL_FLUSH_MS */
 #define READ_CAP_MAX (16u << 20)   /* one event line is never larger */
+#define DROPPED_MAX 16
 
 struct seg {
 	uint64_t first, last;   /* last = first - 1 while empty */
@@ -74,6 +75,10 @@ struct spool {
 	struct spool_reader *readers[SPOOL_MAX_READERS];
 	int nreaders;
 	int dlfd;
+	/* segments dropped from the list whose files the spool thread deletes
+	 * once it released the lock (unlink_dropped) */
+	struct dropped_seg { uint64_t first; bool sealed; } dropped[DROPPED_MAX];
+	int ndropped;
 	bool started, stop;
 	pthread_t thr;
 	void (*tick_fn)(void *);
@@ -628,13 +633,23 @@ static int seal_one(struct spool *s, uint64_t first, uint64_t *zbytes)
 }
 
 /* Deletes the oldest segment, whose lines every reader has acknowledged
- * (readers holding it open keep reading). */
+ * (readers holding it open keep reading). The file itself goes after the
+ * lock is released (unlink_dropped): deleting it gives its blocks back, on
+ * a filesystem mounted with discard a synchronous discard, and the
+ * threads appending events waited for the disk behind the lock. A crash
+ * in between leaves the file, as a crash just before the unlink did:
+ * recovery finds a segment every cursor has passed, deleted again later. */
 static void drop_front_locked(struct spool *s)
 {
 	char path[4200];
 
-	seg_path(s, s->segs[0].first, s->segs[0].sealed ? ".z" : ".log", path, sizeof(path));
-	unlink(path);
+	if (s->ndropped < DROPPED_MAX) {
+		s->dropped[s->ndropped].first = s->segs[0].first;
+		s->dropped[s->ndropped++].sealed = s->segs[0].sealed;
+	} else {
+		seg_path(s, s->segs[0].first, s->segs[0].sealed ? ".z" : ".log", path, sizeof(path));
+		unlink(path);
+	}
 	s->total -= s->segs[0].bytes;
 	memmove(s->segs, s->segs + 1, (s->nsegs - 1) * sizeof(*s->segs));
 	s->nsegs--;
@@ -689,6 +704,28 @@ static void seal_pending_locked(struct spool *s)
 	}
 }
 
+/* Deletes the files drop_front_locked() left, without the lock. Segment
+ * names are never reused (first sequences only grow), so no new file can
+ * take a name meanwhile. */
+static void unlink_dropped(struct spool *s)
+{
+	struct dropped_seg d[DROPPED_MAX];
+	int n = s->ndropped;
+
+	if (!n)
+		return;
+	memcpy(d, s->dropped, n * sizeof(d[0]));
+	s->ndropped = 0;
+	pthread_mutex_unlock(&s->lock);
+	for (int i = 0; i < n; i++) {
+		char path[4200];
+
+		seg_path(s, d[i].first, d[i].sealed ? ".z" : ".log", path, sizeof(path));
+		unlink(path);
+	}
+	pthread_mutex_lock(&s->lock);
+}
+
 static void *spool_thread(void *arg)
 {
 	struct spool *s = arg;
@@ -734,6 +771,7 @@ static void *spool_thread(void *arg)
 			s->sync_mark = mark;
 		}
 		seal_pending_locked(s);
+		unlink_dropped(s);
 		if (s->total > s->max_bytes / 2)
 			gc_locked(s);
 	}
@@ -857,6 +895,9 @@ void spool_close(struct spool *s)
 		pthread_mutex_unlock(&s->lock);
 		pthread_join(s->thr, NULL);
 	}
+	pthread_mutex_lock(&s->lock);
+	unlink_dropped(s);   /* none left by the thread's last round, normally */
+	pthread_mutex_unlock(&s->lock);
 	if (s->fd >= 0) {
 		flush_locked(s);
 		fdatasync(s->fd);
@@ -1100,7 +1141,11 @@ static int read_once(struct spool_reader *r, struct spool_batch *b, size_t max_n
 				want *= 2;
 			continue;
 		}
+		/* a window widened for a long first line holds more than
+		 * max_bytes: the batch still stops there */
 		for (used = 0; k < max_n && (nl = memchr(p + used, '\n', n - used)); k++) {
+			if (k && (size_t)(nl + 1 - p) > max_bytes)
+				break;
 			r->line[k] = p + used;
 			r->len[k] = nl - (p + used);
 			used = nl + 1 - p;

@@ -1,0 +1,168 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Unit tests for audit_spool.c's readers: lines appended to the active
+ * segment after the reader started on it, lines longer than a segment, batch limits by count and by bytes (a batch never cuts a line,
+ * consecutive lines lie one after the other with their '\n' between, as
+ * the file sink writes them), seeking back over a segment already read,
+ * and several segments.
+ */
+#include <inttypes.h>
+#include <stdint.h>
+
+#include "audit_spool.h"
+#include "unit.h"
+
+static char dir[256];
+
+static void fresh_dir(void)
+{
+	char cmd[300];
+
+	snprintf(dir, sizeof(dir), "/tmp/agentgate-spoolrd-XXXXXX");
+	if (!mkdtemp(dir))
+		abort();
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	(void)!system(cmd);   /* spool_open creates it (0700) */
+}
+
+static void rm_dir(void)
+{
+	char cmd[300];
+
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	(void)!system(cmd);
+}
+
+/* Line seq: its sequence, then a pad of pad_for(seq) bytes. */
+static size_t pad_for(uint64_t seq)
+{
+	return seq % 97 == 0 ? 30000 : seq * 131 % 1500;   /* some longer than a segment */
+}
+
+static size_t line_for(uint64_t seq, char *buf, size_t n)
+{
+	size_t pad = pad_for(seq);
+	int k = snprintf(buf, n, "{\"sequence\":%" PRIu64 ",\"pad\":\"", seq);
+
+	if ((size_t)k + pad + 2 >= n)
+		abort();
+	memset(buf + k, 'a' + seq % 26, pad);
+	memcpy(buf + k + pad, "\"}", 2);
+	return k + pad + 2;
+}
+
+static char line_buf[40000];
+
+static int append_range(struct spool *s, uint64_t from, uint64_t to)
+{
+	for (uint64_t q = from; q < to; q++) {
+		size_t len = line_for(q, line_buf, sizeof(line_buf));
+		int err = spool_append(s, q, line_buf, len);
+
+		if (err)
+			return err;
+	}
+	return 0;
+}
+
+/* Reads until nothing new, in batches of at most max_n lines / max_bytes;
+ * checks each line, the batch limits, and that the lines of a batch lie
+ * one after the other with a '\n' between. Returns the next sequence. */
+static uint64_t read_check(struct spool_reader *r, uint64_t next, size_t max_n, size_t max_bytes,
+			   int *bad)
+{
+	struct spool_batch b;
+	char want[40000];
+	int n;
+
+	while ((n = spool_read(r, &b, max_n, max_bytes, 20)) > 0) {
+		size_t bytes = 0;
+
+		if ((size_t)n > max_n || b.first != next)
+			(*bad)++;
+		for (int i = 0; i < n; i++) {
+			size_t len = line_for(next, want, sizeof(want));
+
+			if (b.len[i] != len || memcmp(b.line[i], want, len)) {
+				if (!*bad)
+					fprintf(stderr, "  mismatch at %" PRIu64 "\n", next);
+				(*bad)++;
+			}
+			if (i && (b.line[i] != b.line[i - 1] + b.len[i - 1] + 1 ||
+				  b.line[i - 1][b.len[i - 1]] != '\n'))
+				(*bad)++;
+			bytes += b.len[i] + 1;
+			next++;
+		}
+		if (n > 1 && bytes > max_bytes)   /* one line may exceed it, not two */
+			(*bad)++;
+	}
+	return next;
+}
+
+/* The reader reads the active segment, then more lines go into it: they
+ * are read from where it stopped, with every batch limit. */
+static void test_growing_segment(void)
+{
+	struct spool *s;
+	struct spool_reader *r;
+	uint64_t last, next = 1;
+	int bad = 0;
+
+	fresh_dir();
+	CHECK(spool_open(&s, dir, 0, &last) == 0);
+	CHECK(spool_reader_open(s, "r", &r) == 0);
+	CHECK(spool_start(s) == 0);
+	for (int round = 0; round < 8; round++) {
+		CHECK(append_range(s, next, next + 50) == 0);
+		CHECK(spool_flush(s, false) == 0);
+		next = read_check(r, next, round % 2 ? 7 : 1000, round % 3 ? 4096 : 100000, &bad);
+		CHECK(next == 1 + 50 * (uint64_t)(round + 1));
+		CHECK(spool_reader_ack(r, next - 1) == 0);
+	}
+	CHECK(bad == 0);
+	spool_close(s);
+	rm_dir();
+}
+
+/* Small segments (max_bytes 256 KiB: 32 KiB each), some lines longer than
+ * one: every line read once, in order, across segments, and again after a
+ * seek back to the cursor. */
+static void test_across_segments_and_seek(void)
+{
+	struct spool *s;
+	struct spool_reader *r;
+	uint64_t last, next;
+	int bad = 0;
+
+	fresh_dir();
+	CHECK(spool_open(&s, dir, 256 << 10, &last) == 0);
+	CHECK(spool_reader_open(s, "r", &r) == 0);
+	CHECK(spool_start(s) == 0);
+	CHECK(append_range(s, 1, 120) == 0);
+	CHECK(spool_flush(s, false) == 0);
+	next = read_check(r, 1, 10, 8192, &bad);
+	CHECK(next == 120);
+	CHECK(bad == 0);
+	CHECK(spool_reader_ack(r, 60) == 0);
+	spool_reader_seek(r, 60);   /* a failed send: from the cursor again */
+	next = read_check(r, 61, 1000, 1 << 20, &bad);
+	CHECK(next == 120);
+	CHECK(bad == 0);
+	CHECK(spool_reader_ack(r, 119) == 0);
+	/* more after everything was read: the reader moves on */
+	CHECK(append_range(s, 120, 200) == 0);
+	CHECK(spool_flush(s, false) == 0);
+	next = read_check(r, 120, 3, 2000, &bad);
+	CHECK(next == 200);
+	CHECK(bad == 0);
+	spool_close(s);
+	rm_dir();
+}
+
+int main(void)
+{
+	RUN(test_growing_segment);
+	RUN(test_across_segments_and_seek);
+	UNIT_DONE("audit_spool_read");
+}
