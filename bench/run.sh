@@ -33,6 +33,13 @@ AUDIT_EVENTS=${AUDIT_EVENTS:-200000}
 [[ $AUDIT_EVENTS =~ ^[1-9][0-9]*$ ]] || die "AUDIT_EVENTS must be a positive integer, not '$AUDIT_EVENTS'"
 command -v ss >/dev/null || die "ss (iproute2) is needed to find free ports"
 
+# One enforcer per host (BPF pins, ports): the whole run holds the host lock
+# that integration runs hold, so neither clobbers the other's enforcer
+# between sections. Held on one descriptor for the run: taking it again on
+# another would wait for ourselves.
+mkdir -p /run/agentgate
+exec {HLOCK}>>/run/agentgate/tests.lock
+flock -x "$HLOCK"
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/agentgate-bench.XXXXXX") || die "mktemp failed"
 TCPBENCH=$PWD/build/tcpbench
 SRV_PID='' HAP_PID='' AG_PID='' SMOKE_PID=''
@@ -576,10 +583,6 @@ http_bench() {
 	[[ ${HTTP_BENCH:-1} == 0 ]] && return 0
 	# the servers started here are stopped on any exit, then the usual cleanup
 	trap 'hrc=$?; http_stop; (exit $hrc); cleanup' EXIT
-	# One enforcer per host: wait for integration runs (they hold this lock).
-	mkdir -p /run/agentgate
-	exec {HLOCK}>>/run/agentgate/tests.lock
-	flock -x "$HLOCK"
 	http_setup || { http_stop; return 1; }
 	local -a hpaths=(direct nginx haproxy)
 	[[ -z $AG_NA ]] && hpaths+=(agentgate)
