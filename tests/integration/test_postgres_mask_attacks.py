@@ -302,3 +302,88 @@ print(json.dumps(out))
     assert pg.sql("SELECT count(*) FROM customers") == "2"
     assert pg.sql("SELECT count(*) FROM orders") == "5"
 
+
+# A portal name the module still holds, described over a harmless result, while the
+# server has dropped that portal without the module seeing it; DECLARE then creates a
+# server portal of that name over the masked table, and the agent Executes it by name.
+STALE_ENDS = {
+    "close": 'Q("CLOSE c")',                         # SQL CLOSE: implicitly allowed
+    "commit_and_chain": 'Q("COMMIT AND CHAIN")',     # ends the transaction, 'Z' stays 'T'
+    "commit_begin": 'Q("COMMIT; BEGIN")',            # the same in one Query
+    "rollback_to_savepoint": 'Q("ROLLBACK TO SAVEPOINT a")',   # the subtransaction's portals go
+}
+
+
+def stale_portal_code(end, binary):
+    fmts = "(1,)" if binary else "()"
+    return f"""
+c = Rec("127.0.0.1", PORT)
+r = [step(c, Q("BEGIN; SAVEPOINT a"))]
+r.append(step(c, P("so", "SELECT id FROM orders ORDER BY id LIMIT 2") + B("c", "so", result_formats={fmts}) +
+              D(b"P", "c") + S))
+r.append(step(c, {end}))
+r.append(step(c, Q("DECLARE c CURSOR FOR SELECT id, email, cc FROM customers ORDER BY id")))
+r.append(step(c, E("c") + S))
+r.append(step(c, Q("ROLLBACK")))
+print(json.dumps([r, leaks(c)]))
+"""
+
+
+def _stale_portal(enforcer, pg, tmp, end, rules, binary):
+    enforcer.start(policy(pg, tmp, rules=rules))
+    steps, leaked = run(enforcer, pg, stale_portal_code(STALE_ENDS[end], binary))
+    assert leaked == [], (leaked, steps)
+    rows = [x for x in steps[4] if x.startswith("D:")]
+    assert denied(steps[4]) or (rows and all(r.count("****") == 2 for r in rows)), steps
+
+
+def test_stale_portal_close_then_declare(enforcer, pg, tmp):
+    """Wire: BEGIN; SAVEPOINT a / P(so, orders) B(c, so) D(P, c) S / Q(CLOSE c) /
+    Q(DECLARE c CURSOR FOR SELECT id, email, cc FROM customers) / E(c) S. The module keeps
+    portal "c" with the orders description after the server closed it, so the Execute of
+    the cursor's rows is read with a plan that masks nothing."""
+    _stale_portal(enforcer, pg, tmp, "close", RULES_RO, False)
+
+
+def test_stale_portal_commit_and_chain_then_declare(enforcer, pg, tmp):
+    """As above, the portal dropped by COMMIT AND CHAIN (the transaction ends, ReadyForQuery
+    says 'T', so the module's end-of-transaction sweep never runs)."""
+    _stale_portal(enforcer, pg, tmp, "commit_and_chain", RULES_RO, False)
+
+
+def test_stale_portal_commit_begin_in_one_query_then_declare(enforcer, pg, tmp):
+    """As above, with Q("COMMIT; BEGIN")."""
+    _stale_portal(enforcer, pg, tmp, "commit_begin", RULES_RO, False)
+
+
+def test_stale_portal_rollback_to_savepoint_then_declare(enforcer, pg, tmp):
+    """As above, the portal dropped by ROLLBACK TO SAVEPOINT (portals of the rolled-back
+    subtransaction go; the transaction stays open)."""
+    _stale_portal(enforcer, pg, tmp, "rollback_to_savepoint", RULES_RO, False)
+
+
+def test_stale_portal_binary_plan_defeats_detectors(enforcer, pg, tmp):
+    """RULES_RW (detectors on): the stale portal was bound with binary results, so its plan
+    scans nothing (binary int4 is opaque to detectors); the cursor's text rows pass."""
+    _stale_portal(enforcer, pg, tmp, "close", RULES_RW, True)
+
+
+RULES_UPDATE = [{"target": "shop",
+                 "allow": {"statements": ["select", "update"], "tables": ["public.customers"]},
+                 "mask": {"columns": ["public.customers.email", "public.customers.cc"]}}]
+
+
+def test_update_not_null_error_detail(enforcer, pg, tmp):
+    """UPDATE allowed on the masked table, lineage masking only: UPDATE customers SET id =
+    NULL WHERE id = 1 names no masked column, yet the server's not-null violation carries
+    DETAIL 'Failing row contains (null, alice@example.com, 4111111111111111).'. The value
+    must not reach the agent (denied, or the error's fields masked)."""
+    enforcer.start(policy(pg, tmp, rules=RULES_UPDATE))
+    res = run(enforcer, pg, r"""
+c = Rec("127.0.0.1", PORT)
+r = [step(c, Q("UPDATE customers SET id = NULL WHERE id = 1")),
+     step(c, P("", "UPDATE customers SET id = NULL WHERE id = 2") + B("", "") + E("") + S)]
+print(json.dumps([r, leaks(c)]))
+""")
+    assert res[1] == [], res
+    assert pg.sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM customers") == "1,2"
