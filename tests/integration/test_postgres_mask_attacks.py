@@ -387,3 +387,35 @@ print(json.dumps([r, leaks(c)]))
 """)
     assert res[1] == [], res
     assert pg.sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM customers") == "1,2"
+
+
+def test_insert_on_conflict_not_null_error_detail(enforcer, pg, tmp):
+    """INSERT only (RULES_INSERT, lineage masking only): INSERT INTO customers VALUES (1,
+    'x', 'y') ON CONFLICT (id) DO UPDATE SET id = NULL names no masked column and is
+    allowed as an insert; the conflicting row's update fails NOT NULL and the server's
+    DETAIL 'Failing row contains (null, alice@example.com, 4111111111111111).' carries the
+    existing row. The value must not reach the agent."""
+    enforcer.start(policy(pg, tmp, rules=RULES_INSERT))
+    res = run(enforcer, pg, r"""
+c = Rec("127.0.0.1", PORT)
+r = [step(c, Q("INSERT INTO customers VALUES (1, 'x', 'y') ON CONFLICT (id) DO UPDATE SET id = NULL")),
+     step(c, P("", "INSERT INTO customers VALUES (2, 'x', 'y') ON CONFLICT (id) DO UPDATE SET id = NULL") +
+          B("", "") + E("") + S)]
+print(json.dumps([r, leaks(c)]))
+""")
+    assert res[1] == [], res
+    assert pg.sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM customers") == "1,2"
+
+
+def test_insert_on_conflict_do_update_needs_update(enforcer, pg, tmp):
+    """Found on the way (RBAC, not masking): with only INSERT granted, INSERT ... ON
+    CONFLICT (id) DO UPDATE SET total = 999 rewrites an existing row. It must be denied
+    (42501) unless a rule grants update, and the row must stay as it was."""
+    enforcer.start(policy(pg, tmp, rules=RULES_INSERT))
+    res = run(enforcer, pg, r"""
+c = Rec("127.0.0.1", PORT)
+print(json.dumps(step(c, Q("INSERT INTO orders (id, customer_id, total) VALUES (1, 1, 999) "
+                           "ON CONFLICT (id) DO UPDATE SET total = 999"))))
+""")
+    assert denied(res), res
+    assert pg.sql("SELECT total FROM orders WHERE id = 1") == "1"
