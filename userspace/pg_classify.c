@@ -1134,6 +1134,15 @@ static void walk_dml(struct walker *w, int key, int body, struct scope *parent)
 				ex->rel = e->rel;
 			}
 		}
+		/* ON CONFLICT DO UPDATE updates the existing row: it needs
+		 * update as well (anything but DO NOTHING is taken for it) */
+		if ((i = pgj_get(j, body, "onConflictClause")) >= 0) {
+			int oc = node_of(w, i, "OnConflictClause");
+			const char *act = get_str(w, oc >= 0 ? oc : i, "action");
+
+			if (!act || strcmp(act, "ONCONFLICT_NOTHING") != 0)
+				add_need(w, "update", PGC_WRITE, false);
+		}
 		expr(w, pgj_get(j, body, "onConflictClause"), &sc);
 	} else if (pgj_is(j, key, "UpdateStmt")) {
 		dml_target(w, body, &sc);
