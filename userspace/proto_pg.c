@@ -249,7 +249,7 @@ struct pg_portal {
 	uint8_t *fmt;          /* nfmt bytes, 0 or 1 */
 	struct pg_plan *plan;  /* masking plan from its RowDescription, or NULL */
 	bool described;        /* its RowDescription (or NoData) was read: plan is final */
-	bool describing;       /* a Describe of it is on its way to the server */
+	uint32_t desc_epoch;   /* s->sql_epoch when a Describe of it was last sent; 0 never */
 };
 
 /* Names -> refcounted values, for statements (pg_judged) and portals. */
@@ -353,6 +353,11 @@ struct pg_sess {
 	char *afrag;
 	uint32_t afrag_top, afrag_um;
 	bool up_last;                  /* the server message in hand is the last one read so far */
+	/* Bumped by every simple Query and every Execute sent: SQL can close,
+	 * re-declare (DECLARE makes a portal of the same name), or end the
+	 * transaction of a portal behind the protocol's back, so a portal's
+	 * description is trusted only within the epoch it was asked in. */
+	uint32_t sql_epoch;
 	/* Events of ended Executes, built once the batch's answers are out
 	 * (audit_deferred_flush), in order, before any other event. */
 	struct pg_adefer {
@@ -949,6 +954,8 @@ static void pend_undo(struct pg_sess *s, struct pg_pend *p, bool restore_prev)
 	struct pg_map *m;
 	void *cur;
 
+	if (p->kind == 'D' && p->portal)
+		p->portal->desc_epoch = 0;   /* skipped: not described after all */
 	if (p->undo == UNDO_NONE || !p->undo_name)
 		return;
 	m = p->undo == UNDO_PORTAL ? &s->portals : &s->stmts;
@@ -957,6 +964,12 @@ static void pend_undo(struct pg_sess *s, struct pg_pend *p, bool restore_prev)
 		p->undo_prev = NULL;   /* back in the map */
 	if (cur)
 		val_put(m, cur);
+}
+
+static void bump_epoch(struct pg_sess *s)
+{
+	if (++s->sql_epoch == 0)
+		s->sql_epoch = 1;   /* 0 means "never described" */
 }
 
 /* ---- judging ------------------------------------------------------------------------- */
@@ -1271,6 +1284,21 @@ static int mask_row(struct pg_sess *s, const struct pg_msg *m, struct pg_plan *p
 }
 
 /* ErrorResponse / NoticeResponse with every field value content-masked. */
+/* Whether the server's error and notice fields must be rewritten: values
+ * scanned by detectors, or a DETAIL withheld (fields_withhold). */
+static bool fields_masked(const struct pg_sess *s)
+{
+	return s->mask_active && (mask_has_detectors(s->mask) || s->ncols > 0);
+}
+
+/*
+ * A session that masks columns never sees the server's DETAIL field: it
+ * quotes rows whole ("Failing row contains (...)" of a NOT NULL or CHECK
+ * violation by an UPDATE that names no masked column), keys, and values,
+ * and no statement check can tell in advance which error will come.
+ */
+#define PG_DETAIL_WITHHELD "agentgate: detail withheld (this session masks columns)"
+
 static int mask_fields(struct pg_sess *s, const struct pg_msg *m)
 {
 	struct pg_rd r;
@@ -1287,7 +1315,16 @@ static int mask_fields(struct pg_sess *s, const struct pg_msg *m)
 
 		if (vl > 4096)
 			vl = 4096;   /* a huge message is cut rather than masked in pieces */
-		n = mask_value(s->mask, v, vl, buf, sizeof(buf), NULL);
+		if (code == 'D' && s->ncols > 0) {
+			v = PG_DETAIL_WITHHELD;
+			vl = sizeof(PG_DETAIL_WITHHELD) - 1;
+		}
+		if (mask_has_detectors(s->mask)) {
+			n = mask_value(s->mask, v, vl, buf, sizeof(buf), NULL);
+		} else {
+			memcpy(buf, v, vl);
+			n = vl;
+		}
 		if (n == (size_t)-1)
 			return -ENOMEM;
 		pg_out_u8(&s->out, (uint8_t)code);
@@ -2284,6 +2321,7 @@ static int fe_query(struct conn *c, const struct pg_msg *m)
 	if (prev)
 		portal_put(prev);
 	s->syncs++;
+	bump_epoch(s);
 	return fwd(c, m);
 }
 
@@ -2401,7 +2439,7 @@ static int fe_describe(struct conn *c, const struct pg_msg *m)
 	p->sub = kind;
 	if (kind == 'P') {
 		p->portal = portal_get(v);
-		p->portal->describing = true;
+		p->portal->desc_epoch = s->sql_epoch;
 	}
 	return fwd(c, m);
 }
@@ -2425,8 +2463,9 @@ static int fe_execute(struct conn *c, const struct pg_msg *m)
 	/* Masking reads each row by its description, which the server sends
 	 * only when asked: a client that executes without a Describe would
 	 * otherwise get its rows unread, unmasked. We ask, and keep the
-	 * answer to ourselves. */
-	if (s->mask_active && !po->described && !po->describing) {
+	 * answer to ourselves; again whenever SQL ran since the last Describe
+	 * (the portal of that name may now be another one: sql_epoch). */
+	if (s->mask_active && po->desc_epoch != s->sql_epoch) {
 		int err;
 
 		p = pend_push(s, 'D');
@@ -2435,7 +2474,7 @@ static int fe_execute(struct conn *c, const struct pg_msg *m)
 		p->sub = 'P';
 		p->hidden = true;
 		p->portal = portal_get(po);
-		po->describing = true;
+		po->desc_epoch = s->sql_epoch;
 		pg_out_target(&s->out, 'D', 'P', name);
 		if ((err = send_out(c, SIDE_UP)))
 			return err;
@@ -2445,6 +2484,7 @@ static int fe_execute(struct conn *c, const struct pg_msg *m)
 		return fatal(c, "54000", "agentgate: too many requests in flight");
 	p->portal = portal_get(po);
 	p->j = judged_get(po->j);
+	bump_epoch(s);
 	return fwd(c, m);
 }
 
@@ -2735,7 +2775,7 @@ static int be_error(struct conn *c, const struct pg_msg *m, struct pg_pend *p)
 		pg_out_denied(&s->out, p->deny ? p->deny : "not allowed", p->deny_detail);
 		err = send_out(c, SIDE_AGENT);
 	} else {
-		if (s->mask_active && mask_has_detectors(s->mask)) {
+		if (fields_masked(s)) {
 			err = mask_fields(s, m);
 			if (!err)
 				err = send_out(c, SIDE_AGENT);
@@ -2847,7 +2887,7 @@ static int be_message(struct conn *c, const struct pg_msg *m)
 			return fatal(c, "08P01", "agentgate: the server reports %s = %s, which is not allowed", n, v);
 		break;
 	case 'N':
-		if (s->mask_active && mask_has_detectors(s->mask)) {
+		if (fields_masked(s)) {
 			err = mask_fields(s, m);
 			return err ? err : send_out(c, SIDE_AGENT);
 		}
@@ -3113,6 +3153,7 @@ static int pg_start(struct conn *c)
 		return -ENOMEM;
 	c->proto_state = s;
 	s->tx = 'I';
+	s->sql_epoch = 1;
 	s->portals.portals = true;
 	pg_out_init(&s->out, PG_MSG_MAX + 1024);
 	/* the verdict cache must not outlive a policy change: key it on the hash */
