@@ -260,7 +260,10 @@ static void *sink_thread(void *arg)
 
 	uint64_t last_send = 0;
 	bool behind = false;   /* the last batch was full: more is waiting */
+	char name[16];
 
+	snprintf(name, sizeof(name), "ag-sink-%s", k->s.ops->type);
+	ag_thread_setup(name, true);
 	sink_resume(k);
 	while (!atomic_load(&A.stopping)) {
 		struct spool_batch b;
@@ -793,6 +796,7 @@ static void save_chain_head(void)
 
 static void *saver_thread(void *arg)
 {
+	ag_thread_setup("ag-chainsave", true);
 	while (!atomic_load(&A.stopping)) {
 		sink_sleep(1000);
 		save_chain_head();

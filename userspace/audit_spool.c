@@ -730,6 +730,7 @@ static void *spool_thread(void *arg)
 {
 	struct spool *s = arg;
 
+	ag_thread_setup("ag-spool", true);
 	pthread_mutex_lock(&s->lock);
 	while (!s->stop) {
 		struct timespec ts;

@@ -185,6 +185,7 @@ static void *worker_main(void *arg)
 	struct epoll_event evs[256];
 	uint64_t last_tick = 0;
 
+	ag_thread_setup("ag-worker", false);
 	audit_defer_begin();
 	while (!w->stop) {
 		if (w->stop_accept && w->listen[0].fd >= 0)

@@ -5,6 +5,7 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -186,6 +187,19 @@ static uint64_t clock_ns(clockid_t id)
 uint64_t now_ms_realtime(void) { return clock_ns(CLOCK_REALTIME) / 1000000ull; }
 uint64_t now_ns_mono(void) { return clock_ns(CLOCK_MONOTONIC); }
 uint64_t now_ns_boot(void) { return clock_ns(CLOCK_BOOTTIME); }
+
+void ag_thread_setup(const char *name, bool background)
+{
+	char n[16];
+
+	snprintf(n, sizeof(n), "%s", name);
+	pthread_setname_np(pthread_self(), n);
+	if (background) {
+		struct sched_param sp = { .sched_priority = 0 };
+
+		pthread_setschedparam(pthread_self(), SCHED_BATCH, &sp);
+	}
+}
 
 int mkdir_p(const char *path, mode_t mode)
 {

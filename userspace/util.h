@@ -48,6 +48,15 @@ uint64_t now_ms_realtime(void);
 uint64_t now_ns_mono(void);
 uint64_t now_ns_boot(void);
 
+/* Names the calling thread ("ag-spool"; at most 15 bytes are kept) so that
+ * top -H and perf tell the enforcer's threads apart. With background, the
+ * thread is also made SCHED_BATCH: it keeps its fair share of CPU, but its
+ * wake-ups no longer preempt a running thread. For threads nobody waits on
+ * (the audit pipeline): on a busy host they stop cutting into the time of
+ * the threads that relay an agent's traffic. Failures are ignored: both
+ * are hints. */
+void ag_thread_setup(const char *name, bool background);
+
 /* mkdir -p with mode; 0 or -errno. */
 int mkdir_p(const char *path, mode_t mode);
 

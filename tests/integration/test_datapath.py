@@ -89,6 +89,16 @@ def test_workers_knob(enforcer, servers):
         s.sendall(b"hi\\n"); print(s.recv(10).decode().strip())
     """)
     assert r.stdout.split() == ["hi", "hi", "hi"], r.stdout + r.stderr
+    # threads are named for top -H / perf; the audit pipeline's are
+    # SCHED_BATCH (their wake-ups do not preempt a worker), workers are not
+    pid = enforcer.proc.p.pid
+    policy = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        name = open(f"/proc/{pid}/task/{tid}/comm").read().strip()
+        policy.setdefault(name, set()).add(os.sched_getscheduler(int(tid)))
+    assert policy.get("ag-worker") == {os.SCHED_OTHER}, policy
+    assert policy.get("ag-spool") == {os.SCHED_BATCH}, policy
+    assert policy.get("ag-sink-file") == {os.SCHED_BATCH}, policy
 
 
 def test_not_allowed_destination_refused_and_audited(enforcer, servers):
