@@ -7,6 +7,7 @@
 #   BENCH_SECONDS=5  length of each measurement
 #   ROUNDS=3         rounds per test and path; the table shows the median
 #   AUDIT_EVENTS=200000  events per round of the audit pipeline section (last)
+#   AUDIT_ROUNDS=6   paired on/off rounds for what auditing costs pgbench
 #   TCP_TESTS="bulk rr cps"  the TCP tests to run ("" skips the TCP table);
 #   HTTP_BENCH=0, PG_BENCH=0 skip those sections
 #
@@ -30,6 +31,8 @@ log() { echo "bench: $*" >&2; }
 [[ $BENCH_SECONDS =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS must be a positive integer, not '$BENCH_SECONDS'"
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer, not '$ROUNDS'"
 AUDIT_EVENTS=${AUDIT_EVENTS:-200000}
+AUDIT_ROUNDS=${AUDIT_ROUNDS:-6}
+[[ $AUDIT_ROUNDS =~ ^[1-9][0-9]*$ ]] || die "AUDIT_ROUNDS must be a positive integer, not '$AUDIT_ROUNDS'"
 [[ $AUDIT_EVENTS =~ ^[1-9][0-9]*$ ]] || die "AUDIT_EVENTS must be a positive integer, not '$AUDIT_EVENTS'"
 command -v ss >/dev/null || die "ss (iproute2) is needed to find free ports"
 
