@@ -7,6 +7,7 @@
  * MD5, RAND, base64).
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -879,9 +880,82 @@ static bool ascii_password(const char *p)
 	return true;
 }
 
+/*
+ * The keys PBKDF2 derives (ClientKey, ServerKey) for a password, salt and
+ * iteration count. PostgreSQL keeps one salt per role, so every upstream
+ * connection of a target asks for the same derivation: 4096 rounds of
+ * HMAC-SHA-256 by default, about a millisecond of a worker's time per
+ * connection, which pgbouncer also saves by caching. An entry is used only
+ * when all three inputs are equal (the password through its SHA-256,
+ * compared in constant time), so it holds exactly what would be computed
+ * again. The keys are as secret as the password, which the enforcer holds
+ * anyway; an evicted entry is wiped. A few entries: one per target role.
+ */
+#define SCRAM_CACHE 8
+static struct scram_cached {
+	bool used;
+	unsigned long iters;
+	int saltlen;
+	uint8_t salt[192];
+	uint8_t pwhash[32];
+	uint8_t ckey[32], skey[32];
+} scram_cache[SCRAM_CACHE];
+static unsigned scram_cache_next;
+static unsigned long scram_cache_hit_count;
+static pthread_mutex_t scram_cache_lock = PTHREAD_MUTEX_INITIALIZER;
+
+unsigned long pg_scram_cache_hits(void)
+{
+	unsigned long n;
+
+	pthread_mutex_lock(&scram_cache_lock);
+	n = scram_cache_hit_count;
+	pthread_mutex_unlock(&scram_cache_lock);
+	return n;
+}
+
+static bool scram_cache_get(const uint8_t pwhash[32], const uint8_t *salt, int saltlen,
+			    unsigned long iters, uint8_t ckey[32], uint8_t skey[32])
+{
+	bool hit = false;
+
+	pthread_mutex_lock(&scram_cache_lock);
+	for (int i = 0; i < SCRAM_CACHE && !hit; i++) {
+		struct scram_cached *e = &scram_cache[i];
+
+		if (e->used && e->iters == iters && e->saltlen == saltlen &&
+		    memcmp(e->salt, salt, (size_t)saltlen) == 0 && CRYPTO_memcmp(e->pwhash, pwhash, 32) == 0) {
+			memcpy(ckey, e->ckey, 32);
+			memcpy(skey, e->skey, 32);
+			scram_cache_hit_count++;
+			hit = true;
+		}
+	}
+	pthread_mutex_unlock(&scram_cache_lock);
+	return hit;
+}
+
+static void scram_cache_put(const uint8_t pwhash[32], const uint8_t *salt, int saltlen,
+			    unsigned long iters, const uint8_t ckey[32], const uint8_t skey[32])
+{
+	pthread_mutex_lock(&scram_cache_lock);
+	struct scram_cached *e = &scram_cache[scram_cache_next++ % SCRAM_CACHE];
+
+	OPENSSL_cleanse(e, sizeof(*e));
+	e->used = true;
+	e->iters = iters;
+	e->saltlen = saltlen;
+	memcpy(e->salt, salt, (size_t)saltlen);
+	memcpy(e->pwhash, pwhash, 32);
+	memcpy(e->ckey, ckey, 32);
+	memcpy(e->skey, skey, 32);
+	pthread_mutex_unlock(&scram_cache_lock);
+}
+
 int pg_scram_final(struct pg_scram *s, const char *password, const uint8_t *server_first, size_t len,
 		   char *out, size_t outcap, size_t *outlen)
 {
+	uint8_t pwhash[32];
 	char sf[512], rnonce[256], salt64[256], iter[16], proof64[64];
 	uint8_t salt[192], salted[32], ckey[32], skey[32], stored[32], csig[32], proof[32];
 	char *end;
@@ -924,11 +998,16 @@ int pg_scram_final(struct pg_scram *s, const char *password, const uint8_t *serv
 	if (saltlen <= 0)
 		return -EBADMSG;
 
-	if (!PKCS5_PBKDF2_HMAC(password, (int)strlen(password), salt, saltlen, (int)iters, EVP_sha256(),
-			       sizeof(salted), salted))
+	if (!SHA256((const unsigned char *)password, strlen(password), pwhash))
 		goto out;
-	if (hmac256(salted, 32, "Client Key", 10, ckey) || hmac256(salted, 32, "Server Key", 10, skey))
-		goto out;
+	if (!scram_cache_get(pwhash, salt, saltlen, iters, ckey, skey)) {
+		if (!PKCS5_PBKDF2_HMAC(password, (int)strlen(password), salt, saltlen, (int)iters,
+				       EVP_sha256(), sizeof(salted), salted))
+			goto out;
+		if (hmac256(salted, 32, "Client Key", 10, ckey) || hmac256(salted, 32, "Server Key", 10, skey))
+			goto out;
+		scram_cache_put(pwhash, salt, saltlen, iters, ckey, skey);
+	}
 	if (!SHA256(ckey, 32, stored))
 		goto out;
 	/* client-final-message-without-proof: "c=biws" is base64("n,,") */
@@ -953,6 +1032,7 @@ int pg_scram_final(struct pg_scram *s, const char *password, const uint8_t *serv
 	s->state = 2;
 	err = 0;
 out:
+	OPENSSL_cleanse(pwhash, sizeof(pwhash));
 	OPENSSL_cleanse(salted, sizeof(salted));
 	OPENSSL_cleanse(ckey, sizeof(ckey));
 	OPENSSL_cleanse(skey, sizeof(skey));

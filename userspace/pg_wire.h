@@ -270,5 +270,8 @@ int pg_scram_final(struct pg_scram *s, const char *password, const uint8_t *serv
 		   char *out, size_t outcap, size_t *outlen);
 int pg_scram_verify(struct pg_scram *s, const uint8_t *server_final, size_t len);
 void pg_scram_clear(struct pg_scram *s);
+/* pg_scram_final() keeps the keys PBKDF2 derived for a few (password, salt,
+ * iterations) and derives them once: how often that was saved, for tests. */
+unsigned long pg_scram_cache_hits(void);
 
 #endif

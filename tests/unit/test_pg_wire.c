@@ -372,6 +372,31 @@ static void test_scram_rfc7677(void)
 		       "p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=");
 	CHECK(pg_scram_verify(&s, (const uint8_t *)bad, strlen(bad)) == -EPROTO);
 	CHECK(pg_scram_verify(&s, (const uint8_t *)fin, strlen(fin)) == 0);
+
+	/* The second derivation for the same password, salt and count comes
+	 * from the cache and gives the same proof and server signature; another
+	 * password, salt or count derives its own keys. */
+	unsigned long hits = pg_scram_cache_hits();
+	CHECK(pg_scram_first_nonce(&s, "user", "rOprNGfwEbeRWgbNEkqO", out, sizeof(out), &n) == 0);
+	CHECK(pg_scram_final(&s, "pencil", (const uint8_t *)sf, strlen(sf), out, sizeof(out), &n) == 0);
+	CHECK(pg_scram_cache_hits() == hits + 1);
+	CHECK_STR(out, "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
+		       "p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=");
+	CHECK(pg_scram_verify(&s, (const uint8_t *)fin, strlen(fin)) == 0);
+	CHECK(pg_scram_first_nonce(&s, "user", "rOprNGfwEbeRWgbNEkqO", out, sizeof(out), &n) == 0);
+	CHECK(pg_scram_final(&s, "pencil2", (const uint8_t *)sf, strlen(sf), out, sizeof(out), &n) == 0);
+	CHECK(pg_scram_cache_hits() == hits + 1);
+	CHECK(strstr(out, "p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=") == NULL);
+	CHECK(pg_scram_verify(&s, (const uint8_t *)fin, strlen(fin)) == -EPROTO);
+	const char *salt2 = "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=X22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+	const char *iter2 = "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4097";
+	CHECK(pg_scram_first_nonce(&s, "user", "rOprNGfwEbeRWgbNEkqO", out, sizeof(out), &n) == 0);
+	CHECK(pg_scram_final(&s, "pencil", (const uint8_t *)salt2, strlen(salt2), out, sizeof(out), &n) == 0);
+	CHECK(pg_scram_verify(&s, (const uint8_t *)fin, strlen(fin)) == -EPROTO);
+	CHECK(pg_scram_first_nonce(&s, "user", "rOprNGfwEbeRWgbNEkqO", out, sizeof(out), &n) == 0);
+	CHECK(pg_scram_final(&s, "pencil", (const uint8_t *)iter2, strlen(iter2), out, sizeof(out), &n) == 0);
+	CHECK(pg_scram_verify(&s, (const uint8_t *)fin, strlen(fin)) == -EPROTO);
+	CHECK(pg_scram_cache_hits() == hits + 1);
 	seed("scram-server-first", 3, sf, strlen(sf));
 	seed("scram-server-final", 4, fin, strlen(fin));
 
