@@ -803,6 +803,39 @@ int conn_redial_upstream(struct conn *c)
 	return conn_connect_upstream(c);
 }
 
+int conn_take_upstream(struct conn *c, int *fd, SSL **ssl)
+{
+	struct conn_side *sd = &c->side[SIDE_UP];
+
+	if (!c->streaming || c->connecting || c->closing || c->up.fd < 0 || sd->in_len > sd->in_off ||
+	    sd->out_len > sd->out_off || sd->in_eof || sd->hup || sd->want_shut || sd->tls_pending ||
+	    (sd->ssl && (!sd->tls_ready || SSL_has_pending(sd->ssl))))
+		return -EBUSY;
+	worker_unwatch(c->w, c->up.fd);
+	*fd = c->up.fd;
+	*ssl = sd->ssl;
+	c->up.fd = -1;
+	sd->ssl = NULL;
+	sd->tls_ready = false;
+	sd->in_eof = sd->shut = true;   /* nothing more from or to this side */
+	return 0;
+}
+
+int conn_adopt_upstream(struct conn *c, int fd, SSL *ssl, const char *desc)
+{
+	struct conn_side *sd = &c->side[SIDE_UP];
+
+	if (!c->streaming || c->connecting || c->up.fd >= 0 || sd->ssl)
+		return -EBUSY;
+	c->up.fd = fd;
+	sd->ssl = ssl;
+	sd->tls_ready = ssl != NULL;
+	sd->tls_pending = sd->in_eof = sd->want_shut = sd->shut = sd->drained = sd->hup = false;
+	sd->in_len = sd->in_off = sd->out_len = sd->out_off = 0;
+	snprintf(c->upstream_desc, sizeof(c->upstream_desc), "%s", desc);
+	return worker_watch(c->w, &c->up, EPOLLIN | EPOLLOUT | EPOLLRDHUP);
+}
+
 void conn_deadline(struct conn *c)
 {
 	c->deadline_ms = 0;

@@ -163,6 +163,17 @@ int conn_connect_upstream(struct conn *c);
  * 0, -EALREADY while dialling, or -errno.
  */
 int conn_redial_upstream(struct conn *c);
+/*
+ * Upstream session reuse (stream mode). conn_take_upstream() hands the
+ * upstream socket and its TLS over to the caller, between messages only
+ * (nothing buffered either way, nothing pending in TLS): -EBUSY otherwise.
+ * The connection then goes on without an upstream. conn_adopt_upstream()
+ * gives a connection that has not dialled an established upstream (desc
+ * names it for audit); the module's on_upstream_data is called as
+ * bytes come, never as "connected".
+ */
+int conn_take_upstream(struct conn *c, int *fd, SSL **ssl);
+int conn_adopt_upstream(struct conn *c, int fd, SSL *ssl, const char *desc);
 /* Switches to plain relaying of everything buffered and to come. */
 void conn_relay(struct conn *c);
 /* Refuses: audit is the caller's; closes the agent side with a reset. */

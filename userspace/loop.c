@@ -12,6 +12,7 @@
 #include "audit.h"
 #include "enforcer.h"
 #include "loop.h"
+#include "proto.h"
 #include "util.h"
 
 static int listen_on(int family, uint16_t port)
@@ -76,6 +77,11 @@ int worker_watch(struct worker *w, struct conn_end *e, uint32_t events)
 	struct epoll_event ev = { .events = events | EPOLLET, .data.ptr = e };
 
 	return epoll_ctl(w->epfd, EPOLL_CTL_ADD, e->fd, &ev) ? -errno : 0;
+}
+
+void worker_unwatch(struct worker *w, int fd)
+{
+	epoll_ctl(w->epfd, EPOLL_CTL_DEL, fd, NULL);
 }
 
 int worker_rearm(struct worker *w, struct conn_end *e, uint32_t events)
@@ -213,9 +219,11 @@ static void *worker_main(void *arg)
 		if (now - last_tick > 200000000ull) {
 			last_tick = now;
 			check_deadlines(w);
+			pg_pool_tick(false);
 			audit_defer_flush();
 		}
 	}
+	pg_pool_tick(true);
 	audit_defer_end();
 	return NULL;
 }

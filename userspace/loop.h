@@ -41,6 +41,8 @@ void worker_join(struct worker *w);
 
 /* Registers fd with data pointer e for edge-triggered in/out. */
 int worker_watch(struct worker *w, struct conn_end *e, uint32_t events);
+/* Removes fd from the worker's epoll set (a socket handed over, still open). */
+void worker_unwatch(struct worker *w, int fd);
 /* Re-registers e: a socket still ready reports once more (edge-triggered). */
 int worker_rearm(struct worker *w, struct conn_end *e, uint32_t events);
 void worker_link(struct worker *w, struct conn *c);

@@ -77,8 +77,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -216,6 +219,7 @@ enum pg_phase {
 	PH_UP_CATALOG,         /* our catalog query for masked columns */
 	PH_READY,              /* relaying the session */
 	PH_DISCARD,            /* ending: our error is out, the agent's oversized message is dropped */
+	PH_POOL_RESET,         /* the agent left: DISCARD ALL sent, the session goes to the pool on 'I' */
 	PH_DONE,
 };
 
@@ -353,6 +357,12 @@ struct pg_sess {
 	char *afrag;
 	uint32_t afrag_top, afrag_um;
 	bool up_last;                  /* the server message in hand is the last one read so far */
+	/* Upstream session reuse: the StartupMessage sent upstream (the pool
+	 * key: equal bytes, equal session defaults) and the server's
+	 * ParameterStatus messages, replayed to the next agent. */
+	uint8_t *startup, *params;
+	uint32_t startup_len, params_len;
+	bool no_pool;                  /* too many parameters to replay */
 	/* Bumped by every simple Query and every Execute sent: SQL can close,
 	 * re-declare (DECLARE makes a portal of the same name), or end the
 	 * transaction of a portal behind the protocol's back, so a portal's
@@ -1796,10 +1806,6 @@ bad_name:
 static int send_startup(struct conn *c)
 {
 	struct pg_sess *s = S(c);
-	const struct policy_upstream *u = &target(c)->upstream;
-	const char *names[16], *values[16];
-	char st[24], idle[24];
-	int n = 0;
 
 	if (s->is_cancel) {
 		pg_out_cancel(&s->out, s->cancel.up_pid, s->cancel.up_key);
@@ -1809,6 +1815,18 @@ static int send_startup(struct conn *c)
 		conn_finish(c);
 		return 0;
 	}
+	s->phase = PH_UP_AUTH;
+	return conn_send(c, SIDE_UP, s->startup, s->startup_len);
+}
+
+static int build_startup(struct conn *c)
+{
+	struct pg_sess *s = S(c);
+	const struct policy_upstream *u = &target(c)->upstream;
+	const char *names[16], *values[16];
+	char st[24], idle[24];
+	int n = 0;
+
 #define P(k, v) do { names[n] = (k); values[n] = (v); n++; } while (0)
 	P("user", u->user);
 	P("database", pinned_db(c));
@@ -1835,8 +1853,16 @@ static int send_startup(struct conn *c)
 		P("IntervalStyle", s->intervalstyle);
 #undef P
 	pg_out_startup(&s->out, names, values, n);
-	s->phase = PH_UP_AUTH;
-	return send_out(c, SIDE_UP);
+	free(s->startup);
+	s->startup = NULL;
+	if (s->out.overflow || !(s->startup = malloc(s->out.len))) {
+		pg_out_reset(&s->out);
+		return -ENOMEM;
+	}
+	memcpy(s->startup, s->out.buf, s->out.len);
+	s->startup_len = (uint32_t)s->out.len;
+	pg_out_reset(&s->out);
+	return 0;
 }
 
 static int read_password(struct conn *c)
@@ -1865,6 +1891,192 @@ static void wipe_password(struct pg_sess *s)
 	pg_scram_clear(&s->scram);
 }
 
+/* ---- upstream session reuse ---------------------------------------------------------- */
+
+/*
+ * An agent that connects for every statement (most tools do) would pay for
+ * a new server process, its authentication and a cold catalog each time:
+ * tens of milliseconds here. So a session the agent ends with Terminate
+ * while idle ('I', nothing in flight) is reset with DISCARD ALL (temporary
+ * tables, prepared statements, cursors, LISTEN, advisory locks, every SET:
+ * back to the startup packet's values) and kept open for the next
+ * connection of the same agent, to the same target, under the same policy,
+ * asking for the same startup packet. Only the same agent: state that
+ * DISCARD ALL does not reach (an extension's session variables) stays with
+ * the agent that made it. Delegated sessions (a user's token) are never
+ * kept. The next agent sees what a new session would show: AuthenticationOk,
+ * the server's ParameterStatus, a new key of ours, and the masked-column
+ * catalog is read again before its first ReadyForQuery.
+ *
+ * Per worker thread (a connection lives on one), at most PG_POOL_MAX idle
+ * sessions, each for at most PG_POOL_IDLE_MS; one the server closed or
+ * wrote to meanwhile (an error, a shutdown) is never handed out.
+ */
+#define PG_POOL_MAX 4
+#define PG_POOL_IDLE_MS 30000
+#define PG_PARAMS_MAX 8192
+
+struct pg_pooled {
+	int fd;
+	SSL *ssl;
+	const struct policy *policy;
+	int agent_idx, target_idx;
+	uint8_t *startup, *params;
+	uint32_t startup_len, params_len;
+	uint32_t up_pid, up_key;
+	uint64_t since_ms;
+	char desc[64];
+};
+static __thread struct pg_pooled pool[PG_POOL_MAX];
+static __thread int npool;
+
+static uint64_t mono_ms(void)
+{
+	return now_ns_mono() / 1000000ull;
+}
+
+/* Ends a pooled session politely (Terminate), without waiting. */
+static void pooled_close(struct pg_pooled *e)
+{
+	static const uint8_t term[5] = { 'X', 0, 0, 0, 4 };
+
+	if (e->ssl) {
+		size_t w;
+
+		ERR_clear_error();
+		SSL_write_ex(e->ssl, term, sizeof(term), &w);
+		SSL_free(e->ssl);
+	} else {
+		ssize_t r = send(e->fd, term, sizeof(term), MSG_NOSIGNAL | MSG_DONTWAIT);
+
+		(void)r;
+	}
+	close(e->fd);
+	free(e->startup);
+	free(e->params);
+	memset(e, 0, sizeof(*e));
+}
+
+/* Nothing came from the server since the reset: no error, no EOF. */
+static bool pooled_quiet(const struct pg_pooled *e)
+{
+	char b;
+
+	return recv(e->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
+static void pool_remove(int i)
+{
+	memmove(pool + i, pool + i + 1, (size_t)(npool - i - 1) * sizeof(pool[0]));
+	npool--;
+}
+
+void pg_pool_tick(bool stopping)
+{
+	uint64_t now = mono_ms();
+
+	for (int i = npool - 1; i >= 0; i--)
+		if (stopping || now - pool[i].since_ms > PG_POOL_IDLE_MS || !pooled_quiet(&pool[i])) {
+			pooled_close(&pool[i]);
+			pool_remove(i);
+		}
+}
+
+static int params_add(struct pg_sess *s, const uint8_t *msg, uint32_t len)
+{
+	uint8_t *p;
+
+	if (s->params_len + len > PG_PARAMS_MAX) {
+		s->no_pool = true;
+		return 0;
+	}
+	if (!(p = realloc(s->params, s->params_len + len)))
+		return -ENOMEM;
+	memcpy(p + s->params_len, msg, len);
+	s->params = p;
+	s->params_len += len;
+	return 0;
+}
+
+static bool poolable(struct conn *c)
+{
+	struct pg_sess *s = S(c);
+
+	return s->startup && !s->no_pool && !s->has_deleg && !s->is_cancel && s->tx == 'I' && !s->qlen &&
+	       !s->skip_to_sync && !s->up_pass && !conn_in_eof(c, SIDE_UP);
+}
+
+/* The session goes to this worker's pool (the oldest idle one makes room). */
+static int pool_put(struct conn *c)
+{
+	struct pg_sess *s = S(c);
+	struct pg_pooled *e;
+	SSL *ssl;
+	int fd;
+
+	if (conn_take_upstream(c, &fd, &ssl))
+		return -EBUSY;
+	if (npool == PG_POOL_MAX) {
+		pooled_close(&pool[0]);
+		pool_remove(0);
+	}
+	e = &pool[npool++];
+	*e = (struct pg_pooled){ .fd = fd, .ssl = ssl, .policy = c->policy, .agent_idx = c->agent_idx,
+				 .target_idx = c->target_idx, .startup = s->startup, .params = s->params,
+				 .startup_len = s->startup_len, .params_len = s->params_len,
+				 .up_pid = s->up_pid, .up_key = s->up_key, .since_ms = mono_ms() };
+	snprintf(e->desc, sizeof(e->desc), "%s", c->upstream_desc);
+	s->startup = s->params = NULL;
+	s->startup_len = s->params_len = 0;
+	return 0;
+}
+
+static int register_cancel(struct conn *c, uint32_t up_pid, uint32_t up_key);
+static int after_params(struct conn *c, char status);
+
+/* An idle session of this agent and target with the same startup packet:
+ * adopted and greeted as a new one. 1 when adopted, 0 when none, -errno. */
+static int pool_take(struct conn *c)
+{
+	struct pg_sess *s = S(c);
+	int err;
+
+	if (s->has_deleg || s->no_pool)
+		return 0;
+	for (int i = npool - 1; i >= 0; i--) {
+		struct pg_pooled e = pool[i];
+
+		if (e.policy != c->policy || e.agent_idx != c->agent_idx || e.target_idx != c->target_idx ||
+		    e.startup_len != s->startup_len || memcmp(e.startup, s->startup, e.startup_len) != 0)
+			continue;
+		pool_remove(i);
+		if (!pooled_quiet(&e) || conn_adopt_upstream(c, e.fd, e.ssl, e.desc)) {
+			pooled_close(&e);
+			continue;
+		}
+		free(e.startup);
+		free(s->params);
+		s->params = e.params;
+		s->params_len = e.params_len;
+		log_debug("postgres: agent '%s' reuses an idle session of target '%s'",
+			  c->policy->agents[c->agent_idx].name, target(c)->name);
+		/* what a new session shows: AuthenticationOk, ParameterStatus,
+		 * our key, then ReadyForQuery once the catalog is read */
+		s->phase = PH_UP_PARAMS;
+		if (s->negotiate)
+			pg_out_negotiate(&s->out, s->negotiate_opts, s->nnegotiate);
+		pg_out_auth_ok(&s->out);
+		pg_out_bytes(&s->out, s->params, s->params_len);
+		if ((err = send_out(c, SIDE_AGENT)) || (err = register_cancel(c, e.up_pid, e.up_key)))
+			return err;
+		return (err = after_params(c, 'I')) ? err : 1;
+	}
+	return 0;
+}
+
+/* The StartupMessage for upstream, built once per session into s->startup. */
+static int build_startup(struct conn *c);
+
 static int start_upstream(struct conn *c)
 {
 	struct pg_sess *s = S(c);
@@ -1875,6 +2087,10 @@ static int start_upstream(struct conn *c)
 		audit_refuse(c, "the target names no upstream user");
 		return fatal(c, "28000", "agentgate: target \"%s\" has no upstream user", target(c)->name);
 	}
+	if ((err = build_startup(c)))
+		return err;
+	if ((err = pool_take(c)))
+		return err < 0 ? err : 0;
 	err = read_password(c);
 	if (err) {
 		audit_refuse(c, "cannot read the target's password_file");
@@ -2188,22 +2404,15 @@ static int up_params(struct conn *c, const struct pg_msg *m)
 			return -EBADMSG;
 		if (!param_ok(n, v))
 			return fatal(c, "08P01", "agentgate: the server reports %s = %s, which is not allowed", n, v);
+		if (params_add(s, m->body - 5, m->len + 5))
+			return -ENOMEM;
 		return conn_send(c, SIDE_AGENT, m->body - 5, m->len + 5);
 	case 'K': {
-		struct cancel_ent e = { .agent_idx = c->agent_idx, .target_idx = c->target_idx,
-					.port = c->pair.orig_port };
+		uint32_t pid, key;
 
-		if (pg_parse_key(m, &e.up_pid, &e.up_key))
+		if (pg_parse_key(m, &pid, &key))
 			return -EBADMSG;
-		memcpy(e.addr, c->pair.orig_addr, 16);
-		if (s->cancel_registered)
-			return 0;
-		if (cancel_add(&e, &s->our_pid, &s->our_key) == 0) {
-			s->cancel_registered = true;
-			pg_out_key(&s->out, s->our_pid, s->our_key);
-			return send_out(c, SIDE_AGENT);
-		}
-		return 0;   /* no key: the agent cannot cancel, as with a server that sends none */
+		return register_cancel(c, pid, key);
 	}
 	case 'N':
 		return conn_send(c, SIDE_AGENT, m->body - 5, m->len + 5);
@@ -2214,20 +2423,48 @@ static int up_params(struct conn *c, const struct pg_msg *m)
 	case 'Z':
 		if (pg_parse_ready(m, &st))
 			return -EBADMSG;
-		if (s->mask_active) {
-			char sql[8192];
-
-			if (catalog_query(c, sql, sizeof(sql))) {
-				pg_out_query(&s->out, sql);
-				s->phase = PH_UP_CATALOG;
-				return send_out(c, SIDE_UP);
-			}
-		}
-		return session_ready(c, st);
+		return after_params(c, st);
 	default:
 		return fatal(c, "08P01", "agentgate: unexpected message '%c' from the server at session start",
 			     m->type);
 	}
+}
+
+/* The server's BackendKeyData: the agent gets a key of ours for it. */
+static int register_cancel(struct conn *c, uint32_t up_pid, uint32_t up_key)
+{
+	struct pg_sess *s = S(c);
+	struct cancel_ent e = { .agent_idx = c->agent_idx, .target_idx = c->target_idx,
+				.port = c->pair.orig_port, .up_pid = up_pid, .up_key = up_key };
+
+	memcpy(e.addr, c->pair.orig_addr, 16);
+	if (s->cancel_registered)
+		return 0;
+	s->up_pid = up_pid;
+	s->up_key = up_key;
+	if (cancel_add(&e, &s->our_pid, &s->our_key) == 0) {
+		s->cancel_registered = true;
+		pg_out_key(&s->out, s->our_pid, s->our_key);
+		return send_out(c, SIDE_AGENT);
+	}
+	return 0;   /* no key: the agent cannot cancel, as with a server that sends none */
+}
+
+/* The session's parameters are in: the catalog for masking, then ready. */
+static int after_params(struct conn *c, char status)
+{
+	struct pg_sess *s = S(c);
+
+	if (s->mask_active) {
+		char sql[8192];
+
+		if (catalog_query(c, sql, sizeof(sql))) {
+			pg_out_query(&s->out, sql);
+			s->phase = PH_UP_CATALOG;
+			return send_out(c, SIDE_UP);
+		}
+	}
+	return session_ready(c, status);
 }
 
 static int up_catalog(struct conn *c, const struct pg_msg *m)
@@ -2565,6 +2802,11 @@ static int fe_message(struct conn *c, const struct pg_msg *m)
 		 * was allowed, and ignores it otherwise */
 		return fwd(c, m);
 	case 'X':
+		if (poolable(c)) {
+			pg_out_query(&s->out, "DISCARD ALL");
+			s->phase = PH_POOL_RESET;
+			return send_out(c, SIDE_UP);
+		}
 		fwd(c, m);
 		conn_shutdown(c, SIDE_UP);
 		s->phase = PH_DONE;
@@ -3210,6 +3452,60 @@ static bool up_tls_verified(struct conn *c, char *why, size_t whylen)
 	return true;
 }
 
+/* The answer to DISCARD ALL after the agent's Terminate: CommandComplete,
+ * perhaps ParameterStatus (settings back to their startup values), then
+ * ReadyForQuery 'I' -> the pool. Anything else: the session ends as the
+ * agent asked. The agent's side closes either way. */
+static int pool_reset_answer(struct conn *c)
+{
+	struct pg_sess *s = S(c);
+	const uint8_t *in;
+	uint32_t len, used = 0;
+	struct pg_msg m;
+	const char *nm, *v;
+	char st;
+	int n = 0;
+
+	in = conn_in(c, SIDE_UP, &len);
+	while (used < len && (n = pg_frame(in + used, len - used, PG_MSG_MAX, &m)) > 0) {
+		used += (uint32_t)n;
+		switch (m.type) {
+		case 'C': case 'N':
+			continue;
+		case 'S':
+			if (pg_parse_param_status(&m, &nm, &v) || !param_ok(nm, v) ||
+			    params_add(s, m.body - 5, m.len + 5) || s->no_pool)
+				goto end;
+			continue;
+		case 'Z':
+			if (pg_parse_ready(&m, &st) || st != 'I' || used != len)
+				goto end;
+			conn_in_consume(c, SIDE_UP, used);
+			if (pool_put(c))
+				goto end;
+			s->phase = PH_DONE;
+			conn_finish(c);
+			return 0;
+		default:
+			goto end;
+		}
+	}
+	if (n < 0)
+		goto end;
+	conn_in_consume(c, SIDE_UP, used);
+	if (!conn_in_eof(c, SIDE_UP))
+		return 0;
+end:
+	conn_in(c, SIDE_UP, &len);
+	conn_in_consume(c, SIDE_UP, len);
+	pg_out_simple(&s->out, 'X');
+	send_out(c, SIDE_UP);
+	conn_shutdown(c, SIDE_UP);
+	s->phase = PH_DONE;
+	conn_finish(c);
+	return 0;
+}
+
 static int pg_on_upstream_data(struct conn *c)
 {
 	struct pg_sess *s = S(c);
@@ -3230,6 +3526,8 @@ static int pg_on_upstream_data(struct conn *c)
 			return fatal(c, "08001", "agentgate: upstream TLS for target \"%s\": %s", target(c)->name, why);
 		}
 		return send_startup(c);
+	case PH_POOL_RESET:
+		return pool_reset_answer(c);
 	case PH_DISCARD:
 	case PH_DONE: {
 		uint32_t len;
@@ -3272,6 +3570,8 @@ static void pg_release(struct conn *c)
 	wipe_password(s);
 	pg_out_free(&s->out);
 	free(s->negotiate_buf);
+	free(s->startup);
+	free(s->params);
 	free(s->cols);
 	free(s->afrag);
 	mask_free(s->mask);

@@ -1,0 +1,140 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Upstream session reuse in the postgres module: a session the agent ends
+with Terminate while idle is reset (DISCARD ALL) and handed to the agent's
+next connection with the same startup packet, instead of a new server
+process, authentication and catalog read. Checked against a real
+PostgreSQL 15 from its own side (pg_stat_activity, as the superuser), with
+a raw wire-protocol client in the agent's cgroup."""
+import os
+import sys
+import time
+
+import pytest
+
+from conftest import wait_for
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers"))
+from pg import Postgres  # noqa: E402
+from test_postgres import agent_py, policy  # noqa: E402
+
+
+@pytest.fixture
+def pg(tmp):
+    os.chmod(tmp, 0o755)
+    p = Postgres(tmp)
+    yield p
+    p.stop()
+
+
+def app_backends(pg):
+    """PIDs of the server processes logged in as the target's user."""
+    out = pg.sql("SELECT pid FROM pg_stat_activity WHERE usename = 'app' AND backend_type = 'client backend'")
+    return sorted(int(x) for x in out.split())
+
+
+def session(enforcer, pg, body, params=None):
+    """A raw session as the agent: `body` runs with `c` connected; its
+    variables named in the final print are returned."""
+    return agent_py(enforcer, f"""
+    c = Conn("127.0.0.1", {pg.port}, params={params!r})
+    out = {{"startup": [t.decode() for t, _ in c.startup], "params": c.params}}
+    {body}
+    print(json.dumps(out))
+    """)
+
+
+def test_idle_session_reused_and_reset(enforcer, pg, tmp):
+    enforcer.start(policy(pg, tmp))
+    one = session(enforcer, pg, """
+    out["set"] = summary(c.send(Q("SET datestyle = 'SQL, DMY'")) or c.until_ready())
+    out["show"] = summary(c.send(Q("SHOW datestyle")) or c.until_ready())
+    c.close()
+    """)
+    assert one["show"][1] == "D:SQL, DMY", one
+    # the agent is gone; its server process stays, idle, for the next one
+    time.sleep(0.5)
+    kept = app_backends(pg)
+    assert len(kept) == 1, kept
+    two = session(enforcer, pg, """
+    out["show"] = summary(c.send(Q("SHOW datestyle")) or c.until_ready())
+    out["masked"] = summary(c.send(Q("SELECT email, cc FROM customers WHERE id = 1")) or c.until_ready())
+    out["bind"] = summary(c.send(B("", "s1") + S) or c.until_ready())
+    c.close()
+    """)
+    assert app_backends(pg) == kept, "the second session must run in the kept server process"
+    # what a new session shows: AuthenticationOk, parameters, our key, ready
+    assert two["startup"][0] == "R" and two["startup"][-1] == "Z" and "K" in two["startup"], two
+    assert two["params"] == one["params"], (two["params"], one["params"])
+    # DISCARD ALL ran: the setting is back to the startup value
+    assert two["show"][1] == "D:ISO, MDY", two
+    # the masked columns are still masked (the catalog was read again)
+    assert two["masked"][1] == "D:****|****", two
+    assert any(x.startswith("E:") for x in two["bind"]), two
+    opens = [e for e in enforcer.events() if e.get("class_uid") == 4001 and e["activity_name"] == "Open"]
+    assert len(opens) == 2, opens
+
+
+def test_not_reused_after_open_transaction_or_abrupt_close(enforcer, pg, tmp):
+    """A session left inside a transaction, or without Terminate, is ended:
+    the server rolls back, and the next agent gets a new server process."""
+    enforcer.start(policy(pg, tmp, rules=[{"target": "shop", "allow": {
+        "statements": ["select", "update"], "tables": ["public.customers", "public.orders"]}}]))
+    session(enforcer, pg, """
+    c.send(Q("BEGIN")); c.until_ready()
+    c.send(Q("UPDATE orders SET total = 999 WHERE id = 1")); c.until_ready()
+    c.close()
+    """)
+    assert wait_for(lambda: app_backends(pg) == [], 10), app_backends(pg)
+    assert pg.sql("SELECT total FROM orders WHERE id = 1") != "999"
+    session(enforcer, pg, """
+    c.send(Q("SELECT 1")); c.until_ready()
+    c.s.close()
+    """)
+    assert wait_for(lambda: app_backends(pg) == [], 10), app_backends(pg)
+    # for comparison: the same with Terminate is kept
+    session(enforcer, pg, """
+    c.send(Q("SELECT 1")); c.until_ready()
+    c.close()
+    """)
+    time.sleep(0.5)
+    assert len(app_backends(pg)) == 1
+
+
+def test_killed_idle_session_not_handed_out(enforcer, pg, tmp):
+    """The server ends a kept session (pg_terminate_backend, an idle timeout):
+    the next agent connects to a new one as if nothing was kept."""
+    enforcer.start(policy(pg, tmp))
+    session(enforcer, pg, 'c.send(Q("SELECT id FROM orders WHERE id = 1")); c.until_ready(); c.close()')
+    time.sleep(0.5)
+    (old,) = app_backends(pg)
+    pg.sql(f"SELECT pg_terminate_backend({old})")
+    assert wait_for(lambda: old not in app_backends(pg), 10)
+    res = session(enforcer, pg, """
+    out["q"] = summary(c.send(Q("SELECT id FROM orders WHERE id = 1")) or c.until_ready())
+    c.close()
+    """)
+    assert res["q"][-2:] == ["C:SELECT 1", "ZI"], res
+    assert len(app_backends(pg)) == 1 and old not in app_backends(pg)
+
+
+def test_different_startup_gets_its_own_session(enforcer, pg, tmp):
+    """Sessions are kept per agent, target and startup packet: another
+    application_name is another session, and both are kept."""
+    enforcer.start(policy(pg, tmp))
+    session(enforcer, pg, 'c.close()', params={"application_name": "first"})
+    time.sleep(0.3)
+    first = app_backends(pg)
+    res = session(enforcer, pg, """
+    out["app"] = summary(c.send(Q("SHOW application_name")) or c.until_ready())
+    c.close()
+    """, params={"application_name": "second"})
+    assert res["app"][1] == "D:second", res
+    time.sleep(0.3)
+    both = app_backends(pg)
+    assert len(both) == 2 and set(first) < set(both), (first, both)
+    res = session(enforcer, pg, """
+    out["app"] = summary(c.send(Q("SHOW application_name")) or c.until_ready())
+    c.close()
+    """, params={"application_name": "first"})
+    assert res["app"][1] == "D:first", res
+    assert app_backends(pg) == both
