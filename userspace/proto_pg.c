@@ -363,6 +363,7 @@ struct pg_sess {
 	uint8_t *startup, *params;
 	uint32_t startup_len, params_len;
 	bool no_pool;                  /* too many parameters to replay */
+	bool reused;                   /* the upstream session came from the pool */
 	/* Bumped by every simple Query and every Execute sent: SQL can close,
 	 * re-declare (DECLARE makes a portal of the same name), or end the
 	 * transaction of a portal behind the protocol's back, so a portal's
@@ -487,6 +488,8 @@ static void audit_conn(struct conn *c, bool allowed, const char *reason)
 	aobj_str(&w->um, "database", pinned_db(c));
 	aobj_str(&w->um, "user", S(c)->user);
 	aobj_bool(&w->um, "agent_tls", S(c)->agent_tls);
+	if (allowed && S(c)->reused)
+		aobj_bool(&w->um, "upstream_reused", true);
 	aobj_close(&w->um);
 	audit_w_verdict(w, allowed, c->would_deny, enforcer_rule_name(c), reason);
 	audit_commit(w);
@@ -1908,11 +1911,13 @@ static void wipe_password(struct pg_sess *s)
  * the server's ParameterStatus, a new key of ours, and the masked-column
  * catalog is read again before its first ReadyForQuery.
  *
- * Per worker thread (a connection lives on one), at most PG_POOL_MAX idle
- * sessions, each for at most PG_POOL_IDLE_MS; one the server closed or
- * wrote to meanwhile (an error, a shutdown) is never handed out.
+ * One pool for the workers (an agent's next connection may land on
+ * another worker: the socket moves to that worker's epoll set), at most
+ * PG_POOL_MAX idle sessions, each for at most PG_POOL_IDLE_MS; one the
+ * server closed or wrote to meanwhile (an error, a shutdown) is never
+ * handed out.
  */
-#define PG_POOL_MAX 4
+#define PG_POOL_MAX 16
 #define PG_POOL_IDLE_MS 30000
 #define PG_PARAMS_MAX 8192
 
@@ -1927,8 +1932,9 @@ struct pg_pooled {
 	uint64_t since_ms;
 	char desc[64];
 };
-static __thread struct pg_pooled pool[PG_POOL_MAX];
-static __thread int npool;
+static struct pg_pooled pool[PG_POOL_MAX];
+static int npool;
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static uint64_t mono_ms(void)
 {
@@ -1973,13 +1979,19 @@ static void pool_remove(int i)
 
 void pg_pool_tick(bool stopping)
 {
+	struct pg_pooled gone[PG_POOL_MAX];
 	uint64_t now = mono_ms();
+	int n = 0;
 
+	pthread_mutex_lock(&pool_lock);
 	for (int i = npool - 1; i >= 0; i--)
 		if (stopping || now - pool[i].since_ms > PG_POOL_IDLE_MS || !pooled_quiet(&pool[i])) {
-			pooled_close(&pool[i]);
+			gone[n++] = pool[i];
 			pool_remove(i);
 		}
+	pthread_mutex_unlock(&pool_lock);
+	while (n)
+		pooled_close(&gone[--n]);
 }
 
 static int params_add(struct pg_sess *s, const uint8_t *msg, uint32_t len)
@@ -2014,10 +2026,13 @@ static int pool_put(struct conn *c)
 	SSL *ssl;
 	int fd;
 
+	struct pg_pooled old = { .fd = -1 };
+
 	if (conn_take_upstream(c, &fd, &ssl))
 		return -EBUSY;
+	pthread_mutex_lock(&pool_lock);
 	if (npool == PG_POOL_MAX) {
-		pooled_close(&pool[0]);
+		old = pool[0];
 		pool_remove(0);
 	}
 	e = &pool[npool++];
@@ -2026,6 +2041,9 @@ static int pool_put(struct conn *c)
 				 .startup_len = s->startup_len, .params_len = s->params_len,
 				 .up_pid = s->up_pid, .up_key = s->up_key, .since_ms = mono_ms() };
 	snprintf(e->desc, sizeof(e->desc), "%s", c->upstream_desc);
+	pthread_mutex_unlock(&pool_lock);
+	if (old.fd >= 0)
+		pooled_close(&old);
 	s->startup = s->params = NULL;
 	s->startup_len = s->params_len = 0;
 	return 0;
@@ -2043,13 +2061,23 @@ static int pool_take(struct conn *c)
 
 	if (s->has_deleg || s->no_pool)
 		return 0;
-	for (int i = npool - 1; i >= 0; i--) {
-		struct pg_pooled e = pool[i];
+	for (;;) {
+		struct pg_pooled e;
+		int i;
 
-		if (e.policy != c->policy || e.agent_idx != c->agent_idx || e.target_idx != c->target_idx ||
-		    e.startup_len != s->startup_len || memcmp(e.startup, s->startup, e.startup_len) != 0)
-			continue;
+		pthread_mutex_lock(&pool_lock);
+		for (i = npool - 1; i >= 0; i--)   /* the newest first */
+			if (pool[i].policy == c->policy && pool[i].agent_idx == c->agent_idx &&
+			    pool[i].target_idx == c->target_idx && pool[i].startup_len == s->startup_len &&
+			    memcmp(pool[i].startup, s->startup, s->startup_len) == 0)
+				break;
+		if (i < 0) {
+			pthread_mutex_unlock(&pool_lock);
+			return 0;
+		}
+		e = pool[i];
 		pool_remove(i);
+		pthread_mutex_unlock(&pool_lock);
 		if (!pooled_quiet(&e) || conn_adopt_upstream(c, e.fd, e.ssl, e.desc)) {
 			pooled_close(&e);
 			continue;
@@ -2058,6 +2086,7 @@ static int pool_take(struct conn *c)
 		free(s->params);
 		s->params = e.params;
 		s->params_len = e.params_len;
+		s->reused = true;
 		log_debug("postgres: agent '%s' reuses an idle session of target '%s'",
 			  c->policy->agents[c->agent_idx].name, target(c)->name);
 		/* what a new session shows: AuthenticationOk, ParameterStatus,
@@ -2071,7 +2100,6 @@ static int pool_take(struct conn *c)
 			return err;
 		return (err = after_params(c, 'I')) ? err : 1;
 	}
-	return 0;
 }
 
 /* The StartupMessage for upstream, built once per session into s->startup. */

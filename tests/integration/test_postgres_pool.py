@@ -15,7 +15,7 @@ from conftest import wait_for
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers"))
 from pg import Postgres  # noqa: E402
-from test_postgres import agent_py, policy  # noqa: E402
+from test_postgres import RULES_RW, agent_py, policy  # noqa: E402
 
 
 @pytest.fixture
@@ -72,6 +72,8 @@ def test_idle_session_reused_and_reset(enforcer, pg, tmp):
     assert any(x.startswith("E:") for x in two["bind"]), two
     opens = [e for e in enforcer.events() if e.get("class_uid") == 4001 and e["activity_name"] == "Open"]
     assert len(opens) == 2, opens
+    assert "upstream_reused" not in opens[0]["unmapped"]["postgres"]
+    assert opens[1]["unmapped"]["postgres"]["upstream_reused"] is True, opens[1]
 
 
 def test_not_reused_after_open_transaction_or_abrupt_close(enforcer, pg, tmp):
@@ -138,3 +140,36 @@ def test_different_startup_gets_its_own_session(enforcer, pg, tmp):
     """, params={"application_name": "first"})
     assert res["app"][1] == "D:first", res
     assert app_backends(pg) == both
+
+
+def test_cancel_in_reused_session(enforcer, pg, tmp):
+    """The key the agent gets in a reused session cancels that session's
+    query (the kept session's own server key behind it)."""
+    enforcer.start(policy(pg, tmp, rules=RULES_RW))
+    session(enforcer, pg, 'c.close()')
+    time.sleep(0.3)
+    (kept,) = app_backends(pg)
+    res = agent_py(enforcer, f"""
+    import psycopg2, threading
+    c = psycopg2.connect(host="127.0.0.1", port={pg.port}, user="agent_ro", dbname="shop")
+    c.autocommit = True   # else the cancelled query leaves a failed transaction: not kept
+    out = {{}}
+    def go():
+        try:
+            c.cursor().execute("SELECT count(*) FROM big a CROSS JOIN big b")
+            out["q"] = "finished"
+        except psycopg2.Error as e:
+            out["q"] = e.pgcode
+    t = threading.Thread(target=go); t.start()
+    time.sleep(1.0)
+    c.cancel()
+    t.join(30)
+    c.close()
+    print(json.dumps(out))
+    """)
+    assert res["q"] == "57014", res      # query_canceled
+    time.sleep(0.3)
+    assert app_backends(pg) == [kept], "the cancelled session is idle again: kept"
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4001 and e["activity_name"] == "Open"
+                             and e["unmapped"]["postgres"].get("upstream_reused"))
+    assert ev, "the psycopg2 session must have reused the kept one"
