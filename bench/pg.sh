@@ -168,7 +168,13 @@ pg_measure() {
 	pgbouncer) port=$PGB_PORT ;;
 	haproxy) port=$PHAP_PORT ;;
 	esac
-	cmd=(pgbench -n -M "$mode" -c "$n" -j "$n" -T "$BENCH_SECONDS" -h 127.0.0.1 -p "$port" -U bench)
+	# "connect": simple mode with a new connection per transaction (-C),
+	# the way most agents use a database
+	if [[ $mode == connect ]]; then
+		cmd=(pgbench -n -M simple -C -c "$n" -j "$n" -T "$BENCH_SECONDS" -h 127.0.0.1 -p "$port" -U bench)
+	else
+		cmd=(pgbench -n -M "$mode" -c "$n" -j "$n" -T "$BENCH_SECONDS" -h 127.0.0.1 -p "$port" -U bench)
+	fi
 	if [[ -n $script ]]; then cmd+=(-f "$script"); else cmd+=(-S); fi
 	cmd+=(bench)
 	# --state-dir before the command: exec leaves argv unterminated after removing it (main.c)
@@ -191,7 +197,9 @@ pg_bench_run() {
 	[[ -n $PHAP_PID ]] && paths+=(haproxy)
 	[[ -n $AG_STARTED ]] && paths+=(agentgate)
 	for n in 1 8; do
-		for mode in simple extended prepared; do
+		local modes=(simple extended prepared)
+		(( n == 1 )) && modes+=(connect)
+		for mode in "${modes[@]}"; do
 			for ((r = 1; r <= ROUNDS; r++)); do
 				for ((k = 0; k < ${#paths[@]}; k++)); do
 					path=${paths[$(( (r - 1 + k) % ${#paths[@]} ))]}
@@ -245,9 +253,12 @@ pg_bench_run() {
 	echo
 	echo "postgres: pgbench -S, scale $PGB_SCALE, ${BENCH_SECONDS}s x $ROUNDS rounds (median tps; ratio to direct)"
 	echo "  agentgate policy: allow select on 2 tables, mask 1 column, detectors credit_card+email on every value"
+	echo "  connect/1: a new connection per transaction (pgbench -C), simple mode"
 	printf '%-16s %-12s%-20s%-20s%-20s\n' "mode/clients" direct pgbouncer haproxy agentgate
 	for n in 1 8; do
-		for mode in simple extended prepared; do
+		local modes=(simple extended prepared)
+		(( n == 1 )) && modes+=(connect)
+		for mode in "${modes[@]}"; do
 			d=$(median "${PVAL[$mode/$n/direct]:-}") || d=
 			line=$(printf '%-16s %-12s' "$mode/$n" "${d:+$(printf '%.0f' "$d")}")
 			for path in pgbouncer haproxy agentgate; do
