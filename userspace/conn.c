@@ -844,6 +844,7 @@ void conn_deadline(struct conn *c)
 		return;
 	}
 	enforcer_conn_closed(c, c->connecting ? "upstream connect timed out"
+				: c->deadline_why ? c->deadline_why
 					      : "no decision: the agent sent too little in time");
 	conn_close(c, true);
 }

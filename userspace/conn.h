@@ -38,6 +38,7 @@ struct conn {
 	bool shut[2];         /* destination of direction d was shut down (or needs no shutdown) */
 	bool connecting, relaying, closing;
 	uint64_t deadline_ms; /* connect deadline (monotonic ms), 0 = none */
+	const char *deadline_why;  /* what a module's deadline means, for audit; NULL: no decision yet */
 	uint64_t bytes[2];
 	uint64_t start_ms;
 

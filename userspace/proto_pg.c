@@ -1920,6 +1920,7 @@ static void wipe_password(struct pg_sess *s)
 #define PG_POOL_MAX 16
 #define PG_POOL_IDLE_MS 30000
 #define PG_PARAMS_MAX 8192
+#define PG_POOL_RESET_MS 5000   /* for DISCARD ALL's answer */
 
 struct pg_pooled {
 	int fd;
@@ -2833,6 +2834,9 @@ static int fe_message(struct conn *c, const struct pg_msg *m)
 		if (poolable(c)) {
 			pg_out_query(&s->out, "DISCARD ALL");
 			s->phase = PH_POOL_RESET;
+			/* a server that does not answer: the connection ends at the deadline */
+			c->deadline_ms = now_ns_mono() / 1000000ull + PG_POOL_RESET_MS;
+			c->deadline_why = "the server did not answer DISCARD ALL in time";
 			return send_out(c, SIDE_UP);
 		}
 		fwd(c, m);
@@ -3509,6 +3513,7 @@ static int pool_reset_answer(struct conn *c)
 			if (pg_parse_ready(&m, &st) || st != 'I' || used != len)
 				goto end;
 			conn_in_consume(c, SIDE_UP, used);
+			c->deadline_ms = 0;
 			if (pool_put(c))
 				goto end;
 			s->phase = PH_DONE;

@@ -5,8 +5,11 @@ next connection with the same startup packet, instead of a new server
 process, authentication and catalog read. Checked against a real
 PostgreSQL 15 from its own side (pg_stat_activity, as the superuser), with
 a raw wire-protocol client in the agent's cgroup."""
+import json
 import os
+import signal
 import sys
+import threading
 import time
 
 import pytest
@@ -173,3 +176,37 @@ def test_cancel_in_reused_session(enforcer, pg, tmp):
     ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4001 and e["activity_name"] == "Open"
                              and e["unmapped"]["postgres"].get("upstream_reused"))
     assert ev, "the psycopg2 session must have reused the kept one"
+
+
+def test_server_silent_on_reset_ends_the_connection(enforcer, pg, tmp):
+    """A server that does not answer DISCARD ALL (here: its process stopped)
+    costs one connection for 5 s, then the connection ends, audited, and
+    nothing is kept."""
+    enforcer.start(policy(pg, tmp))
+    ready, go = os.path.join(tmp, "ready"), os.path.join(tmp, "go")
+    box = {}
+
+    def agent():
+        box["res"] = session(enforcer, pg, f"""
+    import os
+    c.send(Q("SELECT id FROM orders WHERE id = 1")); c.until_ready()
+    open({ready!r}, "w").close()
+    while not os.path.exists({go!r}):
+        time.sleep(0.05)
+    c.close()
+    """)
+
+    t = threading.Thread(target=agent)
+    t.start()
+    assert wait_for(lambda: os.path.exists(ready), 30)
+    (pid,) = app_backends(pg)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        open(go, "w").close()
+        t.join(30)
+        ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4001 and e["activity_name"] == "Close"
+                                 and "DISCARD ALL in time" in json.dumps(e), timeout=15)
+        assert ev, [e for e in enforcer.events() if e.get("class_uid") == 4001]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert wait_for(lambda: app_backends(pg) == [], 10), app_backends(pg)
