@@ -66,22 +66,42 @@ int conn_agent_fill(struct conn *c)
 	return c->eof[DIR_UP] ? 0 : -EAGAIN;
 }
 
-int conn_connect_upstream(struct conn *c)
+/* Where conn_connect_upstream() dials: the target's upstream address,
+ * else the original destination. */
+static void upstream_addr(const struct conn *c, const uint8_t **addr, uint16_t *port)
 {
 	const struct policy_target *t = c->target_idx >= 0 ? &c->policy->targets[c->target_idx] : NULL;
+
+	*addr = c->pair.orig_addr;
+	*port = c->pair.orig_port;
+	if (t && t->upstream.has_address && t->upstream.address.kind == ADDR_IP) {
+		*addr = t->upstream.address.addr;
+		*port = t->upstream.address.port;
+	}
+}
+
+const char *conn_upstream_desc(struct conn *c)
+{
+	const uint8_t *addr;
+	uint16_t port;
+
+	upstream_addr(c, &addr, &port);
+	addr_str(addr, c->upstream_desc, sizeof(c->upstream_desc) - 8);
+	snprintf(c->upstream_desc + strlen(c->upstream_desc), 8, ":%u", port);
+	return c->upstream_desc;
+}
+
+int conn_connect_upstream(struct conn *c)
+{
 	struct sockaddr_storage ss;
-	const uint8_t *addr = c->pair.orig_addr;
-	uint16_t port = c->pair.orig_port;
+	const uint8_t *addr;
+	uint16_t port;
 	socklen_t len;
 	int one = 1, fd;
 
-	if (t && t->upstream.has_address && t->upstream.address.kind == ADDR_IP) {
-		addr = t->upstream.address.addr;
-		port = t->upstream.address.port;
-	}
+	upstream_addr(c, &addr, &port);
 	len = addr_to_sockaddr(addr, port, &ss);
-	addr_str(addr, c->upstream_desc, sizeof(c->upstream_desc) - 8);
-	snprintf(c->upstream_desc + strlen(c->upstream_desc), 8, ":%u", port);
+	conn_upstream_desc(c);
 
 	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)

@@ -156,6 +156,9 @@ const char *conn_tls_error(const struct conn *c);   /* last TLS failure text, ""
 /* Dials the upstream (the target's upstream address, else the original
  * destination). 0 or -errno; the connection proceeds asynchronously. */
 int conn_connect_upstream(struct conn *c);
+/* "addr:port" of where conn_connect_upstream() dials (also kept in
+ * c->upstream_desc). */
+const char *conn_upstream_desc(struct conn *c);
 /*
  * Stream mode: drops the upstream leg (its socket, TLS, unread input and
  * unsent output) and dials the upstream again, as conn_connect_upstream().

@@ -12,7 +12,7 @@
 #include "audit.h"
 #include "enforcer.h"
 #include "loop.h"
-#include "proto.h"
+#include "upool.h"
 #include "util.h"
 
 static int listen_on(int family, uint16_t port)
@@ -219,11 +219,11 @@ static void *worker_main(void *arg)
 		if (now - last_tick > 200000000ull) {
 			last_tick = now;
 			check_deadlines(w);
-			pg_pool_tick(false);
+			upool_tick(false);
 			audit_defer_flush();
 		}
 	}
-	pg_pool_tick(true);
+	upool_tick(true);
 	audit_defer_end();
 	return NULL;
 }

@@ -45,11 +45,6 @@ struct proto_ops {
 	void (*on_upstream_tls_fail)(struct conn *c);
 };
 
-/* The postgres module's idle upstream sessions (per worker thread): closes
- * those idle too long, or all of them when the worker stops. Called by the
- * worker loop a few times a second. */
-void pg_pool_tick(bool stopping);
-
 extern const struct proto_ops proto_tcp_ops;
 extern const struct proto_ops proto_tls_ops;
 extern const struct proto_ops proto_http_ops;

@@ -94,6 +94,7 @@
 #include "pg_classify.h"
 #include "pg_wire.h"
 #include "proto.h"
+#include "upool.h"
 #include "util.h"
 
 #define PG_MSG_MAX      CONN_IN_LIMIT     /* largest message either side may send */
@@ -1897,102 +1898,55 @@ static void wipe_password(struct pg_sess *s)
 /* ---- upstream session reuse ---------------------------------------------------------- */
 
 /*
- * An agent that connects for every statement (most tools do) would pay for
- * a new server process, its authentication and a cold catalog each time:
- * tens of milliseconds here. So a session the agent ends with Terminate
- * while idle ('I', nothing in flight) is reset with DISCARD ALL (temporary
- * tables, prepared statements, cursors, LISTEN, advisory locks, every SET:
- * back to the startup packet's values) and kept open for the next
- * connection of the same agent, to the same target, under the same policy,
- * asking for the same startup packet. Only the same agent: state that
- * DISCARD ALL does not reach (an extension's session variables) stays with
- * the agent that made it. Delegated sessions (a user's token) are never
- * kept. The next agent sees what a new session would show: AuthenticationOk,
- * the server's ParameterStatus, a new key of ours, and the masked-column
+ * A session the agent ends with Terminate while idle ('I', nothing in
+ * flight) is reset with DISCARD ALL (temporary tables, prepared
+ * statements, cursors, LISTEN, advisory locks, every SET: back to the
+ * startup packet's values) and kept in the upstream pool (upool.h) for the
+ * same agent's next connection to the same target asking for the same
+ * StartupMessage. Delegated sessions (a user's token) are never kept. The
+ * next agent sees what a new session would show: AuthenticationOk, the
+ * server's ParameterStatus, a new key of ours, and the masked-column
  * catalog is read again before its first ReadyForQuery.
- *
- * One pool for the workers (an agent's next connection may land on
- * another worker: the socket moves to that worker's epoll set), at most
- * PG_POOL_MAX idle sessions, each for at most PG_POOL_IDLE_MS; one the
- * server closed or wrote to meanwhile (an error, a shutdown) is never
- * handed out.
  */
-#define PG_POOL_MAX 16
-#define PG_POOL_IDLE_MS 30000
 #define PG_PARAMS_MAX 8192
 #define PG_POOL_RESET_MS 5000   /* for DISCARD ALL's answer */
 
-struct pg_pooled {
-	int fd;
-	SSL *ssl;
-	const struct policy *policy;
-	int agent_idx, target_idx;
-	uint8_t *startup, *params;
-	uint32_t startup_len, params_len;
+/* What a kept session carries besides its socket. */
+struct pg_kept {
+	uint8_t *params;        /* the server's ParameterStatus messages, in order */
+	uint32_t params_len;
 	uint32_t up_pid, up_key;
-	uint64_t since_ms;
-	char desc[64];
 };
-static struct pg_pooled pool[PG_POOL_MAX];
-static int npool;
-static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static uint64_t mono_ms(void)
+static void kept_free(void *p)
 {
-	return now_ns_mono() / 1000000ull;
+	struct pg_kept *k = p;
+
+	free(k->params);
+	free(k);
 }
 
-/* Ends a pooled session politely (Terminate), without waiting. */
-static void pooled_close(struct pg_pooled *e)
+static const uint8_t pg_terminate[5] = { 'X', 0, 0, 0, 4 };
+static const struct upool_ops pg_pool_ops = {
+	.goodbye = pg_terminate, .goodbye_len = sizeof(pg_terminate), .data_free = kept_free,
+};
+
+/* The pool key: agent, target and policy, the address dialled and the
+ * StartupMessage (equal bytes: equal session settings). In buf, which
+ * must outlive the key. */
+static bool pool_key(struct conn *c, struct upool_key *k, uint8_t *buf, size_t cap)
 {
-	static const uint8_t term[5] = { 'X', 0, 0, 0, 4 };
+	struct pg_sess *s = S(c);
+	const char *desc = conn_upstream_desc(c);
+	size_t dl = strlen(desc) + 1;
 
-	if (e->ssl) {
-		size_t w;
-
-		ERR_clear_error();
-		SSL_write_ex(e->ssl, term, sizeof(term), &w);
-		SSL_free(e->ssl);
-	} else {
-		ssize_t r = send(e->fd, term, sizeof(term), MSG_NOSIGNAL | MSG_DONTWAIT);
-
-		(void)r;
-	}
-	close(e->fd);
-	free(e->startup);
-	free(e->params);
-	memset(e, 0, sizeof(*e));
-}
-
-/* Nothing came from the server since the reset: no error, no EOF. */
-static bool pooled_quiet(const struct pg_pooled *e)
-{
-	char b;
-
-	return recv(e->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
-}
-
-static void pool_remove(int i)
-{
-	memmove(pool + i, pool + i + 1, (size_t)(npool - i - 1) * sizeof(pool[0]));
-	npool--;
-}
-
-void pg_pool_tick(bool stopping)
-{
-	struct pg_pooled gone[PG_POOL_MAX];
-	uint64_t now = mono_ms();
-	int n = 0;
-
-	pthread_mutex_lock(&pool_lock);
-	for (int i = npool - 1; i >= 0; i--)
-		if (stopping || now - pool[i].since_ms > PG_POOL_IDLE_MS || !pooled_quiet(&pool[i])) {
-			gone[n++] = pool[i];
-			pool_remove(i);
-		}
-	pthread_mutex_unlock(&pool_lock);
-	while (n)
-		pooled_close(&gone[--n]);
+	if (!s->startup || dl + s->startup_len > cap)
+		return false;
+	memcpy(buf, desc, dl);
+	memcpy(buf + dl, s->startup, s->startup_len);
+	*k = (struct upool_key){ .policy = c->policy, .agent_idx = c->agent_idx, .target_idx = c->target_idx,
+				 .bytes = buf, .len = (uint32_t)(dl + s->startup_len) };
+	return true;
 }
 
 static int params_add(struct pg_sess *s, const uint8_t *msg, uint32_t len)
@@ -2019,74 +1973,57 @@ static bool poolable(struct conn *c)
 	       !s->skip_to_sync && !s->up_pass && !conn_in_eof(c, SIDE_UP);
 }
 
-/* The session goes to this worker's pool (the oldest idle one makes room). */
+/* The reset session goes to the pool. */
 static int pool_put(struct conn *c)
 {
 	struct pg_sess *s = S(c);
-	struct pg_pooled *e;
-	SSL *ssl;
-	int fd;
+	struct upool_leg leg = { .fd = -1 };
+	struct upool_key k;
+	struct pg_kept *kd;
+	uint8_t kb[2048];
 
-	struct pg_pooled old = { .fd = -1 };
-
-	if (conn_take_upstream(c, &fd, &ssl))
+	if (!pool_key(c, &k, kb, sizeof(kb)) || !(kd = calloc(1, sizeof(*kd))))
+		return -ENOMEM;
+	if (conn_take_upstream(c, &leg.fd, &leg.ssl)) {
+		free(kd);
 		return -EBUSY;
-	pthread_mutex_lock(&pool_lock);
-	if (npool == PG_POOL_MAX) {
-		old = pool[0];
-		pool_remove(0);
 	}
-	e = &pool[npool++];
-	*e = (struct pg_pooled){ .fd = fd, .ssl = ssl, .policy = c->policy, .agent_idx = c->agent_idx,
-				 .target_idx = c->target_idx, .startup = s->startup, .params = s->params,
-				 .startup_len = s->startup_len, .params_len = s->params_len,
-				 .up_pid = s->up_pid, .up_key = s->up_key, .since_ms = mono_ms() };
-	snprintf(e->desc, sizeof(e->desc), "%s", c->upstream_desc);
-	pthread_mutex_unlock(&pool_lock);
-	if (old.fd >= 0)
-		pooled_close(&old);
-	s->startup = s->params = NULL;
-	s->startup_len = s->params_len = 0;
+	*kd = (struct pg_kept){ .params = s->params, .params_len = s->params_len, .up_pid = s->up_pid,
+				.up_key = s->up_key };
+	s->params = NULL;
+	s->params_len = 0;
+	snprintf(leg.desc, sizeof(leg.desc), "%s", c->upstream_desc);
+	leg.data = kd;
+	upool_put(&k, &pg_pool_ops, &leg);
 	return 0;
 }
 
 static int register_cancel(struct conn *c, uint32_t up_pid, uint32_t up_key);
 static int after_params(struct conn *c, char status);
 
-/* An idle session of this agent and target with the same startup packet:
- * adopted and greeted as a new one. 1 when adopted, 0 when none, -errno. */
+/* A kept session for this connection, adopted and greeted as a new one:
+ * 1 when adopted, 0 when none, -errno. */
 static int pool_take(struct conn *c)
 {
 	struct pg_sess *s = S(c);
+	struct upool_leg leg;
+	struct upool_key k;
+	struct pg_kept *kd;
+	uint8_t kb[2048];
 	int err;
 
-	if (s->has_deleg || s->no_pool)
+	if (s->has_deleg || s->no_pool || !pool_key(c, &k, kb, sizeof(kb)))
 		return 0;
-	for (;;) {
-		struct pg_pooled e;
-		int i;
-
-		pthread_mutex_lock(&pool_lock);
-		for (i = npool - 1; i >= 0; i--)   /* the newest first */
-			if (pool[i].policy == c->policy && pool[i].agent_idx == c->agent_idx &&
-			    pool[i].target_idx == c->target_idx && pool[i].startup_len == s->startup_len &&
-			    memcmp(pool[i].startup, s->startup, s->startup_len) == 0)
-				break;
-		if (i < 0) {
-			pthread_mutex_unlock(&pool_lock);
-			return 0;
-		}
-		e = pool[i];
-		pool_remove(i);
-		pthread_mutex_unlock(&pool_lock);
-		if (!pooled_quiet(&e) || conn_adopt_upstream(c, e.fd, e.ssl, e.desc)) {
-			pooled_close(&e);
+	while (upool_take(&k, &leg)) {
+		if (conn_adopt_upstream(c, leg.fd, leg.ssl, leg.desc)) {
+			upool_release(&pg_pool_ops, &leg);
 			continue;
 		}
-		free(e.startup);
+		kd = leg.data;
 		free(s->params);
-		s->params = e.params;
-		s->params_len = e.params_len;
+		s->params = kd->params;
+		s->params_len = kd->params_len;
+		kd->params = NULL;
 		s->reused = true;
 		log_debug("postgres: agent '%s' reuses an idle session of target '%s'",
 			  c->policy->agents[c->agent_idx].name, target(c)->name);
@@ -2097,10 +2034,15 @@ static int pool_take(struct conn *c)
 			pg_out_negotiate(&s->out, s->negotiate_opts, s->nnegotiate);
 		pg_out_auth_ok(&s->out);
 		pg_out_bytes(&s->out, s->params, s->params_len);
-		if ((err = send_out(c, SIDE_AGENT)) || (err = register_cancel(c, e.up_pid, e.up_key)))
+		err = send_out(c, SIDE_AGENT);
+		if (!err)
+			err = register_cancel(c, kd->up_pid, kd->up_key);
+		kept_free(kd);
+		if (err)
 			return err;
 		return (err = after_params(c, 'I')) ? err : 1;
 	}
+	return 0;
 }
 
 /* The StartupMessage for upstream, built once per session into s->startup. */

@@ -1,0 +1,162 @@
+// SPDX-License-Identifier: Apache-2.0
+/* upool: idle upstream connections kept for reuse (upool.h says why). */
+#include "upool.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include "util.h"
+
+struct kept {
+	struct upool_key key;   /* key.bytes: owned copy */
+	const struct upool_ops *ops;
+	struct upool_leg leg;
+	uint64_t since_ms;
+};
+
+static struct kept pool[UPOOL_MAX];
+static int npool;
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+
+static uint64_t mono_ms(void)
+{
+	return now_ns_mono() / 1000000ull;
+}
+
+void upool_release(const struct upool_ops *ops, struct upool_leg *leg)
+{
+	if (ops && ops->goodbye_len) {
+		/* best effort, without waiting: the upstream learns we are gone */
+		if (leg->ssl) {
+			size_t w;
+
+			ERR_clear_error();
+			SSL_write_ex(leg->ssl, ops->goodbye, ops->goodbye_len, &w);
+		} else {
+			ssize_t r = send(leg->fd, ops->goodbye, ops->goodbye_len, MSG_NOSIGNAL | MSG_DONTWAIT);
+
+			(void)r;
+		}
+	}
+	SSL_free(leg->ssl);
+	if (leg->fd >= 0)
+		close(leg->fd);
+	if (ops && ops->data_free && leg->data)
+		ops->data_free(leg->data);
+	memset(leg, 0, sizeof(*leg));
+	leg->fd = -1;
+}
+
+/* Nothing came from the upstream while the leg was kept: no byte (an
+ * error, a stray answer), no EOF, no reset. */
+static bool quiet(const struct upool_leg *leg)
+{
+	char b;
+
+	return recv(leg->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
+static void remove_at(int i)
+{
+	memmove(pool + i, pool + i + 1, (size_t)(npool - i - 1) * sizeof(pool[0]));
+	npool--;
+}
+
+static void let_go(struct kept *k)
+{
+	upool_release(k->ops, &k->leg);
+	free((void *)k->key.bytes);
+}
+
+void upool_put(const struct upool_key *k, const struct upool_ops *ops, struct upool_leg *leg)
+{
+	struct kept old = { .leg.fd = -1 }, e = { .key = *k, .ops = ops, .leg = *leg, .since_ms = mono_ms() };
+	void *bytes = NULL;
+
+	if (k->len && !(bytes = malloc(k->len))) {
+		upool_release(ops, leg);
+		return;
+	}
+	if (k->len)
+		memcpy(bytes, k->bytes, k->len);
+	e.key.bytes = bytes;
+	pthread_mutex_lock(&lock);
+	if (npool == UPOOL_MAX) {
+		old = pool[0];
+		remove_at(0);
+	}
+	pool[npool++] = e;
+	pthread_mutex_unlock(&lock);
+	if (old.leg.fd >= 0)
+		let_go(&old);
+	memset(leg, 0, sizeof(*leg));
+	leg->fd = -1;
+}
+
+static bool same_key(const struct upool_key *a, const struct upool_key *b)
+{
+	return a->policy == b->policy && a->agent_idx == b->agent_idx && a->target_idx == b->target_idx &&
+	       a->len == b->len && (!a->len || memcmp(a->bytes, b->bytes, a->len) == 0);
+}
+
+bool upool_take(const struct upool_key *k, struct upool_leg *leg)
+{
+	for (;;) {
+		struct kept e;
+		int i;
+
+		pthread_mutex_lock(&lock);
+		for (i = npool - 1; i >= 0; i--)   /* the newest first */
+			if (same_key(&pool[i].key, k))
+				break;
+		if (i < 0) {
+			pthread_mutex_unlock(&lock);
+			return false;
+		}
+		e = pool[i];
+		remove_at(i);
+		pthread_mutex_unlock(&lock);
+		free((void *)e.key.bytes);
+		if (!quiet(&e.leg) || (e.leg.ssl && SSL_has_pending(e.leg.ssl))) {
+			upool_release(e.ops, &e.leg);
+			continue;
+		}
+		*leg = e.leg;
+		return true;
+	}
+}
+
+void upool_tick(bool stopping)
+{
+	struct kept gone[UPOOL_MAX];
+	uint64_t now = mono_ms();
+	int n = 0;
+
+	pthread_mutex_lock(&lock);
+	for (int i = npool - 1; i >= 0; i--)
+		if (stopping || now - pool[i].since_ms > UPOOL_IDLE_MS || !quiet(&pool[i].leg)) {
+			gone[n++] = pool[i];
+			remove_at(i);
+		}
+	pthread_mutex_unlock(&lock);
+	while (n)
+		let_go(&gone[--n]);
+}
+
+int upool_count(void)
+{
+	int n;
+
+	pthread_mutex_lock(&lock);
+	n = npool;
+	pthread_mutex_unlock(&lock);
+	return n;
+}
