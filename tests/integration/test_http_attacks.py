@@ -459,6 +459,11 @@ LENIENT_JSON = {
     "dup-outer": b'{"customer": {"email": "ada@example.com"}, "customer": {"email": "ada@example.com"}}',
     "bom": b'\xef\xbb\xbf{"customer": {"email": "ada@example.com"}}',
     "nul-escape": b'{"customer": {"email": "ada@example.com", "n": "a\\u0000b"}}',
+    "lone-surrogate": b'{"customer": {"email": "ada@example.com", "n": "\\ud800"}}',
+    "bad-utf8-in-string": b'{"customer": {"email": "ada@example.com", "n": "\xff"}}',
+    "nan": b'{"customer": {"email": "ada@example.com"}, "n": NaN, "m": -Infinity}',
+    "xssi-prefix": b")]}',\n" + b'{"customer": {"email": "ada@example.com"}}',
+    "ndjson": b'{"customer": {"email": "x"}}\n{"customer": {"email": "ada@example.com"}}\n',
 }
 
 
@@ -469,10 +474,14 @@ def test_mask_lenient_json_not_passed_as_text(enforcer, canned):
     for name in LENIENT_JSON:
         (status, hdrs, got), out = fetch(enforcer, canned.port, name)
         assert EMAIL not in out, (name, out)
-        if status == 200:   # masked as JSON would do too; refused is the other safe answer
-            assert json.loads(got.decode("utf-8-sig"))["customer"]["email"] == "****", (name, got)
-        else:
-            assert status == 502, (name, out)
+        assert status == 502, (name, out)
+        assert "lenient" in json.loads(got)["reason"], (name, got)
+    # what no JSON reader takes (cut short, a stray quote, a raw control
+    # byte) is still text to the detectors, as test_http_mask_split.py says
+    canned.put("cut", b'{"customer": {"email": "x"}, "card": "4111 1111 1111 1111", "n": [1, 2',
+               ["Content-Type: application/json"])
+    (status, hdrs, got), out = fetch(enforcer, canned.port, "cut")
+    assert status == 200 and b"4111" not in out and b"****" in got, out
 
 
 def test_mask_binary_or_stacked_coding_refused(enforcer, canned):
@@ -490,8 +499,12 @@ def test_mask_binary_or_stacked_coding_refused(enforcer, canned):
     canned.put("br", b"\x1b\x2a\x00\xf8" + doc, ["Content-Type: application/json", "Content-Encoding: br"])
     canned.put("gzip-br", gzip.compress(doc), ["Content-Type: application/json", "Content-Encoding: gzip, br"])
     canned.put("compress", doc, ["Content-Type: application/json", "Content-Encoding: compress"])
+    # two gzip members one after the other: gzip readers decode both
+    half = len(doc) // 2
+    canned.put("gzip-members", gzip.compress(doc[:half]) + gzip.compress(doc[half:]),
+               ["Content-Type: application/json", "Content-Encoding: gzip"])
     enforcer.start(mask_policy(canned.port, MASK))
-    for name in ("gzgz", "gz-as-identity", "deflate-gzip", "utf16", "br", "gzip-br", "compress"):
+    for name in ("gzgz", "gz-as-identity", "deflate-gzip", "utf16", "br", "gzip-br", "compress", "gzip-members"):
         (status, hdrs, got), out = fetch(enforcer, canned.port, name)
         assert status == 502, (name, out[:300])
         assert EMAIL not in out and b"4111" not in out, name
@@ -511,6 +524,19 @@ def test_mask_depth_and_side_doors(enforcer, canned):
     assert status == 502 and EMAIL not in out and b"4111" not in out, out[:300]
     (status, _, got), out = fetch(enforcer, canned.port, "err")
     assert status == 404 and json.loads(got) == {"customer": {"email": "****"}}, out
+
+
+@pytest.mark.xfail(strict=True, reason="proto_http.c send_resp_head() copies response header values "
+                   "as they are on masked routes: the detectors only ever see the body, so an email or a "
+                   "card in X-* headers, Location or Content-Disposition reaches the agent")
+def test_mask_detectors_see_response_headers(enforcer, canned):
+    canned.put("hdr", b'{"ok": true}', ["Content-Type: application/json", "X-Customer-Email: ada@example.com",
+                                          "Location: /v1/customers/ada@example.com",
+                                          "X-Card: 4111 1111 1111 1111"])
+    enforcer.start(mask_policy(canned.port, '{json: ["$.customer.email"], detectors: [credit_card, email]}'))
+    (status, hdrs, got), out = fetch(enforcer, canned.port, "hdr")
+    assert status in (200, 502), out
+    assert EMAIL not in out and b"4111" not in out, out
 
 
 # ---- 5. Kubernetes ---------------------------------------------------------------
