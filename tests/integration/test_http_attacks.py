@@ -123,6 +123,22 @@ def test_path_unicode_compatibility_forms_refused(enforcer, rec):
     assert rec.all() == b"GET /v1/invoices/caf%C3%A9 HTTP/1.1\r\nHost: api.internal\r\n\r\n"
 
 
+def test_method_override_in_query_refused(enforcer, rec):
+    """The method-override headers are stripped; their query twin is not a
+    header: Symfony (and Laravel on it) takes "_method" from the query of a
+    POST, so "POST /v1/invoices?_method=DELETE" under a POST rule deletes."""
+    enforcer.start(policy(rec.port, rules='"POST /v1/invoices", "GET /v1/invoices/*"'))
+    for q in ("_method=DELETE", "x=1&_method=PUT", "%5Fmethod=DELETE", "_%6Dethod=DELETE", "_METHOD=patch",
+              "a=b;_method=DELETE"):
+        refused_400(enforcer, rec, crlf(f"POST /v1/invoices?{q} HTTP/1.1⏎Host: api.internal⏎Content-Length: 0⏎⏎"), q)
+    # a parameter that only contains the name is an ordinary one
+    rec.reset()
+    out = raw(enforcer, rec.port, crlf("POST /v1/invoices?x_method=DELETE&q=_method HTTP/1.1⏎Host: api.internal⏎"
+                                       "Content-Length: 0⏎⏎"))
+    assert [r[0] for r in responses(out)[0]] == [200], out
+    assert rec.all().startswith(b"POST /v1/invoices?x_method=DELETE&q=_method HTTP/1.1\r\n")
+
+
 def test_method_tricks(enforcer, rec):
     """Methods are case-sensitive tokens: lower case, an unknown method, HEAD
     under a GET rule, and OPTIONS * under an any-method rule."""
