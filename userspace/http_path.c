@@ -217,8 +217,45 @@ static int canon_path(const uint8_t *p, size_t len, char *out, size_t outcap, st
 	return 0;
 }
 
+/*
+ * Is the query parameter key k[0..n) (still escaped) "_method", in any case?
+ * Symfony (Laravel on it) takes the method of a POST from it, the query twin
+ * of the X-HTTP-Method-Override header the http module strips: a rule's
+ * method would not be the one the server runs.
+ */
+static bool key_is_method_override(const uint8_t *k, size_t n)
+{
+	static const char want[] = "_method";
+	size_t o = 0;
+
+	for (size_t i = 0; i < n; i++, o++) {
+		int c = k[i];
+
+		if (c == '%') {
+			if ((c = pct(k, n, i)) < 0)
+				return false;   /* refused by the caller anyway */
+			i += 2;
+		}
+		if (o >= sizeof(want) - 1 || (c | (c >= 'A' && c <= 'Z' ? 0x20 : 0)) != want[o])
+			return false;
+	}
+	return o == sizeof(want) - 1;
+}
+
 static int check_query(const uint8_t *q, size_t len, struct http_target *r)
 {
+	/* Keys end at '=', pairs at '&' or ';' (some parsers split on both). */
+	for (size_t s = 0, i = 0; i <= len; i++) {
+		if (i < len && q[i] != '&' && q[i] != ';')
+			continue;
+		{
+			const uint8_t *eq = memchr(q + s, '=', i - s);
+
+			if (key_is_method_override(q + s, eq ? (size_t)(eq - (q + s)) : i - s))
+				return bad(r, "a \"_method\" query parameter (a method override) in the request target");
+		}
+		s = i + 1;
+	}
 	for (size_t i = 0; i < len; i++) {
 		if (q[i] == '#')
 			return bad(r, "raw '#' in the request target");

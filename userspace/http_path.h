@@ -28,7 +28,9 @@
  *     except one trailing "/" (a different path, only matched by a pattern
  *     that ends in "/" or "**").
  * The query is opaque: forwarded as sent, after checking that it has no '#'
- * and only well-formed escapes. Paths are case-sensitive.
+ * and only well-formed escapes, and no "_method" parameter (any case, any
+ * escaping: a method override, as X-HTTP-Method-Override is). Paths are
+ * case-sensitive.
  *
  * Library code: no logging, no allocation; reentrant.
  */
