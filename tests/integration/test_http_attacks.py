@@ -472,6 +472,9 @@ CANNED = textwrap.dedent(r"""
                     buf += x
                 head, buf = buf.split(b"\r\n\r\n", 1)
                 name = head.split(b"\r\n")[0].split(b" ")[1].decode().rsplit("/", 1)[1]
+                # content negotiation: DIR/<name>.yaml answers Accept: application/yaml
+                if b"\r\naccept: application/yaml" in head.lower() and os.path.exists(os.path.join(d, name + ".yaml")):
+                    name += ".yaml"
                 with open(os.path.join(d, name), "rb") as f:
                     c.sendall(f.read())
         finally:
@@ -617,6 +620,23 @@ def test_mask_detectors_see_response_headers(enforcer, canned):
     (status, hdrs, got), out = fetch(enforcer, canned.port, "hdr")
     assert status in (200, 502), out
     assert EMAIL not in out and b"4111" not in out, out
+
+
+@pytest.mark.xfail(strict=True, reason="proto_http.c forwards the agent's Accept on masked routes: an "
+                   "upstream that negotiates (the apiserver serves YAML and Table JSON, many APIs XML or CSV) "
+                   "answers in a form the JSON paths do not reach, and on a route with detectors too that body "
+                   "is masked as text by the detectors alone. Fix: on routes whose mask names JSON paths send "
+                   "Accept: application/json upstream (or refuse what is not JSON there)")
+def test_mask_content_negotiation_does_not_drop_json_paths(enforcer, canned):
+    doc = {"customer": {"email": "ada@example.com"}, "ssn": "not-a-detectable-value-42"}
+    canned.put("neg", json.dumps(doc).encode(), ["Content-Type: application/json"])
+    canned.put("neg.yaml", b"customer:\n  email: ada@example.com\nssn: not-a-detectable-value-42\n",
+               ["Content-Type: application/yaml"])
+    enforcer.start(mask_policy(canned.port, MASK))
+    (status, _, got), out = fetch(enforcer, canned.port, "neg")
+    assert status == 200 and json.loads(got) == {"customer": {"email": "****"}, "ssn": "****"}, out
+    out = raw(enforcer, canned.port, crlf("GET /v1/r/neg HTTP/1.1⏎Host: api.internal⏎Accept: application/yaml⏎⏎"))
+    assert EMAIL not in out and b"not-a-detectable" not in out, out
 
 
 # ---- 5. Kubernetes ---------------------------------------------------------------
