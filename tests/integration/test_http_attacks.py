@@ -367,6 +367,27 @@ def test_identity_headers_any_case_and_duplicated(enforcer, rec, token):
                          b"Authorization: Bearer " + SECRET.encode() + b"\r\n\r\n")
 
 
+# CGI, PHP-FPM and WSGI servers (Werkzeug/Flask, PHP's own server) map a
+# header name to HTTP_<NAME> with '-' and '_' both '_': "X_Forwarded_For" IS
+# X-Forwarded-For to them (Flask's ProxyFix trusts it), "X_HTTP_Method_Override"
+# is Symfony's override. The strip list matches names with '-' only.
+UNDERSCORE = ["X_Forwarded_For: 6.6.6.6", "x_forwarded_host: evil.internal", "X-Forwarded_Proto: https",
+              "X_Real_IP: 6.6.6.6", "X_HTTP_Method_Override: DELETE", "x_method_override: PUT",
+              "Proxy_Authorization: Basic eA==", "Impersonate_User: admin", "X_Remote_User: admin",
+              "Content_Length: 5", "Transfer_Encoding: chunked"]
+
+
+def test_underscore_twins_of_stripped_headers_refused(enforcer, rec):
+    enforcer.start(policy(rec.port))
+    for h in UNDERSCORE:
+        refused_400(enforcer, rec, crlf(f"GET /v1/invoices/42 HTTP/1.1⏎Host: api.internal⏎{h}⏎⏎"), h)
+    # other names with '_' are ordinary fields
+    rec.reset()
+    out = raw(enforcer, rec.port, crlf("GET /v1/invoices/42 HTTP/1.1⏎Host: api.internal⏎api_key: k1⏎X_Trace_Id: 7⏎⏎"))
+    assert [r[0] for r in responses(out)[0]] == [200], out
+    assert rec.all() == b"GET /v1/invoices/42 HTTP/1.1\r\nHost: api.internal\r\napi_key: k1\r\nX_Trace_Id: 7\r\n\r\n"
+
+
 @pytest.mark.xfail(strict=True, reason="proto_http.c forward_head()/strip_field() strip Authorization but "
                    "not the field named by upstream.header: the agent's own X-Api-Key reaches the upstream "
                    "ahead of the injected one")
