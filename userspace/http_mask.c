@@ -80,6 +80,39 @@ int http_inflate(const uint8_t *in, size_t len, size_t max, uint8_t **out, size_
 	return rc;
 }
 
+/* Valid UTF-8 without NUL (RFC 3629: no overlong forms, surrogates or
+ * code points above U+10FFFF). */
+static bool utf8_text(const uint8_t *s, size_t n)
+{
+	size_t i = 0;
+
+	while (i < n) {
+		uint8_t c = s[i];
+		size_t k;
+		uint8_t lo = 0x80, hi = 0xbf;
+
+		if (c && c < 0x80) {
+			i++;
+			continue;
+		}
+		if (c >= 0xc2 && c <= 0xdf)
+			k = 1;
+		else if (c >= 0xe0 && c <= 0xef)
+			k = 2, lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf;
+		else if (c >= 0xf0 && c <= 0xf4)
+			k = 3, lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf;
+		else
+			return false;   /* NUL, a continuation byte, C0, C1, F5+ */
+		if (n - i <= k || s[i + 1] < lo || s[i + 1] > hi)
+			return false;
+		for (size_t j = 2; j <= k; j++)
+			if ((s[i + j] & 0xc0) != 0x80)
+				return false;
+		i += k + 1;
+	}
+	return true;
+}
+
 static bool coding_is(const char *c, size_t n, const char *name)
 {
 	return n == strlen(name) && strncasecmp(c, name, n) == 0;
@@ -125,6 +158,24 @@ int http_mask_body(const struct mask_rules *m, const uint8_t *body, size_t len, 
 	if (!mask_has_detectors(m)) {
 		free(plain);
 		*why = "the response is not JSON and the route's mask names only JSON paths";
+		return -EINVAL;
+	}
+	/* JSON to the agent's client all the same (a duplicate name, a BOM...):
+	 * scanned as text, its JSON paths and \u-escaped values would pass. */
+	if ((rc = mask_json_lenient((const char *)p, plen)) != -EINVAL) {
+		free(plain);
+		*why = rc == -ENOMEM ? "out of memory"
+			: "the response is JSON to lenient readers but not strict JSON (duplicate names, "
+			  "a BOM, \\u0000, NaN...) and cannot be masked";
+		return rc == -ENOMEM ? rc : -EINVAL;
+	}
+	/* The detectors read UTF-8 text: a body that is not (binary, another
+	 * charset, a content coding left on: two Content-Encoding fields) would
+	 * pass them unread, not unmatched. */
+	if (!utf8_text(p, plen)) {
+		free(plain);
+		*why = "the response is not UTF-8 text (binary, another charset, or still content-coded) "
+		       "and cannot be masked";
 		return -EINVAL;
 	}
 	cap = mask_value_bound(plen);

@@ -7,7 +7,13 @@
  * says: a JSON body labelled text/plain is still read as JSON by a client),
  * else by the detectors. A body that is not JSON on a route whose mask
  * names JSON paths and no detectors is refused: nothing could say which
- * part of it is $.customer.email. The result is sent identity-coded.
+ * part of it is $.customer.email. Refused too, detectors or not: a body
+ * lenient JSON readers take although it is not strict JSON (duplicate
+ * names, a BOM, \u0000, NaN: mask_json_lenient()), whose paths and escaped
+ * values text scanning would miss; and a body that is not UTF-8 text
+ * (binary, UTF-16, a content coding left on by two Content-Encoding
+ * fields), which the detectors cannot read. The result is sent
+ * identity-coded.
  */
 #ifndef AGENTGATE_HTTP_MASK_H
 #define AGENTGATE_HTTP_MASK_H

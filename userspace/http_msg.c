@@ -143,6 +143,48 @@ static int parse_connection(const uint8_t *v, size_t n, unsigned *flags)
 	return 0;
 }
 
+/* n bytes at s read as lit (prefix: as a prefix of lit's length), with
+ * '_' taken for '-' and ASCII case folded. */
+static bool twin_eq(const uint8_t *s, size_t n, const char *lit, bool prefix)
+{
+	size_t l = strlen(lit);
+
+	if (prefix ? n < l : n != l)
+		return false;
+	for (size_t i = 0; i < l; i++)
+		if ((s[i] == '_' ? '-' : lower(s[i])) != (uint8_t)lit[i])
+			return false;
+	return true;
+}
+
+/*
+ * CGI, PHP-FPM and WSGI servers name a header HTTP_<NAME>, '-' and '_'
+ * alike: to them "X_Forwarded_For" is X-Forwarded-For. A request field
+ * whose name has a '_' and reads, with '-' for it, as a field a proxy gives
+ * meaning to (framing, hop-by-hop, identity, method override) would pass
+ * every check made on the '-' spelling, so it is refused. Other names with
+ * '_' ("api_key") are ordinary fields.
+ */
+static bool underscore_twin(const uint8_t *s, size_t n)
+{
+	static const char *const exact[] = {
+		"host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade",
+		"expect", "te", "trailer", "authorization", "cookie", "forwarded", "x-real-ip",
+		"x-http-method-override", "x-http-method", "x-method-override", "http2-settings",
+	};
+	static const char *const prefix[] = { "proxy-", "x-forwarded-", "impersonate-", "x-remote-" };
+
+	if (!memchr(s, '_', n))
+		return false;
+	for (size_t i = 0; i < sizeof(exact) / sizeof(exact[0]); i++)
+		if (twin_eq(s, n, exact[i], false))
+			return true;
+	for (size_t i = 0; i < sizeof(prefix) / sizeof(prefix[0]); i++)
+		if (twin_eq(s, n, prefix[i], true))
+			return true;
+	return false;
+}
+
 static int fail(struct http_head *h, const char *why)
 {
 	h->error = why;
@@ -183,6 +225,9 @@ static int parse_fields(const uint8_t *buf, size_t len, size_t pos, size_t max,
 			return fail(h, "header line without a colon");
 		if (i == s)
 			return fail(h, "empty header field name");
+		if (request && underscore_twin(buf + s, i - s))
+			return fail(h, "a header name with '_' that CGI and WSGI servers read as a "
+				    "framing, identity or method-override field");
 		f = &h->f[h->nf];
 		f->name = (uint32_t)s;
 		f->name_len = (uint32_t)(i - s);

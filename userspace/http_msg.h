@@ -19,7 +19,9 @@
  * >= 0x80 in names, a method that is not upper-case letters, a version other
  * than HTTP/1.0 or HTTP/1.1, more than HTTP_MAX_HEADERS fields, a head over
  * HTTP_HEAD_MAX, duplicate Host / Content-Length / Transfer-Encoding,
- * Content-Length that is not plain digits, Content-Length together with
+ * a name with '_' that reads, '_' taken for '-', as a framing, hop-by-hop,
+ * identity or method-override field ("X_Forwarded_For": CGI and WSGI
+ * servers do not tell them apart), Content-Length that is not plain digits, Content-Length together with
  * Transfer-Encoding, any transfer coding but a single "chunked", a
  * Transfer-Encoding in an HTTP/1.0 request, an HTTP/1.1 request without
  * Host.

@@ -80,6 +80,35 @@ static int utf8_lead(uint8_t b, uint8_t *lo, uint8_t *hi)
 	return -1;                       /* continuation, C0/C1 overlong, F5+ */
 }
 
+/*
+ * Code points that are read as path syntax by some server: their Unicode
+ * compatibility form (NFKC, which some frameworks apply to paths) contains
+ * '.', '/', '\\', '%', ';', '?' or '#' (U+FF0E FULLWIDTH FULL STOP, U+2025
+ * TWO DOT LEADER "..", U+FF0F FULLWIDTH SOLIDUS...), or Windows' "best fit"
+ * conversion to an ANSI code page makes them '/' or '\\' (U+2215 DIVISION
+ * SLASH; U+00A5 YEN and U+20A9 WON SIGN are '\\' in the Japanese and Korean
+ * code pages). "/v1/invoices/<U+2025>" is one segment here and "../" to such
+ * a server. The NFKC part is every such code point of Unicode 14.
+ */
+static const struct { uint32_t lo, hi; } path_compat[] = {
+	{ 0x00a5, 0x00a5 }, { 0x037e, 0x037e }, { 0x2024, 0x2026 }, { 0x2044, 0x2044 },
+	{ 0x2047, 0x2049 }, { 0x20a9, 0x20a9 }, { 0x2100, 0x2101 }, { 0x2105, 0x2106 },
+	{ 0x2215, 0x2215 }, { 0x2488, 0x249b }, { 0x29f5, 0x29f5 }, { 0x29f8, 0x29f9 },
+	{ 0x33c2, 0x33c2 }, { 0x33c7, 0x33c7 }, { 0x33d8, 0x33d8 }, { 0xfe14, 0xfe14 },
+	{ 0xfe16, 0xfe16 }, { 0xfe19, 0xfe19 }, { 0xfe30, 0xfe30 }, { 0xfe52, 0xfe52 },
+	{ 0xfe54, 0xfe54 }, { 0xfe56, 0xfe56 }, { 0xfe5f, 0xfe5f }, { 0xfe68, 0xfe68 },
+	{ 0xfe6a, 0xfe6a }, { 0xff03, 0xff03 }, { 0xff05, 0xff05 }, { 0xff0e, 0xff0f },
+	{ 0xff1b, 0xff1b }, { 0xff1f, 0xff1f }, { 0xff3c, 0xff3c }, { 0x1f100, 0x1f100 },
+};
+
+static bool path_compat_special(uint32_t cp)
+{
+	for (size_t i = 0; i < sizeof(path_compat) / sizeof(path_compat[0]); i++)
+		if (cp >= path_compat[i].lo && cp <= path_compat[i].hi)
+			return true;
+	return false;
+}
+
 static void put_pct(char *out, size_t *o, int v)
 {
 	static const char hex[] = "0123456789ABCDEF";
@@ -154,9 +183,11 @@ static int canon_path(const uint8_t *p, size_t len, char *out, size_t outcap, st
 		{
 			uint8_t lo, hi;
 			int more = utf8_lead((uint8_t)v, &lo, &hi);
+			uint32_t cp;
 
 			if (more < 0)
 				return bad(r, "invalid or overlong UTF-8 in the path");
+			cp = (uint32_t)v & (0x7fu >> (more + 1));
 			put_pct(out, &o, v);
 			i += 2;
 			for (int k = 0; k < more; k++) {
@@ -166,9 +197,13 @@ static int canon_path(const uint8_t *p, size_t len, char *out, size_t outcap, st
 					return bad(r, "invalid or overlong UTF-8 in the path");
 				lo = 0x80;
 				hi = 0xbf;
+				cp = cp << 6 | ((uint32_t)c & 0x3f);
 				put_pct(out, &o, c);
 				i += 3;
 			}
+			if (path_compat_special(cp))
+				return bad(r, "a character some servers read as '.', '/', '\\', '%', ';', '?' or '#' "
+					   "(a compatibility or best-fit form) in the path");
 		}
 	}
 	{
@@ -182,8 +217,45 @@ static int canon_path(const uint8_t *p, size_t len, char *out, size_t outcap, st
 	return 0;
 }
 
+/*
+ * Is the query parameter key k[0..n) (still escaped) "_method", in any case?
+ * Symfony (Laravel on it) takes the method of a POST from it, the query twin
+ * of the X-HTTP-Method-Override header the http module strips: a rule's
+ * method would not be the one the server runs.
+ */
+static bool key_is_method_override(const uint8_t *k, size_t n)
+{
+	static const char want[] = "_method";
+	size_t o = 0;
+
+	for (size_t i = 0; i < n; i++, o++) {
+		int c = k[i];
+
+		if (c == '%') {
+			if ((c = pct(k, n, i)) < 0)
+				return false;   /* refused by the caller anyway */
+			i += 2;
+		}
+		if (o >= sizeof(want) - 1 || (c | (c >= 'A' && c <= 'Z' ? 0x20 : 0)) != want[o])
+			return false;
+	}
+	return o == sizeof(want) - 1;
+}
+
 static int check_query(const uint8_t *q, size_t len, struct http_target *r)
 {
+	/* Keys end at '=', pairs at '&' or ';' (some parsers split on both). */
+	for (size_t s = 0, i = 0; i <= len; i++) {
+		if (i < len && q[i] != '&' && q[i] != ';')
+			continue;
+		{
+			const uint8_t *eq = memchr(q + s, '=', i - s);
+
+			if (key_is_method_override(q + s, eq ? (size_t)(eq - (q + s)) : i - s))
+				return bad(r, "a \"_method\" query parameter (a method override) in the request target");
+		}
+		s = i + 1;
+	}
 	for (size_t i = 0; i < len; i++) {
 		if (q[i] == '#')
 			return bad(r, "raw '#' in the request target");

@@ -21,12 +21,16 @@
  *     control, or any other reserved character is refused; other printable
  *     ASCII stays escaped, upper-case hex; bytes >= 0x80 must form valid,
  *     shortest-form UTF-8 (no overlong forms, surrogates or > U+10FFFF) and
- *     stay escaped;
+ *     stay escaped; code points some server reads as '.', '/', '\', '%',
+ *     ';', '?' or '#' (their NFKC form has one, e.g. U+FF0E, U+2025, or a
+ *     Windows best-fit code page maps them to '/' or '\') are refused;
  *   - segments: "." and ".." are refused, and so are empty segments ("//"),
  *     except one trailing "/" (a different path, only matched by a pattern
  *     that ends in "/" or "**").
  * The query is opaque: forwarded as sent, after checking that it has no '#'
- * and only well-formed escapes. Paths are case-sensitive.
+ * and only well-formed escapes, and no "_method" parameter (any case, any
+ * escaping: a method override, as X-HTTP-Method-Override is). Paths are
+ * case-sensitive.
  *
  * Library code: no logging, no allocation; reentrant.
  */

@@ -156,6 +156,13 @@ size_t mask_min_match(const struct mask_rules *m);
 int mask_json(const struct mask_rules *m, const char *body, size_t len, char **out,
 	      size_t *outlen, struct mask_report *rep);
 
+/* 0 when a lenient JSON reader would read body as JSON although mask_json()
+ * refused it (duplicate names, \u0000, lone surrogates or invalid UTF-8 in
+ * strings, NaN/Infinity, a leading BOM or ")]}'" XSSI prefix, NDJSON), or
+ * when it is too large or deep to tell; -EINVAL when none would; -ENOMEM.
+ * Such a body must not be masked as text (JSON paths would not apply). */
+int mask_json_lenient(const char *body, size_t len);
+
 /* Appends name to rep->fields (comma list; see struct mask_report). For
  * callers building a report from mask_value(). */
 void mask_report_add(struct mask_report *rep, const struct mask_rules *m, const char *name,

@@ -254,6 +254,7 @@ struct jw {
 	size_t len, pos;
 	size_t cp;                     /* the output run not yet copied starts here */
 	bool detect;                   /* detectors configured */
+	bool lenient;                  /* mask_json_lenient(): what lenient readers take */
 	size_t minlen;                 /* shorter values are never changed by them */
 	char *out;                     /* output */
 	size_t on, ocap;
@@ -543,8 +544,9 @@ static int decode_string(struct jw *w, size_t b, size_t p, size_t *end, size_t *
 		} else if (c >= 0x80) {
 			size_t k = utf8_seq(s + p, w->len - p);
 
-			if (!k)
+			if (!k && !w->lenient)
 				return -EINVAL;
+			k += !k;   /* lenient: an invalid byte is one U+FFFD to them */
 			memcpy(w->dec + o, s + p, k);
 			o += k;
 			p += k;
@@ -567,14 +569,24 @@ static int decode_string(struct jw *w, size_t b, size_t p, size_t *end, size_t *
 			if (w->len - p < 6 || hex4(s + p + 2, &cp))
 				return -EINVAL;
 			p += 6;
-			if (cp == 0 || (cp >= 0xdc00 && cp <= 0xdfff))
-				return -EINVAL;
+			if (cp == 0 || (cp >= 0xdc00 && cp <= 0xdfff)) {
+				if (!w->lenient)
+					return -EINVAL;
+				cp = cp ? 0xfffd : 0;   /* lenient readers take both */
+			}
 			if (cp >= 0xd800 && cp <= 0xdbff) {
 				if (w->len - p < 6 || s[p] != '\\' || s[p + 1] != 'u' ||
-				    hex4(s + p + 2, &lo) || lo < 0xdc00 || lo > 0xdfff)
-					return -EINVAL;
-				p += 6;
-				cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+				    hex4(s + p + 2, &lo) || lo < 0xdc00 || lo > 0xdfff) {
+					if (!w->lenient)
+						return -EINVAL;
+					lo = 0;   /* a lone high surrogate */
+				}
+				if (lo) {
+					p += 6;
+					cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+				} else {
+					cp = 0xfffd;
+				}
 			}
 			o += put_utf8(w->dec + o, cp);
 		}
@@ -639,9 +651,9 @@ static inline __attribute__((always_inline)) int parse_string(struct jw *w, size
 		} else {
 			size_t k = utf8_seq(s + p, w->len - p);
 
-			if (!k)
+			if (!k && !w->lenient)
 				return -EINVAL;
-			p += k;
+			p += k + !k;
 		}
 	}
 	*raw = w->pos;
@@ -978,7 +990,7 @@ static int parse_object(struct jw *w, int depth, bool quiet, struct ctx *cx)
 		w->pos++;
 		break;
 	}
-	if (has_dup(w, k0))
+	if (!w->lenient && has_dup(w, k0))
 		return -EINVAL;
 	w->nk = k0;
 	w->an = a0;
@@ -1028,6 +1040,10 @@ static int parse_number(struct jw *w, bool quiet, struct ctx *cx)
 
 	if (p < n && s[p] == '-')
 		p++;
+	if (w->lenient && n - p >= 8 && memcmp(s + p, "Infinity", 8) == 0) {
+		w->pos = p + 8;
+		return 0;
+	}
 	if (p < n && s[p] == '0')
 		p++;
 	else if (p < n && s[p] >= '1' && s[p] <= '9')
@@ -1063,9 +1079,10 @@ static int parse_number(struct jw *w, bool quiet, struct ctx *cx)
 
 static int parse_literal(struct jw *w)
 {
-	static const struct { char t[6]; size_t n; } lit[] = { { "true", 4 }, { "false", 5 }, { "null", 4 } };
+	static const struct { char t[9]; size_t n; } lit[] = {
+		{ "true", 4 }, { "false", 5 }, { "null", 4 }, { "NaN", 3 }, { "Infinity", 8 } };
 
-	for (int i = 0; i < 3; i++)
+	for (int i = 0; i < (w->lenient ? 5 : 3); i++)
 		if (w->len - w->pos >= lit[i].n && memcmp(w->s + w->pos, lit[i].t, lit[i].n) == 0) {
 			w->pos += lit[i].n;
 			return 0;
@@ -1095,7 +1112,7 @@ static int parse_value(struct jw *w, int depth, bool quiet, struct ctx *cx)
 		if ((rc = parse_string(w, &raw, &rawlen, &d, &dlen)))
 			return rc;
 		return scan_string(w, raw, rawlen, d, dlen, cx, quiet);
-	case 't': case 'f': case 'n':
+	case 't': case 'f': case 'n': case 'N': case 'I':
 		return parse_literal(w);
 	default:
 		return parse_number(w, quiet, cx);
@@ -1195,4 +1212,55 @@ done:
 	*out = w.out;
 	*outlen = w.on;
 	return 0;
+}
+
+/*
+ * A lenient reader's view of a body mask_json() refused: what Python's
+ * json, JavaScript's JSON.parse and Go's encoding/json accept beyond RFC
+ * 8259 (duplicate names, the last one winning; \u0000; lone surrogates and
+ * invalid UTF-8 in strings, read as U+FFFD; NaN and Infinity), after what
+ * clients strip first (a UTF-8 BOM, as requests' .json() does; Angular's
+ * XSSI prefix ")]}'"), and values one after another (NDJSON). Only
+ * validated: quiet, no output, no paths.
+ */
+int mask_json_lenient(const char *body, size_t len)
+{
+	struct jw w = { .s = (const uint8_t *)body, .len = len, .lenient = true };
+	struct ctx root = { .name_len = SIZE_MAX };
+	bool any = false;
+	int rc = 0;
+
+	if (!body)
+		return -EINVAL;
+	if (len > MASK_JSON_MAX)
+		return 0;   /* too large to tell: never taken for text */
+	if (len >= 3 && memcmp(body, "\xef\xbb\xbf", 3) == 0)
+		w.pos = 3;
+	if (len - w.pos >= 4 && memcmp(body + w.pos, ")]}'", 4) == 0) {
+		w.pos += 4;
+		if (w.pos < len && body[w.pos] == ',')
+			w.pos++;
+	}
+	w.arena = w.arena0;
+	w.acap = sizeof(w.arena0);
+	w.keys = w.keys0;
+	w.kcap = sizeof(w.keys0);
+	for (;;) {
+		if ((rc = skip_ws(&w, true)) || w.pos >= w.len)
+			break;
+		if ((rc = parse_value(&w, 0, true, &root)))
+			break;
+		any = true;
+	}
+	free(w.dec);
+	free(w.mbuf);
+	if (w.arena != w.arena0)
+		free(w.arena);
+	if (w.keys != w.keys0)
+		free(w.keys);
+	if (rc == -E2BIG)
+		return 0;   /* too deep to tell: never taken for text */
+	if (rc)
+		return rc;
+	return any ? 0 : -EINVAL;
 }

@@ -1,0 +1,790 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Attacks on the http and kubernetes modules that the case files do not
+list: ways around a path rule, framing a second parser could read another
+way, agent identity and credential headers in forms the strip list might
+miss, the injected credential coming back in an answer, masked bodies a
+client reads as JSON while the masker did not, and Kubernetes requests the
+apiserver attributes differently. Each test checks what the agent got AND
+what the upstream received. Raw clients run inside the agent cgroup
+through the kernel redirect; upstreams are the recording one of
+test_http.py and small raw servers written here."""
+import gzip
+import json
+import os
+import textwrap
+import time
+import zlib
+
+import pytest
+
+from conftest import PY, Proc, free_port, wait_port
+from test_http import AGENT, Recorder, crlf, mask_policy, policy, raw, responses
+
+SECRET = "s3cr3t-upstream-token"
+
+
+@pytest.fixture
+def rec(tmp, servers):
+    return Recorder(tmp, servers.procs)
+
+
+@pytest.fixture
+def token(tmp):
+    p = os.path.join(tmp, "token")
+    with open(p, "w") as f:
+        f.write(SECRET + "\n")
+    os.chmod(p, 0o600)
+    return p
+
+
+def refused_400(enforcer, rec, req, cid):
+    """req is refused with a 400 that closes; the valid request pipelined
+    behind it is neither answered nor forwarded; nothing reaches upstream."""
+    rec.reset()
+    out = raw(enforcer, rec.port, req + crlf("GET /v1/invoices/1 HTTP/1.1⏎Host: api.internal⏎⏎"))
+    rs, rest = responses(out)
+    assert [r[0] for r in rs] == [400], (cid, out)
+    assert rs[0][1]["connection"] == "close", cid
+    assert json.loads(rs[0][2])["error"] == "agentgate: denied", cid
+    assert rest in (b"<EOF>", b"<RST>"), (cid, out)
+    time.sleep(0.05)
+    assert rec.all() == b"", (cid, rec.received())
+
+
+# ---- 1. path rules ------------------------------------------------------------
+
+# Each target is one that some server reads as a path the rules
+# ("GET /v1/invoices", "GET /v1/invoices/*") do not allow, or that two
+# parsers read differently. None is in test_http.py's DENY_400.
+PATH_TRICKS = {
+    "dot-mixed-case": "/v1/invoices/%2e%2E/admin",
+    "dot-half-encoded": "/v1/invoices/.%2E/admin",
+    "dot-upper": "/v1/invoices/%2E./admin",
+    "slash-upper": "/v1/invoices/42%2Fadmin",
+    "slash-lower": "/v1/invoices/42%2fadmin",
+    "backslash-lower": "/v1/invoices/42%5cadmin",
+    "double-enc-slash": "/v1/invoices/42%252fadmin",
+    "double-enc-upper": "/v1/invoices/%252E%252E",
+    "matrix": "/v1/invoices;x=y/42",
+    "matrix-enc": "/v1/invoices/42%3Bx=y",
+    "trailing-dot-seg": "/v1/invoices/.",
+    "trailing-dotdot-seg": "/v1/invoices/..",
+    "overlong-3": "/v1/invoices/%E0%80%AE%E0%80%AE",
+    "overlong-slash": "/v1/invoices/%C0%AFadmin",
+    "surrogate": "/v1/invoices/%ED%A0%80",
+    "above-max": "/v1/invoices/%F4%90%80%80",
+    "lone-continuation": "/v1/invoices/%80",
+    "iis-u-escape": "/v1/invoices/%u002e%u002e",
+    "short-escape": "/v1/invoices/4%2",
+    "enc-question": "/v1/invoices/42%3F/../../admin",
+    "enc-hash": "/v1/invoices/42%23/../admin",
+    "hash-in-query": "/v1/invoices/42?x=1#/../admin",
+    "userinfo": "http://a@api.internal/v1/invoices/42",
+    "userinfo-host": "http://api.internal@evil.internal/v1/invoices/42",
+    "authority-form": "api.internal:80",
+    "scheme-relative": "//api.internal/v1/invoices/42",
+    "no-slash": "v1/invoices/42",
+}
+
+
+def test_path_tricks_refused(enforcer, rec):
+    enforcer.start(policy(rec.port))
+    for cid, target in PATH_TRICKS.items():
+        refused_400(enforcer, rec, crlf(f"GET {target} HTTP/1.1⏎Host: api.internal⏎⏎"), cid)
+
+
+# U+FF0E FULLWIDTH FULL STOP, U+2025 TWO DOT LEADER, U+FE52 SMALL FULL STOP,
+# U+FF0F FULLWIDTH SOLIDUS, U+FF3C FULLWIDTH REVERSE SOLIDUS, U+FF05
+# FULLWIDTH PERCENT SIGN, U+FF1B FULLWIDTH SEMICOLON: valid, shortest-form
+# UTF-8, but Unicode compatibility normalisation (NFKC, as some frameworks
+# apply to paths, and the "best fit" mappings of Windows servers) turns them
+# into '.', '..', '/', '\', '%' and ';'. So "/v1/invoices/<U+2025>" matches
+# "GET /v1/invoices/*" here and is "/v1/invoices/.." (the collection's
+# parent) to such a server. Whose meaning depends on the reader: refused.
+COMPAT = {
+    "fullwidth-dotdot": "/v1/invoices/%EF%BC%8E%EF%BC%8E",
+    "two-dot-leader": "/v1/invoices/%E2%80%A5",
+    "small-full-stop": "/v1/invoices/%EF%B9%92%EF%B9%92",
+    "fullwidth-solidus": "/v1/invoices/42%EF%BC%8Fadmin",
+    "fullwidth-backslash": "/v1/invoices/42%EF%BC%BCadmin",
+    "fullwidth-percent": "/v1/invoices/%EF%BC%852e%EF%BC%852e",
+    "fullwidth-semicolon": "/v1/invoices/42%EF%BC%9Bx",
+}
+
+
+def test_path_unicode_compatibility_forms_refused(enforcer, rec):
+    enforcer.start(policy(rec.port))
+    for cid, target in COMPAT.items():
+        refused_400(enforcer, rec, crlf(f"GET {target} HTTP/1.1⏎Host: api.internal⏎⏎"), cid)
+    # other non-ASCII text stays allowed (escaped, checked, forwarded as checked)
+    rec.reset()
+    out = raw(enforcer, rec.port, crlf("GET /v1/invoices/caf%c3%a9 HTTP/1.1⏎Host: api.internal⏎⏎"))
+    assert [r[0] for r in responses(out)[0]] == [200], out
+    assert rec.all() == b"GET /v1/invoices/caf%C3%A9 HTTP/1.1\r\nHost: api.internal\r\n\r\n"
+
+
+def test_method_override_in_query_refused(enforcer, rec):
+    """The method-override headers are stripped; their query twin is not a
+    header: Symfony (and Laravel on it) takes "_method" from the query of a
+    POST, so "POST /v1/invoices?_method=DELETE" under a POST rule deletes."""
+    enforcer.start(policy(rec.port, rules='"POST /v1/invoices", "GET /v1/invoices/*"'))
+    for q in ("_method=DELETE", "x=1&_method=PUT", "%5Fmethod=DELETE", "_%6Dethod=DELETE", "_METHOD=patch",
+              "a=b;_method=DELETE"):
+        refused_400(enforcer, rec, crlf(f"POST /v1/invoices?{q} HTTP/1.1⏎Host: api.internal⏎Content-Length: 0⏎⏎"), q)
+    # a parameter that only contains the name is an ordinary one
+    rec.reset()
+    out = raw(enforcer, rec.port, crlf("POST /v1/invoices?x_method=DELETE&q=_method HTTP/1.1⏎Host: api.internal⏎"
+                                       "Content-Length: 0⏎⏎"))
+    assert [r[0] for r in responses(out)[0]] == [200], out
+    assert rec.all().startswith(b"POST /v1/invoices?x_method=DELETE&q=_method HTTP/1.1\r\n")
+
+
+def test_method_tricks(enforcer, rec):
+    """Methods are case-sensitive tokens: lower case, an unknown method, HEAD
+    under a GET rule, and OPTIONS * under an any-method rule."""
+    enforcer.start(policy(rec.port))
+    refused_400(enforcer, rec, crlf("get /v1/invoices/1 HTTP/1.1⏎Host: api.internal⏎⏎"), "lower")
+    refused_400(enforcer, rec, crlf("G-T /v1/invoices/1 HTTP/1.1⏎Host: api.internal⏎⏎"), "non-letter")
+    refused_400(enforcer, rec, crlf("GET  /v1/invoices/1 HTTP/1.1⏎Host: api.internal⏎⏎"), "double-space")
+    refused_400(enforcer, rec, crlf("GET /v1/invoices/1 HTTP/1.2⏎Host: api.internal⏎⏎"), "version")
+    refused_400(enforcer, rec, crlf("GET /v1/invoices/1 http/1.1⏎Host: api.internal⏎⏎"), "version-case")
+    for req in ("HEAD /v1/invoices/1", "PROPFIND /v1/invoices/1", "OPTIONS /v1/invoices/1",
+                "GETS /v1/invoices/1"):
+        rec.reset()
+        out = raw(enforcer, rec.port, crlf(f"{req} HTTP/1.1⏎Host: api.internal⏎⏎"))
+        if req.startswith("HEAD"):   # the answer to HEAD has a head only
+            assert out.startswith(b"HTTP/1.1 403 ") and out.endswith(b"\r\n\r\n<OPEN>"), (req, out)
+        else:
+            rs, rest = responses(out)
+            assert [r[0] for r in rs] == [403], (req, out)
+            assert rest == b"<OPEN>", req
+        assert rec.all() == b"", req
+    enforcer.stop()
+    enforcer.start(policy(rec.port, rules='"* /**"'))
+    for req, why in (("OPTIONS * HTTP/1.1", "asterisk"), ("TRACE /v1/invoices/1 HTTP/1.1", None)):
+        rec.reset()
+        out = raw(enforcer, rec.port, crlf(f"{req}⏎Host: api.internal⏎⏎"))
+        rs, _ = responses(out)
+        assert [r[0] for r in rs] == [403], (req, out)
+        if why:
+            assert why in json.loads(rs[0][2])["reason"]
+        assert rec.all() == b"", req
+
+
+# ---- 2. framing ------------------------------------------------------------------
+
+FRAMING = {
+    "te-chunked-chunked": "POST /v1/invoices HTTP/1.1⏎Host: api.internal⏎Transfer-Encoding: chunked, chunked⏎⏎0⏎⏎",
+    "te-identity": "POST /v1/invoices HTTP/1.1⏎Host: api.internal⏎Transfer-Encoding: identity⏎Content-Length: 3⏎⏎abc",
+    "te-gzip-chunked": "POST /v1/invoices HTTP/1.1⏎Host: api.internal⏎Transfer-Encoding: gzip, chunked⏎⏎0⏎⏎",
+    "te-two-fields": "POST /v1/invoices HTTP/1.1⏎Host: api.internal⏎Transfer-Encoding: chunked⏎"
+                     "Transfer-Encoding: chunked⏎⏎0⏎⏎",
+    "te-lower-name-cl": "POST /v1/invoices HTTP/1.1⏎Host: api.internal⏎content-length: 3⏎"
+                        "transfer-encoding: CHUNKED⏎⏎0⏎⏎",
+    "te-http10": "POST /v1/invoices HTTP/1.0⏎Transfer-Encoding: chunked⏎⏎0⏎⏎",
+    "te-tab-prefix": "POST /v1/invoices HTTP/1.1⏎Host: api.internal⏎Transfer-Encoding:\tchunked\x0b⏎⏎0⏎⏎",
+    "cl-same-twice": "POST /v1/invoices HTTP/1.1⏎Host: api.internal⏎Content-Length: 3⏎Content-Length: 3⏎⏎abc",
+    "cl-list": "POST /v1/invoices HTTP/1.1⏎Host: api.internal⏎Content-Length: 3, 3⏎⏎abc",
+    "cl-negative": "POST /v1/invoices HTTP/1.1⏎Host: api.internal⏎Content-Length: -1⏎⏎",
+    "cl-hex": "POST /v1/invoices HTTP/1.1⏎Host: api.internal⏎Content-Length: 0x3⏎⏎abc",
+    "cl-huge": "POST /v1/invoices HTTP/1.1⏎Host: api.internal⏎Content-Length: 99999999999999999999⏎⏎abc",
+    "name-space": "GET /v1/invoices/1 HTTP/1.1⏎Host: api.internal⏎Authorization : Bearer x⏎⏎",
+    "name-space-inside": "GET /v1/invoices/1 HTTP/1.1⏎Host: api.internal⏎X Forwarded-For: 1.2.3.4⏎⏎",
+    "nul-value": "GET /v1/invoices/1 HTTP/1.1⏎Host: api.internal⏎X-A: a\x00b⏎⏎",
+    "cr-value": "GET /v1/invoices/1 HTTP/1.1⏎Host: api.internal⏎X-A: a\rImpersonate-User: admin⏎⏎",
+    "del-name": "GET /v1/invoices/1 HTTP/1.1⏎Host: api.internal⏎X-\x7fA: b⏎⏎",
+    "utf8-name": "GET /v1/invoices/1 HTTP/1.1⏎Host: api.internal⏎Authorizatión: b⏎⏎",
+    "obs-fold-tab": "GET /v1/invoices/1 HTTP/1.1⏎Host: api.internal⏎X-A: b⏎\tAuthorization: c⏎⏎",
+    "host-after-fold": "GET /v1/invoices/1 HTTP/1.1⏎X-A: b⏎ Host: api.internal⏎⏎",
+    "host-empty": "GET /v1/invoices/1 HTTP/1.1⏎Host:⏎⏎",
+    "host-userinfo": "GET /v1/invoices/1 HTTP/1.1⏎Host: evil@api.internal⏎⏎",
+    "host-trailing-dot": "GET /v1/invoices/1 HTTP/1.1⏎Host: api.internal.⏎⏎",
+    "host-two-values": "GET /v1/invoices/1 HTTP/1.1⏎Host: api.internal, evil.internal⏎⏎",
+    "host-case-dup": "GET /v1/invoices/1 HTTP/1.1⏎Host: api.internal⏎HOST: evil.internal⏎⏎",
+    "no-host-11": "GET /v1/invoices/1 HTTP/1.1⏎⏎",
+    "expect-other": "POST /v1/invoices HTTP/1.1⏎Host: api.internal⏎Expect: 100-continue, x⏎Content-Length: 1⏎⏎a",
+    "many-headers": "GET /v1/invoices/1 HTTP/1.1⏎Host: api.internal⏎" + "X-A: b⏎" * 101 + "⏎",
+}
+
+
+def test_framing_variants_refused(enforcer, rec):
+    enforcer.start(policy(rec.port, rules='"POST /v1/invoices", "GET /v1/invoices/*"'))
+    for cid, req in FRAMING.items():
+        refused_400(enforcer, rec, crlf(req), cid)
+
+
+# Chunk framing is only read after the head was judged and forwarded: a bad
+# chunk ends the connection there; what follows it must never be read as a
+# request, by us or by the upstream.
+BAD_CHUNKS = {
+    "size-17-digits": "00000000000000005⏎hello⏎0⏎⏎",
+    "size-overflow": "10000000000000005⏎hello⏎0⏎⏎",
+    "size-plus": "+5⏎hello⏎0⏎⏎",
+    "size-minus": "-5⏎hello⏎0⏎⏎",
+    "size-0x": "0x5⏎hello⏎0⏎⏎",
+    "size-space": "5 ⏎hello⏎0⏎⏎",
+    "ext-quoted": '5;a="x y"⏎hello⏎0⏎⏎',
+    "ext-bare-lf": "5;a\nhello⏎0⏎⏎",
+    "data-longer": "3⏎hello⏎0⏎⏎",
+    "data-bare-lf": "5⏎hello\n0⏎⏎",
+    "trailer-fold": "5⏎hello⏎0⏎X-T: a⏎ Authorization: b⏎⏎",
+    "trailer-no-colon": "5⏎hello⏎0⏎Authorization⏎⏎",
+    "last-bare-lf": "5⏎hello⏎0⏎\n",
+}
+
+
+def test_bad_chunks_never_let_a_smuggled_request_through(enforcer, rec):
+    enforcer.start(policy(rec.port, rules='"POST /v1/invoices", "GET /v1/invoices/*"'))
+    smuggled = "DELETE /v1/invoices/1 HTTP/1.1⏎Host: api.internal⏎⏎"
+    for cid, body in BAD_CHUNKS.items():
+        rec.reset()
+        req = crlf("POST /v1/invoices HTTP/1.1⏎Host: api.internal⏎Transfer-Encoding: chunked⏎⏎" + body + smuggled)
+        out = raw(enforcer, rec.port, req)
+        rs, rest = responses(out)
+        # no answer (the upstream never got a whole request), the connection closed
+        assert [r[0] for r in rs] in ([], [400]), (cid, out)
+        assert rest in (b"<EOF>", b"<RST>"), (cid, out)
+        time.sleep(0.1)
+        got = rec.all()
+        assert got == b"" or got.startswith(b"POST /v1/invoices HTTP/1.1\r\n"), (cid, got)
+        assert b"DELETE" not in got, (cid, got)
+        # what went of the body went re-encoded, and never as a whole body
+        assert not got.endswith(b"0\r\n\r\n"), (cid, got)
+
+
+def test_trailers_never_forwarded(enforcer, rec):
+    """Trailer fields after the last chunk can carry Authorization, Host or
+    a Content-Length; they are read and dropped, and the pipelined request
+    after them is judged on its own."""
+    enforcer.start(policy(rec.port, rules='"POST /v1/invoices", "GET /v1/invoices/*"'))
+    req = crlf("POST /v1/invoices HTTP/1.1⏎Host: api.internal⏎Transfer-Encoding: chunked⏎⏎"
+               "000005;a=b;c⏎hello⏎0;x⏎Authorization: Bearer agent⏎Host: evil.internal⏎Content-Length: 40⏎"
+               "Impersonate-User: admin⏎⏎"
+               "DELETE /v1/invoices/1 HTTP/1.1⏎Host: api.internal⏎⏎"
+               "GET /v1/invoices/2 HTTP/1.1⏎Host: api.internal⏎⏎")
+    out = raw(enforcer, rec.port, req)
+    rs, rest = responses(out)
+    assert [r[0] for r in rs] == [200, 403, 200], out
+    assert rs[0][2] == b"seen POST /v1/invoices body=5\n"
+    assert rec.all() == (b"POST /v1/invoices HTTP/1.1\r\nHost: api.internal\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"5\r\nhello\r\n0\r\n\r\n"
+                         b"GET /v1/invoices/2 HTTP/1.1\r\nHost: api.internal\r\n\r\n")
+
+
+def test_pipeline_split_byte_by_byte(enforcer, rec):
+    """An allowed and a denied request sent one byte per write: each head is
+    judged whole, never on a prefix."""
+    enforcer.start(policy(rec.port))
+    data = crlf("GET /v1/invoices/7 HTTP/1.1⏎Host: api.internal⏎⏎DELETE /v1/invoices/7 HTTP/1.1⏎"
+                "Host: api.internal⏎⏎GET /v1/invoices/8 HTTP/1.1⏎Host: api.internal⏎⏎")
+    out = raw(enforcer, rec.port, *[data[i:i + 1] for i in range(len(data))], wait=0.005)
+    rs, rest = responses(out)
+    assert [r[0] for r in rs] == [200, 403, 200], out
+    assert rec.all() == (b"GET /v1/invoices/7 HTTP/1.1\r\nHost: api.internal\r\n\r\n"
+                         b"GET /v1/invoices/8 HTTP/1.1\r\nHost: api.internal\r\n\r\n")
+
+
+# An upstream that, like many static-file and redirect handlers, does not
+# read a body on GET or HEAD: whatever follows the head is its next request
+# (the "0.CL" desync of Kettle's "HTTP/1.1 must die", 2025). Logs request lines.
+ZERO_CL = textwrap.dedent(r"""
+    import socket, sys, threading
+    port, logf = int(sys.argv[1]), sys.argv[2]
+    log = open(logf, "a", buffering=1)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", port))
+    s.listen(16)
+    def serve(c):
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    d = c.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                lines = head.split(b"\r\n")
+                log.write(lines[0].decode(errors="replace") + "\n")
+                method = lines[0].split(b" ")[0]
+                if method not in (b"GET", b"HEAD"):
+                    n = 0
+                    for l in lines[1:]:
+                        if l.lower().startswith(b"content-length:"):
+                            n = int(l.split(b":")[1])
+                    while len(buf) < n:
+                        buf += c.recv(65536)
+                    buf = buf[n:]
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+        except (OSError, ValueError):
+            pass
+        finally:
+            c.close()
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+""")
+
+
+@pytest.mark.xfail(strict=True, reason="a GET (or HEAD) with a body is forwarded body and all: an upstream "
+                   "that ignores bodies on GET reads the body as its next request, so a denied DELETE rides "
+                   "in an allowed GET. Fix: refuse GET/HEAD/TRACE with a non-empty body (400) - in "
+                   "http_req_parse() that breaks tests/unit/test_http_msg.c test_resendable (parses "
+                   "'GET + Content-Length: 2' as OK), else in proto_http.c on_request()")
+def test_get_body_is_not_a_second_request(enforcer, servers, tmp):
+    port, logf = free_port(), os.path.join(tmp, "zerocl.log")
+    servers.procs.append(Proc([PY, "-c", ZERO_CL, str(port), logf]))
+    wait_port("127.0.0.1", port)
+    enforcer.start(policy(port))
+    smuggled = b"DELETE /v1/invoices/1 HTTP/1.1\r\nHost: api.internal\r\n\r\n"
+    for framing in (b"Content-Length: %d\r\n\r\n" % len(smuggled) + smuggled,
+                    b"Transfer-Encoding: chunked\r\n\r\n%x\r\n" % len(smuggled) + smuggled + b"\r\n0\r\n\r\n"):
+        out = raw(enforcer, port, b"GET /v1/invoices/1 HTTP/1.1\r\nHost: api.internal\r\n" + framing)
+        assert out.count(b"HTTP/1.1 ") == 1, out
+        time.sleep(0.2)
+        with open(logf) as f:
+            log = f.read()
+        assert "DELETE" not in log, log
+
+
+# ---- 3. the agent's identity headers, the injected credential -------------------
+
+def test_identity_headers_any_case_and_duplicated(enforcer, rec, token):
+    enforcer.start(policy(rec.port, upstream=f"server_name: api.internal, bearer_token_file: {token}"))
+    hdrs = ["aUtHoRiZaTiOn: Bearer one", "AUTHORIZATION: Bearer two", "authorization: Basic eDp5",
+            "COOKIE: a=1", "cookie: b=2", "PROXY-AUTHORIZATION: Basic eA==", "proxy-connection: keep-alive",
+            "x-forwarded-host: evil.internal", "X-FORWARDED-PROTO: https", "x-Forwarded-Prefix: /admin",
+            "FORWARDED: for=1.2.3.4;host=evil", "x-real-ip: 1.2.3.4",
+            "X-HTTP-METHOD-OVERRIDE: DELETE", "x-http-method: DELETE", "X-METHOD-OVERRIDE: PUT",
+            "impersonate-user: admin", "IMPERSONATE-GROUP: system:masters", "Impersonate-Uid: 0",
+            "impersonate-extra-scopes: all", "x-remote-user: admin", "X-REMOTE-GROUP: system:masters",
+            "X-Remote-Extra-Scopes: all", "Connection: x-kept-not", "x-kept-not: 1", "X-Kept: yes"]
+    out = raw(enforcer, rec.port, crlf("GET /v1/invoices/42 HTTP/1.1⏎Host: api.internal⏎" +
+                                       "".join(h + "⏎" for h in hdrs) + "⏎"))
+    assert [r[0] for r in responses(out)[0]] == [200], out
+    assert rec.all() == (b"GET /v1/invoices/42 HTTP/1.1\r\nHost: api.internal\r\nX-Kept: yes\r\n"
+                         b"Authorization: Bearer " + SECRET.encode() + b"\r\n\r\n")
+
+
+# CGI, PHP-FPM and WSGI servers (Werkzeug/Flask, PHP's own server) map a
+# header name to HTTP_<NAME> with '-' and '_' both '_': "X_Forwarded_For" IS
+# X-Forwarded-For to them (Flask's ProxyFix trusts it), "X_HTTP_Method_Override"
+# is Symfony's override. The strip list matches names with '-' only.
+UNDERSCORE = ["X_Forwarded_For: 6.6.6.6", "x_forwarded_host: evil.internal", "X-Forwarded_Proto: https",
+              "X_Real_IP: 6.6.6.6", "X_HTTP_Method_Override: DELETE", "x_method_override: PUT",
+              "Proxy_Authorization: Basic eA==", "Impersonate_User: admin", "X_Remote_User: admin",
+              "Content_Length: 5", "Transfer_Encoding: chunked"]
+
+
+def test_underscore_twins_of_stripped_headers_refused(enforcer, rec):
+    enforcer.start(policy(rec.port))
+    for h in UNDERSCORE:
+        refused_400(enforcer, rec, crlf(f"GET /v1/invoices/42 HTTP/1.1⏎Host: api.internal⏎{h}⏎⏎"), h)
+    # other names with '_' are ordinary fields
+    rec.reset()
+    out = raw(enforcer, rec.port, crlf("GET /v1/invoices/42 HTTP/1.1⏎Host: api.internal⏎api_key: k1⏎X_Trace_Id: 7⏎⏎"))
+    assert [r[0] for r in responses(out)[0]] == [200], out
+    assert rec.all() == b"GET /v1/invoices/42 HTTP/1.1\r\nHost: api.internal\r\napi_key: k1\r\nX_Trace_Id: 7\r\n\r\n"
+
+
+@pytest.mark.xfail(strict=True, reason="proto_http.c forward_head()/strip_field() strip Authorization but "
+                   "not the field named by upstream.header: the agent's own X-Api-Key reaches the upstream "
+                   "ahead of the injected one")
+def test_named_credential_header_not_overridable(enforcer, rec, tmp):
+    key = os.path.join(tmp, "apikey")
+    with open(key, "w") as f:
+        f.write(SECRET + "\n")
+    os.chmod(key, 0o600)
+    enforcer.start(policy(rec.port, upstream=f"server_name: api.internal, "
+                                              f"header: {{name: X-Api-Key, value_file: {key}}}"))
+    out = raw(enforcer, rec.port, crlf("GET /v1/invoices/42 HTTP/1.1⏎Host: api.internal⏎"
+                                       "X-Api-Key: other-tenants-key⏎x-api-key: another⏎⏎"))
+    assert [r[0] for r in responses(out)[0]] == [200], out
+    got = rec.all()
+    assert b"other-tenants-key" not in got and b"another" not in got, got
+    assert got == (b"GET /v1/invoices/42 HTTP/1.1\r\nHost: api.internal\r\n"
+                   b"X-Api-Key: " + SECRET.encode() + b"\r\n\r\n"), got
+
+
+@pytest.mark.xfail(strict=True, reason="proto_http.c strip_field() does not strip X-Original-URL / "
+                   "X-Rewrite-URL: Symfony, Laravel and IIS URL Rewrite route on them, so the path that "
+                   "was judged is not the one served")
+def test_path_override_headers_stripped(enforcer, rec):
+    enforcer.start(policy(rec.port))
+    out = raw(enforcer, rec.port, crlf("GET /v1/invoices/42 HTTP/1.1⏎Host: api.internal⏎"
+                                       "X-Original-URL: /v1/admin/users⏎X-Rewrite-URL: /v1/admin/users⏎"
+                                       "X-Override-URL: /v1/admin/users⏎⏎"))
+    assert [r[0] for r in responses(out)[0]] == [200], out
+    assert rec.all() == b"GET /v1/invoices/42 HTTP/1.1\r\nHost: api.internal\r\n\r\n", rec.all()
+
+
+# An upstream that echoes what it got: the request head in the body, the
+# Authorization value in a response header and in a redirect's Location
+# (debug endpoints, error pages, TRACE and "login" redirects do this).
+ECHO_UPSTREAM = textwrap.dedent(r"""
+    import socket, sys, threading, urllib.parse
+    port = int(sys.argv[1])
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", port))
+    s.listen(16)
+    def serve(c):
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    d = c.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                auth = b""
+                for l in head.split(b"\r\n")[1:]:
+                    k, v = l.split(b":", 1)
+                    if k.strip().lower() == b"authorization":
+                        auth = v.strip()
+                body = head + b"\r\n"
+                loc = b"/login?token=" + urllib.parse.quote_from_bytes(auth).encode()
+                c.sendall(b"HTTP/1.1 302 Found\r\nX-Echo-Authorization: " + auth + b"\r\nLocation: " + loc +
+                          b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        finally:
+            c.close()
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+""")
+
+
+@pytest.mark.xfail(strict=True, reason="proto_http.c passes response heads and bodies on as the upstream "
+                   "sent them: an upstream that reflects the request (echo/debug endpoints, TRACE, error "
+                   "pages, redirects) hands the injected credential to the agent")
+def test_injected_credential_never_reflected_to_agent(enforcer, servers, token):
+    port = free_port()
+    servers.procs.append(Proc([PY, "-c", ECHO_UPSTREAM, str(port)]))
+    wait_port("127.0.0.1", port)
+    enforcer.start(policy(port, upstream=f"server_name: api.internal, bearer_token_file: {token}"))
+    out = raw(enforcer, port, crlf("GET /v1/invoices/42 HTTP/1.1⏎Host: api.internal⏎⏎"))
+    rs, _ = responses(out)
+    assert rs and rs[0][0] == 302, out
+    assert SECRET.encode() not in out, out
+
+
+# ---- 4. masking ----------------------------------------------------------------
+
+# Serves GET /r/<name> with the file DIR/<name> as the WHOLE response (status
+# line, head and body written by the test), so heads no real server sends
+# (two Content-Encoding fields, codings we cannot decode) can be tried.
+CANNED = textwrap.dedent(r"""
+    import os, socket, sys, threading
+    port, d = int(sys.argv[1]), sys.argv[2]
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", port))
+    s.listen(16)
+    def serve(c):
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    x = c.recv(65536)
+                    if not x:
+                        return
+                    buf += x
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                name = head.split(b"\r\n")[0].split(b" ")[1].decode().rsplit("/", 1)[1]
+                # content negotiation: DIR/<name>.yaml answers Accept: application/yaml
+                if b"\r\naccept: application/yaml" in head.lower() and os.path.exists(os.path.join(d, name + ".yaml")):
+                    name += ".yaml"
+                with open(os.path.join(d, name), "rb") as f:
+                    c.sendall(f.read())
+        finally:
+            c.close()
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+""")
+
+
+class Canned:
+    def __init__(self, tmp, procs):
+        self.dir = os.path.join(tmp, f"canned-{time.time_ns()}")
+        os.makedirs(self.dir)
+        self.port = free_port()
+        procs.append(Proc([PY, "-c", CANNED, str(self.port), self.dir]))
+        wait_port("127.0.0.1", self.port)
+
+    def put(self, name, body, headers=(), status="200 OK"):
+        head = f"HTTP/1.1 {status}\r\n" + "".join(h + "\r\n" for h in headers)
+        head += f"Content-Length: {len(body)}\r\n\r\n"
+        with open(os.path.join(self.dir, name), "wb") as f:
+            f.write(head.encode() + body)
+
+
+@pytest.fixture
+def canned(tmp, servers):
+    return Canned(tmp, servers.procs)
+
+
+# JSON paths and one detector, as test_http.py's masking test: the email
+# is found by its path only; the card by the detector.
+MASK = '{json: ["$.customer.email", "$..ssn"], detectors: [credit_card]}'
+EMAIL = b"ada@example.com"
+
+
+def fetch(enforcer, port, name):
+    out = raw(enforcer, port, crlf(f"GET /v1/r/{name} HTTP/1.1⏎Host: api.internal⏎⏎"))
+    rs, rest = responses(out)
+    assert len(rs) == 1, (name, out)
+    return rs[0], out
+
+
+def test_mask_escaped_member_names(enforcer, canned):
+    """A member name spelled with escapes is the same name to every JSON
+    reader: the path matches the decoded name."""
+    body = (b'{"customer": {"\\u0065mail": "ada@example.com", "name": "Ada"}, '
+            b'"x": {"\\u0073\\u0073\\u006e": "078-05-1120"}, "y": [{"s\\u0073n": 123456789}]}')
+    canned.put("esc", body, ["Content-Type: application/json"])
+    enforcer.start(mask_policy(canned.port, MASK))
+    (status, hdrs, got), out = fetch(enforcer, canned.port, "esc")
+    assert status == 200, out
+    assert json.loads(got) == {"customer": {"email": "****", "name": "Ada"}, "x": {"ssn": "****"},
+                               "y": [{"ssn": "****"}]}, got
+    assert EMAIL not in out and b"078-05" not in out and b"123456789" not in out
+
+
+# Bodies a client reads as JSON (Python's json, JavaScript's JSON.parse, Go's
+# encoding/json: the last duplicate wins, \u0000 is a character, requests'
+# .json() skips a UTF-8 BOM) but the strict masker does not: they must not
+# fall through to text scanning, which knows nothing of $.customer.email.
+LENIENT_JSON = {
+    "dup-key": b'{"customer": {"email": "ada@example.com", "email": "ada@example.com"}}',
+    "dup-key-escaped": b'{"customer": {"email": "x", "\\u0065mail": "ada@example.com"}}',
+    "dup-outer": b'{"customer": {"email": "ada@example.com"}, "customer": {"email": "ada@example.com"}}',
+    "bom": b'\xef\xbb\xbf{"customer": {"email": "ada@example.com"}}',
+    "nul-escape": b'{"customer": {"email": "ada@example.com", "n": "a\\u0000b"}}',
+    "lone-surrogate": b'{"customer": {"email": "ada@example.com", "n": "\\ud800"}}',
+    "bad-utf8-in-string": b'{"customer": {"email": "ada@example.com", "n": "\xff"}}',
+    "nan": b'{"customer": {"email": "ada@example.com"}, "n": NaN, "m": -Infinity}',
+    "xssi-prefix": b")]}',\n" + b'{"customer": {"email": "ada@example.com"}}',
+    "ndjson": b'{"customer": {"email": "x"}}\n{"customer": {"email": "ada@example.com"}}\n',
+}
+
+
+def test_mask_lenient_json_not_passed_as_text(enforcer, canned):
+    for name, body in LENIENT_JSON.items():
+        canned.put(name, body, ["Content-Type: application/json"])
+    enforcer.start(mask_policy(canned.port, MASK))
+    for name in LENIENT_JSON:
+        (status, hdrs, got), out = fetch(enforcer, canned.port, name)
+        assert EMAIL not in out, (name, out)
+        assert status == 502, (name, out)
+        assert "lenient" in json.loads(got)["reason"], (name, got)
+    # what no JSON reader takes (cut short, a stray quote, a raw control
+    # byte) is still text to the detectors, as test_http_mask_split.py says
+    canned.put("cut", b'{"customer": {"email": "x"}, "card": "4111 1111 1111 1111", "n": [1, 2',
+               ["Content-Type: application/json"])
+    (status, hdrs, got), out = fetch(enforcer, canned.port, "cut")
+    assert status == 200 and b"4111" not in out and b"****" in got, out
+
+
+def test_mask_binary_or_stacked_coding_refused(enforcer, canned):
+    """What text detectors cannot read is refused, never passed through as
+    "no match": a body gzipped twice with the codings in two fields (only
+    the last was undone), a gzip body labelled identity, UTF-16 JSON, and
+    codings zlib does not do."""
+    doc = json.dumps({"customer": {"email": "ada@example.com"}, "card": "4111 1111 1111 1111"}).encode()
+    canned.put("gzgz", gzip.compress(gzip.compress(doc)),
+               ["Content-Type: application/json", "Content-Encoding: gzip", "Content-Encoding: gzip"])
+    canned.put("gz-as-identity", gzip.compress(doc), ["Content-Type: application/json"])
+    canned.put("deflate-gzip", gzip.compress(zlib.compress(doc)),
+               ["Content-Type: application/json", "Content-Encoding: deflate", "Content-Encoding: gzip"])
+    canned.put("utf16", doc.decode().encode("utf-16"), ["Content-Type: application/json; charset=utf-16"])
+    canned.put("br", b"\x1b\x2a\x00\xf8" + doc, ["Content-Type: application/json", "Content-Encoding: br"])
+    canned.put("gzip-br", gzip.compress(doc), ["Content-Type: application/json", "Content-Encoding: gzip, br"])
+    canned.put("compress", doc, ["Content-Type: application/json", "Content-Encoding: compress"])
+    # two gzip members one after the other: gzip readers decode both
+    half = len(doc) // 2
+    canned.put("gzip-members", gzip.compress(doc[:half]) + gzip.compress(doc[half:]),
+               ["Content-Type: application/json", "Content-Encoding: gzip"])
+    enforcer.start(mask_policy(canned.port, MASK))
+    for name in ("gzgz", "gz-as-identity", "deflate-gzip", "utf16", "br", "gzip-br", "compress", "gzip-members"):
+        (status, hdrs, got), out = fetch(enforcer, canned.port, name)
+        assert status == 502, (name, out[:300])
+        assert EMAIL not in out and b"4111" not in out, name
+        assert "content-encoding" not in hdrs, name
+
+
+def test_mask_depth_and_side_doors(enforcer, canned):
+    """Nesting past the bound is refused, not skipped; error statuses and
+    bodies labelled text are masked like any other."""
+    deep = b'{"customer": {"email": "ada@example.com"}, "d": ' + b"[" * 70 + b'"4111111111111111"' + \
+        b"]" * 70 + b"}"
+    canned.put("deep", deep, ["Content-Type: application/json"])
+    canned.put("err", b'{"customer": {"email": "ada@example.com"}}', ["Content-Type: text/plain"],
+               status="404 Not Found")
+    enforcer.start(mask_policy(canned.port, MASK))
+    (status, _, got), out = fetch(enforcer, canned.port, "deep")
+    assert status == 502 and EMAIL not in out and b"4111" not in out, out[:300]
+    (status, _, got), out = fetch(enforcer, canned.port, "err")
+    assert status == 404 and json.loads(got) == {"customer": {"email": "****"}}, out
+
+
+@pytest.mark.xfail(strict=True, reason="proto_http.c send_resp_head() copies response header values "
+                   "as they are on masked routes: the detectors only ever see the body, so an email or a "
+                   "card in X-* headers, Location or Content-Disposition reaches the agent")
+def test_mask_detectors_see_response_headers(enforcer, canned):
+    canned.put("hdr", b'{"ok": true}', ["Content-Type: application/json", "X-Customer-Email: ada@example.com",
+                                          "Location: /v1/customers/ada@example.com",
+                                          "X-Card: 4111 1111 1111 1111"])
+    enforcer.start(mask_policy(canned.port, '{json: ["$.customer.email"], detectors: [credit_card, email]}'))
+    (status, hdrs, got), out = fetch(enforcer, canned.port, "hdr")
+    assert status in (200, 502), out
+    assert EMAIL not in out and b"4111" not in out, out
+
+
+@pytest.mark.xfail(strict=True, reason="proto_http.c forwards the agent's Accept on masked routes: an "
+                   "upstream that negotiates (the apiserver serves YAML and Table JSON, many APIs XML or CSV) "
+                   "answers in a form the JSON paths do not reach, and on a route with detectors too that body "
+                   "is masked as text by the detectors alone. Fix: on routes whose mask names JSON paths send "
+                   "Accept: application/json upstream (or refuse what is not JSON there)")
+def test_mask_content_negotiation_does_not_drop_json_paths(enforcer, canned):
+    doc = {"customer": {"email": "ada@example.com"}, "ssn": "not-a-detectable-value-42"}
+    canned.put("neg", json.dumps(doc).encode(), ["Content-Type: application/json"])
+    canned.put("neg.yaml", b"customer:\n  email: ada@example.com\nssn: not-a-detectable-value-42\n",
+               ["Content-Type: application/yaml"])
+    enforcer.start(mask_policy(canned.port, MASK))
+    (status, _, got), out = fetch(enforcer, canned.port, "neg")
+    assert status == 200 and json.loads(got) == {"customer": {"email": "****"}, "ssn": "****"}, out
+    out = raw(enforcer, canned.port, crlf("GET /v1/r/neg HTTP/1.1⏎Host: api.internal⏎Accept: application/yaml⏎⏎"))
+    assert EMAIL not in out and b"not-a-detectable" not in out, out
+
+
+# ---- 5. Kubernetes ---------------------------------------------------------------
+
+def k8s_policy(port, tok):
+    return f"""
+    version: 1
+    agents: [{{name: {AGENT}}}]
+    targets:
+      - name: cluster
+        protocol: kubernetes
+        address: 127.0.0.1:{port}
+        upstream: {{server_name: kubernetes.default, bearer_token_file: {tok}}}
+    roles:
+      - name: pod-reader
+        rules:
+          - target: cluster
+            allow: {{verbs: [get, list, delete], resources: [pods], namespaces: [default]}}
+    bindings: [{{role: pod-reader, agents: [{AGENT}]}}]
+    """
+
+
+def kreq(method, target, extra=""):
+    return crlf(f"{method} {target} HTTP/1.1⏎Host: kubernetes.default⏎{extra}⏎")
+
+
+# (request, expected status): the apiserver's reading (requestinfo.go,
+# url.ParseQuery, Convert_Slice_string_To_bool) decides list vs watch,
+# delete vs deletecollection and what a subresource is. Allowed: get, list,
+# delete of pods in "default". Every 200 must be forwarded as sent (so the
+# apiserver judges what we judged).
+K8S = [
+    # watch is any first "watch" value but "0" and "false" (any case), the key after decoding
+    (kreq("GET", "/api/v1/namespaces/default/pods?watch=1"), 403),
+    (kreq("GET", "/api/v1/namespaces/default/pods?watch="), 403),
+    (kreq("GET", "/api/v1/namespaces/default/pods?watch"), 403),
+    (kreq("GET", "/api/v1/namespaces/default/pods?watch=yes"), 403),
+    (kreq("GET", "/api/v1/namespaces/default/pods?watch=TRUE"), 403),
+    (kreq("GET", "/api/v1/namespaces/default/pods?w%61tch=true"), 403),
+    (kreq("GET", "/api/v1/namespaces/default/pods?%77atch=1"), 403),
+    (kreq("GET", "/api/v1/namespaces/default/pods?watch=+false"), 403),
+    (kreq("GET", "/api/v1/namespaces/default/pods?watch=false%20"), 403),
+    (kreq("GET", "/api/v1/namespaces/default/pods?a=1&&watch=true&b"), 403),
+    (kreq("GET", "/api/v1/namespaces/default/pods?watch=false&watch=true"), 403),
+    (kreq("GET", "/api/v1/namespaces/default/pods?watch=true&watch=false"), 403),
+    (kreq("GET", "/api/v1/namespaces/default/pods?watch=true;x=1"), 403),
+    (kreq("GET", "/api/v1/namespaces/default/pods?x=%zz&watch=true"), 400),
+    (kreq("GET", "/api/v1/namespaces/default/pods?watch=fal%C5%BFe"), 403),   # U+017F folds to 's' in Go
+    (kreq("HEAD", "/api/v1/namespaces/default/pods?watch=true"), 403),
+    (kreq("GET", "/api/v1/namespaces/default/pods?watch=false"), 200),
+    (kreq("GET", "/api/v1/namespaces/default/pods?watch=FaLsE"), 200),
+    (kreq("GET", "/api/v1/namespaces/default/pods?watch=0"), 200),
+    (kreq("GET", "/api/v1/namespaces/default/pods?Watch=true"), 200),          # not the key "watch"
+    (kreq("GET", "/api/v1/namespaces/default/pods?watch%00=true"), 200),
+    # a name makes it a get; the deprecated watch path is watch whatever the method
+    (kreq("GET", "/api/v1/namespaces/default/pods/web-1?watch=true"), 200),
+    (kreq("GET", "/api/v1/watch/namespaces/default/pods/web-1"), 403),
+    (kreq("DELETE", "/api/v1/watch/namespaces/default/pods/web-1"), 403),
+    (kreq("GET", "/api/v1/proxy/namespaces/default/pods/web-1"), 403),
+    # delete without a name is deletecollection, a fieldSelector naming one does not change that
+    (kreq("DELETE", "/api/v1/namespaces/default/pods/web-1"), 200),
+    (kreq("DELETE", "/api/v1/namespaces/default/pods"), 403),
+    (kreq("DELETE", "/api/v1/namespaces/default/pods/"), 403),
+    (kreq("DELETE", "/api/v1/namespaces/default/pods?fieldSelector=metadata.name%3Dweb-1"), 403),
+    # subresources are not the resource; exec over plain POST is still create
+    (kreq("GET", "/api/v1/namespaces/default/pods/web-1/status"), 403),
+    (kreq("GET", "/api/v1/namespaces/default/pods/web-1/proxy/admin"), 403),
+    (kreq("POST", "/api/v1/namespaces/default/pods/web-1/exec?command=sh", "Content-Length: 0⏎"), 403),
+    (kreq("POST", "/api/v1/namespaces/default/pods/web-1/exec?command=sh",
+          "Connection: Upgrade⏎Upgrade: SPDY/3.1⏎Content-Length: 0⏎"), 403),
+    (kreq("GET", "/api/v1/namespaces/default/pods/web-1/portforward", "Connection: Upgrade⏎Upgrade: websocket⏎"),
+     403),
+    (kreq("GET", "/api/v1/namespaces/default/pods/web-1/ephemeralcontainers"), 403),
+    # an upgrade where the apiserver would not see one
+    (kreq("GET", "/api/v1/namespaces/default/pods?watch=false", "Connection: Upgrade⏎Upgrade: websocket⏎"), 403),
+    # the namespace object and cluster scope are not "pods in default"
+    (kreq("GET", "/api/v1/namespaces/default"), 403),
+    (kreq("GET", "/api/v1/pods"), 403),
+    (kreq("GET", "/api/v1/pods?fieldSelector=metadata.namespace%3Ddefault"), 403),
+    (kreq("GET", "/api/v1/namespaces/default/pods/web-1/../../../kube-system/pods"), 400),
+    (kreq("GET", "/api/v1/namespaces/kube-%73ystem/pods"), 403),
+    (kreq("GET", "/api/v1/namespaces/Default/pods"), 403),
+    (kreq("GET", "/apis//v1/namespaces/default/pods"), 400),
+    (kreq("GET", "/api/v1/namespaces/default/pods%2Fweb-1%2Fexec"), 400),
+    (kreq("GET", "/api/v1/namespaces/default/pods/web-1%3Bexec"), 400),
+    (kreq("OPTIONS", "/api/v1/namespaces/default/pods"), 403),
+    (kreq("get", "/api/v1/namespaces/default/pods"), 400),
+    # other groups' "pods" are not core pods
+    (kreq("GET", "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods"), 403),
+    (kreq("GET", "/apis/v1/namespaces/default/pods"), 403),
+]
+
+
+def test_k8s_attribution_tricks(enforcer, rec, token):
+    enforcer.start(k8s_policy(rec.port, token))
+    for req, want in K8S:
+        line = req.split(b"\r\n")[0]
+        rec.reset()
+        out = raw(enforcer, rec.port, req)
+        rs, _ = responses(out)
+        assert rs and rs[0][0] == want, (line, out)
+        time.sleep(0.02)
+        got = rec.all()
+        if want == 200:
+            assert got.startswith(line + b"\r\n"), (line, got)
+            assert b"\r\nImpersonate-User: " + AGENT.encode() + b"\r\n" in got, (line, got)
+        else:
+            assert got == b"", (line, got)
+
+
+def test_k8s_encoded_namespace_forwarded_as_judged(enforcer, rec, token):
+    """A percent-encoded namespace is judged decoded, and forwarded decoded:
+    the apiserver never sees a form we did not judge."""
+    enforcer.start(k8s_policy(rec.port, token))
+    out = raw(enforcer, rec.port, kreq("GET", "/api/v1/namespaces/d%65fault/pod%73?fieldSelector=a%3Db"))
+    assert [r[0] for r in responses(out)[0]] == [200], out
+    assert rec.all().startswith(b"GET /api/v1/namespaces/default/pods?fieldSelector=a%3Db HTTP/1.1\r\n")
+
+
+def test_k8s_identity_headers_any_case(enforcer, rec, token):
+    enforcer.start(k8s_policy(rec.port, token))
+    hdrs = ["impersonate-user: admin", "IMPERSONATE-GROUP: system:masters", "Impersonate-Uid: 0",
+            "impersonate-extra-scopes: all", "x-remote-user: admin", "X-REMOTE-GROUP: system:masters",
+            "x-remote-extra-scopes: x", "authorization: Bearer agent-own", "AUTHORIZATION: Bearer two",
+            "X-Forwarded-User: admin"]
+    out = raw(enforcer, rec.port, kreq("GET", "/api/v1/namespaces/default/pods", "".join(h + "⏎" for h in hdrs)))
+    assert [r[0] for r in responses(out)[0]] == [200], out
+    assert rec.all() == (b"GET /api/v1/namespaces/default/pods HTTP/1.1\r\nHost: kubernetes.default\r\n"
+                         b"Impersonate-User: " + AGENT.encode() + b"\r\n"
+                         b"Authorization: Bearer " + SECRET.encode() + b"\r\n\r\n"), rec.all()
