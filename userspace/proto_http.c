@@ -530,6 +530,9 @@ static bool strip_field(const uint8_t *b, const struct http_field *f)
 		"host", "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
 		"content-length", "authorization", "cookie", "forwarded", "x-real-ip",
 		"x-http-method-override", "x-http-method", "x-method-override", "http2-settings",
+		/* path overrides: Symfony, Laravel and IIS URL Rewrite route on
+		 * these, so the path judged would not be the one served */
+		"x-original-url", "x-rewrite-url", "x-override-url", "x-original-uri",
 	};
 	static const char *const prefix[] = { "proxy-", "x-forwarded-", "impersonate-", "x-remote-" };
 	const char *name = (const char *)b + f->name;
@@ -738,6 +741,9 @@ static int forward_head(struct conn *c, const uint8_t *b, const struct http_head
 			const struct hreq *resend_r)
 {
 	struct obuf o = { head_buf, 0, sizeof(head_buf), false };
+	const char *cred_name = target(c)->upstream.header_name;
+	size_t npaths = 0;
+	bool json_paths = masked && st(c)->mask && mask_rules_paths(st(c)->mask, &npaths) && npaths;
 
 	put(&o, b + h->method, h->method_len);
 	puts_(&o, " ");
@@ -755,9 +761,17 @@ static int forward_head(struct conn *c, const uint8_t *b, const struct http_head
 		if (strip_field(b, f) || http_conn_names(b, h, f) ||
 		    (st(c)->k8s && k8s_header_is_identity((const char *)b + f->name, f->name_len)))
 			continue;
+		/* the field our credential goes in: the agent's own never goes
+		 * with it (it would come first, and many servers read the first) */
+		if (cred_name && http_field_is(b, f, cred_name))
+			continue;
 		/* masked: a part of a body cannot be masked, and we decode only zlib codings */
 		if (masked && (http_field_is(b, f, "range") || http_field_is(b, f, "if-range") ||
 			       http_field_is(b, f, "accept-encoding")))
+			continue;
+		/* JSON paths only reach JSON: an upstream that negotiates must not
+		 * answer YAML, XML or a table where the paths see nothing */
+		if (json_paths && http_field_is(b, f, "accept"))
 			continue;
 		put(&o, b + f->name, f->name_len);
 		puts_(&o, ": ");
@@ -776,6 +790,8 @@ static int forward_head(struct conn *c, const uint8_t *b, const struct http_head
 	}
 	if (masked)
 		puts_(&o, "Accept-Encoding: gzip, deflate\r\n");
+	if (json_paths)
+		puts_(&o, "Accept: application/json\r\n");
 	if (st(c)->k8s) {
 		int n = impersonation(c, o.b + o.n, o.cap - o.n);
 
@@ -986,6 +1002,14 @@ static bool forwarded_in_flight(const struct http_state *s)
  * One request head from the agent: 1 handled (the caller consumes the
  * head), 0 wait (allowed, and the upstream leg is not ready yet), -errno.
  */
+static bool bodyless_method(const uint8_t *b, const struct http_head *h)
+{
+	const char *m = (const char *)b + h->method;
+
+	return (h->method_len == 3 && !memcmp(m, "GET", 3)) || (h->method_len == 4 && !memcmp(m, "HEAD", 4)) ||
+	       (h->method_len == 5 && !memcmp(m, "TRACE", 5));
+}
+
 static int on_request(struct conn *c, const uint8_t *b, const struct http_head *h)
 {
 	struct http_state *s = st(c);
@@ -1008,6 +1032,16 @@ static int on_request(struct conn *c, const uint8_t *b, const struct http_head *
 		v.allowed = false;
 		v.status = 502;
 		v.reason = s->up_why[0] ? s->up_why : "the upstream is not reachable";
+		v.close_after = true;
+	}
+	/* A body on a method whose body has no meaning: an upstream that
+	 * ignores it would read it as its next request (a denied one riding in
+	 * an allowed GET). Refused, and the connection closes unread. */
+	if (fwd && has_body && bodyless_method(b, h)) {
+		fwd = false;
+		v.allowed = false;
+		v.status = 400;
+		v.reason = "a GET, HEAD or TRACE request with a body";
 		v.close_after = true;
 	}
 	/* Only the one request in flight, of a safe method and without a body
@@ -1256,6 +1290,7 @@ static int send_resp_head(struct conn *c, const uint8_t *b, const struct http_he
 	struct obuf o = { buf, 0, sizeof(buf), false };
 	const uint8_t *eol = memchr(b, '\r', h->head_len);
 	bool upgrade = h->status == 101;
+	bool scan = r->masked && st(c)->mask && mask_has_detectors(st(c)->mask);
 	char num[48];
 
 	put(&o, b, (size_t)(eol - b));   /* the status line, validated */
@@ -1267,7 +1302,25 @@ static int send_resp_head(struct conn *c, const uint8_t *b, const struct http_he
 			continue;
 		put(&o, b + f->name, f->name_len);
 		puts_(&o, ": ");
-		put(&o, b + f->value, f->value_len);
+		if (scan && f->value_len >= mask_min_match(st(c)->mask) &&
+		    mask_value_maybe(st(c)->mask, (const char *)b + f->value, f->value_len) &&
+		    mask_value_matches(st(c)->mask, (const char *)b + f->value, f->value_len)) {
+			/* the detectors see the head too (an email in Location, a
+			 * card in an X- field): the value goes masked */
+			size_t cap = mask_value_bound(f->value_len), n;
+			unsigned hits = 0;
+
+			if (cap > o.cap - o.n || (n = mask_value(st(c)->mask, (const char *)b + f->value,
+								  f->value_len, o.b + o.n, o.cap - o.n,
+								  &hits)) == (size_t)-1) {
+				o.over = true;
+			} else {
+				o.n += n;
+				r->mask_hits += hits;
+			}
+		} else {
+			put(&o, b + f->value, f->value_len);
+		}
 		puts_(&o, "\r\n");
 	}
 	if (mlen >= 0) {

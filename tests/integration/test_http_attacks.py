@@ -327,11 +327,6 @@ ZERO_CL = textwrap.dedent(r"""
 """)
 
 
-@pytest.mark.xfail(strict=True, reason="a GET (or HEAD) with a body is forwarded body and all: an upstream "
-                   "that ignores bodies on GET reads the body as its next request, so a denied DELETE rides "
-                   "in an allowed GET. Fix: refuse GET/HEAD/TRACE with a non-empty body (400) - in "
-                   "http_req_parse() that breaks tests/unit/test_http_msg.c test_resendable (parses "
-                   "'GET + Content-Length: 2' as OK), else in proto_http.c on_request()")
 def test_get_body_is_not_a_second_request(enforcer, servers, tmp):
     port, logf = free_port(), os.path.join(tmp, "zerocl.log")
     servers.procs.append(Proc([PY, "-c", ZERO_CL, str(port), logf]))
@@ -388,9 +383,6 @@ def test_underscore_twins_of_stripped_headers_refused(enforcer, rec):
     assert rec.all() == b"GET /v1/invoices/42 HTTP/1.1\r\nHost: api.internal\r\napi_key: k1\r\nX_Trace_Id: 7\r\n\r\n"
 
 
-@pytest.mark.xfail(strict=True, reason="proto_http.c forward_head()/strip_field() strip Authorization but "
-                   "not the field named by upstream.header: the agent's own X-Api-Key reaches the upstream "
-                   "ahead of the injected one")
 def test_named_credential_header_not_overridable(enforcer, rec, tmp):
     key = os.path.join(tmp, "apikey")
     with open(key, "w") as f:
@@ -407,9 +399,6 @@ def test_named_credential_header_not_overridable(enforcer, rec, tmp):
                    b"X-Api-Key: " + SECRET.encode() + b"\r\n\r\n"), got
 
 
-@pytest.mark.xfail(strict=True, reason="proto_http.c strip_field() does not strip X-Original-URL / "
-                   "X-Rewrite-URL: Symfony, Laravel and IIS URL Rewrite route on them, so the path that "
-                   "was judged is not the one served")
 def test_path_override_headers_stripped(enforcer, rec):
     enforcer.start(policy(rec.port))
     out = raw(enforcer, rec.port, crlf("GET /v1/invoices/42 HTTP/1.1⏎Host: api.internal⏎"
@@ -630,9 +619,6 @@ def test_mask_depth_and_side_doors(enforcer, canned):
     assert status == 404 and json.loads(got) == {"customer": {"email": "****"}}, out
 
 
-@pytest.mark.xfail(strict=True, reason="proto_http.c send_resp_head() copies response header values "
-                   "as they are on masked routes: the detectors only ever see the body, so an email or a "
-                   "card in X-* headers, Location or Content-Disposition reaches the agent")
 def test_mask_detectors_see_response_headers(enforcer, canned):
     canned.put("hdr", b'{"ok": true}', ["Content-Type: application/json", "X-Customer-Email: ada@example.com",
                                           "Location: /v1/customers/ada@example.com",
@@ -643,11 +629,6 @@ def test_mask_detectors_see_response_headers(enforcer, canned):
     assert EMAIL not in out and b"4111" not in out, out
 
 
-@pytest.mark.xfail(strict=True, reason="proto_http.c forwards the agent's Accept on masked routes: an "
-                   "upstream that negotiates (the apiserver serves YAML and Table JSON, many APIs XML or CSV) "
-                   "answers in a form the JSON paths do not reach, and on a route with detectors too that body "
-                   "is masked as text by the detectors alone. Fix: on routes whose mask names JSON paths send "
-                   "Accept: application/json upstream (or refuse what is not JSON there)")
 def test_mask_content_negotiation_does_not_drop_json_paths(enforcer, canned):
     doc = {"customer": {"email": "ada@example.com"}, "ssn": "not-a-detectable-value-42"}
     canned.put("neg", json.dumps(doc).encode(), ["Content-Type: application/json"])
