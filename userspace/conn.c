@@ -823,7 +823,7 @@ int conn_redial_upstream(struct conn *c)
 	return conn_connect_upstream(c);
 }
 
-int conn_take_upstream(struct conn *c, int *fd, SSL **ssl)
+int conn_take_upstream(struct conn *c, int *fd, SSL **ssl, uint64_t *born_ms)
 {
 	struct conn_side *sd = &c->side[SIDE_UP];
 
@@ -834,6 +834,7 @@ int conn_take_upstream(struct conn *c, int *fd, SSL **ssl)
 	worker_unwatch(c->w, c->up.fd);
 	*fd = c->up.fd;
 	*ssl = sd->ssl;
+	*born_ms = c->up_born_ms;
 	c->up.fd = -1;
 	sd->ssl = NULL;
 	sd->tls_ready = false;
@@ -841,19 +842,29 @@ int conn_take_upstream(struct conn *c, int *fd, SSL **ssl)
 	return 0;
 }
 
-int conn_adopt_upstream(struct conn *c, int fd, SSL *ssl, const char *desc)
+int conn_adopt_upstream(struct conn *c, int fd, SSL *ssl, const char *desc, uint64_t born_ms)
 {
 	struct conn_side *sd = &c->side[SIDE_UP];
+	int err;
 
 	if (!c->streaming || c->connecting || c->up.fd >= 0 || sd->ssl)
 		return -EBUSY;
 	c->up.fd = fd;
+	if ((err = worker_watch(c->w, &c->up, EPOLLIN | EPOLLOUT | EPOLLRDHUP))) {
+		c->up.fd = -1;   /* the caller still owns fd and ssl */
+		return err;
+	}
 	sd->ssl = ssl;
 	sd->tls_ready = ssl != NULL;
 	sd->tls_pending = sd->in_eof = sd->want_shut = sd->shut = sd->drained = sd->hup = false;
 	sd->in_len = sd->in_off = sd->out_len = sd->out_off = 0;
 	snprintf(c->upstream_desc, sizeof(c->upstream_desc), "%s", desc);
-	return worker_watch(c->w, &c->up, EPOLLIN | EPOLLOUT | EPOLLRDHUP);
+	c->up_born_ms = born_ms;
+	/* connected means decided, as in upstream_connected(): the accept-time
+	 * decision deadline must not end the session */
+	c->deadline_ms = 0;
+	c->deadline_why = NULL;
+	return 0;
 }
 
 void conn_deadline(struct conn *c)
@@ -890,6 +901,7 @@ static void upstream_connected(struct conn *c)
 	}
 	c->connecting = false;
 	c->deadline_ms = 0;   /* connected means decided: no deadline while relaying */
+	c->up_born_ms = now_ns_mono() / 1000000ull;
 }
 
 void conn_on_event(struct conn_end *e, uint32_t events)

@@ -39,6 +39,7 @@ struct conn {
 	bool connecting, relaying, closing;
 	uint64_t deadline_ms; /* connect deadline (monotonic ms), 0 = none */
 	const char *deadline_why;  /* what a module's deadline means, for audit; NULL: no decision yet */
+	uint64_t up_born_ms;  /* when the upstream leg was first connected (monotonic ms) */
 	uint64_t bytes[2];
 	uint64_t start_ms;
 
@@ -173,11 +174,12 @@ int conn_redial_upstream(struct conn *c);
  * (nothing buffered either way, nothing pending in TLS): -EBUSY otherwise.
  * The connection then goes on without an upstream. conn_adopt_upstream()
  * gives a connection that has not dialled an established upstream (desc
- * names it for audit); the module's on_upstream_data is called as
- * bytes come, never as "connected".
+ * names it for audit; born_ms: when it was first connected); the module's
+ * on_upstream_data is called as bytes come, never as "connected". On
+ * failure the caller still owns fd and ssl.
  */
-int conn_take_upstream(struct conn *c, int *fd, SSL **ssl);
-int conn_adopt_upstream(struct conn *c, int fd, SSL *ssl, const char *desc);
+int conn_take_upstream(struct conn *c, int *fd, SSL **ssl, uint64_t *born_ms);
+int conn_adopt_upstream(struct conn *c, int fd, SSL *ssl, const char *desc, uint64_t born_ms);
 /* Switches to plain relaying of everything buffered and to come. */
 void conn_relay(struct conn *c);
 /* Refuses: audit is the caller's; closes the agent side with a reset. */

@@ -365,6 +365,7 @@ struct pg_sess {
 	uint32_t startup_len, params_len;
 	bool no_pool;                  /* too many parameters to replay */
 	bool reused;                   /* the upstream session came from the pool */
+	bool unsynced;                 /* extended-protocol messages since the last Sync */
 	/* Bumped by every simple Query and every Execute sent: SQL can close,
 	 * re-declare (DECLARE makes a portal of the same name), or end the
 	 * transaction of a portal behind the protocol's back, so a portal's
@@ -1458,6 +1459,7 @@ static const char *check_startup(struct conn *c, const struct pg_startup *su, ch
 }
 
 static int start_upstream(struct conn *c);
+static int process_agent(struct conn *c);
 
 static int refuse_startup(struct conn *c, const char *why)
 {
@@ -1949,10 +1951,28 @@ static bool pool_key(struct conn *c, struct upool_key *k, uint8_t *buf, size_t c
 	return true;
 }
 
-static int params_add(struct pg_sess *s, const uint8_t *msg, uint32_t len)
+/* Records a ParameterStatus message (whole, type byte first) as the
+ * latest value of its parameter: the one recorded before goes. */
+static int params_set(struct pg_sess *s, const uint8_t *msg, uint32_t len)
 {
+	const char *name = (const char *)msg + 5;
+	size_t nl = strnlen(name, len - 5);
+	uint32_t off = 0;
 	uint8_t *p;
 
+	while (off + 5 < s->params_len) {
+		uint32_t ml = 1 + ((uint32_t)s->params[off + 1] << 24 | (uint32_t)s->params[off + 2] << 16 |
+				   (uint32_t)s->params[off + 3] << 8 | s->params[off + 4]);
+
+		if (ml > s->params_len - off)
+			break;   /* cannot happen: only whole messages go in */
+		if (ml > 5 + nl && !memcmp(s->params + off + 5, name, nl) && s->params[off + 5 + nl] == 0) {
+			memmove(s->params + off, s->params + off + ml, s->params_len - off - ml);
+			s->params_len -= ml;
+			break;
+		}
+		off += ml;
+	}
 	if (s->params_len + len > PG_PARAMS_MAX) {
 		s->no_pool = true;
 		return 0;
@@ -1970,7 +1990,7 @@ static bool poolable(struct conn *c)
 	struct pg_sess *s = S(c);
 
 	return s->startup && !s->no_pool && !s->has_deleg && !s->is_cancel && s->tx == 'I' && !s->qlen &&
-	       !s->skip_to_sync && !s->up_pass && !conn_in_eof(c, SIDE_UP);
+	       !s->skip_to_sync && !s->unsynced && !s->up_pass && !conn_in_eof(c, SIDE_UP);
 }
 
 /* The reset session goes to the pool. */
@@ -1984,7 +2004,7 @@ static int pool_put(struct conn *c)
 
 	if (!pool_key(c, &k, kb, sizeof(kb)) || !(kd = calloc(1, sizeof(*kd))))
 		return -ENOMEM;
-	if (conn_take_upstream(c, &leg.fd, &leg.ssl)) {
+	if (conn_take_upstream(c, &leg.fd, &leg.ssl, &leg.born_ms)) {
 		free(kd);
 		return -EBUSY;
 	}
@@ -2015,7 +2035,7 @@ static int pool_take(struct conn *c)
 	if (s->has_deleg || s->no_pool || !pool_key(c, &k, kb, sizeof(kb)))
 		return 0;
 	while (upool_take(&k, &leg)) {
-		if (conn_adopt_upstream(c, leg.fd, leg.ssl, leg.desc)) {
+		if (conn_adopt_upstream(c, leg.fd, leg.ssl, leg.desc, leg.born_ms)) {
 			upool_release(&pg_pool_ops, &leg);
 			continue;
 		}
@@ -2060,8 +2080,12 @@ static int start_upstream(struct conn *c)
 	}
 	if ((err = build_startup(c)))
 		return err;
-	if ((err = pool_take(c)))
-		return err < 0 ? err : 0;
+	if ((err = pool_take(c))) {
+		if (err < 0)
+			return err;
+		/* what the agent pipelined after its startup goes on now */
+		return s->phase == PH_READY ? process_agent(c) : 0;
+	}
 	err = read_password(c);
 	if (err) {
 		audit_refuse(c, "cannot read the target's password_file");
@@ -2375,7 +2399,7 @@ static int up_params(struct conn *c, const struct pg_msg *m)
 			return -EBADMSG;
 		if (!param_ok(n, v))
 			return fatal(c, "08P01", "agentgate: the server reports %s = %s, which is not allowed", n, v);
-		if (params_add(s, m->body - 5, m->len + 5))
+		if (params_set(s, m->body - 5, m->len + 5))
 			return -ENOMEM;
 		return conn_send(c, SIDE_AGENT, m->body - 5, m->len + 5);
 	case 'K': {
@@ -2444,8 +2468,20 @@ static int up_catalog(struct conn *c, const struct pg_msg *m)
 	char st;
 
 	switch (m->type) {
-	case 'T': case 'C': case 'N': case 'S':
+	case 'T': case 'C': case 'N':
 		return 0;
+	case 'S': {
+		/* a setting reported meanwhile (a reload): checked, passed on, kept */
+		const char *n, *v;
+
+		if (pg_parse_param_status(m, &n, &v))
+			return -EBADMSG;
+		if (!param_ok(n, v))
+			return fatal(c, "08P01", "agentgate: the server reports %s = %s, which is not allowed", n, v);
+		if (params_set(s, m->body - 5, m->len + 5))
+			return -ENOMEM;
+		return conn_send(c, SIDE_AGENT, m->body - 5, m->len + 5);
+	}
 	case 'D':
 		return catalog_row(s, m) ? fatal(c, "XX000", "agentgate: cannot read the catalog for masking") : 0;
 	case 'E':
@@ -2737,6 +2773,10 @@ static int fe_message(struct conn *c, const struct pg_msg *m)
 	 * denied statement, in particular). */
 	if (s->skip_to_sync && m->type != 'S' && m->type != 'X')
 		return 0;
+	if (strchr("PBDECH", m->type))
+		s->unsynced = true;   /* an implicit transaction may be open until Sync */
+	else if (m->type == 'S')
+		s->unsynced = false;
 	switch (m->type) {
 	case 'Q':
 		return fe_query(c, m);
@@ -3101,6 +3141,8 @@ static int be_message(struct conn *c, const struct pg_msg *m)
 			return -EBADMSG;
 		if (!param_ok(n, v))
 			return fatal(c, "08P01", "agentgate: the server reports %s = %s, which is not allowed", n, v);
+		if (params_set(s, m->body - 5, m->len + 5))
+			return -ENOMEM;
 		break;
 	case 'N':
 		if (fields_masked(s)) {
@@ -3448,7 +3490,7 @@ static int pool_reset_answer(struct conn *c)
 			continue;
 		case 'S':
 			if (pg_parse_param_status(&m, &nm, &v) || !param_ok(nm, v) ||
-			    params_add(s, m.body - 5, m.len + 5) || s->no_pool)
+			    params_set(s, m.body - 5, m.len + 5) || s->no_pool)
 				goto end;
 			continue;
 		case 'Z':

@@ -81,6 +81,10 @@ void upool_put(const struct upool_key *k, const struct upool_ops *ops, struct up
 	struct kept old = { .leg.fd = -1 }, e = { .key = *k, .ops = ops, .leg = *leg, .since_ms = mono_ms() };
 	void *bytes = NULL;
 
+	if (e.since_ms - leg->born_ms >= UPOOL_MAX_AGE_MS) {
+		upool_release(ops, leg);
+		return;
+	}
 	if (k->len && !(bytes = malloc(k->len))) {
 		upool_release(ops, leg);
 		return;
@@ -125,7 +129,8 @@ bool upool_take(const struct upool_key *k, struct upool_leg *leg)
 		remove_at(i);
 		pthread_mutex_unlock(&lock);
 		free((void *)e.key.bytes);
-		if (!quiet(&e.leg) || (e.leg.ssl && SSL_has_pending(e.leg.ssl))) {
+		if (!quiet(&e.leg) || (e.leg.ssl && SSL_has_pending(e.leg.ssl)) ||
+		    mono_ms() - e.leg.born_ms >= UPOOL_MAX_AGE_MS) {
 			upool_release(e.ops, &e.leg);
 			continue;
 		}
@@ -142,7 +147,8 @@ void upool_tick(bool stopping)
 
 	pthread_mutex_lock(&lock);
 	for (int i = npool - 1; i >= 0; i--)
-		if (stopping || now - pool[i].since_ms > UPOOL_IDLE_MS || !quiet(&pool[i].leg)) {
+		if (stopping || now - pool[i].since_ms > UPOOL_IDLE_MS || now - pool[i].leg.born_ms >= UPOOL_MAX_AGE_MS ||
+		    !quiet(&pool[i].leg)) {
 			gone[n++] = pool[i];
 			remove_at(i);
 		}

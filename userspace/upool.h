@@ -19,7 +19,8 @@
  *
  * One pool for all workers: an agent's next connection may land on any
  * worker (SO_REUSEPORT), and the socket moves to that worker's epoll set.
- * At most UPOOL_MAX legs, each kept at most UPOOL_IDLE_MS. A leg the
+ * At most UPOOL_MAX legs, each kept at most UPOOL_IDLE_MS and handed out
+ * until it is UPOOL_MAX_AGE_MS old. A leg the
  * upstream wrote to or closed while it was kept (an error, a shutdown, an
  * idle timeout) is never handed out.
  */
@@ -32,6 +33,10 @@
 
 #define UPOOL_MAX 16
 #define UPOOL_IDLE_MS 30000
+/* A leg is never handed out once this old (since it was first connected):
+ * a login's checks (a role made NOLOGIN, a rotated password, pg_hba, the
+ * role's settings) are applied again at least this often. */
+#define UPOOL_MAX_AGE_MS (5 * 60 * 1000)
 
 typedef struct ssl_st SSL;
 
@@ -56,6 +61,7 @@ struct upool_leg {
 	SSL *ssl;               /* upstream TLS, or NULL */
 	char desc[64];          /* the address, for audit */
 	void *data;             /* the module's (the server's parameters...) */
+	uint64_t born_ms;       /* when it was first connected (monotonic ms) */
 };
 
 /* Keeps leg under k (the pool owns it from now on); the oldest kept makes

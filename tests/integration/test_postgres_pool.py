@@ -210,3 +210,79 @@ def test_server_silent_on_reset_ends_the_connection(enforcer, pg, tmp):
     finally:
         os.kill(pid, signal.SIGCONT)
     assert wait_for(lambda: app_backends(pg) == [], 10), app_backends(pg)
+
+
+def test_reused_session_outlives_decision_deadline(enforcer, pg, tmp):
+    """(Found in review.) A reused session is decided: the 10 s deadline an
+    accepted connection has until its upstream is up must not end it."""
+    enforcer.start(policy(pg, tmp))
+    session(enforcer, pg, 'c.send(Q("SELECT 1")); c.until_ready(); c.close()')
+    time.sleep(0.5)
+    assert len(app_backends(pg)) == 1
+    res = session(enforcer, pg, """
+    out["first"] = summary(c.send(Q("SELECT 1")) or c.until_ready())
+    time.sleep(12)
+    try:
+        out["late"] = summary(c.send(Q("SELECT 2")) or c.until_ready())
+    except OSError as e:
+        out["late"] = ["OSError: " + str(e)]
+    c.close()
+    """)
+    assert res["first"][-1] == "ZI", res
+    assert res["late"][-2:] == ["C:SELECT 1", "ZI"], res
+
+
+def test_unsynced_extended_batch_not_kept(enforcer, pg, tmp):
+    """Terminate after Parse/Bind/Execute/Flush without Sync: the server may
+    hold an implicit transaction; the session is ended, not kept."""
+    enforcer.start(policy(pg, tmp))
+    res = session(enforcer, pg, """
+    c.send(P("", "SELECT id FROM orders WHERE id = 1") + B("", "") + E("") + H)
+    got = []
+    while not got or got[-1] != "C:SELECT 1":
+        got += summary([c.read()])
+    out["got"] = got
+    c.close()
+    """)
+    assert res["got"][-1] == "C:SELECT 1", res
+    assert wait_for(lambda: app_backends(pg) == [], 10), app_backends(pg)
+
+
+def _listen_on_two(pg):
+    """Restarts the server listening on 127.0.0.1 and 127.0.0.2 (same port)."""
+    import subprocess
+    from pg import PGBIN, PSQL, pg_gid, pg_uid
+    pg.stop()
+    with open(os.path.join(pg.dir, "postgresql.conf"), "a") as f:
+        f.write("listen_addresses = '127.0.0.1,127.0.0.2'\n")
+    with open(os.path.join(pg.dir, "pg_hba.conf"), "a") as f:
+        f.write("host all all 127.0.0.2/32 scram-sha-256\n")
+    pg.proc = subprocess.Popen(["setpriv", f"--reuid={pg_uid()}", f"--regid={pg_gid()}", "--clear-groups",
+                                f"{PGBIN}/postgres", "-D", pg.dir], stdout=open(pg.log, "a"),
+                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    assert wait_for(lambda: subprocess.run([PSQL, "-h", pg.sock, "-p", str(pg.port), "-U", "postgres", "-d",
+                                            "postgres", "-Atc", "SELECT 1"], capture_output=True).returncode == 0,
+                    15), "postgres did not restart"
+
+
+def test_cidr_target_never_reuses_another_address(enforcer, pg, tmp):
+    """(Found in review.) A CIDR target is dialled at the agent's own
+    destination: a session kept from 127.0.0.2 is not handed to a
+    connection to 127.0.0.1."""
+    _listen_on_two(pg)
+    doc = policy(pg, tmp).replace(f'"127.0.0.1:{pg.port}"', f'"127.0.0.0/8:{pg.port}"')
+    assert "127.0.0.0/8" in doc
+    enforcer.start(doc)
+    for host in ("127.0.0.2", "127.0.0.1", "127.0.0.2"):
+        res = agent_py(enforcer, f"""
+        c = Conn({host!r}, {pg.port})
+        out = {{"q": summary(c.send(Q("SELECT 1")) or c.until_ready())}}
+        c.close()
+        print(json.dumps(out))
+        """)
+        assert res["q"][-1] == "ZI", res
+        time.sleep(0.3)
+    opens = [e for e in enforcer.events() if e.get("class_uid") == 4001 and e["activity_name"] == "Open"]
+    reused = [bool(e["unmapped"]["postgres"].get("upstream_reused")) for e in opens]
+    assert reused == [False, False, True], reused
+    assert len(app_backends(pg)) == 2
