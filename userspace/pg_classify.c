@@ -66,8 +66,10 @@
  *     (standard_conforming_strings, client_encoding/NAMES, search_path/
  *     SCHEMA, role, session_authorization, default_transaction_read_only,
  *     transaction_read_only, statement_timeout, custom "x.y" ...), RESET
- *     ALL, DISCARD (any), set_config(), ALTER SYSTEM, ALTER ROLE/DATABASE
- *     ... SET, COPY to/from a file or PROGRAM, DO, LISTEN/NOTIFY/UNLISTEN,
+ *     ALL, DISCARD (any), set_config(), INSERT/UPDATE/DELETE/MERGE on
+ *     pg_catalog.pg_settings (its UPDATE rule calls set_config), ALTER
+ *     SYSTEM, ALTER ROLE/DATABASE ... SET, COPY to/from a file or PROGRAM,
+ *     DO, LISTEN/NOTIFY/UNLISTEN,
  *     SQL-level PREPARE/EXECUTE/DEALLOCATE (not tracked: use the protocol's
  *     Parse), FETCH/MOVE (cursors are not tracked), LOAD, DDL or admin
  *     statements touching a table with masked columns.
@@ -1100,6 +1102,13 @@ static struct entry *dml_target(struct walker *w, int body, struct scope *sc)
 
 	if (rv < 0 || !relation(w, rv, sc, false, &s, &r, &c))
 		return NULL;
+	/* pg_settings' UPDATE rule calls set_config(): a write to it would
+	 * change pinned settings (standard_conforming_strings, search_path,
+	 * client_encoding...), whatever the rules grant */
+	if (strcmp(s, "pg_catalog") == 0 && strcmp(r, "pg_settings") == 0) {
+		deny(w, "pg_catalog.pg_settings cannot be written: session settings cannot be changed");
+		return NULL;
+	}
 	al = alias_name(w, rv, &cols);
 	if ((e = add_entry(w, sc, al ? al : r, ENT_TABLE))) {
 		e->schema = s;

@@ -560,6 +560,37 @@ static void test_settings(void)
 	EXPECT("SHOW search_path", PGC_ALLOW);
 	/* a harmless SET does not make the rest of the message harmless */
 	EXPECT("SET application_name = 'x'; SELECT * FROM secrets", PGC_DENY);
+	/* pg_settings' UPDATE rule calls set_config(): denied even to a role
+	 * that may write any table (no tables: list) */
+	{
+		static char *ws[] = { "read", "write" };
+		struct policy_rule any = { .target = "db",
+			.allow = { .present = true, .statements = { ws, 2 } } };
+		const struct policy_rule *anys[] = { &any };
+		static const char *const w[] = {
+			"UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'",
+			"UPDATE pg_catalog.pg_settings SET setting = 'x' WHERE name = 'search_path'",
+			"UPDATE ONLY \"pg_settings\" s SET setting = 'SJIS'",
+			"EXPLAIN ANALYZE UPDATE pg_settings SET setting = 'off'",
+			"WITH u AS (UPDATE pg_settings SET setting = 'off') SELECT 1",
+			"INSERT INTO pg_settings (name, setting) VALUES ('search_path', 'x')",
+			"DELETE FROM pg_settings",
+			"MERGE INTO pg_settings s USING orders o ON true WHEN MATCHED THEN UPDATE SET setting = 'x'",
+		};
+
+		for (size_t i = 0; i < sizeof(w) / sizeof(w[0]); i++) {
+			r = judge_rules(w[i], anys, 1);
+			if (r.verdict != PGC_DENY || !strstr(r.reason, "pg_settings"))
+				fprintf(stderr, "  %s: got %d (%s)\n", w[i], r.verdict, r.reason);
+			CHECK(r.verdict == PGC_DENY && strstr(r.reason, "pg_settings"));
+		}
+		r = judge_rules("UPDATE orders SET total = 0", anys, 1);
+		CHECK(r.verdict == PGC_ALLOW);
+		r = judge_rules("SELECT setting FROM pg_settings WHERE name = 'search_path'", anys, 1);
+		CHECK(r.verdict == PGC_ALLOW);
+		r = judge_rules("UPDATE pg_temp.pg_settings SET setting = 'x'", anys, 1);
+		CHECK(r.verdict == PGC_ALLOW);       /* a temp table of that name */
+	}
 }
 
 static void test_copy(void)
