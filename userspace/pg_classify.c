@@ -27,14 +27,21 @@
  * Names: the wire module pins search_path to ctx->search_path and forbids
  * changing it, so an unqualified relation is ctx->search_path.name, with two
  * exceptions. pg_catalog is searched before the pinned schema implicitly,
- * so an unqualified name starting with "pg_" (all catalog relations do) is
- * taken as pg_catalog.name; and pg_temp is searched before both, which only
+ * so an unqualified name of one of PostgreSQL 15's catalog relations
+ * (catalog_rels[]) is taken as pg_catalog.name; another name starting with
+ * "pg_" is the pinned schema's, or a newer server's catalog relation, and
+ * counts as both. pg_temp is searched before all of them, which only
  * matters if the agent may create temporary tables (a ddl grant), in which
  * case its own temp table shadows — data it created itself. Names written
  * with a schema are used as written (pg_temp included). Three-part names are
  * denied, and so are identifiers containing '.' (they would make
  * "schema.table" ambiguous). Unqualified functions resolve pg_catalog first
- * too, so the built-in list judges them by name.
+ * too, so the built-in list judges them by name. (Known limit: that holds
+ * for ties only. PostgreSQL picks the best match by argument types over
+ * the whole path, so a public.lower(integer) wins `lower(1)`, and so does
+ * a user-defined operator in public; `t.f` calls f(t) when t has no column
+ * f. Telling these apart needs the catalog, which the classifier does not
+ * have.)
  *
  * Masked columns (DESIGN §3): a masked column may appear only as a plain
  * output column of the statement's result. Each SELECT keeps a scope of its
@@ -318,6 +325,89 @@ static void add_table(struct walker *w, const char *schema, const char *rel)
 	o->ntables++;
 }
 
+/*
+ * The relations (tables and views) of PostgreSQL 15's pg_catalog, sorted
+ * (strcmp order: bsearch; the unit test checks it). An unqualified name
+ * resolves to pg_catalog only if the catalog has it: pg_catalog is searched
+ * first, and the pinned schema after it, so `FROM pg_private` reads
+ * public.pg_private (a user's table, or an extension's view such as
+ * pg_stat_statements, which lands in public) when pg_catalog has none.
+ */
+static const char *const catalog_rels[] = {
+	"pg_aggregate", "pg_am", "pg_amop", "pg_amproc", "pg_attrdef", "pg_attribute",
+	"pg_auth_members", "pg_authid", "pg_available_extension_versions", "pg_available_extensions",
+	"pg_backend_memory_contexts", "pg_cast", "pg_class", "pg_collation", "pg_config",
+	"pg_constraint", "pg_conversion", "pg_cursors", "pg_database", "pg_db_role_setting",
+	"pg_default_acl", "pg_depend", "pg_description", "pg_enum", "pg_event_trigger",
+	"pg_extension", "pg_file_settings", "pg_foreign_data_wrapper", "pg_foreign_server",
+	"pg_foreign_table", "pg_group", "pg_hba_file_rules", "pg_ident_file_mappings", "pg_index",
+	"pg_indexes", "pg_inherits", "pg_init_privs", "pg_language", "pg_largeobject",
+	"pg_largeobject_metadata", "pg_locks", "pg_matviews", "pg_namespace", "pg_opclass",
+	"pg_operator", "pg_opfamily", "pg_parameter_acl", "pg_partitioned_table", "pg_policies",
+	"pg_policy", "pg_prepared_statements", "pg_prepared_xacts", "pg_proc", "pg_publication",
+	"pg_publication_namespace", "pg_publication_rel", "pg_publication_tables", "pg_range",
+	"pg_replication_origin", "pg_replication_origin_status", "pg_replication_slots", "pg_rewrite",
+	"pg_roles", "pg_rules", "pg_seclabel", "pg_seclabels", "pg_sequence", "pg_sequences",
+	"pg_settings", "pg_shadow", "pg_shdepend", "pg_shdescription", "pg_shmem_allocations",
+	"pg_shseclabel", "pg_stat_activity", "pg_stat_all_indexes", "pg_stat_all_tables",
+	"pg_stat_archiver", "pg_stat_bgwriter", "pg_stat_database", "pg_stat_database_conflicts",
+	"pg_stat_gssapi", "pg_stat_progress_analyze", "pg_stat_progress_basebackup",
+	"pg_stat_progress_cluster", "pg_stat_progress_copy", "pg_stat_progress_create_index",
+	"pg_stat_progress_vacuum", "pg_stat_recovery_prefetch", "pg_stat_replication",
+	"pg_stat_replication_slots", "pg_stat_slru", "pg_stat_ssl", "pg_stat_subscription",
+	"pg_stat_subscription_stats", "pg_stat_sys_indexes", "pg_stat_sys_tables",
+	"pg_stat_user_functions", "pg_stat_user_indexes", "pg_stat_user_tables", "pg_stat_wal",
+	"pg_stat_wal_receiver", "pg_stat_xact_all_tables", "pg_stat_xact_sys_tables",
+	"pg_stat_xact_user_functions", "pg_stat_xact_user_tables", "pg_statio_all_indexes",
+	"pg_statio_all_sequences", "pg_statio_all_tables", "pg_statio_sys_indexes",
+	"pg_statio_sys_sequences", "pg_statio_sys_tables", "pg_statio_user_indexes",
+	"pg_statio_user_sequences", "pg_statio_user_tables", "pg_statistic", "pg_statistic_ext",
+	"pg_statistic_ext_data", "pg_stats", "pg_stats_ext", "pg_stats_ext_exprs", "pg_subscription",
+	"pg_subscription_rel", "pg_tables", "pg_tablespace", "pg_timezone_abbrevs",
+	"pg_timezone_names", "pg_transform", "pg_trigger", "pg_ts_config", "pg_ts_config_map",
+	"pg_ts_dict", "pg_ts_parser", "pg_ts_template", "pg_type", "pg_user", "pg_user_mapping",
+	"pg_user_mappings", "pg_views",
+};
+
+static int cmp_rel(const void *key, const void *elem)
+{
+	return strcmp(key, *(const char *const *)elem);
+}
+
+static bool catalog_relation(const char *name)
+{
+	return bsearch(name, catalog_rels, sizeof(catalog_rels) / sizeof(catalog_rels[0]),
+		       sizeof(catalog_rels[0]), cmp_rel) != NULL;
+}
+
+/* For the unit test: the list's order is what bsearch relies on. */
+bool pgc_catalog_list_sorted(void);
+bool pgc_catalog_list_sorted(void)
+{
+	for (size_t i = 1; i < sizeof(catalog_rels) / sizeof(catalog_rels[0]); i++)
+		if (strcmp(catalog_rels[i - 1], catalog_rels[i]) >= 0)
+			return false;
+	return true;
+}
+
+/*
+ * The schema of an unqualified relation name (see "Names"): pg_catalog
+ * for PostgreSQL 15's catalog relations, else the pinned schema. A pg_*
+ * name this list does not know may be a newer server's catalog relation
+ * (found there first) or the pinned schema's: pg_catalog.name is recorded
+ * as well, so a rule must allow both.
+ */
+static const char *unqualified_schema(struct walker *w, const char *rel)
+{
+	if (strncmp(rel, "pg_", 3) != 0)
+		return w->schema;
+	if (catalog_relation(rel))
+		return "pg_catalog";
+	if (!strchr(rel, '.'))
+		add_table(w, "pg_catalog", rel);
+	return w->schema;
+}
+
 static struct cte *find_cte(struct scope *sc, const char *name)
 {
 	for (; sc; sc = sc->parent)
@@ -354,10 +444,8 @@ static bool relation(struct walker *w, int rv, struct scope *sc, bool may_be_cte
 
 		if (p && strcmp(p, "t") == 0)
 			s = "pg_temp";
-		else if (strncmp(r, "pg_", 3) == 0)
-			s = "pg_catalog";
 		else
-			s = w->schema;
+			s = unqualified_schema(w, r);
 	}
 	if (strchr(s, '.') || strchr(r, '.')) {
 		deny(w, "identifiers containing '.' are not supported");
@@ -1357,8 +1445,7 @@ static void drop_stmt(struct walker *w, int body, struct stmt_info *st)
 			deny(w, n ? "cross-database reference not allowed" : "malformed DROP");
 			return;
 		}
-		const char *s = n == 2 ? part[0] : strncmp(part[n - 1], "pg_", 3) == 0 ?
-				"pg_catalog" : w->schema;
+		const char *s = n == 2 ? part[0] : unqualified_schema(w, part[n - 1]);
 
 		if (strchr(s, '.') || strchr(part[n - 1], '.')) {
 			deny(w, "identifiers containing '.' are not supported");

@@ -22,6 +22,7 @@
 #include <stdlib.h>
 
 bool pgc_builtin_list_sorted(void);
+bool pgc_catalog_list_sorted(void);
 
 /* ---- rules built by hand (the shape policy_load.c produces) ---- */
 
@@ -330,6 +331,39 @@ static void test_names(void)
 	CHECK(r.verdict == PGC_DENY && has_table(&r, "pg_temp.orders"));
 	r = judge("SELECT * FROM information_schema.tables");
 	CHECK(r.verdict == PGC_DENY && has_table(&r, "information_schema.tables"));
+	/* a pg_* name pg_catalog lacks is the pinned schema's (or a newer
+	 * server's catalog relation): both must be allowed */
+	CHECK(pgc_catalog_list_sorted());
+	{
+		static char *s_ro[] = { "select" }, *cat[] = { "pg_catalog.*" },
+			    *both[] = { "pg_catalog.*", "public.*" };
+		static char *s_ddl[] = { "drop_table" };
+		struct policy_rule cr = { .target = "db",
+			.allow = { .present = true, .statements = { s_ro, 1 }, .tables = { cat, 1 } } };
+		struct policy_rule br = { .target = "db",
+			.allow = { .present = true, .statements = { s_ro, 1 }, .tables = { both, 2 } } };
+		struct policy_rule dr = { .target = "db",
+			.allow = { .present = true, .statements = { s_ddl, 1 }, .tables = { cat, 1 } } };
+		const struct policy_rule *crs[] = { &cr }, *brs[] = { &br }, *drs[] = { &dr };
+
+		r = judge_rules("SELECT * FROM pg_private", crs, 1);
+		CHECK(r.verdict == PGC_DENY && has_table(&r, "public.pg_private") &&
+		      has_table(&r, "pg_catalog.pg_private"));
+		r = judge_rules("SELECT * FROM PG_PRIVATE p JOIN pg_class c ON true", crs, 1);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "public.pg_private"));
+		r = judge_rules("SELECT * FROM pg_private", brs, 1);
+		CHECK(r.verdict == PGC_ALLOW && r.ntables == 2);
+		r = judge_rules("SELECT * FROM pg_class, pg_stat_activity, pg_settings, pg_views", crs, 1);
+		CHECK(r.verdict == PGC_ALLOW && r.ntables == 4 && has_table(&r, "pg_catalog.pg_views"));
+		r = judge_rules("SELECT * FROM pg_catalog.pg_private", crs, 1);
+		CHECK(r.verdict == PGC_ALLOW);       /* written with its schema: as written */
+		r = judge_rules("DROP TABLE pg_private", drs, 1);
+		CHECK(r.verdict == PGC_DENY && has_table(&r, "public.pg_private"));
+		r = judge_rules("DROP TABLE pg_class", drs, 1);
+		CHECK(r.verdict == PGC_ALLOW && has_table(&r, "pg_catalog.pg_class"));
+		r = judge("SELECT * FROM pg_orders");       /* the ro rule: public.orders only */
+		CHECK(r.verdict == PGC_DENY && has_table(&r, "public.pg_orders"));
+	}
 	/* a different pinned schema */
 	{
 		struct pgc_ctx c2 = ctx;
