@@ -87,6 +87,8 @@
  *     masked columns; COPY (query) TO STDOUT checks the query as a
  *     non-output.
  *   - CALL p(...) needs "call" (or "write") and p in the rule's functions:.
+ *   - INSERT ... ON CONFLICT DO UPDATE adds update; MERGE adds update,
+ *     delete and insert for its WHEN clauses that do so.
  *   - SELECT ... FOR UPDATE/SHARE adds a write-class need
  *     (select_for_update, ...); SELECT INTO adds select_into (ddl) and the
  *     new table.
@@ -1205,6 +1207,29 @@ static struct entry *dml_target(struct walker *w, int body, struct scope *sc)
 	return e;
 }
 
+/* MERGE's WHEN clauses update, delete or insert rows: each needs its own
+ * statement as well as merge (as ON CONFLICT DO UPDATE needs update). A
+ * clause of a kind we do not know is taken for all three. */
+static void merge_needs(struct walker *w, int clauses)
+{
+	for (int c = pgj_first(&w->j, clauses); c >= 0; c = pgj_after(&w->j, clauses, c)) {
+		int b = node_of(w, c, "MergeWhenClause");
+		const char *t = b >= 0 ? get_str(w, b, "commandType") : NULL;
+
+		bool upd = t && strcmp(t, "CMD_UPDATE") == 0, del = t && strcmp(t, "CMD_DELETE") == 0;
+		bool ins = t && strcmp(t, "CMD_INSERT") == 0, known = upd || del || ins;
+
+		if (t && strcmp(t, "CMD_NOTHING") == 0)
+			continue;
+		if (upd || !known)
+			add_need(w, "update", PGC_WRITE, false);
+		if (del || !known)
+			add_need(w, "delete", PGC_WRITE, false);
+		if (ins || !known)
+			add_need(w, "insert", PGC_WRITE, false);
+	}
+}
+
 static void walk_dml(struct walker *w, int key, int body, struct scope *parent)
 {
 	const struct pgj *j = &w->j;
@@ -1255,6 +1280,7 @@ static void walk_dml(struct walker *w, int key, int body, struct scope *parent)
 			from_item(w, f, &sc);
 		expr(w, pgj_get(j, body, "whereClause"), &sc);
 	} else {        /* MergeStmt */
+		merge_needs(w, pgj_get(j, body, "mergeWhenClauses"));
 		dml_target(w, body, &sc);
 		from_item(w, pgj_get(j, body, "sourceRelation"), &sc);
 		expr(w, pgj_get(j, body, "joinCondition"), &sc);

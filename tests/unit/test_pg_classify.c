@@ -502,6 +502,38 @@ static void test_statements(void)
 	EXPECT("CREATE RULE r AS ON SELECT TO orders DO INSTEAD SELECT * FROM secrets", PGC_DENY);
 	EXPECT("MERGE INTO orders o USING orders s ON o.id = s.id WHEN MATCHED THEN DELETE",
 	       PGC_DENY);
+	/* MERGE: each WHEN clause needs the statement it performs */
+	{
+		static char *mu[] = { "select", "update", "merge" };
+		struct policy_rule mr = { .target = "db",
+			.allow = { .present = true, .statements = { mu, 3 }, .tables = { ro_tables, 2 } } };
+		const struct policy_rule *mrs[] = { &mr };
+		static char *mo[] = { "merge" };
+		struct policy_rule mor = { .target = "db",
+			.allow = { .present = true, .statements = { mo, 1 }, .tables = { ro_tables, 2 } } };
+		const struct policy_rule *mors[] = { &mor };
+
+		r = judge_rules("MERGE INTO orders o USING customers c ON o.id = c.id "
+				"WHEN MATCHED THEN DELETE", mrs, 1);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "delete"));
+		r = judge_rules("MERGE INTO orders o USING customers c ON o.id = c.id WHEN MATCHED "
+				"AND o.id > 1 THEN UPDATE SET total = 1 WHEN NOT MATCHED THEN INSERT "
+				"VALUES (1)", mrs, 1);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "insert"));
+		r = judge_rules("MERGE INTO orders o USING customers c ON o.id = c.id WHEN MATCHED "
+				"THEN UPDATE SET total = 1 WHEN NOT MATCHED THEN DO NOTHING", mrs, 1);
+		CHECK(r.verdict == PGC_ALLOW && r.cls == PGC_WRITE);
+		CHECK_STR(r.tag, "merge");
+		r = judge_rules("MERGE INTO orders o USING customers c ON o.id = c.id WHEN MATCHED "
+				"THEN DO NOTHING", mors, 1);
+		CHECK(r.verdict == PGC_ALLOW);
+		r = judge_rules("MERGE INTO orders o USING customers c ON o.id = c.id WHEN MATCHED "
+				"THEN UPDATE SET total = 1", mors, 1);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "update"));
+		r = judge_rules("MERGE INTO orders o USING customers c ON o.id = c.id WHEN MATCHED "
+				"THEN DELETE WHEN NOT MATCHED THEN INSERT VALUES (1)", rw, 1);
+		CHECK(r.verdict == PGC_ALLOW);       /* write grants all three */
+	}
 	r = judge_rules("UPDATE orders SET total = 0 WHERE id = 1", rw, 1);
 	CHECK(r.verdict == PGC_ALLOW && r.cls == PGC_WRITE && r.rule == &rw_rule);
 	CHECK_STR(r.tag, "update");
