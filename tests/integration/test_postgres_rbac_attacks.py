@@ -324,3 +324,54 @@ print(json.dumps(out))
         assert denied(res[k]) and res[k][-1] == "ZI", (k, res[k])
     assert res["after"] == ["T", "D:5", "C:SELECT 1", "ZI"], res["after"]
     assert orders_ids(pg) == "1,2,3,4,5"
+
+
+# ---- DDL that reaches objects it does not name ------------------------------------------
+
+RULES_TRUNCATE = [{"target": "shop",
+                   "allow": {"statements": ["select", "truncate_table"], "tables": ["public.orders"]}}]
+
+
+def test_truncate_cascade_reaches_unnamed_tables(enforcer, pg, tmp):
+    """TRUNCATE orders CASCADE also empties every table with a foreign key to orders. A rule
+    that grants truncate on public.orders alone must not empty public.order_notes: CASCADE
+    names objects the classifier cannot see (like DROP ... CASCADE), so only a rule without
+    tables: may allow it. Plain TRUNCATE orders is the rule's to allow (the server then
+    refuses it because of the foreign key)."""
+    pg.sql("CREATE TABLE order_notes (order_id int REFERENCES orders(id), note text); "
+           "INSERT INTO order_notes VALUES (1, 'keep me'); "
+           "GRANT SELECT, INSERT, TRUNCATE ON order_notes TO app")
+    log_all(pg)
+    enforcer.start(policy(pg, tmp, rules=RULES_TRUNCATE))
+    res = run_seq(enforcer, pg, ["TRUNCATE orders CASCADE",
+                                 "TRUNCATE TABLE ONLY public.orders RESTART IDENTITY CASCADE",
+                                 "TRUNCATE orders"])
+    assert pg.sql("SELECT count(*) FROM order_notes") == "1", res
+    assert orders_ids(pg) == "1,2,3,4,5"
+    assert denied(res[0]) and denied(res[1]), res
+    assert res[2][0].startswith("E:0A000:cannot truncate a table referenced in a foreign key"), res[2]
+    assert not server_saw(pg, "CASCADE")
+
+
+RULES_TRIGGER = [{"target": "shop",
+                  "allow": {"statements": ["select", "insert", "create_trigger"], "tables": ["public.orders"]}}]
+
+
+def test_create_trigger_function_needs_a_rule(enforcer, pg, tmp):
+    """CREATE TRIGGER ... EXECUTE FUNCTION f() makes every later write run f. Like CALL p(),
+    f must be named by the rule's functions:; here it is a SECURITY DEFINER function of the
+    database that empties public.secrets, which no rule names. The trigger must not be
+    created, and the INSERT the rule allows must not run f."""
+    pg.sql("CREATE FUNCTION public.audit_trg() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS "
+           "$$BEGIN DELETE FROM public.secrets; RETURN NULL; END$$; GRANT TRIGGER ON orders TO app")
+    log_all(pg)
+    enforcer.start(policy(pg, tmp, rules=RULES_TRIGGER))
+    res = run_seq(enforcer, pg, [
+        "CREATE TRIGGER t AFTER INSERT ON orders FOR EACH STATEMENT EXECUTE FUNCTION audit_trg()",
+        "CREATE TRIGGER t2 AFTER INSERT ON public.orders FOR EACH ROW EXECUTE PROCEDURE public.audit_trg()",
+        "INSERT INTO orders (customer_id, total) VALUES (1, 6)"])
+    assert pg.sql("SELECT count(*) FROM secrets") == "1", res
+    assert pg.sql("SELECT count(*) FROM pg_trigger WHERE tgname IN ('t', 't2')") == "0", res
+    assert denied(res[0]) and denied(res[1]), res
+    assert res[2] == ["C:INSERT 0 1", "ZI"], res[2]
+    assert not server_saw(pg, "CREATE TRIGGER")
