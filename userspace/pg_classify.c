@@ -86,7 +86,11 @@
  *     "copy" (a class never grants it) and is denied for any table with
  *     masked columns; COPY (query) TO STDOUT checks the query as a
  *     non-output.
- *   - CALL p(...) needs "call" (or "write") and p in the rule's functions:.
+ *   - CALL p(...) needs "call" (or "write") and p in the rule's functions:;
+ *     so does CREATE [EVENT] TRIGGER ... EXECUTE FUNCTION f() for f.
+ *   - CASCADE (TRUNCATE, DROP, ALTER TABLE ... DROP ...) reaches objects
+ *     the text does not name: like DDL on unnamed objects, only a rule
+ *     without tables: may allow it.
  *   - INSERT ... ON CONFLICT DO UPDATE adds update; MERGE adds update,
  *     delete and insert for its WHEN clauses that do so.
  *   - SELECT ... FOR UPDATE/SHARE adds a write-class need
@@ -842,6 +846,12 @@ static void expr(struct walker *w, int i, struct scope *sc)
 
 			relation(w, i, sc, true, &s, &r, &c);
 		} else {
+			const char *b = get_str(w, i, "behavior");
+
+			/* CASCADE (TRUNCATE, ALTER TABLE ... DROP): objects the
+			 * text does not name go too */
+			if (b && strcmp(b, "DROP_CASCADE") == 0)
+				w->st->opaque = true;
 			for (int v = pgj_first(j, i); v >= 0 && !w->denied; v = pgj_after(j, i, v))
 				expr(w, v, sc);
 		}
@@ -1443,9 +1453,12 @@ static void drop_stmt(struct walker *w, int body, struct stmt_info *st)
 		{ "OBJECT_SCHEMA", "drop_schema", false },
 		{ "OBJECT_TYPE", "drop_type", false },
 	};
-	const char *type = get_str(w, body, "removeType");
+	const char *type = get_str(w, body, "removeType"), *b = get_str(w, body, "behavior");
 	int objs = pgj_get(&w->j, body, "objects");
 	size_t i;
+
+	if (b && strcmp(b, "DROP_CASCADE") == 0)
+		st->opaque = true;      /* dependent objects go too, unnamed */
 
 	for (i = 0; type && i < sizeof(k) / sizeof(k[0]); i++)
 		if (strcmp(type, k[i].type) == 0)
@@ -1754,6 +1767,10 @@ static void statement(struct walker *w, int key, int body, struct scope *sc, boo
 		else if (pgj_is(&w->j, key, "GrantStmt") && !get_bool(w, body, "is_grant"))
 			tag = "revoke";
 		add_need(w, tag, k->cls, false);
+		/* a trigger's function runs on every later write: like CALL's,
+		 * it needs a rule's functions: entry */
+		if (pgj_is(&w->j, key, "CreateTrigStmt") || pgj_is(&w->j, key, "CreateEventTrigStmt"))
+			function_name(w, pgj_get(&w->j, body, "funcname"), true);
 		expr(w, body, &fresh);
 		/* a known statement whose relation was not seen (CLUSTER, REINDEX
 		 * DATABASE, RENAME of a non-relation...) is opaque too */

@@ -502,6 +502,55 @@ static void test_statements(void)
 	EXPECT("CREATE RULE r AS ON SELECT TO orders DO INSTEAD SELECT * FROM secrets", PGC_DENY);
 	EXPECT("MERGE INTO orders o USING orders s ON o.id = s.id WHEN MATCHED THEN DELETE",
 	       PGC_DENY);
+	/* CASCADE reaches unnamed objects; a trigger's function needs a rule */
+	{
+		static char *ts[] = { "create_trigger", "truncate_table", "drop_table", "alter_table" };
+		static char *fn[] = { "audit_trg" };
+		struct policy_rule tr = { .target = "db",
+			.allow = { .present = true, .statements = { ts, 4 }, .tables = { ro_tables, 2 } } };
+		struct policy_rule tf = tr, ta = tr;
+		const struct policy_rule *trs[] = { &tr }, *tfs[] = { &tf }, *tas[] = { &ta };
+
+		tf.allow.functions = (struct policy_strv){ fn, 1 };
+		ta.allow.tables = (struct policy_strv){ NULL, 0 };
+		r = judge_rules("CREATE TRIGGER t AFTER INSERT ON orders FOR EACH ROW "
+				"EXECUTE FUNCTION audit_trg()", trs, 1);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "function audit_trg"));
+		r = judge_rules("CREATE TRIGGER t AFTER INSERT ON orders FOR EACH ROW "
+				"EXECUTE PROCEDURE public.audit_trg()", tfs, 1);
+		CHECK(r.verdict == PGC_ALLOW);
+		r = judge_rules("CREATE TRIGGER t AFTER INSERT ON orders FOR EACH ROW "
+				"EXECUTE FUNCTION other()", tfs, 1);
+		CHECK(r.verdict == PGC_DENY);
+		{
+			static char *es[] = { "create_event_trigger" };
+			struct policy_rule er = { .target = "db",
+				.allow = { .present = true, .statements = { es, 1 } } };
+			const struct policy_rule *ers[] = { &er };
+
+			r = judge_rules("CREATE EVENT TRIGGER e ON ddl_command_start "
+					"EXECUTE FUNCTION lower()", ers, 1);
+			CHECK(r.verdict == PGC_DENY && strstr(r.reason, "function lower"));
+		}
+		r = judge_rules("TRUNCATE orders", trs, 1);
+		CHECK(r.verdict == PGC_ALLOW);
+		r = judge_rules("TRUNCATE orders RESTRICT", trs, 1);
+		CHECK(r.verdict == PGC_ALLOW);
+		r = judge_rules("TRUNCATE orders CASCADE", trs, 1);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "cannot see"));
+		r = judge_rules("TRUNCATE orders CASCADE", tas, 1);
+		CHECK(r.verdict == PGC_ALLOW);
+		r = judge_rules("DROP TABLE orders", trs, 1);
+		CHECK(r.verdict == PGC_ALLOW);
+		r = judge_rules("DROP TABLE orders CASCADE", trs, 1);
+		CHECK(r.verdict == PGC_DENY);
+		r = judge_rules("ALTER TABLE orders DROP COLUMN total", trs, 1);
+		CHECK(r.verdict == PGC_ALLOW);
+		r = judge_rules("ALTER TABLE orders DROP COLUMN total CASCADE", trs, 1);
+		CHECK(r.verdict == PGC_DENY);
+		r = judge_rules("ALTER TABLE orders DROP CONSTRAINT c CASCADE", trs, 1);
+		CHECK(r.verdict == PGC_DENY);
+	}
 	/* MERGE: each WHEN clause needs the statement it performs */
 	{
 		static char *mu[] = { "select", "update", "merge" };
