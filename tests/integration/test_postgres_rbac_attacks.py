@@ -375,3 +375,32 @@ def test_create_trigger_function_needs_a_rule(enforcer, pg, tmp):
     assert denied(res[0]) and denied(res[1]), res
     assert res[2] == ["C:INSERT 0 1", "ZI"], res[2]
     assert not server_saw(pg, "CREATE TRIGGER")
+
+
+RULES_FOREIGN = [{"target": "shop",
+                  "allow": {"statements": ["select", "create_foreign_table"],
+                            "tables": ["public.orders", "public.scratch"]}}]
+
+
+def test_foreign_table_reads_what_its_options_name(enforcer, pg, tmp):
+    """A foreign table's rows come from what its OPTIONS name: with file_fdw, a server
+    file or a program's output (COPY's FROM '/file' and FROM PROGRAM, which are always
+    denied). A rule that lets the agent create one table, public.scratch, and read it must
+    not let it read /etc/hostname or run a program on the database server: CREATE FOREIGN
+    TABLE names its real source in strings the classifier cannot judge, so only a rule
+    without tables: may allow it."""
+    pg.sql("CREATE EXTENSION file_fdw; CREATE SERVER files FOREIGN DATA WRAPPER file_fdw; "
+           "GRANT USAGE ON FOREIGN SERVER files TO app; GRANT CREATE ON SCHEMA public TO app")
+    log_all(pg)
+    enforcer.start(policy(pg, tmp, rules=RULES_FOREIGN))
+    res = run_seq(enforcer, pg, [
+        "CREATE FOREIGN TABLE scratch (line text) SERVER files OPTIONS (program 'echo ran-by-agent-42')",
+        "SELECT * FROM scratch",
+        "DROP FOREIGN TABLE IF EXISTS scratch",
+        "CREATE FOREIGN TABLE public.scratch (line text) SERVER files OPTIONS (filename '/etc/hostname')",
+        "SELECT * FROM scratch",
+    ])
+    assert pg.sql("SELECT count(*) FROM pg_class WHERE relname = 'scratch'") == "0", res
+    assert "ran-by-agent-42" not in str(res), res
+    assert denied(res[0]) and denied(res[3]), res
+    assert not server_saw(pg, "OPTIONS (program") and not server_saw(pg, "OPTIONS (filename")
