@@ -1550,7 +1550,6 @@ static const struct kind kinds[] = {
 	{ "PLAssignStmt", "plassign", PGC_ADMIN, H_DENY, "PL/pgSQL only" },
 	{ "ReturnStmt", "return", PGC_ADMIN, H_DENY, "PL/pgSQL only" },
 	{ "CreateStmt", "create_table", PGC_DDL, H_KNOWN, NULL },
-	{ "CreateForeignTableStmt", "create_foreign_table", PGC_DDL, H_KNOWN, NULL },
 	{ "ViewStmt", "create_view", PGC_DDL, H_KNOWN, NULL },
 	{ "IndexStmt", "create_index", PGC_DDL, H_KNOWN, NULL },
 	{ "AlterTableStmt", "alter_table", PGC_DDL, H_KNOWN, NULL },
@@ -1568,6 +1567,9 @@ static const struct kind kinds[] = {
 	{ "VacuumStmt", "vacuum", PGC_ADMIN, H_KNOWN, NULL },
 	{ "ClusterStmt", "cluster", PGC_ADMIN, H_KNOWN, NULL },
 	{ "ReindexStmt", "reindex", PGC_ADMIN, H_KNOWN, NULL },
+	/* a foreign table's rows come from what its OPTIONS strings name (a
+	 * remote table, a server file, a program: file_fdw) */
+	{ "CreateForeignTableStmt", "create_foreign_table", PGC_DDL, H_GENERIC, NULL },
 	{ "CreateFunctionStmt", "create_function", PGC_DDL, H_GENERIC, NULL },
 	{ "AlterFunctionStmt", "alter_function", PGC_DDL, H_GENERIC, NULL },
 	{ "AlterDomainStmt", "alter_domain", PGC_DDL, H_GENERIC, NULL },
@@ -1653,6 +1655,25 @@ static void ddl_masked_check(struct walker *w, uint32_t bits)
 		if (masked(w, s, dot + 1, NULL))
 			deny(w, "DDL on %s not allowed: it has masked columns", w->out->tables[i]);
 	}
+}
+
+/* ALTER [FOREIGN] TABLE ... OPTIONS (...): changes where a foreign
+ * table's rows come from. */
+static bool alters_fdw_options(struct walker *w, int key, int body)
+{
+	int cmds = pgj_get(&w->j, body, "cmds");
+
+	if (!pgj_is(&w->j, key, "AlterTableStmt"))
+		return false;
+	for (int c = pgj_first(&w->j, cmds); c >= 0; c = pgj_after(&w->j, cmds, c)) {
+		int b = node_of(w, c, "AlterTableCmd");
+		const char *t = b >= 0 ? get_str(w, b, "subtype") : NULL;
+
+		/* AT_GenericOptions, AT_AlterColumnGenericOptions */
+		if (!t || strstr(t, "GenericOptions"))
+			return true;
+	}
+	return false;
 }
 
 static const struct kind *find_kind(struct walker *w, int key)
@@ -1773,8 +1794,9 @@ static void statement(struct walker *w, int key, int body, struct scope *sc, boo
 			function_name(w, pgj_get(&w->j, body, "funcname"), true);
 		expr(w, body, &fresh);
 		/* a known statement whose relation was not seen (CLUSTER, REINDEX
-		 * DATABASE, RENAME of a non-relation...) is opaque too */
-		if (k->h == H_GENERIC || st->tables == before)
+		 * DATABASE, RENAME of a non-relation...) is opaque too; so is
+		 * ALTER [FOREIGN] TABLE ... OPTIONS (a foreign table's source) */
+		if (k->h == H_GENERIC || st->tables == before || alters_fdw_options(w, key, body))
 			st->opaque = true;
 		if (k->cls == PGC_DDL || k->cls == PGC_ADMIN)
 			ddl_masked_check(w, st->tables & ~before);

@@ -551,6 +551,32 @@ static void test_statements(void)
 		r = judge_rules("ALTER TABLE orders DROP CONSTRAINT c CASCADE", trs, 1);
 		CHECK(r.verdict == PGC_DENY);
 	}
+	/* a foreign table reads what its OPTIONS name (file_fdw: a file, a
+	 * program): opaque, only a rule without tables: may create or retarget one */
+	{
+		static char *fs[] = { "select", "create_foreign_table", "alter_table" };
+		static char *ft[] = { "public.scratch" };
+		struct policy_rule fr = { .target = "db",
+			.allow = { .present = true, .statements = { fs, 3 }, .tables = { ft, 1 } } };
+		struct policy_rule fa = { .target = "db",
+			.allow = { .present = true, .statements = { fs, 3 } } };
+		const struct policy_rule *frs[] = { &fr }, *fas[] = { &fa };
+
+		r = judge_rules("CREATE FOREIGN TABLE scratch (line text) SERVER files "
+				"OPTIONS (program 'id')", frs, 1);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "cannot see"));
+		r = judge_rules("CREATE FOREIGN TABLE scratch (line text) SERVER files", fas, 1);
+		CHECK(r.verdict == PGC_ALLOW);
+		r = judge_rules("ALTER FOREIGN TABLE scratch OPTIONS (SET program 'id')", frs, 1);
+		CHECK(r.verdict == PGC_DENY);
+		r = judge_rules("ALTER TABLE scratch OPTIONS (ADD filename '/etc/passwd')", frs, 1);
+		CHECK(r.verdict == PGC_DENY);
+		r = judge_rules("ALTER FOREIGN TABLE scratch ALTER COLUMN line OPTIONS "
+				"(column_name 'cc')", frs, 1);
+		CHECK(r.verdict == PGC_DENY);
+		r = judge_rules("ALTER FOREIGN TABLE scratch ADD COLUMN x int", frs, 1);
+		CHECK(r.verdict == PGC_ALLOW);
+	}
 	/* MERGE: each WHEN clause needs the statement it performs */
 	{
 		static char *mu[] = { "select", "update", "merge" };
