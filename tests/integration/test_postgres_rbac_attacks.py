@@ -8,7 +8,9 @@ role gets log_statement=all, so pg.log lists everything that reached it).
 Masking is test_postgres_mask_attacks.py's; the cases of ../shared/cases/sql.txt
 are test_postgres.py's."""
 import os
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -297,8 +299,9 @@ print(json.dumps(out))
 
 
 def test_deep_nesting_is_denied_and_the_session_lives(enforcer, pg, tmp):
-    """Texts that nest deeply (parentheses, unary minus under 8 KB: the tree walk; a long
-    left-deep + chain, casts, brackets over 8 KB: the lexer's bound)
+    """Texts that nest deeply (parentheses; unary operators under 8 KB, down to one byte a
+    level: the tree walk; a long left-deep + chain, casts, brackets over 8 KB: the lexer's
+    bound)
     must be denied without taking down the enforcer (libpg_query's recursion, the tree
     walk), and the same session goes on."""
     enforcer.start(policy(pg, tmp, rules=RULES_RO_ORDERS))
@@ -306,6 +309,7 @@ def test_deep_nesting_is_denied_and_the_session_lives(enforcer, pg, tmp):
 texts = {
     "parens": "SELECT " + "(" * 20000 + "1" + ")" * 20000 + " FROM orders",
     "minus": "SELECT " + "-(" * 2000 + "id" + ")" * 2000 + " FROM orders",
+    "unary": "SELECT " + "-+" * 4040 + "id FROM orders",
     "chain": "SELECT 1" + "+1" * 100000 + " FROM orders",
     "casts": "SELECT 1" + "::int" * 50000 + " FROM orders",
     "arrays": "SELECT ARRAY" + "[" * 5000 + "1" + "]" * 5000,
@@ -320,7 +324,7 @@ out["after"] = summary(c.until_ready())
 c.close()
 print(json.dumps(out))
 """)
-    for k in ("parens", "minus", "chain", "casts", "arrays"):
+    for k in ("parens", "minus", "unary", "chain", "casts", "arrays"):
         assert denied(res[k]) and res[k][-1] == "ZI", (k, res[k])
     assert res["after"] == ["T", "D:5", "C:SELECT 1", "ZI"], res["after"]
     assert orders_ids(pg) == "1,2,3,4,5"
@@ -404,3 +408,47 @@ def test_foreign_table_reads_what_its_options_name(enforcer, pg, tmp):
     assert "ran-by-agent-42" not in str(res), res
     assert denied(res[0]) and denied(res[3]), res
     assert not server_saw(pg, "OPTIONS (program") and not server_saw(pg, "OPTIONS (filename")
+
+
+def test_functions_with_side_effects_on_other_sessions(enforcer, pg, tmp):
+    """Under a read-only rule: signalling another backend (pg_terminate_backend,
+    pg_cancel_backend, also hidden in WHERE or FROM), advisory locks, sequences, XID
+    assignment and notifications must be denied, and the server must show none of their
+    effects: the victim session lives, the sequence did not move, none of it was logged."""
+    victim = subprocess.Popen(["psql", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "app", "-d", "shop",
+                               "-Atc", "SELECT 'victim', pg_sleep(60)"],
+                              env=dict(os.environ, PGPASSWORD="app-secret-pw"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        pid = ""
+        for _ in range(100):
+            pid = pg.sql("SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT ''victim''%'")
+            if pid:
+                break
+            time.sleep(0.1)
+        assert pid.isdigit(), pid
+        log_all(pg)
+        enforcer.start(policy(pg, tmp, rules=RULES_RO_ORDERS))
+        sqls = [f"SELECT pg_terminate_backend({pid})",
+                f"SELECT pg_catalog.pg_cancel_backend({pid})",
+                f"SELECT id FROM orders WHERE pg_terminate_backend({pid})",
+                f"SELECT * FROM orders, pg_terminate_backend({pid}) t",
+                f"SELECT id FROM orders ORDER BY pg_cancel_backend({pid})",
+                "SELECT pg_advisory_lock(4242)",
+                "SELECT pg_try_advisory_lock(4242) FROM orders LIMIT 1",
+                "SELECT nextval('orders_id_seq')",
+                "SELECT txid_current()",
+                "SELECT pg_current_xact_id()",
+                "LISTEN chan",
+                "SELECT pg_notify('chan', 'x')"]
+        res = run_seq(enforcer, pg, sqls)
+        assert victim.poll() is None, "the victim session was ended"
+        assert pg.sql(f"SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND state = 'active'") == "1"
+        assert pg.sql("SELECT last_value FROM orders_id_seq") == "5"
+        for i, sql in enumerate(sqls):
+            assert denied(res[i]), (sql, res[i])
+        for marker in ("_backend(", "advisory_lock(", "nextval(", "xact_id(", "LISTEN chan", "pg_notify("):
+            assert not server_saw(pg, marker), marker
+    finally:
+        victim.kill()
+        victim.wait()
