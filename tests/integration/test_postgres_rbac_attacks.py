@@ -105,6 +105,34 @@ print(json.dumps(out))
     assert res["scs"] == "on"
 
 
+RULES_VIEWS_ANY = [{"target": "shop", "allow": {"statements": ["select", "update", "create_view"]}}]
+
+
+def test_view_over_pg_settings_cannot_turn_off_scs(enforcer, pg, tmp):
+    """The same through a view: CREATE VIEW v AS SELECT * FROM pg_settings is automatically
+    updatable, and UPDATE v reaches pg_settings' rule (set_config) while the classifier
+    sees an UPDATE of public.v. A role that may create views and update any table must not
+    get there: no view over pg_settings, nothing deleted by the pipelined exploit."""
+    pg.sql("GRANT CREATE ON SCHEMA public TO app")
+    log_all(pg)
+    enforcer.start(policy(pg, tmp, rules=RULES_VIEWS_ANY))
+    res = run(enforcer, pg, r"""
+out = {}
+c = Conn("127.0.0.1", PORT)
+c.send(Q("CREATE VIEW v AS SELECT name, setting FROM pg_settings"))
+out["view"] = summary(c.until_ready())
+c.send(Q("UPDATE v SET setting = 'off' WHERE name = 'standard_conforming_strings'") +
+       Q("SELECT 'a\'' ; DELETE FROM orders WHERE id = 1; --'"))
+out["pipelined"] = summary(c.until_ready(2))
+c.s.close()
+print(json.dumps(out))
+""")
+    assert orders_ids(pg) == "1,2,3,4,5", res
+    assert pg.sql("SELECT count(*) FROM pg_views WHERE viewname = 'v'") == "0", res
+    assert denied(res["view"]), res
+    assert not server_saw(pg, "FROM pg_settings")
+
+
 # ---- names: unqualified pg_* relations -------------------------------------------------
 
 RULES_CATALOG = [{"target": "shop",
