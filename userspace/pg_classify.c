@@ -74,7 +74,8 @@
  *     SCHEMA, role, session_authorization, default_transaction_read_only,
  *     transaction_read_only, statement_timeout, custom "x.y" ...), RESET
  *     ALL, DISCARD (any), set_config(), INSERT/UPDATE/DELETE/MERGE on
- *     pg_catalog.pg_settings (its UPDATE rule calls set_config), ALTER
+ *     pg_catalog.pg_settings (its UPDATE rule calls set_config) and DDL
+ *     over it (a view over it is updatable), ALTER
  *     SYSTEM, ALTER ROLE/DATABASE ... SET, COPY to/from a file or PROGRAM,
  *     DO, LISTEN/NOTIFY/UNLISTEN,
  *     SQL-level PREPARE/EXECUTE/DEALLOCATE (not tracked: use the protocol's
@@ -1639,7 +1640,8 @@ static const struct kind kinds[] = {
 /*
  * DDL may not touch a table with masked columns: renaming a masked column,
  * a trigger or rule on the table, an index or view over it would each
- * undo the name-based column checks above (or copy values out).
+ * undo the name-based column checks above (or copy values out). Nor
+ * pg_catalog.pg_settings: a view over it is a writable pg_settings.
  */
 static void ddl_masked_check(struct walker *w, uint32_t bits)
 {
@@ -1654,6 +1656,11 @@ static void ddl_masked_check(struct walker *w, uint32_t bits)
 		*dot = '\0';
 		if (masked(w, s, dot + 1, NULL))
 			deny(w, "DDL on %s not allowed: it has masked columns", w->out->tables[i]);
+		/* a view over pg_settings is updatable, and so reaches its
+		 * set_config rule under another name (see dml_target) */
+		if (strcmp(w->out->tables[i], "pg_catalog.pg_settings") == 0)
+			deny(w, "DDL over pg_catalog.pg_settings not allowed: "
+			     "session settings cannot be changed");
 	}
 }
 

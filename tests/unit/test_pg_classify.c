@@ -727,6 +727,22 @@ static void test_settings(void)
 		}
 		r = judge_rules("UPDATE orders SET total = 0", anys, 1);
 		CHECK(r.verdict == PGC_ALLOW);
+		/* a view over it is a writable pg_settings under another name */
+		static char *vs[] = { "read", "write", "ddl" };
+		struct policy_rule vr = { .target = "db",
+			.allow = { .present = true, .statements = { vs, 3 } } };
+		const struct policy_rule *vrs[] = { &vr };
+
+		r = judge_rules("CREATE VIEW v AS SELECT name, setting FROM pg_settings", vrs, 1);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "pg_settings"));
+		r = judge_rules("CREATE OR REPLACE VIEW v AS SELECT * FROM pg_catalog.pg_settings s "
+				"WHERE s.name LIKE 'standard%'", vrs, 1);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "pg_settings"));
+		r = judge_rules("CREATE RULE r AS ON UPDATE TO orders DO ALSO UPDATE pg_settings "
+				"SET setting = 'off'", vrs, 1);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "pg_settings"));
+		r = judge_rules("CREATE VIEW v AS SELECT id FROM orders", vrs, 1);
+		CHECK(r.verdict == PGC_ALLOW);
 		r = judge_rules("SELECT setting FROM pg_settings WHERE name = 'search_path'", anys, 1);
 		CHECK(r.verdict == PGC_ALLOW);
 		r = judge_rules("UPDATE pg_temp.pg_settings SET setting = 'x'", anys, 1);
