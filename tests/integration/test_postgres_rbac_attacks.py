@@ -480,3 +480,45 @@ def test_functions_with_side_effects_on_other_sessions(enforcer, pg, tmp):
     finally:
         victim.kill()
         victim.wait()
+
+
+RULES_DDL_ANY = [{"target": "shop", "allow": {"statements": ["select", "ddl"]}}]
+
+
+def test_create_operator_binds_a_function_no_rule_names(enforcer, pg, tmp):
+    """An operator is a function call that the classifier does not judge as one (it allows
+    any unqualified operator). A role that may run DDL (a schema-migration agent, no
+    tables: list) but no function outside the safe list must not bind one to an operator:
+    CREATE OPERATOR ### (FUNCTION = pg_terminate_backend) and then `SELECT pid ### 0`
+    ended another session. Same for an aggregate's state function."""
+    pg.sql("GRANT CREATE ON SCHEMA public TO app")
+    victim = subprocess.Popen(["psql", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "app", "-d", "shop",
+                               "-Atc", "SELECT 'victim', pg_sleep(60)"],
+                              env=dict(os.environ, PGPASSWORD="app-secret-pw"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        pid = ""
+        for _ in range(100):
+            pid = pg.sql("SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT ''victim''%'")
+            if pid:
+                break
+            time.sleep(0.1)
+        assert pid.isdigit(), pid
+        log_all(pg)
+        enforcer.start(policy(pg, tmp, rules=RULES_DDL_ANY))
+        res = run_seq(enforcer, pg, [
+            "CREATE OPERATOR public.### (LEFTARG = int4, RIGHTARG = int8, FUNCTION = pg_terminate_backend)",
+            f"SELECT {pid} ### 0::int8",
+            "CREATE AGGREGATE public.agg_nv(regclass) (SFUNC = pg_catalog.setval, STYPE = int8, INITCOND = '1')",
+            "CREATE OPERATOR public.#### (RIGHTARG = regclass, PROCEDURE = nextval)",
+            "ALTER OPERATOR public.### (int4, int8) SET (RESTRICT = pg_read_file)",
+        ])
+        assert victim.poll() is None, ("the victim session was ended", res)
+        assert pg.sql("SELECT count(*) FROM pg_operator WHERE oprname LIKE '###%'") == "0", res
+        assert pg.sql("SELECT count(*) FROM pg_proc WHERE proname = 'agg_nv'") == "0", res
+        for i in (0, 2, 3, 4):
+            assert denied(res[i]) and "function" in res[i][0], (i, res[i])
+        assert not server_saw(pg, "CREATE OPERATOR") and not server_saw(pg, "CREATE AGGREGATE")
+    finally:
+        victim.kill()
+        victim.wait()
