@@ -88,7 +88,9 @@
  *     masked columns; COPY (query) TO STDOUT checks the query as a
  *     non-output.
  *   - CALL p(...) needs "call" (or "write") and p in the rule's functions:;
- *     so does CREATE [EVENT] TRIGGER ... EXECUTE FUNCTION f() for f.
+ *     so does CREATE [EVENT] TRIGGER ... EXECUTE FUNCTION f() for f, and
+ *     DDL that binds a function to an operator, aggregate, cast,
+ *     conversion or operator class (ddl_functions()).
  *   - CASCADE (TRUNCATE, DROP, ALTER TABLE ... DROP ...) reaches objects
  *     the text does not name: like DDL on unnamed objects, only a rule
  *     without tables: may allow it.
@@ -1664,6 +1666,60 @@ static void ddl_masked_check(struct walker *w, uint32_t bits)
 	}
 }
 
+/*
+ * DDL that binds a function by name, to run it later under another guise:
+ * an operator (which the walk allows unqualified), an aggregate's state
+ * and final functions, a cast, a conversion, an operator class's support
+ * functions. Each such function is judged as if called (the safe list, else
+ * a rule's functions: entry). Superuser-only bindings (languages, access methods, transforms,
+ * foreign-data wrappers, base types' I/O) are left to the server.
+ */
+static void ddl_functions(struct walker *w, int key, int body)
+{
+	static const char *const keys[] = {
+		"function", "procedure", "restrict", "join", "sfunc", "finalfunc", "combinefunc",
+		"serialfunc", "deserialfunc", "msfunc", "minvfunc", "mfinalfunc", NULL,
+	};
+	const struct pgj *j = &w->j;
+	int defs = -1;
+
+	if (pgj_is(j, key, "DefineStmt"))
+		defs = pgj_get(j, body, "definition");
+	else if (pgj_is(j, key, "AlterOperatorStmt"))
+		defs = pgj_get(j, body, "options");
+	else if (pgj_is(j, key, "CreateCastStmt"))
+		function_name(w, pgj_get(j, pgj_get(j, body, "func"), "objname"), false);
+	else if (pgj_is(j, key, "CreateConversionStmt"))
+		function_name(w, pgj_get(j, body, "func_name"), false);
+	else if (pgj_is(j, key, "CreateOpClassStmt") || pgj_is(j, key, "AlterOpFamilyStmt")) {
+		int items = pgj_get(j, body, "items");
+
+		for (int i = pgj_first(j, items); i >= 0 && !w->denied; i = pgj_after(j, items, i)) {
+			int it = node_of(w, i, "CreateOpClassItem");
+			long type = 0;
+
+			pgj_int(j, pgj_get(j, it, "itemtype"), &type);
+			if (type == 2)          /* OPCLASS_ITEM_FUNCTION */
+				function_name(w, pgj_get(j, pgj_get(j, it, "name"), "objname"), false);
+		}
+	}
+	for (int d = pgj_first(j, defs); d >= 0 && !w->denied; d = pgj_after(j, defs, d)) {
+		int de = node_of(w, d, "DefElem"), tn;
+		const char *name = de >= 0 ? get_str(w, de, "defname") : NULL;
+
+		for (int k = 0; name && keys[k]; k++) {
+			if (strcmp(name, keys[k]) != 0)
+				continue;
+			/* the function's name is parsed as a type name */
+			tn = node_of(w, pgj_get(j, de, "arg"), "TypeName");
+			if (tn < 0)
+				deny(w, "malformed function reference in %s", name);
+			else
+				function_name(w, pgj_get(j, tn, "names"), false);
+		}
+	}
+}
+
 /* ALTER [FOREIGN] TABLE ... OPTIONS (...): changes where a foreign
  * table's rows come from. */
 static bool alters_fdw_options(struct walker *w, int key, int body)
@@ -1799,6 +1855,7 @@ static void statement(struct walker *w, int key, int body, struct scope *sc, boo
 		 * it needs a rule's functions: entry */
 		if (pgj_is(&w->j, key, "CreateTrigStmt") || pgj_is(&w->j, key, "CreateEventTrigStmt"))
 			function_name(w, pgj_get(&w->j, body, "funcname"), true);
+		ddl_functions(w, key, body);
 		expr(w, body, &fresh);
 		/* a known statement whose relation was not seen (CLUSTER, REINDEX
 		 * DATABASE, RENAME of a non-relation...) is opaque too; so is

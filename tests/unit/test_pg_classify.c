@@ -577,6 +577,38 @@ static void test_statements(void)
 		r = judge_rules("ALTER FOREIGN TABLE scratch ADD COLUMN x int", frs, 1);
 		CHECK(r.verdict == PGC_ALLOW);
 	}
+	/* DDL that binds a function (operator, aggregate, cast, conversion,
+	 * operator class) judges it as a call */
+	{
+		static char *dd[] = { "select", "ddl" };
+		struct policy_rule ddr = { .target = "db",
+			.allow = { .present = true, .statements = { dd, 2 } } };
+		const struct policy_rule *ddrs[] = { &ddr };
+		static const char *const bad[] = {
+			"CREATE OPERATOR ### (LEFTARG = int4, RIGHTARG = int8, FUNCTION = pg_terminate_backend)",
+			"CREATE OPERATOR public.### (RIGHTARG = regclass, PROCEDURE = pg_catalog.nextval)",
+			"CREATE OPERATOR ### (RIGHTARG = int4, FUNCTION = lower, RESTRICT = harmless_looking)",
+			"ALTER OPERATOR ### (int4, int8) SET (JOIN = pg_read_file)",
+			"CREATE AGGREGATE a(text, bool) (SFUNC = set_config, STYPE = text)",
+			"CREATE AGGREGATE a(int) (SFUNC = int4pl, STYPE = int, FINALFUNC = pg_sleep)",
+			"CREATE CAST (int AS text) WITH FUNCTION f(int)",
+			"CREATE CONVERSION c FOR 'UTF8' TO 'LATIN1' FROM f",
+			"CREATE OPERATOR CLASS c FOR TYPE int USING btree AS FUNCTION 1 f(int, int)",
+			"ALTER OPERATOR FAMILY o USING btree ADD FUNCTION 1 f(int, int)",
+		};
+
+		for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+			r = judge_rules(bad[i], ddrs, 1);
+			if (r.verdict != PGC_DENY || !strstr(r.reason, "function"))
+				fprintf(stderr, "  %s: got %d (%s)\n", bad[i], r.verdict, r.reason);
+			CHECK(r.verdict == PGC_DENY && strstr(r.reason, "function"));
+		}
+		r = judge_rules("CREATE OPERATOR ### (LEFTARG = text, RIGHTARG = text, FUNCTION = concat)",
+				ddrs, 1);
+		CHECK(r.verdict == PGC_ALLOW);       /* a safe builtin */
+		r = judge_rules("CREATE AGGREGATE a(float8) (SFUNC = float8pl, STYPE = float8)", ddrs, 1);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "float8pl"));
+	}
 	/* MERGE: each WHEN clause needs the statement it performs */
 	{
 		static char *mu[] = { "select", "update", "merge" };
