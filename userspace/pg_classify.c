@@ -1669,8 +1669,8 @@ static void ddl_masked_check(struct walker *w, uint32_t bits)
 /*
  * DDL that binds a function by name, to run it later under another guise:
  * an operator (which the walk allows unqualified), an aggregate's state
- * and final functions, a cast, a conversion, an operator class's support
- * functions. Each such function is judged as if called (the safe list, else
+ * and final functions, a range type's subtype_diff/canonical, a cast, a
+ * conversion, an operator class's support functions. Each such function is judged as if called (the safe list, else
  * a rule's functions: entry). Superuser-only bindings (languages, access methods, transforms,
  * foreign-data wrappers, base types' I/O) are left to the server.
  */
@@ -1678,7 +1678,8 @@ static void ddl_functions(struct walker *w, int key, int body)
 {
 	static const char *const keys[] = {
 		"function", "procedure", "restrict", "join", "sfunc", "finalfunc", "combinefunc",
-		"serialfunc", "deserialfunc", "msfunc", "minvfunc", "mfinalfunc", NULL,
+		"serialfunc", "deserialfunc", "msfunc", "minvfunc", "mfinalfunc", "subtype_diff",
+		"canonical", NULL,
 	};
 	const struct pgj *j = &w->j;
 	int defs = -1;
@@ -1687,6 +1688,8 @@ static void ddl_functions(struct walker *w, int key, int body)
 		defs = pgj_get(j, body, "definition");
 	else if (pgj_is(j, key, "AlterOperatorStmt"))
 		defs = pgj_get(j, body, "options");
+	else if (pgj_is(j, key, "CreateRangeStmt"))
+		defs = pgj_get(j, body, "params");
 	else if (pgj_is(j, key, "CreateCastStmt"))
 		function_name(w, pgj_get(j, pgj_get(j, body, "func"), "objname"), false);
 	else if (pgj_is(j, key, "CreateConversionStmt"))

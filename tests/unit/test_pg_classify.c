@@ -595,6 +595,7 @@ static void test_statements(void)
 			"CREATE CONVERSION c FOR 'UTF8' TO 'LATIN1' FROM f",
 			"CREATE OPERATOR CLASS c FOR TYPE int USING btree AS FUNCTION 1 f(int, int)",
 			"ALTER OPERATOR FAMILY o USING btree ADD FUNCTION 1 f(int, int)",
+			"CREATE TYPE r AS RANGE (subtype = int8, subtype_diff = pg_terminate_backend)",
 		};
 
 		for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
