@@ -253,6 +253,25 @@ def test_user_operator_in_public(enforcer, pg, tmp):
     assert denied(res[0]), res
 
 
+def test_user_operator_with_a_new_symbol(enforcer, pg, tmp):
+    """The part of the operator gap the classifier can close without the catalog: a
+    symbol that is none of PostgreSQL's own operators (here ### defined by the database
+    in public, over a SECURITY DEFINER function) can only be a user-defined one, so an
+    unqualified use of it is denied. PostgreSQL's own symbols keep working."""
+    pg.sql(FN_CALLS.format(name="hash_op", arg="integer, integer", ret="bool", value="true") +
+           "CREATE OPERATOR public.### (LEFTARG = integer, RIGHTARG = integer, FUNCTION = public.hash_op);")
+    log_all(pg)
+    enforcer.start(policy(pg, tmp, rules=RULES_CATALOG))
+    res = run_seq(enforcer, pg, ["SELECT id FROM orders o WHERE o.id ### 1",
+                                 "SELECT id FROM orders WHERE id OPERATOR(public.###) 1",
+                                 "SELECT count(*) FROM orders WHERE id BETWEEN 2 AND 3 AND id <> 3 "
+                                 "AND NOT (id IS DISTINCT FROM 2) AND 'a' NOT LIKE 'b%' AND id IN (1, 2, 3)"])
+    assert pg.sql("SELECT count(*) FROM fn_calls") == "0", res
+    assert denied(res[0]) and denied(res[1]), res
+    assert res[2][:3] == ["T", "D:1", "C:SELECT 1"], res[2]
+    assert not server_saw(pg, "###")
+
+
 # ---- CTE names and their scope ----------------------------------------------------------
 
 RULES_RO_ORDERS = [{"target": "shop", "allow": {"statements": ["select"], "tables": ["public.orders"]}}]
