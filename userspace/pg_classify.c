@@ -39,9 +39,10 @@
  * too, so the built-in list judges them by name. (Known limit: that holds
  * for ties only. PostgreSQL picks the best match by argument types over
  * the whole path, so a public.lower(integer) wins `lower(1)`, and so does
- * a user-defined operator in public; `t.f` calls f(t) when t has no column
- * f. Telling these apart needs the catalog, which the classifier does not
- * have.)
+ * a user-defined overload of a built-in operator symbol in public (symbols
+ * pg_catalog lacks are denied: catalog_ops[]); `t.f` calls f(t) when t has
+ * no column f. Telling these apart needs the catalog, which the classifier
+ * does not have.)
  *
  * Masked columns (DESIGN §3): a masked column may appear only as a plain
  * output column of the statement's result. Each SELECT keeps a scope of its
@@ -378,7 +379,7 @@ static const char *const catalog_rels[] = {
 	"pg_user_mappings", "pg_views",
 };
 
-static int cmp_rel(const void *key, const void *elem)
+static int cmp_str(const void *key, const void *elem)
 {
 	return strcmp(key, *(const char *const *)elem);
 }
@@ -386,7 +387,7 @@ static int cmp_rel(const void *key, const void *elem)
 static bool catalog_relation(const char *name)
 {
 	return bsearch(name, catalog_rels, sizeof(catalog_rels) / sizeof(catalog_rels[0]),
-		       sizeof(catalog_rels[0]), cmp_rel) != NULL;
+		       sizeof(catalog_rels[0]), cmp_str) != NULL;
 }
 
 /* For the unit test: the list's order is what bsearch relies on. */
@@ -758,19 +759,58 @@ static void funccall(struct walker *w, int body, struct scope *sc, bool call)
 			expr(w, v, sc);
 }
 
+/*
+ * The operator symbols of PostgreSQL 15's pg_catalog, sorted (strcmp
+ * order: bsearch; the unit test checks it), and the names the grammar
+ * gives BETWEEN. Any other symbol can only be a user-defined operator:
+ * a call of its function.
+ */
+static const char *const catalog_ops[] = {
+	"!!", "!~", "!~*", "!~~", "!~~*", "#", "##", "#-", "#>", "#>>", "%", "&", "&&",
+	"&<", "&<|", "&>", "*", "*<", "*<=", "*<>", "*=", "*>", "*>=", "+", "-", "->",
+	"->>", "-|-", "/", "<", "<->", "<<", "<<=", "<<|", "<=", "<>", "<@", "<^", "=",
+	">", ">=", ">>", ">>=", ">^", "?", "?#", "?&", "?-", "?-|", "?|", "?||", "@",
+	"@-@", "@>", "@?", "@@", "@@@", "^", "^@", "|", "|&>", "|/", "|>>", "||", "||/",
+	"~", "~*", "~<=~", "~<~", "~=", "~>=~", "~>~", "~~", "~~*",
+};
+
+static bool catalog_operator(const char *op)
+{
+	return bsearch(op, catalog_ops, sizeof(catalog_ops) / sizeof(catalog_ops[0]),
+		       sizeof(catalog_ops[0]), cmp_str) != NULL ||
+	       strcmp(op, "BETWEEN") == 0 || strcmp(op, "NOT BETWEEN") == 0 ||
+	       strcmp(op, "BETWEEN SYMMETRIC") == 0 || strcmp(op, "NOT BETWEEN SYMMETRIC") == 0;
+}
+
+/* For the unit test: the list's order is what bsearch relies on. */
+bool pgc_operator_list_sorted(void);
+bool pgc_operator_list_sorted(void)
+{
+	for (size_t i = 1; i < sizeof(catalog_ops) / sizeof(catalog_ops[0]); i++)
+		if (strcmp(catalog_ops[i - 1], catalog_ops[i]) >= 0)
+			return false;
+	return true;
+}
+
 /* Operators resolve like functions; only pg_catalog may be named explicitly
- * (an unqualified operator resolves pg_catalog first). */
+ * (an unqualified operator resolves pg_catalog first), and only a symbol
+ * pg_catalog has (see "Names" for what this cannot catch: a user-defined
+ * overload of one of those symbols). */
 static void operator_name(struct walker *w, int names)
 {
 	int f = pgj_first(&w->j, names), n = 0;
-	const char *first = NULL;
+	const char *first = NULL, *last = NULL;
 
 	for (; f >= 0; f = pgj_after(&w->j, names, f)) {
+		last = string_node(w, f);
 		if (n++ == 0)
-			first = string_node(w, f);
+			first = last;
 	}
 	if (n > 1 && (!first || strcmp(first, "pg_catalog") != 0))
 		deny(w, "operator in schema %s not allowed", first ? first : "?");
+	else if (n && (!last || !catalog_operator(last)))
+		deny(w, "operator %s not allowed: PostgreSQL has no such operator, so it is "
+		     "user-defined", last ? last : "?");
 }
 
 static void typecast(struct walker *w, int body, struct scope *sc)

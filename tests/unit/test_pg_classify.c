@@ -23,6 +23,7 @@
 
 bool pgc_builtin_list_sorted(void);
 bool pgc_catalog_list_sorted(void);
+bool pgc_operator_list_sorted(void);
 
 /* ---- rules built by hand (the shape policy_load.c produces) ---- */
 
@@ -577,6 +578,24 @@ static void test_statements(void)
 		r = judge_rules("ALTER FOREIGN TABLE scratch ADD COLUMN x int", frs, 1);
 		CHECK(r.verdict == PGC_ALLOW);
 	}
+	/* operators: PostgreSQL's own symbols only (anything else is user-defined) */
+	CHECK(pgc_operator_list_sorted());
+	EXPECT_REASON("SELECT id FROM orders WHERE id ### 1", PGC_DENY, "operator ###");
+	EXPECT_REASON("SELECT ### id FROM orders", PGC_DENY, "operator ###");
+	EXPECT("SELECT id FROM orders WHERE id OPERATOR(pg_catalog.###) 1", PGC_DENY);
+	EXPECT("SELECT id FROM orders WHERE id OPERATOR(public.+) 1", PGC_DENY);
+	EXPECT("SELECT id FROM orders ORDER BY id USING ###", PGC_DENY);
+	EXPECT("SELECT id FROM orders WHERE id = ANY (SELECT 1) OR id ### ANY (SELECT 1)", PGC_DENY);
+	EXPECT("SELECT id FROM orders WHERE id BETWEEN 1 AND 2 OR id NOT BETWEEN SYMMETRIC 3 AND 1 "
+	       "OR id BETWEEN SYMMETRIC 1 AND 2 OR id NOT BETWEEN 4 AND 9", PGC_ALLOW);
+	EXPECT("SELECT id FROM orders WHERE id IS DISTINCT FROM 1 AND id IS NOT DISTINCT FROM 2 "
+	       "AND id != 3 AND id IN (1, 2) AND id NOT IN (4) AND NULLIF(id, 1) > 0", PGC_ALLOW);
+	EXPECT("SELECT 'a' LIKE 'b', 'a' NOT ILIKE 'b', 'a' SIMILAR TO 'b', 'a' ~* 'b', 'a' !~ 'b', "
+	       "'a' || 'b', 'a' ^@ 'b', '{}'::jsonb @> '{}', '{}'::jsonb ->> 'k', '{}'::jsonb ? 'k', "
+	       "2 ^ 3, |/ 4.0, @ -1, 1 << 2, 1 # 3, ~ 1, 1 % 2", PGC_ALLOW);
+	EXPECT("SELECT id FROM orders WHERE id OPERATOR(pg_catalog.+) 1 > 0 ORDER BY id USING >",
+	       PGC_ALLOW);
+	EXPECT("SELECT id FROM orders WHERE id = ANY (ARRAY[1, 2]) AND id < ALL (SELECT 9)", PGC_ALLOW);
 	/* DDL that binds a function (operator, aggregate, cast, conversion,
 	 * operator class) judges it as a call */
 	{
