@@ -27,14 +27,22 @@
  * Names: the wire module pins search_path to ctx->search_path and forbids
  * changing it, so an unqualified relation is ctx->search_path.name, with two
  * exceptions. pg_catalog is searched before the pinned schema implicitly,
- * so an unqualified name starting with "pg_" (all catalog relations do) is
- * taken as pg_catalog.name; and pg_temp is searched before both, which only
+ * so an unqualified name of one of PostgreSQL 15's catalog relations
+ * (catalog_rels[]) is taken as pg_catalog.name; another name starting with
+ * "pg_" is the pinned schema's, or a newer server's catalog relation, and
+ * counts as both. pg_temp is searched before all of them, which only
  * matters if the agent may create temporary tables (a ddl grant), in which
  * case its own temp table shadows — data it created itself. Names written
  * with a schema are used as written (pg_temp included). Three-part names are
  * denied, and so are identifiers containing '.' (they would make
  * "schema.table" ambiguous). Unqualified functions resolve pg_catalog first
- * too, so the built-in list judges them by name.
+ * too, so the built-in list judges them by name. (Known limit: that holds
+ * for ties only. PostgreSQL picks the best match by argument types over
+ * the whole path, so a public.lower(integer) wins `lower(1)`, and so does
+ * a user-defined overload of a built-in operator symbol in public (symbols
+ * pg_catalog lacks are denied: catalog_ops[]); `t.f` calls f(t) when t has
+ * no column f. Telling these apart needs the catalog, which the classifier
+ * does not have.)
  *
  * Masked columns (DESIGN §3): a masked column may appear only as a plain
  * output column of the statement's result. Each SELECT keeps a scope of its
@@ -66,8 +74,11 @@
  *     (standard_conforming_strings, client_encoding/NAMES, search_path/
  *     SCHEMA, role, session_authorization, default_transaction_read_only,
  *     transaction_read_only, statement_timeout, custom "x.y" ...), RESET
- *     ALL, DISCARD (any), set_config(), ALTER SYSTEM, ALTER ROLE/DATABASE
- *     ... SET, COPY to/from a file or PROGRAM, DO, LISTEN/NOTIFY/UNLISTEN,
+ *     ALL, DISCARD (any), set_config(), INSERT/UPDATE/DELETE/MERGE on
+ *     pg_catalog.pg_settings (its UPDATE rule calls set_config) and DDL
+ *     over it (a view over it is updatable), ALTER
+ *     SYSTEM, ALTER ROLE/DATABASE ... SET, COPY to/from a file or PROGRAM,
+ *     DO, LISTEN/NOTIFY/UNLISTEN,
  *     SQL-level PREPARE/EXECUTE/DEALLOCATE (not tracked: use the protocol's
  *     Parse), FETCH/MOVE (cursors are not tracked), LOAD, DDL or admin
  *     statements touching a table with masked columns.
@@ -77,7 +88,15 @@
  *     "copy" (a class never grants it) and is denied for any table with
  *     masked columns; COPY (query) TO STDOUT checks the query as a
  *     non-output.
- *   - CALL p(...) needs "call" (or "write") and p in the rule's functions:.
+ *   - CALL p(...) needs "call" (or "write") and p in the rule's functions:;
+ *     so does CREATE [EVENT] TRIGGER ... EXECUTE FUNCTION f() for f, and
+ *     DDL that binds a function to an operator, aggregate, cast,
+ *     conversion or operator class (ddl_functions()).
+ *   - CASCADE (TRUNCATE, DROP, ALTER TABLE ... DROP ...) reaches objects
+ *     the text does not name: like DDL on unnamed objects, only a rule
+ *     without tables: may allow it.
+ *   - INSERT ... ON CONFLICT DO UPDATE adds update; MERGE adds update,
+ *     delete and insert for its WHEN clauses that do so.
  *   - SELECT ... FOR UPDATE/SHARE adds a write-class need
  *     (select_for_update, ...); SELECT INTO adds select_into (ddl) and the
  *     new table.
@@ -316,6 +335,89 @@ static void add_table(struct walker *w, const char *schema, const char *rel)
 	o->ntables++;
 }
 
+/*
+ * The relations (tables and views) of PostgreSQL 15's pg_catalog, sorted
+ * (strcmp order: bsearch; the unit test checks it). An unqualified name
+ * resolves to pg_catalog only if the catalog has it: pg_catalog is searched
+ * first, and the pinned schema after it, so `FROM pg_private` reads
+ * public.pg_private (a user's table, or an extension's view such as
+ * pg_stat_statements, which lands in public) when pg_catalog has none.
+ */
+static const char *const catalog_rels[] = {
+	"pg_aggregate", "pg_am", "pg_amop", "pg_amproc", "pg_attrdef", "pg_attribute",
+	"pg_auth_members", "pg_authid", "pg_available_extension_versions", "pg_available_extensions",
+	"pg_backend_memory_contexts", "pg_cast", "pg_class", "pg_collation", "pg_config",
+	"pg_constraint", "pg_conversion", "pg_cursors", "pg_database", "pg_db_role_setting",
+	"pg_default_acl", "pg_depend", "pg_description", "pg_enum", "pg_event_trigger",
+	"pg_extension", "pg_file_settings", "pg_foreign_data_wrapper", "pg_foreign_server",
+	"pg_foreign_table", "pg_group", "pg_hba_file_rules", "pg_ident_file_mappings", "pg_index",
+	"pg_indexes", "pg_inherits", "pg_init_privs", "pg_language", "pg_largeobject",
+	"pg_largeobject_metadata", "pg_locks", "pg_matviews", "pg_namespace", "pg_opclass",
+	"pg_operator", "pg_opfamily", "pg_parameter_acl", "pg_partitioned_table", "pg_policies",
+	"pg_policy", "pg_prepared_statements", "pg_prepared_xacts", "pg_proc", "pg_publication",
+	"pg_publication_namespace", "pg_publication_rel", "pg_publication_tables", "pg_range",
+	"pg_replication_origin", "pg_replication_origin_status", "pg_replication_slots", "pg_rewrite",
+	"pg_roles", "pg_rules", "pg_seclabel", "pg_seclabels", "pg_sequence", "pg_sequences",
+	"pg_settings", "pg_shadow", "pg_shdepend", "pg_shdescription", "pg_shmem_allocations",
+	"pg_shseclabel", "pg_stat_activity", "pg_stat_all_indexes", "pg_stat_all_tables",
+	"pg_stat_archiver", "pg_stat_bgwriter", "pg_stat_database", "pg_stat_database_conflicts",
+	"pg_stat_gssapi", "pg_stat_progress_analyze", "pg_stat_progress_basebackup",
+	"pg_stat_progress_cluster", "pg_stat_progress_copy", "pg_stat_progress_create_index",
+	"pg_stat_progress_vacuum", "pg_stat_recovery_prefetch", "pg_stat_replication",
+	"pg_stat_replication_slots", "pg_stat_slru", "pg_stat_ssl", "pg_stat_subscription",
+	"pg_stat_subscription_stats", "pg_stat_sys_indexes", "pg_stat_sys_tables",
+	"pg_stat_user_functions", "pg_stat_user_indexes", "pg_stat_user_tables", "pg_stat_wal",
+	"pg_stat_wal_receiver", "pg_stat_xact_all_tables", "pg_stat_xact_sys_tables",
+	"pg_stat_xact_user_functions", "pg_stat_xact_user_tables", "pg_statio_all_indexes",
+	"pg_statio_all_sequences", "pg_statio_all_tables", "pg_statio_sys_indexes",
+	"pg_statio_sys_sequences", "pg_statio_sys_tables", "pg_statio_user_indexes",
+	"pg_statio_user_sequences", "pg_statio_user_tables", "pg_statistic", "pg_statistic_ext",
+	"pg_statistic_ext_data", "pg_stats", "pg_stats_ext", "pg_stats_ext_exprs", "pg_subscription",
+	"pg_subscription_rel", "pg_tables", "pg_tablespace", "pg_timezone_abbrevs",
+	"pg_timezone_names", "pg_transform", "pg_trigger", "pg_ts_config", "pg_ts_config_map",
+	"pg_ts_dict", "pg_ts_parser", "pg_ts_template", "pg_type", "pg_user", "pg_user_mapping",
+	"pg_user_mappings", "pg_views",
+};
+
+static int cmp_str(const void *key, const void *elem)
+{
+	return strcmp(key, *(const char *const *)elem);
+}
+
+static bool catalog_relation(const char *name)
+{
+	return bsearch(name, catalog_rels, sizeof(catalog_rels) / sizeof(catalog_rels[0]),
+		       sizeof(catalog_rels[0]), cmp_str) != NULL;
+}
+
+/* For the unit test: the list's order is what bsearch relies on. */
+bool pgc_catalog_list_sorted(void);
+bool pgc_catalog_list_sorted(void)
+{
+	for (size_t i = 1; i < sizeof(catalog_rels) / sizeof(catalog_rels[0]); i++)
+		if (strcmp(catalog_rels[i - 1], catalog_rels[i]) >= 0)
+			return false;
+	return true;
+}
+
+/*
+ * The schema of an unqualified relation name (see "Names"): pg_catalog
+ * for PostgreSQL 15's catalog relations, else the pinned schema. A pg_*
+ * name this list does not know may be a newer server's catalog relation
+ * (found there first) or the pinned schema's: pg_catalog.name is recorded
+ * as well, so a rule must allow both.
+ */
+static const char *unqualified_schema(struct walker *w, const char *rel)
+{
+	if (strncmp(rel, "pg_", 3) != 0)
+		return w->schema;
+	if (catalog_relation(rel))
+		return "pg_catalog";
+	if (!strchr(rel, '.'))
+		add_table(w, "pg_catalog", rel);
+	return w->schema;
+}
+
 static struct cte *find_cte(struct scope *sc, const char *name)
 {
 	for (; sc; sc = sc->parent)
@@ -352,10 +454,8 @@ static bool relation(struct walker *w, int rv, struct scope *sc, bool may_be_cte
 
 		if (p && strcmp(p, "t") == 0)
 			s = "pg_temp";
-		else if (strncmp(r, "pg_", 3) == 0)
-			s = "pg_catalog";
 		else
-			s = w->schema;
+			s = unqualified_schema(w, r);
 	}
 	if (strchr(s, '.') || strchr(r, '.')) {
 		deny(w, "identifiers containing '.' are not supported");
@@ -659,19 +759,58 @@ static void funccall(struct walker *w, int body, struct scope *sc, bool call)
 			expr(w, v, sc);
 }
 
+/*
+ * The operator symbols of PostgreSQL 15's pg_catalog, sorted (strcmp
+ * order: bsearch; the unit test checks it), and the names the grammar
+ * gives BETWEEN. Any other symbol can only be a user-defined operator:
+ * a call of its function.
+ */
+static const char *const catalog_ops[] = {
+	"!!", "!~", "!~*", "!~~", "!~~*", "#", "##", "#-", "#>", "#>>", "%", "&", "&&",
+	"&<", "&<|", "&>", "*", "*<", "*<=", "*<>", "*=", "*>", "*>=", "+", "-", "->",
+	"->>", "-|-", "/", "<", "<->", "<<", "<<=", "<<|", "<=", "<>", "<@", "<^", "=",
+	">", ">=", ">>", ">>=", ">^", "?", "?#", "?&", "?-", "?-|", "?|", "?||", "@",
+	"@-@", "@>", "@?", "@@", "@@@", "^", "^@", "|", "|&>", "|/", "|>>", "||", "||/",
+	"~", "~*", "~<=~", "~<~", "~=", "~>=~", "~>~", "~~", "~~*",
+};
+
+static bool catalog_operator(const char *op)
+{
+	return bsearch(op, catalog_ops, sizeof(catalog_ops) / sizeof(catalog_ops[0]),
+		       sizeof(catalog_ops[0]), cmp_str) != NULL ||
+	       strcmp(op, "BETWEEN") == 0 || strcmp(op, "NOT BETWEEN") == 0 ||
+	       strcmp(op, "BETWEEN SYMMETRIC") == 0 || strcmp(op, "NOT BETWEEN SYMMETRIC") == 0;
+}
+
+/* For the unit test: the list's order is what bsearch relies on. */
+bool pgc_operator_list_sorted(void);
+bool pgc_operator_list_sorted(void)
+{
+	for (size_t i = 1; i < sizeof(catalog_ops) / sizeof(catalog_ops[0]); i++)
+		if (strcmp(catalog_ops[i - 1], catalog_ops[i]) >= 0)
+			return false;
+	return true;
+}
+
 /* Operators resolve like functions; only pg_catalog may be named explicitly
- * (an unqualified operator resolves pg_catalog first). */
+ * (an unqualified operator resolves pg_catalog first), and only a symbol
+ * pg_catalog has (see "Names" for what this cannot catch: a user-defined
+ * overload of one of those symbols). */
 static void operator_name(struct walker *w, int names)
 {
 	int f = pgj_first(&w->j, names), n = 0;
-	const char *first = NULL;
+	const char *first = NULL, *last = NULL;
 
 	for (; f >= 0; f = pgj_after(&w->j, names, f)) {
+		last = string_node(w, f);
 		if (n++ == 0)
-			first = string_node(w, f);
+			first = last;
 	}
 	if (n > 1 && (!first || strcmp(first, "pg_catalog") != 0))
 		deny(w, "operator in schema %s not allowed", first ? first : "?");
+	else if (n && (!last || !catalog_operator(last)))
+		deny(w, "operator %s not allowed: PostgreSQL has no such operator, so it is "
+		     "user-defined", last ? last : "?");
 }
 
 static void typecast(struct walker *w, int body, struct scope *sc)
@@ -750,6 +889,12 @@ static void expr(struct walker *w, int i, struct scope *sc)
 
 			relation(w, i, sc, true, &s, &r, &c);
 		} else {
+			const char *b = get_str(w, i, "behavior");
+
+			/* CASCADE (TRUNCATE, ALTER TABLE ... DROP): objects the
+			 * text does not name go too */
+			if (b && strcmp(b, "DROP_CASCADE") == 0)
+				w->st->opaque = true;
 			for (int v = pgj_first(j, i); v >= 0 && !w->denied; v = pgj_after(j, i, v))
 				expr(w, v, sc);
 		}
@@ -1100,12 +1245,42 @@ static struct entry *dml_target(struct walker *w, int body, struct scope *sc)
 
 	if (rv < 0 || !relation(w, rv, sc, false, &s, &r, &c))
 		return NULL;
+	/* pg_settings' UPDATE rule calls set_config(): a write to it would
+	 * change pinned settings (standard_conforming_strings, search_path,
+	 * client_encoding...), whatever the rules grant */
+	if (strcmp(s, "pg_catalog") == 0 && strcmp(r, "pg_settings") == 0) {
+		deny(w, "pg_catalog.pg_settings cannot be written: session settings cannot be changed");
+		return NULL;
+	}
 	al = alias_name(w, rv, &cols);
 	if ((e = add_entry(w, sc, al ? al : r, ENT_TABLE))) {
 		e->schema = s;
 		e->rel = r;
 	}
 	return e;
+}
+
+/* MERGE's WHEN clauses update, delete or insert rows: each needs its own
+ * statement as well as merge (as ON CONFLICT DO UPDATE needs update). A
+ * clause of a kind we do not know is taken for all three. */
+static void merge_needs(struct walker *w, int clauses)
+{
+	for (int c = pgj_first(&w->j, clauses); c >= 0; c = pgj_after(&w->j, clauses, c)) {
+		int b = node_of(w, c, "MergeWhenClause");
+		const char *t = b >= 0 ? get_str(w, b, "commandType") : NULL;
+
+		bool upd = t && strcmp(t, "CMD_UPDATE") == 0, del = t && strcmp(t, "CMD_DELETE") == 0;
+		bool ins = t && strcmp(t, "CMD_INSERT") == 0, known = upd || del || ins;
+
+		if (t && strcmp(t, "CMD_NOTHING") == 0)
+			continue;
+		if (upd || !known)
+			add_need(w, "update", PGC_WRITE, false);
+		if (del || !known)
+			add_need(w, "delete", PGC_WRITE, false);
+		if (ins || !known)
+			add_need(w, "insert", PGC_WRITE, false);
+	}
 }
 
 static void walk_dml(struct walker *w, int key, int body, struct scope *parent)
@@ -1158,6 +1333,7 @@ static void walk_dml(struct walker *w, int key, int body, struct scope *parent)
 			from_item(w, f, &sc);
 		expr(w, pgj_get(j, body, "whereClause"), &sc);
 	} else {        /* MergeStmt */
+		merge_needs(w, pgj_get(j, body, "mergeWhenClauses"));
 		dml_target(w, body, &sc);
 		from_item(w, pgj_get(j, body, "sourceRelation"), &sc);
 		expr(w, pgj_get(j, body, "joinCondition"), &sc);
@@ -1320,9 +1496,12 @@ static void drop_stmt(struct walker *w, int body, struct stmt_info *st)
 		{ "OBJECT_SCHEMA", "drop_schema", false },
 		{ "OBJECT_TYPE", "drop_type", false },
 	};
-	const char *type = get_str(w, body, "removeType");
+	const char *type = get_str(w, body, "removeType"), *b = get_str(w, body, "behavior");
 	int objs = pgj_get(&w->j, body, "objects");
 	size_t i;
+
+	if (b && strcmp(b, "DROP_CASCADE") == 0)
+		st->opaque = true;      /* dependent objects go too, unnamed */
 
 	for (i = 0; type && i < sizeof(k) / sizeof(k[0]); i++)
 		if (strcmp(type, k[i].type) == 0)
@@ -1348,8 +1527,7 @@ static void drop_stmt(struct walker *w, int body, struct stmt_info *st)
 			deny(w, n ? "cross-database reference not allowed" : "malformed DROP");
 			return;
 		}
-		const char *s = n == 2 ? part[0] : strncmp(part[n - 1], "pg_", 3) == 0 ?
-				"pg_catalog" : w->schema;
+		const char *s = n == 2 ? part[0] : unqualified_schema(w, part[n - 1]);
 
 		if (strchr(s, '.') || strchr(part[n - 1], '.')) {
 			deny(w, "identifiers containing '.' are not supported");
@@ -1415,7 +1593,6 @@ static const struct kind kinds[] = {
 	{ "PLAssignStmt", "plassign", PGC_ADMIN, H_DENY, "PL/pgSQL only" },
 	{ "ReturnStmt", "return", PGC_ADMIN, H_DENY, "PL/pgSQL only" },
 	{ "CreateStmt", "create_table", PGC_DDL, H_KNOWN, NULL },
-	{ "CreateForeignTableStmt", "create_foreign_table", PGC_DDL, H_KNOWN, NULL },
 	{ "ViewStmt", "create_view", PGC_DDL, H_KNOWN, NULL },
 	{ "IndexStmt", "create_index", PGC_DDL, H_KNOWN, NULL },
 	{ "AlterTableStmt", "alter_table", PGC_DDL, H_KNOWN, NULL },
@@ -1433,6 +1610,9 @@ static const struct kind kinds[] = {
 	{ "VacuumStmt", "vacuum", PGC_ADMIN, H_KNOWN, NULL },
 	{ "ClusterStmt", "cluster", PGC_ADMIN, H_KNOWN, NULL },
 	{ "ReindexStmt", "reindex", PGC_ADMIN, H_KNOWN, NULL },
+	/* a foreign table's rows come from what its OPTIONS strings name (a
+	 * remote table, a server file, a program: file_fdw) */
+	{ "CreateForeignTableStmt", "create_foreign_table", PGC_DDL, H_GENERIC, NULL },
 	{ "CreateFunctionStmt", "create_function", PGC_DDL, H_GENERIC, NULL },
 	{ "AlterFunctionStmt", "alter_function", PGC_DDL, H_GENERIC, NULL },
 	{ "AlterDomainStmt", "alter_domain", PGC_DDL, H_GENERIC, NULL },
@@ -1502,7 +1682,8 @@ static const struct kind kinds[] = {
 /*
  * DDL may not touch a table with masked columns: renaming a masked column,
  * a trigger or rule on the table, an index or view over it would each
- * undo the name-based column checks above (or copy values out).
+ * undo the name-based column checks above (or copy values out). Nor
+ * pg_catalog.pg_settings: a view over it is a writable pg_settings.
  */
 static void ddl_masked_check(struct walker *w, uint32_t bits)
 {
@@ -1517,7 +1698,88 @@ static void ddl_masked_check(struct walker *w, uint32_t bits)
 		*dot = '\0';
 		if (masked(w, s, dot + 1, NULL))
 			deny(w, "DDL on %s not allowed: it has masked columns", w->out->tables[i]);
+		/* a view over pg_settings is updatable, and so reaches its
+		 * set_config rule under another name (see dml_target) */
+		if (strcmp(w->out->tables[i], "pg_catalog.pg_settings") == 0)
+			deny(w, "DDL over pg_catalog.pg_settings not allowed: "
+			     "session settings cannot be changed");
 	}
+}
+
+/*
+ * DDL that binds a function by name, to run it later under another guise:
+ * an operator (which the walk allows unqualified), an aggregate's state
+ * and final functions, a range type's subtype_diff/canonical, a cast, a
+ * conversion, an operator class's support functions. Each such function is judged as if called (the safe list, else
+ * a rule's functions: entry). Superuser-only bindings (languages, access methods, transforms,
+ * foreign-data wrappers, base types' I/O) are left to the server.
+ */
+static void ddl_functions(struct walker *w, int key, int body)
+{
+	static const char *const keys[] = {
+		"function", "procedure", "restrict", "join", "sfunc", "finalfunc", "combinefunc",
+		"serialfunc", "deserialfunc", "msfunc", "minvfunc", "mfinalfunc", "subtype_diff",
+		"canonical", NULL,
+	};
+	const struct pgj *j = &w->j;
+	int defs = -1;
+
+	if (pgj_is(j, key, "DefineStmt"))
+		defs = pgj_get(j, body, "definition");
+	else if (pgj_is(j, key, "AlterOperatorStmt"))
+		defs = pgj_get(j, body, "options");
+	else if (pgj_is(j, key, "CreateRangeStmt"))
+		defs = pgj_get(j, body, "params");
+	else if (pgj_is(j, key, "CreateCastStmt"))
+		function_name(w, pgj_get(j, pgj_get(j, body, "func"), "objname"), false);
+	else if (pgj_is(j, key, "CreateConversionStmt"))
+		function_name(w, pgj_get(j, body, "func_name"), false);
+	else if (pgj_is(j, key, "CreateOpClassStmt") || pgj_is(j, key, "AlterOpFamilyStmt")) {
+		int items = pgj_get(j, body, "items");
+
+		for (int i = pgj_first(j, items); i >= 0 && !w->denied; i = pgj_after(j, items, i)) {
+			int it = node_of(w, i, "CreateOpClassItem");
+			long type = 0;
+
+			pgj_int(j, pgj_get(j, it, "itemtype"), &type);
+			if (type == 2)          /* OPCLASS_ITEM_FUNCTION */
+				function_name(w, pgj_get(j, pgj_get(j, it, "name"), "objname"), false);
+		}
+	}
+	for (int d = pgj_first(j, defs); d >= 0 && !w->denied; d = pgj_after(j, defs, d)) {
+		int de = node_of(w, d, "DefElem"), tn;
+		const char *name = de >= 0 ? get_str(w, de, "defname") : NULL;
+
+		for (int k = 0; name && keys[k]; k++) {
+			if (strcmp(name, keys[k]) != 0)
+				continue;
+			/* the function's name is parsed as a type name */
+			tn = node_of(w, pgj_get(j, de, "arg"), "TypeName");
+			if (tn < 0)
+				deny(w, "malformed function reference in %s", name);
+			else
+				function_name(w, pgj_get(j, tn, "names"), false);
+		}
+	}
+}
+
+/* ALTER [FOREIGN] TABLE ... OPTIONS (...): changes where a foreign
+ * table's rows come from. */
+static bool alters_fdw_options(struct walker *w, int key, int body)
+{
+	int cmds = pgj_get(&w->j, body, "cmds");
+
+	if (!pgj_is(&w->j, key, "AlterTableStmt"))
+		return false;
+	for (int c = pgj_first(&w->j, cmds); c >= 0; c = pgj_after(&w->j, cmds, c)) {
+		int b = node_of(w, c, "AlterTableCmd");
+		const char *t = b >= 0 ? get_str(w, b, "subtype") : NULL;
+
+		/* AT_GenericOptions, AT_AlterColumnGenericOptions */
+		if (!t || strstr(t, "GenericOptions"))
+			return true;
+	}
+	return false;
 }
 
 static const struct kind *find_kind(struct walker *w, int key)
@@ -1632,10 +1894,16 @@ static void statement(struct walker *w, int key, int body, struct scope *sc, boo
 		else if (pgj_is(&w->j, key, "GrantStmt") && !get_bool(w, body, "is_grant"))
 			tag = "revoke";
 		add_need(w, tag, k->cls, false);
+		/* a trigger's function runs on every later write: like CALL's,
+		 * it needs a rule's functions: entry */
+		if (pgj_is(&w->j, key, "CreateTrigStmt") || pgj_is(&w->j, key, "CreateEventTrigStmt"))
+			function_name(w, pgj_get(&w->j, body, "funcname"), true);
+		ddl_functions(w, key, body);
 		expr(w, body, &fresh);
 		/* a known statement whose relation was not seen (CLUSTER, REINDEX
-		 * DATABASE, RENAME of a non-relation...) is opaque too */
-		if (k->h == H_GENERIC || st->tables == before)
+		 * DATABASE, RENAME of a non-relation...) is opaque too; so is
+		 * ALTER [FOREIGN] TABLE ... OPTIONS (a foreign table's source) */
+		if (k->h == H_GENERIC || st->tables == before || alters_fdw_options(w, key, body))
 			st->opaque = true;
 		if (k->cls == PGC_DDL || k->cls == PGC_ADMIN)
 			ddl_masked_check(w, st->tables & ~before);

@@ -14,8 +14,9 @@
  * change any of these are always denied here).
  *
  * Name resolution (documented in pg_classify.c, "Names"): an unqualified
- * relation resolves to ctx->search_path, except names starting with "pg_",
- * which resolve to pg_catalog (it is searched first implicitly); pg_temp is
+ * relation resolves to ctx->search_path, except PostgreSQL 15's catalog
+ * relations, which resolve to pg_catalog (it is searched first implicitly),
+ * and other names starting with "pg_", which count as both; pg_temp is
  * reported as pg_temp; three-part names are denied.
  *
  * Threads: pgc_judge() may be called from any number of threads at once; the

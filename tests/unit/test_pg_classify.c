@@ -22,6 +22,8 @@
 #include <stdlib.h>
 
 bool pgc_builtin_list_sorted(void);
+bool pgc_catalog_list_sorted(void);
+bool pgc_operator_list_sorted(void);
 
 /* ---- rules built by hand (the shape policy_load.c produces) ---- */
 
@@ -330,6 +332,39 @@ static void test_names(void)
 	CHECK(r.verdict == PGC_DENY && has_table(&r, "pg_temp.orders"));
 	r = judge("SELECT * FROM information_schema.tables");
 	CHECK(r.verdict == PGC_DENY && has_table(&r, "information_schema.tables"));
+	/* a pg_* name pg_catalog lacks is the pinned schema's (or a newer
+	 * server's catalog relation): both must be allowed */
+	CHECK(pgc_catalog_list_sorted());
+	{
+		static char *s_ro[] = { "select" }, *cat[] = { "pg_catalog.*" },
+			    *both[] = { "pg_catalog.*", "public.*" };
+		static char *s_ddl[] = { "drop_table" };
+		struct policy_rule cr = { .target = "db",
+			.allow = { .present = true, .statements = { s_ro, 1 }, .tables = { cat, 1 } } };
+		struct policy_rule br = { .target = "db",
+			.allow = { .present = true, .statements = { s_ro, 1 }, .tables = { both, 2 } } };
+		struct policy_rule dr = { .target = "db",
+			.allow = { .present = true, .statements = { s_ddl, 1 }, .tables = { cat, 1 } } };
+		const struct policy_rule *crs[] = { &cr }, *brs[] = { &br }, *drs[] = { &dr };
+
+		r = judge_rules("SELECT * FROM pg_private", crs, 1);
+		CHECK(r.verdict == PGC_DENY && has_table(&r, "public.pg_private") &&
+		      has_table(&r, "pg_catalog.pg_private"));
+		r = judge_rules("SELECT * FROM PG_PRIVATE p JOIN pg_class c ON true", crs, 1);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "public.pg_private"));
+		r = judge_rules("SELECT * FROM pg_private", brs, 1);
+		CHECK(r.verdict == PGC_ALLOW && r.ntables == 2);
+		r = judge_rules("SELECT * FROM pg_class, pg_stat_activity, pg_settings, pg_views", crs, 1);
+		CHECK(r.verdict == PGC_ALLOW && r.ntables == 4 && has_table(&r, "pg_catalog.pg_views"));
+		r = judge_rules("SELECT * FROM pg_catalog.pg_private", crs, 1);
+		CHECK(r.verdict == PGC_ALLOW);       /* written with its schema: as written */
+		r = judge_rules("DROP TABLE pg_private", drs, 1);
+		CHECK(r.verdict == PGC_DENY && has_table(&r, "public.pg_private"));
+		r = judge_rules("DROP TABLE pg_class", drs, 1);
+		CHECK(r.verdict == PGC_ALLOW && has_table(&r, "pg_catalog.pg_class"));
+		r = judge("SELECT * FROM pg_orders");       /* the ro rule: public.orders only */
+		CHECK(r.verdict == PGC_DENY && has_table(&r, "public.pg_orders"));
+	}
 	/* a different pinned schema */
 	{
 		struct pgc_ctx c2 = ctx;
@@ -468,6 +503,164 @@ static void test_statements(void)
 	EXPECT("CREATE RULE r AS ON SELECT TO orders DO INSTEAD SELECT * FROM secrets", PGC_DENY);
 	EXPECT("MERGE INTO orders o USING orders s ON o.id = s.id WHEN MATCHED THEN DELETE",
 	       PGC_DENY);
+	/* CASCADE reaches unnamed objects; a trigger's function needs a rule */
+	{
+		static char *ts[] = { "create_trigger", "truncate_table", "drop_table", "alter_table" };
+		static char *fn[] = { "audit_trg" };
+		struct policy_rule tr = { .target = "db",
+			.allow = { .present = true, .statements = { ts, 4 }, .tables = { ro_tables, 2 } } };
+		struct policy_rule tf = tr, ta = tr;
+		const struct policy_rule *trs[] = { &tr }, *tfs[] = { &tf }, *tas[] = { &ta };
+
+		tf.allow.functions = (struct policy_strv){ fn, 1 };
+		ta.allow.tables = (struct policy_strv){ NULL, 0 };
+		r = judge_rules("CREATE TRIGGER t AFTER INSERT ON orders FOR EACH ROW "
+				"EXECUTE FUNCTION audit_trg()", trs, 1);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "function audit_trg"));
+		r = judge_rules("CREATE TRIGGER t AFTER INSERT ON orders FOR EACH ROW "
+				"EXECUTE PROCEDURE public.audit_trg()", tfs, 1);
+		CHECK(r.verdict == PGC_ALLOW);
+		r = judge_rules("CREATE TRIGGER t AFTER INSERT ON orders FOR EACH ROW "
+				"EXECUTE FUNCTION other()", tfs, 1);
+		CHECK(r.verdict == PGC_DENY);
+		{
+			static char *es[] = { "create_event_trigger" };
+			struct policy_rule er = { .target = "db",
+				.allow = { .present = true, .statements = { es, 1 } } };
+			const struct policy_rule *ers[] = { &er };
+
+			r = judge_rules("CREATE EVENT TRIGGER e ON ddl_command_start "
+					"EXECUTE FUNCTION lower()", ers, 1);
+			CHECK(r.verdict == PGC_DENY && strstr(r.reason, "function lower"));
+		}
+		r = judge_rules("TRUNCATE orders", trs, 1);
+		CHECK(r.verdict == PGC_ALLOW);
+		r = judge_rules("TRUNCATE orders RESTRICT", trs, 1);
+		CHECK(r.verdict == PGC_ALLOW);
+		r = judge_rules("TRUNCATE orders CASCADE", trs, 1);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "cannot see"));
+		r = judge_rules("TRUNCATE orders CASCADE", tas, 1);
+		CHECK(r.verdict == PGC_ALLOW);
+		r = judge_rules("DROP TABLE orders", trs, 1);
+		CHECK(r.verdict == PGC_ALLOW);
+		r = judge_rules("DROP TABLE orders CASCADE", trs, 1);
+		CHECK(r.verdict == PGC_DENY);
+		r = judge_rules("ALTER TABLE orders DROP COLUMN total", trs, 1);
+		CHECK(r.verdict == PGC_ALLOW);
+		r = judge_rules("ALTER TABLE orders DROP COLUMN total CASCADE", trs, 1);
+		CHECK(r.verdict == PGC_DENY);
+		r = judge_rules("ALTER TABLE orders DROP CONSTRAINT c CASCADE", trs, 1);
+		CHECK(r.verdict == PGC_DENY);
+	}
+	/* a foreign table reads what its OPTIONS name (file_fdw: a file, a
+	 * program): opaque, only a rule without tables: may create or retarget one */
+	{
+		static char *fs[] = { "select", "create_foreign_table", "alter_table" };
+		static char *ft[] = { "public.scratch" };
+		struct policy_rule fr = { .target = "db",
+			.allow = { .present = true, .statements = { fs, 3 }, .tables = { ft, 1 } } };
+		struct policy_rule fa = { .target = "db",
+			.allow = { .present = true, .statements = { fs, 3 } } };
+		const struct policy_rule *frs[] = { &fr }, *fas[] = { &fa };
+
+		r = judge_rules("CREATE FOREIGN TABLE scratch (line text) SERVER files "
+				"OPTIONS (program 'id')", frs, 1);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "cannot see"));
+		r = judge_rules("CREATE FOREIGN TABLE scratch (line text) SERVER files", fas, 1);
+		CHECK(r.verdict == PGC_ALLOW);
+		r = judge_rules("ALTER FOREIGN TABLE scratch OPTIONS (SET program 'id')", frs, 1);
+		CHECK(r.verdict == PGC_DENY);
+		r = judge_rules("ALTER TABLE scratch OPTIONS (ADD filename '/etc/passwd')", frs, 1);
+		CHECK(r.verdict == PGC_DENY);
+		r = judge_rules("ALTER FOREIGN TABLE scratch ALTER COLUMN line OPTIONS "
+				"(column_name 'cc')", frs, 1);
+		CHECK(r.verdict == PGC_DENY);
+		r = judge_rules("ALTER FOREIGN TABLE scratch ADD COLUMN x int", frs, 1);
+		CHECK(r.verdict == PGC_ALLOW);
+	}
+	/* operators: PostgreSQL's own symbols only (anything else is user-defined) */
+	CHECK(pgc_operator_list_sorted());
+	EXPECT_REASON("SELECT id FROM orders WHERE id ### 1", PGC_DENY, "operator ###");
+	EXPECT_REASON("SELECT ### id FROM orders", PGC_DENY, "operator ###");
+	EXPECT("SELECT id FROM orders WHERE id OPERATOR(pg_catalog.###) 1", PGC_DENY);
+	EXPECT("SELECT id FROM orders WHERE id OPERATOR(public.+) 1", PGC_DENY);
+	EXPECT("SELECT id FROM orders ORDER BY id USING ###", PGC_DENY);
+	EXPECT("SELECT id FROM orders WHERE id = ANY (SELECT 1) OR id ### ANY (SELECT 1)", PGC_DENY);
+	EXPECT("SELECT id FROM orders WHERE id BETWEEN 1 AND 2 OR id NOT BETWEEN SYMMETRIC 3 AND 1 "
+	       "OR id BETWEEN SYMMETRIC 1 AND 2 OR id NOT BETWEEN 4 AND 9", PGC_ALLOW);
+	EXPECT("SELECT id FROM orders WHERE id IS DISTINCT FROM 1 AND id IS NOT DISTINCT FROM 2 "
+	       "AND id != 3 AND id IN (1, 2) AND id NOT IN (4) AND NULLIF(id, 1) > 0", PGC_ALLOW);
+	EXPECT("SELECT 'a' LIKE 'b', 'a' NOT ILIKE 'b', 'a' SIMILAR TO 'b', 'a' ~* 'b', 'a' !~ 'b', "
+	       "'a' || 'b', 'a' ^@ 'b', '{}'::jsonb @> '{}', '{}'::jsonb ->> 'k', '{}'::jsonb ? 'k', "
+	       "2 ^ 3, |/ 4.0, @ -1, 1 << 2, 1 # 3, ~ 1, 1 % 2", PGC_ALLOW);
+	EXPECT("SELECT id FROM orders WHERE id OPERATOR(pg_catalog.+) 1 > 0 ORDER BY id USING >",
+	       PGC_ALLOW);
+	EXPECT("SELECT id FROM orders WHERE id = ANY (ARRAY[1, 2]) AND id < ALL (SELECT 9)", PGC_ALLOW);
+	/* DDL that binds a function (operator, aggregate, cast, conversion,
+	 * operator class) judges it as a call */
+	{
+		static char *dd[] = { "select", "ddl" };
+		struct policy_rule ddr = { .target = "db",
+			.allow = { .present = true, .statements = { dd, 2 } } };
+		const struct policy_rule *ddrs[] = { &ddr };
+		static const char *const bad[] = {
+			"CREATE OPERATOR ### (LEFTARG = int4, RIGHTARG = int8, FUNCTION = pg_terminate_backend)",
+			"CREATE OPERATOR public.### (RIGHTARG = regclass, PROCEDURE = pg_catalog.nextval)",
+			"CREATE OPERATOR ### (RIGHTARG = int4, FUNCTION = lower, RESTRICT = harmless_looking)",
+			"ALTER OPERATOR ### (int4, int8) SET (JOIN = pg_read_file)",
+			"CREATE AGGREGATE a(text, bool) (SFUNC = set_config, STYPE = text)",
+			"CREATE AGGREGATE a(int) (SFUNC = int4pl, STYPE = int, FINALFUNC = pg_sleep)",
+			"CREATE CAST (int AS text) WITH FUNCTION f(int)",
+			"CREATE CONVERSION c FOR 'UTF8' TO 'LATIN1' FROM f",
+			"CREATE OPERATOR CLASS c FOR TYPE int USING btree AS FUNCTION 1 f(int, int)",
+			"ALTER OPERATOR FAMILY o USING btree ADD FUNCTION 1 f(int, int)",
+			"CREATE TYPE r AS RANGE (subtype = int8, subtype_diff = pg_terminate_backend)",
+		};
+
+		for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+			r = judge_rules(bad[i], ddrs, 1);
+			if (r.verdict != PGC_DENY || !strstr(r.reason, "function"))
+				fprintf(stderr, "  %s: got %d (%s)\n", bad[i], r.verdict, r.reason);
+			CHECK(r.verdict == PGC_DENY && strstr(r.reason, "function"));
+		}
+		r = judge_rules("CREATE OPERATOR ### (LEFTARG = text, RIGHTARG = text, FUNCTION = concat)",
+				ddrs, 1);
+		CHECK(r.verdict == PGC_ALLOW);       /* a safe builtin */
+		r = judge_rules("CREATE AGGREGATE a(float8) (SFUNC = float8pl, STYPE = float8)", ddrs, 1);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "float8pl"));
+	}
+	/* MERGE: each WHEN clause needs the statement it performs */
+	{
+		static char *mu[] = { "select", "update", "merge" };
+		struct policy_rule mr = { .target = "db",
+			.allow = { .present = true, .statements = { mu, 3 }, .tables = { ro_tables, 2 } } };
+		const struct policy_rule *mrs[] = { &mr };
+		static char *mo[] = { "merge" };
+		struct policy_rule mor = { .target = "db",
+			.allow = { .present = true, .statements = { mo, 1 }, .tables = { ro_tables, 2 } } };
+		const struct policy_rule *mors[] = { &mor };
+
+		r = judge_rules("MERGE INTO orders o USING customers c ON o.id = c.id "
+				"WHEN MATCHED THEN DELETE", mrs, 1);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "delete"));
+		r = judge_rules("MERGE INTO orders o USING customers c ON o.id = c.id WHEN MATCHED "
+				"AND o.id > 1 THEN UPDATE SET total = 1 WHEN NOT MATCHED THEN INSERT "
+				"VALUES (1)", mrs, 1);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "insert"));
+		r = judge_rules("MERGE INTO orders o USING customers c ON o.id = c.id WHEN MATCHED "
+				"THEN UPDATE SET total = 1 WHEN NOT MATCHED THEN DO NOTHING", mrs, 1);
+		CHECK(r.verdict == PGC_ALLOW && r.cls == PGC_WRITE);
+		CHECK_STR(r.tag, "merge");
+		r = judge_rules("MERGE INTO orders o USING customers c ON o.id = c.id WHEN MATCHED "
+				"THEN DO NOTHING", mors, 1);
+		CHECK(r.verdict == PGC_ALLOW);
+		r = judge_rules("MERGE INTO orders o USING customers c ON o.id = c.id WHEN MATCHED "
+				"THEN UPDATE SET total = 1", mors, 1);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "update"));
+		r = judge_rules("MERGE INTO orders o USING customers c ON o.id = c.id WHEN MATCHED "
+				"THEN DELETE WHEN NOT MATCHED THEN INSERT VALUES (1)", rw, 1);
+		CHECK(r.verdict == PGC_ALLOW);       /* write grants all three */
+	}
 	r = judge_rules("UPDATE orders SET total = 0 WHERE id = 1", rw, 1);
 	CHECK(r.verdict == PGC_ALLOW && r.cls == PGC_WRITE && r.rule == &rw_rule);
 	CHECK_STR(r.tag, "update");
@@ -560,6 +753,53 @@ static void test_settings(void)
 	EXPECT("SHOW search_path", PGC_ALLOW);
 	/* a harmless SET does not make the rest of the message harmless */
 	EXPECT("SET application_name = 'x'; SELECT * FROM secrets", PGC_DENY);
+	/* pg_settings' UPDATE rule calls set_config(): denied even to a role
+	 * that may write any table (no tables: list) */
+	{
+		static char *ws[] = { "read", "write" };
+		struct policy_rule any = { .target = "db",
+			.allow = { .present = true, .statements = { ws, 2 } } };
+		const struct policy_rule *anys[] = { &any };
+		static const char *const w[] = {
+			"UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'",
+			"UPDATE pg_catalog.pg_settings SET setting = 'x' WHERE name = 'search_path'",
+			"UPDATE ONLY \"pg_settings\" s SET setting = 'SJIS'",
+			"EXPLAIN ANALYZE UPDATE pg_settings SET setting = 'off'",
+			"WITH u AS (UPDATE pg_settings SET setting = 'off') SELECT 1",
+			"INSERT INTO pg_settings (name, setting) VALUES ('search_path', 'x')",
+			"DELETE FROM pg_settings",
+			"MERGE INTO pg_settings s USING orders o ON true WHEN MATCHED THEN UPDATE SET setting = 'x'",
+		};
+
+		for (size_t i = 0; i < sizeof(w) / sizeof(w[0]); i++) {
+			r = judge_rules(w[i], anys, 1);
+			if (r.verdict != PGC_DENY || !strstr(r.reason, "pg_settings"))
+				fprintf(stderr, "  %s: got %d (%s)\n", w[i], r.verdict, r.reason);
+			CHECK(r.verdict == PGC_DENY && strstr(r.reason, "pg_settings"));
+		}
+		r = judge_rules("UPDATE orders SET total = 0", anys, 1);
+		CHECK(r.verdict == PGC_ALLOW);
+		/* a view over it is a writable pg_settings under another name */
+		static char *vs[] = { "read", "write", "ddl" };
+		struct policy_rule vr = { .target = "db",
+			.allow = { .present = true, .statements = { vs, 3 } } };
+		const struct policy_rule *vrs[] = { &vr };
+
+		r = judge_rules("CREATE VIEW v AS SELECT name, setting FROM pg_settings", vrs, 1);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "pg_settings"));
+		r = judge_rules("CREATE OR REPLACE VIEW v AS SELECT * FROM pg_catalog.pg_settings s "
+				"WHERE s.name LIKE 'standard%'", vrs, 1);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "pg_settings"));
+		r = judge_rules("CREATE RULE r AS ON UPDATE TO orders DO ALSO UPDATE pg_settings "
+				"SET setting = 'off'", vrs, 1);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "pg_settings"));
+		r = judge_rules("CREATE VIEW v AS SELECT id FROM orders", vrs, 1);
+		CHECK(r.verdict == PGC_ALLOW);
+		r = judge_rules("SELECT setting FROM pg_settings WHERE name = 'search_path'", anys, 1);
+		CHECK(r.verdict == PGC_ALLOW);
+		r = judge_rules("UPDATE pg_temp.pg_settings SET setting = 'x'", anys, 1);
+		CHECK(r.verdict == PGC_ALLOW);       /* a temp table of that name */
+	}
 }
 
 static void test_copy(void)

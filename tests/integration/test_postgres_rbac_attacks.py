@@ -1,0 +1,543 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Ways around PostgreSQL statement RBAC and the session lockdown, tried as an agent
+that controls its wire bytes (helpers/pgraw.py) against a real PostgreSQL 15.
+
+Each test checks the verdict the agent sees AND what the server did: the rows of a
+table the attack would change, or the statements the server logged (the upstream
+role gets log_statement=all, so pg.log lists everything that reached it).
+Masking is test_postgres_mask_attacks.py's; the cases of ../shared/cases/sql.txt
+are test_postgres.py's."""
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_postgres import agent_py, pg, policy  # noqa: E402,F401 (pg: a fixture)
+
+
+def run(enforcer, pg, code, timeout=120):
+    return agent_py(enforcer, f"PORT = {pg.port}\n" + code, timeout=timeout)
+
+
+def denied(summ):
+    return bool(summ) and summ[0].startswith("E:42501:agentgate: denied")
+
+
+def log_all(pg):
+    """Every statement of the upstream role's sessions goes to pg.log from now on."""
+    pg.sql("ALTER ROLE app SET log_statement = 'all'")
+
+
+def server_saw(pg, marker):
+    """Did a text holding marker reach the server? (pg.log, log_statement=all: simple
+    Queries are logged as "statement: ...", extended ones as "execute <name>: ...")"""
+    with open(pg.log, errors="replace") as f:
+        return any(marker in line for line in f)
+
+
+def orders_ids(pg):
+    return pg.sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM orders")
+
+
+# Runs a list of simple Queries, each on its own, on one connection: [summary, ...].
+SEQ = r"""
+c = Conn("127.0.0.1", PORT)
+out = []
+for sql in SQLS:
+    c.send(Q(sql))
+    out.append(summary(c.until_ready()))
+c.close()
+print(json.dumps(out))
+"""
+
+
+def run_seq(enforcer, pg, sqls):
+    return run(enforcer, pg, f"SQLS = {sqls!r}\n" + SEQ)
+
+
+# ---- settings: the session lockdown ---------------------------------------------------
+
+RULES_READ_UPDATE_ANY = [{"target": "shop", "allow": {"statements": ["select", "update"]}}]
+
+
+def test_update_pg_settings_cannot_turn_off_scs(enforcer, pg, tmp):
+    """pg_settings is a view whose UPDATE rule calls set_config(): a role that may update
+    any table (no tables: list) could switch standard_conforming_strings off with a plain
+    UPDATE, and a second Query in the same write then parses differently on the server
+    (notes D1/D3): `SELECT 'a\\'' ; DELETE ...` is one string constant to us, a DELETE to
+    the server. The role may not delete, so nothing may be deleted; and the pinned
+    settings must not change by UPDATE pg_settings in any form."""
+    log_all(pg)
+    enforcer.start(policy(pg, tmp, rules=RULES_READ_UPDATE_ANY))
+    res = run(enforcer, pg, r"""
+out = {}
+c = Conn("127.0.0.1", PORT)
+c.send(Q("UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'") +
+       Q("SELECT 'a\\'' ; DELETE FROM orders WHERE id = 1; --'"))
+out["pipelined"] = summary(c.until_ready(2))
+c.s.close()
+c = Conn("127.0.0.1", PORT)
+for k, sql in [
+        ("explain", "EXPLAIN ANALYZE UPDATE pg_catalog.pg_settings SET setting = 'off' "
+                    "WHERE name = 'standard_conforming_strings'"),
+        ("search_path", "UPDATE pg_settings SET setting = 'pg_catalog' WHERE name = 'search_path'"),
+        ("encoding", "UPDATE \"pg_settings\" SET setting = 'SJIS' WHERE name = 'client_encoding'")]:
+    c.send(Q(sql))
+    out[k] = summary(c.until_ready())
+c.send(Q("SHOW search_path"))
+out["path"] = summary(c.until_ready())
+out["scs"] = c.params.get("standard_conforming_strings")
+c.close()
+print(json.dumps(out))
+""")
+    # first what the server did: no row deleted, pg_settings never reached it
+    assert orders_ids(pg) == "1,2,3,4,5", res
+    assert not server_saw(pg, "pg_settings"), res
+    for k in ("pipelined", "explain", "search_path", "encoding"):
+        assert denied(res[k]), (k, res[k])
+    # the second Query was judged and ran under scs=on: a string constant, one row
+    assert res["pipelined"][1:] == ["ZI", "T", "D:a\\' ; DELETE FROM orders WHERE id = 1; --", "C:SELECT 1", "ZI"], \
+        res["pipelined"]
+    assert res["path"][1] == "D:public", res["path"]
+    assert res["scs"] == "on"
+
+
+RULES_VIEWS_ANY = [{"target": "shop", "allow": {"statements": ["select", "update", "create_view"]}}]
+
+
+def test_view_over_pg_settings_cannot_turn_off_scs(enforcer, pg, tmp):
+    """The same through a view: CREATE VIEW v AS SELECT * FROM pg_settings is automatically
+    updatable, and UPDATE v reaches pg_settings' rule (set_config) while the classifier
+    sees an UPDATE of public.v. A role that may create views and update any table must not
+    get there: no view over pg_settings, nothing deleted by the pipelined exploit."""
+    pg.sql("GRANT CREATE ON SCHEMA public TO app")
+    log_all(pg)
+    enforcer.start(policy(pg, tmp, rules=RULES_VIEWS_ANY))
+    res = run(enforcer, pg, r"""
+out = {}
+c = Conn("127.0.0.1", PORT)
+c.send(Q("CREATE VIEW v AS SELECT name, setting FROM pg_settings"))
+out["view"] = summary(c.until_ready())
+c.send(Q("UPDATE v SET setting = 'off' WHERE name = 'standard_conforming_strings'") +
+       Q("SELECT 'a\'' ; DELETE FROM orders WHERE id = 1; --'"))
+out["pipelined"] = summary(c.until_ready(2))
+c.s.close()
+print(json.dumps(out))
+""")
+    assert orders_ids(pg) == "1,2,3,4,5", res
+    assert pg.sql("SELECT count(*) FROM pg_views WHERE viewname = 'v'") == "0", res
+    assert denied(res["view"]), res
+    assert not server_saw(pg, "FROM pg_settings")
+
+
+# ---- names: unqualified pg_* relations -------------------------------------------------
+
+RULES_CATALOG = [{"target": "shop",
+                  "allow": {"statements": ["select"], "tables": ["public.orders", "pg_catalog.*"]}}]
+
+
+def test_unqualified_pg_name_outside_the_catalog(enforcer, pg, tmp):
+    """An unqualified name starting with pg_ was always taken as pg_catalog.<name>. But the
+    server looks in pg_catalog first and then in the pinned schema: a table public.pg_private
+    (or an extension's view such as pg_stat_statements, which lands in public) is what
+    `FROM pg_private` reads. A rule that allows the catalogs (pg_catalog.*) must not hand
+    out public tables whose name happens to start with pg_. Real catalog relations stay
+    readable unqualified."""
+    pg.sql("CREATE TABLE public.pg_private (id int, secret text); "
+           "INSERT INTO pg_private VALUES (1, 'private-row-77'); GRANT SELECT ON pg_private TO app")
+    log_all(pg)
+    enforcer.start(policy(pg, tmp, rules=RULES_CATALOG))
+    res = run_seq(enforcer, pg, [
+        "SELECT secret FROM pg_private",
+        "SELECT secret FROM PG_PRIVATE WHERE id = 1",
+        "SELECT secret FROM public.pg_private",
+        "SELECT count(*) > 0 FROM pg_class WHERE relname = 'orders'",
+        "SELECT count(*) FROM pg_catalog.pg_namespace WHERE nspname = 'public'",
+    ])
+    for i in (0, 1, 2):
+        assert denied(res[i]), (i, res[i])
+        assert "private-row-77" not in str(res[i])
+    assert res[3][:3] == ["T", "D:t", "C:SELECT 1"], res[3]
+    assert res[4][:3] == ["T", "D:1", "C:SELECT 1"], res[4]
+    assert not server_saw(pg, "pg_private")
+    assert server_saw(pg, "FROM pg_class WHERE relname")
+
+
+# ---- MERGE: each action is the statement it performs ----------------------------------
+
+RULES_MERGE_UPDATE = [{"target": "shop",
+                       "allow": {"statements": ["select", "update", "merge"],
+                                 "tables": ["public.orders", "public.customers"]}}]
+
+
+def test_merge_actions_need_their_own_statements(enforcer, pg, tmp):
+    """MERGE ... WHEN MATCHED THEN DELETE deletes rows, WHEN NOT MATCHED THEN INSERT inserts
+    them. With merge and update granted but neither delete nor insert, only the UPDATE
+    action may run (the same rule as INSERT ... ON CONFLICT DO UPDATE needing update)."""
+    log_all(pg)
+    enforcer.start(policy(pg, tmp, rules=RULES_MERGE_UPDATE))
+    res = run_seq(enforcer, pg, [
+        "MERGE INTO orders o USING customers c ON o.id = c.id WHEN MATCHED THEN DELETE",
+        "MERGE INTO orders o USING customers c ON o.id = c.id "
+        "WHEN MATCHED AND o.id > 100 THEN UPDATE SET total = o.total WHEN MATCHED THEN DELETE",
+        "MERGE INTO orders o USING (VALUES (100)) v(id) ON o.id = v.id "
+        "WHEN NOT MATCHED THEN INSERT (id, customer_id, total) VALUES (v.id, 1, 1)",
+        "WITH x AS (SELECT 1) MERGE INTO orders o USING customers c ON o.id = c.id "
+        "WHEN MATCHED THEN UPDATE SET total = o.total + 10",
+    ])
+    for i in (0, 1, 2):
+        assert denied(res[i]), (i, res[i])
+    # the UPDATE action alone is allowed and ran (2 matched rows)
+    assert res[3] == ["C:MERGE 2", "ZI"], res[3]
+    assert orders_ids(pg) == "1,2,3,4,5"
+    assert pg.sql("SELECT string_agg(total::text, ',' ORDER BY id) FROM orders") == "11,12,3,4,5"
+    assert not server_saw(pg, "THEN DELETE") and not server_saw(pg, "THEN INSERT")
+
+
+# ---- functions the classifier cannot see as calls -------------------------------------
+
+FN_CALLS = """
+CREATE TABLE fn_calls (via text);
+CREATE FUNCTION public.{name}({arg}) RETURNS {ret} LANGUAGE plpgsql SECURITY DEFINER AS
+  $$BEGIN INSERT INTO public.fn_calls VALUES ('{name}'); RETURN {value}; END$$;
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="attribute notation o.f is a call of f(o): needs the catalog "
+                   "(pg_classify sees a ColumnRef; proto_pg.c would have to know o's columns)")
+def test_attribute_notation_calls_a_function(enforcer, pg, tmp):
+    """`SELECT o.touch FROM orders o` is PostgreSQL's functional notation for touch(o)
+    when orders has no column touch (PostgREST/Hasura 'computed fields' are written this
+    way). The classifier sees a column reference, so a user-defined function that no rule
+    names runs: here a SECURITY DEFINER function that writes a row. It must be denied."""
+    pg.sql(FN_CALLS.format(name="touch", arg="orders", ret="int", value="1"))
+    log_all(pg)
+    enforcer.start(policy(pg, tmp, rules=RULES_CATALOG))
+    res = run_seq(enforcer, pg, ["SELECT o.touch FROM orders o WHERE o.id = 1",
+                                 "SELECT (o).touch FROM orders o WHERE o.id = 1"])
+    assert pg.sql("SELECT count(*) FROM fn_calls") == "0"
+    assert denied(res[0]) and denied(res[1]), res
+
+
+@pytest.mark.xfail(strict=True, reason="unqualified safe-list names resolve by argument types over the "
+                   "whole search_path: public.lower(integer) beats pg_catalog.lower(text); needs the "
+                   "catalog (proto_pg.c), pg_classify judges names only")
+def test_builtin_name_overloaded_in_public(enforcer, pg, tmp):
+    """The safe-function list judges unqualified calls by name, assuming pg_catalog wins.
+    It only wins ties: with public.lower(integer) defined, `lower(id)` on an integer calls
+    the public function (the CVE-2018-1058 class), which no rule names. It must be denied."""
+    pg.sql(FN_CALLS.format(name="lower", arg="integer", ret="text", value="'x'"))
+    log_all(pg)
+    enforcer.start(policy(pg, tmp, rules=RULES_CATALOG))
+    res = run_seq(enforcer, pg, ["SELECT lower(id) FROM orders WHERE id = 1"])
+    assert pg.sql("SELECT count(*) FROM fn_calls") == "0"
+    assert denied(res[0]), res
+
+
+@pytest.mark.xfail(strict=True, reason="unqualified operators resolve over the search_path: a "
+                   "user-defined operator in public is a call of its function; pg_classify allows "
+                   "any unqualified operator (operator_name), needs the catalog")
+def test_user_operator_in_public(enforcer, pg, tmp):
+    """An operator is a function call with other syntax. `'a'::text + o.id` has no
+    pg_catalog operator; a public.+ (text, integer) defined by the database runs its
+    function, which no rule names. It must be denied."""
+    pg.sql(FN_CALLS.format(name="text_plus", arg="text, integer", ret="text", value="'x'") +
+           "CREATE OPERATOR public.+ (LEFTARG = text, RIGHTARG = integer, FUNCTION = public.text_plus);")
+    log_all(pg)
+    enforcer.start(policy(pg, tmp, rules=RULES_CATALOG))
+    res = run_seq(enforcer, pg, ["SELECT 'a'::text + o.id FROM orders o WHERE o.id = 1"])
+    assert pg.sql("SELECT count(*) FROM fn_calls") == "0"
+    assert denied(res[0]), res
+
+
+def test_user_operator_with_a_new_symbol(enforcer, pg, tmp):
+    """The part of the operator gap the classifier can close without the catalog: a
+    symbol that is none of PostgreSQL's own operators (here ### defined by the database
+    in public, over a SECURITY DEFINER function) can only be a user-defined one, so an
+    unqualified use of it is denied. PostgreSQL's own symbols keep working."""
+    pg.sql(FN_CALLS.format(name="hash_op", arg="integer, integer", ret="bool", value="true") +
+           "CREATE OPERATOR public.### (LEFTARG = integer, RIGHTARG = integer, FUNCTION = public.hash_op);")
+    log_all(pg)
+    enforcer.start(policy(pg, tmp, rules=RULES_CATALOG))
+    res = run_seq(enforcer, pg, ["SELECT id FROM orders o WHERE o.id ### 1",
+                                 "SELECT id FROM orders WHERE id OPERATOR(public.###) 1",
+                                 "SELECT count(*) FROM orders WHERE id BETWEEN 2 AND 3 AND id <> 3 "
+                                 "AND NOT (id IS DISTINCT FROM 2) AND 'a' NOT LIKE 'b%' AND id IN (1, 2, 3)"])
+    assert pg.sql("SELECT count(*) FROM fn_calls") == "0", res
+    assert denied(res[0]) and denied(res[1]), res
+    assert res[2][:3] == ["T", "D:1", "C:SELECT 1"], res[2]
+    assert not server_saw(pg, "###")
+
+
+# ---- CTE names and their scope ----------------------------------------------------------
+
+RULES_RO_ORDERS = [{"target": "shop", "allow": {"statements": ["select"], "tables": ["public.orders"]}}]
+
+
+def test_cte_names_shadow_tables_only_in_scope(enforcer, pg, tmp):
+    """A CTE named like a forbidden table is the CTE (PostgreSQL reads it, not the table),
+    but only where it is in scope: a sibling subquery, the other branch of a UNION, an
+    earlier CTE of a non-recursive WITH and a schema-qualified name all reach the table."""
+    log_all(pg)
+    enforcer.start(policy(pg, tmp, rules=RULES_RO_ORDERS))
+    res = run_seq(enforcer, pg, [
+        # allowed: the CTE, 5 rows of orders (secrets has 1)
+        "WITH secrets AS (SELECT id FROM orders) SELECT count(*) FROM secrets",
+        # denied: each reaches public.secrets
+        "WITH orders AS (SELECT * FROM secrets) SELECT count(*) FROM orders",
+        "SELECT (WITH secrets AS (SELECT 1) SELECT count(*) FROM secrets), (SELECT count(*) FROM secrets)",
+        "(WITH secrets AS (SELECT 1 AS id) SELECT id FROM secrets) UNION ALL SELECT id FROM secrets",
+        "WITH a AS (SELECT * FROM secrets), secrets AS (SELECT 1 AS id) SELECT * FROM a",
+        "WITH secrets AS (SELECT 1 AS id) SELECT * FROM public.secrets",
+        "SELECT * FROM orders o WHERE EXISTS (WITH x AS (SELECT 1) SELECT 1 FROM secrets s WHERE s.id = o.id)",
+    ])
+    assert res[0][:3] == ["T", "D:5", "C:SELECT 1"], res[0]
+    for i in range(1, 7):
+        assert denied(res[i]), (i, res[i])
+        assert "378282246310005" not in str(res[i])
+    assert server_saw(pg, "WITH secrets AS (SELECT id FROM orders)")
+    assert not server_saw(pg, "FROM secrets)") and not server_saw(pg, "public.secrets")
+    assert not server_saw(pg, "secrets s WHERE")
+
+
+# ---- protocol ---------------------------------------------------------------------------
+
+RULES_INS = [{"target": "shop",
+              "allow": {"statements": ["select", "insert"], "tables": ["public.orders"]}}]
+
+
+def test_extended_pipeline_denial_rolls_back_the_batch(enforcer, pg, tmp):
+    """In one write: Parse/Bind/Execute of an allowed INSERT, then a Parse of a denied
+    DELETE (with its Bind/Execute), then Sync. PostgreSQL runs everything up to Sync in one
+    implicit transaction; the failed Parse rolls it back. So the insert must be gone as
+    well, the DELETE never ran, and after Sync the session works. Then the same inside
+    BEGIN with simple Queries pipelined: COMMIT answers ROLLBACK."""
+    log_all(pg)
+    enforcer.start(policy(pg, tmp, rules=RULES_INS))
+    res = run(enforcer, pg, r"""
+out = {}
+c = Conn("127.0.0.1", PORT)
+c.send(P("", "INSERT INTO orders (id, customer_id, total) VALUES (10, 1, 10)") + B("", "") + E("") +
+       P("", "DELETE FROM orders WHERE id < 3") + B("", "") + E("") + S +
+       Q("SELECT count(*) FROM orders"))
+out["ext"] = summary(c.until_ready(2))
+c.send(Q("BEGIN") + Q("INSERT INTO orders (id, customer_id, total) VALUES (11, 1, 11)") +
+       Q("SELECT 1; UPDATE orders SET total = 0") + Q("SELECT count(*) FROM orders") + Q("COMMIT"))
+out["tx"] = summary(c.until_ready(5))
+c.close()
+print(json.dumps(out))
+""")
+    ext = res["ext"]
+    assert ext[:2] == ["1", "2"] and ext[2].startswith("C:INSERT"), ext
+    assert denied(ext[3:]) and ext[4] == "ZI", ext
+    assert ext[5:] == ["T", "D:5", "C:SELECT 1", "ZI"], ext
+    tx = res["tx"]
+    assert tx[:4] == ["C:BEGIN", "ZT", "C:INSERT 0 1", "ZT"], tx
+    assert denied(tx[4:]) and tx[5] == "ZE", tx
+    assert tx[6].startswith("E:25P02:") and tx[7] == "ZE", tx
+    assert tx[8:] == ["C:ROLLBACK", "ZI"], tx
+    assert orders_ids(pg) == "1,2,3,4,5"
+    assert pg.sql("SELECT sum(total) FROM orders") == "15"
+    assert server_saw(pg, "VALUES (10, 1, 10)")
+    assert not server_saw(pg, "DELETE FROM orders") and not server_saw(pg, "SET total = 0")
+
+
+def test_deep_nesting_is_denied_and_the_session_lives(enforcer, pg, tmp):
+    """Texts that nest deeply (parentheses; unary operators under 8 KB, down to one byte a
+    level: the tree walk; a long left-deep + chain, casts, brackets over 8 KB: the lexer's
+    bound)
+    must be denied without taking down the enforcer (libpg_query's recursion, the tree
+    walk), and the same session goes on."""
+    enforcer.start(policy(pg, tmp, rules=RULES_RO_ORDERS))
+    res = run(enforcer, pg, r"""
+texts = {
+    "parens": "SELECT " + "(" * 20000 + "1" + ")" * 20000 + " FROM orders",
+    "minus": "SELECT " + "-(" * 2000 + "id" + ")" * 2000 + " FROM orders",
+    "unary": "SELECT " + "-+" * 4040 + "id FROM orders",
+    "chain": "SELECT 1" + "+1" * 100000 + " FROM orders",
+    "casts": "SELECT 1" + "::int" * 50000 + " FROM orders",
+    "arrays": "SELECT ARRAY" + "[" * 5000 + "1" + "]" * 5000,
+}
+out = {}
+c = Conn("127.0.0.1", PORT, timeout=60)
+for k, sql in texts.items():
+    c.send(Q(sql))
+    out[k] = summary(c.until_ready())
+c.send(Q("SELECT count(*) FROM orders"))
+out["after"] = summary(c.until_ready())
+c.close()
+print(json.dumps(out))
+""")
+    for k in ("parens", "minus", "unary", "chain", "casts", "arrays"):
+        assert denied(res[k]) and res[k][-1] == "ZI", (k, res[k])
+    assert res["after"] == ["T", "D:5", "C:SELECT 1", "ZI"], res["after"]
+    assert orders_ids(pg) == "1,2,3,4,5"
+
+
+# ---- DDL that reaches objects it does not name ------------------------------------------
+
+RULES_TRUNCATE = [{"target": "shop",
+                   "allow": {"statements": ["select", "truncate_table"], "tables": ["public.orders"]}}]
+
+
+def test_truncate_cascade_reaches_unnamed_tables(enforcer, pg, tmp):
+    """TRUNCATE orders CASCADE also empties every table with a foreign key to orders. A rule
+    that grants truncate on public.orders alone must not empty public.order_notes: CASCADE
+    names objects the classifier cannot see (like DROP ... CASCADE), so only a rule without
+    tables: may allow it. Plain TRUNCATE orders is the rule's to allow (the server then
+    refuses it because of the foreign key)."""
+    pg.sql("CREATE TABLE order_notes (order_id int REFERENCES orders(id), note text); "
+           "INSERT INTO order_notes VALUES (1, 'keep me'); "
+           "GRANT SELECT, INSERT, TRUNCATE ON order_notes TO app")
+    log_all(pg)
+    enforcer.start(policy(pg, tmp, rules=RULES_TRUNCATE))
+    res = run_seq(enforcer, pg, ["TRUNCATE orders CASCADE",
+                                 "TRUNCATE TABLE ONLY public.orders RESTART IDENTITY CASCADE",
+                                 "TRUNCATE orders"])
+    assert pg.sql("SELECT count(*) FROM order_notes") == "1", res
+    assert orders_ids(pg) == "1,2,3,4,5"
+    assert denied(res[0]) and denied(res[1]), res
+    assert res[2][0].startswith("E:0A000:cannot truncate a table referenced in a foreign key"), res[2]
+    assert not server_saw(pg, "orders CASCADE") and not server_saw(pg, "IDENTITY CASCADE")
+
+
+RULES_TRIGGER = [{"target": "shop",
+                  "allow": {"statements": ["select", "insert", "create_trigger"], "tables": ["public.orders"]}}]
+
+
+def test_create_trigger_function_needs_a_rule(enforcer, pg, tmp):
+    """CREATE TRIGGER ... EXECUTE FUNCTION f() makes every later write run f. Like CALL p(),
+    f must be named by the rule's functions:; here it is a SECURITY DEFINER function of the
+    database that empties public.secrets, which no rule names. The trigger must not be
+    created, and the INSERT the rule allows must not run f."""
+    pg.sql("CREATE FUNCTION public.audit_trg() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS "
+           "$$BEGIN DELETE FROM public.secrets; RETURN NULL; END$$; GRANT TRIGGER ON orders TO app")
+    log_all(pg)
+    enforcer.start(policy(pg, tmp, rules=RULES_TRIGGER))
+    res = run_seq(enforcer, pg, [
+        "CREATE TRIGGER t AFTER INSERT ON orders FOR EACH STATEMENT EXECUTE FUNCTION audit_trg()",
+        "CREATE TRIGGER t2 AFTER INSERT ON public.orders FOR EACH ROW EXECUTE PROCEDURE public.audit_trg()",
+        "INSERT INTO orders (customer_id, total) VALUES (1, 6)"])
+    assert pg.sql("SELECT count(*) FROM secrets") == "1", res
+    assert pg.sql("SELECT count(*) FROM pg_trigger WHERE tgname IN ('t', 't2')") == "0", res
+    assert denied(res[0]) and denied(res[1]), res
+    assert res[2] == ["C:INSERT 0 1", "ZI"], res[2]
+    assert not server_saw(pg, "CREATE TRIGGER")
+
+
+RULES_FOREIGN = [{"target": "shop",
+                  "allow": {"statements": ["select", "create_foreign_table"],
+                            "tables": ["public.orders", "public.scratch"]}}]
+
+
+def test_foreign_table_reads_what_its_options_name(enforcer, pg, tmp):
+    """A foreign table's rows come from what its OPTIONS name: with file_fdw, a server
+    file or a program's output (COPY's FROM '/file' and FROM PROGRAM, which are always
+    denied). A rule that lets the agent create one table, public.scratch, and read it must
+    not let it read /etc/hostname or run a program on the database server: CREATE FOREIGN
+    TABLE names its real source in strings the classifier cannot judge, so only a rule
+    without tables: may allow it."""
+    pg.sql("CREATE EXTENSION file_fdw; CREATE SERVER files FOREIGN DATA WRAPPER file_fdw; "
+           "GRANT USAGE ON FOREIGN SERVER files TO app; GRANT CREATE ON SCHEMA public TO app")
+    log_all(pg)
+    enforcer.start(policy(pg, tmp, rules=RULES_FOREIGN))
+    res = run_seq(enforcer, pg, [
+        "CREATE FOREIGN TABLE scratch (line text) SERVER files OPTIONS (program 'echo ran-by-agent-42')",
+        "SELECT * FROM scratch",
+        "DROP FOREIGN TABLE IF EXISTS scratch",
+        "CREATE FOREIGN TABLE public.scratch (line text) SERVER files OPTIONS (filename '/etc/hostname')",
+        "SELECT * FROM scratch",
+    ])
+    assert pg.sql("SELECT count(*) FROM pg_class WHERE relname = 'scratch'") == "0", res
+    assert "ran-by-agent-42" not in str(res), res
+    assert denied(res[0]) and denied(res[3]), res
+    assert not server_saw(pg, "OPTIONS (program") and not server_saw(pg, "OPTIONS (filename")
+
+
+def test_functions_with_side_effects_on_other_sessions(enforcer, pg, tmp):
+    """Under a read-only rule: signalling another backend (pg_terminate_backend,
+    pg_cancel_backend, also hidden in WHERE or FROM), advisory locks, sequences, XID
+    assignment and notifications must be denied, and the server must show none of their
+    effects: the victim session lives, the sequence did not move, none of it was logged."""
+    victim = subprocess.Popen(["psql", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "app", "-d", "shop",
+                               "-Atc", "SELECT 'victim', pg_sleep(60)"],
+                              env=dict(os.environ, PGPASSWORD="app-secret-pw"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        pid = ""
+        for _ in range(100):
+            pid = pg.sql("SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT ''victim''%'")
+            if pid:
+                break
+            time.sleep(0.1)
+        assert pid.isdigit(), pid
+        log_all(pg)
+        enforcer.start(policy(pg, tmp, rules=RULES_RO_ORDERS))
+        sqls = [f"SELECT pg_terminate_backend({pid})",
+                f"SELECT pg_catalog.pg_cancel_backend({pid})",
+                f"SELECT id FROM orders WHERE pg_terminate_backend({pid})",
+                f"SELECT * FROM orders, pg_terminate_backend({pid}) t",
+                f"SELECT id FROM orders ORDER BY pg_cancel_backend({pid})",
+                "SELECT pg_advisory_lock(4242)",
+                "SELECT pg_try_advisory_lock(4242) FROM orders LIMIT 1",
+                "SELECT nextval('orders_id_seq')",
+                "SELECT txid_current()",
+                "SELECT pg_current_xact_id()",
+                "LISTEN chan",
+                "SELECT pg_notify('chan', 'x')"]
+        res = run_seq(enforcer, pg, sqls)
+        assert victim.poll() is None, "the victim session was ended"
+        assert pg.sql(f"SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND state = 'active'") == "1"
+        assert pg.sql("SELECT last_value FROM orders_id_seq") == "5"
+        for i, sql in enumerate(sqls):
+            assert denied(res[i]), (sql, res[i])
+        for marker in ("_backend(", "advisory_lock(", "nextval(", "xact_id(", "LISTEN chan", "pg_notify("):
+            assert not server_saw(pg, marker), marker
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+RULES_DDL_ANY = [{"target": "shop", "allow": {"statements": ["select", "ddl"]}}]
+
+
+def test_create_operator_binds_a_function_no_rule_names(enforcer, pg, tmp):
+    """An operator is a function call that the classifier does not judge as one (it allows
+    any unqualified operator). A role that may run DDL (a schema-migration agent, no
+    tables: list) but no function outside the safe list must not bind one to an operator:
+    CREATE OPERATOR ### (FUNCTION = pg_terminate_backend) and then `SELECT pid ### 0`
+    ended another session. Same for an aggregate's state function."""
+    pg.sql("GRANT CREATE ON SCHEMA public TO app")
+    victim = subprocess.Popen(["psql", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "app", "-d", "shop",
+                               "-Atc", "SELECT 'victim', pg_sleep(60)"],
+                              env=dict(os.environ, PGPASSWORD="app-secret-pw"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        pid = ""
+        for _ in range(100):
+            pid = pg.sql("SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT ''victim''%'")
+            if pid:
+                break
+            time.sleep(0.1)
+        assert pid.isdigit(), pid
+        log_all(pg)
+        enforcer.start(policy(pg, tmp, rules=RULES_DDL_ANY))
+        res = run_seq(enforcer, pg, [
+            "CREATE OPERATOR public.### (LEFTARG = int4, RIGHTARG = int8, FUNCTION = pg_terminate_backend)",
+            f"SELECT {pid} ### 0::int8",
+            "CREATE AGGREGATE public.agg_nv(regclass) (SFUNC = pg_catalog.setval, STYPE = int8, INITCOND = '1')",
+            "CREATE OPERATOR public.#### (RIGHTARG = regclass, PROCEDURE = nextval)",
+            "ALTER OPERATOR public.### (int4, int8) SET (RESTRICT = pg_read_file)",
+        ])
+        assert victim.poll() is None, ("the victim session was ended", res)
+        assert pg.sql("SELECT count(*) FROM pg_operator WHERE oprname LIKE '###%'") == "0", res
+        assert pg.sql("SELECT count(*) FROM pg_proc WHERE proname = 'agg_nv'") == "0", res
+        for i in (0, 2, 3, 4):
+            assert denied(res[i]) and "function" in res[i][0], (i, res[i])
+        assert not server_saw(pg, "CREATE OPERATOR") and not server_saw(pg, "CREATE AGGREGATE")
+    finally:
+        victim.kill()
+        victim.wait()
