@@ -765,9 +765,14 @@ static int forward_head(struct conn *c, const uint8_t *b, const struct http_head
 		 * with it (it would come first, and many servers read the first) */
 		if (cred_name && http_field_is(b, f, cred_name))
 			continue;
-		/* masked: a part of a body cannot be masked, and we decode only zlib codings */
+		/* masked: a part of a body cannot be masked, and we decode only
+		 * zlib codings. Conditionals go too: with a content-hash ETag
+		 * (Express, many frameworks), If-None-Match answers "is the
+		 * unmasked body this one?" with a 304 */
 		if (masked && (http_field_is(b, f, "range") || http_field_is(b, f, "if-range") ||
-			       http_field_is(b, f, "accept-encoding")))
+			       http_field_is(b, f, "accept-encoding") || http_field_is(b, f, "if-none-match") ||
+			       http_field_is(b, f, "if-match") || http_field_is(b, f, "if-modified-since") ||
+			       http_field_is(b, f, "if-unmodified-since")))
 			continue;
 		/* JSON paths only reach JSON: an upstream that negotiates must not
 		 * answer YAML, XML or a table where the paths see nothing */

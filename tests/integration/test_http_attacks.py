@@ -18,7 +18,7 @@ import zlib
 import pytest
 
 from conftest import PY, Proc, free_port, wait_port
-from test_http import AGENT, Recorder, crlf, mask_policy, policy, raw, responses
+from test_http import AGENT, Recorder, crlf, mask_policy, nginx, policy, raw, responses
 
 SECRET = "s3cr3t-upstream-token"
 
@@ -769,3 +769,21 @@ def test_k8s_identity_headers_any_case(enforcer, rec, token):
     assert rec.all() == (b"GET /api/v1/namespaces/default/pods HTTP/1.1\r\nHost: kubernetes.default\r\n"
                          b"Impersonate-User: " + AGENT.encode() + b"\r\n"
                          b"Authorization: Bearer " + SECRET.encode() + b"\r\n\r\n"), rec.all()
+
+
+def test_mask_conditionals_not_an_oracle(enforcer, servers, tmp):
+    """On a masked route the agent's If-None-Match / If-Match / If-Modified-Since
+    never reach the upstream: a 304 to a guessed (content-hash) ETag would say
+    what the unmasked body is. nginx's ETag is its file's mtime and size."""
+    port, d = nginx(tmp, servers.procs)
+    path = os.path.join(d, "www", "v1", "inv")
+    with open(path, "w") as f:
+        f.write(json.dumps({"customer": {"email": "ada@example.com"}}) + "\n")
+    st = os.stat(path)
+    etag = '"%x-%x"' % (int(st.st_mtime), st.st_size)
+    since = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(st.st_mtime + 60))
+    enforcer.start(mask_policy(port, '{json: ["$.customer.email"]}'))
+    for cond in (f"If-None-Match: {etag}", f"If-Modified-Since: {since}"):
+        out = raw(enforcer, port, crlf(f"GET /v1/inv HTTP/1.1⏎Host: 127.0.0.1:{port}⏎{cond}⏎⏎"))
+        rs, _ = responses(out)
+        assert rs and rs[0][0] == 200 and b"****" in out and b"ada@" not in out, (cond, out)
