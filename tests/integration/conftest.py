@@ -154,19 +154,9 @@ class Servers:
 
     def dnsmasq(self, records):
         """dnsmasq on 127.0.0.1:PORT answering only the given {name: ip} records."""
-        port = free_port(socket.AF_INET, socket.SOCK_DGRAM)
-        argv = ["/usr/sbin/dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
-                "--no-daemon", "--conf-file=/dev/null", f"--port={port}",
-                "--listen-address=127.0.0.1", "--bind-interfaces", "--user=root",
-                f"--pid-file={self.tmp}/dnsmasq-{port}.pid", "--local-ttl=60"]
-        for name, ip in records.items():
-            argv.append(f"--host-record={name},{ip}")
-        self.procs.append(Proc(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        # Ready when it answers a query (a fixed sleep lost the race on a loaded machine:
-        # the enforcer forwarded the test's first query to a port nothing listened on yet).
         q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x05ready\x04test\x00\x00\x01\x00\x01"
 
-        def answers():
+        def answers(port):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             try:
                 s.settimeout(0.2)
@@ -176,8 +166,33 @@ class Servers:
                 return False
             finally:
                 s.close()
-        assert wait_for(answers, 10), f"dnsmasq on {port} did not come up"
-        return port
+
+        for _ in range(5):
+            port = free_port(socket.AF_INET, socket.SOCK_DGRAM)
+            # dnsmasq listens on TCP on the same port too, and exits when that
+            # one is taken (an ephemeral port of some test's connection)
+            t = socket.socket()
+            try:
+                t.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            finally:
+                t.close()
+            argv = ["/usr/sbin/dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
+                    "--no-daemon", "--conf-file=/dev/null", f"--port={port}",
+                    "--listen-address=127.0.0.1", "--bind-interfaces", "--user=root",
+                    f"--pid-file={self.tmp}/dnsmasq-{port}.pid", "--local-ttl=60"]
+            for name, ip in records.items():
+                argv.append(f"--host-record={name},{ip}")
+            proc = Proc(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.procs.append(proc)
+            # Ready when it answers a query (a fixed sleep lost the race on a loaded
+            # machine: the enforcer forwarded the test's first query to a port nothing
+            # listened on yet); one that exited lost its port meanwhile: another port
+            wait_for(lambda: answers(port) or proc.p.poll() is not None, 10)
+            if proc.p.poll() is None and answers(port):
+                return port
+        raise AssertionError("dnsmasq did not come up on any of 5 ports")
 
     def tls(self, cn="allowed.test"):
         """openssl s_server with a fresh self-signed certificate; returns port."""
