@@ -2387,20 +2387,32 @@ static int session_ready(struct conn *c, char status)
 	return 0;
 }
 
+/* A ParameterStatus from the server, in any phase: a setting that would let
+ * SQL parse differently from how we judged it ends the session (param_ok());
+ * any other is kept as the latest value of its name (replayed on reuse).
+ * 1: pass it on; 0: the session was ended; -errno. */
+static int param_seen(struct conn *c, const struct pg_msg *m)
+{
+	const char *n, *v;
+
+	if (pg_parse_param_status(m, &n, &v))
+		return -EBADMSG;
+	if (!param_ok(n, v))
+		return fatal(c, "08P01", "agentgate: the server reports %s = %s, which is not allowed", n, v);
+	if (params_set(S(c), m->body - 5, m->len + 5))
+		return -ENOMEM;
+	return 1;
+}
+
 static int up_params(struct conn *c, const struct pg_msg *m)
 {
-	struct pg_sess *s = S(c);
-	const char *n, *v;
 	char st;
+	int err;
 
 	switch (m->type) {
 	case 'S':
-		if (pg_parse_param_status(m, &n, &v))
-			return -EBADMSG;
-		if (!param_ok(n, v))
-			return fatal(c, "08P01", "agentgate: the server reports %s = %s, which is not allowed", n, v);
-		if (params_set(s, m->body - 5, m->len + 5))
-			return -ENOMEM;
+		if ((err = param_seen(c, m)) <= 0)
+			return err;
 		return conn_send(c, SIDE_AGENT, m->body - 5, m->len + 5);
 	case 'K': {
 		uint32_t pid, key;
@@ -2466,22 +2478,15 @@ static int up_catalog(struct conn *c, const struct pg_msg *m)
 {
 	struct pg_sess *s = S(c);
 	char st;
+	int err;
 
 	switch (m->type) {
 	case 'T': case 'C': case 'N':
 		return 0;
-	case 'S': {
-		/* a setting reported meanwhile (a reload): checked, passed on, kept */
-		const char *n, *v;
-
-		if (pg_parse_param_status(m, &n, &v))
-			return -EBADMSG;
-		if (!param_ok(n, v))
-			return fatal(c, "08P01", "agentgate: the server reports %s = %s, which is not allowed", n, v);
-		if (params_set(s, m->body - 5, m->len + 5))
-			return -ENOMEM;
+	case 'S':   /* a setting reported meanwhile (a reload): checked, passed on, kept */
+		if ((err = param_seen(c, m)) <= 0)
+			return err;
 		return conn_send(c, SIDE_AGENT, m->body - 5, m->len + 5);
-	}
 	case 'D':
 		return catalog_row(s, m) ? fatal(c, "XX000", "agentgate: cannot read the catalog for masking") : 0;
 	case 'E':
@@ -3128,7 +3133,7 @@ static int be_message(struct conn *c, const struct pg_msg *m)
 {
 	struct pg_sess *s = S(c);
 	struct pg_pend *p = s->qlen ? pend_at(s, 0) : NULL;
-	const char *n, *v;
+	const char *n;
 	int err = 0;
 
 	switch (m->type) {
@@ -3137,12 +3142,9 @@ static int be_message(struct conn *c, const struct pg_msg *m)
 	case 'Z':
 		return be_ready(c, m);
 	case 'S':
-		if (pg_parse_param_status(m, &n, &v))
-			return -EBADMSG;
-		if (!param_ok(n, v))
-			return fatal(c, "08P01", "agentgate: the server reports %s = %s, which is not allowed", n, v);
-		if (params_set(s, m->body - 5, m->len + 5))
-			return -ENOMEM;
+		if ((err = param_seen(c, m)) <= 0)
+			return err;
+		err = 0;
 		break;
 	case 'N':
 		if (fields_masked(s)) {
