@@ -1588,23 +1588,19 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 	epfd = epoll_create1(EPOLL_CLOEXEC);
 
 	/*
-	 * Default: one worker per two CPUs this process may run on (at least
-	 * one). The enforcer shares the host with the agents and the servers
-	 * it relays to, and most of a relayed request's cost is kernel socket
-	 * work done in the worker's own syscalls: a worker per CPU competes
-	 * with the processes it serves, and each extra worker sleeps and wakes
-	 * more often with fewer events per wakeup. Measured on 2 CPUs with
-	 * pgbench -S at 8 clients (audit on): 1 worker ~12,400 tps, 2 workers
-	 * ~10,500, 36 vs 48 us of enforcer CPU per transaction; the price is
-	 * CPU-bound masking of large responses (64 KiB JSON: ~10% fewer
-	 * requests/s with 1 worker, a lower p99). AGENTGATE_WORKERS overrides.
+	 * Default: one worker per CPU this process may run on (its affinity
+	 * mask: a cpuset or taskset narrows it). Tried on 2 CPUs: one worker
+	 * for both made pgbench -S at 8 clients faster (~12,400 vs ~10,500
+	 * tps: fewer wakeups, more events per wakeup) but wrk through the
+	 * http module slower (small JSON 21,700 vs 26,200 req/s, 64 KiB
+	 * masked 4,700 vs 8,300): a CPU-bound worker then gets a third of the
+	 * machine beside wrk and nginx. AGENTGATE_WORKERS overrides.
 	 */
 	cpu_set_t cpus;
 	long ncpu = sched_getaffinity(0, sizeof(cpus), &cpus) == 0 ? CPU_COUNT(&cpus)
 								     : sysconf(_SC_NPROCESSORS_ONLN);
 	const char *wenv = getenv("AGENTGATE_WORKERS");
 
-	ncpu = (ncpu + 1) / 2;
 
 	if (wenv && *wenv) {   /* a tuning knob; bad values are refused, not guessed at */
 		char *end;

@@ -240,11 +240,12 @@ class Enforcer:
     def start(self, policy_text, env=None, expect_ready=True):
         path = self.policy(policy_text)
         e = dict(os.environ)
-        # Two workers unless a test says otherwise: the default is one per
-        # two CPUs, one on a 2-CPU test machine, and what crosses workers
-        # (the session pool, cancel keys, shared TLS contexts) must stay
-        # tested. test_workers_knob starts the default.
-        e.setdefault("AGENTGATE_WORKERS", "2")
+        # At least two workers unless a test says otherwise (the default is
+        # one per CPU): what crosses workers (the session pool, cancel keys,
+        # shared TLS contexts) stays tested on a 1-CPU machine too.
+        # test_workers_knob starts the default.
+        if len(os.sched_getaffinity(0)) < 2:
+            e.setdefault("AGENTGATE_WORKERS", "2")
         e.update(env or {})
         self.proc = Proc([AG, "--state-dir", self.state, "run", "--policy", path],
                          stdout=open(self.log, "a"), stderr=subprocess.STDOUT, env=e)

@@ -80,10 +80,10 @@ def test_workers_knob(enforcer, servers):
         enforcer.start(enforce_policy(port), env={"AGENTGATE_WORKERS": bad}, expect_ready=False)
         assert enforcer.proc.p.wait(10) != 0, bad
         assert "AGENTGATE_WORKERS" in enforcer.read_log(), enforcer.read_log()
-    # the default (an empty value is no value): one worker per two CPUs
-    # the enforcer may run on, at least one
+    # the default (an empty value is no value): one worker per CPU the
+    # enforcer may run on
     enforcer.start(enforce_policy(port), env={"AGENTGATE_WORKERS": ""})
-    assert enforcer.status()["listeners"]["workers"] == max(1, (len(os.sched_getaffinity(0)) + 1) // 2)
+    assert enforcer.status()["listeners"]["workers"] == min(64, len(os.sched_getaffinity(0)))
     enforcer.stop()
     enforcer.start(enforce_policy(port), env={"AGENTGATE_WORKERS": "3"})
     assert enforcer.status()["listeners"]["workers"] == 3
