@@ -65,6 +65,7 @@
 #include <sys/socket.h>
 #include <jansson.h>
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
 
 #include "audit.h"
 #include "conn.h"
@@ -72,6 +73,7 @@
 #include "http_msg.h"
 #include "http_path.h"
 #include "http_mask.h"
+#include "http_scrub.h"
 #include "http_upstream.h"
 #include "k8s.h"
 #include "local_ca.h"
@@ -111,6 +113,7 @@ struct hreq {                      /* a request in flight, answered in order */
 	char k8s_verb[24], k8s_res[160], k8s_ns[64];   /* kubernetes attributes, for audit */
 	bool masked;                   /* the response is masked (mask rules apply) */
 	unsigned mask_hits;
+	unsigned cred_hits;            /* injected credentials starred in the answer */
 	char mask_fields[256];
 	char method[HTTP_METHOD_MAX + 1];
 	char path[AUDIT_PATH_MAX];
@@ -162,6 +165,12 @@ struct http_state {
 	struct http_head mh;           /* U_HELD: offsets into the upstream input */
 	uint8_t *mbody;
 	size_t mlen, mcap;
+	/* the credentials this connection injected, searched for in every
+	 * answer (http_scrub.h); a streamed body keeps back the bytes an
+	 * occurrence may still be completing in (sc) */
+	struct scrub scrub;
+	uint8_t *sc;
+	size_t sc_len, sc_cap;
 };
 
 static struct http_state *st(struct conn *c)
@@ -258,6 +267,8 @@ static void audit_request(struct conn *c, const struct hreq *r)
 		aobj_str(&w->um, "fields", r->mask_fields);
 		aobj_close(&w->um);
 	}
+	if (r->cred_hits)   /* the upstream sent the credential back; the agent got '*' */
+		aobj_int(&w->um, "credential_starred", r->cred_hits);
 	if (r->k8s_verb[0]) {
 		aobj_open(&w->um, "kubernetes");
 		aobj_str(&w->um, "verb", r->k8s_verb);
@@ -678,6 +689,68 @@ static int agent_bearer(struct conn *c, struct obuf *o)
 	return o->over ? -ENOBUFS : 0;
 }
 
+/*
+ * The credential lines just added to a forwarded head ("Name: value\r\n"
+ * each): their values join what every answer is searched for. The
+ * scheme of an Authorization value is not part of the secret; of Basic,
+ * the decoded password is searched for too (a page may show it).
+ * -ENOMEM: the request is not sent (an answer could not be checked).
+ */
+static int remember_secrets(struct conn *c, const char *p, size_t n)
+{
+	struct scrub *z = &st(c)->scrub;
+	const char *end = p + n;
+
+	while (p < end) {
+		const char *eol = memmem(p, (size_t)(end - p), "\r\n", 2), *v;
+		size_t vl;
+
+		if (!eol || !(v = memchr(p, ':', (size_t)(eol - p))))
+			return 0;
+		for (v++; v < eol && *v == ' '; v++)
+			;
+		vl = (size_t)(eol - v);
+		if (vl > 7 && strncasecmp(v, "Bearer ", 7) == 0) {
+			v += 7;
+			vl -= 7;
+		} else if (vl > 6 && strncasecmp(v, "Basic ", 6) == 0) {
+			unsigned char dec[HTTP_CRED_MAX];
+			int dl;
+
+			v += 6;
+			vl -= 6;
+			dl = vl < sizeof(dec) * 3 / 4 ? EVP_DecodeBlock(dec, (const unsigned char *)v, (int)vl) : -1;
+			if (dl > 0) {
+				const unsigned char *colon = memchr(dec, ':', (size_t)dl);
+				size_t pl;
+
+				/* EVP_DecodeBlock counts the padding as zero bytes */
+				while (dl > 0 && dec[dl - 1] == 0)
+					dl--;
+				pl = colon ? (size_t)(dec + dl - colon - 1) : 0;
+				if (colon && pl && scrub_add(z, colon + 1, pl)) {
+					OPENSSL_cleanse(dec, sizeof(dec));
+					return -ENOMEM;
+				}
+			}
+			OPENSSL_cleanse(dec, sizeof(dec));
+		}
+		if (scrub_add(z, (const uint8_t *)v, vl))
+			return -ENOMEM;
+		p = eol + 2;
+	}
+	return 0;
+}
+
+/* The target puts a credential on forwarded requests. */
+static bool injects(const struct conn *c)
+{
+	const struct policy_upstream *u = &c->policy->targets[c->target_idx].upstream;
+
+	return u->bearer_token_file || u->basic_auth_file || (u->header_name && u->header_value_file) ||
+	       u->bearer_agent_token;
+}
+
 /* Where forwarded heads are built: per thread, never per request. */
 static __thread char head_buf[HTTP_HEAD_MAX + HTTP_CRED_MAX + 1024];
 
@@ -690,6 +763,7 @@ static __thread char head_buf[HTTP_HEAD_MAX + HTTP_CRED_MAX + 1024];
 static int send_head(struct conn *c, struct obuf *o)
 {
 	const char *why;
+	size_t n0 = o->n;
 	int cl, err;
 
 	cl = o->over || o->cap - o->n < 2 ? -ENOBUFS
@@ -700,6 +774,10 @@ static int send_head(struct conn *c, struct obuf *o)
 	}
 	o->n += (size_t)cl;
 	if (target(c)->upstream.bearer_agent_token && (err = agent_bearer(c, o)) < 0) {
+		OPENSSL_cleanse(o->b, o->n);
+		return err;
+	}
+	if (!o->over && o->n > n0 && (err = remember_secrets(c, o->b + n0, o->n - n0))) {
 		OPENSSL_cleanse(o->b, o->n);
 		return err;
 	}
@@ -744,6 +822,7 @@ static int forward_head(struct conn *c, const uint8_t *b, const struct http_head
 	const char *cred_name = target(c)->upstream.header_name;
 	size_t npaths = 0;
 	bool json_paths = masked && st(c)->mask && mask_rules_paths(st(c)->mask, &npaths) && npaths;
+	bool inj = injects(c);
 
 	put(&o, b + h->method, h->method_len);
 	puts_(&o, " ");
@@ -769,6 +848,10 @@ static int forward_head(struct conn *c, const uint8_t *b, const struct http_head
 		 * zlib codings. Conditionals go too: with a content-hash ETag
 		 * (Express, many frameworks), If-None-Match answers "is the
 		 * unmasked body this one?" with a 304 */
+		/* an answer is searched for the injected credential as sent:
+		 * a compressed one could not be (identity is asked below) */
+		if (!masked && inj && http_field_is(b, f, "accept-encoding"))
+			continue;
 		if (masked && (http_field_is(b, f, "range") || http_field_is(b, f, "if-range") ||
 			       http_field_is(b, f, "accept-encoding") || http_field_is(b, f, "if-none-match") ||
 			       http_field_is(b, f, "if-match") || http_field_is(b, f, "if-modified-since") ||
@@ -795,6 +878,8 @@ static int forward_head(struct conn *c, const uint8_t *b, const struct http_head
 	}
 	if (masked)
 		puts_(&o, "Accept-Encoding: gzip, deflate\r\n");
+	else if (inj)
+		puts_(&o, "Accept-Encoding: identity\r\n");
 	if (json_paths)
 		puts_(&o, "Accept: application/json\r\n");
 	if (st(c)->k8s) {
@@ -1336,8 +1421,10 @@ static int send_resp_head(struct conn *c, const uint8_t *b, const struct http_he
 			/* (an HTTP/1.0 agent cannot read chunked: it gets the data
 			 * as it is, delimited by the close that follows) */
 			puts_(&o, "Transfer-Encoding: chunked\r\n");
-		} else if (h->body == HTTP_BODY_LENGTH || (h->body == HTTP_BODY_NONE && r->head)) {
-			/* a HEAD answer keeps the length of what GET would send */
+		} else if (h->body == HTTP_BODY_LENGTH || (h->body == HTTP_BODY_NONE && r->head && !r->masked)) {
+			/* a HEAD answer keeps the length of what GET would send;
+			 * on a masked route that is the unmasked length (how long
+			 * a hidden value is), so it goes */
 			for (unsigned i = 0; i < h->nf; i++)
 				if (http_field_is(b, &h->f[i], "content-length")) {
 					snprintf(num, sizeof(num), "Content-Length: %llu\r\n",
@@ -1354,11 +1441,26 @@ static int send_resp_head(struct conn *c, const uint8_t *b, const struct http_he
 	puts_(&o, "\r\n");
 	if (o.over)
 		return -EMSGSIZE;
+	if (st(c)->scrub.n)   /* in any field or the reason phrase (a Location, an echo) */
+		r->cred_hits += scrub_buf(&st(c)->scrub, (uint8_t *)o.b, o.n);
 	r->resp_bytes += o.n;
 	return conn_send(c, SIDE_AGENT, o.b, o.n);
 }
 
 static int response_done(struct conn *c);
+
+/* A Content-Encoding other than identity. */
+static bool coded(const uint8_t *b, const struct http_head *h)
+{
+	for (unsigned i = 0; i < h->nf; i++) {
+		const struct http_field *f = &h->f[i];
+
+		if (http_field_is(b, f, "content-encoding") &&
+		    !(f->value_len == 8 && strncasecmp((const char *)b + f->value, "identity", 8) == 0))
+			return true;
+	}
+	return false;
+}
 
 /* A masked response: keep a copy of its head; the body is collected. */
 static int collect_start(struct conn *c, const uint8_t *in, const struct http_head *h)
@@ -1412,6 +1514,8 @@ static int mask_answer(struct conn *c, const uint8_t *head, const struct http_he
 	}
 	r->mask_hits = rep.hits;
 	snprintf(r->mask_fields, sizeof(r->mask_fields), "%s", rep.fields);
+	if (s->scrub.n)   /* the masked body is identity-coded: searched whole */
+		r->cred_hits += scrub_buf(&s->scrub, (uint8_t *)out, outlen);
 	err = send_resp_head(c, head, h, r, r->close_after || s->up_close, (long long)outlen);
 	if (!err)   /* straight to the socket, head and body in one write, when it takes them */
 		err = conn_send_now(c, SIDE_AGENT, out, outlen);
@@ -1523,13 +1627,63 @@ static int response_done(struct conn *c)
 	return process_agent(c);   /* a full queue, or a held request, may go on */
 }
 
+static int body_send(struct conn *c, const uint8_t *p, size_t n, bool chunked);
+
+/*
+ * Streamed body bytes on a connection that injected a credential: searched
+ * with what was kept back before them, then sent but for the last
+ * scrub_hold() bytes, where an occurrence may not be whole yet (body_done
+ * sends them). Starring keeps lengths, so the framing is unchanged. The
+ * copy is bounded by what one read brings plus the hold.
+ */
+static int scrub_out(struct conn *c, const uint8_t *p, size_t n, bool chunked)
+{
+	struct http_state *s = st(c);
+	size_t hold = scrub_hold(&s->scrub), total = s->sc_len + n, out;
+	int err;
+
+	if (total > s->sc_cap) {
+		size_t cap = total < 16384 ? 16384 : total;
+		uint8_t *nb = realloc(s->sc, cap);
+
+		if (!nb)
+			return -ENOMEM;
+		s->sc = nb;
+		s->sc_cap = cap;
+	}
+	memcpy(s->sc + s->sc_len, p, n);
+	q_front(s)->cred_hits += scrub_buf(&s->scrub, s->sc, total);
+	out = total > hold ? total - hold : 0;
+	if (out && (err = body_send(c, s->sc, out, chunked)))
+		return err;
+	memmove(s->sc, s->sc + out, total - out);
+	s->sc_len = total - out;
+	return 0;
+}
+
+/* The body is whole: what scrub_out() kept back goes. */
+static int scrub_end(struct conn *c, bool chunked)
+{
+	struct http_state *s = st(c);
+	size_t n = s->sc_len;
+	int err = 0;
+
+	s->sc_len = 0;
+	if (n)
+		err = body_send(c, s->sc, n, chunked);
+	if (s->sc_cap > (256u << 10)) {
+		free(s->sc);
+		s->sc = NULL;
+		s->sc_cap = 0;
+	}
+	return err;
+}
+
 /* Response body bytes: to the agent (re-chunked when chunked), or into the
  * masked response being collected. */
 static int body_out(struct conn *c, const uint8_t *p, size_t n, bool chunked)
 {
 	struct http_state *s = st(c);
-	char hdr[24];
-	int err;
 
 	if (s->collecting) {
 		if (n > MASK_JSON_MAX - s->mlen)
@@ -1549,6 +1703,18 @@ static int body_out(struct conn *c, const uint8_t *p, size_t n, bool chunked)
 		s->mlen += n;
 		return 0;
 	}
+	if (s->scrub.n)
+		return scrub_out(c, p, n, chunked);
+	return body_send(c, p, n, chunked);
+}
+
+/* Body bytes to the agent as they are (re-chunked when chunked). */
+static int body_send(struct conn *c, const uint8_t *p, size_t n, bool chunked)
+{
+	struct http_state *s = st(c);
+	char hdr[24];
+	int err;
+
 	q_front(s)->resp_bytes += n;
 	if (!chunked || !s->uchunked_out)
 		return conn_send(c, SIDE_AGENT, p, n);
@@ -1568,7 +1734,8 @@ static int body_done(struct conn *c)
 	if (s->collecting) {
 		if ((err = collect_finish(c)))
 			return err;
-	} else if (s->uchunked_out && (err = conn_send(c, SIDE_AGENT, HTTP_CHUNK_LAST, 5))) {
+	} else if ((err = scrub_end(c, s->ubody == HTTP_BODY_CHUNKED)) ||
+		   (s->uchunked_out && (err = conn_send(c, SIDE_AGENT, HTTP_CHUNK_LAST, 5)))) {
 		return err;
 	}
 	return response_done(c);
@@ -1795,6 +1962,11 @@ static int process_upstream(struct conn *c)
 			if ((err = process_agent(c)))
 				return err;
 			continue;
+		}
+		if (!r->masked && s->scrub.n && h.body != HTTP_BODY_NONE && h.status != 101 && coded(in, &h)) {
+			conn_in_consume(c, SIDE_UP, h.head_len);
+			return refuse_response(c, "the upstream answered with a compressed body, which cannot be "
+						  "searched for the credential agentgate injects (identity was asked)");
 		}
 		if (r->masked && h.body != HTTP_BODY_NONE && h.status != 101) {
 			/* held until the body is whole and masked */
@@ -2029,6 +2201,8 @@ static void http_release(struct conn *c)
 		if (s->resend)
 			OPENSSL_cleanse(s->resend, s->resend_cap);
 		free(s->resend);
+		scrub_clear(&s->scrub);
+		free(s->sc);
 	}
 	free(c->proto_state);
 	c->proto_state = NULL;

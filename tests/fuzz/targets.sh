@@ -21,6 +21,7 @@ fuzz_libs() {
 	mask_json) echo -lpcre2-8 -lpthread ;;
 	pg_classify) echo -lpg_query -lpthread ;;
 	pg_wire) echo -lssl -lcrypto ;;
+	http_scrub) echo -lcrypto ;;
 	*) ;;
 	esac
 }
@@ -37,6 +38,7 @@ fuzz_max_len() {
 	mask_json) echo 65536 ;;              # deep nesting and long digit/base64 runs
 	pg_classify) echo 16384 ;;            # past the 8 KiB pre-scan threshold
 	pg_wire) echo 12000 ;;                # past PG_STARTUP_MAX
+	http_scrub) echo 8192 ;;              # a secret of up to 64 bytes and a few reads of answer
 	*) echo 4096 ;;
 	esac
 }

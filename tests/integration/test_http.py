@@ -351,6 +351,7 @@ def test_h35_header_hygiene_and_credential(enforcer, rec, tmp):
     assert responses(out)[0][0][0] == 200
     assert rec.all() == (b"GET /v1/invoices/42 HTTP/1.1\r\nHost: api.internal\r\n"
                          b"Accept: application/json\r\nX-Kept: yes\r\n"
+                         b"Accept-Encoding: identity\r\n"   # answers are searched for the credential
                          b"Authorization: Bearer s3cr3t-upstream-token\r\n\r\n")
     # the secret is in no audit line and no log line
     time.sleep(0.4)

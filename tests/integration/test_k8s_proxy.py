@@ -107,6 +107,7 @@ def test_k29_identity_headers_replaced(enforcer, rec, token):
     assert responses(out)[0][0][0] == 200
     got = rec.all()
     assert got == (b"GET /api/v1/namespaces/default/pods HTTP/1.1\r\nHost: kubernetes.default\r\n"
+                   b"Accept-Encoding: identity\r\n"   # answers are searched for the credential
                    b"Impersonate-User: " + AGENT.encode() + b"\r\n"
                    b"Authorization: Bearer enforcer-sa-token\r\n\r\n"), got
 

@@ -1,0 +1,168 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * http_scrub — see http_scrub.h.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#include "http_scrub.h"
+
+/* Letters, digits and -._~: RFC 3986 unreserved, which percent-encoders
+ * leave as they are and JSON never escapes. */
+static bool plain_byte(uint8_t c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+	       c == '.' || c == '_' || c == '~';
+}
+
+int scrub_add(struct scrub *z, const uint8_t *s, size_t len)
+{
+	struct scrub_secret *x;
+	uint8_t *copy;
+
+	if (len < SCRUB_MIN_LEN || len > SCRUB_SECRET_MAX)
+		return 0;
+	for (unsigned i = 0; i < z->n; i++)
+		if (z->sec[i].len == len && CRYPTO_memcmp(z->sec[i].s, s, len) == 0)
+			return 0;
+	if (!(copy = malloc(len)))
+		return -ENOMEM;
+	memcpy(copy, s, len);
+	if (z->n == SCRUB_MAX) {   /* the oldest goes */
+		OPENSSL_cleanse(z->sec[0].s, z->sec[0].len);
+		free(z->sec[0].s);
+		memmove(&z->sec[0], &z->sec[1], (SCRUB_MAX - 1) * sizeof(z->sec[0]));
+		z->n--;
+	}
+	x = &z->sec[z->n++];
+	x->s = copy;
+	x->len = len;
+	for (x->plain = 0; x->plain < len && plain_byte(s[x->plain]); x->plain++)
+		;
+	return 0;
+}
+
+void scrub_clear(struct scrub *z)
+{
+	for (unsigned i = 0; i < z->n; i++) {
+		OPENSSL_cleanse(z->sec[i].s, z->sec[i].len);
+		free(z->sec[i].s);
+	}
+	memset(z, 0, sizeof(*z));
+}
+
+size_t scrub_hold(const struct scrub *z)
+{
+	size_t m = 0;
+
+	for (unsigned i = 0; i < z->n; i++)
+		if (z->sec[i].len * SCRUB_ENC_MAX - 1 > m)
+			m = z->sec[i].len * SCRUB_ENC_MAX - 1;
+	return m;
+}
+
+static int hexv(uint8_t c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	c |= 0x20;
+	return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* The lengths of the text units at p[0..n) that stand for byte w: as it
+ * is (1), %XX (3), \/ \\ \" (2), \u00XX (6). Up to 4, into u; how many. */
+static unsigned units(const uint8_t *p, size_t n, uint8_t w, size_t u[4])
+{
+	unsigned k = 0;
+
+	if (p[0] == w)   /* first: a secret written as it is matches without a branch */
+		u[k++] = 1;
+	if (p[0] == '%' && n >= 3) {
+		int h = hexv(p[1]), l = hexv(p[2]);
+
+		if (h >= 0 && l >= 0 && (h << 4 | l) == w)
+			u[k++] = 3;
+	} else if (p[0] == '\\' && n >= 2) {
+		if ((w == '/' || w == '\\' || w == '"') && p[1] == w)
+			u[k++] = 2;
+		if (p[1] == 'u' && n >= 6) {
+			int a = hexv(p[2]), b = hexv(p[3]), c = hexv(p[4]), d = hexv(p[5]);
+
+			if (a >= 0 && b >= 0 && c >= 0 && d >= 0 && (a << 12 | b << 8 | c << 4 | d) == w)
+				u[k++] = 6;
+		}
+	}
+	return k;
+}
+
+/*
+ * The text length of an occurrence of s[0..len) at the start of p[0..n),
+ * or 0. Only a secret byte that is itself '%' or '\' can be read two ways
+ * (as it is, or as the start of an escape); those branch, as it is first,
+ * within a budget of branches that always covers the secret written as it
+ * is (one branch per such byte).
+ */
+static size_t match_at(const uint8_t *s, size_t len, const uint8_t *p, size_t n, unsigned *budget)
+{
+	size_t j = 0;
+
+	for (size_t k = 0; k < len; k++) {
+		size_t u[4];
+		unsigned nu;
+
+		if (j >= n || !(nu = units(p + j, n - j, s[k], u)))
+			return 0;
+		if (nu > 1) {
+			for (unsigned i = 0; i < nu && *budget; i++) {
+				size_t rest;
+
+				(*budget)--;
+				if ((rest = match_at(s + k + 1, len - k - 1, p + j + u[i], n - j - u[i], budget)) ||
+				    k + 1 == len)
+					return j + u[i] + rest;
+			}
+			return 0;
+		}
+		j += u[0];
+	}
+	return j;
+}
+
+/* The next place at or after p[off] where an occurrence of x may start. */
+static const uint8_t *candidate(const struct scrub_secret *x, const uint8_t *p, size_t n, size_t off)
+{
+	if (x->plain >= SCRUB_PREFIX)
+		return memmem(p + off, n - off, x->s, x->plain);
+	for (size_t i = off; i < n; i++)
+		if (p[i] == x->s[0] || p[i] == '%' || p[i] == '\\')
+			return p + i;
+	return NULL;
+}
+
+unsigned scrub_buf(const struct scrub *z, uint8_t *p, size_t n)
+{
+	unsigned hits = 0;
+
+	for (unsigned i = 0; i < z->n; i++) {
+		const struct scrub_secret *x = &z->sec[i];
+		const uint8_t *q;
+		size_t off = 0;
+
+		while (off < n && (q = candidate(x, p, n, off))) {
+			size_t at = (size_t)(q - p), m;
+			unsigned budget = (unsigned)x->len + 64;
+
+			if ((m = match_at(x->s, x->len, q, n - at, &budget))) {
+				memset(p + at, '*', m);
+				hits++;
+				off = at + m;
+			} else {
+				off = at + 1;
+			}
+		}
+	}
+	return hits;
+}

@@ -1,0 +1,65 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * http_scrub — keeps an injected credential from coming back to the agent.
+ *
+ * The http module puts the target's credential (a bearer token, basic
+ * auth, a named header) on each forwarded request; the agent never holds
+ * it. An upstream that reflects the request — echo and debug endpoints,
+ * TRACE, error pages, a redirect carrying the token in its query — would
+ * hand it to the agent in the answer. So every answer on such a connection
+ * is searched for the secrets the connection injected, and each occurrence
+ * is overwritten with '*' bytes of the same length (a body's framing does
+ * not change, so a streamed body stays streamed).
+ *
+ * An occurrence is found as written, percent-encoded (%2F, %2f) and
+ * JSON-escaped (\/, \\, \", \u002f) in any mix. Not found: a secret
+ * transformed in another way (base64 of it, hex, a hash, split by other
+ * bytes), or whose first SCRUB_PREFIX bytes are themselves encoded when
+ * they are letters, digits or -._~ (no encoder escapes those). Secrets
+ * shorter than SCRUB_MIN_LEN are not searched for: they would star common
+ * words.
+ *
+ * Written by hand: no library searches for a needle under URL and JSON
+ * escaping; this is a memmem() of the secret's leading plain bytes and a
+ * byte-by-byte decoding comparison from each hit.
+ */
+#ifndef AGENTGATE_HTTP_SCRUB_H
+#define AGENTGATE_HTTP_SCRUB_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define SCRUB_MAX 4           /* secrets per connection (the newest kept) */
+#define SCRUB_MIN_LEN 8
+#define SCRUB_SECRET_MAX 8192 /* longer secrets are not searched for (HTTP_CRED_MAX) */
+#define SCRUB_ENC_MAX 6       /* \u002f: the longest encoding of one byte */
+#define SCRUB_PREFIX 4        /* a memmem() needle shorter than this scans byte by byte */
+
+struct scrub_secret {
+	uint8_t *s;
+	size_t len;
+	size_t plain;             /* leading bytes no encoder escapes: the memmem() needle */
+};
+
+struct scrub {
+	struct scrub_secret sec[SCRUB_MAX];
+	unsigned n;
+};
+
+/* Adds a secret (copied; an equal one is not added twice; the oldest goes
+ * when SCRUB_MAX are held). 0, or -ENOMEM. Too short or too long: ignored. */
+int scrub_add(struct scrub *z, const uint8_t *s, size_t len);
+
+/* Overwrites with '*' every occurrence that lies whole in p[0..n); returns
+ * how many. */
+unsigned scrub_buf(const struct scrub *z, uint8_t *p, size_t n);
+
+/* Bytes a stream must keep back before sending: an occurrence that starts
+ * in them may end in data not read yet. 0 when nothing is searched for. */
+size_t scrub_hold(const struct scrub *z);
+
+/* Wipes and frees every secret. */
+void scrub_clear(struct scrub *z);
+
+#endif
