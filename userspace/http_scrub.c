@@ -131,6 +131,69 @@ static size_t match_at(const uint8_t *s, size_t len, const uint8_t *p, size_t n,
 	return j;
 }
 
+/* p[0..n) is the start of an escape cut short ("%2", "\u00"). */
+static bool cut_escape(const uint8_t *p, size_t n)
+{
+	if (p[0] == '%' && n < 3) {
+		for (size_t i = 1; i < n; i++)
+			if (hexv(p[i]) < 0)
+				return false;
+		return true;
+	}
+	if (p[0] == '\\' && n < 6) {
+		if (n >= 2 && p[1] != 'u')
+			return false;
+		for (size_t i = 2; i < n; i++)
+			if (hexv(p[i]) < 0)
+				return false;
+		return true;
+	}
+	return false;
+}
+
+/* All of p[0..n) could be how an occurrence of s[0..len) begins: the text
+ * ends before the secret does. */
+static bool prefix_at(const uint8_t *s, size_t len, const uint8_t *p, size_t n, unsigned *budget)
+{
+	size_t j = 0;
+
+	for (size_t k = 0; k < len; k++) {
+		size_t u[4];
+		unsigned nu;
+
+		if (j >= n || cut_escape(p + j, n - j))
+			return true;
+		if (!(nu = units(p + j, n - j, s[k], u)))
+			return false;
+		if (nu > 1) {
+			for (unsigned i = 0; i < nu && *budget; i++) {
+				(*budget)--;
+				if (prefix_at(s + k + 1, len - k - 1, p + j + u[i], n - j - u[i], budget))
+					return true;
+			}
+			return false;
+		}
+		j += u[0];
+	}
+	return false;   /* a whole occurrence (scrub_buf starred it) */
+}
+
+size_t scrub_keep(const struct scrub *z, const uint8_t *p, size_t n)
+{
+	size_t hold = scrub_hold(z), from = n > hold ? n - hold : 0;
+
+	for (size_t i = from; i < n; i++)
+		for (unsigned k = 0; k < z->n; k++) {
+			const struct scrub_secret *x = &z->sec[k];
+			unsigned budget = (unsigned)x->len + 64;
+
+			if ((p[i] == x->s[0] || p[i] == '%' || p[i] == '\\') &&
+			    prefix_at(x->s, x->len, p + i, n - i, &budget))
+				return n - i;
+		}
+	return 0;
+}
+
 /* The next place at or after p[off] where an occurrence of x may start. */
 static const uint8_t *candidate(const struct scrub_secret *x, const uint8_t *p, size_t n, size_t off)
 {

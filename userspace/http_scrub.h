@@ -55,9 +55,15 @@ int scrub_add(struct scrub *z, const uint8_t *s, size_t len);
  * how many. */
 unsigned scrub_buf(const struct scrub *z, uint8_t *p, size_t n);
 
-/* Bytes a stream must keep back before sending: an occurrence that starts
- * in them may end in data not read yet. 0 when nothing is searched for. */
+/* The most a stream may have to keep back: an occurrence's longest
+ * encoding, less one byte. 0 when nothing is searched for. */
 size_t scrub_hold(const struct scrub *z);
+
+/* How many bytes at the end of p[0..n) (scrubbed already) a stream keeps
+ * back: from the first place where the text, cut short by its end, could
+ * be how an occurrence begins (at most scrub_hold()); usually 0, so a
+ * streamed answer (events, tokens) is not delayed. */
+size_t scrub_keep(const struct scrub *z, const uint8_t *p, size_t n);
 
 /* Wipes and frees every secret. */
 void scrub_clear(struct scrub *z);

@@ -1631,15 +1631,15 @@ static int body_send(struct conn *c, const uint8_t *p, size_t n, bool chunked);
 
 /*
  * Streamed body bytes on a connection that injected a credential: searched
- * with what was kept back before them, then sent but for the last
- * scrub_hold() bytes, where an occurrence may not be whole yet (body_done
- * sends them). Starring keeps lengths, so the framing is unchanged. The
- * copy is bounded by what one read brings plus the hold.
+ * with what was kept back before them, then sent but for the end that could
+ * be the start of an occurrence not whole yet (scrub_keep(); body_done
+ * sends it). Starring keeps lengths, so the framing is unchanged. The copy
+ * is bounded by what one read brings plus scrub_hold().
  */
 static int scrub_out(struct conn *c, const uint8_t *p, size_t n, bool chunked)
 {
 	struct http_state *s = st(c);
-	size_t hold = scrub_hold(&s->scrub), total = s->sc_len + n, out;
+	size_t total = s->sc_len + n, out;
 	int err;
 
 	if (total > s->sc_cap) {
@@ -1653,7 +1653,7 @@ static int scrub_out(struct conn *c, const uint8_t *p, size_t n, bool chunked)
 	}
 	memcpy(s->sc + s->sc_len, p, n);
 	q_front(s)->cred_hits += scrub_buf(&s->scrub, s->sc, total);
-	out = total > hold ? total - hold : 0;
+	out = total - scrub_keep(&s->scrub, s->sc, total);
 	if (out && (err = body_send(c, s->sc, out, chunked)))
 		return err;
 	memmove(s->sc, s->sc + out, total - out);

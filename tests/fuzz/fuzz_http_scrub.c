@@ -67,7 +67,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		memcpy(carry + clen, p, pl);
 		clen += pl;
 		scrub_buf(&z, carry, clen);
-		out = clen > hold ? clen - hold : 0;
+		out = clen - scrub_keep(&z, carry, clen);
+		must(clen - out <= hold);
 		memcpy(sent + slen, carry, out);
 		slen += out;
 		memmove(carry, carry + out, clen - out);

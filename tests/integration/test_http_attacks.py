@@ -570,6 +570,61 @@ def test_reflected_credential_starred_in_streamed_bodies(enforcer, servers, tmp)
         assert doc["pad"] == "x" * 3000, kind
 
 
+# A stream of events (Server-Sent Events, a Kubernetes watch): the second
+# event comes 5 s after the first.
+SSE_UPSTREAM = textwrap.dedent(r"""
+    import socket, sys, threading, time
+    port = int(sys.argv[1])
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", port))
+    s.listen(16)
+    def serve(c):
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            d = c.recv(65536)
+            if not d:
+                return
+            buf += d
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for ev in (b'data: {"n": 1, "token": "s3cr3t-upstream-token"}\n\n', b'data: {"n": 2}\n\n'):
+            c.sendall(b"%x\r\n" % len(ev) + ev + b"\r\n")
+            time.sleep(5)
+        c.sendall(b"0\r\n\r\n")
+        c.close()
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+""")
+
+
+def test_streamed_events_not_delayed_by_the_search(enforcer, servers, token):
+    """Searching a streamed answer for the credential keeps back only an end
+    that could begin it: each event of a stream reaches the agent when it
+    is sent, not when the next one comes (the credential in it starred)."""
+    port = free_port()
+    servers.procs.append(Proc([PY, "-c", SSE_UPSTREAM, str(port)]))
+    wait_port("127.0.0.1", port)
+    enforcer.start(policy(port, rules='"GET /v1/**"', upstream=f"server_name: api.internal, bearer_token_file: {token}"))
+    r = enforcer.py(AGENT, f"""
+    import socket
+    s = socket.create_connection(("127.0.0.1", {port}), timeout=3)
+    s.sendall(b"GET /v1/events HTTP/1.1\\r\\nHost: api.internal\\r\\n\\r\\n")
+    got = b""
+    try:
+        while b'"n": 1' not in got or not got.endswith(b"\\n\\n\\r\\n"):
+            d = s.recv(4096)
+            if not d:
+                break
+            got += d
+        print("FIRST", got.decode())
+    except socket.timeout:
+        print("TIMEOUT", got.decode())
+    """, timeout=30)
+    assert r.stdout.startswith("FIRST"), r.stdout + r.stderr
+    assert SECRET not in r.stdout and '"token": "' + "*" * len(SECRET) + '"' in r.stdout, r.stdout
+
+
 def test_compressed_answer_refused_when_credential_injected(enforcer, rec, canned, token):
     """An answer on a target that injects a credential is searched for it:
     the upstream is asked for identity (the agent's Accept-Encoding does not

@@ -129,7 +129,9 @@ static void test_stream_split(void)
 				memcpy(carry + clen, parts[k], plen[k]);
 				clen += plen[k];
 				scrub_buf(&z, carry, clen);
-				size_t out = clen > hold ? clen - hold : 0;
+				size_t out = clen - scrub_keep(&z, carry, clen);
+
+				CHECK(clen - out <= hold);
 
 				memcpy(sent + slen, carry, out);
 				slen += out;
@@ -146,11 +148,38 @@ static void test_stream_split(void)
 	scrub_clear(&z);
 }
 
+/* What a stream keeps back: only an end that could begin an occurrence,
+ * so events and tokens of a streamed answer are not delayed. */
+static void test_keep(void)
+{
+	struct scrub z = { 0 };
+	const char *t;
+
+	scrub_add(&z, (const uint8_t *)TOKEN, strlen(TOKEN));
+	scrub_add(&z, (const uint8_t *)B64, strlen(B64));
+	t = "data: {\"token\": \"hello\"}\n\n";
+	CHECK(scrub_keep(&z, (const uint8_t *)t, strlen(t)) == 0);
+	t = "{\"echo\": \"Bearer s3cr";
+	CHECK(scrub_keep(&z, (const uint8_t *)t, strlen(t)) == 4);
+	t = "x=abc%2";
+	CHECK(scrub_keep(&z, (const uint8_t *)t, strlen(t)) == 2);   /* "%2" could be any escaped byte */
+	t = "x=dXNlcjpwYS%2";
+	CHECK(scrub_keep(&z, (const uint8_t *)t, strlen(t)) == 12);
+	t = "x=dXNlcjpwYS\\u00";
+	CHECK(scrub_keep(&z, (const uint8_t *)t, strlen(t)) == 14);
+	t = "x=dXNlcjpwYS\\/zcy+3b3JkPQ=";   /* B64 less its last byte, JSON-escaped */
+	CHECK(scrub_keep(&z, (const uint8_t *)t, strlen(t)) == strlen(t) - 2);
+	t = "s3cr3t-upstream-tokeX";   /* broken: nothing kept */
+	CHECK(scrub_keep(&z, (const uint8_t *)t, strlen(t)) == 0);
+	scrub_clear(&z);
+}
+
 int main(void)
 {
 	RUN(test_forms);
 	RUN(test_limits);
 	RUN(test_no_plain_prefix);
 	RUN(test_stream_split);
+	RUN(test_keep);
 	UNIT_DONE("http_scrub");
 }
