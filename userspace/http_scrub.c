@@ -10,12 +10,18 @@
 
 #include "http_scrub.h"
 
-/* Letters, digits and -._~: RFC 3986 unreserved, which percent-encoders
- * leave as they are and JSON never escapes. */
+/* Letters, digits and -._: what every percent-encoder leaves as it is and
+ * JSON and HTML never escape. Not '~', though RFC 3986 calls it
+ * unreserved: PHP urlencode() and Java's URLEncoder write it %7E. */
 static bool plain_byte(uint8_t c)
 {
 	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
-	       c == '.' || c == '_' || c == '~';
+	       c == '.' || c == '_';
+}
+
+static bool blank(uint8_t c)
+{
+	return c == ' ' || c == '\t';
 }
 
 int scrub_add(struct scrub *z, const uint8_t *s, size_t len)
@@ -23,6 +29,14 @@ int scrub_add(struct scrub *z, const uint8_t *s, size_t len)
 	struct scrub_secret *x;
 	uint8_t *copy;
 
+	/* A field value's leading and trailing blanks are not part of it for
+	 * the upstream (RFC 9110 5.5): an echo shows the value without them. */
+	while (len && blank(s[0])) {
+		s++;
+		len--;
+	}
+	while (len && blank(s[len - 1]))
+		len--;
 	if (len < SCRUB_MIN_LEN || len > SCRUB_SECRET_MAX)
 		return 0;
 	for (unsigned i = 0; i < z->n; i++)
@@ -72,11 +86,51 @@ static int hexv(uint8_t c)
 	return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
+/* The HTML character reference at p[0..n) (&amp; &#39; &#x27; ...) for
+ * byte w: its length, or 0. Only those of SCRUB_ENC_MAX bytes at most. */
+static size_t entity(const uint8_t *p, size_t n, uint8_t w)
+{
+	static const struct { uint8_t w; const char *e; } named[] = {
+		{ '&', "&amp;" }, { '<', "&lt;" }, { '>', "&gt;" }, { '"', "&quot;" }, { '\'', "&apos;" },
+	};
+	size_t i = 2;
+	unsigned v = 0, base = 10;
+
+	if (n < 4)
+		return 0;
+	if (p[1] != '#') {
+		for (size_t k = 0; k < sizeof(named) / sizeof(named[0]); k++) {
+			size_t l = strlen(named[k].e);
+
+			if (named[k].w == w && n >= l && memcmp(p, named[k].e, l) == 0)
+				return l;
+		}
+		return 0;
+	}
+	if ((p[2] | 0x20) == 'x') {
+		base = 16;
+		i = 3;
+	}
+	for (size_t d = i; i < n && i < SCRUB_ENC_MAX; i++) {
+		int h = hexv(p[i]);
+
+		if (p[i] == ';')
+			return i > d && v == w ? i + 1 : 0;
+		if (h < 0 || (base == 10 && h > 9))
+			return 0;
+		v = v * base + (unsigned)h;
+	}
+	return 0;
+}
+
 /* The lengths of the text units at p[0..n) that stand for byte w: as it
- * is (1), %XX (3), \/ \\ \" (2), \u00XX (6). Up to 4, into u; how many. */
+ * is (1), %XX (3), \/ \\ \" \t (2), \u00XX (6), an HTML character
+ * reference (4 to 6), '+' for a space (1, form-encoded). Up to 4, into u;
+ * how many. */
 static unsigned units(const uint8_t *p, size_t n, uint8_t w, size_t u[4])
 {
 	unsigned k = 0;
+	size_t e;
 
 	if (p[0] == w)   /* first: a secret written as it is matches without a branch */
 		u[k++] = 1;
@@ -86,7 +140,7 @@ static unsigned units(const uint8_t *p, size_t n, uint8_t w, size_t u[4])
 		if (h >= 0 && l >= 0 && (h << 4 | l) == w)
 			u[k++] = 3;
 	} else if (p[0] == '\\' && n >= 2) {
-		if ((w == '/' || w == '\\' || w == '"') && p[1] == w)
+		if (((w == '/' || w == '\\' || w == '"') && p[1] == w) || (w == '\t' && p[1] == 't'))
 			u[k++] = 2;
 		if (p[1] == 'u' && n >= 6) {
 			int a = hexv(p[2]), b = hexv(p[3]), c = hexv(p[4]), d = hexv(p[5]);
@@ -94,13 +148,17 @@ static unsigned units(const uint8_t *p, size_t n, uint8_t w, size_t u[4])
 			if (a >= 0 && b >= 0 && c >= 0 && d >= 0 && (a << 12 | b << 8 | c << 4 | d) == w)
 				u[k++] = 6;
 		}
+	} else if (p[0] == '&' && (e = entity(p, n, w))) {
+		u[k++] = e;
+	} else if (p[0] == '+' && w == ' ') {
+		u[k++] = 1;
 	}
 	return k;
 }
 
 /*
  * The text length of an occurrence of s[0..len) at the start of p[0..n),
- * or 0. Only a secret byte that is itself '%' or '\' can be read two ways
+ * or 0. Only a secret byte that is itself '%', '\' or '&' can be read two ways
  * (as it is, or as the start of an escape); those branch, as it is first,
  * within a budget of branches that always covers the secret written as it
  * is (one branch per such byte).
@@ -148,7 +206,26 @@ static bool cut_escape(const uint8_t *p, size_t n)
 				return false;
 		return true;
 	}
+	if (p[0] == '&' && n < SCRUB_ENC_MAX) {
+		static const char *const named[] = { "&amp;", "&lt;", "&gt;", "&quot;", "&apos;" };
+
+		if (n >= 2 && p[1] == '#') {
+			for (size_t i = 2; i < n; i++)
+				if (hexv(p[i]) < 0 && !(i == 2 && (p[i] | 0x20) == 'x'))
+					return false;
+			return true;
+		}
+		for (size_t k = 0; k < sizeof(named) / sizeof(named[0]); k++)
+			if (strlen(named[k]) > n && memcmp(p, named[k], n) == 0)
+				return true;
+	}
 	return false;
+}
+
+/* Where an escape may begin. */
+static bool escape_start(uint8_t c)
+{
+	return c == '%' || c == '\\' || c == '&';
 }
 
 /* All of p[0..n) could be how an occurrence of s[0..len) begins: the text
@@ -187,7 +264,7 @@ size_t scrub_keep(const struct scrub *z, const uint8_t *p, size_t n)
 			const struct scrub_secret *x = &z->sec[k];
 			unsigned budget = (unsigned)x->len + 64;
 
-			if ((p[i] == x->s[0] || p[i] == '%' || p[i] == '\\') &&
+			if ((p[i] == x->s[0] || escape_start(p[i])) &&
 			    prefix_at(x->s, x->len, p + i, n - i, &budget))
 				return n - i;
 		}
@@ -200,7 +277,7 @@ static const uint8_t *candidate(const struct scrub_secret *x, const uint8_t *p, 
 	if (x->plain >= SCRUB_PREFIX)
 		return memmem(p + off, n - off, x->s, x->plain);
 	for (size_t i = off; i < n; i++)
-		if (p[i] == x->s[0] || p[i] == '%' || p[i] == '\\')
+		if (p[i] == x->s[0] || escape_start(p[i]))
 			return p + i;
 	return NULL;
 }

@@ -11,13 +11,16 @@
  * is overwritten with '*' bytes of the same length (a body's framing does
  * not change, so a streamed body stays streamed).
  *
- * An occurrence is found as written, percent-encoded (%2F, %2f) and
- * JSON-escaped (\/, \\, \", \u002f) in any mix. Not found: a secret
- * transformed in another way (base64 of it, hex, a hash, split by other
- * bytes), or whose first SCRUB_PREFIX bytes are themselves encoded when
- * they are letters, digits or -._~ (no encoder escapes those). Secrets
- * shorter than SCRUB_MIN_LEN are not searched for: they would star common
- * words.
+ * An occurrence is found as written, percent-encoded (%2F, %2f; a space
+ * also as '+', form-encoded), JSON-escaped (\/, \\, \", \t, \u002f) and
+ * HTML-escaped (&amp; &lt; &gt; &quot; &apos; &#39; &#x27;, a character
+ * reference of at most SCRUB_ENC_MAX bytes) in any mix. A value's leading
+ * and trailing blanks are not part of the secret (an upstream drops them
+ * from a field). Not found: a secret transformed in another way (base64 of
+ * it, hex, a hash, its case changed, cut short, split by other bytes), or
+ * whose leading letters, digits and -._ are themselves encoded (no
+ * encoder escapes those). Secrets shorter than SCRUB_MIN_LEN are not
+ * searched for: they would star common words.
  *
  * Written by hand: no library searches for a needle under URL and JSON
  * escaping; this is a memmem() of the secret's leading plain bytes and a
@@ -33,7 +36,7 @@
 #define SCRUB_MAX 4           /* secrets per connection (the newest kept) */
 #define SCRUB_MIN_LEN 8
 #define SCRUB_SECRET_MAX 8192 /* longer secrets are not searched for (HTTP_CRED_MAX) */
-#define SCRUB_ENC_MAX 6       /* \u002f: the longest encoding of one byte */
+#define SCRUB_ENC_MAX 6       /* \u002f, &quot;: the longest encoding of one byte */
 #define SCRUB_PREFIX 4        /* a memmem() needle shorter than this scans byte by byte */
 
 struct scrub_secret {

@@ -249,7 +249,7 @@ static void test_review_html(void)
 
 	CHECK(scrub_add(&z, (const uint8_t *)s, strlen(s)) == 0);
 	CHECK(scrub_str(&z, "<td>pA&lt;5&amp;w&quot;rd&#x27;x&gt;9</td>", out, sizeof(out)) == 1);
-	CHECK_STR(out, "<td>***********************************</td>");
+	CHECK_STR(out, "<td>*********************************</td>");
 	CHECK(scrub_str(&z, "<td>pA&lt;5&amp;w&#34;rd&#039;x&gt;9</td>", out, sizeof(out)) == 1);
 	CHECK(scrub_str(&z, "<td>pA&lt;5&amp;w&quot;rd&#39;x&gt;9</td>", out, sizeof(out)) == 1);
 	CHECK(scrub_str(&z, "<td>pA&lt;5&amp;w&quot;rd&apos;x&gt;9</td>", out, sizeof(out)) == 1);
