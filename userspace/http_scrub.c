@@ -306,3 +306,11 @@ unsigned scrub_buf(const struct scrub *z, uint8_t *p, size_t n)
 	}
 	return hits;
 }
+
+unsigned scrub_cut(const struct scrub *z, uint8_t *p, size_t n)
+{
+	(void)z;
+	(void)p;
+	(void)n;
+	return 0;
+}

@@ -68,6 +68,14 @@ size_t scrub_hold(const struct scrub *z);
  * streamed answer (events, tokens) is not delayed. */
 size_t scrub_keep(const struct scrub *z, const uint8_t *p, size_t n);
 
+/* p[0..n) is a whole text that may have been cut (a body: its end; a
+ * range of a reflection): overwrites with '*' an end that is how an
+ * occurrence begins and a start that is how one ends (or all of p, when it
+ * lies inside one), each of SCRUB_PREFIX bytes or more, so that a cut the
+ * agent chose shows it no more than SCRUB_PREFIX - 1 of the secret's
+ * bytes. Call after scrub_buf(); returns how many were starred. */
+unsigned scrub_cut(const struct scrub *z, uint8_t *p, size_t n);
+
 /* Wipes and frees every secret. */
 void scrub_clear(struct scrub *z);
 

@@ -277,6 +277,42 @@ static void test_review_json_tab(void)
 	scrub_clear(&z);
 }
 
+/* A body cut short inside an occurrence (a page showing the first n bytes
+ * of the request, n the agent's choice; a range): scrub_cut() stars an end
+ * that is how an occurrence begins and a start that is how one ends, when
+ * SCRUB_PREFIX bytes or more; shorter ones, and text that only looks like
+ * an escape, stay. */
+static void test_review_cut(void)
+{
+	struct scrub z = { 0 };
+	char buf[256];
+
+	scrub_add(&z, (const uint8_t *)TOKEN, strlen(TOKEN));
+	scrub_add(&z, (const uint8_t *)B64, strlen(B64));
+#define CUT(in, want_hits, want) do { \
+		snprintf(buf, sizeof(buf), "%s", in); \
+		CHECK(scrub_cut(&z, (uint8_t *)buf, strlen(buf)) == (want_hits)); \
+		CHECK_STR(buf, want); \
+	} while (0)
+	/* the end: all but the last byte, as written and encoded */
+	CUT("Authorization: Bearer s3cr3t-upstream-toke", 1, "Authorization: Bearer ********************");
+	CUT("x=dXNlcjpwYS%2Fzcy%2B3b3JkPQ%3D", 1, "x=******************************");
+	CUT("x=dXNlcjpwYS%2", 1, "x=************");
+	CUT("pw: s3cr", 1, "pw: ****");
+	CUT("pw: s3c", 0, "pw: s3c");          /* fewer than SCRUB_PREFIX bytes */
+	CUT("{\"a\": \"b\"}", 0, "{\"a\": \"b\"}");
+	CUT("s3cr3t-upstream-tokeX", 0, "s3cr3t-upstream-tokeX");   /* broken: not an occurrence */
+	/* the start: the end of an occurrence, or text wholly inside one */
+	CUT("3t-upstream-token\", \"n\": 1}", 1, "*****************\", \"n\": 1}");
+	CUT("upstream", 1, "********");
+	CUT("ken\"}", 0, "ken\"}");
+	CUT("hello world", 0, "hello world");
+	/* both */
+	CUT("-token ... Bearer s3cr3t", 2, "****** ... Bearer ******");
+#undef CUT
+	scrub_clear(&z);
+}
+
 int main(void)
 {
 	RUN(test_forms);
@@ -289,5 +325,6 @@ int main(void)
 	RUN(test_review_form_space);
 	RUN(test_review_html);
 	RUN(test_review_json_tab);
+	RUN(test_review_cut);
 	UNIT_DONE("http_scrub");
 }
