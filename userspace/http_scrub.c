@@ -307,10 +307,56 @@ unsigned scrub_buf(const struct scrub *z, uint8_t *p, size_t n)
 	return hits;
 }
 
+/* How many bytes at the end of p[0..n) are how an occurrence of x begins,
+ * cut short by the text's end (SCRUB_PREFIX or more), or 0. */
+static size_t cut_end(const struct scrub_secret *x, const uint8_t *p, size_t n)
+{
+	size_t span = x->len * SCRUB_ENC_MAX, from = n > span ? n - span : 0;
+
+	for (size_t i = from; i + SCRUB_PREFIX <= n; i++) {
+		unsigned budget = (unsigned)x->len + 64;
+
+		if ((p[i] == x->s[0] || escape_start(p[i])) && prefix_at(x->s, x->len, p + i, n - i, &budget))
+			return n - i;
+	}
+	return 0;
+}
+
+/* How many bytes at the start of p[0..n) are how an occurrence of x ends
+ * (its last SCRUB_PREFIX bytes or more), or n when all of p lies inside
+ * one; else 0. */
+static size_t cut_start(const struct scrub_secret *x, const uint8_t *p, size_t n)
+{
+	for (size_t k = 1; k + SCRUB_PREFIX <= x->len; k++) {
+		unsigned budget = (unsigned)x->len + 64;
+		size_t m;
+
+		if (p[0] != x->s[k] && !escape_start(p[0]) && !(p[0] == '+' && x->s[k] == ' '))
+			continue;
+		if ((m = match_at(x->s + k, x->len - k, p, n, &budget)))
+			return m;
+		budget = (unsigned)x->len + 64;
+		if (n >= SCRUB_PREFIX && prefix_at(x->s + k, x->len - k, p, n, &budget))
+			return n;
+	}
+	return 0;
+}
+
 unsigned scrub_cut(const struct scrub *z, uint8_t *p, size_t n)
 {
-	(void)z;
-	(void)p;
-	(void)n;
-	return 0;
+	unsigned hits = 0;
+
+	for (unsigned i = 0; i < z->n && n; i++) {
+		size_t m = cut_start(&z->sec[i], p, n);
+
+		if (m) {
+			memset(p, '*', m);
+			hits++;
+		}
+		if (m < n && (m = cut_end(&z->sec[i], p + m, n - m))) {
+			memset(p + n - m, '*', m);
+			hits++;
+		}
+	}
+	return hits;
 }
