@@ -73,6 +73,16 @@ REFLECT = textwrap.dedent(r"""
             body = b'{"n": 1, "x": "' + cred[:3]
             return (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
                     b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
+        if kind == "ranged":   # a stored reflection served with ranges, as a file server does
+            rng = fields.get(b"range", b"")
+            if rng.startswith(b"bytes="):
+                a, b = (int(x) for x in rng[6:].split(b"-"))
+                part = raw_head[a:b + 1]
+                return (b"HTTP/1.1 206 Partial Content\r\nContent-Type: text/plain\r\n"
+                        b"Content-Range: bytes %d-%d/%d\r\n" % (a, a + len(part) - 1, len(raw_head)) +
+                        b"Content-Length: %d\r\n\r\n" % len(part) + part)
+            return (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nAccept-Ranges: bytes\r\n"
+                    b"Content-Length: %d\r\n\r\n" % len(raw_head) + raw_head)
         if kind == "plain":
             return b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello"
         if kind == "chunks":   # the credential split over 3-byte chunks
@@ -231,7 +241,8 @@ def bearer(tmp):
 
 @pytest.mark.xfail(strict=True, reason="proto_http.c scrub_end() sends the bytes kept back at the end of a "
                    "body as they are: a body cut one byte before the credential's end gives the agent all "
-                   "of it but the last byte (fix: star the cut-short occurrence, scrub_cut())")
+                   "of it but the last byte (fix: scrub_end() calls scrub_cut() on the kept-back end before body_send(); "
+                   "mask_answer() calls it on the whole masked body after scrub_buf())")
 @pytest.mark.parametrize("kind", ["first", "firstclose"])
 def test_reflection_cut_short_at_body_end_not_leaked(enforcer, reflect, bearer, kind):
     """A debug page shows the first n bytes of the request as received. The
@@ -253,6 +264,25 @@ def test_reflection_cut_short_at_body_end_not_leaked(enforcer, reflect, bearer, 
     assert body.endswith(b"Authorization: Bearer " + b"*" * (len(SECRET) - 1)) or \
         body.endswith(b"Authorization: Bearer "), body[-80:]
     no_piece(out, SECRET[:-1], 8)
+
+
+@pytest.mark.xfail(strict=True, reason="proto_http.c forward_head() passes the agent's Range on an unmasked "
+                   "route of a target that injects a credential: a range cut inside the credential is no whole "
+                   "occurrence and is not starred (fix: drop Range and If-Range there, as on masked routes)")
+def test_range_inside_reflected_credential_not_leaked(enforcer, reflect, bearer):
+    """An upstream that serves a stored reflection with ranges (a request
+    log, a file server): the agent asks for the bytes of the credential but
+    its first and last. No whole occurrence is in the answer, so nothing is
+    starred: 30 of its 32 bytes reach the agent."""
+    enforcer.start(policy(reflect, rules='"GET /v1/**"', upstream=f"server_name: api.internal, bearer_token_file: {bearer}"))
+    req = "GET /v1/r/ranged HTTP/1.1⏎Host: api.internal⏎Range: bytes={:05d}-{:05d}⏎⏎"
+    out = strip_marks(raw(enforcer, reflect, crlf(req.format(0, 9999))))
+    assert out.startswith(b"HTTP/1.1 20") and SECRET not in out, out
+    at = out.split(b"\r\n\r\n", 1)[1].find(b"Authorization: Bearer ") + len(b"Authorization: Bearer ")
+    assert at > 40, out
+    out = strip_marks(raw(enforcer, reflect, crlf(req.format(at + 1, at + len(SECRET) - 2))))
+    assert out.startswith(b"HTTP/1.1 2"), out
+    no_piece(out, SECRET, 8)
 
 
 # ---- 3. framings the search must not break ---------------------------------------
