@@ -313,6 +313,27 @@ static void test_review_cut(void)
 	scrub_clear(&z);
 }
 
+/* A URL carried in another URL's query (a login redirect's next=, an OAuth
+ * redirect_uri) is percent-encoded twice: '/' is %252F. */
+static void test_review_double_pct(void)
+{
+	struct scrub z = { 0 };
+	char out[256];
+
+	CHECK(scrub_add(&z, (const uint8_t *)B64, strlen(B64)) == 0);
+	CHECK(scrub_str(&z, "/login?next=%2Fcb%3Ft%3DdXNlcjpwYS%252Fzcy%252B3b3JkPQ%253D%253D%26x%3D1", out,
+			sizeof(out)) == 1);
+	CHECK(strstr(out, "dXNl") == NULL && strstr(out, "%26x%3D1") != NULL);
+	{
+		const char *t = "next=dXNlcjpwYS%25";
+
+		CHECK(scrub_keep(&z, (const uint8_t *)t, strlen(t)) == 13);
+		t = "next=dXNlcjpwYS%252";
+		CHECK(scrub_keep(&z, (const uint8_t *)t, strlen(t)) == 14);
+	}
+	scrub_clear(&z);
+}
+
 int main(void)
 {
 	RUN(test_forms);
@@ -326,5 +347,6 @@ int main(void)
 	RUN(test_review_html);
 	RUN(test_review_json_tab);
 	RUN(test_review_cut);
+	RUN(test_review_double_pct);
 	UNIT_DONE("http_scrub");
 }
