@@ -124,7 +124,7 @@ static size_t entity(const uint8_t *p, size_t n, uint8_t w)
 }
 
 /* The lengths of the text units at p[0..n) that stand for byte w: as it
- * is (1), %XX (3), \/ \\ \" \t (2), \u00XX (6), an HTML character
+ * is (1), %XX (3), %25XX (5), \/ \\ \" \t (2), \u00XX (6), an HTML character
  * reference (4 to 6), '+' for a space (1, form-encoded). Up to 4, into u;
  * how many. */
 static unsigned units(const uint8_t *p, size_t n, uint8_t w, size_t u[4])
@@ -139,6 +139,9 @@ static unsigned units(const uint8_t *p, size_t n, uint8_t w, size_t u[4])
 
 		if (h >= 0 && l >= 0 && (h << 4 | l) == w)
 			u[k++] = 3;
+		else if (h == 2 && l == 5 && n >= 5 && (h = hexv(p[3])) >= 0 && (l = hexv(p[4])) >= 0 &&
+			 (h << 4 | l) == w)
+			u[k++] = 5;   /* %25XX: encoded twice (a URL in a URL's query) */
 	} else if (p[0] == '\\' && n >= 2) {
 		if (((w == '/' || w == '\\' || w == '"') && p[1] == w) || (w == '\t' && p[1] == 't'))
 			u[k++] = 2;
@@ -192,9 +195,9 @@ static size_t match_at(const uint8_t *s, size_t len, const uint8_t *p, size_t n,
 /* p[0..n) is the start of an escape cut short ("%2", "\u00"). */
 static bool cut_escape(const uint8_t *p, size_t n)
 {
-	if (p[0] == '%' && n < 3) {
+	if (p[0] == '%' && n < 5) {   /* "%2", or "%25", "%252" of an escape encoded twice */
 		for (size_t i = 1; i < n; i++)
-			if (hexv(p[i]) < 0)
+			if (hexv(p[i]) < 0 || (n >= 3 && i <= 2 && p[i] != "_25"[i]))
 				return false;
 		return true;
 	}

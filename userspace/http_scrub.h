@@ -11,16 +11,17 @@
  * is overwritten with '*' bytes of the same length (a body's framing does
  * not change, so a streamed body stays streamed).
  *
- * An occurrence is found as written, percent-encoded (%2F, %2f; a space
- * also as '+', form-encoded), JSON-escaped (\/, \\, \", \t, \u002f) and
- * HTML-escaped (&amp; &lt; &gt; &quot; &apos; &#39; &#x27;, a character
- * reference of at most SCRUB_ENC_MAX bytes) in any mix. A value's leading
- * and trailing blanks are not part of the secret (an upstream drops them
- * from a field). Not found: a secret transformed in another way (base64 of
- * it, hex, a hash, its case changed, cut short, split by other bytes), or
- * whose leading letters, digits and -._ are themselves encoded (no
- * encoder escapes those). Secrets shorter than SCRUB_MIN_LEN are not
- * searched for: they would star common words.
+ * An occurrence is found as written, percent-encoded (%2F, %2f; twice,
+ * %252F; a space also as '+', form-encoded), JSON-escaped (\/, \\, \",
+ * \t, \u002f) and HTML-escaped (&amp; &lt; &gt; &quot; &apos; &#39;
+ * &#x27;, a character reference of at most SCRUB_ENC_MAX bytes) in any
+ * mix. A value's leading and trailing blanks are not part of the secret
+ * (an upstream drops them from a field). Not found: a secret transformed
+ * in another way (base64 of it, hex, a hash, its case changed, split by
+ * other bytes, cut short but at a text's ends: scrub_cut()), or whose
+ * leading letters, digits and -._ are themselves encoded (no encoder
+ * escapes those). Secrets shorter than SCRUB_MIN_LEN are not searched for:
+ * they would star common words.
  *
  * Written by hand: no library searches for a needle under URL and JSON
  * escaping; this is a memmem() of the secret's leading plain bytes and a
