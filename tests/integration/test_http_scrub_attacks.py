@@ -50,6 +50,10 @@ REFLECT = textwrap.dedent(r"""
             body = b'{"next": "/login?t=' + q + b'"}'
             return (b"HTTP/1.1 302 Found\r\nLocation: /login?t=" + q + b"\r\nContent-Type: application/json\r\n"
                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        if kind == "nested":   # a login redirect whose next= is a URL quoting the credential
+            inner = "/cb?t=" + urllib.parse.quote_from_bytes(cred, safe="")
+            return (b"HTTP/1.1 302 Found\r\nLocation: /login?next=" + urllib.parse.quote(inner, safe="").encode() +
+                    b"&x=1\r\nContent-Length: 0\r\n\r\n")
         if kind == "form":
             q = urllib.parse.urlencode({"user": "svc", "pw": pw}).encode()   # spaces as '+'
             return b"HTTP/1.1 302 Found\r\nLocation: /login?" + q + b"\r\nContent-Length: 0\r\n\r\n"
@@ -182,6 +186,22 @@ def test_php_urlencoded_tilde_starred(enforcer, reflect, tmp):
     stars = "*" * len(enc)
     assert rs[0][1]["location"] == "/login?t=" + stars, rs[0][1]
     assert json.loads(rs[0][2]) == {"next": "/login?t=" + stars}, rs[0][2]
+
+
+def test_nested_redirect_double_encoded_starred(enforcer, reflect, tmp):
+    """A token with '/', '+' and '=' quoted in a URL that is itself the
+    next= of a login redirect: percent-encoded twice (%252F). Starred.
+    (Was: only one level of percent-encoding was read.)"""
+    import urllib.parse
+    tok = b"a1b2c3d4/e5f6+g7h8=i9j0/k1"
+    f = secret_file(tmp, "token", tok + b"\n")
+    enforcer.start(policy(reflect, rules='"GET /v1/**"', upstream=f"server_name: api.internal, bearer_token_file: {f}"))
+    out = raw(enforcer, reflect, get("/v1/r/nested"))
+    rs, _ = responses(out)
+    assert rs and rs[0][0] == 302, out
+    twice = urllib.parse.quote(urllib.parse.quote_from_bytes(tok, safe=""), safe="")
+    assert "%252F" in twice
+    assert rs[0][1]["location"] == "/login?next=%2Fcb%3Ft%3D" + "*" * len(twice) + "&x=1", rs[0][1]
 
 
 def test_form_encoded_basic_password_starred(enforcer, reflect, tmp):
