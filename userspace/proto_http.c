@@ -734,6 +734,13 @@ static int remember_secrets(struct conn *c, const char *p, size_t n)
 				}
 			}
 			OPENSSL_cleanse(dec, sizeof(dec));
+		} else if (strncasecmp(p, "authorization:", 14) == 0 || strncasecmp(p, "proxy-authorization:", 20) == 0) {
+			/* another scheme (token, Bot, SSWS, ApiKey): an answer may
+			 * quote the credential without it */
+			const char *sp = memchr(v, ' ', vl);
+
+			if (sp && scrub_add(z, (const uint8_t *)sp + 1, (size_t)(v + vl - sp - 1)))
+				return -ENOMEM;
 		}
 		if (scrub_add(z, (const uint8_t *)v, vl))
 			return -ENOMEM;
@@ -850,7 +857,8 @@ static int forward_head(struct conn *c, const uint8_t *b, const struct http_head
 		 * unmasked body this one?" with a 304 */
 		/* an answer is searched for the injected credential as sent:
 		 * a compressed one could not be (identity is asked below) */
-		if (!masked && inj && http_field_is(b, f, "accept-encoding"))
+		if (!masked && inj && (http_field_is(b, f, "accept-encoding") || http_field_is(b, f, "range") ||
+				       http_field_is(b, f, "if-range")))
 			continue;
 		if (masked && (http_field_is(b, f, "range") || http_field_is(b, f, "if-range") ||
 			       http_field_is(b, f, "accept-encoding") || http_field_is(b, f, "if-none-match") ||
@@ -1409,7 +1417,13 @@ static int send_resp_head(struct conn *c, const uint8_t *b, const struct http_he
 				r->mask_hits += hits;
 			}
 		} else {
+			size_t at = o.n;
+
 			put(&o, b + f->value, f->value_len);
+			/* a field quoting the credential cut short (the first n
+			 * bytes of a request): its value's ends are checked too */
+			if (st(c)->scrub.n && !o.over)
+				r->cred_hits += scrub_cut(&st(c)->scrub, (uint8_t *)o.b + at, o.n - at);
 		}
 		puts_(&o, "\r\n");
 	}
@@ -1515,7 +1529,8 @@ static int mask_answer(struct conn *c, const uint8_t *head, const struct http_he
 	r->mask_hits = rep.hits;
 	snprintf(r->mask_fields, sizeof(r->mask_fields), "%s", rep.fields);
 	if (s->scrub.n)   /* the masked body is identity-coded: searched whole */
-		r->cred_hits += scrub_buf(&s->scrub, (uint8_t *)out, outlen);
+		r->cred_hits += scrub_buf(&s->scrub, (uint8_t *)out, outlen) +
+				scrub_cut(&s->scrub, (uint8_t *)out, outlen);
 	err = send_resp_head(c, head, h, r, r->close_after || s->up_close, (long long)outlen);
 	if (!err)   /* straight to the socket, head and body in one write, when it takes them */
 		err = conn_send_now(c, SIDE_AGENT, out, outlen);
@@ -1669,8 +1684,10 @@ static int scrub_end(struct conn *c, bool chunked)
 	int err = 0;
 
 	s->sc_len = 0;
-	if (n)
+	if (n) {
+		q_front(s)->cred_hits += scrub_cut(&s->scrub, s->sc, n);
 		err = body_send(c, s->sc, n, chunked);
+	}
 	if (s->sc_cap > (256u << 10)) {
 		free(s->sc);
 		s->sc = NULL;

@@ -253,10 +253,6 @@ def test_credential_file_with_trailing_blank_starred(enforcer, reflect, tmp, bla
     assert json.loads(rs[0][2]) == {"authorization": "*" * len(key)}, rs[0][2]
 
 
-@pytest.mark.xfail(strict=True, reason="proto_http.c remember_secrets() strips only the Bearer and Basic "
-                   "schemes: an Authorization value_file 'token <cred>' (GitHub), 'Bot', 'SSWS', 'ApiKey'... "
-                   "is searched for whole, so the credential quoted without its scheme is not found "
-                   "(fix: for Authorization/Proxy-Authorization, also add what follows any auth-scheme)")
 @pytest.mark.parametrize("scheme", ["token", "SSWS"])
 def test_other_auth_scheme_credential_starred(enforcer, reflect, tmp, scheme):
     """header: {name: Authorization, value_file} holding '<scheme> <cred>'
@@ -283,10 +279,6 @@ def bearer(tmp):
     return secret_file(tmp, "token", SECRET + b"\n")
 
 
-@pytest.mark.xfail(strict=True, reason="proto_http.c scrub_end() sends the bytes kept back at the end of a "
-                   "body as they are: a body cut one byte before the credential's end gives the agent all "
-                   "of it but the last byte (fix: scrub_end() calls scrub_cut() on the kept-back end before body_send(); "
-                   "mask_answer() calls it on the whole masked body after scrub_buf())")
 @pytest.mark.parametrize("kind", ["first", "firstclose"])
 def test_reflection_cut_short_at_body_end_not_leaked(enforcer, reflect, bearer, kind):
     """A debug page shows the first n bytes of the request as received. The
@@ -310,9 +302,6 @@ def test_reflection_cut_short_at_body_end_not_leaked(enforcer, reflect, bearer, 
     no_piece(out, SECRET[:-1], 8)
 
 
-@pytest.mark.xfail(strict=True, reason="proto_http.c forward_head() passes the agent's Range on an unmasked "
-                   "route of a target that injects a credential: a range cut inside the credential is no whole "
-                   "occurrence and is not starred (fix: drop Range and If-Range there, as on masked routes)")
 def test_range_inside_reflected_credential_not_leaked(enforcer, reflect, bearer):
     """An upstream that serves a stored reflection with ranges (a request
     log, a file server): the agent asks for the bytes of the credential but
