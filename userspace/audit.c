@@ -29,6 +29,51 @@
 #define SINK_DRAIN_MS 2000       /* audit_close() waits this long for sinks to catch up */
 #define LOSS_RESUME_ROOM (64 * 1024)
 
+/*
+ * Urgency. The spool thread and the sink threads run at SCHED_IDLE: on a
+ * host with CPU to spare they use only time nothing else wants, so the
+ * audit pipeline's bursts (a tick stamps and writes every event of the
+ * last 10 ms) never delay a worker relaying an agent's traffic, or the
+ * agent and the server it waits for. On a busy host an idle thread could
+ * starve: a thread that falls behind is made urgent (SCHED_BATCH, its fair
+ * share) and calms down again once it caught up. The spool thread is
+ * behind when the pending queue holds more than SPOOL_URGENT_BYTES (the
+ * committing worker makes it urgent); a sink when it is more than
+ * SINK_URGENT_EVENTS behind the last sequence (the spool thread's tick
+ * makes it urgent). Transitions take U.mu, so a thread is never left idle
+ * while marked urgent.
+ */
+#define SPOOL_URGENT_BYTES (512u << 10)   /* ~350 statement events */
+#define SPOOL_CALM_BYTES (64u << 10)
+#define SINK_URGENT_EVENTS 2048
+#define SINK_CALM_EVENTS 256
+#define URGENT_AGE_MS 100                 /* events pending this long: urgent, however few */
+static struct {
+	pthread_mutex_t mu;
+	pid_t spool_tid;
+	bool spool_urgent;
+	_Atomic uint64_t made_urgent;   /* for status */
+} U = { .mu = PTHREAD_MUTEX_INITIALIZER };
+
+static void urgency(bool *flag, pid_t tid, bool urgent)
+{
+	if (__atomic_load_n(flag, __ATOMIC_RELAXED) == urgent)
+		return;   /* the common case: no lock, no system call */
+	pthread_mutex_lock(&U.mu);
+	if (*flag != urgent) {
+		__atomic_store_n(flag, urgent, __ATOMIC_RELAXED);
+		ag_thread_urgent(tid, urgent);
+		if (urgent)
+			atomic_fetch_add(&U.made_urgent, 1);
+	}
+	pthread_mutex_unlock(&U.mu);
+}
+
+uint64_t audit_made_urgent(void)
+{
+	return atomic_load(&U.made_urgent);
+}
+
 /* One sink's thread: reads the spool at its cursor, sends, acknowledges. */
 struct sink_rt {
 	struct audit_sink s;
@@ -40,6 +85,9 @@ struct sink_rt {
 	uint64_t backoff_ms;
 	bool failing;            /* logged once per outage */
 	_Atomic uint64_t acked;  /* for status and the drain at close */
+	_Atomic pid_t tid;       /* its thread, for urgency() */
+	uint64_t tick_acked;     /* acked at the last audit_urgency_tick() */
+	bool urgent;             /* under U.mu */
 };
 
 static struct {
@@ -91,6 +139,7 @@ static struct {
 static struct {
 	pthread_mutex_t mu;
 	struct audit_buf q, spare;   /* spare: only drainers touch it (under A.lock) */
+	uint64_t since_ms;           /* when q last went from empty to not (monotonic), 0: empty */
 	atomic_bool on;              /* the spool thread drains q */
 } P = { .mu = PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP };   /* held for a copy: spin before sleeping */
 
@@ -258,12 +307,13 @@ static void *sink_thread(void *arg)
 	struct sink_rt *k = arg;
 	size_t max = k->s.ops->batch_max ? k->s.ops->batch_max : 512;
 
-	uint64_t last_send = 0;
+	uint64_t last_send = 0, backlog;
 	bool behind = false;   /* the last batch was full: more is waiting */
 	char name[16];
 
 	snprintf(name, sizeof(name), "ag-sink-%s", k->s.ops->type);
-	ag_thread_setup(name, true);
+	ag_thread_setup(name, AG_SCHED_IDLE);   /* made urgent by the spool thread when behind */
+	atomic_store(&k->tid, gettid());
 	sink_resume(k);
 	while (!atomic_load(&A.stopping)) {
 		struct spool_batch b;
@@ -302,9 +352,12 @@ static void *sink_thread(void *arg)
 		memset(sb.st, SINK_RETRY, n);
 		last_send = now_ns_mono() / 1000000;
 		/* a backlog of more than a quarter batch is sent right away */
-		behind = spool_reader_backlog(k->r) > max / 4;
+		backlog = spool_reader_backlog(k->r);
+		behind = backlog > max / 4;
 		err = k->s.ops->send(&k->s, &sb);
 		sink_settle(k, &sb, err);
+		if (backlog < SINK_CALM_EVENTS)
+			urgency(&k->urgent, 0, false);
 	}
 	return NULL;
 }
@@ -471,6 +524,13 @@ void audit_close(void)
 	pthread_mutex_unlock(&A.lock);
 	if (A.spool) {
 		spool_flush(A.spool, true);
+		/* the last deliveries do not wait for idle CPU time */
+		for (int i = 0; i < A.nsinks; i++) {
+			pid_t tid = atomic_load(&A.sinks[i].tid);
+
+			if (tid)
+				urgency(&A.sinks[i].urgent, tid, true);
+		}
 		drain_sinks(last);
 	}
 	pthread_mutex_lock(&A.stop_lock);
@@ -796,7 +856,7 @@ static void save_chain_head(void)
 
 static void *saver_thread(void *arg)
 {
-	ag_thread_setup("ag-chainsave", true);
+	ag_thread_setup("ag-chainsave", AG_SCHED_BATCH);
 	while (!atomic_load(&A.stopping)) {
 		sink_sleep(1000);
 		save_chain_head();
@@ -1483,6 +1543,7 @@ static void drain_locked(void)
 	b = P.q;
 	P.q = P.spare;
 	P.q.len = 0;
+	P.since_ms = 0;
 	P.spare = (struct audit_buf){ 0 };
 	pthread_mutex_unlock(&P.mu);
 	emit_records_locked(b.p, b.len);
@@ -1504,14 +1565,66 @@ static void drain(void)
 /* The spool thread's tick. */
 static void audit_tick(void *arg)
 {
+	uint64_t seq;
 	size_t n;
 
 	(void)arg;
+	if (!__atomic_load_n(&U.spool_tid, __ATOMIC_ACQUIRE))
+		__atomic_store_n(&U.spool_tid, gettid(), __ATOMIC_RELEASE);
 	pthread_mutex_lock(&P.mu);
 	n = P.q.len;
 	pthread_mutex_unlock(&P.mu);
 	if (n)
 		drain();
+	pthread_mutex_lock(&P.mu);
+	n = P.q.len;
+	pthread_mutex_unlock(&P.mu);
+	if (n < SPOOL_CALM_BYTES)
+		urgency(&U.spool_urgent, 0, false);
+	pthread_mutex_lock(&A.lock);
+	seq = A.seq;
+	pthread_mutex_unlock(&A.lock);
+	for (int i = 0; i < A.nsinks; i++) {
+		struct sink_rt *k = &A.sinks[i];
+		pid_t tid = atomic_load(&k->tid);
+
+		if (tid && seq > atomic_load(&k->acked) + SINK_URGENT_EVENTS)
+			urgency(&k->urgent, tid, true);
+	}
+}
+
+/*
+ * The time bound, from the workers' 200 ms tick: on a host whose CPUs are
+ * all busy an idle thread may wait long for its turn, and a few events
+ * would sit in memory (the pending queue) or in the spool (a sink's
+ * backlog) for as long. Events pending for URGENT_AGE_MS make the spool
+ * thread urgent; a sink that acknowledged nothing since the last tick
+ * while it has events to send is made urgent.
+ */
+void audit_urgency_tick(void)
+{
+	static _Atomic uint64_t last_ms;
+	uint64_t now = now_ns_mono() / 1000000, since, seq, last = atomic_load(&last_ms);
+	pid_t tid = __atomic_load_n(&U.spool_tid, __ATOMIC_ACQUIRE);
+
+	if (now - last < 200 || !atomic_compare_exchange_strong(&last_ms, &last, now))
+		return;   /* one worker per tick */
+	pthread_mutex_lock(&P.mu);
+	since = P.since_ms;
+	pthread_mutex_unlock(&P.mu);
+	if (tid && since && now - since >= URGENT_AGE_MS)
+		urgency(&U.spool_urgent, tid, true);
+	pthread_mutex_lock(&A.lock);
+	seq = A.seq;
+	pthread_mutex_unlock(&A.lock);
+	for (int i = 0; i < A.nsinks; i++) {
+		struct sink_rt *k = &A.sinks[i];
+		uint64_t acked = atomic_load(&k->acked);
+
+		if ((tid = atomic_load(&k->tid)) && seq > acked && acked == k->tick_acked)
+			urgency(&k->urgent, tid, true);
+		k->tick_acked = acked;
+	}
 }
 
 void audit_defer_begin(void)
@@ -1527,13 +1640,23 @@ void audit_defer_flush(void)
 		bool over = false;
 		int bad;
 
+		bool behind = false;
+
 		pthread_mutex_lock(&P.mu);
-		if (!(bad = audit_buf_put(&P.q, D.q.p, D.q.len)))
+		if (!P.q.len)
+			P.since_ms = now_ns_mono() / 1000000;
+		if (!(bad = audit_buf_put(&P.q, D.q.p, D.q.len))) {
 			over = P.q.len >= PENDING_MAX_BYTES;
+			behind = P.q.len >= SPOOL_URGENT_BYTES;
+		}
 		pthread_mutex_unlock(&P.mu);
 		if (!bad) {
+			pid_t tid = __atomic_load_n(&U.spool_tid, __ATOMIC_ACQUIRE);
+
 			D.q.len = 0;
 			D.n = 0;
+			if (behind && tid)
+				urgency(&U.spool_urgent, tid, true);
 			if (over)
 				drain();
 			goto out;

@@ -120,6 +120,11 @@ void audit_discard(struct audit_w *w);
  * flush. */
 void audit_defer_begin(void);
 void audit_defer_flush(void);
+/* Called by the workers about every 200 ms: makes an audit thread that is
+ * behind in time urgent (see "Urgency" in audit.c). */
+void audit_urgency_tick(void);
+/* How many times an audit thread was made urgent (status). */
+uint64_t audit_made_urgent(void);
 void audit_defer_end(void);   /* flushes, frees the queue, commits at once again */
 
 json_t *audit_recent(int n);

@@ -730,7 +730,7 @@ static void *spool_thread(void *arg)
 {
 	struct spool *s = arg;
 
-	ag_thread_setup("ag-spool", true);
+	ag_thread_setup("ag-spool", AG_SCHED_IDLE);   /* made urgent by audit.c when behind */
 	pthread_mutex_lock(&s->lock);
 	while (!s->stop) {
 		struct timespec ts;

@@ -1085,6 +1085,7 @@ void *enforcer_status_json(void)
 	json_object_set_new(counters, "no_pair_entry", json_integer(atomic_load(&E->no_pair)));
 	json_object_set_new(counters, "dialed_enforcer", json_integer(atomic_load(&E->self_dial)));
 	json_object_set_new(counters, "audit_sequence", json_integer(audit_sequence()));
+	json_object_set_new(counters, "audit_made_urgent", json_integer((json_int_t)audit_made_urgent()));
 	loader_pin_root(pins, sizeof(pins));
 
 	return json_pack("{s:s, s:i, s:I, s:{s:s, s:s, s:s}, s:s, s:s, s:s, s:{s:i, s:i, s:i},"

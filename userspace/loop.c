@@ -191,7 +191,7 @@ static void *worker_main(void *arg)
 	struct epoll_event evs[256];
 	uint64_t last_tick = 0;
 
-	ag_thread_setup("ag-worker", false);
+	ag_thread_setup("ag-worker", AG_SCHED_NORMAL);
 	audit_defer_begin();
 	while (!w->stop) {
 		if (w->stop_accept && w->listen[0].fd >= 0)
@@ -221,6 +221,7 @@ static void *worker_main(void *arg)
 			check_deadlines(w);
 			upool_tick(false);
 			audit_defer_flush();
+			audit_urgency_tick();
 		}
 	}
 	upool_tick(true);

@@ -188,17 +188,22 @@ uint64_t now_ms_realtime(void) { return clock_ns(CLOCK_REALTIME) / 1000000ull; }
 uint64_t now_ns_mono(void) { return clock_ns(CLOCK_MONOTONIC); }
 uint64_t now_ns_boot(void) { return clock_ns(CLOCK_BOOTTIME); }
 
-void ag_thread_setup(const char *name, bool background)
+void ag_thread_setup(const char *name, enum ag_sched sched)
 {
+	struct sched_param sp = { .sched_priority = 0 };
 	char n[16];
 
 	snprintf(n, sizeof(n), "%s", name);
 	pthread_setname_np(pthread_self(), n);
-	if (background) {
-		struct sched_param sp = { .sched_priority = 0 };
+	if (sched != AG_SCHED_NORMAL)
+		pthread_setschedparam(pthread_self(), sched == AG_SCHED_IDLE ? SCHED_IDLE : SCHED_BATCH, &sp);
+}
 
-		pthread_setschedparam(pthread_self(), SCHED_BATCH, &sp);
-	}
+void ag_thread_urgent(pid_t tid, bool urgent)
+{
+	struct sched_param sp = { .sched_priority = 0 };
+
+	sched_setscheduler(tid, urgent ? SCHED_BATCH : SCHED_IDLE, &sp);
 }
 
 int mkdir_p(const char *path, mode_t mode)

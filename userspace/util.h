@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 
 #define AG_VERSION "0.1.0"
 #define AG_DEFAULT_STATE_DIR "/var/lib/agentgate"
@@ -48,14 +49,21 @@ uint64_t now_ms_realtime(void);
 uint64_t now_ns_mono(void);
 uint64_t now_ns_boot(void);
 
+/* How a thread is scheduled (ag_thread_setup). */
+enum ag_sched {
+	AG_SCHED_NORMAL,   /* a worker: relays traffic someone waits for */
+	AG_SCHED_BATCH,    /* its fair share, but its wake-ups do not preempt */
+	AG_SCHED_IDLE,     /* only CPU time nothing else wants, until made urgent */
+};
+
 /* Names the calling thread ("ag-spool"; at most 15 bytes are kept) so that
- * top -H and perf tell the enforcer's threads apart. With background, the
- * thread is also made SCHED_BATCH: it keeps its fair share of CPU, but its
- * wake-ups no longer preempt a running thread. For threads nobody waits on
- * (the audit pipeline): on a busy host they stop cutting into the time of
- * the threads that relay an agent's traffic. Failures are ignored: both
- * are hints. */
-void ag_thread_setup(const char *name, bool background);
+ * top -H and perf tell the enforcer's threads apart, and sets its
+ * scheduling class. Failures are ignored: both are hints. */
+void ag_thread_setup(const char *name, enum ag_sched sched);
+
+/* An AG_SCHED_IDLE thread (tid; 0: the caller) made urgent runs as
+ * AG_SCHED_BATCH, with its fair share, until made calm again. */
+void ag_thread_urgent(pid_t tid, bool urgent);
 
 /* mkdir -p with mode; 0 or -errno. */
 int mkdir_p(const char *path, mode_t mode);

@@ -97,16 +97,64 @@ def test_workers_knob(enforcer, servers):
         s.sendall(b"hi\\n"); print(s.recv(10).decode().strip())
     """)
     assert r.stdout.split() == ["hi", "hi", "hi"], r.stdout + r.stderr
-    # threads are named for top -H / perf; the audit pipeline's are
-    # SCHED_BATCH (their wake-ups do not preempt a worker), workers are not
-    pid = enforcer.proc.p.pid
+    # threads are named for top -H / perf; the audit pipeline's run at
+    # SCHED_IDLE while they keep up (test_audit_threads_urgent_when_behind),
+    # the chain saver at SCHED_BATCH, workers normally
+    policy = sched_policies(enforcer.proc.p.pid)
+    assert policy.get("ag-worker") == {os.SCHED_OTHER}, policy
+    assert policy.get("ag-spool") == {os.SCHED_IDLE}, policy
+    assert policy.get("ag-sink-file") == {os.SCHED_IDLE}, policy
+    assert policy.get("ag-chainsave") == {os.SCHED_BATCH}, policy
+
+
+def sched_policies(pid):
     policy = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
-        name = open(f"/proc/{pid}/task/{tid}/comm").read().strip()
-        policy.setdefault(name, set()).add(os.sched_getscheduler(int(tid)))
-    assert policy.get("ag-worker") == {os.SCHED_OTHER}, policy
-    assert policy.get("ag-spool") == {os.SCHED_BATCH}, policy
-    assert policy.get("ag-sink-file") == {os.SCHED_BATCH}, policy
+        try:
+            name = open(f"/proc/{pid}/task/{tid}/comm").read().strip()
+            policy.setdefault(name, set()).add(os.sched_getscheduler(int(tid)))
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return policy
+
+
+def test_audit_threads_urgent_when_behind(enforcer, servers):
+    """The spool and sink threads use only CPU time nothing else wants
+    (SCHED_IDLE), so their bursts never delay relayed traffic; on a host
+    whose CPUs are all busy they would starve, so one that falls behind is
+    made urgent (SCHED_BATCH, its fair share) and calms down once it caught
+    up. With a busy loop per CPU (at normal priority, as the agent's own
+    work would be), connections' events must still reach the file sink
+    within seconds, and the spool thread must have been made urgent."""
+    port, _ = servers.echo()
+    enforcer.start(enforce_policy(port).replace("connections: 64", "connections: 1000"))
+    pid = enforcer.proc.p.pid
+    spool_tid = [int(t) for t in os.listdir(f"/proc/{pid}/task")
+                 if open(f"/proc/{pid}/task/{t}/comm").read().strip() == "ag-spool"][0]
+    assert enforcer.status()["counters"]["audit_made_urgent"] == 0
+    hogs = [subprocess.Popen([PY, "-c", "while True: pass"]) for _ in range(len(os.sched_getaffinity(0)) * 2)]
+    try:
+        code = f"import socket\nfor i in range(300):\n    socket.create_connection(('127.0.0.1', {port})).close()\n"
+        client = subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", "t-agent", "--", PY, "-c", code],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.time() + 60
+        while client.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert client.poll() == 0, client.communicate()
+        # every connection's Open event is in the file, the CPUs still busy
+        ok = wait_for(lambda: sum(1 for e in enforcer.events()
+                                  if e.get("class_uid") == 4001 and e["activity_name"] == "Open") >= 300, 20)
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    assert ok, ("events did not reach the sink while the CPUs were busy",
+                sum(1 for e in enforcer.events() if e.get("class_uid") == 4001 and e["activity_name"] == "Open"),
+                sched_policies(pid))
+    # made urgent, and counted (a window too short to see by sampling)
+    assert enforcer.status()["counters"]["audit_made_urgent"] >= 1, enforcer.status()["counters"]
+    # idle again once it caught up (the CPUs are free now)
+    assert wait_for(lambda: os.sched_getscheduler(spool_tid) == os.SCHED_IDLE, 5), os.sched_getscheduler(spool_tid)
 
 
 def test_not_allowed_destination_refused_and_audited(enforcer, servers):
