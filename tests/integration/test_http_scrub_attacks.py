@@ -70,6 +70,10 @@ REFLECT = textwrap.dedent(r"""
             n = int(path.split("n=")[1])
             body = raw_head[:n]
             return b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+        if kind == "firsthdr":   # the same, in a response field (a debug header)
+            n = int(path.split("n=")[1])
+            v = raw_head[raw_head.find(b"Authorization"):][:n].replace(b"\r\n", b" ")
+            return b"HTTP/1.1 200 OK\r\nX-Debug-Request: " + v + b"\r\nContent-Length: 0\r\n\r\n"
         if kind == "firstclose":
             n = int(path.split("n=")[1])
             return b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n" + raw_head[:n]
@@ -300,6 +304,19 @@ def test_reflection_cut_short_at_body_end_not_leaked(enforcer, reflect, bearer, 
     assert body.endswith(b"Authorization: Bearer " + b"*" * (len(SECRET) - 1)) or \
         body.endswith(b"Authorization: Bearer "), body[-80:]
     no_piece(out, SECRET[:-1], 8)
+
+
+def test_reflection_cut_short_in_a_response_field_not_leaked(enforcer, reflect, bearer):
+    """The same cut in a response field: a debug header quoting the first n
+    bytes of the Authorization line. Each field's value is checked for an
+    end that is how the credential begins."""
+    enforcer.start(policy(reflect, rules='"GET /v1/**"', upstream=f"server_name: api.internal, bearer_token_file: {bearer}"))
+    for cut in (1, 4, 9):
+        n = len(b"Authorization: Bearer ") + len(SECRET) - cut
+        out = strip_marks(raw(enforcer, reflect, get(f"/v1/r/firsthdr?n={n:04d}"), wait=0.5))
+        assert out.startswith(b"HTTP/1.1 200"), out
+        assert b"x-debug-request: authorization: bearer " + b"*" * (len(SECRET) - cut) + b"\r\n" in out.lower(), out
+        no_piece(out, SECRET[:-1], 8)
 
 
 def test_range_inside_reflected_credential_not_leaked(enforcer, reflect, bearer):
