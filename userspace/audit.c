@@ -38,10 +38,9 @@
  * starve: a thread that falls behind is made urgent (SCHED_BATCH, its fair
  * share) and calms down again once it caught up. The spool thread is
  * behind when the pending queue holds more than SPOOL_URGENT_BYTES (the
- * committing worker makes it urgent); a sink when it is more than
- * SINK_URGENT_EVENTS behind the last sequence (the spool thread's tick
- * makes it urgent). Transitions take U.mu, so a thread is never left idle
- * while marked urgent.
+ * committing worker makes it urgent); both are checked against time by
+ * audit_urgency_tick(). Transitions take U.mu, so a thread is never left
+ * idle while marked urgent.
  */
 #define SPOOL_URGENT_BYTES (512u << 10)   /* ~350 statement events */
 #define SPOOL_CALM_BYTES (64u << 10)
@@ -1565,7 +1564,6 @@ static void drain(void)
 /* The spool thread's tick. */
 static void audit_tick(void *arg)
 {
-	uint64_t seq;
 	size_t n;
 
 	(void)arg;
@@ -1581,25 +1579,15 @@ static void audit_tick(void *arg)
 	pthread_mutex_unlock(&P.mu);
 	if (n < SPOOL_CALM_BYTES)
 		urgency(&U.spool_urgent, 0, false);
-	pthread_mutex_lock(&A.lock);
-	seq = A.seq;
-	pthread_mutex_unlock(&A.lock);
-	for (int i = 0; i < A.nsinks; i++) {
-		struct sink_rt *k = &A.sinks[i];
-		pid_t tid = atomic_load(&k->tid);
-
-		if (tid && seq > atomic_load(&k->acked) + SINK_URGENT_EVENTS)
-			urgency(&k->urgent, tid, true);
-	}
 }
 
 /*
- * The time bound, from the workers' 200 ms tick: on a host whose CPUs are
- * all busy an idle thread may wait long for its turn, and a few events
- * would sit in memory (the pending queue) or in the spool (a sink's
- * backlog) for as long. Events pending for URGENT_AGE_MS make the spool
- * thread urgent; a sink that acknowledged nothing since the last tick
- * while it has events to send is made urgent.
+ * From the workers' 200 ms tick. On a host whose CPUs are all busy an idle
+ * thread may wait long for its turn, and even a few events would sit in
+ * memory (the pending queue) or in the spool (a sink's backlog) for as
+ * long: events pending for URGENT_AGE_MS make the spool thread urgent. A
+ * sink is made urgent when it is SINK_URGENT_EVENTS behind, or when it
+ * acknowledged nothing since the last tick while it had events to send.
  */
 void audit_urgency_tick(void)
 {
@@ -1621,7 +1609,8 @@ void audit_urgency_tick(void)
 		struct sink_rt *k = &A.sinks[i];
 		uint64_t acked = atomic_load(&k->acked);
 
-		if ((tid = atomic_load(&k->tid)) && seq > acked && acked == k->tick_acked)
+		if ((tid = atomic_load(&k->tid)) && seq > acked &&
+		    (acked == k->tick_acked || seq - acked > SINK_URGENT_EVENTS))
 			urgency(&k->urgent, tid, true);
 		k->tick_acked = acked;
 	}
