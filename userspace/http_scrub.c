@@ -159,39 +159,6 @@ static unsigned units(const uint8_t *p, size_t n, uint8_t w, size_t u[4])
 	return k;
 }
 
-/*
- * The text length of an occurrence of s[0..len) at the start of p[0..n),
- * or 0. Only a secret byte that is itself '%', '\' or '&' can be read two ways
- * (as it is, or as the start of an escape); those branch, as it is first,
- * within a budget of branches that always covers the secret written as it
- * is (one branch per such byte).
- */
-static size_t match_at(const uint8_t *s, size_t len, const uint8_t *p, size_t n, unsigned *budget)
-{
-	size_t j = 0;
-
-	for (size_t k = 0; k < len; k++) {
-		size_t u[4];
-		unsigned nu;
-
-		if (j >= n || !(nu = units(p + j, n - j, s[k], u)))
-			return 0;
-		if (nu > 1) {
-			for (unsigned i = 0; i < nu && *budget; i++) {
-				size_t rest;
-
-				(*budget)--;
-				if ((rest = match_at(s + k + 1, len - k - 1, p + j + u[i], n - j - u[i], budget)) ||
-				    k + 1 == len)
-					return j + u[i] + rest;
-			}
-			return 0;
-		}
-		j += u[0];
-	}
-	return j;
-}
-
 /* p[0..n) is the start of an escape cut short ("%2", "\u00"). */
 static bool cut_escape(const uint8_t *p, size_t n)
 {
@@ -231,9 +198,19 @@ static bool escape_start(uint8_t c)
 	return c == '%' || c == '\\' || c == '&';
 }
 
-/* All of p[0..n) could be how an occurrence of s[0..len) begins: the text
- * ends before the secret does. */
-static bool prefix_at(const uint8_t *s, size_t len, const uint8_t *p, size_t n, unsigned *budget)
+#define WALK_CUT ((size_t)-1)
+
+/*
+ * Walks the secret s[0..len) over the text p[0..n), through the text's
+ * escapes: the text length of a whole occurrence at p, or 0. With
+ * open_end, a text that ends (or is cut inside an escape) before the
+ * secret does gives WALK_CUT: it could be how an occurrence begins. Only
+ * a secret byte that is itself '%', '\' or '&' can be read two ways (as
+ * it is, or as the start of an escape); those branch, as it is first,
+ * within a budget of branches that always covers the secret written as it
+ * is (one branch per such byte).
+ */
+static size_t walk(const uint8_t *s, size_t len, const uint8_t *p, size_t n, bool open_end, unsigned *budget)
 {
 	size_t j = 0;
 
@@ -241,22 +218,42 @@ static bool prefix_at(const uint8_t *s, size_t len, const uint8_t *p, size_t n, 
 		size_t u[4];
 		unsigned nu;
 
-		if (j >= n || cut_escape(p + j, n - j))
-			return true;
-		if (!(nu = units(p + j, n - j, s[k], u)))
-			return false;
+		if (open_end && (j >= n || cut_escape(p + j, n - j)))
+			return WALK_CUT;
+		if (j >= n || !(nu = units(p + j, n - j, s[k], u)))
+			return 0;
 		if (nu > 1) {
 			for (unsigned i = 0; i < nu && *budget; i++) {
+				size_t rest;
+
 				(*budget)--;
-				if (prefix_at(s + k + 1, len - k - 1, p + j + u[i], n - j - u[i], budget))
-					return true;
+				rest = walk(s + k + 1, len - k - 1, p + j + u[i], n - j - u[i], open_end, budget);
+				if (rest == WALK_CUT)
+					return WALK_CUT;
+				/* open_end asks for a cut only: a whole one is no answer */
+				if (!open_end && (rest || k + 1 == len))
+					return j + u[i] + rest;
 			}
-			return false;
+			return 0;
 		}
 		j += u[0];
 	}
-	return false;   /* a whole occurrence (scrub_buf starred it) */
+	return j;
 }
+
+static size_t match_at(const uint8_t *s, size_t len, const uint8_t *p, size_t n, unsigned *budget)
+{
+	return walk(s, len, p, n, false, budget);
+}
+
+/* All of p[0..n) could be how an occurrence of s[0..len) begins: the text
+ * ends before the secret does. */
+static bool prefix_at(const uint8_t *s, size_t len, const uint8_t *p, size_t n, unsigned *budget)
+{
+	return walk(s, len, p, n, true, budget) == WALK_CUT;
+}
+
+
 
 size_t scrub_keep(const struct scrub *z, const uint8_t *p, size_t n)
 {
