@@ -197,6 +197,12 @@ static bool handle(struct admin_conn *c)
 			json_decref(req);
 			return true;
 		}
+	} else if (strcmp(cmd, "reload") == 0) {
+		struct ucred cr = { 0 };
+		socklen_t cl = sizeof(cr);
+
+		getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl);
+		reply(fd, enforcer_reload(cr.pid, cr.uid));
 	} else if (strcmp(cmd, "attach") == 0) {
 		const char *agent = json_string_value(json_object_get(req, "agent"));
 		const char *cg = json_string_value(json_object_get(req, "cgroup"));

@@ -348,7 +348,7 @@ static int kernel_allow(struct dns *d, int slot, const char *name, const uint8_t
 	for (size_t t = 0; idx >= 0 && t < p->ntargets; t++) {
 		const struct policy_target *tg = &p->targets[t];
 
-		if (tg->addr.kind != ADDR_HOST || !name_eq(tg->addr.host, name) || !enforcer_may_target(idx, t))
+		if (tg->addr.kind != ADDR_HOST || !name_eq(tg->addr.host, name) || !enforcer_may_target(E->policy, idx, t))
 			continue;
 		if (loader_allow(E->loader, slot, addr, 128, tg->addr.port, t, 0, true) == 0) {
 			used = t;

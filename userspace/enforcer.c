@@ -6,6 +6,7 @@
 #include <netinet/tcp.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,7 +54,8 @@ static const char *const counter_names[AG_CNT__MAX] = {
 	[AG_CNT_SKB_INGRESS_DROP] = "backstop_ingress_dropped",
 };
 
-static bool claims_may_grant(int t);
+static bool claims_may_grant(const struct policy *p, int t);
+static uint64_t nreloads;   /* policies swapped in by agentgate reload */
 
 static const char *reason_str(uint32_t r)
 {
@@ -116,31 +118,60 @@ int enforcer_agent_of_cgroup(const char *rel)
 	return -1;
 }
 
-static int program_allow_set(void)
+/* Whether agent a's kernel allow set holds target t (an IP or CIDR target;
+ * host-name targets go in as the agent's DNS answers arrive). */
+static bool allow_wanted(const struct policy *p, size_t a, size_t t)
 {
-	const struct policy *p = E->policy;
-	int err = loader_allow_clear(E->loader);
+	/* Targets a claims binding could grant go in for agents with an OIDC
+	 * identity: the enforcer decides with the principal. Metadata entries
+	 * are needed in observe mode too: the kernel refuses metadata
+	 * addresses unless a target names them. */
+	return p->targets[t].addr.kind != ADDR_HOST &&
+	       (enforcer_may_target(p, (int)a, (int)t) ||
+		(p->targets[t].names_metadata && p->mode == POLICY_OBSERVE));
+}
+
+/* Adds (or overwrites) the IP and CIDR entries policy p wants. */
+static int allow_add(const struct policy *p)
+{
+	int err = 0;
 
 	for (size_t a = 0; !err && a < p->nagents; a++) {
 		for (size_t t = 0; !err && t < p->ntargets; t++) {
 			const struct policy_target *tg = &p->targets[t];
-			uint32_t flags = tg->names_metadata ? AG_ALLOW_METADATA : 0;
 
-			if (tg->addr.kind == ADDR_HOST)
-				continue;   /* added as the agent's DNS answers arrive */
-			/* Metadata entries are needed in observe mode too: the kernel
-			 * refuses metadata addresses unless a target names them. */
-			/* Targets a claims binding could grant go in for agents with an
-			 * OIDC identity: the enforcer decides with the principal. */
-			bool maybe = p->agents[a].identity.source != IDENT_LOCAL && claims_may_grant(t);
-			if (!p->agents[a].may_target[t] && !maybe &&
-			    !(tg->names_metadata && p->mode == POLICY_OBSERVE))
-				continue;
-			err = loader_allow(E->loader, E->slot_of[a], tg->addr.addr, tg->addr.prefixlen,
-					   tg->addr.port, t, flags, true);
+			if (allow_wanted(p, a, t))
+				err = loader_allow(E->loader, E->slot_of[a], tg->addr.addr, tg->addr.prefixlen,
+						   tg->addr.port, t, tg->names_metadata ? AG_ALLOW_METADATA : 0,
+						   true);
 		}
 	}
 	return err;
+}
+
+static int program_allow_set(void)
+{
+	int err = loader_allow_clear(E->loader);
+
+	return err ? err : allow_add(E->policy);
+}
+
+/* After a reload: an entry stays when policy ctx still wants it. Entries
+ * learned from DNS answers (host-name targets) stay while the agent may
+ * still use that target. */
+static bool allow_keep(void *ctx, const struct ag_allow_key *k, const struct ag_allow_val *v)
+{
+	const struct policy *p = ctx;
+	int a = enforcer_agent_idx(k->slot);
+	const struct policy_target *tg;
+
+	if (a < 0 || v->target_id >= p->ntargets)
+		return false;
+	tg = &p->targets[v->target_id];
+	if (tg->addr.kind == ADDR_HOST)
+		return enforcer_may_target(p, a, (int)v->target_id);
+	return allow_wanted(p, (size_t)a, v->target_id) && k->port == tg->addr.port &&
+	       k->prefixlen == AG_ALLOW_FIXED_BITS + (unsigned)tg->addr.prefixlen && memcmp(k->addr, tg->addr.addr, 16) == 0;
 }
 
 struct orphan_ctx { int n; };
@@ -543,9 +574,8 @@ static bool binding_matches(const struct policy_binding *b, const struct policy_
 
 /* The rule allowing agent idx to use target t: a binding by name first, then
  * a binding by claims that the agent's current principal satisfies. */
-static const struct policy_rule *rule_for(int idx, int t)
+static const struct policy_rule *rule_for(const struct policy *p, int idx, int t)
 {
-	const struct policy *p = E->policy;
 	const struct policy_agent *ag = &p->agents[idx];
 	struct ident_principal pr;
 
@@ -591,9 +621,8 @@ static size_t add_role_rules(const struct policy_role *role, int t, const struct
 	return n;
 }
 
-size_t enforcer_rules_for(int idx, int t, const struct policy_rule **out, size_t max)
+size_t enforcer_rules_for(const struct policy *p, int idx, int t, const struct policy_rule **out, size_t max)
 {
-	const struct policy *p = E->policy;
 	const struct policy_agent *ag = &p->agents[idx];
 	struct ident_principal pr;
 	bool have_pr = false;
@@ -618,10 +647,9 @@ size_t enforcer_rules_for(int idx, int t, const struct policy_rule **out, size_t
 	return n;
 }
 
-size_t enforcer_user_rules_for(int idx, const struct ident_principal *user, int t,
+size_t enforcer_user_rules_for(const struct policy *p, int idx, const struct ident_principal *user, int t,
 			       const struct policy_rule **out, size_t max)
 {
-	const struct policy *p = E->policy;
 	size_t n = 0;
 
 	for (size_t b = 0; b < p->nbindings && n <= max; b++)
@@ -646,16 +674,15 @@ int enforcer_user_verify(int idx, const char *tok, size_t len, struct ident_prin
 				 user, why, whylen);
 }
 
-bool enforcer_may_target(int idx, int t)
+bool enforcer_may_target(const struct policy *p, int idx, int t)
 {
-	return E->policy->agents[idx].may_target[t] ||
-	       (E->policy->agents[idx].identity.source != IDENT_LOCAL && claims_may_grant(t));
+	return p->agents[idx].may_target[t] ||
+	       (p->agents[idx].identity.source != IDENT_LOCAL && claims_may_grant(p, t));
 }
 
 /* True when some binding by claims could grant target t (to any principal). */
-static bool claims_may_grant(int t)
+static bool claims_may_grant(const struct policy *p, int t)
 {
-	const struct policy *p = E->policy;
 
 	for (size_t b = 0; b < p->nbindings; b++) {
 		const struct policy_role *role = &p->roles[p->bindings[b].role_idx];
@@ -691,6 +718,21 @@ bool enforcer_should_refuse(struct conn *c, const char *reason)
 		c->deny_reason = reason;
 		return false;
 	}
+	return true;
+}
+
+bool enforcer_revoked(const struct conn *c, const struct policy *live, char *why, size_t len)
+{
+	if (c->policy == live || c->agent_idx < 0 || c->closing || live->mode == POLICY_OBSERVE)
+		return false;
+	if (c->target_idx < 0) {
+		snprintf(why, len, "policy reloaded: the destination is in no target (enforce mode)");
+		return true;
+	}
+	if (rule_for(live, c->agent_idx, c->target_idx))
+		return false;
+	snprintf(why, len, "policy reloaded: agent '%s' may no longer use target '%s'",
+		 live->agents[c->agent_idx].name, live->targets[c->target_idx].name);
 	return true;
 }
 
@@ -732,7 +774,7 @@ static void refuse(struct conn *c, const char *reason)
 
 void enforcer_accept(struct worker *w, int fd, int family, const struct sockaddr_storage *peer)
 {
-	const struct policy *p = E->policy;
+	const struct policy *p = __atomic_load_n(&E->policy, __ATOMIC_ACQUIRE);   /* a reload swaps it */
 	struct ag_pair_key key = { .netns_cookie = E->netns_cookie };
 	struct conn *c = calloc(1, sizeof(*c));
 	const char *deny = NULL;
@@ -816,7 +858,7 @@ void enforcer_accept(struct worker *w, int fd, int family, const struct sockaddr
 	}
 	if (!t)
 		deny = "no target matches the destination";
-	else if (!(c->rule = rule_for(c->agent_idx, c->target_idx)))
+	else if (!(c->rule = rule_for(c->policy, c->agent_idx, c->target_idx)))
 		deny = "no role bound to the agent (by name or by its identity's claims) has a rule for this target";
 	if (deny && enforcer_should_refuse(c, deny)) {
 		refuse(c, deny);
@@ -997,7 +1039,8 @@ static json_t *known_limits(void)
 		"uid 0 outside 'agentgate exec', can detach the programs or leave its cgroup; under 'exec' a uid-0 "
 		"agent still owns root-owned files outside the hidden directories: run agents with --user"));
 	json_array_append_new(l, json_string(
-		"policy changes do not reach connections already established"));
+		"after 'agentgate reload', open connections keep the policy they started with (a connection whose "
+		"target the new policy no longer grants is closed): a narrower rule reaches them only by a restart"));
 	json_array_append_new(l, json_string(
 		"agents in their own network namespace are refused (listeners in agent namespaces not yet served)"));
 	json_array_append_new(l, json_string(
@@ -1088,12 +1131,12 @@ void *enforcer_status_json(void)
 	json_object_set_new(counters, "audit_made_urgent", json_integer((json_int_t)audit_made_urgent()));
 	loader_pin_root(pins, sizeof(pins));
 
-	return json_pack("{s:s, s:i, s:I, s:{s:s, s:s, s:s}, s:s, s:s, s:s, s:{s:i, s:i, s:i},"
+	return json_pack("{s:s, s:i, s:I, s:{s:s, s:s, s:s, s:I}, s:s, s:s, s:s, s:{s:i, s:i, s:i},"
 			 " s:o, s:o, s:o, s:o, s:{s:b, s:b, s:b}, s:o, s:o, s:o}",
 		"version", AG_VERSION, "pid", (int)getpid(),
 		"uptime_s", (json_int_t)((now_ms_realtime() - E->started_ms) / 1000),
 		"policy", "path", E->policy_desc, "hash", p->hash,
-		"mode", p->mode == POLICY_OBSERVE ? "observe" : "enforce",
+		"mode", p->mode == POLICY_OBSERVE ? "observe" : "enforce", "reloads", (json_int_t)nreloads,
 		"state_dir", E->state_dir, "cgroup2", E->cgroup2, "pin_root", pins,
 		"listeners", "tcp_port", E->tcp_port, "dns_port_base", E->dns_base,
 		"workers", E->nworkers,
@@ -1186,7 +1229,10 @@ int enforcer_attach_extra(const char *agent, const char *cgroup, char *err, size
 
 /* ---- run ------------------------------------------------------------------ */
 
-static struct policy *load_policy(const char *path, char *desc, size_t desclen)
+/* Loads the policy: path, else /etc/agentgate/policy.yaml when present, else
+ * the embedded default. Errors ("file:line:col: what") go to stderr, or into
+ * msgs when it is not NULL (a reload). */
+static struct policy *load_policy(const char *path, char *desc, size_t desclen, json_t *msgs)
 {
 	struct policy_errors errs = { 0 };
 	struct policy *p;
@@ -1205,7 +1251,19 @@ static struct policy *load_policy(const char *path, char *desc, size_t desclen)
 		char line[600];
 
 		policy_error_format(&errs.e[i], line, sizeof(line));
-		fprintf(stderr, "%s\n", line);
+		if (msgs)
+			json_array_append_new(msgs, json_string(line));
+		else
+			fprintf(stderr, "%s\n", line);
+	}
+	if (!p && errs.total > errs.n) {
+		char more[64];
+
+		snprintf(more, sizeof(more), "(%d more errors)", errs.total - errs.n);
+		if (msgs)
+			json_array_append_new(msgs, json_string(more));
+		else
+			fprintf(stderr, "%s\n", more);
 	}
 	return p;
 }
@@ -1222,14 +1280,31 @@ static bool action_has_content(const struct policy_action *a)
  * masks, review) would otherwise be relayed as plain TCP, which grants more
  * than it says. A bare rule ({target: db}) is connection-level and allowed.
  */
-static int check_supported(const struct policy *p)
+/* An error about a policy: logged, or (msgs not NULL: a reload) collected
+ * for the caller's answer. */
+static void say(json_t *msgs, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void say(json_t *msgs, const char *fmt, ...)
+{
+	char buf[600];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	if (msgs)
+		json_array_append_new(msgs, json_string(buf));
+	else
+		log_err("%s", buf);
+}
+
+static int check_supported(const struct policy *p, json_t *msgs)
 {
 	int bad = 0;
 
 	for (size_t i = 0; i < p->nagents; i++) {
 		/* Delegation needs an issuer to verify user tokens with. */
 		if (p->agents[i].accept_user_tokens && p->agents[i].identity.source == IDENT_LOCAL) {
-			log_err("agent '%s' (line %d): accept_user_tokens needs an OIDC identity (client_credentials "
+			say(msgs, "agent '%s' (line %d): accept_user_tokens needs an OIDC identity (client_credentials "
 				"or token_file): user tokens are verified with the agent's issuer and audience",
 				p->agents[i].name, p->agents[i].line);
 			bad++;
@@ -1239,7 +1314,7 @@ static int check_supported(const struct policy *p)
 		const struct policy_target *t = &p->targets[i];
 
 		if (t->upstream.has_address && t->upstream.address.kind != ADDR_IP) {
-			log_err("target '%s' (line %d): upstream.address must be an IP address in this build",
+			say(msgs, "target '%s' (line %d): upstream.address must be an IP address in this build",
 				t->name, t->line);
 			bad++;
 		}
@@ -1254,7 +1329,7 @@ static int check_supported(const struct policy *p)
 			if (ops->enforces_rules && !fb)
 				continue;
 			if (action_has_content(&ru->allow) || ru->review.present || ru->mask.present) {
-				log_err("role '%s' rule %zu (line %d): allow/review/mask rules for target '%s' need its "
+				say(msgs, "role '%s' rule %zu (line %d): allow/review/mask rules for target '%s' need its "
 					"%s module, which is not in this build (a bare '{target: %s}' rule allows "
 					"the connection)", p->roles[r].name, k + 1, ru->line, ru->target,
 					policy_proto_name(p->targets[ru->target_idx].proto), ru->target);
@@ -1263,7 +1338,7 @@ static int check_supported(const struct policy *p)
 		}
 	}
 	if (p->approvals_webhook) {
-		log_err("approvals are not implemented in this build");
+		say(msgs, "approvals are not implemented in this build");
 		bad++;
 	}
 	return bad ? -ENOTSUP : 0;
@@ -1498,6 +1573,141 @@ static int main_loop(int epfd, int sfd, struct ring_buffer *rb, struct admin *ad
 	return 0;
 }
 
+/*
+ * agentgate reload. The new file is loaded and checked exactly as at start;
+ * any error, or a change a running enforcer cannot take (policy_reload.c),
+ * leaves the running policy in place and is answered with the reasons.
+ * Otherwise the compiled policy is swapped whole: connections accepted from
+ * then on use the new one; connections already open keep the snapshot they
+ * started with (their rules, masks, prepared statements and cached verdicts
+ * stay consistent) until they close. The kernel allow set takes the new
+ * entries before the swap and loses the old ones after it, so no connect
+ * that both policies allow is refused in between.
+ *
+ * Replaced policies are kept until the enforcer stops: connections and
+ * pooled upstream sessions (keyed by the policy's address) still refer to
+ * them. Only a peer with CAP_SYS_ADMIN outside every agent cgroup can ask
+ * (admin.c), so the count of reloads is the operator's to bound.
+ */
+static struct policy **retired;
+static size_t nretired;
+
+static void reload_event(bool ok, const char *hash, const char *prev_hash, const char *msg,
+			 pid_t pid, uid_t uid)
+{
+	json_t *ev = audit_event(3004, 3, "Update");
+	char uidbuf[16];
+
+	if (!ev)
+		return;
+	snprintf(uidbuf, sizeof(uidbuf), "%u", (unsigned)uid);
+	json_object_set_new(ev, "entity", json_pack("{s:s, s:s, s:s, s:{s:s}}", "type", "policy",
+						     "name", E->policy_desc, "uid", hash, "data",
+						     "previous_hash", prev_hash));
+	json_object_set_new(ev, "status_id", json_integer(ok ? 1 : 2));
+	json_object_set_new(ev, "status", json_string(ok ? "Success" : "Failure"));
+	json_object_set_new(ev, "message", json_string(msg));
+	json_object_set_new(ev, "actor", json_pack("{s:s, s:{s:i, s:{s:s}}}", "app_name", "agentgate reload",
+						   "process", "pid", (int)pid, "user", "uid", uidbuf));
+	audit_emit(ev);
+}
+
+static int set_mode_flags(const struct policy *p)
+{
+	for (uint32_t slot = 1; slot < AG_MAX_AGENTS; slot++) {
+		struct ag_agent_cfg cfg = { 0 };
+		int err;
+
+		if (E->agent_of_slot[slot] < 0)
+			continue;
+		cfg.flags = AG_AF_ACTIVE | (p->mode == POLICY_OBSERVE ? AG_AF_OBSERVE : 0);
+		if ((err = loader_set_agent(E->loader, slot, &cfg)))
+			return err;
+	}
+	return 0;
+}
+
+json_t *enforcer_reload(pid_t pid, uid_t uid)
+{
+	json_t *msgs = json_array();
+	struct policy *old = E->policy, *nw, **r;
+	char desc[PATH_MAX], why[600], msg[2 * PATH_MAX + 200];
+	unsigned live = 0;
+	int err;
+
+	nw = load_policy(E->policy_arg[0] ? E->policy_arg : NULL, desc, sizeof(desc), msgs);
+	if (nw && check_supported(nw, msgs)) {
+		policy_free(nw);
+		nw = NULL;
+	}
+	if (nw && strcmp(desc, E->policy_desc) != 0) {
+		/* no --policy: /etc/agentgate/policy.yaml appeared or went */
+		snprintf(why, sizeof(why), "the policy now comes from %s, not %s; restart the enforcer to "
+			 "change where it comes from", desc, E->policy_desc);
+		json_array_append_new(msgs, json_string(why));
+		policy_free(nw);
+		nw = NULL;
+	}
+	if (nw && policy_reload_refusal(old, nw, why, sizeof(why))) {
+		json_array_append_new(msgs, json_string(why));
+		policy_free(nw);
+		nw = NULL;
+	}
+	if (!nw) {
+		snprintf(msg, sizeof(msg), "policy not reloaded: %s%s; the running policy (%.12s) stays",
+			 json_array_size(msgs) ? json_string_value(json_array_get(msgs, 0)) : "cannot be read",
+			 json_array_size(msgs) > 1 ? " (and more)" : "", old->hash);
+		log_warn("%s", msg);
+		reload_event(false, old->hash, old->hash, msg, pid, uid);
+		snprintf(msg, sizeof(msg), "policy not reloaded; the running policy (%.12s) stays", old->hash);
+		return json_pack("{s:b, s:s, s:o}", "ok", 0, "error", msg, "errors", msgs);
+	}
+	json_decref(msgs);
+	if (strcmp(nw->hash, old->hash) == 0) {
+		policy_free(nw);
+		snprintf(msg, sizeof(msg), "policy unchanged: %s (%.12s)", E->policy_desc, old->hash);
+		reload_event(true, old->hash, old->hash, msg, pid, uid);
+		return json_pack("{s:b, s:s, s:s, s:b}", "ok", 1, "message", msg, "hash", old->hash,
+				 "changed", 0);
+	}
+	r = realloc(retired, (nretired + 1) * sizeof(*r));
+	if (!r) {
+		policy_free(nw);
+		return json_pack("{s:b, s:s}", "ok", 0, "error", "policy not reloaded: out of memory");
+	}
+	retired = r;
+	if ((err = allow_add(nw)) || (err = set_mode_flags(nw))) {
+		loader_allow_prune(E->loader, allow_keep, old);
+		set_mode_flags(old);
+		policy_free(nw);
+		snprintf(msg, sizeof(msg), "policy not reloaded: kernel maps: %s; the running policy (%.12s) stays",
+			 strerror(-err), old->hash);
+		log_err("%s", msg);
+		reload_event(false, old->hash, old->hash, msg, pid, uid);
+		return json_pack("{s:b, s:s}", "ok", 0, "error", msg);
+	}
+	/* Workers read E->policy once per accepted connection. The dns module
+	 * keeps the old pointer: its dns section and targets are the same. */
+	__atomic_store_n(&E->policy, nw, __ATOMIC_RELEASE);
+	retired[nretired++] = old;
+	nreloads++;
+	loader_allow_prune(E->loader, allow_keep, nw);
+	audit_set_policy(nw);
+	for (size_t i = 0; i < nw->nagents; i++)
+		live += atomic_load(&E->agents[i].active);
+	snprintf(msg, sizeof(msg), "policy reloaded: %s (%.12s, was %.12s, %s mode); ", E->policy_desc,
+		 nw->hash, old->hash, nw->mode == POLICY_OBSERVE ? "observe" : "enforce");
+	if (!live)
+		snprintf(msg + strlen(msg), sizeof(msg) - strlen(msg), "no connection was open");
+	else
+		snprintf(msg + strlen(msg), sizeof(msg) - strlen(msg), "%u open connection%s the previous "
+			 "policy until closed", live, live == 1 ? " keeps" : "s keep");
+	log_info("%s", msg);
+	reload_event(true, nw->hash, old->hash, msg, pid, uid);
+	return json_pack("{s:b, s:s, s:s, s:s, s:b, s:i}", "ok", 1, "message", msg, "hash", nw->hash,
+			 "previous_hash", old->hash, "changed", 1, "connections_kept", (int)live);
+}
+
 int enforcer_run(const char *policy_path, const char *state_dir)
 {
 	static struct enforcer enf;
@@ -1523,8 +1733,10 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 		rl.rlim_cur = rl.rlim_max;
 		setrlimit(RLIMIT_NOFILE, &rl);
 	}
-	E->policy = load_policy(policy_path, E->policy_desc, sizeof(E->policy_desc));
-	if (!E->policy || check_supported(E->policy))
+	if (policy_path)
+		snprintf(E->policy_arg, sizeof(E->policy_arg), "%s", policy_path);
+	E->policy = load_policy(policy_path, E->policy_desc, sizeof(E->policy_desc), NULL);
+	if (!E->policy || check_supported(E->policy, NULL))
 		return 1;
 	if ((rc = mkdir_p(state_dir, 0700))) {
 		log_err("state directory '%s': %s", state_dir, strerror(-rc));

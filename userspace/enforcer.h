@@ -65,6 +65,7 @@ struct enforcer {
 	char state_dir[PATH_MAX];
 	char cgroup2[PATH_MAX];
 	char policy_desc[PATH_MAX];
+	char policy_arg[PATH_MAX];   /* run --policy as given; "" when absent */
 	uint16_t tcp_port, dns_base;
 	uint64_t netns_cookie;
 	int nworkers;
@@ -103,8 +104,19 @@ void enforcer_count_refused(struct conn *c);
 /* In observe mode a denial is recorded and the connection goes on: returns
  * true when the caller must refuse (enforce mode). */
 bool enforcer_should_refuse(struct conn *c, const char *reason);
+/* After a reload (live is the new policy, c->policy an older one): true, with
+ * the reason in why, when the new policy would not accept c's connection at
+ * all (its agent lost the target, or a destination in no target once the mode
+ * is enforce). Such connections are closed by their worker within a tick;
+ * the rest keep the policy they started with. */
+bool enforcer_revoked(const struct conn *c, const struct policy *live, char *why, size_t len);
 /* Audit of a connection's end. */
 void enforcer_conn_closed(struct conn *c, const char *why);
+
+/* agentgate reload (main thread): re-reads the policy; the answer for the
+ * admin socket ({"ok": ..., "message" | "error", "errors": [...]}). pid and
+ * uid are the asking peer's, for the audit event. See enforcer.c. */
+json_t *enforcer_reload(pid_t pid, uid_t uid);
 
 /* Fills status JSON (jansson json_t *) — declared void * to keep jansson out. */
 void *enforcer_status_json(void);
@@ -145,7 +157,7 @@ struct audit_agent;
 void enforcer_audit_principal(int idx, struct audit_agent *a, struct ident_principal *pr);
 /* True when the agent may be granted target t: by name, or (agents with an
  * OIDC identity) by some binding on claims, decided per connection. */
-bool enforcer_may_target(int idx, int t);
+bool enforcer_may_target(const struct policy *p, int idx, int t);
 
 /*
  * Every rule agent idx holds for target t, in policy order: rules of roles
@@ -155,13 +167,13 @@ bool enforcer_may_target(int idx, int t);
  * the list did not fit (the caller must deny). Thread-safe.
  */
 #define ENFORCER_MAX_RULES 64
-size_t enforcer_rules_for(int idx, int t, const struct policy_rule **out, size_t max);
+size_t enforcer_rules_for(const struct policy *p, int idx, int t, const struct policy_rule **out, size_t max);
 /*
  * Delegation: the rules a verified user principal holds for target t, by
  * claims bindings only (users are never bound by agent name), reading claims
  * the way agent idx's identity does (its groups_claim). Same return as above.
  */
-size_t enforcer_user_rules_for(int idx, const struct ident_principal *user, int t,
+size_t enforcer_user_rules_for(const struct policy *p, int idx, const struct ident_principal *user, int t,
 			       const struct policy_rule **out, size_t max);
 
 /*

@@ -318,6 +318,32 @@ int loader_allow_clear(struct loader *l)
 	return 0;
 }
 
+int loader_allow_prune(struct loader *l, loader_allow_keep_fn keep, void *ctx)
+{
+	int fd = bpf_map__fd(l->skel->maps.ag_allow), n = 0;
+	struct ag_allow_key k, next, *gone;
+	struct ag_allow_val v;
+	size_t ngone = 0;
+	bool first = true;
+
+	/* Collect first, delete after: deleting while walking makes
+	 * get_next_key restart from the first key. */
+	gone = calloc(AG_ALLOW_MAX, sizeof(*gone));
+	if (!gone)
+		return -ENOMEM;
+	while (ngone < AG_ALLOW_MAX && bpf_map_get_next_key(fd, first ? NULL : &k, &next) == 0) {
+		first = false;
+		k = next;
+		if (bpf_map_lookup_elem(fd, &k, &v) == 0 && !keep(ctx, &k, &v))
+			gone[ngone++] = k;
+	}
+	for (size_t i = 0; i < ngone; i++)
+		if (bpf_map_delete_elem(fd, &gone[i]) == 0)
+			n++;
+	free(gone);
+	return n;
+}
+
 int loader_pair_take(struct loader *l, const struct ag_pair_key *k, struct ag_pair_val *v)
 {
 	int fd = bpf_map__fd(l->skel->maps.ag_pairs);

@@ -47,9 +47,13 @@ int loader_set_agent(struct loader *l, uint32_t slot, const struct ag_agent_cfg 
 /* Adds/removes an allow-set entry for slot: addr/prefixlen (128-bit form), port (0 = any). */
 int loader_allow(struct loader *l, uint32_t slot, const uint8_t addr[16], uint8_t prefixlen,
 		 uint16_t port, uint32_t target_id, uint32_t flags, bool add);
-/* Removes every allow-set entry of the slots for which keep[slot] is false,
- * and of every slot when keep is NULL. */
+/* Removes every allow-set entry. */
 int loader_allow_clear(struct loader *l);
+/* Removes the allow-set entries for which keep() returns false; the others
+ * stay in place (no moment without them). Returns the count removed, or
+ * -errno. */
+typedef bool (*loader_allow_keep_fn)(void *ctx, const struct ag_allow_key *k, const struct ag_allow_val *v);
+int loader_allow_prune(struct loader *l, loader_allow_keep_fn keep, void *ctx);
 
 /* Looks up and deletes a pair entry. 0, -ENOENT, or -errno. */
 int loader_pair_take(struct loader *l, const struct ag_pair_key *k, struct ag_pair_val *v);

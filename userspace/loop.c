@@ -174,6 +174,25 @@ static void check_deadlines(struct worker *w)
 	}
 }
 
+/* Once per reload: connections the new policy would not accept at all are
+ * closed (enforcer_revoked); the rest keep their policy until they end. */
+static void sweep_revoked(struct worker *w)
+{
+	const struct policy *live = __atomic_load_n(&E->policy, __ATOMIC_ACQUIRE);
+	char why[300];
+
+	if (live == w->swept)
+		return;
+	w->swept = live;
+	for (struct conn *c = w->conns, *next; c; c = next) {
+		next = c->next;
+		if (enforcer_revoked(c, live, why, sizeof(why))) {
+			enforcer_conn_closed(c, why);
+			conn_close(c, true);
+		}
+	}
+}
+
 static void close_listeners(struct worker *w)
 {
 	for (int i = 0; i < 2; i++) {
@@ -219,6 +238,7 @@ static void *worker_main(void *arg)
 		if (now - last_tick > 200000000ull) {
 			last_tick = now;
 			check_deadlines(w);
+			sweep_revoked(w);
 			upool_tick(false);
 			audit_defer_flush();
 			audit_urgency_tick();

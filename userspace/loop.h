@@ -26,6 +26,7 @@ struct worker {
 	uint64_t accept_paused_until;   /* monotonic ns; 0 = accepting */
 	void *spare[WORKER_SPARE_BUFS];  /* recycled CONN_BUF buffers */
 	int nspare;
+	const struct policy *swept;     /* the policy its connections were last checked against */
 };
 
 /* A relay buffer (CONN_BUF bytes) from the worker's spares or malloc; NULL on ENOMEM. */

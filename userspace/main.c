@@ -37,6 +37,7 @@ static int usage(FILE *f)
 		"  attach --agent NAME --cgroup PATH        enforce on an existing cgroup\n"
 		"  detach --agent NAME | --all              remove pins (works without an enforcer)\n"
 		"  status [--json]                          agents, targets, counters, limits (exit 3: not running)\n"
+		"  reload                                   re-read the policy without dropping sessions\n"
 		"  policy check FILE...                     validate; file:line:col errors, exit 1\n"
 		"  policy explain [--policy FILE] --agent NAME --target T [REQUEST]\n"
 		"  audit tail [-f] [--json] [-n N]          recent audit events\n"
@@ -142,6 +143,33 @@ static int cmd_status(int argc, char **argv)
 		print_status(st);
 	}
 	json_decref(st);
+	return 0;
+}
+
+/* agentgate reload: the running enforcer re-reads its policy file. Exit 0
+ * when the new policy (or the unchanged one) is in force, 1 when it was
+ * refused (errors on stderr; the running policy stays), 3 with no enforcer. */
+static int cmd_reload(int argc, char **argv)
+{
+	json_t *req, *ans, *e;
+	size_t i;
+
+	if (argc > 0)
+		return usage(stderr);
+	req = json_pack("{s:s}", "cmd", "reload");
+	ans = admin_call(state_dir, req);
+	json_decref(req);
+	if (!ans)
+		return not_running();
+	if (!json_is_true(json_object_get(ans, "ok"))) {
+		json_array_foreach(json_object_get(ans, "errors"), i, e)
+			fprintf(stderr, "%s\n", json_string_value(e));
+		fprintf(stderr, "agentgate: %s\n", json_string_value(json_object_get(ans, "error")));
+		json_decref(ans);
+		return 1;
+	}
+	printf("%s\n", json_string_value(json_object_get(ans, "message")));
+	json_decref(ans);
 	return 0;
 }
 
@@ -521,7 +549,7 @@ int main(int argc, char **argv)
 	if (strcmp(cmd, "audit") == 0)
 		return cmd_audit(sub_argc, sub_argv);
 	if (strcmp(cmd, "reload") == 0)
-		return not_yet("reload", "restart the enforcer to apply a new policy");
+		return cmd_reload(sub_argc, sub_argv);
 	if (strcmp(cmd, "approvals") == 0)
 		return not_yet("approvals", "approval issue");
 	if (strcmp(cmd, "replay") == 0)

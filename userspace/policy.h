@@ -252,4 +252,14 @@ int policy_parse_addr(const char *s, struct policy_addr *out, char *why, size_t 
 
 const char *policy_proto_name(enum policy_proto p);
 
+/*
+ * agentgate reload: 0 when nw may replace old in a running enforcer, else -1
+ * with why saying which part changed ("agent 'a' (line 4): its identity
+ * changed; restart the enforcer to apply it"). Agents, targets' names,
+ * protocols and addresses, dns, audit and approvals must be the same;
+ * roles, bindings, rules, masks, mode and upstream settings may change.
+ * See policy_reload.c.
+ */
+int policy_reload_refusal(const struct policy *old, const struct policy *nw, char *why, size_t len);
+
 #endif /* AGENTGATE_POLICY_H */

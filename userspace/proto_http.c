@@ -424,7 +424,7 @@ static bool decide(struct conn *c, const struct ident_principal *user, const cha
 		   bool upgrade, const char *path, size_t plen, struct hreq *r)
 {
 	const struct policy_rule *rules[ENFORCER_MAX_RULES];
-	size_t n = c->agent_idx >= 0 ? enforcer_rules_for(c->agent_idx, c->target_idx, rules,
+	size_t n = c->agent_idx >= 0 ? enforcer_rules_for(c->policy, c->agent_idx, c->target_idx, rules,
 							  ENFORCER_MAX_RULES) : 0;
 	enum verdict v, uv = V_ALLOW;
 	char urule[96];
@@ -435,7 +435,7 @@ static bool decide(struct conn *c, const struct ident_principal *user, const cha
 	}
 	v = judge_rules(rules, n, method, mlen, upgrade, path, plen, r->rule, sizeof(r->rule));
 	if (user && v != V_DENY) {
-		n = enforcer_user_rules_for(c->agent_idx, user, c->target_idx, rules, ENFORCER_MAX_RULES);
+		n = enforcer_user_rules_for(c->policy, c->agent_idx, user, c->target_idx, rules, ENFORCER_MAX_RULES);
 		if (n > ENFORCER_MAX_RULES) {
 			r->reason = "too many rules for this target";
 			return false;
@@ -477,7 +477,7 @@ static bool decide_k8s(struct conn *c, const struct ident_principal *user, const
 	snprintf(r->k8s_verb, sizeof(r->k8s_verb), "%s", kr.verb);
 	k8s_resource_string(&kr, r->k8s_res, sizeof(r->k8s_res));
 	snprintf(r->k8s_ns, sizeof(r->k8s_ns), "%s", kr.namespace_);
-	n = c->agent_idx >= 0 ? enforcer_rules_for(c->agent_idx, c->target_idx, rules, ENFORCER_MAX_RULES) : 0;
+	n = c->agent_idx >= 0 ? enforcer_rules_for(c->policy, c->agent_idx, c->target_idx, rules, ENFORCER_MAX_RULES) : 0;
 	if (n > ENFORCER_MAX_RULES) {
 		r->reason = "too many rules for this target";
 		return false;
@@ -486,7 +486,7 @@ static bool decide_k8s(struct conn *c, const struct ident_principal *user, const
 	if (which)
 		rule_desc(which, r->rule, sizeof(r->rule));
 	if (user && v != K8S_DENY) {
-		n = enforcer_user_rules_for(c->agent_idx, user, c->target_idx, rules, ENFORCER_MAX_RULES);
+		n = enforcer_user_rules_for(c->policy, c->agent_idx, user, c->target_idx, rules, ENFORCER_MAX_RULES);
 		if (n > ENFORCER_MAX_RULES) {
 			r->reason = "too many rules for this target";
 			return false;
@@ -935,9 +935,9 @@ static struct mask_rules *route_mask(struct conn *c, const struct ident_principa
 	*err = NULL;
 	if (c->agent_idx < 0)
 		return NULL;
-	n = enforcer_rules_for(c->agent_idx, c->target_idx, rules, ENFORCER_MAX_RULES);
+	n = enforcer_rules_for(c->policy, c->agent_idx, c->target_idx, rules, ENFORCER_MAX_RULES);
 	if (n <= ENFORCER_MAX_RULES && user) {
-		size_t u = enforcer_user_rules_for(c->agent_idx, user, c->target_idx, rules + n, ENFORCER_MAX_RULES);
+		size_t u = enforcer_user_rules_for(c->policy, c->agent_idx, user, c->target_idx, rules + n, ENFORCER_MAX_RULES);
 
 		n = u > ENFORCER_MAX_RULES ? 2 * ENFORCER_MAX_RULES + 1 : n + u;
 	}

@@ -1093,7 +1093,7 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 		snprintf(why, whylen, "query text is not valid UTF-8");
 		goto early;
 	}
-	nr = enforcer_rules_for(c->agent_idx, c->target_idx, rules, ENFORCER_MAX_RULES);
+	nr = enforcer_rules_for(c->policy, c->agent_idx, c->target_idx, rules, ENFORCER_MAX_RULES);
 	if (nr > ENFORCER_MAX_RULES) {
 		snprintf(why, whylen, "too many rules for this target");
 		goto early;
@@ -1103,7 +1103,7 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 	if (s->has_deleg && r->verdict != PGC_DENY) {
 		/* Delegation: the user's roles must allow it too (DESIGN §3). */
 		struct pgc_result *ur = &s->ures;
-		size_t nu = enforcer_user_rules_for(c->agent_idx, &s->deleg, c->target_idx, rules,
+		size_t nu = enforcer_user_rules_for(c->policy, c->agent_idx, &s->deleg, c->target_idx, rules,
 						    ENFORCER_MAX_RULES);
 
 		if (nu > ENFORCER_MAX_RULES || pgc_judge(&ctx, sql, len, rules, nu, ur) != 0) {
@@ -1615,12 +1615,12 @@ static int compile_masks(struct conn *c);
 static size_t mask_rules_of(struct conn *c, const struct policy_rule **rules)
 {
 	struct pg_sess *s = S(c);
-	size_t nr = enforcer_rules_for(c->agent_idx, c->target_idx, rules, ENFORCER_MAX_RULES);
+	size_t nr = enforcer_rules_for(c->policy, c->agent_idx, c->target_idx, rules, ENFORCER_MAX_RULES);
 
 	if (nr > ENFORCER_MAX_RULES)
 		nr = ENFORCER_MAX_RULES;
 	if (s->has_deleg) {
-		size_t nu = enforcer_user_rules_for(c->agent_idx, &s->deleg, c->target_idx, rules + nr,
+		size_t nu = enforcer_user_rules_for(c->policy, c->agent_idx, &s->deleg, c->target_idx, rules + nr,
 						    ENFORCER_MAX_RULES);
 
 		nr += nu > ENFORCER_MAX_RULES ? ENFORCER_MAX_RULES : nu;

@@ -752,6 +752,101 @@ static void test_proto_name(void)
 	CHECK_STR(policy_proto_name(PROTO__COUNT), "unknown");
 }
 
+/* ---- reload ---------------------------------------------------------------- */
+
+static const char reload_base[] =
+	"version: 1\n"
+	"agents:\n"
+	"  - {name: a1, identity: {source: token_file, issuer: 'https://idp.test', audience: x, token_file: /t}}\n"
+	"  - {name: a2}\n"
+	"targets:\n"
+	"  - {name: db, protocol: postgres, address: 10.0.0.5:5432, upstream: {user: u, database: d}}\n"
+	"  - {name: web, protocol: http, address: 'api.test:443'}\n"
+	"roles:\n"
+	"  - name: r\n"
+	"    rules:\n"
+	"      - {target: db, allow: {statements: [select], tables: [public.t]}}\n"
+	"bindings: [{role: r, agents: [a1, a2]}]\n"
+	"audit: {sinks: [{type: file, path: /tmp/x.jsonl}]}\n";
+
+/* reload_base with one substitution */
+static struct policy *reload_variant(const char *from, const char *to)
+{
+	char buf[4096];
+	const char *at = strstr(reload_base, from);
+	struct policy_errors e;
+	struct policy *p;
+
+	if (!at) {
+		fprintf(stderr, "  no '%s' in the base policy\n", from);
+		return NULL;
+	}
+	snprintf(buf, sizeof(buf), "%.*s%s%s", (int)(at - reload_base), reload_base, to, at + strlen(from));
+	p = load_str("variant.yaml", buf, &e);
+	if (!p) {
+		fprintf(stderr, "  variant '%s' -> '%s' did not load:\n", from, to);
+		dump_errors(&e);
+	}
+	return p;
+}
+
+static void test_reload_refusal(void)
+{
+	static const struct { const char *from, *to, *why; } cases[] = {
+		/* may change */
+		{ "tables: [public.t]", "tables: [public.t, public.u]", NULL },
+		{ "version: 1\n", "version: 1\nmode: observe\n", NULL },
+		{ "{user: u, database: d}", "{user: v, database: d, tls: require}", NULL },
+		{ "agents: [a1, a2]", "agents: [a2]", NULL },
+		{ "      - {target: db", "      - {target: web, allow: {http: ['GET /**']}}\n      - {target: db", NULL },
+		/* need a restart */
+		{ "  - {name: a2}\n", "  - {name: a2}\n  - {name: a3}\n", "agents added or removed" },
+		{ "  - {name: a1, identity: {source: token_file, issuer: 'https://idp.test', audience: x, token_file: /t}}\n  - {name: a2}\n",
+		  "  - {name: a2}\n  - {name: a1, identity: {source: token_file, issuer: 'https://idp.test', audience: x, token_file: /t}}\n",
+		  "agent 'a1' (line 3): its name or position changed" },
+		{ "  - {name: a2}\n", "  - {name: a2, cgroup: elsewhere}\n", "agent 'a2' (line 4): its cgroup changed" },
+		{ "audience: x", "audience: y", "agent 'a1' (line 3): its identity changed" },
+		{ "  - {name: a2}\n", "  - {name: a2, limits: {connections: 9}}\n", "its limits changed" },
+		{ "10.0.0.5:5432", "10.0.0.6:5432", "target 'db' (line 6): its address changed" },
+		{ "10.0.0.5:5432", "10.0.0.5:5433", "its address changed" },
+		{ "api.test:443", "api2.test:443", "target 'web' (line 7): its address changed" },
+		{ "protocol: http", "protocol: tcp", "target 'web' (line 7): its protocol changed" },
+		{ "  - {name: web, protocol: http, address: 'api.test:443'}\n", "", "targets added or removed" },
+		{ "/tmp/x.jsonl", "/tmp/y.jsonl", "the audit section changed" },
+		{ "audit: {", "audit: {allowed_requests: false, ", "the audit section changed" },
+		{ "version: 1\n", "version: 1\ndns: {upstream: '127.0.0.1:53'}\n", "the dns section changed" },
+	};
+	struct policy *base = reload_variant("version: 1", "version: 1");
+	char why[600];
+
+	CHECK(base != NULL);
+	if (!base)
+		return;
+	why[0] = 0;
+	CHECK(policy_reload_refusal(base, base, why, sizeof(why)) == 0 && why[0] == 0);
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct policy *p = reload_variant(cases[i].from, cases[i].to);
+		int rc;
+
+		CHECK(p != NULL);
+		if (!p)
+			continue;
+		why[0] = 0;
+		rc = policy_reload_refusal(base, p, why, sizeof(why));
+		if (!cases[i].why) {
+			if (rc != 0)
+				fprintf(stderr, "  case %zu refused: %s\n", i, why);
+			CHECK(rc == 0);
+		} else {
+			if (rc == 0 || !strstr(why, cases[i].why) || !strstr(why, "restart the enforcer"))
+				fprintf(stderr, "  case %zu: rc %d, '%s', want '%s'\n", i, rc, why, cases[i].why);
+			CHECK(rc == -1 && strstr(why, cases[i].why) && strstr(why, "restart the enforcer"));
+		}
+		policy_free(p);
+	}
+	policy_free(base);
+}
+
 int main(void)
 {
 	RUN(test_default_policy);
@@ -769,5 +864,6 @@ int main(void)
 	RUN(test_dns_allowed);
 	RUN(test_parse_addr);
 	RUN(test_proto_name);
+	RUN(test_reload_refusal);
 	UNIT_DONE("policy");
 }

@@ -1,0 +1,321 @@
+# SPDX-License-Identifier: Apache-2.0
+"""agentgate reload (DESIGN §4): the running enforcer re-reads its policy file
+without dropping sessions. New connections get the new policy; connections
+already open keep the one they started with until they close (documented in
+the README). A bad file, or a change that needs a restart (agents, targets'
+addresses, dns, audit), is refused and the running policy stays. Every
+attempt is an Entity Management (3004) event. The kernel allow set and the
+mode flags follow the new policy. Real PostgreSQL, psql, psycopg2, echo
+servers, the real kernel programs."""
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import AG, PY, connect_code, wait_for
+from test_audit_schema import validate_events
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers"))
+from pg import Postgres  # noqa: E402
+
+AGENT = "t-rl"
+
+
+@pytest.fixture
+def pg(tmp):
+    os.chmod(tmp, 0o755)
+    p = Postgres(tmp)
+    yield p
+    p.stop()
+
+
+def pg_policy(pg, tmp, tables, mode="enforce", extra_agent="", port=None):
+    pw = os.path.join(tmp, "pw")
+    with open(pw, "w") as f:
+        f.write("app-secret-pw\n")
+    os.chmod(pw, 0o600)
+    tl = ", ".join(tables)
+    return textwrap.dedent(f"""\
+    version: 1
+    mode: {mode}
+    agents:
+      - {{name: {AGENT}, limits: {{connections: 64}}}}
+    {extra_agent}
+    targets:
+      - name: shop
+        protocol: postgres
+        address: 127.0.0.1:{port or pg.port}
+        upstream: {{user: app, password_file: {pw}, database: shop, tls: disable}}
+    roles:
+      - name: ro
+        rules:
+          - {{target: shop, allow: {{statements: [select], tables: [{tl}]}}}}
+    bindings: [{{role: ro, agents: [{AGENT}]}}]
+    """)
+
+
+def rewrite(enforcer, path, text):
+    """Replaces the running policy file's content (what an operator edits)."""
+    if "audit:" not in text:
+        text += f"\naudit:\n  sinks:\n    - {{type: file, path: {enforcer.audit}}}\n"
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def psql(enforcer, pg, sql):
+    r = enforcer.exec(AGENT, ["psql", "-X", "-A", "-t", "-h", "127.0.0.1", "-p", str(pg.port), "-U",
+                              "agent_ro", "-d", "shop", "-v", "ON_ERROR_STOP=1", "-c", sql], timeout=60)
+    return r.returncode, r.stdout.strip(), r.stderr
+
+
+HOLDER = """
+import json, sys, psycopg2
+c = psycopg2.connect(host="127.0.0.1", port=%d, user="agent_ro", dbname="shop", sslmode="disable")
+c.autocommit = True
+def q(sql):
+    cur = c.cursor()
+    try:
+        cur.execute(sql)
+        return ["ok", cur.fetchall()[0][0]]
+    except psycopg2.Error as e:
+        return ["err", e.pgcode, str(e).strip()]
+print(json.dumps(q("select count(*) from orders")), flush=True)
+for line in sys.stdin:
+    print(json.dumps(q(line.strip())), flush=True)
+"""
+
+
+class Holder:
+    """An agent session held open across a reload (psycopg2, one connection)."""
+
+    def __init__(self, enforcer, pg):
+        self.p = subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", AGENT, "--", PY,
+                                   "-c", HOLDER % pg.port], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        self.first = self.read()
+
+    def read(self):
+        line = self.p.stdout.readline()
+        assert line, "the held session died: " + self.p.stderr.read()
+        return json.loads(line)
+
+    def q(self, sql):
+        self.p.stdin.write(sql + "\n")
+        self.p.stdin.flush()
+        return self.read()
+
+    def close(self):
+        self.p.stdin.close()
+        self.p.wait(timeout=20)
+
+
+def reloads(enforcer):
+    return [e for e in enforcer.events() if e.get("class_uid") == 3004]
+
+
+def failures(enforcer):
+    return [e for e in reloads(enforcer) if e["status"] == "Failure"]
+
+
+def test_reload_narrows_new_sessions_open_ones_keep_theirs(enforcer, pg, tmp):
+    path = enforcer.start(pg_policy(pg, tmp, ["public.customers", "public.orders"]))
+    old_hash = enforcer.status()["policy"]["hash"]
+    assert psql(enforcer, pg, "select count(*) from orders")[:2] == (0, "5")
+    held = Holder(enforcer, pg)
+    assert held.first == ["ok", 5]
+
+    rewrite(enforcer, path, pg_policy(pg, tmp, ["public.customers"]))
+    r = enforcer.cli("reload")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "policy reloaded" in r.stdout and "1 open connection keeps the previous policy" in r.stdout, r.stdout
+    st = enforcer.status()
+    new_hash = st["policy"]["hash"]
+    assert new_hash != old_hash and st["policy"]["reloads"] == 1
+
+    # a new session: the new policy
+    rc, out, err = psql(enforcer, pg, "select count(*) from orders")
+    assert rc != 0 and "agentgate: denied" in err and "public.orders" in err, (rc, out, err)
+    assert psql(enforcer, pg, "select count(*) from customers")[:2] == (0, "2")
+    # the session opened before: the policy it started with, whole
+    assert held.q("select count(*) from orders") == ["ok", 5]
+    assert held.q("select count(*) from customers") == ["ok", 2]
+    assert held.q("delete from orders")[:2] == ["err", "42501"]
+    held.close()
+    assert pg.sql("select count(*) from orders").strip() == "5"
+
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 3004)
+    assert ev and ev["status"] == "Success" and ev["activity_name"] == "Update"
+    assert ev["entity"]["uid"] == new_hash and ev["entity"]["data"]["previous_hash"] == old_hash
+    assert ev["entity"]["name"] == path and ev["actor"]["process"]["pid"] > 0
+    assert ev["unmapped"]["policy"]["hash"] == new_hash
+    denied = enforcer.wait_event(lambda e: e.get("class_uid") == 6005 and e["unmapped"].get("verdict") == "deny")
+    assert denied and denied["unmapped"]["policy"]["hash"] == new_hash
+    validate_events(enforcer.events())
+
+
+def test_reload_widens_for_new_sessions(enforcer, pg, tmp):
+    path = enforcer.start(pg_policy(pg, tmp, ["public.customers"]))
+    rc, _, err = psql(enforcer, pg, "select count(*) from orders")
+    assert rc != 0 and "agentgate: denied" in err
+    rewrite(enforcer, path, pg_policy(pg, tmp, ["public.customers", "public.orders"]))
+    r = enforcer.cli("reload")
+    assert r.returncode == 0 and "no connection was open" in r.stdout, r.stdout + r.stderr
+    assert psql(enforcer, pg, "select count(*) from orders")[:2] == (0, "5")
+
+
+def test_reload_with_bad_file_keeps_running_policy(enforcer, pg, tmp):
+    path = enforcer.start(pg_policy(pg, tmp, ["public.customers", "public.orders"]))
+    hash0 = enforcer.status()["policy"]["hash"]
+    good = open(path).read()
+
+    cases = [
+        # a syntax error, an unknown key, a rule for an unknown target
+        (good + "bogus: [\n", r"policy-\d+\.yaml:\d+:\d+: "),
+        (good.replace("mode: enforce", "mode: enforce\nfrobnicate: 1"), "frobnicate"),
+        (good.replace("{target: shop, allow", "{target: nowhere, allow"), "nowhere"),
+    ]
+    for text, want in cases:
+        with open(path, "w") as f:
+            f.write(text)
+        r = enforcer.cli("reload")
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert re.search(want, r.stderr), r.stderr
+        assert "policy not reloaded; the running policy" in r.stderr, r.stderr
+        assert enforcer.status()["policy"]["hash"] == hash0
+        assert psql(enforcer, pg, "select count(*) from orders")[:2] == (0, "5")
+    # a file that is gone
+    os.rename(path, path + ".gone")
+    r = enforcer.cli("reload")
+    assert r.returncode == 1 and "policy not reloaded" in r.stderr, r.stderr
+    os.rename(path + ".gone", path)
+    fails = wait_for(lambda: len(failures(enforcer)) == 4 and failures(enforcer))
+    assert fails, reloads(enforcer)
+    assert all(e["entity"]["uid"] == hash0 and e["status_id"] == 2 for e in fails)
+    assert "frobnicate" in fails[1]["message"]
+    assert enforcer.status()["policy"]["reloads"] == 0
+    # the good file again: nothing to do, said so
+    with open(path, "w") as f:
+        f.write(good)
+    r = enforcer.cli("reload")
+    assert r.returncode == 0 and r.stdout.startswith("policy unchanged"), r.stdout + r.stderr
+
+
+def test_reload_refuses_what_needs_a_restart(enforcer, pg, tmp):
+    path = enforcer.start(pg_policy(pg, tmp, ["public.customers"]))
+    hash0 = enforcer.status()["policy"]["hash"]
+    base = pg_policy(pg, tmp, ["public.customers"])
+    cases = [
+        (pg_policy(pg, tmp, ["public.customers"], extra_agent="  - {name: t-rl2}"), "agents added or removed"),
+        (pg_policy(pg, tmp, ["public.customers"], port=pg.port + 1), "target 'shop' (line"),
+        (base.replace(f"{{name: {AGENT}, limits: {{connections: 64}}}}",
+                      f"{{name: {AGENT}, cgroup: agentgate/t-rl-other, limits: {{connections: 64}}}}"),
+         "its cgroup changed"),
+        (base + f"\naudit:\n  sinks:\n    - {{type: file, path: {enforcer.audit}.2}}\n", "the audit section changed"),
+    ]
+    for text, want in cases:
+        rewrite(enforcer, path, text)
+        r = enforcer.cli("reload")
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert want in r.stderr and "restart the enforcer" in r.stderr, r.stderr
+        assert enforcer.status()["policy"]["hash"] == hash0
+    assert not os.path.exists(enforcer.audit + ".2")
+    assert psql(enforcer, pg, "select count(*) from customers")[:2] == (0, "2")
+    # an agent cannot ask for a reload (the admin socket refuses agent cgroups)
+    rewrite(enforcer, path, pg_policy(pg, tmp, ["public.customers", "public.secrets"]))
+    r = enforcer.exec(AGENT, [AG, "--state-dir", enforcer.state, "reload"])
+    assert r.returncode != 0 and "policy reloaded" not in r.stdout, r.stdout + r.stderr
+    assert enforcer.status()["policy"]["hash"] == hash0 and enforcer.status()["policy"]["reloads"] == 0
+
+
+def tcp_policy(ports, granted, mode="enforce"):
+    targets = "".join(f"\n      - {{name: e{i}, protocol: tcp, address: 127.0.0.1:{p}}}"
+                      for i, p in enumerate(ports))
+    rules = ", ".join(f"{{target: e{i}}}" for i in granted)
+    return textwrap.dedent(f"""\
+    version: 1
+    mode: {mode}
+    agents: [{{name: {AGENT}}}]
+    targets:{targets}
+    roles: [{{name: r, rules: [{rules}]}}]
+    bindings: [{{role: r, agents: [{AGENT}]}}]
+    """).replace("\n      - ", "\n  - ")
+
+
+TCP_HOLDER = """
+import socket, sys
+s = socket.create_connection(("127.0.0.1", %d), timeout=10)
+s.sendall(b"one\\n"); print(s.recv(100).decode().strip(), flush=True)
+sys.stdin.readline()
+try:
+    s.sendall(b"two\\n"); d = s.recv(100)
+    print("OK " + d.decode().strip() if d else "EOF", flush=True)
+except OSError as e:
+    print("ERR", e.errno, flush=True)
+"""
+
+
+def hold_tcp(enforcer, port):
+    p = subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", AGENT, "--", PY, "-c",
+                          TCP_HOLDER % port], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "one"
+    return p
+
+
+def finish(p):
+    out, _ = p.communicate("go\n", timeout=20)
+    return out.strip()
+
+
+def test_reload_updates_kernel_allow_set_and_mode(enforcer, servers):
+    (p0, log0), (p1, log1), (p2, log2) = servers.echo(), servers.echo(), servers.echo()
+    path = enforcer.start(tcp_policy([p0, p1], [0]))
+
+    def conn(port):
+        r = enforcer.py(AGENT, connect_code("127.0.0.1", port))
+        return r.stdout.split()[:1]
+
+    assert conn(p0) == ["OK"] and conn(p1) == ["ERR"]
+    cut = hold_tcp(enforcer, p0)
+    # grant e1, revoke e0: the kernel's allow set follows, and the open
+    # connection to e0 is closed (its agent may no longer use that target)
+    rewrite(enforcer, path, tcp_policy([p0, p1], [1]))
+    r = enforcer.cli("reload")
+    assert r.returncode == 0, r.stdout + r.stderr
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4001 and e["activity_name"] == "Close" and
+                             "policy reloaded" in e["unmapped"].get("reason", ""))
+    assert ev and ev["dst_endpoint"]["port"] == p0, enforcer.events()
+    assert ev["unmapped"]["reason"] == f"policy reloaded: agent '{AGENT}' may no longer use target 'e0'"
+    assert finish(cut) in ("EOF", "ERR 104", "ERR 32")
+    open(log0, "w").close()
+    assert conn(p1) == ["OK"] and conn(p0) == ["ERR"]
+    assert open(log0).read() == "", "a revoked target must not be reached"
+    kept = hold_tcp(enforcer, p1)
+    # a destination in no target: refused in enforce mode, allowed in observe
+    assert conn(p2) == ["ERR"] and open(log2).read() == ""
+    rewrite(enforcer, path, tcp_policy([p0, p1], [1], mode="observe"))
+    r = enforcer.cli("reload")
+    assert r.returncode == 0 and "observe mode" in r.stdout, r.stdout + r.stderr
+    assert enforcer.status()["policy"]["mode"] == "observe"
+    assert conn(p2) == ["OK"] and open(log2).read() != ""
+    stray = hold_tcp(enforcer, p2)
+    # back to enforce: the relayed connection to no target is closed, the one
+    # to e1 (still granted) goes on
+    rewrite(enforcer, path, tcp_policy([p0, p1], [1]))
+    assert enforcer.cli("reload").returncode == 0
+    assert enforcer.wait_event(lambda e: e.get("class_uid") == 4001 and e["activity_name"] == "Close" and
+                               "no target" in e["unmapped"].get("reason", ""))
+    assert finish(stray) in ("EOF", "ERR 104", "ERR 32")
+    assert finish(kept) == "OK two"
+    assert conn(p2) == ["ERR"] and conn(p1) == ["OK"]
+
+
+def test_reload_without_enforcer(tmp):
+    r = subprocess.run([AG, "--state-dir", os.path.join(tmp, "none"), "reload"], capture_output=True, text=True)
+    assert r.returncode == 3 and "no enforcer is running" in r.stderr, r.stderr
+    r = subprocess.run([AG, "--state-dir", os.path.join(tmp, "none"), "reload", "extra"], capture_output=True,
+                       text=True)
+    assert r.returncode == 2
