@@ -1225,6 +1225,7 @@ struct audit_w *audit_begin(int class_uid, int activity_id, const char *activity
 		return &dead_w;   /* writes nothing; the commit logs the loss */
 	aobj_reset(&w->top);
 	aobj_reset(&w->um);
+	w->own_policy = false;
 	if (audit_buf_put(&w->top.b, "{", 1))
 		w->top.bad = true;
 	if ((c = w_cache(w)) && strlen(activity_name) < sizeof(c->hdr[0].name)) {
@@ -1302,6 +1303,12 @@ static void w_agent_members(struct audit_obj *top, struct audit_obj *um,
 	aobj_bool(um, "verified", a->verified);
 	aobj_close(um);
 	aobj_close(um);
+	if (a->policy_hash) {   /* the connection's policy (see struct audit_agent) */
+		aobj_open(um, "policy");
+		aobj_str(um, "hash", a->policy_hash);
+		aobj_str(um, "path", a->policy_path ? a->policy_path : "");
+		aobj_close(um);
+	}
 }
 
 /* Looks key up in slots; on a miss fills the next slot with what fill
@@ -1341,7 +1348,7 @@ hit:
  * is too long to cache. */
 static bool agent_key(struct audit_buf *k, const struct audit_agent *a)
 {
-	const char *strs[5] = { a->name, a->cgroup, a->iss, a->sub, a->comm };
+	const char *strs[7] = { a->name, a->cgroup, a->iss, a->sub, a->policy_hash, a->policy_path, a->comm };
 	size_t cl = 0;
 
 	k->len = 0;
@@ -1353,8 +1360,8 @@ static bool agent_key(struct audit_buf *k, const struct audit_agent *a)
 		return false;
 	while (a->comm && cl < AG_COMM_LEN && a->comm[cl])
 		cl++;
-	for (int i = 0; i < 5; i++) {
-		size_t n = i == 4 ? cl : strs[i] ? strlen(strs[i]) : 0;
+	for (int i = 0; i < 7; i++) {
+		size_t n = i == 6 ? cl : strs[i] ? strlen(strs[i]) : 0;
 
 		/* NULL and "" differ: a length of SIZE_MAX marks NULL */
 		size_t tag = strs[i] ? n : SIZE_MAX;
@@ -1374,6 +1381,8 @@ static void agent_fill(struct audit_obj *top, struct audit_obj *um, const void *
 void audit_w_agent(struct audit_w *w, const struct audit_agent *a)
 {
 	struct audit_w_cache *c = w_cache(w);
+
+	w->own_policy = a->policy_hash != NULL;
 
 	if (c && agent_key(&c->key, a) &&
 	    w_cached_members(w, c, c->ag, AGENT_SLOTS, &c->ag_next, &c->key, agent_fill, a))
@@ -1437,7 +1446,8 @@ void audit_w_verdict(struct audit_w *w, bool allowed, bool would_deny, const cha
 /* Closes an event written by a writer: b holds its own members (from the
  * '{'), um those of its unmapped object; adds unmapped.policy, time and
  * metadata to b, then spools it. */
-static int emit_parts_locked(struct audit_buf *b, const char *um, size_t umlen, uint64_t time_ms)
+static int emit_parts_locked(struct audit_buf *b, const char *um, size_t umlen, uint64_t time_ms,
+			     bool own_policy)
 {
 	uint64_t seq = A.seq + 1;
 	char uid[37];
@@ -1450,7 +1460,7 @@ static int emit_parts_locked(struct audit_buf *b, const char *um, size_t umlen, 
 		"\"vendor_name\":\"agentgate\",\"version\":\"" AG_VERSION "\"}}}";
 	if (audit_buf_put(b, ",\"unmapped\":{", 13) ||
 	    (umlen && audit_buf_put(b, um, umlen)) ||
-	    (A.polfrag.len && ((umlen && audit_buf_put(b, ",", 1)) ||
+	    (!own_policy && A.polfrag.len && ((umlen && audit_buf_put(b, ",", 1)) ||
 			       audit_buf_put(b, A.polfrag.p, A.polfrag.len))) ||
 	    audit_buf_put(b, md1, sizeof(md1) - 1) || audit_buf_int(b, (long long)time_ms) ||
 	    audit_buf_put(b, md2, sizeof(md2) - 1) || audit_buf_put(b, uid, 36) ||
@@ -1503,6 +1513,7 @@ static void emitted_locked(int err)
 #define DEFER_MAX_BYTES (256u << 10)
 #define PENDING_MAX_BYTES (8u << 20)
 #define REC_HDR 16
+#define REC_OWN_POLICY 0x80000000u   /* in the unmapped length: the event names its policy */
 static __thread struct {
 	bool on;
 	struct audit_buf q;
@@ -1526,9 +1537,11 @@ static void emit_records_locked(const char *p, size_t len)
 		memcpy(&tl, p + off + 8, 4);
 		memcpy(&ul, p + off + 12, 4);
 		off += REC_HDR;
+		bool own = ul & REC_OWN_POLICY;
+		ul &= ~REC_OWN_POLICY;
 		A.line.len = 0;
 		emitted_locked(audit_buf_put(&A.line, p + off, tl) ? -ENOMEM :
-			       emit_parts_locked(&A.line, p + off + tl, ul, t));
+			       emit_parts_locked(&A.line, p + off + tl, ul, t, own));
 		off += (size_t)tl + ul;
 	}
 }
@@ -1679,13 +1692,15 @@ void audit_defer_end(void)
 static bool defer(struct audit_w *w)
 {
 	uint32_t tl = (uint32_t)w->top.b.len, ul = (uint32_t)w->um.b.len;
+	uint32_t ulf = ul | (w->own_policy ? REC_OWN_POLICY : 0);
 	uint64_t t = now_ms_realtime();   /* the event's time: when it was committed */
 
-	if (audit_buf_reserve(&D.q, REC_HDR + (size_t)tl + ul))
+	if (w->top.b.len >= REC_OWN_POLICY || w->um.b.len >= REC_OWN_POLICY ||
+	    audit_buf_reserve(&D.q, REC_HDR + (size_t)tl + ul))
 		return false;   /* committed at once */
 	memcpy(D.q.p + D.q.len, &t, 8);
 	memcpy(D.q.p + D.q.len + 8, &tl, 4);
-	memcpy(D.q.p + D.q.len + 12, &ul, 4);
+	memcpy(D.q.p + D.q.len + 12, &ulf, 4);
 	memcpy(D.q.p + D.q.len + REC_HDR, w->top.b.p, tl);
 	if (ul)
 		memcpy(D.q.p + D.q.len + REC_HDR + tl, w->um.b.p, ul);
@@ -1715,7 +1730,7 @@ void audit_commit(struct audit_w *w)
 	drain_locked();
 	if (A.dropped && A.spool && spool_has_room(A.spool, A.resume_room))
 		loss_event_locked();
-	emitted_locked(emit_parts_locked(&w->top.b, w->um.b.p, w->um.b.len, now_ms_realtime()));
+	emitted_locked(emit_parts_locked(&w->top.b, w->um.b.p, w->um.b.len, now_ms_realtime(), w->own_policy));
 	pthread_mutex_unlock(&A.lock);
 	w_release(w);
 }

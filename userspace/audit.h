@@ -84,6 +84,10 @@ struct audit_agent {
 	 * the local source (iss "local", sub = agent name, unverified) */
 	const char *iss, *sub;
 	bool verified;
+	/* The policy that decides for this connection (after agentgate reload,
+	 * an open connection keeps the one it started with): written as
+	 * unmapped.policy. NULL: the running policy's, added at emit. */
+	const char *policy_hash, *policy_path;
 };
 void audit_add_agent(json_t *ev, const struct audit_agent *a);
 /* status/disposition/action: allowed (1) or blocked (2), with observe marking. */
@@ -106,6 +110,7 @@ struct audit_w {
 	bool heap;   /* begun while the thread's own writer was in use */
 	bool busy;
 	struct audit_w_cache *cache;   /* the thread's writer: parts written before */
+	bool own_policy;               /* the agent's members named its policy */
 };
 struct audit_w *audit_begin(int class_uid, int activity_id, const char *activity_name);
 void audit_w_agent(struct audit_w *w, const struct audit_agent *a);

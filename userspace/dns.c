@@ -136,6 +136,12 @@ int dns_open(struct dns **out, const struct policy *p, uint16_t base, int epfd, 
 	return 0;
 }
 
+void dns_set_policy(struct dns *d, const struct policy *p)
+{
+	if (d)
+		d->p = p;
+}
+
 void dns_close(struct dns *d)
 {
 	if (!d)

@@ -28,6 +28,10 @@ struct dns;
 
 int dns_open(struct dns **out, const struct policy *p, uint16_t base, int epfd, char *err, size_t errlen);
 void dns_close(struct dns *d);
+/* After agentgate reload (main thread): judge names (mode, dns.allow) and
+ * keep learned kernel entries by p from now on. p has the same dns section
+ * and targets as the policy it replaces. */
+void dns_set_policy(struct dns *d, const struct policy *p);
 void dns_on_event(struct dns *d, void *item, uint32_t events);
 void dns_tick(struct dns *d);
 /* policy_host_resolved_fn; ctx is (void *)(uintptr_t)slot. Thread-safe. */

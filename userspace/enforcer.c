@@ -168,10 +168,18 @@ static bool allow_keep(void *ctx, const struct ag_allow_key *k, const struct ag_
 	if (a < 0 || v->target_id >= p->ntargets)
 		return false;
 	tg = &p->targets[v->target_id];
-	if (tg->addr.kind == ADDR_HOST)
-		return enforcer_may_target(p, a, (int)v->target_id);
-	return allow_wanted(p, (size_t)a, v->target_id) && k->port == tg->addr.port &&
-	       k->prefixlen == AG_ALLOW_FIXED_BITS + (unsigned)tg->addr.prefixlen && memcmp(k->addr, tg->addr.addr, 16) == 0;
+	if (tg->addr.kind == ADDR_HOST && enforcer_may_target(p, a, (int)v->target_id))
+		return true;
+	/* any target p wants with this address: two targets may share one
+	 * (the entry holds the last written) */
+	for (size_t t = 0; t < p->ntargets; t++) {
+		tg = &p->targets[t];
+		if (allow_wanted(p, (size_t)a, t) && k->port == tg->addr.port &&
+		    k->prefixlen == AG_ALLOW_FIXED_BITS + (unsigned)tg->addr.prefixlen &&
+		    memcmp(k->addr, tg->addr.addr, 16) == 0)
+			return true;
+	}
+	return false;
 }
 
 struct orphan_ctx { int n; };
@@ -461,6 +469,10 @@ struct audit_w *enforcer_conn_event(struct conn *c, int activity_id, const char 
 	a.uid = c->pair.uid;
 	a.comm = c->pair.comm;
 	a.cgroup_id = c->pair.cgroup_id;
+	if (p) {
+		a.policy_hash = p->hash;
+		a.policy_path = p->path;
+	}
 	audit_w_agent(w, &a);
 	addr_str(c->client_addr, src, sizeof(src));
 	addr_str(c->pair.orig_addr, dst, sizeof(dst));
@@ -664,9 +676,13 @@ int enforcer_user_verify(int idx, const char *tok, size_t len, struct ident_prin
 	struct ident_principal agent;
 
 	memset(user, 0, sizeof(*user));
-	if (!E->policy->agents[idx].accept_user_tokens) {
+	/* a worker: accept_user_tokens and the name are the same in every
+	 * policy a reload lets in */
+	const struct policy *p = __atomic_load_n(&E->policy, __ATOMIC_ACQUIRE);
+
+	if (!p->agents[idx].accept_user_tokens) {
 		snprintf(why, whylen, "agent '%s' does not accept user tokens (accept_user_tokens)",
-			 E->policy->agents[idx].name);
+			 p->agents[idx].name);
 		return -EPERM;
 	}
 	enforcer_principal(idx, &agent);
@@ -725,6 +741,12 @@ bool enforcer_revoked(const struct conn *c, const struct policy *live, char *why
 {
 	if (c->policy == live || c->agent_idx < 0 || c->closing || live->mode == POLICY_OBSERVE)
 		return false;
+	if (c->policy->mode == POLICY_OBSERVE) {
+		/* it ran unenforced (its denials only recorded): it cannot go on
+		 * under enforce */
+		snprintf(why, len, "policy reloaded: enforce mode; connections opened in observe mode are closed");
+		return true;
+	}
 	if (c->target_idx < 0) {
 		snprintf(why, len, "policy reloaded: the destination is in no target (enforce mode)");
 		return true;
@@ -1592,18 +1614,23 @@ static int main_loop(int epfd, int sfd, struct ring_buffer *rb, struct admin *ad
 static struct policy **retired;
 static size_t nretired;
 
-static void reload_event(bool ok, const char *hash, const char *prev_hash, const char *msg,
-			 pid_t pid, uid_t uid)
+/* tried: the hash of a file that loaded but was refused, or "" */
+static void reload_event(bool ok, const char *hash, const char *prev_hash, const char *tried,
+			 const char *msg, pid_t pid, uid_t uid)
 {
 	json_t *ev = audit_event(3004, 3, "Update");
 	char uidbuf[16];
+	json_t *data = json_pack("{s:s}", "previous_hash", prev_hash);
 
-	if (!ev)
+	if (!ev) {
+		json_decref(data);
 		return;
+	}
+	if (tried[0])
+		json_object_set_new(data, "refused_hash", json_string(tried));
 	snprintf(uidbuf, sizeof(uidbuf), "%u", (unsigned)uid);
-	json_object_set_new(ev, "entity", json_pack("{s:s, s:s, s:s, s:{s:s}}", "type", "policy",
-						     "name", E->policy_desc, "uid", hash, "data",
-						     "previous_hash", prev_hash));
+	json_object_set_new(ev, "entity", json_pack("{s:s, s:s, s:s, s:o}", "type", "policy",
+						     "name", E->policy_desc, "uid", hash, "data", data));
 	json_object_set_new(ev, "status_id", json_integer(ok ? 1 : 2));
 	json_object_set_new(ev, "status", json_string(ok ? "Success" : "Failure"));
 	json_object_set_new(ev, "message", json_string(msg));
@@ -1631,11 +1658,13 @@ json_t *enforcer_reload(pid_t pid, uid_t uid)
 {
 	json_t *msgs = json_array();
 	struct policy *old = E->policy, *nw, **r;
-	char desc[PATH_MAX], why[600], msg[2 * PATH_MAX + 200];
+	char desc[PATH_MAX], why[600], msg[2 * PATH_MAX + 200], tried[65] = "";
 	unsigned live = 0;
 	int err;
 
 	nw = load_policy(E->policy_arg[0] ? E->policy_arg : NULL, desc, sizeof(desc), msgs);
+	if (nw)
+		snprintf(tried, sizeof(tried), "%s", nw->hash);
 	if (nw && check_supported(nw, msgs)) {
 		policy_free(nw);
 		nw = NULL;
@@ -1658,7 +1687,7 @@ json_t *enforcer_reload(pid_t pid, uid_t uid)
 			 json_array_size(msgs) ? json_string_value(json_array_get(msgs, 0)) : "cannot be read",
 			 json_array_size(msgs) > 1 ? " (and more)" : "", old->hash);
 		log_warn("%s", msg);
-		reload_event(false, old->hash, old->hash, msg, pid, uid);
+		reload_event(false, old->hash, old->hash, tried, msg, pid, uid);
 		snprintf(msg, sizeof(msg), "policy not reloaded; the running policy (%.12s) stays", old->hash);
 		return json_pack("{s:b, s:s, s:o}", "ok", 0, "error", msg, "errors", msgs);
 	}
@@ -1666,14 +1695,18 @@ json_t *enforcer_reload(pid_t pid, uid_t uid)
 	if (strcmp(nw->hash, old->hash) == 0) {
 		policy_free(nw);
 		snprintf(msg, sizeof(msg), "policy unchanged: %s (%.12s)", E->policy_desc, old->hash);
-		reload_event(true, old->hash, old->hash, msg, pid, uid);
+		reload_event(true, old->hash, old->hash, "", msg, pid, uid);
 		return json_pack("{s:b, s:s, s:s, s:b}", "ok", 1, "message", msg, "hash", old->hash,
 				 "changed", 0);
 	}
 	r = realloc(retired, (nretired + 1) * sizeof(*r));
 	if (!r) {
 		policy_free(nw);
-		return json_pack("{s:b, s:s}", "ok", 0, "error", "policy not reloaded: out of memory");
+		snprintf(msg, sizeof(msg), "policy not reloaded: out of memory; the running policy (%.12s) stays",
+			 old->hash);
+		log_err("%s", msg);
+		reload_event(false, old->hash, old->hash, tried, msg, pid, uid);
+		return json_pack("{s:b, s:s}", "ok", 0, "error", msg);
 	}
 	retired = r;
 	if ((err = allow_add(nw)) || (err = set_mode_flags(nw))) {
@@ -1683,15 +1716,17 @@ json_t *enforcer_reload(pid_t pid, uid_t uid)
 		snprintf(msg, sizeof(msg), "policy not reloaded: kernel maps: %s; the running policy (%.12s) stays",
 			 strerror(-err), old->hash);
 		log_err("%s", msg);
-		reload_event(false, old->hash, old->hash, msg, pid, uid);
+		reload_event(false, old->hash, old->hash, tried, msg, pid, uid);
 		return json_pack("{s:b, s:s}", "ok", 0, "error", msg);
 	}
-	/* Workers read E->policy once per accepted connection. The dns module
-	 * keeps the old pointer: its dns section and targets are the same. */
+	/* Workers read E->policy once per accepted connection. */
 	__atomic_store_n(&E->policy, nw, __ATOMIC_RELEASE);
 	retired[nretired++] = old;
 	nreloads++;
-	loader_allow_prune(E->loader, allow_keep, nw);
+	dns_set_policy(E->dns, nw);
+	if ((err = loader_allow_prune(E->loader, allow_keep, nw)) < 0)
+		log_err("reload: removing the kernel allow entries the new policy drops: %s "
+			"(they stay; the enforcer still judges every connection)", strerror(-err));
 	audit_set_policy(nw);
 	for (size_t i = 0; i < nw->nagents; i++)
 		live += atomic_load(&E->agents[i].active);
@@ -1701,9 +1736,10 @@ json_t *enforcer_reload(pid_t pid, uid_t uid)
 		snprintf(msg + strlen(msg), sizeof(msg) - strlen(msg), "no connection was open");
 	else
 		snprintf(msg + strlen(msg), sizeof(msg) - strlen(msg), "%u open connection%s the previous "
-			 "policy until closed", live, live == 1 ? " keeps" : "s keep");
+			 "policy until closed, unless the new one no longer grants %s target", live,
+			 live == 1 ? " keeps" : "s keep", live == 1 ? "its" : "their");
 	log_info("%s", msg);
-	reload_event(true, nw->hash, old->hash, msg, pid, uid);
+	reload_event(true, nw->hash, old->hash, "", msg, pid, uid);
 	return json_pack("{s:b, s:s, s:s, s:s, s:b, s:i}", "ok", 1, "message", msg, "hash", nw->hash,
 			 "previous_hash", old->hash, "changed", 1, "connections_kept", (int)live);
 }

@@ -31,10 +31,20 @@ struct up_entry {
 };
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static const struct policy *cache_policy;
-static char cache_hash[65];
-static struct up_entry *cache;
-static size_t ncache;
+
+/* One cache per policy: after agentgate reload, connections opened before
+ * it still use the previous policy (c->policy) beside the new one; with a
+ * single cache the two would evict each other on every request. The least
+ * recently used of UP_CACHES is replaced. */
+#define UP_CACHES 4
+static struct up_cache {
+	const struct policy *policy;
+	char hash[65];
+	struct up_entry *e;
+	size_t n;
+	uint64_t used;
+} caches[UP_CACHES];
+static uint64_t cache_clock;
 
 static void entry_free(struct up_entry *e)
 {
@@ -46,36 +56,46 @@ static void entry_free(struct up_entry *e)
 	memset(e, 0, sizeof(*e));
 }
 
+static void cache_free(struct up_cache *c)
+{
+	for (size_t i = 0; i < c->n; i++)
+		entry_free(&c->e[i]);
+	free(c->e);
+	memset(c, 0, sizeof(*c));
+}
+
 void http_upstream_reset(void)
 {
 	pthread_mutex_lock(&lock);
-	for (size_t i = 0; i < ncache; i++)
-		entry_free(&cache[i]);
-	free(cache);
-	cache = NULL;
-	ncache = 0;
-	cache_policy = NULL;
+	for (int i = 0; i < UP_CACHES; i++)
+		cache_free(&caches[i]);
 	pthread_mutex_unlock(&lock);
 }
 
-/* The entry of target t under the current policy; lock held. A reloaded
- * policy (another pointer or hash) starts a new cache: connections keep
- * their SSL (which holds a reference on its context). */
+/* The entry of target t under policy p; lock held. Connections keep their
+ * SSL (which holds a reference on its context) when a cache is replaced. */
 static struct up_entry *entry(const struct policy *p, int t)
 {
-	if (cache_policy != p || strcmp(cache_hash, p->hash) != 0 || ncache != p->ntargets) {
-		for (size_t i = 0; i < ncache; i++)
-			entry_free(&cache[i]);
-		free(cache);
-		ncache = 0;
-		cache = calloc(p->ntargets ? p->ntargets : 1, sizeof(*cache));
-		if (!cache)
-			return NULL;
-		ncache = p->ntargets;
-		cache_policy = p;
-		snprintf(cache_hash, sizeof(cache_hash), "%s", p->hash);
+	struct up_cache *c = NULL, *lru = &caches[0];
+
+	for (int i = 0; i < UP_CACHES && !c; i++) {
+		if (caches[i].policy == p && strcmp(caches[i].hash, p->hash) == 0 && caches[i].n == p->ntargets)
+			c = &caches[i];
+		else if (caches[i].used < lru->used)
+			lru = &caches[i];
 	}
-	return t >= 0 && (size_t)t < ncache ? &cache[t] : NULL;
+	if (!c) {
+		c = lru;
+		cache_free(c);
+		c->e = calloc(p->ntargets ? p->ntargets : 1, sizeof(*c->e));
+		if (!c->e)
+			return NULL;
+		c->n = p->ntargets;
+		c->policy = p;
+		snprintf(c->hash, sizeof(c->hash), "%s", p->hash);
+	}
+	c->used = ++cache_clock;
+	return t >= 0 && (size_t)t < c->n ? &c->e[t] : NULL;
 }
 
 /* Reads a small secret file into buf (NUL-terminated, trailing newline
@@ -272,13 +292,15 @@ int http_upstream_ssl(const struct policy *p, int t, SSL **out, char *why, size_
 	} else if (e && !e->ctx) {
 		snprintf(why, whylen, "upstream TLS: the target's TLS settings could not be loaded");
 	}
-	if (e && e->ctx)
+	bool have_ctx = e && e->ctx, have_e = e != NULL;   /* e is not ours once unlocked */
+
+	if (have_ctx)
 		ssl = SSL_new(e->ctx);
 	pthread_mutex_unlock(&lock);
 	if (!ssl) {
-		if (e && e->ctx)
+		if (have_ctx)
 			snprintf(why, whylen, "upstream TLS: out of memory");
-		else if (!e)
+		else if (!have_e)
 			snprintf(why, whylen, "out of memory");
 		return -EPROTO;
 	}

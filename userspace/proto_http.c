@@ -230,6 +230,8 @@ static void audit_request(struct conn *c, const struct hreq *r)
 	a.uid = c->pair.uid;
 	a.comm = c->pair.comm;
 	a.cgroup_id = c->pair.cgroup_id;
+	a.policy_hash = c->policy->hash;
+	a.policy_path = c->policy->path;
 	audit_w_agent(w, &a);
 	addr_str(c->pair.orig_addr, dst, sizeof(dst));
 	aobj_open(&w->top, "dst_endpoint");

@@ -467,6 +467,8 @@ static void audit_agent_fill(struct conn *c, struct audit_agent *a, struct ident
 	a->uid = c->pair.uid;
 	a->comm = c->pair.comm;
 	a->cgroup_id = c->pair.cgroup_id;
+	a->policy_hash = c->policy->hash;
+	a->policy_path = c->policy->path;
 }
 
 /* A refusal: counted now; the enforcer records it (reason: c->why) when the

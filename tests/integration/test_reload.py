@@ -152,8 +152,12 @@ def test_reload_narrows_new_sessions_open_ones_keep_theirs(enforcer, pg, tmp):
     assert ev["entity"]["uid"] == new_hash and ev["entity"]["data"]["previous_hash"] == old_hash
     assert ev["entity"]["name"] == path and ev["actor"]["process"]["pid"] > 0
     assert ev["unmapped"]["policy"]["hash"] == new_hash
-    denied = enforcer.wait_event(lambda e: e.get("class_uid") == 6005 and e["unmapped"].get("verdict") == "deny")
-    assert denied and denied["unmapped"]["policy"]["hash"] == new_hash
+    # each event names the policy that decided it
+    def deny_of(tag):
+        return enforcer.wait_event(lambda e: e.get("class_uid") == 6005 and e["unmapped"].get("verdict") == "deny"
+                                   and e["unmapped"]["statement"]["tag"] == tag)
+    assert deny_of("select")["unmapped"]["policy"]["hash"] == new_hash      # the new session
+    assert deny_of("delete")["unmapped"]["policy"]["hash"] == old_hash      # the held one
     validate_events(enforcer.events())
 
 
@@ -195,6 +199,9 @@ def test_reload_with_bad_file_keeps_running_policy(enforcer, pg, tmp):
     fails = wait_for(lambda: len(failures(enforcer)) == 4 and failures(enforcer))
     assert fails, reloads(enforcer)
     assert all(e["entity"]["uid"] == hash0 and e["status_id"] == 2 for e in fails)
+    # a file that did not load has no hash to report; one that loaded (an unknown target is
+    # a load error too) neither
+    assert all("refused_hash" not in e["entity"]["data"] for e in fails)
     assert "frobnicate" in fails[1]["message"]
     assert enforcer.status()["policy"]["reloads"] == 0
     # the good file again: nothing to do, said so
@@ -223,6 +230,9 @@ def test_reload_refuses_what_needs_a_restart(enforcer, pg, tmp):
         assert want in r.stderr and "restart the enforcer" in r.stderr, r.stderr
         assert enforcer.status()["policy"]["hash"] == hash0
     assert not os.path.exists(enforcer.audit + ".2")
+    fails = wait_for(lambda: len(failures(enforcer)) == len(cases) and failures(enforcer))
+    assert fails and all(e["entity"]["uid"] == hash0 and len(e["entity"]["data"]["refused_hash"]) == 64 and
+                         e["entity"]["data"]["refused_hash"] != hash0 for e in fails), fails
     assert psql(enforcer, pg, "select count(*) from customers")[:2] == (0, "2")
     # an agent cannot ask for a reload (the admin socket refuses agent cgroups)
     rewrite(enforcer, path, pg_policy(pg, tmp, ["public.customers", "public.secrets"]))
@@ -301,14 +311,15 @@ def test_reload_updates_kernel_allow_set_and_mode(enforcer, servers):
     assert r.returncode == 0 and "observe mode" in r.stdout, r.stdout + r.stderr
     assert enforcer.status()["policy"]["mode"] == "observe"
     assert conn(p2) == ["OK"] and open(log2).read() != ""
-    stray = hold_tcp(enforcer, p2)
-    # back to enforce: the relayed connection to no target is closed, the one
-    # to e1 (still granted) goes on
+    stray, observed = hold_tcp(enforcer, p2), hold_tcp(enforcer, p1)
+    # back to enforce: what was opened in observe mode ran unenforced and is
+    # closed, even to a granted target; the one opened before (enforce) goes on
     rewrite(enforcer, path, tcp_policy([p0, p1], [1]))
     assert enforcer.cli("reload").returncode == 0
-    assert enforcer.wait_event(lambda e: e.get("class_uid") == 4001 and e["activity_name"] == "Close" and
-                               "no target" in e["unmapped"].get("reason", ""))
+    assert wait_for(lambda: len([e for e in enforcer.events() if e.get("class_uid") == 4001 and
+                                 "opened in observe mode" in e["unmapped"].get("reason", "")]) == 2)
     assert finish(stray) in ("EOF", "ERR 104", "ERR 32")
+    assert finish(observed) in ("EOF", "ERR 104", "ERR 32")
     assert finish(kept) == "OK two"
     assert conn(p2) == ["ERR"] and conn(p1) == ["OK"]
 
@@ -319,3 +330,56 @@ def test_reload_without_enforcer(tmp):
     r = subprocess.run([AG, "--state-dir", os.path.join(tmp, "none"), "reload", "extra"], capture_output=True,
                        text=True)
     assert r.returncode == 2
+
+
+HTTP_HOLDER = """
+import http.client, sys
+c = http.client.HTTPConnection("127.0.0.1", %d, timeout=10)
+def get(path):
+    c.request("GET", path)
+    r = c.getresponse()
+    body = r.read()
+    return "%%d %%s" %% (r.status, body.decode(errors="replace").strip()[:60])
+print(get("/a/1"), flush=True)
+sys.stdin.readline()
+print(get("/a/2"), flush=True)
+print(get("/b/1"), flush=True)
+"""
+
+
+def http_policy(port, paths):
+    return textwrap.dedent(f"""\
+    version: 1
+    agents: [{{name: {AGENT}}}]
+    targets: [{{name: web, protocol: http, address: 127.0.0.1:{port}}}]
+    roles: [{{name: r, rules: [{{target: web, allow: {{http: {json.dumps(paths)}}}}}]}}]
+    bindings: [{{role: r, agents: [{AGENT}]}}]
+    """)
+
+
+def test_reload_http_open_connection_keeps_its_rules(enforcer, servers, tmp):
+    from test_http import Recorder
+    rec = Recorder(tmp, servers.procs)
+    path = enforcer.start(http_policy(rec.port, ["GET /a/**"]))
+    held = subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", AGENT, "--", PY, "-c",
+                             HTTP_HOLDER % rec.port], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert held.stdout.readline().strip() == "200 seen GET /a/1 body=0"
+
+    def curl(p):
+        r = enforcer.exec(AGENT, ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                                  f"http://127.0.0.1:{rec.port}{p}"])
+        return r.stdout
+
+    rewrite(enforcer, path, http_policy(rec.port, ["GET /b/**"]))
+    r = enforcer.cli("reload")
+    assert r.returncode == 0 and "1 open connection keeps" in r.stdout, r.stdout + r.stderr
+    assert curl("/a/1") == "403" and curl("/b/1") == "200"
+    out, err = held.communicate("go\n", timeout=20)
+    # the keep-alive connection opened before: the rules it started with
+    lines = out.strip().splitlines()
+    assert lines[0] == "200 seen GET /a/2 body=0", out + err
+    assert lines[1].startswith("403 ") and "agentgate: denied" in lines[1], out + err
+    got = b"".join(rec.received())
+    assert b"GET /a/2 " in got and b"GET /b/1 " in got      # the new connection's /b/1
+    assert got.count(b"GET /b/1 ") == 1 and got.count(b"GET /a/1 ") == 1
