@@ -758,6 +758,27 @@ bool enforcer_revoked(const struct conn *c, const struct policy *live, char *why
 	return true;
 }
 
+bool enforcer_adopt_live(struct conn *c)
+{
+	const struct policy *live = __atomic_load_n(&E->policy, __ATOMIC_ACQUIRE);
+	const struct policy_rule *r;
+
+	if (c->policy == live || c->agent_idx < 0 || c->target_idx < 0 || c->closing)
+		return false;
+	/* opened unenforced (observe): the sweep closes it under enforce */
+	if (c->policy->mode == POLICY_OBSERVE && live->mode == POLICY_ENFORCE)
+		return false;
+	if (!policy_upstream_same(&c->policy->targets[c->target_idx].upstream,
+				  &live->targets[c->target_idx].upstream))
+		return false;
+	if (!(r = rule_for(live, c->agent_idx, c->target_idx)))
+		return false;   /* revoked: the sweep closes it */
+	c->policy = live;
+	c->rule = r;
+	c->rule_desc[0] = 0;
+	return true;
+}
+
 void enforcer_conn_closed(struct conn *c, const char *why)
 {
 	struct audit_w *w;
@@ -1061,8 +1082,9 @@ static json_t *known_limits(void)
 		"uid 0 outside 'agentgate exec', can detach the programs or leave its cgroup; under 'exec' a uid-0 "
 		"agent still owns root-owned files outside the hidden directories: run agents with --user"));
 	json_array_append_new(l, json_string(
-		"after 'agentgate reload', open connections keep the policy they started with (a connection whose "
-		"target the new policy no longer grants is closed): a narrower rule reaches them only by a restart"));
+		"after 'agentgate reload', open postgres sessions keep the policy they started with (a connection "
+		"whose target the new policy no longer grants is closed; http requests take the new policy): a "
+		"narrower SQL rule reaches them only by a restart"));
 	json_array_append_new(l, json_string(
 		"agents in their own network namespace are refused (listeners in agent namespaces not yet served)"));
 	json_array_append_new(l, json_string(
@@ -1735,9 +1757,9 @@ json_t *enforcer_reload(pid_t pid, uid_t uid)
 	if (!live)
 		snprintf(msg + strlen(msg), sizeof(msg) - strlen(msg), "no connection was open");
 	else
-		snprintf(msg + strlen(msg), sizeof(msg) - strlen(msg), "%u open connection%s the previous "
-			 "policy until closed, unless the new one no longer grants %s target", live,
-			 live == 1 ? " keeps" : "s keep", live == 1 ? "its" : "their");
+		snprintf(msg + strlen(msg), sizeof(msg) - strlen(msg), "%u connection%s open: database and tcp "
+			 "sessions keep the previous policy until they close, http requests take the new one, "
+			 "and connections to a target it no longer grants are closed", live, live == 1 ? "" : "s");
 	log_info("%s", msg);
 	reload_event(true, nw->hash, old->hash, "", msg, pid, uid);
 	return json_pack("{s:b, s:s, s:s, s:s, s:b, s:i}", "ok", 1, "message", msg, "hash", nw->hash,

@@ -261,5 +261,7 @@ const char *policy_proto_name(enum policy_proto p);
  * See policy_reload.c.
  */
 int policy_reload_refusal(const struct policy *old, const struct policy *nw, char *why, size_t len);
+/* True when a and b would dial, authenticate and speak to the upstream alike. */
+bool policy_upstream_same(const struct policy_upstream *a, const struct policy_upstream *b);
 
 #endif /* AGENTGATE_POLICY_H */

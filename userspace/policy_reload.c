@@ -4,7 +4,9 @@
  * restart.
  *
  * A reload swaps the compiled policy whole. Connections accepted before keep
- * the snapshot they started with; new ones get the new one. The running
+ * the snapshot they started with (http ones move to the new one between
+ * requests when their target's upstream settings are the same:
+ * policy_upstream_same()); new ones get the new one. The running
  * enforcer also holds state built from parts of the policy that a swap does
  * not rebuild: the agents' kernel slots, cgroups and identity sources, the
  * targets' indexes (kernel allow entries, DNS-learned addresses and pooled
@@ -68,6 +70,20 @@ static bool audit_eq(const struct policy_audit *a, const struct policy_audit *b)
 		if (!sink_eq(&a->sinks[i], &b->sinks[i]))
 			return false;
 	return true;
+}
+
+bool policy_upstream_same(const struct policy_upstream *a, const struct policy_upstream *b)
+{
+	return a->has_address == b->has_address && (!a->has_address || addr_eq(&a->address, &b->address)) &&
+	       str_eq(a->tls, b->tls) && str_eq(a->ca_file, b->ca_file) && str_eq(a->cert_file, b->cert_file) &&
+	       str_eq(a->key_file, b->key_file) && str_eq(a->server_name, b->server_name) &&
+	       str_eq(a->user, b->user) && str_eq(a->password_file, b->password_file) &&
+	       str_eq(a->database, b->database) && str_eq(a->search_path, b->search_path) &&
+	       a->statement_timeout_ms == b->statement_timeout_ms &&
+	       a->idle_in_transaction_timeout_ms == b->idle_in_transaction_timeout_ms &&
+	       str_eq(a->bearer_token_file, b->bearer_token_file) && str_eq(a->basic_auth_file, b->basic_auth_file) &&
+	       str_eq(a->header_name, b->header_name) && str_eq(a->header_value_file, b->header_value_file) &&
+	       a->bearer_agent_token == b->bearer_agent_token && a->forwarded_for == b->forwarded_for;
 }
 
 int policy_reload_refusal(const struct policy *old, const struct policy *nw, char *why, size_t len)

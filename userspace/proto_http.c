@@ -1120,6 +1120,11 @@ static int on_request(struct conn *c, const uint8_t *b, const struct http_head *
 	int err;
 
 	has_body = h->body == HTTP_BODY_CHUNKED || (h->body == HTTP_BODY_LENGTH && h->content_length);
+	/* After a reload each request is judged by the running policy; the
+	 * requests before it keep theirs (their masks and rules are in their
+	 * hreq). A target whose upstream settings changed keeps the old. */
+	if (c->policy != __atomic_load_n(&E->policy, __ATOMIC_RELAXED))
+		enforcer_adopt_live(c);
 	fwd = judge(c, b, h, path, sizeof(path), &tg, host, sizeof(host), &upgrade, &v);
 	/* The upstream closed an idle keep-alive connection: nothing of this
 	 * request was sent yet, so any method may go on a new one. */

@@ -131,7 +131,7 @@ def test_reload_narrows_new_sessions_open_ones_keep_theirs(enforcer, pg, tmp):
     rewrite(enforcer, path, pg_policy(pg, tmp, ["public.customers"]))
     r = enforcer.cli("reload")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "policy reloaded" in r.stdout and "1 open connection keeps the previous policy" in r.stdout, r.stdout
+    assert "policy reloaded" in r.stdout and "1 connection open: database and tcp sessions keep the previous policy" in r.stdout, r.stdout
     st = enforcer.status()
     new_hash = st["policy"]["hash"]
     assert new_hash != old_hash and st["policy"]["reloads"] == 1
@@ -340,31 +340,48 @@ def get(path):
     r = c.getresponse()
     body = r.read()
     return "%%d %%s" %% (r.status, body.decode(errors="replace").strip()[:60])
-print(get("/a/1"), flush=True)
+first, *later = sys.argv[1:]
+print(get(first), flush=True)
 sys.stdin.readline()
-print(get("/a/2"), flush=True)
-print(get("/b/1"), flush=True)
+for p in later:
+    print(get(p), flush=True)
 """
 
 
-def http_policy(port, paths):
+def http_policy(port, paths, forwarded_for=False):
+    up = ", upstream: {forwarded_for: true}" if forwarded_for else ""
     return textwrap.dedent(f"""\
     version: 1
     agents: [{{name: {AGENT}}}]
-    targets: [{{name: web, protocol: http, address: 127.0.0.1:{port}}}]
+    targets: [{{name: web, protocol: http, address: 127.0.0.1:{port}{up}}}]
     roles: [{{name: r, rules: [{{target: web, allow: {{http: {json.dumps(paths)}}}}}]}}]
     bindings: [{{role: r, agents: [{AGENT}]}}]
     """)
 
 
-def test_reload_http_open_connection_keeps_its_rules(enforcer, servers, tmp):
+class HttpHolder:
+    """One keep-alive HTTP connection of the agent, held across reloads."""
+
+    def __init__(self, enforcer, port, first, *later):
+        self.p = subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", AGENT, "--", PY, "-c",
+                                   HTTP_HOLDER % port, first, *later], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.first = self.p.stdout.readline().strip()
+
+    def rest(self):
+        out, err = self.p.communicate("go\n", timeout=20)
+        return out.strip().splitlines() or [err]
+
+
+def test_reload_http_keepalive_takes_new_rules(enforcer, servers, tmp):
+    """HTTP keeps no session state tied to the policy: an open keep-alive
+    connection is judged by the running policy from its next request on,
+    unless its target's upstream settings changed (then it keeps its own)."""
     from test_http import Recorder
     rec = Recorder(tmp, servers.procs)
     path = enforcer.start(http_policy(rec.port, ["GET /a/**"]))
-    held = subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", AGENT, "--", PY, "-c",
-                             HTTP_HOLDER % rec.port], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    assert held.stdout.readline().strip() == "200 seen GET /a/1 body=0"
+    held = HttpHolder(enforcer, rec.port, "/a/1", "/a/2", "/b/1")
+    assert held.first == "200 seen GET /a/1 body=0"
 
     def curl(p):
         r = enforcer.exec(AGENT, ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
@@ -373,13 +390,27 @@ def test_reload_http_open_connection_keeps_its_rules(enforcer, servers, tmp):
 
     rewrite(enforcer, path, http_policy(rec.port, ["GET /b/**"]))
     r = enforcer.cli("reload")
-    assert r.returncode == 0 and "1 open connection keeps" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "1 connection open" in r.stdout, r.stdout + r.stderr
+    new_hash = enforcer.status()["policy"]["hash"]
     assert curl("/a/1") == "403" and curl("/b/1") == "200"
-    out, err = held.communicate("go\n", timeout=20)
-    # the keep-alive connection opened before: the rules it started with
-    lines = out.strip().splitlines()
-    assert lines[0] == "200 seen GET /a/2 body=0", out + err
-    assert lines[1].startswith("403 ") and "agentgate: denied" in lines[1], out + err
+    later = held.rest()
+    assert later[0].startswith("403 ") and "agentgate: denied" in later[0], later
+    assert later[1] == "200 seen GET /b/1 body=0", later
     got = b"".join(rec.received())
-    assert b"GET /a/2 " in got and b"GET /b/1 " in got      # the new connection's /b/1
-    assert got.count(b"GET /b/1 ") == 1 and got.count(b"GET /a/1 ") == 1
+    assert got.count(b"GET /a/1 ") == 1 and b"GET /a/2 " not in got and got.count(b"GET /b/1 ") == 2
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4002 and e["http_request"]["url"]["path"] == "/a/2")
+    assert ev and ev["unmapped"]["verdict"] == "deny" and ev["unmapped"]["policy"]["hash"] == new_hash, ev
+
+    # upstream settings change with the rules: the open connection keeps the
+    # policy it has (its upstream leg was set up by it); new ones get both
+    rec.reset()
+    held = HttpHolder(enforcer, rec.port, "/b/2", "/b/3")
+    assert held.first == "200 seen GET /b/2 body=0"
+    rewrite(enforcer, path, http_policy(rec.port, ["GET /a/**"], forwarded_for=True))
+    assert enforcer.cli("reload").returncode == 0
+    assert curl("/b/1") == "403" and curl("/a/1") == "200"
+    assert held.rest() == ["200 seen GET /b/3 body=0"]
+    got = rec.received()
+    fresh = [c for c in got if b"GET /a/1 " in c]
+    assert fresh and b"x-forwarded-for: 127.0.0.1" in fresh[0].lower(), got
+    assert not any(b"x-forwarded-for" in c.lower() for c in got if b"GET /b/3 " in c), got
