@@ -1082,9 +1082,9 @@ static json_t *known_limits(void)
 		"uid 0 outside 'agentgate exec', can detach the programs or leave its cgroup; under 'exec' a uid-0 "
 		"agent still owns root-owned files outside the hidden directories: run agents with --user"));
 	json_array_append_new(l, json_string(
-		"after 'agentgate reload', open postgres sessions keep the policy they started with (a connection "
-		"whose target the new policy no longer grants is closed; http requests take the new policy): a "
-		"narrower SQL rule reaches them only by a restart"));
+		"after 'agentgate reload', a postgres session holding prepared statements, or whose masks the "
+		"reload changed, keeps the policy it started with until it ends (sessions whose target the new "
+		"policy no longer grants are closed)"));
 	json_array_append_new(l, json_string(
 		"agents in their own network namespace are refused (listeners in agent namespaces not yet served)"));
 	json_array_append_new(l, json_string(
@@ -1757,9 +1757,11 @@ json_t *enforcer_reload(pid_t pid, uid_t uid)
 	if (!live)
 		snprintf(msg + strlen(msg), sizeof(msg) - strlen(msg), "no connection was open");
 	else
-		snprintf(msg + strlen(msg), sizeof(msg) - strlen(msg), "%u connection%s open: database and tcp "
-			 "sessions keep the previous policy until they close, http requests take the new one, "
-			 "and connections to a target it no longer grants are closed", live, live == 1 ? "" : "s");
+		snprintf(msg + strlen(msg), sizeof(msg) - strlen(msg), "%u connection%s open: http requests and "
+			 "idle database sessions take the new policy from their next request, database sessions "
+			 "in a transaction or holding prepared statements keep the previous one until then, tcp "
+			 "relays keep it, and connections to a target it no longer grants are closed", live,
+			 live == 1 ? "" : "s");
 	log_info("%s", msg);
 	reload_event(true, nw->hash, old->hash, "", msg, pid, uid);
 	return json_pack("{s:b, s:s, s:s, s:s, s:b, s:i}", "ok", 1, "message", msg, "hash", nw->hash,

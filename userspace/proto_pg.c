@@ -1609,6 +1609,17 @@ static int agent_startup(struct conn *c)
 
 static int compile_masks(struct conn *c);
 
+/* The verdict cache must not outlive a policy change: its generation is
+ * made of the policy's hash. Never 0. */
+static uint64_t policy_gen(const struct policy *p)
+{
+	uint64_t g = 0;
+
+	for (int i = 0; i < 16; i++)
+		g = g << 4 | (uint64_t)(p->hash[i] % 16);
+	return g | 1;
+}
+
 /* The rules whose masks apply to this session: the agent's for the target
  * and, with delegation, the user's (masks are the union). At most
  * 2 * ENFORCER_MAX_RULES. A list over the bound is cut, which is safe only
@@ -2910,6 +2921,66 @@ static int too_large(struct conn *c, uint32_t size)
 	return discard_agent(c);
 }
 
+static bool strv_same(const struct policy_strv *a, const struct policy_strv *b)
+{
+	if (a->n != b->n)
+		return false;
+	for (size_t i = 0; i < a->n; i++)
+		if (strcmp(a->v[i], b->v[i]) != 0)
+			return false;
+	return true;
+}
+
+/* The same masks, rule for rule (those with a mask), in the same order. */
+static bool masks_same(const struct policy_rule *const *a, size_t na, const struct policy_rule *const *b,
+		       size_t nb)
+{
+	size_t i = 0, j = 0;
+
+	for (;; i++, j++) {
+		while (i < na && !a[i]->mask.present)
+			i++;
+		while (j < nb && !b[j]->mask.present)
+			j++;
+		if (i == na || j == nb)
+			return i == na && j == nb;
+		if (!strv_same(&a[i]->mask.columns, &b[j]->mask.columns) ||
+		    !strv_same(&a[i]->mask.detectors, &b[j]->mask.detectors) ||
+		    !strv_same(&a[i]->mask.json, &b[j]->mask.json))
+			return false;
+	}
+}
+
+/*
+ * After agentgate reload: an idle session in which nothing judged under its
+ * policy is still in use (no transaction, prepared statement, portal,
+ * unsynced batch or request in flight) moves to the running policy before
+ * its next statement, when the masks it would have are the same (its
+ * masked-column lineage was read from the catalog for those) and
+ * enforcer_adopt_live() agrees (same upstream settings, target still
+ * granted, not observe -> enforce). psql and psycopg2 sessions are such
+ * sessions between statements; one holding prepared statements keeps its
+ * policy until it ends.
+ */
+static void adopt_policy(struct conn *c)
+{
+	struct pg_sess *s = S(c);
+	const struct policy *live = __atomic_load_n(&E->policy, __ATOMIC_ACQUIRE), *old = c->policy;
+	const struct policy_rule *ra[2 * ENFORCER_MAX_RULES], *rb[2 * ENFORCER_MAX_RULES];
+	size_t na, nb;
+
+	if (live == old || s->tx != 'I' || s->qlen || s->stmts.n || s->portals.n || s->unsynced ||
+	    s->skip_to_sync)
+		return;
+	na = mask_rules_of(c, ra);
+	c->policy = live;
+	nb = mask_rules_of(c, rb);
+	c->policy = old;
+	if (!masks_same(ra, na, rb, nb) || !enforcer_adopt_live(c))
+		return;
+	s->gen = policy_gen(c->policy);   /* the verdict cache follows the policy */
+}
+
 static int process_agent(struct conn *c)
 {
 	struct pg_sess *s = S(c);
@@ -2918,6 +2989,8 @@ static int process_agent(struct conn *c)
 	struct pg_msg m;
 	int n, err = 0;
 
+	if (c->policy != __atomic_load_n(&E->policy, __ATOMIC_RELAXED))
+		adopt_policy(c);
 	in = conn_in(c, SIDE_AGENT, &len);
 	while (s->phase == PH_READY && used < len) {
 		if (s->qlen + 2 > PG_PEND_MAX)
@@ -3418,10 +3491,7 @@ static int pg_start(struct conn *c)
 	s->sql_epoch = 1;
 	s->portals.portals = true;
 	pg_out_init(&s->out, PG_MSG_MAX + 1024);
-	/* the verdict cache must not outlive a policy change: key it on the hash */
-	for (int i = 0; i < 16; i++)
-		s->gen = s->gen << 4 | (uint64_t)(c->policy->hash[i] % 16);
-	s->gen |= 1;
+	s->gen = policy_gen(c->policy);
 	if (compile_masks(c))
 		return -ENOMEM;   /* fail closed: no session without its masks */
 	return conn_stream(c);

@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "hel
 from pg import Postgres  # noqa: E402
 
 AGENT = "t-rl"
+HELPERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers")
 
 
 @pytest.fixture
@@ -33,12 +34,13 @@ def pg(tmp):
     p.stop()
 
 
-def pg_policy(pg, tmp, tables, mode="enforce", extra_agent="", port=None):
+def pg_policy(pg, tmp, tables, mode="enforce", extra_agent="", port=None, mask=None):
     pw = os.path.join(tmp, "pw")
     with open(pw, "w") as f:
         f.write("app-secret-pw\n")
     os.chmod(pw, 0o600)
     tl = ", ".join(tables)
+    mk = f", mask: {{columns: [{', '.join(mask)}]}}" if mask else ""
     return textwrap.dedent(f"""\
     version: 1
     mode: {mode}
@@ -53,7 +55,7 @@ def pg_policy(pg, tmp, tables, mode="enforce", extra_agent="", port=None):
     roles:
       - name: ro
         rules:
-          - {{target: shop, allow: {{statements: [select], tables: [{tl}]}}}}
+          - {{target: shop, allow: {{statements: [select], tables: [{tl}]}}{mk}}}
     bindings: [{{role: ro, agents: [{AGENT}]}}]
     """)
 
@@ -75,26 +77,51 @@ def psql(enforcer, pg, sql):
 HOLDER = """
 import json, sys, psycopg2
 c = psycopg2.connect(host="127.0.0.1", port=%d, user="agent_ro", dbname="shop", sslmode="disable")
-c.autocommit = True
+c.autocommit = sys.argv[1] != "tx"
 def q(sql):
+    if sql == "COMMIT":
+        c.commit()
+        return ["ok", "commit"]
     cur = c.cursor()
     try:
         cur.execute(sql)
         return ["ok", cur.fetchall()[0][0]]
     except psycopg2.Error as e:
+        c.rollback()
         return ["err", e.pgcode, str(e).strip()]
 print(json.dumps(q("select count(*) from orders")), flush=True)
 for line in sys.stdin:
     print(json.dumps(q(line.strip())), flush=True)
 """
 
+# a session holding a prepared statement (protocol-level Parse), raw bytes
+RAW_HOLDER = """
+import json, sys
+sys.path.insert(0, %r)
+from pgraw import *
+c = Conn("127.0.0.1", %d)
+c.send(P("s1", "SELECT count(*) FROM orders") + S)
+print(json.dumps(summary(c.until_ready())), flush=True)
+for line in sys.stdin:
+    line = line.strip()
+    if line == "EXEC":
+        c.send(B("", "s1") + E("") + S)
+    elif line == "CLOSE":
+        c.send(C(b"S", "s1") + S)
+    else:
+        c.send(Q(line))
+    print(json.dumps(summary(c.until_ready())), flush=True)
+"""
+
 
 class Holder:
-    """An agent session held open across a reload (psycopg2, one connection)."""
+    """An agent session held open across a reload: psycopg2 (autocommit, or
+    "tx": in a transaction), or "raw": a prepared statement held."""
 
-    def __init__(self, enforcer, pg):
+    def __init__(self, enforcer, pg, kind="auto"):
+        code = RAW_HOLDER % (HELPERS, pg.port) if kind == "raw" else HOLDER % pg.port
         self.p = subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", AGENT, "--", PY,
-                                   "-c", HOLDER % pg.port], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   "-c", code, kind], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
         self.first = self.read()
 
@@ -121,17 +148,21 @@ def failures(enforcer):
     return [e for e in reloads(enforcer) if e["status"] == "Failure"]
 
 
-def test_reload_narrows_new_sessions_open_ones_keep_theirs(enforcer, pg, tmp):
+def test_reload_narrows_new_and_idle_sessions(enforcer, pg, tmp):
+    """A narrower rule reaches new sessions, and open ones at their next
+    statement once nothing judged under the old policy is in use: not inside
+    a transaction, not while a prepared statement is held."""
     path = enforcer.start(pg_policy(pg, tmp, ["public.customers", "public.orders"]))
     old_hash = enforcer.status()["policy"]["hash"]
     assert psql(enforcer, pg, "select count(*) from orders")[:2] == (0, "5")
-    held = Holder(enforcer, pg)
-    assert held.first == ["ok", 5]
+    idle, in_tx, prepared = Holder(enforcer, pg), Holder(enforcer, pg, "tx"), Holder(enforcer, pg, "raw")
+    assert idle.first == ["ok", 5] and in_tx.first == ["ok", 5]
+    assert prepared.first == ["1", "Z" + "I"], prepared.first
 
     rewrite(enforcer, path, pg_policy(pg, tmp, ["public.customers"]))
     r = enforcer.cli("reload")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "policy reloaded" in r.stdout and "1 connection open: database and tcp sessions keep the previous policy" in r.stdout, r.stdout
+    assert "3 connections open: http requests and idle database sessions take the new policy" in r.stdout, r.stdout
     st = enforcer.status()
     new_hash = st["policy"]["hash"]
     assert new_hash != old_hash and st["policy"]["reloads"] == 1
@@ -140,11 +171,23 @@ def test_reload_narrows_new_sessions_open_ones_keep_theirs(enforcer, pg, tmp):
     rc, out, err = psql(enforcer, pg, "select count(*) from orders")
     assert rc != 0 and "agentgate: denied" in err and "public.orders" in err, (rc, out, err)
     assert psql(enforcer, pg, "select count(*) from customers")[:2] == (0, "2")
-    # the session opened before: the policy it started with, whole
-    assert held.q("select count(*) from orders") == ["ok", 5]
-    assert held.q("select count(*) from customers") == ["ok", 2]
-    assert held.q("delete from orders")[:2] == ["err", "42501"]
-    held.close()
+    # an idle session: the new policy from its next statement
+    assert idle.q("select count(*) from orders")[:2] == ["err", "42501"]
+    assert idle.q("select count(*) from customers") == ["ok", 2]
+    # inside a transaction: the old policy until it ends
+    assert in_tx.q("select count(*) from orders") == ["ok", 5]
+    assert in_tx.q("COMMIT") == ["ok", "commit"]
+    assert in_tx.q("select count(*) from orders")[:2] == ["err", "42501"]
+    # holding a prepared statement: the old policy, for every statement, until it is closed
+    assert prepared.q("EXEC")[:3] == ["2", "D:5", "C:SELECT 1"], prepared
+    assert prepared.q("select count(*) from orders")[:3] == ["T", "D:5", "C:SELECT 1"]
+    assert prepared.q("CLOSE")[:1] == ["3"]
+    denied = prepared.q("select count(*) from orders")
+    assert denied[0].startswith("E:42501:agentgate: denied"), denied
+    assert idle.q("delete from orders")[:2] == ["err", "42501"]
+    assert in_tx.q("delete from orders")[:2] == ["err", "42501"]
+    for h in (idle, in_tx, prepared):
+        h.close()
     assert pg.sql("select count(*) from orders").strip() == "5"
 
     ev = enforcer.wait_event(lambda e: e.get("class_uid") == 3004)
@@ -152,13 +195,29 @@ def test_reload_narrows_new_sessions_open_ones_keep_theirs(enforcer, pg, tmp):
     assert ev["entity"]["uid"] == new_hash and ev["entity"]["data"]["previous_hash"] == old_hash
     assert ev["entity"]["name"] == path and ev["actor"]["process"]["pid"] > 0
     assert ev["unmapped"]["policy"]["hash"] == new_hash
-    # each event names the policy that decided it
-    def deny_of(tag):
-        return enforcer.wait_event(lambda e: e.get("class_uid") == 6005 and e["unmapped"].get("verdict") == "deny"
-                                   and e["unmapped"]["statement"]["tag"] == tag)
-    assert deny_of("select")["unmapped"]["policy"]["hash"] == new_hash      # the new session
-    assert deny_of("delete")["unmapped"]["policy"]["hash"] == old_hash      # the held one
+    # each event names the policy that decided it: the transaction's select under the old one
+    allowed = [e for e in enforcer.events() if e.get("class_uid") == 6005 and
+               e["unmapped"].get("verdict") == "allow" and "public.orders" in e["unmapped"]["statement"].get("tables", "")]
+    hashes = [e["unmapped"]["policy"]["hash"] for e in allowed]
+    assert hashes and set(hashes) == {old_hash}, hashes
+    denies = [e for e in enforcer.events() if e.get("class_uid") == 6005 and e["unmapped"].get("verdict") == "deny"]
+    assert denies and {e["unmapped"]["policy"]["hash"] for e in denies} == {new_hash}
     validate_events(enforcer.events())
+
+
+def test_reload_new_masks_wait_for_the_next_session(enforcer, pg, tmp):
+    """An open session's masked-column lineage was read for its masks: a
+    reload that changes the masks reaches new sessions, and open ones keep
+    their policy whole (rules and masks) rather than half of each."""
+    path = enforcer.start(pg_policy(pg, tmp, ["public.customers", "public.orders"]))
+    idle = Holder(enforcer, pg)
+    rewrite(enforcer, path, pg_policy(pg, tmp, ["public.customers"], mask=["public.customers.email"]))
+    assert enforcer.cli("reload").returncode == 0
+    rc, out, _ = psql(enforcer, pg, "select email from customers order by id limit 1")
+    assert rc == 0 and out == "****", out
+    assert idle.q("select count(*) from orders") == ["ok", 5]          # its old rules, whole
+    assert idle.q("select email from customers order by id limit 1") == ["ok", "alice@example.com"]
+    idle.close()
 
 
 def test_reload_widens_for_new_sessions(enforcer, pg, tmp):
