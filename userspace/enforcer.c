@@ -758,12 +758,15 @@ bool enforcer_revoked(const struct conn *c, const struct policy *live, char *why
 	return true;
 }
 
-bool enforcer_adopt_live(struct conn *c)
+bool enforcer_adopt_live(struct conn *c, const struct policy *live)
 {
-	const struct policy *live = __atomic_load_n(&E->policy, __ATOMIC_ACQUIRE);
 	const struct policy_rule *r;
 
 	if (c->policy == live || c->agent_idx < 0 || c->target_idx < 0 || c->closing)
+		return false;
+	/* delegation switched on or off for the target: a session that began
+	 * without a user token must not go on under rules written for one */
+	if (c->policy->targets[c->target_idx].user_token_password != live->targets[c->target_idx].user_token_password)
 		return false;
 	/* opened unenforced (observe): the sweep closes it under enforce */
 	if (c->policy->mode == POLICY_OBSERVE && live->mode == POLICY_ENFORCE)

@@ -111,12 +111,13 @@ bool enforcer_should_refuse(struct conn *c, const char *reason);
  * the rest keep the policy they started with. */
 bool enforcer_revoked(const struct conn *c, const struct policy *live, char *why, size_t len);
 /* Between two requests of a protocol without session state tied to the
- * policy (http, kubernetes): after a reload, moves c to the running policy
+ * policy (http, kubernetes): after a reload, moves c to live (the running
+ * policy, as the caller loaded it once)
  * when its target's upstream settings are the same in both (the upstream
  * connection stays valid) and the new policy still grants the target. Not
  * for a connection opened in observe mode when the new policy enforces (the
  * sweep closes it). Worker thread of c. True when c moved. */
-bool enforcer_adopt_live(struct conn *c);
+bool enforcer_adopt_live(struct conn *c, const struct policy *live);
 /* Audit of a connection's end. */
 void enforcer_conn_closed(struct conn *c, const char *why);
 

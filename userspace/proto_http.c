@@ -110,6 +110,9 @@ struct hreq {                      /* a request in flight, answered in order */
 	char rule[96];
 	char user[64];                 /* the delegating user's sub, "" none */
 	char why[160];                 /* a reason built for this request */
+	/* the mask its answer gets: the connection's when it was judged (s->mask
+	 * or, once that was replaced for a later request, one in s->old_masks) */
+	struct mask_rules *mask;
 	char k8s_verb[24], k8s_res[160], k8s_ns[64];   /* kubernetes attributes, for audit */
 	bool masked;                   /* the response is masked (mask rules apply) */
 	unsigned mask_hits;
@@ -158,6 +161,11 @@ struct http_state {
 	const struct policy_rule *mask_of[2 * ENFORCER_MAX_RULES];
 	size_t nmask_of;
 	bool mask_valid;
+	/* masks replaced while requests judged under them were in flight (a
+	 * pipelined request of another delegating user, or of the connection
+	 * after a reload): kept until the queue is empty */
+	struct mask_rules *old_masks[HTTP_PIPELINE_MAX];
+	unsigned nold_masks;
 	/* a masked response being collected (chunked or delimited by the
 	 * close; one with a Content-Length is held in the input: U_HELD) */
 	bool collecting;
@@ -949,10 +957,22 @@ static struct mask_rules *route_mask(struct conn *c, const struct ident_principa
 	}
 	if (s->mask_valid && n == s->nmask_of && !memcmp(rules, s->mask_of, n * sizeof(rules[0])))
 		return s->mask;
+	if (!s->qlen)
+		while (s->nold_masks)
+			mask_free(s->old_masks[--s->nold_masks]);
 	for (size_t i = 0; i < n; i++)
 		if (rules[i]->mask.present)
 			masks[k++] = &rules[i]->mask;
-	mask_free(s->mask);
+	if (s->mask && s->qlen) {
+		/* answers still to come may have been judged under it */
+		if (s->nold_masks == HTTP_PIPELINE_MAX) {
+			*err = "too many mask changes among pipelined requests";
+			return NULL;
+		}
+		s->old_masks[s->nold_masks++] = s->mask;
+	} else {
+		mask_free(s->mask);
+	}
 	s->mask = NULL;
 	s->mask_valid = false;
 	if (k) {
@@ -994,6 +1014,7 @@ static bool masking(struct conn *c, const struct ident_principal *user, bool upg
 		return false;
 	}
 	v->masked = m && !mask_is_empty(m);
+	v->mask = v->masked ? m : NULL;
 	if (v->masked && upgrade) {
 		v->allowed = false;
 		v->status = 403;
@@ -1120,11 +1141,14 @@ static int on_request(struct conn *c, const uint8_t *b, const struct http_head *
 	int err;
 
 	has_body = h->body == HTTP_BODY_CHUNKED || (h->body == HTTP_BODY_LENGTH && h->content_length);
-	/* After a reload each request is judged by the running policy; the
-	 * requests before it keep theirs (their masks and rules are in their
-	 * hreq). A target whose upstream settings changed keeps the old. */
-	if (c->policy != __atomic_load_n(&E->policy, __ATOMIC_RELAXED))
-		enforcer_adopt_live(c);
+	/* After a reload the connection takes the running policy at a request
+	 * with nothing in flight (answers still to come keep their own mask,
+	 * hreq.mask, all the same). A target whose upstream settings changed
+	 * keeps the old. */
+	const struct policy *live = __atomic_load_n(&E->policy, __ATOMIC_ACQUIRE);
+
+	if (c->policy != live && !s->qlen)
+		enforcer_adopt_live(c, live);
 	fwd = judge(c, b, h, path, sizeof(path), &tg, host, sizeof(host), &upgrade, &v);
 	/* The upstream closed an idle keep-alive connection: nothing of this
 	 * request was sent yet, so any method may go on a new one. */
@@ -1395,7 +1419,8 @@ static int send_resp_head(struct conn *c, const uint8_t *b, const struct http_he
 	struct obuf o = { buf, 0, sizeof(buf), false };
 	const uint8_t *eol = memchr(b, '\r', h->head_len);
 	bool upgrade = h->status == 101;
-	bool scan = r->masked && st(c)->mask && mask_has_detectors(st(c)->mask);
+	struct mask_rules *m = r->mask;
+	bool scan = r->masked && m && mask_has_detectors(m);
 	char num[48];
 
 	put(&o, b, (size_t)(eol - b));   /* the status line, validated */
@@ -1407,15 +1432,15 @@ static int send_resp_head(struct conn *c, const uint8_t *b, const struct http_he
 			continue;
 		put(&o, b + f->name, f->name_len);
 		puts_(&o, ": ");
-		if (scan && f->value_len >= mask_min_match(st(c)->mask) &&
-		    mask_value_maybe(st(c)->mask, (const char *)b + f->value, f->value_len) &&
-		    mask_value_matches(st(c)->mask, (const char *)b + f->value, f->value_len)) {
+		if (scan && f->value_len >= mask_min_match(m) &&
+		    mask_value_maybe(m, (const char *)b + f->value, f->value_len) &&
+		    mask_value_matches(m, (const char *)b + f->value, f->value_len)) {
 			/* the detectors see the head too (an email in Location, a
 			 * card in an X- field): the value goes masked */
 			size_t cap = mask_value_bound(f->value_len), n;
 			unsigned hits = 0;
 
-			if (cap > o.cap - o.n || (n = mask_value(st(c)->mask, (const char *)b + f->value,
+			if (cap > o.cap - o.n || (n = mask_value(m, (const char *)b + f->value,
 								  f->value_len, o.b + o.n, o.cap - o.n,
 								  &hits)) == (size_t)-1) {
 				o.over = true;
@@ -1519,11 +1544,11 @@ static int mask_answer(struct conn *c, const uint8_t *head, const struct http_he
 			coding = (const char *)head + h->f[i].value;
 			clen = h->f[i].value_len;
 		}
-	if (!s->mask) {   /* the rule set changed under a pipelined request: fail closed */
+	if (!r->mask) {   /* never for a masked request: fail closed all the same */
 		err = -EINVAL;
-		why = "the route's mask changed while its response was read";
+		why = "the route's mask is missing";
 	} else {
-		err = http_mask_body(s->mask, body, blen, coding, clen, &out, &outlen, &rep, &why);
+		err = http_mask_body(r->mask, body, blen, coding, clen, &out, &outlen, &rep, &why);
 	}
 	if (err) {
 		r->local = true;
@@ -2220,6 +2245,8 @@ static void http_release(struct conn *c)
 
 	if (s) {
 		mask_free(s->mask);
+		while (s->nold_masks)
+			mask_free(s->old_masks[--s->nold_masks]);
 		free(s->mhead);
 		free(s->mbody);
 		if (s->resend)

@@ -2969,15 +2969,23 @@ static void adopt_policy(struct conn *c)
 	const struct policy_rule *ra[2 * ENFORCER_MAX_RULES], *rb[2 * ENFORCER_MAX_RULES];
 	size_t na, nb;
 
-	if (live == old || s->tx != 'I' || s->qlen || s->stmts.n || s->portals.n || s->unsynced ||
-	    s->skip_to_sync)
+	/* the unnamed statement is left behind by every extended-protocol
+	 * query (psycopg 3, asyncpg, pgx, JDBC): it is dropped on adoption,
+	 * so it cannot be bound again under the new policy (the client
+	 * parses it again, as it normally does) */
+	bool unnamed_only = s->stmts.n == 1 && map_get(&s->stmts, "");
+
+	if (live == old || s->tx != 'I' || s->qlen || (s->stmts.n && !unnamed_only) || s->portals.n ||
+	    s->unsynced || s->skip_to_sync)
 		return;
 	na = mask_rules_of(c, ra);
 	c->policy = live;
 	nb = mask_rules_of(c, rb);
 	c->policy = old;
-	if (!masks_same(ra, na, rb, nb) || !enforcer_adopt_live(c))
+	if (!masks_same(ra, na, rb, nb) || !enforcer_adopt_live(c, live))
 		return;
+	if (unnamed_only)
+		judged_put(map_set(&s->stmts, "", NULL, NULL));
 	s->gen = policy_gen(c->policy);   /* the verdict cache follows the policy */
 }
 

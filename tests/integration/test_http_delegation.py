@@ -134,3 +134,48 @@ def test_upstream_bearer_agent_token(enforcer, tmp, idp, rec):
     claims = json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)))
     assert claims["sub"] == CLIENT_ID and claims["iss"] == idp.issuer
     assert tok not in json.dumps(enforcer.events())   # never in the audit trail
+
+
+def test_pipelined_requests_keep_their_own_masks(enforcer, tmp, idp, servers):
+    """Two pipelined requests of different delegating users have different
+    masks (masks are the union of the agent's and the user's rules). The
+    second is judged before the first one's answer is read: the first answer
+    must still get its own, wider mask (it got the second's, and the email
+    its user's role masks went out)."""
+    from test_http import nginx
+    port, d = nginx(tmp, servers.procs)
+    os.makedirs(os.path.join(d, "www", "a"))
+    with open(os.path.join(d, "www", "a", "1"), "w") as f:
+        f.write('{"email": "carol@example.net", "card": "4111 1111 1111 1111"}\n')
+    secret = os.path.join(tmp, "deleg-secret")
+    with open(secret, "w") as f:
+        f.write(CLIENT_SECRET)
+    os.chmod(secret, 0o600)
+    enforcer.start(f"""
+    version: 1
+    agents:
+      - name: {AGENT}
+        identity: {{source: client_credentials, issuer: "{idp.issuer}", client_id: {CLIENT_ID},
+                    client_secret_file: {secret}, audience: "{AUDIENCE}"}}
+        accept_user_tokens: true
+    targets:
+      - {{name: api, protocol: http, address: 127.0.0.1:{port}}}
+    roles:
+      - name: agent-role
+        rules: [{{target: api, allow: {{http: ["GET /a/*"]}}, mask: {{detectors: [credit_card]}}}}]
+      - name: finance-role
+        rules: [{{target: api, allow: {{http: ["GET /a/*"]}}, mask: {{detectors: [email]}}}}]
+    bindings:
+      - {{role: agent-role, agents: [{AGENT}]}}
+      - {{role: finance-role, claims: {{groups: [finance]}}}}
+    """)
+    assert wait_for(lambda: any(a["name"] == AGENT and a["principal"]["verified"]
+                                for a in enforcer.status()["agents"]), timeout=15)
+    bob = idp.exchange("bob")
+    req = "GET /a/1 HTTP/1.1⏎Host: api⏎Accept-Encoding: identity⏎{auth}⏎"
+    out = raw(enforcer, port, crlf(req.format(auth=f"Authorization: Bearer {bob}⏎") + req.format(auth="")))
+    rs, _ = responses(out)
+    assert [r[0] for r in rs] == [200, 200], out
+    first, second = rs[0][2], rs[1][2]
+    assert b"4111" not in first and b"carol@example.net" not in first, first     # bob's: card and email
+    assert b"4111" not in second and b"carol@example.net" in second, second      # the agent's: card only

@@ -100,12 +100,17 @@ import json, sys
 sys.path.insert(0, %r)
 from pgraw import *
 c = Conn("127.0.0.1", %d)
-c.send(P("s1", "SELECT count(*) FROM orders") + S)
+if sys.argv[1] == "raw":
+    c.send(P("s1", "SELECT count(*) FROM orders") + S)
+else:   # what extended-protocol clients leave behind: the unnamed statement
+    c.send(P("", "SELECT count(*) FROM orders") + B("", "") + E("") + S)
 print(json.dumps(summary(c.until_ready())), flush=True)
 for line in sys.stdin:
     line = line.strip()
     if line == "EXEC":
         c.send(B("", "s1") + E("") + S)
+    elif line == "REBIND":
+        c.send(B("", "") + E("") + S)
     elif line == "CLOSE":
         c.send(C(b"S", "s1") + S)
     else:
@@ -119,7 +124,7 @@ class Holder:
     "tx": in a transaction), or "raw": a prepared statement held."""
 
     def __init__(self, enforcer, pg, kind="auto"):
-        code = RAW_HOLDER % (HELPERS, pg.port) if kind == "raw" else HOLDER % pg.port
+        code = RAW_HOLDER % (HELPERS, pg.port) if kind.startswith("raw") else HOLDER % pg.port
         self.p = subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", AGENT, "--", PY,
                                    "-c", code, kind], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
@@ -156,13 +161,15 @@ def test_reload_narrows_new_and_idle_sessions(enforcer, pg, tmp):
     old_hash = enforcer.status()["policy"]["hash"]
     assert psql(enforcer, pg, "select count(*) from orders")[:2] == (0, "5")
     idle, in_tx, prepared = Holder(enforcer, pg), Holder(enforcer, pg, "tx"), Holder(enforcer, pg, "raw")
+    unnamed = Holder(enforcer, pg, "raw-unnamed")
     assert idle.first == ["ok", 5] and in_tx.first == ["ok", 5]
     assert prepared.first == ["1", "Z" + "I"], prepared.first
+    assert unnamed.first == ["1", "2", "D:5", "C:SELECT 1", "ZI"], unnamed.first
 
     rewrite(enforcer, path, pg_policy(pg, tmp, ["public.customers"]))
     r = enforcer.cli("reload")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "3 connections open: http requests and idle database sessions take the new policy" in r.stdout, r.stdout
+    assert "4 connections open: http requests and idle database sessions take the new policy" in r.stdout, r.stdout
     st = enforcer.status()
     new_hash = st["policy"]["hash"]
     assert new_hash != old_hash and st["policy"]["reloads"] == 1
@@ -184,9 +191,15 @@ def test_reload_narrows_new_and_idle_sessions(enforcer, pg, tmp):
     assert prepared.q("CLOSE")[:1] == ["3"]
     denied = prepared.q("select count(*) from orders")
     assert denied[0].startswith("E:42501:agentgate: denied"), denied
+    # an extended-protocol client between queries: the new policy; its
+    # unnamed statement (judged under the old one) is gone
+    rebind = unnamed.q("REBIND")
+    assert rebind[0].startswith("E:42501:agentgate: denied") and "was not allowed (or does not exist)" in rebind[0], rebind
+    assert unnamed.q("select count(*) from orders")[0].startswith("E:42501:agentgate: denied")
+    assert unnamed.q("select count(*) from customers")[:3] == ["T", "D:2", "C:SELECT 1"]
     assert idle.q("delete from orders")[:2] == ["err", "42501"]
     assert in_tx.q("delete from orders")[:2] == ["err", "42501"]
-    for h in (idle, in_tx, prepared):
+    for h in (idle, in_tx, prepared, unnamed):
         h.close()
     assert pg.sql("select count(*) from orders").strip() == "5"
 
