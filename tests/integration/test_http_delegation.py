@@ -34,7 +34,18 @@ def rec(tmp, servers):
     return Recorder(tmp, servers.procs)
 
 
-def start(enforcer, tmp, idp, rec, upstream="server_name: api.internal", accept="true"):
+AGENT_ROLES = """
+      - name: agent-role
+        rules: [{target: api, allow: {http: ["GET /a/*", "GET /b"]}}]
+      - name: finance-role
+        rules: [{target: api, allow: {http: ["GET /a/*", "GET /c"]}}]"""
+
+
+def start(enforcer, tmp, idp, rec, upstream="server_name: api.internal", accept="true", roles=AGENT_ROLES,
+          port=None):
+    """The agent (OIDC identity, accept_user_tokens) and target 'api' (rec's
+    port, or port); roles 'agent-role' (bound to the agent) and
+    'finance-role' (bound to group finance)."""
     secret = os.path.join(tmp, "deleg-secret")
     with open(secret, "w") as f:
         f.write(CLIENT_SECRET)
@@ -49,12 +60,8 @@ def start(enforcer, tmp, idp, rec, upstream="server_name: api.internal", accept=
                     client_secret_file: {secret}, audience: "{AUDIENCE}"}}
         accept_user_tokens: {accept}
     targets:
-      - {{name: api, protocol: http, address: 127.0.0.1:{rec.port}, upstream: {{{upstream}}}}}
-    roles:
-      - name: agent-role
-        rules: [{{target: api, allow: {{http: ["GET /a/*", "GET /b"]}}}}]
-      - name: finance-role
-        rules: [{{target: api, allow: {{http: ["GET /a/*", "GET /c"]}}}}]
+      - {{name: api, protocol: http, address: 127.0.0.1:{port or rec.port}, upstream: {{{upstream}}}}}
+    roles:{roles}
     bindings:
       - {{role: agent-role, agents: [{AGENT}]}}
       - {{role: finance-role, claims: {{groups: [finance]}}}}
@@ -147,30 +154,11 @@ def test_pipelined_requests_keep_their_own_masks(enforcer, tmp, idp, servers):
     os.makedirs(os.path.join(d, "www", "a"))
     with open(os.path.join(d, "www", "a", "1"), "w") as f:
         f.write('{"email": "carol@example.net", "card": "4111 1111 1111 1111"}\n')
-    secret = os.path.join(tmp, "deleg-secret")
-    with open(secret, "w") as f:
-        f.write(CLIENT_SECRET)
-    os.chmod(secret, 0o600)
-    enforcer.start(f"""
-    version: 1
-    agents:
-      - name: {AGENT}
-        identity: {{source: client_credentials, issuer: "{idp.issuer}", client_id: {CLIENT_ID},
-                    client_secret_file: {secret}, audience: "{AUDIENCE}"}}
-        accept_user_tokens: true
-    targets:
-      - {{name: api, protocol: http, address: 127.0.0.1:{port}}}
-    roles:
+    start(enforcer, tmp, idp, None, upstream="", port=port, roles="""
       - name: agent-role
-        rules: [{{target: api, allow: {{http: ["GET /a/*"]}}, mask: {{detectors: [credit_card]}}}}]
+        rules: [{target: api, allow: {http: ["GET /a/*"]}, mask: {detectors: [credit_card]}}]
       - name: finance-role
-        rules: [{{target: api, allow: {{http: ["GET /a/*"]}}, mask: {{detectors: [email]}}}}]
-    bindings:
-      - {{role: agent-role, agents: [{AGENT}]}}
-      - {{role: finance-role, claims: {{groups: [finance]}}}}
-    """)
-    assert wait_for(lambda: any(a["name"] == AGENT and a["principal"]["verified"]
-                                for a in enforcer.status()["agents"]), timeout=15)
+        rules: [{target: api, allow: {http: ["GET /a/*"]}, mask: {detectors: [email]}}]""")
     bob = idp.exchange("bob")
     req = "GET /a/1 HTTP/1.1⏎Host: api⏎Accept-Encoding: identity⏎{auth}⏎"
     out = raw(enforcer, port, crlf(req.format(auth=f"Authorization: Bearer {bob}⏎") + req.format(auth="")))
