@@ -149,6 +149,22 @@ static int allow_add(const struct policy *p)
 	return err;
 }
 
+/* Each slot's kernel config: active (and observe when p says so) for a slot
+ * an agent holds, cleared for the others. At start and on reload. */
+static int set_mode_flags(const struct policy *p)
+{
+	for (uint32_t slot = 1; slot < AG_MAX_AGENTS; slot++) {
+		struct ag_agent_cfg cfg = { 0 };
+		int err;
+
+		if (E->agent_of_slot[slot] >= 0)
+			cfg.flags = AG_AF_ACTIVE | (p->mode == POLICY_OBSERVE ? AG_AF_OBSERVE : 0);
+		if ((err = loader_set_agent(E->loader, slot, &cfg)))
+			return err;
+	}
+	return 0;
+}
+
 static int program_allow_set(void)
 {
 	int err = loader_allow_clear(E->loader);
@@ -383,15 +399,8 @@ static int program_kernel(void)
 	err = loader_set_global(E->loader, &g);
 	if (err)
 		return err;
-	for (uint32_t slot = 1; slot < AG_MAX_AGENTS; slot++) {
-		struct ag_agent_cfg cfg = { 0 };
-
-		if (E->agent_of_slot[slot] >= 0)
-			cfg.flags = AG_AF_ACTIVE | (p->mode == POLICY_OBSERVE ? AG_AF_OBSERVE : 0);
-		err = loader_set_agent(E->loader, slot, &cfg);
-		if (err)
-			return err;
-	}
+	if ((err = set_mode_flags(p)))
+		return err;
 	err = program_allow_set();
 	if (err) {
 		log_err("kernel allow set: %s", strerror(-err));
@@ -699,7 +708,6 @@ bool enforcer_may_target(const struct policy *p, int idx, int t)
 /* True when some binding by claims could grant target t (to any principal). */
 static bool claims_may_grant(const struct policy *p, int t)
 {
-
 	for (size_t b = 0; b < p->nbindings; b++) {
 		const struct policy_role *role = &p->roles[p->bindings[b].role_idx];
 
@@ -1662,21 +1670,6 @@ static void reload_event(bool ok, const char *hash, const char *prev_hash, const
 	json_object_set_new(ev, "actor", json_pack("{s:s, s:{s:i, s:{s:s}}}", "app_name", "agentgate reload",
 						   "process", "pid", (int)pid, "user", "uid", uidbuf));
 	audit_emit(ev);
-}
-
-static int set_mode_flags(const struct policy *p)
-{
-	for (uint32_t slot = 1; slot < AG_MAX_AGENTS; slot++) {
-		struct ag_agent_cfg cfg = { 0 };
-		int err;
-
-		if (E->agent_of_slot[slot] < 0)
-			continue;
-		cfg.flags = AG_AF_ACTIVE | (p->mode == POLICY_OBSERVE ? AG_AF_OBSERVE : 0);
-		if ((err = loader_set_agent(E->loader, slot, &cfg)))
-			return err;
-	}
-	return 0;
 }
 
 json_t *enforcer_reload(pid_t pid, uid_t uid)

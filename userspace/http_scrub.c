@@ -253,8 +253,6 @@ static bool prefix_at(const uint8_t *s, size_t len, const uint8_t *p, size_t n, 
 	return walk(s, len, p, n, true, budget) == WALK_CUT;
 }
 
-
-
 size_t scrub_keep(const struct scrub *z, const uint8_t *p, size_t n)
 {
 	size_t hold = scrub_hold(z), from = n > hold ? n - hold : 0;

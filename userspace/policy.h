@@ -261,6 +261,8 @@ const char *policy_proto_name(enum policy_proto p);
  * See policy_reload.c.
  */
 int policy_reload_refusal(const struct policy *old, const struct policy *nw, char *why, size_t len);
+/* True when a and b mask alike (the same lists, in the same order). */
+bool policy_mask_same(const struct policy_mask *a, const struct policy_mask *b);
 /* True when a and b would dial, authenticate and speak to the upstream alike. */
 bool policy_upstream_same(const struct policy_upstream *a, const struct policy_upstream *b);
 

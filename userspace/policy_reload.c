@@ -72,6 +72,12 @@ static bool audit_eq(const struct policy_audit *a, const struct policy_audit *b)
 	return true;
 }
 
+bool policy_mask_same(const struct policy_mask *a, const struct policy_mask *b)
+{
+	return a->present == b->present && strv_eq(&a->columns, &b->columns) &&
+	       strv_eq(&a->detectors, &b->detectors) && strv_eq(&a->json, &b->json);
+}
+
 bool policy_upstream_same(const struct policy_upstream *a, const struct policy_upstream *b)
 {
 	return a->has_address == b->has_address && (!a->has_address || addr_eq(&a->address, &b->address)) &&

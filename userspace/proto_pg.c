@@ -1620,20 +1620,20 @@ static uint64_t policy_gen(const struct policy *p)
 	return g | 1;
 }
 
-/* The rules whose masks apply to this session: the agent's for the target
- * and, with delegation, the user's (masks are the union). At most
+/* The rules whose masks apply to this session under policy p: the agent's
+ * for the target and, with delegation, the user's (masks are the union). At most
  * 2 * ENFORCER_MAX_RULES. A list over the bound is cut, which is safe only
  * because judge() then denies every statement (too many rules) and nothing
  * is returned to mask. */
-static size_t mask_rules_of(struct conn *c, const struct policy_rule **rules)
+static size_t mask_rules_of(struct conn *c, const struct policy *p, const struct policy_rule **rules)
 {
 	struct pg_sess *s = S(c);
-	size_t nr = enforcer_rules_for(c->policy, c->agent_idx, c->target_idx, rules, ENFORCER_MAX_RULES);
+	size_t nr = enforcer_rules_for(p, c->agent_idx, c->target_idx, rules, ENFORCER_MAX_RULES);
 
 	if (nr > ENFORCER_MAX_RULES)
 		nr = ENFORCER_MAX_RULES;
 	if (s->has_deleg) {
-		size_t nu = enforcer_user_rules_for(c->policy, c->agent_idx, &s->deleg, c->target_idx, rules + nr,
+		size_t nu = enforcer_user_rules_for(p, c->agent_idx, &s->deleg, c->target_idx, rules + nr,
 						    ENFORCER_MAX_RULES);
 
 		nr += nu > ENFORCER_MAX_RULES ? ENFORCER_MAX_RULES : nu;
@@ -2311,7 +2311,7 @@ static void lit(char *buf, size_t cap, size_t *n, const char *s)
 static bool catalog_query(struct conn *c, char *sql, size_t cap)
 {
 	const struct policy_rule *rules[2 * ENFORCER_MAX_RULES];
-	size_t nr = mask_rules_of(c, rules), n;
+	size_t nr = mask_rules_of(c, c->policy, rules), n;
 	int ntab = 0;
 
 	n = (size_t)snprintf(sql, cap,
@@ -2921,16 +2921,6 @@ static int too_large(struct conn *c, uint32_t size)
 	return discard_agent(c);
 }
 
-static bool strv_same(const struct policy_strv *a, const struct policy_strv *b)
-{
-	if (a->n != b->n)
-		return false;
-	for (size_t i = 0; i < a->n; i++)
-		if (strcmp(a->v[i], b->v[i]) != 0)
-			return false;
-	return true;
-}
-
 /* The same masks, rule for rule (those with a mask), in the same order. */
 static bool masks_same(const struct policy_rule *const *a, size_t na, const struct policy_rule *const *b,
 		       size_t nb)
@@ -2944,9 +2934,7 @@ static bool masks_same(const struct policy_rule *const *a, size_t na, const stru
 			j++;
 		if (i == na || j == nb)
 			return i == na && j == nb;
-		if (!strv_same(&a[i]->mask.columns, &b[j]->mask.columns) ||
-		    !strv_same(&a[i]->mask.detectors, &b[j]->mask.detectors) ||
-		    !strv_same(&a[i]->mask.json, &b[j]->mask.json))
+		if (!policy_mask_same(&a[i]->mask, &b[j]->mask))
 			return false;
 	}
 }
@@ -2978,10 +2966,8 @@ static void adopt_policy(struct conn *c)
 	if (live == old || s->tx != 'I' || s->qlen || (s->stmts.n && !unnamed_only) || s->portals.n ||
 	    s->unsynced || s->skip_to_sync)
 		return;
-	na = mask_rules_of(c, ra);
-	c->policy = live;
-	nb = mask_rules_of(c, rb);
-	c->policy = old;
+	na = mask_rules_of(c, old, ra);
+	nb = mask_rules_of(c, live, rb);
 	if (!masks_same(ra, na, rb, nb) || !enforcer_adopt_live(c, live))
 		return;
 	if (unnamed_only)
@@ -3475,7 +3461,7 @@ static int compile_masks(struct conn *c)
 	struct pg_sess *s = S(c);
 	const struct policy_rule *rules[2 * ENFORCER_MAX_RULES];
 	const struct policy_mask *masks[2 * ENFORCER_MAX_RULES];
-	size_t nr = mask_rules_of(c, rules);
+	size_t nr = mask_rules_of(c, c->policy, rules);
 	char merr[200];
 
 	for (size_t i = 0; i < nr; i++)

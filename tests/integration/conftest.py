@@ -20,6 +20,8 @@ import time
 
 import pytest
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers"))
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 AG = os.path.join(ROOT, "agentgate")
 PY = "/usr/bin/python3"
@@ -343,6 +345,17 @@ def servers(tmp):
     s = Servers(tmp)
     yield s
     s.stop()
+
+
+@pytest.fixture
+def pg(tmp):
+    """A PostgreSQL 15 of the tests' own (helpers/pg.py: initdb in tmp, the
+    'shop' schema), plain TCP. test_postgres.py has its own, with TLS."""
+    from pg import Postgres
+    os.chmod(tmp, 0o755)
+    p = Postgres(tmp)
+    yield p
+    p.stop()
 
 
 @pytest.fixture

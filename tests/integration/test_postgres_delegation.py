@@ -8,28 +8,16 @@ union). Real PostgreSQL 15, real OpenID provider, real psql in the agent's
 cgroup through the kernel redirect."""
 import json
 import os
-import sys
 
 import pytest
 
 from conftest import wait_for
 import oidc
 from oidc import AUDIENCE
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers"))
-from pg import Postgres  # noqa: E402
-from test_postgres import AGENT, psql, stmt_events  # noqa: E402
+from test_postgres import AGENT, psql, stmt_events
 
 CLIENT_ID = "t-pg-deleg"
 CLIENT_SECRET = "t-pg-deleg-secret-0123456789"
-
-
-@pytest.fixture
-def pg(tmp):
-    os.chmod(tmp, 0o755)
-    p = Postgres(tmp)
-    yield p
-    p.stop()
 
 
 @pytest.fixture

@@ -8,25 +8,11 @@ a raw wire-protocol client in the agent's cgroup."""
 import json
 import os
 import signal
-import sys
 import threading
 import time
 
-import pytest
-
 from conftest import wait_for
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers"))
-from pg import Postgres  # noqa: E402
-from test_postgres import RULES_RW, agent_py, policy  # noqa: E402
-
-
-@pytest.fixture
-def pg(tmp):
-    os.chmod(tmp, 0o755)
-    p = Postgres(tmp)
-    yield p
-    p.stop()
+from test_postgres import RULES_RW, agent_py, policy
 
 
 def app_backends(pg):

@@ -11,27 +11,13 @@ import json
 import os
 import re
 import subprocess
-import sys
 import textwrap
-
-import pytest
 
 from conftest import AG, PY, connect_code, wait_for
 from test_audit_schema import validate_events
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers"))
-from pg import Postgres  # noqa: E402
-
 AGENT = "t-rl"
 HELPERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers")
-
-
-@pytest.fixture
-def pg(tmp):
-    os.chmod(tmp, 0o755)
-    p = Postgres(tmp)
-    yield p
-    p.stop()
 
 
 def pg_policy(pg, tmp, tables, mode="enforce", extra_agent="", port=None, mask=None):
@@ -353,7 +339,7 @@ def finish(p):
 
 
 def test_reload_updates_kernel_allow_set_and_mode(enforcer, servers):
-    (p0, log0), (p1, log1), (p2, log2) = servers.echo(), servers.echo(), servers.echo()
+    (p0, log0), (p1, _), (p2, log2) = servers.echo(), servers.echo(), servers.echo()
     path = enforcer.start(tcp_policy([p0, p1], [0]))
 
     def conn(port):
