@@ -35,14 +35,19 @@
  * case its own temp table shadows — data it created itself. Names written
  * with a schema are used as written (pg_temp included). Three-part names are
  * denied, and so are identifiers containing '.' (they would make
- * "schema.table" ambiguous). Unqualified functions resolve pg_catalog first
- * too, so the built-in list judges them by name. (Known limit: that holds
- * for ties only. PostgreSQL picks the best match by argument types over
- * the whole path, so a public.lower(integer) wins `lower(1)`, and so does
- * a user-defined overload of a built-in operator symbol in public (symbols
- * pg_catalog lacks are denied: catalog_ops[]); `t.f` calls f(t) when t has
- * no column f. Telling these apart needs the catalog, which the classifier
- * does not have.)
+ * "schema.table" ambiguous). Unqualified functions and operators resolve
+ * over the whole search_path by argument types (pg_catalog first only for
+ * ties), so the built-in lists judge them by name only where the pinned
+ * schema does not define the same name: the wire module reads the schema's
+ * own functions and operators from the catalog (ctx->catalog). A name it
+ * defines is a call of the database's function (the safe list no longer
+ * vouches for it; a rule must name it), an operator symbol it defines is
+ * denied unqualified (and CASE x WHEN / JOIN USING, which compare with "="
+ * by name, when that is "="); symbols pg_catalog lacks are denied anyway
+ * (catalog_ops[]). Attribute notation: `t.f` calls f(t) when t has no
+ * column f, and `(e).f` calls f(e) for e of any type (colref(),
+ * indirection()). A statement that can add such names (changes_names())
+ * makes every later one take every name as the database's.
  *
  * Masked columns (DESIGN §3): a masked column may appear only as a plain
  * output column of the statement's result. Each SELECT keeps a scope of its
@@ -191,6 +196,11 @@ struct selout {
 struct func {
 	char schema[NAME_MAX_LEN];     /* "" when unqualified */
 	char name[NAME_MAX_LEN];
+	/* How the statement reaches it when that is not a plain call, for
+	 * the denial ("" for a call). An unqualified name the pinned schema
+	 * also defines is not granted by a pg_catalog.name entry (db_shadow). */
+	const char *how;
+	bool db_shadow;
 };
 
 struct walker {
@@ -212,6 +222,7 @@ struct walker {
 	int depth;
 	int deny_at;                   /* the statement whose walk denied, else -1 */
 	bool denied, nocache, may_write;
+	bool names_unknown;            /* ctx->names_stale, or an earlier statement changed them */
 };
 
 static void deny(struct walker *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -569,6 +580,10 @@ static void walk_select(struct walker *w, int body, struct scope *parent, bool o
 static void walk_query(struct walker *w, int node, struct scope *sc, bool output, bool stmtpos,
 		       struct derived *dout);
 static void statement(struct walker *w, int key, int body, struct scope *sc, bool top);
+static void note_function_how(struct walker *w, const char *schema, const char *name,
+			      const char *how, bool db_shadow);
+static bool db_function(const struct walker *w, const char *name);
+static bool db_row_function(const struct walker *w, const char *name);
 
 /* ---- columns ---- */
 
@@ -659,6 +674,7 @@ static void colref(struct walker *w, int body, struct scope *sc, bool output,
 		}
 	} else {
 		const char *q = part[n - 2], *qs = n >= 3 ? part[n - 3] : NULL;
+		bool row_masked = false;
 
 		for (struct scope *s = sc; s; s = s->parent) {
 			for (struct entry *e = s->ents; e; e = e->next) {
@@ -670,14 +686,37 @@ static void colref(struct walker *w, int body, struct scope *sc, bool output,
 					continue;
 				found = true;
 				m |= entry_masked(w, e, col);
+				row_masked |= entry_masked(w, e, NULL);
 			}
 			if (found)
 				break;
 		}
 		if (!found)     /* unresolvable here: be conservative */
 			for (struct scope *s = sc; s; s = s->parent)
-				for (struct entry *e = s->ents; e; e = e->next)
+				for (struct entry *e = s->ents; e; e = e->next) {
 					m |= entry_masked(w, e, col);
+					row_masked |= entry_masked(w, e, NULL);
+				}
+		/*
+		 * Attribute notation: when t has no column col, t.col is the
+		 * call col(t) of a function taking t's whole row (PostgreSQL
+		 * tries the column first). Without the table's columns the two
+		 * cannot be told apart, so a name that can take a row is judged
+		 * as that call: over a table with masked columns it would read
+		 * them all (c.row_to_json), and a function no safe list or rule
+		 * names must not run (o.touch). A real column of that name is
+		 * refused the same way, with the reason.
+		 */
+		if (pgc_builtin_takes_row(col) || db_row_function(w, col)) {
+			if (row_masked) {
+				deny(w, "%s.%s may be the call %s(%s) of the whole row of a table with masked "
+				     "columns (attribute notation)", q, col, col, q);
+				return;
+			}
+			if (db_function(w, col) || !pgc_builtin_function_safe(col))
+				note_function_how(w, NULL, col, " (attribute notation: t.f may call f(t))",
+						  db_function(w, col));
+		}
 	}
 	if (!m || w->denied)
 		return;
@@ -697,7 +736,8 @@ static void colref(struct walker *w, int body, struct scope *sc, bool output,
 
 /* ---- functions and operators ---- */
 
-static void note_function(struct walker *w, const char *schema, const char *name)
+static void note_function_how(struct walker *w, const char *schema, const char *name,
+			      const char *how, bool db_shadow)
 {
 	int i;
 
@@ -713,9 +753,61 @@ static void note_function(struct walker *w, const char *schema, const char *name
 		}
 		snprintf(w->funcs[i].schema, NAME_MAX_LEN, "%s", schema ? schema : "");
 		snprintf(w->funcs[i].name, NAME_MAX_LEN, "%s", name);
+		w->funcs[i].how = "";
 		w->nfuncs++;
 	}
+	if (how && !*w->funcs[i].how)
+		w->funcs[i].how = how;
+	w->funcs[i].db_shadow |= db_shadow;
 	w->st->funcs |= 1u << i;
+}
+
+static void note_function(struct walker *w, const char *schema, const char *name)
+{
+	note_function_how(w, schema, name, NULL, false);
+}
+
+/* The database's own names in the pinned schema (pgc_catalog). */
+static bool in_sorted(const char *const *v, size_t n, const char *name)
+{
+	return n && bsearch(name, v, n, sizeof(*v), cmp_str) != NULL;
+}
+
+static bool db_function(const struct walker *w, const char *name)
+{
+	const struct pgc_catalog *c = w->ctx->catalog;
+
+	return w->names_unknown || (c && in_sorted(c->funcs, c->nfuncs, name));
+}
+
+static bool db_row_function(const struct walker *w, const char *name)
+{
+	const struct pgc_catalog *c = w->ctx->catalog;
+
+	return w->names_unknown || (c && in_sorted(c->row_funcs, c->nrow_funcs, name));
+}
+
+static bool db_operator(const struct walker *w, const char *op)
+{
+	const struct pgc_catalog *c = w->ctx->catalog;
+
+	return w->names_unknown || (c && in_sorted(c->ops, c->nops, op));
+}
+
+/* A statement that can add a name db_function() or db_operator() would
+ * answer for: a function, procedure, aggregate or operator created, renamed
+ * or moved into a schema, or an extension's. */
+static bool changes_names(const struct walker *w, int key)
+{
+	static const char *const types[] = {
+		"CreateFunctionStmt", "DefineStmt", "RenameStmt", "AlterObjectSchemaStmt",
+		"CreateExtensionStmt", "AlterExtensionStmt", "AlterExtensionContentsStmt", NULL,
+	};
+
+	for (int i = 0; types[i]; i++)
+		if (pgj_is(&w->j, key, types[i]))
+			return true;
+	return false;
 }
 
 /* A function name list ([schema,] name). */
@@ -744,6 +836,12 @@ static void function_name(struct walker *w, int names, bool call)
 	}
 	if (catalog && strcmp(name, "set_config") == 0) {
 		deny(w, "function set_config not allowed: session settings cannot be changed");
+		return;
+	}
+	if (!schema && db_function(w, name)) {
+		/* PostgreSQL picks the best match by argument types over the
+		 * whole search_path: the database's own name(...) may win */
+		note_function_how(w, NULL, name, NULL, true);
 		return;
 	}
 	if (!call && catalog && pgc_builtin_function_safe(name))
@@ -792,10 +890,9 @@ bool pgc_operator_list_sorted(void)
 	return true;
 }
 
-/* Operators resolve like functions; only pg_catalog may be named explicitly
- * (an unqualified operator resolves pg_catalog first), and only a symbol
- * pg_catalog has (see "Names" for what this cannot catch: a user-defined
- * overload of one of those symbols). */
+/* Operators resolve like functions; only pg_catalog may be named explicitly,
+ * and unqualified only a symbol pg_catalog has that the pinned schema does
+ * not define too (see "Names"). */
 static void operator_name(struct walker *w, int names)
 {
 	int f = pgj_first(&w->j, names), n = 0;
@@ -811,6 +908,53 @@ static void operator_name(struct walker *w, int names)
 	else if (n && (!last || !catalog_operator(last)))
 		deny(w, "operator %s not allowed: PostgreSQL has no such operator, so it is "
 		     "user-defined", last ? last : "?");
+	else if (n == 1 && db_operator(w, last))
+		deny(w, "operator %s not allowed: %s, which PostgreSQL may pick; write OPERATOR(pg_catalog.%s)",
+		     last, w->names_unknown ? "this session ran a statement that can create operators, so "
+		     "any may be the database's own now (a new session reads them again)" :
+		     "the pinned schema defines its own", last);
+}
+
+/* SQL that compares with "=" looked up by name over the search_path, with
+ * no operator in the text: CASE x WHEN v, JOIN ... USING, NATURAL JOIN. */
+static void implicit_equals(struct walker *w, const char *what)
+{
+	if (db_operator(w, "="))
+		deny(w, "%s not allowed: it compares with =, and %s", what,
+		     w->names_unknown ? "this session ran a statement that can create operators (a new "
+		     "session reads them again)" : "the pinned schema defines its own =, which PostgreSQL "
+		     "may pick");
+}
+
+/*
+ * (e).f: a field of e when e is a row that has one; otherwise the call f(e)
+ * (attribute notation), for e of any type and any function of one argument:
+ * `('/etc/passwd'::text).pg_read_file` reads a file, `(1).pg_terminate_backend`
+ * ends a backend. A field cannot be told from a call without the catalog,
+ * so every such name is judged as a call: a safe built-in passes, anything
+ * else (a field name too) needs a rule's functions entry. e itself is
+ * judged as an expression (a masked column there is refused as usual).
+ */
+static void indirection(struct walker *w, int body, struct scope *sc)
+{
+	int ind = pgj_get(&w->j, body, "indirection");
+
+	expr(w, pgj_get(&w->j, body, "arg"), sc);
+	for (int f = pgj_first(&w->j, ind); f >= 0 && !w->denied; f = pgj_after(&w->j, ind, f)) {
+		const char *name;
+
+		if (node_of(w, f, "String") < 0) {
+			expr(w, f, sc);         /* [i], [a:b], .* */
+			continue;
+		}
+		if (!(name = string_node(w, f)) || strlen(name) >= NAME_MAX_LEN) {
+			deny(w, "malformed field selection");
+			return;
+		}
+		if (db_function(w, name) || !pgc_builtin_function_safe(name))
+			note_function_how(w, NULL, name, " (attribute notation: (x).f may call f(x))",
+					  db_function(w, name));
+	}
 }
 
 static void typecast(struct walker *w, int body, struct scope *sc)
@@ -846,6 +990,12 @@ static void node(struct walker *w, int key, int body, struct scope *sc)
 		return;
 	} else if (pgj_is(j, key, "TypeCast")) {
 		typecast(w, body, sc);
+	} else if (pgj_is(j, key, "A_Indirection")) {
+		indirection(w, body, sc);
+	} else if (pgj_is(j, key, "CaseExpr")) {
+		if (pgj_get(j, body, "arg") >= 0)
+			implicit_equals(w, "CASE x WHEN");
+		expr(w, body, sc);
 	} else if (pgj_is(j, key, "A_Expr")) {
 		operator_name(w, pgj_get(j, body, "name"));
 		expr(w, pgj_get(j, body, "lexpr"), sc);
@@ -976,6 +1126,8 @@ static void from_item(struct walker *w, int item, struct scope *sc)
 			any |= entry_masked(w, e, NULL);
 		if (get_bool(w, body, "isNatural") && any)
 			deny(w, "NATURAL JOIN over a table with masked columns");
+		if (get_bool(w, body, "isNatural") || pgj_first(j, using) >= 0)
+			implicit_equals(w, "JOIN USING or NATURAL JOIN");
 		for (int u = pgj_first(j, using); u >= 0 && !w->denied; u = pgj_after(j, using, u)) {
 			const char *col = string_node(w, u);
 
@@ -1986,6 +2138,8 @@ static bool function_granted(const struct policy_strv *v, const struct func *f,
 	snprintf(q, sizeof(q), "%s.%s", pinned, f->name);
 	if (strv_has(v, q))
 		return true;
+	if (f->db_shadow)       /* pg_catalog's may not be the one that runs */
+		return false;
 	snprintf(q, sizeof(q), "pg_catalog.%s", f->name);
 	return strv_has(v, q);
 }
@@ -2044,8 +2198,19 @@ static void explain_denial(struct walker *w, const struct policy_rule *const *ru
 	for (int i = 0; i < w->nfuncs; i++) {
 		if ((st->funcs & (1u << i)) &&
 		    !ANY_ACTION(function_granted(&a->functions, &w->funcs[i], w->schema))) {
-			deny(w, "function %s%s%s not allowed", w->funcs[i].schema,
-			     *w->funcs[i].schema ? "." : "", w->funcs[i].name);
+			const struct func *f = &w->funcs[i];
+
+			if (f->db_shadow && w->names_unknown)
+				deny(w, "function %s not allowed%s: this session ran a statement that can create "
+				     "or rename functions, so any name may be the database's own now; a new "
+				     "session reads them again", f->name, f->how);
+			else if (f->db_shadow)
+				deny(w, "function %s not allowed%s: the pinned schema defines one too, which "
+				     "PostgreSQL may pick (pg_catalog.%s names the built-in)", f->name, f->how,
+				     f->name);
+			else
+				deny(w, "function %s%s%s not allowed%s", f->schema, *f->schema ? "." : "",
+				     f->name, f->how);
 			return;
 		}
 	}
@@ -2430,7 +2595,9 @@ static size_t key_build(struct tstate *t, char kind, const struct pgc_ctx *ctx,
 	const char *sp = ctx->search_path ? ctx->search_path : "public";
 	const char *set = ctx->settings ? ctx->settings : "";
 	size_t splen = strlen(sp) + 1, setlen = strlen(set) + 1;
-	size_t need = 1 + sizeof(ctx->policy_gen) + sizeof(nrules) + nrules * sizeof(void *) +
+	static const uint8_t none[32];
+	const uint8_t *cat = ctx->catalog ? ctx->catalog->hash : none;
+	size_t need = 1 + sizeof(ctx->policy_gen) + sizeof(none) + 1 + sizeof(nrules) + nrules * sizeof(void *) +
 		      sizeof(ctx->column_masked) + sizeof(ctx->arg) + splen + setlen + tlen;
 	char *p;
 
@@ -2448,6 +2615,9 @@ static size_t key_build(struct tstate *t, char kind, const struct pgc_ctx *ctx,
 	*p++ = kind;
 	memcpy(p, &ctx->policy_gen, sizeof(ctx->policy_gen));
 	p += sizeof(ctx->policy_gen);
+	memcpy(p, cat, sizeof(none));      /* the database's own names change verdicts */
+	p += sizeof(none);
+	*p++ = ctx->names_stale;
 	memcpy(p, &nrules, sizeof(nrules));
 	p += sizeof(nrules);
 	for (size_t i = 0; i < nrules; i++) {
@@ -2802,6 +2972,7 @@ static enum cache_as judge_parsed(struct tstate *t, const struct pgc_ctx *ctx,
 	}
 	w->nst = w->nfuncs = w->nents = w->nders = w->nctes = w->depth = 0;
 	w->denied = w->nocache = false;
+	w->names_unknown = ctx->names_stale;
 	w->deny_at = -1;
 	out->denied_stmt = -1;
 	w->ctx = ctx;
@@ -2833,6 +3004,10 @@ static enum cache_as judge_parsed(struct tstate *t, const struct pgc_ctx *ctx,
 		statement(w, key, body, &sc, true);
 		if (!w->st->tag)
 			w->st->tag = "?";
+		if (changes_names(w, key)) {
+			w->names_unknown = out->changes_names = true;
+			w->nocache = true;
+		}
 		if (w->denied)
 			w->deny_at = w->nst - 1;
 	}

@@ -41,6 +41,29 @@ enum pgc_class { PGC_READ, PGC_WRITE, PGC_DDL, PGC_ADMIN, PGC_TRANSACTION, PGC_U
 #define PGC_MAX_STMTS  64           /* statements per message; more are denied */
 #define PGC_MAX_SQL    (1u << 20)   /* longer texts are denied */
 
+/*
+ * What the database itself defines in the pinned schema, read from its
+ * catalog by the wire module when a session starts. An unqualified name
+ * reaches these without the statement naming a schema: PostgreSQL resolves
+ * functions and operators by argument types over the whole search_path, so
+ * a public.lower(integer) wins `lower(id)` over pg_catalog's (pg_catalog
+ * first only breaks ties), a public.+ (text, integer) runs for
+ * `'a'::text + 1`, and `t.f` calls f(t) when t has no column f. Arrays are
+ * sorted (strcmp order) and hold no duplicates; NULL arrays are empty.
+ */
+struct pgc_catalog {
+	const char *const *funcs;        /* every function, procedure and aggregate */
+	size_t nfuncs;
+	const char *const *row_funcs;    /* those one argument can call: t.f may be f(t) */
+	size_t nrow_funcs;
+	const char *const *ops;          /* operator symbols not installed by an extension */
+	size_t nops;
+	/* SHA-256 of all three (the wire module computes it): part of the
+	 * verdict cache key, so sessions that see different catalogs never
+	 * share a verdict. */
+	uint8_t hash[32];
+};
+
 struct pgc_ctx {                     /* per session, from the wire module */
 	const char *search_path;         /* pinned single schema, e.g. "public"; NULL = "public" */
 	bool in_transaction;             /* BEGIN seen and not ended (informational) */
@@ -65,6 +88,14 @@ struct pgc_ctx {                     /* per session, from the wire module */
 	 */
 	uint64_t policy_gen;
 	const char *settings;
+	/* The pinned schema's functions and operators; NULL when not known
+	 * (`policy explain`, which has no database): then only PostgreSQL's
+	 * own names are judged. */
+	const struct pgc_catalog *catalog;
+	/* The session ran a statement that can change those names (a result's
+	 * changes_names): catalog no longer says what they are, so every name
+	 * is taken as one the database may define, until the next session. */
+	bool names_stale;
 };
 
 /*
@@ -98,6 +129,11 @@ struct pgc_result {
 					  * rule named copy) */
 	bool cached;                     /* served from the verdict cache */
 	bool ends_tx, begins_tx;         /* transaction control seen (for the wire module's tx tracking) */
+	bool changes_names;              /* a statement that can create, rename or move functions or
+					  * operators (CREATE FUNCTION, CREATE OPERATOR/AGGREGATE,
+					  * RENAME, SET SCHEMA, CREATE/ALTER EXTENSION): later
+					  * statements of the message, and the wire module's
+					  * session from then on, judge with names_stale */
 	int denied_stmt;                 /* deny: the statement reason is about (index into
 					  * stmts[]), -1 when it is about the whole text */
 	/* Everything from here on is large and valid only up to ntables and
@@ -162,5 +198,8 @@ void pgc_cache_flush(void);
 /* Built-in safe function allowlist (pg_funcs.c): true when name (lower case,
  * unqualified or pg_catalog) is a pure builtin an agent may call. */
 bool pgc_builtin_function_safe(const char *name);
+/* True when name is a pg_catalog function a whole row can be passed to as
+ * its only argument (row_to_json, count, concat...): `t.name` may call it. */
+bool pgc_builtin_takes_row(const char *name);
 
 #endif /* AGENTGATE_PG_CLASSIFY_H */

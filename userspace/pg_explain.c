@@ -5,11 +5,12 @@
  * the rules the policy grants the agent by name.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "pg_classify.h"
 #include "pg_explain.h"
-#include "pg_pgc.h"
 #include "pg_wire.h"
 
 #define EXPLAIN_MAX_RULES 64
@@ -132,6 +133,10 @@ int pg_explain(const struct policy *p, int ai, int ti, const char *sql, FILE *ou
 	fprintf(out, "%s\n", nm ? "" : " -");
 	if (r->copy_in || r->copy_out)
 		fprintf(out, "copy: %s\n", r->copy_in ? "from client" : "to client");
+	if (!ret)
+		fprintf(out, "note: judged without the database: a function or operator schema '%s' defines "
+			"under a name used here makes the enforcer deny it (it reads them at session start)\n",
+			ctx.search_path);
 	if (p->mode == POLICY_OBSERVE && ret)
 		fprintf(out, "note: observe mode: recorded, not enforced\n");
 	free(r);

@@ -97,12 +97,46 @@ bool pgc_builtin_function_safe(const char *name)
 		       sizeof(safe_funcs[0]), cmp_name) != NULL;
 }
 
+/*
+ * The pg_catalog functions (PostgreSQL 15) a whole row can be passed to as
+ * their one argument: its type is record, "any", anyelement, anynonarray,
+ * anycompatible or anycompatiblenonarray (or variadic "any"), other
+ * arguments defaulted; aggregates and window functions included. They
+ * matter because of attribute notation: `t.f` where t has no column f is
+ * the call f(t), so `SELECT c.row_to_json FROM customers c` reads every
+ * column of the row, masked ones too. From the catalog of PostgreSQL 15:
+ *   SELECT DISTINCT proname FROM pg_proc WHERE pronamespace =
+ *     'pg_catalog'::regnamespace AND pronargs >= 1 AND pronargs -
+ *     pronargdefaults <= 1 AND (proargtypes[0] IN (those types) OR
+ *     (pronargs = 1 AND provariadic IN ("any", anyelement, ...)))
+ * Sorted (strcmp order: bsearch; the unit test checks it).
+ */
+static const char *const row_funcs[] = {
+	"any_out", "anycompatible_out", "anycompatiblenonarray_out", "anyelement_out",
+	"anynonarray_out", "array_agg", "concat", "count", "cume_dist", "dense_rank",
+	"first_value", "hash_record", "json_agg", "json_build_array", "json_build_object",
+	"jsonb_agg", "jsonb_build_array", "jsonb_build_object", "lag", "last_value", "lead",
+	"mode", "num_nonnulls", "num_nulls", "percent_rank", "pg_collation_for",
+	"pg_column_compression", "pg_column_size", "pg_typeof", "quote_literal",
+	"quote_nullable", "rank", "record_out", "record_send", "row_to_json", "to_json",
+	"to_jsonb",
+};
+
+bool pgc_builtin_takes_row(const char *name)
+{
+	return bsearch(name, row_funcs, sizeof(row_funcs) / sizeof(row_funcs[0]),
+		       sizeof(row_funcs[0]), cmp_name) != NULL;
+}
+
 /* For the unit test: the list's order is what bsearch relies on. */
 bool pgc_builtin_list_sorted(void);
 bool pgc_builtin_list_sorted(void)
 {
 	for (size_t i = 1; i < sizeof(safe_funcs) / sizeof(safe_funcs[0]); i++)
 		if (strcmp(safe_funcs[i - 1], safe_funcs[i]) >= 0)
+			return false;
+	for (size_t i = 1; i < sizeof(row_funcs) / sizeof(row_funcs[0]); i++)
+		if (strcmp(row_funcs[i - 1], row_funcs[i]) >= 0)
 			return false;
 	return true;
 }

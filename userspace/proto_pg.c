@@ -64,8 +64,10 @@
  * Masking by column name uses the lineage in RowDescription (table OID,
  * attribute number). Names are resolved once per session: before the agent
  * gets its first ReadyForQuery, one catalog query on the session's own
- * upstream connection lists the attributes of every table a mask names;
- * its answer is never shown to the agent. Detectors scan text values and
+ * upstream connection lists the attributes of every table a mask names,
+ * and the functions and operators the pinned schema defines (the
+ * classifier's pgc_catalog: names an unqualified call, operator or t.f can
+ * reach); its answer is never shown to the agent. Detectors scan text values and
  * binary values of text-like types; side channels (ErrorResponse and
  * NoticeResponse fields, NotificationResponse payloads) are scanned too.
  */
@@ -82,6 +84,7 @@
 
 #include <openssl/crypto.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -217,7 +220,7 @@ enum pg_phase {
 	PH_UP_TLS,             /* upstream TLS handshake */
 	PH_UP_AUTH,            /* startup sent, authenticating */
 	PH_UP_PARAMS,          /* authenticated: ParameterStatus, BackendKeyData until 'Z' */
-	PH_UP_CATALOG,         /* our catalog query for masked columns */
+	PH_UP_CATALOG,         /* our catalog query: masked columns, the schema's own names */
 	PH_READY,              /* relaying the session */
 	PH_DISCARD,            /* ending: our error is out, the agent's oversized message is dropped */
 	PH_POOL_RESET,         /* the agent left: DISCARD ALL sent, the session goes to the pool on 'I' */
@@ -350,6 +353,16 @@ struct pg_sess {
 	/* lineage: masked (table oid, attnum) pairs, from the catalog query */
 	struct { uint32_t oid; int16_t att; bool named; char name[96]; } *cols;
 	int ncols, capcols;
+	/* The pinned schema's own functions and operators (pgc_catalog), read
+	 * with the lineage before the first ReadyForQuery: kinds[i] is 'f'
+	 * (a function), 'r' (one that one argument can call) or 'o' (an
+	 * operator) for names[i]; cat points into the sorted copies. */
+	char **names, *kinds;
+	uint32_t nnames, capnames;
+	const char **cat_v;
+	struct pgc_catalog cat;
+	bool cat_ready;
+	bool names_stale;              /* the session may have changed them (pgc_ctx.names_stale) */
 	uint64_t gen;                  /* verdict cache generation (policy hash) */
 	/* The members every 6005 event of this connection repeats, written
 	 * once: [0, afrag_top) for the event's top level ("database"),
@@ -1091,6 +1104,9 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 		ctx.column_masked = column_masked;
 		ctx.arg = s;
 	}
+	if (s->cat_ready)
+		ctx.catalog = &s->cat;
+	ctx.names_stale = s->names_stale;
 	if (!pg_utf8_valid(sql, len)) {
 		snprintf(why, whylen, "query text is not valid UTF-8");
 		goto early;
@@ -1118,6 +1134,10 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 		}
 		pgc_combine(r, ur);
 	}
+	/* from the moment it may reach the server, a statement that can add
+	 * functions or operators leaves the names read at the start behind */
+	if (r->changes_names && (r->verdict == PGC_ALLOW || c->policy->mode == POLICY_OBSERVE))
+		s->names_stale = true;
 	switch (r->verdict) {
 	case PGC_ALLOW:
 		why[0] = '\0';
@@ -2032,7 +2052,7 @@ static int pool_put(struct conn *c)
 }
 
 static int register_cancel(struct conn *c, uint32_t up_pid, uint32_t up_key);
-static int after_params(struct conn *c, char status);
+static int after_params(struct conn *c);
 
 /* A kept session for this connection, adopted and greeted as a new one:
  * 1 when adopted, 0 when none, -errno. */
@@ -2073,7 +2093,7 @@ static int pool_take(struct conn *c)
 		kept_free(kd);
 		if (err)
 			return err;
-		return (err = after_params(c, 'I')) ? err : 1;
+		return (err = after_params(c)) ? err : 1;
 	}
 	return 0;
 }
@@ -2387,6 +2407,139 @@ static int catalog_row(struct pg_sess *s, const struct pg_msg *m)
 	return 0;
 }
 
+/*
+ * The pinned schema's functions and operators (pgc_catalog says why they
+ * matter). Every function, procedure and aggregate there, marked 'r' when
+ * one argument can call it (t.f may be f(t)); every operator, except those
+ * an extension installed (PostGIS puts its = and && in public: they are
+ * C functions a superuser installed, and every comparison would otherwise
+ * need a rule). Functions of extensions are kept: an extension's function
+ * reached by a name that looks like a column or a built-in is still one
+ * no rule named.
+ */
+static bool names_query(struct conn *c, char *sql, size_t cap)
+{
+	const char *sp = search_path(c);
+	size_t n;
+
+	n = (size_t)snprintf(sql, cap,
+		"SELECT CASE WHEN p.pronargs >= 1 AND p.pronargs - p.pronargdefaults <= 1 "
+		"THEN 'r' ELSE 'f' END, p.proname FROM pg_catalog.pg_proc p "
+		"JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = ");
+	lit(sql, cap, &n, sp);
+	n += (size_t)snprintf(sql + n, n < cap ? cap - n : 0,
+		" UNION ALL SELECT 'o', o.oprname FROM pg_catalog.pg_operator o "
+		"JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace WHERE n.nspname = ");
+	lit(sql, cap, &n, sp);
+	n += (size_t)snprintf(sql + n, n < cap ? cap - n : 0,
+		" AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = "
+		"'pg_catalog.pg_operator'::pg_catalog.regclass AND d.objid = o.oid AND d.deptype = 'e')");
+	return n < cap;
+}
+
+#define PG_DB_NAMES_MAX 65536   /* functions and operators in the pinned schema */
+
+/* One (kind, name) row of names_query(). */
+static int names_row(struct pg_sess *s, const struct pg_msg *m)
+{
+	struct pg_datarow d;
+	const uint8_t *v[2];
+	int32_t vl[2];
+
+	if (pg_datarow_begin(m, &d) || d.ncols != 2)
+		return -EBADMSG;
+	for (int i = 0; i < 2; i++)
+		if (pg_datarow_next(&d, &v[i], &vl[i]) != 1 || vl[i] <= 0 || vl[i] >= 64)
+			return -EBADMSG;
+	if (vl[0] != 1 || (v[0][0] != 'f' && v[0][0] != 'r' && v[0][0] != 'o') ||
+	    memchr(v[1], '\0', (size_t)vl[1]))
+		return -EBADMSG;
+	if (s->nnames == s->capnames) {
+		uint32_t nc = s->capnames ? s->capnames * 2 : 64;
+		char **nn;
+		char *nk;
+
+		if (nc > PG_DB_NAMES_MAX)
+			return -E2BIG;
+		if (!(nn = realloc(s->names, nc * sizeof(*nn))))
+			return -ENOMEM;
+		s->names = nn;
+		if (!(nk = realloc(s->kinds, nc)))
+			return -ENOMEM;
+		s->kinds = nk;
+		s->capnames = nc;
+	}
+	if (!(s->names[s->nnames] = strndup((const char *)v[1], (size_t)vl[1])))
+		return -ENOMEM;
+	s->kinds[s->nnames++] = (char)v[0][0];
+	return 0;
+}
+
+static int cmp_cstr(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Sorted, duplicates dropped; returns the new count. */
+static size_t sort_unique(const char **v, size_t n)
+{
+	size_t o = 0;
+
+	qsort(v, n, sizeof(*v), cmp_cstr);
+	for (size_t i = 0; i < n; i++)
+		if (!o || strcmp(v[o - 1], v[i]) != 0)
+			v[o++] = v[i];
+	return o;
+}
+
+/* The rows read: the three sorted lists and their SHA-256. */
+static int names_ready(struct pg_sess *s)
+{
+	const char **v = calloc(s->nnames * 3 + 1, sizeof(*v));
+	size_t nf = 0, nr = 0, no = 0;
+	EVP_MD_CTX *md;
+	unsigned int hl = 0;
+	bool ok;
+
+	if (!v)
+		return -ENOMEM;
+	/* functions in [0, n), row functions in [n, 2n), operators in [2n, 3n) */
+	for (uint32_t i = 0; i < s->nnames; i++) {
+		if (s->kinds[i] == 'o') {
+			v[2 * s->nnames + no++] = s->names[i];
+			continue;
+		}
+		v[nf++] = s->names[i];
+		if (s->kinds[i] == 'r')
+			v[s->nnames + nr++] = s->names[i];
+	}
+	s->cat = (struct pgc_catalog){
+		.funcs = v, .nfuncs = sort_unique(v, nf),
+		.row_funcs = v + s->nnames, .nrow_funcs = sort_unique(v + s->nnames, nr),
+		.ops = v + 2 * s->nnames, .nops = sort_unique(v + 2 * s->nnames, no),
+	};
+	free(s->cat_v);
+	s->cat_v = v;
+	if (!(md = EVP_MD_CTX_new()))
+		return -ENOMEM;
+	ok = EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1;
+	for (int l = 0; l < 3 && ok; l++) {
+		const char *const *lv = l == 0 ? s->cat.funcs : l == 1 ? s->cat.row_funcs : s->cat.ops;
+		size_t ln = l == 0 ? s->cat.nfuncs : l == 1 ? s->cat.nrow_funcs : s->cat.nops;
+		char tag = (char)('0' + l);
+
+		ok = EVP_DigestUpdate(md, &tag, 1) == 1;
+		for (size_t i = 0; i < ln && ok; i++)
+			ok = EVP_DigestUpdate(md, lv[i], strlen(lv[i]) + 1) == 1;
+	}
+	ok = ok && EVP_DigestFinal_ex(md, s->cat.hash, &hl) == 1 && hl == sizeof(s->cat.hash);
+	EVP_MD_CTX_free(md);
+	if (!ok)
+		return -EIO;
+	s->cat_ready = true;
+	return 0;
+}
+
 static int session_ready(struct conn *c, char status)
 {
 	struct pg_sess *s = S(c);
@@ -2441,9 +2594,9 @@ static int up_params(struct conn *c, const struct pg_msg *m)
 			     "agentgate: upstream error at session start: %s",
 			     pg_fields_get(m, 'M') ? pg_fields_get(m, 'M') : "(no message)");
 	case 'Z':
-		if (pg_parse_ready(m, &st))
+		if (pg_parse_ready(m, &st))   /* the catalog query's own ReadyForQuery is the agent's */
 			return -EBADMSG;
-		return after_params(c, st);
+		return after_params(c);
 	default:
 		return fatal(c, "08P01", "agentgate: unexpected message '%c' from the server at session start",
 			     m->type);
@@ -2470,21 +2623,23 @@ static int register_cancel(struct conn *c, uint32_t up_pid, uint32_t up_key)
 	return 0;   /* no key: the agent cannot cancel, as with a server that sends none */
 }
 
-/* The session's parameters are in: the catalog for masking, then ready. */
-static int after_params(struct conn *c, char status)
+/* The session's parameters are in: the catalog (the lineage of masked
+ * columns, the pinned schema's own names), then ready. */
+static int after_params(struct conn *c)
 {
 	struct pg_sess *s = S(c);
+	char sql[12288];
+	size_t n = 0;
 
-	if (s->mask_active) {
-		char sql[8192];
-
-		if (catalog_query(c, sql, sizeof(sql))) {
-			pg_out_query(&s->out, sql);
-			s->phase = PH_UP_CATALOG;
-			return send_out(c, SIDE_UP);
-		}
+	if (s->mask_active && catalog_query(c, sql, sizeof(sql) - 2048)) {
+		n = strlen(sql);
+		sql[n++] = ';';
 	}
-	return session_ready(c, status);
+	if (!names_query(c, sql + n, sizeof(sql) - n))
+		return fatal(c, "XX000", "agentgate: the pinned schema's name is too long");
+	pg_out_query(&s->out, sql);
+	s->phase = PH_UP_CATALOG;
+	return send_out(c, SIDE_UP);
 }
 
 static int up_catalog(struct conn *c, const struct pg_msg *m)
@@ -2500,14 +2655,27 @@ static int up_catalog(struct conn *c, const struct pg_msg *m)
 		if ((err = param_seen(c, m)) <= 0)
 			return err;
 		return conn_send(c, SIDE_AGENT, m->body - 5, m->len + 5);
-	case 'D':
+	case 'D': {
+		struct pg_datarow d;
+
+		if (pg_datarow_begin(m, &d))
+			return -EBADMSG;
+		if (d.ncols == 2) {
+			if ((err = names_row(s, m)))
+				return fatal(c, "XX000", "agentgate: cannot read the pinned schema's functions "
+					     "and operators%s", err == -E2BIG ? ": too many" : "");
+			return 0;
+		}
 		return catalog_row(s, m) ? fatal(c, "XX000", "agentgate: cannot read the catalog for masking") : 0;
+	}
 	case 'E':
-		return fatal(c, "XX000", "agentgate: the catalog query for masked columns failed: %s",
+		return fatal(c, "XX000", "agentgate: the catalog query failed: %s",
 			     pg_fields_get(m, 'M') ? pg_fields_get(m, 'M') : "");
 	case 'Z':
 		if (pg_parse_ready(m, &st))
 			return -EBADMSG;
+		if (names_ready(s))
+			return fatal(c, "XX000", "agentgate: cannot read the pinned schema's functions and operators");
 		return session_ready(c, st);
 	}
 	return fatal(c, "08P01", "agentgate: unexpected message '%c' during the catalog query", m->type);
@@ -3658,6 +3826,11 @@ static void pg_release(struct conn *c)
 	free(s->startup);
 	free(s->params);
 	free(s->cols);
+	for (uint32_t i = 0; i < s->nnames; i++)
+		free(s->names[i]);
+	free(s->names);
+	free(s->kinds);
+	free(s->cat_v);
 	free(s->afrag);
 	mask_free(s->mask);
 	free(s);

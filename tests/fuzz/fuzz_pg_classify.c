@@ -16,6 +16,9 @@
  * for a constant's value (float(0)) served the verdict of a text that
  * differs only in that constant (the server refuses it the same way).
  *
+ * Then the same text with a catalog of the database's own names, and with
+ * names_stale: each may only deny more (see the end of the function).
+ *
  * An input starting with 0xFF (never valid UTF-8, so never a judged text)
  * goes to the JSON token walker (pg_classify_json.c) instead: libpg_query
  * only ever hands it well-formed JSON, but a bug there must not become a
@@ -132,6 +135,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (a.verdict != b.verdict || a.verdict != c.verdict || a.nstmts != c.nstmts ||
 	    a.ntables != c.ntables)
 		abort();
+	/* The database's own names (and a session that changed them) only
+	 * ever take permissions away: never allow what was denied without. */
+	{
+		static const char *const f[] = { "count", "lower", "touch" };
+		static const char *const rf[] = { "count", "touch" };
+		static const char *const op[] = { "+", "=" };
+		static const struct pgc_catalog cat = { f, 3, rf, 2, op, 2, { 7 } };
+		struct pgc_result d;
+
+		ctx.catalog = &cat;
+		pgc_judge(&ctx, sql, size, rules, 1, &d);
+		check(&d);
+		if (a.verdict == PGC_DENY && d.verdict != PGC_DENY)
+			abort();
+		ctx.names_stale = true;
+		pgc_judge(&ctx, sql, size, rules, 1, &c);
+		check(&c);
+		if (d.verdict == PGC_DENY && c.verdict != PGC_DENY)
+			abort();
+	}
 	free(sql);
 	return 0;
 }

@@ -206,8 +206,6 @@ CREATE FUNCTION public.{name}({arg}) RETURNS {ret} LANGUAGE plpgsql SECURITY DEF
 """
 
 
-@pytest.mark.xfail(strict=True, reason="attribute notation o.f is a call of f(o): needs the catalog "
-                   "(pg_classify sees a ColumnRef; proto_pg.c would have to know o's columns)")
 def test_attribute_notation_calls_a_function(enforcer, pg, tmp):
     """`SELECT o.touch FROM orders o` is PostgreSQL's functional notation for touch(o)
     when orders has no column touch (PostgREST/Hasura 'computed fields' are written this
@@ -222,9 +220,6 @@ def test_attribute_notation_calls_a_function(enforcer, pg, tmp):
     assert denied(res[0]) and denied(res[1]), res
 
 
-@pytest.mark.xfail(strict=True, reason="unqualified safe-list names resolve by argument types over the "
-                   "whole search_path: public.lower(integer) beats pg_catalog.lower(text); needs the "
-                   "catalog (proto_pg.c), pg_classify judges names only")
 def test_builtin_name_overloaded_in_public(enforcer, pg, tmp):
     """The safe-function list judges unqualified calls by name, assuming pg_catalog wins.
     It only wins ties: with public.lower(integer) defined, `lower(id)` on an integer calls
@@ -237,9 +232,6 @@ def test_builtin_name_overloaded_in_public(enforcer, pg, tmp):
     assert denied(res[0]), res
 
 
-@pytest.mark.xfail(strict=True, reason="unqualified operators resolve over the search_path: a "
-                   "user-defined operator in public is a call of its function; pg_classify allows "
-                   "any unqualified operator (operator_name), needs the catalog")
 def test_user_operator_in_public(enforcer, pg, tmp):
     """An operator is a function call with other syntax. `'a'::text + o.id` has no
     pg_catalog operator; a public.+ (text, integer) defined by the database runs its
@@ -270,6 +262,134 @@ def test_user_operator_with_a_new_symbol(enforcer, pg, tmp):
     assert denied(res[0]) and denied(res[1]), res
     assert res[2][:3] == ["T", "D:1", "C:SELECT 1"], res[2]
     assert not server_saw(pg, "###")
+
+
+def test_attribute_notation_reaches_builtins(enforcer, pg, tmp):
+    """(x).f is PostgreSQL's attribute notation for f(x), for x of any type, and t.f is
+    f(t) when t has no column f. Neither looks like a call, so without care
+    `('/etc/hostname'::text).pg_read_file` reads a file (the role may), `(4242)
+    .pg_advisory_lock` takes a lock, and `c.row_to_json` reads every column of a row,
+    the masked ones too. Each must be denied before the server sees it; safe built-ins
+    and real columns keep working."""
+    log_all(pg)
+    enforcer.start(policy(pg, tmp))     # agent_ro: customers.email and .cc masked
+    res = run_seq(enforcer, pg, [
+        "SELECT ('/etc/hostname'::text).pg_read_file",
+        "SELECT (4242).pg_advisory_lock",
+        "SELECT (o.id).pg_terminate_backend FROM orders o WHERE o.id = 1",
+        "SELECT c.row_to_json FROM customers c",
+        "SELECT public.customers.concat FROM public.customers",
+        "SELECT c.id FROM customers c WHERE c.to_jsonb::text LIKE '%4111%'",
+        "SELECT x.json_agg FROM (SELECT cc FROM customers) x",
+        # allowed: a safe built-in either way, real columns
+        "SELECT (o.id).abs, o.to_json FROM orders o WHERE o.id = 1",
+        "SELECT c.id, c.email FROM customers c WHERE c.id = 1",
+    ])
+    for i in range(7):
+        assert denied(res[i]), (i, res[i])
+    assert "attribute notation" in res[0][0] and "pg_read_file" in res[0][0], res[0]
+    assert "masked" in res[3][0], res[3]
+    assert res[7][:3] == ["T", 'D:1|{"id":1,"customer_id":2,"total":1}', "C:SELECT 1"], res[7]
+    assert res[8][:3] == ["T", "D:1|****", "C:SELECT 1"], res[8]
+    assert "alice@" not in str(res) and "4111" not in str(res)
+    for word in ("pg_read_file", "pg_advisory_lock", "pg_terminate_backend", "row_to_json", "concat",
+                 "to_jsonb", "json_agg"):
+        assert not server_saw(pg, word), word
+    assert pg.sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == "0"
+
+
+def test_database_functions_a_rule_names(enforcer, pg, tmp):
+    """What the catalog read changes for a rule that does name the database's function,
+    and what stays open: o.touch runs when a rule names touch; pg_catalog.lower and
+    OPERATOR(pg_catalog.+) reach the built-ins past a public.lower and a public.+;
+    comparisons with = keep working (public has no =)."""
+    pg.sql(FN_CALLS.format(name="touch", arg="orders", ret="int", value="1") +
+           FN_CALLS.format(name="lower", arg="integer", ret="text", value="'x'").split(";", 1)[1] +
+           FN_CALLS.format(name="text_plus", arg="text, integer", ret="text", value="'x'").split(";", 1)[1] +
+           "CREATE OPERATOR public.+ (LEFTARG = text, RIGHTARG = integer, FUNCTION = public.text_plus);")
+    rules = [{"target": "shop", "allow": {"statements": ["select"], "tables": ["public.orders"],
+                                          "functions": ["touch"]}}]
+    log_all(pg)
+    enforcer.start(policy(pg, tmp, rules=rules))
+    res = run_seq(enforcer, pg, [
+        "SELECT o.touch FROM orders o WHERE o.id = 1",
+        "SELECT pg_catalog.lower('AbC'), 'a'::text OPERATOR(pg_catalog.||) 'b', 2 OPERATOR(pg_catalog.+) 3",
+        "SELECT count(*) FROM orders WHERE id = 2 OR id IN (3, 4)",
+        "SELECT lower(id) FROM orders WHERE id = 1",
+        "SELECT 'a'::text + o.id FROM orders o WHERE o.id = 1",
+    ])
+    assert res[0][:3] == ["T", "D:1", "C:SELECT 1"], res[0]
+    assert res[1][:3] == ["T", "D:abc|ab|5", "C:SELECT 1"], res[1]
+    assert res[2][:3] == ["T", "D:3", "C:SELECT 1"], res[2]
+    assert denied(res[3]) and "pg_catalog.lower" in res[3][0], res[3]
+    assert denied(res[4]) and "OPERATOR(pg_catalog.+)" in res[4][0], res[4]
+    assert pg.sql("SELECT string_agg(via, ',') FROM fn_calls") == "touch"
+
+
+def test_extension_names_in_public(enforcer, pg, tmp):
+    """An extension in public (hstore here; PostGIS is the common one) defines = and other
+    operators there. Those are left to PostgreSQL (C code a superuser installed), so
+    comparisons keep working; its functions are not: o.hstore is hstore(o), a whole row
+    through a function no rule names."""
+    pg.sql("CREATE EXTENSION hstore")
+    log_all(pg)
+    enforcer.start(policy(pg, tmp, rules=RULES_RO_ORDERS))
+    res = run_seq(enforcer, pg, [
+        "SELECT count(*) FROM orders WHERE id = 2 OR id IN (3, 4)",
+        "SELECT o.hstore FROM orders o WHERE o.id = 1",
+    ])
+    assert res[0][:3] == ["T", "D:3", "C:SELECT 1"], res[0]
+    assert denied(res[1]) and "hstore" in res[1][0], res[1]
+    assert not server_saw(pg, "o.hstore")
+
+
+def test_catalog_read_again_for_a_pooled_session(enforcer, pg, tmp):
+    """An upstream session kept in the pool is handed to the agent's next connection; the
+    pinned schema's names are read again then, so a function created in between is
+    known: the second connection's o.touch is denied."""
+    rules = [{"target": "shop", "allow": {"statements": ["select"], "tables": ["public.orders"],
+                                          "functions": ["pg_backend_pid"]}}]
+    log_all(pg)
+    enforcer.start(policy(pg, tmp, rules=rules))
+    first = run_seq(enforcer, pg, ["SELECT o.touch FROM orders o WHERE o.id = 1",
+                                   "SELECT pg_backend_pid()"])
+    assert first[0][0].startswith("E:42703:"), first[0]     # no such column: the server said so
+    pg.sql(FN_CALLS.format(name="touch", arg="orders", ret="int", value="1"))
+    second = run_seq(enforcer, pg, ["SELECT o.touch FROM orders o WHERE o.id = 1",
+                                    "SELECT pg_backend_pid()"])
+    assert denied(second[0]), second[0]
+    assert pg.sql("SELECT count(*) FROM fn_calls") == "0"
+    # the same server session: it came from the pool
+    assert first[1][1] == second[1][1] and first[1][1].startswith("D:"), (first, second)
+
+
+def test_session_that_creates_functions(enforcer, pg, tmp):
+    """The names are read when a session starts. A session that may create functions
+    could create public.touch(orders) and then call it as o.touch, in the same message or
+    later: from its CREATE FUNCTION on, every name counts as one the database may define
+    (qualified pg_catalog names still work); a new session reads the names again."""
+    pg.sql("CREATE TABLE fn_calls (via text); GRANT INSERT ON fn_calls TO app; GRANT CREATE ON SCHEMA public TO app")
+    rules = [{"target": "shop", "allow": {"statements": ["select", "create_function"]}}]
+    body = "RETURNS int LANGUAGE sql AS $$INSERT INTO public.fn_calls VALUES ('t') RETURNING 1$$"
+    log_all(pg)
+    enforcer.start(policy(pg, tmp, rules=rules))
+    res = run_seq(enforcer, pg, [
+        f"CREATE FUNCTION public.touch(orders) {body}; SELECT o.touch FROM orders o WHERE o.id = 1",
+        f"CREATE FUNCTION public.touch2(orders) {body}",
+        "SELECT o.touch2 FROM orders o WHERE o.id = 1",
+        "SELECT count(*) FROM orders WHERE id = 1",
+        "SELECT pg_catalog.count(*) FROM orders WHERE id OPERATOR(pg_catalog.=) 1",
+    ])
+    again = run_seq(enforcer, pg, ["SELECT o.touch2 FROM orders o WHERE o.id = 1",
+                                   "SELECT count(*) FROM orders WHERE id = 1"])
+    assert denied(res[0]) and "new session" in res[0][0], res[0]
+    assert res[1][0] == "C:CREATE FUNCTION", res[1]
+    assert denied(res[2]) and denied(res[3]), res
+    assert res[4][:3] == ["T", "D:1", "C:SELECT 1"], res[4]
+    assert denied(again[0]) and "attribute notation" in again[0][0], again[0]
+    assert again[1][:3] == ["T", "D:1", "C:SELECT 1"], again[1]
+    assert pg.sql("SELECT count(*) FROM fn_calls") == "0"
+    assert not server_saw(pg, "public.touch(orders)") and not server_saw(pg, "o.touch")
 
 
 # ---- CTE names and their scope ----------------------------------------------------------

@@ -446,6 +446,171 @@ static void test_functions(void)
 	CHECK(r.verdict == PGC_DENY);
 }
 
+/* ---- ways around: attribute notation, and the database's own names ---- */
+
+static struct pgc_result judge_cat(const struct pgc_catalog *cat, const char *sql,
+				   const struct policy_rule *const *rules, size_t n)
+{
+	struct pgc_ctx c = ctx;
+	struct pgc_result r;
+
+	c.catalog = cat;
+	judge_with(&c, sql, strlen(sql), rules, n, &r);
+	return r;
+}
+
+static void test_attribute_notation(void)
+{
+	CHECK(pgc_builtin_takes_row("row_to_json") && pgc_builtin_takes_row("count"));
+	CHECK(!pgc_builtin_takes_row("lower") && !pgc_builtin_takes_row("pg_read_file"));
+	/* (x).f is f(x) for x of any type: a function no list names must not run */
+	EXPECT_REASON("SELECT ('/etc/passwd'::text).pg_read_file", PGC_DENY, "pg_read_file");
+	EXPECT_REASON("SELECT (1).pg_terminate_backend", PGC_DENY, "attribute notation");
+	EXPECT("SELECT (a).lo_unlink FROM (SELECT 1::oid) s(a)", PGC_DENY);
+	EXPECT("SELECT ((1).pg_sleep)", PGC_DENY);
+	EXPECT("SELECT * FROM orders WHERE id = (('s'::regclass).nextval)", PGC_DENY);
+	EXPECT("SELECT ((SELECT 1)).pg_cancel_backend", PGC_DENY);
+	EXPECT("SELECT (o.id).pg_advisory_lock FROM orders o", PGC_DENY);
+	/* ...a safe built-in is fine, and so is an array subscript */
+	EXPECT("SELECT (o.id).abs, ('x'::text).upper, (ARRAY[1, 2])[1] FROM orders o", PGC_ALLOW);
+	/* the argument is an expression like any other: a masked column is refused */
+	EXPECT_REASON("SELECT (c.cc).lower FROM customers c", PGC_DENY, "masked");
+	EXPECT("SELECT (c.*).upper FROM customers c", PGC_DENY);
+	/* t.f is f(t) when t has no column f: the whole row, masked columns too */
+	EXPECT_REASON("SELECT c.row_to_json FROM customers c", PGC_DENY, "whole row");
+	EXPECT("SELECT customers.to_jsonb FROM customers", PGC_DENY);
+	EXPECT("SELECT public.customers.concat FROM public.customers", PGC_DENY);
+	EXPECT("SELECT id FROM customers c WHERE c.json_agg IS NOT NULL", PGC_DENY);
+	EXPECT("SELECT x.row_to_json FROM (SELECT * FROM customers) x", PGC_DENY);
+	EXPECT("WITH x AS (SELECT cc FROM customers) SELECT x.hash_record FROM x", PGC_DENY);
+	/* over a table without masks a safe one is fine, another needs a rule */
+	EXPECT("SELECT o.to_json, o.count FROM orders o", PGC_ALLOW);
+	EXPECT_REASON("SELECT o.record_out FROM orders o", PGC_DENY, "record_out");
+	EXPECT("SELECT o.pg_column_size FROM orders o", PGC_DENY);
+	/* columns of a masked table that are no such names stay what they were */
+	EXPECT("SELECT c.id, c.name, c.email FROM customers c", PGC_ALLOW);
+}
+
+static void test_database_names(void)
+{
+	static const char *const funcs[] = { "audited", "lower", "touch" };
+	static const char *const row_funcs[] = { "lower", "touch" };
+	static const char *const ops[] = { "+", "=" };
+	struct pgc_catalog cat = { funcs, 3, row_funcs, 2, ops, 2, { 1 } };
+	struct pgc_catalog none = { NULL, 0, NULL, 0, NULL, 0, { 2 } };
+	static char *fn_stmts[] = { "select" };
+	static char *touch_fn[] = { "touch" };
+	static char *lower_cat[] = { "pg_catalog.lower" };
+	static char *lower_pub[] = { "public.lower" };
+	struct policy_rule tr = {
+		.target = "db", .role = "t",
+		.allow = { .present = true, .statements = { fn_stmts, 1 }, .tables = { ro_tables, 2 },
+			   .functions = { touch_fn, 1 } },
+	};
+	struct policy_rule lc = tr, lp = tr;
+	const struct policy_rule *trs[] = { &tr }, *lcs[] = { &lc }, *lps[] = { &lp };
+	struct pgc_result r;
+
+	lc.allow.functions = (struct policy_strv){ lower_cat, 1 };
+	lp.allow.functions = (struct policy_strv){ lower_pub, 1 };
+	/* o.touch: a function of the database reached as a column */
+	r = judge_cat(&cat, "SELECT o.touch FROM orders o", ro, 1);
+	CHECK(r.verdict == PGC_DENY && strstr(r.reason, "touch"));
+	r = judge_cat(&cat, "SELECT (o).touch FROM orders o", ro, 1);
+	CHECK(r.verdict == PGC_DENY);
+	r = judge_cat(&cat, "SELECT o.touch FROM orders o", trs, 1);
+	CHECK(r.verdict == PGC_ALLOW);          /* a rule that names it */
+	r = judge_cat(&none, "SELECT o.touch FROM orders o", ro, 1);
+	CHECK(r.verdict == PGC_ALLOW);          /* no such function: a column */
+	/* lower(id): public.lower may win over pg_catalog.lower */
+	r = judge_cat(&cat, "SELECT lower(name) FROM orders", ro, 1);
+	CHECK(r.verdict == PGC_DENY && strstr(r.reason, "pg_catalog.lower"));
+	r = judge_cat(&cat, "SELECT pg_catalog.lower(name) FROM orders", ro, 1);
+	CHECK(r.verdict == PGC_ALLOW);          /* qualified: only pg_catalog's */
+	r = judge_cat(&cat, "SELECT lower(name) FROM orders", lcs, 1);
+	CHECK(r.verdict == PGC_DENY);           /* granting pg_catalog's is not granting public's */
+	r = judge_cat(&cat, "SELECT lower(name) FROM orders", lps, 1);
+	CHECK(r.verdict == PGC_ALLOW);
+	r = judge_cat(&cat, "SELECT (name).lower FROM orders", ro, 1);
+	CHECK(r.verdict == PGC_DENY);
+	r = judge_cat(&cat, "SELECT upper(name) FROM orders", ro, 1);
+	CHECK(r.verdict == PGC_ALLOW);          /* not shadowed */
+	/* operators the pinned schema defines */
+	r = judge_cat(&cat, "SELECT 'a'::text + id FROM orders", ro, 1);
+	CHECK(r.verdict == PGC_DENY && strstr(r.reason, "OPERATOR(pg_catalog.+)"));
+	r = judge_cat(&cat, "SELECT 'a'::text OPERATOR(pg_catalog.+) id FROM orders", ro, 1);
+	CHECK(r.verdict == PGC_ALLOW);
+	r = judge_cat(&cat, "SELECT id - 1 FROM orders", ro, 1);
+	CHECK(r.verdict == PGC_ALLOW);
+	r = judge_cat(&cat, "SELECT * FROM orders WHERE id = 1", ro, 1);
+	CHECK(r.verdict == PGC_DENY);
+	r = judge_cat(&cat, "SELECT * FROM orders WHERE id IN (1, 2)", ro, 1);
+	CHECK(r.verdict == PGC_DENY);
+	r = judge_cat(&cat, "SELECT * FROM orders WHERE id IS DISTINCT FROM 1", ro, 1);
+	CHECK(r.verdict == PGC_DENY);
+	r = judge_cat(&cat, "SELECT CASE id WHEN 1 THEN 2 END FROM orders", ro, 1);
+	CHECK(r.verdict == PGC_DENY && strstr(r.reason, "CASE"));
+	r = judge_cat(&cat, "SELECT CASE WHEN id > 1 THEN 2 END FROM orders", ro, 1);
+	CHECK(r.verdict == PGC_ALLOW);
+	r = judge_cat(&cat, "SELECT * FROM orders JOIN orders o2 USING (id)", ro, 1);
+	CHECK(r.verdict == PGC_DENY);
+	r = judge_cat(&cat, "SELECT * FROM orders NATURAL JOIN orders o2", ro, 1);
+	CHECK(r.verdict == PGC_DENY);
+	r = judge_cat(&none, "SELECT * FROM orders JOIN orders o2 USING (id) WHERE id = 1", ro, 1);
+	CHECK(r.verdict == PGC_ALLOW);
+	/* a statement that can add names makes the rest of the message, and
+	 * (names_stale) the session, take every name as the database's */
+	{
+		static char *ddl_stmts[] = { "select", "create_function", "rename", "define" };
+		struct policy_rule dr = tr;
+		const struct policy_rule *drs[] = { &dr };
+		struct pgc_ctx st = ctx;
+
+		dr.allow.statements = (struct policy_strv){ ddl_stmts, 4 };
+		dr.allow.tables = (struct policy_strv){ NULL, 0 };
+		dr.allow.functions = (struct policy_strv){ NULL, 0 };
+		r = judge_cat(&none, "CREATE FUNCTION public.touch(orders) RETURNS int LANGUAGE sql AS "
+			      "'SELECT 1'; SELECT o.touch FROM orders o", drs, 1);
+		CHECK(r.verdict == PGC_DENY && r.changes_names && strstr(r.reason, "new session"));
+		r = judge_cat(&none, "CREATE FUNCTION public.touch(orders) RETURNS int LANGUAGE sql AS "
+			      "'SELECT 1'", drs, 1);
+		CHECK(r.verdict == PGC_ALLOW && r.changes_names);
+		r = judge_cat(&none, "ALTER FUNCTION f() RENAME TO lower", drs, 1);
+		CHECK(r.verdict == PGC_ALLOW && r.changes_names);
+		r = judge_cat(&none, "SELECT id FROM orders WHERE id = 1", drs, 1);
+		CHECK(r.verdict == PGC_ALLOW && !r.changes_names);
+		st.catalog = &none;
+		st.names_stale = true;
+		judge_with(&st, "SELECT id FROM orders WHERE id = 1", strlen("SELECT id FROM orders WHERE id = 1"), drs, 1, &r);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "new session"));
+		judge_with(&st, "SELECT lower('x')", strlen("SELECT lower('x')"), drs, 1, &r);
+		CHECK(r.verdict == PGC_DENY);
+		{
+			const char *q = "SELECT pg_catalog.lower('x'), id OPERATOR(pg_catalog.=) 1 FROM orders";
+
+			judge_with(&st, q, strlen(q), drs, 1, &r);
+		}
+		CHECK(r.verdict == PGC_ALLOW);  /* qualified names still reach the built-ins */
+	}
+	/* the verdict cache keeps catalogs apart: the same text, cached under
+	 * one, is judged again under the other */
+	{
+		struct pgc_ctx c1 = ctx, c2 = ctx;
+
+		c1.policy_gen = c2.policy_gen = 77;
+		c1.catalog = &none;
+		c2.catalog = &cat;
+		for (int i = 0; i < 2; i++) {
+			judge_with(&c1, "SELECT o.touch FROM orders o", 28, ro, 1, &r);
+			CHECK(r.verdict == PGC_ALLOW);
+			judge_with(&c2, "SELECT o.touch FROM orders o", 28, ro, 1, &r);
+			CHECK(r.verdict == PGC_DENY);
+		}
+		judge_with(&c1, "SELECT o.touch FROM orders o", 28, ro, 1, &r);
+		CHECK(r.cached);
+	}
+}
+
 /* ---- ways around: statements, classes, transactions ---- */
 
 static void test_statements(void)
@@ -1458,6 +1623,8 @@ int main(int argc, char **argv)
 	RUN(test_lexing);
 	RUN(test_names);
 	RUN(test_functions);
+	RUN(test_attribute_notation);
+	RUN(test_database_names);
 	RUN(test_statements);
 	RUN(test_transactions);
 	RUN(test_settings);
