@@ -674,7 +674,7 @@ static void colref(struct walker *w, int body, struct scope *sc, bool output,
 		}
 	} else {
 		const char *q = part[n - 2], *qs = n >= 3 ? part[n - 3] : NULL;
-		bool row_masked = false;
+		bool row_masked = false, opaque = false;
 
 		for (struct scope *s = sc; s; s = s->parent) {
 			for (struct entry *e = s->ents; e; e = e->next) {
@@ -687,16 +687,19 @@ static void colref(struct walker *w, int body, struct scope *sc, bool output,
 				found = true;
 				m |= entry_masked(w, e, col);
 				row_masked |= entry_masked(w, e, NULL);
+				opaque |= e->kind == ENT_OPAQUE;
 			}
 			if (found)
 				break;
 		}
-		if (!found)     /* unresolvable here: be conservative */
+		if (!found) {   /* unresolvable here: be conservative */
+			opaque = true;
 			for (struct scope *s = sc; s; s = s->parent)
 				for (struct entry *e = s->ents; e; e = e->next) {
 					m |= entry_masked(w, e, col);
 					row_masked |= entry_masked(w, e, NULL);
 				}
+		}
 		/*
 		 * Attribute notation: when t has no column col, t.col is the
 		 * call col(t) of a function taking t's whole row (PostgreSQL
@@ -707,7 +710,13 @@ static void colref(struct walker *w, int body, struct scope *sc, bool output,
 		 * names must not run (o.touch). A real column of that name is
 		 * refused the same way, with the reason.
 		 */
-		if (pgc_builtin_takes_row(col) || db_row_function(w, col)) {
+		/* over a function in FROM (or a name not in scope), t may be a
+		 * scalar: any one-argument function of it may be called */
+		if (opaque && !row_masked && (pgc_builtin_acts(col) || db_row_function(w, col)) &&
+		    (db_function(w, col) || !pgc_builtin_function_safe(col))) {
+			note_function_how(w, NULL, col, " (attribute notation: t.f may call f(t))",
+					  db_function(w, col));
+		} else if (pgc_builtin_takes_row(col) || db_row_function(w, col)) {
 			if (row_masked) {
 				deny(w, "%s.%s may be the call %s(%s) of the whole row of a table with masked "
 				     "columns (attribute notation)", q, col, col, q);

@@ -201,5 +201,9 @@ bool pgc_builtin_function_safe(const char *name);
 /* True when name is a pg_catalog function a whole row can be passed to as
  * its only argument (row_to_json, count, concat...): `t.name` may call it. */
 bool pgc_builtin_takes_row(const char *name);
+/* True when name is a pg_catalog function one argument can call that is
+ * not immutable (pg_sleep, lo_unlink...): `g.name` over a FROM item that
+ * is a function may call it. */
+bool pgc_builtin_acts(const char *name);
 
 #endif /* AGENTGATE_PG_CLASSIFY_H */

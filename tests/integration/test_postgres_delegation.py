@@ -8,13 +8,15 @@ union). Real PostgreSQL 15, real OpenID provider, real psql in the agent's
 cgroup through the kernel redirect."""
 import json
 import os
+import subprocess
 
 import pytest
 
-from conftest import wait_for
+from conftest import AG, PY, wait_for
 import oidc
 from oidc import AUDIENCE
 from test_postgres import AGENT, psql, stmt_events
+from test_reload import rewrite
 
 CLIENT_ID = "t-pg-deleg"
 CLIENT_SECRET = "t-pg-deleg-secret-0123456789"
@@ -28,6 +30,20 @@ def idp(tmp):
 
 
 def start(enforcer, tmp, pg, idp):
+    """Starts the enforcer on doc(); returns the policy file's path."""
+    path = enforcer.start(policy_text(doc(tmp, pg, idp)))
+
+    def verified():
+        return any(a["name"] == AGENT and a["principal"]["verified"] for a in enforcer.status()["agents"])
+    assert wait_for(verified, timeout=15), enforcer.status()
+    return path
+
+
+def policy_text(d):
+    return "version: 1\n" + "".join(f"{k}: {json.dumps(v)}\n" for k, v in d.items())
+
+
+def doc(tmp, pg, idp):
     pw = os.path.join(tmp, "pw")
     with open(pw, "w") as f:
         f.write("app-secret-pw\n")
@@ -38,7 +54,7 @@ def start(enforcer, tmp, pg, idp):
     os.chmod(secret, 0o600)
     # The agent may read customers and orders; finance users (bob) may read
     # orders and secrets and must not see customers.email unmasked.
-    doc = {
+    return {
         "agents": [{"name": AGENT, "accept_user_tokens": True,
                     "identity": {"source": "client_credentials", "issuer": idp.issuer,
                                  "client_id": CLIENT_ID, "client_secret_file": secret,
@@ -60,11 +76,6 @@ def start(enforcer, tmp, pg, idp):
                      {"role": "finance", "claims": {"groups": ["finance"]}},
                      {"role": "finance-cust", "claims": {"groups": ["finance"]}}],
     }
-    enforcer.start("version: 1\n" + "".join(f"{k}: {json.dumps(v)}\n" for k, v in doc.items()))
-
-    def verified():
-        return any(a["name"] == AGENT and a["principal"]["verified"] for a in enforcer.status()["agents"])
-    assert wait_for(verified, timeout=15), enforcer.status()
 
 
 def q(enforcer, pg, sql, token):
@@ -105,3 +116,64 @@ def test_postgres_delegation_refuses_bad_tokens(enforcer, tmp, pg, idp):
     assert rc != 0 and "user token refused" in err
     rc, out, err = q(enforcer, pg, "SELECT 1", idp.exchange("bob", resource="urn:elsewhere"))
     assert rc != 0 and "user token refused" in err
+
+
+TOKEN_HOLDER = """
+import json, sys, psycopg2
+c = psycopg2.connect(host="127.0.0.1", port=%d, user="agent_ro", dbname="shop", sslmode="disable",
+                     password=sys.stdin.readline().strip())
+c.autocommit = True
+def q(sql):
+    cur = c.cursor()
+    try:
+        cur.execute(sql)
+        return ["ok", cur.fetchall()[0][0]]
+    except psycopg2.Error as e:
+        return ["err", e.pgcode, str(e).strip()]
+print(json.dumps(q("select count(*) from orders")), flush=True)
+for line in sys.stdin:
+    print(json.dumps(q(line.strip())), flush=True)
+"""
+
+
+def test_reload_keeps_a_delegated_session_when_user_tokens_go(enforcer, tmp, pg, idp):
+    """A reload that switches delegation off for a target leaves a session that began
+    with a user's token on the policy it started with (enforcer_adopt_live): it is not
+    judged under rules written for sessions without one. Here the reload also narrows
+    the agent's rule to orders; the held session still reads customers as before, a new
+    session gets the new rules."""
+    path = start(enforcer, tmp, pg, idp)
+    bob = idp.exchange("bob")
+    p = subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", AGENT, "--", PY, "-c",
+                          TOKEN_HOLDER % pg.port], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+
+    def ask(sql=None):
+        if sql:
+            p.stdin.write(sql + "\n")
+        p.stdin.flush()
+        line = p.stdout.readline()
+        assert line, "the held session died: " + p.stderr.read()
+        return json.loads(line)
+
+    try:
+        p.stdin.write(bob + "\n")
+        assert ask() == ["ok", 5]
+        assert ask("select count(*) from customers") == ["ok", 2]
+        d = doc(tmp, pg, idp)
+        del d["targets"][0]["user_tokens"]
+        d["roles"][0]["rules"][0]["allow"]["tables"] = ["public.orders"]
+        rewrite(enforcer, path, policy_text(d))
+        r = enforcer.cli("reload")
+        assert r.returncode == 0, r.stdout + r.stderr
+        # the held session: the policy it started with
+        assert ask("select count(*) from customers") == ["ok", 2]
+        assert ask("select count(*) from secrets")[:2] == ["err", "42501"]
+        # a new session: no token asked for, the agent's new rule
+        rc, out, err = psql(enforcer, pg, "select count(*) from customers")
+        assert rc != 0 and "agentgate: denied" in err and "public.customers" in err, (rc, out, err)
+        rc, out, err = psql(enforcer, pg, "select count(*) from orders")
+        assert rc == 0 and out.strip() == "5", (rc, out, err)
+    finally:
+        p.stdin.close()
+        p.wait(timeout=20)

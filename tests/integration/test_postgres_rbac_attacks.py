@@ -281,16 +281,17 @@ def test_attribute_notation_reaches_builtins(enforcer, pg, tmp):
         "SELECT public.customers.concat FROM public.customers",
         "SELECT c.id FROM customers c WHERE c.to_jsonb::text LIKE '%4111%'",
         "SELECT x.json_agg FROM (SELECT cc FROM customers) x",
+        "SELECT g.pg_advisory_lock FROM generate_series(4243, 4243) g",
         # allowed: a safe built-in either way, real columns
         "SELECT (o.id).abs, o.to_json FROM orders o WHERE o.id = 1",
         "SELECT c.id, c.email FROM customers c WHERE c.id = 1",
     ])
-    for i in range(7):
+    for i in range(8):
         assert denied(res[i]), (i, res[i])
     assert "attribute notation" in res[0][0] and "pg_read_file" in res[0][0], res[0]
     assert "masked" in res[3][0], res[3]
-    assert res[7][:3] == ["T", 'D:1|{"id":1,"customer_id":2,"total":1}', "C:SELECT 1"], res[7]
-    assert res[8][:3] == ["T", "D:1|****", "C:SELECT 1"], res[8]
+    assert res[8][:3] == ["T", 'D:1|{"id":1,"customer_id":2,"total":1}', "C:SELECT 1"], res[8]
+    assert res[9][:3] == ["T", "D:1|****", "C:SELECT 1"], res[9]
     assert "alice@" not in str(res) and "4111" not in str(res)
     for word in ("pg_read_file", "pg_advisory_lock", "pg_terminate_backend", "row_to_json", "concat",
                  "to_jsonb", "json_agg"):

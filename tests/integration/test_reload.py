@@ -472,3 +472,107 @@ def test_reload_http_keepalive_takes_new_rules(enforcer, servers, tmp):
     fresh = [c for c in got if b"GET /a/1 " in c]
     assert fresh and b"x-forwarded-for: 127.0.0.1" in fresh[0].lower(), got
     assert not any(b"x-forwarded-for" in c.lower() for c in got if b"GET /b/3 " in c), got
+
+
+# An upstream that holds its answer to GET /slow (and says so with the file
+# `holding`) until the file `release` exists in its directory; every request
+# line it answers goes to `seen`.
+HELD_UPSTREAM = textwrap.dedent(r"""
+    import os, socket, sys, threading, time
+    port, d = int(sys.argv[1]), sys.argv[2]
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", port))
+    s.listen(16)
+    def serve(c):
+        buf = b""
+        while True:
+            while b"\r\n\r\n" not in buf:
+                data = c.recv(65536)
+                if not data:
+                    return
+                buf += data
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            line = head.split(b"\r\n")[0]
+            if b" /slow " in line:
+                open(os.path.join(d, "holding"), "w").close()
+                while not os.path.exists(os.path.join(d, "release")):
+                    time.sleep(0.02)
+            with open(os.path.join(d, "seen"), "ab") as f:
+                f.write(line + b"\n")
+            body = b"ok " + line.split(b" ")[1]
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+""")
+
+# The agent: one connection; each stdin line is a request path to send
+# (pipelined: it does not wait), "read N" reads N answers and prints them.
+PIPE_AGENT = """
+import json, socket, sys
+s = socket.create_connection(("127.0.0.1", %d))
+s.settimeout(20)
+buf = b""
+def answer():
+    global buf
+    while b"\\r\\n\\r\\n" not in buf:
+        buf += s.recv(65536)
+    head, buf = buf.split(b"\\r\\n\\r\\n", 1)
+    n = int([l for l in head.split(b"\\r\\n") if l.lower().startswith(b"content-length:")][0].split(b":")[1])
+    while len(buf) < n:
+        buf += s.recv(65536)
+    body, buf = buf[:n], buf[n:]
+    return head.split(b"\\r\\n")[0].decode() + " " + body.decode(errors="replace")[:40]
+for line in sys.stdin:
+    cmd = line.split()
+    if cmd[0] == "read":
+        print(json.dumps([answer() for _ in range(int(cmd[1]))]), flush=True)
+    else:
+        s.sendall(b"GET %%s HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n" %% cmd[0].encode())
+        print(json.dumps("sent"), flush=True)
+"""
+
+
+def test_reload_http_waits_for_requests_in_flight(enforcer, servers, tmp):
+    """An http connection takes a reloaded policy only at a request with nothing in
+    flight: a request pipelined behind one the upstream has not answered yet is
+    judged by the policy the connection has; the next one after the answers, by the
+    new policy."""
+    from conftest import Proc, free_port, wait_port
+    d = os.path.join(tmp, "held")
+    os.makedirs(d)
+    port = free_port()
+    servers.procs.append(Proc([PY, "-c", HELD_UPSTREAM, str(port), d]))
+    wait_port("127.0.0.1", port)
+    path = enforcer.start(http_policy(port, ["GET /slow", "GET /a/**"]))
+    agent = subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", AGENT, "--", PY, "-c",
+                              PIPE_AGENT % port], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+
+    def say(line):
+        agent.stdin.write(line + "\n")
+        agent.stdin.flush()
+        out = agent.stdout.readline()
+        assert out, "the agent died: " + agent.stderr.read()
+        return json.loads(out)
+
+    try:
+        assert say("/slow") == "sent"
+        assert wait_for(lambda: os.path.exists(os.path.join(d, "holding")), timeout=10)
+        rewrite(enforcer, path, http_policy(port, ["GET /slow", "GET /b/**"]))
+        r = enforcer.cli("reload")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert say("/a/2") == "sent"        # /slow is still in flight
+        open(os.path.join(d, "release"), "w").close()
+        assert say("read 2") == ["HTTP/1.1 200 OK ok /slow", "HTTP/1.1 200 OK ok /a/2"]
+        assert say("/a/3") == "sent"        # nothing in flight: the new policy
+        got = say("read 1")
+        assert got[0].startswith("HTTP/1.1 403"), got
+        assert say("/b/1") == "sent"
+        assert say("read 1") == ["HTTP/1.1 200 OK ok /b/1"]
+    finally:
+        agent.stdin.close()
+        agent.wait(timeout=20)
+    with open(os.path.join(d, "seen"), "rb") as f:
+        assert f.read().split(b"\n")[:-1] == [b"GET /slow HTTP/1.1", b"GET /a/2 HTTP/1.1", b"GET /b/1 HTTP/1.1"]

@@ -487,6 +487,15 @@ static void test_attribute_notation(void)
 	EXPECT("SELECT o.to_json, o.count FROM orders o", PGC_ALLOW);
 	EXPECT_REASON("SELECT o.record_out FROM orders o", PGC_DENY, "record_out");
 	EXPECT("SELECT o.pg_column_size FROM orders o", PGC_DENY);
+	/* over a function in FROM, t.f may call f with t a scalar */
+	CHECK(pgc_builtin_acts("pg_sleep") && pgc_builtin_acts("lo_unlink") && !pgc_builtin_acts("sqrt"));
+	EXPECT_REASON("SELECT g.pg_sleep FROM generate_series(1, 1) g", PGC_DENY, "pg_sleep");
+	EXPECT("SELECT g.lo_unlink FROM unnest(ARRAY[1::oid]) g", PGC_DENY);
+	EXPECT("SELECT unnest.pg_terminate_backend FROM unnest(ARRAY[1])", PGC_DENY);
+	EXPECT("SELECT g.nextval FROM unnest(ARRAY['s'::regclass]) AS g(x)", PGC_DENY);
+	EXPECT("SELECT g.current_setting FROM unnest(ARRAY['x']) g", PGC_DENY);
+	EXPECT("SELECT g.sqrt, g.g, e.key, e.value FROM generate_series(1, 2) g, "
+	       "jsonb_each('{}') e", PGC_ALLOW);
 	/* columns of a masked table that are no such names stay what they were */
 	EXPECT("SELECT c.id, c.name, c.email FROM customers c", PGC_ALLOW);
 }
