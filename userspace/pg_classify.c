@@ -708,24 +708,22 @@ static void colref(struct walker *w, int body, struct scope *sc, bool output,
 		 * as that call: over a table with masked columns it would read
 		 * them all (c.row_to_json), and a function no safe list or rule
 		 * names must not run (o.touch). A real column of that name is
-		 * refused the same way, with the reason.
+		 * refused the same way, with the reason. Over a function in
+		 * FROM (or a name not in scope) t may be a scalar, so any
+		 * one-argument function that is not immutable may be called
+		 * (g.pg_sleep).
 		 */
-		/* over a function in FROM (or a name not in scope), t may be a
-		 * scalar: any one-argument function of it may be called */
-		if (opaque && !row_masked && (pgc_builtin_acts(col) || db_row_function(w, col)) &&
-		    (db_function(w, col) || !pgc_builtin_function_safe(col))) {
+		bool call = pgc_builtin_takes_row(col) || db_row_function(w, col) ||
+			    (opaque && pgc_builtin_acts(col));
+
+		if (call && row_masked && (pgc_builtin_takes_row(col) || db_row_function(w, col))) {
+			deny(w, "%s.%s may be the call %s(%s) of the whole row of a table with masked "
+			     "columns (attribute notation)", q, col, col, q);
+			return;
+		}
+		if (call && (db_function(w, col) || !pgc_builtin_function_safe(col)))
 			note_function_how(w, NULL, col, " (attribute notation: t.f may call f(t))",
 					  db_function(w, col));
-		} else if (pgc_builtin_takes_row(col) || db_row_function(w, col)) {
-			if (row_masked) {
-				deny(w, "%s.%s may be the call %s(%s) of the whole row of a table with masked "
-				     "columns (attribute notation)", q, col, col, q);
-				return;
-			}
-			if (db_function(w, col) || !pgc_builtin_function_safe(col))
-				note_function_how(w, NULL, col, " (attribute notation: t.f may call f(t))",
-						  db_function(w, col));
-		}
 	}
 	if (!m || w->denied)
 		return;
@@ -805,16 +803,30 @@ static bool db_operator(const struct walker *w, const char *op)
 
 /* A statement that can add a name db_function() or db_operator() would
  * answer for: a function, procedure, aggregate or operator created, renamed
- * or moved into a schema, or an extension's. */
-static bool changes_names(const struct walker *w, int key)
+ * or moved into a schema, a schema renamed (another could become the pinned
+ * one), or an extension's. A table renamed or moved does not count. */
+static bool changes_names(struct walker *w, int key, int body)
 {
-	static const char *const types[] = {
-		"CreateFunctionStmt", "DefineStmt", "RenameStmt", "AlterObjectSchemaStmt",
-		"CreateExtensionStmt", "AlterExtensionStmt", "AlterExtensionContentsStmt", NULL,
+	static const char *const kinds[] = {
+		"OBJECT_FUNCTION", "OBJECT_PROCEDURE", "OBJECT_ROUTINE", "OBJECT_AGGREGATE",
+		"OBJECT_OPERATOR", "OBJECT_SCHEMA", "OBJECT_EXTENSION", NULL,
 	};
+	const char *kind;
 
-	for (int i = 0; types[i]; i++)
-		if (pgj_is(&w->j, key, types[i]))
+	if (pgj_is(&w->j, key, "CreateFunctionStmt") || pgj_is(&w->j, key, "DefineStmt") ||
+	    pgj_is(&w->j, key, "CreateExtensionStmt") || pgj_is(&w->j, key, "AlterExtensionStmt") ||
+	    pgj_is(&w->j, key, "AlterExtensionContentsStmt"))
+		return true;
+	if (pgj_is(&w->j, key, "RenameStmt"))
+		kind = get_str(w, body, "renameType");
+	else if (pgj_is(&w->j, key, "AlterObjectSchemaStmt"))
+		kind = get_str(w, body, "objectType");
+	else
+		return false;
+	if (!kind)
+		return true;            /* an unexpected shape: assume the worst */
+	for (int i = 0; kinds[i]; i++)
+		if (strcmp(kind, kinds[i]) == 0)
 			return true;
 	return false;
 }
@@ -3013,7 +3025,7 @@ static enum cache_as judge_parsed(struct tstate *t, const struct pgc_ctx *ctx,
 		statement(w, key, body, &sc, true);
 		if (!w->st->tag)
 			w->st->tag = "?";
-		if (changes_names(w, key)) {
+		if (changes_names(w, key, body)) {
 			w->names_unknown = out->changes_names = true;
 			w->nocache = true;
 		}

@@ -494,6 +494,9 @@ static void test_attribute_notation(void)
 	EXPECT("SELECT unnest.pg_terminate_backend FROM unnest(ARRAY[1])", PGC_DENY);
 	EXPECT("SELECT g.nextval FROM unnest(ARRAY['s'::regclass]) AS g(x)", PGC_DENY);
 	EXPECT("SELECT g.current_setting FROM unnest(ARRAY['x']) g", PGC_DENY);
+	/* ...also beside a table with masked columns, unaliased */
+	EXPECT_REASON("SELECT generate_series.pg_sleep FROM generate_series(1, 1), customers", PGC_DENY,
+		      "pg_sleep");
 	EXPECT("SELECT g.sqrt, g.g, e.key, e.value FROM generate_series(1, 2) g, "
 	       "jsonb_each('{}') e", PGC_ALLOW);
 	/* columns of a masked table that are no such names stay what they were */
@@ -586,6 +589,14 @@ static void test_database_names(void)
 		CHECK(r.verdict == PGC_ALLOW && r.changes_names);
 		r = judge_cat(&none, "ALTER FUNCTION f() RENAME TO lower", drs, 1);
 		CHECK(r.verdict == PGC_ALLOW && r.changes_names);
+		r = judge_cat(&none, "ALTER SCHEMA evil RENAME TO public", drs, 1);
+		CHECK(r.changes_names);         /* another schema's functions become the pinned one's */
+		r = judge_cat(&none, "ALTER FUNCTION evil.f() SET SCHEMA public", drs, 1);
+		CHECK(r.changes_names);
+		r = judge_cat(&none, "ALTER TABLE orders RENAME TO o2", drs, 1);
+		CHECK(!r.changes_names);        /* a table is no function */
+		r = judge_cat(&none, "ALTER TABLE orders SET SCHEMA other", drs, 1);
+		CHECK(!r.changes_names);
 		r = judge_cat(&none, "SELECT id FROM orders WHERE id = 1", drs, 1);
 		CHECK(r.verdict == PGC_ALLOW && !r.changes_names);
 		st.catalog = &none;
