@@ -59,6 +59,7 @@ struct spool {
 	pthread_cond_t tick;    /* the spool thread waits here */
 	char dir[4096];
 	uint64_t max_bytes, seg_max;
+	uint64_t seal_grace_ms;
 	struct seg *segs;
 	size_t nsegs, scap;
 	int fd;                 /* active segment */
@@ -342,6 +343,7 @@ int spool_open(struct spool **out, const char *dir, uint64_t max_bytes, uint64_t
 	s->fd = s->dlfd = -1;
 	snprintf(s->dir, sizeof(s->dir), "%s", dir);
 	s->max_bytes = max_bytes ? max_bytes : SPOOL_DEFAULT_MAX_BYTES;
+	s->seal_grace_ms = SPOOL_SEAL_GRACE_MS;
 	/* Several segments per spool, so deleting one frees a useful part. */
 	s->seg_max = s->max_bytes / 8 < SPOOL_SEG_MAX ? s->max_bytes / 8 : SPOOL_SEG_MAX;
 	if (s->seg_max < 4096)
@@ -677,8 +679,10 @@ static void seal_pending_locked(struct spool *s)
 
 		if (!sg->closed || sg->sealed)
 			continue;
-		/* what a sink still needs is compressed after a grace period */
-		if (s->nreaders && (sg->last <= acked || now - sg->closed_ms < SPOOL_SEAL_GRACE_MS))
+		/* what a sink still needs is compressed after a grace period,
+		 * or at once when room matters (audit_spool.h) */
+		if (s->nreaders && (sg->last <= acked ||
+				    (now - sg->closed_ms < s->seal_grace_ms && s->total <= s->max_bytes / 4)))
 			continue;
 		pthread_mutex_unlock(&s->lock);
 		err = seal_one(s, first, &zb);
@@ -778,6 +782,13 @@ static void *spool_thread(void *arg)
 	}
 	pthread_mutex_unlock(&s->lock);
 	return NULL;
+}
+
+void spool_set_seal_grace(struct spool *s, uint64_t ms)
+{
+	pthread_mutex_lock(&s->lock);
+	s->seal_grace_ms = ms;
+	pthread_mutex_unlock(&s->lock);
 }
 
 void spool_set_tick(struct spool *s, void (*fn)(void *), void *arg)

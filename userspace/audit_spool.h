@@ -23,7 +23,10 @@
  *
  * A closed segment every reader has acknowledged is deleted instead of
  * sealed (only the newest closed one stays, raw, until a newer one closes);
- * one a reader still needs is sealed after SPOOL_SEAL_GRACE_MS.
+ * one a reader still needs is sealed once the reader has been behind it
+ * for SPOOL_SEAL_GRACE_MS (an outage, not a burst the sink is catching up
+ * on: compressing what is read a moment later is CPU for nothing), or at
+ * once while the spool is over a quarter full (room matters then).
  * The spool is bounded by max_bytes (sealed segments count compressed).
  * When an append does not fit, sealed segments every reader has acknowledged
  * are deleted; if it still does not fit, spool_append() returns -ENOSPC and
@@ -47,7 +50,7 @@
 #define SPOOL_FLUSH_MS 10
 #define SPOOL_SYNC_MS 100
 #define SPOOL_SYNC_EVENTS 4096
-#define SPOOL_SEAL_GRACE_MS 1000   /* a closed segment a sink still needs is sealed after this */
+#define SPOOL_SEAL_GRACE_MS 10000  /* a closed segment a sink still needs is sealed after this */
 #define SPOOL_MAX_READERS 16
 
 struct spool;
@@ -77,6 +80,8 @@ int spool_start(struct spool *s);
  * audit.c hands its queued events to spool_append() there. Set before
  * spool_start(). */
 void spool_set_tick(struct spool *s, void (*fn)(void *), void *arg);
+/* Another seal grace than SPOOL_SEAL_GRACE_MS (tests). */
+void spool_set_seal_grace(struct spool *s, uint64_t ms);
 /* Writes what is buffered, syncs, stops the thread, frees. NULL-safe. */
 void spool_close(struct spool *s);
 

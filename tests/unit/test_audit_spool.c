@@ -181,6 +181,7 @@ static void test_segments_sealed(void)
 	fresh_dir();
 	/* max 1 MiB: segments of 128 KiB */
 	CHECK(spool_open(&s, dir, 1 << 20, &last) == 0);
+	spool_set_seal_grace(s, 200);
 	CHECK(spool_reader_open(s, "a", &r) == 0);
 	CHECK(spool_start(s) == 0);
 	CHECK(append_n(s, 1, 5000) == 0);
@@ -233,6 +234,7 @@ static void test_delivered_not_sealed(void)
 
 	fresh_dir();
 	CHECK(spool_open(&s, dir, 1 << 20, &last) == 0);   /* segments of 128 KiB */
+	spool_set_seal_grace(s, 1000);
 	CHECK(spool_reader_open(s, "fast", &r) == 0);
 	CHECK(spool_start(s) == 0);
 	for (uint64_t seq = 1; seq <= 10000; seq += 500) {
@@ -244,7 +246,7 @@ static void test_delivered_not_sealed(void)
 	CHECK(next == 10001);
 	CHECK(bad == 0);
 	/* the spool thread runs every SPOOL_FLUSH_MS; wait out the seal grace */
-	usleep((SPOOL_SEAL_GRACE_MS + 200) * 1000);
+	usleep(1200 * 1000);
 	CHECK(count_files(".z") == 0);
 	CHECK(count_files(".log") == 2);   /* the newest closed segment and the active one */
 	CHECK(spool_bytes(s) < 2 * (128 << 10));
@@ -262,6 +264,36 @@ static void test_delivered_not_sealed(void)
 		CHECK(len == (size_t)wl && memcmp(line, want, wl) == 0);
 		free(line);
 	}
+	spool_close(s);
+	rm_dir();
+}
+
+/* A reader behind a closed segment, the spool under a quarter full: the
+ * segment stays raw through the grace (a sink catching up on a burst reads
+ * it soon; compressing it first is work for nothing), and is sealed after. */
+static void test_lagging_reader_sealed_after_grace(void)
+{
+	struct spool *s;
+	struct spool_reader *r;
+	uint64_t last;
+	int bad = 0;
+
+	fresh_dir();
+	CHECK(spool_open(&s, dir, 1 << 20, &last) == 0);   /* segments of 128 KiB */
+	spool_set_seal_grace(s, 1500);
+	CHECK(spool_reader_open(s, "slow", &r) == 0);
+	CHECK(spool_start(s) == 0);
+	CHECK(append_n(s, 1, 3000) == 0);
+	CHECK(spool_flush(s, true) == 0);
+	CHECK(spool_bytes(s) < (1 << 20) / 4);
+	CHECK(count_files(".log") >= 2);
+	usleep(500 * 1000);
+	CHECK(count_files(".z") == 0);
+	for (int i = 0; i < 150 && count_files(".z") == 0; i++)
+		usleep(20000);
+	CHECK(count_files(".z") >= 1);
+	CHECK(read_all(r, 1, &bad) == 3001);
+	CHECK(bad == 0);
 	spool_close(s);
 	rm_dir();
 }
@@ -371,6 +403,7 @@ int main(void)
 	RUN(test_sync_skipped_when_delivered);
 	RUN(test_segments_sealed);
 	RUN(test_delivered_not_sealed);
+	RUN(test_lagging_reader_sealed_after_grace);
 	RUN(test_bound_and_gc);
 	RUN(test_crash_recovery);
 	RUN(test_dead_letter_and_ids);
