@@ -223,6 +223,7 @@ struct walker {
 	int deny_at;                   /* the statement whose walk denied, else -1 */
 	bool denied, nocache, may_write;
 	bool names_unknown;            /* ctx->names_stale, or an earlier statement changed them */
+	int in_from_func;              /* inside a function (or XMLTABLE) in FROM */
 };
 
 static void deny(struct walker *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -689,8 +690,12 @@ static void colref(struct walker *w, int body, struct scope *sc, bool output,
 				row_masked |= entry_masked(w, e, NULL);
 				opaque |= e->kind == ENT_OPAQUE;
 			}
-			if (found)
-				break;
+			/* Every level, not just the nearest that matches: the
+			 * scope model is coarser than PostgreSQL's (a non-LATERAL
+			 * subquery in FROM and a JOIN's ON do not see sibling
+			 * FROM items, (a JOIN b) AS j hides a and b), so a name
+			 * matched here may be an outer one there. Taking all of
+			 * them can only deny more. */
 		}
 		if (!found) {   /* unresolvable here: be conservative */
 			opaque = true;
@@ -809,13 +814,15 @@ static bool changes_names(struct walker *w, int key, int body)
 {
 	static const char *const kinds[] = {
 		"OBJECT_FUNCTION", "OBJECT_PROCEDURE", "OBJECT_ROUTINE", "OBJECT_AGGREGATE",
-		"OBJECT_OPERATOR", "OBJECT_SCHEMA", "OBJECT_EXTENSION", NULL,
+		"OBJECT_OPERATOR", "OBJECT_SCHEMA", "OBJECT_EXTENSION", "OBJECT_TYPE", "OBJECT_DOMAIN",
+		NULL,
 	};
 	const char *kind;
 
 	if (pgj_is(&w->j, key, "CreateFunctionStmt") || pgj_is(&w->j, key, "DefineStmt") ||
 	    pgj_is(&w->j, key, "CreateExtensionStmt") || pgj_is(&w->j, key, "AlterExtensionStmt") ||
-	    pgj_is(&w->j, key, "AlterExtensionContentsStmt"))
+	    pgj_is(&w->j, key, "AlterExtensionContentsStmt") || pgj_is(&w->j, key, "CreateDomainStmt") ||
+	    pgj_is(&w->j, key, "AlterDomainStmt") || pgj_is(&w->j, key, "CreateCastStmt"))
 		return true;
 	if (pgj_is(&w->j, key, "RenameStmt"))
 		kind = get_str(w, body, "renameType");
@@ -934,6 +941,15 @@ static void operator_name(struct walker *w, int names)
 		     last, w->names_unknown ? "this session ran a statement that can create operators, so "
 		     "any may be the database's own now (a new session reads them again)" :
 		     "the pinned schema defines its own", last);
+	else if (n == 1 && strstr(last, "BETWEEN")) {
+		/* BETWEEN is >= and <=, NOT BETWEEN < and >, looked up by name */
+		bool not = strncmp(last, "NOT ", 4) == 0;
+		const char *a = not ? "<" : ">=", *b = not ? ">" : "<=";
+
+		if (db_operator(w, a) || db_operator(w, b))
+			deny(w, "%s not allowed: it compares with %s and %s, and the pinned schema defines "
+			     "its own, which PostgreSQL may pick", last, a, b);
+	}
 }
 
 /* SQL that compares with "=" looked up by name over the search_path, with
@@ -978,16 +994,48 @@ static void indirection(struct walker *w, int body, struct scope *sc)
 	}
 }
 
-static void typecast(struct walker *w, int body, struct scope *sc)
+/*
+ * A type named in a cast or a column definition. A cast to a domain runs
+ * its CHECK constraints, and a cast between a type and another may run a
+ * cast function: code the database defines, which no rule names. Types
+ * the pinned schema defines that way come with the catalog (a session
+ * that may have changed them knows none); a type in another schema than
+ * pg_catalog cannot be judged, so it is refused.
+ */
+static void type_name(struct walker *w, int tn)
 {
-	int tn = pgj_get(&w->j, body, "typeName"), names = pgj_get(&w->j, tn, "names");
-	const char *last = NULL;
+	int names = pgj_get(&w->j, tn, "names"), n = 0;
+	const char *part[4] = { NULL };
+	const struct pgc_catalog *c = w->ctx->catalog;
 
 	for (int f = pgj_first(&w->j, names); f >= 0; f = pgj_after(&w->j, names, f))
-		last = string_node(w, f);
+		if (n < 4)
+			part[n++] = string_node(w, f);
+	if (!n || !part[n - 1]) {
+		deny(w, "malformed type name");
+		return;
+	}
+	const char *last = part[n - 1], *schema = n >= 2 ? part[n - 2] : NULL;
+
 	/* regclass, regproc, regtype...: a literal that names an object */
-	if (last && strncmp(last, "reg", 3) == 0)
+	if (strncmp(last, "reg", 3) == 0)
 		w->nocache = true;
+	if (n > 2 || (schema && strcmp(schema, "pg_catalog") != 0 && strcmp(schema, w->schema) != 0)) {
+		deny(w, "type %s.%s not allowed: a cast to a type outside pg_catalog and the pinned schema may "
+		     "run the database's functions", schema ? schema : "?", last);
+		return;
+	}
+	if (schema && strcmp(schema, "pg_catalog") == 0)
+		return;
+	if (w->names_unknown || (c && in_sorted(c->types, c->ntypes, last)))
+		deny(w, "type %s not allowed: %s", last, w->names_unknown ?
+		     "this session ran a statement that can create types (a new session reads them again)" :
+		     "it is a domain or has cast functions, so a cast to it runs the database's functions");
+}
+
+static void typecast(struct walker *w, int body, struct scope *sc)
+{
+	type_name(w, pgj_get(&w->j, body, "typeName"));
 	expr(w, pgj_get(&w->j, body, "arg"), sc);
 }
 
@@ -1013,6 +1061,12 @@ static void node(struct walker *w, int key, int body, struct scope *sc)
 		typecast(w, body, sc);
 	} else if (pgj_is(j, key, "A_Indirection")) {
 		indirection(w, body, sc);
+	} else if (pgj_is(j, key, "TypeName") && w->in_from_func) {
+		type_name(w, body);     /* a column definition list's: values are made of that type */
+	} else if (pgj_is(j, key, "SortBy")) {
+		/* ORDER BY inside an aggregate, a window, WITHIN GROUP */
+		operator_name(w, pgj_get(j, body, "useOp"));
+		expr(w, pgj_get(j, body, "node"), sc);
 	} else if (pgj_is(j, key, "CaseExpr")) {
 		if (pgj_get(j, body, "arg") >= 0)
 			implicit_equals(w, "CASE x WHEN");
@@ -1022,8 +1076,13 @@ static void node(struct walker *w, int key, int body, struct scope *sc)
 		expr(w, pgj_get(j, body, "lexpr"), sc);
 		expr(w, pgj_get(j, body, "rexpr"), sc);
 	} else if (pgj_is(j, key, "SubLink")) {
+		const char *kind = get_str(w, body, "subLinkType");
+
 		expr(w, pgj_get(j, body, "testexpr"), sc);
 		operator_name(w, pgj_get(j, body, "operName"));
+		/* x IN (SELECT ...) has no operator in the tree: it is = */
+		if (kind && strcmp(kind, "ANY_SUBLINK") == 0 && pgj_first(j, pgj_get(j, body, "operName")) < 0)
+			implicit_equals(w, "IN (subquery)");
 		walk_query(w, pgj_get(j, body, "subselect"), sc, false, false, NULL);
 	} else if (pgj_is(j, key, "SelectStmt")) {
 		walk_select(w, body, sc, false, false, NULL);
@@ -1174,11 +1233,33 @@ static void from_item(struct walker *w, int item, struct scope *sc)
 		expr(w, pgj_get(j, body, "repeatable"), sc);
 	} else {
 		/* RangeFunction, RangeTableFunc (XMLTABLE): functions and
-		 * expressions; their columns carry no lineage. */
+		 * expressions; their columns carry no lineage. Without an
+		 * alias PostgreSQL names the item after its function (t.f
+		 * then reaches it: attribute notation), so it gets an entry
+		 * under each function's name. */
 		const char *al = alias_name(w, body, &cols);
 
+		w->in_from_func++;
 		expr(w, body, sc);
+		w->in_from_func--;
 		add_entry(w, sc, al, ENT_OPAQUE);
+		if (!al && pgj_is(j, key, "RangeFunction")) {
+			int fl = pgj_get(j, body, "functions");
+
+			for (int f = pgj_first(j, fl); f >= 0; f = pgj_after(j, fl, f)) {
+				/* [{"List": {"items": [FuncCall, coldefs]}}] */
+				int lb = node_of(w, f, "List"), items = lb >= 0 ? pgj_get(j, lb, "items") : -1;
+				int pair = items >= 0 ? pgj_first(j, items) : -1;
+				int fc = pair >= 0 ? node_of(w, pair, "FuncCall") : -1;
+				int names = fc >= 0 ? pgj_get(j, fc, "funcname") : -1;
+				const char *last = NULL;
+
+				for (int n = pgj_first(j, names); n >= 0; n = pgj_after(j, names, n))
+					last = string_node(w, n);
+				if (last)
+					add_entry(w, sc, last, ENT_OPAQUE);
+			}
+		}
 	}
 	leave(w);
 }
@@ -1240,6 +1321,15 @@ static void sort_item(struct walker *w, int item, struct scope *sc, const struct
 		int content = pgj_get(&w->j, b, "content");
 
 		for (int c = pgj_first(&w->j, content); c >= 0; c = pgj_after(&w->j, content, c))
+			sort_item(w, c, sc, so);
+		return;
+	}
+	/* GROUP BY (x, 1) and ROLLUP ((x, 1)): PostgreSQL flattens the row
+	 * and matches output names and positions inside it */
+	if ((b = node_of(w, item, "RowExpr")) >= 0) {
+		int args = pgj_get(&w->j, b, "args");
+
+		for (int c = pgj_first(&w->j, args); c >= 0; c = pgj_after(&w->j, args, c))
 			sort_item(w, c, sc, so);
 		return;
 	}
@@ -2994,6 +3084,7 @@ static enum cache_as judge_parsed(struct tstate *t, const struct pgc_ctx *ctx,
 	w->nst = w->nfuncs = w->nents = w->nders = w->nctes = w->depth = 0;
 	w->denied = w->nocache = false;
 	w->names_unknown = ctx->names_stale;
+	w->in_from_func = 0;
 	w->deny_at = -1;
 	out->denied_stmt = -1;
 	w->ctx = ctx;

@@ -2433,7 +2433,13 @@ static bool names_query(struct conn *c, char *sql, size_t cap)
 	lit(sql, cap, &n, sp);
 	n += (size_t)snprintf(sql + n, n < cap ? cap - n : 0,
 		" AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = "
-		"'pg_catalog.pg_operator'::pg_catalog.regclass AND d.objid = o.oid AND d.deptype = 'e')");
+		"'pg_catalog.pg_operator'::pg_catalog.regclass AND d.objid = o.oid AND d.deptype = 'e')"
+		" UNION ALL SELECT 't', t.typname FROM pg_catalog.pg_type t "
+		"JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace WHERE n.nspname = ");
+	lit(sql, cap, &n, sp);
+	n += (size_t)snprintf(sql + n, n < cap ? cap - n : 0,
+		" AND (t.typtype = 'd' OR EXISTS (SELECT 1 FROM pg_catalog.pg_cast k WHERE k.castmethod = 'f' "
+		"AND (k.castsource = t.oid OR k.casttarget = t.oid)))");
 	return n < cap;
 }
 
@@ -2451,7 +2457,7 @@ static int names_row(struct pg_sess *s, const struct pg_msg *m)
 	for (int i = 0; i < 2; i++)
 		if (pg_datarow_next(&d, &v[i], &vl[i]) != 1 || vl[i] <= 0 || vl[i] >= 64)
 			return -EBADMSG;
-	if (vl[0] != 1 || (v[0][0] != 'f' && v[0][0] != 'r' && v[0][0] != 'o') ||
+	if (vl[0] != 1 || (v[0][0] != 'f' && v[0][0] != 'r' && v[0][0] != 'o' && v[0][0] != 't') ||
 	    memchr(v[1], '\0', (size_t)vl[1]))
 		return -EBADMSG;
 	if (s->nnames == s->capnames) {
@@ -2495,18 +2501,23 @@ static size_t sort_unique(const char **v, size_t n)
 /* The rows read: the three sorted lists and their SHA-256. */
 static int names_ready(struct pg_sess *s)
 {
-	const char **v = calloc(s->nnames * 3 + 1, sizeof(*v));
-	size_t nf = 0, nr = 0, no = 0;
+	const char **v = calloc(s->nnames * 4 + 1, sizeof(*v));
+	size_t nf = 0, nr = 0, no = 0, nt = 0;
 	EVP_MD_CTX *md;
 	unsigned int hl = 0;
 	bool ok;
 
 	if (!v)
 		return -ENOMEM;
-	/* functions in [0, n), row functions in [n, 2n), operators in [2n, 3n) */
+	/* functions in [0, n), row functions in [n, 2n), operators in [2n, 3n),
+	 * types in [3n, 4n) */
 	for (uint32_t i = 0; i < s->nnames; i++) {
 		if (s->kinds[i] == 'o') {
 			v[2 * s->nnames + no++] = s->names[i];
+			continue;
+		}
+		if (s->kinds[i] == 't') {
+			v[3 * s->nnames + nt++] = s->names[i];
 			continue;
 		}
 		v[nf++] = s->names[i];
@@ -2517,15 +2528,17 @@ static int names_ready(struct pg_sess *s)
 		.funcs = v, .nfuncs = sort_unique(v, nf),
 		.row_funcs = v + s->nnames, .nrow_funcs = sort_unique(v + s->nnames, nr),
 		.ops = v + 2 * s->nnames, .nops = sort_unique(v + 2 * s->nnames, no),
+		.types = v + 3 * s->nnames, .ntypes = sort_unique(v + 3 * s->nnames, nt),
 	};
 	free(s->cat_v);
 	s->cat_v = v;
 	if (!(md = EVP_MD_CTX_new()))
 		return -ENOMEM;
 	ok = EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1;
-	for (int l = 0; l < 3 && ok; l++) {
-		const char *const *lv = l == 0 ? s->cat.funcs : l == 1 ? s->cat.row_funcs : s->cat.ops;
-		size_t ln = l == 0 ? s->cat.nfuncs : l == 1 ? s->cat.nrow_funcs : s->cat.nops;
+	for (int l = 0; l < 4 && ok; l++) {
+		const char *const *lv = l == 0 ? s->cat.funcs : l == 1 ? s->cat.row_funcs :
+					l == 2 ? s->cat.ops : s->cat.types;
+		size_t ln = l == 0 ? s->cat.nfuncs : l == 1 ? s->cat.nrow_funcs : l == 2 ? s->cat.nops : s->cat.ntypes;
 		char tag = (char)('0' + l);
 
 		ok = EVP_DigestUpdate(md, &tag, 1) == 1;

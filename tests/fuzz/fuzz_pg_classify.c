@@ -140,8 +140,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	{
 		static const char *const f[] = { "count", "lower", "touch" };
 		static const char *const rf[] = { "count", "touch" };
-		static const char *const op[] = { "+", "=" };
-		static const struct pgc_catalog cat = { f, 3, rf, 2, op, 2, { 7 } };
+		static const char *const op[] = { "+", "<=", "=" };
+		static const char *const ty[] = { "d" };
+		static const struct pgc_catalog cat = { f, 3, rf, 2, op, 3, ty, 1, { 7 } };
 		struct pgc_result d;
 
 		ctx.catalog = &cat;

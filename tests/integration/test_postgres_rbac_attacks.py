@@ -282,16 +282,20 @@ def test_attribute_notation_reaches_builtins(enforcer, pg, tmp):
         "SELECT c.id FROM customers c WHERE c.to_jsonb::text LIKE '%4111%'",
         "SELECT x.json_agg FROM (SELECT cc FROM customers) x",
         "SELECT g.pg_advisory_lock FROM generate_series(4243, 4243) g",
+        # names PostgreSQL resolves to another FROM item than the nearest
+        "SELECT (SELECT generate_series.pg_advisory_lock FROM generate_series(4244, 4244)) "
+        "FROM orders generate_series WHERE generate_series.id = 1",
+        "SELECT (SELECT x.to_json FROM (orders x CROSS JOIN orders y) AS j LIMIT 1) FROM customers x",
         # allowed: a safe built-in either way, real columns
         "SELECT (o.id).abs, o.to_json FROM orders o WHERE o.id = 1",
         "SELECT c.id, c.email FROM customers c WHERE c.id = 1",
     ])
-    for i in range(8):
+    for i in range(10):
         assert denied(res[i]), (i, res[i])
     assert "attribute notation" in res[0][0] and "pg_read_file" in res[0][0], res[0]
     assert "masked" in res[3][0], res[3]
-    assert res[8][:3] == ["T", 'D:1|{"id":1,"customer_id":2,"total":1}', "C:SELECT 1"], res[8]
-    assert res[9][:3] == ["T", "D:1|****", "C:SELECT 1"], res[9]
+    assert res[10][:3] == ["T", 'D:1|{"id":1,"customer_id":2,"total":1}', "C:SELECT 1"], res[10]
+    assert res[11][:3] == ["T", "D:1|****", "C:SELECT 1"], res[11]
     assert "alice@" not in str(res) and "4111" not in str(res)
     for word in ("pg_read_file", "pg_advisory_lock", "pg_terminate_backend", "row_to_json", "concat",
                  "to_jsonb", "json_agg"):
@@ -325,6 +329,34 @@ def test_database_functions_a_rule_names(enforcer, pg, tmp):
     assert denied(res[3]) and "pg_catalog.lower" in res[3][0], res[3]
     assert denied(res[4]) and "OPERATOR(pg_catalog.+)" in res[4][0], res[4]
     assert pg.sql("SELECT string_agg(via, ',') FROM fn_calls") == "touch"
+
+
+def test_database_comparisons_and_casts(enforcer, pg, tmp):
+    """More places where PostgreSQL runs the database's code for a name the text does
+    not call: a cast to a domain runs its CHECK; x IN (SELECT ...) compares with = and
+    BETWEEN with >= and <=, looked up by name over the search path. With public
+    defining those, each is denied before the server sees it; pg_catalog's operators,
+    named, still work."""
+    pg.sql(FN_CALLS.format(name="chk", arg="integer", ret="bool", value="true") +
+           FN_CALLS.format(name="teq", arg="text, integer", ret="bool", value="true").split(";", 1)[1] +
+           "CREATE DOMAIN public.d AS integer CHECK (public.chk(VALUE));"
+           "CREATE OPERATOR public.= (LEFTARG = text, RIGHTARG = integer, FUNCTION = public.teq);"
+           "CREATE OPERATOR public.>= (LEFTARG = text, RIGHTARG = integer, FUNCTION = public.teq);"
+           "CREATE OPERATOR public.<= (LEFTARG = text, RIGHTARG = integer, FUNCTION = public.teq);")
+    log_all(pg)
+    enforcer.start(policy(pg, tmp, rules=RULES_CATALOG))
+    res = run_seq(enforcer, pg, [
+        "SELECT 7::d",
+        "SELECT count(*) FROM orders WHERE 'a'::text IN (SELECT 3)",
+        "SELECT 'a'::text BETWEEN 1 AND 2",
+        "SELECT count(*) FROM orders WHERE id OPERATOR(pg_catalog.=) 1",
+    ])
+    for i in range(3):
+        assert denied(res[i]), (i, res[i])
+    assert "domain" in res[0][0] and "IN (subquery)" in res[1][0] and "BETWEEN" in res[2][0], res
+    assert res[3][:3] == ["T", "D:1", "C:SELECT 1"], res[3]
+    assert pg.sql("SELECT count(*) FROM fn_calls") == "0"
+    assert not server_saw(pg, "7::d") and not server_saw(pg, "IN (SELECT 3)") and not server_saw(pg, "BETWEEN")
 
 
 def test_extension_names_in_public(enforcer, pg, tmp):

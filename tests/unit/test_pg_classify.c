@@ -499,6 +499,25 @@ static void test_attribute_notation(void)
 		      "pg_sleep");
 	EXPECT("SELECT g.sqrt, g.g, e.key, e.value FROM generate_series(1, 2) g, "
 	       "jsonb_each('{}') e", PGC_ALLOW);
+	/* PostgreSQL's scopes are narrower than the classifier's: a name matched
+	 * nearby may be an outer one (a non-LATERAL subquery in FROM, JOIN ON,
+	 * (a JOIN b) AS j hiding a and b), and an unaliased function in FROM is
+	 * named after the function */
+	EXPECT("SELECT (SELECT generate_series.pg_advisory_lock FROM generate_series(1, 1)) "
+	       "FROM orders generate_series", PGC_DENY);
+	EXPECT("SELECT (SELECT s.v FROM orders g, (SELECT g.pg_advisory_unlock AS v) s LIMIT 1) "
+	       "FROM generate_series(1, 1) g", PGC_DENY);
+	EXPECT("SELECT (SELECT s.j FROM orders x, (SELECT x.to_json AS j) s LIMIT 1) FROM customers x",
+	       PGC_DENY);
+	EXPECT("SELECT (SELECT x.to_json FROM (orders x CROSS JOIN orders y) AS j LIMIT 1) FROM customers x",
+	       PGC_DENY);
+	EXPECT("SELECT id, (SELECT count(*) FROM (orders x CROSS JOIN orders y) j WHERE x.cc = '') "
+	       "FROM customers x", PGC_DENY);
+	/* GROUP BY a row or a grouping set of rows: names and positions inside */
+	EXPECT("SELECT cc AS x, count(*) FROM customers GROUP BY (x, id)", PGC_DENY);
+	EXPECT("SELECT cc, count(*) FROM customers GROUP BY ROLLUP ((1, id))", PGC_DENY);
+	EXPECT("SELECT cc AS x, count(*) FROM customers GROUP BY GROUPING SETS ((x, id))", PGC_DENY);
+	EXPECT("SELECT id, count(*) FROM orders GROUP BY (id, total)", PGC_ALLOW);
 	/* columns of a masked table that are no such names stay what they were */
 	EXPECT("SELECT c.id, c.name, c.email FROM customers c", PGC_ALLOW);
 }
@@ -507,9 +526,10 @@ static void test_database_names(void)
 {
 	static const char *const funcs[] = { "audited", "lower", "touch" };
 	static const char *const row_funcs[] = { "lower", "touch" };
-	static const char *const ops[] = { "+", "=" };
-	struct pgc_catalog cat = { funcs, 3, row_funcs, 2, ops, 2, { 1 } };
-	struct pgc_catalog none = { NULL, 0, NULL, 0, NULL, 0, { 2 } };
+	static const char *const ops[] = { "+", "<", "<=", "=" };
+	static const char *const types[] = { "d" };
+	struct pgc_catalog cat = { funcs, 3, row_funcs, 2, ops, 4, types, 1, { 1 } };
+	struct pgc_catalog none = { NULL, 0, NULL, 0, NULL, 0, NULL, 0, { 2 } };
 	static char *fn_stmts[] = { "select" };
 	static char *touch_fn[] = { "touch" };
 	static char *lower_cat[] = { "pg_catalog.lower" };
@@ -570,6 +590,40 @@ static void test_database_names(void)
 	CHECK(r.verdict == PGC_DENY);
 	r = judge_cat(&none, "SELECT * FROM orders JOIN orders o2 USING (id) WHERE id = 1", ro, 1);
 	CHECK(r.verdict == PGC_ALLOW);
+	/* = and the comparisons with no operator in the text */
+	r = judge_cat(&cat, "SELECT id FROM orders WHERE id IN (SELECT 1)", ro, 1);
+	CHECK(r.verdict == PGC_DENY && strstr(r.reason, "IN (subquery)"));
+	r = judge_cat(&cat, "SELECT id FROM orders WHERE (id, id) NOT IN (SELECT 1, 2)", ro, 1);
+	CHECK(r.verdict == PGC_DENY);
+	r = judge_cat(&none, "SELECT id FROM orders WHERE id IN (SELECT 1)", ro, 1);
+	CHECK(r.verdict == PGC_ALLOW);
+	r = judge_cat(&cat, "SELECT id FROM orders WHERE id BETWEEN 1 AND 2", ro, 1);
+	CHECK(r.verdict == PGC_DENY && strstr(r.reason, "BETWEEN"));
+	r = judge_cat(&cat, "SELECT id FROM orders WHERE id NOT BETWEEN SYMMETRIC 1 AND 2", ro, 1);
+	CHECK(r.verdict == PGC_DENY);
+	r = judge_cat(&none, "SELECT id FROM orders WHERE id BETWEEN 1 AND 2", ro, 1);
+	CHECK(r.verdict == PGC_ALLOW);
+	/* ORDER BY ... USING inside an aggregate or a window */
+	r = judge_cat(&cat, "SELECT array_agg(id ORDER BY id USING <) FROM orders", ro, 1);
+	CHECK(r.verdict == PGC_DENY);
+	EXPECT("SELECT array_agg(x ORDER BY x USING OPERATOR(evil.<)) FROM generate_series(1, 3) x",
+	       PGC_DENY);
+	EXPECT("SELECT row_number() OVER (ORDER BY x USING OPERATOR(evil.<)) FROM generate_series(1, 3) x",
+	       PGC_DENY);
+	EXPECT("SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY x USING OPERATOR(evil.<)) "
+	       "FROM generate_series(1, 3) x", PGC_DENY);
+	EXPECT("SELECT array_agg(x ORDER BY x USING <) FROM generate_series(1, 3) x", PGC_ALLOW);
+	/* casts to the database's domains and types with cast functions */
+	r = judge_cat(&cat, "SELECT 1::d", ro, 1);
+	CHECK(r.verdict == PGC_DENY && strstr(r.reason, "domain"));
+	r = judge_cat(&cat, "SELECT CAST(1 AS public.d), 'x'::text, 1::int", ro, 1);
+	CHECK(r.verdict == PGC_DENY);
+	r = judge_cat(&cat, "SELECT * FROM json_to_record('{}') AS x(a d)", ro, 1);
+	CHECK(r.verdict == PGC_DENY);
+	r = judge_cat(&cat, "SELECT 'x'::text, 1::int, '1'::pg_catalog.int8, '1'::numeric(3)", ro, 1);
+	CHECK(r.verdict == PGC_ALLOW);
+	EXPECT_REASON("SELECT to_json('a'::evil.e)", PGC_DENY, "evil.e");
+	EXPECT("SELECT 'a'::a.b.c", PGC_DENY);
 	/* a statement that can add names makes the rest of the message, and
 	 * (names_stale) the session, take every name as the database's */
 	{
