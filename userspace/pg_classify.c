@@ -166,6 +166,7 @@ enum ent_kind { ENT_TABLE, ENT_DERIVED, ENT_OPAQUE };
 
 struct entry {
 	const char *refname;       /* alias, or the relation's name */
+	bool any_name;             /* ENT_OPAQUE without a name we know: t.f matches it for any t */
 	enum ent_kind kind;
 	const char *schema, *rel;  /* ENT_TABLE */
 	struct derived *d;         /* ENT_DERIVED */
@@ -679,7 +680,7 @@ static void colref(struct walker *w, int body, struct scope *sc, bool output,
 
 		for (struct scope *s = sc; s; s = s->parent) {
 			for (struct entry *e = s->ents; e; e = e->next) {
-				bool match = e->refname && strcmp(e->refname, q) == 0;
+				bool match = (e->refname && strcmp(e->refname, q) == 0) || (e->any_name && !qs);
 
 				if (match && qs)
 					match = e->kind == ENT_TABLE && strcmp(e->schema, qs) == 0;
@@ -822,7 +823,9 @@ static bool changes_names(struct walker *w, int key, int body)
 	if (pgj_is(&w->j, key, "CreateFunctionStmt") || pgj_is(&w->j, key, "DefineStmt") ||
 	    pgj_is(&w->j, key, "CreateExtensionStmt") || pgj_is(&w->j, key, "AlterExtensionStmt") ||
 	    pgj_is(&w->j, key, "AlterExtensionContentsStmt") || pgj_is(&w->j, key, "CreateDomainStmt") ||
-	    pgj_is(&w->j, key, "AlterDomainStmt") || pgj_is(&w->j, key, "CreateCastStmt"))
+	    pgj_is(&w->j, key, "AlterDomainStmt") || pgj_is(&w->j, key, "CreateCastStmt") ||
+	    pgj_is(&w->j, key, "CompositeTypeStmt") || pgj_is(&w->j, key, "CreateEnumStmt") ||
+	    pgj_is(&w->j, key, "CreateRangeStmt"))
 		return true;
 	if (pgj_is(&w->j, key, "RenameStmt"))
 		kind = get_str(w, body, "renameType");
@@ -1030,7 +1033,8 @@ static void type_name(struct walker *w, int tn)
 	if (w->names_unknown || (c && in_sorted(c->types, c->ntypes, last)))
 		deny(w, "type %s not allowed: %s", last, w->names_unknown ?
 		     "this session ran a statement that can create types (a new session reads them again)" :
-		     "it is a domain or has cast functions, so a cast to it runs the database's functions");
+		     "the pinned schema defines it, and a cast to it may run the database's functions "
+		     "(a domain's CHECK, a cast function)");
 }
 
 static void typecast(struct walker *w, int body, struct scope *sc)
@@ -1061,8 +1065,13 @@ static void node(struct walker *w, int key, int body, struct scope *sc)
 		typecast(w, body, sc);
 	} else if (pgj_is(j, key, "A_Indirection")) {
 		indirection(w, body, sc);
-	} else if (pgj_is(j, key, "TypeName") && w->in_from_func) {
-		type_name(w, body);     /* a column definition list's: values are made of that type */
+	} else if ((pgj_is(j, key, "ColumnDef") && w->in_from_func) || pgj_is(j, key, "RangeTableFuncCol") ||
+		   pgj_is(j, key, "XmlSerialize")) {
+		/* a column definition list's, XMLTABLE's column, XMLSERIALIZE's
+		 * target: values are made of that type (typed fields carry no
+		 * "TypeName" wrapper in the tree) */
+		type_name(w, pgj_get(j, body, "typeName"));
+		expr(w, body, sc);
 	} else if (pgj_is(j, key, "SortBy")) {
 		/* ORDER BY inside an aggregate, a window, WITHIN GROUP */
 		operator_name(w, pgj_get(j, body, "useOp"));
@@ -1256,8 +1265,16 @@ static void from_item(struct walker *w, int item, struct scope *sc)
 
 				for (int n = pgj_first(j, names); n >= 0; n = pgj_after(j, names, n))
 					last = string_node(w, n);
-				if (last)
+				if (last) {
 					add_entry(w, sc, last, ENT_OPAQUE);
+				} else {
+					/* CAST(...), COALESCE(...), CURRENT_DATE...: named
+					 * by PostgreSQL in ways not modelled here */
+					struct entry *e = add_entry(w, sc, NULL, ENT_OPAQUE);
+
+					if (e)
+						e->any_name = true;
+				}
 			}
 		}
 	}

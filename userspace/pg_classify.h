@@ -58,8 +58,9 @@ struct pgc_catalog {
 	size_t nrow_funcs;
 	const char *const *ops;          /* operator symbols not installed by an extension */
 	size_t nops;
-	const char *const *types;        /* domains (their CHECKs call functions) and types with
-					  * cast functions: a cast to one runs the database's code */
+	const char *const *types;        /* types (but enums and extensions'): a cast to one may
+					  * run the database's code (a domain's CHECK, also for an
+					  * array, range or row of one; a cast function) */
 	size_t ntypes;
 	/* SHA-256 of all three (the wire module computes it): part of the
 	 * verdict cache key, so sessions that see different catalogs never

@@ -229,7 +229,7 @@ int pg_parse_parse(const struct pg_msg *m, struct pg_parse *p)
 	p->nparams = pg_rd_i16(&r);
 	if (p->nparams < 0)
 		return -EBADMSG;
-	pg_rd_bytes(&r, (uint32_t)p->nparams * 4);
+	p->param_types = pg_rd_bytes(&r, (uint32_t)p->nparams * 4);
 	return pg_rd_done(&r) ? 0 : -EBADMSG;
 }
 

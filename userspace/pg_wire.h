@@ -110,6 +110,7 @@ struct pg_parse {                 /* Parse 'P' */
 	const char *name, *query;
 	uint32_t name_len, query_len;
 	int16_t nparams;
+	const uint8_t *param_types;  /* nparams big-endian type OIDs (0: the server infers) */
 };
 int pg_parse_parse(const struct pg_msg *m, struct pg_parse *p);
 

@@ -2415,7 +2415,11 @@ static int catalog_row(struct pg_sess *s, const struct pg_msg *m)
  * C functions a superuser installed, and every comparison would otherwise
  * need a rule). Functions of extensions are kept: an extension's function
  * reached by a name that looks like a column or a built-in is still one
- * no rule named.
+ * no rule named. And every type but enums and extensions' ('t'): a cast to
+ * a domain runs its CHECK, to an array, range or row type of one runs it
+ * for each element, and a type may have cast functions; telling those
+ * apart from harmless ones would take a walk of the type graph, and
+ * casts to the database's own types are rare in what agents send.
  */
 static bool names_query(struct conn *c, char *sql, size_t cap)
 {
@@ -2438,8 +2442,8 @@ static bool names_query(struct conn *c, char *sql, size_t cap)
 		"JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace WHERE n.nspname = ");
 	lit(sql, cap, &n, sp);
 	n += (size_t)snprintf(sql + n, n < cap ? cap - n : 0,
-		" AND (t.typtype = 'd' OR EXISTS (SELECT 1 FROM pg_catalog.pg_cast k WHERE k.castmethod = 'f' "
-		"AND (k.castsource = t.oid OR k.casttarget = t.oid)))");
+		" AND t.typtype <> 'e' AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = "
+		"'pg_catalog.pg_type'::pg_catalog.regclass AND d.objid = t.oid AND d.deptype = 'e')");
 	return n < cap;
 }
 
@@ -2783,6 +2787,23 @@ static int fe_parse(struct conn *c, const struct pg_msg *m)
 	/* A name in use is the server's to refuse (42P05): in a pipeline an
 	 * earlier failure may have made the server skip the Parse that we saw
 	 * creating it. The table follows the server's answer (server_skipped). */
+	/* A parameter declared with a type the database defined (a domain: its
+	 * CHECK runs on the value) runs its code with no cast in the text:
+	 * only PostgreSQL's own types (OIDs below FirstNormalObjectId) pass. */
+	for (int i = 0; pp.param_types && i < pp.nparams; i++) {
+		const uint8_t *t = pp.param_types + 4 * i;
+		uint32_t oid = (uint32_t)t[0] << 24 | (uint32_t)t[1] << 16 | (uint32_t)t[2] << 8 | t[3];
+
+		if (oid >= 16384) {
+			snprintf(why, sizeof(why), "parameter $%d is declared with type OID %u, which the "
+				 "database defined: only PostgreSQL's own types are allowed", i + 1, oid);
+			if (enforcer_should_refuse(c, why)) {
+				if (!pp.name[0] && (prev = map_set(&s->stmts, "", NULL, NULL)))
+					judged_put(prev);
+				return standin(c, false, pp.name, why, NULL, "extended");
+			}
+		}
+	}
 	j = judge(c, pp.query, pp.query_len, why, sizeof(why));
 	if (!j || (!j->allowed && enforcer_should_refuse(c, why))) {
 		/* the agent's own name: a failing Parse("") drops the unnamed

@@ -350,11 +350,24 @@ def test_database_comparisons_and_casts(enforcer, pg, tmp):
         "SELECT count(*) FROM orders WHERE 'a'::text IN (SELECT 3)",
         "SELECT 'a'::text BETWEEN 1 AND 2",
         "SELECT count(*) FROM orders WHERE id OPERATOR(pg_catalog.=) 1",
+        "SELECT '{5}'::_d",
     ])
-    for i in range(3):
+    for i in (0, 1, 2, 4):
         assert denied(res[i]), (i, res[i])
-    assert "domain" in res[0][0] and "IN (subquery)" in res[1][0] and "BETWEEN" in res[2][0], res
+    assert "type d" in res[0][0] and "IN (subquery)" in res[1][0] and "BETWEEN" in res[2][0], res
     assert res[3][:3] == ["T", "D:1", "C:SELECT 1"], res[3]
+    # a Parse that declares its parameter of type d: the CHECK would run on
+    # the value with no cast in the text
+    oid = int(pg.sql("SELECT 'public.d'::regtype::oid"))
+    out = run(enforcer, pg, f"""
+c = Conn("127.0.0.1", PORT)
+c.send(P("", "SELECT $1::text", [{oid}]) + B("", "", ["88"]) + E("") + S)
+r = summary(c.until_ready())
+c.send(P("", "SELECT $1::text", [25]) + B("", "", ["89"]) + E("") + S)
+print(json.dumps([r, summary(c.until_ready())]))
+""")
+    assert denied(out[0]) and "type OID" in out[0][0], out[0]
+    assert "D:89" in out[1], out[1]
     assert pg.sql("SELECT count(*) FROM fn_calls") == "0"
     assert not server_saw(pg, "7::d") and not server_saw(pg, "IN (SELECT 3)") and not server_saw(pg, "BETWEEN")
 

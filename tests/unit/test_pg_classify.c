@@ -507,6 +507,8 @@ static void test_attribute_notation(void)
 	       "FROM orders generate_series", PGC_DENY);
 	EXPECT("SELECT (SELECT s.v FROM orders g, (SELECT g.pg_advisory_unlock AS v) s LIMIT 1) "
 	       "FROM generate_series(1, 1) g", PGC_DENY);
+	EXPECT("SELECT (SELECT float8.pg_sleep FROM CAST(0.5 AS float8)) FROM orders float8", PGC_DENY);
+	EXPECT("SELECT (SELECT c.pg_sleep FROM coalesce(0.5::float8)) FROM orders c", PGC_DENY);
 	EXPECT("SELECT (SELECT s.j FROM orders x, (SELECT x.to_json AS j) s LIMIT 1) FROM customers x",
 	       PGC_DENY);
 	EXPECT("SELECT (SELECT x.to_json FROM (orders x CROSS JOIN orders y) AS j LIMIT 1) FROM customers x",
@@ -623,6 +625,26 @@ static void test_database_names(void)
 	r = judge_cat(&cat, "SELECT 'x'::text, 1::int, '1'::pg_catalog.int8, '1'::numeric(3)", ro, 1);
 	CHECK(r.verdict == PGC_ALLOW);
 	EXPECT_REASON("SELECT to_json('a'::evil.e)", PGC_DENY, "evil.e");
+	/* typed fields without a cast: XMLTABLE columns, XMLSERIALIZE's target,
+	 * a column definition list of a function the rule may grant */
+	EXPECT_REASON("SELECT * FROM xmltable('/a' PASSING ('<a/>'::xml) COLUMNS x evil.d PATH 'x')", PGC_DENY, "evil.d");
+	EXPECT_REASON("SELECT xmlserialize(content '<a/>'::xml AS evil.d)", PGC_DENY, "evil.d");
+	EXPECT("SELECT * FROM xmltable('/a' PASSING ('<a/>'::xml) COLUMNS x int PATH 'x')", PGC_ALLOW);
+	r = judge_cat(&cat, "SELECT * FROM xmltable('/a' PASSING ('<a/>'::xml) COLUMNS x d PATH 'x')", ro, 1);
+	CHECK(r.verdict == PGC_DENY && strstr(r.reason, "type d"));
+	{
+		static char *jr[] = { "json_to_record" };
+		struct policy_rule jrr = tr;
+		const struct policy_rule *jrs[] = { &jrr };
+
+		jrr.allow.functions = (struct policy_strv){ jr, 1 };
+		r = judge_cat(&cat, "SELECT * FROM json_to_record('{}') AS x(a d)", jrs, 1);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "type d"));
+		r = judge_cat(&cat, "SELECT * FROM ROWS FROM (json_to_record('{}') AS (a evil.d)) x", jrs, 1);
+		CHECK(r.verdict == PGC_DENY);
+		r = judge_cat(&cat, "SELECT * FROM json_to_record('{}') AS x(a int, b text)", jrs, 1);
+		CHECK(r.verdict == PGC_ALLOW);
+	}
 	EXPECT("SELECT 'a'::a.b.c", PGC_DENY);
 	/* a statement that can add names makes the rest of the message, and
 	 * (names_stale) the session, take every name as the database's */

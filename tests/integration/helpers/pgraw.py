@@ -19,8 +19,10 @@ def Q(sql):
     return msg(b"Q", cstr(sql))
 
 
-def P(name, sql):
-    return msg(b"P", cstr(name) + cstr(sql) + struct.pack("!h", 0))
+def P(name, sql, types=()):
+    """Parse; types: parameter type OIDs (0: the server infers)."""
+    return msg(b"P", cstr(name) + cstr(sql) + struct.pack("!h", len(types)) +
+               b"".join(struct.pack("!I", t) for t in types))
 
 
 def B(portal, stmt, params=(), result_formats=()):
