@@ -397,20 +397,30 @@ static int cmp_str(const void *key, const void *elem)
 	return strcmp(key, *(const char *const *)elem);
 }
 
+/* Sorted lists of names: catalog_rels[], catalog_ops[], a pgc_catalog's. */
+static bool in_sorted(const char *const *v, size_t n, const char *name)
+{
+	return n && bsearch(name, v, n, sizeof(*v), cmp_str) != NULL;
+}
+
+static bool list_sorted(const char *const *v, size_t n)
+{
+	for (size_t i = 1; i < n; i++)
+		if (strcmp(v[i - 1], v[i]) >= 0)
+			return false;
+	return true;
+}
+
 static bool catalog_relation(const char *name)
 {
-	return bsearch(name, catalog_rels, sizeof(catalog_rels) / sizeof(catalog_rels[0]),
-		       sizeof(catalog_rels[0]), cmp_str) != NULL;
+	return in_sorted(catalog_rels, sizeof(catalog_rels) / sizeof(catalog_rels[0]), name);
 }
 
 /* For the unit test: the list's order is what bsearch relies on. */
 bool pgc_catalog_list_sorted(void);
 bool pgc_catalog_list_sorted(void)
 {
-	for (size_t i = 1; i < sizeof(catalog_rels) / sizeof(catalog_rels[0]); i++)
-		if (strcmp(catalog_rels[i - 1], catalog_rels[i]) >= 0)
-			return false;
-	return true;
+	return list_sorted(catalog_rels, sizeof(catalog_rels) / sizeof(catalog_rels[0]));
 }
 
 /*
@@ -719,10 +729,10 @@ static void colref(struct walker *w, int body, struct scope *sc, bool output,
 		 * one-argument function that is not immutable may be called
 		 * (g.pg_sleep).
 		 */
-		bool call = pgc_builtin_takes_row(col) || db_row_function(w, col) ||
-			    (opaque && pgc_builtin_acts(col));
+		bool takes_row = pgc_builtin_takes_row(col) || db_row_function(w, col);
+		bool call = takes_row || (opaque && pgc_builtin_acts(col));
 
-		if (call && row_masked && (pgc_builtin_takes_row(col) || db_row_function(w, col))) {
+		if (takes_row && row_masked) {
 			deny(w, "%s.%s may be the call %s(%s) of the whole row of a table with masked "
 			     "columns (attribute notation)", q, col, col, q);
 			return;
@@ -781,11 +791,6 @@ static void note_function(struct walker *w, const char *schema, const char *name
 }
 
 /* The database's own names in the pinned schema (pgc_catalog). */
-static bool in_sorted(const char *const *v, size_t n, const char *name)
-{
-	return n && bsearch(name, v, n, sizeof(*v), cmp_str) != NULL;
-}
-
 static bool db_function(const struct walker *w, const char *name)
 {
 	const struct pgc_catalog *c = w->ctx->catalog;
@@ -905,8 +910,7 @@ static const char *const catalog_ops[] = {
 
 static bool catalog_operator(const char *op)
 {
-	return bsearch(op, catalog_ops, sizeof(catalog_ops) / sizeof(catalog_ops[0]),
-		       sizeof(catalog_ops[0]), cmp_str) != NULL ||
+	return in_sorted(catalog_ops, sizeof(catalog_ops) / sizeof(catalog_ops[0]), op) ||
 	       strcmp(op, "BETWEEN") == 0 || strcmp(op, "NOT BETWEEN") == 0 ||
 	       strcmp(op, "BETWEEN SYMMETRIC") == 0 || strcmp(op, "NOT BETWEEN SYMMETRIC") == 0;
 }
@@ -915,10 +919,7 @@ static bool catalog_operator(const char *op)
 bool pgc_operator_list_sorted(void);
 bool pgc_operator_list_sorted(void)
 {
-	for (size_t i = 1; i < sizeof(catalog_ops) / sizeof(catalog_ops[0]); i++)
-		if (strcmp(catalog_ops[i - 1], catalog_ops[i]) >= 0)
-			return false;
-	return true;
+	return list_sorted(catalog_ops, sizeof(catalog_ops) / sizeof(catalog_ops[0]));
 }
 
 /* Operators resolve like functions; only pg_catalog may be named explicitly,

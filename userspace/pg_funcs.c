@@ -86,15 +86,29 @@ static const char *const safe_funcs[] = {
 	"var_samp", "variance", "version", "width_bucket",
 };
 
+#define NELEM(a) (sizeof(a) / sizeof((a)[0]))
+
 static int cmp_name(const void *key, const void *elem)
 {
 	return strcmp(key, *(const char *const *)elem);
 }
 
+static bool in_list(const char *name, const char *const *v, size_t n)
+{
+	return bsearch(name, v, n, sizeof(*v), cmp_name) != NULL;
+}
+
+static bool list_sorted(const char *const *v, size_t n)
+{
+	for (size_t i = 1; i < n; i++)
+		if (strcmp(v[i - 1], v[i]) >= 0)
+			return false;
+	return true;
+}
+
 bool pgc_builtin_function_safe(const char *name)
 {
-	return bsearch(name, safe_funcs, sizeof(safe_funcs) / sizeof(safe_funcs[0]),
-		       sizeof(safe_funcs[0]), cmp_name) != NULL;
+	return in_list(name, safe_funcs, NELEM(safe_funcs));
 }
 
 /*
@@ -124,8 +138,7 @@ static const char *const row_funcs[] = {
 
 bool pgc_builtin_takes_row(const char *name)
 {
-	return bsearch(name, row_funcs, sizeof(row_funcs) / sizeof(row_funcs[0]),
-		       sizeof(row_funcs[0]), cmp_name) != NULL;
+	return in_list(name, row_funcs, NELEM(row_funcs));
 }
 
 /*
@@ -256,22 +269,13 @@ static const char *const call_funcs[] = {
 
 bool pgc_builtin_acts(const char *name)
 {
-	return bsearch(name, call_funcs, sizeof(call_funcs) / sizeof(call_funcs[0]),
-		       sizeof(call_funcs[0]), cmp_name) != NULL;
+	return in_list(name, call_funcs, NELEM(call_funcs));
 }
 
 /* For the unit test: the list's order is what bsearch relies on. */
 bool pgc_builtin_list_sorted(void);
 bool pgc_builtin_list_sorted(void)
 {
-	for (size_t i = 1; i < sizeof(safe_funcs) / sizeof(safe_funcs[0]); i++)
-		if (strcmp(safe_funcs[i - 1], safe_funcs[i]) >= 0)
-			return false;
-	for (size_t i = 1; i < sizeof(row_funcs) / sizeof(row_funcs[0]); i++)
-		if (strcmp(row_funcs[i - 1], row_funcs[i]) >= 0)
-			return false;
-	for (size_t i = 1; i < sizeof(call_funcs) / sizeof(call_funcs[0]); i++)
-		if (strcmp(call_funcs[i - 1], call_funcs[i]) >= 0)
-			return false;
-	return true;
+	return list_sorted(safe_funcs, NELEM(safe_funcs)) && list_sorted(row_funcs, NELEM(row_funcs)) &&
+	       list_sorted(call_funcs, NELEM(call_funcs));
 }

@@ -353,10 +353,10 @@ struct pg_sess {
 	/* lineage: masked (table oid, attnum) pairs, from the catalog query */
 	struct { uint32_t oid; int16_t att; bool named; char name[96]; } *cols;
 	int ncols, capcols;
-	/* The pinned schema's own functions and operators (pgc_catalog), read
-	 * with the lineage before the first ReadyForQuery: kinds[i] is 'f'
-	 * (a function), 'r' (one that one argument can call) or 'o' (an
-	 * operator) for names[i]; cat points into the sorted copies. */
+	/* The pinned schema's own names (pgc_catalog), read with the lineage
+	 * before the first ReadyForQuery: kinds[i] is 'f' (a function), 'r'
+	 * (one that one argument can call), 'o' (an operator) or 't' (a type)
+	 * for names[i]; cat's lists point into cat_v, sorted copies. */
 	char **names, *kinds;
 	uint32_t nnames, capnames;
 	const char **cat_v;
@@ -2447,7 +2447,8 @@ static bool names_query(struct conn *c, char *sql, size_t cap)
 	return n < cap;
 }
 
-#define PG_DB_NAMES_MAX 65536   /* functions and operators in the pinned schema */
+#define PG_FIRST_NORMAL_OID 16384   /* PostgreSQL's FirstNormalObjectId: OIDs below are its own */
+#define PG_DB_NAMES_MAX 65536   /* functions, operators and types in the pinned schema */
 
 /* One (kind, name) row of names_query(). */
 static int names_row(struct pg_sess *s, const struct pg_msg *m)
@@ -2502,52 +2503,45 @@ static size_t sort_unique(const char **v, size_t n)
 	return o;
 }
 
-/* The rows read: the three sorted lists and their SHA-256. */
+/* The rows read: four sorted lists (functions, row functions, operators,
+ * types) and their SHA-256. */
 static int names_ready(struct pg_sess *s)
 {
-	const char **v = calloc(s->nnames * 4 + 1, sizeof(*v));
-	size_t nf = 0, nr = 0, no = 0, nt = 0;
+	enum { FUNCS, ROWS, OPS, TYPES, NLISTS };
+	const char **v = calloc((size_t)s->nnames * NLISTS + 1, sizeof(*v)), **list[NLISTS];
+	size_t n[NLISTS] = { 0 };
 	EVP_MD_CTX *md;
 	unsigned int hl = 0;
 	bool ok;
 
 	if (!v)
 		return -ENOMEM;
-	/* functions in [0, n), row functions in [n, 2n), operators in [2n, 3n),
-	 * types in [3n, 4n) */
+	for (int l = 0; l < NLISTS; l++)
+		list[l] = v + (size_t)l * s->nnames;
 	for (uint32_t i = 0; i < s->nnames; i++) {
-		if (s->kinds[i] == 'o') {
-			v[2 * s->nnames + no++] = s->names[i];
-			continue;
-		}
-		if (s->kinds[i] == 't') {
-			v[3 * s->nnames + nt++] = s->names[i];
-			continue;
-		}
-		v[nf++] = s->names[i];
+		int l = s->kinds[i] == 'o' ? OPS : s->kinds[i] == 't' ? TYPES : FUNCS;
+
+		list[l][n[l]++] = s->names[i];
 		if (s->kinds[i] == 'r')
-			v[s->nnames + nr++] = s->names[i];
+			list[ROWS][n[ROWS]++] = s->names[i];
 	}
+	for (int l = 0; l < NLISTS; l++)
+		n[l] = sort_unique(list[l], n[l]);
 	s->cat = (struct pgc_catalog){
-		.funcs = v, .nfuncs = sort_unique(v, nf),
-		.row_funcs = v + s->nnames, .nrow_funcs = sort_unique(v + s->nnames, nr),
-		.ops = v + 2 * s->nnames, .nops = sort_unique(v + 2 * s->nnames, no),
-		.types = v + 3 * s->nnames, .ntypes = sort_unique(v + 3 * s->nnames, nt),
+		.funcs = list[FUNCS], .nfuncs = n[FUNCS], .row_funcs = list[ROWS], .nrow_funcs = n[ROWS],
+		.ops = list[OPS], .nops = n[OPS], .types = list[TYPES], .ntypes = n[TYPES],
 	};
 	free(s->cat_v);
 	s->cat_v = v;
 	if (!(md = EVP_MD_CTX_new()))
 		return -ENOMEM;
 	ok = EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1;
-	for (int l = 0; l < 4 && ok; l++) {
-		const char *const *lv = l == 0 ? s->cat.funcs : l == 1 ? s->cat.row_funcs :
-					l == 2 ? s->cat.ops : s->cat.types;
-		size_t ln = l == 0 ? s->cat.nfuncs : l == 1 ? s->cat.nrow_funcs : l == 2 ? s->cat.nops : s->cat.ntypes;
+	for (int l = 0; l < NLISTS && ok; l++) {
 		char tag = (char)('0' + l);
 
 		ok = EVP_DigestUpdate(md, &tag, 1) == 1;
-		for (size_t i = 0; i < ln && ok; i++)
-			ok = EVP_DigestUpdate(md, lv[i], strlen(lv[i]) + 1) == 1;
+		for (size_t i = 0; i < n[l] && ok; i++)
+			ok = EVP_DigestUpdate(md, list[l][i], strlen(list[l][i]) + 1) == 1;
 	}
 	ok = ok && EVP_DigestFinal_ex(md, s->cat.hash, &hl) == 1 && hl == sizeof(s->cat.hash);
 	EVP_MD_CTX_free(md);
@@ -2648,6 +2642,8 @@ static int after_params(struct conn *c)
 	char sql[12288];
 	size_t n = 0;
 
+	/* the lineage query first, leaving room for names_query() (about 1 KiB
+	 * and the schema's name three times) */
 	if (s->mask_active && catalog_query(c, sql, sizeof(sql) - 2048)) {
 		n = strlen(sql);
 		sql[n++] = ';';
@@ -2784,17 +2780,14 @@ static int fe_parse(struct conn *c, const struct pg_msg *m)
 
 	if (pg_parse_parse(m, &pp))
 		return fatal(c, "08P01", "agentgate: malformed Parse message");
-	/* A name in use is the server's to refuse (42P05): in a pipeline an
-	 * earlier failure may have made the server skip the Parse that we saw
-	 * creating it. The table follows the server's answer (server_skipped). */
 	/* A parameter declared with a type the database defined (a domain: its
 	 * CHECK runs on the value) runs its code with no cast in the text:
-	 * only PostgreSQL's own types (OIDs below FirstNormalObjectId) pass. */
+	 * only PostgreSQL's own types pass. */
 	for (int i = 0; pp.param_types && i < pp.nparams; i++) {
 		const uint8_t *t = pp.param_types + 4 * i;
 		uint32_t oid = (uint32_t)t[0] << 24 | (uint32_t)t[1] << 16 | (uint32_t)t[2] << 8 | t[3];
 
-		if (oid >= 16384) {
+		if (oid >= PG_FIRST_NORMAL_OID) {
 			snprintf(why, sizeof(why), "parameter $%d is declared with type OID %u, which the "
 				 "database defined: only PostgreSQL's own types are allowed", i + 1, oid);
 			if (enforcer_should_refuse(c, why)) {
@@ -2804,6 +2797,9 @@ static int fe_parse(struct conn *c, const struct pg_msg *m)
 			}
 		}
 	}
+	/* A name in use is the server's to refuse (42P05): in a pipeline an
+	 * earlier failure may have made the server skip the Parse that we saw
+	 * creating it. The table follows the server's answer (server_skipped). */
 	j = judge(c, pp.query, pp.query_len, why, sizeof(why));
 	if (!j || (!j->allowed && enforcer_should_refuse(c, why))) {
 		/* the agent's own name: a failing Parse("") drops the unnamed

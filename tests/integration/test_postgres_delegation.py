@@ -8,15 +8,14 @@ union). Real PostgreSQL 15, real OpenID provider, real psql in the agent's
 cgroup through the kernel redirect."""
 import json
 import os
-import subprocess
 
 import pytest
 
-from conftest import AG, PY, wait_for
+from conftest import wait_for
 import oidc
 from oidc import AUDIENCE
 from test_postgres import AGENT, psql, stmt_events
-from test_reload import rewrite
+from test_reload import Holder, rewrite
 
 CLIENT_ID = "t-pg-deleg"
 CLIENT_SECRET = "t-pg-deleg-secret-0123456789"
@@ -118,24 +117,6 @@ def test_postgres_delegation_refuses_bad_tokens(enforcer, tmp, pg, idp):
     assert rc != 0 and "user token refused" in err
 
 
-TOKEN_HOLDER = """
-import json, sys, psycopg2
-c = psycopg2.connect(host="127.0.0.1", port=%d, user="agent_ro", dbname="shop", sslmode="disable",
-                     password=sys.stdin.readline().strip())
-c.autocommit = True
-def q(sql):
-    cur = c.cursor()
-    try:
-        cur.execute(sql)
-        return ["ok", cur.fetchall()[0][0]]
-    except psycopg2.Error as e:
-        return ["err", e.pgcode, str(e).strip()]
-print(json.dumps(q("select count(*) from orders")), flush=True)
-for line in sys.stdin:
-    print(json.dumps(q(line.strip())), flush=True)
-"""
-
-
 def test_reload_keeps_a_delegated_session_when_user_tokens_go(enforcer, tmp, pg, idp):
     """A reload that switches delegation off for a target leaves a session that began
     with a user's token on the policy it started with (enforcer_adopt_live): it is not
@@ -144,22 +125,10 @@ def test_reload_keeps_a_delegated_session_when_user_tokens_go(enforcer, tmp, pg,
     session gets the new rules."""
     path = start(enforcer, tmp, pg, idp)
     bob = idp.exchange("bob")
-    p = subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", AGENT, "--", PY, "-c",
-                          TOKEN_HOLDER % pg.port], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-
-    def ask(sql=None):
-        if sql:
-            p.stdin.write(sql + "\n")
-        p.stdin.flush()
-        line = p.stdout.readline()
-        assert line, "the held session died: " + p.stderr.read()
-        return json.loads(line)
-
+    held = Holder(enforcer, pg, agent=AGENT, env={"PGPASSWORD": bob})
     try:
-        p.stdin.write(bob + "\n")
-        assert ask() == ["ok", 5]
-        assert ask("select count(*) from customers") == ["ok", 2]
+        assert held.first == ["ok", 5]
+        assert held.q("select count(*) from customers") == ["ok", 2]
         d = doc(tmp, pg, idp)
         del d["targets"][0]["user_tokens"]
         d["roles"][0]["rules"][0]["allow"]["tables"] = ["public.orders"]
@@ -167,13 +136,12 @@ def test_reload_keeps_a_delegated_session_when_user_tokens_go(enforcer, tmp, pg,
         r = enforcer.cli("reload")
         assert r.returncode == 0, r.stdout + r.stderr
         # the held session: the policy it started with
-        assert ask("select count(*) from customers") == ["ok", 2]
-        assert ask("select count(*) from secrets")[:2] == ["err", "42501"]
+        assert held.q("select count(*) from customers") == ["ok", 2]
+        assert held.q("select count(*) from secrets")[:2] == ["err", "42501"]
         # a new session: no token asked for, the agent's new rule
         rc, out, err = psql(enforcer, pg, "select count(*) from customers")
         assert rc != 0 and "agentgate: denied" in err and "public.customers" in err, (rc, out, err)
         rc, out, err = psql(enforcer, pg, "select count(*) from orders")
         assert rc == 0 and out.strip() == "5", (rc, out, err)
     finally:
-        p.stdin.close()
-        p.wait(timeout=20)
+        held.close()

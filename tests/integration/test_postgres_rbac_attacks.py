@@ -199,11 +199,13 @@ def test_merge_actions_need_their_own_statements(enforcer, pg, tmp):
 
 # ---- functions the classifier cannot see as calls -------------------------------------
 
-FN_CALLS = """
-CREATE TABLE fn_calls (via text);
+# A SECURITY DEFINER function that records each call in fn_calls (FN_CALLS
+# creates the table too; FN_DEF is one more function).
+FN_DEF = """
 CREATE FUNCTION public.{name}({arg}) RETURNS {ret} LANGUAGE plpgsql SECURITY DEFINER AS
   $$BEGIN INSERT INTO public.fn_calls VALUES ('{name}'); RETURN {value}; END$$;
 """
+FN_CALLS = "CREATE TABLE fn_calls (via text);" + FN_DEF
 
 
 def test_attribute_notation_calls_a_function(enforcer, pg, tmp):
@@ -309,8 +311,8 @@ def test_database_functions_a_rule_names(enforcer, pg, tmp):
     OPERATOR(pg_catalog.+) reach the built-ins past a public.lower and a public.+;
     comparisons with = keep working (public has no =)."""
     pg.sql(FN_CALLS.format(name="touch", arg="orders", ret="int", value="1") +
-           FN_CALLS.format(name="lower", arg="integer", ret="text", value="'x'").split(";", 1)[1] +
-           FN_CALLS.format(name="text_plus", arg="text, integer", ret="text", value="'x'").split(";", 1)[1] +
+           FN_DEF.format(name="lower", arg="integer", ret="text", value="'x'") +
+           FN_DEF.format(name="text_plus", arg="text, integer", ret="text", value="'x'") +
            "CREATE OPERATOR public.+ (LEFTARG = text, RIGHTARG = integer, FUNCTION = public.text_plus);")
     rules = [{"target": "shop", "allow": {"statements": ["select"], "tables": ["public.orders"],
                                           "functions": ["touch"]}}]
@@ -338,7 +340,7 @@ def test_database_comparisons_and_casts(enforcer, pg, tmp):
     defining those, each is denied before the server sees it; pg_catalog's operators,
     named, still work."""
     pg.sql(FN_CALLS.format(name="chk", arg="integer", ret="bool", value="true") +
-           FN_CALLS.format(name="teq", arg="text, integer", ret="bool", value="true").split(";", 1)[1] +
+           FN_DEF.format(name="teq", arg="text, integer", ret="bool", value="true") +
            "CREATE DOMAIN public.d AS integer CHECK (public.chk(VALUE));"
            "CREATE OPERATOR public.= (LEFTARG = text, RIGHTARG = integer, FUNCTION = public.teq);"
            "CREATE OPERATOR public.>= (LEFTARG = text, RIGHTARG = integer, FUNCTION = public.teq);"

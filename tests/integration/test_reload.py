@@ -107,13 +107,15 @@ for line in sys.stdin:
 
 class Holder:
     """An agent session held open across a reload: psycopg2 (autocommit, or
-    "tx": in a transaction), or "raw": a prepared statement held."""
+    "tx": in a transaction), or "raw": a prepared statement held. env: more
+    environment for the agent (PGPASSWORD: a user's token, for delegation)."""
 
-    def __init__(self, enforcer, pg, kind="auto"):
+    def __init__(self, enforcer, pg, kind="auto", agent=AGENT, env=None):
         code = RAW_HOLDER % (HELPERS, pg.port) if kind.startswith("raw") else HOLDER % pg.port
-        self.p = subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", AGENT, "--", PY,
+        self.p = subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", agent, "--", PY,
                                    "-c", code, kind], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
+                                  stderr=subprocess.PIPE, text=True,
+                                  env={**os.environ, **env} if env else None)
         self.first = self.read()
 
     def read(self):
