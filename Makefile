@@ -38,6 +38,7 @@ UNIT_SRCS := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/unit/%,$(UNIT_SRCS))
 BPF_SRCS  := $(wildcard bpf/*.bpf.c)
 BPF_HDRS  := $(wildcard bpf/*.h)
+SKELS     := $(patsubst bpf/%.bpf.c,$(BUILD)/%.skel.h,$(BPF_SRCS))
 
 .PHONY: all deps run test unit integration bench vmlinux clean fuzz
 .DELETE_ON_ERROR:
@@ -55,21 +56,21 @@ agentgate: $(USER_OBJS)
 $(BUILD):
 	$(Q)mkdir -p $(BUILD) $(BUILD)/asan $(BUILD)/unit
 
-$(BUILD)/agentgate.bpf.o: $(BPF_SRCS) $(BPF_HDRS) vmlinux.h | $(BUILD)
+$(BUILD)/%.bpf.o: bpf/%.bpf.c $(BPF_HDRS) vmlinux.h | $(BUILD)
 	$(call msg,BPF,$@)
-	$(Q)$(CLANG) $(BPF_CFLAGS) -c bpf/agentgate.bpf.c -o $@.tmp.o
+	$(Q)$(CLANG) $(BPF_CFLAGS) -c $< -o $@.tmp.o
 	$(Q)$(BPFTOOL) gen object $@ $@.tmp.o && rm -f $@.tmp.o
 
-$(BUILD)/agentgate.skel.h: $(BUILD)/agentgate.bpf.o
+$(BUILD)/%.skel.h: $(BUILD)/%.bpf.o
 	$(call msg,SKEL,$@)
-	$(Q)$(BPFTOOL) gen skeleton $< name agentgate_bpf > $@
+	$(Q)$(BPFTOOL) gen skeleton $< name $*_bpf > $@
 
 # Every userspace object may include the skeleton; keep the dependency simple.
-$(BUILD)/%.o: userspace/%.c $(wildcard userspace/*.h) bpf/agentgate_abi.h $(BUILD)/agentgate.skel.h | $(BUILD)
+$(BUILD)/%.o: userspace/%.c $(wildcard userspace/*.h) bpf/agentgate_abi.h $(SKELS) | $(BUILD)
 	$(call msg,CC,$@)
 	$(Q)$(CC) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/asan/%.o: userspace/%.c $(wildcard userspace/*.h) bpf/agentgate_abi.h $(BUILD)/agentgate.skel.h | $(BUILD)
+$(BUILD)/asan/%.o: userspace/%.c $(wildcard userspace/*.h) bpf/agentgate_abi.h $(SKELS) | $(BUILD)
 	$(call msg,CC-ASAN,$@)
 	$(Q)mkdir -p $(@D)
 	$(Q)$(CC) $(CFLAGS) $(SANFLAGS) -c $< -o $@

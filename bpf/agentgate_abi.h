@@ -27,6 +27,7 @@
 #define AG_ALLOW_MAX    16384   /* kernel allow-set entries, all agents */
 #define AG_RINGBUF_DEFAULT (1u << 20)
 #define AG_COMM_LEN     16
+#define AG_BAL_MAX      64      /* worker threads balance.bpf.c can choose among (MAX_WORKERS) */
 
 /* Per-CPU counters (map ag_counters, PERCPU_ARRAY of __u64). */
 enum ag_counter {

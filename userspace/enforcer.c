@@ -22,6 +22,7 @@
 
 #include "admin.h"
 #include "audit.h"
+#include "balance.h"
 #include "conn.h"
 #include "dns.h"
 #include "enforcer.h"
@@ -1186,7 +1187,7 @@ void *enforcer_status_json(void)
 	json_object_set_new(counters, "audit_made_urgent", json_integer((json_int_t)audit_made_urgent()));
 	loader_pin_root(pins, sizeof(pins));
 
-	return json_pack("{s:s, s:i, s:I, s:{s:s, s:s, s:s, s:I}, s:s, s:s, s:s, s:{s:i, s:i, s:i},"
+	json_t *st = json_pack("{s:s, s:i, s:I, s:{s:s, s:s, s:s, s:I}, s:s, s:s, s:s, s:{s:i, s:i, s:i},"
 			 " s:o, s:o, s:o, s:o, s:{s:b, s:b, s:b}, s:o, s:o, s:o}",
 		"version", AG_VERSION, "pid", (int)getpid(),
 		"uptime_s", (json_int_t)((now_ms_realtime() - E->started_ms) / 1000),
@@ -1203,6 +1204,14 @@ void *enforcer_status_json(void)
 		"local_ca", local_ca_cert_path()[0] ? json_string(local_ca_cert_path()) : json_null(),
 		"audit", json_pack("{s:b, s:s?}", "allowed_requests", p->audit.allowed_requests,
 				   "recording_dir", p->audit.recording_dir));
+	json_t *per = json_array();
+
+	for (int i = 0; i < E->nworkers; i++)
+		json_array_append_new(per, json_integer(E->workers[i].nconns));
+	json_object_set_new(st, "balance", json_pack("{s:s, s:s?, s:o}",
+		"method", E->balance ? "least_connections" : "kernel_hash",
+		"reason", E->balance ? NULL : E->balance_why, "worker_connections", per));
+	return st;
 }
 
 int enforcer_attach_extra(const char *agent, const char *cgroup, char *err, size_t errlen)
@@ -1764,6 +1773,30 @@ json_t *enforcer_reload(pid_t pid, uid_t uid)
 			 "previous_hash", old->hash, "changed", 1, "connections_kept", (int)live);
 }
 
+/* Connections spread by count (balance.h); the kernel's hash if that fails. */
+static void open_balance(void)
+{
+	int fd4[MAX_WORKERS], fd6[MAX_WORKERS], rc;
+
+	if (E->nworkers < 2) {
+		snprintf(E->balance_why, sizeof(E->balance_why), "one worker");
+		return;
+	}
+	for (int i = 0; i < E->nworkers; i++) {
+		fd4[i] = E->workers[i].listen[0].fd;
+		fd6[i] = E->workers[i].listen[1].fd;
+	}
+	rc = balance_open(&E->balance, E->nworkers, fd4, fd6, E->balance_why, sizeof(E->balance_why));
+	if (rc) {
+		log_warn("connections go to worker threads by the kernel's hash, not by load: %s", E->balance_why);
+		return;
+	}
+	for (int i = 0; i < E->nworkers; i++) {
+		E->workers[i].bal_conns = balance_conns(E->balance, i);
+		E->workers[i].bal_pending = balance_pending(E->balance, i);
+	}
+}
+
 int enforcer_run(const char *policy_path, const char *state_dir)
 {
 	static struct enforcer enf;
@@ -1891,6 +1924,7 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 			goto out;
 		}
 	}
+	open_balance();
 	if (getsockopt(E->workers[0].listen[0].fd, SOL_SOCKET, SO_NETNS_COOKIE, &E->netns_cookie, &cl)) {
 		log_err("SO_NETNS_COOKIE: %s", strerror(errno));
 		goto out;
@@ -1960,6 +1994,8 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 	}
 	for (int i = 0; i < E->nworkers; i++)
 		worker_join(&E->workers[i]);
+	balance_close(E->balance);   /* after the workers: they write its counters */
+	E->balance = NULL;
 	ring_buffer__consume(rb);
 	lifecycle_event(4, "Stop", "enforcer stopped; programs stay attached (connections refused until restart)");
 	log_info("stopped; kernel programs stay pinned (fail closed)");

@@ -62,6 +62,8 @@ struct agent_rt {
 struct enforcer {
 	struct policy *policy;
 	struct loader *loader;
+	struct balance *balance;        /* NULL: the kernel's hash spreads connections */
+	char balance_why[160];
 	char state_dir[PATH_MAX];
 	char cgroup2[PATH_MAX];
 	char policy_desc[PATH_MAX];

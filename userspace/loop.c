@@ -100,6 +100,8 @@ void worker_link(struct worker *w, struct conn *c)
 		w->conns->prev = c;
 	w->conns = c;
 	w->nconns++;
+	if (w->bal_conns)
+		__atomic_store_n(w->bal_conns, (uint32_t)w->nconns, __ATOMIC_RELAXED);
 }
 
 void worker_retire(struct worker *w, struct conn *c)
@@ -111,6 +113,8 @@ void worker_retire(struct worker *w, struct conn *c)
 	if (c->next)
 		c->next->prev = c->prev;
 	w->nconns--;
+	if (w->bal_conns)
+		__atomic_store_n(w->bal_conns, (uint32_t)w->nconns, __ATOMIC_RELAXED);
 	c->next = w->dead;
 	c->prev = NULL;
 	w->dead = c;
@@ -137,6 +141,29 @@ static void resume_accepting(struct worker *w)
 	w->accept_paused_until = 0;
 }
 
+/*
+ * balance.bpf.c counts a connection it sent here as pending until accepted.
+ * An empty queue means nothing is pending (a SYN the kernel dropped after
+ * the program chose never arrives): start again from zero. A handshake in
+ * flight at that moment is undercounted for a moment, which only skews one
+ * choice.
+ */
+static void bal_accepted(struct worker *w, bool queue_empty)
+{
+	uint32_t v;
+
+	if (!w->bal_pending)
+		return;
+	if (queue_empty) {
+		__atomic_store_n(w->bal_pending, 0, __ATOMIC_RELAXED);
+		return;
+	}
+	v = __atomic_load_n(w->bal_pending, __ATOMIC_RELAXED);
+	while (v && !__atomic_compare_exchange_n(w->bal_pending, &v, v - 1, false, __ATOMIC_RELAXED,
+						 __ATOMIC_RELAXED))
+		;
+}
+
 static void accept_all(struct worker *w, int lfd, int family)
 {
 	for (int n = 0; n < ACCEPT_BATCH; n++) {
@@ -147,6 +174,8 @@ static void accept_all(struct worker *w, int lfd, int family)
 		if (fd < 0) {
 			if (errno == EINTR || errno == ECONNABORTED)
 				continue;
+			if (errno == EAGAIN)
+				bal_accepted(w, true);
 			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
 				/* Out of descriptors or memory: the listener stays
 				 * readable, so stop watching it for 100 ms rather than
@@ -158,6 +187,7 @@ static void accept_all(struct worker *w, int lfd, int family)
 			}
 			return;
 		}
+		bal_accepted(w, false);
 		enforcer_accept(w, fd, family, &peer);
 	}
 }

@@ -27,6 +27,8 @@ struct worker {
 	void *spare[WORKER_SPARE_BUFS];  /* recycled CONN_BUF buffers */
 	int nspare;
 	const struct policy *swept;     /* the policy its connections were last checked against */
+	uint32_t *bal_conns;            /* balance.bpf.c's counters for it; NULL: the kernel's hash */
+	uint32_t *bal_pending;
 };
 
 /* A relay buffer (CONN_BUF bytes) from the worker's spares or malloc; NULL on ENOMEM. */

@@ -116,6 +116,17 @@ static void print_status(json_t *st)
 	       json_is_true(json_object_get(f, "set_retval")) ? "yes" : "no",
 	       json_is_true(json_object_get(f, "connect_unix")) ? "yes" : "no",
 	       json_is_true(json_object_get(f, "lsm")) ? "yes" : "no");
+	json_t *bal = json_object_get(st, "balance");
+	printf("workers: %lld, new connections to the least busy (",
+	       json_integer_value(json_object_get(json_object_get(st, "listeners"), "workers")));
+	if (json_is_string(json_object_get(bal, "reason")))
+		printf("not in use: %s; the kernel's hash instead", json_string_value(json_object_get(bal, "reason")));
+	else
+		printf("in use");
+	printf("), connections per worker:");
+	json_array_foreach(json_object_get(bal, "worker_connections"), i, t)
+		printf(" %lld", json_integer_value(t));
+	printf("\n");
 	printf("\nknown limits:\n");
 	json_array_foreach(json_object_get(st, "known_limits"), i, t)
 		printf("  - %s\n", json_string_value(t));
