@@ -35,7 +35,7 @@ def driver_bin():
     d = tempfile.mkdtemp(prefix="agident-")
     out = os.path.join(d, "ident_driver")
     objs = sorted(os.path.join("build", f) for f in os.listdir(os.path.join(ROOT, "build"))
-                  if f.endswith(".o") and f not in ("main.o", "agentgate.bpf.o"))
+                  if f.endswith(".o") and not f.endswith(".bpf.o") and f != "main.o")
     cmd = ["gcc", "-std=gnu11", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter",
            "-Wno-format-truncation", "-D_GNU_SOURCE", "-fno-strict-aliasing", "-Ibpf", "-Ibuild",
            "-Iuserspace", "tests/integration/helpers/ident_driver.c", *objs, "-o", out, *LIBS]
