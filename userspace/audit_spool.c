@@ -77,8 +77,9 @@ struct spool {
 	int nreaders;
 	int dlfd;
 	/* segments dropped from the list whose files the spool thread deletes
-	 * once it released the lock (unlink_dropped) */
-	struct dropped_seg { uint64_t first; bool sealed; } dropped[DROPPED_MAX];
+	 * once it released the lock (unlink_dropped); their bytes stay in
+	 * total until the file is gone */
+	struct dropped_seg { uint64_t first, bytes; bool sealed; } dropped[DROPPED_MAX];
 	int ndropped;
 	bool started, stop;
 	pthread_t thr;
@@ -591,17 +592,16 @@ int spool_flush(struct spool *s, bool sync)
 
 /* Compresses a closed segment into .z (tmp + fsync + rename), then drops
  * the .log. Runs without the lock: only this thread seals. */
-static int seal_one(struct spool *s, uint64_t first, uint64_t *zbytes)
+/* Segment first, compressed into *out (malloc'ed), *outlen bytes. */
+static int seal_compress(struct spool *s, uint64_t first, Bytef **out, uLongf *outlen)
 {
-	char lp[4200], zp[4200], tp[4300];
+	char lp[4200];
 	struct stat st;
 	void *raw = MAP_FAILED;
 	Bytef *z = NULL;
 	int err = 0, fd;
 
 	seg_path(s, first, ".log", lp, sizeof(lp));
-	seg_path(s, first, ".z", zp, sizeof(zp));
-	snprintf(tp, sizeof(tp), "%s.tmp", zp);
 	/* mapped, not read: no copy of the segment */
 	if ((fd = open(lp, O_RDONLY | O_CLOEXEC)) < 0)
 		return -errno;
@@ -618,20 +618,29 @@ static int seal_one(struct spool *s, uint64_t first, uint64_t *zbytes)
 		free(z);
 		return err;
 	}
+	*out = z;
+	*outlen = zl;
+	return 0;
+}
+
+/* z as segment first's .z file, synced, renamed into place. */
+static int seal_write(struct spool *s, uint64_t first, const Bytef *z, uLongf zl)
+{
+	char zp[4200], tp[4300];
+	int err = 0, fd;
+
+	seg_path(s, first, ".z", zp, sizeof(zp));
+	snprintf(tp, sizeof(tp), "%s.tmp", zp);
 	fd = open(tp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0 || write_all(fd, z, zl) || fsync(fd))
 		err = -errno;
 	if (fd >= 0)
 		close(fd);
-	free(z);
 	if (!err && rename(tp, zp))
 		err = -errno;
-	if (err) {
+	if (err)
 		unlink(tp);
-		return err;
-	}
-	*zbytes = zl;
-	return 0;
+	return err;
 }
 
 /* Deletes the oldest segment, whose lines every reader has acknowledged
@@ -647,15 +656,18 @@ static void drop_front_locked(struct spool *s)
 
 	if (s->ndropped < DROPPED_MAX) {
 		s->dropped[s->ndropped].first = s->segs[0].first;
+		s->dropped[s->ndropped].bytes = s->segs[0].bytes;   /* off total once unlinked */
 		s->dropped[s->ndropped++].sealed = s->segs[0].sealed;
 	} else {
 		seg_path(s, s->segs[0].first, s->segs[0].sealed ? ".z" : ".log", path, sizeof(path));
 		unlink(path);
+		s->total -= s->segs[0].bytes;
 	}
-	s->total -= s->segs[0].bytes;
 	memmove(s->segs, s->segs + 1, (s->nsegs - 1) * sizeof(*s->segs));
 	s->nsegs--;
 }
+
+static void unlink_dropped(struct spool *s);
 
 static void seal_pending_locked(struct spool *s)
 {
@@ -671,10 +683,13 @@ static void seal_pending_locked(struct spool *s)
 	 */
 	while (s->nreaders && s->nsegs > 2 && s->segs[0].closed && s->segs[0].last <= acked)
 		drop_front_locked(s);
+	unlink_dropped(s);   /* their room, before sealing asks for some */
 	for (size_t i = 0; i < s->nsegs; i++) {
 		struct seg *sg = &s->segs[i];
-		uint64_t first = sg->first, zb = 0;
+		uint64_t first = sg->first;
 		char lp[4200];
+		Bytef *z = NULL;
+		uLongf zl = 0;
 		int err;
 
 		if (!sg->closed || sg->sealed)
@@ -685,8 +700,27 @@ static void seal_pending_locked(struct spool *s)
 				    (now - sg->closed_ms < s->seal_grace_ms && s->total <= s->max_bytes / 4)))
 			continue;
 		pthread_mutex_unlock(&s->lock);
-		err = seal_one(s, first, &zb);
+		err = seal_compress(s, first, &z, &zl);
 		pthread_mutex_lock(&s->lock);
+		if (!err) {
+			/*
+			 * Until the .log goes, the segment is on disk twice: the
+			 * compressed copy needs room of its own, reserved in total
+			 * while it is written, so the spool's files never take
+			 * more than max_bytes. Without the room (a full spool) the
+			 * segment stays as it is until a sink frees some.
+			 */
+			if (s->total + zl > s->max_bytes) {
+				free(z);
+				return;
+			}
+			s->total += zl;
+			pthread_mutex_unlock(&s->lock);
+			err = seal_write(s, first, z, zl);
+			pthread_mutex_lock(&s->lock);
+			s->total -= zl;
+			free(z);
+		}
 		if (err) {
 			ag_log(LOG_LVL_WARN, "audit spool: sealing segment %" PRIu64 " in '%s': %s",
 			       first, s->dir, strerror(-err));
@@ -700,8 +734,8 @@ static void seal_pending_locked(struct spool *s)
 			return;
 		}
 		sg = &s->segs[i];
-		s->total = s->total - sg->bytes + zb;
-		sg->bytes = zb;
+		s->total = s->total - sg->bytes + zl;
+		sg->bytes = zl;
 		sg->sealed = true;
 		seg_path(s, first, ".log", lp, sizeof(lp));
 		unlink(lp);   /* readers holding it open keep reading */
@@ -728,6 +762,8 @@ static void unlink_dropped(struct spool *s)
 		unlink(path);
 	}
 	pthread_mutex_lock(&s->lock);
+	for (int i = 0; i < n; i++)
+		s->total -= d[i].bytes;   /* the room comes back once the file is gone */
 }
 
 static void *spool_thread(void *arg)
