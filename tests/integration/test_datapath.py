@@ -112,18 +112,21 @@ def test_connections_spread_over_workers(enforcer, servers):
     """New connections go to the worker with the fewest (balance.bpf.c), not
     by the kernel's 4-tuple hash, which puts 9 connections 3/3/3 on three
     workers only 8.5 % of the time. Connections that close free their
-    worker's share: the next ones go there."""
+    worker's share: the next ones go there. IPv6 connections go through their
+    own listener group and count with the IPv4 ones."""
     port, _ = servers.echo()
-    enforcer.start(enforce_policy(port), env={"AGENTGATE_WORKERS": "3"})
+    p6, _ = servers.echo("::1")
+    enforcer.start(enforce_policy(port, extra_targets=f"  - {{name: echo6, protocol: tcp, address: '[::1]:{p6}'}}",
+                                  extra_rules="      - target: echo6"), env={"AGENTGATE_WORKERS": "3"})
     bal = enforcer.status()["balance"]
     assert bal["method"] == "least_connections", bal
     assert bal["worker_connections"] == [0, 0, 0], bal
     code = textwrap.dedent(f"""
     import socket, sys
     held = []
-    def opened(n):
+    def opened(n, addr=("127.0.0.1", {port})):
         for i in range(n):
-            s = socket.create_connection(("127.0.0.1", {port}), timeout=5)
+            s = socket.create_connection(addr, timeout=5)
             s.sendall(b"hi\\n"); assert s.recv(10) == b"hi\\n"
             held.append(s)
         print("open", len(held), flush=True)
@@ -134,6 +137,8 @@ def test_connections_spread_over_workers(enforcer, servers):
                 s.close()
             del held[:4]
             print("closed", flush=True)
+        elif line.startswith("open6"):
+            opened(6, ("::1", {p6}))
         elif line.startswith("open"):
             opened(4)
     """)
@@ -156,6 +161,10 @@ def test_connections_spread_over_workers(enforcer, servers):
         p.stdin.write("open\n"); p.stdin.flush()
         assert p.stdout.readline().strip() == "open 9"
         assert per_worker(9) == [3, 3, 3]
+        # by the hash, 6 more land 2/2/2 one time in 8
+        p.stdin.write("open6\n"); p.stdin.flush()
+        assert p.stdout.readline().strip() == "open 15"
+        assert per_worker(15) == [5, 5, 5]
     finally:
         p.kill()
         p.wait(10)
