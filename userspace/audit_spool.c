@@ -590,8 +590,10 @@ int spool_flush(struct spool *s, bool sync)
 	return err;
 }
 
-/* Compresses a closed segment into .z (tmp + fsync + rename), then drops
- * the .log. Runs without the lock: only this thread seals. */
+/* Sealing (seal_pending_locked): a closed segment is compressed, written
+ * as .z (tmp + fsync + rename), then its .log is dropped. Both steps run
+ * without the lock: only the spool thread seals. */
+
 /* Segment first, compressed into *out (malloc'ed), *outlen bytes. */
 static int seal_compress(struct spool *s, uint64_t first, Bytef **out, uLongf *outlen)
 {

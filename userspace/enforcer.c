@@ -1994,13 +1994,13 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 	}
 	for (int i = 0; i < E->nworkers; i++)
 		worker_join(&E->workers[i]);
-	balance_close(E->balance);   /* after the workers: they write its counters */
-	E->balance = NULL;
 	ring_buffer__consume(rb);
 	lifecycle_event(4, "Stop", "enforcer stopped; programs stay attached (connections refused until restart)");
 	log_info("stopped; kernel programs stay pinned (fail closed)");
 out:
 	admin_close(adm);
+	balance_close(E->balance);   /* the workers, which write its counters, are joined */
+	E->balance = NULL;
 	ring_buffer__free(rb);
 	dns_close(E->dns);
 	audit_close();
