@@ -17,6 +17,9 @@
  *      -lpthread -lpg_query -lpcre2-8 -lrelp
  *   taskset -c 0 build/audit_bench file 500000      # one core
  * AUDIT_BENCH_KEEP=1 keeps the temp dir (spool, sink output) and prints it.
+ * The temp dir is made in $TMPDIR (default /tmp): TMPDIR=/dev/shm puts the
+ * spool and the sink's file on tmpfs, which shows what the filesystem's
+ * write path costs.
  *
  * Each event is a Network Activity "Open" with the same agent context,
  * endpoints and verdict the enforcer writes (about 1 KiB of JSON). The
@@ -29,6 +32,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
@@ -44,6 +48,13 @@
 #include "audit.h"
 #include "policy.h"
 #include "util.h"
+
+static int rm_entry(const char *path, const struct stat *st, int type, struct FTW *ftw)
+{
+	(void)st, (void)type, (void)ftw;
+	remove(path);
+	return 0;
+}
 
 static double now_s(void)
 {
@@ -240,7 +251,8 @@ int main(int argc, char **argv)
 {
 	const char *mode = argc > 1 ? argv[1] : "file";
 	uint64_t n = argc > 2 ? strtoull(argv[2], NULL, 10) : 300000;
-	char dir[] = "/tmp/agentgate-audit-bench-XXXXXX", path[4200], spool[4200], addr[64];
+	const char *tmp = getenv("TMPDIR");
+	char dir[4096], path[4200], spool[4200], addr[64];
 	struct policy_sink sink = { 0 };
 	struct policy p = { .path = "bench.yaml" };
 	pid_t rs = 0;
@@ -249,8 +261,11 @@ int main(int argc, char **argv)
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGPIPE);
 	pthread_sigmask(SIG_BLOCK, &mask, NULL);
-	if (!mkdtemp(dir))
+	snprintf(dir, sizeof(dir), "%s/agentgate-audit-bench-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+	if (!mkdtemp(dir)) {
+		fprintf(stderr, "audit_bench: mkdtemp %s: %s\n", dir, strerror(errno));
 		return 1;
+	}
 	snprintf(p.hash, sizeof(p.hash), "%064d", 0);
 	snprintf(spool, sizeof(spool), "%s/spool", dir);
 	if (strcmp(mode, "file") == 0) {
@@ -371,8 +386,6 @@ int main(int argc, char **argv)
 		printf("  kept: %s\n", dir);
 		return 0;
 	}
-	char cmd[200];
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-	(void)!system(cmd);
+	nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);   /* no shell: TMPDIR may hold anything */
 	return 0;
 }

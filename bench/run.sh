@@ -633,10 +633,10 @@ http_bench || true
 # the goal is >= 200k events/s into the file sink. build/audit_bench starts
 # (and stops) its own rsyslogd for the tcp row and removes its temp dir.
 AUDIT_BENCH=$PWD/build/audit_bench
-audit_row() {	# audit_row MODE: median acknowledged events/s over ROUNDS, or n/a
-	local mode=$1 vals='' v r
+audit_row() {	# audit_row MODE [DIR]: median acknowledged events/s over ROUNDS, or n/a
+	local mode=$1 dir=${2:-$TMP} vals='' v r
 	for ((r = 0; r < ROUNDS; r++)); do
-		v=$(taskset -c 0 "$AUDIT_BENCH" "$mode" "$AUDIT_EVENTS" 2>>"$TMP/audit_bench.log" |
+		v=$(TMPDIR=$dir taskset -c 0 "$AUDIT_BENCH" "$mode" "$AUDIT_EVENTS" 2>>"$TMP/audit_bench.log" |
 			awk '/acknowledged by/ { print $(NF-3) }')
 		[[ -n $v ]] && vals+=" $v"
 	done
@@ -650,6 +650,11 @@ if cc -O2 -g -D_GNU_SOURCE -Iuserspace -Ibuild -Ibpf bench/audit_bench.c \
 	2>"$TMP/audit_bench.build.log"; then
 	printf '%-30s %s\n' "audit sink (one core)" "events/s (median of $ROUNDS x $AUDIT_EVENTS)"
 	printf '%-30s %s\n' "file" "$(audit_row file)"
+	# the same with the spool and the file on tmpfs: what the disk's
+	# filesystem (page cache writes, block reservation) costs
+	if [[ -d /dev/shm && $(stat -f -c %T /dev/shm 2>/dev/null) == tmpfs ]]; then
+		printf '%-30s %s\n' "file, spool on tmpfs" "$(audit_row file /dev/shm)"
+	fi
 	if [[ -x /usr/sbin/rsyslogd ]]; then
 		printf '%-30s %s\n' "rsyslog over tcp" "$(audit_row rsyslog)"
 	else
