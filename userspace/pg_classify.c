@@ -177,6 +177,7 @@ struct cte {
 	const char *name;
 	struct derived *d;
 	struct cte *next;
+	bool pending;              /* WITH RECURSIVE: listed, not walked yet */
 };
 
 struct scope {
@@ -190,6 +191,7 @@ struct selout {
 	const char *names[MAX_MASKED];
 	int nnames;
 	bool star_masked, overflow;
+	bool star;                 /* a '*' or 't.*' item: positions after it are not items */
 	uint64_t masked_pos;       /* bit k-1: output k is a masked column (k <= 64) */
 	int nout;
 };
@@ -323,11 +325,29 @@ static void add_need(struct walker *w, const char *tag, enum pgc_class cls, bool
 
 /* ---- relations ---- */
 
+/*
+ * pg_catalog's planner statistics: most_common_vals, histogram_bounds and
+ * the like are values sampled from every column the database user may
+ * read, masked ones and those of tables no rule allows included, so no
+ * rule grants them (pg_catalog.* would otherwise).
+ */
+static const char *const stats_rels[] = {
+	"pg_statistic", "pg_statistic_ext_data", "pg_stats", "pg_stats_ext", "pg_stats_ext_exprs",
+};
+
 static void add_table(struct walker *w, const char *schema, const char *rel)
 {
 	struct pgc_result *o = w->out;
 	char name[sizeof(o->tables[0])];
 	int n = snprintf(name, sizeof(name), "%s.%s", schema, rel);
+
+	if (strcmp(schema, "pg_catalog") == 0)
+		for (size_t i = 0; i < sizeof(stats_rels) / sizeof(stats_rels[0]); i++)
+			if (strcmp(rel, stats_rels[i]) == 0) {
+				deny(w, "pg_catalog.%s holds values sampled from every column, masked ones "
+				     "and tables no rule allows included", rel);
+				return;
+			}
 
 	if (n < 0 || (size_t)n >= sizeof(name)) {
 		deny(w, "relation name too long");
@@ -470,8 +490,16 @@ static bool relation(struct walker *w, int rv, struct scope *sc, bool may_be_cte
 		deny(w, "relation without a name");
 		return false;
 	}
-	if (!s && may_be_cte && (*cte = find_cte(sc, r)))
+	if (!s && may_be_cte && (*cte = find_cte(sc, r))) {
+		/* In WITH RECURSIVE every CTE sees every other, the later ones
+		 * too: a name that reads a CTE whose lineage is not known yet
+		 * would be taken for the table it shadows. */
+		if ((*cte)->pending) {
+			deny(w, "WITH RECURSIVE: %s is used before its definition", r);
+			return false;
+		}
 		return true;
+	}
 	if (!s) {
 		const char *p = get_str(w, rv, "relpersistence");
 
@@ -1231,10 +1259,15 @@ static void from_item(struct walker *w, int item, struct scope *sc)
 			struct entry *last = sc->ents;
 			struct entry *e = add_entry(w, sc, al, ENT_DERIVED);
 
-			if (e && (e->d = new_derived(w)))
+			if (e && (e->d = new_derived(w))) {
 				for (struct entry *c = last; c && c != before; c = c->next)
 					if (entry_masked(w, c, NULL))
 						derived_add_src(e->d, c);
+				/* AS j(a, b, ...) renames them: every column may
+				 * be a masked one under its new name */
+				if (cols && any)
+					e->d->star_masked = true;
+			}
 		}
 	} else if (pgj_is(j, key, "RangeTableSample")) {
 		from_item(w, pgj_get(j, body, "relation"), sc);
@@ -1287,10 +1320,31 @@ static void from_item(struct walker *w, int item, struct scope *sc)
 static void walk_with(struct walker *w, int wc, struct scope *sc)
 {
 	const struct pgj *j = &w->j;
-	int ctes = pgj_get(j, wc, "ctes");
+	int ctes = pgj_get(j, wc, "ctes"), first = w->nctes;
 	bool recursive = get_bool(w, wc, "recursive");
 
-	for (int c = pgj_first(j, ctes); c >= 0 && !w->denied; c = pgj_after(j, ctes, c)) {
+	/* WITH RECURSIVE: every name is in scope from the start, pending
+	 * until its own query is walked (relation() denies a pending one;
+	 * a CTE's own name stops pending as its query starts: the recursive
+	 * reference). */
+	for (int c = pgj_first(j, ctes); recursive && c >= 0; c = pgj_after(j, ctes, c)) {
+		int body = node_of(w, c, "CommonTableExpr");
+		const char *name = body >= 0 ? get_str(w, body, "ctename") : NULL;
+		struct cte *ct;
+
+		if (!name) {
+			deny(w, "malformed WITH clause");
+			return;
+		}
+		if (w->nctes == MAX_CTES) {
+			deny(w, "too many CTEs");
+			return;
+		}
+		ct = &w->ctes[w->nctes++];
+		*ct = (struct cte){ .name = name, .pending = true, .next = sc->ctes };
+		sc->ctes = ct;
+	}
+	for (int c = pgj_first(j, ctes), k = first; c >= 0 && !w->denied; c = pgj_after(j, ctes, c), k++) {
 		int body = node_of(w, c, "CommonTableExpr");
 		const char *name = body >= 0 ? get_str(w, body, "ctename") : NULL;
 		struct derived *d = new_derived(w);
@@ -1300,17 +1354,18 @@ static void walk_with(struct walker *w, int wc, struct scope *sc)
 			deny(w, "malformed WITH clause");
 			return;
 		}
-		if (w->nctes == MAX_CTES) {
-			deny(w, "too many CTEs");
-			return;
+		if (recursive) {
+			ct = &w->ctes[k];        /* listed above, in this order */
+		} else {
+			if (w->nctes == MAX_CTES) {
+				deny(w, "too many CTEs");
+				return;
+			}
+			ct = &w->ctes[w->nctes++];
+			ct->name = name;
 		}
-		ct = &w->ctes[w->nctes++];
-		ct->name = name;
 		ct->d = d;
-		if (recursive) {        /* visible in its own query */
-			ct->next = sc->ctes;
-			sc->ctes = ct;
-		}
+		ct->pending = false;
 		walk_query(w, pgj_get(j, body, "ctequery"), sc, true, false, d);
 		if (pgj_get(j, body, "aliascolnames") >= 0 && derived_has(w, d, NULL, 0))
 			d->star_masked = true;
@@ -1363,7 +1418,7 @@ static void sort_item(struct walker *w, int item, struct scope *sc, const struct
 			return;
 		if (iv >= 0)
 			pgj_int(&w->j, pgj_get(&w->j, iv, "ival"), &pos);
-		if (so->star_masked || so->overflow || pos < 1 || pos > 64 || so->nout > 64 ||
+		if (so->star_masked || so->overflow || so->star || pos < 1 || pos > 64 || so->nout > 64 ||
 		    (so->masked_pos & (1ull << (pos - 1))))
 			deny(w, "ORDER BY/GROUP BY position of a masked output column");
 		return;
@@ -1467,6 +1522,13 @@ static void walk_select(struct walker *w, int body, struct scope *parent, bool o
 		int before = so.nnames;
 
 		so.nout++;
+		if ((cr = node_of(w, val, "ColumnRef")) >= 0) {
+			int fl = pgj_get(j, cr, "fields");
+
+			for (int f = pgj_first(j, fl); f >= 0; f = pgj_after(j, fl, f))
+				if (node_of(w, f, "A_Star") >= 0)
+					so.star = true;
+		}
 		if (output && (cr = node_of(w, val, "ColumnRef")) >= 0)
 			colref(w, cr, &sc, true, &so, dout, get_str(w, rt, "name"));
 		else
@@ -1590,6 +1652,9 @@ static void walk_dml(struct walker *w, int key, int body, struct scope *parent)
 				ex->rel = e->rel;
 			}
 		}
+		/* the column list's subscripts (INSERT INTO t (a[expr])) are
+		 * expressions PostgreSQL evaluates */
+		expr(w, pgj_get(j, body, "cols"), &sc);
 		/* ON CONFLICT DO UPDATE updates the existing row: it needs
 		 * update as well (anything but DO NOTHING is taken for it) */
 		if ((i = pgj_get(j, body, "onConflictClause")) >= 0) {
@@ -2150,6 +2215,15 @@ static void statement(struct walker *w, int key, int body, struct scope *sc, boo
 		st->tag = k->tag;
 		set_class(st, k->cls);
 		st->implicit = true;
+		/* SHOW app.secret is current_setting('app.secret'): a custom
+		 * setting (ALTER ROLE/DATABASE ... SET app.x) may hold a secret,
+		 * and current_setting() is not a safe function either */
+		if (pgj_is(&w->j, key, "VariableShowStmt")) {
+			const char *name = get_str(w, body, "name");
+
+			if (!name || strchr(name, '.'))
+				deny(w, "SHOW of a custom setting (%s) is not allowed", name ? name : "?");
+		}
 		break;
 	case H_CALL:
 		add_need(w, k->tag, k->cls, false);

@@ -709,3 +709,56 @@ def test_create_operator_binds_a_function_no_rule_names(enforcer, pg, tmp):
     finally:
         victim.kill()
         victim.wait()
+
+
+# ---- ways around found by review (stop 17) ----------------------------------------------
+
+RULES_REVIEW = [{"target": "shop",
+                 "allow": {"statements": ["select", "insert"],
+                           "tables": ["public.customers", "public.orders", "public.docs", "pg_catalog.*"]},
+                 "mask": {"columns": ["public.customers.email", "public.customers.cc"]}}]
+
+
+def test_ways_around_found_by_review(enforcer, pg, tmp):
+    """Each of these read masked values or a table no rule allows, or ran a function no
+    rule names, on PostgreSQL 15 before the fix: a CTE of WITH RECURSIVE used before its
+    definition (the classifier took the name for the table it shadows), a join alias
+    whose column list renames masked columns, subscripts in INSERT's column list (never
+    walked), an ORDER BY position counted past a t.* (which PostgreSQL expands), the
+    planner statistics (values sampled from every column) under pg_catalog.*, and SHOW
+    of a custom setting (what current_setting() is denied for). Denied, the server never
+    sees them; the allowed controls still work, and a renamed masked column as a plain
+    output column is masked by its lineage."""
+    pg.sql("CREATE TABLE docs (id int, doc jsonb); GRANT SELECT, INSERT ON docs TO app; "
+           "ANALYZE customers; ALTER ROLE app SET app.secret = 'custom-secret-77'")
+    assert "4111111111111111" in pg.sql("SELECT histogram_bounds::text FROM pg_stats "
+                                        "WHERE tablename = 'customers' AND attname = 'cc'")
+    log_all(pg)
+    enforcer.start(policy(pg, tmp, rules=RULES_REVIEW))
+    res = run_seq(enforcer, pg, [
+        "WITH RECURSIVE a AS (SELECT total || '' AS rv_one FROM orders), "
+        "orders AS (SELECT cc AS total FROM customers) SELECT rv_one FROM a",
+        "SELECT j.k || '' AS rv_two FROM (customers CROSS JOIN (SELECT 1) o) AS j(i, m, k)",
+        "INSERT INTO docs (id, doc[(SELECT cc FROM secrets LIMIT 1)]) VALUES (1, '1')",
+        "INSERT INTO docs (id, doc[(SELECT cc FROM customers LIMIT 1)]) VALUES (2, '1')",
+        "SELECT o.*, c.id AS rv_five, c.cc FROM orders o, customers c WHERE o.id = 1 ORDER BY 5 DESC",
+        "SELECT attname AS rv_six, histogram_bounds::text FROM pg_stats WHERE tablename = 'customers'",
+        "SHOW app.secret",
+        # controls
+        "SELECT j.k AS rv_ok FROM (customers CROSS JOIN (SELECT 1) o) AS j(i, m, k)",
+        "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t WHERE n < 3) SELECT count(*) FROM t",
+        "INSERT INTO docs (id, doc) VALUES (3, '{\"a\": 1}')",
+        "SELECT count(*) FROM docs",
+    ])
+    for i in range(7):
+        assert denied(res[i]), (i, res[i])
+    out = str(res)
+    for value in ("4111111111111111", "5500005555555559", "378282246310005", "custom-secret-77"):
+        assert value not in out, (value, res)
+    assert res[7][0] == "T" and "C:SELECT 2" in res[7], res[7]
+    assert res[8][:3] == ["T", "D:3", "C:SELECT 1"], res[8]
+    assert "C:INSERT 0 1" in res[9], res[9]
+    assert res[10][:3] == ["T", "D:1", "C:SELECT 1"], res[10]   # only the control's row
+    for marker in ("rv_one", "rv_two", "doc[(SELECT", "rv_five", "rv_six", "SHOW app.secret"):
+        assert not server_saw(pg, marker), marker
+    assert server_saw(pg, "rv_ok")

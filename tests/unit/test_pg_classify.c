@@ -1677,6 +1677,99 @@ static void test_cache(void)
 
 /* ---- threads: each has its own cache, freed when it exits ---- */
 
+/* ---- ways around found by review (stop 17), each confirmed against
+ * PostgreSQL 15 before the fix ---- */
+
+static void expect_rules(const char *sql, const struct policy_rule *const *rules, enum pgc_verdict v,
+			 const char *frag)
+{
+	struct pgc_result r = judge_rules(sql, rules, 1);
+
+	if (r.verdict != v || (frag && !strstr(r.reason, frag)))
+		fprintf(stderr, "  %s: got %d (%s), want %d '%s'\n", sql, r.verdict, r.reason, v,
+			frag ? frag : "");
+	CHECK(r.verdict == v);
+	CHECK(!frag || strstr(r.reason, frag) != NULL);
+}
+
+static void test_review_ways_around(void)
+{
+	/* WITH RECURSIVE: every CTE sees the later ones; "orders" in a is the
+	 * CTE defined after it (customers.cc), not the table */
+	EXPECT_REASON("WITH RECURSIVE a AS (SELECT total || '' AS x FROM orders), "
+		      "orders AS (SELECT cc AS total FROM customers) SELECT x FROM a",
+		      PGC_DENY, "used before its definition");
+	EXPECT_REASON("WITH RECURSIVE a AS (SELECT id FROM orders WHERE total > 0), "
+		      "orders AS (SELECT 1 AS id, 2 AS total) SELECT id FROM a",
+		      PGC_DENY, "used before its definition");
+	/* a CTE's own name (the recursion) and earlier names stay usable */
+	EXPECT("WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t WHERE n < 10) "
+	       "SELECT n FROM t", PGC_ALLOW);
+	EXPECT("WITH RECURSIVE a AS (SELECT id FROM orders), b AS (SELECT id FROM a) SELECT id FROM b",
+	       PGC_ALLOW);
+	/* without RECURSIVE a later name is the table, as PostgreSQL has it */
+	EXPECT("WITH a AS (SELECT id FROM orders), orders AS (SELECT 1 AS id) SELECT id FROM a",
+	       PGC_ALLOW);
+
+	/* (a JOIN b) AS j(x, y, z) renames a's and b's columns */
+	EXPECT_REASON("SELECT j.k || '' AS v FROM (customers CROSS JOIN (SELECT 1) o) AS j(i, m, k)",
+		      PGC_DENY, "masked column k");
+	EXPECT("SELECT j.i FROM (customers CROSS JOIN (SELECT 1) o) AS j(i, m, k) WHERE j.k = 'x'",
+	       PGC_DENY);
+	EXPECT("SELECT j.i FROM (customers CROSS JOIN (SELECT 1) o) AS j(i, m, k) ORDER BY j.m",
+	       PGC_DENY);
+	/* as a plain output column it is masked by its lineage (PostgreSQL
+	 * reports customers' OID and attribute number for j.k) */
+	EXPECT("SELECT j.k FROM (customers CROSS JOIN (SELECT 1) o) AS j(i, m, k)", PGC_ALLOW);
+	EXPECT("SELECT j.a || '' FROM (orders CROSS JOIN (SELECT 1) o) AS j(a)", PGC_ALLOW);
+
+	/* INSERT's column list: subscripts are expressions PostgreSQL runs */
+	expect_rules("INSERT INTO orders (id, arr[(SELECT cc FROM customers LIMIT 1)]) VALUES (1, 1)",
+		     rw, PGC_DENY, "masked column cc");
+	expect_rules("INSERT INTO orders (arr[(SELECT 1 FROM secrets)]) VALUES (1)", rw, PGC_DENY,
+		     "public.secrets");
+	expect_rules("INSERT INTO orders (arr[pg_read_file('/etc/hostname')::int]) VALUES (1)", rw,
+		     PGC_DENY, "pg_read_file");
+	expect_rules("INSERT INTO orders (id, doc['k'][pg_sleep(1)::text]) VALUES (1, '1')", rw,
+		     PGC_DENY, "pg_sleep");
+	expect_rules("INSERT INTO orders (id, arr[2], arr[3:4]) VALUES (1, 5, '{6,7}')", rw, PGC_ALLOW,
+		     NULL);
+
+	/* ORDER BY / GROUP BY positions count t.* as one item: after a star
+	 * they cannot be mapped to the masked outputs */
+	EXPECT_REASON("SELECT o.*, c.id, c.cc FROM orders o, customers c ORDER BY 5 DESC", PGC_DENY,
+		      "position of a masked output column");
+	EXPECT("SELECT o.*, c.cc FROM orders o, customers c GROUP BY 1, 2, 3, 4", PGC_DENY);
+	EXPECT("SELECT *, c.cc FROM orders o, customers c ORDER BY 2", PGC_DENY);
+	EXPECT("SELECT o.*, c.id FROM orders o, customers c ORDER BY 2", PGC_ALLOW);
+	EXPECT("SELECT c.id, c.cc FROM customers c ORDER BY 1", PGC_ALLOW);
+
+	/* the planner's statistics hold sampled values of every column */
+	static char *cat_tables[] = { "public.customers", "pg_catalog.*" };
+	static struct policy_rule cat_rule = {
+		.target = "db", .role = "agent_cat",
+		.allow = { .present = true, .statements = { ro_stmts, 1 }, .tables = { cat_tables, 2 } },
+	};
+	static const struct policy_rule *cat[] = { &cat_rule };
+
+	expect_rules("SELECT relname FROM pg_class", cat, PGC_ALLOW, NULL);
+	expect_rules("SELECT histogram_bounds::text FROM pg_stats WHERE tablename = 'customers'", cat,
+		     PGC_DENY, "sampled");
+	expect_rules("SELECT * FROM pg_catalog.pg_stats_ext_exprs", cat, PGC_DENY, "sampled");
+	expect_rules("SELECT most_common_vals::text FROM PG_CATALOG.\"pg_stats_ext\"", cat, PGC_DENY,
+		     "sampled");
+	expect_rules("SELECT * FROM pg_statistic", cat, PGC_DENY, "sampled");
+	expect_rules("SELECT 1 FROM customers WHERE EXISTS (SELECT 1 FROM pg_stats)", cat, PGC_DENY,
+		     "sampled");
+
+	/* SHOW of a custom setting reads what current_setting() would */
+	EXPECT("SELECT current_setting('app.secret')", PGC_DENY);
+	EXPECT_REASON("SHOW app.secret", PGC_DENY, "custom setting");
+	EXPECT_REASON("SHOW \"app.secret\"", PGC_DENY, "custom setting");
+	EXPECT("SHOW search_path", PGC_ALLOW);
+	EXPECT("SHOW ALL", PGC_ALLOW);
+}
+
 static void *thread_main(void *arg)
 {
 	struct pgc_ctx c = ctx;
@@ -1731,6 +1824,7 @@ int main(int argc, char **argv)
 	RUN(test_policy_statements);
 	RUN(test_limits);
 	RUN(test_cache);
+	RUN(test_review_ways_around);
 	RUN(test_threads);
 	pgc_cache_flush();
 	UNIT_DONE("pg_classify");
