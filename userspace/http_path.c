@@ -218,28 +218,44 @@ static int canon_path(const uint8_t *p, size_t len, char *out, size_t outcap, st
 }
 
 /*
- * Is the query parameter key k[0..n) (still escaped) "_method", in any case?
- * Symfony (Laravel on it) takes the method of a POST from it, the query twin
- * of the X-HTTP-Method-Override header the http module strips: a rule's
- * method would not be the one the server runs.
+ * Is the query parameter key k[0..n) (still escaped) a method override?
+ * Symfony (Laravel on it) takes the method of a POST from "_method", ASP.NET
+ * MVC from "X-HTTP-Method-Override": the query twins of the override headers
+ * the http module strips, so a rule's method would not be the one the server
+ * runs. Compared as PHP reads a name: leading spaces dropped, ' ', '.' and
+ * '[' taken for '_' (found by review: "?.method=DELETE", "?+_method="), and
+ * '-' for '_' and any case, as the header twins are.
  */
 static bool key_is_method_override(const uint8_t *k, size_t n)
 {
-	static const char want[] = "_method";
+	static const char *const want[] = { "_method", "x_http_method_override", "x_http_method",
+					    "x_method_override" };
+	char name[32];
 	size_t o = 0;
 
-	for (size_t i = 0; i < n; i++, o++) {
+	for (size_t i = 0; i < n; i++) {
 		int c = k[i];
 
 		if (c == '%') {
 			if ((c = pct(k, n, i)) < 0)
 				return false;   /* refused by the caller anyway */
 			i += 2;
+		} else if (c == '+') {
+			c = ' ';
 		}
-		if (o >= sizeof(want) - 1 || (c | (c >= 'A' && c <= 'Z' ? 0x20 : 0)) != want[o])
-			return false;
+		if (c == ' ' && o == 0)
+			continue;
+		if (c == ' ' || c == '.' || c == '[' || c == '-')
+			c = '_';
+		if (o == sizeof(name) - 1)
+			return false;   /* longer than any of them */
+		name[o++] = (char)(c >= 'A' && c <= 'Z' ? c | 0x20 : c);
 	}
-	return o == sizeof(want) - 1;
+	name[o] = '\0';
+	for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
+		if (strcmp(name, want[i]) == 0)
+			return true;
+	return false;
 }
 
 static int check_query(const uint8_t *q, size_t len, struct http_target *r)
@@ -252,7 +268,8 @@ static int check_query(const uint8_t *q, size_t len, struct http_target *r)
 			const uint8_t *eq = memchr(q + s, '=', i - s);
 
 			if (key_is_method_override(q + s, eq ? (size_t)(eq - (q + s)) : i - s))
-				return bad(r, "a \"_method\" query parameter (a method override) in the request target");
+				return bad(r, "a method-override query parameter (\"_method\", "
+					   "\"X-HTTP-Method-Override\") in the request target");
 		}
 		s = i + 1;
 	}

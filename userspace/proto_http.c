@@ -1123,12 +1123,29 @@ static bool forwarded_in_flight(const struct http_state *s)
  * One request head from the agent: 1 handled (the caller consumes the
  * head), 0 wait (allowed, and the upstream leg is not ready yet), -errno.
  */
-static bool bodyless_method(const uint8_t *b, const struct http_head *h)
+/*
+ * Methods whose body has no defined meaning (RFC 9110 9.3): many servers
+ * never read one, and take it for the next request. DELETE's is read by
+ * the Kubernetes API server (DeleteOptions), so only there it may have one.
+ */
+static bool bodyless_method(const uint8_t *b, const struct http_head *h, bool k8s)
 {
 	const char *m = (const char *)b + h->method;
+	size_t n = h->method_len;
 
-	return (h->method_len == 3 && !memcmp(m, "GET", 3)) || (h->method_len == 4 && !memcmp(m, "HEAD", 4)) ||
-	       (h->method_len == 5 && !memcmp(m, "TRACE", 5));
+	return (n == 3 && !memcmp(m, "GET", 3)) || (n == 4 && !memcmp(m, "HEAD", 4)) ||
+	       (n == 5 && !memcmp(m, "TRACE", 5)) || (n == 7 && !memcmp(m, "OPTIONS", 7)) ||
+	       (n == 7 && !memcmp(m, "CONNECT", 7)) || (!k8s && n == 6 && !memcmp(m, "DELETE", 6));
+}
+
+/* WebDAV's COPY and MOVE write to the path their Destination field names:
+ * a second path no rule was asked about. */
+static bool names_second_path(const uint8_t *b, const struct http_head *h)
+{
+	for (unsigned i = 0; i < h->nf; i++)
+		if (http_field_is(b, &h->f[i], "destination"))
+			return true;
+	return false;
 }
 
 static int on_request(struct conn *c, const uint8_t *b, const struct http_head *h)
@@ -1166,11 +1183,19 @@ static int on_request(struct conn *c, const uint8_t *b, const struct http_head *
 	/* A body on a method whose body has no meaning: an upstream that
 	 * ignores it would read it as its next request (a denied one riding in
 	 * an allowed GET). Refused, and the connection closes unread. */
-	if (fwd && has_body && bodyless_method(b, h)) {
+	if (fwd && has_body && bodyless_method(b, h, s->k8s)) {
 		fwd = false;
 		v.allowed = false;
 		v.status = 400;
-		v.reason = "a GET, HEAD or TRACE request with a body";
+		v.reason = s->k8s ? "a GET, HEAD, OPTIONS, TRACE or CONNECT request with a body" :
+			   "a GET, HEAD, DELETE, OPTIONS, TRACE or CONNECT request with a body";
+		v.close_after = true;
+	}
+	if (fwd && names_second_path(b, h)) {
+		fwd = false;
+		v.allowed = false;
+		v.status = 400;
+		v.reason = "a Destination field (WebDAV COPY or MOVE): the path it names is not judged";
 		v.close_after = true;
 	}
 	/* Only the one request in flight, of a safe method and without a body
@@ -1428,7 +1453,9 @@ static int send_resp_head(struct conn *c, const uint8_t *b, const struct http_he
 	for (unsigned i = 0; i < h->nf; i++) {
 		const struct http_field *f = &h->f[i];
 
-		if (strip_resp_field(b, f, upgrade, mlen >= 0) || http_conn_names(b, h, f))
+		/* r->masked: also a HEAD's or a 304's validators, which hash
+		 * the body the agent would not get unmasked */
+		if (strip_resp_field(b, f, upgrade, mlen >= 0 || r->masked) || http_conn_names(b, h, f))
 			continue;
 		put(&o, b + f->name, f->name_len);
 		puts_(&o, ": ");

@@ -129,7 +129,11 @@ def test_method_override_in_query_refused(enforcer, rec):
     POST, so "POST /v1/invoices?_method=DELETE" under a POST rule deletes."""
     enforcer.start(policy(rec.port, rules='"POST /v1/invoices", "GET /v1/invoices/*"'))
     for q in ("_method=DELETE", "x=1&_method=PUT", "%5Fmethod=DELETE", "_%6Dethod=DELETE", "_METHOD=patch",
-              "a=b;_method=DELETE"):
+              "a=b;_method=DELETE",
+              # PHP drops leading spaces and reads '.' as '_'; ASP.NET MVC
+              # takes the header's name (found by review, stop 17)
+              ".method=DELETE", "+_method=DELETE", "%20_method=DELETE", "[method=DELETE",
+              "X-HTTP-Method-Override=DELETE", "x_http_method=PUT", "X-Method-Override=PATCH"):
         refused_400(enforcer, rec, crlf(f"POST /v1/invoices?{q} HTTP/1.1⏎Host: api.internal⏎Content-Length: 0⏎⏎"), q)
     # a parameter that only contains the name is an ordinary one
     rec.reset()
@@ -343,6 +347,53 @@ def test_get_body_is_not_a_second_request(enforcer, servers, tmp):
         assert "DELETE" not in log, log
 
 
+def test_body_on_delete_or_options_is_not_a_second_request(enforcer, servers, tmp):
+    """DELETE's and OPTIONS' bodies have no defined meaning (RFC 9110): a
+    server that never reads one (Python's http.server, for one) took the body
+    for its next request, so an allowed OPTIONS or DELETE carried a denied
+    DELETE (found by review, stop 17). Such a body is refused, nothing of the
+    request is forwarded; without a body they pass."""
+    port, logf = free_port(), os.path.join(tmp, "bodies.log")
+    servers.procs.append(Proc([PY, "-c", ZERO_CL, str(port), logf]))
+    wait_port("127.0.0.1", port)
+    enforcer.start(policy(port, rules='"GET /v1/invoices/*", "OPTIONS /v1/**", "DELETE /v1/drafts/*"'))
+    smuggled = b"DELETE /v1/invoices/1 HTTP/1.1\r\nHost: api.internal\r\n\r\n"
+    for line in (b"OPTIONS /v1/invoices/1", b"DELETE /v1/drafts/9"):
+        for framing in (b"Content-Length: %d\r\n\r\n" % len(smuggled) + smuggled,
+                        b"Transfer-Encoding: chunked\r\n\r\n%x\r\n" % len(smuggled) + smuggled + b"\r\n0\r\n\r\n"):
+            out = raw(enforcer, port, line + b" HTTP/1.1\r\nHost: api.internal\r\n" + framing)
+            rs, rest = responses(out)
+            assert [r[0] for r in rs] == [400], (line, out)
+            assert b"with a body" in rs[0][2], out
+    time.sleep(0.2)
+    with open(logf) as f:
+        assert f.read() == "", "nothing may be forwarded"
+    for line in (b"OPTIONS /v1/invoices/1", b"DELETE /v1/drafts/9"):
+        out = raw(enforcer, port, line + b" HTTP/1.1\r\nHost: api.internal\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 200"), (line, out)
+    time.sleep(0.2)
+    with open(logf) as f:
+        assert f.read().split("\n")[:2] == ["OPTIONS /v1/invoices/1 HTTP/1.1", "DELETE /v1/drafts/9 HTTP/1.1"]
+
+
+def test_webdav_destination_refused(enforcer, rec):
+    """COPY and MOVE write to the path their Destination field names, which
+    no rule was asked about: MOVE /dav/scratch/x with Destination:
+    /dav/protected/config replaced a file the rules protect (nginx's dav
+    module, found by review, stop 17). Any request with a Destination field
+    is refused."""
+    enforcer.start(policy(rec.port, rules='"MOVE /v1/scratch/**", "COPY /v1/scratch/**", "GET /v1/invoices/*"'))
+    for req in ("MOVE /v1/scratch/x HTTP/1.1⏎Host: api.internal⏎Destination: /v1/protected/config⏎⏎",
+                "COPY /v1/scratch/x HTTP/1.1⏎Host: api.internal⏎Destination: http://api.internal/v1/protected/c⏎"
+                "Overwrite: T⏎⏎",
+                "MOVE /v1/scratch/x HTTP/1.1⏎Host: api.internal⏎DESTINATION: /v1/scratch/y⏎⏎"):
+        refused_400(enforcer, rec, crlf(req), req)
+    rec.reset()
+    out = raw(enforcer, rec.port, crlf("MOVE /v1/scratch/x HTTP/1.1⏎Host: api.internal⏎⏎"))
+    assert [r[0] for r in responses(out)[0]] == [200], out
+    assert rec.all().startswith(b"MOVE /v1/scratch/x HTTP/1.1\r\n")
+
+
 # ---- 3. the agent's identity headers, the injected credential -------------------
 
 def test_identity_headers_any_case_and_duplicated(enforcer, rec, token):
@@ -370,7 +421,11 @@ def test_identity_headers_any_case_and_duplicated(enforcer, rec, token):
 UNDERSCORE = ["X_Forwarded_For: 6.6.6.6", "x_forwarded_host: evil.internal", "X-Forwarded_Proto: https",
               "X_Real_IP: 6.6.6.6", "X_HTTP_Method_Override: DELETE", "x_method_override: PUT",
               "Proxy_Authorization: Basic eA==", "Impersonate_User: admin", "X_Remote_User: admin",
-              "Content_Length: 5", "Transfer_Encoding: chunked"]
+              "Content_Length: 5", "Transfer_Encoding: chunked",
+              # what masked routes strip (a 304 oracle on the unmasked body;
+              # found by review, stop 17)
+              'If_None_Match: "abc"', "If_Modified_Since: Mon, 30 Nov 2026 10:00:00 GMT", "If_Range: x",
+              'If_Match: "abc"', "If_Unmodified_Since: Mon, 30 Nov 2026 10:00:00 GMT"]
 
 
 def test_underscore_twins_of_stripped_headers_refused(enforcer, rec):
@@ -774,17 +829,24 @@ def test_head_on_masked_route_hides_unmasked_length(enforcer, canned):
     route that is the unmasked length (how long the hidden values are), so
     it is not passed on; on an unmasked route it is."""
     with open(os.path.join(canned.dir, "h"), "wb") as f:
-        f.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 4321\r\n\r\n")
+        f.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 4321\r\n"
+                b'ETag: "44f71c37"\r\nContent-MD5: gKsYvs3NfWRcBQNQHSPg9g==\r\n'
+                b"Repr-Digest: sha-256=:iaR2xzU=:\r\nDigest: SHA-256=iaR2xzU=\r\n\r\n")
     pol = mask_policy(canned.port, MASK)
     assert 'allow: {http: ["GET /v1/**"]}' in pol
     enforcer.start(pol.replace('allow: {http: ["GET /v1/**"]}', 'allow: {http: ["GET /v1/**", "HEAD /v1/**"]}'))
     out = raw(enforcer, canned.port, crlf("HEAD /v1/r/h HTTP/1.1⏎Host: api.internal⏎⏎"))
     assert out.startswith(b"HTTP/1.1 200"), out
     assert b"4321" not in out and b"content-length" not in out.lower(), out
+    # validators and digests of the unmasked body: an offline oracle for
+    # the hidden values (found by review, stop 17)
+    for name in (b"etag", b"content-md5", b"repr-digest", b"digest"):
+        assert name + b":" not in out.lower(), (name, out)
     enforcer.stop()
     enforcer.start(policy(canned.port, rules='"HEAD /v1/**"'))
     out = raw(enforcer, canned.port, crlf("HEAD /v1/r/h HTTP/1.1⏎Host: api.internal⏎⏎"))
     assert out.startswith(b"HTTP/1.1 200") and b"Content-Length: 4321\r\n" in out, out
+    assert b'ETag: "44f71c37"\r\n' in out and b"Repr-Digest: " in out, out
 
 
 def test_mask_binary_or_stacked_coding_refused(enforcer, canned):
