@@ -113,6 +113,54 @@ static bool utf8_text(const uint8_t *s, size_t n)
 	return true;
 }
 
+static bool ident_byte(uint8_t c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+	       c == '$' || c >= 0x80;
+}
+
+/*
+ * Does text that is not JSON hold, as an object key, a name the route's
+ * JSON paths mask (the last named step of each)? JSON wrapped for a
+ * browser (JSONP "cb({...})", "while(1);{...}", a comment or an RS before
+ * it, HTML after it) is still read as JSON by the agent, and detectors
+ * alone do not find what a path names. A key is the name quoted with '"'
+ * or '\'', or bare (a JavaScript object literal), then blanks and ':'.
+ */
+static bool holds_path_key(const struct mask_rules *m, const uint8_t *p, size_t n)
+{
+	size_t np;
+	const struct mask_path *paths = mask_rules_paths(m, &np);
+
+	for (size_t k = 0; k < np; k++) {
+		const struct mask_step *st = NULL;
+
+		for (unsigned i = 0; i < paths[k].nsteps; i++)
+			if (paths[k].step[i].kind == MSTEP_NAME)
+				st = &paths[k].step[i];
+		if (!st || !st->namelen || st->namelen > n)
+			continue;
+		for (const uint8_t *at = p; (at = memmem(at, n - (size_t)(at - p), st->name, st->namelen));
+		     at++) {
+			size_t e = (size_t)(at - p) + st->namelen;
+			uint8_t q = at > p ? at[-1] : 0;
+
+			if (q == '"' || q == '\'') {
+				if (e >= n || p[e] != q)
+					continue;
+				e++;
+			} else if (ident_byte(q) || (e < n && ident_byte(p[e]))) {
+				continue;   /* part of a longer word */
+			}
+			while (e < n && (p[e] == ' ' || p[e] == '\t' || p[e] == '\r' || p[e] == '\n'))
+				e++;
+			if (e < n && p[e] == ':')
+				return true;
+		}
+	}
+	return false;
+}
+
 static bool coding_is(const char *c, size_t n, const char *name)
 {
 	return n == strlen(name) && strncasecmp(c, name, n) == 0;
@@ -168,6 +216,12 @@ int http_mask_body(const struct mask_rules *m, const uint8_t *body, size_t len, 
 			: "the response is JSON to lenient readers but not strict JSON (duplicate names, "
 			  "a BOM, \\u0000, NaN...) and cannot be masked";
 		return rc == -ENOMEM ? rc : -EINVAL;
+	}
+	if (holds_path_key(m, p, plen)) {
+		free(plain);
+		*why = "the response is not JSON but holds a key the route's JSON paths mask (JSON wrapped "
+		       "for a browser: JSONP, a prefix, a comment...) and cannot be masked";
+		return -EINVAL;
 	}
 	/* The detectors read UTF-8 text: a body that is not (binary, another
 	 * charset, a content coding left on: two Content-Encoding fields) would

@@ -113,9 +113,68 @@ static void test_mask_body(void)
 	mask_free(json_only);
 }
 
+/* JSON wrapped for a browser is JSON to the agent that reads it: with
+ * detectors on the route it used to be scanned as text, and the keys the
+ * JSON paths name passed unmasked (found by review, stop 17). */
+static void test_wrapped_json(void)
+{
+	char *paths[] = { "$.customer.email", "$..ssn" }, *dets[] = { "credit_card" };
+	struct mask_rules *m = compile(paths, 2, dets, 1);
+	static const char *const refused[] = {
+		"/**/ typeof cb === 'function' && cb({\"customer\":{\"email\":\"ada@example.com\"}});",
+		"while(1);{\"customer\":{\"name\":\"Ada\",\"email\":\"ada@example.com\"}}",
+		"for(;;);{\"ssn\":\"078-05-1120\"}",
+		"\x1e{\"ssn\" : \"078-05-1120\"}",
+		"// comment\n{\"customer\": {\"email\": \"ada@example.com\"}}",
+		"{\"customer\": {\"email\": \"ada@example.com\"}}<br>",
+		"{'customer': {'email': 'ada@example.com'}}",
+		"cb({customer: {email: \"ada@example.com\"}})",
+		"<pre>{\"ssn\":\n \"078-05-1120\"}</pre>",
+		/* a bare name and ':' in text reads as a key too (YAML, a
+		 * JavaScript literal, "email: ..." in a page): refused */
+		"email: ada@example.com",
+	};
+	static const char *const passed[] = {
+		"<p>We answer every email within a day.</p>",   /* the word, not a key */
+		"emails: 5, ssns: 2",
+		"{\"email_address\": 1",
+		"plain text",
+	};
+	const char *why;
+	struct mask_report rep;
+	size_t ol;
+	char *out;
+
+	CHECK(m != NULL);
+	for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+		why = NULL;
+		out = NULL;
+		int rc = http_mask_body(m, (const uint8_t *)refused[i], strlen(refused[i]), NULL, 0, &out, &ol,
+					&rep, &why);
+		if (rc != -EINVAL)
+			fprintf(stderr, "  not refused: %s -> %s\n", refused[i], out ? out : "(null)");
+		CHECK(rc == -EINVAL && why && strstr(why, "holds a key"));
+		free(out);
+	}
+	for (size_t i = 0; i < sizeof(passed) / sizeof(passed[0]); i++) {
+		int rc = http_mask_body(m, (const uint8_t *)passed[i], strlen(passed[i]), NULL, 0, &out, &ol,
+					&rep, &why);
+
+		if (rc != 0)
+			fprintf(stderr, "  refused: %s (%s)\n", passed[i], why ? why : "");
+		CHECK(rc == 0);
+		if (rc == 0) {
+			CHECK_STR(out, passed[i]);
+			free(out);
+		}
+	}
+	mask_free(m);
+}
+
 int main(void)
 {
 	RUN(test_inflate);
 	RUN(test_mask_body);
+	RUN(test_wrapped_json);
 	UNIT_DONE("http_mask");
 }
