@@ -218,44 +218,96 @@ static int canon_path(const uint8_t *p, size_t len, char *out, size_t outcap, st
 }
 
 /*
- * Is the query parameter key k[0..n) (still escaped) a method override?
- * Symfony (Laravel on it) takes the method of a POST from "_method", ASP.NET
- * MVC from "X-HTTP-Method-Override": the query twins of the override headers
- * the http module strips, so a rule's method would not be the one the server
- * runs. Compared as PHP reads a name: leading spaces dropped, ' ', '.' and
- * '[' taken for '_' (found by review: "?.method=DELETE", "?+_method="), and
- * '-' for '_' and any case, as the header twins are.
+ * Method-override parameter names. Symfony (Laravel on it) takes the method
+ * of a POST from "_method", in the query or a form body; ASP.NET MVC from
+ * "X-HTTP-Method-Override": twins of the override headers the http module
+ * strips, so a rule's method would not be the one the server runs. A name
+ * is compared as PHP reads it: leading spaces dropped, ' ', '.' and '['
+ * taken for '_' (found by review: "?.method=DELETE", "?+_method="), and
+ * '-' for '_' and any case, as the header twins are. The scanner is
+ * incremental (a form body arrives in pieces); names longer than any of
+ * these are not kept.
  */
-static bool key_is_method_override(const uint8_t *k, size_t n)
+void http_form_scan_init(struct http_form_scan *f)
+{
+	memset(f, 0, sizeof(*f));
+}
+
+static bool override_name(const char *name)
 {
 	static const char *const want[] = { "_method", "x_http_method_override", "x_http_method",
 					    "x_method_override" };
-	char name[32];
-	size_t o = 0;
 
-	for (size_t i = 0; i < n; i++) {
-		int c = k[i];
-
-		if (c == '%') {
-			if ((c = pct(k, n, i)) < 0)
-				return false;   /* refused by the caller anyway */
-			i += 2;
-		} else if (c == '+') {
-			c = ' ';
-		}
-		if (c == ' ' && o == 0)
-			continue;
-		if (c == ' ' || c == '.' || c == '[' || c == '-')
-			c = '_';
-		if (o == sizeof(name) - 1)
-			return false;   /* longer than any of them */
-		name[o++] = (char)(c >= 'A' && c <= 'Z' ? c | 0x20 : c);
-	}
-	name[o] = '\0';
 	for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
 		if (strcmp(name, want[i]) == 0)
 			return true;
 	return false;
+}
+
+static void form_name_char(struct http_form_scan *f, int c)
+{
+	if (c == ' ' && f->n == 0)
+		return;
+	if (c == ' ' || c == '.' || c == '[' || c == '-')
+		c = '_';
+	if (f->n == sizeof(f->name) - 1) {
+		f->overflow = true;   /* longer than any of them */
+		return;
+	}
+	f->name[f->n++] = (char)(c >= 'A' && c <= 'Z' ? c | 0x20 : c);
+}
+
+bool http_form_scan(struct http_form_scan *f, const uint8_t *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		int c = p[i];
+
+		if (f->in_value) {
+			if (c == '&' || c == ';')
+				http_form_scan_init(f);
+			continue;
+		}
+		if (f->pct) {   /* inside %XY */
+			int v = hexval((uint8_t)c);
+
+			if (v < 0) {   /* not an escape: PHP keeps it as it is */
+				form_name_char(f, '%');
+				if (f->pct == 2)
+					form_name_char(f, "0123456789abcdef"[f->pctv]);
+				f->pct = 0;
+			} else if (f->pct == 1) {
+				f->pctv = (uint8_t)v;
+				f->pct = 2;
+				continue;
+			} else {
+				form_name_char(f, f->pctv << 4 | v);
+				f->pct = 0;
+				continue;
+			}
+		}
+		if (c == '%') {
+			f->pct = 1;
+		} else if (c == '&' || c == ';') {
+			http_form_scan_init(f);
+		} else if (c == '=') {
+			f->name[f->n] = '\0';
+			if (!f->overflow && override_name(f->name))
+				return true;
+			f->in_value = true;
+		} else {
+			form_name_char(f, c == '+' ? ' ' : c);
+		}
+	}
+	return false;
+}
+
+/* Is the query parameter key k[0..n) (still escaped) a method override? */
+static bool key_is_method_override(const uint8_t *k, size_t n)
+{
+	struct http_form_scan f;
+
+	http_form_scan_init(&f);
+	return !http_form_scan(&f, k, n) && http_form_scan(&f, (const uint8_t *)"=", 1);
 }
 
 static int check_query(const uint8_t *q, size_t len, struct http_target *r)

@@ -41,6 +41,20 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/*
+ * A method-override name ("_method", "X-HTTP-Method-Override", as PHP and
+ * ASP.NET read names) among the keys of application/x-www-form-urlencoded
+ * text fed in pieces: http_form_scan() is true once one is complete (its
+ * '=' seen). The query of a request target is checked the same way.
+ */
+struct http_form_scan {
+	char name[32];
+	uint8_t n, pct, pctv;
+	bool in_value, overflow;
+};
+void http_form_scan_init(struct http_form_scan *f);
+bool http_form_scan(struct http_form_scan *f, const uint8_t *p, size_t n);
+
 enum http_form {
 	HTTP_FORM_ORIGIN = 0,      /* "/path?query" */
 	HTTP_FORM_ABSOLUTE,        /* "http://authority/path?query" */

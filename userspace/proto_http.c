@@ -129,6 +129,8 @@ struct http_state {
 	int astate, ustate;
 	/* agent body */
 	bool abody_fwd, abody_chunked;
+	bool aform;                    /* a form body: scanned for a method override */
+	struct http_form_scan aform_scan;
 	uint64_t aremain;
 	struct http_chunked ach;
 	struct hreq *abody_req;
@@ -989,6 +991,38 @@ static struct mask_rules *route_mask(struct conn *c, const struct ident_principa
 	return s->mask;
 }
 
+/*
+ * A body that Symfony, Laravel, Rails and ASP.NET read a method override
+ * from (_method=DELETE in a form): application/x-www-form-urlencoded. Such
+ * a body is scanned as it streams (agent_body()); one that names an
+ * override is never completed upstream.
+ */
+static bool form_body(const uint8_t *b, const struct http_head *h)
+{
+	static const char ct[] = "application/x-www-form-urlencoded";
+
+	for (unsigned i = 0; i < h->nf; i++) {
+		const struct http_field *f = &h->f[i];
+
+		if (http_field_is(b, f, "content-type") && f->value_len >= sizeof(ct) - 1 &&
+		    strncasecmp((const char *)b + f->value, ct, sizeof(ct) - 1) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* A form body's piece names a method override: the request is cut off
+ * before that piece reaches the upstream, which never gets the rest (the
+ * connection closes), so it never runs. */
+static bool form_override(struct http_state *s, const uint8_t *p, size_t n)
+{
+	if (!s->aform || !http_form_scan(&s->aform_scan, p, n))
+		return false;
+	ag_log(LOG_LVL_INFO, "http: a method override (_method=) in a form body: the request is cut off "
+	       "and the connection closed");
+	return true;
+}
+
 /* Sets the agent side up to read (and forward or drop) r's body. */
 static void expect_body(struct http_state *s, struct hreq *r, const struct http_head *h, bool fwd)
 {
@@ -996,6 +1030,7 @@ static void expect_body(struct http_state *s, struct hreq *r, const struct http_
 	s->abody_fwd = fwd;
 	s->abody_req = r;
 	s->abody_chunked = h->body == HTTP_BODY_CHUNKED;
+	s->aform = false;
 	s->aremain = h->content_length;
 	http_chunked_init(&s->ach);
 }
@@ -1250,9 +1285,11 @@ static int on_request(struct conn *c, const uint8_t *b, const struct http_head *
 			expect_body(s, r, h, false);
 		return 1;
 	}
-	if (has_body)
+	if (has_body) {
 		expect_body(s, r, h, true);
-	else if (upgrade)
+		if ((s->aform = form_body(b, h)))
+			http_form_scan_init(&s->aform_scan);
+	} else if (upgrade)
 		s->astate = A_WAIT_UPGRADE;
 	else if (r->close_after)
 		s->astate = A_DONE;
@@ -1271,6 +1308,8 @@ static int agent_body(struct conn *c, const uint8_t *in, size_t len)
 	if (!s->abody_chunked) {
 		size_t take = len < s->aremain ? len : (size_t)s->aremain;
 
+		if (s->abody_fwd && form_override(s, in, take))
+			return -EACCES;
 		if (s->abody_fwd && (err = conn_send(c, SIDE_UP, in, take)))
 			return err;
 		s->aremain -= take;
@@ -1285,6 +1324,8 @@ static int agent_body(struct conn *c, const uint8_t *in, size_t len)
 			if (dlen && s->abody_fwd) {
 				size_t hl = http_chunk_header(dlen, hdr);
 
+				if (form_override(s, in + off + doff, dlen))
+					return -EACCES;
 				if ((err = conn_send(c, SIDE_UP, hdr, hl)) ||
 				    (err = conn_send(c, SIDE_UP, in + off + doff, dlen)) ||
 				    (err = conn_send(c, SIDE_UP, HTTP_CHUNK_TAIL, 2)))

@@ -143,6 +143,35 @@ def test_method_override_in_query_refused(enforcer, rec):
     assert rec.all().startswith(b"POST /v1/invoices?x_method=DELETE&q=_method HTTP/1.1\r\n")
 
 
+def test_method_override_in_form_body_cut_off(enforcer, rec):
+    """Symfony, Laravel, Rails and ASP.NET take a POST's method from a form
+    body too (_method=DELETE in application/x-www-form-urlencoded; found by
+    review, stop 17). Such a body is scanned as it streams: the piece that
+    names an override never reaches the upstream, which so never gets the
+    whole request, and the connection closes. Other forms pass whole."""
+    enforcer.start(policy(rec.port, rules='"POST /v1/invoices", "GET /v1/invoices/*"'))
+    form = "Content-Type: application/x-www-form-urlencoded⏎"
+    for body in ("_method=DELETE", "amount=5&+_method=DELETE", "x=1;.method=PUT"):
+        for framing in (f"Content-Length: {len(body)}⏎⏎{body}",
+                        f"Transfer-Encoding: chunked⏎⏎{len(body):x}⏎{body}⏎0⏎⏎"):
+            rec.reset()
+            out = raw(enforcer, rec.port, crlf(f"POST /v1/invoices HTTP/1.1⏎Host: api.internal⏎{form}{framing}"))
+            assert b"HTTP/1.1 200" not in out, (body, out)
+            time.sleep(0.1)
+            got = rec.all()
+            assert b"method" not in got.split(b"\r\n\r\n", 1)[-1], (body, got)
+    rec.reset()
+    out = raw(enforcer, rec.port, crlf(f"POST /v1/invoices HTTP/1.1⏎Host: api.internal⏎{form}"
+                                       "Content-Length: 21⏎⏎amount=5&note=_method"))
+    assert [r[0] for r in responses(out)[0]] == [200], out
+    assert rec.all().endswith(b"\r\n\r\namount=5&note=_method")
+    # not a form: the body is the application's (JSON here), passed whole
+    rec.reset()
+    out = raw(enforcer, rec.port, crlf("POST /v1/invoices HTTP/1.1⏎Host: api.internal⏎"
+                                       "Content-Type: application/json⏎Content-Length: 17⏎⏎{\"_method=\": \"x\"}"))
+    assert [r[0] for r in responses(out)[0]] == [200], out
+
+
 def test_method_tricks(enforcer, rec):
     """Methods are case-sensitive tokens: lower case, an unknown method, HEAD
     under a GET rule, and OPTIONS * under an any-method rule."""
@@ -817,11 +846,36 @@ def test_mask_lenient_json_not_passed_as_text(enforcer, canned):
         assert status == 502, (name, out)
         assert "lenient" in json.loads(got)["reason"], (name, got)
     # what no JSON reader takes (cut short, a stray quote, a raw control
-    # byte) is still text to the detectors, as test_http_mask_split.py says
-    canned.put("cut", b'{"customer": {"email": "x"}, "card": "4111 1111 1111 1111", "n": [1, 2',
+    # byte) is still text to the detectors, as test_http_mask_split.py says,
+    # unless it holds a key a JSON path masks (test_mask_wrapped_json_...)
+    canned.put("cut", b'{"customer": {"name": "x"}, "card": "4111 1111 1111 1111", "n": [1, 2',
                ["Content-Type: application/json"])
     (status, hdrs, got), out = fetch(enforcer, canned.port, "cut")
     assert status == 200 and b"4111" not in out and b"****" in got, out
+    canned.put("cut-key", b'{"customer": {"email": "ada@example.com"}, "n": [1, 2',
+               ["Content-Type: application/json"])
+    (status, hdrs, got), out = fetch(enforcer, canned.port, "cut-key")
+    assert status == 502 and EMAIL not in out, out
+
+
+def test_mask_wrapped_json_not_scanned_as_text(enforcer, canned):
+    """JSON wrapped for a browser (JSONP as Express's res.jsonp() writes it,
+    a "while(1);" prefix, HTML after it) is not JSON, so it went to the
+    detectors as text, and the keys the JSON paths name passed unmasked
+    (found by review, stop 17). Such a body is refused; text without such
+    a key is still masked by the detectors."""
+    canned.put("jsonp", b"/**/ typeof cb === 'function' && cb({\"customer\":{\"name\":\"Ada\",\"email\":"
+               b"\"ada@example.com\"},\"ssn\":\"078-05-1120\"});", ["Content-Type: text/javascript"])
+    canned.put("prefixed", b"while(1);{\"customer\":{\"email\":\"ada@example.com\"}}",
+               ["Content-Type: application/json"])
+    canned.put("text", b"card 4111111111111111 on file", ["Content-Type: text/plain"])
+    enforcer.start(mask_policy(canned.port, MASK))
+    for name in ("jsonp", "prefixed"):
+        (status, _, body), out = fetch(enforcer, canned.port, name)
+        assert status == 502, (name, out)
+        assert EMAIL not in out and b"078-05-1120" not in out, (name, out)
+    (status, _, body), out = fetch(enforcer, canned.port, "text")
+    assert status == 200 and body == b"card **** on file", out
 
 
 def test_head_on_masked_route_hides_unmasked_length(enforcer, canned):

@@ -351,6 +351,48 @@ static void test_decide_on_canonical(void)
 	}
 }
 
+/* Method overrides in a form body, fed in pieces (found by review, stop 17:
+ * Symfony, Laravel, Rails and ASP.NET read _method from a form). */
+static bool form_finds(const char *body, size_t piece)
+{
+	struct http_form_scan f;
+	size_t n = strlen(body);
+
+	http_form_scan_init(&f);
+	for (size_t i = 0; i < n; i += piece)
+		if (http_form_scan(&f, (const uint8_t *)body + i, n - i < piece ? n - i : piece))
+			return true;
+	return false;
+}
+
+static void test_form_scan(void)
+{
+	static const char *const found[] = {
+		"_method=DELETE", "a=1&_method=PUT", "a=1;_method=PUT", "_METHOD=patch", "%5Fmethod=DELETE",
+		"_%6d%65thod=DELETE", ".method=DELETE", "+_method=DELETE", "%20%20_method=DELETE",
+		"[method=DELETE", "X-HTTP-Method-Override=DELETE", "x_http_method=PUT", "x.method.override=PUT",
+		"++++++++++++++++++++++++++++++++++++++++++++++++_method=DELETE",
+	};
+	static const char *const not_found[] = {
+		"a=_method=DELETE", "q=1&x_method=DELETE", "_method", "a=1&_methods=DELETE", "method=DELETE",
+		"%zz_method=DELETE", "_method_=x", "a=%26_method=DELETE",
+		"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa_method=DELETE",
+	};
+
+	for (size_t i = 0; i < sizeof(found) / sizeof(found[0]); i++)
+		for (size_t piece = 1; piece <= 7; piece += 3) {
+			if (!form_finds(found[i], piece))
+				fprintf(stderr, "  missed: %s (pieces of %zu)\n", found[i], piece);
+			CHECK(form_finds(found[i], piece));
+		}
+	for (size_t i = 0; i < sizeof(not_found) / sizeof(not_found[0]); i++)
+		for (size_t piece = 1; piece <= 7; piece += 3) {
+			if (form_finds(not_found[i], piece))
+				fprintf(stderr, "  false hit: %s (pieces of %zu)\n", not_found[i], piece);
+			CHECK(!form_finds(not_found[i], piece));
+		}
+}
+
 int main(int argc, char **argv)
 {
 	if (argc == 3 && strcmp(argv[1], "--write-corpus") == 0)
@@ -366,5 +408,6 @@ int main(int argc, char **argv)
 	RUN(test_rule_check);
 	RUN(test_match);
 	RUN(test_decide_on_canonical);
+	RUN(test_form_scan);
 	UNIT_DONE("http_path");
 }
