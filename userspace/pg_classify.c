@@ -1369,6 +1369,11 @@ static void walk_with(struct walker *w, int wc, struct scope *sc)
 		walk_query(w, pgj_get(j, body, "ctequery"), sc, true, false, d);
 		if (pgj_get(j, body, "aliascolnames") >= 0 && derived_has(w, d, NULL, 0))
 			d->star_masked = true;
+		/* CYCLE ... SET m TO v DEFAULT d: v and d are typed literals
+		 * (`dom 'a'`), casts like any other (found by review: a domain's
+		 * CHECK ran a function no rule names); SEARCH names columns */
+		expr(w, pgj_get(j, body, "cycle_clause"), sc);
+		expr(w, pgj_get(j, body, "search_clause"), sc);
 		if (!recursive) {
 			ct->next = sc->ctes;
 			sc->ctes = ct;

@@ -762,3 +762,27 @@ def test_ways_around_found_by_review(enforcer, pg, tmp):
     for marker in ("rv_one", "rv_two", "doc[(SELECT", "rv_five", "rv_six", "SHOW app.secret"):
         assert not server_saw(pg, marker), marker
     assert server_saw(pg, "rv_ok")
+
+
+def test_cycle_mark_values_are_casts(enforcer, pg, tmp):
+    """CYCLE ... SET m TO <typed literal> DEFAULT <typed literal> casts to a type, like
+    `dom 'a'` anywhere else: a domain whose CHECK calls a function ran that function from a
+    read-only SELECT, and it wrote to a table no rule allows (found by review, stop 17).
+    Denied, the server never sees it and the function never runs; plain mark values pass."""
+    pg.sql("CREATE SCHEMA other; CREATE TABLE other.log (v text); "
+           "CREATE FUNCTION other.hook(v text) RETURNS boolean LANGUAGE plpgsql AS "
+           "'BEGIN INSERT INTO other.log VALUES (v); RETURN true; END'; "
+           "CREATE DOMAIN other.dom AS text CHECK (other.hook(VALUE)); "
+           "GRANT USAGE ON SCHEMA other TO app; GRANT INSERT, SELECT ON other.log TO app")
+    log_all(pg)
+    enforcer.start(policy(pg, tmp, rules=RULES_RO_ORDERS))
+    res = run_seq(enforcer, pg, [
+        "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3) "
+        "CYCLE n SET m TO other.dom 'a' DEFAULT other.dom 'b' USING p SELECT n AS cy_one FROM r",
+        "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3) "
+        "CYCLE n SET m TO 'a' DEFAULT 'b' USING p SELECT count(*) AS cy_ok FROM r",
+    ])
+    assert denied(res[0]), res[0]
+    assert res[1][:3] == ["T", "D:3", "C:SELECT 1"], res[1]
+    assert not server_saw(pg, "cy_one") and server_saw(pg, "cy_ok")
+    assert pg.sql("SELECT count(*) FROM other.log").strip() == "0"

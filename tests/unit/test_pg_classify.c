@@ -1711,6 +1711,16 @@ static void test_review_ways_around(void)
 	EXPECT("WITH a AS (SELECT id FROM orders), orders AS (SELECT 1 AS id) SELECT id FROM a",
 	       PGC_ALLOW);
 
+	/* CYCLE ... SET m TO v DEFAULT d: typed literals, casts like any other
+	 * (a domain's CHECK ran a function no rule names) */
+	EXPECT_REASON("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3) "
+		      "CYCLE n SET m TO other.dom 'a' DEFAULT other.dom 'b' USING p SELECT n FROM r",
+		      PGC_DENY, "type other.dom");
+	EXPECT("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3) "
+	       "CYCLE n SET m TO 'a' DEFAULT 'b' USING p SELECT n, m FROM r", PGC_ALLOW);
+	EXPECT("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3) "
+	       "SEARCH DEPTH FIRST BY n SET o SELECT n FROM r ORDER BY o", PGC_ALLOW);
+
 	/* (a JOIN b) AS j(x, y, z) renames a's and b's columns */
 	EXPECT_REASON("SELECT j.k || '' AS v FROM (customers CROSS JOIN (SELECT 1) o) AS j(i, m, k)",
 		      PGC_DENY, "masked column k");
