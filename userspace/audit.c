@@ -146,7 +146,7 @@ static void drain_locked(void);
 static void audit_tick(void *arg);
 static int emit_locked(json_t *ev);
 static int spool_line_locked(char *line, size_t len, uint64_t seq);
-static void checkpoint_locked(void);
+static void checkpoint_locked(bool stop);
 static void checkpoint_seq_save(void);
 static void save_chain_head(void);
 static void *saver_thread(void *arg);
@@ -473,7 +473,7 @@ void audit_flush(void)
 {
 	pthread_mutex_lock(&A.lock);
 	if (A.key && A.cp_pending && now_ms_realtime() - A.cp_last_ms >= A.cp_every_ms)
-		checkpoint_locked();
+		checkpoint_locked(false);
 	if (A.dropped && A.spool && spool_has_room(A.spool, A.resume_room))
 		loss_event_locked();
 	pthread_mutex_unlock(&A.lock);
@@ -515,8 +515,8 @@ void audit_close(void)
 	atomic_store(&P.on, false);   /* from here on, commits stamp their events at once */
 	pthread_mutex_lock(&A.lock);
 	drain_locked();
-	if (A.key && A.cp_pending)
-		checkpoint_locked();   /* a clean stop leaves no unsigned tail */
+	if (A.key && A.seq)
+		checkpoint_locked(true);   /* a clean stop ends with its stop checkpoint */
 	EVP_PKEY_free(A.key);
 	A.key = NULL;
 	last = A.seq;
@@ -801,13 +801,15 @@ static void add_self(json_t *ev)
 }
 
 /* Signs the chain head: the event just emitted is covered, and through
- * its prev_hash every event before it. Called with the lock held. */
-static void checkpoint_locked(void)
+ * its prev_hash every event before it. stop: the run's last one, at a
+ * clean stop (signed as such: `audit verify` warns about a file that ends
+ * at any other). Called with the lock held. */
+static void checkpoint_locked(bool stop)
 {
 	char sig[AUDIT_SIG_HEX];
-	json_t *ev;
+	json_t *ev, *cp;
 
-	if (audit_checkpoint_sign(A.key, A.seq, A.last_hash, A.cp_pending, sig)) {
+	if (audit_checkpoint_sign(A.key, A.seq, A.last_hash, A.cp_pending, stop, sig)) {
 		ag_log(LOG_LVL_ERR, "audit: signing checkpoint at sequence %llu failed",
 		       (unsigned long long)A.seq);
 		return;
@@ -817,10 +819,12 @@ static void checkpoint_locked(void)
 		return;
 	json_object_set_new(ev, "message", json_string("audit checkpoint: chain head signed"));
 	add_self(ev);
-	json_object_set_new(ev, "unmapped", json_pack("{s:{s:I, s:s, s:I, s:s, s:s, s:s}}",
-		"checkpoint", "sequence", (json_int_t)A.seq, "hash", A.last_hash,
-		"count", (json_int_t)A.cp_pending, "alg", "Ed25519", "key_id", A.key_id,
-		"signature", sig));
+	cp = json_pack("{s:I, s:s, s:I, s:s, s:s, s:s}", "sequence", (json_int_t)A.seq, "hash",
+		       A.last_hash, "count", (json_int_t)A.cp_pending, "alg", "Ed25519", "key_id",
+		       A.key_id, "signature", sig);
+	if (cp && stop)
+		json_object_set_new(cp, "stop", json_true());
+	json_object_set_new(ev, "unmapped", json_pack("{s:o}", "checkpoint", cp));
 	if (emit_locked(ev)) {
 		json_decref(ev);
 		return;   /* not recorded (spool full): the next checkpoint covers these events */
@@ -1065,7 +1069,7 @@ void audit_emit(json_t *ev)
 	if (A.dropped && A.spool && spool_has_room(A.spool, A.resume_room))
 		loss_event_locked();
 	if (emit_locked(ev) == 0 && ++A.cp_pending >= A.cp_every && A.key)
-		checkpoint_locked();
+		checkpoint_locked(false);
 	pthread_mutex_unlock(&A.lock);
 	json_decref(ev);
 }
@@ -1486,7 +1490,7 @@ static bool w_ok(const struct audit_w *w)
 static void emitted_locked(int err)
 {
 	if (err == 0 && ++A.cp_pending >= A.cp_every && A.key)
-		checkpoint_locked();
+		checkpoint_locked(false);
 }
 
 /*

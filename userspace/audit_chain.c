@@ -225,21 +225,25 @@ void audit_key_id(EVP_PKEY *k, char out[AUDIT_KEYID_HEX])
 	out[AUDIT_KEYID_HEX - 1] = 0;
 }
 
-static int checkpoint_msg(char *buf, size_t len, uint64_t seq, const char *hash, uint64_t count)
+/* stop: the enforcer's last checkpoint of a run (a clean stop), signed as
+ * such so that a file cut after an earlier one cannot pass for a whole one.
+ * A periodic checkpoint's text is what it was before stop existed. */
+static int checkpoint_msg(char *buf, size_t len, uint64_t seq, const char *hash, uint64_t count,
+			  bool stop)
 {
-	int n = snprintf(buf, len, "agentgate-audit-checkpoint/1\n%" PRIu64 "\n%s\n%" PRIu64,
-			 seq, hash, count);
+	int n = snprintf(buf, len, "agentgate-audit-checkpoint/1\n%" PRIu64 "\n%s\n%" PRIu64 "%s",
+			 seq, hash, count, stop ? "\nstop" : "");
 
 	return n < 0 || (size_t)n >= len ? -1 : n;
 }
 
-int audit_checkpoint_sign(EVP_PKEY *k, uint64_t seq, const char *hash, uint64_t count,
+int audit_checkpoint_sign(EVP_PKEY *k, uint64_t seq, const char *hash, uint64_t count, bool stop,
 			  char sig[AUDIT_SIG_HEX])
 {
 	char msg[160];
 	unsigned char s[64];
 	size_t slen = sizeof(s);
-	int n = checkpoint_msg(msg, sizeof(msg), seq, hash, count), ok;
+	int n = checkpoint_msg(msg, sizeof(msg), seq, hash, count, stop), ok;
 	EVP_MD_CTX *c;
 
 	sig[0] = 0;
@@ -254,12 +258,12 @@ int audit_checkpoint_sign(EVP_PKEY *k, uint64_t seq, const char *hash, uint64_t 
 	return 0;
 }
 
-bool audit_checkpoint_verify(EVP_PKEY *k, uint64_t seq, const char *hash, uint64_t count,
+bool audit_checkpoint_verify(EVP_PKEY *k, uint64_t seq, const char *hash, uint64_t count, bool stop,
 			     const char *sig)
 {
 	char msg[160];
 	unsigned char s[64];
-	int n = checkpoint_msg(msg, sizeof(msg), seq, hash, count);
+	int n = checkpoint_msg(msg, sizeof(msg), seq, hash, count, stop);
 	EVP_MD_CTX *c;
 	bool ok;
 
@@ -346,7 +350,10 @@ static bool vline_read(FILE *f, struct vline *l)
 	if (l->len && l->buf[l->len - 1] == '\n')
 		l->buf[--l->len] = 0;
 	audit_chain_hash(l->buf, l->len, l->hash);
-	l->doc = json_loadb(l->buf, l->len, 0, NULL);
+	/* A duplicate key is refused: readers differ on which one counts (a
+	 * SIEM may take the first "class_uid", jansson the last), so a line
+	 * could say two things under one hash. */
+	l->doc = json_loadb(l->buf, l->len, JSON_REJECT_DUPLICATES, NULL);
 	json_t *md = json_object_get(l->doc, "metadata");
 	json_t *seq = json_object_get(md, "sequence");
 	const char *prev = json_string_value(json_object_get(md, "prev_hash"));
@@ -443,16 +450,18 @@ static void check_checkpoint(EVP_PKEY *pub, struct vline *cur, uint64_t n, bool 
 	json_t *js = json_object_get(cp, "sequence"), *jc = json_object_get(cp, "count");
 	const char *h = json_string_value(json_object_get(cp, "hash"));
 	const char *sig = json_string_value(json_object_get(cp, "signature"));
+	json_t *jstop = json_object_get(cp, "stop");
 	uint64_t seq, count;
 
-	if (!json_is_integer(js) || !json_is_integer(jc) || !is_hash(h) || !sig) {
+	if (!json_is_integer(js) || !json_is_integer(jc) || !is_hash(h) || !sig ||
+	    (jstop && !json_is_true(jstop))) {
 		set_break(r, AUDIT_MALFORMED, n, "line %" PRIu64 ": checkpoint lacks sequence, hash, count "
 		    "or signature", n);
 		return;
 	}
 	seq = json_integer_value(js);
 	count = json_integer_value(jc);
-	if (!audit_checkpoint_verify(pub, seq, h, count, sig)) {
+	if (!audit_checkpoint_verify(pub, seq, h, count, jstop != NULL, sig)) {
 		char want[AUDIT_KEYID_HEX];
 		const char *kid = json_string_value(json_object_get(cp, "key_id"));
 
@@ -489,7 +498,9 @@ int audit_verify_file(const char *path, EVP_PKEY *pub, struct audit_verify_repor
 		if (!have_prev) {
 			r->first_sequence = cur.seq;
 			r->starts_mid_chain = strcmp(cur.prev, AUDIT_ZERO_HASH) != 0;
-			seg_known = cur.seq == 1 || cur.cp;
+			/* a file that starts with a checkpoint (a rotated one) has
+			 * none of the events it counts */
+			seg_known = cur.seq == 1;
 		} else if (strcmp(cur.prev, prev_hash) == 0) {
 			if (cur.seq == 1) {           /* a new run after a clean stop */
 				seg_count = 0;
@@ -523,6 +534,7 @@ int audit_verify_file(const char *path, EVP_PKEY *pub, struct audit_verify_repor
 				break;
 			r->checkpoints++;
 			r->last_checkpoint_line = n;
+			r->last_checkpoint_stop = json_object_get(cur.cp, "stop") != NULL;
 			r->unsigned_tail = 0;
 			seg_count = 0;
 			seg_known = true;
@@ -536,7 +548,10 @@ int audit_verify_file(const char *path, EVP_PKEY *pub, struct audit_verify_repor
 		prev_seq = cur.seq;
 		have_prev = true;
 	}
+	/* a read error is not the end of the file: what follows was not seen */
+	int err = ferror(f) ? (errno ? -errno : -EIO) : 0;   /* getline's errno: nothing ran since */
+
 	fclose(f);
 	vline_free(&cur);
-	return 0;
+	return err;
 }

@@ -52,10 +52,10 @@ int audit_key_load_pub(const char *path, EVP_PKEY **out);
 void audit_key_id(EVP_PKEY *k, char out[AUDIT_KEYID_HEX]);
 
 /* Signs a checkpoint; sig receives the hex signature. 0 or -EIO. */
-int audit_checkpoint_sign(EVP_PKEY *k, uint64_t seq, const char *hash, uint64_t count,
+int audit_checkpoint_sign(EVP_PKEY *k, uint64_t seq, const char *hash, uint64_t count, bool stop,
 			  char sig[AUDIT_SIG_HEX]);
 /* true only when sig is a valid signature of these fields under k. */
-bool audit_checkpoint_verify(EVP_PKEY *k, uint64_t seq, const char *hash, uint64_t count,
+bool audit_checkpoint_verify(EVP_PKEY *k, uint64_t seq, const char *hash, uint64_t count, bool stop,
 			     const char *sig);
 
 /* The saved chain head (hash of the last checkpoint line) in dir; writes
@@ -80,6 +80,7 @@ struct audit_verify_report {
 	uint64_t lines, events, checkpoints;   /* events excludes checkpoints */
 	uint64_t unsigned_tail;     /* events after the last verified checkpoint */
 	uint64_t last_checkpoint_line;
+	bool last_checkpoint_stop;  /* it is a run's stop checkpoint (signed as such) */
 	uint64_t orphaned;          /* events of runs that stopped before a checkpoint */
 	uint64_t restarts;          /* runs chained from a fresh (zero) head after line 1 */
 	bool starts_mid_chain;      /* line 1 chains from a line not in this file */

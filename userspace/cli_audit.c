@@ -62,7 +62,9 @@ int cmd_audit_verify(int argc, char **argv, const char *state_dir)
 		printf("note: line 1 (sequence %" PRIu64 ") continues a chain from an earlier file\n",
 		       r.first_sequence);
 	if (r.restarts)
-		printf("note: %" PRIu64 " run(s) started a new chain (no saved chain head)\n", r.restarts);
+		printf("warning: %" PRIu64 " run(s) started a new chain after line 1 (no saved chain "
+		       "head): nothing ties a run to the one before it there, so whole runs could have "
+		       "been removed, repeated or reordered\n", r.restarts);
 	if (r.orphaned)
 		printf("warning: %" PRIu64 " event(s) of runs that stopped without a final checkpoint "
 		       "are chained but not signed\n", r.orphaned);
@@ -70,7 +72,14 @@ int cmd_audit_verify(int argc, char **argv, const char *state_dir)
 		printf("warning: %" PRIu64 " event(s) after the last checkpoint (line %" PRIu64 ") are "
 		       "not signed: the file may be truncated or the enforcer still running\n",
 		       r.unsigned_tail, r.last_checkpoint_line);
+	if (!r.checkpoints)
+		printf("warning: no checkpoint: nothing in the file is signed\n");
+	bool cut = r.checkpoints && !r.unsigned_tail && !r.last_checkpoint_stop;
+	if (cut)
+		printf("warning: the file ends at a periodic checkpoint (line %" PRIu64 "), not at a "
+		       "stop checkpoint: lines after it may have been cut off, or the enforcer is still "
+		       "running\n", r.last_checkpoint_line);
 	printf("OK %s: %" PRIu64 " lines, %" PRIu64 " events, %" PRIu64 " checkpoints verified "
 	       "(key %s)\n", file, r.lines, r.events, r.checkpoints, kid);
-	return strict && (r.unsigned_tail || r.orphaned) ? 1 : 0;
+	return strict && (r.unsigned_tail || r.orphaned || r.restarts || !r.checkpoints || cut) ? 1 : 0;
 }

@@ -111,6 +111,39 @@ def test_audit_verify_detects_tampering(enforcer, servers):
     rc, out = verify(enforcer, enforcer.audit, "--bogus")
     assert rc == 2, out
 
+    # Found by review (stop 17). A rotated file can start with a checkpoint:
+    # it was reported broken (the events it counts are in the file before).
+    rc, out = verify(enforcer, write(enforcer, "from-cp.jsonl", lines[cps[0]:]), "--strict")
+    assert rc == 0 and "continues a chain" in out, out
+    # A run that starts from a zero head is tied to nothing before it: the
+    # file's own first run appended again verified clean; it is a warning
+    # now, and --strict fails it.
+    twice = write(enforcer, "twice.jsonl", lines + lines)
+    rc, out = verify(enforcer, twice)
+    assert rc == 0 and "started a new chain" in out and "warning" in out, out
+    rc, out = verify(enforcer, twice, "--strict")
+    assert rc == 1, out
+    # The last line (the stop checkpoint) is chained to nothing after it: a
+    # duplicate key made it say two things (a SIEM may take the first
+    # class_uid, jansson the last). A duplicate key is malformed.
+    dup = lines[:-1] + ['{"class_uid":4001,"dst_endpoint":{"ip":"10.6.6.6","port":22},' + lines[-1][1:]]
+    rc, out = verify(enforcer, write(enforcer, "dup.jsonl", dup))
+    assert rc == 1 and broken_line(out) == (len(lines), "malformed"), out
+    # what cannot be read is an error (exit 2), not an empty file
+    rc, out = verify(enforcer, enforcer.tmp)
+    assert rc == 2 and "Is a directory" in out, out
+    # a clean stop ends with a stop checkpoint, signed as such: taking the
+    # mark off makes the signature fail (a file cut after a periodic
+    # checkpoint is told apart: test_audit_chain.c)
+    assert '"stop":true' in lines[-1] and all('"stop"' not in lines[i] for i in cps[:-1]), lines[-1]
+    unstop = lines[:-1] + [lines[-1].replace('"stop":true,', "").replace(',"stop":true', "")]
+    assert unstop[-1] != lines[-1]
+    rc, out = verify(enforcer, write(enforcer, "unstop.jsonl", unstop))
+    assert rc == 1 and broken_line(out) == (len(lines), "bad-signature"), out
+    # nothing signed: --strict fails
+    rc, out = verify(enforcer, write(enforcer, "empty.jsonl", []), "--strict")
+    assert rc == 1 and "no checkpoint" in out, out
+
 
 def test_audit_chain_continues_across_restart(enforcer, servers):
     run_and_stop(enforcer, servers)

@@ -91,12 +91,17 @@ static void test_sign_roundtrip(void)
 	EVP_PKEY *k;
 
 	CHECK(audit_key_open(dir, &k) == 0);   /* loads the existing key */
-	CHECK(audit_checkpoint_sign(k, 7, AUDIT_ZERO_HASH, 3, sig) == 0);
-	CHECK(audit_checkpoint_verify(pub, 7, AUDIT_ZERO_HASH, 3, sig));
-	CHECK(!audit_checkpoint_verify(pub, 8, AUDIT_ZERO_HASH, 3, sig));
-	CHECK(!audit_checkpoint_verify(pub, 7, AUDIT_ZERO_HASH, 4, sig));
+	CHECK(audit_checkpoint_sign(k, 7, AUDIT_ZERO_HASH, 3, false, sig) == 0);
+	CHECK(audit_checkpoint_verify(pub, 7, AUDIT_ZERO_HASH, 3, false, sig));
+	CHECK(!audit_checkpoint_verify(pub, 8, AUDIT_ZERO_HASH, 3, false, sig));
+	CHECK(!audit_checkpoint_verify(pub, 7, AUDIT_ZERO_HASH, 4, false, sig));
+	/* a stop checkpoint's signature is not a periodic one's, nor the reverse */
+	CHECK(!audit_checkpoint_verify(pub, 7, AUDIT_ZERO_HASH, 3, true, sig));
+	CHECK(audit_checkpoint_sign(k, 7, AUDIT_ZERO_HASH, 3, true, sig) == 0);
+	CHECK(audit_checkpoint_verify(pub, 7, AUDIT_ZERO_HASH, 3, true, sig));
+	CHECK(!audit_checkpoint_verify(pub, 7, AUDIT_ZERO_HASH, 3, false, sig));
 	sig[5] = sig[5] == 'a' ? 'b' : 'a';
-	CHECK(!audit_checkpoint_verify(pub, 7, AUDIT_ZERO_HASH, 3, sig));
+	CHECK(!audit_checkpoint_verify(pub, 7, AUDIT_ZERO_HASH, 3, true, sig));
 	EVP_PKEY_free(k);
 }
 
@@ -180,6 +185,68 @@ static void test_truncated_tail(void)
 	CHECK(r.last_checkpoint_line == 11);
 }
 
+/* Found by review (stop 17): a rotated file that starts with a checkpoint
+ * was reported broken; a duplicate key let the unchained last line (the
+ * stop checkpoint) say two things; runs started from a zero head can be
+ * repeated (reported as restarts, which --strict fails); a read error
+ * ended the walk as if the file had ended. */
+static void test_review_tamper(void)
+{
+	struct audit_verify_report r;
+	int order[64], n = 0;
+
+	CHECK(nlines == 28);
+	for (int i = 10; i < 28; i++)   /* from the first checkpoint on */
+		order[n++] = i;
+	r = verify_lines(order, n, pub);
+	CHECK(r.kind == AUDIT_INTACT && r.starts_mid_chain && r.checkpoints == 3 && r.events == 15);
+	order[0] = 27;                  /* the stop checkpoint alone */
+	r = verify_lines(order, 1, pub);
+	CHECK(r.kind == AUDIT_INTACT && r.checkpoints == 1 && r.events == 0);
+
+	/* the last line with a second class_uid: jansson would keep the last */
+	char *orig = lines[27], *dup = malloc(strlen(orig) + 32);
+
+	CHECK(orig[0] == '{');
+	sprintf(dup, "{\"class_uid\":4001,%s", orig + 1);
+	lines[27] = dup;
+	r = verify_lines(ident, 28, pub);
+	CHECK(r.kind == AUDIT_MALFORMED && r.line == 28);
+	lines[27] = orig;
+	free(dup);
+
+	/* the whole run again, or its first part: a new chain after line 1 */
+	n = 0;
+	for (int i = 0; i < 28; i++)
+		order[n++] = i;
+	for (int i = 0; i < 11; i++)
+		order[n++] = i;
+	r = verify_lines(order, n, pub);
+	CHECK(r.kind == AUDIT_INTACT && r.restarts == 1);
+	r = verify_lines(ident, 28, pub);
+	CHECK(r.kind == AUDIT_INTACT && r.restarts == 0 && r.checkpoints == 3);
+	/* a clean stop ends with a stop checkpoint; a file cut after a
+	 * periodic one is told apart (cli_audit.c warns) */
+	CHECK(r.last_checkpoint_stop && r.last_checkpoint_line == 28);
+	r = verify_lines(ident, 22, pub);
+	CHECK(r.kind == AUDIT_INTACT && r.checkpoints == 2 && !r.last_checkpoint_stop);
+	CHECK(strstr(lines[27], "\"stop\":true") && !strstr(lines[21], "\"stop\""));
+	/* "stop" added to a periodic checkpoint, or removed from the stop one:
+	 * the signature says otherwise */
+	char *was = lines[21], *forged = malloc(strlen(was) + 16), *at = strstr(was, "\"signature\"");
+
+	CHECK(at != NULL);
+	sprintf(forged, "%.*s\"stop\":true,%s", (int)(at - was), was, at);
+	lines[21] = forged;
+	r = verify_lines(ident, 22, pub);
+	CHECK(r.kind == AUDIT_BAD_SIGNATURE && r.line == 22);
+	lines[21] = was;
+	free(forged);
+
+	/* a directory: read errors are errors, not the end of the file */
+	CHECK(audit_verify_file(dir, pub, &r) == -EISDIR);
+}
+
 static void test_second_run_chains(void)
 {
 	struct audit_verify_report r;
@@ -223,6 +290,7 @@ int main(void)
 	RUN(test_bad_signature);
 	RUN(test_wrong_key);
 	RUN(test_truncated_tail);
+	RUN(test_review_tamper);
 	RUN(test_second_run_chains);
 	RUN(test_key_mode_refused);
 	for (int i = 0; i < nlines; i++)
