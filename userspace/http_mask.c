@@ -120,18 +120,23 @@ static bool ident_byte(uint8_t c)
 }
 
 /*
- * Does text that is not JSON hold, as an object key, a name the route's
- * JSON paths mask (the last named step of each)? JSON wrapped for a
- * browser (JSONP "cb({...})", "while(1);{...}", a comment or an RS before
- * it, HTML after it) is still read as JSON by the agent, and detectors
- * alone do not find what a path names. A key is the name quoted with '"'
- * or '\'', or bare (a JavaScript object literal), then blanks and ':'.
+ * Could text that is not JSON still be read as JSON, where the route's
+ * JSON paths would have masked something? JSON wrapped for a browser
+ * (JSONP "cb({...})", "while(1);{...}", a comment or an RS before it, HTML
+ * after it) is still JSON to the agent, and detectors alone do not find
+ * what a path names. So on a route with JSON paths such text is refused
+ * when it has an object or array in it (any '{' or '['), whatever its keys'
+ * spelling (escapes, paths without a name), or, without one, a key a path
+ * names (the last named step, quoted with '"' or '\'' or bare, then blanks
+ * and ':': YAML, "email: ..." in a page).
  */
-static bool holds_path_key(const struct mask_rules *m, const uint8_t *p, size_t n)
+static bool json_like(const struct mask_rules *m, const uint8_t *p, size_t n)
 {
 	size_t np;
 	const struct mask_path *paths = mask_rules_paths(m, &np);
 
+	if (np && (memchr(p, '{', n) || memchr(p, '[', n)))
+		return true;
 	for (size_t k = 0; k < np; k++) {
 		const struct mask_step *st = NULL;
 
@@ -217,10 +222,10 @@ int http_mask_body(const struct mask_rules *m, const uint8_t *body, size_t len, 
 			  "a BOM, \\u0000, NaN...) and cannot be masked";
 		return rc == -ENOMEM ? rc : -EINVAL;
 	}
-	if (holds_path_key(m, p, plen)) {
+	if (json_like(m, p, plen)) {
 		free(plain);
-		*why = "the response is not JSON but holds a key the route's JSON paths mask (JSON wrapped "
-		       "for a browser: JSONP, a prefix, a comment...) and cannot be masked";
+		*why = "the response is not JSON but may be read as JSON (an object or array, or a key the "
+		       "route's JSON paths mask: JSONP, a prefix, a comment...) and cannot be masked";
 		return -EINVAL;
 	}
 	/* The detectors read UTF-8 text: a body that is not (binary, another

@@ -788,7 +788,7 @@ static inline __attribute__((always_inline)) bool step_states(struct jw *w, int 
 
 			look &= look - 1;
 			if (is_index ? st->index == index :
-			    st->namelen == klen && st->name[0] == key[0] && memcmp(st->name, key, klen) == 0)
+			    st->namelen == klen && (uint8_t)st->name[0] == key[0] && memcmp(st->name, key, klen) == 0)
 				adv |= 1ull << b;
 		}
 		kid[i] = (in & pb->desc) | (adv << 1);

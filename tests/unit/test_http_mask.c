@@ -133,11 +133,16 @@ static void test_wrapped_json(void)
 		/* a bare name and ':' in text reads as a key too (YAML, a
 		 * JavaScript literal, "email: ..." in a page): refused */
 		"email: ada@example.com",
+		/* found by review: escaped key spellings, and paths without a
+		 * name to look for (an object or array at all is enough) */
+		"while(1);{\"customer\":{\"em\\u0061il\":\"S1\"}}",
+		"/*x*/{\"\\u0065mail\":\"S1\"}",
+		"{\"email_address\": 1",
+		"cb([\"S1\"])",
 	};
 	static const char *const passed[] = {
 		"<p>We answer every email within a day.</p>",   /* the word, not a key */
 		"emails: 5, ssns: 2",
-		"{\"email_address\": 1",
 		"plain text",
 	};
 	const char *why;
@@ -153,7 +158,7 @@ static void test_wrapped_json(void)
 					&rep, &why);
 		if (rc != -EINVAL)
 			fprintf(stderr, "  not refused: %s -> %s\n", refused[i], out ? out : "(null)");
-		CHECK(rc == -EINVAL && why && strstr(why, "holds a key"));
+		CHECK(rc == -EINVAL && why && strstr(why, "may be read as JSON"));
 		free(out);
 	}
 	for (size_t i = 0; i < sizeof(passed) / sizeof(passed[0]); i++) {
@@ -171,10 +176,32 @@ static void test_wrapped_json(void)
 	mask_free(m);
 }
 
+/* A path whose name starts with a byte >= 0x80 never matched: a signed
+ * char was compared with an unsigned one (found by review, stop 17). */
+static void test_non_ascii_names(void)
+{
+	char *paths[] = { "$.\xc3\xa9mail", "$..\xe5\x90\x8d\xe5\x89\x8d", "$['\xc3\xa9t\xc3\xa9']" };
+	struct mask_rules *m = compile(paths, 3, NULL, 0);
+	const char *body = "{\"\xc3\xa9mail\":\"ada\",\"n\":{\"\\u540d\\u524d\":\"Taro\"},"
+			   "\"\xc3\xa9t\xc3\xa9\":1,\"e\":\"keep\"}";
+	const char *why;
+	struct mask_report rep;
+	size_t ol;
+	char *out;
+
+	CHECK(m != NULL);
+	CHECK(http_mask_body(m, (const uint8_t *)body, strlen(body), NULL, 0, &out, &ol, &rep, &why) == 0);
+	CHECK_STR(out, "{\"\xc3\xa9mail\":\"****\",\"n\":{\"\\u540d\\u524d\":\"****\"},"
+		  "\"\xc3\xa9t\xc3\xa9\":\"****\",\"e\":\"keep\"}");
+	free(out);
+	mask_free(m);
+}
+
 int main(void)
 {
 	RUN(test_inflate);
 	RUN(test_mask_body);
 	RUN(test_wrapped_json);
+	RUN(test_non_ascii_names);
 	UNIT_DONE("http_mask");
 }
