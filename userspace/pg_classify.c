@@ -1534,7 +1534,7 @@ static void walk_select(struct walker *w, int body, struct scope *parent, bool o
 				if (node_of(w, f, "A_Star") >= 0)
 					so.star = true;
 		}
-		if (output && (cr = node_of(w, val, "ColumnRef")) >= 0)
+		if (output && cr >= 0)
 			colref(w, cr, &sc, true, &so, dout, get_str(w, rt, "name"));
 		else
 			expr(w, val, &sc);
