@@ -257,8 +257,15 @@ struct pg_portal {
 	uint8_t *fmt;          /* nfmt bytes, 0 or 1 */
 	struct pg_plan *plan;  /* masking plan from its RowDescription, or NULL */
 	bool described;        /* its RowDescription (or NoData) was read: plan is final */
+	int ncols;             /* columns in that description (0: NoData) */
 	uint32_t desc_epoch;   /* s->sql_epoch when a Describe of it was last sent; 0 never */
 };
+
+/* The count a RowDescription or DataRow starts with; -1 if it has none. */
+static int msg_count(const struct pg_msg *m)
+{
+	return m->len >= 2 ? (int16_t)((uint16_t)m->body[0] << 8 | m->body[1]) : -1;
+}
 
 /* Names -> refcounted values, for statements (pg_judged) and portals. */
 struct pg_name {
@@ -350,6 +357,7 @@ struct pg_sess {
 	struct mask_rules *mask;
 	bool mask_active;
 	struct pg_plan *qplan;         /* simple Query: plan of the current result */
+	int qncols;                    /* its column count */
 	/* lineage: masked (table oid, attnum) pairs, from the catalog query */
 	struct { uint32_t oid; int16_t att; bool named; char name[96]; } *cols;
 	int ncols, capcols;
@@ -2726,6 +2734,26 @@ static int standin(struct conn *c, bool simple, const char *stmt_name, const cha
 	return send_out(c, SIDE_UP);
 }
 
+/*
+ * PostgreSQL keeps only the first NAMEDATALEN - 1 (63) bytes of a prepared
+ * statement's or portal's name: its tables compare that much. Two names
+ * that differ after byte 63 are one object to the server and two to our
+ * tables, and a Close or Bind of one would change the other behind our
+ * back (a portal we described as harmless then runs masked columns). Such
+ * names are refused, which also bounds what a session's names can make us
+ * allocate. Drivers use short names (S_1, _pg3_0, ...).
+ */
+#define PG_NAME_MAX 63
+
+static int long_name(struct conn *c, const char *what)
+{
+	char why[200];
+
+	snprintf(why, sizeof(why), "%s name is longer than %d bytes (PostgreSQL reads only the "
+		 "first %d)", what, PG_NAME_MAX, PG_NAME_MAX);
+	return standin(c, false, PG_DENY_NAME, why, NULL, "extended");
+}
+
 /* Forwards msg bytes to the server. */
 static int fwd(struct conn *c, const struct pg_msg *m)
 {
@@ -2780,6 +2808,8 @@ static int fe_parse(struct conn *c, const struct pg_msg *m)
 
 	if (pg_parse_parse(m, &pp))
 		return fatal(c, "08P01", "agentgate: malformed Parse message");
+	if (strlen(pp.name) > PG_NAME_MAX)
+		return long_name(c, "prepared statement");
 	/* A parameter declared with a type the database defined (a domain: its
 	 * CHECK runs on the value) runs its code with no cast in the text:
 	 * only PostgreSQL's own types pass. */
@@ -2840,6 +2870,8 @@ static int fe_bind(struct conn *c, const struct pg_msg *m)
 
 	if (pg_parse_bind(m, &b))
 		return fatal(c, "08P01", "agentgate: malformed Bind message");
+	if (strlen(b.stmt) > PG_NAME_MAX || strlen(b.portal) > PG_NAME_MAX)
+		return long_name(c, strlen(b.portal) > PG_NAME_MAX ? "portal" : "prepared statement");
 	j = map_get(&s->stmts, b.stmt);
 	if (!j) {
 		snprintf(why, sizeof(why), "prepared statement \"%.64s\" was not allowed (or does not exist)", b.stmt);
@@ -2887,6 +2919,8 @@ static int fe_describe(struct conn *c, const struct pg_msg *m)
 
 	if (pg_parse_target(m, &kind, &name))
 		return fatal(c, "08P01", "agentgate: malformed Describe message");
+	if (strlen(name) > PG_NAME_MAX)
+		return long_name(c, kind == 'S' ? "prepared statement" : "portal");
 	v = map_get(kind == 'S' ? &s->stmts : &s->portals, name);
 	if (!v) {
 		snprintf(why, sizeof(why), "%s \"%.64s\" was not allowed (or does not exist)",
@@ -2915,6 +2949,8 @@ static int fe_execute(struct conn *c, const struct pg_msg *m)
 
 	if (pg_parse_execute(m, &name, &maxrows))
 		return fatal(c, "08P01", "agentgate: malformed Execute message");
+	if (strlen(name) > PG_NAME_MAX)
+		return long_name(c, "portal");
 	po = map_get(&s->portals, name);
 	if (!po) {
 		snprintf(why, sizeof(why), "portal \"%.64s\" was not allowed (or does not exist)", name);
@@ -2957,6 +2993,8 @@ static int fe_close(struct conn *c, const struct pg_msg *m)
 
 	if (pg_parse_target(m, &kind, &name))
 		return fatal(c, "08P01", "agentgate: malformed Close message");
+	if (strlen(name) > PG_NAME_MAX)
+		return long_name(c, kind == 'S' ? "prepared statement" : "portal");
 	p = pend_push(s, 'C');
 	if (!p)
 		return fatal(c, "54000", "agentgate: too many requests in flight");
@@ -3475,10 +3513,12 @@ static int be_message(struct conn *c, const struct pg_msg *m)
 			if (p->kind == 'Q') {
 				plan_free(s->qplan);
 				s->qplan = plan;
+				s->qncols = msg_count(m);
 			} else if (p->kind == 'D' && p->portal) {
 				plan_free(p->portal->plan);
 				p->portal->plan = plan;
 				p->portal->described = true;
+				p->portal->ncols = msg_count(m);
 			}
 			if (p->kind == 'D')
 				pend_pop(s);
@@ -3489,8 +3529,10 @@ static int be_message(struct conn *c, const struct pg_msg *m)
 		case 'n': {
 			bool hidden = p->hidden;
 
-			if (p->kind == 'D' && p->portal)
+			if (p->kind == 'D' && p->portal) {
 				p->portal->described = true;
+				p->portal->ncols = 0;
+			}
 			if (p->kind == 'D')
 				pend_pop(s);
 			if (hidden)
@@ -3505,6 +3547,12 @@ static int be_message(struct conn *c, const struct pg_msg *m)
 			 * it is refused, not passed. */
 			if (s->mask_active && p->kind == 'E' && !(p->portal && p->portal->described))
 				return fatal(c, "XX000", "agentgate: a row arrived without its description: "
+					     "result refused");
+			/* a row that is not the shape of its description is another
+			 * result than the one the plan (or its absence) was made for */
+			if (s->mask_active && !plan &&
+			    msg_count(m) != (p->kind == 'E' ? p->portal->ncols : s->qncols))
+				return fatal(c, "XX000", "agentgate: a row does not match its description: "
 					     "result refused");
 			p->rows++;
 			if (plan) {

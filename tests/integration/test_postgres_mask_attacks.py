@@ -419,3 +419,44 @@ print(json.dumps(step(c, Q("INSERT INTO orders (id, customer_id, total) VALUES (
 """)
     assert denied(res), res
     assert pg.sql("SELECT total FROM orders WHERE id = 1") == "1"
+
+
+LONG_NAMES = r"""
+CUST = "SELECT id, email, cc FROM customers ORDER BY id"
+ORD = "SELECT id FROM orders ORDER BY id"
+N1, N2 = "A" * 63 + "1", "A" * 63 + "2"   # one portal to PostgreSQL: it reads 63 bytes
+N63 = "B" * 63
+out = {}
+c = Rec("127.0.0.1", PORT)
+# described over orders under N1; Close and Bind under N2 reach the server's N1; Execute N1
+out["alias"] = step(c, P("so", ORD) + P("s", CUST) + B(N1, "so") + D(b"P", N1) + C(b"P", N2) +
+                    B(N2, "s") + E(N1) + S)
+out["parse64"] = step(c, P("S" * 64, ORD) + S)
+out["bind_stmt64"] = step(c, B("", "S" * 64) + E("") + S)
+out["describe64"] = step(c, D(b"P", "P" * 64) + S)
+out["execute64"] = step(c, E("P" * 64) + S)
+out["close64"] = step(c, C(b"S", "S" * 64) + S)
+# names of 63 bytes are PostgreSQL's own limit and work
+out["ok63"] = step(c, P(N63, CUST) + B(N63, N63) + D(b"P", N63) + E(N63) + C(b"P", N63) + S)
+out["_leaks"] = leaks(c)
+c.close()
+print(json.dumps(out))
+"""
+
+
+def test_statement_and_portal_names_past_63_bytes_are_refused(enforcer, pg, tmp):
+    """PostgreSQL keys prepared statements and portals by their first 63 bytes. A portal
+    described over a harmless query under one long name, then closed and re-bound over the
+    masked table under another long name with the same first 63 bytes, was executed with
+    the harmless description: the card numbers came back in clear (found by review). Names
+    longer than 63 bytes are now denied in Parse, Bind, Describe, Execute and Close (also
+    the bound on what a session's names make the enforcer allocate); 63 bytes still work."""
+    enforcer.start(policy(pg, tmp, rules=RULES_RO))
+    res = run(enforcer, pg, LONG_NAMES)
+    assert res.pop("_leaks") == [], res
+    ok = res.pop("ok63")
+    assert [x for x in ok if x.startswith("D:")] == ["D:1|****|****", "D:2|****|****"], ok
+    for k, v in res.items():
+        errs = [x for x in v if x.startswith("E:")]
+        assert len(errs) == 1 and denied(errs) and "longer than 63 bytes" in errs[0], (k, v)
+        assert not [x for x in v if x.startswith("D:")], (k, v)
