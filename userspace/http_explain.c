@@ -57,7 +57,12 @@ static int k8s_explain(const struct policy *p, int ai, int ti, const char *metho
 			if (role->rules[r].target_idx == ti)
 				rules[n++] = &role->rules[r];
 	}
+	/* no headers here: a PATCH is judged as a JSON or merge patch */
+	k8s_note_create(&kr, method, false);
 	v = k8s_decide(rules, n, &kr, &which, reason, sizeof(reason));
+	if (strcmp(method, "PATCH") == 0 && kr.name[0] && !kr.subresource[0])
+		fprintf(out, "note: judged as a JSON or merge patch; a server-side apply PATCH "
+			"(Content-Type application/apply-patch+yaml) needs create too\n");
 	if (v == K8S_DENY)
 		fprintf(out, "deny (403): %s\n", reason);
 	else

@@ -558,13 +558,15 @@ static int resolve(const char *method, const char *path, size_t pathlen, const c
 	    (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0 ||
 	     strcmp(method, "POST") == 0))
 		snprintf(out->verb, sizeof(out->verb), "create");
-	/* WebSocket upgrades are GETs, SPDY ones POSTs. Another method would be
-	 * judged as create here and run as itself upstream. */
-	if (upgrade) {
-		if (!out->subresource[0] || (strcmp(method, "GET") != 0 && strcmp(method, "POST") != 0))
-			return -EINVAL;
-		snprintf(out->verb, sizeof(out->verb), "create");
-	}
+	/* WebSocket upgrades are GETs, SPDY ones POSTs, and only on a
+	 * subresource. The verb stays the one the apiserver authorizes: an
+	 * upgraded GET of pods/log, services/proxy or a status is a get there
+	 * (its handlers ignore Upgrade, or pass it on to the backend), so
+	 * judging it as create would let a rule that grants create read what
+	 * only get may read. exec, attach and portforward are create above. */
+	if (upgrade && (!out->subresource[0] ||
+			(strcmp(method, "GET") != 0 && strcmp(method, "POST") != 0)))
+		return -EINVAL;
 
 	if (!out->name[0] && strcmp(out->verb, "get") == 0 && list_or_watch(&q, out) < 0)
 		return -EINVAL;
@@ -695,9 +697,45 @@ static void describe(const struct k8s_request *r, char *out, size_t outlen)
 		snprintf(out, outlen, "%s %s cluster-wide", r->verb, res);
 }
 
+void k8s_note_create(struct k8s_request *r, const char *method, bool apply_patch)
+{
+	r->may_create = r->resource_request && r->name[0] && !r->subresource[0] &&
+			(strcmp(method, "PUT") == 0 || (strcmp(method, "PATCH") == 0 && apply_patch));
+}
+
+static enum k8s_verdict decide_one(const struct policy_rule *const *rules, size_t n,
+				   const struct k8s_request *r, const struct policy_rule **which,
+				   char *reason, size_t reasonlen);
+
 enum k8s_verdict k8s_decide(const struct policy_rule *const *rules, size_t n,
 			    const struct k8s_request *r, const struct policy_rule **which,
 			    char *reason, size_t reasonlen)
+{
+	enum k8s_verdict v = decide_one(rules, n, r, which, reason, reasonlen), cv;
+	struct k8s_request cr;
+	char what[400];
+
+	if (!r || !r->may_create || v == K8S_DENY)
+		return v;
+	cr = *r;
+	snprintf(cr.verb, sizeof(cr.verb), "create");
+	cv = decide_one(rules, n, &cr, NULL, NULL, 0);
+	if (cv == K8S_DENY) {
+		if (which)
+			*which = NULL;
+		if (reason && reasonlen) {
+			describe(&cr, what, sizeof(what));
+			snprintf(reason, reasonlen, "no rule allows %s (a %s creates the object when it does "
+				 "not exist, and the apiserver then authorizes create too)", what,
+				 strcmp(r->verb, "update") == 0 ? "PUT" : "server-side apply PATCH");
+		}
+	}
+	return k8s_verdict_both(v, cv);
+}
+
+static enum k8s_verdict decide_one(const struct policy_rule *const *rules, size_t n,
+				   const struct k8s_request *r, const struct policy_rule **which,
+				   char *reason, size_t reasonlen)
 {
 	const struct policy_rule *allow = NULL, *review = NULL;
 	enum k8s_verdict v = K8S_DENY;

@@ -43,8 +43,9 @@
  *     stream into a workload (kubernetes#78741, KEP-4006), so a rule must
  *     grant create on pods/exec, never get.
  *   - An upgraded request (WebSocket/SPDY; `upgrade` true) must be a GET
- *     or a POST naming a subresource, and is then verb create (pods/exec,
- *     pods/portforward, services/proxy...). Upgrades without a subresource
+ *     or a POST naming a subresource; its verb is the apiserver's (get for
+ *     an upgraded GET of pods/log or services/proxy, create for exec,
+ *     attach and portforward, as above). Upgrades without a subresource
  *     (watch over WebSocket), with another method, on the deprecated
  *     proxy/watch paths and on non-resource URLs are -EINVAL.
  *   - The path must be canonical: starts with "/", no empty, "." or ".."
@@ -133,6 +134,7 @@ struct k8s_request {
 	char subresource[64];
 	char name[254];             /* from the path, or a list/watch fieldSelector */
 	char path[256];             /* non-resource requests only */
+	bool may_create;            /* k8s_note_create(): it also needs create */
 };
 
 /*
@@ -145,6 +147,17 @@ struct k8s_request {
  */
 int k8s_resolve(const char *method, const char *path, size_t pathlen, const char *query,
 		size_t querylen, bool upgrade, struct k8s_request *out);
+
+/*
+ * A PUT of a named object, or a server-side apply PATCH (apply_patch: the
+ * caller could not tell it is a JSON, merge or strategic-merge patch),
+ * creates the object when it does not exist, and the apiserver then
+ * authorizes create as well as update or patch (handlers/update.go,
+ * handlers/patch.go): sets r->may_create, so k8s_decide() asks for both.
+ * Stricter than the apiserver for resources that never create on update
+ * (a deny, never a grant). Subresources are never created this way.
+ */
+void k8s_note_create(struct k8s_request *r, const char *method, bool apply_patch);
 
 /* Does this allow:/review: action cover the request? See the top of this
  * file. False when a or r is NULL or the action is not present. */
@@ -160,7 +173,8 @@ enum k8s_verdict { K8S_DENY = 0, K8S_ALLOW, K8S_REVIEW };
  * first rule that decided, NULL on DENY. reason (may be NULL) gets a short
  * plain-text explanation on every verdict, e.g. "no rule allows list pods
  * in namespace 'kube-system'"; it quotes request attributes, so escape it
- * before putting it into JSON.
+ * before putting it into JSON. With r->may_create, create must be allowed
+ * too (k8s_verdict_both of the two verdicts).
  */
 enum k8s_verdict k8s_decide(const struct policy_rule *const *rules, size_t n,
 			    const struct k8s_request *r, const struct policy_rule **which,

@@ -474,7 +474,8 @@ static bool decide(struct conn *c, const struct ident_principal *user, const cha
  * judged by the kubernetes rules the agent (and a delegating user) hold.
  */
 static bool decide_k8s(struct conn *c, const struct ident_principal *user, const char *method, bool upgrade,
-		       const char *path, size_t plen, const struct http_target *tg, struct hreq *r)
+		       bool apply_patch, const char *path, size_t plen, const struct http_target *tg,
+		       struct hreq *r)
 {
 	const struct policy_rule *rules[ENFORCER_MAX_RULES], *which = NULL;
 	struct k8s_request kr;
@@ -486,6 +487,7 @@ static bool decide_k8s(struct conn *c, const struct ident_principal *user, const
 		r->reason = "the request cannot be attributed to a Kubernetes verb and resource";
 		return false;
 	}
+	k8s_note_create(&kr, method, apply_patch);
 	snprintf(r->k8s_verb, sizeof(r->k8s_verb), "%s", kr.verb);
 	k8s_resource_string(&kr, r->k8s_res, sizeof(r->k8s_res));
 	snprintf(r->k8s_ns, sizeof(r->k8s_ns), "%s", kr.namespace_);
@@ -505,8 +507,8 @@ static bool decide_k8s(struct conn *c, const struct ident_principal *user, const
 		}
 		uv = k8s_decide(rules, n, &kr, NULL, NULL, 0);
 		if (uv == K8S_DENY)
-			snprintf(r->why, sizeof(r->why), "the delegating user's roles do not allow %s %s", kr.verb,
-				 r->k8s_res);
+			snprintf(r->why, sizeof(r->why), "the delegating user's roles do not allow %s %s%s", kr.verb,
+				 r->k8s_res, kr.may_create ? " (and create, which it may do)" : "");
 		v = k8s_verdict_both(v, uv);
 	}
 	if (v == K8S_ALLOW)
@@ -514,6 +516,59 @@ static bool decide_k8s(struct conn *c, const struct ident_principal *user, const
 	if (v == K8S_REVIEW)
 		snprintf(r->why, sizeof(r->why), "needs approval (review), and approvals are not available yet");
 	r->reason = r->why;
+	return false;
+}
+
+/*
+ * Kubernetes: a PATCH is server-side apply (which creates a missing object)
+ * unless its one Content-Type is a JSON, merge or strategic-merge patch.
+ * Anything else, a second Content-Type included, counts as apply: the
+ * apiserver refuses types it does not know, so this only ever asks more.
+ */
+static bool k8s_apply_patch(const uint8_t *b, const struct http_head *h)
+{
+	static const char *const plain[] = { "application/json-patch+json", "application/merge-patch+json",
+					     "application/strategic-merge-patch+json" };
+	const struct http_field *ct = NULL;
+	const char *v;
+	size_t n;
+
+	for (unsigned i = 0; i < h->nf; i++)
+		if (http_field_is(b, &h->f[i], "content-type")) {
+			if (ct)
+				return true;
+			ct = &h->f[i];
+		}
+	if (!ct)
+		return true;
+	v = (const char *)b + ct->value;
+	for (n = 0; n < ct->value_len && v[n] != ';' && v[n] != ' ' && v[n] != '\t'; n++)
+		;
+	for (size_t i = 0; i < sizeof(plain) / sizeof(plain[0]); i++)
+		if (n == strlen(plain[i]) && strncasecmp(v, plain[i], n) == 0)
+			return false;
+	return true;
+}
+
+/*
+ * Kubernetes: the apiserver takes a bearer token from a WebSocket
+ * subprotocol "base64url.bearer.authorization.k8s.io.<token>" when the
+ * request's other credentials fail. The agent's credentials never reach
+ * the cluster; that one is refused rather than edited out of the list.
+ */
+static bool k8s_ws_token(const uint8_t *b, const struct http_head *h)
+{
+	static const char needle[] = "bearer.authorization.k8s.io";
+
+	for (unsigned i = 0; i < h->nf; i++) {
+		const struct http_field *f = &h->f[i];
+
+		if (!http_field_is(b, f, "sec-websocket-protocol"))
+			continue;
+		for (size_t k = 0; k + sizeof(needle) - 1 <= f->value_len; k++)
+			if (strncasecmp((const char *)b + f->value + k, needle, sizeof(needle) - 1) == 0)
+				return true;
+	}
 	return false;
 }
 
@@ -1110,7 +1165,15 @@ static bool judge(struct conn *c, const uint8_t *b, const struct http_head *h, c
 	}
 	if (has_user)
 		snprintf(v->user, sizeof(v->user), "%s", user->sub);
-	if (st(c)->k8s ? decide_k8s(c, has_user ? user : NULL, v->method, *upgrade, path, tg->path_len, tg, v)
+	if (st(c)->k8s && k8s_ws_token(b, h)) {
+		v->status = 403;
+		v->reason = "a bearer token in Sec-WebSocket-Protocol is refused (agentgate sends the target's "
+			    "credential)";
+		return false;
+	}
+	if (st(c)->k8s ? decide_k8s(c, has_user ? user : NULL, v->method, *upgrade,
+				    strcmp(v->method, "PATCH") == 0 && k8s_apply_patch(b, h), path,
+				    tg->path_len, tg, v)
 		       : decide(c, has_user ? user : NULL, v->method, h->method_len, *upgrade, path, tg->path_len, v)) {
 		v->allowed = true;
 		return masking(c, has_user ? user : NULL, *upgrade, v);

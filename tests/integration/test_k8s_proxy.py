@@ -140,7 +140,7 @@ def test_policy_explain_kubernetes(tmp):
         version: 1
         agents: [{name: a}]
         targets: [{name: cluster, protocol: kubernetes, address: 127.0.0.1:6443}]
-        roles: [{name: r, rules: [{target: cluster, allow: {verbs: [get, list], resources: [pods],
+        roles: [{name: r, rules: [{target: cluster, allow: {verbs: [get, list, update], resources: [pods],
                                                              namespaces: [default]}}]}]
         bindings: [{role: r, agents: [a]}]
         """))
@@ -159,6 +159,12 @@ def test_policy_explain_kubernetes(tmp):
     assert out[-2] == "kubernetes: verb create, resource pods/exec, namespace default"
     assert out[-1].startswith("deny (403)")
     assert explain("GET /api/v1/namespaces/default/pods%2Fweb-1")[-1].startswith("deny (400)")
+    # an upgraded GET of a subresource is the apiserver's get
+    out = explain("UPGRADE /api/v1/namespaces/default/pods/web-1/log")
+    assert out[-2] == "kubernetes: verb get, resource pods/log, namespace default"
+    # a PUT may create the object: create is needed too
+    out = explain("PUT /api/v1/namespaces/default/pods/web-1")
+    assert out[-1].startswith("deny (403): no rule allows create pods in namespace 'default' (a PUT"), out
 
 
 def test_delete_keeps_its_body_on_kubernetes(enforcer, rec, token):
@@ -180,3 +186,87 @@ def test_delete_keeps_its_body_on_kubernetes(enforcer, rec, token):
                                        "Host: kubernetes.default⏎Content-Length: 2⏎⏎{}"))
     assert responses(out)[0][0][0] == 400, out
     assert rec.all() == b""
+
+
+def verbs_policy(port, tok):
+    return f"""
+    version: 1
+    agents: [{{name: {AGENT}}}]
+    targets:
+      - name: cluster
+        protocol: kubernetes
+        address: 127.0.0.1:{port}
+        upstream: {{server_name: kubernetes.default, bearer_token_file: {tok}}}
+    roles:
+      - name: creator
+        rules:
+          - target: cluster
+            allow: {{verbs: [create], resources: ["*"], namespaces: [dev]}}
+      - name: patcher
+        rules:
+          - target: cluster
+            allow: {{verbs: [get, patch, update], namespaces: [stage],
+                     resources: [deployments.apps, rolebindings.rbac.authorization.k8s.io]}}
+    bindings: [{{role: creator, agents: [{AGENT}]}}, {{role: patcher, agents: [{AGENT}]}}]
+    """
+
+
+def with_body(method, path, ctype, body, extra=""):
+    return crlf(f"{method} {path} HTTP/1.1⏎Host: kubernetes.default⏎{extra}Content-Type: {ctype}⏎"
+                f"Content-Length: {len(body)}⏎⏎") + body
+
+
+WS = "Connection: Upgrade⏎Upgrade: websocket⏎Sec-WebSocket-Version: 13⏎Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==⏎"
+DEPLOY = b"apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: brand-new}\n"
+RB = b'{"kind":"RoleBinding","roleRef":{"kind":"ClusterRole","name":"admin"},"subjects":[{"kind":"User","name":"x"}]}'
+VERB_CASES = [
+    # an upgrade keeps the apiserver's verb: these GETs are get, which the creator lacks
+    ("log_ws", get("/api/v1/namespaces/dev/pods/web-1/log?follow=true", WS), 403),
+    ("log", get("/api/v1/namespaces/dev/pods/web-1/log?follow=true"), 403),
+    ("proxy_ws", get("/api/v1/namespaces/dev/services/db:80/proxy/admin", WS), 403),
+    ("status_ws", get("/api/v1/namespaces/dev/pods/web-1/status", WS), 403),
+    ("scale_spdy", get("/apis/apps/v1/namespaces/dev/deployments/d/scale",
+                       "Connection: Upgrade⏎Upgrade: SPDY/3.1⏎"), 403),
+    # exec is create, upgraded or not ...
+    ("exec_ws", get("/api/v1/namespaces/dev/pods/web-1/exec?command=sh", WS), 200),
+    # ... but not with a bearer token of the agent's own in a subprotocol
+    ("exec_ws_token", get("/api/v1/namespaces/dev/pods/web-1/exec?command=sh",
+                          WS + "Sec-WebSocket-Protocol: v5.channel.k8s.io, "
+                               "base64url.bearer.authorization.k8s.io.YWdlbnQtb3du⏎"), 403),
+    # PUT and server-side apply create a missing object: they need create too
+    ("apply", with_body("PATCH", "/apis/apps/v1/namespaces/stage/deployments/brand-new?fieldManager=a&force=true",
+                        "application/apply-patch+yaml", DEPLOY), 403),
+    ("apply_charset", with_body("PATCH", "/apis/apps/v1/namespaces/stage/deployments/brand-new",
+                                "Application/Apply-Patch+YAML; charset=utf-8", DEPLOY), 403),
+    ("merge", with_body("PATCH", "/apis/apps/v1/namespaces/stage/deployments/web",
+                        "application/merge-patch+json", b'{"spec":{"replicas":2}}'), 200),
+    ("strategic", with_body("PATCH", "/apis/apps/v1/namespaces/stage/deployments/web",
+                            "application/strategic-merge-patch+json; charset=utf-8", b'{"spec":{}}'), 200),
+    ("put_rb", with_body("PUT", "/apis/rbac.authorization.k8s.io/v1/namespaces/stage/rolebindings/mine",
+                         "application/json", RB), 403),
+]
+
+
+def test_upgrades_and_creating_writes_need_the_apiserver_verbs(enforcer, rec, token):
+    """Found by review: an Upgrade header turned any subresource GET (pods/log,
+    services/proxy, status, scale) into create, so an agent that may only create
+    read them; and PUT or a server-side apply PATCH, which create a missing object
+    (the apiserver then authorizes create too), passed with patch or update alone. Now
+    an upgrade keeps the apiserver's verb, those writes need create as well, and a
+    bearer token in Sec-WebSocket-Protocol is refused. Nothing denied reaches the
+    upstream."""
+    enforcer.start(verbs_policy(rec.port, token))
+    for cid, req, want in VERB_CASES:
+        rec.reset()
+        rs, _ = responses(raw(enforcer, rec.port, req))
+        assert rs and rs[0][0] == want, (cid, rs)
+        got = rec.all()
+        if want == 403:
+            assert got == b"", (cid, got)
+        else:
+            assert got.startswith(req.split(b"\r\n")[0] + b"\r\n"), (cid, got)
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4002 and
+                             e["unmapped"].get("kubernetes", {}).get("resource") ==
+                             "rolebindings.rbac.authorization.k8s.io")
+    assert ev and ev["unmapped"]["kubernetes"]["verb"] == "update", ev
+    assert "no rule allows create rolebindings.rbac.authorization.k8s.io" in ev["unmapped"]["reason"], ev

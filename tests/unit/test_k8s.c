@@ -648,11 +648,20 @@ static void test_streams_and_upgrades(void)
 	/* Other methods keep the apiserver's verb. */
 	EXPECT("DELETE", "/api/v1/namespaces/d/pods/p/exec", false,
 	       "delete", "", "v1", "d", "pods", "exec", "p");
-	/* Any upgrade on a subresource is create; without one it is refused. */
+	/* Other upgrades on a subresource keep the apiserver's verb (an agent
+	 * with create only read pods/log, services/proxy and status through a
+	 * WebSocket when they were judged create; found by review); without a
+	 * subresource they are refused. */
 	EXPECT("GET", "/api/v1/namespaces/d/services/s:80/proxy/ws", true,
-	       "create", "", "v1", "d", "services", "proxy", "s:80");
+	       "get", "", "v1", "d", "services", "proxy", "s:80");
 	EXPECT("GET", "/api/v1/namespaces/d/pods/p/log?follow=true", true,
-	       "create", "", "v1", "d", "pods", "log", "p");
+	       "get", "", "v1", "d", "pods", "log", "p");
+	EXPECT("GET", "/api/v1/namespaces/d/pods/p/status", true,
+	       "get", "", "v1", "d", "pods", "status", "p");
+	EXPECT("GET", "/apis/apps/v1/namespaces/d/deployments/x/scale", true,
+	       "get", "apps", "v1", "d", "deployments", "scale", "x");
+	EXPECT("POST", "/api/v1/namespaces/d/services/s/proxy/x", true,
+	       "create", "", "v1", "d", "services", "proxy", "s");
 	EXPECT("GET", "/api/v1/namespaces/d/pods/p/log?follow=true", false,
 	       "get", "", "v1", "d", "pods", "log", "p");
 	REFUSED("PUT", "/api/v1/namespaces/d/pods/p/status", true);
@@ -964,6 +973,50 @@ static void test_decide(void)
 	CHECK(strlen(reason) == 7);
 	CHECK(k8s_decide(rules, 3, NULL, &which, reason, sizeof(reason)) == K8S_DENY);
 	CHECK(which == NULL);
+
+	/* PUT of a named object and a server-side apply PATCH create it when it
+	 * does not exist: they need create too (found by review: patch and
+	 * update without create created Deployments and RoleBindings). */
+	{
+		struct policy_rule pu = { .role = "patcher", .index = 4 }, cr = { .role = "creator", .index = 5 };
+		const struct policy_rule *one[] = { &pu }, *two[] = { &pu, &cr };
+
+		pu.allow.present = true;
+		pu.allow.verbs = SV("get", "patch", "update");
+		pu.allow.resources = SV("deployments.apps", "deployments.apps/scale");
+		pu.allow.namespaces = SV("stage");
+		cr.allow.present = true;
+		cr.allow.verbs = SV("create");
+		cr.allow.resources = SV("deployments.apps");
+		cr.allow.namespaces = SV("stage");
+		CHECK(resolve("PUT", "/apis/apps/v1/namespaces/stage/deployments/d", false, &r) == 0);
+		CHECK(k8s_decide(one, 1, &r, &which, reason, sizeof(reason)) == K8S_ALLOW);   /* not noted */
+		k8s_note_create(&r, "PUT", false);
+		CHECK(r.may_create);
+		CHECK(k8s_decide(one, 1, &r, &which, reason, sizeof(reason)) == K8S_DENY);
+		CHECK(which == NULL);
+		CHECK_STR(reason, "no rule allows create deployments.apps in namespace 'stage' (a PUT creates "
+			  "the object when it does not exist, and the apiserver then authorizes create too)");
+		CHECK(k8s_decide(two, 2, &r, &which, reason, sizeof(reason)) == K8S_ALLOW);
+		CHECK(which == &pu);
+		CHECK(resolve("PATCH", "/apis/apps/v1/namespaces/stage/deployments/d", false, &r) == 0);
+		k8s_note_create(&r, "PATCH", true);
+		CHECK(r.may_create);
+		CHECK(k8s_decide(one, 1, &r, &which, reason, sizeof(reason)) == K8S_DENY);
+		CHECK(strstr(reason, "server-side apply PATCH") != NULL);
+		CHECK(k8s_decide(two, 2, &r, &which, NULL, 0) == K8S_ALLOW);
+		k8s_note_create(&r, "PATCH", false);   /* a merge patch never creates */
+		CHECK(!r.may_create);
+		CHECK(k8s_decide(one, 1, &r, &which, NULL, 0) == K8S_ALLOW);
+		/* subresources and collections are never created this way */
+		CHECK(resolve("PUT", "/apis/apps/v1/namespaces/stage/deployments/d/scale", false, &r) == 0);
+		k8s_note_create(&r, "PUT", false);
+		CHECK(!r.may_create);
+		CHECK(k8s_decide(one, 1, &r, &which, NULL, 0) == K8S_ALLOW);
+		CHECK(resolve("POST", "/apis/apps/v1/namespaces/stage/deployments", false, &r) == 0);
+		k8s_note_create(&r, "POST", false);
+		CHECK(!r.may_create);
+	}
 
 	/* A bare rule (no allow, no review) allows no request. */
 	{
