@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "audit_chain.h"
+#include "util.h"
 
 static void hex(const unsigned char *b, size_t n, char *out)
 {
@@ -160,7 +161,7 @@ int audit_key_open(const char *dir, EVP_PKEY **out)
 			close(fd);
 			return err;
 		}
-		k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+		k = PEM_read_PrivateKey(f, NULL, ag_no_passphrase, NULL);
 		fclose(f);
 		if (!k || EVP_PKEY_get_id(k) != EVP_PKEY_ED25519) {
 			EVP_PKEY_free(k);
@@ -197,10 +198,10 @@ int audit_key_load_pub(const char *path, EVP_PKEY **out)
 	*out = NULL;
 	if (!f)
 		return -errno;
-	k = PEM_read_PUBKEY(f, NULL, NULL, NULL);
+	k = PEM_read_PUBKEY(f, NULL, ag_no_passphrase, NULL);
 	if (!k) {
 		rewind(f);
-		k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+		k = PEM_read_PrivateKey(f, NULL, ag_no_passphrase, NULL);
 	}
 	fclose(f);
 	if (!k || EVP_PKEY_get_id(k) != EVP_PKEY_ED25519) {

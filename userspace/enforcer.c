@@ -522,6 +522,13 @@ void enforcer_principal(int idx, struct ident_principal *out)
 	pthread_mutex_lock(&rt->plock);
 	*out = rt->principal;
 	pthread_mutex_unlock(&rt->plock);
+	/* The main loop expires a held token once a second; should it be
+	 * late (busy, or stopped), the token still stops counting at its
+	 * time: a connection or a binding by claims never rides on it. */
+	if (out->verified && out->exp > 0 && (int64_t)(now_ms_realtime() / 1000) >= out->exp) {
+		out->verified = false;
+		snprintf(out->reason, sizeof(out->reason), "token expired (exp passed)");
+	}
 }
 
 static void copy_str(char *dst, const char *src, size_t cap)

@@ -244,6 +244,7 @@ static SSL_CTX *make_ctx(const struct policy_upstream *u, char *why, size_t whyl
 			return NULL;
 		}
 	}
+	SSL_CTX_set_default_passwd_cb(ctx, ag_no_passphrase);   /* encrypted: refused, never prompted */
 	if (u->cert_file && (SSL_CTX_use_certificate_chain_file(ctx, u->cert_file) != 1 ||
 			     SSL_CTX_use_PrivateKey_file(ctx, u->key_file ? u->key_file : u->cert_file,
 							 SSL_FILETYPE_PEM) != 1 ||

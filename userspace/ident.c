@@ -35,7 +35,9 @@ struct ident_agent {
 
 	char *token;                    /* the verified token, NUL-terminated; wiped */
 	size_t toklen;
-	int64_t tok_exp;                /* its exp (real time) */
+	int64_t tok_exp;                /* when it stops being good: its exp, or sooner
+	                                 * when it becomes too old (real time) */
+	bool tok_ages_out;              /* tok_exp is its age limit, not its exp */
 
 	uint64_t next_ms;               /* no fetch / re-read before this (monotonic) */
 	uint64_t backoff_ms;            /* next retry delay after a failure */
@@ -159,10 +161,17 @@ static int set_verified(struct ident_agent *a, const char *tok, size_t len, cons
 	a->token = copy;
 	a->toklen = len;
 	a->tok_exp = c->exp;
+	/* Verification refuses a token issued more than IDENT_MAX_AGE_S ago
+	 * (plus the leeway): one we hold stops being good then too, whatever
+	 * its exp says (a token file may hold one valid for a year). */
+	a->tok_ages_out = c->has_iat && c->iat + IDENT_MAX_AGE_S + IDENT_LEEWAY_S < c->exp;
+	if (a->tok_ages_out)
+		a->tok_exp = c->iat + IDENT_MAX_AGE_S + IDENT_LEEWAY_S;
 
 	bool exposed = a->pr.secret_file_exposed;
 
 	ident_principal_from_claims(c, a->pr.source, &a->pr);
+	a->pr.exp = a->tok_exp;
 	a->pr.secret_file_exposed = exposed;
 	a->pr.reason[0] = '\0';
 	a->pr.warning[0] = '\0';
@@ -205,11 +214,14 @@ static void expire_check(struct ident_agent *a)
 	if (a->token && real_now() >= a->tok_exp) {
 		char last[IDENT_REASON_MAX];
 
+		const char *what = a->tok_ages_out ? "token too old (issued more than 24 h ago)"
+						   : "token expired";
+
 		snprintf(last, sizeof(last), "%s", a->pr.warning);
 		if (last[0])
-			set_unverified(a, "token expired; last refresh failed: %s", last);
+			set_unverified(a, "%s; last refresh failed: %s", what, last);
 		else
-			set_unverified(a, "token expired");
+			set_unverified(a, "%s", what);
 	}
 }
 
@@ -733,7 +745,7 @@ static int cc_tick(struct ident_agent *a, uint64_t now_ms)
 	 * at+jwt requires), never sooner than a second from now. */
 	now = real_now();
 	at = c.has_iat ? c.iat : now;
-	lifetime = c.exp - at;
+	lifetime = a->tok_exp - at;   /* its exp, or its age limit when sooner */
 	at += lifetime * IDENT_REFRESH_PCT / 100;
 	a->next_ms = now_ms + (uint64_t)(at - now > 1 ? at - now : 1) * 1000;
 out:
@@ -813,6 +825,20 @@ static int tf_tick(struct ident_agent *a, uint64_t now_ms)
 	int ret, err;
 
 	expire_check(a);
+	/* Read with root's rights for the agent: only from a path no one but
+	 * root can re-point (an agent that may write the token's directory
+	 * could swap in a symlink to another agent's root-only token). */
+	if ((err = path_trusted(a->id.token_file, why, sizeof(why))) < 0 && err != -ENOENT) {
+		char pw[IDENT_REASON_MAX - 32];
+
+		a->have_stat = false;
+		if (a->token == NULL && now_ms < a->next_ms)
+			return 0;
+		snprintf(pw, sizeof(pw), "%s", why);
+		snprintf(why, sizeof(why), "token file refused: %s", pw);
+		failed(a, now_ms, true, why);   /* a held token goes too */
+		return err;
+	}
 	if (stat(a->id.token_file, &st) < 0) {
 		err = errno;
 		a->have_stat = false;

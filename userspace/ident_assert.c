@@ -23,6 +23,7 @@
 
 #include "ident_assert.h"
 #include "ident_jwks.h"
+#include "util.h"
 
 /* base64url without padding into out (cap >= 4 * ceil(n/3) + 1). */
 static size_t b64url(const unsigned char *in, size_t n, char *out)
@@ -46,7 +47,7 @@ int ident_assert_key_load(const char *pem, size_t len, EVP_PKEY **out, const cha
 	*out = NULL;
 	if (!bio)
 		return -ENOMEM;
-	k = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
+	k = PEM_read_bio_PrivateKey(bio, NULL, ag_no_passphrase, NULL);
 	BIO_free(bio);
 	if (!k) {
 		ident_setwhy(why, whylen, "private key: not a PEM private key (encrypted keys are not supported)");

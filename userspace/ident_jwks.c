@@ -738,7 +738,10 @@ int issuer_refresh(struct ident_issuer *iss, bool force, char *why, size_t whyle
 	if (!iss)
 		return -EINVAL;
 	pthread_mutex_lock(&iss->mu);
-	if (!force && !may_attempt(iss)) {
+	/* force skips the refetch limit only while there are no keys at all:
+	 * with keys, a token with an unknown kid (which an agent can write
+	 * into its token file as often as it likes) waits like any other */
+	if ((!force || iss->keys) && !may_attempt(iss)) {
 		ident_setwhy(why, whylen, "refetch rate limited (one per %d s)", IDENT_REFETCH_MIN);
 		ret = -EAGAIN;
 	} else {

@@ -158,8 +158,9 @@ int issuer_verify_cached(struct ident_issuer *iss, const char *token, size_t len
 			 char *why, size_t whylen);
 
 /*
- * Fetch now (discovery and JWKS), ignoring the TTL but not the rate limit
- * unless force. 0 or -errno with a reason.
+ * Fetch now (discovery and JWKS), ignoring the TTL but not the rate limit;
+ * force skips the rate limit only while the issuer has no keys at all. 0 or
+ * -errno with a reason (-EAGAIN: rate limited).
  */
 int issuer_refresh(struct ident_issuer *iss, bool force, char *why, size_t whylen);
 

@@ -153,7 +153,7 @@ static int load_ca(const char *kpath, const char *cpath, char *why, size_t whyle
 			fclose(cf);
 		return -ENOENT;
 	}
-	ca.ca_key = PEM_read_PrivateKey(kf, NULL, NULL, NULL);
+	ca.ca_key = PEM_read_PrivateKey(kf, NULL, ag_no_passphrase, NULL);
 	ca.ca_cert = PEM_read_X509(cf, NULL, NULL, NULL);
 	fclose(kf);
 	fclose(cf);

@@ -1746,6 +1746,7 @@ static SSL_CTX *upstream_ctx_new(const struct policy_upstream *u, bool verify, c
 			goto fail;
 		}
 	}
+	SSL_CTX_set_default_passwd_cb(ctx, ag_no_passphrase);   /* encrypted: refused, never prompted */
 	if (u->cert_file && (SSL_CTX_use_certificate_chain_file(ctx, u->cert_file) != 1 ||
 			     SSL_CTX_use_PrivateKey_file(ctx, u->key_file, SSL_FILETYPE_PEM) != 1)) {
 		snprintf(why, whylen, "cannot load client certificate '%s'", u->cert_file);

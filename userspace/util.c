@@ -335,3 +335,112 @@ int proc_cgroup2_path(int pid, char *out, size_t outlen)
 	fclose(f);
 	return ret;
 }
+
+int ag_no_passphrase(char *buf, int size, int rwflag, void *u)
+{
+	(void)buf, (void)size, (void)rwflag, (void)u;
+	return -1;
+}
+
+static bool owner_ok(uid_t uid)
+{
+	return uid == 0 || uid == geteuid();
+}
+
+int path_trusted(const char *path, char *why, size_t whylen)
+{
+	char dir[PATH_MAX] = "/", rest[2 * PATH_MAX], child[PATH_MAX + NAME_MAX + 2];
+	int links = 0;
+
+	if (!path || path[0] != '/') {
+		snprintf(why, whylen, "'%s' is not an absolute path", path ? path : "");
+		return -EINVAL;
+	}
+	if (snprintf(rest, sizeof(rest), "%s", path) >= (int)sizeof(rest)) {
+		snprintf(why, whylen, "path too long");
+		return -ENAMETOOLONG;
+	}
+	for (;;) {
+		char *p = rest, name[NAME_MAX + 1];
+		struct stat ds, cs;
+		size_t n;
+
+		while (*p == '/')
+			p++;
+		if (!*p)
+			return 0;   /* the path names a directory: the open will say so */
+		n = strcspn(p, "/");
+		if (n > NAME_MAX) {
+			snprintf(why, whylen, "a name in '%s' is too long", path);
+			return -ENAMETOOLONG;
+		}
+		memcpy(name, p, n);
+		name[n] = 0;
+		memmove(rest, p + n, strlen(p + n) + 1);
+		if (strcmp(name, ".") == 0)
+			continue;
+		if (strcmp(name, "..") == 0) {
+			char *slash = strrchr(dir, '/');
+
+			if (slash && slash != dir)
+				*slash = 0;
+			else
+				snprintf(dir, sizeof(dir), "/");
+			continue;
+		}
+		if (stat(dir, &ds) < 0) {
+			int err = errno;
+
+			snprintf(why, whylen, "'%s': %s", dir, strerror(err));
+			return -err;
+		}
+		if (snprintf(child, sizeof(child), "%s%s%s", dir, strcmp(dir, "/") ? "/" : "", name) >=
+		    (int)sizeof(child) - 1 || strlen(child) >= PATH_MAX) {
+			snprintf(why, whylen, "path too long");
+			return -ENAMETOOLONG;
+		}
+		bool dir_safe = owner_ok(ds.st_uid) && !(ds.st_mode & S_IWOTH) &&
+				(!(ds.st_mode & S_IWGRP) || ds.st_gid == 0);
+		if (lstat(child, &cs) < 0) {
+			int err = errno;
+
+			if (dir_safe || err != ENOENT) {
+				snprintf(why, whylen, "'%s': %s", child, strerror(err));
+				return -err;
+			}
+			snprintf(why, whylen, "'%s' does not exist, and others may create it in '%s'", child, dir);
+			return -EPERM;
+		}
+		if (!dir_safe && !((ds.st_mode & S_ISVTX) && owner_ok(ds.st_uid) && owner_ok(cs.st_uid))) {
+			snprintf(why, whylen, "directory '%s' (owner uid %u, mode %04o) may be changed by "
+				 "others than root: '%s' could be swapped for another file", dir,
+				 (unsigned)ds.st_uid, (unsigned)(ds.st_mode & 07777), child);
+			return -EPERM;
+		}
+		if (S_ISLNK(cs.st_mode)) {
+			char target[PATH_MAX], tmp[2 * PATH_MAX];
+			ssize_t tl = readlink(child, target, sizeof(target) - 1);
+
+			if (++links > 40) {
+				snprintf(why, whylen, "'%s': too many symbolic links", path);
+				return -ELOOP;
+			}
+			if (tl < 0) {
+				int err = errno;
+
+				snprintf(why, whylen, "'%s': %s", child, strerror(err));
+				return -err;
+			}
+			target[tl] = 0;
+			if (snprintf(tmp, sizeof(tmp), "%s%s", target, rest) >= (int)sizeof(tmp)) {
+				snprintf(why, whylen, "path too long");
+				return -ENAMETOOLONG;
+			}
+			memcpy(rest, tmp, strlen(tmp) + 1);
+			if (target[0] == '/')
+				snprintf(dir, sizeof(dir), "/");
+			continue;
+		}
+		snprintf(dir, sizeof(dir), "%s", child);
+	}
+}

@@ -74,6 +74,25 @@ int write_all(int fd, const void *buf, size_t len);
 /* Reads a whole (small) file into a NUL-terminated malloc'd buffer. */
 char *read_file(const char *path, size_t max, size_t *len_out);
 
+/*
+ * Can only root (or we) change what path names? Every name on the way,
+ * symlinks followed (at most 40), must be looked up in a directory that
+ * belongs to root or to our euid and that no one else may write (group
+ * root may), or in a sticky directory such as /tmp where the entry itself
+ * belongs to root or us (others cannot replace it there). Then nobody else
+ * can point path at another file, before or after this check, and a file
+ * read through it with our rights is one the policy's author chose, not
+ * one an agent swapped in (a symlink to a file only root may read).
+ * path must be absolute. 0; -ENOENT when a name does not exist (in a
+ * trusted directory); -EPERM, -ELOOP or -errno otherwise, with why.
+ */
+int path_trusted(const char *path, char *why, size_t whylen);
+
+/* An OpenSSL pem_password_cb that gives no pass phrase: an encrypted key
+ * fails to load, where OpenSSL's default would ask for one on the terminal
+ * and stop the thread that loads it (the main loop, at a token refresh). */
+int ag_no_passphrase(char *buf, int size, int rwflag, void *u);
+
 /* Strict decimal parse of [min,max]; 0 or -EINVAL. */
 int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out);
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, Proc, free_port
+from conftest import PY, ROOT, Proc, free_port, wait_port
 
 import oidc
 from oidc import AUDIENCE
@@ -395,3 +395,100 @@ def test_token_file_new_key_within_refetch_window(tmp, idp, driver_bin):
         assert p["sub"] == CLIENT_ID
     finally:
         d.finish()
+
+
+def test_token_file_through_a_directory_others_may_write_is_refused(tmp, idp, driver_bin):
+    """Found by review: the enforcer read the token file with root's rights through
+    whatever the path named, so an agent that could write the token's directory
+    replaced the file by a symlink to another agent's root-only token and took its
+    identity (groups included). A path that others than root could re-point is now
+    refused, and a token held from it is dropped."""
+    agentdir = os.path.join(tmp, "agentdir")
+    os.mkdir(agentdir)
+    victim = os.path.join(tmp, "victim.jwt")
+    write_token(victim, idp.token())
+    os.chmod(victim, 0o600)
+    path = os.path.join(agentdir, "token")
+    write_token(path, idp.token())
+    d = Driver(driver_bin, tmp, tf_policy(tmp, idp.issuer, path), seconds=60)
+    try:
+        d.wait(lambda p: p["verified"], 5)          # root's directory: read
+        os.chown(agentdir, 65534, 65534)            # now the agent's (uid nobody)
+        os.unlink(path)
+        os.symlink(victim, path)
+        os.lchown(path, 65534, 65534)
+        p = d.wait(lambda p: not p["verified"], 5)
+        assert p["token"] is False, p
+        assert p["reason"].startswith("token file refused: directory '" + agentdir + "'"), p
+        assert "may be changed by others than root" in p["reason"], p
+    finally:
+        d.finish()
+
+
+OWN_ISSUER = r'''
+import http.server, json, sys
+port, jwks = int(sys.argv[1]), sys.argv[2]
+iss = f"http://127.0.0.1:{port}"
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/.well-known/openid-configuration":
+            body = json.dumps({"issuer": iss, "jwks_uri": iss + "/jwks"}).encode()
+        elif self.path == "/jwks":
+            body = open(jwks, "rb").read()
+        else:
+            self.send_error(404); return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+'''
+
+
+def b64u(b):
+    return base64.urlsafe_b64encode(b).decode().rstrip("=")
+
+
+def test_token_file_token_stops_counting_24h_after_iat(tmp, driver_bin):
+    """Found by review: a held token counted until its exp, though verification refuses
+    one issued more than 24 h ago (a token file may hold a token valid for a year). A
+    token issued 24 h + 56 s ago (just inside the 60 s leeway) with an hour left to its
+    exp verifies, then stops counting 4 s later. Signed here with the openssl CLI by a
+    key this test's own issuer publishes (the test provider always issues tokens now)."""
+
+    key = os.path.join(tmp, "own.pem")
+    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", key],
+                   check=True, capture_output=True)
+    mod = subprocess.run(["openssl", "rsa", "-in", key, "-noout", "-modulus"], check=True, capture_output=True,
+                         text=True).stdout.strip().split("=", 1)[1]
+    jwks = os.path.join(tmp, "jwks.json")
+    with open(jwks, "w") as f:
+        json.dump({"keys": [{"kty": "RSA", "kid": "own1", "use": "sig", "alg": "RS256",
+                             "n": b64u(bytes.fromhex(mod)), "e": "AQAB"}]}, f)
+    port = free_port()
+    srv = Proc([PY, "-c", OWN_ISSUER, str(port), jwks])
+    try:
+        wait_port("127.0.0.1", port)
+        issuer = f"http://127.0.0.1:{port}"
+        now = int(time.time())
+        hdr = b64u(json.dumps({"alg": "RS256", "kid": "own1", "typ": "JWT"}).encode())
+        body = b64u(json.dumps({"iss": issuer, "aud": AUDIENCE, "sub": "t-old", "iat": now - 86400 - 56,
+                                "exp": now + 3600}).encode())
+        sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", key], input=f"{hdr}.{body}".encode(),
+                             check=True, capture_output=True).stdout
+        path = os.path.join(tmp, "token")
+        write_token(path, f"{hdr}.{body}.{b64u(sig)}")
+        d = Driver(driver_bin, tmp, tf_policy(tmp, issuer, path), seconds=60)
+        try:
+            p = d.wait(lambda p: p["verified"], 5)
+            assert p["sub"] == "t-old" and p["exp"] <= now + 4 + 1, p   # the age limit, not the exp
+            p = d.wait(lambda p: not p["verified"], 10)
+            assert p["reason"] == "token too old (issued more than 24 h ago)", p
+            assert int(time.time()) >= now + 4
+        finally:
+            d.finish()
+    finally:
+        srv.stop()

@@ -90,6 +90,9 @@ static void test_verify_cached(void)
 	T += 1;
 	CHECK(issuer_verify_cached(i, UNK, strlen(UNK), &p, &c, &want, why, sizeof(why)) == -ENOKEY);
 	CHECK(!want && fetches == 2 && strstr(why, "rate limited"));   /* within the refetch window */
+	/* forced, with keys: the limit holds too (a rewritten token file with
+	 * an unknown kid forced one fetch per rewrite; found by review) */
+	CHECK(issuer_refresh(i, true, why, sizeof(why)) == -EAGAIN && fetches == 2);
 	T += 31;
 	CHECK(issuer_verify_cached(i, UNK, strlen(UNK), &p, &c, &want, why, sizeof(why)) == -ENOKEY);
 	CHECK(want && fetches == 2);                                   /* asked, not fetched */
