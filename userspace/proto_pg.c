@@ -103,6 +103,7 @@
 #define PG_MSG_MAX      CONN_IN_LIMIT     /* largest message either side may send */
 #define PG_PEND_MAX     8192              /* requests in flight per session */
 #define PG_NAMES_MAX    4096              /* named statements + portals per session */
+#define PG_COLNAME_MAX  200               /* "schema.relation.column": 3 x 63 bytes + 2 dots */
 #define PG_CANCEL_MAX   65536             /* live sessions with a cancel key, all workers */
 #define PG_DENY_TEXT    "agentgate denied"   /* the stand-in: a syntax error at parse time */
 #define PG_DENY_NAME    "agentgate_denied"   /* stand-in statement name for non-Parse denials */
@@ -359,8 +360,10 @@ struct pg_sess {
 	struct pg_plan *qplan;         /* simple Query: plan of the current result */
 	int qncols;                    /* its column count */
 	/* lineage: masked (table oid, attnum) pairs, from the catalog query */
-	struct { uint32_t oid; int16_t att; bool named; char name[96]; } *cols;
+	struct { uint32_t oid; int16_t att; bool named; char name[PG_COLNAME_MAX]; } *cols;
 	int ncols, capcols;
+	bool cat_shown;                /* a relation shows a masked table's rows: ask for it */
+	bool cat_dependents_sent;      /* the second catalog query is out */
 	/* The pinned schema's own names (pgc_catalog), read with the lineage
 	 * before the first ReadyForQuery: kinds[i] is 'f' (a function), 'r'
 	 * (one that one argument can call), 'o' (an operator) or 't' (a type)
@@ -1016,15 +1019,18 @@ static bool column_masked(void *arg, const char *schema, const char *table, cons
 {
 	struct pg_sess *s = arg;
 
-	if (column)
-		return mask_column_named(s->mask, schema, table, column);
-	/* any masked column in this table? */
+	if (column && mask_column_named(s->mask, schema, table, column))
+		return true;
+	/* a column that shows one of ours under its own relation (a view's,
+	 * a child's: the catalog query), or with no column: any masked column
+	 * in this relation? */
 	for (int i = 0; i < s->ncols; i++)
 		if (s->cols[i].named && strncmp(s->cols[i].name, schema, strlen(schema)) == 0) {
 			const char *p = s->cols[i].name + strlen(schema);
 
 			if (*p == '.' && strncmp(p + 1, table, strlen(table)) == 0 &&
-			    p[1 + strlen(table)] == '.')
+			    p[1 + strlen(table)] == '.' &&
+			    (!column || strcmp(p + 2 + strlen(table), column) == 0))
 				return true;
 		}
 	return false;
@@ -2336,18 +2342,60 @@ static void lit(char *buf, size_t cap, size_t *n, const char *s)
 	*n += snprintf(buf + *n, *n < cap ? cap - *n : 0, "'");
 }
 
-/* The catalog query for every table a mask column names; false when none. */
-static bool catalog_query(struct conn *c, char *sql, size_t cap)
+/*
+ * The catalog queries. The first, at every session's start: every column
+ * of every table a mask column names, as (oid, attnum, its
+ * "schema.table.column" twice, 1 when some relation shows the table's rows
+ * under its own OID, else 0). The second, only then (it takes a few ms to
+ * plan, and most databases have no such relation): every column of those
+ * relations, which is what RowDescription reports for them, as (oid,
+ * attnum, its own name, the name of the column of ours it shows, 0):
+ * inheritance children and partitions (their column of the same name), and
+ * views and materialized views, recursively: every column of a view that
+ * reads a column of ours anywhere (select list, WHERE, joins), paired with
+ * each such column, since pg_depend does not say which output column comes
+ * from which; a whole-row use (attnum 0) pairs it with all of ours. Both
+ * ordered by oid and attnum. False when no table is named.
+ */
+#define CAT_SHOWN_BY \
+	"EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhparent = c.oid) OR " \
+	"EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.refclassid = " \
+	"'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = c.oid AND d.classid = " \
+	"'pg_catalog.pg_rewrite'::pg_catalog.regclass)"
+#define CAT_NAME "n.nspname || '.' || c.relname || '.' || a.attname"
+#define CAT_FROM \
+	" FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid " \
+	"JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace " \
+	"WHERE a.attnum > 0 AND NOT a.attisdropped AND (n.nspname, c.relname) IN ("
+#define CAT_DEPENDENTS \
+	", rel(oid, att, bname) AS (SELECT oid, att, bname FROM base UNION " \
+	"SELECT e.coid, e.catt, r.bname FROM rel r CROSS JOIN LATERAL (" \
+	"SELECT i.inhrelid AS coid, ca.attnum AS catt FROM pg_catalog.pg_inherits i " \
+	"JOIN pg_catalog.pg_attribute pa ON pa.attrelid = r.oid AND pa.attnum = r.att " \
+	"JOIN pg_catalog.pg_attribute ca ON ca.attrelid = i.inhrelid AND ca.attname = pa.attname " \
+	"WHERE i.inhparent = r.oid UNION ALL " \
+	"SELECT w.ev_class, va.attnum FROM pg_catalog.pg_depend d " \
+	"JOIN pg_catalog.pg_rewrite w ON w.oid = d.objid " \
+	"JOIN pg_catalog.pg_attribute va ON va.attrelid = w.ev_class AND va.attnum > 0 " \
+	"AND NOT va.attisdropped " \
+	"WHERE d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = r.oid " \
+	"AND d.refobjsubid IN (0, r.att) AND d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass " \
+	"AND w.ev_class <> r.oid) e) " \
+	"SELECT r.oid, r.att, n.nspname || '.' || c.relname || '.' || a.attname, r.bname, 0 FROM rel r " \
+	"JOIN pg_catalog.pg_class c ON c.oid = r.oid " \
+	"JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace " \
+	"JOIN pg_catalog.pg_attribute a ON a.attrelid = r.oid AND a.attnum = r.att " \
+	"WHERE r.oid NOT IN (SELECT oid FROM base) ORDER BY 1, 2"
+
+static bool catalog_query(struct conn *c, char *sql, size_t cap, bool dependents)
 {
 	const struct policy_rule *rules[2 * ENFORCER_MAX_RULES];
 	size_t nr = mask_rules_of(c, c->policy, rules), n;
 	int ntab = 0;
 
-	n = (size_t)snprintf(sql, cap,
-		"SELECT c.oid, a.attnum, n.nspname || '.' || c.relname || '.' || a.attname "
-		"FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
-		"JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-		"WHERE a.attnum > 0 AND NOT a.attisdropped AND (n.nspname, c.relname) IN (");
+	n = (size_t)snprintf(sql, cap, "%s", dependents ?
+			     "WITH RECURSIVE base(oid, att, bname) AS (SELECT c.oid, a.attnum, " CAT_NAME CAT_FROM :
+			     "SELECT c.oid, a.attnum, " CAT_NAME ", " CAT_NAME ", (" CAT_SHOWN_BY ")::int" CAT_FROM);
 	for (size_t r = 0; r < nr; r++) {
 		const struct policy_strv *cols = &rules[r]->mask.columns;
 
@@ -2369,22 +2417,55 @@ static bool catalog_query(struct conn *c, char *sql, size_t cap)
 			ntab++;
 		}
 	}
-	n += (size_t)snprintf(sql + n, n < cap ? cap - n : 0, ")");
+	if (dependents)
+		n += (size_t)snprintf(sql + n, n < cap ? cap - n : 0, "%s", "))" CAT_DEPENDENTS);
+	else
+		n += (size_t)snprintf(sql + n, n < cap ? cap - n : 0, "%s", ") ORDER BY 1, 2");
 	return ntab > 0 && n < cap;
+}
+
+/* Is "schema.table.column" one the policy masks by name? */
+static bool base_named(struct pg_sess *s, const uint8_t *v, int32_t vl)
+{
+	char nm[PG_COLNAME_MAX], *d1, *d2;
+
+	memcpy(nm, v, (size_t)vl);
+	nm[vl] = '\0';
+	if (!(d1 = strchr(nm, '.')) || !(d2 = strchr(d1 + 1, '.')))
+		return false;
+	*d1 = *d2 = '\0';
+	return mask_column_named(s->mask, nm, d1 + 1, d2 + 1);
 }
 
 static int catalog_row(struct pg_sess *s, const struct pg_msg *m)
 {
 	struct pg_datarow d;
-	const uint8_t *v[3];
-	int32_t vl[3];
+	const uint8_t *v[5];
+	int32_t vl[5];
 	char oid[16], att[8];
+	uint32_t o;
+	int16_t a;
 
-	if (pg_datarow_begin(m, &d) || d.ncols != 3)
+	if (pg_datarow_begin(m, &d) || d.ncols != 5)
 		return -EBADMSG;
-	for (int i = 0; i < 3; i++)
-		if (pg_datarow_next(&d, &v[i], &vl[i]) != 1 || vl[i] <= 0 || vl[i] >= 96)
+	for (int i = 0; i < 5; i++)
+		if (pg_datarow_next(&d, &v[i], &vl[i]) != 1 || vl[i] <= 0 || vl[i] >= PG_COLNAME_MAX)
 			return -EBADMSG;
+	if (vl[4] != 1 || (v[4][0] != '0' && v[4][0] != '1'))
+		return -EBADMSG;
+	if (v[4][0] == '1')
+		s->cat_shown = true;
+	memcpy(oid, v[0], (size_t)(vl[0] < 15 ? vl[0] : 15));
+	oid[vl[0] < 15 ? vl[0] : 15] = '\0';
+	memcpy(att, v[1], (size_t)(vl[1] < 7 ? vl[1] : 7));
+	att[vl[1] < 7 ? vl[1] : 7] = '\0';
+	o = (uint32_t)strtoul(oid, NULL, 10);
+	a = (int16_t)strtol(att, NULL, 10);
+	/* rows come ordered: another column of ours this one shows */
+	if (s->ncols && s->cols[s->ncols - 1].oid == o && s->cols[s->ncols - 1].att == a) {
+		s->cols[s->ncols - 1].named |= base_named(s, v[3], vl[3]);
+		return 0;
+	}
 	if (s->ncols == s->capcols) {
 		int nc = s->capcols ? s->capcols * 2 : 16;
 		void *p = nc <= 65536 ? realloc(s->cols, (size_t)nc * sizeof(*s->cols)) : NULL;
@@ -2394,24 +2475,12 @@ static int catalog_row(struct pg_sess *s, const struct pg_msg *m)
 		s->cols = p;
 		s->capcols = nc;
 	}
-	memcpy(oid, v[0], (size_t)(vl[0] < 15 ? vl[0] : 15));
-	oid[vl[0] < 15 ? vl[0] : 15] = '\0';
-	memcpy(att, v[1], (size_t)(vl[1] < 7 ? vl[1] : 7));
-	att[vl[1] < 7 ? vl[1] : 7] = '\0';
-	s->cols[s->ncols].oid = (uint32_t)strtoul(oid, NULL, 10);
-	s->cols[s->ncols].att = (int16_t)strtol(att, NULL, 10);
+	s->cols[s->ncols].oid = o;
+	s->cols[s->ncols].att = a;
 	memcpy(s->cols[s->ncols].name, v[2], (size_t)vl[2]);
 	s->cols[s->ncols].name[vl[2]] = '\0';
-	{
-		/* named when the policy names exactly schema.table.column */
-		char *nm = s->cols[s->ncols].name, *d1 = strchr(nm, '.'), *d2 = d1 ? strchr(d1 + 1, '.') : NULL;
-
-		if (d2) {
-			*d1 = *d2 = '\0';
-			s->cols[s->ncols].named = mask_column_named(s->mask, nm, d1 + 1, d2 + 1);
-			*d1 = *d2 = '.';
-		}
-	}
+	/* named when the policy names the column of ours it shows */
+	s->cols[s->ncols].named = base_named(s, v[3], vl[3]);
 	s->ncols++;
 	return 0;
 }
@@ -2653,7 +2722,8 @@ static int after_params(struct conn *c)
 
 	/* the lineage query first, leaving room for names_query() (about 1 KiB
 	 * and the schema's name three times) */
-	if (s->mask_active && catalog_query(c, sql, sizeof(sql) - 2048)) {
+	s->cat_shown = s->cat_dependents_sent = false;
+	if (s->mask_active && catalog_query(c, sql, sizeof(sql) - 2048, false)) {
 		n = strlen(sql);
 		sql[n++] = ';';
 	}
@@ -2696,6 +2766,17 @@ static int up_catalog(struct conn *c, const struct pg_msg *m)
 	case 'Z':
 		if (pg_parse_ready(m, &st))
 			return -EBADMSG;
+		if (s->cat_shown && !s->cat_dependents_sent) {
+			/* views, children or partitions show a masked table's
+			 * rows: their columns too, before the agent's first query */
+			char sql[12288];
+
+			s->cat_dependents_sent = true;
+			if (!catalog_query(c, sql, sizeof(sql), true))
+				return fatal(c, "XX000", "agentgate: the catalog query for masking is too long");
+			pg_out_query(&s->out, sql);
+			return send_out(c, SIDE_UP);
+		}
 		if (names_ready(s))
 			return fatal(c, "XX000", "agentgate: cannot read the pinned schema's functions and operators");
 		return session_ready(c, st);
