@@ -19,10 +19,16 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stddef.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <sys/capability.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -214,6 +220,56 @@ static int switch_user(const char *user)
 	return 0;
 }
 
+/*
+ * Two system calls reach past what the mounts and capabilities hold:
+ * - clone3 with CLONE_INTO_CGROUP starts the child in any cgroup whose
+ *   cgroup.procs the caller may write, and the kernel checks the file's
+ *   permissions, not the mount's read-only flag: a uid-0 agent left its
+ *   cgroup (no programs, no enforcer) or took another agent's. clone3 fails
+ *   with ENOSYS; glibc then uses clone, which cannot choose a cgroup.
+ * - ioctl TIOCSTI pushes bytes into the input of a terminal the agent shares
+ *   with whoever ran exec (an operator's root shell runs them when the agent
+ *   exits). Refused with EPERM; the kernel reads the request as 32 bits,
+ *   and so does this check.
+ * Other ABIs are killed (i386 through int 0x80 numbers its calls
+ * otherwise); x32 calls fail. Classic BPF by hand: two rules do not need
+ * libseccomp.
+ */
+#if defined(__x86_64__)
+#define AG_AUDIT_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define AG_AUDIT_ARCH AUDIT_ARCH_AARCH64
+#else
+#error "agentgate exec: no seccomp architecture for this target"
+#endif
+
+static int install_seccomp(void)
+{
+	struct sock_filter f[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AG_AUDIT_ARCH, 1, 0),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+#ifdef __x86_64__
+		BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 0x40000000u /* __X32_SYSCALL_BIT */, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+#endif
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone3, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_ioctl, 0, 3),
+		/* the low 32 bits of args[1] (little-endian) */
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TIOCSTI, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog = { .len = sizeof(f) / sizeof(f[0]), .filter = f };
+
+	if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog))
+		return -errno;
+	return 0;
+}
+
 int cmd_exec(int argc, char **argv, const char *state_dir)
 {
 	const char *agent = NULL, *user = NULL;
@@ -273,6 +329,10 @@ int cmd_exec(int argc, char **argv, const char *state_dir)
 	}
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)) {
 		fprintf(stderr, "agentgate: exec: no_new_privs: %s\n", strerror(errno));
+		return 1;
+	}
+	if ((err = install_seccomp())) {
+		fprintf(stderr, "agentgate: exec: seccomp filter: %s\n", strerror(-err));
 		return 1;
 	}
 	/* Descriptors inherited from outside the cgroup (a socket opened before

