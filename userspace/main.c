@@ -307,6 +307,29 @@ static int cmd_policy(int argc, char **argv)
 	return usage(stderr);
 }
 
+/*
+ * A string of an event, for a terminal: agents choose much of what events
+ * quote (database, table, statement and portal names, host names), and a
+ * carriage return, an escape sequence or a bidirectional override in them
+ * would erase, forge or reorder lines on the operator's screen. Every byte
+ * outside printable ASCII becomes \xNN, and \ and " are escaped.
+ */
+static void put_text(const char *s)
+{
+	if (!s) {
+		fputs("-", stdout);
+		return;
+	}
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+		if (*p == '\\' || *p == '"')
+			printf("\\%c", *p);
+		else if (*p >= 0x20 && *p < 0x7f)
+			putchar(*p);
+		else
+			printf("\\x%02x", *p);
+	}
+}
+
 static void print_event(const char *line, bool as_json)
 {
 	json_t *ev;
@@ -321,23 +344,38 @@ static void print_event(const char *line, bool as_json)
 	json_t *um = json_object_get(ev, "unmapped");
 	json_t *dst = json_object_get(ev, "dst_endpoint");
 	json_t *q = json_object_get(ev, "query");
-	printf("%lld #%lld %s/%s agent=%s verdict=%s", json_integer_value(json_object_get(ev, "time")),
-	       json_integer_value(json_object_get(json_object_get(ev, "metadata"), "sequence")),
-	       json_string_value(json_object_get(ev, "class_name")),
-	       json_string_value(json_object_get(ev, "activity_name")),
-	       json_string_value(json_object_get(json_object_get(um, "agent"), "name")) ?: "-",
-	       json_string_value(json_object_get(um, "verdict")) ?: "-");
-	if (dst)
-		printf(" dst=%s:%lld", json_string_value(json_object_get(dst, "ip")),
-		       json_integer_value(json_object_get(dst, "port")));
-	if (q)
-		printf(" query=%s", json_string_value(json_object_get(q, "hostname")));
-	if (json_object_get(um, "target"))
-		printf(" target=%s", json_string_value(json_object_get(um, "target")));
-	if (json_object_get(um, "reason"))
-		printf(" reason=\"%s\"", json_string_value(json_object_get(um, "reason")));
-	if (json_object_get(ev, "message"))
-		printf(" \"%s\"", json_string_value(json_object_get(ev, "message")));
+	printf("%lld #%lld ", json_integer_value(json_object_get(ev, "time")),
+	       json_integer_value(json_object_get(json_object_get(ev, "metadata"), "sequence")));
+	put_text(json_string_value(json_object_get(ev, "class_name")));
+	fputs("/", stdout);
+	put_text(json_string_value(json_object_get(ev, "activity_name")));
+	fputs(" agent=", stdout);
+	put_text(json_string_value(json_object_get(json_object_get(um, "agent"), "name")));
+	fputs(" verdict=", stdout);
+	put_text(json_string_value(json_object_get(um, "verdict")));
+	if (dst) {
+		fputs(" dst=", stdout);
+		put_text(json_string_value(json_object_get(dst, "ip")));
+		printf(":%lld", json_integer_value(json_object_get(dst, "port")));
+	}
+	if (q) {
+		fputs(" query=", stdout);
+		put_text(json_string_value(json_object_get(q, "hostname")));
+	}
+	if (json_object_get(um, "target")) {
+		fputs(" target=", stdout);
+		put_text(json_string_value(json_object_get(um, "target")));
+	}
+	if (json_object_get(um, "reason")) {
+		fputs(" reason=\"", stdout);
+		put_text(json_string_value(json_object_get(um, "reason")));
+		fputs("\"", stdout);
+	}
+	if (json_object_get(ev, "message")) {
+		fputs(" \"", stdout);
+		put_text(json_string_value(json_object_get(ev, "message")));
+		fputs("\"", stdout);
+	}
 	printf("\n");
 	json_decref(ev);
 }

@@ -133,3 +133,38 @@ def test_unimplemented_commands_say_so():
     for args in (["approvals", "list"],):
         r = run(*args)
         assert r.returncode == 2 and "not implemented in this build" in r.stderr, args
+
+
+def test_audit_tail_escapes_what_agents_choose(enforcer, servers):
+    """Found by review: `audit tail` printed event strings raw, and agents choose much
+    of them (here a PostgreSQL database name, which the refusal's reason quotes): a
+    carriage return and an erase-line sequence wiped the real line on the operator's
+    terminal and printed a forged "allow" line in its place. Every byte outside
+    printable ASCII is now shown as \\xNN, and quotes and backslashes are escaped."""
+    enforcer.start("""
+    version: 1
+    agents: [{name: t-agent}]
+    targets: [{name: db, protocol: postgres, address: 127.0.0.1:5432,
+               upstream: {user: app, database: shop}}]
+    roles: [{name: r, rules: [{target: db, allow: {statements: [select], tables: [public.t]}}]}]
+    bindings: [{role: r, agents: [t-agent]}]
+    """)
+    r = enforcer.py("t-agent", r"""
+    import socket, struct
+    db = b'x"\r\x1b[2K1796050389999 #99 Datastore Activity/Query agent=t-agent verdict=allow\xe2\x80\xae'
+    body = struct.pack("!I", 196608) + b"user\0app\0database\0" + db + b"\0\0"
+    s = socket.create_connection(("127.0.0.1", 5432), timeout=5)
+    s.sendall(struct.pack("!I", len(body) + 4) + body)
+    try:
+        s.recv(4096)
+    except OSError:
+        pass
+    """)
+    assert r.returncode == 0, r.stderr
+    ev = enforcer.wait_event(lambda e: "1796050389999" in json.dumps(e))
+    assert ev, "no event quotes the database name"
+    human = enforcer.cli("audit", "tail", "-n", "50").stdout
+    line = [l for l in human.splitlines() if "1796050389999" in l]
+    assert len(line) == 1, human
+    assert "\r" not in human and "\x1b" not in human and "\u202e" not in human, repr(human)
+    assert '\\"\\x0d\\x1b[2K1796050389999 #99' in line[0] and "\\xe2\\x80\\xae" in line[0], line[0]
