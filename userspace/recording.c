@@ -27,9 +27,12 @@ struct rec {
 	int fd, ifd;            /* .rec (zlib stream), .idx (text) */
 	z_stream zs;
 	uint64_t off;           /* bytes recorded so far (inflated offset) */
+	uint64_t disk;          /* bytes written to its two files */
 	bool claimed;           /* a module records masked data itself */
-	bool broken;            /* a write failed: stop recording this session */
+	bool broken;            /* a write failed, or the session reached its cap: stop */
 	unsigned char *out;
+	char name[128];
+	struct rec *next;       /* open recordings (R.open), which the sweep leaves alone */
 };
 
 static struct {
@@ -40,7 +43,17 @@ static struct {
 	atomic_bool on;
 	_Atomic uint64_t last_sweep_ms;
 	atomic_bool failing;
-} R = { .lock = PTHREAD_MUTEX_INITIALIZER };
+	atomic_bool sweeping;       /* a sweep thread runs */
+	pthread_mutex_t open_lock;
+	struct rec *open;
+} R = { .lock = PTHREAD_MUTEX_INITIALIZER, .open_lock = PTHREAD_MUTEX_INITIALIZER };
+
+/* One session's recording stops at an eighth of max_bytes (its index says
+ * so), so that one session cannot take the room of all the others. */
+static uint64_t session_cap(void)
+{
+	return R.max_bytes / 8 > 65536 ? R.max_bytes / 8 : 65536;
+}
 
 int rec_configure(const char *dir, uint64_t max_bytes, uint32_t max_age_ms)
 {
@@ -69,13 +82,18 @@ bool rec_enabled(void)
 
 struct sess {
 	char name[256];    /* without extension */
-	uint64_t bytes;
+	uint64_t bytes;    /* disk space (blocks), not file size: tiny sessions take a block each */
 	time_t mtime;
 };
 
 static int cmp_sess(const void *a, const void *b)
 {
 	return strcmp(((const struct sess *)a)->name, ((const struct sess *)b)->name);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
 static void remove_session(const char *dir, const char *name)
@@ -88,13 +106,19 @@ static void remove_session(const char *dir, const char *name)
 	unlink(p);
 }
 
-/* Names start with the UTC start time, so name order is age order. */
-static void sweep(const char *dir, uint64_t max_bytes, uint32_t max_age_ms, const char *keep)
+/*
+ * Names start with the UTC start time, so name order is age order. One
+ * entry per file, sorted, then a session's two files merged: O(n log n) in
+ * the number of files (an agent can make many sessions). Sessions still
+ * open are counted, never deleted (their writer caps them).
+ */
+static void sweep(const char *dir, uint64_t max_bytes, uint32_t max_age_ms)
 {
 	DIR *d = opendir(dir);
 	struct dirent *de;
 	struct sess *v = NULL;
-	size_t n = 0, cap = 0;
+	char **open_names = NULL;
+	size_t n = 0, cap = 0, nopen = 0, m = 0;
 	uint64_t total = 0;
 	time_t now = time(NULL);
 
@@ -111,52 +135,115 @@ static void sweep(const char *dir, uint64_t max_bytes, uint32_t max_age_ms, cons
 		snprintf(p, sizeof(p), "%s/%s", dir, de->d_name);
 		if (lstat(p, &st) || !S_ISREG(st.st_mode))
 			continue;
-		size_t i;
-		for (i = 0; i < n && strncmp(v[i].name, de->d_name, l - 4) ; i++)
-			;
-		if (i == n) {
-			if (n == cap) {
-				struct sess *nv = realloc(v, (cap = cap ? 2 * cap : 64) * sizeof(*v));
+		if (n == cap) {
+			struct sess *nv = realloc(v, (cap = cap ? 2 * cap : 256) * sizeof(*v));
 
-				if (!nv)
-					break;
-				v = nv;
-			}
-			snprintf(v[n].name, sizeof(v[n].name), "%.*s", (int)(l - 4), de->d_name);
-			v[n].bytes = 0;
-			v[n].mtime = st.st_mtime;
-			n++;
+			if (!nv)
+				break;
+			v = nv;
 		}
-		v[i].bytes += st.st_size;
-		if (st.st_mtime > v[i].mtime)
-			v[i].mtime = st.st_mtime;
-		total += st.st_size;
+		snprintf(v[n].name, sizeof(v[n].name), "%.*s", (int)(l - 4), de->d_name);
+		v[n].bytes = (uint64_t)st.st_blocks * 512;
+		v[n].mtime = st.st_mtime;
+		total += v[n].bytes;
+		n++;
 	}
 	closedir(d);
 	if (n)
 		qsort(v, n, sizeof(*v), cmp_sess);
-	for (size_t i = 0; i < n; i++) {
+	for (size_t i = 0; i < n; i++) {   /* merge a session's two files */
+		if (m && strcmp(v[m - 1].name, v[i].name) == 0) {
+			v[m - 1].bytes += v[i].bytes;
+			if (v[i].mtime > v[m - 1].mtime)
+				v[m - 1].mtime = v[i].mtime;
+		} else {
+			v[m++] = v[i];
+		}
+	}
+	pthread_mutex_lock(&R.open_lock);
+	for (struct rec *r = R.open; r; r = r->next)
+		nopen++;
+	if (nopen && (open_names = calloc(nopen, sizeof(*open_names)))) {
+		size_t k = 0;
+
+		for (struct rec *r = R.open; r && k < nopen; r = r->next)
+			open_names[k++] = strdup(r->name);
+		nopen = k;
+	}
+	pthread_mutex_unlock(&R.open_lock);
+	if (nopen && !open_names) {
+		free(v);
+		return;   /* cannot tell which are open: delete nothing */
+	}
+	for (size_t k = 0; k < nopen; k++)
+		if (!open_names[k]) {
+			for (size_t j = 0; j < nopen; j++)
+				free(open_names[j]);
+			free(open_names);
+			free(v);
+			return;
+		}
+	if (nopen)
+		qsort(open_names, nopen, sizeof(*open_names), cmp_str);
+	for (size_t i = 0; i < m; i++) {
 		bool old = (uint64_t)(now - v[i].mtime) * 1000 > max_age_ms;
+		const char *key = v[i].name;
 
 		if (!old && total <= max_bytes)
 			break;
-		if (keep && strcmp(v[i].name, keep) == 0)
-			continue;
+		if (nopen && bsearch(&key, open_names, nopen, sizeof(*open_names), cmp_str))
+			continue;   /* still being written */
 		remove_session(dir, v[i].name);
 		total -= v[i].bytes;
 	}
+	for (size_t k = 0; k < nopen; k++)
+		free(open_names[k]);
+	free(open_names);
 	free(v);
 }
 
+static void *sweep_thread(void *arg)
+{
+	char dir[sizeof(R.dir)];
+	uint64_t max_bytes;
+	uint32_t max_age_ms;
+
+	(void)arg;
+	ag_thread_setup("ag-rec-sweep", AG_SCHED_IDLE);
+	pthread_mutex_lock(&R.lock);
+	memcpy(dir, R.dir, sizeof(dir));
+	max_bytes = R.max_bytes;
+	max_age_ms = R.max_age_ms;
+	pthread_mutex_unlock(&R.lock);
+	sweep(dir, max_bytes, max_age_ms);
+	atomic_store(&R.sweeping, false);
+	return NULL;
+}
+
+/* At most every SWEEP_EVERY_MS, on a thread of its own: a directory of
+ * many sessions takes a while to read, and workers relay every agent's
+ * traffic. */
 static void maybe_sweep(void)
 {
 	uint64_t now = now_ns_mono() / 1000000ull, last = atomic_load(&R.last_sweep_ms);
+	pthread_attr_t at;
+	pthread_t t;
 
 	if (now - last < SWEEP_EVERY_MS && last)
 		return;
 	if (!atomic_compare_exchange_strong(&R.last_sweep_ms, &last, now))
 		return;   /* another worker sweeps */
-	sweep(R.dir, R.max_bytes, R.max_age_ms, NULL);
+	if (atomic_exchange(&R.sweeping, true))
+		return;   /* the last one still runs */
+	if (pthread_attr_init(&at) == 0) {
+		pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+		if (pthread_create(&t, &at, sweep_thread, NULL) == 0) {
+			pthread_attr_destroy(&at);
+			return;
+		}
+		pthread_attr_destroy(&at);
+	}
+	atomic_store(&R.sweeping, false);
 }
 
 /* ---- recording ----------------------------------------------------------- */
@@ -197,6 +284,7 @@ struct rec *rec_open(struct conn *c)
 	if (!(r = calloc(1, sizeof(*r))))
 		goto fail;
 	r->fd = r->ifd = -1;
+	snprintf(r->name, sizeof(r->name), "%s", name);
 	if (!(r->out = malloc(ZOUT)) || deflateInit(&r->zs, Z_BEST_SPEED) != Z_OK) {
 		free(r->out);
 		free(r);
@@ -218,6 +306,10 @@ struct rec *rec_open(struct conn *c)
 		goto fail;
 	}
 	free(hs);
+	pthread_mutex_lock(&R.open_lock);
+	r->next = R.open;
+	R.open = r;
+	pthread_mutex_unlock(&R.open_lock);
 	atomic_store(&R.failing, false);
 	return r;
 fail:
@@ -230,8 +322,17 @@ fail:
 
 void rec_write(struct rec *r, int dir, const void *buf, size_t len)
 {
+	int w;
+
 	if (!r || r->broken || !len)
 		return;
+	if (r->disk >= session_cap()) {
+		/* the reader sees where it stops, and why */
+		dprintf(r->ifd, "# truncated: the recording reached %" PRIu64 " bytes, an eighth of "
+			"recording.max_bytes\n", r->disk);
+		r->broken = true;
+		return;
+	}
 	r->zs.next_in = (Bytef *)buf;
 	r->zs.avail_in = len;
 	do {
@@ -242,13 +343,17 @@ void rec_write(struct rec *r, int dir, const void *buf, size_t len)
 			r->broken = true;
 			return;
 		}
+		r->disk += ZOUT - r->zs.avail_out;
 	} while (r->zs.avail_out == 0);
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
-	if (dprintf(r->ifd, "%" PRIu64 " %c %" PRIu64 " %zu\n",
-		    (uint64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000, dir ? 'd' : 'u', r->off, len) < 0)
+	if ((w = dprintf(r->ifd, "%" PRIu64 " %c %" PRIu64 " %zu\n",
+			 (uint64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000, dir ? 'd' : 'u', r->off, len)) < 0)
 		r->broken = true;
+	else
+		r->disk += (uint64_t)w;
 	r->off += len;
+	maybe_sweep();   /* a long session fills the directory too */
 }
 
 void rec_claim(struct rec *r)
@@ -271,6 +376,13 @@ void rec_close(struct rec *r)
 {
 	if (!r)
 		return;
+	pthread_mutex_lock(&R.open_lock);
+	for (struct rec **pp = &R.open; *pp; pp = &(*pp)->next)
+		if (*pp == r) {
+			*pp = r->next;
+			break;
+		}
+	pthread_mutex_unlock(&R.open_lock);
 	if (r->fd >= 0 && !r->broken) {
 		r->zs.avail_in = 0;
 		int rc;

@@ -9,7 +9,7 @@ import textwrap
 import time
 import zlib
 
-from conftest import AG, PY
+from conftest import AG, PY, wait_for
 from test_audit_sinks import file_events, policy
 
 CHAT = textwrap.dedent(r"""
@@ -137,8 +137,63 @@ def test_recording_retention_by_size_and_age(enforcer, servers):
     assert 1 <= len(names) < 6, names
     time.sleep(5.2)
     chat(enforcer, port, big=10)
-    time.sleep(0.2)
-    left = sessions(rec)
+    # the sweep runs on a thread of its own
+    left = wait_for(lambda: len(sessions(rec)) == 1 and sessions(rec)) or sessions(rec)
     assert len(left) == 1 and left[0] not in names, (names, left)
     assert total <= 3 * 1024 + 2048, total
+    enforcer.stop()
+
+
+STREAM = textwrap.dedent(r"""
+    import os, socket, sys, time
+    s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+    for _ in range(int(sys.argv[2])):
+        chunk = os.urandom(65536)
+        s.sendall(chunk)
+        got = b""
+        while len(got) < len(chunk):
+            got += s.recv(65536)
+    print("streamed", flush=True)
+    time.sleep(float(sys.argv[3]))
+    s.close()
+""")
+
+
+def disk(d):
+    return sum(os.lstat(os.path.join(d, f)).st_blocks * 512 for f in os.listdir(d))
+
+
+def test_recording_retention_holds_against_an_agent(enforcer, servers):
+    """Found by review: the sweep deleted the recording of a session still open (the
+    enforcer kept writing into the deleted files: 80 MB for a 200 KiB limit, and an
+    agent could erase the recording of the session it was in); it counted file sizes,
+    so thousands of one-byte sessions took 30 times max_bytes on disk; and it ran on a
+    worker, quadratic in the number of files. Now a session's recording stops at an
+    eighth of max_bytes (at least 64 KiB) and says so, an open session is never deleted,
+    disk blocks are counted, and the sweep runs on its own thread."""
+    port, _ = servers.echo()
+    rec = os.path.join(enforcer.tmp, "rec")
+    enforcer.start(rec_policy(port, enforcer.audit, rec, ", max_bytes: 200KiB"))
+    # one long session: 4 MiB of random data, then held open across a sweep
+    p = subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", "t-agent", "--",
+                          PY, "-c", STREAM, str(port), "64", "8"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "streamed"
+        [long_name] = sessions(rec)
+        time.sleep(5.2)
+        chat(enforcer, port)               # a new session: the sweep runs
+        time.sleep(1.5)
+        assert long_name in sessions(rec), "an open session's recording was deleted"
+        size = sum(os.path.getsize(os.path.join(rec, long_name + e)) for e in (".rec", ".idx"))
+        assert size <= 64 * 1024 + 70 * 1024, size   # the cap, plus one compressed write
+        idx = open(os.path.join(rec, long_name + ".idx")).read()
+        assert "# truncated: the recording reached" in idx, idx[-300:]
+    finally:
+        p.wait(timeout=30)
+    # many tiny sessions: counted as the blocks they take
+    for _ in range(40):
+        chat(enforcer, port)
+    time.sleep(5.2)
+    chat(enforcer, port)
+    assert wait_for(lambda: disk(rec) <= 200 * 1024 + 16 * 1024, timeout=10), (disk(rec), len(sessions(rec)))
     enforcer.stop()
