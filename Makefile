@@ -97,7 +97,11 @@ run: all
 
 unit: deps $(UNIT_BINS)
 
-test: all unit $(BUILD)/uring_connect
+$(BUILD)/tls_retry_client: tests/integration/helpers/tls_retry_client.c | $(BUILD)
+	$(call msg,CC,$@)
+	$(Q)$(CC) -O2 -Wall -Wextra -Werror $< -o $@ -lssl -lcrypto
+
+test: all unit $(BUILD)/uring_connect $(BUILD)/tls_retry_client
 	$(Q)tests/run.sh
 
 bench: all

@@ -66,6 +66,65 @@ int conn_agent_fill(struct conn *c)
 	return c->eof[DIR_UP] ? 0 : -EAGAIN;
 }
 
+const uint8_t *conn_upstream_buf(struct conn *c, uint32_t *len)
+{
+	*len = c->len[DIR_DOWN] - c->off[DIR_DOWN];
+	return c->buf[DIR_DOWN] ? c->buf[DIR_DOWN] + c->off[DIR_DOWN] : NULL;
+}
+
+int conn_upstream_fill(struct conn *c)
+{
+	int err = ensure_buf(c, DIR_DOWN);
+
+	if (err)
+		return err;
+	while (c->len[DIR_DOWN] < CONN_BUF && !c->eof[DIR_DOWN]) {
+		ssize_t n = recv(c->up.fd, c->buf[DIR_DOWN] + c->len[DIR_DOWN],
+				 CONN_BUF - c->len[DIR_DOWN], 0);
+
+		if (n > 0) {
+			rec_relay(&c->rec, c, DIR_DOWN, c->buf[DIR_DOWN] + c->len[DIR_DOWN], n);
+			c->len[DIR_DOWN] += n;
+			continue;
+		}
+		if (n == 0) {
+			c->eof[DIR_DOWN] = true;
+			break;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN)
+			break;
+		return -errno;
+	}
+	if (c->len[DIR_DOWN] > c->off[DIR_DOWN])
+		return c->len[DIR_DOWN] - c->off[DIR_DOWN];
+	return c->eof[DIR_DOWN] ? 0 : -EAGAIN;
+}
+
+int conn_push(struct conn *c, int d, uint32_t n)
+{
+	int dst = d == DIR_UP ? c->up.fd : c->agent.fd;
+
+	if (n > c->len[d] - c->off[d])
+		n = c->len[d] - c->off[d];
+	while (n) {
+		ssize_t w = send(dst, c->buf[d] + c->off[d], n, MSG_NOSIGNAL);
+
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return errno == EAGAIN ? (int)n : -errno;
+		}
+		c->off[d] += w;
+		c->bytes[d] += w;
+		n -= w;
+	}
+	if (c->off[d] == c->len[d])
+		c->off[d] = c->len[d] = 0;
+	return 0;
+}
+
 /* Where conn_connect_upstream() dials: the target's upstream address,
  * else the original destination. */
 static void upstream_addr(const struct conn *c, const uint8_t **addr, uint16_t *port)

@@ -189,6 +189,15 @@ const uint8_t *conn_agent_buf(struct conn *c, uint32_t *len);
 /* Reads what the agent has sent so far into the upstream buffer (bounded by
  * CONN_BUF). Returns bytes now buffered, 0 at EOF with nothing buffered, -EAGAIN, or -errno. */
 int conn_agent_fill(struct conn *c);
+/* The same for what the upstream sent (before conn_relay()): its buffer,
+ * and reading into it. */
+const uint8_t *conn_upstream_buf(struct conn *c, uint32_t *len);
+int conn_upstream_fill(struct conn *c);
+/* Before conn_relay(): sends up to n bytes buffered in direction d (DIR_UP:
+ * agent bytes to the upstream, DIR_DOWN: upstream bytes to the agent) and
+ * consumes them. Returns how many of the n are still to send (the socket
+ * would block: call again on the next event), or -errno. */
+int conn_push(struct conn *c, int d, uint32_t n);
 
 /* Event entry points used by the worker loop. */
 void conn_on_event(struct conn_end *e, uint32_t events);

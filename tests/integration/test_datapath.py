@@ -1172,3 +1172,71 @@ print(query_labels([b"exfil", b"attacker.example", b"test"], srv),
     assert r.stdout.split() == ["5", "5", "0"], r.stdout + r.stderr
     ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4003 and "attacker" in e["query"]["hostname"])
     assert ev and ev["disposition"] == "Blocked" and "not a host name" in ev["unmapped"]["reason"], ev
+
+
+TLS_RETRY = os.path.join(os.path.dirname(AG), "build", "tls_retry_client")
+VHOSTS = """
+daemon off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/t1; proxy_temp_path {d}/t2; fastcgi_temp_path {d}/t3;
+  uwsgi_temp_path {d}/t4; scgi_temp_path {d}/t5;
+  ssl_protocols TLSv1.3;
+  ssl_ecdh_curve X25519;
+  server {{ listen 127.0.0.1:{port} ssl default_server; server_name allowed.test;
+           ssl_certificate {d}/allowed.crt; ssl_certificate_key {d}/allowed.key; return 200 "allowed"; }}
+  server {{ listen 127.0.0.1:{port} ssl; server_name other.test;
+           ssl_certificate {d}/other.crt; ssl_certificate_key {d}/other.key; return 200 "other"; }}
+}}
+"""
+
+
+def test_tls_second_client_hello_after_retry_must_name_the_same_server(enforcer, servers, tmp):
+    """Found by review: a TLS 1.3 server may answer the first ClientHello with a
+    HelloRetryRequest, and then takes its certificate and virtual host from the second
+    ClientHello, which the enforcer relayed unread: a client named the allowed host
+    first and another host of the same server second, and got that one (nginx here,
+    which only supports X25519; the client's first key share is P-256). The second
+    ClientHello is now judged too and must name the same server."""
+    from conftest import free_port, wait_port, Proc
+    d = os.path.join(tmp, "vhosts")
+    os.makedirs(d)
+    for cn in ("allowed", "other"):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{d}/{cn}.key",
+                        "-out", f"{d}/{cn}.crt", "-days", "1", "-subj", f"/CN={cn}.test"],
+                       check=True, capture_output=True)
+    port = free_port()
+    with open(f"{d}/nginx.conf", "w") as f:
+        f.write(VHOSTS.format(d=d, port=port))
+    servers.procs.append(Proc(["nginx", "-c", f"{d}/nginx.conf", "-p", d],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    wait_port("127.0.0.1", port)
+    # without the enforcer, the server does what the attack needs
+    direct = subprocess.run([TLS_RETRY, "127.0.0.1", str(port), "allowed.test", "other.test"],
+                            capture_output=True, text=True)
+    assert direct.stdout.strip() == "ok other.test", direct.stdout + direct.stderr
+    enforcer.start(f"""
+    version: 1
+    agents: [{{name: t-agent}}]
+    targets:
+      - {{name: web, protocol: tls, address: 127.0.0.1:{port}, upstream: {{server_name: allowed.test}}}}
+    roles: [{{name: r, rules: [{{target: web}}]}}]
+    bindings: [{{role: r, agents: [t-agent]}}]
+    """)
+    runs = {}
+    for sni1, sni2 in (("allowed.test", "allowed.test"), ("allowed.test", "other.test"),
+                       ("other.test", "other.test")):
+        r = enforcer.exec("t-agent", [TLS_RETRY, "127.0.0.1", str(port), sni1, sni2])
+        runs[sni2 if sni1 == "allowed.test" else "first-" + sni1] = r.stdout.strip()
+    assert runs == {"allowed.test": "ok allowed.test", "other.test": "failed", "first-other.test": "failed"}, runs
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4001 and "names another server" in
+                             e.get("unmapped", {}).get("reason", ""))
+    assert ev and ev["activity_name"] == "Refuse" and ev["tls"]["sni"] == "other.test", ev
+    # a client that does not need the retry is not slowed by the check
+    ok = enforcer.exec("t-agent", ["curl", "-sk", "--resolve", f"allowed.test:{port}:127.0.0.1",
+                                   f"https://allowed.test:{port}/"])
+    assert ok.stdout == "allowed", ok.stdout + ok.stderr

@@ -1,0 +1,64 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * tls_retry_client: a TLS 1.3 client that offers a key share for P-256 only
+ * (while listing X25519 too), so a server that prefers X25519 answers its
+ * first ClientHello with a HelloRetryRequest; it names SNI1 in the first
+ * ClientHello and SNI2 in the second. For test_datapath.py: the server
+ * picks its certificate from the second, which an enforcer that judged
+ * only the first never saw.
+ *
+ *   tls_retry_client IP PORT SNI1 SNI2
+ *
+ * Prints "ok <subject CN of the server's certificate>" after the handshake,
+ * or "failed" (exit 1).
+ */
+#include <arpa/inet.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+int main(int argc, char **argv)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	char cn[256] = "";
+	SSL_CTX *ctx;
+	X509 *peer;
+	SSL *ssl;
+	int fd, r;
+
+	if (argc != 5)
+		return 2;
+	a.sin_port = htons((uint16_t)atoi(argv[2]));
+	if (inet_pton(AF_INET, argv[1], &a.sin_addr) != 1)
+		return 2;
+	ctx = SSL_CTX_new(TLS_client_method());
+	SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
+	SSL_CTX_set1_groups_list(ctx, "P-256:X25519");   /* a key share for the first only */
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+	fd = socket(AF_INET, SOCK_STREAM, 0);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a))) {
+		puts("failed");
+		return 1;
+	}
+	ssl = SSL_new(ctx);
+	/* the first ClientHello goes out; the answer cannot be read yet (an
+	 * empty memory BIO), so the second ClientHello is built after the name
+	 * changes, whatever the timing */
+	SSL_set_bio(ssl, BIO_new(BIO_s_mem()), BIO_new_socket(fd, BIO_NOCLOSE));
+	SSL_set_tlsext_host_name(ssl, argv[3]);
+	SSL_connect(ssl);
+	SSL_set_tlsext_host_name(ssl, argv[4]);    /* the second one names this */
+	SSL_set0_rbio(ssl, BIO_new_socket(fd, BIO_NOCLOSE));
+	r = SSL_connect(ssl);
+	if (r != 1 || !(peer = SSL_get_peer_certificate(ssl))) {
+		puts("failed");
+		return 1;
+	}
+	X509_NAME_get_text_by_NID(X509_get_subject_name(peer), NID_commonName, cn, sizeof(cn));
+	printf("ok %s\n", cn);
+	return 0;
+}
