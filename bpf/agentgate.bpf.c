@@ -66,12 +66,16 @@ static __always_inline bool is_metadata(const __u8 a[16])
 	       a[14] == 0x02 && a[15] == 0x54;
 }
 
+/* The enforcer's own address: 127.0.0.1 (v4-mapped too) or ::1, exactly.
+ * Not all of 127/8: a socket that was redirected once (its flag stays when
+ * the agent disconnects it with AF_UNSPEC) then connected to 127.0.0.2 at
+ * our port would pass as "already ours" and reach whatever listens there. */
 static __always_inline bool is_loopback(const __u8 a[16])
 {
 	int i;
 
 	if (is_v4mapped(a))
-		return a[12] == 127;
+		return a[12] == 127 && a[13] == 0 && a[14] == 0 && a[15] == 1;
 	for (i = 0; i < 15; i++)
 		if (a[i])
 			return false;
@@ -505,8 +509,9 @@ static __always_inline int backstop(struct __sk_buff *skb, bool egress)
 			goto drop;
 		proto = ip.protocol;
 		off = ip.ihl * 4;
-		/* 127.0.0.0/8, the peer's side */
-		peer_lo = ((egress ? bpf_ntohl(ip.daddr) : bpf_ntohl(ip.saddr)) >> 24) == 127;
+		/* the enforcer's 127.0.0.1, the peer's side (not all of 127/8:
+		 * another loopback address at our port is somebody else) */
+		peer_lo = (egress ? bpf_ntohl(ip.daddr) : bpf_ntohl(ip.saddr)) == 0x7f000001;
 	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr ip6;
 		__u32 w[4];

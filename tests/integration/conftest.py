@@ -128,11 +128,11 @@ class Servers:
         self.tmp = tmp
         self.procs = []
 
-    def echo(self, host="127.0.0.1"):
+    def echo(self, host="127.0.0.1", port=None):
         """A TCP echo server; returns (port, log path). The log lists every
         peer that connected, so a test can prove a request never arrived."""
         fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-        port = free_port(fam, host=host)
+        port = port or free_port(fam, host=host)
         log = os.path.join(self.tmp, f"echo-{port}.log")
         open(log, "w").close()
         self.procs.append(Proc([PY, "-c", ECHO_SERVER, host, str(port), log]))

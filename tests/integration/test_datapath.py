@@ -1240,3 +1240,61 @@ def test_tls_second_client_hello_after_retry_must_name_the_same_server(enforcer,
     ok = enforcer.exec("t-agent", ["curl", "-sk", "--resolve", f"allowed.test:{port}:127.0.0.1",
                                    f"https://allowed.test:{port}/"])
     assert ok.stdout == "allowed", ok.stdout + ok.stderr
+
+
+REUSED = r"""
+import ctypes, errno, socket
+libc = ctypes.CDLL(None, use_errno=True)
+out = []
+s = socket.socket(); s.settimeout(3)
+s.connect(("127.0.0.1", TARGET))              # allowed: redirected to the enforcer
+unspec = (ctypes.c_ubyte * 16)()              # sa_family AF_UNSPEC: disconnect
+libc.connect(s.fileno(), unspec, 16)
+for host in ("127.0.0.2", "127.0.0.1"):
+    try:
+        s.connect((host, PORT)); s.sendall(b"reused\n"); out.append(s.recv(100).decode().strip() or "empty")
+    except OSError as e:
+        out.append(errno.errorcode.get(e.errno, str(e.errno)))
+    s.close(); s = socket.socket(); s.settimeout(3)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(3)
+q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03api\x04test\x00\x00\x01\x00\x01"
+u.sendto(q, ("192.0.2.53", 53))
+try:
+    u.recvfrom(512)
+except OSError:
+    pass
+try:
+    u.sendto(b"udp\n", ("127.0.0.2", DNSPORT)); out.append(u.recvfrom(100)[0].decode().strip())
+except OSError as e:
+    out.append(errno.errorcode.get(e.errno, str(e.errno)))
+print(" ".join(out))
+"""
+
+
+def test_enforcer_ports_on_other_loopback_addresses_are_not_ours(enforcer, servers):
+    """Found by review: the programs took any 127/8 address at the enforcer's ports for
+    the enforcer. A socket redirected once keeps its flag when the agent disconnects it
+    (connect with AF_UNSPEC runs no hook); connected again to 127.0.0.2:15001 it passed
+    as "already ours" and reached a host service listening there, unaudited; a UDP
+    socket that sent one DNS query did the same at 127.0.0.2:<its DNS port>; and the
+    packet backstop let 127/8 through. Only 127.0.0.1 and ::1 are the enforcer's now."""
+    web, _ = servers.echo()
+    dns = servers.dnsmasq({"api.test": "127.0.0.2"})
+    host_tcp, host_tcp_log = servers.echo("127.0.0.2", port=TCP_PORT)
+    host_udp = DNS_BASE + 1   # the first agent's DNS port
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.2", host_udp))
+    udp.settimeout(0.1)
+    try:
+        enforcer.start(dns_policy(dns, web).replace("address: api.test:", "address: 127.0.0.1:"))
+        r = enforcer.py("t-agent", f"TARGET = {web}\nPORT = {TCP_PORT}\nDNSPORT = {host_udp}\n" + REUSED)
+        got = r.stdout.split()
+        assert got[0] == "ECONNREFUSED" and got[2] in ("EPERM", "timeout", "ETIMEDOUT"), r.stdout + r.stderr
+        try:
+            data, _ = udp.recvfrom(100)
+        except OSError:
+            data = b""
+        assert data == b"", data
+        assert open(host_tcp_log).read() == "", "a host service at 127.0.0.2 was reached"
+    finally:
+        udp.close()
