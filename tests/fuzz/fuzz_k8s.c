@@ -10,7 +10,8 @@
  *  - refused: *out is all zero; accepted: every field NUL-terminated inside
  *    its array, the same answer twice, attributes in their character sets;
  *  - a non-resource request keeps the path and the lower-case method;
- *  - an upgrade is a GET or POST, and create on a subresource;
+ *  - an upgrade is a GET or POST on a subresource, with the apiserver's verb
+ *    (create for exec, attach and portforward and for POST, get for GET);
  *  - get and delete always name an object (without a name they are
  *    list/watch and deletecollection);
  *  - a path made non-canonical ("/.." appended) is refused;
@@ -92,9 +93,13 @@ static void check_request(const char *method, const char *path, size_t pathlen, 
 	must(r->resource[0] && !strchr(r->resource, '.') && !strchr(r->resource, '*'));
 	must(!strchr(r->subresource, '.') && !strchr(r->subresource, '*'));
 	must(!strchr(r->name, '/') && !strchr(r->name, '%') && strcmp(r->name, "..") != 0);
-	if (upgrade)
-		must(strcmp(r->verb, "create") == 0 && r->subresource[0] &&
-		     (strcmp(method, "GET") == 0 || strcmp(method, "POST") == 0));
+	if (upgrade) {
+		bool stream = strcmp(r->subresource, "exec") == 0 || strcmp(r->subresource, "attach") == 0 ||
+			      strcmp(r->subresource, "portforward") == 0;
+
+		must(r->subresource[0] && (strcmp(method, "GET") == 0 || strcmp(method, "POST") == 0));
+		must(strcmp(r->verb, stream || strcmp(method, "POST") == 0 ? "create" : "get") == 0);
+	}
 	if (strcmp(r->verb, "get") == 0 || strcmp(r->verb, "delete") == 0)
 		must(r->name[0] != '\0');
 	if (strcmp(r->verb, "list") == 0 || strcmp(r->verb, "deletecollection") == 0)
