@@ -24,9 +24,7 @@ struct learned {
 	char name[256];
 	uint8_t addr[16];
 	uint64_t expires_ms;    /* 0 = free */
-	bool in_kernel;
-	uint16_t kport;
-	int ktarget;
+	bool in_kernel;         /* its keys are in the kernel: one per target port of its name */
 };
 
 struct pending {
@@ -350,53 +348,64 @@ static bool name_eq(const char *a, const char *b)
 	return strcasecmp(a, b) == 0;
 }
 
+/* Does a host-name target named 'name' at 'port' serve this agent? */
+static bool name_port_target(const struct policy *p, int idx, const char *name, size_t t)
+{
+	const struct policy_target *tg = &p->targets[t];
+
+	return tg->addr.kind == ADDR_HOST && name_eq(tg->addr.host, name) && enforcer_may_target(E->policy, idx, t);
+}
+
 /* Adds addr to the kernel allow set for every host-name target named 'name'
- * that this agent may use. Returns the target index used, or -1. */
-static int kernel_allow(struct dns *d, int slot, const char *name, const uint8_t addr[16], uint16_t *port)
+ * that this agent may use (one key per port). True when one was added. */
+static bool kernel_allow(struct dns *d, int slot, const char *name, const uint8_t addr[16])
 {
 	const struct policy *p = d->p;
-	int idx = enforcer_agent_idx(slot), used = -1;
+	int idx = enforcer_agent_idx(slot);
+	bool any = false;
 
-	for (size_t t = 0; idx >= 0 && t < p->ntargets; t++) {
-		const struct policy_target *tg = &p->targets[t];
-
-		if (tg->addr.kind != ADDR_HOST || !name_eq(tg->addr.host, name) || !enforcer_may_target(E->policy, idx, t))
-			continue;
-		if (loader_allow(E->loader, slot, addr, 128, tg->addr.port, t, 0, true) == 0) {
-			used = t;
-			*port = tg->addr.port;
-		}
-	}
-	return used;
+	for (size_t t = 0; idx >= 0 && t < p->ntargets; t++)
+		if (name_port_target(p, idx, name, t) &&
+		    loader_allow(E->loader, slot, addr, 128, p->targets[t].addr.port, t, 0, true) == 0)
+			any = true;
+	return any;
 }
 
 /* True when the kernel key (slot, addr/128, port) is still needed: by another
- * learned name of this agent, or by a static IP target of the policy. */
-static bool key_needed(struct dns *d, int slot, const struct learned *self)
+ * learned name of this agent with a target at that port, or by a static IP
+ * target of the policy. */
+static bool key_needed(struct dns *d, int slot, const struct learned *self, uint16_t port)
 {
 	const struct policy *p = d->p;
-
-	for (int i = 0; i < DNS_LEARNED_MAX; i++) {
-		const struct learned *l = &d->learned[slot][i];
-
-		if (l != self && l->expires_ms && l->in_kernel && l->kport == self->kport &&
-		    memcmp(l->addr, self->addr, 16) == 0)
-			return true;
-	}
 	int ai = enforcer_agent_idx(slot);
 
+	for (int i = 0; ai >= 0 && i < DNS_LEARNED_MAX; i++) {
+		const struct learned *l = &d->learned[slot][i];
+
+		if (l == self || !l->expires_ms || !l->in_kernel || memcmp(l->addr, self->addr, 16))
+			continue;
+		for (size_t t = 0; t < p->ntargets; t++)
+			if (p->targets[t].addr.port == port && name_port_target(p, ai, l->name, t))
+				return true;
+	}
 	for (size_t t = 0; ai >= 0 && t < p->ntargets; t++)
 		if (p->agents[ai].may_target[t] && p->targets[t].addr.kind == ADDR_IP &&
-		    p->targets[t].addr.port == self->kport &&
+		    p->targets[t].addr.port == port &&
 		    memcmp(p->targets[t].addr.addr, self->addr, 16) == 0)
 			return true;
 	return false;
 }
 
+/* Removes every key kernel_allow() added for l that nothing else needs:
+ * a name with targets at two ports has two keys. */
 static void kernel_forget(struct dns *d, int slot, struct learned *l)
 {
-	if (l->in_kernel && !key_needed(d, slot, l))
-		loader_allow(E->loader, slot, l->addr, 128, l->kport, l->ktarget, 0, false);
+	const struct policy *p = d->p;
+	int idx = enforcer_agent_idx(slot);
+
+	for (size_t t = 0; l->in_kernel && idx >= 0 && t < p->ntargets; t++)
+		if (name_port_target(p, idx, l->name, t) && !key_needed(d, slot, l, p->targets[t].addr.port))
+			loader_allow(E->loader, slot, l->addr, 128, p->targets[t].addr.port, t, 0, false);
 	l->in_kernel = false;
 }
 
@@ -437,16 +446,8 @@ static void learn(struct dns *d, int slot, const char *name, const uint8_t addr[
 	}
 	if (exp > slotp->expires_ms)
 		slotp->expires_ms = exp;
-	if (!slotp->in_kernel) {
-		uint16_t port = 0;
-		int t = kernel_allow(d, slot, name, addr, &port);
-
-		if (t >= 0) {
-			slotp->in_kernel = true;
-			slotp->kport = port;
-			slotp->ktarget = t;
-		}
-	}
+	if (!slotp->in_kernel)
+		slotp->in_kernel = kernel_allow(d, slot, name, addr);
 	pthread_rwlock_unlock(&d->lock);
 }
 

@@ -154,8 +154,9 @@ class Servers:
         wait_port(host, port, fam)
         return port
 
-    def dnsmasq(self, records):
-        """dnsmasq on 127.0.0.1:PORT answering only the given {name: ip} records."""
+    def dnsmasq(self, records, extra=()):
+        """dnsmasq on 127.0.0.1:PORT answering only the given {name: ip} records
+        (and what extra dnsmasq options add)."""
         q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x05ready\x04test\x00\x00\x01\x00\x01"
 
         def answers(port):
@@ -186,6 +187,7 @@ class Servers:
                     f"--pid-file={self.tmp}/dnsmasq-{port}.pid", "--local-ttl=60"]
             for name, ip in records.items():
                 argv.append(f"--host-record={name},{ip}")
+            argv += list(extra)
             proc = Proc(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             self.procs.append(proc)
             # Ready when it answers a query (a fixed sleep lost the race on a loaded

@@ -1298,3 +1298,45 @@ def test_enforcer_ports_on_other_loopback_addresses_are_not_ours(enforcer, serve
         assert open(host_tcp_log).read() == "", "a host service at 127.0.0.2 was reached"
     finally:
         udp.close()
+
+
+def test_dns_name_of_two_targets_leaves_no_kernel_key_behind(enforcer, servers):
+    """Found by review: a name that two targets use at two ports got a kernel key per
+    port, but only the last one was remembered, so when the learned address went (its
+    TTL, or pushed out of the agent's table) the other key stayed: the kernel let that
+    port through for good (the enforcer still refused it), and stale keys filled the
+    kernel's allow map shared by every agent. Every key is removed now."""
+    a, _ = servers.echo("127.0.0.2")
+    b, _ = servers.echo("127.0.0.2")
+    dns = servers.dnsmasq({"api.test": "127.0.0.2"}, extra=["--address=/w.test/127.0.0.9"])
+    enforcer.start(f"""
+    version: 1
+    mode: enforce
+    dns: {{upstream: 127.0.0.1:{dns}, allow: ["*.test"]}}
+    agents: [{{name: t-agent}}]
+    targets:
+      - {{name: a, protocol: tcp, address: api.test:{a}}}
+      - {{name: b, protocol: tcp, address: api.test:{b}}}
+    roles: [{{name: r, rules: [{{target: a}}, {{target: b}}]}}]
+    bindings: [{{role: r, agents: [t-agent]}}]
+    """)
+    r = enforcer.py("t-agent", DNS_QUERY + f"""
+import errno
+def dial(port):
+    s = socket.socket(); s.settimeout(5)
+    try:
+        s.connect(("127.0.0.2", port))
+    except OSError as e:
+        return errno.errorcode[e.errno]           # refused in the kernel
+    try:
+        s.sendall(b"hi\\n"); return "echo" if s.recv(10) else "closed"
+    except OSError as e:
+        return "enforcer-" + errno.errorcode[e.errno]
+srv = ("192.0.2.53", 53)
+query("api.test", srv)
+print(dial({a}), dial({b}))
+for i in range(1100):                              # push api.test out of the table (1024)
+    query("n%d.w.test" % i, srv)
+print(dial({a}), dial({b}))
+""", timeout=120)
+    assert r.stdout.split() == ["echo", "echo", "ECONNREFUSED", "ECONNREFUSED"], r.stdout + r.stderr
