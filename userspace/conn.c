@@ -395,7 +395,22 @@ static int grow(uint8_t **buf, uint32_t *cap, size_t need, size_t limit)
 static bool side_live(struct conn *c, int side);
 static int side_fd(struct conn *c, int side);
 
+void conn_record(struct conn *c, int side, const void *buf, size_t len)
+{
+	if (len)
+		rec_relay(&c->rec, c, side == SIDE_UP ? DIR_UP : DIR_DOWN, buf, len);
+}
+
+static int queue(struct conn *c, int side, const void *buf, size_t len);
+
 int conn_send(struct conn *c, int side, const void *buf, size_t len)
+{
+	if (c->rec_side[side])
+		conn_record(c, side, buf, len);
+	return queue(c, side, buf, len);
+}
+
+static int queue(struct conn *c, int side, const void *buf, size_t len)
 {
 	struct conn_side *sd = &c->side[side];
 	int err;
@@ -436,8 +451,10 @@ int conn_send_now(struct conn *c, int side, const void *buf, size_t len)
 	struct msghdr mh = { .msg_iov = iov };
 	ssize_t n;
 
+	if (c->rec_side[side])
+		conn_record(c, side, buf, len);
 	if (!len || sd->want_shut || c->closing || sd->ssl || !side_live(c, side))
-		return conn_send(c, side, buf, len);
+		return queue(c, side, buf, len);
 	if (queued)
 		iov[mh.msg_iovlen++] = (struct iovec){ sd->out + sd->out_off, queued };
 	iov[mh.msg_iovlen++] = (struct iovec){ (void *)buf, len };
@@ -445,16 +462,16 @@ int conn_send_now(struct conn *c, int side, const void *buf, size_t len)
 		n = sendmsg(side_fd(c, side), &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
 	while (n < 0 && errno == EINTR);
 	if (n <= 0)
-		return conn_send(c, side, buf, len);
+		return queue(c, side, buf, len);
 	c->tx[side] += n;
 	c->bytes[side == SIDE_UP ? DIR_UP : DIR_DOWN] += n;
 	if ((size_t)n < queued) {
 		sd->out_off += n;
-		return conn_send(c, side, buf, len);
+		return queue(c, side, buf, len);
 	}
 	sd->out_off = sd->out_len = 0;
 	sent = (size_t)n - queued;
-	return conn_send(c, side, (const uint8_t *)buf + sent, len - sent);
+	return queue(c, side, (const uint8_t *)buf + sent, len - sent);
 }
 
 void conn_flush(struct conn *c, int side)

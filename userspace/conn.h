@@ -64,6 +64,7 @@ struct conn {
 
 	/* stream mode (conn_stream()): per side, SIDE_AGENT / SIDE_UP */
 	bool streaming;
+	bool rec_side[2];           /* stream mode: record what is queued for SIDE_AGENT / SIDE_UP */
 	struct conn_side {
 		uint8_t *in;           /* received, not yet consumed by the module */
 		uint32_t in_len, in_off, in_cap, in_max;
@@ -124,6 +125,10 @@ bool conn_in_eof(const struct conn *c, int side);
 /* Let side's input buffer grow to max bytes (<= CONN_IN_LIMIT) for one big message. */
 int conn_in_reserve(struct conn *c, int side, uint32_t max);
 int conn_send(struct conn *c, int side, const void *buf, size_t len);
+/* Stream mode: a module that sets c->rec_side[side] has what it queues for
+ * that side recorded (recording.h), as it sends it; conn_record() records
+ * bytes it sends some other way (a head without the injected credential). */
+void conn_record(struct conn *c, int side, const void *buf, size_t len);
 /* conn_send() that writes to the socket at once what it can (queued bytes
  * first) and queues only the rest: no copy of a big answer the socket takes. */
 int conn_send_now(struct conn *c, int side, const void *buf, size_t len);

@@ -856,7 +856,18 @@ static int send_head(struct conn *c, struct obuf *o)
 		return err;
 	}
 	puts_(o, "\r\n");
-	err = o->over ? -ENOBUFS : conn_send(c, SIDE_UP, o->b, o->n);
+	if (o->over) {
+		OPENSSL_cleanse(o->b, o->n);
+		return -ENOBUFS;
+	}
+	/* recorded without the credential: the head up to it, then its end */
+	c->rec_side[SIDE_UP] = false;
+	err = conn_send(c, SIDE_UP, o->b, o->n);
+	c->rec_side[SIDE_UP] = true;
+	if (!err) {
+		conn_record(c, SIDE_UP, o->b, n0);
+		conn_record(c, SIDE_UP, "\r\n", 2);
+	}
 	OPENSSL_cleanse(o->b, o->n);   /* it held the credential */
 	return err;
 }
@@ -2211,6 +2222,9 @@ static int http_start(struct conn *c)
 	if (!s)
 		return -ENOMEM;
 	c->proto_state = s;
+	/* recorded (recording.h): the requests as forwarded, without the
+	 * injected credential (send_head), and the answers as masked */
+	c->rec_side[SIDE_AGENT] = c->rec_side[SIDE_UP] = true;
 	s->k8s = t && t->proto == PROTO_KUBERNETES;
 	if (t && t->addr.kind == ADDR_HOST)
 		snprintf(s->host, sizeof(s->host), "%s", t->addr.host);

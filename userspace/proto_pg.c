@@ -2635,6 +2635,9 @@ static int session_ready(struct conn *c, char status)
 
 	s->phase = PH_READY;
 	s->tx = status;
+	/* recorded from here (recording.h): the statements as forwarded and
+	 * the answers as masked; never the startup and its credentials */
+	c->rec_side[SIDE_AGENT] = c->rec_side[SIDE_UP] = true;
 	pg_out_ready(&s->out, status);
 	if (send_out(c, SIDE_AGENT))
 		return -ENOBUFS;
