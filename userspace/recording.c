@@ -91,9 +91,9 @@ static int cmp_sess(const void *a, const void *b)
 	return strcmp(((const struct sess *)a)->name, ((const struct sess *)b)->name);
 }
 
-static int cmp_str(const void *a, const void *b)
+static int cmp_name(const void *a, const void *b)
 {
-	return strcmp(*(char *const *)a, *(char *const *)b);
+	return strcmp(a, b);   /* NUL-terminated names at the start of each element */
 }
 
 static void remove_session(const char *dir, const char *name)
@@ -117,7 +117,7 @@ static void sweep(const char *dir, uint64_t max_bytes, uint32_t max_age_ms)
 	DIR *d = opendir(dir);
 	struct dirent *de;
 	struct sess *v = NULL;
-	char **open_names = NULL;
+	char (*open_names)[128] = NULL;   /* as struct rec names them */
 	size_t n = 0, cap = 0, nopen = 0, m = 0;
 	uint64_t total = 0;
 	time_t now = time(NULL);
@@ -166,38 +166,26 @@ static void sweep(const char *dir, uint64_t max_bytes, uint32_t max_age_ms)
 	if (nopen && (open_names = calloc(nopen, sizeof(*open_names)))) {
 		size_t k = 0;
 
-		for (struct rec *r = R.open; r && k < nopen; r = r->next)
-			open_names[k++] = strdup(r->name);
-		nopen = k;
+		for (struct rec *r = R.open; r; r = r->next)
+			memcpy(open_names[k++], r->name, sizeof(r->name));
 	}
 	pthread_mutex_unlock(&R.open_lock);
 	if (nopen && !open_names) {
 		free(v);
 		return;   /* cannot tell which are open: delete nothing */
 	}
-	for (size_t k = 0; k < nopen; k++)
-		if (!open_names[k]) {
-			for (size_t j = 0; j < nopen; j++)
-				free(open_names[j]);
-			free(open_names);
-			free(v);
-			return;
-		}
 	if (nopen)
-		qsort(open_names, nopen, sizeof(*open_names), cmp_str);
+		qsort(open_names, nopen, sizeof(*open_names), cmp_name);
 	for (size_t i = 0; i < m; i++) {
 		bool old = (uint64_t)(now - v[i].mtime) * 1000 > max_age_ms;
-		const char *key = v[i].name;
 
 		if (!old && total <= max_bytes)
 			break;
-		if (nopen && bsearch(&key, open_names, nopen, sizeof(*open_names), cmp_str))
+		if (nopen && bsearch(v[i].name, open_names, nopen, sizeof(*open_names), cmp_name))
 			continue;   /* still being written */
 		remove_session(dir, v[i].name);
 		total -= v[i].bytes;
 	}
-	for (size_t k = 0; k < nopen; k++)
-		free(open_names[k]);
 	free(open_names);
 	free(v);
 }
