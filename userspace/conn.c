@@ -30,76 +30,64 @@ static int ensure_buf(struct conn *c, int d)
 	return 0;
 }
 
+/* The bytes buffered in direction d, not yet consumed. */
+static const uint8_t *held(struct conn *c, int d, uint32_t *len)
+{
+	*len = c->len[d] - c->off[d];
+	return c->buf[d] ? c->buf[d] + c->off[d] : NULL;
+}
+
+/* Reads what the source of direction d has sent into its buffer (bounded by
+ * CONN_BUF), recording it. Bytes now buffered, 0 at EOF with nothing
+ * buffered, -EAGAIN, or -errno. */
+static int fill(struct conn *c, int d)
+{
+	int fd = d == DIR_UP ? c->agent.fd : c->up.fd;
+	int err = ensure_buf(c, d);
+
+	if (err)
+		return err;
+	while (c->len[d] < CONN_BUF && !c->eof[d]) {
+		ssize_t n = recv(fd, c->buf[d] + c->len[d], CONN_BUF - c->len[d], 0);
+
+		if (n > 0) {
+			rec_relay(&c->rec, c, d, c->buf[d] + c->len[d], n);
+			c->len[d] += n;
+			continue;
+		}
+		if (n == 0) {
+			c->eof[d] = true;
+			break;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN)
+			break;
+		return -errno;
+	}
+	if (c->len[d] > c->off[d])
+		return c->len[d] - c->off[d];
+	return c->eof[d] ? 0 : -EAGAIN;
+}
+
 const uint8_t *conn_agent_buf(struct conn *c, uint32_t *len)
 {
-	*len = c->len[DIR_UP] - c->off[DIR_UP];
-	return c->buf[DIR_UP] ? c->buf[DIR_UP] + c->off[DIR_UP] : NULL;
+	return held(c, DIR_UP, len);
 }
 
 int conn_agent_fill(struct conn *c)
 {
-	int err = ensure_buf(c, DIR_UP);
-
-	if (err)
-		return err;
-	while (c->len[DIR_UP] < CONN_BUF && !c->eof[DIR_UP]) {
-		ssize_t n = recv(c->agent.fd, c->buf[DIR_UP] + c->len[DIR_UP],
-				 CONN_BUF - c->len[DIR_UP], 0);
-
-		if (n > 0) {
-			rec_relay(&c->rec, c, DIR_UP, c->buf[DIR_UP] + c->len[DIR_UP], n);
-			c->len[DIR_UP] += n;
-			continue;
-		}
-		if (n == 0) {
-			c->eof[DIR_UP] = true;
-			break;
-		}
-		if (errno == EINTR)
-			continue;
-		if (errno == EAGAIN)
-			break;
-		return -errno;
-	}
-	if (c->len[DIR_UP] > c->off[DIR_UP])
-		return c->len[DIR_UP] - c->off[DIR_UP];
-	return c->eof[DIR_UP] ? 0 : -EAGAIN;
+	return fill(c, DIR_UP);
 }
 
 const uint8_t *conn_upstream_buf(struct conn *c, uint32_t *len)
 {
-	*len = c->len[DIR_DOWN] - c->off[DIR_DOWN];
-	return c->buf[DIR_DOWN] ? c->buf[DIR_DOWN] + c->off[DIR_DOWN] : NULL;
+	return held(c, DIR_DOWN, len);
 }
 
 int conn_upstream_fill(struct conn *c)
 {
-	int err = ensure_buf(c, DIR_DOWN);
-
-	if (err)
-		return err;
-	while (c->len[DIR_DOWN] < CONN_BUF && !c->eof[DIR_DOWN]) {
-		ssize_t n = recv(c->up.fd, c->buf[DIR_DOWN] + c->len[DIR_DOWN],
-				 CONN_BUF - c->len[DIR_DOWN], 0);
-
-		if (n > 0) {
-			rec_relay(&c->rec, c, DIR_DOWN, c->buf[DIR_DOWN] + c->len[DIR_DOWN], n);
-			c->len[DIR_DOWN] += n;
-			continue;
-		}
-		if (n == 0) {
-			c->eof[DIR_DOWN] = true;
-			break;
-		}
-		if (errno == EINTR)
-			continue;
-		if (errno == EAGAIN)
-			break;
-		return -errno;
-	}
-	if (c->len[DIR_DOWN] > c->off[DIR_DOWN])
-		return c->len[DIR_DOWN] - c->off[DIR_DOWN];
-	return c->eof[DIR_DOWN] ? 0 : -EAGAIN;
+	return fill(c, DIR_DOWN);
 }
 
 int conn_push(struct conn *c, int d, uint32_t n)
