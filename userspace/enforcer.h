@@ -176,7 +176,7 @@ bool enforcer_may_target(const struct policy *p, int idx, int t);
  * allowed if some rule allows it. Returns the count; a value > max means
  * the list did not fit (the caller must deny). Thread-safe.
  */
-#define ENFORCER_MAX_RULES 64
+#define ENFORCER_MAX_RULES POLICY_MAX_RULES_PER_TARGET
 size_t enforcer_rules_for(const struct policy *p, int idx, int t, const struct policy_rule **out, size_t max);
 /*
  * Delegation: the rules a verified user principal holds for target t, by

@@ -88,6 +88,11 @@ struct policy_target {
 	int line;
 };
 
+/* Rules one agent may hold for one target (distinct roles, by name and by
+ * claims bindings): the modules judge against at most this many, so a
+ * policy that could exceed it is refused at load. */
+#define POLICY_MAX_RULES_PER_TARGET 64
+
 struct policy_identity {
 	enum policy_ident_source source;
 	char *issuer, *client_id, *client_secret_file, *private_key_file;

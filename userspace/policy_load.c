@@ -274,6 +274,14 @@ static bool same_key(const struct ynode *a, const struct ynode *b)
 	return a->len == b->len && memcmp(a->val, b->val, a->len) == 0;
 }
 
+static bool ctl_in(const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+			return true;
+	return false;
+}
+
 /* Keys must be strings and unique. Sorting keeps a hostile 100k-key mapping
  * from costing n^2 comparisons. */
 static bool check_map_keys(struct yreader *r, const struct ynode *m)
@@ -293,6 +301,14 @@ static bool check_map_keys(struct yreader *r, const struct ynode *m)
 
 		if (k->kind != Y_SCALAR) {
 			perr(r->errs, r->file, k->line, k->col, "mapping keys must be strings");
+			continue;
+		}
+		/* keys are looked up as C strings: "mode\0" would pass as a
+		 * second key here and be read as "mode" (and other YAML
+		 * readers would see two keys) */
+		if (memchr(k->val, '\0', k->len) || k->len != strlen(k->val) ||
+		    ctl_in(k->val, k->len)) {
+			perr(r->errs, r->file, k->line, k->col, "mapping keys must not contain control characters");
 			continue;
 		}
 		refs[nrefs].k = k;
@@ -1437,6 +1453,22 @@ static void check_upstream(struct vctx *v, const struct ynode *m)
 		verr(v, map_key(m, "key_file"), "'key_file' needs 'cert_file'");
 }
 
+/* The pinned search_path is one schema, written as PostgreSQL would fold
+ * it: the classifier resolves unqualified names in exactly that schema,
+ * and a list ("app, public") or an upper-case name would make it look in
+ * one the server does not use. */
+static bool pinned_schema_ok(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n == 0 || n > 63 || !((s[0] >= 'a' && s[0] <= 'z') || s[0] == '_'))
+		return false;
+	for (size_t i = 1; i < n; i++)
+		if (!(s[i] >= 'a' && s[i] <= 'z') && !(s[i] >= '0' && s[i] <= '9') && s[i] != '_' && s[i] != '$')
+			return false;
+	return true;
+}
+
 static void load_upstream(struct vctx *v, const struct ynode *m, struct policy_target *t)
 {
 	static const char *const keys[] = {
@@ -1476,6 +1508,10 @@ static void load_upstream(struct vctx *v, const struct ynode *m, struct policy_t
 	u->password_file = opt_str(v, m, "password_file");
 	u->database = opt_str(v, m, "database");
 	u->search_path = opt_str(v, m, "search_path");
+	if (u->search_path && !pinned_schema_ok(u->search_path))
+		verr(v, map_get(m, "search_path"), "search_path '%.64s' must be one schema name in lower "
+		     "case (letters, digits, _ and $, at most 63 bytes): the enforcer resolves unqualified "
+		     "names in that one schema, as PostgreSQL would", u->search_path);
 	if ((n = map_get(m, "statement_timeout")))
 		want_duration(v, n, "statement_timeout", &u->statement_timeout_ms);
 	if ((n = map_get(m, "idle_in_transaction_session_timeout")))
@@ -1622,6 +1658,20 @@ static void check_detector(struct vctx *v, const struct ynode *item, const char 
 		verr(v, item, "detector '%.64s': %s", s, why);
 }
 
+/* columns: "schema.table.column", each part as the catalog stores it.
+ * Anything else would match no column and mask nothing, silently; whether
+ * the column exists is checked at each session's start (proto_pg.c). */
+static void check_mask_column(struct vctx *v, const struct ynode *item, const char *s)
+{
+	const char *d1 = strchr(s, '.'), *d2 = d1 ? strchr(d1 + 1, '.') : NULL;
+
+	if (!d2 || d1 == s || d2 == d1 + 1 || !d2[1] || strchr(d2 + 1, '.'))
+		verr(v, item, "mask column '%.64s' must be schema.table.column (for example "
+		     "public.customers.email)", s);
+	else if (strlen(s) > 3 * 63 + 2)
+		verr(v, item, "mask column '%.64s...' is longer than three PostgreSQL names", s);
+}
+
 /* statements: only what the SQL classifier can produce and enforce. */
 static void check_pg_statement(struct vctx *v, const struct ynode *item, const char *s)
 {
@@ -1654,8 +1704,13 @@ static void load_action(struct vctx *v, const struct ynode *m, struct policy_act
 	check_scope(v, m, scope, t);
 	if ((n = map_get(m, "statements")))
 		want_strv(v, n, "statements", &a->statements, check_pg_statement);
-	if ((n = map_get(m, "tables")))
+	if ((n = map_get(m, "tables"))) {
 		want_strv(v, n, "tables", &a->tables, NULL);
+		/* no tables key grants every table; an empty list must not */
+		if (n->kind == Y_SEQ && n->n == 0)
+			verr(v, n, "tables is empty: list the tables, or leave the key out (or write \"*\") "
+			     "to allow every table");
+	}
 	if ((n = map_get(m, "functions")))
 		want_strv(v, n, "functions", &a->functions, NULL);
 	if ((n = map_get(m, "http")))
@@ -1696,7 +1751,7 @@ static void load_mask(struct vctx *v, const struct ynode *m, struct policy_mask 
 	check_keys(v, m, keys);
 	check_scope(v, m, scope, t);
 	if ((n = map_get(m, "columns")))
-		want_strv(v, n, "columns", &mk->columns, NULL);
+		want_strv(v, n, "columns", &mk->columns, check_mask_column);
 	if ((n = map_get(m, "detectors")))
 		want_strv(v, n, "detectors", &mk->detectors, check_detector);
 	if ((n = map_get(m, "json")))
@@ -2106,6 +2161,91 @@ static void compile(struct vctx *v, struct policy *p)
 	}
 }
 
+/* Each agent holds at most POLICY_MAX_RULES_PER_TARGET rules for a target
+ * (distinct roles bound to it by name, or by claims when its identity is
+ * verified; with accept_user_tokens, a user's by claims): past that the
+ * modules deny every request, which a policy check must say, not a 403. */
+static void check_rule_counts(struct vctx *v, struct policy *p)
+{
+	size_t nt = p->ntargets, nr = p->nroles, na = p->nagents, npairs = 0;
+	bool *claim_role = calloc(nr ? nr : 1, sizeof(bool));
+	size_t *stamp = calloc(nr ? nr : 1, sizeof(size_t));
+	unsigned *cnt = calloc(nt ? nt : 1, sizeof(unsigned));
+	unsigned *ccnt = calloc(nt ? nt : 1, sizeof(unsigned));
+	size_t *first = calloc(na + 1, sizeof(size_t)), *fill = NULL;
+	int *roles = NULL;
+
+	for (size_t b = 0; b < p->nbindings; b++)
+		npairs += p->bindings[b].agents.n;
+	fill = calloc(na + 1, sizeof(size_t));
+	roles = calloc(npairs ? npairs : 1, sizeof(int));
+	if (!claim_role || !stamp || !cnt || !ccnt || !first || !fill || !roles) {
+		verr(v, NULL, "out of memory");
+		goto out;
+	}
+	/* the roles bound to each agent by name, grouped by agent */
+	for (size_t b = 0; b < p->nbindings; b++)
+		for (size_t k = 0; k < p->bindings[b].agents.n; k++) {
+			int ai = ix_find(&v->agents, p->bindings[b].agents.v[k]);
+
+			if (ai >= 0 && p->bindings[b].role_idx >= 0)
+				first[ai + 1]++;
+		}
+	for (size_t i = 0; i < na; i++)
+		first[i + 1] += first[i];
+	for (size_t b = 0; b < p->nbindings; b++)
+		for (size_t k = 0; k < p->bindings[b].agents.n; k++) {
+			int ai = ix_find(&v->agents, p->bindings[b].agents.v[k]);
+
+			if (ai >= 0 && p->bindings[b].role_idx >= 0)
+				roles[first[ai] + fill[ai]++] = p->bindings[b].role_idx;
+		}
+	for (size_t b = 0; b < p->nbindings; b++)
+		if (p->bindings[b].nclaims && p->bindings[b].role_idx >= 0)
+			claim_role[p->bindings[b].role_idx] = true;
+	for (size_t r = 0; r < nr; r++)
+		for (size_t k = 0; claim_role[r] && k < p->roles[r].nrules; k++)
+			if (p->roles[r].rules[k].target_idx >= 0)
+				ccnt[p->roles[r].rules[k].target_idx]++;
+	for (size_t i = 0; i < na; i++) {
+		const struct policy_agent *a = &p->agents[i];
+		bool claims = a->identity.source != IDENT_LOCAL;
+
+		memset(cnt, 0, (nt ? nt : 1) * sizeof(*cnt));
+		for (size_t k = first[i]; k < first[i + 1]; k++) {
+			int r = roles[k];
+
+			if (stamp[r] == i + 1 || (claims && claim_role[r]))
+				continue;   /* counted already, or among the claims' */
+			stamp[r] = i + 1;
+			for (size_t q = 0; q < p->roles[r].nrules; q++)
+				if (p->roles[r].rules[q].target_idx >= 0)
+					cnt[p->roles[r].rules[q].target_idx]++;
+		}
+		for (size_t t = 0; t < nt; t++) {
+			unsigned n = cnt[t] + (claims ? ccnt[t] : 0);
+
+			if (n > POLICY_MAX_RULES_PER_TARGET)
+				verr(v, NULL, "agent '%.64s' (line %d) can hold %u rules for target '%.64s' (roles "
+				     "bound to it%s); at most %d are supported: merge roles", a->name, a->line, n,
+				     p->targets[t].name, claims ? " by name or by claims" : "",
+				     POLICY_MAX_RULES_PER_TARGET);
+			else if (a->accept_user_tokens && ccnt[t] > POLICY_MAX_RULES_PER_TARGET)
+				verr(v, NULL, "agent '%.64s' (line %d): a user token can hold %u rules for target "
+				     "'%.64s' (roles bound by claims); at most %d are supported: merge roles",
+				     a->name, a->line, ccnt[t], p->targets[t].name, POLICY_MAX_RULES_PER_TARGET);
+		}
+	}
+out:
+	free(claim_role);
+	free(stamp);
+	free(cnt);
+	free(ccnt);
+	free(first);
+	free(fill);
+	free(roles);
+}
+
 static void validate(struct policy_errors *errs, const char *file, const struct ynode *root,
 		     struct policy *p)
 {
@@ -2114,6 +2254,8 @@ static void validate(struct policy_errors *errs, const char *file, const struct 
 	load_root(&v, root, p);
 	if (errs->total == 0)
 		compile(&v, p);
+	if (errs->total == 0)
+		check_rule_counts(&v, p);
 	ix_free(&v.agents);
 	ix_free(&v.targets);
 	ix_free(&v.roles);

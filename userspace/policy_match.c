@@ -309,8 +309,23 @@ static int parse_ip_or_cidr(char *host, bool v6, struct policy_addr *out,
 		return fail(why, whylen, "bad prefix length '/%s'", slash + 1);
 	out->kind = ADDR_CIDR;
 	out->prefixlen = (uint8_t)(v6 ? plen : 96 + plen);
-	if (v6 && plen < 96)
+	if (v6 && plen < 96) {
+		uint8_t mapped[16] = { 0 };
+		unsigned bits = plen;
+		size_t i = 0;
+
 		out->is_v4 = false;
+		/* IPv4 destinations are kept IPv4-mapped (::ffff:a.b.c.d), here
+		 * and in the kernel's allow set: a prefix over ::ffff:0:0/96
+		 * would take in every IPv4 address too */
+		memcpy(mapped, v4_mapped_prefix, 12);
+		for (; bits >= 8 && out->addr[i] == mapped[i]; bits -= 8)
+			i++;
+		if (bits < 8 && (bits == 0 || ((out->addr[i] ^ mapped[i]) >> (8 - bits)) == 0))
+			return fail(why, whylen, "'%s/%u' also covers every IPv4 address (::ffff:0:0/96): "
+				    "use a narrower IPv6 prefix (such as 2000::/3), and IPv4 addresses for IPv4",
+				    host, plen);
+	}
 	/* A set host bit usually means the author meant a single address or
 	 * mistyped the prefix; guessing either way would widen or narrow the
 	 * target silently. */

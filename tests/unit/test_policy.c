@@ -847,6 +847,95 @@ static void test_reload_refusal(void)
 	policy_free(base);
 }
 
+/* Shapes that would silently widen access or mask nothing (review of
+ * stop 19): each must be refused with a message that says why. */
+static bool refused_with(const char *text, const char *sub)
+{
+	struct policy_errors e;
+	struct policy *p = load_str("x.yaml", text, &e);
+	bool ok = p == NULL;
+
+	if (ok) {
+		ok = false;
+		for (int i = 0; i < e.n && !ok; i++)
+			ok = strstr(e.e[i].msg, sub) != NULL;
+	}
+	if (!ok) {
+		fprintf(stderr, "  wanted a refusal with '%s', got:\n", sub);
+		dump_errors(&e);
+	}
+	policy_free(p);
+	return ok;
+}
+
+static bool loads(const char *text)
+{
+	struct policy_errors e;
+	struct policy *p = load_str("x.yaml", text, &e);
+
+	if (!p)
+		dump_errors(&e);
+	policy_free(p);
+	return p != NULL;
+}
+
+#define PG_HEAD "version: 1\nagents: [{name: a}]\n" \
+	"targets: [{name: db, protocol: postgres, address: 127.0.0.1:5432"
+
+static void test_refused_shapes(void)
+{
+	char *text;
+	size_t len;
+	FILE *f;
+
+	/* mask columns other than schema.table.column */
+	CHECK(refused_with(PG_HEAD "}]\nroles: [{name: r, rules: [{target: db, mask: {columns: [customers.email]}}]}]\n",
+			   "must be schema.table.column"));
+	CHECK(refused_with(PG_HEAD "}]\nroles: [{name: r, rules: [{target: db, mask: {columns: [email]}}]}]\n",
+			   "must be schema.table.column"));
+	CHECK(refused_with(PG_HEAD "}]\nroles: [{name: r, rules: [{target: db, mask: {columns: [a.b.c.d]}}]}]\n",
+			   "must be schema.table.column"));
+	CHECK(refused_with(PG_HEAD "}]\nroles: [{name: r, rules: [{target: db, mask: {columns: [a..c]}}]}]\n",
+			   "must be schema.table.column"));
+	CHECK(loads(PG_HEAD "}]\nroles: [{name: r, rules: [{target: db, mask: {columns: [public.customers.email]}}]}]\n"));
+	/* an empty tables list is not "every table" */
+	CHECK(refused_with(PG_HEAD "}]\nroles: [{name: r, rules: [{target: db, allow: {statements: [select], tables: []}}]}]\n",
+			   "tables is empty"));
+	CHECK(loads(PG_HEAD "}]\nroles: [{name: r, rules: [{target: db, allow: {statements: [select], tables: [\"*\"]}}]}]\n"));
+	/* search_path: one schema, as PostgreSQL folds it */
+	CHECK(refused_with(PG_HEAD ", upstream: {search_path: \"app, public\"}}]\n", "must be one schema name"));
+	CHECK(refused_with(PG_HEAD ", upstream: {search_path: Public}}]\n", "must be one schema name"));
+	CHECK(refused_with(PG_HEAD ", upstream: {search_path: \"$user\"}}]\n", "must be one schema name"));
+	CHECK(loads(PG_HEAD ", upstream: {search_path: app_2}}]\n"));
+	/* a NUL or control byte in a key */
+	CHECK(refused_with("version: 1\nmode: observe\n\"mode\\0\": enforce\nagents: [{name: a}]\n",
+			   "must not contain control characters"));
+	/* an IPv6 prefix that takes in every IPv4 address */
+	CHECK(refused_with("version: 1\nagents: [{name: a}]\ntargets: [{name: t, protocol: tcp, address: \"[::/0]:80\"}]\n",
+			   "also covers every IPv4 address"));
+	CHECK(refused_with("version: 1\nagents: [{name: a}]\ntargets: [{name: t, protocol: tcp, address: \"[::/80]:80\"}]\n",
+			   "also covers every IPv4 address"));
+	CHECK(loads("version: 1\nagents: [{name: a}]\ntargets: [{name: t, protocol: tcp, address: \"[::/81]:80\"}]\n"));
+	CHECK(loads("version: 1\nagents: [{name: a}]\ntargets: [{name: t, protocol: tcp, address: \"[2000::/3]:80\"}]\n"));
+	/* more rules for one target than the modules judge against */
+	for (int nroles = 64; nroles <= 65; nroles++) {
+		f = open_memstream(&text, &len);
+		fputs("version: 1\nagents: [{name: a}]\n"
+		      "targets: [{name: api, protocol: http, address: 127.0.0.1:80}]\nroles:\n", f);
+		for (int i = 0; i < nroles; i++)
+			fprintf(f, "  - {name: r%d, rules: [{target: api, allow: {http: [\"GET /a/**\"]}}]}\n", i);
+		fputs("bindings:\n", f);
+		for (int i = 0; i < nroles; i++)
+			fprintf(f, "  - {role: r%d, agents: [a]}\n", i);
+		fclose(f);
+		if (nroles == 64)
+			CHECK(loads(text));
+		else
+			CHECK(refused_with(text, "can hold 65 rules for target 'api'"));
+		free(text);
+	}
+}
+
 int main(void)
 {
 	RUN(test_default_policy);
@@ -858,6 +947,7 @@ int main(void)
 	RUN(test_bad_files);
 	RUN(test_errors_sorted_and_capped);
 	RUN(test_buffers_and_limits);
+	RUN(test_refused_shapes);
 	RUN(test_error_format);
 	RUN(test_match_target);
 	RUN(test_metadata);
