@@ -132,7 +132,9 @@ static const char *peer_refusal(int fd)
 
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len))
 		return "cannot identify peer";
-	if (proc_cgroup2_path(cr.pid, cg, sizeof(cg)) || enforcer_agent_of_cgroup(cg) >= 0)
+	if (proc_cgroup2_path(cr.pid, cg, sizeof(cg)))
+		return "cannot read the peer's cgroup (out of descriptors, or the peer exited)";
+	if (enforcer_agent_of_cgroup(cg) >= 0)
 		return "peer runs inside an agent cgroup";
 	/* CapEff is relative to the peer's own user namespace: root of a child
 	 * namespace has all of them there and none here. */

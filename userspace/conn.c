@@ -792,11 +792,13 @@ static void stream_drive(struct conn *c, bool up_connected)
 			if (!news[s])
 				continue;
 			before = sd->in_len - sd->in_off;
+			c->in_waits[s] = false;
 			if ((err = call_module(c, s)))
 				goto fail;
 			/* A full input buffer the module left untouched can never
-			 * drain: the message is over the module's bound. */
-			if (!c->finishing && before && before == sd->in_len - sd->in_off &&
+			 * drain: the message is over the module's bound (unless the
+			 * module waits on the other side to take more). */
+			if (!c->finishing && !c->in_waits[s] && before && before == sd->in_len - sd->in_off &&
 			    sd->in_len - sd->in_off >= sd->in_max && !backpressured(c)) {
 				err = -EMSGSIZE;
 				goto fail;

@@ -80,6 +80,11 @@ struct conn {
 		bool hup;              /* the peer closed its side (EPOLLRDHUP/HUP/ERR seen) */
 	} side[2];
 	bool finishing;            /* conn_finish(): close once the agent's output is written */
+	/* The module stopped reading side s on purpose until the other side
+	 * moves (a full pipeline: PG_PEND_MAX, HTTP_PIPELINE_MAX): a full
+	 * input buffer it leaves untouched is then not an oversized message.
+	 * Set or cleared by the module on each call. */
+	bool in_waits[2];
 	uint64_t rx[2], tx[2];     /* stream mode byte counts per side, after TLS */
 	char tls_err[160];
 };

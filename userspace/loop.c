@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <limits.h>
+#include <sys/resource.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
@@ -164,6 +166,27 @@ static void bal_accepted(struct worker *w, bool queue_empty)
 		;
 }
 
+/* The lowest descriptor number at which accepting pauses: FD_HEADROOM
+ * below RLIMIT_NOFILE (descriptors are allocated lowest first, so an
+ * accepted one this high means about that many are left at most). */
+#define FD_HEADROOM 32
+
+static int fd_ceiling(void)
+{
+	static int ceiling;
+	int v = __atomic_load_n(&ceiling, __ATOMIC_RELAXED);
+	struct rlimit rl;
+
+	if (!v) {
+		v = INT_MAX;
+		if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+		    rl.rlim_cur < (rlim_t)INT_MAX)
+			v = rl.rlim_cur > 2 * FD_HEADROOM ? (int)rl.rlim_cur - FD_HEADROOM : (int)rl.rlim_cur / 2;
+		__atomic_store_n(&ceiling, v, __ATOMIC_RELAXED);
+	}
+	return v;
+}
+
 static void accept_all(struct worker *w, int lfd, int family)
 {
 	for (int n = 0; n < ACCEPT_BATCH; n++) {
@@ -189,6 +212,14 @@ static void accept_all(struct worker *w, int lfd, int family)
 		}
 		bal_accepted(w, false);
 		enforcer_accept(w, fd, family, &peer);
+		if (fd >= fd_ceiling()) {
+			/* Descriptors run short: each connection needs a second
+			 * one for its upstream, which would fail and reset it.
+			 * New connections wait in the backlog instead. */
+			log_warn("accept: %d descriptors in use, near the limit; pausing accepts for 100 ms", fd + 1);
+			pause_accepting(w);
+			return;
+		}
 	}
 }
 

@@ -944,6 +944,12 @@ bool mask_column_named(const struct mask_rules *m, const char *schema, const cha
 	return false;
 }
 
+const char *const *mask_column_list(const struct mask_rules *m, size_t *n)
+{
+	*n = m ? m->ncols : 0;
+	return m ? (const char *const *)m->cols : NULL;
+}
+
 /* ---- masking a value ----------------------------------------------------- */
 
 static bool utf8_valid(const uint8_t *s, size_t n)

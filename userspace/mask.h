@@ -103,6 +103,10 @@ bool mask_has_json(const struct mask_rules *m);         /* JSON paths named */
 bool mask_column_named(const struct mask_rules *m, const char *schema, const char *table,
 		       const char *column);
 
+/* The column masks as written in the policy ("schema.table.column"; *n of
+ * them, duplicates kept), for checking that each names a column. */
+const char *const *mask_column_list(const struct mask_rules *m, size_t *n);
+
 /* Worst-case output size of mask_value() for an input of len bytes: every
  * match is at least one byte and becomes MASK_TOKEN_LEN bytes. */
 static inline size_t mask_value_bound(size_t len)

@@ -110,6 +110,7 @@
 #define PG_APPNAME_MAX  63
 #define PG_DISCARD_MAX  (256u << 20)      /* an oversized message up to this is read and dropped */
 #define PG_DISCARD_MS   10000             /* ... for at most this long */
+#define PG_START_MS     30000             /* upstream connected -> session ready (start_clock) */
 
 /* ---- cancel keys ---------------------------------------------------------- */
 
@@ -364,6 +365,7 @@ struct pg_sess {
 	int ncols, capcols;
 	bool cat_shown;                /* a relation shows a masked table's rows: ask for it */
 	bool cat_dependents_sent;      /* the second catalog query is out */
+	bool *col_found;               /* per mask_column_list() entry: the catalog has it */
 	/* The pinned schema's own names (pgc_catalog), read with the lineage
 	 * before the first ReadyForQuery: kinds[i] is 'f' (a function), 'r'
 	 * (one that one argument can call), 'o' (an operator) or 't' (a type)
@@ -2160,9 +2162,21 @@ static void pg_upstream_fail(struct conn *c, int err)
 	      target(c)->name, strerror(-err));
 }
 
+/* From the upstream's connect to the agent's first ReadyForQuery (TLS,
+ * authentication, our catalog query), the server is on a clock: one that
+ * never answers would otherwise hold the connection, the agent's
+ * limits.connections slot and a backend after the agent gave up. */
+static void start_clock(struct conn *c)
+{
+	c->deadline_ms = now_ns_mono() / 1000000ull + PG_START_MS;
+	c->deadline_why = "the server did not complete the session's start in time";
+}
+
 static int up_connected(struct conn *c)
 {
 	struct pg_sess *s = S(c);
+
+	start_clock(c);
 
 	if (strcmp(tls_mode(c), "disable") == 0)
 		return send_startup(c);
@@ -2455,6 +2469,14 @@ static int catalog_row(struct pg_sess *s, const struct pg_msg *m)
 		return -EBADMSG;
 	if (v[4][0] == '1')
 		s->cat_shown = true;
+	if (!s->cat_dependents_sent) {   /* a masked table's own column: which entries name it */
+		size_t ne;
+		const char *const *e = mask_column_list(s->mask, &ne);
+
+		for (size_t i = 0; i < ne && s->col_found; i++)
+			if (strlen(e[i]) == (size_t)vl[2] && memcmp(e[i], v[2], (size_t)vl[2]) == 0)
+				s->col_found[i] = true;
+	}
 	memcpy(oid, v[0], (size_t)(vl[0] < 15 ? vl[0] : 15));
 	oid[vl[0] < 15 ? vl[0] : 15] = '\0';
 	memcpy(att, v[1], (size_t)(vl[1] < 7 ? vl[1] : 7));
@@ -2635,6 +2657,8 @@ static int session_ready(struct conn *c, char status)
 
 	s->phase = PH_READY;
 	s->tx = status;
+	c->deadline_ms = 0;
+	c->deadline_why = NULL;
 	/* recorded from here (recording.h): the statements as forwarded and
 	 * the answers as masked; never the startup and its credentials */
 	c->rec_side[SIDE_AGENT] = c->rec_side[SIDE_UP] = true;
@@ -2726,7 +2750,16 @@ static int after_params(struct conn *c)
 	/* the lineage query first, leaving room for names_query() (about 1 KiB
 	 * and the schema's name three times) */
 	s->cat_shown = s->cat_dependents_sent = false;
+	if (!c->deadline_ms)
+		start_clock(c);   /* a pooled session's catalog query */
+	free(s->col_found);
+	s->col_found = NULL;
 	if (s->mask_active && catalog_query(c, sql, sizeof(sql) - 2048, false)) {
+		size_t ne;
+
+		mask_column_list(s->mask, &ne);
+		if (!(s->col_found = calloc(ne ? ne : 1, sizeof(*s->col_found))))
+			return -ENOMEM;
 		n = strlen(sql);
 		sql[n++] = ';';
 	}
@@ -2737,9 +2770,25 @@ static int after_params(struct conn *c)
 	return send_out(c, SIDE_UP);
 }
 
+/* A column mask that names no column of this database masks nothing: a
+ * typo, a table or schema written in another case than the catalog's, a
+ * column since renamed. The session is refused rather than run with a
+ * mask its author believes in and that does nothing. */
+static const char *mask_not_found(struct pg_sess *s)
+{
+	size_t ne;
+	const char *const *e = mask_column_list(s->mask, &ne);
+
+	for (size_t i = 0; i < ne; i++)
+		if (!s->col_found[i])
+			return e[i];
+	return NULL;
+}
+
 static int up_catalog(struct conn *c, const struct pg_msg *m)
 {
 	struct pg_sess *s = S(c);
+	const char *nf;
 	char st;
 	int err;
 
@@ -2769,6 +2818,10 @@ static int up_catalog(struct conn *c, const struct pg_msg *m)
 	case 'Z':
 		if (pg_parse_ready(m, &st))
 			return -EBADMSG;
+		if (s->col_found && !s->cat_dependents_sent && (nf = mask_not_found(s)))
+			return fatal(c, "42501", "agentgate: denied: the policy masks column %.200s, which this "
+				     "database does not have (names are matched as the catalog stores them: "
+				     "unquoted names in lower case); fix the policy's mask", nf);
 		if (s->cat_shown && !s->cat_dependents_sent) {
 			/* views, children or partitions show a masked table's
 			 * rows: their columns too, before the agent's first query */
@@ -3303,13 +3356,16 @@ static int process_agent(struct conn *c)
 	uint32_t len, used = 0;
 	struct pg_msg m;
 	int n, err = 0;
+	bool partial = false;
 
 	if (c->policy != __atomic_load_n(&E->policy, __ATOMIC_RELAXED))
 		adopt_policy(c);
 	in = conn_in(c, SIDE_AGENT, &len);
 	while (s->phase == PH_READY && used < len) {
-		if (s->qlen + 2 > PG_PEND_MAX)
+		if (s->qlen + 2 > PG_PEND_MAX) {
+			c->in_waits[SIDE_AGENT] = true;
 			break;   /* resumed when the server's answers drain the queue */
+		}
 		n = frame_or_grow(c, SIDE_AGENT, in + used, len - used, &m);
 		if (n == -EMSGSIZE) {
 			if (used)
@@ -3320,8 +3376,10 @@ static int process_agent(struct conn *c)
 			err = n == -EBADMSG ? fatal(c, "08P01", "agentgate: malformed message") : n;
 			break;
 		}
-		if (n == 0)
+		if (n == 0) {
+			partial = true;
 			break;
+		}
 		used += (uint32_t)n;
 		err = fe_message(c, &m);
 		if (err)
@@ -3329,7 +3387,12 @@ static int process_agent(struct conn *c)
 	}
 	if (used && s->phase != PH_DONE)
 		conn_in_consume(c, SIDE_AGENT, used);
-	if (!err && s->phase == PH_READY && conn_in_eof(c, SIDE_AGENT) && used == len)
+	/* The agent finished sending: once all it sent went on, the server
+	 * may finish too. A message it cut short never will come whole, and
+	 * the server, never sent any of it, would wait for the next one for
+	 * good, holding the connection (and the agent's limits.connections
+	 * slot, and a backend): it is dropped, and the server told the same. */
+	if (!err && s->phase == PH_READY && conn_in_eof(c, SIDE_AGENT) && (used == len || partial))
 		conn_shutdown(c, SIDE_UP);
 	return err;
 }
@@ -3989,6 +4052,7 @@ static void pg_release(struct conn *c)
 	free(s->startup);
 	free(s->params);
 	free(s->cols);
+	free(s->col_found);
 	for (uint32_t i = 0; i < s->nnames; i++)
 		free(s->names[i]);
 	free(s->names);

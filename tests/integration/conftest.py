@@ -9,6 +9,7 @@ removed. Tests run as root and one enforcer at a time (the pins are global).
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -241,7 +242,7 @@ class Enforcer:
             self.agents.add(m.group(1))
         return path
 
-    def start(self, policy_text, env=None, expect_ready=True):
+    def start(self, policy_text, env=None, expect_ready=True, nofile=None):
         path = self.policy(policy_text)
         e = dict(os.environ)
         # At least two workers unless a test says otherwise (the default is
@@ -251,8 +252,11 @@ class Enforcer:
         if len(os.sched_getaffinity(0)) < 2:
             e.setdefault("AGENTGATE_WORKERS", "2")
         e.update(env or {})
+        kw = {}
+        if nofile:   # soft and hard: the enforcer raises its soft limit to the hard one
+            kw["preexec_fn"] = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
         self.proc = Proc([AG, "--state-dir", self.state, "run", "--policy", path],
-                         stdout=open(self.log, "a"), stderr=subprocess.STDOUT, env=e)
+                         stdout=open(self.log, "a"), stderr=subprocess.STDOUT, env=e, **kw)
         if expect_ready:
             ok = wait_for(lambda: self.proc.p.poll() is not None or self.status_rc() == 0, 10)
             assert self.proc.p.poll() is None and ok, "enforcer did not start:\n" + self.read_log()

@@ -527,3 +527,24 @@ print(json.dumps(out))
             assert denied(got), (cid, got)
         else:
             assert [x for x in got if x.startswith("D:")] == want, (cid, got)
+
+
+def test_a_mask_that_names_no_column_refuses_the_session(enforcer, pg, tmp):
+    """A column mask the catalog does not have (a typo, a table written in
+    another case than PostgreSQL folds it to, another schema) masked
+    nothing, silently: the e-mails came back in clear and could be searched
+    in WHERE (review, stop 19). The session is now refused, saying why."""
+    from test_postgres import psql
+    for col in ["public.customers.emial", "public.Customers.email", "app.customers.email"]:
+        rules = [{"target": "shop", "allow": {"statements": ["select"], "tables": ["public.customers"]},
+                  "mask": {"columns": [col]}}]
+        enforcer.start(policy(pg, tmp, rules=rules))
+        rc, out, err = psql(enforcer, pg, "SELECT email FROM customers ORDER BY id")
+        assert rc != 0 and "example.com" not in out, (col, out)
+        assert "agentgate: denied: the policy masks column " + col in err, (col, err)
+        enforcer.stop()
+    rules = [{"target": "shop", "allow": {"statements": ["select"], "tables": ["public.customers"]},
+              "mask": {"columns": ["public.customers.email"]}}]
+    enforcer.start(policy(pg, tmp, rules=rules))
+    rc, out, err = psql(enforcer, pg, "SELECT email FROM customers ORDER BY id")
+    assert rc == 0 and "****" in out and "example.com" not in out, (out, err)
