@@ -200,6 +200,16 @@ int http_mask_body(const struct mask_rules *m, const uint8_t *body, size_t len, 
 		*why = "the response body is larger than the masking bound (8 MiB) and cannot be masked";
 		return -E2BIG;
 	}
+	if (plen == 0) {
+		/* no body (a 201 with a Location, a redirect): nothing to mask */
+		free(plain);
+		if (!(*out = malloc(1)))
+			return -ENOMEM;
+		*outlen = 0;
+		if (rep)
+			memset(rep, 0, sizeof(*rep));
+		return 0;
+	}
 	rc = mask_json(m, (const char *)p, plen, out, outlen, rep);
 	if (rc == 0 || rc == -E2BIG || rc == -ENOMEM) {
 		free(plain);

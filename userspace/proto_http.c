@@ -113,6 +113,7 @@ struct hreq {                      /* a request in flight, answered in order */
 	/* the mask its answer gets: the connection's when it was judged (s->mask
 	 * or, once that was replaced for a later request, one in s->old_masks) */
 	struct mask_rules *mask;
+	const struct policy *policy;   /* the one it was judged under (NULL: c->policy) */
 	char k8s_verb[24], k8s_res[160], k8s_ns[64];   /* kubernetes attributes, for audit */
 	bool masked;                   /* the response is masked (mask rules apply) */
 	unsigned mask_hits;
@@ -226,12 +227,13 @@ static void audit_request(struct conn *c, const struct hreq *r)
 	struct audit_agent a = { 0 };
 	struct ident_principal pr;
 	char dst[64];
+	const struct policy *p = r->policy ? r->policy : c->policy;
 
-	if (r->allowed && !c->policy->audit.allowed_requests)
+	if (r->allowed && !p->audit.allowed_requests)
 		return;
 	w = audit_begin(4002, aid, aname);
 	if (c->agent_idx >= 0) {
-		a.name = c->policy->agents[c->agent_idx].name;
+		a.name = p->agents[c->agent_idx].name;
 		a.cgroup = E->agents[c->agent_idx].cgroup_rel;
 		enforcer_audit_principal(c->agent_idx, &a, &pr);
 	}
@@ -240,8 +242,8 @@ static void audit_request(struct conn *c, const struct hreq *r)
 	a.uid = c->pair.uid;
 	a.comm = c->pair.comm;
 	a.cgroup_id = c->pair.cgroup_id;
-	a.policy_hash = c->policy->hash;
-	a.policy_path = c->policy->path;
+	a.policy_hash = p->hash;
+	a.policy_path = p->path;
 	audit_w_agent(w, &a);
 	addr_str(c->pair.orig_addr, dst, sizeof(dst));
 	aobj_open(&w->top, "dst_endpoint");
@@ -1267,13 +1269,15 @@ static int on_request(struct conn *c, const uint8_t *b, const struct http_head *
 	int err;
 
 	has_body = h->body == HTTP_BODY_CHUNKED || (h->body == HTTP_BODY_LENGTH && h->content_length);
-	/* After a reload the connection takes the running policy at a request
-	 * with nothing in flight (answers still to come keep their own mask,
-	 * hreq.mask, all the same). A target whose upstream settings changed
-	 * keeps the old. */
+	/* After a reload the connection takes the running policy at its next
+	 * request, whatever is in flight: an agent that always keeps one
+	 * request out would otherwise stay under the old rules for good.
+	 * Requests already judged keep their mask (hreq.mask, route_mask()
+	 * keeps the ones replaced) and their policy for audit (hreq.policy).
+	 * A target whose upstream settings changed keeps the old. */
 	const struct policy *live = __atomic_load_n(&E->policy, __ATOMIC_ACQUIRE);
 
-	if (c->policy != live && !s->qlen)
+	if (c->policy != live)
 		enforcer_adopt_live(c, live);
 	fwd = judge(c, b, h, path, sizeof(path), &tg, host, sizeof(host), &upgrade, &v);
 	/* The upstream closed an idle keep-alive connection: nothing of this
@@ -1315,6 +1319,7 @@ static int on_request(struct conn *c, const uint8_t *b, const struct http_head *
 		s->resend_req = NULL;
 	r = q_push(s);
 	*r = v;
+	r->policy = c->policy;
 	if (v.reason == v.why)
 		r->reason = r->why;   /* it pointed into the copy */
 	if (fwd) {
@@ -1487,8 +1492,10 @@ static int process_agent(struct conn *c)
 				head_timer(c, false);
 				return flush_local(c);
 			}
-			if (s->qlen == HTTP_PIPELINE_MAX)
+			if (s->qlen == HTTP_PIPELINE_MAX) {
+				c->in_waits[SIDE_AGENT] = true;
 				return flush_local(c);   /* resumes when an answer leaves */
+			}
 			r = http_req_parse(in, len, &h);
 			head_timer(c, r == HTTP_NEED_MORE && !conn_in_eof(c, SIDE_AGENT));
 			if (r == HTTP_NEED_MORE) {
@@ -1527,6 +1534,28 @@ static int process_agent(struct conn *c)
 
 #define NAME(s) { s, sizeof(s) - 1 }
 
+/* A field a server derives from the body (vendors' digests, checksums and
+ * lengths: x-goog-hash, x-amz-checksum-sha256, x-ms-content-crc64,
+ * x-goog-stored-content-length, ...): on a masked answer, one would let
+ * the agent confirm a guess of the unmasked body, or tell its length.
+ * Matched by parts of the name, so the ones not listed here go too. */
+static bool body_derived(const uint8_t *n, size_t len)
+{
+	static const char *const parts[] = { "md5", "sha", "crc", "checksum", "hash", "digest", "etag",
+					     "length", "range" };
+	char low[128];
+
+	if (len >= sizeof(low))
+		return true;   /* no field of ours is this long: not worth the doubt */
+	for (size_t i = 0; i < len; i++)
+		low[i] = (char)(n[i] >= 'A' && n[i] <= 'Z' ? n[i] + 32 : n[i]);
+	low[len] = '\0';
+	for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
+		if (strstr(low, parts[i]))
+			return true;
+	return false;
+}
+
 static bool strip_resp_field(const uint8_t *b, const struct http_field *f, bool upgrade, bool masked)
 {
 	static const struct { const char *n; size_t len; } hop[] = {
@@ -1545,7 +1574,49 @@ static bool strip_resp_field(const uint8_t *b, const struct http_field *f, bool 
 	for (size_t i = 0; masked && i < sizeof(body) / sizeof(body[0]); i++)
 		if (f->name_len == body[i].len && http_name_eq(b + f->name, body[i].n, body[i].len))
 			return true;
+	if (masked && body_derived(b + f->name, f->name_len))
+		return true;
 	return !upgrade && http_field_is(b, f, "upgrade");
+}
+
+/* The standard reason phrase of a status, "" when none: a masked answer's
+ * own phrase is application text the detectors never saw. */
+static const char *std_reason(int status)
+{
+	switch (status) {
+	case 100: return "Continue";
+	case 101: return "Switching Protocols";
+	case 103: return "Early Hints";
+	case 200: return "OK";
+	case 201: return "Created";
+	case 202: return "Accepted";
+	case 204: return "No Content";
+	case 206: return "Partial Content";
+	case 301: return "Moved Permanently";
+	case 302: return "Found";
+	case 303: return "See Other";
+	case 304: return "Not Modified";
+	case 307: return "Temporary Redirect";
+	case 308: return "Permanent Redirect";
+	case 400: return "Bad Request";
+	case 401: return "Unauthorized";
+	case 403: return "Forbidden";
+	case 404: return "Not Found";
+	case 405: return "Method Not Allowed";
+	case 409: return "Conflict";
+	case 410: return "Gone";
+	case 412: return "Precondition Failed";
+	case 413: return "Content Too Large";
+	case 415: return "Unsupported Media Type";
+	case 422: return "Unprocessable Content";
+	case 429: return "Too Many Requests";
+	case 500: return "Internal Server Error";
+	case 501: return "Not Implemented";
+	case 502: return "Bad Gateway";
+	case 503: return "Service Unavailable";
+	case 504: return "Gateway Timeout";
+	default: return "";
+	}
 }
 
 /*
@@ -1563,8 +1634,17 @@ static int send_resp_head(struct conn *c, const uint8_t *b, const struct http_he
 	bool scan = r->masked && m && mask_has_detectors(m);
 	char num[48];
 
-	put(&o, b, (size_t)(eol - b));   /* the status line, validated */
-	puts_(&o, "\r\n");
+	if (r->masked && !upgrade) {
+		/* the version and code as they came; the phrase our own */
+		char sl[64];
+
+		put(&o, b, 13);             /* "HTTP/1.x NNN " (validated) */
+		snprintf(sl, sizeof(sl), "%s\r\n", std_reason(h->status));
+		puts_(&o, sl);
+	} else {
+		put(&o, b, (size_t)(eol - b));   /* the status line, validated */
+		puts_(&o, "\r\n");
+	}
 	for (unsigned i = 0; i < h->nf; i++) {
 		const struct http_field *f = &h->f[i];
 

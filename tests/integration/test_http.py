@@ -743,3 +743,73 @@ def test_h37_range_stripped_on_masked_route(enforcer, rec):
     assert rs[0][0] == 200 and rs[0][2] == b"seen GET /v1/invoices body=0\n"
     assert rec.all() == (b"GET /v1/invoices HTTP/1.1\r\nHost: api.internal\r\n"
                          b"Accept-Encoding: gzip, deflate\r\n\r\n")
+
+
+# An upstream with canned answers, by path (review, stop 19).
+CANNED = textwrap.dedent(r"""
+    import json, socket, sys, threading
+    port, answers = int(sys.argv[1]), json.loads(sys.argv[2])
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", port))
+    s.listen(16)
+    def serve(c):
+        buf = b""
+        while True:
+            while b"\r\n\r\n" not in buf:
+                d = c.recv(65536)
+                if not d:
+                    return
+                buf += d
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            path = head.split(b" ")[1].decode()
+            c.sendall(answers[path].encode("latin-1"))
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+""")
+
+
+def canned(servers, answers):
+    from conftest import Proc, free_port, wait_port
+    port = free_port()
+    servers.procs.append(Proc([PY, "-c", CANNED, str(port), json.dumps(answers)]))
+    wait_port("127.0.0.1", port)
+    return port
+
+
+def test_masked_answers_carry_no_digest_reason_or_refusal_of_empty_bodies(enforcer, servers):
+    """On a masked route: vendors' digests and lengths of the unmasked body
+    (x-goog-hash, x-amz-checksum-*, ...) let the agent confirm a guess of a
+    masked value (an SSN brute-forced from an md5 in 0.4 s), so they go; the
+    status line's reason phrase is application text no detector saw, so it
+    is replaced; and an answer with no body (201 + Location, a redirect)
+    has nothing to mask and passes, where it was a 502."""
+    body = '{"name":"Ada","ssn":"123-45-6789","email":"ada@example.com"}'
+    digests = ("x-goog-hash: md5=AAAA\r\nx-amz-checksum-sha256: BBBB\r\nx-ms-content-crc64: CCCC\r\n"
+               "x-goog-stored-content-length: 60\r\nX-Checksum-Md5: DDDD\r\nx-request-id: keep-me\r\n")
+    port = canned(servers, {
+        "/v1/hash": f"HTTP/1.1 200 OK\r\n{digests}Content-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n{body}",
+        "/v1/reason": "HTTP/1.1 404 no such user ada@example.com 4111111111111111\r\n"
+                      "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+        "/v1/empty": "HTTP/1.1 201 Created\r\nLocation: /v1/x/7\r\nContent-Length: 0\r\n\r\n",
+        "/v1/moved": "HTTP/1.1 302 Found\r\nLocation: /v1/login\r\nContent-Length: 0\r\n\r\n",
+    })
+    for mask in ('{json: ["$.ssn", "$.email"]}', '{json: ["$.ssn"], detectors: [email, credit_card]}'):
+        enforcer.start(mask_policy(port, mask))
+        r = curl(enforcer, "-s", "-D", "-", f"http://127.0.0.1:{port}/v1/hash")
+        head, got = r.stdout.split("\n\n", 1)   # text mode: CRLF read as LF
+        low = head.lower()
+        for name in ("x-goog-hash", "x-amz-checksum", "x-ms-content-crc64", "stored-content-length",
+                     "x-checksum-md5"):
+            assert name not in low, (mask, head)
+        assert "x-request-id: keep-me" in low, head
+        assert json.loads(got)["ssn"] == "****" and "123-45-6789" not in r.stdout, got
+        r = curl(enforcer, "-s", "-D", "-", f"http://127.0.0.1:{port}/v1/reason")
+        assert r.stdout.startswith("HTTP/1.1 404 Not Found\n"), r.stdout
+        assert "ada@example.com" not in r.stdout and "4111" not in r.stdout, r.stdout
+        for path, code in (("/v1/empty", "201"), ("/v1/moved", "302")):
+            r = curl(enforcer, "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{port}{path}")
+            assert r.stdout == code, (mask, path, r.stdout)
+        enforcer.stop()
