@@ -28,6 +28,9 @@
 #define SINK_BACKOFF_MAX_MS 5000
 #define SINK_DRAIN_MS 2000       /* audit_close() waits this long for sinks to catch up */
 #define LOSS_RESUME_ROOM (64 * 1024)
+/* checkpoint-seq keeps the sequences of this many checkpoints: a write
+ * buffer lost to a SIGKILL (4 MiB, some 3,000 events) can hold several */
+#define CP_HIST 16
 
 /*
  * Urgency. The spool thread and the sink threads run at SCHED_IDLE: on a
@@ -123,6 +126,7 @@ static struct {
 	char key_id[AUDIT_KEYID_HEX];
 	EVP_PKEY *key;                    /* NULL: no checkpoints */
 	uint64_t cp_pending;              /* events since the last checkpoint */
+	uint64_t cp_hist[CP_HIST];        /* sequences of the last checkpoints, newest first */
 	uint64_t cp_last_ms;
 	uint64_t cp_every, cp_every_ms;
 	char host[256];
@@ -394,6 +398,15 @@ int audit_open(const struct policy *p)
 		if (!(k->s.ops = audit_sink_ops_for(ps->type)))
 			return -ENOTSUP;
 		sink_id(ps, k->s.ops->type, k->s.id);
+		/* one cursor per destination: two sinks that differ only in
+		 * their token would share one, and the slower lose its backlog */
+		for (int j = 0; j < A.nsinks; j++)
+			if (strcmp(A.sinks[j].s.id, k->s.id) == 0) {
+				ag_log(LOG_LVL_ERR, "audit: sinks at lines %d and %d deliver to the same "
+				       "destination and would share one cursor: give one another url, "
+				       "index or path", A.sinks[j].s.cfg->line, ps->line);
+				return -EEXIST;
+			}
 		snprintf(k->s.desc, sizeof(k->s.desc), "%s", k->s.ops->type);
 		A.nsinks++;
 		if ((err = k->s.ops->init(&k->s))) {
@@ -429,9 +442,10 @@ int audit_open(const struct policy *p)
  * the previous run that no checkpoint signed. */
 static void audit_chain_resume(void)
 {
-	char *line, path[4200], txt[32] = "";
+	char *line, path[4200], txt[CP_HIST * 21 + 1] = "", *p = txt, *end;
 	size_t len;
 	uint64_t cp_seq = 0;
+	int k = 0;
 
 	if (spool_last_line(A.spool, &line, &len))
 		return;   /* empty spool: the saved chain head (audit_set_state_dir) */
@@ -440,16 +454,30 @@ static void audit_chain_resume(void)
 	snprintf(path, sizeof(path), "%s/checkpoint-seq", spool_dir(A.spool));
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd >= 0) {
-		if (read(fd, txt, sizeof(txt) - 1) > 0)
-			cp_seq = strtoull(txt, NULL, 10);
+		if (read(fd, txt, sizeof(txt) - 1) < 0)
+			txt[0] = 0;
 		close(fd);
 	}
+	/* The newest checkpoint the spool still holds: one stamped after the
+	 * spool's last line was lost with it (a SIGKILL before its write), and
+	 * counting from it would make the next checkpoint's count short. */
+	memset(A.cp_hist, 0, sizeof(A.cp_hist));
+	while (k < CP_HIST) {
+		uint64_t v = strtoull(p, &end, 10);
+
+		if (end == p)
+			break;
+		p = end;
+		if (v && v <= A.seq)
+			A.cp_hist[k++] = v;
+	}
+	cp_seq = A.cp_hist[0];
 	A.cp_pending = A.seq > cp_seq ? A.seq - cp_seq : 0;
 }
 
 static void checkpoint_seq_save(void)
 {
-	char path[4200], txt[32];
+	char path[4200], txt[CP_HIST * 21 + 1];
 	int fd;
 
 	if (!A.spool)
@@ -462,8 +490,11 @@ static void checkpoint_seq_save(void)
 	fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return;
-	snprintf(txt, sizeof(txt), "%020llu\n", (unsigned long long)A.seq);
-	(void)!pwrite(fd, txt, 21, 0);
+	memmove(A.cp_hist + 1, A.cp_hist, sizeof(A.cp_hist) - sizeof(A.cp_hist[0]));
+	A.cp_hist[0] = A.seq;
+	for (int i = 0; i < CP_HIST; i++)
+		snprintf(txt + 21 * i, sizeof(txt) - 21 * i, "%020llu\n", (unsigned long long)A.cp_hist[i]);
+	(void)!pwrite(fd, txt, 21 * CP_HIST, 0);
 	close(fd);
 }
 

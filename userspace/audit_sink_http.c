@@ -95,6 +95,24 @@ static void strip_suffix(char *s, const char *suffix)
 		s[l - sl] = 0;
 }
 
+/* "type scheme://host/path" for logs and status: a user and password in
+ * the URL (Elasticsearch's basic auth) never appear there. */
+static void desc_without_userinfo(char *out, size_t cap, const char *type, const char *url)
+{
+	const char *hs = strstr(url, "://"), *at, *end;
+
+	if (hs) {
+		hs += 3;
+		end = hs + strcspn(hs, "/?#");
+		at = memrchr(hs, '@', (size_t)(end - hs));
+		if (at) {
+			snprintf(out, cap, "%s %.*s%s", type, (int)(hs - url), url, at + 1);
+			return;
+		}
+	}
+	snprintf(out, cap, "%s %s", type, url);
+}
+
 static int http_init(struct audit_sink *s, enum kind kind)
 {
 	struct hsink *h = calloc(1, sizeof(*h));
@@ -107,7 +125,7 @@ static int http_init(struct audit_sink *s, enum kind kind)
 	h->kind = kind;
 	snprintf(base, sizeof(base), "%s", s->cfg->url);
 	strip_suffix(base, "/");
-	snprintf(s->desc, sizeof(s->desc), "%s %s", s->ops->type, base);
+	desc_without_userinfo(s->desc, sizeof(s->desc), s->ops->type, base);
 	if (kind == K_HEC) {
 		strip_suffix(base, "/services/collector/event");
 		strip_suffix(base, "/services/collector");
@@ -265,7 +283,10 @@ static int settle_status(struct sink_batch *b, long st, const char *what)
 		return 0;
 	}
 	snprintf(b->why, sizeof(b->why), "%s: HTTP %ld", what, st);
-	if (transient(st) || st < 200)
+	/* only a 4xx says the events themselves are refused: a 3xx (a load
+	 * balancer's redirect during maintenance; redirects are not followed,
+	 * the token stays put) or anything else is retried */
+	if (transient(st) || st < 400 || st >= 500)
 		return -EAGAIN;
 	memset(b->st, SINK_DEAD, b->n);
 	return 0;

@@ -351,7 +351,7 @@ int spool_open(struct spool **out, const char *dir, uint64_t max_bytes, uint64_t
 		s->seg_max = 4096;
 	s->last_sync_ms = mono_ms();
 	if ((err = mkdir_p(dir, 0700)) || (err = (chmod(dir, 0700) ? -errno : 0)) ||
-	    !(s->wbuf = malloc(WBUF_CAP)) || !(s->spare = malloc(WBUF_CAP)) ||
+	    !(s->wbuf = malloc(2 * WBUF_CAP)) || !(s->spare = malloc(2 * WBUF_CAP)) ||
 	    (err = recover(s))) {
 		spool_close(s);
 		return err ? err : -ENOMEM;
@@ -363,19 +363,34 @@ int spool_open(struct spool **out, const char *dir, uint64_t max_bytes, uint64_t
 
 /* ---- writing ------------------------------------------------------------- */
 
+/* Appends buf whole or not at all: after a short write (ENOSPC, EIO) the
+ * segment is cut back to base, its size before, so that retrying the
+ * whole buffer later cannot leave half a line glued to a repeat of the
+ * rest (a torn line, and every later line one sequence off). */
+static int append_whole(int fd, const void *buf, size_t len, uint64_t base)
+{
+	int err = write_all(fd, buf, len);
+
+	if (err && ftruncate(fd, (off_t)base))
+		ag_log(LOG_LVL_ERR, "audit: spool: cannot cut a segment back after a failed write: %s",
+		       strerror(errno));
+	return err;
+}
+
 /* Writes the buffer with the lock held; waits for a write the thread has
  * in progress first, so the file keeps the append order. */
 static int flush_locked(struct spool *s)
 {
 	struct seg *a;
+	int err;
 
 	while (s->flushing)
 		pthread_cond_wait(&s->flushed, &s->lock);
 	a = active(s);
 	if (!s->wlen)
 		return 0;
-	if (write_all(s->fd, s->wbuf, s->wlen))
-		return -errno;   /* kept: retried by the next flush */
+	if ((err = append_whole(s->fd, s->wbuf, s->wlen, a->written)))
+		return err;   /* kept: retried by the next flush */
 	a->written += s->wlen;
 	a->wlast = a->last;
 	s->wlen = 0;
@@ -472,6 +487,8 @@ int spool_append(struct spool *s, uint64_t seq, const char *line, size_t len)
 		if ((err = flush_locked(s)))
 			goto out;
 		if (writev(s->fd, iov, 2) != (ssize_t)len + 1) {
+			if (ftruncate(s->fd, (off_t)active(s)->written))
+				ag_log(LOG_LVL_ERR, "audit: spool: cannot cut a segment back: %s", strerror(errno));
 			err = -EIO;
 			goto out;
 		}
@@ -521,30 +538,32 @@ uint64_t spool_bytes(struct spool *s)
 static int flush_async(struct spool *s)
 {
 	struct seg *a = active(s);
-	uint64_t first = a->first, last = a->last;
+	uint64_t first = a->first, last = a->last, base = a->written;
 	char *buf = s->wbuf;
 	size_t len = s->wlen;
 	int err = 0;
 
 	if (!len || s->flushing)
 		return 0;
+	if (len > WBUF_CAP)   /* a failed write put back: no appends beside it */
+		return flush_locked(s);
 	s->wbuf = s->spare;
 	s->wlen = 0;
 	s->flushing = true;
 	pthread_mutex_unlock(&s->lock);
-	if (write_all(s->fd, buf, len))
-		err = -errno;
+	err = append_whole(s->fd, buf, len, base);
 	pthread_mutex_lock(&s->lock);
 	s->flushing = false;
 	s->spare = buf;
 	if (err) {
-		/* put it back in front of what was appended meanwhile */
-		if (len + s->wlen <= WBUF_CAP) {
-			memcpy(buf + len, s->wbuf, s->wlen);
-			s->spare = s->wbuf;
-			s->wbuf = buf;
-			s->wlen += len;
-		}
+		/* put it back in front of what was appended meanwhile: both
+		 * are under WBUF_CAP, and the buffers hold twice that, so
+		 * nothing spooled (numbered, chained) is ever thrown away;
+		 * appends refuse new lines (counted drops) until it is written */
+		memcpy(buf + len, s->wbuf, s->wlen);
+		s->spare = s->wbuf;
+		s->wbuf = buf;
+		s->wlen += len;
 	} else {
 		size_t i;
 

@@ -476,3 +476,55 @@ def test_file_rotation_and_sighup_reopen(enforcer, servers):
         [e["metadata"]["sequence"] for e in file_events(plain)]
     assert both == ref, "nothing lost or repeated across the reopen"
     assert os.stat(plain).st_mode & 0o777 == 0o600
+
+
+# ---- review, stop 19 ------------------------------------------------------------
+
+def test_http_redirect_is_retried_not_dead_lettered(enforcer, servers, collector):
+    """A 3xx (a load balancer's redirect during maintenance) is not the events'
+    fault: retried, never sent to the dead-letter file (it moved every event
+    there, out of the SIEM)."""
+    port, _ = servers.echo()
+    collector.redirect_next = 3
+    enforcer.start(policy(port, f"- {{type: webhook, url: 'http://127.0.0.1:{collector.port}/hook'}}\n"))
+    traffic(enforcer, port, 4)
+    assert wait_for(lambda: collector.redirect_next == 0 and len(hook_seqs(collector)) >= 9, 15), hook_seqs(collector)
+    enforcer.stop()
+    assert not os.path.exists(os.path.join(enforcer.state, "spool", "dead-letter.jsonl"))
+    got = hook_seqs(collector)
+    assert sorted(set(got)) == list(range(1, max(got) + 1)), got
+    assert any(st == 307 for _, st in collector.requests)
+
+
+def test_sink_url_password_never_logged(enforcer, servers):
+    """Basic auth in an Elasticsearch URL is common; the sink's description in
+    logs and status must not carry it."""
+    port, _ = servers.echo()
+    dead = free_port()
+    enforcer.start(policy(port, f"- {{type: file, path: {enforcer.audit}}}\n"
+                                f"- {{type: elasticsearch, url: 'http://elastic:S3cretPassw0rd@127.0.0.1:{dead}', "
+                                f"index: agentgate}}\n"))
+    traffic(enforcer, port, 2)
+    assert wait_for(lambda: "elasticsearch http://127.0.0.1" in enforcer.read_log(), 10), enforcer.read_log()
+    st = enforcer.cli("status", "--json").stdout
+    enforcer.stop()
+    assert "S3cretPassw0rd" not in enforcer.read_log() + st
+
+
+def test_two_sinks_sharing_a_cursor_are_refused(enforcer, servers, tmp):
+    """Two sinks that differ only in their token would share one cursor file:
+    the slower lost its backlog to the faster's progress. Refused at start."""
+    port, _ = servers.echo()
+    toks = []
+    for n in ("a", "b"):
+        toks.append(os.path.join(tmp, f"tok-{n}"))
+        with open(toks[-1], "w") as f:
+            f.write(f"token-{n}\n")
+        os.chmod(toks[-1], 0o600)
+    url = f"http://127.0.0.1:{free_port()}/hook"
+    enforcer.start(policy(port, f"- {{type: webhook, url: '{url}', token_file: {toks[0]}}}\n"
+                                f"- {{type: webhook, url: '{url}', token_file: {toks[1]}}}\n"),
+                   expect_ready=False)
+    assert wait_for(lambda: enforcer.proc.p.poll() is not None, 10)
+    assert enforcer.proc.p.returncode != 0
+    assert "deliver to the same destination and would share one cursor" in enforcer.read_log()

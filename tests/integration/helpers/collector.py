@@ -38,6 +38,7 @@ class Collector:
         self.ack_delay = ack_delay
         self.lock = threading.Lock()
         self.fail_next = 0
+        self.redirect_next = 0         # next N requests answer 307 (a balancer's maintenance)
         self.lose_unacked = 0
         self.es_429_items = 0          # next N new items answer 429
         self.es_400_ids = set()        # these _id answer 400 (mapping error)
@@ -95,6 +96,10 @@ class Collector:
                 self.fail_next -= 1
                 self.requests.append((path, 503))
                 return 503, {"text": "Server is busy", "code": 9}
+            if self.redirect_next > 0:
+                self.redirect_next -= 1
+                self.requests.append((path, 307))
+                return 307, {"text": "try the other node"}
             if path.startswith("/services/collector/event"):
                 st, r = self.hec_event(headers, body)
             elif path.startswith("/services/collector/ack"):
