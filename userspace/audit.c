@@ -108,6 +108,7 @@ static struct {
 	atomic_bool full;            /* an event did not fit: accepting stays false until room returns */
 	uint64_t resume_room;        /* free bytes that count as "room again" */
 	uint64_t dropped, drop_first_ms, drop_last_ms, drop_after_seq;
+	uint64_t drop_saved;              /* the count spool/dropped holds (drop_save_locked) */
 	char *recent[AUDIT_RECENT];      /* slots keep their memory from event to event */
 	size_t recent_cap[AUDIT_RECENT];
 	int recent_head, recent_n;
@@ -152,6 +153,7 @@ static int emit_locked(json_t *ev);
 static int spool_line_locked(char *line, size_t len, uint64_t seq);
 static void checkpoint_locked(bool stop);
 static void checkpoint_seq_save(void);
+static void drop_load_locked(void);
 static void save_chain_head(void);
 static void *saver_thread(void *arg);
 
@@ -389,6 +391,9 @@ int audit_open(const struct policy *p)
 		return err;
 	}
 	audit_chain_resume();
+	pthread_mutex_lock(&A.lock);
+	drop_load_locked();
+	pthread_mutex_unlock(&A.lock);
 	for (size_t i = 0; i < p->audit.nsinks && A.nsinks < MAX_SINKS; i++) {
 		const struct policy_sink *ps = &p->audit.sinks[i];
 		struct sink_rt *k = &A.sinks[A.nsinks];
@@ -500,6 +505,60 @@ static void checkpoint_seq_save(void)
 
 static void loss_event_locked(void);
 
+/*
+ * What on_full dropped is reported once there is room again; until then
+ * the count lives in spool/dropped too, so a stop (or a SIGKILL) while the
+ * spool is full does not lose the report with it: the next run starts
+ * with it. Four fixed-width numbers, overwritten in place.
+ */
+static void drop_path(char *out, size_t n)
+{
+	snprintf(out, n, "%s/dropped", spool_dir(A.spool));
+}
+
+static void drop_save_locked(void)
+{
+	char path[4200], txt[4 * 21 + 1];
+	int fd;
+
+	if (!A.spool || A.drop_saved == A.dropped)
+		return;
+	drop_path(path, sizeof(path));
+	fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return;
+	snprintf(txt, sizeof(txt), "%020llu\n%020llu\n%020llu\n%020llu\n", (unsigned long long)A.dropped,
+		 (unsigned long long)A.drop_first_ms, (unsigned long long)A.drop_last_ms,
+		 (unsigned long long)A.drop_after_seq);
+	if (pwrite(fd, txt, 84, 0) == 84)
+		A.drop_saved = A.dropped;
+	close(fd);
+}
+
+static void drop_load_locked(void)
+{
+	char path[4200], txt[4 * 21 + 1] = "";
+	unsigned long long v[4] = { 0 };
+	int fd;
+
+	drop_path(path, sizeof(path));
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	if (read(fd, txt, sizeof(txt) - 1) < 0)
+		txt[0] = 0;
+	close(fd);
+	if (sscanf(txt, "%llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3]) != 4 || !v[0])
+		return;
+	A.dropped = v[0];
+	A.drop_first_ms = v[1];
+	A.drop_last_ms = v[2];
+	A.drop_after_seq = v[3];
+	A.drop_saved = v[0];
+	ag_log(LOG_LVL_WARN, "audit: the last run dropped %llu events (spool full) after sequence %llu; "
+	       "reported once there is room", v[0], v[3]);
+}
+
 void audit_flush(void)
 {
 	pthread_mutex_lock(&A.lock);
@@ -507,6 +566,8 @@ void audit_flush(void)
 		checkpoint_locked(false);
 	if (A.dropped && A.spool && spool_has_room(A.spool, A.resume_room))
 		loss_event_locked();
+	if (A.dropped)
+		drop_save_locked();
 	pthread_mutex_unlock(&A.lock);
 }
 
@@ -546,6 +607,10 @@ void audit_close(void)
 	atomic_store(&P.on, false);   /* from here on, commits stamp their events at once */
 	pthread_mutex_lock(&A.lock);
 	drain_locked();
+	if (A.dropped && A.spool && spool_has_room(A.spool, A.resume_room))
+		loss_event_locked();
+	if (A.dropped)
+		drop_save_locked();   /* no room: the next run reports them */
 	if (A.key && A.seq)
 		checkpoint_locked(true);   /* a clean stop ends with its stop checkpoint */
 	EVP_PKEY_free(A.key);
@@ -604,7 +669,7 @@ void audit_close(void)
 	A.pol = NULL;
 	A.recent_n = 0;
 	A.seq = 0;
-	A.dropped = 0;
+	A.dropped = A.drop_saved = 0;
 	atomic_store(&A.full, false);
 	memcpy(A.last_hash, AUDIT_ZERO_HASH, sizeof(A.last_hash));
 	A.cp_pending = 0;
@@ -927,8 +992,15 @@ static void loss_event_locked(void)
 	uint64_t n = A.dropped;
 	A.dropped = 0;
 	if (emit_locked(ev) == 0) {
+		char path[4200];
+
 		A.cp_pending++;   /* a plain event for the checkpoint count */
 		atomic_store(&A.full, false);
+		if (A.drop_saved) {
+			drop_path(path, sizeof(path));
+			unlink(path);
+			A.drop_saved = 0;
+		}
 	} else
 		A.dropped += n;   /* still no room: counted on */
 	json_decref(ev);

@@ -36,7 +36,12 @@
 #define HTTP_TIMEOUT_MS 10000L
 #define HTTP_RESP_MAX (8u << 20)
 #define HEC_ACK_POLL_MS 100
-#define HEC_ACK_WAIT_MS 10000
+/* A batch's indexer acknowledgement is polled this long per attempt (by
+ * the clock), and its ackId is polled again by the retries of the same
+ * batch before the batch is posted anew: acks of tens of seconds are
+ * normal under load, and each new POST is another copy indexed. */
+#define HEC_ACK_WAIT_MS 30000
+#define HEC_ACK_GIVE_UP_MS (10 * 60 * 1000)   /* then the batch is posted again */
 #define ES_DEFAULT_INDEX "agentgate-audit"
 
 enum kind { K_HEC, K_ES, K_HOOK };
@@ -53,6 +58,10 @@ struct hsink {
 	char *resp;
 	size_t rlen;
 	bool resp_over;
+	/* splunk_hec with ack: the batch posted and not yet acknowledged */
+	long pend_ack;                 /* -1 none */
+	uint64_t pend_first, pend_since_ms;
+	size_t pend_n;
 };
 
 static int read_token(const char *path, char *out, size_t n)
@@ -123,6 +132,7 @@ static int http_init(struct audit_sink *s, enum kind kind)
 		return -ENOMEM;
 	s->priv = h;
 	h->kind = kind;
+	h->pend_ack = -1;
 	snprintf(base, sizeof(base), "%s", s->cfg->url);
 	strip_suffix(base, "/");
 	desc_without_userinfo(s->desc, sizeof(s->desc), s->ops->type, base);
@@ -318,16 +328,18 @@ static const char *class_of(const char *line, size_t len, char out[16])
 
 /* ---- splunk_hec ---------------------------------------------------------- */
 
-static int hec_wait_ack(struct audit_sink *s, long ack_id, struct sink_batch *b)
+/* The first n lines of b were posted under ack_id. */
+static int hec_wait_ack(struct audit_sink *s, long ack_id, struct sink_batch *b, size_t n)
 {
 	struct hsink *h = s->priv;
 	char body[64], key[24];
 	long st;
 
+	uint64_t end = now_ns_mono() / 1000000ull + HEC_ACK_WAIT_MS;
+
 	snprintf(body, sizeof(body), "{\"acks\":[%ld]}", ack_id);
 	snprintf(key, sizeof(key), "%ld", ack_id);
-	for (int waited = 0; waited < HEC_ACK_WAIT_MS && !audit_sink_stopping();
-	     waited += HEC_ACK_POLL_MS) {
+	while (now_ns_mono() / 1000000ull < end && !audit_sink_stopping()) {
 		usleep(HEC_ACK_POLL_MS * 1000);
 		if (post(s, h->ack_url, "application/json", body, strlen(body), &st, b->why,
 			 sizeof(b->why)))
@@ -339,7 +351,8 @@ static int hec_wait_ack(struct audit_sink *s, long ack_id, struct sink_batch *b)
 
 		json_decref(r);
 		if (done) {
-			memset(b->st, SINK_ACK, b->n);
+			memset(b->st, SINK_ACK, n);   /* the rest (a longer batch) go next */
+			h->pend_ack = -1;
 			return 0;
 		}
 	}
@@ -354,6 +367,12 @@ static int hec_send(struct audit_sink *s, struct sink_batch *b)
 	long st;
 	int err;
 
+	/* the same batch again (its ack did not come in time): its ackId
+	 * first, rather than another copy, until HEC_ACK_GIVE_UP_MS */
+	if (s->cfg->ack && h->pend_ack >= 0 && h->pend_first == b->first && h->pend_n <= b->n &&
+	    now_ms_realtime() - h->pend_since_ms < HEC_ACK_GIVE_UP_MS)
+		return hec_wait_ack(s, h->pend_ack, b, h->pend_n);
+	h->pend_ack = -1;
 	h->blen = 0;
 	for (size_t i = 0; i < b->n; i++) {
 		const char *t = memmem(b->line[i], b->len[i], "\"time\":", 7);
@@ -395,7 +414,11 @@ static int hec_send(struct audit_sink *s, struct sink_batch *b)
 			 "disabled on this token?)");
 		return -EPROTO;
 	}
-	return hec_wait_ack(s, ack_id, b);
+	h->pend_ack = ack_id;
+	h->pend_first = b->first;
+	h->pend_n = b->n;
+	h->pend_since_ms = now_ms_realtime();
+	return hec_wait_ack(s, ack_id, b, b->n);
 }
 
 /* ---- elasticsearch --------------------------------------------------------- */

@@ -528,3 +528,29 @@ def test_two_sinks_sharing_a_cursor_are_refused(enforcer, servers, tmp):
     assert wait_for(lambda: enforcer.proc.p.poll() is not None, 10)
     assert enforcer.proc.p.returncode != 0
     assert "deliver to the same destination and would share one cursor" in enforcer.read_log()
+
+
+def test_hec_slow_acks_are_waited_for_not_reposted(enforcer, servers):
+    """Indexer acknowledgements that take 11 s (normal under load): the batch
+    is not posted again (each POST is another copy indexed); the sink waits,
+    and a retry of the same batch polls its ackId first. With a 10 s wait it
+    was posted every 10 s, forever when acks took longer (review, stop 19)."""
+    port, _ = servers.echo()
+    col = Collector(acks=True, ack_delay=11)
+    col.start()
+    try:
+        tok = os.path.join(enforcer.tmp, "hec.token")
+        with open(tok, "w") as f:
+            f.write("test-token\n")
+        os.chmod(tok, 0o600)
+        enforcer.start(policy(port, f"- {{type: file, path: {enforcer.audit}}}\n"
+                                    f"- {{type: splunk_hec, url: 'http://127.0.0.1:{col.port}', "
+                                    f"token_file: {tok}, ack: true}}\n"))
+        traffic(enforcer, port, 2)
+        want = set(range(1, 6))             # Start, and Open and Close of each connection
+        assert wait_for(lambda: want <= set(hec_seqs(col)), 40), (hec_seqs(col), col.hec_posts)
+        enforcer.stop()
+        posted = [q for p in col.hec_posts for q in p]
+        assert len(posted) == len(set(posted)), col.hec_posts
+    finally:
+        col.stop()

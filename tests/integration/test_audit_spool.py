@@ -256,3 +256,39 @@ def test_flood_from_one_agent_is_rate_limited(enforcer, servers):
                                                                          "ringbuf_dropped"))
     assert len(refused) < n and lost > 0
     assert len(refused) + lost == n, (len(refused), lost)
+
+
+def test_drops_counted_across_a_stop_with_a_full_spool(enforcer, servers):
+    """The enforcer stops while the spool is full and events are being
+    dropped: the count must survive the stop (spool/dropped) and be reported
+    by the next run once there is room. It was kept only in memory: the
+    next run reported nothing of the first run's drops (review, stop 19)."""
+    port, _ = servers.echo()
+    hook_port = free_port()                 # nobody listens: the webhook holds the spool
+    text = spool_policy(port, enforcer.audit, hook_port, "drop_newest")
+    enforcer.start(text)
+    n = 300
+    traffic(enforcer, port, n)
+    assert wait_for(lambda: "spool full" in enforcer.read_log(), 5), enforcer.read_log()
+    enforcer.stop()
+    assert os.path.exists(os.path.join(enforcer.state, "spool", "dropped"))
+    col = Collector()
+    col.start(hook_port)
+    try:
+        enforcer.start(text)
+
+        def accounted():
+            evs = file_events(enforcer.audit)
+            conns = [e for e in evs if e["class_uid"] == 4001 and e.get("dst_endpoint", {}).get("port") == port]
+            return len(conns) + sum(l["count"] for l in loss_events(evs))
+        # every connection event of the first run is either in the file or
+        # in a loss count (the count also holds the first run's Stop and the
+        # second run's Start when they found no room)
+        assert wait_for(lambda: accounted() >= 2 * n, 20), accounted()
+        enforcer.stop()
+    finally:
+        col.stop()
+    assert not os.path.exists(os.path.join(enforcer.state, "spool", "dropped"))
+    evs = file_events(enforcer.audit)
+    assert seqs(evs) == list(range(1, len(evs) + 1))
+    assert max(l["count"] for l in loss_events(evs)) > 100

@@ -43,6 +43,7 @@ class Collector:
         self.es_429_items = 0          # next N new items answer 429
         self.es_400_ids = set()        # these _id answer 400 (mapping error)
         self.hec = []                  # indexed HEC envelopes, in arrival order
+        self.hec_posts = []            # the sequences each HEC POST carried
         self.hec_pending = {}          # ackId -> (ready_at, [envelopes] or None if lost)
         self.hec_channels = set()
         self.next_ack = 0
@@ -137,6 +138,8 @@ class Collector:
             envs.append(obj)
         if not envs:
             return 400, {"text": "No data", "code": 5}
+        self.hec_posts.append([e["event"].get("metadata", {}).get("sequence") for e in envs
+                               if isinstance(e["event"], dict)])
         if not self.acks:
             self.hec.extend(envs)
             return 200, {"text": "Success", "code": 0}
