@@ -48,7 +48,17 @@ static int inflate_with(const uint8_t *in, size_t len, size_t max, int wbits, ui
 		rc = inflate(&zs, Z_NO_FLUSH);
 		n = cap - zs.avail_out;
 		if (rc == Z_STREAM_END) {
-			/* bytes after the stream are not part of any reading */
+			/* gzip allows several members in a row (RFC 1952 2.2),
+			 * read as one body; the bound is on them all */
+			if (wbits == 15 + 32 && zs.avail_in >= 2 && zs.next_in[0] == 0x1f &&
+			    zs.next_in[1] == 0x8b && len >= 2 && in[0] == 0x1f && in[1] == 0x8b) {
+				if (inflateReset(&zs) != Z_OK) {
+					rc = -EINVAL;
+					break;
+				}
+				continue;
+			}
+			/* other bytes after the stream are not part of any reading */
 			rc = zs.avail_in ? -EINVAL : 0;
 			break;
 		}

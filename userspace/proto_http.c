@@ -176,6 +176,7 @@ struct http_state {
 	struct http_head mh;           /* U_HELD: offsets into the upstream input */
 	uint8_t *mbody;
 	size_t mlen, mcap;
+	size_t held;                   /* bytes of masked_held this connection reserved */
 	/* the credentials this connection injected, searched for in every
 	 * answer (http_scrub.h); a streamed body keeps back the bytes an
 	 * occurrence may still be completing in (sc) */
@@ -1638,8 +1639,8 @@ static int send_resp_head(struct conn *c, const uint8_t *b, const struct http_he
 		/* the version and code as they came; the phrase our own */
 		char sl[64];
 
-		put(&o, b, 13);             /* "HTTP/1.x NNN " (validated) */
-		snprintf(sl, sizeof(sl), "%s\r\n", std_reason(h->status));
+		put(&o, b, 12);             /* "HTTP/1.x NNN" (validated) */
+		snprintf(sl, sizeof(sl), " %s\r\n", std_reason(h->status));
 		puts_(&o, sl);
 	} else {
 		put(&o, b, (size_t)(eol - b));   /* the status line, validated */
@@ -1730,6 +1731,36 @@ static bool coded(const uint8_t *b, const struct http_head *h)
 	return false;
 }
 
+/*
+ * Masked answers are held whole (up to MASK_JSON_MAX each) until masked; an
+ * agent that opens many connections to a masked route and asks for big
+ * answers could make the enforcer hold gigabytes (one agent, 250
+ * connections: 3 GB). All connections together hold at most MASK_HELD_MAX:
+ * past it, a masked answer is refused (502, the connection closes) until
+ * others are done.
+ */
+#define MASK_HELD_MAX (512u << 20)
+static size_t masked_held;
+
+static bool held_take(struct http_state *s, size_t n)
+{
+	size_t before = __atomic_fetch_add(&masked_held, n, __ATOMIC_RELAXED);
+
+	if (before + n > MASK_HELD_MAX) {
+		__atomic_fetch_sub(&masked_held, n, __ATOMIC_RELAXED);
+		return false;
+	}
+	s->held += n;
+	return true;
+}
+
+static void held_put(struct http_state *s)
+{
+	if (s->held)
+		__atomic_fetch_sub(&masked_held, s->held, __ATOMIC_RELAXED);
+	s->held = 0;
+}
+
 /* A masked response: keep a copy of its head; the body is collected. */
 static int collect_start(struct conn *c, const uint8_t *in, const struct http_head *h)
 {
@@ -1737,6 +1768,9 @@ static int collect_start(struct conn *c, const uint8_t *in, const struct http_he
 
 	if (h->body == HTTP_BODY_LENGTH && h->content_length > MASK_JSON_MAX)
 		return -E2BIG;
+	held_put(s);
+	if (!held_take(s, h->head_len + (h->body == HTTP_BODY_LENGTH ? (size_t)h->content_length : 0)))
+		return -EBUSY;
 	free(s->mhead);
 	if (!(s->mhead = malloc(h->head_len)))
 		return -ENOMEM;
@@ -1801,6 +1835,7 @@ static int collect_finish(struct conn *c)
 
 	s->collecting = false;
 	err = mask_answer(c, s->mhead, &s->mh, s->mbody, s->mlen);
+	held_put(s);
 	s->mlen = 0;
 	if (s->mcap > (256u << 10)) {   /* a big body's buffer does not stay with the connection */
 		free(s->mbody);
@@ -1820,6 +1855,7 @@ static int held_body(struct conn *c, const uint8_t *in, uint32_t len, bool eof)
 	if (len < need)
 		return eof ? -EPIPE : 0;   /* cut short: never taken for whole */
 	err = mask_answer(c, in, &s->mh, in + s->mh.head_len, (size_t)s->mh.content_length);
+	held_put(s);
 	conn_in_consume(c, SIDE_UP, (uint32_t)need);
 	s->ustate = U_HEAD;
 	if (err)
@@ -1829,6 +1865,7 @@ static int held_body(struct conn *c, const uint8_t *in, uint32_t len, bool eof)
 }
 
 #define MASK_TOO_BIG "the response body is larger than the masking bound (8 MiB) and cannot be masked"
+#define MASK_HELD_FULL "the enforcer holds too many masked answers at once (512 MiB): try again"
 _Static_assert(MASK_JSON_MAX == 8u << 20, "MASK_TOO_BIG names the bound");
 
 /*
@@ -1845,6 +1882,7 @@ static int refuse_response(struct conn *c, const char *why)
 	int err;
 
 	s->collecting = false;
+	held_put(s);
 	s->mlen = 0;
 	if (s->mcap > (256u << 10)) {
 		free(s->mbody);
@@ -1959,6 +1997,8 @@ static int body_out(struct conn *c, const uint8_t *p, size_t n, bool chunked)
 	if (s->collecting) {
 		if (n > MASK_JSON_MAX - s->mlen)
 			return -E2BIG;
+		if (s->mh.body != HTTP_BODY_LENGTH && !held_take(s, n))
+			return -EBUSY;
 		if (s->mlen + n > s->mcap) {
 			size_t cap = s->mcap ? s->mcap : 64 * 1024;
 			uint8_t *nb;
@@ -2170,6 +2210,8 @@ static int process_upstream(struct conn *c)
 			rc = upstream_body(c, in, len, eof);
 			if (rc == -E2BIG && s->collecting)
 				return refuse_response(c, MASK_TOO_BIG);
+			if (rc == -EBUSY && s->collecting)
+				return refuse_response(c, MASK_HELD_FULL);
 			if (rc < 0)
 				return rc;
 			if (rc == 0)
@@ -2226,6 +2268,11 @@ static int process_upstream(struct conn *c)
 		    h.status != 101) {
 			/* held, unconsumed, in the input buffer until whole (it may
 			 * grow to hold it: bounded by MASK_JSON_MAX and the head's max) */
+			held_put(s);
+			if (!held_take(s, h.head_len + (size_t)h.content_length)) {
+				conn_in_consume(c, SIDE_UP, h.head_len);
+				return refuse_response(c, MASK_HELD_FULL);
+			}
 			if ((err = conn_in_reserve(c, SIDE_UP, h.head_len + (uint32_t)h.content_length)))
 				return err;
 			s->mh = h;
@@ -2241,9 +2288,9 @@ static int process_upstream(struct conn *c)
 		}
 		if (r->masked && h.body != HTTP_BODY_NONE && h.status != 101) {
 			/* held until the body is whole and masked */
-			if ((err = collect_start(c, in, &h)) == -E2BIG) {
+			if ((err = collect_start(c, in, &h)) == -E2BIG || err == -EBUSY) {
 				conn_in_consume(c, SIDE_UP, h.head_len);
-				return refuse_response(c, MASK_TOO_BIG);
+				return refuse_response(c, err == -EBUSY ? MASK_HELD_FULL : MASK_TOO_BIG);
 			}
 			if (err)
 				return err;
@@ -2469,6 +2516,7 @@ static void http_release(struct conn *c)
 	struct http_state *s = st(c);
 
 	if (s) {
+		held_put(s);
 		mask_free(s->mask);
 		while (s->nold_masks)
 			mask_free(s->old_masks[--s->nold_masks]);

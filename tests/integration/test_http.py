@@ -813,3 +813,61 @@ def test_masked_answers_carry_no_digest_reason_or_refusal_of_empty_bodies(enforc
             r = curl(enforcer, "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{port}{path}")
             assert r.stdout == code, (mask, path, r.stdout)
         enforcer.stop()
+
+
+STALL_UPSTREAM = textwrap.dedent(r"""
+    import socket, sys, threading, time
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+    s.listen(256)
+    def serve(c):
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            d = c.recv(65536)
+            if not d:
+                return
+            buf += d
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 8000000\r\n\r\n[")
+        while c.recv(65536):       # the body never comes: held until the client goes
+            pass
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+""")
+
+
+def test_masked_answers_held_at_once_are_bounded(enforcer, servers):
+    """Masked answers are held whole until masked (up to 8 MiB each): one
+    agent with 250 connections made the enforcer hold 3 GB (review, stop 19).
+    All connections together now hold at most 512 MiB; past it a masked
+    answer is refused with 502 and the connection closes."""
+    from conftest import Proc, free_port, wait_port
+    port = free_port()
+    servers.procs.append(Proc([PY, "-c", STALL_UPSTREAM, str(port)]))
+    wait_port("127.0.0.1", port)
+    enforcer.start(mask_policy(port, '{json: ["$.ssn"]}'))
+    code = f"""
+        import json, socket, time
+        socks = []
+        for i in range(80):
+            s = socket.create_connection(("127.0.0.1", {port}), timeout=10)
+            s.sendall(b"GET /v1/big HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+            socks.append(s)
+        time.sleep(2)
+        refused = 0
+        for s in socks:
+            s.setblocking(False)
+            try:
+                d = s.recv(65536)
+                if d.startswith(b"HTTP/1.1 502") and b"too many masked answers" in d:
+                    refused += 1
+            except BlockingIOError:
+                pass
+        print(json.dumps({{"refused": refused}}))
+    """
+    r = enforcer.py(AGENT, code, timeout=60)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    # 512 MiB / (8,000,000 bytes and a head) = 67 held; the other 13 refused
+    assert got["refused"] == 13, got

@@ -48,6 +48,21 @@ static void test_inflate(void)
 	z[zl] = 'X';   /* bytes after the stream */
 	CHECK(http_inflate(z, zl + 1, 1024, &out, &ol) == -EINVAL);
 	CHECK(http_inflate((const uint8_t *)"not zlib at all", 15, 1024, &out, &ol) == -EINVAL);
+	/* two gzip members in a row are one body (RFC 1952); garbage after
+	 * them is not; the bound is on both together */
+	{
+		uint8_t two[512];
+		size_t l1 = zip(text, sizeof(text) - 1, 31, two, sizeof(two));
+		size_t l2 = zip(text, sizeof(text) - 1, 31, two + l1, sizeof(two) - l1);
+
+		CHECK(http_inflate(two, l1 + l2, 1024, &out, &ol) == 0);
+		CHECK(ol == 2 * (sizeof(text) - 1) && memcmp(out + ol / 2, text, ol / 2) == 0);
+		free(out);
+		CHECK(http_inflate(two, l1 + l2, sizeof(text) + 5, &out, &ol) == -E2BIG);
+		two[l1 + l2] = 'X';
+		CHECK(http_inflate(two, l1 + l2 + 1, 1024, &out, &ol) == -EINVAL);
+		CHECK(http_inflate(two, l1 + l2 - 3, 1024, &out, &ol) == -EINVAL);   /* second cut */
+	}
 	/* a bomb: 4 MiB of zeros in a few KiB, refused at the bound */
 	{
 		size_t big = 4u << 20;
