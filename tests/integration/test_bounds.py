@@ -95,8 +95,6 @@ def test_long_pipeline_is_not_cut_as_an_oversized_message(enforcer, pg, tmp):
     drain; a full input buffer while it waits is not a message over the limit
     (it was: the connection was reset with "Message too long")."""
     pg.sql("CREATE TABLE IF NOT EXISTS pipe (n int); GRANT SELECT, INSERT ON pipe TO app")
-    rules = [{"target": "shop", "allow": {"statements": ["select", "insert"], "tables": ["public.pipe"]}}]
-    enforcer.start(policy(pg, tmp, rules=rules))
     code = f"""
         import threading
         N = 100000
@@ -124,9 +122,17 @@ def test_long_pipeline_is_not_cut_as_an_oversized_message(enforcer, pg, tmp):
         th.join(120)
         print(json.dumps(got))
     """
-    got = agent_py(enforcer, code, timeout=180)
-    assert got["E"] == [] and got["Z"] == 1 and got["C"] == 100000, got
-    assert pg.sql("SELECT count(*) FROM pipe").strip() == "100000"
+    for mask in (None, {"columns": ["public.customers.email"], "detectors": ["credit_card"]}):
+        rules = [{"target": "shop", "allow": {"statements": ["select", "insert"],
+                                              "tables": ["public.pipe", "public.customers"]}}]
+        if mask:   # masking on: the session's answers are read, not passed through
+            rules[0]["mask"] = mask
+        pg.sql("TRUNCATE pipe")
+        enforcer.start(policy(pg, tmp, rules=rules))
+        got = agent_py(enforcer, code, timeout=180)
+        assert got["E"] == [] and got["Z"] == 1 and got["C"] == 100000, (mask, got)
+        assert pg.sql("SELECT count(*) FROM pipe").strip() == "100000"
+        enforcer.stop()
 
 
 def test_descriptors_running_short_make_new_connections_wait(enforcer, tmp, servers):

@@ -204,7 +204,7 @@ def test_audit_threads_urgent_when_behind(enforcer, servers):
     spool_tid = [int(t) for t in os.listdir(f"/proc/{pid}/task")
                  if open(f"/proc/{pid}/task/{t}/comm").read().strip() == "ag-spool"][0]
     assert enforcer.status()["counters"]["audit_made_urgent"] == 0
-    hogs = [subprocess.Popen([PY, "-c", "while True: pass"]) for _ in range(len(os.sched_getaffinity(0)) * 2)]
+    hogs = [subprocess.Popen([PY, "-c", "while True: pass"]) for _ in range(len(os.sched_getaffinity(0)) * 4)]
     try:
         code = f"import socket\nfor i in range(300):\n    socket.create_connection(('127.0.0.1', {port})).close()\n"
         client = subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", "t-agent", "--", PY, "-c", code],
