@@ -1005,6 +1005,23 @@ static int forward_head(struct conn *c, const uint8_t *b, const struct http_head
  * again only when that rule set changes. NULL with *err set on failure
  * (the request is refused: never unmasked by accident).
  */
+static void old_masks_gc(struct http_state *s)
+{
+	unsigned k = 0;
+
+	for (unsigned i = 0; i < s->nold_masks; i++) {
+		bool used = false;
+
+		for (unsigned j = 0; j < s->qlen && !used; j++)
+			used = s->q[(s->qhead + j) % HTTP_PIPELINE_MAX].mask == s->old_masks[i];
+		if (used)
+			s->old_masks[k++] = s->old_masks[i];
+		else
+			mask_free(s->old_masks[i]);
+	}
+	s->nold_masks = k;
+}
+
 static struct mask_rules *route_mask(struct conn *c, const struct ident_principal *user, const char **err)
 {
 	struct http_state *s = st(c);
@@ -1035,7 +1052,11 @@ static struct mask_rules *route_mask(struct conn *c, const struct ident_principa
 		if (rules[i]->mask.present)
 			masks[k++] = &rules[i]->mask;
 	if (s->mask && s->qlen) {
-		/* answers still to come may have been judged under it */
+		/* answers still to come may have been judged under it; the
+		 * kept ones no queued request uses any more go now (an agent
+		 * that always has a request out never reaches qlen 0, and a
+		 * reload changes the mask at any request) */
+		old_masks_gc(s);
 		if (s->nold_masks == HTTP_PIPELINE_MAX) {
 			*err = "too many mask changes among pipelined requests";
 			return NULL;

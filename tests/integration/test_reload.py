@@ -581,3 +581,75 @@ def test_reload_http_judges_every_new_request_by_the_new_policy(enforcer, server
         agent.wait(timeout=20)
     with open(os.path.join(d, "seen"), "rb") as f:
         assert f.read().split(b"\n")[:-1] == [b"GET /slow HTTP/1.1", b"GET /b/2 HTTP/1.1"]
+
+
+# Answers every request after 0.3 s, so the agent's next request is judged
+# while the previous one is still in flight.
+SLOW_UPSTREAM = textwrap.dedent(r"""
+    import socket, sys, threading, time
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+    s.listen(16)
+    def serve(c):
+        buf = b""
+        while True:
+            while b"\r\n\r\n" not in buf:
+                d = c.recv(65536)
+                if not d:
+                    return
+                buf += d
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            time.sleep(0.3)
+            body = b'{"path": "%s", "email": "ada@example.com"}' % head.split(b" ")[1]
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                      % (len(body), body))
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+""")
+
+
+def test_reload_many_times_under_a_pipelining_agent_on_a_masked_route(enforcer, servers, tmp):
+    """Each reload gives a pipelining connection a new mask while a request
+    judged under the old one is in flight; the old masks no queued request
+    uses must go, or after 16 reloads every request was refused ("too many
+    mask changes among pipelined requests") while explain said allow (found
+    by reading the change of this stop)."""
+    from conftest import Proc, free_port, wait_port
+    port = free_port()
+    servers.procs.append(Proc([PY, "-c", SLOW_UPSTREAM, str(port)]))
+    wait_port("127.0.0.1", port)
+
+    def pol(k):
+        return textwrap.dedent(f"""\
+        version: 1
+        agents: [{{name: {AGENT}}}]
+        targets: [{{name: web, protocol: http, address: 127.0.0.1:{port}}}]
+        roles: [{{name: r{k}, rules: [{{target: web, allow: {{http: ["GET /a/**"]}}, mask: {{json: ["$.email"]}}}}]}}]
+        bindings: [{{role: r{k}, agents: [{AGENT}]}}]
+        """)
+    path = enforcer.start(pol(0))
+    agent = subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", AGENT, "--", PY, "-c",
+                              PIPE_AGENT % port], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+
+    def say(line):
+        agent.stdin.write(line + "\n")
+        agent.stdin.flush()
+        out = agent.stdout.readline()
+        assert out, "the agent died: " + agent.stderr.read()
+        return json.loads(out)
+
+    try:
+        assert say("/a/0") == "sent"
+        for k in range(1, 21):
+            rewrite(enforcer, path, pol(k))
+            assert enforcer.cli("reload").returncode == 0
+            assert say(f"/a/{k}") == "sent"        # /a/{k-1} is still in flight
+            got = say("read 1")[0]
+            assert got.startswith("HTTP/1.1 200") and '"email":"****"' in got, (k, got)
+        assert say("read 1")[0].startswith("HTTP/1.1 200")
+    finally:
+        agent.stdin.close()
+        agent.wait(timeout=20)
