@@ -88,9 +88,10 @@ struct policy_target {
 	int line;
 };
 
-/* Rules one agent may hold for one target (distinct roles, by name and by
- * claims bindings): the modules judge against at most this many, so a
- * policy that could exceed it is refused at load. */
+/* Rules one agent may hold for one target (distinct roles): the modules
+ * judge against at most this many. A policy that binds more to one agent by
+ * name is refused at load; more brought by a token's claims is a denial at
+ * run time. */
 #define POLICY_MAX_RULES_PER_TARGET 64
 
 struct policy_identity {

@@ -2161,86 +2161,66 @@ static void compile(struct vctx *v, struct policy *p)
 	}
 }
 
-/* Each agent holds at most POLICY_MAX_RULES_PER_TARGET rules for a target
- * (distinct roles bound to it by name, or by claims when its identity is
- * verified; with accept_user_tokens, a user's by claims): past that the
- * modules deny every request, which a policy check must say, not a 403. */
+/* Each agent holds at most POLICY_MAX_RULES_PER_TARGET rules for a target:
+ * past that the modules deny every request, and `policy explain` (which
+ * judges by the bindings by name) would say allow. The roles bound to an
+ * agent by name are counted here; how many a token's claims bring is known
+ * only at run time, where more than the bound is a denial with its reason
+ * ("too many rules for this target"). Counting every claims binding for
+ * every verified agent would refuse large organisations' policies that no
+ * single principal comes near. */
 static void check_rule_counts(struct vctx *v, struct policy *p)
 {
 	size_t nt = p->ntargets, nr = p->nroles, na = p->nagents, npairs = 0;
-	bool *claim_role = calloc(nr ? nr : 1, sizeof(bool));
 	size_t *stamp = calloc(nr ? nr : 1, sizeof(size_t));
 	unsigned *cnt = calloc(nt ? nt : 1, sizeof(unsigned));
-	unsigned *ccnt = calloc(nt ? nt : 1, sizeof(unsigned));
-	size_t *first = calloc(na + 1, sizeof(size_t)), *fill = NULL;
-	int *roles = NULL;
+	size_t *first = calloc(na + 1, sizeof(size_t)), *fill = calloc(na + 1, sizeof(size_t));
+	int *roles;
 
 	for (size_t b = 0; b < p->nbindings; b++)
 		npairs += p->bindings[b].agents.n;
-	fill = calloc(na + 1, sizeof(size_t));
 	roles = calloc(npairs ? npairs : 1, sizeof(int));
-	if (!claim_role || !stamp || !cnt || !ccnt || !first || !fill || !roles) {
+	if (!stamp || !cnt || !first || !fill || !roles) {
 		verr(v, NULL, "out of memory");
 		goto out;
 	}
 	/* the roles bound to each agent by name, grouped by agent */
-	for (size_t b = 0; b < p->nbindings; b++)
-		for (size_t k = 0; k < p->bindings[b].agents.n; k++) {
-			int ai = ix_find(&v->agents, p->bindings[b].agents.v[k]);
+	for (int pass = 0; pass < 2; pass++) {
+		for (size_t b = 0; b < p->nbindings; b++)
+			for (size_t k = 0; k < p->bindings[b].agents.n; k++) {
+				int ai = ix_find(&v->agents, p->bindings[b].agents.v[k]);
 
-			if (ai >= 0 && p->bindings[b].role_idx >= 0)
-				first[ai + 1]++;
-		}
-	for (size_t i = 0; i < na; i++)
-		first[i + 1] += first[i];
-	for (size_t b = 0; b < p->nbindings; b++)
-		for (size_t k = 0; k < p->bindings[b].agents.n; k++) {
-			int ai = ix_find(&v->agents, p->bindings[b].agents.v[k]);
-
-			if (ai >= 0 && p->bindings[b].role_idx >= 0)
-				roles[first[ai] + fill[ai]++] = p->bindings[b].role_idx;
-		}
-	for (size_t b = 0; b < p->nbindings; b++)
-		if (p->bindings[b].nclaims && p->bindings[b].role_idx >= 0)
-			claim_role[p->bindings[b].role_idx] = true;
-	for (size_t r = 0; r < nr; r++)
-		for (size_t k = 0; claim_role[r] && k < p->roles[r].nrules; k++)
-			if (p->roles[r].rules[k].target_idx >= 0)
-				ccnt[p->roles[r].rules[k].target_idx]++;
+				if (ai < 0 || p->bindings[b].role_idx < 0)
+					continue;
+				if (pass == 0)
+					first[ai + 1]++;
+				else
+					roles[first[ai] + fill[ai]++] = p->bindings[b].role_idx;
+			}
+		for (size_t i = 0; pass == 0 && i < na; i++)
+			first[i + 1] += first[i];
+	}
 	for (size_t i = 0; i < na; i++) {
-		const struct policy_agent *a = &p->agents[i];
-		bool claims = a->identity.source != IDENT_LOCAL;
-
 		memset(cnt, 0, (nt ? nt : 1) * sizeof(*cnt));
 		for (size_t k = first[i]; k < first[i + 1]; k++) {
 			int r = roles[k];
 
-			if (stamp[r] == i + 1 || (claims && claim_role[r]))
-				continue;   /* counted already, or among the claims' */
+			if (stamp[r] == i + 1)
+				continue;   /* bound twice: one set of rules */
 			stamp[r] = i + 1;
 			for (size_t q = 0; q < p->roles[r].nrules; q++)
 				if (p->roles[r].rules[q].target_idx >= 0)
 					cnt[p->roles[r].rules[q].target_idx]++;
 		}
-		for (size_t t = 0; t < nt; t++) {
-			unsigned n = cnt[t] + (claims ? ccnt[t] : 0);
-
-			if (n > POLICY_MAX_RULES_PER_TARGET)
-				verr(v, NULL, "agent '%.64s' (line %d) can hold %u rules for target '%.64s' (roles "
-				     "bound to it%s); at most %d are supported: merge roles", a->name, a->line, n,
-				     p->targets[t].name, claims ? " by name or by claims" : "",
-				     POLICY_MAX_RULES_PER_TARGET);
-			else if (a->accept_user_tokens && ccnt[t] > POLICY_MAX_RULES_PER_TARGET)
-				verr(v, NULL, "agent '%.64s' (line %d): a user token can hold %u rules for target "
-				     "'%.64s' (roles bound by claims); at most %d are supported: merge roles",
-				     a->name, a->line, ccnt[t], p->targets[t].name, POLICY_MAX_RULES_PER_TARGET);
-		}
+		for (size_t t = 0; t < nt; t++)
+			if (cnt[t] > POLICY_MAX_RULES_PER_TARGET)
+				verr(v, NULL, "agent '%.64s' (line %d) has %u rules for target '%.64s' (roles bound "
+				     "to it by name); at most %d are supported: merge roles", p->agents[i].name,
+				     p->agents[i].line, cnt[t], p->targets[t].name, POLICY_MAX_RULES_PER_TARGET);
 	}
 out:
-	free(claim_role);
 	free(stamp);
 	free(cnt);
-	free(ccnt);
 	free(first);
 	free(fill);
 	free(roles);

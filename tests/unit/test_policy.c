@@ -931,7 +931,7 @@ static void test_refused_shapes(void)
 		if (nroles == 64)
 			CHECK(loads(text));
 		else
-			CHECK(refused_with(text, "can hold 65 rules for target 'api'"));
+			CHECK(refused_with(text, "has 65 rules for target 'api'"));
 		free(text);
 	}
 }
