@@ -109,6 +109,7 @@ static struct {
 	uint64_t resume_room;        /* free bytes that count as "room again" */
 	uint64_t dropped, drop_first_ms, drop_last_ms, drop_after_seq;
 	uint64_t drop_saved;              /* the count spool/dropped holds (drop_save_locked) */
+	uint64_t drop_saved_ms;           /* when it was last written (monotonic) */
 	char *recent[AUDIT_RECENT];      /* slots keep their memory from event to event */
 	size_t recent_cap[AUDIT_RECENT];
 	int recent_head, recent_n;
@@ -516,13 +517,16 @@ static void drop_path(char *out, size_t n)
 	snprintf(out, n, "%s/dropped", spool_dir(A.spool));
 }
 
-static void drop_save_locked(void)
+static void drop_save_locked(bool force)
 {
 	char path[4200], txt[4 * 21 + 1];
 	int fd;
 
-	if (!A.spool || A.drop_saved == A.dropped)
-		return;
+	uint64_t now = now_ns_mono() / 1000000ull;
+
+	if (!A.spool || A.drop_saved == A.dropped || (!force && now - A.drop_saved_ms < 1000))
+		return;   /* at most once a second: emitters wait for A.lock */
+	A.drop_saved_ms = now;
 	drop_path(path, sizeof(path));
 	fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
 	if (fd < 0)
@@ -567,7 +571,7 @@ void audit_flush(void)
 	if (A.dropped && A.spool && spool_has_room(A.spool, A.resume_room))
 		loss_event_locked();
 	if (A.dropped)
-		drop_save_locked();
+		drop_save_locked(false);
 	pthread_mutex_unlock(&A.lock);
 }
 
@@ -610,7 +614,7 @@ void audit_close(void)
 	if (A.dropped && A.spool && spool_has_room(A.spool, A.resume_room))
 		loss_event_locked();
 	if (A.dropped)
-		drop_save_locked();   /* no room: the next run reports them */
+		drop_save_locked(true);   /* no room: the next run reports them */
 	if (A.key && A.seq)
 		checkpoint_locked(true);   /* a clean stop ends with its stop checkpoint */
 	EVP_PKEY_free(A.key);
@@ -997,9 +1001,14 @@ static void loss_event_locked(void)
 		A.cp_pending++;   /* a plain event for the checkpoint count */
 		atomic_store(&A.full, false);
 		if (A.drop_saved) {
-			drop_path(path, sizeof(path));
-			unlink(path);
-			A.drop_saved = 0;
+			/* the report into the segment file first: a SIGKILL
+			 * between the two must not lose both (once per loss
+			 * window, after the spool was full) */
+			if (spool_flush(A.spool, false) == 0) {
+				drop_path(path, sizeof(path));
+				unlink(path);
+				A.drop_saved = 0;
+			}
 		}
 	} else
 		A.dropped += n;   /* still no room: counted on */

@@ -41,7 +41,9 @@
  * batch before the batch is posted anew: acks of tens of seconds are
  * normal under load, and each new POST is another copy indexed. */
 #define HEC_ACK_WAIT_MS 30000
-#define HEC_ACK_GIVE_UP_MS (10 * 60 * 1000)   /* then the batch is posted again */
+/* Then the batch is posted again: no answer tells a slow ack from one the
+ * indexer lost (both are false), so a lost one costs this long. */
+#define HEC_ACK_GIVE_UP_MS 60000
 #define ES_DEFAULT_INDEX "agentgate-audit"
 
 enum kind { K_HEC, K_ES, K_HOOK };
@@ -112,7 +114,10 @@ static void desc_without_userinfo(char *out, size_t cap, const char *type, const
 
 	if (hs) {
 		hs += 3;
-		end = hs + strcspn(hs, "/?#");
+		/* the last '@' anywhere: a password may hold an unencoded '/'
+		 * (never shown, at the cost of an odd description when a path
+		 * holds an '@') */
+		end = hs + strlen(hs);
 		at = memrchr(hs, '@', (size_t)(end - hs));
 		if (at) {
 			snprintf(out, cap, "%s %.*s%s", type, (int)(hs - url), url, at + 1);
@@ -370,8 +375,23 @@ static int hec_send(struct audit_sink *s, struct sink_batch *b)
 	/* the same batch again (its ack did not come in time): its ackId
 	 * first, rather than another copy, until HEC_ACK_GIVE_UP_MS */
 	if (s->cfg->ack && h->pend_ack >= 0 && h->pend_first == b->first && h->pend_n <= b->n &&
-	    now_ms_realtime() - h->pend_since_ms < HEC_ACK_GIVE_UP_MS)
-		return hec_wait_ack(s, h->pend_ack, b, h->pend_n);
+	    now_ms_realtime() - h->pend_since_ms < HEC_ACK_GIVE_UP_MS) {
+		size_t done = h->pend_n;
+		int err = hec_wait_ack(s, h->pend_ack, b, done);
+
+		if (err || done == b->n)
+			return err;
+		/* the batch grew since: the lines after the acknowledged ones
+		 * go now, as a batch of their own */
+		struct sink_batch rest = { .first = b->first + done, .n = b->n - done, .line = b->line + done,
+					   .len = b->len + done, .st = b->st + done };
+
+		/* whatever becomes of them (their statuses say), the first
+		 * ones are acknowledged: the cursor passes them */
+		if (hec_send(s, &rest))
+			memcpy(b->why, rest.why, sizeof(b->why));
+		return 0;
+	}
 	h->pend_ack = -1;
 	h->blen = 0;
 	for (size_t i = 0; i < b->n; i++) {
