@@ -77,9 +77,13 @@ def test_sigkill_mid_batch_resumes_from_cursor(enforcer, servers):
 
         enforcer.start(policy(port, sinks(enforcer.audit, col.port)))
         traffic(enforcer, port, 10)
+
+        def starts_now():
+            return [e for e in file_events(enforcer.audit) if e["class_uid"] == 6002 and e["activity_name"] == "Start"]
+        # the file sink delivers the first run's backlog before the second Start
+        assert wait_for(lambda: len(starts_now()) == 2, 10), len(starts_now())
         evs = file_events(enforcer.audit)
-        starts = [e for e in evs if e["class_uid"] == 6002 and e["activity_name"] == "Start"]
-        assert len(starts) == 2
+        starts = starts_now()
         # the sequence is the spool's: the second run continues it
         assert starts[1]["metadata"]["sequence"] > max(before) - 1
         assert wait_for(lambda: len(file_events(enforcer.audit)) >= len(evs) + 0 and
