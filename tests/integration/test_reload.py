@@ -536,6 +536,21 @@ for line in sys.stdin:
 """
 
 
+def pipe_agent(enforcer, port):
+    """PIPE_AGENT as the agent; returns the process and say(line) -> its JSON answer."""
+    agent = subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", AGENT, "--", PY, "-c",
+                              PIPE_AGENT % port], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+
+    def say(line):
+        agent.stdin.write(line + "\n")
+        agent.stdin.flush()
+        out = agent.stdout.readline()
+        assert out, "the agent died: " + agent.stderr.read()
+        return json.loads(out)
+    return agent, say
+
+
 def test_reload_http_judges_every_new_request_by_the_new_policy(enforcer, servers, tmp):
     """An http connection takes a reloaded policy at its next request, even one
     pipelined behind a request the upstream has not answered yet: it used to wait
@@ -549,16 +564,7 @@ def test_reload_http_judges_every_new_request_by_the_new_policy(enforcer, server
     servers.procs.append(Proc([PY, "-c", HELD_UPSTREAM, str(port), d]))
     wait_port("127.0.0.1", port)
     path = enforcer.start(http_policy(port, ["GET /slow", "GET /a/**"]))
-    agent = subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", AGENT, "--", PY, "-c",
-                              PIPE_AGENT % port], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-
-    def say(line):
-        agent.stdin.write(line + "\n")
-        agent.stdin.flush()
-        out = agent.stdout.readline()
-        assert out, "the agent died: " + agent.stderr.read()
-        return json.loads(out)
+    agent, say = pipe_agent(enforcer, port)
 
     try:
         assert say("/slow") == "sent"
@@ -630,16 +636,7 @@ def test_reload_many_times_under_a_pipelining_agent_on_a_masked_route(enforcer, 
         bindings: [{{role: r{k}, agents: [{AGENT}]}}]
         """)
     path = enforcer.start(pol(0))
-    agent = subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", AGENT, "--", PY, "-c",
-                              PIPE_AGENT % port], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-
-    def say(line):
-        agent.stdin.write(line + "\n")
-        agent.stdin.flush()
-        out = agent.stdout.readline()
-        assert out, "the agent died: " + agent.stderr.read()
-        return json.loads(out)
+    agent, say = pipe_agent(enforcer, port)
 
     try:
         assert say("/a/0") == "sent"
