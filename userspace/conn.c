@@ -940,6 +940,11 @@ void conn_deadline(struct conn *c)
 		stream_upstream_failed(c, -ETIMEDOUT);
 		return;
 	}
+	if (c->streaming && c->ops->on_deadline && c->ops->on_deadline(c)) {
+		if (!c->closing)
+			stream_drive(c, false);   /* writes the module's answer, then finishes */
+		return;
+	}
 	enforcer_conn_closed(c, c->connecting ? "upstream connect timed out"
 				: c->deadline_why ? c->deadline_why
 					      : "no decision: the agent sent too little in time");

@@ -76,7 +76,14 @@ struct policy_upstream {       /* fields for later protocol modules; all optiona
 	char *bearer_token_file, *basic_auth_file, *header_name, *header_value_file;
 	bool bearer_agent_token;       /* upstream: {bearer: agent_token} */
 	bool forwarded_for;            /* http: add X-Forwarded-For (the agent's address) */
+	uint32_t response_timeout_ms;  /* http: 0 = the default (POLICY_HTTP_RESPONSE_TIMEOUT_MS) */
 };
+
+/* How long an http or kubernetes upstream may take to begin its answer (the
+ * response head) to the request it was sent, unless the target says
+ * otherwise (upstream.response_timeout, 1 s to 24 h). */
+#define POLICY_HTTP_RESPONSE_TIMEOUT_MS 60000u
+#define POLICY_HTTP_RESPONSE_TIMEOUT_MAX_MS (24u * 3600u * 1000u)
 
 struct policy_target {
 	char *name;

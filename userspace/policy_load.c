@@ -1475,7 +1475,7 @@ static void load_upstream(struct vctx *v, const struct ynode *m, struct policy_t
 		"address", "tls", "ca_file", "cert_file", "key_file", "server_name", "user",
 		"password_file", "database", "search_path", "statement_timeout",
 		"idle_in_transaction_session_timeout", "bearer_token_file", "basic_auth_file",
-		"header", "bearer", "forwarded_for", NULL };
+		"header", "bearer", "forwarded_for", "response_timeout", NULL };
 	static const struct key_scope scope[] = {
 		{ "user", P(PROTO_POSTGRES) }, { "password_file", P(PROTO_POSTGRES) },
 		{ "database", P(PROTO_POSTGRES) }, { "search_path", P(PROTO_POSTGRES) },
@@ -1483,7 +1483,7 @@ static void load_upstream(struct vctx *v, const struct ynode *m, struct policy_t
 		{ "idle_in_transaction_session_timeout", P(PROTO_POSTGRES) },
 		{ "bearer_token_file", P_HTTPISH }, { "basic_auth_file", P_HTTPISH },
 		{ "header", P_HTTPISH }, { "bearer", P_HTTPISH }, { "forwarded_for", P_HTTPISH },
-		{ NULL, 0 } };
+		{ "response_timeout", P_HTTPISH }, { NULL, 0 } };
 	static const char *const tls_modes[] = { "disable", "require", "verify-full", NULL };
 	struct policy_upstream *u = &t->upstream;
 	const struct ynode *n;
@@ -1525,6 +1525,11 @@ static void load_upstream(struct vctx *v, const struct ynode *m, struct policy_t
 		load_bearer(v, n, u);
 	if ((n = map_get(m, "forwarded_for")))
 		want_bool(v, n, "forwarded_for", &u->forwarded_for);
+	if ((n = map_get(m, "response_timeout")) &&
+	    want_duration(v, n, "response_timeout", &u->response_timeout_ms) &&
+	    (u->response_timeout_ms < 1000 || u->response_timeout_ms > POLICY_HTTP_RESPONSE_TIMEOUT_MAX_MS))
+		verr(v, n, "response_timeout must be between 1s and 24h (the upstream's time to begin "
+		     "its answer; a watch's long silent body is not counted)");
 }
 
 static void load_target(struct vctx *v, const struct ynode *m, struct policy_target *t, int idx)

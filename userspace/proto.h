@@ -43,6 +43,11 @@ struct proto_ops {
 	 * and the module answers it and ends the connection (conn_finish())
 	 * when it has. Without this op, the agent's connection is reset. */
 	void (*on_upstream_tls_fail)(struct conn *c);
+	/* Stream mode only, optional: c->deadline_ms (which the module set)
+	 * passed while the upstream leg is up. Returns true when the module
+	 * answered the agent and ends the connection itself (conn_finish());
+	 * false: conn.c closes it (a reset, audited with c->deadline_why). */
+	bool (*on_deadline)(struct conn *c);
 };
 
 extern const struct proto_ops proto_tcp_ops;

@@ -154,6 +154,7 @@ struct http_state {
 	const struct hreq *resend_req; /* NULL: nothing may be resent */
 	bool resend_pending;           /* send it once the new leg is up */
 	uint64_t head_since_ms;        /* a partial request head's first byte, 0 none */
+	uint64_t resp_since_ms;        /* the front request's answer awaited since, 0 none (arm_clocks) */
 	bool agent_tls;
 	bool k8s;                      /* protocol: kubernetes */
 	char host[256];                /* the target's name for Host when the agent sends none */
@@ -303,6 +304,7 @@ static const char *status_text(int status)
 	case 400: return "Bad Request";
 	case 403: return "Forbidden";
 	case 502: return "Bad Gateway";
+	case 504: return "Gateway Timeout";
 	default: return "Error";
 	}
 }
@@ -310,10 +312,10 @@ static const char *status_text(int status)
 /* "HTTP/1.1 403 Forbidden" with the JSON body of DESIGN.md §3. */
 static int send_local(struct conn *c, const struct hreq *r)
 {
-	/* 502: the request was allowed, the upstream failed: an agent must not
-	 * read it as a policy decision */
+	/* 502, 504: the request was allowed, the upstream failed: an agent
+	 * must not read it as a policy decision */
 	json_t *body = json_pack("{s:s, s:s, s:s}", "error",
-				 r->status == 502 ? "agentgate: upstream error" : "agentgate: denied", "rule", r->rule,
+				 r->status >= 500 ? "agentgate: upstream error" : "agentgate: denied", "rule", r->rule,
 				 "reason", r->reason ? r->reason : "");
 	char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
 	char head[256];
@@ -1441,6 +1443,8 @@ static int agent_body(struct conn *c, const uint8_t *in, size_t len)
 	}
 	if (r)
 		r->req_bytes += off;
+	if (off && r && r == q_front(s) && s->resp_since_ms)
+		s->resp_since_ms = now_ms();   /* the agent is still sending it: the upstream may wait */
 	if ((!s->abody_chunked && !s->aremain) || (s->abody_chunked && s->ach.done)) {
 		s->abody_req = NULL;
 		s->astate = r && r->close_after ? A_DONE : A_HEAD;
@@ -1450,26 +1454,66 @@ static int agent_body(struct conn *c, const uint8_t *in, size_t len)
 	return (int)off;
 }
 
+static uint32_t resp_timeout_ms(struct conn *c)
+{
+	const struct policy_target *t = target(c);
+
+	return t && t->upstream.response_timeout_ms ? t->upstream.response_timeout_ms
+						   : POLICY_HTTP_RESPONSE_TIMEOUT_MS;
+}
+
 /*
- * A partial request head is on a clock (HTTP_HEAD_TIMEOUT_MS from its first
- * byte); conn.c's deadline closes the connection when it runs out. While
- * the upstream is being dialled that deadline is the dial's; the head's is
- * set again once the leg is up (process_agent() runs then).
+ * The connection's two clocks share conn.c's one deadline (while the
+ * upstream is being dialled, the deadline is the dial's; the clocks are set
+ * again once the leg is up, when the module is next called):
+ * - a partial request head must be whole HTTP_HEAD_TIMEOUT_MS after its
+ *   first byte (counted from the first byte, so trickling does not extend
+ *   it); then the connection is closed (a reset, audited);
+ * - the request at the front of the queue, allowed and sent upstream, must
+ *   get the head of its answer within the target's response_timeout. The
+ *   clock starts when that answer is awaited (the request is at the front
+ *   and the upstream between answers) and starts again when the agent sends
+ *   more of that request's body or the upstream an interim 1xx. It stops at
+ *   the answer's head: a body may then be silent for as long as it likes (a
+ *   Kubernetes watch). When it runs out the agent gets a 504 of ours
+ *   (http_on_deadline()).
+ * Called at the end of every module entry point, and when a head starts or
+ * ends.
  */
+static void arm_clocks(struct conn *c)
+{
+	struct http_state *s = st(c);
+	struct hreq *r;
+	uint64_t head = 0, resp = 0;
+
+	if (!s || !c->streaming)
+		return;   /* before stream mode: conn.c's decision deadline */
+	r = q_front(s);
+	if (s->ustate == U_HEAD && r && !r->local && !s->up_failed) {
+		if (!s->resp_since_ms)
+			s->resp_since_ms = now_ms();
+		resp = s->resp_since_ms + resp_timeout_ms(c);
+	} else {
+		s->resp_since_ms = 0;
+	}
+	if (s->head_since_ms)
+		head = s->head_since_ms + HTTP_HEAD_TIMEOUT_MS;
+	if (c->connecting)
+		return;
+	c->deadline_ms = head && (!resp || head <= resp) ? head : resp;
+	c->deadline_why = c->deadline_ms && c->deadline_ms == resp ? "the upstream did not begin its answer in time"
+								  : NULL;
+}
+
 static void head_timer(struct conn *c, bool partial)
 {
 	struct http_state *s = st(c);
 
-	if (!partial) {
-		if (s->head_since_ms && !c->connecting)
-			c->deadline_ms = 0;
+	if (!partial)
 		s->head_since_ms = 0;
-		return;
-	}
-	if (!s->head_since_ms)
+	else if (!s->head_since_ms)
 		s->head_since_ms = now_ms();
-	if (!c->connecting)
-		c->deadline_ms = s->head_since_ms + HTTP_HEAD_TIMEOUT_MS;
+	arm_clocks(c);
 }
 
 static int process_agent(struct conn *c)
@@ -2132,7 +2176,7 @@ static int upstream_body(struct conn *c, const uint8_t *in, size_t len, bool eof
 	return 0;
 }
 
-static void upstream_gone(struct conn *c, const char *why)
+static void upstream_failed(struct conn *c, const char *why, int status)
 {
 	struct http_state *s = st(c);
 	struct hreq *r = q_front(s);
@@ -2149,7 +2193,7 @@ static void upstream_gone(struct conn *c, const char *why)
 	if (r && !r->local) {
 		r->local = true;
 		r->allowed = false;
-		r->status = 502;
+		r->status = status;
 		r->reason = why;
 		r->close_after = true;
 		in_flight = true;
@@ -2159,7 +2203,7 @@ static void upstream_gone(struct conn *c, const char *why)
 
 		if (!o->local) {
 			o->local = true;
-			o->status = 502;
+			o->status = status;
 			o->reason = why;
 			o->close_after = true;
 			in_flight = true;
@@ -2167,6 +2211,11 @@ static void upstream_gone(struct conn *c, const char *why)
 	}
 	if (in_flight || s->astate != A_HEAD)
 		s->astate = A_DONE;
+}
+
+static void upstream_gone(struct conn *c, const char *why)
+{
+	upstream_failed(c, why, 502);
 }
 
 /*
@@ -2281,9 +2330,11 @@ static int process_upstream(struct conn *c)
 			if (!r->v10 && (err = send_resp_head(c, in, &h, r, false, -1)))
 				return err;
 			conn_in_consume(c, SIDE_UP, h.head_len);
+			s->resp_since_ms = now_ms();   /* progress: the final head's clock starts again */
 			continue;
 		}
 		r->status = h.status;
+		s->resp_since_ms = 0;   /* its answer began: the clock stops (the next request's starts anew) */
 		s->uchunked_out = h.body == HTTP_BODY_CHUNKED && !r->v10;
 		if (r->masked && h.body == HTTP_BODY_LENGTH && h.content_length <= MASK_JSON_MAX &&
 		    h.status != 101) {
@@ -2431,9 +2482,13 @@ static int first_bytes(struct conn *c)
 
 static int http_on_agent_data(struct conn *c)
 {
+	int err;
+
 	if (!c->streaming)
 		return first_bytes(c);
-	return process_agent(c);
+	err = process_agent(c);
+	arm_clocks(c);
+	return err;
 }
 
 static void answer_up_failure(struct conn *c, const char *why, bool finish);
@@ -2450,6 +2505,7 @@ static int up_now_ready(struct conn *c)
 		struct obuf o = { head_buf, s->resend_len, sizeof(head_buf), false };
 
 		s->resend_pending = false;
+		s->resp_since_ms = 0;   /* sent anew: its answer's clock starts again (arm_clocks) */
 		memcpy(head_buf, s->resend, s->resend_len);
 		if ((err = send_head(c, &o)) == -EPERM || err == -EINVAL || err == -ENOBUFS) {
 			upstream_gone(c, "the request could not be sent again (no credential)");
@@ -2461,7 +2517,17 @@ static int up_now_ready(struct conn *c)
 	return process_agent(c);
 }
 
+static int http_upstream_data(struct conn *c);
+
 static int http_on_upstream_data(struct conn *c)
+{
+	int err = http_upstream_data(c);
+
+	arm_clocks(c);
+	return err;
+}
+
+static int http_upstream_data(struct conn *c)
 {
 	struct http_state *s = st(c);
 	int err;
@@ -2532,6 +2598,35 @@ static void http_on_upstream_tls_fail(struct conn *c)
 	answer_up_failure(c, s->up_why, false);
 }
 
+/*
+ * conn.c's deadline passed. The response clock (arm_clocks()): the agent
+ * gets a 504 of ours for the request that waited (and for those pipelined
+ * behind it, which the upstream will not answer either), the upstream's
+ * connection is dropped with whatever it still sends, and the agent's ends
+ * once those are written. The head clock: false, conn.c closes.
+ */
+static bool http_on_deadline(struct conn *c)
+{
+	struct http_state *s = st(c);
+
+	if (!s || !s->resp_since_ms || now_ms() < s->resp_since_ms + resp_timeout_ms(c))
+		return false;
+	char why[96];
+
+	snprintf(why, sizeof(why), "the upstream did not begin its answer within %u ms (response_timeout)",
+		 resp_timeout_ms(c));
+	log_debug("http: upstream %s: %s", c->upstream_desc, why);
+	upstream_failed(c, why, 504);
+	s->ustate = U_DISCARD;
+	s->resp_since_ms = 0;
+	s->head_since_ms = 0;
+	conn_shutdown(c, SIDE_UP);
+	if (flush_local(c) < 0)
+		return false;
+	conn_finish(c);   /* after the 504s are written; nothing more is read */
+	return true;
+}
+
 static void http_release(struct conn *c)
 {
 	struct http_state *s = st(c);
@@ -2562,6 +2657,7 @@ const struct proto_ops proto_http_ops = {
 	.release = http_release,
 	.on_upstream_fail = http_on_upstream_fail,
 	.on_upstream_tls_fail = http_on_upstream_tls_fail,
+	.on_deadline = http_on_deadline,
 };
 
 /* protocol: kubernetes: the same proxy, judging k8s.h attributes. */
@@ -2574,4 +2670,5 @@ const struct proto_ops proto_kubernetes_ops = {
 	.release = http_release,
 	.on_upstream_fail = http_on_upstream_fail,
 	.on_upstream_tls_fail = http_on_upstream_tls_fail,
+	.on_deadline = http_on_deadline,
 };

@@ -8,6 +8,7 @@ import base64
 import gzip
 import json
 import os
+import re
 import subprocess
 import textwrap
 import threading
@@ -635,3 +636,165 @@ def test_keepalive_upstream_gone_when_dialling_again_is_502(enforcer, servers, t
     assert outs[0][0] == "HTTP/1.1 200 OK", outs
     assert outs[1][0] == "HTTP/1.1 502 Bad Gateway", outs
     assert json.loads(outs[1][1])["reason"] == "the upstream is not reachable"
+
+
+# ---- an upstream that does not answer: upstream.response_timeout ----------------
+
+# A raw upstream: /v1/never is read and never answered; /v1/slow/S answers
+# after S seconds; /v1/watch sends its head at once and its body (one chunk)
+# 3 s later, like a Kubernetes watch that waits for an event; /v1/interim/N
+# sends N "100 Continue" a second apart, then its answer. Records
+# "conn-<n> METHOD TARGET" lines.
+SILENT = textwrap.dedent(r"""
+    import itertools, socket, sys, threading, time
+    port, logf = int(sys.argv[1]), sys.argv[2]
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", port))
+    s.listen(16)
+    ids = itertools.count()
+    log = open(logf, "a", buffering=1)
+    def ok(c, body):
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    def serve(c, n):
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    d = c.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                path = head.split(b"\r\n")[0].split()[1].decode()
+                log.write("conn-%d %s\n" % (n, path))
+                if path == "/v1/never":
+                    while c.recv(65536):
+                        pass
+                    return
+                if path.startswith("/v1/slow/"):
+                    time.sleep(float(path.rsplit("/", 1)[1]))
+                    ok(c, b"slow " + path.encode())
+                elif path == "/v1/watch":
+                    c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    time.sleep(3)
+                    c.sendall(b"6\r\nevent\n\r\n0\r\n\r\n")
+                elif path.startswith("/v1/interim/"):
+                    for _ in range(int(path.rsplit("/", 1)[1])):
+                        time.sleep(1)
+                        c.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    ok(c, b"after interim")
+        finally:
+            c.close()
+    while True:
+        c, a = s.accept()
+        threading.Thread(target=serve, args=(c, next(ids)), daemon=True).start()
+""")
+
+# One connection: sends each request (all at once when pipelined), reads
+# until EOF or 20 s; prints [seconds to EOF or None, the bytes read].
+TIMED_CLIENT = r"""
+import json, socket, time
+s = socket.create_connection(("127.0.0.1", {port}), timeout=20)
+t0 = time.time()
+s.sendall("".join({reqs!r}).encode())
+out, took = b"", None
+try:
+    while True:
+        d = s.recv(65536)
+        if not d:
+            took = time.time() - t0
+            break
+        out += d
+except (socket.timeout, ConnectionResetError):
+    pass
+print(json.dumps([took, out.decode(errors="replace")]))
+"""
+
+
+def silent(tmp, procs):
+    port, logf = free_port(), os.path.join(tmp, f"silent-{time.time_ns()}.log")
+    procs.append(Proc([PY, "-c", SILENT, str(port), logf]))
+    wait_port("127.0.0.1", port)
+    return port, lambda: open(logf).read().splitlines() if os.path.exists(logf) else []
+
+
+def get(path, close=False):
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{'Connection: close' + chr(13) + chr(10) if close else ''}\r\n"
+
+
+def statuses(out):
+    return [int(x) for x in re.findall(r"HTTP/1\.1 (\d{3}) [A-Z]", out)]
+
+
+def test_upstream_that_never_answers_is_504_after_response_timeout(enforcer, servers, tmp):
+    port, log = silent(tmp, servers.procs)
+    enforcer.start(policy(port, upstream="response_timeout: 2s", rules='"GET /v1/**"'))
+    took, out = client(enforcer, TIMED_CLIENT.format(port=port, reqs=[get("/v1/never")]), timeout=60)
+    # answered, then closed, at the timeout: not before, and not only when the agent gives up
+    assert took is not None and 1.9 <= took <= 4.5, (took, out)
+    rs, rest = responses(out.encode())
+    assert len(rs) == 1 and rs[0][0] == 504 and rest == b"", out
+    body = json.loads(rs[0][2])
+    assert body["error"] == "agentgate: upstream error" and "response_timeout" in body["reason"], body
+    assert [x.split()[1] for x in log()] == ["/v1/never"]
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4002 and e["http_request"]["url"]["path"] == "/v1/never")
+    assert ev and ev["http_response"]["code"] == 504, ev
+    # the default is 60 s: without the key the same request is still waiting after 5 s
+    enforcer.stop()
+    enforcer.start(policy(port, upstream="", rules='"GET /v1/**"'))
+    code = TIMED_CLIENT.format(port=port, reqs=[get("/v1/never")]).replace("timeout=20", "timeout=5")
+    took, out = client(enforcer, code, timeout=60)
+    assert took is None and out == "", (took, out)
+
+
+def test_response_timeout_counts_until_the_head_only(enforcer, servers, tmp):
+    port, log = silent(tmp, servers.procs)
+    enforcer.start(policy(port, upstream="response_timeout: 2s", rules='"GET /v1/**"'))
+    # a slow answer within the timeout; a body silent for longer than the
+    # timeout after its head (a watch); interim 1xx that keep restarting it
+    reqs = [get("/v1/slow/1.2"), get("/v1/watch"), get("/v1/interim/3", close=True)]
+    took, out = client(enforcer, TIMED_CLIENT.format(port=port, reqs=reqs), timeout=60)
+    assert statuses(out) == [200, 200, 100, 100, 100, 200], out
+    assert "slow /v1/slow/1.2" in out and "event" in out and out.endswith("after interim"), out
+    assert took is not None and took >= 7, took   # 1.2 + 3 + 3: nothing was cut short
+    # pipelined: the second waits behind the first (1.5 s) and then takes
+    # 1.5 s itself; its clock starts when its answer is awaited, not when sent
+    reqs = [get("/v1/slow/1.5"), get("/v1/slow/1.5", close=True)]
+    took, out = client(enforcer, TIMED_CLIENT.format(port=port, reqs=reqs), timeout=60)
+    assert statuses(out) == [200, 200], out
+
+
+def test_response_timeout_on_a_pipeline_answers_every_request(enforcer, servers, tmp):
+    port, log = silent(tmp, servers.procs)
+    enforcer.start(policy(port, upstream="response_timeout: 2s", rules='"GET /v1/**"'))
+    reqs = [get("/v1/slow/0"), get("/v1/never"), get("/v1/slow/0")]
+    took, out = client(enforcer, TIMED_CLIENT.format(port=port, reqs=reqs), timeout=60)
+    # the first answered; the one the upstream sits on and the one behind it get a 504 each, in order
+    assert statuses(out) == [200, 504, 504], out
+    assert took is not None and took <= 4.5, took
+    assert enforcer.wait_event(lambda e: len(http_events(enforcer)) >= 3)
+    assert sorted(e["http_response"]["code"] for e in http_events(enforcer)) == [200, 504, 504]
+
+
+def test_response_timeout_validated(tmp):
+    def check(target):
+        p = os.path.join(tmp, f"p-{time.time_ns()}.yaml")
+        with open(p, "w") as f:
+            f.write(textwrap.dedent(f"""
+            version: 1
+            agents: [{{name: a}}]
+            targets: [{target}]
+            roles: [{{name: r, rules: [{{target: t}}]}}]
+            bindings: [{{role: r, agents: [a]}}]
+            """))
+        r = subprocess.run([AG, "policy", "check", p], capture_output=True, text=True)
+        return r.returncode, r.stdout + r.stderr
+    for ok in ("1s", "90s", "24h"):
+        assert check(f"{{name: t, protocol: http, address: 127.0.0.1:80, upstream: {{response_timeout: {ok}}}}}")[0] == 0
+    assert check("{name: t, protocol: kubernetes, address: 127.0.0.1:6443, upstream: {response_timeout: 5m}}")[0] == 0
+    for bad in ("0s", "500ms", "25h", "soon", "-1s"):
+        rc, out = check(f"{{name: t, protocol: http, address: 127.0.0.1:80, upstream: {{response_timeout: {bad}}}}}")
+        assert rc != 0 and "response_timeout" in out, (bad, out)
+    rc, out = check("{name: t, protocol: postgres, address: 127.0.0.1:5432, upstream: {response_timeout: 5s}}")
+    assert rc != 0 and "response_timeout" in out, out
