@@ -111,6 +111,7 @@
 #define PG_DISCARD_MAX  (256u << 20)      /* an oversized message up to this is read and dropped */
 #define PG_DISCARD_MS   10000             /* ... for at most this long */
 #define PG_START_MS     30000             /* upstream connected -> session ready (start_clock) */
+#define PG_BIG_MSG_MS   20000             /* an agent message over CONN_IN_MAX: whole this long after its first byte */
 
 /* ---- cancel keys ---------------------------------------------------------- */
 
@@ -327,6 +328,10 @@ enum {
 
 struct pg_sess {
 	enum pg_phase phase;
+	/* an agent message bigger than the usual buffer, incomplete: since when
+	 * (monotonic ms; 0 none) and how big it says it is (big_clock()) */
+	uint64_t big_since_ms;
+	uint32_t big_size;
 	bool agent_tls, ssl_asked, gss_asked, negotiate;
 	bool cancel_registered;
 	bool is_cancel;                /* this connection forwards a CancelRequest */
@@ -3349,6 +3354,38 @@ static void adopt_policy(struct conn *c)
 	s->gen = policy_gen(c->policy);   /* the verdict cache follows the policy */
 }
 
+/*
+ * A message the agent announces bigger than the usual input buffer
+ * (CONN_IN_MAX) grows that buffer up to its size (PG_MSG_MAX). One that
+ * never comes whole would hold the memory as long as the agent keeps the
+ * connection: it must be whole PG_BIG_MSG_MS after its first byte was read
+ * (counted from then, so trickling it does not extend that; an agent is a
+ * local process, which sends 16 MiB in milliseconds), or the session ends
+ * with FATAL 08P01 (pg_on_deadline()). size: the partial message's size, 0
+ * when no message waits to be completed. Only while the session is ready:
+ * the startup has its own clock (start_clock()), and nothing else uses
+ * the connection's deadline then.
+ */
+static void big_clock(struct conn *c, uint32_t size)
+{
+	struct pg_sess *s = S(c);
+
+	if (size > CONN_IN_MAX) {
+		if (!s->big_since_ms) {
+			s->big_since_ms = now_ns_mono() / 1000000ull;
+			s->big_size = size;
+			c->deadline_ms = s->big_since_ms + PG_BIG_MSG_MS;
+			c->deadline_why = "the agent did not complete a large message in time";
+		}
+		return;
+	}
+	if (s->big_since_ms) {
+		s->big_since_ms = 0;
+		c->deadline_ms = 0;
+		c->deadline_why = NULL;
+	}
+}
+
 static int process_agent(struct conn *c)
 {
 	struct pg_sess *s = S(c);
@@ -3387,6 +3424,7 @@ static int process_agent(struct conn *c)
 	}
 	if (used && s->phase != PH_DONE)
 		conn_in_consume(c, SIDE_AGENT, used);
+	big_clock(c, !err && partial && s->phase == PH_READY ? pg_frame_size(in + used, len - used) : 0);
 	/* The agent finished sending: once all it sent went on, the server
 	 * may finish too. A message it cut short never will come whole, and
 	 * the server, never sent any of it, would wait for the next one for
@@ -4064,6 +4102,21 @@ static void pg_release(struct conn *c)
 	c->proto_state = NULL;
 }
 
+/* conn.c's deadline passed: a large message never completed (big_clock())
+ * ends the session with an error the agent can read; any other deadline
+ * (the startup's, the pool's) closes the connection. */
+static bool pg_on_deadline(struct conn *c)
+{
+	struct pg_sess *s = S(c);
+
+	if (!s || !s->big_since_ms || s->phase != PH_READY)
+		return false;
+	fatal(c, "08P01", "agentgate: a message of %u bytes was not complete %u s after its first byte",
+	      s->big_size, PG_BIG_MSG_MS / 1000);
+	s->big_since_ms = 0;
+	return true;
+}
+
 const struct proto_ops proto_pg_ops = {
 	.name = "postgres",
 	.enforces_rules = true,
@@ -4072,4 +4125,5 @@ const struct proto_ops proto_pg_ops = {
 	.on_upstream_data = pg_on_upstream_data,
 	.release = pg_release,
 	.on_upstream_fail = pg_upstream_fail,
+	.on_deadline = pg_on_deadline,
 };

@@ -177,3 +177,43 @@ def test_descriptors_running_short_make_new_connections_wait(enforcer, tmp, serv
         assert res == {"ok": 60, "reset": 0}, (nofile, res)
         enforcer.stop()
     assert "pausing accepts" in enforcer.read_log()
+
+
+def test_large_message_never_completed_ends_the_session(enforcer, pg, tmp):
+    """A Query announced at 8 MiB of which 2 MiB come, then a trickle, then
+    nothing: the enforcer grows a buffer to the announced size for it. Before
+    the fix it held that buffer until the agent closed; now the session ends
+    20 s after the message's first byte (the trickle does not extend that),
+    with an error the agent can read, and the slot and the backend go."""
+    enforcer.start(policy(pg, tmp))
+    code = f"""
+        c = Conn("127.0.0.1", {pg.port}, timeout=40)
+        body = b"SELECT '" + b"x" * (8 << 20) + b"'\\0"
+        whole = b"Q" + struct.pack("!I", len(body) + 4) + body
+        t0 = time.time()
+        c.send(whole[:2 << 20])
+        for i in range(8):                   # a byte every 2 s, for 16 s
+            time.sleep(2)
+            c.send(whole[(2 << 20) + i:(2 << 20) + i + 1])
+        msgs = []
+        while True:
+            t, b = c.read()
+            if t is None:
+                break
+            msgs.append([t.decode(), b.decode(errors="replace")])
+        print(json.dumps({{"took": time.time() - t0, "msgs": msgs}}))
+    """
+    out = agent_py(enforcer, code, timeout=120)
+    assert 19 <= out["took"] <= 30, out
+    errs = [m[1] for m in out["msgs"] if m[0] == "E"]
+    assert len(errs) == 1 and "C08P01" in errs[0] and "not complete 20 s after its first byte" in errs[0], out
+    assert wait_for(lambda: open_conns(enforcer) == 0, timeout=10), open_conns(enforcer)
+    assert wait_for(lambda: backends(pg) == 0, timeout=10), backends(pg)
+    # a large message that does come whole is served, on a new session
+    code = f"""
+        c = Conn("127.0.0.1", {pg.port}, timeout=40)
+        c.send(P("", "SELECT length($1::text)") + B("", "", ["y" * (3 << 20)]) + E("") + S)
+        print(json.dumps([[t.decode(), b.decode(errors="replace")[:80]] for t, b in c.until_ready()]))
+    """
+    msgs = agent_py(enforcer, code)
+    assert ["D", "\x00\x01\x00\x00\x00\x073145728"] in msgs, msgs
