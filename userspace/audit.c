@@ -76,6 +76,11 @@ uint64_t audit_made_urgent(void)
 	return atomic_load(&U.made_urgent);
 }
 
+uint64_t audit_dead_lettered(bool discarded)
+{
+	return discarded ? spool_dead_letters_discarded() : spool_dead_lettered();
+}
+
 /* One sink's thread: reads the spool at its cursor, sends, acknowledges. */
 struct sink_rt {
 	struct audit_sink s;

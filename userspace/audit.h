@@ -129,6 +129,9 @@ void audit_defer_flush(void);
  * behind in time urgent (see "Urgency" in audit.c). */
 void audit_urgency_tick(void);
 /* How many times an audit thread was made urgent (status). */
+/* Events sent to spool/dead-letter.jsonl since start; with discarded, how
+ * many of those the file's rotation dropped since (status counters). */
+uint64_t audit_dead_lettered(bool discarded);
 uint64_t audit_made_urgent(void);
 void audit_defer_end(void);   /* flushes, frees the queue, commits at once again */
 

@@ -5,6 +5,7 @@
 #include <inttypes.h>
 #include <jansson.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,6 +77,9 @@ struct spool {
 	struct spool_reader *readers[SPOOL_MAX_READERS];
 	int nreaders;
 	int dlfd;
+	uint64_t dl_bytes;                /* dead-letter.jsonl's size */
+	uint64_t dl_lines_old;            /* lines in dead-letter.jsonl.1 (this run's; -1: unknown) */
+	uint64_t dl_lines;                /* lines in dead-letter.jsonl (this run's, or counted at open) */
 	/* segments dropped from the list whose files the spool thread deletes
 	 * once it released the lock (unlink_dropped); their bytes stay in
 	 * total until the file is gone */
@@ -1263,31 +1267,110 @@ int spool_read(struct spool_reader *r, struct spool_batch *b, size_t max_n, size
 	return 0;
 }
 
+/* status counters: one spool per process */
+static _Atomic uint64_t dl_events, dl_discarded;
+
+static uint64_t file_lines(int fd)
+{
+	char buf[65536];
+	uint64_t n = 0;
+	ssize_t r;
+	off_t off = 0;
+
+	while ((r = pread(fd, buf, sizeof(buf), off)) > 0) {
+		for (char *p = buf; (p = memchr(p, '\n', (size_t)(buf + r - p))); p++)
+			n++;
+		off += r;
+	}
+	return n;
+}
+
+/* The current dead-letter file: open (counting what an earlier run left in
+ * it), and rotated when this line would take it over its bound. s->lock held. */
+static int dl_file(struct spool *s, size_t add)
+{
+	char path[4200], old[4300];
+	uint64_t cap = s->max_bytes / 8 > (64u << 10) ? s->max_bytes / 8 : (64u << 10);
+	struct stat st;
+
+	snprintf(path, sizeof(path), "%s/dead-letter.jsonl", s->dir);
+	snprintf(old, sizeof(old), "%s.1", path);
+	if (s->dlfd < 0) {
+		if ((s->dlfd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600)) < 0)
+			return -errno;
+		s->dl_bytes = fstat(s->dlfd, &st) == 0 ? (uint64_t)st.st_size : 0;
+		s->dl_lines = file_lines(s->dlfd);
+		s->dl_lines_old = UINT64_MAX;
+	}
+	if (!s->dl_bytes || s->dl_bytes + add <= cap)
+		return 0;
+	/* the file before the last goes; its lines are counted as lost */
+	if (s->dl_lines_old == UINT64_MAX) {
+		int fd = open(old, O_RDONLY | O_CLOEXEC);
+
+		s->dl_lines_old = fd >= 0 ? file_lines(fd) : 0;
+		if (fd >= 0)
+			close(fd);
+	}
+	if (rename(path, old) < 0)
+		return -errno;
+	if (s->dl_lines_old) {
+		atomic_fetch_add(&dl_discarded, s->dl_lines_old);
+		ag_log(LOG_LVL_WARN, "audit: %s is over %llu bytes: %llu older dead letters (in %s) were "
+		       "discarded", path, (unsigned long long)cap, (unsigned long long)s->dl_lines_old, old);
+	}
+	s->dl_lines_old = s->dl_lines;
+	close(s->dlfd);
+	s->dl_lines = s->dl_bytes = 0;
+	if ((s->dlfd = open(path, O_RDWR | O_APPEND | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0)
+		return -errno;
+	return 0;
+}
+
 int spool_dead_letter(struct spool *s, const char *sink, const char *why, const char *line,
 		      size_t len)
 {
 	json_t *hdr = json_pack("{s:s, s:s, s:I}", "sink", sink, "reason", why,
 				"time", (json_int_t)now_ms_realtime());
 	char *h = hdr ? json_dumps(hdr, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
-	int err = 0;
+	int err;
 
 	json_decref(hdr);
 	if (!h)
 		return -ENOMEM;
-	pthread_mutex_lock(&s->lock);
-	if (s->dlfd < 0) {
-		char path[4200];
-
-		snprintf(path, sizeof(path), "%s/dead-letter.jsonl", s->dir);
-		s->dlfd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
-	}
 	/* {"sink":..,"reason":..,"time":..,"event":<the line as spooled>} */
 	size_t hl = strlen(h);
 	h[hl - 1] = ',';
 	struct iovec iov[4] = { { h, hl }, { "\"event\":", 8 }, { (void *)line, len }, { "}\n", 2 } };
-	if (s->dlfd < 0 || writev(s->dlfd, iov, 4) < 0)
-		err = -errno;
+	size_t total = hl + 8 + len + 2;
+
+	pthread_mutex_lock(&s->lock);
+	if (!(err = dl_file(s, total))) {
+		ssize_t w = writev(s->dlfd, iov, 4);
+
+		if (w < 0) {
+			err = -errno;
+		} else if ((size_t)w < total) {   /* a short write (ENOSPC): cut back, not a torn line */
+			if (ftruncate(s->dlfd, (off_t)s->dl_bytes) < 0)
+				ag_log(LOG_LVL_WARN, "audit: dead-letter file: %s", strerror(errno));
+			err = -ENOSPC;
+		} else {
+			s->dl_bytes += total;
+			s->dl_lines++;
+			atomic_fetch_add(&dl_events, 1);
+		}
+	}
 	pthread_mutex_unlock(&s->lock);
 	free(h);
 	return err;
+}
+
+uint64_t spool_dead_lettered(void)
+{
+	return atomic_load(&dl_events);
+}
+
+uint64_t spool_dead_letters_discarded(void)
+{
+	return atomic_load(&dl_discarded);
 }

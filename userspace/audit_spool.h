@@ -119,9 +119,19 @@ int spool_read(struct spool_reader *r, struct spool_batch *b, size_t max_n, size
  * cursor file (written, not synced: a SIGKILL keeps it, a power loss may
  * resend a batch). 0 or -errno. */
 int spool_reader_ack(struct spool_reader *r, uint64_t seq);
-/* Appends lines to dead-letter.jsonl (0600) with the reason. 0 or -errno. */
+/*
+ * Appends lines to dead-letter.jsonl (0600) with the reason. 0 or -errno.
+ * The file holds at most an eighth of max_bytes (at least 64 KiB, or one
+ * longer line): past that it is renamed dead-letter.jsonl.1 (replacing the
+ * one before, whose loss is logged and counted) and a new one begun, so
+ * dead letters take at most a quarter of max_bytes besides the spool.
+ */
 int spool_dead_letter(struct spool *s, const char *sink, const char *why, const char *line,
 		      size_t len);
+/* Events dead-lettered since the process started, and of those, dead
+ * letters discarded by the rotation (status counters). */
+uint64_t spool_dead_lettered(void);
+uint64_t spool_dead_letters_discarded(void);
 /* Wakes readers blocked in spool_read (close, reopen). */
 void spool_wake(struct spool *s);
 /* The last line in the spool (malloc'ed, no '\n'; caller frees), for the

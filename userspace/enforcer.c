@@ -1192,6 +1192,9 @@ void *enforcer_status_json(void)
 	json_object_set_new(counters, "dialed_enforcer", json_integer(atomic_load(&E->self_dial)));
 	json_object_set_new(counters, "audit_sequence", json_integer(audit_sequence()));
 	json_object_set_new(counters, "audit_made_urgent", json_integer((json_int_t)audit_made_urgent()));
+	json_object_set_new(counters, "audit_dead_lettered", json_integer((json_int_t)audit_dead_lettered(false)));
+	json_object_set_new(counters, "audit_dead_letters_discarded",
+			    json_integer((json_int_t)audit_dead_lettered(true)));
 	loader_pin_root(pins, sizeof(pins));
 
 	json_t *st = json_pack("{s:s, s:i, s:I, s:{s:s, s:s, s:s, s:I}, s:s, s:s, s:s, s:{s:i, s:i, s:i},"

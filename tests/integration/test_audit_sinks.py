@@ -426,6 +426,33 @@ def test_http_permanent_error_goes_to_dead_letter(enforcer, servers, collector):
     assert "wrong-token" not in enforcer.read_log() and "wrong-token" not in open(dl).read()
 
 
+
+def test_dead_letter_file_is_bounded_and_counted(enforcer, servers, collector):
+    """Dead letters are rotated at an eighth of the spool's max_bytes (here
+    512 KiB: 64 KiB), keeping one older file; what the rotation drops is
+    counted in status and logged. Before, the file grew without bound and
+    nothing counted it."""
+    port, _ = servers.echo()
+    sinks = http_sinks(collector, enforcer.tmp, enforcer.audit, token="wrong-token")
+    sinks = "\n".join(l for l in sinks.splitlines() if "elasticsearch" not in l and "webhook" not in l)
+    enforcer.start(policy(port, sinks + "\n", extra="spool: {max_bytes: 512KiB}\n"))
+    traffic(enforcer, port, 150)
+    assert wait_for(lambda: len(file_events(enforcer.audit)) >= 301, 20)
+    n = len(file_events(enforcer.audit))
+    counters = lambda: enforcer.status()["counters"]
+    assert wait_for(lambda: counters()["audit_dead_lettered"] >= n, 20), counters()
+    c = counters()
+    dl = os.path.join(enforcer.state, "spool", "dead-letter.jsonl")
+    lines = [sum(1 for _ in open(p)) for p in (dl, dl + ".1")]
+    assert os.path.getsize(dl) <= 64 << 10 and os.path.getsize(dl + ".1") <= 64 << 10
+    assert os.stat(dl + ".1").st_mode & 0o777 == 0o600
+    assert c["audit_dead_letters_discarded"] > 0, c
+    assert c["audit_dead_lettered"] == sum(lines) + c["audit_dead_letters_discarded"], (c, lines)
+    # the newest dead letters are the ones kept, whole lines in order
+    seqs = [json.loads(l)["event"]["metadata"]["sequence"] for p in (dl + ".1", dl) for l in open(p)]
+    assert all(a < b for a, b in zip(seqs, seqs[1:])) and len(seqs) == sum(lines), seqs
+    assert "older dead letters" in enforcer.read_log() and "wrong-token" not in enforcer.read_log()
+
 # ---- file sink: rotation and reopen on SIGHUP ----------------------------------
 
 def test_file_rotation_and_sighup_reopen(enforcer, servers):
