@@ -3380,9 +3380,11 @@ static void big_clock(struct conn *c, uint32_t size)
 		return;
 	}
 	if (s->big_since_ms) {
+		if (c->deadline_ms == s->big_since_ms + PG_BIG_MSG_MS) {   /* not one set since */
+			c->deadline_ms = 0;
+			c->deadline_why = NULL;
+		}
 		s->big_since_ms = 0;
-		c->deadline_ms = 0;
-		c->deadline_why = NULL;
 	}
 }
 
