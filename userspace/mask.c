@@ -1101,26 +1101,29 @@ static bool put(char *out, size_t outcap, size_t *o, const void *p, size_t n)
 	return true;
 }
 
-/* out == NULL: count only. */
-static size_t mask_run(const struct mask_rules *m, const uint8_t *s, size_t len, char *out,
-		       size_t outcap, unsigned *hits)
+/*
+ * The detectors' matches in s[0..len), merged (overlapping or touching ones
+ * are one) and in order: fn(arg, start, end) for each. 0; 1: the whole
+ * value must be masked (a custom pattern hit a PCRE2 limit, or the value is
+ * too long or not UTF-8 while custom patterns are set); -1: fn failed.
+ */
+typedef bool (*span_fn)(void *arg, size_t start, size_t end);
+
+static int match_spans(const struct mask_rules *m, const uint8_t *s, size_t len, span_fn fn, void *arg)
 {
 	struct cand c[DET__FIXED + MASK_MAX_REGEX];
-	size_t nd = DET__FIXED + m->nre, o = 0, w = 0, cs = 0, ce = 0;
-	unsigned nh = 0, det;
+	size_t nd = DET__FIXED + m->nre, cs = 0, ce = 0;
+	unsigned det;
 	bool have = false;
 
 	if (m->nre && (len > MASK_REGEX_MAX_VALUE || !utf8_valid(s, len)))
-		goto whole;
+		return 1;
 	det = len < m->minlen ? 0 : possible(m, s, len);
-	if (!det && !m->nre) {   /* no detector can match: most values */
-		if (!put(out, outcap, &o, s, len))
-			return (size_t)-1;
-		return out ? o : 0;
-	}
+	if (!det && !m->nre)
+		return 0;   /* no detector can match: most values */
 	for (size_t k = 0; k < nd; k++)
 		if (cand_next(m, det, k, s, len, 0, &c[k]) < 0)
-			goto whole;
+			return 1;
 	for (;;) {
 		size_t best = nd;
 
@@ -1133,39 +1136,196 @@ static size_t mask_run(const struct mask_rules *m, const uint8_t *s, size_t len,
 			if (c[best].e > ce)
 				ce = c[best].e;
 		} else {
-			if (have) {
-				if (!put(out, outcap, &o, s + w, cs - w) ||
-				    !put(out, outcap, &o, MASK_TOKEN, MASK_TOKEN_LEN))
-					return (size_t)-1;
-				nh++;
-				w = ce;
-			}
+			if (have && !fn(arg, cs, ce))
+				return -1;
 			cs = c[best].s;
 			ce = c[best].e;
 			have = true;
 		}
 		if (cand_next(m, det, best, s, len, c[best].e, &c[best]) < 0)
-			goto whole;
+			return 1;
 	}
-	if (have) {
-		if (!put(out, outcap, &o, s + w, cs - w) ||
-		    !put(out, outcap, &o, MASK_TOKEN, MASK_TOKEN_LEN))
-			return (size_t)-1;
-		nh++;
-		w = ce;
-	}
-	if (!put(out, outcap, &o, s + w, len - w))
+	if (have && !fn(arg, cs, ce))
+		return -1;
+	return 0;
+}
+
+/* Writes s with the spans it is given replaced by MASK_TOKEN (out == NULL:
+ * counts them). */
+struct emit {
+	char *out;
+	size_t outcap, o, w;
+	const uint8_t *s;
+	unsigned nh;
+};
+
+static bool emit_span(void *arg, size_t start, size_t end)
+{
+	struct emit *x = arg;
+
+	if (!put(x->out, x->outcap, &x->o, x->s + x->w, start - x->w) ||
+	    !put(x->out, x->outcap, &x->o, MASK_TOKEN, MASK_TOKEN_LEN))
+		return false;
+	x->nh++;
+	x->w = end;
+	return true;
+}
+
+static size_t emit_end(struct emit *x, size_t len, unsigned *hits)
+{
+	if (!put(x->out, x->outcap, &x->o, x->s + x->w, len - x->w))
 		return (size_t)-1;
 	if (hits)
-		*hits += nh;
-	return out ? o : nh;
-whole:
-	o = 0;
+		*hits += x->nh;
+	return x->out ? x->o : x->nh;
+}
+
+static size_t emit_whole(char *out, size_t outcap, unsigned *hits)
+{
+	size_t o = 0;
+
 	if (!put(out, outcap, &o, MASK_TOKEN, MASK_TOKEN_LEN))
 		return (size_t)-1;
 	if (hits)
 		*hits += 1;
 	return out ? o : 1;
+}
+
+/*
+ * Percent-encoding. A value may carry what a detector looks for
+ * percent-encoded (a URL in a Location field or in a JSON string:
+ * "?email=ada%40example.com", "card=4111%201111%201111%201111"), which the
+ * detectors do not read as such. A value with a "%XX" escape is therefore
+ * also scanned decoded (once: "%2540" stays "%40"); a match there masks the
+ * encoded bytes it came from, together with what the value matched as it is.
+ * Written here: URL decoding with the offsets of what each decoded byte came
+ * from is a few lines no library offers.
+ */
+static int hexval(uint8_t c)
+{
+	return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 :
+	       c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+/* Encoded bytes of the decoded byte at s[i]: 3 for an escape, else 1. */
+static size_t pct_width(const uint8_t *s, size_t len, size_t i)
+{
+	return s[i] == '%' && i + 2 < len && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0 ? 3 : 1;
+}
+
+static bool pct_escaped(const uint8_t *s, size_t len)
+{
+	const uint8_t *p = s, *end = s + len;
+
+	while ((p = memchr(p, '%', (size_t)(end - p)))) {
+		if (pct_width(s, len, (size_t)(p - s)) == 3)
+			return true;
+		p++;
+	}
+	return false;
+}
+
+struct spanv {
+	size_t (*v)[2];
+	size_t n, cap;
+};
+
+static bool push_span(void *arg, size_t start, size_t end)
+{
+	struct spanv *sv = arg;
+
+	if (sv->n == sv->cap) {
+		size_t nc = sv->cap ? 2 * sv->cap : 16;
+		void *nv = realloc(sv->v, nc * sizeof(*sv->v));
+
+		if (!nv)
+			return false;
+		sv->v = nv;
+		sv->cap = nc;
+	}
+	sv->v[sv->n][0] = start;
+	sv->v[sv->n][1] = end;
+	sv->n++;
+	return true;
+}
+
+static size_t mask_run_pct(const struct mask_rules *m, const uint8_t *s, size_t len, char *out,
+			   size_t outcap, unsigned *hits)
+{
+	uint8_t small[1024], *d = len <= sizeof(small) ? small : malloc(len);
+	struct spanv raw = { 0 }, dec = { 0 };
+	struct emit x = { out, outcap, 0, 0, s, 0 };
+	size_t dl = 0, r = 0, k = 0, di = 0, ei = 0, cs = 0, ce = 0, res;
+	bool have = false;
+	int a, b;
+
+	if (!d)
+		return emit_whole(out, outcap, hits);   /* no memory to look: fail closed */
+	for (size_t i = 0; i < len; ) {
+		size_t w = pct_width(s, len, i);
+
+		d[dl++] = w == 3 ? (uint8_t)(hexval(s[i + 1]) << 4 | hexval(s[i + 2])) : s[i];
+		i += w;
+	}
+	a = match_spans(m, s, len, push_span, &raw);
+	b = a ? a : match_spans(m, d, dl, push_span, &dec);
+	if (a || b) {
+		res = emit_whole(out, outcap, hits);
+		goto out;
+	}
+	/* decoded spans to the encoded bytes they came from (both in order) */
+	for (size_t j = 0; j < dec.n; j++) {
+		for (; di < dec.v[j][0]; di++)
+			ei += pct_width(s, len, ei);
+		dec.v[j][0] = ei;
+		for (; di < dec.v[j][1]; di++)
+			ei += pct_width(s, len, ei);
+		dec.v[j][1] = ei;
+	}
+	/* the union of both, in order */
+	while (r < raw.n || k < dec.n) {
+		size_t *nx = k == dec.n || (r < raw.n && raw.v[r][0] <= dec.v[k][0]) ? raw.v[r++] : dec.v[k++];
+
+		if (have && nx[0] <= ce) {
+			if (nx[1] > ce)
+				ce = nx[1];
+			continue;
+		}
+		if (have && !emit_span(&x, cs, ce)) {
+			res = (size_t)-1;
+			goto out;
+		}
+		cs = nx[0];
+		ce = nx[1];
+		have = true;
+	}
+	if (have && !emit_span(&x, cs, ce))
+		res = (size_t)-1;
+	else
+		res = emit_end(&x, len, hits);
+out:
+	if (d != small)
+		free(d);
+	free(raw.v);
+	free(dec.v);
+	return res;
+}
+
+/* out == NULL: count only. */
+static size_t mask_run(const struct mask_rules *m, const uint8_t *s, size_t len, char *out,
+		       size_t outcap, unsigned *hits)
+{
+	struct emit x = { out, outcap, 0, 0, s, 0 };
+	int r;
+
+	if (pct_escaped(s, len))
+		return mask_run_pct(m, s, len, out, outcap, hits);
+	r = match_spans(m, s, len, emit_span, &x);
+	if (r == 1)
+		return emit_whole(out, outcap, hits);
+	if (r < 0)
+		return (size_t)-1;
+	return emit_end(&x, len, hits);
 }
 
 size_t mask_value(const struct mask_rules *m, const char *in, size_t len, char *out,
@@ -1190,7 +1350,8 @@ bool mask_value_maybe(const struct mask_rules *m, const char *in, size_t len)
 	/* mask_run()'s own early exit, and nothing else: no custom pattern,
 	 * and no fixed detector can match (too short, or possible() says no) */
 	return len && mask_has_detectors(m) &&
-	       (m->nre || (len >= m->minlen && possible(m, (const uint8_t *)in, len)));
+	       (m->nre || (len >= m->minlen && (possible(m, (const uint8_t *)in, len) ||
+						memchr(in, '%', len))));
 }
 
 bool mask_value_matches(const struct mask_rules *m, const char *in, size_t len)

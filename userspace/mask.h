@@ -53,6 +53,11 @@
  *                match/depth/heap limits). A pattern that matches the empty
  *                string is refused at load time.
  *
+ * Percent-encoding: a value with a "%XX" escape is also scanned decoded
+ * (once), and the encoded bytes of a match there are masked with the rest
+ * ("?email=ada%40example.com" -> "?email=****"; an allocation for values
+ * over 1 KiB).
+ *
  * Fail closed: when a custom pattern hits a PCRE2 limit (catastrophic
  * backtracking) or the value is not valid UTF-8 while custom patterns are
  * set (they run only on validated UTF-8), the WHOLE value becomes one
@@ -121,7 +126,8 @@ static inline size_t mask_value_bound(size_t len)
  * length, or (size_t)-1 if outcap is too small (out is then garbage; use
  * mask_value_bound()). *hits (may be NULL) += replacements. The output never
  * contains an unmasked match. Allocates nothing except, per thread, one
- * PCRE2 match block on first use of a custom pattern. */
+ * PCRE2 match block on first use of a custom pattern, and the decoded copy
+ * of a percent-encoded value over 1 KiB (no memory: masked whole). */
 size_t mask_value(const struct mask_rules *m, const char *in, size_t len, char *out,
 		  size_t outcap, unsigned *hits);
 
