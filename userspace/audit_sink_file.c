@@ -241,22 +241,35 @@ fail:
 
 /* After a crash the file may hold events past the cursor (written, then
  * killed before the cursor was saved): report the last one so they are not
- * written twice. A torn last line is cut first. */
+ * written twice. A torn last line is cut first. When the file is empty (it
+ * was rotated, then the enforcer killed before the next write), the last
+ * line is the rotated file's (path.1): without that, the batch written
+ * before the rotation would be written again into the new file. */
 static uint64_t file_resume(struct audit_sink *s, uint64_t cursor, char uid[40])
 {
 	struct fsink *f = s->priv;
 	size_t want, got = 0;
-	char *buf;
-	uint64_t seq = cursor;
+	char *buf, src[4200];
+	uint64_t seq = cursor, size = f->size;
+	struct stat st;
 
-	if (f->is_stdout || !f->size)
+	if (f->is_stdout)
 		return cursor;
-	want = f->size < TAIL_MAX ? f->size : TAIL_MAX;
+	snprintf(src, sizeof(src), "%s", f->path);
+	if (!size) {
+		snprintf(src, sizeof(src), "%s.1", f->path);
+		if (!s->cfg->rotate_bytes && !s->cfg->rotate_age_ms)
+			return cursor;
+		if (stat(src, &st) || !S_ISREG(st.st_mode) || !st.st_size)
+			return cursor;
+		size = (uint64_t)st.st_size;
+	}
+	want = size < TAIL_MAX ? size : TAIL_MAX;
 	if (!(buf = malloc(want + 1)))
 		return cursor;
-	int rfd = open(f->path, O_RDONLY | O_CLOEXEC);
+	int rfd = open(src, O_RDONLY | O_CLOEXEC);
 	if (rfd >= 0) {
-		ssize_t n = pread(rfd, buf, want, f->size - want);
+		ssize_t n = pread(rfd, buf, want, (off_t)(size - want));
 
 		got = n > 0 ? n : 0;
 		close(rfd);
@@ -264,7 +277,7 @@ static uint64_t file_resume(struct audit_sink *s, uint64_t cursor, char uid[40])
 	size_t end = got;
 	while (end && buf[end - 1] != '\n')
 		end--;
-	if (end != got && end && ftruncate(f->fd, f->size - (got - end)) == 0)
+	if (f->size && end != got && end && ftruncate(f->fd, f->size - (got - end)) == 0)
 		f->size -= got - end;
 	if (end) {
 		size_t start = end - 1;

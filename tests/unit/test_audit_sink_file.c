@@ -5,6 +5,7 @@
  * between the lines of a batch, and the page cache after a send (written
  * pages dropped, the page the next append writes into kept).
  */
+#include <fcntl.h>
 #include <inttypes.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -234,6 +235,59 @@ static void test_rotation_inside_batch(void)
 	rotation_case(500, 60);   /* many lines longer than a file may be */
 }
 
+/* A restart after a SIGKILL that came between a rotation and the next
+ * write: the new file is empty, the cursor is behind the last line written
+ * (in path.1). resume() must report that line, or the batch is written
+ * again into the new file and `audit verify` over both reports a break.
+ * Found by review (stop 19). */
+static void test_resume_after_rotation(void)
+{
+	struct policy_sink cfg = { .type = SINK_FILE, .path = path, .rotate_bytes = 1 << 20, .keep = 3 };
+	struct audit_sink s;
+	struct tbatch t;
+	char uid[40] = "", p1[400];
+	int fd;
+
+	fresh_dir();
+	CHECK(sink_open(&s, &cfg) == 0);
+	batch_make(&t, 1, 40, true);
+	CHECK(s.ops->send(&s, &t.b) == 0);
+	batch_free(&t);
+	s.ops->fini(&s);
+	/* what rotate() leaves when the process dies right after it */
+	snprintf(p1, sizeof(p1), "%s.1", path);
+	CHECK(rename(path, p1) == 0);
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	CHECK(fd >= 0);
+	close(fd);
+	CHECK(sink_open(&s, &cfg) == 0);
+	/* the test lines carry no uid: resume keeps the cursor unless one is there */
+	CHECK(s.ops->resume(&s, 10, uid) == 10);
+	s.ops->fini(&s);
+	/* with a uid, as the enforcer writes them */
+	FILE *f = fopen(p1, "a");
+	CHECK(f != NULL);
+	fprintf(f, "{\"metadata\":{\"sequence\":41,\"uid\":\"01a2-last\"}}\n");
+	fclose(f);
+	CHECK(sink_open(&s, &cfg) == 0);
+	CHECK(s.ops->resume(&s, 10, uid) == 41 && strcmp(uid, "01a2-last") == 0);
+	s.ops->fini(&s);
+	/* a new file with lines of its own: its last line counts, path.1 not */
+	f = fopen(path, "a");
+	fprintf(f, "{\"metadata\":{\"sequence\":42,\"uid\":\"01a2-new\"}}\n");
+	fclose(f);
+	CHECK(sink_open(&s, &cfg) == 0);
+	CHECK(s.ops->resume(&s, 10, uid) == 42 && strcmp(uid, "01a2-new") == 0);
+	s.ops->fini(&s);
+	/* no rotation configured: path.1 is not ours to read */
+	struct policy_sink plain = { .type = SINK_FILE, .path = path };
+	CHECK(truncate(path, 0) == 0);
+	CHECK(sink_open(&s, &plain) == 0);
+	CHECK(s.ops->resume(&s, 10, uid) == 10);
+	s.ops->fini(&s);
+	rm_dir();
+}
+
 /* Pages of the file resident in the page cache: 1 per page in res. */
 static size_t resident(const char *p, unsigned char *res, size_t max)
 {
@@ -303,6 +357,7 @@ int main(void)
 {
 	RUN(test_batches_written_whole);
 	RUN(test_rotation_inside_batch);
+	RUN(test_resume_after_rotation);
 	RUN(test_tail_page_kept);
 	UNIT_DONE("audit_sink_file");
 }
