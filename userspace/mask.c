@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -48,6 +49,11 @@ static const char *const det_names[DET__FIXED] = {
 #define RE_MATCH_LIMIT  200000u
 #define RE_DEPTH_LIMIT  10000u
 #define RE_HEAP_KIB     8192u
+/* PCRE2's limits bound one match; a value can hold many matches that each
+ * cost nearly the limit ("x(a+)+y|x" over "xaaaaaaaaaaaaaaaa" repeated:
+ * half a second for 34 KB). Custom patterns get this much time per value,
+ * then the value is masked whole (fail closed). */
+#define RE_VALUE_BUDGET_NS (50ull * 1000 * 1000)
 #define RE_MAX_PATTERN  4096u
 #define JWT_MAX_HEADER  8192u     /* encoded header chars; a bigger one is not a JWT */
 
@@ -1115,9 +1121,12 @@ static int match_spans(const struct mask_rules *m, const uint8_t *s, size_t len,
 	size_t nd = DET__FIXED + m->nre, cs = 0, ce = 0;
 	unsigned det;
 	bool have = false;
+	struct timespec t0 = { 0 }, t;
 
 	if (m->nre && (len > MASK_REGEX_MAX_VALUE || !utf8_valid(s, len)))
 		return 1;
+	if (m->nre)
+		clock_gettime(CLOCK_MONOTONIC, &t0);
 	det = len < m->minlen ? 0 : possible(m, s, len);
 	if (!det && !m->nre)
 		return 0;   /* no detector can match: most values */
@@ -1144,6 +1153,10 @@ static int match_spans(const struct mask_rules *m, const uint8_t *s, size_t len,
 		}
 		if (cand_next(m, det, best, s, len, c[best].e, &c[best]) < 0)
 			return 1;
+		if (best >= DET__FIXED && clock_gettime(CLOCK_MONOTONIC, &t) == 0 &&
+		    (uint64_t)(t.tv_sec - t0.tv_sec) * 1000000000ull + (uint64_t)t.tv_nsec - (uint64_t)t0.tv_nsec >
+		    RE_VALUE_BUDGET_NS)
+			return 1;   /* a custom pattern's time for this value is up */
 	}
 	if (have && !fn(arg, cs, ce))
 		return -1;
