@@ -155,6 +155,7 @@ struct http_state {
 	bool resend_pending;           /* send it once the new leg is up */
 	uint64_t head_since_ms;        /* a partial request head's first byte, 0 none */
 	uint64_t resp_since_ms;        /* the front request's answer awaited since, 0 none (arm_clocks) */
+	uint64_t hs_since_ms;          /* the upstream TLS handshake began, 0 none (arm_clocks) */
 	bool agent_tls;
 	bool k8s;                      /* protocol: kubernetes */
 	char host[256];                /* the target's name for Host when the agent sends none */
@@ -1477,6 +1478,10 @@ static uint32_t resp_timeout_ms(struct conn *c)
  *   the answer's head: a body may then be silent for as long as it likes (a
  *   Kubernetes watch). When it runs out the agent gets a 504 of ours
  *   (http_on_deadline()).
+ * - the upstream TLS handshake must end within the same response_timeout
+ *   (a server that accepts and never answers the ClientHello; the dial
+ *   itself is on conn.c's connect deadline): then the connection is closed
+ *   (a reset, audited).
  * Called at the end of every module entry point, and when a head starts or
  * ends.
  */
@@ -1484,11 +1489,19 @@ static void arm_clocks(struct conn *c)
 {
 	struct http_state *s = st(c);
 	struct hreq *r;
-	uint64_t head = 0, resp = 0;
+	uint64_t head = 0, resp = 0, hs = 0, dl;
+	const char *why = NULL;
 
 	if (!s || !c->streaming)
 		return;   /* before stream mode: conn.c's decision deadline */
 	r = q_front(s);
+	if (s->up_tls && !s->up_ready && !s->up_failed && !c->connecting) {
+		if (!s->hs_since_ms)
+			s->hs_since_ms = now_ms();
+		hs = s->hs_since_ms + resp_timeout_ms(c);
+	} else {
+		s->hs_since_ms = 0;
+	}
 	if (s->ustate == U_HEAD && r && !r->local && !s->up_failed) {
 		if (!s->resp_since_ms)
 			s->resp_since_ms = now_ms();
@@ -1500,9 +1513,17 @@ static void arm_clocks(struct conn *c)
 		head = s->head_since_ms + HTTP_HEAD_TIMEOUT_MS;
 	if (c->connecting)
 		return;
-	c->deadline_ms = head && (!resp || head <= resp) ? head : resp;
-	c->deadline_why = c->deadline_ms && c->deadline_ms == resp ? "the upstream did not begin its answer in time"
-								  : NULL;
+	dl = head;
+	if (resp && (!dl || resp < dl)) {
+		dl = resp;
+		why = "the upstream did not begin its answer in time";
+	}
+	if (hs && (!dl || hs < dl)) {
+		dl = hs;
+		why = "the upstream TLS handshake did not complete in time";
+	}
+	c->deadline_ms = dl;
+	c->deadline_why = why;
 }
 
 static void head_timer(struct conn *c, bool partial)
@@ -2579,6 +2600,7 @@ static void http_on_upstream_fail(struct conn *c, int err)
 {
 	log_debug("http: upstream %s: %s", c->upstream_desc, strerror(-err));
 	answer_up_failure(c, "the upstream is not reachable", true);
+	arm_clocks(c);
 }
 
 /*
@@ -2596,6 +2618,7 @@ static void http_on_upstream_tls_fail(struct conn *c)
 		snprintf(s->up_why, sizeof(s->up_why), "the upstream TLS handshake failed (%s)", e[0] ? e : "no detail");
 	log_warn("http: target '%s': upstream %s: %s", target(c)->name, c->upstream_desc, s->up_why);
 	answer_up_failure(c, s->up_why, false);
+	arm_clocks(c);
 }
 
 /*
@@ -2609,8 +2632,20 @@ static bool http_on_deadline(struct conn *c)
 {
 	struct http_state *s = st(c);
 
-	if (!s || !s->resp_since_ms || now_ms() < s->resp_since_ms + resp_timeout_ms(c))
+	uint32_t unread = 0;
+
+	if (!s || !s->resp_since_ms || s->ustate != U_HEAD || s->up_failed ||
+	    now_ms() < s->resp_since_ms + resp_timeout_ms(c))
 		return false;
+	conn_in(c, SIDE_UP, &unread);
+	if (unread || conn_backpressured(c)) {
+		/* the upstream did answer (its bytes wait to be read), or conn.c
+		 * reads nothing while the agent is slow to take what it has:
+		 * not the upstream's delay; the clock starts again */
+		s->resp_since_ms = now_ms();
+		arm_clocks(c);
+		return true;
+	}
 	char why[96];
 
 	snprintf(why, sizeof(why), "the upstream did not begin its answer within %u ms (response_timeout)",

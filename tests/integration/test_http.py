@@ -815,6 +815,33 @@ def test_masked_answers_carry_no_digest_reason_or_refusal_of_empty_bodies(enforc
         enforcer.stop()
 
 
+
+def test_detectors_see_percent_encoded_values(enforcer, servers):
+    """A value the detectors look for, percent-encoded in a URL (a Location
+    field, a link in a JSON string): found by review, it passed every
+    detector ("ada%40example.com"). Values are now also scanned decoded and
+    the encoded bytes masked; a doubly encoded one is what a server decoding
+    once would see, and stays."""
+    link = "https://app.example.com/cb?to=%3Cada%40example.com%3E&card=4111%201111%201111%201111&n=%2540x"
+    body = json.dumps({"next": link, "id": 7})
+    port = canned(servers, {
+        "/v1/json": f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n{body}",
+        "/v1/moved": "HTTP/1.1 302 Found\r\nLocation: /v1/login?to=%3Cbob%40example.org%3E&x=1\r\n"
+                     "Content-Length: 0\r\n\r\n",
+    })
+    enforcer.start(mask_policy(port, "{detectors: [email, credit_card]}"))
+    r = curl(enforcer, "-s", f"http://127.0.0.1:{port}/v1/json")
+    assert json.loads(r.stdout) == {"next": "https://app.example.com/cb?to=%3C****%3E&card=****&n=%2540x",
+                                    "id": 7}, r.stdout
+    r = curl(enforcer, "-s", "-D", "-", "-o", "/dev/null", f"http://127.0.0.1:{port}/v1/moved")
+    loc = [l for l in r.stdout.split("\n") if l.lower().startswith("location:")]
+    assert loc and loc[0].split(":", 1)[1].strip() == "/v1/login?to=%3C****%3E&x=1", r.stdout
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4002 and e["http_request"]["url"]["path"] == "/v1/json")
+    assert ev and ev["unmapped"]["masked"]["hits"] >= 2, ev
+    allev = json.dumps(enforcer.events())
+    assert "ada%40" not in allev and "bob%40" not in allev and "4111%20" not in allev
+
 STALL_UPSTREAM = textwrap.dedent(r"""
     import socket, sys, threading, time
     s = socket.socket()

@@ -679,6 +679,11 @@ SILENT = textwrap.dedent(r"""
                     c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
                     time.sleep(3)
                     c.sendall(b"6\r\nevent\n\r\n0\r\n\r\n")
+                elif path.startswith("/v1/json/"):
+                    pad = "a" * int(path.rsplit("/", 1)[1])
+                    body = ('{"pad": "%s"}' % pad).encode()
+                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
                 elif path.startswith("/v1/interim/"):
                     for _ in range(int(path.rsplit("/", 1)[1])):
                         time.sleep(1)
@@ -691,13 +696,15 @@ SILENT = textwrap.dedent(r"""
         threading.Thread(target=serve, args=(c, next(ids)), daemon=True).start()
 """)
 
-# One connection: sends each request (all at once when pipelined), reads
-# until EOF or 20 s; prints [seconds to EOF or None, the bytes read].
+# One connection: sends each request (all at once when pipelined), waits
+# `nap` seconds without reading, reads until EOF or 20 s; prints [seconds
+# to EOF or None, the bytes read].
 TIMED_CLIENT = r"""
 import json, socket, time
 s = socket.create_connection(("127.0.0.1", {port}), timeout=20)
 t0 = time.time()
 s.sendall("".join({reqs!r}).encode())
+time.sleep({nap})
 out, took = b"", None
 try:
     while True:
@@ -706,7 +713,10 @@ try:
             took = time.time() - t0
             break
         out += d
-except (socket.timeout, ConnectionResetError):
+except ConnectionResetError:
+    took = time.time() - t0
+    out += b"<RST>"
+except socket.timeout:
     pass
 print(json.dumps([took, out.decode(errors="replace")]))
 """
@@ -730,7 +740,7 @@ def statuses(out):
 def test_upstream_that_never_answers_is_504_after_response_timeout(enforcer, servers, tmp):
     port, log = silent(tmp, servers.procs)
     enforcer.start(policy(port, upstream="response_timeout: 2s", rules='"GET /v1/**"'))
-    took, out = client(enforcer, TIMED_CLIENT.format(port=port, reqs=[get("/v1/never")]), timeout=60)
+    took, out = client(enforcer, TIMED_CLIENT.format(nap=0, port=port, reqs=[get("/v1/never")]), timeout=60)
     # answered, then closed, at the timeout: not before, and not only when the agent gives up
     assert took is not None and 1.9 <= took <= 4.5, (took, out)
     rs, rest = responses(out.encode())
@@ -743,7 +753,7 @@ def test_upstream_that_never_answers_is_504_after_response_timeout(enforcer, ser
     # the default is 60 s: without the key the same request is still waiting after 5 s
     enforcer.stop()
     enforcer.start(policy(port, upstream="", rules='"GET /v1/**"'))
-    code = TIMED_CLIENT.format(port=port, reqs=[get("/v1/never")]).replace("timeout=20", "timeout=5")
+    code = TIMED_CLIENT.format(nap=0, port=port, reqs=[get("/v1/never")]).replace("timeout=20", "timeout=5")
     took, out = client(enforcer, code, timeout=60)
     assert took is None and out == "", (took, out)
 
@@ -754,14 +764,14 @@ def test_response_timeout_counts_until_the_head_only(enforcer, servers, tmp):
     # a slow answer within the timeout; a body silent for longer than the
     # timeout after its head (a watch); interim 1xx that keep restarting it
     reqs = [get("/v1/slow/1.2"), get("/v1/watch"), get("/v1/interim/3", close=True)]
-    took, out = client(enforcer, TIMED_CLIENT.format(port=port, reqs=reqs), timeout=60)
+    took, out = client(enforcer, TIMED_CLIENT.format(nap=0, port=port, reqs=reqs), timeout=60)
     assert statuses(out) == [200, 200, 100, 100, 100, 200], out
     assert "slow /v1/slow/1.2" in out and "event" in out and out.endswith("after interim"), out
     assert took is not None and took >= 7, took   # 1.2 + 3 + 3: nothing was cut short
     # pipelined: the second waits behind the first (1.5 s) and then takes
     # 1.5 s itself; its clock starts when its answer is awaited, not when sent
     reqs = [get("/v1/slow/1.5"), get("/v1/slow/1.5", close=True)]
-    took, out = client(enforcer, TIMED_CLIENT.format(port=port, reqs=reqs), timeout=60)
+    took, out = client(enforcer, TIMED_CLIENT.format(nap=0, port=port, reqs=reqs), timeout=60)
     assert statuses(out) == [200, 200], out
 
 
@@ -769,13 +779,41 @@ def test_response_timeout_on_a_pipeline_answers_every_request(enforcer, servers,
     port, log = silent(tmp, servers.procs)
     enforcer.start(policy(port, upstream="response_timeout: 2s", rules='"GET /v1/**"'))
     reqs = [get("/v1/slow/0"), get("/v1/never"), get("/v1/slow/0")]
-    took, out = client(enforcer, TIMED_CLIENT.format(port=port, reqs=reqs), timeout=60)
+    took, out = client(enforcer, TIMED_CLIENT.format(nap=0, port=port, reqs=reqs), timeout=60)
     # the first answered; the one the upstream sits on and the one behind it get a 504 each, in order
     assert statuses(out) == [200, 504, 504], out
     assert took is not None and took <= 4.5, took
     assert enforcer.wait_event(lambda e: len(http_events(enforcer)) >= 3)
     assert sorted(e["http_response"]["code"] for e in http_events(enforcer)) == [200, 504, 504]
 
+
+def test_response_timeout_not_run_while_the_agent_is_slow_to_read(enforcer, servers, tmp):
+    """A masked answer of 7.5 MB goes into the agent's output at once; the
+    agent reads nothing for 4.5 s, so the enforcer stops reading the
+    upstream, whose prompt answer to the next request waits unread. That is
+    the agent's delay, not the upstream's: no 504 (found by review)."""
+    port, log = silent(tmp, servers.procs)
+    enforcer.start(policy(port, upstream="response_timeout: 2s", rules='"GET /v1/**"',
+                          extra_rule="mask: {detectors: [email]}"))
+    reqs = [get("/v1/json/7500000"), get("/v1/slow/0", close=True)]
+    took, out = client(enforcer, TIMED_CLIENT.format(nap=4.5, port=port, reqs=reqs), timeout=60)
+    assert statuses(out) == [200, 200], out[:300] + out[-300:]
+    assert out.endswith("slow /v1/slow/0"), out[-100:]
+
+
+def test_upstream_tls_handshake_that_never_ends_is_cut(enforcer, servers, tmp):
+    """An upstream that accepts the TCP connection and never answers the
+    ClientHello: before, the agent's request waited for good (the dial's
+    deadline ends at the connect; the handshake had none)."""
+    port, log = silent(tmp, servers.procs)
+    front = free_port()
+    enforcer.start(policy(front, upstream=f"address: 127.0.0.1:{port}, tls: require, response_timeout: 2s",
+                          rules='"GET /v1/**"'))
+    took, out = client(enforcer, TIMED_CLIENT.format(nap=0, port=front, reqs=[get("/v1/a")]), timeout=60)
+    assert took is not None and 1.9 <= took <= 5, (took, out)
+    assert "HTTP/1.1 200" not in out
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4001 and "TLS handshake did not complete" in json.dumps(e))
+    assert ev, [e for e in enforcer.events() if e.get("class_uid") == 4001]
 
 def test_response_timeout_validated(tmp):
     def check(target):
