@@ -3295,8 +3295,10 @@ static int too_large(struct conn *c, uint32_t size)
 	s->discard = size;
 	if (size > PG_DISCARD_MAX)
 		conn_shutdown(c, SIDE_AGENT);
-	else
+	else {
 		c->deadline_ms = now_ns_mono() / 1000000ull + PG_DISCARD_MS;
+		c->deadline_why = "the agent did not finish sending an oversized message in time";
+	}
 	return discard_agent(c);
 }
 
@@ -3361,30 +3363,40 @@ static void adopt_policy(struct conn *c)
  * connection: it must be whole PG_BIG_MSG_MS after its first byte was read
  * (counted from then, so trickling it does not extend that; an agent is a
  * local process, which sends 16 MiB in milliseconds), or the session ends
- * with FATAL 08P01 (pg_on_deadline()). size: the partial message's size, 0
- * when no message waits to be completed. Only while the session is ready:
- * the startup has its own clock (start_clock()), and nothing else uses
- * the connection's deadline then.
+ * with FATAL 08P01 (pg_on_deadline()). The clock restarts for each new
+ * message, and while conn.c reads nothing (an output over CONN_OUT_HIGH:
+ * the wait is not the agent's). size: the partial message's size, 0 when
+ * none waits to be completed; completed: a message was completed in this
+ * read (a partial one now is another). Only while the session is ready:
+ * the startup has its own clock (start_clock()). The deadline is ours while
+ * deadline_why is BIG_WHY (other setters set their own).
  */
-static void big_clock(struct conn *c, uint32_t size)
+static const char BIG_WHY[] = "the agent did not complete a large message in time";
+
+static void big_stop(struct conn *c)
 {
 	struct pg_sess *s = S(c);
 
-	if (size > CONN_IN_MAX) {
-		if (!s->big_since_ms) {
-			s->big_since_ms = now_ns_mono() / 1000000ull;
-			s->big_size = size;
-			c->deadline_ms = s->big_since_ms + PG_BIG_MSG_MS;
-			c->deadline_why = "the agent did not complete a large message in time";
-		}
+	if (!s->big_since_ms)
 		return;
+	if (c->deadline_why == BIG_WHY) {
+		c->deadline_ms = 0;
+		c->deadline_why = NULL;
 	}
-	if (s->big_since_ms) {
-		if (c->deadline_ms == s->big_since_ms + PG_BIG_MSG_MS) {   /* not one set since */
-			c->deadline_ms = 0;
-			c->deadline_why = NULL;
-		}
-		s->big_since_ms = 0;
+	s->big_since_ms = 0;
+}
+
+static void big_clock(struct conn *c, uint32_t size, bool completed)
+{
+	struct pg_sess *s = S(c);
+
+	if (completed || size <= CONN_IN_MAX)
+		big_stop(c);
+	if (size > CONN_IN_MAX && !s->big_since_ms) {
+		s->big_since_ms = now_ns_mono() / 1000000ull;
+		s->big_size = size;
+		c->deadline_ms = s->big_since_ms + PG_BIG_MSG_MS;
+		c->deadline_why = BIG_WHY;
 	}
 }
 
@@ -3426,7 +3438,8 @@ static int process_agent(struct conn *c)
 	}
 	if (used && s->phase != PH_DONE)
 		conn_in_consume(c, SIDE_AGENT, used);
-	big_clock(c, !err && partial && s->phase == PH_READY ? pg_frame_size(in + used, len - used) : 0);
+	big_clock(c, !err && partial && s->phase == PH_READY ? pg_frame_size(in + used, len - used) : 0,
+		  used > 0);
 	/* The agent finished sending: once all it sent went on, the server
 	 * may finish too. A message it cut short never will come whole, and
 	 * the server, never sent any of it, would wait for the next one for
@@ -4111,8 +4124,15 @@ static bool pg_on_deadline(struct conn *c)
 {
 	struct pg_sess *s = S(c);
 
-	if (!s || !s->big_since_ms || s->phase != PH_READY)
+	if (!s || !s->big_since_ms || s->phase != PH_READY || c->deadline_why != BIG_WHY)
 		return false;
+	if (conn_backpressured(c)) {
+		/* conn.c is not reading: the agent gets the time again */
+		s->big_since_ms = now_ns_mono() / 1000000ull;
+		c->deadline_ms = s->big_since_ms + PG_BIG_MSG_MS;
+		c->deadline_why = BIG_WHY;
+		return true;
+	}
 	fatal(c, "08P01", "agentgate: a message of %u bytes was not complete %u s after its first byte",
 	      s->big_size, PG_BIG_MSG_MS / 1000);
 	s->big_since_ms = 0;
