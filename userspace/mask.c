@@ -51,9 +51,14 @@ static const char *const det_names[DET__FIXED] = {
 #define RE_HEAP_KIB     8192u
 /* PCRE2's limits bound one match; a value can hold many matches that each
  * cost nearly the limit ("x(a+)+y|x" over "xaaaaaaaaaaaaaaaa" repeated:
- * half a second for 34 KB). Custom patterns get this much time per value,
- * then the value is masked whole (fail closed). */
+ * half a second for 34 KB). Custom patterns get this much of the thread's
+ * CPU time per value (its raw and decoded views together), and a JSON body
+ * (mask_json) RE_BODY_BUDGET_NS for all its values; then the value is
+ * masked whole (fail closed). The clock is read every RE_CLOCK_EVERY
+ * matches (a system call). */
 #define RE_VALUE_BUDGET_NS (50ull * 1000 * 1000)
+#define RE_BODY_BUDGET_NS  (1000ull * 1000 * 1000)
+#define RE_CLOCK_EVERY     8
 #define RE_MAX_PATTERN  4096u
 #define JWT_MAX_HEADER  8192u     /* encoded header chars; a bigger one is not a JWT */
 
@@ -958,35 +963,47 @@ const char *const *mask_column_list(const struct mask_rules *m, size_t *n)
 
 /* ---- masking a value ----------------------------------------------------- */
 
+/* Length of the valid UTF-8 sequence at s[i] (1..4), or 0. */
+static size_t utf8_seq(const uint8_t *s, size_t n, size_t i)
+{
+	uint8_t c = s[i];
+	size_t k;
+	uint32_t cp, min;
+
+	if (c < 0x80)
+		return 1;
+	if (c >= 0xc2 && c <= 0xdf) { k = 1; cp = c & 0x1f; min = 0x80; }
+	else if (c >= 0xe0 && c <= 0xef) { k = 2; cp = c & 0x0f; min = 0x800; }
+	else if (c >= 0xf0 && c <= 0xf4) { k = 3; cp = c & 0x07; min = 0x10000; }
+	else return 0;
+	if (n - i <= k)
+		return 0;
+	for (size_t j = 1; j <= k; j++) {
+		if ((s[i + j] & 0xc0) != 0x80)
+			return 0;
+		cp = (cp << 6) | (s[i + j] & 0x3f);
+	}
+	if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+		return 0;
+	return k + 1;
+}
+
 static bool utf8_valid(const uint8_t *s, size_t n)
 {
-	size_t i = 0;
-
-	while (i < n) {
-		uint8_t c = s[i];
-		size_t k;
-		uint32_t cp, min;
-
-		if (c < 0x80) {
-			i++;
-			continue;
-		}
-		if (c >= 0xc2 && c <= 0xdf) { k = 1; cp = c & 0x1f; min = 0x80; }
-		else if (c >= 0xe0 && c <= 0xef) { k = 2; cp = c & 0x0f; min = 0x800; }
-		else if (c >= 0xf0 && c <= 0xf4) { k = 3; cp = c & 0x07; min = 0x10000; }
-		else return false;
-		if (n - i <= k)
+	for (size_t i = 0, k; i < n; i += k)
+		if (!(k = utf8_seq(s, n, i)))
 			return false;
-		for (size_t j = 1; j <= k; j++) {
-			if ((s[i + j] & 0xc0) != 0x80)
-				return false;
-			cp = (cp << 6) | (s[i + j] & 0x3f);
-		}
-		if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-			return false;
-		i += k + 1;
-	}
 	return true;
+}
+
+/* Bytes that are not part of valid UTF-8 become '?' (one for one). */
+static void utf8_fix(uint8_t *s, size_t n)
+{
+	for (size_t i = 0, k; i < n; i += k)
+		if (!(k = utf8_seq(s, n, i))) {
+			s[i] = '?';
+			k = 1;
+		}
 }
 
 struct cand {
@@ -1107,36 +1124,80 @@ static bool put(char *out, size_t outcap, size_t *o, const void *p, size_t n)
 	return true;
 }
 
+static uint64_t cpu_ns(void)
+{
+	struct timespec t;
+
+	if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t))
+		return 0;
+	return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
+/* mask_json()'s deadline for the custom patterns of one body, on this
+ * thread (0: none), and the custom-pattern calls made on this thread (the
+ * clock is read every RE_CLOCK_EVERY of them, across values, so many small
+ * values are timed as well as one big one). */
+static __thread uint64_t body_deadline_ns;
+static __thread bool body_over;   /* that deadline passed: every value after is masked whole */
+static __thread unsigned re_calls;
+
+struct budget {
+	uint64_t start_ns;   /* thread CPU time at the value's first clock reading */
+};
+
+/* true: the custom patterns' time for this value (or body) is up. */
+static bool budget_out(struct budget *b)
+{
+	uint64_t now;
+
+	if (body_over)
+		return true;
+	if (++re_calls % RE_CLOCK_EVERY)
+		return false;
+	now = cpu_ns();
+	if (!b->start_ns)
+		b->start_ns = now;
+	if (body_deadline_ns && now > body_deadline_ns)
+		body_over = true;
+	return body_over || now - b->start_ns > RE_VALUE_BUDGET_NS;
+}
+
 /*
  * The detectors' matches in s[0..len), merged (overlapping or touching ones
  * are one) and in order: fn(arg, start, end) for each. 0; 1: the whole
- * value must be masked (a custom pattern hit a PCRE2 limit, or the value is
- * too long or not UTF-8 while custom patterns are set); -1: fn failed.
+ * value must be masked (a custom pattern hit a PCRE2 limit or its time, or
+ * the value is too long or not UTF-8 while custom patterns are set); -1:
+ * fn failed.
  */
 typedef bool (*span_fn)(void *arg, size_t start, size_t end);
 
-static int match_spans(const struct mask_rules *m, const uint8_t *s, size_t len, span_fn fn, void *arg)
+enum { SCAN_FIXED = 1, SCAN_RE = 2, SCAN_ALL = 3 };
+
+static int match_spans(const struct mask_rules *m, const uint8_t *s, size_t len, span_fn fn, void *arg,
+		       struct budget *b, unsigned which)
 {
 	struct cand c[DET__FIXED + MASK_MAX_REGEX];
 	size_t nd = DET__FIXED + m->nre, cs = 0, ce = 0;
+	size_t k0 = which & SCAN_FIXED ? 0 : DET__FIXED;
+	bool re = m->nre && (which & SCAN_RE), have = false;
 	unsigned det;
-	bool have = false;
-	struct timespec t0 = { 0 }, t;
 
-	if (m->nre && (len > MASK_REGEX_MAX_VALUE || !utf8_valid(s, len)))
+	if (!(which & SCAN_RE))
+		nd = DET__FIXED;
+	if (re && (len > MASK_REGEX_MAX_VALUE || !utf8_valid(s, len)))
 		return 1;
-	if (m->nre)
-		clock_gettime(CLOCK_MONOTONIC, &t0);
-	det = len < m->minlen ? 0 : possible(m, s, len);
-	if (!det && !m->nre)
+	det = !(which & SCAN_FIXED) || len < m->minlen ? 0 : possible(m, s, len);
+	if (!det && !re)
 		return 0;   /* no detector can match: most values */
-	for (size_t k = 0; k < nd; k++)
+	if (re && budget_out(b))
+		return 1;   /* (a body's time may be up before this value) */
+	for (size_t k = k0; k < nd; k++)
 		if (cand_next(m, det, k, s, len, 0, &c[k]) < 0)
 			return 1;
 	for (;;) {
 		size_t best = nd;
 
-		for (size_t k = 0; k < nd; k++)
+		for (size_t k = k0; k < nd; k++)
 			if (c[k].live && (best == nd || c[k].s < c[best].s))
 				best = k;
 		if (best == nd)
@@ -1153,10 +1214,8 @@ static int match_spans(const struct mask_rules *m, const uint8_t *s, size_t len,
 		}
 		if (cand_next(m, det, best, s, len, c[best].e, &c[best]) < 0)
 			return 1;
-		if (best >= DET__FIXED && clock_gettime(CLOCK_MONOTONIC, &t) == 0 &&
-		    (uint64_t)(t.tv_sec - t0.tv_sec) * 1000000000ull + (uint64_t)t.tv_nsec - (uint64_t)t0.tv_nsec >
-		    RE_VALUE_BUDGET_NS)
-			return 1;   /* a custom pattern's time for this value is up */
+		if (best >= DET__FIXED && budget_out(b))
+			return 1;
 	}
 	if (have && !fn(arg, cs, ce))
 		return -1;
@@ -1205,15 +1264,22 @@ static size_t emit_whole(char *out, size_t outcap, unsigned *hits)
 }
 
 /*
- * Percent-encoding. A value may carry what a detector looks for
+ * URL encoding. A value may carry what a detector looks for
  * percent-encoded (a URL in a Location field or in a JSON string:
- * "?email=ada%40example.com", "card=4111%201111%201111%201111"), which the
- * detectors do not read as such. A value with a "%XX" escape is therefore
- * also scanned decoded (once: "%2540" stays "%40"); a match there masks the
- * encoded bytes it came from, together with what the value matched as it is.
+ * "?email=ada%40example.com", "card=4111%201111%201111%201111"), encoded
+ * twice (a URL in another URL's query: "next=%2F%3Femail%3Dada%2540x.io"),
+ * or form-encoded ("4111+1111+1111+1111"), which the detectors do not read
+ * as such. A value with a "%XX" escape or a '+' between two digits is
+ * therefore also scanned decoded ("%XX" -> the byte, '+' -> ' '), and again
+ * while the decoded text has escapes, up to PCT_ROUNDS times; a match in
+ * any view masks the encoded bytes it came from, together with what the
+ * value matched as it is. With custom patterns, bytes of a decoded view that
+ * are not UTF-8 read as '?' there ("caf%E9" is not masked whole).
  * Written here: URL decoding with the offsets of what each decoded byte came
  * from is a few lines no library offers.
  */
+#define PCT_ROUNDS 3
+
 static int hexval(uint8_t c)
 {
 	return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 :
@@ -1226,7 +1292,8 @@ static size_t pct_width(const uint8_t *s, size_t len, size_t i)
 	return s[i] == '%' && i + 2 < len && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0 ? 3 : 1;
 }
 
-static bool pct_escaped(const uint8_t *s, size_t len)
+/* Worth decoding: an escape, or a '+' between digits. */
+static bool url_encoded(const uint8_t *s, size_t len)
 {
 	const uint8_t *p = s, *end = s + len;
 
@@ -1235,7 +1302,23 @@ static bool pct_escaped(const uint8_t *s, size_t len)
 			return true;
 		p++;
 	}
+	for (p = s; (p = memchr(p, '+', (size_t)(end - p))); p++)
+		if (p > s && p + 1 < end && is_digit(p[-1]) && is_digit(p[1]))
+			return true;
 	return false;
+}
+
+static size_t url_decode(const uint8_t *s, size_t len, uint8_t *d)
+{
+	size_t dl = 0;
+
+	for (size_t i = 0; i < len; ) {
+		size_t w = pct_width(s, len, i);
+
+		d[dl++] = w == 3 ? (uint8_t)(hexval(s[i + 1]) << 4 | hexval(s[i + 2])) : s[i] == '+' ? ' ' : s[i];
+		i += w;
+	}
+	return dl;
 }
 
 struct spanv {
@@ -1262,54 +1345,110 @@ static bool push_span(void *arg, size_t start, size_t end)
 	return true;
 }
 
-static size_t mask_run_pct(const struct mask_rules *m, const uint8_t *s, size_t len, char *out,
+/* Spans v[from..n) (in order, offsets in the view decoded from e) to
+ * offsets in e. */
+static void map_down(struct spanv *sv, size_t from, const uint8_t *e, size_t elen)
+{
+	size_t di = 0, ei = 0;
+
+	for (size_t j = from; j < sv->n; j++)
+		for (int k = 0; k < 2; k++) {
+			for (; di < sv->v[j][k]; di++)
+				ei += pct_width(e, elen, ei);
+			sv->v[j][k] = ei;
+		}
+}
+
+static int span_cmp(const void *a, const void *b)
+{
+	const size_t *x = a, *y = b;
+
+	return x[0] < y[0] ? -1 : x[0] > y[0];
+}
+
+/* Spans v[from..n): sorted, overlapping and touching ones merged (in place). */
+static void merge_from(struct spanv *sv, size_t from)
+{
+	size_t w = from;
+
+	if (sv->n - from < 2)
+		return;
+	qsort(sv->v + from, sv->n - from, sizeof(*sv->v), span_cmp);
+	for (size_t j = from + 1; j < sv->n; j++) {
+		if (sv->v[j][0] <= sv->v[w][1]) {
+			if (sv->v[j][1] > sv->v[w][1])
+				sv->v[w][1] = sv->v[j][1];
+		} else {
+			w++;
+			sv->v[w][0] = sv->v[j][0];
+			sv->v[w][1] = sv->v[j][1];
+		}
+	}
+	sv->n = w + 1;
+}
+
+static size_t mask_run_url(const struct mask_rules *m, const uint8_t *s, size_t len, char *out,
 			   size_t outcap, unsigned *hits)
 {
-	uint8_t small[1024], *d = len <= sizeof(small) ? small : malloc(len);
-	struct spanv raw = { 0 }, dec = { 0 };
+	const uint8_t *view[PCT_ROUNDS + 1] = { s };
+	size_t vlen[PCT_ROUNDS + 1] = { len }, cs = 0, ce = 0, res;
+	uint8_t *mem = malloc((PCT_ROUNDS + 1) * (len ? len : 1)), *fixed = NULL;
+	struct spanv sv = { 0 };
 	struct emit x = { out, outcap, 0, 0, s, 0 };
-	size_t dl = 0, r = 0, k = 0, di = 0, ei = 0, cs = 0, ce = 0, res;
+	struct budget b = { 0 };
+	int nv = 1, r = 0;
 	bool have = false;
-	int a, b;
 
-	if (!d)
+	if (!mem)
 		return emit_whole(out, outcap, hits);   /* no memory to look: fail closed */
-	for (size_t i = 0; i < len; ) {
-		size_t w = pct_width(s, len, i);
+	/* the views: as is, then decoded while there is something to decode */
+	while (nv <= PCT_ROUNDS && url_encoded(view[nv - 1], vlen[nv - 1])) {
+		uint8_t *d = mem + (size_t)(nv - 1) * len;
 
-		d[dl++] = w == 3 ? (uint8_t)(hexval(s[i + 1]) << 4 | hexval(s[i + 2])) : s[i];
-		i += w;
+		vlen[nv] = url_decode(view[nv - 1], vlen[nv - 1], d);
+		view[nv] = d;
+		nv++;
 	}
-	a = match_spans(m, s, len, push_span, &raw);
-	b = a ? a : match_spans(m, d, dl, push_span, &dec);
-	if (a || b) {
+	/* each view's spans, mapped down to the value's own offsets; custom
+	 * patterns read a decoded view that is not UTF-8 with '?' for the
+	 * bytes that are not (the fixed detectors read it as it is) */
+	for (int v = 0; v < nv && !r; v++) {
+		size_t first = sv.n;
+
+		if (v && m->nre && !utf8_valid(view[v], vlen[v])) {
+			fixed = mem + (size_t)PCT_ROUNDS * len;
+			memcpy(fixed, view[v], vlen[v]);
+			utf8_fix(fixed, vlen[v]);
+			r = match_spans(m, view[v], vlen[v], push_span, &sv, &b, SCAN_FIXED);
+			if (!r)
+				r = match_spans(m, fixed, vlen[v], push_span, &sv, &b, SCAN_RE);
+			if (!r)   /* two passes: each in order, together not */
+				merge_from(&sv, first);
+		} else {
+			r = match_spans(m, view[v], vlen[v], push_span, &sv, &b, SCAN_ALL);
+		}
+		for (int u = v; !r && u > 0; u--)
+			map_down(&sv, first, view[u - 1], vlen[u - 1]);
+	}
+	if (r) {
 		res = emit_whole(out, outcap, hits);
 		goto out;
 	}
-	/* decoded spans to the encoded bytes they came from (both in order) */
-	for (size_t j = 0; j < dec.n; j++) {
-		for (; di < dec.v[j][0]; di++)
-			ei += pct_width(s, len, ei);
-		dec.v[j][0] = ei;
-		for (; di < dec.v[j][1]; di++)
-			ei += pct_width(s, len, ei);
-		dec.v[j][1] = ei;
-	}
-	/* the union of both, in order */
-	while (r < raw.n || k < dec.n) {
-		size_t *nx = k == dec.n || (r < raw.n && raw.v[r][0] <= dec.v[k][0]) ? raw.v[r++] : dec.v[k++];
-
-		if (have && nx[0] <= ce) {
-			if (nx[1] > ce)
-				ce = nx[1];
+	/* their union, in order */
+	if (sv.n)
+		qsort(sv.v, sv.n, sizeof(*sv.v), span_cmp);
+	for (size_t j = 0; j < sv.n; j++) {
+		if (have && sv.v[j][0] <= ce) {
+			if (sv.v[j][1] > ce)
+				ce = sv.v[j][1];
 			continue;
 		}
 		if (have && !emit_span(&x, cs, ce)) {
 			res = (size_t)-1;
 			goto out;
 		}
-		cs = nx[0];
-		ce = nx[1];
+		cs = sv.v[j][0];
+		ce = sv.v[j][1];
 		have = true;
 	}
 	if (have && !emit_span(&x, cs, ce))
@@ -1317,10 +1456,8 @@ static size_t mask_run_pct(const struct mask_rules *m, const uint8_t *s, size_t 
 	else
 		res = emit_end(&x, len, hits);
 out:
-	if (d != small)
-		free(d);
-	free(raw.v);
-	free(dec.v);
+	free(mem);
+	free(sv.v);
 	return res;
 }
 
@@ -1329,16 +1466,23 @@ static size_t mask_run(const struct mask_rules *m, const uint8_t *s, size_t len,
 		       size_t outcap, unsigned *hits)
 {
 	struct emit x = { out, outcap, 0, 0, s, 0 };
+	struct budget b = { 0 };
 	int r;
 
-	if (pct_escaped(s, len))
-		return mask_run_pct(m, s, len, out, outcap, hits);
-	r = match_spans(m, s, len, emit_span, &x);
+	if (url_encoded(s, len))
+		return mask_run_url(m, s, len, out, outcap, hits);
+	r = match_spans(m, s, len, emit_span, &x, &b, SCAN_ALL);
 	if (r == 1)
 		return emit_whole(out, outcap, hits);
 	if (r < 0)
 		return (size_t)-1;
 	return emit_end(&x, len, hits);
+}
+
+void mask_budget_body(bool start)
+{
+	body_deadline_ns = start ? cpu_ns() + RE_BODY_BUDGET_NS : 0;
+	body_over = false;
 }
 
 size_t mask_value(const struct mask_rules *m, const char *in, size_t len, char *out,
@@ -1364,7 +1508,7 @@ bool mask_value_maybe(const struct mask_rules *m, const char *in, size_t len)
 	 * and no fixed detector can match (too short, or possible() says no) */
 	return len && mask_has_detectors(m) &&
 	       (m->nre || (len >= m->minlen && (possible(m, (const uint8_t *)in, len) ||
-						memchr(in, '%', len))));
+						memchr(in, '%', len) || memchr(in, '+', len))));
 }
 
 bool mask_value_matches(const struct mask_rules *m, const char *in, size_t len)

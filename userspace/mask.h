@@ -53,10 +53,15 @@
  *                match/depth/heap limits). A pattern that matches the empty
  *                string is refused at load time.
  *
- * Percent-encoding: a value with a "%XX" escape is also scanned decoded
- * (once), and the encoded bytes of a match there are masked with the rest
- * ("?email=ada%40example.com" -> "?email=****"; an allocation for values
- * over 1 KiB).
+ * URL encoding: a value with a "%XX" escape or a '+' between digits is
+ * also scanned decoded ('+' as a space), up to three times while escapes
+ * remain (a URL in another URL's query is encoded twice), and the encoded
+ * bytes of a match there are masked with the rest ("?email=ada%40example.com"
+ * -> "?email=****"). With custom patterns, bytes of a decoded view that are
+ * not UTF-8 read as '?' there.
+ *
+ * Custom patterns get 50 ms of the thread's CPU time per value, and 1 s for
+ * all the values of one JSON body; past that the value is masked whole.
  *
  * Fail closed: when a custom pattern hits a PCRE2 limit (catastrophic
  * backtracking) or the value is not valid UTF-8 while custom patterns are
@@ -126,8 +131,8 @@ static inline size_t mask_value_bound(size_t len)
  * length, or (size_t)-1 if outcap is too small (out is then garbage; use
  * mask_value_bound()). *hits (may be NULL) += replacements. The output never
  * contains an unmasked match. Allocates nothing except, per thread, one
- * PCRE2 match block on first use of a custom pattern, and the decoded copy
- * of a percent-encoded value over 1 KiB (no memory: masked whole). */
+ * PCRE2 match block on first use of a custom pattern, and the decoded views
+ * of a URL-encoded value (no memory: masked whole). */
 size_t mask_value(const struct mask_rules *m, const char *in, size_t len, char *out,
 		  size_t outcap, unsigned *hits);
 
@@ -186,6 +191,10 @@ int mask_detector_check(const char *spec, char *why, size_t whylen);
 int mask_json_path_check(const char *path, char *why, size_t whylen);
 
 /* ---- private to mask.c and mask_json.c ---------------------------------- */
+
+/* Starts (start) or ends the time budget the custom patterns of one JSON
+ * body share on this thread (mask_json() does both). */
+void mask_budget_body(bool start);
 
 #define MASK_PATH_MAX_STEPS 32
 #define MASK_PATH_MAX_LEN   512

@@ -1119,8 +1119,23 @@ static int parse_value(struct jw *w, int depth, bool quiet, struct ctx *cx)
 	}
 }
 
+static int mask_json_body(const struct mask_rules *m, const char *body, size_t len, char **out,
+			  size_t *outlen, struct mask_report *rep);
+
+/* One body: its custom patterns share one time budget (mask_budget_body). */
 int mask_json(const struct mask_rules *m, const char *body, size_t len, char **out,
 	      size_t *outlen, struct mask_report *rep)
+{
+	int rc;
+
+	mask_budget_body(true);
+	rc = mask_json_body(m, body, len, out, outlen, rep);
+	mask_budget_body(false);
+	return rc;
+}
+
+static int mask_json_body(const struct mask_rules *m, const char *body, size_t len, char **out,
+			  size_t *outlen, struct mask_report *rep)
 {
 	struct jw w = { .m = m, .s = (const uint8_t *)body, .len = len, .rep = rep };
 	struct ctx root = { .name_len = SIZE_MAX };
