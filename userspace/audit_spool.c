@@ -76,6 +76,9 @@ struct spool {
 	uint64_t nsyncs;
 	struct spool_reader *readers[SPOOL_MAX_READERS];
 	int nreaders;
+	/* the dead-letter file: its own lock (counting an existing file's
+	 * lines must not hold up the appends, which take lock) */
+	pthread_mutex_t dl_lock;
 	int dlfd;
 	uint64_t dl_bytes;                /* dead-letter.jsonl's size */
 	uint64_t dl_lines_old;            /* lines in dead-letter.jsonl.1 (this run's; -1: unknown) */
@@ -342,6 +345,7 @@ int spool_open(struct spool **out, const char *dir, uint64_t max_bytes, uint64_t
 	if (!s)
 		return -ENOMEM;
 	pthread_mutex_init(&s->lock, NULL);
+	pthread_mutex_init(&s->dl_lock, NULL);
 	pthread_cond_init(&s->data, NULL);
 	pthread_cond_init(&s->tick, NULL);
 	pthread_cond_init(&s->flushed, NULL);
@@ -984,6 +988,7 @@ void spool_close(struct spool *s)
 	free(s->spare);
 	free(s->segs);
 	pthread_mutex_destroy(&s->lock);
+	pthread_mutex_destroy(&s->dl_lock);
 	pthread_cond_destroy(&s->data);
 	pthread_cond_destroy(&s->tick);
 	pthread_cond_destroy(&s->flushed);
@@ -1286,7 +1291,8 @@ static uint64_t file_lines(int fd)
 }
 
 /* The current dead-letter file: open (counting what an earlier run left in
- * it), and rotated when this line would take it over its bound. s->lock held. */
+ * it), and rotated when this line would take it over its bound. s->dl_lock
+ * held. */
 static int dl_file(struct spool *s, size_t add)
 {
 	char path[4200], old[4300];
@@ -1344,7 +1350,7 @@ int spool_dead_letter(struct spool *s, const char *sink, const char *why, const 
 	struct iovec iov[4] = { { h, hl }, { "\"event\":", 8 }, { (void *)line, len }, { "}\n", 2 } };
 	size_t total = hl + 8 + len + 2;
 
-	pthread_mutex_lock(&s->lock);
+	pthread_mutex_lock(&s->dl_lock);
 	if (!(err = dl_file(s, total))) {
 		ssize_t w = writev(s->dlfd, iov, 4);
 
@@ -1360,7 +1366,7 @@ int spool_dead_letter(struct spool *s, const char *sink, const char *why, const 
 			atomic_fetch_add(&dl_events, 1);
 		}
 	}
-	pthread_mutex_unlock(&s->lock);
+	pthread_mutex_unlock(&s->dl_lock);
 	free(h);
 	return err;
 }

@@ -128,8 +128,9 @@ int spool_reader_ack(struct spool_reader *r, uint64_t seq);
  */
 int spool_dead_letter(struct spool *s, const char *sink, const char *why, const char *line,
 		      size_t len);
-/* Events dead-lettered since the process started, and of those, dead
- * letters discarded by the rotation (status counters). */
+/* Events dead-lettered since the process started, and dead letters the
+ * rotation discarded since (those written by earlier runs included), for
+ * status. */
 uint64_t spool_dead_lettered(void);
 uint64_t spool_dead_letters_discarded(void);
 /* Wakes readers blocked in spool_read (close, reopen). */
