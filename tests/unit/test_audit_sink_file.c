@@ -279,6 +279,17 @@ static void test_resume_after_rotation(void)
 	CHECK(sink_open(&s, &cfg) == 0);
 	CHECK(s.ops->resume(&s, 10, uid) == 42 && strcmp(uid, "01a2-new") == 0);
 	s.ops->fini(&s);
+	/* a new file holding only a torn line (killed in its first write):
+	 * cut, and path.1's last line counts */
+	CHECK(truncate(path, 0) == 0);
+	f = fopen(path, "a");
+	fprintf(f, "{\"metadata\":{\"sequ");
+	fclose(f);
+	CHECK(sink_open(&s, &cfg) == 0);
+	CHECK(s.ops->resume(&s, 10, uid) == 41 && strcmp(uid, "01a2-last") == 0);
+	s.ops->fini(&s);
+	struct stat st;
+	CHECK(stat(path, &st) == 0 && st.st_size == 0);
 	/* no rotation configured: path.1 is not ours to read */
 	struct policy_sink plain = { .type = SINK_FILE, .path = path };
 	CHECK(truncate(path, 0) == 0);
