@@ -712,11 +712,6 @@ static bool backpressured(struct conn *c)
 	return conn_out_pending(c, SIDE_AGENT) > CONN_OUT_HIGH || conn_out_pending(c, SIDE_UP) > CONN_OUT_HIGH;
 }
 
-bool conn_backpressured(const struct conn *c)
-{
-	return backpressured((struct conn *)c);
-}
-
 static bool side_live(struct conn *c, int side)
 {
 	return side_fd(c, side) >= 0 && !(side == SIDE_UP && c->connecting);

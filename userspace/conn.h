@@ -142,8 +142,6 @@ int conn_send_now(struct conn *c, int side, const void *buf, size_t len);
  * not delay it. TLS legs and legs not yet up are left to the usual flush. */
 void conn_flush(struct conn *c, int side);
 uint32_t conn_out_pending(const struct conn *c, int side);
-/* Either side's output is over CONN_OUT_HIGH: conn.c reads from neither. */
-bool conn_backpressured(const struct conn *c);
 /* Half-close toward side once its queued output is written (TLS: close_notify, then FIN). */
 void conn_shutdown(struct conn *c, int side);
 /* Close the whole connection once everything queued for the agent is written

@@ -2632,16 +2632,15 @@ static bool http_on_deadline(struct conn *c)
 {
 	struct http_state *s = st(c);
 
-	uint32_t unread = 0;
-
 	if (!s || !s->resp_since_ms || s->ustate != U_HEAD || s->up_failed ||
 	    now_ms() < s->resp_since_ms + resp_timeout_ms(c))
 		return false;
-	conn_in(c, SIDE_UP, &unread);
-	if (unread || conn_backpressured(c)) {
-		/* the upstream did answer (its bytes wait to be read), or conn.c
-		 * reads nothing while the agent is slow to take what it has:
-		 * not the upstream's delay; the clock starts again */
+	if (conn_out_pending(c, SIDE_AGENT) > CONN_OUT_HIGH) {
+		/* conn.c reads nothing while the agent is slow to take what it
+		 * has: the upstream's answer may be waiting unread, and the
+		 * delay is the agent's; the clock starts again (an upstream that
+		 * does not read the request is not excused: its side's backlog
+		 * does not count) */
 		s->resp_since_ms = now_ms();
 		arm_clocks(c);
 		return true;

@@ -4126,8 +4126,10 @@ static bool pg_on_deadline(struct conn *c)
 
 	if (!s || !s->big_since_ms || s->phase != PH_READY || c->deadline_why != BIG_WHY)
 		return false;
-	if (conn_backpressured(c)) {
-		/* conn.c is not reading: the agent gets the time again */
+	if (conn_out_pending(c, SIDE_UP) > CONN_OUT_HIGH) {
+		/* conn.c is not reading because the server is slow to take what
+		 * was forwarded: the agent gets the time again (a backlog towards
+		 * the agent is its own doing and does not count) */
 		s->big_since_ms = now_ns_mono() / 1000000ull;
 		c->deadline_ms = s->big_since_ms + PG_BIG_MSG_MS;
 		c->deadline_why = BIG_WHY;
