@@ -59,6 +59,7 @@ static const char *const det_names[DET__FIXED] = {
 #define RE_VALUE_BUDGET_NS (50ull * 1000 * 1000)
 #define RE_BODY_BUDGET_NS  (1000ull * 1000 * 1000)
 #define RE_CLOCK_EVERY     8
+#define RE_CHUNK           64   /* start positions per pcre2_match() call (next_re) */
 #define RE_MAX_PATTERN  4096u
 #define JWT_MAX_HEADER  8192u     /* encoded header chars; a bigger one is not a JWT */
 
@@ -636,9 +637,18 @@ static pthread_key_t md_key;
 static pthread_once_t md_once = PTHREAD_ONCE_INIT;
 static bool md_key_ok;
 
+struct thread_re {
+	pcre2_match_data *md;
+	pcre2_match_context *ctx;   /* the limits, and an offset limit set per call */
+};
+
 static void md_free(void *p)
 {
-	pcre2_match_data_free(p);
+	struct thread_re *t = p;
+
+	pcre2_match_data_free(t->md);
+	pcre2_match_context_free(t->ctx);
+	free(t);
 }
 
 static void md_init(void)
@@ -648,35 +658,66 @@ static void md_init(void)
 
 /* One match block per thread: compiled rules are shared, match data is not.
  * One ovector pair is enough, only the whole match is used. */
-static pcre2_match_data *thread_md(void)
+static struct thread_re *thread_re(void)
 {
-	pcre2_match_data *md;
+	struct thread_re *t;
 
 	pthread_once(&md_once, md_init);
 	if (!md_key_ok)
 		return NULL;
-	md = pthread_getspecific(md_key);
-	if (!md && (md = pcre2_match_data_create(1, NULL)) && pthread_setspecific(md_key, md)) {
-		pcre2_match_data_free(md);
-		md = NULL;
+	if ((t = pthread_getspecific(md_key)))
+		return t;
+	if (!(t = calloc(1, sizeof(*t))) || !(t->md = pcre2_match_data_create(1, NULL)) ||
+	    !(t->ctx = pcre2_match_context_create(NULL)) || pthread_setspecific(md_key, t)) {
+		if (t) {
+			pcre2_match_data_free(t->md);
+			pcre2_match_context_free(t->ctx);
+		}
+		free(t);
+		return NULL;
 	}
-	return md;
+	pcre2_set_match_limit(t->ctx, RE_MATCH_LIMIT);
+	pcre2_set_depth_limit(t->ctx, RE_DEPTH_LIMIT);
+	pcre2_set_heap_limit(t->ctx, RE_HEAP_KIB);
+	return t;
 }
+
+/* The budget of the value being scanned (match_spans), for next_re. */
+struct budget;
+static __thread struct budget *cur_budget;
+static bool budget_out(struct budget *b);
 
 /* 1 match, 0 none, -1 error (a limit, or anything else: fail closed). */
 static int next_re(const struct mask_rules *m, const pcre2_code *re, const uint8_t *s,
 		   size_t len, size_t from, size_t *ms, size_t *me)
 {
-	pcre2_match_data *md = thread_md();
+	struct thread_re *t = thread_re();
+	pcre2_match_data *md = t ? t->md : NULL;
 
+	(void)m;
 	if (!md)
 		return -1;
 	while (from <= len) {
-		int rc = pcre2_match(re, s, len, from, PCRE2_NO_UTF_CHECK, md, m->mctx);
+		/* PCRE2's match limit counts anew at each start position: a
+		 * search that finds nothing over a long value can take that
+		 * many steps at every one. Matches may start RE_CHUNK positions
+		 * on per call, and the value's time is checked between calls. */
+		size_t lim = len - from > RE_CHUNK ? from + RE_CHUNK : len;
+		int rc;
 		PCRE2_SIZE *ov;
 
-		if (rc == PCRE2_ERROR_NOMATCH)
-			return 0;
+		pcre2_set_offset_limit(t->ctx, lim);
+		rc = pcre2_match(re, s, len, from, PCRE2_NO_UTF_CHECK, md, t->ctx);
+		if (rc == PCRE2_ERROR_NOMATCH) {
+			if (lim >= len)
+				return 0;
+			if (cur_budget && budget_out(cur_budget))
+				return -1;
+			from = lim + 1;
+			while (from < len && (s[from] & 0xc0) == 0x80)
+				from++;
+			continue;
+		}
 		if (rc < 0)
 			return -1;
 		ov = pcre2_get_ovector_pointer(md);
@@ -715,8 +756,8 @@ static int re_compile(const char *pat, pcre2_code **out, char *why, size_t whyle
 	/* PCRE2 validates the pattern's own UTF-8 here; subjects are checked by
 	 * mask_value() before every use, hence NO_UTF_CHECK at match time. \C
 	 * could split a character, so it is refused. */
-	re = pcre2_compile((PCRE2_SPTR)pat, n, PCRE2_UTF | PCRE2_NEVER_BACKSLASH_C, &errcode,
-			   &erroff, NULL);
+	re = pcre2_compile((PCRE2_SPTR)pat, n, PCRE2_UTF | PCRE2_NEVER_BACKSLASH_C | PCRE2_USE_OFFSET_LIMIT,
+			   &errcode, &erroff, NULL);
 	if (!re) {
 		PCRE2_UCHAR msg[128];
 
@@ -1152,11 +1193,11 @@ static bool budget_out(struct budget *b)
 
 	if (body_over)
 		return true;
-	if (++re_calls % RE_CLOCK_EVERY)
+	if (b->start_ns && ++re_calls % RE_CLOCK_EVERY)
 		return false;
 	now = cpu_ns();
 	if (!b->start_ns)
-		b->start_ns = now;
+		b->start_ns = now ? now : 1;   /* the value's first call: its clock starts */
 	if (body_deadline_ns && now > body_deadline_ns)
 		body_over = true;
 	return body_over || now - b->start_ns > RE_VALUE_BUDGET_NS;
@@ -1173,8 +1214,22 @@ typedef bool (*span_fn)(void *arg, size_t start, size_t end);
 
 enum { SCAN_FIXED = 1, SCAN_RE = 2, SCAN_ALL = 3 };
 
+static int match_spans_in(const struct mask_rules *m, const uint8_t *s, size_t len, span_fn fn, void *arg,
+			  struct budget *b, unsigned which);
+
 static int match_spans(const struct mask_rules *m, const uint8_t *s, size_t len, span_fn fn, void *arg,
 		       struct budget *b, unsigned which)
+{
+	int r;
+
+	cur_budget = b;
+	r = match_spans_in(m, s, len, fn, arg, b, which);
+	cur_budget = NULL;
+	return r;
+}
+
+static int match_spans_in(const struct mask_rules *m, const uint8_t *s, size_t len, span_fn fn, void *arg,
+			  struct budget *b, unsigned which)
 {
 	struct cand c[DET__FIXED + MASK_MAX_REGEX];
 	size_t nd = DET__FIXED + m->nre, cs = 0, ce = 0;
