@@ -277,9 +277,9 @@ static uint64_t file_resume(struct audit_sink *s, uint64_t cursor, char uid[40])
 	size_t end = got;
 	while (end && buf[end - 1] != '\n')
 		end--;
-	if (f->size && !end && got == f->size && ftruncate(f->fd, 0) == 0) {
-		/* nothing but a torn line (killed in the first write after a
-		 * rotation): cut, and the last whole line is path.1's */
+	if (f->size && !end && got == f->size && got && buf[0] == '{' && ftruncate(f->fd, 0) == 0) {
+		/* nothing but a torn line of ours (killed in the first write
+		 * after a rotation): cut, and the last whole line is path.1's */
 		f->size = 0;
 		free(buf);
 		return file_resume(s, cursor, uid);
