@@ -668,7 +668,9 @@ SILENT = textwrap.dedent(r"""
                 head, buf = buf.split(b"\r\n\r\n", 1)
                 path = head.split(b"\r\n")[0].split()[1].decode()
                 log.write("conn-%d %s\n" % (n, path))
-                if path == "/v1/never":
+                if path == "/v1/partial":
+                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Le")
+                if path in ("/v1/never", "/v1/partial"):
                     while c.recv(65536):
                         pass
                     return
@@ -750,6 +752,9 @@ def test_upstream_that_never_answers_is_504_after_response_timeout(enforcer, ser
     assert [x.split()[1] for x in log()] == ["/v1/never"]
     ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4002 and e["http_request"]["url"]["path"] == "/v1/never")
     assert ev and ev["http_response"]["code"] == 504, ev
+    # an answer head begun and never finished is no answer either
+    took, out = client(enforcer, TIMED_CLIENT.format(nap=0, port=port, reqs=[get("/v1/partial")]), timeout=60)
+    assert took is not None and 1.9 <= took <= 4.5 and statuses(out) == [504], (took, out)
     # the default is 60 s: without the key the same request is still waiting after 5 s
     enforcer.stop()
     enforcer.start(policy(port, upstream="", rules='"GET /v1/**"'))
