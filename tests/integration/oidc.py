@@ -34,7 +34,7 @@ class Provider:
                           client_secret], stdout=subprocess.PIPE, stderr=open(self.log, "w"),
                          cwd=OIDC_DIR, env=env)
         out = self.proc.p.stdout
-        end = time.time() + 20
+        end = time.time() + 60   # node loads oidc-provider and makes its keys: seconds on a busy host
         line = b""
         while time.time() < end and b"READY" not in line:
             ready, _, _ = select.select([out], [], [], 0.5)
