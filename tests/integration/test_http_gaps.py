@@ -586,19 +586,24 @@ def test_forwarded_for_truthful_when_configured(enforcer, rec):
     assert rec.all() == b"GET /v1/invoices/42 HTTP/1.1\r\nHost: api.internal\r\n\r\n"
 
 
+def check_target(tmp, target):
+    """`agentgate policy check` on a policy with one target t; (rc, output)."""
+    p = os.path.join(tmp, f"p-{time.time_ns()}.yaml")
+    with open(p, "w") as f:
+        f.write(textwrap.dedent(f"""
+        version: 1
+        agents: [{{name: a}}]
+        targets: [{target}]
+        roles: [{{name: r, rules: [{{target: t}}]}}]
+        bindings: [{{role: r, agents: [a]}}]
+        """))
+    r = subprocess.run([AG, "policy", "check", p], capture_output=True, text=True)
+    return r.returncode, r.stdout + r.stderr
+
+
 def test_forwarded_for_validated(tmp):
     def check(target):
-        p = os.path.join(tmp, f"p-{time.time_ns()}.yaml")
-        with open(p, "w") as f:
-            f.write(textwrap.dedent(f"""
-            version: 1
-            agents: [{{name: a}}]
-            targets: [{target}]
-            roles: [{{name: r, rules: [{{target: t}}]}}]
-            bindings: [{{role: r, agents: [a]}}]
-            """))
-        r = subprocess.run([AG, "policy", "check", p], capture_output=True, text=True)
-        return r.returncode, r.stdout + r.stderr
+        return check_target(tmp, target)
     rc, _ = check("{name: t, protocol: http, address: 127.0.0.1:80, upstream: {forwarded_for: true}}")
     assert rc == 0
     rc, out = check("{name: t, protocol: http, address: 127.0.0.1:80, upstream: {forwarded_for: maybe}}")
@@ -820,19 +825,10 @@ def test_upstream_tls_handshake_that_never_ends_is_cut(enforcer, servers, tmp):
     ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4001 and "TLS handshake did not complete" in json.dumps(e))
     assert ev, [e for e in enforcer.events() if e.get("class_uid") == 4001]
 
+
 def test_response_timeout_validated(tmp):
     def check(target):
-        p = os.path.join(tmp, f"p-{time.time_ns()}.yaml")
-        with open(p, "w") as f:
-            f.write(textwrap.dedent(f"""
-            version: 1
-            agents: [{{name: a}}]
-            targets: [{target}]
-            roles: [{{name: r, rules: [{{target: t}}]}}]
-            bindings: [{{role: r, agents: [a]}}]
-            """))
-        r = subprocess.run([AG, "policy", "check", p], capture_output=True, text=True)
-        return r.returncode, r.stdout + r.stderr
+        return check_target(tmp, target)
     for ok in ("1s", "90s", "24h"):
         assert check(f"{{name: t, protocol: http, address: 127.0.0.1:80, upstream: {{response_timeout: {ok}}}}}")[0] == 0
     assert check("{name: t, protocol: kubernetes, address: 127.0.0.1:6443, upstream: {response_timeout: 5m}}")[0] == 0
