@@ -179,6 +179,7 @@ struct http_state {
 	uint8_t *mbody;
 	size_t mlen, mcap;
 	size_t held;                   /* bytes of masked_held this connection reserved */
+	size_t held_q;                 /* ... and counts for masked answers queued to the agent */
 	/* the credentials this connection injected, searched for in every
 	 * answer (http_scrub.h); a streamed body keeps back the bytes an
 	 * occurrence may still be completing in (sc) */
@@ -1823,7 +1824,7 @@ static bool coded(const uint8_t *b, const struct http_head *h)
  * answers could make the enforcer hold gigabytes (one agent, 250
  * connections: 3 GB). All connections together hold at most MASK_HELD_MAX:
  * past it, a masked answer is refused (502, the connection closes) until
- * others are done.
+ * others are done, and read by their agents (held_queued()).
  */
 #define MASK_HELD_MAX (512u << 20)
 static size_t masked_held;
@@ -1845,6 +1846,37 @@ static void held_put(struct http_state *s)
 	if (s->held)
 		__atomic_fetch_sub(&masked_held, s->held, __ATOMIC_RELAXED);
 	s->held = 0;
+}
+
+/*
+ * A masked answer the agent does not read stays in its output queue (up
+ * to CONN_OUT_MAX): it still counts. After an answer is sent, what is
+ * queued for the agent counts, taken past the bound if need be (the answer
+ * is out; the next one to be collected is refused instead); it is given
+ * back as it drains. The module is called when the queue falls under
+ * CONN_OUT_HIGH (conn.c reads nothing above it), so what still counts for
+ * bytes already written is at most that much per connection, until its
+ * next call or its end.
+ */
+static void held_queued(struct conn *c)
+{
+	struct http_state *s = st(c);
+	size_t q = conn_out_pending(c, SIDE_AGENT);
+
+	if (q > s->held_q)
+		__atomic_fetch_add(&masked_held, q - s->held_q, __ATOMIC_RELAXED);
+	else if (q < s->held_q)
+		__atomic_fetch_sub(&masked_held, s->held_q - q, __ATOMIC_RELAXED);
+	s->held_q = q;
+}
+
+/* Gives back what drained. */
+static void held_sync(struct conn *c)
+{
+	struct http_state *s = st(c);
+
+	if (s && s->held_q && conn_out_pending(c, SIDE_AGENT) < s->held_q)
+		held_queued(c);
 }
 
 /* A masked response: keep a copy of its head; the body is collected. */
@@ -1922,6 +1954,7 @@ static int collect_finish(struct conn *c)
 	s->collecting = false;
 	err = mask_answer(c, s->mhead, &s->mh, s->mbody, s->mlen);
 	held_put(s);
+	held_queued(c);
 	s->mlen = 0;
 	if (s->mcap > (256u << 10)) {   /* a big body's buffer does not stay with the connection */
 		free(s->mbody);
@@ -1942,6 +1975,7 @@ static int held_body(struct conn *c, const uint8_t *in, uint32_t len, bool eof)
 		return eof ? -EPIPE : 0;   /* cut short: never taken for whole */
 	err = mask_answer(c, in, &s->mh, in + s->mh.head_len, (size_t)s->mh.content_length);
 	held_put(s);
+	held_queued(c);
 	conn_in_consume(c, SIDE_UP, (uint32_t)need);
 	s->ustate = U_HEAD;
 	if (err)
@@ -2507,6 +2541,7 @@ static int http_on_agent_data(struct conn *c)
 
 	if (!c->streaming)
 		return first_bytes(c);
+	held_sync(c);
 	err = process_agent(c);
 	arm_clocks(c);
 	return err;
@@ -2542,7 +2577,10 @@ static int http_upstream_data(struct conn *c);
 
 static int http_on_upstream_data(struct conn *c)
 {
-	int err = http_upstream_data(c);
+	int err;
+
+	held_sync(c);
+	err = http_upstream_data(c);
 
 	arm_clocks(c);
 	return err;
@@ -2667,6 +2705,8 @@ static void http_release(struct conn *c)
 
 	if (s) {
 		held_put(s);
+		if (s->held_q)
+			__atomic_fetch_sub(&masked_held, s->held_q, __ATOMIC_RELAXED);
 		mask_free(s->mask);
 		while (s->nold_masks)
 			mask_free(s->old_masks[--s->nold_masks]);

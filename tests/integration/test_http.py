@@ -898,3 +898,109 @@ def test_masked_answers_held_at_once_are_bounded(enforcer, servers):
     got = json.loads(r.stdout.strip().splitlines()[-1])
     # 512 MiB / (8,000,000 bytes and a head) = 67 held; the other 13 refused
     assert got["refused"] == 13, got
+
+
+BIG_UPSTREAM = textwrap.dedent(r"""
+    import socket, sys, threading
+    body = b'{"ssn": "078-05-1120", "pad": "' + b"a" * 8_380_000 + b'"}'
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+    s.listen(256)
+    def serve(c):
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    d = c.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                buf = buf.split(b"\r\n\r\n", 1)[1]
+                c.sendall(head + body)
+        except OSError:
+            pass
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+""")
+
+
+def test_masked_answers_queued_to_an_agent_that_does_not_read_count(enforcer, servers):
+    """Found by review (stop 20): a masked answer, once masked, left the
+    512 MiB count while it still sat in the output queue of an agent that
+    did not read it, so one agent could make the enforcer hold 150 x 8 MB.
+    Queued masked answers now count until they drain: past the bound the
+    next one is refused with 502; the bytes an agent reads, or a connection
+    that ends, are given back."""
+    from conftest import Proc, free_port, wait_port
+    port = free_port()
+    servers.procs.append(Proc([PY, "-c", BIG_UPSTREAM, str(port)]))
+    wait_port("127.0.0.1", port)
+    enforcer.start(mask_policy(port, '{json: ["$.ssn"]}'))
+    code = f"""
+        import json, socket, time
+        REQ = b"GET /v1/big HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n"
+        def dial(small):
+            s = socket.socket()
+            if small:   # a small window: the answer stays in the enforcer's queue
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.settimeout(30)
+            s.connect(("127.0.0.1", {port}))
+            s.sendall(REQ)
+            return s
+        def first(s):
+            s.settimeout(30)
+            d = s.recv(65536)
+            k = "502" if d.startswith(b"HTTP/1.1 502") and b"too many masked answers" in d else \\
+                "200" if d.startswith(b"HTTP/1.1 200") else repr(d[:40])
+            return k, d
+        def whole(s, d=b""):
+            s.settimeout(60)
+            while b"\\r\\n\\r\\n" not in d:
+                d += s.recv(65536)
+            head, body = d.split(b"\\r\\n\\r\\n", 1)
+            n = int([l for l in head.split(b"\\r\\n") if l.lower().startswith(b"content-length:")][0].split(b":")[1])
+            while len(body) < n:
+                body += s.recv(1 << 20)
+            return body
+        socks = []
+        for i in range(150):
+            socks.append(dial(True))
+            time.sleep(0.02)
+        time.sleep(3)
+        firsts = [first(s) for s in socks]
+        kinds = [k for k, _ in firsts]
+        served = [(s, d) for s, (k, d) in zip(socks, firsts) if k == "200"]
+        for s, k in zip(socks, kinds):
+            if k != "200":
+                s.close()
+        # ten agents read their answers to the end and stay connected
+        for s, d in served[:10]:
+            whole(s, d)
+        time.sleep(1)
+        after_read = []
+        for i in range(5):   # one at a time: each fits in what the ten gave back
+            s = dial(False)
+            after_read.append(first(s)[0])
+            s.close()
+        for s, _ in served[10:]:
+            s.close()
+        time.sleep(1)
+        s = dial(False)
+        body = whole(s)
+        s.close()
+        print(json.dumps({{"kinds": kinds, "after_read": after_read,
+                           "after_close": json.loads(body)["ssn"]}}))
+    """
+    r = enforcer.py(AGENT, code, timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    kinds = got["kinds"]
+    assert set(kinds) <= {"200", "502"}, kinds
+    # 512 MiB / 8.38 MB = 64 answers queued whole; the kernel's send buffer
+    # (tcp_wmem, at most 4 MiB) takes part of each, so at most 128
+    assert 64 <= kinds.count("200") <= 128 and kinds.count("502") >= 22, kinds
+    assert got["after_read"] == ["200"] * 5, got
+    assert got["after_close"] != "078-05-1120", got
