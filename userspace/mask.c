@@ -1446,22 +1446,25 @@ static size_t mask_run_url(const struct mask_rules *m, const uint8_t *s, size_t 
 			   size_t outcap, unsigned *hits)
 {
 	const uint8_t *view[PCT_ROUNDS + 1] = { s };
+	uint8_t *mem[PCT_ROUNDS + 1] = { NULL }, *fixed;
 	size_t vlen[PCT_ROUNDS + 1] = { len }, cs = 0, ce = 0, res;
-	uint8_t *mem = malloc((PCT_ROUNDS + 1) * (len ? len : 1)), *fixed = NULL;
 	struct spanv sv = { 0 };
 	struct emit x = { out, outcap, 0, 0, s, 0 };
 	struct budget b = { 0 };
 	int nv = 1, r = 0;
 	bool have = false;
 
-	if (!mem)
-		return emit_whole(out, outcap, hits);   /* no memory to look: fail closed */
-	/* the views: as is, then decoded while there is something to decode */
+	/* the views: as is, then decoded while there is something to decode;
+	 * each no longer than the one it comes from, allocated only when there
+	 * is a round to decode (a value needing three rounds costs three
+	 * copies; most need one) */
 	while (nv <= PCT_ROUNDS && url_encoded(view[nv - 1], vlen[nv - 1])) {
-		uint8_t *d = mem + (size_t)(nv - 1) * len;
-
-		vlen[nv] = url_decode(view[nv - 1], vlen[nv - 1], d);
-		view[nv] = d;
+		if (!(mem[nv] = malloc(vlen[nv - 1]))) {
+			res = emit_whole(out, outcap, hits);   /* no memory to look: fail closed */
+			goto out;
+		}
+		vlen[nv] = url_decode(view[nv - 1], vlen[nv - 1], mem[nv]);
+		view[nv] = mem[nv];
 		nv++;
 	}
 	/* each view's spans, mapped down to the value's own offsets; custom
@@ -1471,12 +1474,16 @@ static size_t mask_run_url(const struct mask_rules *m, const uint8_t *s, size_t 
 		size_t first = sv.n;
 
 		if (v && m->nre && !utf8_valid(view[v], vlen[v])) {
-			fixed = mem + (size_t)PCT_ROUNDS * len;
+			if (!(fixed = malloc(vlen[v]))) {
+				r = 1;   /* masked whole */
+				break;
+			}
 			memcpy(fixed, view[v], vlen[v]);
 			utf8_fix(fixed, vlen[v]);
 			r = match_spans(m, view[v], vlen[v], push_span, &sv, &b, SCAN_FIXED);
 			if (!r)
 				r = match_spans(m, fixed, vlen[v], push_span, &sv, &b, SCAN_RE);
+			free(fixed);
 			if (!r)   /* two passes: each in order, together not */
 				merge_from(&sv, first);
 		} else {
@@ -1511,7 +1518,8 @@ static size_t mask_run_url(const struct mask_rules *m, const uint8_t *s, size_t 
 	else
 		res = emit_end(&x, len, hits);
 out:
-	free(mem);
+	for (int v = 1; v <= PCT_ROUNDS; v++)
+		free(mem[v]);
 	free(sv.v);
 	return res;
 }
