@@ -358,6 +358,42 @@ int conn_in_reserve(struct conn *c, int side, uint32_t max)
 	return 0;
 }
 
+/*
+ * A reservation is for one big message: once the module is done with it,
+ * side's bound goes back to CONN_IN_MAX and its buffer to the smallest
+ * that holds what is left (none when empty). Without this, a connection
+ * that once carried a 16 MiB message kept 16 MiB until it closed (256
+ * connections: 4 GiB). While more than CONN_IN_MAX is buffered, nothing
+ * changes.
+ */
+void conn_in_release(struct conn *c, int side)
+{
+	struct conn_side *sd = &c->side[side];
+	uint32_t have = sd->in_len - sd->in_off, cap = CONN_BUF;
+	uint8_t *nb;
+
+	if ((sd->in_max <= CONN_IN_MAX && sd->in_cap <= CONN_IN_MAX) || have > CONN_IN_MAX)
+		return;
+	sd->in_max = CONN_IN_MAX;
+	if (sd->in_cap <= CONN_IN_MAX)
+		return;
+	if (!have) {
+		free(sd->in);
+		sd->in = NULL;
+		sd->in_cap = sd->in_len = sd->in_off = 0;
+		return;
+	}
+	memmove(sd->in, sd->in + sd->in_off, have);
+	sd->in_len = have;
+	sd->in_off = 0;
+	while (cap < have)
+		cap *= 2;
+	if ((nb = realloc(sd->in, cap))) {   /* else it keeps the bigger one */
+		sd->in = nb;
+		sd->in_cap = cap;
+	}
+}
+
 /* Grows buf (cap) to hold need bytes, doubling, never beyond limit. */
 static int grow(uint8_t **buf, uint32_t *cap, size_t need, size_t limit)
 {
@@ -607,6 +643,11 @@ static int flush_out(struct conn *c, int side, bool *moved)
 		*moved = true;
 	}
 	sd->out_off = sd->out_len = 0;
+	if (sd->out_cap > CONN_OUT_HIGH) {   /* a big answer's queue does not stay with the connection */
+		free(sd->out);
+		sd->out = NULL;
+		sd->out_cap = 0;
+	}
 	if (sd->want_shut && !sd->shut) {
 		if (sd->ssl && sd->tls_ready)
 			SSL_shutdown(sd->ssl);   /* close_notify; no wait for the peer's */

@@ -129,6 +129,9 @@ void conn_in_consume(struct conn *c, int side, uint32_t n);
 bool conn_in_eof(const struct conn *c, int side);
 /* Let side's input buffer grow to max bytes (<= CONN_IN_LIMIT) for one big message. */
 int conn_in_reserve(struct conn *c, int side, uint32_t max);
+/* The big message is done: side's input goes back to CONN_IN_MAX and its
+ * buffer shrinks to what it holds (pointers from conn_in() are stale). */
+void conn_in_release(struct conn *c, int side);
 int conn_send(struct conn *c, int side, const void *buf, size_t len);
 /* Stream mode: a module that sets c->rec_side[side] has what it queues for
  * that side recorded (recording.h), as it sends it; conn_record() records

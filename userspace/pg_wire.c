@@ -523,6 +523,15 @@ void pg_out_free(struct pg_out *o)
 	memset(o, 0, sizeof(*o));
 }
 
+void pg_out_trim(struct pg_out *o)
+{
+	if (!o->len && o->cap > (1u << 20)) {
+		free(o->buf);
+		o->buf = NULL;
+		o->cap = 0;
+	}
+}
+
 static bool out_room(struct pg_out *o, size_t n)
 {
 	size_t cap;

@@ -2581,6 +2581,8 @@ static int http_on_upstream_data(struct conn *c)
 
 	held_sync(c);
 	err = http_upstream_data(c);
+	if (!err && st(c) && st(c)->ustate != U_HELD)
+		conn_in_release(c, SIDE_UP);   /* a held answer's buffer goes with it */
 
 	arm_clocks(c);
 	return err;

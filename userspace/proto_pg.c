@@ -450,6 +450,7 @@ static int send_out(struct conn *c, int side)
 		return -ENOBUFS;
 	err = o->len ? conn_send(c, side, o->buf, o->len) : 0;
 	pg_out_reset(o);
+	pg_out_trim(o);
 	return err;
 }
 
@@ -3440,6 +3441,8 @@ static int process_agent(struct conn *c)
 		conn_in_consume(c, SIDE_AGENT, used);
 	big_clock(c, !err && partial && s->phase == PH_READY ? pg_frame_size(in + used, len - used) : 0,
 		  used > 0);
+	if (!err && s->phase == PH_READY && !s->big_since_ms)
+		conn_in_release(c, SIDE_AGENT);   /* no big message waits: its buffer goes */
 	/* The agent finished sending: once all it sent went on, the server
 	 * may finish too. A message it cut short never will come whole, and
 	 * the server, never sent any of it, would wait for the next one for
@@ -3892,6 +3895,12 @@ static int process_upstream(struct conn *c)
 	}
 	if (used && s->phase != PH_DONE)
 		conn_in_consume(c, SIDE_UP, used);
+	if (!err && !s->up_pass && s->phase != PH_DONE) {
+		/* no big message waits: a big one's buffer goes */
+		in = conn_in(c, SIDE_UP, &len);
+		if (len < 5 || pg_frame_size(in, len) <= CONN_IN_MAX)
+			conn_in_release(c, SIDE_UP);
+	}
 	if (s->nadefer) {   /* a batch without its ReadyForQuery: its answers go out first */
 		conn_flush(c, SIDE_AGENT);
 		audit_deferred_flush(c);

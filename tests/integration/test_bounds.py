@@ -217,3 +217,53 @@ def test_large_message_never_completed_ends_the_session(enforcer, pg, tmp):
     """
     msgs = agent_py(enforcer, code)
     assert ["D", "\x00\x01\x00\x00\x00\x073145728"] in msgs, msgs
+
+
+BIG_HOLDER = """
+import sys, json, struct, socket, time
+sys.path.insert(0, %r)
+from pgraw import *
+conns, socks = [], []
+for i in range(%d):
+    c = Conn("127.0.0.1", %d, timeout=60)
+    c.send(P("", "SELECT length($1::text), length(repeat('y', 12000000))")
+           + B("", "", ["x" * (12 << 20)]) + E("") + S)
+    conns.append([[t.decode(), b[:40].decode(errors="replace")] for t, b in c.until_ready()])
+    socks.append(c)
+print(json.dumps(conns), flush=True)
+sys.stdin.readline()   # the sessions stay open until the test has looked
+"""
+
+
+def rss_kib(pid):
+    return int(open(f"/proc/{pid}/status").read().split("VmRSS:")[1].split()[0])
+
+
+def test_big_messages_do_not_keep_their_buffers(enforcer, pg, tmp):
+    """A message over 1 MiB grows the session's input buffer to its size (up
+    to 16 MiB), on the agent's side (a 12 MiB parameter) and on the server's
+    (a 12 MB value). Found by review (stop 21): the buffer stayed that big
+    until the session ended, so 20 idle sessions that had each carried one
+    such message pair kept about 640 MiB. The buffer now goes back once the
+    message is done."""
+    from test_postgres import HELPERS
+    from conftest import AG
+    enforcer.start(with_limit(policy(pg, tmp), 64))
+    before = rss_kib(enforcer.proc.p.pid)
+    n = 20
+    p = subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", AGENT, "--", PY, "-c",
+                          BIG_HOLDER % (HELPERS, n, pg.port)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline()
+        assert line, p.stderr.read()
+        got = json.loads(line)
+        assert len(got) == n and all(["D", "\x00\x02\x00\x00\x00\x0812582912\x00\x00\x00\x0812000000"] in s
+                                     for s in got), got[0]
+        assert open_conns(enforcer) == n
+        grew = rss_kib(enforcer.proc.p.pid) - before
+        print("enforcer RSS grew by", grew, "KiB")
+        assert grew < 128 * 1024, f"the enforcer holds {grew} KiB more after {n} idle sessions"
+    finally:
+        p.stdin.close()
+        p.wait(timeout=30)

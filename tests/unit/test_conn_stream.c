@@ -548,6 +548,52 @@ static void t_ca_persists(void)
 	CHECK(local_ca_server_ssl("bad name!") == NULL);   /* agent-controlled names are checked */
 }
 
+/* A reservation is for one message: afterwards the bound and the buffer
+ * go back (a connection kept 16 MiB for having once carried 16 MiB). */
+static void t_in_release(void)
+{
+	struct conn c;
+	struct conn_side *sd = &c.side[SIDE_AGENT];
+
+	memset(&c, 0, sizeof(c));
+	conn_stream(&c);
+	CHECK(conn_in_reserve(&c, SIDE_AGENT, 16u << 20) == 0);
+	CHECK(sd->in_max == 16u << 20);
+	CHECK((sd->in = malloc(16u << 20)) != NULL);
+	sd->in_cap = 16u << 20;
+	sd->in_off = (16u << 20) - 100000;   /* the big message consumed; 100,000 bytes of the next */
+	sd->in_len = 16u << 20;
+	memset(sd->in + sd->in_off, 'x', 100000);
+	sd->in[sd->in_len - 1] = 'y';
+	conn_in_release(&c, SIDE_AGENT);
+	CHECK(sd->in_max == CONN_IN_MAX);
+	CHECK(sd->in_cap == 2 * CONN_BUF && sd->in_off == 0 && sd->in_len == 100000);
+	CHECK(sd->in[0] == 'x' && sd->in[99999] == 'y');
+	uint32_t len;
+	CHECK(conn_in(&c, SIDE_AGENT, &len) == sd->in && len == 100000);
+
+	/* more than CONN_IN_MAX still buffered: nothing changes */
+	CHECK(conn_in_reserve(&c, SIDE_AGENT, 4u << 20) == 0);
+	CHECK((sd->in = realloc(sd->in, 4u << 20)) != NULL);
+	sd->in_cap = sd->in_len = 4u << 20;
+	sd->in_off = 0;
+	conn_in_release(&c, SIDE_AGENT);
+	CHECK(sd->in_max == 4u << 20 && sd->in_cap == 4u << 20);
+
+	/* empty: freed; grows again from nothing */
+	conn_in_consume(&c, SIDE_AGENT, 4u << 20);
+	conn_in_release(&c, SIDE_AGENT);
+	CHECK(sd->in == NULL && sd->in_cap == 0 && sd->in_max == CONN_IN_MAX);
+	CHECK(conn_in(&c, SIDE_AGENT, &len) == NULL && len == 0);
+
+	/* never reserved, small buffer: untouched */
+	CHECK((sd->in = malloc(CONN_BUF)) != NULL);
+	sd->in_cap = CONN_BUF;
+	conn_in_release(&c, SIDE_AGENT);
+	CHECK(sd->in != NULL && sd->in_cap == CONN_BUF);
+	free(sd->in);
+}
+
 int main(int argc, char **argv)
 {
 	char why[200];
@@ -568,6 +614,7 @@ int main(int argc, char **argv)
 	RUN(t_tls_smuggled);
 	RUN(t_tls_upstream_leg);
 	RUN(t_ca_persists);
+	RUN(t_in_release);
 	local_ca_close();
 	char cmd[300];
 
