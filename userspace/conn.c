@@ -189,6 +189,13 @@ void conn_refuse(struct conn *c)
 	conn_close(c, true);
 }
 
+/* Stream buffers' capacity, per worker, for status (stream_buffer_bytes). */
+static void cap_note(struct conn *c, size_t before, size_t after)
+{
+	if (c->w && before != after)
+		__atomic_fetch_add(&c->w->buf_bytes, after - before, __ATOMIC_RELAXED);   /* wraps for less */
+}
+
 void conn_free(struct conn *c)
 {
 	if (!c)
@@ -202,6 +209,7 @@ void conn_free(struct conn *c)
 	worker_buf_put(c->w, c->buf[1]);
 	for (int s = 0; s < 2; s++) {
 		SSL_free(c->side[s].ssl);
+		cap_note(c, (size_t)c->side[s].in_cap + c->side[s].out_cap, 0);
 		free(c->side[s].in);
 		free(c->side[s].out);
 	}
@@ -378,6 +386,7 @@ void conn_in_release(struct conn *c, int side)
 	if (sd->in_cap <= CONN_IN_MAX)
 		return;
 	if (!have) {
+		cap_note(c, sd->in_cap, 0);
 		free(sd->in);
 		sd->in = NULL;
 		sd->in_cap = sd->in_len = sd->in_off = 0;
@@ -389,6 +398,7 @@ void conn_in_release(struct conn *c, int side)
 	while (cap < have)
 		cap *= 2;
 	if ((nb = realloc(sd->in, cap))) {   /* else it keeps the bigger one */
+		cap_note(c, sd->in_cap, cap);
 		sd->in = nb;
 		sd->in_cap = cap;
 	}
@@ -452,7 +462,11 @@ static int queue(struct conn *c, int side, const void *buf, size_t len)
 	}
 	if ((size_t)sd->out_len - sd->out_off + len > CONN_OUT_MAX)
 		return -ENOBUFS;
-	if ((err = grow(&sd->out, &sd->out_cap, (size_t)sd->out_len + len, CONN_OUT_MAX + CONN_OUT_MAX)))
+	uint32_t was = sd->out_cap;
+
+	err = grow(&sd->out, &sd->out_cap, (size_t)sd->out_len + len, CONN_OUT_MAX + CONN_OUT_MAX);
+	cap_note(c, was, sd->out_cap);
+	if (err)
 		return err;
 	memcpy(sd->out + sd->out_len, buf, len);
 	sd->out_len += len;
@@ -644,6 +658,7 @@ static int flush_out(struct conn *c, int side, bool *moved)
 	}
 	sd->out_off = sd->out_len = 0;
 	if (sd->out_cap > CONN_OUT_HIGH) {   /* a big answer's queue does not stay with the connection */
+		cap_note(c, sd->out_cap, 0);
 		free(sd->out);
 		sd->out = NULL;
 		sd->out_cap = 0;
@@ -679,7 +694,11 @@ static int fill_in(struct conn *c, int side)
 		if (sd->in_len == sd->in_cap) {
 			if (sd->in_cap >= sd->in_max)
 				break;   /* full: the module must consume first */
-			if ((err = grow(&sd->in, &sd->in_cap, (size_t)sd->in_cap + 1, sd->in_max)))
+			uint32_t was = sd->in_cap;
+
+			err = grow(&sd->in, &sd->in_cap, (size_t)sd->in_cap + 1, sd->in_max);
+			cap_note(c, was, sd->in_cap);
+			if (err)
 				return err;
 		}
 		size_t room = sd->in_cap - sd->in_len;
@@ -794,11 +813,17 @@ static void stream_drive(struct conn *c, bool up_connected)
 
 			if ((err = flush_out(c, s, &moved)))
 				goto fail;
-			/* Output drained: a module that held input back may go on. */
-			if (queued && !conn_out_pending(c, s))
+			/* Output drained: a module that held input back may go on,
+			 * and one that asked is told. */
+			if (queued && !conn_out_pending(c, s)) {
 				for (int o = 0; o < 2; o++)
 					if (c->side[o].in_len > c->side[o].in_off)
 						news[o] = true;
+				if (s == SIDE_AGENT && c->want_drained) {
+					c->want_drained = false;
+					news[SIDE_AGENT] = true;
+				}
+			}
 		}
 		if (c->finishing && !conn_out_pending(c, SIDE_AGENT)) {
 			enforcer_conn_closed(c, NULL);
@@ -972,6 +997,30 @@ int conn_adopt_upstream(struct conn *c, int fd, SSL *ssl, const char *desc, uint
 	c->deadline_ms = 0;
 	c->deadline_why = NULL;
 	return 0;
+}
+
+void conn_trim(struct conn *c)
+{
+	if (!c->streaming || c->closing)
+		return;
+	for (int i = 0; i < 2; i++) {
+		struct conn_side *sd = &c->side[i];
+
+		if (sd->in_len == sd->in_off && sd->in_cap > CONN_BUF && sd->in_max <= CONN_IN_MAX) {
+			cap_note(c, sd->in_cap, 0);
+			free(sd->in);
+			sd->in = NULL;
+			sd->in_cap = sd->in_len = sd->in_off = 0;
+		}
+		if (sd->out_len == sd->out_off && sd->out_cap > CONN_BUF) {
+			cap_note(c, sd->out_cap, 0);
+			free(sd->out);
+			sd->out = NULL;
+			sd->out_cap = sd->out_len = sd->out_off = 0;
+		}
+	}
+	if (c->ops && c->ops->trim && c->proto_state)
+		c->ops->trim(c);
 }
 
 void conn_deadline(struct conn *c)

@@ -85,6 +85,9 @@ struct conn {
 	 * input buffer it leaves untouched is then not an oversized message.
 	 * Set or cleared by the module on each call. */
 	bool in_waits[2];
+	/* The module's on_agent_data is called (with no new input, maybe) once
+	 * the agent's output queue is empty; cleared when it is. */
+	bool want_drained;
 	uint64_t rx[2], tx[2];     /* stream mode byte counts per side, after TLS */
 	char tls_err[160];
 };
@@ -215,6 +218,10 @@ int conn_push(struct conn *c, int d, uint32_t n);
 /* Event entry points used by the worker loop. */
 void conn_on_event(struct conn_end *e, uint32_t events);
 void conn_deadline(struct conn *c);   /* c->deadline_ms passed */
+/* Every 200 ms, between events: buffers bigger than CONN_BUF that hold
+ * nothing are freed (they grow again from CONN_BUF when needed), so idle
+ * connections do not keep what one burst made them grow to. */
+void conn_trim(struct conn *c);
 void conn_free(struct conn *c);
 void conn_close(struct conn *c, bool reset);
 

@@ -1192,6 +1192,12 @@ void *enforcer_status_json(void)
 	json_object_set_new(counters, "dialed_enforcer", json_integer(atomic_load(&E->self_dial)));
 	json_object_set_new(counters, "audit_sequence", json_integer(audit_sequence()));
 	json_object_set_new(counters, "audit_made_urgent", json_integer((json_int_t)audit_made_urgent()));
+	size_t bufs = 0;
+
+	for (int i = 0; i < E->nworkers; i++)
+		bufs += __atomic_load_n(&E->workers[i].buf_bytes, __ATOMIC_RELAXED);
+	json_object_set_new(counters, "stream_buffer_bytes", json_integer((json_int_t)bufs));
+	json_object_set_new(counters, "http_masked_held_bytes", json_integer((json_int_t)http_masked_held()));
 	json_object_set_new(counters, "audit_dead_lettered", json_integer((json_int_t)audit_dead_lettered(false)));
 	json_object_set_new(counters, "audit_dead_letters_discarded",
 			    json_integer((json_int_t)audit_dead_lettered(true)));

@@ -229,9 +229,10 @@ static void check_deadlines(struct worker *w)
 
 	for (struct conn *c = w->conns, *next; c; c = next) {
 		next = c->next;
-		if (c->deadline_ms && now > c->deadline_ms) {
+		if (c->deadline_ms && now > c->deadline_ms)
 			conn_deadline(c);
-		}
+		else
+			conn_trim(c);
 	}
 }
 

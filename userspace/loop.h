@@ -21,6 +21,7 @@ struct worker {
 	struct conn *conns;             /* live */
 	struct conn *dead;              /* closed this iteration, freed after it */
 	int nconns;
+	size_t buf_bytes;               /* its connections' stream buffers (conn.c cap_note()) */
 	volatile int stop;
 	volatile int stop_accept;      /* set by the main thread; the worker closes its listeners */
 	uint64_t accept_paused_until;   /* monotonic ns; 0 = accepting */

@@ -523,9 +523,9 @@ void pg_out_free(struct pg_out *o)
 	memset(o, 0, sizeof(*o));
 }
 
-void pg_out_trim(struct pg_out *o)
+void pg_out_trim(struct pg_out *o, size_t keep)
 {
-	if (!o->len && o->cap > (1u << 20)) {
+	if (!o->len && o->cap > keep) {
 		free(o->buf);
 		o->buf = NULL;
 		o->cap = 0;

@@ -197,8 +197,8 @@ static inline void pg_out_reset(struct pg_out *o)
 	o->len = 0;
 	o->overflow = false;
 }
-/* Empty and bigger than 1 MiB (it built one big message): freed. */
-void pg_out_trim(struct pg_out *o);
+/* Empty and bigger than keep bytes: freed. */
+void pg_out_trim(struct pg_out *o, size_t keep);
 void pg_out_bytes(struct pg_out *o, const void *p, size_t n);
 void pg_out_u8(struct pg_out *o, uint8_t v);
 void pg_out_i16(struct pg_out *o, int16_t v);

@@ -48,11 +48,16 @@ struct proto_ops {
 	 * answered the agent and ends the connection itself (conn_finish());
 	 * false: conn.c closes it (a reset, audited with c->deadline_why). */
 	bool (*on_deadline)(struct conn *c);
+	/* Stream mode only, optional: called every 200 ms between events
+	 * (conn_trim()); the module frees scratch buffers it is not using. */
+	void (*trim)(struct conn *c);
 };
 
 extern const struct proto_ops proto_tcp_ops;
 extern const struct proto_ops proto_tls_ops;
 extern const struct proto_ops proto_http_ops;
+/* Bytes of masked http answers held or queued to agents now (status). */
+size_t http_masked_held(void);
 extern const struct proto_ops proto_kubernetes_ops;
 extern const struct proto_ops proto_pg_ops;
 

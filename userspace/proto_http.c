@@ -1822,18 +1822,56 @@ static bool coded(const uint8_t *b, const struct http_head *h)
  * Masked answers are held whole (up to MASK_JSON_MAX each) until masked; an
  * agent that opens many connections to a masked route and asks for big
  * answers could make the enforcer hold gigabytes (one agent, 250
- * connections: 3 GB). All connections together hold at most MASK_HELD_MAX:
- * past it, a masked answer is refused (502, the connection closes) until
- * others are done, and read by their agents (held_queued()).
+ * connections: 3 GB). All connections together hold at most MASK_HELD_MAX,
+ * and those of one agent at most MASK_HELD_AGENT_MAX, so one agent cannot
+ * take it all from the others: past either, a masked answer is refused
+ * (502, the connection closes) until others are done, and read by their
+ * agents (held_queued()).
  */
 #define MASK_HELD_MAX (512u << 20)
-static size_t masked_held;
+#define MASK_HELD_AGENT_MAX (MASK_HELD_MAX / 4)
+static size_t masked_held, agent_held[AG_MAX_AGENTS];
 
-static bool held_take(struct http_state *s, size_t n)
+size_t http_masked_held(void)
 {
+	return __atomic_load_n(&masked_held, __ATOMIC_RELAXED);
+}
+
+static size_t *agent_count(const struct conn *c)
+{
+	return c->agent_idx >= 0 && c->agent_idx < AG_MAX_AGENTS ? &agent_held[c->agent_idx] : NULL;
+}
+
+static void held_add(struct conn *c, size_t n)
+{
+	size_t *a = agent_count(c);
+
+	__atomic_fetch_add(&masked_held, n, __ATOMIC_RELAXED);
+	if (a)
+		__atomic_fetch_add(a, n, __ATOMIC_RELAXED);
+}
+
+static void held_sub(struct conn *c, size_t n)
+{
+	size_t *a = agent_count(c);
+
+	__atomic_fetch_sub(&masked_held, n, __ATOMIC_RELAXED);
+	if (a)
+		__atomic_fetch_sub(a, n, __ATOMIC_RELAXED);
+}
+
+static bool held_take(struct conn *c, size_t n)
+{
+	struct http_state *s = st(c);
+	size_t *a = agent_count(c);
 	size_t before = __atomic_fetch_add(&masked_held, n, __ATOMIC_RELAXED);
 
 	if (before + n > MASK_HELD_MAX) {
+		__atomic_fetch_sub(&masked_held, n, __ATOMIC_RELAXED);
+		return false;
+	}
+	if (a && __atomic_fetch_add(a, n, __ATOMIC_RELAXED) + n > MASK_HELD_AGENT_MAX) {
+		__atomic_fetch_sub(a, n, __ATOMIC_RELAXED);
 		__atomic_fetch_sub(&masked_held, n, __ATOMIC_RELAXED);
 		return false;
 	}
@@ -1841,22 +1879,23 @@ static bool held_take(struct http_state *s, size_t n)
 	return true;
 }
 
-static void held_put(struct http_state *s)
+static void held_put(struct conn *c)
 {
+	struct http_state *s = st(c);
+
 	if (s->held)
-		__atomic_fetch_sub(&masked_held, s->held, __ATOMIC_RELAXED);
+		held_sub(c, s->held);
 	s->held = 0;
 }
 
 /*
  * A masked answer the agent does not read stays in its output queue (up
  * to CONN_OUT_MAX): it still counts. After an answer is sent, what is
- * queued for the agent counts, taken past the bound if need be (the answer
- * is out; the next one to be collected is refused instead); it is given
- * back as it drains. The module is called when the queue falls under
- * CONN_OUT_HIGH (conn.c reads nothing above it), so what still counts for
- * bytes already written is at most that much per connection, until its
- * next call or its end.
+ * queued for the agent counts, taken past the bounds if need be (the
+ * answer is out; the next one to be collected is refused instead); it is
+ * given back as it drains: the module is called when the queue falls under
+ * CONN_OUT_HIGH (conn.c reads nothing above it) and when it is empty
+ * (want_drained).
  */
 static void held_queued(struct conn *c)
 {
@@ -1864,10 +1903,11 @@ static void held_queued(struct conn *c)
 	size_t q = conn_out_pending(c, SIDE_AGENT);
 
 	if (q > s->held_q)
-		__atomic_fetch_add(&masked_held, q - s->held_q, __ATOMIC_RELAXED);
+		held_add(c, q - s->held_q);
 	else if (q < s->held_q)
-		__atomic_fetch_sub(&masked_held, s->held_q - q, __ATOMIC_RELAXED);
+		held_sub(c, s->held_q - q);
 	s->held_q = q;
+	c->want_drained = q != 0;
 }
 
 /* Gives back what drained. */
@@ -1886,8 +1926,8 @@ static int collect_start(struct conn *c, const uint8_t *in, const struct http_he
 
 	if (h->body == HTTP_BODY_LENGTH && h->content_length > MASK_JSON_MAX)
 		return -E2BIG;
-	held_put(s);
-	if (!held_take(s, h->head_len + (h->body == HTTP_BODY_LENGTH ? (size_t)h->content_length : 0)))
+	held_put(c);
+	if (!held_take(c, h->head_len + (h->body == HTTP_BODY_LENGTH ? (size_t)h->content_length : 0)))
 		return -EBUSY;
 	free(s->mhead);
 	if (!(s->mhead = malloc(h->head_len)))
@@ -1953,7 +1993,7 @@ static int collect_finish(struct conn *c)
 
 	s->collecting = false;
 	err = mask_answer(c, s->mhead, &s->mh, s->mbody, s->mlen);
-	held_put(s);
+	held_put(c);
 	held_queued(c);
 	s->mlen = 0;
 	if (s->mcap > (256u << 10)) {   /* a big body's buffer does not stay with the connection */
@@ -1974,7 +2014,7 @@ static int held_body(struct conn *c, const uint8_t *in, uint32_t len, bool eof)
 	if (len < need)
 		return eof ? -EPIPE : 0;   /* cut short: never taken for whole */
 	err = mask_answer(c, in, &s->mh, in + s->mh.head_len, (size_t)s->mh.content_length);
-	held_put(s);
+	held_put(c);
 	held_queued(c);
 	conn_in_consume(c, SIDE_UP, (uint32_t)need);
 	s->ustate = U_HEAD;
@@ -1985,8 +2025,11 @@ static int held_body(struct conn *c, const uint8_t *in, uint32_t len, bool eof)
 }
 
 #define MASK_TOO_BIG "the response body is larger than the masking bound (8 MiB) and cannot be masked"
-#define MASK_HELD_FULL "the enforcer holds too many masked answers at once (512 MiB): try again"
+#define MASK_HELD_FULL \
+	"the enforcer holds too many masked answers at once (512 MiB in all, 128 MiB per agent): try again"
 _Static_assert(MASK_JSON_MAX == 8u << 20, "MASK_TOO_BIG names the bound");
+_Static_assert(MASK_HELD_MAX == 512u << 20 && MASK_HELD_AGENT_MAX == 128u << 20,
+	       "MASK_HELD_FULL names the bounds");
 
 /*
  * The response at the front cannot be passed on (a masked body over the
@@ -2002,7 +2045,7 @@ static int refuse_response(struct conn *c, const char *why)
 	int err;
 
 	s->collecting = false;
-	held_put(s);
+	held_put(c);
 	s->mlen = 0;
 	if (s->mcap > (256u << 10)) {
 		free(s->mbody);
@@ -2117,7 +2160,7 @@ static int body_out(struct conn *c, const uint8_t *p, size_t n, bool chunked)
 	if (s->collecting) {
 		if (n > MASK_JSON_MAX - s->mlen)
 			return -E2BIG;
-		if (s->mh.body != HTTP_BODY_LENGTH && !held_take(s, n))
+		if (s->mh.body != HTTP_BODY_LENGTH && !held_take(c, n))
 			return -EBUSY;
 		if (s->mlen + n > s->mcap) {
 			size_t cap = s->mcap ? s->mcap : 64 * 1024;
@@ -2395,8 +2438,8 @@ static int process_upstream(struct conn *c)
 		    h.status != 101) {
 			/* held, unconsumed, in the input buffer until whole (it may
 			 * grow to hold it: bounded by MASK_JSON_MAX and the head's max) */
-			held_put(s);
-			if (!held_take(s, h.head_len + (size_t)h.content_length)) {
+			held_put(c);
+			if (!held_take(c, h.head_len + (size_t)h.content_length)) {
 				conn_in_consume(c, SIDE_UP, h.head_len);
 				return refuse_response(c, MASK_HELD_FULL);
 			}
@@ -2701,14 +2744,26 @@ static bool http_on_deadline(struct conn *c)
 	return true;
 }
 
+/* Between events: a collect buffer not in use goes. */
+static void http_trim(struct conn *c)
+{
+	struct http_state *s = st(c);
+
+	if (!s->collecting && s->mbody) {
+		free(s->mbody);
+		s->mbody = NULL;
+		s->mcap = 0;
+	}
+}
+
 static void http_release(struct conn *c)
 {
 	struct http_state *s = st(c);
 
 	if (s) {
-		held_put(s);
+		held_put(c);
 		if (s->held_q)
-			__atomic_fetch_sub(&masked_held, s->held_q, __ATOMIC_RELAXED);
+			held_sub(c, s->held_q);
 		mask_free(s->mask);
 		while (s->nold_masks)
 			mask_free(s->old_masks[--s->nold_masks]);
@@ -2734,6 +2789,7 @@ const struct proto_ops proto_http_ops = {
 	.on_upstream_fail = http_on_upstream_fail,
 	.on_upstream_tls_fail = http_on_upstream_tls_fail,
 	.on_deadline = http_on_deadline,
+	.trim = http_trim,
 };
 
 /* protocol: kubernetes: the same proxy, judging k8s.h attributes. */
@@ -2747,4 +2803,5 @@ const struct proto_ops proto_kubernetes_ops = {
 	.on_upstream_fail = http_on_upstream_fail,
 	.on_upstream_tls_fail = http_on_upstream_tls_fail,
 	.on_deadline = http_on_deadline,
+	.trim = http_trim,
 };

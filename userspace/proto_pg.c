@@ -450,7 +450,7 @@ static int send_out(struct conn *c, int side)
 		return -ENOBUFS;
 	err = o->len ? conn_send(c, side, o->buf, o->len) : 0;
 	pg_out_reset(o);
-	pg_out_trim(o);
+	pg_out_trim(o, 1u << 20);   /* one big message's */
 	return err;
 }
 
@@ -1331,10 +1331,17 @@ static int mask_row(struct pg_sess *s, const struct pg_msg *m, struct pg_plan *p
 			tmpcap = need;
 		}
 		n = mask_value(s->mask, (const char *)v, (size_t)vl, tmp, tmpcap, &plan->hits);
+		if (n != (size_t)-1) {
+			pg_out_i32(&s->out, (int32_t)n);
+			pg_out_bytes(&s->out, tmp, n);
+		}
+		if (tmpcap > (1u << 20)) {   /* a big value's scratch (4x it) does not stay with the thread */
+			free(tmp);
+			tmp = NULL;
+			tmpcap = 0;
+		}
 		if (n == (size_t)-1)
 			return -ENOMEM;
-		pg_out_i32(&s->out, (int32_t)n);
-		pg_out_bytes(&s->out, tmp, n);
 	}
 	if (rc != 0)
 		return -EBADMSG;
@@ -3895,7 +3902,7 @@ static int process_upstream(struct conn *c)
 	}
 	if (used && s->phase != PH_DONE)
 		conn_in_consume(c, SIDE_UP, used);
-	if (!err && !s->up_pass && s->phase != PH_DONE) {
+	if (!err && s->phase != PH_DONE) {
 		/* no big message waits: a big one's buffer goes */
 		in = conn_in(c, SIDE_UP, &len);
 		if (len < 5 || pg_frame_size(in, len) <= CONN_IN_MAX)
@@ -4126,6 +4133,12 @@ static void pg_release(struct conn *c)
 	c->proto_state = NULL;
 }
 
+/* Between events: the message builder does not keep what a burst grew it to. */
+static void pg_trim(struct conn *c)
+{
+	pg_out_trim(&S(c)->out, 4096);
+}
+
 /* conn.c's deadline passed: a large message never completed (big_clock())
  * ends the session with an error the agent can read; any other deadline
  * (the startup's, the pool's) closes the connection. */
@@ -4159,4 +4172,5 @@ const struct proto_ops proto_pg_ops = {
 	.release = pg_release,
 	.on_upstream_fail = pg_upstream_fail,
 	.on_deadline = pg_on_deadline,
+	.trim = pg_trim,
 };
