@@ -560,7 +560,9 @@ int conn_tls(struct conn *c, int side, SSL *ssl, bool server)
 	sd->ssl = ssl;
 	sd->tls_server = server;
 	sd->tls_pending = true;
-	SSL_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+	/* RELEASE_BUFFERS: an idle TLS leg does not keep its 34 KiB of record buffers */
+	SSL_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+			  SSL_MODE_RELEASE_BUFFERS);
 	return 0;
 }
 

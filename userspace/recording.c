@@ -30,7 +30,6 @@ struct rec {
 	uint64_t disk;          /* bytes written to its two files */
 	bool claimed;           /* a module records masked data itself */
 	bool broken;            /* a write failed, or the session reached its cap: stop */
-	unsigned char *out;
 	char name[128];
 	struct rec *next;       /* open recordings (R.open), which the sweep leaves alone */
 };
@@ -273,8 +272,10 @@ struct rec *rec_open(struct conn *c)
 		goto fail;
 	r->fd = r->ifd = -1;
 	snprintf(r->name, sizeof(r->name), "%s", name);
-	if (!(r->out = malloc(ZOUT)) || deflateInit(&r->zs, Z_BEST_SPEED) != Z_OK) {
-		free(r->out);
+	/* A 8 KiB window and memLevel 6: 64 KiB of deflate state per open
+	 * recording instead of 256 KiB (zlib's defaults), which every idle
+	 * recorded connection kept; the replay inflates any window. */
+	if (deflateInit2(&r->zs, Z_BEST_SPEED, Z_DEFLATED, 13, 6, Z_DEFAULT_STRATEGY) != Z_OK) {
 		free(r);
 		r = NULL;
 		goto fail;
@@ -308,12 +309,27 @@ fail:
 	return NULL;
 }
 
+/* deflate's output buffer: the thread's, not each recording's. */
+static unsigned char *thread_zout(void)
+{
+	static __thread unsigned char *zout;
+
+	if (!zout)
+		zout = malloc(ZOUT);
+	return zout;
+}
+
 void rec_write(struct rec *r, int dir, const void *buf, size_t len)
 {
+	unsigned char *zout;
 	int w;
 
 	if (!r || r->broken || !len)
 		return;
+	if (!(zout = thread_zout())) {
+		r->broken = true;
+		return;
+	}
 	if (r->disk >= session_cap()) {
 		/* the reader sees where it stops, and why */
 		dprintf(r->ifd, "# truncated: the recording reached %" PRIu64 " bytes, an eighth of "
@@ -324,10 +340,10 @@ void rec_write(struct rec *r, int dir, const void *buf, size_t len)
 	r->zs.next_in = (Bytef *)buf;
 	r->zs.avail_in = len;
 	do {
-		r->zs.next_out = r->out;
+		r->zs.next_out = zout;
 		r->zs.avail_out = ZOUT;
 		if (deflate(&r->zs, Z_SYNC_FLUSH) == Z_STREAM_ERROR ||
-		    write_all(r->fd, r->out, ZOUT - r->zs.avail_out)) {
+		    write_all(r->fd, zout, ZOUT - r->zs.avail_out)) {
 			r->broken = true;
 			return;
 		}
@@ -371,14 +387,16 @@ void rec_close(struct rec *r)
 			break;
 		}
 	pthread_mutex_unlock(&R.open_lock);
-	if (r->fd >= 0 && !r->broken) {
+	unsigned char *zout = thread_zout();
+
+	if (r->fd >= 0 && !r->broken && zout) {
 		r->zs.avail_in = 0;
 		int rc;
 		do {
-			r->zs.next_out = r->out;
+			r->zs.next_out = zout;
 			r->zs.avail_out = ZOUT;
 			rc = deflate(&r->zs, Z_FINISH);
-			if (write_all(r->fd, r->out, ZOUT - r->zs.avail_out))
+			if (write_all(r->fd, zout, ZOUT - r->zs.avail_out))
 				break;
 		} while (rc == Z_OK);
 	}
@@ -387,6 +405,5 @@ void rec_close(struct rec *r)
 		close(r->fd);
 	if (r->ifd >= 0)
 		close(r->ifd);
-	free(r->out);
 	free(r);
 }
