@@ -815,16 +815,16 @@ static void stream_drive(struct conn *c, bool up_connected)
 
 			if ((err = flush_out(c, s, &moved)))
 				goto fail;
-			/* Output drained: a module that held input back may go on,
-			 * and one that asked is told. */
-			if (queued && !conn_out_pending(c, s)) {
+			/* Output drained: a module that held input back may go on. */
+			if (queued && !conn_out_pending(c, s))
 				for (int o = 0; o < 2; o++)
 					if (c->side[o].in_len > c->side[o].in_off)
 						news[o] = true;
-				if (s == SIDE_AGENT && c->want_drained) {
-					c->want_drained = false;
-					news[SIDE_AGENT] = true;
-				}
+			/* One that asked is told the agent's queue is empty (here or
+			 * by a conn_flush() of its own). */
+			if (s == SIDE_AGENT && c->want_drained && !conn_out_pending(c, s)) {
+				c->want_drained = false;
+				news[SIDE_AGENT] = true;
 			}
 		}
 		if (c->finishing && !conn_out_pending(c, SIDE_AGENT)) {

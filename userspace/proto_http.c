@@ -1830,6 +1830,10 @@ static bool coded(const uint8_t *b, const struct http_head *h)
  */
 #define MASK_HELD_MAX (512u << 20)
 #define MASK_HELD_AGENT_MAX (MASK_HELD_MAX / 4)
+#define MASK_HELD_FULL \
+	"the enforcer holds too many masked answers at once (512 MiB in all, 128 MiB per agent): try again"
+_Static_assert(MASK_HELD_MAX == 512u << 20 && MASK_HELD_AGENT_MAX == 128u << 20,
+	       "MASK_HELD_FULL names the bounds");
 static size_t masked_held, agent_held[AG_MAX_AGENTS];
 
 size_t http_masked_held(void)
@@ -1972,6 +1976,18 @@ static int mask_answer(struct conn *c, const uint8_t *head, const struct http_he
 		r->close_after = true;
 		return send_local(c, r);
 	}
+	/* It was reserved at the size it came in (compressed, maybe; a mask
+	 * can also make it longer): the masked answer must fit the bounds
+	 * before it is queued, where it goes on counting (held_queued()). */
+	if (outlen > s->held && !held_take(c, outlen - s->held)) {
+		free(out);
+		r->local = true;
+		r->allowed = false;
+		r->status = 502;
+		r->reason = MASK_HELD_FULL;
+		r->close_after = true;
+		return send_local(c, r);
+	}
 	r->mask_hits = rep.hits;
 	snprintf(r->mask_fields, sizeof(r->mask_fields), "%s", rep.fields);
 	if (s->scrub.n)   /* the masked body is identity-coded: searched whole */
@@ -2025,11 +2041,7 @@ static int held_body(struct conn *c, const uint8_t *in, uint32_t len, bool eof)
 }
 
 #define MASK_TOO_BIG "the response body is larger than the masking bound (8 MiB) and cannot be masked"
-#define MASK_HELD_FULL \
-	"the enforcer holds too many masked answers at once (512 MiB in all, 128 MiB per agent): try again"
 _Static_assert(MASK_JSON_MAX == 8u << 20, "MASK_TOO_BIG names the bound");
-_Static_assert(MASK_HELD_MAX == 512u << 20 && MASK_HELD_AGENT_MAX == 128u << 20,
-	       "MASK_HELD_FULL names the bounds");
 
 /*
  * The response at the front cannot be passed on (a masked body over the

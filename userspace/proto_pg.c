@@ -1335,7 +1335,7 @@ static int mask_row(struct pg_sess *s, const struct pg_msg *m, struct pg_plan *p
 			pg_out_i32(&s->out, (int32_t)n);
 			pg_out_bytes(&s->out, tmp, n);
 		}
-		if (tmpcap > (1u << 20)) {   /* a big value's scratch (4x it) does not stay with the thread */
+		if (tmpcap > (4u << 20)) {   /* a value over 1 MiB: its scratch (4x) does not stay with the thread */
 			free(tmp);
 			tmp = NULL;
 			tmpcap = 0;

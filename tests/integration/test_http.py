@@ -937,7 +937,12 @@ BIG_UPSTREAM = textwrap.dedent(r"""
     import socket, sys, threading
     pad = int(sys.argv[2]) if len(sys.argv) > 2 else 8_380_000
     body = b'{"ssn": "078-05-1120", "pad": "' + b"a" * pad + b'"}'
-    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    coding = b""
+    if sys.argv[3:] == ["gzip"]:
+        import gzip
+        body, coding = gzip.compress(body), b"Content-Encoding: gzip\r\n"
+    head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\n\r\n"
+            % (coding, len(body)))
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("127.0.0.1", int(sys.argv[1])))
@@ -1039,6 +1044,34 @@ def test_masked_answers_queued_to_an_agent_that_does_not_read_count(enforcer, se
     assert 16 <= kinds.count("200") <= 32 and kinds.count("502") >= 16, kinds
     assert got["after_read"] == ["200"] * 5, got
     assert got["after_close"] != "078-05-1120", got
+
+
+
+def test_compressed_masked_answers_count_at_their_masked_size(enforcer, servers):
+    """Found by review (stop 21): a gzip answer was reserved at its compressed
+    size (8 kB here), then queued decoded and masked (8 MB) with no check, so
+    one agent that does not read could push the count far past its share and
+    the 512 MiB bound. The masked answer must now fit before it is queued."""
+    from conftest import AG, Proc, free_port, wait_port
+    port = free_port()
+    servers.procs.append(Proc([PY, "-c", BIG_UPSTREAM, str(port), "8380000", "gzip"]))
+    wait_port("127.0.0.1", port)
+    enforcer.start(mask_policy(port, '{json: ["$.ssn"]}'))
+    p = subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", AGENT, "--", PY, "-c",
+                          HOLD_AGENT, str(port), "48"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline()
+        assert line, p.stderr.read()
+        refused = json.loads(line)["refused"]
+        held = enforcer.status()["counters"]["http_masked_held_bytes"]
+        print("refused", refused, "held", held)
+        # the kernel takes at most 4 MiB of each 8.38 MB answer: at most 32 fit in 128 MiB
+        assert refused >= 16, refused
+        assert held <= (128 << 20) + 65536, held
+    finally:
+        p.stdin.close()
+        p.wait(timeout=30)
 
 
 DRAIN_AGENT = textwrap.dedent("""
