@@ -1968,23 +1968,19 @@ static int mask_answer(struct conn *c, const uint8_t *head, const struct http_he
 	} else {
 		err = http_mask_body(r->mask, body, blen, coding, clen, &out, &outlen, &rep, &why);
 	}
+	/* It was reserved at the size it came in (compressed, maybe; a mask
+	 * can also make it longer): the masked answer must fit the bounds
+	 * before it is queued, where it goes on counting (held_queued()). */
+	if (!err && outlen > s->held && !held_take(c, outlen - s->held)) {
+		free(out);
+		err = -EBUSY;
+		why = MASK_HELD_FULL;
+	}
 	if (err) {
 		r->local = true;
 		r->allowed = false;
 		r->status = 502;
 		r->reason = why;
-		r->close_after = true;
-		return send_local(c, r);
-	}
-	/* It was reserved at the size it came in (compressed, maybe; a mask
-	 * can also make it longer): the masked answer must fit the bounds
-	 * before it is queued, where it goes on counting (held_queued()). */
-	if (outlen > s->held && !held_take(c, outlen - s->held)) {
-		free(out);
-		r->local = true;
-		r->allowed = false;
-		r->status = 502;
-		r->reason = MASK_HELD_FULL;
 		r->close_after = true;
 		return send_local(c, r);
 	}

@@ -678,10 +678,10 @@ INVOICE = {"id": 42, "customer": {"name": "Ada", "email": "ada@example.com"},
            "card": "4111 1111 1111 1111", "note": "call +1 415 555 0100"}
 
 
-def mask_policy(port, mask):
+def mask_policy(port, mask, agents=(AGENT,)):
     return f"""
     version: 1
-    agents: [{{name: {AGENT}}}]
+    agents: [{", ".join("{name: %s}" % a for a in agents)}]
     targets: [{{name: api, protocol: http, address: 127.0.0.1:{port}, upstream: {{}}}}]
     roles:
       - name: reader
@@ -689,7 +689,7 @@ def mask_policy(port, mask):
           - target: api
             allow: {{http: ["GET /v1/**"]}}
             mask: {mask}
-    bindings: [{{role: reader, agents: [{AGENT}]}}]
+    bindings: [{{role: reader, agents: [{", ".join(agents)}]}}]
     """
 
 
@@ -900,18 +900,7 @@ def test_masked_answers_held_at_once_are_bounded(enforcer, servers):
     servers.procs.append(Proc([PY, "-c", STALL_UPSTREAM, str(port)]))
     wait_port("127.0.0.1", port)
     names = [f"t-held{i}" for i in range(5)]
-    enforcer.start(f"""
-    version: 1
-    agents: [{", ".join("{name: %s}" % n for n in names)}]
-    targets: [{{name: api, protocol: http, address: 127.0.0.1:{port}, upstream: {{}}}}]
-    roles:
-      - name: reader
-        rules:
-          - target: api
-            allow: {{http: ["GET /v1/**"]}}
-            mask: {{json: ["$.ssn"]}}
-    bindings: [{{role: reader, agents: [{", ".join(names)}]}}]
-    """)
+    enforcer.start(mask_policy(port, '{json: ["$.ssn"]}', agents=names))
     head = len(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 8000000\r\n\r\n")
     one = head + 8000000
     per_agent = (128 << 20) // one                       # 16
