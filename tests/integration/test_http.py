@@ -842,21 +842,40 @@ def test_detectors_see_percent_encoded_values(enforcer, servers):
     allev = json.dumps(enforcer.events())
     assert "ada%40" not in allev and "bob%40" not in allev and "4111%20" not in allev
 
-STALL_UPSTREAM = textwrap.dedent(r"""
-    import socket, sys, threading, time
+
+
+# A raw upstream: every request gets a JSON answer with an SSN and PAD bytes
+# of padding (argv: port [PAD [gzip | stall]]).
+BIG_UPSTREAM = textwrap.dedent(r"""
+    import socket, sys, threading
+    pad = int(sys.argv[2]) if len(sys.argv) > 2 else 8_380_000
+    body = b'{"ssn": "078-05-1120", "pad": "' + b"a" * pad + b'"}'
+    coding, mode = b"", sys.argv[3] if len(sys.argv) > 3 else ""
+    if mode == "gzip":
+        import gzip
+        body, coding = gzip.compress(body), b"Content-Encoding: gzip\r\n"
+    if mode == "stall":   # announces 8,000,000 bytes, sends one and waits for the client to go
+        body = b"["
+    head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\n\r\n"
+            % (coding, 8000000 if mode == "stall" else len(body)))
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("127.0.0.1", int(sys.argv[1])))
     s.listen(256)
     def serve(c):
         buf = b""
-        while b"\r\n\r\n" not in buf:
-            d = c.recv(65536)
-            if not d:
-                return
-            buf += d
-        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 8000000\r\n\r\n[")
-        while c.recv(65536):       # the body never comes: held until the client goes
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    d = c.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                buf = buf.split(b"\r\n\r\n", 1)[1]
+                c.sendall(head + body)
+                while mode == "stall" and c.recv(65536):   # held until the client goes
+                    pass
+        except OSError:
             pass
     while True:
         c, _ = s.accept()
@@ -897,7 +916,7 @@ def test_masked_answers_held_at_once_are_bounded(enforcer, servers):
     answers that never come whole."""
     from conftest import AG, Proc, free_port, wait_port
     port = free_port()
-    servers.procs.append(Proc([PY, "-c", STALL_UPSTREAM, str(port)]))
+    servers.procs.append(Proc([PY, "-c", BIG_UPSTREAM, str(port), "0", "stall"]))
     wait_port("127.0.0.1", port)
     names = [f"t-held{i}" for i in range(5)]
     enforcer.start(mask_policy(port, '{json: ["$.ssn"]}', agents=names))
@@ -922,37 +941,6 @@ def test_masked_answers_held_at_once_are_bounded(enforcer, servers):
     assert got == [20 - per_agent] * 4 + [20 - last], got
 
 
-BIG_UPSTREAM = textwrap.dedent(r"""
-    import socket, sys, threading
-    pad = int(sys.argv[2]) if len(sys.argv) > 2 else 8_380_000
-    body = b'{"ssn": "078-05-1120", "pad": "' + b"a" * pad + b'"}'
-    coding = b""
-    if sys.argv[3:] == ["gzip"]:
-        import gzip
-        body, coding = gzip.compress(body), b"Content-Encoding: gzip\r\n"
-    head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\n\r\n"
-            % (coding, len(body)))
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", int(sys.argv[1])))
-    s.listen(256)
-    def serve(c):
-        buf = b""
-        try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    d = c.recv(65536)
-                    if not d:
-                        return
-                    buf += d
-                buf = buf.split(b"\r\n\r\n", 1)[1]
-                c.sendall(head + body)
-        except OSError:
-            pass
-    while True:
-        c, _ = s.accept()
-        threading.Thread(target=serve, args=(c,), daemon=True).start()
-""")
 
 
 def test_masked_answers_queued_to_an_agent_that_does_not_read_count(enforcer, servers):
