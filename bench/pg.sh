@@ -136,6 +136,18 @@ pg_bench_setup() {
 		  sinks: [{type: file, path: $AG_STATE/pg-audit.jsonl}]
 		EOF
 	done
+	# agentgate as a plain relay of the same connections (a tcp target: the
+	# kernel redirect, identity and the relay, no PostgreSQL parsing): what
+	# the data path costs apart from the postgres module
+	cat >"$TMP/pg-policy-relay.yaml" <<-EOF
+	version: 1
+	agents: [{name: bench, limits: {connections: 1000}}]
+	targets: [{name: pg, protocol: tcp, address: 127.0.0.1:$PG_PORT}]
+	roles: [{name: relay, rules: [{target: pg, allow: {}}]}]
+	bindings: [{role: relay, agents: [bench]}]
+	audit:
+	  sinks: [{type: file, path: $AG_STATE/pg-audit.jsonl}]
+	EOF
 	pg_agentgate_start "$TMP/pg-policy.yaml"
 	return 0
 }
@@ -233,18 +245,26 @@ pg_bench_run() {
 	# order (on then off, then off then on), and the figure is the median
 	# of the rounds' on/off ratios; drift over the run cancels out of each
 	# pair instead of landing in one median. AUDIT_ROUNDS pairs (default 6).
+	# The same rounds run agentgate as a plain relay too ("relay", a tcp
+	# target), so each round also pairs the postgres module with the bare
+	# data path; the order rotates over the three.
 	local cfg order
+	local -a orders=("on off relay" "off relay on" "relay on off")
 	if [[ -n $AG_STARTED ]]; then
 		for ((r = 1; r <= AUDIT_ROUNDS; r++)); do
-			(( r % 2 )) && order="on off" || order="off on"
+			order=${orders[$(( (r - 1) % 3 ))]}
 			for cfg in $order; do
-				[[ $cfg == on ]] && policy=$TMP/pg-policy.yaml || policy=$TMP/pg-policy-off.yaml
+				case $cfg in
+				on) policy=$TMP/pg-policy.yaml ;;
+				off) policy=$TMP/pg-policy-off.yaml ;;
+				relay) policy=$TMP/pg-policy-relay.yaml ;;
+				esac
 				pg_agentgate_start "$policy" || continue
 				for n in 1 8; do
 					tps=$(pg_measure agentgate simple "$n") || tps=
 					APAIR[$cfg/$n/$r]=$tps
 					[[ -n $tps ]] && PVAL[audit$cfg/$n]+=" $tps" &&
-						printf '  pgbench -S simple c=%d audit %-3s round %d/%d: %.0f tps\n' "$n" "$cfg" "$r" "$AUDIT_ROUNDS" "$tps" >&2
+						printf '  pgbench -S simple c=%d %-9s round %d/%d: %.0f tps\n' "$n" "$cfg" "$r" "$AUDIT_ROUNDS" "$tps" >&2
 				done
 			done
 		done
@@ -298,6 +318,20 @@ pg_bench_run() {
 			m = k % 2 ? v[(k + 1) / 2] : (v[k / 2] + v[k / 2 + 1]) / 2
 			printf "audit cost, pgbench -S simple c=%d: median of %d paired rounds on/off %.3f, cost %.1f%% (rounds %.1f%% to %.1f%%; goal <= 3%%); medians %.0f tps audited, %.0f without\n",
 				n, k, m, (1 - m) * 100, (1 - v[k]) * 100, (1 - v[1]) * 100, a, b }'
+		# the postgres module (audited, as in the table) against the plain relay
+		ua=$(median "${PVAL[auditrelay/$n]:-}") || ua=
+		uc=$(median "${PVAL[simple/$n/pgbouncer]:-}") || uc=
+		ratios=
+		for ((r = 1; r <= AUDIT_ROUNDS; r++)); do
+			[[ -n ${APAIR[on/$n/$r]:-} && -n ${APAIR[relay/$n/$r]:-} ]] &&
+				ratios+=" $(awk -v a="${APAIR[on/$n/$r]}" -v b="${APAIR[relay/$n/$r]}" 'BEGIN { printf "%.4f", a / b }')"
+		done
+		[[ -n $ua && -n $ratios ]] && awk -v a="$ua" -v p="${uc:-0}" -v n="$n" -v rs="$ratios" 'BEGIN {
+			k = split(rs, v, " "); for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
+			m = k % 2 ? v[(k + 1) / 2] : (v[k / 2] + v[k / 2 + 1]) / 2
+			printf "postgres module vs plain relay, pgbench -S simple c=%d: median of %d paired rounds postgres/relay %.3f (rounds %.3f to %.3f); relay median %.0f tps", n, k, m, v[1], v[k], a
+			if (p > 0) printf " (pgbouncer in the table: %.0f)", p
+			printf "\n" }'
 	done
 	[[ -f $AG_STATE/pg-audit.jsonl ]] &&
 		echo "agentgate audit: $(grep -c '"class_uid":6005\|"class_uid": 6005' "$AG_STATE/pg-audit.jsonl") statement events written"
