@@ -518,22 +518,14 @@ http_setup() {
 	audit:
 	  sinks: [{type: file, path: $AG_STATE/audit-http.jsonl}]
 	EOF
+	# the same without the events of allowed requests: what auditing costs
+	sed 's/^audit:$/audit:\n  allowed_requests: false/' "$TMP/policy-http.yaml" >"$TMP/policy-http-off.yaml"
 	# another enforcer on the host (someone's manual run) holds this: wait for it
 	[[ -e /run/agentgate/enforcer.lock ]] && flock -w 300 /run/agentgate/enforcer.lock true
-	./agentgate run --policy "$TMP/policy-http.yaml" --state-dir "$AG_STATE" >"$TMP/agentgate-http.log" 2>&1 &
-	AG_PID=$!
-	local i
-	for ((i = 0; i < 100; i++)); do
-		./agentgate status --state-dir "$AG_STATE" >/dev/null 2>&1 && { AG_STARTED=1; break; }
-		kill -0 "$AG_PID" 2>/dev/null || break
-		sleep 0.1
-	done
-	if [[ -z $AG_STARTED ]]; then
+	http_agentgate_start "$TMP/policy-http.yaml" ||
 		AG_NA="enforcer (http policy) did not start: $(tail -n 3 "$TMP/agentgate-http.log" | oneline)"
-		stop_enforcer
-	fi
 	# Proof the agentgate column goes through the module: a denied path is a 403 of ours.
-	local proof=
+	local proof= i
 	for ((i = 0; i < 5; i++)); do
 		[[ -n $AG_NA ]] && break
 		proof=$(./agentgate exec --state-dir "$AG_STATE" --agent bench -- \
@@ -550,6 +542,26 @@ http_setup() {
 	return 0
 }
 
+# http_agentgate_start POLICY: (re)starts the enforcer on POLICY unless it
+# runs on it already; fails if it does not start.
+HTTP_AG_POLICY=
+http_agentgate_start() {
+	local i
+	[[ -n $AG_STARTED && $HTTP_AG_POLICY == "$1" ]] && return 0
+	stop_enforcer
+	HTTP_AG_POLICY=$1
+	./agentgate run --policy "$1" --state-dir "$AG_STATE" >>"$TMP/agentgate-http.log" 2>&1 &
+	AG_PID=$!
+	for ((i = 0; i < 100; i++)); do
+		./agentgate status --state-dir "$AG_STATE" >/dev/null 2>&1 && { AG_STARTED=1; break; }
+		kill -0 "$AG_PID" 2>/dev/null || break
+		sleep 0.1
+	done
+	[[ -n $AG_STARTED ]] && return 0
+	stop_enforcer
+	return 1
+}
+
 # wrk_us "1.23ms": microseconds.
 wrk_us() {
 	awk -v v="$1" 'BEGIN { n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
@@ -561,12 +573,18 @@ http_measure() {
 	local path=$1 doc=$2 port out rps p99 non2xx
 	local -a cmd
 	case $path in
-	direct | agentgate) port=$NG_PORT ;;
+	direct) port=$NG_PORT ;;
+	agentgate | agentgate-noaudit)
+		port=$NG_PORT
+		local pol=$TMP/policy-http.yaml
+		[[ $path == agentgate-noaudit ]] && pol=$TMP/policy-http-off.yaml
+		http_agentgate_start "$pol" || { HNOTES+=("$doc via $path, round $3: the enforcer did not start"); return 1; }
+		;;
 	nginx) port=$NGP_PORT; [[ -n $NGP_PID ]] || return 1 ;;
 	haproxy) port=$HHAP_PORT; [[ -n $HHAP_PID ]] || return 1 ;;
 	esac
 	cmd=(wrk -t1 -c"$HTTP_CONNS" -d"${BENCH_SECONDS}s" --latency "http://127.0.0.1:$port/$doc")
-	[[ $path == agentgate ]] && cmd=(./agentgate exec --state-dir "$AG_STATE" --agent bench -- "${cmd[@]}")
+	[[ $path == agentgate* ]] && cmd=(./agentgate exec --state-dir "$AG_STATE" --agent bench -- "${cmd[@]}")
 	out=$(timeout -k 5 $((BENCH_SECONDS + 60)) "${cmd[@]}" 2>&1)
 	rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
 	p99=$(awk '$1 == "99%" { print $2 }' <<<"$out")
@@ -588,7 +606,7 @@ http_bench() {
 	trap 'hrc=$?; http_stop; (exit $hrc); cleanup' EXIT
 	http_setup || { http_stop; return 1; }
 	local -a hpaths=(direct nginx haproxy)
-	[[ -z $AG_NA ]] && hpaths+=(agentgate)
+	[[ -z $AG_NA ]] && hpaths+=(agentgate agentgate-noaudit)
 	for doc in small big; do
 		for ((r = 1; r <= ROUNDS; r++)); do
 			n=${#hpaths[@]}
@@ -619,6 +637,16 @@ http_bench() {
 		printf '%-17s%s\n' "$(ratio "${M[agentgate]}" "${M[nginx]}")" "$(ratio "${M[agentgate]}" "${M[haproxy]}")"
 	done
 	echo "rps rows: a ratio above 1 means agentgate is faster; p99 rows: a ratio below 1 means agentgate is faster."
+	# what auditing every allowed request costs: the same enforcer and policy
+	# with audit.allowed_requests: false, in the same rounds
+	local a o
+	for doc in small big; do
+		a=$(median "${HVAL[$doc-rps/agentgate]:-}") || a=
+		o=$(median "${HVAL[$doc-rps/agentgate-noaudit]:-}") || o=
+		[[ -n $a && -n $o ]] || continue
+		printf 'agentgate without events of allowed requests, %s: %.0f req/s (audited %.0f, ratio %s), p99 %.0f us (audited %.0f us)\n' \
+			"$doc" "$o" "$a" "$(ratio "$a" "$o")" "$(median "${HVAL[$doc-p99/agentgate-noaudit]}")" "$(median "${HVAL[$doc-p99/agentgate]}")"
+	done
 	for d in "${HNOTES[@]}"; do
 		echo "note: $d"
 	done
