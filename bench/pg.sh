@@ -154,21 +154,26 @@ pg_bench_setup() {
 
 # pg_agentgate_start POLICY: (re)starts the enforcer on POLICY; sets AG_STARTED.
 pg_agentgate_start() {
-	local i
-	stop_enforcer
-	AG_STARTED=
-	./agentgate run --policy "$1" --state-dir "$AG_STATE" >>"$TMP/agentgate-pg.log" 2>&1 9>&- &
-	AG_PID=$!
-	for ((i = 0; i < 100; i++)); do
-		./agentgate status --state-dir "$AG_STATE" >/dev/null 2>&1 && { AG_STARTED=1; break; }
-		kill -0 "$AG_PID" 2>/dev/null || break
-		sleep 0.1
+	agentgate_restart "$1" "$TMP/agentgate-pg.log" && return 0
+	PNOTES+=("agentgate did not start on $1: $(tail -n 3 "$TMP/agentgate-pg.log" | oneline)")
+	return 1
+}
+
+# pair_ratios A B N: the paired rounds' APAIR[A/N/r] / APAIR[B/N/r], as a list
+pair_ratios() {
+	local r out=
+	for ((r = 1; r <= AUDIT_ROUNDS; r++)); do
+		[[ -n ${APAIR[$1/$3/$r]:-} && -n ${APAIR[$2/$3/$r]:-} ]] &&
+			out+=" $(awk -v a="${APAIR[$1/$3/$r]}" -v b="${APAIR[$2/$3/$r]}" 'BEGIN { printf "%.4f", a / b }')"
 	done
-	if [[ -z $AG_STARTED ]]; then
-		PNOTES+=("agentgate did not start on $1: $(tail -n 3 "$TMP/agentgate-pg.log" | oneline)")
-		stop_pid "$AG_PID"; AG_PID=
-		return 1
-	fi
+	echo "$out"
+}
+
+# ratio_stats "R1 R2 ...": "COUNT MEDIAN MIN MAX" of the list
+ratio_stats() {
+	awk -v rs="$1" 'BEGIN {
+		k = split(rs, v, " "); for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
+		printf "%d %.4f %.4f %.4f\n", k, k % 2 ? v[(k + 1) / 2] : (v[k / 2] + v[k / 2 + 1]) / 2, v[1], v[k] }'
 }
 
 # pg_measure PATH MODE CLIENTS [SCRIPT]: one pgbench run; prints tps or fails.
@@ -304,34 +309,28 @@ pg_bench_run() {
 			printf "uncached statement: %.1f us more than a cached one (agentgate %.0f vs %.0f tps; direct %.0f vs %.0f tps, 1 client)\n",
 				(1e6 / ua - 1e6 / ud) - (1e6 / uc - 1e6 / cd), ua, uc, ud, cd }'
 	fi
-	local ratios
+	local ratios k m lo hi
 	for n in 1 8; do
 		ua=$(median "${PVAL[auditon/$n]:-}") || ua=
 		uc=$(median "${PVAL[auditoff/$n]:-}") || uc=
-		ratios=
-		for ((r = 1; r <= AUDIT_ROUNDS; r++)); do
-			[[ -n ${APAIR[on/$n/$r]:-} && -n ${APAIR[off/$n/$r]:-} ]] &&
-				ratios+=" $(awk -v a="${APAIR[on/$n/$r]}" -v b="${APAIR[off/$n/$r]}" 'BEGIN { printf "%.4f", a / b }')"
-		done
-		[[ -n $ua && -n $uc && -n $ratios ]] && awk -v a="$ua" -v b="$uc" -v n="$n" -v rs="$ratios" 'BEGIN {
-			k = split(rs, v, " "); for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
-			m = k % 2 ? v[(k + 1) / 2] : (v[k / 2] + v[k / 2 + 1]) / 2
-			printf "audit cost, pgbench -S simple c=%d: median of %d paired rounds on/off %.3f, cost %.1f%% (rounds %.1f%% to %.1f%%; goal <= 3%%); medians %.0f tps audited, %.0f without\n",
-				n, k, m, (1 - m) * 100, (1 - v[k]) * 100, (1 - v[1]) * 100, a, b }'
+		ratios=$(pair_ratios on off "$n")
+		if [[ -n $ua && -n $uc && -n $ratios ]]; then
+			read -r k m lo hi <<<"$(ratio_stats "$ratios")"
+			awk -v a="$ua" -v b="$uc" -v n="$n" -v k="$k" -v m="$m" -v lo="$lo" -v hi="$hi" 'BEGIN {
+				printf "audit cost, pgbench -S simple c=%d: median of %d paired rounds on/off %.3f, cost %.1f%% (rounds %.1f%% to %.1f%%; goal <= 3%%); medians %.0f tps audited, %.0f without\n",
+					n, k, m, (1 - m) * 100, (1 - hi) * 100, (1 - lo) * 100, a, b }'
+		fi
 		# the postgres module (audited, as in the table) against the plain relay
 		ua=$(median "${PVAL[auditrelay/$n]:-}") || ua=
 		uc=$(median "${PVAL[simple/$n/pgbouncer]:-}") || uc=
-		ratios=
-		for ((r = 1; r <= AUDIT_ROUNDS; r++)); do
-			[[ -n ${APAIR[on/$n/$r]:-} && -n ${APAIR[relay/$n/$r]:-} ]] &&
-				ratios+=" $(awk -v a="${APAIR[on/$n/$r]}" -v b="${APAIR[relay/$n/$r]}" 'BEGIN { printf "%.4f", a / b }')"
-		done
-		[[ -n $ua && -n $ratios ]] && awk -v a="$ua" -v p="${uc:-0}" -v n="$n" -v rs="$ratios" 'BEGIN {
-			k = split(rs, v, " "); for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
-			m = k % 2 ? v[(k + 1) / 2] : (v[k / 2] + v[k / 2 + 1]) / 2
-			printf "postgres module vs plain relay, pgbench -S simple c=%d: median of %d paired rounds postgres/relay %.3f (rounds %.3f to %.3f); relay median %.0f tps", n, k, m, v[1], v[k], a
-			if (p > 0) printf " (pgbouncer in the table: %.0f)", p
-			printf "\n" }'
+		ratios=$(pair_ratios on relay "$n")
+		if [[ -n $ua && -n $ratios ]]; then
+			read -r k m lo hi <<<"$(ratio_stats "$ratios")"
+			awk -v a="$ua" -v p="${uc:-0}" -v n="$n" -v k="$k" -v m="$m" -v lo="$lo" -v hi="$hi" 'BEGIN {
+				printf "postgres module vs plain relay, pgbench -S simple c=%d: median of %d paired rounds postgres/relay %.3f (rounds %.3f to %.3f); relay median %.0f tps", n, k, m, lo, hi, a
+				if (p > 0) printf " (pgbouncer in the table: %.0f)", p
+				printf "\n" }'
+		fi
 	done
 	[[ -f $AG_STATE/pg-audit.jsonl ]] &&
 		echo "agentgate audit: $(grep -c '"class_uid":6005\|"class_uid": 6005' "$AG_STATE/pg-audit.jsonl") statement events written"

@@ -74,6 +74,24 @@ stop_enforcer() {
 	fi
 }
 
+# agentgate_restart POLICY LOG: stops the enforcer this run started, if any,
+# and starts one on POLICY (output appended to LOG); waits up to 10 s for it
+# to answer `status` and sets AG_STARTED. Fails if it does not.
+agentgate_restart() {
+	local i
+	stop_enforcer
+	# fd 9 (the host lock) is not inherited
+	./agentgate run --policy "$1" --state-dir "$AG_STATE" >>"$2" 2>&1 9>&- &
+	AG_PID=$!
+	for ((i = 0; i < 100; i++)); do
+		./agentgate status --state-dir "$AG_STATE" >/dev/null 2>&1 && { AG_STARTED=1; return 0; }
+		kill -0 "$AG_PID" 2>/dev/null || break
+		sleep 0.1
+	done
+	stop_pid "$AG_PID"; AG_PID=
+	return 1
+}
+
 # shellcheck disable=SC2317  # reached through the trap
 cleanup() {
 	local rc=$?
@@ -546,20 +564,9 @@ http_setup() {
 # runs on it already; fails if it does not start.
 HTTP_AG_POLICY=
 http_agentgate_start() {
-	local i
 	[[ -n $AG_STARTED && $HTTP_AG_POLICY == "$1" ]] && return 0
-	stop_enforcer
 	HTTP_AG_POLICY=$1
-	./agentgate run --policy "$1" --state-dir "$AG_STATE" >>"$TMP/agentgate-http.log" 2>&1 &
-	AG_PID=$!
-	for ((i = 0; i < 100; i++)); do
-		./agentgate status --state-dir "$AG_STATE" >/dev/null 2>&1 && { AG_STARTED=1; break; }
-		kill -0 "$AG_PID" 2>/dev/null || break
-		sleep 0.1
-	done
-	[[ -n $AG_STARTED ]] && return 0
-	stop_enforcer
-	return 1
+	agentgate_restart "$1" "$TMP/agentgate-http.log"
 }
 
 # wrk_us "1.23ms": microseconds.
