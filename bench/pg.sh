@@ -246,13 +246,12 @@ pg_bench_run() {
 	# of allowed statements off (audit.allowed_requests: false), restarted
 	# between the two, alternating, pgbench -S simple at 1 and 8 clients.
 	# The cost is a few percent and one run moves by more than that, so it
-	# is estimated from pairs: each round measures both, in alternating
-	# order (on then off, then off then on), and the figure is the median
-	# of the rounds' on/off ratios; drift over the run cancels out of each
-	# pair instead of landing in one median. AUDIT_ROUNDS pairs (default 6).
-	# The same rounds run agentgate as a plain relay too ("relay", a tcp
-	# target), so each round also pairs the postgres module with the bare
-	# data path; the order rotates over the three.
+	# is estimated from pairs: each round measures both, and the figure is
+	# the median of the rounds' on/off ratios; drift over the run cancels
+	# out of each pair instead of landing in one median. AUDIT_ROUNDS rounds
+	# (default 6). The same rounds run agentgate as a plain relay too
+	# ("relay", a tcp target), so each round also pairs the postgres module
+	# with the bare data path; the order rotates over the three.
 	local cfg order
 	local -a orders=("on off relay" "off relay on" "relay on off")
 	if [[ -n $AG_STARTED ]]; then
