@@ -700,7 +700,7 @@ static void unlink_dropped(struct spool *s);
 
 static void seal_pending_locked(struct spool *s)
 {
-	uint64_t acked = min_acked_locked(s), now = mono_ms();
+	uint64_t acked = min_acked_locked(s);
 
 	/*
 	 * Sinks that keep up have acknowledged a segment soon after it closes:
@@ -724,9 +724,16 @@ static void seal_pending_locked(struct spool *s)
 		if (!sg->closed || sg->sealed)
 			continue;
 		/* what a sink still needs is compressed after a grace period,
-		 * or at once when room matters (audit_spool.h) */
+		 * or at once when room matters (audit_spool.h). The clock is
+		 * read here, not once before the loop: the lock is dropped
+		 * above and for every seal, and a segment closed meanwhile is
+		 * younger than a clock read earlier (its age would wrap to a
+		 * huge one, and a burst's every segment be sealed at once). */
+		uint64_t now = mono_ms();
+		uint64_t age = now > sg->closed_ms ? now - sg->closed_ms : 0;
+
 		if (s->nreaders && (sg->last <= acked ||
-				    (now - sg->closed_ms < s->seal_grace_ms && s->total <= s->max_bytes / 4)))
+				    (age < s->seal_grace_ms && s->total <= s->max_bytes / 4)))
 			continue;
 		pthread_mutex_unlock(&s->lock);
 		err = seal_compress(s, first, &z, &zl);

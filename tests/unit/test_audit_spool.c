@@ -7,12 +7,16 @@
 #include <dirent.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 
 #include "audit_spool.h"
+#include "util.h"
 #include "unit.h"
 
 static char dir[256];
@@ -300,6 +304,79 @@ static void test_lagging_reader_sealed_after_grace(void)
 	rm_dir();
 }
 
+/* A reader that keeps up, racing the writer: the spool thread deletes the
+ * segments it acknowledged, releasing its lock meanwhile, and segments
+ * close during that. None may be sealed: the reader is close behind, the
+ * grace is long and the spool nearly empty. (The age of a segment closed
+ * after the thread read its clock once wrapped around to a huge one, and a
+ * burst's every segment was compressed the moment it closed.) */
+struct racer {
+	struct spool_reader *r;
+	_Atomic bool stop;
+	int bad;
+};
+
+static void *race_reader(void *arg)
+{
+	struct racer *rc = arg;
+	struct spool_batch b;
+	uint64_t next = 1;
+
+	while (!rc->stop) {
+		int n = spool_read(rc->r, &b, 4096, 4 << 20, 5);
+
+		if (n < 0) {
+			rc->bad++;
+			break;
+		}
+		if (n > 0) {
+			if (b.first != next)
+				rc->bad++;
+			next = b.first + n;
+			if (spool_reader_ack(rc->r, next - 1))
+				rc->bad++;
+		}
+	}
+	return NULL;
+}
+
+static void test_no_seal_while_reader_keeps_up(void)
+{
+	struct spool *s;
+	struct racer rc = { 0 };
+	pthread_t thr;
+	uint64_t last, seq = 1;
+	char line[1100];
+	int sealed = 0;
+
+	fresh_dir();
+	CHECK(spool_open(&s, dir, 64 << 20, &last) == 0);   /* segments of 4 MiB, a quarter is 16 MiB */
+	spool_set_seal_grace(s, 60 * 1000);
+	CHECK(spool_reader_open(s, "racer", &rc.r) == 0);
+	CHECK(spool_start(s) == 0);
+	CHECK(pthread_create(&thr, NULL, race_reader, &rc) == 0);
+	memset(line, 'x', sizeof(line));
+	for (uint64_t t0 = now_ns_mono(); now_ns_mono() - t0 < 1500000000ull;) {
+		for (int i = 0; i < 200; i++, seq++)
+			if (spool_append(s, seq, line, sizeof(line)) == -ENOSPC) {   /* reader behind: wait */
+				usleep(1000);
+				i--, seq--;
+			}
+		if (spool_bytes(s) > 12 << 20)   /* stay under the quarter: only the clock may seal */
+			usleep(5000);
+		sealed += count_files(".z");
+	}
+	rc.stop = true;
+	pthread_join(thr, NULL);
+	CHECK(seq > 20000);   /* enough segments rolled (about 4,000 lines each) */
+	CHECK(rc.bad == 0);
+	CHECK(sealed == 0);
+	if (sealed)
+		fprintf(stderr, "  sealed segments seen %d times\n", sealed);
+	spool_close(s);
+	rm_dir();
+}
+
 static void test_bound_and_gc(void)
 {
 	struct spool *s;
@@ -450,6 +527,7 @@ int main(void)
 	RUN(test_segments_sealed);
 	RUN(test_delivered_not_sealed);
 	RUN(test_lagging_reader_sealed_after_grace);
+	RUN(test_no_seal_while_reader_keeps_up);
 	RUN(test_bound_and_gc);
 	RUN(test_crash_recovery);
 	RUN(test_dead_letter_and_ids);
