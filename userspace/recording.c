@@ -176,7 +176,9 @@ static void sweep(const char *dir, uint64_t max_bytes, uint32_t max_age_ms)
 	if (nopen)
 		qsort(open_names, nopen, sizeof(*open_names), cmp_name);
 	for (size_t i = 0; i < m; i++) {
-		bool old = (uint64_t)(now - v[i].mtime) * 1000 > max_age_ms;
+		/* a session newer than now (the wall clock stepped back, or it
+		 * closed during the scan) is young: its age must not wrap */
+		bool old = now > v[i].mtime && (uint64_t)(now - v[i].mtime) * 1000 > max_age_ms;
 
 		if (!old && total <= max_bytes)
 			break;

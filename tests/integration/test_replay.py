@@ -144,6 +144,35 @@ def test_recording_retention_by_size_and_age(enforcer, servers):
     enforcer.stop()
 
 
+def test_recording_from_the_future_is_not_swept_as_old(enforcer, servers):
+    """A session whose files are newer than the sweep's clock (the wall
+    clock stepped back, or it closed while the sweep read the directory)
+    is young, not expired: its age once wrapped around to a huge one and
+    it was deleted by the first sweep after."""
+    port, _ = servers.echo()
+    rec = os.path.join(enforcer.tmp, "rec")
+    enforcer.start(rec_policy(port, enforcer.audit, rec, ", max_bytes: 1MiB, max_age: 2s"))
+    chat(enforcer, port)
+    first = sessions(rec)
+    assert len(first) == 1, first
+    future, past = time.time() + 3600, time.time() - 3600
+    # and a copy an hour old, named (by start time) before it: the proof
+    # that the sweep ran, and went as far as the session from the future
+    old = "20000101T000000Z-1"
+    for ext in (".rec", ".idx"):
+        with open(os.path.join(rec, first[0] + ext), "rb") as f, \
+             open(os.path.join(rec, old + ext), "wb") as g:
+            g.write(f.read())
+        os.utime(os.path.join(rec, old + ext), (past, past))
+        os.utime(os.path.join(rec, first[0] + ext), (future, future))
+    time.sleep(5.2)                          # the next session to open sweeps
+    chat(enforcer, port)
+    # the sweep runs on a thread of its own
+    assert wait_for(lambda: old not in sessions(rec)), sessions(rec)
+    assert first[0] in sessions(rec) and len(sessions(rec)) == 2, sessions(rec)
+    enforcer.stop()
+
+
 STREAM = textwrap.dedent(r"""
     import os, socket, sys, time
     s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
