@@ -232,18 +232,9 @@ static void sink_id(const struct policy_sink *ps, const char *type, char out[48]
 
 static void sink_sleep(uint64_t ms)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += ms / 1000;
-	ts.tv_nsec += (ms % 1000) * 1000000l;
-	if (ts.tv_nsec >= 1000000000l) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000l;
-	}
 	pthread_mutex_lock(&A.stop_lock);
 	if (!atomic_load(&A.stopping))
-		pthread_cond_timedwait(&A.stop_cond, &A.stop_lock, &ts);
+		cond_wait_ms(&A.stop_cond, &A.stop_lock, ms);
 	pthread_mutex_unlock(&A.stop_lock);
 }
 
@@ -1726,7 +1717,11 @@ static void audit_tick(void *arg)
 void audit_urgency_tick(void)
 {
 	static _Atomic uint64_t last_ms;
-	uint64_t now = now_ns_mono() / 1000000, since, seq, last = atomic_load(&last_ms);
+	/* last before the clock: a tick another worker stamps after the
+	 * load is newer than last, so the exchange below fails, where a
+	 * clock read first could be older than it (now - last wrapping, and
+	 * the tick run twice) */
+	uint64_t last = atomic_load(&last_ms), now = now_ns_mono() / 1000000, since, seq;
 	pid_t tid = __atomic_load_n(&U.spool_tid, __ATOMIC_ACQUIRE);
 
 	if (now - last < 200 || !atomic_compare_exchange_strong(&last_ms, &last, now))
@@ -1734,7 +1729,8 @@ void audit_urgency_tick(void)
 	pthread_mutex_lock(&P.mu);
 	since = P.since_ms;
 	pthread_mutex_unlock(&P.mu);
-	if (tid && since && now - since >= URGENT_AGE_MS)
+	/* since may be newer than now (queued meanwhile): not pending long */
+	if (tid && since && now > since && now - since >= URGENT_AGE_MS)
 		urgency(&U.spool_urgent, tid, true);
 	pthread_mutex_lock(&A.lock);
 	seq = A.seq;

@@ -809,15 +809,7 @@ static void *spool_thread(void *arg)
 	ag_thread_setup("ag-spool", AG_SCHED_IDLE);   /* made urgent by audit.c when behind */
 	pthread_mutex_lock(&s->lock);
 	while (!s->stop) {
-		struct timespec ts;
-
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += SPOOL_FLUSH_MS * 1000000l;
-		if (ts.tv_nsec >= 1000000000l) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000l;
-		}
-		pthread_cond_timedwait(&s->tick, &s->lock, &ts);
+		cond_wait_ms(&s->tick, &s->lock, SPOOL_FLUSH_MS);
 		if (s->tick_fn && !s->stop) {
 			pthread_mutex_unlock(&s->lock);
 			s->tick_fn(s->tick_arg);   /* appends: takes the lock itself */
@@ -1264,15 +1256,9 @@ int spool_read(struct spool_reader *r, struct spool_batch *b, size_t max_n, size
 			return n;
 		if (wait_ms <= 0 || tries == 2)
 			continue;
-		struct timespec ts;
-
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += (long)wait_ms * 1000000l;
-		ts.tv_sec += ts.tv_nsec / 1000000000l;
-		ts.tv_nsec %= 1000000000l;
 		pthread_mutex_lock(&r->s->lock);
 		if (!r->s->stop && r->pos > active(r->s)->wlast)
-			pthread_cond_timedwait(&r->s->data, &r->s->lock, &ts);
+			cond_wait_ms(&r->s->data, &r->s->lock, (uint64_t)wait_ms);
 		pthread_mutex_unlock(&r->s->lock);
 		wait_ms = 0;
 	}

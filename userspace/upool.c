@@ -142,10 +142,14 @@ bool upool_take(const struct upool_key *k, struct upool_leg *leg)
 void upool_tick(bool stopping)
 {
 	struct kept gone[UPOOL_MAX];
-	uint64_t now = mono_ms();
+	uint64_t now;
 	int n = 0;
 
 	pthread_mutex_lock(&lock);
+	/* the clock after the lock: a connection another worker pooled while
+	 * this one waited for it is younger than a clock read before, and its
+	 * idle time would wrap around to a huge one (closed at once) */
+	now = mono_ms();
 	for (int i = npool - 1; i >= 0; i--)
 		if (stopping || now - pool[i].since_ms > UPOOL_IDLE_MS || now - pool[i].leg.born_ms >= UPOOL_MAX_AGE_MS ||
 		    !quiet(&pool[i].leg)) {

@@ -188,6 +188,14 @@ uint64_t now_ms_realtime(void) { return clock_ns(CLOCK_REALTIME) / 1000000ull; }
 uint64_t now_ns_mono(void) { return clock_ns(CLOCK_MONOTONIC); }
 uint64_t now_ns_boot(void) { return clock_ns(CLOCK_BOOTTIME); }
 
+int cond_wait_ms(pthread_cond_t *c, pthread_mutex_t *m, uint64_t ms)
+{
+	uint64_t at = now_ns_mono() + ms * 1000000ull;
+	struct timespec ts = { .tv_sec = (time_t)(at / 1000000000ull), .tv_nsec = (long)(at % 1000000000ull) };
+
+	return pthread_cond_clockwait(c, m, CLOCK_MONOTONIC, &ts);
+}
+
 void ag_thread_setup(const char *name, enum ag_sched sched)
 {
 	struct sched_param sp = { .sched_priority = 0 };

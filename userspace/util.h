@@ -5,6 +5,7 @@
 #ifndef AGENTGATE_UTIL_H
 #define AGENTGATE_UTIL_H
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -48,6 +49,11 @@ int loopback_socket(int family, int type, uint16_t port, bool reuseport);
 uint64_t now_ms_realtime(void);
 uint64_t now_ns_mono(void);
 uint64_t now_ns_boot(void);
+
+/* pthread_cond_timedwait for at most ms, timed on CLOCK_MONOTONIC: a step
+ * of the wall clock neither stretches nor cuts the wait. The caller holds
+ * m; returns what pthread_cond_clockwait() returns (0, ETIMEDOUT). */
+int cond_wait_ms(pthread_cond_t *c, pthread_mutex_t *m, uint64_t ms);
 
 /* How a thread is scheduled (ag_thread_setup). */
 enum ag_sched {
