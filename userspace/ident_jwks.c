@@ -641,9 +641,11 @@ static void cache_load(struct ident_issuer *iss)
 	ttl = json_integer_value(json_object_get(o, "ttl"));
 	jt = json_string_value(json_object_get(o, "jwks"));
 	jl = json_string_length(json_object_get(o, "jwks"));
+	if (at <= 0)   /* before the subtraction: INT64_MIN would overflow it */
+		goto out;
 	age = now_real(iss) - (int64_t)at;
 	/* A copy from the future or past the bound is not a last known good. */
-	if (!jt || at <= 0 || age < 0 || age > IDENT_LKG_MAX || ttl < IDENT_TTL_MIN ||
+	if (!jt || age < 0 || age > IDENT_LKG_MAX || ttl < IDENT_TTL_MIN ||
 	    ttl > IDENT_TTL_MAX || jl > IDENT_FETCH_MAX)
 		goto out;
 	if (jwks_parse(jt, jl, &keys, NULL, 0) < 0)
