@@ -21,7 +21,8 @@ import time
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers"))
+HELPERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers")
+sys.path.insert(0, HELPERS)
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 AG = os.path.join(ROOT, "agentgate")
@@ -87,6 +88,9 @@ class Proc:
 
     def __init__(self, argv, **kw):
         self.argv = argv
+        if "env" not in kw:   # the raw servers' scripts import helpers/rawhttp.py
+            path = os.environ.get("PYTHONPATH")
+            kw["env"] = dict(os.environ, PYTHONPATH=HELPERS + (os.pathsep + path if path else ""))
         self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, **kw)
 
     def stop(self, sig=signal.SIGTERM, timeout=5):

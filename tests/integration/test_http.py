@@ -21,15 +21,11 @@ AGENT = "t-http"
 # "seen METHOD TARGET body=N", and records the bytes of each connection
 # (the first MiB) in DIR/conn-<n>.bin.
 RECORDER = textwrap.dedent(r"""
-    import os, socket, sys, threading, itertools
+    import os, sys
+    from rawhttp import listen, serve_forever
     port, d = int(sys.argv[1]), sys.argv[2]
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", port))
-    s.listen(64)
-    ids = itertools.count()
-    def serve(c):
-        n = next(ids)
+    s = listen(port, 64)
+    def serve(c, n):
         rec = open(os.path.join(d, "conn-%d.bin" % n), "wb", buffering=0)
         kept = 0
         buf = b""
@@ -43,56 +39,49 @@ RECORDER = textwrap.dedent(r"""
                 kept += len(data)
             buf += data
             return True
-        try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    if not more():
-                        return
-                head, buf = buf.split(b"\r\n\r\n", 1)
-                lines = head.split(b"\r\n")
-                method, target = lines[0].split(b" ")[:2]
-                hdrs = {}
-                for l in lines[1:]:
-                    k, v = l.split(b":", 1)
-                    hdrs[k.strip().lower()] = v.strip()
-                nbody = 0
-                if hdrs.get(b"transfer-encoding", b"").lower() == b"chunked":
-                    while True:
-                        while b"\r\n" not in buf:
-                            if not more():
-                                return
-                        size, buf = buf.split(b"\r\n", 1)
-                        size = int(size.split(b";")[0], 16)
-                        while len(buf) < size + 2:
-                            if not more():
-                                return
-                        nbody += size
-                        buf = buf[size + 2:]
-                        if size == 0:
-                            break
-                else:
-                    left = int(hdrs.get(b"content-length", b"0"))
-                    nbody = left
-                    while left:
-                        if not buf and not more():
+        while True:
+            while b"\r\n\r\n" not in buf:
+                if not more():
+                    return
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            lines = head.split(b"\r\n")
+            method, target = lines[0].split(b" ")[:2]
+            hdrs = {}
+            for l in lines[1:]:
+                k, v = l.split(b":", 1)
+                hdrs[k.strip().lower()] = v.strip()
+            nbody = 0
+            if hdrs.get(b"transfer-encoding", b"").lower() == b"chunked":
+                while True:
+                    while b"\r\n" not in buf:
+                        if not more():
                             return
-                        take = min(left, len(buf))
-                        buf = buf[take:]
-                        left -= take
-                if hdrs.get(b"expect", b"").lower() == b"100-continue":
-                    pass
-                body = b"seen %s %s body=%d\n" % (method, target, nbody)
-                if method == b"HEAD":
-                    body = b""
-                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
-                          % (len(body) if method != b"HEAD" else 99, body))
-        except (OSError, ValueError):
-            pass
-        finally:
-            c.close()
-    while True:
-        c, a = s.accept()
-        threading.Thread(target=serve, args=(c,), daemon=True).start()
+                    size, buf = buf.split(b"\r\n", 1)
+                    size = int(size.split(b";")[0], 16)
+                    while len(buf) < size + 2:
+                        if not more():
+                            return
+                    nbody += size
+                    buf = buf[size + 2:]
+                    if size == 0:
+                        break
+            else:
+                left = int(hdrs.get(b"content-length", b"0"))
+                nbody = left
+                while left:
+                    if not buf and not more():
+                        return
+                    take = min(left, len(buf))
+                    buf = buf[take:]
+                    left -= take
+            if hdrs.get(b"expect", b"").lower() == b"100-continue":
+                pass
+            body = b"seen %s %s body=%d\n" % (method, target, nbody)
+            if method == b"HEAD":
+                body = b""
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
+                      % (len(body) if method != b"HEAD" else 99, body))
+    serve_forever(s, serve, errors=(OSError, ValueError))
 """)
 
 
@@ -747,26 +736,15 @@ def test_h37_range_stripped_on_masked_route(enforcer, rec):
 
 # An upstream with canned answers, by path (review, stop 19).
 CANNED = textwrap.dedent(r"""
-    import json, socket, sys, threading
+    import json, sys
+    from rawhttp import heads, listen, serve_forever
     port, answers = int(sys.argv[1]), json.loads(sys.argv[2])
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", port))
-    s.listen(16)
-    def serve(c):
-        buf = b""
-        while True:
-            while b"\r\n\r\n" not in buf:
-                d = c.recv(65536)
-                if not d:
-                    return
-                buf += d
-            head, buf = buf.split(b"\r\n\r\n", 1)
+    s = listen(port, 16)
+    def serve(c, _):
+        for head in heads(c):
             path = head.split(b" ")[1].decode()
             c.sendall(answers[path].encode("latin-1"))
-    while True:
-        c, _ = s.accept()
-        threading.Thread(target=serve, args=(c,), daemon=True).start()
+    serve_forever(s, serve, errors=(), close=False)
 """)
 
 
@@ -847,7 +825,8 @@ def test_detectors_see_percent_encoded_values(enforcer, servers):
 # A raw upstream: every request gets a JSON answer with an SSN and PAD bytes
 # of padding (argv: port [PAD [gzip | stall]]).
 BIG_UPSTREAM = textwrap.dedent(r"""
-    import socket, sys, threading
+    import sys
+    from rawhttp import heads, listen, serve_forever
     pad = int(sys.argv[2]) if len(sys.argv) > 2 else 8_380_000
     body = b'{"ssn": "078-05-1120", "pad": "' + b"a" * pad + b'"}'
     coding, mode = b"", sys.argv[3] if len(sys.argv) > 3 else ""
@@ -858,28 +837,13 @@ BIG_UPSTREAM = textwrap.dedent(r"""
         body = b"["
     head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\n\r\n"
             % (coding, 8000000 if mode == "stall" else len(body)))
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", int(sys.argv[1])))
-    s.listen(256)
-    def serve(c):
-        buf = b""
-        try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    d = c.recv(65536)
-                    if not d:
-                        return
-                    buf += d
-                buf = buf.split(b"\r\n\r\n", 1)[1]
-                c.sendall(head + body)
-                while mode == "stall" and c.recv(65536):   # held until the client goes
-                    pass
-        except OSError:
-            pass
-    while True:
-        c, _ = s.accept()
-        threading.Thread(target=serve, args=(c,), daemon=True).start()
+    s = listen(int(sys.argv[1]), 256)
+    def serve(c, _):
+        for request in heads(c):
+            c.sendall(head + body)
+            while mode == "stall" and c.recv(65536):   # held until the client goes
+                pass
+    serve_forever(s, serve, close=False)
 """)
 
 

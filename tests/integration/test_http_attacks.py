@@ -321,42 +321,30 @@ def test_pipeline_split_byte_by_byte(enforcer, rec):
 # read a body on GET or HEAD: whatever follows the head is its next request
 # (the "0.CL" desync of Kettle's "HTTP/1.1 must die", 2025). Logs request lines.
 ZERO_CL = textwrap.dedent(r"""
-    import socket, sys, threading
+    import sys
+    from rawhttp import listen, read_head, serve_forever
     port, logf = int(sys.argv[1]), sys.argv[2]
     log = open(logf, "a", buffering=1)
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", port))
-    s.listen(16)
-    def serve(c):
+    s = listen(port, 16)
+    def serve(c, _):
         buf = b""
-        try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    d = c.recv(65536)
-                    if not d:
-                        return
-                    buf += d
-                head, buf = buf.split(b"\r\n\r\n", 1)
-                lines = head.split(b"\r\n")
-                log.write(lines[0].decode(errors="replace") + "\n")
-                method = lines[0].split(b" ")[0]
-                if method not in (b"GET", b"HEAD"):
-                    n = 0
-                    for l in lines[1:]:
-                        if l.lower().startswith(b"content-length:"):
-                            n = int(l.split(b":")[1])
-                    while len(buf) < n:
-                        buf += c.recv(65536)
-                    buf = buf[n:]
-                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
-        except (OSError, ValueError):
-            pass
-        finally:
-            c.close()
-    while True:
-        c, _ = s.accept()
-        threading.Thread(target=serve, args=(c,), daemon=True).start()
+        while True:
+            head, buf = read_head(c, buf)
+            if head is None:
+                return
+            lines = head.split(b"\r\n")
+            log.write(lines[0].decode(errors="replace") + "\n")
+            method = lines[0].split(b" ")[0]
+            if method not in (b"GET", b"HEAD"):
+                n = 0
+                for l in lines[1:]:
+                    if l.lower().startswith(b"content-length:"):
+                        n = int(l.split(b":")[1])
+                while len(buf) < n:
+                    buf += c.recv(65536)
+                buf = buf[n:]
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+    serve_forever(s, serve, errors=(OSError, ValueError))
 """)
 
 
@@ -497,36 +485,22 @@ def test_path_override_headers_stripped(enforcer, rec):
 # Authorization value in a response header and in a redirect's Location
 # (debug endpoints, error pages, TRACE and "login" redirects do this).
 ECHO_UPSTREAM = textwrap.dedent(r"""
-    import socket, sys, threading, urllib.parse
+    import sys, urllib.parse
+    from rawhttp import heads, listen, serve_forever
     port = int(sys.argv[1])
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", port))
-    s.listen(16)
-    def serve(c):
-        buf = b""
-        try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    d = c.recv(65536)
-                    if not d:
-                        return
-                    buf += d
-                head, buf = buf.split(b"\r\n\r\n", 1)
-                auth = b""
-                for l in head.split(b"\r\n")[1:]:
-                    k, v = l.split(b":", 1)
-                    if k.strip().lower() == b"authorization":
-                        auth = v.strip()
-                body = head + b"\r\n"
-                loc = b"/login?token=" + urllib.parse.quote_from_bytes(auth).encode()
-                c.sendall(b"HTTP/1.1 302 Found\r\nX-Echo-Authorization: " + auth + b"\r\nLocation: " + loc +
-                          b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-        finally:
-            c.close()
-    while True:
-        c, _ = s.accept()
-        threading.Thread(target=serve, args=(c,), daemon=True).start()
+    s = listen(port, 16)
+    def serve(c, _):
+        for head in heads(c):
+            auth = b""
+            for l in head.split(b"\r\n")[1:]:
+                k, v = l.split(b":", 1)
+                if k.strip().lower() == b"authorization":
+                    auth = v.strip()
+            body = head + b"\r\n"
+            loc = b"/login?token=" + urllib.parse.quote_from_bytes(auth).encode()
+            c.sendall(b"HTTP/1.1 302 Found\r\nX-Echo-Authorization: " + auth + b"\r\nLocation: " + loc +
+                      b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    serve_forever(s, serve, errors=())
 """)
 
 
@@ -554,57 +528,43 @@ def test_injected_credential_never_reflected_to_agent(enforcer, servers, token):
 # (one chunk per piece), a Content-Length body, and one delimited by the
 # close; the credential written as it is, percent-encoded and JSON-escaped.
 SLOW_ECHO = textwrap.dedent(r"""
-    import base64, json, socket, sys, threading, time, urllib.parse
+    import base64, json, sys, time, urllib.parse
+    from rawhttp import heads, listen, serve_forever
     port = int(sys.argv[1])
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", port))
-    s.listen(16)
-    def serve(c):
-        buf = b""
-        try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    d = c.recv(65536)
-                    if not d:
-                        return
-                    buf += d
-                head, buf = buf.split(b"\r\n\r\n", 1)
-                path = head.split(b" ")[1].decode()
-                auth = b""
-                for l in head.split(b"\r\n")[1:]:
-                    k, v = l.split(b":", 1)
-                    if k.strip().lower() == b"authorization":
-                        auth = v.strip()
-                cred = auth.split(b" ", 1)[1]
-                secret = base64.b64decode(cred).split(b":", 1)[1] if auth.startswith(b"Basic") else cred
-                body = (b'{"raw": "' + cred + b'", "q": "' + urllib.parse.quote_from_bytes(cred, safe="").encode() +
-                        b'", "json": ' + json.dumps(cred.decode()).replace("/", "\\/").encode() +
-                        b', "pw": "' + secret + b'", "pad": "' + b"x" * 3000 + b'"}')
-                pieces = [body[i:i + 7] for i in range(0, len(body), 7)][:40] + [body[280:]]
-                pieces = [p for p in pieces if p]
-                if path.endswith("/chunked"):
-                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
-                    for p in pieces:
-                        c.sendall(b"%x\r\n" % len(p) + p + b"\r\n")
-                        time.sleep(0.005)
-                    c.sendall(b"0\r\n\r\n")
-                elif path.endswith("/length"):
-                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
-                    for p in pieces:
-                        c.sendall(p)
-                        time.sleep(0.005)
-                else:
-                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n")
-                    for p in pieces:
-                        c.sendall(p)
-                        time.sleep(0.005)
-                    return
-        finally:
-            c.close()
-    while True:
-        c, _ = s.accept()
-        threading.Thread(target=serve, args=(c,), daemon=True).start()
+    s = listen(port, 16)
+    def serve(c, _):
+        for head in heads(c):
+            path = head.split(b" ")[1].decode()
+            auth = b""
+            for l in head.split(b"\r\n")[1:]:
+                k, v = l.split(b":", 1)
+                if k.strip().lower() == b"authorization":
+                    auth = v.strip()
+            cred = auth.split(b" ", 1)[1]
+            secret = base64.b64decode(cred).split(b":", 1)[1] if auth.startswith(b"Basic") else cred
+            body = (b'{"raw": "' + cred + b'", "q": "' + urllib.parse.quote_from_bytes(cred, safe="").encode() +
+                    b'", "json": ' + json.dumps(cred.decode()).replace("/", "\\/").encode() +
+                    b', "pw": "' + secret + b'", "pad": "' + b"x" * 3000 + b'"}')
+            pieces = [body[i:i + 7] for i in range(0, len(body), 7)][:40] + [body[280:]]
+            pieces = [p for p in pieces if p]
+            if path.endswith("/chunked"):
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+                for p in pieces:
+                    c.sendall(b"%x\r\n" % len(p) + p + b"\r\n")
+                    time.sleep(0.005)
+                c.sendall(b"0\r\n\r\n")
+            elif path.endswith("/length"):
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
+                for p in pieces:
+                    c.sendall(p)
+                    time.sleep(0.005)
+            else:
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n")
+                for p in pieces:
+                    c.sendall(p)
+                    time.sleep(0.005)
+                return
+    serve_forever(s, serve, errors=())
 """)
 
 
@@ -657,28 +617,20 @@ def test_reflected_credential_starred_in_streamed_bodies(enforcer, servers, tmp)
 # A stream of events (Server-Sent Events, a Kubernetes watch): the second
 # event comes 5 s after the first.
 SSE_UPSTREAM = textwrap.dedent(r"""
-    import socket, sys, threading, time
+    import sys, time
+    from rawhttp import listen, read_head, serve_forever
     port = int(sys.argv[1])
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", port))
-    s.listen(16)
-    def serve(c):
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            d = c.recv(65536)
-            if not d:
-                return
-            buf += d
+    s = listen(port, 16)
+    def serve(c, _):
+        if read_head(c)[0] is None:
+            return
         c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
         for ev in (b'data: {"n": 1, "token": "s3cr3t-upstream-token"}\n\n', b'data: {"n": 2}\n\n'):
             c.sendall(b"%x\r\n" % len(ev) + ev + b"\r\n")
             time.sleep(5)
         c.sendall(b"0\r\n\r\n")
         c.close()
-    while True:
-        c, _ = s.accept()
-        threading.Thread(target=serve, args=(c,), daemon=True).start()
+    serve_forever(s, serve, errors=(), close=False)
 """)
 
 
@@ -741,33 +693,19 @@ def test_compressed_answer_refused_when_credential_injected(enforcer, rec, canne
 # line, head and body written by the test), so heads no real server sends
 # (two Content-Encoding fields, codings we cannot decode) can be tried.
 CANNED = textwrap.dedent(r"""
-    import os, socket, sys, threading
+    import os, sys
+    from rawhttp import heads, listen, serve_forever
     port, d = int(sys.argv[1]), sys.argv[2]
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", port))
-    s.listen(16)
-    def serve(c):
-        buf = b""
-        try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    x = c.recv(65536)
-                    if not x:
-                        return
-                    buf += x
-                head, buf = buf.split(b"\r\n\r\n", 1)
-                name = head.split(b"\r\n")[0].split(b" ")[1].decode().rsplit("/", 1)[1]
-                # content negotiation: DIR/<name>.yaml answers Accept: application/yaml
-                if b"\r\naccept: application/yaml" in head.lower() and os.path.exists(os.path.join(d, name + ".yaml")):
-                    name += ".yaml"
-                with open(os.path.join(d, name), "rb") as f:
-                    c.sendall(f.read())
-        finally:
-            c.close()
-    while True:
-        c, _ = s.accept()
-        threading.Thread(target=serve, args=(c,), daemon=True).start()
+    s = listen(port, 16)
+    def serve(c, _):
+        for head in heads(c):
+            name = head.split(b"\r\n")[0].split(b" ")[1].decode().rsplit("/", 1)[1]
+            # content negotiation: DIR/<name>.yaml answers Accept: application/yaml
+            if b"\r\naccept: application/yaml" in head.lower() and os.path.exists(os.path.join(d, name + ".yaml")):
+                name += ".yaml"
+            with open(os.path.join(d, name), "rb") as f:
+                c.sendall(f.read())
+    serve_forever(s, serve, errors=())
 """)
 
 

@@ -241,36 +241,22 @@ def test_keepalive_upstream_closed_idle_connection_dials_again(enforcer, servers
 # answer (the keep-alive race: the upstream's timeout ran out as the request
 # went). Records "conn-<n> METHOD TARGET" lines.
 CLOSER = textwrap.dedent(r"""
-    import itertools, socket, sys, threading
+    import sys
+    from rawhttp import heads, listen, serve_forever
     port, logf, close_on = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", port))
-    s.listen(16)
-    ids = itertools.count()
+    s = listen(port, 16)
     log = open(logf, "a", buffering=1)
     def serve(c, n):
-        buf, k = b"", 0
-        try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    d = c.recv(65536)
-                    if not d:
-                        return
-                    buf += d
-                head, buf = buf.split(b"\r\n\r\n", 1)
-                line = head.split(b"\r\n")[0].decode()
-                k += 1
-                log.write("conn-%d %s\n" % (n, " ".join(line.split()[:2])))
-                if k == close_on:
-                    return
-                body = b"answer %d.%d\n" % (n, k)
-                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-        finally:
-            c.close()
-    while True:
-        c, a = s.accept()
-        threading.Thread(target=serve, args=(c, next(ids)), daemon=True).start()
+        k = 0
+        for head in heads(c):
+            line = head.split(b"\r\n")[0].decode()
+            k += 1
+            log.write("conn-%d %s\n" % (n, " ".join(line.split()[:2])))
+            if k == close_on:
+                return
+            body = b"answer %d.%d\n" % (n, k)
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    serve_forever(s, serve, errors=())
 """)
 
 
@@ -411,7 +397,8 @@ def test_http10_keepalive_gets_close_and_no_chunked(enforcer, servers, tmp):
 # ---- 6. WebSocket --------------------------------------------------------------------
 
 WS_UPSTREAM = textwrap.dedent(r"""
-    import base64, hashlib, socket, struct, sys, threading
+    import base64, hashlib, struct, sys
+    from rawhttp import listen, read_head, serve_forever
     port, logf = int(sys.argv[1]), sys.argv[2]
     log = open(logf, "a", buffering=1)
     GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -427,12 +414,9 @@ WS_UPSTREAM = textwrap.dedent(r"""
             out, self.buf = self.buf[:n], self.buf[n:]
             return out
         def head(self):
-            while b"\r\n\r\n" not in self.buf:
-                d = self.c.recv(65536)
-                if not d:
-                    raise EOFError
-                self.buf += d
-            h, self.buf = self.buf.split(b"\r\n\r\n", 1)
+            h, self.buf = read_head(self.c, self.buf)
+            if h is None:
+                raise EOFError
             return h.decode()
         def frame(self):
             b0, b1 = self.need(2)
@@ -450,37 +434,26 @@ WS_UPSTREAM = textwrap.dedent(r"""
         h += bytes([n]) if n < 126 else (bytes([126]) + struct.pack("!H", n) if n < 65536
                                          else bytes([127]) + struct.pack("!Q", n))
         return h + data
-    def serve(c):
+    def serve(c, _):
         k = Conn(c)
-        try:
-            head = k.head()
-            lines = head.split("\r\n")
-            hdrs = {l.split(":", 1)[0].strip().lower(): l.split(":", 1)[1].strip() for l in lines[1:]}
-            log.write("head %s %s\n" % (lines[0], hdrs.get("upgrade", "-")))
-            if hdrs.get("upgrade", "").lower() != "websocket":
-                c.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        head = k.head()
+        lines = head.split("\r\n")
+        hdrs = {l.split(":", 1)[0].strip().lower(): l.split(":", 1)[1].strip() for l in lines[1:]}
+        log.write("head %s %s\n" % (lines[0], hdrs.get("upgrade", "-")))
+        if hdrs.get("upgrade", "").lower() != "websocket":
+            c.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+            return
+        acc = base64.b64encode(hashlib.sha1(hdrs["sec-websocket-key"].encode() + GUID).digest())
+        c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Sec-WebSocket-Accept: " + acc + b"\r\n\r\n" + frame(1, b"hello from upstream"))
+        while True:
+            op, masked, data = k.frame()
+            log.write("frame op=%d masked=%d len=%d\n" % (op, masked, len(data)))
+            if op == 8:
+                c.sendall(frame(8, data))
                 return
-            acc = base64.b64encode(hashlib.sha1(hdrs["sec-websocket-key"].encode() + GUID).digest())
-            c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                      b"Sec-WebSocket-Accept: " + acc + b"\r\n\r\n" + frame(1, b"hello from upstream"))
-            while True:
-                op, masked, data = k.frame()
-                log.write("frame op=%d masked=%d len=%d\n" % (op, masked, len(data)))
-                if op == 8:
-                    c.sendall(frame(8, data))
-                    return
-                c.sendall(frame(op, b"echo:" + data))
-        except (EOFError, OSError, KeyError):
-            pass
-        finally:
-            c.close()
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", port))
-    s.listen(16)
-    while True:
-        c, a = s.accept()
-        threading.Thread(target=serve, args=(c,), daemon=True).start()
+            c.sendall(frame(op, b"echo:" + data))
+    serve_forever(listen(port, 16), serve, errors=(EOFError, OSError, KeyError))
 """)
 
 WS_CLIENT = r"""
@@ -651,56 +624,41 @@ def test_keepalive_upstream_gone_when_dialling_again_is_502(enforcer, servers, t
 # sends N "100 Continue" a second apart, then its answer. Records
 # "conn-<n> METHOD TARGET" lines.
 SILENT = textwrap.dedent(r"""
-    import itertools, socket, sys, threading, time
+    import sys, time
+    from rawhttp import heads, listen, serve_forever
     port, logf = int(sys.argv[1]), sys.argv[2]
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", port))
-    s.listen(16)
-    ids = itertools.count()
+    s = listen(port, 16)
     log = open(logf, "a", buffering=1)
     def ok(c, body):
         c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
     def serve(c, n):
-        buf = b""
-        try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    d = c.recv(65536)
-                    if not d:
-                        return
-                    buf += d
-                head, buf = buf.split(b"\r\n\r\n", 1)
-                path = head.split(b"\r\n")[0].split()[1].decode()
-                log.write("conn-%d %s\n" % (n, path))
-                if path == "/v1/partial":
-                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Le")
-                if path in ("/v1/never", "/v1/partial"):
-                    while c.recv(65536):
-                        pass
-                    return
-                if path.startswith("/v1/slow/"):
-                    time.sleep(float(path.rsplit("/", 1)[1]))
-                    ok(c, b"slow " + path.encode())
-                elif path == "/v1/watch":
-                    c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-                    time.sleep(3)
-                    c.sendall(b"6\r\nevent\n\r\n0\r\n\r\n")
-                elif path.startswith("/v1/json/"):
-                    pad = "a" * int(path.rsplit("/", 1)[1])
-                    body = ('{"pad": "%s"}' % pad).encode()
-                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-                elif path.startswith("/v1/interim/"):
-                    for _ in range(int(path.rsplit("/", 1)[1])):
-                        time.sleep(1)
-                        c.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-                    ok(c, b"after interim")
-        finally:
-            c.close()
-    while True:
-        c, a = s.accept()
-        threading.Thread(target=serve, args=(c, next(ids)), daemon=True).start()
+        for head in heads(c):
+            path = head.split(b"\r\n")[0].split()[1].decode()
+            log.write("conn-%d %s\n" % (n, path))
+            if path == "/v1/partial":
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Le")
+            if path in ("/v1/never", "/v1/partial"):
+                while c.recv(65536):
+                    pass
+                return
+            if path.startswith("/v1/slow/"):
+                time.sleep(float(path.rsplit("/", 1)[1]))
+                ok(c, b"slow " + path.encode())
+            elif path == "/v1/watch":
+                c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                time.sleep(3)
+                c.sendall(b"6\r\nevent\n\r\n0\r\n\r\n")
+            elif path.startswith("/v1/json/"):
+                pad = "a" * int(path.rsplit("/", 1)[1])
+                body = ('{"pad": "%s"}' % pad).encode()
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            elif path.startswith("/v1/interim/"):
+                for _ in range(int(path.rsplit("/", 1)[1])):
+                    time.sleep(1)
+                    c.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                ok(c, b"after interim")
+    serve_forever(s, serve, errors=())
 """)
 
 # One connection: sends each request (all at once when pipelined), waits

@@ -26,12 +26,10 @@ from test_http import AGENT, crlf, policy, raw, responses
 # writes it back in the form asked for. Requests that arrive together are
 # answered in one write (pipelining).
 REFLECT = textwrap.dedent(r"""
-    import base64, html, socket, sys, threading, urllib.parse
+    import base64, html, sys, urllib.parse
+    from rawhttp import listen, serve_forever
     port = int(sys.argv[1])
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", port))
-    s.listen(16)
+    s = listen(port, 16)
 
     def php_urlencode(b):   # PHP urlencode(), Java URLEncoder: '~' too, a space as '+'
         return urllib.parse.quote_plus(b, safe="").replace("~", "%7E").encode()
@@ -110,29 +108,24 @@ REFLECT = textwrap.dedent(r"""
             return b"HTTP/1.1 304 Not Modified\r\nETag: \"" + cred + b"\"\r\n\r\n"
         return b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
 
-    def serve(c):
+    def serve(c, _):
         buf = b""
-        try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    d = c.recv(65536)
-                    if not d:
-                        return
-                    buf += d
-                out, close = b"", False
-                while b"\r\n\r\n" in buf:   # every request that came in this read
-                    head, buf = buf.split(b"\r\n\r\n", 1)
-                    path = head.split(b" ")[1].decode()
-                    out += answer(head + b"\r\n\r\n", head, path)
-                    close = close or "close" in path
-                c.sendall(out)
-                if close:
+        while True:
+            while b"\r\n\r\n" not in buf:
+                d = c.recv(65536)
+                if not d:
                     return
-        finally:
-            c.close()
-    while True:
-        c, _ = s.accept()
-        threading.Thread(target=serve, args=(c,), daemon=True).start()
+                buf += d
+            out, close = b"", False
+            while b"\r\n\r\n" in buf:   # every request that came in this read
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                path = head.split(b" ")[1].decode()
+                out += answer(head + b"\r\n\r\n", head, path)
+                close = close or "close" in path
+            c.sendall(out)
+            if close:
+                return
+    serve_forever(s, serve, errors=())
 """)
 
 

@@ -480,21 +480,12 @@ def test_reload_http_keepalive_takes_new_rules(enforcer, servers, tmp):
 # `holding`) until the file `release` exists in its directory; every request
 # line it answers goes to `seen`.
 HELD_UPSTREAM = textwrap.dedent(r"""
-    import os, socket, sys, threading, time
+    import os, sys, time
+    from rawhttp import heads, listen, serve_forever
     port, d = int(sys.argv[1]), sys.argv[2]
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", port))
-    s.listen(16)
-    def serve(c):
-        buf = b""
-        while True:
-            while b"\r\n\r\n" not in buf:
-                data = c.recv(65536)
-                if not data:
-                    return
-                buf += data
-            head, buf = buf.split(b"\r\n\r\n", 1)
+    s = listen(port, 16)
+    def serve(c, _):
+        for head in heads(c):
             line = head.split(b"\r\n")[0]
             if b" /slow " in line:
                 open(os.path.join(d, "holding"), "w").close()
@@ -504,9 +495,7 @@ HELD_UPSTREAM = textwrap.dedent(r"""
                 f.write(line + b"\n")
             body = b"ok " + line.split(b" ")[1]
             c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-    while True:
-        c, _ = s.accept()
-        threading.Thread(target=serve, args=(c,), daemon=True).start()
+    serve_forever(s, serve, errors=(), close=False)
 """)
 
 # The agent: one connection; each stdin line is a request path to send
@@ -592,27 +581,16 @@ def test_reload_http_judges_every_new_request_by_the_new_policy(enforcer, server
 # Answers every request after 0.3 s, so the agent's next request is judged
 # while the previous one is still in flight.
 SLOW_UPSTREAM = textwrap.dedent(r"""
-    import socket, sys, threading, time
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", int(sys.argv[1])))
-    s.listen(16)
-    def serve(c):
-        buf = b""
-        while True:
-            while b"\r\n\r\n" not in buf:
-                d = c.recv(65536)
-                if not d:
-                    return
-                buf += d
-            head, buf = buf.split(b"\r\n\r\n", 1)
+    import sys, time
+    from rawhttp import heads, listen, serve_forever
+    s = listen(int(sys.argv[1]), 16)
+    def serve(c, _):
+        for head in heads(c):
             time.sleep(0.3)
             body = b'{"path": "%s", "email": "ada@example.com"}' % head.split(b" ")[1]
             c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                       % (len(body), body))
-    while True:
-        c, _ = s.accept()
-        threading.Thread(target=serve, args=(c,), daemon=True).start()
+    serve_forever(s, serve, errors=(), close=False)
 """)
 
 
