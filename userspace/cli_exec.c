@@ -270,10 +270,50 @@ static int install_seccomp(void)
 	return 0;
 }
 
+/*
+ * A process's working directory, and a directory open on stdin, stdout or
+ * stderr, refer to a directory itself, not to its path: when the caller
+ * stands in a tree lock_mounts() then hides or makes read-only (bpffs, the
+ * cgroup mounts, /proc/sys, the state directory, /etc/agentgate), relative
+ * paths still reach the tree underneath (./links/... of the pinned
+ * programs, ./cgroup.procs, ./core_pattern, the keys). So a directory on
+ * 0-2 is refused, and the working directory is looked up again by its path
+ * once the mounts are in place: it lands on what the agent may see, or on
+ * "/" where that path is gone (said on stderr).
+ */
+static int no_directory_fds(void)
+{
+	struct stat st;
+
+	for (int fd = 0; fd <= 2; fd++)
+		if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+			fprintf(stderr, "agentgate: exec: descriptor %d is a directory; refusing to "
+				"pass it to the agent (it would reach past the hidden mounts)\n", fd);
+			return -EISDIR;
+		}
+	return 0;
+}
+
+static int reenter_cwd(const char *cwd)
+{
+	if (cwd[0] && chdir(cwd) == 0)
+		return 0;
+	if (cwd[0])
+		fprintf(stderr, "agentgate: exec: working directory '%s' is not reachable for the "
+			"agent (%s): the command runs in /\n", cwd, strerror(errno));
+	else
+		fprintf(stderr, "agentgate: exec: working directory unknown: the command runs in /\n");
+	if (chdir("/")) {
+		fprintf(stderr, "agentgate: exec: chdir /: %s\n", strerror(errno));
+		return -errno;
+	}
+	return 0;
+}
+
 int cmd_exec(int argc, char **argv, const char *state_dir)
 {
 	const char *agent = NULL, *user = NULL;
-	char cgpath[PATH_MAX];
+	char cgpath[PATH_MAX], cwd[PATH_MAX];
 	uint64_t cgid = 0;
 	struct stat st;
 	int i, err;
@@ -304,6 +344,10 @@ int cmd_exec(int argc, char **argv, const char *state_dir)
 			"refusing to run the command unenforced\n", agent, cgpath);
 		return 1;
 	}
+	if (no_directory_fds())
+		return 1;
+	if (!getcwd(cwd, sizeof(cwd)))
+		cwd[0] = 0;   /* removed, or too long: "/" below */
 	if ((err = join_cgroup(cgpath))) {
 		fprintf(stderr, "agentgate: exec: join cgroup '%s': %s\n", cgpath, strerror(-err));
 		return 1;
@@ -327,6 +371,8 @@ int cmd_exec(int argc, char **argv, const char *state_dir)
 		fprintf(stderr, "agentgate: exec: drop capabilities: %s\n", strerror(-err));
 		return 1;
 	}
+	if (reenter_cwd(cwd))   /* through the new mounts, as the agent's user */
+		return 1;
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)) {
 		fprintf(stderr, "agentgate: exec: no_new_privs: %s\n", strerror(errno));
 		return 1;

@@ -556,6 +556,49 @@ def test_exec_hardening(enforcer, servers):
     assert r.returncode != 0 and "CAP_SYS_ADMIN" in r.stderr, r.stdout + r.stderr
 
 
+def test_exec_working_directory_does_not_reach_hidden_trees(enforcer, servers):
+    """A working directory inside a tree exec hides or makes read-only
+    still reached the tree underneath through relative paths (found by
+    review, stop 23): from the state directory ./ listed the admin socket
+    and the keys, from the cgroup root ./cgroup.procs let the agent leave
+    its cgroup, from /proc/sys/kernel ./core_pattern was writable. The
+    directory is now looked up again through the new mounts; a directory
+    on stdin is refused."""
+    port, _ = servers.echo()
+    enforcer.start(enforce_policy(port))
+    probe = """
+    import os, errno, sys
+    what = sys.argv[1]
+    try:
+        if what == "list":
+            print(" ".join(sorted(os.listdir("."))) or "empty")
+        else:
+            with open(what, "r+") as f:
+                v = f.read()
+                f.seek(0)
+                f.write(v)   # the same value back: harmless if it ever succeeds
+            print("written")
+    except OSError as e:
+        print(errno.errorcode[e.errno])
+    """
+    cases = [(enforcer.state, "list", lambda o: "admin.sock" not in o and "audit-signing.key" not in o),
+             (CG2, "./cgroup.procs", lambda o: o == "EROFS"),
+             ("/proc/sys/kernel", "./core_pattern", lambda o: o == "EROFS")]
+    for cwd, what, ok in cases:
+        r = enforcer.exec("t-agent", [PY, "-c", textwrap.dedent(probe), what], cwd=cwd)
+        out = r.stdout.strip()
+        assert r.returncode == 0 and ok(out), (cwd, out, r.stderr)
+    # a directory that is not hidden stays the working directory
+    r = enforcer.exec("t-agent", ["pwd"], cwd="/usr/share")
+    assert r.returncode == 0 and r.stdout == "/usr/share\n", r.stdout + r.stderr
+    fd = os.open(enforcer.state, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        r = enforcer.exec("t-agent", ["true"], stdin=fd)
+    finally:
+        os.close(fd)
+    assert r.returncode != 0 and "directory" in r.stderr, r.stdout + r.stderr
+
+
 def test_exec_state_dir_after_the_command_keeps_argv(enforcer, servers):
     """`exec --agent A --state-dir D -- CMD ARGS`: CMD gets exactly its own
     arguments (the option taken out of argv must not leave copies behind)."""
