@@ -543,6 +543,24 @@ static void copy_str(char *dst, const char *src, size_t cap)
  * is copied into *pr, by length: the whole principal is some 7 KiB, and
  * this runs for every statement and request, under a lock the workers
  * share. */
+bool enforcer_identity_ok(const struct policy *p, int idx, char *why, size_t whylen)
+{
+	struct agent_rt *rt = &E->agents[idx];
+	bool ok;
+
+	if (p->agents[idx].identity.source == IDENT_LOCAL)
+		return true;
+	/* verified and exp only, not the 7 KiB principal: this runs per request */
+	pthread_mutex_lock(&rt->plock);
+	bool expired = rt->principal.exp > 0 && (int64_t)(now_ms_realtime() / 1000) >= rt->principal.exp;
+	ok = rt->principal.verified && !expired;
+	if (!ok && why)
+		snprintf(why, whylen, "identity not verified: %s",
+			 rt->principal.verified ? "token expired (exp passed)" : rt->principal.reason);
+	pthread_mutex_unlock(&rt->plock);
+	return ok;
+}
+
 void enforcer_audit_principal(int idx, struct audit_agent *a, struct ident_principal *pr)
 {
 	struct agent_rt *rt = &E->agents[idx];

@@ -165,6 +165,14 @@ struct audit_agent;
  * storage that must outlive the event being built, of which only source,
  * iss, sub and verified are set. */
 void enforcer_audit_principal(int idx, struct audit_agent *a, struct ident_principal *pr);
+/*
+ * For an agent with an OIDC identity, false while its principal is not
+ * verified (the token lost, refused or past its exp), with "identity not
+ * verified: REASON" in why. A connection outlives the token it was opened
+ * with, so protocol modules ask for every request and statement, not only
+ * the accept. True for a local agent. Thread-safe.
+ */
+bool enforcer_identity_ok(const struct policy *p, int idx, char *why, size_t whylen);
 /* True when the agent may be granted target t: by name, or (agents with an
  * OIDC identity) by some binding on claims, decided per connection. */
 bool enforcer_may_target(const struct policy *p, int idx, int t);

@@ -448,6 +448,10 @@ static bool decide(struct conn *c, const struct ident_principal *user, const cha
 	enum verdict v, uv = V_ALLOW;
 	char urule[96];
 
+	if (c->agent_idx >= 0 && !enforcer_identity_ok(c->policy, c->agent_idx, r->why, sizeof(r->why))) {
+		r->reason = r->why;
+		return false;
+	}
 	if (n > ENFORCER_MAX_RULES) {
 		r->reason = "too many rules for this target";
 		return false;
@@ -489,6 +493,10 @@ static bool decide_k8s(struct conn *c, const struct ident_principal *user, const
 	enum k8s_verdict v, uv;
 	size_t n;
 
+	if (c->agent_idx >= 0 && !enforcer_identity_ok(c->policy, c->agent_idx, r->why, sizeof(r->why))) {
+		r->reason = r->why;
+		return false;
+	}
 	if (k8s_resolve(method, path, plen, (const char *)tg->query, tg->query ? tg->query_len : 0, upgrade,
 			&kr) < 0) {
 		r->reason = "the request cannot be attributed to a Kubernetes verb and resource";

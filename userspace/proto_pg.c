@@ -1133,6 +1133,8 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 		snprintf(why, whylen, "query text is not valid UTF-8");
 		goto early;
 	}
+	if (!enforcer_identity_ok(c->policy, c->agent_idx, why, whylen))
+		goto early;
 	nr = enforcer_rules_for(c->policy, c->agent_idx, c->target_idx, rules, ENFORCER_MAX_RULES);
 	if (nr > ENFORCER_MAX_RULES) {
 		snprintf(why, whylen, "too many rules for this target");
@@ -3107,6 +3109,11 @@ static int fe_execute(struct conn *c, const struct pg_msg *m)
 		snprintf(why, sizeof(why), "portal \"%.64s\" was not allowed (or does not exist)", name);
 		return standin(c, false, PG_DENY_NAME, why, NULL, "extended");
 	}
+	/* A portal was judged when its statement was parsed; the agent's
+	 * identity may have been lost since (a prepared statement can run for
+	 * the life of the session) */
+	if (!enforcer_identity_ok(c->policy, c->agent_idx, why, sizeof(why)) && enforcer_should_refuse(c, why))
+		return standin(c, false, PG_DENY_NAME, why, NULL, "extended");
 	/* Masking reads each row by its description, which the server sends
 	 * only when asked: a client that executes without a Describe would
 	 * otherwise get its rows unread, unmasked. We ask, and keep the

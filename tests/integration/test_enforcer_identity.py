@@ -3,7 +3,10 @@
 identity from a real OpenID provider (tests/oidc, oidc-provider) gets a
 verified principal, which status and every audit event carry; without a
 verified identity its connections are refused (fail closed)."""
+import json
 import os
+import subprocess
+import textwrap
 
 from conftest import connect_code
 from test_token import AUDIENCE, CLIENT_ID, CLIENT_SECRET, idp  # noqa: F401 (fixture)
@@ -108,3 +111,124 @@ def test_binding_by_claims(enforcer, servers, idp, tmp):
     assert out and (out[0] in ("ERR", "ERR-IO") or out[-1] == "<eof>"), r.stdout + r.stderr
     ev = enforcer.wait_event(lambda e: e.get("activity_name") == "Refuse")
     assert ev and "claims" in ev["unmapped"]["reason"]
+
+
+# An agent that holds one connection open across the loss of its identity:
+# one exchange, then it waits for FLAG, then another on the same connection.
+# Prints one JSON line per exchange.
+HOLDS_OPEN = textwrap.dedent(r"""
+    import json, os, socket, sys, time
+    sys.path.insert(0, sys.argv[4])
+    kind, port, flag = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    if kind == "http":
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        def exchange():
+            s.sendall(b"GET /v1/x HTTP/1.1\r\nHost: api.internal\r\n\r\n")
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += s.recv(65536)
+            head, body = buf.split(b"\r\n\r\n", 1)
+            n = int([l.split(b":")[1] for l in head.split(b"\r\n")
+                     if l.lower().startswith(b"content-length:")][0])
+            while len(body) < n:
+                body += s.recv(65536)
+            return [int(head.split()[1]), body[:n].decode()]
+    else:
+        from pgraw import Conn, Q, P, B, E, S, summary
+        c = Conn("127.0.0.1", port, user="agent")
+        c.send(P("q", "SELECT count(*) FROM customers") + S)
+        c.until_ready()
+        def exchange():
+            c.send(B("", "q") + E("") + S)
+            out = summary(c.until_ready())
+            c.send(Q("SELECT count(*) FROM customers"))
+            return [out, summary(c.until_ready())]
+    print(json.dumps(exchange()), flush=True)
+    while not os.path.exists(flag):
+        time.sleep(0.05)
+    print(json.dumps(exchange()), flush=True)
+""")
+
+
+def lose_identity_midway(enforcer, tmp, p, kind, port):
+    """Runs HOLDS_OPEN as t-bot; stops the provider between its two
+    exchanges and waits until the principal is unverified. Returns both."""
+    from conftest import AG, PY, HELPERS
+    flag = os.path.join(tmp, "identity-lost")
+    agent = subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", "t-bot", "--",
+                              PY, "-c", HOLDS_OPEN, kind, str(port), flag, HELPERS],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = json.loads(agent.stdout.readline() or "null")
+        p.stop()
+        ev = enforcer.wait_event(lambda e: e.get("class_uid") == 3002 and
+                                 e["unmapped"]["agent"]["principal"]["verified"] is False, timeout=20)
+        assert ev, "the principal did not become unverified"
+        open(flag, "w").close()
+        second = json.loads(agent.stdout.readline() or "null")
+    finally:
+        agent.kill()
+        err = agent.communicate(timeout=10)[1]
+    assert first and second, err
+    return first, second
+
+
+def test_identity_lost_stops_requests_on_open_http_connection(enforcer, servers, tmp):
+    """A keep-alive HTTP connection opened while the agent was verified: once
+    its identity is lost, the next request on it is refused (403, the
+    reason named) and never reaches the upstream. The check was made only
+    when a connection was accepted (found by review, stop 23)."""
+    from test_http import Recorder
+    from test_token import Provider
+    p = Provider(tmp, ttl=6)
+    try:
+        rec = Recorder(tmp, servers.procs)
+        path = secret_file(tmp)
+        enforcer.start(f"""
+        version: 1
+        agents:
+          - name: t-bot
+            identity: {{source: client_credentials, issuer: "{p.issuer}", client_id: {CLIENT_ID},
+                        client_secret_file: {path}, audience: "{AUDIENCE}"}}
+        targets: [{{name: api, protocol: http, address: 127.0.0.1:{rec.port},
+                    upstream: {{server_name: api.internal}}}}]
+        roles: [{{name: r, rules: [{{target: api, allow: {{http: ["GET /v1/x"]}}}}]}}]
+        bindings: [{{role: r, agents: [t-bot]}}]
+        """)
+        first, second = lose_identity_midway(enforcer, tmp, p, "http", rec.port)
+        assert first[0] == 200, first
+        assert second[0] == 403 and "identity not verified" in second[1], second
+        assert rec.all().count(b"GET /v1/x") == 1, rec.all()
+    finally:
+        p.stop()
+
+
+def test_identity_lost_stops_statements_on_open_postgres_session(enforcer, pg, tmp):
+    """The same for a PostgreSQL session: after the loss, neither a new
+    statement nor a statement prepared before it runs (42501)."""
+    from test_token import Provider
+    p = Provider(tmp, ttl=6)
+    try:
+        path, pw = secret_file(tmp), os.path.join(tmp, "pw")
+        with open(pw, "w") as f:
+            f.write("app-secret-pw\n")
+        os.chmod(pw, 0o600)
+        enforcer.start(f"""
+        version: 1
+        agents:
+          - name: t-bot
+            identity: {{source: client_credentials, issuer: "{p.issuer}", client_id: {CLIENT_ID},
+                        client_secret_file: {path}, audience: "{AUDIENCE}"}}
+        targets: [{{name: shop, protocol: postgres, address: 127.0.0.1:{pg.port},
+                    upstream: {{user: app, password_file: {pw}, database: shop, tls: disable}}}}]
+        roles: [{{name: r, rules: [{{target: shop, allow: {{statements: [select], tables: [public.customers]}}}}]}}]
+        bindings: [{{role: r, agents: [t-bot]}}]
+        """)
+        first, second = lose_identity_midway(enforcer, tmp, p, "pg", pg.port)
+        assert any(x.startswith("D:") for x in first[0]) and any(x.startswith("D:") for x in first[1]), first
+        for out in second:
+            assert not any(x.startswith("D:") for x in out), second
+            assert any(x.startswith("E:42501:agentgate: denied") and "identity not verified" in x
+                       for x in out), second
+    finally:
+        p.stop()
