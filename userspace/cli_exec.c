@@ -231,8 +231,19 @@ static int switch_user(const char *user)
  *   with whoever ran exec (an operator's root shell runs them when the agent
  *   exits). Refused with EPERM; the kernel reads the request as 32 bits,
  *   and so does this check.
+ * - socket and socketpair in a family the cgroup hooks do not see: AF_VSOCK
+ *   to the hypervisor, AF_RDS and AF_TIPC (sent by kernel threads of the
+ *   root cgroup), AF_CAN, AF_BLUETOOTH, AF_ALG, ... pass no hook at all.
+ *   Only AF_UNIX, AF_INET, AF_INET6 and AF_NETLINK may be created; any other
+ *   fails with EAFNOSUPPORT, as on a kernel without that family, which
+ *   programs are written to handle.
+ * - io_uring_setup: a ring's IORING_OP_SOCKET creates sockets without the
+ *   socket system call, so without this filter. It fails with ENOSYS, as on
+ *   a kernel without io_uring; libraries that use it then fall back to
+ *   system calls (the cgroup hooks see a ring's connect and sendmsg all the
+ *   same).
  * Other ABIs are killed (i386 through int 0x80 numbers its calls
- * otherwise); x32 calls fail. Classic BPF by hand: two rules do not need
+ * otherwise); x32 calls fail. Classic BPF by hand: four rules do not need
  * libseccomp.
  */
 #if defined(__x86_64__)
@@ -254,8 +265,19 @@ static int install_seccomp(void)
 		BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 0x40000000u /* __X32_SYSCALL_BIT */, 0, 1),
 		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
 #endif
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone3, 0, 1),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone3, 1, 0),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
 		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_socket, 1, 0),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_socketpair, 0, 7),
+		/* the family: the low 32 bits of args[0], an int to the kernel */
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_UNIX, 4, 0),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_INET, 3, 0),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_INET6, 2, 0),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_NETLINK, 1, 0),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EAFNOSUPPORT),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
 		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_ioctl, 0, 3),
 		/* the low 32 bits of args[1] (little-endian) */
 		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])),

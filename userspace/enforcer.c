@@ -1101,11 +1101,11 @@ static json_t *known_limits(void)
 	json_t *l = json_array();
 
 	json_array_append_new(l, json_string(
-		"AF_PACKET, AF_UNIX, AF_VSOCK and AF_NETLINK sockets are not seen by the cgroup socket hooks: "
-		"agents started with 'agentgate exec' lose CAP_NET_RAW (no AF_PACKET); for attached cgroups run the "
-		"agent without CAP_NET_RAW and restrict AF_UNIX by mount isolation"));
-	if (!f->lsm)
-		json_array_append_new(l, json_string("BPF LSM programs do not load on this host: no LSM backstop"));
+		"sockets of families other than AF_INET and AF_INET6 (AF_UNIX, AF_NETLINK, AF_PACKET, AF_VSOCK, "
+		"AF_RDS, ...) are not seen by the cgroup socket hooks, and this build has no BPF LSM program: "
+		"'agentgate exec' lets agents create only AF_UNIX, AF_INET, AF_INET6 and AF_NETLINK sockets (no "
+		"io_uring) and drops CAP_NET_RAW and CAP_NET_ADMIN; for attached cgroups restrict the families "
+		"(systemd RestrictAddressFamilies=) and AF_UNIX by mount isolation"));
 	json_array_append_new(l, json_string(
 		"sockets created outside the agent cgroup and passed in (SCM_RIGHTS, pidfd_getfd), or created before "
 		"a process moved into it, belong to their original cgroup and are not enforced: start agents with "
