@@ -335,7 +335,20 @@ static void print_event(const char *line, bool as_json)
 	json_t *ev;
 
 	if (as_json) {
-		printf("%s\n", line);
+		/* The line is valid JSON whose strings hold what agents sent,
+		 * only U+0000-U+001F escaped: on a terminal, C1 controls (an
+		 * 8-bit CSI is U+009B) and bidi overrides would act. There it
+		 * is written again with every non-ASCII character as \uXXXX,
+		 * the same JSON; into a pipe or file, the spooled bytes as they
+		 * are (they are what the chain hashes). */
+		char *ascii = NULL;
+
+		if (isatty(STDOUT_FILENO) && (ev = json_loads(line, 0, NULL))) {
+			ascii = json_dumps(ev, JSON_COMPACT | JSON_ENSURE_ASCII | JSON_PRESERVE_ORDER);
+			json_decref(ev);
+		}
+		printf("%s\n", ascii ? ascii : isatty(STDOUT_FILENO) ? "{\"error\":\"unreadable line\"}" : line);
+		free(ascii);
 		return;
 	}
 	ev = json_loads(line, 0, NULL);

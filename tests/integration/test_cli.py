@@ -168,3 +168,56 @@ def test_audit_tail_escapes_what_agents_choose(enforcer, servers):
     assert len(line) == 1, human
     assert "\r" not in human and "\x1b" not in human and "\u202e" not in human, repr(human)
     assert '\\"\\x0d\\x1b[2K1796050389999 #99' in line[0] and "\\xe2\\x80\\xae" in line[0], line[0]
+
+
+def test_audit_tail_json_on_a_terminal_escapes_controls(enforcer, pg, tmp):
+    """Event strings hold what agents sent with only U+0000-U+001F escaped, so
+    `audit tail --json` wrote C1 controls (U+009B is an 8-bit CSI) and bidi
+    overrides raw onto the operator's terminal (review, stop 23). On a
+    terminal every non-ASCII character is now written as \\uXXXX; into a
+    pipe the line stays the spooled bytes."""
+    import pty
+    pw = os.path.join(tmp, "pw")
+    with open(pw, "w") as f:
+        f.write("app-secret-pw\n")
+    os.chmod(pw, 0o600)
+    enforcer.start(f"""
+    version: 1
+    agents: [{{name: t-agent}}]
+    targets: [{{name: shop, protocol: postgres, address: 127.0.0.1:{pg.port},
+                upstream: {{user: app, password_file: {pw}, database: shop, tls: disable}}}}]
+    roles: [{{name: r, rules: [{{target: shop, allow: {{statements: [select], tables: [public.customers]}}}}]}}]
+    bindings: [{{role: r, agents: [t-agent]}}]
+    """)
+    r = enforcer.py("t-agent", f"""
+    import sys
+    sys.path.insert(0, {os.path.join(ROOT, "tests", "integration", "helpers")!r})
+    from pgraw import Conn, Q
+    c = Conn("127.0.0.1", {pg.port}, user="agent\\u009b2J\\u202e")
+    c.send(Q("SELECT 1"))
+    c.until_ready()
+    c.close()
+    print("done")
+    """)
+    assert r.stdout.strip() == "done", r.stdout + r.stderr
+    evil = "agent\u009b2J\u202e".encode()
+    piped = lambda: enforcer.cli("audit", "tail", "-n", "50", "--json").stdout.encode()
+    assert wait_for(lambda: evil in piped()), "the event with the user is not there"
+    pid, master = pty.fork()
+    if pid == 0:
+        os.execv(AG, [AG, "--state-dir", enforcer.state, "audit", "tail", "-n", "50", "--json"])
+    out = b""
+    while True:
+        try:
+            d = os.read(master, 65536)
+        except OSError:
+            break
+        if not d:
+            break
+        out += d
+    os.waitpid(pid, 0)
+    os.close(master)
+    assert b"\xc2\x9b" not in out and b"\xe2\x80\xae" not in out, out
+    assert b"agent\\u009b2j\\u202e" in out.lower(), re.findall(rb'"user":"agent.{0,30}', out)
+    lines = [l for l in out.replace(b"\r\n", b"\n").split(b"\n") if l.strip()]
+    assert lines and all(json.loads(l) for l in lines)   # still JSON, line by line

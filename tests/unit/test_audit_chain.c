@@ -165,6 +165,36 @@ static void test_bad_signature(void)
 	free(ed);
 }
 
+/* The key id in a checkpoint comes from the file under test: a forged one
+ * holding terminal controls (an ESC that erases the BROKEN line and prints a
+ * fake OK) is not echoed into the report (review, stop 23). The checkpoint
+ * is made the file's last line (no successor whose prev_hash would catch
+ * the edit first) and its signature is spoiled, so the report names keys. */
+static void test_forged_key_id_not_echoed(void)
+{
+	char *saved = lines[10], *m, *ed;
+	struct audit_verify_report r;
+	size_t len = strlen(saved) + 64;
+
+	m = strstr(saved, "\"key_id\":\"");
+	CHECK(m != NULL);
+	if (!m)
+		return;
+	ed = malloc(len);
+	/* the same line with key_id "\r\u001b[2KOK" */
+	snprintf(ed, len, "%.*s\"key_id\":\"\\r\\u001b[2KOK%s", (int)(m - saved), saved,
+		 strchr(m + 10, '"'));
+	m = strstr(ed, "\"signature\":\"") + 13;
+	m[3] = m[3] == 'a' ? 'b' : 'a';
+	lines[10] = ed;
+	r = verify_lines(ident, 11, pub);
+	CHECK(r.kind == AUDIT_BAD_SIGNATURE && r.line == 11);
+	CHECK(strchr(r.detail, '\x1b') == NULL && strchr(r.detail, '\r') == NULL);
+	CHECK(strstr(r.detail, "(not a key id)") != NULL);
+	lines[10] = saved;
+	free(ed);
+}
+
 static void test_wrong_key(void)
 {
 	char other[] = "/tmp/ag-audit-chain-other-XXXXXX";
@@ -288,6 +318,7 @@ int main(void)
 	RUN(test_deleted);
 	RUN(test_reordered);
 	RUN(test_bad_signature);
+	RUN(test_forged_key_id_not_echoed);
 	RUN(test_wrong_key);
 	RUN(test_truncated_tail);
 	RUN(test_review_tamper);
