@@ -375,6 +375,27 @@ def enforcer(tmp):
     e.cleanup()
 
 
+def pty_run(argv):
+    """Runs argv with a new pseudo-terminal as its stdin, stdout and stderr
+    (its controlling terminal); returns all it wrote there."""
+    import pty
+    pid, master = pty.fork()
+    if pid == 0:
+        os.execv(argv[0], argv)
+    out = b""
+    while True:
+        try:
+            d = os.read(master, 65536)
+        except OSError:   # EIO: the child is gone and the terminal drained
+            break
+        if not d:
+            break
+        out += d
+    os.waitpid(pid, 0)
+    os.close(master)
+    return out
+
+
 def connect_code(host, port, family="AF_INET", send=b"hello\n"):
     """Python snippet for an agent: connect, send, print reply and getpeername, or the errno."""
     return f"""

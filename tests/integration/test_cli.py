@@ -6,7 +6,7 @@ import re
 import subprocess
 import time
 
-from conftest import AG, ROOT, wait_for
+from conftest import AG, ROOT, pty_run, wait_for
 
 
 def run(*args, **kw):
@@ -176,7 +176,6 @@ def test_audit_tail_json_on_a_terminal_escapes_controls(enforcer, pg, tmp):
     overrides raw onto the operator's terminal (review, stop 23). On a
     terminal every non-ASCII character is now written as \\uXXXX; into a
     pipe the line stays the spooled bytes."""
-    import pty
     pw = os.path.join(tmp, "pw")
     with open(pw, "w") as f:
         f.write("app-secret-pw\n")
@@ -203,20 +202,7 @@ def test_audit_tail_json_on_a_terminal_escapes_controls(enforcer, pg, tmp):
     evil = "agent\u009b2J\u202e".encode()
     piped = lambda: enforcer.cli("audit", "tail", "-n", "50", "--json").stdout.encode()
     assert wait_for(lambda: evil in piped()), "the event with the user is not there"
-    pid, master = pty.fork()
-    if pid == 0:
-        os.execv(AG, [AG, "--state-dir", enforcer.state, "audit", "tail", "-n", "50", "--json"])
-    out = b""
-    while True:
-        try:
-            d = os.read(master, 65536)
-        except OSError:
-            break
-        if not d:
-            break
-        out += d
-    os.waitpid(pid, 0)
-    os.close(master)
+    out = pty_run([AG, "--state-dir", enforcer.state, "audit", "tail", "-n", "50", "--json"])
     assert b"\xc2\x9b" not in out and b"\xe2\x80\xae" not in out, out
     assert b"agent\\u009b2j\\u202e" in out.lower(), re.findall(rb'"user":"agent.{0,30}', out)
     lines = [l for l in out.replace(b"\r\n", b"\n").split(b"\n") if l.strip()]

@@ -8,7 +8,8 @@ import subprocess
 import textwrap
 import time
 
-from conftest import (AG, CG2, DNS_BASE, PY, TCP_PORT, URING, connect_code, detach_all, wait_for)
+from conftest import (AG, CG2, DNS_BASE, PY, TCP_PORT, URING, connect_code, detach_all, pty_run,
+                      wait_for)
 
 
 # sock_create, connect4/6, sendmsg4/6, recvmsg4/6, getpeername4/6, bind4/6,
@@ -1156,7 +1157,6 @@ def test_exec_refuses_clone3_into_cgroup_and_tiocsti(enforcer, servers):
     operator's root shell. exec now installs a seccomp filter: clone3 fails with ENOSYS
     (glibc falls back to clone, which cannot choose a cgroup) and TIOCSTI with EPERM,
     also with high bits set in the request."""
-    import pty
     port, _ = servers.echo()
     other, other_log = servers.echo()
     enforcer.start(enforce_policy(port))
@@ -1173,20 +1173,7 @@ def test_exec_refuses_clone3_into_cgroup_and_tiocsti(enforcer, servers):
     """)
     assert r.stdout.split() == ["0", "3"], r.stdout + r.stderr
     # TIOCSTI on exec's controlling terminal
-    pid, master = pty.fork()
-    if pid == 0:
-        os.execv(AG, [AG, "--state-dir", enforcer.state, "exec", "--agent", "t-agent", "--", PY, "-c", TIOCSTI])
-    out = b""
-    while True:
-        try:
-            d = os.read(master, 4096)
-        except OSError:
-            break
-        if not d:
-            break
-        out += d
-    os.waitpid(pid, 0)
-    os.close(master)
+    out = pty_run([AG, "--state-dir", enforcer.state, "exec", "--agent", "t-agent", "--", PY, "-c", TIOCSTI])
     assert out.split() == [b"TIOCSTI-EPERM", b"TIOCSTI-EPERM"], out
 
 

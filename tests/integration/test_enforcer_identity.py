@@ -20,7 +20,9 @@ def secret_file(tmp, secret=CLIENT_SECRET):
     return path
 
 
-def policy(tmp, issuer, port, secret=CLIENT_SECRET):
+def bot_policy(tmp, issuer, target, rule, secret=CLIENT_SECRET):
+    """t-bot, with a client_credentials identity from issuer, bound by name
+    to one role holding rule for target (both YAML flow mappings)."""
     path = secret_file(tmp, secret)
     return f"""
     version: 1
@@ -28,10 +30,15 @@ def policy(tmp, issuer, port, secret=CLIENT_SECRET):
       - name: t-bot
         identity: {{source: client_credentials, issuer: "{issuer}", client_id: {CLIENT_ID},
                     client_secret_file: {path}, audience: "{AUDIENCE}"}}
-    targets: [{{name: echo, protocol: tcp, address: 127.0.0.1:{port}}}]
-    roles: [{{name: r, rules: [{{target: echo}}]}}]
+    targets: [{target}]
+    roles: [{{name: r, rules: [{rule}]}}]
     bindings: [{{role: r, agents: [t-bot]}}]
     """
+
+
+def policy(tmp, issuer, port, secret=CLIENT_SECRET):
+    return bot_policy(tmp, issuer, f"{{name: echo, protocol: tcp, address: 127.0.0.1:{port}}}",
+                      "{target: echo}", secret)
 
 
 def test_verified_principal_in_status_and_audit(enforcer, servers, idp, tmp):
@@ -183,18 +190,10 @@ def test_identity_lost_stops_requests_on_open_http_connection(enforcer, servers,
     p = Provider(tmp, ttl=6)
     try:
         rec = Recorder(tmp, servers.procs)
-        path = secret_file(tmp)
-        enforcer.start(f"""
-        version: 1
-        agents:
-          - name: t-bot
-            identity: {{source: client_credentials, issuer: "{p.issuer}", client_id: {CLIENT_ID},
-                        client_secret_file: {path}, audience: "{AUDIENCE}"}}
-        targets: [{{name: api, protocol: http, address: 127.0.0.1:{rec.port},
-                    upstream: {{server_name: api.internal}}}}]
-        roles: [{{name: r, rules: [{{target: api, allow: {{http: ["GET /v1/x"]}}}}]}}]
-        bindings: [{{role: r, agents: [t-bot]}}]
-        """)
+        enforcer.start(bot_policy(
+            tmp, p.issuer,
+            f"{{name: api, protocol: http, address: 127.0.0.1:{rec.port}, upstream: {{server_name: api.internal}}}}",
+            '{target: api, allow: {http: ["GET /v1/x"]}}'))
         first, second = lose_identity_midway(enforcer, tmp, p, "http", rec.port)
         assert first[0] == 200, first
         assert second[0] == 403 and "identity not verified" in second[1], second
@@ -209,21 +208,15 @@ def test_identity_lost_stops_statements_on_open_postgres_session(enforcer, pg, t
     from test_token import Provider
     p = Provider(tmp, ttl=6)
     try:
-        path, pw = secret_file(tmp), os.path.join(tmp, "pw")
+        pw = os.path.join(tmp, "pw")
         with open(pw, "w") as f:
             f.write("app-secret-pw\n")
         os.chmod(pw, 0o600)
-        enforcer.start(f"""
-        version: 1
-        agents:
-          - name: t-bot
-            identity: {{source: client_credentials, issuer: "{p.issuer}", client_id: {CLIENT_ID},
-                        client_secret_file: {path}, audience: "{AUDIENCE}"}}
-        targets: [{{name: shop, protocol: postgres, address: 127.0.0.1:{pg.port},
-                    upstream: {{user: app, password_file: {pw}, database: shop, tls: disable}}}}]
-        roles: [{{name: r, rules: [{{target: shop, allow: {{statements: [select], tables: [public.customers]}}}}]}}]
-        bindings: [{{role: r, agents: [t-bot]}}]
-        """)
+        enforcer.start(bot_policy(
+            tmp, p.issuer,
+            f"{{name: shop, protocol: postgres, address: 127.0.0.1:{pg.port}, "
+            f"upstream: {{user: app, password_file: {pw}, database: shop, tls: disable}}}}",
+            "{target: shop, allow: {statements: [select], tables: [public.customers]}}"))
         first, second = lose_identity_midway(enforcer, tmp, p, "pg", pg.port)
         assert any(x.startswith("D:") for x in first[0]) and any(x.startswith("D:") for x in first[1]), first
         for out in second:
