@@ -515,6 +515,13 @@ struct audit_w *enforcer_conn_event(struct conn *c, int activity_id, const char 
 	return w;
 }
 
+/* A held token stops counting at its exp, whenever the main loop gets to
+ * expiring it (once a second; later when busy or stopped). */
+static bool past_exp(int64_t exp)
+{
+	return exp > 0 && (int64_t)(now_ms_realtime() / 1000) >= exp;
+}
+
 void enforcer_principal(int idx, struct ident_principal *out)
 {
 	struct agent_rt *rt = &E->agents[idx];
@@ -522,10 +529,8 @@ void enforcer_principal(int idx, struct ident_principal *out)
 	pthread_mutex_lock(&rt->plock);
 	*out = rt->principal;
 	pthread_mutex_unlock(&rt->plock);
-	/* The main loop expires a held token once a second; should it be
-	 * late (busy, or stopped), the token still stops counting at its
-	 * time: a connection or a binding by claims never rides on it. */
-	if (out->verified && out->exp > 0 && (int64_t)(now_ms_realtime() / 1000) >= out->exp) {
+	/* a connection or a binding by claims never rides on a token past its exp */
+	if (out->verified && past_exp(out->exp)) {
 		out->verified = false;
 		snprintf(out->reason, sizeof(out->reason), "token expired (exp passed)");
 	}
@@ -552,8 +557,7 @@ bool enforcer_identity_ok(const struct policy *p, int idx, char *why, size_t why
 		return true;
 	/* verified and exp only, not the 7 KiB principal: this runs per request */
 	pthread_mutex_lock(&rt->plock);
-	bool expired = rt->principal.exp > 0 && (int64_t)(now_ms_realtime() / 1000) >= rt->principal.exp;
-	ok = rt->principal.verified && !expired;
+	ok = rt->principal.verified && !past_exp(rt->principal.exp);
 	if (!ok && why)
 		snprintf(why, whylen, "identity not verified: %s",
 			 rt->principal.verified ? "token expired (exp passed)" : rt->principal.reason);

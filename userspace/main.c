@@ -341,13 +341,14 @@ static void print_event(const char *line, bool as_json)
 		 * is written again with every non-ASCII character as \uXXXX,
 		 * the same JSON; into a pipe or file, the spooled bytes as they
 		 * are (they are what the chain hashes). */
+		bool tty = isatty(STDOUT_FILENO);
 		char *ascii = NULL;
 
-		if (isatty(STDOUT_FILENO) && (ev = json_loads(line, 0, NULL))) {
+		if (tty && (ev = json_loads(line, 0, NULL))) {
 			ascii = json_dumps(ev, JSON_COMPACT | JSON_ENSURE_ASCII | JSON_PRESERVE_ORDER);
 			json_decref(ev);
 		}
-		printf("%s\n", ascii ? ascii : isatty(STDOUT_FILENO) ? "{\"error\":\"unreadable line\"}" : line);
+		printf("%s\n", ascii ? ascii : tty ? "{\"error\":\"unreadable line\"}" : line);
 		free(ascii);
 		return;
 	}
