@@ -227,6 +227,7 @@ struct walker {
 	bool denied, nocache, may_write;
 	bool names_unknown;            /* ctx->names_stale, or an earlier statement changed them */
 	int in_from_func;              /* inside a function (or XMLTABLE) in FROM */
+	unsigned lineage_steps;        /* derived_has() calls so far (LINEAGE_STEPS_MAX) */
 };
 
 static void deny(struct walker *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -558,9 +559,25 @@ static struct entry *add_entry(struct walker *w, struct scope *sc, const char *r
 
 static bool entry_masked_at(struct walker *w, const struct entry *e, const char *col, int depth);
 
+/*
+ * Lineage is a graph, not a tree: every reference to a CTE shares its
+ * derived table, so a short text (CTEs that each select from sixteen copies
+ * of the one before) makes the number of paths 16^levels, and an unbounded
+ * walk ran for minutes on one worker. Past this many steps the statement is
+ * refused; a real query's lineage takes a few dozen.
+ */
+#define LINEAGE_STEPS_MAX 20000
+
 /* Does derived table d expose col (NULL: any column) with masked lineage? */
 static bool derived_has(struct walker *w, const struct derived *d, const char *col, int depth)
 {
+	if (w->denied)
+		return true;   /* the verdict is made; no more work for it */
+	if (++w->lineage_steps > LINEAGE_STEPS_MAX) {
+		deny(w, "statement too complex (lineage of masked columns past %d steps)",
+		     LINEAGE_STEPS_MAX);
+		return true;
+	}
 	if (d->star_masked || depth > 32)
 		return true;
 	if (!col && d->nmasked)
@@ -3182,6 +3199,7 @@ static enum cache_as judge_parsed(struct tstate *t, const struct pgc_ctx *ctx,
 	w->denied = w->nocache = false;
 	w->names_unknown = ctx->names_stale;
 	w->in_from_func = 0;
+	w->lineage_steps = 0;
 	w->deny_at = -1;
 	out->denied_stmt = -1;
 	w->ctx = ctx;

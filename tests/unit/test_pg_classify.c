@@ -1543,6 +1543,32 @@ static void test_limits(void)
 	r = judge(s);
 	CHECK(r.verdict == PGC_DENY && strstr(r.reason, "nested too deeply"));
 	free(s);
+	/* lineage as a graph: CTEs that each select from sixteen copies of
+	 * the one before are 16^levels paths to a masked table (eight levels
+	 * walked for minutes); refused once the walk is past its budget, and
+	 * a small one of the same shape still judged */
+	{
+		char *q = malloc(4096);
+		size_t o;
+
+		CHECK(q != NULL);
+		for (int levels = 2; q && levels <= 8; levels += 6) {
+			o = (size_t)snprintf(q, 4096, "WITH a0 AS (SELECT * FROM customers)");
+			for (int l = 1; l <= levels; l++) {
+				o += (size_t)snprintf(q + o, 4096 - o, ", a%d AS (SELECT * FROM ", l);
+				for (int k = 0; k < 16; k++)
+					o += (size_t)snprintf(q + o, 4096 - o, "%sa%d x%d", k ? ", " : "", l - 1, k);
+				o += (size_t)snprintf(q + o, 4096 - o, ")");
+			}
+			snprintf(q + o, 4096 - o, " SELECT id FROM a%d", levels);
+			r = judge(q);
+			if (levels == 2)
+				CHECK(r.verdict == PGC_ALLOW);
+			else
+				CHECK(r.verdict == PGC_DENY && strstr(r.reason, "too complex"));
+		}
+		free(q);
+	}
 	/* past the pre-scan threshold: a lexer error is a parse error */
 	s = repeat_sql("SELECT 1", ", 1 /* c */ -- x\n", 1000, ", 'unterminated", "", 0, "");
 	r = judge(s);
