@@ -28,9 +28,12 @@ static uint32_t be32(const uint8_t *p)
 
 uint32_t pg_frame_size(const uint8_t *buf, size_t len)
 {
+	uint32_t l;
+
 	if (len < 5)
 		return 0;
-	return be32(buf + 1) + 1;
+	l = be32(buf + 1);
+	return l == UINT32_MAX ? UINT32_MAX : l + 1;   /* not 0: "not known yet" */
 }
 
 int pg_frame(const uint8_t *buf, size_t len, uint32_t max, struct pg_msg *m)
@@ -268,7 +271,9 @@ int pg_parse_bind(const struct pg_msg *m, struct pg_bind *b)
 			pg_rd_bytes(&r, (uint32_t)l);
 	}
 	b->nresult_formats = pg_rd_i16(&r);
-	if (b->nresult_formats < 0)
+	/* one per result column at most, and no row has more columns: the
+	 * enforcer keeps a portal's formats, an agent's bytes to hold */
+	if (b->nresult_formats < 0 || b->nresult_formats > PG_FIELDS_MAX)
 		return -EBADMSG;
 	b->result_formats = pg_rd_bytes(&r, (uint32_t)b->nresult_formats * 2);
 	if (!b->result_formats || !formats_ok(b->result_formats, b->nresult_formats))
@@ -539,12 +544,12 @@ static bool out_room(struct pg_out *o, size_t n)
 
 	if (o->overflow)
 		return false;
-	if (o->len + n <= o->cap)
-		return true;
-	if (o->len + n > o->max || o->len + n < o->len) {
+	if (n > SIZE_MAX - o->len || o->len + n > o->max) {
 		o->overflow = true;
 		return false;
 	}
+	if (o->len + n <= o->cap)
+		return true;
 	cap = o->cap ? o->cap : 256;
 	while (cap < o->len + n)
 		cap *= 2;

@@ -102,7 +102,9 @@
 
 #define PG_MSG_MAX      CONN_IN_LIMIT     /* largest message either side may send */
 #define PG_PEND_MAX     8192              /* requests in flight per session */
-#define PG_NAMES_MAX    4096              /* named statements + portals per session */
+#define PG_NAMES_MAX    4096              /* named prepared statements per session */
+#define PG_PORTALS_MAX  256               /* named portals per session (each may hold a
+					     * masking plan of a few KiB) */
 #define PG_COLNAME_MAX  200               /* "schema.relation.column": 3 x 63 bytes + 2 dots */
 #define PG_CANCEL_MAX   65536             /* live sessions with a cancel key, all workers */
 #define PG_DENY_TEXT    "agentgate denied"   /* the stand-in: a syntax error at parse time */
@@ -915,7 +917,7 @@ static void *map_set(struct pg_map *m, const char *name, void *val, bool *full)
 	if (!val)
 		return NULL;
 	n = strlen(name);
-	if (m->n >= PG_NAMES_MAX || !(e = malloc(sizeof(*e) + n + 1))) {
+	if (m->n >= (m->portals ? PG_PORTALS_MAX : PG_NAMES_MAX) || !(e = malloc(sizeof(*e) + n + 1))) {
 		if (full)
 			*full = true;
 		return NULL;

@@ -274,3 +274,35 @@ def test_big_messages_do_not_keep_their_buffers(enforcer, pg, tmp):
     finally:
         p.stdin.close()
         p.wait(timeout=30)
+
+
+def test_portals_and_their_formats_are_bounded(enforcer, pg, tmp):
+    """Named portals left open without a Sync, each Bound with the most result
+    formats a message can carry: the enforcer kept every portal's formats (4,096
+    portals x 32,767 bytes, 134 MB per connection). Now a Bind with more result
+    formats than a row can have columns (1,664) ends the session as malformed,
+    and past 256 named portals a Bind is refused with an error while the session
+    goes on (found by review, stop 24)."""
+    enforcer.start(policy(pg, tmp))
+    code = f"""
+        c = Conn("127.0.0.1", {pg.port})
+        c.send(P("s", "SELECT 1 AS one") + b"".join(B(f"p{{i}}", "s", result_formats=(0,)) for i in range(257)) + S)
+        got = summary(c.until_ready())
+        c.send(Q("SELECT 2 AS two"))
+        after = summary(c.until_ready())
+        c.close()
+        c = Conn("127.0.0.1", {pg.port})
+        c.send(P("", "SELECT 1 AS one") + B("p", "", result_formats=(0,) * 1665) + S)
+        big = summary(c.until_ready())
+        big.append("EOF" if c.read()[0] is None else "more")
+        print(json.dumps({{"got": got, "after": after, "big": big}}))
+    """
+    out = agent_py(enforcer, code)
+    got = out["got"]
+    assert got[0] == "1" and got.count("2") == 256, got[:3]
+    errs = [m for m in got if m.startswith("E:")]
+    assert len(errs) == 1 and "too many portals" in errs[0] and got[-1] == "ZI", errs
+    assert out["after"] == ["T", "D:2", "C:SELECT 1", "ZI"], out["after"]
+    big = out["big"]
+    # FATAL (with the ReadyForQuery libpq needs to take it), then the end of the session
+    assert big == ["E:08P01:agentgate: malformed Bind message", "ZI", "EOF"], big

@@ -36,6 +36,12 @@ static void test_frame(void)
 	/* D19: a huge announced length is refused from the header alone */
 	CHECK(pg_frame(huge, sizeof(huge), 1 << 20, &m) == -EMSGSIZE);
 	CHECK(pg_frame_size(huge, sizeof(huge)) == 0x7ffffff1u);
+	{	/* the largest length a header can hold: no wrap to 0 ("not known yet") */
+		const uint8_t most[5] = { 'D', 0xff, 0xff, 0xff, 0xff };
+
+		CHECK(pg_frame_size(most, sizeof(most)) == UINT32_MAX);
+		CHECK(pg_frame(most, sizeof(most), 1 << 20, &m) == -EMSGSIZE);
+	}
 	CHECK(pg_frame(tiny, sizeof(tiny), 1 << 20, &m) == -EBADMSG);
 	seed("fe-query", 1, q, sizeof(q) - 1);
 	seed("fe-huge", 1, huge, sizeof(huge));
@@ -191,6 +197,21 @@ static void test_parse_bind(void)
 	pg_out_i16(&o, 2);
 	pg_out_end(&o);
 	CHECK(pg_frame(o.buf, o.len, 1 << 20, &m) > 0 && pg_parse_bind(&m, &bd) == -EBADMSG);
+	/* as many result formats as a row can have columns, and one more */
+	for (int nf = PG_FIELDS_MAX; nf <= PG_FIELDS_MAX + 1; nf++) {
+		pg_out_reset(&o);
+		pg_out_begin(&o, 'B');
+		pg_out_str(&o, "");
+		pg_out_str(&o, "");
+		pg_out_i16(&o, 0);
+		pg_out_i16(&o, 0);
+		pg_out_i16(&o, (int16_t)nf);
+		for (int i = 0; i < nf; i++)
+			pg_out_i16(&o, 1);
+		pg_out_end(&o);
+		CHECK(pg_frame(o.buf, o.len, 1 << 20, &m) > 0 &&
+		      pg_parse_bind(&m, &bd) == (nf <= PG_FIELDS_MAX ? 0 : -EBADMSG));
+	}
 	/* Describe of kind 'X' */
 	pg_out_reset(&o);
 	pg_out_target(&o, 'D', 'X', "");
