@@ -2823,10 +2823,10 @@ static size_t key_build(struct tstate *t, char kind, const struct pgc_ctx *ctx,
 	static const uint8_t none[32];
 	const uint8_t *cat = ctx->catalog ? ctx->catalog->hash : none;
 	size_t need = 1 + sizeof(ctx->policy_gen) + sizeof(none) + 1 + sizeof(nrules) + nrules * sizeof(void *) +
-		      sizeof(ctx->column_masked) + sizeof(ctx->arg) + splen + setlen + tlen;
+		      sizeof(ctx->column_masked) + sizeof(ctx->arg) + sizeof(ctx->arg_id) + splen + setlen + tlen;
 	char *p;
 
-	if (!ctx->policy_gen || tlen > CACHE_MAX_TEXT || nrules > 64)
+	if (!ctx->policy_gen || tlen > CACHE_MAX_TEXT || nrules > 64 || (ctx->arg && !ctx->arg_id))
 		return 0;
 	if (need > t->kcap) {
 		char *nb = realloc(t->kbuf, need);
@@ -2853,6 +2853,8 @@ static size_t key_build(struct tstate *t, char kind, const struct pgc_ctx *ctx,
 	p += sizeof(ctx->column_masked);
 	memcpy(p, &ctx->arg, sizeof(ctx->arg));
 	p += sizeof(ctx->arg);
+	memcpy(p, &ctx->arg_id, sizeof(ctx->arg_id));
+	p += sizeof(ctx->arg_id);
 	memcpy(p, sp, splen);
 	p += splen;
 	memcpy(p, set, setlen);
@@ -3197,9 +3199,9 @@ static enum cache_as judge_parsed(struct tstate *t, const struct pgc_ctx *ctx,
 	}
 	w->nst = w->nfuncs = w->nents = w->nders = w->nctes = w->depth = 0;
 	w->denied = w->nocache = false;
+	w->lineage_steps = 0;
 	w->names_unknown = ctx->names_stale;
 	w->in_from_func = 0;
-	w->lineage_steps = 0;
 	w->deny_at = -1;
 	out->denied_stmt = -1;
 	w->ctx = ctx;

@@ -82,13 +82,17 @@ struct pgc_ctx {                     /* per session, from the wire module */
 	 */
 	bool (*column_masked)(void *arg, const char *schema, const char *table, const char *column);
 	void *arg;
+	/* What arg is, for the verdict cache: a value no other arg ever had
+	 * (a session's memory, freed, comes back as another session's at the
+	 * same address). With arg set and arg_id 0, nothing is cached. */
+	uint64_t arg_id;
 	/*
 	 * Verdict cache. policy_gen must change whenever the rules or the masks
 	 * behind column_masked/arg may have changed (a policy reload, a different
 	 * principal's mask set); 0 disables the cache for this call. settings is
 	 * every other session setting that can change the verdict, as one string
-	 * (may be NULL). Rule pointers, column_masked and arg are part of the key
-	 * too.
+	 * (may be NULL). Rule pointers, column_masked, arg and arg_id are part
+	 * of the key too.
 	 */
 	uint64_t policy_gen;
 	const char *settings;

@@ -355,6 +355,7 @@ struct pg_sess {
 	struct pgc_result res;         /* scratch for the classifier */
 	struct pgc_result ures;        /* scratch: the delegating user's verdict */
 
+	uint64_t serial;               /* this session, among every session of the run */
 	struct pg_map stmts, portals;
 	struct pg_pend *q;             /* ring of pending requests */
 	uint32_t qhead, qlen, qcap;
@@ -1164,6 +1165,7 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 	 * functions or operators leaves the names read at the start behind */
 	if (r->changes_names && (r->verdict == PGC_ALLOW || c->policy->mode == POLICY_OBSERVE))
 		s->names_stale = true;
+		ctx.arg_id = s->serial;   /* s's address may have been another session's */
 	switch (r->verdict) {
 	case PGC_ALLOW:
 		why[0] = '\0';
@@ -4000,6 +4002,9 @@ static bool up_tls_verified(struct conn *c, char *why, size_t whylen)
 		return false;
 	}
 	X509_free(peer);
+/* Numbers sessions for the verdict cache (pgc_ctx.arg_id). */
+static uint64_t sess_serial;
+
 	v = SSL_get_verify_result(ssl);
 	if (v != X509_V_OK) {
 		snprintf(why, whylen, "certificate verify failed: %s", X509_verify_cert_error_string(v));
@@ -4008,6 +4013,7 @@ static bool up_tls_verified(struct conn *c, char *why, size_t whylen)
 	return true;
 }
 
+	s->serial = __atomic_add_fetch(&sess_serial, 1, __ATOMIC_RELAXED);
 /* The answer to DISCARD ALL after the agent's Terminate: CommandComplete,
  * perhaps ParameterStatus (settings back to their startup values), then
  * ReadyForQuery 'I' -> the pool. Anything else: the session ends as the

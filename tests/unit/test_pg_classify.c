@@ -1640,6 +1640,7 @@ static void test_cache(void)
 	pgc_cache_flush();
 	c.policy_gen = 7;
 	c.arg = &calls;
+	c.arg_id = 1;
 	judge_with(&c, q1, strlen(q1), ro, 1, &r);
 	CHECK(r.verdict == PGC_ALLOW && !r.cached);
 	calls = 0;

@@ -444,6 +444,40 @@ static void test_checks_with_cache(void)
 	pgc_cache_flush();
 }
 
+/* A session's masks behind arg: whether customers.id is masked. */
+static bool id_pred(void *arg, const char *schema, const char *table, const char *column)
+{
+	const bool *id_masked = arg;
+
+	if (strcmp(schema, "public") != 0 || strcmp(table, "customers") != 0)
+		return false;
+	return !column ? *id_masked : *id_masked && strcmp(column, "id") == 0;
+}
+
+/* One address, two sessions: the second (its masks differ) must not get
+ * the first one's verdicts, which the address alone in the key gave it;
+ * an arg without an arg_id is never cached. */
+static void test_arg_reused(void)
+{
+	static bool id_masked;   /* the memory both sessions had */
+	struct pgc_ctx c = { .search_path = "public", .column_masked = id_pred, .arg = &id_masked,
+			     .arg_id = 1, .policy_gen = 9 };
+	const char *q = "SELECT id FROM customers WHERE id = 1";
+	struct pgc_result r;
+
+	pgc_cache_flush();
+	id_masked = false;
+	CHECK(pgc_judge(&c, q, strlen(q), ro, 1, &r) == 0 && r.verdict == PGC_ALLOW && !r.cached);
+	CHECK(pgc_judge(&c, q, strlen(q), ro, 1, &r) == 0 && r.verdict == PGC_ALLOW && r.cached);
+	id_masked = true;        /* a later session at the same address */
+	c.arg_id = 2;
+	CHECK(pgc_judge(&c, q, strlen(q), ro, 1, &r) == 0 && r.verdict == PGC_DENY && !r.cached);
+	c.arg_id = 0;
+	for (int i = 0; i < 2; i++)
+		CHECK(pgc_judge(&c, q, strlen(q), ro, 1, &r) == 0 && r.verdict == PGC_DENY && !r.cached);
+	pgc_cache_flush();
+}
+
 int main(void)
 {
 	RUN(test_key_tokens);
@@ -453,6 +487,7 @@ int main(void)
 	RUN(test_cache_equivalence);
 	RUN(test_scan_hits);
 	RUN(test_checks_with_cache);
+	RUN(test_arg_reused);
 	pgc_cache_flush();
 	UNIT_DONE("pg_classify_cache");
 }
