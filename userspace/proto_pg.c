@@ -356,6 +356,11 @@ struct pg_sess {
 	struct pgc_result ures;        /* scratch: the delegating user's verdict */
 
 	uint64_t serial;               /* this session, among every session of the run */
+	/* the agent's rules for the target when the masks were compiled: an
+	 * identity whose claims change binds other roles, and the masks (and
+	 * the lineage read for them) are the session's (rules_unchanged()) */
+	const struct policy_rule *arules[ENFORCER_MAX_RULES];
+	size_t narules;
 	struct pg_map stmts, portals;
 	struct pg_pend *q;             /* ring of pending requests */
 	uint32_t qhead, qlen, qcap;
@@ -1112,6 +1117,38 @@ static struct pg_judged *judged_new(const struct pgc_result *r, const char *why)
  * NULL on ENOMEM (deny). The SQL must be valid UTF-8 (checked here: a text
  * that is not is denied without being parsed).
  */
+/*
+ * The session's masks were compiled, and their lineage read from the
+ * catalog, for the agent's rules when it started (or delegated, or moved
+ * to a reloaded policy). Bindings by claims follow the agent's identity,
+ * which the enforcer refreshes meanwhile: new claims can bind a role that
+ * masks a column the session would return in clear. Such a session gets
+ * no further statement (nor Execute of one judged before); the agent
+ * reconnects, and the new session has the new rules and their masks.
+ * rules: the agent's rules now, nr of them (at most ENFORCER_MAX_RULES).
+ */
+static bool rules_unchanged(struct conn *c, const struct policy_rule *const *rules, size_t nr, char *why,
+			    size_t whylen)
+{
+	struct pg_sess *s = S(c);
+
+	if (nr == s->narules && memcmp(rules, s->arules, nr * sizeof(*rules)) == 0)
+		return true;
+	if (why)
+		snprintf(why, whylen, "the agent's identity now binds other rules than when this "
+			 "session started; reconnect");
+	return false;
+}
+
+/* Notes the agent's rules the session's masks are for (rules_unchanged()). */
+static void note_rules(struct conn *c)
+{
+	struct pg_sess *s = S(c);
+	size_t nr = enforcer_rules_for(c->policy, c->agent_idx, c->target_idx, s->arules, ENFORCER_MAX_RULES);
+
+	s->narules = nr > ENFORCER_MAX_RULES ? ENFORCER_MAX_RULES : nr;
+}
+
 static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, char *why, size_t whylen)
 {
 	struct pg_sess *s = S(c);
@@ -1128,6 +1165,7 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 	if (s->mask_active) {
 		ctx.column_masked = column_masked;
 		ctx.arg = s;
+		ctx.arg_id = s->serial;   /* s's address may have been another session's */
 	}
 	if (s->cat_ready)
 		ctx.catalog = &s->cat;
@@ -1143,6 +1181,8 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 		snprintf(why, whylen, "too many rules for this target");
 		goto early;
 	}
+	if (!rules_unchanged(c, rules, nr, why, whylen))
+		goto early;
 	if (pgc_judge(&ctx, sql, len, rules, nr, r) != 0)
 		r->verdict = PGC_DENY;
 	if (s->has_deleg && r->verdict != PGC_DENY) {
@@ -1165,7 +1205,6 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 	 * functions or operators leaves the names read at the start behind */
 	if (r->changes_names && (r->verdict == PGC_ALLOW || c->policy->mode == POLICY_OBSERVE))
 		s->names_stale = true;
-		ctx.arg_id = s->serial;   /* s's address may have been another session's */
 	switch (r->verdict) {
 	case PGC_ALLOW:
 		why[0] = '\0';
@@ -3118,6 +3157,14 @@ static int fe_execute(struct conn *c, const struct pg_msg *m)
 	 * the life of the session) */
 	if (!enforcer_identity_ok(c->policy, c->agent_idx, why, sizeof(why)) && enforcer_should_refuse(c, why))
 		return standin(c, false, PG_DENY_NAME, why, NULL, "extended");
+	{
+		const struct policy_rule *rules[ENFORCER_MAX_RULES];
+		size_t nr = enforcer_rules_for(c->policy, c->agent_idx, c->target_idx, rules, ENFORCER_MAX_RULES);
+
+		if (nr <= ENFORCER_MAX_RULES && !rules_unchanged(c, rules, nr, why, sizeof(why)) &&
+		    enforcer_should_refuse(c, why))
+			return standin(c, false, PG_DENY_NAME, why, NULL, "extended");
+	}
 	/* Masking reads each row by its description, which the server sends
 	 * only when asked: a client that executes without a Describe would
 	 * otherwise get its rows unread, unmasked. We ask, and keep the
@@ -3366,6 +3413,11 @@ static void adopt_policy(struct conn *c)
 	if (live == old || s->tx != 'I' || s->qlen || (s->stmts.n && !unnamed_only) || s->portals.n ||
 	    s->unsynced || s->skip_to_sync)
 		return;
+	/* masks compiled for other rules than the identity's now: the session
+	 * stays where it is, and rules_unchanged() refuses its statements */
+	na = enforcer_rules_for(old, c->agent_idx, c->target_idx, ra, ENFORCER_MAX_RULES);
+	if (na > ENFORCER_MAX_RULES || !rules_unchanged(c, ra, na, NULL, 0))
+		return;
 	na = mask_rules_of(c, old, ra);
 	nb = mask_rules_of(c, live, rb);
 	if (!masks_same(ra, na, rb, nb) || !enforcer_adopt_live(c, live))
@@ -3373,6 +3425,7 @@ static void adopt_policy(struct conn *c)
 	if (unnamed_only)
 		judged_put(map_set(&s->stmts, "", NULL, NULL));
 	s->gen = policy_gen(c->policy);   /* the verdict cache follows the policy */
+	note_rules(c);   /* its pointers: the same masks, under the running policy */
 }
 
 /*
@@ -3945,8 +3998,12 @@ static int compile_masks(struct conn *c)
 	if (!s->mask)
 		return -ENOMEM;
 	s->mask_active = !mask_is_empty(s->mask);
+	note_rules(c);
 	return 0;
 }
+
+/* Numbers sessions for the verdict cache (pgc_ctx.arg_id). */
+static uint64_t sess_serial;
 
 static int pg_start(struct conn *c)
 {
@@ -3956,6 +4013,7 @@ static int pg_start(struct conn *c)
 		return -ENOMEM;
 	c->proto_state = s;
 	s->tx = 'I';
+	s->serial = __atomic_add_fetch(&sess_serial, 1, __ATOMIC_RELAXED);
 	s->sql_epoch = 1;
 	s->portals.portals = true;
 	pg_out_init(&s->out, PG_MSG_MAX + 1024);
@@ -4002,9 +4060,6 @@ static bool up_tls_verified(struct conn *c, char *why, size_t whylen)
 		return false;
 	}
 	X509_free(peer);
-/* Numbers sessions for the verdict cache (pgc_ctx.arg_id). */
-static uint64_t sess_serial;
-
 	v = SSL_get_verify_result(ssl);
 	if (v != X509_V_OK) {
 		snprintf(why, whylen, "certificate verify failed: %s", X509_verify_cert_error_string(v));
@@ -4013,7 +4068,6 @@ static uint64_t sess_serial;
 	return true;
 }
 
-	s->serial = __atomic_add_fetch(&sess_serial, 1, __ATOMIC_RELAXED);
 /* The answer to DISCARD ALL after the agent's Terminate: CommandComplete,
  * perhaps ParameterStatus (settings back to their startup values), then
  * ReadyForQuery 'I' -> the pool. Anything else: the session ends as the

@@ -8,7 +8,7 @@ import os
 import subprocess
 import textwrap
 
-from conftest import connect_code
+from conftest import HELPERS, connect_code
 from test_token import AUDIENCE, CLIENT_ID, CLIENT_SECRET, idp  # noqa: F401 (fixture)
 
 
@@ -127,6 +127,7 @@ HOLDS_OPEN = textwrap.dedent(r"""
     import json, os, socket, sys, time
     sys.path.insert(0, sys.argv[4])
     kind, port, flag = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    sql = sys.argv[5] if len(sys.argv) > 5 else "SELECT count(*) FROM customers"
     if kind == "http":
         s = socket.create_connection(("127.0.0.1", port), timeout=10)
         def exchange():
@@ -143,12 +144,12 @@ HOLDS_OPEN = textwrap.dedent(r"""
     else:
         from pgraw import Conn, Q, P, B, E, S, summary
         c = Conn("127.0.0.1", port, user="agent")
-        c.send(P("q", "SELECT count(*) FROM customers") + S)
+        c.send(P("q", sql) + S)
         c.until_ready()
         def exchange():
             c.send(B("", "q") + E("") + S)
             out = summary(c.until_ready())
-            c.send(Q("SELECT count(*) FROM customers"))
+            c.send(Q(sql))
             return [out, summary(c.until_ready())]
     print(json.dumps(exchange()), flush=True)
     while not os.path.exists(flag):
@@ -157,20 +158,20 @@ HOLDS_OPEN = textwrap.dedent(r"""
 """)
 
 
-def lose_identity_midway(enforcer, tmp, p, kind, port):
-    """Runs HOLDS_OPEN as t-bot; stops the provider between its two
-    exchanges and waits until the principal is unverified. Returns both."""
-    from conftest import AG, PY, HELPERS
-    flag = os.path.join(tmp, "identity-lost")
+def identity_changes_midway(enforcer, tmp, kind, port, change, changed, sql=None):
+    """Runs HOLDS_OPEN as t-bot (sql: its statement); calls change() between
+    its two exchanges, then waits until changed(principal) holds for the
+    principal `status` shows. Returns both exchanges."""
+    from conftest import AG, PY, wait_for
+    flag = os.path.join(tmp, "identity-changed")
     agent = subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", "t-bot", "--",
-                              PY, "-c", HOLDS_OPEN, kind, str(port), flag, HELPERS],
+                              PY, "-c", HOLDS_OPEN, kind, str(port), flag, HELPERS] + ([sql] if sql else []),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first = json.loads(agent.stdout.readline() or "null")
-        p.stop()
-        ev = enforcer.wait_event(lambda e: e.get("class_uid") == 3002 and
-                                 e["unmapped"]["agent"]["principal"]["verified"] is False, timeout=20)
-        assert ev, "the principal did not become unverified"
+        change()
+        assert wait_for(lambda: changed(enforcer.status()["agents"][0]["principal"]), timeout=20), \
+            "the principal did not change"
         open(flag, "w").close()
         second = json.loads(agent.stdout.readline() or "null")
     finally:
@@ -178,6 +179,11 @@ def lose_identity_midway(enforcer, tmp, p, kind, port):
         err = agent.communicate(timeout=10)[1]
     assert first and second, err
     return first, second
+
+
+def lose_identity_midway(enforcer, tmp, p, kind, port):
+    """identity_changes_midway: the provider stopped, until the principal is unverified."""
+    return identity_changes_midway(enforcer, tmp, kind, port, p.stop, lambda pr: pr["verified"] is False)
 
 
 def test_identity_lost_stops_requests_on_open_http_connection(enforcer, servers, tmp):
@@ -223,5 +229,67 @@ def test_identity_lost_stops_statements_on_open_postgres_session(enforcer, pg, t
             assert not any(x.startswith("D:") for x in out), second
             assert any(x.startswith("E:42501:agentgate: denied") and "identity not verified" in x
                        for x in out), second
+    finally:
+        p.stop()
+
+
+def test_claims_change_stops_statements_on_open_postgres_session(enforcer, pg, tmp):
+    """Bindings by claims follow the identity the enforcer refreshes. A session
+    that started while the token's groups bound a role without masks, then got
+    a token whose groups bind a role that masks customers.email: the session's
+    masks were those of its start, so the column came back in clear (found by
+    review, stop 24). Now neither a new nor a prepared statement runs in it;
+    a new session has the new role's masks."""
+    from test_token import Provider
+    p = Provider(tmp, ttl=6)
+    try:
+        pw = os.path.join(tmp, "pw")
+        with open(pw, "w") as f:
+            f.write("app-secret-pw\n")
+        os.chmod(pw, 0o600)
+        enforcer.start(f"""
+        version: 1
+        agents:
+          - name: t-bot
+            identity: {{source: client_credentials, issuer: "{p.issuer}", client_id: {CLIENT_ID},
+                        client_secret_file: {secret_file(tmp)}, audience: "{AUDIENCE}"}}
+        targets:
+          - {{name: shop, protocol: postgres, address: 127.0.0.1:{pg.port},
+             upstream: {{user: app, password_file: {pw}, database: shop, tls: disable}}}}
+        roles:
+          - {{name: support, rules: [{{target: shop, allow: {{statements: [select], tables: [public.customers]}}}}]}}
+          - {{name: finance, rules: [{{target: shop, allow: {{statements: [select], tables: [public.customers]}},
+                                      mask: {{columns: [public.customers.email]}}}}]}}
+        bindings:
+          - {{role: support, claims: {{groups: [support]}}}}
+          - {{role: finance, claims: {{groups: [finance]}}}}
+        """)
+        sql = "SELECT email FROM customers ORDER BY id LIMIT 1"
+        clear = pg.sql(sql).strip()
+        assert "@" in clear, clear
+
+        def to_finance():
+            import urllib.request
+            urllib.request.urlopen(urllib.request.Request(p.issuer + "/admin/groups?set=agents,finance",
+                                                          data=b"", method="POST"), timeout=5).read()
+
+        first, second = identity_changes_midway(enforcer, tmp, "pg", pg.port, to_finance,
+                                                lambda pr: "finance" in pr.get("groups", []), sql)
+        assert all(f"D:{clear}" in out for out in first), first
+        for out in second:
+            assert not any(x.startswith("D:") for x in out), second
+            assert any(x.startswith("E:42501:agentgate: denied") and "binds other rules" in x
+                       for x in out), second
+        # a new session: the finance role, its mask
+        r = enforcer.py("t-bot", f"""
+import sys, json
+sys.path.insert(0, {HELPERS!r})
+from pgraw import Conn, Q, summary
+c = Conn("127.0.0.1", {pg.port}, user="agent")
+c.send(Q({sql!r}))
+print(json.dumps(summary(c.until_ready())))
+""")
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+        assert any(x.startswith("D:") for x in out) and f"D:{clear}" not in out, out
     finally:
         p.stop()

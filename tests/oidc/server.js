@@ -21,6 +21,10 @@
 // and the previous one after it, and tokens are signed with the new one.
 // GET /admin/state returns {generation, kids}.
 //
+// The clients' own tokens carry groups [agents, support]; POST
+// /admin/groups?set=a,b (loopback) makes tokens issued from then on carry
+// [a, b] (to test a session whose identity's claims change).
+//
 // private_key_jwt: with OIDC_PK_CLIENT_PEM=<public key PEM file>, a second
 // client "<CLIENT_ID>-pk" authenticates with an RFC 7523 client assertion
 // signed by the matching private key (RS256, ES256 or EdDSA).
@@ -51,6 +55,8 @@ const TTL = Number(process.env.OIDC_TTL || 300);
 const ISSUER = `http://127.0.0.1:${PORT}`;
 const DEFAULT_RESOURCE = 'urn:agentgate';
 const ALGS = { RS256: 'rs', ES256: 'ec', EdDSA: 'ed' };
+let clientGroups = ['agents', 'support'];   // the clients' own tokens (POST /admin/groups)
+
 const USERS = {
   alice: { groups: ['support'] },
   bob: { groups: ['finance'] },
@@ -126,7 +132,7 @@ function makeProvider() {
     },
     extraTokenClaims: async (ctx, token) => {
       const user = token.accountId && USERS[token.accountId];
-      if (!user) return { groups: ['agents', 'support'] };
+      if (!user) return { groups: clientGroups };
       const extra = { groups: user.groups };
       if (token.testActor) extra.act = { sub: token.testActor };
       return extra;
@@ -191,6 +197,9 @@ const server = http.createServer((req, res) => {
     }
     if (req.method === 'POST' && req.url === '/admin/rotate') {
       rotate();
+    } else if (req.method === 'POST' && req.url.startsWith('/admin/groups?')) {
+      const set = new URL(req.url, 'http://x').searchParams.get('set') || '';
+      clientGroups = set ? set.split(',') : [];
     } else if (!(req.method === 'GET' && req.url === '/admin/state')) {
       res.writeHead(404).end();
       return;
