@@ -55,7 +55,8 @@ struct conn {
 	bool fallback_proto;  /* protocol module not available: relayed as tcp */
 	bool would_deny;      /* observe mode: the policy would have denied */
 	bool opened;          /* an Open event was recorded: a Close follows */
-	const char *deny_reason;
+	char deny_reason[200];  /* observe mode: why the policy would have refused (a copy:
+				 * reasons are often built on a caller's stack) */
 	char rule_desc[160];
 	char why[300];        /* a refusal reason built for this connection */  /* "role 'r' rule 2 (line 14)", empty when no rule decided */
 	char upstream_desc[64];

@@ -769,7 +769,7 @@ bool enforcer_should_refuse(struct conn *c, const char *reason)
 {
 	if (c->policy->mode == POLICY_OBSERVE) {
 		c->would_deny = true;
-		c->deny_reason = reason;
+		snprintf(c->deny_reason, sizeof(c->deny_reason), "%s", reason);
 		return false;
 	}
 	return true;
@@ -958,7 +958,7 @@ void enforcer_accept(struct worker *w, int fd, int family, const struct sockaddr
 
 		c->opened = true;
 		audit_w_verdict(w, !err, c->would_deny, enforcer_rule_name(c),
-				err ? strerror(-err) : c->deny_reason);
+				err ? strerror(-err) : c->would_deny ? c->deny_reason : NULL);
 		audit_commit(w);
 	}
 	if (err && !c->closing) {

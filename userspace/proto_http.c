@@ -2590,7 +2590,7 @@ static int first_bytes(struct conn *c)
 		if ((err = conn_tls(c, SIDE_AGENT, ssl, true)))
 			return err;
 	}
-	audit_conn_open(c, true, c->deny_reason);
+	audit_conn_open(c, true, c->would_deny ? c->deny_reason : NULL);
 	return conn_connect_upstream(c);
 }
 

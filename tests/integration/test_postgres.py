@@ -708,6 +708,19 @@ def test_observe_mode_records_and_allows(enforcer, pg, tmp):
     assert fc["unmapped"]["statement"]["protocol"] == "fastpath" and "FunctionCall" in fc["unmapped"]["reason"]
     time.sleep(0.5)
     assert len(stmt_events(enforcer)) == 5, [brief(e) for e in stmt_events(enforcer)]
+    # a startup parameter the policy refuses: the session goes on without it, and the
+    # session's Open event gives the reason (it was read from a stack frame long gone)
+    r = agent_py(enforcer, f"""
+    c = Conn("127.0.0.1", {pg.port}, params={{"search_path": "evil"}})
+    c.send(Q("SHOW search_path"))
+    print(json.dumps(summary(c.until_ready())))
+    c.close()
+    """)
+    assert r[-3:] == ["D:public", "C:SHOW", "ZI"], r
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4001 and e.get("activity_name") == "Open" and
+                             e["unmapped"].get("module") == "postgres" and e["unmapped"].get("reason"))
+    assert ev and ev["unmapped"]["reason"] == 'startup parameter "search_path" is not allowed', ev
+    assert ev["unmapped"]["verdict"] == "would_deny", ev
 
 
 def test_policy_explain(enforcer, pg, tmp):
