@@ -1319,10 +1319,13 @@ static void w_header(struct audit_obj *o, int class_uid, int activity_id,
 	aobj_str(o, "severity", "Informational");
 }
 
-/* The thread's writer's cache, made on first use; NULL for a heap writer
- * or without memory (the members are then written as they come). */
+/* The thread's writer's cache, made on first use; NULL for a heap writer,
+ * for dead_w (every thread out of memory shares it) or without memory (the
+ * members are then written as they come). */
 static struct audit_w_cache *w_cache(struct audit_w *w)
 {
+	if (w == &dead_w)
+		return NULL;
 	if (!w->cache && !w->heap)
 		w->cache = calloc(1, sizeof(*w->cache));
 	return w->heap ? NULL : w->cache;

@@ -902,7 +902,9 @@ void enforcer_accept(struct worker *w, int fd, int family, const struct sockaddr
 	c->agent_idx = enforcer_agent_idx(c->pair.slot);
 	struct agent_rt *rt = &E->agents[c->agent_idx];
 	const struct policy_agent *ag = &p->agents[c->agent_idx];
-	atomic_fetch_add(&rt->active, 1);   /* released in conn_free */
+	/* this connection's place in the count: a second read could see
+	 * other workers' accepts too and refuse both at the limit */
+	uint64_t active = (uint64_t)atomic_fetch_add(&rt->active, 1) + 1;   /* released in conn_free */
 	atomic_fetch_add(&rt->accepted, 1);
 
 	if (!audit_accepting()) {   /* on_full: fail_closed */
@@ -928,7 +930,7 @@ void enforcer_accept(struct worker *w, int fd, int family, const struct sockaddr
 			}
 		}
 	}
-	if (atomic_load(&rt->active) > ag->max_connections) {
+	if (active > ag->max_connections) {
 		refuse(c, "agent connection limit reached (limits.connections)");
 		return;
 	}
