@@ -1381,10 +1381,20 @@ struct spanv {
 	size_t n, cap;
 };
 
+/*
+ * The spans of every view are kept until their union is written: a value
+ * of 16 MiB of short matches held 350 MiB of them, and sorting them took
+ * seconds (review). Past this many the value is masked whole (a value with
+ * that many things to mask has nothing left worth showing).
+ */
+#define URL_SPANS_MAX (1u << 16)
+
 static bool push_span(void *arg, size_t start, size_t end)
 {
 	struct spanv *sv = arg;
 
+	if (sv->n >= URL_SPANS_MAX)
+		return false;
 	if (sv->n == sv->cap) {
 		size_t nc = sv->cap ? 2 * sv->cap : 16;
 		void *nv = realloc(sv->v, nc * sizeof(*sv->v));

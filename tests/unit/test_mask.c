@@ -314,6 +314,24 @@ static void test_percent_encoded(void)
 	memset(big, ' ', 2900);
 	n = mask_value(m, big, 2915, out, sizeof(out), NULL);
 	CHECK(n == 2904 && memcmp(out, big, 2900) == 0 && memcmp(out + 2900, "****", 4) == 0);
+	/* more matches than spans are kept for a URL-encoded value (1 << 16):
+	 * masked whole, early, instead of sorting millions of spans */
+	{
+		size_t cnt = 70000, bl = cnt * 7 + 3;
+		char *v = malloc(bl + 1);
+
+		CHECK(v != NULL);
+		for (size_t i = 0; v && i < cnt; i++)
+			memcpy(v + i * 7, "a@b.cc ", 7);
+		if (v) {
+			memcpy(v + cnt * 7, "%25", 3);
+			n = mask_value(m, v, bl, out, sizeof(out), NULL);
+			CHECK(n == 4 && memcmp(out, "****", 4) == 0);
+			n = mask_value(m, v, 7 * 1000, out, sizeof(out), NULL);   /* no escape: each one */
+			CHECK(n == 5 * 1000);
+		}
+		free(v);
+	}
 	/* custom patterns see the decoded value too */
 	CHECK_STR(mvs(r, "x=secret%2D42&y"), "x=****&y");
 	/* a decoded view that is not UTF-8 reads '?' there: not masked whole (review) */
