@@ -1067,7 +1067,17 @@ static void upstream_connected(struct conn *c)
 	c->up_born_ms = now_ns_mono() / 1000000ull;
 }
 
+static void on_event(struct conn_end *e, uint32_t events);
+
 void conn_on_event(struct conn_end *e, uint32_t events)
+{
+	struct conn *c = e->c;
+
+	on_event(e, events);
+	rec_sync(c->rec);   /* what this event carried, one write per direction */
+}
+
+static void on_event(struct conn_end *e, uint32_t events)
 {
 	struct conn *c = e->c;
 	int err;

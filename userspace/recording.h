@@ -9,6 +9,11 @@
  *                                      write: a crash keeps what was written)
  *   <UTC start>-<connection uid>.idx   "# {json metadata}" then one line per
  *                                      write: "<unix µs> <u|d> <offset> <len>"
+ * A write is what one direction carried while the worker handled one event
+ * of the connection (up to 8 KiB; rec_sync()), so a pipeline of small
+ * messages is one write. A session stops being recorded at an eighth of
+ * max_bytes, and every open session stops while the open ones together
+ * hold max_bytes (a "# truncated" line says so).
  * (u: agent -> upstream, d: upstream -> agent; offset into the inflated
  * stream). The connection uid is the socket cookie that the session's
  * Network Activity events carry as connection_info.uid. Files are 0600 in a
@@ -49,6 +54,9 @@ struct rec *rec_open(struct conn *c);
 /* Records len bytes that went in direction dir (0: agent -> upstream, 1:
  * upstream -> agent). NULL-safe. */
 void rec_write(struct rec *r, int dir, const void *buf, size_t len);
+/* Writes what rec_write() gathered. The connection's worker calls it once
+ * it has handled an event of the connection. NULL-safe. */
+void rec_sync(struct rec *r);
 /* The module records (masked) data itself from now on. NULL-safe. */
 void rec_claim(struct rec *r);
 /* The relay's hook: opens the recording on first use (*rp), then records

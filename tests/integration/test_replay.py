@@ -228,16 +228,21 @@ def test_recording_retention_holds_against_an_agent(enforcer, servers):
     enforcer.stop()
 
 
+H_MSG = b"H\x00\x00\x00\x04"   # a PostgreSQL Flush message
+
+
+def rec_text_of(d, name):
+    """Session name's recording in d, inflated, and its index, as one blob."""
+    with open(os.path.join(d, name + ".rec"), "rb") as f:
+        z = zlib.decompressobj()
+        out = z.decompress(f.read()) + z.flush()
+    with open(os.path.join(d, name + ".idx"), "rb") as f:
+        return out + f.read()
+
+
 def rec_text(d):
     """Every session recorded in d, inflated, and its index, as one blob."""
-    out = b""
-    for name in sessions(d):
-        with open(os.path.join(d, name + ".rec"), "rb") as f:
-            z = zlib.decompressobj()
-            out += z.decompress(f.read()) + z.flush()
-        with open(os.path.join(d, name + ".idx"), "rb") as f:
-            out += f.read()
-    return out
+    return b"".join(rec_text_of(d, name) for name in sessions(d))
 
 
 def test_postgres_and_http_sessions_are_recorded_masked_without_credentials(enforcer, servers, tmp):
@@ -247,7 +252,7 @@ def test_postgres_and_http_sessions_are_recorded_masked_without_credentials(enfo
     with its credentials, the upstream password, an injected credential or a user token."""
     import json as _json
     from test_http import AGENT as HTTP_AGENT, Recorder, crlf, raw, responses
-    from test_postgres import psql
+    from test_postgres import agent_py, psql
     from test_postgres import policy as pg_policy
     from pg import Postgres   # tests/integration/helpers, on the path once test_postgres is imported
     rec = os.path.join(tmp, "rec")
@@ -273,6 +278,17 @@ def test_postgres_and_http_sessions_are_recorded_masked_without_credentials(enfo
         enforcer.start("".join(f"{k}: {v if isinstance(v, str) else _json.dumps(v)}\n" for k, v in a.items()))
         rc, out, err = psql(enforcer, pg, "SELECT id, email, cc FROM customers ORDER BY id")
         assert rc == 0 and out.split() == ["1|****|****", "2|****|****"], out + err
+        # a pipeline of 20,000 Flush messages (5 bytes each, forwarded one by one): each
+        # was a write of its own, a sync flush, two system calls and an index line, 2 s of
+        # CPU and 7 times its size on disk per MiB (review, stop 24); now one write per
+        # direction per event of the connection
+        got = agent_py(enforcer, f"""
+        c = Conn("127.0.0.1", {pg.port})
+        c.send(H * 20000 + Q("SELECT 7 AS seven"))
+        print(json.dumps(summary(c.until_ready())))
+        c.close()
+        """)
+        assert got[-3:] == ["D:7", "C:SELECT 1", "ZI"], got
         out = raw(enforcer, up.port, crlf("GET /v1/invoices/42 HTTP/1.1⏎Host: api.internal⏎"
                                           "Authorization: Bearer agent-own-token⏎⏎"))
         assert responses(out)[0][0][0] == 200
@@ -285,6 +301,10 @@ def test_postgres_and_http_sessions_are_recorded_masked_without_credentials(enfo
         for secret in (b"4111111111111111", b"alice@example.com", b"app-secret-pw", b"s3cr3t-upstream-token",
                        b"agent-own-token"):
             assert secret not in blob, secret
+        [flushes] = [n for n in sessions(rec) if b"SELECT 7 AS seven" in rec_text_of(rec, n)]
+        assert H_MSG * 20000 in rec_text_of(rec, flushes)
+        writes = [ln for ln in open(os.path.join(rec, flushes + ".idx")).read().splitlines() if not ln.startswith("#")]
+        assert 2 <= len(writes) < 200, len(writes)
         # replay shows the statement and the masked rows in order
         names = [n for n in sessions(rec) if b'"module":"postgres"' in open(os.path.join(rec, n + ".idx"), "rb").read()]
         assert names, sessions(rec)
