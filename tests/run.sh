@@ -36,7 +36,7 @@ if [[ -x tests/fuzz/replay.sh ]]; then
 fi
 
 echo "== integration tests (real kernel hooks, real servers and clients)"
-out=$(/usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration 2>&1 </dev/null)
+out=$(/usr/bin/python3 -m pytest -q -p no:cacheprovider --durations=20 tests/integration 2>&1 </dev/null)
 rc=$?
 echo "$out" | tail -80
 last=$(grep -E "[0-9]+ (passed|failed|error)" <<<"$out" | tail -1)
