@@ -45,7 +45,9 @@
  *   - An upgraded request (WebSocket/SPDY; `upgrade` true) must be a GET
  *     or a POST naming a subresource; its verb is the apiserver's (get for
  *     an upgraded GET of pods/log or services/proxy, create for exec,
- *     attach and portforward, as above). Upgrades without a subresource
+ *     attach and portforward, as above), except through nodes/proxy: the
+ *     kubelet's exec, attach and portForward for any pod of the node are
+ *     behind it, so an upgrade there is create. Upgrades without a subresource
  *     (watch over WebSocket), with another method, on the deprecated
  *     proxy/watch paths and on non-resource URLs are -EINVAL.
  *   - The path must be canonical: starts with "/", no empty, "." or ".."
