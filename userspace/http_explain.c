@@ -113,7 +113,9 @@ int http_explain(const struct policy *p, int ai, int ti, const char *request, FI
 		sp + 1, path);
 	if (p->targets[ti].proto == PROTO_KUBERNETES)
 		return k8s_explain(p, ai, ti, method, upgrade, path, &tg, out);
-	for (int pass = 0; pass < 2; pass++) {
+	for (int pass = 0; pass < 2; pass++) {   /* review first: it wins over allow */
+		bool review = pass == 0;
+
 		for (size_t b = 0; b < p->nbindings; b++) {
 			const struct policy_binding *bd = &p->bindings[b];
 			const struct policy_role *role = &p->roles[bd->role_idx];
@@ -127,14 +129,14 @@ int http_explain(const struct policy *p, int ai, int ti, const char *request, FI
 
 				if (rl->target_idx != ti)
 					continue;
-				pat = first_match(pass ? &rl->review.http : &rl->allow.http, method, ml, upgrade,
+				pat = first_match(review ? &rl->review.http : &rl->allow.http, method, ml, upgrade,
 						  path, tg.path_len);
 				if (!pat)
 					continue;
 				fprintf(out, "%s: role '%s' rule %d (line %d) %s \"%s\"\n",
-					pass ? "review" : "allow", role->name, rl->index + 1, rl->line,
-					pass ? "reviews" : "allows", pat);
-				if (pass)
+					review ? "review" : "allow", role->name, rl->index + 1, rl->line,
+					review ? "reviews" : "allows", pat);
+				if (review)
 					fprintf(out, "note: approvals are not available yet: a review is a 403\n");
 				return 0;
 			}

@@ -2455,15 +2455,17 @@ static enum pgc_verdict stmt_verdict(const struct walker *w, const struct policy
 	*rule = NULL;
 	if (st->implicit && st->nneeds == 0)
 		return PGC_ALLOW;
-	for (size_t i = 0; i < nrules; i++)
-		if (rules[i] && action_permits(w, &rules[i]->allow, st)) {
-			*rule = rules[i];
-			return PGC_ALLOW;
-		}
+	/* review wins over allow, whichever rule allows (as for http and
+	 * kubernetes): "allow write, review delete" holds deletes */
 	for (size_t i = 0; i < nrules; i++)
 		if (rules[i] && action_permits(w, &rules[i]->review, st)) {
 			*rule = rules[i];
 			return PGC_REVIEW;
+		}
+	for (size_t i = 0; i < nrules; i++)
+		if (rules[i] && action_permits(w, &rules[i]->allow, st)) {
+			*rule = rules[i];
+			return PGC_ALLOW;
 		}
 	return PGC_DENY;
 }

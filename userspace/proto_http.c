@@ -410,24 +410,27 @@ static void rule_desc(const struct policy_rule *r, char *out, size_t outlen)
 enum verdict { V_DENY = 0, V_REVIEW, V_ALLOW };
 
 /*
- * A rule set's verdict on method + path: allow when some rule's allow.http
- * matches, review when some review.http does; else deny. The deciding rule
- * is described into rule.
+ * A rule set's verdict on method + path: review when some rule's
+ * review.http matches, else allow when some allow.http does; else deny.
+ * Review wins over allow, whichever rule allows, as on kubernetes targets
+ * and for SQL: allowing every /v1 path and reviewing invoice deletes holds them
+ * (they were allowed, found by review). The deciding rule is described
+ * into rule.
  */
 static enum verdict judge_rules(const struct policy_rule *const *rules, size_t n, const char *method,
 				size_t mlen, bool upgrade, const char *path, size_t plen, char *rule, size_t rulelen)
 {
 	for (size_t i = 0; i < n; i++)
-		for (size_t k = 0; k < rules[i]->allow.http.n; k++)
-			if (http_rule_match(rules[i]->allow.http.v[k], method, mlen, upgrade, path, plen)) {
-				rule_desc(rules[i], rule, rulelen);
-				return V_ALLOW;
-			}
-	for (size_t i = 0; i < n; i++)
 		for (size_t k = 0; k < rules[i]->review.http.n; k++)
 			if (http_rule_match(rules[i]->review.http.v[k], method, mlen, upgrade, path, plen)) {
 				rule_desc(rules[i], rule, rulelen);
 				return V_REVIEW;
+			}
+	for (size_t i = 0; i < n; i++)
+		for (size_t k = 0; k < rules[i]->allow.http.n; k++)
+			if (http_rule_match(rules[i]->allow.http.v[k], method, mlen, upgrade, path, plen)) {
+				rule_desc(rules[i], rule, rulelen);
+				return V_ALLOW;
 			}
 	return V_DENY;
 }

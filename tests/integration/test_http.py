@@ -388,6 +388,20 @@ def test_denied_body_dropped_keepalive(enforcer, rec):
     assert rec.all() == b"GET /v1/invoices/9 HTTP/1.1\r\nHost: api.internal\r\n\r\n"
 
 
+def test_review_wins_over_allow(enforcer, rec):
+    """allow DELETE /v1/**, review DELETE /v1/invoices/*: the invoice delete is held
+    (403 needs approval until approvals land) and never forwarded; another delete goes
+    through. Allow used to win (found by review, stop 24), unlike kubernetes targets."""
+    enforcer.start(policy(rec.port, rules='"GET /v1/invoices/*", "DELETE /v1/**"',
+                          extra_rule='review: {http: ["DELETE /v1/invoices/*"]}'))
+    out = raw(enforcer, rec.port, crlf("DELETE /v1/invoices/1 HTTP/1.1⏎Host: api.internal⏎⏎"
+                                       "DELETE /v1/orders/1 HTTP/1.1⏎Host: api.internal⏎⏎"))
+    rs, rest = responses(out)
+    assert [r[0] for r in rs] == [403, 200], rs
+    assert b"needs approval" in rs[0][2], rs[0]
+    assert rec.all() == b"DELETE /v1/orders/1 HTTP/1.1\r\nHost: api.internal\r\n\r\n", rec.all()
+
+
 def test_half_close_still_answered(enforcer, rec):
     enforcer.start(policy(rec.port))
     code = f"""
@@ -617,7 +631,8 @@ def test_policy_explain_request_line(tmp):
         version: 1
         agents: [{name: a}]
         targets: [{name: api, protocol: http, address: 127.0.0.1:8080}]
-        roles: [{name: reader, rules: [{target: api, allow: {http: ["GET /v1/invoices", "GET /v1/invoices/*"]},
+        roles: [{name: reader, rules: [{target: api, allow: {http: ["GET /v1/invoices", "GET /v1/invoices/*",
+                                                                    "DELETE /v1/**"]},
                                         review: {http: ["DELETE /v1/invoices/*"]}}]}]
         bindings: [{role: reader, agents: [a]}]
         """))
@@ -632,8 +647,10 @@ def test_policy_explain_request_line(tmp):
     assert "allow: role 'reader' rule 1 (line 5) allows \"GET /v1/invoices/*\"" in out
     rc, out = explain("GET /v1/invoices/../admin")
     assert out.splitlines()[-1] == "deny (400): dot segment in the path"
-    rc, out = explain("DELETE /v1/invoices/1")
-    assert "review: role 'reader'" in out
+    rc, out = explain("DELETE /v1/invoices/1")   # review wins over allow (it did not: review, stop 24)
+    assert "review: role 'reader'" in out and "allows" not in out, out
+    rc, out = explain("DELETE /v1/orders/1")
+    assert "allow: role 'reader' rule 1 (line 5) allows \"DELETE /v1/**\"" in out, out
     rc, out = explain("POST /v1/invoices")
     assert "deny (403): no rule of a role bound to agent 'a' allows POST /v1/invoices" in out
     rc, out = explain("nonsense")

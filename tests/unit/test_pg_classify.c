@@ -1249,6 +1249,23 @@ static void test_rules(void)
 	CHECK(r.verdict == PGC_ALLOW && r.rule == &rv);
 	r = judge_rules("SELECT * FROM orders", NULL, 0);
 	CHECK(r.verdict == PGC_DENY && r.rule == NULL);
+	{	/* review wins over allow, in one rule or across two (it was the
+		 * other way round, unlike kubernetes targets; review, stop 24) */
+		static char *wr[] = { "write" }, *del[] = { "delete" };
+		struct policy_rule aw = { .target = "db", .role = "writer",
+			.allow = { .present = true, .statements = { wr, 1 }, .tables = { ot, 1 } } };
+		struct policy_rule both = aw, rd = { .target = "db", .role = "careful",
+			.review = { .present = true, .statements = { del, 1 }, .tables = { ot, 1 } } };
+		const struct policy_rule *one[] = { &both }, *two[] = { &aw, &rd };
+
+		both.review = rd.review;
+		r = judge_rules("DELETE FROM orders WHERE id = 1", one, 1);
+		CHECK(r.verdict == PGC_REVIEW && r.rule == &both);
+		r = judge_rules("DELETE FROM orders WHERE id = 1", two, 2);
+		CHECK(r.verdict == PGC_REVIEW && r.rule == &rd);
+		r = judge_rules("UPDATE orders SET total = 1", two, 2);
+		CHECK(r.verdict == PGC_ALLOW && r.rule == &aw);
+	}
 	{
 		const struct policy_rule *holes[] = { NULL, &ro_rule, NULL };
 
