@@ -134,12 +134,14 @@ def policy(port, rules='"GET /v1/invoices", "GET /v1/invoices/*"', upstream="ser
 
 
 # A raw client inside the agent's cgroup: sends the bytes (optionally in
-# steps, waiting between), reads until EOF or a timeout, prints hex.
+# steps, waiting between), reads until EOF or until nothing came for idle
+# seconds (argv[4], default 1.5: then "<OPEN>"), prints hex.
 RAW_CLIENT = r"""
 import socket, sys, time, binascii
 port = int(sys.argv[1])
 parts = [binascii.unhexlify(p) for p in sys.argv[2].split(",")]
 wait = float(sys.argv[3]) if len(sys.argv) > 3 else 0.3
+idle = float(sys.argv[4]) if len(sys.argv) > 4 else 1.5
 s = socket.create_connection(("127.0.0.1", port), timeout=5)
 out = b""
 for i, p in enumerate(parts):
@@ -157,7 +159,7 @@ for i, p in enumerate(parts):
             pass
         s.setblocking(True)
         s.settimeout(5)
-s.settimeout(1.5)
+s.settimeout(idle)
 try:
     while True:
         d = s.recv(65536)
@@ -173,9 +175,11 @@ print(binascii.hexlify(out).decode())
 """
 
 
-def raw(enforcer, port, *parts, wait=0.3):
+def raw(enforcer, port, *parts, wait=0.3, idle=1.5):
+    """idle: seconds without data after which an open connection's answer
+    is taken as complete (tests that look for "<OPEN>" keep the default)."""
     arg = ",".join(p.hex() for p in parts)
-    r = enforcer.exec(AGENT, [PY, "-c", RAW_CLIENT, str(port), arg, str(wait)])
+    r = enforcer.exec(AGENT, [PY, "-c", RAW_CLIENT, str(port), arg, str(wait), str(idle)])
     assert r.returncode == 0, r.stderr
     return bytes.fromhex(r.stdout.strip())
 
