@@ -176,10 +176,8 @@ def test_audit_tail_json_on_a_terminal_escapes_controls(enforcer, pg, tmp):
     overrides raw onto the operator's terminal (review, stop 23). On a
     terminal every non-ASCII character is now written as \\uXXXX; into a
     pipe the line stays the spooled bytes."""
-    pw = os.path.join(tmp, "pw")
-    with open(pw, "w") as f:
-        f.write("app-secret-pw\n")
-    os.chmod(pw, 0o600)
+    from test_enforcer_identity import app_password_file
+    pw = app_password_file(tmp)
     enforcer.start(f"""
     version: 1
     agents: [{{name: t-agent}}]

@@ -20,6 +20,15 @@ def secret_file(tmp, secret=CLIENT_SECRET):
     return path
 
 
+def app_password_file(tmp):
+    """The upstream password of the test database's role app (helpers/pg.py), 0600."""
+    path = os.path.join(tmp, "pw")
+    with open(path, "w") as f:
+        f.write("app-secret-pw\n")
+    os.chmod(path, 0o600)
+    return path
+
+
 def bot_policy(tmp, issuer, target, rule, secret=CLIENT_SECRET):
     """t-bot, with a client_credentials identity from issuer, bound by name
     to one role holding rule for target (both YAML flow mappings)."""
@@ -214,10 +223,7 @@ def test_identity_lost_stops_statements_on_open_postgres_session(enforcer, pg, t
     from test_token import Provider
     p = Provider(tmp, ttl=6)
     try:
-        pw = os.path.join(tmp, "pw")
-        with open(pw, "w") as f:
-            f.write("app-secret-pw\n")
-        os.chmod(pw, 0o600)
+        pw = app_password_file(tmp)
         enforcer.start(bot_policy(
             tmp, p.issuer,
             f"{{name: shop, protocol: postgres, address: 127.0.0.1:{pg.port}, "
@@ -243,10 +249,7 @@ def test_claims_change_stops_statements_on_open_postgres_session(enforcer, pg, t
     from test_token import Provider
     p = Provider(tmp, ttl=6)
     try:
-        pw = os.path.join(tmp, "pw")
-        with open(pw, "w") as f:
-            f.write("app-secret-pw\n")
-        os.chmod(pw, 0o600)
+        pw = app_password_file(tmp)
         enforcer.start(f"""
         version: 1
         agents:
