@@ -22,6 +22,7 @@
 #include <stddef.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
+#include <linux/keyctl.h>
 #include <linux/seccomp.h>
 #include <sys/capability.h>
 #include <sys/ioctl.h>
@@ -265,8 +266,15 @@ static int install_seccomp(void)
 		BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 0x40000000u /* __X32_SYSCALL_BIT */, 0, 1),
 		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
 #endif
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone3, 1, 0),
-		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+		/* the kernel keyrings: request_key("dns_resolver", ...) makes a
+		 * root helper in the root cgroup resolve a name for the agent,
+		 * past every hook (found by review; Docker's default profile
+		 * refuses these three too) */
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone3, 4, 0),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 3, 0),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_add_key, 2, 0),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_request_key, 1, 0),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_keyctl, 0, 1),
 		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
 		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_socket, 1, 0),
 		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_socketpair, 0, 7),
@@ -395,6 +403,13 @@ int cmd_exec(int argc, char **argv, const char *state_dir)
 	}
 	if (reenter_cwd(cwd))   /* through the new mounts, as the agent's user */
 		return 1;
+	/* a session keyring of its own: the caller's (a root login's, with
+	 * root's user keyring linked in) is possessed by whoever shares it
+	 * (no keys support in the kernel: nothing to leave behind) */
+	if (syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, NULL) < 0 && errno != ENOSYS) {
+		fprintf(stderr, "agentgate: exec: new session keyring: %s\n", strerror(errno));
+		return 1;
+	}
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)) {
 		fprintf(stderr, "agentgate: exec: no_new_privs: %s\n", strerror(errno));
 		return 1;
