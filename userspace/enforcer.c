@@ -96,6 +96,17 @@ static int resolve_cgroup(const struct policy_agent *a, char *abs, size_t abslen
 		snprintf(rel, rellen, "%s%s", given[0] == '/' ? "" : "/", given);
 	if (strcmp(rel, "/") == 0)
 		return -EINVAL;   /* never the root cgroup: the enforcer lives there */
+	/* Plain names only: the checks below compare paths as strings, and
+	 * "agentgate/x/../b" named another agent's cgroup past the overlap
+	 * check (found by review). */
+	for (const char *p = rel; *p; ) {
+		const char *s = p + 1, *e = strchrnul(s, '/');
+		size_t n = (size_t)(e - s);
+
+		if (!n || (n == 1 && s[0] == '.') || (n == 2 && s[0] == '.' && s[1] == '.'))
+			return -EINVAL;
+		p = e;
+	}
 	snprintf(abs, abslen, "%s%s", root, rel);
 	return 0;
 }
@@ -1270,7 +1281,12 @@ int enforcer_attach_extra(const char *agent, const char *cgroup, char *err, size
 	}
 	rt = &E->agents[idx];
 	tmp.cgroup = (char *)cgroup;
-	if (resolve_cgroup(&tmp, abs, sizeof(abs), rel, sizeof(rel)) || stat(abs, &st) || !S_ISDIR(st.st_mode)) {
+	if (resolve_cgroup(&tmp, abs, sizeof(abs), rel, sizeof(rel))) {
+		snprintf(err, errlen, "'%s' is not a plain cgroup path (no '.', '..' or empty part, not the root)",
+			 cgroup);
+		return -EINVAL;
+	}
+	if (stat(abs, &st) || !S_ISDIR(st.st_mode)) {
 		snprintf(err, errlen, "'%s' is not a cgroup under %s", cgroup, E->cgroup2);
 		return -ENOENT;
 	}
