@@ -114,7 +114,9 @@ static int print_claims(const struct jwt_claims *c, const char *agent)
 	set_str(o, "alg", c->alg);
 	if (c->kid[0])
 		json_object_set_new(o, "kid", json_string(c->kid));
-	text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+	/* ASCII: claims are the issuer's and its users' text (a C1 control or
+	 * a bidi override in sub would act on the operator's terminal) */
+	text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII);
 	json_decref(o);
 	if (!text)
 		return -ENOMEM;

@@ -148,7 +148,9 @@ static int cmd_status(int argc, char **argv)
 	}
 	json_object_del(st, "ok");
 	if (as_json) {
-		json_dumpf(st, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+		/* ASCII: principals carry claims that users choose (a CI
+		 * branch in sub), which must not reach a terminal as controls */
+		json_dumpf(st, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII);
 		printf("\n");
 	} else {
 		print_status(st);
