@@ -126,6 +126,22 @@ static void test_startup(void)
 	CHECK(pg_startup_frame(longcancel, sizeof(longcancel), &s) == -EBADMSG);
 }
 
+
+/* o := Bind of portal "" and statement "" with no parameters and nf result
+ * formats, each fmt. */
+static void bind_formats(struct pg_out *o, int nf, int16_t fmt)
+{
+	pg_out_reset(o);
+	pg_out_begin(o, 'B');
+	pg_out_str(o, "");
+	pg_out_str(o, "");
+	pg_out_i16(o, 0);
+	pg_out_i16(o, 0);
+	pg_out_i16(o, (int16_t)nf);
+	for (int i = 0; i < nf; i++)
+		pg_out_i16(o, fmt);
+	pg_out_end(o);
+}
 static void test_parse_bind(void)
 {
 	struct pg_out o;
@@ -187,28 +203,11 @@ static void test_parse_bind(void)
 	CHECK(pg_frame(o.buf, o.len, 1 << 20, &m) > 0 && pg_parse_bind(&m, &bd) == -EBADMSG);
 	seed("fe-bind-overrun", 1, o.buf, o.len);
 	/* a result format of 2 */
-	pg_out_reset(&o);
-	pg_out_begin(&o, 'B');
-	pg_out_str(&o, "");
-	pg_out_str(&o, "");
-	pg_out_i16(&o, 0);
-	pg_out_i16(&o, 0);
-	pg_out_i16(&o, 1);
-	pg_out_i16(&o, 2);
-	pg_out_end(&o);
+	bind_formats(&o, 1, 2);
 	CHECK(pg_frame(o.buf, o.len, 1 << 20, &m) > 0 && pg_parse_bind(&m, &bd) == -EBADMSG);
 	/* as many result formats as a row can have columns, and one more */
 	for (int nf = PG_FIELDS_MAX; nf <= PG_FIELDS_MAX + 1; nf++) {
-		pg_out_reset(&o);
-		pg_out_begin(&o, 'B');
-		pg_out_str(&o, "");
-		pg_out_str(&o, "");
-		pg_out_i16(&o, 0);
-		pg_out_i16(&o, 0);
-		pg_out_i16(&o, (int16_t)nf);
-		for (int i = 0; i < nf; i++)
-			pg_out_i16(&o, 1);
-		pg_out_end(&o);
+		bind_formats(&o, nf, 1);
 		CHECK(pg_frame(o.buf, o.len, 1 << 20, &m) > 0 &&
 		      pg_parse_bind(&m, &bd) == (nf <= PG_FIELDS_MAX ? 0 : -EBADMSG));
 	}
