@@ -593,6 +593,11 @@ static int tls_step(struct conn *c, int side)
 		if (sd->in_len > sd->in_off)
 			return -EPROTO;
 		sd->tls_pending = false;
+		/* One read takes what the socket holds, not a record header
+		 * and then its body. What it reads ahead waits in the SSL
+		 * object, where no epoll edge reports it: fill_in() reads
+		 * until WANT_READ, and a finished handshake clears drained. */
+		SSL_set_read_ahead(sd->ssl, 1);
 		if (!SSL_set_fd(sd->ssl, side_fd(c, side)))
 			return -ENOMEM;
 		if (sd->tls_server)
@@ -605,6 +610,10 @@ static int tls_step(struct conn *c, int side)
 	r = SSL_do_handshake(sd->ssl);
 	if (r == 1) {
 		sd->tls_ready = true;
+		/* The handshake's last read may have taken application data
+		 * too (read ahead): it waits in the SSL object, not in the
+		 * socket, and no epoll edge will say so. fill_in() must ask. */
+		sd->drained = false;
 		return 1;
 	}
 	e = SSL_get_error(sd->ssl, r);

@@ -31,12 +31,22 @@ static int mode;               /* what the test module does */
 static int tls_rc;
 static char ca_dir[] = "/tmp/ag-unit-ca-XXXXXX";
 
-enum { M_UPPER, M_AMPLIFY, M_EOF, M_FINISH, M_STARTTLS, M_HOLD, M_UPTLS, M_SENDNOW, M_FLUSH };
+enum { M_UPPER, M_AMPLIFY, M_EOF, M_FINISH, M_STARTTLS, M_HOLD, M_UPTLS, M_SENDNOW, M_FLUSH, M_STARTTLS_SLOW };
 
 #define NOW_LEN (1u << 20)   /* more than a socketpair takes at once */
 static uint8_t *now_buf;
 static int now_rc[3];
 static uint32_t flush_left[2];   /* M_FLUSH: queued after each conn_flush() */
+
+/* After the server's last flight is flushed (TLS 1.3: its Finished), the
+ * server waits: the client's Finished and its first record arrive
+ * together, and the handshake's read takes both. */
+static void tls_slow_cb(const SSL *ssl, int where, int ret)
+{
+	(void)ret;
+	if ((where & SSL_CB_ACCEPT_LOOP) && SSL_get_state(ssl) == TLS_ST_SW_FINISHED)
+		usleep(200 * 1000);
+}
 
 static int mod_agent(struct conn *c)
 {
@@ -89,6 +99,24 @@ static int mod_agent(struct conn *c)
 
 			conn_in_consume(c, SIDE_AGENT, 8);
 			conn_send(c, SIDE_AGENT, "OK", 2);
+			tls_rc = conn_tls(c, SIDE_AGENT, ssl, true);
+			return tls_rc;
+		}
+		conn_in_consume(c, SIDE_AGENT, len);
+		return len ? conn_send(c, SIDE_UP, p, len) : 0;
+	case M_STARTTLS_SLOW:
+		/* The agent answers at once, in one pass of the loop: "OK"
+		 * is written and the ClientHello is in the socket before the
+		 * handshake starts, and the client's Finished and first
+		 * record are there when it reads again (tls_slow_cb) */
+		if (!conn_tls_ready(c, SIDE_AGENT) && len >= 8 && memcmp(p, "STARTTLS", 8) == 0) {
+			SSL *ssl = local_ca_server_ssl("127.0.0.1");
+
+			SSL_set_info_callback(ssl, tls_slow_cb);
+			conn_in_consume(c, SIDE_AGENT, 8);
+			conn_send(c, SIDE_AGENT, "OK", 2);
+			conn_flush(c, SIDE_AGENT);
+			usleep(200 * 1000);
 			tls_rc = conn_tls(c, SIDE_AGENT, ssl, true);
 			return tls_rc;
 		}
@@ -364,12 +392,12 @@ out:
 	return NULL;
 }
 
-static void tls_agent_case(const char *sni)
+static void tls_agent_case(const char *sni, int m)
 {
 	pthread_t th;
 	char buf[8] = "";
 
-	mode = M_STARTTLS;
+	mode = m;
 	new_conn();
 	client_done = false;
 	client_err[0] = 0;
@@ -447,8 +475,17 @@ static void t_flush(void)
 
 static void t_tls_agent_leg(void)
 {
-	tls_agent_case(NULL);           /* no SNI: the fallback name (an IP SAN) */
-	tls_agent_case("db.example");   /* SNI picks the name */
+	tls_agent_case(NULL, M_STARTTLS);           /* no SNI: the fallback name (an IP SAN) */
+	tls_agent_case("db.example", M_STARTTLS);   /* SNI picks the name */
+}
+
+/* The whole handshake in one pass of the loop, the client's first record
+ * read with its Finished (read ahead): no epoll edge follows, yet the
+ * record reaches the module (it stalled the connection: pgbench with
+ * sslmode=require, stop 25). */
+static void t_tls_agent_leg_one_pass(void)
+{
+	tls_agent_case(NULL, M_STARTTLS_SLOW);
 }
 
 static void t_tls_smuggled(void)
@@ -611,6 +648,7 @@ int main(int argc, char **argv)
 	RUN(t_send_now);
 	RUN(t_flush);
 	RUN(t_tls_agent_leg);
+	RUN(t_tls_agent_leg_one_pass);
 	RUN(t_tls_smuggled);
 	RUN(t_tls_upstream_leg);
 	RUN(t_ca_persists);
