@@ -71,7 +71,9 @@ pg_bench_setup() {
 	echo "postgres bench: pgbench -i -s $PGB_SCALE" >&2
 	pgbench -i -q -s "$PGB_SCALE" -h "$d" -p "$PG_PORT" -U bench bench >"$d/init.log" 2>&1 ||
 		{ echo "postgres bench: pgbench -i failed: $(oneline <"$d/init.log")"; return 1; }
-	printf 'bench-pw\n' >"$d/pw" && chmod 600 "$d/pw"
+	# beside, not in, the postgres-owned directory: agentgate reads secrets
+	# only through paths no one but root can change
+	printf 'bench-pw\n' >"$TMP/pg-pw" && chmod 600 "$TMP/pg-pw"
 
 	# pgbouncer, session pool (it refuses to run as root)
 	if command -v pgbouncer >/dev/null; then
@@ -130,7 +132,7 @@ pg_bench_setup() {
 		  - name: pg
 		    protocol: postgres
 		    address: 127.0.0.1:$PG_PORT
-		    upstream: {user: bench, password_file: $d/pw, database: bench}
+		    upstream: {user: bench, password_file: $TMP/pg-pw, database: bench}
 		roles:
 		  - name: reader
 		    rules:

@@ -489,7 +489,7 @@ static void checkpoint_seq_save(void)
 	 * a truncated file's block back on every save (with the discard mount
 	 * option, a synchronous discard that stalled the emitting thread at
 	 * each checkpoint). */
-	fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+	fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (fd < 0)
 		return;
 	memmove(A.cp_hist + 1, A.cp_hist, sizeof(A.cp_hist) - sizeof(A.cp_hist[0]));
@@ -524,7 +524,7 @@ static void drop_save_locked(bool force)
 		return;   /* at most once a second: emitters wait for A.lock */
 	A.drop_saved_ms = now;
 	drop_path(path, sizeof(path));
-	fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+	fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (fd < 0)
 		return;
 	snprintf(txt, sizeof(txt), "%020llu\n%020llu\n%020llu\n%020llu\n", (unsigned long long)A.dropped,

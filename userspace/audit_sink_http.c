@@ -69,15 +69,18 @@ struct hsink {
 static int read_token(const char *path, char *out, size_t n)
 {
 	size_t len;
-	char *t = read_file(path, n - 1, &len);
+	char why[300];
+	char *t = secret_read(path, n - 1, &len, why, sizeof(why));
 
-	if (!t)
+	if (!t) {
+		ag_log(LOG_LVL_ERR, "audit: %s", why);
 		return -errno ? -errno : -EINVAL;
+	}
 	while (len && (t[len - 1] == '\n' || t[len - 1] == '\r' || t[len - 1] == ' '))
 		len--;
 	memcpy(out, t, len);
 	out[len] = 0;
-	OPENSSL_cleanse(t, len);
+	OPENSSL_cleanse(t, n);
 	free(t);
 	for (size_t i = 0; i < len; i++)   /* it goes into a header */
 		if ((unsigned char)out[i] < 0x21 || (unsigned char)out[i] > 0x7e)

@@ -130,7 +130,7 @@ static int open_active(struct spool *s, uint64_t first)
 	int fd;
 
 	seg_path(s, first, ".log", path, sizeof(path));
-	fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+	fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (fd < 0)
 		return -errno;
 	s->fd = fd;
@@ -358,8 +358,14 @@ int spool_open(struct spool **out, const char *dir, uint64_t max_bytes, uint64_t
 	if (s->seg_max < 4096)
 		s->seg_max = 4096;
 	s->last_sync_ms = mono_ms();
-	if ((err = mkdir_p(dir, 0700)) || (err = (chmod(dir, 0700) ? -errno : 0)) ||
-	    !(s->wbuf = malloc(2 * WBUF_CAP)) || !(s->spare = malloc(2 * WBUF_CAP)) ||
+	char dwhy[600];
+
+	/* the spool's files are opened by name, with root's rights: in a
+	 * directory others could write, a symbolic link put in a segment's
+	 * place would have events appended to any file */
+	if ((err = private_dir(dir, dwhy, sizeof(dwhy))))
+		ag_log(LOG_LVL_ERR, "audit: spool: %s", dwhy);
+	if (err || !(s->wbuf = malloc(2 * WBUF_CAP)) || !(s->spare = malloc(2 * WBUF_CAP)) ||
 	    (err = recover(s))) {
 		spool_close(s);
 		return err ? err : -ENOMEM;
@@ -660,7 +666,7 @@ static int seal_write(struct spool *s, uint64_t first, const Bytef *z, uLongf zl
 
 	seg_path(s, first, ".z", zp, sizeof(zp));
 	snprintf(tp, sizeof(tp), "%s.tmp", zp);
-	fd = open(tp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	fd = open(tp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (fd < 0 || write_all(fd, z, zl) || fsync(fd))
 		err = -errno;
 	if (fd >= 0)
@@ -1010,7 +1016,7 @@ int spool_reader_open(struct spool *s, const char *id, struct spool_reader **out
 	r->s = s;
 	r->lfd = -1;
 	snprintf(path, sizeof(path), "%s/cursor-%s", s->dir, id);
-	r->cfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	r->cfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (r->cfd < 0) {
 		int err = -errno;
 
@@ -1295,7 +1301,7 @@ static int dl_file(struct spool *s, size_t add)
 	snprintf(path, sizeof(path), "%s/dead-letter.jsonl", s->dir);
 	snprintf(old, sizeof(old), "%s.1", path);
 	if (s->dlfd < 0) {
-		if ((s->dlfd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600)) < 0)
+		if ((s->dlfd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)) < 0)
 			return -errno;
 		s->dl_bytes = fstat(s->dlfd, &st) == 0 ? (uint64_t)st.st_size : 0;
 		s->dl_lines = file_lines(s->dlfd);
@@ -1321,7 +1327,7 @@ static int dl_file(struct spool *s, size_t add)
 	s->dl_lines_old = s->dl_lines;
 	close(s->dlfd);
 	s->dl_lines = s->dl_bytes = 0;
-	if ((s->dlfd = open(path, O_RDWR | O_APPEND | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0)
+	if ((s->dlfd = open(path, O_RDWR | O_APPEND | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600)) < 0)
 		return -errno;
 	return 0;
 }

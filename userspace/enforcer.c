@@ -1883,11 +1883,13 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 	E->policy = load_policy(policy_path, E->policy_desc, sizeof(E->policy_desc), NULL);
 	if (!E->policy || check_supported(E->policy, NULL))
 		return 1;
-	if ((rc = mkdir_p(state_dir, 0700))) {
-		log_err("state directory '%s': %s", state_dir, strerror(-rc));
+	char dwhy[600];
+
+	/* it holds the admin socket and the audit signing key */
+	if (private_dir(state_dir, dwhy, sizeof(dwhy))) {
+		log_err("state directory: %s", dwhy);
 		return 1;
 	}
-	chmod(state_dir, 0700);
 	snprintf(lockpath, sizeof(lockpath), "%s/run.lock", state_dir);
 	lockfd = take_lock(lockpath);
 	if (lockfd < 0)

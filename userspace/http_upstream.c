@@ -102,11 +102,14 @@ static struct up_entry *entry(const struct policy *p, int t)
  * removed). 0 or -errno; on error nothing of the file stays in buf. */
 static int read_secret(const char *path, char *buf, size_t cap, size_t *len)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	char why[300];
+	int fd = secret_open(path, why, sizeof(why));
 	size_t n = 0;
 
-	if (fd < 0)
-		return -errno;
+	if (fd < 0) {
+		ag_log(LOG_LVL_WARN, "http: upstream credential: %s", why);
+		return fd;
+	}
 	for (;;) {
 		ssize_t r = read(fd, buf + n, cap - 1 - n);
 
@@ -245,6 +248,19 @@ static SSL_CTX *make_ctx(const struct policy_upstream *u, char *why, size_t whyl
 		}
 	}
 	SSL_CTX_set_default_passwd_cb(ctx, ag_no_passphrase);   /* encrypted: refused, never prompted */
+	if (u->cert_file) {
+		/* the key is read by OpenSSL, by path: that path must be one
+		 * only root can change (a trusted path stays trusted) */
+		char kwhy[300];
+		int fd = secret_open(u->key_file ? u->key_file : u->cert_file, kwhy, sizeof(kwhy));
+
+		if (fd < 0) {
+			snprintf(why, whylen, "upstream TLS: client key refused: %s", kwhy);
+			SSL_CTX_free(ctx);
+			return NULL;
+		}
+		close(fd);
+	}
 	if (u->cert_file && (SSL_CTX_use_certificate_chain_file(ctx, u->cert_file) != 1 ||
 			     SSL_CTX_use_PrivateKey_file(ctx, u->key_file ? u->key_file : u->cert_file,
 							 SSL_FILETYPE_PEM) != 1 ||

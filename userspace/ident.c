@@ -389,14 +389,15 @@ static char *read_secret_file(struct ident_agent *a, const char *path, const cha
 	size_t n = 0;
 	int fd, err;
 
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	char owhy[300];
+
+	fd = secret_open(path, owhy, sizeof(owhy));
 	if (fd < 0) {
-		err = errno;
-		ident_setwhy(why, whylen, "%s '%s': %s", what, path, strerror(err));
+		ident_setwhy(why, whylen, "%s: %s", what, owhy);
 		return NULL;
 	}
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-		ident_setwhy(why, whylen, "%s '%s': not a regular file", what, path);
+	if (fstat(fd, &st) < 0) {
+		ident_setwhy(why, whylen, "%s '%s': %s", what, path, strerror(errno));
 		goto fail;
 	}
 	a->pr.secret_file_exposed = (st.st_mode & (S_IRWXG | S_IRWXO)) != 0;

@@ -35,6 +35,7 @@
 #include "pg_classify.h"
 #include "policy.h"
 #include "http_path.h"
+#include "util.h"
 
 /* Bounds on what a policy may make us allocate. */
 #define MAX_DEPTH    32              /* nesting of mappings and lists */
@@ -864,6 +865,32 @@ static char *opt_str(struct vctx *v, const struct ynode *m, const char *key)
 	return n ? dup_str(v, n, key) : NULL;
 }
 
+/* A file the enforcer reads a secret from, with root's rights: named by an
+ * absolute path that no one but root can re-point (util.h, path_trusted).
+ * A file not there yet is not an error here: it is read when needed. */
+static void secret_check(struct vctx *v, const struct ynode *n, const char *key, const char *path)
+{
+	char why[300];
+	int err;
+
+	if (!path)
+		return;
+	if (path[0] != '/')
+		verr(v, n, "%s '%.200s' must be an absolute path (the enforcer reads it with root's rights, "
+		     "whatever its working directory)", key, path);
+	else if ((err = path_trusted(path, why, sizeof(why))) == -EPERM || err == -ELOOP)
+		verr(v, n, "%s: %s", key, why);
+}
+
+static char *secret_str(struct vctx *v, const struct ynode *m, const char *key)
+{
+	const struct ynode *n = map_get(m, key);
+	char *path = n ? dup_str(v, n, key) : NULL;
+
+	secret_check(v, n, key, path);
+	return path;
+}
+
 static bool is_int_text(const char *s)
 {
 	if (*s == '-')
@@ -1325,8 +1352,8 @@ static void load_identity(struct vctx *v, const struct ynode *m, struct policy_i
 	if ((n = map_get(m, "issuer")))
 		id->issuer = dup_url(v, n, "issuer");
 	id->client_id = opt_str(v, m, "client_id");
-	id->client_secret_file = opt_str(v, m, "client_secret_file");
-	id->private_key_file = opt_str(v, m, "private_key_file");
+	id->client_secret_file = secret_str(v, m, "client_secret_file");
+	id->private_key_file = secret_str(v, m, "private_key_file");
 	id->audience = opt_str(v, m, "audience");
 	id->token_file = opt_str(v, m, "token_file");
 	id->groups_claim = opt_str(v, m, "groups_claim");
@@ -1413,8 +1440,10 @@ static void load_header(struct vctx *v, const struct ynode *m, struct policy_ups
 	check_keys(v, m, keys);
 	if ((n = need(v, m, "name")) && (u->header_name = dup_str(v, n, "header name")))
 		check_header_name(v, n, u->header_name);
-	if ((n = need(v, m, "value_file")))
+	if ((n = need(v, m, "value_file"))) {
 		u->header_value_file = dup_str(v, n, "value_file");
+		secret_check(v, n, "value_file", u->header_value_file);
+	}
 }
 
 static void load_bearer(struct vctx *v, const struct ynode *n, struct policy_upstream *u)
@@ -1502,10 +1531,10 @@ static void load_upstream(struct vctx *v, const struct ynode *m, struct policy_t
 		u->tls = xstrdup(v, n, n->val);
 	u->ca_file = opt_str(v, m, "ca_file");
 	u->cert_file = opt_str(v, m, "cert_file");
-	u->key_file = opt_str(v, m, "key_file");
+	u->key_file = secret_str(v, m, "key_file");
 	u->server_name = opt_str(v, m, "server_name");
 	u->user = opt_str(v, m, "user");
-	u->password_file = opt_str(v, m, "password_file");
+	u->password_file = secret_str(v, m, "password_file");
 	u->database = opt_str(v, m, "database");
 	u->search_path = opt_str(v, m, "search_path");
 	if (u->search_path && !pinned_schema_ok(u->search_path))
@@ -1517,8 +1546,8 @@ static void load_upstream(struct vctx *v, const struct ynode *m, struct policy_t
 	if ((n = map_get(m, "idle_in_transaction_session_timeout")))
 		want_duration(v, n, "idle_in_transaction_session_timeout",
 			      &u->idle_in_transaction_timeout_ms);
-	u->bearer_token_file = opt_str(v, m, "bearer_token_file");
-	u->basic_auth_file = opt_str(v, m, "basic_auth_file");
+	u->bearer_token_file = secret_str(v, m, "bearer_token_file");
+	u->basic_auth_file = secret_str(v, m, "basic_auth_file");
 	if ((n = map_get(m, "header")))
 		load_header(v, n, u);
 	if ((n = map_get(m, "bearer")))
@@ -1979,7 +2008,7 @@ static void load_sink(struct vctx *v, const struct ynode *m, struct policy_sink 
 		s->transport = xstrdup(v, m, "tcp");
 	if ((n = map_get(m, "url")))
 		s->url = dup_url(v, n, "url");
-	s->token_file = opt_str(v, m, "token_file");
+	s->token_file = secret_str(v, m, "token_file");
 	s->index = opt_str(v, m, "index");
 	s->ca_file = opt_str(v, m, "ca_file");
 	if ((n = map_get(m, "ack")))

@@ -1813,6 +1813,18 @@ static SSL_CTX *upstream_ctx_new(const struct policy_upstream *u, bool verify, c
 		}
 	}
 	SSL_CTX_set_default_passwd_cb(ctx, ag_no_passphrase);   /* encrypted: refused, never prompted */
+	if (u->cert_file && u->key_file) {
+		/* the key is read by OpenSSL, by path: that path must be one
+		 * only root can change (a trusted path stays trusted) */
+		char kwhy[300];
+		int fd = secret_open(u->key_file, kwhy, sizeof(kwhy));
+
+		if (fd < 0) {
+			snprintf(why, whylen, "client key refused: %s", kwhy);
+			goto fail;
+		}
+		close(fd);
+	}
 	if (u->cert_file && (SSL_CTX_use_certificate_chain_file(ctx, u->cert_file) != 1 ||
 			     SSL_CTX_use_PrivateKey_file(ctx, u->key_file, SSL_FILETYPE_PEM) != 1)) {
 		snprintf(why, whylen, "cannot load client certificate '%s'", u->cert_file);
@@ -1979,17 +1991,24 @@ static int build_startup(struct conn *c)
 	return 0;
 }
 
+/* The target's password (secret_read: from a path only root can change).
+ * On failure c->why says why, without the file's content. */
 static int read_password(struct conn *c)
 {
 	struct pg_sess *s = S(c);
 	const char *f = target(c)->upstream.password_file;
 	size_t len = 0;
+	char why[300];
 
 	if (!f)
 		return 0;
-	s->password = read_file(f, 4096, &len);
-	if (!s->password)
-		return -errno ? -errno : -EIO;
+	s->password = secret_read(f, 4096, &len, why, sizeof(why));
+	if (!s->password) {
+		int err = errno ? errno : EIO;
+
+		snprintf(c->why, sizeof(c->why), "cannot read the target's password_file: %s", why);
+		return -err;
+	}
 	while (len && (s->password[len - 1] == '\n' || s->password[len - 1] == '\r'))
 		s->password[--len] = '\0';
 	return 0;
@@ -2196,7 +2215,8 @@ static int start_upstream(struct conn *c)
 	}
 	err = read_password(c);
 	if (err) {
-		audit_refuse(c, "cannot read the target's password_file");
+		ag_log(LOG_LVL_WARN, "postgres: target '%s': %s", target(c)->name, c->why);
+		audit_refuse(c, c->why);
 		return fatal(c, "28000", "agentgate: cannot read the password file of target \"%s\"",
 			     target(c)->name);
 	}

@@ -67,13 +67,15 @@ static uint64_t session_cap(void)
 
 int rec_configure(const char *dir, uint64_t max_bytes, uint32_t max_age_ms)
 {
+	char why[600];
 	int err = 0;
 
 	pthread_mutex_lock(&R.lock);
 	if (!dir) {
 		atomic_store(&R.on, false);
-	} else if (!(err = mkdir_p(dir, 0700))) {
-		chmod(dir, 0700);
+	} else if ((err = private_dir(dir, why, sizeof(why)))) {
+		ag_log(LOG_LVL_ERR, "recording: %s", why);
+	} else {
 		snprintf(R.dir, sizeof(R.dir), "%s", dir);
 		R.max_bytes = max_bytes ? max_bytes : REC_DEFAULT_MAX_BYTES;
 		R.max_age_ms = max_age_ms ? max_age_ms : REC_DEFAULT_MAX_AGE_MS;

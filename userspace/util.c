@@ -452,3 +452,108 @@ int path_trusted(const char *path, char *why, size_t whylen)
 		snprintf(dir, sizeof(dir), "%s", child);
 	}
 }
+
+int private_dir(const char *dir, char *why, size_t whylen)
+{
+	struct stat st;
+	int fd, err;
+
+	if ((err = mkdir_p(dir, 0700))) {
+		snprintf(why, whylen, "'%s': %s", dir, strerror(-err));
+		return err;
+	}
+	if ((err = path_trusted(dir, why, whylen)) < 0)
+		return err;
+	fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0) {
+		err = -errno;
+		snprintf(why, whylen, "'%s': %s", dir, err == -ELOOP || err == -ENOTDIR ?
+			 "not a directory (a symbolic link?)" : strerror(-err));
+		return err;
+	}
+	if (fstat(fd, &st) < 0) {
+		err = -errno;
+		snprintf(why, whylen, "'%s': %s", dir, strerror(-err));
+	} else if (!owner_ok(st.st_uid) || (st.st_mode & (S_IWGRP | S_IWOTH))) {
+		snprintf(why, whylen, "directory '%s' (owner uid %u, mode %04o) may be written by others "
+			 "than root", dir, (unsigned)st.st_uid, (unsigned)(st.st_mode & 07777));
+		err = -EPERM;
+	} else if ((st.st_mode & 07777) != 0700 && fchmod(fd, 0700) < 0) {
+		err = -errno;
+		snprintf(why, whylen, "'%s': %s", dir, strerror(-err));
+	}
+	close(fd);
+	return err;
+}
+
+int secret_open(const char *path, char *why, size_t whylen)
+{
+	struct stat st;
+	int fd, err = path_trusted(path, why, whylen);
+
+	if (err < 0)
+		return err;
+	/* O_NONBLOCK: a FIFO put in its place must not hang the caller */
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	if (fd < 0) {
+		err = -errno;
+		snprintf(why, whylen, "'%s': %s", path, strerror(-err));
+		return err;
+	}
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		snprintf(why, whylen, "'%s' is not a regular file", path);
+		close(fd);
+		return -EINVAL;
+	}
+	if (!owner_ok(st.st_uid) || (st.st_mode & S_IWOTH) || ((st.st_mode & S_IWGRP) && st.st_gid != 0)) {
+		snprintf(why, whylen, "'%s' (owner uid %u, mode %04o) may be written by others than root",
+			 path, (unsigned)st.st_uid, (unsigned)(st.st_mode & 07777));
+		close(fd);
+		return -EPERM;
+	}
+	return fd;
+}
+
+char *secret_read(const char *path, size_t max, size_t *len, char *why, size_t whylen)
+{
+	int fd = secret_open(path, why, whylen);
+	size_t n = 0;
+	char *buf;
+
+	if (fd < 0) {
+		errno = -fd;
+		return NULL;
+	}
+	/* one buffer of the bound, never grown: no copy of the secret is
+	 * left behind in memory a realloc gave back */
+	if (!(buf = malloc(max + 1))) {
+		snprintf(why, whylen, "out of memory");
+		close(fd);
+		errno = ENOMEM;
+		return NULL;
+	}
+	for (;;) {
+		ssize_t r = read(fd, buf + n, max + 1 - n);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0 || n + (size_t)r > max || (r == 0 && n == 0)) {
+			int err = r < 0 ? errno : r ? EFBIG : ENODATA;
+
+			snprintf(why, whylen, "'%s': %s", path, err == EFBIG ? "larger than expected" :
+				 err == ENODATA ? "empty" : strerror(err));
+			explicit_bzero(buf, max + 1);
+			free(buf);
+			close(fd);
+			errno = err;
+			return NULL;
+		}
+		if (r == 0)
+			break;
+		n += (size_t)r;
+	}
+	close(fd);
+	buf[n] = 0;
+	*len = n;
+	return buf;
+}

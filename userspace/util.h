@@ -93,6 +93,21 @@ char *read_file(const char *path, size_t max, size_t *len_out);
  * trusted directory); -EPERM, -ELOOP or -errno otherwise, with why.
  */
 int path_trusted(const char *path, char *why, size_t whylen);
+/* Opens a secret the enforcer reads with root's rights (an upstream
+ * password, an injected token, a client secret): only through a path no one
+ * but root can re-point (path_trusted), only a regular file, and only one
+ * no one else may write. The fd (O_RDONLY), or -errno with why. */
+/* A directory of the enforcer's own (state, spool, recordings): made if
+ * missing (0700), reached through a path only root can re-point, itself
+ * not a symbolic link, owned by root (or the euid) and writable by no one
+ * else; then mode 0700. 0, or -errno with why (a shared directory such as
+ * /tmp is refused, not changed). */
+int private_dir(const char *dir, char *why, size_t whylen);
+int secret_open(const char *path, char *why, size_t whylen);
+/* The whole of such a file (at most max bytes; NUL-terminated, *len without
+ * it), or NULL with errno and why; the caller wipes and frees it. An empty
+ * file is an error (ENODATA). */
+char *secret_read(const char *path, size_t max, size_t *len, char *why, size_t whylen);
 
 /* An OpenSSL pem_password_cb that gives no pass phrase: an encrypted key
  * fails to load, where OpenSSL's default would ask for one on the terminal

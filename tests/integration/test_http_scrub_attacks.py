@@ -403,3 +403,26 @@ def test_kubernetes_target_credential_starred(enforcer, reflect, tmp):
     assert tok not in out, out
     no_piece(out, tok, 12)
     assert rs[0][1]["x-echo"] == "Bearer " + "*" * len(tok), rs[0][1]
+
+
+def test_credential_in_a_directory_others_may_write_is_not_read(enforcer, reflect, tmp):
+    """The injected credential is read with root's rights, so only through a
+    path no one but root can re-point (review, stop 24: only an agent's
+    token_file was held to that). Its directory made writable by anyone
+    after the policy loaded (where the load's own check cannot see it): the
+    request gets 502 naming the file and the upstream gets nothing."""
+    d = os.path.join(tmp, "creds")
+    os.mkdir(d, 0o755)
+    tok = b"tok-abcdef-0123456789"
+    f = secret_file(d, "token", tok + b"\n")
+    pol = policy(reflect, rules='"GET /v1/**"', upstream=f"server_name: api.internal, bearer_token_file: {f}")
+    enforcer.start(pol)
+    os.chmod(d, 0o777)
+    out = raw(enforcer, reflect, get("/v1/r/x"))
+    rs, _ = responses(out)
+    assert rs and rs[0][0] == 502, out
+    assert b"bearer_token_file" in rs[0][2] and b"x-echo" not in out.lower(), out
+    assert tok not in out
+    # the log names the directory, never the token
+    log = enforcer.read_log()
+    assert "may be changed by others" in log and tok.decode() not in log, log[-2000:]

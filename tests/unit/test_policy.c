@@ -10,6 +10,8 @@
 #include <openssl/evp.h>
 
 #include "policy.h"
+#include <sys/stat.h>
+
 #include "unit.h"
 
 #define DATA "tests/unit/policies/"
@@ -936,6 +938,54 @@ static void test_refused_shapes(void)
 	}
 }
 
+/* Secret files (read with root's rights) must be named by absolute paths
+ * no one but root can re-point: refused at load, with the file's line. A
+ * file not there yet loads (it is read when needed). Runs as root. */
+static void test_secret_paths(void)
+{
+	char d[] = "/tmp/agentgate-unit-secret-XXXXXX", text[2048], open_dir[600];
+	struct policy_errors e;
+	struct policy *p;
+
+	CHECK(mkdtemp(d) != NULL);
+	snprintf(open_dir, sizeof(open_dir), "%s/open", d);
+	CHECK(mkdir(open_dir, 0700) == 0 && chmod(open_dir, 0777) == 0);
+	static const char *const fmt =
+		"version: 1\n"
+		"agents: [{name: a}]\n"
+		"targets:\n"
+		"  - name: db\n"
+		"    protocol: postgres\n"
+		"    address: 10.0.0.5:5432\n"
+		"    upstream: {user: app, password_file: %s}\n"
+		"  - name: api\n"
+		"    protocol: http\n"
+		"    address: 10.0.0.6:80\n"
+		"    upstream: {bearer_token_file: %s}\n";
+
+	snprintf(text, sizeof(text), fmt, "/etc/agentgate/missing", "/etc/agentgate/missing-too");
+	p = load_str("ok.yaml", text, &e);
+	CHECK(p != NULL);
+	policy_free(p);
+	snprintf(text, sizeof(text), fmt, "secrets/db", "/etc/agentgate/missing");
+	p = load_str("rel.yaml", text, &e);
+	CHECK(p == NULL && has_error(&e, 7, 43, "password_file 'secrets/db' must be an absolute path"));
+	policy_free(p);
+	char pw[700], tok[700];
+
+	snprintf(pw, sizeof(pw), "%s/pw", open_dir);
+	snprintf(tok, sizeof(tok), "%s/../open/tok", open_dir);
+	snprintf(text, sizeof(text), fmt, pw, tok);
+	p = load_str("open.yaml", text, &e);
+	CHECK(p == NULL && e.total == 2 && has_error(&e, 7, 43, "password_file: '") &&
+	      has_error(&e, 11, 34, "bearer_token_file: '") && strstr(e.e[0].msg, "others may create it"));
+	if (p == NULL && e.total != 2)
+		dump_errors(&e);
+	policy_free(p);
+	rmdir(open_dir);
+	rmdir(d);
+}
+
 int main(void)
 {
 	RUN(test_default_policy);
@@ -955,5 +1005,6 @@ int main(void)
 	RUN(test_parse_addr);
 	RUN(test_proto_name);
 	RUN(test_reload_refusal);
+	RUN(test_secret_paths);
 	UNIT_DONE("policy");
 }
