@@ -42,11 +42,17 @@
  * normal under load, and each new POST is another copy indexed. */
 #define HEC_ACK_WAIT_MS 30000
 /* Then the batch is posted again: no answer tells a slow ack from one the
- * indexer lost (both are false), so a lost one costs this long. */
+ * indexer lost (both are false), so a lost one costs this long. The
+ * sink's ack_timeout sets it (and caps the wait per attempt). */
 #define HEC_ACK_GIVE_UP_MS 60000
 #define ES_DEFAULT_INDEX "agentgate-audit"
 
 enum kind { K_HEC, K_ES, K_HOOK };
+
+static uint64_t give_up(const struct audit_sink *s)
+{
+	return s->cfg->ack_timeout_ms ? s->cfg->ack_timeout_ms : HEC_ACK_GIVE_UP_MS;
+}
 
 struct hsink {
 	enum kind kind;
@@ -343,7 +349,7 @@ static int hec_wait_ack(struct audit_sink *s, long ack_id, struct sink_batch *b,
 	char body[64], key[24];
 	long st;
 
-	uint64_t end = now_ns_mono() / 1000000ull + HEC_ACK_WAIT_MS;
+	uint64_t end = now_ns_mono() / 1000000ull + (give_up(s) < HEC_ACK_WAIT_MS ? give_up(s) : HEC_ACK_WAIT_MS);
 
 	snprintf(body, sizeof(body), "{\"acks\":[%ld]}", ack_id);
 	snprintf(key, sizeof(key), "%ld", ack_id);
@@ -376,9 +382,9 @@ static int hec_send(struct audit_sink *s, struct sink_batch *b)
 	int err;
 
 	/* the same batch again (its ack did not come in time): its ackId
-	 * first, rather than another copy, until HEC_ACK_GIVE_UP_MS */
+	 * first, rather than another copy, until give_up() */
 	if (s->cfg->ack && h->pend_ack >= 0 && h->pend_first == b->first && h->pend_n <= b->n &&
-	    now_ms_realtime() - h->pend_since_ms < HEC_ACK_GIVE_UP_MS) {
+	    now_ms_realtime() - h->pend_since_ms < give_up(s)) {
 		size_t done = h->pend_n;
 		int err = hec_wait_ack(s, h->pend_ack, b, done);
 

@@ -172,6 +172,7 @@ struct policy_sink {
 	char *url, *token_file, *index;/* hec, es, webhook */
 	char *ca_file;                 /* syslog tls, https: CA bundle to verify the server (NULL: system CAs) */
 	bool ack;                      /* splunk_hec: indexer acknowledgement (channel + /ack polling) */
+	uint32_t ack_timeout_ms;       /* splunk_hec with ack: a batch unacknowledged this long is posted again (0: 60 s) */
 	uint64_t rotate_bytes;         /* file: rotate at this size (0: never) */
 	uint32_t rotate_age_ms;        /* file: rotate when the file is this old (0: never) */
 	uint32_t keep;                 /* file: rotated files kept (path.1 .. path.keep; default 5) */

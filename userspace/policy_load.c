@@ -1939,7 +1939,7 @@ static const struct sink_shape sink_shapes[] = {
 	[SINK_FILE] = { { "path" }, { "rotate_bytes", "rotate_age", "keep" } },
 	[SINK_STDOUT] = { { NULL }, { NULL } },
 	[SINK_SYSLOG] = { { "address" }, { "transport", "ca_file" } },
-	[SINK_SPLUNK_HEC] = { { "url", "token_file" }, { "index", "ack", "ca_file" } },
+	[SINK_SPLUNK_HEC] = { { "url", "token_file" }, { "index", "ack", "ack_timeout", "ca_file" } },
 	[SINK_ELASTICSEARCH] = { { "url" }, { "index", "token_file", "ca_file" } },
 	[SINK_WEBHOOK] = { { "url" }, { "token_file", "ca_file" } },
 };
@@ -1976,7 +1976,7 @@ static void load_sink(struct vctx *v, const struct ynode *m, struct policy_sink 
 {
 	static const char *const keys[] = {
 		"type", "path", "address", "transport", "url", "token_file", "index", "ca_file", "ack",
-		"rotate_bytes", "rotate_age", "keep", NULL };
+		"ack_timeout", "rotate_bytes", "rotate_age", "keep", NULL };
 	static const char *const types[] = {
 		[SINK_FILE] = "file", [SINK_STDOUT] = "stdout", [SINK_SYSLOG] = "syslog",
 		[SINK_SPLUNK_HEC] = "splunk_hec", [SINK_ELASTICSEARCH] = "elasticsearch",
@@ -2013,6 +2013,12 @@ static void load_sink(struct vctx *v, const struct ynode *m, struct policy_sink 
 	s->ca_file = opt_str(v, m, "ca_file");
 	if ((n = map_get(m, "ack")))
 		want_bool(v, n, "ack", &s->ack);
+	if ((n = map_get(m, "ack_timeout")) && want_duration(v, n, "ack_timeout", &s->ack_timeout_ms)) {
+		if (!s->ack)
+			verr(v, n, "ack_timeout needs 'ack: true'");
+		else if (s->ack_timeout_ms < 1000 || s->ack_timeout_ms > 3600000)
+			verr(v, n, "ack_timeout must be between 1s and 1h");
+	}
 	const char *txt;
 	if ((n = map_get(m, "rotate_bytes")) && (txt = want_str(v, n, "rotate_bytes")) &&
 	    !parse_size(txt, &s->rotate_bytes))

@@ -303,7 +303,7 @@ def collector():
     c.stop()
 
 
-def http_sinks(col, tmp, audit_path, token="test-token"):
+def http_sinks(col, tmp, audit_path, token="test-token", hec_extra=""):
     tok = os.path.join(tmp, "hec.token")
     with open(tok, "w") as f:
         f.write(token + "\n")
@@ -311,7 +311,7 @@ def http_sinks(col, tmp, audit_path, token="test-token"):
     base = f"http://127.0.0.1:{col.port}"
     return textwrap.dedent(f"""\
         - {{type: file, path: {audit_path}}}
-        - {{type: splunk_hec, url: '{base}', token_file: {tok}, ack: true, index: sec}}
+        - {{type: splunk_hec, url: '{base}', token_file: {tok}, ack: true, index: sec{hec_extra}}}
         - {{type: elasticsearch, url: '{base}/', index: agentgate-audit}}
         - {{type: webhook, url: '{base}/hook'}}
         """)
@@ -366,10 +366,12 @@ def test_http_sinks_complete_and_in_order(enforcer, servers, collector):
 def test_http_sinks_survive_errors_and_outage(enforcer, servers, collector):
     """503s, per-item 429s, an HEC batch whose ack never comes, then the
     collector down altogether while events are produced: every sequence
-    arrives; Elasticsearch stores each event exactly once."""
+    arrives; Elasticsearch stores each event exactly once. The HEC sink's
+    ack_timeout is 5 s: the batch whose ack was lost is posted again after
+    5 s, not the default 60 s (which the wait below would not cover)."""
     port, _ = servers.echo()
     cport = collector.port
-    enforcer.start(policy(port, http_sinks(collector, enforcer.tmp, enforcer.audit)))
+    enforcer.start(policy(port, http_sinks(collector, enforcer.tmp, enforcer.audit, hec_extra=", ack_timeout: 5s")))
     with collector.lock:
         collector.fail_next = 4
         collector.es_429_items = 7
@@ -382,9 +384,9 @@ def test_http_sinks_survive_errors_and_outage(enforcer, servers, collector):
     traffic(enforcer, port, 10)
     assert wait_for(lambda: len(file_events(enforcer.audit)) >= 161, 10)
     seqs = [e["metadata"]["sequence"] for e in file_events(enforcer.audit)]
-    # HEC: the batch whose ack was lost is posted again 60 s after its post
-    # (a slow ack and a lost one look the same)
-    for get, wait in ((hec_seqs, 90), (es_seqs, 30), (hook_seqs, 30)):
+    # HEC: the batch whose ack was lost is posted again ack_timeout (5 s)
+    # after its post (a slow ack and a lost one look the same)
+    for get, wait in ((hec_seqs, 30), (es_seqs, 30), (hook_seqs, 30)):
         assert wait_for(lambda: set(seqs) <= set(get(collector)), wait), \
             (get.__name__, sorted(set(seqs) - set(get(collector)))[:10])
     enforcer.stop()

@@ -969,7 +969,7 @@ static void test_secret_paths(void)
 	policy_free(p);
 	snprintf(text, sizeof(text), fmt, "secrets/db", "/etc/agentgate/missing");
 	p = load_str("rel.yaml", text, &e);
-	CHECK(p == NULL && has_error(&e, 7, 43, "password_file 'secrets/db' must be an absolute path"));
+	CHECK(p == NULL && has_error(&e, 7, 42, "password_file 'secrets/db' must be an absolute path"));
 	policy_free(p);
 	char pw[700], tok[700];
 
@@ -977,13 +977,48 @@ static void test_secret_paths(void)
 	snprintf(tok, sizeof(tok), "%s/../open/tok", open_dir);
 	snprintf(text, sizeof(text), fmt, pw, tok);
 	p = load_str("open.yaml", text, &e);
-	CHECK(p == NULL && e.total == 2 && has_error(&e, 7, 43, "password_file: '") &&
-	      has_error(&e, 11, 34, "bearer_token_file: '") && strstr(e.e[0].msg, "others may create it"));
+	CHECK(p == NULL && e.total == 2 && has_error(&e, 7, 42, "password_file: '") &&
+	      has_error(&e, 11, 35, "bearer_token_file: '") && strstr(e.e[0].msg, "others may create it"));
 	if (p == NULL && e.total != 2)
 		dump_errors(&e);
 	policy_free(p);
 	rmdir(open_dir);
 	rmdir(d);
+}
+
+static void test_hec_ack_timeout(void)
+{
+	static const char *const fmt =
+		"version: 1\n"
+		"agents: [{name: a}]\n"
+		"audit:\n"
+		"  sinks:\n"
+		"    - {type: splunk_hec, url: 'https://s:8088', token_file: /etc/agentgate/hec%s}\n";
+	struct policy_errors e;
+	struct policy *p;
+	char text[512];
+
+	snprintf(text, sizeof(text), fmt, ", ack: true, ack_timeout: 90s");
+	p = load_str("hec.yaml", text, &e);
+	CHECK(p && p->audit.nsinks == 1 && p->audit.sinks[0].ack_timeout_ms == 90000);
+	policy_free(p);
+	snprintf(text, sizeof(text), fmt, ", ack: true");
+	p = load_str("hec.yaml", text, &e);
+	CHECK(p && p->audit.sinks[0].ack_timeout_ms == 0);   /* the sink's default, 60 s */
+	policy_free(p);
+	snprintf(text, sizeof(text), fmt, ", ack_timeout: 5s");
+	p = load_str("hec.yaml", text, &e);
+	CHECK(!p && e.total == 1 && strstr(e.e[0].msg, "ack_timeout needs 'ack: true'"));
+	policy_free(p);
+	snprintf(text, sizeof(text), fmt, ", ack: true, ack_timeout: 500ms");
+	p = load_str("hec.yaml", text, &e);
+	CHECK(!p && e.total == 1 && strstr(e.e[0].msg, "between 1s and 1h"));
+	policy_free(p);
+	snprintf(text, sizeof(text),
+		 "version: 1\nagents: [{name: a}]\naudit:\n  sinks:\n    - {type: webhook, url: 'https://h', ack_timeout: 5s}\n");
+	p = load_str("hook.yaml", text, &e);
+	CHECK(!p && e.total >= 1 && strstr(e.e[0].msg, "'ack_timeout' does not apply to webhook sinks"));
+	policy_free(p);
 }
 
 int main(void)
@@ -1006,5 +1041,6 @@ int main(void)
 	RUN(test_proto_name);
 	RUN(test_reload_refusal);
 	RUN(test_secret_paths);
+	RUN(test_hec_ack_timeout);
 	UNIT_DONE("policy");
 }
