@@ -1089,3 +1089,26 @@ def test_server_value_over_16mib(enforcer, pg, tmp):
     res = agent_py(enforcer, code, timeout=120)
     assert res["big"][0] == "54000" and "over the limit" in res["big"][1], str(res)[:300]
     assert res["after"] != [[1]]           # the session ended
+
+
+def test_password_file_in_a_directory_others_may_write_is_not_read(enforcer, pg, tmp):
+    """The upstream password is read with root's rights, so only through a path no
+    one but root can re-point (review, stop 24). Its directory made writable by
+    anyone after the policy loaded: the agent gets 28000, nothing is sent, the log
+    names the directory and never the password; root's again, the next connection
+    logs in (the file is read per upstream login)."""
+    d = os.path.join(tmp, "creds")
+    os.mkdir(d, 0o755)
+    pwfile = os.path.join(d, "pw")
+    with open(pwfile, "w") as f:
+        f.write("app-secret-pw\n")
+    os.chmod(pwfile, 0o600)
+    enforcer.start(policy(pg, tmp, pwfile=pwfile))
+    os.chmod(d, 0o777)
+    rc, out, err = psql(enforcer, pg, "SELECT id FROM customers ORDER BY id")
+    assert rc != 0 and "cannot read the password file" in err, out + err
+    log = enforcer.read_log()
+    assert "may be changed by others" in log and "app-secret-pw" not in log, log[-2000:]
+    os.chmod(d, 0o755)
+    rc, out, err = psql(enforcer, pg, "SELECT id FROM customers ORDER BY id")
+    assert rc == 0 and out.split() == ["1", "2"], out + err
