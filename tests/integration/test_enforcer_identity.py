@@ -296,3 +296,24 @@ print(json.dumps(summary(c.until_ready())))
         assert any(x.startswith("D:") for x in out) and f"D:{clear}" not in out, out
     finally:
         p.stop()
+
+
+def test_status_json_is_ascii_whatever_the_claims(enforcer, servers, idp, tmp):
+    """A principal's claims are the issuer's (and its users') text: a bidi override
+    or a C1 control in a group would act on the operator's terminal. `status --json`
+    writes ASCII JSON (\\u escapes) that still reads back as the claim."""
+    import urllib.parse
+    import urllib.request
+    evil = "supp\u202eort\u0085x\u00e9"
+    urllib.request.urlopen(urllib.request.Request(
+        idp.issuer + "/admin/groups?set=" + urllib.parse.quote("agents," + evil, safe=","),
+        data=b"", method="POST"), timeout=5).read()
+    port, _ = servers.echo()
+    enforcer.start(policy(tmp, idp.issuer, port))
+    r = enforcer.cli("status", "--json")
+    assert r.returncode == 0, r.stderr
+    raw = r.stdout.encode("utf-8")
+    assert all(b < 0x80 for b in raw), [c for c in r.stdout if ord(c) > 0x7f]
+    pr = json.loads(r.stdout)["agents"][0]["principal"]
+    assert pr["verified"] is True and evil in pr["groups"], pr
+    assert "\\u202e" in r.stdout.lower()
