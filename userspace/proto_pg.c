@@ -264,6 +264,7 @@ struct pg_portal {
 	bool described;        /* its RowDescription (or NoData) was read: plan is final */
 	int ncols;             /* columns in that description (0: NoData) */
 	uint32_t desc_epoch;   /* s->sql_epoch when a Describe of it was last sent; 0 never */
+	uint32_t ans_epoch;    /* the sent epoch of the Describe whose answer set plan; 0 none */
 };
 
 /* The count a RowDescription or DataRow starts with; -1 if it has none. */
@@ -304,6 +305,10 @@ struct pg_pend {
 	uint64_t start_ns, rows;   /* of the current statement (a Query: p->stmt) */
 	uint64_t end_ns;           /* when it ended, for an event built later; 0: now */
 	uint32_t epoch;
+	/* D('P'): s->sql_epoch when it was sent; E: the epoch the description
+	 * of its rows must be of (the answer, not the sending, counts: a
+	 * Describe the server skipped after an error was sent all the same) */
+	uint32_t sql_epoch;
 	int stmt;              /* Query: the statement whose answer comes next (audited once it ends) */
 	bool audited;          /* Query: every event of it is out (a FunctionCall's, at once) */
 	char sqlstate[6];      /* a server error, for audit */
@@ -1003,6 +1008,13 @@ static void pend_pop(struct pg_sess *s)
 	pend_release(s, pend_at(s, 0));
 	s->qhead = (s->qhead + 1) & (s->qcap - 1);
 	s->qlen--;
+}
+
+/* An Execute's portal was described by an answer read for the SQL epoch the
+ * Execute was sent in: its plan is that of the rows coming. */
+static bool described_now(const struct pg_pend *p)
+{
+	return p->portal && p->portal->described && p->portal->ans_epoch == p->sql_epoch;
 }
 
 /* Restores what request p changed in a table: the server never ran it. */
@@ -3150,6 +3162,7 @@ static int fe_describe(struct conn *c, const struct pg_msg *m)
 	if (kind == 'P') {
 		p->portal = portal_get(v);
 		p->portal->desc_epoch = s->sql_epoch;
+		p->sql_epoch = s->sql_epoch;
 	}
 	return fwd(c, m);
 }
@@ -3200,6 +3213,7 @@ static int fe_execute(struct conn *c, const struct pg_msg *m)
 		p->hidden = true;
 		p->portal = portal_get(po);
 		po->desc_epoch = s->sql_epoch;
+		p->sql_epoch = s->sql_epoch;
 		pg_out_target(&s->out, 'D', 'P', name);
 		if ((err = send_out(c, SIDE_UP)))
 			return err;
@@ -3209,6 +3223,7 @@ static int fe_execute(struct conn *c, const struct pg_msg *m)
 		return fatal(c, "54000", "agentgate: too many requests in flight");
 	p->portal = portal_get(po);
 	p->j = judged_get(po->j);
+	p->sql_epoch = s->sql_epoch;
 	bump_epoch(s);
 	return fwd(c, m);
 }
@@ -3814,6 +3829,7 @@ static int be_message(struct conn *c, const struct pg_msg *m)
 				p->portal->plan = plan;
 				p->portal->described = true;
 				p->portal->ncols = msg_count(m);
+				p->portal->ans_epoch = p->sql_epoch;
 			}
 			if (p->kind == 'D')
 				pend_pop(s);
@@ -3827,6 +3843,7 @@ static int be_message(struct conn *c, const struct pg_msg *m)
 			if (p->kind == 'D' && p->portal) {
 				p->portal->described = true;
 				p->portal->ncols = 0;
+				p->portal->ans_epoch = p->sql_epoch;
 			}
 			if (p->kind == 'D')
 				pend_pop(s);
@@ -3839,8 +3856,10 @@ static int be_message(struct conn *c, const struct pg_msg *m)
 
 			/* Masking needs the row's description; an Execute always has
 			 * one (fe_execute asks for it). Should a row come without,
-			 * it is refused, not passed. */
-			if (s->mask_active && p->kind == 'E' && !(p->portal && p->portal->described))
+			 * or with one answered before SQL ran that may have made
+			 * the portal another (the Describe sent since was skipped
+			 * by the server), it is refused, not passed. */
+			if (s->mask_active && p->kind == 'E' && !described_now(p))
 				return fatal(c, "XX000", "agentgate: a row arrived without its description: "
 					     "result refused");
 			/* a row that is not the shape of its description is another
@@ -3898,7 +3917,7 @@ static bool up_passable(struct pg_sess *s, const uint8_t *hdr)
 	    pg_frame_size(hdr, 5) > (1u << 30) + 5)   /* the server's own limit: 1 GB */
 		return false;
 	if (hdr[0] == 'D') {
-		if (s->mask_active && p->kind == 'E' && !(p->portal && p->portal->described))
+		if (s->mask_active && p->kind == 'E' && !described_now(p))
 			return false;
 		return !(p->kind == 'Q' ? s->qplan : p->portal ? p->portal->plan : NULL);
 	}

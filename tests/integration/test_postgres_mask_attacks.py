@@ -233,6 +233,14 @@ scenario("skipped_describe", [(Q("BEGIN"), 1), (P("s", CUST) + B("p", "s") + S, 
 scenario("declared_cursor", [(Q("BEGIN"), 1), (Q("DECLARE c CURSOR FOR " + CUST), 1), (E("c") + S, 1),
                              (Q("ROLLBACK"), 1), (P("", "DECLARE d CURSOR WITH HOLD FOR " + CUST) + B("", "") +
                                                   E("") + S, 1), (E("d") + S, 1)])
+# a portal described over orders; the Sync ends it; a SQL cursor WITH HOLD takes its
+# name; a Describe the server skips (an error before it) is sent; then Execute of the
+# name, all in one write: the Describe was sent for the new SQL epoch but never
+# answered, and the old answer (three integers, nothing to mask) is not the cursor's
+# (review, stop 25: the cursor's rows passed unmasked)
+scenario("forged_described", [(P("s1", "SELECT id, id, id FROM orders") + B("c", "s1") + D(b"P", "c") + S +
+                                Q("DECLARE c CURSOR WITH HOLD FOR " + CUST) +
+                                P("bad", "SELECT nosuch FROM orders") + D(b"P", "c") + S + E("c") + S, 4)])
 print(json.dumps(out))
 """
 
@@ -261,6 +269,11 @@ def test_extended_protocol_sequences_stay_masked(enforcer, pg, tmp):
     # the skipped Describe: rows masked, or refused rather than passed (today: refused, XX000)
     last = res["skipped_describe"][0][-1]
     assert masked(last) or last[0].startswith("E:XX000:agentgate:"), res["skipped_describe"]
+    # a Describe sent but skipped does not describe: the cursor's rows are refused
+    steps = res["forged_described"][0][0]
+    assert not [x for x in steps if x.startswith("D:") and "alice" in x], steps
+    assert any(x.startswith("E:XX000:agentgate:") for x in steps) or all(
+        x.count("****") == 2 for x in steps if x.startswith("D:")), steps
     # a SQL cursor is no portal the module allowed: its Execute is denied
     assert denied(res["declared_cursor"][0][2]) and denied(res["declared_cursor"][0][5]), res["declared_cursor"]
 
