@@ -349,6 +349,16 @@ static void add_table(struct walker *w, const char *schema, const char *rel)
 				     "and tables no rule allows included", rel);
 				return;
 			}
+	/* Other sessions' statement texts, literals and all: every agent of a
+	 * target logs in as the same database user, and sees the others'
+	 * (and the applications' sharing it) WHERE email = '...' (review, stop
+	 * 25). pg_stat_statements keeps utility statements' texts verbatim;
+	 * it is an extension, in whatever schema it was created. */
+	if ((strcmp(schema, "pg_catalog") == 0 && strcmp(rel, "pg_stat_activity") == 0) ||
+	    strcmp(rel, "pg_stat_statements") == 0) {
+		deny(w, "%s.%s holds other sessions' statement texts, their values included", schema, rel);
+		return;
+	}
 
 	if (n < 0 || (size_t)n >= sizeof(name)) {
 		deny(w, "relation name too long");
@@ -1648,6 +1658,56 @@ static void merge_needs(struct walker *w, int clauses)
 	}
 }
 
+/*
+ * INSERT ... ON CONFLICT on a table with masked columns. The conflict target
+ * is a lookup by equality: ON CONFLICT (email) DO NOTHING answers INSERT 0 0
+ * when the value is there, DO UPDATE ... RETURNING id gives that row's id
+ * (review, stop 25). Its column names are plain strings, not column
+ * references the walk checks. A masked column named there is denied; so are
+ * ON CONSTRAINT and a conflict target left out (every unique index then
+ * arbitrates, those over masked columns too).
+ */
+static void conflict_target(struct walker *w, int clause, const struct entry *e)
+{
+	const struct pgj *j = &w->j;
+	int oc = node_of(w, clause, "OnConflictClause"), inf, ic, list, ie;
+	const char *name;
+
+	if (!e || !e->schema || !e->rel || !masked(w, e->schema, e->rel, NULL))
+		return;
+	if (oc < 0)
+		oc = clause;
+	inf = pgj_get(j, oc, "infer");
+	ic = inf >= 0 ? node_of(w, inf, "InferClause") : -1;
+	if (ic < 0)
+		ic = inf;
+	if (ic < 0 || (get_str(w, ic, "conname") && *get_str(w, ic, "conname"))) {
+		deny(w, "ON CONFLICT on %s.%s, which has masked columns, must name its conflict columns "
+		     "(a unique index over a masked column would compare its values)", e->schema, e->rel);
+		return;
+	}
+	list = pgj_get(j, ic, "indexElems");
+	if (pgj_first(j, list) < 0) {
+		deny(w, "ON CONFLICT on %s.%s, which has masked columns, must name its conflict columns",
+		     e->schema, e->rel);
+		return;
+	}
+	for (int el = pgj_first(j, list); el >= 0 && !w->denied; el = pgj_after(j, list, el)) {
+		ie = node_of(w, el, "IndexElem");
+		name = ie >= 0 ? get_str(w, ie, "name") : NULL;
+		if (!name) {
+			deny(w, "ON CONFLICT on %s.%s, which has masked columns, must name plain columns",
+			     e->schema, e->rel);
+			return;
+		}
+		if (masked(w, e->schema, e->rel, name)) {
+			deny(w, "ON CONFLICT (%s) compares the masked column %s.%s.%s", name, e->schema,
+			     e->rel, name);
+			return;
+		}
+	}
+}
+
 static void walk_dml(struct walker *w, int key, int body, struct scope *parent)
 {
 	const struct pgj *j = &w->j;
@@ -1685,6 +1745,7 @@ static void walk_dml(struct walker *w, int key, int body, struct scope *parent)
 
 			if (!act || strcmp(act, "ONCONFLICT_NOTHING") != 0)
 				add_need(w, "update", PGC_WRITE, false);
+			conflict_target(w, i, e);
 		}
 		expr(w, pgj_get(j, body, "onConflictClause"), &sc);
 	} else if (pgj_is(j, key, "UpdateStmt")) {

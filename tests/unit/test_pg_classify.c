@@ -354,8 +354,17 @@ static void test_names(void)
 		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "public.pg_private"));
 		r = judge_rules("SELECT * FROM pg_private", brs, 1);
 		CHECK(r.verdict == PGC_ALLOW && r.ntables == 2);
-		r = judge_rules("SELECT * FROM pg_class, pg_stat_activity, pg_settings, pg_views", crs, 1);
+		r = judge_rules("SELECT * FROM pg_class, pg_locks, pg_settings, pg_views", crs, 1);
 		CHECK(r.verdict == PGC_ALLOW && r.ntables == 4 && has_table(&r, "pg_catalog.pg_views"));
+		/* other sessions' statements, values and all (review, stop 25) */
+		r = judge_rules("SELECT pid, query FROM pg_stat_activity", crs, 1);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "pg_catalog.pg_stat_activity holds other sessions'"));
+		r = judge_rules("SELECT query FROM PG_CATALOG.PG_STAT_ACTIVITY a JOIN pg_class c ON true", crs, 1);
+		CHECK(r.verdict == PGC_DENY);
+		r = judge_rules("SELECT query FROM pg_stat_statements", brs, 1);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "pg_stat_statements holds other sessions'"));
+		r = judge_rules("WITH q AS (SELECT query FROM public.pg_stat_statements) SELECT * FROM q", brs, 1);
+		CHECK(r.verdict == PGC_DENY);
 		r = judge_rules("SELECT * FROM pg_catalog.pg_private", crs, 1);
 		CHECK(r.verdict == PGC_ALLOW);       /* written with its schema: as written */
 		r = judge_rules("DROP TABLE pg_private", drs, 1);
@@ -933,6 +942,32 @@ static void test_statements(void)
 			"SET total = excluded.total", rw, 1);
 	CHECK(r.verdict == PGC_ALLOW);
 	CHECK_STR(r.tag, "insert");
+	/* ON CONFLICT on a table with masked columns is a lookup by equality
+	 * (review, stop 25): a masked column, ON CONSTRAINT or no target at all
+	 * are denied; plain columns that are not masked are not */
+	{
+		static const char *const denied[] = {
+			"INSERT INTO customers (id, email) VALUES (-1, 'alice@example.com') ON CONFLICT (email) DO NOTHING",
+			"INSERT INTO customers (id, email) VALUES (-1, 'a@b.c') ON CONFLICT (id, email) DO NOTHING",
+			"INSERT INTO customers (id, email) VALUES (-1, 'a@b.c') ON CONFLICT (\"email\") "
+			"DO UPDATE SET id = customers.id RETURNING id",
+			"INSERT INTO customers (id, email) VALUES (-1, 'a@b.c') ON CONFLICT ON CONSTRAINT customers_email_key "
+			"DO NOTHING",
+			"INSERT INTO customers (id, email) VALUES (-1, 'a@b.c') ON CONFLICT DO NOTHING",
+			"INSERT INTO customers (id, email) VALUES (-1, 'a@b.c') ON CONFLICT ((lower(email))) DO NOTHING",
+			"INSERT INTO public.customers AS c (id) VALUES (-1) ON CONFLICT (cc) DO NOTHING",
+		};
+		for (size_t k = 0; k < sizeof(denied) / sizeof(denied[0]); k++) {
+			r = judge_rules(denied[k], rw, 1);
+			if (r.verdict != PGC_DENY)
+				fprintf(stderr, "  allowed: %s\n", denied[k]);
+			CHECK(r.verdict == PGC_DENY && strstr(r.reason, "ON CONFLICT"));
+		}
+		r = judge_rules("INSERT INTO customers (id) VALUES (-1) ON CONFLICT (id) DO NOTHING", rw, 1);
+		CHECK(r.verdict == PGC_ALLOW);
+		r = judge_rules("INSERT INTO orders (id) VALUES (-1) ON CONFLICT DO NOTHING", rw, 1);
+		CHECK(r.verdict == PGC_ALLOW);       /* no masked column there */
+	}
 	/* CALL: opaque unless the policy names the procedure */
 	{
 		static char *cs[] = { "call" };
