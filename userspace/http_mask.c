@@ -130,15 +130,15 @@ static bool ident_byte(uint8_t c)
 }
 
 /*
- * Could text that is not JSON still be read as JSON, where the route's
- * JSON paths would have masked something? JSON wrapped for a browser
- * (JSONP "cb({...})", "while(1);{...}", a comment or an RS before it, HTML
- * after it) is still JSON to the agent, and detectors alone do not find
- * what a path names. So on a route with JSON paths such text is refused
- * when it has an object or array in it (any '{' or '['), whatever its keys'
- * spelling (escapes, paths without a name), or, without one, a key a path
- * names (the last named step, quoted with '"' or '\'' or bare, then blanks
- * and ':': YAML, "email: ..." in a page).
+ * Could text that is not JSON still carry what the route's JSON paths would
+ * have masked? JSON wrapped for a browser (JSONP "cb({...})", "while(1);{...}",
+ * a comment or an RS before it, HTML after it) is still JSON to the agent,
+ * and detectors alone do not find what a path names. The same data can also
+ * come in another format the API offers (/v1/invoices/42.xml, ?format=csv:
+ * "<email>ada@...", a CSV header "id,email"). So on a route with JSON paths
+ * such text is refused when it has an object or array in it (any '{' or
+ * '['), or the name a path ends with (its last named step) anywhere as a
+ * word of its own, in any case: a tag, a CSV column, a YAML or form key.
  */
 static bool json_like(const struct mask_rules *m, const uint8_t *p, size_t n)
 {
@@ -155,22 +155,15 @@ static bool json_like(const struct mask_rules *m, const uint8_t *p, size_t n)
 				st = &paths[k].step[i];
 		if (!st || !st->namelen || st->namelen > n)
 			continue;
-		for (const uint8_t *at = p; (at = memmem(at, n - (size_t)(at - p), st->name, st->namelen));
-		     at++) {
-			size_t e = (size_t)(at - p) + st->namelen;
-			uint8_t q = at > p ? at[-1] : 0;
+		for (size_t at = 0; at + st->namelen <= n; at++) {
+			size_t e = at + st->namelen;
 
-			if (q == '"' || q == '\'') {
-				if (e >= n || p[e] != q)
-					continue;
-				e++;
-			} else if (ident_byte(q) || (e < n && ident_byte(p[e]))) {
+			if ((p[at] | 0x20) != ((uint8_t)st->name[0] | 0x20) ||
+			    strncasecmp((const char *)p + at, st->name, st->namelen) != 0)
+				continue;
+			if ((at > 0 && ident_byte(p[at - 1])) || (e < n && ident_byte(p[e])))
 				continue;   /* part of a longer word */
-			}
-			while (e < n && (p[e] == ' ' || p[e] == '\t' || p[e] == '\r' || p[e] == '\n'))
-				e++;
-			if (e < n && p[e] == ':')
-				return true;
+			return true;
 		}
 	}
 	return false;
@@ -244,8 +237,8 @@ int http_mask_body(const struct mask_rules *m, const uint8_t *body, size_t len, 
 	}
 	if (json_like(m, p, plen)) {
 		free(plain);
-		*why = "the response is not JSON but may be read as JSON (an object or array, or a key the "
-		       "route's JSON paths mask: JSONP, a prefix, a comment...) and cannot be masked";
+		*why = "the response is not JSON but may be read as JSON or carry what the route's JSON paths "
+		       "mask (an object or array, or a name they mask: JSONP, XML, CSV...) and cannot be masked";
 		return -EINVAL;
 	}
 	/* The detectors read UTF-8 text: a body that is not (binary, another

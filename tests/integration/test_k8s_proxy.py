@@ -270,3 +270,35 @@ def test_upgrades_and_creating_writes_need_the_apiserver_verbs(enforcer, rec, to
                              "rolebindings.rbac.authorization.k8s.io")
     assert ev and ev["unmapped"]["kubernetes"]["verb"] == "update", ev
     assert "no rule allows create rolebindings.rbac.authorization.k8s.io" in ev["unmapped"]["reason"], ev
+
+
+def test_watch_on_a_masked_route_is_refused(tmp, enforcer, rec, token):
+    """A watch answers with {"type":...,"object":{...}} events: paths written for
+    get and list (here $.data) do not reach into "object", and a one-event stream
+    is one JSON value that passed unmasked (review, stop 25). A watch on a masked
+    route is refused before anything reaches the apiserver; list still works."""
+    enforcer.start(f"""
+    version: 1
+    agents: [{{name: {AGENT}}}]
+    targets:
+      - name: cluster
+        protocol: kubernetes
+        address: 127.0.0.1:{rec.port}
+        upstream: {{server_name: kubernetes.default, bearer_token_file: {token}}}
+    roles:
+      - name: cm-reader
+        rules:
+          - target: cluster
+            allow: {{verbs: [get, list, watch], resources: [configmaps], namespaces: [default]}}
+            mask: {{json: ["$.data", "$.items[*].data"]}}
+    bindings: [{{role: cm-reader, agents: [{AGENT}]}}]
+    """)
+    out = raw(enforcer, rec.port, get("/api/v1/namespaces/default/configmaps?watch=1"
+                                      "&fieldSelector=metadata.name%3Ddb&timeoutSeconds=1"))
+    rs, _ = responses(out)
+    assert rs and rs[0][0] == 403 and b"a watch on a masked route is not allowed" in rs[0][2], out
+    assert rec.all() == b""
+    out = raw(enforcer, rec.port, get("/api/v1/namespaces/default/configmaps"))
+    rs, _ = responses(out)
+    assert rs and rs[0][0] != 403, out
+    assert b"GET /api/v1/namespaces/default/configmaps HTTP/1.1" in rec.all()

@@ -154,10 +154,18 @@ static void test_wrapped_json(void)
 		"/*x*/{\"\\u0065mail\":\"S1\"}",
 		"{\"email_address\": 1",
 		"cb([\"S1\"])",
+		/* the same data in another format the API offers (review,
+		 * stop 25: /v1/invoices/42.xml, ?format=csv): the name as a
+		 * word of its own, in any case, is enough; prose that uses the
+		 * word is refused too on such a route (it was passed before) */
+		"<invoice><customer><EMAIL>ada@example.com</EMAIL></customer></invoice>",
+		"id,email\n42,ada@example.com\n",
+		"id=42&email=ada%40example.com",
+		"<p>We answer every email within a day.</p>",
 	};
 	static const char *const passed[] = {
-		"<p>We answer every email within a day.</p>",   /* the word, not a key */
-		"emails: 5, ssns: 2",
+		"emails: 5, ssns: 2",   /* longer words */
+		"the customer_email_count is 3",
 		"plain text",
 	};
 	const char *why;
@@ -212,11 +220,51 @@ static void test_non_ascii_names(void)
 	mask_free(m);
 }
 
+/* JSON inside a string value (review, stop 25): kubectl's
+ * last-applied-configuration annotation holds the whole Secret, whose data
+ * $.data masks at the top but not in there. On a route with JSON paths such
+ * a string is masked whole; a string that only starts like JSON stays. */
+static void test_json_in_strings(void)
+{
+	char *paths[] = { "$.data" };
+	struct mask_rules *m = compile(paths, 1, NULL, 0);
+	static const char body[] =
+		"{\"kind\":\"Secret\",\"metadata\":{\"annotations\":{"
+		"\"kubectl.kubernetes.io/last-applied-configuration\":"
+		"\"{\\\"apiVersion\\\":\\\"v1\\\",\\\"data\\\":{\\\"password\\\":\\\"aHVudGVyMg==\\\"}}\\n\","
+		"\"note\":\"[INFO] started\",\"list\":\" [1, 2]\"}},"
+		"\"data\":{\"password\":\"aHVudGVyMg==\"}}";
+	struct mask_report rep;
+	const char *why = NULL;
+	size_t ol;
+	char *out = NULL;
+
+	CHECK(m != NULL);
+	CHECK(http_mask_body(m, (const uint8_t *)body, strlen(body), NULL, 0, &out, &ol, &rep, &why) == 0);
+	CHECK(out && !strstr(out, "aHVudGVyMg"));
+	CHECK(out && strstr(out, "\"kubectl.kubernetes.io/last-applied-configuration\":\"****\""));
+	CHECK(out && strstr(out, "\"list\":\"****\""));                 /* an array, after a blank */
+	CHECK(out && strstr(out, "\"note\":\"[INFO] started\""));       /* not JSON: left */
+	CHECK(out && strstr(out, "\"data\":\"****\""));
+	free(out);
+	mask_free(m);
+	/* detectors only (no path names data): such strings go to the detectors */
+	char *dets[] = { "email" };
+	static const char b2[] = "{\"doc\":\"{\\\"who\\\":\\\"ada@example.com\\\",\\\"n\\\":1}\"}";
+
+	m = compile(NULL, 0, dets, 1);
+	CHECK(http_mask_body(m, (const uint8_t *)b2, strlen(b2), NULL, 0, &out, &ol, &rep, &why) == 0);
+	CHECK(out && !strstr(out, "ada@example.com") && strstr(out, "\\\"n\\\":1"));
+	free(out);
+	mask_free(m);
+}
+
 int main(void)
 {
 	RUN(test_inflate);
 	RUN(test_mask_body);
 	RUN(test_wrapped_json);
 	RUN(test_non_ascii_names);
+	RUN(test_json_in_strings);
 	UNIT_DONE("http_mask");
 }
