@@ -272,36 +272,69 @@ size_t scrub_keep(const struct scrub *z, const uint8_t *p, size_t n)
 /* The next place at or after p[off] where an occurrence of x may start. */
 static const uint8_t *candidate(const struct scrub_secret *x, const uint8_t *p, size_t n, size_t off)
 {
+	/* no longer than the shortest prefix cut_short() stars */
+	size_t need = x->len - SCRUB_HIDDEN + 1 > (x->len + 1) / 2 && x->len >= SCRUB_HIDDEN ?
+		      x->len - SCRUB_HIDDEN + 1 : (x->len + 1) / 2;
+
+	if (need < SCRUB_PREFIX)
+		need = SCRUB_PREFIX;
 	if (x->plain >= SCRUB_PREFIX)
-		return memmem(p + off, n - off, x->s, x->plain);
+		return memmem(p + off, n - off, x->s, x->plain < need ? x->plain : need);
 	for (size_t i = off; i < n; i++)
 		if (p[i] == x->s[0] || escape_start(p[i]))
 			return p + i;
 	return NULL;
 }
 
+/*
+ * The secret cut short, as written, then other bytes: a reflection of a
+ * request's first n bytes wrapped in more text (review, stop 25: all but
+ * its last byte passed, the cut being no longer at the text's end, where
+ * scrub_cut() looks). Starred when it shows so much that fewer than
+ * SCRUB_HIDDEN of the secret's bytes stay unseen, and at least half of it
+ * (a prefix other values share, a JWT's header, is not starred elsewhere).
+ * The length of the prefix at p, or 0.
+ */
+static size_t cut_short(const struct scrub_secret *x, const uint8_t *p, size_t n)
+{
+	size_t m = 0, lim = x->len < n ? x->len : n;
+
+	while (m < lim && p[m] == x->s[m])
+		m++;
+	/* the text ends inside it: it may go on in the next read (a stream's
+	 * end is held back by scrub_keep(), a whole text's is scrub_cut()'s) */
+	if (m == n)
+		return 0;
+	if (m == x->len || m < SCRUB_PREFIX || m < (x->len + 1) / 2 || m + SCRUB_HIDDEN <= x->len)
+		return 0;
+	return m;
+}
+
 unsigned scrub_buf(const struct scrub *z, uint8_t *p, size_t n)
 {
 	unsigned hits = 0;
 
-	for (unsigned i = 0; i < z->n; i++) {
-		const struct scrub_secret *x = &z->sec[i];
-		const uint8_t *q;
-		size_t off = 0;
+	/* whole occurrences of every secret first, then the cut ones: a cut
+	 * of one (a shared prefix) must not hide another's whole occurrence */
+	for (int pass = 0; pass < 2; pass++)
+		for (unsigned i = 0; i < z->n; i++) {
+			const struct scrub_secret *x = &z->sec[i];
+			const uint8_t *q;
+			size_t off = 0;
 
-		while (off < n && (q = candidate(x, p, n, off))) {
-			size_t at = (size_t)(q - p), m;
-			unsigned budget = (unsigned)x->len + 64;
+			while (off < n && (q = candidate(x, p, n, off))) {
+				size_t at = (size_t)(q - p), m;
+				unsigned budget = (unsigned)x->len + 64;
 
-			if ((m = match_at(x->s, x->len, q, n - at, &budget))) {
-				memset(p + at, '*', m);
-				hits++;
-				off = at + m;
-			} else {
-				off = at + 1;
+				if ((m = pass ? cut_short(x, q, n - at) : match_at(x->s, x->len, q, n - at, &budget))) {
+					memset(p + at, '*', m);
+					hits++;
+					off = at + m;
+				} else {
+					off = at + 1;
+				}
 			}
 		}
-	}
 	return hits;
 }
 

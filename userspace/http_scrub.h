@@ -18,7 +18,8 @@
  * mix. A value's leading and trailing blanks are not part of the secret
  * (an upstream drops them from a field). Not found: a secret transformed
  * in another way (base64 of it, hex, a hash, its case changed, split by
- * other bytes, cut short but at a text's ends: scrub_cut()), or whose
+ * other bytes, cut short but at a text's ends (scrub_cut()) or as written
+ * with fewer than SCRUB_HIDDEN of its bytes left out), or whose
  * leading letters, digits and -._ are themselves encoded (no encoder
  * escapes those). Secrets shorter than SCRUB_MIN_LEN are not searched for:
  * they would star common words.
@@ -39,6 +40,7 @@
 #define SCRUB_SECRET_MAX 8192 /* longer secrets are not searched for (HTTP_CRED_MAX) */
 #define SCRUB_ENC_MAX 6       /* \u002f, &quot;: the longest encoding of one byte */
 #define SCRUB_PREFIX 4        /* a memmem() needle shorter than this scans byte by byte */
+#define SCRUB_HIDDEN 12       /* a secret cut short is starred when fewer of its bytes stay unseen */
 
 struct scrub_secret {
 	uint8_t *s;
