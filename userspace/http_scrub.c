@@ -273,8 +273,8 @@ size_t scrub_keep(const struct scrub *z, const uint8_t *p, size_t n)
 static const uint8_t *candidate(const struct scrub_secret *x, const uint8_t *p, size_t n, size_t off)
 {
 	/* no longer than the shortest prefix cut_short() stars */
-	size_t need = x->len - SCRUB_HIDDEN + 1 > (x->len + 1) / 2 && x->len >= SCRUB_HIDDEN ?
-		      x->len - SCRUB_HIDDEN + 1 : (x->len + 1) / 2;
+	size_t half = (x->len + 1) / 2, most = x->len >= SCRUB_HIDDEN ? x->len - SCRUB_HIDDEN + 1 : 0;
+	size_t need = half > most ? half : most;
 
 	if (need < SCRUB_PREFIX)
 		need = SCRUB_PREFIX;

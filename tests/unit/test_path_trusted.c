@@ -35,7 +35,7 @@ static int trusted(const char *rel, char *why, size_t wl)
 	return path_trusted(p, why, wl);
 }
 
-static void mkfile(const char *rel, uid_t uid)
+static void put(const char *rel, const char *text, mode_t mode, uid_t uid)
 {
 	char p[512];
 	int fd;
@@ -44,10 +44,15 @@ static void mkfile(const char *rel, uid_t uid)
 	fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0600);
 	CHECK(fd >= 0);
 	if (fd >= 0) {
-		CHECK(write(fd, "x", 1) == 1);
+		CHECK(write(fd, text, strlen(text)) == (ssize_t)strlen(text));
 		close(fd);
 	}
-	CHECK(chown(p, uid, uid) == 0);
+	CHECK(chmod(p, mode) == 0 && chown(p, uid, uid) == 0);
+}
+
+static void mkfile(const char *rel, uid_t uid)
+{
+	put(rel, "x", 0600, uid);
 }
 
 static void mkd(const char *rel, mode_t mode, uid_t uid)
@@ -117,21 +122,6 @@ static void test_paths(void)
 	CHECK(trusted("/etc/passwd", why, sizeof(why)) == 0);
 
 	CHECK(nftw(D, rm_entry, 16, FTW_DEPTH | FTW_PHYS) == 0);
-}
-
-static void put(const char *rel, const char *text, mode_t mode, uid_t uid)
-{
-	char p[512];
-	int fd;
-
-	snprintf(p, sizeof(p), "%s/%s", D, rel);
-	fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-	CHECK(fd >= 0);
-	if (fd >= 0) {
-		CHECK(write(fd, text, strlen(text)) == (ssize_t)strlen(text));
-		close(fd);
-	}
-	CHECK(chmod(p, mode) == 0 && chown(p, uid, uid) == 0);
 }
 
 static char *sread(const char *rel, size_t max, size_t *len, char *why, size_t wl)
