@@ -76,7 +76,7 @@ static int read_token(const char *path, char *out, size_t n)
 {
 	size_t len;
 	char why[300];
-	char *t = secret_read(path, n - 1, &len, why, sizeof(why));
+	char *t = secret_read(path, n - 1, &len, NULL, why, sizeof(why));
 
 	if (!t) {
 		ag_log(LOG_LVL_ERR, "audit: %s", why);

@@ -28,7 +28,14 @@ struct up_entry {
 	size_t cred_len;
 	bool cred_done;
 	const char *cred_err;
+	uint64_t cred_at_ms;       /* when the files were read (monotonic) */
 };
+
+/* Credential files are read again when the last read is this old, so a
+ * rotated token (a Kubernetes service account's, renewed hourly) is sent
+ * within a second of its rotation, and a file that was missing or bad is
+ * tried again, without a reload; at most one read a second per target. */
+#define CRED_REREAD_MS 1000
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -98,44 +105,22 @@ static struct up_entry *entry(const struct policy *p, int t)
 	return t >= 0 && (size_t)t < c->n ? &c->e[t] : NULL;
 }
 
-/* Reads a small secret file into buf (NUL-terminated, trailing newline
- * removed). 0 or -errno; on error nothing of the file stays in buf. */
+/* A small secret file into buf (secret_read: trusted path, no NUL, trailing
+ * newline removed). 0 or -errno; on error buf holds nothing of the file. */
 static int read_secret(const char *path, char *buf, size_t cap, size_t *len)
 {
 	char why[300];
-	int fd = secret_open(path, why, sizeof(why));
-	size_t n = 0;
+	char *t = secret_read(path, cap - 1, len, NULL, why, sizeof(why));
 
-	if (fd < 0) {
+	if (!t) {
+		int err = errno ? errno : EIO;
+
 		ag_log(LOG_LVL_WARN, "http: upstream credential: %s", why);
-		return fd;
+		return -err;
 	}
-	for (;;) {
-		ssize_t r = read(fd, buf + n, cap - 1 - n);
-
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0) {
-			int err = -errno;
-
-			close(fd);
-			OPENSSL_cleanse(buf, cap);
-			return err;
-		}
-		if (r == 0)
-			break;
-		n += (size_t)r;
-		if (n == cap - 1) {
-			close(fd);
-			OPENSSL_cleanse(buf, cap);
-			return -EFBIG;
-		}
-	}
-	close(fd);
-	while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
-		n--;
-	buf[n] = '\0';
-	*len = n;
+	memcpy(buf, t, *len + 1);
+	OPENSSL_cleanse(t, cap);
+	free(t);
 	return 0;
 }
 
@@ -197,6 +182,14 @@ static void load_cred(const struct policy_target *t, struct up_entry *e)
 	OPENSSL_cleanse(line, sizeof(line));
 }
 
+static bool has_cred_file(const struct policy_target *t)
+{
+	const struct policy_upstream *u = &t->upstream;
+
+	return !u->bearer_agent_token &&
+	       (u->bearer_token_file || u->basic_auth_file || (u->header_name && u->header_value_file));
+}
+
 int http_upstream_cred(const struct policy *p, int t, char *buf, size_t cap, const char **why)
 {
 	struct up_entry *e;
@@ -209,8 +202,22 @@ int http_upstream_cred(const struct policy *p, int t, char *buf, size_t cap, con
 		*why = "out of memory";
 		ret = -ENOMEM;
 	} else {
-		if (!e->cred_done)
+		uint64_t now = now_ns_mono() / 1000000;
+
+		if (e->cred_done && now - e->cred_at_ms >= CRED_REREAD_MS && has_cred_file(&p->targets[t])) {
+			if (e->cred) {
+				OPENSSL_cleanse(e->cred, e->cred_len);
+				free(e->cred);
+			}
+			e->cred = NULL;
+			e->cred_len = 0;
+			e->cred_err = NULL;
+			e->cred_done = false;
+		}
+		if (!e->cred_done) {
 			load_cred(&p->targets[t], e);
+			e->cred_at_ms = now;
+		}
 		if (e->cred_err) {
 			*why = e->cred_err;
 			ret = -EINVAL;

@@ -5,9 +5,11 @@
  * worker threads: the TLS client context (CA file, client certificate) and
  * the credential header read from the target's secret files.
  *
- * Secrets: credential files are read on first use, kept in memory wiped on
- * release, copied out only into a request being forwarded; never logged and
- * never in an error text (errors name the file, not its content).
+ * Secrets: credential files are read on first use and again when the last
+ * read is a second old (rotation, or a file that was missing), kept in
+ * memory wiped on release, copied out only into a request being forwarded;
+ * never logged and never in an error text (errors name the file, not its
+ * content).
  */
 #ifndef AGENTGATE_HTTP_UPSTREAM_H
 #define AGENTGATE_HTTP_UPSTREAM_H

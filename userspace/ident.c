@@ -384,62 +384,23 @@ static int cc_open(struct ident_agent *a, const struct policy_identity *id,
 static char *read_secret_file(struct ident_agent *a, const char *path, const char *what, size_t max,
 			      size_t *lenp, char *why, size_t whylen)
 {
-	char *buf = NULL;
-	struct stat st;
-	size_t n = 0;
-	int fd, err;
-
 	char owhy[300];
+	mode_t mode = 0;
+	char *buf = secret_read(path, max, lenp, &mode, owhy, sizeof(owhy));
 
-	fd = secret_open(path, owhy, sizeof(owhy));
-	if (fd < 0) {
+	if (!buf) {
 		ident_setwhy(why, whylen, "%s: %s", what, owhy);
 		return NULL;
 	}
-	if (fstat(fd, &st) < 0) {
-		ident_setwhy(why, whylen, "%s '%s': %s", what, path, strerror(errno));
-		goto fail;
-	}
-	a->pr.secret_file_exposed = (st.st_mode & (S_IRWXG | S_IRWXO)) != 0;
-	buf = malloc(max + 1);
-	if (!buf) {
-		ident_setwhy(why, whylen, "out of memory");
-		goto fail;
-	}
-	for (;;) {
-		ssize_t r = read(fd, buf + n, max + 1 - n);
-
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0) {
-			err = errno;
-			ident_setwhy(why, whylen, "%s '%s': %s", what, path, strerror(err));
-			goto fail;
-		}
-		if (r == 0)
-			break;
-		n += (size_t)r;
-		if (n > max) {
-			ident_setwhy(why, whylen, "%s '%s': larger than %zu bytes", what, path,
-			       max);
-			goto fail;
-		}
-	}
-	close(fd);
-	while (n && is_space(buf[n - 1]))
-		n--;
-	buf[n] = '\0';
-	if (n == 0 || memchr(buf, '\0', n)) {
-		ident_setwhy(why, whylen, "%s '%s': empty or binary", what, path);
+	a->pr.secret_file_exposed = (mode & (S_IRWXG | S_IRWXO)) != 0;
+	while (*lenp && is_space(buf[*lenp - 1]))
+		buf[--*lenp] = '\0';
+	if (*lenp == 0) {
+		ident_setwhy(why, whylen, "%s '%s': empty", what, path);
 		wipe_free(buf, max + 1);
 		return NULL;
 	}
-	*lenp = n;
 	return buf;
-fail:
-	close(fd);
-	wipe_free(buf, max + 1);
-	return NULL;
 }
 
 static char *read_secret(struct ident_agent *a, char *why, size_t whylen)

@@ -2014,15 +2014,13 @@ static int read_password(struct conn *c)
 
 	if (!f)
 		return 0;
-	s->password = secret_read(f, 4096, &len, why, sizeof(why));
+	s->password = secret_read(f, 4096, &len, NULL, why, sizeof(why));
 	if (!s->password) {
 		int err = errno ? errno : EIO;
 
 		snprintf(c->why, sizeof(c->why), "cannot read the target's password_file: %s", why);
 		return -err;
 	}
-	while (len && (s->password[len - 1] == '\n' || s->password[len - 1] == '\r'))
-		s->password[--len] = '\0';
 	return 0;
 }
 

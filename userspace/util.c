@@ -514,9 +514,10 @@ int secret_open(const char *path, char *why, size_t whylen)
 	return fd;
 }
 
-char *secret_read(const char *path, size_t max, size_t *len, char *why, size_t whylen)
+char *secret_read(const char *path, size_t max, size_t *len, mode_t *mode, char *why, size_t whylen)
 {
 	int fd = secret_open(path, why, whylen);
+	struct stat st;
 	size_t n = 0;
 	char *buf;
 
@@ -524,6 +525,8 @@ char *secret_read(const char *path, size_t max, size_t *len, char *why, size_t w
 		errno = -fd;
 		return NULL;
 	}
+	if (mode)
+		*mode = fstat(fd, &st) == 0 ? st.st_mode : 0;
 	/* one buffer of the bound, never grown: no copy of the secret is
 	 * left behind in memory a realloc gave back */
 	if (!(buf = malloc(max + 1))) {
@@ -553,7 +556,16 @@ char *secret_read(const char *path, size_t max, size_t *len, char *why, size_t w
 		n += (size_t)r;
 	}
 	close(fd);
+	while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+		n--;   /* the newline an editor or echo leaves */
 	buf[n] = 0;
+	if (n == 0 || memchr(buf, '\0', n)) {
+		snprintf(why, whylen, "'%s': %s", path, n ? "holds a NUL byte" : "empty");
+		explicit_bzero(buf, max + 1);
+		free(buf);
+		errno = n ? EINVAL : ENODATA;
+		return NULL;
+	}
 	*len = n;
 	return buf;
 }

@@ -104,10 +104,11 @@ int path_trusted(const char *path, char *why, size_t whylen);
  * /tmp is refused, not changed). */
 int private_dir(const char *dir, char *why, size_t whylen);
 int secret_open(const char *path, char *why, size_t whylen);
-/* The whole of such a file (at most max bytes; NUL-terminated, *len without
- * it), or NULL with errno and why; the caller wipes and frees it. An empty
- * file is an error (ENODATA). */
-char *secret_read(const char *path, size_t max, size_t *len, char *why, size_t whylen);
+/* The whole of such a file (at most max bytes, trailing CR and LF removed;
+ * NUL-terminated, *len without it), or NULL with errno and why; the caller
+ * wipes and frees its max + 1 bytes. An empty file (ENODATA) or one holding
+ * a NUL byte (EINVAL) is an error. mode (may be NULL): the file's st_mode. */
+char *secret_read(const char *path, size_t max, size_t *len, mode_t *mode, char *why, size_t whylen);
 
 /* An OpenSSL pem_password_cb that gives no pass phrase: an encrypted key
  * fails to load, where OpenSSL's default would ask for one on the terminal

@@ -371,6 +371,44 @@ def test_missing_credential_fails_closed(enforcer, rec, tmp):
     assert rec.all() == b""
 
 
+def test_credential_file_reread_after_rotation_and_recovery(enforcer, rec, tmp):
+    """A token file missing at start is a 502 and is tried again; a rotated
+    token (written aside and renamed in, as kubelet and most tools do) is
+    sent within a second, without a reload (before: read once, kept until
+    a reload, so a rotated Kubernetes service-account token went stale and
+    a file created late never took effect)."""
+    tok = os.path.join(tmp, "rotating")
+    enforcer.start(policy(rec.port, upstream=f"server_name: api.internal, bearer_token_file: {tok}"))
+    get = crlf("GET /v1/invoices HTTP/1.1⏎Host: api.internal⏎⏎")
+    rs, _ = responses(raw(enforcer, rec.port, get))
+    assert [r[0] for r in rs] == [502] and rec.all() == b""
+
+    def put(text):
+        with open(tok + ".new", "w") as f:
+            f.write(text)
+        os.chmod(tok + ".new", 0o600)
+        os.rename(tok + ".new", tok)
+
+    def sent():
+        rec.reset()
+        rs, _ = responses(raw(enforcer, rec.port, get))
+        return rs[0][0], rec.all()
+
+    put("first-token\n")
+    assert wait_for(lambda: sent() == (200, b"GET /v1/invoices HTTP/1.1\r\nHost: api.internal\r\n"
+                                           b"Accept-Encoding: identity\r\n"
+                                           b"Authorization: Bearer first-token\r\n\r\n"), timeout=5)
+    put("second-token\n")
+    assert wait_for(lambda: b"Authorization: Bearer second-token\r\n" in sent()[1], timeout=5)
+    code, got = sent()
+    assert code == 200 and b"first-token" not in got
+    os.unlink(tok)   # removed: refused again, not the old token
+    assert wait_for(lambda: sent()[0] == 502, timeout=5)
+    assert rec.all() == b""
+    log = enforcer.read_log()
+    assert "first-token" not in log and "second-token" not in log
+
+
 def test_chunked_request_reencoded(enforcer, rec):
     enforcer.start(policy(rec.port, rules='"POST /v1/invoices"'))
     req = crlf("POST /v1/invoices HTTP/1.1⏎Host: api.internal⏎Transfer-Encoding: chunked⏎⏎"

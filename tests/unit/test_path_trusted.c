@@ -35,7 +35,7 @@ static int trusted(const char *rel, char *why, size_t wl)
 	return path_trusted(p, why, wl);
 }
 
-static void put(const char *rel, const char *text, mode_t mode, uid_t uid)
+static void putn(const char *rel, const char *text, size_t n, mode_t mode, uid_t uid)
 {
 	char p[512];
 	int fd;
@@ -44,10 +44,15 @@ static void put(const char *rel, const char *text, mode_t mode, uid_t uid)
 	fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0600);
 	CHECK(fd >= 0);
 	if (fd >= 0) {
-		CHECK(write(fd, text, strlen(text)) == (ssize_t)strlen(text));
+		CHECK(write(fd, text, n) == (ssize_t)n);
 		close(fd);
 	}
 	CHECK(chmod(p, mode) == 0 && chown(p, uid, uid) == 0);
+}
+
+static void put(const char *rel, const char *text, mode_t mode, uid_t uid)
+{
+	putn(rel, text, strlen(text), mode, uid);
 }
 
 static void mkfile(const char *rel, uid_t uid)
@@ -131,7 +136,7 @@ static char *sread(const char *rel, size_t max, size_t *len, char *why, size_t w
 	snprintf(p, sizeof(p), "%s/%s", D, rel);
 	why[0] = 0;
 	errno = 0;
-	return secret_read(p, max, len, why, wl);
+	return secret_read(p, max, len, NULL, why, wl);
 }
 
 /* secret_open / secret_read: the upstream passwords, injected tokens and
@@ -158,14 +163,28 @@ static void test_secrets(void)
 	put("theirs", "s3cret", 0600, nobody);    /* owned by another user */
 	put("empty", "", 0600, 0);
 	put("big", "0123456789", 0600, 0);
+	put("nl", "\r\n\n", 0600, 0);            /* only a newline: empty */
+	putn("nul", "s3c\0ret", 7, 0600, 0);           /* a NUL would cut the secret short */
+	put("gr", "s3cret\r\n", 0640, 0);
 	snprintf(p, sizeof(p), "%s/fifo", D);
 	CHECK(mkfifo(p, 0600) == 0);
 	snprintf(p, sizeof(p), "%s/adir", D);
 	CHECK(mkdir(p, 0700) == 0);
 
-	s = sread("pw", 64, &len, why, sizeof(why));
-	CHECK(s && len == 7 && memcmp(s, "s3cret\n", 7) == 0);
+	s = sread("pw", 64, &len, why, sizeof(why));   /* the trailing newline is not the secret */
+	CHECK(s && len == 6 && strcmp(s, "s3cret") == 0);
 	free(s);
+	{
+		mode_t m = 0;
+
+		snprintf(p, sizeof(p), "%s/gr", D);
+		s = secret_read(p, 64, &len, &m, why, sizeof(why));
+		CHECK(s && len == 6 && strcmp(s, "s3cret") == 0 && (m & 07777) == 0640);
+		free(s);
+	}
+	CHECK(!sread("nl", 64, &len, why, sizeof(why)) && errno == ENODATA && strstr(why, "empty"));
+	CHECK(!sread("nul", 64, &len, why, sizeof(why)) && errno == EINVAL && strstr(why, "NUL") &&
+	      !strstr(why, "s3c"));
 	s = sread("gw", 64, &len, why, sizeof(why));
 	CHECK(s && len == 6);
 	free(s);
