@@ -9,10 +9,11 @@ import os
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 
-from conftest import PY, free_port, wait_for
+from conftest import AG, PY, free_port, wait_for
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_postgres import AGENT, agent_py, pg, policy, psql  # noqa: E402,F401 (pg: a fixture)
@@ -61,6 +62,66 @@ def test_agent_gone_mid_message_frees_the_connection(enforcer, pg, tmp):
     def closes():
         return [e for e in enforcer.events() if e.get("activity_name") == "Close"]
     assert wait_for(lambda: len(closes()) == 5, timeout=5), closes()   # the four, and psql's
+
+
+def test_connection_limit_holds_under_concurrent_opens(enforcer, pg, tmp):
+    """40 connections opened at once by one agent against limits.connections
+    4, while the enforcer's worker threads accept in parallel: exactly 4 get
+    a session, the rest are refused, and the count comes back to 0 when they
+    close (each accept takes its place in the count with one atomic add; a
+    check and a later increment would let two workers both pass at 3)."""
+    enforcer.start(with_limit(policy(pg, tmp), 4))
+    code = f"""
+        import threading
+        N = 40
+        go = threading.Barrier(N)
+        ok, refused, held = [], [], []
+        lock = threading.Lock()
+        def one():
+            s = socket.socket()
+            s.settimeout(20)
+            go.wait()
+            try:
+                s.connect(("127.0.0.1", {pg.port}))
+                body = struct.pack("!I", 196608) + b"user\\0agent_ro\\0database\\0shop\\0\\0"
+                s.sendall(struct.pack("!I", len(body) + 4) + body)
+                buf = b""
+                while b"Z\\0\\0\\0\\5" not in buf:
+                    d = s.recv(65536)
+                    if not d:
+                        break
+                    buf += d
+            except OSError as e:
+                buf = b""
+            with lock:
+                (ok if b"Z\\0\\0\\0\\5" in buf else refused).append(1)
+                held.append(s)
+        ts = [threading.Thread(target=one) for _ in range(N)]
+        for t in ts: t.start()
+        for t in ts: t.join()
+        print(json.dumps({{"ok": len(ok), "refused": len(refused)}}), flush=True)
+        sys.stdin.readline()          # hold them while the test reads the count
+        for s in held: s.close()
+        print(json.dumps({{"closed": True}}))
+    """
+    r = subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", AGENT, "--", PY, "-c",
+                          "import sys, json, struct, socket, time\n" + textwrap.dedent(code)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        first = json.loads(r.stdout.readline())
+        assert first == {"ok": 4, "refused": 36}, first
+        assert open_conns(enforcer) == 4
+        r.stdin.write("\n")
+        r.stdin.flush()
+        assert json.loads(r.stdout.readline()) == {"closed": True}
+    finally:
+        r.kill()
+        r.wait()
+    assert wait_for(lambda: open_conns(enforcer) == 0, timeout=10), open_conns(enforcer)
+    refusals = [e for e in enforcer.events() if "limits.connections" in json.dumps(e)]
+    assert len(refusals) == 36, len(refusals)
+    rc, out, err = psql(enforcer, pg, "SELECT 41 + 1")
+    assert rc == 0 and out.strip() == "42", err
 
 
 def test_silent_server_does_not_hold_the_session_start(enforcer, pg, tmp):
