@@ -576,6 +576,45 @@ bool enforcer_identity_ok(const struct policy *p, int idx, char *why, size_t why
 	return ok;
 }
 
+#define PARSE_BURST_MS 2000
+
+/* The wall time an agent's debt stands for: cpu_ns at parse_cpu percent. */
+static uint64_t parse_wall_ns(const struct policy *p, int idx, uint64_t cpu_ns)
+{
+	uint32_t pct = p->agents[idx].parse_cpu ? p->agents[idx].parse_cpu : 25;
+
+	if (cpu_ns > UINT64_MAX / 100)
+		return UINT64_MAX / 2;
+	return cpu_ns * 100 / pct;
+}
+
+bool enforcer_parse_may(const struct policy *p, int idx, char *why, size_t whylen)
+{
+	struct agent_rt *rt = &E->agents[idx];
+	uint64_t now = now_ns_mono(), tat = atomic_load(&rt->parse_tat);
+	uint64_t burst = parse_wall_ns(p, idx, PARSE_BURST_MS * 1000000ull);
+
+	if (tat <= now || tat - now <= burst)
+		return true;
+	atomic_fetch_add(&rt->parse_refused, 1);
+	snprintf(why, whylen, "statements not seen before have used this agent's parsing budget "
+		 "(limits.parse_cpu: %u%% of a CPU); retry in %llu ms, or repeat statements that "
+		 "differ only in their values", p->agents[idx].parse_cpu ? p->agents[idx].parse_cpu : 25,
+		 (unsigned long long)((tat - now - burst) / 1000000ull + 1));
+	return false;
+}
+
+void enforcer_parse_spent(const struct policy *p, int idx, uint64_t cpu_ns)
+{
+	struct agent_rt *rt = &E->agents[idx];
+	uint64_t now = now_ns_mono(), add = parse_wall_ns(p, idx, cpu_ns);
+	unsigned long long tat = atomic_load(&rt->parse_tat), next;
+
+	do {
+		next = (tat > now ? tat : now) + add;
+	} while (!atomic_compare_exchange_weak(&rt->parse_tat, &tat, next));
+}
+
 void enforcer_audit_principal(int idx, struct audit_agent *a, struct ident_principal *pr)
 {
 	struct agent_rt *rt = &E->agents[idx];
@@ -1188,12 +1227,14 @@ void *enforcer_status_json(void)
 			json_array_append_new(extra, json_string(rt->extra_rel[x]));
 		json_array_append_new(agents, json_pack(
 			"{s:s, s:s, s:s, s:I, s:i, s:b, s:i, s:o, s:o,"
-			" s:i, s:i, s:I, s:I, s:I}",
+			" s:i, s:i, s:i, s:I, s:I, s:I, s:I}",
 			"name", p->agents[i].name, "cgroup", rt->cgroup_rel, "cgroup_path", rt->cgroup_path,
 			"cgroup_id", (json_int_t)rt->cgid, "slot", (int)E->slot_of[i], "attached", rt->attached,
 			"programs", nprogs, "extra_cgroups", extra, "principal", principal,
 			"connections", (int)atomic_load(&rt->active),
 			"max_connections", (int)p->agents[i].max_connections,
+			"parse_cpu", (int)p->agents[i].parse_cpu,
+			"parse_refused", (json_int_t)atomic_load(&rt->parse_refused),
 			"accepted", (json_int_t)atomic_load(&rt->accepted),
 			"refused", (json_int_t)atomic_load(&rt->refused),
 			"denied_in_kernel", (json_int_t)atomic_load(&rt->denied_kernel)));

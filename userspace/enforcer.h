@@ -47,6 +47,10 @@ struct agent_rt {
 	bool attached;
 	atomic_uint active;           /* live connections */
 	atomic_ullong accepted, refused, denied_kernel;
+	/* limits.parse_cpu: when the agent's uncached statements have paid
+	 * for their CPU time (a GCRA over CLOCK_MONOTONIC ns), and how many
+	 * were refused for it */
+	atomic_ullong parse_tat, parse_refused;
 	/* identity: the source lives on the main thread; workers read the
 	 * principal snapshot under plock */
 	struct ident_agent *ident;
@@ -173,6 +177,16 @@ void enforcer_audit_principal(int idx, struct audit_agent *a, struct ident_princ
  * the accept. True for a local agent. Thread-safe.
  */
 bool enforcer_identity_ok(const struct policy *p, int idx, char *why, size_t whylen);
+/*
+ * limits.parse_cpu: statements no cached verdict covers are parsed on a
+ * worker thread, and one of 1 MiB can take half a second of it; an agent
+ * may use parse_cpu percent of one CPU for them on average, with a burst
+ * of PARSE_BURST_MS of CPU. enforcer_parse_may() is asked before such a
+ * parse (false, with why: over budget, refused), enforcer_parse_spent()
+ * told the thread CPU time it took. Thread-safe, lock-free.
+ */
+bool enforcer_parse_may(const struct policy *p, int idx, char *why, size_t whylen);
+void enforcer_parse_spent(const struct policy *p, int idx, uint64_t cpu_ns);
 /* True when the agent may be granted target t: by name, or (agents with an
  * OIDC identity) by some binding on claims, decided per connection. */
 bool enforcer_may_target(const struct policy *p, int idx, int t);

@@ -117,6 +117,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <pg_query.h>
 #include <pg_query/pg_query.pb-c.h>
@@ -3506,34 +3507,27 @@ static bool may_have_constants(const char *s, size_t len)
 	return false;
 }
 
-int pgc_judge(const struct pgc_ctx *ctx, const char *sql, size_t len,
-	      const struct policy_rule *const *rules, size_t nrules, struct pgc_result *out)
+/* The calling thread's CPU time: what an agent's uncached statements cost
+ * it (mask.c times custom patterns the same way; both files stand alone
+ * for their fuzz targets). */
+static uint64_t thread_cpu_ns(void)
 {
-	struct tstate *t;
-	size_t xklen = 0, sklen = 0, stlen = 0;
+	struct timespec ts;
+
+	if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts))
+		return 0;
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* pgc_judge() past an exact cache miss: the checks, the scanner key, the
+ * parse. xklen: the exact key's length (0: not cacheable). */
+static int judge_miss(struct tstate *t, const struct pgc_ctx *ctx, const char *sql, size_t len,
+		      const struct policy_rule *const *rules, size_t nrules, struct pgc_result *out,
+		      size_t xklen)
+{
+	size_t sklen = 0, stlen = 0;
 	enum cache_as cache;
 
-	result_clear(out);
-	out->verdict = PGC_DENY;
-	out->cls = PGC_UTILITY;
-	if (!ctx || (!sql && len)) {
-		out_deny(out, "internal error: no context");
-		return -EINVAL;
-	}
-	if (!sql)
-		sql = "";
-	if (len > PGC_MAX_SQL) {
-		out_deny(out, "statement longer than %u bytes", PGC_MAX_SQL);
-		return 0;
-	}
-	if (!(t = tstate_get())) {
-		out_deny(out, "out of memory");
-		return -ENOMEM;
-	}
-	/* an exact hit is these very bytes, stored only after they passed the
-	 * checks below: they need not run again */
-	if ((xklen = key_build(t, 'X', ctx, rules, nrules, sql, len)) && cache_get(t, xklen, out))
-		return 0;
 	if (len && memchr(sql, '\0', len)) {
 		out_deny(out, "statement text holds a NUL byte");
 		return 0;
@@ -3571,6 +3565,11 @@ int pgc_judge(const struct pgc_ctx *ctx, const char *sql, size_t len,
 	    (sklen = key_build(t, 'S', ctx, rules, nrules, t->skey, stlen)) &&
 	    cache_get(t, sklen, out))
 		return 0;
+	if (ctx->may_parse && !ctx->may_parse(ctx->garg, out->reason, sizeof(out->reason))) {
+		out->verdict = PGC_DENY;
+		out->rule = NULL;
+		return 0;
+	}
 	cache = judge_parsed(t, ctx, rules, nrules, out);
 	if (cache == CACHE_ALL && sklen &&
 	    key_build(t, 'S', ctx, rules, nrules, t->skey, stlen) == sklen)
@@ -3578,4 +3577,41 @@ int pgc_judge(const struct pgc_ctx *ctx, const char *sql, size_t len,
 	if (cache != CACHE_NONE && xklen && key_build(t, 'X', ctx, rules, nrules, sql, len) == xklen)
 		cache_put(t, xklen, out);
 	return 0;
+}
+
+int pgc_judge(const struct pgc_ctx *ctx, const char *sql, size_t len,
+	      const struct policy_rule *const *rules, size_t nrules, struct pgc_result *out)
+{
+	struct tstate *t;
+	size_t xklen = 0;
+	uint64_t t0;
+	int rc;
+
+	result_clear(out);
+	out->verdict = PGC_DENY;
+	out->cls = PGC_UTILITY;
+	if (!ctx || (!sql && len)) {
+		out_deny(out, "internal error: no context");
+		return -EINVAL;
+	}
+	if (!sql)
+		sql = "";
+	if (len > PGC_MAX_SQL) {
+		out_deny(out, "statement longer than %u bytes", PGC_MAX_SQL);
+		return 0;
+	}
+	if (!(t = tstate_get())) {
+		out_deny(out, "out of memory");
+		return -ENOMEM;
+	}
+	/* an exact hit is these very bytes, stored only after they passed the
+	 * checks of judge_miss(): they need not run again */
+	if ((xklen = key_build(t, 'X', ctx, rules, nrules, sql, len)) && cache_get(t, xklen, out))
+		return 0;
+	if (!ctx->spent)
+		return judge_miss(t, ctx, sql, len, rules, nrules, out, xklen);
+	t0 = thread_cpu_ns();
+	rc = judge_miss(t, ctx, sql, len, rules, nrules, out, xklen);
+	ctx->spent(ctx->garg, thread_cpu_ns() - t0);
+	return rc;
 }

@@ -104,6 +104,15 @@ struct pgc_ctx {                     /* per session, from the wire module */
 	 * changes_names): catalog no longer says what they are, so every name
 	 * is taken as one the database may define, until the next session. */
 	bool names_stale;
+	/*
+	 * The agent's budget for uncached work (both may be NULL): may_parse is
+	 * asked before a statement no cached verdict covers is parsed (false:
+	 * denied with its why as the reason, nothing cached); spent is told the
+	 * thread CPU time every call that missed the exact cache took.
+	 */
+	bool (*may_parse)(void *garg, char *why, size_t whylen);
+	void (*spent)(void *garg, uint64_t cpu_ns);
+	void *garg;
 };
 
 /*

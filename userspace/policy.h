@@ -113,6 +113,7 @@ struct policy_agent {
 	struct policy_identity identity;
 	bool accept_user_tokens;
 	uint32_t max_connections;      /* limits.connections, default 256 */
+	uint32_t parse_cpu;            /* limits.parse_cpu: % of one CPU for uncached statements, default 25 */
 	int line;
 	/* compiled: targets this agent may connect to (bindings -> roles -> rules) */
 	bool *may_target;              /* [ntargets] */

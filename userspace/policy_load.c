@@ -51,6 +51,7 @@
 #define MAX_NAME     63
 
 #define DEFAULT_CONNECTIONS 256
+#define DEFAULT_PARSE_CPU 25     /* percent of one CPU */
 #define DEFAULT_REVIEW_S    300
 #define MAX_REVIEW_S        (7u * 24 * 3600)
 
@@ -1256,12 +1257,13 @@ static void load_agent(struct vctx *v, const struct ynode *m, struct policy_agen
 {
 	static const char *const keys[] = {
 		"name", "cgroup", "identity", "accept_user_tokens", "limits", NULL };
-	static const char *const limit_keys[] = { "connections", NULL };
+	static const char *const limit_keys[] = { "connections", "parse_cpu", NULL };
 	const struct ynode *n, *l;
-	long long conns;
+	long long conns, pct;
 
 	a->line = m->line;
 	a->max_connections = DEFAULT_CONNECTIONS;
+	a->parse_cpu = DEFAULT_PARSE_CPU;
 	if (!want_map(v, m, "an agent"))
 		return;
 	check_keys(v, m, keys);
@@ -1278,6 +1280,8 @@ static void load_agent(struct vctx *v, const struct ynode *m, struct policy_agen
 		if ((n = map_get(l, "connections")) &&
 		    want_int(v, n, "connections", 1, 1000000, &conns))
 			a->max_connections = (uint32_t)conns;
+		if ((n = map_get(l, "parse_cpu")) && want_int(v, n, "parse_cpu", 1, 100, &pct))
+			a->parse_cpu = (uint32_t)pct;
 	}
 }
 

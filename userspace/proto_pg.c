@@ -1161,6 +1161,20 @@ static void note_rules(struct conn *c)
 	s->narules = nr > ENFORCER_MAX_RULES ? ENFORCER_MAX_RULES : nr;
 }
 
+static bool parse_may(void *garg, char *why, size_t whylen)
+{
+	struct conn *c = garg;
+
+	return enforcer_parse_may(c->policy, c->agent_idx, why, whylen);
+}
+
+static void parse_spent(void *garg, uint64_t cpu_ns)
+{
+	struct conn *c = garg;
+
+	enforcer_parse_spent(c->policy, c->agent_idx, cpu_ns);
+}
+
 static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, char *why, size_t whylen)
 {
 	struct pg_sess *s = S(c);
@@ -1170,6 +1184,9 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 		.search_path = search_path(c),
 		.in_transaction = s->tx != 'I',
 		.policy_gen = s->gen,
+		.may_parse = parse_may,
+		.spent = parse_spent,
+		.garg = c,
 	};
 	struct pg_judged *j;
 	size_t nr;

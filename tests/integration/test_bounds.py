@@ -124,6 +124,48 @@ def test_connection_limit_holds_under_concurrent_opens(enforcer, pg, tmp):
     assert rc == 0 and out.strip() == "42", err
 
 
+def test_uncached_parsing_is_bounded_per_agent(enforcer, pg, tmp):
+    """limits.parse_cpu: a statement no cached verdict covers is parsed on a
+    worker thread, and one of a megabyte takes a good part of a second of it;
+    an agent sending such texts in a loop held the workers every other
+    agent's traffic needs. Past its budget (here 1% of a CPU, after a burst
+    of 2 s of CPU) its new texts are refused with a reason that says when to
+    retry, while texts it sent before (cached verdicts) still run."""
+    enforcer.start(policy(pg, tmp).replace('"limits": {"connections": 64}',
+                                           '"limits": {"connections": 64, "parse_cpu": 1}'))
+    code = f"""
+        c = Conn("127.0.0.1", {pg.port}, timeout=60)
+        def run(sql):
+            c.send(Q(sql))
+            return summary(c.until_ready())
+        first = run("SELECT 40 + 2 AS answer")
+        heavy = "SELECT * FROM (VALUES " + ",".join(["(1,'abc')"] * 90000) + ") v"
+        sent, refused_at, t0 = 0, None, time.time()
+        while sent < 40 and refused_at is None:
+            r = run(heavy + " -- " + str(sent))   # a new text each time
+            sent += 1
+            if any("parsing budget" in x for x in r):
+                refused_at, why = sent, [x for x in r if x.startswith("E:")][0]
+        again = run("SELECT 41 + 1 AS answer")      # the same text but its value: cached
+        fresh = run("SELECT 7 AS never_seen_before")
+        print(json.dumps({{"first": first, "refused_at": refused_at, "why": why,
+                          "secs": time.time() - t0, "again": again, "fresh": fresh}}))
+    """
+    r = agent_py(enforcer, code, timeout=120)
+    assert r["first"][-3:] == ["D:42", "C:SELECT 1", "ZI"], r["first"]
+    # the burst (2 s of CPU) holds a few of them, not all 40
+    assert r["refused_at"] is not None and 2 <= r["refused_at"] < 40, r
+    assert r["why"].startswith("E:42501:agentgate: denied") and "limits.parse_cpu: 1%" in r["why"] \
+        and "retry in" in r["why"], r["why"]
+    assert r["again"][-3:] == ["D:42", "C:SELECT 1", "ZI"], r["again"]
+    assert any("parsing budget" in x for x in r["fresh"]), r["fresh"]
+    a = [a for a in enforcer.status()["agents"] if a["name"] == AGENT][0]
+    assert a["parse_cpu"] == 1 and a["parse_refused"] >= 2, a
+    assert enforcer.wait_event(lambda e: "parsing budget" in json.dumps(e), timeout=5)
+    rc, out, err = psql(enforcer, pg, "SELECT 41 + 1")   # another session of the agent: same budget
+    assert rc != 0 and "parsing budget" in err, (rc, out, err)
+
+
 def test_silent_server_does_not_hold_the_session_start(enforcer, pg, tmp):
     """A server that accepts and never answers (the agent's client gave up long
     ago): the enforcer ends the session start after 30 s instead of holding the
