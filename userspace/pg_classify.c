@@ -3242,6 +3242,27 @@ static void walk_denied(struct walker *w, int stmts, const struct policy_rule *c
 	}
 }
 
+/*
+ * A parse error's reason without the statement's text: PostgreSQL's message
+ * quotes the text where it stopped ("unterminated quoted string at or near
+ * "'hunter2"), and the reason goes into audit events, which never hold a
+ * literal (a password in ALTER ROLE, a token in a WHERE). The message is
+ * kept up to " at or near" or its first quote; the position stays.
+ */
+static void parse_error_reason(char *why, size_t whylen, int pos, const char *msg)
+{
+	size_t n = 0;
+
+	if (!msg)
+		msg = "?";
+	while (msg[n] && msg[n] != '"' && msg[n] != '\'' && strncmp(msg + n, " at or near", 11) != 0 &&
+	       n < 120)
+		n++;
+	while (n && msg[n - 1] == ' ')
+		n--;
+	snprintf(why, whylen, "parse error at position %d: %.*s", pos, (int)n, msg);
+}
+
 /* Which keys a verdict may be stored under (see the safety argument). */
 enum cache_as { CACHE_NONE, CACHE_EXACT, CACHE_ALL };
 
@@ -3256,8 +3277,9 @@ static enum cache_as judge_parsed(struct tstate *t, const struct pgc_ctx *ctx,
 
 	pr = pg_query_parse(t->sql);
 	if (pr.error) {
-		out_deny(out, "parse error at position %d: %.160s", pr.error->cursorpos,
-			 pr.error->message ? pr.error->message : "?");
+		parse_error_reason(out->reason, sizeof(out->reason), pr.error->cursorpos, pr.error->message);
+		out->verdict = PGC_DENY;
+		out->rule = NULL;
 		pg_query_free_parse_result(pr);
 		return CACHE_EXACT;     /* a syntax error may depend on a constant's value */
 	}
@@ -3414,8 +3436,7 @@ static bool nesting_ok(const char *sql, char *why, size_t whylen)
 	bool ok = true;
 
 	if (sr.error) {
-		snprintf(why, whylen, "parse error at position %d: %.160s", sr.error->cursorpos,
-			 sr.error->message ? sr.error->message : "?");
+		parse_error_reason(why, whylen, sr.error->cursorpos, sr.error->message);
 		pg_query_free_scan_result(sr);
 		return false;
 	}

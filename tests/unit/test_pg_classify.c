@@ -240,6 +240,38 @@ static void test_case_reasons(void)
 	EXPECT_REASON("SELECT * FROM JSON_TABLE('[1]', '$[*]' COLUMNS (a int PATH '$'))", PGC_DENY,
 		      "parse error at position");
 	EXPECT_REASON("SELECT row_to_json(c) FROM customers c", PGC_DENY, "whole-row");
+	/* a parse error's reason names no text of the statement: it goes into
+	 * audit events (review, stop 26: PostgreSQL quotes the text where it
+	 * stopped, a password or token included) */
+	{
+		static const char *const leaky[] = {
+			"ALTER ROLE bob PASSWORD 'hunter2-s3cret",
+			"SELECT * FROM customers WHERE token = $$sk_live_ABCDEF123",
+			"SELECT 'sk_live_ABCDEF123' 'x'",
+			"SELECT 1 FROM \"sk_live_ABCDEF123",
+			"SELECT 123sk_live_ABCDEF123",
+			"SELECT U&'sk_live\\zzzz'",
+		};
+
+		for (size_t i = 0; i < sizeof(leaky) / sizeof(leaky[0]); i++) {
+			struct pgc_result r = judge(leaky[i]);
+
+			CHECK(r.verdict == PGC_DENY && strstr(r.reason, "parse error at position"));
+			CHECK(!strstr(r.reason, "sk_live") && !strstr(r.reason, "hunter2") && !strstr(r.reason, "'x'"));
+			if (strstr(r.reason, "sk_live") || strstr(r.reason, "hunter2"))
+				fprintf(stderr, "  %s: reason %s\n", leaky[i], r.reason);
+		}
+		/* a long text (past the pre-scan's threshold) errs in the scanner */
+		char big[20000];
+
+		memset(big, ' ', sizeof(big));
+		memcpy(big, "SELECT 1", 8);
+		memcpy(big + sizeof(big) - 40, "'sk_live_ABCDEF123", 18);
+		big[sizeof(big) - 1] = 0;
+		struct pgc_result r = judge(big);
+
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "parse error") && !strstr(r.reason, "sk_live"));
+	}
 	EXPECT_REASON("SELECT cc::int FROM customers", PGC_DENY, "masked column cc");
 	EXPECT_REASON("DO $$ BEGIN NULL; END $$", PGC_DENY, "DO blocks");
 	EXPECT_REASON("COPY orders TO STDOUT", PGC_DENY, "needs a rule naming copy");
