@@ -640,7 +640,7 @@ void enforcer_audit_principal(int idx, struct audit_agent *a, struct ident_princ
  * never matches. Only a verified principal matches anything.
  */
 static bool claim_has(const struct policy_identity *id, const struct ident_principal *pr,
-		      const char *claim, const char *value)
+		      const char *claim, const char *value, bool user)
 {
 	const char *gc = id->groups_claim ? id->groups_claim : "groups";
 
@@ -652,13 +652,17 @@ static bool claim_has(const struct policy_identity *id, const struct ident_princ
 	}
 	if (strcmp(claim, "sub") == 0)
 		return strcmp(pr->sub, value) == 0;
-	if (strcmp(claim, "client_id") == 0 || strcmp(claim, "azp") == 0)
+	/* A user's token names the client it was issued to, and a token
+	 * exchanged for the agent (RFC 8693) names the agent itself: matched
+	 * for a user, a binding meant for the agent would give every user the
+	 * agent's roles, and the intersection would narrow nothing. */
+	if (!user && (strcmp(claim, "client_id") == 0 || strcmp(claim, "azp") == 0))
 		return strcmp(pr->client_id, value) == 0;
 	return false;
 }
 
 static bool binding_matches(const struct policy_binding *b, const struct policy_identity *id,
-			    const struct ident_principal *pr)
+			    const struct ident_principal *pr, bool user)
 {
 	if (!pr->verified || !b->nclaims)
 		return false;
@@ -666,7 +670,7 @@ static bool binding_matches(const struct policy_binding *b, const struct policy_
 		bool any = false;
 
 		for (size_t v = 0; v < b->claim_values[k].n && !any; v++)
-			any = claim_has(id, pr, b->claim_names[k], b->claim_values[k].v[v]);
+			any = claim_has(id, pr, b->claim_names[k], b->claim_values[k].v[v], user);
 		if (!any)
 			return false;
 	}
@@ -686,7 +690,7 @@ static const struct policy_rule *rule_for(const struct policy *p, int idx, int t
 	for (size_t b = 0; b < p->nbindings; b++) {
 		const struct policy_role *role = &p->roles[p->bindings[b].role_idx];
 
-		if (!binding_matches(&p->bindings[b], &ag->identity, &pr))
+		if (!binding_matches(&p->bindings[b], &ag->identity, &pr, false))
 			continue;
 		for (size_t r = 0; r < role->nrules; r++)
 			if (role->rules[r].target_idx == t)
@@ -740,7 +744,7 @@ size_t enforcer_rules_for(const struct policy *p, int idx, int t, const struct p
 			if (!have_pr)
 				enforcer_principal(idx, &pr);
 			have_pr = true;
-			match = binding_matches(bd, &ag->identity, &pr);
+			match = binding_matches(bd, &ag->identity, &pr, false);
 		}
 		if (match)
 			n = add_role_rules(&p->roles[bd->role_idx], t, out, n, max);
@@ -754,7 +758,7 @@ size_t enforcer_user_rules_for(const struct policy *p, int idx, const struct ide
 	size_t n = 0;
 
 	for (size_t b = 0; b < p->nbindings && n <= max; b++)
-		if (binding_matches(&p->bindings[b], &p->agents[idx].identity, user))
+		if (binding_matches(&p->bindings[b], &p->agents[idx].identity, user, true))
 			n = add_role_rules(&p->roles[p->bindings[b].role_idx], t, out, n, max);
 	return n;
 }
@@ -775,8 +779,18 @@ int enforcer_user_verify(int idx, const char *tok, size_t len, struct ident_prin
 		return -EPERM;
 	}
 	enforcer_principal(idx, &agent);
-	return ident_user_verify(E->agents[idx].ident, tok, len, agent.verified ? agent.sub : NULL,
-				 user, why, whylen);
+	int ret = ident_user_verify(E->agents[idx].ident, tok, len, agent.verified ? agent.sub : NULL,
+				    user, why, whylen);
+
+	/* the agent's own token (it can read its token_file) is not a user's:
+	 * presented as one it would satisfy a delegation gate with the agent's
+	 * own roles, and name the agent as the user in audit */
+	if (ret == 0 && agent.verified && strcmp(user->sub, agent.sub) == 0) {
+		memset(user, 0, sizeof(*user));
+		snprintf(why, whylen, "the token's subject is the agent's own principal, not a user");
+		return -EACCES;
+	}
+	return ret;
 }
 
 bool enforcer_may_target(const struct policy *p, int idx, int t)

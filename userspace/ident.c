@@ -995,8 +995,13 @@ int ident_user_verify(struct ident_agent *a, const char *tok, size_t len, const 
 	ret = issuer_verify_cached(a->iss, tok, len, &jp, &c, &want, why, whylen);
 	if (want)
 		atomic_store(&a->user_refresh, true);
-	if (ret == 0 && (ret = ident_user_check(&c, agent_sub, why, whylen)) == 0)
+	if (ret == 0 && (ret = ident_user_check(&c, agent_sub, why, whylen)) == 0) {
 		ident_principal_from_claims(&c, "user_token", user);
+		/* a session that holds the principal (postgres) stops acting
+		 * for the user when verification would refuse the token */
+		if (c.has_iat && c.iat + IDENT_MAX_AGE_S + IDENT_LEEWAY_S < user->exp)
+			user->exp = c.iat + IDENT_MAX_AGE_S + IDENT_LEEWAY_S;
+	}
 	jwt_claims_free(&c);
 	return ret;
 }

@@ -1205,6 +1205,12 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 	}
 	if (!enforcer_identity_ok(c->policy, c->agent_idx, why, whylen))
 		goto early;
+	/* the user's token was verified once, at the session's start: the
+	 * session acts for the user only while that token would still pass */
+	if (s->has_deleg && s->deleg.exp > 0 && (int64_t)(now_ms_realtime() / 1000) >= s->deleg.exp) {
+		snprintf(why, whylen, "the delegating user's token has expired; reconnect with a fresh one");
+		goto early;
+	}
 	nr = enforcer_rules_for(c->policy, c->agent_idx, c->target_idx, rules, ENFORCER_MAX_RULES);
 	if (nr > ENFORCER_MAX_RULES) {
 		snprintf(why, whylen, "too many rules for this target");

@@ -8,6 +8,7 @@ union). Real PostgreSQL 15, real OpenID provider, real psql in the agent's
 cgroup through the kernel redirect."""
 import json
 import os
+import time
 
 import pytest
 
@@ -145,3 +146,46 @@ def test_reload_keeps_a_delegated_session_when_user_tokens_go(enforcer, tmp, pg,
         assert rc == 0 and out.strip() == "5", (rc, out, err)
     finally:
         held.close()
+
+
+def test_user_tokens_gain_nothing_from_the_agents_bindings(enforcer, tmp, pg, idp):
+    """Review, stop 26: a token exchanged for the agent names the agent in
+    client_id, so a binding by client_id meant for the agent matched every
+    user (mallory, with no group, got the agent's roles and the intersection
+    narrowed nothing); and the agent's own token passed as a user's. User
+    principals match bindings on sub and groups only, and a token whose sub
+    is the agent's own is refused."""
+    d = doc(tmp, pg, idp)
+    d["bindings"][0] = {"role": "agent-ro", "claims": {"client_id": [CLIENT_ID]}}
+    enforcer.start(policy_text(d))
+    assert wait_for(lambda: any(a["name"] == AGENT and a["principal"]["verified"]
+                                for a in enforcer.status()["agents"]), timeout=15)
+    rc, out, err = q(enforcer, pg, "SELECT count(*) FROM orders", idp.exchange("mallory"))
+    assert rc != 0 and "agentgate: denied" in err, (rc, out, err)
+    rc, out, err = q(enforcer, pg, "SELECT count(*) FROM orders", idp.exchange("bob"))   # finance
+    assert rc == 0 and out.strip() == "5", (rc, out, err)
+    rc, out, err = q(enforcer, pg, "SELECT 1", idp.token())
+    assert rc != 0 and "user token refused" in err and "agent's own principal" in err, (rc, out, err)
+
+
+def test_delegated_session_ends_with_the_user_token(tmp, pg, enforcer):
+    """Review, stop 26: a postgres session verified the user's token once and
+    acted for the user for as long as it stayed open. Past the token's exp
+    every statement is refused, asking for a reconnect."""
+    idp = oidc.Provider(tmp, CLIENT_ID, CLIENT_SECRET, ttl=8)
+    try:
+        start(enforcer, tmp, pg, idp)
+        bob = idp.exchange("bob")
+        held = Holder(enforcer, pg, agent=AGENT, env={"PGPASSWORD": bob})
+        try:
+            assert held.q("select count(*) from orders") == ["ok", 5]
+            time.sleep(9)
+            r = held.q("select count(*) from orders")
+            assert r[:2] == ["err", "42501"] and "token has expired" in r[2], r
+        finally:
+            held.close()
+        # a fresh token works again (the agent's own refreshes meanwhile)
+        rc, out, err = q(enforcer, pg, "SELECT count(*) FROM orders", idp.exchange("bob"))
+        assert rc == 0 and out.strip() == "5", (rc, out, err)
+    finally:
+        idp.stop()
