@@ -59,7 +59,7 @@
 #define IDENT_MAX_AGE_S       86400   /* identity-audit.md §1: cap token age ourselves */
 #define IDENT_MAX_GROUPS      32      /* groups copied into a principal; more set groups_truncated */
 #define IDENT_GROUP_MAX       128     /* bytes of one group name; longer ones are skipped */
-#define IDENT_NAME_MAX        256     /* sub, client_id */
+#define IDENT_NAME_MAX        JWT_NAME_MAX   /* sub, client_id: longer ones are refused */
 #define IDENT_REASON_MAX      256
 #define IDENT_SECRET_MAX      4096    /* bytes of a client secret file */
 #define IDENT_BACKOFF_MIN_MS  1000

@@ -1083,6 +1083,12 @@ static int check_claims(json_t *c, const struct jwt_policy *pol, const struct vs
 		return err;
 	if (!o->sub[0])
 		return fail(why, whylen, -EINVAL, "claim 'sub' is empty");
+	/* names a principal holds in fixed fields (IDENT_NAME_MAX): a longer
+	 * one cut short could equal another name a binding or act.sub uses */
+	if (strlen(o->sub) >= JWT_NAME_MAX || (o->client_id && strlen(o->client_id) >= JWT_NAME_MAX) ||
+	    (o->azp && strlen(o->azp) >= JWT_NAME_MAX))
+		return fail(why, whylen, -EINVAL, "claim 'sub', 'client_id' or 'azp' is %d bytes or longer",
+			    JWT_NAME_MAX);
 	/* RFC 8693 §4.1: only the outermost act is the current actor; nested
 	 * ones are history and not read. */
 	act = json_object_get(c, "act");

@@ -34,6 +34,8 @@
 #ifndef AGENTGATE_IDENT_JWT_H
 #define AGENTGATE_IDENT_JWT_H
 
+#define JWT_NAME_MAX 256   /* sub, client_id, azp: refused at this length (IDENT_NAME_MAX) */
+
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
