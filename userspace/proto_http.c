@@ -108,7 +108,7 @@ struct hreq {                      /* a request in flight, answered in order */
 	int status;
 	const char *reason;            /* static text, or NULL */
 	char rule[96];
-	char user[64];                 /* the delegating user's sub, "" none */
+	char user[IDENT_NAME_MAX];     /* the delegating user's sub, "" none */
 	char why[160];                 /* a reason built for this request */
 	/* the mask its answer gets: the connection's when it was judged (s->mask
 	 * or, once that was replaced for a later request, one in s->old_masks) */
@@ -1175,6 +1175,25 @@ static bool masking(struct conn *c, const struct ident_principal *user, bool upg
 }
 
 /*
+ * The target of a request refused as malformed, for its audit event: the
+ * path only, as an allowed request's event has it. The query (an api_key,
+ * a token) and an absolute-form target's authority (user:password@host)
+ * are left out; a target that is not a path is named as such.
+ */
+static void raw_path_for_audit(char *out, size_t cap, const char *t, size_t len)
+{
+	size_t n = 0;
+
+	if (!len || t[0] != '/') {
+		snprintf(out, cap, "(not a path)");
+		return;
+	}
+	while (n < len && n < 200 && t[n] != '?' && t[n] != '#')
+		n++;
+	snprintf(out, cap, "%.*s", (int)n, t);
+}
+
+/*
  * One request head from the agent: the verdict in v (not yet queued).
  * Returns true when it is to be forwarded.
  */
@@ -1195,8 +1214,7 @@ static bool judge(struct conn *c, const uint8_t *b, const struct http_head *h, c
 	v->close_after = v->v10 || (h->conn & HTTP_CONN_CLOSE);
 	*upgrade = false;
 	if (http_target_canon(b + h->target, h->target_len, connect, path, pathcap, tg) < 0) {
-		snprintf(v->path, sizeof(v->path), "%.*s", (int)(h->target_len < 200 ? h->target_len : 200),
-			 (const char *)b + h->target);
+		raw_path_for_audit(v->path, sizeof(v->path), (const char *)b + h->target, h->target_len);
 		v->status = 400;
 		v->reason = tg->error;
 		v->close_after = true;

@@ -257,6 +257,23 @@ def test_cases_deny_400(enforcer, rec):
         assert rec.all() == b"", (cid, rec.received())
 
 
+def test_malformed_targets_leave_query_and_userinfo_out_of_audit(enforcer, rec):
+    """Review, stop 26: a target refused as malformed went into its event
+    raw, query string and an absolute form's user:password included."""
+    enforcer.start(policy(rec.port))
+    for target, logged in (("//v1/items?api_key=sk_live_SECRET1", "//v1/items"),
+                           ("/v1/a%00?token=sk_live_SECRET2", "/v1/a%00"),
+                           ("http://bob:sk_live_SECRET3@api.internal/v1", "(not a path)")):
+        out = raw(enforcer, rec.port, crlf(f"GET {target} HTTP/1.1⏎Host: api.internal⏎⏎"))
+        assert responses(out)[0][0][0] == 400, (target, out)
+        assert enforcer.wait_event(lambda e: e.get("class_uid") == 4002 and
+                                   e.get("http_request", {}).get("url", {}).get("path") == logged), target
+    time.sleep(0.3)
+    assert "sk_live_SECRET" not in json.dumps(enforcer.events())
+    with open(enforcer.audit) as f:
+        assert "sk_live_SECRET" not in f.read()
+
+
 def test_h01_h17_allowed_forward_canonical(enforcer, rec):
     enforcer.start(policy(rec.port))
     out = raw(enforcer, rec.port, crlf("GET /v1/invoices/42 HTTP/1.1⏎Host: api.internal⏎⏎"))
