@@ -2219,6 +2219,30 @@ static const struct kind *find_kind(struct walker *w, int key)
 			return &kinds[i];
 	return NULL;
 }
+/*
+ * SHOW without a rule (review, stop 26): SHOW ALL, data_directory, hba_file
+ * or primary_conninfo (which may hold a replication password) tell what
+ * pg_settings and current_setting(), both denied, would. SHOW answers only
+ * the session settings drivers and people read; others are denied.
+ */
+static bool show_ok(const char *name)
+{
+	static const char *const ok[] = {
+		"application_name", "bytea_output", "client_encoding", "client_min_messages",
+		"datestyle", "default_transaction_isolation", "default_transaction_read_only",
+		"extra_float_digits", "idle_in_transaction_session_timeout", "integer_datetimes",
+		"intervalstyle", "is_superuser", "lc_collate", "lc_ctype", "lc_messages", "lc_monetary",
+		"lc_numeric", "lc_time", "lock_timeout", "max_identifier_length", "search_path",
+		"server_encoding", "server_version", "server_version_num", "standard_conforming_strings",
+		"statement_timeout", "timezone", "transaction_isolation", "transaction_read_only",
+		"work_mem",
+	};
+
+	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++)
+		if (strcmp(name, ok[i]) == 0)
+			return true;
+	return false;
+}
 
 /*
  * One statement node. top: it is an element of stmts[] (its tag becomes
@@ -2307,6 +2331,9 @@ static void statement(struct walker *w, int key, int body, struct scope *sc, boo
 
 			if (!name || strchr(name, '.'))
 				deny(w, "SHOW of a custom setting (%s) is not allowed", name ? name : "?");
+			else if (!show_ok(name))
+				deny(w, "SHOW %s is not allowed: only the session settings clients read may be "
+				     "shown (server paths, connection strings and SHOW ALL are not)", name);
 		}
 		break;
 	case H_CALL:

@@ -1888,7 +1888,16 @@ static void test_review_ways_around(void)
 	EXPECT_REASON("SHOW app.secret", PGC_DENY, "custom setting");
 	EXPECT_REASON("SHOW \"app.secret\"", PGC_DENY, "custom setting");
 	EXPECT("SHOW search_path", PGC_ALLOW);
-	EXPECT("SHOW ALL", PGC_ALLOW);
+	EXPECT("SHOW datestyle", PGC_ALLOW);
+	EXPECT("SHOW TIME ZONE", PGC_ALLOW);
+	EXPECT("SHOW TRANSACTION ISOLATION LEVEL", PGC_ALLOW);
+	EXPECT("SHOW server_version", PGC_ALLOW);
+	/* what pg_settings would tell (review, stop 26) */
+	EXPECT_REASON("SHOW ALL", PGC_DENY, "SHOW all is not allowed");
+	EXPECT_REASON("SHOW data_directory", PGC_DENY, "is not allowed");
+	EXPECT_REASON("SHOW primary_conninfo", PGC_DENY, "is not allowed");
+	EXPECT_REASON("SHOW \"hba_file\"", PGC_DENY, "is not allowed");
+	EXPECT_REASON("SHOW Config_File", PGC_DENY, "is not allowed");
 }
 
 static void *thread_main(void *arg)
