@@ -1081,8 +1081,8 @@ static void type_name(struct walker *w, int tn)
 	if (strncmp(last, "reg", 3) == 0)
 		w->nocache = true;
 	if (n > 2 || (schema && strcmp(schema, "pg_catalog") != 0 && strcmp(schema, w->schema) != 0)) {
-		deny(w, "type %s.%s not allowed: a cast to a type outside pg_catalog and the pinned schema may "
-		     "run the database's functions", schema ? schema : "?", last);
+		deny(w, "type %s.%s not allowed: a cast to (or a column of) a type outside pg_catalog and the "
+		     "pinned schema may run the database's functions", schema ? schema : "?", last);
 		return;
 	}
 	if (schema && strcmp(schema, "pg_catalog") == 0)
@@ -1090,8 +1090,8 @@ static void type_name(struct walker *w, int tn)
 	if (w->names_unknown || (c && in_sorted(c->types, c->ntypes, last)))
 		deny(w, "type %s not allowed: %s", last, w->names_unknown ?
 		     "this session ran a statement that can create types (a new session reads them again)" :
-		     "the pinned schema defines it, and a cast to it may run the database's functions "
-		     "(a domain's CHECK, a cast function)");
+		     "the pinned schema defines it, and a cast to it (or a column of it) may run the "
+		     "database's functions (a domain's CHECK, a cast function)");
 }
 
 static void typecast(struct walker *w, int body, struct scope *sc)
@@ -1122,11 +1122,15 @@ static void node(struct walker *w, int key, int body, struct scope *sc)
 		typecast(w, body, sc);
 	} else if (pgj_is(j, key, "A_Indirection")) {
 		indirection(w, body, sc);
-	} else if ((pgj_is(j, key, "ColumnDef") && w->in_from_func) || pgj_is(j, key, "RangeTableFuncCol") ||
+	} else if (pgj_is(j, key, "ColumnDef") || pgj_is(j, key, "RangeTableFuncCol") ||
 		   pgj_is(j, key, "XmlSerialize")) {
 		/* a column definition list's, XMLTABLE's column, XMLSERIALIZE's
 		 * target: values are made of that type (typed fields carry no
-		 * "TypeName" wrapper in the tree) */
+		 * "TypeName" wrapper in the tree). So are a table's columns
+		 * (CREATE TABLE, ALTER TABLE ADD COLUMN, ALTER COLUMN TYPE): a
+		 * domain's CHECK runs on every value written to them and on every
+		 * row a type change rewrites (review, stop 26: only casts were
+		 * judged) */
 		type_name(w, pgj_get(j, body, "typeName"));
 		expr(w, body, sc);
 	} else if (pgj_is(j, key, "SortBy")) {
@@ -2353,6 +2357,8 @@ static void statement(struct walker *w, int key, int body, struct scope *sc, boo
 		uint32_t before = st->tables;
 
 		tag = k->tag;
+		if (pgj_is(&w->j, key, "CreateStmt") && pgj_get(&w->j, body, "ofTypename") >= 0)
+			type_name(w, pgj_get(&w->j, body, "ofTypename"));   /* CREATE TABLE t OF type */
 		if (pgj_is(&w->j, key, "CreateFunctionStmt") && get_bool(w, body, "is_procedure"))
 			tag = "create_procedure";
 		else if (pgj_is(&w->j, key, "VacuumStmt") && !get_bool(w, body, "is_vacuumcmd"))

@@ -1892,6 +1892,13 @@ static void test_review_ways_around(void)
 	EXPECT("SHOW TIME ZONE", PGC_ALLOW);
 	EXPECT("SHOW TRANSACTION ISOLATION LEVEL", PGC_ALLOW);
 	EXPECT("SHOW server_version", PGC_ALLOW);
+	/* a table's column types run a domain's CHECK like a cast does (review, stop 26) */
+	EXPECT_REASON("CREATE TABLE mine (c other.d)", PGC_DENY, "type other.d not allowed");
+	EXPECT_REASON("CREATE TABLE mine (c other.d[])", PGC_DENY, "type other.d not allowed");
+	EXPECT_REASON("CREATE TABLE mine OF other.ct", PGC_DENY, "type other.ct not allowed");
+	EXPECT_REASON("ALTER TABLE orders ADD COLUMN c other.d", PGC_DENY, "type other.d not allowed");
+	EXPECT_REASON("ALTER TABLE orders ALTER COLUMN total TYPE other.d", PGC_DENY, "type other.d not allowed");
+	EXPECT_REASON("CREATE TYPE pair AS (a other.d, b int)", PGC_DENY, "type other.d not allowed");
 	/* what pg_settings would tell (review, stop 26) */
 	EXPECT_REASON("SHOW ALL", PGC_DENY, "SHOW all is not allowed");
 	EXPECT_REASON("SHOW data_directory", PGC_DENY, "is not allowed");
