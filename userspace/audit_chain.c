@@ -487,7 +487,7 @@ int audit_verify_file(const char *path, EVP_PKEY *pub, struct audit_verify_repor
 	struct vline cur = { 0 };
 	char prev_hash[AUDIT_HASH_HEX] = "", last_cp[AUDIT_HASH_HEX] = "";
 	uint64_t prev_seq = 0, seg_count = 0;
-	bool have_prev = false, seg_known = false;
+	bool have_prev = false, seg_known = false, prev_stop = false;
 	FILE *f = fopen(path, "re");
 
 	memset(r, 0, sizeof(*r));
@@ -509,6 +509,13 @@ int audit_verify_file(const char *path, EVP_PKEY *pub, struct audit_verify_repor
 			seg_known = cur.seq == 1;
 		} else if (strcmp(cur.prev, prev_hash) == 0) {
 			if (cur.seq == 1) {           /* a new run after a clean stop */
+				/* ... unless the line before is not a stop checkpoint:
+				 * then the run before crashed and lost its spool, and
+				 * the new one chained from its saved head, a periodic
+				 * checkpoint; what that run wrote after it may have
+				 * been cut out here without a break (review, stop 26) */
+				if (!prev_stop && !r->unclean++)
+					r->unclean_line = n;
 				seg_count = 0;
 				seg_known = true;
 			} else if (cur.seq != prev_seq + 1) {
@@ -552,6 +559,7 @@ int audit_verify_file(const char *path, EVP_PKEY *pub, struct audit_verify_repor
 		}
 		memcpy(prev_hash, cur.hash, sizeof(prev_hash));
 		prev_seq = cur.seq;
+		prev_stop = cur.cp && json_object_get(cur.cp, "stop") != NULL;
 		have_prev = true;
 	}
 	/* a read error is not the end of the file: what follows was not seen */

@@ -83,6 +83,10 @@ struct audit_verify_report {
 	bool last_checkpoint_stop;  /* it is a run's stop checkpoint (signed as such) */
 	uint64_t orphaned;          /* events of runs that stopped before a checkpoint */
 	uint64_t restarts;          /* runs chained from a fresh (zero) head after line 1 */
+	uint64_t unclean;           /* runs that begin (sequence 1) right after a line that is not
+				     * a stop checkpoint: the run before ended unsigned, and lines
+				     * after its last checkpoint may have been removed */
+	uint64_t unclean_line;      /* the first such run's first line */
 	bool starts_mid_chain;      /* line 1 chains from a line not in this file */
 	uint64_t first_sequence;
 	/* the first break */

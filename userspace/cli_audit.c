@@ -65,6 +65,11 @@ int cmd_audit_verify(int argc, char **argv, const char *state_dir)
 		printf("warning: %" PRIu64 " run(s) started a new chain after line 1 (no saved chain "
 		       "head): nothing ties a run to the one before it there, so whole runs could have "
 		       "been removed, repeated or reordered\n", r.restarts);
+	if (r.unclean)
+		printf("warning: %" PRIu64 " run(s) began right after a line that is not a stop checkpoint "
+		       "(first at line %" PRIu64 "): the run before ended without its stop checkpoint, and "
+		       "lines it wrote after its last checkpoint may have been removed\n", r.unclean,
+		       r.unclean_line);
 	if (r.orphaned)
 		printf("warning: %" PRIu64 " event(s) of runs that stopped without a final checkpoint "
 		       "are chained but not signed\n", r.orphaned);
@@ -81,5 +86,6 @@ int cmd_audit_verify(int argc, char **argv, const char *state_dir)
 		       "running\n", r.last_checkpoint_line);
 	printf("OK %s: %" PRIu64 " lines, %" PRIu64 " events, %" PRIu64 " checkpoints verified "
 	       "(key %s)\n", file, r.lines, r.events, r.checkpoints, kid);
-	return strict && (r.unsigned_tail || r.orphaned || r.restarts || !r.checkpoints || cut) ? 1 : 0;
+	return strict && (r.unsigned_tail || r.orphaned || r.restarts || r.unclean || !r.checkpoints || cut) ?
+	       1 : 0;
 }

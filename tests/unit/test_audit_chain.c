@@ -301,6 +301,98 @@ static void test_key_mode_refused(void)
 	chmod(path, 0600);
 }
 
+static void copy_file(const char *from, const char *to, mode_t mode)
+{
+	char buf[8192];
+	FILE *a = fopen(from, "r"), *b = fopen(to, "w");
+	size_t n;
+
+	CHECK(a && b);
+	while (a && b && (n = fread(buf, 1, sizeof(buf), a)) > 0)
+		CHECK(fwrite(buf, 1, n, b) == n);
+	if (a)
+		fclose(a);
+	if (b)
+		fclose(b);
+	chmod(to, mode);
+}
+
+/* Review, stop 26: a run that crashed and lost its spool is followed by one
+ * that chains from the saved head, a periodic checkpoint (sequence 1 there).
+ * Cutting the crashed run's unsigned lines after that checkpoint left a
+ * file --strict passed: the new run's first line chains to the checkpoint
+ * as after a clean stop. A run that begins after anything but a stop
+ * checkpoint is now reported (unclean). */
+static void test_unclean_run_boundary(void)
+{
+	char dir2[] = "/tmp/ag-audit-chain2-XXXXXX", from[600], to[600], head[AUDIT_HASH_HEX];
+	char *first[64], out2[600];
+	int n1 = 28, n = 0, order[128];
+	struct audit_verify_report r;
+
+	CHECK(mkdtemp(dir2) != NULL);
+	for (int i = 0; i < n1; i++)
+		first[i] = lines[i];   /* run 1: checkpoints at lines 11, 22, stop at 28 */
+	CHECK(!strstr(first[21], "\"stop\"") && strstr(first[21], "\"checkpoint\""));
+	/* the saved head a crash after line 27 leaves: line 22's hash */
+	audit_chain_hash(first[21], strlen(first[21]) - 1, head);
+	CHECK(audit_chain_state_save(dir2, head) == 0);
+	snprintf(from, sizeof(from), "%s/" AUDIT_KEY_FILE, dir);
+	snprintf(to, sizeof(to), "%s/" AUDIT_KEY_FILE, dir2);
+	copy_file(from, to, 0600);
+	snprintf(from, sizeof(from), "%s/" AUDIT_PUB_FILE, dir);
+	snprintf(to, sizeof(to), "%s/" AUDIT_PUB_FILE, dir2);
+	copy_file(from, to, 0644);
+	snprintf(out2, sizeof(out2), "%s/run2.jsonl", dir2);
+	{
+		struct policy_sink sink = { .type = SINK_FILE, .path = out2 };
+		struct policy p = { .path = "unit.yaml", .audit = { .sinks = &sink, .nsinks = 1 } };
+
+		snprintf(p.hash, sizeof(p.hash), "%s", "abc");
+		CHECK(audit_set_state_dir(dir2) == 0);
+		audit_set_checkpoint(10, 0);
+		CHECK(audit_open(&p) == 0);
+		for (int i = 0; i < 5; i++)
+			audit_emit(audit_event(4001, 1, "Open"));
+		audit_close();
+	}
+	for (int i = n1; i < nlines; i++)   /* the first 28 are kept in first[] */
+		free(lines[i]);
+	snprintf(logpath, sizeof(logpath), "%s", out2);
+	load_lines();   /* run 2: sequence 1 chained from line 22 */
+	CHECK(nlines >= 6 && strstr(lines[0], "\"sequence\":1,"));
+	int n2 = nlines;
+
+	for (int i = 0; i < n2; i++)
+		first[n1 + i] = lines[i];
+	for (int i = 0; i < n1 + n2; i++)
+		lines[i] = first[i];
+	nlines = n1 + n2;
+	/* as written: lines 1-27 of run 1 (its stop checkpoint never came),
+	 * then run 2: the five unsigned events are reported */
+	for (int i = 0; i < 27; i++)
+		order[n++] = i;
+	for (int i = 0; i < n2; i++)
+		order[n++] = n1 + i;
+	r = verify_lines(order, n, pub);
+	CHECK(r.kind == AUDIT_INTACT && r.orphaned == 5 && r.unclean == 0);
+	/* those five cut out: run 2 follows a periodic checkpoint */
+	n = 0;
+	for (int i = 0; i < 22; i++)
+		order[n++] = i;
+	for (int i = 0; i < n2; i++)
+		order[n++] = n1 + i;
+	r = verify_lines(order, n, pub);
+	CHECK(r.kind == AUDIT_INTACT && r.unclean == 1 && r.unclean_line == 23);
+	/* after a stop checkpoint a new run is clean */
+	CHECK(verify_lines(ident, n1, pub).unclean == 0);
+	for (int i = 0; i < nlines; i++)
+		free(lines[i]);
+	nlines = 0;
+	snprintf(from, sizeof(from), "rm -rf %s", dir2);
+	CHECK(system(from) == 0);
+}
+
 int main(void)
 {
 	for (int i = 0; i < 256; i++)
@@ -324,6 +416,7 @@ int main(void)
 	RUN(test_review_tamper);
 	RUN(test_second_run_chains);
 	RUN(test_key_mode_refused);
+	RUN(test_unclean_run_boundary);
 	for (int i = 0; i < nlines; i++)
 		free(lines[i]);
 	EVP_PKEY_free(pub);
