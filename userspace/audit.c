@@ -133,6 +133,7 @@ static struct {
 	char key_id[AUDIT_KEYID_HEX];
 	EVP_PKEY *key;                    /* NULL: no checkpoints */
 	uint64_t cp_pending;              /* events since the last checkpoint */
+	bool spool_had_line;              /* the chain resumed from the spool's last line */
 	uint64_t cp_hist[CP_HIST];        /* sequences of the last checkpoints, newest first */
 	uint64_t cp_last_ms;
 	uint64_t cp_every, cp_every_ms;
@@ -366,6 +367,72 @@ static void *sink_thread(void *arg)
 
 static void audit_chain_resume(void);
 
+/*
+ * A power cut can leave the spool shorter than a file sink: the spool skips
+ * its fdatasync while every sink keeps up (audit_spool.c), and the file
+ * sink syncs its own file. Resumed from the spool's last line, the chain
+ * would give the sequence numbers the sink already holds to other events
+ * (review, stop 26: "sequence 21 follows 27", duplicates in the SIEM). So
+ * what a file sink holds after the spool's last line is taken back into
+ * the spool first, line for line as written, when it continues the spool:
+ * the next sequence, and (when the spool has a last line) chained to it.
+ */
+struct adopt_st {
+	bool check_prev;
+	uint64_t last_cp;
+	long n;
+};
+
+static int adopt_line(void *arg, uint64_t seq, const char *line, size_t len)
+{
+	static const char key[] = "\"prev_hash\":\"";
+	struct adopt_st *st = arg;
+	const char *hit = NULL;
+
+	if (seq != A.seq + 1)
+		return 1;
+	if (st->check_prev && !st->n) {
+		for (const char *q = line; (q = memmem(q, len - (size_t)(q - line), key, sizeof(key) - 1));
+		     q += sizeof(key) - 1)
+			hit = q + sizeof(key) - 1;
+		if (!hit || (size_t)(line + len - hit) < AUDIT_HASH_HEX - 1 ||
+		    memcmp(hit, A.last_hash, AUDIT_HASH_HEX - 1) != 0)
+			return 1;   /* not chained to the spool: not ours to take */
+	}
+	if (spool_append(A.spool, seq, line, len))
+		return 1;
+	A.seq = seq;
+	audit_chain_hash(line, len, A.last_hash);
+	if (memmem(line, len, "\"checkpoint\":{", 14))
+		st->last_cp = seq;
+	st->n++;
+	return 0;
+}
+
+static void adopt_sink_tails(bool spool_had_line)
+{
+	for (int i = 0; i < A.nsinks && A.seq; i++) {
+		struct sink_rt *k = &A.sinks[i];
+		struct adopt_st st = { .check_prev = spool_had_line };
+		uint64_t from = A.seq;
+
+		if (!k->s.ops->adopt || k->s.ops->adopt(&k->s, A.seq, adopt_line, &st) <= 0 || !st.n)
+			continue;
+		ag_log(LOG_LVL_WARN, "audit: the spool ended at sequence %llu but sink %s holds events up to "
+		       "%llu (a power cut before the spool was synced): %ld events taken back from it, so "
+		       "their sequence numbers are not used again", (unsigned long long)from, k->s.desc,
+		       (unsigned long long)A.seq, st.n);
+		spool_reader_ack(k->r, A.seq);
+		spool_reader_seek(k->r, A.seq);
+		atomic_store(&k->acked, A.seq);
+		if (st.last_cp) {
+			memmove(A.cp_hist + 1, A.cp_hist, sizeof(A.cp_hist) - sizeof(A.cp_hist[0]));
+			A.cp_hist[0] = st.last_cp;
+		}
+		A.cp_pending = A.seq > A.cp_hist[0] ? A.seq - A.cp_hist[0] : 0;
+	}
+}
+
 int audit_open(const struct policy *p)
 {
 	char dir[4200];
@@ -420,6 +487,7 @@ int audit_open(const struct policy *p)
 			return err;
 		atomic_store(&k->acked, spool_reader_cursor(k->r));
 	}
+	adopt_sink_tails(A.spool_had_line);
 	if (p->audit.recording_dir &&
 	    (err = rec_configure(p->audit.recording_dir, p->audit.recording_max_bytes,
 				 p->audit.recording_max_age_ms)))
@@ -449,8 +517,10 @@ static void audit_chain_resume(void)
 	uint64_t cp_seq = 0;
 	int k = 0;
 
+	A.spool_had_line = false;
 	if (spool_last_line(A.spool, &line, &len))
 		return;   /* empty spool: the saved chain head (audit_set_state_dir) */
+	A.spool_had_line = true;
 	audit_chain_hash(line, len, A.last_hash);
 	free(line);
 	snprintf(path, sizeof(path), "%s/checkpoint-seq", spool_dir(A.spool));

@@ -63,6 +63,14 @@ struct audit_sink_ops {
 	 * skip re-sending after a crash; the caller checks the uid against the
 	 * spool. Returns cursor when unknown. */
 	uint64_t (*resume)(struct audit_sink *s, uint64_t cursor, char uid[40]);
+	/* Optional: the lines the destination holds after sequence after, in
+	 * order from after + 1, passed to fn (which stops the walk by
+	 * returning non-zero); for a spool that lost its tail in a power cut
+	 * (it skips its fdatasync while the sinks keep up, and a file sink
+	 * syncs its own file), so that its sequence numbers are not used
+	 * again for other events. Returns how many lines fn took, or -errno. */
+	long (*adopt)(struct audit_sink *s, uint64_t after,
+		      int (*fn)(void *arg, uint64_t seq, const char *line, size_t len), void *arg);
 	/* Optional: reopen files / reconnect (SIGHUP). */
 	void (*reopen)(struct audit_sink *s);
 	void (*fini)(struct audit_sink *s);

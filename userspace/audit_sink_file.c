@@ -307,11 +307,114 @@ static uint64_t file_resume(struct audit_sink *s, uint64_t cursor, char uid[40])
 	return seq;
 }
 
+/* metadata.sequence of a line we wrote: metadata is its last member, so
+ * the last "sequence": in it (a quote inside a string value is escaped,
+ * so the bytes cannot come from an agent's text). 0: none. */
+static uint64_t line_seq(const char *p, size_t len)
+{
+	static const char key[] = "\"sequence\":";
+	const char *hit = NULL;
+
+	for (const char *q = p; (q = memmem(q, len - (size_t)(q - p), key, sizeof(key) - 1));
+	     q += sizeof(key) - 1)
+		hit = q;
+	if (!hit || !memmem(p, len, "\"metadata\":{", 12))
+		return 0;
+	uint64_t v = 0;
+	for (hit += sizeof(key) - 1; hit < p + len && *hit >= '0' && *hit <= '9'; hit++) {
+		if (v > (UINT64_MAX - 9) / 10)
+			return 0;
+		v = v * 10 + (uint64_t)(*hit - '0');
+	}
+	return v;
+}
+
+/* The sequence of the first whole line starting at or after off (its
+ * start in *at), 0 when none: a probe of the binary search. */
+static uint64_t seq_at(int fd, uint64_t off, uint64_t size, uint64_t *at, char *buf, size_t cap)
+{
+	while (off < size) {
+		ssize_t n = pread(fd, buf, cap, (off_t)off);
+		char *nl;
+
+		if (n <= 0)
+			return 0;
+		if (off == 0) {
+			nl = buf - 1;     /* the file's first line starts at 0 */
+		} else if (!(nl = memchr(buf, '\n', (size_t)n))) {
+			off += (uint64_t)n;
+			continue;
+		}
+		uint64_t start = off + (uint64_t)(nl + 1 - buf);
+		ssize_t m = pread(fd, buf, cap, (off_t)start);
+		char *end = m > 0 ? memchr(buf, '\n', (size_t)m) : NULL;
+
+		if (!end)
+			return 0;
+		*at = start;
+		return line_seq(buf, (size_t)(end - buf));
+	}
+	return 0;
+}
+
+/* ops->adopt: finds the line after + 1 by binary search over the file's
+ * offsets (its sequences grow line by line), then reads on from there. */
+static long file_adopt(struct audit_sink *s, uint64_t after,
+		       int (*fn)(void *arg, uint64_t seq, const char *line, size_t len), void *arg)
+{
+	struct fsink *f = s->priv;
+	const size_t cap = 1u << 20;
+	uint64_t lo = 0, hi, at = 0, start = UINT64_MAX, want = after + 1;
+	char *buf = NULL, *line = NULL;
+	size_t lcap = 0;
+	long took = 0;
+	ssize_t n;
+	FILE *in;
+	int fd;
+
+	if (f->is_stdout || !f->size || !(buf = malloc(cap)))
+		return 0;
+	if ((fd = open(f->path, O_RDONLY | O_CLOEXEC)) < 0) {
+		free(buf);
+		return -errno;
+	}
+	hi = f->size;
+	while (lo < hi) {   /* the first line whose sequence is >= want */
+		uint64_t mid = lo + (hi - lo) / 2, seq = seq_at(fd, mid, f->size, &at, buf, cap);
+
+		if (seq && seq < want) {
+			lo = at + 1;
+		} else {
+			if (seq == want)
+				start = at;
+			hi = mid;
+		}
+	}
+	free(buf);
+	if (start == UINT64_MAX || !(in = fdopen(fd, "r"))) {
+		if (start == UINT64_MAX)
+			close(fd);
+		return 0;   /* not here (rotated away, or never written): nothing to adopt */
+	}
+	if (fseeko(in, (off_t)start, SEEK_SET) == 0) {
+		while ((n = getline(&line, &lcap, in)) > 0 && line[n - 1] == '\n') {
+			if (line_seq(line, (size_t)n - 1) != want || fn(arg, want, line, (size_t)n - 1))
+				break;
+			took++;
+			want++;
+		}
+	}
+	free(line);
+	fclose(in);
+	return took;
+}
+
 const struct audit_sink_ops audit_sink_file_ops = {
 	.type = "file",
 	.init = file_init,
 	.send = file_send,
 	.resume = file_resume,
+	.adopt = file_adopt,
 	.reopen = file_reopen,
 	.fini = file_fini,
 	.batch_max = 4096,
