@@ -101,14 +101,19 @@ static int ecdsa_raw(const unsigned char *der, size_t len, unsigned char raw[64]
 char *ident_client_assertion(EVP_PKEY *key, const char *alg, const char *client_id,
 			     const char *audience, int64_t now, char *why, size_t whylen)
 {
-	unsigned char jti[16], sig[512], raw[64];
+	unsigned char jti[16], sig[1024], raw[64];   /* an RSA key up to 8192 bits */
 	char jtis[40], *hdr = NULL, *pl = NULL, *out = NULL;
 	size_t siglen = sizeof(sig), hlen, plen, cap;
 	json_t *h, *c;
 	EVP_MD_CTX *md = NULL;
 	bool eddsa = strcmp(alg, "EdDSA") == 0;
 
-	RAND_bytes(jti, sizeof(jti));
+	/* a jti the token endpoint may use to refuse a replay: never a
+	 * predictable one */
+	if (RAND_bytes(jti, sizeof(jti)) != 1) {
+		ident_setwhy(why, whylen, "no random bytes for the assertion's jti");
+		return NULL;
+	}
 	b64url(jti, sizeof(jti), jtis);
 	h = json_pack("{s:s, s:s}", "alg", alg, "typ", "JWT");
 	/* iss = sub = client_id; aud = the token endpoint; a minute to live. */
