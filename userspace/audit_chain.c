@@ -443,6 +443,13 @@ static void classify(const char *path, FILE *f, struct vline *cur, uint64_t n,
 	}
 }
 
+static bool str_is(const json_t *v, const char *want)
+{
+	const char *s = json_string_value(v);
+
+	return s && strcmp(s, want) == 0;
+}
+
 static void check_checkpoint(EVP_PKEY *pub, struct vline *cur, uint64_t n, bool have_prev,
 			     const char *prev_hash, uint64_t prev_seq, bool seg_known,
 			     uint64_t seg_count, struct audit_verify_report *r)
@@ -458,6 +465,20 @@ static void check_checkpoint(EVP_PKEY *pub, struct vline *cur, uint64_t n, bool 
 	    (jstop && !json_is_true(jstop))) {
 		set_break(r, AUDIT_MALFORMED, n, "line %" PRIu64 ": checkpoint lacks sequence, hash, count "
 		    "or signature", n);
+		return;
+	}
+	/* The stop checkpoint is a file's last line, which no later line's
+	 * prev_hash covers: the fields a SIEM classifies by are checked here
+	 * (review, stop 26: its type_uid could be edited unseen) */
+	json_t *d = cur->doc;
+	if (json_integer_value(json_object_get(d, "category_uid")) != 1 ||
+	    json_integer_value(json_object_get(d, "activity_id")) != 99 ||
+	    json_integer_value(json_object_get(d, "type_uid")) != 100899 ||
+	    !str_is(json_object_get(d, "class_name"), "Event Log Activity") ||
+	    !str_is(json_object_get(d, "category_name"), "System Activity") ||
+	    !str_is(json_object_get(d, "type_name"), "Event Log Activity: Other")) {
+		set_break(r, AUDIT_MALFORMED, n, "line %" PRIu64 ": a checkpoint whose class fields are not a "
+		    "checkpoint's (class_name, category, activity or type edited)", n);
 		return;
 	}
 	seq = json_integer_value(js);

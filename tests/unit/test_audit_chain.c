@@ -274,6 +274,20 @@ static void test_review_tamper(void)
 	lines[21] = was;
 	free(forged);
 
+	/* the stop checkpoint (the last line, which no prev_hash covers) made
+	 * to say another type for a SIEM: refused (review, stop 26) */
+	{
+		char *cp = lines[27], *ed = strdup(cp), *t = strstr(ed, "\"type_uid\":100899");
+
+		CHECK(t != NULL);
+		if (t)
+			memcpy(t, "\"type_uid\":600504", 17);
+		lines[27] = ed;
+		r = verify_lines(ident, 28, pub);
+		CHECK(r.kind == AUDIT_MALFORMED && r.line == 28);
+		lines[27] = cp;
+		free(ed);
+	}
 	/* a directory: read errors are errors, not the end of the file */
 	CHECK(audit_verify_file(dir, pub, &r) == -EISDIR);
 }
