@@ -1892,6 +1892,11 @@ static void test_review_ways_around(void)
 	EXPECT("SHOW TIME ZONE", PGC_ALLOW);
 	EXPECT("SHOW TRANSACTION ISOLATION LEVEL", PGC_ALLOW);
 	EXPECT("SHOW server_version", PGC_ALLOW);
+	/* names split at a dot for rules and joined by commas for audit (review, stop 26) */
+	expect_rules("SELECT * FROM \"public.x\".secret", cat, PGC_DENY, "containing '.'");
+	expect_rules("SELECT * FROM \"customers,x\"", cat, PGC_DENY, "holding a comma");
+	expect_rules("SELECT * FROM public.\"a,b\"", cat, PGC_DENY, "holding a comma");
+	expect_rules("SELECT * FROM \"s,t\".orders", cat, PGC_DENY, "holding a comma");
 	/* a table's column types run a domain's CHECK like a cast does (review, stop 26) */
 	EXPECT_REASON("CREATE TABLE mine (c other.d)", PGC_DENY, "type other.d not allowed");
 	EXPECT_REASON("CREATE TABLE mine (c other.d[])", PGC_DENY, "type other.d not allowed");
