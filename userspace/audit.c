@@ -1196,7 +1196,8 @@ static int emit_locked(json_t *ev)
 	if (A.pol)
 		json_object_set(um, "policy", A.pol);
 	A.line.len = 0;
-	/* The same bytes as json_dumps(ev, JSON_COMPACT | JSON_PRESERVE_ORDER),
+	/* The same bytes as json_dumps(ev, JSON_COMPACT | JSON_PRESERVE_ORDER) (line
+	 * separators escaped: audit_json.c),
 	 * written into a reused buffer with room for the '\n' */
 	bad = bad || audit_json_dump(ev, &A.line) || audit_buf_reserve(&A.line, 1);
 	json_object_del(ev, "metadata");
