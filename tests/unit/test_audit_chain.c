@@ -43,22 +43,29 @@ static struct audit_verify_report verify_lines(const int *order, int n, EVP_PKEY
 static int ident[256];
 static EVP_PKEY *pub;
 
-static void write_run(void)
+/* A run of the enforcer's audit into the file out, with its state (spool,
+ * key, chain head) in state: events events, a checkpoint every 10. */
+static void run_into(const char *state, char *out, int events)
 {
-	struct policy_sink sink = { .type = SINK_FILE, .path = logpath };
+	struct policy_sink sink = { .type = SINK_FILE, .path = out };
 	struct policy p = { .path = "unit.yaml", .audit = { .sinks = &sink, .nsinks = 1 } };
 
 	snprintf(p.hash, sizeof(p.hash), "%s", "abc");
-	CHECK(audit_set_state_dir(dir) == 0);
+	CHECK(audit_set_state_dir(state) == 0);
 	audit_set_checkpoint(10, 0);
 	CHECK(audit_open(&p) == 0);
-	for (int i = 0; i < 25; i++) {
+	for (int i = 0; i < events; i++) {
 		json_t *ev = audit_event(4001, 1, "Open");
 
 		json_object_set_new(ev, "message", json_string("hello world"));
 		audit_emit(ev);
 	}
 	audit_close();
+}
+
+static void write_run(void)
+{
+	run_into(dir, logpath, 25);
 }
 
 static void test_key_files(void)
@@ -316,6 +323,7 @@ static void test_key_mode_refused(void)
 	chmod(path, 0600);
 }
 
+
 static void copy_file(const char *from, const char *to, mode_t mode)
 {
 	char buf[8192];
@@ -359,18 +367,7 @@ static void test_unclean_run_boundary(void)
 	snprintf(to, sizeof(to), "%s/" AUDIT_PUB_FILE, dir2);
 	copy_file(from, to, 0644);
 	snprintf(out2, sizeof(out2), "%s/run2.jsonl", dir2);
-	{
-		struct policy_sink sink = { .type = SINK_FILE, .path = out2 };
-		struct policy p = { .path = "unit.yaml", .audit = { .sinks = &sink, .nsinks = 1 } };
-
-		snprintf(p.hash, sizeof(p.hash), "%s", "abc");
-		CHECK(audit_set_state_dir(dir2) == 0);
-		audit_set_checkpoint(10, 0);
-		CHECK(audit_open(&p) == 0);
-		for (int i = 0; i < 5; i++)
-			audit_emit(audit_event(4001, 1, "Open"));
-		audit_close();
-	}
+	run_into(dir2, out2, 5);
 	for (int i = n1; i < nlines; i++)   /* the first 28 are kept in first[] */
 		free(lines[i]);
 	snprintf(logpath, sizeof(logpath), "%s", out2);
@@ -408,19 +405,6 @@ static void test_unclean_run_boundary(void)
 	CHECK(system(from) == 0);
 }
 
-static void run_into(const char *state, char *out, int events)
-{
-	struct policy_sink sink = { .type = SINK_FILE, .path = out };
-	struct policy p = { .path = "unit.yaml", .audit = { .sinks = &sink, .nsinks = 1 } };
-
-	snprintf(p.hash, sizeof(p.hash), "%s", "abc");
-	CHECK(audit_set_state_dir(state) == 0);
-	audit_set_checkpoint(10, 0);
-	CHECK(audit_open(&p) == 0);
-	for (int i = 0; i < events; i++)
-		audit_emit(audit_event(4001, 1, "Open"));
-	audit_close();
-}
 
 /* Cuts the spool's segment to its first keep lines and every cursor to
  * keep: what a power cut leaves when the spool was not synced (it skips
