@@ -578,10 +578,15 @@ bool enforcer_identity_ok(const struct policy *p, int idx, char *why, size_t why
 
 #define PARSE_BURST_MS 2000
 
+static uint32_t parse_pct(const struct policy *p, int idx)
+{
+	return p->agents[idx].parse_cpu ? p->agents[idx].parse_cpu : 25;   /* 0: a policy not loaded */
+}
+
 /* The wall time an agent's debt stands for: cpu_ns at parse_cpu percent. */
 static uint64_t parse_wall_ns(const struct policy *p, int idx, uint64_t cpu_ns)
 {
-	uint32_t pct = p->agents[idx].parse_cpu ? p->agents[idx].parse_cpu : 25;
+	uint32_t pct = parse_pct(p, idx);
 
 	if (cpu_ns > UINT64_MAX / 100)
 		return UINT64_MAX / 2;
@@ -599,7 +604,7 @@ bool enforcer_parse_may(const struct policy *p, int idx, char *why, size_t whyle
 	atomic_fetch_add(&rt->parse_refused, 1);
 	snprintf(why, whylen, "statements not seen before have used this agent's parsing budget "
 		 "(limits.parse_cpu: %u%% of a CPU); retry in %llu ms, or repeat statements that "
-		 "differ only in their values", p->agents[idx].parse_cpu ? p->agents[idx].parse_cpu : 25,
+		 "differ only in their values", parse_pct(p, idx),
 		 (unsigned long long)((tat - now - burst) / 1000000ull + 1));
 	return false;
 }

@@ -3588,6 +3588,9 @@ static int judge_miss(struct tstate *t, const struct pgc_ctx *ctx, const char *s
 {
 	size_t sklen = 0, stlen = 0;
 	enum cache_as cache;
+	/* a short text: the parse alone is timed (pgc_judge times a long one) */
+	bool timed = ctx->spent && len <= SCAN_OVER;
+	uint64_t t0;
 
 	if (len && memchr(sql, '\0', len)) {
 		out_deny(out, "statement text holds a NUL byte");
@@ -3631,7 +3634,10 @@ static int judge_miss(struct tstate *t, const struct pgc_ctx *ctx, const char *s
 		out->rule = NULL;
 		return 0;
 	}
+	t0 = timed ? thread_cpu_ns() : 0;
 	cache = judge_parsed(t, ctx, rules, nrules, out);
+	if (timed)
+		ctx->spent(ctx->garg, thread_cpu_ns() - t0);
 	if (cache == CACHE_ALL && sklen &&
 	    key_build(t, 'S', ctx, rules, nrules, t->skey, stlen) == sklen)
 		cache_put(t, sklen, out);
@@ -3669,7 +3675,10 @@ int pgc_judge(const struct pgc_ctx *ctx, const char *sql, size_t len,
 	 * checks of judge_miss(): they need not run again */
 	if ((xklen = key_build(t, 'X', ctx, rules, nrules, sql, len)) && cache_get(t, xklen, out))
 		return 0;
-	if (!ctx->spent)
+	/* The thread's CPU clock is a system call: a short text its scanner
+	 * key finds costs microseconds and is not timed; a long one is timed
+	 * whole, its pre-scan included, whichever way it ends. */
+	if (!ctx->spent || len <= SCAN_OVER)
 		return judge_miss(t, ctx, sql, len, rules, nrules, out, xklen);
 	t0 = thread_cpu_ns();
 	rc = judge_miss(t, ctx, sql, len, rules, nrules, out, xklen);

@@ -108,7 +108,7 @@ struct pgc_ctx {                     /* per session, from the wire module */
 	 * The agent's budget for uncached work (both may be NULL): may_parse is
 	 * asked before a statement no cached verdict covers is parsed (false:
 	 * denied with its why as the reason, nothing cached); spent is told the
-	 * thread CPU time every call that missed the exact cache took.
+	 * thread CPU time the parse took (a long text's pre-scan included).
 	 */
 	bool (*may_parse)(void *garg, char *why, size_t whylen);
 	void (*spent)(void *garg, uint64_t cpu_ns);
