@@ -678,6 +678,7 @@ static int refresh_locked(struct ident_issuer *iss, char *why, size_t whylen)
 	char uri[IDENT_URL_MAX], r[256];
 	struct jwks *keys = NULL;
 	int64_t ttl = IDENT_TTL_DEFAULT;
+	bool withdrawn = false;
 	int ret;
 
 	if (iss->refreshing) {
@@ -701,12 +702,30 @@ static int refresh_locked(struct ident_issuer *iss, char *why, size_t whylen)
 		ttl = ttl_from(resp.cache_control);
 		ret = jwks_parse(resp.body, resp.len, &keys, pr, sizeof(pr));
 		if (ret < 0) {
-			snprintf(r, sizeof(r), "jwks: %s", pr);
+			withdrawn = ret == -ENOKEY;
+			snprintf(r, sizeof(r), "jwks: %s%s", withdrawn ? "the issuer withdrew its keys: " : "", pr);
 			ident_http_resp_clear(&resp);
 		}
 	}
 	pthread_mutex_lock(&iss->mu);
 	iss->refreshing = false;
+	if (withdrawn) {
+		/* The issuer answered, with a well-formed key set that holds no
+		 * key we can use: it no longer vouches for the keys we hold (a
+		 * rotation away from a compromised key, or to a type we do not
+		 * support). Keeping them as the last known good would trust
+		 * them for up to a day more, so they go, with the copy on disk;
+		 * tokens are refused until the issuer publishes a usable key.
+		 * An answer we cannot read (not JSON, no "keys" array, an
+		 * error status) is an outage, not a statement: the keys stay. */
+		jwks_free(iss->keys);
+		iss->keys = NULL;
+		free(iss->jwks_text);
+		iss->jwks_text = NULL;
+		iss->jwks_len = 0;
+		if (iss->cache_file)
+			unlink(iss->cache_file);
+	}
 	if (ret < 0) {
 		iss->failures++;
 		snprintf(iss->last_error, sizeof(iss->last_error), "%s", r);

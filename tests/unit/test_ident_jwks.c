@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "ident_jwks.h"
 #include "unit.h"
@@ -192,6 +193,57 @@ static void test_issuer_down(void)
 
 }
 
+/* A well-formed key set with no usable key is the issuer withdrawing the
+ * keys we hold: they go at once (with the copy on disk), not after a day as
+ * the last known good. An unreadable answer is an outage: the keys stay. */
+static void test_keys_withdrawn(void)
+{
+	char dir[] = "/tmp/ag-jwks-XXXXXX", path[64], why[512];
+	struct issuer_opts o = { .now_mono = mono, .now_real = real, .fetch = fake, .cache_file = path };
+	struct issuer_status st;
+	struct ident_issuer *i;
+	const char *bad[] = { "not json", "{\"keys\":7}", "{\"keys\":[]}",
+			      "{\"keys\":[{\"kty\":\"oct\",\"k\":\"AAAA\"}]}" };
+
+	CHECK(mkdtemp(dir) != NULL);
+	snprintf(path, sizeof(path), "%s/jwks.json", dir);
+	for (int k = 0; k < 4; k++) {
+		bool statement = k >= 2;
+
+		jwks_text = JWKS;
+		i = issuer_new("http://127.0.0.1:9", &o, why, sizeof(why));
+		CHECK(i != NULL);
+		CHECK(ver(i, why, sizeof(why)) == -ENOKEY);          /* keys held, kid unknown */
+		CHECK(access(path, F_OK) == 0);
+		jwks_text = bad[k];
+		T += 700;                                            /* past the TTL */
+		if (statement) {
+			CHECK(ver(i, why, sizeof(why)) == -EHOSTUNREACH && strstr(why, "withdrew its keys"));
+			issuer_status(i, &st);
+			CHECK(!st.have_keys && st.nkeys == 0);
+			CHECK(access(path, F_OK) < 0 && errno == ENOENT);
+		} else {
+			CHECK(ver(i, why, sizeof(why)) == -ENOKEY);   /* still the old keys */
+			issuer_status(i, &st);
+			CHECK(st.have_keys && st.nkeys == 3 && !strstr(st.last_error, "withdrew"));
+			CHECK(access(path, F_OK) == 0);
+		}
+		issuer_free(i);
+		/* a restart finds no withdrawn keys on disk to trust */
+		jwks_text = bad[2];
+		fail = 1;
+		i = issuer_new("http://127.0.0.1:9", &o, why, sizeof(why));
+		CHECK(i != NULL);
+		issuer_status(i, &st);
+		CHECK(st.have_keys == !statement);
+		issuer_free(i);
+		fail = 0;
+		unlink(path);
+	}
+	jwks_text = JWKS;
+	rmdir(dir);
+}
+
 static void test_discovery_refusals(void)
 {
 	char why[512];
@@ -217,6 +269,7 @@ int main(void)
 	RUN(test_ttl);
 	RUN(test_unknown_kid_refetch);
 	RUN(test_issuer_down);
+	RUN(test_keys_withdrawn);
 	RUN(test_discovery_refusals);
 	UNIT_DONE("ident_jwks");
 }
