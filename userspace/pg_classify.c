@@ -875,8 +875,9 @@ static bool db_operator(const struct walker *w, const char *op)
 	return w->names_unknown || (c && in_sorted(c->ops, c->nops, op));
 }
 
-/* A statement that can add a name db_function() or db_operator() would
- * answer for: a function, procedure, aggregate or operator created, renamed
+/* A statement that can add a name db_function(), db_operator() or
+ * opclass_name() would answer for: a function, procedure, aggregate,
+ * operator or operator class created, renamed
  * or moved into a schema, a schema renamed (another could become the pinned
  * one), or an extension's. A table renamed or moved does not count. */
 static bool changes_names(struct walker *w, int key, int body)
@@ -884,7 +885,7 @@ static bool changes_names(struct walker *w, int key, int body)
 	static const char *const kinds[] = {
 		"OBJECT_FUNCTION", "OBJECT_PROCEDURE", "OBJECT_ROUTINE", "OBJECT_AGGREGATE",
 		"OBJECT_OPERATOR", "OBJECT_SCHEMA", "OBJECT_EXTENSION", "OBJECT_TYPE", "OBJECT_DOMAIN",
-		NULL,
+		"OBJECT_OPCLASS", "OBJECT_OPFAMILY", NULL,
 	};
 	const char *kind;
 
@@ -893,7 +894,8 @@ static bool changes_names(struct walker *w, int key, int body)
 	    pgj_is(&w->j, key, "AlterExtensionContentsStmt") || pgj_is(&w->j, key, "CreateDomainStmt") ||
 	    pgj_is(&w->j, key, "AlterDomainStmt") || pgj_is(&w->j, key, "CreateCastStmt") ||
 	    pgj_is(&w->j, key, "CompositeTypeStmt") || pgj_is(&w->j, key, "CreateEnumStmt") ||
-	    pgj_is(&w->j, key, "CreateRangeStmt"))
+	    pgj_is(&w->j, key, "CreateRangeStmt") || pgj_is(&w->j, key, "CreateOpClassStmt") ||
+	    pgj_is(&w->j, key, "CreateOpFamilyStmt") || pgj_is(&w->j, key, "AlterOpFamilyStmt"))
 		return true;
 	if (pgj_is(&w->j, key, "RenameStmt"))
 		kind = get_str(w, body, "renameType");
@@ -1019,6 +1021,62 @@ static void operator_name(struct walker *w, int names)
 	}
 }
 
+/*
+ * An operator class named in an index, an EXCLUDE constraint or a
+ * partition key (IndexElem, PartitionElem): its support functions run on
+ * every row written, as the agent's statement never says. Looked up by
+ * name and access method over the search_path, pg_catalog first; so only
+ * pg_catalog may be named, and unqualified only a name the pinned schema
+ * does not define (for any access method: its own would win where
+ * pg_catalog has none for that method). Extensions' are not counted (see
+ * names_query()), as their operators are not.
+ */
+static void opclass_name(struct walker *w, int names)
+{
+	const struct pgc_catalog *c = w->ctx->catalog;
+	const char *first = NULL, *last = NULL;
+	int n = 0;
+
+	for (int f = pgj_first(&w->j, names); f >= 0; f = pgj_after(&w->j, names, f)) {
+		last = string_node(w, f);
+		if (n++ == 0)
+			first = last;
+	}
+	if (!n)
+		return;                 /* the type's default class */
+	if (!last || n > 2) {
+		deny(w, "malformed operator class name");
+	} else if (n == 2 && (!first || strcmp(first, "pg_catalog") != 0)) {
+		deny(w, "operator class %s.%s not allowed: only pg_catalog's may be named (its support "
+		     "functions run on every row written)", first ? first : "?", last);
+	} else if (n == 1 && (w->names_unknown || (c && in_sorted(c->opclasses, c->nopclasses, last)))) {
+		deny(w, "operator class %s not allowed: %s", last, w->names_unknown ?
+		     "this session ran a statement that can create operator classes (a new session reads "
+		     "them again)" : "the pinned schema defines its own, which PostgreSQL may pick; write "
+		     "pg_catalog.NAME");
+	}
+}
+
+/* EXCLUDE USING m (elem WITH op, ...): op runs on every row written, like
+ * any operator in an expression. Each item is a List [IndexElem, names]. */
+static void exclusion_ops(struct walker *w, int excl)
+{
+	const struct pgj *j = &w->j;
+
+	for (int e = pgj_first(j, excl); e >= 0 && !w->denied; e = pgj_after(j, excl, e)) {
+		int items = pgj_get(j, node_of(w, e, "List"), "items");
+		int first = pgj_first(j, items);
+		int ops = first >= 0 ? pgj_after(j, items, first) : -1;
+		int names = ops >= 0 ? pgj_get(j, node_of(w, ops, "List"), "items") : -1;
+
+		if (names < 0 || pgj_first(j, names) < 0) {
+			deny(w, "malformed EXCLUDE constraint");
+			return;
+		}
+		operator_name(w, names);
+	}
+}
+
 /* SQL that compares with "=" looked up by name over the search_path, with
  * no operator in the text: CASE x WHEN v, JOIN ... USING, NATURAL JOIN. */
 static void implicit_equals(struct walker *w, const char *what)
@@ -1139,6 +1197,12 @@ static void node(struct walker *w, int key, int body, struct scope *sc)
 		 * row a type change rewrites (review, stop 26: only casts were
 		 * judged) */
 		type_name(w, pgj_get(j, body, "typeName"));
+		expr(w, body, sc);
+	} else if (pgj_is(j, key, "IndexElem") || pgj_is(j, key, "PartitionElem")) {
+		opclass_name(w, pgj_get(j, body, "opclass"));
+		expr(w, body, sc);
+	} else if (pgj_is(j, key, "Constraint")) {
+		exclusion_ops(w, pgj_get(j, body, "exclusions"));
 		expr(w, body, sc);
 	} else if (pgj_is(j, key, "SortBy")) {
 		/* ORDER BY inside an aggregate, a window, WITHIN GROUP */

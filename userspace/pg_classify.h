@@ -62,7 +62,10 @@ struct pgc_catalog {
 					  * run the database's code (a domain's CHECK, also for an
 					  * array, range or row of one; a cast function) */
 	size_t ntypes;
-	/* SHA-256 of all three (the wire module computes it): part of the
+	const char *const *opclasses;    /* operator classes (but extensions'): their support
+					  * functions run on every row an index or constraint sees */
+	size_t nopclasses;
+	/* SHA-256 of all five (the wire module computes it): part of the
 	 * verdict cache key, so sessions that see different catalogs never
 	 * share a verdict. */
 	uint8_t hash[32];

@@ -2654,7 +2654,13 @@ static bool names_query(struct conn *c, char *sql, size_t cap)
 	lit(sql, cap, &n, sp);
 	n += (size_t)snprintf(sql + n, n < cap ? cap - n : 0,
 		" AND t.typtype <> 'e' AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = "
-		"'pg_catalog.pg_type'::pg_catalog.regclass AND d.objid = t.oid AND d.deptype = 'e')");
+		"'pg_catalog.pg_type'::pg_catalog.regclass AND d.objid = t.oid AND d.deptype = 'e')"
+		" UNION ALL SELECT 'c', c.opcname FROM pg_catalog.pg_opclass c "
+		"JOIN pg_catalog.pg_namespace n ON n.oid = c.opcnamespace WHERE n.nspname = ");
+	lit(sql, cap, &n, sp);
+	n += (size_t)snprintf(sql + n, n < cap ? cap - n : 0,
+		" AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = "
+		"'pg_catalog.pg_opclass'::pg_catalog.regclass AND d.objid = c.oid AND d.deptype = 'e')");
 	return n < cap;
 }
 
@@ -2673,7 +2679,7 @@ static int names_row(struct pg_sess *s, const struct pg_msg *m)
 	for (int i = 0; i < 2; i++)
 		if (pg_datarow_next(&d, &v[i], &vl[i]) != 1 || vl[i] <= 0 || vl[i] >= 64)
 			return -EBADMSG;
-	if (vl[0] != 1 || (v[0][0] != 'f' && v[0][0] != 'r' && v[0][0] != 'o' && v[0][0] != 't') ||
+	if (vl[0] != 1 || !memchr("froct", v[0][0], 5) ||
 	    memchr(v[1], '\0', (size_t)vl[1]))
 		return -EBADMSG;
 	if (s->nnames == s->capnames) {
@@ -2714,11 +2720,11 @@ static size_t sort_unique(const char **v, size_t n)
 	return o;
 }
 
-/* The rows read: four sorted lists (functions, row functions, operators,
- * types) and their SHA-256. */
+/* The rows read: five sorted lists (functions, row functions, operators,
+ * types, operator classes) and their SHA-256. */
 static int names_ready(struct pg_sess *s)
 {
-	enum { FUNCS, ROWS, OPS, TYPES, NLISTS };
+	enum { FUNCS, ROWS, OPS, TYPES, OPCLASSES, NLISTS };
 	const char **v = calloc((size_t)s->nnames * NLISTS + 1, sizeof(*v)), **list[NLISTS];
 	size_t n[NLISTS] = { 0 };
 	EVP_MD_CTX *md;
@@ -2730,7 +2736,8 @@ static int names_ready(struct pg_sess *s)
 	for (int l = 0; l < NLISTS; l++)
 		list[l] = v + (size_t)l * s->nnames;
 	for (uint32_t i = 0; i < s->nnames; i++) {
-		int l = s->kinds[i] == 'o' ? OPS : s->kinds[i] == 't' ? TYPES : FUNCS;
+		int l = s->kinds[i] == 'o' ? OPS : s->kinds[i] == 't' ? TYPES :
+			s->kinds[i] == 'c' ? OPCLASSES : FUNCS;
 
 		list[l][n[l]++] = s->names[i];
 		if (s->kinds[i] == 'r')
@@ -2741,6 +2748,7 @@ static int names_ready(struct pg_sess *s)
 	s->cat = (struct pgc_catalog){
 		.funcs = list[FUNCS], .nfuncs = n[FUNCS], .row_funcs = list[ROWS], .nrow_funcs = n[ROWS],
 		.ops = list[OPS], .nops = n[OPS], .types = list[TYPES], .ntypes = n[TYPES],
+		.opclasses = list[OPCLASSES], .nopclasses = n[OPCLASSES],
 	};
 	free(s->cat_v);
 	s->cat_v = v;

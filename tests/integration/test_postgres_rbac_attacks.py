@@ -711,6 +711,42 @@ def test_create_operator_binds_a_function_no_rule_names(enforcer, pg, tmp):
         victim.wait()
 
 
+def test_operator_classes_and_exclusion_operators(enforcer, pg, tmp):
+    """An index runs its operator class's support functions on every row, and an EXCLUDE
+    constraint its operator: code the statement never calls by name. With the database's
+    public.evil_ops (a hash class over a function that writes a row) `CREATE INDEX ...
+    (id evil_ops)` ran it once per row; `EXCLUDE (id WITH ===)` binds a user-defined
+    operator no rule names. Both are denied; pg_catalog's classes, named or not, work
+    (which also shows the session read the pinned schema's operator classes)."""
+    pg.sql(FN_CALLS.format(name="evil_hash", arg="integer", ret="integer", value="0") +
+           FN_DEF.format(name="evil_eq", arg="integer, integer", ret="bool", value="false") +
+           "CREATE OPERATOR public.=== (LEFTARG = integer, RIGHTARG = integer, FUNCTION = public.evil_eq,"
+           " COMMUTATOR = ===);"
+           "CREATE OPERATOR CLASS public.evil_ops FOR TYPE integer USING hash AS OPERATOR 1 =,"
+           " FUNCTION 1 public.evil_hash(integer);"
+           "CREATE TABLE t_app (id int); INSERT INTO t_app VALUES (1), (2);"
+           "ALTER TABLE t_app OWNER TO app; GRANT CREATE ON SCHEMA public TO app")
+    log_all(pg)
+    enforcer.start(policy(pg, tmp, rules=RULES_DDL_ANY))
+    res = run_seq(enforcer, pg, [
+        "CREATE INDEX ON t_app USING hash (id evil_ops)",
+        "CREATE INDEX ON t_app USING hash (id public.evil_ops)",
+        "ALTER TABLE t_app ADD EXCLUDE USING hash (id WITH ===)",
+        "CREATE TABLE t_part (id int) PARTITION BY HASH (id evil_ops)",
+        "CREATE INDEX t_app_ok ON t_app USING hash (id pg_catalog.int4_ops)",
+        "CREATE INDEX t_app_ok2 ON t_app (id int4_ops)",
+    ])
+    for i in range(4):
+        assert denied(res[i]) and "operator" in res[i][0], (i, res[i])
+    assert "evil_ops" in res[0][0] and "pinned schema defines" in res[0][0], res[0]
+    assert res[4][0] == "C:CREATE INDEX", res[4]
+    assert res[5][0] == "C:CREATE INDEX", res[5]
+    assert pg.sql("SELECT count(*) FROM fn_calls") == "0"
+    assert pg.sql("SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid "
+                  "WHERE c.relname = 't_app'") == "2"
+    assert not server_saw(pg, "evil_ops") and not server_saw(pg, "===")
+
+
 # ---- ways around found by review (stop 17) ----------------------------------------------
 
 RULES_REVIEW = [{"target": "shop",

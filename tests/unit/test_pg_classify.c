@@ -571,8 +571,11 @@ static void test_database_names(void)
 	static const char *const row_funcs[] = { "lower", "touch" };
 	static const char *const ops[] = { "+", "<", "<=", "=" };
 	static const char *const types[] = { "d" };
-	struct pgc_catalog cat = { funcs, 3, row_funcs, 2, ops, 4, types, 1, { 1 } };
-	struct pgc_catalog none = { NULL, 0, NULL, 0, NULL, 0, NULL, 0, { 2 } };
+	static const char *const opclasses[] = { "evil_ops" };
+	struct pgc_catalog cat = { .funcs = funcs, .nfuncs = 3, .row_funcs = row_funcs, .nrow_funcs = 2,
+				   .ops = ops, .nops = 4, .types = types, .ntypes = 1,
+				   .opclasses = opclasses, .nopclasses = 1, .hash = { 1 } };
+	struct pgc_catalog none = { .hash = { 2 } };
 	static char *fn_stmts[] = { "select" };
 	static char *touch_fn[] = { "touch" };
 	static char *lower_cat[] = { "pg_catalog.lower" };
@@ -728,6 +731,50 @@ static void test_database_names(void)
 			judge_with(&st, q, strlen(q), drs, 1, &r);
 		}
 		CHECK(r.verdict == PGC_ALLOW);  /* qualified names still reach the built-ins */
+	}
+	/* operator classes and EXCLUDE operators: their functions run on every
+	 * row written (review, stop 26: neither was judged) */
+	{
+		static char *dd[] = { "select", "ddl", "insert" };
+		struct policy_rule dr = tr;
+		const struct policy_rule *drs[] = { &dr };
+		static const char *const denied[] = {
+			"CREATE INDEX ON orders (name public.evil_ops)",
+			"CREATE INDEX ON orders (name evil.text_pattern_ops)",
+			"CREATE INDEX ON orders (name evil_ops)",
+			"CREATE INDEX ON orders ((lower(name)) evil_ops)",
+			"CREATE INDEX ON orders (name a.b.c)",
+			"CREATE TABLE orders2 (x int, EXCLUDE USING gist (x public.evil_ops WITH &&))",
+			"CREATE TABLE orders2 (x int, EXCLUDE USING gist (x WITH ===))",
+			"CREATE TABLE orders2 (x int, EXCLUDE USING gist (x WITH OPERATOR(public.&&)))",
+			"ALTER TABLE orders ADD EXCLUDE USING gist (id WITH ===)",
+			"ALTER TABLE orders ADD CONSTRAINT x EXCLUDE (id WITH =, name WITH OPERATOR(evil.=))",
+			"CREATE TABLE orders2 (x int) PARTITION BY RANGE (x evil.popc)",
+			"CREATE TABLE orders2 (x int) PARTITION BY LIST (x evil_ops)",
+			"INSERT INTO orders VALUES (1) ON CONFLICT (id evil.x) DO NOTHING",
+		};
+
+		dr.allow.statements = (struct policy_strv){ dd, 3 };
+		dr.allow.tables = (struct policy_strv){ NULL, 0 };
+		for (size_t i = 0; i < sizeof(denied) / sizeof(denied[0]); i++) {
+			r = judge_cat(&cat, denied[i], drs, 1);
+			if (r.verdict != PGC_DENY)
+				fprintf(stderr, "  allowed: %s\n", denied[i]);
+			CHECK(r.verdict == PGC_DENY && (strstr(r.reason, "operator") || strstr(r.reason, "malformed")));
+		}
+		r = judge_cat(&cat, "CREATE INDEX ON orders (name text_pattern_ops, id pg_catalog.int4_ops)",
+			      drs, 1);
+		CHECK(r.verdict == PGC_ALLOW);
+		r = judge_cat(&cat, "CREATE TABLE orders2 (x int, EXCLUDE USING gist (x WITH &&)) "
+			      "PARTITION BY RANGE (x int4_ops)", drs, 1);
+		CHECK(r.verdict == PGC_ALLOW);
+		r = judge_cat(&none, "CREATE INDEX ON orders (name evil_ops)", drs, 1);
+		CHECK(r.verdict == PGC_ALLOW);          /* no such class in the pinned schema */
+		r = judge_cat(&none, "CREATE OPERATOR CLASS c FOR TYPE int USING btree AS OPERATOR 1 <; "
+			      "CREATE INDEX ON orders (id c)", drs, 1);
+		CHECK(r.verdict == PGC_DENY && r.changes_names && strstr(r.reason, "new session"));
+		r = judge_cat(&none, "ALTER OPERATOR CLASS c USING btree RENAME TO d", drs, 1);
+		CHECK(r.changes_names);
 	}
 	/* the verdict cache keeps catalogs apart: the same text, cached under
 	 * one, is judged again under the other */
