@@ -308,6 +308,119 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *arg)
 	return n;
 }
 
+/*
+ * Plain http is allowed only to a loopback literal (ident_url_check), for
+ * an issuer on this host, and nothing authenticates it: a local process
+ * that binds the issuer's port while the issuer is down (a restart, a
+ * crash) would serve its own keys, and be sent the client secret of a
+ * token request. The kernel knows who owns the socket that answers us:
+ * the server's end of our connection carries the uid of its listening
+ * socket, in /proc/net/tcp{,6} (this network namespace's). The first owner
+ * seen for an address and port is pinned for the life of the process; a
+ * connection later answered by another uid is dropped before a byte of
+ * the request is sent. (Root could bind the port as any uid; an agent
+ * running as the issuer's own uid is not told apart.)
+ */
+#define LOOPBACK_PINS_MAX 32
+
+static struct loopback_pin {
+	char addr[INET6_ADDRSTRLEN + 8];     /* "ip|port" */
+	uid_t uid;
+} loopback_pins[LOOPBACK_PINS_MAX];
+static size_t loopback_npins;
+static pthread_mutex_t loopback_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* The /proc/net/tcp form of an address and port ("0100007F:1F90"). */
+static bool proc_addr(const char *ip, int port, bool *v6, char *out, size_t outlen)
+{
+	unsigned char b[16];
+	uint32_t w[4];
+	int n;
+
+	if (port <= 0 || port > 65535)
+		return false;
+	if (inet_pton(AF_INET, ip, b) == 1) {
+		*v6 = false;
+		memcpy(w, b, 4);
+		n = snprintf(out, outlen, "%08X:%04X", w[0], (unsigned)port);
+	} else if (inet_pton(AF_INET6, ip, b) == 1) {
+		*v6 = true;
+		memcpy(w, b, 16);
+		n = snprintf(out, outlen, "%08X%08X%08X%08X:%04X", w[0], w[1], w[2], w[3], (unsigned)port);
+	} else {
+		return false;
+	}
+	return n > 0 && (size_t)n < outlen;
+}
+
+/* The uid owning the server's end of the connection server <- client. */
+int ident_loopback_owner(const char *server_ip, int server_port, const char *client_ip, int client_port,
+			 uid_t *uid)
+{
+	char want_l[64], want_r[64], line[512];
+	bool v6, v6c;
+	int ret = -ENOENT;
+	FILE *f;
+
+	if (!proc_addr(server_ip, server_port, &v6, want_l, sizeof(want_l)) ||
+	    !proc_addr(client_ip, client_port, &v6c, want_r, sizeof(want_r)) || v6 != v6c)
+		return -EINVAL;
+	if (!(f = fopen(v6 ? "/proc/net/tcp6" : "/proc/net/tcp", "re")))
+		return -errno;
+	while (fgets(line, sizeof(line), f)) {
+		char l[64], r[64];
+		unsigned long u;
+
+		if (sscanf(line, " %*s %63s %63s %*s %*s %*s %*s %lu", l, r, &u) != 3)
+			continue;
+		if (strcmp(l, want_l) == 0 && strcmp(r, want_r) == 0) {
+			*uid = (uid_t)u;
+			ret = 0;
+			break;
+		}
+	}
+	fclose(f);
+	return ret;
+}
+
+struct owner_check {
+	char why[192];
+};
+
+static int check_owner(void *arg, char *server_ip, char *client_ip, int server_port, int client_port)
+{
+	struct owner_check *oc = arg;
+	char key[sizeof(loopback_pins[0].addr)];
+	uid_t uid;
+	int ret = CURL_PREREQFUNC_ABORT, err;
+	size_t i;
+
+	if ((err = ident_loopback_owner(server_ip, server_port, client_ip, client_port, &uid)) < 0) {
+		snprintf(oc->why, sizeof(oc->why), "cannot tell who answers on %s port %d: %s", server_ip,
+			 server_port, strerror(-err));
+		return CURL_PREREQFUNC_ABORT;
+	}
+	snprintf(key, sizeof(key), "%s|%d", server_ip, server_port);
+	pthread_mutex_lock(&loopback_mu);
+	for (i = 0; i < loopback_npins && strcmp(loopback_pins[i].addr, key) != 0; i++)
+		;
+	if (i == loopback_npins && i < LOOPBACK_PINS_MAX) {
+		snprintf(loopback_pins[i].addr, sizeof(loopback_pins[i].addr), "%s", key);
+		loopback_pins[i].uid = uid;
+		loopback_npins++;
+	}
+	if (i == LOOPBACK_PINS_MAX)
+		snprintf(oc->why, sizeof(oc->why), "more than %d loopback issuer addresses", LOOPBACK_PINS_MAX);
+	else if (loopback_pins[i].uid != uid)
+		snprintf(oc->why, sizeof(oc->why), "%s port %d is answered by uid %u, not uid %u as before: "
+			 "another local process may hold the issuer's port", server_ip, server_port,
+			 (unsigned)uid, (unsigned)loopback_pins[i].uid);
+	else
+		ret = CURL_PREREQFUNC_OK;
+	pthread_mutex_unlock(&loopback_mu);
+	return ret;
+}
+
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static void curl_init_once(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
 
@@ -316,6 +429,8 @@ int ident_http(const char *url, const char *ca_file, const char *post, const cha
 {
 	struct recv_buf b = { .resp = resp };
 	const char *proto = strncmp(url, "https://", 8) == 0 ? "https" : "http";
+	bool plain = proto[4] == '\0';
+	struct owner_check oc = { "" };
 	char errbuf[CURL_ERROR_SIZE] = "";
 	struct curl_slist *hdrs = NULL, *h;
 	CURLcode rc;
@@ -361,7 +476,9 @@ int ident_http(const char *url, const char *ca_file, const char *post, const cha
 	    curl_easy_setopt(c, CURLOPT_USERAGENT, "agentgate") ||
 	    (ca_file && curl_easy_setopt(c, CURLOPT_CAINFO, ca_file)) ||
 	    (hdrs && curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdrs)) ||
-	    (post && curl_easy_setopt(c, CURLOPT_POSTFIELDS, post))) {
+	    (post && curl_easy_setopt(c, CURLOPT_POSTFIELDS, post)) ||
+	    (plain && curl_easy_setopt(c, CURLOPT_PREREQFUNCTION, check_owner)) ||
+	    (plain && curl_easy_setopt(c, CURLOPT_PREREQDATA, &oc))) {
 		ident_setwhy(why, whylen, "libcurl refused an option (too old?)");
 		ret = -ENOTSUP;
 		goto out;
@@ -373,6 +490,9 @@ int ident_http(const char *url, const char *ca_file, const char *post, const cha
 	} else if (b.oom) {
 		ident_setwhy(why, whylen, "out of memory");
 		ret = -ENOMEM;
+	} else if (oc.why[0]) {
+		ident_setwhy(why, whylen, "%s", oc.why);
+		ret = -EPERM;
 	} else if (rc != CURLE_OK) {
 		ident_setwhy(why, whylen, "%s", errbuf[0] ? errbuf : curl_easy_strerror(rc));
 		ret = rc == CURLE_OPERATION_TIMEDOUT ? -ETIMEDOUT : -EHOSTUNREACH;

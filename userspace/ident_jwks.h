@@ -52,6 +52,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "ident_jwt.h"
 
@@ -80,11 +81,18 @@ struct ident_http_resp {
  * TLS verified, CA file optional, timeouts, size cap). auth, when set, is a
  * whole header line ("Authorization: Basic ...") and is wiped from libcurl's
  * list before that is freed; the body buffer is wiped as it grows. The URL
- * must have passed ident_url_check(). 0 (any HTTP status) or -errno with a
- * reason in why; *resp is the caller's, freed with ident_http_resp_clear().
+ * must have passed ident_url_check(). Over plain http (loopback only) the
+ * uid that owns the answering socket is pinned per address and port at the
+ * first connection; another owner later is refused (-EPERM) before the
+ * request is sent. 0 (any HTTP status) or -errno with a reason in why;
+ * *resp is the caller's, freed with ident_http_resp_clear().
  */
 int ident_http(const char *url, const char *ca_file, const char *post, const char *auth,
 	       struct ident_http_resp *resp, char *why, size_t whylen);
+/* The uid owning the server's end of the TCP connection client -> server
+ * in this network namespace (/proc/net/tcp{,6}): 0 or -errno. */
+int ident_loopback_owner(const char *server_ip, int server_port, const char *client_ip, int client_port,
+			 uid_t *uid);
 /* printf into why (NULL-safe): the reasons of the identity code. */
 void ident_setwhy(char *why, size_t whylen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 

@@ -6,7 +6,14 @@
  * injected clock and fetcher. The key set is one the test OpenID provider
  * (tests/oidc) published: public keys only.
  */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -244,6 +251,186 @@ static void test_keys_withdrawn(void)
 	rmdir(dir);
 }
 
+/* ---- the owner of a plain-http issuer's port (real sockets) ---- */
+
+static int listen_on(int family, int port)
+{
+	struct sockaddr_storage ss = { 0 };
+	socklen_t sl;
+	int one = 1, fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	if (fd < 0)
+		return -1;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (family == AF_INET) {
+		struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+
+		a->sin_family = AF_INET;
+		a->sin_port = htons((uint16_t)port);
+		a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		sl = sizeof(*a);
+	} else {
+		struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+
+		a->sin6_family = AF_INET6;
+		a->sin6_port = htons((uint16_t)port);
+		a->sin6_addr = in6addr_loopback;
+		sl = sizeof(*a);
+	}
+	if (bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, 4) < 0) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+static int port_of(int fd)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+
+	getsockname(fd, (struct sockaddr *)&ss, &sl);
+	return ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port :
+		     ((struct sockaddr_in6 *)&ss)->sin6_port);
+}
+
+/* Accepts one connection, answers {} if a request came; returns the
+ * number of request bytes read (0: the client sent nothing). */
+static ssize_t serve_one(int lfd)
+{
+	static const char ok[] = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+				 "Content-Length: 2\r\nConnection: close\r\n\r\n{}";
+	struct pollfd p;
+	char buf[2048];
+	ssize_t n, got = 0;
+	int c = accept(lfd, NULL, NULL);
+
+	if (c < 0)
+		return -1;
+	p = (struct pollfd){ .fd = c, .events = POLLIN };
+	while (poll(&p, 1, 3000) == 1 && (n = read(c, buf, sizeof(buf))) > 0) {
+		got += n;
+		if (memmem(buf, (size_t)n, "\r\n\r\n", 4)) {
+			if (write(c, ok, sizeof(ok) - 1) < 0)
+				got = -1;
+			break;
+		}
+	}
+	close(c);
+	return got;
+}
+
+static void *serve_thread(void *arg)
+{
+	return (void *)(intptr_t)serve_one(*(int *)arg);
+}
+
+static int fetch_once(int port, char *why, size_t wl)
+{
+	struct ident_http_resp r;
+	char url[64];
+	int ret;
+
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d/jwks", port);
+	ret = ident_http(url, NULL, NULL, NULL, &r, why, wl);
+	if (ret == 0 && (r.status != 200 || !r.body || strcmp(r.body, "{}") != 0))
+		ret = -EBADMSG;
+	ident_http_resp_clear(&r);
+	return ret;
+}
+
+/* The first owner of 127.0.0.1:port (root here) is pinned: the same port
+ * answered by a socket of uid 65534 (a local process that bound it while
+ * the issuer was down) is refused before the request is sent, and the
+ * issuer back under its own uid is fetched from again. */
+static void test_loopback_owner_pinned(void)
+{
+	char why[256];
+	int lfd = listen_on(AF_INET, 0), port, sync[2];
+	pthread_t t;
+	void *got;
+	pid_t pid;
+
+	CHECK(lfd >= 0);
+	port = port_of(lfd);
+	CHECK(pthread_create(&t, NULL, serve_thread, &lfd) == 0);
+	CHECK(fetch_once(port, why, sizeof(why)) == 0);
+	pthread_join(t, &got);
+	CHECK((intptr_t)got > 0);
+	close(lfd);
+
+	CHECK(pipe(sync) == 0);
+	pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		ssize_t n;
+		int fd;
+
+		if (setresgid(65534, 65534, 65534) || setresuid(65534, 65534, 65534))
+			_exit(2);
+		fd = listen_on(AF_INET, port);
+		if (write(sync[1], fd >= 0 ? "1" : "0", 1) != 1 || fd < 0)
+			_exit(3);
+		n = serve_one(fd);
+		_exit(n == 0 ? 0 : 4);            /* 0: not a byte of the request came */
+	}
+	{
+		char c = 0;
+		int st = -1;
+
+		CHECK(read(sync[0], &c, 1) == 1 && c == '1');
+		CHECK(fetch_once(port, why, sizeof(why)) == -EPERM);
+		CHECK(strstr(why, "uid 65534, not uid 0") != NULL);
+		CHECK(waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	}
+	close(sync[0]);
+	close(sync[1]);
+
+	lfd = listen_on(AF_INET, port);
+	CHECK(lfd >= 0);
+	CHECK(pthread_create(&t, NULL, serve_thread, &lfd) == 0);
+	CHECK(fetch_once(port, why, sizeof(why)) == 0);
+	pthread_join(t, &got);
+	close(lfd);
+}
+
+/* The lookup itself, over IPv6 too: the server's end of a connection made
+ * here is root's. */
+static void test_loopback_owner_lookup(void)
+{
+	int fams[] = { AF_INET, AF_INET6 };
+
+	for (int k = 0; k < 2; k++) {
+		int lfd = listen_on(fams[k], 0), c, s;
+		struct sockaddr_storage ss = { 0 };
+		socklen_t sl;
+		char sip[64], cip[64];
+		uid_t uid = 12345;
+
+		CHECK(lfd >= 0);
+		if (lfd < 0)
+			continue;
+		c = socket(fams[k], SOCK_STREAM | SOCK_CLOEXEC, 0);
+		sl = sizeof(ss);
+		getsockname(lfd, (struct sockaddr *)&ss, &sl);
+		CHECK(connect(c, (struct sockaddr *)&ss, sl) == 0);
+		s = accept(lfd, NULL, NULL);
+		inet_ntop(fams[k], fams[k] == AF_INET ? (void *)&((struct sockaddr_in *)&ss)->sin_addr :
+			  (void *)&((struct sockaddr_in6 *)&ss)->sin6_addr, sip, sizeof(sip));
+		sl = sizeof(ss);
+		getsockname(c, (struct sockaddr *)&ss, &sl);
+		inet_ntop(fams[k], fams[k] == AF_INET ? (void *)&((struct sockaddr_in *)&ss)->sin_addr :
+			  (void *)&((struct sockaddr_in6 *)&ss)->sin6_addr, cip, sizeof(cip));
+		CHECK(ident_loopback_owner(sip, port_of(lfd), cip, port_of(c), &uid) == 0 && uid == 0);
+		/* no such connection */
+		CHECK(ident_loopback_owner(sip, port_of(lfd), cip, port_of(c) ^ 1, &uid) == -ENOENT);
+		CHECK(ident_loopback_owner("not an ip", 1, cip, 1, &uid) == -EINVAL);
+		close(s);
+		close(c);
+		close(lfd);
+	}
+}
+
 static void test_discovery_refusals(void)
 {
 	char why[512];
@@ -270,6 +457,8 @@ int main(void)
 	RUN(test_unknown_kid_refetch);
 	RUN(test_issuer_down);
 	RUN(test_keys_withdrawn);
+	RUN(test_loopback_owner_lookup);
+	RUN(test_loopback_owner_pinned);
 	RUN(test_discovery_refusals);
 	UNIT_DONE("ident_jwks");
 }
