@@ -392,9 +392,8 @@ static int adopt_line(void *arg, uint64_t seq, const char *line, size_t len)
 	if (seq != A.seq + 1)
 		return 1;
 	if (st->check_prev && !st->n) {
-		for (const char *q = line; (q = memmem(q, len - (size_t)(q - line), key, sizeof(key) - 1));
-		     q += sizeof(key) - 1)
-			hit = q + sizeof(key) - 1;
+		if ((hit = memmem_last(line, len, key, sizeof(key) - 1)))
+			hit += sizeof(key) - 1;
 		if (!hit || (size_t)(line + len - hit) < AUDIT_HASH_HEX - 1 ||
 		    memcmp(hit, A.last_hash, AUDIT_HASH_HEX - 1) != 0)
 			return 1;   /* not chained to the spool: not ours to take */

@@ -313,11 +313,8 @@ static uint64_t file_resume(struct audit_sink *s, uint64_t cursor, char uid[40])
 static uint64_t line_seq(const char *p, size_t len)
 {
 	static const char key[] = "\"sequence\":";
-	const char *hit = NULL;
+	const char *hit = memmem_last(p, len, key, sizeof(key) - 1);
 
-	for (const char *q = p; (q = memmem(q, len - (size_t)(q - p), key, sizeof(key) - 1));
-	     q += sizeof(key) - 1)
-		hit = q;
 	if (!hit || !memmem(p, len, "\"metadata\":{", 12))
 		return 0;
 	uint64_t v = 0;

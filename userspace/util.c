@@ -569,3 +569,14 @@ char *secret_read(const char *path, size_t max, size_t *len, mode_t *mode, char 
 	*len = n;
 	return buf;
 }
+
+const char *memmem_last(const char *hay, size_t len, const char *needle, size_t nlen)
+{
+	const char *hit = NULL;
+
+	if (!nlen)
+		return NULL;
+	for (const char *q = hay; (q = memmem(q, len - (size_t)(q - hay), needle, nlen)); q += nlen)
+		hit = q;
+	return hit;
+}

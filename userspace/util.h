@@ -80,6 +80,10 @@ int write_all(int fd, const void *buf, size_t len);
 /* Reads a whole (small) file into a NUL-terminated malloc'd buffer. */
 char *read_file(const char *path, size_t max, size_t *len_out);
 
+/* The last occurrence of needle in hay[0, len), or NULL (memmem's mirror:
+ * an audit line's own key follows any copy an agent's text put before it). */
+const char *memmem_last(const char *hay, size_t len, const char *needle, size_t nlen);
+
 /*
  * Can only root (or we) change what path names? Every name on the way,
  * symlinks followed (at most 40), must be looked up in a directory that
