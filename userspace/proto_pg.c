@@ -370,6 +370,11 @@ struct pg_sess {
 	struct pg_pend *q;             /* ring of pending requests */
 	uint32_t qhead, qlen, qcap;
 	bool skip_to_sync;             /* the server skips until Sync: so do we */
+	/* COPY FROM STDIN (copy_sync()): after a Query or Execute that may start
+	 * one, the agent's next messages wait for the server's answer (copy_wait);
+	 * once it is in COPY (CopyInResponse), only COPY data goes on, and the
+	 * Sync and Flush the server would ignore are dropped (copy_in). */
+	bool copy_wait, copy_in;
 	uint32_t discard;              /* PH_DISCARD: bytes still to drop */
 	uint32_t up_pass;              /* bytes of an oversized server message still to pass on */
 	uint32_t syncs;                /* syncs (S, Q, F) sent so far */
@@ -2150,7 +2155,8 @@ static bool poolable(struct conn *c)
 	struct pg_sess *s = S(c);
 
 	return s->startup && !s->no_pool && !s->has_deleg && !s->is_cancel && s->tx == 'I' && !s->qlen &&
-	       !s->skip_to_sync && !s->unsynced && !s->up_pass && !conn_in_eof(c, SIDE_UP);
+	       !s->skip_to_sync && !s->unsynced && !s->up_pass && !s->copy_wait && !s->copy_in &&
+	       !conn_in_eof(c, SIDE_UP);
 }
 
 /* The reset session goes to the pool. */
@@ -3032,6 +3038,13 @@ static int fe_query(struct conn *c, const struct pg_msg *m)
 	j = judge(c, sql, len, why, sizeof(why));
 	if (!j || (!j->allowed && enforcer_should_refuse(c, why)))
 		return standin(c, true, NULL, why, j, "simple");
+	if (j->copy_in && j->nstmts > 1) {
+		/* the server reads the agent's next messages as the data of
+		 * each COPY in turn, as long as the Query runs: followed one
+		 * COPY at a time (copy_sync()) */
+		snprintf(why, sizeof(why), "COPY ... FROM STDIN must be the only statement of its Query message");
+		return standin(c, true, NULL, why, j, "simple");
+	}
 	/* a simple Query drops the unnamed statement (exec_simple_query) */
 	p = pend_push(s, 'Q');
 	if (!p) {
@@ -3050,6 +3063,7 @@ static int fe_query(struct conn *c, const struct pg_msg *m)
 		portal_put(prev);
 	s->syncs++;
 	bump_epoch(s);
+	s->copy_wait = j->copy_in;
 	return fwd(c, m);
 }
 
@@ -3254,6 +3268,7 @@ static int fe_execute(struct conn *c, const struct pg_msg *m)
 	p->j = judged_get(po->j);
 	p->sql_epoch = s->sql_epoch;
 	bump_epoch(s);
+	s->copy_wait = po->j && po->j->copy_in;
 	return fwd(c, m);
 }
 
@@ -3281,13 +3296,68 @@ static int fe_close(struct conn *c, const struct pg_msg *m)
 static int fe_sync(struct conn *c, const struct pg_msg *m)
 {
 	struct pg_sess *s = S(c);
-	struct pg_pend *p = pend_push(s, 'S');
+	struct pg_pend *p;
 
+	/* PostgreSQL refuses a Sync or Flush with a body (pq_getmsgend); a
+	 * Flush's error would make it skip to the next Sync with no request
+	 * of ours to charge it to (review, stop 27: the queue then shifted
+	 * and a masked column's rows went out under another portal's plan) */
+	if (m->len)
+		return fatal(c, "08P01", "agentgate: malformed Sync message");
+	p = pend_push(s, 'S');
 	if (!p)
 		return fatal(c, "54000", "agentgate: too many requests in flight");
 	s->skip_to_sync = false;
 	s->syncs++;
 	return fwd(c, m);
+}
+
+/*
+ * COPY FROM STDIN, followed as the server does it (CopyGetData): once it
+ * has answered CopyInResponse, it reads the agent's messages as the COPY's
+ * data up to CopyDone or CopyFail, ignores Sync and Flush (libpq sends a
+ * Sync right after the Execute), and fails the COPY on anything else. Our
+ * model of the session has no request for what the COPY swallows, so:
+ * the agent's messages after a Query or Execute that may start one wait
+ * until the server answers it (copy_wait: CopyInResponse or an error);
+ * in COPY, data goes on, Sync and Flush are dropped (the server never sees
+ * them: if it fails the COPY, it skips to the next Sync we did send, as
+ * our model does), and any other message ends the session. An error from
+ * the server ends the COPY on its side: what follows is ordinary again.
+ */
+static int fe_message(struct conn *c, const struct pg_msg *m);
+
+static int fe_copy_data(struct conn *c, const struct pg_msg *m)
+{
+	struct pg_sess *s = S(c);
+
+	switch (m->type) {
+	case 'd':
+		return fwd(c, m);
+	case 'c': case 'f':
+		if (m->type == 'c' && m->len)
+			return fatal(c, "08P01", "agentgate: malformed CopyDone message");
+		s->copy_in = false;
+		return fwd(c, m);
+	case 'S': case 'H':
+		return 0;
+	case 'X':
+		s->copy_in = false;
+		return fe_message(c, m);
+	default:
+		return fatal(c, "08P01", "agentgate: message '%c' during COPY FROM STDIN: only CopyData, "
+			     "CopyDone or CopyFail may follow", m->type);
+	}
+}
+
+/* The server's answer to a request that may start COPY FROM STDIN. */
+static void copy_sync(struct pg_sess *s, char type)
+{
+	if (type == 'G' && s->copy_wait)
+		s->copy_in = true;
+	else if (type == 'E')
+		s->copy_in = false;
+	s->copy_wait = false;
 }
 
 /* One frontend message in PH_READY. */
@@ -3298,6 +3368,8 @@ static int fe_message(struct conn *c, const struct pg_msg *m)
 	/* The server skips everything but Sync after an extended-protocol
 	 * error: what it would skip never reaches it (a Bind or Execute of a
 	 * denied statement, in particular). */
+	if (s->copy_in)
+		return fe_copy_data(c, m);
 	if (s->skip_to_sync && m->type != 'S' && m->type != 'X')
 		return 0;
 	if (strchr("PBDECH", m->type))
@@ -3320,6 +3392,8 @@ static int fe_message(struct conn *c, const struct pg_msg *m)
 	case 'S':
 		return fe_sync(c, m);
 	case 'H':
+		if (m->len)
+			return fatal(c, "08P01", "agentgate: malformed Flush message");
 		return fwd(c, m);
 	case 'F': {
 		/* FunctionCall runs any function by OID with no SQL to judge (notes D4) */
@@ -3336,8 +3410,10 @@ static int fe_message(struct conn *c, const struct pg_msg *m)
 		return fwd(c, m);
 	}
 	case 'd': case 'c': case 'f':
-		/* COPY data: the server only reads it inside a COPY FROM STDIN that
-		 * was allowed, and ignores it otherwise */
+		/* COPY data outside a COPY: the server ignores it (after an
+		 * error in one, the rest of its data comes here) */
+		if (m->type == 'c' && m->len)
+			return fatal(c, "08P01", "agentgate: malformed CopyDone message");
 		return fwd(c, m);
 	case 'X':
 		if (poolable(c)) {
@@ -3549,7 +3625,7 @@ static int process_agent(struct conn *c)
 		adopt_policy(c);
 	in = conn_in(c, SIDE_AGENT, &len);
 	while (s->phase == PH_READY && used < len) {
-		if (s->qlen + 2 > PG_PEND_MAX) {
+		if (s->qlen + 2 > PG_PEND_MAX || s->copy_wait) {
 			c->in_waits[SIDE_AGENT] = true;
 			break;   /* resumed when the server's answers drain the queue */
 		}
@@ -3674,6 +3750,16 @@ static int be_error(struct conn *c, const struct pg_msg *m, struct pg_pend *p)
 	const char *code = pg_fields_get(m, 'C');
 	int err;
 
+	if (!p) {
+		/* Only a FATAL (an idle timeout, a shutdown) comes unasked: an
+		 * ERROR for no request means our model of the session and the
+		 * server's have parted, and what the server skips next is not
+		 * what we would (review, stop 27) */
+		const char *sev = pg_fields_get(m, 'V');
+
+		if (!sev || (strcmp(sev, "FATAL") != 0 && strcmp(sev, "PANIC") != 0))
+			return fatal(c, "08P01", "agentgate: the server reported an error for no request");
+	}
 	if (p && code)
 		snprintf(p->sqlstate, sizeof(p->sqlstate), "%.5s", code);
 	if (p && p->standin) {
@@ -3782,8 +3868,10 @@ static int be_message(struct conn *c, const struct pg_msg *m)
 
 	switch (m->type) {
 	case 'E':
+		copy_sync(s, 'E');
 		return be_error(c, m, p);
 	case 'Z':
+		copy_sync(s, 'Z');
 		return be_ready(c, m);
 	case 'S':
 		if ((err = param_seen(c, m)) <= 0)
@@ -3812,6 +3900,14 @@ static int be_message(struct conn *c, const struct pg_msg *m)
 		if (p->standin)
 			return 0;   /* nothing but the error is ever shown for a stand-in */
 		switch (m->type) {
+		case 'G':
+			/* the server now reads the agent's messages as COPY data:
+			 * only where we hold them back for it (copy_sync()) */
+			if (!s->copy_wait)
+				return fatal(c, "08P01", "agentgate: the server started a COPY FROM STDIN "
+					     "that was not expected");
+			copy_sync(s, 'G');
+			break;
 		case '1': case '2': case '3':
 			if (p->kind == 'P' || p->kind == 'B' || p->kind == 'C')
 				pend_pop(s);
