@@ -273,6 +273,13 @@ static __always_inline int do_connect(struct bpf_sock_addr *ctx, const __u8 addr
 	slot = st->slot;
 	if (bpf_get_netns_cookie(ctx) != g->netns_cookie)
 		return deny_op(ctx, AG_R_NETNS, slot, addr, port, family, is_sendmsg);
+	/* A socket bound to a device (SO_BINDTODEVICE) sends what we rewrite
+	 * to 127.0.0.1 out of that device, to the gateway or whoever answers
+	 * ARP for 127.0.0.1 (review, stop 27). Refused here with a reason;
+	 * IP_UNICAST_IF and IP_PKTINFO, which this hook cannot see, meet the
+	 * backstop's loopback check. */
+	if (ctx->sk->bound_dev_if && ctx->sk->bound_dev_if != AG_LOOPBACK_IFINDEX)
+		return deny_op(ctx, AG_R_BOUND_DEVICE, slot, addr, port, family, is_sendmsg);
 	if (ctx->type == SOCK_DGRAM)
 		return udp_dst(ctx, st, g, addr, port, v6, is_sendmsg);
 	if (is_sendmsg || ctx->type != SOCK_STREAM)
@@ -529,8 +536,11 @@ static __always_inline int backstop(struct __sk_buff *skb, bool egress)
 		goto drop;
 	if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)))
 		goto drop;
-	/* ports[0] source, ports[1] destination; the peer's port matters */
-	if (peer_lo && enforcer_port(g, proto, bpf_ntohs(egress ? ports[1] : ports[0])))
+	/* ports[0] source, ports[1] destination; the peer's port matters; and
+	 * the device: a packet for 127.0.0.1 leaving by another one (a socket
+	 * bound to eth0, IP_UNICAST_IF, IP_PKTINFO) goes to the gateway */
+	if (peer_lo && enforcer_port(g, proto, bpf_ntohs(egress ? ports[1] : ports[0])) &&
+	    skb->ifindex == AG_LOOPBACK_IFINDEX)
 		return 1;
 drop:
 	count(egress ? AG_CNT_SKB_EGRESS_DROP : AG_CNT_SKB_INGRESS_DROP);
@@ -551,6 +561,31 @@ int ag_skb_ingress(struct __sk_buff *skb)
 
 /* ---- sock_ops: hand the enforcer what it needs to know at accept() ----- */
 
+/* The pair key of this socket: its own address and port, the listener's. */
+static __always_inline void pair_key(struct bpf_sock_ops *ops, struct ag_pair_key *k)
+{
+	k->netns_cookie = bpf_get_netns_cookie(ops);
+	if (ops->family == AF_INET) {
+		map_v4(k->client_addr, ops->local_ip4);
+		map_v4(k->listen_addr, ops->remote_ip4);
+	} else {
+		__u32 w[4];
+
+		w[0] = ops->local_ip6[0];
+		w[1] = ops->local_ip6[1];
+		w[2] = ops->local_ip6[2];
+		w[3] = ops->local_ip6[3];
+		__builtin_memcpy(k->client_addr, w, 16);
+		w[0] = ops->remote_ip6[0];
+		w[1] = ops->remote_ip6[1];
+		w[2] = ops->remote_ip6[2];
+		w[3] = ops->remote_ip6[3];
+		__builtin_memcpy(k->listen_addr, w, 16);
+	}
+	k->client_port = (__u16)ops->local_port;
+	k->listen_port = (__u16)(bpf_ntohl(ops->remote_port) & 0xffff);
+}
+
 SEC("sockops")
 int ag_sock_ops(struct bpf_sock_ops *ops)
 {
@@ -559,6 +594,28 @@ int ag_sock_ops(struct bpf_sock_ops *ops)
 	struct ag_sk_state *st;
 	struct bpf_sock *sk;
 
+	/*
+	 * A redirected socket that closes takes its entry with it. The enforcer
+	 * takes (deletes) the entry when it accepts; one never accepted (a
+	 * reset: the enforcer down, its backlog full) stayed until the 30 s
+	 * sweep, filling the map every agent shares, and a process outside the
+	 * agents' cgroups that bound the same source port and dialled the
+	 * enforcer was taken for the agent (review, stop 27). Only an abortive
+	 * end counts (from SYN_SENT: refused, timed out; from ESTABLISHED: a
+	 * reset): a socket closed gracefully right after its connect (send,
+	 * close) becomes a FIN_WAIT2 mini-socket at once, and its connection,
+	 * in the enforcer's accept queue, is still served with its entry. At
+	 * CLOSE the addresses and ports are still the socket's: the callback
+	 * runs before tcp_set_state() unhashes it.
+	 */
+	if (ops->op == BPF_SOCK_OPS_STATE_CB) {
+		if (ops->args[1] == BPF_TCP_CLOSE &&
+		    (ops->args[0] == BPF_TCP_SYN_SENT || ops->args[0] == BPF_TCP_ESTABLISHED)) {
+			pair_key(ops, &k);
+			bpf_map_delete_elem(&ag_pairs, &k);
+		}
+		return 1;
+	}
 	if (ops->op != BPF_SOCK_OPS_TCP_CONNECT_CB)
 		return 1;
 	sk = ops->sk;
@@ -568,26 +625,7 @@ int ag_sock_ops(struct bpf_sock_ops *ops)
 	if (!st || !(st->flags & AG_SK_REDIRECTED))
 		return 1;
 
-	k.netns_cookie = bpf_get_netns_cookie(ops);
-	if (ops->family == AF_INET) {
-		map_v4(k.client_addr, ops->local_ip4);
-		map_v4(k.listen_addr, ops->remote_ip4);
-	} else {
-		__u32 w[4];
-
-		w[0] = ops->local_ip6[0];
-		w[1] = ops->local_ip6[1];
-		w[2] = ops->local_ip6[2];
-		w[3] = ops->local_ip6[3];
-		__builtin_memcpy(k.client_addr, w, 16);
-		w[0] = ops->remote_ip6[0];
-		w[1] = ops->remote_ip6[1];
-		w[2] = ops->remote_ip6[2];
-		w[3] = ops->remote_ip6[3];
-		__builtin_memcpy(k.listen_addr, w, 16);
-	}
-	k.client_port = (__u16)ops->local_port;
-	k.listen_port = (__u16)(bpf_ntohl(ops->remote_port) & 0xffff);
+	pair_key(ops, &k);
 
 	__builtin_memcpy(v.orig_addr, st->orig_addr, 16);
 	v.orig_port = st->orig_port;
@@ -604,6 +642,8 @@ int ag_sock_ops(struct bpf_sock_ops *ops)
 	/* On failure the enforcer finds no entry and refuses: fail closed. */
 	if (bpf_map_update_elem(&ag_pairs, &k, &v, BPF_ANY))
 		count(AG_CNT_PAIR_FAIL);
+	else
+		bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 	return 1;
 }
 

@@ -69,7 +69,12 @@ enum ag_reason {
 	AG_R_NO_AGENT     = 9,  /* cgroup has no agent slot configured */
 	AG_R_NETNS        = 10, /* network namespace not served by the enforcer */
 	AG_R_NO_CONFIG    = 11, /* enforcer never configured the kernel side */
+	AG_R_BOUND_DEVICE = 12, /* socket bound to a device other than loopback */
 };
+
+/* The loopback device's ifindex, the same in every network namespace: the
+ * enforcer's 127.0.0.1 is reached only through it. */
+#define AG_LOOPBACK_IFINDEX 1
 
 /* ag_agent_cfg.flags */
 #define AG_AF_ACTIVE   (1u << 0)  /* slot in use */

@@ -35,6 +35,10 @@
 #define SO_NETNS_COOKIE 71
 #endif
 
+/* A pair entry is taken at accept(), or removed when its socket closes;
+ * older than this, it is left over and refused (and swept). */
+#define PAIR_MAX_AGE_NS (30ull * 1000000000ull)
+
 struct enforcer *E;
 
 extern const char ag_default_policy[], ag_default_policy_end[];
@@ -72,6 +76,8 @@ static const char *reason_str(uint32_t r)
 	case AG_R_NO_AGENT: return "cgroup has no agent configured";
 	case AG_R_NETNS: return "network namespace not served by the enforcer";
 	case AG_R_NO_CONFIG: return "enforcer has not configured the kernel side";
+	case AG_R_BOUND_DEVICE: return "socket bound to a network device (SO_BINDTODEVICE): the enforcer is "
+				       "reached only over loopback";
 	default: return "unknown";
 	}
 }
@@ -964,6 +970,23 @@ void enforcer_accept(struct worker *w, int fd, int family, const struct sockaddr
 		conn_close(c, true);
 		return;
 	}
+	/* An entry older than the sweep's bound is one whose socket never
+	 * reached us (its own close removes it): whoever dials with its
+	 * address and port now is not that agent */
+	{
+		uint64_t now = now_ns_boot();
+
+		if (now > c->pair.ts_ns && now - c->pair.ts_ns > PAIR_MAX_AGE_NS) {
+			atomic_fetch_add(&E->no_pair, 1);
+			struct audit_w *aw = enforcer_conn_event(c, 5, "Refuse");
+
+			audit_w_verdict(aw, false, false, NULL, "connection did not come through the agent hooks "
+					"(no pair entry: the one for its address is stale)");
+			audit_commit(aw);
+			conn_close(c, true);
+			return;
+		}
+	}
 	if (enforcer_agent_idx(c->pair.slot) < 0) {
 		refuse(c, "socket belongs to no agent of the running policy");
 		return;
@@ -1747,7 +1770,7 @@ static int main_loop(int epfd, int sfd, struct ring_buffer *rb, struct admin *ad
 		if (now - last_sweep >= 10) {
 			last_sweep = now;
 			/* Entries for connects the enforcer never accepted. */
-			loader_pair_sweep(E->loader, 30ull * 1000000000ull, NULL);
+			loader_pair_sweep(E->loader, PAIR_MAX_AGE_NS, NULL);
 		}
 	}
 	return 0;

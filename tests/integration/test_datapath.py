@@ -840,6 +840,45 @@ def test_forged_connection_without_hooks_refused(enforcer, servers):
     assert enforcer.status()["counters"]["no_pair_entry"] >= 1
 
 
+def test_leftover_pair_entry_is_not_taken_over(enforcer, servers):
+    """An agent's connect writes its pair entry when the SYN leaves; one never accepted
+    (here: the enforcer down, the connect reset) stayed until the 30 s sweep, and a
+    process outside every agent cgroup that bound the same source port and dialled the
+    enforcer was taken for that agent, and relayed to its destination (review, stop 27).
+    The socket's close now removes its entry."""
+    port, log = servers.echo()
+    enforcer.start(enforce_policy(port))
+    enforcer.stop(signal.SIGKILL)
+    r = enforcer.py("t-agent", f"""
+    import socket, errno
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    src = s.getsockname()[1]
+    try:
+        s.connect(("127.0.0.1", {port})); print(src, "connected")
+    except OSError as e:
+        print(src, errno.errorcode[e.errno])
+    """)
+    src, how = r.stdout.split()
+    assert how == "ECONNREFUSED", r.stdout + r.stderr
+    enforcer.start(enforce_policy(port))
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", int(src)))
+    try:
+        s.settimeout(5)
+        s.connect(("127.0.0.1", TCP_PORT))
+        s.sendall(b"hello\n")
+        data = s.recv(10)
+    except OSError:
+        data = b""
+    finally:
+        s.close()
+    assert data == b"", data
+    assert open(log).read() == ""
+    assert enforcer.wait_event(lambda e: "no pair entry" in e.get("unmapped", {}).get("reason", ""))
+
+
 def test_privileged_socket_options_refused_in_exec(enforcer, servers):
     port, _ = servers.echo()
     enforcer.start(enforce_policy(port))
@@ -857,6 +896,84 @@ def test_privileged_socket_options_refused_in_exec(enforcer, servers):
     print(" ".join(out))
     """)
     assert r.stdout.split()[:2] == ["EPERM", "EPERM"], r.stdout + r.stderr
+
+
+SNIFF = r"""
+import socket, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+s.bind((sys.argv[1], 0)); s.settimeout(0.2)
+end = time.time() + float(sys.argv[2]); seen = 0
+print("ready", flush=True)
+while time.time() < end:
+    try:
+        f = s.recv(65535)
+    except socket.timeout:
+        continue
+    seen += b"AGMARK" in f
+print(seen, flush=True)
+"""
+
+
+def test_socket_bound_to_a_device_cannot_carry_redirected_traffic(enforcer, servers):
+    """A socket bound to a device (SO_BINDTODEVICE, IP_UNICAST_IF) sent what the hooks
+    rewrite to 127.0.0.1 out of that device: to the gateway, or whoever answers ARP for
+    127.0.0.1 (review, stop 27). Here a veth into a namespace of the test's, with a
+    neighbour entry for 127.0.0.1, and a sniffer on the far end: the connect and sendmsg
+    hooks refuse a bound socket, and the backstop drops what leaves by another device
+    (IP_UNICAST_IF, which the hooks cannot see). Nothing reaches the far end."""
+    port, _ = servers.echo()
+    ns, dev, peer = f"agbd{os.getpid()}", f"agbd{os.getpid() % 100000}a", f"agbd{os.getpid() % 100000}b"
+    sh = lambda *a: subprocess.run(a, check=True, capture_output=True)
+    sh("ip", "netns", "add", ns)
+    try:
+        sh("ip", "link", "add", dev, "type", "veth", "peer", "name", peer)
+        sh("ip", "link", "set", peer, "netns", ns)
+        sh("ip", "link", "set", dev, "up")
+        sh("ip", "netns", "exec", ns, "ip", "link", "set", peer, "up")
+        mac = subprocess.run(["ip", "netns", "exec", ns, "cat", f"/sys/class/net/{peer}/address"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        sh("ip", "neigh", "replace", "127.0.0.1", "lladdr", mac, "dev", dev, "nud", "permanent")
+        enforcer.start(enforce_policy(port))
+        before = enforcer.status()["counters"].get("backstop_egress_dropped", 0)
+        sniff = subprocess.Popen(["ip", "netns", "exec", ns, PY, "-c", SNIFF, peer, "6"],
+                                 stdout=subprocess.PIPE, text=True)
+        assert sniff.stdout.readline().strip() == "ready"
+        r = enforcer.py("t-agent", f"""
+        import socket, struct, errno
+        out = []
+        def attempt(f):
+            try:
+                f(); out.append("sent")
+            except OSError as e:
+                out.append(errno.errorcode[e.errno])
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"{dev}")
+        attempt(lambda: u.sendto(b"AGMARK-1", ("192.0.2.53", 53)))
+        t = socket.socket()
+        t.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"{dev}")
+        t.settimeout(2)
+        attempt(lambda: t.connect(("127.0.0.1", {port})))
+        u2 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u2.setsockopt(socket.IPPROTO_IP, 50, struct.pack("!I", socket.if_nametoindex("{dev}")))  # IP_UNICAST_IF
+        for _ in range(3):
+            attempt(lambda: u2.sendto(b"AGMARK-2", ("192.0.2.53", 53)))
+        lo = socket.socket()
+        lo.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"lo")
+        lo.settimeout(5)
+        attempt(lambda: lo.connect(("127.0.0.1", {port})))
+        print(" ".join(out))
+        """)
+        seen = sniff.stdout.readline().strip()
+        sniff.wait(10)
+        out = r.stdout.split()
+        assert out[:2] == ["EPERM", "ECONNREFUSED"], r.stdout + r.stderr   # a refused connect: ECONNREFUSED
+        assert out[-1] == "sent", r.stdout + r.stderr          # bound to lo: still redirected, relayed
+        assert seen == "0", (seen, r.stdout)
+        assert enforcer.status()["counters"]["backstop_egress_dropped"] > before
+        assert enforcer.wait_event(lambda e: "SO_BINDTODEVICE" in e.get("unmapped", {}).get("reason", ""))
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", dev], capture_output=True)
 
 
 def test_recreated_agent_cgroup(enforcer, servers):
