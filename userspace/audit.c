@@ -90,6 +90,7 @@ struct sink_rt {
 	uint8_t *st;
 	size_t st_cap;
 	uint64_t backoff_ms;
+	size_t batch_max;        /* events per send: the sink's, halved after a 413 */
 	bool failing;            /* logged once per outage */
 	_Atomic uint64_t acked;  /* for status and the drain at close */
 	_Atomic pid_t tid;       /* its thread, for urgency() */
@@ -276,6 +277,11 @@ static void sink_resume(struct sink_rt *k)
 	spool_reader_seek(k->r, c);   /* not ours: deliver from the cursor */
 }
 
+static size_t sink_batch_default(const struct sink_rt *k)
+{
+	return k->s.ops->batch_max ? k->s.ops->batch_max : 512;
+}
+
 static void sink_settle(struct sink_rt *k, struct sink_batch *sb, int err)
 {
 	size_t i = 0;
@@ -290,11 +296,31 @@ static void sink_settle(struct sink_rt *k, struct sink_batch *sb, int err)
 		atomic_store(&k->acked, sb->first + i - 1);
 	}
 	if (i == sb->n) {
+		bool all_dead = true;
+
+		for (size_t j = 0; j < sb->n && all_dead; j++)
+			all_dead = sb->st[j] == SINK_DEAD;
+		/* a batch refused whole is most likely the collector's doing (a
+		 * mapping, a proxy's rule): the next one waits, as after an
+		 * error, so a backlog is not dead-lettered at the collector's
+		 * speed */
+		if (all_dead) {
+			sink_sleep(next_backoff(k));
+			return;
+		}
 		if (k->failing)
 			ag_log(LOG_LVL_INFO, "audit: sink %s delivering again", k->s.desc);
 		k->failing = false;
 		k->backoff_ms = 0;
+		if (k->batch_max < sink_batch_default(k))
+			k->batch_max *= 2;   /* capped by sink_thread */
 		return;
+	}
+	if (err == -E2BIG && sb->n > 1) {
+		/* 413: half the events per request until one fits (one event
+		 * that does not is dead-lettered by the sink) */
+		k->batch_max = sb->n / 2;
+		err = -EAGAIN;
 	}
 	if (!k->failing)
 		ag_log(LOG_LVL_WARN, "audit: sink %s: %s; retrying from sequence %llu (events stay "
@@ -308,7 +334,7 @@ static void sink_settle(struct sink_rt *k, struct sink_batch *sb, int err)
 static void *sink_thread(void *arg)
 {
 	struct sink_rt *k = arg;
-	size_t max = k->s.ops->batch_max ? k->s.ops->batch_max : 512;
+	size_t max;
 
 	uint64_t last_send = 0, backlog;
 	bool behind = false;   /* the last batch was full: more is waiting */
@@ -330,6 +356,9 @@ static void *sink_thread(void *arg)
 			if (since < k->s.ops->min_interval_ms)
 				sink_sleep(k->s.ops->min_interval_ms - since);   /* not when stopping */
 		}
+		if (!k->batch_max || k->batch_max > sink_batch_default(k))
+			k->batch_max = sink_batch_default(k);
+		max = k->batch_max;
 		n = spool_read(k->r, &b, max, SINK_BATCH_BYTES, 200);
 		if (n <= 0) {
 			if (n < 0) {

@@ -294,9 +294,16 @@ static int post(struct audit_sink *s, const char *url, const char *ctype, const 
 	return 0;
 }
 
+/*
+ * Retried, not dead-lettered: a collector busy or down, and the answers
+ * that refuse the request rather than its events: credentials (401, 403,
+ * 407: a token rotated on one side first), the URL (404: an index or an
+ * endpoint not there yet). Dead-lettering on those moved the whole backlog
+ * out of the SIEM as fast as the collector answered (review, stop 27).
+ */
 static bool transient(long st)
 {
-	return st == 408 || st == 429 || st >= 500;
+	return st == 401 || st == 403 || st == 404 || st == 407 || st == 408 || st == 429 || st >= 500;
 }
 
 /* Common outcome of a whole-batch answer. */
@@ -307,6 +314,10 @@ static int settle_status(struct sink_batch *b, long st, const char *what)
 		return 0;
 	}
 	snprintf(b->why, sizeof(b->why), "%s: HTTP %ld", what, st);
+	/* too large for a proxy in front of the collector: smaller batches
+	 * (audit.c halves them), a single event dead-lettered */
+	if (st == 413 && b->n > 1)
+		return -E2BIG;
 	/* only a 4xx says the events themselves are refused: a 3xx (a load
 	 * balancer's redirect during maintenance; redirects are not followed,
 	 * the token stays put) or anything else is retried */

@@ -404,8 +404,11 @@ def test_http_sinks_survive_errors_and_outage(enforcer, servers, collector):
 
 
 def test_http_permanent_error_goes_to_dead_letter(enforcer, servers, collector):
+    """A 400 (the events refused: HEC's "Invalid data format") is permanent: the
+    events go to the dead-letter file, whole, and delivery moves on."""
     port, _ = servers.echo()
-    sinks = http_sinks(collector, enforcer.tmp, enforcer.audit, token="wrong-token")
+    collector.hec_400 = True
+    sinks = http_sinks(collector, enforcer.tmp, enforcer.audit)
     sinks = "\n".join(l for l in sinks.splitlines() if "elasticsearch" not in l and "webhook" not in l)
     enforcer.start(policy(port, sinks + "\n"))
     traffic(enforcer, port, 5)
@@ -422,10 +425,38 @@ def test_http_permanent_error_goes_to_dead_letter(enforcer, servers, collector):
     assert wait_for(lambda: set(seqs) <= {d["event"]["metadata"]["sequence"] for d in dead()}, 10)
     enforcer.stop()
     d = dead()[0]
-    assert d["sink"].startswith("splunk_hec-") and "HTTP 401" in d["reason"]
+    assert d["sink"].startswith("splunk_hec-") and "HTTP 400" in d["reason"]
     assert os.stat(dl).st_mode & 0o777 == 0o600
     assert hec_seqs(collector) == []
-    assert "wrong-token" not in enforcer.read_log() and "wrong-token" not in open(dl).read()
+    assert "test-token" not in enforcer.read_log() and "test-token" not in open(dl).read()
+
+
+def test_http_refused_credentials_are_retried_not_dead_lettered(enforcer, servers, collector):
+    """A 401 refuses the request, not its events (a token rotated on one side
+    first): retried with backoff, nothing dead-lettered, and once the
+    collector takes the token every event arrives. Before, the whole backlog
+    went to the dead-letter file at the collector's speed (review, stop 27).
+    A 413 (a proxy's body limit) halves the batches until they fit."""
+    port, _ = servers.echo()
+    collector.max_events = 3
+    sinks = http_sinks(collector, enforcer.tmp, enforcer.audit, token="rotated-token")
+    sinks = "\n".join(l for l in sinks.splitlines() if "elasticsearch" not in l)
+    enforcer.start(policy(port, sinks + "\n"))
+    traffic(enforcer, port, 5)
+    assert wait_for(lambda: len(file_events(enforcer.audit)) >= 11, 10)
+    time.sleep(3)
+    dl = os.path.join(enforcer.state, "spool", "dead-letter.jsonl")
+    assert not os.path.exists(dl)
+    assert hec_seqs(collector) == []
+    assert any(st == 401 for _, st in collector.requests)
+    collector.token = "rotated-token"
+    seqs = [e["metadata"]["sequence"] for e in file_events(enforcer.audit)]
+    assert wait_for(lambda: set(seqs) <= set(hec_seqs(collector)), 15), (seqs, hec_seqs(collector))
+    assert wait_for(lambda: set(seqs) <= set(hook_seqs(collector)), 15), (seqs, hook_seqs(collector))
+    enforcer.stop()
+    assert not os.path.exists(dl)
+    assert any(st == 413 for _, st in collector.requests)
+    assert "rotated-token" not in enforcer.read_log()
 
 
 
@@ -435,7 +466,8 @@ def test_dead_letter_file_is_bounded_and_counted(enforcer, servers, collector):
     counted in status and logged. Before, the file grew without bound and
     nothing counted it."""
     port, _ = servers.echo()
-    sinks = http_sinks(collector, enforcer.tmp, enforcer.audit, token="wrong-token")
+    collector.hec_400 = True
+    sinks = http_sinks(collector, enforcer.tmp, enforcer.audit)
     sinks = "\n".join(l for l in sinks.splitlines() if "elasticsearch" not in l and "webhook" not in l)
     enforcer.start(policy(port, sinks + "\n", extra="spool: {max_bytes: 512KiB}\n"))
     traffic(enforcer, port, 150)
@@ -453,7 +485,7 @@ def test_dead_letter_file_is_bounded_and_counted(enforcer, servers, collector):
     # the newest dead letters are the ones kept, whole lines in order
     seqs = [json.loads(l)["event"]["metadata"]["sequence"] for p in (dl + ".1", dl) for l in open(p)]
     assert all(a < b for a, b in zip(seqs, seqs[1:])) and len(seqs) == sum(lines), seqs
-    assert "older dead letters" in enforcer.read_log() and "wrong-token" not in enforcer.read_log()
+    assert "older dead letters" in enforcer.read_log() and "test-token" not in enforcer.read_log()
 
 # ---- file sink: rotation and reopen on SIGHUP ----------------------------------
 

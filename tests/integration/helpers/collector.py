@@ -19,7 +19,10 @@ delivery logic:
 * `POST /_bulk` (NDJSON, final newline required): per `create` item 201,
   409 when that `_id` is already stored, or an injected 429 / 400.
 * Any other POST path: the webhook, a JSON array of events.
-* `fail_next` injects that many 503 answers (any endpoint) first.
+* `fail_next` injects that many 503 answers (any endpoint) first;
+  `hec_400` answers every HEC event POST 400 "Invalid data format";
+  `max_events` answers 413 to a webhook POST carrying more events
+  (a proxy's body limit).
 
 Run it in-process (`Collector().start()`), or standalone:
 `python3 collector.py PORT [TOKEN]` logs what it receives.
@@ -39,6 +42,8 @@ class Collector:
         self.lock = threading.Lock()
         self.fail_next = 0
         self.redirect_next = 0         # next N requests answer 307 (a balancer's maintenance)
+        self.hec_400 = False           # HEC event POSTs answer 400 (events refused)
+        self.max_events = 0            # more events in one POST: 413 (0: no limit)
         self.lose_unacked = 0
         self.es_429_items = 0          # next N new items answer 429
         self.es_400_ids = set()        # these _id answer 400 (mapping error)
@@ -115,9 +120,14 @@ class Collector:
     def hec_auth(self, headers):
         return headers.get("Authorization") == f"Splunk {self.token}"
 
+    def too_large(self, n):
+        return self.max_events and n > self.max_events
+
     def hec_event(self, headers, body):
         if not self.hec_auth(headers):
             return 401, {"text": "Invalid token", "code": 4}
+        if self.hec_400:
+            return 400, {"text": "Invalid data format", "code": 6}
         chan = headers.get("X-Splunk-Request-Channel")
         if self.acks and not chan:
             return 400, {"text": "Data channel is missing", "code": 10}
@@ -219,6 +229,8 @@ class Collector:
             return 400, {"error": "not JSON"}
         if not isinstance(arr, list):
             return 400, {"error": "expected a JSON array"}
+        if self.too_large(len(arr)):
+            return 413, {"error": "Request Entity Too Large"}
         self.webhook.extend(arr)
         return 200, {"received": len(arr)}
 
