@@ -373,6 +373,31 @@ static size_t cut_start(const struct scrub_secret *x, const uint8_t *p, size_t n
 	return 0;
 }
 
+bool scrub_start_open(const struct scrub *z, const uint8_t *p, size_t n)
+{
+	if (n < SCRUB_PREFIX)
+		return z->n > 0;
+	for (unsigned i = 0; i < z->n; i++)
+		if (cut_start(&z->sec[i], p, n) == n)
+			return true;
+	return false;
+}
+
+unsigned scrub_cut_start(const struct scrub *z, uint8_t *p, size_t n)
+{
+	unsigned hits = 0;
+
+	for (unsigned i = 0; i < z->n && n; i++) {
+		size_t m = cut_start(&z->sec[i], p, n);
+
+		if (m) {
+			memset(p, '*', m);
+			hits++;
+		}
+	}
+	return hits;
+}
+
 unsigned scrub_cut(const struct scrub *z, uint8_t *p, size_t n)
 {
 	unsigned hits = 0;

@@ -79,6 +79,15 @@ size_t scrub_keep(const struct scrub *z, const uint8_t *p, size_t n);
  * bytes. Call after scrub_buf(); returns how many were starred. */
 unsigned scrub_cut(const struct scrub *z, uint8_t *p, size_t n);
 
+/* scrub_cut() for the start only: p[0..n) begins a text whose end is not
+ * here yet (a streamed body's first scrub_hold() bytes or more). */
+unsigned scrub_cut_start(const struct scrub *z, uint8_t *p, size_t n);
+
+/* Whether more bytes could still make the start of p[0..n) how an
+ * occurrence ends (all of it lies inside one so far, or it is shorter than
+ * SCRUB_PREFIX): a stream holds its start back until this is false. */
+bool scrub_start_open(const struct scrub *z, const uint8_t *p, size_t n);
+
 /* Wipes and frees every secret. */
 void scrub_clear(struct scrub *z);
 

@@ -186,6 +186,7 @@ struct http_state {
 	struct scrub scrub;
 	uint8_t *sc;
 	size_t sc_len, sc_cap;
+	bool sc_started;               /* this body's start went out (scrub_out()) */
 };
 
 static struct http_state *st(struct conn *c)
@@ -285,6 +286,8 @@ static void audit_request(struct conn *c, const struct hreq *r)
 		aobj_str(&w->um, "fields", r->mask_fields);
 		aobj_close(&w->um);
 	}
+	if (!r->status && !r->local)   /* forwarded; the connection ended before its answer */
+		aobj_str(&w->um, "answer", "none: the connection ended first");
 	if (r->cred_hits)   /* the upstream sent the credential back; the agent got '*' */
 		aobj_int(&w->um, "credential_starred", r->cred_hits);
 	if (r->k8s_verb[0]) {
@@ -357,6 +360,23 @@ static void q_pop(struct http_state *s)
 {
 	s->qhead = (s->qhead + 1) % HTTP_PIPELINE_MAX;
 	s->qlen--;
+}
+
+/*
+ * Requests still queued when nothing more will be answered (the agent reset
+ * the connection, an error, an answer that closed it): each was judged, and
+ * the allowed ones went upstream, where they may have run; each gets its
+ * event, with no answer (review, stop 27: the trail had nothing of them).
+ */
+static void audit_unanswered(struct conn *c)
+{
+	struct http_state *s = st(c);
+	struct hreq *r;
+
+	while ((r = q_front(s))) {
+		audit_request(c, r);
+		q_pop(s);
+	}
 }
 
 /*
@@ -2111,7 +2131,7 @@ static int refuse_response(struct conn *c, const char *why)
 		return err;
 	audit_request(c, r);
 	q_pop(s);
-	s->qlen = 0;
+	audit_unanswered(c);
 	return flush_local(c);
 }
 
@@ -2137,7 +2157,7 @@ static int response_done(struct conn *c)
 		 * others would shift answers onto the wrong requests. The agent
 		 * sees the connection close and retries. */
 		s->astate = A_DONE;
-		s->qlen = 0;
+		audit_unanswered(c);
 	}
 	if ((err = flush_local(c)))
 		return err;
@@ -2170,6 +2190,20 @@ static int scrub_out(struct conn *c, const uint8_t *p, size_t n, bool chunked)
 	}
 	memcpy(s->sc + s->sc_len, p, n);
 	q_front(s)->cred_hits += scrub_buf(&s->scrub, s->sc, total);
+	if (!s->sc_started) {
+		/* The body's start may be how an occurrence ends (an echo of
+		 * the request from an offset the agent chose): held until it
+		 * is long enough to tell, or the body ends (scrub_end()), as
+		 * a masked body's is (review, stop 27: streamed, the token
+		 * but its first byte went out). Usually a few bytes tell
+		 * (a '{' is no token's), so a stream is not delayed. */
+		if (total < scrub_hold(&s->scrub) && scrub_start_open(&s->scrub, s->sc, total)) {
+			s->sc_len = total;
+			return 0;
+		}
+		q_front(s)->cred_hits += scrub_cut_start(&s->scrub, s->sc, total);
+		s->sc_started = true;
+	}
 	out = total - scrub_keep(&s->scrub, s->sc, total);
 	if (out && (err = body_send(c, s->sc, out, chunked)))
 		return err;
@@ -2186,7 +2220,10 @@ static int scrub_end(struct conn *c, bool chunked)
 	int err = 0;
 
 	s->sc_len = 0;
+	s->sc_started = false;   /* the next body's start is held again */
 	if (n) {
+		/* both ends: the start too, when it never went out (a body
+		 * shorter than scrub_hold()) */
 		q_front(s)->cred_hits += scrub_cut(&s->scrub, s->sc, n);
 		err = body_send(c, s->sc, n, chunked);
 	}
@@ -2420,7 +2457,9 @@ static int process_upstream(struct conn *c)
 			continue;
 		}
 		if (s->ustate == U_BODY) {
-			if (!len && !eof)
+			/* a Content-Length: 0 body is whole with no byte read (it
+			 * waited for the next answer's bytes, or the close) */
+			if (!len && !eof && !(s->ubody == HTTP_BODY_LENGTH && !s->uremain))
 				return 0;
 			rc = upstream_body(c, in, len, eof);
 			if (rc == -E2BIG && s->collecting)
@@ -2480,6 +2519,17 @@ static int process_upstream(struct conn *c)
 		}
 		r->status = h.status;
 		s->resp_since_ms = 0;   /* its answer began: the clock stops (the next request's starts anew) */
+		if (s->astate == A_BODY && s->abody_req == r) {
+			/* A final answer before the request's body was all sent (417,
+			 * 404, 401 to an upload): an upstream that does not read the
+			 * rest would take it as the next request, and the next request
+			 * we forward as its continuation, credential and all (review,
+			 * stop 27; the Expect/0.CL smuggling class). The rest of the
+			 * body is read and dropped, and this answer ends the
+			 * connection: nothing more goes up this leg. */
+			s->abody_fwd = false;
+			r->close_after = true;
+		}
 		s->uchunked_out = h.body == HTTP_BODY_CHUNKED && !r->v10;
 		if (r->masked && h.body == HTTP_BODY_LENGTH && h.content_length <= MASK_JSON_MAX &&
 		    h.status != 101) {
@@ -2808,6 +2858,7 @@ static void http_release(struct conn *c)
 	struct http_state *s = st(c);
 
 	if (s) {
+		audit_unanswered(c);
 		held_put(c);
 		if (s->held_q)
 			held_sub(c, s->held_q);

@@ -337,6 +337,103 @@ def test_expect_allowed_gets_upstream_continue(enforcer, rec):
     assert rec.all().endswith(b"\r\n\r\nhello")
 
 
+# Answers every request head at once with a 417 and keeps the connection, never
+# reading a body: what the bytes after the head are, it decides by itself.
+EARLY_ANSWER = textwrap.dedent(r"""
+    import os, sys
+    from rawhttp import listen, serve_forever
+    port, d = int(sys.argv[1]), sys.argv[2]
+    s = listen(port, 64)
+    def serve(c, n):
+        rec = open(os.path.join(d, "conn-%d.bin" % n), "wb", buffering=0)
+        buf = b""
+        while True:
+            data = c.recv(65536)
+            if not data:
+                return
+            rec.write(data)
+            buf += data
+            while b"\r\n\r\n" in buf:
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                c.sendall(b"HTTP/1.1 417 Expectation Failed\r\nContent-Length: 0\r\n\r\n")
+    serve_forever(s, serve)
+""")
+
+
+def test_early_answer_ends_the_connection(enforcer, servers, tmp):
+    """An upstream that answers before reading the request's body (a 417 to
+    Expect, a 404 to an upload) and keeps the connection takes the body as its
+    next request; the agent wrote one there and then a request of its own,
+    which the enforcer forwarded, with the injected credential, as that body's
+    continuation (review, stop 27). The rest of the body is now dropped and the
+    early answer ends the connection: nothing more goes up that leg."""
+    from conftest import Proc, free_port, wait_port
+    d = os.path.join(tmp, "early")
+    os.makedirs(d)
+    port = free_port()
+    servers.procs.append(Proc([PY, "-c", EARLY_ANSWER, str(port), d]))
+    wait_port("127.0.0.1", port)
+    tok = os.path.join(tmp, "token")
+    with open(tok, "w") as f:
+        f.write("s3cr3t-upstream-token\n")
+    os.chmod(tok, 0o600)
+    enforcer.start(policy(port, rules='"POST /v1/notes", "GET /v1/invoices"',
+                          upstream=f"server_name: api.internal, bearer_token_file: {tok}"))
+    smuggled = b"DELETE /v1/admin/users/7 HTTP/1.1\r\nX-P: "
+    head = crlf(f"POST /v1/notes HTTP/1.1⏎Host: api.internal⏎Expect: 100-continue⏎"
+                f"Content-Length: {len(smuggled)}⏎⏎")
+    out = raw(enforcer, port, head, smuggled + crlf("GET /v1/invoices HTTP/1.1⏎Host: api.internal⏎⏎"),
+              wait=0.5)
+    rs, rest = responses(out)
+    assert [r[0] for r in rs] == [417] and rs[0][1]["connection"] == "close", out
+    assert rest in (b"<EOF>", b"<RST>"), out
+    got = b"".join(open(os.path.join(d, f), "rb").read() for f in sorted(os.listdir(d)))
+    assert got.startswith(b"POST /v1/notes HTTP/1.1\r\n"), got
+    assert b"DELETE" not in got and b"GET /v1/invoices" not in got, got
+
+
+# Reads and never answers.
+SILENT = textwrap.dedent(r"""
+    import sys, time
+    from rawhttp import listen, serve_forever
+    s = listen(int(sys.argv[1]), 64)
+    def serve(c, n):
+        while c.recv(65536):
+            pass
+    serve_forever(s, serve)
+""")
+
+
+def test_request_without_answer_is_audited(enforcer, servers):
+    """A request forwarded upstream whose connection ends before the answer (the
+    agent resets it) had no event at all, though the upstream may have run it
+    (review, stop 27). Every request still queued now gets one, saying no
+    answer came; a denied one pipelined behind it gets its own."""
+    from conftest import Proc, free_port, wait_port
+    port = free_port()
+    servers.procs.append(Proc([PY, "-c", SILENT, str(port)]))
+    wait_port("127.0.0.1", port)
+    enforcer.start(policy(port, rules='"POST /v1/invoices"'))
+    r = enforcer.py(AGENT, f"""
+    import socket, struct, time
+    s = socket.create_connection(("127.0.0.1", {port}))
+    s.sendall(b"POST /v1/invoices HTTP/1.1\\r\\nHost: api.internal\\r\\nContent-Length: 2\\r\\n\\r\\n{{}}"
+              b"DELETE /v1/invoices/7 HTTP/1.1\\r\\nHost: api.internal\\r\\n\\r\\n")
+    time.sleep(0.5)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+    print("reset")
+    """)
+    assert r.stdout.strip() == "reset", r.stdout + r.stderr
+    assert wait_for(lambda: len(http_events(enforcer)) >= 2, 10), http_events(enforcer)
+    evs = http_events(enforcer)
+    post = [e for e in evs if e["http_request"]["http_method"] == "POST"]
+    dele = [e for e in evs if e["http_request"]["http_method"] == "DELETE"]
+    assert len(post) == 1 and post[0]["unmapped"].get("answer") == "none: the connection ended first", post
+    assert "http_response" not in post[0] and post[0]["disposition"] == "Allowed", post
+    assert len(dele) == 1 and dele[0]["disposition"] == "Blocked", dele
+
+
 def test_h33_connect_denied(enforcer, rec):
     enforcer.start(policy(rec.port, rules='"* /**"'))
     out = raw(enforcer, rec.port, crlf("CONNECT api.internal:443 HTTP/1.1⏎Host: api.internal:443⏎⏎"))

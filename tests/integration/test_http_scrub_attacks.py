@@ -68,6 +68,10 @@ REFLECT = textwrap.dedent(r"""
             n = int(path.split("n=")[1])
             body = raw_head[:n]
             return b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+        if kind == "after":   # the request as received, from byte n on
+            n = int(path.split("n=")[1])
+            body = raw_head[n:]
+            return b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(body) + body
         if kind == "firsthdr":   # the same, in a response field (a debug header)
             n = int(path.split("n=")[1])
             v = raw_head[raw_head.find(b"Authorization"):][:n].replace(b"\r\n", b" ")
@@ -297,6 +301,28 @@ def test_reflection_cut_short_at_body_end_not_leaked(enforcer, reflect, bearer, 
     assert body.endswith(b"Authorization: Bearer " + b"*" * (len(SECRET) - 1)) or \
         body.endswith(b"Authorization: Bearer "), body[-80:]
     no_piece(out, SECRET[:-1], 8)
+
+
+def test_reflection_starting_inside_the_credential_not_leaked(enforcer, reflect, bearer):
+    """The other end of the cut: the request as received from byte n on, n
+    inside the credential, so the streamed body starts with all of it but
+    its first bytes. The start of a streamed body was never checked (a
+    masked one's was): the agent read the token but its first byte (review,
+    stop 27). The start is now held until it can be told, and starred."""
+    enforcer.start(policy(reflect, rules='"GET /v1/**"', upstream=f"server_name: api.internal, bearer_token_file: {bearer}"))
+    out = strip_marks(raw(enforcer, reflect, get("/v1/r/first?n=4096"), wait=0.5))
+    assert out.startswith(b"HTTP/1.1 200"), out
+    at = out.split(b"\r\n\r\n", 1)[1].find(b"Authorization: Bearer ") + len(b"Authorization: Bearer ")
+    assert at > 40 and SECRET not in out, out
+    for k in (1, 5, 20):
+        out = strip_marks(raw(enforcer, reflect, get(f"/v1/r/after?n={at + k:04d}"), wait=0.5))
+        assert out.startswith(b"HTTP/1.1 200"), out
+        body = out.split(b"\r\n\r\n", 1)[1]
+        assert body.startswith(b"*" * (len(SECRET) - k) + b"\r\n"), (k, body[:80])
+        no_piece(out, SECRET[1:], 8)
+    # a body that starts otherwise goes out as it is
+    out = strip_marks(raw(enforcer, reflect, get("/v1/r/after?n=0000"), wait=0.5))
+    assert out.split(b"\r\n\r\n", 1)[1].startswith(b"GET /v1/r/after?n=0000 HTTP/1.1\r\n"), out
 
 
 def test_reflection_cut_short_in_a_response_field_not_leaked(enforcer, reflect, bearer):

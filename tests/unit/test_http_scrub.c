@@ -321,6 +321,29 @@ static void test_review_cut(void)
 	scrub_clear(&z);
 }
 
+/* A streamed body's start (review, stop 27): held while more bytes could
+ * still make it how an occurrence ends, then starred by scrub_cut_start()
+ * alone; a start no token has (a '{') is let go after SCRUB_PREFIX bytes. */
+static void test_review_stream_start(void)
+{
+	struct scrub z = { 0 };
+	char buf[128];
+
+	scrub_add(&z, (const uint8_t *)TOKEN, strlen(TOKEN));
+	CHECK(scrub_start_open(&z, (const uint8_t *)"3cr", 3));            /* too short to tell */
+	CHECK(scrub_start_open(&z, (const uint8_t *)"3cr3t-up", 8));       /* inside one so far */
+	CHECK(!scrub_start_open(&z, (const uint8_t *)"{\"a\": 1}", 8));
+	CHECK(!scrub_start_open(&z, (const uint8_t *)"3cr3tX", 6));        /* not one of its ends */
+	snprintf(buf, sizeof(buf), "3cr3t-upstream-token\r\nAccept: */*");
+	CHECK(!scrub_start_open(&z, (const uint8_t *)buf, strlen(buf)));  /* decided: it ends here */
+	CHECK(scrub_cut_start(&z, (uint8_t *)buf, strlen(buf)) == 1);
+	CHECK_STR(buf, "********************\r\nAccept: */*");
+	snprintf(buf, sizeof(buf), "Accept: */*\r\nBearer s3cr3t-ups");
+	CHECK(scrub_cut_start(&z, (uint8_t *)buf, strlen(buf)) == 0);     /* the end is not its part */
+	CHECK_STR(buf, "Accept: */*\r\nBearer s3cr3t-ups");
+	scrub_clear(&z);
+}
+
 /* The secret cut short and followed by other text: a reflection of the
  * request's first n bytes, wrapped (review, stop 25: all but one byte
  * passed). Starred when fewer than SCRUB_HIDDEN bytes stay unseen and at
@@ -390,5 +413,6 @@ int main(void)
 	RUN(test_review_cut);
 	RUN(test_review_double_pct);
 	RUN(test_review_cut_inside);
+	RUN(test_review_stream_start);
 	UNIT_DONE("http_scrub");
 }
