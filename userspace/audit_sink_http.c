@@ -68,7 +68,8 @@ struct hsink {
 	bool resp_over;
 	/* splunk_hec with ack: the batch posted and not yet acknowledged */
 	long pend_ack;                 /* -1 none */
-	uint64_t pend_first, pend_since_ms;
+	uint64_t pend_first, pend_since_ms;   /* monotonic: a clock step re-posts nothing */
+	bool noack_warned;             /* 200 without an ackId: said once */
 	size_t pend_n;
 };
 
@@ -269,6 +270,10 @@ static int post(struct audit_sink *s, const char *url, const char *ctype, const 
 	}
 	hd = curl_slist_append(hd, "Expect:");
 	curl_easy_reset(h->curl);
+	/* the cookie engine on (reset turns it off, keeping the cookies): a
+	 * load balancer's sticky-session cookie keeps the ack polls on the
+	 * indexer that took the batch (each counts its ackIds on its own) */
+	curl_easy_setopt(h->curl, CURLOPT_COOKIEFILE, "");
 	curl_easy_setopt(h->curl, CURLOPT_URL, url);
 	curl_easy_setopt(h->curl, CURLOPT_HTTPHEADER, hd);
 	curl_easy_setopt(h->curl, CURLOPT_POSTFIELDS, body);
@@ -395,7 +400,7 @@ static int hec_send(struct audit_sink *s, struct sink_batch *b)
 	/* the same batch again (its ack did not come in time): its ackId
 	 * first, rather than another copy, until give_up() */
 	if (s->cfg->ack && h->pend_ack >= 0 && h->pend_first == b->first && h->pend_n <= b->n &&
-	    now_ms_realtime() - h->pend_since_ms < give_up(s)) {
+	    now_ns_mono() / 1000000ull - h->pend_since_ms < give_up(s)) {
 		size_t done = h->pend_n;
 		int err = hec_wait_ack(s, h->pend_ack, b, done);
 
@@ -450,14 +455,24 @@ static int hec_send(struct audit_sink *s, struct sink_batch *b)
 	long ack_id = json_is_integer(id) ? (long)json_integer_value(id) : -1;
 	json_decref(r);
 	if (ack_id < 0) {
-		snprintf(b->why, sizeof(b->why), "splunk_hec: no ackId (indexer acknowledgement "
-			 "disabled on this token?)");
-		return -EPROTO;
+		/* Indexer acknowledgement is off for this token (or the
+		 * receiver): the batch was taken (200) and there is no ack to
+		 * wait for. Posting it again would index it again, every few
+		 * seconds, for good, while the spool filled (review, stop 27):
+		 * it counts as delivered at 200, and the log says that this
+		 * sink is no better than an unacknowledged one. */
+		if (!h->noack_warned)
+			ag_log(LOG_LVL_WARN, "audit: sink %s: ack: true, but the collector answers no ackId "
+			       "(indexer acknowledgement disabled on this token?): events count as delivered "
+			       "when it answers 200", s->desc);
+		h->noack_warned = true;
+		memset(b->st, SINK_ACK, b->n);
+		return 0;
 	}
 	h->pend_ack = ack_id;
 	h->pend_first = b->first;
 	h->pend_n = b->n;
-	h->pend_since_ms = now_ms_realtime();
+	h->pend_since_ms = now_ns_mono() / 1000000ull;
 	return hec_wait_ack(s, ack_id, b, b->n);
 }
 

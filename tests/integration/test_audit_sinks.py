@@ -431,6 +431,30 @@ def test_http_permanent_error_goes_to_dead_letter(enforcer, servers, collector):
     assert "test-token" not in enforcer.read_log() and "test-token" not in open(dl).read()
 
 
+def test_hec_without_ack_ids_is_not_posted_again(enforcer, servers):
+    """`ack: true` against a HEC whose token has indexer acknowledgement off: 200
+    and no ackId. Each batch was posted again every few seconds, for good,
+    indexing it again and again while the spool filled (review, stop 27). A 200
+    without an ackId now counts as delivered, and the log says so once."""
+    col = Collector(acks=False)
+    col.start()
+    try:
+        port, _ = servers.echo()
+        sinks = http_sinks(col, enforcer.tmp, enforcer.audit)
+        sinks = "\n".join(l for l in sinks.splitlines() if "elasticsearch" not in l and "webhook" not in l)
+        enforcer.start(policy(port, sinks + "\n"))
+        traffic(enforcer, port, 5)
+        assert wait_for(lambda: len(file_events(enforcer.audit)) >= 11, 10)
+        seqs = [e["metadata"]["sequence"] for e in file_events(enforcer.audit)]
+        assert wait_for(lambda: set(seqs) <= set(hec_seqs(col)), 10), hec_seqs(col)
+        time.sleep(3)
+        got = hec_seqs(col)
+        assert len(got) == len(set(got)), got          # none indexed twice
+        assert enforcer.read_log().count("answers no ackId") == 1
+    finally:
+        col.stop()
+
+
 def test_http_refused_credentials_are_retried_not_dead_lettered(enforcer, servers, collector):
     """A 401 refuses the request, not its events (a token rotated on one side
     first): retried with backoff, nothing dead-lettered, and once the
