@@ -1708,6 +1708,11 @@ static bool strip_resp_field(const uint8_t *b, const struct http_field *f, bool 
 	static const struct { const char *n; size_t len; } hop[] = {
 		NAME("connection"), NAME("keep-alive"), NAME("te"), NAME("trailer"),
 		NAME("transfer-encoding"), NAME("proxy-connection"), NAME("content-length"),
+		/* a session the upstream opens for the credential we injected
+		 * is that credential in another form; the agent's Cookie is
+		 * never forwarded, so through us it serves nothing (review,
+		 * stop 27) */
+		NAME("set-cookie"), NAME("set-cookie2"),
 	}, body[] = {
 		/* a masked body is another body: its coding, validators and ranges go */
 		NAME("content-encoding"), NAME("etag"), NAME("accept-ranges"), NAME("content-range"),

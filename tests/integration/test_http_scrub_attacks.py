@@ -97,6 +97,9 @@ REFLECT = textwrap.dedent(r"""
             body = b'{"message": "Bad credentials", "token": "' + cred + b'"}'
             return (b"HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\n"
                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        if kind == "cookie":   # a session opened for the credential
+            return (b"HTTP/1.1 200 OK\r\nSet-Cookie: sid=" + cred[:8] + b"-session; HttpOnly\r\n"
+                    b"set-cookie2: x=1\r\nX-Kept: 1\r\nContent-Length: 2\r\n\r\nok")
         if kind == "plain":
             return b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello"
         if kind == "chunks":   # the credential split over 3-byte chunks
@@ -323,6 +326,16 @@ def test_reflection_starting_inside_the_credential_not_leaked(enforcer, reflect,
     # a body that starts otherwise goes out as it is
     out = strip_marks(raw(enforcer, reflect, get("/v1/r/after?n=0000"), wait=0.5))
     assert out.split(b"\r\n\r\n", 1)[1].startswith(b"GET /v1/r/after?n=0000 HTTP/1.1\r\n"), out
+
+
+def test_session_cookie_not_passed_to_the_agent(enforcer, reflect, bearer):
+    """A session the upstream opens after accepting the injected credential is a
+    bearer credential of its own (review, stop 27): Set-Cookie never reaches the
+    agent; other fields do."""
+    enforcer.start(policy(reflect, rules='"GET /v1/**"', upstream=f"server_name: api.internal, bearer_token_file: {bearer}"))
+    out = strip_marks(raw(enforcer, reflect, get("/v1/r/cookie"), wait=0.5))
+    assert out.startswith(b"HTTP/1.1 200") and b"X-Kept: 1" in out, out
+    assert b"cookie" not in out.lower() and b"session" not in out, out
 
 
 def test_reflection_cut_short_in_a_response_field_not_leaked(enforcer, reflect, bearer):
