@@ -369,8 +369,11 @@ static int hec_wait_ack(struct audit_sink *s, long ack_id, struct sink_batch *b,
 
 	snprintf(body, sizeof(body), "{\"acks\":[%ld]}", ack_id);
 	snprintf(key, sizeof(key), "%ld", ack_id);
-	while (now_ns_mono() / 1000000ull < end && !audit_sink_stopping()) {
-		usleep(HEC_ACK_POLL_MS * 1000);
+	/* the first poll soon (an indexer acknowledges in tens of ms), then
+	 * less often: one batch in flight, so the wait bounds the rate */
+	for (unsigned delay = 10; now_ns_mono() / 1000000ull < end && !audit_sink_stopping();
+	     delay = delay * 2 < HEC_ACK_POLL_MS ? delay * 2 : HEC_ACK_POLL_MS) {
+		usleep(delay * 1000);
 		if (post(s, h->ack_url, "application/json", body, strlen(body), &st, b->why,
 			 sizeof(b->why)))
 			continue;
