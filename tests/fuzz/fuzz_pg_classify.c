@@ -142,7 +142,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		static const char *const rf[] = { "count", "touch" };
 		static const char *const op[] = { "+", "<=", "=" };
 		static const char *const ty[] = { "d" };
-		static const struct pgc_catalog cat = { f, 3, rf, 2, op, 3, ty, 1, { 7 } };
+		static const char *const oc[] = { "int4_ops", "x_ops" };
+		static const struct pgc_catalog cat = {
+			.funcs = f, .nfuncs = 3, .row_funcs = rf, .nrow_funcs = 2, .ops = op, .nops = 3,
+			.types = ty, .ntypes = 1, .opclasses = oc, .nopclasses = 2, .hash = { 7 },
+		};
 		struct pgc_result d;
 
 		ctx.catalog = &cat;
