@@ -103,6 +103,8 @@ enum { U_HEAD = 0, U_BODY, U_TUNNEL, U_DISCARD, U_HELD };
 struct hreq {                      /* a request in flight, answered in order */
 	bool local;                    /* answered by us */
 	bool head, upgrade, close_after, would_deny, allowed;
+	char upgrade_proto[12];        /* the protocol an upgrade asked for */
+	char ws_accept[32];            /* its Sec-WebSocket-Accept, "" when not WebSocket */
 	bool v10;                      /* an HTTP/1.0 request: no chunked, no 1xx back */
 	bool retried;                  /* sent again on a fresh upstream connection */
 	int status;
@@ -746,6 +748,60 @@ static bool is_upgrade(const uint8_t *b, const struct http_head *h, bool k8s, bo
 		return true;
 	*h2c = true;
 	return false;
+}
+
+/*
+ * What a 101 must carry to be the upgrade the request asked for: its
+ * protocol and, for WebSocket, Sec-WebSocket-Accept = base64(SHA-1(key +
+ * GUID)) (RFC 6455 4.2.2). A bare 101 from an endpoint whose status the
+ * agent can steer would otherwise turn the connection into a tunnel no
+ * rule judges (review, stop 27).
+ */
+static void upgrade_expect(const uint8_t *b, const struct http_head *h, struct hreq *r)
+{
+	static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+	const struct http_field *f = &h->f[h->upgrade];
+	unsigned char md[EVP_MAX_MD_SIZE], in[64 + sizeof(guid)];
+	unsigned int mdlen = 0;
+
+	snprintf(r->upgrade_proto, sizeof(r->upgrade_proto), "%.*s", (int)f->value_len,
+		 (const char *)b + f->value);
+	r->ws_accept[0] = '\0';
+	if (strcasecmp(r->upgrade_proto, "websocket") != 0)
+		return;
+	for (unsigned i = 0; i < h->nf; i++) {
+		const struct http_field *k = &h->f[i];
+
+		if (!http_field_is(b, k, "sec-websocket-key") || k->value_len > 64)
+			continue;
+		memcpy(in, b + k->value, k->value_len);
+		memcpy(in + k->value_len, guid, sizeof(guid) - 1);
+		if (EVP_Digest(in, k->value_len + sizeof(guid) - 1, md, &mdlen, EVP_sha1(), NULL) == 1 &&
+		    mdlen == 20)
+			EVP_EncodeBlock((unsigned char *)r->ws_accept, md, 20);   /* 28 chars and NUL */
+		return;
+	}
+	snprintf(r->ws_accept, sizeof(r->ws_accept), "-");   /* no key: no 101 can match */
+}
+
+static bool upgrade_answered(const uint8_t *b, const struct http_head *h, const struct hreq *r)
+{
+	const struct http_field *f;
+	bool accept_ok = !r->ws_accept[0];
+
+	if (h->upgrade < 0 || !(h->conn & HTTP_CONN_UPGRADE))
+		return false;
+	f = &h->f[h->upgrade];
+	if (f->value_len != strlen(r->upgrade_proto) ||
+	    strncasecmp((const char *)b + f->value, r->upgrade_proto, f->value_len) != 0)
+		return false;
+	for (unsigned i = 0; i < h->nf && !accept_ok; i++) {
+		const struct http_field *k = &h->f[i];
+
+		accept_ok = http_field_is(b, k, "sec-websocket-accept") && k->value_len == strlen(r->ws_accept) &&
+			    memcmp(b + k->value, r->ws_accept, k->value_len) == 0;
+	}
+	return accept_ok;
 }
 
 /*
@@ -1409,6 +1465,8 @@ static int on_request(struct conn *c, const uint8_t *b, const struct http_head *
 		r->reason = r->why;   /* it pointed into the copy */
 	if (fwd) {
 		r->upgrade = upgrade;
+		if (upgrade)
+			upgrade_expect(b, h, r);
 		err = forward_head(c, b, h, path, tg.path_len, &tg, host, upgrade, r->masked,
 				   resendable ? r : NULL);
 		if (err == -EPERM) {
@@ -2509,6 +2567,12 @@ static int process_upstream(struct conn *c)
 		}
 		if (h.status == 101 && !r->upgrade) {
 			upstream_gone(c, "the upstream switched protocols unasked");
+			conn_in_consume(c, SIDE_UP, len);
+			return flush_local(c);
+		}
+		if (h.status == 101 && !upgrade_answered(in, &h, r)) {
+			upstream_gone(c, "the upstream's 101 is not the upgrade asked for (Upgrade, "
+				      "Sec-WebSocket-Accept)");
 			conn_in_consume(c, SIDE_UP, len);
 			return flush_local(c);
 		}

@@ -443,6 +443,14 @@ WS_UPSTREAM = textwrap.dedent(r"""
         if hdrs.get("upgrade", "").lower() != "websocket":
             c.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
             return
+        path = lines[0].split(" ")[1]
+        if path == "/ws-bare":     # a 101 and nothing else: a raw tunnel
+            c.sendall(b"HTTP/1.1 101 Switching Protocols\r\n\r\nraw tunnel")
+            return
+        if path == "/ws-wrong":    # an accept for another key
+            c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
+            return
         acc = base64.b64encode(hashlib.sha1(hdrs["sec-websocket-key"].encode() + GUID).digest())
         c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                   b"Sec-WebSocket-Accept: " + acc + b"\r\n\r\n" + frame(1, b"hello from upstream"))
@@ -516,6 +524,21 @@ else:
     res["body"] = (buf + (need(n - len(buf)) if n > len(buf) else b""))[:n].decode()
 print(json.dumps(res))
 """
+
+
+def test_websocket_101_must_answer_the_upgrade(enforcer, servers, tmp):
+    """A 101 was trusted on its status: from an endpoint whose status the agent
+    can steer, a bare 101 made the connection a tunnel no rule judges (review,
+    stop 27). Its Upgrade must be the protocol asked for and, for WebSocket,
+    Sec-WebSocket-Accept the key's; otherwise 502 and nothing relayed."""
+    port, logf = free_port(), os.path.join(tmp, "ws.log")
+    servers.procs.append(Proc([PY, "-c", WS_UPSTREAM, str(port), logf]))
+    wait_port("127.0.0.1", port)
+    enforcer.start(policy(port, rules='"UPGRADE /ws-bare", "UPGRADE /ws-wrong"'))
+    for path in ("/ws-bare", "/ws-wrong"):
+        res = client(enforcer, WS_CLIENT.format(port=port, path=path))
+        assert res["status"].startswith("HTTP/1.1 502"), (path, res)
+        assert "not the upgrade asked for" in res["body"] and "raw tunnel" not in res["body"], (path, res)
 
 
 def test_websocket_allowed_frames_both_ways(enforcer, servers, tmp):
