@@ -383,18 +383,22 @@ bool scrub_start_open(const struct scrub *z, const uint8_t *p, size_t n)
 	return false;
 }
 
+/* Stars the start of p that is how an occurrence of x ends; returns its length. */
+static size_t star_start(const struct scrub_secret *x, uint8_t *p, size_t n)
+{
+	size_t m = cut_start(x, p, n);
+
+	if (m)
+		memset(p, '*', m);
+	return m;
+}
+
 unsigned scrub_cut_start(const struct scrub *z, uint8_t *p, size_t n)
 {
 	unsigned hits = 0;
 
-	for (unsigned i = 0; i < z->n && n; i++) {
-		size_t m = cut_start(&z->sec[i], p, n);
-
-		if (m) {
-			memset(p, '*', m);
-			hits++;
-		}
-	}
+	for (unsigned i = 0; i < z->n && n; i++)
+		hits += star_start(&z->sec[i], p, n) != 0;
 	return hits;
 }
 
@@ -403,12 +407,9 @@ unsigned scrub_cut(const struct scrub *z, uint8_t *p, size_t n)
 	unsigned hits = 0;
 
 	for (unsigned i = 0; i < z->n && n; i++) {
-		size_t m = cut_start(&z->sec[i], p, n);
+		size_t m = star_start(&z->sec[i], p, n);
 
-		if (m) {
-			memset(p, '*', m);
-			hits++;
-		}
+		hits += m != 0;
 		if (m < n && (m = cut_end(&z->sec[i], p + m, n - m))) {
 			memset(p + n - m, '*', m);
 			hits++;
