@@ -481,6 +481,29 @@ static int hec_send(struct audit_sink *s, struct sink_batch *b)
 
 /* ---- elasticsearch --------------------------------------------------------- */
 
+/*
+ * The "create" item of a _bulk answer for the event whose _id is uid: the
+ * one at position k (Elasticsearch answers in request order) when it names
+ * that _id, else the one that does, anywhere in the answer; NULL when none
+ * does. An answer that is short, reordered or names other documents (a
+ * proxy in between, another version) never has one event's status taken
+ * for another's: a 201 for the wrong _id would ack an event never stored,
+ * a 400 would dead-letter one that was.
+ */
+static json_t *es_item(json_t *items, size_t k, const char *uid, size_t ul)
+{
+	size_t n = json_array_size(items);
+
+	for (size_t j = 0; j < n; j++) {
+		json_t *it = json_object_get(json_array_get(items, (k + j) % n), "create");
+		const char *id = json_string_value(json_object_get(it, "_id"));
+
+		if (id && strlen(id) == ul && memcmp(id, uid, ul) == 0)
+			return it;
+	}
+	return NULL;
+}
+
 static int es_send(struct audit_sink *s, struct sink_batch *b)
 {
 	struct hsink *h = s->priv;
@@ -516,13 +539,20 @@ static int es_send(struct audit_sink *s, struct sink_batch *b)
 	json_t *items = json_object_get(r, "items");
 	size_t k = 0;
 	for (size_t i = 0; i < b->n; i++) {
-		if (b->st[i] == SINK_DEAD)
+		const char *uid;
+		size_t ul;
+
+		if (b->st[i] == SINK_DEAD || !event_uid(b->line[i], b->len[i], &uid, &ul))
 			continue;
-		json_t *it = json_object_get(json_array_get(items, k++), "create");
+		json_t *it = es_item(items, k++, uid, ul);
 		json_t *js = json_object_get(it, "status");
 		long ist = json_is_integer(js) ? (long)json_integer_value(js) : 0;
 
-		if ((ist >= 200 && ist < 300) || ist == 409) {
+		if (!it) {
+			/* no item names this event: not confirmed */
+			snprintf(b->why, sizeof(b->why), "elasticsearch: no item in the answer for _id %.*s",
+				 (int)ul, uid);
+		} else if ((ist >= 200 && ist < 300) || ist == 409) {
 			b->st[i] = SINK_ACK;   /* 409: that _id is stored already */
 		} else if (ist && !transient(ist)) {
 			const char *type = json_string_value(json_object_get(json_object_get(it, "error"),

@@ -431,6 +431,38 @@ def test_http_permanent_error_goes_to_dead_letter(enforcer, servers, collector):
     assert "test-token" not in enforcer.read_log() and "test-token" not in open(dl).read()
 
 
+def test_es_items_matched_by_id_not_position(enforcer, servers, collector):
+    """A _bulk answer whose items are not in request order (a proxy between,
+    another version): each event takes the status of the item naming its own
+    _id. By position, the 400 of one event dead-lettered another (stored
+    already) and the refused one counted as delivered though never stored."""
+    port, _ = servers.echo()
+    sinks = http_sinks(collector, enforcer.tmp, enforcer.audit)
+    sinks = "\n".join(l for l in sinks.splitlines() if "splunk_hec" not in l and "webhook" not in l)
+    with collector.lock:
+        collector.es_reverse = True
+        collector.es_400_seqs = {3}
+    enforcer.start(policy(port, sinks + "\n"))
+    traffic(enforcer, port, 10)
+    assert wait_for(lambda: len(file_events(enforcer.audit)) >= 21, 10)
+    seqs = [e["metadata"]["sequence"] for e in file_events(enforcer.audit)]
+    dl = os.path.join(enforcer.state, "spool", "dead-letter.jsonl")
+
+    def dead():
+        try:
+            with open(dl) as f:
+                return [json.loads(l)["event"]["metadata"]["sequence"] for l in f]
+        except FileNotFoundError:
+            return []
+    want = set(seqs) - {3}
+    assert wait_for(lambda: want <= set(es_seqs(collector)) and dead() == [3], 15), \
+        (sorted(want - set(es_seqs(collector)))[:10], dead())
+    enforcer.stop()
+    stored = es_seqs(collector)
+    assert 3 not in stored and len(stored) == len(set(stored))
+    assert dead() == [3]
+
+
 def test_hec_without_ack_ids_is_not_posted_again(enforcer, servers):
     """`ack: true` against a HEC whose token has indexer acknowledgement off: 200
     and no ackId. Each batch was posted again every few seconds, for good,

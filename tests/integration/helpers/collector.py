@@ -47,6 +47,9 @@ class Collector:
         self.lose_unacked = 0
         self.es_429_items = 0          # next N new items answer 429
         self.es_400_ids = set()        # these _id answer 400 (mapping error)
+        self.es_400_seqs = set()       # events with these metadata.sequence answer 400
+        self.es_reverse = False        # items answered in reverse order (an answer
+                                       # that is not in request order: a proxy between)
         self.hec = []                  # indexed HEC envelopes, in arrival order
         self.hec_posts = []            # the sequences each HEC POST carried
         self.hec_pending = {}          # ackId -> (ready_at, [envelopes] or None if lost)
@@ -202,7 +205,7 @@ class Collector:
             _id = meta.get("_id")
             if _id in self.es_docs:
                 st = 409
-            elif _id in self.es_400_ids:
+            elif _id in self.es_400_ids or doc.get("metadata", {}).get("sequence") in self.es_400_seqs:
                 st = 400
             elif self.es_429_items > 0:
                 self.es_429_items -= 1
@@ -220,6 +223,8 @@ class Collector:
                                           400: "mapper_parsing_exception"}[st],
                                  "reason": "injected"}
             items.append({"create": item})
+        if self.es_reverse:
+            items.reverse()
         return 200, {"took": 1, "errors": errors, "items": items}
 
     def hook(self, headers, body):
