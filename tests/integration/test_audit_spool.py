@@ -59,6 +59,10 @@ def verify(enforcer):
     return r.returncode, r.stdout + r.stderr
 
 
+def unclean_events(evs):
+    return [e for e in evs if e["class_uid"] == 1008 and "unclean_stop" in e.get("unmapped", {})]
+
+
 def test_sigkill_mid_batch_resumes_from_cursor(enforcer, servers):
     col = Collector()
     col.start()
@@ -95,6 +99,19 @@ def test_sigkill_mid_batch_resumes_from_cursor(enforcer, servers):
         hook = [e["metadata"]["sequence"] for e in col.webhook]
         assert set(hook) >= set(got)
         assert len(hook) - len(set(hook)) <= 500, "duplicates beyond one batch"
+        # what the kill took before the spool had it (no sequence yet, so no
+        # gap) is reported at the next start, right after the spool's last line
+        unclean = unclean_events(file_events(enforcer.audit))
+        assert len(unclean) == 1, unclean
+        after = unclean[0]["unmapped"]["unclean_stop"]["after_sequence"]
+        assert after >= max(before) and unclean[0]["metadata"]["sequence"] == after + 1
+        assert unclean[0]["metadata"]["sequence"] < starts[1]["metadata"]["sequence"]
+        assert "without a clean stop" in unclean[0]["message"] and unclean[0]["severity_id"] == 4
+        # a clean stop: the next start reports nothing
+        enforcer.start(policy(port, sinks(enforcer.audit, col.port)))
+        traffic(enforcer, port, 2)
+        enforcer.stop()
+        assert len(unclean_events(file_events(enforcer.audit))) == 1
         rc, out = verify(enforcer)
         assert rc == 0, out
         assert "warning" not in out, out
