@@ -13,6 +13,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <strings.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <openssl/err.h>
@@ -30,10 +31,21 @@
 #define CACHE_MAX   256          /* distinct server names kept; the oldest goes first */
 #define NAME_MAX_LEN 253
 
+/*
+ * A leaf is valid for LEAF_DAYS and served from the cache until LEAF_RENEW
+ * seconds before it expires; then the next handshake for its name mints
+ * another (review, stop 28: a busy name stayed cached, and agents' TLS
+ * failed with "certificate has expired" a week after the start).
+ * AGENTGATE_LEAF_SECONDS (a test knob) mints leaves valid that long, and
+ * renews them at half of it.
+ */
+#define LEAF_RENEW  (24 * 3600)
+
 struct leaf {
 	char name[NAME_MAX_LEN + 1];
 	SSL_CTX *ctx;
 	uint64_t used;
+	time_t renew_at;   /* wall clock: certificates expire by it */
 };
 
 static struct {
@@ -72,7 +84,22 @@ static int add_ext(X509 *cert, X509 *issuer, int nid, const char *value)
 	return 0;
 }
 
-static X509 *new_cert(EVP_PKEY *key, const char *cn, long days)
+/* How long a new leaf is valid, and how long before its end it is renewed. */
+static long leaf_seconds(long *renew_before)
+{
+	const char *env = getenv("AGENTGATE_LEAF_SECONDS");
+	long n = env ? strtol(env, NULL, 10) : 0;
+
+	if (n > 0 && n <= LEAF_DAYS * 86400L) {
+		*renew_before = n / 2;
+		return n;
+	}
+	*renew_before = LEAF_RENEW;
+	return LEAF_DAYS * 86400L;
+}
+
+/* valid for days and secs more from now (backdated an hour: clocks differ) */
+static X509 *new_cert(EVP_PKEY *key, const char *cn, long days, long secs)
 {
 	X509 *x = X509_new();
 	unsigned char serial[16];
@@ -87,10 +114,19 @@ static X509 *new_cert(EVP_PKEY *key, const char *cn, long days)
 	BN_free(bn);
 	X509_set_version(x, 2);
 	X509_gmtime_adj(X509_getm_notBefore(x), -3600);   /* clocks differ */
-	X509_time_adj_ex(X509_getm_notAfter(x), days, 0, NULL);
+	X509_time_adj_ex(X509_getm_notAfter(x), days, secs, NULL);
 	X509_set_pubkey(x, key);
-	X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_UTF8,
-				   (const unsigned char *)cn, -1, -1, 0);
+	/* A CN holds at most 64 characters (RFC 5280 ub-common-name): a longer
+	 * one is cut there. Clients match a leaf by its subjectAltName, never
+	 * by this; an empty subject with a non-critical SAN fails strict
+	 * verification (X509_V_FLAG_X509_STRICT). */
+	char c64[65];
+	snprintf(c64, sizeof(c64), "%s", cn);
+	if (!X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_UTF8,
+					(const unsigned char *)c64, -1, -1, 0)) {
+		X509_free(x);
+		return NULL;
+	}
 	return x;
 }
 
@@ -103,7 +139,7 @@ static int make_ca(char *why, size_t whylen)
 		return fail(why, whylen, -ENOMEM, "generating the CA key");
 	gethostname(host, sizeof(host) - 1);
 	snprintf(cn, sizeof(cn), "agentgate local CA (%s)", host);
-	ca.ca_cert = new_cert(ca.ca_key, cn, CA_DAYS);
+	ca.ca_cert = new_cert(ca.ca_key, cn, CA_DAYS, 0);
 	if (!ca.ca_cert)
 		return fail(why, whylen, -ENOMEM, "making the CA certificate");
 	X509_set_issuer_name(ca.ca_cert, X509_get_subject_name(ca.ca_cert));
@@ -233,17 +269,19 @@ static bool name_ok(const char *name, bool *is_ip)
 
 static int servername_cb(SSL *ssl, int *alert, void *arg);
 
-static SSL_CTX *mint(const char *name)
+static SSL_CTX *mint(const char *name, time_t *renew_at)
 {
 	char san[300];
 	bool is_ip;
 	X509 *x = NULL;
 	SSL_CTX *ctx = NULL;
+	long renew_before, secs = leaf_seconds(&renew_before);
 
 	if (!name_ok(name, &is_ip))
 		return NULL;
 	snprintf(san, sizeof(san), "%s:%s", is_ip ? "IP" : "DNS", name);
-	x = new_cert(ca.leaf_key, name, LEAF_DAYS);
+	*renew_at = time(NULL) + secs - renew_before;
+	x = new_cert(ca.leaf_key, name, 0, secs);
 	if (!x)
 		return NULL;
 	X509_set_issuer_name(x, X509_get_subject_name(ca.ca_cert));
@@ -287,6 +325,10 @@ static SSL_CTX *leaf_ctx(const char *name)
 		struct leaf *l = &ca.cache[i];
 
 		if (l->ctx && strcasecmp(l->name, name) == 0) {
+			if (time(NULL) >= l->renew_at) {
+				slot = l;   /* near its end: minted again, in its place */
+				break;
+			}
 			l->used = ++ca.clock;
 			SSL_CTX_up_ref(l->ctx);
 			ctx = l->ctx;
@@ -295,12 +337,14 @@ static SSL_CTX *leaf_ctx(const char *name)
 		if (!slot || !l->ctx || (slot->ctx && l->used < slot->used))
 			slot = l;
 	}
-	ctx = mint(name);
+	time_t renew_at;
+	ctx = mint(name, &renew_at);
 	if (ctx && slot) {
-		SSL_CTX_free(slot->ctx);
+		SSL_CTX_free(slot->ctx);   /* handshakes using it hold their own reference */
 		snprintf(slot->name, sizeof(slot->name), "%s", name);
 		slot->ctx = ctx;
 		slot->used = ++ca.clock;
+		slot->renew_at = renew_at;
 		SSL_CTX_up_ref(ctx);
 	}
 out:

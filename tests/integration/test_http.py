@@ -779,6 +779,33 @@ def test_agent_tls_intercepted_with_local_ca(enforcer, servers, tmp):
     assert ev
 
 
+def test_local_ca_leaf_renewed_before_it_expires(enforcer, servers, tmp):
+    """A minted leaf is renewed before its end: it was cached until 256 other
+    names pushed it out, so a busy name's certificate expired a week after
+    the start and every agent's TLS to it failed (review, stop 28). The test
+    knob mints leaves valid 6 s, renewed at half of that."""
+    port, d = nginx(tmp, servers.procs)
+    enforcer.start(policy(port, upstream=""), env={"AGENTGATE_LEAF_SECONDS": "6"})
+    ca = os.path.join(tmp, "local-ca.crt")
+    with open(enforcer.status()["local_ca"]) as f, open(ca, "w") as g:
+        g.write(f.read())
+
+    def leaf():
+        r = enforcer.exec(AGENT, ["sh", "-c", f"openssl s_client -connect 127.0.0.1:{port} -CAfile {ca} "
+                                  "-verify_return_error </dev/null 2>/dev/null | "
+                                  "openssl x509 -noout -serial -enddate -subject"], timeout=30)
+        assert r.returncode == 0 and "serial=" in r.stdout, (r.stdout, r.stderr)
+        return dict(l.split("=", 1) for l in r.stdout.strip().splitlines())
+    first = leaf()
+    assert leaf()["serial"] == first["serial"]          # cached while young
+    time.sleep(3.5)
+    again = leaf()
+    assert again["serial"] != first["serial"], (first, again)
+    assert again["notAfter"] != first["notAfter"]
+    r = curl(enforcer, "--cacert", ca, f"https://127.0.0.1:{port}/v1/invoices/42")
+    assert r.returncode == 0 and r.stdout == '{"id": 42}\n', (r.stdout, r.stderr)
+
+
 def test_policy_explain_request_line(tmp):
     from conftest import AG
     pol = os.path.join(tmp, "p.yaml")
