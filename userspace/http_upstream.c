@@ -15,6 +15,7 @@
 #include <arpa/inet.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
@@ -329,12 +330,20 @@ int http_upstream_ssl(const struct policy *p, int t, SSL **out, char *why, size_
 		return -EPROTO;
 	}
 	peer_name(tg, name, sizeof(name));
+	bool check = strcmp(mode, "require") != 0, named = true;
 	if (inet_pton(AF_INET, name, ip) != 1 && inet_pton(AF_INET6, name, ip) != 1) {
 		SSL_set_tlsext_host_name(ssl, name);
-		if (strcmp(mode, "require") != 0)
-			SSL_set1_host(ssl, name);
-	} else if (strcmp(mode, "require") != 0) {
-		X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name);
+		if (check)
+			named = SSL_set1_host(ssl, name) == 1;
+	} else if (check) {
+		named = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name) == 1;
+	}
+	if (!named) {
+		/* without the name, any certificate the CA signed would pass */
+		SSL_free(ssl);
+		ERR_clear_error();
+		snprintf(why, whylen, "upstream TLS: cannot set the name to verify");
+		return -EPROTO;
 	}
 	*out = ssl;
 	return 0;
