@@ -283,8 +283,12 @@ static void on_query(struct dns *d, struct main_item *li)
 		uint16_t up_id;
 		if (getrandom(&up_id, sizeof(up_id), 0) != sizeof(up_id))
 			up_id = (uint16_t)now_ns_mono();
+		uint8_t agent_id[2] = { buf[0], buf[1] }, agent_flags = buf[3];
 		buf[0] = up_id >> 8;
 		buf[1] = up_id & 0xff;
+		/* CD off: the agent does not turn off a validating upstream's
+		 * DNSSEC checks for answers we learn addresses from */
+		buf[3] &= ~0x10;
 		struct sockaddr_storage up;
 		socklen_t ulen = addr_to_sockaddr(d->up_addr, d->up_port, &up);
 		int fd = socket(up.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -293,6 +297,9 @@ static void on_query(struct dns *d, struct main_item *li)
 			if (fd >= 0)
 				close(fd);
 			d->failed++;
+			buf[0] = agent_id[0];   /* answered with the agent's own id and flags */
+			buf[1] = agent_id[1];
+			buf[3] = agent_flags;
 			reply_error(li->fd, &client, clen, buf, n, ns_r_servfail);
 			audit_dns(d, li->slot, q.qname, q.qtype, ns_r_servfail, NULL, false,
 				  "DNS upstream unreachable");

@@ -101,9 +101,37 @@ static int read_question(ns_msg *h, struct dns_question *q)
 	return 0;
 }
 
+/*
+ * The query is forwarded as the agent wrote it, with another id. So its
+ * question name must be written out whole, label by label: a compression
+ * pointer in it (a stub never compresses a lone question) may point into
+ * the header, where we read the agent's id and the upstream reads ours,
+ * and the two would read different names: a name dns.allow never matched
+ * would be resolved (review, stop 28: with dnsmasq, about one random id in
+ * six read an attacker's name, from bytes of an EDNS option the pointers
+ * led into). For the same reason the only other record a query may carry
+ * is EDNS's OPT, whose owner is the root, written as one zero byte.
+ * Returns the offset just past the question, or -EINVAL.
+ */
+static long plain_question(const uint8_t *msg, size_t len)
+{
+	size_t off = NS_HFIXEDSZ;
+
+	while (off < len && msg[off]) {
+		if (msg[off] & 0xc0)
+			return -EINVAL;   /* a pointer (or an obsolete label type) */
+		off += 1 + (size_t)msg[off];
+	}
+	if (off >= len || len - off - 1 < 2 * NS_INT16SZ)
+		return -EINVAL;
+	return (long)(off + 1 + 2 * NS_INT16SZ);
+}
+
 int dns_query_parse(const uint8_t *msg, size_t len, struct dns_question *q)
 {
 	ns_msg h;
+	ns_rr rr;
+	long end;
 
 	memset(q, 0, sizeof(*q));
 	if (open_msg(msg, len, DNS_QUERY_MAX, &h) < 0)
@@ -112,6 +140,12 @@ int dns_query_parse(const uint8_t *msg, size_t len, struct dns_question *q)
 		return -EINVAL;
 	/* A query carries no answers; records there would be relayed unread. */
 	if (ns_msg_count(h, ns_s_an) != 0 || ns_msg_count(h, ns_s_ns) != 0)
+		return -EINVAL;
+	if ((end = plain_question(msg, len)) < 0 || ns_msg_count(h, ns_s_ar) > 1)
+		return -EINVAL;
+	if (ns_msg_count(h, ns_s_ar) == 1 &&
+	    ((size_t)end >= len || msg[end] != 0 || ns_parserr(&h, ns_s_ar, 0, &rr) < 0 ||
+	     ns_rr_type(rr) != ns_t_opt))
 		return -EINVAL;
 	if (read_question(&h, q) < 0) {
 		memset(q, 0, sizeof(*q));

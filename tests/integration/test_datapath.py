@@ -1379,6 +1379,39 @@ print(query_labels([b"exfil", b"attacker.example", b"test"], srv),
     assert ev and ev["disposition"] == "Blocked" and "not a host name" in ev["unmapped"]["reason"], ev
 
 
+def test_dns_compressed_question_is_refused(enforcer, servers):
+    """Found by review (stop 28): a question name ending in a compression
+    pointer into the header read as data.example.test with the agent's id
+    (00 xx: the root), so *.example.test allowed it; forwarded with the
+    enforcer's random id, the upstream read another name (with dnsmasq,
+    one id in six read a name the agent wrote into an EDNS option). A
+    question must be written out whole, and a query may carry no record
+    but one OPT: anything else is malformed, dropped, never forwarded."""
+    web, _ = servers.echo("127.0.0.2")
+    dns = servers.dnsmasq({"api.example.test": "127.0.0.2"})
+    enforcer.start(dns_policy(dns, web, allow='["*.example.test"]'))
+    r = enforcer.py("t-agent", DNS_QUERY + r"""
+def ask(q):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(1.5)
+    s.sendto(q, ("192.0.2.53", 53))
+    try:
+        return str(s.recvfrom(4096)[0][3] & 0xf)
+    except socket.timeout:
+        return "none"
+name = b"\x04data\x07example\x04test"
+ptr_q = struct.pack(">HHHHHH", 0x0042, 0x0100, 1, 0, 0, 0) + name + b"\xc0\x00" + struct.pack(">HH", 1, 1)
+txt = struct.pack(">HHHHHH", 0x0043, 0x0100, 1, 0, 0, 1) + name + b"\0" + struct.pack(">HH", 1, 1)
+txt += b"\0" + struct.pack(">HHIH", 16, 1, 0, 2) + b"\x01x"
+ok = struct.pack(">HHHHHH", 0x0044, 0x0110, 1, 0, 0, 0) + b"\x03api\x07example\x04test\0" + struct.pack(">HH", 1, 1)
+print(ask(ptr_q), ask(txt), ask(ok))
+""")
+    assert r.stdout.split() == ["none", "none", "0"], r.stdout + r.stderr
+    bad = [e for e in enforcer.events() if e.get("class_uid") == 4003 and
+           e.get("unmapped", {}).get("reason") == "malformed DNS query"]
+    assert len(bad) == 2, [e.get("unmapped") for e in enforcer.events() if e.get("class_uid") == 4003]
+
+
 TLS_RETRY = os.path.join(os.path.dirname(AG), "build", "tls_retry_client")
 VHOSTS = """
 daemon off;

@@ -778,19 +778,44 @@ static void test_make_reply(void)
 	n = dns_make_reply(query, qn + sizeof(opt), ns_r_refused, reply, sizeof(reply));
 	CHECK(n == (int)qn && reply[11] == 0);
 
-	/* a compressed qname (pointing into the header, where the bytes
-	 * 00 01 read as the root) comes out uncompressed */
+	/* a compressed qname is refused: pointing into the header, it reads
+	 * the id, which the enforcer replaces before forwarding (we would
+	 * check one name and the upstream resolve another) */
 	struct mb m;
 	header(&m, 9, 0x0100, 1, 0, 0, 0);
 	ptr(&m, 4);
 	put16(&m, ns_t_ns);
 	put16(&m, ns_c_in);
-	CHECK(qparse(m.b, m.n, &q) == 0);
-	CHECK_STR(q.qname, "");
-	n = dns_make_reply(m.b, m.n, ns_r_refused, reply, sizeof(reply));
-	CHECK(n == 12 + 1 + 4);
-	CHECK(n > 0 && reply[12] == 0 && aparse(reply, (size_t)n, &a) == 0);
+	CHECK(qparse(m.b, m.n, &q) == -EINVAL);
+	CHECK(dns_make_reply(m.b, m.n, ns_r_refused, reply, sizeof(reply)) == -EINVAL);
 	unit_seed("query-qname-ptr-into-header", m.b, m.n);
+
+	/* the review's shape: data.example.test then a pointer to offset 0
+	 * (id 0x0000: read as the root here, as anything by the upstream) */
+	header(&m, 0x0000, 0x0100, 1, 0, 0, 0);
+	labels(&m, "data.example.test");   /* no root label: the pointer ends the name */
+	ptr(&m, 0);
+	put16(&m, ns_t_a);
+	put16(&m, ns_c_in);
+	CHECK(qparse(m.b, m.n, &q) == -EINVAL);
+	unit_seed("query-qname-tail-ptr-to-id", m.b, m.n);
+
+	/* EDNS: one OPT record owned by the root is the only extra record */
+	qn = mkquery("example.com", ns_t_a, query, sizeof(query));
+	memcpy(query + qn, opt, sizeof(opt));
+	query[11] = 1;
+	CHECK(qparse(query, qn + sizeof(opt), &q) == 0);
+	static const uint8_t txt[] = { 0, 0, 16, 0, 1, 0, 0, 0, 0, 0, 2, 1, 'x' };
+	memcpy(query + qn, txt, sizeof(txt));
+	CHECK(qparse(query, qn + sizeof(txt), &q) == -EINVAL);          /* a TXT record */
+	memcpy(query + qn, opt, sizeof(opt));
+	memcpy(query + qn + sizeof(opt), opt, sizeof(opt));
+	query[11] = 2;
+	CHECK(qparse(query, qn + 2 * sizeof(opt), &q) == -EINVAL);      /* two OPTs */
+	static const uint8_t optp[] = { 0xc0, 12, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 0 };
+	memcpy(query + qn, optp, sizeof(optp));
+	query[11] = 1;
+	CHECK(qparse(query, qn + sizeof(optp), &q) == -EINVAL);         /* OPT owner compressed */
 }
 
 /* ---- helpers ---- */
