@@ -871,7 +871,7 @@ bool enforcer_revoked(const struct conn *c, const struct policy *live, char *why
 	return true;
 }
 
-bool enforcer_adopt_live(struct conn *c, const struct policy *live)
+bool enforcer_adopt_live(struct conn *c, const struct policy *live, bool new_upstream)
 {
 	const struct policy_rule *r;
 
@@ -884,8 +884,8 @@ bool enforcer_adopt_live(struct conn *c, const struct policy *live)
 	/* opened unenforced (observe): the sweep closes it under enforce */
 	if (c->policy->mode == POLICY_OBSERVE && live->mode == POLICY_ENFORCE)
 		return false;
-	if (!policy_upstream_same(&c->policy->targets[c->target_idx].upstream,
-				  &live->targets[c->target_idx].upstream))
+	if (!new_upstream && !policy_upstream_same(&c->policy->targets[c->target_idx].upstream,
+						   &live->targets[c->target_idx].upstream))
 		return false;
 	if (!(r = rule_for(live, c->agent_idx, c->target_idx)))
 		return false;   /* revoked: the sweep closes it */
@@ -1217,8 +1217,9 @@ static json_t *known_limits(void)
 		"uid 0 outside 'agentgate exec', can detach the programs or leave its cgroup; under 'exec' a uid-0 "
 		"agent still owns root-owned files outside the hidden directories: run agents with --user"));
 	json_array_append_new(l, json_string(
-		"after 'agentgate reload', a postgres session holding prepared statements, or whose masks the "
-		"reload changed, keeps the policy it started with until it ends (sessions whose target the new "
+		"after 'agentgate reload', a postgres session holding prepared statements or an open transaction, "
+		"or whose masks the reload changed, cannot move to the new policy: when the reload changed the "
+		"agent's rules its statements are refused until it reconnects (sessions whose target the new "
 		"policy no longer grants are closed)"));
 	json_array_append_new(l, json_string(
 		"agents in their own network namespace are refused (listeners in agent namespaces not yet served)"));

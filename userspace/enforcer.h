@@ -120,10 +120,11 @@ bool enforcer_revoked(const struct conn *c, const struct policy *live, char *why
  * policy (http, kubernetes): after a reload, moves c to live (the running
  * policy, as the caller loaded it once)
  * when its target's upstream settings are the same in both (the upstream
- * connection stays valid) and the new policy still grants the target. Not
- * for a connection opened in observe mode when the new policy enforces (the
- * sweep closes it). Worker thread of c. True when c moved. */
-bool enforcer_adopt_live(struct conn *c, const struct policy *live);
+ * connection stays valid), or new_upstream (the caller dials its upstream
+ * again under the new ones), and the new policy still grants the target.
+ * Not for a connection opened in observe mode when the new policy enforces
+ * (the sweep closes it). Worker thread of c. True when c moved. */
+bool enforcer_adopt_live(struct conn *c, const struct policy *live, bool new_upstream);
 /* Audit of a connection's end. */
 void enforcer_conn_closed(struct conn *c, const char *why);
 

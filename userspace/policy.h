@@ -278,6 +278,9 @@ const char *policy_proto_name(enum policy_proto p);
 int policy_reload_refusal(const struct policy *old, const struct policy *nw, char *why, size_t len);
 /* True when a and b mask alike (the same lists, in the same order). */
 bool policy_mask_same(const struct policy_mask *a, const struct policy_mask *b);
+/* True when a and b decide and mask alike (the same lists, in the same order,
+ * the same role and target; their labels may differ). */
+bool policy_rule_same(const struct policy_rule *a, const struct policy_rule *b);
 /* True when a and b would dial, authenticate and speak to the upstream alike. */
 bool policy_upstream_same(const struct policy_upstream *a, const struct policy_upstream *b);
 

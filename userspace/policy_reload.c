@@ -78,6 +78,21 @@ bool policy_mask_same(const struct policy_mask *a, const struct policy_mask *b)
 	       strv_eq(&a->detectors, &b->detectors) && strv_eq(&a->json, &b->json);
 }
 
+static bool action_same(const struct policy_action *a, const struct policy_action *b)
+{
+	return a->present == b->present && strv_eq(&a->statements, &b->statements) &&
+	       strv_eq(&a->tables, &b->tables) && strv_eq(&a->functions, &b->functions) &&
+	       strv_eq(&a->http, &b->http) && strv_eq(&a->verbs, &b->verbs) &&
+	       strv_eq(&a->resources, &b->resources) && strv_eq(&a->namespaces, &b->namespaces) &&
+	       a->timeout_s == b->timeout_s;
+}
+
+bool policy_rule_same(const struct policy_rule *a, const struct policy_rule *b)
+{
+	return str_eq(a->target, b->target) && str_eq(a->role, b->role) && action_same(&a->allow, &b->allow) &&
+	       action_same(&a->review, &b->review) && policy_mask_same(&a->mask, &b->mask);
+}
+
 bool policy_upstream_same(const struct policy_upstream *a, const struct policy_upstream *b)
 {
 	return a->has_address == b->has_address && (!a->has_address || addr_eq(&a->address, &b->address)) &&

@@ -1415,12 +1415,30 @@ static int on_request(struct conn *c, const uint8_t *b, const struct http_head *
 	 * request out would otherwise stay under the old rules for good.
 	 * Requests already judged keep their mask (hreq.mask, route_mask()
 	 * keeps the ones replaced) and their policy for audit (hreq.policy).
-	 * A target whose upstream settings changed keeps the old. */
+	 * When the target's upstream settings changed too, the upstream leg
+	 * is dialled again under the new ones if nothing is in flight on it;
+	 * otherwise the request is refused (503) and the connection closes:
+	 * the agent goes on with a new one. Judging it under the old rules
+	 * kept them for as long as the agent kept the connection open
+	 * (review, stop 28); so did a target revoked until the sweep. */
 	const struct policy *live = __atomic_load_n(&E->policy, __ATOMIC_ACQUIRE);
+	bool stale = false;
 
-	if (c->policy != live)
-		enforcer_adopt_live(c, live);
+	if (c->policy != live && !enforcer_adopt_live(c, live, false)) {
+		if (!s->qlen && !c->connecting && enforcer_adopt_live(c, live, true))
+			up_redial(c);
+		else
+			stale = true;
+	}
 	fwd = judge(c, b, h, path, sizeof(path), &tg, host, sizeof(host), &upgrade, &v);
+	if (stale) {
+		fwd = false;
+		v.allowed = false;
+		v.status = 503;
+		v.reason = "the policy was reloaded and this connection cannot go on under it; "
+			   "send the request again on a new connection";
+		v.close_after = true;
+	}
 	/* The upstream closed an idle keep-alive connection: nothing of this
 	 * request was sent yet, so any method may go on a new one. */
 	if (fwd && s->up_idle && !s->up_failed)

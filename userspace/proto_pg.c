@@ -1166,6 +1166,49 @@ static void note_rules(struct conn *c)
 	s->narules = nr > ENFORCER_MAX_RULES ? ENFORCER_MAX_RULES : nr;
 }
 
+static bool rule_lists_same(const struct policy_rule *const *a, size_t na, const struct policy_rule *const *b,
+			    size_t nb)
+{
+	if (na != nb || na > ENFORCER_MAX_RULES)
+		return false;
+	for (size_t i = 0; i < na; i++)
+		if (!policy_rule_same(a[i], b[i]))
+			return false;
+	return true;
+}
+
+/*
+ * A session that could not move to a reloaded policy (adopt_policy(): it
+ * holds prepared statements, portals or an open transaction, or its masks
+ * would change) is judged under the policy it started with only while
+ * that policy gives the agent (and the delegating user) the same rules as
+ * the running one. Otherwise its statements are refused until it
+ * reconnects: PREPARE once, or BEGIN and never COMMIT, kept the old,
+ * looser rules and masks for the life of the session (review, stop 28).
+ */
+static bool pinned_rules_same(struct conn *c, char *why, size_t whylen)
+{
+	struct pg_sess *s = S(c);
+	const struct policy *live = __atomic_load_n(&E->policy, __ATOMIC_ACQUIRE), *old = c->policy;
+	const struct policy_rule *a[ENFORCER_MAX_RULES], *b[ENFORCER_MAX_RULES];
+	bool same;
+
+	if (live == old)
+		return true;
+	same = old->mode == live->mode &&
+	       rule_lists_same(a, enforcer_rules_for(old, c->agent_idx, c->target_idx, a, ENFORCER_MAX_RULES),
+			       b, enforcer_rules_for(live, c->agent_idx, c->target_idx, b, ENFORCER_MAX_RULES));
+	if (same && s->has_deleg)
+		same = rule_lists_same(a, enforcer_user_rules_for(old, c->agent_idx, &s->deleg, c->target_idx, a,
+								  ENFORCER_MAX_RULES),
+				       b, enforcer_user_rules_for(live, c->agent_idx, &s->deleg, c->target_idx, b,
+								  ENFORCER_MAX_RULES));
+	if (!same)
+		snprintf(why, whylen, "the policy was reloaded with other rules for this agent while the "
+			 "session held prepared statements, portals or an open transaction; reconnect");
+	return same;
+}
+
 static bool parse_may(void *garg, char *why, size_t whylen)
 {
 	struct conn *c = garg;
@@ -1223,8 +1266,17 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 	}
 	if (!rules_unchanged(c, rules, nr, why, whylen))
 		goto early;
+	char pin_why[200];
+	bool pinned = !pinned_rules_same(c, pin_why, sizeof(pin_why));
 	if (pgc_judge(&ctx, sql, len, rules, nr, r) != 0)
 		r->verdict = PGC_DENY;
+	/* a pinned session may still end its transaction (then, holding no
+	 * prepared statement, it moves to the running policy) */
+	if (pinned && r->verdict != PGC_DENY && (r->nstmts == 0 || r->cls != PGC_TRANSACTION)) {
+		r->verdict = PGC_DENY;
+		r->denied_stmt = -1;
+		snprintf(r->reason, sizeof(r->reason), "%s", pin_why);
+	}
 	if (s->has_deleg && r->verdict != PGC_DENY) {
 		/* Delegation: the user's roles must allow it too (DESIGN §3). */
 		struct pgc_result *ur = &s->ures;
@@ -2390,10 +2442,20 @@ static int up_auth(struct conn *c, const struct pg_msg *m)
 		}
 		pg_out_auth_ok(&s->out);
 		return send_out(c, SIDE_AGENT);
-	case 3:
+	case 3: {
+		/* The password itself, to a server not verified: under tls
+		 * disable or require, whoever answers the dial (an impostor, a
+		 * relay in the path) asks and gets it (review, stop 28). Only
+		 * to a server whose certificate and name were checked. */
+		const char *mode = target(c)->upstream.tls;
+
 		if (!s->password)
 			return auth_fail(c, "the server asks for a password and the target has no password_file");
+		if (!mode || strcmp(mode, "verify-full") != 0)
+			return auth_fail(c, "the server asks for the password in clear, which is sent only to a "
+					 "server verified by tls: verify-full");
 		return send_password_msg(c, s->password, strlen(s->password), NULL, true);
+	}
 	case 5: {
 		char md5[36];
 
@@ -3240,6 +3302,8 @@ static int fe_execute(struct conn *c, const struct pg_msg *m)
 		if (nr <= ENFORCER_MAX_RULES && !rules_unchanged(c, rules, nr, why, sizeof(why)) &&
 		    enforcer_should_refuse(c, why))
 			return standin(c, false, PG_DENY_NAME, why, NULL, "extended");
+		if (!pinned_rules_same(c, why, sizeof(why)) && enforcer_should_refuse(c, why))
+			return standin(c, false, PG_DENY_NAME, why, NULL, "extended");
 	}
 	/* Masking reads each row by its description, which the server sends
 	 * only when asked: a client that executes without a Describe would
@@ -3534,8 +3598,9 @@ static bool masks_same(const struct policy_rule *const *a, size_t na, const stru
  * masked-column lineage was read from the catalog for those) and
  * enforcer_adopt_live() agrees (same upstream settings, target still
  * granted, not observe -> enforce). psql and psycopg2 sessions are such
- * sessions between statements; one holding prepared statements keeps its
- * policy until it ends.
+ * sessions between statements; one holding prepared statements stays on
+ * its policy, and is refused statements when that policy's rules for the
+ * agent are not the running one's (pinned_rules_same()).
  */
 static void adopt_policy(struct conn *c)
 {
@@ -3560,7 +3625,7 @@ static void adopt_policy(struct conn *c)
 		return;
 	na = mask_rules_of(c, old, ra);
 	nb = mask_rules_of(c, live, rb);
-	if (!masks_same(ra, na, rb, nb) || !enforcer_adopt_live(c, live))
+	if (!masks_same(ra, na, rb, nb) || !enforcer_adopt_live(c, live, false))
 		return;
 	if (unnamed_only)
 		judged_put(map_set(&s->stmts, "", NULL, NULL));

@@ -169,16 +169,23 @@ def test_reload_narrows_new_and_idle_sessions(enforcer, pg, tmp):
     # an idle session: the new policy from its next statement
     assert idle.q("select count(*) from orders")[:2] == ["err", "42501"]
     assert idle.q("select count(*) from customers") == ["ok", 2]
-    # inside a transaction: the old policy until it ends
-    assert in_tx.q("select count(*) from orders") == ["ok", 5]
-    assert in_tx.q("COMMIT") == ["ok", "commit"]
+    # inside a transaction, or holding a prepared statement: the session
+    # cannot move (what it holds was judged under the old policy), and the
+    # old policy gives other rules: nothing but ending its transaction until
+    # it reconnects or lets go (it kept the old rules for as long as it
+    # held them: review, stop 28)
+    pinned = in_tx.q("select count(*) from customers")
+    assert pinned[:2] == ["err", "42501"] and "policy was reloaded" in pinned[2], pinned
+    assert in_tx.q("COMMIT") == ["ok", "commit"]       # (the error ended it: psycopg2 rolled back)
     assert in_tx.q("select count(*) from orders")[:2] == ["err", "42501"]
-    # holding a prepared statement: the old policy, for every statement, until it is closed
-    assert prepared.q("EXEC")[:3] == ["2", "D:5", "C:SELECT 1"], prepared
-    assert prepared.q("select count(*) from orders")[:3] == ["T", "D:5", "C:SELECT 1"]
+    assert in_tx.q("select count(*) from customers") == ["ok", 2]   # moved: the new policy
+    ex = prepared.q("EXEC")
+    assert ex[0] == "2" and ex[1].startswith("E:42501:agentgate: denied") and "policy was reloaded" in ex[1], ex
+    assert prepared.q("select count(*) from customers")[0].startswith("E:42501:agentgate: denied")
     assert prepared.q("CLOSE")[:1] == ["3"]
     denied = prepared.q("select count(*) from orders")
     assert denied[0].startswith("E:42501:agentgate: denied"), denied
+    assert prepared.q("select count(*) from customers")[:3] == ["T", "D:2", "C:SELECT 1"]
     # an extended-protocol client between queries: the new policy; its
     # unnamed statement (judged under the old one) is gone
     rebind = unnamed.q("REBIND")
@@ -202,23 +209,41 @@ def test_reload_narrows_new_and_idle_sessions(enforcer, pg, tmp):
     hashes = [e["unmapped"]["policy"]["hash"] for e in allowed]
     assert hashes and set(hashes) == {old_hash}, hashes
     denies = [e for e in enforcer.events() if e.get("class_uid") == 6005 and e["unmapped"].get("verdict") == "deny"]
-    assert denies and {e["unmapped"]["policy"]["hash"] for e in denies} == {new_hash}
+    pinned = [e for e in denies if "policy was reloaded" in e["unmapped"].get("reason", "")]
+    assert len(pinned) == 3 and {e["unmapped"]["policy"]["hash"] for e in pinned} == {old_hash}, pinned
+    assert {e["unmapped"]["policy"]["hash"] for e in denies if e not in pinned} == {new_hash}
     validate_events(enforcer.events())
 
 
 def test_reload_new_masks_wait_for_the_next_session(enforcer, pg, tmp):
     """An open session's masked-column lineage was read for its masks: a
-    reload that changes the masks reaches new sessions, and open ones keep
-    their policy whole (rules and masks) rather than half of each."""
+    reload that changes the masks reaches new sessions; open ones cannot
+    take masks they did not read the lineage for, and their old rules are
+    not the agent's any more: their statements are refused until they
+    reconnect."""
     path = enforcer.start(pg_policy(pg, tmp, ["public.customers", "public.orders"]))
     idle = Holder(enforcer, pg)
     rewrite(enforcer, path, pg_policy(pg, tmp, ["public.customers"], mask=["public.customers.email"]))
     assert enforcer.cli("reload").returncode == 0
     rc, out, _ = psql(enforcer, pg, "select email from customers order by id limit 1")
     assert rc == 0 and out == "****", out
-    assert idle.q("select count(*) from orders") == ["ok", 5]          # its old rules, whole
-    assert idle.q("select email from customers order by id limit 1") == ["ok", "alice@example.com"]
+    # its masks are for the old rules and it cannot move: refused until it
+    # reconnects (its old rules gave it the column in clear: review, stop 28)
+    for sql in ("select count(*) from orders", "select email from customers order by id limit 1"):
+        got = idle.q(sql)
+        assert got[:2] == ["err", "42501"] and "reconnect" in got[2], got
     idle.close()
+    # a reload that leaves the agent's rules as they are keeps such a session
+    # (in a transaction: it cannot move) going
+    held = Holder(enforcer, pg, "tx")
+    assert held.first[:2] == ["err", "42501"]           # orders: not in its rules now
+    assert held.q("select email from customers order by id limit 1") == ["ok", "****"]
+    rewrite(enforcer, path, "# the same rules\n" +
+            pg_policy(pg, tmp, ["public.customers"], mask=["public.customers.email"]))
+    assert enforcer.cli("reload").returncode == 0
+    assert held.q("select email from customers order by id limit 1") == ["ok", "****"]
+    assert held.q("select count(*) from customers") == ["ok", 2]
+    held.close()
 
 
 def test_reload_widens_for_new_sessions(enforcer, pg, tmp):
@@ -435,8 +460,9 @@ class HttpHolder:
 
 def test_reload_http_keepalive_takes_new_rules(enforcer, servers, tmp):
     """HTTP keeps no session state tied to the policy: an open keep-alive
-    connection is judged by the running policy from its next request on,
-    unless its target's upstream settings changed (then it keeps its own)."""
+    connection is judged by the running policy from its next request on; when
+    its target's upstream settings changed too, its upstream leg is dialled
+    again under them."""
     from test_http import Recorder
     rec = Recorder(tmp, servers.procs)
     path = enforcer.start(http_policy(rec.port, ["GET /a/**"]))
@@ -461,19 +487,58 @@ def test_reload_http_keepalive_takes_new_rules(enforcer, servers, tmp):
     ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4002 and e["http_request"]["url"]["path"] == "/a/2")
     assert ev and ev["unmapped"]["verdict"] == "deny" and ev["unmapped"]["policy"]["hash"] == new_hash, ev
 
-    # upstream settings change with the rules: the open connection keeps the
-    # policy it has (its upstream leg was set up by it); new ones get both
+    # upstream settings change with the rules: with nothing in flight the
+    # open connection takes the new policy whole, its upstream leg dialled
+    # again under the new settings (it kept the old rules for as long as it
+    # stayed open: review, stop 28)
     rec.reset()
-    held = HttpHolder(enforcer, rec.port, "/b/2", "/b/3")
+    held = HttpHolder(enforcer, rec.port, "/b/2", "/b/3", "/a/3")
     assert held.first == "200 seen GET /b/2 body=0"
     rewrite(enforcer, path, http_policy(rec.port, ["GET /a/**"], forwarded_for=True))
     assert enforcer.cli("reload").returncode == 0
     assert curl("/b/1") == "403" and curl("/a/1") == "200"
-    assert held.rest() == ["200 seen GET /b/3 body=0"]
+    later = held.rest()
+    assert later[0].startswith("403 ") and "agentgate: denied" in later[0], later
+    assert later[1] == "200 seen GET /a/3 body=0", later
     got = rec.received()
-    fresh = [c for c in got if b"GET /a/1 " in c]
-    assert fresh and b"x-forwarded-for: 127.0.0.1" in fresh[0].lower(), got
-    assert not any(b"x-forwarded-for" in c.lower() for c in got if b"GET /b/3 " in c), got
+    for line in (b"GET /a/1 ", b"GET /a/3 "):
+        fresh = [c for c in got if line in c]
+        assert fresh and b"x-forwarded-for: 127.0.0.1" in fresh[0].lower(), got
+    assert not any(b"GET /b/3 " in c for c in got), got
+    assert not any(b"x-forwarded-for" in c.lower() for c in got if b"GET /b/2 " in c), got
+
+
+def test_reload_http_upstream_change_with_a_request_in_flight(enforcer, servers, tmp):
+    """A reload that changes the target's upstream settings while a request
+    is in flight on the connection: the upstream leg cannot be dialled again
+    under it, and the old rules no longer hold, so the next request is
+    refused with 503 and the connection closes; the agent opens a new one.
+    The request in flight finishes."""
+    from conftest import Proc, free_port, wait_port
+    d = os.path.join(tmp, "held")
+    os.makedirs(d)
+    port = free_port()
+    servers.procs.append(Proc([PY, "-c", HELD_UPSTREAM, str(port), d]))
+    wait_port("127.0.0.1", port)
+    path = enforcer.start(http_policy(port, ["GET /slow", "GET /a/**"]))
+    agent, say = pipe_agent(enforcer, port)
+    try:
+        assert say("/slow") == "sent"
+        assert wait_for(lambda: os.path.exists(os.path.join(d, "holding")), timeout=10)
+        rewrite(enforcer, path, http_policy(port, ["GET /slow", "GET /b/**"], forwarded_for=True))
+        assert enforcer.cli("reload").returncode == 0
+        assert say("/a/2") == "sent"        # allowed before, not now; /slow in flight
+        open(os.path.join(d, "release"), "w").close()
+        got = say("read 2")
+        assert got[0] == "HTTP/1.1 200 OK ok /slow", got
+        assert got[1].startswith("HTTP/1.1 503"), got
+    finally:
+        agent.stdin.close()
+        agent.wait(timeout=20)
+    with open(os.path.join(d, "seen"), "rb") as f:
+        assert f.read().split(b"\n")[:-1] == [b"GET /slow HTTP/1.1"]
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4002 and e["http_request"]["url"]["path"] == "/a/2")
+    assert ev and ev["unmapped"]["verdict"] == "deny" and "policy was reloaded" in ev["unmapped"]["reason"], ev
 
 
 # An upstream that holds its answer to GET /slow (and says so with the file
