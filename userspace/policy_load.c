@@ -892,6 +892,14 @@ static char *secret_str(struct vctx *v, const struct ynode *m, const char *key)
 	return path;
 }
 
+/* A file the enforcer trusts what it says (a CA bundle, a certificate):
+ * not a secret, but whoever may write it may impersonate the upstream and
+ * receive the credentials sent there, so the same checks as a secret's. */
+static char *trusted_str(struct vctx *v, const struct ynode *m, const char *key)
+{
+	return secret_str(v, m, key);
+}
+
 static bool is_int_text(const char *s)
 {
 	if (*s == '-')
@@ -1533,8 +1541,8 @@ static void load_upstream(struct vctx *v, const struct ynode *m, struct policy_t
 	}
 	if ((n = map_get(m, "tls")) && want_enum(v, n, "tls", tls_modes) >= 0)
 		u->tls = xstrdup(v, n, n->val);
-	u->ca_file = opt_str(v, m, "ca_file");
-	u->cert_file = opt_str(v, m, "cert_file");
+	u->ca_file = trusted_str(v, m, "ca_file");
+	u->cert_file = trusted_str(v, m, "cert_file");
 	u->key_file = secret_str(v, m, "key_file");
 	u->server_name = opt_str(v, m, "server_name");
 	u->user = opt_str(v, m, "user");
@@ -2014,7 +2022,7 @@ static void load_sink(struct vctx *v, const struct ynode *m, struct policy_sink 
 		s->url = dup_url(v, n, "url");
 	s->token_file = secret_str(v, m, "token_file");
 	s->index = opt_str(v, m, "index");
-	s->ca_file = opt_str(v, m, "ca_file");
+	s->ca_file = trusted_str(v, m, "ca_file");
 	if ((n = map_get(m, "ack")))
 		want_bool(v, n, "ack", &s->ack);
 	if ((n = map_get(m, "ack_timeout")) && want_duration(v, n, "ack_timeout", &s->ack_timeout_ms)) {

@@ -635,6 +635,55 @@ def test_upstream_down_and_tls_failures(enforcer, pg, tmp, servers):
         fake.wait()
 
 
+def test_cleartext_password_only_to_a_verified_server(enforcer, pg, tmp):
+    """Found by review (stop 28): under tls disable or require, whoever answered
+    the dial could ask for the password in clear (AuthenticationCleartextPassword)
+    and got it. It is sent only to a server verified by tls: verify-full; any
+    other gets nothing and the agent a 28000 error naming why."""
+    rec = os.path.join(tmp, "asked.bin")
+    fake_port = free_tcp_port()
+    fake = subprocess.Popen([PY, "-c", textwrap.dedent(f"""
+        import socket, struct
+        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", {fake_port})); s.listen(8)
+        while True:
+            c, _ = s.accept()
+            c.settimeout(2)
+            data = b""
+            try:
+                n = struct.unpack("!I", c.recv(4))[0]
+                first = c.recv(n - 4)
+                if first[:4] == struct.pack("!I", 80877103):     # SSLRequest: no
+                    c.sendall(b"N")
+                    n = struct.unpack("!I", c.recv(4))[0]
+                    c.recv(n - 4)
+                c.sendall(b"R" + struct.pack("!II", 8, 3))      # the password, in clear
+                while True:
+                    d = c.recv(4096)
+                    if not d:
+                        break
+                    data += d
+            except OSError:
+                pass
+            open({rec!r}, "ab").write(data)
+            c.close()
+        """)])
+    try:
+        time.sleep(0.3)
+        pol = policy(pg, tmp).replace(f"127.0.0.1:{pg.port}", f"127.0.0.1:{fake_port}")
+        enforcer.start(pol)
+        r = enforcer.exec(AGENT, ["psql", "-X", "-h", "127.0.0.1", "-p", str(fake_port), "-U", "a", "-d", "shop",
+                                  "-c", "SELECT 1"], timeout=30)
+        assert r.returncode != 0 and "agentgate: upstream authentication" in r.stderr and \
+            "verify-full" in r.stderr, r.stderr
+        time.sleep(0.5)
+        got = open(rec, "rb").read() if os.path.exists(rec) else b""
+        assert b"app-secret-pw" not in got and not got.startswith(b"p"), got
+    finally:
+        fake.kill()
+        fake.wait()
+
+
 def free_tcp_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

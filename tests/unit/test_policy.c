@@ -984,6 +984,29 @@ static void test_secret_paths(void)
 	if (p == NULL && e.total != 2)
 		dump_errors(&e);
 	policy_free(p);
+	/* a CA bundle or certificate others may replace: the same refusal
+	 * (they could impersonate the upstream and receive its credentials) */
+	static const char *const tfmt =
+		"version: 1\n"
+		"agents: [{name: a}]\n"
+		"targets:\n"
+		"  - name: api\n"
+		"    protocol: http\n"
+		"    address: 10.0.0.6:443\n"
+		"    upstream: {tls: verify-full, ca_file: %s, cert_file: %s, key_file: /etc/agentgate/k}\n"
+		"audit:\n"
+		"  sinks: [{type: syslog, address: 127.0.0.1:6514, transport: tls, ca_file: %s}]\n";
+	snprintf(text, sizeof(text), tfmt, pw, tok, pw);
+	p = load_str("ca.yaml", text, &e);
+	CHECK(p == NULL && e.total == 3 && has_error(&e, 7, 43, "ca_file: '") &&
+	      has_error(&e, 7, 97, "cert_file: '") && has_error(&e, 9, 76, "ca_file: '"));
+	if (p == NULL && e.total != 3)
+		dump_errors(&e);
+	policy_free(p);
+	snprintf(text, sizeof(text), tfmt, "/etc/agentgate/ca.pem", "/etc/agentgate/c.pem", "/etc/agentgate/ca.pem");
+	p = load_str("ca-ok.yaml", text, &e);
+	CHECK(p != NULL);
+	policy_free(p);
 	rmdir(open_dir);
 	rmdir(d);
 }
