@@ -363,8 +363,26 @@ static bool name_port_target(const struct policy *p, int idx, const char *name, 
 	return tg->addr.kind == ADDR_HOST && name_eq(tg->addr.host, name) && enforcer_may_target(E->policy, idx, t);
 }
 
+/* Is the kernel key (addr/128, port) the policy's own, for a target of
+ * address kind this agent may use (granted, or by claims)? An IP target,
+ * or a network of one address (/32, /128), writes that very key. */
+static bool static_key(const struct policy *p, int ai, const uint8_t addr[16], uint16_t port)
+{
+	for (size_t t = 0; ai >= 0 && t < p->ntargets; t++) {
+		const struct policy_addr *a = &p->targets[t].addr;
+
+		if ((a->kind == ADDR_IP || a->kind == ADDR_CIDR) && a->prefixlen == 128 && a->port == port &&
+		    memcmp(a->addr, addr, 16) == 0 && enforcer_may_target(p, ai, (int)t))
+			return true;
+	}
+	return false;
+}
+
 /* Adds addr to the kernel allow set for every host-name target named 'name'
- * that this agent may use (one key per port). True when one was added. */
+ * that this agent may use (one key per port). True when one was added. A
+ * key the policy wrote itself is left alone: overwritten (its flags with
+ * it) and then deleted when the learned name expired, it refused the
+ * static target until a reload (review, stop 28). */
 static bool kernel_allow(struct dns *d, int slot, const char *name, const uint8_t addr[16])
 {
 	const struct policy *p = d->p;
@@ -372,15 +390,15 @@ static bool kernel_allow(struct dns *d, int slot, const char *name, const uint8_
 	bool any = false;
 
 	for (size_t t = 0; idx >= 0 && t < p->ntargets; t++)
-		if (name_port_target(p, idx, name, t) &&
+		if (name_port_target(p, idx, name, t) && !static_key(p, idx, addr, p->targets[t].addr.port) &&
 		    loader_allow(E->loader, slot, addr, 128, p->targets[t].addr.port, t, 0, true) == 0)
 			any = true;
 	return any;
 }
 
 /* True when the kernel key (slot, addr/128, port) is still needed: by another
- * learned name of this agent with a target at that port, or by a static IP
- * target of the policy. */
+ * learned name of this agent with a target at that port, or by a static
+ * target of the policy (static_key()). */
 static bool key_needed(struct dns *d, int slot, const struct learned *self, uint16_t port)
 {
 	const struct policy *p = d->p;
@@ -395,12 +413,7 @@ static bool key_needed(struct dns *d, int slot, const struct learned *self, uint
 			if (p->targets[t].addr.port == port && name_port_target(p, ai, l->name, t))
 				return true;
 	}
-	for (size_t t = 0; ai >= 0 && t < p->ntargets; t++)
-		if (p->agents[ai].may_target[t] && p->targets[t].addr.kind == ADDR_IP &&
-		    p->targets[t].addr.port == port &&
-		    memcmp(p->targets[t].addr.addr, self->addr, 16) == 0)
-			return true;
-	return false;
+	return static_key(p, ai, self->addr, port);
 }
 
 /* Removes every key kernel_allow() added for l that nothing else needs:
@@ -462,18 +475,27 @@ static void on_answer(struct dns *d, struct pending *pd)
 {
 	uint8_t buf[4096];
 	struct dns_answer ans;
-	ssize_t n = recv(pd->item.fd, buf, sizeof(buf), 0);
+	/* MSG_TRUNC: the datagram's own length, to tell a cut answer */
+	ssize_t n = recv(pd->item.fd, buf, sizeof(buf), MSG_TRUNC);
 
-	if (n < 0 && errno == EAGAIN)
+	if ((n < 0 && errno == EAGAIN) || n == 0)
+		return;   /* an empty datagram is no answer, and ends nothing */
+	if (n > (ssize_t)sizeof(buf)) {
+		/* more than we read: not parsed, never relayed cut; the agent
+		 * gets SERVFAIL now rather than at the deadline (its own EDNS
+		 * buffer size let the upstream answer that large) */
+		if (((unsigned)buf[0] << 8 | buf[1]) == pd->up_id)
+			fail(d, pd, "DNS answer larger than 4096 bytes");
 		return;
-	if (n <= 0 || dns_answer_parse(buf, n, &ans) || ans.id != pd->up_id ||
+	}
+	if (n < 0 || dns_answer_parse(buf, n, &ans) || ans.id != pd->up_id ||
 	    !name_eq(ans.q.qname, pd->qname) || ans.q.qtype != pd->qtype) {
 		/* Not the answer to this query: ignore it and keep waiting, so a
 		 * spoofed datagram cannot end the exchange. The deadline bounds it. */
 		if (n > 0)
 			return;
-		/* ICMP port unreachable (nothing listens yet, or any more) or an
-		 * empty datagram: no answer will come on this socket. */
+		/* ICMP port unreachable (nothing listens yet, or any more): no
+		 * answer will come on this socket. */
 		fail(d, pd, "DNS upstream unreachable");
 		return;
 	}

@@ -1379,6 +1379,94 @@ print(query_labels([b"exfil", b"attacker.example", b"test"], srv),
     assert ev and ev["disposition"] == "Blocked" and "not a host name" in ev["unmapped"]["reason"], ev
 
 
+def test_dns_learned_address_of_a_static_target_keeps_its_key(enforcer, servers):
+    """Found by review (stop 28): a name resolving to the address of a target
+    written as a network of one address (127.0.0.2/32) overwrote that target's
+    kernel key, and deleted it when the learned name went: the static target
+    was refused until a reload. A key the policy wrote is left alone."""
+    a, _ = servers.echo("127.0.0.2")
+    dns = servers.dnsmasq({"api.test": "127.0.0.2"}, extra=["--address=/w.test/127.0.0.9"])
+    enforcer.start(f"""
+    version: 1
+    mode: enforce
+    dns: {{upstream: 127.0.0.1:{dns}, allow: ["*.test"]}}
+    agents: [{{name: t-agent}}]
+    targets:
+      - {{name: byname, protocol: tcp, address: api.test:{a}}}
+      - {{name: static, protocol: tcp, address: 127.0.0.2/32:{a}}}
+    roles: [{{name: r, rules: [{{target: byname}}, {{target: static}}]}}]
+    bindings: [{{role: r, agents: [t-agent]}}]
+    """)
+    r = enforcer.py("t-agent", DNS_QUERY + f"""
+import errno
+def dial(port):
+    s = socket.socket(); s.settimeout(5)
+    try:
+        s.connect(("127.0.0.2", port))
+    except OSError as e:
+        return errno.errorcode[e.errno]
+    try:
+        s.sendall(b"hi\\n"); return "echo" if s.recv(10) else "closed"
+    except OSError as e:
+        return "enforcer-" + errno.errorcode[e.errno]
+srv = ("192.0.2.53", 53)
+print(dial({a}))
+query("api.test", srv)
+print(dial({a}))
+for i in range(1100):                              # push api.test out of the table (1024)
+    query("n%d.w.test" % i, srv)
+print(dial({a}))
+""", timeout=120)
+    assert r.stdout.split() == ["echo", "echo", "echo"], r.stdout + r.stderr
+
+
+# A resolver for two names: big.test gets a 5000-byte answer (more than the
+# enforcer reads), empty.test an empty datagram first, then its answer.
+ODD_RESOLVER = textwrap.dedent(r"""
+    import socket, struct, sys
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+    while True:
+        q, peer = s.recvfrom(4096)
+        end = 12
+        while q[end]:
+            end += 1 + q[end]
+        qname, question = q[12:end], q[12:end + 5]
+        head = q[:2] + struct.pack(">HHHHH", 0x8180, 1, 1, 0, 0)
+        if b"\x03big" in qname:
+            s.sendto(head + question + b"\xc0\x0c" + struct.pack(">HHIH", 16, 1, 60, 4900) +
+                     b"\x63" + b"x" * 99 + b"\0" * 4800, peer)
+        else:
+            s.sendto(b"", peer)
+            s.sendto(head + question + b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) +
+                     socket.inet_aton("127.0.0.2"), peer)
+""")
+
+
+def test_dns_empty_and_oversized_answers(enforcer, servers):
+    """Found by review (stop 28): an empty datagram from the resolver ended the
+    exchange with SERVFAIL (the answer after it was lost), and an answer larger
+    than the enforcer's 4096-byte buffer was read cut, failed to parse, and
+    left the agent waiting for the 5 s deadline. Now the empty datagram is
+    ignored, and an oversized answer is a SERVFAIL at once, its reason audited."""
+    from conftest import Proc
+    web, _ = servers.echo("127.0.0.2")
+    port = __import__("conftest").free_port(socket.AF_INET, socket.SOCK_DGRAM)
+    servers.procs.append(Proc([PY, "-c", ODD_RESOLVER, str(port)]))
+    time.sleep(0.5)
+    enforcer.start(dns_policy(port, web))
+    r = enforcer.py("t-agent", DNS_QUERY + """
+srv = ("192.0.2.53", 53)
+frm, rcode, ips = query("empty.test", srv)
+print(rcode, ",".join(ips))
+frm, rcode, ips = query("big.test", srv)
+print(rcode)
+""")
+    assert r.stdout.split() == ["0", "127.0.0.2", "2"], r.stdout + r.stderr
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4003 and e["query"]["hostname"] == "big.test")
+    assert ev and ev["unmapped"]["reason"] == "DNS answer larger than 4096 bytes", ev
+
+
 def test_dns_compressed_question_is_refused(enforcer, servers):
     """Found by review (stop 28): a question name ending in a compression
     pointer into the header read as data.example.test with the agent's id
