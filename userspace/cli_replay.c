@@ -159,6 +159,7 @@ static int replay(const char *base, bool raw)
 	FILE *idx;
 	int ret = 0;
 	uint64_t entries = 0, bytes = 0;
+	bool truncated = false;
 
 	snprintf(p, sizeof(p), "%s.idx", base);
 	idx = fopen(p, "re");
@@ -175,9 +176,14 @@ static int replay(const char *base, bool raw)
 		char dir;
 
 		if (line[0] == '#') {
-			if (!raw) {
+			line[strcspn(line, "\n")] = 0;
+			if (strncmp(line, "# truncated", 11) == 0) {
+				/* the writer stopped here: said, never hidden */
+				fprintf(raw ? stderr : stdout, "%s\n", line + 2);
+				truncated = true;
+			} else if (!raw && entries == 0 && line[1] == ' ') {
 				const char *slash = strrchr(base, '/');
-				line[strcspn(line, "\n")] = 0;
+
 				print_header(line + 2, slash ? slash + 1 : base);
 			}
 			continue;
@@ -220,7 +226,8 @@ static int replay(const char *base, bool raw)
 		print_escaped(buf, len);
 	}
 	if (!raw && !ret)
-		printf("end of session: %" PRIu64 " writes, %" PRIu64 " bytes\n", entries, bytes);
+		printf("end of session: %" PRIu64 " writes, %" PRIu64 " bytes%s\n", entries, bytes,
+		       truncated ? " (the recording was cut short: see above)" : "");
 out:
 	if (z) {
 		inflateEnd(&z->zs);

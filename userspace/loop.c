@@ -14,6 +14,7 @@
 #include "audit.h"
 #include "enforcer.h"
 #include "loop.h"
+#include "recording.h"
 #include "upool.h"
 #include "util.h"
 
@@ -302,6 +303,7 @@ static void *worker_main(void *arg)
 			check_deadlines(w);
 			sweep_revoked(w);
 			upool_tick(false);
+			rec_tick();
 			audit_defer_flush();
 			audit_urgency_tick();
 		}

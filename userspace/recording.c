@@ -37,6 +37,7 @@ struct rec {
 	bool claimed;           /* a module records masked data itself */
 	bool broken;            /* a write failed, or the session reached its cap: stop */
 	char name[128];
+	int agent;              /* the policy's agent index (agent_disk), or -1 */
 	struct rec *next;       /* open recordings (R.open), which the sweep leaves alone */
 	size_t npend;           /* bytes gathered in pend, from direction pdir */
 	int pdir;
@@ -54,6 +55,7 @@ static struct {
 	atomic_bool failing;
 	atomic_bool sweeping;       /* a sweep thread runs */
 	_Atomic uint64_t open_disk; /* bytes the open recordings wrote (the sweep spares them) */
+	_Atomic uint64_t agent_disk[AG_MAX_AGENTS];   /* the same, per agent */
 	pthread_mutex_t open_lock;
 	struct rec *open;
 } R = { .lock = PTHREAD_MUTEX_INITIALIZER, .open_lock = PTHREAD_MUTEX_INITIALIZER };
@@ -63,6 +65,13 @@ static struct {
 static uint64_t session_cap(void)
 {
 	return R.max_bytes / 8 > 65536 ? R.max_bytes / 8 : 65536;
+}
+
+/* One agent's open sessions together stop at a quarter of max_bytes (at
+ * least one session's cap), so one agent cannot stop the others' recording. */
+static uint64_t agent_cap(void)
+{
+	return R.max_bytes / 4 > session_cap() ? R.max_bytes / 4 : session_cap();
 }
 
 int rec_configure(const char *dir, uint64_t max_bytes, uint32_t max_age_ms)
@@ -248,6 +257,21 @@ static void maybe_sweep(void)
 	atomic_store(&R.sweeping, false);
 }
 
+/* From the workers' tick: age retention also when nothing is recorded (it
+ * ran only as sessions were written, so old recordings stayed for as long
+ * as the agents were idle: review, stop 28), and at the start; every half
+ * max_age, at most once a minute. */
+void rec_tick(void)
+{
+	uint64_t now = now_ns_mono() / 1000000ull, last = atomic_load(&R.last_sweep_ms);
+
+	uint64_t every = R.max_age_ms / 2 < REC_IDLE_SWEEP_MS ? R.max_age_ms / 2 : REC_IDLE_SWEEP_MS;
+
+	if (!atomic_load(&R.on) || (last && now - last < every))
+		return;
+	maybe_sweep();   /* itself at most every SWEEP_EVERY_MS */
+}
+
 /* ---- recording ----------------------------------------------------------- */
 
 static json_t *header(struct conn *c)
@@ -286,6 +310,7 @@ struct rec *rec_open(struct conn *c)
 	if (!(r = calloc(1, sizeof(*r))))
 		goto fail;
 	r->fd = r->ifd = -1;
+	r->agent = c->agent_idx >= 0 && c->agent_idx < AG_MAX_AGENTS ? c->agent_idx : -1;
 	snprintf(r->name, sizeof(r->name), "%s", name);
 	/* A 8 KiB window and memLevel 6: 64 KiB of deflate state per open
 	 * recording instead of 256 KiB (zlib's defaults), which every idle
@@ -345,6 +370,8 @@ static void put(struct rec *r, int dir, const void *buf, size_t len, uint64_t ts
 	uint64_t before = r->disk;
 	int w;
 
+	if (r->broken)
+		return;   /* stopped (rec_sync may have just stopped it): one truncation line */
 	if (!(zout = thread_zout())) {
 		r->broken = true;
 		return;
@@ -360,6 +387,15 @@ static void put(struct rec *r, int dir, const void *buf, size_t len, uint64_t ts
 	 * at max_bytes, however many there are */
 	if (atomic_load(&R.open_disk) >= R.max_bytes) {
 		dprintf(r->ifd, "# truncated: the open recordings together reached recording.max_bytes\n");
+		r->broken = true;
+		return;
+	}
+	/* one agent's open sessions take at most a quarter of it: held open
+	 * with incompressible data, they stopped every agent's recording
+	 * (review, stop 28) */
+	if (r->agent >= 0 && atomic_load(&R.agent_disk[r->agent]) >= agent_cap()) {
+		dprintf(r->ifd, "# truncated: this agent's open recordings together reached a quarter of "
+			"recording.max_bytes\n");
 		r->broken = true;
 		return;
 	}
@@ -384,6 +420,8 @@ static void put(struct rec *r, int dir, const void *buf, size_t len, uint64_t ts
 		r->off += len;
 	}
 	atomic_fetch_add(&R.open_disk, r->disk - before);
+	if (r->agent >= 0)
+		atomic_fetch_add(&R.agent_disk[r->agent], r->disk - before);
 	maybe_sweep();   /* a long session fills the directory too */
 }
 
@@ -444,6 +482,8 @@ void rec_close(struct rec *r)
 		return;
 	rec_sync(r);
 	atomic_fetch_sub(&R.open_disk, r->disk);
+	if (r->agent >= 0)
+		atomic_fetch_sub(&R.agent_disk[r->agent], r->disk);
 	pthread_mutex_lock(&R.open_lock);
 	for (struct rec **pp = &R.open; *pp; pp = &(*pp)->next)
 		if (*pp == r) {

@@ -64,5 +64,9 @@ void rec_claim(struct rec *r);
 void rec_relay(struct rec **rp, struct conn *c, int dir, const void *buf, size_t len);
 /* Flushes and closes. NULL-safe. */
 void rec_close(struct rec *r);
+/* The workers' tick: a retention sweep when none ran for half max_age, or
+ * REC_IDLE_SWEEP_MS if that is shorter. */
+#define REC_IDLE_SWEEP_MS 60000
+void rec_tick(void);
 
 #endif

@@ -141,6 +141,9 @@ def test_recording_retention_by_size_and_age(enforcer, servers):
     left = wait_for(lambda: len(sessions(rec)) == 1 and sessions(rec)) or sessions(rec)
     assert len(left) == 1 and left[0] not in names, (names, left)
     assert total <= 3 * 1024 + 2048, total
+    # with nothing recorded any more, the last one goes too once it is older
+    # than max_age (the sweep ran only as sessions were written: review, stop 28)
+    assert wait_for(lambda: sessions(rec) == [], timeout=20), sessions(rec)
     enforcer.stop()
 
 
@@ -217,8 +220,17 @@ def test_recording_retention_holds_against_an_agent(enforcer, servers):
         assert size <= 64 * 1024 + 70 * 1024, size   # the cap, plus one compressed write
         idx = open(os.path.join(rec, long_name + ".idx")).read()
         assert "# truncated: the recording reached" in idx, idx[-300:]
+        assert idx.count("# truncated") == 1, idx[-300:]      # and nothing written after it
     finally:
         p.wait(timeout=30)
+    # replay says where the recording stops, and that it is incomplete (it
+    # printed the line as a second header, and ended as if whole: review, stop 28)
+    r = replay(enforcer, long_name, "--dir", rec)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.decode(errors="replace").splitlines()
+    assert sum(l.startswith("session ") for l in out) == 1, out[:3]
+    assert any(l.startswith("truncated: the recording reached") for l in out), out[-3:]
+    assert out[-1].startswith("end of session:") and "cut short" in out[-1], out[-1]
     # many tiny sessions: counted as the blocks they take
     for _ in range(40):
         chat(enforcer, port)
@@ -226,6 +238,39 @@ def test_recording_retention_holds_against_an_agent(enforcer, servers):
     chat(enforcer, port)
     assert wait_for(lambda: disk(rec) <= 200 * 1024 + 16 * 1024, timeout=10), (disk(rec), len(sessions(rec)))
     enforcer.stop()
+
+
+def test_one_agent_cannot_stop_the_others_recording(enforcer, servers):
+    """Found by review (stop 28): the open recordings together stop at
+    max_bytes, so one agent holding 8 sessions open with incompressible data
+    stopped every agent's recording. One agent's open sessions now stop at a
+    quarter of max_bytes; another agent's session is recorded whole."""
+    port, _ = servers.echo()
+    rec = os.path.join(enforcer.tmp, "rec")
+    pol = rec_policy(port, enforcer.audit, rec, ", max_bytes: 1MiB")
+    pol = pol.replace("agents: [{name: t-agent}]", "agents: [{name: t-agent}, {name: other}]")
+    pol = pol.replace("agents: [t-agent]}]", "agents: [t-agent, other]}]")
+    enforcer.start(pol)
+    hogs = [subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", "t-agent", "--",
+                              PY, "-c", STREAM, str(port), "4", "30"], stdout=subprocess.PIPE, text=True)
+            for _ in range(8)]
+    try:
+        for h in hogs:
+            assert h.stdout.readline().strip() == "streamed"
+        r = enforcer.exec("other", [PY, "-c", CHAT, str(port), "10"])
+        assert r.stdout.strip() == "OK", r.stdout + r.stderr
+        time.sleep(0.5)
+        idx = {n: open(os.path.join(rec, n + ".idx")).read() for n in sessions(rec)}
+        mine = [n for n, t in idx.items() if '"agent":"other"' in t.splitlines()[0]]
+        assert len(mine) == 1 and "# truncated" not in idx[mine[0]], idx.get(mine[0] if mine else "", "")
+        hog_idx = [t for n, t in idx.items() if n not in mine]
+        assert len(hog_idx) == 8
+        assert sum("this agent's open recordings" in t for t in hog_idx) >= 4, [t[-200:] for t in hog_idx]
+        assert disk(rec) <= 1024 * 1024, disk(rec)
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
 
 
 H_MSG = b"H\x00\x00\x00\x04"   # a PostgreSQL Flush message
