@@ -80,7 +80,7 @@ $(BUILD)/embedded.o: policies/default.yaml | $(BUILD)
 	$(Q)printf '.section .rodata\n.global ag_default_policy\n.global ag_default_policy_end\nag_default_policy:\n.incbin "policies/default.yaml"\nag_default_policy_end:\n.byte 0\n.section .note.GNU-stack,"",@progbits\n' > $(BUILD)/embedded.S
 	$(Q)$(CC) -c $(BUILD)/embedded.S -o $@
 
-$(BUILD)/unit/%: tests/unit/%.c tests/unit/unit.h $(ASAN_OBJS) | $(BUILD)
+$(BUILD)/unit/%: tests/unit/%.c $(wildcard tests/unit/*.h) $(ASAN_OBJS) | $(BUILD)
 	$(call msg,UNIT,$@)
 	$(Q)mkdir -p $(@D)
 	$(Q)$(CC) $(CFLAGS) $(SANFLAGS) -Itests/unit $< $(ASAN_OBJS) -o $@ $(LDLIBS)

@@ -104,7 +104,7 @@ static int read_question(ns_msg *h, struct dns_question *q)
 /*
  * The query is forwarded as the agent wrote it, with another id. So its
  * question name must be written out whole, label by label: a compression
- * pointer in it (a stub never compresses a lone question) may point into
+ * pointer in it (no client resolver compresses a lone question) may point into
  * the header, where we read the agent's id and the upstream reads ours,
  * and the two would read different names: a name dns.allow never matched
  * would be resolved (review, stop 28: with dnsmasq, about one random id in

@@ -13,31 +13,9 @@
 #include <stdint.h>
 
 #include "audit_spool.h"
+#include "spool_start.h"
 #include "unit.h"
 #include "util.h"
-
-/*
- * The spool thread runs at SCHED_IDLE; the enforcer makes it urgent
- * (SCHED_BATCH) when it falls behind (audit.c). Here nothing does, and on
- * a busy machine (a CI host) an idle-class thread may not run for longer
- * than the waits below allow: its first tick makes it what an urgent one
- * is, so the timing these tests check is the spool's, not the host's.
- */
-static void urgent_tick(void *arg)
-{
-	static __thread bool done;
-
-	(void)arg;
-	if (!done)
-		ag_thread_urgent(0, true);
-	done = true;
-}
-
-static int start(struct spool *s)
-{
-	spool_set_tick(s, urgent_tick, NULL);
-	return spool_start(s);
-}
 
 static char dir[256];
 
