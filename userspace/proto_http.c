@@ -1346,6 +1346,8 @@ static bool judge(struct conn *c, const uint8_t *b, const struct http_head *h, c
  * (conn_redial_upstream()). On failure to even start, up_failed: what waits
  * gets a 502.
  */
+static void set_host(struct conn *c);
+
 static int up_redial(struct conn *c)
 {
 	struct http_state *s = st(c);
@@ -1425,9 +1427,10 @@ static int on_request(struct conn *c, const uint8_t *b, const struct http_head *
 	bool stale = false;
 
 	if (c->policy != live && !enforcer_adopt_live(c, live, false)) {
-		if (!s->qlen && !c->connecting && enforcer_adopt_live(c, live, true))
+		if (!s->qlen && !c->connecting && enforcer_adopt_live(c, live, true)) {
+			set_host(c);
 			up_redial(c);
-		else
+		} else
 			stale = true;
 	}
 	fwd = judge(c, b, h, path, sizeof(path), &tg, host, sizeof(host), &upgrade, &v);
@@ -2695,18 +2698,14 @@ static void audit_conn_open(struct conn *c, bool allowed, const char *reason)
 	audit_commit(w);
 }
 
-static int http_start(struct conn *c)
+/* The Host sent for a request without one (HTTP/1.0): the target's name,
+ * else its upstream.server_name, else the address dialled. Again when a
+ * reload moved the connection to other upstream settings. */
+static void set_host(struct conn *c)
 {
 	const struct policy_target *t = target(c);
-	struct http_state *s = calloc(1, sizeof(*s));
+	struct http_state *s = st(c);
 
-	if (!s)
-		return -ENOMEM;
-	c->proto_state = s;
-	/* recorded (recording.h): the requests as forwarded, without the
-	 * injected credential (send_head), and the answers as masked */
-	c->rec_side[SIDE_AGENT] = c->rec_side[SIDE_UP] = true;
-	s->k8s = t && t->proto == PROTO_KUBERNETES;
 	if (t && t->addr.kind == ADDR_HOST)
 		snprintf(s->host, sizeof(s->host), "%s", t->addr.host);
 	else if (t && t->upstream.server_name)
@@ -2720,6 +2719,21 @@ static int http_start(struct conn *c)
 		else
 			snprintf(s->host, sizeof(s->host), "%s:%u", ip, c->pair.orig_port);
 	}
+}
+
+static int http_start(struct conn *c)
+{
+	const struct policy_target *t = target(c);
+	struct http_state *s = calloc(1, sizeof(*s));
+
+	if (!s)
+		return -ENOMEM;
+	c->proto_state = s;
+	/* recorded (recording.h): the requests as forwarded, without the
+	 * injected credential (send_head), and the answers as masked */
+	c->rec_side[SIDE_AGENT] = c->rec_side[SIDE_UP] = true;
+	s->k8s = t && t->proto == PROTO_KUBERNETES;
+	set_host(c);
 	return 0;   /* the first byte says plain HTTP or TLS */
 }
 

@@ -761,6 +761,7 @@ static void audit_stmt_at_now(struct conn *c, const struct pg_judged *j, int i, 
 
 static void judged_put(struct pg_judged *j);
 static struct pg_judged *judged_get(struct pg_judged *j);
+static void adopt_policy(struct conn *c);
 
 /* The deferred events, in order (the array is emptied first: building one
  * never defers another). */
@@ -1204,8 +1205,10 @@ static bool pinned_rules_same(struct conn *c, char *why, size_t whylen)
 				       b, enforcer_user_rules_for(live, c->agent_idx, &s->deleg, c->target_idx, b,
 								  ENFORCER_MAX_RULES));
 	if (!same)
-		snprintf(why, whylen, "the policy was reloaded with other rules for this agent while the "
-			 "session held prepared statements, portals or an open transaction; reconnect");
+		/* under 200 bytes: the callers' buffers */
+		snprintf(why, whylen, "the policy was reloaded with other rules for this agent and this "
+			 "session cannot take them (prepared statements, portals, a transaction, requests "
+			 "in flight or other masks); reconnect");
 	return same;
 }
 
@@ -1266,6 +1269,15 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 	}
 	if (!rules_unchanged(c, rules, nr, why, whylen))
 		goto early;
+	/* a reload published since process_agent() looked: a session
+	 * holding nothing moves now, not only at its next read */
+	if (c->policy != __atomic_load_n(&E->policy, __ATOMIC_ACQUIRE)) {
+		adopt_policy(c);
+		ctx.policy_gen = s->gen;
+		nr = enforcer_rules_for(c->policy, c->agent_idx, c->target_idx, rules, ENFORCER_MAX_RULES);
+		if (nr > ENFORCER_MAX_RULES || !rules_unchanged(c, rules, nr, why, whylen))
+			goto early;
+	}
 	char pin_why[200];
 	bool pinned = !pinned_rules_same(c, pin_why, sizeof(pin_why));
 	if (pgc_judge(&ctx, sql, len, rules, nr, r) != 0)
@@ -1997,12 +2009,14 @@ static SSL *upstream_ssl(struct conn *c, char *why, size_t whylen)
 		snprintf(why, whylen, "TLS session");
 		return NULL;
 	}
-	/* the name to verify: server_name, else the target's host, else the IP dialled */
+	/* the name to verify: server_name, else the target's host (also when
+	 * upstream.address dials an IP for it: the certificate names the
+	 * host, as README says and the http module does), else the IP dialled */
 	if (u->server_name)
 		snprintf(host, sizeof(host), "%s", u->server_name);
 	else if (u->has_address && u->address.kind == ADDR_HOST)
 		snprintf(host, sizeof(host), "%s", u->address.host);
-	else if (!u->has_address && t->addr.kind == ADDR_HOST)
+	else if (t->addr.kind == ADDR_HOST)
 		snprintf(host, sizeof(host), "%s", t->addr.host);
 	else
 		addr_str(u->has_address ? u->address.addr : c->pair.orig_addr, host, sizeof(host));
@@ -3302,7 +3316,10 @@ static int fe_execute(struct conn *c, const struct pg_msg *m)
 		if (nr <= ENFORCER_MAX_RULES && !rules_unchanged(c, rules, nr, why, sizeof(why)) &&
 		    enforcer_should_refuse(c, why))
 			return standin(c, false, PG_DENY_NAME, why, NULL, "extended");
-		if (!pinned_rules_same(c, why, sizeof(why)) && enforcer_should_refuse(c, why))
+		/* a pinned session may still end its transaction (judge() lets
+		 * it), also as JDBC and Npgsql do: Parse, Bind, Execute */
+		bool tx_only = po->j && po->j->nstmts > 0 && po->j->cls == PGC_TRANSACTION;
+		if (!tx_only && !pinned_rules_same(c, why, sizeof(why)) && enforcer_should_refuse(c, why))
 			return standin(c, false, PG_DENY_NAME, why, NULL, "extended");
 	}
 	/* Masking reads each row by its description, which the server sends

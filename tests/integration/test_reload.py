@@ -99,6 +99,8 @@ for line in sys.stdin:
         c.send(B("", "") + E("") + S)
     elif line == "CLOSE":
         c.send(C(b"S", "s1") + S)
+    elif line.startswith("X "):   # extended protocol, as JDBC sends COMMIT
+        c.send(P("", line[2:]) + B("", "") + E("") + S)
     else:
         c.send(Q(line))
     print(json.dumps(summary(c.until_ready())), flush=True)
@@ -213,6 +215,25 @@ def test_reload_narrows_new_and_idle_sessions(enforcer, pg, tmp):
     assert len(pinned) == 3 and {e["unmapped"]["policy"]["hash"] for e in pinned} == {old_hash}, pinned
     assert {e["unmapped"]["policy"]["hash"] for e in denies if e not in pinned} == {new_hash}
     validate_events(enforcer.events())
+
+
+def test_reload_pinned_session_may_end_its_transaction_extended(enforcer, pg, tmp):
+    """A session inside a transaction when a reload changes its rules is
+    refused everything but the end of the transaction, also when it sends
+    COMMIT as Parse/Bind/Execute (JDBC, Npgsql): refused at Execute, it
+    could not end it (review, stop 28). Then it moves to the new policy."""
+    path = enforcer.start(pg_policy(pg, tmp, ["public.customers", "public.orders"]))
+    h = Holder(enforcer, pg, "raw-unnamed")
+    assert h.q("BEGIN")[-1] == "ZT"
+    rewrite(enforcer, path, pg_policy(pg, tmp, ["public.customers"]))
+    assert enforcer.cli("reload").returncode == 0
+    got = h.q("X SELECT count(*) FROM customers")
+    assert any(x.startswith("E:42501:agentgate: denied") and "policy was reloaded" in x for x in got), got
+    got = h.q("X COMMIT")
+    assert got[-2:] == ["C:ROLLBACK", "ZI"] or got[-2:] == ["C:COMMIT", "ZI"], got
+    assert h.q("select count(*) from customers")[:3] == ["T", "D:2", "C:SELECT 1"]
+    assert h.q("select count(*) from orders")[0].startswith("E:42501:agentgate: denied")
+    h.close()
 
 
 def test_reload_new_masks_wait_for_the_next_session(enforcer, pg, tmp):
