@@ -655,6 +655,10 @@ static bool claim_has(const struct policy_identity *id, const struct ident_princ
 {
 	const char *gc = id->groups_claim ? id->groups_claim : "groups";
 
+	/* the named claims first: a groups_claim of the same name (refused
+	 * at load) never takes a user past the guard below */
+	if (strcmp(claim, "sub") == 0 || strcmp(claim, "client_id") == 0 || strcmp(claim, "azp") == 0)
+		gc = "";
 	if (strcmp(claim, gc) == 0) {
 		for (size_t g = 0; g < pr->ngroups; g++)
 			if (strcmp(pr->groups[g], value) == 0)

@@ -844,6 +844,14 @@ static bool check_verb(const char *v)
 	return false;
 }
 
+/* In a rule: lower case only. The apiserver's resources and subresources
+ * are (CRD plurals must be); an upper-case entry matched nothing, and in a
+ * review list silently let the request through under allow (review, stop 28). */
+static bool rule_resource_char(unsigned char c)
+{
+	return is_lower_digit(c) || c == '_' || c == '-';
+}
+
 static bool star_or(const char *p, size_t n, bool (*ok)(unsigned char))
 {
 	return (n == 1 && p[0] == '*') || cstr_all(p, n, ok);
@@ -867,7 +875,7 @@ static bool check_resource(const char *e)
 	rglen = slash ? (size_t)(slash - e) : n;
 	dot = memchr(e, '.', rglen);
 	rlen = dot ? (size_t)(dot - e) : rglen;
-	if (!star_or(e, rlen, resource_char))
+	if (!star_or(e, rlen, rule_resource_char))
 		return false;
 	if (dot) {
 		const char *g = dot + 1;
@@ -876,7 +884,7 @@ static bool check_resource(const char *e)
 		if (!star_or(g, gl, group_char) || g[0] == '.' || g[gl - 1] == '.')
 			return false;
 	}
-	return !slash || star_or(slash + 1, strlen(slash + 1), resource_char);
+	return !slash || star_or(slash + 1, strlen(slash + 1), rule_resource_char);
 }
 
 static bool check_namespace(const char *ns)

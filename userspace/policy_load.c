@@ -13,6 +13,7 @@
  * going after an error to report as many as it can, and sorts the errors by
  * position at the end. Only a policy with no error at all is returned.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -63,12 +64,19 @@ static void perr(struct policy_errors *errs, const char *file, int line, int col
 		 const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
 /* Messages quote user text; keep control bytes out so an error line cannot
- * rewrite a terminal or forge a second log line. */
+ * rewrite a terminal or forge a second log line, and the bidirectional
+ * controls (U+200E/F, U+202A-202E, U+2066-2069), which reorder what a
+ * terminal or a CI log shows (review, stop 28): each becomes "???". */
 static void scrub(char *s)
 {
-	for (; *s; s++)
-		if ((unsigned char)*s < 0x20 || *s == 0x7f)
-			*s = '?';
+	for (unsigned char *u = (unsigned char *)s; *u; u++) {
+		if (*u < 0x20 || *u == 0x7f)
+			*u = '?';
+		else if (u[0] == 0xe2 && u[1] && u[2] &&
+			 ((u[1] == 0x80 && (u[2] == 0x8e || u[2] == 0x8f || (u[2] >= 0xaa && u[2] <= 0xae))) ||
+			  (u[1] == 0x81 && u[2] >= 0xa6 && u[2] <= 0xa9)))
+			u[0] = u[1] = u[2] = '?';
+	}
 }
 
 static void perr(struct policy_errors *errs, const char *file, int line, int col,
@@ -571,11 +579,14 @@ static char *xstrdup(struct vctx *v, const struct ynode *at, const char *s)
 	return d;
 }
 
+/* Levenshtein distance of a and b, or SIZE_MAX once it must exceed 2 (all
+ * suggestions want): a file of thousands of names and unknown references
+ * made full distances cost minutes of CPU (review, stop 28). */
 static size_t edit_distance(const char *a, const char *b)
 {
 	size_t la = strlen(a), lb = strlen(b), prev[MAX_NAME + 2], cur[MAX_NAME + 2];
 
-	if (la > MAX_NAME || lb > MAX_NAME)
+	if (la > MAX_NAME || lb > MAX_NAME || (la > lb ? la - lb : lb - la) > 2)
 		return SIZE_MAX;
 	for (size_t j = 0; j <= lb; j++)
 		prev[j] = j;
@@ -590,6 +601,11 @@ static size_t edit_distance(const char *a, const char *b)
 				best = cur[j - 1] + 1;
 			cur[j] = best;
 		}
+		size_t low = SIZE_MAX;
+		for (size_t j = 0; j <= lb; j++)
+			low = cur[j] < low ? cur[j] : low;
+		if (low > 2)
+			return SIZE_MAX;   /* a row's minimum never decreases */
 		memcpy(prev, cur, (lb + 1) * sizeof(prev[0]));
 	}
 	return prev[lb];
@@ -687,8 +703,8 @@ static int ix_resolve(struct vctx *v, const struct name_ix *ix, const char *name
 
 	if (idx >= 0)
 		return idx;
-	for (size_t i = 0; i < ix->n; i++)
-		suggest_try(&s, ix->v[i].name);
+	for (size_t i = 0; v->errs->n < POLICY_MAX_ERRORS && i < ix->n; i++)
+		suggest_try(&s, ix->v[i].name);   /* only for an error that is shown */
 	verr(v, at, "unknown %s '%.64s'%s", noun, name, suggest_text(&s, hint, sizeof(hint)));
 	return -1;
 }
@@ -877,8 +893,9 @@ static void secret_check(struct vctx *v, const struct ynode *n, const char *key,
 	if (!path)
 		return;
 	if (path[0] != '/')
-		verr(v, n, "%s '%.200s' must be an absolute path (the enforcer reads it with root's rights, "
-		     "whatever its working directory)", key, path);
+		verr(v, n, "%s must be an absolute path (the enforcer reads it with root's rights, "
+		     "whatever its working directory); the value given is not shown, in case it is the "
+		     "secret itself", key);
 	else if ((err = path_trusted(path, why, sizeof(why))) == -EPERM || err == -ELOOP)
 		verr(v, n, "%s: %s", key, why);
 }
@@ -897,7 +914,20 @@ static char *secret_str(struct vctx *v, const struct ynode *m, const char *key)
  * receive the credentials sent there, so the same checks as a secret's. */
 static char *trusted_str(struct vctx *v, const struct ynode *m, const char *key)
 {
-	return secret_str(v, m, key);
+	const struct ynode *n = map_get(m, key);
+	char *path = secret_str(v, m, key), why[300];
+	int fd;
+
+	/* these are loaded by OpenSSL or libcurl, not through secret_open():
+	 * the file's own owner and mode are checked here, when it exists
+	 * (its directories by secret_str: only root can put one there later) */
+	if (!path || path[0] != '/' || path_trusted(path, why, sizeof(why)))
+		return path;   /* refused by secret_str already, or not there yet */
+	if ((fd = secret_open(path, why, sizeof(why))) >= 0)
+		close(fd);
+	else if (fd == -EPERM || fd == -EINVAL)
+		verr(v, n, "%s: %s", key, why);
+	return path;
 }
 
 static bool is_int_text(const char *s)
@@ -1369,6 +1399,15 @@ static void load_identity(struct vctx *v, const struct ynode *m, struct policy_i
 	id->audience = opt_str(v, m, "audience");
 	id->token_file = opt_str(v, m, "token_file");
 	id->groups_claim = opt_str(v, m, "groups_claim");
+	/* a claim that names the token, its client or its subject is no list
+	 * of groups: with groups_claim: client_id, a binding on client_id was
+	 * matched as a group, for users too (review, stop 28) */
+	static const char *const reserved[] = { "sub", "client_id", "azp", "iss", "aud", "exp", "nbf",
+						"iat", "jti", "act", "may_act", "cnf", NULL };
+	for (int i = 0; id->groups_claim && reserved[i]; i++)
+		if (strcmp(id->groups_claim, reserved[i]) == 0)
+			verr(v, map_get(m, "groups_claim"), "groups_claim '%s' names a claim that is not a list of "
+			     "groups (it identifies the token, its subject or its client)", reserved[i]);
 	check_identity(v, m, id->source);
 }
 
@@ -1465,8 +1504,10 @@ static void load_bearer(struct vctx *v, const struct ynode *n, struct policy_ups
 	if (!s)
 		return;
 	if (strcmp(s, "agent_token") != 0) {
+		/* what is there is likely a token written in the wrong key:
+		 * never echoed (error output lands in CI logs) */
 		verr(v, n, "bearer must be 'agent_token' (a fixed token comes from "
-		     "'bearer_token_file'), got '%.64s'", s);
+		     "'bearer_token_file'); the value given is not shown");
 		return;
 	}
 	u->bearer_agent_token = true;
@@ -1726,6 +1767,47 @@ static void check_pg_statement(struct vctx *v, const struct ynode *item, const c
 		     "create_table, or a class: read, write, ddl, admin)", s);
 }
 
+/* One part of a table or function name as the classifier reports it:
+ * not empty, no dot, star, quote or white space (a quoted identifier's
+ * own case is kept, so upper case may be meant). */
+static bool pg_name_part_ok(const char *p, size_t n)
+{
+	if (!n)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (p[i] == '.' || p[i] == '*' || p[i] == '"' || isspace((unsigned char)p[i]))
+			return false;
+	return true;
+}
+
+/* tables: "*", "table" (in the pinned schema), "schema.table" or
+ * "schema.*", exactly what the matcher reads. Anything else matched no
+ * table: harmless under allow, but under review it let the statement
+ * through as allowed (review, stop 28). */
+static void check_pg_table(struct vctx *v, const struct ynode *item, const char *s)
+{
+	const char *dot = strchr(s, '.');
+
+	if (strcmp(s, "*") == 0 || (!dot && pg_name_part_ok(s, strlen(s))) ||
+	    (dot && pg_name_part_ok(s, (size_t)(dot - s)) &&
+	     (strcmp(dot + 1, "*") == 0 || pg_name_part_ok(dot + 1, strlen(dot + 1)))))
+		return;
+	verr(v, item, "table '%.64s' matches no table: write \"*\", \"table\", \"schema.table\" or "
+	     "\"schema.*\" (no spaces, quotes or other stars)", s);
+}
+
+/* functions: "name" or "schema.name". */
+static void check_pg_function(struct vctx *v, const struct ynode *item, const char *s)
+{
+	const char *dot = strchr(s, '.');
+
+	if ((!dot && pg_name_part_ok(s, strlen(s))) ||
+	    (dot && pg_name_part_ok(s, (size_t)(dot - s)) && pg_name_part_ok(dot + 1, strlen(dot + 1))))
+		return;
+	verr(v, item, "function '%.64s' matches no function: write \"name\" or \"schema.name\" "
+	     "(no spaces, quotes or stars)", s);
+}
+
 static void load_action(struct vctx *v, const struct ynode *m, struct policy_action *a,
 			bool review, const struct policy_target *t)
 {
@@ -1751,14 +1833,14 @@ static void load_action(struct vctx *v, const struct ynode *m, struct policy_act
 	if ((n = map_get(m, "statements")))
 		want_strv(v, n, "statements", &a->statements, check_pg_statement);
 	if ((n = map_get(m, "tables"))) {
-		want_strv(v, n, "tables", &a->tables, NULL);
+		want_strv(v, n, "tables", &a->tables, check_pg_table);
 		/* no tables key grants every table; an empty list must not */
 		if (n->kind == Y_SEQ && n->n == 0)
 			verr(v, n, "tables is empty: list the tables, or leave the key out (or write \"*\") "
 			     "to allow every table");
 	}
 	if ((n = map_get(m, "functions")))
-		want_strv(v, n, "functions", &a->functions, NULL);
+		want_strv(v, n, "functions", &a->functions, check_pg_function);
 	if ((n = map_get(m, "http")))
 		want_strv(v, n, "http", &a->http, check_http_rule);
 	if ((n = map_get(m, "verbs")))
@@ -1925,6 +2007,12 @@ static void load_binding(struct vctx *v, const struct ynode *m, struct policy_bi
 		load_claims(v, claims, b);
 	if (!agents && !claims)
 		verr(v, m, "a binding needs 'agents' or 'claims'");
+	else if (agents && claims)
+		/* read as "these agents, when they have these claims", it grants
+		 * each side alone: the agents always, and every identity with
+		 * the claims (review, stop 28) */
+		verr(v, claims, "a binding takes 'agents' or 'claims', not both: each would grant the role "
+		     "on its own (the agents always, any identity with the claims too); write two bindings");
 	else if (agents && !claims && agents->kind == Y_SEQ && agents->n == 0)
 		verr(v, agents, "a binding needs at least one agent or a 'claims' entry");
 }

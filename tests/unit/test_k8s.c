@@ -1099,7 +1099,7 @@ static void test_action_check(void)
 	static const char *const bad_res[] = {
 		"pods/", "pods/log/x", ".apps", "pods.", "pods..apps", "pods.apps.",
 		"pods.Apps", "po ds", "po*", "pods/lo*", "*pods", "/ver*sion", "/a;b", "/a%2F",
-		"pods.a_b",
+		"pods.a_b", "Secrets", "pods/Exec", "Deployments.apps",   /* upper case matched nothing */
 	};
 	for (size_t i = 0; i < sizeof(bad_res) / sizeof(bad_res[0]); i++) {
 		struct policy_strv one = { (char **)&bad_res[i], 1 };

@@ -940,6 +940,99 @@ static void test_refused_shapes(void)
 	}
 }
 
+/* tables and functions entries the matcher can never match: refused (in
+ * a review list they let the statement through as allowed). */
+static void test_pg_name_entries(void)
+{
+	static const char *const fmt =
+		"version: 1\nagents: [{name: a}]\n"
+		"targets: [{name: db, protocol: postgres, address: 10.0.0.5:5432}]\n"
+		"roles: [{name: r, rules: [{target: db, allow: {statements: [read, write]},\n"
+		"  review: {statements: [delete], tables: ['%s'], functions: ['%s']}}]}]\n";
+	static const struct { const char *table, *func; bool ok; } cases[] = {
+		{ "public.orders", "public.lower", true }, { "orders", "lower", true },
+		{ "public.*", "pg_catalog.lower", true }, { "*", "x", true },
+		{ "public.Orders", "Lower", true },   /* a quoted identifier keeps its case */
+		{ "*.orders", "lower", false }, { "public.order*", "lower", false },
+		{ "orders ", "lower", false }, { "a.b.c", "lower", false }, { "public.\"x\"", "lower", false },
+		{ "orders", "public.*", false }, { "orders", "*", false }, { "orders", "lo wer", false },
+	};
+	char text[640];
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct policy_errors e;
+		struct policy *p;
+
+		snprintf(text, sizeof(text), fmt, cases[i].table, cases[i].func);
+		p = load_str("names.yaml", text, &e);
+		CHECK((p != NULL) == cases[i].ok);
+		if ((p != NULL) != cases[i].ok) {
+			fprintf(stderr, "  table '%s' function '%s'\n", cases[i].table, cases[i].func);
+			dump_errors(&e);
+		}
+		if (!cases[i].ok)
+			CHECK(e.n >= 1 && strstr(e.e[0].msg, "matches no"));
+		policy_free(p);
+	}
+}
+
+/* Bidirectional controls in quoted user text never reach an error line. */
+static void test_error_text_bidi(void)
+{
+	struct policy_errors e;
+	struct policy *p = load_str("bidi.yaml", "version: 1\nagents: [{name: a, \"x\xe2\x80\xae:ok\xe2\x81\xa6\": 1}]\n",
+				    &e);
+
+	CHECK(p == NULL && e.n >= 1 && strstr(e.e[0].msg, "x???:ok???") && !strstr(e.e[0].msg, "\xe2"));
+	if (p == NULL && e.n >= 1 && !strstr(e.e[0].msg, "x???:ok???"))
+		dump_errors(&e);
+	policy_free(p);
+}
+
+/* A binding with both agents and claims grants each side alone: refused. */
+static void test_binding_both_keys(void)
+{
+	struct policy_errors e;
+	struct policy *p = load_str("both.yaml", "version: 1\nagents: [{name: a}]\nroles: [{name: r}]\n"
+				    "bindings:\n  - {role: r, agents: [a], claims: {groups: [x]}}\n", &e);
+
+	CHECK(p == NULL && has_error(&e, 5, 36, "not both"));
+	if (p || !has_error(&e, 5, 36, "not both"))
+		dump_errors(&e);
+	policy_free(p);
+}
+
+/* groups_claim naming a claim that identifies the token or its client:
+ * refused (a binding on client_id was matched as a group, for users too). */
+static void test_groups_claim_reserved(void)
+{
+	static const char *const fmt =
+		"version: 1\n"
+		"agents:\n"
+		"  - name: a\n"
+		"    identity: {source: token_file, token_file: /run/t, issuer: http://127.0.0.1:5556,\n"
+		"               audience: x, groups_claim: %s}\n";
+	static const struct { const char *claim; bool ok; } cases[] = {
+		{ "groups", true }, { "roles", true }, { "client_id", false }, { "azp", false },
+		{ "sub", false }, { "aud", false },
+	};
+	char text[512];
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct policy_errors e;
+		struct policy *p;
+
+		snprintf(text, sizeof(text), fmt, cases[i].claim);
+		p = load_str("gc.yaml", text, &e);
+		CHECK((p != NULL) == cases[i].ok);
+		if (!cases[i].ok)
+			CHECK(has_error(&e, 5, 43, "names a claim that is not a list of groups"));
+		if ((p != NULL) != cases[i].ok)
+			dump_errors(&e);
+		policy_free(p);
+	}
+}
+
 /* Secret files (read with root's rights) must be named by absolute paths
  * no one but root can re-point: refused at load, with the file's line. A
  * file not there yet loads (it is read when needed). Runs as root. */
@@ -971,7 +1064,14 @@ static void test_secret_paths(void)
 	policy_free(p);
 	snprintf(text, sizeof(text), fmt, "secrets/db", "/etc/agentgate/missing");
 	p = load_str("rel.yaml", text, &e);
-	CHECK(p == NULL && has_error(&e, 7, 42, "password_file 'secrets/db' must be an absolute path"));
+	CHECK(p == NULL && has_error(&e, 7, 42, "password_file must be an absolute path"));
+	CHECK(p == NULL && !strstr(e.e[0].msg, "secrets/db"));   /* maybe the secret itself: not echoed */
+	policy_free(p);
+	/* a token written where agent_token belongs: named, not echoed */
+	p = load_str("bearer.yaml", "version: 1\nagents: [{name: a}]\ntargets: [{name: api, protocol: http, "
+		     "address: 10.0.0.6:80, upstream: {bearer: sk_live_SECRET123}}]\n", &e);
+	CHECK(p == NULL && has_error(&e, 3, 80, "bearer must be 'agent_token'") &&
+	      !strstr(e.e[0].msg, "SECRET123"));
 	policy_free(p);
 	char pw[700], tok[700];
 
@@ -1007,6 +1107,32 @@ static void test_secret_paths(void)
 	p = load_str("ca-ok.yaml", text, &e);
 	CHECK(p != NULL);
 	policy_free(p);
+	/* in a directory only root can change, but the file itself writable
+	 * by another user or by everyone: the same refusal (OpenSSL reads it,
+	 * not secret_open(), so the loader looks at the file) */
+	char cafile[700], crtfile[700];
+	snprintf(cafile, sizeof(cafile), "%s/ca.pem", d);
+	snprintf(crtfile, sizeof(crtfile), "%s/crt.pem", d);
+	for (int i = 0; i < 2; i++) {
+		const char *f = i ? crtfile : cafile;
+		int fd = open(f, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		CHECK(fd >= 0);
+		close(fd);
+	}
+	CHECK(chown(cafile, 1000, 1000) == 0 && chmod(crtfile, 0666) == 0);
+	snprintf(text, sizeof(text), tfmt, cafile, crtfile, "/etc/agentgate/ca.pem");
+	p = load_str("ca-file.yaml", text, &e);
+	CHECK(p == NULL && e.total == 2 && has_error(&e, 7, 43, "ca_file: '") &&
+	      strstr(e.e[0].msg, "owner uid 1000") && strstr(e.e[1].msg, "mode 0666"));
+	if (p == NULL && e.total != 2)
+		dump_errors(&e);
+	policy_free(p);
+	CHECK(chown(cafile, 0, 0) == 0 && chmod(crtfile, 0644) == 0);
+	p = load_str("ca-file-ok.yaml", text, &e);
+	CHECK(p != NULL);
+	policy_free(p);
+	unlink(cafile);
+	unlink(crtfile);
 	rmdir(open_dir);
 	rmdir(d);
 }
@@ -1066,6 +1192,10 @@ int main(void)
 	RUN(test_proto_name);
 	RUN(test_reload_refusal);
 	RUN(test_secret_paths);
+	RUN(test_groups_claim_reserved);
+	RUN(test_binding_both_keys);
+	RUN(test_pg_name_entries);
+	RUN(test_error_text_bidi);
 	RUN(test_hec_ack_timeout);
 	UNIT_DONE("policy");
 }
