@@ -83,7 +83,9 @@ class Postgres:
             certdir = os.path.join(tmp, "pgcerts")
             os.makedirs(certdir, exist_ok=True)
             self.ca, self.other_ca = make_ca(certdir)
-            for f in os.listdir(certdir):
+            # the server reads its own certificate and key; the CA files stay
+            # root's, as the enforcer requires of a ca_file it trusts
+            for f in ("server.crt", "server.key"):
                 os.chown(os.path.join(certdir, f), pg_uid(), pg_gid())
             conf += ["ssl = on", f"ssl_cert_file = '{certdir}/server.crt'",
                      f"ssl_key_file = '{certdir}/server.key'"]
