@@ -403,6 +403,19 @@ def test_http_sinks_survive_errors_and_outage(enforcer, servers, collector):
         assert len(got) - len(set(got)) <= 500, f"{get.__name__}: more duplicates than one batch"
 
 
+def dead_letter_path(enforcer):
+    return os.path.join(enforcer.state, "spool", "dead-letter.jsonl")
+
+
+def dead_letters(enforcer):
+    """The dead-letter file's records, oldest first ([] before there is one)."""
+    try:
+        with open(dead_letter_path(enforcer)) as f:
+            return [json.loads(l) for l in f]
+    except FileNotFoundError:
+        return []
+
+
 def test_http_permanent_error_goes_to_dead_letter(enforcer, servers, collector):
     """A 400 (the events refused: HEC's "Invalid data format") is permanent: the
     events go to the dead-letter file, whole, and delivery moves on."""
@@ -414,14 +427,10 @@ def test_http_permanent_error_goes_to_dead_letter(enforcer, servers, collector):
     traffic(enforcer, port, 5)
     assert wait_for(lambda: len(file_events(enforcer.audit)) >= 11, 10)
     seqs = [e["metadata"]["sequence"] for e in file_events(enforcer.audit)]
-    dl = os.path.join(enforcer.state, "spool", "dead-letter.jsonl")
+    dl = dead_letter_path(enforcer)
 
     def dead():
-        try:
-            with open(dl) as f:
-                return [json.loads(l) for l in f]
-        except FileNotFoundError:
-            return []
+        return dead_letters(enforcer)
     assert wait_for(lambda: set(seqs) <= {d["event"]["metadata"]["sequence"] for d in dead()}, 10)
     enforcer.stop()
     d = dead()[0]
@@ -446,14 +455,9 @@ def test_es_items_matched_by_id_not_position(enforcer, servers, collector):
     traffic(enforcer, port, 10)
     assert wait_for(lambda: len(file_events(enforcer.audit)) >= 21, 10)
     seqs = [e["metadata"]["sequence"] for e in file_events(enforcer.audit)]
-    dl = os.path.join(enforcer.state, "spool", "dead-letter.jsonl")
 
     def dead():
-        try:
-            with open(dl) as f:
-                return [json.loads(l)["event"]["metadata"]["sequence"] for l in f]
-        except FileNotFoundError:
-            return []
+        return [d["event"]["metadata"]["sequence"] for d in dead_letters(enforcer)]
     want = set(seqs) - {3}
     assert wait_for(lambda: want <= set(es_seqs(collector)) and dead() == [3], 15), \
         (sorted(want - set(es_seqs(collector)))[:10], dead())
@@ -501,7 +505,7 @@ def test_http_refused_credentials_are_retried_not_dead_lettered(enforcer, server
     traffic(enforcer, port, 5)
     assert wait_for(lambda: len(file_events(enforcer.audit)) >= 11, 10)
     time.sleep(3)
-    dl = os.path.join(enforcer.state, "spool", "dead-letter.jsonl")
+    dl = dead_letter_path(enforcer)
     assert not os.path.exists(dl)
     assert hec_seqs(collector) == []
     assert any(st == 401 for _, st in collector.requests)
@@ -532,7 +536,7 @@ def test_dead_letter_file_is_bounded_and_counted(enforcer, servers, collector):
     counters = lambda: enforcer.status()["counters"]
     assert wait_for(lambda: counters()["audit_dead_lettered"] >= n, 20), counters()
     c = counters()
-    dl = os.path.join(enforcer.state, "spool", "dead-letter.jsonl")
+    dl = dead_letter_path(enforcer)
     lines = [sum(1 for _ in open(p)) for p in (dl, dl + ".1")]
     assert os.path.getsize(dl) <= 64 << 10 and os.path.getsize(dl + ".1") <= 64 << 10
     assert os.stat(dl + ".1").st_mode & 0o777 == 0o600

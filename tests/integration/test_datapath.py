@@ -307,6 +307,22 @@ def query(name, server, qtype=1):
 """
 
 
+# dial(port) to 127.0.0.2 as the agent: "echo", "closed", the errno name of a
+# connect refused in the kernel, or "enforcer-" and the errno of a relay refused
+DIAL_2 = r"""
+import errno
+def dial(port):
+    s = socket.socket(); s.settimeout(5)
+    try:
+        s.connect(("127.0.0.2", port))
+    except OSError as e:
+        return errno.errorcode[e.errno]
+    try:
+        s.sendall(b"hi\n"); return "echo" if s.recv(10) else "closed"
+    except OSError as e:
+        return "enforcer-" + errno.errorcode[e.errno]
+"""
+
 def dns_policy(dns_port, web_port, allow='["*.test"]'):
     return f"""
     version: 1
@@ -1397,18 +1413,7 @@ def test_dns_learned_address_of_a_static_target_keeps_its_key(enforcer, servers)
     roles: [{{name: r, rules: [{{target: byname}}, {{target: static}}]}}]
     bindings: [{{role: r, agents: [t-agent]}}]
     """)
-    r = enforcer.py("t-agent", DNS_QUERY + f"""
-import errno
-def dial(port):
-    s = socket.socket(); s.settimeout(5)
-    try:
-        s.connect(("127.0.0.2", port))
-    except OSError as e:
-        return errno.errorcode[e.errno]
-    try:
-        s.sendall(b"hi\\n"); return "echo" if s.recv(10) else "closed"
-    except OSError as e:
-        return "enforcer-" + errno.errorcode[e.errno]
+    r = enforcer.py("t-agent", DNS_QUERY + DIAL_2 + f"""
 srv = ("192.0.2.53", 53)
 print(dial({a}))
 query("api.test", srv)
@@ -1646,18 +1651,7 @@ def test_dns_name_of_two_targets_leaves_no_kernel_key_behind(enforcer, servers):
     roles: [{{name: r, rules: [{{target: a}}, {{target: b}}]}}]
     bindings: [{{role: r, agents: [t-agent]}}]
     """)
-    r = enforcer.py("t-agent", DNS_QUERY + f"""
-import errno
-def dial(port):
-    s = socket.socket(); s.settimeout(5)
-    try:
-        s.connect(("127.0.0.2", port))
-    except OSError as e:
-        return errno.errorcode[e.errno]           # refused in the kernel
-    try:
-        s.sendall(b"hi\\n"); return "echo" if s.recv(10) else "closed"
-    except OSError as e:
-        return "enforcer-" + errno.errorcode[e.errno]
+    r = enforcer.py("t-agent", DNS_QUERY + DIAL_2 + f"""
 srv = ("192.0.2.53", 53)
 query("api.test", srv)
 print(dial({a}), dial({b}))

@@ -567,6 +567,34 @@ def test_large_result_masking_and_copy(enforcer, pg, tmp):
     assert ev and ev["unmapped"]["statement"]["masked_values"] == 120
 
 
+def fake_pg_server(port, rec, greet):
+    """A fake PostgreSQL server on port: for each connection it runs greet
+    (Python lines; c is the connection, data what is recorded), then appends
+    data and everything else the client sends to the file rec."""
+    code = textwrap.dedent(f"""
+        import socket, struct
+        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", {port})); s.listen(8)
+        while True:
+            c, _ = s.accept()
+            c.settimeout(2)
+            data = b""
+            try:
+        GREET
+                while True:
+                    d = c.recv(4096)
+                    if not d:
+                        break
+                    data += d
+            except OSError:
+                pass
+            open({rec!r}, "ab").write(data)
+            c.close()
+        """)
+    return subprocess.Popen([PY, "-c", code.replace("GREET\n", textwrap.indent(textwrap.dedent(greet).strip("\n"),
+                                                                            " " * 8) + "\n")])
+
+
 def test_upstream_down_and_tls_failures(enforcer, pg, tmp, servers):
     """A clear ErrorResponse when the upstream is down, when its certificate does not verify,
     and when it refuses TLS that the target requires; nothing is sent in plaintext."""
@@ -577,27 +605,10 @@ def test_upstream_down_and_tls_failures(enforcer, pg, tmp, servers):
     # a fake server that says 'N' to SSLRequest and records everything it receives
     rec = os.path.join(tmp, "plain.bin")
     fake_port = free_tcp_port()
-    fake = subprocess.Popen([PY, "-c", textwrap.dedent(f"""
-        import socket
-        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", {fake_port})); s.listen(8)
-        while True:
-            c, _ = s.accept()
-            c.settimeout(2)
-            data = b""
-            try:
-                data = c.recv(8)
-                c.sendall(b"N")
-                while True:
-                    d = c.recv(4096)
-                    if not d:
-                        break
-                    data += d
-            except OSError:
-                pass
-            open({rec!r}, "ab").write(data)
-            c.close()
-        """)])
+    fake = fake_pg_server(fake_port, rec, """
+        data = c.recv(8)
+        c.sendall(b"N")
+        """)
     try:
         import time as _t
         _t.sleep(0.3)
@@ -642,32 +653,15 @@ def test_cleartext_password_only_to_a_verified_server(enforcer, pg, tmp):
     other gets nothing and the agent a 28000 error naming why."""
     rec = os.path.join(tmp, "asked.bin")
     fake_port = free_tcp_port()
-    fake = subprocess.Popen([PY, "-c", textwrap.dedent(f"""
-        import socket, struct
-        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", {fake_port})); s.listen(8)
-        while True:
-            c, _ = s.accept()
-            c.settimeout(2)
-            data = b""
-            try:
-                n = struct.unpack("!I", c.recv(4))[0]
-                first = c.recv(n - 4)
-                if first[:4] == struct.pack("!I", 80877103):     # SSLRequest: no
-                    c.sendall(b"N")
-                    n = struct.unpack("!I", c.recv(4))[0]
-                    c.recv(n - 4)
-                c.sendall(b"R" + struct.pack("!II", 8, 3))      # the password, in clear
-                while True:
-                    d = c.recv(4096)
-                    if not d:
-                        break
-                    data += d
-            except OSError:
-                pass
-            open({rec!r}, "ab").write(data)
-            c.close()
-        """)])
+    fake = fake_pg_server(fake_port, rec, """
+        n = struct.unpack("!I", c.recv(4))[0]
+        first = c.recv(n - 4)
+        if first[:4] == struct.pack("!I", 80877103):     # SSLRequest: no
+            c.sendall(b"N")
+            n = struct.unpack("!I", c.recv(4))[0]
+            c.recv(n - 4)
+        c.sendall(b"R" + struct.pack("!II", 8, 3))      # the password, in clear
+        """)
     try:
         time.sleep(0.3)
         pol = policy(pg, tmp).replace(f"127.0.0.1:{pg.port}", f"127.0.0.1:{fake_port}")

@@ -535,12 +535,7 @@ def test_reload_http_upstream_change_with_a_request_in_flight(enforcer, servers,
     under it, and the old rules no longer hold, so the next request is
     refused with 503 and the connection closes; the agent opens a new one.
     The request in flight finishes."""
-    from conftest import Proc, free_port, wait_port
-    d = os.path.join(tmp, "held")
-    os.makedirs(d)
-    port = free_port()
-    servers.procs.append(Proc([PY, "-c", HELD_UPSTREAM, str(port), d]))
-    wait_port("127.0.0.1", port)
+    port, d = held_upstream(servers, tmp)
     path = enforcer.start(http_policy(port, ["GET /slow", "GET /a/**"]))
     agent, say = pipe_agent(enforcer, port)
     try:
@@ -611,6 +606,17 @@ for line in sys.stdin:
 """
 
 
+def held_upstream(servers, tmp):
+    """HELD_UPSTREAM on a free port; returns (port, its directory)."""
+    from conftest import Proc, free_port, wait_port
+    d = os.path.join(tmp, "held")
+    os.makedirs(d)
+    port = free_port()
+    servers.procs.append(Proc([PY, "-c", HELD_UPSTREAM, str(port), d]))
+    wait_port("127.0.0.1", port)
+    return port, d
+
+
 def pipe_agent(enforcer, port):
     """PIPE_AGENT as the agent; returns the process and say(line) -> its JSON answer."""
     agent = subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", AGENT, "--", PY, "-c",
@@ -632,12 +638,7 @@ def test_reload_http_judges_every_new_request_by_the_new_policy(enforcer, server
     for a moment with nothing in flight, so an agent that always kept one request
     out stayed under the old rules for good (review, stop 19). The request in
     flight finishes under the policy that judged it."""
-    from conftest import Proc, free_port, wait_port
-    d = os.path.join(tmp, "held")
-    os.makedirs(d)
-    port = free_port()
-    servers.procs.append(Proc([PY, "-c", HELD_UPSTREAM, str(port), d]))
-    wait_port("127.0.0.1", port)
+    port, d = held_upstream(servers, tmp)
     path = enforcer.start(http_policy(port, ["GET /slow", "GET /a/**"]))
     agent, say = pipe_agent(enforcer, port)
 
