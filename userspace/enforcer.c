@@ -1437,6 +1437,11 @@ int enforcer_attach_extra(const char *agent, const char *cgroup, char *err, size
 
 /* ---- run ------------------------------------------------------------------ */
 
+static void log_policy_warning(void *desc, const char *msg)
+{
+	ag_log(LOG_LVL_WARN, "policy %s: %s", (const char *)desc, msg);
+}
+
 /* Loads the policy: path, else /etc/agentgate/policy.yaml when present, else
  * the embedded default. Errors ("file:line:col: what") go to stderr, or into
  * msgs when it is not NULL (a reload). */
@@ -1473,6 +1478,8 @@ static struct policy *load_policy(const char *path, char *desc, size_t desclen, 
 		else
 			fprintf(stderr, "%s\n", more);
 	}
+	if (p)
+		policy_warnings(p, log_policy_warning, desc);
 	return p;
 }
 

@@ -186,6 +186,11 @@ static int cmd_reload(int argc, char **argv)
 	return 0;
 }
 
+static void print_policy_warning(void *file, const char *msg)
+{
+	fprintf(stderr, "%s: warning: %s\n", (const char *)file, msg);
+}
+
 static int cmd_policy_check(int argc, char **argv)
 {
 	int bad = 0;
@@ -210,6 +215,7 @@ static int cmd_policy_check(int argc, char **argv)
 		}
 		printf("%s: ok (%zu agents, %zu targets, %zu roles, sha256 %.12s)\n", argv[i], p->nagents,
 		       p->ntargets, p->nroles, p->hash);
+		policy_warnings(p, print_policy_warning, argv[i]);
 		policy_free(p);
 	}
 	return bad;

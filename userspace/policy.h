@@ -267,6 +267,11 @@ int policy_parse_addr(const char *s, struct policy_addr *out, char *why, size_t 
 
 const char *policy_proto_name(enum policy_proto p);
 
+/* Calls fn once per legal but risky setting, with a one-line message naming
+ * the target: today, an http or kubernetes credential sent upstream without
+ * a verified TLS connection, to an address off this host. */
+void policy_warnings(const struct policy *p, void (*fn)(void *arg, const char *msg), void *arg);
+
 /*
  * agentgate reload: 0 when nw may replace old in a running enforcer, else -1
  * with why saying which part changed ("agent 'a' (line 4): its identity

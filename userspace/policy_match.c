@@ -419,3 +419,44 @@ const char *policy_rule_label(const struct policy_rule *r, char *buf, size_t len
 	snprintf(buf, len, "role '%s' rule %d (line %d)", r->role ? r->role : "?", r->index + 1, r->line);
 	return buf;
 }
+
+/* ---- warnings ----------------------------------------------------------- */
+
+/* An address only this host can answer: 127.0.0.0/8 (as v4-mapped) or ::1. */
+static bool addr_on_host(const struct policy_addr *a)
+{
+	static const uint8_t v4m[12] = { [10] = 0xff, [11] = 0xff };
+	static const uint8_t v6lo[16] = { [15] = 1 };
+
+	if (a->kind == ADDR_HOST)
+		return false;
+	if (a->is_v4)
+		return !memcmp(a->addr, v4m, sizeof(v4m)) && a->addr[12] == 127 && a->prefixlen >= 104;
+	return !memcmp(a->addr, v6lo, sizeof(v6lo)) && a->prefixlen == 128;
+}
+
+void policy_warnings(const struct policy *p, void (*fn)(void *arg, const char *msg), void *arg)
+{
+	for (size_t i = 0; i < p->ntargets; i++) {
+		const struct policy_target *t = &p->targets[i];
+		const struct policy_upstream *u = &t->upstream;
+		const struct policy_addr *to = u->has_address ? &u->address : &t->addr;
+		const char *cred = u->bearer_token_file ? "bearer_token_file" :
+				   u->basic_auth_file ? "basic_auth_file" :
+				   u->header_value_file ? "header" :
+				   u->bearer_agent_token ? "bearer: agent_token" : NULL;
+		char msg[512];
+
+		/* Only http and kubernetes send a credential as it is: a postgres
+		 * password goes in clear only to a verified server (proto_pg.c). */
+		if ((t->proto != PROTO_HTTP && t->proto != PROTO_KUBERNETES) || !cred)
+			continue;
+		if ((u->tls && !strcmp(u->tls, "verify-full")) || addr_on_host(to))
+			continue;
+		snprintf(msg, sizeof(msg), "target '%s': its credential (%s) is sent upstream over %s: whoever "
+			 "answers for the upstream address can read it; set tls: verify-full", t->name, cred,
+			 u->tls && !strcmp(u->tls, "require") ? "TLS that is not verified (tls: require)" :
+			 "plain TCP (no tls)");
+		fn(arg, msg);
+	}
+}

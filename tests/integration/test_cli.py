@@ -26,6 +26,28 @@ def test_policy_check_good_and_bad(tmp):
     assert "ok" in r.stdout      # the good file is still reported
 
 
+
+def test_policy_check_warns_of_a_credential_sent_in_clear(tmp):
+    """Legal, but whoever answers for 10.0.0.6 reads the bearer token: the
+    check says so on stderr and still passes; verify-full or a loopback
+    upstream is not warned about."""
+    p = os.path.join(tmp, "p.yaml")
+    with open(p, "w") as f:
+        f.write("""version: 1
+agents: [{name: a}]
+targets:
+  - {name: api, protocol: http, address: 10.0.0.6:80, upstream: {bearer_token_file: /etc/agentgate-t/tok}}
+  - {name: safe, protocol: http, address: 10.0.0.7:443,
+     upstream: {tls: verify-full, bearer_token_file: /etc/agentgate-t/tok}}
+  - {name: here, protocol: http, address: 127.0.0.1:8080, upstream: {bearer_token_file: /etc/agentgate-t/tok}}
+""")
+    r = run("policy", "check", p)
+    assert r.returncode == 0 and "ok (1 agents" in r.stdout, r.stdout + r.stderr
+    assert r.stderr == (f"{p}: warning: target 'api': its credential (bearer_token_file) is sent upstream "
+                        "over plain TCP (no tls): whoever answers for the upstream address can read it; "
+                        "set tls: verify-full\n"), r.stderr
+
+
 def test_policy_explain(tmp):
     p = os.path.join(tmp, "p.yaml")
     with open(p, "w") as f:

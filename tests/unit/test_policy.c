@@ -1172,6 +1172,68 @@ static void test_hec_ack_timeout(void)
 	policy_free(p);
 }
 
+struct warn_log {
+	char text[2048];
+	int n;
+};
+
+static void collect_warning(void *arg, const char *msg)
+{
+	struct warn_log *w = arg;
+	size_t used = strlen(w->text);
+
+	snprintf(w->text + used, sizeof(w->text) - used, "%s\n", msg);
+	w->n++;
+}
+
+/* A credential sent upstream where someone other than the upstream could
+ * read it is legal but warned about; the address dialled is what counts. */
+static void test_plaintext_credential_warnings(void)
+{
+	static const char *const text =
+		"version: 1\n"
+		"agents: [{name: a}]\n"
+		"targets:\n"
+		"  - {name: plain, protocol: http, address: 10.0.0.6:80,\n"
+		"     upstream: {bearer_token_file: /etc/agentgate-unit/t}}\n"
+		"  - {name: unverified, protocol: http, address: 10.0.0.7:443,\n"
+		"     upstream: {tls: require, basic_auth_file: /etc/agentgate-unit/t}}\n"
+		"  - {name: verified, protocol: http, address: 10.0.0.8:443,\n"
+		"     upstream: {tls: verify-full, bearer_token_file: /etc/agentgate-unit/t}}\n"
+		"  - {name: local, protocol: http, address: 127.0.0.1:8080,\n"
+		"     upstream: {bearer_token_file: /etc/agentgate-unit/t}}\n"
+		"  - {name: local-up, protocol: http, address: api.internal:80,\n"
+		"     upstream: {address: 127.0.0.2:80, header: {name: X-Key, value_file: /etc/agentgate-unit/t}}}\n"
+		"  - {name: away, protocol: http, address: 127.0.0.1:8081,\n"
+		"     upstream: {address: 10.0.0.11:80, bearer_token_file: /etc/agentgate-unit/t}}\n"
+		"  - {name: cluster, protocol: kubernetes, address: 10.0.0.9:6443,\n"
+		"     upstream: {bearer: agent_token}}\n"
+		"  - {name: none, protocol: http, address: 10.0.0.10:80}\n"
+		"  - {name: db, protocol: postgres, address: 10.0.0.5:5432,\n"
+		"     upstream: {user: app, password_file: /etc/agentgate-unit/t, tls: disable}}\n";
+	struct warn_log w = { 0 };
+	struct policy_errors e;
+	struct policy *p = load_str("warn.yaml", text, &e);
+
+	CHECK(p != NULL);
+	if (!p) {
+		dump_errors(&e);
+		return;
+	}
+	policy_warnings(p, collect_warning, &w);
+	CHECK(w.n == 4);
+	CHECK(strstr(w.text, "target 'plain': its credential (bearer_token_file) is sent upstream over "
+			     "plain TCP (no tls)") != NULL);
+	CHECK(strstr(w.text, "target 'unverified': its credential (basic_auth_file) is sent upstream over "
+			     "TLS that is not verified (tls: require)") != NULL);
+	CHECK(strstr(w.text, "target 'away': ") != NULL);
+	CHECK(strstr(w.text, "target 'cluster': its credential (bearer: agent_token)") != NULL);
+	CHECK(strstr(w.text, "set tls: verify-full") != NULL);
+	if (w.n != 4)
+		fprintf(stderr, "  warnings:\n%s", w.text);
+	policy_free(p);
+}
+
 int main(void)
 {
 	RUN(test_default_policy);
@@ -1197,5 +1259,6 @@ int main(void)
 	RUN(test_pg_name_entries);
 	RUN(test_error_text_bidi);
 	RUN(test_hec_ack_timeout);
+	RUN(test_plaintext_credential_warnings);
 	UNIT_DONE("policy");
 }
