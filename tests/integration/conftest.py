@@ -365,7 +365,7 @@ def pg(tmp):
     os.chmod(tmp, 0o755)
     p = Postgres(tmp)
     yield p
-    p.stop()
+    p.stop(immediate=True)
 
 
 @pytest.fixture

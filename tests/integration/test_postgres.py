@@ -28,7 +28,7 @@ def pg(tmp):
     os.chmod(tmp, 0o755)
     p = Postgres(tmp, ssl=True)
     yield p
-    p.stop()
+    p.stop(immediate=True)
 
 
 RULES_RO = [{"target": "shop",
