@@ -586,6 +586,55 @@ static __always_inline void pair_key(struct bpf_sock_ops *ops, struct ag_pair_ke
 	k->listen_port = (__u16)(bpf_ntohl(ops->remote_port) & 0xffff);
 }
 
+/*
+ * The enforcer's ports belong to the enforcer. Its listeners are ordinary
+ * sockets on 127.0.0.1 and ::1, and while it is down (a restart, a crash,
+ * SIGTERM's last seconds) any local user could bind the same ports and be
+ * handed every agent's redirected connections, credentials included; even
+ * while it runs, a UDP socket with SO_REUSEADDR can take datagrams from
+ * another. This program, on the host's network namespace, runs at each
+ * socket lookup the kernel makes for a new TCP connection or an unconnected
+ * UDP datagram: one addressed to an enforcer port on loopback goes to the
+ * enforcer's own socket (ag_listen, which the enforcer fills and the kernel
+ * empties as those sockets close), or nowhere (TCP answers with a reset:
+ * the agent sees ECONNREFUSED, as before). Anything else is untouched.
+ */
+SEC("sk_lookup")
+int ag_guard(struct bpf_sk_lookup *ctx)
+{
+	__u32 zero = 0, key, port = ctx->local_port;
+	struct ag_global *g = bpf_map_lookup_elem(&ag_global, &zero);
+	bool v6 = ctx->family == AF_INET6;
+	struct bpf_sock *sk;
+	long err;
+
+	if (!g || !(g->flags & AG_GF_READY))
+		return SK_PASS;
+	if (v6 ? !(ctx->local_ip6[0] == 0 && ctx->local_ip6[1] == 0 && ctx->local_ip6[2] == 0 &&
+		   ctx->local_ip6[3] == bpf_htonl(1))
+	       : ctx->local_ip4 != bpf_htonl(0x7f000001))
+		return SK_PASS;
+	if (ctx->protocol == IPPROTO_TCP && port == g->tcp_port)
+		key = v6 ? AG_LISTEN_TCP6 : AG_LISTEN_TCP4;
+	else if (ctx->protocol == IPPROTO_UDP && port >= g->dns_port_base &&
+		 port < (__u32)g->dns_port_base + g->dns_port_count && port - g->dns_port_base < AG_MAX_AGENTS)
+		key = AG_LISTEN_DNS + 2 * (port - g->dns_port_base) + v6;
+	else
+		return SK_PASS;
+	sk = bpf_map_lookup_elem(&ag_listen, &key);
+	if (!sk) {
+		count(AG_CNT_GUARD_DROP);
+		return SK_DROP;
+	}
+	err = bpf_sk_assign(ctx, sk, 0);
+	bpf_sk_release(sk);
+	if (err) {
+		count(AG_CNT_GUARD_DROP);
+		return SK_DROP;
+	}
+	return SK_PASS;
+}
+
 SEC("sockops")
 int ag_sock_ops(struct bpf_sock_ops *ops)
 {

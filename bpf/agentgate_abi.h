@@ -28,6 +28,12 @@
 #define AG_RINGBUF_DEFAULT (1u << 20)
 #define AG_COMM_LEN     16
 #define AG_BAL_MAX      64      /* worker threads balance.bpf.c can choose among (MAX_WORKERS) */
+/* Map ag_listen (SOCKMAP): the enforcer's own sockets, which alone may get
+ * what is sent to its loopback ports (ag_guard). */
+#define AG_LISTEN_TCP4  0
+#define AG_LISTEN_TCP6  1
+#define AG_LISTEN_DNS   2       /* + 2 * slot (IPv4), + 2 * slot + 1 (IPv6) */
+#define AG_LISTEN_MAX   (AG_LISTEN_DNS + 2 * AG_MAX_AGENTS)
 
 /* Per-CPU counters (map ag_counters, PERCPU_ARRAY of __u64). */
 enum ag_counter {
@@ -44,6 +50,7 @@ enum ag_counter {
 	AG_CNT_CFG_MISSING      = 10, /* ag_global not written yet: denied */
 	AG_CNT_SKB_EGRESS_DROP  = 11, /* backstop: packets to anything but the enforcer dropped */
 	AG_CNT_SKB_INGRESS_DROP = 12, /* backstop: packets from anything but the enforcer dropped */
+	AG_CNT_GUARD_DROP       = 13, /* sk_lookup: a connection or datagram to an enforcer port with no enforcer socket */
 	AG_CNT__MAX             = 16,
 };
 

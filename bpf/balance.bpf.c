@@ -24,9 +24,12 @@
 #define ETH_P_IPV6 0x86DD
 _Static_assert((AG_BAL_MAX & (AG_BAL_MAX - 1)) == 0, "AG_BAL_MAX is a power of two");
 
-/* Sockets: key i is worker i's IPv4 listener, AG_BAL_MAX + i its IPv6 one. */
+/* Sockets: key i is worker i's IPv4 listener, AG_BAL_MAX + i its IPv6 one.
+ * A SOCKMAP, not a REUSEPORT_SOCKARRAY: that one keeps its entry in the
+ * socket's sk_user_data, and a socket with it cannot also be in the
+ * SOCKMAP the port guard (ag_guard in agentgate.bpf.c) assigns from. */
 struct {
-	__uint(type, BPF_MAP_TYPE_REUSEPORT_SOCKARRAY);
+	__uint(type, BPF_MAP_TYPE_SOCKMAP);
 	__uint(max_entries, 2 * AG_BAL_MAX);
 	__type(key, __u32);
 	__type(value, __u64);

@@ -72,4 +72,12 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ag_counters SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKMAP);
+	__uint(max_entries, AG_LISTEN_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ag_listen SEC(".maps");
+
 #endif

@@ -134,6 +134,21 @@ int dns_open(struct dns **out, const struct policy *p, uint16_t base, int epfd, 
 	return 0;
 }
 
+int dns_listener_count(const struct dns *d)
+{
+	return d ? d->nlisteners : 0;
+}
+
+int dns_listener(const struct dns *d, int i, int *slot, bool *v6)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+
+	*slot = d->listeners[i].slot;
+	*v6 = getsockname(d->listeners[i].fd, (struct sockaddr *)&ss, &len) == 0 && ss.ss_family == AF_INET6;
+	return d->listeners[i].fd;
+}
+
 void dns_set_policy(struct dns *d, const struct policy *p)
 {
 	if (d)

@@ -1350,6 +1350,8 @@ void *enforcer_status_json(void)
 	json_object_set_new(st, "balance", json_pack("{s:s, s:s?, s:o}",
 		"method", E->balance ? "least_connections" : "kernel_hash",
 		"reason", E->balance ? NULL : E->balance_why, "worker_connections", per));
+	json_object_set_new(st, "port_guard", json_pack("{s:b, s:s?}", "on", E->guarded,
+		"reason", E->guarded ? NULL : E->guard_why));
 	return st;
 }
 
@@ -1924,6 +1926,34 @@ json_t *enforcer_reload(pid_t pid, uid_t uid)
 			 "previous_hash", old->hash, "changed", 1, "connections_kept", (int)live);
 }
 
+/* Only this enforcer's sockets get what is sent to its ports (ag_guard in
+ * agentgate.bpf.c), also once it is gone. Without sk_lookup (older kernels)
+ * the ports are reserved but a local user could bind them while no enforcer
+ * runs: said in the log and in status. */
+static void guard_ports(void)
+{
+	int rc = 0;
+
+	for (int f = 0; f < 2 && !rc; f++)   /* one listener of the reuseport group: the kernel picks */
+		rc = loader_listen_set(E->loader, f ? AG_LISTEN_TCP6 : AG_LISTEN_TCP4, E->workers[0].listen[f].fd);
+	for (int i = 0; !rc && i < dns_listener_count(E->dns); i++) {
+		int slot, fd;
+		bool v6;
+
+		fd = dns_listener(E->dns, i, &slot, &v6);
+		rc = loader_listen_set(E->loader, AG_LISTEN_DNS + 2 * slot + v6, fd);
+	}
+	if (!rc)
+		rc = loader_guard(E->loader);
+	if (rc) {
+		snprintf(E->guard_why, sizeof(E->guard_why), "%s", strerror(-rc));
+		log_warn("the enforcer's ports are not guarded (sk_lookup: %s): while no enforcer runs, a local "
+			 "user could bind them and receive the agents' connections", E->guard_why);
+		return;
+	}
+	E->guarded = true;
+}
+
 /* Connections spread by count (balance.h); the kernel's hash if that fails. */
 static void open_balance(void)
 {
@@ -2032,6 +2062,12 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 		log_err("loading BPF programs: %s", strerror(-rc));
 		goto out;
 	}
+	/* Before the listeners exist, every pair entry is a previous run's: a
+	 * connection its listeners reset when they closed (or it died) leaves
+	 * its entry behind when the agent's socket was already past SYN_SENT
+	 * and ESTABLISHED (FIN_WAIT2), and whoever binds that client port next
+	 * would be taken for the agent. None can be this run's yet. */
+	loader_pair_sweep(E->loader, 0, NULL);
 
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGTERM);
@@ -2101,6 +2137,7 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 	}
 	if (open_identities() || program_kernel())
 		goto out;
+	guard_ports();
 	open_local_ca();
 	rb = loader_ringbuf(E->loader, on_kernel_event, NULL);
 	rb_item.fd = ring_buffer__epoll_fd(rb);

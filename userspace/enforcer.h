@@ -68,6 +68,8 @@ struct enforcer {
 	struct loader *loader;
 	struct balance *balance;        /* NULL: the kernel's hash spreads connections */
 	char balance_why[160];
+	bool guarded;                   /* ag_guard attached and the listeners in ag_listen */
+	char guard_why[160];
 	char state_dir[PATH_MAX];
 	char cgroup2[PATH_MAX];
 	char policy_desc[PATH_MAX];

@@ -263,6 +263,52 @@ out:
 	return err;
 }
 
+int loader_listen_set(struct loader *l, uint32_t key, int fd)
+{
+	uint64_t v = (uint64_t)fd;
+
+	if (key >= AG_LISTEN_MAX)
+		return -EINVAL;
+	return bpf_map_update_elem(bpf_map__fd(l->skel->maps.ag_listen), &key, &v, BPF_ANY) ? -errno : 0;
+}
+
+int loader_guard(struct loader *l)
+{
+	struct bpf_program *prog = l->skel->progs.ag_guard;
+	char path[PATH_MAX + 16];
+	struct bpf_link *link;
+	int nsfd, err;
+
+	snprintf(path, sizeof(path), "%s/guard", l->root);
+	link = access(path, F_OK) == 0 ? bpf_link__open(path) : NULL;
+	if (link) {
+		err = bpf_link__update_program(link, prog);
+		if (!err)
+			goto keep;
+		log_warn("pinned link '%s' unusable (%s); re-attaching", path, strerror(-err));
+		bpf_link__destroy(link);
+		unlink(path);
+	}
+	nsfd = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+	if (nsfd < 0)
+		return -errno;
+	link = bpf_program__attach_netns(prog, nsfd);
+	err = link ? 0 : -errno;
+	close(nsfd);
+	if (err)
+		return err;
+	if ((err = bpf_link__pin(link, path))) {
+		bpf_link__destroy(link);
+		return err;
+	}
+keep:
+	if (l->nlinks < MAX_LINKS)
+		l->links[l->nlinks++] = link;
+	else
+		bpf_link__destroy(link);
+	return 0;
+}
+
 int loader_set_cgroup_slot(struct loader *l, uint64_t cgid, uint32_t slot)
 {
 	struct bpf_cgroup_storage_key key = { .cgroup_inode_id = cgid,
@@ -505,6 +551,8 @@ int loader_detach_pins(const char *agent, int *removed)
 		snprintf(dir, sizeof(dir), "%s/links", root);
 		for_each_subdir(dir, detach_agent, &dc);
 		rmdir(dir);
+		snprintf(dir, sizeof(dir), "%s/guard", root);
+		unlink(dir);   /* the last reference: the enforcer's ports are unguarded from here on */
 		snprintf(dir, sizeof(dir), "%s/maps", root);
 		for_each_subdir(dir, unlink_entry, NULL);
 		rmdir(dir);

@@ -41,6 +41,14 @@ int loader_attach(struct loader *l, const char *agent, const char *cgroup_path, 
 
 /* Writes the agent slot of an attached cgroup (0: its sockets are refused). */
 int loader_set_cgroup_slot(struct loader *l, uint64_t cgid, uint32_t slot);
+/* The enforcer's socket for ag_listen key (AG_LISTEN_*); the kernel drops
+ * it from the map when the socket closes. */
+int loader_listen_set(struct loader *l, uint32_t key, int fd);
+/* Attaches ag_guard (sk_lookup) to this network namespace, or swaps the
+ * program of the link a previous run pinned (<pin root>/guard): from then
+ * on only the sockets in ag_listen get what is sent to the enforcer's
+ * loopback ports, also while no enforcer runs. */
+int loader_guard(struct loader *l);
 
 int loader_set_global(struct loader *l, const struct ag_global *g);
 int loader_set_agent(struct loader *l, uint32_t slot, const struct ag_agent_cfg *cfg);

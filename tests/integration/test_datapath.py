@@ -895,6 +895,46 @@ def test_leftover_pair_entry_is_not_taken_over(enforcer, servers):
     assert enforcer.wait_event(lambda e: "no pair entry" in e.get("unmapped", {}).get("reason", ""))
 
 
+
+def test_pair_entry_of_a_connection_reset_unaccepted_is_gone_after_restart(enforcer, servers):
+    """Found by review (stop 29): a connection the enforcer had not accepted
+    when it died (here: stopped, then killed), whose agent had already sent
+    and closed (FIN_WAIT2), was reset by the kernel without the close hook
+    removing its pair entry; within 30 s of a restart, another process that
+    bound the same source port was taken for the agent. A start now removes
+    every entry before its listeners exist."""
+    port, log = servers.echo()
+    enforcer.start(enforce_policy(port))
+    enforcer.proc.p.send_signal(signal.SIGSTOP)
+    try:
+        r = enforcer.py("t-agent", f"""
+        import socket
+        s = socket.create_connection(("127.0.0.1", {port}), timeout=5)   # queued: the enforcer is stopped
+        print(s.getsockname()[1])
+        s.sendall(b"x")
+        s.shutdown(socket.SHUT_WR)
+        """)
+    finally:
+        enforcer.stop(signal.SIGKILL)
+    src = int(r.stdout.strip())
+    enforcer.start(enforce_policy(port))
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", src))
+    try:
+        s.settimeout(5)
+        s.connect(("127.0.0.1", TCP_PORT))
+        s.sendall(b"hello\n")
+        data = s.recv(10)
+    except OSError:
+        data = b""
+    finally:
+        s.close()
+    assert data == b"", data
+    assert open(log).read() == ""
+    assert enforcer.wait_event(lambda e: "no pair entry" in e.get("unmapped", {}).get("reason", ""))
+
+
 def test_privileged_socket_options_refused_in_exec(enforcer, servers):
     port, _ = servers.echo()
     enforcer.start(enforce_policy(port))
@@ -1660,3 +1700,91 @@ for i in range(1100):                              # push api.test out of the ta
 print(dial({a}), dial({b}))
 """, timeout=120)
     assert r.stdout.split() == ["echo", "echo", "ECONNREFUSED", "ECONNREFUSED"], r.stdout + r.stderr
+
+
+SQUATTER = r"""
+import select, socket, sys, time
+tcp_port, udp_port, secs = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+socks = []
+if tcp_port:
+    t = socket.socket()
+    t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    t.bind(("127.0.0.1", tcp_port))
+    t.listen(16)
+    socks.append(t)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:
+    u.bind(("127.0.0.1", udp_port))
+except OSError as e:
+    import errno
+    print(errno.errorcode[e.errno], flush=True)
+    sys.exit(0)
+socks.append(u)
+print("bound", flush=True)
+got = []
+end = time.time() + secs
+while time.time() < end:
+    for s in select.select(socks, [], [], 0.1)[0]:
+        if s.type == socket.SOCK_STREAM:
+            c, _ = s.accept()
+            got.append("tcp")
+            c.close()
+        else:
+            s.recvfrom(4096)
+            got.append("udp")
+print(" ".join(got) or "nothing", flush=True)
+"""
+
+
+def squat(tcp_port, udp_port, secs, want="bound"):
+    """A user other than root (nobody) binding the enforcer's ports."""
+    p = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", PY, "-c", SQUATTER,
+                          str(tcp_port), str(udp_port), str(secs)], stdout=subprocess.PIPE, text=True)
+    line = p.stdout.readline().strip()
+    assert line == want, line
+    return p
+
+
+def test_enforcer_ports_taken_by_another_user_get_nothing(enforcer, servers):
+    """Found by review (stop 29): the enforcer's ports are above 1024, so while
+    it was down (a restart, a crash) any local user could bind 127.0.0.1:15001
+    and was handed every agent's redirected connection, credentials and all;
+    and as the DNS listeners set SO_REUSEADDR, a user's UDP socket with it
+    took an agent's DNS queries even while the enforcer ran. The sk_lookup
+    guard gives what is sent to those ports only to the enforcer's sockets,
+    or refuses it."""
+    web, web_log = servers.echo()
+    dns = servers.dnsmasq({"api.test": "127.0.0.2"})
+    enforcer.start(f"""
+    version: 1
+    dns: {{upstream: 127.0.0.1:{dns}, allow: ["*.test"]}}
+    agents: [{{name: t-agent}}]
+    targets: [{{name: web, protocol: tcp, address: 127.0.0.1:{web}}}]
+    roles: [{{name: r, rules: [{{target: web}}]}}]
+    bindings: [{{role: r, agents: [t-agent]}}]
+    """)
+    st = enforcer.status()
+    assert st["port_guard"]["on"] is True, st["port_guard"]
+    # the workers' listeners are in both socket maps: the guard's and the balancer's
+    assert st["balance"]["method"] == "least_connections", st["balance"]
+    # running: the agent's DNS port (slot 1) cannot be shared (SO_REUSEADDR on both
+    # sockets let it be, and the last bound got the queries)
+    squat(0, DNS_BASE + 1, 0, want="EADDRINUSE").wait(10)
+    r = enforcer.py("t-agent", DNS_QUERY + 'print(query("api.test", ("192.0.2.53", 53))[2])')
+    assert r.stdout.split() == ["['127.0.0.2']"], r.stdout + r.stderr
+    # down: the TCP port and the DNS port both taken
+    enforcer.stop(signal.SIGKILL)
+    sq = squat(TCP_PORT, DNS_BASE + 1, 2)
+    r = enforcer.py("t-agent", connect_code("127.0.0.1", web))
+    assert r.stdout.split() == ["ERR", "ECONNREFUSED"], r.stdout + r.stderr
+    r = enforcer.py("t-agent", DNS_QUERY.replace("settimeout(5)", "settimeout(1)") + """
+try:
+    query("api.test", ("192.0.2.53", 53))
+    print("answered")
+except OSError as e:
+    print(type(e).__name__)
+""")
+    assert r.stdout.split() == ["TimeoutError"], r.stdout + r.stderr   # dropped: no one answers
+    assert sq.communicate(timeout=10)[0].strip() == "nothing"
+    assert open(web_log).read() == ""
