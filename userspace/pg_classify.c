@@ -3487,6 +3487,7 @@ static enum cache_as judge_parsed(struct tstate *t, const struct pgc_ctx *ctx,
  */
 #define SCAN_OVER  8192
 #define MAX_NEST   4000
+_Static_assert(CACHE_MAX_TEXT < SCAN_OVER, "a text judge_miss() pre-scans has no cache key");
 
 /* Protobuf wire format, just enough for pg_query_scan()'s flat ScanResult
  * (field 2: repeated ScanToken; ScanToken field 4: the token). By hand
@@ -3681,6 +3682,15 @@ static int judge_miss(struct tstate *t, const struct pgc_ctx *ctx, const char *s
 		out_deny(out, "out of memory");
 		return -ENOMEM;
 	}
+	/* A long text has no cache key (CACHE_MAX_TEXT < SCAN_OVER): it is
+	 * always parsed, so the agent's budget is asked before the pre-scan,
+	 * which costs about as much as the parse (a 1 MiB text: some 350 ms
+	 * spent before an agent over its budget was refused). */
+	if (len > SCAN_OVER && ctx->may_parse && !ctx->may_parse(ctx->garg, out->reason, sizeof(out->reason))) {
+		out->verdict = PGC_DENY;
+		out->rule = NULL;
+		return 0;
+	}
 	if (len > SCAN_OVER && !nesting_ok(t->sql, out->reason, sizeof(out->reason))) {
 		out->verdict = PGC_DENY;
 		return 0;
@@ -3693,7 +3703,7 @@ static int judge_miss(struct tstate *t, const struct pgc_ctx *ctx, const char *s
 	    (sklen = key_build(t, 'S', ctx, rules, nrules, t->skey, stlen)) &&
 	    cache_get(t, sklen, out))
 		return 0;
-	if (ctx->may_parse && !ctx->may_parse(ctx->garg, out->reason, sizeof(out->reason))) {
+	if (len <= SCAN_OVER && ctx->may_parse && !ctx->may_parse(ctx->garg, out->reason, sizeof(out->reason))) {
 		out->verdict = PGC_DENY;
 		out->rule = NULL;
 		return 0;

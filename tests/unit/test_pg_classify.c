@@ -1624,6 +1624,19 @@ static char *repeat_sql(const char *head, const char *unit, size_t n, const char
 	return s;
 }
 
+static bool no_budget(void *garg, char *why, size_t whylen)
+{
+	(void)garg;
+	snprintf(why, whylen, "over the parse budget (unit test)");
+	return false;
+}
+
+static void ignore_spent(void *garg, uint64_t ns)   /* as the enforcer: long texts timed */
+{
+	(void)garg;
+	(void)ns;
+}
+
 static void test_limits(void)
 {
 	struct pgc_result r;
@@ -1666,6 +1679,23 @@ static void test_limits(void)
 	r = judge(s);
 	CHECK(r.verdict == PGC_DENY && strstr(r.reason, "nested too deeply"));
 	free(s);
+	/* an agent over its budget: a long text is refused before its
+	 * pre-scan (which cost as much as a parse), so the reason is the
+	 * budget's even where the pre-scan would have refused it too */
+	{
+		struct pgc_ctx over = ctx;
+
+		over.may_parse = no_budget;
+		over.spent = ignore_spent;
+		s = repeat_sql("SELECT ", "1+", 100000, "1", "", 0, "");
+		judge_with(&over, s, strlen(s), ro, 1, &r);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "parse budget") && !strstr(r.reason, "nested"));
+		free(s);
+		s = repeat_sql("SELECT 1", "", 0, "", "", 0, "");
+		judge_with(&over, s, strlen(s), ro, 1, &r);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "parse budget"));
+		free(s);
+	}
 	s = repeat_sql("SELECT ", "1,1 UNION SELECT ", 5000, "1,1", "", 0, "");
 	r = judge(s);
 	CHECK(r.verdict == PGC_DENY && strstr(r.reason, "nested too deeply"));
