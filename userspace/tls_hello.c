@@ -57,9 +57,11 @@ static int frame(const uint8_t *buf, size_t len, size_t *msg_len, size_t *consum
 	uint8_t hs[HS_HEADER] = { 0 };
 	uint16_t version = 0;
 
-	for (;;) {
+	for (unsigned nrec = 0;; nrec++) {
 		size_t avail = len - pos;
 
+		if (nrec == TLS_HELLO_MAX_RECORDS && avail)
+			return TLS_HELLO_MALFORMED;
 		/* A record needs its header and at least one byte of payload. */
 		if (pos + REC_HEADER + 1 > TLS_HELLO_MAX)
 			return TLS_HELLO_MALFORMED;

@@ -32,6 +32,12 @@
  */
 #define TLS_HELLO_MAX        (64u * 1024)
 #define TLS_RECORD_MAX       16384u  /* plaintext record payload, RFC 8446 §5.1 */
+/* Records one ClientHello may span. Clients send one, or two past 16 KiB;
+ * splitting it over many tiny records is legal but only done to slip an
+ * SNI past inspection, and each read re-frames every record so far: a
+ * hello in 10,804 one-byte records, a record per read, cost 305 ms of a
+ * worker (review, stop 29). More is MALFORMED. */
+#define TLS_HELLO_MAX_RECORDS 64
 #define TLS_HELLO_MAX_ALPN   8       /* protocols kept; more is MALFORMED */
 #define TLS_HELLO_ALPN_LEN   32      /* protocol name buffer, NUL included */
 

@@ -421,21 +421,30 @@ static void test_split_everywhere(void)
 	CHECK(ok == msg_len - 1);
 }
 
-/* One byte per record: legal, and bounded by TLS_HELLO_MAX. */
-static void test_one_byte_records(void)
+/* Many records: up to TLS_HELLO_MAX_RECORDS, whatever their sizes; one
+ * more is refused as soon as its first byte is there. */
+static void test_many_records(void)
 {
 	struct ossl_opts o = { .sni = "tiny.example.com" };
 	uint8_t rec[4096];
 	static uint8_t many[4096 * 6];
-	size_t n = openssl_hello(&o, rec, sizeof(rec));
-	size_t m = wrap(rec + 5, n - 5, 1, many, sizeof(many));
+	size_t n = openssl_hello(&o, rec, sizeof(rec)), msg = n - 5;
+	size_t chunk = (msg + TLS_HELLO_MAX_RECORDS - 1) / TLS_HELLO_MAX_RECORDS;
+	size_t m = wrap(rec + 5, msg, chunk, many, sizeof(many));
 	struct tls_hello h;
 
+	CHECK((msg + chunk - 1) / chunk == TLS_HELLO_MAX_RECORDS);
 	CHECK(parse(many, m, &h) == OK);
 	CHECK_STR(h.sni, "tiny.example.com");
 	CHECK(h.consumed == m);
-	unit_seed("ok-one-byte-records", many, m);
+	unit_seed("ok-64-records", many, m);
 	expect_prefixes_need_more(many, m);
+	/* one byte per record: the 65th record is refused */
+	m = wrap(rec + 5, msg, 1, many, sizeof(many));
+	CHECK(parse(many, 64 * 6, &h) == NEED_MORE);
+	CHECK(parse(many, 64 * 6 + 1, &h) == MALFORMED);
+	CHECK(parse(many, m, &h) == MALFORMED);
+	unit_seed("bad-one-byte-records", many, m);
 }
 
 static void test_no_extensions(void)
@@ -618,7 +627,7 @@ static void test_size_bound(void)
 	for (int i = 0; i < 4; i++)
 		small[6 * i + 5] = hs_hdr[i];
 	CHECK(parse(small, TLS_HELLO_MAX, &h) == MALFORMED);
-	CHECK(parse(small, TLS_HELLO_MAX - 6, &h) == NEED_MORE);
+	CHECK(parse(small, TLS_HELLO_MAX_RECORDS * 6, &h) == NEED_MORE);
 	unit_seed("bad-bound-1byte-records", small, TLS_HELLO_MAX);
 
 	/* the 16 KiB record limit holds per record, not for the hello */
@@ -1030,7 +1039,7 @@ int main(int argc, char **argv)
 	RUN(test_openssl_ip_literal);
 	RUN(test_trailing_records);
 	RUN(test_split_everywhere);
-	RUN(test_one_byte_records);
+	RUN(test_many_records);
 	RUN(test_no_extensions);
 	RUN(test_record_layer);
 	RUN(test_handshake_length);
