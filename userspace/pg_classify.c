@@ -2890,6 +2890,7 @@ struct cached {
 struct centry {
 	uint64_t h;
 	uint64_t stamp;
+	uint32_t owner;                /* pgc_ctx.owner of the text that put it */
 	size_t klen;
 	char *key;
 	struct cached *res;
@@ -3238,13 +3239,14 @@ static bool cache_get(struct tstate *t, size_t klen, struct pgc_result *out)
 	return false;
 }
 
-static void cache_put(struct tstate *t, size_t klen, const struct pgc_result *r)
+static void cache_put(struct tstate *t, size_t klen, const struct pgc_result *r, uint32_t owner)
 {
 	uint64_t h = key_hash(t->kbuf, klen);
-	struct centry *set = t->c[h % CACHE_SETS], *victim = &set[0];
+	struct centry *set = t->c[h % CACHE_SETS], *victim = &set[0], *own = NULL;
 	size_t toff = sizeof(struct cached) + (size_t)r->ntables * sizeof(r->tables[0]);
 	size_t rsize = toff + (size_t)r->nstmts * sizeof(r->stmts[0]);
 	struct cached *c;
+	int nown = 0;
 	char *key;
 
 	for (int k = 0; k < CACHE_WAYS; k++) {
@@ -3255,7 +3257,18 @@ static void cache_put(struct tstate *t, size_t klen, const struct pgc_result *r)
 			victim = &set[k];
 		if (!set[k].key)
 			break;
+		if (owner && set[k].owner == owner) {
+			nown++;
+			if (!own || set[k].stamp < own->stamp)
+				own = &set[k];
+		}
 	}
+	/* one agent's new texts (one that thrashes the cache on purpose) evict
+	 * its own entries past half the set, not the others' (review, stop 29:
+	 * an agent sending new statements took another's miss rate from 3.5 %
+	 * to 98 %, and charged it the parses) */
+	if (victim->key && nown >= CACHE_WAYS / 2)
+		victim = own;
 	key = malloc(klen);
 	c = malloc(rsize);
 	if (!key || !c) {
@@ -3286,6 +3299,7 @@ static void cache_put(struct tstate *t, size_t klen, const struct pgc_result *r)
 	victim->klen = klen;
 	victim->h = h;
 	victim->stamp = ++t->clock;
+	victim->owner = owner;
 }
 
 /* ---- judge ---- */
@@ -3714,9 +3728,9 @@ static int judge_miss(struct tstate *t, const struct pgc_ctx *ctx, const char *s
 		ctx->spent(ctx->garg, thread_cpu_ns() - t0);
 	if (cache == CACHE_ALL && sklen &&
 	    key_build(t, 'S', ctx, rules, nrules, t->skey, stlen) == sklen)
-		cache_put(t, sklen, out);
+		cache_put(t, sklen, out, ctx->owner);
 	if (cache != CACHE_NONE && xklen && key_build(t, 'X', ctx, rules, nrules, sql, len) == xklen)
-		cache_put(t, xklen, out);
+		cache_put(t, xklen, out, ctx->owner);
 	return 0;
 }
 

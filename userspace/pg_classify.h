@@ -116,6 +116,11 @@ struct pgc_ctx {                     /* per session, from the wire module */
 	bool (*may_parse)(void *garg, char *why, size_t whylen);
 	void (*spent)(void *garg, uint64_t cpu_ns);
 	void *garg;
+	/* Who the verdicts are cached for (the agent, 1-based; 0: no one in
+	 * particular). The cache is the worker's, shared by every agent: one
+	 * owner holds at most half of each set, so an agent sending new texts
+	 * evicts its own entries first, not the other agents'. */
+	uint32_t owner;
 };
 
 /*
