@@ -51,6 +51,7 @@ struct dns {
 	uint16_t up_port;
 	struct main_item listeners[2 * AG_MAX_AGENTS];
 	int nlisteners;
+	int nskipped;                   /* ports another process held at the start */
 	struct pending pending[DNS_PENDING_MAX];
 	pthread_rwlock_t lock;
 	struct learned *learned[AG_MAX_AGENTS];   /* [slot][DNS_LEARNED_MAX], lazily */
@@ -120,6 +121,16 @@ int dns_open(struct dns **out, const struct policy *p, uint16_t base, int epfd, 
 			struct main_item *it = &d->listeners[d->nlisteners];
 			struct epoll_event ev = { .events = EPOLLIN, .data.ptr = it };
 
+			if (fd == -EADDRINUSE) {
+				/* another process took it while no enforcer ran: the
+				 * guard gives it nothing, and this agent's queries go
+				 * unanswered (a reply must come from this very port) */
+				log_warn("DNS listener for agent '%s' on port %u: taken by another process; that "
+					 "agent's DNS queries%s get no answer until the port is free and the "
+					 "enforcer restarts", p->agents[i].name, base + slot, f ? " over IPv6" : "");
+				d->nskipped++;
+				continue;
+			}
 			if (fd < 0) {
 				snprintf(err, errlen, "DNS listener on port %u: %s", base + slot, strerror(-fd));
 				dns_close(d);
@@ -132,6 +143,11 @@ int dns_open(struct dns **out, const struct policy *p, uint16_t base, int epfd, 
 	}
 	*out = d;
 	return 0;
+}
+
+int dns_listeners_skipped(const struct dns *d)
+{
+	return d ? d->nskipped : 0;
 }
 
 int dns_listener_count(const struct dns *d)

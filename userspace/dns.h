@@ -31,6 +31,8 @@ void dns_close(struct dns *d);
 /* The per-agent DNS listeners: i from 0 to dns_listener_count() - 1; the
  * socket, with its agent slot and family. */
 int dns_listener_count(const struct dns *d);
+/* Listeners not opened: their port was another process's (see dns_open). */
+int dns_listeners_skipped(const struct dns *d);
 int dns_listener(const struct dns *d, int i, int *slot, bool *v6);
 /* After agentgate reload (main thread): judge names (mode, dns.allow) and
  * keep learned kernel entries by p from now on. p has the same dns section

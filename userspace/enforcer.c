@@ -1926,11 +1926,22 @@ json_t *enforcer_reload(pid_t pid, uid_t uid)
 			 "previous_hash", old->hash, "changed", 1, "connections_kept", (int)live);
 }
 
+static uint16_t sock_port(int fd)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+
+	if (getsockname(fd, (struct sockaddr *)&ss, &len))
+		return 0;
+	return ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+					      : ((struct sockaddr_in *)&ss)->sin_port);
+}
+
 /* Only this enforcer's sockets get what is sent to its ports (ag_guard in
  * agentgate.bpf.c), also once it is gone. Without sk_lookup (older kernels)
  * the ports are reserved but a local user could bind them while no enforcer
  * runs: said in the log and in status. */
-static void guard_ports(void)
+static int guard_ports(void)
 {
 	int rc = 0;
 
@@ -1945,13 +1956,19 @@ static void guard_ports(void)
 	}
 	if (!rc)
 		rc = loader_guard(E->loader);
+	if (rc && (E->listen_moved || dns_listeners_skipped(E->dns))) {
+		log_err("the kernel guard could not be set up (%s), and some of the agents' ports are "
+			 "another process's: stopping", strerror(-rc));
+		return -1;
+	}
 	if (rc) {
 		snprintf(E->guard_why, sizeof(E->guard_why), "%s", strerror(-rc));
 		log_warn("the enforcer's ports are not guarded (sk_lookup: %s): while no enforcer runs, a local "
 			 "user could bind them and receive the agents' connections", E->guard_why);
-		return;
+		return 0;
 	}
 	E->guarded = true;
+	return 0;
 }
 
 /* Connections spread by count (balance.h); the kernel's hash if that fails. */
@@ -2107,8 +2124,23 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 	}
 	E->nworkers = ncpu < 1 ? 1 : ncpu > MAX_WORKERS ? MAX_WORKERS : ncpu;
 	E->workers = calloc(E->nworkers, sizeof(struct worker));
+	uint16_t port4 = E->tcp_port, port6 = E->tcp_port;
+
 	for (int i = 0; i < E->nworkers; i++) {
-		if ((rc = worker_init(&E->workers[i], i, E->tcp_port))) {
+		rc = worker_init(&E->workers[i], i, port4, port6);
+		/* Another process took the port while no enforcer ran (the guard
+		 * gave it nothing): listen on free ports instead, where the guard
+		 * sends the agents' connections (guard_ports() then must work). */
+		if (rc == -EADDRINUSE && i == 0 && loader_has_guard(E->loader)) {
+			log_warn("port %u is taken by another process; listening on free ports, to which the "
+				 "kernel guard sends what agents send to %u", E->tcp_port, E->tcp_port);
+			if (!(rc = worker_init(&E->workers[0], 0, 0, 0))) {
+				port4 = sock_port(E->workers[0].listen[0].fd);
+				port6 = sock_port(E->workers[0].listen[1].fd);
+				E->listen_moved = true;
+			}
+		}
+		if (rc) {
 			log_err("listener on port %u: %s", E->tcp_port, strerror(-rc));
 			goto out;
 		}
@@ -2135,9 +2167,8 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 		log_err("%s", err);
 		goto out;
 	}
-	if (open_identities() || program_kernel())
+	if (open_identities() || program_kernel() || guard_ports())
 		goto out;
-	guard_ports();
 	open_local_ca();
 	rb = loader_ringbuf(E->loader, on_kernel_event, NULL);
 	rb_item.fd = ring_buffer__epoll_fd(rb);

@@ -70,6 +70,7 @@ struct enforcer {
 	char balance_why[160];
 	bool guarded;                   /* ag_guard attached and the listeners in ag_listen */
 	char guard_why[160];
+	bool listen_moved;              /* tcp_port was taken: the listeners are on free ports */
 	char state_dir[PATH_MAX];
 	char cgroup2[PATH_MAX];
 	char policy_desc[PATH_MAX];

@@ -272,6 +272,11 @@ int loader_listen_set(struct loader *l, uint32_t key, int fd)
 	return bpf_map_update_elem(bpf_map__fd(l->skel->maps.ag_listen), &key, &v, BPF_ANY) ? -errno : 0;
 }
 
+bool loader_has_guard(const struct loader *l)
+{
+	return bpf_program__fd(l->skel->progs.ag_guard) >= 0;
+}
+
 int loader_guard(struct loader *l)
 {
 	struct bpf_program *prog = l->skel->progs.ag_guard;

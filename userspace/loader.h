@@ -49,6 +49,7 @@ int loader_listen_set(struct loader *l, uint32_t key, int fd);
  * on only the sockets in ag_listen get what is sent to the enforcer's
  * loopback ports, also while no enforcer runs. */
 int loader_guard(struct loader *l);
+bool loader_has_guard(const struct loader *l);
 
 int loader_set_global(struct loader *l, const struct ag_global *g);
 int loader_set_agent(struct loader *l, uint32_t slot, const struct ag_agent_cfg *cfg);

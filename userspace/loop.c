@@ -34,7 +34,7 @@ static int listen_on(int family, uint16_t port)
 	return fd;
 }
 
-int worker_init(struct worker *w, int id, uint16_t port)
+int worker_init(struct worker *w, int id, uint16_t port4, uint16_t port6)
 {
 	int fd4, fd6;
 
@@ -43,12 +43,13 @@ int worker_init(struct worker *w, int id, uint16_t port)
 	w->epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (w->epfd < 0)
 		return -errno;
-	fd4 = listen_on(AF_INET, port);
-	if (fd4 < 0)
-		return fd4;
-	fd6 = listen_on(AF_INET6, port);
+	fd4 = listen_on(AF_INET, port4);
+	fd6 = fd4 < 0 ? fd4 : listen_on(AF_INET6, port6);
 	if (fd6 < 0) {
-		close(fd4);
+		if (fd4 >= 0)
+			close(fd4);
+		close(w->epfd);
+		w->epfd = -1;
 		return fd6;
 	}
 	w->listen[0] = (struct conn_end){ .fd = fd4 };

@@ -37,7 +37,7 @@ void *worker_buf_get(struct worker *w);
 void worker_buf_put(struct worker *w, void *buf);   /* NULL-safe */
 
 /* Creates the worker's listeners and epoll; 0 or -errno. */
-int worker_init(struct worker *w, int id, uint16_t port);
+int worker_init(struct worker *w, int id, uint16_t port4, uint16_t port6);
 int worker_start(struct worker *w);
 /* Closes listeners (stop accepting); live connections go on. */
 void worker_stop_accepting(struct worker *w);

@@ -920,7 +920,14 @@ def test_pair_entry_of_a_connection_reset_unaccepted_is_gone_after_restart(enfor
     enforcer.start(enforce_policy(port))
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", src))
+
+    def bound():   # the agent's socket goes when the reset reaches it
+        try:
+            s.bind(("127.0.0.1", src))
+            return True
+        except OSError:
+            return False
+    assert wait_for(bound, 10), f"port {src} still held by the agent's socket"
     try:
         s.settimeout(5)
         s.connect(("127.0.0.1", TCP_PORT))
@@ -1756,14 +1763,15 @@ def test_enforcer_ports_taken_by_another_user_get_nothing(enforcer, servers):
     or refuses it."""
     web, web_log = servers.echo()
     dns = servers.dnsmasq({"api.test": "127.0.0.2"})
-    enforcer.start(f"""
+    enforcer_policy = f"""
     version: 1
     dns: {{upstream: 127.0.0.1:{dns}, allow: ["*.test"]}}
     agents: [{{name: t-agent}}]
     targets: [{{name: web, protocol: tcp, address: 127.0.0.1:{web}}}]
     roles: [{{name: r, rules: [{{target: web}}]}}]
     bindings: [{{role: r, agents: [t-agent]}}]
-    """)
+    """
+    enforcer.start(enforcer_policy)
     st = enforcer.status()
     assert st["port_guard"]["on"] is True, st["port_guard"]
     # the workers' listeners are in both socket maps: the guard's and the balancer's
@@ -1788,3 +1796,17 @@ except OSError as e:
     assert r.stdout.split() == ["TimeoutError"], r.stdout + r.stderr   # dropped: no one answers
     assert sq.communicate(timeout=10)[0].strip() == "nothing"
     assert open(web_log).read() == ""
+    # and the enforcer starts though they are still taken: it listens on free
+    # ports the guard sends the agents' connections to (that agent's DNS alone
+    # stays unanswered: a reply must come from its own port)
+    sq = squat(TCP_PORT, DNS_BASE + 1, 8)
+    try:
+        enforcer.start(enforcer_policy)
+        r = enforcer.py("t-agent", connect_code("127.0.0.1", web))
+        assert r.stdout.split() == ["OK", "127.0.0.1", str(web), "hello"], r.stdout + r.stderr
+        log = enforcer.read_log()
+        assert f"port {TCP_PORT} is taken by another process" in log, log
+        assert f"on port {DNS_BASE + 1}: taken by another process" in log, log
+    finally:
+        out = sq.communicate(timeout=20)[0].strip()
+    assert out == "nothing", out

@@ -184,6 +184,41 @@ def raw(enforcer, port, *parts, wait=0.3, idle=1.5):
     return bytes.fromhex(r.stdout.strip())
 
 
+RAW_EACH = r"""
+import binascii, socket, sys
+port = int(sys.argv[1])
+for p in sys.argv[2].split(","):
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(binascii.unhexlify(p))
+    out = b""
+    try:
+        while True:   # one whole answer: its head, then Content-Length bytes
+            if b"\r\n\r\n" in out:
+                head, body = out.split(b"\r\n\r\n", 1)
+                n = [l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")]
+                if n and len(body) >= int(n[0].split(b":")[1]):
+                    break
+            d = s.recv(65536)
+            if not d:
+                out += b"<EOF>"
+                break
+            out += d
+    except OSError as e:
+        out += b"<%s>" % type(e).__name__.encode()
+    s.close()
+    print(binascii.hexlify(out).decode(), flush=True)
+"""
+
+
+def raw_each(enforcer, port, reqs):
+    """Each request on its own connection, one after another, in one agent
+    process; returns each connection's first whole answer (what raw() gives
+    after its idle wait, without the wait)."""
+    r = enforcer.exec(AGENT, [PY, "-c", RAW_EACH, str(port), ",".join(q.hex() for q in reqs)], timeout=60)
+    assert r.returncode == 0, r.stderr
+    return [bytes.fromhex(l) for l in r.stdout.split()]
+
+
 def crlf(s):
     return s.replace("⏎", "\r\n").encode()
 

@@ -17,8 +17,8 @@ import zlib
 
 import pytest
 
-from conftest import PY, Proc, free_port, wait_port
-from test_http import AGENT, Recorder, crlf, mask_policy, nginx, policy, raw, responses
+from conftest import PY, Proc, free_port, wait_for, wait_port
+from test_http import AGENT, Recorder, crlf, mask_policy, nginx, policy, raw, raw_each, responses
 
 SECRET = "s3cr3t-upstream-token"
 
@@ -1003,19 +1003,20 @@ K8S = [
 
 def test_k8s_attribution_tricks(enforcer, rec, token):
     enforcer.start(k8s_policy(rec.port, token))
-    for req, want in K8S:
-        line = req.split(b"\r\n")[0]
-        rec.reset()
-        out = raw(enforcer, rec.port, req, idle=0.5)   # one answer, on a loopback upstream
+    outs = raw_each(enforcer, rec.port, [req for req, _ in K8S])
+    assert len(outs) == len(K8S), outs
+    for (req, want), out in zip(K8S, outs):
         rs, _ = responses(out)
-        assert rs and rs[0][0] == want, (line, out)
-        time.sleep(0.02)
-        got = rec.all()
-        if want == 200:
-            assert got.startswith(line + b"\r\n"), (line, got)
-            assert b"\r\nImpersonate-User: " + AGENT.encode() + b"\r\n" in got, (line, got)
-        else:
-            assert got == b"", (line, got)
+        assert rs and rs[0][0] == want, (req.split(b"\r\n")[0], out)
+    # the upstream connections, in the order the requests were sent: one for
+    # each request allowed, holding that request as sent; none for the others
+    sent = [req.split(b"\r\n")[0] for req, want in K8S if want == 200]
+    assert wait_for(lambda: len([g for g in rec.received() if g]) == len(sent))
+    got = [g for g in rec.received() if g]
+    assert len(got) == len(sent), (sent, got)
+    for line, g in zip(sent, got):
+        assert g.startswith(line + b"\r\n"), (line, g)
+        assert b"\r\nImpersonate-User: " + AGENT.encode() + b"\r\n" in g, (line, g)
 
 
 def test_k8s_encoded_namespace_forwarded_as_judged(enforcer, rec, token):
