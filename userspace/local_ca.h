@@ -14,6 +14,8 @@
 
 #include <stddef.h>
 
+#include "policy.h"
+
 typedef struct ssl_st SSL;
 
 /* Loads or creates the CA. 0, or -errno with a reason. Main thread, at start. */
@@ -21,12 +23,14 @@ int local_ca_open(const char *state_dir, char *why, size_t whylen);
 /* Path of the CA certificate (PEM), "" before local_ca_open(). */
 const char *local_ca_cert_path(void);
 /*
- * A server-side SSL for the agent leg. Its certificate names the SNI the
- * client sends; without SNI, fallback_name (a DNS name or an IP literal: the
- * address the agent dialled). TLS 1.2+ only. NULL on failure. Hand it to
+ * A server-side SSL for the agent leg of target t. Its certificate names the
+ * SNI the client sends when t answers to that name (t's host, server_name or
+ * upstream host; any name when t has none); otherwise, or without SNI,
+ * fallback_name (a DNS name or an IP literal: the address the agent
+ * dialled). TLS 1.2+ only. NULL on failure. Hand it to
  * conn_tls(c, SIDE_AGENT, ssl, true).
  */
-SSL *local_ca_server_ssl(const char *fallback_name);
+SSL *local_ca_server_ssl(const struct policy_target *t, const char *fallback_name);
 void local_ca_close(void);
 
 #endif

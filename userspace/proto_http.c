@@ -2783,7 +2783,7 @@ static int first_bytes(struct conn *c)
 		SSL *ssl;
 
 		addr_str(c->pair.orig_addr, ip, sizeof(ip));
-		ssl = local_ca_server_ssl(target(c)->addr.kind == ADDR_HOST ? target(c)->addr.host : ip);
+		ssl = local_ca_server_ssl(target(c), target(c)->addr.kind == ADDR_HOST ? target(c)->addr.host : ip);
 		if (!ssl) {
 			audit_conn_open(c, false, "the agent speaks TLS to an http target and the local CA is not available");
 			conn_refuse(c);
