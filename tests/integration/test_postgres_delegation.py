@@ -26,7 +26,7 @@ CLIENT_SECRET = "t-pg-deleg-secret-0123456789"
 def idp(tmp):
     p = oidc.Provider(tmp, CLIENT_ID, CLIENT_SECRET)
     yield p
-    p.stop(immediate=True)
+    p.stop()
 
 
 def start(enforcer, tmp, pg, idp):
