@@ -426,11 +426,11 @@ static int servername_cb(SSL *ssl, int *alert, void *arg)
 
 SSL *local_ca_server_ssl(const struct policy_target *t, const char *fallback_name)
 {
-	const struct policy_upstream *u = &t->upstream;
+	const struct policy_upstream *u = t ? &t->upstream : NULL;
 	const char *names[3] = {
-		t->addr.kind == ADDR_HOST ? t->addr.host : NULL,
-		u->server_name,
-		u->has_address && u->address.kind == ADDR_HOST ? u->address.host : NULL,
+		t && t->addr.kind == ADDR_HOST ? t->addr.host : NULL,
+		u ? u->server_name : NULL,
+		u && u->has_address && u->address.kind == ADDR_HOST ? u->address.host : NULL,
 	};
 	SSL_CTX *ctx = leaf_ctx(fallback_name);
 	struct sni_names *nm = NULL;

@@ -25,7 +25,9 @@ const char *local_ca_cert_path(void);
 /*
  * A server-side SSL for the agent leg of target t. Its certificate names the
  * SNI the client sends when t answers to that name (t's host, server_name or
- * upstream host; any name when t has none); otherwise, or without SNI,
+ * upstream host; any name when t has none, or t is NULL: a module that does
+ * not check names, as postgres, whose clients may dial an alias); otherwise,
+ * or without SNI,
  * fallback_name (a DNS name or an IP literal: the address the agent
  * dialled). TLS 1.2+ only. NULL on failure. Hand it to
  * conn_tls(c, SIDE_AGENT, ssl, true).

@@ -1767,7 +1767,7 @@ static int agent_startup(struct conn *c)
 				snprintf(name, sizeof(name), "%s", target(c)->addr.host);
 			else
 				addr_str(c->pair.orig_addr, name, sizeof(name));
-			ssl = local_ca_server_ssl(target(c), name);   /* NULL without a local CA: 'N' */
+			ssl = local_ca_server_ssl(NULL, name);   /* NULL without a local CA: 'N' */
 			if (conn_send(c, SIDE_AGENT, ssl ? "S" : "N", 1))
 				return -ENOBUFS;
 			if (ssl) {
