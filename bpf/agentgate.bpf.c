@@ -608,7 +608,7 @@ int ag_guard(struct bpf_sk_lookup *ctx)
 	struct bpf_sock *sk;
 	long err;
 
-	if (!g || !(g->flags & AG_GF_READY))
+	if (!g || !(g->flags & AG_GF_GUARD))
 		return SK_PASS;
 	if (v6 ? !(ctx->local_ip6[0] == 0 && ctx->local_ip6[1] == 0 && ctx->local_ip6[2] == 0 &&
 		   ctx->local_ip6[3] == bpf_htonl(1))
@@ -633,6 +633,60 @@ int ag_guard(struct bpf_sk_lookup *ctx)
 		return SK_DROP;
 	}
 	return SK_PASS;
+}
+
+/*
+ * And only the enforcer may bind them: attached to the root of the cgroup
+ * tree, so every process on the host runs it, at bind(). A port of the
+ * enforcer's on 127.0.0.1, ::1 or a wildcard address (what could receive
+ * what is sent to 127.0.0.1 or ::1) is refused (EPERM) to every process but the
+ * enforcer's (ag_owner), whether or not an enforcer runs: otherwise, while
+ * none ran, another user's UDP socket bound to an agent's DNS port and
+ * connected to the agent's source port got its queries (a connected socket
+ * is found before ag_guard runs), and a TCP one made the next start fail.
+ * Other addresses at those ports (a service on 10.0.0.5:15001 or
+ * 127.0.0.2:15001) are left be.
+ */
+static __always_inline int bind_guard(struct bpf_sock_addr *ctx, bool v6)
+{
+	__u32 zero = 0, port = bpf_ntohs(ctx->user_port), *owner;
+	struct ag_global *g = bpf_map_lookup_elem(&ag_global, &zero);
+	bool here;
+
+	if (!g || !(g->flags & AG_GF_GUARD) || port == 0)
+		return ALLOW;
+	if (port != g->tcp_port && !(port >= g->dns_port_base && port < (__u32)g->dns_port_base + g->dns_port_count))
+		return ALLOW;
+	if (v6) {
+		__u32 a0 = ctx->user_ip6[0], a1 = ctx->user_ip6[1], a2 = ctx->user_ip6[2], a3 = ctx->user_ip6[3];
+
+		here = a0 == 0 && a1 == 0 &&
+		       ((a2 == 0 && (a3 == 0 || a3 == bpf_htonl(1))) ||             /* ::, ::1 */
+			(a2 == bpf_htonl(0xffff) && (a3 == 0 || a3 == bpf_htonl(0x7f000001))));
+	} else {
+		__u32 a = bpf_ntohl(ctx->user_ip4);
+
+		here = a == 0 || a == 0x7f000001;
+	}
+	if (!here)
+		return ALLOW;
+	owner = bpf_map_lookup_elem(&ag_owner, &zero);
+	if (owner && *owner && *owner == (__u32)(bpf_get_current_pid_tgid() >> 32))
+		return ALLOW;
+	count(AG_CNT_DENY_BIND);
+	return DENY;
+}
+
+SEC("cgroup/bind4")
+int ag_bind_guard4(struct bpf_sock_addr *ctx)
+{
+	return bind_guard(ctx, false);
+}
+
+SEC("cgroup/bind6")
+int ag_bind_guard6(struct bpf_sock_addr *ctx)
+{
+	return bind_guard(ctx, true);
 }
 
 SEC("sockops")

@@ -34,6 +34,8 @@
 #define AG_LISTEN_TCP6  1
 #define AG_LISTEN_DNS   2       /* + 2 * slot (IPv4), + 2 * slot + 1 (IPv6) */
 #define AG_LISTEN_MAX   (AG_LISTEN_DNS + 2 * AG_MAX_AGENTS)
+/* Map ag_owner: ARRAY, one __u32: the enforcer's process id, the one
+ * process ag_bind_guard4/6 let bind the enforcer's ports. */
 
 /* Per-CPU counters (map ag_counters, PERCPU_ARRAY of __u64). */
 enum ag_counter {
@@ -89,6 +91,7 @@ enum ag_reason {
 
 /* ag_global.flags */
 #define AG_GF_READY    (1u << 0)
+#define AG_GF_GUARD    (1u << 1)  /* ag_guard and ag_bind_guard4/6 act (set once their links are up) */
 
 /* Map ag_global: ARRAY, one entry, written by the enforcer. */
 struct ag_global {

@@ -80,4 +80,12 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ag_listen SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ag_owner SEC(".maps");
+
 #endif

@@ -400,7 +400,7 @@ static int program_kernel(void)
 	const struct policy *p = E->policy;
 	struct ag_global g = {
 		.abi_version = AG_ABI_VERSION,
-		.flags = AG_GF_READY,
+		.flags = AG_GF_READY | (E->guarded ? AG_GF_GUARD : 0),   /* guard_ports() ran before */
 		.tcp_port = E->tcp_port,
 		.dns_port_base = E->dns_base,
 		.dns_port_count = AG_MAX_AGENTS,
@@ -1955,7 +1955,7 @@ static int guard_ports(void)
 		rc = loader_listen_set(E->loader, AG_LISTEN_DNS + 2 * slot + v6, fd);
 	}
 	if (!rc)
-		rc = loader_guard(E->loader);
+		rc = loader_guard(E->loader, E->cgroup2);
 	if (rc && (E->listen_moved || dns_listeners_skipped(E->dns))) {
 		log_err("the kernel guard could not be set up (%s), and some of the agents' ports are "
 			 "another process's: stopping", strerror(-rc));
@@ -1963,7 +1963,7 @@ static int guard_ports(void)
 	}
 	if (rc) {
 		snprintf(E->guard_why, sizeof(E->guard_why), "%s", strerror(-rc));
-		log_warn("the enforcer's ports are not guarded (sk_lookup: %s): while no enforcer runs, a local "
+		log_warn("the enforcer's ports are not guarded (%s): while no enforcer runs, a local "
 			 "user could bind them and receive the agents' connections", E->guard_why);
 		return 0;
 	}
@@ -2085,6 +2085,12 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 	 * and ESTABLISHED (FIN_WAIT2), and whoever binds that client port next
 	 * would be taken for the agent. None can be this run's yet. */
 	loader_pair_sweep(E->loader, 0, NULL);
+	/* A previous run's bind guard stays on: this process must be the one it
+	 * lets bind the enforcer's ports before the listeners are made. */
+	if ((rc = loader_set_owner(E->loader, (uint32_t)getpid()))) {
+		log_err("kernel guard: %s", strerror(-rc));
+		goto out;
+	}
 
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGTERM);
@@ -2167,7 +2173,7 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 		log_err("%s", err);
 		goto out;
 	}
-	if (open_identities() || program_kernel() || guard_ports())
+	if (guard_ports() || open_identities() || program_kernel())
 		goto out;
 	open_local_ca();
 	rb = loader_ringbuf(E->loader, on_kernel_event, NULL);

@@ -162,8 +162,8 @@ static int link_dir(const char *root, const char *agent, uint64_t cgid, char *ou
 static int rm_link_dir(const char *dir, int *removed, int *ndead);
 
 /* A cgroup belongs to one agent: links pinned for it under another agent's
- * name (the agent was renamed) are removed before attaching, or the two
- * copies would run in sequence. */
+ * name (the agent was renamed) are removed once the new ones are attached,
+ * or the two copies would keep running in sequence. */
 static void drop_other_owners(const char *root, const char *agent, uint64_t cgid)
 {
 	char path[PATH_MAX + 64];
@@ -210,7 +210,6 @@ int loader_attach(struct loader *l, const char *agent, const char *cgroup_path, 
 	err = link_dir(l->root, agent, st.st_ino, dir, sizeof(dir));
 	if (err)
 		goto out;
-	drop_other_owners(l->root, agent, st.st_ino);
 	err = mkdir_p(dir, 0700);
 	if (err)
 		goto out;
@@ -258,6 +257,12 @@ keep:
 	key.attach_type = BPF_CGROUP_INET_SOCK_CREATE;
 	if (bpf_map_update_elem(bpf_map__fd(l->skel->maps.ag_cgrp), &key, &cc, BPF_ANY))
 		err = -errno;
+	/* Only now the previous owner's links go: taken off first, they left
+	 * the cgroup without programs while these were attached (review, stop
+	 * 29). Meanwhile both copies run in turn; a socket one redirected is
+	 * the enforcer's to the other. */
+	if (!err)
+		drop_other_owners(l->root, agent, st.st_ino);
 out:
 	close(cgfd);
 	return err;
@@ -277,14 +282,16 @@ bool loader_has_guard(const struct loader *l)
 	return bpf_program__fd(l->skel->progs.ag_guard) >= 0;
 }
 
-int loader_guard(struct loader *l)
+/* prog attached by a link pinned at root/name: the pinned link, with prog
+ * swapped in, when a previous run left one; else attached to fd (a network
+ * namespace, or a cgroup) and pinned. */
+static int attach_pinned(struct loader *l, struct bpf_program *prog, const char *name, int fd, bool netns)
 {
-	struct bpf_program *prog = l->skel->progs.ag_guard;
-	char path[PATH_MAX + 16];
+	char path[PATH_MAX + 32];
 	struct bpf_link *link;
-	int nsfd, err;
+	int err;
 
-	snprintf(path, sizeof(path), "%s/guard", l->root);
+	snprintf(path, sizeof(path), "%s/%s", l->root, name);
 	link = access(path, F_OK) == 0 ? bpf_link__open(path) : NULL;
 	if (link) {
 		err = bpf_link__update_program(link, prog);
@@ -294,14 +301,9 @@ int loader_guard(struct loader *l)
 		bpf_link__destroy(link);
 		unlink(path);
 	}
-	nsfd = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
-	if (nsfd < 0)
+	link = netns ? bpf_program__attach_netns(prog, fd) : bpf_program__attach_cgroup(prog, fd);
+	if (!link)
 		return -errno;
-	link = bpf_program__attach_netns(prog, nsfd);
-	err = link ? 0 : -errno;
-	close(nsfd);
-	if (err)
-		return err;
 	if ((err = bpf_link__pin(link, path))) {
 		bpf_link__destroy(link);
 		return err;
@@ -312,6 +314,34 @@ keep:
 	else
 		bpf_link__destroy(link);
 	return 0;
+}
+
+int loader_guard(struct loader *l, const char *cgroup_root)
+{
+	int nsfd, cgfd, err;
+
+	nsfd = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+	if (nsfd < 0)
+		return -errno;
+	err = attach_pinned(l, l->skel->progs.ag_guard, "guard", nsfd, true);
+	close(nsfd);
+	if (err)
+		return err;
+	cgfd = open(cgroup_root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (cgfd < 0)
+		return -errno;
+	err = attach_pinned(l, l->skel->progs.ag_bind_guard4, "bindguard4", cgfd, false);
+	if (!err)
+		err = attach_pinned(l, l->skel->progs.ag_bind_guard6, "bindguard6", cgfd, false);
+	close(cgfd);
+	return err;
+}
+
+int loader_set_owner(struct loader *l, uint32_t pid)
+{
+	__u32 zero = 0;
+
+	return bpf_map_update_elem(bpf_map__fd(l->skel->maps.ag_owner), &zero, &pid, BPF_ANY) ? -errno : 0;
 }
 
 int loader_set_cgroup_slot(struct loader *l, uint64_t cgid, uint32_t slot)
@@ -556,8 +586,13 @@ int loader_detach_pins(const char *agent, int *removed)
 		snprintf(dir, sizeof(dir), "%s/links", root);
 		for_each_subdir(dir, detach_agent, &dc);
 		rmdir(dir);
+		/* the last references: the enforcer's ports are unguarded from here on */
 		snprintf(dir, sizeof(dir), "%s/guard", root);
-		unlink(dir);   /* the last reference: the enforcer's ports are unguarded from here on */
+		unlink(dir);
+		snprintf(dir, sizeof(dir), "%s/bindguard4", root);
+		unlink(dir);
+		snprintf(dir, sizeof(dir), "%s/bindguard6", root);
+		unlink(dir);
 		snprintf(dir, sizeof(dir), "%s/maps", root);
 		for_each_subdir(dir, unlink_entry, NULL);
 		rmdir(dir);

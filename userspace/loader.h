@@ -44,11 +44,15 @@ int loader_set_cgroup_slot(struct loader *l, uint64_t cgid, uint32_t slot);
 /* The enforcer's socket for ag_listen key (AG_LISTEN_*); the kernel drops
  * it from the map when the socket closes. */
 int loader_listen_set(struct loader *l, uint32_t key, int fd);
-/* Attaches ag_guard (sk_lookup) to this network namespace, or swaps the
- * program of the link a previous run pinned (<pin root>/guard): from then
- * on only the sockets in ag_listen get what is sent to the enforcer's
- * loopback ports, also while no enforcer runs. */
-int loader_guard(struct loader *l);
+/* Attaches ag_guard (sk_lookup) to this network namespace and
+ * ag_bind_guard4/6 to the root of the cgroup tree, or swaps the programs of
+ * the links a previous run pinned (<pin root>/guard, bindguard4,
+ * bindguard6). They act once ag_global has AG_GF_GUARD: only the sockets in
+ * ag_listen get what is sent to the enforcer's loopback ports, and only the
+ * process in ag_owner may bind them, also while no enforcer runs. */
+int loader_guard(struct loader *l, const char *cgroup_root);
+/* The process allowed to bind the enforcer's ports (ag_owner). */
+int loader_set_owner(struct loader *l, uint32_t pid);
 bool loader_has_guard(const struct loader *l);
 
 int loader_set_global(struct loader *l, const struct ag_global *g);

@@ -675,6 +675,27 @@ def test_sigkill_fail_closed_restart_and_policy_change(enforcer, servers):
     assert len(prog_count(enforcer.cgroup_path("t-agent"))) == NPROGS
 
 
+
+def test_agent_renamed_keeps_its_cgroup_enforced(enforcer, servers):
+    """An agent renamed in the policy keeps its cgroup: the new name's programs
+    are attached before the old name's links go (they went first, which left
+    the cgroup without programs for a moment), and one copy remains."""
+    port, _ = servers.echo()
+    enforcer.start(enforce_policy(port, agent="t-old").replace("name: t-old",
+                                                                "name: t-old\n        cgroup: agentgate/t-renamed"))
+    enforcer.agents.add("t-renamed")
+    enforcer.stop()
+    enforcer.start(enforce_policy(port, agent="t-new").replace("name: t-new",
+                                                                "name: t-new\n        cgroup: agentgate/t-renamed"))
+    progs = prog_count(enforcer.cgroup_path("t-renamed"))
+    assert len(progs) == NPROGS and len({p["attach_type"] for p in progs}) == NPROGS, progs
+    assert "was attached for agent 't-old'; moving it to 't-new'" in enforcer.read_log()
+    r = enforcer.py("t-new", connect_code("127.0.0.1", port))
+    assert r.stdout.split() == ["OK", "127.0.0.1", str(port), "hello"], r.stdout + r.stderr
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4001 and e["activity_name"] == "Open")
+    assert ev and "t-new" in json.dumps(ev) and "t-old" not in json.dumps(ev), ev
+
+
 def test_detach_all_without_enforcer_leaves_no_pins(enforcer, servers):
     port, log = servers.echo()
     enforcer.start(enforce_policy(port))
@@ -1710,24 +1731,23 @@ print(dial({a}), dial({b}))
 
 
 SQUATTER = r"""
-import select, socket, sys, time
+import errno, select, socket, sys, time
 tcp_port, udp_port, secs = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
 socks = []
-if tcp_port:
-    t = socket.socket()
-    t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    t.bind(("127.0.0.1", tcp_port))
-    t.listen(16)
-    socks.append(t)
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-u.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 try:
+    if tcp_port:
+        t = socket.socket()
+        t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        t.bind(("127.0.0.1", tcp_port))
+        t.listen(16)
+        socks.append(t)
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     u.bind(("127.0.0.1", udp_port))
+    socks.append(u)
 except OSError as e:
-    import errno
     print(errno.errorcode[e.errno], flush=True)
     sys.exit(0)
-socks.append(u)
 print("bound", flush=True)
 got = []
 end = time.time() + secs
@@ -1756,11 +1776,13 @@ def squat(tcp_port, udp_port, secs, want="bound"):
 def test_enforcer_ports_taken_by_another_user_get_nothing(enforcer, servers):
     """Found by review (stop 29): the enforcer's ports are above 1024, so while
     it was down (a restart, a crash) any local user could bind 127.0.0.1:15001
-    and was handed every agent's redirected connection, credentials and all;
-    and as the DNS listeners set SO_REUSEADDR, a user's UDP socket with it
-    took an agent's DNS queries even while the enforcer ran. The sk_lookup
-    guard gives what is sent to those ports only to the enforcer's sockets,
-    or refuses it."""
+    and was handed every agent's redirected connection, credentials and all,
+    and its next start failed; and as the DNS listeners set SO_REUSEADDR, a
+    user's UDP socket with it took an agent's DNS queries even while the
+    enforcer ran. Now only the enforcer may bind those ports (a bind guard on
+    the root cgroup), and what is sent to them goes only to its sockets (an
+    sk_lookup guard), also while it is down; a port taken before the guards
+    existed does not stop a start."""
     web, web_log = servers.echo()
     dns = servers.dnsmasq({"api.test": "127.0.0.2"})
     enforcer_policy = f"""
@@ -1776,37 +1798,39 @@ def test_enforcer_ports_taken_by_another_user_get_nothing(enforcer, servers):
     assert st["port_guard"]["on"] is True, st["port_guard"]
     # the workers' listeners are in both socket maps: the guard's and the balancer's
     assert st["balance"]["method"] == "least_connections", st["balance"]
-    # running: the agent's DNS port (slot 1) cannot be shared (SO_REUSEADDR on both
-    # sockets let it be, and the last bound got the queries)
-    squat(0, DNS_BASE + 1, 0, want="EADDRINUSE").wait(10)
+    # running: the ports cannot be bound by another process (the agent's DNS port was
+    # shareable with SO_REUSEADDR, and the last bound got the queries)
+    squat(0, DNS_BASE + 1, 0, want="EPERM").wait(10)
+    squat(TCP_PORT, DNS_BASE + 1, 0, want="EPERM").wait(10)
     r = enforcer.py("t-agent", DNS_QUERY + 'print(query("api.test", ("192.0.2.53", 53))[2])')
     assert r.stdout.split() == ["['127.0.0.2']"], r.stdout + r.stderr
-    # down: the TCP port and the DNS port both taken
+    # down: still not (the guards stay pinned); the agent is refused
     enforcer.stop(signal.SIGKILL)
-    sq = squat(TCP_PORT, DNS_BASE + 1, 2)
+    squat(TCP_PORT, DNS_BASE + 1, 0, want="EPERM").wait(10)
     r = enforcer.py("t-agent", connect_code("127.0.0.1", web))
     assert r.stdout.split() == ["ERR", "ECONNREFUSED"], r.stdout + r.stderr
-    r = enforcer.py("t-agent", DNS_QUERY.replace("settimeout(5)", "settimeout(1)") + """
+    # ports taken before the guards existed (here: all detached): what is sent
+    # there still goes nowhere, and the enforcer starts on free ports the
+    # sk_lookup guard sends the agents' connections to (that agent's DNS alone
+    # stays unanswered: a reply must come from its own port)
+    assert enforcer.cli("detach", "--all").returncode == 0
+    sq = squat(TCP_PORT, DNS_BASE + 1, 15)
+    try:
+        enforcer.start(enforcer_policy)
+        r = enforcer.py("t-agent", connect_code("127.0.0.1", web))
+        assert r.stdout.split() == ["OK", "127.0.0.1", str(web), "hello"], r.stdout + r.stderr
+        r = enforcer.py("t-agent", DNS_QUERY.replace("settimeout(5)", "settimeout(1)") + """
 try:
     query("api.test", ("192.0.2.53", 53))
     print("answered")
 except OSError as e:
     print(type(e).__name__)
 """)
-    assert r.stdout.split() == ["TimeoutError"], r.stdout + r.stderr   # dropped: no one answers
-    assert sq.communicate(timeout=10)[0].strip() == "nothing"
-    assert open(web_log).read() == ""
-    # and the enforcer starts though they are still taken: it listens on free
-    # ports the guard sends the agents' connections to (that agent's DNS alone
-    # stays unanswered: a reply must come from its own port)
-    sq = squat(TCP_PORT, DNS_BASE + 1, 8)
-    try:
-        enforcer.start(enforcer_policy)
-        r = enforcer.py("t-agent", connect_code("127.0.0.1", web))
-        assert r.stdout.split() == ["OK", "127.0.0.1", str(web), "hello"], r.stdout + r.stderr
+        assert r.stdout.split() == ["TimeoutError"], r.stdout + r.stderr   # dropped: no one answers
         log = enforcer.read_log()
         assert f"port {TCP_PORT} is taken by another process" in log, log
         assert f"on port {DNS_BASE + 1}: taken by another process" in log, log
     finally:
-        out = sq.communicate(timeout=20)[0].strip()
+        out = sq.communicate(timeout=30)[0].strip()
     assert out == "nothing", out
+    assert open(web_log).read().count("\n") == 1   # the one relayed connection
