@@ -190,6 +190,40 @@ static void drop_other_owners(const char *root, const char *agent, uint64_t cgid
 	closedir(d);
 }
 
+/* prog attached by a link pinned at path: the pinned link, with prog
+ * swapped in, when a previous run left one; else attached to fd (a network
+ * namespace, or a cgroup) and pinned. */
+static int attach_pinned(struct loader *l, struct bpf_program *prog, const char *path, int fd, bool netns)
+{
+	struct bpf_link *link;
+	int err;
+
+	link = access(path, F_OK) == 0 ? bpf_link__open(path) : NULL;
+	if (link) {
+		err = bpf_link__update_program(link, prog);
+		if (!err)
+			goto keep;
+		/* ENOLINK: the link's cgroup is gone (recreated with the same
+		 * name); replace the defunct pin. */
+		log_warn("pinned link '%s' unusable (%s); re-attaching", path, strerror(-err));
+		bpf_link__destroy(link);
+		unlink(path);
+	}
+	link = netns ? bpf_program__attach_netns(prog, fd) : bpf_program__attach_cgroup(prog, fd);
+	if (!link)
+		return -errno;
+	if ((err = bpf_link__pin(link, path))) {
+		bpf_link__destroy(link);   /* unpinned: detaches, so nothing half-done stays */
+		return err;
+	}
+keep:
+	if (l->nlinks < MAX_LINKS)
+		l->links[l->nlinks++] = link;
+	else
+		bpf_link__destroy(link);
+	return 0;
+}
+
 int loader_attach(struct loader *l, const char *agent, const char *cgroup_path, uint32_t slot,
 		  uint64_t *cgid)
 {
@@ -217,40 +251,16 @@ int loader_attach(struct loader *l, const char *agent, const char *cgroup_path, 
 	for (int i = 0; i < loader_nprogs; i++) {
 		struct bpf_program *prog = prog_by_name(l, loader_prog_names[i]);
 		char path[PATH_MAX + 64];
-		struct bpf_link *link;
 
 		if (!prog) {
 			err = -ENOENT;
 			goto out;
 		}
 		snprintf(path, sizeof(path), "%s/%s", dir, loader_prog_names[i]);
-		link = access(path, F_OK) == 0 ? bpf_link__open(path) : NULL;
-		if (link) {
-			err = bpf_link__update_program(link, prog);
-			if (!err)
-				goto keep;
-			/* ENOLINK: the link's cgroup is gone (recreated with the
-			 * same name); replace the defunct pin. */
-			log_warn("pinned link '%s' unusable (%s); re-attaching", path, strerror(-err));
-			bpf_link__destroy(link);
-			unlink(path);
-		}
-		link = bpf_program__attach_cgroup(prog, cgfd);
-		if (!link) {
-			err = -errno;
+		if ((err = attach_pinned(l, prog, path, cgfd, false))) {
 			log_err("attach %s to '%s': %s", loader_prog_names[i], cgroup_path, strerror(-err));
 			goto out;
 		}
-		err = bpf_link__pin(link, path);
-		if (err) {
-			bpf_link__destroy(link);  /* unpinned: detaches, so nothing half-done stays */
-			goto out;
-		}
-keep:
-		if (l->nlinks < MAX_LINKS)
-			l->links[l->nlinks++] = link;
-		else
-			bpf_link__destroy(link);
 	}
 
 	key.cgroup_inode_id = st.st_ino;
@@ -282,57 +292,27 @@ bool loader_has_guard(const struct loader *l)
 	return bpf_program__fd(l->skel->progs.ag_guard) >= 0;
 }
 
-/* prog attached by a link pinned at root/name: the pinned link, with prog
- * swapped in, when a previous run left one; else attached to fd (a network
- * namespace, or a cgroup) and pinned. */
-static int attach_pinned(struct loader *l, struct bpf_program *prog, const char *name, int fd, bool netns)
-{
-	char path[PATH_MAX + 32];
-	struct bpf_link *link;
-	int err;
-
-	snprintf(path, sizeof(path), "%s/%s", l->root, name);
-	link = access(path, F_OK) == 0 ? bpf_link__open(path) : NULL;
-	if (link) {
-		err = bpf_link__update_program(link, prog);
-		if (!err)
-			goto keep;
-		log_warn("pinned link '%s' unusable (%s); re-attaching", path, strerror(-err));
-		bpf_link__destroy(link);
-		unlink(path);
-	}
-	link = netns ? bpf_program__attach_netns(prog, fd) : bpf_program__attach_cgroup(prog, fd);
-	if (!link)
-		return -errno;
-	if ((err = bpf_link__pin(link, path))) {
-		bpf_link__destroy(link);
-		return err;
-	}
-keep:
-	if (l->nlinks < MAX_LINKS)
-		l->links[l->nlinks++] = link;
-	else
-		bpf_link__destroy(link);
-	return 0;
-}
-
 int loader_guard(struct loader *l, const char *cgroup_root)
 {
+	char path[3][PATH_MAX + 16];
 	int nsfd, cgfd, err;
 
+	snprintf(path[0], sizeof(path[0]), "%s/guard", l->root);
+	snprintf(path[1], sizeof(path[1]), "%s/bindguard4", l->root);
+	snprintf(path[2], sizeof(path[2]), "%s/bindguard6", l->root);
 	nsfd = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
 	if (nsfd < 0)
 		return -errno;
-	err = attach_pinned(l, l->skel->progs.ag_guard, "guard", nsfd, true);
+	err = attach_pinned(l, l->skel->progs.ag_guard, path[0], nsfd, true);
 	close(nsfd);
 	if (err)
 		return err;
 	cgfd = open(cgroup_root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (cgfd < 0)
 		return -errno;
-	err = attach_pinned(l, l->skel->progs.ag_bind_guard4, "bindguard4", cgfd, false);
+	err = attach_pinned(l, l->skel->progs.ag_bind_guard4, path[1], cgfd, false);
 	if (!err)
-		err = attach_pinned(l, l->skel->progs.ag_bind_guard6, "bindguard6", cgfd, false);
+		err = attach_pinned(l, l->skel->progs.ag_bind_guard6, path[2], cgfd, false);
 	close(cgfd);
 	return err;
 }
