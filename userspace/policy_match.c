@@ -447,11 +447,22 @@ void policy_warnings(const struct policy *p, void (*fn)(void *arg, const char *m
 				   u->bearer_agent_token ? "bearer: agent_token" : NULL;
 		char msg[512];
 
-		/* Only http and kubernetes send a credential as it is: a postgres
-		 * password goes in clear only to a verified server (proto_pg.c). */
-		if ((t->proto != PROTO_HTTP && t->proto != PROTO_KUBERNETES) || !cred)
-			continue;
 		if ((u->tls && !strcmp(u->tls, "verify-full")) || addr_on_host(to))
+			continue;
+		/* A postgres password goes in clear only to a verified server
+		 * (proto_pg.c); but md5 and SCRAM answers are made with a salt
+		 * (and for SCRAM a nonce and iteration count) the server picks,
+		 * and an impostor can test guesses of the password against them
+		 * offline. */
+		if (t->proto == PROTO_POSTGRES && u->password_file) {
+			snprintf(msg, sizeof(msg), "target '%s': the server is not verified (tls: %s): whoever "
+				 "answers for the upstream address gets an md5 or SCRAM answer made from its "
+				 "password, against which guesses of the password can be tested offline; set "
+				 "tls: verify-full", t->name, u->tls ? u->tls : "disable");
+			fn(arg, msg);
+			continue;
+		}
+		if ((t->proto != PROTO_HTTP && t->proto != PROTO_KUBERNETES) || !cred)
 			continue;
 		snprintf(msg, sizeof(msg), "target '%s': its credential (%s) is sent upstream over %s: whoever "
 			 "answers for the upstream address can read it; set tls: verify-full", t->name, cred,

@@ -1210,7 +1210,13 @@ static void test_plaintext_credential_warnings(void)
 		"     upstream: {bearer: agent_token}}\n"
 		"  - {name: none, protocol: http, address: 10.0.0.10:80}\n"
 		"  - {name: db, protocol: postgres, address: 10.0.0.5:5432,\n"
-		"     upstream: {user: app, password_file: /etc/agentgate-unit/t, tls: disable}}\n";
+		"     upstream: {user: app, password_file: /etc/agentgate-unit/t, tls: disable}}\n"
+		"  - {name: db-verified, protocol: postgres, address: 10.0.0.5:5433,\n"
+		"     upstream: {user: app, password_file: /etc/agentgate-unit/t, tls: verify-full,\n"
+		"                ca_file: /etc/agentgate-unit/t}}\n"
+		"  - {name: db-local, protocol: postgres, address: 127.0.0.1:5432,\n"
+		"     upstream: {user: app, password_file: /etc/agentgate-unit/t}}\n"
+		"  - {name: db-trust, protocol: postgres, address: 10.0.0.5:5434, upstream: {user: app}}\n";
 	struct warn_log w = { 0 };
 	struct policy_errors e;
 	struct policy *p = load_str("warn.yaml", text, &e);
@@ -1221,7 +1227,8 @@ static void test_plaintext_credential_warnings(void)
 		return;
 	}
 	policy_warnings(p, collect_warning, &w);
-	CHECK(w.n == 4);
+	CHECK(w.n == 5);
+	CHECK(strstr(w.text, "target 'db': the server is not verified (tls: disable): ") != NULL);
 	CHECK(strstr(w.text, "target 'plain': its credential (bearer_token_file) is sent upstream over "
 			     "plain TCP (no tls)") != NULL);
 	CHECK(strstr(w.text, "target 'unverified': its credential (basic_auth_file) is sent upstream over "
@@ -1229,7 +1236,7 @@ static void test_plaintext_credential_warnings(void)
 	CHECK(strstr(w.text, "target 'away': ") != NULL);
 	CHECK(strstr(w.text, "target 'cluster': its credential (bearer: agent_token)") != NULL);
 	CHECK(strstr(w.text, "set tls: verify-full") != NULL);
-	if (w.n != 4)
+	if (w.n != 5)
 		fprintf(stderr, "  warnings:\n%s", w.text);
 	policy_free(p);
 }
