@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
@@ -196,6 +197,8 @@ static void cap_note(struct conn *c, size_t before, size_t after)
 		__atomic_fetch_add(&c->w->buf_bytes, after - before, __ATOMIC_RELAXED);   /* wraps for less */
 }
 
+static void wipe_out(struct conn_side *sd);
+
 void conn_free(struct conn *c)
 {
 	if (!c)
@@ -204,10 +207,13 @@ void conn_free(struct conn *c)
 		c->ops->release(c);
 	if (c->agent_idx >= 0 && E)
 		atomic_fetch_sub(&E->agents[c->agent_idx].active, 1);
+	if (c->costly_ns && c->agent_idx >= 0 && c->policy && E)
+		enforcer_mask_spent(c->policy, c->agent_idx, c->costly_ns);   /* the last part of a ms */
 	rec_close(c->rec);
 	worker_buf_put(c->w, c->buf[0]);
 	worker_buf_put(c->w, c->buf[1]);
 	for (int s = 0; s < 2; s++) {
+		wipe_out(&c->side[s]);
 		SSL_free(c->side[s].ssl);
 		cap_note(c, (size_t)c->side[s].in_cap + c->side[s].out_cap, 0);
 		free(c->side[s].in);
@@ -444,6 +450,44 @@ int conn_send(struct conn *c, int side, const void *buf, size_t len)
 	return queue(c, side, buf, len);
 }
 
+int conn_send_secret(struct conn *c, int side, const void *buf, size_t len)
+{
+	c->side[side].secret = true;
+	return queue(c, side, buf, len);
+}
+
+/* A queue that held a secret: its bytes wiped (before a free, or once written). */
+static void wipe_out(struct conn_side *sd)
+{
+	if (sd->secret && sd->out)
+		OPENSSL_cleanse(sd->out, sd->out_hw);
+	sd->secret = false;
+	sd->out_hw = 0;
+}
+
+/* grow() for side's output queue; one holding a secret is copied, not
+ * realloc()ed: the old block would go back to the heap with it. */
+static int grow_out(struct conn_side *sd, size_t need, size_t limit)
+{
+	uint8_t *nb = NULL;
+	uint32_t ncap = 0;
+	int err;
+
+	if (!sd->secret)
+		return grow(&sd->out, &sd->out_cap, need, limit);
+	if (need <= sd->out_cap)
+		return 0;
+	if ((err = grow(&nb, &ncap, need, limit)))
+		return err;
+	if (sd->out_len)
+		memcpy(nb, sd->out, sd->out_len);
+	OPENSSL_cleanse(sd->out, sd->out_hw);
+	free(sd->out);
+	sd->out = nb;
+	sd->out_cap = ncap;
+	return 0;
+}
+
 static int queue(struct conn *c, int side, const void *buf, size_t len)
 {
 	struct conn_side *sd = &c->side[side];
@@ -453,8 +497,10 @@ static int queue(struct conn *c, int side, const void *buf, size_t len)
 		return 0;
 	if (sd->want_shut || c->closing)
 		return -EPIPE;
-	if (sd->out_off && sd->out_off == sd->out_len)
+	if (sd->out_off && sd->out_off == sd->out_len) {
+		wipe_out(sd);
 		sd->out_off = sd->out_len = 0;
+	}
 	if (sd->out_off > sd->out_cap / 2) {   /* reclaim the written head */
 		memmove(sd->out, sd->out + sd->out_off, sd->out_len - sd->out_off);
 		sd->out_len -= sd->out_off;
@@ -464,12 +510,14 @@ static int queue(struct conn *c, int side, const void *buf, size_t len)
 		return -ENOBUFS;
 	uint32_t was = sd->out_cap;
 
-	err = grow(&sd->out, &sd->out_cap, (size_t)sd->out_len + len, CONN_OUT_MAX + CONN_OUT_MAX);
+	err = grow_out(sd, (size_t)sd->out_len + len, CONN_OUT_MAX + CONN_OUT_MAX);
 	cap_note(c, was, sd->out_cap);
 	if (err)
 		return err;
 	memcpy(sd->out + sd->out_len, buf, len);
 	sd->out_len += len;
+	if (sd->out_len > sd->out_hw)
+		sd->out_hw = sd->out_len;
 	return 0;
 }
 
@@ -507,6 +555,7 @@ int conn_send_now(struct conn *c, int side, const void *buf, size_t len)
 		sd->out_off += n;
 		return queue(c, side, buf, len);
 	}
+	wipe_out(sd);
 	sd->out_off = sd->out_len = 0;
 	sent = (size_t)n - queued;
 	return queue(c, side, (const uint8_t *)buf + sent, len - sent);
@@ -528,8 +577,10 @@ void conn_flush(struct conn *c, int side)
 	c->tx[side] += n;
 	c->bytes[side == SIDE_UP ? DIR_UP : DIR_DOWN] += n;
 	sd->out_off += n;
-	if (sd->out_off == sd->out_len)
+	if (sd->out_off == sd->out_len) {
+		wipe_out(sd);
 		sd->out_off = sd->out_len = 0;
+	}
 }
 
 uint32_t conn_out_pending(const struct conn *c, int side)
@@ -667,6 +718,7 @@ static int flush_out(struct conn *c, int side, bool *moved)
 		c->bytes[side == SIDE_UP ? DIR_UP : DIR_DOWN] += n;
 		*moved = true;
 	}
+	wipe_out(sd);
 	sd->out_off = sd->out_len = 0;
 	if (sd->out_cap > CONN_OUT_HIGH) {   /* a big answer's queue does not stay with the connection */
 		cap_note(c, sd->out_cap, 0);
@@ -771,11 +823,42 @@ static int fill_in(struct conn *c, int side)
 	return got;
 }
 
+#define COSTLY_STEP_NS 1000000ull   /* the agent's budget is told per ms spent, not per call */
+
+/* ns more spent masking c's answers; past the agent's budget, its upstream waits. */
+static void charge(struct conn *c, uint64_t ns)
+{
+	uint64_t wait;
+
+	c->costly_ns += ns;
+	if (c->costly_ns < COSTLY_STEP_NS || c->agent_idx < 0 || !c->policy)
+		return;
+	wait = enforcer_mask_spent(c->policy, c->agent_idx, c->costly_ns);
+	c->costly_ns = 0;
+	if (wait) {
+		c->hold_ms = now_ns_mono() / 1000000ull + wait;
+		if (c->w && (!c->w->hold_next_ms || c->hold_ms < c->w->hold_next_ms))
+			c->w->hold_next_ms = c->hold_ms;
+	}
+}
+
 static int call_module(struct conn *c, int side)
 {
 	int (*fn)(struct conn *) = side == SIDE_AGENT ? c->ops->on_agent_data : c->ops->on_upstream_data;
+	uint64_t t0;
+	int err;
 
-	return fn ? fn(c) : 0;
+	if (!fn)
+		return 0;
+	if (side == SIDE_AGENT || !c->costly)
+		return fn(c);
+	/* Wall time, not the thread's CPU time: a clock read from the vDSO
+	 * costs tens of ns, a CPU-time read a system call; and the time a
+	 * worker is busy with one agent is the time others wait for it. */
+	t0 = now_ns_mono();
+	err = fn(c);
+	charge(c, now_ns_mono() - t0);
+	return err;
 }
 
 static bool backpressured(struct conn *c)
@@ -853,6 +936,11 @@ static void stream_drive(struct conn *c, bool up_connected)
 
 			if (!side_live(c, s) || (sd->ssl && !sd->tls_ready) || sd->tls_pending)
 				continue;
+			if (s == SIDE_UP && c->hold_ms) {   /* paced: the worker's tick resumes it */
+				if (now_ns_mono() / 1000000ull < c->hold_ms)
+					continue;
+				c->hold_ms = 0;
+			}
 			int r = fill_in(c, s);
 
 			if (r < 0) {
@@ -959,6 +1047,7 @@ int conn_redial_upstream(struct conn *c)
 	SSL_free(sd->ssl);
 	sd->ssl = NULL;
 	sd->in_len = sd->in_off = 0;
+	wipe_out(sd);
 	sd->out_len = sd->out_off = 0;
 	sd->in_eof = sd->want_shut = sd->shut = false;
 	sd->tls_pending = sd->tls_ready = sd->tls_server = false;
@@ -1000,6 +1089,7 @@ int conn_adopt_upstream(struct conn *c, int fd, SSL *ssl, const char *desc, uint
 	sd->ssl = ssl;
 	sd->tls_ready = ssl != NULL;
 	sd->tls_pending = sd->in_eof = sd->want_shut = sd->shut = sd->drained = sd->hup = false;
+	wipe_out(sd);
 	sd->in_len = sd->in_off = sd->out_len = sd->out_off = 0;
 	snprintf(c->upstream_desc, sizeof(c->upstream_desc), "%s", desc);
 	c->up_born_ms = born_ms;
@@ -1024,6 +1114,7 @@ void conn_trim(struct conn *c)
 			sd->in_cap = sd->in_len = sd->in_off = 0;
 		}
 		if (sd->out_len == sd->out_off && sd->out_cap > CONN_BUF) {
+			wipe_out(sd);
 			cap_note(c, sd->out_cap, 0);
 			free(sd->out);
 			sd->out = NULL;
@@ -1074,6 +1165,16 @@ static void upstream_connected(struct conn *c)
 	c->connecting = false;
 	c->deadline_ms = 0;   /* connected means decided: no deadline while relaying */
 	c->up_born_ms = now_ns_mono() / 1000000ull;
+}
+
+void conn_resume(struct conn *c)
+{
+	c->hold_ms = 0;
+	if (c->closing || !c->streaming)
+		return;
+	c->side[SIDE_UP].drained = false;   /* what came meanwhile was reported, not read */
+	stream_drive(c, false);
+	rec_sync(c->rec);
 }
 
 static void on_event(struct conn_end *e, uint32_t events);

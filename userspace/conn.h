@@ -79,6 +79,8 @@ struct conn {
 		bool tls_server;
 		bool drained;          /* read until empty; nothing new reported since */
 		bool hup;              /* the peer closed its side (EPOLLRDHUP/HUP/ERR seen) */
+		bool secret;           /* out holds a secret (conn_send_secret): wiped once written */
+		uint32_t out_hw;       /* the most of out ever holding bytes since it was last empty */
 	} side[2];
 	bool finishing;            /* conn_finish(): close once the agent's output is written */
 	/* The module stopped reading side s on purpose until the other side
@@ -90,6 +92,13 @@ struct conn {
 	 * the agent's output queue is empty; cleared when it is. */
 	bool want_drained;
 	uint64_t rx[2], tx[2];     /* stream mode byte counts per side, after TLS */
+	/* Set by a module while handling upstream data masks (its cost follows
+	 * what the agent asks for): the time its on_upstream_data takes is
+	 * charged to the agent (enforcer_mask_spent), and past the agent's
+	 * budget the upstream is not read until hold_ms (monotonic; 0: read). */
+	bool costly;
+	uint64_t costly_ns;        /* spent, not yet charged (charged by the ms) */
+	uint64_t hold_ms;
 	char tls_err[160];
 };
 
@@ -126,6 +135,10 @@ enum conn_side_id { SIDE_AGENT = 0, SIDE_UP = 1 };
 #define CONN_OUT_LOW  (64u << 10)
 #define CONN_OUT_MAX  (32u << 20)
 
+/* The worker's tick for a held connection (conn.hold_ms passed): reads its
+ * upstream again. */
+void conn_resume(struct conn *c);
+
 /* Enter stream mode (from start(), before or after conn_connect_upstream()). 0 or -errno. */
 int conn_stream(struct conn *c);
 const uint8_t *conn_in(struct conn *c, int side, uint32_t *len);
@@ -141,6 +154,10 @@ int conn_send(struct conn *c, int side, const void *buf, size_t len);
  * that side recorded (recording.h), as it sends it; conn_record() records
  * bytes it sends some other way (a head without the injected credential). */
 void conn_record(struct conn *c, int side, const void *buf, size_t len);
+/* conn_send() for bytes holding a secret (a password, an injected
+ * credential): never recorded; the queue they wait in is wiped once it is
+ * written, and not handed back to the heap with them (free, realloc). */
+int conn_send_secret(struct conn *c, int side, const void *buf, size_t len);
 /* conn_send() that writes to the socket at once what it can (queued bytes
  * first) and queues only the rest: no copy of a big answer the socket takes. */
 int conn_send_now(struct conn *c, int side, const void *buf, size_t len);

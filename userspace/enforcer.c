@@ -599,11 +599,16 @@ static uint64_t parse_wall_ns(const struct policy *p, int idx, uint64_t cpu_ns)
 	return cpu_ns * 100 / pct;
 }
 
+static uint64_t parse_burst_ns(const struct policy *p, int idx)
+{
+	return parse_wall_ns(p, idx, (E->parse_burst_ms ? E->parse_burst_ms : PARSE_BURST_MS) * 1000000ull);
+}
+
 bool enforcer_parse_may(const struct policy *p, int idx, char *why, size_t whylen)
 {
 	struct agent_rt *rt = &E->agents[idx];
 	uint64_t now = now_ns_mono(), tat = atomic_load(&rt->parse_tat);
-	uint64_t burst = parse_wall_ns(p, idx, PARSE_BURST_MS * 1000000ull);
+	uint64_t burst = parse_burst_ns(p, idx);
 
 	if (tat <= now || tat - now <= burst)
 		return true;
@@ -624,6 +629,24 @@ void enforcer_parse_spent(const struct policy *p, int idx, uint64_t cpu_ns)
 	do {
 		next = (tat > now ? tat : now) + add;
 	} while (!atomic_compare_exchange_weak(&rt->parse_tat, &tat, next));
+}
+
+uint64_t enforcer_mask_spent(const struct policy *p, int idx, uint64_t ns)
+{
+	if (!E || idx < 0)
+		return 0;
+	struct agent_rt *rt = &E->agents[idx];
+	uint64_t now = now_ns_mono(), add = parse_wall_ns(p, idx, ns), burst = parse_burst_ns(p, idx);
+	unsigned long long tat = atomic_load(&rt->mask_tat), next;
+
+	atomic_fetch_add(&rt->mask_ns, ns);
+	do {
+		next = (tat > now ? tat : now) + add;
+	} while (!atomic_compare_exchange_weak(&rt->mask_tat, &tat, next));
+	if (next <= now || next - now <= burst)
+		return 0;
+	atomic_fetch_add(&rt->mask_paced, 1);
+	return (next - now - burst) / 1000000ull + 1;
 }
 
 void enforcer_audit_principal(int idx, struct audit_agent *a, struct ident_principal *pr)
@@ -1274,7 +1297,7 @@ void *enforcer_status_json(void)
 			json_array_append_new(extra, json_string(rt->extra_rel[x]));
 		json_array_append_new(agents, json_pack(
 			"{s:s, s:s, s:s, s:I, s:i, s:b, s:i, s:o, s:o,"
-			" s:i, s:i, s:i, s:I, s:I, s:I, s:I}",
+			" s:i, s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:I}",
 			"name", p->agents[i].name, "cgroup", rt->cgroup_rel, "cgroup_path", rt->cgroup_path,
 			"cgroup_id", (json_int_t)rt->cgid, "slot", (int)E->slot_of[i], "attached", rt->attached,
 			"programs", nprogs, "extra_cgroups", extra, "principal", principal,
@@ -1282,6 +1305,8 @@ void *enforcer_status_json(void)
 			"max_connections", (int)p->agents[i].max_connections,
 			"parse_cpu", (int)p->agents[i].parse_cpu,
 			"parse_refused", (json_int_t)atomic_load(&rt->parse_refused),
+			"mask_ms", (json_int_t)(atomic_load(&rt->mask_ns) / 1000000ull),
+			"mask_paced", (json_int_t)atomic_load(&rt->mask_paced),
 			"accepted", (json_int_t)atomic_load(&rt->accepted),
 			"refused", (json_int_t)atomic_load(&rt->refused),
 			"denied_in_kernel", (json_int_t)atomic_load(&rt->denied_kernel)));
@@ -1938,9 +1963,12 @@ static uint16_t sock_port(int fd)
 }
 
 /* Only this enforcer's sockets get what is sent to its ports (ag_guard in
- * agentgate.bpf.c), also once it is gone. Without sk_lookup (older kernels)
- * the ports are reserved but a local user could bind them while no enforcer
- * runs: said in the log and in status. */
+ * agentgate.bpf.c), and only it may bind them (ag_bind_guard4/6), also once
+ * it is gone. When the guards cannot be attached or pinned (a bpffs that
+ * refuses the pins, a map update failing), the ports are only reserved and a
+ * local user could bind them while no enforcer runs: said in the log and in
+ * status (port_guard), unless some port is already another process's, when
+ * the enforcer stops rather than relay through unguarded moved ports. */
 static int guard_ports(void)
 {
 	int rc = 0;
@@ -2074,6 +2102,14 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 			E->audit_rate = rate;
 			E->audit_burst = burst;
 		}
+	}
+	/* Test knob: limits.parse_cpu's burst in ms of CPU (default 2 s). */
+	const char *pb_env = getenv("AGENTGATE_PARSE_BURST_MS");
+	if (pb_env) {
+		uint64_t v;
+
+		if (parse_u64(pb_env, 1, 600000, &v) == 0)
+			E->parse_burst_ms = v;
 	}
 	if ((rc = loader_open(&E->loader, rbsize))) {
 		log_err("loading BPF programs: %s", strerror(-rc));

@@ -225,12 +225,36 @@ static void accept_all(struct worker *w, int lfd, int family)
 	}
 }
 
+/* Connections held for their agent's masking budget whose time came read
+ * their upstream again (conn.c charge()). */
+static void resume_held(struct worker *w)
+{
+	uint64_t now = now_ns_mono() / 1000000ull, next = 0;
+
+	if (!w->hold_next_ms || now < w->hold_next_ms)
+		return;
+	w->hold_next_ms = 0;
+	for (struct conn *c = w->conns, *n; c; c = n) {
+		n = c->next;
+		if (!c->hold_ms)
+			continue;
+		if (now >= c->hold_ms)
+			conn_resume(c);   /* may hold it again */
+		if (c->hold_ms && !c->closing && (!next || c->hold_ms < next))
+			next = c->hold_ms;
+	}
+	if (next && (!w->hold_next_ms || next < w->hold_next_ms))
+		w->hold_next_ms = next;
+}
+
 static void check_deadlines(struct worker *w)
 {
 	uint64_t now = now_ns_mono() / 1000000ull;
 
 	for (struct conn *c = w->conns, *next; c; c = next) {
 		next = c->next;
+		if (c->hold_ms)
+			continue;   /* its upstream is not read: no clock of the module runs against it */
 		if (c->deadline_ms && now > c->deadline_ms)
 			conn_deadline(c);
 		else
@@ -279,7 +303,15 @@ static void *worker_main(void *arg)
 	while (!w->stop) {
 		if (w->stop_accept && w->listen[0].fd >= 0)
 			close_listeners(w);
-		int n = epoll_wait(w->epfd, evs, 256, 200);
+		int wait_ms = 200;
+
+		if (w->hold_next_ms) {
+			uint64_t now_ms = now_ns_mono() / 1000000ull;
+
+			wait_ms = w->hold_next_ms <= now_ms ? 0
+				: w->hold_next_ms - now_ms < 200 ? (int)(w->hold_next_ms - now_ms) : 200;
+		}
+		int n = epoll_wait(w->epfd, evs, 256, wait_ms);
 
 		for (int i = 0; i < n; i++) {
 			struct conn_end *e = evs[i].data.ptr;
@@ -295,6 +327,7 @@ static void *worker_main(void *arg)
 			w->dead = c->next;
 			conn_free(c);
 		}
+		resume_held(w);
 		audit_defer_flush();   /* this pass's answers are out: now its events */
 		uint64_t now = now_ns_mono();
 		if (w->accept_paused_until && now > w->accept_paused_until && !w->stop_accept)

@@ -30,6 +30,7 @@ struct worker {
 	const struct policy *swept;     /* the policy its connections were last checked against */
 	uint32_t *bal_conns;            /* balance.bpf.c's counters for it; NULL: the kernel's hash */
 	uint32_t *bal_pending;
+	uint64_t hold_next_ms;          /* the earliest conn.hold_ms of its connections; 0: none held */
 };
 
 /* A relay buffer (CONN_BUF bytes) from the worker's spares or malloc; NULL on ENOMEM. */

@@ -956,9 +956,7 @@ static int send_head(struct conn *c, struct obuf *o)
 		return -ENOBUFS;
 	}
 	/* recorded without the credential: the head up to it, then its end */
-	c->rec_side[SIDE_UP] = false;
-	err = conn_send(c, SIDE_UP, o->b, o->n);
-	c->rec_side[SIDE_UP] = true;
+	err = conn_send_secret(c, SIDE_UP, o->b, o->n);
 	if (!err) {
 		conn_record(c, SIDE_UP, o->b, n0);
 		conn_record(c, SIDE_UP, "\r\n", 2);
@@ -1232,6 +1230,8 @@ static bool masking(struct conn *c, const struct ident_principal *user, bool upg
 	}
 	v->masked = m && !mask_is_empty(m);
 	v->mask = v->masked ? m : NULL;
+	if (v->masked)
+		c->costly = true;   /* from here on, answers' time is charged to the agent (conn.h) */
 	if (v->masked && upgrade) {
 		v->allowed = false;
 		v->status = 403;

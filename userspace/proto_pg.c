@@ -2433,20 +2433,37 @@ static int up_ssl_answer(struct conn *c)
 
 /* PasswordMessage (a string: nul), SASLInitialResponse (mech given) or
  * SASLResponse (neither: the data is the rest of the message). */
+/* A PasswordMessage or SASL message, built here rather than in the
+ * session's output buffer (which grows by realloc and is reused): the one
+ * copy of the secret outside the caller's is conn.c's, wiped once sent. */
 static int send_password_msg(struct conn *c, const void *data, size_t len, const char *mech, bool nul)
 {
-	struct pg_sess *s = S(c);
+	uint8_t m[4096 + 64];
+	size_t ml = mech ? strlen(mech) + 1 : 0, n = 5;
+	int err;
 
-	pg_out_begin(&s->out, 'p');
+	if (len > 4096 || ml > 32)
+		return -ENOBUFS;   /* a password file holds at most 4096 bytes */
+	m[0] = 'p';
 	if (mech) {
-		pg_out_str(&s->out, mech);
-		pg_out_i32(&s->out, (int32_t)len);
+		memcpy(m + n, mech, ml);
+		n += ml;
+		m[n++] = (uint8_t)(len >> 24);
+		m[n++] = (uint8_t)(len >> 16);
+		m[n++] = (uint8_t)(len >> 8);
+		m[n++] = (uint8_t)len;
 	}
-	pg_out_bytes(&s->out, data, len);
+	memcpy(m + n, data, len);
+	n += len;
 	if (nul)
-		pg_out_u8(&s->out, 0);
-	pg_out_end(&s->out);
-	return send_out(c, SIDE_UP);
+		m[n++] = 0;
+	m[1] = (uint8_t)((n - 1) >> 24);
+	m[2] = (uint8_t)((n - 1) >> 16);
+	m[3] = (uint8_t)((n - 1) >> 8);
+	m[4] = (uint8_t)(n - 1);
+	err = conn_send_secret(c, SIDE_UP, m, n);
+	OPENSSL_cleanse(m, n);
+	return err;
 }
 
 static int auth_fail(struct conn *c, const char *what)
@@ -4268,6 +4285,7 @@ static int compile_masks(struct conn *c)
 	if (!s->mask)
 		return -ENOMEM;
 	s->mask_active = !mask_is_empty(s->mask);
+	c->costly = s->mask_active;   /* masking time is charged to the agent (conn.h) */
 	note_rules(c);
 	return 0;
 }

@@ -166,6 +166,49 @@ def test_uncached_parsing_is_bounded_per_agent(enforcer, pg, tmp):
     assert rc != 0 and "parsing budget" in err, (rc, out, err)
 
 
+def test_masking_time_is_paced_per_agent(enforcer, pg, tmp):
+    """limits.parse_cpu also bounds the worker time masking an agent's answers
+    takes: detectors scan every text value of a result, so a query returning
+    megabytes of text cost a worker milliseconds per megabyte, all of it
+    chosen by the agent (found by review: uncharged). Past the burst (here
+    20 ms, a test knob) the enforcer reads the upstream's answer only as fast
+    as the agent's share (2% of a CPU) allows: the answer arrives whole and
+    masked, slower; nothing is refused."""
+    rules = [{"target": "shop", "allow": {"statements": ["select"], "tables": ["public.customers"]},
+              "mask": {"detectors": ["credit_card", "email"]}}]
+    text = policy(pg, tmp, rules=rules).replace('"limits": {"connections": 64}',
+                                                '"limits": {"connections": 64, "parse_cpu": 2}')
+    enforcer.start(text, env={"AGENTGATE_PARSE_BURST_MS": "20"})
+    code = f"""
+        c = Conn("127.0.0.1", {pg.port}, timeout=120)
+        t0 = time.time()
+        # 16 rows of 1 MiB: card numbers and addresses the detectors must find
+        c.send(Q("SELECT repeat('4111 1111 1111 1111 ann@example.com ', 30000) AS v "
+                 "FROM generate_series(1, 16)"))
+        rows, leaked, starred, tail = 0, 0, 0, []
+        while True:
+            t, body = c.read()
+            if t == b"D":
+                rows += 1
+                leaked += body.count(b"4111 1111 1111 1111") + body.count(b"ann@example.com")
+                starred += body.count(b"****")
+            elif t != b"T":
+                tail.append(t.decode() if t else "EOF")
+            if t in (b"Z", None):
+                break
+        print(json.dumps({{"rows": rows, "leaked": leaked, "starred": starred, "tail": tail,
+                          "secs": time.time() - t0}}))
+    """
+    r = agent_py(enforcer, code, timeout=240)
+    assert r["rows"] == 16 and r["leaked"] == 0 and r["starred"] >= 16 * 30000, r
+    assert r["tail"] == ["C", "Z"], r
+    a = [a for a in enforcer.status()["agents"] if a["name"] == AGENT][0]
+    # the worker time charged, and the wall time it must have been spread over
+    spent = a["mask_ms"] / 1000
+    assert a["mask_paced"] > 0 and spent > 0.03, a
+    assert r["secs"] >= 0.7 * (spent - 0.02) * 50, (r["secs"], a)
+
+
 def test_silent_server_does_not_hold_the_session_start(enforcer, pg, tmp):
     """A server that accepts and never answers (the agent's client gave up long
     ago): the enforcer ends the session start after 30 s instead of holding the

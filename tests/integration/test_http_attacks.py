@@ -873,6 +873,49 @@ def test_mask_binary_or_stacked_coding_refused(enforcer, canned):
     assert "content-encoding" not in hdrs
 
 
+PACED_CLIENT = r"""
+import json, socket, sys, time
+port, n = int(sys.argv[1]), int(sys.argv[2])
+s = socket.create_connection(("127.0.0.1", port), timeout=60)
+t0, got = time.time(), []
+for i in range(n):
+    s.sendall(b"GET /v1/r/bomb HTTP/1.1\r\nHost: api.internal\r\n\r\n")
+    out = b""
+    while b"\r\n\r\n" not in out:
+        out += s.recv(65536)
+    head, body = out.split(b"\r\n\r\n", 1)
+    n_len = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")][0].split(b":")[1])
+    while len(body) < n_len:
+        body += s.recv(1 << 20)
+    got.append([head.split(b" ")[1].decode(), len(body), body.count(b"4111 1111"), body.count(b"****")])
+print(json.dumps({"secs": time.time() - t0, "got": got}))
+"""
+
+
+def test_masking_time_is_paced_per_agent(enforcer, canned):
+    """A gzip body that inflates a thousandfold costs a worker tens of ms to
+    inflate and scan per answer, from a few KiB the upstream sent: the time
+    is charged to the agent's limits.parse_cpu (here 5% of a CPU after a
+    20 ms burst, a test knob), and past it the next answer is read only when
+    the agent's share allows. Each answer still arrives whole and masked."""
+    text = b"card 4111 1111 1111 1111 of ann@example.com; " * 140000   # 6.3 MB
+    canned.put("bomb", gzip.compress(text), ["Content-Type: text/plain", "Content-Encoding: gzip"])
+    enforcer.start(mask_policy(canned.port, MASK).replace(f"{{name: {AGENT}}}",
+                                                          f"{{name: {AGENT}, limits: {{parse_cpu: 5}}}}"),
+                   env={"AGENTGATE_PARSE_BURST_MS": "20"})
+    n = 4
+    r = enforcer.exec(AGENT, [PY, "-c", PACED_CLIENT, str(canned.port), str(n)], timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    for status, size, leaked, starred in out["got"]:
+        assert status == "200" and leaked == 0 and starred >= 140000, out["got"]
+    a = [a for a in enforcer.status()["agents"] if a["name"] == AGENT][0]
+    spent = a["mask_ms"] / 1000
+    assert a["mask_paced"] > 0 and spent > 0.04, a
+    # the last answer's time is charged after it was sent
+    assert out["secs"] >= 0.6 * (spent * (n - 1) / n - 0.02) * 20, (out["secs"], a)
+
+
 def test_mask_depth_and_side_doors(enforcer, canned):
     """Nesting past the bound is refused, not skipped; error statuses and
     bodies labelled text are masked like any other."""

@@ -3,6 +3,7 @@
 psycopg2, pgbench, libpq sslmode=require) placed in an agent cgroup and sent
 through the kernel redirect. Every case of ../shared/cases/sql.txt checks the
 verdict the agent sees AND the database afterwards."""
+import hashlib
 import json
 import os
 import socket
@@ -673,6 +674,60 @@ def test_cleartext_password_only_to_a_verified_server(enforcer, pg, tmp):
         time.sleep(0.5)
         got = open(rec, "rb").read() if os.path.exists(rec) else b""
         assert b"app-secret-pw" not in got and not got.startswith(b"p"), got
+    finally:
+        fake.kill()
+        fake.wait()
+
+
+def memory_count(pid, needle):
+    """Copies of needle in the writable memory of process pid (root reads
+    /proc/PID/mem): heap, thread arenas, stacks."""
+    n = 0
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            parts = line.split()
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            if not parts[1].startswith("rw") or (len(parts) > 5 and parts[5].startswith("[v")):
+                continue
+            try:
+                mem.seek(lo)
+                n += mem.read(hi - lo).count(needle)
+            except OSError:
+                pass
+    return n
+
+
+def test_password_answer_not_left_in_memory(enforcer, pg, tmp):
+    """What authenticates the enforcer upstream (here an md5 answer, which
+    any server asking md5 with the same salt accepts) went through two
+    buffers that were freed or reused without being wiped: the session's
+    output builder and the connection's output queue. After the session
+    ended, no copy is left in the enforcer's memory (found by review)."""
+    rec = os.path.join(tmp, "asked.bin")
+    fake_port = free_tcp_port()
+    salt = b"\x01\x02\x03\x04"
+    fake = fake_pg_server(fake_port, rec, """
+        n = struct.unpack("!I", c.recv(4))[0]
+        first = c.recv(n - 4)
+        if first[:4] == struct.pack("!I", 80877103):     # SSLRequest: no
+            c.sendall(b"N")
+            n = struct.unpack("!I", c.recv(4))[0]
+            c.recv(n - 4)
+        c.sendall(b"R" + struct.pack("!II", 12, 5) + b"\x01\x02\x03\x04")   # md5, this salt
+        """)
+    try:
+        time.sleep(0.3)
+        enforcer.start(policy(pg, tmp).replace(f"127.0.0.1:{pg.port}", f"127.0.0.1:{fake_port}"))
+        for _ in range(3):
+            enforcer.exec(AGENT, ["psql", "-X", "-h", "127.0.0.1", "-p", str(fake_port), "-U", "a", "-d", "shop",
+                                  "-c", "SELECT 1"], timeout=30)
+        inner = hashlib.md5(b"app-secret-pw" + b"app").hexdigest().encode()
+        answer = b"md5" + hashlib.md5(inner + salt).hexdigest().encode()
+        assert wait_for(lambda: os.path.exists(rec) and open(rec, "rb").read().count(answer) == 3, timeout=10), \
+            open(rec, "rb").read() if os.path.exists(rec) else "nothing recorded"
+        assert wait_for(lambda: enforcer.status()["agents"][0]["connections"] == 0, timeout=10)
+        assert memory_count(enforcer.proc.p.pid, answer) == 0
+        assert memory_count(enforcer.proc.p.pid, b"app-secret-pw") == 0
     finally:
         fake.kill()
         fake.wait()
