@@ -441,7 +441,12 @@ void conn_record(struct conn *c, int side, const void *buf, size_t len)
 		rec_relay(&c->rec, c, side == SIDE_UP ? DIR_UP : DIR_DOWN, buf, len);
 }
 
-static int queue(struct conn *c, int side, const void *buf, size_t len);
+static int queue_as(struct conn *c, int side, const void *buf, size_t len, bool secret);
+
+static int queue(struct conn *c, int side, const void *buf, size_t len)
+{
+	return queue_as(c, side, buf, len, false);
+}
 
 int conn_send(struct conn *c, int side, const void *buf, size_t len)
 {
@@ -452,8 +457,7 @@ int conn_send(struct conn *c, int side, const void *buf, size_t len)
 
 int conn_send_secret(struct conn *c, int side, const void *buf, size_t len)
 {
-	c->side[side].secret = true;
-	return queue(c, side, buf, len);
+	return queue_as(c, side, buf, len, true);
 }
 
 /* A queue that held a secret: its bytes wiped (before a free, or once written). */
@@ -488,7 +492,7 @@ static int grow_out(struct conn_side *sd, size_t need, size_t limit)
 	return 0;
 }
 
-static int queue(struct conn *c, int side, const void *buf, size_t len)
+static int queue_as(struct conn *c, int side, const void *buf, size_t len, bool secret)
 {
 	struct conn_side *sd = &c->side[side];
 	int err;
@@ -501,6 +505,8 @@ static int queue(struct conn *c, int side, const void *buf, size_t len)
 		wipe_out(sd);
 		sd->out_off = sd->out_len = 0;
 	}
+	if (secret)   /* after the reset above, which ends an earlier secret's wipe */
+		sd->secret = true;
 	if (sd->out_off > sd->out_cap / 2) {   /* reclaim the written head */
 		memmove(sd->out, sd->out + sd->out_off, sd->out_len - sd->out_off);
 		sd->out_len -= sd->out_off;
@@ -825,6 +831,16 @@ static int fill_in(struct conn *c, int side)
 
 #define COSTLY_STEP_NS 1000000ull   /* the agent's budget is told per ms spent, not per call */
 
+/* c's upstream is not read for wait ms (0: nothing); the worker's loop resumes it. */
+static void hold(struct conn *c, uint64_t wait)
+{
+	if (!wait)
+		return;
+	c->hold_ms = now_ns_mono() / 1000000ull + wait;
+	if (c->w && (!c->w->hold_next_ms || c->hold_ms < c->w->hold_next_ms))
+		c->w->hold_next_ms = c->hold_ms;
+}
+
 /* ns more spent masking c's answers; past the agent's budget, its upstream waits. */
 static void charge(struct conn *c, uint64_t ns)
 {
@@ -835,11 +851,7 @@ static void charge(struct conn *c, uint64_t ns)
 		return;
 	wait = enforcer_mask_spent(c->policy, c->agent_idx, c->costly_ns);
 	c->costly_ns = 0;
-	if (wait) {
-		c->hold_ms = now_ns_mono() / 1000000ull + wait;
-		if (c->w && (!c->w->hold_next_ms || c->hold_ms < c->w->hold_next_ms))
-			c->w->hold_next_ms = c->hold_ms;
-	}
+	hold(c, wait);
 }
 
 static int call_module(struct conn *c, int side)
@@ -936,10 +948,18 @@ static void stream_drive(struct conn *c, bool up_connected)
 
 			if (!side_live(c, s) || (sd->ssl && !sd->tls_ready) || sd->tls_pending)
 				continue;
-			if (s == SIDE_UP && c->hold_ms) {   /* paced: the worker's tick resumes it */
+			if (s == SIDE_UP && c->hold_ms) {   /* paced: the worker's loop resumes it */
 				if (now_ns_mono() / 1000000ull < c->hold_ms)
 					continue;
 				c->hold_ms = 0;
+			}
+			/* An agent past its share waits on every connection whose
+			 * answers are masked, not only the one that spent it: a
+			 * new connection per answer would have gone unpaced. */
+			if (s == SIDE_UP && c->costly && c->agent_idx >= 0 && c->policy) {
+				hold(c, enforcer_mask_wait(c->policy, c->agent_idx));
+				if (c->hold_ms)
+					continue;
 			}
 			int r = fill_in(c, s);
 

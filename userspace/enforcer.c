@@ -649,6 +649,15 @@ uint64_t enforcer_mask_spent(const struct policy *p, int idx, uint64_t ns)
 	return (next - now - burst) / 1000000ull + 1;
 }
 
+uint64_t enforcer_mask_wait(const struct policy *p, int idx)
+{
+	if (!E || idx < 0)
+		return 0;
+	uint64_t now = now_ns_mono(), tat = atomic_load(&E->agents[idx].mask_tat), burst = parse_burst_ns(p, idx);
+
+	return tat <= now || tat - now <= burst ? 0 : (tat - now - burst) / 1000000ull + 1;
+}
+
 void enforcer_audit_principal(int idx, struct audit_agent *a, struct ident_principal *pr)
 {
 	struct agent_rt *rt = &E->agents[idx];

@@ -207,6 +207,10 @@ void enforcer_parse_spent(const struct policy *p, int idx, uint64_t cpu_ns);
  * worker goes on serving everyone else. Thread-safe, lock-free.
  */
 uint64_t enforcer_mask_spent(const struct policy *p, int idx, uint64_t ns);
+/* The wait enforcer_mask_spent() would give now, without charging: asked
+ * before a costly connection reads its upstream, so that an agent past its
+ * share is held on every connection, a new one included. */
+uint64_t enforcer_mask_wait(const struct policy *p, int idx);
 /* True when the agent may be granted target t: by name, or (agents with an
  * OIDC identity) by some binding on claims, decided per connection. */
 bool enforcer_may_target(const struct policy *p, int idx, int t);

@@ -253,8 +253,6 @@ static void check_deadlines(struct worker *w)
 
 	for (struct conn *c = w->conns, *next; c; c = next) {
 		next = c->next;
-		if (c->hold_ms)
-			continue;   /* its upstream is not read: no clock of the module runs against it */
 		if (c->deadline_ms && now > c->deadline_ms)
 			conn_deadline(c);
 		else

@@ -2937,12 +2937,13 @@ static bool http_on_deadline(struct conn *c)
 	if (!s || !s->resp_since_ms || s->ustate != U_HEAD || s->up_failed ||
 	    now_ms() < s->resp_since_ms + resp_timeout_ms(c))
 		return false;
-	if (conn_out_pending(c, SIDE_AGENT) > CONN_OUT_HIGH) {
+	if (conn_out_pending(c, SIDE_AGENT) > CONN_OUT_HIGH || c->hold_ms) {
 		/* conn.c reads nothing while the agent is slow to take what it
-		 * has: the upstream's answer may be waiting unread, and the
-		 * delay is the agent's; the clock starts again (an upstream that
-		 * does not read the request is not excused: its side's backlog
-		 * does not count) */
+		 * has, or while its masking is paced (conn.h hold_ms): the
+		 * upstream's answer may be waiting unread, and the delay is the
+		 * agent's; the clock starts again (an upstream that does not
+		 * read the request is not excused: its side's backlog does not
+		 * count) */
 		s->resp_since_ms = now_ms();
 		arm_clocks(c);
 		return true;

@@ -4503,6 +4503,14 @@ static bool pg_on_deadline(struct conn *c)
 {
 	struct pg_sess *s = S(c);
 
+	if (s && c->hold_ms && c->deadline_why != BIG_WHY) {
+		/* The startup's or the pool's clock waits for the server, whose
+		 * answer conn.c is not reading while the agent's masking is paced
+		 * (conn.h hold_ms): the delay is the agent's; the clock starts
+		 * again (a big message's clock is the agent's own) */
+		c->deadline_ms = now_ns_mono() / 1000000ull + PG_START_MS;
+		return true;
+	}
 	if (!s || !s->big_since_ms || s->phase != PH_READY || c->deadline_why != BIG_WHY)
 		return false;
 	if (conn_out_pending(c, SIDE_UP) > CONN_OUT_HIGH) {

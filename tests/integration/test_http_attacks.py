@@ -876,9 +876,9 @@ def test_mask_binary_or_stacked_coding_refused(enforcer, canned):
 PACED_CLIENT = r"""
 import json, socket, sys, time
 port, n = int(sys.argv[1]), int(sys.argv[2])
-s = socket.create_connection(("127.0.0.1", port), timeout=60)
 t0, got = time.time(), []
-for i in range(n):
+for i in range(n):   # a new connection each time: the agent's share holds them all
+    s = socket.create_connection(("127.0.0.1", port), timeout=60)
     s.sendall(b"GET /v1/r/bomb HTTP/1.1\r\nHost: api.internal\r\n\r\n")
     out = b""
     while b"\r\n\r\n" not in out:
@@ -888,6 +888,7 @@ for i in range(n):
     while len(body) < n_len:
         body += s.recv(1 << 20)
     got.append([head.split(b" ")[1].decode(), len(body), body.count(b"4111 1111"), body.count(b"****")])
+    s.close()
 print(json.dumps({"secs": time.time() - t0, "got": got}))
 """
 
@@ -895,14 +896,16 @@ print(json.dumps({"secs": time.time() - t0, "got": got}))
 def test_masking_time_is_paced_per_agent(enforcer, canned):
     """A gzip body that inflates a thousandfold costs a worker tens of ms to
     inflate and scan per answer, from a few KiB the upstream sent: the time
-    is charged to the agent's limits.parse_cpu (here 5% of a CPU after a
+    is charged to the agent's limits.parse_cpu (here 2% of a CPU after a
     20 ms burst, a test knob), and past it the next answer is read only when
-    the agent's share allows. Each answer still arrives whole and masked."""
+    the agent's share allows, on a new connection too. Each answer still
+    arrives whole and masked."""
     text = b"card 4111 1111 1111 1111 of ann@example.com; " * 140000   # 6.3 MB
     canned.put("bomb", gzip.compress(text), ["Content-Type: text/plain", "Content-Encoding: gzip"])
-    enforcer.start(mask_policy(canned.port, MASK).replace(f"{{name: {AGENT}}}",
-                                                          f"{{name: {AGENT}, limits: {{parse_cpu: 5}}}}"),
-                   env={"AGENTGATE_PARSE_BURST_MS": "20"})
+    text = mask_policy(canned.port, MASK).replace(f"{{name: {AGENT}}}", f"{{name: {AGENT}, limits: {{parse_cpu: 2}}}}")
+    # an answer held for the agent's share is not the upstream being late
+    text = text.replace("upstream: {}", "upstream: {response_timeout: 1s}")
+    enforcer.start(text, env={"AGENTGATE_PARSE_BURST_MS": "20"})
     n = 4
     r = enforcer.exec(AGENT, [PY, "-c", PACED_CLIENT, str(canned.port), str(n)], timeout=120)
     assert r.returncode == 0, r.stderr
@@ -913,7 +916,7 @@ def test_masking_time_is_paced_per_agent(enforcer, canned):
     spent = a["mask_ms"] / 1000
     assert a["mask_paced"] > 0 and spent > 0.04, a
     # the last answer's time is charged after it was sent
-    assert out["secs"] >= 0.6 * (spent * (n - 1) / n - 0.02) * 20, (out["secs"], a)
+    assert out["secs"] >= 0.6 * (spent * (n - 1) / n - 0.02) * 50, (out["secs"], a)
 
 
 def test_mask_depth_and_side_doors(enforcer, canned):
