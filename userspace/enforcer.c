@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/file.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -1386,6 +1387,7 @@ void *enforcer_status_json(void)
 		"reason", E->balance ? NULL : E->balance_why, "worker_connections", per));
 	json_object_set_new(st, "port_guard", json_pack("{s:b, s:s?}", "on", E->guarded,
 		"reason", E->guarded ? NULL : E->guard_why));
+	json_object_set_new(st, "core_dumps", json_boolean(prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) == 1));
 	return st;
 }
 
@@ -2050,6 +2052,23 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 	E->tcp_port = AG_TCP_PORT_DEFAULT;
 	E->dns_base = AG_DNS_PORT_BASE_DEFAULT;
 	snprintf(E->state_dir, sizeof(E->state_dir), "%s", state_dir);
+
+	/*
+	 * Its memory holds what agents must never see and the host must not
+	 * keep: upstream passwords and tokens while they are used, the audit
+	 * signing key, the local CA's key, values before they were masked. A
+	 * crash would write all of it into a core file (or hand it to the
+	 * host's crash collector). Not dumpable also keeps unprivileged
+	 * processes of its user from reading it. AGENTGATE_CORE_DUMPS=1, for
+	 * debugging a crash on a test host, leaves dumps as the host has them.
+	 */
+	const char *cd_env = getenv("AGENTGATE_CORE_DUMPS");
+	if (!cd_env || strcmp(cd_env, "1") != 0) {
+		struct rlimit none = { 0, 0 };
+
+		if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) || setrlimit(RLIMIT_CORE, &none))
+			log_warn("cannot turn core dumps off: %s", strerror(errno));
+	}
 
 	/* Two descriptors per relayed connection: take the hard limit. */
 	struct rlimit rl;

@@ -246,7 +246,7 @@ class Enforcer:
             self.agents.add(m.group(1))
         return path
 
-    def start(self, policy_text, env=None, expect_ready=True, nofile=None):
+    def start(self, policy_text, env=None, expect_ready=True, nofile=None, cwd=None, core=False):
         path = self.policy(policy_text)
         e = dict(os.environ)
         # At least two workers unless a test says otherwise (the default is
@@ -259,6 +259,10 @@ class Enforcer:
         kw = {}
         if nofile:   # soft and hard: the enforcer raises its soft limit to the hard one
             kw["preexec_fn"] = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+        if core:     # core files allowed, as a host may have them
+            kw["preexec_fn"] = lambda: resource.setrlimit(resource.RLIMIT_CORE, (-1, -1))
+        if cwd:
+            kw["cwd"] = cwd
         self.proc = Proc([AG, "--state-dir", self.state, "run", "--policy", path],
                          stdout=open(self.log, "a"), stderr=subprocess.STDOUT, env=e, **kw)
         if expect_ready:
