@@ -399,6 +399,8 @@ struct pg_sess {
 	struct pgc_catalog cat;
 	bool cat_ready;
 	bool names_stale;              /* the session may have changed them (pgc_ctx.names_stale) */
+	bool names_changer;            /* it ran a statement that can change them (names_bump()) */
+	uint64_t names_epoch;          /* its database's names epoch when it read the catalog */
 	uint64_t gen;                  /* verdict cache generation (policy hash) */
 	/* The members every 6005 event of this connection repeats, written
 	 * once: [0, afrag_top) for the event's top level ("database"),
@@ -448,6 +450,42 @@ static const char *pinned_db(struct conn *c)
 	const struct policy_upstream *u = &target(c)->upstream;
 
 	return u->database ? u->database : u->user ? u->user : "postgres";
+}
+
+/*
+ * Names epochs (review, stop 30). A session's snapshot of the pinned
+ * schema's functions and operators (after_params()) went stale when
+ * another session, of any agent, created or moved such a name in the same
+ * database: its next statements took a new public.lower(integer) for the
+ * safe built-in. Each database (the dialled address and the database,
+ * hashed into one of NAMES_SLOTS: a collision only makes more sessions
+ * careful) has an epoch, bumped when a statement that can change names is
+ * allowed and again at every ReadyForQuery of a session that ran one (its
+ * transaction may make the change visible later than it was judged). A
+ * session compares the epoch it took before its catalog query with the
+ * current one at each judgement: older, and it judges with names_stale, as
+ * the session that made the change does. Not covered: a statement judged
+ * before the change and run after it (pipelined behind a slow one).
+ */
+#define NAMES_SLOTS 64
+static _Atomic uint64_t names_epochs[NAMES_SLOTS];
+
+static _Atomic uint64_t *names_epoch_of(struct conn *c)
+{
+	uint32_t h = 2166136261u;   /* FNV-1a */
+	const char *parts[2] = { c->upstream_desc, pinned_db(c) };
+
+	for (int i = 0; i < 2; i++) {
+		for (const char *q = parts[i] ? parts[i] : ""; *q; q++)
+			h = (h ^ (uint8_t)*q) * 16777619u;
+		h = (h ^ 0xff) * 16777619u;
+	}
+	return &names_epochs[h % NAMES_SLOTS];
+}
+
+static void names_bump(struct conn *c)
+{
+	atomic_fetch_add(names_epoch_of(c), 1);
 }
 
 static const char *search_path(struct conn *c)
@@ -1273,6 +1311,8 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 	}
 	if (s->cat_ready)
 		ctx.catalog = &s->cat;
+	if (!s->names_stale && s->cat_ready && atomic_load(names_epoch_of(c)) != s->names_epoch)
+		s->names_stale = true;   /* another session changed the database's names */
 	ctx.names_stale = s->names_stale;
 	if (!pg_utf8_valid(sql, len)) {
 		snprintf(why, whylen, "query text is not valid UTF-8");
@@ -1331,8 +1371,10 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 	}
 	/* from the moment it may reach the server, a statement that can add
 	 * functions or operators leaves the names read at the start behind */
-	if (r->changes_names && (r->verdict == PGC_ALLOW || c->policy->mode == POLICY_OBSERVE))
-		s->names_stale = true;
+	if (r->changes_names && (r->verdict == PGC_ALLOW || c->policy->mode == POLICY_OBSERVE)) {
+		s->names_stale = s->names_changer = true;
+		names_bump(c);   /* every other session of the database too */
+	}
 	switch (r->verdict) {
 	case PGC_ALLOW:
 		why[0] = '\0';
@@ -1837,8 +1879,12 @@ static uint64_t policy_gen(const struct policy *p)
 {
 	uint64_t g = 0;
 
-	for (int i = 0; i < 16; i++)
-		g = g << 4 | (uint64_t)(p->hash[i] % 16);
+	for (int i = 0; i < 16; i++) {   /* the hash's first 16 hex digits */
+		char h = p->hash[i];
+		int v = h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10 : 0;
+
+		g = g << 4 | (uint64_t)v;
+	}
 	return g | 1;
 }
 
@@ -2989,6 +3035,9 @@ static int after_params(struct conn *c)
 	char sql[12288];
 	size_t n = 0;
 
+	/* before the catalog is read: a change after this makes it stale */
+	s->names_epoch = atomic_load(names_epoch_of(c));
+
 	/* the lineage query first, leaving room for names_query() (about 1 KiB
 	 * and the schema's name three times) */
 	s->cat_shown = s->cat_dependents_sent = false;
@@ -3919,6 +3968,8 @@ static int be_ready(struct conn *c, const struct pg_msg *m)
 
 	if (pg_parse_ready(m, &st))
 		return -EBADMSG;
+	if (s->names_changer)
+		names_bump(c);   /* what it changed may have been committed just now */
 	/* The last message read: the agent's answer is complete, so it goes
 	 * out now, before the statement's audit event is built, which then
 	 * costs the agent no time. What is queued goes with it, in one

@@ -10,6 +10,7 @@ are test_postgres.py's."""
 import os
 import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
@@ -438,6 +439,42 @@ def test_session_that_creates_functions(enforcer, pg, tmp):
     assert again[1][:3] == ["T", "D:1", "C:SELECT 1"], again[1]
     assert pg.sql("SELECT count(*) FROM fn_calls") == "0"
     assert not server_saw(pg, "public.touch(orders)") and not server_saw(pg, "o.touch")
+
+
+def test_names_created_in_another_session(enforcer, pg, tmp):
+    """Found by review (stop 30): a session's snapshot of the database's names was
+    stale once another session created one. Session 1 opens; session 2 (the same
+    agent here; another agent's would do the same) creates public.lower(integer);
+    session 1's lower(id) would then run it, judged as the safe built-in. From the
+    change on, session 1 judges every name as the database's: denied."""
+    pg.sql("CREATE TABLE fn_calls (via text); GRANT INSERT ON fn_calls TO app; GRANT CREATE ON SCHEMA public TO app")
+    rules = [{"target": "shop", "allow": {"statements": ["select", "create_function"]}}]
+    log_all(pg)
+    enforcer.start(policy(pg, tmp, rules=rules))
+    r = run(enforcer, pg, textwrap.dedent("""
+        one = Conn("127.0.0.1", PORT)
+        one.send(Q("SELECT lower('A')"))
+        before = summary(one.until_ready())
+        two = Conn("127.0.0.1", PORT)
+        two.send(Q("CREATE FUNCTION public.lower(integer) RETURNS text LANGUAGE sql AS "
+                   "$$INSERT INTO public.fn_calls VALUES ('lower') RETURNING 'x'$$"))
+        made = summary(two.until_ready())
+        one.send(Q("SELECT lower(id) FROM orders WHERE id = 1"))
+        after = summary(one.until_ready())
+        one.send(Q("SELECT pg_catalog.lower('B')"))
+        qualified = summary(one.until_ready())
+        three = Conn("127.0.0.1", PORT)
+        three.send(Q("SELECT lower(id) FROM orders WHERE id = 1"))
+        fresh = summary(three.until_ready())
+        print(json.dumps({"before": before, "made": made, "after": after, "qualified": qualified,
+                          "fresh": fresh}))
+    """))
+    assert r["before"][:3] == ["T", "D:a", "C:SELECT 1"], r
+    assert r["made"][0] == "C:CREATE FUNCTION", r
+    assert denied(r["after"]), r
+    assert r["qualified"][:3] == ["T", "D:b", "C:SELECT 1"], r
+    assert denied(r["fresh"]), r          # a new session reads the names: public.lower is the database's
+    assert pg.sql("SELECT count(*) FROM fn_calls") == "0"
 
 
 # ---- CTE names and their scope ----------------------------------------------------------
