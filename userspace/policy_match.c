@@ -422,14 +422,15 @@ const char *policy_rule_label(const struct policy_rule *r, char *buf, size_t len
 
 /* ---- warnings ----------------------------------------------------------- */
 
-/* An address only this host can answer: 127.0.0.0/8 (as v4-mapped) or ::1. */
+/* An address only this host can answer: 127.0.0.0/8 (as v4-mapped), ::1,
+ * or the name localhost (RFC 6761: always the loopback). */
 static bool addr_on_host(const struct policy_addr *a)
 {
 	static const uint8_t v4m[12] = { [10] = 0xff, [11] = 0xff };
 	static const uint8_t v6lo[16] = { [15] = 1 };
 
 	if (a->kind == ADDR_HOST)
-		return false;
+		return a->host && strcmp(a->host, "localhost") == 0;
 	if (a->is_v4)
 		return !memcmp(a->addr, v4m, sizeof(v4m)) && a->addr[12] == 127 && a->prefixlen >= 104;
 	return !memcmp(a->addr, v6lo, sizeof(v6lo)) && a->prefixlen == 128;

@@ -1216,7 +1216,9 @@ static void test_plaintext_credential_warnings(void)
 		"                ca_file: /etc/agentgate-unit/t}}\n"
 		"  - {name: db-local, protocol: postgres, address: 127.0.0.1:5432,\n"
 		"     upstream: {user: app, password_file: /etc/agentgate-unit/t}}\n"
-		"  - {name: db-trust, protocol: postgres, address: 10.0.0.5:5434, upstream: {user: app}}\n";
+		"  - {name: db-trust, protocol: postgres, address: 10.0.0.5:5434, upstream: {user: app}}\n"
+		"  - {name: db-name, protocol: postgres, address: localhost:5432,\n"
+		"     upstream: {user: app, password_file: /etc/agentgate-unit/t}}\n";
 	struct warn_log w = { 0 };
 	struct policy_errors e;
 	struct policy *p = load_str("warn.yaml", text, &e);
