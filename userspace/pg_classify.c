@@ -1007,7 +1007,7 @@ static void operator_name(struct walker *w, int names)
 		     "user-defined", last ? last : "?");
 	else if (n == 1 && db_operator(w, last))
 		deny(w, "operator %s not allowed: %s, which PostgreSQL may pick; write OPERATOR(pg_catalog.%s)",
-		     last, w->names_unknown ? "this session ran a statement that can create operators, so "
+		     last, w->names_unknown ? "this session, or another on the database, ran a statement that can create operators, so "
 		     "any may be the database's own now (a new session reads them again)" :
 		     "the pinned schema defines its own", last);
 	else if (n == 1 && strstr(last, "BETWEEN")) {
@@ -1051,7 +1051,7 @@ static void opclass_name(struct walker *w, int names)
 		     "functions run on every row written)", first ? first : "?", last);
 	} else if (n == 1 && (w->names_unknown || (c && in_sorted(c->opclasses, c->nopclasses, last)))) {
 		deny(w, "operator class %s not allowed: %s", last, w->names_unknown ?
-		     "this session ran a statement that can create operator classes (a new session reads "
+		     "this session, or another on the database, ran a statement that can create operator classes (a new session reads "
 		     "them again)" : "the pinned schema defines its own, which PostgreSQL may pick; write "
 		     "pg_catalog.NAME");
 	}
@@ -1083,7 +1083,7 @@ static void implicit_equals(struct walker *w, const char *what)
 {
 	if (db_operator(w, "="))
 		deny(w, "%s not allowed: it compares with =, and %s", what,
-		     w->names_unknown ? "this session ran a statement that can create operators (a new "
+		     w->names_unknown ? "this session, or another on the database, ran a statement that can create operators (a new "
 		     "session reads them again)" : "the pinned schema defines its own =, which PostgreSQL "
 		     "may pick");
 }
@@ -1154,7 +1154,7 @@ static void type_name(struct walker *w, int tn)
 		return;
 	if (w->names_unknown || (c && in_sorted(c->types, c->ntypes, last)))
 		deny(w, "type %s not allowed: %s", last, w->names_unknown ?
-		     "this session ran a statement that can create types (a new session reads them again)" :
+		     "this session, or another on the database, ran a statement that can create types (a new session reads them again)" :
 		     "the pinned schema defines it, and a cast to it (or a column of it) may run the "
 		     "database's functions (a domain's CHECK, a cast function)");
 }
@@ -2592,7 +2592,7 @@ static void explain_denial(struct walker *w, const struct policy_rule *const *ru
 			const struct func *f = &w->funcs[i];
 
 			if (f->db_shadow && w->names_unknown)
-				deny(w, "function %s not allowed%s: this session ran a statement that can create "
+				deny(w, "function %s not allowed%s: this session, or another on the database, ran a statement that can create "
 				     "or rename functions, so any name may be the database's own now; a new "
 				     "session reads them again", f->name, f->how);
 			else if (f->db_shadow)

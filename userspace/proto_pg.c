@@ -246,6 +246,7 @@ struct pg_judged {
 	int denied_stmt;       /* the statement a denial is about; -1: the whole text */
 	const struct policy_rule *rule;
 	bool copy_in, copy_out, cached;
+	bool changes_names;    /* can create or move functions or operators (names epochs) */
 	char *tables;          /* "public.a,public.b", or NULL */
 	char *why;             /* not allowed: the reason (observe mode sends it all the same) */
 	int ntables;
@@ -399,7 +400,7 @@ struct pg_sess {
 	struct pgc_catalog cat;
 	bool cat_ready;
 	bool names_stale;              /* the session may have changed them (pgc_ctx.names_stale) */
-	bool names_changer;            /* it ran a statement that can change them (names_bump()) */
+	bool names_changer;            /* it ran one that can change them, maybe not done yet (names_bump()) */
 	uint64_t names_epoch;          /* its database's names epoch when it read the catalog */
 	uint64_t gen;                  /* verdict cache generation (policy hash) */
 	/* The members every 6005 event of this connection repeats, written
@@ -457,11 +458,13 @@ static const char *pinned_db(struct conn *c)
  * schema's functions and operators (after_params()) went stale when
  * another session, of any agent, created or moved such a name in the same
  * database: its next statements took a new public.lower(integer) for the
- * safe built-in. Each database (the dialled address and the database,
- * hashed into one of NAMES_SLOTS: a collision only makes more sessions
- * careful) has an epoch, bumped when a statement that can change names is
- * allowed and again at every ReadyForQuery of a session that ran one (its
- * transaction may make the change visible later than it was judged). A
+ * safe built-in. Each database name (hashed into one of NAMES_SLOTS;
+ * not the server's address, which two targets of one server may spell
+ * differently: a database of the same name elsewhere, or a collision, only
+ * makes more sessions careful) has an epoch, bumped when a statement that can change names is
+ * allowed and again at every ReadyForQuery of the session that ran it until
+ * all it sent is answered outside a transaction (the change may become
+ * visible later than it was judged, at a COMMIT). A
  * session compares the epoch it took before its catalog query with the
  * current one at each judgement: older, and it judges with names_stale, as
  * the session that made the change does. Not covered: a statement judged
@@ -473,13 +476,9 @@ static _Atomic uint64_t names_epochs[NAMES_SLOTS];
 static _Atomic uint64_t *names_epoch_of(struct conn *c)
 {
 	uint32_t h = 2166136261u;   /* FNV-1a */
-	const char *parts[2] = { c->upstream_desc, pinned_db(c) };
 
-	for (int i = 0; i < 2; i++) {
-		for (const char *q = parts[i] ? parts[i] : ""; *q; q++)
-			h = (h ^ (uint8_t)*q) * 16777619u;
-		h = (h ^ 0xff) * 16777619u;
-	}
+	for (const char *q = pinned_db(c); *q; q++)
+		h = (h ^ (uint8_t)*q) * 16777619u;
 	return &names_epochs[h % NAMES_SLOTS];
 }
 
@@ -1167,6 +1166,7 @@ static struct pg_judged *judged_new(const struct pgc_result *r, const char *why)
 		j->copy_in = r->copy_in;
 		j->copy_out = r->copy_out;
 		j->cached = r->cached;
+		j->changes_names = r->changes_names;
 		memcpy(j->st, r->stmts, (size_t)nst * sizeof(j->st[0]));
 	}
 	if (nt) {
@@ -3314,6 +3314,12 @@ static int fe_bind(struct conn *c, const struct pg_msg *m)
 		snprintf(why, sizeof(why), "prepared statement \"%.64s\" was not allowed (or does not exist)", b.stmt);
 		return standin(c, false, PG_DENY_NAME, why, NULL, "extended");
 	}
+	/* a prepared statement that can change names runs from here on, as
+	 * often as it is bound: every Bind is a change judged now (review) */
+	if (j->changes_names && (j->allowed || c->policy->mode == POLICY_OBSERVE)) {
+		s->names_stale = s->names_changer = true;
+		names_bump(c);
+	}
 	po = calloc(1, sizeof(*po));
 	if (!po)
 		return -ENOMEM;
@@ -3968,8 +3974,6 @@ static int be_ready(struct conn *c, const struct pg_msg *m)
 
 	if (pg_parse_ready(m, &st))
 		return -EBADMSG;
-	if (s->names_changer)
-		names_bump(c);   /* what it changed may have been committed just now */
 	/* The last message read: the agent's answer is complete, so it goes
 	 * out now, before the statement's audit event is built, which then
 	 * costs the agent no time. What is queued goes with it, in one
@@ -3994,6 +3998,15 @@ static int be_ready(struct conn *c, const struct pg_msg *m)
 			map_clear(&s->portals, portal_live, &epoch);
 		}
 		pend_pop(s);
+	}
+	/* what it changed may have become visible just now (outside a
+	 * transaction: its own end, or a COMMIT); once everything it sent is
+	 * answered that way, nothing more can (review: a bump at every
+	 * ReadyForQuery made each new session stale right after it began) */
+	if (s->names_changer && st == 'I') {
+		names_bump(c);
+		if (!s->qlen)
+			s->names_changer = false;
 	}
 	plan_free(s->qplan);
 	s->qplan = NULL;
@@ -4514,6 +4527,8 @@ static void pg_release(struct conn *c)
 
 	if (!s)
 		return;
+	if (s->names_changer)
+		names_bump(c);   /* ended before its change was seen done: it may be now */
 	if (s->cancel_registered)
 		cancel_del(s->our_pid);
 	audit_deferred_flush(c);   /* nothing deferred outlives a batch; to be sure */
@@ -4554,12 +4569,15 @@ static bool pg_on_deadline(struct conn *c)
 {
 	struct pg_sess *s = S(c);
 
-	if (s && c->hold_ms && c->deadline_why != BIG_WHY) {
-		/* The startup's or the pool's clock waits for the server, whose
-		 * answer conn.c is not reading while the agent's masking is paced
-		 * (conn.h hold_ms): the delay is the agent's; the clock starts
-		 * again (a big message's clock is the agent's own) */
-		c->deadline_ms = now_ns_mono() / 1000000ull + PG_START_MS;
+	if (s && c->hold_ms && (s->phase == PH_POOL_RESET || (s->phase >= PH_UP_CONNECT && s->phase <= PH_UP_CATALOG) ||
+				(s->phase == PH_READY && c->deadline_why != BIG_WHY))) {
+		/* The startup's, the catalog query's or the pool's clock waits
+		 * for the server, whose answer conn.c is not reading while the
+		 * agent's masking is paced (conn.h hold_ms): the delay is the
+		 * agent's; the clock starts again (a big message's clock and
+		 * PH_DISCARD's are the agent's own) */
+		c->deadline_ms = now_ns_mono() / 1000000ull +
+				 (s->phase == PH_POOL_RESET ? PG_POOL_RESET_MS : PG_START_MS);
 		return true;
 	}
 	if (!s || !s->big_since_ms || s->phase != PH_READY || c->deadline_why != BIG_WHY)

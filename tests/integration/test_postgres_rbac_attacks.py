@@ -466,14 +466,33 @@ def test_names_created_in_another_session(enforcer, pg, tmp):
         three = Conn("127.0.0.1", PORT)
         three.send(Q("SELECT lower(id) FROM orders WHERE id = 1"))
         fresh = summary(three.until_ready())
+        # the change is done: the session that made it goes on working, and a
+        # session opened now is not made stale by that
+        four = Conn("127.0.0.1", PORT)
+        two.send(Q("SELECT 2"))
+        two.until_ready()
+        four.send(Q("SELECT count(*) FROM orders WHERE id = 1"))
+        later = summary(four.until_ready())
+        # a CREATE FUNCTION prepared first and run later: the change is its Bind
+        two.send(P("mk", "CREATE FUNCTION public.upper(integer) RETURNS text LANGUAGE sql AS "
+                         "$$INSERT INTO public.fn_calls VALUES ('upper') RETURNING 'y'$$") + S)
+        two.until_ready()
+        five = Conn("127.0.0.1", PORT)
+        two.send(B("", "mk") + E("") + S)
+        bound = summary(two.until_ready())
+        five.send(Q("SELECT upper(id) FROM orders WHERE id = 1"))
+        prepared = summary(five.until_ready())
         print(json.dumps({"before": before, "made": made, "after": after, "qualified": qualified,
-                          "fresh": fresh}))
+                          "fresh": fresh, "later": later, "bound": bound, "prepared": prepared}))
     """))
     assert r["before"][:3] == ["T", "D:a", "C:SELECT 1"], r
     assert r["made"][0] == "C:CREATE FUNCTION", r
     assert denied(r["after"]), r
     assert r["qualified"][:3] == ["T", "D:b", "C:SELECT 1"], r
     assert denied(r["fresh"]), r          # a new session reads the names: public.lower is the database's
+    assert r["later"][:3] == ["T", "D:1", "C:SELECT 1"], r
+    assert "C:CREATE FUNCTION" in r["bound"], r
+    assert denied(r["prepared"]), r
     assert pg.sql("SELECT count(*) FROM fn_calls") == "0"
 
 
