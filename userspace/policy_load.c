@@ -1295,7 +1295,7 @@ static void load_agent(struct vctx *v, const struct ynode *m, struct policy_agen
 {
 	static const char *const keys[] = {
 		"name", "cgroup", "identity", "accept_user_tokens", "limits", NULL };
-	static const char *const limit_keys[] = { "connections", "parse_cpu", NULL };
+	static const char *const limit_keys[] = { "connections", "parse_cpu", "mask_cpu", NULL };
 	const struct ynode *n, *l;
 	long long conns, pct;
 
@@ -1320,6 +1320,8 @@ static void load_agent(struct vctx *v, const struct ynode *m, struct policy_agen
 			a->max_connections = (uint32_t)conns;
 		if ((n = map_get(l, "parse_cpu")) && want_int(v, n, "parse_cpu", 1, 100, &pct))
 			a->parse_cpu = (uint32_t)pct;
+		if ((n = map_get(l, "mask_cpu")) && want_int(v, n, "mask_cpu", 1, 25600, &pct))
+			a->mask_cpu = (uint32_t)pct;
 	}
 }
 

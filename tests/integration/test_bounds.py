@@ -167,7 +167,7 @@ def test_uncached_parsing_is_bounded_per_agent(enforcer, pg, tmp):
 
 
 def test_masking_time_is_paced_per_agent(enforcer, pg, tmp):
-    """limits.parse_cpu also bounds the worker time masking an agent's answers
+    """limits.mask_cpu bounds the worker time masking an agent's answers
     takes: detectors scan every text value of a result, so a query returning
     megabytes of text cost a worker milliseconds per megabyte, all of it
     chosen by the agent (found by review: uncharged). Past the burst (here
@@ -177,7 +177,7 @@ def test_masking_time_is_paced_per_agent(enforcer, pg, tmp):
     rules = [{"target": "shop", "allow": {"statements": ["select"], "tables": ["public.customers"]},
               "mask": {"detectors": ["credit_card", "email"]}}]
     text = policy(pg, tmp, rules=rules).replace('"limits": {"connections": 64}',
-                                                '"limits": {"connections": 64, "parse_cpu": 2}')
+                                                '"limits": {"connections": 64, "mask_cpu": 2}')
     enforcer.start(text, env={"AGENTGATE_PARSE_BURST_MS": "20"})
     code = f"""
         c = Conn("127.0.0.1", {pg.port}, timeout=120)
@@ -205,7 +205,7 @@ def test_masking_time_is_paced_per_agent(enforcer, pg, tmp):
     a = [a for a in enforcer.status()["agents"] if a["name"] == AGENT][0]
     # the worker time charged, and the wall time it must have been spread over
     spent = a["mask_ms"] / 1000
-    assert a["mask_paced"] > 0 and spent > 0.03, a
+    assert a["mask_cpu"] == 2 and a["mask_paced"] > 0 and spent > 0.03, a
     assert r["secs"] >= 0.7 * (spent - 0.02) * 50, (r["secs"], a)
 
 

@@ -896,13 +896,13 @@ print(json.dumps({"secs": time.time() - t0, "got": got}))
 def test_masking_time_is_paced_per_agent(enforcer, canned):
     """A gzip body that inflates a thousandfold costs a worker tens of ms to
     inflate and scan per answer, from a few KiB the upstream sent: the time
-    is charged to the agent's limits.parse_cpu (here 2% of a CPU after a
+    is charged to the agent's limits.mask_cpu (here 2% of a CPU after a
     20 ms burst, a test knob), and past it the next answer is read only when
     the agent's share allows, on a new connection too. Each answer still
     arrives whole and masked."""
     text = b"card 4111 1111 1111 1111 of ann@example.com; " * 140000   # 6.3 MB
     canned.put("bomb", gzip.compress(text), ["Content-Type: text/plain", "Content-Encoding: gzip"])
-    text = mask_policy(canned.port, MASK).replace(f"{{name: {AGENT}}}", f"{{name: {AGENT}, limits: {{parse_cpu: 2}}}}")
+    text = mask_policy(canned.port, MASK).replace(f"{{name: {AGENT}}}", f"{{name: {AGENT}, limits: {{mask_cpu: 2}}}}")
     # an answer held for the agent's share is not the upstream being late
     text = text.replace("upstream: {}", "upstream: {response_timeout: 1s}")
     enforcer.start(text, env={"AGENTGATE_PARSE_BURST_MS": "20"})
