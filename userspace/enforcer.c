@@ -2155,7 +2155,7 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 			E->audit_burst = burst;
 		}
 	}
-	/* Test knob: limits.parse_cpu's burst in ms of CPU (default 2 s). */
+	/* Test knob: the burst of limits.parse_cpu and mask_cpu, ms of CPU (default 2 s). */
 	const char *pb_env = getenv("AGENTGATE_PARSE_BURST_MS");
 	if (pb_env) {
 		uint64_t v;

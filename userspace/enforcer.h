@@ -51,8 +51,9 @@ struct agent_rt {
 	 * for their CPU time (a GCRA over CLOCK_MONOTONIC ns), and how many
 	 * were refused for it */
 	atomic_ullong parse_tat, parse_refused;
-	/* the same limit over the time workers spend masking its answers
-	 * (enforcer_mask_spent), and how often its answers were held for it */
+	/* limits.mask_cpu: the same over the time workers spend masking its
+	 * answers (enforcer_mask_spent), how often its answers were held for
+	 * it, and the time charged */
 	atomic_ullong mask_tat, mask_paced, mask_ns;
 	/* identity: the source lives on the main thread; workers read the
 	 * principal snapshot under plock */
@@ -90,7 +91,7 @@ struct enforcer {
 	uint64_t kcount_seen[AG_CNT__MAX];
 	struct { double tokens; uint64_t last_ns, suppressed; } bucket[AG_MAX_AGENTS];
 	double audit_rate, audit_burst;
-	uint64_t parse_burst_ms;        /* limits.parse_cpu's burst (AGENTGATE_PARSE_BURST_MS: a test knob) */
+	uint64_t parse_burst_ms;        /* parse_cpu's and mask_cpu's burst (AGENTGATE_PARSE_BURST_MS: a test knob) */
 	uint64_t started_ms;
 	volatile sig_atomic_t stop;
 	atomic_bool draining;
@@ -202,8 +203,8 @@ void enforcer_parse_spent(const struct policy *p, int idx, uint64_t cpu_ns);
  * a thousandfold. conn.c tells enforcer_mask_spent() the time a worker spent
  * on a connection's upstream data while its module masks (conn.costly); the
  * answer is how many ms that connection's upstream reads wait (0: go on),
- * so the agent's masking gets limits.parse_cpu percent of a CPU after the
- * same burst. Nothing is refused: the agent's answers arrive slower, and a
+ * so the agent's masking gets limits.mask_cpu percent of a CPU after a
+ * burst as long as parse_cpu's. Nothing is refused: the agent's answers arrive slower, and a
  * worker goes on serving everyone else. Thread-safe, lock-free.
  */
 uint64_t enforcer_mask_spent(const struct policy *p, int idx, uint64_t ns);
