@@ -469,6 +469,13 @@ static void wipe_out(struct conn_side *sd)
 	sd->out_hw = 0;
 }
 
+/* side's output queue emptied (all written, or dropped): wiped if it held a secret */
+static void out_reset(struct conn_side *sd)
+{
+	wipe_out(sd);
+	sd->out_off = sd->out_len = 0;
+}
+
 /* grow() for side's output queue; one holding a secret is copied, not
  * realloc()ed: the old block would go back to the heap with it. */
 static int grow_out(struct conn_side *sd, size_t need, size_t limit)
@@ -501,10 +508,8 @@ static int queue_as(struct conn *c, int side, const void *buf, size_t len, bool 
 		return 0;
 	if (sd->want_shut || c->closing)
 		return -EPIPE;
-	if (sd->out_off && sd->out_off == sd->out_len) {
-		wipe_out(sd);
-		sd->out_off = sd->out_len = 0;
-	}
+	if (sd->out_off && sd->out_off == sd->out_len)
+		out_reset(sd);
 	if (secret)   /* after the reset above, which ends an earlier secret's wipe */
 		sd->secret = true;
 	if (sd->out_off > sd->out_cap / 2) {   /* reclaim the written head */
@@ -561,8 +566,7 @@ int conn_send_now(struct conn *c, int side, const void *buf, size_t len)
 		sd->out_off += n;
 		return queue(c, side, buf, len);
 	}
-	wipe_out(sd);
-	sd->out_off = sd->out_len = 0;
+	out_reset(sd);
 	sent = (size_t)n - queued;
 	return queue(c, side, (const uint8_t *)buf + sent, len - sent);
 }
@@ -583,10 +587,8 @@ void conn_flush(struct conn *c, int side)
 	c->tx[side] += n;
 	c->bytes[side == SIDE_UP ? DIR_UP : DIR_DOWN] += n;
 	sd->out_off += n;
-	if (sd->out_off == sd->out_len) {
-		wipe_out(sd);
-		sd->out_off = sd->out_len = 0;
-	}
+	if (sd->out_off == sd->out_len)
+		out_reset(sd);
 }
 
 uint32_t conn_out_pending(const struct conn *c, int side)
@@ -724,8 +726,7 @@ static int flush_out(struct conn *c, int side, bool *moved)
 		c->bytes[side == SIDE_UP ? DIR_UP : DIR_DOWN] += n;
 		*moved = true;
 	}
-	wipe_out(sd);
-	sd->out_off = sd->out_len = 0;
+	out_reset(sd);
 	if (sd->out_cap > CONN_OUT_HIGH) {   /* a big answer's queue does not stay with the connection */
 		cap_note(c, sd->out_cap, 0);
 		free(sd->out);
@@ -1067,8 +1068,7 @@ int conn_redial_upstream(struct conn *c)
 	SSL_free(sd->ssl);
 	sd->ssl = NULL;
 	sd->in_len = sd->in_off = 0;
-	wipe_out(sd);
-	sd->out_len = sd->out_off = 0;
+	out_reset(sd);
 	sd->in_eof = sd->want_shut = sd->shut = false;
 	sd->tls_pending = sd->tls_ready = sd->tls_server = false;
 	sd->drained = sd->hup = false;
@@ -1109,8 +1109,8 @@ int conn_adopt_upstream(struct conn *c, int fd, SSL *ssl, const char *desc, uint
 	sd->ssl = ssl;
 	sd->tls_ready = ssl != NULL;
 	sd->tls_pending = sd->in_eof = sd->want_shut = sd->shut = sd->drained = sd->hup = false;
-	wipe_out(sd);
-	sd->in_len = sd->in_off = sd->out_len = sd->out_off = 0;
+	out_reset(sd);
+	sd->in_len = sd->in_off = 0;
 	snprintf(c->upstream_desc, sizeof(c->upstream_desc), "%s", desc);
 	c->up_born_ms = born_ms;
 	/* connected means decided, as in upstream_connected(): the accept-time

@@ -647,6 +647,18 @@ def test_upstream_down_and_tls_failures(enforcer, pg, tmp, servers):
         fake.wait()
 
 
+# A fake server's greeting (fake_pg_server()): an SSLRequest is declined,
+# then the StartupMessage is read.
+NO_SSL_STARTUP = """
+        n = struct.unpack("!I", c.recv(4))[0]
+        first = c.recv(n - 4)
+        if first[:4] == struct.pack("!I", 80877103):     # SSLRequest: no
+            c.sendall(b"N")
+            n = struct.unpack("!I", c.recv(4))[0]
+            c.recv(n - 4)
+"""
+
+
 def test_cleartext_password_only_to_a_verified_server(enforcer, pg, tmp):
     """Found by review (stop 28): under tls disable or require, whoever answered
     the dial could ask for the password in clear (AuthenticationCleartextPassword)
@@ -654,13 +666,7 @@ def test_cleartext_password_only_to_a_verified_server(enforcer, pg, tmp):
     other gets nothing and the agent a 28000 error naming why."""
     rec = os.path.join(tmp, "asked.bin")
     fake_port = free_tcp_port()
-    fake = fake_pg_server(fake_port, rec, """
-        n = struct.unpack("!I", c.recv(4))[0]
-        first = c.recv(n - 4)
-        if first[:4] == struct.pack("!I", 80877103):     # SSLRequest: no
-            c.sendall(b"N")
-            n = struct.unpack("!I", c.recv(4))[0]
-            c.recv(n - 4)
+    fake = fake_pg_server(fake_port, rec, NO_SSL_STARTUP + """
         c.sendall(b"R" + struct.pack("!II", 8, 3))      # the password, in clear
         """)
     try:
@@ -706,13 +712,7 @@ def test_password_answer_not_left_in_memory(enforcer, pg, tmp):
     rec = os.path.join(tmp, "asked.bin")
     fake_port = free_tcp_port()
     salt = b"\x01\x02\x03\x04"
-    fake = fake_pg_server(fake_port, rec, """
-        n = struct.unpack("!I", c.recv(4))[0]
-        first = c.recv(n - 4)
-        if first[:4] == struct.pack("!I", 80877103):     # SSLRequest: no
-            c.sendall(b"N")
-            n = struct.unpack("!I", c.recv(4))[0]
-            c.recv(n - 4)
+    fake = fake_pg_server(fake_port, rec, NO_SSL_STARTUP + """
         c.sendall(b"R" + struct.pack("!II", 12, 5) + b"\x01\x02\x03\x04")   # md5, this salt
         """)
     try:
