@@ -16,6 +16,7 @@
 
 #include "conn.h"
 #include "enforcer.h"
+#include "local_ca.h"
 #include "loop.h"
 #include "proto.h"
 #include "recording.h"
@@ -283,6 +284,25 @@ static int pump(struct conn *c, int d)
 			continue;
 		return errno == EAGAIN ? 0 : -errno;
 	}
+}
+
+static bool ca_may(void *arg, char *why, size_t whylen)
+{
+	struct conn *c = arg;
+
+	return enforcer_parse_may(c->policy, c->agent_idx, why, whylen);
+}
+
+static void ca_spent(void *arg, uint64_t cpu_ns)
+{
+	struct conn *c = arg;
+
+	enforcer_parse_spent(c->policy, c->agent_idx, cpu_ns);
+}
+
+void conn_ca_asker(struct conn *c, struct local_ca_asker *out)
+{
+	*out = (struct local_ca_asker){ .may = ca_may, .spent = ca_spent, .arg = c, .tag = c->agent_idx };
 }
 
 void conn_relay(struct conn *c)

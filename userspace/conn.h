@@ -158,6 +158,10 @@ void conn_record(struct conn *c, int side, const void *buf, size_t len);
  * credential): never recorded; the queue they wait in is wiped once it is
  * written, and not handed back to the heap with them (free, realloc). */
 int conn_send_secret(struct conn *c, int side, const void *buf, size_t len);
+/* Who pays for the agent-side certificates a connection makes the local CA
+ * mint (local_ca.h): the connection's agent, from its limits.parse_cpu. */
+struct local_ca_asker;
+void conn_ca_asker(struct conn *c, struct local_ca_asker *out);
 /* conn_send() that writes to the socket at once what it can (queued bytes
  * first) and queues only the rest: no copy of a big answer the socket takes. */
 int conn_send_now(struct conn *c, int side, const void *buf, size_t len);

@@ -1411,6 +1411,7 @@ void *enforcer_status_json(void)
 		"reason", E->balance ? NULL : E->balance_why, "worker_connections", per));
 	json_object_set_new(st, "port_guard", json_pack("{s:b, s:s?}", "on", E->guarded,
 		"reason", E->guarded ? NULL : E->guard_why));
+	json_object_set_new(st, "ca_leaves_minted", json_integer((json_int_t)local_ca_minted()));
 	json_object_set_new(st, "core_dumps", json_boolean(prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) != 0));
 	return st;
 }

@@ -46,6 +46,7 @@ struct leaf {
 	SSL_CTX *ctx;
 	uint64_t used;
 	time_t renew_at;   /* wall clock: certificates expire by it */
+	int tag;           /* the agent that asked for a name none of its target's, else -1 */
 };
 
 static struct {
@@ -54,7 +55,7 @@ static struct {
 	X509 *ca_cert;
 	char cert_path[4096];
 	struct leaf cache[CACHE_MAX];
-	uint64_t clock;
+	uint64_t clock, minted;
 } ca = { .lock = PTHREAD_MUTEX_INITIALIZER };
 
 static int fail(char *why, size_t whylen, int err, const char *what)
@@ -312,15 +313,60 @@ out:
 	return ctx;
 }
 
+/*
+ * The slot for a new leaf of name, tagged tag: its own old slot, an empty
+ * one, the oldest of tag's when tag holds LOCAL_CA_PER_AGENT already, else
+ * the oldest asked-for name's, else the oldest. Under the lock.
+ */
+static struct leaf *slot_for(const char *name, int tag)
+{
+	struct leaf *empty = NULL, *mine = NULL, *asked = NULL, *any = NULL;
+	int nmine = 0;
+
+	for (int i = 0; i < CACHE_MAX; i++) {
+		struct leaf *l = &ca.cache[i];
+
+		if (!l->ctx) {
+			if (!empty)
+				empty = l;
+			continue;
+		}
+		if (strcasecmp(l->name, name) == 0)
+			return l;   /* near its end, or minted meanwhile by another worker */
+		if (tag >= 0 && l->tag == tag && (++nmine, !mine || l->used < mine->used))
+			mine = l;
+		if (l->tag >= 0 && (!asked || l->used < asked->used))
+			asked = l;
+		if (!any || l->used < any->used)
+			any = l;
+	}
+	if (tag >= 0 && nmine >= LOCAL_CA_PER_AGENT)
+		return mine;
+	return empty ? empty : asked ? asked : any;
+}
+
+static uint64_t thread_cpu_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 /* The context for name, minted on first use; a new reference, or NULL.
  * Minting (a key signature and a context, about 0.8 ms) runs outside the
  * lock: an agent cycling through server names makes its own handshakes
- * mint, not every worker's wait behind them (review, stop 28). */
-static SSL_CTX *leaf_ctx(const char *name)
+ * mint, not every worker's wait behind them (review, stop 28). A name who
+ * asked for (none of its target's) is minted only within who's budget
+ * (else NULL, *refused) and charged to it. */
+static SSL_CTX *leaf_ctx(const char *name, const struct local_ca_asker *who, bool *refused)
 {
 	SSL_CTX *ctx = NULL, *made;
 	time_t renew_at;
+	uint64_t t0;
+	char why[200];
 
+	*refused = false;
 	pthread_mutex_lock(&ca.lock);
 	if (!ca.ca_key)
 		goto out;
@@ -335,35 +381,45 @@ static SSL_CTX *leaf_ctx(const char *name)
 		}
 	}
 	pthread_mutex_unlock(&ca.lock);
+	if (who && !who->may(who->arg, why, sizeof(why))) {
+		*refused = true;
+		return NULL;
+	}
 	/* the keys and the CA certificate are set once, before any handshake,
 	 * and freed only at exit: read without the lock */
+	t0 = thread_cpu_ns();
 	made = mint(name, &renew_at);
+	if (who)
+		who->spent(who->arg, thread_cpu_ns() - t0);
 	if (!made)
 		return NULL;
 	pthread_mutex_lock(&ca.lock);
-	struct leaf *slot = NULL;
-	for (int i = 0; i < CACHE_MAX; i++) {
-		struct leaf *l = &ca.cache[i];
+	struct leaf *slot = slot_for(name, who ? who->tag : -1);
 
-		if (l->ctx && strcasecmp(l->name, name) == 0) {
-			slot = l;   /* near its end, or minted meanwhile by another worker */
-			break;
-		}
-		if (!slot || !l->ctx || (slot->ctx && l->used < slot->used))
-			slot = l;
-	}
 	if (slot) {
 		SSL_CTX_free(slot->ctx);   /* handshakes using it hold their own reference */
 		snprintf(slot->name, sizeof(slot->name), "%s", name);
 		slot->ctx = made;
 		slot->used = ++ca.clock;
 		slot->renew_at = renew_at;
+		slot->tag = who ? who->tag : -1;
 		SSL_CTX_up_ref(made);
 	}
+	ca.minted++;
 	ctx = made;
 out:
 	pthread_mutex_unlock(&ca.lock);
 	return ctx;
+}
+
+uint64_t local_ca_minted(void)
+{
+	uint64_t n;
+
+	pthread_mutex_lock(&ca.lock);
+	n = ca.minted;
+	pthread_mutex_unlock(&ca.lock);
+	return n;
 }
 
 /*
@@ -373,11 +429,15 @@ out:
  * proto_http.c), so a certificate for another name serves nothing, while
  * minting one costs about 0.8 ms and pushes other agents' names out of the
  * cache of 256 (review, stop 29). A target without names (an IP address)
- * accepts any name, and any SNI is minted.
+ * accepts any name, and so does a module that asks for any_name; those
+ * names are the agent's to choose, and it pays for them (local_ca_asker).
  */
-struct sni_names {
+struct ssl_names {
 	int n;
 	char name[3][256];
+	char own_ip[64];   /* an ADDR_IP target's address: its own too */
+	bool any, has_who;
+	struct local_ca_asker who;
 };
 static int names_idx = -1;
 static pthread_once_t names_once = PTHREAD_ONCE_INIT;
@@ -393,29 +453,39 @@ static void names_index(void)
 	names_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, names_free);
 }
 
-static bool sni_allowed(SSL *ssl, const char *sni)
+static bool is_own(const struct ssl_names *nm, const char *name)
 {
-	const struct sni_names *nm = names_idx >= 0 ? SSL_get_ex_data(ssl, names_idx) : NULL;
-
-	if (!nm || !nm->n)
-		return true;
 	for (int i = 0; i < nm->n; i++)
-		if (strcasecmp(nm->name[i], sni) == 0)
+		if (strcasecmp(nm->name[i], name) == 0)
 			return true;
-	return false;
+	return nm->own_ip[0] && strcasecmp(nm->own_ip, name) == 0;
 }
 
-/* The client's SNI picks the certificate; without one, or with a name the
- * target does not answer to, the fallback stands. */
+/* Who pays for minting name: nobody for the target's own names. */
+static const struct local_ca_asker *payer(const struct ssl_names *nm, const char *name)
+{
+	return nm->has_who && !is_own(nm, name) ? &nm->who : NULL;
+}
+
+/* The client's SNI picks the certificate; without one, with a name the
+ * target does not answer to, or one past the agent's budget, the fallback
+ * stands. */
 static int servername_cb(SSL *ssl, int *alert, void *arg)
 {
 	const char *sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+	const struct ssl_names *nm = names_idx >= 0 ? SSL_get_ex_data(ssl, names_idx) : NULL;
+	bool refused;
 	SSL_CTX *ctx;
 
-	if (!sni || !sni_allowed(ssl, sni))
+	(void)arg;
+	if (!sni || !nm)
 		return SSL_TLSEXT_ERR_OK;
-	ctx = leaf_ctx(sni);
+	if (!nm->any && nm->n && !is_own(nm, sni))
+		return SSL_TLSEXT_ERR_OK;
+	ctx = leaf_ctx(sni, payer(nm, sni), &refused);
 	if (!ctx) {
+		if (refused)
+			return SSL_TLSEXT_ERR_OK;
 		*alert = SSL_AD_UNRECOGNIZED_NAME;
 		return SSL_TLSEXT_ERR_ALERT_FATAL;
 	}
@@ -424,7 +494,8 @@ static int servername_cb(SSL *ssl, int *alert, void *arg)
 	return SSL_TLSEXT_ERR_OK;
 }
 
-SSL *local_ca_server_ssl(const struct policy_target *t, const char *fallback_name)
+SSL *local_ca_server_ssl(const struct policy_target *t, bool any_name, const char *fallback_name,
+			 const struct local_ca_asker *who, char *why, size_t whylen)
 {
 	const struct policy_upstream *u = t ? &t->upstream : NULL;
 	const char *names[3] = {
@@ -432,25 +503,45 @@ SSL *local_ca_server_ssl(const struct policy_target *t, const char *fallback_nam
 		u ? u->server_name : NULL,
 		u && u->has_address && u->address.kind == ADDR_HOST ? u->address.host : NULL,
 	};
-	SSL_CTX *ctx = leaf_ctx(fallback_name);
-	struct sni_names *nm = NULL;
+	struct ssl_names *nm = calloc(1, sizeof(*nm));
+	SSL_CTX *ctx;
+	bool refused;
 	SSL *ssl;
 
-	if (!ctx)
+	pthread_once(&names_once, names_index);
+	if (!nm || names_idx < 0) {
+		free(nm);
+		snprintf(why, whylen, "out of memory");
 		return NULL;
+	}
+	for (int i = 0; i < 3; i++)
+		if (names[i])
+			snprintf(nm->name[nm->n++], sizeof(nm->name[0]), "%s", names[i]);
+	if (t && t->addr.kind == ADDR_IP)
+		addr_str(t->addr.addr, nm->own_ip, sizeof(nm->own_ip));
+	nm->any = any_name;
+	if (who) {
+		nm->who = *who;
+		nm->has_who = true;
+	}
+	ctx = leaf_ctx(fallback_name, payer(nm, fallback_name), &refused);
+	if (!ctx) {
+		if (refused)
+			snprintf(why, whylen, "a certificate for %s would have to be minted, and this agent has used "
+				 "its budget for that (limits.parse_cpu); retry later", fallback_name);
+		else
+			snprintf(why, whylen, "no certificate for %s (the local CA is not available, or the name "
+				 "is not one a certificate may carry)", fallback_name);
+		free(nm);
+		return NULL;
+	}
 	ssl = SSL_new(ctx);
 	SSL_CTX_free(ctx);
-	pthread_once(&names_once, names_index);
-	for (int i = 0; ssl && i < 3; i++) {
-		if (!names[i])
-			continue;
-		if (!nm && (names_idx < 0 || !(nm = calloc(1, sizeof(*nm))) ||
-			    !SSL_set_ex_data(ssl, names_idx, nm))) {
-			free(nm);   /* fail closed: no SSL rather than one that mints any name */
-			SSL_free(ssl);
-			return NULL;
-		}
-		snprintf(nm->name[nm->n++], sizeof(nm->name[0]), "%s", names[i]);
+	if (!ssl || !SSL_set_ex_data(ssl, names_idx, nm)) {
+		free(nm);   /* fail closed: no SSL rather than one that mints any name */
+		SSL_free(ssl);
+		snprintf(why, whylen, "out of memory");
+		return NULL;
 	}
 	return ssl;
 }

@@ -2779,13 +2779,18 @@ static int first_bytes(struct conn *c)
 	if ((err = conn_stream(c)))
 		return err;
 	if (b == 0x16) {
-		char ip[64];
+		char ip[64], why[300], text[400];
+		struct local_ca_asker who;
 		SSL *ssl;
 
 		addr_str(c->pair.orig_addr, ip, sizeof(ip));
-		ssl = local_ca_server_ssl(target(c), target(c)->addr.kind == ADDR_HOST ? target(c)->addr.host : ip);
+		conn_ca_asker(c, &who);
+		ssl = local_ca_server_ssl(target(c), false, target(c)->addr.kind == ADDR_HOST ? target(c)->addr.host : ip,
+					  &who, why, sizeof(why));
 		if (!ssl) {
-			audit_conn_open(c, false, "the agent speaks TLS to an http target and the local CA is not available");
+			snprintf(text, sizeof(text), "the agent speaks TLS to an http target and the local CA has no "
+				 "certificate for it: %s", why);
+			audit_conn_open(c, false, text);
 			conn_refuse(c);
 			return 0;
 		}

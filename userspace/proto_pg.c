@@ -1791,8 +1791,9 @@ static int agent_startup(struct conn *c)
 		}
 		switch (su.kind) {
 		case PG_SU_SSL: {
+			struct local_ca_asker who;
 			SSL *ssl = NULL;
-			char name[64];
+			char name[64], why[300];
 
 			if (s->ssl_asked || s->agent_tls)
 				return fatal(c, "08P01", "agentgate: a second SSLRequest");
@@ -1809,7 +1810,14 @@ static int agent_startup(struct conn *c)
 				snprintf(name, sizeof(name), "%s", target(c)->addr.host);
 			else
 				addr_str(c->pair.orig_addr, name, sizeof(name));
-			ssl = local_ca_server_ssl(NULL, name);   /* NULL without a local CA: 'N' */
+			/* any name: a client may dial the server by an alias, and
+			 * names are not checked here. NULL without a local CA, or
+			 * past the agent's budget for minting a CIDR target's
+			 * address: 'N' (logged) */
+			conn_ca_asker(c, &who);
+			ssl = local_ca_server_ssl(target(c), true, name, &who, why, sizeof(why));
+			if (!ssl && local_ca_cert_path()[0])
+				ag_log(LOG_LVL_WARN, "agent '%s': TLS refused: %s", c->policy->agents[c->agent_idx].name, why);
 			if (conn_send(c, SIDE_AGENT, ssl ? "S" : "N", 1))
 				return -ENOBUFS;
 			if (ssl) {

@@ -209,6 +209,75 @@ def test_masking_time_is_paced_per_agent(enforcer, pg, tmp):
     assert r["secs"] >= 0.7 * (spent - 0.02) * 50, (r["secs"], a)
 
 
+def test_tls_names_the_agent_chooses_are_paid_for(enforcer, pg, tmp):
+    """A postgres client with TLS gets a certificate minted for the name it
+    sends (SNI: libpq's host), so that verify-full works through an alias;
+    each costs about 0.8 ms of a worker, and the names are the agent's to
+    choose (found by review: minted free, and able to push every other
+    agent's out of the cache). They come out of limits.parse_cpu now: past it
+    the target's own certificate stands (sslmode=require goes on; verify-full
+    through a new alias fails on the name), and names already minted still
+    serve."""
+    enforcer.start(policy(pg, tmp).replace('"limits": {"connections": 64}',
+                                           '"limits": {"connections": 64, "parse_cpu": 1}'),
+                   env={"AGENTGATE_PARSE_BURST_MS": "5"})
+    ca = os.path.join(tmp, "local-ca.crt")   # the state directory is hidden from agents
+    with open(os.path.join(enforcer.state, "ca", "ca.crt")) as src, open(ca, "w") as dst:
+        dst.write(src.read())
+    os.chmod(ca, 0o644)
+
+    def conn(name, mode="verify-full"):
+        return (f"host={name} hostaddr=127.0.0.1 port={pg.port} user=agent_ro dbname=shop "
+                f"sslmode={mode} sslrootcert={ca} connect_timeout=10")
+    # the target's own certificate (its address) is minted once, free
+    r0 = enforcer.exec(AGENT, ["psql", "-X", "-Atc", "SELECT 0", conn("127.0.0.1")], timeout=30)
+    assert r0.returncode == 0 and r0.stdout.strip() == "0", r0.stderr
+    minted0 = enforcer.status()["ca_leaves_minted"]
+    # all at once: 24 names minted in a moment would cost about 20 ms of CPU
+    script = " ".join(f'(psql -X -Atc "SELECT {i}" "{conn(f"alias{i}.example")}" >{tmp}/alias-{i}.err 2>&1; '
+                      f'echo "{i} $?") &' for i in range(1, 25)) + " wait"
+    r = enforcer.exec(AGENT, ["sh", "-c", script], timeout=120)
+    codes = dict(line.split() for line in r.stdout.split("\n") if line.strip())
+    assert len(codes) == 24, r.stdout + r.stderr
+    # the aliases within the budget are minted and verify (or, the budget being
+    # the one a session's first statement is parsed from, get that refused);
+    # the others get the target's own certificate (127.0.0.1), which
+    # verify-full turns down
+    ok, wrong_name = [], []
+    for i, rc in codes.items():
+        with open(f"{tmp}/alias-{i}.err") as f:
+            err = f.read()
+        if rc == "0":
+            ok.append(i)
+        elif 'server certificate for "127.0.0.1"' in err and "does not match host name" in err:
+            wrong_name.append(i)
+        else:
+            assert "parsing budget" in err, err
+    assert ok and wrong_name, codes
+    minted = enforcer.status()["ca_leaves_minted"] - minted0
+    a = [a for a in enforcer.status()["agents"] if a["name"] == AGENT][0]
+    assert minted == 24 - len(wrong_name) and a["parse_refused"] >= 1, (minted, wrong_name, a)
+
+    def session(sql, dsn):
+        """psql once the agent's first statement may be parsed again (the
+        budget's debt is paid back at 1% of a CPU: well under 10 s here)"""
+        deadline = time.time() + 20
+        while True:
+            r = enforcer.exec(AGENT, ["psql", "-X", "-Atc", sql, dsn], timeout=30)
+            if "parsing budget" not in r.stderr or time.time() > deadline:
+                return r
+            time.sleep(0.3)
+    # sslmode=require does not check names: another new name goes on (as the
+    # target's own certificate, or its own if the budget has room again)
+    r2 = session("SELECT 5", conn("another.example", "require"))
+    assert r2.returncode == 0 and r2.stdout.strip() == "5", r2.stderr
+    # a minted alias is served from the cache
+    m = enforcer.status()["ca_leaves_minted"]
+    r3 = session("SELECT 6", conn(f"alias{ok[0]}.example"))
+    assert r3.returncode == 0 and r3.stdout.strip() == "6", r3.stderr
+    assert enforcer.status()["ca_leaves_minted"] == m
+
+
 def test_silent_server_does_not_hold_the_session_start(enforcer, pg, tmp):
     """A server that accepts and never answers (the agent's client gave up long
     ago): the enforcer ends the session start after 30 s instead of holding the

@@ -22,6 +22,7 @@
 
 /* an http target dialled by address: it answers to any name */
 static const struct policy_target ip_target = { .name = "t", .addr = { .kind = ADDR_IP } };
+static char ca_why[300];
 
 static struct worker W;
 
@@ -98,7 +99,7 @@ static int mod_agent(struct conn *c)
 		return 0;
 	case M_STARTTLS:
 		if (!conn_tls_ready(c, SIDE_AGENT) && len >= 8 && memcmp(p, "STARTTLS", 8) == 0) {
-			SSL *ssl = local_ca_server_ssl(&ip_target, "127.0.0.1");
+			SSL *ssl = local_ca_server_ssl(&ip_target, false, "127.0.0.1", NULL, ca_why, sizeof(ca_why));
 
 			conn_in_consume(c, SIDE_AGENT, 8);
 			conn_send(c, SIDE_AGENT, "OK", 2);
@@ -113,7 +114,7 @@ static int mod_agent(struct conn *c)
 		 * handshake starts, and the client's Finished and first
 		 * record are there when it reads again (tls_slow_cb) */
 		if (!conn_tls_ready(c, SIDE_AGENT) && len >= 8 && memcmp(p, "STARTTLS", 8) == 0) {
-			SSL *ssl = local_ca_server_ssl(&ip_target, "127.0.0.1");
+			SSL *ssl = local_ca_server_ssl(&ip_target, false, "127.0.0.1", NULL, ca_why, sizeof(ca_why));
 
 			SSL_set_info_callback(ssl, tls_slow_cb);
 			conn_in_consume(c, SIDE_AGENT, 8);
@@ -506,11 +507,14 @@ static void t_tls_smuggled(void)
 }
 
 struct srv { int fd; const char *name; const struct policy_target *t; char got[8]; };
+/* who pays for the names the next cases mint, and whether any SNI goes */
+static const struct local_ca_asker *case_who;
+static bool case_any;
 
 static void *tls_server(void *arg)
 {
 	struct srv *s = arg;
-	SSL *ssl = local_ca_server_ssl(s->t ? s->t : &ip_target, s->name);
+	SSL *ssl = local_ca_server_ssl(s->t ? s->t : &ip_target, case_any, s->name, case_who, ca_why, sizeof(ca_why));
 
 	SSL_set_fd(ssl, s->fd);
 	if (SSL_accept(ssl) == 1)
@@ -587,6 +591,84 @@ static void t_tls_agent_leg_names(void)
 	uptls_case_for(&ip_target, "127.0.0.1", "other.example", "other.example", true);
 }
 
+/* An asker that may mint while budget lasts, and counts what it paid. */
+struct budget { int left, asked, paid; uint64_t ns; };
+
+static bool budget_may(void *arg, char *why, size_t whylen)
+{
+	struct budget *b = arg;
+
+	b->asked++;
+	snprintf(why, whylen, "over");
+	return b->left > 0;
+}
+
+static void budget_spent(void *arg, uint64_t ns)
+{
+	struct budget *b = arg;
+
+	b->left--;
+	b->paid++;
+	b->ns += ns;
+}
+
+/*
+ * Names the agent chooses (any SNI toward postgres, or toward a target
+ * without a name; a CIDR target's addresses) are minted at its expense:
+ * past its budget the target's own certificate stands, and its leaves
+ * take at most LOCAL_CA_PER_AGENT cache slots, so cycling through names
+ * pushes out its own, not the target's (review, stop 30: any SNI was
+ * minted free, 0.8 ms each, and could empty the cache of every agent's).
+ */
+static void t_tls_agent_leg_budget(void)
+{
+	static char host[] = "db.internal";
+	static const struct policy_target named = { .name = "db", .addr = { .kind = ADDR_HOST, .host = host } };
+	static const struct policy_target cidr = { .name = "net", .addr = { .kind = ADDR_CIDR } };
+	struct budget b = { .left = 1 };
+	struct local_ca_asker who = { .may = budget_may, .spent = budget_spent, .arg = &b, .tag = 3 };
+	char name[64];
+	uint64_t m0;
+
+	case_who = &who;
+	case_any = true;
+	/* the target's own name: free, whatever the budget */
+	m0 = local_ca_minted();
+	uptls_case_for(&named, "db.internal", "db.internal", "db.internal", true);
+	CHECK(b.asked == 0 && b.paid == 0);
+	/* an alias: minted and paid for (thread CPU time) */
+	uptls_case_for(&named, "db.internal", "alias1.example", "alias1.example", true);
+	CHECK(b.paid == 1 && b.ns > 0 && b.left == 0);
+	CHECK(local_ca_minted() == m0 + 2);
+	/* past the budget: nothing minted, the target's own certificate stands */
+	uptls_case_for(&named, "db.internal", "alias2.example", "alias2.example", false);
+	uptls_case_for(&named, "db.internal", "alias2.example", "db.internal", true);
+	CHECK(local_ca_minted() == m0 + 2 && b.paid == 1);
+	/* a cached alias costs nothing */
+	uptls_case_for(&named, "db.internal", "alias1.example", "alias1.example", true);
+	CHECK(local_ca_minted() == m0 + 2 && b.paid == 1);
+	/* a CIDR target's address is the agent's choice: no SSL past the budget */
+	CHECK(local_ca_server_ssl(&cidr, true, "10.9.8.7", &who, ca_why, sizeof(ca_why)) == NULL);
+	CHECK(strstr(ca_why, "limits.parse_cpu") != NULL);
+	CHECK(local_ca_minted() == m0 + 2);
+
+	/* 20 names cycled: the agent keeps its last 16, the target's stays */
+	b.left = 1000;
+	for (int i = 0; i < 20; i++) {
+		snprintf(name, sizeof(name), "cycle%d.example", i);
+		uptls_case_for(&named, "db.internal", name, name, true);
+	}
+	CHECK(local_ca_minted() == m0 + 22);
+	uptls_case_for(&named, "db.internal", "db.internal", "db.internal", true);
+	uptls_case_for(&named, "db.internal", "cycle19.example", "cycle19.example", true);
+	uptls_case_for(&named, "db.internal", "cycle4.example", "cycle4.example", true);
+	CHECK(local_ca_minted() == m0 + 22);   /* all three still cached */
+	uptls_case_for(&named, "db.internal", "cycle0.example", "cycle0.example", true);
+	CHECK(local_ca_minted() == m0 + 23);   /* pushed out by its own later names */
+	case_who = NULL;
+	case_any = false;
+}
+
 static void t_ca_persists(void)
 {
 	char path[300], why[200];
@@ -607,7 +689,7 @@ static void t_ca_persists(void)
 
 	snprintf(path, sizeof(path), "%s/ca/ca.key", ca_dir);
 	CHECK(stat(path, &st) == 0 && (st.st_mode & 0777) == 0600);
-	CHECK(local_ca_server_ssl(&ip_target, "bad name!") == NULL);   /* agent-controlled names are checked */
+	CHECK(local_ca_server_ssl(&ip_target, false, "bad name!", NULL, why, sizeof(why)) == NULL);   /* agent-controlled names are checked */
 }
 
 /* A reservation is for one message: afterwards the bound and the buffer
@@ -677,6 +759,7 @@ int main(int argc, char **argv)
 	RUN(t_tls_smuggled);
 	RUN(t_tls_upstream_leg);
 	RUN(t_tls_agent_leg_names);
+	RUN(t_tls_agent_leg_budget);
 	RUN(t_ca_persists);
 	RUN(t_in_release);
 	local_ca_close();
