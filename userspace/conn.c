@@ -630,8 +630,12 @@ int conn_tls(struct conn *c, int side, SSL *ssl, bool server)
 {
 	struct conn_side *sd = &c->side[side];
 
-	if (sd->ssl || !ssl)
+	if (!ssl)
 		return -EINVAL;
+	if (sd->ssl) {
+		SSL_free(ssl);   /* owned from the call on, an error included */
+		return -EINVAL;
+	}
 	if (sd->in_len > sd->in_off) {
 		SSL_free(ssl);
 		return -EPROTO;   /* bytes sent ahead of the handshake */

@@ -180,7 +180,8 @@ void conn_finish(struct conn *c);
  * (so a PostgreSQL 'S' or an HTTP answer goes out in the clear first). The
  * module made ssl (SSL_new on its SSL_CTX, with verification, SNI and
  * hostname checks set as it wants); conn.c sets the fd, drives the handshake
- * on the socket's readiness, and owns and frees ssl from then on. server:
+ * on the socket's readiness, and owns and frees ssl from the call on (when
+ * it fails too). server:
  * true for the agent leg (we terminate), false for upstream (we are client).
  * Input received before the call that the module did not consume is an
  * error (-EPROTO: bytes smuggled ahead of the handshake, CVE-2021-23214).

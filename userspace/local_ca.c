@@ -397,12 +397,15 @@ static SSL_CTX *leaf_ctx(const char *name, const struct local_ca_asker *who, boo
 	struct leaf *slot = slot_for(name, who ? who->tag : -1);
 
 	if (slot) {
+		/* a name once a target's own stays untagged, whoever renews it */
+		bool own = slot->ctx && slot->tag < 0 && strcasecmp(slot->name, name) == 0;
+
 		SSL_CTX_free(slot->ctx);   /* handshakes using it hold their own reference */
 		snprintf(slot->name, sizeof(slot->name), "%s", name);
 		slot->ctx = made;
 		slot->used = ++ca.clock;
 		slot->renew_at = renew_at;
-		slot->tag = who ? who->tag : -1;
+		slot->tag = own || !who ? -1 : who->tag;
 		SSL_CTX_up_ref(made);
 	}
 	ca.minted++;

@@ -30,10 +30,11 @@ const char *local_ca_cert_path(void);
  * worker, and the names an agent can make us mint are its own to choose:
  * any SNI toward a postgres target or one without a name, every address of
  * a CIDR target. Those count against its limits.parse_cpu (may() before,
- * spent() with the thread CPU time after), and at most LOCAL_CA_PER_AGENT
- * of the cache's slots hold them per agent (tag), so a client cycling
- * through names pushes out its own leaves, not the target's or another
- * agent's (review, stop 30).
+ * spent() with the thread CPU time after). At most LOCAL_CA_PER_AGENT of
+ * the cache's slots hold them per agent (tag), and when the cache is full a
+ * new one replaces a name some agent asked for before a target's own: a
+ * client cycling through names pushes out its own leaves first, never the
+ * targets' while asked-for names are there to go (review, stop 30).
  */
 #define LOCAL_CA_PER_AGENT 16
 struct local_ca_asker {

@@ -341,6 +341,7 @@ struct pg_sess {
 	uint64_t big_since_ms;
 	uint32_t big_size;
 	bool agent_tls, ssl_asked, gss_asked, negotiate;
+	char tls_note[320];    /* why TLS was not offered (the Open event's reason) */
 	bool cancel_registered;
 	bool is_cancel;                /* this connection forwards a CancelRequest */
 	uint32_t our_pid, our_key, up_pid, up_key;
@@ -1793,7 +1794,7 @@ static int agent_startup(struct conn *c)
 		case PG_SU_SSL: {
 			struct local_ca_asker who;
 			SSL *ssl = NULL;
-			char name[64], why[300];
+			char name[256], why[300];   /* a target's host: up to 255 */
 
 			if (s->ssl_asked || s->agent_tls)
 				return fatal(c, "08P01", "agentgate: a second SSLRequest");
@@ -1811,15 +1812,22 @@ static int agent_startup(struct conn *c)
 			else
 				addr_str(c->pair.orig_addr, name, sizeof(name));
 			/* any name: a client may dial the server by an alias, and
-			 * names are not checked here. NULL without a local CA, or
-			 * past the agent's budget for minting a CIDR target's
-			 * address: 'N' (logged) */
+			 * names are not checked here. Without a local CA, or past
+			 * the agent's budget for minting a CIDR target's address:
+			 * 'N' (the loopback leg may be plain; sslmode=require
+			 * clients stop there), and the Open event says why (or
+			 * the Refuse event of a client that gives up). */
 			conn_ca_asker(c, &who);
 			ssl = local_ca_server_ssl(target(c), true, name, &who, why, sizeof(why));
-			if (!ssl && local_ca_cert_path()[0])
-				ag_log(LOG_LVL_WARN, "agent '%s': TLS refused: %s", c->policy->agents[c->agent_idx].name, why);
-			if (conn_send(c, SIDE_AGENT, ssl ? "S" : "N", 1))
+			if (!ssl && local_ca_cert_path()[0]) {
+				snprintf(s->tls_note, sizeof(s->tls_note), "TLS not offered: %s", why);
+				if (!c->why[0])
+					snprintf(c->why, sizeof(c->why), "%s", s->tls_note);
+			}
+			if (conn_send(c, SIDE_AGENT, ssl ? "S" : "N", 1)) {
+				SSL_free(ssl);
 				return -ENOBUFS;
+			}
 			if (ssl) {
 				int err = conn_tls(c, SIDE_AGENT, ssl, true);
 
@@ -2961,7 +2969,9 @@ static int session_ready(struct conn *c, char status)
 	pg_out_ready(&s->out, status);
 	if (send_out(c, SIDE_AGENT))
 		return -ENOBUFS;
-	audit_conn(c, true, c->would_deny ? c->deny_reason : NULL);
+	audit_conn(c, true, c->would_deny ? c->deny_reason : s->tls_note[0] ? s->tls_note : NULL);
+	if (s->tls_note[0] && strncmp(c->why, s->tls_note, sizeof(c->why) - 1) == 0)
+		c->why[0] = 0;   /* said in the Open event; the session goes on */
 	return 0;
 }
 

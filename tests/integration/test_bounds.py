@@ -220,7 +220,7 @@ def test_tls_names_the_agent_chooses_are_paid_for(enforcer, pg, tmp):
     serve."""
     enforcer.start(policy(pg, tmp).replace('"limits": {"connections": 64}',
                                            '"limits": {"connections": 64, "parse_cpu": 1}'),
-                   env={"AGENTGATE_PARSE_BURST_MS": "5"})
+                   env={"AGENTGATE_PARSE_BURST_MS": "1"})
     ca = os.path.join(tmp, "local-ca.crt")   # the state directory is hidden from agents
     with open(os.path.join(enforcer.state, "ca", "ca.crt")) as src, open(ca, "w") as dst:
         dst.write(src.read())
@@ -239,10 +239,10 @@ def test_tls_names_the_agent_chooses_are_paid_for(enforcer, pg, tmp):
     r = enforcer.exec(AGENT, ["sh", "-c", script], timeout=120)
     codes = dict(line.split() for line in r.stdout.split("\n") if line.strip())
     assert len(codes) == 24, r.stdout + r.stderr
-    # the aliases within the budget are minted and verify (or, the budget being
-    # the one a session's first statement is parsed from, get that refused);
-    # the others get the target's own certificate (127.0.0.1), which
-    # verify-full turns down
+    # the aliases within the budget (1 ms of CPU, a few mints) are minted and
+    # verify (or, the budget being the one a session's first statement is
+    # parsed from, get that refused); the others get the target's own
+    # certificate (127.0.0.1), which verify-full turns down
     ok, wrong_name = [], []
     for i, rc in codes.items():
         with open(f"{tmp}/alias-{i}.err") as f:
@@ -253,10 +253,9 @@ def test_tls_names_the_agent_chooses_are_paid_for(enforcer, pg, tmp):
             wrong_name.append(i)
         else:
             assert "parsing budget" in err, err
-    assert ok and wrong_name, codes
     minted = enforcer.status()["ca_leaves_minted"] - minted0
     a = [a for a in enforcer.status()["agents"] if a["name"] == AGENT][0]
-    assert minted == 24 - len(wrong_name) and a["parse_refused"] >= 1, (minted, wrong_name, a)
+    assert wrong_name and minted == 24 - len(wrong_name) and a["parse_refused"] >= 1, (minted, codes, a)
 
     def session(sql, dsn):
         """psql once the agent's first statement may be parsed again (the
@@ -273,9 +272,53 @@ def test_tls_names_the_agent_chooses_are_paid_for(enforcer, pg, tmp):
     assert r2.returncode == 0 and r2.stdout.strip() == "5", r2.stderr
     # a minted alias is served from the cache
     m = enforcer.status()["ca_leaves_minted"]
-    r3 = session("SELECT 6", conn(f"alias{ok[0]}.example"))
+    one = [i for i in codes if i not in wrong_name][0]
+    r3 = session("SELECT 6", conn(f"alias{one}.example"))
     assert r3.returncode == 0 and r3.stdout.strip() == "6", r3.stderr
     assert enforcer.status()["ca_leaves_minted"] == m
+
+
+def test_tls_to_cidr_addresses_is_paid_for(enforcer, pg, tmp):
+    """Toward a CIDR target every address in it is a name the agent chooses
+    and a certificate to mint: past limits.parse_cpu the SSLRequest is
+    answered N (no certificate, nothing minted): sslmode=require stops
+    there, and the audit event says why; a client that may go plain on the
+    loopback goes on."""
+    text = policy(pg, tmp).replace('"limits": {"connections": 64}', '"limits": {"connections": 64, "parse_cpu": 1}')
+    assert f"127.0.0.1:{pg.port}" in text
+    enforcer.start(text.replace(f"127.0.0.1:{pg.port}", f"127.0.0.0/24:{pg.port}"),
+                   env={"AGENTGATE_PARSE_BURST_MS": "1"})
+    minted0 = enforcer.status()["ca_leaves_minted"]
+    script = " ".join(f'(psql -X -Atc "SELECT 1" "host=127.0.0.{i} port={pg.port} user=agent_ro dbname=shop '
+                      f'sslmode=require connect_timeout=10" >{tmp}/cidr-{i}.err 2>&1; echo "{i} $?") &'
+                      for i in range(2, 26)) + " wait"
+    r = enforcer.exec(AGENT, ["sh", "-c", script], timeout=120)
+    codes = dict(line.split() for line in r.stdout.split("\n") if line.strip())
+    assert len(codes) == 24, r.stdout + r.stderr
+    refused, errs = [], {}
+    for i in codes:
+        with open(f"{tmp}/cidr-{i}.err") as f:
+            err = errs[i] = f.read()
+        # no server answers at 127.0.0.2..25: a minted address gets as far as dialling it
+        assert codes[i] != "0", err
+        if "server does not support SSL" in err:
+            refused.append(i)
+    minted = enforcer.status()["ca_leaves_minted"] - minted0
+    a = [a for a in enforcer.status()["agents"] if a["name"] == AGENT][0]
+    assert refused and minted == 24 - len(refused) and a["parse_refused"] >= len(refused), (minted, refused, errs)
+    assert enforcer.wait_event(lambda e: e.get("class_uid") == 4001 and e.get("activity_name") == "Refuse" and
+                               "TLS not offered" in json.dumps(e) and "limits.parse_cpu" in json.dumps(e),
+                               timeout=5), json.dumps([e for e in enforcer.events() if e.get("class_uid") == 4001][-2:])
+    # sslmode=prefer (libpq's default) goes on in plain text on the loopback,
+    # and its Open event says why there was no TLS
+    deadline = time.time() + 20
+    while True:
+        r = enforcer.exec(AGENT, ["psql", "-X", "-Atc", "SELECT 7", f"host=127.0.0.1 port={pg.port} user=agent_ro "
+                                  "dbname=shop sslmode=prefer connect_timeout=10"], timeout=30)
+        if "parsing budget" not in r.stderr or time.time() > deadline:
+            break
+        time.sleep(0.3)
+    assert r.returncode == 0 and r.stdout.strip() == "7", r.stderr
 
 
 def test_silent_server_does_not_hold_the_session_start(enforcer, pg, tmp):

@@ -632,9 +632,10 @@ static void t_tls_agent_leg_budget(void)
 
 	case_who = &who;
 	case_any = true;
-	/* the target's own name: free, whatever the budget */
+	/* the target's own name: free, whatever the budget, in any case */
 	m0 = local_ca_minted();
 	uptls_case_for(&named, "db.internal", "db.internal", "db.internal", true);
+	uptls_case_for(&named, "db.internal", "DB.Internal", "db.internal", true);
 	CHECK(b.asked == 0 && b.paid == 0);
 	/* an alias: minted and paid for (thread CPU time) */
 	uptls_case_for(&named, "db.internal", "alias1.example", "alias1.example", true);
@@ -667,6 +668,55 @@ static void t_tls_agent_leg_budget(void)
 	CHECK(local_ca_minted() == m0 + 23);   /* pushed out by its own later names */
 	case_who = NULL;
 	case_any = false;
+}
+
+/* A full cache: names agents asked for go before the targets' own. */
+static void t_ca_full_cache_keeps_target_names(void)
+{
+	static const struct policy_target cidr = { .name = "net", .addr = { .kind = ADDR_CIDR } };
+	struct budget b1 = { .left = 1000 }, b2 = { .left = 1000 };
+	struct local_ca_asker a1 = { .may = budget_may, .spent = budget_spent, .arg = &b1, .tag = 1 };
+	struct local_ca_asker a2 = { .may = budget_may, .spent = budget_spent, .arg = &b2, .tag = 2 };
+	char name[64];
+	uint64_t m;
+	SSL *ssl;
+
+	/* targets' own names fill the cache but for 8 places (what earlier
+	 * tests left is pushed out first) */
+	for (int i = 0; i < 248; i++) {
+		snprintf(name, sizeof(name), "own%d.example", i);
+		ssl = local_ca_server_ssl(NULL, false, name, NULL, ca_why, sizeof(ca_why));
+		CHECK(ssl != NULL);
+		SSL_free(ssl);
+	}
+	/* two agents cycle through addresses of a CIDR target, 40 each */
+	for (int i = 0; i < 40; i++) {
+		snprintf(name, sizeof(name), "10.1.0.%d", i + 1);
+		ssl = local_ca_server_ssl(&cidr, true, name, &a1, ca_why, sizeof(ca_why));
+		CHECK(ssl != NULL);
+		SSL_free(ssl);
+		snprintf(name, sizeof(name), "10.2.0.%d", i + 1);
+		ssl = local_ca_server_ssl(&cidr, true, name, &a2, ca_why, sizeof(ca_why));
+		CHECK(ssl != NULL);
+		SSL_free(ssl);
+	}
+	CHECK(b1.paid == 40 && b2.paid == 40);
+	/* every target name is still cached: asking again mints nothing */
+	m = local_ca_minted();
+	for (int i = 0; i < 248; i++) {
+		snprintf(name, sizeof(name), "own%d.example", i);
+		ssl = local_ca_server_ssl(NULL, false, name, NULL, ca_why, sizeof(ca_why));
+		CHECK(ssl != NULL);
+		SSL_free(ssl);
+	}
+	CHECK(local_ca_minted() == m);
+	/* the last of each agent's are too; the first are gone */
+	ssl = local_ca_server_ssl(&cidr, true, "10.2.0.40", &a2, ca_why, sizeof(ca_why));
+	SSL_free(ssl);
+	CHECK(local_ca_minted() == m && b2.paid == 40);
+	ssl = local_ca_server_ssl(&cidr, true, "10.1.0.1", &a1, ca_why, sizeof(ca_why));
+	SSL_free(ssl);
+	CHECK(local_ca_minted() == m + 1 && b1.paid == 41);
 }
 
 static void t_ca_persists(void)
@@ -760,6 +810,7 @@ int main(int argc, char **argv)
 	RUN(t_tls_upstream_leg);
 	RUN(t_tls_agent_leg_names);
 	RUN(t_tls_agent_leg_budget);
+	RUN(t_ca_full_cache_keeps_target_names);
 	RUN(t_ca_persists);
 	RUN(t_in_release);
 	local_ca_close();
