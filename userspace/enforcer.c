@@ -958,18 +958,11 @@ bool enforcer_adopt_live(struct conn *c, const struct policy *live, bool new_ups
 void enforcer_conn_closed(struct conn *c, const char *why)
 {
 	struct audit_w *w;
-	char both[sizeof(c->why) + 200];
 
 	if (c->closing || c->agent_idx < 0)
 		return;
 	if (!why && c->why[0])
 		why = c->why;   /* a module's reason, set before it finished the connection */
-	else if (why && c->why[0] && !c->opened) {
-		/* the module's reason first: an error the agent's going makes
-		 * (a reset after TLS was not offered) says less */
-		snprintf(both, sizeof(both), "%s; then: %s", c->why, why);
-		why = both;
-	}
 	if (!c->opened) {
 		/* Never decided (a tls connection without a ClientHello in time):
 		 * the record is a refusal, not the close of an open connection. */

@@ -1774,6 +1774,14 @@ static int agent_startup(struct conn *c)
 
 	for (;;) {
 		in = conn_in(c, SIDE_AGENT, &len);
+		if (!len && conn_in_eof(c, SIDE_AGENT) && s->tls_note[0]) {
+			/* TLS was not offered, and the client (sslmode=require)
+			 * went: the refusal is ours, and this is why */
+			audit_refuse(c, s->tls_note);
+			conn_finish(c);
+			s->phase = PH_DONE;
+			return 0;
+		}
 		if (!len)
 			return conn_in_eof(c, SIDE_AGENT) ? -ECONNRESET : 0;
 		if (in[0] == 0x16) {
@@ -1819,11 +1827,8 @@ static int agent_startup(struct conn *c)
 			 * the Refuse event of a client that gives up). */
 			conn_ca_asker(c, &who);
 			ssl = local_ca_server_ssl(target(c), true, name, &who, why, sizeof(why));
-			if (!ssl && local_ca_cert_path()[0]) {
+			if (!ssl && local_ca_cert_path()[0])
 				snprintf(s->tls_note, sizeof(s->tls_note), "TLS not offered: %s", why);
-				if (!c->why[0])
-					snprintf(c->why, sizeof(c->why), "%s", s->tls_note);
-			}
 			if (conn_send(c, SIDE_AGENT, ssl ? "S" : "N", 1)) {
 				SSL_free(ssl);
 				return -ENOBUFS;
@@ -2958,6 +2963,8 @@ static int names_ready(struct pg_sess *s)
 static int session_ready(struct conn *c, char status)
 {
 	struct pg_sess *s = S(c);
+	const char *reason = c->would_deny ? c->deny_reason : NULL;
+	char both[sizeof(c->deny_reason) + sizeof(s->tls_note) + 2];
 
 	s->phase = PH_READY;
 	s->tx = status;
@@ -2969,9 +2976,11 @@ static int session_ready(struct conn *c, char status)
 	pg_out_ready(&s->out, status);
 	if (send_out(c, SIDE_AGENT))
 		return -ENOBUFS;
-	audit_conn(c, true, c->would_deny ? c->deny_reason : s->tls_note[0] ? s->tls_note : NULL);
-	if (s->tls_note[0] && strncmp(c->why, s->tls_note, sizeof(c->why) - 1) == 0)
-		c->why[0] = 0;   /* said in the Open event; the session goes on */
+	if (s->tls_note[0]) {   /* the session goes on in plain text: the event says why */
+		snprintf(both, sizeof(both), "%s%s%s", reason ? reason : "", reason ? "; " : "", s->tls_note);
+		reason = both;
+	}
+	audit_conn(c, true, reason);
 	return 0;
 }
 
