@@ -286,23 +286,23 @@ static int pump(struct conn *c, int d)
 	}
 }
 
-static bool ca_may(void *arg, char *why, size_t whylen)
+bool conn_parse_may(void *conn, char *why, size_t whylen)
 {
-	struct conn *c = arg;
+	struct conn *c = conn;
 
 	return enforcer_parse_may(c->policy, c->agent_idx, why, whylen);
 }
 
-static void ca_spent(void *arg, uint64_t cpu_ns)
+void conn_parse_spent(void *conn, uint64_t cpu_ns)
 {
-	struct conn *c = arg;
+	struct conn *c = conn;
 
 	enforcer_parse_spent(c->policy, c->agent_idx, cpu_ns);
 }
 
 void conn_ca_asker(struct conn *c, struct local_ca_asker *out)
 {
-	*out = (struct local_ca_asker){ .may = ca_may, .spent = ca_spent, .arg = c, .tag = c->agent_idx };
+	*out = (struct local_ca_asker){ .may = conn_parse_may, .spent = conn_parse_spent, .arg = c, .tag = c->agent_idx };
 }
 
 void conn_relay(struct conn *c)

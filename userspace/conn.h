@@ -158,6 +158,10 @@ void conn_record(struct conn *c, int side, const void *buf, size_t len);
  * credential): never recorded; the queue they wait in is wiped once it is
  * written, and not handed back to the heap with them (free, realloc). */
 int conn_send_secret(struct conn *c, int side, const void *buf, size_t len);
+/* The parsing budget (limits.parse_cpu) of the agent of conn (a struct
+ * conn *), as callbacks: enforcer_parse_may() and enforcer_parse_spent(). */
+bool conn_parse_may(void *conn, char *why, size_t whylen);
+void conn_parse_spent(void *conn, uint64_t cpu_ns);
 /* Who pays for the agent-side certificates a connection makes the local CA
  * mint (local_ca.h): the connection's agent, from its limits.parse_cpu. */
 struct local_ca_asker;

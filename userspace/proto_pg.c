@@ -1274,20 +1274,6 @@ static bool pinned_rules_same(struct conn *c, char *why, size_t whylen)
 	return same;
 }
 
-static bool parse_may(void *garg, char *why, size_t whylen)
-{
-	struct conn *c = garg;
-
-	return enforcer_parse_may(c->policy, c->agent_idx, why, whylen);
-}
-
-static void parse_spent(void *garg, uint64_t cpu_ns)
-{
-	struct conn *c = garg;
-
-	enforcer_parse_spent(c->policy, c->agent_idx, cpu_ns);
-}
-
 static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, char *why, size_t whylen)
 {
 	struct pg_sess *s = S(c);
@@ -1297,8 +1283,8 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 		.search_path = search_path(c),
 		.in_transaction = s->tx != 'I',
 		.policy_gen = s->gen,
-		.may_parse = parse_may,
-		.spent = parse_spent,
+		.may_parse = conn_parse_may,
+		.spent = conn_parse_spent,
 		.garg = c,
 		.owner = c->agent_idx >= 0 ? (uint32_t)c->agent_idx + 1 : 0,
 	};
