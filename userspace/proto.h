@@ -60,6 +60,9 @@ extern const struct proto_ops proto_http_ops;
 size_t http_masked_held(void);
 extern const struct proto_ops proto_kubernetes_ops;
 extern const struct proto_ops proto_pg_ops;
+/* PostgreSQL sessions that read their names again after another session
+ * changed them (status: pg_names_refreshed). */
+uint64_t pg_names_refreshed(void);
 
 /*
  * The module for a protocol. Protocols whose module has not landed yet

@@ -227,6 +227,7 @@ enum pg_phase {
 	PH_UP_PARAMS,          /* authenticated: ParameterStatus, BackendKeyData until 'Z' */
 	PH_UP_CATALOG,         /* our catalog query: masked columns, the schema's own names */
 	PH_READY,              /* relaying the session */
+	PH_UP_REFRESH,         /* idle, stale names: our names query again (start_refresh()) */
 	PH_DISCARD,            /* ending: our error is out, the agent's oversized message is dropped */
 	PH_POOL_RESET,         /* the agent left: DISCARD ALL sent, the session goes to the pool on 'I' */
 	PH_DONE,
@@ -403,6 +404,14 @@ struct pg_sess {
 	bool names_stale;              /* the session may have changed them (pgc_ctx.names_stale) */
 	bool names_changer;            /* it ran one that can change them, maybe not done yet (names_bump()) */
 	uint64_t names_epoch;          /* its database's names epoch when it read the catalog */
+	uint64_t refresh_epoch;        /* the epoch its last names refresh took (tried once each) */
+	uint64_t names_epoch_pending;  /* refresh_epoch, names_epoch once the refresh is read */
+	bool refresh_failed;           /* the refresh query got an error: the old names stay */
+	bool just_refreshed;           /* the next Query or Parse is judged without another read */
+	/* During a refresh: the names read before it, which cat still points
+	 * into; freed when the new ones are in, put back if the query fails. */
+	char **prev_names, *prev_kinds;
+	uint32_t prev_nnames, prev_capnames;
 	uint64_t gen;                  /* verdict cache generation (policy hash) */
 	/* The members every 6005 event of this connection repeats, written
 	 * once: [0, afrag_top) for the event's top level ("database"),
@@ -470,6 +479,14 @@ static const char *pinned_db(struct conn *c)
  * current one at each judgement: older, and it judges with names_stale, as
  * the session that made the change does. Not covered: a statement judged
  * before the change and run after it (pipelined behind a slow one).
+ *
+ * A stale session reads the names again (start_refresh()) before the next
+ * statement it judges while it is idle: outside a transaction with nothing
+ * in flight, and done with any change of its own. Its epoch is taken before
+ * the query, as at the start, so a change made visible meanwhile leaves it
+ * stale again; each epoch is tried once. Until then, and inside a
+ * transaction, it judges with names_stale: unqualified built-ins are
+ * denied, as before.
  */
 #define NAMES_SLOTS 64
 static _Atomic uint64_t names_epochs[NAMES_SLOTS];
@@ -486,6 +503,13 @@ static _Atomic uint64_t *names_epoch_of(struct conn *c)
 static void names_bump(struct conn *c)
 {
 	atomic_fetch_add(names_epoch_of(c), 1);
+}
+
+static _Atomic uint64_t names_refreshed;   /* status: pg_names_refreshed */
+
+uint64_t pg_names_refreshed(void)
+{
+	return atomic_load(&names_refreshed);
 }
 
 static const char *search_path(struct conn *c)
@@ -3144,6 +3168,114 @@ static int up_catalog(struct conn *c, const struct pg_msg *m)
 	return fatal(c, "08P01", "agentgate: unexpected message '%c' during the catalog query", m->type);
 }
 
+static int be_message(struct conn *c, const struct pg_msg *m);
+
+static void names_free(char **names, uint32_t n)
+{
+	for (uint32_t i = 0; i < n; i++)
+		free(names[i]);
+	free(names);
+}
+
+/* Whether the session reads its names again before judging the next
+ * statement (names epochs, above): they are stale and it is idle. */
+static bool refresh_due(struct conn *c)
+{
+	struct pg_sess *s = S(c);
+	uint64_t now = atomic_load(names_epoch_of(c));
+
+	return s->cat_ready && now != s->names_epoch && now != s->refresh_epoch && s->tx == 'I' &&
+	       !s->qlen && !s->unsynced && !s->skip_to_sync && !s->copy_in && !s->copy_wait &&
+	       !s->up_pass && !s->names_changer && !s->out.len;
+}
+
+/* The names query again, on the session's own connection; the agent's
+ * input waits. Costs what reconnecting would, once per epoch. */
+static int start_refresh(struct conn *c)
+{
+	struct pg_sess *s = S(c);
+	char sql[4096];
+
+	s->refresh_epoch = s->names_epoch_pending = atomic_load(names_epoch_of(c));
+	if (!names_query(c, sql, sizeof(sql)))
+		return 0;   /* cannot be: it was written at the start; stays stale */
+	s->prev_names = s->names;
+	s->prev_kinds = s->kinds;
+	s->prev_nnames = s->nnames;
+	s->prev_capnames = s->capnames;
+	s->names = NULL;
+	s->kinds = NULL;
+	s->nnames = s->capnames = 0;
+	pg_out_query(&s->out, sql);
+	s->phase = PH_UP_REFRESH;
+	/* ours, not the agent's: not in the session's recording */
+	bool rec = c->rec_side[SIDE_UP];
+	int err;
+
+	c->rec_side[SIDE_UP] = false;
+	err = send_out(c, SIDE_UP);
+	c->rec_side[SIDE_UP] = rec;
+	return err;
+}
+
+/* The answer to start_refresh()'s query. A server error (the agent's own
+ * CancelRequest, say) keeps the names read before and the session stale. */
+static int up_refresh(struct conn *c, const struct pg_msg *m)
+{
+	struct pg_sess *s = S(c);
+	char st;
+	int err;
+
+	switch (m->type) {
+	case 'T': case 'C':
+		return 0;
+	case 'S': case 'N': case 'A':   /* the session's own, as at any time */
+		return be_message(c, m);
+	case 'D':
+		if (s->refresh_failed)
+			return 0;
+		if ((err = names_row(s, m)) == -ENOMEM)
+			return err;
+		if (err)
+			return fatal(c, "XX000", "agentgate: cannot read the pinned schema's functions "
+				     "and operators%s", err == -E2BIG ? ": too many" : "");
+		return 0;
+	case 'E':
+		s->refresh_failed = true;
+		return 0;
+	case 'Z':
+		if (pg_parse_ready(m, &st))
+			return -EBADMSG;
+		if (st != 'I')
+			return fatal(c, "08P01", "agentgate: the server is in a transaction after the names query");
+		if (s->refresh_failed) {
+			names_free(s->names, s->nnames);
+			free(s->kinds);
+			s->names = s->prev_names;
+			s->kinds = s->prev_kinds;
+			s->nnames = s->prev_nnames;
+			s->capnames = s->prev_capnames;
+		} else {
+			if ((err = names_ready(s)))
+				return fatal(c, "XX000", "agentgate: cannot read the pinned schema's functions and operators");
+			names_free(s->prev_names, s->prev_nnames);
+			free(s->prev_kinds);
+			s->names_epoch = s->names_epoch_pending;
+			s->names_stale = false;
+			atomic_fetch_add(&names_refreshed, 1);
+		}
+		s->prev_names = NULL;
+		s->prev_kinds = NULL;
+		s->prev_nnames = s->prev_capnames = 0;
+		s->refresh_failed = false;
+		s->just_refreshed = true;
+		s->tx = st;
+		s->phase = PH_READY;
+		return 0;
+	}
+	return fatal(c, "08P01", "agentgate: unexpected message '%c' during the names query", m->type);
+}
+
 /* ---- the session: agent -> server ------------------------------------------------------ */
 
 /* Sends a stand-in for a denied message and queues what the agent will be told. */
@@ -3810,7 +3942,7 @@ static int process_agent(struct conn *c)
 	uint32_t len, used = 0;
 	struct pg_msg m;
 	int n, err = 0;
-	bool partial = false;
+	bool partial = false, refresh = false;
 
 	if (c->policy != __atomic_load_n(&E->policy, __ATOMIC_RELAXED))
 		adopt_policy(c);
@@ -3834,6 +3966,15 @@ static int process_agent(struct conn *c)
 			partial = true;
 			break;
 		}
+		if (m.type == 'Q' || m.type == 'P') {
+			/* at most one read per statement: changes made while
+			 * it ran would otherwise hold this one back for good */
+			if (!s->just_refreshed && refresh_due(c)) {
+				refresh = true;   /* judged once the names are read again */
+				break;
+			}
+			s->just_refreshed = false;
+		}
 		used += (uint32_t)n;
 		err = fe_message(c, &m);
 		if (err)
@@ -3852,6 +3993,8 @@ static int process_agent(struct conn *c)
 	 * slot, and a backend): it is dropped, and the server told the same. */
 	if (!err && s->phase == PH_READY && conn_in_eof(c, SIDE_AGENT) && (used == len || partial))
 		conn_shutdown(c, SIDE_UP);
+	if (!err && refresh && s->phase == PH_READY)
+		err = start_refresh(c);
 	return err;
 }
 
@@ -4318,6 +4461,9 @@ static int process_upstream(struct conn *c)
 		case PH_UP_CATALOG:
 			err = up_catalog(c, &m);
 			break;
+		case PH_UP_REFRESH:
+			err = up_refresh(c, &m);
+			break;
 		case PH_READY:
 			err = be_message(c, &m);
 			break;
@@ -4399,6 +4545,9 @@ static int pg_on_agent_data(struct conn *c)
 		return agent_auth(c);
 	case PH_READY:
 		return process_agent(c);
+	case PH_UP_REFRESH:
+		c->in_waits[SIDE_AGENT] = true;   /* read once the names are in */
+		return 0;
 	case PH_DISCARD:
 		return discard_agent(c);
 	case PH_DONE:
@@ -4558,10 +4707,10 @@ static void pg_release(struct conn *c)
 	free(s->params);
 	free(s->cols);
 	free(s->col_found);
-	for (uint32_t i = 0; i < s->nnames; i++)
-		free(s->names[i]);
-	free(s->names);
+	names_free(s->names, s->nnames);
 	free(s->kinds);
+	names_free(s->prev_names, s->prev_nnames);   /* ended during a refresh */
+	free(s->prev_kinds);
 	free(s->cat_v);
 	free(s->afrag);
 	mask_free(s->mask);

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -416,7 +417,9 @@ def test_session_that_creates_functions(enforcer, pg, tmp):
     """The names are read when a session starts. A session that may create functions
     could create public.touch(orders) and then call it as o.touch, in the same message or
     later: from its CREATE FUNCTION on, every name counts as one the database may define
-    (qualified pg_catalog names still work); a new session reads the names again."""
+    (qualified pg_catalog names still work) until it reads the names again: at its next
+    statement once the change is done (test_open_sessions_read_names_again), or a new
+    session at its start."""
     pg.sql("CREATE TABLE fn_calls (via text); GRANT INSERT ON fn_calls TO app; GRANT CREATE ON SCHEMA public TO app")
     rules = [{"target": "shop", "allow": {"statements": ["select", "create_function"]}}]
     body = "RETURNS int LANGUAGE sql AS $$INSERT INTO public.fn_calls VALUES ('t') RETURNING 1$$"
@@ -433,7 +436,9 @@ def test_session_that_creates_functions(enforcer, pg, tmp):
                                    "SELECT count(*) FROM orders WHERE id = 1"])
     assert denied(res[0]) and "new session" in res[0][0], res[0]
     assert res[1][0] == "C:CREATE FUNCTION", res[1]
-    assert denied(res[2]) and denied(res[3]), res
+    # read again: touch2 is the database's, count and = are the built-ins
+    assert denied(res[2]) and "attribute notation" in res[2][0], res[2]
+    assert res[3][:3] == ["T", "D:1", "C:SELECT 1"], res[3]
     assert res[4][:3] == ["T", "D:1", "C:SELECT 1"], res[4]
     assert denied(again[0]) and "attribute notation" in again[0][0], again[0]
     assert again[1][:3] == ["T", "D:1", "C:SELECT 1"], again[1]
@@ -494,6 +499,172 @@ def test_names_created_in_another_session(enforcer, pg, tmp):
     assert "C:CREATE FUNCTION" in r["bound"], r
     assert denied(r["prepared"]), r
     assert pg.sql("SELECT count(*) FROM fn_calls") == "0"
+
+
+def test_open_sessions_read_names_again(enforcer, pg, tmp):
+    """An open session made stale by a change of names (above) used to deny unqualified
+    built-ins until it reconnected: a migration run by one agent broke every other agent's
+    open sessions. Now a stale session reads the names again before the next statement it
+    judges while idle, and then judges as a new session would: built-ins pass again, a
+    name the change added is the database's. Inside a transaction it stays careful."""
+    pg.sql("CREATE TABLE fn_calls (via text); GRANT INSERT ON fn_calls TO app; GRANT CREATE ON SCHEMA public TO app")
+    rules = [{"target": "shop", "allow": {"statements": ["select", "create_function"]}}]
+    log_all(pg)
+    enforcer.start(policy(pg, tmp, rules=rules))
+    before = enforcer.status()["counters"].get("pg_names_refreshed")
+    r = run(enforcer, pg, textwrap.dedent("""
+        def fn(name, arg="integer"):
+            return Q(f"CREATE FUNCTION public.{name}({arg}) RETURNS text LANGUAGE sql AS "
+                     f"$$INSERT INTO public.fn_calls VALUES ('{name}') RETURNING 'x'$$")
+        out = {}
+        one = Conn("127.0.0.1", PORT)
+        two = Conn("127.0.0.1", PORT)
+        one.send(Q("SELECT upper('a')"))
+        out["start"] = summary(one.until_ready())
+        two.send(fn("add_one"))
+        out["made"] = summary(two.until_ready())
+        one.send(Q("SELECT upper('b')"))
+        out["builtin"] = summary(one.until_ready())
+        two.send(fn("lower"))
+        two.until_ready()
+        one.send(Q("SELECT lower(id) FROM orders WHERE id = 1"))
+        out["shadowed"] = summary(one.until_ready())
+        one.send(Q("SELECT upper('c')"))
+        out["again"] = summary(one.until_ready())
+        # inside a transaction: no new read; careful until it ends
+        one.send(Q("BEGIN"))
+        one.until_ready()
+        two.send(fn("add_two"))
+        two.until_ready()
+        one.send(Q("SELECT upper('d')"))
+        out["in_tx"] = summary(one.until_ready())
+        one.send(Q("ROLLBACK"))
+        one.until_ready()
+        one.send(Q("SELECT upper('e')"))
+        out["after_tx"] = summary(one.until_ready())
+        # its own change, done: it reads the names again too
+        one.send(fn("add_three"))
+        out["own"] = summary(one.until_ready())
+        one.send(Q("SELECT upper('f')"))
+        out["after_own"] = summary(one.until_ready())
+        # pipelined behind the read, and the extended protocol
+        two.send(fn("add_four"))
+        two.until_ready()
+        one.send(Q("SELECT upper('g')") + Q("SELECT lower(id) FROM orders WHERE id = 1"))
+        out["pipe1"] = summary(one.until_ready())
+        out["pipe2"] = summary(one.until_ready())
+        two.send(fn("add_five"))
+        two.until_ready()
+        one.send(P("", "SELECT upper('h')") + B("", "") + E("") + S)
+        out["extended"] = summary(one.until_ready())
+        print(json.dumps(out))
+    """))
+    after = enforcer.status()["counters"]["pg_names_refreshed"]
+    assert r["start"][:3] == ["T", "D:A", "C:SELECT 1"], r
+    assert r["made"][0] == "C:CREATE FUNCTION", r
+    assert r["builtin"][:3] == ["T", "D:B", "C:SELECT 1"], r
+    assert denied(r["shadowed"]), r       # public.lower(integer) is the database's now
+    assert r["again"][:3] == ["T", "D:C", "C:SELECT 1"], r
+    assert denied(r["in_tx"]), r
+    assert r["after_tx"][:3] == ["T", "D:E", "C:SELECT 1"], r
+    assert r["own"][0] == "C:CREATE FUNCTION", r
+    assert r["after_own"][:3] == ["T", "D:F", "C:SELECT 1"], r
+    assert r["pipe1"][:3] == ["T", "D:G", "C:SELECT 1"], r
+    assert denied(r["pipe2"]), r
+    assert "D:H" in r["extended"] and "C:SELECT 1" in r["extended"], r
+    assert before == 0 and after >= 6, (before, after)
+    assert pg.sql("SELECT count(*) FROM fn_calls") == "0"
+    # the names query never reaches the agent, and went to the server on the session's own connection
+    assert server_saw(pg, "FROM pg_catalog.pg_proc p")
+
+
+def test_names_read_again_fails_closed(enforcer, pg, tmp):
+    """When the server does not answer the names query (here: it waits on a lock on
+    pg_proc, and the agent cancels it), the session keeps the older names and stays
+    careful: its statement is judged stale (built-ins denied), and the same change is not
+    tried again at every statement; a later change is. A statement is held back for one
+    read at most: changes allowed while that read waits leave it judged stale rather than
+    read again (another agent's stream of changes could hold it back for good)."""
+    pg.sql("GRANT CREATE ON SCHEMA public TO app")
+    rules = [{"target": "shop", "allow": {"statements": ["select", "create_function"]}}]
+    enforcer.start(policy(pg, tmp, rules=rules))
+    mk = "CREATE FUNCTION public.{}(integer) RETURNS int LANGUAGE sql AS $$SELECT 1$$"
+    prep = run(enforcer, pg, textwrap.dedent(f"""
+        two = Conn("127.0.0.1", PORT)
+        two.send(Q({mk.format("add_a")!r}))
+        print(json.dumps(summary(two.until_ready())))
+    """))
+    assert prep[0] == "C:CREATE FUNCTION", prep
+    # pg_proc is locked for 3 s each time the script asks (the sessions' start reads
+    # it too: they are opened first)
+    signals = [os.path.join(tmp, f"lock-{i}") for i in (1, 2)]
+    locks = []
+
+    def take_locks():
+        for sig in signals:
+            for _ in range(600):
+                if os.path.exists(sig):
+                    break
+                time.sleep(0.05)
+            else:
+                return
+            p = subprocess.Popen(
+                ["psql", "-X", "-q", "-h", pg.sock, "-p", str(pg.port), "-U", "postgres", "-d", "shop",
+                 "-c", "BEGIN", "-c", "LOCK TABLE pg_catalog.pg_proc IN ACCESS EXCLUSIVE MODE",
+                 "-c", "SELECT pg_sleep(3)", "-c", "COMMIT"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            locks.append(p)
+            p.wait(timeout=60)
+
+    t = threading.Thread(target=take_locks)
+    t.start()
+    try:
+        r = run(enforcer, pg, textwrap.dedent(f"""
+            out = {{}}
+            one = Conn("127.0.0.1", PORT)
+            two = Conn("127.0.0.1", PORT)
+            one.send(Q("SELECT upper('a')"))
+            out["start"] = summary(one.until_ready())
+            open({signals[0]!r}, "w").close()
+            time.sleep(1.0)                              # the lock is taken
+            two.send(Q({mk.format("add_b")!r}))          # allowed, then waits on the lock
+            time.sleep(0.5)
+            one.send(Q("SELECT upper('b')"))             # the read waits on the lock too
+            time.sleep(0.5)
+            cancel("127.0.0.1", PORT, *one.key)
+            out["cancelled"] = summary(one.until_ready())
+            one.send(Q("SELECT upper('c')"))
+            out["same_change"] = summary(one.until_ready())
+            out["made"] = summary(two.until_ready())     # the lock is gone
+            one.send(Q("SELECT upper('d')"))
+            out["later"] = summary(one.until_ready())
+            # a change allowed while the read waits, by a session with the current
+            # names (the others would read them first, and wait on the lock)
+            three = Conn("127.0.0.1", PORT)
+            open({signals[1]!r}, "w").close()
+            time.sleep(1.0)
+            three.send(Q({mk.format("add_c")!r}))        # allowed, waits on the lock
+            time.sleep(0.3)
+            one.send(Q("SELECT upper('e')"))             # read 1 waits
+            time.sleep(0.3)
+            three.send(Q({mk.format("add_d")!r}))        # behind add_c: allowed meanwhile
+            out["held"] = summary(one.until_ready())
+            three.until_ready(2)
+            one.send(Q("SELECT upper('f')"))
+            out["next"] = summary(one.until_ready())
+            print(json.dumps(out))
+        """))
+    finally:
+        for sig in signals:
+            open(sig, "a").close()   # the thread ends even if the script failed early
+        t.join()
+    assert r["start"][:3] == ["T", "D:A", "C:SELECT 1"], r
+    assert denied(r["cancelled"]) and "another on the database" in r["cancelled"][0], r
+    assert denied(r["same_change"]), r
+    assert r["made"][0] == "C:CREATE FUNCTION", r
+    assert r["later"][:3] == ["T", "D:D", "C:SELECT 1"], r
+    assert denied(r["held"]) and "another on the database" in r["held"][0], r
+    assert r["next"][:3] == ["T", "D:F", "C:SELECT 1"], r
+    assert enforcer.status()["counters"]["pg_names_refreshed"] >= 3
 
 
 # ---- CTE names and their scope ----------------------------------------------------------
