@@ -345,14 +345,6 @@ static struct leaf *slot_for(const char *name, int tag)
 	return empty ? empty : asked ? asked : any;
 }
 
-static uint64_t thread_cpu_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 /* The context for name, minted on first use; a new reference, or NULL.
  * Minting (a key signature and a context, about 0.8 ms) runs outside the
  * lock: an agent cycling through server names makes its own handshakes

@@ -107,6 +107,9 @@
  *     new table.
  */
 #include "pg_classify.h"
+
+/* How a session whose names may be stale gets them back (proto_pg.c, names epochs). */
+#define READ_AGAIN "read again at its next statement outside a transaction, or by a new session"
 #include "pg_classify_json.h"
 
 #include <errno.h>
@@ -1008,7 +1011,7 @@ static void operator_name(struct walker *w, int names)
 	else if (n == 1 && db_operator(w, last))
 		deny(w, "operator %s not allowed: %s, which PostgreSQL may pick; write OPERATOR(pg_catalog.%s)",
 		     last, w->names_unknown ? "this session, or another on the database, ran a statement that can create operators, so "
-		     "any may be the database's own now (a new session reads them again)" :
+		     "any may be the database's own now (" READ_AGAIN ")" :
 		     "the pinned schema defines its own", last);
 	else if (n == 1 && strstr(last, "BETWEEN")) {
 		/* BETWEEN is >= and <=, NOT BETWEEN < and >, looked up by name */
@@ -1051,8 +1054,8 @@ static void opclass_name(struct walker *w, int names)
 		     "functions run on every row written)", first ? first : "?", last);
 	} else if (n == 1 && (w->names_unknown || (c && in_sorted(c->opclasses, c->nopclasses, last)))) {
 		deny(w, "operator class %s not allowed: %s", last, w->names_unknown ?
-		     "this session, or another on the database, ran a statement that can create operator classes (a new session reads "
-		     "them again)" : "the pinned schema defines its own, which PostgreSQL may pick; write "
+		     "this session, or another on the database, ran a statement that can create operator classes (" READ_AGAIN ")" :
+		     "the pinned schema defines its own, which PostgreSQL may pick; write "
 		     "pg_catalog.NAME");
 	}
 }
@@ -1083,8 +1086,8 @@ static void implicit_equals(struct walker *w, const char *what)
 {
 	if (db_operator(w, "="))
 		deny(w, "%s not allowed: it compares with =, and %s", what,
-		     w->names_unknown ? "this session, or another on the database, ran a statement that can create operators (a new "
-		     "session reads them again)" : "the pinned schema defines its own =, which PostgreSQL "
+		     w->names_unknown ? "this session, or another on the database, ran a statement that can create operators ("
+		     READ_AGAIN ")" : "the pinned schema defines its own =, which PostgreSQL "
 		     "may pick");
 }
 
@@ -1154,7 +1157,7 @@ static void type_name(struct walker *w, int tn)
 		return;
 	if (w->names_unknown || (c && in_sorted(c->types, c->ntypes, last)))
 		deny(w, "type %s not allowed: %s", last, w->names_unknown ?
-		     "this session, or another on the database, ran a statement that can create types (a new session reads them again)" :
+		     "this session, or another on the database, ran a statement that can create types (" READ_AGAIN ")" :
 		     "the pinned schema defines it, and a cast to it (or a column of it) may run the "
 		     "database's functions (a domain's CHECK, a cast function)");
 }
@@ -2592,9 +2595,8 @@ static void explain_denial(struct walker *w, const struct policy_rule *const *ru
 			const struct func *f = &w->funcs[i];
 
 			if (f->db_shadow && w->names_unknown)
-				deny(w, "function %s not allowed%s: this session, or another on the database, ran a statement that can create "
-				     "or rename functions, so any name may be the database's own now; a new "
-				     "session reads them again", f->name, f->how);
+				deny(w, "function %s not allowed%s: names may have changed (a statement that can "
+				     "create or rename functions ran on the database); " READ_AGAIN, f->name, f->how);
 			else if (f->db_shadow)
 				deny(w, "function %s not allowed%s: the pinned schema defines one too, which "
 				     "PostgreSQL may pick (pg_catalog.%s names the built-in)", f->name, f->how,

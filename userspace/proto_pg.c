@@ -490,19 +490,56 @@ static const char *pinned_db(struct conn *c)
  */
 #define NAMES_SLOTS 64
 static _Atomic uint64_t names_epochs[NAMES_SLOTS];
+/* Sessions whose change of names may not be done yet (names_changer), per
+ * slot: while there is one, every session of the database judges with
+ * names_stale and none reads the names again. A change can become visible
+ * before the enforcer reads its end (a COMMIT run by an Execute with no
+ * Sync yet, review of the refresh): a read in that window would take the
+ * older names for current ones. */
+static _Atomic int names_changers[NAMES_SLOTS];
 
-static _Atomic uint64_t *names_epoch_of(struct conn *c)
+static uint32_t names_slot(struct conn *c)
 {
 	uint32_t h = 2166136261u;   /* FNV-1a */
 
 	for (const char *q = pinned_db(c); *q; q++)
 		h = (h ^ (uint8_t)*q) * 16777619u;
-	return &names_epochs[h % NAMES_SLOTS];
+	return h % NAMES_SLOTS;
+}
+
+static _Atomic uint64_t *names_epoch_of(struct conn *c)
+{
+	return &names_epochs[names_slot(c)];
 }
 
 static void names_bump(struct conn *c)
 {
 	atomic_fetch_add(names_epoch_of(c), 1);
+}
+
+static bool names_changing(struct conn *c)
+{
+	return atomic_load(&names_changers[names_slot(c)]) > 0;
+}
+
+/* s begins (or goes on with) a change of names: every session of the database is stale. */
+static void names_change(struct conn *c, struct pg_sess *s)
+{
+	s->names_stale = true;
+	if (!s->names_changer) {
+		s->names_changer = true;
+		atomic_fetch_add(&names_changers[names_slot(c)], 1);
+	}
+	names_bump(c);
+}
+
+/* s's change is done (or s ends): the others may read the names again. */
+static void names_change_done(struct conn *c, struct pg_sess *s)
+{
+	if (s->names_changer) {
+		s->names_changer = false;
+		atomic_fetch_sub(&names_changers[names_slot(c)], 1);
+	}
 }
 
 static _Atomic uint64_t names_refreshed;   /* status: pg_names_refreshed */
@@ -551,7 +588,7 @@ static int fatal(struct conn *c, const char *sqlstate, const char *fmt, ...)
 	/* With a request in flight, libpq takes the error for its answer only
 	 * once a ReadyForQuery completes it: at EOF before that it reports a
 	 * lost connection and drops our error. The session ends all the same. */
-	if (s->phase == PH_READY && s->qlen)
+	if ((s->phase == PH_READY && s->qlen) || s->phase == PH_UP_REFRESH)
 		pg_out_ready(&s->out, 'I');
 	send_out(c, SIDE_AGENT);
 	if (!c->why[0])
@@ -1324,7 +1361,9 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 		ctx.catalog = &s->cat;
 	if (!s->names_stale && s->cat_ready && atomic_load(names_epoch_of(c)) != s->names_epoch)
 		s->names_stale = true;   /* another session changed the database's names */
-	ctx.names_stale = s->names_stale;
+	/* a change in progress anywhere on the database: not for the cache
+	 * either way (the key holds names_stale) */
+	ctx.names_stale = s->names_stale || names_changing(c);
 	if (!pg_utf8_valid(sql, len)) {
 		snprintf(why, whylen, "query text is not valid UTF-8");
 		goto early;
@@ -1383,8 +1422,7 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 	/* from the moment it may reach the server, a statement that can add
 	 * functions or operators leaves the names read at the start behind */
 	if (r->changes_names && (r->verdict == PGC_ALLOW || c->policy->mode == POLICY_OBSERVE)) {
-		s->names_stale = s->names_changer = true;
-		names_bump(c);   /* every other session of the database too */
+		names_change(c, s);   /* every other session of the database too */
 	}
 	switch (r->verdict) {
 	case PGC_ALLOW:
@@ -3184,9 +3222,14 @@ static bool refresh_due(struct conn *c)
 	struct pg_sess *s = S(c);
 	uint64_t now = atomic_load(names_epoch_of(c));
 
+	char why[160];
+
+	/* the read is paid from the agent's parse budget (process_upstream):
+	 * past it the session stays careful, and tries again next statement */
 	return s->cat_ready && now != s->names_epoch && now != s->refresh_epoch && s->tx == 'I' &&
 	       !s->qlen && !s->unsynced && !s->skip_to_sync && !s->copy_in && !s->copy_wait &&
-	       !s->up_pass && !s->names_changer && !s->out.len;
+	       !s->up_pass && !s->names_changer && !s->out.len && !names_changing(c) &&
+	       conn_parse_may(c, why, sizeof(why));
 }
 
 /* The names query again, on the session's own connection; the agent's
@@ -3197,8 +3240,11 @@ static int start_refresh(struct conn *c)
 	char sql[4096];
 
 	s->refresh_epoch = s->names_epoch_pending = atomic_load(names_epoch_of(c));
-	if (!names_query(c, sql, sizeof(sql)))
-		return 0;   /* cannot be: it was written at the start; stays stale */
+	if (!names_query(c, sql, sizeof(sql))) {
+		/* cannot be (it was written at the start): judged stale */
+		s->just_refreshed = true;
+		return process_agent(c);
+	}
 	s->prev_names = s->names;
 	s->prev_kinds = s->kinds;
 	s->prev_nnames = s->nnames;
@@ -3236,13 +3282,21 @@ static int up_refresh(struct conn *c, const struct pg_msg *m)
 			return 0;
 		if ((err = names_row(s, m)) == -ENOMEM)
 			return err;
-		if (err)
-			return fatal(c, "XX000", "agentgate: cannot read the pinned schema's functions "
-				     "and operators%s", err == -E2BIG ? ": too many" : "");
+		if (err == -E2BIG)
+			s->refresh_failed = true;   /* too many now: the older names stay */
+		else if (err)
+			return fatal(c, "XX000", "agentgate: cannot read the pinned schema's functions and operators");
 		return 0;
-	case 'E':
+	case 'E': {
+		const char *sev = pg_fields_get(m, 'V') ? pg_fields_get(m, 'V') : pg_fields_get(m, 'S');
+
+		if (sev && (strcmp(sev, "FATAL") == 0 || strcmp(sev, "PANIC") == 0))
+			return fatal(c, pg_fields_get(m, 'C') ? pg_fields_get(m, 'C') : "08006",
+				     "agentgate: the server ended the session: %s",
+				     pg_fields_get(m, 'M') ? pg_fields_get(m, 'M') : "(no message)");
 		s->refresh_failed = true;
 		return 0;
+	}
 	case 'Z':
 		if (pg_parse_ready(m, &st))
 			return -EBADMSG;
@@ -3462,8 +3516,7 @@ static int fe_bind(struct conn *c, const struct pg_msg *m)
 	/* a prepared statement that can change names runs from here on, as
 	 * often as it is bound: every Bind is a change judged now (review) */
 	if (j->changes_names && (j->allowed || c->policy->mode == POLICY_OBSERVE)) {
-		s->names_stale = s->names_changer = true;
-		names_bump(c);
+		names_change(c, s);
 	}
 	po = calloc(1, sizeof(*po));
 	if (!po)
@@ -3971,6 +4024,7 @@ static int process_agent(struct conn *c)
 			 * it ran would otherwise hold this one back for good */
 			if (!s->just_refreshed && refresh_due(c)) {
 				refresh = true;   /* judged once the names are read again */
+				c->in_waits[SIDE_AGENT] = true;   /* a full buffer is not an oversized message */
 				break;
 			}
 			s->just_refreshed = false;
@@ -4130,6 +4184,21 @@ static int be_ready(struct conn *c, const struct pg_msg *m)
 
 	if (pg_parse_ready(m, &st))
 		return -EBADMSG;
+	/* What it changed may have become visible just now (outside a
+	 * transaction: its own end, or a COMMIT); once everything it sent is
+	 * answered that way, nothing more can (review: a bump at every
+	 * ReadyForQuery made each new session stale right after it began).
+	 * Before the agent has the ReadyForQuery: its next statement on
+	 * another session must find the change done. */
+	if (s->names_changer && st == 'I') {
+		uint32_t i = 0;
+
+		while (i < s->qlen && pend_at(s, i)->kind != 'S' && pend_at(s, i)->kind != 'Q')
+			i++;
+		names_bump(c);
+		if (i + 1 >= s->qlen)   /* nothing sent after what this answers */
+			names_change_done(c, s);
+	}
 	/* The last message read: the agent's answer is complete, so it goes
 	 * out now, before the statement's audit event is built, which then
 	 * costs the agent no time. What is queued goes with it, in one
@@ -4154,15 +4223,6 @@ static int be_ready(struct conn *c, const struct pg_msg *m)
 			map_clear(&s->portals, portal_live, &epoch);
 		}
 		pend_pop(s);
-	}
-	/* what it changed may have become visible just now (outside a
-	 * transaction: its own end, or a COMMIT); once everything it sent is
-	 * answered that way, nothing more can (review: a bump at every
-	 * ReadyForQuery made each new session stale right after it began) */
-	if (s->names_changer && st == 'I') {
-		names_bump(c);
-		if (!s->qlen)
-			s->names_changer = false;
 	}
 	plan_free(s->qplan);
 	s->qplan = NULL;
@@ -4413,6 +4473,10 @@ static int process_upstream(struct conn *c)
 	struct pg_msg m;
 	int n, err = 0;
 
+	/* reading the names again is paid from the agent's parse budget
+	 * (refresh_due()): one clock read per batch of the answer */
+	uint64_t refresh_t0 = s->phase == PH_UP_REFRESH ? thread_cpu_ns() : 0;
+
 	in = conn_in(c, SIDE_UP, &len);
 	if (s->up_pass && s->phase == PH_READY)
 		err = up_pass_on(c, in, len, &used);
@@ -4486,6 +4550,8 @@ static int process_upstream(struct conn *c)
 		conn_flush(c, SIDE_AGENT);
 		audit_deferred_flush(c);
 	}
+	if (refresh_t0)
+		conn_parse_spent(c, thread_cpu_ns() - refresh_t0);
 	return err;
 }
 
@@ -4689,8 +4755,10 @@ static void pg_release(struct conn *c)
 
 	if (!s)
 		return;
-	if (s->names_changer)
+	if (s->names_changer) {
 		names_bump(c);   /* ended before its change was seen done: it may be now */
+		names_change_done(c, s);
+	}
 	if (s->cancel_registered)
 		cancel_del(s->our_pid);
 	audit_deferred_flush(c);   /* nothing deferred outlives a batch; to be sure */

@@ -190,6 +190,7 @@ static uint64_t clock_ns(clockid_t id)
 uint64_t now_ms_realtime(void) { return clock_ns(CLOCK_REALTIME) / 1000000ull; }
 uint64_t now_ns_mono(void) { return clock_ns(CLOCK_MONOTONIC); }
 uint64_t now_ns_boot(void) { return clock_ns(CLOCK_BOOTTIME); }
+uint64_t thread_cpu_ns(void) { return clock_ns(CLOCK_THREAD_CPUTIME_ID); }
 
 int cond_wait_ms(pthread_cond_t *c, pthread_mutex_t *m, uint64_t ms)
 {

@@ -49,6 +49,8 @@ int loopback_socket(int family, int type, uint16_t port, bool reuseport);
 uint64_t now_ms_realtime(void);
 uint64_t now_ns_mono(void);
 uint64_t now_ns_boot(void);
+/* The calling thread's CPU time (ns): what work done for an agent costs it. */
+uint64_t thread_cpu_ns(void);
 
 /* pthread_cond_timedwait for at most ms, timed on CLOCK_MONOTONIC: a step
  * of the wall clock neither stretches nor cuts the wait. The caller holds
