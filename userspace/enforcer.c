@@ -613,6 +613,8 @@ bool enforcer_parse_may(const struct policy *p, int idx, char *why, size_t whyle
 
 	if (tat <= now || tat - now <= burst)
 		return true;
+	if (!why)
+		return false;   /* only asked: nothing refused */
 	atomic_fetch_add(&rt->parse_refused, 1);
 	snprintf(why, whylen, "statements not seen before have used this agent's parsing budget "
 		 "(limits.parse_cpu: %u%% of a CPU); retry in %llu ms, or repeat statements that "

@@ -191,7 +191,8 @@ bool enforcer_identity_ok(const struct policy *p, int idx, char *why, size_t why
  * worker thread, and one of 1 MiB can take half a second of it; an agent
  * may use parse_cpu percent of one CPU for them on average, with a burst
  * of PARSE_BURST_MS of CPU. enforcer_parse_may() is asked before such a
- * parse (false, with why: over budget, refused), enforcer_parse_spent()
+ * parse (false, with why: over budget, refused; why NULL: only asked, not
+ * counted as refused), enforcer_parse_spent()
  * told the thread CPU time it took. Thread-safe, lock-free.
  */
 bool enforcer_parse_may(const struct policy *p, int idx, char *why, size_t whylen);

@@ -109,7 +109,7 @@
 #include "pg_classify.h"
 
 /* How a session whose names may be stale gets them back (proto_pg.c, names epochs). */
-#define READ_AGAIN "read again at its next statement outside a transaction, or by a new session"
+#define READ_AGAIN "read again at its next statement outside a transaction once no change is open, or by a new session"
 #include "pg_classify_json.h"
 
 #include <errno.h>
@@ -1009,10 +1009,9 @@ static void operator_name(struct walker *w, int names)
 		deny(w, "operator %s not allowed: PostgreSQL has no such operator, so it is "
 		     "user-defined", last ? last : "?");
 	else if (n == 1 && db_operator(w, last))
-		deny(w, "operator %s not allowed: %s, which PostgreSQL may pick; write OPERATOR(pg_catalog.%s)",
-		     last, w->names_unknown ? "this session, or another on the database, ran a statement that can create operators, so "
-		     "any may be the database's own now (" READ_AGAIN ")" :
-		     "the pinned schema defines its own", last);
+		deny(w, "operator %s not allowed; write OPERATOR(pg_catalog.%s): %s", last, last,
+		     w->names_unknown ? "any may be the database's own now (a change of operators ran on it; "
+		     READ_AGAIN ")" : "the pinned schema defines its own, which PostgreSQL may pick");
 	else if (n == 1 && strstr(last, "BETWEEN")) {
 		/* BETWEEN is >= and <=, NOT BETWEEN < and >, looked up by name */
 		bool not = strncmp(last, "NOT ", 4) == 0;
@@ -2595,8 +2594,8 @@ static void explain_denial(struct walker *w, const struct policy_rule *const *ru
 			const struct func *f = &w->funcs[i];
 
 			if (f->db_shadow && w->names_unknown)
-				deny(w, "function %s not allowed%s: names may have changed (a statement that can "
-				     "create or rename functions ran on the database); " READ_AGAIN, f->name, f->how);
+				deny(w, "function %s not allowed%s: any may be the database's own now (a change of "
+				     "functions ran on it); " READ_AGAIN, f->name, f->how);
 			else if (f->db_shadow)
 				deny(w, "function %s not allowed%s: the pinned schema defines one too, which "
 				     "PostgreSQL may pick (pg_catalog.%s names the built-in)", f->name, f->how,

@@ -403,6 +403,7 @@ struct pg_sess {
 	bool cat_ready;
 	bool names_stale;              /* the session may have changed them (pgc_ctx.names_stale) */
 	bool names_changer;            /* it ran one that can change them, maybe not done yet (names_bump()) */
+	uint64_t change_since_ms;      /* monotonic: when names_changer was set */
 	uint64_t names_epoch;          /* its database's names epoch when it read the catalog */
 	uint64_t refresh_epoch;        /* the epoch its last names refresh took (tried once each) */
 	uint64_t names_epoch_pending;  /* refresh_epoch, names_epoch once the refresh is read */
@@ -522,13 +523,45 @@ static bool names_changing(struct conn *c)
 	return atomic_load(&names_changers[names_slot(c)]) > 0;
 }
 
+/*
+ * A change may stay open (not seen done) for PG_CHANGE_OPEN_MS: meanwhile
+ * every session of the database denies unqualified built-ins, so one left
+ * open (a transaction forgotten, a COMMIT sent with no Sync) would hold
+ * them all. Past it the changer's session is ended (pg_on_deadline()).
+ * Test knob AGENTGATE_PG_CHANGE_OPEN_MS.
+ */
+#define PG_CHANGE_OPEN_MS (120 * 1000)
+static const char CHANGE_WHY[] = "a change of names left open";
+
+static uint64_t change_open_ms(void)
+{
+	const char *e = getenv("AGENTGATE_PG_CHANGE_OPEN_MS");
+	uint64_t v;
+
+	return e && parse_u64(e, 1, 3600000, &v) == 0 ? v : PG_CHANGE_OPEN_MS;
+}
+
+/* The change's clock, unless another deadline is armed (a big message's,
+ * which re-arms this one when it stops: big_stop()). */
+static void change_clock(struct conn *c)
+{
+	struct pg_sess *s = S(c);
+
+	if (!s->names_changer || (c->deadline_ms && c->deadline_why != CHANGE_WHY))
+		return;
+	c->deadline_ms = s->change_since_ms + change_open_ms();
+	c->deadline_why = CHANGE_WHY;
+}
+
 /* s begins (or goes on with) a change of names: every session of the database is stale. */
 static void names_change(struct conn *c, struct pg_sess *s)
 {
 	s->names_stale = true;
 	if (!s->names_changer) {
 		s->names_changer = true;
+		s->change_since_ms = now_ns_mono() / 1000000ull;
 		atomic_fetch_add(&names_changers[names_slot(c)], 1);
+		change_clock(c);
 	}
 	names_bump(c);
 }
@@ -539,6 +572,10 @@ static void names_change_done(struct conn *c, struct pg_sess *s)
 	if (s->names_changer) {
 		s->names_changer = false;
 		atomic_fetch_sub(&names_changers[names_slot(c)], 1);
+		if (c->deadline_why == CHANGE_WHY) {
+			c->deadline_ms = 0;
+			c->deadline_why = NULL;
+		}
 	}
 }
 
@@ -1359,11 +1396,15 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 	}
 	if (s->cat_ready)
 		ctx.catalog = &s->cat;
+	/* a change in progress anywhere on the database (the key of the
+	 * verdict cache holds names_stale). Read before the epoch: a change
+	 * ends with the epoch moved, then the count down, so a count of 0
+	 * read first is never paired with the epoch from before that end */
+	bool changing = names_changing(c);
+
 	if (!s->names_stale && s->cat_ready && atomic_load(names_epoch_of(c)) != s->names_epoch)
 		s->names_stale = true;   /* another session changed the database's names */
-	/* a change in progress anywhere on the database: not for the cache
-	 * either way (the key holds names_stale) */
-	ctx.names_stale = s->names_stale || names_changing(c);
+	ctx.names_stale = s->names_stale || changing;
 	if (!pg_utf8_valid(sql, len)) {
 		snprintf(why, whylen, "query text is not valid UTF-8");
 		goto early;
@@ -3220,16 +3261,16 @@ static void names_free(char **names, uint32_t n)
 static bool refresh_due(struct conn *c)
 {
 	struct pg_sess *s = S(c);
+	bool changing = names_changing(c);   /* first: as in judge() */
 	uint64_t now = atomic_load(names_epoch_of(c));
 
-	char why[160];
-
 	/* the read is paid from the agent's parse budget (process_upstream):
-	 * past it the session stays careful, and tries again next statement */
-	return s->cat_ready && now != s->names_epoch && now != s->refresh_epoch && s->tx == 'I' &&
-	       !s->qlen && !s->unsynced && !s->skip_to_sync && !s->copy_in && !s->copy_wait &&
-	       !s->up_pass && !s->names_changer && !s->out.len && !names_changing(c) &&
-	       conn_parse_may(c, why, sizeof(why));
+	 * past it the session stays careful, and tries again next statement
+	 * (not counted as a refusal: nothing was refused) */
+	return s->cat_ready && !changing && now != s->names_epoch && now != s->refresh_epoch &&
+	       s->tx == 'I' && !s->qlen && !s->unsynced && !s->skip_to_sync && !s->copy_in &&
+	       !s->copy_wait && !s->up_pass && !s->names_changer && !s->out.len &&
+	       conn_parse_may(c, NULL, 0);
 }
 
 /* The names query again, on the session's own connection; the agent's
@@ -3972,6 +4013,7 @@ static void big_stop(struct conn *c)
 		c->deadline_why = NULL;
 	}
 	s->big_since_ms = 0;
+	change_clock(c);
 }
 
 static void big_clock(struct conn *c, uint32_t size, bool completed)
@@ -4798,6 +4840,22 @@ static void pg_trim(struct conn *c)
 static bool pg_on_deadline(struct conn *c)
 {
 	struct pg_sess *s = S(c);
+
+	if (s && c->deadline_why == CHANGE_WHY) {
+		c->deadline_ms = 0;
+		c->deadline_why = NULL;
+		if (s->names_changer && s->phase != PH_DONE) {
+			/* as pg_release() would, before the agent reads why: the
+			 * others need not wait for the connection to go */
+			names_bump(c);
+			names_change_done(c, s);
+			fatal(c, "57P05", "agentgate: this session's change of functions, operators or types "
+			      "was not seen done within %llu s (while one is open, every session of the "
+			      "database denies unqualified built-ins); the session is closed",
+			      (unsigned long long)(change_open_ms() / 1000));
+		}
+		return true;
+	}
 
 	if (s && c->hold_ms && (s->phase == PH_POOL_RESET || (s->phase >= PH_UP_CONNECT && s->phase <= PH_UP_CATALOG) ||
 				(s->phase == PH_READY && c->deadline_why != BIG_WHY))) {

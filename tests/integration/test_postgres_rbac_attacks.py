@@ -721,6 +721,56 @@ def test_no_names_read_while_a_change_is_open(enforcer, pg, tmp):
     assert pg.sql("SELECT count(*) FROM fn_calls") == "0"
 
 
+def test_a_change_left_open_is_ended(enforcer, pg, tmp):
+    """While a change of names is open every session of the database denies unqualified
+    built-ins, so one held open (review: a transaction left open, or a Parse of CREATE
+    FUNCTION never followed by a Sync, which PostgreSQL's idle timeouts do not see)
+    would hold them all. Past its time (AGENTGATE_PG_CHANGE_OPEN_MS here; 120 s by
+    default) the changer's session is ended with an error that says why, and the
+    others go on."""
+    pg.sql("GRANT CREATE ON SCHEMA public TO app")
+    rules = [{"target": "shop", "allow": {"statements": ["select", "create_function"]}}]
+    enforcer.start(policy(pg, tmp, rules=rules), env={"AGENTGATE_PG_CHANGE_OPEN_MS": "1500"})
+    r = run(enforcer, pg, textwrap.dedent("""
+        out = {}
+        mk = "CREATE FUNCTION public.{}(integer) RETURNS int LANGUAGE sql AS $$SELECT 1$$"
+        one = Conn("127.0.0.1", PORT)
+        two = Conn("127.0.0.1", PORT)
+        two.send(Q("BEGIN"))
+        two.until_ready()
+        two.send(Q(mk.format("left_open")))
+        out["made"] = summary(two.until_ready())
+        one.send(Q("SELECT upper('a')"))
+        out["open"] = summary(one.until_ready())
+        t0 = time.monotonic()
+        out["ended"] = summary(two.until_ready())      # the enforcer's FATAL, then EOF
+        out["after_s"] = time.monotonic() - t0
+        one.send(Q("SELECT upper('b')"))
+        out["back"] = summary(one.until_ready())
+        # a Parse of a change, flushed, never synced
+        three = Conn("127.0.0.1", PORT)
+        three.send(P("", mk.format("never_synced")) + msg(b"H"))
+        out["parsed"] = summary([three.read()])
+        one.send(Q("SELECT upper('c')"))
+        out["open2"] = summary(one.until_ready())
+        out["ended2"] = summary(three.until_ready())
+        one.send(Q("SELECT upper('d')"))
+        out["back2"] = summary(one.until_ready())
+        print(json.dumps(out))
+    """))
+    assert r["made"][0] == "C:CREATE FUNCTION" and r["made"][-1] == "ZT", r
+    assert denied(r["open"]), r
+    assert r["ended"][0].startswith("E:57P05:agentgate: this session's change") and "not seen done" in r["ended"][0], r
+    assert r["ended"][-1] == "EOF" and r["after_s"] < 10, r
+    assert r["back"][:3] == ["T", "D:B", "C:SELECT 1"], r
+    assert r["parsed"] == ["1"], r
+    assert denied(r["open2"]), r
+    assert "not seen done" in r["ended2"][0] and r["ended2"][-1] == "EOF", r
+    assert r["back2"][:3] == ["T", "D:D", "C:SELECT 1"], r
+    # the open transaction was rolled back when its session ended
+    assert pg.sql("SELECT count(*) FROM pg_proc WHERE proname IN ('left_open', 'never_synced')") == "0"
+
+
 # ---- CTE names and their scope ----------------------------------------------------------
 
 RULES_RO_ORDERS = [{"target": "shop", "allow": {"statements": ["select"], "tables": ["public.orders"]}}]
