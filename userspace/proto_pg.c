@@ -472,7 +472,8 @@ static const char *pinned_db(struct conn *c)
  * safe built-in. Each database name (hashed into one of NAMES_SLOTS;
  * not the server's address, which two targets of one server may spell
  * differently: a database of the same name elsewhere, or a collision, only
- * makes more sessions careful) has an epoch, bumped when a statement that can change names is
+ * makes more sessions careful, and a change open there holds them too: names_changers)
+ * has an epoch, bumped when a statement that can change names is
  * allowed and again at every ReadyForQuery of the session that ran it until
  * all it sent is answered outside a transaction (the change may become
  * visible later than it was judged, at a COMMIT). A
@@ -483,7 +484,7 @@ static const char *pinned_db(struct conn *c)
  *
  * A stale session reads the names again (start_refresh()) before the next
  * statement it judges while it is idle: outside a transaction with nothing
- * in flight, and done with any change of its own. Its epoch is taken before
+ * in flight, and no change open on the database (its own included). Its epoch is taken before
  * the query, as at the start, so a change made visible meanwhile leaves it
  * stale again; each epoch is tried once. Until then, and inside a
  * transaction, it judges with names_stale: unqualified built-ins are
