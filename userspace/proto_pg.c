@@ -404,6 +404,7 @@ struct pg_sess {
 	bool names_stale;              /* the session may have changed them (pgc_ctx.names_stale) */
 	bool names_changer;            /* it ran one that can change them, maybe not done yet (names_bump()) */
 	uint64_t change_since_ms;      /* monotonic: when names_changer was set */
+	uint32_t names_slot1;          /* names_slot() + 1; 0 until first asked */
 	uint64_t names_epoch;          /* its database's names epoch when it read the catalog */
 	uint64_t refresh_epoch;        /* the epoch its last names refresh took (tried once each) */
 	uint64_t names_epoch_pending;  /* refresh_epoch, names_epoch once the refresh is read */
@@ -500,13 +501,21 @@ static _Atomic uint64_t names_epochs[NAMES_SLOTS];
  * older names for current ones. */
 static _Atomic int names_changers[NAMES_SLOTS];
 
+/* Hashed once per session: every judged statement asks for it, and the
+ * pinned database cannot change under a session (a reload that changes it
+ * does not move the session: policy_upstream_same()). */
 static uint32_t names_slot(struct conn *c)
 {
-	uint32_t h = 2166136261u;   /* FNV-1a */
+	struct pg_sess *s = S(c);
 
-	for (const char *q = pinned_db(c); *q; q++)
-		h = (h ^ (uint8_t)*q) * 16777619u;
-	return h % NAMES_SLOTS;
+	if (!s->names_slot1) {
+		uint32_t h = 2166136261u;   /* FNV-1a */
+
+		for (const char *q = pinned_db(c); *q; q++)
+			h = (h ^ (uint8_t)*q) * 16777619u;
+		s->names_slot1 = h % NAMES_SLOTS + 1;
+	}
+	return s->names_slot1 - 1;
 }
 
 static _Atomic uint64_t *names_epoch_of(struct conn *c)
