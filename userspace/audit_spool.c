@@ -1173,7 +1173,8 @@ static int reader_bytes(struct spool_reader *r, uint64_t written, size_t want, c
 	}
 	size_t got = 0;
 	while (got < want) {
-		ssize_t k = pread(r->lfd, r->buf + got, want - got, r->off + got);
+		ssize_t k = pread(r->lfd, r->buf + got, want - got < IO_CHUNK ? want - got : IO_CHUNK,
+				  r->off + got);
 
 		if (k <= 0)
 			break;

@@ -244,7 +244,7 @@ int write_all(int fd, const void *buf, size_t len)
 	const char *p = buf;
 
 	while (len) {
-		ssize_t n = write(fd, p, len);
+		ssize_t n = write(fd, p, len < IO_CHUNK ? len : IO_CHUNK);
 
 		if (n < 0) {
 			if (errno == EINTR)
