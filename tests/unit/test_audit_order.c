@@ -1,0 +1,112 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Sequence order is commit order, with the spool thread stamping the
+ * pending queue a chunk at a time (audit.c, "The batch in flight"): worker
+ * threads commit deferred events as fast as they can and, every so often,
+ * one through audit_emit(), which stamps what is queued before its own.
+ * Every event names its thread and its count; in the file sink each
+ * thread's counts must come in order, and the sequence must have no gap.
+ */
+#include <jansson.h>
+#include <pthread.h>
+
+#include "audit.h"
+#include "audit_json.h"
+#include "policy.h"
+#include "unit.h"
+
+#define THREADS 2
+#define EVENTS 12000
+#define EMIT_EVERY 97     /* an audit_emit() (drains the queue) now and then */
+#define FLUSH_EVERY 16    /* a worker's pass */
+
+static char dir[] = "/tmp/ag-audit-order-XXXXXX";
+static char logpath[512];
+
+static void *committer(void *arg)
+{
+	int t = (int)(long)arg;
+	char msg[64];
+
+	audit_defer_begin();
+	for (int i = 0; i < EVENTS; i++) {
+		snprintf(msg, sizeof(msg), "order t=%d i=%d", t, i);
+		if (i % EMIT_EVERY == EMIT_EVERY - 1) {
+			json_t *ev = audit_event(4001, 1, "Open");
+
+			json_object_set_new(ev, "message", json_string(msg));
+			audit_emit(ev);
+			continue;
+		}
+		struct audit_w *w = audit_begin(4001, 1, "Open");
+
+		aobj_str(&w->top, "message", msg);
+		audit_commit(w);
+		if (i % FLUSH_EVERY == FLUSH_EVERY - 1)
+			audit_defer_flush();
+	}
+	audit_defer_end();
+	return NULL;
+}
+
+static void test_commit_order_kept(void)
+{
+	struct policy_sink sink = { .type = SINK_FILE, .path = logpath };
+	struct policy p = { .path = "unit.yaml", .audit = { .sinks = &sink, .nsinks = 1 } };
+	pthread_t th[THREADS];
+	int next[THREADS] = { 0 }, bad_order = 0, bad_seq = 0, ours = 0;
+	long long last_seq = 0;
+
+	snprintf(p.hash, sizeof(p.hash), "%s", "abc");
+	CHECK(audit_set_state_dir(dir) == 0);
+	CHECK(audit_open(&p) == 0);
+	for (long t = 0; t < THREADS; t++)
+		CHECK(pthread_create(&th[t], NULL, committer, (void *)t) == 0);
+	for (int t = 0; t < THREADS; t++)
+		pthread_join(th[t], NULL);
+	audit_close();   /* waits for the file sink to catch up */
+
+	FILE *f = fopen(logpath, "r");
+	char *line = NULL;
+	size_t cap = 0;
+
+	CHECK(f != NULL);
+	while (f && getline(&line, &cap, f) > 0) {
+		json_t *ev = json_loads(line, 0, NULL);
+		json_t *md = json_object_get(ev, "metadata");
+		long long seq = json_integer_value(json_object_get(md, "sequence"));
+		const char *msg = json_string_value(json_object_get(ev, "message"));
+		int t, i;
+
+		if (seq != last_seq + 1 && bad_seq++ < 3)
+			fprintf(stderr, "  sequence %lld follows %lld\n", seq, last_seq);
+		last_seq = seq;
+		if (msg && sscanf(msg, "order t=%d i=%d", &t, &i) == 2 && t >= 0 && t < THREADS) {
+			if (i != next[t] && bad_order++ < 3)
+				fprintf(stderr, "  thread %d: event %d where %d was next (sequence %lld)\n",
+					t, i, next[t], seq);
+			next[t] = i + 1;
+			ours++;
+		}
+		json_decref(ev);
+	}
+	free(line);
+	if (f)
+		fclose(f);
+	CHECK(bad_seq == 0);
+	CHECK(bad_order == 0);
+	CHECK(ours == THREADS * EVENTS);
+}
+
+int main(void)
+{
+	if (!mkdtemp(dir))
+		return 2;
+	snprintf(logpath, sizeof(logpath), "%s/audit.jsonl", dir);
+	RUN(test_commit_order_kept);
+	char cmd[600];
+
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	(void)!system(cmd);
+	UNIT_DONE("audit_order");
+}
