@@ -67,6 +67,7 @@ static struct {
 	pid_t spool_tid;
 	bool spool_urgent;
 	_Atomic uint64_t made_urgent;   /* for status */
+	_Atomic uint64_t worker_drains; /* a worker stamped a full pending queue itself (status) */
 } U = { .mu = PTHREAD_MUTEX_INITIALIZER };
 
 static void urgency(bool *flag, pid_t tid, bool urgent)
@@ -86,6 +87,11 @@ static void urgency(bool *flag, pid_t tid, bool urgent)
 uint64_t audit_made_urgent(void)
 {
 	return atomic_load(&U.made_urgent);
+}
+
+uint64_t audit_worker_drains(void)
+{
+	return atomic_load(&U.worker_drains);
 }
 
 uint64_t audit_dead_lettered(bool discarded)
@@ -125,6 +131,7 @@ static struct {
 	bool fail_closed;
 	atomic_bool full;            /* an event did not fit: accepting stays false until room returns */
 	uint64_t resume_room;        /* free bytes that count as "room again" */
+	uint64_t spool_half;         /* half the spool's max_bytes: sinks behind are urgent past it */
 	uint64_t dropped, drop_first_ms, drop_last_ms, drop_after_seq;
 	uint64_t drop_saved;              /* the count spool/dropped holds (drop_save_locked) */
 	uint64_t drop_saved_ms;           /* when it was last written (monotonic) */
@@ -541,6 +548,7 @@ int audit_open(const struct policy *p)
 	A.fail_closed = p->audit.on_full && strcmp(p->audit.on_full, "fail_closed") == 0;
 	uint64_t max = p->audit.spool_max_bytes ? p->audit.spool_max_bytes : SPOOL_DEFAULT_MAX_BYTES;
 	A.resume_room = max / 8 < LOSS_RESUME_ROOM ? max / 8 : LOSS_RESUME_ROOM;
+	A.spool_half = max / 2;
 	atomic_store(&A.stopping, false);
 	if ((err = spool_open(&A.spool, dir, p->audit.spool_max_bytes, &A.seq))) {
 		ag_log(LOG_LVL_ERR, "audit: spool '%s': %s", dir, strerror(-err));
@@ -1916,15 +1924,33 @@ static void audit_tick(void *arg)
 	(void)arg;
 	if (!__atomic_load_n(&U.spool_tid, __ATOMIC_ACQUIRE))
 		__atomic_store_n(&U.spool_tid, gettid(), __ATOMIC_RELEASE);
-	for (;;) {
+	/* One batch per tick: a drainer may finish F while this thread
+	 * yields, and taking P again then could go on forever (review: an
+	 * audit_emit per yield), with the spool's own work (writing, syncing,
+	 * sealing) waiting behind it. */
+	for (bool first = true;; first = false) {
 		bool more;
 
 		pthread_mutex_lock(&A.lock);
-		more = take_locked() && !stamp_locked(STAMP_CHUNK);
+		more = (first ? take_locked() : F.off < F.b.len) && !stamp_locked(STAMP_CHUNK);
 		pthread_mutex_unlock(&A.lock);
 		if (!more)
 			break;
-		sched_yield();   /* a worker waiting for this CPU gets it now */
+		/* A woken worker gets this CPU now, unless the thread is
+		 * behind: one that yields goes behind every runnable thread
+		 * (its deadline moves a slice each time), and on a saturated
+		 * host (pgbench -c 8 on 2 CPUs) yielding always let the queue
+		 * reach PENDING_MAX_BYTES 8 times in 54 s, where a worker then
+		 * stamps all of it at once (audit_worker_drains); yielding up
+		 * to half of it, once in 18 s; up to SPOOL_URGENT_BYTES, 0
+		 * times in 54 s. */
+		size_t queued;
+
+		pthread_mutex_lock(&P.mu);
+		queued = P.q.len;
+		pthread_mutex_unlock(&P.mu);
+		if (queued < SPOOL_URGENT_BYTES)
+			sched_yield();
 	}
 	pthread_mutex_lock(&P.mu);
 	n = P.q.len;
@@ -1964,12 +1990,16 @@ void audit_urgency_tick(void)
 	pthread_mutex_lock(&A.lock);
 	seq = A.seq;
 	pthread_mutex_unlock(&A.lock);
+	/* a small spool (spool.max_bytes) fills before a sink is
+	 * SINK_URGENT_EVENTS behind: half full is behind too (review) */
+	bool filling = A.nsinks && A.spool && !spool_has_room(A.spool, A.spool_half);
+
 	for (int i = 0; i < A.nsinks; i++) {
 		struct sink_rt *k = &A.sinks[i];
 		uint64_t acked = atomic_load(&k->acked);
 
 		if ((tid = atomic_load(&k->tid)) && seq > acked &&
-		    (acked == k->tick_acked || seq - acked > SINK_URGENT_EVENTS))
+		    (acked == k->tick_acked || seq - acked > SINK_URGENT_EVENTS || filling))
 			urgency(&k->urgent, tid, true);
 		k->tick_acked = acked;
 	}
@@ -2005,8 +2035,10 @@ void audit_defer_flush(void)
 			D.n = 0;
 			if (behind && tid)
 				urgency(&U.spool_urgent, tid, true);
-			if (over)
+			if (over) {
+				atomic_fetch_add(&U.worker_drains, 1);
 				drain();
+			}
 			goto out;
 		}
 		/* no memory for the queue: stamped here, after what is queued */

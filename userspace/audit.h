@@ -133,6 +133,9 @@ void audit_urgency_tick(void);
  * many of those the file's rotation dropped since (status counters). */
 uint64_t audit_dead_lettered(bool discarded);
 uint64_t audit_made_urgent(void);
+/* How many times a worker stamped the pending queue itself, the spool
+ * thread being PENDING_MAX_BYTES behind (status). */
+uint64_t audit_worker_drains(void);
 void audit_defer_end(void);   /* flushes, frees the queue, commits at once again */
 
 json_t *audit_recent(int n);

@@ -1376,6 +1376,7 @@ void *enforcer_status_json(void)
 	json_object_set_new(counters, "dialed_enforcer", json_integer(atomic_load(&E->self_dial)));
 	json_object_set_new(counters, "audit_sequence", json_integer(audit_sequence()));
 	json_object_set_new(counters, "audit_made_urgent", json_integer((json_int_t)audit_made_urgent()));
+	json_object_set_new(counters, "audit_worker_drains", json_integer((json_int_t)audit_worker_drains()));
 	size_t bufs = 0;
 
 	for (int i = 0; i < E->nworkers; i++)
