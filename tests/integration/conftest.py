@@ -242,7 +242,8 @@ class Enforcer:
             text += f"\naudit:\n  sinks:\n    - {{type: file, path: {self.audit}}}\n"
         with open(path, "w") as f:
             f.write(text)
-        for m in re.finditer(r"name:\s*(t-[A-Za-z0-9_.-]+)", text):
+        # YAML or JSON ("name": "t-pg"): CI left the JSON policies' cgroups behind
+        for m in re.finditer(r"\bname\"?:\s*\"?(t-[A-Za-z0-9_.-]+)", text):
             self.agents.add(m.group(1))
         return path
 
