@@ -48,8 +48,9 @@
  *
  * A woken worker does not preempt an urgent thread: it waits until that
  * thread's slice ends. So an urgent thread works in short pieces: the
- * spool thread stamps STAMP_CHUNK events and yields, reads and writes
- * move IO_CHUNK (util.h) at a time, and urgency means behind, not busy:
+ * spool thread stamps STAMP_CHUNK events and yields (unless it is
+ * behind: audit_tick()), reads and writes move IO_CHUNK (util.h) at a
+ * time, and urgency means behind, not busy:
  * SINK_URGENT_EVENTS is far above what a sink holds between two sends at
  * full rate (the file sink sends every 50 ms: 3,500 events at 70,000 a
  * second). At 2,048 the file sink was urgent at almost every tick and its

@@ -77,7 +77,8 @@ void ag_thread_urgent(pid_t tid, bool urgent);
 int mkdir_p(const char *path, mode_t mode);
 
 /*
- * The most one read or write system call of the audit pipeline moves. The
+ * The most one write_all() call, or a read of the audit spool, moves per
+ * system call. The
  * kernel copies a buffer into or out of the page cache without giving up
  * the CPU (these kernels preempt only on the way back to user space): one
  * 4 MiB write by the file sink held a CPU for 1.7 ms, and the agent's
