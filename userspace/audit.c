@@ -29,6 +29,7 @@
 #define SINK_BACKOFF_MAX_MS 5000
 #define SINK_DRAIN_MS 2000       /* audit_close() waits this long for sinks to catch up */
 #define LOSS_RESUME_ROOM (64 * 1024)
+#define META_RETRY_MS 1000   /* a loss report or checkpoint that could not be recorded */
 /* checkpoint-seq keeps the sequences of this many checkpoints: a write
  * buffer lost to a SIGKILL (4 MiB, some 3,000 events) can hold several */
 #define CP_HIST 16
@@ -134,8 +135,15 @@ static struct {
 	uint64_t resume_room;        /* free bytes that count as "room again" */
 	uint64_t spool_half;         /* half the spool's max_bytes: sinks behind are urgent past it */
 	uint64_t dropped, drop_first_ms, drop_last_ms, drop_after_seq;
+	int drop_err;                     /* why the window's first event was lost (-errno) */
 	uint64_t drop_saved;              /* the count spool/dropped holds (drop_save_locked) */
 	uint64_t drop_saved_ms;           /* when it was last written (monotonic) */
+	/* A loss report or a checkpoint being emitted: when it cannot be
+	 * recorded, no agent's event was lost (it is not counted as dropped)
+	 * and it is tried again after meta_retry_ms (monotonic), not at every
+	 * event or main-loop wakeup. */
+	bool meta;
+	uint64_t meta_retry_ms;
 	char *recent[AUDIT_RECENT];      /* slots keep their memory from event to event */
 	size_t recent_cap[AUDIT_RECENT];
 	int recent_head, recent_n;
@@ -673,7 +681,7 @@ static void checkpoint_seq_save(void)
 	close(fd);
 }
 
-static void loss_event_locked(void);
+static void loss_event_locked(bool now);
 
 /*
  * What on_full dropped is reported once there is room again; until then
@@ -738,7 +746,7 @@ void audit_flush(void)
 	if (A.key && A.cp_pending && now_ms_realtime() - A.cp_last_ms >= A.cp_every_ms)
 		checkpoint_locked(false);
 	if (A.dropped && A.spool && spool_has_room(A.spool, A.resume_room))
-		loss_event_locked();
+		loss_event_locked(false);
 	if (A.dropped)
 		drop_save_locked(false);
 	pthread_mutex_unlock(&A.lock);
@@ -781,7 +789,7 @@ void audit_close(void)
 	pthread_mutex_lock(&A.lock);
 	drain_locked();
 	if (A.dropped && A.spool && spool_has_room(A.spool, A.resume_room))
-		loss_event_locked();
+		loss_event_locked(true);
 	if (A.dropped)
 		drop_save_locked(true);   /* no room: the next run reports them */
 	if (A.key && A.seq)
@@ -1077,7 +1085,10 @@ static void checkpoint_locked(bool stop)
 {
 	char sig[AUDIT_SIG_HEX];
 	json_t *ev, *cp;
+	int err;
 
+	if (!stop && now_ns_mono() / 1000000 < A.meta_retry_ms)
+		return;   /* the last report or checkpoint could not be recorded */
 	if (audit_checkpoint_sign(A.key, A.seq, A.last_hash, A.cp_pending, stop, sig)) {
 		ag_log(LOG_LVL_ERR, "audit: signing checkpoint at sequence %llu failed",
 		       (unsigned long long)A.seq);
@@ -1094,11 +1105,16 @@ static void checkpoint_locked(bool stop)
 	if (cp && stop)
 		json_object_set_new(cp, "stop", json_true());
 	json_object_set_new(ev, "unmapped", json_pack("{s:o}", "checkpoint", cp));
-	if (emit_locked(ev)) {
-		json_decref(ev);
-		return;   /* not recorded (spool full): the next checkpoint covers these events */
-	}
+	A.meta = true;
+	err = emit_locked(ev);
+	A.meta = false;
 	json_decref(ev);
+	if (err) {
+		/* not recorded (spool full): the next checkpoint covers these
+		 * events; tried again in a second, not at every event */
+		A.meta_retry_ms = now_ns_mono() / 1000000 + META_RETRY_MS;
+		return;
+	}
 	A.cp_pending = 0;
 	A.cp_last_ms = now_ms_realtime();
 	checkpoint_seq_save();
@@ -1139,15 +1155,21 @@ static void *saver_thread(void *arg)
 /* Event Log Activity for what on_full dropped, written once room returned:
  * the dropped events had no sequence number, they sit between
  * after_sequence and this event. */
-static void loss_event_locked(void)
+static void loss_event_locked(bool now)
 {
-	json_t *ev = audit_event(1008, 99, "Drop");
+	json_t *ev;
 	char msg[192];
+	int err;
 
-	if (!ev)
+	if (!now && now_ns_mono() / 1000000 < A.meta_retry_ms)
+		return;   /* the last report or checkpoint could not be recorded */
+	if (!(ev = audit_event(1008, 99, "Drop")))
 		return;
-	snprintf(msg, sizeof(msg), "%llu audit events dropped: spool full (on_full=%s)",
-		 (unsigned long long)A.dropped, A.fail_closed ? "fail_closed" : "drop_newest");
+	snprintf(msg, sizeof(msg), "%llu audit events dropped: %s%s (on_full=%s)",
+		 (unsigned long long)A.dropped, A.drop_err && A.drop_err != -ENOSPC ?
+		 "the spool could not be written: " : "spool full",
+		 A.drop_err && A.drop_err != -ENOSPC ? strerror(-A.drop_err) : "",
+		 A.fail_closed ? "fail_closed" : "drop_newest");
 	json_object_set_new(ev, "message", json_string(msg));
 	json_object_set_new(ev, "severity_id", json_integer(4));
 	json_object_set_new(ev, "severity", json_string("High"));
@@ -1163,8 +1185,11 @@ static void loss_event_locked(void)
 		"on_full", A.fail_closed ? "fail_closed" : "drop_newest",
 		"spool_bytes", (json_int_t)spool_bytes(A.spool)));
 	uint64_t n = A.dropped;
-	A.dropped = 0;
-	if (emit_locked(ev) == 0) {
+	A.dropped = 0;   /* emit_locked() must not report them first */
+	A.meta = true;
+	err = emit_locked(ev);
+	A.meta = false;
+	if (err == 0) {
 		char path[4200];
 
 		A.cp_pending++;   /* a plain event for the checkpoint count */
@@ -1179,19 +1204,28 @@ static void loss_event_locked(void)
 				A.drop_saved = 0;
 			}
 		}
-	} else
-		A.dropped += n;   /* still no room: counted on */
+	} else {
+		/* still no room: the window goes on as it was (the report is
+		 * not itself a lost event), tried again in a second */
+		A.dropped = n;
+		A.meta_retry_ms = now_ns_mono() / 1000000 + META_RETRY_MS;
+	}
 	json_decref(ev);
 }
 
-static void drop_locked(void)
+/* An event was not recorded (err: why). Every cause counts: a full spool,
+ * a disk that refuses writes (ENOSPC, EDQUOT, EFBIG, EIO), no descriptor
+ * for a new segment (EMFILE), no memory. */
+static void drop_locked(int err)
 {
 	uint64_t now = now_ms_realtime();
 
 	if (!A.dropped) {
 		A.drop_first_ms = now;
 		A.drop_after_seq = A.seq;
-		ag_log(LOG_LVL_WARN, "audit: spool full after sequence %llu: %s",
+		A.drop_err = err;
+		ag_log(LOG_LVL_WARN, "audit: %s after sequence %llu: %s",
+		       err == -ENOSPC ? "spool full" : "cannot record events",
 		       (unsigned long long)A.seq, A.fail_closed ?
 		       "new agent connections are refused until audit can be recorded (on_full: "
 		       "fail_closed)" : "dropping new events until there is room (on_full: drop_newest)");
@@ -1308,6 +1342,8 @@ static int emit_locked(json_t *ev)
 		json_object_del(um, "policy");
 	if (bad) {
 		ag_log(LOG_LVL_ERR, "audit: out of memory, an event was not recorded");
+		if (!A.meta)
+			drop_locked(-ENOMEM);
 		return -ENOMEM;
 	}
 	return spool_line_locked(A.line.p, A.line.len, seq);
@@ -1320,11 +1356,11 @@ static int spool_line_locked(char *line, size_t len, uint64_t seq)
 	int err = 0;
 
 	if (A.spool && (err = spool_append(A.spool, seq, line, len))) {
-		if (err == -ENOSPC || err == -EIO)
-			drop_locked();
-		else
+		if (err != -ENOSPC && !A.dropped)
 			ag_log(LOG_LVL_ERR, "audit: spooling event %llu: %s", (unsigned long long)seq,
 			       strerror(-err));
+		if (!A.meta)
+			drop_locked(err);
 		return err;
 	}
 	A.seq = seq;
@@ -1349,7 +1385,7 @@ void audit_emit(json_t *ev)
 	pthread_mutex_lock(&A.lock);
 	drain_locked();
 	if (A.dropped && A.spool && spool_has_room(A.spool, A.resume_room))
-		loss_event_locked();
+		loss_event_locked(false);
 	if (emit_locked(ev) == 0 && ++A.cp_pending >= A.cp_every && A.key)
 		checkpoint_locked(false);
 	pthread_mutex_unlock(&A.lock);
@@ -1757,6 +1793,7 @@ static int emit_parts_locked(struct audit_buf *b, const char *um, size_t umlen, 
 	    audit_buf_put(b, md4, sizeof(md4) - 1) || audit_buf_put(b, A.last_hash, AUDIT_HASH_HEX - 1) ||
 	    audit_buf_put(b, md5, sizeof(md5) - 1) || audit_buf_reserve(b, 1)) {
 		ag_log(LOG_LVL_ERR, "audit: out of memory, an event was not recorded");
+		drop_locked(-ENOMEM);
 		return -ENOMEM;
 	}
 	b->p[b->len] = 0;
@@ -1819,7 +1856,7 @@ static size_t emit_records_locked(const char *p, size_t len, unsigned max)
 	if (!len)
 		return 0;
 	if (A.dropped && A.spool && spool_has_room(A.spool, A.resume_room))
-		loss_event_locked();
+		loss_event_locked(false);
 	while (off + REC_HDR <= len && (!max || n++ < max)) {
 		uint64_t t;
 		uint32_t tl, ul;
@@ -2108,7 +2145,7 @@ void audit_commit(struct audit_w *w)
 	pthread_mutex_lock(&A.lock);
 	drain_locked();
 	if (A.dropped && A.spool && spool_has_room(A.spool, A.resume_room))
-		loss_event_locked();
+		loss_event_locked(false);
 	emitted_locked(emit_parts_locked(&w->top.b, w->um.b.p, w->um.b.len, now_ms_realtime(), w->own_policy));
 	pthread_mutex_unlock(&A.lock);
 	w_release(w);
