@@ -135,6 +135,14 @@ static unsigned cancel_slot(uint32_t pid)
 	return (pid * 2654435761u) & (PG_CANCEL_MAX - 1);
 }
 
+static bool cancel_has_locked(uint32_t pid)
+{
+	for (unsigned s = cancel_slot(pid); cancel_tab[s].used; s = (s + 1) & (PG_CANCEL_MAX - 1))
+		if (cancel_tab[s].pid == pid)
+			return true;
+	return false;
+}
+
 /* Issues a key for a session; 0 or -ENOSPC / -ENOMEM. */
 static int cancel_add(const struct cancel_ent *in, uint32_t *pid, uint32_t *key)
 {
@@ -154,7 +162,7 @@ static int cancel_add(const struct cancel_ent *in, uint32_t *pid, uint32_t *key)
 				goto out;
 			}
 			r[0] &= 0x7fffffff;   /* a positive pid, as a backend's is */
-		} while (r[0] == 0);
+		} while (r[0] == 0 || cancel_has_locked(r[0]));   /* a pid names one session */
 		unsigned s = cancel_slot(r[0]);
 		while (cancel_tab[s].used)
 			s = (s + 1) & (PG_CANCEL_MAX - 1);
@@ -2230,6 +2238,18 @@ static int send_startup(struct conn *c)
 	struct pg_sess *s = S(c);
 
 	if (s->is_cancel) {
+		struct cancel_ent now;
+
+		/* The key was looked up when the request came; the session may
+		 * have ended since (its server session kept for the agent's next
+		 * connection, whose query this would cancel): still issued? */
+		if (!cancel_find(s->cancel.pid, s->cancel.key, &now) || now.up_pid != s->cancel.up_pid ||
+		    now.up_key != s->cancel.up_key) {
+			audit_conn(c, false, "cancel request dropped: the session ended before it could be sent");
+			s->phase = PH_DONE;
+			conn_finish(c);
+			return 0;
+		}
 		pg_out_cancel(&s->out, s->cancel.up_pid, s->cancel.up_key);
 		send_out(c, SIDE_UP);
 		conn_shutdown(c, SIDE_UP);
@@ -2436,7 +2456,7 @@ static int pool_put(struct conn *c)
 	s->params_len = 0;
 	snprintf(leg.desc, sizeof(leg.desc), "%s", c->upstream_desc);
 	leg.data = kd;
-	upool_put(&k, &pg_pool_ops, &leg);
+	upool_put(&k, c->agent_idx >= 0 ? c->policy->agents[c->agent_idx].max_connections : 1, &pg_pool_ops, &leg);
 	return 0;
 }
 
@@ -2477,7 +2497,7 @@ static int pool_take(struct conn *c)
 		pg_out_auth_ok(&s->out);
 		pg_out_bytes(&s->out, s->params, s->params_len);
 		err = send_out(c, SIDE_AGENT);
-		if (!err)
+		if (!err && (kd->up_pid || kd->up_key))   /* a server that sent no key: none */
 			err = register_cancel(c, kd->up_pid, kd->up_key);
 		kept_free(kd);
 		if (err)
@@ -3842,6 +3862,12 @@ static int fe_message(struct conn *c, const struct pg_msg *m)
 			return fatal(c, "08P01", "agentgate: malformed CopyDone message");
 		return fwd(c, m);
 	case 'X':
+		/* the agent said goodbye: its key cancels nothing from now on
+		 * (the server session may serve the agent's next connection) */
+		if (s->cancel_registered) {
+			cancel_del(s->our_pid);
+			s->cancel_registered = false;
+		}
 		if (poolable(c)) {
 			pg_out_query(&s->out, "DISCARD ALL");
 			s->phase = PH_POOL_RESET;

@@ -76,7 +76,46 @@ static void let_go(struct kept *k)
 	free((void *)k->key.bytes);
 }
 
-void upool_put(const struct upool_key *k, const struct upool_ops *ops, struct upool_leg *leg)
+/* Agents are told apart by index: indexes keep their agent across
+ * reloads (a reload that reorders agents is refused). */
+static int agent_count(int agent_idx)
+{
+	int n = 0;
+
+	for (int i = 0; i < npool; i++)
+		n += pool[i].key.agent_idx == agent_idx;
+	return n;
+}
+
+/* The entry to let go of to make room for one more of agent_idx (lock
+ * held), or -1 when there is room: the agent's own oldest once it keeps
+ * its share (max_per_agent), else, in a full pool, the oldest of the agent
+ * keeping the most (so one agent's churn never pushes out the others'
+ * sessions while it keeps more than they do). */
+static int victim(int agent_idx, unsigned max_per_agent)
+{
+	int most = -1, most_n = 0;
+
+	if ((unsigned)agent_count(agent_idx) >= max_per_agent) {
+		for (int i = 0; i < npool; i++)
+			if (pool[i].key.agent_idx == agent_idx)
+				return i;
+	}
+	if (npool < UPOOL_MAX)
+		return -1;
+	for (int i = 0; i < npool; i++) {
+		int n = agent_count(pool[i].key.agent_idx);
+
+		if (n > most_n || (n == most_n && pool[i].key.agent_idx == agent_idx)) {
+			most = i;
+			most_n = n;
+		}
+	}
+	return most;
+}
+
+void upool_put(const struct upool_key *k, unsigned max_per_agent, const struct upool_ops *ops,
+	       struct upool_leg *leg)
 {
 	struct kept old = { .leg.fd = -1 }, e = { .key = *k, .ops = ops, .leg = *leg, .since_ms = mono_ms() };
 	void *bytes = NULL;
@@ -93,9 +132,11 @@ void upool_put(const struct upool_key *k, const struct upool_ops *ops, struct up
 		memcpy(bytes, k->bytes, k->len);
 	e.key.bytes = bytes;
 	pthread_mutex_lock(&lock);
-	if (npool == UPOOL_MAX) {
-		old = pool[0];
-		remove_at(0);
+	int v = victim(k->agent_idx, max_per_agent ? max_per_agent : 1);
+
+	if (v >= 0) {
+		old = pool[v];
+		remove_at(v);
 	}
 	pool[npool++] = e;
 	pthread_mutex_unlock(&lock);

@@ -64,9 +64,14 @@ struct upool_leg {
 	uint64_t born_ms;       /* when it was first connected (monotonic ms) */
 };
 
-/* Keeps leg under k (the pool owns it from now on); the oldest kept makes
- * room. The key's bytes are copied. Out of memory: the leg is let go of. */
-void upool_put(const struct upool_key *k, const struct upool_ops *ops, struct upool_leg *leg);
+/* Keeps leg under k (the pool owns it from now on). An agent keeps at most
+ * max_per_agent legs (its connection limit: kept server sessions are not
+ * connections of the agent, so they would otherwise escape it), its own
+ * oldest making room; in a full pool, the oldest leg of the agent keeping
+ * the most makes room. The key's bytes are copied. Out of memory: the leg
+ * is let go of. */
+void upool_put(const struct upool_key *k, unsigned max_per_agent, const struct upool_ops *ops,
+	       struct upool_leg *leg);
 /* The newest leg kept under k that is still quiet: true and *leg filled
  * (the caller owns it), or false. */
 bool upool_take(const struct upool_key *k, struct upool_leg *leg);

@@ -8,11 +8,12 @@ a raw wire-protocol client in the agent's cgroup."""
 import json
 import os
 import signal
+import textwrap
 import threading
 import time
 
 from conftest import wait_for
-from test_postgres import RULES_RW, agent_py, policy
+from test_postgres import HELPERS, RULES_RW, agent_py, policy
 
 
 def app_backends(pg):
@@ -272,3 +273,71 @@ def test_cidr_target_never_reuses_another_address(enforcer, pg, tmp):
     reused = [bool(e["unmapped"]["postgres"].get("upstream_reused")) for e in opens]
     assert reused == [False, False, True], reused
     assert len(app_backends(pg)) == 2
+
+
+def _two_agents(pg, tmp, limit):
+    """policy() with the agent's connection limit set to `limit`, and a
+    second agent, t-pg2, under the same role."""
+    lines = []
+    for line in policy(pg, tmp).splitlines():
+        key, _, val = line.partition(": ")
+        if key == "agents":
+            agents = json.loads(val)
+            agents[0]["limits"]["connections"] = limit
+            agents.append({"name": "t-pg2", "limits": {"connections": 64}})
+            line = "agents: " + json.dumps(agents)
+        elif key == "bindings":
+            b = json.loads(val)
+            b[0]["agents"].append("t-pg2")
+            line = "bindings: " + json.dumps(b)
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def _churn(enforcer, pg, n, agent=None):
+    """n sessions, each with its own application_name (its own pool key),
+    each ended with Terminate while idle: each is reset and kept."""
+    code = f"""
+    for i in range({n}):
+        c = Conn("127.0.0.1", {pg.port}, params={{"application_name": "churn%d" % i}})
+        c.send(Q("SELECT 1")); c.until_ready()
+        c.close()
+    print(json.dumps({{"ok": True}}))
+    """
+    if agent is None:
+        return agent_py(enforcer, code)
+    prelude = f"import sys, json, struct, socket, time\nsys.path.insert(0, {HELPERS!r})\nfrom pgraw import *\n"
+    r = enforcer.py(agent, prelude + textwrap.dedent(code), timeout=90)
+    assert r.returncode == 0, r.stdout + r.stderr + enforcer.read_log()
+
+
+def test_kept_sessions_within_the_agents_connection_limit(enforcer, pg, tmp):
+    """Kept server sessions are not connections of the agent, so they would
+    escape limits.connections: an agent limited to 2 connections that ends
+    8 sessions with 8 different startup packets keeps at most 2 server
+    processes, its own oldest making room (review, stop 34: it kept 8, up to
+    the pool's 16, a server process each)."""
+    enforcer.start(_two_agents(pg, tmp, 2))
+    _churn(enforcer, pg, 8)
+    time.sleep(0.5)
+    assert len(app_backends(pg)) == 2, app_backends(pg)
+
+
+def test_one_agents_churn_keeps_anothers_session(enforcer, pg, tmp):
+    """The pool holds 16 sessions for all agents. One agent ending 20
+    sessions with 20 startup packets pushes out its own oldest, not the
+    session another agent kept: that agent's next connection reuses it
+    (review, stop 34: oldest-first eviction gave the churning agent all 16)."""
+    enforcer.start(_two_agents(pg, tmp, 64))
+    _churn(enforcer, pg, 1, agent="t-pg2")
+    time.sleep(0.3)
+    (other,) = app_backends(pg)
+    _churn(enforcer, pg, 20)
+    time.sleep(0.5)
+    kept = app_backends(pg)
+    assert len(kept) == 16 and other in kept, (other, kept)
+    _churn(enforcer, pg, 1, agent="t-pg2")
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4001 and e["activity_name"] == "Open"
+                             and e["unmapped"].get("agent", {}).get("name") == "t-pg2"
+                             and e["unmapped"]["postgres"].get("upstream_reused"))
+    assert ev, "t-pg2's second session must reuse the session it kept"
