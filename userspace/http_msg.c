@@ -174,7 +174,7 @@ static bool underscore_twin(const uint8_t *s, size_t n)
 		/* what masked routes strip: a twin would make a validator or a
 		 * range of the unmasked body an oracle */
 		"if-none-match", "if-match", "if-modified-since", "if-unmodified-since", "if-range",
-		"range", "destination",
+		"range", "request-range", "destination",
 	};
 	static const char *const prefix[] = { "proxy-", "x-forwarded-", "impersonate-", "x-remote-" };
 

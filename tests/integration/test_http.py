@@ -969,6 +969,19 @@ def test_h37_range_stripped_on_masked_route(enforcer, rec):
                          b"Accept-Encoding: gzip, deflate\r\n\r\n")
 
 
+def test_request_range_stripped_on_masked_route(enforcer, rec):
+    """Request-Range is Range's older name: Apache httpd still serves byte
+    ranges for it, and a range of the unmasked body is a value cut out of
+    it (review, stop 34). It goes like Range; its underscore twin is a 400."""
+    enforcer.start(mask_policy(rec.port, "{detectors: [email]}"))
+    out = raw(enforcer, rec.port, crlf("GET /v1/invoices HTTP/1.1⏎Host: api.internal⏎Request-Range: bytes=0-10⏎⏎"))
+    rs, _ = responses(out)
+    assert rs[0][0] == 200, rs
+    assert b"range" not in rec.all().lower(), rec.all()
+    out = raw(enforcer, rec.port, crlf("GET /v1/invoices HTTP/1.1⏎Host: api.internal⏎Request_Range: bytes=0-10⏎⏎"))
+    assert out.startswith(b"HTTP/1.1 400"), out
+
+
 # An upstream with canned answers, by path (review, stop 19).
 CANNED = textwrap.dedent(r"""
     import json, sys
@@ -1027,6 +1040,31 @@ def test_masked_answers_carry_no_digest_reason_or_refusal_of_empty_bodies(enforc
             assert r.stdout == code, (mask, path, r.stdout)
         enforcer.stop()
 
+
+
+def test_partial_answer_refused_on_masked_route(enforcer, servers):
+    """An upstream that answers a range anyway (206, Content-Range) on a
+    masked route: the part is a JSON string no path names, so it would pass
+    unmasked ("123-45-6789" out of {"ssn": ...}); it is a 502 of ours
+    (review, stop 34). A whole answer on the same route is masked."""
+    body = '{"name":"Ada","ssn":"123-45-6789"}'
+    part = '"123-45-6789"'
+    port = canned(servers, {
+        "/v1/part": f"HTTP/1.1 206 Partial Content\r\nContent-Type: application/json\r\n"
+                    f"Content-Range: bytes 20-32/34\r\nContent-Length: {len(part)}\r\n\r\n{part}",
+        "/v1/cr": f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                  f"Content-Range: bytes 20-32/34\r\nContent-Length: {len(part)}\r\n\r\n{part}",
+        "/v1/whole": f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n{body}",
+    })
+    enforcer.start(mask_policy(port, '{json: ["$.ssn"]}'))
+    for path in ("/v1/part", "/v1/cr"):
+        r = curl(enforcer, "-s", "-D", "-", f"http://127.0.0.1:{port}{path}")
+        assert r.stdout.startswith("HTTP/1.1 502"), (path, r.stdout)
+        assert "123-45" not in r.stdout, (path, r.stdout)
+        assert "partial answer" in r.stdout, r.stdout
+    r = curl(enforcer, "-s", f"http://127.0.0.1:{port}/v1/whole")
+    assert json.loads(r.stdout)["ssn"] == "****", r.stdout
 
 
 def test_detectors_see_percent_encoded_values(enforcer, servers):

@@ -236,6 +236,25 @@ def test_keepalive_upstream_closed_idle_connection_dials_again(enforcer, servers
     assert len({x[0] for x in log}) == 3, log
 
 
+def test_half_close_while_upstream_redials_still_answered(enforcer, servers, tmp):
+    """A request followed by the agent's half-close, arriving when the
+    upstream leg is not up (here: nginx closed the idle keep-alive
+    connection, so a new one is dialled): answered, not dropped without an
+    answer or an event (review, stop 34: the agent read EOF, nginx saw no
+    second request)."""
+    ng = Nginx(tmp, servers.procs, keepalive="1s")
+    enforcer.start(policy(ng.port, upstream="", rules='"GET /v1/**"'))
+    get = "GET /v1/inv.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    code = KEEPALIVE_CLIENT.format(port=ng.port, reqs=[get, get], pause=2).replace(
+        "    s.sendall(req.encode())\n",
+        "    s.sendall(req.encode())\n    if i == 1:\n        s.shutdown(socket.SHUT_WR)\n")
+    assert "SHUT_WR" in code
+    outs = client(enforcer, code)
+    assert [o[0] for o in outs] == ["HTTP/1.1 200 OK"] * 2, outs
+    assert json.loads(outs[1][1])["id"] == 42, outs
+    assert [x[1] for x in ng.log()] == ["GET /v1/inv.json HTTP/1.1"] * 2, ng.log()
+
+
 # A raw upstream that answers the first request of each connection and, on
 # request number CLOSE_ON of a connection, reads it and closes without an
 # answer (the keep-alive race: the upstream's timeout ran out as the request
