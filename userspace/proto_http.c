@@ -190,6 +190,7 @@ struct http_state {
 	uint8_t *sc;
 	size_t sc_len, sc_cap;
 	bool sc_started;               /* this body's start went out (scrub_out()) */
+	unsigned tunnel_hits;          /* credentials starred in an upgraded connection's bytes */
 };
 
 static struct http_state *st(struct conn *c)
@@ -792,13 +793,18 @@ static void upgrade_expect(const uint8_t *b, const struct http_head *h, struct h
 	snprintf(r->ws_accept, sizeof(r->ws_accept), "-");   /* no key: no 101 can match */
 }
 
-static bool upgrade_answered(const uint8_t *b, const struct http_head *h, const struct hreq *r)
+static bool upgrade_answered(const uint8_t *b, const struct http_head *h, const struct hreq *r, bool inj)
 {
 	const struct http_field *f;
 	bool accept_ok = !r->ws_accept[0];
 
 	if (h->upgrade < 0 || !(h->conn & HTTP_CONN_UPGRADE))
 		return false;
+	/* an extension none was offered for (forward_head() drops the offer
+	 * when a credential is injected): compressed frames could carry it */
+	for (unsigned i = 0; inj && i < h->nf; i++)
+		if (http_field_is(b, &h->f[i], "sec-websocket-extensions"))
+			return false;
 	f = &h->f[h->upgrade];
 	if (f->value_len != strlen(r->upgrade_proto) ||
 	    strncasecmp((const char *)b + f->value, r->upgrade_proto, f->value_len) != 0)
@@ -1039,6 +1045,10 @@ static int forward_head(struct conn *c, const uint8_t *b, const struct http_head
 		 * serves ranges for (review, stop 34) */
 		if (!masked && inj && (http_field_is(b, f, "accept-encoding") || http_field_is(b, f, "range") ||
 				       http_field_is(b, f, "request-range") || http_field_is(b, f, "if-range")))
+			continue;
+		/* the tunnel's frames are searched for the credential: none
+		 * may be compressed (permessage-deflate), so none is offered */
+		if (upgrade && inj && http_field_is(b, f, "sec-websocket-extensions"))
 			continue;
 		if (masked && (http_field_is(b, f, "range") || http_field_is(b, f, "request-range") ||
 			       http_field_is(b, f, "if-range") ||
@@ -2294,10 +2304,11 @@ static int body_send(struct conn *c, const uint8_t *p, size_t n, bool chunked);
  * sends it). Starring keeps lengths, so the framing is unchanged. The copy
  * is bounded by what one read brings plus scrub_hold().
  */
-static int scrub_out(struct conn *c, const uint8_t *p, size_t n, bool chunked)
+static int scrub_out(struct conn *c, const uint8_t *p, size_t n, bool chunked, bool tunnel)
 {
 	struct http_state *s = st(c);
 	size_t total = s->sc_len + n, out;
+	unsigned *hits = tunnel ? &s->tunnel_hits : &q_front(s)->cred_hits;
 	int err;
 
 	if (total > s->sc_cap) {
@@ -2310,7 +2321,7 @@ static int scrub_out(struct conn *c, const uint8_t *p, size_t n, bool chunked)
 		s->sc_cap = cap;
 	}
 	memcpy(s->sc + s->sc_len, p, n);
-	q_front(s)->cred_hits += scrub_buf(&s->scrub, s->sc, total);
+	*hits += scrub_buf(&s->scrub, s->sc, total);
 	if (!s->sc_started) {
 		/* The body's start may be how an occurrence ends (an echo of
 		 * the request from an offset the agent chose): held until it
@@ -2322,11 +2333,11 @@ static int scrub_out(struct conn *c, const uint8_t *p, size_t n, bool chunked)
 			s->sc_len = total;
 			return 0;
 		}
-		q_front(s)->cred_hits += scrub_cut_start(&s->scrub, s->sc, total);
+		*hits += scrub_cut_start(&s->scrub, s->sc, total);
 		s->sc_started = true;
 	}
 	out = total - scrub_keep(&s->scrub, s->sc, total);
-	if (out && (err = body_send(c, s->sc, out, chunked)))
+	if (out && (err = tunnel ? conn_send(c, SIDE_AGENT, s->sc, out) : body_send(c, s->sc, out, chunked)))
 		return err;
 	memmove(s->sc, s->sc + out, total - out);
 	s->sc_len = total - out;
@@ -2334,10 +2345,11 @@ static int scrub_out(struct conn *c, const uint8_t *p, size_t n, bool chunked)
 }
 
 /* The body is whole: what scrub_out() kept back goes. */
-static int scrub_end(struct conn *c, bool chunked)
+static int scrub_end(struct conn *c, bool chunked, bool tunnel)
 {
 	struct http_state *s = st(c);
 	size_t n = s->sc_len;
+	unsigned *hits = tunnel ? &s->tunnel_hits : &q_front(s)->cred_hits;
 	int err = 0;
 
 	s->sc_len = 0;
@@ -2345,8 +2357,8 @@ static int scrub_end(struct conn *c, bool chunked)
 	if (n) {
 		/* both ends: the start too, when it never went out (a body
 		 * shorter than scrub_hold()) */
-		q_front(s)->cred_hits += scrub_cut(&s->scrub, s->sc, n);
-		err = body_send(c, s->sc, n, chunked);
+		*hits += scrub_cut(&s->scrub, s->sc, n);
+		err = tunnel ? conn_send(c, SIDE_AGENT, s->sc, n) : body_send(c, s->sc, n, chunked);
 	}
 	if (s->sc_cap > (256u << 10)) {
 		free(s->sc);
@@ -2383,7 +2395,7 @@ static int body_out(struct conn *c, const uint8_t *p, size_t n, bool chunked)
 		return 0;
 	}
 	if (s->scrub.n)
-		return scrub_out(c, p, n, chunked);
+		return scrub_out(c, p, n, chunked, false);
 	return body_send(c, p, n, chunked);
 }
 
@@ -2413,7 +2425,7 @@ static int body_done(struct conn *c)
 	if (s->collecting) {
 		if ((err = collect_finish(c)))
 			return err;
-	} else if ((err = scrub_end(c, s->ubody == HTTP_BODY_CHUNKED)) ||
+	} else if ((err = scrub_end(c, s->ubody == HTTP_BODY_CHUNKED, false)) ||
 		   (s->uchunked_out && (err = conn_send(c, SIDE_AGENT, HTTP_CHUNK_LAST, 5)))) {
 		return err;
 	}
@@ -2565,11 +2577,18 @@ static int process_upstream(struct conn *c)
 			return 0;
 		}
 		if (s->ustate == U_TUNNEL) {
-			if (len && (err = conn_send(c, SIDE_AGENT, in, len)))
+			if (s->scrub.n)
+				err = len ? scrub_out(c, in, len, false, true) : 0;
+			else
+				err = len ? conn_send(c, SIDE_AGENT, in, len) : 0;
+			if (err)
 				return err;
 			conn_in_consume(c, SIDE_UP, len);
-			if (eof)
+			if (eof) {
+				if (s->scrub.n && (err = scrub_end(c, false, true)))
+					return err;
 				conn_shutdown(c, SIDE_AGENT);
+			}
 			return 0;
 		}
 		if (s->ustate == U_HELD) {
@@ -2630,9 +2649,9 @@ static int process_upstream(struct conn *c)
 			conn_in_consume(c, SIDE_UP, len);
 			return flush_local(c);
 		}
-		if (h.status == 101 && !upgrade_answered(in, &h, r)) {
+		if (h.status == 101 && !upgrade_answered(in, &h, r, injects(c))) {
 			upstream_gone(c, "the upstream's 101 is not the upgrade asked for (Upgrade, "
-				      "Sec-WebSocket-Accept)");
+				      "Sec-WebSocket-Accept, Sec-WebSocket-Extensions)");
 			conn_in_consume(c, SIDE_UP, len);
 			return flush_local(c);
 		}
@@ -3013,6 +3032,9 @@ static void http_release(struct conn *c)
 
 	if (s) {
 		audit_unanswered(c);
+		if (s->tunnel_hits)   /* its request's event went out with the 101 */
+			ag_log(LOG_LVL_WARN, "http: target '%s': the upstream sent the injected credential %u "
+			       "time(s) inside an upgraded connection; starred", target(c)->name, s->tunnel_hits);
 		held_put(c);
 		if (s->held_q)
 			held_sub(c, s->held_q);

@@ -416,7 +416,7 @@ def test_http10_keepalive_gets_close_and_no_chunked(enforcer, servers, tmp):
 # ---- 6. WebSocket --------------------------------------------------------------------
 
 WS_UPSTREAM = textwrap.dedent(r"""
-    import base64, hashlib, struct, sys
+    import base64, hashlib, struct, sys, time
     from rawhttp import listen, read_head, serve_forever
     port, logf = int(sys.argv[1]), sys.argv[2]
     log = open(logf, "a", buffering=1)
@@ -471,6 +471,19 @@ WS_UPSTREAM = textwrap.dedent(r"""
                       b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
             return
         acc = base64.b64encode(hashlib.sha1(hdrs["sec-websocket-key"].encode() + GUID).digest())
+        if path == "/ws-reflect":  # the request's credential, echoed in frames (split across two)
+            log.write("extensions %s\n" % hdrs.get("sec-websocket-extensions", "-"))
+            auth = hdrs.get("authorization", "-").encode()
+            c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      b"Sec-WebSocket-Accept: " + acc + b"\r\n\r\n" + frame(1, b"you sent " + auth)[:25])
+            time.sleep(0.2)
+            c.sendall(frame(1, b"you sent " + auth)[25:] + frame(8, b"\x03\xe8"))
+            return
+        if path == "/ws-deflate":  # an extension nobody offered
+            c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      b"Sec-WebSocket-Extensions: permessage-deflate\r\n"
+                      b"Sec-WebSocket-Accept: " + acc + b"\r\n\r\n" + frame(1, b"compressed"))
+            return
         c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                   b"Sec-WebSocket-Accept: " + acc + b"\r\n\r\n" + frame(1, b"hello from upstream"))
         while True:
@@ -580,6 +593,51 @@ def test_websocket_allowed_frames_both_ways(enforcer, servers, tmp):
     assert "UPGRADE" in json.loads(res["body"])["reason"]
     with open(logf) as f:
         assert len(f.read().splitlines()) == 4
+
+
+
+WS_READ_ALL = r"""
+import base64, json, os, socket
+s = socket.create_connection(("127.0.0.1", {port}), timeout=5)
+key = base64.b64encode(os.urandom(16)).decode()
+s.sendall(("GET {path} HTTP/1.1\r\nHost: api.internal\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+           "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: permessage-deflate\r\n"
+           "Sec-WebSocket-Key: %s\r\n\r\n" % key).encode())
+buf = b""
+while True:
+    d = s.recv(65536)
+    if not d:
+        break
+    buf += d
+print(json.dumps({{"raw": buf.decode("latin-1")}}))
+"""
+
+
+def test_websocket_frames_searched_for_the_injected_credential(enforcer, servers, tmp):
+    """The target's credential goes upstream on the upgrade request; an
+    upstream that echoes it inside the WebSocket (a debug endpoint, an
+    error frame) handed it to the agent, the tunnel's bytes being relayed
+    as they were (review, stop 34). They are searched like an answer's body
+    (starred, lengths kept, also across reads), and no compression is
+    negotiated on such a target: the agent's permessage-deflate offer is
+    not forwarded, and a 101 that takes an extension anyway is a 502."""
+    port, logf = free_port(), os.path.join(tmp, "ws.log")
+    servers.procs.append(Proc([PY, "-c", WS_UPSTREAM, str(port), logf]))
+    wait_port("127.0.0.1", port)
+    tok = os.path.join(tmp, "tok")
+    with open(tok, "w") as f:
+        f.write("ws-secret-token-0123456789\n")
+    os.chmod(tok, 0o600)
+    enforcer.start(policy(port, rules='"UPGRADE /ws-reflect", "UPGRADE /ws-deflate"',
+                          upstream=f"bearer_token_file: {tok}"))
+    res = client(enforcer, WS_READ_ALL.format(port=port, path="/ws-reflect"))
+    raw = res["raw"]
+    assert raw.startswith("HTTP/1.1 101"), raw
+    assert "ws-secret-token" not in raw and "you sent Bearer " + "*" * 26 in raw, raw
+    with open(logf) as f:
+        assert "extensions -" in f.read().splitlines(), "the extension offer must not go upstream"
+    res = client(enforcer, WS_READ_ALL.format(port=port, path="/ws-deflate"))
+    assert res["raw"].startswith("HTTP/1.1 502") and "compressed" not in res["raw"], res
 
 
 # ---- 7. X-Forwarded-For ---------------------------------------------------------------
