@@ -251,6 +251,31 @@ pg_bench_run() {
 		done
 	fi
 
+	# Busy polling (AGENTGATE_BUSY_POLL_US, off by default; loop.c
+	# wait_events()): the same policy with workers that poll 200 us before
+	# they sleep, paired with the default in each round, at 1 client (one
+	# that waits for each answer), and the enforcer's CPU time per
+	# transaction for each, as polling spends CPU for latency.
+	if [[ -n $AG_STARTED ]]; then
+		local bp c0 c1
+		for ((r = 1; r <= ROUNDS; r++)); do
+			for mode in simple prepared; do
+				tps=$(pg_measure direct "$mode" 1) && PVAL[bp/$mode/direct]+=" $tps"
+				for bp in 0 200; do
+					AGENTGATE_BUSY_POLL_US=$bp pg_agentgate_start "$TMP/pg-policy.yaml" || continue
+					c0=$(awk '{print $14 + $15}' "/proc/$AG_PID/stat")
+					tps=$(pg_measure agentgate "$mode" 1) || continue
+					c1=$(awk '{print $14 + $15}' "/proc/$AG_PID/stat")
+					printf '  pgbench -S %-8s c=1 agentgate busy_poll=%d round %d/%d: %.0f tps\n' "$mode" "$bp" "$r" "$ROUNDS" "$tps" >&2
+					PVAL[bp/$mode/$bp]+=" $tps"
+					PVAL[bpcpu/$mode/$bp]+=" $(awk -v t="$tps" -v s="$BENCH_SECONDS" -v c=$((c1 - c0)) \
+						-v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", c / hz * 1e6 / (t * s) }')"
+				done
+			done
+		done
+		pg_agentgate_start "$TMP/pg-policy.yaml"
+	fi
+
 	# What full auditing costs: the same enforcer and policy with the events
 	# of allowed statements off (audit.allowed_requests: false), restarted
 	# between the two, alternating, pgbench -S simple at 1 and 8 clients.
@@ -326,6 +351,17 @@ pg_bench_run() {
 			printf "uncached statement: %.1f us more than a cached one (agentgate %.0f vs %.0f tps; direct %.0f vs %.0f tps, 1 client)\n",
 				(1e6 / ua - 1e6 / ud) - (1e6 / uc - 1e6 / cd), ua, uc, ud, cd }'
 	fi
+	local bd b0 b1 u0 u1
+	for mode in simple prepared; do
+		bd=$(median "${PVAL[bp/$mode/direct]:-}") || continue
+		b0=$(median "${PVAL[bp/$mode/0]:-}") || continue
+		b1=$(median "${PVAL[bp/$mode/200]:-}") || continue
+		u0=$(median "${PVAL[bpcpu/$mode/0]:-}") || u0=0
+		u1=$(median "${PVAL[bpcpu/$mode/200]:-}") || u1=0
+		awk -v m="$mode" -v d="$bd" -v a="$b0" -v b="$b1" -v u0="$u0" -v u1="$u1" 'BEGIN {
+			printf "busy polling, pgbench -S %s c=1: AGENTGATE_BUSY_POLL_US=200 %.0f tps (%.2f of direct), default %.0f (%.2f), direct %.0f; enforcer CPU %.1f vs %.1f us per transaction\n",
+				m, b, b / d, a, a / d, d, u1, u0 }'
+	done
 	local ratios k m lo hi
 	for n in 1 8; do
 		ua=$(median "${PVAL[auditon/$n]:-}") || ua=

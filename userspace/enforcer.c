@@ -1410,6 +1410,12 @@ void *enforcer_status_json(void)
 
 	for (int i = 0; i < E->nworkers; i++)
 		json_array_append_new(per, json_integer(E->workers[i].nconns));
+	uint64_t caught = 0;
+
+	for (int i = 0; i < E->nworkers; i++)
+		caught += atomic_load_explicit(&E->workers[i].busy_caught, memory_order_relaxed);
+	json_object_set_new(st, "busy_poll", json_pack("{s:i, s:I}", "us", E->nworkers ? (int)E->workers[0].busy_poll_us : 0,
+		"caught", (json_int_t)caught));
 	json_object_set_new(st, "balance", json_pack("{s:s, s:s?, s:o}",
 		"method", E->balance ? "least_connections" : "kernel_hash",
 		"reason", E->balance ? NULL : E->balance_why, "worker_connections", per));
@@ -2222,6 +2228,23 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 		ncpu = n;
 	}
 	E->nworkers = ncpu < 1 ? 1 : ncpu > MAX_WORKERS ? MAX_WORKERS : ncpu;
+	/* Busy polling before a worker sleeps (loop.c wait_events()): off
+	 * unless asked for, as it spends CPU for latency. */
+	const char *benv = getenv("AGENTGATE_BUSY_POLL_US");
+	unsigned busy_us = 0;
+
+	if (benv && *benv) {
+		char *end;
+		long n = strtol(benv, &end, 10);
+
+		if (*end || n < 0 || n > BUSY_POLL_MAX_US) {
+			log_err("AGENTGATE_BUSY_POLL_US=%.16s: want microseconds from 0 (off) to %d", benv,
+				BUSY_POLL_MAX_US);
+			rc = -EINVAL;
+			goto out;
+		}
+		busy_us = (unsigned)n;
+	}
 	E->workers = calloc(E->nworkers, sizeof(struct worker));
 	uint16_t port4 = E->tcp_port, port6 = E->tcp_port;
 
@@ -2279,8 +2302,10 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 	loader_counters(E->loader, E->kcount_seen);
 	loader_pair_sweep(E->loader, 30ull * 1000000000ull, NULL);
 
-	for (int i = 0; i < E->nworkers; i++)
+	for (int i = 0; i < E->nworkers; i++) {
+		E->workers[i].busy_poll_us = busy_us;
 		worker_start(&E->workers[i]);
+	}
 	/* Last: a status that answers means the enforcer is ready. */
 	if ((rc = admin_open(&adm, state_dir, epfd))) {
 		log_err("admin socket in '%s': %s", state_dir, strerror(-rc));

@@ -12,6 +12,7 @@
 #include "conn.h"
 
 #define WORKER_SPARE_BUFS 64
+#define BUSY_POLL_MAX_US 1000
 
 struct worker {
 	int id;
@@ -31,6 +32,8 @@ struct worker {
 	uint32_t *bal_conns;            /* balance.bpf.c's counters for it; NULL: the kernel's hash */
 	uint32_t *bal_pending;
 	uint64_t hold_next_ms;          /* the earliest conn.hold_ms of its connections; 0: none held */
+	unsigned busy_poll_us;          /* AGENTGATE_BUSY_POLL_US: polls this long before sleeping; 0: off */
+	_Atomic uint64_t busy_caught;   /* events a poll found before the worker would have slept (status) */
 };
 
 /* A relay buffer (CONN_BUF bytes) from the worker's spares or malloc; NULL on ENOMEM. */

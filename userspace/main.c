@@ -127,6 +127,10 @@ static void print_status(json_t *st)
 	json_array_foreach(json_object_get(bal, "worker_connections"), i, t)
 		printf(" %lld", json_integer_value(t));
 	printf("\n");
+	json_t *bp = json_object_get(st, "busy_poll");
+	if (json_integer_value(json_object_get(bp, "us")))
+		printf("busy polling: %lld us before a worker sleeps (AGENTGATE_BUSY_POLL_US), %lld events caught\n",
+		       json_integer_value(json_object_get(bp, "us")), json_integer_value(json_object_get(bp, "caught")));
 	printf("\nknown limits:\n");
 	json_array_foreach(json_object_get(st, "known_limits"), i, t)
 		printf("  - %s\n", json_string_value(t));

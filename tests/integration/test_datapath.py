@@ -109,6 +109,56 @@ def test_workers_knob(enforcer, servers):
     assert policy.get("ag-chainsave") == {os.SCHED_BATCH}, policy
 
 
+
+def _cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])   # utime + stime
+
+
+PING_PONG = """
+import socket
+s = socket.create_connection(("127.0.0.1", {port}), timeout=5)
+for i in range({n}):
+    s.sendall(b"x" * 8)
+    got = b""
+    while len(got) < 8:
+        got += s.recv(64)
+print("done")
+"""
+
+
+def test_busy_poll_knob(enforcer, servers):
+    """AGENTGATE_BUSY_POLL_US: a worker polls that long before it sleeps,
+    while the traffic is ping-pong (loop.c wait_events()). Off by default
+    (nothing polled, nothing caught); bad values stop the enforcer; on, a
+    client that waits for each answer has its answers caught by polls, and
+    once the traffic stops the workers sleep again (no CPU spent idle)."""
+    port, _ = servers.echo()
+    for bad in ("-1", "1001", "5us", "x"):
+        enforcer.start(enforce_policy(port), env={"AGENTGATE_BUSY_POLL_US": bad}, expect_ready=False)
+        assert enforcer.proc.p.wait(10) != 0, bad
+        assert "AGENTGATE_BUSY_POLL_US" in enforcer.read_log(), enforcer.read_log()
+    enforcer.start(enforce_policy(port))
+    r = enforcer.py("t-agent", PING_PONG.format(port=port, n=300))
+    assert r.stdout.strip() == "done", r.stdout + r.stderr
+    assert enforcer.status()["busy_poll"] == {"us": 0, "caught": 0}
+    enforcer.stop()
+    enforcer.start(enforce_policy(port), env={"AGENTGATE_BUSY_POLL_US": "500"})
+    r = enforcer.py("t-agent", PING_PONG.format(port=port, n=2000))
+    assert r.stdout.strip() == "done", r.stdout + r.stderr
+    bp = enforcer.status()["busy_poll"]
+    assert bp["us"] == 500 and bp["caught"] > 0, bp
+    # idle: the workers sleep (a poll that catches nothing ends polling
+    # until a short sleep says the traffic is ping-pong again)
+    time.sleep(0.5)
+    pid = enforcer.proc.p.pid
+    t0 = _cpu_ticks(pid)
+    time.sleep(2)
+    spent = _cpu_ticks(pid) - t0
+    assert spent <= 10, f"{spent} ticks of CPU in 2 s with no traffic"
+
+
 def test_connections_spread_over_workers(enforcer, servers):
     """New connections go to the worker with the fewest (balance.bpf.c), not
     by the kernel's 4-tuple hash, which puts 9 connections 3/3/3 on three
