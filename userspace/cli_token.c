@@ -220,6 +220,8 @@ static int verify(const char *agent, const char *policy_path, const char *arg, c
 			"%lld s ago: %s\n", id->issuer, (long long)st.age_s, st.last_error);
 	if (ret == 0 && vo->user)
 		ret = ident_user_check(&claims, vo->actor, why, sizeof(why));
+	else if (ret == 0)
+		ret = ident_own_check(id, &claims, why, sizeof(why));
 	if (ret < 0) {
 		rc = refused(why);
 		goto out;

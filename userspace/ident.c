@@ -234,6 +234,29 @@ static bool verify_transient(int err)
 	       err == -EIO || err == -ENOMEM;
 }
 
+int ident_own_check(const struct policy_identity *id, const struct jwt_claims *c, char *why, size_t whylen)
+{
+	const char *want = id->client_id;
+
+	/* The agent's own token names the agent. A token that says someone
+	 * acts for another (RFC 8693 act: a delegation token, issued for a
+	 * user) is never one, and with a token file the agent may write (or
+	 * be handed a user's token it accepts in-band), taking it would make
+	 * the agent that user (review, stop 34). */
+	if (c->act_sub) {
+		ident_setwhy(why, whylen, "a delegation token (claim 'act') is not an agent's own token");
+		return -EPERM;
+	}
+	/* identity.client_id pins whose token a token file may hold: its
+	 * sub. Not azp or client_id: a token the agent's client obtained for a
+	 * user by token exchange carries the agent's client in both. */
+	if (id->source == IDENT_TOKEN_FILE && want && strcmp(c->sub, want) != 0) {
+		ident_setwhy(why, whylen, "the token's sub is not '%s' (identity.client_id)", want);
+		return -EPERM;
+	}
+	return 0;
+}
+
 /* Verify tok with the agent's issuer. 0, or -errno with the reason. */
 static int verify_token(struct ident_agent *a, const char *tok, size_t len, struct jwt_claims *c,
 			char *why, size_t whylen)
@@ -241,11 +264,17 @@ static int verify_token(struct ident_agent *a, const char *tok, size_t len, stru
 	struct jwt_policy jp;
 	const char *aud[1];
 	char r[IDENT_REASON_MAX];
+	int ret;
 
 	if (a->force_jwks)
 		issuer_refresh(a->iss, true, r, sizeof(r));   /* the verdict below tells */
 	ident_jwt_policy(&a->id, real_now(), aud, &jp);
-	return issuer_verify(a->iss, tok, len, &jp, c, why, whylen);
+	if ((ret = issuer_verify(a->iss, tok, len, &jp, c, why, whylen)) < 0)
+		return ret;
+	ret = ident_own_check(&a->id, c, why, whylen);
+	if (ret < 0)
+		jwt_claims_free(c);
+	return ret;
 }
 
 /* ---- HTTP (the rules of ident_jwks.c; its fetcher is static there) ----- */

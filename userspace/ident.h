@@ -154,6 +154,11 @@ int ident_user_verify(struct ident_agent *a, const char *tok, size_t len, const 
 		      struct ident_principal *user, char *why, size_t whylen);
 /* The act.sub rule alone (for `token verify --user`). 0 or -EACCES. */
 int ident_user_check(const struct jwt_claims *c, const char *agent_sub, char *why, size_t whylen);
+/* The checks an agent's own token passes beyond the issuer's rules: no act
+ * claim (a delegation token is a user's), and for a token file with
+ * identity.client_id, that name as its sub. 0 or -EPERM
+ * with why. */
+int ident_own_check(const struct policy_identity *id, const struct jwt_claims *c, char *why, size_t whylen);
 /* A verified principal from claims. */
 void ident_principal_from_claims(const struct jwt_claims *c, const char *source, struct ident_principal *out);
 

@@ -1311,8 +1311,16 @@ static void load_agent(struct vctx *v, const struct ynode *m, struct policy_agen
 		check_cgroup(v, n, a->cgroup);
 	if ((n = map_get(m, "identity")))
 		load_identity(v, n, &a->identity);
-	if ((n = map_get(m, "accept_user_tokens")))
+	if ((n = map_get(m, "accept_user_tokens"))) {
 		want_bool(v, n, "accept_user_tokens", &a->accept_user_tokens);
+		/* It hands the agent users' tokens, which a token file the
+		 * agent can write could then hold as the agent's own: the file
+		 * must be pinned to the agent's subject (ident.c verify_token()) */
+		if (a->accept_user_tokens && a->identity.source == IDENT_TOKEN_FILE && !a->identity.client_id)
+			verr(v, n, "accept_user_tokens with identity source 'token_file' needs identity.client_id: "
+			     "the sub the agent's own token must name, or a user's token "
+			     "written into the file would make the agent that user");
+	}
 	if ((l = map_get(m, "limits")) && want_map(v, l, "limits")) {
 		check_keys(v, l, limit_keys);
 		if ((n = map_get(l, "connections")) &&

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import PY, ROOT, Proc, free_port, wait_port
+from conftest import AG, PY, ROOT, Proc, free_port, wait_port
 
 import oidc
 from oidc import AUDIENCE
@@ -361,6 +361,51 @@ def test_token_file_tampered_unverified_with_reason(tmp, idp, driver_bin):
     finally:
         out = d.finish()
     assert good not in out and bad not in out and s not in out
+
+
+
+def test_token_file_holds_only_the_agents_own_token(tmp, idp, driver_bin):
+    """An agent that may write its token file, or is handed a user's token
+    (accept_user_tokens), could put a user's token there and become that
+    user, groups and all (review, stop 34). A delegation token (claim act)
+    is never an agent's own; identity.client_id pins the sub the file's
+    token must name (a token exchanged for a user by the agent's own client
+    carries that client in azp and client_id), and policy check requires it
+    for a token_file agent that accepts user tokens."""
+    path = os.path.join(tmp, "token")
+    write_token(path, idp.token())
+    pol = write_policy(tmp, idp.issuer, f"source: token_file, token_file: {path}, client_id: {CLIENT_ID}")
+    d = Driver(driver_bin, tmp, pol, seconds=60)
+    try:
+        d.wait(lambda p: p["verified"] and p["sub"] == CLIENT_ID, 5)
+        write_token(path, idp.exchange("alice"))              # act.sub = the agent
+        p = d.wait(lambda p: not p["verified"], 4)
+        assert "delegation token (claim 'act')" in p["reason"], p
+        time.sleep(1.1)
+        write_token(path, idp.exchange("alice", no_act=True))  # sub alice, no act
+        p = d.wait(lambda p: not p["verified"] and "identity.client_id" in p["reason"], 4)
+        assert p["sub"] != "alice", p
+        time.sleep(1.1)
+        write_token(path, idp.token())
+        d.wait(lambda p: p["verified"] and p["sub"] == CLIENT_ID, 4)
+    finally:
+        d.finish()
+    # token verify says the same
+    r = subprocess.run([AG, "--state-dir", os.path.join(tmp, "state"), "token", "verify", "--agent", "t-bot",
+                        "--policy", pol, "-"], input=idp.exchange("alice", no_act=True),
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "identity.client_id" in r.stderr + r.stdout, r
+    # accept_user_tokens with a token file and no client_id: refused
+    bad = os.path.join(tmp, "bad.yaml")
+    with open(bad, "w") as f:
+        f.write(f"""version: 1
+agents:
+  - name: t-bot
+    accept_user_tokens: true
+    identity: {{issuer: "{idp.issuer}", audience: "{AUDIENCE}", source: token_file, token_file: {path}}}
+""")
+    r = subprocess.run([AG, "policy", "check", bad], capture_output=True, text=True)
+    assert r.returncode == 1 and "needs identity.client_id" in r.stdout + r.stderr, r
 
 
 def test_token_file_missing_then_written(tmp, idp, driver_bin):
