@@ -2788,7 +2788,12 @@ static void lit(char *buf, size_t cap, size_t *n, const char *s)
  * views and materialized views, recursively: every column of a view that
  * reads a column of ours anywhere (select list, WHERE, joins), paired with
  * each such column, since pg_depend does not say which output column comes
- * from which; a whole-row use (attnum 0) pairs it with all of ours. Both
+ * from which; a whole-row use (attnum 0) pairs it with all of ours. A
+ * whole-row Var records no dependency of its own, and once the view names
+ * any column of the table, PostgreSQL keeps only that column's (review,
+ * stop 34: SELECT c.id, c::text FROM customers c showed every value): so a
+ * view whose stored rule holds a whole-row Var (":varattno 0" in its node
+ * tree, on any table) pairs every column with all of ours too. Both
  * ordered by oid and attnum. False when no table is named.
  */
 #define CAT_SHOWN_BY \
@@ -2813,13 +2818,29 @@ static void lit(char *buf, size_t cap, size_t *n, const char *s)
 	"JOIN pg_catalog.pg_attribute va ON va.attrelid = w.ev_class AND va.attnum > 0 " \
 	"AND NOT va.attisdropped " \
 	"WHERE d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = r.oid " \
-	"AND d.refobjsubid IN (0, r.att) AND d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass " \
+	"AND (d.refobjsubid IN (0, r.att) OR w.ev_action::pg_catalog.text LIKE '% :varattno 0 %') " \
+	"AND d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass " \
 	"AND w.ev_class <> r.oid) e) " \
 	"SELECT r.oid, r.att, n.nspname || '.' || c.relname || '.' || a.attname, r.bname, 0 FROM rel r " \
 	"JOIN pg_catalog.pg_class c ON c.oid = r.oid " \
 	"JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace " \
 	"JOIN pg_catalog.pg_attribute a ON a.attrelid = r.oid AND a.attnum = r.att " \
 	"WHERE r.oid NOT IN (SELECT oid FROM base) ORDER BY 1, 2"
+
+/* Room for catalog_query()'s text: its fixed parts and every mask entry
+ * quoted (each quote doubled at worst). A long mask list made the text
+ * overflow a fixed buffer, and the session then ran without the lineage:
+ * every masked column in clear (review, stop 34). */
+static size_t catalog_cap(struct conn *c)
+{
+	const struct policy_rule *rules[2 * ENFORCER_MAX_RULES];
+	size_t nr = mask_rules_of(c, c->policy, rules), cap = 4096 + sizeof(CAT_DEPENDENTS);
+
+	for (size_t r = 0; r < nr; r++)
+		for (size_t i = 0; i < rules[r]->mask.columns.n; i++)
+			cap += 2 * strlen(rules[r]->mask.columns.v[i]) + 16;
+	return cap;
+}
 
 static bool catalog_query(struct conn *c, char *sql, size_t cap, bool dependents)
 {
@@ -3178,9 +3199,11 @@ static int register_cancel(struct conn *c, uint32_t up_pid, uint32_t up_key)
 static int after_params(struct conn *c)
 {
 	struct pg_sess *s = S(c);
-	char sql[12288];
-	size_t n = 0;
+	size_t n = 0, cap = catalog_cap(c) + 4096;   /* and names_query()'s */
+	char *sql = malloc(cap);
 
+	if (!sql)
+		return -ENOMEM;
 	/* before the catalog is read: a change after this makes it stale */
 	s->names_epoch = atomic_load(names_epoch_of(c));
 
@@ -3191,18 +3214,27 @@ static int after_params(struct conn *c)
 		start_clock(c);   /* a pooled session's catalog query */
 	free(s->col_found);
 	s->col_found = NULL;
-	if (s->mask_active && catalog_query(c, sql, sizeof(sql) - 2048, false)) {
+	if (s->mask_active && catalog_query(c, sql, cap - 4096, false)) {
 		size_t ne;
 
 		mask_column_list(s->mask, &ne);
-		if (!(s->col_found = calloc(ne ? ne : 1, sizeof(*s->col_found))))
+		if (!(s->col_found = calloc(ne ? ne : 1, sizeof(*s->col_found)))) {
+			free(sql);
 			return -ENOMEM;
+		}
 		n = strlen(sql);
 		sql[n++] = ';';
+	} else if (s->mask_active && (mask_column_list(s->mask, &n), n)) {
+		/* columns to mask and no lineage query: never run without it */
+		free(sql);
+		return fatal(c, "XX000", "agentgate: cannot build the catalog query for the masked columns");
 	}
-	if (!names_query(c, sql + n, sizeof(sql) - n))
+	if (!names_query(c, sql + n, cap - n)) {
+		free(sql);
 		return fatal(c, "XX000", "agentgate: the pinned schema's name is too long");
+	}
 	pg_out_query(&s->out, sql);
+	free(sql);
 	s->phase = PH_UP_CATALOG;
 	return send_out(c, SIDE_UP);
 }
@@ -3262,12 +3294,18 @@ static int up_catalog(struct conn *c, const struct pg_msg *m)
 		if (s->cat_shown && !s->cat_dependents_sent) {
 			/* views, children or partitions show a masked table's
 			 * rows: their columns too, before the agent's first query */
-			char sql[12288];
+			size_t cap = catalog_cap(c);
+			char *sql = malloc(cap);
 
 			s->cat_dependents_sent = true;
-			if (!catalog_query(c, sql, sizeof(sql), true))
-				return fatal(c, "XX000", "agentgate: the catalog query for masking is too long");
+			if (!sql)
+				return -ENOMEM;
+			if (!catalog_query(c, sql, cap, true)) {
+				free(sql);
+				return fatal(c, "XX000", "agentgate: cannot build the catalog query for the masked columns");
+			}
 			pg_out_query(&s->out, sql);
+			free(sql);
 			return send_out(c, SIDE_UP);
 		}
 		if (names_ready(s))
