@@ -311,6 +311,28 @@ static bool transient(long st)
 	return st == 401 || st == 403 || st == 404 || st == 407 || st == 408 || st == 429 || st >= 500;
 }
 
+/* HEC's "code" in the answer body, or -1. */
+static int hec_code(const struct hsink *h)
+{
+	json_t *r = json_loadb(h->resp ? h->resp : "", h->rlen, 0, NULL);
+	json_t *c = json_object_get(r, "code");
+	int code = json_is_integer(c) ? (int)json_integer_value(c) : -1;
+
+	json_decref(r);
+	return code;
+}
+
+/* A 400 of HEC's that refuses the request, not its events: 7 incorrect
+ * index, 10 data channel missing, 11 invalid data channel, 14 ACK is
+ * disabled, 16 query string authorization not enabled (Splunk's HEC
+ * status codes). Events it cannot take are 5, 6, 12, 13, 15. */
+static bool hec_config_refused(const struct hsink *h)
+{
+	int c = hec_code(h);
+
+	return c == 7 || c == 10 || c == 11 || c == 14 || c == 16;
+}
+
 /* Common outcome of a whole-batch answer. */
 static int settle_status(struct sink_batch *b, long st, const char *what)
 {
@@ -451,12 +473,33 @@ static int hec_send(struct audit_sink *s, struct sink_batch *b)
 	if ((err = post(s, h->url, "application/json", h->body, h->blen, &st, b->why,
 			sizeof(b->why))))
 		return err;
+	if (st == 400 && hec_config_refused(h)) {
+		/* the request or the configuration refused, not the events:
+		 * dead-lettering them would move the backlog out of the SIEM
+		 * (review, stop 34); retried until someone fixes the token */
+		snprintf(b->why, sizeof(b->why), "splunk_hec: HTTP 400, HEC code %d (the token's index or "
+			 "channel settings refuse the request)", hec_code(h));
+		return -EAGAIN;
+	}
+	if (s->cfg->ack && st >= 200 && st < 300 && st != 200) {
+		/* a proxy's 202 or 204 is no indexer acknowledgement */
+		snprintf(b->why, sizeof(b->why), "splunk_hec: HTTP %ld, not HEC's 200 with an ackId", st);
+		return -EAGAIN;
+	}
 	if (st != 200 || !s->cfg->ack)
 		return settle_status(b, st, "splunk_hec");
 	json_t *r = json_loadb(h->resp ? h->resp : "", h->rlen, 0, NULL);
 	json_t *id = json_object_get(r, "ackId");
 	long ack_id = json_is_integer(id) ? (long)json_integer_value(id) : -1;
+	/* no ackId: delivered only if this is HEC saying Success (code 0),
+	 * not a page a proxy or WAF answered 200 with */
+	bool hec_ok = json_is_integer(json_object_get(r, "code")) && json_integer_value(json_object_get(r, "code")) == 0;
+
 	json_decref(r);
+	if (ack_id < 0 && !hec_ok) {
+		snprintf(b->why, sizeof(b->why), "splunk_hec: HTTP 200 without HEC's answer (no ackId, no code 0)");
+		return -EAGAIN;
+	}
 	if (ack_id < 0) {
 		/* Indexer acknowledgement is off for this token (or the
 		 * receiver): the batch was taken (200) and there is no ack to

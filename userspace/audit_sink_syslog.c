@@ -290,6 +290,10 @@ static int put(struct ssink *k, const void *buf, size_t len)
 	} else {
 		size_t done = 0;
 
+		/* Every byte the kernel took counts as written, a partial
+		 * write's too: confirm() subtracts SIOCOUTQ, which holds them,
+		 * and a count without them wrapped below zero, so events the
+		 * peer never acknowledged passed as delivered (review, stop 34). */
 		while (done < len) {
 			ssize_t n = send(k->fd, (const char *)buf + done, len - done, MSG_NOSIGNAL);
 
@@ -298,7 +302,9 @@ static int put(struct ssink *k, const void *buf, size_t len)
 			if (n <= 0)
 				return n < 0 ? -errno : -EPIPE;
 			done += n;
+			k->written += (uint64_t)n;
 		}
+		return 0;
 	}
 	k->written += len;
 	return 0;
@@ -384,8 +390,10 @@ static size_t confirm(struct ssink *k, struct sink_batch *b, char *why, size_t w
 	for (;;) {
 		int outq = 0;
 
-		if (ioctl(k->fd, SIOCOUTQ, &outq) == 0) {
-			uint64_t acked = wire_written(k) - (uint64_t)outq;
+		if (ioctl(k->fd, SIOCOUTQ, &outq) == 0 && outq >= 0) {
+			uint64_t w = wire_written(k);
+			/* never below zero: nothing is acknowledged then */
+			uint64_t acked = w > (uint64_t)outq ? w - (uint64_t)outq : 0;
 
 			while (done < k->nends && k->ends[done] && k->ends[done] <= acked)
 				done++;

@@ -440,6 +440,49 @@ def test_http_permanent_error_goes_to_dead_letter(enforcer, servers, collector):
     assert "test-token" not in enforcer.read_log() and "test-token" not in open(dl).read()
 
 
+
+def test_hec_request_refused_is_retried_not_dead_lettered(enforcer, servers, collector):
+    """A HEC 400 that refuses the request, not its events (code 10, "Data
+    channel is missing": a sink with ack: false on a token with indexer
+    acknowledgement on; 7, an index the token may not write): dead-lettering
+    moved the whole backlog out of the SIEM, a batch every few seconds
+    (review, stop 34). It is retried, and once the token is fixed every
+    event arrives."""
+    port, _ = servers.echo()
+    sinks = http_sinks(collector, enforcer.tmp, enforcer.audit).replace("ack: true", "ack: false")
+    sinks = "\n".join(l for l in sinks.splitlines() if "elasticsearch" not in l and "webhook" not in l)
+    enforcer.start(policy(port, sinks + "\n"))
+    traffic(enforcer, port, 5)
+    assert wait_for(lambda: len(file_events(enforcer.audit)) >= 11, 10)
+    assert wait_for(lambda: any(st == 400 for p, st in collector.requests), 10), collector.requests
+    time.sleep(1)
+    assert dead_letters(enforcer) == [], dead_letters(enforcer)[:1]
+    assert hec_seqs(collector) == []
+    with collector.lock:
+        collector.acks = False          # the token's acknowledgement turned off
+    seqs = [e["metadata"]["sequence"] for e in file_events(enforcer.audit)]
+    assert wait_for(lambda: set(seqs) <= set(hec_seqs(collector)), 15), (seqs, hec_seqs(collector))
+    assert dead_letters(enforcer) == []
+
+
+def test_hec_ack_needs_hec_answer(enforcer, servers, collector):
+    """With ack: true, an answer that is not HEC's (a proxy's 202, a 200 page
+    with no ackId and no code 0) counted the batch as delivered (review,
+    stop 34); it is retried until HEC answers."""
+    port, _ = servers.echo()
+    sinks = http_sinks(collector, enforcer.tmp, enforcer.audit)
+    sinks = "\n".join(l for l in sinks.splitlines() if "elasticsearch" not in l and "webhook" not in l)
+    with collector.lock:
+        collector.fake_answers = [(202, {}), (200, {"html": "maintenance"})]
+    enforcer.start(policy(port, sinks + "\n"))
+    traffic(enforcer, port, 5)
+    assert wait_for(lambda: len(file_events(enforcer.audit)) >= 11, 10)
+    seqs = [e["metadata"]["sequence"] for e in file_events(enforcer.audit)]
+    assert wait_for(lambda: set(seqs) <= set(hec_seqs(collector)), 20), (seqs, hec_seqs(collector))
+    with collector.lock:
+        assert collector.fake_answers == []
+
+
 def test_es_items_matched_by_id_not_position(enforcer, servers, collector):
     """A _bulk answer whose items are not in request order (a proxy between,
     another version): each event takes the status of the item naming its own

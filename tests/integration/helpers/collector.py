@@ -43,6 +43,8 @@ class Collector:
         self.fail_next = 0
         self.redirect_next = 0         # next N requests answer 307 (a balancer's maintenance)
         self.hec_400 = False           # HEC event POSTs answer 400 (events refused)
+        self.fake_answers = []         # (status, body) for the next HEC event POSTs: not HEC's own
+                                       # (a proxy's 202, a 200 page), nothing indexed
         self.max_events = 0            # more events in one POST: 413 (0: no limit)
         self.lose_unacked = 0
         self.es_429_items = 0          # next N new items answer 429
@@ -131,6 +133,8 @@ class Collector:
             return 401, {"text": "Invalid token", "code": 4}
         if self.hec_400:
             return 400, {"text": "Invalid data format", "code": 6}
+        if self.fake_answers:
+            return self.fake_answers.pop(0)
         chan = headers.get("X-Splunk-Request-Channel")
         if self.acks and not chan:
             return 400, {"text": "Data channel is missing", "code": 10}
