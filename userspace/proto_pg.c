@@ -1701,24 +1701,40 @@ static int mask_fields(struct pg_sess *s, const struct pg_msg *m)
 	pg_out_begin(&s->out, m->type);
 	while ((rc = pg_fields_next(&r, &code, &v, &vl)) == 1) {
 		size_t n;
+		char *out = buf, *heap = NULL;
 
-		if (vl > 4096)
-			vl = 4096;   /* a huge message is cut rather than masked in pieces */
+		/* A huge field is cut, after masking: cut first, a value that
+		 * straddled the cut kept its first digits, which no detector
+		 * saw whole (review, stop 34). What is scanned is bounded too. */
+		if (vl > 65536)
+			vl = 65536;
 		if (code == 'D' && s->ncols > 0) {
 			v = PG_DETAIL_WITHHELD;
 			vl = sizeof(PG_DETAIL_WITHHELD) - 1;
 		}
 		if (mask_has_detectors(s->mask)) {
-			n = mask_value(s->mask, v, vl, buf, sizeof(buf), NULL);
+			size_t cap = mask_value_bound(vl);
+
+			if (cap > sizeof(buf) && !(out = heap = malloc(cap)))
+				return -ENOMEM;
+			n = mask_value(s->mask, v, vl, out, cap > sizeof(buf) ? cap : sizeof(buf), NULL);
 		} else {
-			memcpy(buf, v, vl);
+			out = (char *)v;   /* only read */
 			n = vl;
 		}
-		if (n == (size_t)-1)
+		if (n == (size_t)-1) {
+			free(heap);
 			return -ENOMEM;
+		}
+		if (n > 4096) {   /* at a character's start: the text stays UTF-8 */
+			n = 4096;
+			while (n > 0 && ((uint8_t)out[n] & 0xc0) == 0x80)
+				n--;
+		}
 		pg_out_u8(&s->out, (uint8_t)code);
-		pg_out_bytes(&s->out, buf, n);
+		pg_out_bytes(&s->out, out, n);
 		pg_out_u8(&s->out, 0);
+		free(heap);
 	}
 	if (rc != 0)
 		return -EBADMSG;
