@@ -831,6 +831,11 @@ void audit_close(void)
 	A.saver_started = false;
 	save_chain_head();
 	spool_close(A.spool);   /* readers are freed with it */
+	/* its thread is gone: an open after this one gets a new one */
+	pthread_mutex_lock(&U.mu);
+	__atomic_store_n(&U.spool_tid, 0, __ATOMIC_RELEASE);
+	__atomic_store_n(&U.spool_urgent, false, __ATOMIC_RELAXED);
+	pthread_mutex_unlock(&U.mu);
 	A.spool = NULL;
 	rec_configure(NULL, 0, 0);
 	pthread_mutex_lock(&A.lock);

@@ -105,8 +105,12 @@ static int rotate(struct audit_sink *s, struct fsink *f)
 {
 	uint32_t keep = s->cfg->keep ? s->cfg->keep : 5;
 	char from[4200], to[4200];
+	int err, dfd;
 
-	fdatasync(f->fd);
+	/* what this batch wrote so far is acknowledged with the batch: it
+	 * must be on disk before the file is renamed away (review, stop 34) */
+	if (fdatasync(f->fd))
+		return -errno;
 	close(f->fd);
 	f->fd = -1;
 	for (uint32_t k = keep; k > 1; k--) {
@@ -117,7 +121,23 @@ static int rotate(struct audit_sink *s, struct fsink *f)
 	snprintf(to, sizeof(to), "%s.1", f->path);
 	if (rename(f->path, to))
 		ag_log(LOG_LVL_WARN, "audit: rotating '%s': %s", f->path, strerror(errno));
-	return fsink_open(f);
+	if ((err = fsink_open(f)))
+		return err;
+	/* the renames and the new file survive a power cut with the lines */
+	snprintf(from, sizeof(from), "%s", f->path);
+	char *slash = strrchr(from, '/');
+
+	if (slash == from)
+		slash[1] = '\0';
+	else if (slash)
+		*slash = '\0';
+	else
+		snprintf(from, sizeof(from), ".");
+	if ((dfd = open(from, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) >= 0) {
+		fsync(dfd);
+		close(dfd);
+	}
+	return 0;
 }
 
 /* add more bytes would take the file past rotate_bytes. */
