@@ -353,19 +353,43 @@ static bool proc_addr(const char *ip, int port, bool *v6, char *out, size_t outl
 	return n > 0 && (size_t)n < outlen;
 }
 
+static int scan_proc_net(const char *path, const char *want_l, const char *want_r, uid_t *uid);
+
 /* The uid owning the server's end of the connection server <- client. */
 int ident_loopback_owner(const char *server_ip, int server_port, const char *client_ip, int client_port,
 			 uid_t *uid)
 {
-	char want_l[64], want_r[64], line[512];
+	char want_l[64], want_r[64];
 	bool v6, v6c;
-	int ret = -ENOENT;
-	FILE *f;
+	int ret;
 
 	if (!proc_addr(server_ip, server_port, &v6, want_l, sizeof(want_l)) ||
 	    !proc_addr(client_ip, client_port, &v6c, want_r, sizeof(want_r)) || v6 != v6c)
 		return -EINVAL;
-	if (!(f = fopen(v6 ? "/proc/net/tcp6" : "/proc/net/tcp", "re")))
+	if (!v6 && (ret = scan_proc_net("/proc/net/tcp", want_l, want_r, uid)) != -ENOENT)
+		return ret;
+	if (!v6) {
+		/* A dual-stack listener ([::], Node's default) answers IPv4 from
+		 * an IPv6 socket: /proc/net/tcp6 has it, as ::ffff:a.b.c.d. */
+		char ms[64], mc[64];
+
+		snprintf(ms, sizeof(ms), "::ffff:%s", server_ip);
+		snprintf(mc, sizeof(mc), "::ffff:%s", client_ip);
+		if (!proc_addr(ms, server_port, &v6, want_l, sizeof(want_l)) ||
+		    !proc_addr(mc, client_port, &v6c, want_r, sizeof(want_r)))
+			return -EINVAL;
+	}
+	return scan_proc_net("/proc/net/tcp6", want_l, want_r, uid);
+}
+
+/* The uid of the /proc/net/tcp{,6} line with local address l and remote r. */
+static int scan_proc_net(const char *path, const char *want_l, const char *want_r, uid_t *uid)
+{
+	char line[512];
+	int ret = -ENOENT;
+	FILE *f;
+
+	if (!(f = fopen(path, "re")))
 		return -errno;
 	while (fgets(line, sizeof(line), f)) {
 		char l[64], r[64];

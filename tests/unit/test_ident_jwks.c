@@ -431,6 +431,39 @@ static void test_loopback_owner_lookup(void)
 	}
 }
 
+/* A dual-stack listener (an IPv6 socket taking IPv4, as Node's default
+ * listen() makes) answers 127.0.0.1 from /proc/net/tcp6, as ::ffff:
+ * 127.0.0.1: its owner was not found and every fetch failed (review,
+ * stop 34). */
+static void test_loopback_owner_dual_stack(void)
+{
+	struct sockaddr_in6 a6 = { .sin6_family = AF_INET6 };
+	struct sockaddr_in a4 = { .sin_family = AF_INET };
+	socklen_t sl = sizeof(a6);
+	int off = 0, lfd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0), c, s;
+	uid_t uid = 12345;
+	char cip[64];
+
+	CHECK(lfd >= 0);
+	setsockopt(lfd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof(off));
+	CHECK(inet_pton(AF_INET6, "::ffff:127.0.0.1", &a6.sin6_addr) == 1);
+	CHECK(bind(lfd, (struct sockaddr *)&a6, sizeof(a6)) == 0 && listen(lfd, 4) == 0);
+	CHECK(getsockname(lfd, (struct sockaddr *)&a6, &sl) == 0);
+	a4.sin_port = a6.sin6_port;
+	a4.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	CHECK(connect(c, (struct sockaddr *)&a4, sizeof(a4)) == 0);
+	s = accept(lfd, NULL, NULL);
+	sl = sizeof(a4);
+	getsockname(c, (struct sockaddr *)&a4, &sl);
+	inet_ntop(AF_INET, &a4.sin_addr, cip, sizeof(cip));
+	CHECK(ident_loopback_owner("127.0.0.1", ntohs(a6.sin6_port), cip, ntohs(a4.sin_port), &uid) == 0 &&
+	      uid == 0);
+	close(s);
+	close(c);
+	close(lfd);
+}
+
 static void test_discovery_refusals(void)
 {
 	char why[512];
@@ -458,6 +491,7 @@ int main(void)
 	RUN(test_issuer_down);
 	RUN(test_keys_withdrawn);
 	RUN(test_loopback_owner_lookup);
+	RUN(test_loopback_owner_dual_stack);
 	RUN(test_loopback_owner_pinned);
 	RUN(test_discovery_refusals);
 	UNIT_DONE("ident_jwks");
