@@ -246,6 +246,14 @@ static bool override_name(const char *name)
 
 static void form_name_char(struct http_form_scan *f, int c)
 {
+	/* PHP takes the decoded name up to its first NUL ("_method%00" and
+	 * anything after it is _method): nothing after one counts, not even
+	 * toward the length bound (review, stop 34: a long tail past the NUL
+	 * hid _method from this check) */
+	if (c == 0)
+		f->cut = true;
+	if (f->cut)
+		return;
 	if (c == ' ' && f->n == 0)
 		return;
 	if (c == ' ' || c == '.' || c == '[' || c == '-')

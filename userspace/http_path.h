@@ -51,6 +51,7 @@ struct http_form_scan {
 	char name[32];
 	uint8_t n, pct, pctv;
 	bool in_value, overflow;
+	bool cut;                  /* a decoded NUL: PHP's strlen() ends the name there */
 };
 void http_form_scan_init(struct http_form_scan *f);
 bool http_form_scan(struct http_form_scan *f, const uint8_t *p, size_t n);

@@ -372,11 +372,15 @@ static void test_form_scan(void)
 		"_%6d%65thod=DELETE", ".method=DELETE", "+_method=DELETE", "%20%20_method=DELETE",
 		"[method=DELETE", "X-HTTP-Method-Override=DELETE", "x_http_method=PUT", "x.method.override=PUT",
 		"++++++++++++++++++++++++++++++++++++++++++++++++_method=DELETE",
+		/* PHP ends a name at a decoded NUL (review, stop 34) */
+		"_method%00aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa=DELETE", "_method%00=DELETE",
+		"a=1&x_http_method%00zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz=PUT",
 	};
 	static const char *const not_found[] = {
 		"a=_method=DELETE", "q=1&x_method=DELETE", "_method", "a=1&_methods=DELETE", "method=DELETE",
 		"%zz_method=DELETE", "_method_=x", "a=%26_method=DELETE",
 		"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa_method=DELETE",
+		"x%00_method=DELETE", "_meth%00od=DELETE",
 	};
 
 	for (size_t i = 0; i < sizeof(found) / sizeof(found[0]); i++)
