@@ -21,11 +21,12 @@ static bool bound_by_name(const struct policy_binding *b, const char *agent)
 }
 
 /* Is the pattern list's match for this request? Prints the first one. */
-static const char *first_match(const struct policy_strv *v, const char *m, size_t ml, bool upgrade,
+static const char *first_match(const struct policy_strv *v, bool review, const char *m, size_t ml, bool upgrade,
 			       const char *path, size_t pl)
 {
 	for (size_t k = 0; k < v->n; k++)
-		if (http_rule_match(v->v[k], m, ml, upgrade, path, pl))
+		if (review ? http_review_match(v->v[k], m, ml, upgrade, path, pl) :
+			     http_rule_match(v->v[k], m, ml, upgrade, path, pl))
 			return v->v[k];
 	return NULL;
 }
@@ -129,7 +130,7 @@ int http_explain(const struct policy *p, int ai, int ti, const char *request, FI
 
 				if (rl->target_idx != ti)
 					continue;
-				pat = first_match(review ? &rl->review.http : &rl->allow.http, method, ml, upgrade,
+				pat = first_match(review ? &rl->review.http : &rl->allow.http, review, method, ml, upgrade,
 						  path, tg.path_len);
 				if (!pat)
 					continue;

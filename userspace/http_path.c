@@ -5,7 +5,9 @@
  */
 #include "http_path.h"
 
+#include <ctype.h>
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 enum { C_BAD = 0, C_UNRES, C_SUB, C_COLAT };
@@ -554,6 +556,44 @@ bool http_pattern_match(const char *pat, size_t pat_len, const char *path, size_
 		p += pl + 1;
 	}
 	return true;
+}
+
+/*
+ * Review rules are a deny-list inside what is allowed, so they take what
+ * an upstream routes alike (review, stop 34: allowing every method on /v1
+ * and reviewing DELETE of one invoice let DELETE /v1/invoices/42/ and
+ * /v1/INVOICES/42 through, which Express, ASP.NET Core and Spring 5 route
+ * to the same handler): the path's case, one trailing slash, and HEAD as
+ * GET. Allow rules stay exact (case-sensitive: failing closed).
+ */
+bool http_review_match(const char *rule, const char *method, size_t mlen, bool upgrade, const char *path,
+		       size_t plen)
+{
+	char lrule[4200], lpath_s[2048], *lpath = lpath_s;
+	size_t rl = strlen(rule), sp, lplen = plen;
+	bool head = mlen == 4 && memcmp(method, "HEAD", 4) == 0, hit;
+
+	if (http_rule_match(rule, method, mlen, upgrade, path, plen) ||
+	    (head && http_rule_match(rule, "GET", 3, upgrade, path, plen)))
+		return true;
+	if (rl >= sizeof(lrule))
+		return false;   /* no rule is this long (policy strings: 4096 bytes) */
+	if (plen >= sizeof(lpath_s) && !(lpath = malloc(plen + 1)))
+		return true;    /* cannot tell: held, not let through */
+	memcpy(lrule, rule, rl + 1);
+	sp = strcspn(lrule, " ");
+	for (size_t i = sp; i < rl; i++)
+		lrule[i] = (char)tolower((unsigned char)lrule[i]);
+	for (size_t i = 0; i < plen; i++)
+		lpath[i] = (char)tolower((unsigned char)path[i]);
+	if (lplen > 1 && lpath[lplen - 1] == '/')
+		lplen--;
+	lpath[lplen] = '\0';
+	hit = http_rule_match(lrule, method, mlen, upgrade, lpath, lplen) ||
+	      (head && http_rule_match(lrule, "GET", 3, upgrade, lpath, lplen));
+	if (lpath != lpath_s)
+		free(lpath);
+	return hit;
 }
 
 int http_rule_check(const char *rule, const char **why)

@@ -112,5 +112,9 @@ bool http_rule_match(const char *rule, const char *method, size_t method_len, bo
 
 /* Does the pattern (the part after "METHOD ") match path? */
 bool http_pattern_match(const char *pat, size_t pat_len, const char *path, size_t path_len);
+/* http_rule_match() for a review rule: also what upstreams route alike
+ * (the path's case, one trailing slash, HEAD as GET). */
+bool http_review_match(const char *rule, const char *method, size_t mlen, bool upgrade, const char *path,
+		       size_t plen);
 
 #endif

@@ -453,7 +453,7 @@ static enum verdict judge_rules(const struct policy_rule *const *rules, size_t n
 {
 	for (size_t i = 0; i < n; i++)
 		for (size_t k = 0; k < rules[i]->review.http.n; k++)
-			if (http_rule_match(rules[i]->review.http.v[k], method, mlen, upgrade, path, plen)) {
+			if (http_review_match(rules[i]->review.http.v[k], method, mlen, upgrade, path, plen)) {
 				rule_desc(rules[i], rule, rulelen);
 				return V_REVIEW;
 			}

@@ -591,6 +591,15 @@ def test_review_wins_over_allow(enforcer, rec):
     assert [r[0] for r in rs] == [403, 200], rs
     assert b"needs approval" in rs[0][2], rs[0]
     assert rec.all() == b"DELETE /v1/orders/1 HTTP/1.1\r\nHost: api.internal\r\n\r\n", rec.all()
+    # what upstreams route to the same handler is held too: a trailing
+    # slash, another case (Express, ASP.NET Core, Spring 5; review, stop 34)
+    rec.reset()
+    out = raw(enforcer, rec.port, crlf("DELETE /v1/invoices/1/ HTTP/1.1⏎Host: api.internal⏎⏎"
+                                       "DELETE /v1/INVOICES/1 HTTP/1.1⏎Host: api.internal⏎⏎"
+                                       "DELETE /v1/Orders/1 HTTP/1.1⏎Host: api.internal⏎⏎"))
+    rs, rest = responses(out)
+    assert [r[0] for r in rs] == [403, 403, 200], rs
+    assert rec.all() == b"DELETE /v1/Orders/1 HTTP/1.1\r\nHost: api.internal\r\n\r\n", rec.all()
 
 
 def test_half_close_still_answered(enforcer, rec):

@@ -397,6 +397,26 @@ static void test_form_scan(void)
 		}
 }
 
+/* Review rules take what upstreams route alike (review, stop 34). */
+static void test_review_match(void)
+{
+#define RV(rule, m, path) http_review_match(rule, m, strlen(m), false, path, strlen(path))
+#define AL(rule, m, path) http_rule_match(rule, m, strlen(m), false, path, strlen(path))
+	CHECK(RV("DELETE /v1/invoices/*", "DELETE", "/v1/invoices/1"));
+	CHECK(RV("DELETE /v1/invoices/*", "DELETE", "/v1/invoices/1/"));
+	CHECK(RV("DELETE /v1/invoices/*", "DELETE", "/v1/INVOICES/1"));
+	CHECK(RV("DELETE /v1/Invoices/*", "DELETE", "/v1/invoices/1"));
+	CHECK(RV("GET /v1/secrets/**", "HEAD", "/v1/Secrets/a"));
+	CHECK(!RV("DELETE /v1/invoices/*", "DELETE", "/v1/orders/1"));
+	CHECK(!RV("DELETE /v1/invoices/*", "GET", "/v1/invoices/1"));
+	CHECK(!RV("DELETE /v1/invoices/*", "DELETE", "/v1/invoices/1//"));
+	/* allow rules stay exact */
+	CHECK(!AL("DELETE /v1/invoices/*", "DELETE", "/v1/INVOICES/1"));
+	CHECK(!AL("GET /v1/x", "HEAD", "/v1/x"));
+#undef RV
+#undef AL
+}
+
 int main(int argc, char **argv)
 {
 	if (argc == 3 && strcmp(argv[1], "--write-corpus") == 0)
@@ -413,5 +433,6 @@ int main(int argc, char **argv)
 	RUN(test_match);
 	RUN(test_decide_on_canonical);
 	RUN(test_form_scan);
+	RUN(test_review_match);
 	UNIT_DONE("http_path");
 }
