@@ -256,6 +256,8 @@ struct pg_judged {
 	const struct policy_rule *rule;
 	bool copy_in, copy_out, cached;
 	bool changes_names;    /* can create or move functions or operators (names epochs) */
+	bool names_stale;      /* judged as if names could have changed (ctx.names_stale) */
+	uint64_t names_epoch;  /* the database's names epoch when it was judged */
 	char *tables;          /* "public.a,public.b", or NULL */
 	char *why;             /* not allowed: the reason (observe mode sends it all the same) */
 	int ntables;
@@ -1419,8 +1421,9 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 	 * ends with the epoch moved, then the count down, so a count of 0
 	 * read first is never paired with the epoch from before that end */
 	bool changing = names_changing(c);
+	uint64_t epoch = atomic_load(names_epoch_of(c));
 
-	if (!s->names_stale && s->cat_ready && atomic_load(names_epoch_of(c)) != s->names_epoch)
+	if (!s->names_stale && s->cat_ready && epoch != s->names_epoch)
 		s->names_stale = true;   /* another session changed the database's names */
 	ctx.names_stale = s->names_stale || changing;
 	if (!pg_utf8_valid(sql, len)) {
@@ -1497,6 +1500,10 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 	j = judged_new(r, why);
 	if (!j)
 		snprintf(why, whylen, "out of memory");
+	else {
+		j->names_stale = ctx.names_stale;
+		j->names_epoch = epoch;
+	}
 	return j;
 early:
 	j = judged_new(NULL, why);
@@ -3638,6 +3645,17 @@ static int fe_bind(struct conn *c, const struct pg_msg *m)
 		snprintf(why, sizeof(why), "prepared statement \"%.64s\" was not allowed (or does not exist)", b.stmt);
 		return standin(c, false, PG_DENY_NAME, why, NULL, "extended");
 	}
+	/* Judged with the names of then: PostgreSQL analyses a prepared
+	 * statement again when its plan is invalidated (DDL, ANALYZE), and
+	 * picks up a function or operator created since, an overload that
+	 * fits better than the builtin judged (review, stop 34). One judged
+	 * with fresh names runs only while they are the same. */
+	if (j->allowed && !j->changes_names && !j->names_stale &&
+	    atomic_load(names_epoch_of(c)) != j->names_epoch) {
+		snprintf(why, sizeof(why), "functions or operators of the database changed since prepared statement "
+			 "\"%.64s\" was judged; prepare it again", b.stmt);
+		return standin(c, false, PG_DENY_NAME, why, NULL, "extended");
+	}
 	/* a prepared statement that can change names runs from here on, as
 	 * often as it is bound: every Bind is a change judged now (review) */
 	if (j->changes_names && (j->allowed || c->policy->mode == POLICY_OBSERVE)) {
@@ -3728,6 +3746,13 @@ static int fe_execute(struct conn *c, const struct pg_msg *m)
 	 * the life of the session) */
 	if (!enforcer_identity_ok(c->policy, c->agent_idx, why, sizeof(why)) && enforcer_should_refuse(c, why))
 		return standin(c, false, PG_DENY_NAME, why, NULL, "extended");
+	/* the delegating user's token too: a statement judged before it
+	 * expired is not run after (review, stop 34) */
+	if (s->has_deleg && s->deleg.exp > 0 && (int64_t)(now_ms_realtime() / 1000) >= s->deleg.exp) {
+		snprintf(why, sizeof(why), "the delegating user's token has expired; reconnect with a fresh one");
+		if (enforcer_should_refuse(c, why))
+			return standin(c, false, PG_DENY_NAME, why, NULL, "extended");
+	}
 	{
 		const struct policy_rule *rules[ENFORCER_MAX_RULES];
 		size_t nr = enforcer_rules_for(c->policy, c->agent_idx, c->target_idx, rules, ENFORCER_MAX_RULES);

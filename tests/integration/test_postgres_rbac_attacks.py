@@ -446,6 +446,34 @@ def test_session_that_creates_functions(enforcer, pg, tmp):
     assert not server_saw(pg, "public.touch(orders)") and not server_saw(pg, "o.touch")
 
 
+
+def test_prepared_statement_not_run_after_names_change(enforcer, pg, tmp):
+    """A statement prepared while upper() was only the built-in: PostgreSQL
+    analyses a prepared statement again when its plan is invalidated (DDL,
+    ANALYZE) and then picks up public.upper(varchar), created since, an exact
+    match that beats pg_catalog.upper(text) (review, stop 34: its INSERT ran
+    on a select-only Bind). Once the database's names change, a statement
+    judged with the old ones is refused at Bind: prepare it again."""
+    pg.sql("CREATE TABLE fn_calls (via text); GRANT INSERT ON fn_calls TO app; GRANT CREATE ON SCHEMA public TO app")
+    rules = [{"target": "shop", "allow": {"statements": ["select", "create_function"]}}]
+    enforcer.start(policy(pg, tmp, rules=rules))
+    r = run(enforcer, pg, textwrap.dedent("""
+        c = Conn("127.0.0.1", PORT)
+        c.send(P("s", "SELECT upper(id::varchar) FROM orders WHERE id = 1") + B("", "s") + E("") + S)
+        first = summary(c.until_ready())
+        c.send(Q("CREATE FUNCTION public.upper(varchar) RETURNS text LANGUAGE sql AS "
+                 "$$INSERT INTO public.fn_calls VALUES ('u') RETURNING 'x'$$"))
+        made = summary(c.until_ready())
+        c.send(B("", "s") + E("") + S)
+        again = summary(c.until_ready())
+        print(json.dumps({"first": first, "made": made, "again": again}))
+    """))
+    assert "D:1" in r["first"], r
+    assert r["made"][0] == "C:CREATE FUNCTION", r
+    assert denied(r["again"]) and "prepare it again" in r["again"][0], r
+    assert pg.sql("SELECT count(*) FROM fn_calls") == "0"
+
+
 def test_names_created_in_another_session(enforcer, pg, tmp):
     """Found by review (stop 30): a session's snapshot of the database's names was
     stale once another session created one. Session 1 opens; session 2 (the same
