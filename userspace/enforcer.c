@@ -2069,6 +2069,27 @@ static void open_balance(void)
 	}
 }
 
+/* A tuning knob from the environment: 1 and *out set when NAME holds a
+ * number from lo to hi, 0 when it is unset or empty, -EINVAL (logged)
+ * for anything else: bad values are refused, not guessed at. */
+static int env_knob(const char *name, long lo, long hi, const char *what, long *out)
+{
+	const char *v = getenv(name);
+	char *end;
+	long n;
+
+	if (!v || !*v)
+		return 0;
+	errno = 0;
+	n = strtol(v, &end, 10);
+	if (*end || errno || n < lo || n > hi) {
+		log_err("%s=%.16s: want %s from %ld to %ld", name, v, what, lo, hi);
+		return -EINVAL;
+	}
+	*out = n;
+	return 1;
+}
+
 int enforcer_run(const char *policy_path, const char *state_dir)
 {
 	static struct enforcer enf;
@@ -2212,39 +2233,21 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 	cpu_set_t cpus;
 	long ncpu = sched_getaffinity(0, sizeof(cpus), &cpus) == 0 ? CPU_COUNT(&cpus)
 								     : sysconf(_SC_NPROCESSORS_ONLN);
-	const char *wenv = getenv("AGENTGATE_WORKERS");
+	long n = 0;
 
-
-	if (wenv && *wenv) {   /* a tuning knob; bad values are refused, not guessed at */
-		char *end;
-		long n = strtol(wenv, &end, 10);
-
-		if (*end || n < 1 || n > MAX_WORKERS) {
-			log_err("AGENTGATE_WORKERS=%.16s: want a number of worker threads from 1 to %d", wenv,
-				MAX_WORKERS);
-			rc = -EINVAL;
-			goto out;
-		}
+	if ((rc = env_knob("AGENTGATE_WORKERS", 1, MAX_WORKERS, "a number of worker threads", &n)) < 0)
+		goto out;
+	if (rc)
 		ncpu = n;
-	}
 	E->nworkers = ncpu < 1 ? 1 : ncpu > MAX_WORKERS ? MAX_WORKERS : ncpu;
 	/* Busy polling before a worker sleeps (loop.c wait_events()): off
 	 * unless asked for, as it spends CPU for latency. */
-	const char *benv = getenv("AGENTGATE_BUSY_POLL_US");
-	unsigned busy_us = 0;
+	n = 0;
+	if ((rc = env_knob("AGENTGATE_BUSY_POLL_US", 0, BUSY_POLL_MAX_US, "microseconds (0: off)", &n)) < 0)
+		goto out;
+	unsigned busy_us = (unsigned)n;
 
-	if (benv && *benv) {
-		char *end;
-		long n = strtol(benv, &end, 10);
-
-		if (*end || n < 0 || n > BUSY_POLL_MAX_US) {
-			log_err("AGENTGATE_BUSY_POLL_US=%.16s: want microseconds from 0 (off) to %d", benv,
-				BUSY_POLL_MAX_US);
-			rc = -EINVAL;
-			goto out;
-		}
-		busy_us = (unsigned)n;
-	}
+	rc = 0;
 	E->workers = calloc(E->nworkers, sizeof(struct worker));
 	uint16_t port4 = E->tcp_port, port6 = E->tcp_port;
 
