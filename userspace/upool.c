@@ -106,7 +106,9 @@ static int victim(int agent_idx, unsigned max_per_agent)
 	for (int i = 0; i < npool; i++) {
 		int n = agent_count(pool[i].key.agent_idx);
 
-		if (n > most_n || (n == most_n && pool[i].key.agent_idx == agent_idx)) {
+		/* oldest first; on a tie, the caller's own oldest */
+		if (n > most_n || (n == most_n && pool[i].key.agent_idx == agent_idx &&
+				   pool[most].key.agent_idx != agent_idx)) {
 			most = i;
 			most_n = n;
 		}

@@ -297,9 +297,16 @@ def _two_agents(pg, tmp, limit):
 def _churn(enforcer, pg, n, agent=None):
     """n sessions, each with its own application_name (its own pool key),
     each ended with Terminate while idle: each is reset and kept."""
+    # a connection still ending (its reset on the way) counts against a
+    # small limit for a moment: such a refusal is retried
     code = f"""
     for i in range({n}):
-        c = Conn("127.0.0.1", {pg.port}, params={{"application_name": "churn%d" % i}})
+        for attempt in range(50):
+            try:
+                c = Conn("127.0.0.1", {pg.port}, params={{"application_name": "churn%d" % i}})
+                break
+            except (ConnectionResetError, ConnectionRefusedError):
+                time.sleep(0.1)
         c.send(Q("SELECT 1")); c.until_ready()
         c.close()
     print(json.dumps({{"ok": True}}))
