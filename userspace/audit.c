@@ -188,6 +188,8 @@ static void audit_tick(void *arg);
 static int emit_locked(json_t *ev);
 static int spool_line_locked(char *line, size_t len, uint64_t seq);
 static void checkpoint_locked(bool stop);
+static bool meta_due_locked(void);
+static int meta_emit_locked(json_t *ev);
 static void checkpoint_seq_save(void);
 static void drop_load_locked(void);
 static void save_chain_head(void);
@@ -1092,8 +1094,8 @@ static void checkpoint_locked(bool stop)
 	json_t *ev, *cp;
 	int err;
 
-	if (!stop && now_ns_mono() / 1000000 < A.meta_retry_ms)
-		return;   /* the last report or checkpoint could not be recorded */
+	if (!stop && !meta_due_locked())
+		return;
 	if (audit_checkpoint_sign(A.key, A.seq, A.last_hash, A.cp_pending, stop, sig)) {
 		ag_log(LOG_LVL_ERR, "audit: signing checkpoint at sequence %llu failed",
 		       (unsigned long long)A.seq);
@@ -1110,16 +1112,10 @@ static void checkpoint_locked(bool stop)
 	if (cp && stop)
 		json_object_set_new(cp, "stop", json_true());
 	json_object_set_new(ev, "unmapped", json_pack("{s:o}", "checkpoint", cp));
-	A.meta = true;
-	err = emit_locked(ev);
-	A.meta = false;
+	err = meta_emit_locked(ev);
 	json_decref(ev);
-	if (err) {
-		/* not recorded (spool full): the next checkpoint covers these
-		 * events; tried again in a second, not at every event */
-		A.meta_retry_ms = now_ns_mono() / 1000000 + META_RETRY_MS;
-		return;
-	}
+	if (err)
+		return;   /* not recorded: the next checkpoint covers these events */
 	A.cp_pending = 0;
 	A.cp_last_ms = now_ms_realtime();
 	checkpoint_seq_save();
@@ -1160,14 +1156,35 @@ static void *saver_thread(void *arg)
 /* Event Log Activity for what on_full dropped, written once room returned:
  * the dropped events had no sequence number, they sit between
  * after_sequence and this event. */
+/* A loss report or checkpoint may be tried now (not within a second of
+ * one that could not be recorded). A.lock held. */
+static bool meta_due_locked(void)
+{
+	return now_ns_mono() / 1000000 >= A.meta_retry_ms;
+}
+
+/* Emits a loss report or checkpoint: not counted as a lost event when it
+ * cannot be recorded, and tried again a second later. A.lock held. */
+static int meta_emit_locked(json_t *ev)
+{
+	int err;
+
+	A.meta = true;
+	err = emit_locked(ev);
+	A.meta = false;
+	if (err)
+		A.meta_retry_ms = now_ns_mono() / 1000000 + META_RETRY_MS;
+	return err;
+}
+
 static void loss_event_locked(bool now)
 {
 	json_t *ev;
 	char msg[192];
 	int err;
 
-	if (!now && now_ns_mono() / 1000000 < A.meta_retry_ms)
-		return;   /* the last report or checkpoint could not be recorded */
+	if (!now && !meta_due_locked())
+		return;
 	if (!(ev = audit_event(1008, 99, "Drop")))
 		return;
 	snprintf(msg, sizeof(msg), "%llu audit events dropped: %s%s (on_full=%s)",
@@ -1191,9 +1208,7 @@ static void loss_event_locked(bool now)
 		"spool_bytes", (json_int_t)spool_bytes(A.spool)));
 	uint64_t n = A.dropped;
 	A.dropped = 0;   /* emit_locked() must not report them first */
-	A.meta = true;
-	err = emit_locked(ev);
-	A.meta = false;
+	err = meta_emit_locked(ev);
 	if (err == 0) {
 		char path[4200];
 
@@ -1211,9 +1226,8 @@ static void loss_event_locked(bool now)
 		}
 	} else {
 		/* still no room: the window goes on as it was (the report is
-		 * not itself a lost event), tried again in a second */
+		 * not itself a lost event) */
 		A.dropped = n;
-		A.meta_retry_ms = now_ns_mono() / 1000000 + META_RETRY_MS;
 	}
 	json_decref(ev);
 }
