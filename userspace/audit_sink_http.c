@@ -225,6 +225,8 @@ static size_t on_data(char *p, size_t sz, size_t n, void *arg)
 	struct hsink *h = arg;
 	size_t len = sz * n;
 
+	if (h->kind == K_HOOK)
+		return len;   /* a webhook's 2xx is the acknowledgement; its body is not read */
 	if (h->rlen + len > HTTP_RESP_MAX) {
 		h->resp_over = true;
 		return 0;
@@ -292,7 +294,10 @@ static int post(struct audit_sink *s, const char *url, const char *ctype, const 
 	rc = curl_easy_perform(h->curl);
 	curl_slist_free_all(hd);
 	if (rc != CURLE_OK) {
-		snprintf(why, wl, "%s", curl_easy_strerror(rc));
+		if (h->resp_over)
+			snprintf(why, wl, "the collector's answer is over %u MiB", HTTP_RESP_MAX >> 20);
+		else
+			snprintf(why, wl, "%s", curl_easy_strerror(rc));
 		return -EIO;
 	}
 	curl_easy_getinfo(h->curl, CURLINFO_RESPONSE_CODE, status);

@@ -662,6 +662,23 @@ def test_http_redirect_is_retried_not_dead_lettered(enforcer, servers, collector
     assert any(st == 307 for _, st in collector.requests)
 
 
+def test_webhook_answer_over_the_limit_is_still_an_acknowledgement(enforcer, servers, collector):
+    """A webhook's 2xx acknowledges the batch whatever its body says; a
+    receiver that echoes what it got (here 9 MiB, past the 8 MiB the sink
+    keeps of an answer) made the sink abort the transfer and post the same
+    batch again and again (review, stop 35)."""
+    port, _ = servers.echo()
+    collector.hook_pad = 9 << 20
+    enforcer.start(policy(port, f"- {{type: webhook, url: 'http://127.0.0.1:{collector.port}/hook'}}\n"))
+    traffic(enforcer, port, 4)
+    assert wait_for(lambda: len(hook_seqs(collector)) >= 9, 15), hook_seqs(collector)
+    time.sleep(1.5)   # a failed batch is posted again within 100-200 ms
+    got = hook_seqs(collector)
+    enforcer.stop()
+    assert got == sorted(set(got)), f"batches posted again: {got}"
+    assert not os.path.exists(os.path.join(enforcer.state, "spool", "dead-letter.jsonl"))
+
+
 def test_sink_url_password_never_logged(enforcer, servers):
     """Basic auth in an Elasticsearch URL is common; the sink's description in
     logs and status must not carry it."""

@@ -22,7 +22,8 @@ delivery logic:
 * `fail_next` injects that many 503 answers (any endpoint) first;
   `hec_400` answers every HEC event POST 400 "Invalid data format";
   `max_events` answers 413 to a webhook POST carrying more events
-  (a proxy's body limit).
+  (a proxy's body limit); `hook_pad` makes webhook answers that many bytes
+  longer (a receiver that echoes what it got).
 
 Run it in-process (`Collector().start()`), or standalone:
 `python3 collector.py PORT [TOKEN]` logs what it receives.
@@ -46,6 +47,7 @@ class Collector:
         self.fake_answers = []         # (status, body) for the next HEC event POSTs: not HEC's own
                                        # (a proxy's 202, a 200 page), nothing indexed
         self.max_events = 0            # more events in one POST: 413 (0: no limit)
+        self.hook_pad = 0              # webhook 200 answers carry this many more bytes
         self.lose_unacked = 0
         self.es_429_items = 0          # next N new items answer 429
         self.es_400_ids = set()        # these _id answer 400 (mapping error)
@@ -241,6 +243,8 @@ class Collector:
         if self.too_large(len(arr)):
             return 413, {"error": "Request Entity Too Large"}
         self.webhook.extend(arr)
+        if self.hook_pad:
+            return 200, {"received": len(arr), "echo": "x" * self.hook_pad}
         return 200, {"received": len(arr)}
 
 
