@@ -684,6 +684,7 @@ static void checkpoint_seq_save(void)
 }
 
 static void loss_event_locked(bool now);
+static void drop_forget_locked(void);
 
 /*
  * What on_full dropped is reported once there is room again; until then
@@ -751,6 +752,8 @@ void audit_flush(void)
 		loss_event_locked(false);
 	if (A.dropped)
 		drop_save_locked(false);
+	else
+		drop_forget_locked();
 	pthread_mutex_unlock(&A.lock);
 }
 
@@ -1177,6 +1180,21 @@ static int meta_emit_locked(json_t *ev)
 	return err;
 }
 
+/* The loss was reported: spool/dropped goes, once the report is in the
+ * segment file (a SIGKILL between the two must not lose both). A flush
+ * that fails leaves it for audit_flush() to try again; left for good, the
+ * next run would report the same loss a second time. */
+static void drop_forget_locked(void)
+{
+	char path[4200];
+
+	if (!A.drop_saved || A.dropped || spool_flush(A.spool, false) != 0)
+		return;
+	drop_path(path, sizeof(path));
+	unlink(path);
+	A.drop_saved = 0;
+}
+
 static void loss_event_locked(bool now)
 {
 	json_t *ev;
@@ -1210,20 +1228,9 @@ static void loss_event_locked(bool now)
 	A.dropped = 0;   /* emit_locked() must not report them first */
 	err = meta_emit_locked(ev);
 	if (err == 0) {
-		char path[4200];
-
 		A.cp_pending++;   /* a plain event for the checkpoint count */
 		atomic_store(&A.full, false);
-		if (A.drop_saved) {
-			/* the report into the segment file first: a SIGKILL
-			 * between the two must not lose both (once per loss
-			 * window, after the spool was full) */
-			if (spool_flush(A.spool, false) == 0) {
-				drop_path(path, sizeof(path));
-				unlink(path);
-				A.drop_saved = 0;
-			}
-		}
+		drop_forget_locked();
 	} else {
 		/* still no room: the window goes on as it was (the report is
 		 * not itself a lost event) */
