@@ -596,6 +596,8 @@ int audit_open(const struct policy *p)
 		}
 		if ((err = spool_reader_open(A.spool, k->s.id, &k->r)))
 			return err;
+		if (k->s.ops->adopt)
+			spool_reader_keeps_copy(k->r);
 		atomic_store(&k->acked, spool_reader_cursor(k->r));
 	}
 	adopt_sink_tails(A.spool_had_line);

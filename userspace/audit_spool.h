@@ -101,6 +101,11 @@ int spool_flush(struct spool *s, bool sync);
  * loaded from cursor-<id>, or starts before the oldest retained event.
  * 0 or -errno. */
 int spool_reader_open(struct spool *s, const char *id, struct spool_reader **out);
+/* The reader's sink keeps a durable copy of what it acknowledged that the
+ * next start can take back (the file sink). The spool's periodic
+ * fdatasync is skipped only while every reader is such a one, and has
+ * acknowledged all that was written by the previous sync point. */
+void spool_reader_keeps_copy(struct spool_reader *r);
 /* Last acknowledged sequence of this reader. */
 /* Events appended (written or still buffered) that the reader has not
  * read yet. The reader's thread only. */

@@ -154,6 +154,7 @@ static void test_sync_skipped_when_delivered(void)
 	fresh_dir();
 	CHECK(spool_open(&s, dir, 0, &last) == 0);
 	CHECK(spool_reader_open(s, "r1", &r) == 0);
+	spool_reader_keeps_copy(r);
 	CHECK(start(s) == 0);
 	/* a reader that keeps up: appends over 8 sync periods, acked as read */
 	synced = spool_sync_count(s);
@@ -175,6 +176,41 @@ static void test_sync_skipped_when_delivered(void)
 		seq += 5;
 		usleep(20 * 1000);
 	}
+	CHECK(spool_sync_count(s) - synced >= 4);
+	spool_close(s);
+	rm_dir();
+}
+
+/* A reader whose sink keeps no copy the next start can take back (a
+ * SIEM): the syncs go on while it keeps up, or a power cut would lose
+ * from the spool events it acknowledged, and their sequence numbers
+ * would be given again (review, stop 34). */
+static void test_sync_kept_for_a_network_reader(void)
+{
+	struct spool *s;
+	struct spool_reader *r, *f;
+	uint64_t last, seq = 1, synced;
+	int bad = 0;
+
+	fresh_dir();
+	CHECK(spool_open(&s, dir, 0, &last) == 0);
+	CHECK(spool_reader_open(s, "file", &f) == 0);
+	spool_reader_keeps_copy(f);
+	CHECK(spool_reader_open(s, "siem", &r) == 0);
+	CHECK(start(s) == 0);
+	synced = spool_sync_count(s);
+	for (int round = 0; round < 8 * SPOOL_SYNC_MS / 20; round++) {
+		uint64_t next;
+
+		CHECK(append_n(s, seq, 5) == 0);
+		seq += 5;
+		usleep(20 * 1000);
+		next = read_all(r, spool_reader_cursor(r) + 1, &bad);
+		CHECK(spool_reader_ack(r, next - 1) == 0);
+		next = read_all(f, spool_reader_cursor(f) + 1, &bad);
+		CHECK(spool_reader_ack(f, next - 1) == 0);
+	}
+	CHECK(bad == 0);
 	CHECK(spool_sync_count(s) - synced >= 4);
 	spool_close(s);
 	rm_dir();
@@ -531,6 +567,7 @@ int main(void)
 {
 	RUN(test_order_and_persistence);
 	RUN(test_sync_skipped_when_delivered);
+	RUN(test_sync_kept_for_a_network_reader);
 	RUN(test_segments_sealed);
 	RUN(test_delivered_not_sealed);
 	RUN(test_lagging_reader_sealed_after_grace);
