@@ -1527,7 +1527,8 @@ static void load_bearer(struct vctx *v, const struct ynode *n, struct policy_ups
  * resolved by some precedence the author never saw. */
 static void check_upstream(struct vctx *v, const struct ynode *m)
 {
-	static const char *const auth[] = { "bearer_token_file", "basic_auth_file", "bearer" };
+	/* header too: http_upstream.c sends one credential, and would drop it */
+	static const char *const auth[] = { "bearer_token_file", "basic_auth_file", "bearer", "header" };
 	const struct ynode *first = NULL, *k;
 
 	for (size_t i = 0; i < sizeof(auth) / sizeof(auth[0]); i++) {
@@ -1670,8 +1671,12 @@ static int addr_ref_cmp(const void *pa, const void *pb)
 	const struct policy_addr *a = x->a, *b = y->a;
 	int c;
 
-	if (a->kind != b->kind)
-		return a->kind < b->kind ? -1 : 1;
+	/* a CIDR of one address (10.0.0.5/32) is that address */
+	enum policy_addr_kind ka = a->kind == ADDR_CIDR && a->prefixlen == 128 ? ADDR_IP : a->kind;
+	enum policy_addr_kind kb = b->kind == ADDR_CIDR && b->prefixlen == 128 ? ADDR_IP : b->kind;
+
+	if (ka != kb)
+		return ka < kb ? -1 : 1;
 	if (a->port != b->port)
 		return a->port < b->port ? -1 : 1;
 	if (a->kind == ADDR_HOST)
@@ -1840,8 +1845,13 @@ static void load_action(struct vctx *v, const struct ynode *m, struct policy_act
 	a->present = true;
 	check_keys(v, m, review ? review_keys : allow_keys);
 	check_scope(v, m, scope, t);
-	if ((n = map_get(m, "statements")))
+	/* An empty list is refused wherever one could be read two ways:
+	 * as "nothing" under allow, and as a review that never holds anything. */
+	if ((n = map_get(m, "statements"))) {
 		want_strv(v, n, "statements", &a->statements, check_pg_statement);
+		if (n->kind == Y_SEQ && n->n == 0)
+			verr(v, n, "statements is empty: list the statements or classes (read, write, ...)");
+	}
 	if ((n = map_get(m, "tables"))) {
 		want_strv(v, n, "tables", &a->tables, check_pg_table);
 		/* no tables key grants every table; an empty list must not */
@@ -1849,10 +1859,32 @@ static void load_action(struct vctx *v, const struct ynode *m, struct policy_act
 			verr(v, n, "tables is empty: list the tables, or leave the key out (or write \"*\") "
 			     "to allow every table");
 	}
-	if ((n = map_get(m, "functions")))
+	if ((n = map_get(m, "functions"))) {
 		want_strv(v, n, "functions", &a->functions, check_pg_function);
-	if ((n = map_get(m, "http")))
+		if (n->kind == Y_SEQ && n->n == 0)
+			verr(v, n, "functions is empty: list the functions, or leave the key out");
+	}
+	if ((n = map_get(m, "http"))) {
 		want_strv(v, n, "http", &a->http, check_http_rule);
+		if (n->kind == Y_SEQ && n->n == 0)
+			verr(v, n, "http is empty: list the methods and paths (\"GET /v1/*\")");
+	}
+	/*
+	 * On a postgres target statements are what an action grants; tables and
+	 * functions only narrow them. Without statements an action permits no
+	 * statement: an allow so written grants nothing, and a review holds
+	 * nothing, so what it was meant to hold ran on the allow alone
+	 * (review: {tables: [payments]} beside allow: {statements: [write]}
+	 * let every DELETE FROM payments through).
+	 */
+	if (t && t->proto == PROTO_POSTGRES && !map_get(m, "statements") &&
+	    (review || map_get(m, "tables") || map_get(m, "functions")))
+		verr(v, m, "%s names no statements: on a postgres target tables and functions narrow "
+		     "the statements it %s; list them (statements: [write], or [delete] ...)",
+		     review ? "review" : "allow", review ? "holds" : "allows");
+	/* likewise a review on an http target holds only the requests it names */
+	if (review && t && t->proto == PROTO_HTTP && !map_get(m, "http"))
+		verr(v, m, "review names no requests: list them (http: [\"DELETE /v1/*\"])");
 	if ((n = map_get(m, "verbs")))
 		want_strv(v, n, "verbs", &a->verbs, NULL);
 	if ((n = map_get(m, "resources")))

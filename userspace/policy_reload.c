@@ -55,7 +55,7 @@ static bool sink_eq(const struct policy_sink *a, const struct policy_sink *b)
 	return a->type == b->type && str_eq(a->path, b->path) && str_eq(a->address, b->address) &&
 	       str_eq(a->transport, b->transport) && str_eq(a->url, b->url) &&
 	       str_eq(a->token_file, b->token_file) && str_eq(a->index, b->index) &&
-	       str_eq(a->ca_file, b->ca_file) && a->ack == b->ack && a->rotate_bytes == b->rotate_bytes &&
+	       str_eq(a->ca_file, b->ca_file) && a->ack == b->ack && a->ack_timeout_ms == b->ack_timeout_ms && a->rotate_bytes == b->rotate_bytes &&
 	       a->rotate_age_ms == b->rotate_age_ms && a->keep == b->keep;
 }
 

@@ -908,6 +908,41 @@ static void test_refused_shapes(void)
 	CHECK(refused_with(PG_HEAD "}]\nroles: [{name: r, rules: [{target: db, allow: {statements: [select], tables: []}}]}]\n",
 			   "tables is empty"));
 	CHECK(loads(PG_HEAD "}]\nroles: [{name: r, rules: [{target: db, allow: {statements: [select], tables: [\"*\"]}}]}]\n"));
+	/* empty lists, and actions that grant or hold no statement: a review
+	 * of tables alone matched nothing, and the allow beside it let every
+	 * statement on those tables through (review, stop 36) */
+	CHECK(refused_with(PG_HEAD "}]\nroles: [{name: r, rules: [{target: db, allow: {statements: [read, write]}, "
+			   "review: {tables: [public.payments]}}]}]\n", "review names no statements"));
+	CHECK(refused_with(PG_HEAD "}]\nroles: [{name: r, rules: [{target: db, review: {functions: [pg_sleep]}}]}]\n",
+			   "review names no statements"));
+	CHECK(refused_with(PG_HEAD "}]\nroles: [{name: r, rules: [{target: db, review: {}}]}]\n",
+			   "review names no statements"));
+	CHECK(refused_with(PG_HEAD "}]\nroles: [{name: r, rules: [{target: db, allow: {tables: [public.t]}}]}]\n",
+			   "allow names no statements"));
+	CHECK(refused_with(PG_HEAD "}]\nroles: [{name: r, rules: [{target: db, review: {statements: []}}]}]\n",
+			   "statements is empty"));
+	CHECK(refused_with(PG_HEAD "}]\nroles: [{name: r, rules: [{target: db, allow: {statements: [select], functions: []}}]}]\n",
+			   "functions is empty"));
+	CHECK(loads(PG_HEAD "}]\nroles: [{name: r, rules: [{target: db, allow: {statements: [read, write]}, "
+		    "review: {statements: [write], tables: [public.payments]}}]}]\n"));
+	CHECK(loads(PG_HEAD "}]\nroles: [{name: r, rules: [{target: db, allow: {}}]}]\n"));   /* connect, no statement */
+	CHECK(refused_with("version: 1\nagents: [{name: a}]\ntargets: [{name: api, protocol: http, address: 127.0.0.1:80}]\n"
+			   "roles: [{name: r, rules: [{target: api, allow: {http: ['GET /**']}, review: {http: []}}]}]\n",
+			   "http is empty"));
+	CHECK(refused_with("version: 1\nagents: [{name: a}]\ntargets: [{name: api, protocol: http, address: 127.0.0.1:80}]\n"
+			   "roles: [{name: r, rules: [{target: api, allow: {http: ['GET /**']}, review: {timeout: 60s}}]}]\n",
+			   "review names no requests"));
+	/* one address written two ways */
+	CHECK(refused_with("version: 1\nagents: [{name: a}]\ntargets: [{name: db, protocol: postgres, address: 10.0.0.5:5432},\n"
+			   "  {name: raw, protocol: tcp, address: 10.0.0.5/32:5432}]\n", "same address as target"));
+	CHECK(refused_with("version: 1\nagents: [{name: a}]\ntargets: [{name: db, protocol: tcp, address: '[fd00::5/128]:80'},\n"
+			   "  {name: raw, protocol: tcp, address: '[fd00::5]:80'}]\n", "same address as target"));
+	CHECK(loads("version: 1\nagents: [{name: a}]\ntargets: [{name: db, protocol: postgres, address: 10.0.0.5:5432},\n"
+		    "  {name: raw, protocol: tcp, address: 10.0.0.0/31:5432}]\n"));
+	/* a header credential beside another: one would have been dropped */
+	CHECK(refused_with("version: 1\nagents: [{name: a}]\ntargets: [{name: api, protocol: http, address: 127.0.0.1:80,\n"
+			   "  upstream: {bearer_token_file: /etc/agentgate/t, header: {name: X-Api-Key, value_file: /etc/agentgate/k}}}]\n",
+			   "'header' conflicts with 'bearer_token_file'"));
 	/* search_path: one schema, as PostgreSQL folds it */
 	CHECK(refused_with(PG_HEAD ", upstream: {search_path: \"app, public\"}}]\n", "must be one schema name"));
 	CHECK(refused_with(PG_HEAD ", upstream: {search_path: Public}}]\n", "must be one schema name"));
@@ -1158,6 +1193,15 @@ static void test_hec_ack_timeout(void)
 	snprintf(text, sizeof(text), fmt, ", ack: true");
 	p = load_str("hec.yaml", text, &e);
 	CHECK(p && p->audit.sinks[0].ack_timeout_ms == 0);   /* the sink's default, 60 s */
+	/* the running sink holds the timeout it started with: a reload that
+	 * changes it is refused, not answered "reloaded" and ignored */
+	snprintf(text, sizeof(text), fmt, ", ack: true, ack_timeout: 90s");
+	struct policy *q = load_str("hec.yaml", text, &e);
+	char why[300] = "";
+
+	CHECK(p && q && policy_reload_refusal(p, q, why, sizeof(why)) == -1 &&
+	      strstr(why, "the audit section changed"));
+	policy_free(q);
 	policy_free(p);
 	snprintf(text, sizeof(text), fmt, ", ack_timeout: 5s");
 	p = load_str("hec.yaml", text, &e);
