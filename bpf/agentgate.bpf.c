@@ -671,8 +671,21 @@ static __always_inline int bind_guard(struct bpf_sock_addr *ctx, bool v6)
 	if (!here)
 		return ALLOW;
 	owner = bpf_map_lookup_elem(&ag_owner, &zero);
-	if (owner && *owner && *owner == (__u32)(bpf_get_current_pid_tgid() >> 32))
-		return ALLOW;
+	if (owner && *owner && *owner == (__u32)(bpf_get_current_pid_tgid() >> 32)) {
+		struct task_struct *task = bpf_get_current_task_btf();
+		__u64 *start = bpf_map_lookup_elem(&ag_owner_start, &zero);
+		__u64 st = task->group_leader->start_time;
+
+		/* The enforcer binds its listeners right after it names
+		 * itself owner (enforcer.c), so the first bind under that PID
+		 * is its own: it takes the start time, and a later process
+		 * with the same PID (pid_max wrapped after a crash) has
+		 * another. A clean stop clears the owner. */
+		if (start && st && (*start == 0 || *start == st)) {
+			*start = st;
+			return ALLOW;
+		}
+	}
 	count(AG_CNT_DENY_BIND);
 	return DENY;
 }

@@ -88,4 +88,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ag_owner SEC(".maps");
 
+/* The owner's start time (task->group_leader->start_time), taken by its
+ * first bind: with the PID alone, a process that got the PID of an
+ * enforcer gone (killed, crashed) could bind its ports. 0: not taken yet. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ag_owner_start SEC(".maps");
+
 #endif

@@ -2045,6 +2045,34 @@ static int guard_ports(void)
 	return 0;
 }
 
+/*
+ * The bind guard knows its owner by PID and start time (bpf: bind_guard()),
+ * and takes the start time at the owner's first bind it sees. The
+ * listeners were bound before the guard was on (a first start), so one
+ * bind now, on a guarded port: a UDP socket on the TCP port, which the
+ * guard checks for either protocol; whether the bind itself succeeds does
+ * not matter (the hook runs first), and the socket is closed at once.
+ * Without it a process that got this PID after a crash could bind.
+ */
+static void claim_owner(void)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(E->tcp_port),
+				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	uint64_t start = 0;
+	int fd;
+
+	if (!E->guarded)
+		return;
+	if ((fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0)) >= 0) {
+		if (bind(fd, (struct sockaddr *)&a, sizeof(a)) && errno == EPERM)
+			log_warn("kernel guard: this enforcer may not bind its own port %u", E->tcp_port);
+		close(fd);
+	}
+	if (loader_owner_start(E->loader, &start) || !start)
+		log_warn("kernel guard: the enforcer's start time was not recorded: after a crash, a "
+			 "process given its PID could bind the agents' ports");
+}
+
 /* Connections spread by count (balance.h); the kernel's hash if that fails. */
 static void open_balance(void)
 {
@@ -2102,6 +2130,7 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 	char lockpath[PATH_MAX + 16];
 	uint32_t rbsize = 0;
 	socklen_t cl = sizeof(enf.netns_cookie);
+	bool owner_set = false;
 
 	E = &enf;
 	E->started_ms = now_ms_realtime();
@@ -2211,6 +2240,7 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 		log_err("kernel guard: %s", strerror(-rc));
 		goto out;
 	}
+	owner_set = true;
 
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGTERM);
@@ -2294,6 +2324,7 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 	}
 	if (guard_ports() || open_identities() || program_kernel())
 		goto out;
+	claim_owner();
 	open_local_ca();
 	rb = loader_ringbuf(E->loader, on_kernel_event, NULL);
 	rb_item.fd = ring_buffer__epoll_fd(rb);
@@ -2353,6 +2384,10 @@ out:
 	dns_close(E->dns);
 	audit_close();
 	local_ca_close();
+	/* stopped: no process may bind the ports until the next start (a
+	 * crash leaves the PID, which only this process's start time matches) */
+	if (owner_set && E->loader)
+		loader_set_owner(E->loader, 0);
 	loader_close(E->loader);
 	for (size_t i = 0; E->policy && i < E->policy->nagents; i++) {
 		ident_agent_free(E->agents[i].ident);

@@ -319,9 +319,27 @@ int loader_guard(struct loader *l, const char *cgroup_root)
 
 int loader_set_owner(struct loader *l, uint32_t pid)
 {
-	__u32 zero = 0;
+	__u32 zero = 0, none = 0;
+	__u64 start = 0;
 
-	return bpf_map_update_elem(bpf_map__fd(l->skel->maps.ag_owner), &zero, &pid, BPF_ANY) ? -errno : 0;
+	/* no owner while the start time is reset: the old one's PID with a
+	 * reset start would let the next process under that PID take it */
+	if (bpf_map_update_elem(bpf_map__fd(l->skel->maps.ag_owner), &zero, &none, BPF_ANY) ||
+	    bpf_map_update_elem(bpf_map__fd(l->skel->maps.ag_owner_start), &zero, &start, BPF_ANY) ||
+	    (pid && bpf_map_update_elem(bpf_map__fd(l->skel->maps.ag_owner), &zero, &pid, BPF_ANY)))
+		return -errno;
+	return 0;
+}
+
+int loader_owner_start(struct loader *l, uint64_t *start)
+{
+	__u32 zero = 0;
+	__u64 v = 0;
+
+	if (bpf_map_lookup_elem(bpf_map__fd(l->skel->maps.ag_owner_start), &zero, &v))
+		return -errno;
+	*start = v;
+	return 0;
 }
 
 int loader_set_cgroup_slot(struct loader *l, uint64_t cgid, uint32_t slot)

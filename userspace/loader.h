@@ -52,7 +52,8 @@ int loader_listen_set(struct loader *l, uint32_t key, int fd);
  * process in ag_owner may bind them, also while no enforcer runs. */
 int loader_guard(struct loader *l, const char *cgroup_root);
 /* The process allowed to bind the enforcer's ports (ag_owner). */
-int loader_set_owner(struct loader *l, uint32_t pid);
+int loader_set_owner(struct loader *l, uint32_t pid);   /* 0: no owner (a clean stop) */
+int loader_owner_start(struct loader *l, uint64_t *start);   /* 0: not taken yet */
 bool loader_has_guard(const struct loader *l);
 
 int loader_set_global(struct loader *l, const struct ag_global *g);

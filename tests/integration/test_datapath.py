@@ -1815,6 +1815,20 @@ def squat(tcp_port, udp_port, secs, want="bound"):
     return p
 
 
+def squat_as_pid(pid, tcp_port, udp_port):
+    """The squatter under a given PID: ns_last_pid set to the one before
+    (root, the host's PID namespace), retried while other forks take it."""
+    for _ in range(50):
+        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+            f.write(str(pid - 1))
+        p = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", PY, "-c", SQUATTER,
+                              str(tcp_port), str(udp_port), "0"], stdout=subprocess.PIPE, text=True)
+        out = p.communicate(timeout=10)[0].split()
+        if p.pid == pid:
+            return out[0] if out else ""
+    raise AssertionError(f"could not start a process as PID {pid}")
+
+
 def test_enforcer_ports_taken_by_another_user_get_nothing(enforcer, servers):
     """Found by review (stop 29): the enforcer's ports are above 1024, so while
     it was down (a restart, a crash) any local user could bind 127.0.0.1:15001
@@ -1847,8 +1861,13 @@ def test_enforcer_ports_taken_by_another_user_get_nothing(enforcer, servers):
     r = enforcer.py("t-agent", DNS_QUERY + 'print(query("api.test", ("192.0.2.53", 53))[2])')
     assert r.stdout.split() == ["['127.0.0.2']"], r.stdout + r.stderr
     # down: still not (the guards stay pinned); the agent is refused
+    dead_pid = enforcer.proc.p.pid
     enforcer.stop(signal.SIGKILL)
     squat(TCP_PORT, DNS_BASE + 1, 0, want="EPERM").wait(10)
+    # nor by a process that got the dead enforcer's PID (review, stop 36: the
+    # guard knew its owner by PID alone, and pid_max wraps)
+    sq = squat_as_pid(dead_pid, TCP_PORT, DNS_BASE + 1)
+    assert sq == "EPERM", sq
     r = enforcer.py("t-agent", connect_code("127.0.0.1", web))
     assert r.stdout.split() == ["ERR", "ECONNREFUSED"], r.stdout + r.stderr
     # ports taken before the guards existed (here: all detached): what is sent
