@@ -167,6 +167,40 @@ int ag_sock_create(struct bpf_sock *sk)
 	return ALLOW;
 }
 
+/* ---- setsockopt: no source routes ---------------------------------------- */
+
+/*
+ * An IPv4 loose or strict source route (IP_OPTIONS) or an IPv6 routing
+ * header (IPV6_RTHDR) sends a redirected connect's SYN to the route's first
+ * hop instead of 127.0.0.1: the egress backstop drops it, but the socket
+ * waits in SYN-SENT with its entry in the pair map (ag_pairs), never
+ * accepted, and one agent making such connects fast could keep the map,
+ * shared by every agent, full (review, stop 36). Nothing an agent needs
+ * uses them. Refused with EPERM on the agent's sockets of any family.
+ */
+#define AG_SOL_IP 0
+#define AG_IP_OPTIONS 4
+#define AG_SOL_IPV6 41
+#define AG_IPV6_2292RTHDR 5
+#define AG_IPV6_RTHDR 57
+
+SEC("cgroup/setsockopt")
+int ag_setsockopt(struct bpf_sockopt *ctx)
+{
+	int level = ctx->level, name = ctx->optname;
+
+	if ((level == AG_SOL_IP && name == AG_IP_OPTIONS) ||
+	    (level == AG_SOL_IPV6 && (name == AG_IPV6_RTHDR || name == AG_IPV6_2292RTHDR))) {
+		count(AG_CNT_DENY_SOCKOPT);
+		return 0;
+	}
+	/* past a page the program sees only the first one: 0 hands the
+	 * kernel the caller's own buffer (Documentation/bpf/prog_cgroup_sockopt.rst) */
+	if (ctx->optlen > 4096)
+		ctx->optlen = 0;
+	return 1;
+}
+
 /* ---- connect: refuse, or remember the destination and redirect ---------- */
 
 /* connect() fails with ECONNREFUSED (where bpf_set_retval exists), a

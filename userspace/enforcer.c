@@ -58,6 +58,8 @@ static const char *const counter_names[AG_CNT__MAX] = {
 	[AG_CNT_CFG_MISSING] = "config_missing",
 	[AG_CNT_SKB_EGRESS_DROP] = "backstop_egress_dropped",
 	[AG_CNT_SKB_INGRESS_DROP] = "backstop_ingress_dropped",
+	[AG_CNT_GUARD_DROP] = "guard_dropped",
+	[AG_CNT_DENY_SOCKOPT] = "denied_sockopt",
 };
 
 static bool claims_may_grant(const struct policy *p, int t);

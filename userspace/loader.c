@@ -20,7 +20,7 @@
 const char *const loader_prog_names[] = {
 	"ag_sock_create", "ag_connect4", "ag_connect6", "ag_sendmsg4", "ag_sendmsg6",
 	"ag_recvmsg4", "ag_recvmsg6", "ag_getpeername4", "ag_getpeername6",
-	"ag_bind4", "ag_bind6", "ag_sock_ops", "ag_skb_egress", "ag_skb_ingress",
+	"ag_bind4", "ag_bind6", "ag_sock_ops", "ag_skb_egress", "ag_skb_ingress", "ag_setsockopt",
 };
 const int loader_nprogs = sizeof(loader_prog_names) / sizeof(loader_prog_names[0]);
 
@@ -697,7 +697,7 @@ int loader_prog_count(const char *cgroup_path, int *total)
 		BPF_CGROUP_UDP4_SENDMSG, BPF_CGROUP_UDP6_SENDMSG, BPF_CGROUP_UDP4_RECVMSG,
 		BPF_CGROUP_UDP6_RECVMSG, BPF_CGROUP_INET4_GETPEERNAME, BPF_CGROUP_INET6_GETPEERNAME,
 		BPF_CGROUP_INET4_BIND, BPF_CGROUP_INET6_BIND, BPF_CGROUP_SOCK_OPS,
-		BPF_CGROUP_INET_EGRESS, BPF_CGROUP_INET_INGRESS,
+		BPF_CGROUP_INET_EGRESS, BPF_CGROUP_INET_INGRESS, BPF_CGROUP_SETSOCKOPT,
 	};
 	int fd = open(cgroup_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 

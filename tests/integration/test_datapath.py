@@ -14,7 +14,7 @@ from conftest import (AG, CG2, DNS_BASE, PY, TCP_PORT, URING, connect_code, deta
 
 # sock_create, connect4/6, sendmsg4/6, recvmsg4/6, getpeername4/6, bind4/6,
 # sock_ops, cgroup_skb egress and ingress: one program per hook.
-NPROGS = 14
+NPROGS = 15
 
 
 def enforce_policy(port, agent="t-agent", extra_targets="", extra_rules="", mode="enforce"):
@@ -528,6 +528,52 @@ print(" ".join(out))
     assert r.stdout.split() == ["EPERM", "EPERM", "EPERM", "EPERM", "ok", "ok"], r.stdout + r.stderr
     ev = enforcer.wait_event(lambda e: e.get("unmapped", {}).get("hook") == "sock_create")
     assert ev and ev["unmapped"]["agent"]["name"] == "t-agent"
+
+
+def test_source_routes_refused(enforcer, servers):
+    """Review (stop 36): with an IPv4 loose source route (IP_OPTIONS, no
+    capability needed) a redirected connect's SYN went to the route's first
+    hop; the backstop dropped it, but the socket sat in SYN-SENT holding a
+    pair-map entry the enforcer never took, so one agent could fill the
+    map every agent shares. Source routes are refused on agents' sockets;
+    other options, a large one too, still work."""
+    port, _ = servers.echo()
+    enforcer.start(enforce_policy(port))
+    code = f"""
+import socket, errno
+out = []
+lsrr = bytes([1, 131, 7, 4, 192, 0, 2, 1])   # NOP, LSRR len 7 ptr 4, first hop 192.0.2.1
+tries = [(socket.AF_INET, socket.IPPROTO_IP, 4, lsrr),
+         (socket.AF_INET6, socket.IPPROTO_IPV6, 57, bytes([59, 0, 4, 0, 0, 0, 0, 0])),
+         (socket.AF_INET6, socket.IPPROTO_IPV6, 5, bytes(8)),
+         (socket.AF_INET, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
+         (socket.AF_INET, socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"lo".ljust(16, b"\\0")),
+         (socket.AF_INET, socket.IPPROTO_TCP, 14, bytes(8000))]   # TCP_MD5SIG
+for fam, lvl, name, val in tries:
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(lvl, name, val); out.append("ok")
+    except OSError as e:
+        out.append(errno.errorcode[e.errno])
+    s.close()
+# and the connect still goes to the enforcer
+s = socket.socket()
+s.settimeout(5)
+s.connect(("127.0.0.1", {port}))
+s.sendall(b"hi\\n")
+out.append(s.recv(100).decode().strip() or "empty")
+print(" ".join(out))
+"""
+    outside = subprocess.run([PY, "-c", code], capture_output=True, text=True)
+    assert outside.stdout.split()[0] == "ok", "control: the kernel takes the route: " + outside.stdout + outside.stderr
+    before = enforcer.status()["counters"]["denied_sockopt"]
+    r = enforcer.in_cgroup("t-agent", [PY, "-c", code])
+    out = r.stdout.split()
+    # TCP_MD5SIG with 8000 bytes: past a page, the kernel's own answer (EINVAL) comes through
+    assert out[:5] == ["EPERM", "EPERM", "EPERM", "ok", "ok"], r.stdout + r.stderr
+    assert out[5] == "EINVAL", r.stdout + r.stderr
+    assert out[6] == "hi", r.stdout + r.stderr
+    assert enforcer.status()["counters"]["denied_sockopt"] == before + 3
 
 
 def test_agent_dialing_enforcer_port_refused(enforcer, servers):
