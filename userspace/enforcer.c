@@ -236,6 +236,55 @@ static void orphan_cb(void *ctx, const char *agent, uint64_t cgid, int nlinks, i
 	}
 }
 
+/*
+ * Links an agent of the policy still has pinned on a cgroup that is no
+ * longer its own: its policy cgroup changed, or an attachment was not
+ * restored (review, stop 36). They would go on stamping that cgroup's
+ * sockets with the agent's identity, unseen in status, also inside another
+ * agent's cgroup, which is the nesting program_kernel() refuses. Collected
+ * first, detached after the walk.
+ */
+#define STALE_MAX 64
+struct stale_ctx {
+	int n;
+	struct { char agent[256]; uint64_t cgid; } v[STALE_MAX];   /* names: 63 bytes at most */
+};
+
+static void stale_cb(void *ctx, const char *agent, uint64_t cgid, int nlinks, int ndead)
+{
+	struct stale_ctx *sc = ctx;
+	int a = policy_agent_index(E->policy, agent);
+	struct agent_rt *rt;
+
+	(void)nlinks;
+	(void)ndead;
+	if (a < 0 || sc->n >= STALE_MAX)
+		return;   /* not in the policy: orphan_cb() */
+	rt = &E->agents[a];
+	if (cgid == rt->cgid)
+		return;
+	for (int x = 0; x < rt->nextra; x++)
+		if (cgid == rt->extra_cgid[x])
+			return;
+	snprintf(sc->v[sc->n].agent, sizeof(sc->v[sc->n].agent), "%s", agent);
+	sc->v[sc->n++].cgid = cgid;
+}
+
+static void detach_stale(void)
+{
+	static struct stale_ctx sc;
+
+	sc.n = 0;
+	loader_list_pins(stale_cb, &sc);
+	for (int i = 0; i < sc.n; i++) {
+		int err = loader_detach_cgroup(sc.v[i].agent, sc.v[i].cgid);
+
+		log_warn("agent '%s': programs left on cgroup %llu, which is no longer its own: %s",
+			 sc.v[i].agent, (unsigned long long)sc.v[i].cgid,
+			 err ? strerror(-err) : "detached");
+	}
+}
+
 static int write_agents_file(void)
 {
 	char path[PATH_MAX + 32], tmp[PATH_MAX + 40];
@@ -464,6 +513,7 @@ static int program_kernel(void)
 	}
 	loader_list_pins(orphan_cb, &oc);
 	restore_attachments();
+	detach_stale();
 	return write_agents_file();
 }
 

@@ -660,6 +660,16 @@ static int list_agent(const char *path, const char *name, void *ctx)
 	return for_each_subdir(path, list_cg, lc);
 }
 
+int loader_detach_cgroup(const char *agent, uint64_t cgid)
+{
+	char root[PATH_MAX], dir[PATH_MAX + 64];
+	int err = loader_pin_root(root, sizeof(root));
+
+	if (err || (err = link_dir(root, agent, cgid, dir, sizeof(dir))))
+		return err;
+	return rm_link_dir(dir, NULL, NULL);
+}
+
 int loader_list_pins(loader_pin_cb cb, void *ctx)
 {
 	char root[PATH_MAX], dir[PATH_MAX + 16];

@@ -87,6 +87,8 @@ struct ring_buffer *loader_ringbuf(struct loader *l,
  * the map pins. Works with no enforcer running. *removed = links detached.
  */
 int loader_detach_pins(const char *agent, int *removed);
+/* Detaches agent's pinned links on one cgroup (by id). */
+int loader_detach_cgroup(const char *agent, uint64_t cgid);
 
 /* Removes an agent's link directories whose links no longer point at a live
  * cgroup (the cgroup was deleted). Returns how many were removed. */

@@ -935,6 +935,65 @@ def test_attach_existing_cgroup(enforcer, servers):
         os.rmdir(cg)
 
 
+def test_attachment_not_restored_is_detached(enforcer, servers):
+    """Review (stop 36): an extra cgroup of agent A whose attachment a restart
+    refused (agent B's cgroup now encloses it) kept A's pinned programs, so
+    its sockets went on carrying A's identity inside B's cgroup, unseen in
+    status. Programs an agent has on a cgroup no longer its own are now
+    detached at start, and that cgroup's processes are B's."""
+    a_port, _ = servers.echo()
+    b_port, _ = servers.echo()
+    outer = os.path.join(CG2, "agtest-outer")
+    inner = os.path.join(outer, "inner")
+    os.makedirs(inner, exist_ok=True)
+
+    def policy(b_cgroup):
+        return f"""
+        version: 1
+        agents:
+          - {{name: t-agent}}
+          - {{name: b-agent{b_cgroup}}}
+        targets:
+          - {{name: a, protocol: tcp, address: 127.0.0.1:{a_port}}}
+          - {{name: b, protocol: tcp, address: 127.0.0.1:{b_port}}}
+        roles:
+          - {{name: ra, rules: [{{target: a}}]}}
+          - {{name: rb, rules: [{{target: b}}]}}
+        bindings:
+          - {{role: ra, agents: [t-agent]}}
+          - {{role: rb, agents: [b-agent]}}
+        """
+
+    def direct_progs(cg):
+        r = subprocess.run(["bpftool", "-j", "cgroup", "show", cg], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout.strip() or "[]")
+
+    def dial(port):
+        code = connect_code_flat("127.0.0.1", port)
+        r = subprocess.run(["sh", "-c", f"echo $$ > {inner}/cgroup.procs && exec {PY} -c \"$0\"", code],
+                           capture_output=True, text=True, timeout=20)
+        return r.stdout.split()[0] if r.stdout.split() else r.stderr
+
+    try:
+        enforcer.start(policy(""))
+        r = enforcer.cli("attach", "--agent", "t-agent", "--cgroup", "agtest-outer/inner")
+        assert r.returncode == 0, r.stderr
+        assert len(direct_progs(inner)) == NPROGS
+        assert dial(a_port) == "OK" and dial(b_port) == "ERR"
+        enforcer.stop()
+        enforcer.start(policy(", cgroup: agtest-outer"))
+        log = enforcer.read_log()
+        assert "attachment of 't-agent' to '/agtest-outer/inner' not restored" in log, log
+        assert "which is no longer its own: detached" in log, log
+        assert direct_progs(inner) == [], direct_progs(inner)
+        assert dial(b_port) == "OK" and dial(a_port) == "ERR"
+    finally:
+        enforcer.cleanup()
+        os.rmdir(inner)
+        os.rmdir(outer)
+
+
 def test_status_exit_3_without_enforcer(tmp):
     r = subprocess.run([AG, "--state-dir", tmp, "status"], capture_output=True, text=True)
     assert r.returncode == 3 and "no enforcer" in r.stderr
