@@ -303,9 +303,31 @@ static int write_agents_file(void)
 	return err;
 }
 
-/* Stable slots: an agent keeps the slot it had (slots.json); a new agent
+/*
+ * Stable slots: an agent keeps the slot it had (slots.json); a new agent
  * takes a slot never used before, or, when none is left, one whose agent is
- * gone and has no pinned links. */
+ * gone and has no pinned links.
+ *
+ * A socket carries its slot for as long as it lives, across restarts, and
+ * the kernel's pins are the host's, not a state directory's: the table is
+ * also kept in HOST_SLOTS (/run: it lasts as long as the pins and the
+ * sockets, until a reboot), and read from there first. From the state
+ * directory alone, a start with another --state-dir, or after slots.json
+ * was lost, numbered the agents afresh, and a socket an agent had made
+ * before was taken for another agent (review, stop 36).
+ */
+#define HOST_SLOTS "/run/agentgate/slots.json"
+
+static int save_slots(const char *path, json_t *out)
+{
+	char tmp[PATH_MAX + 32];
+
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	if (json_dump_file(out, tmp, JSON_INDENT(2) | JSON_SORT_KEYS) || rename(tmp, path))
+		return -EIO;
+	return 0;
+}
+
 static int assign_slots(void)
 {
 	const struct policy *p = E->policy;
@@ -317,7 +339,17 @@ static int assign_slots(void)
 	int err = 0;
 
 	snprintf(path, sizeof(path), "%s/slots.json", E->state_dir);
-	known = json_load_file(path, JSON_REJECT_DUPLICATES, NULL);
+	known = json_load_file(HOST_SLOTS, JSON_REJECT_DUPLICATES, NULL);
+	if (known && !json_is_object(known)) {
+		json_decref(known);
+		known = NULL;
+	}
+	if (!known)
+		known = json_load_file(path, JSON_REJECT_DUPLICATES, NULL);
+	if (known && !json_is_object(known)) {
+		json_decref(known);
+		known = NULL;
+	}
 	if (!known)
 		known = json_object();
 	for (int s = 0; s < AG_MAX_AGENTS; s++)
@@ -371,13 +403,12 @@ static int assign_slots(void)
 			json_object_set(out, name, v);
 	for (size_t i = 0; i < p->nagents; i++)
 		json_object_set_new(out, p->agents[i].name, json_integer(E->slot_of[i]));
-	if (!err) {
-		char tmp[PATH_MAX + 32];
-
-		snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-		if (json_dump_file(out, tmp, JSON_INDENT(2) | JSON_SORT_KEYS) || rename(tmp, path))
-			err = -EIO;
+	if (!err && save_slots(HOST_SLOTS, out)) {
+		log_err("could not save %s", HOST_SLOTS);
+		err = -EIO;
 	}
+	if (!err)
+		err = save_slots(path, out);
 	json_decref(known);
 	json_decref(out);
 	return err;

@@ -994,6 +994,68 @@ def test_attachment_not_restored_is_detached(enforcer, servers):
         os.rmdir(outer)
 
 
+def test_socket_keeps_its_agent_when_state_dir_slots_are_lost(enforcer, servers, tmp):
+    """Review (stop 36): a socket carries its agent's slot number, and the
+    slot table lived only in the state directory: restarted after slots.json
+    was lost (or with another --state-dir) and the agents listed in another
+    order, the enforcer numbered them afresh, and a socket one agent had
+    made before the restart was taken for the other. The table is also kept
+    host-wide (/run/agentgate/slots.json), as the pins are."""
+    a_port, _ = servers.echo()
+    b_port, _ = servers.echo()
+
+    def policy(order):
+        agents = "\n".join(f"          - {{name: {n}}}" for n in order)
+        return f"""
+        version: 1
+        agents:
+{agents}
+        targets:
+          - {{name: a, protocol: tcp, address: 127.0.0.1:{a_port}}}
+          - {{name: b, protocol: tcp, address: 127.0.0.1:{b_port}}}
+        roles:
+          - {{name: ra, rules: [{{target: a}}]}}
+          - {{name: rb, rules: [{{target: b}}]}}
+        bindings:
+          - {{role: ra, agents: [slot-a]}}
+          - {{role: rb, agents: [slot-b]}}
+        """
+
+    go = os.path.join(tmp, "go")
+    code = f"""
+import os, socket, time
+socks = [socket.socket() for _ in range(2)]   # made now: stamped with this cgroup's slot
+print("ready", flush=True)
+while not os.path.exists({go!r}):
+    time.sleep(0.05)
+out = []
+for s, port in zip(socks, ({a_port}, {b_port})):
+    s.settimeout(5)
+    try:
+        s.connect(("127.0.0.1", port)); s.sendall(b"hi\\n"); out.append(s.recv(10).decode().strip() or "eof")
+    except OSError as e:
+        out.append(type(e).__name__)
+print(" ".join(out), flush=True)
+"""
+    enforcer.start(policy(["slot-a", "slot-b"]))
+    procs = os.path.join(enforcer.cgroup_path("slot-a"), "cgroup.procs")
+    p = subprocess.Popen(["sh", "-c", f'echo $$ > {procs} && exec {PY} -c "$0"', code],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        enforcer.stop()
+        os.unlink(os.path.join(enforcer.state, "slots.json"))
+        enforcer.start(policy(["slot-b", "slot-a"]))
+        open(go, "w").close()
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    # slot-a's socket is still slot-a's: its own target answers, the other agent's does not
+    assert out.split() == ["hi", "ConnectionRefusedError"], out + err
+
+
 def test_status_exit_3_without_enforcer(tmp):
     r = subprocess.run([AG, "--state-dir", tmp, "status"], capture_output=True, text=True)
     assert r.returncode == 3 and "no enforcer" in r.stderr
