@@ -308,6 +308,8 @@ void conn_ca_asker(struct conn *c, struct local_ca_asker *out)
 void conn_relay(struct conn *c)
 {
 	c->relaying = true;
+	if (!c->connecting)
+		c->deadline_ms = 0;   /* decided (upstream_connected) */
 }
 
 static void relay(struct conn *c)
@@ -774,6 +776,14 @@ static int fill_in(struct conn *c, int side)
 	struct conn_side *sd = &c->side[side];
 	int fd = side_fd(c, side), got = 0, err;
 
+	/* A read that failed after others brought bytes in: those went to the
+	 * module first (an upstream's answer, then its reset: review, stop 36,
+	 * the answer was thrown away with the connection). */
+	if (sd->in_err) {
+		err = sd->in_err;
+		sd->in_err = 0;
+		return err;
+	}
 	/* Nothing new since the socket was last drained: no recv that can only
 	 * say EAGAIN (edge-triggered epoll reports every arrival, which clears
 	 * the flag in conn_on_event). */
@@ -819,6 +829,10 @@ static int fill_in(struct conn *c, int side)
 					break;
 				}
 				tls_errtext(c, "TLS read");
+				if (got) {
+					sd->in_err = -EPROTO;
+					break;
+				}
 				return -EPROTO;
 			}
 			n = r;
@@ -834,6 +848,10 @@ static int fill_in(struct conn *c, int side)
 					continue;
 				if (errno == EAGAIN) {
 					sd->drained = true;
+					break;
+				}
+				if (got) {
+					sd->in_err = -errno;
 					break;
 				}
 				return -errno;
@@ -1096,6 +1114,7 @@ int conn_redial_upstream(struct conn *c)
 	sd->in_eof = sd->want_shut = sd->shut = false;
 	sd->tls_pending = sd->tls_ready = sd->tls_server = false;
 	sd->drained = sd->hup = false;
+	sd->in_err = 0;
 	return conn_connect_upstream(c);
 }
 
@@ -1192,7 +1211,16 @@ static void upstream_connected(struct conn *c)
 	int soerr = 0;
 	socklen_t sl = sizeof(soerr);
 
-	if (getsockopt(c->up.fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == 0 && soerr == EINPROGRESS)
+	struct sockaddr_storage peer;
+	socklen_t pl = sizeof(peer);
+
+	if (getsockopt(c->up.fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0)
+		soerr = errno;
+	/* SO_ERROR says 0 while the handshake is still on too: an event meant
+	 * for the fd a redial just closed (the new one has its number and its
+	 * epoll data) would have taken the new connect as done, and with it
+	 * its deadline (review, stop 36). Not connected yet: wait. */
+	if (!soerr && getpeername(c->up.fd, (struct sockaddr *)&peer, &pl) != 0 && errno == ENOTCONN)
 		return;
 	if (soerr && c->streaming) {
 		stream_upstream_failed(c, -soerr);
@@ -1208,6 +1236,14 @@ static void upstream_connected(struct conn *c)
 	}
 	c->connecting = false;
 	c->deadline_ms = 0;   /* connected means decided: no deadline while relaying */
+	/* unless the module still decides once the upstream speaks (tls: the
+	 * server's first message, then maybe the agent's second ClientHello):
+	 * a server that accepts and stays silent held the connection and
+	 * the agent's connection slot for ever (review, stop 36) */
+	if (!c->streaming && !c->relaying && c->ops && c->ops->on_agent_data) {
+		c->deadline_ms = now_ns_mono() / 1000000ull + AG_DECISION_TIMEOUT_MS;
+		c->deadline_why = "no decision: the upstream or the agent sent too little in time";
+	}
 	c->up_born_ms = now_ns_mono() / 1000000ull;
 }
 

@@ -79,6 +79,8 @@ struct conn {
 		bool tls_server;
 		bool drained;          /* read until empty; nothing new reported since */
 		bool hup;              /* the peer closed its side (EPOLLRDHUP/HUP/ERR seen) */
+		int in_err;            /* a read failed after bytes came in that pass: -errno, told
+					* once the module has seen those bytes (fill_in) */
 		bool secret;           /* out holds a secret (conn_send_secret): wiped once written */
 		uint32_t out_hw;       /* the most of out ever holding bytes since it was last empty */
 	} side[2];

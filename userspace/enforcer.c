@@ -316,7 +316,7 @@ static int write_agents_file(void)
  * was lost, numbered the agents afresh, and a socket an agent had made
  * before was taken for another agent (review, stop 36).
  */
-#define HOST_SLOTS "/run/agentgate/slots.json"
+#define HOST_SLOTS LOADER_HOST_SLOTS
 
 static int save_slots(const char *path, json_t *out)
 {
@@ -1794,8 +1794,8 @@ static void open_local_ca(void)
 		if (local_ca_open(E->state_dir, why, sizeof(why)))
 			log_err("local CA: %s (agents' TLS to inspected targets will be refused)", why);
 		else
-			log_info("local CA: %s (add it to agents' trust stores for TLS to inspected targets)",
-				 local_ca_cert_path());
+			log_info("local CA: %s%s (add it to agents' trust stores for TLS to inspected targets)",
+				 local_ca_created() ? "created a new CA, " : "", local_ca_cert_path());
 		return;
 	}
 }

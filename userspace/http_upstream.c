@@ -244,6 +244,12 @@ static SSL_CTX *make_ctx(const struct policy_upstream *u, char *why, size_t whyl
 		return NULL;
 	}
 	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	/* An upstream that closes without close_notify (many servers and load
+	 * balancers do) is an EOF, as a plain FIN is: the module judges whether
+	 * an answer was cut. As an error it reset the agent's connection, also
+	 * for an idle keep-alive leg that should just be dialled again (review,
+	 * stop 36). */
+	SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
 	SSL_CTX_set_verify(ctx, verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
 	if (verify) {
 		int ok = u->ca_file ? SSL_CTX_load_verify_locations(ctx, u->ca_file, NULL)
@@ -280,8 +286,11 @@ static SSL_CTX *make_ctx(const struct policy_upstream *u, char *why, size_t whyl
 	return ctx;
 }
 
-/* The name the upstream's certificate must carry (and the SNI). */
-static void peer_name(const struct policy_target *t, char *out, size_t outlen)
+/* The name the upstream's certificate must carry (and the SNI): without a
+ * name, the address dialled: the agent's destination, which on a CIDR
+ * target is not the network's address (review, stop 36: 10.0.0.0 was
+ * checked for a server at 10.1.2.3, as proto_pg.c never did). */
+static void peer_name(const struct policy_target *t, const uint8_t dialled[16], char *out, size_t outlen)
 {
 	const struct policy_upstream *u = &t->upstream;
 
@@ -294,10 +303,11 @@ static void peer_name(const struct policy_target *t, char *out, size_t outlen)
 	else if (u->has_address)
 		addr_str(u->address.addr, out, outlen);
 	else
-		addr_str(t->addr.addr, out, outlen);
+		addr_str(dialled, out, outlen);
 }
 
-int http_upstream_ssl(const struct policy *p, int t, SSL **out, char *why, size_t whylen)
+int http_upstream_ssl(const struct policy *p, int t, const uint8_t dialled[16], SSL **out, char *why,
+		      size_t whylen)
 {
 	const struct policy_target *tg = &p->targets[t];
 	const char *mode = tg->upstream.tls;
@@ -311,11 +321,12 @@ int http_upstream_ssl(const struct policy *p, int t, SSL **out, char *why, size_
 		return 0;
 	pthread_mutex_lock(&lock);
 	e = entry(p, t);
+	/* A context that fails to build is not kept: the next request tries
+	 * again (a ca_file written after the start, by cert-manager say), and
+	 * says why it failed each time. */
 	if (e && !e->ctx_done) {
 		e->ctx = make_ctx(&tg->upstream, why, whylen);
-		e->ctx_done = true;
-	} else if (e && !e->ctx) {
-		snprintf(why, whylen, "upstream TLS: the target's TLS settings could not be loaded");
+		e->ctx_done = e->ctx != NULL;
 	}
 	bool have_ctx = e && e->ctx, have_e = e != NULL;   /* e is not ours once unlocked */
 
@@ -329,7 +340,7 @@ int http_upstream_ssl(const struct policy *p, int t, SSL **out, char *why, size_
 			snprintf(why, whylen, "out of memory");
 		return -EPROTO;
 	}
-	peer_name(tg, name, sizeof(name));
+	peer_name(tg, dialled, name, sizeof(name));
 	bool check = strcmp(mode, "require") != 0, named = true;
 	if (inet_pton(AF_INET, name, ip) != 1 && inet_pton(AF_INET6, name, ip) != 1) {
 		SSL_set_tlsext_host_name(ssl, name);

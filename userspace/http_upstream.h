@@ -27,11 +27,13 @@ typedef struct ssl_st SSL;
  * says tls: disable (or nothing). verify-full: chain verified against
  * ca_file (else the system store), SNI and host name (or IP) checked
  * against server_name, else the upstream address's host, else the target's
- * host, else the upstream IP. require: encrypted, not verified (libpq's
+ * host, else the upstream IP, else the address dialled (the agent's
+ * destination: on a CIDR target, not the network's). require: encrypted, not verified (libpq's
  * meaning). Client certificate from cert_file/key_file. 0, or -errno with
  * why. Thread-safe.
  */
-int http_upstream_ssl(const struct policy *p, int t, SSL **out, char *why, size_t whylen);
+int http_upstream_ssl(const struct policy *p, int t, const uint8_t dialled[16], SSL **out, char *why,
+		      size_t whylen);
 
 /*
  * Writes target t's credential header line ("Authorization: Bearer ...\r\n",

@@ -593,6 +593,8 @@ int loader_detach_pins(const char *agent, int *removed)
 		unlink(dir);
 		snprintf(dir, sizeof(dir), "%s/maps", root);
 		for_each_subdir(dir, unlink_entry, NULL);
+		/* the sockets' stamps went with the maps: slots may be numbered afresh */
+		unlink(LOADER_HOST_SLOTS);
 		rmdir(dir);
 		rmdir(root);
 		/* The parent "agentgate" directory: only when no other ABI version is pinned. */

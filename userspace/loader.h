@@ -86,6 +86,9 @@ struct ring_buffer *loader_ringbuf(struct loader *l,
  * for one agent, or for all when agent is NULL; with agent NULL also removes
  * the map pins. Works with no enforcer running. *removed = links detached.
  */
+/* The host's table of agent slots (enforcer.c assign_slots()): it lasts as
+ * long as the pins; detaching them all removes it. */
+#define LOADER_HOST_SLOTS "/run/agentgate/slots.json"
 int loader_detach_pins(const char *agent, int *removed);
 /* Detaches agent's pinned links on one cgroup (by id). */
 int loader_detach_cgroup(const char *agent, uint64_t cgid);

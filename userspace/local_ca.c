@@ -178,9 +178,25 @@ static int save_pem(const char *path, mode_t mode, EVP_PKEY *key, X509 *cert)
 	return 0;
 }
 
+/*
+ * -ENOENT only when neither file is there (a first start): a new CA is made
+ * then. One of the two missing, or either unreadable for another reason
+ * (EACCES, EMFILE), is an error that names the file: making a new CA then
+ * overwrote the key every agent's trust store holds (review, stop 36).
+ */
+static bool ca_created;   /* this start made the CA (none was there) */
+
+bool local_ca_created(void)
+{
+	return ca_created;
+}
+
 static int load_ca(const char *kpath, const char *cpath, char *why, size_t whylen)
 {
-	FILE *kf = fopen(kpath, "re"), *cf = fopen(cpath, "re");
+	FILE *kf = fopen(kpath, "re");
+	int kerr = kf ? 0 : errno;
+	FILE *cf = fopen(cpath, "re");
+	int cerr = cf ? 0 : errno;
 	int err = 0;
 
 	if (!kf || !cf) {
@@ -188,7 +204,17 @@ static int load_ca(const char *kpath, const char *cpath, char *why, size_t whyle
 			fclose(kf);
 		if (cf)
 			fclose(cf);
-		return -ENOENT;
+		if (kerr == ENOENT && cerr == ENOENT)
+			return -ENOENT;
+		if (kerr && kerr != ENOENT)
+			snprintf(why, whylen, "the local CA key %s cannot be read: %s", kpath, strerror(kerr));
+		else if (cerr && cerr != ENOENT)
+			snprintf(why, whylen, "the local CA certificate %s cannot be read: %s", cpath, strerror(cerr));
+		else
+			snprintf(why, whylen, "the local CA in the state directory is incomplete: %s is missing "
+				 "(restore it, or remove the ca/ directory to make a new CA, which agents must then trust)",
+				 kerr ? kpath : cpath);
+		return -EIO;
 	}
 	ca.ca_key = PEM_read_PrivateKey(kf, NULL, ag_no_passphrase, NULL);
 	ca.ca_cert = PEM_read_X509(cf, NULL, NULL, NULL);
@@ -208,6 +234,7 @@ int local_ca_open(const char *state_dir, char *why, size_t whylen)
 
 	if (ca.ca_key)
 		return 0;
+	ca_created = false;
 	snprintf(dir, sizeof(dir), "%s/ca", state_dir);
 	if ((err = mkdir_p(dir, 0700)))
 		return fail(why, whylen, err, "creating the local CA directory");
@@ -221,6 +248,7 @@ int local_ca_open(const char *state_dir, char *why, size_t whylen)
 		ca.ca_cert = NULL;
 		if ((err = make_ca(why, whylen)))
 			goto out;
+		ca_created = true;
 		if ((err = save_pem(kpath, 0600, ca.ca_key, NULL)) ||
 		    (err = save_pem(ca.cert_path, 0644, NULL, ca.ca_cert))) {
 			snprintf(why, whylen, "saving the local CA in %s: %s", dir, strerror(-err));

@@ -23,6 +23,7 @@ typedef struct ssl_st SSL;
 /* Loads or creates the CA. 0, or -errno with a reason. Main thread, at start. */
 int local_ca_open(const char *state_dir, char *why, size_t whylen);
 /* Path of the CA certificate (PEM), "" before local_ca_open(). */
+bool local_ca_created(void);   /* true when this start made a new CA */
 const char *local_ca_cert_path(void);
 /*
  * Who asked for a certificate: the agent, which pays for a name that is

@@ -59,8 +59,16 @@ int worker_init(struct worker *w, int id, uint16_t port4, uint16_t port6)
 	for (int i = 0; i < 2; i++) {
 		struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &w->listen[i] };
 
-		if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->listen[i].fd, &ev))
-			return -errno;
+		if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->listen[i].fd, &ev)) {
+			int err = -errno;
+
+			close(fd4);
+			close(fd6);
+			close(w->epfd);
+			w->epfd = -1;
+			w->listen[0].fd = w->listen[1].fd = -1;
+			return err;
+		}
 	}
 	return 0;
 }

@@ -1784,8 +1784,14 @@ static int process_agent(struct conn *c)
 			r = on_request(c, in, &h);
 			if (r < 0)
 				return r;
-			if (r == 0)
+			if (r == 0) {
+				/* a full buffer meanwhile is not an oversized
+				 * request (review, stop 36: a 2 MB POST on a new
+				 * connection was reset, EMSGSIZE, while the leg
+				 * was still being dialled) */
+				c->in_waits[SIDE_AGENT] = true;
 				return flush_local(c);   /* waits for the upstream leg */
+			}
 			conn_in_consume(c, SIDE_AGENT, h.head_len);
 			if ((err = flush_local(c)))
 				return err;
@@ -2910,7 +2916,7 @@ static int http_upstream_data(struct conn *c)
 		char why[200];
 
 		s->up_connected = true;
-		if ((err = http_upstream_ssl(c->policy, c->target_idx, &ssl, why, sizeof(why)))) {
+		if ((err = http_upstream_ssl(c->policy, c->target_idx, c->pair.orig_addr, &ssl, why, sizeof(why)))) {
 			log_err("http: target '%s': %s", target(c)->name, why);
 			answer_up_failure(c, "upstream TLS is misconfigured", false);
 			return 0;

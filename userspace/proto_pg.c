@@ -2129,6 +2129,7 @@ static SSL_CTX *upstream_ctx_new(const struct policy_upstream *u, bool verify, c
 		return NULL;
 	}
 	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);   /* as a FIN (http_upstream.c) */
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
 	if (verify) {
 		if (u->ca_file ? SSL_CTX_load_verify_locations(ctx, u->ca_file, NULL) != 1

@@ -222,9 +222,14 @@ static int second_hello(struct conn *c)
 		st = TLS_HELLO_MALFORMED;
 	if (st == TLS_HELLO_NEED_MORE)
 		return 0;
+	/* ECH is refused only where the first hello's was (sni_verdict()): a
+	 * target that checks no name accepts it, and clients that send GREASE
+	 * ECH send it in both hellos (review, stop 36) */
+	const struct policy_target *t = c->target_idx >= 0 ? &c->policy->targets[c->target_idx] : NULL;
+	bool names = !t || t->addr.kind == ADDR_HOST || t->upstream.server_name;
 	const char *why = st != TLS_HELLO_OK ?
 		"the second ClientHello (after a HelloRetryRequest) is not well formed" :
-		h.has_ech ? "the second ClientHello (after a HelloRetryRequest) uses Encrypted Client Hello" :
+		h.has_ech && names ? "the second ClientHello (after a HelloRetryRequest) uses Encrypted Client Hello" :
 		h.has_sni != s->has_sni || strcmp(h.sni, s->sni) != 0 ?
 		"the second ClientHello (after a HelloRetryRequest) names another server than the first" :
 		NULL;

@@ -1803,6 +1803,88 @@ http {{
 """
 
 
+def test_tls_target_that_accepts_and_stays_silent_is_given_up(enforcer, servers):
+    """Review (stop 36): once the upstream of a tls target had accepted, no
+    deadline was left while the enforcer waited for the server's first
+    message (or for the agent's second ClientHello): a server that accepts
+    and says nothing held the connection, and the agent's connection slot,
+    for ever. It is given up after the decision timeout (10 s)."""
+    from conftest import free_port, wait_port, Proc
+    port = free_port()
+    servers.procs.append(Proc([PY, "-c", f"""
+import socket, time
+ls = socket.socket()
+ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind(("127.0.0.1", {port}))
+ls.listen(16)
+held = []
+while True:
+    c, _ = ls.accept()
+    held.append(c)   # accepted, read nothing, answer nothing
+"""]))
+    wait_port("127.0.0.1", port)
+    enforcer.start(f"""
+    version: 1
+    agents: [{{name: t-agent}}]
+    targets: [{{name: web, protocol: tls, address: 127.0.0.1:{port}}}]
+    roles: [{{name: r, rules: [{{target: web}}]}}]
+    bindings: [{{role: r, agents: [t-agent]}}]
+    """)
+    r = enforcer.py("t-agent", f"""
+    import socket, ssl, time
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    s = socket.create_connection(("127.0.0.1", {port}), timeout=25)
+    t0 = time.monotonic()
+    try:
+        ctx.wrap_socket(s, server_hostname="web.test")
+        print("handshake")
+    except OSError as e:
+        print(type(e).__name__, round(time.monotonic() - t0))
+    """, timeout=40)
+    out = r.stdout.split()
+    assert len(out) == 2 and out[0] != "TimeoutError" and 9 <= int(out[1]) <= 15, r.stdout + r.stderr
+    ev = enforcer.wait_event(lambda e: "sent too little in time" in json.dumps(e))
+    assert ev, [e.get("unmapped", {}).get("reason") for e in enforcer.events()]
+
+
+def test_tls_retry_with_ech_to_a_target_that_checks_no_name(enforcer, servers, tmp):
+    """Review (stop 36): after a HelloRetryRequest the second ClientHello was
+    refused for carrying ECH whatever the target, though a target without a
+    name (an IP, no server_name) accepts any SNI with or without ECH, and
+    clients sending GREASE ECH send it in both hellos. A target that checks
+    names still refuses ECH."""
+    from conftest import free_port, wait_port, Proc
+    d = os.path.join(tmp, "vhosts")
+    os.makedirs(d)
+    for cn in ("allowed", "other"):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{d}/{cn}.key",
+                        "-out", f"{d}/{cn}.crt", "-days", "1", "-subj", f"/CN={cn}.test"],
+                       check=True, capture_output=True)
+    port = free_port()
+    with open(f"{d}/nginx.conf", "w") as f:
+        f.write(VHOSTS.format(d=d, port=port))
+    servers.procs.append(Proc(["nginx", "-c", f"{d}/nginx.conf", "-p", d],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    wait_port("127.0.0.1", port)
+    direct = subprocess.run([TLS_RETRY, "127.0.0.1", str(port), "allowed.test", "allowed.test", "ech"],
+                            capture_output=True, text=True)
+    assert direct.stdout.strip() == "ok allowed.test", direct.stdout + direct.stderr
+    for server_name, want in (("", "ok allowed.test"), (", upstream: {server_name: allowed.test}", "failed")):
+        enforcer.start(f"""
+        version: 1
+        agents: [{{name: t-agent}}]
+        targets:
+          - {{name: web, protocol: tls, address: 127.0.0.1:{port}{server_name}}}
+        roles: [{{name: r, rules: [{{target: web}}]}}]
+        bindings: [{{role: r, agents: [t-agent]}}]
+        """)
+        r = enforcer.exec("t-agent", [TLS_RETRY, "127.0.0.1", str(port), "allowed.test", "allowed.test", "ech"])
+        assert r.stdout.strip() == want, (server_name, r.stdout + r.stderr)
+        enforcer.stop()
+
+
 def test_tls_second_client_hello_after_retry_must_name_the_same_server(enforcer, servers, tmp):
     """Found by review: a TLS 1.3 server may answer the first ClientHello with a
     HelloRetryRequest, and then takes its certificate and virtual host from the second

@@ -5,6 +5,7 @@ that keeps the exact bytes it received. Every case of cases/http.txt checks
 both the answer and what the upstream got."""
 import hashlib
 import json
+import shutil
 import os
 import socket
 import subprocess
@@ -764,7 +765,7 @@ def test_nginx_large_bodies_streamed(enforcer, servers, tmp):
     assert rss < 200 * 1024, f"peak RSS {rss} KiB: a body was buffered whole?"
 
 
-def make_ca(tmp, name, cn="api.internal"):
+def make_ca(tmp, name, cn="api.internal", san=None):
     ca_key, ca_crt = os.path.join(tmp, f"{name}-ca.key"), os.path.join(tmp, f"{name}-ca.crt")
     key, csr, crt = (os.path.join(tmp, f"{name}.{x}") for x in ("key", "csr", "crt"))
     run = lambda *a: subprocess.run(a, check=True, capture_output=True)
@@ -774,7 +775,7 @@ def make_ca(tmp, name, cn="api.internal"):
         "-out", csr, "-subj", f"/CN={cn}")
     ext = os.path.join(tmp, f"{name}.ext")
     with open(ext, "w") as f:
-        f.write(f"subjectAltName=DNS:{cn}\n")
+        f.write(f"subjectAltName={san or 'DNS:' + cn}\n")
     run("openssl", "x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key, "-CAcreateserial",
         "-out", crt, "-days", "1", "-extfile", ext)
     return ca_crt, crt, key
@@ -801,6 +802,127 @@ def test_upstream_tls_verified_and_failure(enforcer, servers, tmp):
                                           "server_name: other.internal"))
     r = curl(enforcer, "-H", "Host: other.internal", f"http://127.0.0.1:{front}/v1/invoices/42")
     assert "hostname mismatch" in json.loads(r.stdout)["reason"], r.stdout
+
+
+def test_upstream_tls_to_a_cidr_target_checks_the_address_dialled(enforcer, servers, tmp):
+    """Review (stop 36): verify-full on a CIDR target without server_name
+    checked the certificate against the network's address (127.0.0.0 here),
+    not the server the agent dialled, so every request failed; and a TLS
+    context that could not be built (its ca_file not there yet) was kept
+    until a restart, every later request failing with it."""
+    ca, crt, key = make_ca(tmp, "cidr", cn="127.0.0.1", san="IP:127.0.0.1")
+    port, d = nginx(tmp, servers.procs, tls=(crt, key))
+    late_ca = os.path.join(tmp, "late-ca.crt")
+    text = policy(port, upstream=f"tls: verify-full, ca_file: {late_ca}").replace(
+        f"address: 127.0.0.1:{port}", f"address: 127.0.0.0/24:{port}")
+    enforcer.start(text)
+    # the CA file is not there yet: refused, and said why
+    r = curl(enforcer, f"http://127.0.0.1:{port}/v1/invoices/42")
+    assert r.stdout != '{"id": 42}\n', r.stdout
+    assert wait_for(lambda: "late-ca.crt" in enforcer.read_log(), 3), enforcer.read_log()
+    shutil.copy(ca, late_ca)
+    # now it is: the next request builds the context, and the server's
+    # certificate for 127.0.0.1 passes (not one for 127.0.0.0)
+    r = curl(enforcer, f"http://127.0.0.1:{port}/v1/invoices/42")
+    assert r.returncode == 0 and r.stdout == '{"id": 42}\n', (r.stdout, r.stderr)
+    # and a certificate for another address still fails
+    enforcer.stop()
+    ca2, crt2, key2 = make_ca(tmp, "cidr2", cn="127.0.0.9", san="IP:127.0.0.9")
+    port2, _ = nginx(tmp, servers.procs, tls=(crt2, key2))
+    enforcer.start(policy(port2, upstream=f"tls: verify-full, ca_file: {ca2}").replace(
+        f"address: 127.0.0.1:{port2}", f"address: 127.0.0.0/24:{port2}"))
+    r = curl(enforcer, f"http://127.0.0.1:{port2}/v1/invoices/42")
+    assert "mismatch" in json.loads(r.stdout)["reason"], r.stdout
+
+
+# A TLS upstream as many servers and load balancers behave: it closes an
+# idle keep-alive connection, and ends its TLS, without close_notify
+# (CPython's close() sends none); with "slow" it waits before its handshake.
+# Answers "ok N" (N: the body's length).
+BARE_TLS_SERVER = r"""
+import socket, ssl, sys, threading, time
+crt, key, port, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(crt, key)
+ls = socket.socket()
+ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind(("127.0.0.1", port))
+ls.listen(16)
+def serve(c):
+    if mode == "slow":
+        time.sleep(0.5)
+    try:
+        s = ctx.wrap_socket(c, server_side=True)
+    except OSError:
+        return
+    s.settimeout(0.3 if mode == "idle" else 10)
+    buf = b""
+    try:
+        while True:
+            while b"\r\n\r\n" not in buf:
+                d = s.recv(65536)
+                if not d:
+                    return
+                buf += d
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            n = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    n = int(line.split(b":")[1])
+            while len(buf) < n:
+                d = s.recv(65536)
+                if not d:
+                    return
+                buf += d
+            buf = buf[n:]
+            body = b"ok %d\n" % n
+            s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    except OSError:
+        pass
+    finally:
+        s.close()
+while True:
+    c, _ = ls.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+
+
+def test_upstream_tls_without_close_notify_and_a_slow_handshake(enforcer, servers, tmp):
+    """Review (stop 36): an upstream that closed an idle keep-alive leg
+    without TLS close_notify had the agent's connection reset (a TLS read
+    error), where a FIN lets the next request go on a new leg; and while
+    the leg was still being set up, a large request body filled the input
+    buffer and the connection was reset as oversized (EMSGSIZE)."""
+    ca, crt, key = make_ca(tmp, "bare", cn="127.0.0.1", san="IP:127.0.0.1")
+    code = """
+    import socket, time
+    def get(s, body=b""):
+        s.sendall(b"POST /v1/up HTTP/1.1\\r\\nHost: api\\r\\nContent-Length: %d\\r\\n\\r\\n" % len(body) + body)
+        buf = b""
+        while b"\\r\\n\\r\\n" not in buf or not buf.endswith(b"\\n"):
+            d = s.recv(65536)
+            if not d:
+                return "eof"
+            buf += d
+        return buf.split(b"\\r\\n\\r\\n", 1)[1].decode().strip()
+    s = socket.create_connection(("127.0.0.1", PORT), timeout=10)
+    out = []
+    try:
+        out.append(get(s, BODY))
+        time.sleep(1)            # the upstream closes its idle leg meanwhile
+        out.append(get(s))
+    except OSError as e:
+        out.append(type(e).__name__)
+    print(" / ".join(out))
+    """
+    for mode, body, want in (("idle", "b''", "ok 0 / ok 0"), ("slow", "b'x' * 3000000", "ok 3000000 / ok 0")):
+        port = free_port()
+        servers.procs.append(Proc([PY, "-c", BARE_TLS_SERVER, crt, key, str(port), mode]))
+        wait_port("127.0.0.1", port)
+        enforcer.start(policy(port, rules='"POST /v1/up"', upstream=f"tls: verify-full, ca_file: {ca}"))
+        r = enforcer.py(AGENT, code.replace("PORT", str(port)).replace("BODY", body))
+        assert r.stdout.strip() == want, (mode, r.stdout + r.stderr, enforcer.read_log()[-2000:])
+        enforcer.stop()
 
 
 def test_agent_tls_intercepted_with_local_ca(enforcer, servers, tmp):

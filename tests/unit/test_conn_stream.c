@@ -740,6 +740,27 @@ static void t_ca_persists(void)
 	snprintf(path, sizeof(path), "%s/ca/ca.key", ca_dir);
 	CHECK(stat(path, &st) == 0 && (st.st_mode & 0777) == 0600);
 	CHECK(local_ca_server_ssl(&ip_target, false, "bad name!", NULL, why, sizeof(why)) == NULL);   /* agent-controlled names are checked */
+
+	/* One file missing is an error, not a first start: a new CA then
+	 * overwrote the key every agent's trust store holds (review, stop 36). */
+	char key[4096] = "", key2[4096] = "", crt[300], moved[320];
+
+	fd = open(path, O_RDONLY);
+	CHECK(fd >= 0 && read(fd, key, sizeof(key) - 1) > 0);
+	close(fd);
+	snprintf(crt, sizeof(crt), "%s/ca/ca.crt", ca_dir);
+	snprintf(moved, sizeof(moved), "%s.moved", crt);
+	CHECK(rename(crt, moved) == 0);
+	local_ca_close();
+	why[0] = 0;
+	CHECK(local_ca_open(ca_dir, why, sizeof(why)) != 0 && strstr(why, "incomplete") && strstr(why, "ca.crt"));
+	fd = open(path, O_RDONLY);
+	CHECK(fd >= 0 && read(fd, key2, sizeof(key2) - 1) > 0);
+	close(fd);
+	CHECK(key[0] && strcmp(key, key2) == 0);   /* the key is the one it was */
+	CHECK(access(crt, F_OK) != 0);
+	CHECK(rename(moved, crt) == 0);
+	CHECK(local_ca_open(ca_dir, why, sizeof(why)) == 0 && !local_ca_created());
 }
 
 /* A reservation is for one message: afterwards the bound and the buffer

@@ -7,7 +7,11 @@
  * picks its certificate from the second, which an enforcer that judged
  * only the first never saw.
  *
- *   tls_retry_client IP PORT SNI1 SNI2
+ *   tls_retry_client IP PORT SNI1 SNI2 [ech]
+ *
+ * With "ech", both ClientHellos carry an encrypted_client_hello extension
+ * (0xfe0d) of made-up bytes, as a client sending GREASE ECH does (OpenSSL
+ * 3.0 has no ECH: a custom extension of that type; servers ignore it).
  *
  * Prints "ok <subject CN of the server's certificate>" after the handshake,
  * or "failed" (exit 1).
@@ -18,8 +22,21 @@
 #include <openssl/x509.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+static int add_ech(SSL *s, unsigned int type, unsigned int context, const unsigned char **out,
+		   size_t *outlen, X509 *x, size_t chainidx, int *al, void *arg)
+{
+	/* outer ECHClientHello: type 0, a cipher suite, config id, an enc and a payload */
+	static const unsigned char grease[] = { 0, 0, 1, 0, 1, 0x2a, 0, 4, 1, 2, 3, 4, 0, 8, 9, 9, 9, 9, 9, 9, 9, 9 };
+
+	(void)s, (void)type, (void)context, (void)x, (void)chainidx, (void)al, (void)arg;
+	*out = grease;
+	*outlen = sizeof(grease);
+	return 1;
+}
 
 int main(int argc, char **argv)
 {
@@ -30,7 +47,7 @@ int main(int argc, char **argv)
 	SSL *ssl;
 	int fd, r;
 
-	if (argc != 5)
+	if (argc != 5 && !(argc == 6 && strcmp(argv[5], "ech") == 0))
 		return 2;
 	a.sin_port = htons((uint16_t)atoi(argv[2]));
 	if (inet_pton(AF_INET, argv[1], &a.sin_addr) != 1)
@@ -39,6 +56,10 @@ int main(int argc, char **argv)
 	SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
 	SSL_CTX_set1_groups_list(ctx, "P-256:X25519");   /* a key share for the first only */
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+	if (argc == 6 && !SSL_CTX_add_custom_ext(ctx, 0xfe0d, SSL_EXT_CLIENT_HELLO, add_ech, NULL, NULL, NULL, NULL)) {
+		puts("failed: cannot add the extension");
+		return 1;
+	}
 	fd = socket(AF_INET, SOCK_STREAM, 0);
 	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a))) {
 		puts("failed");
