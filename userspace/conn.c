@@ -173,6 +173,17 @@ void conn_close(struct conn *c, bool reset)
 	if (c->closing)
 		return;
 	c->closing = true;
+	/* A graceful end says so in TLS too (close_notify, once: the fd closes
+	 * next). A connection-delimited answer (Connection: close, HTTP/1.0)
+	 * ended by a bare FIN could not be told from a cut one (review, stop 36). */
+	for (int s = 0; !reset && s < 2; s++) {
+		struct conn_side *sd = &c->side[s];
+
+		if (sd->ssl && sd->tls_ready && !sd->shut && (s == SIDE_AGENT ? c->agent.fd : c->up.fd) >= 0) {
+			SSL_shutdown(sd->ssl);
+			ERR_clear_error();   /* a full socket: the alert is lost, nothing else */
+		}
+	}
 	if (reset && c->agent.fd >= 0) {
 		struct linger lg = { .l_onoff = 1, .l_linger = 0 };
 

@@ -945,6 +945,39 @@ def test_agent_tls_intercepted_with_local_ca(enforcer, servers, tmp):
     assert ev
 
 
+def test_agent_tls_connection_close_ends_with_close_notify(enforcer, servers, tmp):
+    """Review (stop 36): an answer the enforcer ends by closing the
+    connection (Connection: close, HTTP/1.0) went to a TLS agent with a
+    bare FIN, no close_notify, so the agent could not tell a whole answer
+    from a cut one (Python raises SSLEOFError)."""
+    port, d = nginx(tmp, servers.procs)
+    enforcer.start(policy(port, upstream=""))
+    r = enforcer.py(AGENT, f"""
+    import socket, ssl
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF   # CPython sets it: a bare FIN would pass as an end
+    out = []
+    for req in (b"GET /v1/invoices/42 HTTP/1.1\\r\\nHost: api\\r\\nConnection: close\\r\\n\\r\\n",
+                b"GET /v1/invoices/42 HTTP/1.0\\r\\n\\r\\n"):
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", {port}), timeout=10))
+        s.sendall(req)
+        buf = b""
+        try:
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    out.append("clean" if buf.endswith(b'{{"id": 42}}\\n') else "short")
+                    break
+                buf += d
+        except ssl.SSLEOFError:
+            out.append("eof-without-close-notify")
+    print(" ".join(out))
+    """)
+    assert r.stdout.split() == ["clean", "clean"], r.stdout + r.stderr
+
+
 def test_local_ca_leaf_renewed_before_it_expires(enforcer, servers, tmp):
     """A minted leaf is renewed before its end: it was cached until 256 other
     names pushed it out, so a busy name's certificate expired a week after
