@@ -310,13 +310,22 @@ static int write_agents_file(void)
  *
  * A socket carries its slot for as long as it lives, across restarts, and
  * the kernel's pins are the host's, not a state directory's: the table is
- * also kept in HOST_SLOTS (/run: it lasts as long as the pins and the
+ * also kept in LOADER_HOST_SLOTS (/run: it lasts as long as the pins and the
  * sockets, until a reboot), and read from there first. From the state
  * directory alone, a start with another --state-dir, or after slots.json
  * was lost, numbered the agents afresh, and a socket an agent had made
  * before was taken for another agent (review, stop 36).
  */
-#define HOST_SLOTS LOADER_HOST_SLOTS
+static json_t *load_slots(const char *path)
+{
+	json_t *j = json_load_file(path, JSON_REJECT_DUPLICATES, NULL);
+
+	if (j && !json_is_object(j)) {
+		json_decref(j);
+		j = NULL;
+	}
+	return j;
+}
 
 static int save_slots(const char *path, json_t *out)
 {
@@ -339,18 +348,7 @@ static int assign_slots(void)
 	int err = 0;
 
 	snprintf(path, sizeof(path), "%s/slots.json", E->state_dir);
-	known = json_load_file(HOST_SLOTS, JSON_REJECT_DUPLICATES, NULL);
-	if (known && !json_is_object(known)) {
-		json_decref(known);
-		known = NULL;
-	}
-	if (!known)
-		known = json_load_file(path, JSON_REJECT_DUPLICATES, NULL);
-	if (known && !json_is_object(known)) {
-		json_decref(known);
-		known = NULL;
-	}
-	if (!known)
+	if (!(known = load_slots(LOADER_HOST_SLOTS)) && !(known = load_slots(path)))
 		known = json_object();
 	for (int s = 0; s < AG_MAX_AGENTS; s++)
 		E->agent_of_slot[s] = -1;
@@ -403,8 +401,8 @@ static int assign_slots(void)
 			json_object_set(out, name, v);
 	for (size_t i = 0; i < p->nagents; i++)
 		json_object_set_new(out, p->agents[i].name, json_integer(E->slot_of[i]));
-	if (!err && save_slots(HOST_SLOTS, out)) {
-		log_err("could not save %s", HOST_SLOTS);
+	if (!err && save_slots(LOADER_HOST_SLOTS, out)) {
+		log_err("could not save %s", LOADER_HOST_SLOTS);
 		err = -EIO;
 	}
 	if (!err)

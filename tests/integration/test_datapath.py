@@ -1849,12 +1849,8 @@ while True:
     assert ev, [e.get("unmapped", {}).get("reason") for e in enforcer.events()]
 
 
-def test_tls_retry_with_ech_to_a_target_that_checks_no_name(enforcer, servers, tmp):
-    """Review (stop 36): after a HelloRetryRequest the second ClientHello was
-    refused for carrying ECH whatever the target, though a target without a
-    name (an IP, no server_name) accepts any SNI with or without ECH, and
-    clients sending GREASE ECH send it in both hellos. A target that checks
-    names still refuses ECH."""
+def vhosts_nginx(servers, tmp):
+    """nginx with VHOSTS (allowed.test, other.test; X25519 only); its port."""
     from conftest import free_port, wait_port, Proc
     d = os.path.join(tmp, "vhosts")
     os.makedirs(d)
@@ -1868,6 +1864,16 @@ def test_tls_retry_with_ech_to_a_target_that_checks_no_name(enforcer, servers, t
     servers.procs.append(Proc(["nginx", "-c", f"{d}/nginx.conf", "-p", d],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     wait_port("127.0.0.1", port)
+    return port
+
+
+def test_tls_retry_with_ech_to_a_target_that_checks_no_name(enforcer, servers, tmp):
+    """Review (stop 36): after a HelloRetryRequest the second ClientHello was
+    refused for carrying ECH whatever the target, though a target without a
+    name (an IP, no server_name) accepts any SNI with or without ECH, and
+    clients sending GREASE ECH send it in both hellos. A target that checks
+    names still refuses ECH."""
+    port = vhosts_nginx(servers, tmp)
     direct = subprocess.run([TLS_RETRY, "127.0.0.1", str(port), "allowed.test", "allowed.test", "ech"],
                             capture_output=True, text=True)
     assert direct.stdout.strip() == "ok allowed.test", direct.stdout + direct.stderr
@@ -1892,19 +1898,7 @@ def test_tls_second_client_hello_after_retry_must_name_the_same_server(enforcer,
     first and another host of the same server second, and got that one (nginx here,
     which only supports X25519; the client's first key share is P-256). The second
     ClientHello is now judged too and must name the same server."""
-    from conftest import free_port, wait_port, Proc
-    d = os.path.join(tmp, "vhosts")
-    os.makedirs(d)
-    for cn in ("allowed", "other"):
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{d}/{cn}.key",
-                        "-out", f"{d}/{cn}.crt", "-days", "1", "-subj", f"/CN={cn}.test"],
-                       check=True, capture_output=True)
-    port = free_port()
-    with open(f"{d}/nginx.conf", "w") as f:
-        f.write(VHOSTS.format(d=d, port=port))
-    servers.procs.append(Proc(["nginx", "-c", f"{d}/nginx.conf", "-p", d],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    wait_port("127.0.0.1", port)
+    port = vhosts_nginx(servers, tmp)
     # without the enforcer, the server does what the attack needs
     direct = subprocess.run([TLS_RETRY, "127.0.0.1", str(port), "allowed.test", "other.test"],
                             capture_output=True, text=True)
