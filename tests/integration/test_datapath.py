@@ -952,7 +952,7 @@ def test_attachment_not_restored_is_detached(enforcer, servers):
         version: 1
         agents:
           - {{name: t-agent}}
-          - {{name: b-agent{b_cgroup}}}
+          - {{name: t-b-agent{b_cgroup}}}
         targets:
           - {{name: a, protocol: tcp, address: 127.0.0.1:{a_port}}}
           - {{name: b, protocol: tcp, address: 127.0.0.1:{b_port}}}
@@ -961,7 +961,7 @@ def test_attachment_not_restored_is_detached(enforcer, servers):
           - {{name: rb, rules: [{{target: b}}]}}
         bindings:
           - {{role: ra, agents: [t-agent]}}
-          - {{role: rb, agents: [b-agent]}}
+          - {{role: rb, agents: [t-b-agent]}}
         """
 
     def direct_progs(cg):
@@ -1017,8 +1017,8 @@ def test_socket_keeps_its_agent_when_state_dir_slots_are_lost(enforcer, servers,
           - {{name: ra, rules: [{{target: a}}]}}
           - {{name: rb, rules: [{{target: b}}]}}
         bindings:
-          - {{role: ra, agents: [slot-a]}}
-          - {{role: rb, agents: [slot-b]}}
+          - {{role: ra, agents: [t-slot-a]}}
+          - {{role: rb, agents: [t-slot-b]}}
         """
 
     go = os.path.join(tmp, "go")
@@ -1037,22 +1037,22 @@ for s, port in zip(socks, ({a_port}, {b_port})):
         out.append(type(e).__name__)
 print(" ".join(out), flush=True)
 """
-    enforcer.start(policy(["slot-a", "slot-b"]))
-    procs = os.path.join(enforcer.cgroup_path("slot-a"), "cgroup.procs")
+    enforcer.start(policy(["t-slot-a", "t-slot-b"]))
+    procs = os.path.join(enforcer.cgroup_path("t-slot-a"), "cgroup.procs")
     p = subprocess.Popen(["sh", "-c", f'echo $$ > {procs} && exec {PY} -c "$0"', code],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "ready"
         enforcer.stop()
         os.unlink(os.path.join(enforcer.state, "slots.json"))
-        enforcer.start(policy(["slot-b", "slot-a"]))
+        enforcer.start(policy(["t-slot-b", "t-slot-a"]))
         open(go, "w").close()
         out, err = p.communicate(timeout=30)
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
-    # slot-a's socket is still slot-a's: its own target answers, the other agent's does not
+    # t-slot-a's socket is still t-slot-a's: its own target answers, the other agent's does not
     assert out.split() == ["hi", "ConnectionRefusedError"], out + err
 
 
