@@ -935,6 +935,26 @@ def test_attach_existing_cgroup(enforcer, servers):
         os.rmdir(cg)
 
 
+def two_agents_policy(a_port, b_port, a, b, entries):
+    """Agent a may reach the echo server at a_port, agent b the one at b_port;
+    entries: the agents' YAML entries, in the order the policy lists them."""
+    agents = "\n".join(f"  - {e}" for e in entries)
+    return f"""
+version: 1
+agents:
+{agents}
+targets:
+  - {{name: a, protocol: tcp, address: 127.0.0.1:{a_port}}}
+  - {{name: b, protocol: tcp, address: 127.0.0.1:{b_port}}}
+roles:
+  - {{name: ra, rules: [{{target: a}}]}}
+  - {{name: rb, rules: [{{target: b}}]}}
+bindings:
+  - {{role: ra, agents: [{a}]}}
+  - {{role: rb, agents: [{b}]}}
+"""
+
+
 def test_attachment_not_restored_is_detached(enforcer, servers):
     """Review (stop 36): an extra cgroup of agent A whose attachment a restart
     refused (agent B's cgroup now encloses it) kept A's pinned programs, so
@@ -948,21 +968,8 @@ def test_attachment_not_restored_is_detached(enforcer, servers):
     os.makedirs(inner, exist_ok=True)
 
     def policy(b_cgroup):
-        return f"""
-        version: 1
-        agents:
-          - {{name: t-agent}}
-          - {{name: t-b-agent{b_cgroup}}}
-        targets:
-          - {{name: a, protocol: tcp, address: 127.0.0.1:{a_port}}}
-          - {{name: b, protocol: tcp, address: 127.0.0.1:{b_port}}}
-        roles:
-          - {{name: ra, rules: [{{target: a}}]}}
-          - {{name: rb, rules: [{{target: b}}]}}
-        bindings:
-          - {{role: ra, agents: [t-agent]}}
-          - {{role: rb, agents: [t-b-agent]}}
-        """
+        return two_agents_policy(a_port, b_port, "t-agent", "t-b-agent",
+                                 ["{name: t-agent}", f"{{name: t-b-agent{b_cgroup}}}"])
 
     def direct_progs(cg):
         r = subprocess.run(["bpftool", "-j", "cgroup", "show", cg], capture_output=True, text=True)
@@ -1005,21 +1012,7 @@ def test_socket_keeps_its_agent_when_state_dir_slots_are_lost(enforcer, servers,
     b_port, _ = servers.echo()
 
     def policy(order):
-        agents = "\n".join(f"          - {{name: {n}}}" for n in order)
-        return f"""
-        version: 1
-        agents:
-{agents}
-        targets:
-          - {{name: a, protocol: tcp, address: 127.0.0.1:{a_port}}}
-          - {{name: b, protocol: tcp, address: 127.0.0.1:{b_port}}}
-        roles:
-          - {{name: ra, rules: [{{target: a}}]}}
-          - {{name: rb, rules: [{{target: b}}]}}
-        bindings:
-          - {{role: ra, agents: [t-slot-a]}}
-          - {{role: rb, agents: [t-slot-b]}}
-        """
+        return two_agents_policy(a_port, b_port, "t-slot-a", "t-slot-b", [f"{{name: {n}}}" for n in order])
 
     go = os.path.join(tmp, "go")
     code = f"""
