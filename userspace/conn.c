@@ -541,6 +541,8 @@ static int queue_as(struct conn *c, int side, const void *buf, size_t len, bool 
 		return 0;
 	if (sd->want_shut || c->closing)
 		return -EPIPE;
+	if (sd->wr_dead)
+		return 0;   /* dropped: see flush_out() */
 	if (sd->out_off && sd->out_off == sd->out_len)
 		out_reset(sd);
 	if (secret)   /* after the reset above, which ends an earlier secret's wipe */
@@ -583,7 +585,7 @@ int conn_send_now(struct conn *c, int side, const void *buf, size_t len)
 
 	if (c->rec_side[side])
 		conn_record(c, side, buf, len);
-	if (!len || sd->want_shut || c->closing || sd->ssl || !side_live(c, side))
+	if (!len || sd->want_shut || sd->wr_dead || c->closing || sd->ssl || !side_live(c, side))
 		return queue(c, side, buf, len);
 	if (queued)
 		iov[mh.msg_iovlen++] = (struct iovec){ sd->out + sd->out_off, queued };
@@ -755,7 +757,24 @@ static int flush_out(struct conn *c, int side, bool *moved)
 			if (n < 0) {
 				if (errno == EINTR)
 					continue;
-				return errno == EAGAIN ? 0 : -errno;
+				if (errno == EAGAIN)
+					return 0;
+				/* The upstream answered and closed while a request
+				 * was still going up (a 413 to an upload, an error
+				 * before a backend exits): its answer may wait in the
+				 * socket before the reset. This leg takes nothing more
+				 * (what is queued or comes is dropped), and reading it
+				 * goes on: the module delivers the answer, and the
+				 * read's EOF or reset ends the connection, as pump()
+				 * does for the tcp relay. A TLS leg cannot be read
+				 * after a failed write (SSL_write above): it ends here. */
+				if ((errno == EPIPE || errno == ECONNRESET) && side == SIDE_UP && !sd->in_eof) {
+					out_reset(sd);
+					sd->wr_dead = sd->shut = true;
+					*moved = true;
+					return 0;
+				}
+				return -errno;
 			}
 		}
 		sd->out_off += n;
@@ -1122,7 +1141,7 @@ int conn_redial_upstream(struct conn *c)
 	sd->ssl = NULL;
 	sd->in_len = sd->in_off = 0;
 	out_reset(sd);
-	sd->in_eof = sd->want_shut = sd->shut = false;
+	sd->in_eof = sd->want_shut = sd->shut = sd->wr_dead = false;
 	sd->tls_pending = sd->tls_ready = sd->tls_server = false;
 	sd->drained = sd->hup = false;
 	sd->in_err = 0;
@@ -1134,7 +1153,7 @@ int conn_take_upstream(struct conn *c, int *fd, SSL **ssl, uint64_t *born_ms)
 	struct conn_side *sd = &c->side[SIDE_UP];
 
 	if (!c->streaming || c->connecting || c->closing || c->up.fd < 0 || sd->in_len > sd->in_off ||
-	    sd->out_len > sd->out_off || sd->in_eof || sd->hup || sd->want_shut || sd->tls_pending ||
+	    sd->out_len > sd->out_off || sd->in_eof || sd->hup || sd->want_shut || sd->wr_dead || sd->tls_pending ||
 	    (sd->ssl && (!sd->tls_ready || SSL_has_pending(sd->ssl))))
 		return -EBUSY;
 	worker_unwatch(c->w, c->up.fd);
@@ -1162,7 +1181,7 @@ int conn_adopt_upstream(struct conn *c, int fd, SSL *ssl, const char *desc, uint
 	}
 	sd->ssl = ssl;
 	sd->tls_ready = ssl != NULL;
-	sd->tls_pending = sd->in_eof = sd->want_shut = sd->shut = sd->drained = sd->hup = false;
+	sd->tls_pending = sd->in_eof = sd->want_shut = sd->shut = sd->drained = sd->hup = sd->wr_dead = false;
 	out_reset(sd);
 	sd->in_len = sd->in_off = 0;
 	snprintf(c->upstream_desc, sizeof(c->upstream_desc), "%s", desc);

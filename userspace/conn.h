@@ -82,6 +82,9 @@ struct conn {
 		int in_err;            /* a read failed after bytes came in that pass: -errno, told
 					* once the module has seen those bytes (fill_in) */
 		bool secret;           /* out holds a secret (conn_send_secret): wiped once written */
+		bool wr_dead;          /* the upstream refused more (EPIPE/ECONNRESET on a plain
+					* write): what is queued for it is dropped, and what it
+					* sent before is still read (flush_out) */
 		uint32_t out_hw;       /* the most of out ever holding bytes since it was last empty */
 	} side[2];
 	bool finishing;            /* conn_finish(): close once the agent's output is written */

@@ -316,6 +316,35 @@ static void t_eof(void)
 	close(u_peer);
 }
 
+/* The upstream answers and closes while the agent's bytes are still going
+ * up (queued, the socket full): the write fails with EPIPE, and the answer
+ * waiting in the socket still reaches the agent (left open at stop 36: the
+ * connection was closed on the failed write, the answer unread). */
+static void t_upstream_refuses_more(void)
+{
+	static char chunk[65536];
+	struct conn *c;
+	char buf[8] = "";
+
+	mode = M_UPPER;
+	c = new_conn();
+	memset(chunk, 'x', sizeof(chunk));
+	set_nonblock(a_peer);
+	for (int i = 0; i < 400 && conn_out_pending(c, SIDE_UP) == 0; i++) {
+		if (send(a_peer, chunk, sizeof(chunk), MSG_DONTWAIT) < 0 && errno != EAGAIN)
+			break;
+		drive(2, NULL);
+	}
+	CHECK(conn_out_pending(c, SIDE_UP) > 0);   /* a write upstream is waiting for room */
+	CHECK(write(u_peer, "answer", 6) == 6);
+	close(u_peer);                              /* with the agent's bytes unread */
+	CHECK(read_n(a_peer, buf, 6, 2000) == 6 && memcmp(buf, "answer", 6) == 0);
+	/* then the reset (the upstream closed with bytes unread) ends it */
+	drive(200, NULL);
+	CHECK(W.conns == NULL);   /* both sides ended: closed and freed */
+	close(a_peer);
+}
+
 static void t_finish(void)
 {
 	char buf[8] = "";
@@ -822,6 +851,7 @@ int main(int argc, char **argv)
 	RUN(t_backpressure);
 	RUN(t_eof);
 	RUN(t_finish);
+	RUN(t_upstream_refuses_more);
 	RUN(t_hold_limit);
 	RUN(t_send_now);
 	RUN(t_flush);
