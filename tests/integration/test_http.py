@@ -428,6 +428,71 @@ def test_early_answer_ends_the_connection(enforcer, servers, tmp):
     assert b"DELETE" not in got and b"GET /v1/invoices" not in got, got
 
 
+
+# Reads a request's head, lets the body fill its socket (the relay's writes
+# then wait for room, with more queued), answers 413 and closes with the body
+# unread: the kernel resets the connection, and the relay's next write meets
+# ECONNRESET before it has read the answer.
+REFUSES_UPLOAD = textwrap.dedent(r"""
+    import sys, time
+    from rawhttp import listen, serve_forever
+    s = listen(int(sys.argv[1]), 64)
+    def serve(c, n):
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            data = c.recv(65536)
+            if not data:
+                return
+            buf += data
+        time.sleep(0.5)
+        c.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large")
+        c.close()
+    serve_forever(s, serve)
+""")
+
+
+def test_early_answer_delivered_when_upstream_resets_during_upload(enforcer, servers):
+    """The upstream answers 413 to the head of a 64 MiB upload and closes with the
+    body unread, which resets the connection while the enforcer is still writing
+    the body up. The write failed with EPIPE/ECONNRESET and the connection was
+    closed with the answer unread in the upstream socket (left open at stop 36):
+    the agent saw a reset and never learnt why. The leg now takes nothing more
+    and is read to its end, so the agent gets the 413, then the end of the
+    connection."""
+    from conftest import Proc, free_port, wait_port
+    port = free_port()
+    servers.procs.append(Proc([PY, "-c", REFUSES_UPLOAD, str(port)]))
+    wait_port("127.0.0.1", port)
+    enforcer.start(policy(port, rules='"POST /v1/uploads"'))
+    r = enforcer.py(AGENT, f"""
+    import socket, threading
+    s = socket.create_connection(("127.0.0.1", {port}), timeout=20)
+    size = 64 << 20
+    s.sendall(b"POST /v1/uploads HTTP/1.1\\r\\nHost: api.internal\\r\\nContent-Length: %d\\r\\n\\r\\n" % size)
+    def upload():
+        try:
+            for i in range(size // 65536):
+                s.sendall(b"x" * 65536)
+        except OSError:
+            pass
+    t = threading.Thread(target=upload, daemon=True); t.start()
+    got = b""
+    try:
+        while True:
+            d = s.recv(65536)
+            if not d: break
+            got += d
+    except OSError as e:
+        got += b"<" + type(e).__name__.encode() + b">"
+    print(repr(got))
+    """, timeout=60)
+    got = eval(r.stdout.strip() or "b''")
+    assert got.startswith(b"HTTP/1.1 413 "), r.stdout + r.stderr
+    assert got.split(b"\r\n\r\n", 1)[1].startswith(b"too large"), got
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4002)
+    assert ev and ev["http_response"]["code"] == 413, enforcer.events()
+
+
 # Reads and never answers.
 SILENT = textwrap.dedent(r"""
     import sys, time
@@ -802,6 +867,48 @@ def test_upstream_tls_verified_and_failure(enforcer, servers, tmp):
                                           "server_name: other.internal"))
     r = curl(enforcer, "-H", "Host: other.internal", f"http://127.0.0.1:{front}/v1/invoices/42")
     assert "hostname mismatch" in json.loads(r.stdout)["reason"], r.stdout
+
+
+
+def test_upstream_tls_files_rotated_on_disk_are_loaded_again(enforcer, servers, tmp):
+    """A target's TLS context was built once per policy, so a ca_file or client
+    certificate rotated on disk (cert-manager renames over it) was not seen until a
+    restart or a changed policy (left open at stop 36). Its files are now compared
+    at most once a second and the context built again when they changed; a
+    rotation that cannot be loaded keeps the previous context and says so."""
+    ca, crt, key = make_ca(tmp, "rot")
+    other_ca, _, _ = make_ca(tmp, "rot-other")
+    port, d = nginx(tmp, servers.procs, tls=(crt, key))
+    front = free_port()
+    rot = os.path.join(tmp, "rotated-ca.crt")
+
+    def put(src=None, text=None):   # as cert-manager does: write aside, rename over
+        new = rot + ".new"
+        if src:
+            shutil.copy(src, new)
+        else:
+            with open(new, "w") as f:
+                f.write(text)
+        os.replace(new, rot)
+
+    def get():
+        r = curl(enforcer, "-H", "Host: api.internal", f"http://127.0.0.1:{front}/v1/invoices/42")
+        return r.stdout
+
+    put(other_ca)
+    enforcer.start(policy(front, upstream=f"address: 127.0.0.1:{port}, tls: verify-full, ca_file: {rot}, "
+                                          "server_name: api.internal"))
+    assert "failed verification" in json.loads(get())["reason"]
+    put(ca)
+    assert wait_for(lambda: get() == '{"id": 42}\n', 5), get()
+    assert "TLS files changed; loaded again" in enforcer.read_log(), enforcer.read_log()
+    # a rotation that cannot be loaded: the previous CA stays in use
+    put(text="-----BEGIN CERTIFICATE-----\nnot a certificate\n")
+    assert wait_for(lambda: get() == '{"id": 42}\n' and "cannot be loaded" in enforcer.read_log(), 5), \
+        enforcer.read_log()
+    # and the next good one is taken: a CA that did not sign the server's certificate
+    put(other_ca)
+    assert wait_for(lambda: "failed verification" in get(), 5), get()
 
 
 def test_upstream_tls_to_a_cidr_target_checks_the_address_dialled(enforcer, servers, tmp):
