@@ -25,6 +25,8 @@
 struct up_entry {
 	SSL_CTX *ctx;
 	bool ctx_done;
+	uint64_t ctx_stamp;        /* files_stamp() of its files when it was built */
+	uint64_t ctx_checked_ms;   /* when that was last compared (monotonic) */
 	char *cred;                /* the header line, wiped on release */
 	size_t cred_len;
 	bool cred_done;
@@ -306,6 +308,42 @@ static void peer_name(const struct policy_target *t, const uint8_t dialled[16], 
 		addr_str(dialled, out, outlen);
 }
 
+static uint64_t tls_stamp(const struct policy_upstream *u)
+{
+	const char *files[] = { u->ca_file, u->cert_file, u->key_file };
+
+	return files_stamp(files, 3);
+}
+
+/*
+ * A context is rebuilt when its files changed (a CA bundle or client
+ * certificate rotated on disk): compared at most once a second per target,
+ * as credential files are. A rotation that cannot be loaded (a half-written
+ * file) keeps the context in use, says so once, and is tried again when the
+ * files change again. Lock held.
+ */
+static void tls_refresh(const struct policy_target *t, struct up_entry *e)
+{
+	uint64_t now = now_ns_mono() / 1000000ull, stamp;
+	char why[300];
+	SSL_CTX *ctx;
+
+	if (!e->ctx || now - e->ctx_checked_ms < CRED_REREAD_MS)
+		return;
+	e->ctx_checked_ms = now;
+	if ((stamp = tls_stamp(&t->upstream)) == e->ctx_stamp)
+		return;
+	e->ctx_stamp = stamp;
+	if (!(ctx = make_ctx(&t->upstream, why, sizeof(why)))) {
+		ag_log(LOG_LVL_WARN, "http: target '%s': its TLS files changed and cannot be loaded (%s); "
+		       "the previous ones stay in use", t->name, why);
+		return;
+	}
+	SSL_CTX_free(e->ctx);   /* connections' SSLs keep their own reference */
+	e->ctx = ctx;
+	ag_log(LOG_LVL_INFO, "http: target '%s': its TLS files changed; loaded again", t->name);
+}
+
 int http_upstream_ssl(const struct policy *p, int t, const uint8_t dialled[16], SSL **out, char *why,
 		      size_t whylen)
 {
@@ -325,8 +363,12 @@ int http_upstream_ssl(const struct policy *p, int t, const uint8_t dialled[16], 
 	 * again (a ca_file written after the start, by cert-manager say), and
 	 * says why it failed each time. */
 	if (e && !e->ctx_done) {
+		e->ctx_stamp = tls_stamp(&tg->upstream);   /* before: a change while loading is seen */
+		e->ctx_checked_ms = now_ns_mono() / 1000000ull;
 		e->ctx = make_ctx(&tg->upstream, why, whylen);
 		e->ctx_done = e->ctx != NULL;
+	} else if (e) {
+		tls_refresh(tg, e);
 	}
 	bool have_ctx = e && e->ctx, have_e = e != NULL;   /* e is not ours once unlocked */
 

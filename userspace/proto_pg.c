@@ -2178,7 +2178,16 @@ static struct {
 	char hash[sizeof(((struct policy *)0)->hash)];
 	size_t n;
 	SSL_CTX **ctx;
+	uint64_t *stamp;     /* files_stamp() of each context's files when built */
+	uint64_t *checked;   /* when that was last compared (monotonic ms) */
 } upctx;
+
+static uint64_t tls_stamp(const struct policy_upstream *u)
+{
+	const char *files[] = { u->ca_file, u->cert_file, u->key_file };
+
+	return files_stamp(files, 3);
+}
 
 /* The target's context with a reference for the caller, or NULL and why. */
 static SSL_CTX *upstream_ctx(struct conn *c, bool verify, char *why, size_t whylen)
@@ -2188,10 +2197,23 @@ static SSL_CTX *upstream_ctx(struct conn *c, bool verify, char *why, size_t whyl
 
 	pthread_mutex_lock(&upctx_lock);
 	if (upctx.policy != pol || strcmp(upctx.hash, pol->hash) != 0) {
+		size_t n = pol->ntargets ? pol->ntargets : 1;
+
 		for (size_t i = 0; i < upctx.n; i++)
 			SSL_CTX_free(upctx.ctx[i]);
 		free(upctx.ctx);
-		upctx.ctx = calloc(pol->ntargets ? pol->ntargets : 1, sizeof(*upctx.ctx));
+		free(upctx.stamp);
+		free(upctx.checked);
+		upctx.ctx = calloc(n, sizeof(*upctx.ctx));
+		upctx.stamp = calloc(n, sizeof(*upctx.stamp));
+		upctx.checked = calloc(n, sizeof(*upctx.checked));
+		if (!upctx.ctx || !upctx.stamp || !upctx.checked) {
+			free(upctx.ctx);
+			free(upctx.stamp);
+			free(upctx.checked);
+			upctx.ctx = NULL;
+			upctx.stamp = upctx.checked = NULL;
+		}
 		upctx.n = upctx.ctx ? pol->ntargets : 0;
 		upctx.policy = upctx.ctx ? pol : NULL;
 		snprintf(upctx.hash, sizeof(upctx.hash), "%s", upctx.ctx ? pol->hash : "");
@@ -2200,9 +2222,36 @@ static SSL_CTX *upstream_ctx(struct conn *c, bool verify, char *why, size_t whyl
 		snprintf(why, whylen, "TLS context: out of memory");
 	} else {
 		SSL_CTX **slot = &upctx.ctx[c->target_idx];
+		const struct policy_target *t = target(c);
+		uint64_t now = now_ns_mono() / 1000000ull, stamp;
 
-		if (!*slot)
-			*slot = upstream_ctx_new(&target(c)->upstream, verify, why, whylen);
+		if (!*slot) {
+			upctx.stamp[c->target_idx] = tls_stamp(&t->upstream);   /* before: a change while loading is seen */
+			upctx.checked[c->target_idx] = now;
+			*slot = upstream_ctx_new(&t->upstream, verify, why, whylen);
+		} else if (now - upctx.checked[c->target_idx] >= 1000) {
+			/* Its files changed (a CA bundle or client certificate
+			 * rotated on disk): built again, compared at most once a
+			 * second, as http_upstream.c does. A rotation that cannot
+			 * be loaded (a half-written file) keeps the context in
+			 * use, says so once, and is tried when they change again. */
+			upctx.checked[c->target_idx] = now;
+			if ((stamp = tls_stamp(&t->upstream)) != upctx.stamp[c->target_idx]) {
+				char why2[300];
+				SSL_CTX *fresh = upstream_ctx_new(&t->upstream, verify, why2, sizeof(why2));
+
+				upctx.stamp[c->target_idx] = stamp;
+				if (fresh) {
+					SSL_CTX_free(*slot);   /* sessions' SSLs keep their own reference */
+					*slot = fresh;
+					ag_log(LOG_LVL_INFO, "postgres: target '%s': its TLS files changed; loaded again",
+					       t->name);
+				} else {
+					ag_log(LOG_LVL_WARN, "postgres: target '%s': its TLS files changed and cannot be "
+					       "loaded (%s); the previous ones stay in use", t->name, why2);
+				}
+			}
+		}
 		ctx = *slot;
 		if (ctx && SSL_CTX_up_ref(ctx) != 1) {
 			snprintf(why, whylen, "TLS context");
@@ -2500,11 +2549,25 @@ static int pool_take(struct conn *c)
 
 	if (s->has_deleg || s->no_pool || !pool_key(c, &k, kb, sizeof(kb)))
 		return 0;
+	/* A kept TLS session made under a context since built again (its CA
+	 * or client certificate rotated on disk) is not reused: the server
+	 * was verified against what is no longer trusted. */
+	SSL_CTX *ctx = NULL;
+
+	if (strcmp(tls_mode(c), "disable") != 0) {
+		char why[300];
+
+		if (!(ctx = upstream_ctx(c, strcmp(tls_mode(c), "verify-full") == 0, why, sizeof(why))))
+			return 0;   /* dialling says why */
+	}
 	while (upool_take(&k, &leg)) {
-		if (conn_adopt_upstream(c, leg.fd, leg.ssl, leg.desc, leg.born_ms)) {
+		if ((ctx && (!leg.ssl || SSL_get_SSL_CTX(leg.ssl) != ctx)) ||
+		    conn_adopt_upstream(c, leg.fd, leg.ssl, leg.desc, leg.born_ms)) {
 			upool_release(&pg_pool_ops, &leg);
 			continue;
 		}
+		SSL_CTX_free(ctx);
+		ctx = NULL;
 		kd = leg.data;
 		free(s->params);
 		s->params = kd->params;
@@ -2528,6 +2591,7 @@ static int pool_take(struct conn *c)
 			return err;
 		return (err = after_params(c)) ? err : 1;
 	}
+	SSL_CTX_free(ctx);
 	return 0;
 }
 

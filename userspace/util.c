@@ -218,6 +218,34 @@ void ag_thread_urgent(pid_t tid, bool urgent)
 	sched_setscheduler(tid, urgent ? SCHED_BATCH : SCHED_IDLE, &sp);
 }
 
+static uint64_t fnv_mix(uint64_t h, uint64_t v)
+{
+	for (int i = 0; i < 8; i++, v >>= 8)
+		h = (h ^ (v & 0xff)) * 0x100000001b3ull;
+	return h;
+}
+
+uint64_t files_stamp(const char *const *paths, size_t n)
+{
+	uint64_t h = 0xcbf29ce484222325ull;
+	struct stat st;
+
+	for (size_t i = 0; i < n; i++) {
+		if (!paths[i])
+			continue;
+		if (stat(paths[i], &st)) {
+			h = fnv_mix(h, (uint64_t)errno | 1ull << 63);
+			continue;
+		}
+		h = fnv_mix(h, st.st_dev);
+		h = fnv_mix(h, st.st_ino);
+		h = fnv_mix(h, (uint64_t)st.st_size);
+		h = fnv_mix(h, (uint64_t)st.st_mtim.tv_sec * 1000000000ull + (uint64_t)st.st_mtim.tv_nsec);
+		h = fnv_mix(h, (uint64_t)st.st_ctim.tv_sec * 1000000000ull + (uint64_t)st.st_ctim.tv_nsec);
+	}
+	return h;
+}
+
 int mkdir_p(const char *path, mode_t mode)
 {
 	char buf[PATH_MAX];

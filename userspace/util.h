@@ -73,6 +73,16 @@ void ag_thread_setup(const char *name, enum ag_sched sched);
  * AG_SCHED_BATCH, with its fair share, until made calm again. */
 void ag_thread_urgent(pid_t tid, bool urgent);
 
+/*
+ * A stamp of the files paths names (NULL entries skipped): each one's
+ * device, inode, size and modification and change times, or that it could
+ * not be stat()ed and why, hashed together. It changes when a file is
+ * rewritten, replaced (a renamed-over file, a re-pointed symbolic link, as
+ * cert-manager and Kubernetes secret volumes rotate them), appears or goes:
+ * what was loaded from them (a TLS context) is then loaded again.
+ */
+uint64_t files_stamp(const char *const *paths, size_t n);
+
 /* mkdir -p with mode; 0 or -errno. */
 int mkdir_p(const char *path, mode_t mode);
 

@@ -6,6 +6,7 @@ verdict the agent sees AND the database afterwards."""
 import hashlib
 import json
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -1098,10 +1099,12 @@ def test_message_too_large_is_told(enforcer, pg, tmp):
 
 
 def test_upstream_tls_context_built_once(enforcer, pg, tmp):
-    """verify-full upstream TLS: the target's context (CA file) is built once per policy and
-    shared by every session, across workers: many sessions, sequential and concurrent, all
-    verified; the CA file is not read again per session (replacing it with a CA that signed
-    nothing changes nothing until the policy changes)."""
+    """verify-full upstream TLS: the target's context (CA file) is built once and shared by
+    every session, across workers: many sessions, sequential and concurrent, all verified.
+    The CA file rotated on disk (left open at stop 36: seen only when the policy changed)
+    is loaded again within a second or so: replaced by a CA that signed nothing, new sessions
+    fail (kept idle sessions made under the old context are not reused), and the right one
+    back, they verify again."""
     live_ca = os.path.join(tmp, "live-ca.pem")
     with open(pg.ca) as src, open(live_ca, "w") as dst:
         dst.write(src.read())
@@ -1135,20 +1138,27 @@ def test_upstream_tls_context_built_once(enforcer, pg, tmp):
     """
     res = agent_py(enforcer, code, timeout=180)
     assert res == {"ok": 140, "err": []}, res
-    # the CA file now holds a CA that signed nothing: sessions still verify against the
-    # context built from the old contents
-    with open(pg.other_ca) as src, open(live_ca, "w") as dst:
-        dst.write(src.read())
-    res = agent_py(enforcer, code, timeout=180)
-    assert res == {"ok": 140, "err": []}, res
     def opens():
         return [e for e in enforcer.events() if e.get("class_uid") == 4001 and e["activity_name"] == "Open"]
-    assert wait_for(lambda: len(opens()) >= 280, 10), len(opens())   # the sink writes in batches
-    # a new policy generation reads the file again: now nothing verifies, nothing is sent
-    enforcer.stop()
-    enforcer.start(policy(pg, tmp, tls="verify-full", ca=live_ca) + "# generation 2\n")
-    rc, out, err = psql(enforcer, pg, "SELECT 1 FROM orders LIMIT 1")
-    assert rc != 0 and "certificate verify failed" in err, err
+    assert wait_for(lambda: len(opens()) >= 140, 10), len(opens())   # the sink writes in batches
+    # a psql session ends idle and is kept for reuse, made under the current context
+    rc, out, err = psql(enforcer, pg, "SELECT id FROM orders ORDER BY id LIMIT 1")
+    assert rc == 0 and out.strip() == "1", err
+    # the CA file rotated (renamed over) to a CA that signed nothing: nothing verifies,
+    # and the kept session is not reused
+    def rotate(src):
+        shutil.copy(src, live_ca + ".new")
+        os.replace(live_ca + ".new", live_ca)
+    rotate(pg.other_ca)
+    last = []
+    def fails():
+        last[:] = psql(enforcer, pg, "SELECT 1 FROM orders LIMIT 1")
+        return last[0] != 0 and "certificate verify failed" in last[2]
+    assert wait_for(fails, 10), last
+    assert "TLS files changed; loaded again" in enforcer.read_log()
+    # and back: sessions verify again
+    rotate(pg.ca)
+    assert wait_for(lambda: psql(enforcer, pg, "SELECT id FROM orders ORDER BY id LIMIT 1")[1].strip() == "1", 10)
 
 
 def test_server_value_over_16mib(enforcer, pg, tmp):
