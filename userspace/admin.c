@@ -17,11 +17,13 @@
 
 #define ADMIN_REQ_MAX 8192
 #define ADMIN_CONNS 16
+#define ADMIN_IDLE_MS 2000   /* a connection still silent this long gives its slot up when one is needed */
 #define CAP_SYS_ADMIN_BIT 21
 
 struct admin_conn {
 	struct main_item item;   /* first: epoll data points here */
 	bool used;
+	uint64_t since_ms;       /* accepted at (monotonic) */
 	char buf[ADMIN_REQ_MAX];
 	size_t len;
 };
@@ -241,14 +243,29 @@ void admin_on_event(struct admin *a, void *item, uint32_t events)
 				close(fd);
 				continue;
 			}
-			for (int i = 0; i < ADMIN_CONNS && !c; i++)
+			uint64_t now = now_ns_mono() / 1000000ull;
+			struct admin_conn *oldest = NULL;
+
+			for (int i = 0; i < ADMIN_CONNS && !c; i++) {
 				if (!a->conns[i].used)
 					c = &a->conns[i];
+				else if (!oldest || a->conns[i].since_ms < oldest->since_ms)
+					oldest = &a->conns[i];
+			}
+			/* Every slot waits for a request line (a client sends its
+			 * own at once): one that has waited a while gives its slot
+			 * up, so clients that connect and say nothing cannot keep
+			 * status, reload and stop out. */
+			if (!c && oldest && now - oldest->since_ms >= ADMIN_IDLE_MS) {
+				conn_done(a, oldest, true);
+				c = oldest;
+			}
 			if (!c) {
 				close(fd);
 				continue;
 			}
 			c->used = true;
+			c->since_ms = now;
 			c->len = 0;
 			c->item = (struct main_item){ .kind = MI_ADMIN_CONN, .fd = fd, .ptr = a };
 			struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &c->item };

@@ -671,6 +671,41 @@ def test_exec_hardening(enforcer, servers):
     assert r.returncode != 0 and "CAP_SYS_ADMIN" in r.stderr, r.stdout + r.stderr
 
 
+
+def test_admin_socket_silent_clients_cannot_keep_status_out(enforcer, servers):
+    """The admin socket serves 16 connections waiting for a request line; clients that
+    connected and said nothing held them all for as long as they stayed, and status,
+    reload and stop were refused meanwhile (left open at stop 36). One silent for 2 s
+    now gives its slot up when a new client needs it."""
+    port, _ = servers.echo()
+    enforcer.start(enforce_policy(port))
+    sock = os.path.join(enforcer.state, "admin.sock")
+    silent = []
+    try:
+        for _ in range(16):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(sock)
+            silent.append(s)
+        time.sleep(0.3)
+        r = enforcer.cli("status")
+        assert r.returncode != 0, "17th client served at once: the bound is gone"
+        time.sleep(2.0)
+        r = enforcer.cli("status")
+        assert r.returncode == 0 and "t-agent" in r.stdout, r.stdout + r.stderr
+        # the client it evicted sees its connection end
+        ended = 0
+        for s in silent:
+            s.settimeout(0.2)
+            try:
+                ended += s.recv(1) == b""
+            except socket.timeout:
+                pass
+        assert ended >= 1, ended
+    finally:
+        for s in silent:
+            s.close()
+
+
 def test_exec_working_directory_does_not_reach_hidden_trees(enforcer, servers):
     """A working directory inside a tree exec hides or makes read-only
     still reached the tree underneath through relative paths (found by
