@@ -28,6 +28,7 @@
 #define AG_RINGBUF_DEFAULT (1u << 20)
 #define AG_COMM_LEN     16
 #define AG_BAL_MAX      64      /* worker threads balance.bpf.c can choose among (MAX_WORKERS) */
+#define AG_BAL_CPUS     1024    /* CPUs balance.bpf.c knows a pinned worker of */
 /* Map ag_listen (SOCKMAP): the enforcer's own sockets, which alone may get
  * what is sent to its loopback ports (ag_guard). */
 #define AG_LISTEN_TCP4  0

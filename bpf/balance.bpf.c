@@ -11,7 +11,10 @@
  * count is what it relays (written by the worker, conns[]) plus what the
  * kernel already sent it and it has not yet accepted (pending[]: added
  * here, taken off by the worker as it accepts), so a burst of connects
- * spreads out before any of them is accepted. Ties go by the 4-tuple hash.
+ * spreads out before any of them is accepted. Among the least loaded, the
+ * worker pinned to the CPU this runs on (the client's, on loopback:
+ * cpu_worker[], filled by the enforcer, enforcer.c pin_workers()), else the
+ * 4-tuple hash decides.
  *
  * It decides only where a connection queues, never whether it is allowed:
  * if anything fails here the kernel falls back to its hash.
@@ -40,6 +43,8 @@ const volatile __u32 nworkers = 1;
 /* Memory-mapped by the enforcer (the skeleton's .bss). */
 __u32 conns[AG_BAL_MAX];
 __u32 pending[AG_BAL_MAX];
+/* 1 + the worker pinned to each CPU; 0: none. */
+__u32 cpu_worker[AG_BAL_CPUS];
 
 SEC("sk_reuseport")
 int ag_pick_worker(struct sk_reuseport_md *md)
@@ -59,6 +64,21 @@ int ag_pick_worker(struct sk_reuseport_md *md)
 		if (load < best_load) {
 			best_load = load;
 			best = i;
+		}
+	}
+	/* Among the least loaded, the worker of the CPU the SYN is processed
+	 * on: the connecting thread's (loopback), so the relay starts where
+	 * its client runs and their wakeups stay on one CPU. */
+	__u32 cpu = bpf_get_smp_processor_id();
+
+	if (cpu < AG_BAL_CPUS) {
+		__u32 lw = cpu_worker[cpu];
+
+		if (lw >= 1 && lw <= n) {
+			__u32 l = (lw - 1) & (AG_BAL_MAX - 1);
+
+			if (conns[l] + pending[l] <= best_load)
+				best = l;
 		}
 	}
 	key = best;

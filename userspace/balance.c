@@ -103,3 +103,9 @@ uint32_t *balance_pending(struct balance *b, int i)
 {
 	return &b->skel->bss->pending[i];
 }
+
+void balance_set_cpu(struct balance *b, int cpu, int worker)
+{
+	if (b && cpu >= 0 && cpu < AG_BAL_CPUS)
+		__atomic_store_n(&b->skel->bss->cpu_worker[cpu], (uint32_t)(worker + 1), __ATOMIC_RELAXED);
+}

@@ -24,5 +24,7 @@ void balance_close(struct balance *b);   /* NULL-safe */
 /* Worker i's two counters in the program's memory (see balance.bpf.c). */
 uint32_t *balance_conns(struct balance *b, int i);
 uint32_t *balance_pending(struct balance *b, int i);
+/* Worker worker runs pinned to CPU cpu: connections from there prefer it. */
+void balance_set_cpu(struct balance *b, int cpu, int worker);
 
 #endif

@@ -1497,9 +1497,10 @@ void *enforcer_status_json(void)
 		caught += atomic_load_explicit(&E->workers[i].busy_caught, memory_order_relaxed);
 	json_object_set_new(st, "busy_poll", json_pack("{s:i, s:I}", "us", E->nworkers ? (int)E->workers[0].busy_poll_us : 0,
 		"caught", (json_int_t)caught));
-	json_object_set_new(st, "balance", json_pack("{s:s, s:s?, s:o}",
+	json_object_set_new(st, "balance", json_pack("{s:s, s:s?, s:o, s:b}",
 		"method", E->balance ? "least_connections" : "kernel_hash",
-		"reason", E->balance ? NULL : E->balance_why, "worker_connections", per));
+		"reason", E->balance ? NULL : E->balance_why, "worker_connections", per,
+		"workers_pinned", E->pinned));
 	json_object_set_new(st, "port_guard", json_pack("{s:b, s:s?}", "on", E->guarded,
 		"reason", E->guarded ? NULL : E->guard_why));
 	json_object_set_new(st, "ca_leaves_minted", json_integer((json_int_t)local_ca_minted()));
@@ -2154,6 +2155,41 @@ static void claim_owner(void)
 			 "process given its PID could bind the agents' ports");
 }
 
+/*
+ * Each worker on a CPU of its own (the enforcer's affinity mask, in order),
+ * and the balance program told which: among the workers with the fewest
+ * connections, a new one goes to the worker of the CPU its client connects
+ * from, so the client, the worker and mostly the server it dials wake each
+ * other on one CPU instead of across CPUs (a reschedule interrupt, in a VM
+ * an exit, per hop). Measured on 2 vCPUs, 4 alternating runs each: pgbench
+ * -S -c 8 through the postgres module, audited, 22,500 tps median pinned
+ * against 20,300 floating; wrk small answers 61,800 req/s and p99 0.81 ms
+ * against 61,000 and 0.99 ms; one pgbench client unchanged. A pinned
+ * worker still gets its fair share of a CPU another process keeps busy,
+ * but cannot move to an idle one: AGENTGATE_PIN_WORKERS=0 lets them float.
+ */
+static void pin_workers(const cpu_set_t *cpus)
+{
+	int k = 0, pinned = 0;
+
+	for (int cpu = 0; cpu < CPU_SETSIZE && k < E->nworkers; cpu++) {
+		cpu_set_t one;
+
+		if (!CPU_ISSET(cpu, cpus))
+			continue;
+		CPU_ZERO(&one);
+		CPU_SET(cpu, &one);
+		if (pthread_setaffinity_np(E->workers[k].thread, sizeof(one), &one) == 0) {
+			balance_set_cpu(E->balance, cpu, k);
+			pinned++;
+		}
+		k++;
+	}
+	E->pinned = pinned == E->nworkers;
+	if (!E->pinned)
+		log_warn("worker threads: %d of %d pinned to a CPU", pinned, E->nworkers);
+}
+
 /* Connections spread by count (balance.h); the kernel's hash if that fails. */
 static void open_balance(void)
 {
@@ -2357,6 +2393,12 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 	if ((rc = env_knob("AGENTGATE_BUSY_POLL_US", 0, BUSY_POLL_MAX_US, "microseconds (0: off)", &n)) < 0)
 		goto out;
 	unsigned busy_us = (unsigned)n;
+	/* Workers pinned one per CPU (pin_workers()) unless told not to, or
+	 * when their number is not the CPUs'. */
+	n = 1;
+	if ((rc = env_knob("AGENTGATE_PIN_WORKERS", 0, 1, "0 (workers float) or 1 (one per CPU)", &n)) < 0)
+		goto out;
+	bool pin = n == 1 && E->nworkers == CPU_COUNT(&cpus) && E->nworkers > 1;
 
 	rc = 0;
 	E->workers = calloc(E->nworkers, sizeof(struct worker));
@@ -2421,6 +2463,8 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 		E->workers[i].busy_poll_us = busy_us;
 		worker_start(&E->workers[i]);
 	}
+	if (pin)
+		pin_workers(&cpus);
 	/* Last: a status that answers means the enforcer is ready. */
 	if ((rc = admin_open(&adm, state_dir, epfd))) {
 		log_err("admin socket in '%s': %s", state_dir, strerror(-rc));

@@ -72,6 +72,7 @@ struct enforcer {
 	struct loader *loader;
 	struct balance *balance;        /* NULL: the kernel's hash spreads connections */
 	char balance_why[160];
+	bool pinned;               /* every worker on a CPU of its own (pin_workers) */
 	bool guarded;                   /* ag_guard attached and the listeners in ag_listen */
 	char guard_why[160];
 	bool listen_moved;              /* tcp_port was taken: the listeners are on free ports */

@@ -8,6 +8,8 @@ import subprocess
 import textwrap
 import time
 
+import pytest
+
 from conftest import (AG, CG2, DNS_BASE, PY, TCP_PORT, URING, connect_code, detach_all, pty_run,
                       wait_for)
 
@@ -157,6 +159,56 @@ def test_busy_poll_knob(enforcer, servers):
     time.sleep(2)
     spent = _cpu_ticks(pid) - t0
     assert spent <= 10, f"{spent} ticks of CPU in 2 s with no traffic"
+
+
+
+def test_workers_pinned_and_connections_go_to_the_clients_cpu(enforcer, servers):
+    """One worker per CPU, each pinned to its own; among the least loaded, a new
+    connection goes to the worker of the CPU its client connects from (the
+    client, the relay and the server then wake each other on one CPU).
+    AGENTGATE_PIN_WORKERS=0 lets them float."""
+    ncpu = len(os.sched_getaffinity(0))
+    if ncpu < 2:
+        pytest.skip(f"one CPU here ({ncpu}): nothing to pin apart")
+    cpus = sorted(os.sched_getaffinity(0))
+    port, _ = servers.echo()
+    enforcer.start(enforce_policy(port))
+    bal = enforcer.status()["balance"]
+    assert bal["workers_pinned"] is True and len(bal["worker_connections"]) == ncpu, bal
+    pid = enforcer.proc.p.pid
+    workers = [t for t in sorted(os.listdir(f"/proc/{pid}/task"), key=int)
+               if open(f"/proc/{pid}/task/{t}/comm").read().strip() == "ag-worker"]
+    affinity = sorted(tuple(os.sched_getaffinity(int(t))) for t in workers)
+    assert affinity == [(c,) for c in cpus], affinity
+    # a client on the last CPU, then one on the first: each lands on its CPU's worker
+    code = textwrap.dedent(f"""
+    import socket, sys
+    s = socket.create_connection(("127.0.0.1", {port}), timeout=5)
+    s.sendall(b"hi\\n"); assert s.recv(10) == b"hi\\n"
+    print("open", flush=True)
+    sys.stdin.readline()
+    """)
+    procs = []
+    try:
+        for cpu, want in ((cpus[-1], ncpu - 1), (cpus[0], 0)):
+            p = subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", "t-agent", "--",
+                                  "taskset", "-c", str(cpu), PY, "-c", code],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            procs.append(p)
+            assert p.stdout.readline().strip() == "open"
+            w = enforcer.status()["balance"]["worker_connections"]
+            assert w[want] == 1 and sum(w) == len(procs), (cpu, w)
+    finally:
+        for p in procs:
+            p.stdin.close()
+            p.wait(timeout=10)
+    enforcer.stop()
+    enforcer.start(enforce_policy(port), env={"AGENTGATE_PIN_WORKERS": "0"})
+    assert enforcer.status()["balance"]["workers_pinned"] is False
+    pid = enforcer.proc.p.pid
+    for t in os.listdir(f"/proc/{pid}/task"):
+        if open(f"/proc/{pid}/task/{t}/comm").read().strip() == "ag-worker":
+            assert sorted(os.sched_getaffinity(int(t))) == cpus
 
 
 def test_connections_spread_over_workers(enforcer, servers):
