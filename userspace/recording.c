@@ -38,6 +38,7 @@ struct rec {
 	bool broken;            /* a write failed, or the session reached its cap: stop */
 	char name[128];
 	int agent;              /* the policy's agent index (agent_disk), or -1 */
+	char agent_name[128];   /* as the index header names it ("" none): for the sweep */
 	struct rec *next;       /* open recordings (R.open), which the sweep leaves alone */
 	size_t npend;           /* bytes gathered in pend, from direction pdir */
 	int pdir;
@@ -103,6 +104,7 @@ bool rec_enabled(void)
 
 struct sess {
 	char name[256];    /* without extension */
+	const char *agent; /* an open session's agent (sweep()), else NULL */
 	uint64_t bytes;    /* disk space (blocks), not file size: tiny sessions take a block each */
 	time_t mtime;
 };
@@ -127,19 +129,143 @@ static void remove_session(const char *dir, const char *name)
 	unlink(p);
 }
 
+/* The agent a closed session's recording belongs to, from the header its
+ * index starts with ("# {...,"agent":"name",...}"), into out; "" when the
+ * index cannot be read or names none (a session of no agent, or a file
+ * not ours: one bucket of their own). */
+static void session_agent(const char *dir, const char *name, char *out, size_t cap)
+{
+	char p[4400], buf[2048];
+	const char *a;
+	json_t *h;
+	ssize_t n;
+	char *nl;
+	int fd;
+
+	out[0] = 0;
+	snprintf(p, sizeof(p), "%s/%s.idx", dir, name);
+	if ((fd = open(p, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)) < 0)
+		return;
+	n = pread(fd, buf, sizeof(buf) - 1, 0);
+	close(fd);
+	if (n < 3 || buf[0] != '#' || buf[1] != ' ')
+		return;
+	buf[n] = 0;
+	if (!(nl = strchr(buf, '\n')))
+		return;   /* a header longer than the buffer: not one we wrote */
+	if (!(h = json_loadb(buf + 2, (size_t)(nl - buf - 2), 0, NULL)))
+		return;
+	if ((a = json_string_value(json_object_get(h, "agent"))))
+		snprintf(out, cap, "%s", a);
+	json_decref(h);
+}
+
+/* An open recording as the sweep sees it: the name first (cmp_name). */
+struct open_sess {
+	char name[128];
+	char agent[128];
+};
+
+#define SWEEP_AGENTS 1024   /* distinct agents told apart; more share one bucket */
+
+/*
+ * Over max_bytes, the space goes back from the agent whose recordings take
+ * the most (open sessions counted, though never deleted), oldest session
+ * first, until the total fits: a plain oldest-first sweep let an agent that
+ * opens many sessions push every other agent's recordings out, its own
+ * earlier sessions' evidence along with them (review, stop 37). v[0..m) are
+ * the sessions left after the age sweep, oldest first; gone[i] marks those
+ * deleted or open (not deletable). Returns the total left.
+ */
+static uint64_t sweep_fair(const char *dir, struct sess *v, size_t m, const bool *open_,
+			   uint64_t total, uint64_t max_bytes)
+{
+	char (*names)[128] = calloc(SWEEP_AGENTS, sizeof(*names));
+	uint32_t *ag = calloc(m ? m : 1, sizeof(*ag)), *order = calloc(m ? m : 1, sizeof(*order));
+	size_t *first = calloc(SWEEP_AGENTS + 1, sizeof(*first)), *cur = calloc(SWEEP_AGENTS, sizeof(*cur));
+	uint64_t *use = calloc(SWEEP_AGENTS, sizeof(*use));
+	uint32_t k = 0;
+
+	if (!names || !ag || !order || !first || !cur || !use) {
+		/* no memory for the fair choice: oldest first, as before */
+		for (size_t i = 0; i < m && total > max_bytes; i++) {
+			if (open_[i])
+				continue;
+			remove_session(dir, v[i].name);
+			total -= v[i].bytes;
+		}
+		goto out;
+	}
+	for (size_t i = 0; i < m; i++) {
+		char a[128];
+		uint32_t j;
+
+		if (open_[i])   /* an open session's agent: its struct rec knows it */
+			snprintf(a, sizeof(a), "%s", v[i].agent);
+		else
+			session_agent(dir, v[i].name, a, sizeof(a));
+		for (j = 0; j < k && strcmp(names[j], a); j++)
+			;
+		if (j == k) {
+			if (k < SWEEP_AGENTS)
+				memcpy(names[k++], a, sizeof(a));
+			else
+				j = SWEEP_AGENTS - 1;   /* the last bucket holds the rest */
+		}
+		ag[i] = j;
+		use[j] += v[i].bytes;
+		first[j + 1]++;
+	}
+	for (uint32_t j = 0; j < k; j++)   /* each agent's sessions, oldest first */
+		first[j + 1] += first[j];
+	for (uint32_t j = 0; j < k; j++)
+		cur[j] = first[j];
+	for (size_t i = 0; i < m; i++)
+		order[cur[ag[i]]++] = (uint32_t)i;
+	for (uint32_t j = 0; j < k; j++)
+		cur[j] = first[j];
+	while (total > max_bytes) {
+		uint32_t best = k;
+
+		for (uint32_t j = 0; j < k; j++) {
+			while (cur[j] < first[j + 1] && open_[order[cur[j]]])
+				cur[j]++;   /* open: skipped, still counted in use */
+			if (cur[j] < first[j + 1] && (best == k || use[j] > use[best]))
+				best = j;
+		}
+		if (best == k)
+			break;   /* only open sessions left */
+		size_t i = order[cur[best]++];
+
+		remove_session(dir, v[i].name);
+		total -= v[i].bytes;
+		use[best] -= v[i].bytes;
+	}
+out:
+	free(names);
+	free(ag);
+	free(order);
+	free(first);
+	free(cur);
+	free(use);
+	return total;
+}
+
 /*
  * Names start with the UTC start time, so name order is age order. One
  * entry per file, sorted, then a session's two files merged: O(n log n) in
  * the number of files (an agent can make many sessions). Sessions still
- * open are counted, never deleted (their writer caps them).
+ * open are counted, never deleted (their writer caps them). Sessions older
+ * than max_age go first; then, over max_bytes, sweep_fair() chooses.
  */
 static void sweep(const char *dir, uint64_t max_bytes, uint32_t max_age_ms)
 {
 	DIR *d = opendir(dir);
 	struct dirent *de;
 	struct sess *v = NULL;
-	char (*open_names)[128] = NULL;   /* as struct rec names them */
-	size_t n = 0, cap = 0, nopen = 0, m = 0;
+	struct open_sess *open_names = NULL;
+	bool *open_ = NULL;
+	size_t n = 0, cap = 0, nopen = 0, m = 0, left = 0;
 	uint64_t total = 0;
 	time_t now = time(NULL);
 
@@ -164,6 +290,7 @@ static void sweep(const char *dir, uint64_t max_bytes, uint32_t max_age_ms)
 			v = nv;
 		}
 		snprintf(v[n].name, sizeof(v[n].name), "%.*s", (int)(l - 4), de->d_name);
+		v[n].agent = NULL;
 		v[n].bytes = (uint64_t)st.st_blocks * 512;
 		v[n].mtime = st.st_mtime;
 		total += v[n].bytes;
@@ -187,11 +314,14 @@ static void sweep(const char *dir, uint64_t max_bytes, uint32_t max_age_ms)
 	if (nopen && (open_names = calloc(nopen, sizeof(*open_names)))) {
 		size_t k = 0;
 
-		for (struct rec *r = R.open; r; r = r->next)
-			memcpy(open_names[k++], r->name, sizeof(r->name));
+		for (struct rec *r = R.open; r; r = r->next, k++) {
+			memcpy(open_names[k].name, r->name, sizeof(r->name));
+			memcpy(open_names[k].agent, r->agent_name, sizeof(r->agent_name));
+		}
 	}
 	pthread_mutex_unlock(&R.open_lock);
-	if (nopen && !open_names) {
+	if ((nopen && !open_names) || !(open_ = calloc(m ? m : 1, sizeof(*open_)))) {
+		free(open_names);
 		free(v);
 		return;   /* cannot tell which are open: delete nothing */
 	}
@@ -201,14 +331,22 @@ static void sweep(const char *dir, uint64_t max_bytes, uint32_t max_age_ms)
 		/* a session newer than now (the wall clock stepped back, or it
 		 * closed during the scan) is young: its age must not wrap */
 		bool old = now > v[i].mtime && (uint64_t)(now - v[i].mtime) * 1000 > max_age_ms;
+		const struct open_sess *o = nopen ? bsearch(v[i].name, open_names, nopen,
+							    sizeof(*open_names), cmp_name) : NULL;
 
-		if (!old && total <= max_bytes)
-			break;
-		if (nopen && bsearch(v[i].name, open_names, nopen, sizeof(*open_names), cmp_name))
-			continue;   /* still being written */
-		remove_session(dir, v[i].name);
-		total -= v[i].bytes;
+		if (o) {   /* still being written: kept, counted for its agent */
+			v[i].agent = o->agent;
+			open_[left] = true;
+		} else if (old) {
+			remove_session(dir, v[i].name);
+			total -= v[i].bytes;
+			continue;
+		}
+		v[left++] = v[i];
 	}
+	if (total > max_bytes)
+		sweep_fair(dir, v, left, open_, total, max_bytes);
+	free(open_);
 	free(open_names);
 	free(v);
 }
@@ -311,6 +449,8 @@ struct rec *rec_open(struct conn *c)
 		goto fail;
 	r->fd = r->ifd = -1;
 	r->agent = c->agent_idx >= 0 && c->agent_idx < AG_MAX_AGENTS ? c->agent_idx : -1;
+	if (c->agent_idx >= 0 && c->policy)
+		snprintf(r->agent_name, sizeof(r->agent_name), "%s", c->policy->agents[c->agent_idx].name);
 	snprintf(r->name, sizeof(r->name), "%s", name);
 	/* A 8 KiB window and memLevel 6: 64 KiB of deflate state per open
 	 * recording instead of 256 KiB (zlib's defaults), which every idle

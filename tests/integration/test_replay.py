@@ -273,6 +273,42 @@ def test_one_agent_cannot_stop_the_others_recording(enforcer, servers):
             h.wait()
 
 
+
+def test_recording_space_goes_back_from_the_agent_that_takes_most(enforcer, servers):
+    """Found by review (stop 37): over max_bytes the sweep deleted the oldest
+    sessions whoever recorded them, so an agent that opened many sessions pushed
+    every other agent's recordings out. Now the agent whose recordings take the
+    most space loses its oldest first: another agent's older session stays."""
+    port, _ = servers.echo()
+    rec = os.path.join(enforcer.tmp, "rec")
+    pol = rec_policy(port, enforcer.audit, rec, ", max_bytes: 96KiB")
+    pol = pol.replace("agents: [{name: t-agent}]", "agents: [{name: t-agent}, {name: other}]")
+    pol = pol.replace("agents: [t-agent]}]", "agents: [t-agent, other]}]")
+    enforcer.start(pol)
+    r = enforcer.exec("other", [PY, "-c", CHAT, str(port), "10"])
+    assert r.stdout.strip() == "OK", r.stdout + r.stderr
+    [theirs] = sessions(rec)
+    time.sleep(1.1)                          # names start with the second: theirs is the oldest
+    seen = set()
+    for _ in range(24):                      # two files of a block or more each: ~200 KiB
+        chat(enforcer, port)                 # (a sweep may run meanwhile: at most every 5 s)
+        seen.update(sessions(rec))
+    hog = sorted(seen - {theirs})
+    assert len(hog) == 24, hog
+    time.sleep(5.2)
+    chat(enforcer, port)                     # a session opens: the sweep runs, on its own thread
+    assert wait_for(lambda: disk(rec) <= 96 * 1024, timeout=10), (disk(rec), len(sessions(rec)))
+    left = sessions(rec)
+    assert theirs in left, "the other agent's session was swept for the hog's"
+    kept = [n for n in hog if n in left]
+    assert 0 < len(kept) < 24, kept
+    # the hog's own are deleted oldest first: what is kept is its newest
+    # (by start second; sessions of one second sort by connection uid)
+    sec = lambda n: n.split("-")[0]
+    assert min(map(sec, kept)) >= max(sec(n) for n in hog if n not in left), (kept, left)
+    enforcer.stop()
+
+
 H_MSG = b"H\x00\x00\x00\x04"   # a PostgreSQL Flush message
 
 
