@@ -63,6 +63,9 @@ extern const struct proto_ops proto_pg_ops;
 /* PostgreSQL sessions that read their names again after another session
  * changed them (status: pg_names_refreshed). */
 uint64_t pg_names_refreshed(void);
+/* Masking sessions that read their lineage again since the start, after a
+ * change of relations or by age (status: pg_lineage_refreshed). */
+uint64_t pg_lineage_refreshed(void);
 
 /*
  * The module for a protocol. Protocols whose module has not landed yet

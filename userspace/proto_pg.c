@@ -397,8 +397,21 @@ struct pg_sess {
 	struct pg_plan *qplan;         /* simple Query: plan of the current result */
 	int qncols;                    /* its column count */
 	/* lineage: masked (table oid, attnum) pairs, from the catalog query */
-	struct { uint32_t oid; int16_t att; bool named; char name[PG_COLNAME_MAX]; } *cols;
+	struct pg_lcol { uint32_t oid; int16_t att; bool named; char name[PG_COLNAME_MAX]; } *cols;
 	int ncols, capcols;
+	/* The lineage is read again (start_refresh()) when it may be stale:
+	 * relations of its database changed through agentgate (rel epochs,
+	 * below), or it is older than lineage_max_ms(). During that read,
+	 * prev_cols holds the one read before, put back if the read fails. */
+	bool lineage_on;               /* the session reads one (masked columns) */
+	uint64_t rel_epoch;            /* its database's relations epoch when it was read */
+	uint64_t rel_epoch_pending;    /* rel_refresh_epoch, rel_epoch once the read is in */
+	uint64_t rel_refresh_epoch;    /* the epoch its last read took (tried once each) */
+	uint64_t lineage_ms;           /* monotonic: when it was last read, or tried */
+	bool rel_changer;              /* ran DDL whose end may not be seen yet (rels_bump()) */
+	bool lineage_refresh;          /* this refresh reads the lineage too */
+	struct pg_lcol *prev_cols;
+	int prev_ncols, prev_capcols;
 	bool cat_shown;                /* a relation shows a masked table's rows: ask for it */
 	bool cat_dependents_sent;      /* the second catalog query is out */
 	bool *col_found;               /* per mask_column_list() entry: the catalog has it */
@@ -511,6 +524,45 @@ static _Atomic uint64_t names_epochs[NAMES_SLOTS];
  * older names for current ones. */
 static _Atomic int names_changers[NAMES_SLOTS];
 
+/*
+ * The same for relations, which masking knows by OID and attribute number
+ * (the lineage): a view, child or partition of a masked table created, a
+ * masked table dropped and made again, a masked column replaced. A session
+ * that ran DDL (or an admin statement) bumps its database's relations epoch
+ * at each ReadyForQuery outside a transaction until all it sent is
+ * answered (the change is visible by then), and when it ends; a masking
+ * session whose lineage is older reads it again, with the names, before
+ * the next statement it judges while idle. Changes made past agentgate
+ * (another client of the database) are caught by age: a lineage older than
+ * lineage_max_ms() is read again the same way. Inside a transaction the
+ * lineage read before stays until the transaction ends.
+ */
+static _Atomic uint64_t rel_epochs[NAMES_SLOTS];
+static _Atomic uint64_t lineage_refreshed;   /* status: pg_lineage_refreshed */
+
+uint64_t pg_lineage_refreshed(void)
+{
+	return atomic_load(&lineage_refreshed);
+}
+
+#define PG_LINEAGE_MAX_MS (60 * 1000)
+
+/* Test knob AGENTGATE_PG_LINEAGE_MS (1000-86400000), read once. */
+static uint64_t lineage_max_ms(void)
+{
+	static _Atomic uint64_t v;
+	uint64_t x = atomic_load(&v);
+	const char *e;
+
+	if (!x) {
+		e = getenv("AGENTGATE_PG_LINEAGE_MS");
+		if (!e || parse_u64(e, 1000, 86400000, &x))
+			x = PG_LINEAGE_MAX_MS;
+		atomic_store(&v, x);
+	}
+	return x;
+}
+
 /* Hashed once per session: every judged statement asks for it, and the
  * pinned database cannot change under a session (a reload that changes it
  * does not move the session: policy_upstream_same()). */
@@ -536,6 +588,25 @@ static _Atomic uint64_t *names_epoch_of(struct conn *c)
 static void names_bump(struct conn *c)
 {
 	atomic_fetch_add(names_epoch_of(c), 1);
+}
+
+static _Atomic uint64_t *rel_epoch_of(struct conn *c)
+{
+	return &rel_epochs[names_slot(c)];
+}
+
+static void rels_bump(struct conn *c)
+{
+	atomic_fetch_add(rel_epoch_of(c), 1);
+}
+
+/* Statements that can create, drop or change relations or columns. */
+static bool stmts_change_rels(const struct pgc_stmt *st, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (st[i].cls == PGC_DDL || st[i].cls == PGC_ADMIN)
+			return true;
+	return false;
 }
 
 static bool names_changing(struct conn *c)
@@ -1486,6 +1557,9 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 	if (r->changes_names && (r->verdict == PGC_ALLOW || c->policy->mode == POLICY_OBSERVE)) {
 		names_change(c, s);   /* every other session of the database too */
 	}
+	if ((r->verdict == PGC_ALLOW || c->policy->mode == POLICY_OBSERVE) &&
+	    stmts_change_rels(r->stmts, r->nstmts))
+		s->rel_changer = true;   /* the lineage of every masking session, once it is done */
 	switch (r->verdict) {
 	case PGC_ALLOW:
 		why[0] = '\0';
@@ -3294,6 +3368,9 @@ static int after_params(struct conn *c)
 		return -ENOMEM;
 	/* before the catalog is read: a change after this makes it stale */
 	s->names_epoch = atomic_load(names_epoch_of(c));
+	s->rel_epoch = atomic_load(rel_epoch_of(c));
+	s->lineage_ms = now_ns_mono() / 1000000ull;
+	s->lineage_on = false;
 
 	/* the lineage query first, leaving room for names_query() (about 1 KiB
 	 * and the schema's name three times) */
@@ -3312,6 +3389,7 @@ static int after_params(struct conn *c)
 		}
 		n = strlen(sql);
 		sql[n++] = ';';
+		s->lineage_on = true;
 	} else if (s->mask_active && (mask_column_list(s->mask, &n), n)) {
 		/* columns to mask and no lineage query: never run without it */
 		free(sql);
@@ -3412,8 +3490,23 @@ static void names_free(char **names, uint32_t n)
 	free(names);
 }
 
-/* Whether the session reads its names again before judging the next
- * statement (names epochs, above): they are stale and it is idle. */
+/* The session's lineage may be stale: relations of its database changed
+ * through agentgate since it was read (each epoch tried once), or it is
+ * older than lineage_max_ms(). */
+static bool lineage_due(struct conn *c, struct pg_sess *s)
+{
+	uint64_t e = atomic_load(rel_epoch_of(c));
+
+	if (!s->lineage_on)
+		return false;
+	if (e != s->rel_epoch && e != s->rel_refresh_epoch)
+		return true;
+	return now_ns_mono() / 1000000ull - s->lineage_ms >= lineage_max_ms();
+}
+
+/* Whether the session reads its names (and lineage) again before judging
+ * the next statement (names and relations epochs, above): they are stale
+ * and it is idle. */
 static bool refresh_due(struct conn *c)
 {
 	struct pg_sess *s = S(c);
@@ -3423,22 +3516,66 @@ static bool refresh_due(struct conn *c)
 	/* the read is paid from the agent's parse budget (process_upstream):
 	 * past it the session stays careful, and tries again next statement
 	 * (not counted as a refusal: nothing was refused) */
-	return s->cat_ready && !changing && now != s->names_epoch && now != s->refresh_epoch &&
+	return s->cat_ready && !changing &&
+	       ((now != s->names_epoch && now != s->refresh_epoch) || lineage_due(c, s)) &&
 	       s->tx == 'I' && !s->qlen && !s->unsynced && !s->skip_to_sync && !s->copy_in &&
 	       !s->copy_wait && !s->up_pass && !s->names_changer && !s->out.len &&
 	       conn_parse_may(c, NULL, 0);
 }
 
-/* The names query again, on the session's own connection; the agent's
- * input waits. Costs what reconnecting would, once per epoch. */
+/* Ours, not the agent's: not in the session's recording. */
+static int send_ours(struct conn *c, const char *sql)
+{
+	struct pg_sess *s = S(c);
+	bool rec = c->rec_side[SIDE_UP];
+	int err;
+
+	pg_out_query(&s->out, sql);
+	c->rec_side[SIDE_UP] = false;
+	err = send_out(c, SIDE_UP);
+	c->rec_side[SIDE_UP] = rec;
+	return err;
+}
+
+/* The names query again, with the lineage query when the session masks
+ * columns, on the session's own connection; the agent's input waits.
+ * Costs what reconnecting would, once per epoch (and lineage_max_ms()). */
 static int start_refresh(struct conn *c)
 {
 	struct pg_sess *s = S(c);
-	char sql[4096];
+	size_t n = 0, cap = (s->lineage_on ? catalog_cap(c) : 0) + 4096;
+	char *sql = malloc(cap);
+	int err;
 
+	if (!sql)
+		return -ENOMEM;
 	s->refresh_epoch = s->names_epoch_pending = atomic_load(names_epoch_of(c));
-	if (!names_query(c, sql, sizeof(sql))) {
+	s->lineage_refresh = false;
+	if (s->lineage_on) {
+		s->rel_refresh_epoch = s->rel_epoch_pending = atomic_load(rel_epoch_of(c));
+		s->lineage_ms = now_ns_mono() / 1000000ull;   /* tried: not again before its time */
+		if (catalog_query(c, sql, cap - 4096, false)) {
+			n = strlen(sql);
+			sql[n++] = ';';
+			s->lineage_refresh = true;
+			s->prev_cols = s->cols;
+			s->prev_ncols = s->ncols;
+			s->prev_capcols = s->capcols;
+			s->cols = NULL;
+			s->ncols = s->capcols = 0;
+			s->cat_shown = s->cat_dependents_sent = false;
+		}
+	}
+	if (!names_query(c, sql + n, cap - n)) {
 		/* cannot be (it was written at the start): judged stale */
+		free(sql);
+		if (s->lineage_refresh) {
+			s->cols = s->prev_cols;
+			s->ncols = s->prev_ncols;
+			s->capcols = s->prev_capcols;
+			s->prev_cols = NULL;
+			s->lineage_refresh = false;
+		}
 		s->just_refreshed = true;
 		return process_agent(c);
 	}
@@ -3449,23 +3586,58 @@ static int start_refresh(struct conn *c)
 	s->names = NULL;
 	s->kinds = NULL;
 	s->nnames = s->capnames = 0;
-	pg_out_query(&s->out, sql);
 	s->phase = PH_UP_REFRESH;
-	/* ours, not the agent's: not in the session's recording */
-	bool rec = c->rec_side[SIDE_UP];
-	int err;
-
-	c->rec_side[SIDE_UP] = false;
-	err = send_out(c, SIDE_UP);
-	c->rec_side[SIDE_UP] = rec;
+	err = send_ours(c, sql);
+	free(sql);
 	return err;
 }
 
-/* The answer to start_refresh()'s query. A server error (the agent's own
- * CancelRequest, say) keeps the names read before and the session stale. */
+/* The refresh is over: the new names and lineage kept, or (failed) the
+ * ones read before put back. */
+static void refresh_end(struct pg_sess *s, bool failed)
+{
+	if (failed) {
+		names_free(s->names, s->nnames);
+		free(s->kinds);
+		s->names = s->prev_names;
+		s->kinds = s->prev_kinds;
+		s->nnames = s->prev_nnames;
+		s->capnames = s->prev_capnames;
+		if (s->lineage_refresh) {
+			free(s->cols);
+			s->cols = s->prev_cols;
+			s->ncols = s->prev_ncols;
+			s->capcols = s->prev_capcols;
+		}
+	} else {
+		names_free(s->prev_names, s->prev_nnames);
+		free(s->prev_kinds);
+		s->names_epoch = s->names_epoch_pending;
+		s->names_stale = false;
+		atomic_fetch_add(&names_refreshed, 1);
+		if (s->lineage_refresh) {
+			free(s->prev_cols);
+			s->rel_epoch = s->rel_epoch_pending;
+			atomic_fetch_add(&lineage_refreshed, 1);
+		}
+	}
+	s->prev_cols = NULL;
+	s->prev_ncols = s->prev_capcols = 0;
+	s->lineage_refresh = false;
+	s->prev_names = NULL;
+	s->prev_kinds = NULL;
+	s->prev_nnames = s->prev_capnames = 0;
+	s->refresh_failed = false;
+	s->just_refreshed = true;
+}
+
+/* The answer to start_refresh()'s queries. A server error (the agent's own
+ * CancelRequest, say) keeps the names and lineage read before, and the
+ * session stale. */
 static int up_refresh(struct conn *c, const struct pg_msg *m)
 {
 	struct pg_sess *s = S(c);
+	struct pg_datarow d;
 	char st;
 	int err;
 
@@ -3477,6 +3649,17 @@ static int up_refresh(struct conn *c, const struct pg_msg *m)
 	case 'D':
 		if (s->refresh_failed)
 			return 0;
+		if (pg_datarow_begin(m, &d))
+			return -EBADMSG;
+		if (d.ncols != 2) {   /* the lineage's */
+			if (!s->lineage_refresh)
+				return fatal(c, "08P01", "agentgate: unexpected row during the names query");
+			if ((err = catalog_row(s, m)) == -ENOMEM)
+				return err;
+			if (err)
+				return fatal(c, "XX000", "agentgate: cannot read the catalog for masking");
+			return 0;
+		}
 		if ((err = names_row(s, m)) == -ENOMEM)
 			return err;
 		if (err == -E2BIG)
@@ -3499,27 +3682,26 @@ static int up_refresh(struct conn *c, const struct pg_msg *m)
 			return -EBADMSG;
 		if (st != 'I')
 			return fatal(c, "08P01", "agentgate: the server is in a transaction after the names query");
-		if (s->refresh_failed) {
-			names_free(s->names, s->nnames);
-			free(s->kinds);
-			s->names = s->prev_names;
-			s->kinds = s->prev_kinds;
-			s->nnames = s->prev_nnames;
-			s->capnames = s->prev_capnames;
-		} else {
-			if ((err = names_ready(s)))
-				return fatal(c, "XX000", "agentgate: cannot read the pinned schema's functions and operators");
-			names_free(s->prev_names, s->prev_nnames);
-			free(s->prev_kinds);
-			s->names_epoch = s->names_epoch_pending;
-			s->names_stale = false;
-			atomic_fetch_add(&names_refreshed, 1);
+		if (!s->refresh_failed && s->lineage_refresh && s->cat_shown && !s->cat_dependents_sent) {
+			/* views, children or partitions show a masked table's
+			 * rows: their columns too, as at the start (up_catalog()) */
+			size_t cap = catalog_cap(c);
+			char *sql = malloc(cap);
+
+			s->cat_dependents_sent = true;
+			if (!sql)
+				return -ENOMEM;
+			if (!catalog_query(c, sql, cap, true)) {
+				free(sql);
+				return fatal(c, "XX000", "agentgate: cannot build the catalog query for the masked columns");
+			}
+			err = send_ours(c, sql);
+			free(sql);
+			return err;
 		}
-		s->prev_names = NULL;
-		s->prev_kinds = NULL;
-		s->prev_nnames = s->prev_capnames = 0;
-		s->refresh_failed = false;
-		s->just_refreshed = true;
+		if (!s->refresh_failed && (err = names_ready(s)))
+			return fatal(c, "XX000", "agentgate: cannot read the pinned schema's functions and operators");
+		refresh_end(s, s->refresh_failed);
 		s->tx = st;
 		s->phase = PH_READY;
 		return 0;
@@ -3726,6 +3908,8 @@ static int fe_bind(struct conn *c, const struct pg_msg *m)
 	if (j->changes_names && (j->allowed || c->policy->mode == POLICY_OBSERVE)) {
 		names_change(c, s);
 	}
+	if ((j->allowed || c->policy->mode == POLICY_OBSERVE) && stmts_change_rels(j->st, j->nstmts))
+		s->rel_changer = true;
 	po = calloc(1, sizeof(*po));
 	if (!po)
 		return -ENOMEM;
@@ -4412,14 +4596,21 @@ static int be_ready(struct conn *c, const struct pg_msg *m)
 	 * ReadyForQuery made each new session stale right after it began).
 	 * Before the agent has the ReadyForQuery: its next statement on
 	 * another session must find the change done. */
-	if (s->names_changer && st == 'I') {
+	if ((s->names_changer || s->rel_changer) && st == 'I') {
 		uint32_t i = 0;
 
 		while (i < s->qlen && pend_at(s, i)->kind != 'S' && pend_at(s, i)->kind != 'Q')
 			i++;
-		names_bump(c);
-		if (i + 1 >= s->qlen)   /* nothing sent after what this answers */
-			names_change_done(c, s);
+		if (s->names_changer) {
+			names_bump(c);
+			if (i + 1 >= s->qlen)   /* nothing sent after what this answers */
+				names_change_done(c, s);
+		}
+		if (s->rel_changer) {
+			rels_bump(c);
+			if (i + 1 >= s->qlen)
+				s->rel_changer = false;
+		}
 	}
 	/* The last message read: the agent's answer is complete, so it goes
 	 * out now, before the statement's audit event is built, which then
@@ -4981,6 +5172,8 @@ static void pg_release(struct conn *c)
 		names_bump(c);   /* ended before its change was seen done: it may be now */
 		names_change_done(c, s);
 	}
+	if (s->rel_changer)
+		rels_bump(c);
 	if (s->cancel_registered)
 		cancel_del(s->our_pid);
 	audit_deferred_flush(c);   /* nothing deferred outlives a batch; to be sure */
@@ -4996,6 +5189,7 @@ static void pg_release(struct conn *c)
 	free(s->startup);
 	free(s->params);
 	free(s->cols);
+	free(s->prev_cols);   /* ended during a refresh */
 	free(s->col_found);
 	names_free(s->names, s->nnames);
 	free(s->kinds);
