@@ -743,11 +743,28 @@ static int flush_out(struct conn *c, int side, bool *moved)
 			int r, e;
 
 			ERR_clear_error();
+			errno = 0;
 			r = SSL_write_ex(sd->ssl, sd->out + sd->out_off, len, &w);
 			if (r <= 0) {
+				int werr = errno;
+
 				e = SSL_get_error(sd->ssl, r);
 				if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ)
 					return 0;
+				/* The same early answer over TLS (below): the write
+				 * failed in the socket, not in TLS, and nothing is
+				 * written on this SSL again (no close_notify either:
+				 * shut), while its records already received are read
+				 * on. OpenSSL keeps reading after a failed write, as
+				 * the integration test shows; if it did not, the read
+				 * fails and the connection ends as it did before. */
+				if (e == SSL_ERROR_SYSCALL && (werr == EPIPE || werr == ECONNRESET) &&
+				    side == SIDE_UP && !sd->in_eof) {
+					out_reset(sd);
+					sd->wr_dead = sd->shut = true;
+					*moved = true;
+					return 0;
+				}
 				tls_errtext(c, "TLS write");
 				return -EPIPE;
 			}
@@ -766,8 +783,7 @@ static int flush_out(struct conn *c, int side, bool *moved)
 				 * (what is queued or comes is dropped), and reading it
 				 * goes on: the module delivers the answer, and the
 				 * read's EOF or reset ends the connection, as pump()
-				 * does for the tcp relay. A TLS leg cannot be read
-				 * after a failed write (SSL_write above): it ends here. */
+				 * does for the tcp relay. */
 				if ((errno == EPIPE || errno == ECONNRESET) && side == SIDE_UP && !sd->in_eof) {
 					out_reset(sd);
 					sd->wr_dead = sd->shut = true;
