@@ -3420,6 +3420,41 @@ static const char *mask_not_found(struct pg_sess *s)
 	return NULL;
 }
 
+/* Ours, not the agent's: not in the session's recording. */
+static int send_ours(struct conn *c, const char *sql)
+{
+	struct pg_sess *s = S(c);
+	bool rec = c->rec_side[SIDE_UP];
+	int err;
+
+	pg_out_query(&s->out, sql);
+	c->rec_side[SIDE_UP] = false;
+	err = send_out(c, SIDE_UP);
+	c->rec_side[SIDE_UP] = rec;
+	return err;
+}
+
+/* The second catalog query: views, children or partitions show a masked
+ * table's rows, so their columns are read too (catalog_row()). */
+static int send_dependents(struct conn *c)
+{
+	struct pg_sess *s = S(c);
+	size_t cap = catalog_cap(c);
+	char *sql = malloc(cap);
+	int err;
+
+	s->cat_dependents_sent = true;
+	if (!sql)
+		return -ENOMEM;
+	if (!catalog_query(c, sql, cap, true)) {
+		free(sql);
+		return fatal(c, "XX000", "agentgate: cannot build the catalog query for the masked columns");
+	}
+	err = send_ours(c, sql);
+	free(sql);
+	return err;
+}
+
 static int up_catalog(struct conn *c, const struct pg_msg *m)
 {
 	struct pg_sess *s = S(c);
@@ -3457,23 +3492,8 @@ static int up_catalog(struct conn *c, const struct pg_msg *m)
 			return fatal(c, "42501", "agentgate: denied: the policy masks column %.200s, which this "
 				     "database does not have (names are matched as the catalog stores them: "
 				     "unquoted names in lower case); fix the policy's mask", nf);
-		if (s->cat_shown && !s->cat_dependents_sent) {
-			/* views, children or partitions show a masked table's
-			 * rows: their columns too, before the agent's first query */
-			size_t cap = catalog_cap(c);
-			char *sql = malloc(cap);
-
-			s->cat_dependents_sent = true;
-			if (!sql)
-				return -ENOMEM;
-			if (!catalog_query(c, sql, cap, true)) {
-				free(sql);
-				return fatal(c, "XX000", "agentgate: cannot build the catalog query for the masked columns");
-			}
-			pg_out_query(&s->out, sql);
-			free(sql);
-			return send_out(c, SIDE_UP);
-		}
+		if (s->cat_shown && !s->cat_dependents_sent)
+			return send_dependents(c);   /* before the agent's first query */
 		if (names_ready(s))
 			return fatal(c, "XX000", "agentgate: cannot read the pinned schema's functions and operators");
 		return session_ready(c, st);
@@ -3521,20 +3541,6 @@ static bool refresh_due(struct conn *c)
 	       s->tx == 'I' && !s->qlen && !s->unsynced && !s->skip_to_sync && !s->copy_in &&
 	       !s->copy_wait && !s->up_pass && !s->names_changer && !s->out.len &&
 	       conn_parse_may(c, NULL, 0);
-}
-
-/* Ours, not the agent's: not in the session's recording. */
-static int send_ours(struct conn *c, const char *sql)
-{
-	struct pg_sess *s = S(c);
-	bool rec = c->rec_side[SIDE_UP];
-	int err;
-
-	pg_out_query(&s->out, sql);
-	c->rec_side[SIDE_UP] = false;
-	err = send_out(c, SIDE_UP);
-	c->rec_side[SIDE_UP] = rec;
-	return err;
 }
 
 /* The names query again, with the lineage query when the session masks
@@ -3682,23 +3688,8 @@ static int up_refresh(struct conn *c, const struct pg_msg *m)
 			return -EBADMSG;
 		if (st != 'I')
 			return fatal(c, "08P01", "agentgate: the server is in a transaction after the names query");
-		if (!s->refresh_failed && s->lineage_refresh && s->cat_shown && !s->cat_dependents_sent) {
-			/* views, children or partitions show a masked table's
-			 * rows: their columns too, as at the start (up_catalog()) */
-			size_t cap = catalog_cap(c);
-			char *sql = malloc(cap);
-
-			s->cat_dependents_sent = true;
-			if (!sql)
-				return -ENOMEM;
-			if (!catalog_query(c, sql, cap, true)) {
-				free(sql);
-				return fatal(c, "XX000", "agentgate: cannot build the catalog query for the masked columns");
-			}
-			err = send_ours(c, sql);
-			free(sql);
-			return err;
-		}
+		if (!s->refresh_failed && s->lineage_refresh && s->cat_shown && !s->cat_dependents_sent)
+			return send_dependents(c);   /* as at the start (up_catalog()) */
 		if (!s->refresh_failed && (err = names_ready(s)))
 			return fatal(c, "XX000", "agentgate: cannot read the pinned schema's functions and operators");
 		refresh_end(s, s->refresh_failed);

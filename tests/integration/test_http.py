@@ -451,19 +451,9 @@ REFUSES_UPLOAD = textwrap.dedent(r"""
 """)
 
 
-def test_early_answer_delivered_when_upstream_resets_during_upload(enforcer, servers):
-    """The upstream answers 413 to the head of a 64 MiB upload and closes with the
-    body unread, which resets the connection while the enforcer is still writing
-    the body up. The write failed with EPIPE/ECONNRESET and the connection was
-    closed with the answer unread in the upstream socket (left open at stop 36):
-    the agent saw a reset and never learnt why. The leg now takes nothing more
-    and is read to its end, so the agent gets the 413, then the end of the
-    connection."""
-    from conftest import Proc, free_port, wait_port
-    port = free_port()
-    servers.procs.append(Proc([PY, "-c", REFUSES_UPLOAD, str(port)]))
-    wait_port("127.0.0.1", port)
-    enforcer.start(policy(port, rules='"POST /v1/uploads"'))
+def upload_and_read(enforcer, port):
+    """As the agent: a 64 MiB POST to port, its body sent while the answer is read
+    to the end; returns what was read (an error's name in <>) and the run."""
     r = enforcer.py(AGENT, f"""
     import socket, threading
     s = socket.create_connection(("127.0.0.1", {port}), timeout=20)
@@ -487,6 +477,23 @@ def test_early_answer_delivered_when_upstream_resets_during_upload(enforcer, ser
     print(repr(got))
     """, timeout=60)
     got = eval(r.stdout.strip() or "b''")
+    return got, r
+
+
+def test_early_answer_delivered_when_upstream_resets_during_upload(enforcer, servers):
+    """The upstream answers 413 to the head of a 64 MiB upload and closes with the
+    body unread, which resets the connection while the enforcer is still writing
+    the body up. The write failed with EPIPE/ECONNRESET and the connection was
+    closed with the answer unread in the upstream socket (left open at stop 36):
+    the agent saw a reset and never learnt why. The leg now takes nothing more
+    and is read to its end, so the agent gets the 413, then the end of the
+    connection."""
+    from conftest import Proc, free_port, wait_port
+    port = free_port()
+    servers.procs.append(Proc([PY, "-c", REFUSES_UPLOAD, str(port)]))
+    wait_port("127.0.0.1", port)
+    enforcer.start(policy(port, rules='"POST /v1/uploads"'))
+    got, r = upload_and_read(enforcer, port)
     assert got.startswith(b"HTTP/1.1 413 "), r.stdout + r.stderr
     assert got.split(b"\r\n\r\n", 1)[1].startswith(b"too large"), got
     ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4002)
@@ -531,29 +538,7 @@ def test_early_answer_delivered_when_a_tls_upstream_resets_during_upload(enforce
     enforcer.start(policy(front, rules='"POST /v1/uploads"',
                           upstream=f"address: 127.0.0.1:{port}, tls: verify-full, ca_file: {ca}, "
                                    "server_name: api.internal"))
-    r = enforcer.py(AGENT, f"""
-    import socket, threading
-    s = socket.create_connection(("127.0.0.1", {front}), timeout=20)
-    size = 64 << 20
-    s.sendall(b"POST /v1/uploads HTTP/1.1\\r\\nHost: api.internal\\r\\nContent-Length: %d\\r\\n\\r\\n" % size)
-    def upload():
-        try:
-            for i in range(size // 65536):
-                s.sendall(b"x" * 65536)
-        except OSError:
-            pass
-    t = threading.Thread(target=upload, daemon=True); t.start()
-    got = b""
-    try:
-        while True:
-            d = s.recv(65536)
-            if not d: break
-            got += d
-    except OSError as e:
-        got += b"<" + type(e).__name__.encode() + b">"
-    print(repr(got))
-    """, timeout=60)
-    got = eval(r.stdout.strip() or "b''")
+    got, r = upload_and_read(enforcer, front)
     assert got.startswith(b"HTTP/1.1 413 "), r.stdout + r.stderr + enforcer.read_log()
     assert got.split(b"\r\n\r\n", 1)[1].startswith(b"too large"), got
     ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4002)
