@@ -109,6 +109,8 @@
 #define PG_CANCEL_MAX   65536             /* live sessions with a cancel key, all workers */
 #define PG_DENY_TEXT    "agentgate denied"   /* the stand-in: a syntax error at parse time */
 #define PG_DENY_NAME    "agentgate_denied"   /* stand-in statement name for non-Parse denials */
+#define PG_OUR_PREFIX   "agentgate_"         /* statement names the agent may not Parse (ours) */
+#define PG_OUR_STMT     "agentgate_refresh"  /* the statement of our catalog queries mid-session */
 #define PG_APPNAME_MAX  63
 #define PG_DISCARD_MAX  (256u << 20)      /* an oversized message up to this is read and dropped */
 #define PG_DISCARD_MS   10000             /* ... for at most this long */
@@ -3420,14 +3422,41 @@ static const char *mask_not_found(struct pg_sess *s)
 	return NULL;
 }
 
-/* Ours, not the agent's: not in the session's recording. */
-static int send_ours(struct conn *c, const char *sql)
+/*
+ * Our queries once the agent may hold prepared statements (a refresh, and
+ * the second catalog query): not in the session's recording. Sent by the
+ * extended protocol under a statement name of ours (PG_OUR_PREFIX names
+ * are refused to the agent: fe_parse()), one Parse, Bind and Execute per
+ * statement, then one Sync: a simple Query would drop the agent's unnamed
+ * prepared statement, and its next Bind of it would fail (review, stop
+ * 37). Bind replaces only the unnamed portal, which outside a transaction
+ * the agent has none of. The leading Close takes away a statement left
+ * by a query that failed before its own Close (Close of a statement that
+ * does not exist is no error).
+ */
+static int send_ours(struct conn *c, const char *const *sqls, int n)
 {
 	struct pg_sess *s = S(c);
 	bool rec = c->rec_side[SIDE_UP];
 	int err;
 
-	pg_out_query(&s->out, sql);
+	for (int i = 0; i < n; i++) {
+		pg_out_target(&s->out, 'C', 'S', PG_OUR_STMT);
+		pg_out_parse(&s->out, PG_OUR_STMT, sqls[i]);
+		pg_out_begin(&s->out, 'B');
+		pg_out_str(&s->out, "");            /* the unnamed portal */
+		pg_out_str(&s->out, PG_OUR_STMT);
+		pg_out_i16(&s->out, 0);             /* no parameter formats */
+		pg_out_i16(&s->out, 0);             /* no parameters */
+		pg_out_i16(&s->out, 0);             /* results in text */
+		pg_out_end(&s->out);
+		pg_out_begin(&s->out, 'E');
+		pg_out_str(&s->out, "");
+		pg_out_i32(&s->out, 0);             /* every row */
+		pg_out_end(&s->out);
+	}
+	pg_out_target(&s->out, 'C', 'S', PG_OUR_STMT);
+	pg_out_simple(&s->out, 'S');
 	c->rec_side[SIDE_UP] = false;
 	err = send_out(c, SIDE_UP);
 	c->rec_side[SIDE_UP] = rec;
@@ -3450,7 +3479,7 @@ static int send_dependents(struct conn *c)
 		free(sql);
 		return fatal(c, "XX000", "agentgate: cannot build the catalog query for the masked columns");
 	}
-	err = send_ours(c, sql);
+	err = send_ours(c, (const char *[]){ sql }, 1);
 	free(sql);
 	return err;
 }
@@ -3464,6 +3493,7 @@ static int up_catalog(struct conn *c, const struct pg_msg *m)
 
 	switch (m->type) {
 	case 'T': case 'C': case 'N':
+	case '1': case '2': case '3':   /* send_ours(): ParseComplete, BindComplete, CloseComplete */
 		return 0;
 	case 'S':   /* a setting reported meanwhile (a reload): checked, passed on, kept */
 		if ((err = param_seen(c, m)) <= 0)
@@ -3561,8 +3591,7 @@ static int start_refresh(struct conn *c)
 		s->rel_refresh_epoch = s->rel_epoch_pending = atomic_load(rel_epoch_of(c));
 		s->lineage_ms = now_ns_mono() / 1000000ull;   /* tried: not again before its time */
 		if (catalog_query(c, sql, cap - 4096, false)) {
-			n = strlen(sql);
-			sql[n++] = ';';
+			n = strlen(sql) + 1;   /* the names query after its NUL */
 			s->lineage_refresh = true;
 			s->prev_cols = s->cols;
 			s->prev_ncols = s->ncols;
@@ -3593,7 +3622,7 @@ static int start_refresh(struct conn *c)
 	s->kinds = NULL;
 	s->nnames = s->capnames = 0;
 	s->phase = PH_UP_REFRESH;
-	err = send_ours(c, sql);
+	err = n ? send_ours(c, (const char *[]){ sql, sql + n }, 2) : send_ours(c, (const char *[]){ sql }, 1);
 	free(sql);
 	return err;
 }
@@ -3649,6 +3678,7 @@ static int up_refresh(struct conn *c, const struct pg_msg *m)
 
 	switch (m->type) {
 	case 'T': case 'C':
+	case '1': case '2': case '3':   /* send_ours() */
 		return 0;
 	case 'S': case 'N': case 'A':   /* the session's own, as at any time */
 		return be_message(c, m);
@@ -3816,6 +3846,9 @@ static int fe_parse(struct conn *c, const struct pg_msg *m)
 		return fatal(c, "08P01", "agentgate: malformed Parse message");
 	if (strlen(pp.name) > PG_NAME_MAX)
 		return long_name(c, "prepared statement");
+	if (strncmp(pp.name, PG_OUR_PREFIX, strlen(PG_OUR_PREFIX)) == 0)
+		return standin(c, false, PG_DENY_NAME, "prepared statement names starting with "
+			       PG_OUR_PREFIX " are agentgate's own", NULL, "extended");
 	/* A parameter declared with a type the database defined (a domain: its
 	 * CHECK runs on the value) runs its code with no cast in the text:
 	 * only PostgreSQL's own types pass. */

@@ -801,3 +801,34 @@ def test_copy_from_stdin_is_followed_as_the_server_reads_it(enforcer, pg, tmp):
     qi = res["query_inside"]
     assert qi[0][-1] == "G" and any(x.startswith("E:08P01:agentgate: message 'Q' during COPY") for x in qi[1]), qi
     assert pg.sql("SELECT count(*) FROM orders") == "8"
+
+def test_a_lineage_refresh_keeps_the_agents_unnamed_statement(enforcer, pg, tmp):
+    """The refresh read the lineage (and the names) by a simple Query, which drops the
+    unnamed prepared statement: an agent that prepared one (libpq's PQprepare with an
+    empty name), then a named one, got 'unnamed prepared statement does not exist'
+    from its next Bind (review, stop 37). Our queries now go by the extended protocol
+    under a statement name of ours, which the agent may not Parse."""
+    rules = [{"target": "shop", "allow": {"statements": ["select"], "tables": ["public.*"]},
+              "mask": {"columns": ["public.customers.cc"]}}]
+    enforcer.start(policy(pg, tmp, rules=rules), env={"AGENTGATE_PG_LINEAGE_MS": "1000"})
+    before = enforcer.status()["counters"].get("pg_lineage_refreshed", 0)
+    res = run(enforcer, pg, r"""
+out = {}
+one = Rec("127.0.0.1", PORT)
+out["unnamed"] = step(one, P("", "SELECT id, cc FROM customers ORDER BY 1") + S)
+time.sleep(1.5)                                    # the lineage is due
+out["named"] = step(one, P("s1", "SELECT id FROM customers ORDER BY 1") + S)
+out["bind"] = step(one, B("", "") + D(b"P", "") + E("") + S)
+out["ours"] = step(one, P("agentgate_refresh", "SELECT 1") + S)
+out["after"] = step(one, B("", "s1") + E("") + S)
+out["leaks"] = leaks(one)
+print(json.dumps(out))
+""")
+    assert res["unnamed"] == ["1", "ZI"], res
+    assert res["named"] == ["1", "ZI"], res
+    assert res["bind"] == ["2", "T", "D:1|****", "D:2|****", "C:SELECT 2", "ZI"], res
+    assert denied(res["ours"]) and "agentgate's own" in res["ours"][0], res
+    assert res["after"] == ["2", "D:1", "D:2", "C:SELECT 2", "ZI"], res
+    assert res["leaks"] == [], res
+    # the refresh ran between the two Parses (else the test shows nothing)
+    assert enforcer.status()["counters"]["pg_lineage_refreshed"] >= before + 1
