@@ -66,6 +66,8 @@ uint64_t pg_names_refreshed(void);
 /* Masking sessions that read their lineage again since the start, after a
  * change of relations or by age (status: pg_lineage_refreshed). */
 uint64_t pg_lineage_refreshed(void);
+/* Result columns masked whole: their relation was made after the lineage was read. */
+uint64_t pg_lineage_unknown_masked(void);
 
 /*
  * The module for a protocol. Protocols whose module has not landed yet

@@ -111,6 +111,7 @@
 #define PG_DENY_NAME    "agentgate_denied"   /* stand-in statement name for non-Parse denials */
 #define PG_OUR_PREFIX   "agentgate_"         /* statement names the agent may not Parse (ours) */
 #define PG_OUR_STMT     "agentgate_refresh"  /* the statement of our catalog queries mid-session */
+#define PG_OID_HIGH_Q   "SELECT max(oid)::text FROM pg_catalog.pg_class"   /* one row, one column */
 #define PG_APPNAME_MAX  63
 #define PG_DISCARD_MAX  (256u << 20)      /* an oversized message up to this is read and dropped */
 #define PG_DISCARD_MS   10000             /* ... for at most this long */
@@ -410,6 +411,13 @@ struct pg_sess {
 	uint64_t rel_epoch_pending;    /* rel_refresh_epoch, rel_epoch once the read is in */
 	uint64_t rel_refresh_epoch;    /* the epoch its last read took (tried once each) */
 	uint64_t lineage_ms;           /* monotonic: when it was last read, or tried */
+	/* The highest relation OID before the lineage was read (PG_OID_HIGH_Q,
+	 * run first): a result column of a relation above it comes from one
+	 * made since, which the lineage cannot know (a view over a masked
+	 * table made past agentgate, or while the session is in a
+	 * transaction): masked whole (plan_for()), and the lineage read again
+	 * at the next chance. */
+	uint32_t oid_high, oid_high_pending;
 	bool rel_changer;              /* ran DDL whose end may not be seen yet (rels_bump()) */
 	bool lineage_refresh;          /* this refresh reads the lineage too */
 	struct pg_lcol *prev_cols;
@@ -537,7 +545,9 @@ static _Atomic int names_changers[NAMES_SLOTS];
  * the next statement it judges while idle. Changes made past agentgate
  * (another client of the database) are caught by age: a lineage older than
  * lineage_max_ms() is read again the same way. Inside a transaction the
- * lineage read before stays until the transaction ends.
+ * lineage read before stays until the transaction ends. Meanwhile a
+ * relation made after the read (its OID above oid_high) is masked whole,
+ * and makes the lineage due (plan_for()).
  */
 static _Atomic uint64_t rel_epochs[NAMES_SLOTS];
 static _Atomic uint64_t lineage_refreshed;   /* status: pg_lineage_refreshed */
@@ -545,6 +555,12 @@ static _Atomic uint64_t lineage_refreshed;   /* status: pg_lineage_refreshed */
 uint64_t pg_lineage_refreshed(void)
 {
 	return atomic_load(&lineage_refreshed);
+}
+
+static _Atomic uint64_t lineage_unknown;   /* status: pg_lineage_unknown_masked */
+uint64_t pg_lineage_unknown_masked(void)
+{
+	return atomic_load(&lineage_unknown);
 }
 
 #define PG_LINEAGE_MAX_MS (60 * 1000)
@@ -1649,6 +1665,18 @@ static int plan_for(struct pg_sess *s, const struct pg_msg *m, const struct pg_p
 		p->binary[i] = (uint8_t)fmt;
 		bool json = f[i].type_oid == 114 || f[i].type_oid == 3802;
 
+		char fresh[40];
+
+		if (!named && s->lineage_on && f[i].table_oid > s->oid_high) {
+			/* a relation made since the lineage was read (oid_high):
+			 * it may show a masked table's rows, so it is masked
+			 * whole, and the lineage read again at the next chance */
+			snprintf(fresh, sizeof(fresh), "new:%u.%d", f[i].table_oid, f[i].attnum);
+			nm = fresh;
+			named = true;
+			s->lineage_ms = 0;
+			atomic_fetch_add(&lineage_unknown, 1);
+		}
 		if (named) {
 			p->how[i] = json ? COL_NAMED_JSON : textlike_type(f[i].type_oid) ? COL_NAMED : COL_NULL;
 			if (json && fmt == 1 && f[i].type_oid == 114)
@@ -3373,6 +3401,7 @@ static int after_params(struct conn *c)
 	s->rel_epoch = atomic_load(rel_epoch_of(c));
 	s->lineage_ms = now_ns_mono() / 1000000ull;
 	s->lineage_on = false;
+	s->oid_high = s->oid_high_pending = UINT32_MAX;
 
 	/* the lineage query first, leaving room for names_query() (about 1 KiB
 	 * and the schema's name three times) */
@@ -3381,7 +3410,10 @@ static int after_params(struct conn *c)
 		start_clock(c);   /* a pooled session's catalog query */
 	free(s->col_found);
 	s->col_found = NULL;
-	if (s->mask_active && catalog_query(c, sql, cap - 4096, false)) {
+	/* the highest OID first: a relation made after it is above it */
+	memcpy(sql, PG_OID_HIGH_Q ";", sizeof(PG_OID_HIGH_Q ";"));
+	if (s->mask_active && catalog_query(c, sql + sizeof(PG_OID_HIGH_Q ";") - 1,
+					    cap - 4096 - sizeof(PG_OID_HIGH_Q ";"), false)) {
 		size_t ne;
 
 		mask_column_list(s->mask, &ne);
@@ -3484,6 +3516,28 @@ static int send_dependents(struct conn *c)
 	return err;
 }
 
+/* PG_OID_HIGH_Q's row into s->oid_high_pending. */
+static int oid_high_row(struct pg_sess *s, const struct pg_msg *m)
+{
+	struct pg_datarow d;
+	const uint8_t *v;
+	int32_t vl;
+	char buf[16], *end;
+	unsigned long o;
+
+	if (pg_datarow_begin(m, &d) || d.ncols != 1 || pg_datarow_next(&d, &v, &vl) != 1 ||
+	    vl <= 0 || vl >= (int32_t)sizeof(buf))
+		return -EBADMSG;
+	memcpy(buf, v, (size_t)vl);
+	buf[vl] = '\0';
+	errno = 0;
+	o = strtoul(buf, &end, 10);
+	if (errno || *end || o > UINT32_MAX)
+		return -EBADMSG;
+	s->oid_high_pending = (uint32_t)o;
+	return 0;
+}
+
 static int up_catalog(struct conn *c, const struct pg_msg *m)
 {
 	struct pg_sess *s = S(c);
@@ -3504,6 +3558,12 @@ static int up_catalog(struct conn *c, const struct pg_msg *m)
 
 		if (pg_datarow_begin(m, &d))
 			return -EBADMSG;
+		if (d.ncols == 1) {
+			if (oid_high_row(s, m))
+				return fatal(c, "XX000", "agentgate: cannot read the catalog for masking");
+			s->oid_high = s->oid_high_pending;
+			return 0;
+		}
 		if (d.ncols == 2) {
 			if ((err = names_row(s, m)))
 				return fatal(c, "XX000", "agentgate: cannot read the pinned schema's functions "
@@ -3622,7 +3682,8 @@ static int start_refresh(struct conn *c)
 	s->kinds = NULL;
 	s->nnames = s->capnames = 0;
 	s->phase = PH_UP_REFRESH;
-	err = n ? send_ours(c, (const char *[]){ sql, sql + n }, 2) : send_ours(c, (const char *[]){ sql }, 1);
+	err = n ? send_ours(c, (const char *[]){ PG_OID_HIGH_Q, sql, sql + n }, 3) :
+		  send_ours(c, (const char *[]){ sql }, 1);
 	free(sql);
 	return err;
 }
@@ -3653,6 +3714,7 @@ static void refresh_end(struct pg_sess *s, bool failed)
 		if (s->lineage_refresh) {
 			free(s->prev_cols);
 			s->rel_epoch = s->rel_epoch_pending;
+			s->oid_high = s->oid_high_pending;
 			atomic_fetch_add(&lineage_refreshed, 1);
 		}
 	}
@@ -3687,6 +3749,11 @@ static int up_refresh(struct conn *c, const struct pg_msg *m)
 			return 0;
 		if (pg_datarow_begin(m, &d))
 			return -EBADMSG;
+		if (d.ncols == 1 && s->lineage_refresh) {   /* PG_OID_HIGH_Q's */
+			if (oid_high_row(s, m))
+				return fatal(c, "XX000", "agentgate: cannot read the catalog for masking");
+			return 0;
+		}
 		if (d.ncols != 2) {   /* the lineage's */
 			if (!s->lineage_refresh)
 				return fatal(c, "08P01", "agentgate: unexpected row during the names query");
