@@ -261,6 +261,7 @@ struct pg_judged {
 	bool changes_names;    /* can create or move functions or operators (names epochs) */
 	bool names_stale;      /* judged as if names could have changed (ctx.names_stale) */
 	uint64_t names_epoch;  /* the database's names epoch when it was judged */
+	uint64_t lineage_id;   /* masking: the session's serial when judged (lineage_changed()) */
 	char *tables;          /* "public.a,public.b", or NULL */
 	char *why;             /* not allowed: the reason (observe mode sends it all the same) */
 	int ntables;
@@ -442,6 +443,7 @@ struct pg_sess {
 	uint64_t refresh_epoch;        /* the epoch its last names refresh took (tried once each) */
 	uint64_t names_epoch_pending;  /* refresh_epoch, names_epoch once the refresh is read */
 	bool refresh_failed;           /* the refresh query got an error: the old names stay */
+	char lineage_error[160];       /* ... while it read the lineage too: the session ends */
 	bool just_refreshed;           /* the next Query or Parse is judged without another read */
 	/* During a refresh: the names read before it, which cat still points
 	 * into; freed when the new ones are in, put back if the query fails. */
@@ -1595,6 +1597,7 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 	else {
 		j->names_stale = ctx.names_stale;
 		j->names_epoch = epoch;
+		j->lineage_id = s->serial;
 	}
 	return j;
 early:
@@ -3688,6 +3691,45 @@ static int start_refresh(struct conn *c)
 	return err;
 }
 
+/* Numbers sessions for the verdict cache (pgc_ctx.arg_id), and again a
+ * session whose lineage changed (lineage_changed()). */
+static uint64_t sess_serial;
+
+static int lcol_cmp(const void *a, const void *b)
+{
+	const struct pg_lcol *x = a, *y = b;
+
+	if (x->oid != y->oid)
+		return x->oid < y->oid ? -1 : 1;
+	if (x->att != y->att)
+		return x->att < y->att ? -1 : 1;
+	if (x->named != y->named)
+		return x->named ? 1 : -1;
+	return strcmp(x->name, y->name);
+}
+
+/*
+ * Whether the lineage just read (cols) differs from the one before
+ * (prev_cols). The session then takes a new serial: the verdict cache's
+ * key holds it (ctx.arg_id), so verdicts judged with the older lineage
+ * are not served again, and prepared statements judged with it are
+ * refused at Bind (fe_bind(): lineage_id). A read that finds the same
+ * lineage (most reads by age) keeps both.
+ */
+static bool lineage_changed(struct pg_sess *s)
+{
+	if (s->ncols != s->prev_ncols)
+		return true;
+	if (!s->ncols)
+		return false;
+	qsort(s->cols, (size_t)s->ncols, sizeof(*s->cols), lcol_cmp);
+	qsort(s->prev_cols, (size_t)s->prev_ncols, sizeof(*s->prev_cols), lcol_cmp);
+	for (int i = 0; i < s->ncols; i++)
+		if (lcol_cmp(&s->cols[i], &s->prev_cols[i]))
+			return true;
+	return false;
+}
+
 /* The refresh is over: the new names and lineage kept, or (failed) the
  * ones read before put back. */
 static void refresh_end(struct pg_sess *s, bool failed)
@@ -3712,6 +3754,8 @@ static void refresh_end(struct pg_sess *s, bool failed)
 		s->names_stale = false;
 		atomic_fetch_add(&names_refreshed, 1);
 		if (s->lineage_refresh) {
+			if (lineage_changed(s))
+				s->serial = __atomic_add_fetch(&sess_serial, 1, __ATOMIC_RELAXED);
 			free(s->prev_cols);
 			s->rel_epoch = s->rel_epoch_pending;
 			s->oid_high = s->oid_high_pending;
@@ -3778,6 +3822,14 @@ static int up_refresh(struct conn *c, const struct pg_msg *m)
 				     "agentgate: the server ended the session: %s",
 				     pg_fields_get(m, 'M') ? pg_fields_get(m, 'M') : "(no message)");
 		s->refresh_failed = true;
+		/* The lineage could not be read again: judging on with the old
+		 * one would let an agent keep it for good (cancelling each read
+		 * with its own CancelRequest, or a short statement_timeout), a
+		 * relation made since unknown to masking (review, stop 38). The
+		 * session ends once the server is ready (fail closed). */
+		if (s->lineage_refresh && !s->lineage_error[0])
+			snprintf(s->lineage_error, sizeof(s->lineage_error), "%s",
+				 pg_fields_get(m, 'M') ? pg_fields_get(m, 'M') : "(no message)");
 		return 0;
 	}
 	case 'Z':
@@ -3785,6 +3837,9 @@ static int up_refresh(struct conn *c, const struct pg_msg *m)
 			return -EBADMSG;
 		if (st != 'I')
 			return fatal(c, "08P01", "agentgate: the server is in a transaction after the names query");
+		if (s->lineage_error[0])
+			return fatal(c, "57P01", "agentgate: the masked columns' lineage could not be read "
+				     "again (%.150s); reconnect", s->lineage_error);
 		if (!s->refresh_failed && s->lineage_refresh && s->cat_shown && !s->cat_dependents_sent)
 			return send_dependents(c);   /* as at the start (up_catalog()) */
 		if (!s->refresh_failed && (err = names_ready(s)))
@@ -3991,6 +4046,15 @@ static int fe_bind(struct conn *c, const struct pg_msg *m)
 	if (j->allowed && !j->changes_names && !j->names_stale &&
 	    atomic_load(names_epoch_of(c)) != j->names_epoch) {
 		snprintf(why, sizeof(why), "functions or operators of the database changed since prepared statement "
+			 "\"%.64s\" was judged; prepare it again", b.stmt);
+		return standin(c, false, PG_DENY_NAME, why, NULL, "extended");
+	}
+	/* Judged with the lineage of then: one read since found other masked
+	 * relations or columns (lineage_changed()), so what it judged
+	 * harmless may read a masked column now (a view made past agentgate
+	 * and used in an expression before the read; review, stop 38). */
+	if (j->allowed && s->mask_active && j->lineage_id != s->serial) {
+		snprintf(why, sizeof(why), "the masked columns' lineage changed since prepared statement "
 			 "\"%.64s\" was judged; prepare it again", b.stmt);
 		return standin(c, false, PG_DENY_NAME, why, NULL, "extended");
 	}
@@ -5082,9 +5146,6 @@ static int compile_masks(struct conn *c)
 	note_rules(c);
 	return 0;
 }
-
-/* Numbers sessions for the verdict cache (pgc_ctx.arg_id). */
-static uint64_t sess_serial;
 
 static int pg_start(struct conn *c)
 {

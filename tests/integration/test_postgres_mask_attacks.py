@@ -4,7 +4,9 @@ Every test collects every message the agent receives (startup included) and
 searches all of it for the masked values of helpers/pg.py (customers.cc and
 customers.email, raw, reversed, hex and base64): none may appear. A case passes
 when it is denied (42501) or its rows arrive masked (****)."""
+import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -899,3 +901,102 @@ print(json.dumps(out))
     assert res["leaks"] == [], res
     c = enforcer.status()["counters"]
     assert c["pg_lineage_unknown_masked"] >= 6 and c["pg_lineage_refreshed"] >= 2, c
+
+
+def test_verdicts_judged_before_a_lineage_change_are_not_used_after_it(enforcer, pg, tmp):
+    """An expression over a view made past agentgate is not masked until the lineage is
+    read again (a known limit). But the verdict cache and prepared statements kept what
+    was judged before the read: the same text with other values, or a statement
+    prepared before, went on reading the masked column in clear after the read knew
+    the view (review, stop 38). A read that finds another lineage gives the session a
+    new key for the cache, and prepared statements judged before it are refused."""
+    rules = [{"target": "shop", "allow": {"statements": ["select"], "tables": ["public.*"]},
+              "mask": {"columns": ["public.customers.cc"]}}]
+    enforcer.start(policy(pg, tmp, rules=rules))
+    mark_a, mark_b = os.path.join(tmp, "view-wanted"), os.path.join(tmp, "view-made")
+
+    def make_view():
+        for _ in range(600):
+            if os.path.exists(mark_a):
+                break
+            time.sleep(0.05)
+        pg.sql("CREATE VIEW cache_v AS SELECT id, cc FROM customers; GRANT SELECT ON cache_v TO app")
+        open(mark_b, "w").close()
+
+    t = threading.Thread(target=make_view)
+    t.start()
+    try:
+        res = run(enforcer, pg, f"import os\nMARK_A, MARK_B = {mark_a!r}, {mark_b!r}\n" + r"""
+out = {}
+one = Rec("127.0.0.1", PORT)
+out["before"] = step(one, Q("SELECT id, cc FROM customers ORDER BY 1"))
+open(MARK_A, "w").close()
+while not os.path.exists(MARK_B):
+    time.sleep(0.05)
+# the window: an expression over the new view is judged harmless (known limit)
+out["window"] = step(one, Q("SELECT upper(cc) FROM cache_v WHERE id = 1"))
+out["prepare"] = step(one, P("s", "SELECT upper(cc) FROM cache_v") + S)
+# a plain column of the view is masked whole, and makes the lineage due
+out["plain"] = step(one, Q("SELECT cc FROM cache_v WHERE id = 1"))
+out["cached"] = step(one, Q("SELECT upper(cc) FROM cache_v WHERE id = 2"))
+out["bind"] = step(one, B("", "s") + E("") + S)
+print(json.dumps(out))
+""")
+    finally:
+        t.join()
+    assert res["before"][:4] == ["T", "D:1|****", "D:2|****", "C:SELECT 2"], res
+    assert res["window"][:3] == ["T", "D:4111111111111111", "C:SELECT 1"], res   # the known limit
+    assert res["prepare"] == ["1", "ZI"], res
+    assert res["plain"][:3] == ["T", "D:****", "C:SELECT 1"], res
+    assert denied(res["cached"]), res
+    assert res["bind"][0].startswith("E:42501:agentgate: denied: the masked columns' lineage changed"), res
+    assert "5500005555555559" not in json.dumps(res["cached"] + res["bind"]), res
+    assert enforcer.status()["counters"]["pg_lineage_refreshed"] >= 1
+
+
+def test_a_lineage_read_the_agent_cancels_ends_the_session(enforcer, pg, tmp):
+    """The agent could keep a stale lineage for good by cancelling each read of it with
+    its own CancelRequest (or a short statement_timeout): the read failed, the old
+    lineage stayed, and the next try came 60 s later (review, stop 38). A lineage read
+    that fails now ends the session (fail closed); the agent reconnects."""
+    rules = [{"target": "shop", "allow": {"statements": ["select"], "tables": ["public.*"]},
+              "mask": {"columns": ["public.customers.cc"]}}]
+    enforcer.start(policy(pg, tmp, rules=rules), env={"AGENTGATE_PG_LINEAGE_MS": "1000"})
+    mark_a, mark_b = os.path.join(tmp, "lock-wanted"), os.path.join(tmp, "lock-held")
+
+    def hold_catalog():   # the read waits on this lock: the cancel lands in it
+        for _ in range(600):
+            if os.path.exists(mark_a):
+                break
+            time.sleep(0.05)
+        p = subprocess.Popen(["psql", "-X", "-h", pg.sock, "-p", str(pg.port), "-U", "postgres", "-d", "shop",
+                              "-c", "BEGIN", "-c", "LOCK TABLE pg_catalog.pg_class IN ACCESS EXCLUSIVE MODE",
+                              "-c", "SELECT pg_sleep(3)", "-c", "COMMIT"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        open(mark_b, "w").close()
+        p.wait(30)
+
+    t = threading.Thread(target=hold_catalog)
+    t.start()
+    try:
+        res = run(enforcer, pg, f"import os\nMARK_A, MARK_B = {mark_a!r}, {mark_b!r}\n" + r"""
+out = {}
+one = Rec("127.0.0.1", PORT)
+out["before"] = step(one, Q("SELECT id, cc FROM customers ORDER BY 1"))
+time.sleep(1.2)                                    # the lineage is due
+open(MARK_A, "w").close()
+while not os.path.exists(MARK_B):
+    time.sleep(0.05)
+one.send(Q("SELECT id, cc FROM customers ORDER BY 1"))   # the read goes first, and waits
+time.sleep(0.5)
+cancel("127.0.0.1", PORT, *one.key)
+out["after"] = step(one, b"")
+out["then"] = step(one, b"")
+print(json.dumps(out))
+""")
+    finally:
+        t.join()
+    assert res["before"][:4] == ["T", "D:1|****", "D:2|****", "C:SELECT 2"], res
+    assert res["after"][0].startswith("E:57P01:agentgate: the masked columns' lineage could not be read again"), res
+    assert res["then"] == ["EOF"], res                  # the session is over
