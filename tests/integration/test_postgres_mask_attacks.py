@@ -4,6 +4,7 @@ Every test collects every message the agent receives (startup included) and
 searches all of it for the masked values of helpers/pg.py (customers.cc and
 customers.email, raw, reversed, hex and base64): none may appear. A case passes
 when it is denied (42501) or its rows arrive masked (****)."""
+import contextlib
 import json
 import os
 import subprocess
@@ -46,6 +47,47 @@ def leaks(c):
                 out.append(s)
     return out
 '''
+
+
+# Agent side of other_client(): turn(i) lets the other client take its i-th step
+# and returns once it is done.
+TURN = r"""
+def turn(i):
+    open(MARKS[2 * i], "w").close()
+    while not os.path.exists(MARKS[2 * i + 1]):
+        time.sleep(0.05)
+"""
+
+
+@contextlib.contextmanager
+def other_client(pg, tmp, *steps):
+    """Another client of the database, never through agentgate: each step (SQL for
+    pg.sql, or a callable; a process it returns is waited for at the end) runs when
+    the agent's code calls turn(i). Yields the prelude that defines turn() there."""
+    marks = [os.path.join(tmp, f"turn-{i}-{w}") for i in range(len(steps)) for w in ("wanted", "done")]
+    procs = []
+
+    def body():
+        for i, st in enumerate(steps):
+            for _ in range(600):
+                if os.path.exists(marks[2 * i]):
+                    break
+                time.sleep(0.05)
+            else:
+                return
+            r = st() if callable(st) else pg.sql(st)
+            if hasattr(r, "wait"):
+                procs.append(r)
+            open(marks[2 * i + 1], "w").close()
+        for pr in procs:
+            pr.wait(30)
+
+    t = threading.Thread(target=body)
+    t.start()
+    try:
+        yield f"import os\nMARKS = {marks!r}\n" + TURN
+    finally:
+        t.join()
 
 
 def run(enforcer, pg, code, timeout=120):
@@ -607,33 +649,17 @@ def test_a_view_made_past_agentgate_is_masked_once_the_lineage_ages(enforcer, pg
     rules = [{"target": "shop", "allow": {"statements": ["select"], "tables": ["public.*"]},
               "mask": {"columns": ["public.customers.cc"]}}]
     enforcer.start(policy(pg, tmp, rules=rules), env={"AGENTGATE_PG_LINEAGE_MS": "1000"})
-    mark_a, mark_b = os.path.join(tmp, "view-wanted"), os.path.join(tmp, "view-made")
-
-    def make_view():
-        for _ in range(600):
-            if os.path.exists(mark_a):
-                break
-            time.sleep(0.05)
-        pg.sql("CREATE VIEW late_v AS SELECT id, cc FROM customers; GRANT SELECT ON late_v TO app")
-        open(mark_b, "w").close()
-
-    t = threading.Thread(target=make_view)
-    t.start()
-    try:
-        res = run(enforcer, pg, f"import os\nMARK_A, MARK_B = {mark_a!r}, {mark_b!r}\n" + r"""
+    with other_client(pg, tmp, "CREATE VIEW late_v AS SELECT id, cc FROM customers; GRANT SELECT ON late_v TO app") as pre:
+        res = run(enforcer, pg, pre + r"""
 out = {}
 one = Rec("127.0.0.1", PORT)
 out["before"] = step(one, Q("SELECT id, cc FROM customers ORDER BY 1"))
-open(MARK_A, "w").close()
-while not os.path.exists(MARK_B):
-    time.sleep(0.05)
+turn(0)
 time.sleep(1.5)
 out["view"] = step(one, Q("SELECT id, cc FROM late_v"))
 out["leaks"] = leaks(one)
 print(json.dumps(out))
 """)
-    finally:
-        t.join()
     assert res["before"][:4] == ["T", "D:1|****", "D:2|****", "C:SELECT 2"], res
     # every column of a view that reads a masked column is masked (a masked int is NULL)
     assert res["view"][:4] == ["T", "D:NULL|****", "D:NULL|****", "C:SELECT 2"], res
@@ -847,47 +873,28 @@ def test_a_relation_made_past_the_lineage_is_masked_whole_until_it_is_read(enfor
     rules = [{"target": "shop", "allow": {"statements": ["select"], "tables": ["public.*"]},
               "mask": {"columns": ["public.customers.cc"]}}]
     enforcer.start(policy(pg, tmp, rules=rules))
-    marks = [os.path.join(tmp, f"mark-{i}") for i in range(4)]
-
-    def other_client():
-        for want, sql, done in ((marks[0], "CREATE VIEW tx_v AS SELECT id, cc FROM customers;"
-                                 "CREATE TABLE tx_t (id int, note text); INSERT INTO tx_t VALUES (1, 'hello');"
-                                 "GRANT SELECT ON tx_v, tx_t TO app", marks[1]),
-                                (marks[2], "CREATE VIEW idle_v AS SELECT id, cc FROM customers;"
-                                 "GRANT SELECT ON idle_v TO app", marks[3])):
-            for _ in range(600):
-                if os.path.exists(want):
-                    break
-                time.sleep(0.05)
-            pg.sql(sql)
-            open(done, "w").close()
-
-    t = threading.Thread(target=other_client)
-    t.start()
-    try:
-        res = run(enforcer, pg, f"import os\nMARKS = {marks!r}\n" + r"""
-def wait_for(i):
-    open(MARKS[i], "w").close()
-    while not os.path.exists(MARKS[i + 1]):
-        time.sleep(0.05)
+    with other_client(pg, tmp,
+                      "CREATE VIEW tx_v AS SELECT id, cc FROM customers;"
+                      "CREATE TABLE tx_t (id int, note text); INSERT INTO tx_t VALUES (1, 'hello');"
+                      "GRANT SELECT ON tx_v, tx_t TO app",
+                      "CREATE VIEW idle_v AS SELECT id, cc FROM customers; GRANT SELECT ON idle_v TO app") as pre:
+        res = run(enforcer, pg, pre + r"""
 out = {}
 one = Rec("127.0.0.1", PORT)
 out["begin"] = step(one, Q("BEGIN"))
 out["before"] = step(one, Q("SELECT id, cc FROM customers ORDER BY 1"))
-wait_for(0)
+turn(0)
 out["tx_view"] = step(one, Q("SELECT id, cc FROM tx_v"))
 out["tx_table"] = step(one, Q("SELECT id, note FROM tx_t"))
 out["commit"] = step(one, Q("COMMIT"))
 out["idle_table"] = step(one, Q("SELECT id, note FROM tx_t"))
 out["idle_view_lineage"] = step(one, Q("SELECT id, cc FROM tx_v"))
-wait_for(2)
+turn(1)
 out["idle_view"] = step(one, Q("SELECT id, cc FROM idle_v"))
 out["idle_view_again"] = step(one, Q("SELECT id, cc FROM idle_v"))
 out["leaks"] = leaks(one)
 print(json.dumps(out))
 """)
-    finally:
-        t.join()
     assert res["before"][:4] == ["T", "D:1|****", "D:2|****", "C:SELECT 2"], res
     # inside the transaction: both relations are newer than the lineage, masked whole
     assert res["tx_view"][:4] == ["T", "D:NULL|****", "D:NULL|****", "C:SELECT 2"], res
@@ -913,26 +920,12 @@ def test_verdicts_judged_before_a_lineage_change_are_not_used_after_it(enforcer,
     rules = [{"target": "shop", "allow": {"statements": ["select"], "tables": ["public.*"]},
               "mask": {"columns": ["public.customers.cc"]}}]
     enforcer.start(policy(pg, tmp, rules=rules))
-    mark_a, mark_b = os.path.join(tmp, "view-wanted"), os.path.join(tmp, "view-made")
-
-    def make_view():
-        for _ in range(600):
-            if os.path.exists(mark_a):
-                break
-            time.sleep(0.05)
-        pg.sql("CREATE VIEW cache_v AS SELECT id, cc FROM customers; GRANT SELECT ON cache_v TO app")
-        open(mark_b, "w").close()
-
-    t = threading.Thread(target=make_view)
-    t.start()
-    try:
-        res = run(enforcer, pg, f"import os\nMARK_A, MARK_B = {mark_a!r}, {mark_b!r}\n" + r"""
+    with other_client(pg, tmp, "CREATE VIEW cache_v AS SELECT id, cc FROM customers; GRANT SELECT ON cache_v TO app") as pre:
+        res = run(enforcer, pg, pre + r"""
 out = {}
 one = Rec("127.0.0.1", PORT)
 out["before"] = step(one, Q("SELECT id, cc FROM customers ORDER BY 1"))
-open(MARK_A, "w").close()
-while not os.path.exists(MARK_B):
-    time.sleep(0.05)
+turn(0)
 # the window: an expression over the new view is judged harmless (known limit)
 out["window"] = step(one, Q("SELECT upper(cc) FROM cache_v WHERE id = 1"))
 out["prepare"] = step(one, P("s", "SELECT upper(cc) FROM cache_v") + S)
@@ -942,8 +935,6 @@ out["cached"] = step(one, Q("SELECT upper(cc) FROM cache_v WHERE id = 2"))
 out["bind"] = step(one, B("", "s") + E("") + S)
 print(json.dumps(out))
 """)
-    finally:
-        t.join()
     assert res["before"][:4] == ["T", "D:1|****", "D:2|****", "C:SELECT 2"], res
     assert res["window"][:3] == ["T", "D:4111111111111111", "C:SELECT 1"], res   # the known limit
     assert res["prepare"] == ["1", "ZI"], res
@@ -962,32 +953,21 @@ def test_a_lineage_read_the_agent_cancels_ends_the_session(enforcer, pg, tmp):
     rules = [{"target": "shop", "allow": {"statements": ["select"], "tables": ["public.*"]},
               "mask": {"columns": ["public.customers.cc"]}}]
     enforcer.start(policy(pg, tmp, rules=rules), env={"AGENTGATE_PG_LINEAGE_MS": "1000"})
-    mark_a, mark_b = os.path.join(tmp, "lock-wanted"), os.path.join(tmp, "lock-held")
-
     def hold_catalog():   # the read waits on this lock: the cancel lands in it
-        for _ in range(600):
-            if os.path.exists(mark_a):
-                break
-            time.sleep(0.05)
         p = subprocess.Popen(["psql", "-X", "-h", pg.sock, "-p", str(pg.port), "-U", "postgres", "-d", "shop",
                               "-c", "BEGIN", "-c", "LOCK TABLE pg_catalog.pg_class IN ACCESS EXCLUSIVE MODE",
                               "-c", "SELECT pg_sleep(3)", "-c", "COMMIT"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
-        open(mark_b, "w").close()
-        p.wait(30)
+        return p
 
-    t = threading.Thread(target=hold_catalog)
-    t.start()
-    try:
-        res = run(enforcer, pg, f"import os\nMARK_A, MARK_B = {mark_a!r}, {mark_b!r}\n" + r"""
+    with other_client(pg, tmp, hold_catalog) as pre:
+        res = run(enforcer, pg, pre + r"""
 out = {}
 one = Rec("127.0.0.1", PORT)
 out["before"] = step(one, Q("SELECT id, cc FROM customers ORDER BY 1"))
 time.sleep(1.2)                                    # the lineage is due
-open(MARK_A, "w").close()
-while not os.path.exists(MARK_B):
-    time.sleep(0.05)
+turn(0)
 one.send(Q("SELECT id, cc FROM customers ORDER BY 1"))   # the read goes first, and waits
 time.sleep(0.5)
 cancel("127.0.0.1", PORT, *one.key)
@@ -995,8 +975,6 @@ out["after"] = step(one, b"")
 out["then"] = step(one, b"")
 print(json.dumps(out))
 """)
-    finally:
-        t.join()
     assert res["before"][:4] == ["T", "D:1|****", "D:2|****", "C:SELECT 2"], res
     assert res["after"][0].startswith("E:57P01:agentgate: the masked columns' lineage could not be read again"), res
     assert res["then"] == ["EOF"], res                  # the session is over
