@@ -90,6 +90,11 @@ def other_client(pg, tmp, *steps):
         t.join()
 
 
+# Selects on every public table, customers.cc masked: the lineage tests' policy.
+RULES_MASK_CC = [{"target": "shop", "allow": {"statements": ["select"], "tables": ["public.*"]},
+                  "mask": {"columns": ["public.customers.cc"]}}]
+
+
 def run(enforcer, pg, code, timeout=120):
     return agent_py(enforcer, LIB + f"PORT = {pg.port}\n" + code, timeout=timeout)
 
@@ -646,8 +651,7 @@ def test_a_view_made_past_agentgate_is_masked_once_the_lineage_ages(enforcer, pg
     through agentgate: no epoch tells) came in clear for the rest of a session that was
     open. A lineage older than AGENTGATE_PG_LINEAGE_MS (default 60 s; 1 s here) is read
     again before the session's next statement while idle."""
-    rules = [{"target": "shop", "allow": {"statements": ["select"], "tables": ["public.*"]},
-              "mask": {"columns": ["public.customers.cc"]}}]
+    rules = RULES_MASK_CC
     enforcer.start(policy(pg, tmp, rules=rules), env={"AGENTGATE_PG_LINEAGE_MS": "1000"})
     with other_client(pg, tmp, "CREATE VIEW late_v AS SELECT id, cc FROM customers; GRANT SELECT ON late_v TO app") as pre:
         res = run(enforcer, pg, pre + r"""
@@ -836,8 +840,7 @@ def test_a_lineage_refresh_keeps_the_agents_unnamed_statement(enforcer, pg, tmp)
     empty name), then a named one, got 'unnamed prepared statement does not exist'
     from its next Bind (review, stop 37). Our queries now go by the extended protocol
     under a statement name of ours, which the agent may not Parse."""
-    rules = [{"target": "shop", "allow": {"statements": ["select"], "tables": ["public.*"]},
-              "mask": {"columns": ["public.customers.cc"]}}]
+    rules = RULES_MASK_CC
     enforcer.start(policy(pg, tmp, rules=rules), env={"AGENTGATE_PG_LINEAGE_MS": "1000"})
     before = enforcer.status()["counters"].get("pg_lineage_refreshed", 0)
     res = run(enforcer, pg, r"""
@@ -870,8 +873,7 @@ def test_a_relation_made_past_the_lineage_is_masked_whole_until_it_is_read(enfor
     result column of a relation above it is masked whole (it may show a masked table's
     rows), and the lineage is read again at the next chance, after which a relation that
     shows nothing masked comes in clear."""
-    rules = [{"target": "shop", "allow": {"statements": ["select"], "tables": ["public.*"]},
-              "mask": {"columns": ["public.customers.cc"]}}]
+    rules = RULES_MASK_CC
     enforcer.start(policy(pg, tmp, rules=rules))
     with other_client(pg, tmp,
                       "CREATE VIEW tx_v AS SELECT id, cc FROM customers;"
@@ -917,8 +919,7 @@ def test_verdicts_judged_before_a_lineage_change_are_not_used_after_it(enforcer,
     prepared before, went on reading the masked column in clear after the read knew
     the view (review, stop 38). A read that finds another lineage gives the session a
     new key for the cache, and prepared statements judged before it are refused."""
-    rules = [{"target": "shop", "allow": {"statements": ["select"], "tables": ["public.*"]},
-              "mask": {"columns": ["public.customers.cc"]}}]
+    rules = RULES_MASK_CC
     enforcer.start(policy(pg, tmp, rules=rules))
     with other_client(pg, tmp, "CREATE VIEW cache_v AS SELECT id, cc FROM customers; GRANT SELECT ON cache_v TO app") as pre:
         res = run(enforcer, pg, pre + r"""
@@ -950,8 +951,7 @@ def test_a_lineage_read_the_agent_cancels_ends_the_session(enforcer, pg, tmp):
     its own CancelRequest (or a short statement_timeout): the read failed, the old
     lineage stayed, and the next try came 60 s later (review, stop 38). A lineage read
     that fails now ends the session (fail closed); the agent reconnects."""
-    rules = [{"target": "shop", "allow": {"statements": ["select"], "tables": ["public.*"]},
-              "mask": {"columns": ["public.customers.cc"]}}]
+    rules = RULES_MASK_CC
     enforcer.start(policy(pg, tmp, rules=rules), env={"AGENTGATE_PG_LINEAGE_MS": "1000"})
     def hold_catalog():   # the read waits on this lock: the cancel lands in it
         p = subprocess.Popen(["psql", "-X", "-h", pg.sock, "-p", str(pg.port), "-U", "postgres", "-d", "shop",
