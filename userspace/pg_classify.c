@@ -149,6 +149,7 @@ struct stmt_info {
 	struct need needs[MAX_NEEDS];
 	int nneeds;
 	uint32_t tables;           /* bits into out->tables */
+	uint8_t first_table;       /* 1 + the index of the first relation walked, 0: none */
 	uint32_t funcs;            /* bits into walker.funcs */
 	bool implicit;             /* allowed without a rule (transaction control, ...) */
 	bool opaque;               /* names objects the walk cannot see: no tables: rule fits */
@@ -378,6 +379,8 @@ static void add_table(struct walker *w, const char *schema, const char *rel)
 	for (int i = 0; i < o->ntables; i++) {
 		if (strcmp(o->tables[i], name) == 0) {
 			w->st->tables |= 1u << i;
+			if (!w->st->first_table)
+				w->st->first_table = (uint8_t)(i + 1);
 			return;
 		}
 	}
@@ -387,6 +390,8 @@ static void add_table(struct walker *w, const char *schema, const char *rel)
 	}
 	memcpy(o->tables[o->ntables], name, (size_t)n + 1);
 	w->st->tables |= 1u << o->ntables;
+	if (!w->st->first_table)
+		w->st->first_table = (uint8_t)(o->ntables + 1);
 	o->ntables++;
 }
 
@@ -3465,6 +3470,7 @@ static enum cache_as judge_parsed(struct tstate *t, const struct pgc_ctx *ctx,
 		o->rule = NULL;
 		o->cls = w->stmts[s].cls;
 		o->tables = w->stmts[s].tables;
+		o->first_table = w->stmts[s].first_table;
 		snprintf(o->tag, sizeof(o->tag), "%s", w->stmts[s].tag);
 	}
 	if (!w->denied)

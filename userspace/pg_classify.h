@@ -138,6 +138,8 @@ struct pgc_stmt {
 	char tag[32];
 	const struct policy_rule *rule;
 	uint32_t tables;                 /* bit i: the message's tables[i] */
+	uint8_t first_table;             /* 1 + the index of the first relation the walk met
+					  * (a CREATE's target: its RangeVar comes first), 0: none */
 };
 
 struct pgc_result {

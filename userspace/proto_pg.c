@@ -112,6 +112,17 @@
 #define PG_OUR_PREFIX   "agentgate_"         /* statement names the agent may not Parse (ours) */
 #define PG_OUR_STMT     "agentgate_refresh"  /* the statement of our catalog queries mid-session */
 #define PG_OID_HIGH_Q   "SELECT max(oid)::text FROM pg_catalog.pg_class"   /* one row, one column */
+/* Every relation but indexes and TOAST tables, outside PostgreSQL's own
+ * schemas and other sessions' temporary ones (the session's own as
+ * pg_temp): three columns, which tells its rows from the other queries'
+ * (1, 2 and 5 columns). */
+#define PG_RELS_Q \
+	"SELECT CASE WHEN n.oid = pg_catalog.pg_my_temp_schema() THEN 'pg_temp' ELSE n.nspname END, " \
+	"c.relname, c.relkind FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n " \
+	"ON n.oid = c.relnamespace WHERE c.relkind NOT IN ('i', 'I', 't') AND " \
+	"n.nspname NOT IN ('pg_catalog', 'information_schema') AND " \
+	"(n.nspname !~ '^pg_(toast|temp_|toast_temp_)' OR n.oid = pg_catalog.pg_my_temp_schema())"
+#define PG_DB_RELS_MAX 65536   /* relations a masking session keeps the names of */
 #define PG_APPNAME_MAX  63
 #define PG_DISCARD_MAX  (256u << 20)      /* an oversized message up to this is read and dropped */
 #define PG_DISCARD_MS   10000             /* ... for at most this long */
@@ -445,6 +456,17 @@ struct pg_sess {
 	bool refresh_failed;           /* the refresh query got an error: the old names stay */
 	char lineage_error[160];       /* ... while it read the lineage too: the session ends */
 	bool just_refreshed;           /* the next Query or Parse is judged without another read */
+	bool fresh_for_stmt;           /* the Query or Parse being judged came after a read */
+	bool redo;                     /* judge(): read the lineage again first, then judge again */
+	char refresh_tx;               /* s->tx when the refresh was sent ('I', or 'T': unknown_rel()) */
+	/* The relations of the database (but PostgreSQL's own schemas) when
+	 * the lineage was read (PG_RELS_Q, "schema.name", sorted): a
+	 * statement of a masking session that names another is judged only
+	 * after the lineage is read again (unknown_rel()). rels_new: the
+	 * ones a read in progress brings. */
+	char **rels, **rels_new;
+	uint32_t nrels, nrels_new, caprels_new;
+	bool rels_ready;
 	/* During a refresh: the names read before it, which cat still points
 	 * into; freed when the new ones are in, put back if the query fails. */
 	char **prev_names, *prev_kinds;
@@ -1483,6 +1505,13 @@ static bool pinned_rules_same(struct conn *c, char *why, size_t whylen)
 	return same;
 }
 
+static bool refresh_may(struct conn *c, bool changing);
+static const char *unknown_rel(const struct pg_sess *s, const struct pgc_result *r);
+
+/* fe_query(), fe_parse(): the message waits for a read of the lineage, then
+ * is judged again (judge(): s->redo). */
+#define PG_REDO 1
+
 static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, char *why, size_t whylen)
 {
 	struct pg_sess *s = S(c);
@@ -1571,6 +1600,37 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 			snprintf(ur->reason, sizeof(ur->reason), "not allowed by any rule of the delegating user");
 		}
 		pgc_combine(r, ur);
+	}
+	/* A relation the lineage read does not know (unknown_rel()): read
+	 * again first, once per statement, when nothing is in flight, inside
+	 * the agent's transaction too (the read runs in it, and sees the
+	 * relations its statements would). One still unknown after the read:
+	 * at idle, one that does not exist (the server says so) or was made
+	 * in the moment since; inside a transaction, one its snapshot hides
+	 * from the read (REPEATABLE READ) while the server resolves names
+	 * afresh: denied. A failed transaction runs nothing. */
+	const char *unk;
+
+	if (r->verdict != PGC_DENY && s->tx != 'E' && (unk = unknown_rel(s, r))) {
+		if (!s->fresh_for_stmt && refresh_may(c, changing)) {
+			s->redo = true;
+			snprintf(why, whylen, "the lineage is read again first");
+			goto early;
+		}
+		if (!s->fresh_for_stmt) {
+			r->verdict = PGC_DENY;
+			r->denied_stmt = -1;
+			s->lineage_ms = 0;   /* due: read at the next chance */
+			snprintf(r->reason, sizeof(r->reason), "relation %.128s is newer than the masked "
+				 "columns' lineage this session read, which cannot be read again while requests "
+				 "are in flight; send the statement again once they are answered", unk);
+		} else if (s->tx != 'I') {
+			r->verdict = PGC_DENY;
+			r->denied_stmt = -1;
+			snprintf(r->reason, sizeof(r->reason), "relation %.128s is not in the masked "
+				 "columns' lineage read in this transaction (made after its snapshot); run "
+				 "the statement again in a new transaction", unk);
+		}
 	}
 	/* from the moment it may reach the server, a statement that can add
 	 * functions or operators leaves the names read at the start behind */
@@ -3233,6 +3293,111 @@ static int cmp_cstr(const void *a, const void *b)
 	return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
+/* One (schema, name, kind) row of PG_RELS_Q, as "schema.name", into rels_new. */
+static int rels_row(struct pg_sess *s, const struct pg_msg *m)
+{
+	struct pg_datarow d;
+	const uint8_t *v[3];
+	int32_t vl[3];
+	char *nm;
+
+	if (pg_datarow_begin(m, &d) || d.ncols != 3)
+		return -EBADMSG;
+	for (int i = 0; i < 3; i++)
+		if (pg_datarow_next(&d, &v[i], &vl[i]) != 1 || vl[i] <= 0 || vl[i] >= 64 ||
+		    memchr(v[i], '\0', (size_t)vl[i]))
+			return -EBADMSG;
+	if (s->nrels_new == s->caprels_new) {
+		uint32_t nc = s->caprels_new ? s->caprels_new * 2 : 256;
+		char **nr;
+
+		if (nc > PG_DB_RELS_MAX)
+			return -E2BIG;
+		if (!(nr = realloc(s->rels_new, nc * sizeof(*nr))))
+			return -ENOMEM;
+		s->rels_new = nr;
+		s->caprels_new = nc;
+	}
+	if (!(nm = malloc((size_t)vl[0] + 1 + (size_t)vl[1] + 1)))
+		return -ENOMEM;
+	memcpy(nm, v[0], (size_t)vl[0]);
+	nm[vl[0]] = '.';
+	memcpy(nm + vl[0] + 1, v[1], (size_t)vl[1]);
+	nm[vl[0] + 1 + vl[1]] = '\0';
+	s->rels_new[s->nrels_new++] = nm;
+	return 0;
+}
+
+static void rels_free(char **rels, uint32_t n)
+{
+	for (uint32_t i = 0; i < n; i++)
+		free(rels[i]);
+	free(rels);
+}
+
+/* The relations just read become the session's: sorted, for unknown_rel(). */
+static void rels_commit(struct pg_sess *s)
+{
+	rels_free(s->rels, s->nrels);
+	s->rels = s->rels_new;
+	s->nrels = s->nrels_new;
+	if (s->nrels)
+		qsort(s->rels, s->nrels, sizeof(*s->rels), cmp_cstr);
+	s->rels_new = NULL;
+	s->nrels_new = s->caprels_new = 0;
+	s->rels_ready = true;
+}
+
+static void rels_drop_new(struct pg_sess *s)
+{
+	rels_free(s->rels_new, s->nrels_new);
+	s->rels_new = NULL;
+	s->nrels_new = s->caprels_new = 0;
+}
+
+/*
+ * A relation the message names that was not in the database when the
+ * lineage was read (rels), NULL when there is none. Masking knows the
+ * relations that show a masked table's rows (views, children, partitions)
+ * only from that read, so one made since, past agentgate (a DBA's psql),
+ * is unknown to it: a plain column of it is masked whole (oid_high), but
+ * an expression, a WHERE or an ORDER BY over it carries no relation the
+ * server could name, and came in clear (known limit, stop 38). The
+ * relation a CREATE makes (its statement's first table) does not count
+ * when no other statement of the message names it (one before it would
+ * read a relation of that name made past agentgate, one after it what
+ * CREATE ... IF NOT EXISTS left there), nor do PostgreSQL's own schemas,
+ * which PG_RELS_Q leaves out.
+ */
+static const char *unknown_rel(const struct pg_sess *s, const struct pgc_result *r)
+{
+	uint32_t created = 0, named_by[PGC_MAX_TABLES] = { 0 };
+
+	if (!s->lineage_on || !s->rels_ready)
+		return NULL;
+	for (int k = 0; k < r->nstmts && k < PGC_MAX_STMTS; k++)
+		for (int i = 0; i < r->ntables && i < PGC_MAX_TABLES; i++)
+			if (r->stmts[k].tables >> i & 1)
+				named_by[i]++;
+	for (int k = 0; k < r->nstmts && k < PGC_MAX_STMTS; k++) {
+		int f = r->stmts[k].first_table - 1;
+
+		if (strncmp(r->stmts[k].tag, "create", 6) == 0 && f >= 0 && f < r->ntables &&
+		    named_by[f] == 1)
+			created |= 1u << f;
+	}
+	for (int i = 0; i < r->ntables; i++) {
+		const char *t = r->tables[i];
+
+		if ((i < 32 && (created >> i & 1)) || strncmp(t, "pg_catalog.", 11) == 0 ||
+		    strncmp(t, "information_schema.", 19) == 0)
+			continue;
+		if (!s->nrels || !bsearch(&t, s->rels, s->nrels, sizeof(*s->rels), cmp_cstr))
+			return t;
+	}
+	return NULL;
+}
+
 /* Sorted, duplicates dropped; returns the new count. */
 static size_t sort_unique(const char **v, size_t n)
 {
@@ -3394,7 +3559,8 @@ static int register_cancel(struct conn *c, uint32_t up_pid, uint32_t up_key)
 static int after_params(struct conn *c)
 {
 	struct pg_sess *s = S(c);
-	size_t n = 0, cap = catalog_cap(c) + 4096;   /* and names_query()'s */
+	size_t n = 0, cap = catalog_cap(c) + 4096 + sizeof(PG_RELS_Q);   /* and names_query()'s */
+	size_t head;
 	char *sql = malloc(cap);
 
 	if (!sql)
@@ -3413,10 +3579,18 @@ static int after_params(struct conn *c)
 		start_clock(c);   /* a pooled session's catalog query */
 	free(s->col_found);
 	s->col_found = NULL;
-	/* the highest OID first: a relation made after it is above it */
+	/* the highest OID first: a relation made after it is above it; then
+	 * the relations, before the lineage: one made between the two reads
+	 * is unknown (unknown_rel()), not known without its lineage */
+	rels_drop_new(s);
+	s->rels_ready = false;
 	memcpy(sql, PG_OID_HIGH_Q ";", sizeof(PG_OID_HIGH_Q ";"));
-	if (s->mask_active && catalog_query(c, sql + sizeof(PG_OID_HIGH_Q ";") - 1,
-					    cap - 4096 - sizeof(PG_OID_HIGH_Q ";"), false)) {
+	head = sizeof(PG_OID_HIGH_Q ";") - 1;
+	if (s->mask_active) {
+		memcpy(sql + head, PG_RELS_Q ";", sizeof(PG_RELS_Q ";"));
+		head += sizeof(PG_RELS_Q ";") - 1;
+	}
+	if (s->mask_active && catalog_query(c, sql + head, cap - 4096 - head - 1, false)) {
 		size_t ne;
 
 		mask_column_list(s->mask, &ne);
@@ -3464,10 +3638,11 @@ static const char *mask_not_found(struct pg_sess *s)
  * are refused to the agent: fe_parse()), one Parse, Bind and Execute per
  * statement, then one Sync: a simple Query would drop the agent's unnamed
  * prepared statement, and its next Bind of it would fail (review, stop
- * 37). Bind replaces only the unnamed portal, which outside a transaction
- * the agent has none of. The leading Close takes away a statement left
- * by a query that failed before its own Close (Close of a statement that
- * does not exist is no error).
+ * 37). The portal is ours too (PG_OUR_PREFIX portal names are refused to
+ * the agent: fe_bind()), as a read inside the agent's transaction
+ * (unknown_rel()) must leave its unnamed portal alone. The leading Closes
+ * take away a statement or portal left by a query that failed before its
+ * own Close (Close of one that does not exist is no error).
  */
 static int send_ours(struct conn *c, const char *const *sqls, int n)
 {
@@ -3477,19 +3652,21 @@ static int send_ours(struct conn *c, const char *const *sqls, int n)
 
 	for (int i = 0; i < n; i++) {
 		pg_out_target(&s->out, 'C', 'S', PG_OUR_STMT);
+		pg_out_target(&s->out, 'C', 'P', PG_OUR_STMT);
 		pg_out_parse(&s->out, PG_OUR_STMT, sqls[i]);
 		pg_out_begin(&s->out, 'B');
-		pg_out_str(&s->out, "");            /* the unnamed portal */
+		pg_out_str(&s->out, PG_OUR_STMT);   /* a portal of ours: the agent's unnamed one may live */
 		pg_out_str(&s->out, PG_OUR_STMT);
 		pg_out_i16(&s->out, 0);             /* no parameter formats */
 		pg_out_i16(&s->out, 0);             /* no parameters */
 		pg_out_i16(&s->out, 0);             /* results in text */
 		pg_out_end(&s->out);
 		pg_out_begin(&s->out, 'E');
-		pg_out_str(&s->out, "");
+		pg_out_str(&s->out, PG_OUR_STMT);
 		pg_out_i32(&s->out, 0);             /* every row */
 		pg_out_end(&s->out);
 	}
+	pg_out_target(&s->out, 'C', 'P', PG_OUR_STMT);
 	pg_out_target(&s->out, 'C', 'S', PG_OUR_STMT);
 	pg_out_simple(&s->out, 'S');
 	c->rec_side[SIDE_UP] = false;
@@ -3573,6 +3750,14 @@ static int up_catalog(struct conn *c, const struct pg_msg *m)
 					     "and operators%s", err == -E2BIG ? ": too many" : "");
 			return 0;
 		}
+		if (d.ncols == 3) {
+			if ((err = rels_row(s, m)) == -ENOMEM)
+				return err;
+			if (err)
+				return fatal(c, "XX000", "agentgate: cannot read the database's relations for "
+					     "masking%s", err == -E2BIG ? ": more than 65536" : "");
+			return 0;
+		}
 		return catalog_row(s, m) ? fatal(c, "XX000", "agentgate: cannot read the catalog for masking") : 0;
 	}
 	case 'E':
@@ -3589,6 +3774,10 @@ static int up_catalog(struct conn *c, const struct pg_msg *m)
 			return send_dependents(c);   /* before the agent's first query */
 		if (names_ready(s))
 			return fatal(c, "XX000", "agentgate: cannot read the pinned schema's functions and operators");
+		if (s->lineage_on)
+			rels_commit(s);
+		else
+			rels_drop_new(s);
 		return session_ready(c, st);
 	}
 	return fatal(c, "08P01", "agentgate: unexpected message '%c' during the catalog query", m->type);
@@ -3617,6 +3806,21 @@ static bool lineage_due(struct conn *c, struct pg_sess *s)
 	return now_ns_mono() / 1000000ull - s->lineage_ms >= lineage_max_ms();
 }
 
+/* Whether the session can read its names (and lineage) again now: nothing
+ * in flight, and no change of names open on the database. The read is
+ * paid from the agent's parse budget (process_upstream): past it the
+ * session stays careful, and tries again next statement (not counted as a
+ * refusal: nothing was refused). Inside a transaction ('T') only for
+ * unknown_rel(): names_changer then covers the session's own changes. */
+static bool refresh_may(struct conn *c, bool changing)
+{
+	struct pg_sess *s = S(c);
+
+	return s->cat_ready && !changing && (s->tx == 'I' || s->tx == 'T') && !s->qlen &&
+	       !s->unsynced && !s->skip_to_sync && !s->copy_in && !s->copy_wait && !s->up_pass &&
+	       !s->names_changer && !s->out.len && conn_parse_may(c, NULL, 0);
+}
+
 /* Whether the session reads its names (and lineage) again before judging
  * the next statement (names and relations epochs, above): they are stale
  * and it is idle. */
@@ -3626,14 +3830,9 @@ static bool refresh_due(struct conn *c)
 	bool changing = names_changing(c);   /* first: as in judge() */
 	uint64_t now = atomic_load(names_epoch_of(c));
 
-	/* the read is paid from the agent's parse budget (process_upstream):
-	 * past it the session stays careful, and tries again next statement
-	 * (not counted as a refusal: nothing was refused) */
-	return s->cat_ready && !changing &&
+	return !changing && s->tx == 'I' &&
 	       ((now != s->names_epoch && now != s->refresh_epoch) || lineage_due(c, s)) &&
-	       s->tx == 'I' && !s->qlen && !s->unsynced && !s->skip_to_sync && !s->copy_in &&
-	       !s->copy_wait && !s->up_pass && !s->names_changer && !s->out.len &&
-	       conn_parse_may(c, NULL, 0);
+	       refresh_may(c, changing);
 }
 
 /* The names query again, with the lineage query when the session masks
@@ -3650,6 +3849,8 @@ static int start_refresh(struct conn *c)
 		return -ENOMEM;
 	s->refresh_epoch = s->names_epoch_pending = atomic_load(names_epoch_of(c));
 	s->lineage_refresh = false;
+	s->refresh_tx = s->tx;
+	rels_drop_new(s);
 	if (s->lineage_on) {
 		s->rel_refresh_epoch = s->rel_epoch_pending = atomic_load(rel_epoch_of(c));
 		s->lineage_ms = now_ns_mono() / 1000000ull;   /* tried: not again before its time */
@@ -3685,7 +3886,7 @@ static int start_refresh(struct conn *c)
 	s->kinds = NULL;
 	s->nnames = s->capnames = 0;
 	s->phase = PH_UP_REFRESH;
-	err = n ? send_ours(c, (const char *[]){ PG_OID_HIGH_Q, sql, sql + n }, 3) :
+	err = n ? send_ours(c, (const char *[]){ PG_OID_HIGH_Q, PG_RELS_Q, sql, sql + n }, 4) :
 		  send_ours(c, (const char *[]){ sql }, 1);
 	free(sql);
 	return err;
@@ -3747,6 +3948,7 @@ static void refresh_end(struct pg_sess *s, bool failed)
 			s->ncols = s->prev_ncols;
 			s->capcols = s->prev_capcols;
 		}
+		rels_drop_new(s);
 	} else {
 		names_free(s->prev_names, s->prev_nnames);
 		free(s->prev_kinds);
@@ -3759,8 +3961,10 @@ static void refresh_end(struct pg_sess *s, bool failed)
 			free(s->prev_cols);
 			s->rel_epoch = s->rel_epoch_pending;
 			s->oid_high = s->oid_high_pending;
+			rels_commit(s);
 			atomic_fetch_add(&lineage_refreshed, 1);
 		}
+		rels_drop_new(s);
 	}
 	s->prev_cols = NULL;
 	s->prev_ncols = s->prev_capcols = 0;
@@ -3796,6 +4000,17 @@ static int up_refresh(struct conn *c, const struct pg_msg *m)
 		if (d.ncols == 1 && s->lineage_refresh) {   /* PG_OID_HIGH_Q's */
 			if (oid_high_row(s, m))
 				return fatal(c, "XX000", "agentgate: cannot read the catalog for masking");
+			return 0;
+		}
+		if (d.ncols == 3 && s->lineage_refresh) {   /* PG_RELS_Q's */
+			if ((err = rels_row(s, m)) == -ENOMEM)
+				return err;
+			if (err == -E2BIG && !s->lineage_error[0])
+				snprintf(s->lineage_error, sizeof(s->lineage_error),
+					 "the database has more than 65536 relations");
+			else if (err)
+				return fatal(c, "XX000", "agentgate: cannot read the database's relations for masking");
+			s->refresh_failed = s->refresh_failed || err;
 			return 0;
 		}
 		if (d.ncols != 2) {   /* the lineage's */
@@ -3835,11 +4050,12 @@ static int up_refresh(struct conn *c, const struct pg_msg *m)
 	case 'Z':
 		if (pg_parse_ready(m, &st))
 			return -EBADMSG;
-		if (st != 'I')
-			return fatal(c, "08P01", "agentgate: the server is in a transaction after the names query");
 		if (s->lineage_error[0])
 			return fatal(c, "57P01", "agentgate: the masked columns' lineage could not be read "
 				     "again (%.150s); reconnect", s->lineage_error);
+		if (st != s->refresh_tx)
+			return fatal(c, "08P01", "agentgate: the server's transaction state changed during the "
+				     "names query");
 		if (!s->refresh_failed && s->lineage_refresh && s->cat_shown && !s->cat_dependents_sent)
 			return send_dependents(c);   /* as at the start (up_catalog()) */
 		if (!s->refresh_failed && (err = names_ready(s)))
@@ -3923,6 +4139,11 @@ static int fe_query(struct conn *c, const struct pg_msg *m)
 	if (pg_parse_query(m, &sql, &len))
 		return fatal(c, "08P01", "agentgate: malformed Query message");
 	j = judge(c, sql, len, why, sizeof(why));
+	if (s->redo) {
+		s->redo = false;
+		judged_put(j);
+		return PG_REDO;
+	}
 	if (!j || (!j->allowed && enforcer_should_refuse(c, why)))
 		return standin(c, true, NULL, why, j, "simple");
 	if (j->copy_in && j->nstmts > 1) {
@@ -3992,6 +4213,11 @@ static int fe_parse(struct conn *c, const struct pg_msg *m)
 	 * earlier failure may have made the server skip the Parse that we saw
 	 * creating it. The table follows the server's answer (server_skipped). */
 	j = judge(c, pp.query, pp.query_len, why, sizeof(why));
+	if (s->redo) {
+		s->redo = false;
+		judged_put(j);
+		return PG_REDO;
+	}
 	if (!j || (!j->allowed && enforcer_should_refuse(c, why))) {
 		/* the agent's own name: a failing Parse("") drops the unnamed
 		 * statement on the server, and so does ours; a failing named
@@ -4033,6 +4259,9 @@ static int fe_bind(struct conn *c, const struct pg_msg *m)
 		return fatal(c, "08P01", "agentgate: malformed Bind message");
 	if (strlen(b.stmt) > PG_NAME_MAX || strlen(b.portal) > PG_NAME_MAX)
 		return long_name(c, strlen(b.portal) > PG_NAME_MAX ? "portal" : "prepared statement");
+	if (strncmp(b.portal, PG_OUR_PREFIX, strlen(PG_OUR_PREFIX)) == 0)
+		return standin(c, false, PG_DENY_NAME, "portal names starting with " PG_OUR_PREFIX
+			       " are agentgate's own", NULL, "extended");
 	j = map_get(&s->stmts, b.stmt);
 	if (!j) {
 		snprintf(why, sizeof(why), "prepared statement \"%.64s\" was not allowed (or does not exist)", b.stmt);
@@ -4588,10 +4817,18 @@ static int process_agent(struct conn *c)
 				c->in_waits[SIDE_AGENT] = true;   /* a full buffer is not an oversized message */
 				break;
 			}
+			s->fresh_for_stmt = s->just_refreshed;
 			s->just_refreshed = false;
 		}
-		used += (uint32_t)n;
 		err = fe_message(c, &m);
+		s->fresh_for_stmt = false;
+		if (err == PG_REDO) {   /* judge(): a relation the lineage does not know */
+			err = 0;
+			refresh = true;
+			c->in_waits[SIDE_AGENT] = true;
+			break;
+		}
+		used += (uint32_t)n;
 		if (err)
 			break;
 	}
@@ -5347,6 +5584,8 @@ static void pg_release(struct conn *c)
 	free(s->kinds);
 	names_free(s->prev_names, s->prev_nnames);   /* ended during a refresh */
 	free(s->prev_kinds);
+	rels_free(s->rels, s->nrels);
+	rels_free(s->rels_new, s->nrels_new);   /* ended during a read */
 	free(s->cat_v);
 	free(s->afrag);
 	mask_free(s->mask);

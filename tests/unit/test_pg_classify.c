@@ -1512,6 +1512,19 @@ static void test_per_statement(void)
 	/* a table two statements touch is recorded once, in both */
 	r = judge("SELECT 1 FROM orders; SELECT 2 FROM orders, customers");
 	CHECK(r.ntables == 2 && (r.stmts[0].tables & r.stmts[1].tables) == 1u);
+	/* a CREATE's own relation is the first one its walk meets, whether
+	 * or not an earlier statement named one (proto_pg.c unknown_rel()) */
+	r = judge("SELECT 1 FROM orders; CREATE TABLE t2 AS SELECT id FROM orders");
+	CHECK(r.nstmts == 2 && r.stmts[0].first_table == 1 && r.stmts[1].first_table >= 1);
+	CHECK_STR(r.tables[r.stmts[1].first_table - 1], "public.t2");
+	r = judge("SELECT 1 FROM v2; CREATE VIEW v2 AS SELECT id FROM orders");
+	CHECK(r.nstmts == 2 && r.stmts[1].first_table == 1);
+	CHECK_STR(r.tables[0], "public.v2");
+	r = judge("CREATE TABLE IF NOT EXISTS t3 (id int)");
+	CHECK(r.nstmts == 1 && r.stmts[0].first_table == 1);
+	CHECK_STR(r.tables[0], "public.t3");
+	r = judge("SELECT 1");
+	CHECK(r.nstmts == 1 && r.stmts[0].first_table == 0);
 	/* denied by the rules at the second: the first judged allow, the
 	 * second is the reason, the third was not judged */
 	r = judge("SELECT * FROM orders; DELETE FROM orders; SELECT 1");
