@@ -456,8 +456,13 @@ struct pg_sess {
 	bool refresh_failed;           /* the refresh query got an error: the old names stay */
 	char lineage_error[160];       /* ... while it read the lineage too: the session ends */
 	bool just_refreshed;           /* the next Query or Parse is judged without another read */
-	bool fresh_for_stmt;           /* the Query or Parse being judged came after a read */
+	bool fresh_for_stmt;           /* the Query or Parse being judged came after a read that
+					* succeeded */
+	bool tried_for_stmt;           /* ... and so it will not be read again for it */
 	bool redo;                     /* judge(): read the lineage again first, then judge again */
+	bool refresh_ok;               /* the last read got everything it asked for */
+	bool judging_parse;            /* fe_parse() is judging: its own Parse set unsynced */
+	bool unsynced_before;          /* unsynced before that Parse */
 	char refresh_tx;               /* s->tx when the refresh was sent ('I', or 'T': unknown_rel()) */
 	/* The relations of the database (but PostgreSQL's own schemas) when
 	 * the lineage was read (PG_RELS_Q, "schema.name", sorted): a
@@ -1506,7 +1511,7 @@ static bool pinned_rules_same(struct conn *c, char *why, size_t whylen)
 }
 
 static bool refresh_may(struct conn *c, bool changing);
-static const char *unknown_rel(const struct pg_sess *s, const struct pgc_result *r);
+static const char *unknown_rel(struct conn *c, const struct pg_sess *s, const struct pgc_result *r);
 
 /* fe_query(), fe_parse(): the message waits for a read of the lineage, then
  * is judged again (judge(): s->redo). */
@@ -1608,11 +1613,13 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 	 * at idle, one that does not exist (the server says so) or was made
 	 * in the moment since; inside a transaction, one its snapshot hides
 	 * from the read (REPEATABLE READ) while the server resolves names
-	 * afresh: denied. A failed transaction runs nothing. */
+	 * afresh: denied. A failed transaction cannot read it, and still runs
+	 * a ROLLBACK (TO SAVEPOINT) and what follows it in the message: denied
+	 * too (review). So is one whose read failed (too many names). */
 	const char *unk;
 
-	if (r->verdict != PGC_DENY && s->tx != 'E' && (unk = unknown_rel(s, r))) {
-		if (!s->fresh_for_stmt && refresh_may(c, changing)) {
+	if (r->verdict != PGC_DENY && (unk = unknown_rel(c, s, r))) {
+		if (!s->tried_for_stmt && refresh_may(c, changing)) {
 			s->redo = true;
 			snprintf(why, whylen, "the lineage is read again first");
 			goto early;
@@ -1622,8 +1629,9 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 			r->denied_stmt = -1;
 			s->lineage_ms = 0;   /* due: read at the next chance */
 			snprintf(r->reason, sizeof(r->reason), "relation %.128s is newer than the masked "
-				 "columns' lineage this session read, which cannot be read again while requests "
-				 "are in flight; send the statement again once they are answered", unk);
+				 "columns' lineage this session read, which could not be read again for it "
+				 "(requests in flight, a transaction failed, or a change open); send the "
+				 "statement again once the session is idle", unk);
 		} else if (s->tx != 'I') {
 			r->verdict = PGC_DENY;
 			r->denied_stmt = -1;
@@ -3369,8 +3377,29 @@ static void rels_drop_new(struct pg_sess *s)
  * CREATE ... IF NOT EXISTS left there), nor do PostgreSQL's own schemas,
  * which PG_RELS_Q leaves out.
  */
-static const char *unknown_rel(const struct pg_sess *s, const struct pgc_result *r)
+static bool makes_relation(const char *tag)
 {
+	/* not create_index, _trigger, _rule, _policy, _statistics: their
+	 * first relation is one they work on (review) */
+	static const char *const tags[] = { "create_table", "create_table_as", "create_view",
+					    "create_materialized_view", "create_foreign_table",
+					    "create_sequence" };
+
+	for (size_t i = 0; i < sizeof(tags) / sizeof(tags[0]); i++)
+		if (strcmp(tag, tags[i]) == 0)
+			return true;
+	return false;
+}
+
+static bool rel_known(const struct pg_sess *s, const char *name)
+{
+	return s->nrels && bsearch(&name, s->rels, s->nrels, sizeof(*s->rels), cmp_cstr);
+}
+
+static const char *unknown_rel(struct conn *c, const struct pg_sess *s, const struct pgc_result *r)
+{
+	const char *sp = search_path(c);
+	size_t spl = strlen(sp);
 	uint32_t created = 0, named_by[PGC_MAX_TABLES] = { 0 };
 
 	if (!s->lineage_on || !s->rels_ready)
@@ -3382,8 +3411,7 @@ static const char *unknown_rel(const struct pg_sess *s, const struct pgc_result 
 	for (int k = 0; k < r->nstmts && k < PGC_MAX_STMTS; k++) {
 		int f = r->stmts[k].first_table - 1;
 
-		if (strncmp(r->stmts[k].tag, "create", 6) == 0 && f >= 0 && f < r->ntables &&
-		    named_by[f] == 1)
+		if (makes_relation(r->stmts[k].tag) && f >= 0 && f < r->ntables && named_by[f] == 1)
 			created |= 1u << f;
 	}
 	for (int i = 0; i < r->ntables; i++) {
@@ -3392,8 +3420,21 @@ static const char *unknown_rel(const struct pg_sess *s, const struct pgc_result 
 		if ((i < 32 && (created >> i & 1)) || strncmp(t, "pg_catalog.", 11) == 0 ||
 		    strncmp(t, "information_schema.", 19) == 0)
 			continue;
-		if (!s->nrels || !bsearch(&t, s->rels, s->nrels, sizeof(*s->rels), cmp_cstr))
-			return t;
+		if (rel_known(s, t))
+			continue;
+		/* The classifier judges an unqualified name as the pinned
+		 * schema's; PostgreSQL looks in the session's temporary schema
+		 * first. A temporary table of the session's own (made through
+		 * agentgate) is taken for that name, or every statement over it
+		 * would read the lineage again (known limit: an explicit
+		 * schema.name of a relation made past agentgate under the name
+		 * of one of the agent's temporary tables). */
+		char tn[sizeof(r->tables[0]) + 8];
+
+		if (strncmp(t, sp, spl) == 0 && t[spl] == '.' &&
+		    snprintf(tn, sizeof(tn), "pg_temp.%s", t + spl + 1) < (int)sizeof(tn) && rel_known(s, tn))
+			continue;
+		return t;
 	}
 	return NULL;
 }
@@ -3816,9 +3857,12 @@ static bool refresh_may(struct conn *c, bool changing)
 {
 	struct pg_sess *s = S(c);
 
-	return s->cat_ready && !changing && (s->tx == 'I' || s->tx == 'T') && !s->qlen &&
-	       !s->unsynced && !s->skip_to_sync && !s->copy_in && !s->copy_wait && !s->up_pass &&
-	       !s->names_changer && !s->out.len && conn_parse_may(c, NULL, 0);
+	/* a Parse being judged set unsynced itself (fe_message()) */
+	bool unsynced = s->judging_parse ? s->unsynced_before : s->unsynced;
+
+	return s->cat_ready && !changing && (s->tx == 'I' || s->tx == 'T') && !s->qlen && !unsynced &&
+	       !s->skip_to_sync && !s->copy_in && !s->copy_wait && !s->up_pass && !s->names_changer &&
+	       !s->out.len && conn_parse_may(c, NULL, 0);
 }
 
 /* Whether the session reads its names (and lineage) again before judging
@@ -3843,17 +3887,27 @@ static int start_refresh(struct conn *c)
 	struct pg_sess *s = S(c);
 	size_t n = 0, cap = (s->lineage_on ? catalog_cap(c) : 0) + 4096;
 	char *sql = malloc(cap);
+	bool in_tx = s->tx != 'I';
 	int err;
 
 	if (!sql)
 		return -ENOMEM;
-	s->refresh_epoch = s->names_epoch_pending = atomic_load(names_epoch_of(c));
-	s->lineage_refresh = false;
+	/* Inside the agent's transaction (unknown_rel()) only the lineage is
+	 * read, and nothing counts as read for the epochs or the lineage's
+	 * age: under REPEATABLE READ the read sees the transaction's
+	 * snapshot, while PostgreSQL resolves the names of functions and
+	 * relations afresh (review). The lineage read so is due again once
+	 * the session is idle. */
 	s->refresh_tx = s->tx;
 	rels_drop_new(s);
+	s->lineage_refresh = false;
+	if (!in_tx)
+		s->refresh_epoch = s->names_epoch_pending = atomic_load(names_epoch_of(c));
 	if (s->lineage_on) {
-		s->rel_refresh_epoch = s->rel_epoch_pending = atomic_load(rel_epoch_of(c));
-		s->lineage_ms = now_ns_mono() / 1000000ull;   /* tried: not again before its time */
+		if (!in_tx) {
+			s->rel_refresh_epoch = s->rel_epoch_pending = atomic_load(rel_epoch_of(c));
+			s->lineage_ms = now_ns_mono() / 1000000ull;   /* tried: not again before its time */
+		}
 		if (catalog_query(c, sql, cap - 4096, false)) {
 			n = strlen(sql) + 1;   /* the names query after its NUL */
 			s->lineage_refresh = true;
@@ -3865,7 +3919,7 @@ static int start_refresh(struct conn *c)
 			s->cat_shown = s->cat_dependents_sent = false;
 		}
 	}
-	if (!names_query(c, sql + n, cap - n)) {
+	if (in_tx ? !s->lineage_refresh : !names_query(c, sql + n, cap - n)) {
 		/* cannot be (it was written at the start): judged stale */
 		free(sql);
 		if (s->lineage_refresh) {
@@ -3876,7 +3930,14 @@ static int start_refresh(struct conn *c)
 			s->lineage_refresh = false;
 		}
 		s->just_refreshed = true;
+		s->refresh_ok = false;
 		return process_agent(c);
+	}
+	s->phase = PH_UP_REFRESH;
+	if (in_tx) {
+		err = send_ours(c, (const char *[]){ PG_OID_HIGH_Q, PG_RELS_Q, sql }, 3);
+		free(sql);
+		return err;
 	}
 	s->prev_names = s->names;
 	s->prev_kinds = s->kinds;
@@ -3885,7 +3946,6 @@ static int start_refresh(struct conn *c)
 	s->names = NULL;
 	s->kinds = NULL;
 	s->nnames = s->capnames = 0;
-	s->phase = PH_UP_REFRESH;
 	err = n ? send_ours(c, (const char *[]){ PG_OID_HIGH_Q, PG_RELS_Q, sql, sql + n }, 4) :
 		  send_ours(c, (const char *[]){ sql }, 1);
 	free(sql);
@@ -3935,13 +3995,17 @@ static bool lineage_changed(struct pg_sess *s)
  * ones read before put back. */
 static void refresh_end(struct pg_sess *s, bool failed)
 {
+	bool in_tx = s->refresh_tx != 'I';   /* the lineage only (start_refresh()) */
+
 	if (failed) {
-		names_free(s->names, s->nnames);
-		free(s->kinds);
-		s->names = s->prev_names;
-		s->kinds = s->prev_kinds;
-		s->nnames = s->prev_nnames;
-		s->capnames = s->prev_capnames;
+		if (!in_tx) {
+			names_free(s->names, s->nnames);
+			free(s->kinds);
+			s->names = s->prev_names;
+			s->kinds = s->prev_kinds;
+			s->nnames = s->prev_nnames;
+			s->capnames = s->prev_capnames;
+		}
 		if (s->lineage_refresh) {
 			free(s->cols);
 			s->cols = s->prev_cols;
@@ -3950,16 +4014,21 @@ static void refresh_end(struct pg_sess *s, bool failed)
 		}
 		rels_drop_new(s);
 	} else {
-		names_free(s->prev_names, s->prev_nnames);
-		free(s->prev_kinds);
-		s->names_epoch = s->names_epoch_pending;
-		s->names_stale = false;
-		atomic_fetch_add(&names_refreshed, 1);
+		if (!in_tx) {
+			names_free(s->prev_names, s->prev_nnames);
+			free(s->prev_kinds);
+			s->names_epoch = s->names_epoch_pending;
+			s->names_stale = false;
+			atomic_fetch_add(&names_refreshed, 1);
+		}
 		if (s->lineage_refresh) {
 			if (lineage_changed(s))
 				s->serial = __atomic_add_fetch(&sess_serial, 1, __ATOMIC_RELAXED);
 			free(s->prev_cols);
-			s->rel_epoch = s->rel_epoch_pending;
+			if (in_tx)
+				s->lineage_ms = 0;   /* read again once idle */
+			else
+				s->rel_epoch = s->rel_epoch_pending;
 			s->oid_high = s->oid_high_pending;
 			rels_commit(s);
 			atomic_fetch_add(&lineage_refreshed, 1);
@@ -3972,6 +4041,7 @@ static void refresh_end(struct pg_sess *s, bool failed)
 	s->prev_names = NULL;
 	s->prev_kinds = NULL;
 	s->prev_nnames = s->prev_capnames = 0;
+	s->refresh_ok = !failed;
 	s->refresh_failed = false;
 	s->just_refreshed = true;
 }
@@ -4022,6 +4092,8 @@ static int up_refresh(struct conn *c, const struct pg_msg *m)
 				return fatal(c, "XX000", "agentgate: cannot read the catalog for masking");
 			return 0;
 		}
+		if (s->refresh_tx != 'I')
+			return fatal(c, "08P01", "agentgate: unexpected row during the lineage query");
 		if ((err = names_row(s, m)) == -ENOMEM)
 			return err;
 		if (err == -E2BIG)
@@ -4058,7 +4130,7 @@ static int up_refresh(struct conn *c, const struct pg_msg *m)
 				     "names query");
 		if (!s->refresh_failed && s->lineage_refresh && s->cat_shown && !s->cat_dependents_sent)
 			return send_dependents(c);   /* as at the start (up_catalog()) */
-		if (!s->refresh_failed && (err = names_ready(s)))
+		if (!s->refresh_failed && s->refresh_tx == 'I' && (err = names_ready(s)))
 			return fatal(c, "XX000", "agentgate: cannot read the pinned schema's functions and operators");
 		refresh_end(s, s->refresh_failed);
 		s->tx = st;
@@ -4212,7 +4284,9 @@ static int fe_parse(struct conn *c, const struct pg_msg *m)
 	/* A name in use is the server's to refuse (42P05): in a pipeline an
 	 * earlier failure may have made the server skip the Parse that we saw
 	 * creating it. The table follows the server's answer (server_skipped). */
+	s->judging_parse = true;
 	j = judge(c, pp.query, pp.query_len, why, sizeof(why));
+	s->judging_parse = false;
 	if (s->redo) {
 		s->redo = false;
 		judged_put(j);
@@ -4530,6 +4604,8 @@ static int fe_message(struct conn *c, const struct pg_msg *m)
 		return fe_copy_data(c, m);
 	if (s->skip_to_sync && m->type != 'S' && m->type != 'X')
 		return 0;
+	bool unsynced = s->unsynced;
+
 	if (strchr("PBDECH", m->type))
 		s->unsynced = true;   /* an implicit transaction may be open until Sync */
 	else if (m->type == 'S')
@@ -4537,8 +4613,15 @@ static int fe_message(struct conn *c, const struct pg_msg *m)
 	switch (m->type) {
 	case 'Q':
 		return fe_query(c, m);
-	case 'P':
-		return fe_parse(c, m);
+	case 'P': {
+		int err;
+
+		s->unsynced_before = unsynced;   /* refresh_may(): this Parse may be the first */
+		err = fe_parse(c, m);
+		if (err == PG_REDO)
+			s->unsynced = unsynced;   /* not taken: sent again after the read */
+		return err;
+	}
 	case 'B':
 		return fe_bind(c, m);
 	case 'D':
@@ -4817,11 +4900,12 @@ static int process_agent(struct conn *c)
 				c->in_waits[SIDE_AGENT] = true;   /* a full buffer is not an oversized message */
 				break;
 			}
-			s->fresh_for_stmt = s->just_refreshed;
+			s->tried_for_stmt = s->just_refreshed;
+			s->fresh_for_stmt = s->just_refreshed && s->refresh_ok;
 			s->just_refreshed = false;
 		}
 		err = fe_message(c, &m);
-		s->fresh_for_stmt = false;
+		s->fresh_for_stmt = s->tried_for_stmt = false;
 		if (err == PG_REDO) {   /* judge(): a relation the lineage does not know */
 			err = 0;
 			refresh = true;

@@ -955,12 +955,52 @@ print(json.dumps(out))
     assert res["snapshot"][:2] == ["T", "D:1"], res
     assert denied(res["rr_expr"]), res
     assert "rr_v is not in the masked columns' lineage read in this transaction" in res["rr_expr"][0], res
-    assert res["rr_plain"][0].startswith("E:25P02"), res   # the transaction failed, as PostgreSQL has it
+    # the transaction failed: no read there, denied (PostgreSQL would refuse it too: 25P02)
+    assert denied(res["rr_plain"]) and "rr_v is newer than the masked columns' lineage" in res["rr_plain"][0], res
     assert res["rollback"][:2] == ["C:ROLLBACK", "ZI"], res
     assert denied(res["new_tx_expr"]) and "masked column cc" in res["new_tx_expr"][0], res
     piped = json.dumps(res["piped"])
     assert "D:1" in piped and "pipe_v is newer than the masked columns' lineage" in piped, res
     assert denied(res["alone"]) and "masked column cc" in res["alone"][0], res
+    assert res["leaks"] == [], res
+
+
+def test_parse_and_failed_transactions_are_read_for_too(enforcer, pg, tmp):
+    """Review of the reads for unknown relations: a Parse set the session's unsynced
+    mark before it was judged, so it never got the read and was always refused as if
+    requests were in flight (inside a transaction, until it ended); and a failed
+    transaction skipped the check, though PostgreSQL still runs a ROLLBACK TO SAVEPOINT
+    and what follows it in the message, so an expression over a new view came in
+    clear. A Parse is read for like a Query, and a failed transaction's statement that
+    names an unknown relation is denied."""
+    rules = RULES_MASK_CC
+    enforcer.start(policy(pg, tmp, rules=rules))
+    with other_client(pg, tmp,
+                      "CREATE VIEW ext_v AS SELECT id, cc FROM customers; GRANT SELECT ON ext_v TO app",
+                      "CREATE VIEW ext2_v AS SELECT id, cc FROM customers; GRANT SELECT ON ext2_v TO app",
+                      "CREATE VIEW sp_v AS SELECT id, cc FROM customers; GRANT SELECT ON sp_v TO app") as pre:
+        res = run(enforcer, pg, pre + r"""
+out = {}
+one = Rec("127.0.0.1", PORT)
+out["before"] = step(one, Q("SELECT id, cc FROM customers WHERE id = 1"))
+turn(0)
+out["idle_parse"] = step(one, P("", "SELECT upper(cc) FROM ext_v WHERE id = 1") + B("", "") + E("") + S)
+out["begin"] = step(one, Q("BEGIN"))
+turn(1)
+out["tx_parse"] = step(one, P("", "SELECT id, cc FROM ext2_v") + B("", "") + E("") + S)
+out["savepoint"] = step(one, Q("SAVEPOINT a"))
+out["fail"] = step(one, Q("SELECT 1/0"))
+turn(2)
+out["rollback_to"] = step(one, Q("ROLLBACK TO SAVEPOINT a; SELECT upper(cc) FROM sp_v"))
+out["end"] = step(one, Q("ROLLBACK"))
+out["leaks"] = leaks(one)
+print(json.dumps(out))
+""")
+    assert res["before"][:3] == ["T", "D:1|****", "C:SELECT 1"], res
+    assert res["idle_parse"][0].startswith("E:42501:agentgate: denied: masked column cc"), res
+    assert res["tx_parse"][:6] == ["1", "2", "D:NULL|****", "D:NULL|****", "C:SELECT 2", "ZT"], res
+    assert res["fail"][0].startswith("E:22012"), res
+    assert denied(res["rollback_to"]) and "sp_v is newer than the masked columns' lineage" in res["rollback_to"][0], res
     assert res["leaks"] == [], res
 
 
@@ -971,7 +1011,7 @@ def test_a_create_is_not_read_for_but_a_relation_it_shares_is(enforcer, pg, tmp)
     SELECT before a CREATE ... IF NOT EXISTS of a view's name made past agentgate would
     read that view (the CREATE then only notes that it exists)."""
     rules = [{"target": "shop", "allow": {"statements": ["select", "insert", "create_table"],
-                                          "tables": ["public.*"]},
+                                          "tables": ["public.*", "pg_temp.*"]},
               "mask": {"columns": ["public.customers.cc"]}}]
     pg.sql("GRANT CREATE ON SCHEMA public TO app")
     enforcer.start(policy(pg, tmp, rules=rules))
@@ -987,6 +1027,9 @@ out["create"] = step(one, Q("CREATE TABLE own_t (id int)"))
 out["insert"] = step(one, Q("INSERT INTO own_t VALUES (1)"))
 out["select"] = step(one, Q("SELECT id FROM own_t"))
 out["commit"] = step(one, Q("COMMIT"))
+out["temp"] = step(one, Q("BEGIN; CREATE TEMP TABLE tt (id int); INSERT INTO tt VALUES (2)"))
+out["temp_select"] = step(one, Q("SELECT id FROM tt"))
+out["temp_commit"] = step(one, Q("COMMIT"))
 out["leaks"] = leaks(one)
 print(json.dumps(out))
 """)
@@ -994,6 +1037,10 @@ print(json.dumps(out))
     assert res["insert"][:2] == ["C:INSERT 0 1", "ZT"], res
     assert res["select"][:3] == ["T", "D:1", "C:SELECT 1"], res
     assert res["commit"][:2] == ["C:COMMIT", "ZI"], res
+    # the session's own temporary table, named unqualified, inside its transaction
+    assert res["temp"][-1] == "ZT", res["temp"]
+    assert res["temp_select"][:4] == ["T", "D:2", "C:SELECT 1", "ZT"], res
+    assert res["temp_commit"][:2] == ["C:COMMIT", "ZI"], res
     assert denied(res["shared"]) and "masked column cc" in res["shared"][0], res
     assert res["leaks"] == [], res
 
