@@ -150,6 +150,7 @@ struct stmt_info {
 	int nneeds;
 	uint32_t tables;           /* bits into out->tables */
 	uint8_t first_table;       /* 1 + the index of the first relation walked, 0: none */
+	uint8_t into_table;        /* 1 + the index of SELECT INTO's new table, 0: none */
 	uint32_t funcs;            /* bits into walker.funcs */
 	bool implicit;             /* allowed without a rule (transaction control, ...) */
 	bool opaque;               /* names objects the walk cannot see: no tables: rule fits */
@@ -213,6 +214,7 @@ struct func {
 
 struct walker {
 	struct pgj j;
+	bool into_next;                /* the relation added next is SELECT INTO's */
 	const struct pgc_ctx *ctx;
 	const char *schema;            /* the pinned search_path */
 	struct pgc_result *out;
@@ -381,6 +383,8 @@ static void add_table(struct walker *w, const char *schema, const char *rel)
 			w->st->tables |= 1u << i;
 			if (!w->st->first_table)
 				w->st->first_table = (uint8_t)(i + 1);
+			if (w->into_next)
+				w->st->into_table = (uint8_t)(i + 1);
 			return;
 		}
 	}
@@ -392,6 +396,8 @@ static void add_table(struct walker *w, const char *schema, const char *rel)
 	w->st->tables |= 1u << o->ntables;
 	if (!w->st->first_table)
 		w->st->first_table = (uint8_t)(o->ntables + 1);
+	if (w->into_next)
+		w->st->into_table = (uint8_t)(o->ntables + 1);
 	o->ntables++;
 }
 
@@ -1607,10 +1613,13 @@ static void walk_select(struct walker *w, int body, struct scope *parent, bool o
 		struct cte *c;
 		int rel = pgj_get(j, into, "rel");
 
-		if (rel < 0)
+		if (rel < 0) {
 			deny(w, "malformed SELECT INTO");
-		else
+		} else {
+			w->into_next = true;
 			relation(w, rel, &sc, false, &ts, &tr, &c);
+			w->into_next = false;
+		}
 	}
 	locks = pgj_get(j, body, "lockingClause");
 	for (int l = pgj_first(j, locks); l >= 0; l = pgj_after(j, locks, l))
@@ -3471,6 +3480,7 @@ static enum cache_as judge_parsed(struct tstate *t, const struct pgc_ctx *ctx,
 		o->cls = w->stmts[s].cls;
 		o->tables = w->stmts[s].tables;
 		o->first_table = w->stmts[s].first_table;
+		o->into_table = w->stmts[s].into_table;
 		snprintf(o->tag, sizeof(o->tag), "%s", w->stmts[s].tag);
 	}
 	if (!w->denied)

@@ -140,6 +140,7 @@ struct pgc_stmt {
 	uint32_t tables;                 /* bit i: the message's tables[i] */
 	uint8_t first_table;             /* 1 + the index of the first relation the walk met
 					  * (a CREATE's target: its RangeVar comes first), 0: none */
+	uint8_t into_table;              /* 1 + the index of SELECT INTO's new table, 0: none */
 };
 
 struct pgc_result {

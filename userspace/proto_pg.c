@@ -464,6 +464,8 @@ struct pg_sess {
 	bool judging_parse;            /* fe_parse() is judging: its own Parse set unsynced */
 	bool unsynced_before;          /* unsynced before that Parse */
 	char refresh_tx;               /* s->tx when the refresh was sent ('I', or 'T': unknown_rel()) */
+	bool refresh_lineage_only;     /* it reads the lineage only (start_refresh()) */
+	bool temp_valid;               /* no statement since the read could drop a temporary table */
 	/* The relations of the database (but PostgreSQL's own schemas) when
 	 * the lineage was read (PG_RELS_Q, "schema.name", sorted): a
 	 * statement of a masking session that names another is judged only
@@ -1510,7 +1512,8 @@ static bool pinned_rules_same(struct conn *c, char *why, size_t whylen)
 	return same;
 }
 
-static bool refresh_may(struct conn *c, bool changing);
+static bool refresh_may(struct conn *c);
+static bool dml_only(const struct pgc_result *r);
 static const char *unknown_rel(struct conn *c, const struct pg_sess *s, const struct pgc_result *r);
 
 /* fe_query(), fe_parse(): the message waits for a read of the lineage, then
@@ -1619,7 +1622,7 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 	const char *unk;
 
 	if (r->verdict != PGC_DENY && (unk = unknown_rel(c, s, r))) {
-		if (!s->tried_for_stmt && refresh_may(c, changing)) {
+		if (!s->tried_for_stmt && refresh_may(c)) {
 			s->redo = true;
 			snprintf(why, whylen, "the lineage is read again first");
 			goto early;
@@ -1640,6 +1643,8 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 				 "the statement again in a new transaction", unk);
 		}
 	}
+	if (r->verdict != PGC_DENY && !dml_only(r))
+		s->temp_valid = false;   /* unknown_rel() */
 	/* from the moment it may reach the server, a statement that can add
 	 * functions or operators leaves the names read at the start behind */
 	if (r->changes_names && (r->verdict == PGC_ALLOW || c->policy->mode == POLICY_OBSERVE)) {
@@ -3354,6 +3359,7 @@ static void rels_commit(struct pg_sess *s)
 	s->rels_new = NULL;
 	s->nrels_new = s->caprels_new = 0;
 	s->rels_ready = true;
+	s->temp_valid = true;
 }
 
 static void rels_drop_new(struct pg_sess *s)
@@ -3396,28 +3402,53 @@ static bool rel_known(const struct pg_sess *s, const char *name)
 	return s->nrels && bsearch(&name, s->rels, s->nrels, sizeof(*s->rels), cmp_cstr);
 }
 
+static bool dml_only(const struct pgc_result *r)
+{
+	for (int k = 0; k < r->nstmts && k < PGC_MAX_STMTS; k++)
+		if (r->stmts[k].cls != PGC_READ && r->stmts[k].cls != PGC_WRITE)
+			return false;
+	return true;
+}
+
+/* A statement whose relations are names only: a DROP (IF EXISTS of one
+ * that is not there), an index (PG_RELS_Q leaves indexes out). */
+static bool names_only(const char *tag)
+{
+	return strncmp(tag, "drop_", 5) == 0 || strcmp(tag, "alter_index") == 0 ||
+	       strncmp(tag, "reindex", 7) == 0;
+}
+
 static const char *unknown_rel(struct conn *c, const struct pg_sess *s, const struct pgc_result *r)
 {
 	const char *sp = search_path(c);
 	size_t spl = strlen(sp);
-	uint32_t created = 0, named_by[PGC_MAX_TABLES] = { 0 };
+	uint32_t created = 0, checked = 0, named_by[PGC_MAX_TABLES] = { 0 };
+	/* a temporary table known from the read may be gone since: ROLLBACK
+	 * (TO SAVEPOINT), DROP, DISCARD, COMMIT of ON COMMIT DROP, in this
+	 * message or one after the read (review) */
+	bool temp_ok = s->temp_valid && dml_only(r);
 
 	if (!s->lineage_on || !s->rels_ready)
 		return NULL;
-	for (int k = 0; k < r->nstmts && k < PGC_MAX_STMTS; k++)
+	for (int k = 0; k < r->nstmts && k < PGC_MAX_STMTS; k++) {
+		if (!names_only(r->stmts[k].tag))
+			checked |= r->stmts[k].tables;
 		for (int i = 0; i < r->ntables && i < PGC_MAX_TABLES; i++)
 			if (r->stmts[k].tables >> i & 1)
 				named_by[i]++;
+	}
 	for (int k = 0; k < r->nstmts && k < PGC_MAX_STMTS; k++) {
-		int f = r->stmts[k].first_table - 1;
+		int f = r->stmts[k].first_table - 1, t = r->stmts[k].into_table - 1;
 
 		if (makes_relation(r->stmts[k].tag) && f >= 0 && f < r->ntables && named_by[f] == 1)
 			created |= 1u << f;
+		if (t >= 0 && t < r->ntables && named_by[t] == 1)
+			created |= 1u << t;
 	}
-	for (int i = 0; i < r->ntables; i++) {
+	for (int i = 0; i < r->ntables && i < PGC_MAX_TABLES; i++) {
 		const char *t = r->tables[i];
 
-		if ((i < 32 && (created >> i & 1)) || strncmp(t, "pg_catalog.", 11) == 0 ||
+		if ((created >> i & 1) || !(checked >> i & 1) || strncmp(t, "pg_catalog.", 11) == 0 ||
 		    strncmp(t, "information_schema.", 19) == 0)
 			continue;
 		if (rel_known(s, t))
@@ -3431,7 +3462,7 @@ static const char *unknown_rel(struct conn *c, const struct pg_sess *s, const st
 		 * of one of the agent's temporary tables). */
 		char tn[sizeof(r->tables[0]) + 8];
 
-		if (strncmp(t, sp, spl) == 0 && t[spl] == '.' &&
+		if (temp_ok && strncmp(t, sp, spl) == 0 && t[spl] == '.' &&
 		    snprintf(tn, sizeof(tn), "pg_temp.%s", t + spl + 1) < (int)sizeof(tn) && rel_known(s, tn))
 			continue;
 		return t;
@@ -3848,21 +3879,21 @@ static bool lineage_due(struct conn *c, struct pg_sess *s)
 }
 
 /* Whether the session can read its names (and lineage) again now: nothing
- * in flight, and no change of names open on the database. The read is
- * paid from the agent's parse budget (process_upstream): past it the
- * session stays careful, and tries again next statement (not counted as a
- * refusal: nothing was refused). Inside a transaction ('T') only for
- * unknown_rel(): names_changer then covers the session's own changes. */
-static bool refresh_may(struct conn *c, bool changing)
+ * in flight. The read is paid from the agent's parse budget
+ * (process_upstream): past it the session stays careful, and tries again
+ * next statement (not counted as a refusal: nothing was refused). Inside a
+ * transaction ('T') only for unknown_rel(), as is a read while a change of
+ * names is open: those read the lineage only (start_refresh()). */
+static bool refresh_may(struct conn *c)
 {
 	struct pg_sess *s = S(c);
 
 	/* a Parse being judged set unsynced itself (fe_message()) */
 	bool unsynced = s->judging_parse ? s->unsynced_before : s->unsynced;
 
-	return s->cat_ready && !changing && (s->tx == 'I' || s->tx == 'T') && !s->qlen && !unsynced &&
-	       !s->skip_to_sync && !s->copy_in && !s->copy_wait && !s->up_pass && !s->names_changer &&
-	       !s->out.len && conn_parse_may(c, NULL, 0);
+	return s->cat_ready && (s->tx == 'I' || s->tx == 'T') && !s->qlen && !unsynced &&
+	       !s->skip_to_sync && !s->copy_in && !s->copy_wait && !s->up_pass && !s->out.len &&
+	       conn_parse_may(c, NULL, 0);
 }
 
 /* Whether the session reads its names (and lineage) again before judging
@@ -3874,9 +3905,9 @@ static bool refresh_due(struct conn *c)
 	bool changing = names_changing(c);   /* first: as in judge() */
 	uint64_t now = atomic_load(names_epoch_of(c));
 
-	return !changing && s->tx == 'I' &&
+	return !changing && !s->names_changer && s->tx == 'I' &&
 	       ((now != s->names_epoch && now != s->refresh_epoch) || lineage_due(c, s)) &&
-	       refresh_may(c, changing);
+	       refresh_may(c);
 }
 
 /* The names query again, with the lineage query when the session masks
@@ -3887,18 +3918,20 @@ static int start_refresh(struct conn *c)
 	struct pg_sess *s = S(c);
 	size_t n = 0, cap = (s->lineage_on ? catalog_cap(c) : 0) + 4096;
 	char *sql = malloc(cap);
-	bool in_tx = s->tx != 'I';
-	int err;
-
-	if (!sql)
-		return -ENOMEM;
 	/* Inside the agent's transaction (unknown_rel()) only the lineage is
 	 * read, and nothing counts as read for the epochs or the lineage's
 	 * age: under REPEATABLE READ the read sees the transaction's
 	 * snapshot, while PostgreSQL resolves the names of functions and
 	 * relations afresh (review). The lineage read so is due again once
-	 * the session is idle. */
+	 * the session is idle. So too while a change of names is open (this
+	 * session's or another's): the names would be read half changed. */
+	bool in_tx = s->tx != 'I' || names_changing(c) || s->names_changer;
+	int err;
+
+	if (!sql)
+		return -ENOMEM;
 	s->refresh_tx = s->tx;
+	s->refresh_lineage_only = in_tx;
 	rels_drop_new(s);
 	s->lineage_refresh = false;
 	if (!in_tx)
@@ -3995,7 +4028,10 @@ static bool lineage_changed(struct pg_sess *s)
  * ones read before put back. */
 static void refresh_end(struct pg_sess *s, bool failed)
 {
-	bool in_tx = s->refresh_tx != 'I';   /* the lineage only (start_refresh()) */
+	bool in_tx = s->refresh_lineage_only;   /* start_refresh() */
+	/* a read of the names alone (the lineage query could not be built)
+	 * does not count for unknown_rel() */
+	bool ok = !failed && (s->lineage_refresh || !s->lineage_on);
 
 	if (failed) {
 		if (!in_tx) {
@@ -4041,7 +4077,7 @@ static void refresh_end(struct pg_sess *s, bool failed)
 	s->prev_names = NULL;
 	s->prev_kinds = NULL;
 	s->prev_nnames = s->prev_capnames = 0;
-	s->refresh_ok = !failed;
+	s->refresh_ok = ok;
 	s->refresh_failed = false;
 	s->just_refreshed = true;
 }
@@ -4092,7 +4128,7 @@ static int up_refresh(struct conn *c, const struct pg_msg *m)
 				return fatal(c, "XX000", "agentgate: cannot read the catalog for masking");
 			return 0;
 		}
-		if (s->refresh_tx != 'I')
+		if (s->refresh_lineage_only)
 			return fatal(c, "08P01", "agentgate: unexpected row during the lineage query");
 		if ((err = names_row(s, m)) == -ENOMEM)
 			return err;
@@ -4130,7 +4166,7 @@ static int up_refresh(struct conn *c, const struct pg_msg *m)
 				     "names query");
 		if (!s->refresh_failed && s->lineage_refresh && s->cat_shown && !s->cat_dependents_sent)
 			return send_dependents(c);   /* as at the start (up_catalog()) */
-		if (!s->refresh_failed && s->refresh_tx == 'I' && (err = names_ready(s)))
+		if (!s->refresh_failed && !s->refresh_lineage_only && (err = names_ready(s)))
 			return fatal(c, "XX000", "agentgate: cannot read the pinned schema's functions and operators");
 		refresh_end(s, s->refresh_failed);
 		s->tx = st;

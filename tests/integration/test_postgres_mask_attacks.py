@@ -1010,12 +1010,14 @@ def test_a_create_is_not_read_for_but_a_relation_it_shares_is(enforcer, pg, tmp)
     transaction works. But only when no other statement of the message names it: a
     SELECT before a CREATE ... IF NOT EXISTS of a view's name made past agentgate would
     read that view (the CREATE then only notes that it exists)."""
-    rules = [{"target": "shop", "allow": {"statements": ["select", "insert", "create_table"],
+    rules = [{"target": "shop", "allow": {"statements": ["select", "insert", "create_table", "create_index",
+                                                         "drop_index", "drop_table", "select_into"],
                                           "tables": ["public.*", "pg_temp.*"]},
               "mask": {"columns": ["public.customers.cc"]}}]
     pg.sql("GRANT CREATE ON SCHEMA public TO app")
     enforcer.start(policy(pg, tmp, rules=rules))
-    with other_client(pg, tmp, "CREATE VIEW dba_v AS SELECT id, cc FROM customers; GRANT SELECT ON dba_v TO app") as pre:
+    with other_client(pg, tmp, "CREATE VIEW dba_v AS SELECT id, cc FROM customers; GRANT SELECT ON dba_v TO app",
+                      "CREATE VIEW v AS SELECT id, cc FROM customers; GRANT SELECT ON v TO app") as pre:
         res = run(enforcer, pg, pre + r"""
 out = {}
 one = Rec("127.0.0.1", PORT)
@@ -1030,6 +1032,14 @@ out["commit"] = step(one, Q("COMMIT"))
 out["temp"] = step(one, Q("BEGIN; CREATE TEMP TABLE tt (id int); INSERT INTO tt VALUES (2)"))
 out["temp_select"] = step(one, Q("SELECT id FROM tt"))
 out["temp_commit"] = step(one, Q("COMMIT"))
+# names that are never relations a read could find: an index, a DROP ... IF EXISTS
+out["ddl"] = step(one, Q("BEGIN") + Q("CREATE INDEX own_i ON own_t (id)") + Q("DROP INDEX own_i") +
+                       Q("DROP TABLE IF EXISTS nope_t") + Q("SELECT id INTO own_t2 FROM own_t") + Q("COMMIT"), 6)
+# a temporary table known from a read, rolled back: the name is the database's view now
+out["tv"] = step(one, Q("BEGIN") + Q("CREATE TEMP TABLE v (id int)"), 2)
+out["tv_read"] = step(one, Q("SELECT id FROM v"))
+turn(1)
+out["tv_gone"] = step(one, Q("ROLLBACK; SELECT upper(cc) FROM v"))
 out["leaks"] = leaks(one)
 print(json.dumps(out))
 """)
@@ -1041,6 +1051,10 @@ print(json.dumps(out))
     assert res["temp"][-1] == "ZT", res["temp"]
     assert res["temp_select"][:4] == ["T", "D:2", "C:SELECT 1", "ZT"], res
     assert res["temp_commit"][:2] == ["C:COMMIT", "ZI"], res
+    ddl = json.dumps(res["ddl"])
+    assert "E:" not in ddl and "C:CREATE INDEX" in ddl and "C:DROP INDEX" in ddl and "C:COMMIT" in ddl, ddl
+    assert res["tv_read"][:3] == ["T", "C:SELECT 0", "ZT"], res
+    assert denied(res["tv_gone"]) and "masked column cc" in res["tv_gone"][0], res
     assert denied(res["shared"]) and "masked column cc" in res["shared"][0], res
     assert res["leaks"] == [], res
 

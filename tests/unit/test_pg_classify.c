@@ -1524,7 +1524,12 @@ static void test_per_statement(void)
 	CHECK(r.nstmts == 1 && r.stmts[0].first_table == 1);
 	CHECK_STR(r.tables[0], "public.t3");
 	r = judge("SELECT 1");
-	CHECK(r.nstmts == 1 && r.stmts[0].first_table == 0);
+	CHECK(r.nstmts == 1 && r.stmts[0].first_table == 0 && r.stmts[0].into_table == 0);
+	/* SELECT INTO's new table is walked after WITH: marked as such */
+	r = judge("WITH w AS (SELECT id FROM orders) SELECT id INTO t5 FROM w");
+	CHECK(r.nstmts == 1 && r.stmts[0].into_table >= 1 && r.stmts[0].first_table == 1);
+	CHECK_STR(r.tables[r.stmts[0].into_table - 1], "public.t5");
+	CHECK_STR(r.tables[0], "public.orders");
 	/* denied by the rules at the second: the first judged allow, the
 	 * second is the reason, the third was not judged */
 	r = judge("SELECT * FROM orders; DELETE FROM orders; SELECT 1");
