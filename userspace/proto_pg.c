@@ -122,6 +122,9 @@
 	"ON n.oid = c.relnamespace WHERE c.relkind NOT IN ('i', 'I', 't') AND " \
 	"n.nspname NOT IN ('pg_catalog', 'information_schema') AND " \
 	"(n.nspname !~ '^pg_(toast|temp_|toast_temp_)' OR n.oid = pg_catalog.pg_my_temp_schema())"
+/* A read inside the agent's transaction: under which isolation (two
+ * columns: the names query, never sent then, has two as well) */
+#define PG_ISO_Q "SELECT 'i', pg_catalog.current_setting('transaction_isolation')"
 #define PG_DB_RELS_MAX 65536   /* relations a masking session keeps the names of */
 #define PG_APPNAME_MAX  63
 #define PG_DISCARD_MAX  (256u << 20)      /* an oversized message up to this is read and dropped */
@@ -465,7 +468,7 @@ struct pg_sess {
 	bool unsynced_before;          /* unsynced before that Parse */
 	char refresh_tx;               /* s->tx when the refresh was sent ('I', or 'T': unknown_rel()) */
 	bool refresh_lineage_only;     /* it reads the lineage only (start_refresh()) */
-	bool temp_valid;               /* no statement since the read could drop a temporary table */
+	bool refresh_rc;               /* the read inside a transaction ran under READ COMMITTED */
 	/* The relations of the database (but PostgreSQL's own schemas) when
 	 * the lineage was read (PG_RELS_Q, "schema.name", sorted): a
 	 * statement of a masking session that names another is judged only
@@ -1513,8 +1516,7 @@ static bool pinned_rules_same(struct conn *c, char *why, size_t whylen)
 }
 
 static bool refresh_may(struct conn *c);
-static bool dml_only(const struct pgc_result *r);
-static const char *unknown_rel(struct conn *c, const struct pg_sess *s, const struct pgc_result *r);
+static const char *unknown_rel(const struct pg_sess *s, const struct pgc_result *r);
 
 /* fe_query(), fe_parse(): the message waits for a read of the lineage, then
  * is judged again (judge(): s->redo). */
@@ -1613,15 +1615,18 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 	 * again first, once per statement, when nothing is in flight, inside
 	 * the agent's transaction too (the read runs in it, and sees the
 	 * relations its statements would). One still unknown after the read:
-	 * at idle, one that does not exist (the server says so) or was made
-	 * in the moment since; inside a transaction, one its snapshot hides
-	 * from the read (REPEATABLE READ) while the server resolves names
-	 * afresh: denied. A failed transaction cannot read it, and still runs
-	 * a ROLLBACK (TO SAVEPOINT) and what follows it in the message: denied
-	 * too (review). So is one whose read failed (too many names). */
+	 * at idle or inside a READ COMMITTED transaction (the read saw the
+	 * catalog as it is now), one that does not exist (the server says
+	 * so), an index, a temporary table named without pg_temp, or one made
+	 * in the moment since; inside a REPEATABLE READ or SERIALIZABLE
+	 * transaction, maybe one its snapshot hides from the read while the
+	 * server resolves names afresh: denied. A failed transaction cannot
+	 * read it, and still runs a ROLLBACK (TO SAVEPOINT) and what follows
+	 * it in the message: denied too (review). So is one whose read failed
+	 * (too many names). */
 	const char *unk;
 
-	if (r->verdict != PGC_DENY && (unk = unknown_rel(c, s, r))) {
+	if (r->verdict != PGC_DENY && (unk = unknown_rel(s, r))) {
 		if (!s->tried_for_stmt && refresh_may(c)) {
 			s->redo = true;
 			snprintf(why, whylen, "the lineage is read again first");
@@ -1635,7 +1640,7 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 				 "columns' lineage this session read, which could not be read again for it "
 				 "(requests in flight, a transaction failed, or a change open); send the "
 				 "statement again once the session is idle", unk);
-		} else if (s->tx != 'I') {
+		} else if (s->tx != 'I' && !s->refresh_rc) {
 			r->verdict = PGC_DENY;
 			r->denied_stmt = -1;
 			snprintf(r->reason, sizeof(r->reason), "relation %.128s is not in the masked "
@@ -1643,8 +1648,6 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 				 "the statement again in a new transaction", unk);
 		}
 	}
-	if (r->verdict != PGC_DENY && !dml_only(r))
-		s->temp_valid = false;   /* unknown_rel() */
 	/* from the moment it may reach the server, a statement that can add
 	 * functions or operators leaves the names read at the start behind */
 	if (r->changes_names && (r->verdict == PGC_ALLOW || c->policy->mode == POLICY_OBSERVE)) {
@@ -3052,7 +3055,11 @@ static void lit(char *buf, size_t cap, size_t *n, const char *s)
  * plan, and most databases have no such relation): every column of those
  * relations, which is what RowDescription reports for them, as (oid,
  * attnum, its own name, the name of the column of ours it shows, 0):
- * inheritance children and partitions (their column of the same name), and
+ * inheritance children and partitions (their column of the same name),
+ * inheritance parents and partitioned tables above (theirs: a SELECT of
+ * the parent returns the child's rows; review, stop 39; from there their
+ * other children's columns of that name too, which show no masked value
+ * and are masked all the same), and
  * views and materialized views, recursively: every column of a view that
  * reads a column of ours anywhere (select list, WHERE, joins), paired with
  * each such column, since pg_depend does not say which output column comes
@@ -3065,7 +3072,7 @@ static void lit(char *buf, size_t cap, size_t *n, const char *s)
  * ordered by oid and attnum. False when no table is named.
  */
 #define CAT_SHOWN_BY \
-	"EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhparent = c.oid) OR " \
+	"EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhparent = c.oid OR i.inhrelid = c.oid) OR " \
 	"EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.refclassid = " \
 	"'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = c.oid AND d.classid = " \
 	"'pg_catalog.pg_rewrite'::pg_catalog.regclass)"
@@ -3081,6 +3088,10 @@ static void lit(char *buf, size_t cap, size_t *n, const char *s)
 	"JOIN pg_catalog.pg_attribute pa ON pa.attrelid = r.oid AND pa.attnum = r.att " \
 	"JOIN pg_catalog.pg_attribute ca ON ca.attrelid = i.inhrelid AND ca.attname = pa.attname " \
 	"WHERE i.inhparent = r.oid UNION ALL " \
+	"SELECT i.inhparent, pa.attnum FROM pg_catalog.pg_inherits i " \
+	"JOIN pg_catalog.pg_attribute ca ON ca.attrelid = r.oid AND ca.attnum = r.att " \
+	"JOIN pg_catalog.pg_attribute pa ON pa.attrelid = i.inhparent AND pa.attname = ca.attname " \
+	"WHERE i.inhrelid = r.oid UNION ALL " \
 	"SELECT w.ev_class, va.attnum FROM pg_catalog.pg_depend d " \
 	"JOIN pg_catalog.pg_rewrite w ON w.oid = d.objid " \
 	"JOIN pg_catalog.pg_attribute va ON va.attrelid = w.ev_class AND va.attnum > 0 " \
@@ -3359,7 +3370,6 @@ static void rels_commit(struct pg_sess *s)
 	s->rels_new = NULL;
 	s->nrels_new = s->caprels_new = 0;
 	s->rels_ready = true;
-	s->temp_valid = true;
 }
 
 static void rels_drop_new(struct pg_sess *s)
@@ -3402,31 +3412,16 @@ static bool rel_known(const struct pg_sess *s, const char *name)
 	return s->nrels && bsearch(&name, s->rels, s->nrels, sizeof(*s->rels), cmp_cstr);
 }
 
-static bool dml_only(const struct pgc_result *r)
-{
-	for (int k = 0; k < r->nstmts && k < PGC_MAX_STMTS; k++)
-		if (r->stmts[k].cls != PGC_READ && r->stmts[k].cls != PGC_WRITE)
-			return false;
-	return true;
-}
-
 /* A statement whose relations are names only: a DROP (IF EXISTS of one
- * that is not there), an index (PG_RELS_Q leaves indexes out). */
+ * that is not there, an index: PG_RELS_Q leaves indexes out), a REINDEX. */
 static bool names_only(const char *tag)
 {
-	return strncmp(tag, "drop_", 5) == 0 || strcmp(tag, "alter_index") == 0 ||
-	       strncmp(tag, "reindex", 7) == 0;
+	return strncmp(tag, "drop_", 5) == 0 || strncmp(tag, "reindex", 7) == 0;
 }
 
-static const char *unknown_rel(struct conn *c, const struct pg_sess *s, const struct pgc_result *r)
+static const char *unknown_rel(const struct pg_sess *s, const struct pgc_result *r)
 {
-	const char *sp = search_path(c);
-	size_t spl = strlen(sp);
 	uint32_t created = 0, checked = 0, named_by[PGC_MAX_TABLES] = { 0 };
-	/* a temporary table known from the read may be gone since: ROLLBACK
-	 * (TO SAVEPOINT), DROP, DISCARD, COMMIT of ON COMMIT DROP, in this
-	 * message or one after the read (review) */
-	bool temp_ok = s->temp_valid && dml_only(r);
 
 	if (!s->lineage_on || !s->rels_ready)
 		return NULL;
@@ -3451,21 +3446,15 @@ static const char *unknown_rel(struct conn *c, const struct pg_sess *s, const st
 		if ((created >> i & 1) || !(checked >> i & 1) || strncmp(t, "pg_catalog.", 11) == 0 ||
 		    strncmp(t, "information_schema.", 19) == 0)
 			continue;
-		if (rel_known(s, t))
-			continue;
-		/* The classifier judges an unqualified name as the pinned
-		 * schema's; PostgreSQL looks in the session's temporary schema
-		 * first. A temporary table of the session's own (made through
-		 * agentgate) is taken for that name, or every statement over it
-		 * would read the lineage again (known limit: an explicit
-		 * schema.name of a relation made past agentgate under the name
-		 * of one of the agent's temporary tables). */
-		char tn[sizeof(r->tables[0]) + 8];
-
-		if (temp_ok && strncmp(t, sp, spl) == 0 && t[spl] == '.' &&
-		    snprintf(tn, sizeof(tn), "pg_temp.%s", t + spl + 1) < (int)sizeof(tn) && rel_known(s, tn))
-			continue;
-		return t;
+		/* An unqualified name of one of the session's temporary tables
+		 * is judged as the pinned schema's (PostgreSQL looks in the
+		 * temporary schema first), and is not among those read: each
+		 * statement over it reads the lineage again. Taking pg_temp.name
+		 * for it was not safe: the temporary table may be gone when the
+		 * statement runs (ROLLBACK, DROP, a procedure), and the name the
+		 * database's relation (review, stop 39). */
+		if (!rel_known(s, t))
+			return t;
 	}
 	return NULL;
 }
@@ -3932,6 +3921,7 @@ static int start_refresh(struct conn *c)
 		return -ENOMEM;
 	s->refresh_tx = s->tx;
 	s->refresh_lineage_only = in_tx;
+	s->refresh_rc = false;
 	rels_drop_new(s);
 	s->lineage_refresh = false;
 	if (!in_tx)
@@ -3968,7 +3958,7 @@ static int start_refresh(struct conn *c)
 	}
 	s->phase = PH_UP_REFRESH;
 	if (in_tx) {
-		err = send_ours(c, (const char *[]){ PG_OID_HIGH_Q, PG_RELS_Q, sql }, 3);
+		err = send_ours(c, (const char *[]){ PG_ISO_Q, PG_OID_HIGH_Q, PG_RELS_Q, sql }, 4);
 		free(sql);
 		return err;
 	}
@@ -4128,8 +4118,16 @@ static int up_refresh(struct conn *c, const struct pg_msg *m)
 				return fatal(c, "XX000", "agentgate: cannot read the catalog for masking");
 			return 0;
 		}
-		if (s->refresh_lineage_only)
-			return fatal(c, "08P01", "agentgate: unexpected row during the lineage query");
+		if (s->refresh_lineage_only) {   /* PG_ISO_Q's */
+			const uint8_t *v[2];
+			int32_t vl[2];
+
+			if (pg_datarow_begin(m, &d) || d.ncols != 2 || pg_datarow_next(&d, &v[0], &vl[0]) != 1 ||
+			    pg_datarow_next(&d, &v[1], &vl[1]) != 1 || vl[0] != 1 || v[0][0] != 'i')
+				return fatal(c, "08P01", "agentgate: unexpected row during the lineage query");
+			s->refresh_rc = vl[1] == 14 && memcmp(v[1], "read committed", 14) == 0;
+			return 0;
+		}
 		if ((err = names_row(s, m)) == -ENOMEM)
 			return err;
 		if (err == -E2BIG)
