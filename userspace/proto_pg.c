@@ -3379,20 +3379,6 @@ static void rels_drop_new(struct pg_sess *s)
 	s->nrels_new = s->caprels_new = 0;
 }
 
-/*
- * A relation the message names that was not in the database when the
- * lineage was read (rels), NULL when there is none. Masking knows the
- * relations that show a masked table's rows (views, children, partitions)
- * only from that read, so one made since, past agentgate (a DBA's psql),
- * is unknown to it: a plain column of it is masked whole (oid_high), but
- * an expression, a WHERE or an ORDER BY over it carries no relation the
- * server could name, and came in clear (known limit, stop 38). The
- * relation a CREATE makes (its statement's first table) does not count
- * when no other statement of the message names it (one before it would
- * read a relation of that name made past agentgate, one after it what
- * CREATE ... IF NOT EXISTS left there), nor do PostgreSQL's own schemas,
- * which PG_RELS_Q leaves out.
- */
 static bool makes_relation(const char *tag)
 {
 	/* not create_index, _trigger, _rule, _policy, _statistics: their
@@ -3419,6 +3405,22 @@ static bool names_only(const char *tag)
 	return strncmp(tag, "drop_", 5) == 0 || strncmp(tag, "reindex", 7) == 0;
 }
 
+/*
+ * A relation the message names that was not in the database when the
+ * lineage was read (rels), NULL when there is none. Masking knows the
+ * relations that show a masked table's rows (views, children, partitions,
+ * parents) only from that read, so one made since, past agentgate (a
+ * DBA's psql), is unknown to it: a plain column of it is masked whole
+ * (oid_high), but an expression, a WHERE or an ORDER BY over it carries no
+ * relation the server could name, and came in clear (known limit, stop
+ * 38). The relation a CREATE makes (its statement's first table,
+ * makes_relation()) or a SELECT INTO fills does not count when no other
+ * statement of the message names it (one before it would read a relation
+ * of that name made past agentgate, one after it what CREATE ... IF NOT
+ * EXISTS left there); nor do the names of a DROP or REINDEX
+ * (names_only()), nor PostgreSQL's own schemas, which PG_RELS_Q leaves
+ * out.
+ */
 static const char *unknown_rel(const struct pg_sess *s, const struct pgc_result *r)
 {
 	uint32_t created = 0, checked = 0, named_by[PGC_MAX_TABLES] = { 0 };
