@@ -248,8 +248,8 @@ def test_one_agent_cannot_stop_the_others_recording(enforcer, servers):
     port, _ = servers.echo()
     rec = os.path.join(enforcer.tmp, "rec")
     pol = rec_policy(port, enforcer.audit, rec, ", max_bytes: 1MiB")
-    pol = pol.replace("agents: [{name: t-agent}]", "agents: [{name: t-agent}, {name: other}]")
-    pol = pol.replace("agents: [t-agent]}]", "agents: [t-agent, other]}]")
+    pol = pol.replace("agents: [{name: t-agent}]", "agents: [{name: t-agent}, {name: t-other}]")
+    pol = pol.replace("agents: [t-agent]}]", "agents: [t-agent, t-other]}]")
     enforcer.start(pol)
     hogs = [subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", "t-agent", "--",
                               PY, "-c", STREAM, str(port), "4", "30"], stdout=subprocess.PIPE, text=True)
@@ -257,11 +257,11 @@ def test_one_agent_cannot_stop_the_others_recording(enforcer, servers):
     try:
         for h in hogs:
             assert h.stdout.readline().strip() == "streamed"
-        r = enforcer.exec("other", [PY, "-c", CHAT, str(port), "10"])
+        r = enforcer.exec("t-other", [PY, "-c", CHAT, str(port), "10"])
         assert r.stdout.strip() == "OK", r.stdout + r.stderr
         time.sleep(0.5)
         idx = {n: open(os.path.join(rec, n + ".idx")).read() for n in sessions(rec)}
-        mine = [n for n, t in idx.items() if '"agent":"other"' in t.splitlines()[0]]
+        mine = [n for n, t in idx.items() if '"agent":"t-other"' in t.splitlines()[0]]
         assert len(mine) == 1 and "# truncated" not in idx[mine[0]], idx.get(mine[0] if mine else "", "")
         hog_idx = [t for n, t in idx.items() if n not in mine]
         assert len(hog_idx) == 8
@@ -282,10 +282,10 @@ def test_recording_space_goes_back_from_the_agent_that_takes_most(enforcer, serv
     port, _ = servers.echo()
     rec = os.path.join(enforcer.tmp, "rec")
     pol = rec_policy(port, enforcer.audit, rec, ", max_bytes: 96KiB")
-    pol = pol.replace("agents: [{name: t-agent}]", "agents: [{name: t-agent}, {name: other}]")
-    pol = pol.replace("agents: [t-agent]}]", "agents: [t-agent, other]}]")
+    pol = pol.replace("agents: [{name: t-agent}]", "agents: [{name: t-agent}, {name: t-other}]")
+    pol = pol.replace("agents: [t-agent]}]", "agents: [t-agent, t-other]}]")
     enforcer.start(pol)
-    r = enforcer.exec("other", [PY, "-c", CHAT, str(port), "10"])
+    r = enforcer.exec("t-other", [PY, "-c", CHAT, str(port), "10"])
     assert r.stdout.strip() == "OK", r.stdout + r.stderr
     [theirs] = sessions(rec)
     time.sleep(1.1)                          # names start with the second: theirs is the oldest
