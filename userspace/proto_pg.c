@@ -3352,17 +3352,18 @@ static int rels_row(struct pg_sess *s, const struct pg_msg *m)
 	return 0;
 }
 
-static void rels_free(char **rels, uint32_t n)
+/* n strings and their array: the names (names_row()), the relations (rels_row()) */
+static void strv_free(char **v, uint32_t n)
 {
 	for (uint32_t i = 0; i < n; i++)
-		free(rels[i]);
-	free(rels);
+		free(v[i]);
+	free(v);
 }
 
 /* The relations just read become the session's: sorted, for unknown_rel(). */
 static void rels_commit(struct pg_sess *s)
 {
-	rels_free(s->rels, s->nrels);
+	strv_free(s->rels, s->nrels);
 	s->rels = s->rels_new;
 	s->nrels = s->nrels_new;
 	if (s->nrels)
@@ -3374,7 +3375,7 @@ static void rels_commit(struct pg_sess *s)
 
 static void rels_drop_new(struct pg_sess *s)
 {
-	rels_free(s->rels_new, s->nrels_new);
+	strv_free(s->rels_new, s->nrels_new);
 	s->rels_new = NULL;
 	s->nrels_new = s->caprels_new = 0;
 }
@@ -3848,12 +3849,6 @@ static int up_catalog(struct conn *c, const struct pg_msg *m)
 
 static int be_message(struct conn *c, const struct pg_msg *m);
 
-static void names_free(char **names, uint32_t n)
-{
-	for (uint32_t i = 0; i < n; i++)
-		free(names[i]);
-	free(names);
-}
 
 /* The session's lineage may be stale: relations of its database changed
  * through agentgate since it was read (each epoch tried once), or it is
@@ -4027,7 +4022,7 @@ static void refresh_end(struct pg_sess *s, bool failed)
 
 	if (failed) {
 		if (!in_tx) {
-			names_free(s->names, s->nnames);
+			strv_free(s->names, s->nnames);
 			free(s->kinds);
 			s->names = s->prev_names;
 			s->kinds = s->prev_kinds;
@@ -4043,7 +4038,7 @@ static void refresh_end(struct pg_sess *s, bool failed)
 		rels_drop_new(s);
 	} else {
 		if (!in_tx) {
-			names_free(s->prev_names, s->prev_nnames);
+			strv_free(s->prev_names, s->prev_nnames);
 			free(s->prev_kinds);
 			s->names_epoch = s->names_epoch_pending;
 			s->names_stale = false;
@@ -5700,12 +5695,12 @@ static void pg_release(struct conn *c)
 	free(s->cols);
 	free(s->prev_cols);   /* ended during a refresh */
 	free(s->col_found);
-	names_free(s->names, s->nnames);
+	strv_free(s->names, s->nnames);
 	free(s->kinds);
-	names_free(s->prev_names, s->prev_nnames);   /* ended during a refresh */
+	strv_free(s->prev_names, s->prev_nnames);   /* ended during a refresh */
 	free(s->prev_kinds);
-	rels_free(s->rels, s->nrels);
-	rels_free(s->rels_new, s->nrels_new);   /* ended during a read */
+	strv_free(s->rels, s->nrels);
+	strv_free(s->rels_new, s->nrels_new);   /* ended during a read */
 	free(s->cat_v);
 	free(s->afrag);
 	mask_free(s->mask);
