@@ -151,9 +151,9 @@ size_t mask_min_match(const struct mask_rules *m);
 
 /* JSON body masking. The body is validated strictly (RFC 8259: one value,
  * UTF-8, no duplicate member names, no lone surrogates, no \u0000) in one
- * pass without a DOM; the output is compact (insignificant whitespace
- * dropped) and otherwise the input's own bytes: member order, number
- * spelling (big or precise numbers stay exact) and string escapes are kept.
+ * pass without a DOM; the output is the input's own bytes where nothing is
+ * masked: whitespace, member order, number spelling (big or precise numbers
+ * stay exact) and string escapes are kept.
  *   - a value at a policy JSON path becomes the string "****" whatever its
  *     type (objects and arrays are replaced whole);
  *   - every string value is decoded (so "\u0040" hides nothing) and masked

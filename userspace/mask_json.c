@@ -6,8 +6,8 @@
  * descent parser instead of jansson's DOM: jansson re-prints numbers (0.1
  * comes back as 0.10000000000000001, integers past int64 are refused), and
  * a masking proxy must hand the agent the upstream's bytes except where it
- * masks. So values are copied from the input as they are (compacted:
- * whitespace between tokens dropped), strings are decoded only to be
+ * masks. So values are copied from the input as they are (whitespace
+ * between tokens too), strings are decoded only to be
  * scanned, and only a masked string is re-encoded. Strictness is jansson's
  * with JSON_REJECT_DUPLICATES | JSON_DISALLOW_NUL: one RFC 8259 value,
  * valid UTF-8, paired surrogates, no duplicate member names, no \u0000.
@@ -306,8 +306,8 @@ static int emit_grow(struct jw *w, size_t n)
 }
 
 /*
- * memcpy for the short pieces the rewriter copies (runs between whitespace
- * such as `{"id":` or `"Ada",`, member names): two overlapping moves of 8,
+ * memcpy for the short pieces the rewriter copies (member names, runs
+ * between two masked values such as `, "card": `): two overlapping moves of 8,
  * 4 or 2 bytes, both inside [src, src + n) so nothing outside it is read or
  * written, instead of a call to memcpy; longer ones go to memcpy.
  */
@@ -372,48 +372,30 @@ static inline bool is_ws(uint8_t c)
 
 /*
  * The output is the input's own bytes in runs: w->cp is where the run not
- * yet copied starts. Whitespace between tokens and a replaced value end a
- * run; every other token (punctuation, names, values nothing matched) is
- * already in it, so it costs no copy of its own.
+ * yet copied starts. Only a replaced value ends a run; every other token
+ * (whitespace, punctuation, names, values nothing matched) is already in
+ * it, so it costs no copy of its own.
  */
 static int flush(struct jw *w, size_t upto)
 {
-	size_t n = upto - w->cp;
-	int rc;
+	int rc = emit(w, w->s + w->cp, upto - w->cp);
 
-	/* Most runs are at most 16 bytes: one 16-byte move when the input
-	 * has 16 bytes from the run's start and the output room for them
-	 * plus the NUL. The bytes past the run are input bytes written past
-	 * w->on: never part of the output (the next emit writes over them,
-	 * the final length and NUL exclude them). */
-	if (n <= 16 && w->len - w->cp >= 16 && w->ocap - w->on > 16) {
-		memcpy(w->out + w->on, w->s + w->cp, 16);
-		w->on += n;
-		w->cp = upto;
-		return 0;
-	}
-	rc = emit(w, w->s + w->cp, n);
 	w->cp = upto;
 	return rc;
 }
 
-/* Skips whitespace; outside a replaced value (!quiet) it ends the run. */
-static inline int skip_ws(struct jw *w, bool quiet)
+/* Skips whitespace. It stays in the run: the agent gets the upstream's
+ * spacing, and a pretty-printed body costs no copy per line. */
+static inline void skip_ws(struct jw *w)
 {
 	size_t p = w->pos;
-	int rc;
 
 	if (p >= w->len || w->s[p] > ' ' || !is_ws(w->s[p]))
-		return 0;   /* the common case: no whitespace at all */
-	if (!quiet && (rc = flush(w, p)))
-		return rc;
+		return;   /* the common case: no whitespace at all */
 	p++;
 	while (p < w->len && w->s[p] <= ' ' && is_ws(w->s[p]))
 		p++;
 	w->pos = p;
-	if (!quiet)
-		w->cp = p;
-	return 0;
 }
 
 static int hex4(const uint8_t *p, uint32_t *v)
@@ -946,8 +928,7 @@ static int parse_object(struct jw *w, int depth, bool quiet, struct ctx *cx)
 	int rc;
 
 	w->pos++;                                  /* '{' */
-	if ((rc = skip_ws(w, quiet)))
-		return rc;
+	skip_ws(w);
 	if (w->pos < w->len && w->s[w->pos] == '}') {
 		w->pos++;
 		return 0;
@@ -966,23 +947,24 @@ static int parse_object(struct jw *w, int depth, bool quiet, struct ctx *cx)
 		kid.name_len = dlen;
 		/* The name is data too: scanned like a string value, but a hit is
 		 * reported under the name's own (masked) text. */
-		if ((rc = scan_string(w, raw, rawlen, d, dlen, &kid, quiet)) || (rc = skip_ws(w, quiet)))
+		if ((rc = scan_string(w, raw, rawlen, d, dlen, &kid, quiet)))
 			return rc;
+		skip_ws(w);
 		kid.touched = false;
 		if (w->pos >= w->len || w->s[w->pos] != ':')
 			return -EINVAL;
 		w->pos++;
 		if (!quiet && w->npaths)
 			final = step_states(w, depth, w->arena + off, dlen, false, 0);
-		if ((rc = skip_ws(w, quiet)) || (rc = child_value(w, depth + 1, quiet, final, &kid)) ||
-		    (rc = skip_ws(w, quiet)))
+		skip_ws(w);
+		if ((rc = child_value(w, depth + 1, quiet, final, &kid)))
 			return rc;
+		skip_ws(w);
 		if (w->pos >= w->len)
 			return -EINVAL;
 		if (w->s[w->pos] == ',') {
 			w->pos++;
-			if ((rc = skip_ws(w, quiet)))
-				return rc;
+			skip_ws(w);
 			continue;
 		}
 		if (w->s[w->pos] != '}')
@@ -1003,8 +985,7 @@ static int parse_array(struct jw *w, int depth, bool quiet, struct ctx *cx)
 	int rc;
 
 	w->pos++;                                  /* '[' */
-	if ((rc = skip_ws(w, quiet)))
-		return rc;
+	skip_ws(w);
 	if (w->pos < w->len && w->s[w->pos] == ']') {
 		w->pos++;
 		return 0;
@@ -1015,14 +996,14 @@ static int parse_array(struct jw *w, int depth, bool quiet, struct ctx *cx)
 
 		if (!quiet && w->npaths)
 			final = step_states(w, depth, NULL, 0, true, idx);
-		if ((rc = child_value(w, depth + 1, quiet, final, &kid)) || (rc = skip_ws(w, quiet)))
+		if ((rc = child_value(w, depth + 1, quiet, final, &kid)))
 			return rc;
+		skip_ws(w);
 		if (w->pos >= w->len)
 			return -EINVAL;
 		if (w->s[w->pos] == ',') {
 			w->pos++;
-			if ((rc = skip_ws(w, quiet)))
-				return rc;
+			skip_ws(w);
 			continue;
 		}
 		if (w->s[w->pos] != ']')
@@ -1222,8 +1203,9 @@ static int mask_json_body(const struct mask_rules *m, const char *body, size_t l
 	}
 	if ((rc = grow((void **)&w.out, &w.ocap, len + 1, OUT_MAX + 1)))
 		goto done;
-	if (!(rc = skip_ws(&w, false)) && !(rc = parse_value(&w, 0, false, &root)) &&
-	    !(rc = skip_ws(&w, false))) {
+	skip_ws(&w);
+	if (!(rc = parse_value(&w, 0, false, &root))) {
+		skip_ws(&w);
 		if (w.pos != w.len)
 			rc = -EINVAL;
 		else
@@ -1284,7 +1266,8 @@ int mask_json_lenient(const char *body, size_t len)
 	w.keys = w.keys0;
 	w.kcap = sizeof(w.keys0);
 	for (;;) {
-		if ((rc = skip_ws(&w, true)) || w.pos >= w.len)
+		skip_ws(&w);
+		if (w.pos >= w.len)
 			break;
 		if ((rc = parse_value(&w, 0, true, &root)))
 			break;

@@ -11,8 +11,9 @@
  *
  * Checked promises (mask.h):
  *   mask_json: rc is 0, -EINVAL or -E2BIG; on success the output is JSON
- *   this library accepts, already compact (re-masking it with no rules
- *   gives the same bytes), NUL-terminated, and the report is bounded.
+ *   this library accepts, given back byte for byte when re-masked with no
+ *   rules (whitespace is kept, nothing else changes), NUL-terminated, and
+ *   the report is bounded.
  *   mask_value: the length is within mask_value_bound(); no hit means the
  *   value comes back unchanged, a hit leaves a token; the union of all
  *   detectors misses nothing any single one of them finds. (A second pass

@@ -103,12 +103,12 @@ static void test_mask_body(void)
 
 	CHECK(both && json_only);
 	CHECK(http_mask_body(both, (const uint8_t *)body, strlen(body), NULL, 0, &out, &ol, &rep, &why) == 0);
-	CHECK_STR(out, "{\"customer\":{\"email\":\"****\"},\"card\":\"****\"}");
+	CHECK_STR(out, "{\"customer\": {\"email\": \"****\"}, \"card\": \"****\"}");
 	CHECK(rep.hits == 2);
 	free(out);
 	zl = zip(body, strlen(body), 31, z, sizeof(z));
 	CHECK(http_mask_body(both, z, zl, "gzip", 4, &out, &ol, &rep, &why) == 0);
-	CHECK_STR(out, "{\"customer\":{\"email\":\"****\"},\"card\":\"****\"}");
+	CHECK_STR(out, "{\"customer\": {\"email\": \"****\"}, \"card\": \"****\"}");
 	free(out);
 	CHECK(http_mask_body(both, z, zl, "GZIP", 4, &out, &ol, &rep, &why) == 0);
 	free(out);

@@ -609,13 +609,14 @@ static void test_scratch_growth(void)
 
 /* ---- short copies (copy_short): every run and name length ----------------- */
 
-/* Runs between whitespace and member names of every length from 0 to 40
- * are copied exactly (output = input without its whitespace), and names
- * that differ only in their first or last byte are told apart while equal
- * ones are duplicates (the names' copies in the arena are exact too). */
+/* Runs between two masked values and member names of every length from 0
+ * to 40 are copied exactly (output = input with each masked value replaced,
+ * whitespace kept), and names that differ only in their first or last byte
+ * are told apart while equal ones are duplicates (the names' copies in the
+ * arena are exact too). */
 static void test_short_runs(void)
 {
-	static const char *const json[] = { "$.nomatch" };
+	static const char *const json[] = { "$..x" };
 	struct mask_rules *m = compile(NULL, 0, json, 1);
 	char in[8192], want[8192], name[64];
 	size_t n = 0, k = 0;
@@ -623,24 +624,25 @@ static void test_short_runs(void)
 	int rc;
 
 	CHECK(m != NULL);
-	in[n++] = '{';
-	want[k++] = '{';
+	in[n++] = '[';
+	want[k++] = '[';
 	for (int len = 0; len <= 40; len++) {
 		for (int i = 0; i < len; i++)
 			name[i] = (char)('a' + (len + i * 7) % 26);
 		name[len] = '\0';
-		/* the value is a number of len + 1 digits, then a string */
-		n += (size_t)sprintf(in + n, "%s \"%s\" :\t", len ? " ," : "", name);
-		k += (size_t)sprintf(want + k, "%s\"%s\":", len ? "," : "", name);
+		/* {"name" :\t<len + 1 digits> ,\n"x" : 7}: the run from one
+		 * masked x to the next grows by two bytes per object */
+		n += (size_t)sprintf(in + n, "%s{\"%s\" :\t", len ? " ," : "", name);
+		k += (size_t)sprintf(want + k, "%s{\"%s\" :\t", len ? " ," : "", name);
 		for (int i = 0; i <= len; i++) {
 			in[n++] = (char)('1' + (i + len) % 9);
 			want[k++] = in[n - 1];
 		}
-		n += (size_t)sprintf(in + n, " ,\n\"%sX\" : \"%s\"", name, name);
-		k += (size_t)sprintf(want + k, ",\"%sX\":\"%s\"", name, name);
+		n += (size_t)sprintf(in + n, " ,\n\"x\" : %d}", len);
+		k += (size_t)sprintf(want + k, " ,\n\"x\" : \"****\"}");
 	}
-	n += (size_t)sprintf(in + n, " }");
-	k += (size_t)sprintf(want + k, "}");
+	n += (size_t)sprintf(in + n, " ]");
+	k += (size_t)sprintf(want + k, " ]");
 	o = mj(m, in, n, &rc, NULL);
 	CHECK(rc == 0 && o && strcmp(o, want) == 0);
 	free(o);
@@ -669,7 +671,7 @@ static void test_short_runs(void)
 }
 
 /* Whitespace runs of 1 to 9 bytes (of all four kinds) between every two
- * tokens are dropped whole; a control byte that is not JSON whitespace
+ * tokens are kept as they are, masked values replaced between them; a control byte that is not JSON whitespace
  * (\v, \f, \x01) after or inside such a run is not JSON. */
 static void test_ws_runs(void)
 {
@@ -678,24 +680,25 @@ static void test_ws_runs(void)
 	static const char *const toks[] = { "{", "\"a\"", ":", "[", "1", ",", "\"4111111111111111\"", ",",
 					    "{", "\"card\"", ":", "true", "}", "]", ",", "\"b\"", ":", "null", "}" };
 	static const char wsch[] = " \t\n\r";
-	const char *want = "{\"a\":[1,\"****\",{\"card\":\"****\"}],\"b\":null}";
 	struct mask_rules *m = compile(det, 1, json, 1);
-	char in[1024], bad[1024];
+	char in[1024], bad[1024], want[1024];
 	char *o;
 	int rc;
 
 	CHECK(m != NULL);
 	for (int k = 1; k <= 9; k++) {
-		size_t n = 0;
+		size_t n = 0, wn = 0;
 
 		for (size_t t = 0; t < sizeof(toks) / sizeof(toks[0]); t++) {
 			for (int i = 0; i < k; i++)
-				in[n++] = wsch[(i + t + (size_t)k) % 4];
+				want[wn++] = in[n++] = wsch[(i + t + (size_t)k) % 4];
 			n += (size_t)sprintf(in + n, "%s", toks[t]);
+			/* the card by the detector, card's value by the path */
+			wn += (size_t)sprintf(want + wn, "%s", t == 6 || t == 11 ? "\"****\"" : toks[t]);
 		}
 		for (int i = 0; i < k; i++)
-			in[n++] = wsch[i % 4];
-		in[n] = '\0';
+			want[wn++] = in[n++] = wsch[i % 4];
+		in[n] = want[wn] = '\0';
 		o = mj(m, in, n, &rc, NULL);
 		CHECK(rc == 0 && o && strcmp(o, want) == 0);
 		free(o);
