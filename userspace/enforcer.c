@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/file.h>
+#include <sys/inotify.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
@@ -1891,6 +1892,133 @@ static void tick_identities(void)
 	}
 }
 
+/*
+ * Agent cgroups deleted and made again while the enforcer runs. A cgroup
+ * made again is a new cgroup, without programs: systemd does exactly that to
+ * a unit's cgroup at every restart of the unit, so a unit given to an agent
+ * with `agentgate attach` ran unenforced from its first restart on, and so
+ * did a policy cgroup some tool deleted and made again (known limit 13c until
+ * stop 40). The main thread watches the directory that holds each agent
+ * cgroup (inotify: a name made, removed or renamed in it) and checks every
+ * cgroup once a second besides, since a parent deleted and made again loses
+ * its watch. A policy cgroup that is gone is made again, as at start; a
+ * cgroup whose id changed gets the agent's programs and slot, as at start.
+ * Between a mkdir and the attach (a wakeup of the main thread and the
+ * attach, milliseconds) a process moved in could still connect directly:
+ * sockets it made meanwhile carry no stamp, so their later connects are
+ * refused, and the backstop drops the packets of what connected meanwhile.
+ */
+static int cg_ifd = -1;
+
+static void cg_watch_parent(const char *abs)
+{
+	char dir[PATH_MAX];
+	char *slash;
+
+	if (cg_ifd < 0)
+		return;
+	snprintf(dir, sizeof(dir), "%s", abs);
+	if (!(slash = strrchr(dir, '/')) || slash == dir)
+		return;
+	*slash = '\0';
+	/* the same directory gives the same watch: no bookkeeping. A parent
+	 * that is gone is left to the check once a second. */
+	(void)inotify_add_watch(cg_ifd, dir, IN_CREATE | IN_DELETE | IN_MOVED_TO | IN_MOVED_FROM | IN_ONLYDIR);
+}
+
+/* One cgroup of agent i, attached as *cgid: attached again when the cgroup
+ * at abs is another one now. make: the policy cgroup, made again if gone.
+ * true: attached again. */
+static bool cg_check_one(size_t i, const char *abs, const char *rel, uint64_t *cgid, bool make, bool *failing)
+{
+	const char *name = E->policy->agents[i].name;
+	uint64_t now = 0, was = *cgid;
+	struct stat st;
+	int err;
+
+	cg_watch_parent(abs);
+	if (stat(abs, &st) && errno == ENOENT && make && (err = mkdir_p(abs, 0755))) {
+		if (!*failing)
+			log_err("agent '%s': cgroup %s is gone and could not be made again: %s", name, abs,
+				strerror(-err));
+		*failing = true;
+		return false;
+	}
+	if (stat(abs, &st) || !S_ISDIR(st.st_mode))
+		return false;   /* an attached cgroup that is gone: until it is back */
+	if ((uint64_t)st.st_ino == was)
+		return false;
+	err = loader_attach(E->loader, name, abs, E->slot_of[i], &now);
+	if (err) {
+		if (!*failing)
+			log_err("agent '%s': cgroup %s was made again but could not be attached: %s", name, abs,
+				strerror(-err));
+		*failing = true;
+		return false;
+	}
+	*failing = false;
+	*cgid = now;
+	char msg[PATH_MAX + 256];
+
+	snprintf(msg, sizeof(msg), "agent '%s': cgroup %s was deleted and made again (id %llu, was %llu): "
+		 "programs attached", name, rel, (unsigned long long)now, (unsigned long long)was);
+	log_warn("%s", msg);
+	json_t *ev = audit_event(6002, 99, "Other");
+
+	if (ev) {
+		json_object_set_new(ev, "app", json_pack("{s:s, s:s}", "name", "agentgate", "version", AG_VERSION));
+		json_object_set_new(ev, "message", json_string(msg));
+		json_object_set_new(ev, "unmapped", json_pack("{s:{s:s, s:s, s:I, s:I}}", "agent", "name", name,
+			"cgroup", rel, "cgroup_id", (json_int_t)now, "previous_cgroup_id", (json_int_t)was));
+		audit_emit(ev);
+	}
+	return true;
+}
+
+static void check_cgroups(void)
+{
+	bool agents_changed = false;
+
+	for (size_t i = 0; i < E->policy->nagents; i++) {
+		struct agent_rt *rt = &E->agents[i];
+		bool changed = false;
+
+		if (!rt->attached)
+			continue;
+		if (cg_check_one(i, rt->cgroup_path, rt->cgroup_rel, &rt->cgid, true, &rt->cg_failing))
+			changed = agents_changed = true;
+		for (int x = 0; x < rt->nextra; x++) {
+			char abs[PATH_MAX * 2];
+
+			snprintf(abs, sizeof(abs), "%s%s", E->cgroup2, rt->extra_rel[x]);
+			changed |= cg_check_one(i, abs, rt->extra_rel[x], &rt->extra_cgid[x], false,
+						&rt->extra_failing[x]);
+		}
+		/* The links pinned for the dead cgroup go once the kernel has
+		 * released it, which is not at once after the rmdir: tried at
+		 * the next checks too. Only links whose cgroup is released go
+		 * (loader_prune_dead), never those of a live cgroup. */
+		if (changed)
+			rt->prune_checks = 10;
+		if (rt->prune_checks > 0) {
+			rt->prune_checks--;
+			loader_prune_dead(E->policy->agents[i].name);
+		}
+	}
+	if (agents_changed && write_agents_file())
+		log_warn("could not save %s/agents.json: `exec` refuses the agent until it is", E->state_dir);
+}
+
+/* The watch fired: drain it, then check. */
+static void on_cgroup_event(int fd)
+{
+	char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+
+	while (read(fd, buf, sizeof(buf)) > 0)
+		;
+	check_cgroups();
+}
+
 static int main_loop(int epfd, int sfd, struct ring_buffer *rb, struct admin *adm)
 {
 	struct epoll_event evs[64];
@@ -1925,6 +2053,9 @@ static int main_loop(int epfd, int sfd, struct ring_buffer *rb, struct admin *ad
 			case MI_DNS_UPSTREAM:
 				dns_on_event(E->dns, it, evs[i].events);
 				break;
+			case MI_CGROUPS:
+				on_cgroup_event(it->fd);
+				break;
 			}
 		}
 		ring_buffer__consume(rb);   /* events submitted without wakeup */
@@ -1936,6 +2067,7 @@ static int main_loop(int epfd, int sfd, struct ring_buffer *rb, struct admin *ad
 			report_suppressed();
 			tick_identities();
 			dns_tick(E->dns);
+			check_cgroups();
 		}
 		if (now - last_sweep >= 10) {
 			last_sweep = now;
@@ -2242,6 +2374,7 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 {
 	static struct enforcer enf;
 	struct main_item rb_item = { .kind = MI_RINGBUF }, sig_item = { .kind = MI_SIGNAL };
+	struct main_item cg_item = { .kind = MI_CGROUPS };
 	struct ring_buffer *rb = NULL;
 	struct admin *adm = NULL;
 	char own[PATH_MAX], err[256];
@@ -2459,6 +2592,15 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 	epoll_ctl(epfd, EPOLL_CTL_ADD, ring_buffer__epoll_fd(rb), &ev);
 	ev.data.ptr = &sig_item;
 	epoll_ctl(epfd, EPOLL_CTL_ADD, sfd, &ev);
+	if ((cg_ifd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC)) < 0) {
+		log_warn("inotify: %s: agent cgroups made again are found within a second instead of at once",
+			 strerror(errno));
+	} else {
+		cg_item.fd = cg_ifd;
+		ev.data.ptr = &cg_item;
+		epoll_ctl(epfd, EPOLL_CTL_ADD, cg_ifd, &ev);
+		check_cgroups();   /* the first watches */
+	}
 	loader_counters(E->loader, E->kcount_seen);
 	loader_pair_sweep(E->loader, 30ull * 1000000000ull, NULL);
 
@@ -2528,6 +2670,9 @@ out:
 		close(epfd);
 	if (sfd >= 0)
 		close(sfd);
+	if (cg_ifd >= 0)
+		close(cg_ifd);
+	cg_ifd = -1;
 	if (lockfd >= 0)
 		close(lockfd);
 	if (hostlock >= 0)

@@ -30,7 +30,8 @@ struct audit_w;
 struct dns;
 
 /* What the main thread's epoll reports: ptr to one of these. */
-enum main_kind { MI_RINGBUF = 1, MI_SIGNAL, MI_ADMIN, MI_ADMIN_CONN, MI_DNS_LISTEN, MI_DNS_UPSTREAM };
+enum main_kind { MI_RINGBUF = 1, MI_SIGNAL, MI_ADMIN, MI_ADMIN_CONN, MI_DNS_LISTEN, MI_DNS_UPSTREAM,
+		 MI_CGROUPS };
 struct main_item {
 	int kind;
 	int fd;
@@ -45,6 +46,8 @@ struct agent_rt {
 	char cgroup_rel[PATH_MAX];    /* path inside the cgroup2 hierarchy, "/agentgate/x" */
 	uint64_t cgid;
 	bool attached;
+	bool cg_failing;              /* attaching a re-made cgroup failed (logged once) */
+	int prune_checks;             /* checks left to remove the links of a cgroup made again */
 	atomic_uint active;           /* live connections */
 	atomic_ullong accepted, refused, denied_kernel;
 	/* limits.parse_cpu: when the agent's uncached statements have paid
@@ -64,6 +67,7 @@ struct agent_rt {
 	/* extra cgroups attached with `agentgate attach` */
 	char extra_rel[8][PATH_MAX];
 	uint64_t extra_cgid[8];
+	bool extra_failing[8];
 	int nextra;
 };
 

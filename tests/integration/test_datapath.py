@@ -1364,6 +1364,88 @@ def test_recreated_agent_cgroup(enforcer, servers):
     assert dirs == [str(os.stat(cg).st_ino)], dirs   # the dead cgroup's pins are gone
 
 
+
+def run_in(cg, code):
+    """code run by a process moved into cg (as systemd or a container
+    runtime places one: no exec, full root capabilities)."""
+    return subprocess.run(["sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec {PY} -c "$0"', code],
+                          capture_output=True, text=True, timeout=20)
+
+
+def test_agent_cgroup_made_again_while_running(enforcer, servers):
+    """A policy cgroup deleted and made again while the enforcer runs is a
+    new cgroup without programs: the enforcer attaches it again at once, and
+    makes it again when it stays gone (known limit 13c until stop 40)."""
+    port, _ = servers.echo()
+    other, other_log = servers.echo()
+    enforcer.start(enforce_policy(port))
+    cg = enforcer.cgroup_path("t-agent")
+    old = os.stat(cg).st_ino
+    os.rmdir(cg)
+    os.mkdir(cg)           # what a tool (systemd, a runtime) does: a new id
+    new = os.stat(cg).st_ino
+    assert new != old
+
+    def attached():
+        a = enforcer.status()["agents"][0]
+        return a["cgroup_id"] == new and a["programs"] == NPROGS
+
+    assert wait_for(attached, timeout=5), enforcer.status()["agents"][0]
+    assert len(prog_count(cg)) == NPROGS
+    r = run_in(cg, connect_code_flat("127.0.0.1", other))
+    assert r.stdout.split() == ["ERR", "ECONNREFUSED"], r.stdout + r.stderr
+    assert open(other_log).read() == ""     # nothing reached the server it may not reach
+    r = run_in(cg, connect_code_flat("127.0.0.1", port))
+    assert r.stdout.startswith("OK"), r.stdout + r.stderr
+    r = enforcer.py("t-agent", connect_code("127.0.0.1", port))    # exec takes the new id
+    assert r.stdout.startswith("OK"), r.stdout + r.stderr
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 6002 and
+                             "deleted and made again" in e.get("message", ""))
+    assert ev and ev["unmapped"]["agent"]["cgroup_id"] == new, ev
+    assert ev["unmapped"]["agent"]["previous_cgroup_id"] == old, ev
+    bpffs = [l.split()[4] for l in open("/proc/self/mountinfo") if " - bpf " in l][0]
+    links = os.path.join(bpffs, "agentgate", "v1", "links", "t-agent")
+    # the dead cgroup's pins go once the kernel has released it
+    assert wait_for(lambda: os.listdir(links) == [str(new)], timeout=5), os.listdir(links)
+    # deleted and left gone: made again and attached
+    os.rmdir(cg)
+    assert wait_for(lambda: os.path.isdir(cg) and len(prog_count(cg)) == NPROGS, timeout=5)
+    r = run_in(cg, connect_code_flat("127.0.0.1", other))
+    assert r.stdout.split() == ["ERR", "ECONNREFUSED"], r.stdout + r.stderr
+    assert "deleted and made again" in enforcer.read_log()
+
+
+def test_attached_unit_cgroup_made_again_while_running(enforcer, servers):
+    """`agentgate attach` of a systemd unit's cgroup: systemd deletes it when
+    the unit stops and makes a new one when it starts again. The new one
+    gets the agent's programs; before stop 40 the restarted unit ran
+    unenforced until the enforcer restarted."""
+    port, _ = servers.echo()
+    other, other_log = servers.echo()
+    cg = os.path.join(CG2, "agtest-unit.service")
+    os.makedirs(cg, exist_ok=True)
+    try:
+        enforcer.start(enforce_policy(port))
+        r = enforcer.cli("attach", "--agent", "t-agent", "--cgroup", "agtest-unit.service")
+        assert r.returncode == 0, r.stderr
+        r = run_in(cg, connect_code_flat("127.0.0.1", other))
+        assert r.stdout.split() == ["ERR", "ECONNREFUSED"], r.stdout + r.stderr
+        for _ in range(2):                  # two restarts of the unit
+            os.rmdir(cg)
+            time.sleep(0.3)                 # stopped for a while: nothing is made in its place
+            assert not os.path.exists(cg)
+            os.mkdir(cg)
+            assert wait_for(lambda: len(prog_count(cg)) == NPROGS, timeout=5), prog_count(cg)
+            r = run_in(cg, connect_code_flat("127.0.0.1", other))
+            assert r.stdout.split() == ["ERR", "ECONNREFUSED"], r.stdout + r.stderr
+            r = run_in(cg, connect_code_flat("127.0.0.1", port))
+            assert r.stdout.startswith("OK"), r.stdout + r.stderr
+        assert open(other_log).read() == ""
+        assert enforcer.status()["agents"][0]["extra_cgroups"] == ["/agtest-unit.service"]
+    finally:
+        enforcer.cleanup()
+        os.rmdir(cg)
+
 PRE_EXISTING = r"""
 import socket, sys, time
 s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
