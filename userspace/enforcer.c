@@ -430,6 +430,8 @@ static void save_attachments(void)
 	json_decref(arr);
 }
 
+static int attach_extra(const char *agent, const char *cgroup, char *err, size_t errlen, bool pending_ok);
+
 static void restore_attachments(void)
 {
 	char path[PATH_MAX + 32], err[512];
@@ -442,7 +444,7 @@ static void restore_attachments(void)
 		const char *agent = json_string_value(json_object_get(it, "agent"));
 		const char *cg = json_string_value(json_object_get(it, "cgroup"));
 
-		if (agent && cg && enforcer_attach_extra(agent, cg, err, sizeof(err)))
+		if (agent && cg && attach_extra(agent, cg, err, sizeof(err), true))
 			log_warn("attachment of '%s' to '%s' not restored: %s", agent, cg, err);
 	}
 	json_decref(arr);
@@ -1512,7 +1514,13 @@ void *enforcer_status_json(void)
 	return st;
 }
 
-int enforcer_attach_extra(const char *agent, const char *cgroup, char *err, size_t errlen)
+static void cg_watch_parent(const char *abs);
+
+/* pending_ok: a cgroup that does not exist (a unit stopped while the
+ * enforcer starts) is kept, and attached when it is made (check_cgroups);
+ * dropped, the unit ran unenforced from its next start on (review, stop
+ * 40). */
+static int attach_extra(const char *agent, const char *cgroup, char *err, size_t errlen, bool pending_ok)
 {
 	int idx = policy_agent_index(E->policy, agent);
 	struct agent_rt *rt;
@@ -1520,7 +1528,8 @@ int enforcer_attach_extra(const char *agent, const char *cgroup, char *err, size
 	char abs[PATH_MAX], rel[PATH_MAX];
 	uint64_t cgid;
 	struct stat st;
-	int ret;
+	bool missing = false;
+	int ret, serr;
 
 	if (idx < 0) {
 		snprintf(err, errlen, "no agent '%s' in the running policy", agent);
@@ -1533,7 +1542,10 @@ int enforcer_attach_extra(const char *agent, const char *cgroup, char *err, size
 			 cgroup);
 		return -EINVAL;
 	}
-	if (stat(abs, &st) || !S_ISDIR(st.st_mode)) {
+	serr = stat(abs, &st) ? errno : S_ISDIR(st.st_mode) ? 0 : ENOTDIR;
+	if (serr == ENOENT && pending_ok) {
+		missing = true;
+	} else if (serr) {
 		snprintf(err, errlen, "'%s' is not a cgroup under %s", cgroup, E->cgroup2);
 		return -ENOENT;
 	}
@@ -1544,7 +1556,7 @@ int enforcer_attach_extra(const char *agent, const char *cgroup, char *err, size
 		/* Never the root cgroup, the enforcer's own cgroup or an ancestor of
 		 * it (its upstream connections would loop), nor a cgroup inside or
 		 * around another agent's (nested agents take each other's identity). */
-		if (stat(E->cgroup2, &root) == 0 && root.st_ino == st.st_ino) {
+		if (!missing && stat(E->cgroup2, &root) == 0 && root.st_ino == st.st_ino) {
 			snprintf(err, errlen, "'%s' is the cgroup2 root", cgroup);
 			return -EINVAL;
 		}
@@ -1580,18 +1592,33 @@ int enforcer_attach_extra(const char *agent, const char *cgroup, char *err, size
 		snprintf(err, errlen, "agent '%s' already has 8 extra cgroups", agent);
 		return -E2BIG;
 	}
-	ret = loader_attach(E->loader, agent, abs, E->slot_of[idx], &cgid);
-	if (ret) {
+	if (missing) {
+		cgid = 0;   /* check_cgroups() attaches it when it is made */
+		log_warn("attachment of '%s' to '%s': the cgroup does not exist now; its programs are attached "
+			 "when it is made", agent, rel);
+	} else if ((ret = loader_attach(E->loader, agent, abs, E->slot_of[idx], &cgid))) {
 		snprintf(err, errlen, "attach to '%s': %s", abs, strerror(-ret));
 		return ret;
 	}
+	cg_watch_parent(abs);
+	/* the same path again (an attach racing the cgroup being made
+	 * again): the entry it has, not a second one */
 	for (int x = 0; x < rt->nextra; x++)
-		if (rt->extra_cgid[x] == cgid)
+		if (rt->extra_cgid[x] == cgid || strcmp(rt->extra_rel[x], rel) == 0) {
+			if (cgid)
+				rt->extra_cgid[x] = cgid;
 			return 0;
+		}
 	snprintf(rt->extra_rel[rt->nextra], PATH_MAX, "%s", rel);
+	rt->extra_failing[rt->nextra] = false;
 	rt->extra_cgid[rt->nextra++] = cgid;
 	save_attachments();
 	return 0;
+}
+
+int enforcer_attach_extra(const char *agent, const char *cgroup, char *err, size_t errlen)
+{
+	return attach_extra(agent, cgroup, err, errlen, false);
 }
 
 /* ---- run ------------------------------------------------------------------ */
@@ -1923,13 +1950,35 @@ static void cg_watch_parent(const char *abs)
 	*slash = '\0';
 	/* the same directory gives the same watch: no bookkeeping. A parent
 	 * that is gone is left to the check once a second. */
-	(void)inotify_add_watch(cg_ifd, dir, IN_CREATE | IN_DELETE | IN_MOVED_TO | IN_MOVED_FROM | IN_ONLYDIR);
+	if (inotify_add_watch(cg_ifd, dir, IN_CREATE | IN_DELETE | IN_MOVED_TO | IN_MOVED_FROM | IN_ONLYDIR) < 0 &&
+	    errno != ENOENT) {
+		static bool logged;
+
+		if (!logged)
+			log_warn("inotify on %s: %s: agent cgroups there made again are found within a second "
+				 "instead of at once (fs.inotify.max_user_watches?)", dir, strerror(errno));
+		logged = true;
+	}
 }
 
-/* One cgroup of agent i, attached as *cgid: attached again when the cgroup
+static void cg_event(const char *msg, const char *agent, const char *rel, uint64_t id, uint64_t was)
+{
+	json_t *ev = audit_event(6002, 99, "Other");
+
+	if (!ev)
+		return;
+	json_object_set_new(ev, "app", json_pack("{s:s, s:s}", "name", "agentgate", "version", AG_VERSION));
+	json_object_set_new(ev, "message", json_string(msg));
+	json_object_set_new(ev, "unmapped", json_pack("{s:{s:s, s:s, s:I, s:I}}", "agent", "name", agent,
+		"cgroup", rel, "cgroup_id", (json_int_t)id, "previous_cgroup_id", (json_int_t)was));
+	audit_emit(ev);
+}
+
+/* One cgroup of agent i, attached as *cgid (0: not yet made): attached again when the cgroup
  * at abs is another one now. make: the policy cgroup, made again if gone.
  * true: attached again. */
-static bool cg_check_one(size_t i, const char *abs, const char *rel, uint64_t *cgid, bool make, bool *failing)
+static bool cg_check_one(size_t i, const char *abs, const char *rel, uint64_t *cgid, bool make, bool *failing,
+			 bool tick)
 {
 	const char *name = E->policy->agents[i].name;
 	uint64_t now = 0, was = *cgid;
@@ -1937,6 +1986,8 @@ static bool cg_check_one(size_t i, const char *abs, const char *rel, uint64_t *c
 	int err;
 
 	cg_watch_parent(abs);
+	if (*failing && !tick)
+		return false;   /* failing: tried again once a second, not at every event */
 	if (stat(abs, &st) && errno == ENOENT && make && (err = mkdir_p(abs, 0755))) {
 		if (!*failing)
 			log_err("agent '%s': cgroup %s is gone and could not be made again: %s", name, abs,
@@ -1950,63 +2001,97 @@ static bool cg_check_one(size_t i, const char *abs, const char *rel, uint64_t *c
 		return false;
 	err = loader_attach(E->loader, name, abs, E->slot_of[i], &now);
 	if (err) {
-		if (!*failing)
-			log_err("agent '%s': cgroup %s was made again but could not be attached: %s", name, abs,
-				strerror(-err));
+		if (!*failing) {
+			char msg[PATH_MAX + 256];
+
+			snprintf(msg, sizeof(msg), "agent '%s': cgroup %s is new (id %llu) but its programs could "
+				 "not be attached: %s; tried again every second", name, rel,
+				 (unsigned long long)st.st_ino, strerror(-err));
+			log_err("%s", msg);
+			cg_event(msg, name, rel, (uint64_t)st.st_ino, was);
+		}
 		*failing = true;
 		return false;
 	}
 	*failing = false;
 	*cgid = now;
+	if (was) {
+		struct agent_rt *rt = &E->agents[i];
+
+		if (rt->ndead == (int)(sizeof(rt->dead_cgid) / sizeof(rt->dead_cgid[0]))) {
+			/* the oldest is left to the next start's prune */
+			memmove(rt->dead_cgid, rt->dead_cgid + 1, (size_t)(rt->ndead - 1) * sizeof(rt->dead_cgid[0]));
+			rt->ndead--;
+		}
+		rt->dead_cgid[rt->ndead++] = was;
+	}
 	char msg[PATH_MAX + 256];
 
-	snprintf(msg, sizeof(msg), "agent '%s': cgroup %s was deleted and made again (id %llu, was %llu): "
-		 "programs attached", name, rel, (unsigned long long)now, (unsigned long long)was);
+	if (was)
+		snprintf(msg, sizeof(msg), "agent '%s': cgroup %s was deleted and made again (id %llu, was %llu): "
+			 "programs attached", name, rel, (unsigned long long)now, (unsigned long long)was);
+	else
+		snprintf(msg, sizeof(msg), "agent '%s': cgroup %s was made (id %llu): programs attached", name, rel,
+			 (unsigned long long)now);
 	log_warn("%s", msg);
-	json_t *ev = audit_event(6002, 99, "Other");
-
-	if (ev) {
-		json_object_set_new(ev, "app", json_pack("{s:s, s:s}", "name", "agentgate", "version", AG_VERSION));
-		json_object_set_new(ev, "message", json_string(msg));
-		json_object_set_new(ev, "unmapped", json_pack("{s:{s:s, s:s, s:I, s:I}}", "agent", "name", name,
-			"cgroup", rel, "cgroup_id", (json_int_t)now, "previous_cgroup_id", (json_int_t)was));
-		audit_emit(ev);
-	}
+	cg_event(msg, name, rel, now, was);
 	return true;
 }
 
-static void check_cgroups(void)
+static bool cg_current(const struct agent_rt *rt, uint64_t id)
+{
+	if (id == rt->cgid)
+		return true;
+	for (int x = 0; x < rt->nextra; x++)
+		if (id == rt->extra_cgid[x])
+			return true;
+	return false;
+}
+
+/* tick: the once-a-second check (cgroups whose attach failed are tried
+ * again then, not at every inotify event). */
+static void check_cgroups(bool tick)
 {
 	bool agents_changed = false;
 
+	/* every cgroup first: pruning below reads pins, which takes time */
 	for (size_t i = 0; i < E->policy->nagents; i++) {
 		struct agent_rt *rt = &E->agents[i];
-		bool changed = false;
 
 		if (!rt->attached)
 			continue;
-		if (cg_check_one(i, rt->cgroup_path, rt->cgroup_rel, &rt->cgid, true, &rt->cg_failing))
-			changed = agents_changed = true;
+		if (cg_check_one(i, rt->cgroup_path, rt->cgroup_rel, &rt->cgid, true, &rt->cg_failing, tick))
+			agents_changed = true;
 		for (int x = 0; x < rt->nextra; x++) {
 			char abs[PATH_MAX * 2];
 
 			snprintf(abs, sizeof(abs), "%s%s", E->cgroup2, rt->extra_rel[x]);
-			changed |= cg_check_one(i, abs, rt->extra_rel[x], &rt->extra_cgid[x], false,
-						&rt->extra_failing[x]);
-		}
-		/* The links pinned for the dead cgroup go once the kernel has
-		 * released it, which is not at once after the rmdir: tried at
-		 * the next checks too. Only links whose cgroup is released go
-		 * (loader_prune_dead), never those of a live cgroup. */
-		if (changed)
-			rt->prune_checks = 10;
-		if (rt->prune_checks > 0) {
-			rt->prune_checks--;
-			loader_prune_dead(E->policy->agents[i].name);
+			cg_check_one(i, abs, rt->extra_rel[x], &rt->extra_cgid[x], false, &rt->extra_failing[x], tick);
 		}
 	}
 	if (agents_changed && write_agents_file())
 		log_warn("could not save %s/agents.json: `exec` refuses the agent until it is", E->state_dir);
+	/* The pins of a cgroup made again go once the kernel has released
+	 * the old one, which is not at once after the rmdir (and not while a
+	 * socket made in it lives): tried at every check until then. Never
+	 * the links of a live cgroup, nor of one the agent uses now. */
+	for (size_t i = 0; tick && i < E->policy->nagents; i++) {
+		struct agent_rt *rt = &E->agents[i];
+
+		for (int k = 0; k < rt->ndead;) {
+			int r = cg_current(rt, rt->dead_cgid[k]) ? 1 :
+				loader_prune_released(E->loader, E->policy->agents[i].name, rt->dead_cgid[k]);
+
+			if (r == 0) {
+				k++;
+				continue;
+			}
+			if (r < 0)
+				log_warn("agent '%s': pins of deleted cgroup %llu: %s (removed at the next start)",
+					 E->policy->agents[i].name, (unsigned long long)rt->dead_cgid[k], strerror(-r));
+			rt->dead_cgid[k] = rt->dead_cgid[--rt->ndead];
+		}
+	}
 }
 
 /* The watch fired: drain it, then check. */
@@ -2016,7 +2101,7 @@ static void on_cgroup_event(int fd)
 
 	while (read(fd, buf, sizeof(buf)) > 0)
 		;
-	check_cgroups();
+	check_cgroups(false);
 }
 
 static int main_loop(int epfd, int sfd, struct ring_buffer *rb, struct admin *adm)
@@ -2065,9 +2150,9 @@ static int main_loop(int epfd, int sfd, struct ring_buffer *rb, struct admin *ad
 			last_sec = now;
 			check_counters();
 			report_suppressed();
+			check_cgroups(true);   /* first: identities may wait on the network */
 			tick_identities();
 			dns_tick(E->dns);
-			check_cgroups();
 		}
 		if (now - last_sweep >= 10) {
 			last_sweep = now;
@@ -2599,7 +2684,7 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 		cg_item.fd = cg_ifd;
 		ev.data.ptr = &cg_item;
 		epoll_ctl(epfd, EPOLL_CTL_ADD, cg_ifd, &ev);
-		check_cgroups();   /* the first watches */
+		check_cgroups(true);   /* the first watches */
 	}
 	loader_counters(E->loader, E->kcount_seen);
 	loader_pair_sweep(E->loader, 30ull * 1000000000ull, NULL);

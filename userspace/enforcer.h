@@ -47,7 +47,10 @@ struct agent_rt {
 	uint64_t cgid;
 	bool attached;
 	bool cg_failing;              /* attaching a re-made cgroup failed (logged once) */
-	int prune_checks;             /* checks left to remove the links of a cgroup made again */
+	/* cgroups of the agent that were deleted and made again: their pins
+	 * go once the kernel released them (loader_prune_released) */
+	uint64_t dead_cgid[16];
+	int ndead;
 	atomic_uint active;           /* live connections */
 	atomic_ullong accepted, refused, denied_kernel;
 	/* limits.parse_cpu: when the agent's uncached statements have paid

@@ -726,26 +726,86 @@ int loader_prog_count(const char *cgroup_path, int *total)
 	return 0;
 }
 
-struct prune_ctx { const char *agent; char dirs[16][PATH_MAX]; int n; };
+struct prune_ctx { const char *agent; uint64_t cgids[16]; int n; };
 
 static void prune_cb(void *ctx, const char *agent, uint64_t cgid, int nlinks, int ndead)
 {
 	struct prune_ctx *pc = ctx;
-	char root[PATH_MAX];
 
-	if (strcmp(agent, pc->agent) != 0 || nlinks > 0 || pc->n >= 16 ||
-	    loader_pin_root(root, sizeof(root)))
+	(void)ndead;
+	if (strcmp(agent, pc->agent) != 0 || nlinks > 0 || pc->n >= 16)
 		return;
-	link_dir(root, agent, cgid, pc->dirs[pc->n], PATH_MAX);
-	pc->n++;
+	pc->cgids[pc->n++] = cgid;
 }
 
 int loader_prune_dead(const char *agent)
 {
 	struct prune_ctx pc = { .agent = agent };
+	int n = 0;
 
 	loader_list_pins(prune_cb, &pc);
 	for (int i = 0; i < pc.n; i++)
-		rm_link_dir(pc.dirs[i], NULL, NULL);
-	return pc.n;
+		n += loader_prune_released(NULL, agent, pc.cgids[i]) == 1;
+	return n;
 }
+
+/* The enforcer's own descriptors of links whose cgroup the kernel released:
+ * closed (a cgroup link's descriptor is only that; the pin is separate). */
+static void release_cached(struct loader *l)
+{
+	for (int i = 0; l && i < l->nlinks;) {
+		struct bpf_link_info info = {};
+		__u32 len = sizeof(info);
+
+		if (bpf_obj_get_info_by_fd(bpf_link__fd(l->links[i]), &info, &len) == 0 &&
+		    info.type == BPF_LINK_TYPE_CGROUP && info.cgroup.cgroup_id == 0) {
+			bpf_link__destroy(l->links[i]);
+			l->links[i] = l->links[--l->nlinks];
+			continue;
+		}
+		i++;
+	}
+}
+
+int loader_prune_released(struct loader *l, const char *agent, uint64_t cgid)
+{
+	char root[PATH_MAX], dir[PATH_MAX + 64];
+	struct dirent *de;
+	DIR *d;
+	int err;
+
+	if ((err = loader_pin_root(root, sizeof(root))) || (err = link_dir(root, agent, cgid, dir, sizeof(dir))))
+		return err;
+	if (!(d = opendir(dir)))
+		return errno == ENOENT ? 1 : -errno;
+	/* Every pin must be readable and name no cgroup: a pin that cannot be
+	 * opened (EMFILE, ENOMEM) says nothing, and removing it, or detaching
+	 * the others, would take the programs off a live cgroup (review, stop
+	 * 40: the old walk took "could not open" for "dead"). */
+	while ((de = readdir(d))) {
+		char path[PATH_MAX + 300];
+		struct bpf_link_info info = {};
+		__u32 len = sizeof(info);
+		bool released;
+		int fd;
+
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+		if ((fd = bpf_obj_get(path)) < 0) {
+			closedir(d);
+			return 0;
+		}
+		released = bpf_obj_get_info_by_fd(fd, &info, &len) == 0 && info.type == BPF_LINK_TYPE_CGROUP &&
+			   info.cgroup.cgroup_id == 0;
+		close(fd);
+		if (!released) {
+			closedir(d);
+			return 0;
+		}
+	}
+	closedir(d);
+	release_cached(l);
+	return (err = rm_link_dir(dir, NULL, NULL)) ? err : 1;
+}
+

@@ -94,8 +94,14 @@ int loader_detach_pins(const char *agent, int *removed);
 int loader_detach_cgroup(const char *agent, uint64_t cgid);
 
 /* Removes an agent's link directories whose links no longer point at a live
- * cgroup (the cgroup was deleted). Returns how many were removed. */
+ * cgroup (the cgroup was deleted and released). Returns how many were removed. */
 int loader_prune_dead(const char *agent);
+/* Removes the pins of agent's links on cgroup cgid once the kernel has
+ * released that cgroup (every pin readable and naming no cgroup), with l's
+ * own descriptors of released links (l may be NULL). 1: gone (or there was
+ * nothing), 0: not yet (the cgroup lives, or a pin could not be read), or
+ * -errno. Never touches the links of a live cgroup. */
+int loader_prune_released(struct loader *l, const char *agent, uint64_t cgid);
 
 /* For each pinned agent link directory: agent name, cgroup id, links count. */
 typedef void (*loader_pin_cb)(void *ctx, const char *agent, uint64_t cgid, int nlinks, int ndead);

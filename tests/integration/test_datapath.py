@@ -1382,7 +1382,9 @@ def test_agent_cgroup_made_again_while_running(enforcer, servers):
     cg = enforcer.cgroup_path("t-agent")
     old = os.stat(cg).st_ino
     os.rmdir(cg)
-    os.mkdir(cg)           # what a tool (systemd, a runtime) does: a new id
+    # what a tool (systemd, a runtime) does: a new id (the enforcer, woken
+    # by the rmdir, may make it first)
+    os.makedirs(cg, exist_ok=True)
     new = os.stat(cg).st_ino
     assert new != old
 
@@ -1442,9 +1444,24 @@ def test_attached_unit_cgroup_made_again_while_running(enforcer, servers):
             assert r.stdout.startswith("OK"), r.stdout + r.stderr
         assert open(other_log).read() == ""
         assert enforcer.status()["agents"][0]["extra_cgroups"] == ["/agtest-unit.service"]
+        # the enforcer starts while the unit is stopped: the attachment is
+        # kept, and the unit's cgroup gets the programs when it is made
+        enforcer.stop()
+        os.rmdir(cg)
+        enforcer.start(enforce_policy(port))
+        assert "the cgroup does not exist now" in enforcer.read_log()
+        assert enforcer.status()["agents"][0]["extra_cgroups"] == ["/agtest-unit.service"]
+        os.mkdir(cg)
+        assert wait_for(lambda: len(prog_count(cg)) == NPROGS, timeout=5), prog_count(cg)
+        r = run_in(cg, connect_code_flat("127.0.0.1", other))
+        assert r.stdout.split() == ["ERR", "ECONNREFUSED"], r.stdout + r.stderr
+        assert open(other_log).read() == ""
+        assert enforcer.wait_event(lambda e: e.get("class_uid") == 6002 and
+                                   "agtest-unit.service was made" in e.get("message", ""))
     finally:
         enforcer.cleanup()
-        os.rmdir(cg)
+        if os.path.isdir(cg):
+            os.rmdir(cg)
 
 PRE_EXISTING = r"""
 import socket, sys, time
