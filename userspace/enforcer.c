@@ -1604,7 +1604,7 @@ static int attach_extra(const char *agent, const char *cgroup, char *err, size_t
 	/* the same path again (an attach racing the cgroup being made
 	 * again): the entry it has, not a second one */
 	for (int x = 0; x < rt->nextra; x++)
-		if (rt->extra_cgid[x] == cgid || strcmp(rt->extra_rel[x], rel) == 0) {
+		if ((cgid && rt->extra_cgid[x] == cgid) || strcmp(rt->extra_rel[x], rel) == 0) {
 			if (cgid)
 				rt->extra_cgid[x] = cgid;
 			return 0;
