@@ -710,7 +710,7 @@ def test_reload_many_times_under_a_pipelining_agent_on_a_masked_route(enforcer, 
             assert enforcer.cli("reload").returncode == 0
             assert say(f"/a/{k}") == "sent"        # /a/{k-1} is still in flight
             got = say("read 1")[0]
-            assert got.startswith("HTTP/1.1 200") and '"email":"****"' in got, (k, got)
+            assert got.startswith("HTTP/1.1 200") and '"email": "****"' in got, (k, got)
         assert say("read 1")[0].startswith("HTTP/1.1 200")
     finally:
         agent.stdin.close()
