@@ -264,9 +264,18 @@ static void stale_cb(void *ctx, const char *agent, uint64_t cgid, int nlinks, in
 	rt = &E->agents[a];
 	if (cgid == rt->cgid)
 		return;
-	for (int x = 0; x < rt->nextra; x++)
+	for (int x = 0; x < rt->nextra; x++) {
+		char abs[PATH_MAX * 2];
+		struct stat st;
+
 		if (cgid == rt->extra_cgid[x])
 			return;
+		/* an attachment kept without its id (its attach failed at
+		 * start): the links the last run left on it stay */
+		snprintf(abs, sizeof(abs), "%s%s", E->cgroup2, rt->extra_rel[x]);
+		if (!rt->extra_cgid[x] && stat(abs, &st) == 0 && (uint64_t)st.st_ino == cgid)
+			return;
+	}
 	snprintf(sc->v[sc->n].agent, sizeof(sc->v[sc->n].agent), "%s", agent);
 	sc->v[sc->n++].cgid = cgid;
 }
@@ -1411,10 +1420,15 @@ void *enforcer_status_json(void)
 			json_object_set_new(principal, "warning", json_string(pr.warning));
 		if (pr.secret_file_exposed)
 			json_object_set_new(principal, "secret_file_exposed", json_true());
-		json_t *extra = json_array();
-		for (int x = 0; x < rt->nextra; x++)
+		json_t *extra = json_array(), *unattached = json_array(), *ao;
+		for (int x = 0; x < rt->nextra; x++) {
 			json_array_append_new(extra, json_string(rt->extra_rel[x]));
-		json_array_append_new(agents, json_pack(
+			/* not made yet, or made again and not attached: its
+			 * processes are not enforced */
+			if (!rt->extra_cgid[x] || rt->extra_failing[x])
+				json_array_append_new(unattached, json_string(rt->extra_rel[x]));
+		}
+		ao = json_pack(
 			"{s:s, s:s, s:s, s:I, s:i, s:b, s:i, s:o, s:o,"
 			" s:i, s:i, s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:I}",
 			"name", p->agents[i].name, "cgroup", rt->cgroup_rel, "cgroup_path", rt->cgroup_path,
@@ -1429,7 +1443,10 @@ void *enforcer_status_json(void)
 			"mask_paced", (json_int_t)atomic_load(&rt->mask_paced),
 			"accepted", (json_int_t)atomic_load(&rt->accepted),
 			"refused", (json_int_t)atomic_load(&rt->refused),
-			"denied_in_kernel", (json_int_t)atomic_load(&rt->denied_kernel)));
+			"denied_in_kernel", (json_int_t)atomic_load(&rt->denied_kernel));
+		json_object_set_new(ao, "extra_cgroups_unattached", unattached);
+		json_object_set_new(ao, "cgroup_attach_failing", json_boolean(rt->cg_failing));
+		json_array_append_new(agents, ao);
 	}
 	for (size_t t = 0; t < p->ntargets; t++) {
 		const struct policy_target *tg = &p->targets[t];
@@ -1516,6 +1533,20 @@ void *enforcer_status_json(void)
 
 static void cg_watch_parent(const char *abs);
 
+/* A cgroup of the agent that another took the place of: its pins go once
+ * the kernel released it (check_cgroups). */
+static void cg_dead(struct agent_rt *rt, uint64_t id)
+{
+	if (!id)
+		return;
+	if (rt->ndead == (int)(sizeof(rt->dead_cgid) / sizeof(rt->dead_cgid[0]))) {
+		/* the oldest is left to the next start */
+		memmove(rt->dead_cgid, rt->dead_cgid + 1, (size_t)(rt->ndead - 1) * sizeof(rt->dead_cgid[0]));
+		rt->ndead--;
+	}
+	rt->dead_cgid[rt->ndead++] = id;
+}
+
 /* pending_ok: a cgroup that does not exist (a unit stopped while the
  * enforcer starts) is kept, and attached when it is made (check_cgroups);
  * dropped, the unit ran unenforced from its next start on (review, stop
@@ -1588,7 +1619,13 @@ static int attach_extra(const char *agent, const char *cgroup, char *err, size_t
 			}
 		}
 	}
-	if (rt->nextra >= 8) {
+	int have = -1;
+	bool failed = false;
+
+	for (int x = 0; x < rt->nextra && have < 0; x++)
+		if (strcmp(rt->extra_rel[x], rel) == 0)
+			have = x;   /* the same path again: its entry, not a second one */
+	if (have < 0 && rt->nextra >= 8) {
 		snprintf(err, errlen, "agent '%s' already has 8 extra cgroups", agent);
 		return -E2BIG;
 	}
@@ -1598,19 +1635,26 @@ static int attach_extra(const char *agent, const char *cgroup, char *err, size_t
 			 "when it is made", agent, rel);
 	} else if ((ret = loader_attach(E->loader, agent, abs, E->slot_of[idx], &cgid))) {
 		snprintf(err, errlen, "attach to '%s': %s", abs, strerror(-ret));
-		return ret;
+		if (!pending_ok)
+			return ret;
+		/* At start: kept, and tried again every second. Dropped, the
+		 * previous run's links on the cgroup were detached as stale
+		 * and the unit ran unenforced (review, stop 40). */
+		log_err("attachment of '%s' to '%s': %s; tried again every second", agent, rel, err);
+		cgid = 0;
+		failed = true;
 	}
 	cg_watch_parent(abs);
-	/* the same path again (an attach racing the cgroup being made
-	 * again): the entry it has, not a second one */
-	for (int x = 0; x < rt->nextra; x++)
-		if ((cgid && rt->extra_cgid[x] == cgid) || strcmp(rt->extra_rel[x], rel) == 0) {
-			if (cgid)
-				rt->extra_cgid[x] = cgid;
-			return 0;
-		}
+	if (have >= 0) {
+		if (cgid && rt->extra_cgid[have] != cgid)
+			cg_dead(rt, rt->extra_cgid[have]);
+		if (cgid)
+			rt->extra_cgid[have] = cgid;
+		rt->extra_failing[have] = failed;
+		return 0;
+	}
 	snprintf(rt->extra_rel[rt->nextra], PATH_MAX, "%s", rel);
-	rt->extra_failing[rt->nextra] = false;
+	rt->extra_failing[rt->nextra] = failed;
 	rt->extra_cgid[rt->nextra++] = cgid;
 	save_attachments();
 	return 0;
@@ -1997,8 +2041,10 @@ static bool cg_check_one(size_t i, const char *abs, const char *rel, uint64_t *c
 	}
 	if (stat(abs, &st) || !S_ISDIR(st.st_mode))
 		return false;   /* an attached cgroup that is gone: until it is back */
-	if ((uint64_t)st.st_ino == was)
+	if ((uint64_t)st.st_ino == was) {
+		*failing = false;
 		return false;
+	}
 	err = loader_attach(E->loader, name, abs, E->slot_of[i], &now);
 	if (err) {
 		if (!*failing) {
@@ -2015,16 +2061,7 @@ static bool cg_check_one(size_t i, const char *abs, const char *rel, uint64_t *c
 	}
 	*failing = false;
 	*cgid = now;
-	if (was) {
-		struct agent_rt *rt = &E->agents[i];
-
-		if (rt->ndead == (int)(sizeof(rt->dead_cgid) / sizeof(rt->dead_cgid[0]))) {
-			/* the oldest is left to the next start's prune */
-			memmove(rt->dead_cgid, rt->dead_cgid + 1, (size_t)(rt->ndead - 1) * sizeof(rt->dead_cgid[0]));
-			rt->ndead--;
-		}
-		rt->dead_cgid[rt->ndead++] = was;
-	}
+	cg_dead(&E->agents[i], was);
 	char msg[PATH_MAX + 256];
 
 	if (was)

@@ -1450,9 +1450,12 @@ def test_attached_unit_cgroup_made_again_while_running(enforcer, servers):
         os.rmdir(cg)
         enforcer.start(enforce_policy(port))
         assert "the cgroup does not exist now" in enforcer.read_log()
-        assert enforcer.status()["agents"][0]["extra_cgroups"] == ["/agtest-unit.service"]
+        a = enforcer.status()["agents"][0]
+        assert a["extra_cgroups"] == ["/agtest-unit.service"], a
+        assert a["extra_cgroups_unattached"] == ["/agtest-unit.service"], a
         os.mkdir(cg)
         assert wait_for(lambda: len(prog_count(cg)) == NPROGS, timeout=5), prog_count(cg)
+        assert wait_for(lambda: enforcer.status()["agents"][0]["extra_cgroups_unattached"] == [])
         r = run_in(cg, connect_code_flat("127.0.0.1", other))
         assert r.stdout.split() == ["ERR", "ECONNREFUSED"], r.stdout + r.stderr
         assert open(other_log).read() == ""
