@@ -1466,6 +1466,36 @@ def test_attached_unit_cgroup_made_again_while_running(enforcer, servers):
         if os.path.isdir(cg):
             os.rmdir(cg)
 
+
+def test_attached_cgroup_made_again_with_its_parent(enforcer, servers):
+    """The parent of an attached cgroup deleted and made again with it: the
+    inotify watch went with the old parent, and the once-a-second check
+    finds the new cgroup."""
+    port, _ = servers.echo()
+    other, other_log = servers.echo()
+    parent = os.path.join(CG2, "agtest-slice")
+    cg = os.path.join(parent, "unit.service")
+    os.makedirs(cg, exist_ok=True)
+    try:
+        enforcer.start(enforce_policy(port))
+        r = enforcer.cli("attach", "--agent", "t-agent", "--cgroup", "agtest-slice/unit.service")
+        assert r.returncode == 0, r.stderr
+        os.rmdir(cg)
+        os.rmdir(parent)
+        time.sleep(0.2)
+        os.makedirs(cg)
+        assert wait_for(lambda: len(prog_count(cg)) == NPROGS, timeout=5), prog_count(cg)
+        r = run_in(cg, connect_code_flat("127.0.0.1", other))
+        assert r.stdout.split() == ["ERR", "ECONNREFUSED"], r.stdout + r.stderr
+        assert open(other_log).read() == ""
+        assert enforcer.status()["agents"][0]["extra_cgroups_unattached"] == []
+    finally:
+        enforcer.cleanup()
+        for d in (cg, parent):
+            if os.path.isdir(d):
+                os.rmdir(d)
+
+
 PRE_EXISTING = r"""
 import socket, sys, time
 s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
