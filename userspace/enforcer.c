@@ -251,6 +251,13 @@ struct stale_ctx {
 	struct { char agent[256]; uint64_t cgid; } v[STALE_MAX];   /* names: 63 bytes at most */
 };
 
+/* The filesystem path of an agent's extra (attached) cgroup x. */
+static const char *extra_abs(const struct agent_rt *rt, int x, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s%s", E->cgroup2, rt->extra_rel[x]);
+	return buf;
+}
+
 static void stale_cb(void *ctx, const char *agent, uint64_t cgid, int nlinks, int ndead)
 {
 	struct stale_ctx *sc = ctx;
@@ -272,8 +279,7 @@ static void stale_cb(void *ctx, const char *agent, uint64_t cgid, int nlinks, in
 			return;
 		/* an attachment kept without its id (its attach failed at
 		 * start): the links the last run left on it stay */
-		snprintf(abs, sizeof(abs), "%s%s", E->cgroup2, rt->extra_rel[x]);
-		if (!rt->extra_cgid[x] && stat(abs, &st) == 0 && (uint64_t)st.st_ino == cgid)
+		if (!rt->extra_cgid[x] && stat(extra_abs(rt, x, abs, sizeof(abs)), &st) == 0 && (uint64_t)st.st_ino == cgid)
 			return;
 	}
 	snprintf(sc->v[sc->n].agent, sizeof(sc->v[sc->n].agent), "%s", agent);
@@ -1813,14 +1819,19 @@ static int take_lock(const char *path)
 	return fd;
 }
 
-static void lifecycle_event(int activity, const char *name, const char *msg)
+/* Application Lifecycle (6002); unmapped (may be NULL) is taken. */
+static void lifecycle_event(int activity, const char *name, const char *msg, json_t *unmapped)
 {
 	json_t *ev = audit_event(6002, activity, name);
 
-	if (!ev)
+	if (!ev) {
+		json_decref(unmapped);
 		return;
+	}
 	json_object_set_new(ev, "app", json_pack("{s:s, s:s}", "name", "agentgate", "version", AG_VERSION));
 	json_object_set_new(ev, "message", json_string(msg));
+	if (unmapped)
+		json_object_set_new(ev, "unmapped", unmapped);
 	audit_emit(ev);
 }
 
@@ -2007,15 +2018,8 @@ static void cg_watch_parent(const char *abs)
 
 static void cg_event(const char *msg, const char *agent, const char *rel, uint64_t id, uint64_t was)
 {
-	json_t *ev = audit_event(6002, 99, "Other");
-
-	if (!ev)
-		return;
-	json_object_set_new(ev, "app", json_pack("{s:s, s:s}", "name", "agentgate", "version", AG_VERSION));
-	json_object_set_new(ev, "message", json_string(msg));
-	json_object_set_new(ev, "unmapped", json_pack("{s:{s:s, s:s, s:I, s:I}}", "agent", "name", agent,
+	lifecycle_event(99, "Other", msg, json_pack("{s:{s:s, s:s, s:I, s:I}}", "agent", "name", agent,
 		"cgroup", rel, "cgroup_id", (json_int_t)id, "previous_cgroup_id", (json_int_t)was));
-	audit_emit(ev);
 }
 
 /* One cgroup of agent i, attached as *cgid (0: not yet made): attached again when the cgroup
@@ -2032,15 +2036,21 @@ static bool cg_check_one(size_t i, const char *abs, const char *rel, uint64_t *c
 	cg_watch_parent(abs);
 	if (*failing && !tick)
 		return false;   /* failing: tried again once a second, not at every event */
-	if (stat(abs, &st) && errno == ENOENT && make && (err = mkdir_p(abs, 0755))) {
-		if (!*failing)
-			log_err("agent '%s': cgroup %s is gone and could not be made again: %s", name, abs,
-				strerror(-err));
-		*failing = true;
-		return false;
+	if (stat(abs, &st)) {
+		if (errno != ENOENT || !make)
+			return false;   /* an attached cgroup that is gone: until it is back */
+		if ((err = mkdir_p(abs, 0755))) {
+			if (!*failing)
+				log_err("agent '%s': cgroup %s is gone and could not be made again: %s", name, abs,
+					strerror(-err));
+			*failing = true;
+			return false;
+		}
+		if (stat(abs, &st))
+			return false;
 	}
-	if (stat(abs, &st) || !S_ISDIR(st.st_mode))
-		return false;   /* an attached cgroup that is gone: until it is back */
+	if (!S_ISDIR(st.st_mode))
+		return false;
 	if ((uint64_t)st.st_ino == was) {
 		*failing = false;
 		return false;
@@ -2102,8 +2112,7 @@ static void check_cgroups(bool tick)
 		for (int x = 0; x < rt->nextra; x++) {
 			char abs[PATH_MAX * 2];
 
-			snprintf(abs, sizeof(abs), "%s%s", E->cgroup2, rt->extra_rel[x]);
-			cg_check_one(i, abs, rt->extra_rel[x], &rt->extra_cgid[x], false, &rt->extra_failing[x], tick);
+			cg_check_one(i, extra_abs(rt, x, abs, sizeof(abs)), rt->extra_rel[x], &rt->extra_cgid[x], false, &rt->extra_failing[x], tick);
 		}
 	}
 	if (agents_changed && write_agents_file())
@@ -2742,7 +2751,7 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 		snprintf(msg, sizeof(msg), "enforcer started (policy %s, %s mode, %zu agents)",
 			 E->policy_desc, E->policy->mode == POLICY_OBSERVE ? "observe" : "enforce",
 			 E->policy->nagents);
-		lifecycle_event(3, "Start", msg);
+		lifecycle_event(3, "Start", msg, NULL);
 		log_info("%s; ready", msg);
 		ret = 0;
 	}
@@ -2766,7 +2775,8 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 	for (int i = 0; i < E->nworkers; i++)
 		worker_join(&E->workers[i]);
 	ring_buffer__consume(rb);
-	lifecycle_event(4, "Stop", "enforcer stopped; programs stay attached (connections refused until restart)");
+	lifecycle_event(4, "Stop", "enforcer stopped; programs stay attached (connections refused until restart)",
+			NULL);
 	log_info("stopped; kernel programs stay pinned (fail closed)");
 out:
 	admin_close(adm);

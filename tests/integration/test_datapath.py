@@ -1372,6 +1372,26 @@ def run_in(cg, code):
                           capture_output=True, text=True, timeout=20)
 
 
+def assert_refused(cg, port):
+    """A process moved into cg cannot reach 127.0.0.1:port (no rule)."""
+    r = run_in(cg, connect_code_flat("127.0.0.1", port))
+    assert r.stdout.split() == ["ERR", "ECONNREFUSED"], r.stdout + r.stderr
+
+
+def assert_relayed(cg, port):
+    """A process moved into cg reaches 127.0.0.1:port through the enforcer."""
+    r = run_in(cg, connect_code_flat("127.0.0.1", port))
+    assert r.stdout.startswith("OK"), r.stdout + r.stderr
+
+
+def start_attached(enforcer, port, rel):
+    """The enforcer on enforce_policy(port), with t-agent attached to the
+    existing cgroup rel too."""
+    enforcer.start(enforce_policy(port))
+    r = enforcer.cli("attach", "--agent", "t-agent", "--cgroup", rel)
+    assert r.returncode == 0, r.stderr
+
+
 def test_agent_cgroup_made_again_while_running(enforcer, servers):
     """A policy cgroup deleted and made again while the enforcer runs is a
     new cgroup without programs: the enforcer attaches it again at once, and
@@ -1394,11 +1414,9 @@ def test_agent_cgroup_made_again_while_running(enforcer, servers):
 
     assert wait_for(attached, timeout=5), enforcer.status()["agents"][0]
     assert len(prog_count(cg)) == NPROGS
-    r = run_in(cg, connect_code_flat("127.0.0.1", other))
-    assert r.stdout.split() == ["ERR", "ECONNREFUSED"], r.stdout + r.stderr
+    assert_refused(cg, other)
     assert open(other_log).read() == ""     # nothing reached the server it may not reach
-    r = run_in(cg, connect_code_flat("127.0.0.1", port))
-    assert r.stdout.startswith("OK"), r.stdout + r.stderr
+    assert_relayed(cg, port)
     r = enforcer.py("t-agent", connect_code("127.0.0.1", port))    # exec takes the new id
     assert r.stdout.startswith("OK"), r.stdout + r.stderr
     ev = enforcer.wait_event(lambda e: e.get("class_uid") == 6002 and
@@ -1412,8 +1430,7 @@ def test_agent_cgroup_made_again_while_running(enforcer, servers):
     # deleted and left gone: made again and attached
     os.rmdir(cg)
     assert wait_for(lambda: os.path.isdir(cg) and len(prog_count(cg)) == NPROGS, timeout=5)
-    r = run_in(cg, connect_code_flat("127.0.0.1", other))
-    assert r.stdout.split() == ["ERR", "ECONNREFUSED"], r.stdout + r.stderr
+    assert_refused(cg, other)
     assert "deleted and made again" in enforcer.read_log()
 
 
@@ -1427,21 +1444,16 @@ def test_attached_unit_cgroup_made_again_while_running(enforcer, servers):
     cg = os.path.join(CG2, "agtest-unit.service")
     os.makedirs(cg, exist_ok=True)
     try:
-        enforcer.start(enforce_policy(port))
-        r = enforcer.cli("attach", "--agent", "t-agent", "--cgroup", "agtest-unit.service")
-        assert r.returncode == 0, r.stderr
-        r = run_in(cg, connect_code_flat("127.0.0.1", other))
-        assert r.stdout.split() == ["ERR", "ECONNREFUSED"], r.stdout + r.stderr
+        start_attached(enforcer, port, "agtest-unit.service")
+        assert_refused(cg, other)
         for _ in range(2):                  # two restarts of the unit
             os.rmdir(cg)
             time.sleep(0.3)                 # stopped for a while: nothing is made in its place
             assert not os.path.exists(cg)
             os.mkdir(cg)
             assert wait_for(lambda: len(prog_count(cg)) == NPROGS, timeout=5), prog_count(cg)
-            r = run_in(cg, connect_code_flat("127.0.0.1", other))
-            assert r.stdout.split() == ["ERR", "ECONNREFUSED"], r.stdout + r.stderr
-            r = run_in(cg, connect_code_flat("127.0.0.1", port))
-            assert r.stdout.startswith("OK"), r.stdout + r.stderr
+            assert_refused(cg, other)
+            assert_relayed(cg, port)
         assert open(other_log).read() == ""
         assert enforcer.status()["agents"][0]["extra_cgroups"] == ["/agtest-unit.service"]
         # the enforcer starts while the unit is stopped: the attachment is
@@ -1456,8 +1468,7 @@ def test_attached_unit_cgroup_made_again_while_running(enforcer, servers):
         os.mkdir(cg)
         assert wait_for(lambda: len(prog_count(cg)) == NPROGS, timeout=5), prog_count(cg)
         assert wait_for(lambda: enforcer.status()["agents"][0]["extra_cgroups_unattached"] == [])
-        r = run_in(cg, connect_code_flat("127.0.0.1", other))
-        assert r.stdout.split() == ["ERR", "ECONNREFUSED"], r.stdout + r.stderr
+        assert_refused(cg, other)
         assert open(other_log).read() == ""
         assert enforcer.wait_event(lambda e: e.get("class_uid") == 6002 and
                                    "agtest-unit.service was made" in e.get("message", ""))
@@ -1477,16 +1488,13 @@ def test_attached_cgroup_made_again_with_its_parent(enforcer, servers):
     cg = os.path.join(parent, "unit.service")
     os.makedirs(cg, exist_ok=True)
     try:
-        enforcer.start(enforce_policy(port))
-        r = enforcer.cli("attach", "--agent", "t-agent", "--cgroup", "agtest-slice/unit.service")
-        assert r.returncode == 0, r.stderr
+        start_attached(enforcer, port, "agtest-slice/unit.service")
         os.rmdir(cg)
         os.rmdir(parent)
         time.sleep(0.2)
         os.makedirs(cg)
         assert wait_for(lambda: len(prog_count(cg)) == NPROGS, timeout=5), prog_count(cg)
-        r = run_in(cg, connect_code_flat("127.0.0.1", other))
-        assert r.stdout.split() == ["ERR", "ECONNREFUSED"], r.stdout + r.stderr
+        assert_refused(cg, other)
         assert open(other_log).read() == ""
         assert enforcer.status()["agents"][0]["extra_cgroups_unattached"] == []
     finally:
