@@ -285,6 +285,48 @@ static __always_inline int udp_dst(struct bpf_sock_addr *ctx, struct ag_sk_state
 	return ALLOW;
 }
 
+/*
+ * Every agent shares ag_pairs (AG_PAIR_MAX entries), and an entry lives
+ * from the SYN until the enforcer accepts: one agent making connects faster
+ * than they are accepted (the enforcer stopped, its backlog full, SYNs
+ * retried for 30 s) could fill it, and every agent's connects then failed
+ * (threat model 14a, a known limit until stop 41). The enforcer gives each agent a
+ * share, AG_PAIR_MAX / (agents + 1), so all of them together never fill it
+ * and each always finds its own share free. Checked here, before the
+ * rewrite, so the agent gets ECONNREFUSED rather than a connection the
+ * enforcer must refuse; counted at TCP_CONNECT_CB (ag_sock_ops). Without
+ * atomics that return a value (this object is built for BPF v1), connects
+ * on several CPUs at once can each pass the check: the share is exceeded by
+ * at most one connect in flight per CPU.
+ */
+static __always_inline bool over_quota(const struct ag_global *g, __u32 slot)
+{
+	__s64 *n;
+
+	if (!g->pair_quota)
+		return false;
+	n = bpf_map_lookup_elem(&ag_pending, &slot);
+	return n && *n >= (__s64)g->pair_quota;
+}
+
+/* Entry k leaves ag_pairs: its agent's share gets it back, only when this
+ * call is the one that removed it. */
+static __always_inline void pair_delete(const struct ag_pair_key *k)
+{
+	struct ag_pair_val *v = bpf_map_lookup_elem(&ag_pairs, k);
+	__u32 slot;
+	__s64 *n;
+
+	if (!v)
+		return;
+	slot = v->slot;
+	if (bpf_map_delete_elem(&ag_pairs, k))
+		return;
+	n = bpf_map_lookup_elem(&ag_pending, &slot);
+	if (n)
+		__sync_fetch_and_add(n, -1);
+}
+
 static __always_inline int do_connect(struct bpf_sock_addr *ctx, const __u8 addr[16], __u16 port,
 				      bool v6, bool is_sendmsg)
 {
@@ -335,6 +377,10 @@ static __always_inline int do_connect(struct bpf_sock_addr *ctx, const __u8 addr
 		return deny_op(ctx, AG_R_METADATA, slot, addr, port, family, is_sendmsg);
 	if (!hit && !(ac->flags & AG_AF_OBSERVE))
 		return deny_op(ctx, AG_R_NOT_ALLOWED, slot, addr, port, family, is_sendmsg);
+	if (over_quota(g, slot)) {
+		count(AG_CNT_PAIR_QUOTA);
+		return deny_op(ctx, AG_R_PAIR_QUOTA, slot, addr, port, family, is_sendmsg);
+	}
 
 	__builtin_memcpy(st->orig_addr, addr, 16);
 	st->orig_port = port;
@@ -743,6 +789,8 @@ int ag_sock_ops(struct bpf_sock_ops *ops)
 	struct ag_pair_val v = {};
 	struct ag_sk_state *st;
 	struct bpf_sock *sk;
+	__u32 slot;
+	__s64 *n;
 
 	/*
 	 * A redirected socket that closes takes its entry with it. The enforcer
@@ -762,7 +810,7 @@ int ag_sock_ops(struct bpf_sock_ops *ops)
 		if (ops->args[1] == BPF_TCP_CLOSE &&
 		    (ops->args[0] == BPF_TCP_SYN_SENT || ops->args[0] == BPF_TCP_ESTABLISHED)) {
 			pair_key(ops, &k);
-			bpf_map_delete_elem(&ag_pairs, &k);
+			pair_delete(&k);
 		}
 		return 1;
 	}
@@ -781,7 +829,7 @@ int ag_sock_ops(struct bpf_sock_ops *ops)
 	v.orig_port = st->orig_port;
 	v.orig_family = st->orig_family;
 	v.proto = IPPROTO_TCP;
-	v.slot = st->slot;
+	v.slot = slot = st->slot;
 	v.tgid = st->tgid;
 	v.pid = st->pid;
 	v.uid = st->uid;
@@ -789,11 +837,20 @@ int ag_sock_ops(struct bpf_sock_ops *ops)
 	v.sock_cookie = bpf_get_socket_cookie(ops);
 	v.ts_ns = bpf_ktime_get_boot_ns();
 	__builtin_memcpy(v.comm, st->comm, sizeof(v.comm));
-	/* On failure the enforcer finds no entry and refuses: fail closed. */
-	if (bpf_map_update_elem(&ag_pairs, &k, &v, BPF_ANY))
-		count(AG_CNT_PAIR_FAIL);
-	else
-		bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+	/* An entry left with this very key (its socket gone without
+	 * taking it) is replaced, and its agent's share given back. */
+	if (bpf_map_update_elem(&ag_pairs, &k, &v, BPF_NOEXIST)) {
+		pair_delete(&k);
+		if (bpf_map_update_elem(&ag_pairs, &k, &v, BPF_NOEXIST)) {
+			/* the enforcer finds no entry and refuses: fail closed */
+			count(AG_CNT_PAIR_FAIL);
+			return 1;
+		}
+	}
+	n = bpf_map_lookup_elem(&ag_pending, &slot);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+	bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 	return 1;
 }
 

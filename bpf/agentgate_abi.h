@@ -55,6 +55,7 @@ enum ag_counter {
 	AG_CNT_SKB_INGRESS_DROP = 12, /* backstop: packets from anything but the enforcer dropped */
 	AG_CNT_GUARD_DROP       = 13, /* sk_lookup: a connection or datagram to an enforcer port with no enforcer socket */
 	AG_CNT_DENY_SOCKOPT     = 14, /* setsockopt() of a source route refused */
+	AG_CNT_PAIR_QUOTA       = 15, /* connect refused: the agent holds its share of ag_pairs */
 	AG_CNT__MAX             = 16,
 };
 
@@ -81,6 +82,7 @@ enum ag_reason {
 	AG_R_NETNS        = 10, /* network namespace not served by the enforcer */
 	AG_R_NO_CONFIG    = 11, /* enforcer never configured the kernel side */
 	AG_R_BOUND_DEVICE = 12, /* socket bound to a device other than loopback */
+	AG_R_PAIR_QUOTA   = 13, /* the agent holds its share of ag_pairs */
 };
 
 /* The loopback device's ifindex, the same in every network namespace: the
@@ -102,7 +104,7 @@ struct ag_global {
 	__u16 tcp_port;        /* the enforcer's TCP listener (127.0.0.1, ::1) */
 	__u16 dns_port_base;   /* agent slot s has its DNS listener at base + s */
 	__u16 dns_port_count;  /* ports [base, base+count) are reserved */
-	__u16 pad0;
+	__u16 pair_quota;      /* ag_pairs entries one agent may hold (ag_pending); 0: no limit */
 	__u64 netns_cookie;    /* network namespace the listeners live in */
 };
 
@@ -192,6 +194,19 @@ struct ag_pair_val {
 	__u64 ts_ns;
 	char  comm[AG_COMM_LEN];
 };
+
+/*
+ * Map ag_pending: ARRAY[AG_MAX_AGENTS] of __s64, mmapable, indexed by slot:
+ * how many ag_pairs entries the agent holds. Whoever deletes an entry (the
+ * enforcer taking it at accept or sweeping it, sock_ops at an abortive
+ * close) and succeeds subtracts one from the entry's slot; sock_ops adds
+ * one for each entry it inserts. The enforcer zeroes it at start, after
+ * removing every entry. Signed: a connect made while an enforcer restarts
+ * (the previous run's programs, which do not count, still attached) can
+ * leave a count below the truth, which the periodic sweep puts back to 0
+ * when negative; one above it needs the enforcer killed between taking an
+ * entry and subtracting, and lasts until the next start.
+ */
 
 /* Map ag_events: RINGBUF. */
 struct ag_event {

@@ -58,6 +58,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ag_pairs SEC(".maps");
 
+/* The share of ag_pairs each agent holds (agentgate_abi.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, AG_MAX_AGENTS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, __s64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ag_pending SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, AG_RINGBUF_DEFAULT);

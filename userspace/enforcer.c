@@ -61,6 +61,7 @@ static const char *const counter_names[AG_CNT__MAX] = {
 	[AG_CNT_SKB_INGRESS_DROP] = "backstop_ingress_dropped",
 	[AG_CNT_GUARD_DROP] = "guard_dropped",
 	[AG_CNT_DENY_SOCKOPT] = "denied_sockopt",
+	[AG_CNT_PAIR_QUOTA] = "denied_pair_quota",
 };
 
 static bool claims_may_grant(const struct policy *p, int t);
@@ -82,6 +83,7 @@ static const char *reason_str(uint32_t r)
 	case AG_R_NO_CONFIG: return "enforcer has not configured the kernel side";
 	case AG_R_BOUND_DEVICE: return "socket bound to a network device (SO_BINDTODEVICE): the enforcer is "
 				       "reached only over loopback";
+	case AG_R_PAIR_QUOTA: return "the agent has its share of connects waiting for the enforcer to accept them";
 	default: return "unknown";
 	}
 }
@@ -494,6 +496,16 @@ static void reserve_ports(void)
 	free(cur);
 }
 
+/* The ag_pairs entries one agent may hold (agentgate.bpf.c over_quota()):
+ * with n agents each holding at most AG_PAIR_MAX / (n + 1), together they
+ * leave a share free, so none is ever refused for want of room. An agent
+ * has more than its share only with that many connects the enforcer has
+ * not accepted yet. Agents cannot be added by a reload. */
+static uint16_t pair_quota(const struct policy *p)
+{
+	return (uint16_t)(AG_PAIR_MAX / (p->nagents + 1));
+}
+
 static int program_kernel(void)
 {
 	const struct policy *p = E->policy;
@@ -503,6 +515,7 @@ static int program_kernel(void)
 		.tcp_port = E->tcp_port,
 		.dns_port_base = E->dns_base,
 		.dns_port_count = AG_MAX_AGENTS,
+		.pair_quota = pair_quota(p),
 		.netns_cookie = E->netns_cookie,
 	};
 	struct orphan_ctx oc = { 0 };
@@ -1450,6 +1463,8 @@ void *enforcer_status_json(void)
 			"accepted", (json_int_t)atomic_load(&rt->accepted),
 			"refused", (json_int_t)atomic_load(&rt->refused),
 			"denied_in_kernel", (json_int_t)atomic_load(&rt->denied_kernel));
+		json_object_set_new(ao, "connects_pending",
+				    json_integer((json_int_t)loader_pending(E->loader, E->slot_of[i])));
 		json_object_set_new(ao, "extra_cgroups_unattached", unattached);
 		json_object_set_new(ao, "cgroup_attach_failing", json_boolean(rt->cg_failing));
 		json_array_append_new(agents, ao);
@@ -1516,6 +1531,7 @@ void *enforcer_status_json(void)
 		"local_ca", local_ca_cert_path()[0] ? json_string(local_ca_cert_path()) : json_null(),
 		"audit", json_pack("{s:b, s:s?}", "allowed_requests", p->audit.allowed_requests,
 				   "recording_dir", p->audit.recording_dir));
+	json_object_set_new(st, "pair_quota", json_integer(pair_quota(p)));
 	json_t *per = json_array();
 
 	for (int i = 0; i < E->nworkers; i++)
@@ -2618,6 +2634,7 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 	 * and ESTABLISHED (FIN_WAIT2), and whoever binds that client port next
 	 * would be taken for the agent. None can be this run's yet. */
 	loader_pair_sweep(E->loader, 0, NULL);
+	loader_pending_reset(E->loader);
 	/* A previous run's bind guard stays on: this process must be the one it
 	 * lets bind the enforcer's ports before the listeners are made. */
 	if ((rc = loader_set_owner(E->loader, (uint32_t)getpid()))) {

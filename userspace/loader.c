@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <bpf/bpf.h>
@@ -32,6 +33,8 @@ struct loader {
 	char root[PATH_MAX];
 	struct bpf_link *links[MAX_LINKS];
 	int nlinks;
+	int64_t *pending;   /* ag_pending, mapped: each agent's ag_pairs entries */
+	size_t pending_len;
 };
 
 int loader_pin_root(char *out, size_t outlen)
@@ -124,6 +127,17 @@ int loader_open(struct loader **out, uint32_t ringbuf_bytes)
 	err = agentgate_bpf__load(l->skel);
 	if (err)
 		goto fail;
+	/* Shared with the programs, which count with atomic adds: the
+	 * enforcer's subtractions must be atomic too, which a map update
+	 * through bpf() is not. */
+	l->pending_len = ((size_t)AG_MAX_AGENTS * sizeof(int64_t) + 4095) & ~(size_t)4095;
+	l->pending = mmap(NULL, l->pending_len, PROT_READ | PROT_WRITE, MAP_SHARED,
+			  bpf_map__fd(l->skel->maps.ag_pending), 0);
+	if (l->pending == MAP_FAILED) {
+		l->pending = NULL;
+		err = -errno;
+		goto fail;
+	}
 	*out = l;
 	return 0;
 fail:
@@ -137,6 +151,8 @@ void loader_close(struct loader *l)
 		return;
 	for (int i = 0; i < l->nlinks; i++)
 		bpf_link__destroy(l->links[i]);   /* pinned: the kernel link lives on */
+	if (l->pending)
+		munmap(l->pending, l->pending_len);
 	agentgate_bpf__destroy(l->skel);
 	free(l);
 }
@@ -423,11 +439,32 @@ int loader_allow_prune(struct loader *l, loader_allow_keep_fn keep, void *ctx)
 	return n;
 }
 
+/* An entry this process removed: its agent's share gets it back. */
+static void pending_put(struct loader *l, uint32_t slot)
+{
+	if (slot < AG_MAX_AGENTS)
+		__atomic_fetch_sub(&l->pending[slot], 1, __ATOMIC_RELAXED);
+}
+
 int loader_pair_take(struct loader *l, const struct ag_pair_key *k, struct ag_pair_val *v)
 {
 	int fd = bpf_map__fd(l->skel->maps.ag_pairs);
 
-	return bpf_map_lookup_and_delete_elem(fd, k, v) ? -errno : 0;
+	if (bpf_map_lookup_and_delete_elem(fd, k, v))
+		return -errno;
+	pending_put(l, v->slot);
+	return 0;
+}
+
+void loader_pending_reset(struct loader *l)
+{
+	for (int i = 0; i < AG_MAX_AGENTS; i++)
+		__atomic_store_n(&l->pending[i], 0, __ATOMIC_RELAXED);
+}
+
+int64_t loader_pending(struct loader *l, uint32_t slot)
+{
+	return slot < AG_MAX_AGENTS ? __atomic_load_n(&l->pending[slot], __ATOMIC_RELAXED) : 0;
 }
 
 int loader_pair_sweep(struct loader *l, uint64_t max_age_ns, uint64_t *removed)
@@ -449,10 +486,24 @@ int loader_pair_sweep(struct loader *l, uint64_t max_age_ns, uint64_t *removed)
 		if (bpf_map_lookup_elem(fd, &k, &v) == 0 && now > v.ts_ns && now - v.ts_ns > max_age_ns)
 			stale[nstale++] = k;
 	}
+	/* Taken with its value: the slot given back is the one of the entry
+	 * removed, even if the key was filled again since the walk. */
 	for (uint64_t i = 0; i < nstale; i++)
-		if (bpf_map_delete_elem(fd, &stale[i]) == 0)
+		if (bpf_map_lookup_and_delete_elem(fd, &stale[i], &v) == 0) {
+			pending_put(l, v.slot);
 			n++;
+		}
 	free(stale);
+	/* Below zero is a count the previous run's programs left short
+	 * (agentgate_abi.h, ag_pending): it would let the agent past its
+	 * share. Compare-and-swap, so a change made meanwhile stands. */
+	for (int s = 0; s < AG_MAX_AGENTS; s++) {
+		int64_t c = __atomic_load_n(&l->pending[s], __ATOMIC_RELAXED);
+
+		if (c < 0)
+			__atomic_compare_exchange_n(&l->pending[s], &c, 0, false, __ATOMIC_RELAXED,
+						    __ATOMIC_RELAXED);
+	}
 	if (removed)
 		*removed = n;
 	return 0;

@@ -71,8 +71,14 @@ int loader_allow_prune(struct loader *l, loader_allow_keep_fn keep, void *ctx);
 
 /* Looks up and deletes a pair entry. 0, -ENOENT, or -errno. */
 int loader_pair_take(struct loader *l, const struct ag_pair_key *k, struct ag_pair_val *v);
-/* Deletes pair entries older than max_age_ns (connections never accepted). */
+/* Deletes pair entries older than max_age_ns (connections never accepted),
+ * and puts agents' counts of entries (ag_pending) that fell below zero
+ * back to zero. */
 int loader_pair_sweep(struct loader *l, uint64_t max_age_ns, uint64_t *removed);
+/* Each agent's count of pair entries: zeroed (at start, once every entry
+ * is gone), read. */
+void loader_pending_reset(struct loader *l);
+int64_t loader_pending(struct loader *l, uint32_t slot);
 
 /* Sum of each per-CPU counter. */
 int loader_counters(struct loader *l, uint64_t out[AG_CNT__MAX]);

@@ -2382,3 +2382,121 @@ def test_enforcer_crash_writes_no_core(enforcer, servers, tmp):
         assert bool(cores) is allowed, (allowed, os.listdir(d))
         for f in os.listdir(d):
             os.unlink(os.path.join(d, f))
+
+
+FLOOD = r"""
+import errno, resource, socket, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+port, most = int(sys.argv[1]), int(sys.argv[2])
+held, why = [], "none"
+while len(held) < most:
+    s = socket.socket()
+    s.setblocking(False)
+    try:
+        s.connect(("127.0.0.1", port))
+    except BlockingIOError:
+        held.append(s)
+        continue
+    except OSError as e:
+        why = errno.errorcode[e.errno]
+        s.close()
+        break
+    held.append(s)
+# the way around it: another family, the same agent
+s6 = socket.socket(socket.AF_INET6)
+s6.setblocking(False)
+try:
+    s6.connect(("::ffff:127.0.0.1", port))
+    v6 = "EINPROGRESS"
+except BlockingIOError:
+    v6 = "EINPROGRESS"
+except OSError as e:
+    v6 = errno.errorcode[e.errno]
+print(len(held), why, v6, flush=True)
+sys.stdin.readline()
+for s in held:   # abortive: the close hook takes each entry back
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    s.close()
+print("closed", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_one_agent_cannot_fill_the_pair_map(enforcer, servers):
+    """Every agent shares the kernel's pair map (65,536 connects not yet
+    accepted by the enforcer). One agent connecting faster than the enforcer
+    accepts (here: the enforcer stopped, so nothing is accepted) filled it,
+    and every other agent's connects were then refused (threat model 14a,
+    known limit until stop 41). Each agent now holds at most
+    65536 / (agents + 1): with three agents, 16,384. The agent past its
+    share gets ECONNREFUSED, in either address family, while the other
+    agents still connect; closing its sockets gives its share back."""
+    a_port, _ = servers.echo()
+    b_port, b_log = servers.echo()
+    detach_all()   # a fresh ring buffer, large enough for the flood's events
+    enforcer.start(f"""
+version: 1
+agents:
+  - {{name: t-a}}
+  - {{name: t-b}}
+  - {{name: t-c}}
+targets:
+  - {{name: a, protocol: tcp, address: 127.0.0.1:{a_port}}}
+  - {{name: b, protocol: tcp, address: 127.0.0.1:{b_port}}}
+roles:
+  - {{name: ra, rules: [{{target: a}}]}}
+  - {{name: rb, rules: [{{target: b}}]}}
+bindings:
+  - {{role: ra, agents: [t-a]}}
+  - {{role: rb, agents: [t-b, t-c]}}
+""", env={"AGENTGATE_RINGBUF_BYTES": str(4 << 20)})
+    st = enforcer.status()
+    assert st["pair_quota"] == 16384, st["pair_quota"]
+    share = st["pair_quota"]
+    procs = os.path.join(enforcer.cgroup_path("t-a"), "cgroup.procs")
+    enforcer.proc.p.send_signal(signal.SIGSTOP)
+    flood = subprocess.Popen(["sh", "-c", f'echo $$ > {procs} && exec "$@"', "sh", PY, "-c", FLOOD,
+                              str(a_port), str(share + 100)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = flood.stdout.readline().split()
+        assert line == [str(share), "ECONNREFUSED", "ECONNREFUSED"], (line, flood.stderr.read() if not line else "")
+        # another agent still gets its entry: its connect is not refused
+        # (a full accept queue, not ours, keeps it waiting meanwhile)
+        code = f"""
+import errno, socket
+s = socket.socket()
+s.setblocking(False)
+try:
+    s.connect(("127.0.0.1", {b_port})); print("connected")
+except OSError as e:
+    print(errno.errorcode[e.errno])
+"""
+        r = subprocess.run(["sh", "-c", f'echo $$ > {enforcer.cgroup_path("t-b")}/cgroup.procs && exec "$@"',
+                            "sh", PY, "-c", code], capture_output=True, text=True, timeout=20)
+        assert r.stdout.split() == ["EINPROGRESS"], r.stdout + r.stderr
+        flood.stdin.write("\n")
+        flood.stdin.flush()
+        assert flood.stdout.readline().strip() == "closed"
+    finally:
+        enforcer.proc.p.send_signal(signal.SIGCONT)
+    r = enforcer.in_cgroup("t-b", [PY, "-c", connect_code_flat("127.0.0.1", b_port)])
+    assert r.stdout.startswith("OK"), r.stdout + r.stderr
+    assert open(b_log).read() != ""
+    # the share came back: the close hook gave back what the flood held, and
+    # the enforcer what it took at accept
+    pending = lambda: {a["name"]: a["connects_pending"] for a in enforcer.status()["agents"]}
+    assert wait_for(lambda: pending() == {"t-a": 0, "t-b": 0, "t-c": 0}, 10), pending()
+    r = enforcer.in_cgroup("t-a", [PY, "-c", connect_code_flat("127.0.0.1", a_port)])
+    assert r.stdout.startswith("OK"), r.stdout + r.stderr
+    flood.stdin.write("\n")
+    flood.stdin.close()
+    flood.wait(timeout=10)
+    st = enforcer.status()
+    assert st["counters"]["denied_pair_quota"] == 2, st["counters"]
+    assert st["counters"]["pair_map_update_failed"] == 0, st["counters"]
+    assert st["counters"]["ringbuf_dropped"] == 0, st["counters"]
+    refused = [e for e in enforcer.events() if e.get("activity_name") == "Refuse"
+               and e["unmapped"].get("reason", "").startswith("the agent has its share of connects")]
+    assert [e["unmapped"]["agent"]["name"] for e in refused] == ["t-a", "t-a"], refused
