@@ -167,6 +167,25 @@ int ag_sock_create(struct bpf_sock *sk)
 	return ALLOW;
 }
 
+/*
+ * Attached (BPF_F_ALLOW_OVERRIDE, not a link) to the cgroup that holds the
+ * policy cgroups ("agentgate" under the cgroup2 mount). A cgroup with
+ * programs of its own runs only those: every attached agent cgroup.
+ * One without, under it, runs this instead: a policy cgroup deleted and
+ * made again (a new cgroup, no programs) until the enforcer attaches it,
+ * the parent itself, and a cgroup left by an agent the policy dropped.
+ * None of them may make an inet socket, so nothing made there meanwhile
+ * goes out directly (threat model 13c). It stays while no enforcer runs,
+ * as the pinned links do; `detach --all` takes it off.
+ */
+SEC("cgroup/sock_create")
+int ag_unattached(struct bpf_sock *sk)
+{
+	count(AG_CNT_NO_AGENT);
+	emit(AG_EV_SOCK_DENY, AG_R_UNATTACHED, 0, 0, NULL, 0, sk->family, sk->protocol);
+	return DENY;
+}
+
 /* ---- setsockopt: no source routes ---------------------------------------- */
 
 /*

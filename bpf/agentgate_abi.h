@@ -83,6 +83,7 @@ enum ag_reason {
 	AG_R_NO_CONFIG    = 11, /* enforcer never configured the kernel side */
 	AG_R_BOUND_DEVICE = 12, /* socket bound to a device other than loopback */
 	AG_R_PAIR_QUOTA   = 13, /* the agent holds its share of ag_pairs */
+	AG_R_UNATTACHED   = 14, /* a cgroup under the agents' parent without programs (ag_unattached) */
 };
 
 /* The loopback device's ifindex, the same in every network namespace: the

@@ -83,6 +83,8 @@ static const char *reason_str(uint32_t r)
 	case AG_R_NO_CONFIG: return "enforcer has not configured the kernel side";
 	case AG_R_BOUND_DEVICE: return "socket bound to a network device (SO_BINDTODEVICE): the enforcer is "
 				       "reached only over loopback";
+	case AG_R_UNATTACHED: return "cgroup under the agents' cgroup without its programs (made again and not "
+				      "attached yet, or named by no agent): no inet sockets";
 	case AG_R_PAIR_QUOTA: return "the agent has its share of connects waiting for the enforcer to accept them";
 	default: return "unknown";
 	}
@@ -99,7 +101,7 @@ static int resolve_cgroup(const struct policy_agent *a, char *abs, size_t abslen
 	if (a->cgroup)
 		snprintf(given, sizeof(given), "%s", a->cgroup);
 	else
-		snprintf(given, sizeof(given), "agentgate/%s", a->name);
+		snprintf(given, sizeof(given), AG_CGROUP_PARENT "/%s", a->name);
 	/* Absolute paths may name the mount ("/sys/fs/cgroup/unified/x") or
 	 * the hierarchy ("/x"); relative ones are relative to the mount. */
 	if (strncmp(given, root, rl) == 0 && (given[rl] == '/' || given[rl] == 0))
@@ -506,6 +508,31 @@ static uint16_t pair_quota(const struct policy *p)
 	return (uint16_t)(AG_PAIR_MAX / (p->nagents + 1));
 }
 
+/* The policy cgroups' parent, when some agent's cgroup lies under it: a
+ * cgroup there without programs of its own (made again and not attached
+ * yet) makes no inet socket (agentgate.bpf.c ag_unattached). Not on a
+ * parent the enforcer did not make for agents (an attached unit's
+ * system.slice): it would take every other service's network. Logged, not
+ * fatal: without it the window of threat model 13c is what it was. */
+static void guard_unattached(const struct policy *p)
+{
+	char parent[PATH_MAX];
+	bool under = false;
+	int err;
+
+	E->unattached_guarded = false;
+	for (size_t i = 0; i < p->nagents; i++)
+		under |= strncmp(E->agents[i].cgroup_rel, "/" AG_CGROUP_PARENT "/", sizeof(AG_CGROUP_PARENT) + 1) == 0;
+	if (!under)
+		return;
+	snprintf(parent, sizeof(parent), "%s/" AG_CGROUP_PARENT, E->cgroup2);
+	if ((err = loader_guard_unattached(E->loader, parent)))
+		log_warn("cgroup %s: cannot attach the program that keeps a cgroup made again under it "
+			 "from making sockets until it is attached: %s", parent, strerror(-err));
+	else
+		E->unattached_guarded = true;
+}
+
 static int program_kernel(void)
 {
 	const struct policy *p = E->policy;
@@ -574,6 +601,7 @@ static int program_kernel(void)
 	loader_list_pins(orphan_cb, &oc);
 	restore_attachments();
 	detach_stale();
+	guard_unattached(p);   /* after detach_stale: no links of an old run left on the parent */
 	return write_agents_file();
 }
 
@@ -1532,6 +1560,7 @@ void *enforcer_status_json(void)
 		"audit", json_pack("{s:b, s:s?}", "allowed_requests", p->audit.allowed_requests,
 				   "recording_dir", p->audit.recording_dir));
 	json_object_set_new(st, "pair_quota", json_integer(pair_quota(p)));
+	json_object_set_new(st, "unattached_guard", json_boolean(E->unattached_guarded));
 	json_t *per = json_array();
 
 	for (int i = 0; i < E->nworkers; i++)

@@ -81,6 +81,7 @@ struct enforcer {
 	char balance_why[160];
 	bool pinned;               /* every worker on a CPU of its own (pin_workers) */
 	bool guarded;                   /* ag_guard attached and the listeners in ag_listen */
+	bool unattached_guarded;        /* ag_unattached on <cgroup2>/agentgate */
 	char guard_why[160];
 	bool listen_moved;              /* tcp_port was taken: the listeners are on free ports */
 	char state_dir[PATH_MAX];

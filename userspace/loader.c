@@ -333,6 +333,37 @@ int loader_guard(struct loader *l, const char *cgroup_root)
 	return err;
 }
 
+int loader_guard_unattached(struct loader *l, const char *parent)
+{
+	int cgfd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC), err = 0;
+
+	if (cgfd < 0)
+		return -errno;
+	/* A legacy attachment, not a link: links are always "multi", and
+	 * the children's links would then run it too. In override mode
+	 * attaching again replaces the previous run's program. */
+	if (bpf_prog_attach(bpf_program__fd(l->skel->progs.ag_unattached), cgfd, BPF_CGROUP_INET_SOCK_CREATE,
+			    BPF_F_ALLOW_OVERRIDE))
+		err = -errno;
+	close(cgfd);
+	return err;
+}
+
+int loader_unguard_unattached(const char *parent)
+{
+	int cgfd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC), err = 0;
+	__u32 ids[1], cnt = 1, flags = 0;
+
+	if (cgfd < 0)
+		return errno == ENOENT ? 0 : -errno;
+	/* only an override-mode program: what ag_unattached is attached as */
+	if (bpf_prog_query(cgfd, BPF_CGROUP_INET_SOCK_CREATE, 0, &flags, ids, &cnt) == 0 && cnt == 1 &&
+	    (flags & BPF_F_ALLOW_OVERRIDE) && bpf_prog_detach(cgfd, BPF_CGROUP_INET_SOCK_CREATE))
+		err = -errno;
+	close(cgfd);
+	return err;
+}
+
 int loader_set_owner(struct loader *l, uint32_t pid)
 {
 	__u32 zero = 0, none = 0;

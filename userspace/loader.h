@@ -51,6 +51,14 @@ int loader_listen_set(struct loader *l, uint32_t key, int fd);
  * ag_listen get what is sent to the enforcer's loopback ports, and only the
  * process in ag_owner may bind them, also while no enforcer runs. */
 int loader_guard(struct loader *l, const char *cgroup_root);
+/* The directory under the cgroup2 mount that holds the policy cgroups by
+ * default (agentgate/NAME). */
+#define AG_CGROUP_PARENT "agentgate"
+/* ag_unattached on parent, the cgroup holding the policy cgroups (override
+ * mode: a child with programs of its own runs only those), and off again
+ * (no error when there is none, or no such cgroup). */
+int loader_guard_unattached(struct loader *l, const char *parent);
+int loader_unguard_unattached(const char *parent);
 /* The process allowed to bind the enforcer's ports (ag_owner). */
 int loader_set_owner(struct loader *l, uint32_t pid);   /* 0: no owner (a clean stop) */
 int loader_owner_start(struct loader *l, uint64_t *start);   /* 0: not taken yet */

@@ -546,6 +546,15 @@ static int cmd_detach(int argc, char **argv)
 		fprintf(stderr, "agentgate: detach: %s\n", strerror(-err));
 		return 1;
 	}
+	if (all) {
+		char cg[PATH_MAX], parent[PATH_MAX + 16];
+
+		if (find_mount("cgroup2", cg, sizeof(cg)) == 0) {
+			snprintf(parent, sizeof(parent), "%s/" AG_CGROUP_PARENT, cg);
+			if ((err = loader_unguard_unattached(parent)))
+				fprintf(stderr, "agentgate: detach: %s: %s\n", parent, strerror(-err));
+		}
+	}
 	printf("detached %d links%s\n", removed, all ? "; all agentgate pins removed" : "");
 	forget_attachments(all ? NULL : agent);
 	if (admin_connect(state_dir) >= 0)

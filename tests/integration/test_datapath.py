@@ -1434,6 +1434,67 @@ def test_agent_cgroup_made_again_while_running(enforcer, servers):
     assert "deleted and made again" in enforcer.read_log()
 
 
+SOCKET_ERRNO = """
+import errno, socket
+try:
+    socket.socket().close(); print("made")
+except OSError as e:
+    print(errno.errorcode[e.errno])
+"""
+
+
+def test_policy_cgroup_made_again_makes_no_socket_until_attached(enforcer, servers):
+    """The window of 13c: between a policy cgroup made again (a new cgroup,
+    without programs) and the enforcer's attach, a process moved in could
+    connect directly. The cgroup that holds the policy cgroups now carries a
+    program in override mode that runs only in a cgroup under it without
+    programs of its own: no inet socket there. Here the enforcer is stopped
+    (SIGSTOP), so the window lasts; before stop 41 the connect went straight
+    to the server."""
+    port, log = servers.echo()
+    enforcer.start(enforce_policy(port))
+    assert enforcer.status()["unattached_guard"] is True
+    cg = enforcer.cgroup_path("t-agent")
+    parent = os.path.dirname(cg)
+    # attached cgroups run their own programs only: sockets as before
+    assert run_in(cg, SOCKET_ERRNO).stdout.split() == ["made"]
+    sub = os.path.join(cg, "sub")   # below an agent cgroup: the agent's programs
+    os.makedirs(sub, exist_ok=True)
+    try:
+        assert_relayed(sub, port)
+    finally:
+        os.rmdir(sub)
+    open(log, "w").close()
+    enforcer.proc.p.send_signal(signal.SIGSTOP)
+    try:
+        os.rmdir(cg)
+        os.makedirs(cg)
+        assert run_in(cg, SOCKET_ERRNO).stdout.split() == ["EPERM"]
+        r = run_in(cg, connect_code_flat("127.0.0.1", port))   # socket() raises
+        assert r.returncode != 0 and "PermissionError" in r.stderr, r.stdout + r.stderr
+        assert open(log).read() == ""     # nothing went out directly
+        # the parent itself, and a cgroup under it no policy names
+        assert run_in(parent, SOCKET_ERRNO).stdout.split() == ["EPERM"]
+        stray = os.path.join(parent, "t-stray")
+        os.makedirs(stray, exist_ok=True)
+        try:
+            assert run_in(stray, SOCKET_ERRNO).stdout.split() == ["EPERM"]
+        finally:
+            os.rmdir(stray)
+        # and a process outside the tree is untouched
+        assert subprocess.run([PY, "-c", SOCKET_ERRNO], capture_output=True, text=True).stdout.split() == ["made"]
+    finally:
+        enforcer.proc.p.send_signal(signal.SIGCONT)
+    assert wait_for(lambda: len(prog_count(cg)) == NPROGS, timeout=5)
+    assert_relayed(cg, port)
+    ev = enforcer.wait_event(lambda e: "without its programs" in e.get("unmapped", {}).get("reason", ""))
+    assert ev, [e.get("unmapped", {}).get("reason") for e in enforcer.events() if e.get("activity_name") == "Refuse"]
+    # detach --all takes it off with the rest
+    enforcer.stop()
+    detach_all(enforcer.state)
+    assert run_in(parent, SOCKET_ERRNO).stdout.split() == ["made"]
+
+
 def test_attached_unit_cgroup_made_again_while_running(enforcer, servers):
     """`agentgate attach` of a systemd unit's cgroup: systemd deletes it when
     the unit stops and makes a new one when it starts again. The new one
