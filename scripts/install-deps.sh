@@ -12,6 +12,7 @@ PKGS=(
   iproute2 util-linux
   # test: real servers and clients
   curl dnsmasq-base python3 python3-pytest python3-psycopg2 python3-jsonschema socat openssl liburing-dev
+  strace   # holds a syscall to open a race window (test_exec_joins_the_cgroup_it_checked)
   postgresql-15 postgresql-client-15 nginx rsyslog rsyslog-relp rsyslog-openssl
   # bench peers
   haproxy pgbouncer wrk

@@ -65,13 +65,16 @@ static int find_agent(const char *state_dir, const char *agent, char *path, size
 	return ret;
 }
 
-static int join_cgroup(const char *cgpath)
+/* Joins the cgroup open at cgfd: the one whose programs were checked. By
+ * path, a cgroup deleted and made again between the check and the join
+ * (a new cgroup, without programs) was joined instead; through the
+ * directory, the write fails once that one is gone. */
+static int join_cgroup(int cgfd)
 {
-	char procs[PATH_MAX + 16], pid[32];
+	char pid[32];
 	int fd, err = 0;
 
-	snprintf(procs, sizeof(procs), "%s/cgroup.procs", cgpath);
-	fd = open(procs, O_WRONLY | O_CLOEXEC);
+	fd = openat(cgfd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
 	snprintf(pid, sizeof(pid), "%d\n", getpid());
@@ -346,7 +349,7 @@ int cmd_exec(int argc, char **argv, const char *state_dir)
 	char cgpath[PATH_MAX], cwd[PATH_MAX];
 	uint64_t cgid = 0;
 	struct stat st;
-	int i, err;
+	int i, err, cgfd;
 
 	for (i = 0; i < argc; i++) {
 		if (strcmp(argv[i], "--") == 0) {
@@ -369,7 +372,8 @@ int cmd_exec(int argc, char **argv, const char *state_dir)
 			"(is 'agentgate run' running with a policy that names it?)\n", agent, state_dir);
 		return 1;
 	}
-	if (stat(cgpath, &st) || st.st_ino != cgid || !loader_agent_attached(agent, cgid)) {
+	cgfd = open(cgpath, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (cgfd < 0 || fstat(cgfd, &st) || st.st_ino != cgid || !loader_agent_attached(agent, cgid)) {
 		fprintf(stderr, "agentgate: exec: agent '%s': programs are not attached to '%s'; "
 			"refusing to run the command unenforced\n", agent, cgpath);
 		return 1;
@@ -378,7 +382,9 @@ int cmd_exec(int argc, char **argv, const char *state_dir)
 		return 1;
 	if (!getcwd(cwd, sizeof(cwd)))
 		cwd[0] = 0;   /* removed, or too long: "/" below */
-	if ((err = join_cgroup(cgpath))) {
+	err = join_cgroup(cgfd);
+	close(cgfd);
+	if (err) {
 		fprintf(stderr, "agentgate: exec: join cgroup '%s': %s\n", cgpath, strerror(-err));
 		return 1;
 	}

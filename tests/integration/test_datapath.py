@@ -824,6 +824,43 @@ def test_exec_refuses_when_not_attached(enforcer, servers, tmp):
     assert r.returncode == 1 and "not known" in r.stderr
 
 
+def test_exec_joins_the_cgroup_it_checked(enforcer, servers):
+    """exec checks that the agent's cgroup has its programs, then joins it.
+    It joined by path, so a cgroup deleted and made again in between (a new
+    cgroup, without programs; here the enforcer is stopped, so it stays
+    so) was joined instead, and the command ran unenforced. It now joins
+    through the directory it checked, and fails once that one is gone.
+    strace holds exec at the join, and the test re-makes the cgroup then.
+    The cgroup lies outside agentgate/, where no guard covers the window."""
+    port, _ = servers.echo()
+    other, other_log = servers.echo()
+    rel = "t-exec-race"
+    cg = os.path.join(CG2, rel)
+    enforcer.start(enforce_policy(port).replace("name: t-agent\n", f"name: t-agent\n        cgroup: {rel}\n", 1))
+    trace = os.path.join(enforcer.tmp, "exec.strace")
+    try:
+        assert enforcer.status()["agents"][0]["cgroup"] == "/" + rel
+        enforcer.proc.p.send_signal(signal.SIGSTOP)
+        p = subprocess.Popen(["strace", "-o", trace, "-e", "trace=open,openat", "-e",
+                              "inject=open,openat:delay_enter=1500000", "-P", cg, "-P", cg + "/cgroup.procs",
+                              AG, "--state-dir", enforcer.state, "exec", "--agent", "t-agent", "--",
+                              PY, "-c", connect_code_flat("127.0.0.1", other)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        seen = wait_for(lambda: os.path.exists(trace) and "cgroup.procs" in open(trace).read(), 10)
+        assert seen, open(trace).read() if os.path.exists(trace) else "no trace"
+        os.rmdir(cg)
+        os.mkdir(cg)
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 1 and "join cgroup" in err, out + err
+        assert open(other_log).read() == ""
+    finally:
+        enforcer.proc.p.send_signal(signal.SIGCONT)
+        enforcer.stop()
+        detach_all(enforcer.state)
+        if os.path.isdir(cg):
+            os.rmdir(cg)
+
+
 def prog_count(cgpath):
     r = subprocess.run(["bpftool", "-j", "cgroup", "show", cgpath], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
