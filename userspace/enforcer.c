@@ -2061,10 +2061,70 @@ static void cg_watch_parent(const char *abs)
 	}
 }
 
-static void cg_event(const char *msg, const char *agent, const char *rel, uint64_t id, uint64_t was)
+/*
+ * A cgroup deleted and made again in a loop (only root, or the owner of a
+ * delegated subtree, can) is attached again every time, but reported, in
+ * the log and as a 6002 event, at most CG_REPORTS times per agent in
+ * CG_REPORT_WINDOW_MS: the rest are counted, and reported as one event
+ * when the window ends (cg_reports_tick()), so the trail and the log keep
+ * their size. A systemd unit restarting stays far below it.
+ */
+#define CG_REPORTS 10
+#define CG_REPORT_WINDOW_MS 10000
+
+static bool cg_report_may(struct agent_rt *rt)
 {
+	uint64_t now = now_ns_mono() / 1000000ull;
+
+	if (!rt->cg_window_ms || now - rt->cg_window_ms >= CG_REPORT_WINDOW_MS) {
+		if (rt->cg_unreported) {   /* cg_reports_tick() reports those first */
+			rt->cg_unreported++;
+			return false;
+		}
+		rt->cg_window_ms = now;
+		rt->cg_reports = 0;
+	}
+	if (rt->cg_reports < CG_REPORTS) {
+		rt->cg_reports++;
+		return true;
+	}
+	rt->cg_unreported++;
+	return false;
+}
+
+/* err: log_err rather than log_warn. */
+static void cg_event(struct agent_rt *rt, bool err, const char *msg, const char *agent, const char *rel, uint64_t id,
+		     uint64_t was)
+{
+	if (!cg_report_may(rt))
+		return;
+	ag_log(err ? LOG_LVL_ERR : LOG_LVL_WARN, "%s", msg);
 	lifecycle_event(99, "Other", msg, json_pack("{s:{s:s, s:s, s:I, s:I}}", "agent", "name", agent,
 		"cgroup", rel, "cgroup_id", (json_int_t)id, "previous_cgroup_id", (json_int_t)was));
+}
+
+/* Once a second: the changes a window left unreported, as one event. */
+static void cg_reports_tick(void)
+{
+	uint64_t now = now_ns_mono() / 1000000ull;
+
+	for (size_t i = 0; i < E->policy->nagents; i++) {
+		struct agent_rt *rt = &E->agents[i];
+		const char *name = E->policy->agents[i].name;
+		char msg[512];
+
+		if (!rt->cg_unreported || now - rt->cg_window_ms < CG_REPORT_WINDOW_MS)
+			continue;
+		snprintf(msg, sizeof(msg), "agent '%s': %u more changes of its cgroups in %u s were not reported "
+			 "one by one (more than %u); each was attached again", name, rt->cg_unreported,
+			 CG_REPORT_WINDOW_MS / 1000, CG_REPORTS);
+		log_warn("%s", msg);
+		lifecycle_event(99, "Other", msg, json_pack("{s:{s:s}, s:I}", "agent", "name", name,
+							   "unreported", (json_int_t)rt->cg_unreported));
+		rt->cg_unreported = 0;
+		rt->cg_window_ms = now;
+		rt->cg_reports = 0;
+	}
 }
 
 /* One cgroup of agent i, attached as *cgid (0: not yet made): attached again when the cgroup
@@ -2108,8 +2168,7 @@ static bool cg_check_one(size_t i, const char *abs, const char *rel, uint64_t *c
 			snprintf(msg, sizeof(msg), "agent '%s': cgroup %s is new (id %llu) but its programs could "
 				 "not be attached: %s; tried again every second", name, rel,
 				 (unsigned long long)st.st_ino, strerror(-err));
-			log_err("%s", msg);
-			cg_event(msg, name, rel, (uint64_t)st.st_ino, was);
+			cg_event(&E->agents[i], true, msg, name, rel, (uint64_t)st.st_ino, was);
 		}
 		*failing = true;
 		return false;
@@ -2125,8 +2184,7 @@ static bool cg_check_one(size_t i, const char *abs, const char *rel, uint64_t *c
 	else
 		snprintf(msg, sizeof(msg), "agent '%s': cgroup %s was made (id %llu): programs attached", name, rel,
 			 (unsigned long long)now);
-	log_warn("%s", msg);
-	cg_event(msg, name, rel, now, was);
+	cg_event(&E->agents[i], false, msg, name, rel, now, was);
 	return true;
 }
 
@@ -2242,6 +2300,7 @@ static int main_loop(int epfd, int sfd, struct ring_buffer *rb, struct admin *ad
 			check_counters();
 			report_suppressed();
 			check_cgroups(true);   /* first: identities may wait on the network */
+			cg_reports_tick();
 			tick_identities();
 			dns_tick(E->dns);
 		}

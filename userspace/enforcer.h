@@ -51,6 +51,10 @@ struct agent_rt {
 	 * go once the kernel released them (loader_prune_released) */
 	uint64_t dead_cgid[16];
 	int ndead;
+	/* its cgroup-change reports (log and 6002): CG_REPORTS per
+	 * CG_REPORT_WINDOW_MS, the rest counted and reported as one */
+	uint64_t cg_window_ms;
+	unsigned cg_reports, cg_unreported;
 	atomic_uint active;           /* live connections */
 	atomic_ullong accepted, refused, denied_kernel;
 	/* limits.parse_cpu: when the agent's uncached statements have paid

@@ -1532,6 +1532,31 @@ def test_policy_cgroup_made_again_makes_no_socket_until_attached(enforcer, serve
     assert run_in(parent, SOCKET_ERRNO).stdout.split() == ["made"]
 
 
+def test_cgroup_made_again_in_a_loop_is_reported_in_bounds(enforcer, servers):
+    """A policy cgroup deleted and made again in a loop is attached again
+    every time, but reported (log and 6002 event) at most 10 times in 10 s
+    per agent; the rest come as one event that counts them. Before stop 41
+    each change wrote a warning and an event."""
+    port, _ = servers.echo()
+    enforcer.start(enforce_policy(port))
+    cg = enforcer.cgroup_path("t-agent")
+    for _ in range(14):
+        os.rmdir(cg)
+        os.makedirs(cg, exist_ok=True)
+        new = os.stat(cg).st_ino
+        assert wait_for(lambda: enforcer.status()["agents"][0]["cgroup_id"] == new and
+                        len(prog_count(cg)) == NPROGS, timeout=5)
+    assert_relayed(cg, port)
+    each = lambda: [e for e in enforcer.events() if e.get("class_uid") == 6002 and
+                    "deleted and made again" in e.get("message", "")]
+    summary = enforcer.wait_event(lambda e: e.get("class_uid") == 6002 and
+                                  "were not reported one by one" in e.get("message", ""), timeout=15)
+    assert summary and summary["unmapped"]["unreported"] == 4, summary
+    assert summary["unmapped"]["agent"]["name"] == "t-agent"
+    assert len(each()) == 10, len(each())
+    assert enforcer.read_log().count("deleted and made again") == 10
+
+
 def test_attached_unit_cgroup_made_again_while_running(enforcer, servers):
     """`agentgate attach` of a systemd unit's cgroup: systemd deletes it when
     the unit stops and makes a new one when it starts again. The new one
