@@ -1537,6 +1537,7 @@ void *enforcer_status_json(void)
 	json_object_set_new(counters, "pg_lineage_refreshed", json_integer((json_int_t)pg_lineage_refreshed()));
 	json_object_set_new(counters, "pg_lineage_unknown_masked",
 			    json_integer((json_int_t)pg_lineage_unknown_masked()));
+	json_object_set_new(counters, "pg_catalog_notified", json_integer((json_int_t)pg_catalog_notified()));
 	json_object_set_new(counters, "audit_dead_lettered", json_integer((json_int_t)audit_dead_lettered(false)));
 	json_object_set_new(counters, "audit_dead_letters_discarded",
 			    json_integer((json_int_t)audit_dead_lettered(true)));

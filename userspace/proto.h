@@ -68,6 +68,7 @@ uint64_t pg_names_refreshed(void);
 uint64_t pg_lineage_refreshed(void);
 /* Result columns masked whole: their relation was made after the lineage was read. */
 uint64_t pg_lineage_unknown_masked(void);
+uint64_t pg_catalog_notified(void);   /* changes announced by the README's event trigger */
 
 /*
  * The module for a protocol. Protocols whose module has not landed yet

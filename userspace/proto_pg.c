@@ -422,6 +422,7 @@ struct pg_sess {
 	 * below), or it is older than lineage_max_ms(). During that read,
 	 * prev_cols holds the one read before, put back if the read fails. */
 	bool lineage_on;               /* the session reads one (masked columns) */
+	uint8_t cat_reads, cat_done;   /* after_params()'s reads; commands answered so far (up_catalog()) */
 	uint64_t rel_epoch;            /* its database's relations epoch when it was read */
 	uint64_t rel_epoch_pending;    /* rel_refresh_epoch, rel_epoch once the read is in */
 	uint64_t rel_refresh_epoch;    /* the epoch its last read took (tried once each) */
@@ -586,6 +587,34 @@ static _Atomic int names_changers[NAMES_SLOTS];
 static _Atomic uint64_t rel_epochs[NAMES_SLOTS];
 static _Atomic uint64_t lineage_refreshed;   /* status: pg_lineage_refreshed */
 
+/*
+ * Changes made past agentgate, announced. By age alone a view replaced in
+ * place by another client of the database (CREATE OR REPLACE VIEW keeps
+ * its OID) showed a masked column in clear through its new definition for
+ * up to lineage_max_ms() (60 s). Every session LISTENs on
+ * PG_CATALOG_CHANNEL (after_params()); where the operator installed the
+ * event trigger of the README (PostgreSQL targets), each transaction that
+ * runs DDL, ours or another client's, NOTIFYs it with its transaction id
+ * once it commits, and the first session to hear an id bumps both epochs of
+ * its database: every session there reads its names and lineage again
+ * before the next statement it judges while idle. Each listening session
+ * hears the same notification; the id makes that one bump. An empty or
+ * other payload always bumps. The notification never reaches the agent.
+ * Without the trigger nothing changes (the age still applies); a session
+ * whose agent runs UNLISTEN * or DISCARD ALL stops hearing it (the others
+ * of the database still do). Sessions of a hot standby cannot LISTEN: the
+ * catalog query's error for it is let pass (up_catalog()).
+ */
+#define PG_CATALOG_CHANNEL "agentgate_catalog"
+#define PG_LISTEN_Q "LISTEN " PG_CATALOG_CHANNEL
+static _Atomic uint64_t catalog_heard[NAMES_SLOTS];   /* last payload's hash, 0: none */
+static _Atomic uint64_t catalog_notified;             /* status: pg_catalog_notified */
+
+uint64_t pg_catalog_notified(void)
+{
+	return atomic_load(&catalog_notified);
+}
+
 uint64_t pg_lineage_refreshed(void)
 {
 	return atomic_load(&lineage_refreshed);
@@ -650,6 +679,32 @@ static _Atomic uint64_t *rel_epoch_of(struct conn *c)
 static void rels_bump(struct conn *c)
 {
 	atomic_fetch_add(rel_epoch_of(c), 1);
+}
+
+/* A NotificationResponse: true when it is PG_CATALOG_CHANNEL's (heard, not
+ * for the agent). Body: the notifying backend's pid, channel, payload. */
+static bool catalog_notice(struct conn *c, const struct pg_msg *m)
+{
+	const char *ch, *pl, *end = (const char *)m->body + m->len;
+	uint64_t h = 1469598103934665603ull;   /* FNV-1a */
+
+	if (m->len < 6)
+		return false;
+	ch = (const char *)m->body + 4;
+	if (!memchr(ch, 0, (size_t)(end - ch)) || strcmp(ch, PG_CATALOG_CHANNEL) != 0)
+		return false;
+	pl = ch + sizeof(PG_CATALOG_CHANNEL);
+	if (pl >= end || !memchr(pl, 0, (size_t)(end - pl)))
+		return true;   /* malformed: not the agent's either, and nothing to go by */
+	for (const char *q = pl; *q; q++)
+		h = (h ^ (uint8_t)*q) * 1099511628211ull;
+	h |= 1;
+	if (!*pl || atomic_exchange(&catalog_heard[names_slot(c)], h) != h) {
+		names_bump(c);
+		rels_bump(c);
+		atomic_fetch_add(&catalog_notified, 1);
+	}
+	return true;
 }
 
 /* Statements that can create, drop or change relations or columns. */
@@ -3623,7 +3678,7 @@ static int register_cancel(struct conn *c, uint32_t up_pid, uint32_t up_key)
 static int after_params(struct conn *c)
 {
 	struct pg_sess *s = S(c);
-	size_t n = 0, cap = catalog_cap(c) + 4096 + sizeof(PG_RELS_Q);   /* and names_query()'s */
+	size_t n = 0, cap = catalog_cap(c) + 4096 + sizeof(PG_RELS_Q) + sizeof(PG_LISTEN_Q) + 1;   /* and names_query()'s */
 	size_t head;
 	char *sql = malloc(cap);
 
@@ -3670,10 +3725,14 @@ static int after_params(struct conn *c)
 		free(sql);
 		return fatal(c, "XX000", "agentgate: cannot build the catalog query for the masked columns");
 	}
-	if (!names_query(c, sql + n, cap - n)) {
+	if (!names_query(c, sql + n, cap - n - sizeof(PG_LISTEN_Q) - 1)) {
 		free(sql);
 		return fatal(c, "XX000", "agentgate: the pinned schema's name is too long");
 	}
+	/* last: its error (a hot standby) comes once every read is answered */
+	s->cat_reads = 2 + s->lineage_on + !!s->mask_active;   /* PG_OID_HIGH_Q, PG_RELS_Q, lineage, names */
+	s->cat_done = 0;
+	strcat(sql, ";" PG_LISTEN_Q);
 	pg_out_query(&s->out, sql);
 	free(sql);
 	s->phase = PH_UP_CATALOG;
@@ -3790,7 +3849,14 @@ static int up_catalog(struct conn *c, const struct pg_msg *m)
 	int err;
 
 	switch (m->type) {
-	case 'T': case 'C': case 'N':
+	case 'C':
+		if (s->phase == PH_UP_CATALOG)
+			s->cat_done++;
+		return 0;
+	case 'A':   /* ours, or left by the session's previous agent (pooled): not this one's */
+		catalog_notice(c, m);
+		return 0;
+	case 'T': case 'N':
 	case '1': case '2': case '3':   /* send_ours(): ParseComplete, BindComplete, CloseComplete */
 		return 0;
 	case 'S':   /* a setting reported meanwhile (a reload): checked, passed on, kept */
@@ -3825,6 +3891,12 @@ static int up_catalog(struct conn *c, const struct pg_msg *m)
 		return catalog_row(s, m) ? fatal(c, "XX000", "agentgate: cannot read the catalog for masking") : 0;
 	}
 	case 'E':
+		/* every read answered: the error is the LISTEN's (a hot standby
+		 * refuses it); the session goes on without hearing changes */
+		if (s->phase == PH_UP_CATALOG && s->cat_done == s->cat_reads) {
+			s->cat_done++;
+			return 0;
+		}
 		return fatal(c, "XX000", "agentgate: the catalog query failed: %s",
 			     pg_fields_get(m, 'M') ? pg_fields_get(m, 'M') : "");
 	case 'Z':
@@ -5208,6 +5280,8 @@ static int be_message(struct conn *c, const struct pg_msg *m)
 		}
 		break;
 	case 'A':
+		if (catalog_notice(c, m))
+			return 0;
 		if (s->mask_active && mask_has_detectors(s->mask)) {
 			err = mask_notification(s, m);
 			return err ? err : send_out(c, SIDE_AGENT);
@@ -5583,7 +5657,7 @@ static int pool_reset_answer(struct conn *c)
 	while (used < len && (n = pg_frame(in + used, len - used, PG_MSG_MAX, &m)) > 0) {
 		used += (uint32_t)n;
 		switch (m.type) {
-		case 'C': case 'N':
+		case 'C': case 'N': case 'A':   /* 'A': ours, heard before DISCARD ALL took the LISTEN away */
 			continue;
 		case 'S':
 			if (pg_parse_param_status(&m, &nm, &v) || !param_ok(nm, v) ||

@@ -1113,6 +1113,77 @@ print(json.dumps(out))
     assert enforcer.status()["counters"]["pg_lineage_refreshed"] >= 1
 
 
+# The README's event trigger (PostgreSQL targets): DDL announces itself on agentgate_catalog.
+EVENT_TRIGGER = """
+CREATE OR REPLACE FUNCTION agentgate_catalog_notify() RETURNS event_trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_notify('agentgate_catalog', txid_current()::text); END $$;
+CREATE EVENT TRIGGER agentgate_ddl ON ddl_command_end EXECUTE FUNCTION agentgate_catalog_notify();
+"""
+EVENT_TRIGGER_DROP = "DROP EVENT TRIGGER IF EXISTS agentgate_ddl; DROP FUNCTION IF EXISTS agentgate_catalog_notify()"
+
+
+def test_a_view_replaced_past_agentgate_is_known_at_once_with_the_event_trigger(enforcer, pg, tmp):
+    """A view replaced in place by another client (CREATE OR REPLACE VIEW keeps its
+    OID) showed the masked column through its new definition until the session read
+    the lineage again, up to 60 s later. With the README's event trigger installed,
+    the change is announced (NOTIFY agentgate_catalog) as it commits, every session
+    LISTENs, and an idle session reads the lineage again before its next statement:
+    the expression over the masked column is denied at once, and the agent never
+    sees the notification. Without the trigger the window stays (the test before)."""
+    pg.sql("CREATE VIEW notify_v AS SELECT id, 'x'::text AS cc FROM customers; GRANT SELECT ON notify_v TO app")
+    pg.sql(EVENT_TRIGGER)
+    try:
+        enforcer.start(policy(pg, tmp, rules=RULES_MASK_CC))
+        with other_client(pg, tmp, "CREATE OR REPLACE VIEW notify_v AS SELECT id, cc FROM customers") as pre:
+            res = run(enforcer, pg, pre + r"""
+out = {}
+one = Rec("127.0.0.1", PORT)
+out["before"] = step(one, Q("SELECT upper(cc) FROM notify_v WHERE id = 1"))
+turn(0)
+time.sleep(0.5)   # the notification reaches the idle session
+out["after"] = step(one, Q("SELECT upper(cc) FROM notify_v WHERE id = 1"))
+out["plain"] = step(one, Q("SELECT cc FROM notify_v"))   # every column of such a view is masked
+out["leaks"] = leaks(one)
+out["notifications"] = sum(1 for t, _ in one.rx if t == b"A")
+print(json.dumps(out))
+""")
+        assert res["before"][:3] == ["T", "D:X", "C:SELECT 1"], res
+        assert denied(res["after"]) and "masked column" in res["after"][0], res
+        assert res["plain"][:4] == ["T", "D:****", "D:****", "C:SELECT 2"], json.dumps(res)
+        assert "4111111111111111" not in json.dumps(res), res
+        assert res["leaks"] == [], res
+        assert res["notifications"] == 0, res   # ours never reach the agent
+        assert enforcer.status()["counters"]["pg_catalog_notified"] >= 1
+    finally:
+        pg.sql(EVENT_TRIGGER_DROP)
+        pg.sql("DROP VIEW IF EXISTS notify_v")
+
+
+def test_sessions_of_a_hot_standby_start_though_they_cannot_listen(enforcer, tmp):
+    """A hot standby refuses LISTEN ("cannot execute LISTEN during recovery"): the
+    session start, which sends it after its catalog reads, lets that error pass and
+    the session works, masked, as before stop 41. The standby here is a copy of the
+    test cluster started with standby.signal and no primary: in recovery for good."""
+    from pg import Postgres
+    d = os.path.join(tmp, "standby")
+    os.makedirs(d)
+    os.chmod(tmp, 0o755)   # the server's user reaches its directory (the pg fixture does the same)
+    os.chmod(d, 0o755)
+    sb = Postgres(d, standby=True)
+    try:
+        assert sb.sql("SELECT pg_is_in_recovery()") == "t"
+        enforcer.start(policy(sb, tmp, rules=RULES_MASK_CC))
+        res = run(enforcer, sb, r"""
+one = Rec("127.0.0.1", PORT)
+print(json.dumps({"select": step(one, Q("SELECT id, cc FROM customers ORDER BY 1")),
+                  "write": step(one, Q("SELECT 1 FROM customers FOR UPDATE"))}))
+""")
+        assert res["select"][:4] == ["T", "D:1|****", "D:2|****", "C:SELECT 2"], res
+        assert res["write"][0].startswith("E:42501:agentgate: denied"), res
+    finally:
+        sb.stop(immediate=True)
+
+
 def test_a_lineage_read_the_agent_cancels_ends_the_session(enforcer, pg, tmp):
     """The agent could keep a stale lineage for good by cancelling each read of it with
     its own CancelRequest (or a short statement_timeout): the read failed, the old

@@ -150,7 +150,9 @@ def _wait_up(sock, port, proc, log=None):
 
 
 class Postgres:
-    def __init__(self, tmp, ssl=False, hba_extra=""):
+    def __init__(self, tmp, ssl=False, hba_extra="", standby=False):
+        """standby: a hot standby with no primary (standby.signal): in recovery
+        for good, read-only, as a replica is."""
         self.dir = os.path.join(tmp, "pgdata")
         self.sock = os.path.join(tmp, "pgsock")
         self.log = os.path.join(tmp, "pg.log")
@@ -161,7 +163,8 @@ class Postgres:
         subprocess.run(["cp", "-a", _template(), self.dir], check=True)
         conf = [f"port = {self.port}", "listen_addresses = '127.0.0.1'",
                 f"unix_socket_directories = '{self.sock}'", "password_encryption = 'scram-sha-256'",
-                "max_connections = 60", "fsync = off", "synchronous_commit = off"]
+                # a standby needs at least the template's (initdb's default)
+                f"max_connections = {100 if standby else 60}", "fsync = off", "synchronous_commit = off"]
         if ssl:
             certdir = os.path.join(tmp, "pgcerts")
             os.makedirs(certdir, exist_ok=True)
@@ -174,6 +177,9 @@ class Postgres:
                      f"ssl_key_file = '{certdir}/server.key'"]
         with open(os.path.join(self.dir, "postgresql.conf"), "a") as f:
             f.write("\n".join(conf) + "\n")
+        if standby:
+            open(os.path.join(self.dir, "standby.signal"), "w").close()
+            os.chown(os.path.join(self.dir, "standby.signal"), pg_uid(), pg_gid())
         with open(os.path.join(self.dir, "pg_hba.conf"), "w") as f:
             f.write("local all postgres trust\n")
             f.write(hba_extra)
