@@ -3890,15 +3890,19 @@ static int up_catalog(struct conn *c, const struct pg_msg *m)
 		}
 		return catalog_row(s, m) ? fatal(c, "XX000", "agentgate: cannot read the catalog for masking") : 0;
 	}
-	case 'E':
+	case 'E': {
+		const char *sev = pg_fields_get(m, 'V') ? pg_fields_get(m, 'V') : pg_fields_get(m, 'S');
+
 		/* every read answered: the error is the LISTEN's (a hot standby
-		 * refuses it); the session goes on without hearing changes */
-		if (s->phase == PH_UP_CATALOG && s->cat_done == s->cat_reads) {
+		 * refuses it); the session goes on without hearing changes. A
+		 * FATAL (the server ending the session) is not let pass. */
+		if (s->phase == PH_UP_CATALOG && s->cat_done == s->cat_reads && sev && strcmp(sev, "ERROR") == 0) {
 			s->cat_done++;
 			return 0;
 		}
 		return fatal(c, "XX000", "agentgate: the catalog query failed: %s",
 			     pg_fields_get(m, 'M') ? pg_fields_get(m, 'M') : "");
+	}
 	case 'Z':
 		if (pg_parse_ready(m, &st))
 			return -EBADMSG;
