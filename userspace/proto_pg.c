@@ -600,10 +600,10 @@ static _Atomic uint64_t lineage_refreshed;   /* status: pg_lineage_refreshed */
  * before the next statement it judges while idle. Each listening session
  * hears the same notification; the id makes that one bump. An empty or
  * other payload always bumps. The notification never reaches the agent.
- * Without the trigger nothing changes (the age still applies); a session
- * whose agent runs UNLISTEN * or DISCARD ALL stops hearing it (the others
- * of the database still do). Sessions of a hot standby cannot LISTEN: the
- * catalog query's error for it is let pass (up_catalog()).
+ * Without the trigger nothing changes (the age still applies). Agents
+ * cannot UNLISTEN, DISCARD or NOTIFY (refused whatever the policy: the
+ * statement kinds' table, pg_classify.c). Sessions of a hot standby cannot
+ * LISTEN: the catalog query's error for it is let pass (up_catalog()).
  */
 #define PG_CATALOG_CHANNEL "agentgate_catalog"
 #define PG_LISTEN_Q "LISTEN " PG_CATALOG_CHANNEL
