@@ -1143,6 +1143,11 @@ turn(0)
 time.sleep(0.5)   # the notification reaches the idle session
 out["after"] = step(one, Q("SELECT upper(cc) FROM notify_v WHERE id = 1"))
 out["plain"] = step(one, Q("SELECT cc FROM notify_v"))   # every column of such a view is masked
+# the ways around it: silence the session, or make every session read the catalog
+out["unlisten"] = step(one, Q("UNLISTEN *"))
+out["discard"] = step(one, Q("DISCARD ALL"))
+out["notify"] = step(one, Q("NOTIFY agentgate_catalog, '1'"))
+out["pg_notify"] = step(one, Q("SELECT pg_notify('agentgate_catalog', '1')"))
 out["leaks"] = leaks(one)
 out["notifications"] = sum(1 for t, _ in one.rx if t == b"A")
 print(json.dumps(out))
@@ -1153,6 +1158,8 @@ print(json.dumps(out))
         assert "4111111111111111" not in json.dumps(res), res
         assert res["leaks"] == [], res
         assert res["notifications"] == 0, res   # ours never reach the agent
+        for k in ("unlisten", "discard", "notify", "pg_notify"):
+            assert denied(res[k]), (k, res[k])
         assert enforcer.status()["counters"]["pg_catalog_notified"] >= 1
     finally:
         pg.sql(EVENT_TRIGGER_DROP)
