@@ -2558,22 +2558,8 @@ def test_one_agent_cannot_fill_the_pair_map(enforcer, servers):
     a_port, _ = servers.echo()
     b_port, b_log = servers.echo()
     detach_all()   # a fresh ring buffer, large enough for the flood's events
-    enforcer.start(f"""
-version: 1
-agents:
-  - {{name: t-a}}
-  - {{name: t-b}}
-  - {{name: t-c}}
-targets:
-  - {{name: a, protocol: tcp, address: 127.0.0.1:{a_port}}}
-  - {{name: b, protocol: tcp, address: 127.0.0.1:{b_port}}}
-roles:
-  - {{name: ra, rules: [{{target: a}}]}}
-  - {{name: rb, rules: [{{target: b}}]}}
-bindings:
-  - {{role: ra, agents: [t-a]}}
-  - {{role: rb, agents: [t-b, t-c]}}
-""", env={"AGENTGATE_RINGBUF_BYTES": str(4 << 20)})
+    enforcer.start(two_agents_policy(a_port, b_port, "t-a", "t-b, t-c", ["{name: t-a}", "{name: t-b}", "{name: t-c}"]),
+                   env={"AGENTGATE_RINGBUF_BYTES": str(4 << 20)})
     st = enforcer.status()
     assert st["pair_quota"] == 16384, st["pair_quota"]
     share = st["pair_quota"]
