@@ -315,8 +315,9 @@ static __always_inline int udp_dst(struct bpf_sock_addr *ctx, struct ag_sk_state
  * rewrite, so the agent gets ECONNREFUSED rather than a connection the
  * enforcer must refuse; counted at TCP_CONNECT_CB (ag_sock_ops). Without
  * atomics that return a value (this object is built for BPF v1), connects
- * on several CPUs at once can each pass the check: the share is exceeded by
- * at most one connect in flight per CPU.
+ * in flight at once can each pass the check before any is counted: the
+ * share is exceeded by at most one per thread between this hook and
+ * TCP_CONNECT_CB (which can sleep: it is not one per CPU).
  */
 static __always_inline bool over_quota(const struct ag_global *g, __u32 slot)
 {
@@ -388,8 +389,16 @@ static __always_inline int do_connect(struct bpf_sock_addr *ctx, const __u8 addr
 
 	/* A second copy of this program (it must never happen, but if it does)
 	 * sees our rewrite: keep the destination the first copy saved. */
-	if ((st->flags & AG_SK_REDIRECTED) && is_loopback(addr) && port == g->tcp_port)
+	if ((st->flags & AG_SK_REDIRECTED) && is_loopback(addr) && port == g->tcp_port) {
+		/* also a socket redirected before, disconnected (connect with
+		 * AF_UNSPEC: its entry given back) and connected to the
+		 * listener itself: it gets an entry too (review, stop 41) */
+		if (over_quota(g, slot)) {
+			count(AG_CNT_PAIR_QUOTA);
+			return deny_op(ctx, AG_R_PAIR_QUOTA, slot, addr, port, family, is_sendmsg);
+		}
 		return ALLOW;
+	}
 
 	hit = allowed(slot, addr, port, &metadata_ok);
 	if (is_metadata(addr) && !metadata_ok)

@@ -372,14 +372,14 @@ int cmd_exec(int argc, char **argv, const char *state_dir)
 			"(is 'agentgate run' running with a policy that names it?)\n", agent, state_dir);
 		return 1;
 	}
+	if (no_directory_fds())   /* first: with 0, 1 or 2 closed, cgfd would take its number */
+		return 1;
 	cgfd = open(cgpath, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (cgfd < 0 || fstat(cgfd, &st) || st.st_ino != cgid || !loader_agent_attached(agent, cgid)) {
 		fprintf(stderr, "agentgate: exec: agent '%s': programs are not attached to '%s'; "
 			"refusing to run the command unenforced\n", agent, cgpath);
 		return 1;
 	}
-	if (no_directory_fds())
-		return 1;
 	if (!getcwd(cwd, sizeof(cwd)))
 		cwd[0] = 0;   /* removed, or too long: "/" below */
 	err = join_cgroup(cgfd);

@@ -3730,7 +3730,11 @@ static int after_params(struct conn *c)
 		return fatal(c, "XX000", "agentgate: the pinned schema's name is too long");
 	}
 	/* last: its error (a hot standby) comes once every read is answered */
-	s->cat_reads = 2 + s->lineage_on + !!s->mask_active;   /* PG_OID_HIGH_Q, PG_RELS_Q, lineage, names */
+	/* PG_OID_HIGH_Q, PG_RELS_Q, the lineage and the names; without a
+	 * lineage, names_query() wrote over the head: the names alone
+	 * (review, stop 41: counted 2 or 3, and a standby's sessions without
+	 * column masks failed) */
+	s->cat_reads = s->lineage_on ? 4 : 1;
 	s->cat_done = 0;
 	strcat(sql, ";" PG_LISTEN_Q);
 	pg_out_query(&s->out, sql);

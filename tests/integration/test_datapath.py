@@ -2508,10 +2508,20 @@ def test_enforcer_crash_writes_no_core(enforcer, servers, tmp):
 
 
 FLOOD = r"""
-import errno, resource, socket, sys
+import ctypes, errno, resource, socket, sys
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-port, most = int(sys.argv[1]), int(sys.argv[2])
+port, most, listener = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+# the way around it (review, stop 41): a socket redirected while there is room,
+# disconnected (connect with AF_UNSPEC gives its entry back), kept for later
+libc = ctypes.CDLL(None, use_errno=True)
+s0 = socket.socket()
+s0.setblocking(False)
+try:
+    s0.connect(("127.0.0.1", port))
+except BlockingIOError:
+    pass
+assert libc.connect(s0.fileno(), (ctypes.c_ubyte * 16)(), 16) == 0, ctypes.get_errno()
 held, why = [], "none"
 while len(held) < most:
     s = socket.socket()
@@ -2536,7 +2546,15 @@ except BlockingIOError:
     v6 = "EINPROGRESS"
 except OSError as e:
     v6 = errno.errorcode[e.errno]
-print(len(held), why, v6, flush=True)
+# and the other way around it: the disconnected socket connects to the listener itself
+try:
+    s0.connect(("127.0.0.1", listener))
+    again = "EINPROGRESS"
+except BlockingIOError:
+    again = "EINPROGRESS"
+except OSError as e:
+    again = errno.errorcode[e.errno]
+print(len(held), why, v6, again, flush=True)
 sys.stdin.readline()
 for s in held:   # abortive: the close hook takes each entry back
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
@@ -2553,8 +2571,10 @@ def test_one_agent_cannot_fill_the_pair_map(enforcer, servers):
     and every other agent's connects were then refused (threat model 14a,
     known limit until stop 41). Each agent now holds at most
     65536 / (agents + 1): with three agents, 16,384. The agent past its
-    share gets ECONNREFUSED, in either address family, while the other
-    agents still connect; closing its sockets gives its share back."""
+    share gets ECONNREFUSED, in either address family, and also with a
+    socket redirected earlier, disconnected (AF_UNSPEC) and connected to the
+    listener itself, which skipped the check (review, stop 41), while the
+    other agents still connect; closing its sockets gives its share back."""
     a_port, _ = servers.echo()
     b_port, b_log = servers.echo()
     detach_all()   # a fresh ring buffer, large enough for the flood's events
@@ -2566,11 +2586,12 @@ def test_one_agent_cannot_fill_the_pair_map(enforcer, servers):
     procs = os.path.join(enforcer.cgroup_path("t-a"), "cgroup.procs")
     enforcer.proc.p.send_signal(signal.SIGSTOP)
     flood = subprocess.Popen(["sh", "-c", f'echo $$ > {procs} && exec "$@"', "sh", PY, "-c", FLOOD,
-                              str(a_port), str(share + 100)],
+                              str(a_port), str(share + 100), str(TCP_PORT)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = flood.stdout.readline().split()
-        assert line == [str(share), "ECONNREFUSED", "ECONNREFUSED"], (line, flood.stderr.read() if not line else "")
+        assert line == [str(share), "ECONNREFUSED", "ECONNREFUSED", "ECONNREFUSED"], \
+            (line, flood.stderr.read() if not line else "")
         # another agent still gets its entry: its connect is not refused
         # (a full accept queue, not ours, keeps it waiting meanwhile)
         code = f"""
@@ -2603,9 +2624,9 @@ except OSError as e:
     flood.stdin.close()
     flood.wait(timeout=10)
     st = enforcer.status()
-    assert st["counters"]["denied_pair_quota"] == 2, st["counters"]
+    assert st["counters"]["denied_pair_quota"] == 3, st["counters"]
     assert st["counters"]["pair_map_update_failed"] == 0, st["counters"]
     assert st["counters"]["ringbuf_dropped"] == 0, st["counters"]
     refused = [e for e in enforcer.events() if e.get("activity_name") == "Refuse"
                and e["unmapped"].get("reason", "").startswith("the agent has its share of connects")]
-    assert [e["unmapped"]["agent"]["name"] for e in refused] == ["t-a", "t-a"], refused
+    assert [e["unmapped"]["agent"]["name"] for e in refused] == ["t-a"] * 3, refused
