@@ -2536,24 +2536,20 @@ while len(held) < most:
         s.close()
         break
     held.append(s)
+def attempt(sock, addr):
+    try:
+        sock.connect(addr)
+    except BlockingIOError:
+        pass
+    except OSError as e:
+        return errno.errorcode[e.errno]
+    return "EINPROGRESS"
 # the way around it: another family, the same agent
 s6 = socket.socket(socket.AF_INET6)
 s6.setblocking(False)
-try:
-    s6.connect(("::ffff:127.0.0.1", port))
-    v6 = "EINPROGRESS"
-except BlockingIOError:
-    v6 = "EINPROGRESS"
-except OSError as e:
-    v6 = errno.errorcode[e.errno]
+v6 = attempt(s6, ("::ffff:127.0.0.1", port))
 # and the other way around it: the disconnected socket connects to the listener itself
-try:
-    s0.connect(("127.0.0.1", listener))
-    again = "EINPROGRESS"
-except BlockingIOError:
-    again = "EINPROGRESS"
-except OSError as e:
-    again = errno.errorcode[e.errno]
+again = attempt(s0, ("127.0.0.1", listener))
 print(len(held), why, v6, again, flush=True)
 sys.stdin.readline()
 for s in held:   # abortive: the close hook takes each entry back
