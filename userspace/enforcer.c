@@ -1161,6 +1161,25 @@ void enforcer_accept(struct worker *w, int fd, int family, const struct sockaddr
 	memcpy(c->client_addr, key.client_addr, 16);
 	c->client_port = key.client_port;
 
+	/* A connection its agent reset before we accepted it (the enforcer
+	 * stopped or behind, its backlog full) has no entry: the agent's close
+	 * hook took it back. Its address and port are free again, and a new
+	 * connect from them inserts an entry with the same key; taking that
+	 * entry here would refuse the new connection when we accept it (CI,
+	 * stop 41). The reset reaches the child before the agent's close()
+	 * returns (loopback), so before the port can be used again. Only the
+	 * state is read: the first byte of struct tcp_info. */
+	{
+		uint8_t state = 0;
+		socklen_t len = sizeof(state);
+
+		if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &state, &len) == 0 && len == sizeof(state) &&
+		    state == TCP_CLOSE) {
+			atomic_fetch_add(&E->reset_before_accept, 1);
+			conn_close(c, false);
+			return;
+		}
+	}
 	/* Only connections that came through the hooks have a pair entry. */
 	if (loader_pair_take(E->loader, &key, &c->pair)) {
 		atomic_fetch_add(&E->no_pair, 1);
@@ -1523,6 +1542,7 @@ void *enforcer_status_json(void)
 		if (counter_names[i])
 			json_object_set_new(counters, counter_names[i], json_integer(k[i]));
 	json_object_set_new(counters, "no_pair_entry", json_integer(atomic_load(&E->no_pair)));
+	json_object_set_new(counters, "reset_before_accept", json_integer(atomic_load(&E->reset_before_accept)));
 	json_object_set_new(counters, "dialed_enforcer", json_integer(atomic_load(&E->self_dial)));
 	json_object_set_new(counters, "audit_sequence", json_integer(audit_sequence()));
 	json_object_set_new(counters, "audit_made_urgent", json_integer((json_int_t)audit_made_urgent()));

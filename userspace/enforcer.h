@@ -100,7 +100,7 @@ struct enforcer {
 	uint32_t slot_of[AG_MAX_AGENTS];         /* policy agent index -> kernel slot */
 	int agent_of_slot[AG_MAX_AGENTS];        /* kernel slot -> policy agent index, or -1 */
 	struct dns *dns;
-	atomic_ullong no_pair, self_dial;
+	atomic_ullong no_pair, self_dial, reset_before_accept;
 	uint64_t kcount_seen[AG_CNT__MAX];
 	struct { double tokens; uint64_t last_ns, suppressed; } bucket[AG_MAX_AGENTS];
 	double audit_rate, audit_burst;
