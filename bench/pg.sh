@@ -127,7 +127,7 @@ pg_bench_setup() {
 	for audit_off in '' off; do
 		cat >"$TMP/pg-policy${audit_off:+-$audit_off}.yaml" <<-EOF
 		version: 1
-		agents: [{name: bench, limits: {connections: 1000}}]
+		agents: [{name: bench, limits: {connections: 1000, connect_rate: 1000000}}]
 		targets:
 		  - name: pg
 		    protocol: postgres
@@ -150,7 +150,7 @@ pg_bench_setup() {
 	# the data path costs apart from the postgres module
 	cat >"$TMP/pg-policy-relay.yaml" <<-EOF
 	version: 1
-	agents: [{name: bench, limits: {connections: 1000}}]
+	agents: [{name: bench, limits: {connections: 1000, connect_rate: 1000000}}]
 	targets: [{name: pg, protocol: tcp, address: 127.0.0.1:$PG_PORT}]
 	roles: [{name: relay, rules: [{target: pg, allow: {}}]}]
 	bindings: [{role: relay, agents: [bench]}]

@@ -178,7 +178,7 @@ ag_setup() {
 	mode: enforce
 	agents:
 	  - name: bench
-	    limits: {connections: 100000}
+	    limits: {connections: 100000, connect_rate: 1000000}   # the bench measures connects a second
 	targets:
 	  - {name: srv, protocol: tcp, address: 127.0.0.1:$SRV_PORT}
 	roles:
@@ -522,7 +522,7 @@ http_setup() {
 	version: 1
 	agents:
 	  - name: bench
-	    limits: {connections: 100000}
+	    limits: {connections: 100000, connect_rate: 1000000}   # the bench measures connects a second
 	targets:
 	  - {name: api, protocol: http, address: 127.0.0.1:$NG_PORT}
 	roles:

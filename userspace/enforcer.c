@@ -1133,6 +1133,49 @@ static void refuse(struct conn *c, const char *reason)
 	conn_refuse(c);
 }
 
+/*
+ * limits.connect_rate: new connections an agent may make a second, on
+ * average, with bursts of CONNECT_BURST_S seconds' worth (a GCRA: the time
+ * at which the agent has paid for its connections so far). Each connection
+ * relayed leaves one of the enforcer's sockets in TIME_WAIT toward its
+ * upstream for 60 s when the enforcer closes first; without a rate, one
+ * agent's connect/close churn could hold every port toward an upstream
+ * the other agents share (threat model 14c). Checked after the pair entry
+ * and limits.connections, so every connection the enforcer went on with
+ * counts, the denied ones too (they still cost an audit event).
+ */
+#define CONNECT_BURST_S 2
+#define CONNECT_RATE_EVENTS 10   /* refusal events per agent a second; the rest summed */
+
+static bool connect_rate_may(struct agent_rt *rt, uint32_t rate)
+{
+	uint64_t now = now_ns_mono(), step = 1000000000ull / (rate ? rate : 1);
+	uint64_t burst = CONNECT_BURST_S * 1000000000ull;
+	unsigned long long tat = atomic_load(&rt->connect_tat), next;
+
+	do {
+		next = (tat > now ? tat : now) + step;
+		if (next - now > burst + step)
+			return false;
+	} while (!atomic_compare_exchange_weak(&rt->connect_tat, &tat, next));
+	return true;
+}
+
+/* Whether this refusal for the rate gets its own event: the first
+ * CONNECT_RATE_EVENTS of each second do; an agent refused at thousands a
+ * second must not fill the trail, only the counters and one summary. */
+static bool connect_event_may(struct agent_rt *rt)
+{
+	unsigned long long sec = now_ns_mono() / 1000000000ull, was = atomic_load(&rt->connect_ev_sec);
+
+	if (was != sec && atomic_compare_exchange_strong(&rt->connect_ev_sec, &was, sec))
+		atomic_store(&rt->connect_ev_n, 0);
+	if (atomic_fetch_add(&rt->connect_ev_n, 1) < CONNECT_RATE_EVENTS)
+		return true;
+	atomic_fetch_add(&rt->connect_unreported, 1);
+	return false;
+}
+
 void enforcer_accept(struct worker *w, int fd, int family, const struct sockaddr_storage *peer)
 {
 	const struct policy *p = __atomic_load_n(&E->policy, __ATOMIC_ACQUIRE);   /* a reload swaps it */
@@ -1247,6 +1290,20 @@ void enforcer_accept(struct worker *w, int fd, int family, const struct sockaddr
 		refuse(c, "agent connection limit reached (limits.connections)");
 		return;
 	}
+	if (!connect_rate_may(rt, ag->connect_rate)) {
+		char why[128];
+
+		atomic_fetch_add(&rt->connect_refused, 1);
+		if (!connect_event_may(rt)) {   /* counted, reported by the main thread */
+			enforcer_count_refused(c);
+			conn_refuse(c);
+			return;
+		}
+		snprintf(why, sizeof(why), "agent connect rate reached (limits.connect_rate: %u a second)",
+			 ag->connect_rate);
+		refuse(c, why);
+		return;
+	}
 	c->target_idx = policy_match_target(p, c->pair.orig_addr, c->pair.orig_port, dns_resolved,
 					    (void *)(uintptr_t)c->pair.slot);
 	const struct policy_target *t = c->target_idx >= 0 ? &p->targets[c->target_idx] : NULL;
@@ -1306,6 +1363,26 @@ bool enforcer_audit_admit(uint32_t slot)
 	}
 	b->suppressed++;
 	return false;
+}
+
+/* Main thread, once a second: refusals for limits.connect_rate past
+ * CONNECT_RATE_EVENTS a second, as one event per agent. */
+static void report_connect_rate(void)
+{
+	for (size_t i = 0; i < E->policy->nagents; i++) {
+		unsigned n = atomic_exchange(&E->agents[i].connect_unreported, 0);
+		json_t *ev;
+
+		if (!n || !(ev = audit_event(1008, 99, "Other")))
+			continue;
+		json_object_set_new(ev, "message", json_string(
+			"connections refused for the agent's connect rate (limits.connect_rate), "
+			"not recorded one by one"));
+		json_object_set_new(ev, "unmapped", json_pack("{s:{s:s}, s:{s:s, s:I, s:i}}",
+			"agent", "name", E->policy->agents[i].name, "summary", "counter", "connect_rate_refused",
+			"count", (json_int_t)n, "connect_rate", (int)E->policy->agents[i].connect_rate));
+		audit_emit(ev);
+	}
 }
 
 /* One loss event per agent per second for what the rate limit suppressed. */
@@ -1496,15 +1573,17 @@ void *enforcer_status_json(void)
 		}
 		ao = json_pack(
 			"{s:s, s:s, s:s, s:I, s:i, s:b, s:i, s:o, s:o,"
-			" s:i, s:i, s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:I}",
+			" s:i, s:i, s:i, s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
 			"name", p->agents[i].name, "cgroup", rt->cgroup_rel, "cgroup_path", rt->cgroup_path,
 			"cgroup_id", (json_int_t)rt->cgid, "slot", (int)E->slot_of[i], "attached", rt->attached,
 			"programs", nprogs, "extra_cgroups", extra, "principal", principal,
 			"connections", (int)atomic_load(&rt->active),
 			"max_connections", (int)p->agents[i].max_connections,
+			"connect_rate", (int)p->agents[i].connect_rate,
 			"parse_cpu", (int)p->agents[i].parse_cpu,
 			"mask_cpu", (int)mask_pct(p, i),
 			"parse_refused", (json_int_t)atomic_load(&rt->parse_refused),
+			"connect_rate_refused", (json_int_t)atomic_load(&rt->connect_refused),
 			"mask_ms", (json_int_t)(atomic_load(&rt->mask_ns) / 1000000ull),
 			"mask_paced", (json_int_t)atomic_load(&rt->mask_paced),
 			"accepted", (json_int_t)atomic_load(&rt->accepted),
@@ -2320,6 +2399,7 @@ static int main_loop(int epfd, int sfd, struct ring_buffer *rb, struct admin *ad
 			last_sec = now;
 			check_counters();
 			report_suppressed();
+			report_connect_rate();
 			check_cgroups(true);   /* first: identities may wait on the network */
 			cg_reports_tick();
 			tick_identities();

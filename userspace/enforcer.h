@@ -65,6 +65,11 @@ struct agent_rt {
 	 * answers (enforcer_mask_spent), how often its answers were held for
 	 * it, and the time charged */
 	atomic_ullong mask_tat, mask_paced, mask_ns;
+	/* limits.connect_rate: a GCRA over new connections; refusals, and
+	 * the refusal events of the current second (CONNECT_RATE_EVENTS
+	 * written, the rest counted for the main thread's summary) */
+	atomic_ullong connect_tat, connect_refused, connect_ev_sec;
+	atomic_uint connect_ev_n, connect_unreported;
 	/* identity: the source lives on the main thread; workers read the
 	 * principal snapshot under plock */
 	struct ident_agent *ident;

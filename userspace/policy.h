@@ -113,6 +113,7 @@ struct policy_agent {
 	struct policy_identity identity;
 	bool accept_user_tokens;
 	uint32_t max_connections;      /* limits.connections, default 256 */
+	uint32_t connect_rate;         /* limits.connect_rate: new connections a second, default 200 */
 	uint32_t parse_cpu;            /* limits.parse_cpu: % of one CPU for uncached statements, default 25 */
 	uint32_t mask_cpu;             /* limits.mask_cpu: % of one CPU for masking answers; 0: 75% of each worker */
 	int line;

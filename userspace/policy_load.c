@@ -53,6 +53,10 @@
 
 #define DEFAULT_CONNECTIONS 256
 #define DEFAULT_PARSE_CPU 25     /* percent of one CPU */
+/* New connections a second: at this rate one agent holds at most 12,000 of
+ * the enforcer's sockets in TIME_WAIT toward one upstream (60 s), under half
+ * of the default ephemeral port range (28,232). */
+#define DEFAULT_CONNECT_RATE 200
 #define DEFAULT_REVIEW_S    300
 #define MAX_REVIEW_S        (7u * 24 * 3600)
 
@@ -1295,13 +1299,14 @@ static void load_agent(struct vctx *v, const struct ynode *m, struct policy_agen
 {
 	static const char *const keys[] = {
 		"name", "cgroup", "identity", "accept_user_tokens", "limits", NULL };
-	static const char *const limit_keys[] = { "connections", "parse_cpu", "mask_cpu", NULL };
+	static const char *const limit_keys[] = { "connections", "connect_rate", "parse_cpu", "mask_cpu", NULL };
 	const struct ynode *n, *l;
 	long long conns, pct;
 
 	a->line = m->line;
 	a->max_connections = DEFAULT_CONNECTIONS;
 	a->parse_cpu = DEFAULT_PARSE_CPU;
+	a->connect_rate = DEFAULT_CONNECT_RATE;
 	if (!want_map(v, m, "an agent"))
 		return;
 	check_keys(v, m, keys);
@@ -1326,6 +1331,9 @@ static void load_agent(struct vctx *v, const struct ynode *m, struct policy_agen
 		if ((n = map_get(l, "connections")) &&
 		    want_int(v, n, "connections", 1, 1000000, &conns))
 			a->max_connections = (uint32_t)conns;
+		if ((n = map_get(l, "connect_rate")) &&
+		    want_int(v, n, "connect_rate", 1, 1000000, &conns))
+			a->connect_rate = (uint32_t)conns;
 		if ((n = map_get(l, "parse_cpu")) && want_int(v, n, "parse_cpu", 1, 100, &pct))
 			a->parse_cpu = (uint32_t)pct;
 		if ((n = map_get(l, "mask_cpu")) && want_int(v, n, "mask_cpu", 1, 25600, &pct))

@@ -2,6 +2,7 @@
 """The data path: real kernel hooks on real cgroups, real servers, real clients."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -1012,6 +1013,93 @@ def test_connection_limit(enforcer, servers):
     """)
     assert r.stdout.split()[:2] == ["ok", "ok"] and r.stdout.split()[2] in ("eof", "reset"), r.stdout + r.stderr
     assert enforcer.wait_event(lambda e: "limits.connections" in e.get("unmapped", {}).get("reason", ""))
+
+
+RATE_CHURN = """
+import socket, sys, time
+port, n = int(sys.argv[1]), int(sys.argv[2])
+def one(fam, host):
+    try:
+        s = socket.socket(fam)
+        s.settimeout(5)
+        s.connect((host, port))
+        s.sendall(b"x")
+        d = s.recv(1)
+        s.close()
+        return "ok" if d == b"x" else "refused"
+    except OSError:
+        return "refused"
+t0 = time.monotonic()
+res = [one(socket.AF_INET, "127.0.0.1") for _ in range(n)]
+took = time.monotonic() - t0
+# the way around it: another address family, the same agent
+v6 = one(socket.AF_INET6, "::ffff:127.0.0.1")
+print(res.count("ok"), res.count("refused"), v6, took)
+"""
+
+
+def test_connect_rate_limit(enforcer, servers):
+    """limits.connect_rate (threat model 14c, a known limit until stop 42):
+    every connection relayed can leave one of the enforcer's sockets in
+    TIME_WAIT toward its upstream for 60 s, so an agent churning connects
+    could hold every port toward an upstream the other agents share. Past its
+    rate (here 20 a second, bursts of 2 s: 41 at once) an agent's new
+    connections are reset before any upstream is dialled; in IPv6 too; other
+    agents are untouched; the first refusals of each second are audited one
+    by one and the rest summed, so the churn cannot fill the trail; the rate
+    changes with a reload."""
+    a_port, a_log = servers.echo()
+    b_port, b_log = servers.echo()
+    policy = lambda rate: two_agents_policy(a_port, b_port, "t-agent", "t-b-agent",
+                                            ["{name: t-agent, limits: {connect_rate: %d}}" % rate,
+                                             "{name: t-b-agent}"])
+    path = enforcer.start(policy(20))
+    st = {a["name"]: a for a in enforcer.status()["agents"]}
+    assert st["t-agent"]["connect_rate"] == 20 and st["t-b-agent"]["connect_rate"] == 200, st
+    r = enforcer.py("t-agent", "import sys; sys.argv[1:] = ['%d', '100']\n" % a_port + RATE_CHURN, timeout=60)
+    ok, refused, v6, took = r.stdout.split()
+    ok, refused, took = int(ok), int(refused), float(took)
+    assert ok + refused == 100, r.stdout + r.stderr
+    assert 41 <= ok <= 41 + 20 * took + 1, (ok, took)
+    assert v6 == "refused", r.stdout
+    # the upstream saw only the connections let through
+    assert len(open(a_log).read().splitlines()) == ok
+    # another agent is not limited by this one's churn
+    r = enforcer.in_cgroup("t-b-agent", [PY, "-c", connect_code_flat("127.0.0.1", b_port)])
+    assert r.stdout.startswith("OK"), r.stdout + r.stderr
+    # the rate comes back: one connection every 50 ms
+    time.sleep(0.3)
+    r = enforcer.in_cgroup("t-agent", [PY, "-c", connect_code_flat("127.0.0.1", a_port)])
+    assert r.stdout.startswith("OK"), r.stdout + r.stderr
+    total = refused + 1
+    st = {a["name"]: a for a in enforcer.status()["agents"]}
+    assert st["t-agent"]["connect_rate_refused"] == total, st["t-agent"]
+    assert st["t-b-agent"]["connect_rate_refused"] == 0, st["t-b-agent"]
+    assert st["t-agent"]["refused"] >= total, st["t-agent"]
+
+    def audited():
+        one = [e for e in enforcer.events() if e.get("activity_name") == "Refuse"
+               and "limits.connect_rate" in e["unmapped"].get("reason", "")]
+        summed = [e for e in enforcer.events() if e.get("class_uid") == 1008
+                  and e["unmapped"].get("summary", {}).get("counter") == "connect_rate_refused"]
+        return one, summed
+    # every refusal is in the trail: one by one (at most 10 a second), or summed
+    assert wait_for(lambda: (lambda o, s: len(o) + sum(e["unmapped"]["summary"]["count"] for e in s))
+                    (*audited()) == total, 5), audited()
+    one, summed = audited()
+    assert 10 <= len(one) <= 10 * (int(took) + 2), (len(one), took)
+    assert summed and all(e["unmapped"]["agent"]["name"] == "t-agent" for e in summed), summed
+    assert all(e["unmapped"]["agent"]["name"] == "t-agent" for e in one)
+    from test_audit_schema import validate_events
+    validate_events(one + summed)
+
+    # a reload changes the rate, counted from then on
+    shutil.copyfile(enforcer.policy(policy(1000)), path)
+    r = enforcer.cli("reload")
+    assert r.returncode == 0, r.stdout + r.stderr
+    time.sleep(2.1)   # the old debt paid
+    r = enforcer.py("t-agent", "import sys; sys.argv[1:] = ['%d', '100']\n" % a_port + RATE_CHURN, timeout=60)
+    assert r.stdout.split()[:2] == ["100", "0"], r.stdout + r.stderr
 
 
 def test_half_close_relayed(enforcer, servers):

@@ -129,6 +129,7 @@ static void check_full_shape(const struct policy *p)
 		CHECK(a->accept_user_tokens);
 		CHECK(a->max_connections == 256);
 		CHECK(a->parse_cpu == 25);   /* the default */
+		CHECK(a->connect_rate == 200);   /* the default */
 		CHECK(a->mask_cpu == 0);     /* the default: set by the enforcer from its workers */
 		CHECK(p->agents[1].identity.source == IDENT_LOCAL);
 		CHECK(!p->agents[1].accept_user_tokens);
@@ -363,6 +364,7 @@ static const struct bad_case bad_cases[] = {
 	{ "bad_limits_range.yaml", 5, 20, "connections must be in 1..1000000", 1 },
 	{ "bad_limits_parse_cpu.yaml", 5, 18, "parse_cpu must be in 1..100", 1 },
 	{ "bad_limits_mask_cpu.yaml", 5, 17, "mask_cpu must be in 1..25600", 1 },
+	{ "bad_limits_connect_rate.yaml", 5, 21, "connect_rate must be in 1..1000000", 1 },
 	{ "bad_addr_noport.yaml", 6, 14, "missing port", 1 },
 	{ "bad_addr_v6_nobrackets.yaml", 4, 41, "IPv6 addresses need brackets", 1 },
 	{ "bad_port.yaml", 6, 14, "bad port '70000'", 1 },
