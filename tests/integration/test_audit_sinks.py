@@ -37,10 +37,12 @@ TRAFFIC = textwrap.dedent(r"""
 
 
 def policy(port, sinks, extra=""):
-    """sinks: YAML list items ("- {...}" lines); extra: more keys under audit."""
+    """sinks: YAML list items ("- {...}" lines); extra: more keys under audit.
+    The agent's floods make audit events as fast as they connect, past the
+    default limits.connect_rate (200 a second, bursts of 401)."""
     head = textwrap.dedent(f"""\
         version: 1
-        agents: [{{name: t-agent}}]
+        agents: [{{name: t-agent, limits: {{connect_rate: 1000000}}}}]
         targets: [{{name: echo, protocol: tcp, address: 127.0.0.1:{port}}}]
         roles: [{{name: r, rules: [{{target: echo}}]}}]
         bindings: [{{role: r, agents: [t-agent]}}]
