@@ -1140,9 +1140,10 @@ static void refuse(struct conn *c, const char *reason)
  * relayed leaves one of the enforcer's sockets in TIME_WAIT toward its
  * upstream for 60 s when the enforcer closes first; without a rate, one
  * agent's connect/close churn could hold every port toward an upstream
- * the other agents share (threat model 14c). Checked after the pair entry
- * and limits.connections, so every connection the enforcer went on with
- * counts, the denied ones too (they still cost an audit event).
+ * the other agents share (threat model 14c). Checked first once the agent
+ * is known, so every connection of the agent counts, refused or denied
+ * ones too (each costs an audit event). The state survives a reload: a
+ * new rate applies to the debt the old one left (at most 2 s of it).
  */
 #define CONNECT_BURST_S 2
 #define CONNECT_RATE_EVENTS 10   /* refusal events per agent a second; the rest summed */
@@ -1262,6 +1263,23 @@ void enforcer_accept(struct worker *w, int fd, int family, const struct sockaddr
 	 * other workers' accepts too and refuse both at the limit */
 	uint64_t active = (uint64_t)atomic_fetch_add(&rt->active, 1) + 1;   /* released in conn_free */
 	atomic_fetch_add(&rt->accepted, 1);
+	/* First: past its rate an agent's connections cost one event each
+	 * for at most CONNECT_RATE_EVENTS a second; the refusals below
+	 * (limits.connections, identity) then come at most at its rate. */
+	if (!connect_rate_may(rt, ag->connect_rate)) {
+		char why[128];
+
+		atomic_fetch_add(&rt->connect_refused, 1);
+		if (!connect_event_may(rt)) {   /* counted, reported by the main thread */
+			enforcer_count_refused(c);
+			conn_refuse(c);
+			return;
+		}
+		snprintf(why, sizeof(why), "agent connect rate reached (limits.connect_rate: %u a second)",
+			 ag->connect_rate);
+		refuse(c, why);
+		return;
+	}
 
 	if (!audit_accepting()) {   /* on_full: fail_closed */
 		refuse(c, "audit cannot be recorded (spool full, on_full: fail_closed)");
@@ -1288,20 +1306,6 @@ void enforcer_accept(struct worker *w, int fd, int family, const struct sockaddr
 	}
 	if (active > ag->max_connections) {
 		refuse(c, "agent connection limit reached (limits.connections)");
-		return;
-	}
-	if (!connect_rate_may(rt, ag->connect_rate)) {
-		char why[128];
-
-		atomic_fetch_add(&rt->connect_refused, 1);
-		if (!connect_event_may(rt)) {   /* counted, reported by the main thread */
-			enforcer_count_refused(c);
-			conn_refuse(c);
-			return;
-		}
-		snprintf(why, sizeof(why), "agent connect rate reached (limits.connect_rate: %u a second)",
-			 ag->connect_rate);
-		refuse(c, why);
 		return;
 	}
 	c->target_idx = policy_match_target(p, c->pair.orig_addr, c->pair.orig_port, dns_resolved,
@@ -2981,6 +2985,7 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 	for (int i = 0; i < E->nworkers; i++)
 		worker_join(&E->workers[i]);
 	ring_buffer__consume(rb);
+	report_connect_rate();   /* the last second's, the workers joined */
 	lifecycle_event(4, "Stop", "enforcer stopped; programs stay attached (connections refused until restart)",
 			NULL);
 	log_info("stopped; kernel programs stay pinned (fail closed)");
