@@ -810,6 +810,26 @@ int ag_bind_guard6(struct bpf_sock_addr *ctx)
 	return bind_guard(ctx, true);
 }
 
+/* A socket leaving FIN_WAIT1, FIN_WAIT2, CLOSING or LAST_ACK for CLOSE: an
+ * abort (a reset sent or received, close() with SO_LINGER 0 or unread data,
+ * connect(AF_UNSPEC), SOCK_DESTROY), which leaves it in the established hash
+ * until tcp_set_state() (after this callback), or its hand-over to a
+ * time-wait socket (a graceful close), which tcp_time_wait() unhashed
+ * before tcp_done(). Not knowing counts as an abort: the entry goes, and a
+ * connection still queued is refused (fail closed). */
+static __always_inline bool closed_abortively(struct bpf_sock_ops *ops)
+{
+	struct bpf_sock *sk = ops->sk;
+	struct tcp_sock *tp;
+
+	if (!sk)
+		return true;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return true;
+	return tp->inet_conn.icsk_inet.sk.__sk_common.skc_nulls_node.pprev != NULL;
+}
+
 SEC("sockops")
 int ag_sock_ops(struct bpf_sock_ops *ops)
 {
@@ -830,13 +850,21 @@ int ag_sock_ops(struct bpf_sock_ops *ops)
 	 * end counts (from SYN_SENT: refused, timed out; from ESTABLISHED: a
 	 * reset): a socket closed gracefully right after its connect (send,
 	 * close) becomes a FIN_WAIT2 mini-socket at once, and its connection,
-	 * in the enforcer's accept queue, is still served with its entry. At
-	 * CLOSE the addresses and ports are still the socket's: the callback
-	 * runs before tcp_set_state() unhashes it.
+	 * in the enforcer's accept queue, is still served with its entry. A
+	 * socket half-closed first (shutdown: FIN_WAIT2) and then aborted left
+	 * its entry, and with its port free an outside process was taken for
+	 * the agent again (review, stop 42): from the closing states, an abort
+	 * is told from that hand-over (closed_abortively()). At CLOSE the
+	 * addresses and ports are still the socket's: the callback runs before
+	 * tcp_set_state() unhashes it.
 	 */
 	if (ops->op == BPF_SOCK_OPS_STATE_CB) {
+		__u32 from = ops->args[0];
+
 		if (ops->args[1] == BPF_TCP_CLOSE &&
-		    (ops->args[0] == BPF_TCP_SYN_SENT || ops->args[0] == BPF_TCP_ESTABLISHED)) {
+		    (from == BPF_TCP_SYN_SENT || from == BPF_TCP_ESTABLISHED ||
+		     ((from == BPF_TCP_FIN_WAIT1 || from == BPF_TCP_FIN_WAIT2 || from == BPF_TCP_CLOSING ||
+		       from == BPF_TCP_LAST_ACK || from == BPF_TCP_CLOSE_WAIT) && closed_abortively(ops)))) {
 			pair_key(ops, &k);
 			pair_delete(&k);
 		}

@@ -1387,6 +1387,72 @@ def impostor_refused(enforcer, src, log):
     assert enforcer.wait_event(lambda e: "no pair entry" in e.get("unmapped", {}).get("reason", ""))
 
 
+def test_entry_of_a_half_closed_then_reset_connection_is_not_taken_over(enforcer, servers):
+    """Review (stop 42): a connection reset while it waits in the accept queue
+    is closed at accept without reading the pair map, since its port may
+    carry a new connect's entry by then. But an agent that half-closed
+    (shutdown: FIN_WAIT2) before its reset leaves its entry: the close hook
+    cannot tell that end from a graceful one. Its port is free, and a process
+    outside every agent cgroup that bound it and dialled the enforcer found
+    the entry and was relayed as the agent (before stop 42 too, when another
+    worker accepted it first). The close hook now tells an abort from the
+    closing states from the hand-over to a time-wait socket, and removes the
+    entry at the abort."""
+    port, log = servers.echo()
+    enforcer.start(enforce_policy(port))
+    enforcer.proc.p.send_signal(signal.SIGSTOP)
+    try:
+        r = enforcer.py("t-agent", f"""
+        import select, socket, struct, time
+        # a graceful close while queued keeps its entry: it is still served
+        g = socket.create_connection(("127.0.0.1", {port}), timeout=5)
+        g.sendall(b"graceful")
+        g.close()
+        s = socket.socket()
+        s.setblocking(False)
+        try:
+            s.connect(("127.0.0.1", {port}))
+        except BlockingIOError:
+            pass
+        select.select([], [s], [], 5)   # queued by the kernel; the enforcer is stopped
+        src = s.getsockname()[1]
+        s.shutdown(socket.SHUT_WR)
+        time.sleep(0.2)                 # FIN_WAIT2: the queued connection acknowledged the FIN
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()                       # and the reset: the queued connection is dead
+        print(src)
+        """)
+        src = int(r.stdout.split()[0])
+        imp = socket.socket()
+        imp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        imp.bind(("127.0.0.1", src))
+        imp.setblocking(False)
+        try:
+            imp.connect(("127.0.0.1", TCP_PORT))   # queued behind the dead one
+        except BlockingIOError:
+            pass
+    finally:
+        enforcer.proc.p.send_signal(signal.SIGCONT)
+    try:
+        imp.setblocking(True)
+        imp.settimeout(5)
+        imp.sendall(b"hello\n")
+        data = imp.recv(10)
+    except OSError:
+        data = b""
+    finally:
+        imp.close()
+    assert data == b"", data
+    # the echo server saw one connection: the graceful one
+    assert wait_for(lambda: open(log).read().count("\n") >= 1, 5)
+    time.sleep(0.3)
+    assert len(open(log).read().splitlines()) == 1, open(log).read()
+    assert enforcer.wait_event(lambda e: "no pair entry" in e.get("unmapped", {}).get("reason", ""))
+    st = enforcer.status()
+    assert st["counters"]["reset_before_accept"] == 1, st["counters"]
+    assert st["agents"][0]["connects_pending"] == 0, st["agents"][0]
+
+
 def test_pair_entry_of_a_connection_reset_unaccepted_is_gone_after_restart(enforcer, servers):
     """Found by review (stop 29): a connection the enforcer had not accepted
     when it died (here: stopped, then killed), whose agent had already sent
