@@ -240,6 +240,14 @@ def test_recording_retention_holds_against_an_agent(enforcer, servers):
     enforcer.stop()
 
 
+def with_other_agent(pol):
+    """pol with a second agent, t-other, bound to the same role."""
+    new = re.sub(r"(agents: \[\{name: t-agent.*?\})\]\n", r"\1, {name: t-other}]\n", pol, count=1)
+    new = new.replace("agents: [t-agent]}]", "agents: [t-agent, t-other]}]")
+    assert new.count("t-other") == 2, pol
+    return new
+
+
 def test_one_agent_cannot_stop_the_others_recording(enforcer, servers):
     """Found by review (stop 28): the open recordings together stop at
     max_bytes, so one agent holding 8 sessions open with incompressible data
@@ -248,8 +256,7 @@ def test_one_agent_cannot_stop_the_others_recording(enforcer, servers):
     port, _ = servers.echo()
     rec = os.path.join(enforcer.tmp, "rec")
     pol = rec_policy(port, enforcer.audit, rec, ", max_bytes: 1MiB")
-    pol = pol.replace("agents: [{name: t-agent}]", "agents: [{name: t-agent}, {name: t-other}]")
-    pol = pol.replace("agents: [t-agent]}]", "agents: [t-agent, t-other]}]")
+    pol = with_other_agent(pol)
     enforcer.start(pol)
     hogs = [subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", "t-agent", "--",
                               PY, "-c", STREAM, str(port), "4", "30"], stdout=subprocess.PIPE, text=True)
@@ -282,8 +289,7 @@ def test_recording_space_goes_back_from_the_agent_that_takes_most(enforcer, serv
     port, _ = servers.echo()
     rec = os.path.join(enforcer.tmp, "rec")
     pol = rec_policy(port, enforcer.audit, rec, ", max_bytes: 96KiB")
-    pol = pol.replace("agents: [{name: t-agent}]", "agents: [{name: t-agent}, {name: t-other}]")
-    pol = pol.replace("agents: [t-agent]}]", "agents: [t-agent, t-other]}]")
+    pol = with_other_agent(pol)
     enforcer.start(pol)
     r = enforcer.exec("t-other", [PY, "-c", CHAT, str(port), "10"])
     assert r.stdout.strip() == "OK", r.stdout + r.stderr
