@@ -1359,6 +1359,18 @@ def test_leftover_pair_entry_is_not_taken_over(enforcer, servers):
     impostor_refused(enforcer, int(src), log)
 
 
+def hello_answer(s):
+    """Sends a line on the connected socket s and returns what comes back
+    (b"" when refused: a reset or the end), then closes s."""
+    try:
+        s.sendall(b"hello\n")
+        return s.recv(10)
+    except OSError:
+        return b""
+    finally:
+        s.close()
+
+
 def impostor_refused(enforcer, src, log):
     """A process outside every agent cgroup binds the agent's old source port
     src and dials the enforcer: it must be refused as not coming through the
@@ -1376,12 +1388,9 @@ def impostor_refused(enforcer, src, log):
     try:
         s.settimeout(5)
         s.connect(("127.0.0.1", TCP_PORT))
-        s.sendall(b"hello\n")
-        data = s.recv(10)
     except OSError:
-        data = b""
-    finally:
-        s.close()
+        pass
+    data = hello_answer(s)
     assert data == b"", data
     assert open(log).read() == ""
     assert enforcer.wait_event(lambda e: "no pair entry" in e.get("unmapped", {}).get("reason", ""))
@@ -1433,15 +1442,9 @@ def test_entry_of_a_half_closed_then_reset_connection_is_not_taken_over(enforcer
             pass
     finally:
         enforcer.proc.p.send_signal(signal.SIGCONT)
-    try:
-        imp.setblocking(True)
-        imp.settimeout(5)
-        imp.sendall(b"hello\n")
-        data = imp.recv(10)
-    except OSError:
-        data = b""
-    finally:
-        imp.close()
+    imp.setblocking(True)
+    imp.settimeout(5)
+    data = hello_answer(imp)
     assert data == b"", data
     # the echo server saw one connection: the graceful one
     assert wait_for(lambda: open(log).read().count("\n") >= 1, 5)
