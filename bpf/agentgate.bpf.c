@@ -186,7 +186,7 @@ int ag_unattached(struct bpf_sock *sk)
 	return DENY;
 }
 
-/* ---- setsockopt: no source routes ---------------------------------------- */
+/* ---- setsockopt: no source routes, no short FIN_WAIT2 -------------------- */
 
 /*
  * An IPv4 loose or strict source route (IP_OPTIONS) or an IPv6 routing
@@ -203,13 +203,40 @@ int ag_unattached(struct bpf_sock *sk)
 #define AG_IPV6_2292RTHDR 5
 #define AG_IPV6_RTHDR 57
 
+/*
+ * A gracefully closed socket hands its port to a FIN_WAIT2 time-wait socket,
+ * which holds it for tcp_fin_timeout (60 s) or the socket's TCP_LINGER2:
+ * its entry in ag_pairs waits for the enforcer's accept meanwhile (the
+ * close hook leaves it, ag_sock_ops). An agent that set TCP_LINGER2 to a
+ * second freed the port that soon, and a process outside the agent cgroups
+ * binding it while the enforcer was behind took the agent's entry (case
+ * 12d). The enforcer honours an entry for AG_PAIR_MAX_AGE_S at most, so a
+ * value up to one second past that is refused with EPERM; 0 (the host's
+ * default), a negative one (close with a reset: an abort, whose entry goes
+ * at once) and a longer one pass.
+ */
+#define AG_SOL_TCP 6
+#define AG_TCP_LINGER2 8
+
+static __always_inline bool short_linger2(struct bpf_sockopt *ctx)
+{
+	int *v = ctx->optval;
+
+	if (ctx->optlen < (int)sizeof(int))
+		return false;   /* the kernel refuses it (EINVAL) */
+	if ((void *)(v + 1) > ctx->optval_end)
+		return true;    /* unreadable: refused */
+	return *v > 0 && *v <= AG_PAIR_MAX_AGE_S + 1;
+}
+
 SEC("cgroup/setsockopt")
 int ag_setsockopt(struct bpf_sockopt *ctx)
 {
 	int level = ctx->level, name = ctx->optname;
 
 	if ((level == AG_SOL_IP && name == AG_IP_OPTIONS) ||
-	    (level == AG_SOL_IPV6 && (name == AG_IPV6_RTHDR || name == AG_IPV6_2292RTHDR))) {
+	    (level == AG_SOL_IPV6 && (name == AG_IPV6_RTHDR || name == AG_IPV6_2292RTHDR)) ||
+	    (level == AG_SOL_TCP && name == AG_TCP_LINGER2 && short_linger2(ctx))) {
 		count(AG_CNT_DENY_SOCKOPT);
 		return 0;
 	}

@@ -24,6 +24,7 @@
 
 #define AG_MAX_AGENTS   256     /* slots; slot 0 means "no agent" and is denied */
 #define AG_PAIR_MAX     65536   /* concurrent connects awaiting accept() */
+#define AG_PAIR_MAX_AGE_S 30    /* an older ag_pairs entry is refused and swept (enforcer.c pair_max_age_ns()) */
 #define AG_ALLOW_MAX    16384   /* kernel allow-set entries, all agents */
 #define AG_RINGBUF_DEFAULT (1u << 20)
 #define AG_COMM_LEN     16
@@ -54,7 +55,7 @@ enum ag_counter {
 	AG_CNT_SKB_EGRESS_DROP  = 11, /* backstop: packets to anything but the enforcer dropped */
 	AG_CNT_SKB_INGRESS_DROP = 12, /* backstop: packets from anything but the enforcer dropped */
 	AG_CNT_GUARD_DROP       = 13, /* sk_lookup: a connection or datagram to an enforcer port with no enforcer socket */
-	AG_CNT_DENY_SOCKOPT     = 14, /* setsockopt() of a source route refused */
+	AG_CNT_DENY_SOCKOPT     = 14, /* setsockopt() of a source route or a short TCP_LINGER2 refused */
 	AG_CNT_PAIR_QUOTA       = 15, /* connect refused: the agent holds its share of ag_pairs */
 	AG_CNT__MAX             = 16,
 };

@@ -37,9 +37,57 @@
 #define SO_NETNS_COOKIE 71
 #endif
 
-/* A pair entry is taken at accept(), or removed when its socket closes;
- * older than this, it is left over and refused (and swept). */
-#define PAIR_MAX_AGE_NS (30ull * 1000000000ull)
+/*
+ * A pair entry is taken at accept(), or removed when its socket closes
+ * abortively; older than E->pair_max_age_ns, it is left over and refused
+ * (and swept). A graceful close leaves it for the accept while a FIN_WAIT2
+ * time-wait socket holds the port, for the host's tcp_fin_timeout (the BPF
+ * setsockopt hook refuses a shorter TCP_LINGER2): honoured for longer, an
+ * entry whose port went free could be taken by a process outside the agent
+ * cgroups that binds it (case 12d). So the bound is AG_PAIR_MAX_AGE_S, or
+ * less than tcp_fin_timeout where a host lowered it (tuning guides say 15
+ * or 30 s), never under PAIR_MIN_AGE_MS (the kernel keeps FIN_WAIT2 at
+ * least 3.5 retransmission timeouts: 0.7 s on loopback). Read again every
+ * second: the sysctl can change while we run.
+ */
+#define PAIR_MIN_AGE_MS 500
+#define PAIR_AGE_MARGIN_MS 200
+
+static uint64_t pair_max_age_ms_for(long fin_timeout_s)
+{
+	long ms = fin_timeout_s >= AG_PAIR_MAX_AGE_S + 1 ? AG_PAIR_MAX_AGE_S * 1000L
+						       : fin_timeout_s * 1000L - PAIR_AGE_MARGIN_MS;
+
+	return ms < PAIR_MIN_AGE_MS ? PAIR_MIN_AGE_MS : (uint64_t)ms;
+}
+
+static void pair_max_age_refresh(void)
+{
+	static long last = -1;
+	char *v = read_file("/proc/sys/net/ipv4/tcp_fin_timeout", 64, NULL);
+	char *end;
+	long fin = AG_PAIR_MAX_AGE_S + 1;
+
+	if (v) {
+		errno = 0;
+		fin = strtol(v, &end, 10);
+		if (errno || end == v)
+			fin = 0;   /* unreadable: the shortest bound, fail closed */
+		free(v);
+	}
+	uint64_t ms = pair_max_age_ms_for(fin);
+
+	if (fin != last && fin <= AG_PAIR_MAX_AGE_S)
+		log_warn("net.ipv4.tcp_fin_timeout is %ld s: a connection the enforcer has not accepted "
+			 "within %" PRIu64 " ms is refused", fin, ms);
+	last = fin;
+	atomic_store(&E->pair_max_age_ns, ms * 1000000ull);
+}
+
+static uint64_t pair_max_age_ns(void)
+{
+	return atomic_load(&E->pair_max_age_ns);
+}
 
 struct enforcer *E;
 
@@ -1241,7 +1289,7 @@ void enforcer_accept(struct worker *w, int fd, int family, const struct sockaddr
 	{
 		uint64_t now = now_ns_boot();
 
-		if (now > c->pair.ts_ns && now - c->pair.ts_ns > PAIR_MAX_AGE_NS) {
+		if (now > c->pair.ts_ns && now - c->pair.ts_ns > pair_max_age_ns()) {
 			atomic_fetch_add(&E->no_pair, 1);
 			struct audit_w *aw = enforcer_conn_event(c, 5, "Refuse");
 
@@ -1626,6 +1674,7 @@ void *enforcer_status_json(void)
 			json_object_set_new(counters, counter_names[i], json_integer(k[i]));
 	json_object_set_new(counters, "no_pair_entry", json_integer(atomic_load(&E->no_pair)));
 	json_object_set_new(counters, "reset_before_accept", json_integer(atomic_load(&E->reset_before_accept)));
+	json_object_set_new(counters, "pair_max_age_ms", json_integer((json_int_t)(pair_max_age_ns() / 1000000)));
 	json_object_set_new(counters, "dialed_enforcer", json_integer(atomic_load(&E->self_dial)));
 	json_object_set_new(counters, "audit_sequence", json_integer(audit_sequence()));
 	json_object_set_new(counters, "audit_made_urgent", json_integer((json_int_t)audit_made_urgent()));
@@ -2404,6 +2453,7 @@ static int main_loop(int epfd, int sfd, struct ring_buffer *rb, struct admin *ad
 			check_counters();
 			report_suppressed();
 			report_connect_rate();
+			pair_max_age_refresh();
 			check_cgroups(true);   /* first: identities may wait on the network */
 			cg_reports_tick();
 			tick_identities();
@@ -2412,7 +2462,7 @@ static int main_loop(int epfd, int sfd, struct ring_buffer *rb, struct admin *ad
 		if (now - last_sweep >= 10) {
 			last_sweep = now;
 			/* Entries for connects the enforcer never accepted. */
-			loader_pair_sweep(E->loader, PAIR_MAX_AGE_NS, NULL);
+			loader_pair_sweep(E->loader, pair_max_age_ns(), NULL);
 		}
 	}
 	return 0;
@@ -2943,7 +2993,8 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 		check_cgroups(true);   /* the first watches */
 	}
 	loader_counters(E->loader, E->kcount_seen);
-	loader_pair_sweep(E->loader, 30ull * 1000000000ull, NULL);
+	pair_max_age_refresh();
+	loader_pair_sweep(E->loader, pair_max_age_ns(), NULL);
 
 	for (int i = 0; i < E->nworkers; i++) {
 		E->workers[i].busy_poll_us = busy_us;

@@ -106,6 +106,7 @@ struct enforcer {
 	int agent_of_slot[AG_MAX_AGENTS];        /* kernel slot -> policy agent index, or -1 */
 	struct dns *dns;
 	atomic_ullong no_pair, self_dial, reset_before_accept;
+	_Atomic uint64_t pair_max_age_ns;   /* pair_max_age_ns() */
 	uint64_t kcount_seen[AG_CNT__MAX];
 	struct { double tokens; uint64_t last_ns, suppressed; } bucket[AG_MAX_AGENTS];
 	double audit_rate, audit_burst;

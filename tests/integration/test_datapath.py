@@ -1456,6 +1456,99 @@ def test_entry_of_a_half_closed_then_reset_connection_is_not_taken_over(enforcer
     assert st["agents"][0]["connects_pending"] == 0, st["agents"][0]
 
 
+def test_short_fin_wait2_refused(enforcer, servers):
+    """Review (stop 42): a graceful close leaves the pair entry for the
+    accept while a FIN_WAIT2 time-wait socket holds the port. An agent that
+    set TCP_LINGER2 to a second freed its port that soon, while the entry
+    was honoured for 30 s. TCP_LINGER2 from 1 to 31 s is refused on agents'
+    sockets; 0 (the host's default), a negative value (close with a reset)
+    and a longer one are not."""
+    port, _ = servers.echo()
+    enforcer.start(enforce_policy(port))
+    code = f"""
+import socket, errno, struct
+out = []
+for val in (struct.pack("i", 1), struct.pack("i", 31), struct.pack("i", 30) + bytes(4),
+            struct.pack("i", 0), struct.pack("i", -1), struct.pack("i", 32), struct.pack("i", 120),
+            bytes(2)):
+    s = socket.socket()
+    try:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_LINGER2, val); out.append("ok")
+    except OSError as e:
+        out.append(errno.errorcode[e.errno])
+    s.close()
+s = socket.socket(socket.AF_INET6)
+try:
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_LINGER2, 5); out.append("ok")
+except OSError as e:
+    out.append(errno.errorcode[e.errno])
+s = socket.create_connection(("127.0.0.1", {port}), timeout=5)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_LINGER2, 60)
+s.sendall(b"hi\\n")
+out.append(s.recv(100).decode().strip() or "empty")
+print(" ".join(out))
+"""
+    outside = subprocess.run([PY, "-c", code], capture_output=True, text=True)
+    assert outside.stdout.split()[:3] == ["ok", "ok", "ok"], "control: " + outside.stdout + outside.stderr
+    before = enforcer.status()["counters"]["denied_sockopt"]
+    r = enforcer.in_cgroup("t-agent", [PY, "-c", code])
+    assert r.stdout.split() == ["EPERM", "EPERM", "EPERM", "ok", "ok", "ok", "ok", "EINVAL", "EPERM", "hi"], \
+        r.stdout + r.stderr
+    assert enforcer.status()["counters"]["denied_sockopt"] == before + 4
+
+
+def test_pair_entries_expire_before_a_lowered_fin_timeout(enforcer, servers):
+    """Review (stop 42), the host's side of test_short_fin_wait2_refused: a
+    host that lowered net.ipv4.tcp_fin_timeout (tuning guides say 15 or 30
+    s) frees a gracefully closed agent's port that soon, while the enforcer
+    honoured its entry for 30 s. An outside process then binds the port and
+    dials the enforcer: its SYN meets the queued connection (challenge ACK),
+    its own reset kills that connection, and its SYN sent again is queued
+    under the agent's entry. The entries' bound now follows the sysctl
+    (here 2 s: 1.8 s), read every second."""
+    path = "/proc/sys/net/ipv4/tcp_fin_timeout"
+    old = open(path).read().strip()
+    port, log = servers.echo()
+    enforcer.start(enforce_policy(port))
+    assert enforcer.status()["counters"]["pair_max_age_ms"] == 30000
+    try:
+        with open(path, "w") as f:
+            f.write("2")
+        assert wait_for(lambda: enforcer.status()["counters"]["pair_max_age_ms"] == 1800, 5)
+        enforcer.proc.p.send_signal(signal.SIGSTOP)
+        try:
+            r = enforcer.py("t-agent", f"""
+            import socket
+            s = socket.create_connection(("127.0.0.1", {port}), timeout=5)   # queued: the enforcer is stopped
+            print(s.getsockname()[1])
+            s.sendall(b"x")
+            s.close()                                                         # FIN_WAIT2 for 2 s
+            """)
+            src = int(r.stdout.split()[0])
+            imp = socket.socket()
+            imp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+
+            def bound():   # once the time-wait socket is gone
+                try:
+                    imp.bind(("127.0.0.1", src))
+                    return True
+                except OSError:
+                    return False
+            assert wait_for(bound, 10), f"port {src} still held"
+            imp.settimeout(8)
+            imp.connect(("127.0.0.1", TCP_PORT))   # queued once its reset killed the agent's connection
+        finally:
+            enforcer.proc.p.send_signal(signal.SIGCONT)
+        data = hello_answer(imp)
+        assert data == b"", data
+        assert enforcer.wait_event(lambda e: "is stale" in e.get("unmapped", {}).get("reason", ""))
+        assert open(log).read() == ""
+    finally:
+        with open(path, "w") as f:
+            f.write(old)
+    assert wait_for(lambda: enforcer.status()["counters"]["pair_max_age_ms"] == 30000, 5)
+
+
 def test_pair_entry_of_a_connection_reset_unaccepted_is_gone_after_restart(enforcer, servers):
     """Found by review (stop 29): a connection the enforcer had not accepted
     when it died (here: stopped, then killed), whose agent had already sent
