@@ -1569,8 +1569,8 @@ static json_t *known_limits(void)
 	json_array_append_new(l, json_string(
 		"after 'agentgate reload', a postgres session holding prepared statements or an open transaction, "
 		"or whose masks the reload changed, cannot move to the new policy: when the reload changed the "
-		"agent's rules its statements are refused until it reconnects (sessions whose target the new "
-		"policy no longer grants are closed)"));
+		"agent's rules it ends (FATAL 57P01) at its next statement outside a transaction, and inside one "
+		"only ends it (sessions whose target the new policy no longer grants are closed)"));
 	json_array_append_new(l, json_string(
 		"agents in their own network namespace are refused (listeners in agent namespaces not yet served)"));
 	json_array_append_new(l, json_string(

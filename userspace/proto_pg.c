@@ -464,6 +464,8 @@ struct pg_sess {
 					* succeeded */
 	bool tried_for_stmt;           /* ... and so it will not be read again for it */
 	bool redo;                     /* judge(): read the lineage again first, then judge again */
+	bool stale_rules;              /* judge(): refused because the session cannot take the agent's rules now */
+	bool fatal_answers;            /* fatal(): the error answers the agent's request being read */
 	bool refresh_ok;               /* the last read got everything it asked for */
 	bool judging_parse;            /* fe_parse() is judging: its own Parse set unsynced */
 	bool unsynced_before;          /* unsynced before that Parse */
@@ -823,7 +825,7 @@ static int fatal(struct conn *c, const char *sqlstate, const char *fmt, ...)
 	/* With a request in flight, libpq takes the error for its answer only
 	 * once a ReadyForQuery completes it: at EOF before that it reports a
 	 * lost connection and drops our error. The session ends all the same. */
-	if ((s->phase == PH_READY && s->qlen) || s->phase == PH_UP_REFRESH)
+	if ((s->phase == PH_READY && (s->qlen || s->fatal_answers)) || s->phase == PH_UP_REFRESH)
 		pg_out_ready(&s->out, 'I');
 	send_out(c, SIDE_AGENT);
 	if (!c->why[0])
@@ -1499,8 +1501,9 @@ static struct pg_judged *judged_new(const struct pgc_result *r, const char *why)
  * to a reloaded policy). Bindings by claims follow the agent's identity,
  * which the enforcer refreshes meanwhile: new claims can bind a role that
  * masks a column the session would return in clear. Such a session gets
- * no further statement (nor Execute of one judged before); the agent
- * reconnects, and the new session has the new rules and their masks.
+ * no further statement (nor Execute of one judged before): it ends
+ * (end_stale()); the agent reconnects, and the new session has the new
+ * rules and their masks.
  * rules: the agent's rules now, nr of them (at most ENFORCER_MAX_RULES).
  */
 static bool rules_unchanged(struct conn *c, const struct policy_rule *const *rules, size_t nr, char *why,
@@ -1541,9 +1544,10 @@ static bool rule_lists_same(const struct policy_rule *const *a, size_t na, const
  * holds prepared statements, portals or an open transaction, or its masks
  * would change) is judged under the policy it started with only while
  * that policy gives the agent (and the delegating user) the same rules as
- * the running one. Otherwise its statements are refused until it
- * reconnects: PREPARE once, or BEGIN and never COMMIT, kept the old,
- * looser rules and masks for the life of the session (review, stop 28).
+ * the running one. Otherwise it ends (end_stale()), or inside a
+ * transaction may only end that: PREPARE once, or BEGIN and never COMMIT,
+ * kept the old, looser rules and masks for the life of the session
+ * (review, stop 28).
  */
 static bool pinned_rules_same(struct conn *c, char *why, size_t whylen)
 {
@@ -1608,6 +1612,8 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 	bool changing = names_changing(c);
 	uint64_t epoch = atomic_load(names_epoch_of(c));
 
+	s->stale_rules = false;
+
 	if (!s->names_stale && s->cat_ready && epoch != s->names_epoch)
 		s->names_stale = true;   /* another session changed the database's names */
 	ctx.names_stale = s->names_stale || changing;
@@ -1628,16 +1634,20 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 		snprintf(why, whylen, "too many rules for this target");
 		goto early;
 	}
-	if (!rules_unchanged(c, rules, nr, why, whylen))
+	if (!rules_unchanged(c, rules, nr, why, whylen)) {
+		s->stale_rules = true;
 		goto early;
+	}
 	/* a reload published since process_agent() looked: a session
 	 * holding nothing moves now, not only at its next read */
 	if (c->policy != __atomic_load_n(&E->policy, __ATOMIC_ACQUIRE)) {
 		adopt_policy(c);
 		ctx.policy_gen = s->gen;
 		nr = enforcer_rules_for(c->policy, c->agent_idx, c->target_idx, rules, ENFORCER_MAX_RULES);
-		if (nr > ENFORCER_MAX_RULES || !rules_unchanged(c, rules, nr, why, whylen))
+		if (nr > ENFORCER_MAX_RULES || !rules_unchanged(c, rules, nr, why, whylen)) {
+			s->stale_rules = nr <= ENFORCER_MAX_RULES;
 			goto early;
+		}
 	}
 	char pin_why[200];
 	bool pinned = !pinned_rules_same(c, pin_why, sizeof(pin_why));
@@ -1649,6 +1659,7 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 		r->verdict = PGC_DENY;
 		r->denied_stmt = -1;
 		snprintf(r->reason, sizeof(r->reason), "%s", pin_why);
+		s->stale_rules = true;
 	}
 	if (s->has_deleg && r->verdict != PGC_DENY) {
 		/* Delegation: the user's roles must allow it too (DESIGN §3). */
@@ -4284,6 +4295,28 @@ static int standin(struct conn *c, bool simple, const char *stmt_name, const cha
 }
 
 /*
+ * A session that cannot take the agent's rules now (a reload changed them
+ * while it held prepared statements, portals or requests in flight, or
+ * other masks; or the agent's identity binds other roles) was refused
+ * every statement until it reconnected, asking for that in the error. A
+ * driver's pool reconnects on a lost connection, not on an error: an
+ * asyncpg or pgx pool (they keep named prepared statements) failed every
+ * query until restarted. Outside a transaction such a session now ends
+ * with FATAL 57P01 (admin_shutdown, what pg_terminate_backend() sends,
+ * which pools take for "reconnect"), and its reconnect gets the running
+ * policy. Inside one it may still end the transaction (judge()), and its
+ * other statements are refused; the first refused after that ends it.
+ * j: the refused statement's verdict (its event), or NULL; put here.
+ */
+static int end_stale(struct conn *c, struct pg_judged *j, const char *why, const char *proto)
+{
+	audit_stmts_from(c, j, 0, proto, false, NULL, why, NULL);
+	judged_put(j);
+	S(c)->fatal_answers = true;   /* psycopg2 showed "server closed the connection unexpectedly" */
+	return fatal(c, "57P01", "agentgate: %s", why);
+}
+
+/*
  * PostgreSQL keeps only the first NAMEDATALEN - 1 (63) bytes of a prepared
  * statement's or portal's name: its tables compare that much. Two names
  * that differ after byte 63 are one object to the server and two to our
@@ -4327,6 +4360,8 @@ static int fe_query(struct conn *c, const struct pg_msg *m)
 		judged_put(j);
 		return PG_REDO;
 	}
+	if (j && !j->allowed && s->stale_rules && s->tx == 'I' && enforcer_should_refuse(c, why))
+		return end_stale(c, j, why, "simple");
 	if (!j || (!j->allowed && enforcer_should_refuse(c, why)))
 		return standin(c, true, NULL, why, j, "simple");
 	if (j->copy_in && j->nstmts > 1) {
@@ -4403,6 +4438,8 @@ static int fe_parse(struct conn *c, const struct pg_msg *m)
 		judged_put(j);
 		return PG_REDO;
 	}
+	if (j && !j->allowed && s->stale_rules && s->tx == 'I' && enforcer_should_refuse(c, why))
+		return end_stale(c, j, why, "extended");
 	if (!j || (!j->allowed && enforcer_should_refuse(c, why))) {
 		/* the agent's own name: a failing Parse("") drops the unnamed
 		 * statement on the server, and so does ours; a failing named
@@ -4577,12 +4614,14 @@ static int fe_execute(struct conn *c, const struct pg_msg *m)
 
 		if (nr <= ENFORCER_MAX_RULES && !rules_unchanged(c, rules, nr, why, sizeof(why)) &&
 		    enforcer_should_refuse(c, why))
-			return standin(c, false, PG_DENY_NAME, why, NULL, "extended");
+			return s->tx == 'I' ? end_stale(c, NULL, why, "extended")
+					    : standin(c, false, PG_DENY_NAME, why, NULL, "extended");
 		/* a pinned session may still end its transaction (judge() lets
 		 * it), also as JDBC and Npgsql do: Parse, Bind, Execute */
 		bool tx_only = po->j && po->j->nstmts > 0 && po->j->cls == PGC_TRANSACTION;
 		if (!tx_only && !pinned_rules_same(c, why, sizeof(why)) && enforcer_should_refuse(c, why))
-			return standin(c, false, PG_DENY_NAME, why, NULL, "extended");
+			return s->tx == 'I' ? end_stale(c, NULL, why, "extended")
+					    : standin(c, false, PG_DENY_NAME, why, NULL, "extended");
 	}
 	/* Masking reads each row by its description, which the server sends
 	 * only when asked: a client that executes without a Describe would

@@ -68,12 +68,15 @@ def q(sql):
     if sql == "COMMIT":
         c.commit()
         return ["ok", "commit"]
+    if c.closed:
+        return ["closed"]
     cur = c.cursor()
     try:
         cur.execute(sql)
         return ["ok", cur.fetchall()[0][0]]
     except psycopg2.Error as e:
-        c.rollback()
+        if not c.closed:
+            c.rollback()
         return ["err", e.pgcode, str(e).strip()]
 print(json.dumps(q("select count(*) from orders")), flush=True)
 for line in sys.stdin:
@@ -135,6 +138,12 @@ class Holder:
         self.p.wait(timeout=20)
 
 
+def ended(got):
+    """A Holder's answer once its session ended: libpq reports the closed
+    connection at the next statement (or psycopg2 knew it already)."""
+    return got == ["closed"] or (got[:2] == ["err", None] and "closed the connection" in got[2])
+
+
 def reloads(enforcer):
     return [e for e in enforcer.events() if e.get("class_uid") == 3004]
 
@@ -152,14 +161,16 @@ def test_reload_narrows_new_and_idle_sessions(enforcer, pg, tmp):
     assert psql(enforcer, pg, "select count(*) from orders")[:2] == (0, "5")
     idle, in_tx, prepared = Holder(enforcer, pg), Holder(enforcer, pg, "tx"), Holder(enforcer, pg, "raw")
     unnamed = Holder(enforcer, pg, "raw-unnamed")
+    lets_go = Holder(enforcer, pg, "raw")
     assert idle.first == ["ok", 5] and in_tx.first == ["ok", 5]
     assert prepared.first == ["1", "Z" + "I"], prepared.first
+    assert lets_go.first == ["1", "Z" + "I"], lets_go.first
     assert unnamed.first == ["1", "2", "D:5", "C:SELECT 1", "ZI"], unnamed.first
 
     rewrite(enforcer, path, pg_policy(pg, tmp, ["public.customers"]))
     r = enforcer.cli("reload")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "4 connections open: http requests and idle database sessions take the new policy" in r.stdout, r.stdout
+    assert "5 connections open: http requests and idle database sessions take the new policy" in r.stdout, r.stdout
     st = enforcer.status()
     new_hash = st["policy"]["hash"]
     assert new_hash != old_hash and st["policy"]["reloads"] == 1
@@ -181,13 +192,23 @@ def test_reload_narrows_new_and_idle_sessions(enforcer, pg, tmp):
     assert in_tx.q("COMMIT") == ["ok", "commit"]       # (the error ended it: psycopg2 rolled back)
     assert in_tx.q("select count(*) from orders")[:2] == ["err", "42501"]
     assert in_tx.q("select count(*) from customers") == ["ok", 2]   # moved: the new policy
+    # outside a transaction, a session still holding a prepared statement
+    # ends (FATAL 57P01, as pg_terminate_backend() does: drivers' pools take
+    # that for "reconnect", where a refusal of every statement kept failing
+    # them), and its reconnect gets the new policy
     ex = prepared.q("EXEC")
-    assert ex[0] == "2" and ex[1].startswith("E:42501:agentgate: denied") and "policy was reloaded" in ex[1], ex
-    assert prepared.q("select count(*) from customers")[0].startswith("E:42501:agentgate: denied")
-    assert prepared.q("CLOSE")[:1] == ["3"]
-    denied = prepared.q("select count(*) from orders")
+    assert [x for x in ex if x.startswith("E:")] == [x for x in ex if x.startswith("E:57P01:agentgate: the policy "
+                                                                                   "was reloaded")] != [], ex
+    assert "reconnect" in ex[-2] and ex[-1] == "ZI" and "D:5" not in ex, ex
+    prepared.close()
+    again = Holder(enforcer, pg, "raw")
+    assert again.first[0].startswith("E:42501:agentgate: denied") and "public.orders" in again.first[0], again.first
+    again.close()
+    # one that lets go of it first moves
+    assert lets_go.q("CLOSE")[:1] == ["3"]
+    denied = lets_go.q("select count(*) from orders")
     assert denied[0].startswith("E:42501:agentgate: denied"), denied
-    assert prepared.q("select count(*) from customers")[:3] == ["T", "D:2", "C:SELECT 1"]
+    assert lets_go.q("select count(*) from customers")[:3] == ["T", "D:2", "C:SELECT 1"]
     # an extended-protocol client between queries: the new policy; its
     # unnamed statement (judged under the old one) is gone
     rebind = unnamed.q("REBIND")
@@ -196,7 +217,7 @@ def test_reload_narrows_new_and_idle_sessions(enforcer, pg, tmp):
     assert unnamed.q("select count(*) from customers")[:3] == ["T", "D:2", "C:SELECT 1"]
     assert idle.q("delete from orders")[:2] == ["err", "42501"]
     assert in_tx.q("delete from orders")[:2] == ["err", "42501"]
-    for h in (idle, in_tx, prepared, unnamed):
+    for h in (idle, in_tx, lets_go, unnamed):
         h.close()
     assert pg.sql("select count(*) from orders").strip() == "5"
 
@@ -212,7 +233,7 @@ def test_reload_narrows_new_and_idle_sessions(enforcer, pg, tmp):
     assert hashes and set(hashes) == {old_hash}, hashes
     denies = [e for e in enforcer.events() if e.get("class_uid") == 6005 and e["unmapped"].get("verdict") == "deny"]
     pinned = [e for e in denies if "policy was reloaded" in e["unmapped"].get("reason", "")]
-    assert len(pinned) == 3 and {e["unmapped"]["policy"]["hash"] for e in pinned} == {old_hash}, pinned
+    assert len(pinned) == 2 and {e["unmapped"]["policy"]["hash"] for e in pinned} == {old_hash}, pinned
     assert {e["unmapped"]["policy"]["hash"] for e in denies if e not in pinned} == {new_hash}
     validate_events(enforcer.events())
 
@@ -240,20 +261,25 @@ def test_reload_new_masks_wait_for_the_next_session(enforcer, pg, tmp):
     """An open session's masked-column lineage was read for its masks: a
     reload that changes the masks reaches new sessions; open ones cannot
     take masks they did not read the lineage for, and their old rules are
-    not the agent's any more: their statements are refused until they
-    reconnect."""
+    not the agent's any more: they end at their next statement (FATAL
+    57P01), and their reconnect has the new masks."""
     path = enforcer.start(pg_policy(pg, tmp, ["public.customers", "public.orders"]))
     idle = Holder(enforcer, pg)
     rewrite(enforcer, path, pg_policy(pg, tmp, ["public.customers"], mask=["public.customers.email"]))
     assert enforcer.cli("reload").returncode == 0
     rc, out, _ = psql(enforcer, pg, "select email from customers order by id limit 1")
     assert rc == 0 and out == "****", out
-    # its masks are for the old rules and it cannot move: refused until it
-    # reconnects (its old rules gave it the column in clear: review, stop 28)
-    for sql in ("select count(*) from orders", "select email from customers order by id limit 1"):
-        got = idle.q(sql)
-        assert got[:2] == ["err", "42501"] and "reconnect" in got[2], got
+    # its masks are for the old rules and it cannot move: it ends at its
+    # next statement (its old rules gave it the column in clear: review,
+    # stop 28), with FATAL 57P01, and the reconnect has the new masks
+    got = idle.q("select email from customers order by id limit 1")
+    assert got[:2] == ["err", "57P01"] and "reconnect" in got[2] and "@" not in got[2], got
+    assert ended(idle.q("select count(*) from orders"))
     idle.close()
+    again = Holder(enforcer, pg)
+    assert again.first[:2] == ["err", "42501"]
+    assert again.q("select email from customers order by id limit 1") == ["ok", "****"]
+    again.close()
     # a reload that leaves the agent's rules as they are keeps such a session
     # (in a transaction: it cannot move) going
     held = Holder(enforcer, pg, "tx")
