@@ -186,7 +186,7 @@ int ag_unattached(struct bpf_sock *sk)
 	return DENY;
 }
 
-/* ---- setsockopt: no source routes, no short FIN_WAIT2 -------------------- */
+/* ---- setsockopt: no source routes, no early reuse of a closed port ------- */
 
 /*
  * An IPv4 loose or strict source route (IP_OPTIONS) or an IPv6 routing
@@ -205,40 +205,65 @@ int ag_unattached(struct bpf_sock *sk)
 
 /*
  * A gracefully closed socket hands its port to a FIN_WAIT2 time-wait socket,
- * which holds it for tcp_fin_timeout (60 s) or the socket's TCP_LINGER2:
- * its entry in ag_pairs waits for the enforcer's accept meanwhile (the
- * close hook leaves it, ag_sock_ops). An agent that set TCP_LINGER2 to a
- * second freed the port that soon, and a process outside the agent cgroups
- * binding it while the enforcer was behind took the agent's entry (case
- * 12d). The enforcer honours an entry for AG_PAIR_MAX_AGE_S at most, so a
- * value up to one second past that is refused with EPERM; 0 (the host's
- * default), a negative one (close with a reset: an abort, whose entry goes
- * at once) and a longer one pass.
+ * which holds it for tcp_fin_timeout (60 s) or the socket's TCP_LINGER2,
+ * while its entry in ag_pairs waits for the enforcer's accept (the close
+ * hook leaves it, ag_sock_ops). Once the port is free, a process outside
+ * the agent cgroups binding it and dialling the enforcer meets the queued
+ * connection (a challenge ACK), kills it with its own reset, and its SYN
+ * sent again is queued under the agent's entry (case 12d, review of stop
+ * 42). So an agent may not shorten that time: a positive TCP_LINGER2 is
+ * refused with EPERM (up to 30 s it is that time; from 61 to 75 s the
+ * kernel holds the port 2 * (value - 60) s: tcp_keepalive_timer()); 0 (the
+ * host's default) and a negative one (close with a reset: an abort, whose
+ * entry goes at once) pass. Nor may the time-wait socket be taken over
+ * before it ends: with SO_REUSEADDR or SO_REUSEPORT on the agent's socket
+ * (the time-wait socket inherits them), an outside process with the same
+ * option could bind the port at once, and its connect from a bound port
+ * takes over a time-wait socket with timestamps whatever tcp_tw_reuse says
+ * (tcp_twsk_unique()). An agent cannot accept connections, and a client
+ * socket needs neither: on agents' TCP sockets both are set to 0 instead
+ * (the call succeeds; counted). The value checked is the one the kernel
+ * takes: optlen is set to an int's size, so a buffer past a page (which
+ * the kernel would read again from the caller: a second thread could
+ * change it meanwhile) is not read again.
  */
 #define AG_SOL_TCP 6
 #define AG_TCP_LINGER2 8
-
-static __always_inline bool short_linger2(struct bpf_sockopt *ctx)
-{
-	int *v = ctx->optval;
-
-	if (ctx->optlen < (int)sizeof(int))
-		return false;   /* the kernel refuses it (EINVAL) */
-	if ((void *)(v + 1) > ctx->optval_end)
-		return true;    /* unreadable: refused */
-	return *v > 0 && *v <= AG_PAIR_MAX_AGE_S + 1;
-}
+#define AG_SOL_SOCKET 1
+#define AG_SO_REUSEADDR 2
+#define AG_SO_REUSEPORT 15
 
 SEC("cgroup/setsockopt")
 int ag_setsockopt(struct bpf_sockopt *ctx)
 {
 	int level = ctx->level, name = ctx->optname;
+	struct bpf_sock *sk = ctx->sk;
+	bool linger2 = level == AG_SOL_TCP && name == AG_TCP_LINGER2;
+	bool reuse = level == AG_SOL_SOCKET && (name == AG_SO_REUSEADDR || name == AG_SO_REUSEPORT) &&
+		     sk && sk->protocol == IPPROTO_TCP;
 
 	if ((level == AG_SOL_IP && name == AG_IP_OPTIONS) ||
-	    (level == AG_SOL_IPV6 && (name == AG_IPV6_RTHDR || name == AG_IPV6_2292RTHDR)) ||
-	    (level == AG_SOL_TCP && name == AG_TCP_LINGER2 && short_linger2(ctx))) {
+	    (level == AG_SOL_IPV6 && (name == AG_IPV6_RTHDR || name == AG_IPV6_2292RTHDR))) {
 		count(AG_CNT_DENY_SOCKOPT);
 		return 0;
+	}
+	if ((linger2 || reuse) && ctx->optlen >= (int)sizeof(int)) {   /* shorter: the kernel's EINVAL */
+		int *v = ctx->optval;
+
+		if ((void *)(v + 1) > ctx->optval_end) {
+			count(AG_CNT_DENY_SOCKOPT);
+			return 0;
+		}
+		ctx->optlen = sizeof(int);
+		if (linger2 && *v > 0) {
+			count(AG_CNT_DENY_SOCKOPT);
+			return 0;
+		}
+		if (reuse && *v) {
+			*v = 0;
+			count(AG_CNT_DENY_SOCKOPT);
+		}
+		return 1;
 	}
 	/* past a page the program sees only the first one: 0 hands the
 	 * kernel the caller's own buffer (Documentation/bpf/prog_cgroup_sockopt.rst) */

@@ -55,7 +55,7 @@ enum ag_counter {
 	AG_CNT_SKB_EGRESS_DROP  = 11, /* backstop: packets to anything but the enforcer dropped */
 	AG_CNT_SKB_INGRESS_DROP = 12, /* backstop: packets from anything but the enforcer dropped */
 	AG_CNT_GUARD_DROP       = 13, /* sk_lookup: a connection or datagram to an enforcer port with no enforcer socket */
-	AG_CNT_DENY_SOCKOPT     = 14, /* setsockopt() of a source route or a short TCP_LINGER2 refused */
+	AG_CNT_DENY_SOCKOPT     = 14, /* setsockopt(): a source route or TCP_LINGER2 refused, SO_REUSEADDR/PORT on TCP set to 0 */
 	AG_CNT_PAIR_QUOTA       = 15, /* connect refused: the agent holds its share of ag_pairs */
 	AG_CNT__MAX             = 16,
 };

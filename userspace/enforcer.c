@@ -42,7 +42,7 @@
  * abortively; older than E->pair_max_age_ns, it is left over and refused
  * (and swept). A graceful close leaves it for the accept while a FIN_WAIT2
  * time-wait socket holds the port, for the host's tcp_fin_timeout (the BPF
- * setsockopt hook refuses a shorter TCP_LINGER2): honoured for longer, an
+ * setsockopt hook refuses a TCP_LINGER2): honoured for longer, an
  * entry whose port went free could be taken by a process outside the agent
  * cgroups that binds it (case 12d). So the bound is AG_PAIR_MAX_AGE_S, or
  * less than tcp_fin_timeout where a host lowered it (tuning guides say 15
@@ -53,10 +53,18 @@
 #define PAIR_MIN_AGE_MS 500
 #define PAIR_AGE_MARGIN_MS 200
 
+/* How long a FIN_WAIT2 time-wait socket holds the port, in s: past 60 s
+ * the kernel keeps the socket itself for fin - 60 s and then a time-wait
+ * socket for as long again (tcp_close(), tcp_keepalive_timer()). */
+static long fin_wait2_hold_s(long fin)
+{
+	return fin > 60 ? 2 * (fin - 60) : fin;
+}
+
 static uint64_t pair_max_age_ms_for(long fin_timeout_s)
 {
-	long ms = fin_timeout_s >= AG_PAIR_MAX_AGE_S + 1 ? AG_PAIR_MAX_AGE_S * 1000L
-						       : fin_timeout_s * 1000L - PAIR_AGE_MARGIN_MS;
+	long hold = fin_wait2_hold_s(fin_timeout_s < 0 ? 0 : fin_timeout_s > 100000 ? 100000 : fin_timeout_s);
+	long ms = hold >= AG_PAIR_MAX_AGE_S + 1 ? AG_PAIR_MAX_AGE_S * 1000L : hold * 1000L - PAIR_AGE_MARGIN_MS;
 
 	return ms < PAIR_MIN_AGE_MS ? PAIR_MIN_AGE_MS : (uint64_t)ms;
 }
@@ -65,21 +73,22 @@ static void pair_max_age_refresh(void)
 {
 	static long last = -1;
 	char *v = read_file("/proc/sys/net/ipv4/tcp_fin_timeout", 64, NULL);
-	char *end;
-	long fin = AG_PAIR_MAX_AGE_S + 1;
+	char *end = NULL;
+	long fin = 0;   /* unreadable: the shortest bound, fail closed */
+	bool readable = v != NULL;
 
 	if (v) {
 		errno = 0;
 		fin = strtol(v, &end, 10);
 		if (errno || end == v)
-			fin = 0;   /* unreadable: the shortest bound, fail closed */
+			fin = 0;
 		free(v);
 	}
 	uint64_t ms = pair_max_age_ms_for(fin);
 
-	if (fin != last && fin <= AG_PAIR_MAX_AGE_S)
-		log_warn("net.ipv4.tcp_fin_timeout is %ld s: a connection the enforcer has not accepted "
-			 "within %" PRIu64 " ms is refused", fin, ms);
+	if (fin != last && ms < AG_PAIR_MAX_AGE_S * 1000ull)
+		log_warn("net.ipv4.tcp_fin_timeout is %ld s%s: a connection the enforcer has not accepted "
+			 "within %" PRIu64 " ms is refused", fin, readable ? "" : " (unreadable)", ms);
 	last = fin;
 	atomic_store(&E->pair_max_age_ns, ms * 1000000ull);
 }

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 """The data path: real kernel hooks on real cgroups, real servers, real clients."""
+import errno
 import json
 import os
 import shutil
@@ -1456,45 +1457,101 @@ def test_entry_of_a_half_closed_then_reset_connection_is_not_taken_over(enforcer
     assert st["agents"][0]["connects_pending"] == 0, st["agents"][0]
 
 
-def test_short_fin_wait2_refused(enforcer, servers):
-    """Review (stop 42): a graceful close leaves the pair entry for the
+def test_closed_port_held_for_its_entry(enforcer, servers):
+    """Review (stop 42, 43): a graceful close leaves the pair entry for the
     accept while a FIN_WAIT2 time-wait socket holds the port. An agent that
-    set TCP_LINGER2 to a second freed its port that soon, while the entry
-    was honoured for 30 s. TCP_LINGER2 from 1 to 31 s is refused on agents'
-    sockets; 0 (the host's default), a negative value (close with a reset)
-    and a longer one are not."""
+    set TCP_LINGER2 to a second (or from 61 to 75 s: the kernel holds the
+    port 2 * (value - 60) s) freed it that soon, while the entry was
+    honoured for 30 s; with SO_REUSEADDR or SO_REUSEPORT on its socket, an
+    outside process with the same option could bind the port at once. A
+    positive TCP_LINGER2 is refused on agents' sockets (0 and negative pass;
+    the value checked is the one the kernel takes, even in a buffer past a
+    page), and SO_REUSEADDR/SO_REUSEPORT on their TCP sockets are set to 0
+    (UDP sockets keep them)."""
     port, _ = servers.echo()
     enforcer.start(enforce_policy(port))
     code = f"""
 import socket, errno, struct
 out = []
-for val in (struct.pack("i", 1), struct.pack("i", 31), struct.pack("i", 30) + bytes(4),
-            struct.pack("i", 0), struct.pack("i", -1), struct.pack("i", 32), struct.pack("i", 120),
-            bytes(2)):
-    s = socket.socket()
+def try_(fam, typ, lvl, name, val, get=None):
+    s = socket.socket(fam, typ)
     try:
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_LINGER2, val); out.append("ok")
+        s.setsockopt(lvl, name, val)
+        out.append("ok" if get is None else "ok:%d" % s.getsockopt(get[0], get[1]))
     except OSError as e:
         out.append(errno.errorcode[e.errno])
     s.close()
-s = socket.socket(socket.AF_INET6)
-try:
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_LINGER2, 5); out.append("ok")
-except OSError as e:
-    out.append(errno.errorcode[e.errno])
+T, L2 = socket.IPPROTO_TCP, socket.TCP_LINGER2
+for val in (struct.pack("i", 1), struct.pack("i", 61), struct.pack("i", 30) + bytes(4),
+            struct.pack("i", 0), struct.pack("i", -1), struct.pack("i", 120), bytes(2),
+            struct.pack("i", 60) + bytes(8000), struct.pack("i", 0) + bytes(8000)):
+    try_(socket.AF_INET, socket.SOCK_STREAM, T, L2, val)
+try_(socket.AF_INET6, socket.SOCK_STREAM, T, L2, 5)
+S, RA, RP = socket.SOL_SOCKET, socket.SO_REUSEADDR, socket.SO_REUSEPORT
+try_(socket.AF_INET, socket.SOCK_STREAM, S, RA, 1, (S, RA))
+try_(socket.AF_INET6, socket.SOCK_STREAM, S, RP, 1, (S, RP))
+try_(socket.AF_INET, socket.SOCK_STREAM, S, RA, 0, (S, RA))
+try_(socket.AF_INET, socket.SOCK_DGRAM, S, RA, 1, (S, RA))
 s = socket.create_connection(("127.0.0.1", {port}), timeout=5)
-s.setsockopt(socket.IPPROTO_TCP, socket.TCP_LINGER2, 60)
+s.setsockopt(T, L2, 0)
 s.sendall(b"hi\\n")
 out.append(s.recv(100).decode().strip() or "empty")
 print(" ".join(out))
 """
     outside = subprocess.run([PY, "-c", code], capture_output=True, text=True)
     assert outside.stdout.split()[:3] == ["ok", "ok", "ok"], "control: " + outside.stdout + outside.stderr
+    assert outside.stdout.split()[10:12] == ["ok:1", "ok:1"], "control: " + outside.stdout + outside.stderr
     before = enforcer.status()["counters"]["denied_sockopt"]
     r = enforcer.in_cgroup("t-agent", [PY, "-c", code])
-    assert r.stdout.split() == ["EPERM", "EPERM", "EPERM", "ok", "ok", "ok", "ok", "EINVAL", "EPERM", "hi"], \
-        r.stdout + r.stderr
-    assert enforcer.status()["counters"]["denied_sockopt"] == before + 4
+    assert r.stdout.split() == ["EPERM", "EPERM", "EPERM", "ok", "ok", "EPERM", "EINVAL", "EPERM", "ok", "EPERM",
+                                "ok:0", "ok:0", "ok:0", "ok:1", "hi"], r.stdout + r.stderr
+    assert enforcer.status()["counters"]["denied_sockopt"] == before + 8
+
+
+def test_reused_port_cannot_take_a_queued_entry(enforcer, servers):
+    """Review (stop 43): an agent's socket with SO_REUSEADDR leaves a time-wait
+    socket that another socket with SO_REUSEADDR may bind over at once, and
+    a connect from a bound port may take over a time-wait socket (with
+    timestamps, whatever tcp_tw_reuse says: tcp_twsk_unique()). A process
+    outside the agent cgroups doing so right after the agent's graceful
+    close, while its connection waits in the enforcer's accept queue, would
+    have its SYN meet that connection, kill it with its reset, and be queued
+    under the agent's entry. Without the fix the bind succeeds here; this
+    kernel (6.18) then refuses the connect (EADDRNOTAVAIL: it does not take
+    over a FIN_WAIT2 time-wait socket), older ones may not. The agent's
+    SO_REUSEADDR is set to 0, so the bind fails on any kernel."""
+    port, log = servers.echo()
+    enforcer.start(enforce_policy(port))
+    enforcer.proc.p.send_signal(signal.SIGSTOP)
+    try:
+        r = enforcer.py("t-agent", f"""
+        import socket
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.settimeout(5)
+        s.connect(("127.0.0.1", {port}))   # queued: the enforcer is stopped
+        print(s.getsockname()[1])
+        s.sendall(b"x")
+        s.close()
+        """)
+        src = int(r.stdout.split()[0])
+        imp = socket.socket()
+        imp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            imp.bind(("127.0.0.1", src))
+            bound = "bound"
+            imp.settimeout(8)
+            imp.connect(("127.0.0.1", TCP_PORT))
+        except OSError as e:
+            bound = errno.errorcode[e.errno]
+    finally:
+        enforcer.proc.p.send_signal(signal.SIGCONT)
+    data = hello_answer(imp)
+    assert bound == "EADDRINUSE", bound
+    assert data == b"", data
+    assert wait_for(lambda: open(log).read().count("\n") >= 1, 5)   # the agent's own, served
+    time.sleep(0.3)
+    assert len(open(log).read().splitlines()) == 1, open(log).read()
 
 
 def test_pair_entries_expire_before_a_lowered_fin_timeout(enforcer, servers):
