@@ -464,7 +464,9 @@ struct pg_sess {
 					* succeeded */
 	bool tried_for_stmt;           /* ... and so it will not be read again for it */
 	bool redo;                     /* judge(): read the lineage again first, then judge again */
-	bool stale_rules;              /* judge(): refused because the session cannot take the agent's rules now */
+	/* judge(): refused because the session cannot take the agent's rules
+	 * now; STALE_ALWAYS: its identity binds other rules (end_stale()) */
+	enum { STALE_NO = 0, STALE_IDLE, STALE_ALWAYS } stale_rules;
 	bool fatal_answers;            /* fatal(): the error answers the agent's request being read */
 	bool refresh_ok;               /* the last read got everything it asked for */
 	bool judging_parse;            /* fe_parse() is judging: its own Parse set unsynced */
@@ -1612,7 +1614,7 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 	bool changing = names_changing(c);
 	uint64_t epoch = atomic_load(names_epoch_of(c));
 
-	s->stale_rules = false;
+	s->stale_rules = STALE_NO;
 
 	if (!s->names_stale && s->cat_ready && epoch != s->names_epoch)
 		s->names_stale = true;   /* another session changed the database's names */
@@ -1635,7 +1637,7 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 		goto early;
 	}
 	if (!rules_unchanged(c, rules, nr, why, whylen)) {
-		s->stale_rules = true;
+		s->stale_rules = STALE_ALWAYS;
 		goto early;
 	}
 	/* a reload published since process_agent() looked: a session
@@ -1645,7 +1647,7 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 		ctx.policy_gen = s->gen;
 		nr = enforcer_rules_for(c->policy, c->agent_idx, c->target_idx, rules, ENFORCER_MAX_RULES);
 		if (nr > ENFORCER_MAX_RULES || !rules_unchanged(c, rules, nr, why, whylen)) {
-			s->stale_rules = nr <= ENFORCER_MAX_RULES;
+			s->stale_rules = nr <= ENFORCER_MAX_RULES ? STALE_ALWAYS : STALE_NO;
 			goto early;
 		}
 	}
@@ -1655,11 +1657,13 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 		r->verdict = PGC_DENY;
 	/* a pinned session may still end its transaction (then, holding no
 	 * prepared statement, it moves to the running policy) */
-	if (pinned && r->verdict != PGC_DENY && (r->nstmts == 0 || r->cls != PGC_TRANSACTION)) {
+	/* what the old rules deny is refused for the same reason: the
+	 * running ones may allow it (review) */
+	if (pinned && (r->nstmts == 0 || r->cls != PGC_TRANSACTION)) {
 		r->verdict = PGC_DENY;
 		r->denied_stmt = -1;
 		snprintf(r->reason, sizeof(r->reason), "%s", pin_why);
-		s->stale_rules = true;
+		s->stale_rules = STALE_IDLE;
 	}
 	if (s->has_deleg && r->verdict != PGC_DENY) {
 		/* Delegation: the user's roles must allow it too (DESIGN §3). */
@@ -4305,9 +4309,16 @@ static int standin(struct conn *c, bool simple, const char *stmt_name, const cha
  * with FATAL 57P01 (admin_shutdown, what pg_terminate_backend() sends,
  * which pools take for "reconnect"), and its reconnect gets the running
  * policy. Inside one it may still end the transaction (judge()), and its
- * other statements are refused; the first refused after that ends it.
+ * other statements are refused; the first refused after that ends it. One
+ * whose identity binds other rules ends inside a transaction too: it was
+ * refused the COMMIT as well, for good (review).
  * j: the refused statement's verdict (its event), or NULL; put here.
  */
+static bool stale_ends(const struct pg_sess *s)
+{
+	return s->stale_rules == STALE_ALWAYS || (s->stale_rules == STALE_IDLE && s->tx == 'I');
+}
+
 static int end_stale(struct conn *c, struct pg_judged *j, const char *why, const char *proto)
 {
 	audit_stmts_from(c, j, 0, proto, false, NULL, why, NULL);
@@ -4360,7 +4371,7 @@ static int fe_query(struct conn *c, const struct pg_msg *m)
 		judged_put(j);
 		return PG_REDO;
 	}
-	if (j && !j->allowed && s->stale_rules && s->tx == 'I' && enforcer_should_refuse(c, why))
+	if (j && !j->allowed && stale_ends(s) && enforcer_should_refuse(c, why))
 		return end_stale(c, j, why, "simple");
 	if (!j || (!j->allowed && enforcer_should_refuse(c, why)))
 		return standin(c, true, NULL, why, j, "simple");
@@ -4438,7 +4449,7 @@ static int fe_parse(struct conn *c, const struct pg_msg *m)
 		judged_put(j);
 		return PG_REDO;
 	}
-	if (j && !j->allowed && s->stale_rules && s->tx == 'I' && enforcer_should_refuse(c, why))
+	if (j && !j->allowed && stale_ends(s) && enforcer_should_refuse(c, why))
 		return end_stale(c, j, why, "extended");
 	if (!j || (!j->allowed && enforcer_should_refuse(c, why))) {
 		/* the agent's own name: a failing Parse("") drops the unnamed
@@ -4614,8 +4625,7 @@ static int fe_execute(struct conn *c, const struct pg_msg *m)
 
 		if (nr <= ENFORCER_MAX_RULES && !rules_unchanged(c, rules, nr, why, sizeof(why)) &&
 		    enforcer_should_refuse(c, why))
-			return s->tx == 'I' ? end_stale(c, NULL, why, "extended")
-					    : standin(c, false, PG_DENY_NAME, why, NULL, "extended");
+			return end_stale(c, NULL, why, "extended");
 		/* a pinned session may still end its transaction (judge() lets
 		 * it), also as JDBC and Npgsql do: Parse, Bind, Execute */
 		bool tx_only = po->j && po->j->nstmts > 0 && po->j->cls == PGC_TRANSACTION;

@@ -102,6 +102,8 @@ for line in sys.stdin:
         c.send(B("", "") + E("") + S)
     elif line == "CLOSE":
         c.send(C(b"S", "s1") + S)
+    elif line == "PREP":
+        c.send(P("s2", "SELECT count(*) FROM customers") + S)
     elif line.startswith("X "):   # extended protocol, as JDBC sends COMMIT
         c.send(P("", line[2:]) + B("", "") + E("") + S)
     else:
@@ -162,6 +164,7 @@ def test_reload_narrows_new_and_idle_sessions(enforcer, pg, tmp):
     idle, in_tx, prepared = Holder(enforcer, pg), Holder(enforcer, pg, "tx"), Holder(enforcer, pg, "raw")
     unnamed = Holder(enforcer, pg, "raw-unnamed")
     lets_go = Holder(enforcer, pg, "raw")
+    parses = Holder(enforcer, pg, "raw")
     assert idle.first == ["ok", 5] and in_tx.first == ["ok", 5]
     assert prepared.first == ["1", "Z" + "I"], prepared.first
     assert lets_go.first == ["1", "Z" + "I"], lets_go.first
@@ -170,7 +173,7 @@ def test_reload_narrows_new_and_idle_sessions(enforcer, pg, tmp):
     rewrite(enforcer, path, pg_policy(pg, tmp, ["public.customers"]))
     r = enforcer.cli("reload")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "5 connections open: http requests and idle database sessions take the new policy" in r.stdout, r.stdout
+    assert "6 connections open: http requests and idle database sessions take the new policy" in r.stdout, r.stdout
     st = enforcer.status()
     new_hash = st["policy"]["hash"]
     assert new_hash != old_hash and st["policy"]["reloads"] == 1
@@ -204,6 +207,12 @@ def test_reload_narrows_new_and_idle_sessions(enforcer, pg, tmp):
     again = Holder(enforcer, pg, "raw")
     assert again.first[0].startswith("E:42501:agentgate: denied") and "public.orders" in again.first[0], again.first
     again.close()
+    # the same at a Parse (as extended-protocol clients send every query)
+    ex = parses.q("X SELECT count(*) FROM customers")
+    assert [x for x in ex if x.startswith("E:")] == [x for x in ex if x.startswith("E:57P01:agentgate: the policy "
+                                                                                   "was reloaded")] != [], ex
+    assert "D:2" not in ex, ex
+    parses.close()
     # one that lets go of it first moves
     assert lets_go.q("CLOSE")[:1] == ["3"]
     denied = lets_go.q("select count(*) from orders")
@@ -233,7 +242,7 @@ def test_reload_narrows_new_and_idle_sessions(enforcer, pg, tmp):
     assert hashes and set(hashes) == {old_hash}, hashes
     denies = [e for e in enforcer.events() if e.get("class_uid") == 6005 and e["unmapped"].get("verdict") == "deny"]
     pinned = [e for e in denies if "policy was reloaded" in e["unmapped"].get("reason", "")]
-    assert len(pinned) == 2 and {e["unmapped"]["policy"]["hash"] for e in pinned} == {old_hash}, pinned
+    assert len(pinned) == 3 and {e["unmapped"]["policy"]["hash"] for e in pinned} == {old_hash}, pinned
     assert {e["unmapped"]["policy"]["hash"] for e in denies if e not in pinned} == {new_hash}
     validate_events(enforcer.events())
 
@@ -301,6 +310,26 @@ def test_reload_widens_for_new_sessions(enforcer, pg, tmp):
     r = enforcer.cli("reload")
     assert r.returncode == 0 and "no connection was open" in r.stdout, r.stdout + r.stderr
     assert psql(enforcer, pg, "select count(*) from orders")[:2] == (0, "5")
+
+
+def test_reload_widening_ends_a_session_that_cannot_take_it(enforcer, pg, tmp):
+    """Review (stop 43): a session that cannot move (here: holding a prepared
+    statement) was refused what its old rules denied with their reason, for
+    good, though the running rules allow it. It ends like one whose old
+    rules allowed the statement, and its reconnect has the new rules."""
+    path = enforcer.start(pg_policy(pg, tmp, ["public.customers"]))
+    held = Holder(enforcer, pg, "raw")
+    assert held.first[0].startswith("E:42501:agentgate: denied"), held.first   # orders: not yet
+    assert held.q("PREP") == ["1", "ZI"]
+    rewrite(enforcer, path, pg_policy(pg, tmp, ["public.customers", "public.orders"]))
+    assert enforcer.cli("reload").returncode == 0
+    got = held.q("select count(*) from orders")
+    assert [x for x in got if x.startswith("E:")] == [x for x in got if x.startswith("E:57P01:agentgate: the policy "
+                                                                                     "was reloaded")] != [], got
+    held.close()
+    again = Holder(enforcer, pg, "raw")
+    assert again.first == ["1", "ZI"], again.first
+    again.close()
 
 
 def test_reload_with_bad_file_keeps_running_policy(enforcer, pg, tmp):
