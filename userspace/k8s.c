@@ -664,9 +664,28 @@ static bool path_entry_matches(const char *e, const char *path)
 	return strcmp(e, path) == 0;
 }
 
-bool k8s_action_matches(const struct policy_action *a, const struct k8s_request *r)
+/*
+ * A review list's verbs hold their wider kin too (review, stop 43): a
+ * review of "delete pods" let DELETE of the whole collection (RBAC's
+ * deletecollection) through under a broader allow, and one of "get
+ * secrets" a list or watch of every secret. RBAC reads them apart; for an
+ * allow list that is the narrow reading, for a review list the wide one is.
+ */
+static bool review_verb_listed(const struct policy_strv *v, const char *verb)
 {
-	if (!a || !r || !a->present || !r->verb[0] || !verb_listed(&a->verbs, r->verb))
+	if (verb_listed(v, verb))
+		return true;
+	if (strcmp(verb, "deletecollection") == 0)
+		return verb_listed(v, "delete");
+	if (strcmp(verb, "list") == 0 || strcmp(verb, "watch") == 0)
+		return verb_listed(v, "get");
+	return false;
+}
+
+static bool action_matches(const struct policy_action *a, const struct k8s_request *r, bool review)
+{
+	if (!a || !r || !a->present || !r->verb[0] ||
+	    !(review ? review_verb_listed(&a->verbs, r->verb) : verb_listed(&a->verbs, r->verb)))
 		return false;
 	for (size_t i = 0; i < a->resources.n; i++) {
 		const char *e = a->resources.v[i];
@@ -678,6 +697,11 @@ bool k8s_action_matches(const struct policy_action *a, const struct k8s_request 
 						   : true;
 	}
 	return false;
+}
+
+bool k8s_action_matches(const struct policy_action *a, const struct k8s_request *r)
+{
+	return action_matches(a, r, false);
 }
 
 int k8s_resource_string(const struct k8s_request *r, char *out, size_t outlen)
@@ -757,7 +781,7 @@ static enum k8s_verdict decide_one(const struct policy_rule *const *rules, size_
 
 		if (!rule)
 			continue;
-		if (k8s_action_matches(&rule->review, r))
+		if (action_matches(&rule->review, r, true))
 			review = rule;
 		else if (!allow && k8s_action_matches(&rule->allow, r))
 			allow = rule;
@@ -832,16 +856,59 @@ static bool cstr_all(const char *s, size_t n, bool (*ok)(unsigned char))
 	return all_of((struct span){ s, n }, ok);
 }
 
-static bool check_verb(const char *v)
+static bool in_list(const char *v, const char *const *list)
 {
-	static const char *const verbs[] = {
-		"*", "get", "list", "watch", "create", "update", "patch", "delete",
-		"deletecollection", "proxy", "head", "post", "put", NULL };
-
-	for (size_t i = 0; verbs[i]; i++)
-		if (strcmp(v, verbs[i]) == 0)
+	for (size_t i = 0; list[i]; i++)
+		if (strcmp(v, list[i]) == 0)
 			return true;
 	return false;
+}
+
+/* The verbs a resource request gets (requestinfo.go), and those of a
+ * /path: its HTTP method in lower case (resolve_nonresource()). */
+static const char *const resource_verbs[] = {
+	"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection", "proxy", NULL };
+static const char *const path_verbs[] = { "get", "head", "post", "put", "patch", "delete", NULL };
+
+static bool check_verb(const char *v)
+{
+	return strcmp(v, "*") == 0 || in_list(v, resource_verbs) || in_list(v, path_verbs);
+}
+
+/* Well-known resources outside the core group: named without their group
+ * they are core resources, which do not exist, and matched nothing (a
+ * review of them let the request through under allow: review, stop 43). */
+static const char *group_of_known(const char *r, size_t n)
+{
+	static const struct { const char *r, *g; } known[] = {
+		{ "deployments", "apps" }, { "statefulsets", "apps" }, { "daemonsets", "apps" },
+		{ "replicasets", "apps" }, { "controllerrevisions", "apps" },
+		{ "jobs", "batch" }, { "cronjobs", "batch" },
+		{ "ingresses", "networking.k8s.io" }, { "networkpolicies", "networking.k8s.io" },
+		{ "ingressclasses", "networking.k8s.io" },
+		{ "roles", "rbac.authorization.k8s.io" }, { "rolebindings", "rbac.authorization.k8s.io" },
+		{ "clusterroles", "rbac.authorization.k8s.io" },
+		{ "clusterrolebindings", "rbac.authorization.k8s.io" },
+		{ "customresourcedefinitions", "apiextensions.k8s.io" },
+		{ "horizontalpodautoscalers", "autoscaling" },
+		{ "poddisruptionbudgets", "policy" },
+		{ "storageclasses", "storage.k8s.io" }, { "volumeattachments", "storage.k8s.io" },
+		{ "csidrivers", "storage.k8s.io" }, { "csinodes", "storage.k8s.io" },
+		{ "leases", "coordination.k8s.io" },
+		{ "certificatesigningrequests", "certificates.k8s.io" },
+		{ "validatingwebhookconfigurations", "admissionregistration.k8s.io" },
+		{ "mutatingwebhookconfigurations", "admissionregistration.k8s.io" },
+		{ "priorityclasses", "scheduling.k8s.io" },
+		{ "endpointslices", "discovery.k8s.io" },
+		{ "tokenreviews", "authentication.k8s.io" },
+		{ "subjectaccessreviews", "authorization.k8s.io" },
+		{ "selfsubjectaccessreviews", "authorization.k8s.io" },
+	};
+
+	for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+		if (strlen(known[i].r) == n && memcmp(r, known[i].r, n) == 0)
+			return known[i].g;
+	return NULL;
 }
 
 /* In a rule: lower case only. The apiserver's resources and subresources
@@ -911,6 +978,8 @@ int k8s_action_check(const struct policy_action *a, char *whybuf, size_t whylen)
 			return fail(whybuf, whylen, "unknown kubernetes verb '%.64s' (get, list, watch, "
 				    "create, update, patch, delete, deletecollection, proxy, head, post, "
 				    "put or *)", a->verbs.v[i] ? a->verbs.v[i] : "");
+	bool any_resource = false;
+
 	for (size_t i = 0; i < a->resources.n; i++) {
 		const char *e = a->resources.v[i];
 
@@ -918,8 +987,22 @@ int k8s_action_check(const struct policy_action *a, char *whybuf, size_t whylen)
 			return fail(whybuf, whylen, "bad kubernetes resource '%.64s' (resource[.group]"
 				    "[/subresource], each part a name or *; or a /path, optionally "
 				    "ending in *)", e ? e : "");
-		if (e[0] != '/')
-			only_paths = false;
+		if (e[0] == '/')
+			continue;
+		only_paths = false;
+		any_resource = true;
+
+		size_t rglen = strcspn(e, "/"), rlen = strcspn(e, "./");
+		const char *g = e[rlen] == '.' ? e + rlen + 1 : NULL, *known;
+		size_t gl = g ? rglen - rlen - 1 : 0;
+
+		if (g && ((gl == 4 && memcmp(g, "core", 4) == 0) || (gl == 2 && memcmp(g, "v1", 2) == 0)))
+			return fail(whybuf, whylen, "kubernetes resource '%.64s': the core group has no "
+				    "name in a rule (write the resource alone, e.g. pods)", e);
+		if (!g && (known = group_of_known(e, rlen)))
+			return fail(whybuf, whylen, "kubernetes resource '%.64s' names no group, so it is "
+				    "a core resource, which %.*s is not: write %.*s.%s", e, (int)rlen, e,
+				    (int)rlen, e, known);
 	}
 	for (size_t i = 0; i < a->namespaces.n; i++)
 		if (!a->namespaces.v[i] || !check_namespace(a->namespaces.v[i]))
@@ -933,6 +1016,28 @@ int k8s_action_check(const struct policy_action *a, char *whybuf, size_t whylen)
 	if (!a->namespaces.n && !only_paths)
 		return fail(whybuf, whylen, "a kubernetes rule needs namespaces (* for any, "
 			    K8S_NS_CLUSTER " for the cluster scope only)");
+	/* A verb no entry's requests ever get matched nothing (in a review
+	 * list: let the request through under allow; review, stop 43). */
+	bool any_path = false;
+
+	for (size_t k = 0; k < a->resources.n; k++)
+		any_path |= a->resources.v[k][0] == '/';
+	for (size_t i = 0; i < a->verbs.n; i++) {
+		const char *v = a->verbs.v[i];
+
+		if (strcmp(v, "*") == 0 || (any_resource && in_list(v, resource_verbs)) ||
+		    (any_path && in_list(v, path_verbs)))
+			continue;
+		if (any_resource)
+			return fail(whybuf, whylen, "kubernetes verb '%.64s' never matches a resource "
+				    "request (%s)%s", v,
+				    strcmp(v, "post") == 0 ? "POST is create" :
+				    strcmp(v, "put") == 0 ? "PUT is update, or create" :
+				    strcmp(v, "head") == 0 ? "HEAD is get" : "it is an HTTP method",
+				    any_path ? "; for /paths the verbs are the HTTP methods in lower case" : "");
+		return fail(whybuf, whylen, "kubernetes verb '%.64s' never matches a /path: their verbs "
+			    "are the HTTP methods in lower case (get, head, post, put, patch, delete)", v);
+	}
 	return 0;
 }
 

@@ -964,6 +964,19 @@ static void test_decide(void)
 	CHECK(k8s_decide(rules, 3, &r, &which, reason, sizeof(reason)) == K8S_REVIEW);
 	CHECK(which == &ops);
 	CHECK_STR(reason, "delete pods in namespace 'default' needs review by role 'ops' rule 2");
+	/* A review of get holds list and watch (every object at once), one of
+	 * delete holds deletecollection (review, stop 43); allow lists keep
+	 * RBAC's narrow reading. */
+	ops.review.verbs = SV("get", "delete");
+	CHECK(resolve("GET", "/api/v1/namespaces/default/pods?watch=1", false, &r) == 0);
+	CHECK(k8s_decide(rules, 3, &r, &which, reason, sizeof(reason)) == K8S_REVIEW && which == &ops);
+	CHECK(resolve("GET", "/api/v1/namespaces/default/pods", false, &r) == 0);
+	CHECK(k8s_decide(rules, 3, &r, &which, reason, sizeof(reason)) == K8S_REVIEW && which == &ops);
+	CHECK(resolve("DELETE", "/api/v1/namespaces/default/pods", false, &r) == 0);
+	CHECK(k8s_decide(rules, 3, &r, &which, reason, sizeof(reason)) == K8S_REVIEW && which == &ops);
+	CHECK(resolve("PATCH", "/api/v1/namespaces/default/pods/p", false, &r) == 0);
+	CHECK(k8s_decide(rules, 3, &r, &which, reason, sizeof(reason)) == K8S_ALLOW && which == &ops);
+	ops.review.verbs = SV("delete", "deletecollection");
 	/* Denied: reason names what was asked. */
 	CHECK(resolve("DELETE", "/api/v1/namespaces/kube-system/pods/p", false, &r) == 0);
 	CHECK(k8s_decide(rules, 3, &r, &which, reason, sizeof(reason)) == K8S_DENY);
@@ -1090,6 +1103,28 @@ static void test_action_check(void)
 	CHECK(check_action(SV("get"), SV("/version", "pods"), NONE, why, sizeof(why)) == -EINVAL);
 	CHECK_STR(why, "a kubernetes rule needs namespaces (* for any, (cluster) for the cluster "
 		  "scope only)");
+	/* Verbs that never match the entries' requests (review, stop 43): in a
+	 * review list they let the request through under allow. */
+	CHECK(check_action(SV("post"), SV("pods/exec"), SV("d"), why, sizeof(why)) == -EINVAL);
+	CHECK_STR(why, "kubernetes verb 'post' never matches a resource request (POST is create)");
+	CHECK(check_action(SV("create", "put"), SV("pods", "/api"), SV("d"), why, sizeof(why)) == 0);
+	CHECK(check_action(SV("head"), SV("*"), SV("d"), why, sizeof(why)) == -EINVAL);
+	CHECK(strstr(why, "HEAD is get") != NULL);
+	CHECK(check_action(SV("put"), SV("deployments.apps"), SV("d"), why, sizeof(why)) == -EINVAL);
+	CHECK(check_action(SV("list"), SV("/version"), NONE, why, sizeof(why)) == -EINVAL);
+	CHECK(strstr(why, "kubernetes verb 'list' never matches a /path") == why);
+	CHECK(check_action(SV("post", "get", "*"), SV("/apis*"), NONE, why, sizeof(why)) == 0);
+	/* Resources named without their group, or with the core group's
+	 * version for a name: they matched nothing (review, stop 43). */
+	CHECK(check_action(SV("delete"), SV("deployments"), SV("d"), why, sizeof(why)) == -EINVAL);
+	CHECK(strstr(why, "write deployments.apps") != NULL);
+	CHECK(check_action(SV("get"), SV("cronjobs/status"), SV("d"), why, sizeof(why)) == -EINVAL);
+	CHECK(strstr(why, "write cronjobs.batch") != NULL);
+	CHECK(check_action(SV("get"), SV("pods.core"), SV("d"), why, sizeof(why)) == -EINVAL);
+	CHECK(strstr(why, "the core group has no name") != NULL);
+	CHECK(check_action(SV("get"), SV("pods.v1"), SV("d"), why, sizeof(why)) == -EINVAL);
+	CHECK(check_action(SV("get"), SV("deployments.apps", "widgets", "jobs.batch/status"), SV("d"), why,
+			   sizeof(why)) == 0);
 	/* Unknown verbs, including HTTP methods in capitals. */
 	CHECK(check_action(SV("GET"), SV("pods"), SV("d"), why, sizeof(why)) == -EINVAL);
 	CHECK(strstr(why, "unknown kubernetes verb 'GET'") == why);
@@ -1185,8 +1220,9 @@ static void test_loaded_policy(void)
 	CHECK(k8s_decide(rules, 2, &r, &which, NULL, 0) == K8S_ALLOW && which == rules[0]);
 	CHECK(resolve("DELETE", "/api/v1/namespaces/default/pods/p", false, &r) == 0);
 	CHECK(k8s_decide(rules, 2, &r, &which, NULL, 0) == K8S_REVIEW && which == rules[0]);
+	/* review delete holds deletecollection too (review, stop 43) */
 	CHECK(resolve("DELETE", "/api/v1/namespaces/default/pods", false, &r) == 0);
-	CHECK(k8s_decide(rules, 2, &r, &which, NULL, 0) == K8S_DENY);
+	CHECK(k8s_decide(rules, 2, &r, &which, NULL, 0) == K8S_REVIEW && which == rules[0]);
 	CHECK(resolve("GET", "/api/v1/nodes/n1", false, &r) == 0);
 	CHECK(k8s_decide(rules, 2, &r, &which, NULL, 0) == K8S_ALLOW && which == rules[1]);
 	CHECK(resolve("GET", "/api/v1/nodes", false, &r) == 0);
