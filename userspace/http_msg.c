@@ -175,6 +175,8 @@ static bool underscore_twin(const uint8_t *s, size_t n)
 		 * range of the unmasked body an oracle */
 		"if-none-match", "if-match", "if-modified-since", "if-unmodified-since", "if-range",
 		"range", "request-range", "destination",
+		/* path overrides the http module strips (review, stop 43) */
+		"x-original-url", "x-rewrite-url", "x-override-url", "x-original-uri",
 	};
 	static const char *const prefix[] = { "proxy-", "x-forwarded-", "impersonate-", "x-remote-" };
 

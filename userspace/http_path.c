@@ -258,6 +258,11 @@ static void form_name_char(struct http_form_scan *f, int c)
 		return;
 	if (c == ' ' && f->n == 0)
 		return;
+	/* "_method[]=DELETE" is an array to PHP, but qs (Express's body
+	 * parser) gives method-override its first element (review, stop 43):
+	 * the name before a '[' counts too */
+	if (c == '[' && !f->bracket && f->n < sizeof(f->name) - 1)
+		f->bracket = (uint8_t)(f->n + 1);
 	if (c == ' ' || c == '.' || c == '[' || c == '-')
 		c = '_';
 	if (f->n == sizeof(f->name) - 1) {
@@ -303,6 +308,11 @@ bool http_form_scan(struct http_form_scan *f, const uint8_t *p, size_t n)
 			f->name[f->n] = '\0';
 			if (!f->overflow && override_name(f->name))
 				return true;
+			if (f->bracket) {   /* the name before the first '[' (overflow or not) */
+				f->name[f->bracket - 1] = '\0';
+				if (override_name(f->name))
+					return true;
+			}
 			f->in_value = true;
 		} else {
 			form_name_char(f, c == '+' ? ' ' : c);
@@ -563,18 +573,55 @@ bool http_pattern_match(const char *pat, size_t pat_len, const char *path, size_
  * an upstream routes alike (review, stop 34: allowing every method on /v1
  * and reviewing DELETE of one invoice let DELETE /v1/invoices/42/ and
  * /v1/INVOICES/42 through, which Express, ASP.NET Core and Spring 5 route
- * to the same handler): the path's case, one trailing slash, and HEAD as
- * GET. Allow rules stay exact (case-sensitive: failing closed).
+ * to the same handler): the path's case, one trailing slash, HEAD as GET;
+ * and (review, stop 43) a format suffix on the last segment
+ * (/v1/payouts.json: Rails adds (.:format) to every route, older Spring
+ * MVC matched suffixes) and PUT and PATCH for each other (Rails routes
+ * both to update). Allow rules stay exact (case-sensitive: failing closed).
  */
+static bool review_methods(const char *rule, const char *method, size_t mlen, bool upgrade, const char *path,
+			   size_t plen)
+{
+	bool head = mlen == 4 && memcmp(method, "HEAD", 4) == 0;
+	bool put = mlen == 3 && memcmp(method, "PUT", 3) == 0;
+	bool patch = mlen == 5 && memcmp(method, "PATCH", 5) == 0;
+
+	return http_rule_match(rule, method, mlen, upgrade, path, plen) ||
+	       (head && http_rule_match(rule, "GET", 3, upgrade, path, plen)) ||
+	       (put && http_rule_match(rule, "PATCH", 5, upgrade, path, plen)) ||
+	       (patch && http_rule_match(rule, "PUT", 3, upgrade, path, plen));
+}
+
+/* The path's length without a ".ext" ending its last segment (letters and
+ * digits, at most 16, after a name), or plen. */
+static size_t without_format(const char *path, size_t plen)
+{
+	size_t i = plen;
+
+	while (i > 0 && isalnum((unsigned char)path[i - 1]))
+		i--;
+	if (i >= 2 && i < plen && plen - i <= 16 && path[i - 1] == '.' && path[i - 2] != '/')
+		return i - 1;
+	return plen;
+}
+
+static bool review_paths(const char *rule, const char *method, size_t mlen, bool upgrade, const char *path,
+			 size_t plen)
+{
+	size_t fl = without_format(path, plen);
+
+	return review_methods(rule, method, mlen, upgrade, path, plen) ||
+	       (fl < plen && review_methods(rule, method, mlen, upgrade, path, fl));
+}
+
 bool http_review_match(const char *rule, const char *method, size_t mlen, bool upgrade, const char *path,
 		       size_t plen)
 {
 	char lrule[4200], lpath_s[2048], *lpath = lpath_s;
 	size_t rl = strlen(rule), sp, lplen = plen;
-	bool head = mlen == 4 && memcmp(method, "HEAD", 4) == 0, hit;
+	bool hit;
 
-	if (http_rule_match(rule, method, mlen, upgrade, path, plen) ||
-	    (head && http_rule_match(rule, "GET", 3, upgrade, path, plen)))
+	if (review_paths(rule, method, mlen, upgrade, path, plen))
 		return true;
 	if (rl >= sizeof(lrule))
 		return false;   /* no rule is this long (policy strings: 4096 bytes) */
@@ -589,8 +636,7 @@ bool http_review_match(const char *rule, const char *method, size_t mlen, bool u
 	if (lplen > 1 && lpath[lplen - 1] == '/')
 		lplen--;
 	lpath[lplen] = '\0';
-	hit = http_rule_match(lrule, method, mlen, upgrade, lpath, lplen) ||
-	      (head && http_rule_match(lrule, "GET", 3, upgrade, lpath, lplen));
+	hit = review_paths(lrule, method, mlen, upgrade, lpath, lplen);
 	if (lpath != lpath_s)
 		free(lpath);
 	return hit;

@@ -52,6 +52,7 @@ struct http_form_scan {
 	uint8_t n, pct, pctv;
 	bool in_value, overflow;
 	bool cut;                  /* a decoded NUL: PHP's strlen() ends the name there */
+	uint8_t bracket;           /* 1 + where the first '[' was; 0: none */
 };
 void http_form_scan_init(struct http_form_scan *f);
 bool http_form_scan(struct http_form_scan *f, const uint8_t *p, size_t n);

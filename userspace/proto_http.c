@@ -57,6 +57,7 @@
  * in flight; a masked response body of MASK_JSON_MAX (over it: 502, never
  * the unmasked bytes).
  */
+#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1003,6 +1004,25 @@ static void keep_for_resend(struct http_state *s, const struct hreq *r, const ch
 	s->resend_req = r;
 }
 
+/* f's name is name as CGI, PHP-FPM and WSGI read names: '_' for '-', any
+ * case ("X_Api_Key" is X-Api-Key to them). */
+static bool cgi_name_is(const uint8_t *b, const struct http_field *f, const char *name)
+{
+	size_t n = strlen(name);
+
+	if (f->name_len != n)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		int x = b[f->name + i], y = (unsigned char)name[i];
+
+		x = x == '_' ? '-' : tolower(x);
+		y = y == '_' ? '-' : tolower(y);
+		if (x != y)
+			return false;
+	}
+	return true;
+}
+
 /* The forwarded head, re-serialised from the parse. resend_r: the request
  * may be sent again (keep a copy), else NULL. */
 static int forward_head(struct conn *c, const uint8_t *b, const struct http_head *h, const char *path,
@@ -1032,8 +1052,9 @@ static int forward_head(struct conn *c, const uint8_t *b, const struct http_head
 		    (st(c)->k8s && k8s_header_is_identity((const char *)b + f->name, f->name_len)))
 			continue;
 		/* the field our credential goes in: the agent's own never goes
-		 * with it (it would come first, and many servers read the first) */
-		if (cred_name && http_field_is(b, f, cred_name))
+		 * with it (it would come first, and many servers read the first),
+		 * nor its '_' spelling, one name to CGI servers (review, stop 43) */
+		if (cred_name && cgi_name_is(b, f, cred_name))
 			continue;
 		/* masked: a part of a body cannot be masked, and we decode only
 		 * zlib codings. Conditionals go too: with a content-hash ETag
@@ -1193,19 +1214,44 @@ static struct mask_rules *route_mask(struct conn *c, const struct ident_principa
 
 /*
  * A body that Symfony, Laravel, Rails and ASP.NET read a method override
- * from (_method=DELETE in a form): application/x-www-form-urlencoded. Such
- * a body is scanned as it streams (agent_body()); one that names an
- * override is never completed upstream.
+ * from (_method=DELETE in a form): application/x-www-form-urlencoded, or
+ * no media type at all (Rack takes a POST without one, or with an empty
+ * Content-Type, for a form, and Rails' MethodOverride reads it: review,
+ * stop 43). Such a body is scanned as it streams (agent_body()); one that
+ * names an override is never completed upstream.
  */
 static bool form_body(const uint8_t *b, const struct http_head *h)
 {
 	static const char ct[] = "application/x-www-form-urlencoded";
+	bool typed = false;
 
 	for (unsigned i = 0; i < h->nf; i++) {
 		const struct http_field *f = &h->f[i];
+		const char *v = (const char *)b + f->value;
+		size_t n = f->value_len;
 
-		if (http_field_is(b, f, "content-type") && f->value_len >= sizeof(ct) - 1 &&
-		    strncasecmp((const char *)b + f->value, ct, sizeof(ct) - 1) == 0)
+		if (!http_field_is(b, f, "content-type"))
+			continue;
+		while (n && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+			n--;
+		while (n && (*v == ' ' || *v == '\t'))
+			v++, n--;
+		if (n >= sizeof(ct) - 1 && strncasecmp(v, ct, sizeof(ct) - 1) == 0)
+			return true;
+		if (n && *v != ';')
+			typed = true;
+	}
+	return !typed;
+}
+
+/* The request's body has a Content-Encoding other than identity. */
+static bool body_encoded(const uint8_t *b, const struct http_head *h)
+{
+	for (unsigned i = 0; i < h->nf; i++) {
+		const struct http_field *f = &h->f[i];
+
+		if (http_field_is(b, f, "content-encoding") && f->value_len &&
+		    !(f->value_len == 8 && strncasecmp((const char *)b + f->value, "identity", 8) == 0))
 			return true;
 	}
 	return false;
@@ -1501,6 +1547,17 @@ static int on_request(struct conn *c, const uint8_t *b, const struct http_head *
 		v.status = 400;
 		v.reason = s->k8s ? "a GET, HEAD, OPTIONS, TRACE or CONNECT request with a body" :
 			   "a GET, HEAD, DELETE, OPTIONS, TRACE or CONNECT request with a body";
+		v.close_after = true;
+	}
+	/* A form body the scan would read compressed: an upstream that
+	 * inflates request bodies (ASP.NET Core's request decompression, with
+	 * its method override's form field) reads what the scan did not. */
+	if (fwd && has_body && form_body(b, h) && body_encoded(b, h)) {
+		fwd = false;
+		v.allowed = false;
+		v.status = 415;
+		v.reason = "a form body (or one without a media type) with a Content-Encoding: its method "
+			   "override check reads the body as sent";
 		v.close_after = true;
 	}
 	if (fwd && names_second_path(b, h)) {

@@ -375,12 +375,15 @@ static void test_form_scan(void)
 		/* PHP ends a name at a decoded NUL (review, stop 34) */
 		"_method%00aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa=DELETE", "_method%00=DELETE",
 		"a=1&x_http_method%00zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz=PUT",
+		/* qs (Express) reads an array's first element (review, stop 43) */
+		"_method[]=DELETE", "a=1&_method[0]=PUT", "_method%5B%5D=DELETE", "X-HTTP-Method-Override[x]=PUT",
+		"_method[aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa]=DELETE",
 	};
 	static const char *const not_found[] = {
 		"a=_method=DELETE", "q=1&x_method=DELETE", "_method", "a=1&_methods=DELETE", "method=DELETE",
 		"%zz_method=DELETE", "_method_=x", "a=%26_method=DELETE",
 		"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa_method=DELETE",
-		"x%00_method=DELETE", "_meth%00od=DELETE",
+		"x%00_method=DELETE", "_meth%00od=DELETE", "x[_method]=DELETE", "_meth[od]=DELETE",
 	};
 
 	for (size_t i = 0; i < sizeof(found) / sizeof(found[0]); i++)
@@ -410,6 +413,18 @@ static void test_review_match(void)
 	CHECK(!RV("DELETE /v1/invoices/*", "DELETE", "/v1/orders/1"));
 	CHECK(!RV("DELETE /v1/invoices/*", "GET", "/v1/invoices/1"));
 	CHECK(!RV("DELETE /v1/invoices/*", "DELETE", "/v1/invoices/1//"));
+	/* a format suffix, and PUT and PATCH for each other (review, stop 43) */
+	CHECK(RV("POST /v1/payouts", "POST", "/v1/payouts.json"));
+	CHECK(RV("POST /v1/payouts", "POST", "/v1/Payouts.JSON/"));
+	CHECK(RV("POST /v1/invoices/*/refund", "POST", "/v1/invoices/42/refund.json"));
+	CHECK(RV("PUT /v1/invoices/*", "PATCH", "/v1/invoices/42"));
+	CHECK(RV("PATCH /v1/invoices/*", "PUT", "/v1/invoices/42.xml"));
+	CHECK(!RV("POST /v1/payouts", "POST", "/v1/payouts.json/x"));
+	CHECK(!RV("POST /v1/payouts", "POST", "/v1/payouts/.json"));
+	CHECK(!RV("POST /v1/payouts", "GET", "/v1/payouts.json"));
+	CHECK(!RV("PUT /v1/invoices/*", "POST", "/v1/invoices/42"));
+	CHECK(!AL("POST /v1/payouts", "POST", "/v1/payouts.json"));
+	CHECK(!AL("PUT /v1/x", "PATCH", "/v1/x"));
 	/* allow rules stay exact */
 	CHECK(!AL("DELETE /v1/invoices/*", "DELETE", "/v1/INVOICES/1"));
 	CHECK(!AL("GET /v1/x", "HEAD", "/v1/x"));
