@@ -312,6 +312,23 @@ def test_reload_widens_for_new_sessions(enforcer, pg, tmp):
     assert psql(enforcer, pg, "select count(*) from orders")[:2] == (0, "5")
 
 
+def test_reload_to_observe_does_not_end_pinned_sessions(enforcer, pg, tmp):
+    """Review (stop 43): a session that cannot move keeps its own (enforce)
+    policy; after a reload to observe mode with other rules it is refused
+    as before, not ended (FATAL 57P01 is for the enforce side)."""
+    path = enforcer.start(pg_policy(pg, tmp, ["public.customers", "public.orders"]))
+    held = Holder(enforcer, pg, "raw")
+    assert held.first == ["1", "ZI"], held.first
+    rewrite(enforcer, path, pg_policy(pg, tmp, ["public.customers"], mode="observe"))
+    assert enforcer.cli("reload").returncode == 0
+    ex = held.q("EXEC")
+    assert any(x.startswith("E:42501:agentgate: denied") and "policy was reloaded" in x for x in ex), ex
+    assert not any(x.startswith("E:57P01") for x in ex), ex
+    assert held.q("CLOSE")[:1] == ["3"]   # the session goes on
+    assert held.q("select count(*) from orders")[:3] == ["T", "D:5", "C:SELECT 1"]   # moved: observe
+    held.close()
+
+
 def test_reload_widening_ends_a_session_that_cannot_take_it(enforcer, pg, tmp):
     """Review (stop 43): a session that cannot move (here: holding a prepared
     statement) was refused what its old rules denied with their reason, for
