@@ -665,27 +665,50 @@ static bool path_entry_matches(const char *e, const char *path)
 }
 
 /*
- * A review list's verbs hold their wider kin too (review, stop 43): a
- * review of "delete pods" let DELETE of the whole collection (RBAC's
- * deletecollection) through under a broader allow, and one of "get
- * secrets" a list or watch of every secret. RBAC reads them apart; for an
- * allow list that is the narrow reading, for a review list the wide one is.
+ * A review list's verbs hold their kin too (review, stop 43): a review of
+ * "delete pods" let DELETE of the whole collection (RBAC's
+ * deletecollection) through under a broader allow, one of "get secrets" a
+ * list or watch of every secret, one of "list" a watch, one of "update" a
+ * PATCH. RBAC reads them apart; for an allow list that is the narrow
+ * reading, for a review list the wide one is. So are HTTP methods written
+ * beside resources in an action that also has /paths (where they are the
+ * verbs): for a resource request POST is create, PUT update or create,
+ * HEAD get.
  */
-static bool review_verb_listed(const struct policy_strv *v, const char *verb)
+static bool review_verb_listed(const struct policy_strv *v, const struct k8s_request *r)
 {
-	if (verb_listed(v, verb))
+	const char *verb = r->verb;
+	bool res = r->resource_request;
+
+#define IS(x) (strcmp(verb, x) == 0)
+#define LISTED(x) verb_listed(v, x)
+	if (LISTED(verb))
 		return true;
-	if (strcmp(verb, "deletecollection") == 0)
-		return verb_listed(v, "delete");
-	if (strcmp(verb, "list") == 0 || strcmp(verb, "watch") == 0)
-		return verb_listed(v, "get");
+	if (IS("deletecollection"))
+		return LISTED("delete");
+	if (IS("list") || IS("watch"))
+		return LISTED("get") || LISTED("list") || (res && LISTED("head"));
+	if (IS("get"))
+		return res && LISTED("head");
+	if (IS("update"))
+		return LISTED("patch") || (res && LISTED("put"));
+	if (IS("patch"))
+		return LISTED("update") || LISTED("put");
+	if (IS("create"))
+		return res && (LISTED("post") || LISTED("put"));
+	if (IS("put"))   /* a /path's methods */
+		return LISTED("patch");
+	if (IS("head"))
+		return LISTED("get");
 	return false;
+#undef IS
+#undef LISTED
 }
 
 static bool action_matches(const struct policy_action *a, const struct k8s_request *r, bool review)
 {
 	if (!a || !r || !a->present || !r->verb[0] ||
-	    !(review ? review_verb_listed(&a->verbs, r->verb) : verb_listed(&a->verbs, r->verb)))
+	    !(review ? review_verb_listed(&a->verbs, r) : verb_listed(&a->verbs, r->verb)))
 		return false;
 	for (size_t i = 0; i < a->resources.n; i++) {
 		const char *e = a->resources.v[i];
@@ -875,6 +898,24 @@ static bool check_verb(const char *v)
 	return strcmp(v, "*") == 0 || in_list(v, resource_verbs) || in_list(v, path_verbs);
 }
 
+/* The core group's resources (v1): a name without a group is one of them,
+ * or it matched nothing (review, stop 43: a denylist of other groups'
+ * names was never complete). Custom resources always have a group. */
+static bool is_core_resource(const char *r, size_t n)
+{
+	static const char *const core[] = {
+		"bindings", "componentstatuses", "configmaps", "endpoints", "events", "limitranges",
+		"namespaces", "nodes", "persistentvolumeclaims", "persistentvolumes", "pods",
+		"podtemplates", "replicationcontrollers", "resourcequotas", "secrets", "serviceaccounts",
+		"services",
+	};
+
+	for (size_t i = 0; i < sizeof(core) / sizeof(core[0]); i++)
+		if (strlen(core[i]) == n && memcmp(r, core[i], n) == 0)
+			return true;
+	return false;
+}
+
 /* Well-known resources outside the core group: named without their group
  * they are core resources, which do not exist, and matched nothing (a
  * review of them let the request through under allow: review, stop 43). */
@@ -999,10 +1040,15 @@ int k8s_action_check(const struct policy_action *a, char *whybuf, size_t whylen)
 		if (g && ((gl == 4 && memcmp(g, "core", 4) == 0) || (gl == 2 && memcmp(g, "v1", 2) == 0)))
 			return fail(whybuf, whylen, "kubernetes resource '%.64s': the core group has no "
 				    "name in a rule (write the resource alone, e.g. pods)", e);
-		if (!g && (known = group_of_known(e, rlen)))
+		if (!g && !(rlen == 1 && e[0] == '*') && !is_core_resource(e, rlen)) {
+			if ((known = group_of_known(e, rlen)))
+				return fail(whybuf, whylen, "kubernetes resource '%.64s' names no group, so it "
+					    "is a core resource, which %.*s is not: write %.*s.%s%s", e, (int)rlen,
+					    e, (int)rlen, e, known, e + rlen);
 			return fail(whybuf, whylen, "kubernetes resource '%.64s' names no group, so it is "
-				    "a core resource, which %.*s is not: write %.*s.%s", e, (int)rlen, e,
-				    (int)rlen, e, known);
+				    "a core resource, which %.*s is not (custom resources always have a "
+				    "group): write it as resource.group", e, (int)rlen, e);
+		}
 	}
 	for (size_t i = 0; i < a->namespaces.n; i++)
 		if (!a->namespaces.v[i] || !check_namespace(a->namespaces.v[i]))

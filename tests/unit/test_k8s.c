@@ -976,6 +976,22 @@ static void test_decide(void)
 	CHECK(k8s_decide(rules, 3, &r, &which, reason, sizeof(reason)) == K8S_REVIEW && which == &ops);
 	CHECK(resolve("PATCH", "/api/v1/namespaces/default/pods/p", false, &r) == 0);
 	CHECK(k8s_decide(rules, 3, &r, &which, reason, sizeof(reason)) == K8S_ALLOW && which == &ops);
+	/* list holds watch, update and patch hold each other (second review) */
+	ops.review.verbs = SV("list", "update");
+	CHECK(resolve("GET", "/api/v1/namespaces/default/pods?watch=1", false, &r) == 0);
+	CHECK(k8s_decide(rules, 3, &r, &which, reason, sizeof(reason)) == K8S_REVIEW && which == &ops);
+	CHECK(resolve("PATCH", "/api/v1/namespaces/default/pods/p", false, &r) == 0);
+	CHECK(k8s_decide(rules, 3, &r, &which, reason, sizeof(reason)) == K8S_REVIEW && which == &ops);
+	CHECK(resolve("GET", "/api/v1/namespaces/default/pods/p", false, &r) == 0);
+	CHECK(k8s_decide(rules, 3, &r, &which, reason, sizeof(reason)) == K8S_ALLOW);
+	/* HTTP methods beside resources and /paths: PUT is update or create */
+	ops.review.verbs = SV("put");
+	ops.review.resources = SV("pods", "/x");
+	CHECK(resolve("PUT", "/api/v1/namespaces/default/pods/p", false, &r) == 0);
+	CHECK(k8s_decide(rules, 3, &r, &which, reason, sizeof(reason)) == K8S_REVIEW && which == &ops);
+	CHECK(resolve("POST", "/api/v1/namespaces/default/pods", false, &r) == 0);
+	CHECK(k8s_decide(rules, 3, &r, &which, reason, sizeof(reason)) == K8S_REVIEW && which == &ops);
+	ops.review.resources = SV("pods");
 	ops.review.verbs = SV("delete", "deletecollection");
 	/* Denied: reason names what was asked. */
 	CHECK(resolve("DELETE", "/api/v1/namespaces/kube-system/pods/p", false, &r) == 0);
@@ -1119,11 +1135,15 @@ static void test_action_check(void)
 	CHECK(check_action(SV("delete"), SV("deployments"), SV("d"), why, sizeof(why)) == -EINVAL);
 	CHECK(strstr(why, "write deployments.apps") != NULL);
 	CHECK(check_action(SV("get"), SV("cronjobs/status"), SV("d"), why, sizeof(why)) == -EINVAL);
-	CHECK(strstr(why, "write cronjobs.batch") != NULL);
+	CHECK(strstr(why, "write cronjobs.batch/status") != NULL);
+	CHECK(check_action(SV("get"), SV("apiservices"), SV("d"), why, sizeof(why)) == -EINVAL);
+	CHECK(check_action(SV("get"), SV("widgets"), SV("d"), why, sizeof(why)) == -EINVAL);
+	CHECK(strstr(why, "custom resources always have a group") != NULL);
 	CHECK(check_action(SV("get"), SV("pods.core"), SV("d"), why, sizeof(why)) == -EINVAL);
 	CHECK(strstr(why, "the core group has no name") != NULL);
 	CHECK(check_action(SV("get"), SV("pods.v1"), SV("d"), why, sizeof(why)) == -EINVAL);
-	CHECK(check_action(SV("get"), SV("deployments.apps", "widgets", "jobs.batch/status"), SV("d"), why,
+	CHECK(check_action(SV("get"), SV("deployments.apps", "widgets.example.com", "jobs.batch/status", "pods",
+					 "*", "*/scale", "services/proxy", "persistentvolumeclaims"), SV("d"), why,
 			   sizeof(why)) == 0);
 	/* Unknown verbs, including HTTP methods in capitals. */
 	CHECK(check_action(SV("GET"), SV("pods"), SV("d"), why, sizeof(why)) == -EINVAL);
