@@ -592,26 +592,34 @@ static bool review_methods(const char *rule, const char *method, size_t mlen, bo
 	       (patch && http_rule_match(rule, "PUT", 3, upgrade, path, plen));
 }
 
-/* The path's length without a ".ext" ending its last segment (letters and
- * digits, at most 16, after a name), or plen. */
-static size_t without_format(const char *path, size_t plen)
+/* The path cut at the first (first true) or the last '.' of its last
+ * segment, after a name: Rails' (.:format) takes anything but '/', '.' and
+ * '?' after the last dot, older Spring anything after the first (review:
+ * a class of characters or a bound on the length let "payouts.x-y"
+ * through). plen when there is none. */
+static size_t without_format(const char *path, size_t plen, bool first)
 {
-	size_t i = plen;
+	size_t seg = plen, cut = plen;
 
-	while (i > 0 && isalnum((unsigned char)path[i - 1]))
-		i--;
-	if (i >= 2 && i < plen && plen - i <= 16 && path[i - 1] == '.' && path[i - 2] != '/')
-		return i - 1;
-	return plen;
+	while (seg > 0 && path[seg - 1] != '/')
+		seg--;
+	for (size_t i = seg + 1; i < plen; i++)
+		if (path[i] == '.') {
+			cut = i;
+			if (first)
+				break;
+		}
+	return cut;
 }
 
 static bool review_paths(const char *rule, const char *method, size_t mlen, bool upgrade, const char *path,
 			 size_t plen)
 {
-	size_t fl = without_format(path, plen);
+	size_t f1 = without_format(path, plen, true), f2 = without_format(path, plen, false);
 
 	return review_methods(rule, method, mlen, upgrade, path, plen) ||
-	       (fl < plen && review_methods(rule, method, mlen, upgrade, path, fl));
+	       (f1 < plen && review_methods(rule, method, mlen, upgrade, path, f1)) ||
+	       (f2 < plen && f2 != f1 && review_methods(rule, method, mlen, upgrade, path, f2));
 }
 
 bool http_review_match(const char *rule, const char *method, size_t mlen, bool upgrade, const char *path,

@@ -419,6 +419,11 @@ static void test_review_match(void)
 	CHECK(RV("POST /v1/invoices/*/refund", "POST", "/v1/invoices/42/refund.json"));
 	CHECK(RV("PUT /v1/invoices/*", "PATCH", "/v1/invoices/42"));
 	CHECK(RV("PATCH /v1/invoices/*", "PUT", "/v1/invoices/42.xml"));
+	CHECK(RV("POST /v1/payouts", "POST", "/v1/payouts.x-y"));
+	CHECK(RV("POST /v1/payouts", "POST", "/v1/payouts.~x"));
+	CHECK(RV("POST /v1/payouts", "POST", "/v1/payouts.aaaaaaaaaaaaaaaaaaaaaa"));
+	CHECK(RV("POST /v1/payouts", "POST", "/v1/payouts.a.json"));
+	CHECK(RV("POST /v1/payouts.a", "POST", "/v1/payouts.a.json"));
 	CHECK(!RV("POST /v1/payouts", "POST", "/v1/payouts.json/x"));
 	CHECK(!RV("POST /v1/payouts", "POST", "/v1/payouts/.json"));
 	CHECK(!RV("POST /v1/payouts", "GET", "/v1/payouts.json"));
