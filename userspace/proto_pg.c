@@ -4314,16 +4314,14 @@ static int standin(struct conn *c, bool simple, const char *stmt_name, const cha
  * refused the COMMIT as well, for good (review).
  * j: the refused statement's verdict (its event), or NULL; put here.
  */
-static bool stale_ends(struct conn *c)
+static bool stale_ends(struct conn *c, int stale)
 {
-	const struct pg_sess *s = S(c);
-
 	/* the session's own policy may enforce while the running one only
 	 * observes (a reload to observe mode): refused as before, not ended
 	 * (review) */
 	if (__atomic_load_n(&E->policy, __ATOMIC_ACQUIRE)->mode == POLICY_OBSERVE)
 		return false;
-	return s->stale_rules == STALE_ALWAYS || (s->stale_rules == STALE_IDLE && s->tx == 'I');
+	return stale == STALE_ALWAYS || (stale == STALE_IDLE && S(c)->tx == 'I');
 }
 
 static int end_stale(struct conn *c, struct pg_judged *j, const char *why, const char *proto)
@@ -4378,7 +4376,7 @@ static int fe_query(struct conn *c, const struct pg_msg *m)
 		judged_put(j);
 		return PG_REDO;
 	}
-	if (j && !j->allowed && stale_ends(c) && enforcer_should_refuse(c, why))
+	if (j && !j->allowed && stale_ends(c, s->stale_rules) && enforcer_should_refuse(c, why))
 		return end_stale(c, j, why, "simple");
 	if (!j || (!j->allowed && enforcer_should_refuse(c, why)))
 		return standin(c, true, NULL, why, j, "simple");
@@ -4456,7 +4454,7 @@ static int fe_parse(struct conn *c, const struct pg_msg *m)
 		judged_put(j);
 		return PG_REDO;
 	}
-	if (j && !j->allowed && stale_ends(c) && enforcer_should_refuse(c, why))
+	if (j && !j->allowed && stale_ends(c, s->stale_rules) && enforcer_should_refuse(c, why))
 		return end_stale(c, j, why, "extended");
 	if (!j || (!j->allowed && enforcer_should_refuse(c, why))) {
 		/* the agent's own name: a failing Parse("") drops the unnamed
@@ -4630,19 +4628,16 @@ static int fe_execute(struct conn *c, const struct pg_msg *m)
 		const struct policy_rule *rules[ENFORCER_MAX_RULES];
 		size_t nr = enforcer_rules_for(c->policy, c->agent_idx, c->target_idx, rules, ENFORCER_MAX_RULES);
 
-		s->stale_rules = STALE_ALWAYS;
 		if (nr <= ENFORCER_MAX_RULES && !rules_unchanged(c, rules, nr, why, sizeof(why)) &&
 		    enforcer_should_refuse(c, why))
-			return stale_ends(c) ? end_stale(c, NULL, why, "extended")
-					     : standin(c, false, PG_DENY_NAME, why, NULL, "extended");
+			return stale_ends(c, STALE_ALWAYS) ? end_stale(c, NULL, why, "extended")
+							    : standin(c, false, PG_DENY_NAME, why, NULL, "extended");
 		/* a pinned session may still end its transaction (judge() lets
 		 * it), also as JDBC and Npgsql do: Parse, Bind, Execute */
 		bool tx_only = po->j && po->j->nstmts > 0 && po->j->cls == PGC_TRANSACTION;
-		s->stale_rules = STALE_IDLE;
 		if (!tx_only && !pinned_rules_same(c, why, sizeof(why)) && enforcer_should_refuse(c, why))
-			return stale_ends(c) ? end_stale(c, NULL, why, "extended")
-					     : standin(c, false, PG_DENY_NAME, why, NULL, "extended");
-		s->stale_rules = STALE_NO;
+			return stale_ends(c, STALE_IDLE) ? end_stale(c, NULL, why, "extended")
+							    : standin(c, false, PG_DENY_NAME, why, NULL, "extended");
 	}
 	/* Masking reads each row by its description, which the server sends
 	 * only when asked: a client that executes without a Describe would
