@@ -272,6 +272,122 @@ int ag_setsockopt(struct bpf_sockopt *ctx)
 	return 1;
 }
 
+/* ---- AF_UNIX: connect and sendto only to the agent's unix_sockets -------- */
+
+/*
+ * cgroup/connect_unix and cgroup/sendmsg_unix (Linux >= 6.7): the section
+ * names are libbpf 1.1's nearest (it knows neither); the loader sets the
+ * attach types (BPF_CGROUP_UNIX_CONNECT, _SENDMSG) and loads these two only
+ * where the kernel has them. An agent may connect (stream, seqpacket,
+ * datagram) or send a datagram only to an address its unix_sockets names,
+ * spelled the same: a path is not resolved here (the kernel looks it up
+ * after this hook), so "/var/run/x" and "/run/x" are two addresses, a
+ * relative path matches nothing, and a symlink matches only under its own
+ * name. A datagram sent on a connected socket names no address and was
+ * checked at the connect. Refused with EACCES (the error of a socket file
+ * the caller may not write); in observe mode let through and reported.
+ */
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym __weak;
+
+#define AG_AF_UNIX 1
+#define AG_EACCES 13
+
+static __always_inline int unix_check(struct bpf_sock_addr *ctx, __u8 op)
+{
+	struct ag_cgrp_cfg *cc = bpf_get_local_storage(&ag_cgrp, 0);
+	__u32 slot = cc ? cc->slot : 0, reason = AG_R_NONE, n, len = 0;
+	struct bpf_sock_addr_kern *sa;
+	struct ag_unix_event *e;
+	struct ag_agent_cfg *ac;
+	struct ag_unix_key k = {};
+	bool observe = false;
+	int i;
+
+	if (ctx->user_family != AG_AF_UNIX)
+		return ALLOW;   /* not ours (the kernel calls this hook for AF_UNIX only) */
+	sa = bpf_cast_to_kern_ctx(ctx);
+	n = sa->uaddrlen;   /* checked by the kernel: 2 < n <= sizeof(struct sockaddr_un) */
+	n = n > 2 ? n - 2 : 0;
+	if (n > AG_UNIX_PATH_MAX)
+		n = AG_UNIX_PATH_MAX;
+	if (slot == 0 || slot >= AG_MAX_AGENTS)
+		reason = AG_R_NO_AGENT;
+	else if (!(ac = bpf_map_lookup_elem(&ag_agents, &slot)) || !(ac->flags & AG_AF_ACTIVE))
+		reason = AG_R_NO_AGENT;
+	else
+		observe = ac->flags & AG_AF_OBSERVE;
+	/* sun_path lies in the kernel's copy of the address (a struct
+	 * sockaddr_storage: all 108 bytes are readable) */
+	if (n && bpf_probe_read_kernel(k.path, sizeof(k.path), (char *)sa->uaddr + 2)) {
+		reason = AG_R_MAP_FAIL;
+		n = 0;
+	}
+	if (n && k.path[0] == 0) {   /* abstract: every byte of the name counts */
+		len = n;
+	} else {                     /* a path ends at its first NUL */
+		for (i = 0; i < AG_UNIX_PATH_MAX; i++) {
+			if ((__u32)i >= n || k.path[i] == 0)
+				break;
+			len++;
+		}
+	}
+	for (i = 0; i < AG_UNIX_PATH_MAX; i++)
+		if ((__u32)i >= len)
+			k.path[i] = 0;
+	k.slot = slot;
+	k.len = len;
+	if (reason == AG_R_NONE && len && bpf_map_lookup_elem(&ag_unix, &k))
+		return ALLOW;
+	if (reason == AG_R_NONE)
+		reason = AG_R_UNIX_PATH;
+	else
+		observe = false;   /* no agent, no observing */
+	if (!observe)
+		count(AG_CNT_DENY_UNIX);
+	e = bpf_ringbuf_reserve(&ag_events, sizeof(*e), 0);
+	if (e) {
+		__u64 pt = bpf_get_current_pid_tgid();
+
+		__builtin_memset(e, 0, sizeof(*e));
+		e->h.ts_ns = bpf_ktime_get_boot_ns();
+		e->h.cgroup_id = bpf_get_current_cgroup_id();
+		e->h.sock_cookie = bpf_get_socket_cookie(ctx);
+		e->h.kind = AG_EV_UNIX;
+		e->h.reason = reason;
+		e->h.slot = slot;
+		e->h.tgid = pt >> 32;
+		e->h.pid = (__u32)pt;
+		e->h.uid = (__u32)bpf_get_current_uid_gid();
+		bpf_get_current_comm(e->h.comm, sizeof(e->h.comm));
+		e->h.family = AG_AF_UNIX;
+		e->len = len;
+		e->op = op;
+		e->observed = observe;
+		e->type = (__u8)ctx->type;
+		__builtin_memcpy(e->path, k.path, sizeof(e->path));
+		bpf_ringbuf_submit(e, 0);
+	} else {
+		count(AG_CNT_RB_DROP);
+	}
+	if (observe)
+		return ALLOW;
+	if (has_set_retval)
+		bpf_set_retval(-AG_EACCES);
+	return DENY;
+}
+
+SEC("cgroup/connect4")
+int ag_connect_unix(struct bpf_sock_addr *ctx)
+{
+	return unix_check(ctx, AG_UNIX_CONNECT);
+}
+
+SEC("cgroup/sendmsg4")
+int ag_sendmsg_unix(struct bpf_sock_addr *ctx)
+{
+	return unix_check(ctx, AG_UNIX_SENDMSG);
+}
+
 /* ---- connect: refuse, or remember the destination and redirect ---------- */
 
 /* connect() fails with ECONNREFUSED (where bpf_set_retval exists), a

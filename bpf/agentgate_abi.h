@@ -57,7 +57,8 @@ enum ag_counter {
 	AG_CNT_GUARD_DROP       = 13, /* sk_lookup: a connection or datagram to an enforcer port with no enforcer socket */
 	AG_CNT_DENY_SOCKOPT     = 14, /* setsockopt(): a source route or TCP_LINGER2 refused, SO_REUSEADDR/PORT on TCP set to 0 */
 	AG_CNT_PAIR_QUOTA       = 15, /* connect refused: the agent holds its share of ag_pairs */
-	AG_CNT__MAX             = 16,
+	AG_CNT_DENY_UNIX        = 16, /* AF_UNIX connect/sendmsg to an address not in the agent's unix_sockets */
+	AG_CNT__MAX             = 17,
 };
 
 /* Ring buffer event kinds and reasons (struct ag_event). */
@@ -67,6 +68,7 @@ enum ag_ev_kind {
 	AG_EV_DNS_REDIRECT = 3,
 	AG_EV_SOCK_DENY    = 4,
 	AG_EV_BIND_DENY    = 5,
+	AG_EV_UNIX         = 6,   /* struct ag_unix_event: refused, or would be (observe) */
 };
 
 enum ag_reason {
@@ -85,6 +87,7 @@ enum ag_reason {
 	AG_R_BOUND_DEVICE = 12, /* socket bound to a device other than loopback */
 	AG_R_PAIR_QUOTA   = 13, /* the agent holds its share of ag_pairs */
 	AG_R_UNATTACHED   = 14, /* a cgroup under the agents' parent without programs (ag_unattached) */
+	AG_R_UNIX_PATH    = 15, /* AF_UNIX address not in the agent's unix_sockets */
 };
 
 /* The loopback device's ifindex, the same in every network namespace: the
@@ -229,6 +232,36 @@ struct ag_event {
 	__u32 pad0;
 };
 
+/*
+ * Map ag_unix: HASH, the AF_UNIX addresses each agent may connect or send
+ * to (agents[].unix_sockets), matched exactly: a path as the agent spells
+ * it (up to its first NUL, as the kernel reads it), or an abstract name
+ * (path[0] == 0, then its bytes; len counts the leading 0). Unused bytes of
+ * path are 0.
+ */
+#define AG_UNIX_PATH_MAX 108   /* sizeof(sun_path) */
+#define AG_UNIX_MAX      4096  /* entries, all agents */
+struct ag_unix_key {
+	__u32 slot;
+	__u32 len;
+	char  path[AG_UNIX_PATH_MAX];
+};
+
+/* ag_unix_event.op */
+#define AG_UNIX_CONNECT 1
+#define AG_UNIX_SENDMSG 2
+/* An ag_event (kind AG_EV_UNIX, addr and port unused) and the address. */
+struct ag_unix_event {
+	struct ag_event h;
+	__u32 len;            /* bytes of path used (abstract: with the leading 0) */
+	__u8  op;             /* AG_UNIX_CONNECT / AG_UNIX_SENDMSG */
+	__u8  observed;       /* observe mode: let through, would be refused */
+	__u8  type;           /* SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET */
+	__u8  pad;
+	char  path[AG_UNIX_PATH_MAX];
+	__u32 pad1;
+};
+
 #ifndef __VMLINUX_H__
 /* Userspace twins of the BPF layouts: a size change without an ABI bump fails the build. */
 _Static_assert(sizeof(struct ag_global) == 24, "ag_global layout");
@@ -240,6 +273,8 @@ _Static_assert(sizeof(struct ag_sk_state) == 96, "ag_sk_state layout");
 _Static_assert(sizeof(struct ag_pair_key) == 48, "ag_pair_key layout");
 _Static_assert(sizeof(struct ag_pair_val) == 80, "ag_pair_val layout");
 _Static_assert(sizeof(struct ag_event) == 88, "ag_event layout");
+_Static_assert(sizeof(struct ag_unix_key) == 116, "ag_unix_key layout");
+_Static_assert(sizeof(struct ag_unix_event) == 208, "ag_unix_event layout");
 #endif
 
 #endif /* AGENTGATE_ABI_H */

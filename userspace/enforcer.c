@@ -119,6 +119,7 @@ static const char *const counter_names[AG_CNT__MAX] = {
 	[AG_CNT_GUARD_DROP] = "guard_dropped",
 	[AG_CNT_DENY_SOCKOPT] = "denied_sockopt",
 	[AG_CNT_PAIR_QUOTA] = "denied_pair_quota",
+	[AG_CNT_DENY_UNIX] = "denied_unix",
 };
 
 static bool claims_may_grant(const struct policy *p, int t);
@@ -143,6 +144,7 @@ static const char *reason_str(uint32_t r)
 	case AG_R_UNATTACHED: return "cgroup under the agents' cgroup without its programs (made again and not "
 				      "attached yet, or named by no agent): no inet sockets";
 	case AG_R_PAIR_QUOTA: return "the agent has its share of connects waiting for the enforcer to accept them";
+	case AG_R_UNIX_PATH: return "AF_UNIX address not in the agent's unix_sockets";
 	default: return "unknown";
 	}
 }
@@ -214,10 +216,54 @@ static bool allow_wanted(const struct policy *p, size_t a, size_t t)
 		(p->targets[t].names_metadata && p->mode == POLICY_OBSERVE));
 }
 
-/* Adds (or overwrites) the IP and CIDR entries policy p wants. */
+/* An agents[].unix_sockets entry as the kernel map's key bytes: "@name"
+ * is an abstract socket (a 0, then the name). */
+static size_t unix_key_bytes(const char *entry, char out[AG_UNIX_PATH_MAX])
+{
+	size_t len = strlen(entry);
+
+	if (len > AG_UNIX_PATH_MAX)   /* the loader refuses it */
+		return 0;
+	memcpy(out, entry, len);
+	if (entry[0] == '@')
+		out[0] = 0;
+	return len;
+}
+
+/* Entries of the running kernel map that policy ctx no longer names go. */
+static bool unix_keep(void *ctx, const struct ag_unix_key *k)
+{
+	const struct policy *p = ctx;
+	int ai = k->slot < AG_MAX_AGENTS ? E->agent_of_slot[k->slot] : -1;
+	char b[AG_UNIX_PATH_MAX];
+
+	if (ai < 0 || (size_t)ai >= p->nagents)
+		return false;
+	for (size_t i = 0; i < p->agents[ai].unix_sockets.n; i++) {
+		size_t len = unix_key_bytes(p->agents[ai].unix_sockets.v[i], b);
+
+		if (len && len == k->len && memcmp(b, k->path, len) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* Adds (or overwrites) the IP and CIDR entries policy p wants, and its
+ * agents' unix_sockets. */
 static int allow_add(const struct policy *p)
 {
 	int err = 0;
+
+	for (size_t a = 0; !err && a < p->nagents; a++) {
+		const struct policy_strv *u = &p->agents[a].unix_sockets;
+		char b[AG_UNIX_PATH_MAX];
+
+		for (size_t i = 0; !err && i < u->n; i++) {
+			size_t len = unix_key_bytes(u->v[i], b);
+
+			err = len ? loader_unix_add(E->loader, E->slot_of[a], b, len) : -EINVAL;
+		}
+	}
 
 	for (size_t a = 0; !err && a < p->nagents; a++) {
 		for (size_t t = 0; !err && t < p->ntargets; t++) {
@@ -252,7 +298,11 @@ static int program_allow_set(void)
 {
 	int err = loader_allow_clear(E->loader);
 
-	return err ? err : allow_add(E->policy);
+	if (!err)
+		err = allow_add(E->policy);
+	if (!err && (err = loader_unix_prune(E->loader, unix_keep, (void *)E->policy)) > 0)
+		err = 0;   /* a previous run's entries */
+	return err;
 }
 
 /* After a reload: an entry stays when policy ctx still wants it. Entries
@@ -653,7 +703,7 @@ static int program_kernel(void)
 		if (loader_prune_dead(p->agents[i].name) > 0)
 			log_info("agent '%s': removed pinned links of a deleted cgroup", p->agents[i].name);
 		log_info("agent '%s': cgroup %s attached (%d programs)", p->agents[i].name,
-			 rt->cgroup_path, loader_nprogs);
+			 rt->cgroup_path, loader_nprogs());
 	}
 	loader_list_pins(orphan_cb, &oc);
 	restore_attachments();
@@ -1471,9 +1521,35 @@ static void report_suppressed(void)
 	}
 }
 
+/* An AF_UNIX address for audit events and logs: "@" and an abstract name,
+ * or the path; bytes outside printable ASCII (and '\\') as \xNN, so any
+ * name an agent picks is one line of valid UTF-8. */
+static void unix_addr_str(const char *path, uint32_t len, char *out, size_t outlen)
+{
+	size_t o = 0;
+	uint32_t i = 0;
+
+	if (len > AG_UNIX_PATH_MAX)
+		len = AG_UNIX_PATH_MAX;
+	if (len && path[0] == 0) {
+		out[o++] = '@';
+		i = 1;
+	}
+	for (; i < len && o + 5 < outlen; i++) {
+		unsigned char c = (unsigned char)path[i];
+
+		if (c >= 0x20 && c < 0x7f && c != '\\')
+			out[o++] = (char)c;
+		else
+			o += (size_t)snprintf(out + o, outlen - o, "\\x%02x", c);
+	}
+	out[o] = 0;
+}
+
 static int on_kernel_event(void *ctx, void *data, size_t size)
 {
 	const struct ag_event *e = data;
+	const struct ag_unix_event *u = NULL;
 	struct audit_agent a = { 0 };
 	char dst[64];
 	json_t *ev;
@@ -1482,8 +1558,14 @@ static int on_kernel_event(void *ctx, void *data, size_t size)
 		return 0;
 	if (e->kind == AG_EV_REDIRECT || e->kind == AG_EV_DNS_REDIRECT)
 		return 0;   /* the enforcer audits the connection itself, with more context */
+	if (e->kind == AG_EV_UNIX) {
+		if (size < sizeof(*u))
+			return 0;
+		u = data;
+	}
+	bool observed = u && u->observed;
 	int ai = enforcer_agent_idx(e->slot);
-	if (ai >= 0)
+	if (ai >= 0 && !observed)
 		atomic_fetch_add(&E->agents[ai].denied_kernel, 1);
 	if (!enforcer_audit_admit(e->slot))
 		return 0;
@@ -1498,10 +1580,27 @@ static int on_kernel_event(void *ctx, void *data, size_t size)
 	a.uid = e->uid;
 	a.comm = e->comm;
 	a.cgroup_id = e->cgroup_id;
-	ev = audit_event(4001, 5, "Refuse");
+	ev = observed ? audit_event(4001, 1, "Open") : audit_event(4001, 5, "Refuse");
 	if (!ev)
 		return 0;
 	audit_add_agent(ev, &a);
+	if (u) {
+		char path[AG_UNIX_PATH_MAX * 4 + 8];
+
+		unix_addr_str(u->path, u->len, path, sizeof(path));
+		json_object_set_new(ev, "connection_info", json_pack("{s:s, s:i, s:i, s:s}",
+			"protocol_name", "unix", "protocol_num", 0, "direction_id", 2, "direction", "Outbound"));
+		json_object_set_new(json_object_get(ev, "unmapped"), "unix", json_pack("{s:s, s:b, s:s, s:s}",
+			"address", path, "abstract", u->len && u->path[0] == 0,
+			"operation", u->op == AG_UNIX_SENDMSG ? "sendmsg" : "connect",
+			"socket_type", u->type == 1 ? "stream" : u->type == 2 ? "dgram" : u->type == 5 ? "seqpacket" : "other"));
+		json_object_set_new(json_object_get(ev, "unmapped"), "enforced_by", json_string("kernel"));
+		json_object_set_new(json_object_get(ev, "unmapped"), "hook", json_string(
+			u->op == AG_UNIX_SENDMSG ? "sendmsg_unix" : "connect_unix"));
+		audit_add_verdict(ev, observed, observed, NULL, reason_str(e->reason));
+		audit_emit(ev);
+		return 0;
+	}
 	if (e->kind == AG_EV_DENY) {
 		addr_str(e->addr, dst, sizeof(dst));
 		json_object_set_new(ev, "dst_endpoint", json_pack("{s:s, s:i}", "ip", dst, "port", e->port));
@@ -1557,12 +1656,21 @@ static json_t *known_limits(void)
 	const struct loader_features *f = loader_features(E->loader);
 	json_t *l = json_array();
 
+	if (f->connect_unix)
+		json_array_append_new(l, json_string(
+			"AF_UNIX connects and datagrams reach only the addresses an agent's unix_sockets names, "
+			"compared as the agent spells them before the kernel looks the path up: a listed socket "
+			"in a directory the agent may write can be replaced by a symlink to another"));
+	else
+		json_array_append_new(l, json_string(
+			"AF_UNIX is not checked on this kernel (cgroup/connect_unix needs Linux 6.7): unix_sockets "
+			"is not enforced; restrict AF_UNIX by the agent's uid and mount isolation"));
 	json_array_append_new(l, json_string(
-		"sockets of families other than AF_INET and AF_INET6 (AF_UNIX, AF_NETLINK, AF_PACKET, AF_VSOCK, "
+		"sockets of families other than AF_INET, AF_INET6 and AF_UNIX (AF_NETLINK, AF_PACKET, AF_VSOCK, "
 		"AF_RDS, ...) are not seen by the cgroup socket hooks, and this build has no BPF LSM program: "
 		"'agentgate exec' lets agents create only AF_UNIX, AF_INET, AF_INET6 and AF_NETLINK sockets (no "
 		"io_uring) and drops CAP_NET_RAW and CAP_NET_ADMIN; for attached cgroups restrict the families "
-		"(systemd RestrictAddressFamilies=) and AF_UNIX by mount isolation"));
+		"(systemd RestrictAddressFamilies=)"));
 	json_array_append_new(l, json_string(
 		"sockets created outside the agent cgroup and passed in (SCM_RIGHTS, pidfd_getfd), or created before "
 		"a process moved into it, belong to their original cgroup and are not enforced: start agents with "
@@ -2578,6 +2686,7 @@ json_t *enforcer_reload(pid_t pid, uid_t uid)
 	retired = r;
 	if ((err = allow_add(nw)) || (err = set_mode_flags(nw))) {
 		loader_allow_prune(E->loader, allow_keep, old);
+		loader_unix_prune(E->loader, unix_keep, old);
 		set_mode_flags(old);
 		policy_free(nw);
 		snprintf(msg, sizeof(msg), "policy not reloaded: kernel maps: %s; the running policy (%.12s) stays",
@@ -2594,6 +2703,9 @@ json_t *enforcer_reload(pid_t pid, uid_t uid)
 	if ((err = loader_allow_prune(E->loader, allow_keep, nw)) < 0)
 		log_err("reload: removing the kernel allow entries the new policy drops: %s "
 			"(they stay; the enforcer still judges every connection)", strerror(-err));
+	if ((err = loader_unix_prune(E->loader, unix_keep, nw)) < 0)
+		log_err("reload: removing the unix_sockets entries the new policy drops: %s "
+			"(they stay until the next start: those AF_UNIX addresses remain allowed)", strerror(-err));
 	audit_set_policy(nw);
 	for (size_t i = 0; i < nw->nagents; i++)
 		live += atomic_load(&E->agents[i].active);

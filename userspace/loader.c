@@ -17,13 +17,20 @@
 #include "loader.h"
 #include "util.h"
 
-/* Order matters only for messages; every program is attached to every agent cgroup. */
+/* Order matters only for messages; every program is attached to every agent
+ * cgroup. The last NPROGS_UNIX only where the kernel has their hooks. */
 const char *const loader_prog_names[] = {
 	"ag_sock_create", "ag_connect4", "ag_connect6", "ag_sendmsg4", "ag_sendmsg6",
 	"ag_recvmsg4", "ag_recvmsg6", "ag_getpeername4", "ag_getpeername6",
 	"ag_bind4", "ag_bind6", "ag_sock_ops", "ag_skb_egress", "ag_skb_ingress", "ag_setsockopt",
+	"ag_connect_unix", "ag_sendmsg_unix",
 };
-const int loader_nprogs = sizeof(loader_prog_names) / sizeof(loader_prog_names[0]);
+#define NPROGS_ALL ((int)(sizeof(loader_prog_names) / sizeof(loader_prog_names[0])))
+#define NPROGS_UNIX 2
+
+/* Attach types newer than Debian's 6.1 <linux/bpf.h> (Linux >= 6.7). */
+#define AG_BPF_CGROUP_UNIX_CONNECT 49
+#define AG_BPF_CGROUP_UNIX_SENDMSG 50
 
 #define MAX_LINKS 4096
 
@@ -78,18 +85,74 @@ static bool btf_has_enum_value(const char *name)
 	return found;
 }
 
+/* cgroup/connect_unix and sendmsg_unix exist (probed once per process). */
+static bool has_unix_hooks(void)
+{
+	static int has = -1;
+
+	if (has < 0)
+		has = btf_has_enum_value("BPF_CGROUP_UNIX_CONNECT") &&
+		      btf_has_enum_value("BPF_CGROUP_UNIX_SENDMSG");
+	return has;
+}
+
+int loader_nprogs(void)
+{
+	return NPROGS_ALL - (has_unix_hooks() ? 0 : NPROGS_UNIX);
+}
+
 static void probe_features(struct loader_features *f)
 {
 	char *lsm = read_file("/sys/kernel/security/lsm", 4096, NULL);
 
 	f->set_retval = libbpf_probe_bpf_helper(BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
 						BPF_FUNC_set_retval, NULL) == 1;
-	f->connect_unix = btf_has_enum_value("BPF_CGROUP_UNIX_CONNECT");
+	f->connect_unix = has_unix_hooks();
 	/* LSM programs refuse to load on some hosts even with "bpf" in the LSM
 	 * list (the development VMs do): both must hold. */
 	f->lsm = lsm && strstr(lsm, "bpf") &&
 		 libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_LSM, NULL) == 1;
 	free(lsm);
+}
+
+/*
+ * A map pinned by an earlier build whose layout this one changed would make
+ * the load fail (libbpf reuses pins by name). The counters only count: such
+ * a pin is dropped and made again. Any other map holds state the running
+ * programs share, and the error says what to do.
+ */
+static int drop_incompatible_pins(struct bpf_object *obj, const char *dir)
+{
+	struct bpf_map *m;
+
+	bpf_object__for_each_map(m, obj) {
+		struct bpf_map_info info = {};
+		__u32 len = sizeof(info);
+		char path[PATH_MAX + 64];
+		int fd;
+
+		snprintf(path, sizeof(path), "%s/%s", dir, bpf_map__name(m));
+		if ((fd = bpf_obj_get(path)) < 0)
+			continue;
+		bool same = bpf_obj_get_info_by_fd(fd, &info, &len) == 0 &&
+			    info.type == bpf_map__type(m) && info.key_size == bpf_map__key_size(m) &&
+			    info.value_size == bpf_map__value_size(m) &&
+			    info.max_entries == bpf_map__max_entries(m) &&
+			    info.map_flags == bpf_map__map_flags(m);
+		close(fd);
+		if (same)
+			continue;
+		if (strcmp(bpf_map__name(m), "ag_counters") != 0) {
+			log_err("pinned map %s was made by another agentgate build with another layout: "
+				"run 'agentgate detach --all' (agents' connections are refused until the "
+				"enforcer runs again) and start it again", path);
+			return -EEXIST;
+		}
+		log_warn("pinned map %s has another layout (an earlier build): made again", path);
+		if (unlink(path))
+			return -errno;
+	}
+	return 0;
 }
 
 int loader_open(struct loader **out, uint32_t ringbuf_bytes)
@@ -119,6 +182,17 @@ int loader_open(struct loader **out, uint32_t ringbuf_bytes)
 		goto fail;
 	}
 	l->skel->rodata->has_set_retval = l->feat.set_retval;
+	if (l->feat.connect_unix) {
+		bpf_program__set_expected_attach_type(l->skel->progs.ag_connect_unix,
+						      (enum bpf_attach_type)AG_BPF_CGROUP_UNIX_CONNECT);
+		bpf_program__set_expected_attach_type(l->skel->progs.ag_sendmsg_unix,
+						      (enum bpf_attach_type)AG_BPF_CGROUP_UNIX_SENDMSG);
+	} else {
+		bpf_program__set_autoload(l->skel->progs.ag_connect_unix, false);
+		bpf_program__set_autoload(l->skel->progs.ag_sendmsg_unix, false);
+	}
+	if ((err = drop_incompatible_pins(l->skel->obj, maps)))
+		goto fail;
 	if (ringbuf_bytes) {
 		err = bpf_map__set_max_entries(l->skel->maps.ag_events, ringbuf_bytes);
 		if (err)
@@ -240,10 +314,27 @@ keep:
 	return 0;
 }
 
+/* The cgroup's storage (its agent slot) exists once per attach type of the
+ * programs that read it: sock_create, and the AF_UNIX hooks. */
+static int set_slot(struct loader *l, uint64_t cgid, struct ag_cgrp_cfg cc, __u64 flags)
+{
+	static const int types[] = { BPF_CGROUP_INET_SOCK_CREATE, AG_BPF_CGROUP_UNIX_CONNECT,
+				     AG_BPF_CGROUP_UNIX_SENDMSG };
+	int n = l->feat.connect_unix ? 3 : 1;
+
+	for (int i = 0; i < n; i++) {
+		struct bpf_cgroup_storage_key key = { .cgroup_inode_id = cgid,
+						      .attach_type = (__u32)types[i] };
+
+		if (bpf_map_update_elem(bpf_map__fd(l->skel->maps.ag_cgrp), &key, &cc, flags))
+			return -errno;
+	}
+	return 0;
+}
+
 int loader_attach(struct loader *l, const char *agent, const char *cgroup_path, uint32_t slot,
 		  uint64_t *cgid)
 {
-	struct bpf_cgroup_storage_key key = {};
 	struct ag_cgrp_cfg cc = { .slot = slot };
 	char dir[PATH_MAX];
 	struct stat st;
@@ -264,7 +355,7 @@ int loader_attach(struct loader *l, const char *agent, const char *cgroup_path, 
 	if (err)
 		goto out;
 
-	for (int i = 0; i < loader_nprogs; i++) {
+	for (int i = 0; i < loader_nprogs(); i++) {
 		struct bpf_program *prog = prog_by_name(l, loader_prog_names[i]);
 		char path[PATH_MAX + 64];
 
@@ -279,10 +370,7 @@ int loader_attach(struct loader *l, const char *agent, const char *cgroup_path, 
 		}
 	}
 
-	key.cgroup_inode_id = st.st_ino;
-	key.attach_type = BPF_CGROUP_INET_SOCK_CREATE;
-	if (bpf_map_update_elem(bpf_map__fd(l->skel->maps.ag_cgrp), &key, &cc, BPF_ANY))
-		err = -errno;
+	err = set_slot(l, st.st_ino, cc, BPF_ANY);
 	/* Only now the previous owner's links go: taken off first, they left
 	 * the cgroup without programs while these were attached (review, stop
 	 * 29). Meanwhile both copies run in turn; a socket one redirected is
@@ -345,6 +433,14 @@ int loader_guard_unattached(struct loader *l, const char *parent)
 	if (bpf_prog_attach(bpf_program__fd(l->skel->progs.ag_unattached), cgfd, BPF_CGROUP_INET_SOCK_CREATE,
 			    BPF_F_ALLOW_OVERRIDE))
 		err = -errno;
+	/* The AF_UNIX programs themselves: such a cgroup has no agent slot,
+	 * so they refuse every address (AG_R_NO_AGENT). */
+	if (!err && l->feat.connect_unix &&
+	    (bpf_prog_attach(bpf_program__fd(l->skel->progs.ag_connect_unix), cgfd,
+			     (enum bpf_attach_type)AG_BPF_CGROUP_UNIX_CONNECT, BPF_F_ALLOW_OVERRIDE) ||
+	     bpf_prog_attach(bpf_program__fd(l->skel->progs.ag_sendmsg_unix), cgfd,
+			     (enum bpf_attach_type)AG_BPF_CGROUP_UNIX_SENDMSG, BPF_F_ALLOW_OVERRIDE)))
+		err = -errno;
 	close(cgfd);
 	return err;
 }
@@ -356,10 +452,18 @@ int loader_unguard_unattached(const char *parent)
 
 	if (cgfd < 0)
 		return errno == ENOENT ? 0 : -errno;
-	/* only an override-mode program: what ag_unattached is attached as */
-	if (bpf_prog_query(cgfd, BPF_CGROUP_INET_SOCK_CREATE, 0, &flags, ids, &cnt) == 0 && cnt == 1 &&
-	    (flags & BPF_F_ALLOW_OVERRIDE) && bpf_prog_detach(cgfd, BPF_CGROUP_INET_SOCK_CREATE))
-		err = -errno;
+	/* only an override-mode program: what ag_unattached (and the AF_UNIX
+	 * programs beside it) are attached as */
+	static const int types[] = { BPF_CGROUP_INET_SOCK_CREATE, AG_BPF_CGROUP_UNIX_CONNECT,
+				     AG_BPF_CGROUP_UNIX_SENDMSG };
+	for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
+		cnt = 1;
+		flags = 0;
+		if (bpf_prog_query(cgfd, (enum bpf_attach_type)types[i], 0, &flags, ids, &cnt) == 0 &&
+		    cnt == 1 && (flags & BPF_F_ALLOW_OVERRIDE) &&
+		    bpf_prog_detach(cgfd, (enum bpf_attach_type)types[i]) && !err)
+			err = -errno;
+	}
 	close(cgfd);
 	return err;
 }
@@ -391,11 +495,7 @@ int loader_owner_start(struct loader *l, uint64_t *start)
 
 int loader_set_cgroup_slot(struct loader *l, uint64_t cgid, uint32_t slot)
 {
-	struct bpf_cgroup_storage_key key = { .cgroup_inode_id = cgid,
-					      .attach_type = BPF_CGROUP_INET_SOCK_CREATE };
-	struct ag_cgrp_cfg cc = { .slot = slot };
-
-	return bpf_map_update_elem(bpf_map__fd(l->skel->maps.ag_cgrp), &key, &cc, BPF_EXIST) ? -errno : 0;
+	return set_slot(l, cgid, (struct ag_cgrp_cfg){ .slot = slot }, BPF_EXIST);
 }
 
 int loader_set_global(struct loader *l, const struct ag_global *g)
@@ -430,6 +530,41 @@ int loader_allow(struct loader *l, uint32_t slot, const uint8_t addr[16], uint8_
 	if (add)
 		return bpf_map_update_elem(fd, &k, &v, BPF_ANY) ? -errno : 0;
 	return bpf_map_delete_elem(fd, &k) && errno != ENOENT ? -errno : 0;
+}
+
+int loader_unix_add(struct loader *l, uint32_t slot, const char *addr, size_t len)
+{
+	struct ag_unix_key k = { .slot = slot, .len = (__u32)len };
+	__u32 one = 1;
+
+	if (len == 0 || len > sizeof(k.path))
+		return -EINVAL;
+	memcpy(k.path, addr, len);
+	return bpf_map_update_elem(bpf_map__fd(l->skel->maps.ag_unix), &k, &one, BPF_ANY) ? -errno : 0;
+}
+
+int loader_unix_prune(struct loader *l, bool (*keep)(void *ctx, const struct ag_unix_key *k), void *ctx)
+{
+	int fd = bpf_map__fd(l->skel->maps.ag_unix), n = 0;
+	struct ag_unix_key k, next, *gone;
+	size_t ngone = 0;
+	bool first = true;
+
+	gone = calloc(AG_UNIX_MAX, sizeof(*gone));
+	if (!gone)
+		return -ENOMEM;
+	/* collect, then delete: deleting while walking restarts the walk */
+	while (ngone < AG_UNIX_MAX && bpf_map_get_next_key(fd, first ? NULL : &k, &next) == 0) {
+		first = false;
+		k = next;
+		if (!keep(ctx, &k))
+			gone[ngone++] = k;
+	}
+	for (size_t i = 0; i < ngone; i++)
+		if (bpf_map_delete_elem(fd, &gone[i]) == 0)
+			n++;
+	free(gone);
+	return n;
 }
 
 int loader_allow_clear(struct loader *l)
@@ -772,7 +907,7 @@ static void attached_cb(void *ctx, const char *agent, uint64_t cgid, int nlinks,
 {
 	struct attached_ctx *ac = ctx;
 
-	if (strcmp(agent, ac->agent) == 0 && cgid == ac->cgid && nlinks == loader_nprogs && ndead == 0)
+	if (strcmp(agent, ac->agent) == 0 && cgid == ac->cgid && nlinks == loader_nprogs() && ndead == 0)
 		ac->ok = true;
 }
 
@@ -792,6 +927,7 @@ int loader_prog_count(const char *cgroup_path, int *total)
 		BPF_CGROUP_UDP6_RECVMSG, BPF_CGROUP_INET4_GETPEERNAME, BPF_CGROUP_INET6_GETPEERNAME,
 		BPF_CGROUP_INET4_BIND, BPF_CGROUP_INET6_BIND, BPF_CGROUP_SOCK_OPS,
 		BPF_CGROUP_INET_EGRESS, BPF_CGROUP_INET_INGRESS, BPF_CGROUP_SETSOCKOPT,
+		(enum bpf_attach_type)AG_BPF_CGROUP_UNIX_CONNECT, (enum bpf_attach_type)AG_BPF_CGROUP_UNIX_SENDMSG,
 	};
 	int fd = open(cgroup_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 

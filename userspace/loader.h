@@ -128,6 +128,13 @@ bool loader_agent_attached(const char *agent, uint64_t cgid);
 int loader_prog_count(const char *cgroup_path, int *total);
 
 extern const char *const loader_prog_names[];
-extern const int loader_nprogs;
+/* agents[].unix_sockets: addr is the key's bytes (an abstract name with its
+ * leading 0), len of them. Prune deletes the entries keep() refuses and
+ * returns how many. */
+int loader_unix_add(struct loader *l, uint32_t slot, const char *addr, size_t len);
+int loader_unix_prune(struct loader *l, bool (*keep)(void *ctx, const struct ag_unix_key *k), void *ctx);
+
+/* Programs attached to each agent cgroup: the AF_UNIX ones only where the kernel has their hooks. */
+int loader_nprogs(void);
 
 #endif

@@ -51,8 +51,9 @@ static int usage(FILE *f)
 static int not_running(void)
 {
 	if (errno == EACCES || errno == EPERM) {
-		fprintf(stderr, "agentgate: cannot reach the enforcer of '%s': %s (run as root)\n", state_dir,
-			strerror(errno));
+		fprintf(stderr, "agentgate: cannot reach the enforcer of '%s': %s (run as root, and not from an "
+			"agent cgroup: the kernel refuses agents AF_UNIX addresses their unix_sockets does not "
+			"name)\n", state_dir, strerror(errno));
 		return 1;
 	}
 	fprintf(stderr, "agentgate: no enforcer is running for state directory '%s'\n", state_dir);

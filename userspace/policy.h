@@ -116,6 +116,7 @@ struct policy_agent {
 	uint32_t connect_rate;         /* limits.connect_rate: new connections a second, default 200 */
 	uint32_t parse_cpu;            /* limits.parse_cpu: % of one CPU for uncached statements, default 25 */
 	uint32_t mask_cpu;             /* limits.mask_cpu: % of one CPU for masking answers; 0: 75% of each worker */
+	struct policy_strv unix_sockets; /* AF_UNIX addresses it may connect or send to: "/path", "@abstract" */
 	int line;
 	/* compiled: targets this agent may connect to (bindings -> roles -> rules) */
 	bool *may_target;              /* [ntargets] */

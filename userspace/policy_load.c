@@ -1295,10 +1295,52 @@ static void check_cgroup(struct vctx *v, const struct ynode *n, const char *s)
 
 static void load_identity(struct vctx *v, const struct ynode *m, struct policy_identity *id);
 
+/*
+ * agents[].unix_sockets: "/a/path" or "@name" (an abstract socket). The
+ * kernel hook compares the address as the agent spells it, before any
+ * lookup (bpf/agentgate.bpf.c unix_check()), so an entry is one spelling:
+ * '.', '..' or empty components are refused here rather than stand for a
+ * file they do not name.
+ */
+static void check_unix_socket(struct vctx *v, const struct ynode *item, const char *s)
+{
+	size_t len = strlen(s);
+
+	if (s[0] == '@') {
+		if (len < 2 || len > AG_UNIX_PATH_MAX)
+			verr(v, item, "unix_sockets: abstract name '%s' must have 1 to %d bytes after '@'",
+			     s, AG_UNIX_PATH_MAX - 1);
+		return;
+	}
+	if (s[0] != '/') {
+		verr(v, item, "unix_sockets: '%s' must be an absolute path or '@' and an abstract socket's name "
+		     "(a relative path would name another socket in each working directory)", s);
+		return;
+	}
+	if (len > AG_UNIX_PATH_MAX) {
+		verr(v, item, "unix_sockets: '%s' is longer than a socket address holds (%d bytes)", s,
+		     AG_UNIX_PATH_MAX);
+		return;
+	}
+	for (const char *c = s; *c; ) {
+		const char *end = strchr(c + 1, '/');
+		size_t clen = end ? (size_t)(end - c - 1) : strlen(c + 1);
+
+		if (clen == 0 || (clen == 1 && c[1] == '.') || (clen == 2 && c[1] == '.' && c[2] == '.')) {
+			verr(v, item, "unix_sockets: '%s' has an empty, '.' or '..' component: write the path "
+			     "the agent dials, without them (it is matched as spelled)", s);
+			return;
+		}
+		if (!end)
+			break;
+		c = end;
+	}
+}
+
 static void load_agent(struct vctx *v, const struct ynode *m, struct policy_agent *a, int idx)
 {
 	static const char *const keys[] = {
-		"name", "cgroup", "identity", "accept_user_tokens", "limits", NULL };
+		"name", "cgroup", "identity", "accept_user_tokens", "limits", "unix_sockets", NULL };
 	static const char *const limit_keys[] = { "connections", "connect_rate", "parse_cpu", "mask_cpu", NULL };
 	const struct ynode *n, *l;
 	long long conns, pct;
@@ -1326,6 +1368,8 @@ static void load_agent(struct vctx *v, const struct ynode *m, struct policy_agen
 			     "the sub the agent's own token must name, or a user's token "
 			     "written into the file would make the agent that user");
 	}
+	if ((n = map_get(m, "unix_sockets")))
+		want_strv(v, n, "unix_sockets", &a->unix_sockets, check_unix_socket);
 	if ((l = map_get(m, "limits")) && want_map(v, l, "limits")) {
 		check_keys(v, l, limit_keys);
 		if ((n = map_get(l, "connections")) &&
@@ -2541,6 +2585,7 @@ void policy_free(struct policy *p)
 
 		free(a->name);
 		free(a->cgroup);
+		strv_free(&a->unix_sockets);
 		identity_free(&a->identity);
 		free(a->may_target);
 		free(a->target_rule);

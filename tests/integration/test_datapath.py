@@ -17,8 +17,12 @@ from conftest import (AG, CG2, DNS_BASE, PY, TCP_PORT, URING, connect_code, deta
 
 
 # sock_create, connect4/6, sendmsg4/6, recvmsg4/6, getpeername4/6, bind4/6,
-# sock_ops, cgroup_skb egress and ingress: one program per hook.
+# sock_ops, cgroup_skb egress and ingress, setsockopt: one program per hook,
+# as bpftool 7.1 lists them. It does not know the attach types of
+# connect_unix and sendmsg_unix (Linux 6.7), which this kernel has (the
+# tests of test_unix.py check status says so): the enforcer counts those too.
 NPROGS = 15
+NPROGS_ALL = NPROGS + 2
 
 
 def enforce_policy(port, agent="t-agent", extra_targets="", extra_rules="", mode="enforce"):
@@ -711,14 +715,19 @@ def test_exec_hardening(enforcer, servers):
         out.append(errno.errorcode[e.errno])
     print(" ".join(out))
     """)
-    assert r.stdout.split() == ["EROFS", "EROFS", "hidden", "ENOENT", "nosysadmin", "nonetraw", "1",
+    # the admin socket is hidden, and an address not in unix_sockets is
+    # refused by the kernel before the path is looked up (EACCES)
+    assert r.stdout.split() == ["EROFS", "EROFS", "hidden", "EACCES", "nosysadmin", "nonetraw", "1",
                                 "nocaps", "bpffs-empty", "EROFS"], r.stdout + r.stderr
     # --user: the command runs as that user; exit status and output are its own.
     r = enforcer.exec("t-agent", ["sh", "-c", "id -un; exit 7"], user="nobody")
     assert r.returncode == 7 and r.stdout == "nobody\n", r.stdout + r.stderr
-    # The admin socket refuses a peer inside an agent cgroup, even with full capabilities.
+    # The admin socket refuses a peer inside an agent cgroup, even with full
+    # capabilities: the kernel refuses the connect (unix_sockets), and the
+    # enforcer would refuse the peer (test_admin_socket_refuses_a_listed_agent).
     r = enforcer.in_cgroup("t-agent", [AG, "--state-dir", enforcer.state, "status"])
-    assert r.returncode != 0 and "agent cgroup" in r.stderr, r.stdout + r.stderr
+    assert r.returncode != 0 and "Permission denied" in r.stderr and "agent cgroup" in r.stderr, \
+        r.stdout + r.stderr
     # ...and a peer without CAP_SYS_ADMIN.
     r = subprocess.run(["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin", AG,
                         "--state-dir", enforcer.state, "status"], capture_output=True, text=True)
@@ -885,7 +894,7 @@ def test_sigkill_fail_closed_restart_and_policy_change(enforcer, servers):
     progs = prog_count(enforcer.cgroup_path("t-agent"))
     types = [p["attach_type"] for p in progs]
     assert len(progs) == NPROGS and len(set(types)) == NPROGS, progs  # exactly one program per hook
-    assert enforcer.status()["agents"][0]["programs"] == NPROGS
+    assert enforcer.status()["agents"][0]["programs"] == NPROGS_ALL
     r = enforcer.py("t-agent", connect_code("127.0.0.1", b))
     assert r.stdout.split() == ["OK", "127.0.0.1", str(b), "hello"], r.stdout + r.stderr
     r = enforcer.py("t-agent", connect_code("127.0.0.1", a))
@@ -923,7 +932,7 @@ def test_detach_all_without_enforcer_leaves_no_pins(enforcer, servers):
     enforcer.start(enforce_policy(port))
     enforcer.stop(signal.SIGKILL)
     r = enforcer.cli("detach", "--all")
-    assert r.returncode == 0 and f"detached {NPROGS} links" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and f"detached {NPROGS_ALL} links" in r.stdout, r.stdout + r.stderr
     bpffs = [l.split()[4] for l in open("/proc/self/mountinfo") if " - bpf " in l][0]
     assert not os.path.exists(os.path.join(bpffs, "agentgate"))
     assert prog_count(enforcer.cgroup_path("t-agent")) == []
@@ -1789,7 +1798,7 @@ def test_agent_cgroup_made_again_while_running(enforcer, servers):
 
     def attached():
         a = enforcer.status()["agents"][0]
-        return a["cgroup_id"] == new and a["programs"] == NPROGS
+        return a["cgroup_id"] == new and a["programs"] == NPROGS_ALL
 
     assert wait_for(attached, timeout=5), enforcer.status()["agents"][0]
     assert len(prog_count(cg)) == NPROGS

@@ -887,6 +887,45 @@ static bool loads(const char *text)
 	return p != NULL;
 }
 
+#define UNIX_POL(list) "version: 1\nagents: [{name: a, unix_sockets: " list "}]\n" \
+	"targets: [{name: t, protocol: tcp, address: 127.0.0.1:9}]\n" \
+	"roles: [{name: r, rules: [{target: t}]}]\nbindings: [{role: r, agents: [a]}]\n"
+
+/* agents[].unix_sockets: what the kernel can match as spelled, and nothing else */
+static void test_unix_sockets(void)
+{
+	struct policy_errors e;
+	struct policy *p = load_str("x.yaml", UNIX_POL("[/run/a.sock, \"@svc\", \"/x y/\\u00e9.sock\"]"), &e);
+
+	CHECK(p != NULL);
+	if (p) {
+		CHECK(p->agents[0].unix_sockets.n == 3);
+		CHECK(strcmp(strv_at(&p->agents[0].unix_sockets, 1), "@svc") == 0);
+		CHECK(strcmp(strv_at(&p->agents[0].unix_sockets, 2), "/x y/\xc3\xa9.sock") == 0);
+	}
+	policy_free(p);
+	CHECK(loads(UNIX_POL("[]")));
+	CHECK(loads(UNIX_POL("/run/one.sock")));   /* one string: a list of one */
+	CHECK(refused_with(UNIX_POL("[run/a.sock]"), "must be an absolute path"));
+	CHECK(refused_with(UNIX_POL("[\"\"]"), "must not be empty"));
+	CHECK(refused_with(UNIX_POL("[/run//a.sock]"), "'..' component"));
+	CHECK(refused_with(UNIX_POL("[/run/./a.sock]"), "'..' component"));
+	CHECK(refused_with(UNIX_POL("[/run/../a.sock]"), "'..' component"));
+	CHECK(refused_with(UNIX_POL("[/run/]"), "'..' component"));
+	CHECK(refused_with(UNIX_POL("[/]"), "'..' component"));
+	CHECK(refused_with(UNIX_POL("[\"@\"]"), "after '@'"));
+	CHECK(refused_with(UNIX_POL("{a: b}"), "must be a list of strings"));
+	/* 108 bytes fill sun_path; 109 do not fit */
+	CHECK(loads(UNIX_POL("[/" "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+			     "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx]")));
+	CHECK(refused_with(UNIX_POL("[/" "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+				    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx]"), "longer than a socket address holds"));
+	CHECK(loads(UNIX_POL("[\"@" "yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy"
+			     "yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy\"]")));
+	CHECK(refused_with(UNIX_POL("[\"@" "yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy"
+				    "yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy\"]"), "after '@'"));
+}
+
 #define PG_HEAD "version: 1\nagents: [{name: a}]\n" \
 	"targets: [{name: db, protocol: postgres, address: 127.0.0.1:5432"
 
@@ -1303,6 +1342,7 @@ int main(void)
 	RUN(test_errors_sorted_and_capped);
 	RUN(test_buffers_and_limits);
 	RUN(test_refused_shapes);
+	RUN(test_unix_sockets);
 	RUN(test_error_format);
 	RUN(test_match_target);
 	RUN(test_metadata);
