@@ -12,6 +12,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
 #include "agentgate_abi.h"
 #include "maps.bpf.h"
 
@@ -288,6 +289,7 @@ int ag_setsockopt(struct bpf_sockopt *ctx)
  * the caller may not write); in observe mode let through and reported.
  */
 extern void *bpf_cast_to_kern_ctx(void *obj) __ksym __weak;
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
 
 #define AG_AF_UNIX 1
 #define AG_EACCES 13
@@ -297,6 +299,7 @@ static __always_inline int unix_check(struct bpf_sock_addr *ctx, __u8 op)
 	struct ag_cgrp_cfg *cc = bpf_get_local_storage(&ag_cgrp, 0);
 	__u32 slot = cc ? cc->slot : 0, reason = AG_R_NONE, n, len = 0;
 	struct bpf_sock_addr_kern *sa;
+	struct sockaddr_un *un;
 	struct ag_unix_event *e;
 	struct ag_agent_cfg *ac;
 	struct ag_unix_key k = {};
@@ -316,12 +319,15 @@ static __always_inline int unix_check(struct bpf_sock_addr *ctx, __u8 op)
 		reason = AG_R_NO_AGENT;
 	else
 		observe = ac->flags & AG_AF_OBSERVE;
-	/* sun_path lies in the kernel's copy of the address (a struct
-	 * sockaddr_storage: all 108 bytes are readable) */
-	if (n && bpf_probe_read_kernel(k.path, sizeof(k.path), (char *)sa->uaddr + 2)) {
-		reason = AG_R_MAP_FAIL;
-		n = 0;
-	}
+	/* sun_path, from the kernel's copy of the address (a struct
+	 * sockaddr_storage): read through BTF, byte by byte at fixed offsets
+	 * (a load that faults reads 0), not with bpf_probe_read_kernel(),
+	 * which a kernel locked down for confidentiality refuses: the whole
+	 * object would then not load */
+	un = bpf_rdonly_cast(sa->uaddr, bpf_core_type_id_kernel(struct sockaddr_un));
+#pragma unroll
+	for (i = 0; i < AG_UNIX_PATH_MAX; i++)
+		k.path[i] = un->sun_path[i];
 	if (n && k.path[0] == 0) {   /* abstract: every byte of the name counts */
 		len = n;
 	} else {                     /* a path ends at its first NUL */
