@@ -342,6 +342,16 @@ static __always_inline int unix_check(struct bpf_sock_addr *ctx, __u8 op)
 			k.path[i] = 0;
 	k.slot = slot;
 	k.len = len;
+	/* A path is looked up in the caller's mount namespace. In a user
+	 * namespace of its own an agent may mount over a listed path's
+	 * directory (a tmpfs) and put a symlink to any socket there (review):
+	 * there, only abstract names are matched. */
+	if (reason == AG_R_NONE && len && k.path[0] != 0) {
+		struct task_struct *t = bpf_get_current_task_btf();
+
+		if (t->cred->user_ns->level != 0)
+			reason = AG_R_UNIX_USERNS;
+	}
 	if (reason == AG_R_NONE && len && bpf_map_lookup_elem(&ag_unix, &k))
 		return ALLOW;
 	if (reason == AG_R_NONE)

@@ -88,6 +88,7 @@ enum ag_reason {
 	AG_R_PAIR_QUOTA   = 13, /* the agent holds its share of ag_pairs */
 	AG_R_UNATTACHED   = 14, /* a cgroup under the agents' parent without programs (ag_unattached) */
 	AG_R_UNIX_PATH    = 15, /* AF_UNIX address not in the agent's unix_sockets */
+	AG_R_UNIX_USERNS  = 16, /* AF_UNIX path from a task in a user namespace of its own */
 };
 
 /* The loopback device's ifindex, the same in every network namespace: the

@@ -200,10 +200,26 @@ static int clear_caps(void)
 	return err;
 }
 
-static int switch_user(const char *user)
+/*
+ * The user is looked up before the process joins the agent's cgroup: there
+ * the kernel refuses AF_UNIX addresses the agent's unix_sockets does not
+ * list, and glibc's lookups may ask nscd or systemd (nss_systemd) over one
+ * (users and groups known only to sssd, LDAP or DynamicUser would be
+ * missed, and each lookup audited as the agent's; review).
+ */
+struct exec_user {
+	uid_t uid;
+	gid_t gid;
+	gid_t *groups;
+	int ngroups;
+	char *name, *dir;
+};
+
+static int resolve_user(const char *user, struct exec_user *u)
 {
 	struct passwd *pw = getpwnam(user);
 	uint64_t uid;
+	int n = 64;
 
 	if (!pw && parse_u64(user, 0, UINT32_MAX - 1, &uid) == 0)
 		pw = getpwuid(uid);
@@ -211,21 +227,44 @@ static int switch_user(const char *user)
 		fprintf(stderr, "agentgate: exec: unknown user '%s'\n", user);
 		return -ENOENT;
 	}
-	if (initgroups(pw->pw_name, pw->pw_gid) || setgid(pw->pw_gid) || setuid(pw->pw_uid))
+	u->uid = pw->pw_uid;
+	u->gid = pw->pw_gid;
+	if (!(u->name = strdup(pw->pw_name)) || !(u->dir = strdup(pw->pw_dir)))
+		return -ENOMEM;
+	for (;;) {
+		gid_t *g = realloc(u->groups, (size_t)n * sizeof(*g));
+		int got = n;
+
+		if (!g)
+			return -ENOMEM;
+		u->groups = g;
+		if (getgrouplist(u->name, u->gid, u->groups, &got) >= 0) {
+			u->ngroups = got;
+			return 0;
+		}
+		if (got <= n || got > 65536)
+			return -EINVAL;
+		n = got;
+	}
+}
+
+static int switch_user(const struct exec_user *u)
+{
+	if (setgroups((size_t)u->ngroups, u->groups) || setgid(u->gid) || setuid(u->uid))
 		return -errno;
 	/* Leaving uid 0 must be final. */
-	if (pw->pw_uid != 0 && setuid(0) == 0) {
+	if (u->uid != 0 && setuid(0) == 0) {
 		fprintf(stderr, "agentgate: exec: could not drop root\n");
 		return -EPERM;
 	}
-	setenv("HOME", pw->pw_dir, 1);
-	setenv("USER", pw->pw_name, 1);
-	setenv("LOGNAME", pw->pw_name, 1);
+	setenv("HOME", u->dir, 1);
+	setenv("USER", u->name, 1);
+	setenv("LOGNAME", u->name, 1);
 	return 0;
 }
 
 /*
- * Two system calls reach past what the mounts and capabilities hold:
+ * System calls that reach past what the mounts and capabilities hold:
  * - clone3 with CLONE_INTO_CGROUP starts the child in any cgroup whose
  *   cgroup.procs the caller may write, and the kernel checks the file's
  *   permissions, not the mount's read-only flag: a uid-0 agent left its
@@ -241,6 +280,12 @@ static int switch_user(const char *user)
  *   Only AF_UNIX, AF_INET, AF_INET6 and AF_NETLINK may be created; any other
  *   fails with EAFNOSUPPORT, as on a kernel without that family, which
  *   programs are written to handle.
+ * - unshare and clone with CLONE_NEWUSER, and setns: in a user namespace
+ *   of its own the agent holds every capability over the mounts it makes
+ *   there, and could mount over the directory of a path its unix_sockets
+ *   lists and put a symlink to another socket there (review). EPERM, as
+ *   where user namespaces are turned off; setns would let it join one a
+ *   process outside made.
  * - io_uring_setup: a ring's IORING_OP_SOCKET creates sockets without the
  *   socket system call, so without this filter. It fails with ENOSYS, as on
  *   a kernel without io_uring; libraries that use it then fall back to
@@ -279,6 +324,15 @@ static int install_seccomp(void)
 		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_request_key, 1, 0),
 		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_keyctl, 0, 1),
 		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+		/* user namespaces (above) */
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_setns, 4, 0),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_unshare, 1, 0),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone, 0, 4),
+		/* the flags: the low 32 bits of args[0] */
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])),
+		BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, CLONE_NEWUSER, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
 		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_socket, 1, 0),
 		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_socketpair, 0, 7),
 		/* the family: the low 32 bits of args[0], an int to the kernel */
@@ -348,6 +402,7 @@ int cmd_exec(int argc, char **argv, const char *state_dir)
 	const char *agent = NULL, *user = NULL;
 	char cgpath[PATH_MAX], cwd[PATH_MAX];
 	uint64_t cgid = 0;
+	struct exec_user eu = { 0 };
 	struct stat st;
 	int i, err, cgfd;
 
@@ -382,6 +437,11 @@ int cmd_exec(int argc, char **argv, const char *state_dir)
 	}
 	if (!getcwd(cwd, sizeof(cwd)))
 		cwd[0] = 0;   /* removed, or too long: "/" below */
+	if (user && (err = resolve_user(user, &eu))) {
+		if (err != -ENOENT)
+			fprintf(stderr, "agentgate: exec: user '%s': %s\n", user, strerror(-err));
+		return 1;
+	}
 	err = join_cgroup(cgfd);
 	close(cgfd);
 	if (err) {
@@ -398,9 +458,8 @@ int cmd_exec(int argc, char **argv, const char *state_dir)
 		fprintf(stderr, "agentgate: exec: drop capabilities: %s\n", strerror(-err));
 		return 1;
 	}
-	if (user && (err = switch_user(user))) {
-		if (err != -ENOENT)
-			fprintf(stderr, "agentgate: exec: switch to user '%s': %s\n", user, strerror(-err));
+	if (user && (err = switch_user(&eu))) {
+		fprintf(stderr, "agentgate: exec: switch to user '%s': %s\n", user, strerror(-err));
 		return 1;
 	}
 	if ((err = clear_caps())) {

@@ -145,6 +145,8 @@ static const char *reason_str(uint32_t r)
 				      "attached yet, or named by no agent): no inet sockets";
 	case AG_R_PAIR_QUOTA: return "the agent has its share of connects waiting for the enforcer to accept them";
 	case AG_R_UNIX_PATH: return "AF_UNIX address not in the agent's unix_sockets";
+	case AG_R_UNIX_USERNS: return "AF_UNIX path from a user namespace of the agent's own (it could mount over "
+				      "the path): only abstract names are allowed there";
 	default: return "unknown";
 	}
 }
@@ -670,6 +672,13 @@ static int program_kernel(void)
 		log_err("kernel allow set: %s", strerror(-err));
 		return err;
 	}
+	if (!loader_features(E->loader)->connect_unix)
+		for (size_t i = 0; i < p->nagents; i++)
+			if (p->agents[i].unix_sockets.n) {
+				log_warn("this kernel has no cgroup/connect_unix (Linux 6.7): AF_UNIX is not "
+					 "checked, and unix_sockets (agent '%s') is not enforced", p->agents[i].name);
+				break;
+			}
 	for (size_t i = 0; i < p->nagents; i++)
 		for (size_t j = i + 1; j < p->nagents; j++)
 			if (path_within(E->agents[i].cgroup_rel, E->agents[j].cgroup_rel) ||
@@ -1660,7 +1669,8 @@ static json_t *known_limits(void)
 		json_array_append_new(l, json_string(
 			"AF_UNIX connects and datagrams reach only the addresses an agent's unix_sockets names, "
 			"compared as the agent spells them before the kernel looks the path up: a listed socket "
-			"in a directory the agent may write can be replaced by a symlink to another"));
+			"in a directory the agent may write can be replaced by a symlink to another; no hook sees "
+			"bind, so an agent may bind a free abstract name that host clients dial"));
 	else
 		json_array_append_new(l, json_string(
 			"AF_UNIX is not checked on this kernel (cgroup/connect_unix needs Linux 6.7): unix_sockets "
@@ -2686,7 +2696,9 @@ json_t *enforcer_reload(pid_t pid, uid_t uid)
 	retired = r;
 	if ((err = allow_add(nw)) || (err = set_mode_flags(nw))) {
 		loader_allow_prune(E->loader, allow_keep, old);
-		loader_unix_prune(E->loader, unix_keep, old);
+		if (loader_unix_prune(E->loader, unix_keep, old) < 0)
+			log_err("reload failed: the unix_sockets entries the new policy added could not all be "
+				"removed: they stay allowed until the next start");
 		set_mode_flags(old);
 		policy_free(nw);
 		snprintf(msg, sizeof(msg), "policy not reloaded: kernel maps: %s; the running policy (%.12s) stays",

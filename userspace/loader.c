@@ -191,13 +191,14 @@ int loader_open(struct loader **out, uint32_t ringbuf_bytes)
 		bpf_program__set_autoload(l->skel->progs.ag_connect_unix, false);
 		bpf_program__set_autoload(l->skel->progs.ag_sendmsg_unix, false);
 	}
-	if ((err = drop_incompatible_pins(l->skel->obj, maps)))
-		goto fail;
 	if (ringbuf_bytes) {
 		err = bpf_map__set_max_entries(l->skel->maps.ag_events, ringbuf_bytes);
 		if (err)
 			goto fail;
 	}
+	/* after every size is set: a pin is compared with what loads */
+	if ((err = drop_incompatible_pins(l->skel->obj, maps)))
+		goto fail;
 	err = agentgate_bpf__load(l->skel);
 	if (err)
 		goto fail;
@@ -326,7 +327,9 @@ static int set_slot(struct loader *l, uint64_t cgid, struct ag_cgrp_cfg cc, __u6
 		struct bpf_cgroup_storage_key key = { .cgroup_inode_id = cgid,
 						      .attach_type = (__u32)types[i] };
 
-		if (bpf_map_update_elem(bpf_map__fd(l->skel->maps.ag_cgrp), &key, &cc, flags))
+		/* a cgroup an earlier build attached has no AF_UNIX storage */
+		if (bpf_map_update_elem(bpf_map__fd(l->skel->maps.ag_cgrp), &key, &cc, flags) &&
+		    !(i > 0 && flags == BPF_EXIST && errno == ENOENT))
 			return -errno;
 	}
 	return 0;
@@ -434,13 +437,16 @@ int loader_guard_unattached(struct loader *l, const char *parent)
 			    BPF_F_ALLOW_OVERRIDE))
 		err = -errno;
 	/* The AF_UNIX programs themselves: such a cgroup has no agent slot,
-	 * so they refuse every address (AG_R_NO_AGENT). */
+	 * so they refuse every address (AG_R_NO_AGENT). Not fatal: the
+	 * inet guard stands without them (logged). */
 	if (!err && l->feat.connect_unix &&
 	    (bpf_prog_attach(bpf_program__fd(l->skel->progs.ag_connect_unix), cgfd,
 			     (enum bpf_attach_type)AG_BPF_CGROUP_UNIX_CONNECT, BPF_F_ALLOW_OVERRIDE) ||
 	     bpf_prog_attach(bpf_program__fd(l->skel->progs.ag_sendmsg_unix), cgfd,
 			     (enum bpf_attach_type)AG_BPF_CGROUP_UNIX_SENDMSG, BPF_F_ALLOW_OVERRIDE)))
-		err = -errno;
+		log_warn("'%s': the AF_UNIX guard for cgroups without their programs could not be attached: %s "
+			 "(a policy cgroup made again may reach AF_UNIX addresses until it is attached)",
+			 parent, strerror(errno));
 	close(cgfd);
 	return err;
 }
@@ -545,7 +551,7 @@ int loader_unix_add(struct loader *l, uint32_t slot, const char *addr, size_t le
 
 int loader_unix_prune(struct loader *l, bool (*keep)(void *ctx, const struct ag_unix_key *k), void *ctx)
 {
-	int fd = bpf_map__fd(l->skel->maps.ag_unix), n = 0;
+	int fd = bpf_map__fd(l->skel->maps.ag_unix), n = 0, err = 0;
 	struct ag_unix_key k, next, *gone;
 	size_t ngone = 0;
 	bool first = true;
@@ -560,11 +566,14 @@ int loader_unix_prune(struct loader *l, bool (*keep)(void *ctx, const struct ag_
 		if (!keep(ctx, &k))
 			gone[ngone++] = k;
 	}
-	for (size_t i = 0; i < ngone; i++)
+	for (size_t i = 0; i < ngone; i++) {
 		if (bpf_map_delete_elem(fd, &gone[i]) == 0)
 			n++;
+		else if (errno != ENOENT)
+			err = -errno;   /* that address stays allowed: the caller says so */
+	}
 	free(gone);
-	return n;
+	return err ? err : n;
 }
 
 int loader_allow_clear(struct loader *l)

@@ -1522,8 +1522,14 @@ static void load_agents(struct vctx *v, const struct ynode *n, struct policy *p)
 	    !ix_reserve(v, &v->agents, n, n->n))
 		return;
 	p->nagents = n->n;
-	for (size_t i = 0; i < n->n; i++)
+	size_t nunix = 0;
+
+	for (size_t i = 0; i < n->n; i++) {
 		load_agent(v, n->kid[i], &p->agents[i], (int)i);
+		nunix += p->agents[i].unix_sockets.n;
+	}
+	if (nunix > AG_UNIX_MAX)
+		verr(v, n, "agents name %zu unix_sockets in all; the kernel's list holds %d", nunix, AG_UNIX_MAX);
 	ix_finish(v, &v->agents, "agent");
 	check_cgroups_unique(v, n, p);
 }

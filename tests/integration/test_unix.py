@@ -316,3 +316,68 @@ def test_unix_refused_in_a_cgroup_without_its_programs(enforcer, tmp):
     ev = enforcer.wait_event(lambda e: e.get("unmapped", {}).get("unix", {}).get("address") == ok and
                              e["unmapped"].get("reason") == "cgroup has no agent configured")
     assert ev, unix_events(enforcer)
+
+
+def test_unix_path_refused_from_a_user_namespace(enforcer, tmp):
+    """Review: a path is looked up in the caller's mount namespace. An agent
+    in a user namespace of its own may mount a tmpfs over the directory of a
+    listed socket and put a symlink to any other socket there. From such a
+    namespace only abstract names are matched; `agentgate exec` refuses to
+    make one (unshare, clone with CLONE_NEWUSER, setns: EPERM). Here the
+    agent is an attached workload with full root capabilities."""
+    d, other = os.path.join(tmp, "socks"), os.path.join(tmp, "other")
+    os.mkdir(d)
+    os.mkdir(other)
+    os.chmod(tmp, 0o755)
+    ok, no = os.path.join(d, "ok.sock"), os.path.join(other, "no.sock")
+    tag = f"ag-u-{os.getpid()}"
+    enforcer.start(unix_policy(tmp, [ok, f"@{tag}"]))
+    cg = enforcer.cgroup_path("t-unix")
+    probe = PROBES + textwrap.dedent(f"""
+        try_(lambda: stream({ok!r}))
+        try_(lambda: stream("\\0{tag}"))
+        print(' '.join(out))
+        """)
+    with Listeners() as L:
+        L.add("ok", ok, socket.SOCK_STREAM)
+        L.add("no", no, socket.SOCK_STREAM)
+        L.add("@", f"\0{tag}", socket.SOCK_STREAM)
+        # the remap works (outside the agent cgroup it reaches "no")
+        remap = f'mount -t tmpfs none {d} && ln -s {no} {ok} && exec {PY} -c "$0"'
+        r = subprocess.run(["unshare", "-Urm", "sh", "-c", remap, probe], capture_output=True, text=True, timeout=20)
+        assert r.stdout.split() == ["ok", "ok"], r.stdout + r.stderr
+        assert wait_for(lambda: ("no", "conn") in L.got, 5), L.got
+        L.got.clear()
+        # in the agent cgroup: the path is refused from the user namespace, the abstract name is not
+        r = subprocess.run(["sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec unshare -Urm sh -c \'{remap}\' "$0"',
+                            probe], capture_output=True, text=True, timeout=20)
+        assert r.stdout.split() == ["EACCES", "ok"], r.stdout + r.stderr
+        assert wait_for(lambda: ("@", "conn") in L.got, 5), L.got
+        time.sleep(0.3)
+        assert ("no", "conn") not in L.got and ("ok", "conn") not in L.got, L.got
+        # without the namespace the listed path is reached (control)
+        assert run_in(cg, f"try_(lambda: stream({ok!r}))") == ["ok"]
+    ev = enforcer.wait_event(lambda e: "user namespace" in e.get("unmapped", {}).get("reason", ""))
+    assert ev and ev["unmapped"]["unix"]["address"] == ok, unix_events(enforcer)
+    # exec makes no user namespace
+    r = enforcer.exec("t-unix", ["unshare", "-U", "true"])   # before stop 44: made one (rc 0)
+    assert r.returncode != 0 and "Operation not permitted" in r.stderr, r.stdout + r.stderr
+    r = enforcer.exec("t-unix", ["unshare", "-n", "true"])   # no capabilities: no namespace at all
+    assert r.returncode != 0, r.stdout + r.stderr
+
+
+def test_exec_user_lookup_is_not_the_agents(enforcer, tmp):
+    """Review: exec --user looked the user up after joining the cgroup, where
+    glibc's NSS modules (nss_systemd here, nscd elsewhere) reach AF_UNIX
+    sockets the agent may not: users known only there were missed, and
+    each lookup was refused and audited as the agent's. The lookup now
+    happens before."""
+    enforcer.start(unix_policy(tmp, ["/nonexistent/x.sock"]))
+    # the command itself looks nothing up (id would ask nscd: refused, as the agent's own)
+    r = enforcer.exec("t-unix", ["sh", "-c", "echo $USER; grep -E '^(Uid|Gid):' /proc/self/status"], user="nobody")
+    out = r.stdout.split()
+    assert r.returncode == 0 and out[0] == "nobody" and out[2] == "65534" and out[7] == "65534", r.stdout + r.stderr
+    time.sleep(0.5)
+    assert enforcer.status()["counters"]["denied_unix"] == 0, [
+        (e["unmapped"]["unix"], e["actor"]["process"]["name"]) for e in unix_events(enforcer)]
+    assert unix_events(enforcer) == []
