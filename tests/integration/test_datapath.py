@@ -993,10 +993,15 @@ def test_metadata_address_refused_in_observe_mode(enforcer, servers):
 def test_unserved_network_namespace_refused(enforcer, servers):
     port, log = servers.echo()
     enforcer.start(enforce_policy(port))
-    # A new user+network namespace (no privileges needed): its 127.0.0.1 is
-    # not the enforcer's, and the netns cookie check refuses the connect.
-    r = enforcer.exec("t-agent", ["unshare", "-Urn", PY, "-c", connect_code_flat("127.0.0.1", port)], user="nobody")
+    # A new user+network namespace (no privileges needed, in an attached
+    # cgroup): its 127.0.0.1 is not the enforcer's, and the netns cookie
+    # check refuses the connect.
+    r = enforcer.in_cgroup("t-agent", ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                                       "unshare", "-Urn", PY, "-c", connect_code_flat("127.0.0.1", port)])
     assert r.stdout.split() == ["ERR", "ECONNREFUSED"], r.stdout + r.stderr
+    # under exec no user namespace is made at all (since stop 44)
+    r = enforcer.exec("t-agent", ["unshare", "-Urn", "true"], user="nobody")
+    assert r.returncode != 0 and "Operation not permitted" in r.stderr, r.stdout + r.stderr
     assert enforcer.wait_event(lambda e: e.get("unmapped", {}).get("reason") ==
                                "network namespace not served by the enforcer")
 
