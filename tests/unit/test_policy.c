@@ -916,14 +916,20 @@ static void test_unix_sockets(void)
 	CHECK(refused_with(UNIX_POL("[\"@\"]"), "after '@'"));
 	CHECK(refused_with(UNIX_POL("{a: b}"), "must be a list of strings"));
 	/* 108 bytes fill sun_path; 109 do not fit */
-	CHECK(loads(UNIX_POL("[/" "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
-			     "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx]")));
-	CHECK(refused_with(UNIX_POL("[/" "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
-				    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx]"), "longer than a socket address holds"));
-	CHECK(loads(UNIX_POL("[\"@" "yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy"
-			     "yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy\"]")));
-	CHECK(refused_with(UNIX_POL("[\"@" "yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy"
-				    "yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy\"]"), "after '@'"));
+	static const struct { char lead; size_t n; bool ok; } sizes[] = {
+		{ '/', 108, true }, { '/', 109, false }, { '@', 108, true }, { '@', 109, false } };
+	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		char name[128], text[512];
+
+		memset(name, 'x', sizes[i].n);
+		name[0] = sizes[i].lead;
+		name[sizes[i].n] = 0;
+		snprintf(text, sizeof(text), UNIX_POL("[\"%s\"]"), name);
+		if (sizes[i].ok)
+			CHECK(loads(text));
+		else
+			CHECK(refused_with(text, sizes[i].lead == '@' ? "after '@'" : "longer than a socket address holds"));
+	}
 }
 
 #define PG_HEAD "version: 1\nagents: [{name: a}]\n" \
