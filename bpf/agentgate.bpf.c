@@ -294,6 +294,13 @@ extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
 #define AG_AF_UNIX 1
 #define AG_EACCES 13
 
+/* the value, hidden from the optimiser (libbpf's barrier_var) */
+static __always_inline __u64 opaque(__u64 v)
+{
+	asm volatile("" : "+r"(v));
+	return v;
+}
+
 static __always_inline int unix_check(struct bpf_sock_addr *ctx, __u8 op)
 {
 	struct ag_cgrp_cfg *cc = bpf_get_local_storage(&ag_cgrp, 0);
@@ -328,18 +335,27 @@ static __always_inline int unix_check(struct bpf_sock_addr *ctx, __u8 op)
 #pragma unroll
 	for (i = 0; i < AG_UNIX_PATH_MAX; i++)
 		k.path[i] = un->sun_path[i];
-	if (n && k.path[0] == 0) {   /* abstract: every byte of the name counts */
-		len = n;
-	} else {                     /* a path ends at its first NUL */
+	/* The key: a path up to its first NUL, or every byte of an abstract
+	 * name (sun_path[0] == 0), then zeros; len counts the kept bytes.
+	 * Computed without a branch on the bytes: a loop that breaks at the
+	 * first NUL makes the verifier walk the rest once per place it could
+	 * break, half a second of kernel time at every load. keep stays 1
+	 * while the bytes are kept; opaque() stops clang turning the
+	 * arithmetic back into the compare-and-jump it stands for. */
+	{
+		__u64 abstract, keep = 1, b, in, nz;
+
+		abstract = 1 - ((opaque((__u8)k.path[0]) + 255) >> 8);
+#pragma clang loop unroll(disable)
 		for (i = 0; i < AG_UNIX_PATH_MAX; i++) {
-			if ((__u32)i >= n || k.path[i] == 0)
-				break;
-			len++;
+			b = (__u8)k.path[i];
+			nz = (opaque(b) + 255) >> 8;             /* b != 0 */
+			in = (opaque(i) - (__u64)n) >> 63;       /* i < n */
+			keep = opaque(keep & in & (nz | abstract));
+			k.path[i] = (char)(b * keep);
+			len += keep;
 		}
 	}
-	for (i = 0; i < AG_UNIX_PATH_MAX; i++)
-		if ((__u32)i >= len)
-			k.path[i] = 0;
 	k.slot = slot;
 	k.len = len;
 	/* A path is looked up in the caller's mount namespace. In a user

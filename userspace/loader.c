@@ -63,36 +63,45 @@ static int libbpf_quiet(enum libbpf_print_level level, const char *fmt, va_list 
 	return 0;
 }
 
-static bool btf_has_enum_value(const char *name)
+/* Whether the kernel's BTF has every one of the n enum values in names
+ * (one read of vmlinux BTF, a few milliseconds). */
+static bool btf_has_enum_values(const char *const *names, int n)
 {
 	struct btf *btf = btf__load_vmlinux_btf();
-	bool found = false;
+	int found = 0;
+	uint64_t seen = 0;
 
 	if (!btf)
 		return false;
-	for (unsigned int i = 1; i < btf__type_cnt(btf) && !found; i++) {
+	for (unsigned int i = 1; i < btf__type_cnt(btf) && found < n; i++) {
 		const struct btf_type *t = btf__type_by_id(btf, i);
 		const struct btf_enum *e;
 
 		if (!btf_is_enum(t))
 			continue;
 		e = btf_enum(t);
-		for (int j = 0; j < btf_vlen(t); j++)
-			if (strcmp(btf__name_by_offset(btf, e[j].name_off), name) == 0)
-				found = true;
+		for (int j = 0; j < btf_vlen(t); j++) {
+			const char *name = btf__name_by_offset(btf, e[j].name_off);
+
+			for (int k = 0; k < n && k < 64; k++)
+				if (!(seen & (1ULL << k)) && strcmp(name, names[k]) == 0) {
+					seen |= 1ULL << k;
+					found++;
+				}
+		}
 	}
 	btf__free(btf);
-	return found;
+	return found == n;
 }
 
 /* cgroup/connect_unix and sendmsg_unix exist (probed once per process). */
 static bool has_unix_hooks(void)
 {
+	static const char *const names[] = { "BPF_CGROUP_UNIX_CONNECT", "BPF_CGROUP_UNIX_SENDMSG" };
 	static int has = -1;
 
 	if (has < 0)
-		has = btf_has_enum_value("BPF_CGROUP_UNIX_CONNECT") &&
-		      btf_has_enum_value("BPF_CGROUP_UNIX_SENDMSG");
+		has = btf_has_enum_values(names, 2);
 	return has;
 }
 

@@ -121,15 +121,21 @@ def test_unix_connect_and_sendto_only_to_listed_addresses(enforcer, tmp):
     each refusal is counted and audited with the address. Ways around the
     list, each refused: another spelling of a listed path (//, /./), a
     relative path from the socket's directory, a symlink the agent made to
-    an unlisted socket, an abstract name with one more byte. Outside the
-    agent cgroup nothing changes (control)."""
+    an unlisted socket, an abstract name with one more byte or one less, a
+    listed path with a byte more, a 107-byte path that differs
+    from a listed one in its last byte. Outside the agent cgroup nothing
+    changes (control)."""
     d = os.path.join(tmp, "socks")
     os.mkdir(d)
     os.chmod(tmp, 0o755)
     tag = f"ag-t-{os.getpid()}"
     ok, no, okd, nod = (os.path.join(d, n) for n in ("ok.sock", "no.sock", "okd.sock", "nod.sock"))
     okseq = os.path.join(d, "okseq.sock")
-    enforcer.start(unix_policy(tmp, [ok, okd, okseq, f"@{tag}-ok", f"@{tag}-okd"]))
+    # as long a path as Python binds (107 bytes; 108, with no NUL, it refuses)
+    full = os.path.join(d, "L" * (106 - len(d)))
+    full2 = full[:-1] + "M"
+    assert len(full) == 107
+    enforcer.start(unix_policy(tmp, [ok, okd, okseq, f"@{tag}-ok", f"@{tag}-okd", full]))
     with Listeners() as L:
         L.add("ok", ok, socket.SOCK_STREAM)
         L.add("no", no, socket.SOCK_STREAM)
@@ -141,6 +147,8 @@ def test_unix_connect_and_sendto_only_to_listed_addresses(enforcer, tmp):
         L.add("@okd", f"\0{tag}-okd", socket.SOCK_DGRAM)
         L.add("@nod", f"\0{tag}-nod", socket.SOCK_DGRAM)
         L.add("@ok+", f"\0{tag}-ok\0", socket.SOCK_STREAM)
+        L.add("full", full, socket.SOCK_STREAM)
+        L.add("full2", full2, socket.SOCK_STREAM)
         link = os.path.join(tmp, "link.sock")
         body = f"""
         try_(lambda: stream({ok!r}))                                   # 0 listed
@@ -162,11 +170,16 @@ def test_unix_connect_and_sendto_only_to_listed_addresses(enforcer, tmp):
         os.symlink({no!r}, {link!r})
         try_(lambda: stream({link!r}))                                 # 15 symlink to an unlisted one
         try_(lambda: stream(({ok!r} + "\\0trailing").encode()))       # 16 the kernel reads to the NUL
+        try_(lambda: stream({ok!r} + "x"))                             # 17 a byte more (no such file)
+        try_(lambda: stream("\\0{tag}-o"))                             # 18 a byte less (no listener)
+        try_(lambda: stream({full!r}))                                 # 19 listed, 107 bytes
+        try_(lambda: stream({full2!r}))                                # 20 the last byte differs
         """
         got = run_probes(enforcer, "t-unix", body)
         assert got == ["ok", "EACCES", "ok", "ok", "EACCES", "EACCES", "ok", "EACCES", "ok", "EACCES",
-                       "EACCES", "EACCES", "EACCES", "EACCES", "EACCES", "EACCES", "ok"], got
-        assert wait_for(lambda: len(L.got) >= 6, 5)
+                       "EACCES", "EACCES", "EACCES", "EACCES", "EACCES", "EACCES", "ok",
+                       "EACCES", "EACCES", "ok", "EACCES"], got
+        assert wait_for(lambda: len(L.got) >= 7, 5)
         time.sleep(0.3)   # anything more would show up
         got_agent = list(L.got)
         # the same probes outside the cgroup reach every listener (control)
@@ -174,21 +187,22 @@ def test_unix_connect_and_sendto_only_to_listed_addresses(enforcer, tmp):
         before = len(L.got)
         r = subprocess.run([PY, "-c", PROBES + textwrap.dedent(body) + "\nprint(' '.join(out))\n"],
                                          capture_output=True, text=True, timeout=20)
-        assert r.stdout.split() == ["ok"] * 17, r.stdout + r.stderr
+        assert r.stdout.split() == ["ok"] * 17 + ["ENOENT", "ECONNREFUSED", "ok", "ok"], r.stdout + r.stderr
         assert len(L.got) > before
         os.unlink(link)
     assert sorted(got_agent) == sorted([("ok", "conn"), ("okseq", "conn"), ("okd", "a"), ("@ok", "conn"),
-                                        ("@okd", "d"), ("ok", "conn")]), got_agent
+                                        ("@okd", "d"), ("ok", "conn"), ("full", "conn")]), got_agent
     st = enforcer.status()
-    assert st["counters"]["denied_unix"] == 11, st["counters"]
+    assert st["counters"]["denied_unix"] == 14, st["counters"]
     assert st["kernel_features"]["connect_unix"] is True
-    evs = enforcer.wait_event(lambda e: len(unix_events(enforcer)) >= 11) and unix_events(enforcer)
-    assert len(evs) == 11, evs
+    evs = enforcer.wait_event(lambda e: len(unix_events(enforcer)) >= 14) and unix_events(enforcer)
+    assert len(evs) == 14, evs
     by = {(e["unmapped"]["unix"]["address"], e["unmapped"]["unix"]["operation"]) for e in evs}
     assert (no, "connect") in by and (nod, "sendmsg") in by and (nod, "connect") in by, by
     assert (f"@{tag}-no", "connect") in by and (f"@{tag}-nod", "sendmsg") in by, by
     assert (f"@{tag}-ok\\x00", "connect") in by, by   # bytes outside printable ASCII escaped
     assert ("ok.sock", "connect") in by and (link, "connect") in by, by
+    assert (ok + "x", "connect") in by and (f"@{tag}-o", "connect") in by and (full2, "connect") in by, by
     for e in evs:
         assert e["activity_name"] == "Refuse" and e["unmapped"]["verdict"] == "deny", e
         assert e["unmapped"]["agent"]["name"] == "t-unix" and e["unmapped"]["enforced_by"] == "kernel", e
