@@ -15,6 +15,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,6 +47,22 @@ struct ident_issuer {
 	uint64_t fetches, failures;
 	bool refreshing;             /* a fetch is under way (without the lock) */
 };
+
+int ident_refetch_min(void)
+{
+	static _Atomic int v;
+	int x = atomic_load(&v);
+
+	if (!x) {
+		const char *e = getenv("AGENTGATE_JWKS_REFETCH_S");
+		char *end = NULL;
+		long n = e ? strtol(e, &end, 10) : 0;
+
+		x = e && *e && end && !*end && n >= 1 && n <= 3600 ? (int)n : 30;
+		atomic_store(&v, x);
+	}
+	return x;
+}
 
 static int64_t clock_s(clockid_t id)
 {

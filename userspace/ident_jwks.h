@@ -62,7 +62,9 @@
 #define IDENT_TTL_MIN            60             /* seconds */
 #define IDENT_TTL_MAX            3600
 #define IDENT_TTL_DEFAULT        600
-#define IDENT_REFETCH_MIN        30             /* seconds between fetch attempts */
+/* seconds between fetch attempts: 30; test knob AGENTGATE_JWKS_REFETCH_S (1-3600) */
+#define IDENT_REFETCH_MIN        ident_refetch_min()
+int ident_refetch_min(void);
 #define IDENT_LKG_MAX            86400          /* last known good bound */
 #define IDENT_URL_MAX            2048
 

@@ -91,7 +91,8 @@
  * "timeout http-request" is 10 s; no real client takes longer to write a
  * head of at most HTTP_HEAD_MAX bytes.
  */
-#define HTTP_HEAD_TIMEOUT_MS 10000
+#define HTTP_HEAD_TIMEOUT_MS env_ms("AGENTGATE_HTTP_HEAD_MS", 10000, &head_timeout_ms)   /* test knob */
+static _Atomic uint64_t head_timeout_ms;
 
 enum { A_HEAD = 0, A_BODY, A_WAIT_UPGRADE, A_TUNNEL, A_DONE };
 /* U_DISCARD: the response was refused (a 502 of ours went instead) and the

@@ -129,8 +129,12 @@
 #define PG_APPNAME_MAX  63
 #define PG_DISCARD_MAX  (256u << 20)      /* an oversized message up to this is read and dropped */
 #define PG_DISCARD_MS   10000             /* ... for at most this long */
-#define PG_START_MS     30000             /* upstream connected -> session ready (start_clock) */
-#define PG_BIG_MSG_MS   20000             /* an agent message over CONN_IN_MAX: whole this long after its first byte */
+/* upstream connected -> session ready (start_clock); test knob AGENTGATE_PG_START_MS */
+#define PG_START_MS     env_ms("AGENTGATE_PG_START_MS", 30000, &pg_start_ms)
+/* an agent message over CONN_IN_MAX: whole this long after its first byte;
+ * test knob AGENTGATE_PG_BIG_MSG_MS */
+#define PG_BIG_MSG_MS   env_ms("AGENTGATE_PG_BIG_MSG_MS", 20000, &pg_big_msg_ms)
+static _Atomic uint64_t pg_start_ms, pg_big_msg_ms;
 
 /* ---- cancel keys ---------------------------------------------------------- */
 
@@ -5897,7 +5901,7 @@ static bool pg_on_deadline(struct conn *c)
 		return true;
 	}
 	fatal(c, "08P01", "agentgate: a message of %u bytes was not complete %u s after its first byte",
-	      s->big_size, PG_BIG_MSG_MS / 1000);
+	      s->big_size, (unsigned)(PG_BIG_MSG_MS / 1000));
 	s->big_since_ms = 0;
 	return true;
 }

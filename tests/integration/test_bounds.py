@@ -354,13 +354,14 @@ def test_tls_to_cidr_addresses_is_paid_for(enforcer, pg, tmp):
 def test_silent_server_does_not_hold_the_session_start(enforcer, pg, tmp):
     """A server that accepts and never answers (the agent's client gave up long
     ago): the enforcer ends the session start after 30 s instead of holding the
-    connection and its slot for good."""
+    connection and its slot for good (the 30 s shortened to 3 s by the test
+    knob: the same clock)."""
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(16)
     port = silent.getsockname()[1]
     text = policy(pg, tmp).replace(f"127.0.0.1:{pg.port}", f"127.0.0.1:{port}")
-    enforcer.start(text)
+    enforcer.start(text, env={"AGENTGATE_PG_START_MS": "3000"})
     code = f"""
         s = socket.create_connection(("127.0.0.1", {port}), timeout=5)
         body = struct.pack("!I", 196608) + b"user\\0agent_ro\\0database\\0shop\\0\\0"
@@ -371,7 +372,7 @@ def test_silent_server_does_not_hold_the_session_start(enforcer, pg, tmp):
     """
     assert agent_py(enforcer, code)["ok"]
     assert open_conns(enforcer) == 1
-    assert wait_for(lambda: open_conns(enforcer) == 0, timeout=40), "the session start never timed out"
+    assert wait_for(lambda: open_conns(enforcer) == 0, timeout=10), "the session start never timed out"
     assert enforcer.wait_event(lambda e: "complete the session's start in time" in json.dumps(e), timeout=5)
     silent.close()
 
@@ -471,17 +472,18 @@ def test_large_message_never_completed_ends_the_session(enforcer, pg, tmp):
     """A Query announced at 8 MiB of which 2 MiB come, then a trickle, then
     nothing: the enforcer grows a buffer to the announced size for it. Before
     the fix it held that buffer until the agent closed; now the session ends
-    20 s after the message's first byte (the trickle does not extend that),
+    20 s (5 s here) after the message's first byte (the trickle does not extend that),
     with an error the agent can read, and the slot and the backend go."""
-    enforcer.start(policy(pg, tmp))
+    # the 20 s shortened to 5 s by the test knob (the same clock)
+    enforcer.start(policy(pg, tmp), env={"AGENTGATE_PG_BIG_MSG_MS": "5000"})
     code = f"""
         c = Conn("127.0.0.1", {pg.port}, timeout=40)
         body = b"SELECT '" + b"x" * (8 << 20) + b"'\\0"
         whole = b"Q" + struct.pack("!I", len(body) + 4) + body
         t0 = time.time()
         c.send(whole[:2 << 20])
-        for i in range(8):                   # a byte every 2 s, for 16 s
-            time.sleep(2)
+        for i in range(8):                   # a byte every 0.5 s, for 4 s
+            time.sleep(0.5)
             c.send(whole[(2 << 20) + i:(2 << 20) + i + 1])
         msgs = []
         while True:
@@ -492,9 +494,9 @@ def test_large_message_never_completed_ends_the_session(enforcer, pg, tmp):
         print(json.dumps({{"took": time.time() - t0, "msgs": msgs}}))
     """
     out = agent_py(enforcer, code, timeout=120)
-    assert 19 <= out["took"] <= 30, out
+    assert 4.7 <= out["took"] <= 10, out
     errs = [m[1] for m in out["msgs"] if m[0] == "E"]
-    assert len(errs) == 1 and "C08P01" in errs[0] and "not complete 20 s after its first byte" in errs[0], out
+    assert len(errs) == 1 and "C08P01" in errs[0] and "not complete 5 s after its first byte" in errs[0], out
     assert wait_for(lambda: open_conns(enforcer) == 0, timeout=10), open_conns(enforcer)
     assert wait_for(lambda: backends(pg) == 0, timeout=10), backends(pg)
     # a large message that does come whole is served, on a new session

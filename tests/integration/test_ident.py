@@ -93,9 +93,9 @@ def tf_policy(tmp, issuer, token_file):
 class Driver:
     """ident_driver running in the background; lines() is what it printed."""
 
-    def __init__(self, binary, tmp, policy, seconds=60, agent="t-bot"):
+    def __init__(self, binary, tmp, policy, seconds=60, agent="t-bot", env=None):
         self.proc = Proc([binary, policy, agent, os.path.join(tmp, "state"), str(seconds)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, **(env or {})))
         self.out = []
         self.pos = 0
         self.buf = b""
@@ -422,12 +422,14 @@ def test_token_file_missing_then_written(tmp, idp, driver_bin):
 
 def test_token_file_new_key_within_refetch_window(tmp, idp, driver_bin):
     """The provider rotates its key right after the agent's first JWKS fetch;
-    the platform writes a token signed with the new key, inside the 30 s
-    refetch limit. The agent does not wait for the file to change again: it
-    retries with a forced JWKS refresh and is verified with the new key."""
+    the platform writes a token signed with the new key, inside the refetch
+    limit (30 s, shortened to 5 s by the test knob: the same clock). The
+    agent does not wait for the file to change again: it retries with a
+    forced JWKS refresh and is verified with the new key."""
     path = os.path.join(tmp, "token")
     write_token(path, idp.token())
-    d = Driver(driver_bin, tmp, tf_policy(tmp, idp.issuer, path), seconds=90)
+    d = Driver(driver_bin, tmp, tf_policy(tmp, idp.issuer, path), seconds=90,
+               env={"AGENTGATE_JWKS_REFETCH_S": "5"})
     try:
         d.wait(lambda p: p["verified"], 5)
         idp.rotate()
@@ -436,8 +438,10 @@ def test_token_file_new_key_within_refetch_window(tmp, idp, driver_bin):
         h = tok.split(".")[0]
         assert json.loads(base64.urlsafe_b64decode(h + "=" * (-len(h) % 4)))["kid"] != "rs1"
         write_token(path, tok)
-        p = d.wait(lambda q, e=claims(tok)["exp"]: q["verified"] and q["exp"] == e, 70)
+        t0 = time.time()
+        p = d.wait(lambda q, e=claims(tok)["exp"]: q["verified"] and q["exp"] == e, 30)
         assert p["sub"] == CLIENT_ID
+        assert time.time() - t0 >= 2, "verified before the refetch limit allowed a fetch"
     finally:
         d.finish()
 
