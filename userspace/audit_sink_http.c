@@ -40,7 +40,8 @@
  * the clock), and its ackId is polled again by the retries of the same
  * batch before the batch is posted anew: acks of tens of seconds are
  * normal under load, and each new POST is another copy indexed. */
-#define HEC_ACK_WAIT_MS 30000
+#define HEC_ACK_WAIT_MS env_ms("AGENTGATE_HEC_ACK_WAIT_MS", 30000, &hec_ack_wait_ms)   /* test knob */
+static _Atomic uint64_t hec_ack_wait_ms;
 /* Then the batch is posted again: no answer tells a slow ack from one the
  * indexer lost (both are false), so a lost one costs this long. The
  * sink's ack_timeout sets it (and caps the wait per attempt). */

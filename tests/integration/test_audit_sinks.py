@@ -716,12 +716,13 @@ def test_two_sinks_sharing_a_cursor_are_refused(enforcer, servers, tmp):
 
 
 def test_hec_slow_acks_are_waited_for_not_reposted(enforcer, servers):
-    """Indexer acknowledgements that take 11 s (normal under load): the batch
-    is not posted again (each POST is another copy indexed); the sink waits,
-    and a retry of the same batch polls its ackId first. With a 10 s wait it
-    was posted every 10 s, forever when acks took longer (review, stop 19)."""
+    """Indexer acknowledgements that take longer than the sink's wait for them
+    per attempt (30 s; 2 s here, by the test knob, with acks that take 3 s):
+    the batch is not posted again (each POST is another copy indexed); a
+    retry of the same batch polls its ackId first. With a 10 s wait and acks
+    of 11 s it was posted every 10 s, forever (review, stop 19)."""
     port, _ = servers.echo()
-    col = Collector(acks=True, ack_delay=11)
+    col = Collector(acks=True, ack_delay=3)
     col.start()
     try:
         tok = os.path.join(enforcer.tmp, "hec.token")
@@ -730,12 +731,15 @@ def test_hec_slow_acks_are_waited_for_not_reposted(enforcer, servers):
         os.chmod(tok, 0o600)
         enforcer.start(policy(port, f"- {{type: file, path: {enforcer.audit}}}\n"
                                     f"- {{type: splunk_hec, url: 'http://127.0.0.1:{col.port}', "
-                                    f"token_file: {tok}, ack: true}}\n"))
+                                    f"token_file: {tok}, ack: true}}\n"),
+                      env={"AGENTGATE_HEC_ACK_WAIT_MS": "2000"})
         traffic(enforcer, port, 2)
         want = set(range(1, 6))             # Start, and Open and Close of each connection
         assert wait_for(lambda: want <= set(hec_seqs(col)), 40), (hec_seqs(col), col.hec_posts)
         enforcer.stop()
         posted = [q for p in col.hec_posts for q in p]
         assert len(posted) == len(set(posted)), col.hec_posts
+        # the wait did run out (the knob took): the retry found the ack pending
+        assert "not acknowledged by the indexer" in enforcer.read_log(), enforcer.read_log()[-2000:]
     finally:
         col.stop()
