@@ -15,7 +15,6 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +24,7 @@
 #include <unistd.h>
 
 #include "ident_jwks.h"
+#include "util.h"
 
 struct ident_issuer {
 	pthread_mutex_t mu;
@@ -50,18 +50,9 @@ struct ident_issuer {
 
 int ident_refetch_min(void)
 {
-	static _Atomic int v;
-	int x = atomic_load(&v);
+	static _Atomic uint64_t v;
 
-	if (!x) {
-		const char *e = getenv("AGENTGATE_JWKS_REFETCH_S");
-		char *end = NULL;
-		long n = e ? strtol(e, &end, 10) : 0;
-
-		x = e && *e && end && !*end && n >= 1 && n <= 3600 ? (int)n : 30;
-		atomic_store(&v, x);
-	}
-	return x;
+	return (int)env_u64("AGENTGATE_JWKS_REFETCH_S", 1, 3600, 30, &v);
 }
 
 static int64_t clock_s(clockid_t id)

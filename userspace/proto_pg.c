@@ -640,16 +640,8 @@ uint64_t pg_lineage_unknown_masked(void)
 static uint64_t lineage_max_ms(void)
 {
 	static _Atomic uint64_t v;
-	uint64_t x = atomic_load(&v);
-	const char *e;
 
-	if (!x) {
-		e = getenv("AGENTGATE_PG_LINEAGE_MS");
-		if (!e || parse_u64(e, 1000, 86400000, &x))
-			x = PG_LINEAGE_MAX_MS;
-		atomic_store(&v, x);
-	}
-	return x;
+	return env_u64("AGENTGATE_PG_LINEAGE_MS", 1000, 86400000, PG_LINEAGE_MAX_MS, &v);
 }
 
 /* Hashed once per session: every judged statement asks for it, and the

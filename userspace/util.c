@@ -365,7 +365,7 @@ char *read_file(const char *path, size_t max, size_t *len_out)
 	return buf;
 }
 
-uint64_t env_ms(const char *name, uint64_t def, _Atomic uint64_t *cache)
+uint64_t env_u64(const char *name, uint64_t min, uint64_t max, uint64_t def, _Atomic uint64_t *cache)
 {
 	uint64_t v = atomic_load(cache);
 	const char *e;
@@ -373,10 +373,15 @@ uint64_t env_ms(const char *name, uint64_t def, _Atomic uint64_t *cache)
 	if (v)
 		return v;
 	e = getenv(name);
-	if (!e || parse_u64(e, 100, 86400000, &v))
+	if (!e || parse_u64(e, min, max, &v))
 		v = def;
 	atomic_store(cache, v);
 	return v;
+}
+
+uint64_t env_ms(const char *name, uint64_t def, _Atomic uint64_t *cache)
+{
+	return env_u64(name, 100, 86400000, def, cache);
 }
 
 int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out)

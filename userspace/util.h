@@ -146,9 +146,11 @@ int ag_no_passphrase(char *buf, int size, int rwflag, void *u);
 
 /* Strict decimal parse of [min,max]; 0 or -EINVAL. */
 int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out);
-/* A test knob: the environment variable name, in milliseconds (100 to
- * 86,400,000), or def; read once into *cache. The tests shorten the
+/* A test knob: the environment variable name, from min to max, or def;
+ * read once into *cache (def must not be 0). The tests shorten the
  * enforcer's fixed timeouts with these, to check them in seconds. */
+uint64_t env_u64(const char *name, uint64_t min, uint64_t max, uint64_t def, _Atomic uint64_t *cache);
+/* env_u64 in milliseconds, 100 to 86,400,000. */
 uint64_t env_ms(const char *name, uint64_t def, _Atomic uint64_t *cache);
 
 /* The cgroup v2 path ("/agentgate/x") of a process, from /proc/PID/cgroup. */
