@@ -20,7 +20,9 @@
 #include "recording.h"
 #include "util.h"
 
-#define SWEEP_EVERY_MS 5000
+/* The sweep runs at most this often (5 s; test knob, read once). */
+static _Atomic uint64_t sweep_every_ms;
+#define SWEEP_EVERY_MS env_ms("AGENTGATE_REC_SWEEP_MS", 5000, &sweep_every_ms)
 #define ZOUT (64 * 1024)
 /* Writes in one direction are gathered up to this many bytes and written
  * as one (deflate, sync flush, write, index line) when the direction

@@ -124,18 +124,30 @@ def test_replay_reports_a_session_cut_short(enforcer, servers):
     assert b"    hello\\n" in r.stdout     # what is there is still shown
 
 
+# The recording directory is swept at most every 5 s; the retention tests
+# shorten that (AGENTGATE_REC_SWEEP_MS, a test knob) and wait a little
+# longer than it where a sweep must have become due.
+SWEEP_MS = 2000
+SWEEP_ENV = {"AGENTGATE_REC_SWEEP_MS": str(SWEEP_MS)}
+SWEEP_WAIT = SWEEP_MS / 1000 + 0.2
+
+
 def test_recording_retention_by_size_and_age(enforcer, servers):
     port, _ = servers.echo()
     rec = os.path.join(enforcer.tmp, "rec")
-    enforcer.start(rec_policy(port, enforcer.audit, rec, ", max_bytes: 3KiB, max_age: 2s"))
+    enforcer.start(rec_policy(port, enforcer.audit, rec, ", max_bytes: 3KiB, max_age: 2s"), env=SWEEP_ENV)
+    most = 0
     for _ in range(6):
-        chat(enforcer, port, big=20000)      # ~ 600 bytes per session on disk
+        chat(enforcer, port, big=20000)      # ~ 600 bytes per session, two blocks on disk
+        most = max(most, len(sessions(rec)))
         time.sleep(1.1)                      # one second per name
     names = sessions(rec)
     total = sum(os.path.getsize(os.path.join(rec, f)) for f in os.listdir(rec))
-    # swept at most every 5 s when a session opens: bounded, oldest first
-    assert 1 <= len(names) < 6, names
-    time.sleep(5.2)
+    # swept at most every SWEEP_MS, when a session opens and while idle:
+    # bounded all along (disk blocks count, so a sweep between two sessions
+    # leaves none of them)
+    assert most < 6 and len(names) < 6, (most, names)
+    time.sleep(SWEEP_WAIT)
     chat(enforcer, port, big=10)
     # the sweep runs on a thread of its own
     left = wait_for(lambda: len(sessions(rec)) == 1 and sessions(rec)) or sessions(rec)
@@ -154,7 +166,7 @@ def test_recording_from_the_future_is_not_swept_as_old(enforcer, servers):
     it was deleted by the first sweep after."""
     port, _ = servers.echo()
     rec = os.path.join(enforcer.tmp, "rec")
-    enforcer.start(rec_policy(port, enforcer.audit, rec, ", max_bytes: 1MiB, max_age: 2s"))
+    enforcer.start(rec_policy(port, enforcer.audit, rec, ", max_bytes: 1MiB, max_age: 2s"), env=SWEEP_ENV)
     chat(enforcer, port)
     first = sessions(rec)
     assert len(first) == 1, first
@@ -168,7 +180,7 @@ def test_recording_from_the_future_is_not_swept_as_old(enforcer, servers):
             g.write(f.read())
         os.utime(os.path.join(rec, old + ext), (past, past))
         os.utime(os.path.join(rec, first[0] + ext), (future, future))
-    time.sleep(5.2)                          # the next session to open sweeps
+    time.sleep(SWEEP_WAIT)                          # the next session to open sweeps
     chat(enforcer, port)
     # the sweep runs on a thread of its own
     assert wait_for(lambda: old not in sessions(rec)), sessions(rec)
@@ -205,14 +217,14 @@ def test_recording_retention_holds_against_an_agent(enforcer, servers):
     disk blocks are counted, and the sweep runs on its own thread."""
     port, _ = servers.echo()
     rec = os.path.join(enforcer.tmp, "rec")
-    enforcer.start(rec_policy(port, enforcer.audit, rec, ", max_bytes: 200KiB"))
+    enforcer.start(rec_policy(port, enforcer.audit, rec, ", max_bytes: 200KiB"), env=SWEEP_ENV)
     # one long session: 4 MiB of random data, then held open across a sweep
     p = subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", "t-agent", "--",
-                          PY, "-c", STREAM, str(port), "64", "8"], stdout=subprocess.PIPE, text=True)
+                          PY, "-c", STREAM, str(port), "64", "6"], stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "streamed"
         [long_name] = sessions(rec)
-        time.sleep(5.2)
+        time.sleep(SWEEP_WAIT)
         chat(enforcer, port)               # a new session: the sweep runs
         time.sleep(1.5)
         assert long_name in sessions(rec), "an open session's recording was deleted"
@@ -234,7 +246,7 @@ def test_recording_retention_holds_against_an_agent(enforcer, servers):
     # many tiny sessions: counted as the blocks they take
     for _ in range(40):
         chat(enforcer, port)
-    time.sleep(5.2)
+    time.sleep(SWEEP_WAIT)
     chat(enforcer, port)
     assert wait_for(lambda: disk(rec) <= 200 * 1024 + 16 * 1024, timeout=10), (disk(rec), len(sessions(rec)))
     enforcer.stop()
@@ -290,18 +302,18 @@ def test_recording_space_goes_back_from_the_agent_that_takes_most(enforcer, serv
     rec = os.path.join(enforcer.tmp, "rec")
     pol = rec_policy(port, enforcer.audit, rec, ", max_bytes: 96KiB")
     pol = with_other_agent(pol)
-    enforcer.start(pol)
+    enforcer.start(pol, env=SWEEP_ENV)
     r = enforcer.exec("t-other", [PY, "-c", CHAT, str(port), "10"])
     assert r.stdout.strip() == "OK", r.stdout + r.stderr
     [theirs] = sessions(rec)
     time.sleep(1.1)                          # names start with the second: theirs is the oldest
     seen = set()
     for _ in range(24):                      # two files of a block or more each: ~200 KiB
-        chat(enforcer, port)                 # (a sweep may run meanwhile: at most every 5 s)
+        chat(enforcer, port)                 # (a sweep may run meanwhile: at most every SWEEP_MS)
         seen.update(sessions(rec))
     hog = sorted(seen - {theirs})
     assert len(hog) == 24, hog
-    time.sleep(5.2)
+    time.sleep(SWEEP_WAIT)
     chat(enforcer, port)                     # a session opens: the sweep runs, on its own thread
     # the sweep counts that open session as large as it was then; it grows
     # once the sweep is done (CI, stop 38: 104 KiB), as in the test above
