@@ -90,7 +90,8 @@
  *   - EXPLAIN [ANALYZE] X is judged as X (plain EXPLAIN too: the options
  *     are not interpreted). DECLARE ... CURSOR FOR X is judged as X.
  *   - COPY ... TO STDOUT / FROM STDIN needs a rule whose statements: names
- *     "copy" (a class never grants it) and is denied for any table with
+ *     "copy" (a class never grants it), FROM STDIN insert (or write) as
+ *     well, and is denied for any table with
  *     masked columns; COPY (query) TO STDOUT checks the query as a
  *     non-output.
  *   - CALL p(...) needs "call" (or "write") and p in the rule's functions:;
@@ -356,6 +357,15 @@ static void add_table(struct walker *w, const char *schema, const char *rel)
 				     "and tables no rule allows included", rel);
 				return;
 			}
+	/* A TOAST table holds the out-of-line values (over about 2 KB) of its
+	 * table, masked columns included, as raw chunks no column lineage
+	 * follows: under tables: ["*"] or pg_toast.* a superuser upstream
+	 * would return them (review, stop 46). No rule grants them. */
+	if (strcmp(schema, "pg_toast") == 0 || strncmp(schema, "pg_toast_temp_", 14) == 0) {
+		deny(w, "%s.%s holds raw out-of-line values of another table, masked ones included",
+		     schema, rel);
+		return;
+	}
 	/* Other sessions' statement texts, literals and all: every agent of a
 	 * target logs in as the same database user, and sees the others'
 	 * (and the applications' sharing it) WHERE email = '...' (review, stop
@@ -1977,6 +1987,11 @@ static void copy_stmt(struct walker *w, int body, struct scope *parent)
 		return;
 	}
 	add_need(w, "copy", from ? PGC_WRITE : PGC_READ, true);
+	/* COPY FROM inserts rows (PostgreSQL checks INSERT on the table): it
+	 * needs insert (or write) too, so statements: [read, copy] exports
+	 * and does not import (review, stop 46). */
+	if (from)
+		add_need(w, "insert", PGC_WRITE, false);
 	if (from)
 		w->out->copy_in = true;
 	else

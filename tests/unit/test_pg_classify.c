@@ -1196,8 +1196,36 @@ static void test_copy(void)
 	r = judge_rules("COPY orders TO STDOUT WITH (FORMAT csv)", crs, 1);
 	CHECK(r.verdict == PGC_ALLOW && r.copy_out && !r.copy_in);
 	CHECK_STR(r.tag, "copy");
+	/* COPY FROM inserts: copy alone, or with read, exports only (review, stop 46) */
 	r = judge_rules("COPY orders FROM STDIN", crs, 1);
-	CHECK(r.verdict == PGC_ALLOW && r.copy_in && r.cls == PGC_WRITE);
+	CHECK(r.verdict == PGC_DENY && r.copy_in && r.cls == PGC_WRITE && strstr(r.reason, "insert"));
+	{
+		static char *rc[] = { "read", "copy" }, *ic[] = { "copy", "insert" }, *wc[] = { "write", "copy" };
+		struct policy_rule rr = { .target = "db", .allow = { .present = true,
+			.statements = { rc, 2 }, .tables = { ro_tables, 2 } } };
+		struct policy_rule ir = rr, wcr = rr, ins = { .target = "db", .allow = { .present = true,
+			.statements = { ic + 1, 1 }, .tables = { ro_tables, 2 } } };
+		const struct policy_rule *rrs[] = { &rr }, *irs[] = { &ir }, *wrs2[] = { &wcr },
+			*split[] = { &cr, &ins };
+
+		ir.allow.statements = (struct policy_strv){ ic, 2 };
+		wcr.allow.statements = (struct policy_strv){ wc, 2 };
+		r = judge_rules("COPY orders FROM STDIN", rrs, 1);
+		CHECK(r.verdict == PGC_DENY);
+		r = judge_rules("COPY orders (total) FROM STDIN WITH (FORMAT csv)", rrs, 1);
+		CHECK(r.verdict == PGC_DENY);
+		r = judge_rules("COPY orders TO STDOUT", rrs, 1);
+		CHECK(r.verdict == PGC_ALLOW);
+		r = judge_rules("COPY orders FROM STDIN", irs, 1);
+		CHECK(r.verdict == PGC_ALLOW && r.copy_in);
+		r = judge_rules("COPY orders FROM STDIN", wrs2, 1);
+		CHECK(r.verdict == PGC_ALLOW && r.copy_in);
+		/* copy in one rule and insert in another: one rule grants a statement */
+		r = judge_rules("COPY orders FROM STDIN", split, 2);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "single rule"));
+		r = judge_rules("COPY orders FROM STDIN", wrs, 1);     /* classes never grant copy */
+		CHECK(r.verdict == PGC_DENY);
+	}
 	r = judge_rules("COPY (SELECT id, total FROM orders) TO STDOUT", crs, 1);
 	CHECK(r.verdict == PGC_ALLOW);
 	r = judge_rules("COPY customers TO STDOUT", crs, 1);
@@ -2018,6 +2046,23 @@ static void test_review_ways_around(void)
 	expect_rules("SELECT * FROM pg_statistic", cat, PGC_DENY, "sampled");
 	expect_rules("SELECT 1 FROM customers WHERE EXISTS (SELECT 1 FROM pg_stats)", cat, PGC_DENY,
 		     "sampled");
+
+	/* TOAST tables: raw chunks of other tables' values (review, stop 46) */
+	static char *all_tables[] = { "*", "pg_toast.*" };
+	static struct policy_rule all_rule = {
+		.target = "db", .role = "agent_all",
+		.allow = { .present = true, .statements = { ro_stmts, 1 }, .tables = { all_tables, 2 } },
+	};
+	static const struct policy_rule *all[] = { &all_rule };
+
+	expect_rules("SELECT id FROM customers", all, PGC_ALLOW, NULL);
+	expect_rules("SELECT chunk_data FROM pg_toast.pg_toast_16384", all, PGC_DENY, "out-of-line");
+	expect_rules("SELECT 1 FROM customers WHERE EXISTS (SELECT 1 FROM PG_TOAST.pg_toast_16384)", all,
+		     PGC_DENY, "out-of-line");
+	expect_rules("SELECT * FROM pg_toast_temp_3.pg_toast_16390", all, PGC_DENY, "out-of-line");
+	expect_rules("WITH t AS (SELECT chunk_data FROM \"pg_toast\".\"pg_toast_1\") SELECT * FROM t", all,
+		     PGC_DENY, "out-of-line");
+	expect_rules("SELECT * FROM pg_class", all, PGC_ALLOW, NULL);
 
 	/* SHOW of a custom setting reads what current_setting() would */
 	EXPECT("SELECT current_setting('app.secret')", PGC_DENY);
