@@ -504,13 +504,70 @@ static size_t seg_end(const char *s, const char *end)
 	return (size_t)((e ? e : end) - s);
 }
 
+/* Length of the run of percent-encoded non-ASCII bytes ("%E2%84%AA") at
+ * g, 0 when g does not start one. */
+static size_t wild_len(const char *g, size_t n)
+{
+	size_t i = 0;
+
+	while (i + 3 <= n && g[i] == '%' && hexval((uint8_t)g[i + 1]) >= 8 && hexval((uint8_t)g[i + 2]) >= 0)
+		i += 3;
+	return i;
+}
+
+/*
+ * A pattern's literal segment t against a path segment g in which each run
+ * of encoded non-ASCII characters may stand for any text, none included.
+ * For review rules only (review, stop 46): servers that route without
+ * regard to case fold more than ASCII (U+212A KELVIN SIGN is 'k' to Java's
+ * and Python's case-insensitive matching, U+017F LONG S is 's', U+0130 and
+ * U+0131 are 'i'), and NFKC makes fullwidth letters, ligatures ("ﬁ") and
+ * many other compatibility characters ASCII text of one or more letters:
+ * DELETE /v2/%E2%84%AAeys/1 went past a review of DELETE on /v2/keys/{id}. No
+ * table of such characters is complete, so any of them may be any text.
+ * The same wildcard walk as below, inside one segment: O(|t| * |g|).
+ */
+static bool seg_eq_fuzzy(const char *t, size_t tl, const char *g, size_t gl)
+{
+	size_t ti = 0, gi = 0, star_g = 0, star_t = 0;
+	bool star = false;
+
+	while (ti < tl) {
+		size_t w = wild_len(g + gi, gl - gi);
+
+		if (w) {
+			gi += w;
+			star = true;
+			star_g = gi;
+			star_t = ti;
+		} else if (gi < gl && g[gi] == t[ti]) {
+			gi++;
+			ti++;
+		} else if (star) {
+			gi = star_g;
+			ti = ++star_t;
+		} else {
+			return false;
+		}
+	}
+	while (gi < gl) {
+		size_t w = wild_len(g + gi, gl - gi);
+
+		if (!w)
+			return false;
+		gi += w;
+	}
+	return true;
+}
+
 /*
  * Segment glob: "*" one non-empty segment, "**" any number of segments.
  * The classic wildcard walk with one backtrack point: at each mismatch it
  * resumes after the last "**", which is enough because "**" matches any
- * sequence (O(n*m) worst case, n and m bounded by the head size).
+ * sequence (O(n*m) worst case, n and m bounded by the head size). fuzzy:
+ * literal segments compare with seg_eq_fuzzy() (review rules).
  */
-bool http_pattern_match(const char *pat, size_t pat_len, const char *path, size_t path_len)
+static bool pattern_match(const char *pat, size_t pat_len, const char *path, size_t path_len, bool fuzzy)
 {
 	const char *p = pat + 1, *pend = pat + pat_len, *s = path + 1, *send = path + path_len;
 	const char *star_p = NULL, *star_s = NULL;
@@ -533,7 +590,8 @@ bool http_pattern_match(const char *pat, size_t pat_len, const char *path, size_
 			continue;
 		}
 		if (!p_done && ((pl == 1 && p[0] == '*' && sl > 0) ||
-				(pl == sl && memcmp(p, s, sl) == 0))) {
+				(pl == sl && memcmp(p, s, sl) == 0) ||
+				(fuzzy && seg_eq_fuzzy(p, pl, s, sl)))) {
 			if (p + pl >= pend)
 				p_done = true;
 			else
@@ -568,6 +626,14 @@ bool http_pattern_match(const char *pat, size_t pat_len, const char *path, size_
 	return true;
 }
 
+bool http_pattern_match(const char *pat, size_t pat_len, const char *path, size_t path_len)
+{
+	return pattern_match(pat, pat_len, path, path_len, false);
+}
+
+static bool rule_match(const char *rule, const char *method, size_t method_len, bool upgrade,
+		       const char *path, size_t path_len, bool fuzzy);
+
 /*
  * Review rules are a deny-list inside what is allowed, so they take what
  * an upstream routes alike (review, stop 34: allowing every method on /v1
@@ -580,16 +646,16 @@ bool http_pattern_match(const char *pat, size_t pat_len, const char *path, size_
  * both to update). Allow rules stay exact (case-sensitive: failing closed).
  */
 static bool review_methods(const char *rule, const char *method, size_t mlen, bool upgrade, const char *path,
-			   size_t plen)
+			   size_t plen, bool fuzzy)
 {
 	bool head = mlen == 4 && memcmp(method, "HEAD", 4) == 0;
 	bool put = mlen == 3 && memcmp(method, "PUT", 3) == 0;
 	bool patch = mlen == 5 && memcmp(method, "PATCH", 5) == 0;
 
-	return http_rule_match(rule, method, mlen, upgrade, path, plen) ||
-	       (head && http_rule_match(rule, "GET", 3, upgrade, path, plen)) ||
-	       (put && http_rule_match(rule, "PATCH", 5, upgrade, path, plen)) ||
-	       (patch && http_rule_match(rule, "PUT", 3, upgrade, path, plen));
+	return rule_match(rule, method, mlen, upgrade, path, plen, fuzzy) ||
+	       (head && rule_match(rule, "GET", 3, upgrade, path, plen, fuzzy)) ||
+	       (put && rule_match(rule, "PATCH", 5, upgrade, path, plen, fuzzy)) ||
+	       (patch && rule_match(rule, "PUT", 3, upgrade, path, plen, fuzzy));
 }
 
 /* The path cut at the first (first true) or the last '.' of its last
@@ -613,13 +679,13 @@ static size_t without_format(const char *path, size_t plen, bool first)
 }
 
 static bool review_paths(const char *rule, const char *method, size_t mlen, bool upgrade, const char *path,
-			 size_t plen)
+			 size_t plen, bool fuzzy)
 {
 	size_t f1 = without_format(path, plen, true), f2 = without_format(path, plen, false);
 
-	return review_methods(rule, method, mlen, upgrade, path, plen) ||
-	       (f1 < plen && review_methods(rule, method, mlen, upgrade, path, f1)) ||
-	       (f2 < plen && f2 != f1 && review_methods(rule, method, mlen, upgrade, path, f2));
+	return review_methods(rule, method, mlen, upgrade, path, plen, fuzzy) ||
+	       (f1 < plen && review_methods(rule, method, mlen, upgrade, path, f1, fuzzy)) ||
+	       (f2 < plen && f2 != f1 && review_methods(rule, method, mlen, upgrade, path, f2, fuzzy));
 }
 
 bool http_review_match(const char *rule, const char *method, size_t mlen, bool upgrade, const char *path,
@@ -629,7 +695,7 @@ bool http_review_match(const char *rule, const char *method, size_t mlen, bool u
 	size_t rl = strlen(rule), sp, lplen = plen;
 	bool hit;
 
-	if (review_paths(rule, method, mlen, upgrade, path, plen))
+	if (review_paths(rule, method, mlen, upgrade, path, plen, false))
 		return true;
 	if (rl >= sizeof(lrule))
 		return false;   /* no rule is this long (policy strings: 4096 bytes) */
@@ -644,7 +710,11 @@ bool http_review_match(const char *rule, const char *method, size_t mlen, bool u
 	if (lplen > 1 && lpath[lplen - 1] == '/')
 		lplen--;
 	lpath[lplen] = '\0';
-	hit = review_paths(lrule, method, mlen, upgrade, lpath, lplen);
+	hit = review_paths(lrule, method, mlen, upgrade, lpath, lplen, false);
+	/* non-ASCII characters: any text (seg_eq_fuzzy) */
+	for (size_t i = 0; !hit && i < lplen; i++)
+		if (wild_len(lpath + i, lplen - i))
+			hit = review_paths(lrule, method, mlen, upgrade, lpath, lplen, true);
 	if (lpath != lpath_s)
 		free(lpath);
 	return hit;
@@ -716,6 +786,12 @@ int http_rule_check(const char *rule, const char **why)
 bool http_rule_match(const char *rule, const char *method, size_t method_len, bool upgrade,
 		     const char *path, size_t path_len)
 {
+	return rule_match(rule, method, method_len, upgrade, path, path_len, false);
+}
+
+static bool rule_match(const char *rule, const char *method, size_t method_len, bool upgrade,
+		       const char *path, size_t path_len, bool fuzzy)
+{
 	const char *sp = strchr(rule, ' ');
 	size_t rl;
 
@@ -736,5 +812,5 @@ bool http_rule_match(const char *rule, const char *method, size_t method_len, bo
 	} else if (rl != method_len || memcmp(rule, method, rl) != 0) {
 		return false;
 	}
-	return http_pattern_match(sp + 1, strlen(sp + 1), path, path_len);
+	return pattern_match(sp + 1, strlen(sp + 1), path, path_len, fuzzy);
 }

@@ -430,7 +430,29 @@ static void test_review_match(void)
 	CHECK(!RV("PUT /v1/invoices/*", "POST", "/v1/invoices/42"));
 	CHECK(!AL("POST /v1/payouts", "POST", "/v1/payouts.json"));
 	CHECK(!AL("PUT /v1/x", "PATCH", "/v1/x"));
+	/* characters that fold or normalise to ASCII letters (review, stop 46):
+	 * an encoded non-ASCII run may stand for any text of its segment */
+	CHECK(RV("DELETE /v2/keys/*", "DELETE", "/v2/%E2%84%AAeys/1"));        /* KELVIN SIGN */
+	CHECK(RV("DELETE /v2/keys/*", "DELETE", "/v2/%e2%84%aaEYS/1"));
+	CHECK(RV("DELETE /v2/invoices/*", "DELETE", "/v2/%C4%B0nvoices/42"));  /* U+0130 */
+	CHECK(RV("DELETE /v2/invoices/*", "DELETE", "/v2/%C4%B1nvoices/42/")); /* U+0131 */
+	CHECK(RV("POST /v2/payouts", "POST", "/v2/payout%C5%BF"));            /* LONG S */
+	CHECK(RV("POST /v2/payouts", "POST", "/v2/%EF%BD%90ayouts"));         /* fullwidth p */
+	CHECK(RV("POST /v2/payouts", "POST", "/v2/pay%EF%BD%8F%EF%BD%95ts.json"));
+	CHECK(RV("POST /v2/payouts", "POST", "/v2/%EF%AC%81"));               /* any text */
+	CHECK(RV("POST /v2/payouts", "POST", "/v2/p%C3%A9y%C3%A9uts"));
+	CHECK(RV("GET /v2/a/*/b", "HEAD", "/v2/%C3%A9/7/%C3%A9b"));
+	CHECK(RV("POST /v2/payouts/**", "POST", "/v2/payout%C5%BF/x/y"));
+	/* within one segment only, and the rest must still match */
+	CHECK(!RV("DELETE /v2/keys/*", "DELETE", "/v2/%E2%84%AA/1/2"));
+	CHECK(!RV("DELETE /v2/keys/*", "DELETE", "/v2/%E2%84%AAeys"));
+	CHECK(!RV("POST /v2/payouts", "POST", "/v2/payouts%C3%A9x"));
+	CHECK(!RV("POST /v2/payouts", "POST", "/v2/x%C5%BF"));
+	CHECK(!RV("POST /v2/payouts", "GET", "/v2/payout%C5%BF"));
+	CHECK(!RV("POST /v2/payouts", "POST", "/v2/payout%7F"));               /* ASCII: exact */
+	CHECK(RV("POST /v2/payouts", "POST", "/v2/payout%C5"));                /* any byte over 0x7F */
 	/* allow rules stay exact */
+	CHECK(!AL("POST /v2/payouts", "POST", "/v2/payout%C5%BF"));
 	CHECK(!AL("DELETE /v1/invoices/*", "DELETE", "/v1/INVOICES/1"));
 	CHECK(!AL("GET /v1/x", "HEAD", "/v1/x"));
 #undef RV
