@@ -711,10 +711,12 @@ bool http_review_match(const char *rule, const char *method, size_t mlen, bool u
 		lplen--;
 	lpath[lplen] = '\0';
 	hit = review_paths(lrule, method, mlen, upgrade, lpath, lplen, false);
-	/* non-ASCII characters: any text (seg_eq_fuzzy) */
+	/* non-ASCII characters: any text (seg_eq_fuzzy), one more pass */
 	for (size_t i = 0; !hit && i < lplen; i++)
-		if (wild_len(lpath + i, lplen - i))
+		if (wild_len(lpath + i, lplen - i)) {
 			hit = review_paths(lrule, method, mlen, upgrade, lpath, lplen, true);
+			break;
+		}
 	if (lpath != lpath_s)
 		free(lpath);
 	return hit;
