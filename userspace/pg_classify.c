@@ -1990,12 +1990,12 @@ static void copy_stmt(struct walker *w, int body, struct scope *parent)
 	/* COPY FROM inserts rows (PostgreSQL checks INSERT on the table): it
 	 * needs insert (or write) too, so statements: [read, copy] exports
 	 * and does not import (review, stop 46). */
-	if (from)
+	if (from) {
 		add_need(w, "insert", PGC_WRITE, false);
-	if (from)
 		w->out->copy_in = true;
-	else
+	} else {
 		w->out->copy_out = true;
+	}
 	if (rv >= 0) {
 		const char *s, *r;
 		struct cte *c;
