@@ -821,7 +821,7 @@ void audit_close(void)
 	pthread_cond_broadcast(&A.stop_cond);
 	pthread_mutex_unlock(&A.stop_lock);
 	if (A.spool)
-		spool_wake(A.spool);
+		spool_readers_quit(A.spool);
 	for (int i = 0; i < A.nsinks; i++) {
 		struct sink_rt *k = &A.sinks[i];
 

@@ -90,6 +90,7 @@ struct spool {
 	struct dropped_seg { uint64_t first, bytes; bool sealed; } dropped[DROPPED_MAX];
 	int ndropped;
 	bool started, stop;
+	bool quit;      /* readers wait no more: the sinks are stopping */
 	pthread_t thr;
 	void (*tick_fn)(void *);
 	void *tick_arg;
@@ -899,6 +900,17 @@ void spool_wake(struct spool *s)
 	pthread_mutex_unlock(&s->lock);
 }
 
+/* The flag is read under the lock before each wait: a reader between its
+ * last look at its own stop flag and its wait is not missed (a lost wake
+ * kept every stop waiting for the 200 ms read timeout). */
+void spool_readers_quit(struct spool *s)
+{
+	pthread_mutex_lock(&s->lock);
+	s->quit = true;
+	pthread_cond_broadcast(&s->data);
+	pthread_mutex_unlock(&s->lock);
+}
+
 int spool_last_line(struct spool *s, char **out, size_t *len)
 {
 	char path[4200], *b = NULL;
@@ -1286,7 +1298,7 @@ int spool_read(struct spool_reader *r, struct spool_batch *b, size_t max_n, size
 		if (wait_ms <= 0 || waited || tries == 2)
 			continue;
 		pthread_mutex_lock(&r->s->lock);
-		if (!r->s->stop && r->pos > active(r->s)->wlast) {
+		if (!r->s->stop && !r->s->quit && r->pos > active(r->s)->wlast) {
 			cond_wait_ms(&r->s->data, &r->s->lock, (uint64_t)wait_ms);
 			waited = true;
 		}
@@ -1298,7 +1310,7 @@ int spool_read(struct spool_reader *r, struct spool_batch *b, size_t max_n, size
 	 * 27: five million reads a second) */
 	if (wait_ms > 0 && !waited) {
 		pthread_mutex_lock(&r->s->lock);
-		if (!r->s->stop)
+		if (!r->s->stop && !r->s->quit)
 			cond_wait_ms(&r->s->data, &r->s->lock, (uint64_t)wait_ms);
 		pthread_mutex_unlock(&r->s->lock);
 	}

@@ -140,6 +140,8 @@ uint64_t spool_dead_lettered(void);
 uint64_t spool_dead_letters_discarded(void);
 /* Wakes readers blocked in spool_read (close, reopen). */
 void spool_wake(struct spool *s);
+/* Wakes readers and keeps them from waiting again (the sinks stop). */
+void spool_readers_quit(struct spool *s);
 /* The last line in the spool (malloc'ed, no '\n'; caller frees), for the
  * hash chain to continue from it after a restart. 0, -ENOENT when empty, or
  * -errno. */

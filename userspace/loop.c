@@ -10,6 +10,7 @@
 #include <sched.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -42,6 +43,7 @@ int worker_init(struct worker *w, int id, uint16_t port4, uint16_t port6)
 
 	memset(w, 0, sizeof(*w));
 	w->id = id;
+	w->wake.fd = -1;
 	w->epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (w->epfd < 0)
 		return -errno;
@@ -56,21 +58,35 @@ int worker_init(struct worker *w, int id, uint16_t port4, uint16_t port6)
 	}
 	w->listen[0] = (struct conn_end){ .fd = fd4 };
 	w->listen[1] = (struct conn_end){ .fd = fd6 };
-	for (int i = 0; i < 2; i++) {
-		struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &w->listen[i] };
+	w->wake = (struct conn_end){ .fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC) };
+	for (int i = 0; i < 3; i++) {
+		struct conn_end *e = i < 2 ? &w->listen[i] : &w->wake;
+		struct epoll_event ev = { .events = EPOLLIN, .data.ptr = e };
 
-		if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->listen[i].fd, &ev)) {
+		if (e->fd < 0 || epoll_ctl(w->epfd, EPOLL_CTL_ADD, e->fd, &ev)) {
 			int err = -errno;
 
 			close(fd4);
 			close(fd6);
+			if (w->wake.fd >= 0)
+				close(w->wake.fd);
 			close(w->epfd);
 			w->epfd = -1;
-			w->listen[0].fd = w->listen[1].fd = -1;
+			w->listen[0].fd = w->listen[1].fd = w->wake.fd = -1;
 			return err;
 		}
 	}
 	return 0;
+}
+
+/* From the main thread: the worker looks at its flags now, not at its next
+ * 200 ms tick (each stop waited for it, worker by worker). */
+static void worker_wake(struct worker *w)
+{
+	uint64_t one = 1;
+
+	if (w->wake.fd >= 0 && write(w->wake.fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+		ag_log(LOG_LVL_WARN, "worker %d: wake: %s", w->id, strerror(errno));
 }
 
 void *worker_buf_get(struct worker *w)
@@ -363,8 +379,11 @@ static void *worker_main(void *arg)
 
 		for (int i = 0; i < n; i++) {
 			struct conn_end *e = evs[i].data.ptr;
+			uint64_t v;
 
-			if (!e->c)
+			if (e == &w->wake)
+				(void)!read(e->fd, &v, sizeof(v));
+			else if (!e->c)
 				accept_all(w, e->fd, e == &w->listen[0] ? AF_INET : AF_INET6);
 			else
 				conn_on_event(e, evs[i].events);
@@ -398,6 +417,7 @@ static void *worker_main(void *arg)
 void worker_stop_accepting(struct worker *w)
 {
 	w->stop_accept = 1;
+	worker_wake(w);
 }
 
 int worker_start(struct worker *w)
@@ -408,6 +428,7 @@ int worker_start(struct worker *w)
 void worker_join(struct worker *w)
 {
 	w->stop = 1;
+	worker_wake(w);
 	pthread_join(w->thread, NULL);
 	for (struct conn *c = w->conns, *next; c; c = next) {
 		next = c->next;
@@ -421,6 +442,9 @@ void worker_join(struct worker *w)
 		conn_free(c);
 	}
 	close(w->epfd);
+	if (w->wake.fd >= 0)
+		close(w->wake.fd);
+	w->wake.fd = -1;
 	while (w->nspare)
 		free(w->spare[--w->nspare]);
 }

@@ -19,6 +19,7 @@ struct worker {
 	int epfd;
 	pthread_t thread;
 	struct conn_end listen[2];      /* c == NULL marks a listener */
+	struct conn_end wake;           /* an eventfd: the main thread's stop and stop_accept */
 	struct conn *conns;             /* live */
 	struct conn *dead;              /* closed this iteration, freed after it */
 	int nconns;
