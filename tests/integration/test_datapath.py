@@ -2735,8 +2735,13 @@ except OSError as e:
 print("bound", flush=True)
 got = []
 end = time.time() + secs
-while time.time() < end:
-    for s in select.select(socks, [], [], 0.1)[0]:
+while time.time() < end:   # or until the test closes our stdin: it is done
+    ready = select.select(socks + [sys.stdin], [], [], 0.1)[0]
+    if sys.stdin in ready and not sys.stdin.buffer.raw.read(1):
+        break
+    for s in ready:
+        if s is sys.stdin:
+            continue
         if s.type == socket.SOCK_STREAM:
             c, _ = s.accept()
             got.append("tcp")
@@ -2751,7 +2756,8 @@ print(" ".join(got) or "nothing", flush=True)
 def squat(tcp_port, udp_port, secs, want="bound"):
     """A user other than root (nobody) binding the enforcer's ports."""
     p = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", PY, "-c", SQUATTER,
-                          str(tcp_port), str(udp_port), str(secs)], stdout=subprocess.PIPE, text=True)
+                          str(tcp_port), str(udp_port), str(secs)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
     line = p.stdout.readline().strip()
     assert line == want, line
     return p
@@ -2833,7 +2839,7 @@ except OSError as e:
         log = enforcer.read_log()
         assert f"port {TCP_PORT} is taken by another process" in log, log
         assert f"on port {DNS_BASE + 1}: taken by another process" in log, log
-    finally:
+    finally:   # closes its stdin: it reports at once
         out = sq.communicate(timeout=30)[0].strip()
     assert out == "nothing", out
     assert open(web_log).read().count("\n") == 1   # the one relayed connection
