@@ -14,14 +14,17 @@ from test_audit_sinks import file_events, policy
 
 CHAT = textwrap.dedent(r"""
     import socket, sys, time
-    s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
-    for msg in (b"hello\n", b"tab\tand\x00binary\xff\\\n", b"x" * int(sys.argv[2])):
-        s.sendall(msg)
-        got = b""
-        while len(got) < len(msg):
-            got += s.recv(65536)
-        time.sleep(0.05)
-    s.close()
+    times = int(sys.argv[3]) if len(sys.argv) > 3 else 1   # sessions, one after the other
+    pause = float(sys.argv[4]) if len(sys.argv) > 4 else 0.05   # between messages
+    for _ in range(times):
+        s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+        for msg in (b"hello\n", b"tab\tand\x00binary\xff\\\n", b"x" * int(sys.argv[2])):
+            s.sendall(msg)
+            got = b""
+            while len(got) < len(msg):
+                got += s.recv(65536)
+            time.sleep(pause)
+        s.close()
     print("OK")
 """)
 
@@ -31,8 +34,8 @@ def rec_policy(port, audit, rec_dir, extra=""):
                   f"recording: {{dir: {rec_dir}{extra}}}\n")
 
 
-def chat(enforcer, port, big=10):
-    r = enforcer.exec("t-agent", [PY, "-c", CHAT, str(port), str(big)])
+def chat(enforcer, port, big=10, times=1, pause=0.05):
+    r = enforcer.exec("t-agent", [PY, "-c", CHAT, str(port), str(big), str(times), str(pause)])
     assert r.stdout.strip() == "OK", r.stdout + r.stderr
 
 
@@ -198,7 +201,10 @@ STREAM = textwrap.dedent(r"""
         while len(got) < len(chunk):
             got += s.recv(65536)
     print("streamed", flush=True)
-    time.sleep(float(sys.argv[3]))
+    if sys.argv[3] == "stdin":   # held open until the test closes our stdin
+        sys.stdin.readline()
+    else:
+        time.sleep(float(sys.argv[3]))
     s.close()
 """)
 
@@ -220,7 +226,8 @@ def test_recording_retention_holds_against_an_agent(enforcer, servers):
     enforcer.start(rec_policy(port, enforcer.audit, rec, ", max_bytes: 200KiB"), env=SWEEP_ENV)
     # one long session: 4 MiB of random data, then held open across a sweep
     p = subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", "t-agent", "--",
-                          PY, "-c", STREAM, str(port), "64", "6"], stdout=subprocess.PIPE, text=True)
+                          PY, "-c", STREAM, str(port), "64", "stdin"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "streamed"
         [long_name] = sessions(rec)
@@ -234,6 +241,7 @@ def test_recording_retention_holds_against_an_agent(enforcer, servers):
         assert "# truncated: the recording reached" in idx, idx[-300:]
         assert idx.count("# truncated") == 1, idx[-300:]      # and nothing written after it
     finally:
+        p.stdin.close()
         p.wait(timeout=30)
     # replay says where the recording stops, and that it is incomplete (it
     # printed the line as a second header, and ended as if whole: review, stop 28)
@@ -244,8 +252,7 @@ def test_recording_retention_holds_against_an_agent(enforcer, servers):
     assert any(l.startswith("truncated: the recording reached") for l in out), out[-3:]
     assert out[-1].startswith("end of session:") and "cut short" in out[-1], out[-1]
     # many tiny sessions: counted as the blocks they take
-    for _ in range(40):
-        chat(enforcer, port)
+    chat(enforcer, port, times=40, pause=0)
     time.sleep(SWEEP_WAIT)
     chat(enforcer, port)
     assert wait_for(lambda: disk(rec) <= 200 * 1024 + 16 * 1024, timeout=10), (disk(rec), len(sessions(rec)))

@@ -84,14 +84,16 @@ class Conn:
 
     def read(self):
         """One message (type, body); (None, None) at EOF."""
+        if not isinstance(self.buf, bytearray):   # bytes += made a 12 MB message quadratic
+            self.buf = bytearray(self.buf)
         while True:
             if len(self.buf) >= 5:
                 n = struct.unpack("!I", self.buf[1:5])[0]
                 if len(self.buf) >= n + 1:
-                    t, b = self.buf[:1], self.buf[5:n + 1]
-                    self.buf = self.buf[n + 1:]
+                    t, b = bytes(self.buf[:1]), bytes(self.buf[5:n + 1])
+                    del self.buf[:n + 1]
                     return t, b
-            d = self.s.recv(65536)
+            d = self.s.recv(1 << 20)
             if not d:
                 return None, None
             self.buf += d
