@@ -735,6 +735,13 @@ static bool is_own_listener(const uint8_t a[16], uint16_t port)
 			(port >= E->dns_base && port < E->dns_base + AG_MAX_AGENTS));
 }
 
+uint64_t ag_decision_timeout_ms(void)
+{
+	static _Atomic uint64_t cache;
+
+	return env_ms("AGENTGATE_DECISION_MS", 10000, &cache);   /* test knob */
+}
+
 struct audit_w *enforcer_conn_event(struct conn *c, int activity_id, const char *activity_name)
 {
 	struct audit_w *w = audit_begin(4001, activity_id, activity_name);

@@ -132,7 +132,10 @@ struct audit_w *enforcer_conn_event(struct conn *c, int activity_id, const char 
 const char *enforcer_rule_name(struct conn *c);
 /* Counts a refusal made by a protocol module. */
 void enforcer_count_refused(struct conn *c);
-#define AG_DECISION_TIMEOUT_MS 10000   /* a module must decide (e.g. see a ClientHello) within this */
+/* A module must decide (e.g. see a ClientHello) within this: 10 s, or
+ * AGENTGATE_DECISION_MS (a test knob, read once). */
+uint64_t ag_decision_timeout_ms(void);
+#define AG_DECISION_TIMEOUT_MS ag_decision_timeout_ms()
 
 /* In observe mode a denial is recorded and the connection goes on: returns
  * true when the caller must refuse (enforce mode). */
