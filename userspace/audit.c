@@ -26,7 +26,8 @@
 #define MAX_SINKS 16   /* the policy validator allows 16 */
 #define SINK_BATCH_BYTES (4u << 20)
 #define SINK_BACKOFF_MIN_MS 100
-#define SINK_BACKOFF_MAX_MS 5000
+#define SINK_BACKOFF_MAX_MS env_ms("AGENTGATE_SINK_BACKOFF_MS", 5000, &backoff_max_ms)   /* test knob */
+static _Atomic uint64_t backoff_max_ms;
 #define SINK_DRAIN_MS 2000       /* audit_close() waits this long for sinks to catch up */
 #define LOSS_RESUME_ROOM (64 * 1024)
 #define META_RETRY_MS 1000   /* a loss report or checkpoint that could not be recorded */

@@ -569,12 +569,15 @@ def test_dead_letter_file_is_bounded_and_counted(enforcer, servers, collector):
     """Dead letters are rotated at an eighth of the spool's max_bytes (here
     512 KiB: 64 KiB), keeping one older file; what the rotation drops is
     counted in status and logged. Before, the file grew without bound and
-    nothing counted it."""
+    nothing counted it. (A batch refused whole is followed by the retry
+    backoff, capped at 200 ms here through its test knob: five batches
+    took 12 s at 5 s.)"""
     port, _ = servers.echo()
     collector.hec_400 = True
     sinks = http_sinks(collector, enforcer.tmp, enforcer.audit)
     sinks = "\n".join(l for l in sinks.splitlines() if "elasticsearch" not in l and "webhook" not in l)
-    enforcer.start(policy(port, sinks + "\n", extra="spool: {max_bytes: 512KiB}\n"))
+    enforcer.start(policy(port, sinks + "\n", extra="spool: {max_bytes: 512KiB}\n"),
+                   env={"AGENTGATE_SINK_BACKOFF_MS": "200"})
     traffic(enforcer, port, 150)
     assert wait_for(lambda: len(file_events(enforcer.audit)) >= 301, 20)
     n = len(file_events(enforcer.audit))
