@@ -174,14 +174,14 @@ def test_delegated_session_ends_with_the_user_token(tmp, pg, enforcer):
     """Review, stop 26: a postgres session verified the user's token once and
     acted for the user for as long as it stayed open. Past the token's exp
     every statement is refused, asking for a reconnect."""
-    idp = oidc.Provider(tmp, CLIENT_ID, CLIENT_SECRET, ttl=8)
+    idp = oidc.Provider(tmp, CLIENT_ID, CLIENT_SECRET, ttl=5)
     try:
         start(enforcer, tmp, pg, idp)
         bob = idp.exchange("bob")
         held = Holder(enforcer, pg, agent=AGENT, env={"PGPASSWORD": bob})
         try:
             assert held.q("select count(*) from orders") == ["ok", 5]
-            time.sleep(9)
+            time.sleep(6)
             r = held.q("select count(*) from orders")
             assert r[:2] == ["err", "42501"] and "token has expired" in r[2], r
         finally:
