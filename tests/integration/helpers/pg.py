@@ -104,11 +104,15 @@ def _template():
     for p in (data, sock):
         os.makedirs(p)
         os.chown(p, pg_uid(), pg_gid())
-    _as_pg([f"{PGBIN}/initdb", "-D", data, "-E", "UTF8", "--locale=C.UTF-8", "-A", "trust", "-U", "postgres"])
+    # 1 MB WAL segments, few kept: the copy each test makes was half WAL
+    # (two 16 MB segments of 68 MB)
+    _as_pg([f"{PGBIN}/initdb", "-D", data, "-E", "UTF8", "--locale=C.UTF-8", "-A", "trust", "-U", "postgres",
+            "--wal-segsize=1"])
     port = free_port()
     proc = subprocess.Popen(["setpriv", f"--reuid={pg_uid()}", f"--regid={pg_gid()}", "--clear-groups",
                              f"{PGBIN}/postgres", "-D", data, "-p", str(port), "-k", sock,
-                             "-c", "listen_addresses=", "-c", "fsync=off",
+                             "-c", "listen_addresses=", "-c", "fsync=off", "-c", "min_wal_size=2MB",
+                             "-c", "max_wal_size=4MB",
                              "-c", "password_encryption=scram-sha-256"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     try:
@@ -116,6 +120,7 @@ def _template():
         _sql(sock, port, "CREATE DATABASE shop", "postgres")
         _sql(sock, port, SCHEMA, "shop")
         _sql(sock, port, "SET password_encryption = 'md5'; ALTER ROLE app_md5 PASSWORD 'md5-secret-pw'", "shop")
+        _sql(sock, port, "CHECKPOINT", "shop")   # the WAL written so far is removed, not kept for reuse
     finally:
         proc.send_signal(signal.SIGINT)   # fast shutdown: a clean checkpoint to copy
         proc.wait(30)
