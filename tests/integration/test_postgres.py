@@ -1129,7 +1129,7 @@ def test_upstream_tls_context_built_once(enforcer, pg, tmp):
     def many(n):
         for _ in range(n):
             one()
-    N, T = 20, 6
+    N, T = 10, 4
     many(N)
     ts = [threading.Thread(target=many, args=(N,)) for _ in range(T)]
     for t in ts: t.start()
@@ -1137,10 +1137,10 @@ def test_upstream_tls_context_built_once(enforcer, pg, tmp):
     print(json.dumps(out))
     """
     res = agent_py(enforcer, code, timeout=180)
-    assert res == {"ok": 140, "err": []}, res
+    assert res == {"ok": 50, "err": []}, res
     def opens():
         return [e for e in enforcer.events() if e.get("class_uid") == 4001 and e["activity_name"] == "Open"]
-    assert wait_for(lambda: len(opens()) >= 140, 10), len(opens())   # the sink writes in batches
+    assert wait_for(lambda: len(opens()) >= 50, 10), len(opens())   # the sink writes in batches
     # a psql session ends idle and is kept for reuse, made under the current context
     rc, out, err = psql(enforcer, pg, "SELECT id FROM orders ORDER BY id LIMIT 1")
     assert rc == 0 and out.strip() == "1", err
