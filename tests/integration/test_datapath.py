@@ -1433,6 +1433,9 @@ def test_entry_of_a_half_closed_then_reset_connection_is_not_taken_over(enforcer
         g.sendall(b"graceful")
         g.close()
         s = socket.socket()
+        # a port of its own: connect() may pick one that a socket to another
+        # address (in TIME_WAIT, say) still holds, and the bind below would fail
+        s.bind(("127.0.0.1", 0))
         s.setblocking(False)
         try:
             s.connect(("127.0.0.1", {port}))
@@ -1590,7 +1593,9 @@ def test_pair_entries_expire_before_a_lowered_fin_timeout(enforcer, servers):
         try:
             r = enforcer.py("t-agent", f"""
             import socket
-            s = socket.create_connection(("127.0.0.1", {port}), timeout=5)   # queued: the enforcer is stopped
+            # a port of its own (bound first): connect() may share one with a socket to another address
+            s = socket.create_connection(("127.0.0.1", {port}), timeout=5,
+                                         source_address=("127.0.0.1", 0))   # queued: the enforcer is stopped
             print(s.getsockname()[1])
             s.sendall(b"x")
             s.close()                                                         # FIN_WAIT2 for 2 s
@@ -1633,7 +1638,9 @@ def test_pair_entry_of_a_connection_reset_unaccepted_is_gone_after_restart(enfor
     try:
         r = enforcer.py("t-agent", f"""
         import socket
-        s = socket.create_connection(("127.0.0.1", {port}), timeout=5)   # queued: the enforcer is stopped
+        # a port of its own (bound first): connect() may share one with a socket to another address
+        s = socket.create_connection(("127.0.0.1", {port}), timeout=5,
+                                     source_address=("127.0.0.1", 0))   # queued: the enforcer is stopped
         print(s.getsockname()[1])
         s.sendall(b"x")
         s.shutdown(socket.SHUT_WR)
