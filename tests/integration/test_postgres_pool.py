@@ -220,6 +220,31 @@ def test_reused_session_outlives_decision_deadline(enforcer, pg, tmp):
     assert res["late"][-2:] == ["C:SELECT 1", "ZI"], res
 
 
+def test_reused_session_start_is_on_the_start_clock(enforcer, pg, tmp):
+    """A reused session's own start (our catalog read on the kept server
+    session) is on the session-start clock, not the accept-time decision
+    deadline: a server slower than that deadline (its backend stopped for 3
+    s here, against a 2 s deadline) does not end it. Fails without the
+    deadline clear in conn_adopt_upstream()."""
+    enforcer.start(policy(pg, tmp), env={"AGENTGATE_DECISION_MS": "2000"})
+    session(enforcer, pg, 'c.send(Q("SELECT 1")); c.until_ready(); c.close()')
+    assert wait_for(lambda: len(app_backends(pg)) == 1, 5)
+    (pid,) = app_backends(pg)
+    os.kill(pid, signal.SIGSTOP)
+    resume = threading.Timer(3.0, os.kill, (pid, signal.SIGCONT))
+    resume.start()
+    try:
+        t0 = time.monotonic()
+        res = session(enforcer, pg, 'out["r"] = summary(c.send(Q("SELECT 2")) or c.until_ready()); c.close()')
+        took = time.monotonic() - t0
+    finally:
+        resume.cancel()
+        os.kill(pid, signal.SIGCONT)
+    assert res["r"][-2:] == ["C:SELECT 1", "ZI"], res
+    assert took >= 2.5, took   # it did wait for the stopped backend
+    assert app_backends(pg) == [pid] or wait_for(lambda: pid in app_backends(pg), 5)
+
+
 def test_unsynced_extended_batch_not_kept(enforcer, pg, tmp):
     """Terminate after Parse/Bind/Execute/Flush without Sync: the server may
     hold an implicit transaction; the session is ended, not kept."""
