@@ -109,7 +109,9 @@ static int print_claims(const struct jwt_claims *c, const char *agent)
 	set_str(o, "client_id", c->client_id);
 	set_str(o, "scope", c->scope);
 	set_str(o, "jti", c->jti);
-	if (c->act_sub)
+	if (c->act_sub && c->act_iss)
+		json_object_set_new(o, "act", json_pack("{s:s, s:s}", "sub", c->act_sub, "iss", c->act_iss));
+	else if (c->act_sub)
 		json_object_set_new(o, "act", json_pack("{s:s}", "sub", c->act_sub));
 	set_str(o, "alg", c->alg);
 	if (c->kid[0])
@@ -219,7 +221,7 @@ static int verify(const char *agent, const char *policy_path, const char *arg, c
 		fprintf(stderr, "agentgate: token: warning: issuer '%s' unreachable, using keys fetched "
 			"%lld s ago: %s\n", id->issuer, (long long)st.age_s, st.last_error);
 	if (ret == 0 && vo->user)
-		ret = ident_user_check(&claims, vo->actor, why, sizeof(why));
+		ret = ident_user_check(&claims, vo->actor ? id->issuer : NULL, vo->actor, why, sizeof(why));
 	else if (ret == 0)
 		ret = ident_own_check(id, &claims, why, sizeof(why));
 	if (ret < 0) {

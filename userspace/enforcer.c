@@ -1115,18 +1115,8 @@ int enforcer_user_verify(int idx, const char *tok, size_t len, struct ident_prin
 		return -EPERM;
 	}
 	enforcer_principal(idx, &agent);
-	int ret = ident_user_verify(E->agents[idx].ident, tok, len, agent.verified ? agent.sub : NULL,
-				    user, why, whylen);
-
-	/* the agent's own token (it can read its token_file) is not a user's:
-	 * presented as one it would satisfy a delegation gate with the agent's
-	 * own roles, and name the agent as the user in audit */
-	if (ret == 0 && agent.verified && strcmp(user->sub, agent.sub) == 0) {
-		memset(user, 0, sizeof(*user));
-		snprintf(why, whylen, "the token's subject is the agent's own principal, not a user");
-		return -EACCES;
-	}
-	return ret;
+	return ident_user_verify(E->agents[idx].ident, tok, len, agent.verified ? agent.iss : NULL,
+				 agent.verified ? agent.sub : NULL, user, why, whylen);
 }
 
 bool enforcer_may_target(const struct policy *p, int idx, int t)

@@ -971,13 +971,28 @@ int ident_agent_tick(struct ident_agent *a, uint64_t now_ms)
 	return principal_equal(&before, &a->pr) ? 0 : 1;
 }
 
-int ident_user_check(const struct jwt_claims *c, const char *agent_sub, char *why, size_t whylen)
+int ident_user_check(const struct jwt_claims *c, const char *agent_iss, const char *agent_sub,
+		     char *why, size_t whylen)
 {
 	/* RFC 8693 §4.1: act names the party acting for the subject. A token
 	 * whose actor is another agent was exchanged for that agent, not this
 	 * one: replayed here it would borrow someone else's delegation. */
 	if (c->act_sub && (!agent_sub || !agent_sub[0] || strcmp(c->act_sub, agent_sub) != 0)) {
 		ident_setwhy(why, whylen, "the token's act.sub names another actor than this agent's principal");
+		return -EACCES;
+	}
+	/* act.sub is a name in act.iss's namespace when the token says so: the
+	 * same name at another issuer (a federating token service) is another
+	 * party, not this agent */
+	if (c->act_iss && (!agent_iss || strcmp(c->act_iss, agent_iss) != 0)) {
+		ident_setwhy(why, whylen, "the token's act.iss names another issuer than this agent's principal's");
+		return -EACCES;
+	}
+	/* the agent's own token (it can read its token_file) is not a user's:
+	 * presented as one it would satisfy a delegation gate with the agent's
+	 * own roles, and name the agent as the user in audit */
+	if (agent_sub && agent_sub[0] && strcmp(c->sub, agent_sub) == 0) {
+		ident_setwhy(why, whylen, "the token's subject is the agent's own principal, not a user");
 		return -EACCES;
 	}
 	return 0;
@@ -1005,8 +1020,8 @@ void ident_principal_from_claims(const struct jwt_claims *c, const char *source,
 	out->verified = true;
 }
 
-int ident_user_verify(struct ident_agent *a, const char *tok, size_t len, const char *agent_sub,
-		      struct ident_principal *user, char *why, size_t whylen)
+int ident_user_verify(struct ident_agent *a, const char *tok, size_t len, const char *agent_iss,
+		      const char *agent_sub, struct ident_principal *user, char *why, size_t whylen)
 {
 	struct jwt_claims c;
 	struct jwt_policy jp;
@@ -1024,7 +1039,7 @@ int ident_user_verify(struct ident_agent *a, const char *tok, size_t len, const 
 	ret = issuer_verify_cached(a->iss, tok, len, &jp, &c, &want, why, whylen);
 	if (want)
 		atomic_store(&a->user_refresh, true);
-	if (ret == 0 && (ret = ident_user_check(&c, agent_sub, why, whylen)) == 0) {
+	if (ret == 0 && (ret = ident_user_check(&c, agent_iss, agent_sub, why, whylen)) == 0) {
 		ident_principal_from_claims(&c, "user_token", user);
 		/* a session that holds the principal (postgres) stops acting
 		 * for the user when verification would refuse the token */

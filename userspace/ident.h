@@ -145,15 +145,19 @@ const char *ident_agent_token(const struct ident_agent *a);
  * (HTTP Authorization: Bearer, a PostgreSQL password) with a's issuer and
  * audience, any token kind but never another explicit typ, and the keys
  * already held: it never touches the network, and asks a's next tick for a
- * JWKS fetch when one is due (unknown kid, TTL). An RFC 8693 token must
- * name agent_sub (the agent's own verified principal) in act.sub. Fills
- * *user (source "user_token"). Thread-safe; 0 or -errno with a reason that
- * never holds the token.
+ * JWKS fetch when one is due (unknown kid, TTL). The agent's own verified
+ * principal is agent_iss and agent_sub (both NULL when it has none): an
+ * RFC 8693 token must name agent_sub in act.sub, and agent_iss in act.iss
+ * if it has one; a token whose sub is agent_sub is the agent's own, not a
+ * user's. Fills *user (source "user_token"). Thread-safe; 0 or -errno with
+ * a reason that never holds the token.
  */
-int ident_user_verify(struct ident_agent *a, const char *tok, size_t len, const char *agent_sub,
-		      struct ident_principal *user, char *why, size_t whylen);
-/* The act.sub rule alone (for `token verify --user`). 0 or -EACCES. */
-int ident_user_check(const struct jwt_claims *c, const char *agent_sub, char *why, size_t whylen);
+int ident_user_verify(struct ident_agent *a, const char *tok, size_t len, const char *agent_iss,
+		      const char *agent_sub, struct ident_principal *user, char *why, size_t whylen);
+/* Those rules on verified claims alone (also `token verify --user`). 0 or
+ * -EACCES. */
+int ident_user_check(const struct jwt_claims *c, const char *agent_iss, const char *agent_sub,
+		     char *why, size_t whylen);
 /* The checks an agent's own token passes beyond the issuer's rules: no act
  * claim (a delegation token is a user's), and for a token file with
  * identity.client_id, that name as its sub. 0 or -EPERM

@@ -402,6 +402,45 @@ static void jwk_ec(json_t *j, struct jwk *k)
 	EVP_PKEY_CTX_free(chk);
 }
 
+/*
+ * An Ed25519 public key of small order (the identity, or one of the other
+ * seven points of the 8-torsion) verifies a fixed forged signature over
+ * every message (R the point, S = 0), and OpenSSL's verify does not refuse
+ * it (review, stop 48); neither does its import check that y is below p
+ * (RFC 8032 5.1.3 says decoding fails). x is y in little-endian with x's
+ * sign in the top bit. The small-order points' y values, worked out from
+ * the curve equation (y(2P) = 0 for order 8): 1 (order 1), p - 1 (2), 0
+ * (4), and the two below (8). With the sign bit ignored, these are every
+ * encoding of those points; every y >= p (non-canonical) is refused too.
+ */
+static bool ed25519_weak(const unsigned char x[32])
+{
+	static const unsigned char small[][32] = {
+		{ 1 },                                  /* y = 1: the identity */
+		{ 0 },                                  /* y = 0: order 4 */
+		{ 0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+		  0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f },
+		{ 0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98, 0xf0,
+		  0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53, 0xfc, 0x05 },
+		{ 0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67, 0x0f,
+		  0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac, 0x03, 0x7a },
+	};
+	unsigned char y[32];
+	bool high = true;
+
+	memcpy(y, x, 32);
+	y[31] &= 0x7f;
+	/* y >= p = 2^255 - 19: ed ff .. ff 7f and above, little-endian */
+	for (int i = 1; i < 31 && high; i++)
+		high = y[i] == 0xff;
+	if (high && y[31] == 0x7f && y[0] >= 0xed)
+		return true;
+	for (size_t i = 0; i < sizeof(small) / sizeof(small[0]); i++)
+		if (memcmp(y, small[i], 32) == 0)
+			return true;
+	return false;
+}
+
 static void jwk_okp(json_t *j, struct jwk *k)
 {
 	unsigned char x[32];
@@ -414,6 +453,10 @@ static void jwk_okp(json_t *j, struct jwk *k)
 	}
 	if (jwk_b64(j, "x", x, sizeof(x), &xlen) || xlen != sizeof(x)) {
 		refuse(k, "Ed25519 x must be 32 bytes of base64url");
+		return;
+	}
+	if (ed25519_weak(x)) {
+		refuse(k, "Ed25519 x is a small-order or non-canonical point (every message would verify)");
 		return;
 	}
 	bld = OSSL_PARAM_BLD_new();
@@ -1093,11 +1136,15 @@ static int check_claims(json_t *c, const struct jwt_policy *pol, const struct vs
 	 * ones are history and not read. */
 	act = json_object_get(c, "act");
 	if (act) {
-		json_t *s = json_object_get(act, "sub");
+		json_t *s = json_object_get(act, "sub"), *ai = json_object_get(act, "iss");
 
 		if (!json_is_object(act) || !json_is_string(s) || json_string_length(s) == 0)
 			return fail(why, whylen, -EINVAL, "claim 'act' is not an object with a string 'sub'");
+		/* the actor's issuer, when named: act.sub is a name in its namespace */
+		if (ai && (!json_is_string(ai) || json_string_length(ai) == 0))
+			return fail(why, whylen, -EINVAL, "claim 'act.iss' is not a non-empty string");
 		o->act_sub = json_string_value(s);
+		o->act_iss = ai ? json_string_value(ai) : NULL;
 	}
 
 	if (strlen(pol->issuer) != strlen(o->iss) || strcmp(pol->issuer, o->iss) != 0)

@@ -187,6 +187,7 @@ struct jwt_claims {
 	const char **groups;      /* policy->groups_claim, ngroups entries */
 	size_t ngroups;
 	const char *act_sub;      /* RFC 8693 act.sub (the outermost act only) */
+	const char *act_iss;      /* its act.iss; NULL when absent */
 	int64_t exp;              /* always set */
 	int64_t nbf, iat;         /* 0 unless has_nbf / has_iat */
 	bool has_nbf, has_iat;

@@ -82,14 +82,17 @@ class Provider:
         with urllib.request.urlopen(req, timeout=5) as r:
             return json.load(r)["access_token"]
 
-    def exchange(self, user, actor=None, no_act=False, resource=AUDIENCE, alg="RS256"):
+    def exchange(self, user, actor=None, no_act=False, resource=AUDIENCE, alg="RS256", actor_iss=None):
         """RFC 8693 token exchange by this client for a test user (server.js):
-        sub = user, act.sub = this client (or actor), or no act with no_act."""
+        sub = user, act.sub = this client (or actor) and act.iss = actor_iss
+        when given, or no act with no_act."""
         form = {"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
                 "subject_token": user, "subject_token_type": "urn:agentgate:test:user",
                 "resource": resource, "token_alg": alg}
         if actor:
             form["actor"] = actor
+        if actor_iss:
+            form["actor_iss"] = actor_iss
         if no_act:
             form["no_act"] = "1"
         req = urllib.request.Request(self.issuer + "/token", data=urllib.parse.urlencode(form).encode(),

@@ -90,6 +90,32 @@ def test_actor_must_match_the_agent_principal(tmp, idp):
     assert r.returncode == 1 and "act.sub names another actor" in r.stderr
 
 
+def test_actor_of_another_issuer_is_refused(tmp, idp):
+    """Review (stop 48): act.sub is a name at act.iss. A token whose actor
+    has this agent's name at another issuer (a federating token service)
+    was taken as exchanged for this agent; act.iss, when present, must be
+    the agent's own issuer."""
+    pol = policy(tmp, idp.issuer)
+    tok = idp.exchange("alice", actor_iss="https://other-idp.example")
+    assert payload(tok)["act"] == {"sub": CLIENT_ID, "iss": "https://other-idp.example"}
+    r = verify_user(tmp, pol, tok)
+    assert r.returncode == 1 and "act.iss names another issuer" in r.stderr, r.stderr
+    tok = idp.exchange("alice", actor_iss=idp.issuer)
+    r = verify_user(tmp, pol, tok)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["act"] == {"sub": CLIENT_ID, "iss": idp.issuer}
+
+
+def test_agents_own_token_is_not_a_user_token(tmp, idp):
+    """Review (stop 48): `token verify --user` said yes to the agent's own
+    token (sub = the agent), which the enforcer refuses as a user token;
+    the rule is now one function for both."""
+    tok = idp.token()
+    assert payload(tok)["sub"] == CLIENT_ID
+    r = verify_user(tmp, policy(tmp, idp.issuer), tok)
+    assert r.returncode == 1 and "the agent's own principal" in r.stderr, r.stderr
+
+
 def test_plain_user_token_without_act_is_accepted(tmp, idp):
     tok = idp.exchange("bob", no_act=True)
     assert "act" not in payload(tok)

@@ -37,8 +37,8 @@
 // user's own token; no interactive login exists here). The issued access
 // token (RFC 9068 JWT) has sub = the user, the user's groups, and
 // act = {sub: <the client>} — or, with actor=<other>, act.sub = <other>
-// (to test a token exchanged for another agent), or no act at all with
-// no_act=1 (a plain user token).
+// (to test a token exchanged for another agent), with actor_iss=<iss> also
+// act.iss, or no act at all with no_act=1 (a plain user token).
 import { createPublicKey, generateKeyPairSync } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
@@ -134,13 +134,16 @@ function makeProvider() {
       const user = token.accountId && USERS[token.accountId];
       if (!user) return { groups: clientGroups };
       const extra = { groups: user.groups };
-      if (token.testActor) extra.act = { sub: token.testActor };
+      if (token.testActor) {
+        extra.act = token.testActorIss ? { sub: token.testActor, iss: token.testActorIss }
+          : { sub: token.testActor };
+      }
       return extra;
     },
   };
   const p = new Provider(ISSUER, configuration);
   p.registerGrantType(TOKEN_EXCHANGE, exchange(p),
-    ['subject_token', 'subject_token_type', 'resource', 'token_alg', 'actor', 'no_act']);
+    ['subject_token', 'subject_token_type', 'resource', 'token_alg', 'actor', 'actor_iss', 'no_act']);
   p.on('server_error', (ctx, err) => console.error('server_error', err));
   return p;
 }
@@ -163,6 +166,7 @@ function exchange(p) {
       accessTokenFormat: 'jwt', jwt: { sign: { alg } },
     });
     if (!body.no_act) at.testActor = body.actor || client.clientId;
+    if (!body.no_act && body.actor_iss) at.testActorIss = body.actor_iss;
     const value = await at.save();
     ctx.body = {
       access_token: value,

@@ -1330,6 +1330,16 @@ static void test_jwks_refusals(void)
 		{ "okp-ed448", NULL, &K.ed, "crv", "\"Ed448\"", "only Ed25519" },
 		{ "okp-short-x", NULL, &K.ed, "x", "\"AAAA\"", "32 bytes" },
 		{ "okp-x-padded", NULL, &K.ed, "x", "\"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"", "32 bytes" },
+		{ "okp-identity", NULL, &K.ed, "x", "\"AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"", "small-order" },
+		{ "okp-identity-sign-bit", NULL, &K.ed, "x", "\"AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAIA\"", "small-order" },
+		{ "okp-order-2", NULL, &K.ed, "x", "\"7P_______________________________________38\"", "small-order" },
+		{ "okp-order-4", NULL, &K.ed, "x", "\"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"", "small-order" },
+		{ "okp-order-4-sign-bit", NULL, &K.ed, "x", "\"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAIA\"", "small-order" },
+		{ "okp-order-8a", NULL, &K.ed, "x", "\"JuiVj8KyJ7BFw_SJ8u-Y8NXfrAXTxjM5sTgCiG1T_AU\"", "small-order" },
+		{ "okp-order-8b-sign-bit", NULL, &K.ed, "x", "\"xxdqcD1N2E-6PAt2DRBnDyogU_osOczGTsf9d5KsA_o\"", "small-order" },
+		{ "okp-y-is-p", NULL, &K.ed, "x", "\"7f_______________________________________38\"", "small-order" },
+		{ "okp-y-is-p-plus-1", NULL, &K.ed, "x", "\"7v_______________________________________38\"", "small-order" },
+		{ "okp-y-is-2^255-1", NULL, &K.ed, "x", "\"_________________________________________38\"", "small-order" },
 		{ "rsa-e-1", NULL, &K.rsa, "e", "\"AQ\"", "not a valid" },
 		{ "rsa-e-even", NULL, &K.rsa, "e", "\"AQAC\"", "not a valid" },
 		{ "rsa-e-too-long", NULL, &K.rsa, "e", "\"AQABAQABAQAB\"", "e missing" },
@@ -1596,6 +1606,45 @@ static void test_duplicate_kids(void)
 }
 
 /* A one-key JWKS: a kid-less token uses it, a kid must still match. */
+/*
+ * Review (stop 48): an Ed25519 key of small order verifies one fixed forged
+ * signature (R = the point, S = 0) over every message. With the identity
+ * as the only key of a set, a token no one signed carried any claims.
+ * The key is refused now; the forged token with it. y = p - 2, the
+ * largest canonical y, is an ordinary encoding and not refused for being
+ * near p (it is no point of the curve: OpenSSL's import says so).
+ */
+static void test_small_order_ed25519(void)
+{
+	static const char weak[] = "{\"keys\":[{\"kty\":\"OKP\",\"crv\":\"Ed25519\","
+				   "\"x\":\"AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"}]}";
+	static const char near_p[] = "{\"keys\":[{\"kty\":\"OKP\",\"crv\":\"Ed25519\","
+				     "\"x\":\"6________________________________________38\"}]}";
+	unsigned char sig[64] = { 1 };   /* R = the identity's encoding, S = 0 */
+	char *h = b64url_str("{\"alg\":\"EdDSA\",\"typ\":\"at+jwt\"}"), *pl = b64url_str(GOOD);
+	char *sg = b64url(sig, sizeof(sig)), *tok = xasprintf("%s.%s.%s", h, pl, sg), why[256];
+	struct jwks *set = NULL;
+	struct jwks_key_info info;
+	int err = jwks_parse(weak, strlen(weak), &set, why, sizeof(why));
+
+	CHECK(err != 0 || jwks_usable(set) == 0);
+	if (!err) {
+		CHECK(jwks_key(set, 0, &info) == 0 && info.refused && strstr(info.refused, "small-order"));
+		CHECK(jwt_verify(tok, strlen(tok), set, &POL_MD, NULL, why, sizeof(why)) != 0);
+	}
+	jwks_free(set);
+	set = NULL;
+	err = jwks_parse(near_p, strlen(near_p), &set, why, sizeof(why));
+	if (!err && jwks_key(set, 0, &info) == 0 && info.refused)
+		CHECK(strstr(info.refused, "small-order") == NULL);
+	jwks_free(set);
+	ERR_clear_error();
+	free(h);
+	free(pl);
+	free(sg);
+	free(tok);
+}
+
 static void test_single_key_set(void)
 {
 	json_t *one[] = { jwk_of(K.rsa, NULL, NULL) };
@@ -1723,6 +1772,7 @@ int main(int argc, char **argv)
 	RUN(test_jwks_errors);
 	RUN(test_duplicate_kids);
 	RUN(test_single_key_set);
+	RUN(test_small_order_ed25519);
 	RUN(test_bad_policy);
 	RUN(test_why_buffer);
 	RUN(test_error_names);
