@@ -38,6 +38,7 @@ struct ident_agent {
 	int64_t tok_exp;                /* when it stops being good: its exp, or sooner
 	                                 * when it becomes too old (real time) */
 	bool tok_ages_out;              /* tok_exp is its age limit, not its exp */
+	uint64_t keys_gen;              /* the issuer's keys it was last checked with */
 
 	uint64_t next_ms;               /* no fetch / re-read before this (monotonic) */
 	uint64_t backoff_ms;            /* next retry delay after a failure */
@@ -160,6 +161,7 @@ static int set_verified(struct ident_agent *a, const char *tok, size_t len, cons
 	drop_token(a);
 	a->token = copy;
 	a->toklen = len;
+	a->keys_gen = 0;   /* checked once more at the next tick (held_recheck) */
 	a->tok_exp = c->exp;
 	/* Verification refuses a token issued more than IDENT_MAX_AGE_S ago
 	 * (plus the leeway): one we hold stops being good then too, whatever
@@ -955,6 +957,31 @@ static bool principal_equal(const struct ident_principal *x, const struct ident_
 	return true;
 }
 
+/*
+ * A held token is checked again whenever the issuer's keys change, and the
+ * keys are refreshed at their TTL while a token is held: an issuer that
+ * withdraws a key (rotated away from, compromised) takes away the identity
+ * of every token it signed, instead of leaving it until the token's exp or
+ * 24 h (review, stop 48). An outage keeps the token, as a failed refresh
+ * does. A client_credentials agent asks for a new token at once.
+ */
+static void held_recheck(struct ident_agent *a, uint64_t now_ms)
+{
+	struct jwt_policy jp;
+	const char *aud[1];
+	char why[200];
+	int ret;
+
+	if (!a->token || !a->iss)
+		return;
+	ident_jwt_policy(&a->id, real_now(), aud, &jp);
+	ret = issuer_recheck(a->iss, &a->keys_gen, a->token, a->toklen, &jp, why, sizeof(why));
+	if (ret == 0 || verify_transient(ret))
+		return;
+	set_unverified(a, "the held token no longer verifies: %s", why);
+	a->next_ms = now_ms;
+}
+
 int ident_agent_tick(struct ident_agent *a, uint64_t now_ms)
 {
 	struct ident_principal before;
@@ -963,6 +990,7 @@ int ident_agent_tick(struct ident_agent *a, uint64_t now_ms)
 		return -EINVAL;
 	before = a->pr;
 	a->ops->tick(a, now_ms);
+	held_recheck(a, now_ms);
 	if (atomic_exchange(&a->user_refresh, false) && a->iss) {
 		char why[256];
 

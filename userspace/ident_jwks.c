@@ -46,6 +46,8 @@ struct ident_issuer {
 	char last_error[256];
 	uint64_t fetches, failures;
 	bool refreshing;             /* a fetch is under way (without the lock) */
+	uint64_t gen;                /* counts changes of keys (issuer_recheck) */
+	bool withdrawn;              /* the last answer was a key set with no usable key */
 };
 
 int ident_refetch_min(void)
@@ -636,7 +638,12 @@ static int64_t ttl_from(const char *cc)
 		ttl = IDENT_TTL_MIN;
 	if (ttl > IDENT_TTL_MAX)
 		ttl = IDENT_TTL_MAX;
-	return ttl;
+	/* test knob: a shorter TTL, so that tests see a refresh (and a held
+	 * token checked again) in seconds */
+	static _Atomic uint64_t knob;
+	int64_t cap = (int64_t)env_u64("AGENTGATE_JWKS_TTL_S", 1, IDENT_TTL_MAX, IDENT_TTL_MAX, &knob);
+
+	return ttl < cap ? ttl : cap;
 }
 
 /* The discovery URL: the issuer with any terminating '/' removed, then the
@@ -811,6 +818,7 @@ static void cache_load(struct ident_issuer *iss)
 	iss->jwks_text[jl] = '\0';
 	iss->jwks_len = jl;
 	iss->keys = keys;
+	iss->gen++;
 	iss->ttl = ttl;
 	iss->fetched_mono = now_mono(iss) - age;
 	snprintf(iss->jwks_uri, sizeof(iss->jwks_uri), "%s", s);
@@ -872,6 +880,8 @@ static int refresh_locked(struct ident_issuer *iss, char *why, size_t whylen)
 		 * error status) is an outage, not a statement: the keys stay. */
 		jwks_free(iss->keys);
 		iss->keys = NULL;
+		iss->gen++;
+		iss->withdrawn = true;
 		free(iss->jwks_text);
 		iss->jwks_text = NULL;
 		iss->jwks_len = 0;
@@ -887,6 +897,8 @@ static int refresh_locked(struct ident_issuer *iss, char *why, size_t whylen)
 	jwks_free(iss->keys);
 	free(iss->jwks_text);
 	iss->keys = keys;
+	iss->gen++;
+	iss->withdrawn = false;
 	iss->jwks_text = resp.body;     /* the body is the cache text */
 	iss->jwks_len = resp.len;
 	iss->ttl = ttl;
@@ -970,6 +982,44 @@ int issuer_verify(struct ident_issuer *iss, const char *token, size_t len,
 			goto out;
 		}
 		ret = jwt_verify(token, len, iss->keys, pol, out, why, whylen);
+	}
+out:
+	pthread_mutex_unlock(&iss->mu);
+	return ret;
+}
+
+int issuer_recheck(struct ident_issuer *iss, uint64_t *gen, const char *token, size_t len,
+		   const struct jwt_policy *pol, char *why, size_t whylen)
+{
+	struct jwt_claims c;
+	char fr[256];
+	int ret = 0;
+
+	if (!iss || !pol || !pol->issuer || strcmp(pol->issuer, iss->issuer) != 0) {
+		ident_setwhy(why, whylen, "policy: the verification policy names another issuer");
+		return -EINVAL;
+	}
+	pthread_mutex_lock(&iss->mu);
+	if (iss->keys && now_mono(iss) - iss->fetched_mono >= iss->ttl && may_attempt(iss) &&
+	    !iss->refreshing)
+		refresh_locked(iss, fr, sizeof(fr));   /* a failure keeps the keys: an outage */
+	if (iss->gen == *gen)
+		goto out;
+	if (!iss->keys) {
+		if (iss->withdrawn) {
+			ident_setwhy(why, whylen, "the issuer withdrew its keys: %s", iss->last_error);
+			ret = -EKEYREVOKED;
+		}
+		goto out;   /* otherwise none were had yet: nothing to say */
+	}
+	ret = jwt_verify(token, len, iss->keys, pol, &c, why, whylen);
+	jwt_claims_free(&c);
+	if (ret == 0)
+		*gen = iss->gen;
+	else if (ret == -ENOKEY) {   /* its kid is gone from the set: withdrawn */
+		snprintf(fr, sizeof(fr), "%s", why ? why : "");
+		ident_setwhy(why, whylen, "the issuer no longer publishes the token's key (%s)", fr);
+		ret = -EKEYREVOKED;
 	}
 out:
 	pthread_mutex_unlock(&iss->mu);

@@ -168,6 +168,19 @@ int issuer_verify_cached(struct ident_issuer *iss, const char *token, size_t len
 			 char *why, size_t whylen);
 
 /*
+ * A token already accepted, checked again when the issuer's keys have
+ * changed since *gen (issuer_verify or an earlier recheck; start at 0).
+ * Refreshes the keys first when their TTL has passed (the rate limit
+ * applies; a failed fetch keeps them). 0: nothing changed, or the token
+ * still verifies (*gen is then the keys' generation). -EKEYREVOKED: the
+ * issuer no longer publishes its key (withdrew every key, or the set
+ * lacks its kid). Any other -errno is jwt_verify's verdict with the new
+ * keys. why never holds the token.
+ */
+int issuer_recheck(struct ident_issuer *iss, uint64_t *gen, const char *token, size_t len,
+		   const struct jwt_policy *pol, char *why, size_t whylen);
+
+/*
  * Fetch now (discovery and JWKS), ignoring the TTL but not the rate limit;
  * force skips the rate limit only while the issuer has no keys at all. 0 or
  * -errno with a reason (-EAGAIN: rate limited).

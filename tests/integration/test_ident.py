@@ -446,6 +446,35 @@ def test_token_file_new_key_within_refetch_window(tmp, idp, driver_bin):
         d.finish()
 
 
+def test_held_token_dropped_when_its_key_is_withdrawn(tmp, idp, driver_bin):
+    """Review (stop 48): a held token stayed verified until its exp (or 24 h)
+    after the issuer stopped publishing the key that signed it: a key
+    rotated away from, say compromised. The keys are now refreshed at their
+    TTL (2 s here, and 1 s between fetches, through their test knobs) while
+    a token is held, and the
+    token checked again whenever they change. The provider keeps its
+    previous key for one rotation: after one the token still counts, after
+    two it does not."""
+    path = os.path.join(tmp, "token")
+    tok = idp.token()
+    write_token(path, tok)
+    d = Driver(driver_bin, tmp, tf_policy(tmp, idp.issuer, path), seconds=60,
+               env={"AGENTGATE_JWKS_TTL_S": "2", "AGENTGATE_JWKS_REFETCH_S": "1"})
+    try:
+        d.wait(lambda p: p["verified"], 5)
+        idp.rotate()
+        time.sleep(4.5)   # two TTLs: the new set was fetched and still has the token's key
+        idp.rotate()
+        p = d.wait(lambda q: not q["verified"], 10)
+        assert "no longer verifies" in p["reason"] and "no longer publishes" in p["reason"], p
+    finally:
+        out = d.finish()
+    # verified from the start until the second rotation only
+    assert [q["verified"] for q in d.out] == [False, True, False], out
+    assert d.out[2]["t_ms"] >= 4500, out
+    assert tok not in out
+
+
 def test_token_file_through_a_directory_others_may_write_is_refused(tmp, idp, driver_bin):
     """Found by review: the enforcer read the token file with root's rights through
     whatever the path named, so an agent that could write the token's directory

@@ -19,6 +19,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+
 #include "ident_jwks.h"
 #include "unit.h"
 
@@ -249,6 +251,155 @@ static void test_keys_withdrawn(void)
 	}
 	jwks_text = JWKS;
 	rmdir(dir);
+}
+
+/* ---- a held token checked again when the keys change (issuer_recheck) ---- */
+
+static void must(int ok)
+{
+	if (!ok) {
+		fprintf(stderr, "test setup failed (OpenSSL or memory)\n");
+		abort();
+	}
+}
+
+static char *b64u(const unsigned char *p, size_t n)
+{
+	char *out = malloc(4 * ((n + 2) / 3) + 1);
+	int len;
+
+	must(out != NULL);
+	len = EVP_EncodeBlock((unsigned char *)out, p, (int)n);
+	while (len > 0 && out[len - 1] == '=')
+		len--;
+	out[len] = 0;
+	for (char *c = out; *c; c++)
+		*c = *c == '+' ? '-' : *c == '/' ? '_' : *c;
+	return out;
+}
+
+/* A JWKS text of one Ed25519 key under kid (the caller frees it). */
+static char *jwk_ed(EVP_PKEY *k, const char *kid)
+{
+	unsigned char pub[32];
+	size_t pl = sizeof(pub);
+	char *x, *j = malloc(256);
+
+	must(j && EVP_PKEY_get_raw_public_key(k, pub, &pl) == 1 && pl == 32);
+	x = b64u(pub, pl);
+	snprintf(j, 256, "{\"kty\":\"OKP\",\"crv\":\"Ed25519\",\"kid\":\"%s\",\"x\":\"%s\"}", kid, x);
+	free(x);
+	return j;
+}
+
+static char *signed_token(EVP_PKEY *k, const char *kid)
+{
+	char hdr[64], pay[256], *h, *p, *s, *msg, *tok;
+	unsigned char sig[64];
+	size_t sl = sizeof(sig);
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+
+	snprintf(hdr, sizeof(hdr), "{\"alg\":\"EdDSA\",\"kid\":\"%s\"}", kid);
+	snprintf(pay, sizeof(pay), "{\"iss\":\"http://127.0.0.1:9\",\"aud\":\"urn:agentgate\",\"sub\":\"a\","
+		 "\"iat\":%lld,\"exp\":%lld}", (long long)real(NULL), (long long)real(NULL) + 86400);
+	h = b64u((const unsigned char *)hdr, strlen(hdr));
+	p = b64u((const unsigned char *)pay, strlen(pay));
+	msg = malloc(strlen(h) + strlen(p) + 2);
+	must(md && msg);
+	sprintf(msg, "%s.%s", h, p);
+	must(EVP_DigestSignInit(md, NULL, NULL, NULL, k) == 1 &&
+	     EVP_DigestSign(md, sig, &sl, (const unsigned char *)msg, strlen(msg)) == 1);
+	s = b64u(sig, sl);
+	tok = malloc(strlen(msg) + strlen(s) + 2);
+	must(tok != NULL);
+	sprintf(tok, "%s.%s", msg, s);
+	EVP_MD_CTX_free(md);
+	free(h);
+	free(p);
+	free(s);
+	free(msg);
+	return tok;
+}
+
+/* Review (stop 48): a token the agent held stayed good until its exp when
+ * the issuer withdrew its key; now the keys are refreshed at their TTL and
+ * the token checked again whenever they change. */
+static void test_recheck(void)
+{
+	const char *aud[] = { "urn:agentgate" };
+	struct jwt_policy p = { .issuer = "http://127.0.0.1:9", .audiences = aud, .naud = 1, .leeway_s = 60 };
+	EVP_PKEY *k1 = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519"), *k2 = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
+	char *j1, *j2, *j2as1, set1[400], set12[800], set2[400], swapped[400], why[512];
+	struct jwt_claims c;
+	struct ident_issuer *i;
+	uint64_t gen = 0;
+	char *tok;
+	int f;
+
+	must(k1 && k2);
+	j1 = jwk_ed(k1, "k1");
+	j2 = jwk_ed(k2, "k2");
+	j2as1 = jwk_ed(k2, "k1");   /* another key under the token's kid */
+	snprintf(set1, sizeof(set1), "{\"keys\":[%s]}", j1);
+	snprintf(set12, sizeof(set12), "{\"keys\":[%s,%s]}", j1, j2);
+	snprintf(set2, sizeof(set2), "{\"keys\":[%s]}", j2);
+	snprintf(swapped, sizeof(swapped), "{\"keys\":[%s]}", j2as1);
+	tok = signed_token(k1, "k1");
+	p.now = real(NULL);
+
+	jwks_text = set1;
+	i = mk();
+	CHECK(issuer_verify(i, tok, strlen(tok), &p, &c, why, sizeof(why)) == 0);
+	jwt_claims_free(&c);
+	CHECK(issuer_recheck(i, &gen, tok, strlen(tok), &p, why, sizeof(why)) == 0 && gen != 0);
+	f = fetches;
+	T += 10;   /* within the TTL, the keys unchanged: nothing fetched, nothing to say */
+	CHECK(issuer_recheck(i, &gen, tok, strlen(tok), &p, why, sizeof(why)) == 0 && fetches == f);
+	jwks_text = set12;   /* a key rotated in: the token's key is still published */
+	T += 700;
+	CHECK(issuer_recheck(i, &gen, tok, strlen(tok), &p, why, sizeof(why)) == 0 && fetches > f);
+	fail = 1;            /* an outage keeps the keys and the token */
+	T += 700;
+	CHECK(issuer_recheck(i, &gen, tok, strlen(tok), &p, why, sizeof(why)) == 0);
+	fail = 0;
+	jwks_text = set2;    /* the token's key rotated away */
+	T += 700;
+	CHECK(issuer_recheck(i, &gen, tok, strlen(tok), &p, why, sizeof(why)) == -EKEYREVOKED);
+	issuer_free(i);
+
+	/* every key withdrawn (a well-formed set with none usable) */
+	jwks_text = set1;
+	gen = 0;
+	i = mk();
+	CHECK(issuer_recheck(i, &gen, tok, strlen(tok), &p, why, sizeof(why)) == 0);   /* no keys yet: no fetch here */
+	CHECK(issuer_verify(i, tok, strlen(tok), &p, &c, why, sizeof(why)) == 0);
+	jwt_claims_free(&c);
+	CHECK(issuer_recheck(i, &gen, tok, strlen(tok), &p, why, sizeof(why)) == 0);
+	jwks_text = "{\"keys\":[]}";
+	T += 700;
+	CHECK(issuer_recheck(i, &gen, tok, strlen(tok), &p, why, sizeof(why)) == -EKEYREVOKED &&
+	      strstr(why, "withdrew") != NULL);
+	issuer_free(i);
+
+	/* another key under the same kid: the signature fails */
+	jwks_text = set1;
+	gen = 0;
+	i = mk();
+	CHECK(issuer_verify(i, tok, strlen(tok), &p, &c, why, sizeof(why)) == 0);
+	jwt_claims_free(&c);
+	CHECK(issuer_recheck(i, &gen, tok, strlen(tok), &p, why, sizeof(why)) == 0);
+	jwks_text = swapped;
+	T += 700;
+	CHECK(issuer_recheck(i, &gen, tok, strlen(tok), &p, why, sizeof(why)) < 0);
+	issuer_free(i);
+
+	jwks_text = JWKS;
+	free(tok);
+	free(j1);
+	free(j2);
+	free(j2as1);
+	EVP_PKEY_free(k1);
+	EVP_PKEY_free(k2);
 }
 
 /* ---- the owner of a plain-http issuer's port (real sockets) ---- */
@@ -490,6 +641,7 @@ int main(void)
 	RUN(test_unknown_kid_refetch);
 	RUN(test_issuer_down);
 	RUN(test_keys_withdrawn);
+	RUN(test_recheck);
 	RUN(test_loopback_owner_lookup);
 	RUN(test_loopback_owner_dual_stack);
 	RUN(test_loopback_owner_pinned);
