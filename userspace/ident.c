@@ -43,6 +43,7 @@ struct ident_agent {
 	uint64_t next_ms;               /* no fetch / re-read before this (monotonic) */
 	uint64_t backoff_ms;            /* next retry delay after a failure */
 	bool retry;                     /* token_file: the last read failed transiently */
+	uint64_t nokey_since;           /* token_file: its token's kid unknown since (ms); 0: not */
 	bool force_jwks;                /* the issuer's keys could not be had: refetch first */
 
 	/* client_credentials */
@@ -864,16 +865,26 @@ static int tf_tick(struct ident_agent *a, uint64_t now_ms)
 		goto out;
 	}
 	ret = verify_token(a, buf + off, n - off, &c, vwhy, sizeof(vwhy));
+	if (ret != -ENOKEY)
+		a->nokey_since = 0;
+	else if (!a->nokey_since)
+		a->nokey_since = now_ms;
 	if (ret < 0) {
 		/* An unknown kid may be a key rotated in since the last JWKS
 		 * fetch, which the refetch limit (one per 30 s) can hold back:
 		 * keep retrying with backoff instead of waiting for the file
-		 * to change again. */
-		bool transient = verify_transient(ret) || ret == -ENOKEY;
+		 * to change again, and keep the last good token meanwhile. But
+		 * only for as long as a refetch takes to be allowed: a kid
+		 * still unknown after that is a token that does not verify,
+		 * and the file no longer holds the token the agent was
+		 * verified with (review, stop 48). */
+		bool nokey_long = ret == -ENOKEY &&
+				  now_ms - a->nokey_since > (uint64_t)(IDENT_REFETCH_MIN + 5) * 1000;
+		bool transient = verify_transient(ret) || (ret == -ENOKEY && !nokey_long);
 
 		if (ret == -EHOSTUNREACH || ret == -ENOKEY)
 			a->force_jwks = true;
-		a->retry = transient;
+		a->retry = transient || ret == -ENOKEY;
 		snprintf(why, sizeof(why), "token file token refused: %s", vwhy);
 		failed(a, now_ms, !transient, why);
 		goto out;

@@ -28,7 +28,10 @@
  *                       makes the agent unverified at once, with the reason;
  *                       a file that cannot be read, or an issuer that cannot
  *                       be reached, keeps the last good token until it
- *                       expires (and is retried with backoff).
+ *                       expires (and is retried with backoff). A kid the
+ *                       issuer's keys lack keeps it too, while a JWKS
+ *                       refetch may still bring the key (the refetch limit
+ *                       plus 5 s), and is retried.
  *
  * Transport (URLs, TLS, limits) is ident_jwks.h's: the token endpoint must
  * pass ident_url_check() against the issuer like a jwks_uri does, and every

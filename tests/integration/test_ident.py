@@ -364,6 +364,37 @@ def test_token_file_tampered_unverified_with_reason(tmp, idp, driver_bin):
 
 
 
+def test_token_file_unknown_kid_keeps_the_old_token_only_while_a_refetch_may_help(tmp, idp, driver_bin):
+    """Review (stop 48): a token file rewritten with a token whose kid the
+    issuer does not publish kept the previous token verified until its exp,
+    retrying for ever. The last good token is kept only while a JWKS
+    refetch may still bring the key (the refetch limit, 1 s here through
+    its knob, plus 5 s); after that the agent is unverified, and a good
+    token written later is taken at once."""
+    path = os.path.join(tmp, "token")
+    write_token(path, idp.token())
+    d = Driver(driver_bin, tmp, tf_policy(tmp, idp.issuer, path), seconds=60,
+               env={"AGENTGATE_JWKS_REFETCH_S": "1"})
+    try:
+        d.wait(lambda p: p["verified"], 5)
+        h, pl, s = idp.token().split(".")
+        hdr = json.loads(base64.urlsafe_b64decode(h + "=" * (-len(h) % 4)))
+        hdr["kid"] = "not-published"
+        h2 = base64.urlsafe_b64encode(json.dumps(hdr).encode()).decode().rstrip("=")
+        t0 = time.time()
+        write_token(path, f"{h2}.{pl}.{s}")
+        p = d.wait(lambda q: q["warning"] != "", 4)
+        assert p["verified"] and "kid" in p["warning"], p            # kept, with a warning
+        p = d.wait(lambda q: not q["verified"], 15)
+        assert time.time() - t0 >= 5, p
+        assert p["reason"].startswith("token file token refused: ") and "kid" in p["reason"], p
+        time.sleep(1.1)
+        write_token(path, idp.token())
+        d.wait(lambda q: q["verified"] and q["sub"] == CLIENT_ID, 4)
+    finally:
+        d.finish()
+
+
 def test_token_file_holds_only_the_agents_own_token(tmp, idp, driver_bin):
     """An agent that may write its token file, or is handed a user's token
     (accept_user_tokens), could put a user's token there and become that
