@@ -974,7 +974,9 @@ static bool principal_equal(const struct ident_principal *x, const struct ident_
  * withdraws a key (rotated away from, compromised) takes away the identity
  * of every token it signed, instead of leaving it until the token's exp or
  * 24 h (review, stop 48). An outage keeps the token, as a failed refresh
- * does. A client_credentials agent asks for a new token at once.
+ * does. A client_credentials agent asks for a new token at once; a token
+ * file is read again with backoff, so that an issuer that publishes the
+ * key again gets its agent back without waiting for a new token.
  */
 static void held_recheck(struct ident_agent *a, uint64_t now_ms)
 {
@@ -991,6 +993,7 @@ static void held_recheck(struct ident_agent *a, uint64_t now_ms)
 		return;
 	set_unverified(a, "the held token no longer verifies: %s", why);
 	a->next_ms = now_ms;
+	a->retry = true;
 }
 
 int ident_agent_tick(struct ident_agent *a, uint64_t now_ms)
