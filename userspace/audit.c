@@ -172,6 +172,9 @@ static struct {
 	pthread_t saver;
 	bool saver_started, save_pending;
 	char save_hash[AUDIT_HASH_HEX];
+	bool save_running;                /* with it: a run is on (audit_chain_state_save) */
+	char head_hash[AUDIT_HASH_HEX];   /* the state file's head: the last checkpoint's */
+	bool prev_running;                /* the state said a run was on at start: it was killed */
 } A = { .lock = PTHREAD_MUTEX_INITIALIZER, .stop_lock = PTHREAD_MUTEX_INITIALIZER,
 	.stop_cond = PTHREAD_COND_INITIALIZER, .last_hash = AUDIT_ZERO_HASH,
 	.cp_every = AUDIT_CHECKPOINT_EVERY, .cp_every_ms = AUDIT_CHECKPOINT_MS };
@@ -209,7 +212,8 @@ int audit_set_state_dir(const char *dir)
 	A.key = k;
 	audit_key_id(k, A.key_id);
 	snprintf(A.state_dir, sizeof(A.state_dir), "%s", dir);
-	audit_chain_state_load(dir, A.last_hash);
+	audit_chain_state_load(dir, A.last_hash, &A.prev_running);
+	memcpy(A.head_hash, A.last_hash, sizeof(A.head_hash));
 	A.cp_last_ms = now_ms_realtime();
 	pthread_mutex_unlock(&A.lock);
 	return 0;
@@ -427,6 +431,7 @@ static void *sink_thread(void *arg)
 }
 
 static void audit_chain_resume(void);
+static bool stop_checkpoint(const char *line, size_t len);
 
 /*
  * A power cut can leave the spool shorter than a file sink: the spool skips
@@ -446,19 +451,23 @@ struct adopt_st {
 
 static int adopt_line(void *arg, uint64_t seq, const char *line, size_t len)
 {
-	static const char key[] = "\"prev_hash\":\"";
 	struct adopt_st *st = arg;
-	const char *hit = NULL;
 
 	if (seq != A.seq + 1)
 		return 1;
-	if (st->check_prev && !st->n) {
-		if ((hit = memmem_last(line, len, key, sizeof(key) - 1)))
-			hit += sizeof(key) - 1;
-		if (!hit || (size_t)(line + len - hit) < AUDIT_HASH_HEX - 1 ||
-		    memcmp(hit, A.last_hash, AUDIT_HASH_HEX - 1) != 0)
-			return 1;   /* not chained to the spool: not ours to take */
-	}
+	/* Every line an event as the enforcer writes it: a JSON object whose
+	 * metadata names this sequence and chains to the line before (the
+	 * spool's last, then each one taken): anything else is not ours. */
+	json_t *ev = json_loadb(line, len, JSON_REJECT_DUPLICATES, NULL);
+	json_t *md = json_object_get(ev, "metadata");
+	json_t *js = json_object_get(md, "sequence");
+	const char *ph = json_string_value(json_object_get(md, "prev_hash"));
+	bool ours = json_is_object(ev) && json_is_integer(js) && (uint64_t)json_integer_value(js) == seq &&
+		    ph && (!st->check_prev || strcmp(ph, A.last_hash) == 0);
+
+	json_decref(ev);
+	if (!ours)
+		return 1;
 	if (spool_append(A.spool, seq, line, len))
 		return 1;
 	A.seq = seq;
@@ -469,8 +478,41 @@ static int adopt_line(void *arg, uint64_t seq, const char *line, size_t len)
 	return 0;
 }
 
+static int count_line(void *arg, uint64_t seq, const char *line, size_t len)
+{
+	(void)seq, (void)line, (void)len;
+	++*(long *)arg;
+	return 1;   /* one is enough */
+}
+
 static void adopt_sink_tails(bool spool_had_line)
 {
+	char *last = NULL;
+	size_t llen;
+
+	/* After a clean stop the spool holds every line the enforcer wrote
+	 * (the stop checkpoint last, synced): a sink's lines after it are
+	 * someone else's, appended to its file; taken back, the next
+	 * checkpoint would sign them (review, stop 48). They are left where
+	 * they are, unsigned, and `audit verify` shows them. */
+	if (spool_had_line && spool_last_line(A.spool, &last, &llen) == 0) {
+		bool clean = stop_checkpoint(last, llen);
+
+		free(last);
+		if (clean) {
+			for (int i = 0; i < A.nsinks; i++) {
+				struct sink_rt *k = &A.sinks[i];
+				long n = 0;
+
+				if (k->s.ops->adopt && k->s.ops->adopt(&k->s, A.seq, count_line, &n) >= 0 && n)
+					ag_log(LOG_LVL_WARN, "audit: sink %s holds a line after the clean stop at "
+					       "sequence %llu that this enforcer did not write: left unsigned "
+					       "(`audit verify` reports it)", k->s.desc,
+					       (unsigned long long)A.seq);
+			}
+			return;
+		}
+	}
 	for (int i = 0; i < A.nsinks && A.seq; i++) {
 		struct sink_rt *k = &A.sinks[i];
 		struct adopt_st st = { .check_prev = spool_had_line };
@@ -515,27 +557,46 @@ static bool stop_checkpoint(const char *line, size_t len)
 
 static void unclean_stop_event(void)
 {
-	char *line = NULL, msg[256];
+	char *line = NULL, msg[400];
 	size_t len;
 	json_t *ev;
+	bool lost = false;
 
-	if (spool_last_line(A.spool, &line, &len))
+	if (spool_last_line(A.spool, &line, &len)) {
+		/* No line: the spool is new, wiped or elsewhere. If the state
+		 * says a run was on, that run was killed and what it wrote
+		 * after the checkpoint this run chains from is not here: cut
+		 * from a copy of the trail, it would leave no trace, as after a
+		 * clean stop and a fresh spool (review, stop 48). */
+		if (!A.prev_running)
+			return;
+		lost = true;
+	} else {
+		bool clean = stop_checkpoint(line, len);
+
+		free(line);
+		if (clean)
+			return;
+	}
+	if (!(ev = audit_event(1008, 99, "Other")))
 		return;
-	bool clean = stop_checkpoint(line, len);
-	free(line);
-	if (clean || !(ev = audit_event(1008, 99, "Other")))
-		return;
-	snprintf(msg, sizeof(msg), "the previous run ended without a clean stop after sequence %llu "
-		 "(killed, crashed or a power cut): events it had not yet spooled were lost, their "
-		 "number is unknown", (unsigned long long)A.seq);
+	if (lost)
+		snprintf(msg, sizeof(msg), "the previous run ended without a clean stop (killed, crashed or a "
+			 "power cut) and the spool holds nothing of it: the events it wrote after its last "
+			 "checkpoint are not in this trail, their number is unknown");
+	else
+		snprintf(msg, sizeof(msg), "the previous run ended without a clean stop after sequence %llu "
+			 "(killed, crashed or a power cut): events it had not yet spooled were lost, their "
+			 "number is unknown", (unsigned long long)A.seq);
 	json_object_set_new(ev, "message", json_string(msg));
 	json_object_set_new(ev, "severity_id", json_integer(4));
 	json_object_set_new(ev, "severity", json_string("High"));
 	json_object_set_new(ev, "status_id", json_integer(2));
 	json_object_set_new(ev, "status", json_string("Failure"));
 	add_self(ev);
-	json_object_set_new(ev, "unmapped", json_pack("{s:{s:I}}", "unclean_stop", "after_sequence",
-						      (json_int_t)A.seq));
+	json_object_set_new(ev, "unmapped", lost ? json_pack("{s:{s:b}}", "unclean_stop", "spool_lost", 1)
+						 : json_pack("{s:{s:I}}", "unclean_stop", "after_sequence",
+							     (json_int_t)A.seq));
 	ag_log(LOG_LVL_WARN, "audit: %s", msg);
 	pthread_mutex_lock(&A.lock);
 	if (emit_locked(ev) == 0)
@@ -602,8 +663,13 @@ int audit_open(const struct policy *p)
 		atomic_store(&k->acked, spool_reader_cursor(k->r));
 	}
 	adopt_sink_tails(A.spool_had_line);
-	if (A.spool_had_line && A.key)
+	if (A.key)
 		unclean_stop_event();
+	A.prev_running = false;   /* said once */
+	/* From here to the stop checkpoint the state says a run is on, so
+	 * that a successor that finds no spool can say this one was killed. */
+	if (A.key && A.state_dir[0] && (err = audit_chain_state_save(A.state_dir, A.head_hash, true)))
+		ag_log(LOG_LVL_ERR, "audit: saving chain head in '%s': %s", A.state_dir, strerror(-err));
 	if (p->audit.recording_dir &&
 	    (err = rec_configure(p->audit.recording_dir, p->audit.recording_max_bytes,
 				 p->audit.recording_max_age_ms)))
@@ -802,6 +868,13 @@ void audit_close(void)
 		drop_save_locked(true);   /* no room: the next run reports them */
 	if (A.key && A.seq)
 		checkpoint_locked(true);   /* a clean stop ends with its stop checkpoint */
+	/* the run is over: saved as not on, with the stop checkpoint's head
+	 * (or the one it had, when there was nothing to sign) */
+	if (A.key) {
+		memcpy(A.save_hash, A.head_hash, sizeof(A.save_hash));
+		A.save_running = false;
+		A.save_pending = true;
+	}
 	EVP_PKEY_free(A.key);
 	A.key = NULL;
 	last = A.seq;
@@ -1129,6 +1202,8 @@ static void checkpoint_locked(bool stop)
 	 * gone; otherwise from the spool's last line). Saved with an fsync by
 	 * the saver thread within a second: an emitter never waits on the disk. */
 	memcpy(A.save_hash, A.last_hash, sizeof(A.save_hash));
+	memcpy(A.head_hash, A.last_hash, sizeof(A.head_hash));
+	A.save_running = !stop;
 	A.save_pending = true;
 }
 
@@ -1136,15 +1211,16 @@ static void checkpoint_locked(bool stop)
 static void save_chain_head(void)
 {
 	char hash[AUDIT_HASH_HEX];
-	bool pending;
+	bool pending, running;
 	int err;
 
 	pthread_mutex_lock(&A.lock);
 	pending = A.save_pending;
+	running = A.save_running;
 	memcpy(hash, A.save_hash, sizeof(hash));
 	A.save_pending = false;
 	pthread_mutex_unlock(&A.lock);
-	if (pending && A.state_dir[0] && (err = audit_chain_state_save(A.state_dir, hash)))
+	if (pending && A.state_dir[0] && (err = audit_chain_state_save(A.state_dir, hash, running)))
 		ag_log(LOG_LVL_ERR, "audit: saving chain head in '%s': %s", A.state_dir,
 		       strerror(-err));
 }

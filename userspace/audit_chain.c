@@ -283,30 +283,34 @@ static bool is_hash(const char *s)
 	return s && unhex(s, b, sizeof(b)) == 0;
 }
 
-void audit_chain_state_load(const char *dir, char out[AUDIT_HASH_HEX])
+void audit_chain_state_load(const char *dir, char out[AUDIT_HASH_HEX], bool *running)
 {
 	char path[4096], buf[128] = "";
 	FILE *f;
 
 	memcpy(out, AUDIT_ZERO_HASH, AUDIT_HASH_HEX);
+	if (running)
+		*running = false;
 	if (path_in(path, sizeof(path), dir, AUDIT_CHAIN_FILE) || !(f = fopen(path, "re")))
 		return;
 	if (fgets(buf, sizeof(buf), f)) {
 		buf[strcspn(buf, "\n")] = 0;
 		if (is_hash(buf))
 			memcpy(out, buf, AUDIT_HASH_HEX);
+		if (running && fgets(buf, sizeof(buf), f))
+			*running = strcmp(buf, "running\n") == 0;
 	}
 	fclose(f);
 }
 
-int audit_chain_state_save(const char *dir, const char *hash)
+int audit_chain_state_save(const char *dir, const char *hash, bool running)
 {
-	char path[4096], text[AUDIT_HASH_HEX + 1];
+	char path[4096], text[AUDIT_HASH_HEX + 16];
 	int err = path_in(path, sizeof(path), dir, AUDIT_CHAIN_FILE);
 
 	if (err)
 		return err;
-	snprintf(text, sizeof(text), "%s\n", hash);
+	snprintf(text, sizeof(text), "%s\n%s", hash, running ? "running\n" : "");
 	return write_atomic(path, 0600, NULL, NULL, text);
 }
 
@@ -534,8 +538,15 @@ int audit_verify_file(const char *path, EVP_PKEY *pub, struct audit_verify_repor
 				 * then the run before crashed and lost its spool, and
 				 * the new one chained from its saved head, a periodic
 				 * checkpoint; what that run wrote after it may have
-				 * been cut out here without a break (review, stop 26) */
-				if (!prev_stop && !r->unclean++)
+				 * been cut out here without a break (review, stop 26).
+				 * Or unless the new run says so itself: a run killed
+				 * after a clean stop, before its first checkpoint,
+				 * whose spool was lost, leaves a stop checkpoint as
+				 * the saved head (review, stop 48) */
+				json_t *um = json_object_get(cur.doc, "unmapped");
+				bool says = !cur.cp && json_is_object(json_object_get(um, "unclean_stop"));
+
+				if ((!prev_stop || says) && !r->unclean++)
 					r->unclean_line = n;
 				seg_count = 0;
 				seg_known = true;

@@ -59,10 +59,12 @@ bool audit_checkpoint_verify(EVP_PKEY *k, uint64_t seq, const char *hash, uint64
 			     const char *sig);
 
 /* The saved chain head (hash of the last checkpoint line) in dir; writes
- * AUDIT_ZERO_HASH when there is none or it is unreadable. */
-void audit_chain_state_load(const char *dir, char out[AUDIT_HASH_HEX]);
+ * AUDIT_ZERO_HASH when there is none or it is unreadable. *running (NULL:
+ * not wanted) says a run had begun after that checkpoint and had not
+ * stopped cleanly when the file was last written (its second line). */
+void audit_chain_state_load(const char *dir, char out[AUDIT_HASH_HEX], bool *running);
 /* Saves it atomically (tmp + rename). 0 or -errno. */
-int audit_chain_state_save(const char *dir, const char *hash);
+int audit_chain_state_save(const char *dir, const char *hash, bool running);
 
 enum audit_break {
 	AUDIT_INTACT = 0,
@@ -84,8 +86,9 @@ struct audit_verify_report {
 	uint64_t orphaned;          /* events of runs that stopped before a checkpoint */
 	uint64_t restarts;          /* runs chained from a fresh (zero) head after line 1 */
 	uint64_t unclean;           /* runs that begin (sequence 1) right after a line that is not
-				     * a stop checkpoint: the run before ended unsigned, and lines
-				     * after its last checkpoint may have been removed */
+				     * a stop checkpoint, or with an unclean_stop event: the run
+				     * before ended unsigned, and lines after its last checkpoint
+				     * may have been removed */
 	uint64_t unclean_line;      /* the first such run's first line */
 	bool starts_mid_chain;      /* line 1 chains from a line not in this file */
 	uint64_t first_sequence;

@@ -30,6 +30,7 @@ struct fsink {
 	uint64_t opened_ms;     /* start of the current file's age */
 	char *buf;
 	size_t cap;
+	bool others_could_write;   /* when opened: owned by another user, or group/other writable */
 };
 
 static int fsink_open(struct fsink *f)
@@ -41,9 +42,12 @@ static int fsink_open(struct fsink *f)
 		return -errno;
 	/* The trail is for the security team only, whatever the umask says. */
 	if (fstat(f->fd, &st) == 0) {
+		f->others_could_write = (st.st_mode & 022) || (st.st_uid != 0 && st.st_uid != geteuid());
 		if ((st.st_mode & 0777) != 0600)
 			fchmod(f->fd, 0600);
 		f->size = st.st_size;
+	} else {
+		f->others_could_write = true;
 	}
 	f->opened_ms = now_ms_realtime();
 	return 0;
@@ -394,6 +398,21 @@ static long file_adopt(struct audit_sink *s, uint64_t after,
 	if ((fd = open(f->path, O_RDONLY | O_CLOEXEC)) < 0) {
 		free(buf);
 		return -errno;
+	}
+	/* Lines taken back are signed by the next checkpoint: only from a file
+	 * no one but root (or our user) can write, through a path no one
+	 * else can re-point, or appending to the audit file would be as good
+	 * as the signing key, which is guarded that way (review, stop 48). */
+	struct stat st;
+	char why[256];
+
+	if (f->others_could_write || fstat(fd, &st) || (st.st_uid != 0 && st.st_uid != geteuid()) ||
+	    (st.st_mode & 022) || path_trusted(f->path, why, sizeof(why)) < 0) {
+		ag_log(LOG_LVL_WARN, "audit: sink %s: its file '%s' may be written by others than root: "
+		       "the lines it holds after the spool's end are not taken back", s->desc, f->path);
+		free(buf);
+		close(fd);
+		return 0;
 	}
 	hi = f->size;
 	while (lo < hi) {   /* the first line whose sequence is >= want */

@@ -432,16 +432,24 @@ static uint64_t min_acked_locked(struct spool *s)
 	return m;
 }
 
-/* Deletes the oldest sealed segments every reader is done with. */
+/* Deletes the oldest sealed segments every reader is done with. The
+ * newest closed one stays while the active segment has no line in its
+ * file: after a crash the audit chain resumes from the spool's last line,
+ * and a run that found none would chain from the last checkpoint instead
+ * and read as reordered (review, stop 48; seal_pending_locked() keeps it
+ * for the same reason). */
 static void gc_locked(struct spool *s)
 {
 	uint64_t m;
-	size_t k = 0;
+	size_t k = 0, keep;
 
 	if (!s->started)
 		return;
 	m = min_acked_locked(s);
-	while (k + 1 < s->nsegs && s->segs[k].closed && s->segs[k].last <= m) {
+	keep = s->nsegs ? s->nsegs - 1 : 0;
+	if (keep && active(s)->wlast < active(s)->first)
+		keep--;
+	while (k < keep && s->segs[k].closed && s->segs[k].last <= m) {
 		char path[4200];
 
 		seg_path(s, s->segs[k].first, s->segs[k].sealed ? ".z" : ".log", path, sizeof(path));

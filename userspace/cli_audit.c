@@ -66,10 +66,10 @@ int cmd_audit_verify(int argc, char **argv, const char *state_dir)
 		       "head): nothing ties a run to the one before it there, so whole runs could have "
 		       "been removed, repeated or reordered\n", r.restarts);
 	if (r.unclean)
-		printf("warning: %" PRIu64 " run(s) began right after a line that is not a stop checkpoint "
-		       "(first at line %" PRIu64 "): the run before ended without its stop checkpoint, and "
-		       "lines it wrote after its last checkpoint may have been removed\n", r.unclean,
-		       r.unclean_line);
+		printf("warning: %" PRIu64 " run(s) began right after a line that is not a stop checkpoint, "
+		       "or by reporting that the run before was killed with its spool lost (first at line %"
+		       PRIu64 "): the run before ended without its stop checkpoint, and lines it wrote "
+		       "after its last checkpoint may have been removed\n", r.unclean, r.unclean_line);
 	if (r.orphaned)
 		printf("warning: %" PRIu64 " event(s) of runs that stopped without a final checkpoint "
 		       "are chained but not signed\n", r.orphaned);

@@ -188,3 +188,30 @@ def test_checkpoint_lost_in_a_crash_does_not_break_the_next_count(enforcer, serv
     run_and_stop(enforcer, servers)
     rc, out = verify(enforcer, enforcer.audit)
     assert rc == 0, out
+
+
+def test_line_appended_after_a_clean_stop_is_not_signed_by_the_next_run(enforcer, servers):
+    """Review (stop 48): an event appended to the audit file after a clean
+    stop, with the next sequence and the right prev_hash (both computable
+    from the file), was taken back into the spool at the next start as if
+    a power cut had left the spool short, and the next run's checkpoint
+    signed it: `audit verify --strict` passed a forged event. After a clean
+    stop nothing is taken back: the forged line stays unsigned and the
+    chain breaks where the next run begins."""
+    import hashlib
+    lines = run_and_stop(enforcer, servers)
+    last = lines[-1].rstrip("\n")
+    ev = json.loads(lines[-2])
+    ev["message"] = "FORGED: the agent did nothing wrong"
+    ev["metadata"]["sequence"] = json.loads(last)["metadata"]["sequence"] + 1
+    ev["metadata"]["prev_hash"] = hashlib.sha256(last.encode()).hexdigest()
+    with open(enforcer.audit, "a") as f:
+        f.write(json.dumps(ev, separators=(",", ":")) + "\n")
+    rc, out = verify(enforcer, enforcer.audit)
+    assert rc == 0 and "not signed" in out, out            # before: an unsigned tail
+    run_and_stop(enforcer, servers)
+    assert "did not write: left unsigned" in enforcer.read_log()
+    rc, out = verify(enforcer, enforcer.audit, "--strict")
+    assert rc == 1, out
+    line, kind = broken_line(out)
+    assert line == len(lines) + 2, out                     # the next run's first line

@@ -359,7 +359,7 @@ static void test_unclean_run_boundary(void)
 	CHECK(!strstr(first[21], "\"stop\"") && strstr(first[21], "\"checkpoint\""));
 	/* the saved head a crash after line 27 leaves: line 22's hash */
 	audit_chain_hash(first[21], strlen(first[21]) - 1, head);
-	CHECK(audit_chain_state_save(dir2, head) == 0);
+	CHECK(audit_chain_state_save(dir2, head, true) == 0);
 	snprintf(from, sizeof(from), "%s/" AUDIT_KEY_FILE, dir);
 	snprintf(to, sizeof(to), "%s/" AUDIT_KEY_FILE, dir2);
 	copy_file(from, to, 0600);
@@ -488,6 +488,137 @@ static void test_power_cut_reuses_no_sequence(void)
 	CHECK(system(cmd) == 0);
 }
 
+static bool state_running(const char *st)
+{
+	char head[AUDIT_HASH_HEX];
+	bool running = true;
+
+	audit_chain_state_load(st, head, &running);
+	return running;
+}
+
+static void verify_path(const char *st, const char *out, struct audit_verify_report *r)
+{
+	char path[700];
+	EVP_PKEY *k = NULL;
+
+	snprintf(path, sizeof(path), "%s/" AUDIT_PUB_FILE, st);
+	CHECK(audit_key_load_pub(path, &k) == 0);
+	CHECK(audit_verify_file(out, k, r) == 0);
+	EVP_PKEY_free(k);
+}
+
+/* Review (stop 48): run 1 stops cleanly; run 2 begins, is killed before its
+ * first checkpoint, and its spool is lost (wiped, moved, on tmpfs); run 3
+ * chains from run 1's stop checkpoint, the saved head, at sequence 1. A
+ * copy of the trail with run 2's lines cut out looked like a clean stop
+ * followed by a fresh spool: no warning, and --strict passed. The state
+ * now says a run is on from its start to its stop checkpoint, and run 3
+ * begins by reporting the killed run, which `audit verify` counts. */
+static void test_killed_run_after_clean_stop(void)
+{
+	char st[] = "/tmp/ag-audit-kill-XXXXXX", out[600], cmd[700], head[AUDIT_HASH_HEX];
+	struct policy_sink sink = { .type = SINK_FILE };
+	struct policy p = { .path = "unit.yaml", .audit = { .sinks = &sink, .nsinks = 1 } };
+	struct audit_verify_report r;
+
+	CHECK(mkdtemp(st) != NULL);
+	snprintf(out, sizeof(out), "%s/audit.jsonl", st);
+	sink.path = out;
+	snprintf(p.hash, sizeof(p.hash), "%s", "abc");
+	run_into(st, out, 25);                 /* a clean run: lines 1-28, stop at 28 */
+	CHECK(!state_running(st));
+	/* a run's start says so before anything else, and its stop undoes it */
+	CHECK(audit_set_state_dir(st) == 0);
+	CHECK(audit_open(&p) == 0);
+	CHECK(state_running(st));
+	audit_close();
+	CHECK(!state_running(st));
+	verify_path(st, out, &r);
+	CHECK(r.kind == AUDIT_INTACT && !r.unclean);   /* nothing to report: it was clean */
+
+	/* run 2 as a SIGKILL leaves it: the state saying it was on; its lines
+	 * (never signed) cut from the copy; its spool gone */
+	audit_chain_state_load(st, head, NULL);
+	CHECK(audit_chain_state_save(st, head, true) == 0);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s/spool", st);
+	CHECK(system(cmd) == 0);
+	run_into(st, out, 3);                  /* run 3 */
+	verify_path(st, out, &r);
+	CHECK(r.kind == AUDIT_INTACT && r.unclean == 1 && r.unclean_line > 28);
+	if (r.kind != AUDIT_INTACT)
+		fprintf(stderr, "  %s\n", r.detail);
+	snprintf(cmd, sizeof(cmd), "grep -q '\"spool_lost\":true' %s", out);
+	CHECK(system(cmd) == 0);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", st);
+	CHECK(system(cmd) == 0);
+}
+
+/* Appends to out an event as an attacker who can write the file would: the
+ * next sequence, chained to the file's last line. */
+static void append_forged(const char *out)
+{
+	char *last = NULL, *buf = NULL, hash[AUDIT_HASH_HEX];
+	size_t cap = 0;
+	ssize_t n;
+	unsigned long long seq = 0;
+	FILE *f = fopen(out, "r");
+
+	while (f && (n = getline(&buf, &cap, f)) > 0) {
+		free(last);
+		last = strndup(buf, (size_t)n - 1);
+	}
+	if (f)
+		fclose(f);
+	CHECK(last != NULL);
+	const char *q = last ? strstr(strstr(last, "\"metadata\""), "\"sequence\":") : NULL;
+	CHECK(q && sscanf(q, "\"sequence\":%llu", &seq) == 1);
+	audit_chain_hash(last, strlen(last), hash);
+	f = fopen(out, "a");
+	CHECK(f != NULL);
+	if (f) {
+		fprintf(f, "{\"class_uid\":4001,\"message\":\"FORGED\",\"time\":1,\"metadata\":{\"version\":"
+			"\"1.8.0\",\"uid\":\"x\",\"sequence\":%llu,\"prev_hash\":\"%s\"}}\n", seq + 1, hash);
+		fclose(f);
+	}
+	free(last);
+	free(buf);
+}
+
+/* Review (stop 48): lines appended to a file sink's file after a clean
+ * stop were taken back into the spool at the next start, as if a power cut
+ * had left the spool short, and the next checkpoint signed them: a forged
+ * event passed `audit verify --strict`. After a clean stop nothing is taken
+ * back, and the forged line breaks the chain where the next run begins;
+ * after an unclean one, not from a file others may write. */
+static void test_appended_lines_not_signed(void)
+{
+	char st[] = "/tmp/ag-audit-forge-XXXXXX", st2[] = "/tmp/ag-audit-forge2-XXXXXX", out[600], cmd[700];
+	struct audit_verify_report r;
+
+	CHECK(mkdtemp(st) != NULL && mkdtemp(st2) != NULL);
+	snprintf(out, sizeof(out), "%s/audit.jsonl", st);
+	run_into(st, out, 25);                 /* clean: stop checkpoint at 28 */
+	append_forged(out);
+	run_into(st, out, 3);
+	verify_path(st, out, &r);
+	CHECK(r.kind != AUDIT_INTACT && r.line == 30);   /* run 2's first line does not follow it */
+
+	/* a power cut (the spool short of the file) and a file others may
+	 * write: its lines are not taken back either */
+	snprintf(out, sizeof(out), "%s/audit.jsonl", st2);
+	run_into(st2, out, 25);
+	power_cut(st2, 20);
+	CHECK(chmod(out, 0666) == 0);
+	append_forged(out);
+	run_into(st2, out, 3);
+	CHECK(chmod(out, 0600) == 0);
+	verify_path(st2, out, &r);
+	CHECK(r.kind != AUDIT_INTACT);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s %s", st, st2);
+	CHECK(system(cmd) == 0);
+}
+
 int main(void)
 {
 	for (int i = 0; i < 256; i++)
@@ -513,6 +644,8 @@ int main(void)
 	RUN(test_key_mode_refused);
 	RUN(test_unclean_run_boundary);
 	RUN(test_power_cut_reuses_no_sequence);
+	RUN(test_killed_run_after_clean_stop);
+	RUN(test_appended_lines_not_signed);
 	for (int i = 0; i < nlines; i++)
 		free(lines[i]);
 	EVP_PKEY_free(pub);
