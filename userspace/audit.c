@@ -175,6 +175,7 @@ static struct {
 	bool save_running;                /* with it: a run is on (audit_chain_state_save) */
 	char head_hash[AUDIT_HASH_HEX];   /* the state file's head: the last checkpoint's */
 	bool prev_running;                /* the state said a run was on at start: it was killed */
+	bool run_marked;                  /* this run saved the state as on (audit_open) */
 } A = { .lock = PTHREAD_MUTEX_INITIALIZER, .stop_lock = PTHREAD_MUTEX_INITIALIZER,
 	.stop_cond = PTHREAD_COND_INITIALIZER, .last_hash = AUDIT_ZERO_HASH,
 	.cp_every = AUDIT_CHECKPOINT_EVERY, .cp_every_ms = AUDIT_CHECKPOINT_MS };
@@ -496,7 +497,10 @@ static void adopt_sink_tails(bool spool_had_line)
 	 * checkpoint would sign them (review, stop 48). They are left where
 	 * they are, unsigned, and `audit verify` shows them. */
 	if (spool_had_line && spool_last_line(A.spool, &last, &llen) == 0) {
-		bool clean = stop_checkpoint(last, llen);
+		/* ... unless the state says a run began after it: that run's
+		 * lines may be in a file sink and not in the spool, which is
+		 * not synced while file sinks keep up (a power cut) */
+		bool clean = stop_checkpoint(last, llen) && !A.prev_running;
 
 		free(last);
 		if (clean) {
@@ -572,7 +576,8 @@ static void unclean_stop_event(void)
 			return;
 		lost = true;
 	} else {
-		bool clean = stop_checkpoint(line, len);
+		/* a stop checkpoint last, and no run begun after it */
+		bool clean = stop_checkpoint(line, len) && !A.prev_running;
 
 		free(line);
 		if (clean)
@@ -668,8 +673,13 @@ int audit_open(const struct policy *p)
 	A.prev_running = false;   /* said once */
 	/* From here to the stop checkpoint the state says a run is on, so
 	 * that a successor that finds no spool can say this one was killed. */
-	if (A.key && A.state_dir[0] && (err = audit_chain_state_save(A.state_dir, A.head_hash, true)))
-		ag_log(LOG_LVL_ERR, "audit: saving chain head in '%s': %s", A.state_dir, strerror(-err));
+	if (A.key && A.state_dir[0]) {
+		if ((err = audit_chain_state_save(A.state_dir, A.head_hash, true)))
+			ag_log(LOG_LVL_ERR, "audit: saving chain head in '%s': %s", A.state_dir,
+			       strerror(-err));
+		else
+			A.run_marked = true;
+	}
 	if (p->audit.recording_dir &&
 	    (err = rec_configure(p->audit.recording_dir, p->audit.recording_max_bytes,
 				 p->audit.recording_max_age_ms)))
@@ -866,15 +876,19 @@ void audit_close(void)
 		loss_event_locked(true);
 	if (A.dropped)
 		drop_save_locked(true);   /* no room: the next run reports them */
+	/* A clean stop ends with its stop checkpoint, which saves the state
+	 * as no run on. Not recorded (signing failed, the spool full), or a
+	 * start that failed before it marked the run (and before it reported
+	 * a killed one): the state stays as it is, for the next start to
+	 * report. With nothing spooled at all, there is nothing to lose. */
 	if (A.key && A.seq)
-		checkpoint_locked(true);   /* a clean stop ends with its stop checkpoint */
-	/* the run is over: saved as not on, with the stop checkpoint's head
-	 * (or the one it had, when there was nothing to sign) */
-	if (A.key) {
+		checkpoint_locked(true);
+	else if (A.key && A.run_marked) {
 		memcpy(A.save_hash, A.head_hash, sizeof(A.save_hash));
 		A.save_running = false;
 		A.save_pending = true;
 	}
+	A.run_marked = false;
 	EVP_PKEY_free(A.key);
 	A.key = NULL;
 	last = A.seq;

@@ -1000,8 +1000,10 @@ int issuer_recheck(struct ident_issuer *iss, uint64_t *gen, const char *token, s
 		return -EINVAL;
 	}
 	pthread_mutex_lock(&iss->mu);
-	if (iss->keys && now_mono(iss) - iss->fetched_mono >= iss->ttl && may_attempt(iss) &&
-	    !iss->refreshing)
+	/* at most one attempt per TTL, failed or not: while the issuer is
+	 * down, each one may hold the main loop for two request timeouts */
+	if (iss->keys && now_mono(iss) - iss->fetched_mono >= iss->ttl &&
+	    now_mono(iss) - iss->last_attempt_mono >= iss->ttl && may_attempt(iss) && !iss->refreshing)
 		refresh_locked(iss, fr, sizeof(fr));   /* a failure keeps the keys: an outage */
 	if (iss->gen == *gen)
 		goto out;

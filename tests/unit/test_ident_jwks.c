@@ -360,7 +360,11 @@ static void test_recheck(void)
 	CHECK(issuer_recheck(i, &gen, tok, strlen(tok), &p, why, sizeof(why)) == 0 && fetches > f);
 	fail = 1;            /* an outage keeps the keys and the token */
 	T += 700;
-	CHECK(issuer_recheck(i, &gen, tok, strlen(tok), &p, why, sizeof(why)) == 0);
+	f = fetches;
+	CHECK(issuer_recheck(i, &gen, tok, strlen(tok), &p, why, sizeof(why)) == 0 && fetches > f);
+	f = fetches;         /* and is not tried again before another TTL (the main loop waits) */
+	T += 31;
+	CHECK(issuer_recheck(i, &gen, tok, strlen(tok), &p, why, sizeof(why)) == 0 && fetches == f);
 	fail = 0;
 	jwks_text = set2;    /* the token's key rotated away */
 	T += 700;
