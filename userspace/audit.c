@@ -434,6 +434,15 @@ static void *sink_thread(void *arg)
 static void audit_chain_resume(void);
 static bool stop_checkpoint(const char *line, size_t len);
 
+/* The spool ends with a stop checkpoint and the state says no run began
+ * after it: the run before ended cleanly and the spool holds all it wrote.
+ * A run that began after it may have lines in a file sink and not in the
+ * spool, which is not synced while file sinks keep up (a power cut). */
+static bool spool_ends_clean(const char *line, size_t len)
+{
+	return stop_checkpoint(line, len) && !A.prev_running;
+}
+
 /*
  * A power cut can leave the spool shorter than a file sink: the spool skips
  * its fdatasync while every sink keeps up (audit_spool.c), and the file
@@ -497,10 +506,7 @@ static void adopt_sink_tails(bool spool_had_line)
 	 * checkpoint would sign them (review, stop 48). They are left where
 	 * they are, unsigned, and `audit verify` shows them. */
 	if (spool_had_line && spool_last_line(A.spool, &last, &llen) == 0) {
-		/* ... unless the state says a run began after it: that run's
-		 * lines may be in a file sink and not in the spool, which is
-		 * not synced while file sinks keep up (a power cut) */
-		bool clean = stop_checkpoint(last, llen) && !A.prev_running;
+		bool clean = spool_ends_clean(last, llen);
 
 		free(last);
 		if (clean) {
@@ -576,8 +582,7 @@ static void unclean_stop_event(void)
 			return;
 		lost = true;
 	} else {
-		/* a stop checkpoint last, and no run begun after it */
-		bool clean = stop_checkpoint(line, len) && !A.prev_running;
+		bool clean = spool_ends_clean(line, len);
 
 		free(line);
 		if (clean)

@@ -400,14 +400,13 @@ static long file_adopt(struct audit_sink *s, uint64_t after,
 		return -errno;
 	}
 	/* Lines taken back are signed by the next checkpoint: only from a file
-	 * no one but root (or our user) can write, through a path no one
-	 * else can re-point, or appending to the audit file would be as good
-	 * as the signing key, which is guarded that way (review, stop 48). */
-	struct stat st;
+	 * no one but root (or our user) could write when the sink opened it
+	 * (fsink_open() then made it 0600), through a path no one else can
+	 * re-point, or appending to the audit file would be as good as the
+	 * signing key, which is guarded that way (review, stop 48). */
 	char why[256];
 
-	if (f->others_could_write || fstat(fd, &st) || (st.st_uid != 0 && st.st_uid != geteuid()) ||
-	    (st.st_mode & 022) || path_trusted(f->path, why, sizeof(why)) < 0) {
+	if (f->others_could_write || path_trusted(f->path, why, sizeof(why)) < 0) {
 		ag_log(LOG_LVL_WARN, "audit: sink %s: its file '%s' may be written by others than root: "
 		       "the lines it holds after the spool's end are not taken back", s->desc, f->path);
 		free(buf);
