@@ -13,6 +13,11 @@
  *     not, share a key;
  *   - test_key_none: texts that get no scanner key (lexer errors,
  *     UESCAPE);
+ *   - test_fast_*: the 'F' key (the text with its plainest constants
+ *     blanked, by a scan of our own): texts that share one must share
+ *     their 'S' key (templates filled with many constants, and random
+ *     texts from an alphabet of the characters it takes, next to each
+ *     other in every way), and the texts it must give up on;
  *   - test_cache_equivalence: every text of a list of adversarial texts
  *     (the S-cases of /work/shared/cases/sql.txt, and variants), judged
  *     through one shared cache in several orders, gets exactly the result
@@ -27,6 +32,8 @@
 #include <stdint.h>
 
 size_t pgc_scan_key(const char *sql, char *out, size_t cap);
+size_t pgc_fast_key(const char *sql, size_t len, char *out, size_t cap);
+uint64_t pgc_scans(void);
 
 static char *ro_stmts[] = { "select" };
 static char *ro_tables[] = { "public.customers", "public.orders" };
@@ -244,6 +251,237 @@ static void test_key_none(void)
 	}
 	/* and the lexer is usable after an error (no state left behind) */
 	CHECK(key_of("SELECT 1", k, sizeof(k)) > 0);
+}
+
+/* ---- the 'F' key ---- */
+
+static size_t fkey_of(const char *sql, char *out, size_t cap)
+{
+	return pgc_fast_key(sql, strlen(sql), out, cap);
+}
+
+/* Fills a template: %i an integer, %s a string's body (quotes are the
+ * template's), each from its list, the k-th placeholder taking choice
+ * (pick + k) of the list. */
+static const char *const fill_i[] = { "1", "0", "007", "999999999", "42", "5" };
+static const char *const fill_s[] = {
+	"", "x", "O''Brien", "; DELETE FROM orders; --", "a\\", "\\''x", "$$", "/* x */", "\"q\"",
+	"line\nbreak", "''", "e''x", "\xc3\xa9t\xc3\xa9", "1.5e10", "U&''\\0041'' UESCAPE ''!''", "\\''",
+};
+
+static bool fill(const char *tpl, unsigned pick, char *out, size_t cap)
+{
+	size_t n = 0;
+	unsigned k = 0;
+
+	for (const char *p = tpl; *p; p++) {
+		const char *add = NULL;
+		char one[2] = { *p, 0 };
+
+		if (p[0] == '%' && (p[1] == 'i' || p[1] == 's')) {
+			add = p[1] == 'i' ? fill_i[(pick + k) % (sizeof(fill_i) / sizeof(fill_i[0]))]
+					  : fill_s[(pick * 7 + k) % (sizeof(fill_s) / sizeof(fill_s[0]))];
+			k++;
+			p++;
+		} else {
+			add = one;
+		}
+		if (n + strlen(add) + 1 > cap)
+			return false;
+		memcpy(out + n, add, strlen(add));
+		n += strlen(add);
+	}
+	out[n] = 0;
+	return true;
+}
+
+/* Every filling of a template has the same nonzero 'F' key and the same
+ * 'S' key. */
+static void test_fast_templates(void)
+{
+	static const char *tpl[] = {
+		"SELECT abalance FROM pgbench_accounts WHERE aid = %i;",
+		"SELECT * FROM orders WHERE id = %i AND status = '%s' LIMIT %i",
+		"select id,email from customers where name='%s' or id in (%i,%i,%i)",
+		"INSERT INTO orders (id, note) VALUES (%i, '%s'), (%i, '%s')",
+		"UPDATE orders SET total = total + %i WHERE id = -%i",
+		"SELECT '%s'\n'%s' AS joined",
+		"SELECT '%s' '%s'",
+		"SELECT a[%i:%i] FROM t WHERE b <> %i AND c >= %i AND d::text = '%s'",
+		"SELECT id, cc FROM customers ORDER BY %i",
+		"SELECT '%s'::regclass",
+		"SELECT x FROM t WHERE y = %i-%i+%i*%i",
+		"SELECT(%i)FROM(t)WHERE(a=%i)",
+		"BEGIN; SELECT %i; COMMIT",
+	};
+	char a[512], b[512], fa[1024], fb[1024], sa[4096], sb[4096];
+
+	for (size_t t = 0; t < sizeof(tpl) / sizeof(tpl[0]); t++) {
+		CHECK(fill(tpl[t], 0, a, sizeof(a)));
+		size_t nfa = fkey_of(a, fa, sizeof(fa)), nsa = key_of(a, sa, sizeof(sa));
+
+		if (!nfa)
+			fprintf(stderr, "  no F key: '%s'\n", a);
+		CHECK(nfa > 0 && nsa > 0);
+		for (unsigned pick = 1; pick < 40; pick++) {
+			CHECK(fill(tpl[t], pick, b, sizeof(b)));
+			size_t nfb = fkey_of(b, fb, sizeof(fb)), nsb = key_of(b, sb, sizeof(sb));
+			bool ok = nfb == nfa && memcmp(fa, fb, nfa) == 0 && nsb == nsa && memcmp(sa, sb, nsa) == 0;
+
+			if (!ok)
+				fprintf(stderr, "  '%s' / '%s': F %zu/%zu S %zu/%zu\n", a, b, nfa, nfb, nsa, nsb);
+			CHECK(ok);
+		}
+	}
+}
+
+/* Texts the scan must give up on (their lexing is PostgreSQL's business),
+ * and texts it takes. */
+static void test_fast_none(void)
+{
+	static const char *none[] = {
+		"SELECT 1.5", "SELECT .5", "SELECT 5.", "SELECT t.1", "SELECT 1e5", "SELECT 0x1F",
+		"SELECT 1_000", "SELECT 1234567890", "SELECT 1abc", "SELECT E'x'", "SELECT e'x'",
+		"SELECT N'x'", "SELECT x'1f'", "SELECT b'01'", "SELECT U&'x'", "SELECT 'unterminated",
+		"SELECT 'a''", "SELECT 1 -- c", "SELECT 1--c", "SELECT /* c */ 1", "SELECT $1",
+		"SELECT $$x$$", "SELECT \"a\" FROM t WHERE b = 1", "SELECT a/2", "SELECT 'a'||'b'",
+		"SELECT 1 \xc3\xa9", "SELECT a$1 FROM t WHERE b = 1", "SELECT 1 ! 2", "SELECT 1 % 2",
+		"SELECT 1\\2", "SELECT a@>'x'", "SELECT 1 \f", "SELECT 1 \v",
+	};
+	static const char *some[] = {
+		"SELECT 1", "SELECT '' FROM t", "SELECT 'x''y'", "SELECT -1", "SELECT a - -1",
+		"SELECT - 1", "SELECT t1.c2 FROM t1 WHERE c3 = 'x' ; ", "SELECT x::int[] FROM t WHERE y = 1",
+	};
+	char k[1024];
+
+	for (size_t i = 0; i < sizeof(none) / sizeof(none[0]); i++) {
+		size_t n = fkey_of(none[i], k, sizeof(k));
+
+		if (n)
+			fprintf(stderr, "  has an F key: '%s'\n", none[i]);
+		CHECK(n == 0);
+	}
+	for (size_t i = 0; i < sizeof(some) / sizeof(some[0]); i++) {
+		size_t n = fkey_of(some[i], k, sizeof(k));
+
+		if (!n)
+			fprintf(stderr, "  no F key: '%s'\n", some[i]);
+		CHECK(n > 0);
+	}
+	/* a constant is a marker; nothing else changes */
+	CHECK(fkey_of("a = 12 'b'", k, sizeof(k)) == 9 && memcmp(k, "a = \0i \0s", 9) == 0);
+}
+
+/* Random texts over the characters the scan takes (and a few it does
+ * not), next to each other in every way: any two that share an 'F' key
+ * share their 'S' key (or both have none). Each text is paired with a
+ * copy whose constants the test rewrites itself, by its own reading of
+ * the text: digit runs and quoted bodies, wherever they fall. */
+static void test_fast_random(void)
+{
+	static const char *const parts[] = {
+		"SELECT", "select", "a", "b1", "_x", "FROM", "t", "WHERE", "e", "E", "N", "x", "U",
+		"1", "22", "0", "999999999", "1234567890", " ", "  ", "\n", "\t", ",", ";", "(", ")",
+		".", "=", "<", ">", "*", "+", "-", ":", "[", "]", "'", "'q'", "''", "'a''b'", "'--'",
+		"'\n'", "--", "/", "$", "\"", "&", "!", "'\\'", "'\\", "\\", "1.5", ".",
+	};
+	enum { NP = sizeof(parts) / sizeof(parts[0]) };
+	uint64_t rng = 0x9e3779b97f4a7c15ull;
+	char a[256], b[256], fa[1024], fb[1024], sa[4096], sb[4096];
+	int keyed = 0, pairs = 0;
+
+	for (int it = 0; it < 40000; it++) {
+		size_t n = 0;
+		int np = 1 + (int)(rng % 14);
+
+		for (int k = 0; k < np; k++) {
+			rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+			const char *p = parts[rng % NP];
+
+			if (n + strlen(p) + 1 >= sizeof(a))
+				break;
+			memcpy(a + n, p, strlen(p));
+			n += strlen(p);
+		}
+		a[n] = 0;
+		size_t nfa = fkey_of(a, fa, sizeof(fa));
+
+		if (!nfa)
+			continue;
+		keyed++;
+		/* b: a's digits all 7, and every byte inside quotes that is not
+		 * a quote made 'z' (as a's own scan reads them: a quote opens,
+		 * a doubled quote inside stays) */
+		bool in = false;
+
+		for (size_t i = 0; i < n; i++) {
+			char ch = a[i];
+
+			if (ch == '\'' && in && a[i + 1] == '\'') {
+				b[i] = b[i + 1] = '\'';
+				i++;
+			} else if (ch == '\'') {
+				in = !in;
+				b[i] = ch;
+			} else {
+				b[i] = in ? 'z' : ch >= '0' && ch <= '9' ? '7' : ch;
+			}
+		}
+		b[n] = 0;
+		size_t nfb = fkey_of(b, fb, sizeof(fb));
+
+		if (nfb != nfa || memcmp(fa, fb, nfa) != 0)
+			continue;
+		pairs++;
+		size_t nsa = key_of(a, sa, sizeof(sa)), nsb = key_of(b, sb, sizeof(sb));
+		bool ok = nsa == nsb && memcmp(sa, sb, nsa) == 0;
+
+		if (!ok)
+			fprintf(stderr, "  same F key, S keys differ: '%s' / '%s'\n", a, b);
+		CHECK(ok);
+	}
+	/* the alphabet did reach the scan */
+	CHECK(keyed > 1000 && pairs > 1000);
+}
+
+/* pgbench's statement: after the first, its new constants are 'F' key
+ * hits and the lexer does not run; a text the scan gives up on still
+ * finds its 'S' key. */
+static void test_fast_hits(void)
+{
+	struct pgc_ctx c = { .search_path = "public", .column_masked = mask_pred, .policy_gen = 7 };
+	struct pgc_result r;
+	uint64_t s0;
+	char q[128];
+
+	pgc_cache_flush();
+	CHECK(pgc_judge(&c, "SELECT id FROM orders WHERE id = 1;", strlen("SELECT id FROM orders WHERE id = 1;"), ro, 1, &r) == 0);
+	CHECK(r.verdict == PGC_ALLOW && !r.cached);
+	s0 = pgc_scans();
+	for (int i = 0; i < 50; i++) {
+		int n = snprintf(q, sizeof(q), "SELECT id FROM orders WHERE id = %d;", 2 + i * 7919);
+
+		CHECK(pgc_judge(&c, q, (size_t)n, ro, 1, &r) == 0);
+		CHECK(r.verdict == PGC_ALLOW && r.cached);
+	}
+	CHECK(pgc_scans() == s0);
+	/* 1.5 has no F key: the lexer runs, and its S key is the entry of
+	 * the first 1.5 text */
+	CHECK(pgc_judge(&c, "SELECT id FROM orders WHERE id = 1.5;", strlen("SELECT id FROM orders WHERE id = 1.5;"), ro, 1, &r) == 0);
+	CHECK(r.verdict == PGC_ALLOW && !r.cached);
+	CHECK(pgc_judge(&c, "SELECT id FROM orders WHERE id = 2.5;", strlen("SELECT id FROM orders WHERE id = 2.5;"), ro, 1, &r) == 0);
+	CHECK(r.verdict == PGC_ALLOW && r.cached && pgc_scans() == s0 + 2);
+	/* an S hit is stored under the F key too: the S entry of
+	 * "... = 'a'" is made by a text the scan refuses (E''), and then a
+	 * plain '' text finds it by its S key once, by its F key after */
+	pgc_cache_flush();
+	CHECK(pgc_judge(&c, "SELECT id FROM orders WHERE id = $q$a$q$", strlen("SELECT id FROM orders WHERE id = $q$a$q$"), ro, 1, &r) == 0 && !r.cached);
+	s0 = pgc_scans();
+	CHECK(pgc_judge(&c, "SELECT id FROM orders WHERE id = 'b'", strlen("SELECT id FROM orders WHERE id = 'b'"), ro, 1, &r) == 0 && r.cached);
+	CHECK(pgc_scans() == s0 + 1);
+	CHECK(pgc_judge(&c, "SELECT id FROM orders WHERE id = 'c'", strlen("SELECT id FROM orders WHERE id = 'c'"), ro, 1, &r) == 0 && r.cached);
+	CHECK(pgc_scans() == s0 + 1);
+	pgc_cache_flush();
 }
 
 /* ---- a shared cache never changes a result ---- */
@@ -484,6 +722,10 @@ int main(void)
 	RUN(test_key_same);
 	RUN(test_key_differs);
 	RUN(test_key_none);
+	RUN(test_fast_templates);
+	RUN(test_fast_none);
+	RUN(test_fast_random);
+	RUN(test_fast_hits);
 	RUN(test_cache_equivalence);
 	RUN(test_scan_hits);
 	RUN(test_checks_with_cache);
