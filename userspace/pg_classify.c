@@ -2855,7 +2855,10 @@ static void result_clear(struct pgc_result *out)
  * comments never reach the grammar). scan_key() runs that very lexer
  * (libpg_query's copy of scan.l, the code raw_parser() runs, with the
  * same settings: standard_conforming_strings on, as the wire module
- * guarantees) and records every token but comments: its code, and for
+ * guarantees; one difference from the server's own copy: between two
+ * string constants a comment does not make them one, as the server does,
+ * so such a text fails to parse here and is denied) and records every
+ * token but comments: its code, and for
  * identifiers (as the lexer hands them on: case-folded, quotes and
  * doubled quotes resolved, truncated), operators, Unicode identifiers,
  * keywords (their canonical spelling) and parameters ($n) the value too.
@@ -3232,8 +3235,9 @@ static size_t scan_key(struct tstate *t)
  *     it is (an identifier or keyword);
  *   - a word of 1 to 9 digits with no '.' on either side is an integer
  *     constant (ICONST: it fits an int32, so never FCONST) and becomes the
- *     marker 'i'; any other word that starts with a digit (1e5, 0x1F,
- *     1_000, ten digits) and a digit word next to a '.' give up;
+ *     marker 'i'; any other word that starts with a digit (1e5, ten
+ *     digits; 0x1F and 1_000, trailing junk to PostgreSQL 15's lexer and
+ *     other tokens to later ones) and a digit word next to a '.' give up;
  *   - a quote not right after a word character starts a standard string
  *     (not E'', B'', X'', N''); it runs to the next quote not doubled, as
  *     in PostgreSQL's lexer with standard_conforming_strings on (which the
@@ -3886,7 +3890,7 @@ static int judge_miss(struct tstate *t, const struct pgc_ctx *ctx, const char *s
 	if (xklen && may_have_constants(sql, len)) {
 		/* the 'F' key first (fast_key()), then the 'S' key; a verdict
 		 * found by its 'S' key is stored under the 'F' key too */
-		if ((ftlen = fast_key(t, sql, len)) &&
+		if ((ftlen = fast_key(t, t->sql, len)) &&
 		    (fklen = key_build(t, 'F', ctx, rules, nrules, t->fkey, ftlen)) && cache_get(t, fklen, out))
 			return 0;
 		if ((stlen = scan_key(t)) && (sklen = key_build(t, 'S', ctx, rules, nrules, t->skey, stlen)) &&

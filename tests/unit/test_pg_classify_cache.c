@@ -372,11 +372,102 @@ static void test_fast_none(void)
 	CHECK(fkey_of("a = 12 'b'", k, sizeof(k)) == 9 && memcmp(k, "a = \0i \0s", 9) == 0);
 }
 
+/* a with each of its constants, as this test reads them (a word of
+ * digits alone; a quoted string not after a word character), replaced by
+ * another of a different length: quotes, comment starts, dollars and
+ * newlines inside the strings. */
+static void rewrite_consts(const char *a, char *out, size_t cap, unsigned pick)
+{
+	static const char *const ints[] = { "1", "123456789", "0", "42", "00000" };
+	static const char *const strs[] = {
+		"", "x''y", "--", "/*", "$$", "\n", "\xc3\xa9", "a\\", "''", "; DELETE FROM t; --",
+		"*/ 1", "\\''", "\n'\n'",
+	};
+	size_t n = strlen(a), m = 0, i = 0;
+	unsigned k = pick;
+
+#define OUT(p, l) do { size_t l_ = (l); if (m + l_ + 1 > cap) { out[m] = 0; return; } \
+			memcpy(out + m, (p), l_); m += l_; } while (0)
+	while (i < n) {
+		char ch = a[i];
+		size_t j = i;
+		bool word = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+			    ch == '_';
+
+		if (word) {
+			bool digits = true;
+
+			while (j < n && ((a[j] >= 'a' && a[j] <= 'z') || (a[j] >= 'A' && a[j] <= 'Z') ||
+					 (a[j] >= '0' && a[j] <= '9') || a[j] == '_')) {
+				digits &= a[j] >= '0' && a[j] <= '9';
+				j++;
+			}
+			if (digits) {
+				const char *r = ints[k++ % (sizeof(ints) / sizeof(ints[0]))];
+
+				OUT(r, strlen(r));
+			} else {
+				OUT(a + i, j - i);
+			}
+			i = j;
+			continue;
+		}
+		if (ch == '\'') {
+			for (j = i + 1; j < n; j++) {
+				if (a[j] == '\'' && a[j + 1] == '\'')
+					j++;
+				else if (a[j] == '\'')
+					break;
+			}
+			if (j >= n) {           /* unterminated: as it is */
+				OUT(a + i, n - i);
+				break;
+			}
+			const char *r = strs[k++ % (sizeof(strs) / sizeof(strs[0]))];
+
+			/* a lone quote inside would end the string: "\n'\n'" is
+			 * two strings joined by a newline, so it keeps the shape
+			 * only where the lexer joins them; the F keys tell */
+			OUT("'", 1);
+			OUT(r, strlen(r));
+			OUT("'", 1);
+			i = j + 1;
+			continue;
+		}
+		OUT(&ch, 1);
+		i++;
+	}
+	out[m] = 0;
+#undef OUT
+}
+
+/* PostgreSQL's lexer's ICONST tokens in sql (-1: a lexer error). */
+static int iconsts(const char *sql)
+{
+	PgQueryScanResult sr = pg_query_scan(sql);
+	PgQuery__ScanResult *res;
+	int n = 0;
+
+	if (sr.error) {
+		pg_query_free_scan_result(sr);
+		return -1;
+	}
+	res = pg_query__scan_result__unpack(NULL, sr.pbuf.len, (const uint8_t *)sr.pbuf.data);
+	for (size_t i = 0; res && i < res->n_tokens; i++)
+		n += res->tokens[i]->token == PG_QUERY__TOKEN__ICONST;
+	if (res)
+		pg_query__scan_result__free_unpacked(res, NULL);
+	pg_query_free_scan_result(sr);
+	return res ? n : -1;
+}
+
 /* Random texts over the characters the scan takes (and a few it does
  * not), next to each other in every way: any two that share an 'F' key
  * share their 'S' key (or both have none). Each text is paired with a
  * copy whose constants the test rewrites itself, by its own reading of
- * the text: digit runs and quoted bodies, wherever they fall. */
+ * the text: digit runs and quoted bodies, wherever they fall, once at the
+ * same lengths and once at others. And the lexer reads the text's
+ * integer constants where the scan does. */
 static void test_fast_random(void)
 {
 	static const char *const parts[] = {
@@ -387,8 +478,8 @@ static void test_fast_random(void)
 	};
 	enum { NP = sizeof(parts) / sizeof(parts[0]) };
 	uint64_t rng = 0x9e3779b97f4a7c15ull;
-	char a[256], b[256], fa[1024], fb[1024], sa[4096], sb[4096];
-	int keyed = 0, pairs = 0;
+	char a[256], b[256], c[1024], fa[1024], fb[1024], fc[2048], sa[4096], sb[4096], sc[4096];
+	int keyed = 0, pairs = 0, longer = 0;
 
 	for (int it = 0; it < 40000; it++) {
 		size_t n = 0;
@@ -439,9 +530,33 @@ static void test_fast_random(void)
 		if (!ok)
 			fprintf(stderr, "  same F key, S keys differ: '%s' / '%s'\n", a, b);
 		CHECK(ok);
+		/* the same with constants of other lengths and contents */
+		rewrite_consts(a, c, sizeof(c), (unsigned)it);
+		size_t nfc = fkey_of(c, fc, sizeof(fc));
+
+		if (nfc == nfa && memcmp(fa, fc, nfa) == 0) {
+			size_t nsc = key_of(c, sc, sizeof(sc));
+
+			longer++;
+			ok = nsa == nsc && memcmp(sa, sc, nsa) == 0;
+			if (!ok)
+				fprintf(stderr, "  same F key, S keys differ: '%s' / '%s'\n", a, c);
+			CHECK(ok);
+		}
+		/* the lexer agrees with the scan: it lexes without error, and
+		 * its integer constants are exactly the scan's 'i' markers */
+		int want = 0;
+
+		for (size_t i = 0; i + 1 < nfa; i++)
+			want += fa[i] == '\0' && fa[i + 1] == 'i';
+		ok = iconsts(a) == want;
+		if (!ok)
+			fprintf(stderr, "  '%s': %d integer constants to the lexer, %d to the scan\n", a,
+				iconsts(a), want);
+		CHECK(ok);
 	}
 	/* the alphabet did reach the scan */
-	CHECK(keyed > 1000 && pairs > 1000);
+	CHECK(keyed > 1000 && pairs > 1000 && longer > 1000);
 }
 
 /* pgbench's statement: after the first, its new constants are 'F' key
