@@ -137,19 +137,7 @@ static int write_atomic(const char *path, mode_t mode, pem_writer w, EVP_PKEY *k
 	}
 	/* the rename itself survives a power cut only once its directory is
 	 * synced (the chain state's "running" must: audit.c) */
-	char d[4200];
-	const char *slash = strrchr(path, '/');
-
-	if (slash && (size_t)(slash - path) < sizeof(d)) {
-		memcpy(d, path, (size_t)(slash - path));
-		d[slash - path] = 0;
-		if ((fd = open(d[0] ? d : "/", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) >= 0) {
-			if (fsync(fd))
-				err = -errno;
-			close(fd);
-		}
-	}
-	return err;
+	return fsync_parent(path);
 }
 
 int audit_key_open(const char *dir, EVP_PKEY **out)

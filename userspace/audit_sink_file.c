@@ -42,7 +42,7 @@ static int fsink_open(struct fsink *f)
 		return -errno;
 	/* The trail is for the security team only, whatever the umask says. */
 	if (fstat(f->fd, &st) == 0) {
-		f->others_could_write = (st.st_mode & 022) || (st.st_uid != 0 && st.st_uid != geteuid());
+		f->others_could_write = (st.st_mode & 022) || !owner_ok(st.st_uid);
 		if ((st.st_mode & 0777) != 0600)
 			fchmod(f->fd, 0600);
 		f->size = st.st_size;
@@ -109,7 +109,7 @@ static int rotate(struct audit_sink *s, struct fsink *f)
 {
 	uint32_t keep = s->cfg->keep ? s->cfg->keep : 5;
 	char from[4200], to[4200];
-	int err, dfd;
+	int err;
 
 	/* what this batch wrote so far is acknowledged with the batch: it
 	 * must be on disk before the file is renamed away (review, stop 34) */
@@ -128,19 +128,7 @@ static int rotate(struct audit_sink *s, struct fsink *f)
 	if ((err = fsink_open(f)))
 		return err;
 	/* the renames and the new file survive a power cut with the lines */
-	snprintf(from, sizeof(from), "%s", f->path);
-	char *slash = strrchr(from, '/');
-
-	if (slash == from)
-		slash[1] = '\0';
-	else if (slash)
-		*slash = '\0';
-	else
-		snprintf(from, sizeof(from), ".");
-	if ((dfd = open(from, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) >= 0) {
-		fsync(dfd);
-		close(dfd);
-	}
+	fsync_parent(f->path);
 	return 0;
 }
 

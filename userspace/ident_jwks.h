@@ -171,8 +171,8 @@ int issuer_verify_cached(struct ident_issuer *iss, const char *token, size_t len
  * A token already accepted, checked again when the issuer's keys have
  * changed since *gen (issuer_verify or an earlier recheck; start at 0).
  * Refreshes the keys first when their TTL has passed, at most once per
- * TTL (and the rate limit) even while fetches fail, which keep the keys. 0: nothing changed, or the token
- * still verifies (*gen is then the keys' generation). -EKEYREVOKED: the
+ * TTL (and the rate limit) even while fetches fail, which keep the keys.
+ * 0: nothing changed, or the token still verifies (*gen is then the keys' generation). -EKEYREVOKED: the
  * issuer no longer publishes its key (withdrew every key, or the set
  * lacks its kid). Any other -errno is jwt_verify's verdict with the new
  * keys. why never holds the token.

@@ -431,9 +431,34 @@ int ag_no_passphrase(char *buf, int size, int rwflag, void *u)
 	return -1;
 }
 
-static bool owner_ok(uid_t uid)
+bool owner_ok(uid_t uid)
 {
 	return uid == 0 || uid == geteuid();
+}
+
+int fsync_parent(const char *path)
+{
+	char d[4200];
+	const char *slash = strrchr(path, '/');
+	size_t n = slash ? (size_t)(slash - path) : 0;
+	int fd, err = 0;
+
+	if (n >= sizeof(d))
+		return -ENAMETOOLONG;
+	if (!slash)
+		snprintf(d, sizeof(d), ".");
+	else if (!n)
+		snprintf(d, sizeof(d), "/");
+	else {
+		memcpy(d, path, n);
+		d[n] = 0;
+	}
+	if ((fd = open(d, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+		return -errno;
+	if (fsync(fd))
+		err = -errno;
+	close(fd);
+	return err;
 }
 
 int path_trusted(const char *path, char *why, size_t whylen)

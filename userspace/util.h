@@ -122,6 +122,11 @@ const char *memmem_last(const char *hay, size_t len, const char *needle, size_t 
  * trusted directory); -EPERM, -ELOOP or -errno otherwise, with why.
  */
 int path_trusted(const char *path, char *why, size_t whylen);
+/* A file's or directory's owner the enforcer trusts: root, or its own euid. */
+bool owner_ok(uid_t uid);
+/* fsync()s the directory that holds path (its parent; "." for a bare name),
+ * so that a rename or a new name in it survives a power cut. 0 or -errno. */
+int fsync_parent(const char *path);
 /* Opens a secret the enforcer reads with root's rights (an upstream
  * password, an injected token, a client secret): only through a path no one
  * but root can re-point (path_trusted), only a regular file, and only one
