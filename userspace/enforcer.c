@@ -1124,6 +1124,12 @@ int enforcer_user_verify(int idx, const char *tok, size_t len, struct ident_prin
 				 agent.verified ? agent.sub : NULL, user, why, whylen);
 }
 
+int enforcer_user_recheck(int idx, const struct ident_principal *user, uint64_t *gen, char *why,
+			  size_t whylen)
+{
+	return ident_user_recheck(E->agents[idx].ident, user, gen, why, whylen);
+}
+
 bool enforcer_may_target(const struct policy *p, int idx, int t)
 {
 	return p->agents[idx].may_target[t] ||

@@ -266,6 +266,10 @@ size_t enforcer_user_rules_for(const struct policy *p, int idx, const struct ide
  */
 int enforcer_user_verify(int idx, const char *tok, size_t len, struct ident_principal *user,
 			 char *why, size_t whylen);
+/* The user token of a session, checked again against agent idx's issuer's
+ * current keys (ident_user_recheck). Thread-safe. */
+int enforcer_user_recheck(int idx, const struct ident_principal *user, uint64_t *gen, char *why,
+			  size_t whylen);
 
 /* Index of the agent whose cgroup (path inside the hierarchy) contains rel, or -1. */
 int enforcer_agent_of_cgroup(const char *rel);

@@ -1051,6 +1051,7 @@ void ident_principal_from_claims(const struct jwt_claims *c, const char *source,
 	snprintf(out->client_id, sizeof(out->client_id), "%s",
 		 c->client_id ? c->client_id : c->azp ? c->azp : "");
 	out->exp = c->exp;
+	out->key = c->key;
 	for (size_t i = 0; i < c->ngroups; i++) {
 		if (n == IDENT_MAX_GROUPS || strlen(c->groups[i]) >= IDENT_GROUP_MAX) {
 			out->groups_truncated = true;
@@ -1089,6 +1090,22 @@ int ident_user_verify(struct ident_agent *a, const char *tok, size_t len, const 
 			user->exp = c.iat + IDENT_MAX_AGE_S + IDENT_LEEWAY_S;
 	}
 	jwt_claims_free(&c);
+	return ret;
+}
+
+int ident_user_recheck(struct ident_agent *a, const struct ident_principal *user, uint64_t *gen,
+		       char *why, size_t whylen)
+{
+	bool want = false;
+	int ret;
+
+	if (!a || !a->iss || !user || !user->key.set) {
+		ident_setwhy(why, whylen, "the session holds no verified user token");
+		return -EINVAL;
+	}
+	ret = issuer_key_check(a->iss, gen, &user->key, &want, why, whylen);
+	if (want)
+		atomic_store(&a->user_refresh, true);
 	return ret;
 }
 

@@ -94,6 +94,8 @@ struct ident_principal {
 	                                     * failed (the held token is still good); else "" */
 	bool secret_file_exposed;           /* client_credentials: the secret file is
 	                                     * readable by group or others (reported, not refused) */
+	struct jwt_keyref key;              /* the key that verified the token (a user
+	                                     * token a session holds: ident_user_recheck) */
 };
 
 /*
@@ -157,6 +159,19 @@ const char *ident_agent_token(const struct ident_agent *a);
  */
 int ident_user_verify(struct ident_agent *a, const char *tok, size_t len, const char *agent_iss,
 		      const char *agent_sub, struct ident_principal *user, char *why, size_t whylen);
+/*
+ * A user token a session holds (postgres), checked again when the issuer's
+ * keys have changed since *gen (start at 0): user is what
+ * ident_user_verify() filled, the token itself is not kept. 0 while the
+ * issuer still publishes the key that verified it (or its keys could not
+ * be fetched: an outage keeps them); -EKEYREVOKED when it withdrew its
+ * keys, no longer publishes that key, or publishes another one under its
+ * kid. Never touches the network: asks a's next tick for a JWKS fetch once
+ * the keys' TTL has passed, so a withdrawal is seen within a TTL and a
+ * second. Thread-safe.
+ */
+int ident_user_recheck(struct ident_agent *a, const struct ident_principal *user, uint64_t *gen,
+		       char *why, size_t whylen);
 /* Those rules on verified claims alone (also `token verify --user`). 0 or
  * -EACCES. */
 int ident_user_check(const struct jwt_claims *c, const char *agent_iss, const char *agent_sub,

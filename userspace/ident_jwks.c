@@ -1028,6 +1028,43 @@ out:
 	return ret;
 }
 
+int issuer_key_check(struct ident_issuer *iss, uint64_t *gen, const struct jwt_keyref *ref,
+		     bool *want_refresh, char *why, size_t whylen)
+{
+	char fr[256];
+	int ret = 0;
+
+	*want_refresh = false;
+	if (!iss || !ref || !ref->set) {
+		ident_setwhy(why, whylen, "bad arguments");
+		return -EINVAL;
+	}
+	pthread_mutex_lock(&iss->mu);
+	if (now_mono(iss) - iss->fetched_mono >= iss->ttl)
+		*want_refresh = true;
+	if (iss->gen == *gen)
+		goto out;
+	if (!iss->keys) {
+		if (iss->withdrawn) {
+			ident_setwhy(why, whylen, "the issuer withdrew its keys: %s", iss->last_error);
+			ret = -EKEYREVOKED;
+		}
+		goto out;   /* otherwise none were had yet: nothing to say */
+	}
+	ret = jwt_key_still(iss->keys, ref, fr, sizeof(fr));
+	if (ret == 0) {
+		*gen = iss->gen;
+	} else if (ret == -ENOKEY || ret == -EKEYREJECTED) {
+		ident_setwhy(why, whylen, "the issuer no longer publishes the token's key (%s)", fr);
+		ret = -EKEYREVOKED;
+	} else {
+		ident_setwhy(why, whylen, "%s", fr);
+	}
+out:
+	pthread_mutex_unlock(&iss->mu);
+	return ret;
+}
+
 int issuer_verify_cached(struct ident_issuer *iss, const char *token, size_t len,
 			 const struct jwt_policy *pol, struct jwt_claims *out, bool *want_refresh,
 			 char *why, size_t whylen)

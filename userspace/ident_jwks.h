@@ -181,6 +181,16 @@ int issuer_recheck(struct ident_issuer *iss, uint64_t *gen, const char *token, s
 		   const struct jwt_policy *pol, char *why, size_t whylen);
 
 /*
+ * issuer_recheck() for a token that is not kept, by the key that verified
+ * it (jwt_key_still): never fetches, *want_refresh is set once the keys'
+ * TTL has passed, for the caller to have them fetched elsewhere. The same
+ * returns: 0, -EKEYREVOKED (withdrawn, not published any more, or another
+ * key under its kid), other -errno.
+ */
+int issuer_key_check(struct ident_issuer *iss, uint64_t *gen, const struct jwt_keyref *ref,
+		     bool *want_refresh, char *why, size_t whylen);
+
+/*
  * Fetch now (discovery and JWKS), ignoring the TTL but not the rate limit;
  * force skips the rate limit only while the issuer has no keys at all. 0 or
  * -errno with a reason (-EAGAIN: rate limited).

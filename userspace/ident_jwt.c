@@ -34,6 +34,7 @@
 #include <openssl/evp.h>
 #include <openssl/param_build.h>
 #include <openssl/rsa.h>
+#include <openssl/x509.h>
 
 /* ======================================================================
  * Algorithms and keys
@@ -72,6 +73,7 @@ struct jwk {
 	char alg_name[JWK_ALG_MAX]; /* the JWK's alg as written (truncated), for jwks_key() */
 	bool has_alg;
 	EVP_PKEY *pkey;             /* NULL when refused */
+	unsigned char fp[32];       /* SHA-256 of pkey's SubjectPublicKeyInfo (jwt_keyref) */
 	int bits;
 	char reason[JWK_REASON_MAX];/* "" when usable */
 };
@@ -276,6 +278,21 @@ static int jwk_b64(json_t *jwk, const char *name, unsigned char *out, size_t cap
 	if (!json_is_string(v))
 		return -EINVAL;
 	return b64url_decode(json_string_value(v), json_string_length(v), out, cap, outlen);
+}
+
+/* SHA-256 of the DER SubjectPublicKeyInfo of pkey: names a key across two
+ * JWKS fetches (jwt_key_still). 0 or -1. */
+static int key_fingerprint(EVP_PKEY *pkey, unsigned char fp[32])
+{
+	unsigned char *der = NULL;
+	unsigned int mdlen = 0;
+	int n = i2d_PUBKEY(pkey, &der), ok;
+
+	if (n <= 0)
+		return -1;
+	ok = EVP_Digest(der, (size_t)n, fp, &mdlen, EVP_sha256(), NULL) == 1 && mdlen == 32;
+	OPENSSL_free(der);
+	return ok ? 0 : -1;
 }
 
 /* Build a public key of OpenSSL type `type` from params; NULL on refusal. */
@@ -632,6 +649,8 @@ int jwks_parse(const char *json, size_t len, struct jwks **out, char *why, size_
 			if (o->pkey && o->has_kid && o->kty == k->kty && strcmp(o->kid, k->kid) == 0)
 				refuse(k, "duplicate kid; keys[%zu] is used", j);
 		}
+		if (k->pkey && key_fingerprint(k->pkey, k->fp))
+			refuse(k, "cannot encode the key");
 		if (k->pkey)
 			set->usable++;
 		else if (first_refused == SIZE_MAX)
@@ -1230,6 +1249,11 @@ int jwt_verify(const char *token, size_t len, const struct jwks *keys,
 		claims.alg = alg_table[st.alg].name;
 		if (st.kid)
 			snprintf(claims.kid, sizeof(claims.kid), "%s", st.kid);
+		claims.key.set = true;
+		claims.key.has_kid = st.kid != NULL;
+		snprintf(claims.key.kid, sizeof(claims.key.kid), "%s", st.kid ? st.kid : "");
+		claims.key.alg = st.alg;
+		memcpy(claims.key.fp, st.key->fp, sizeof(claims.key.fp));
 		if (out)
 			*out = claims;
 		else
@@ -1245,6 +1269,23 @@ int jwt_verify(const char *token, size_t len, const struct jwks *keys,
 	free_wiped(st.pay_raw, st.pay_len);
 	free_wiped(st.sig, st.sig_len);
 	return err;
+}
+
+int jwt_key_still(const struct jwks *keys, const struct jwt_keyref *ref, char *why, size_t whylen)
+{
+	struct vstate st = { .alg = -1 };
+	int err;
+
+	fail(why, whylen, 0, "%s", "");
+	if (!keys || !ref || !ref->set || ref->alg < 0 || ref->alg >= ALG_COUNT)
+		return fail(why, whylen, -EINVAL, "bad arguments");
+	st.alg = ref->alg;
+	st.kid = ref->has_kid ? ref->kid : NULL;
+	if ((err = pick_key(keys, &st, why, whylen)))
+		return err;
+	if (memcmp(st.key->fp, ref->fp, sizeof(ref->fp)) != 0)
+		return fail(why, whylen, -EKEYREJECTED, "the key the issuer publishes under this kid is another one");
+	return 0;
 }
 
 const char *jwt_error_name(int err)

@@ -174,10 +174,24 @@ struct jwt_policy {
 };
 
 /*
+ * The key that verified a token: enough to ask a later JWKS whether it
+ * still verifies that token (jwt_key_still) without keeping the token, a
+ * bearer secret. Nothing in it is secret.
+ */
+struct jwt_keyref {
+	bool set;                  /* filled by a successful jwt_verify() */
+	char kid[JWT_KID_MAX + 1]; /* "" when the header had none */
+	bool has_kid;
+	int alg;                   /* the token's alg (internal id) */
+	unsigned char fp[32];      /* SHA-256 of the key's SubjectPublicKeyInfo (DER) */
+};
+
+/*
  * Verified claims. String members point into json and live until
  * jwt_claims_free(); NULL when the claim is absent.
  */
 struct jwt_claims {
+	struct jwt_keyref key;    /* the key that verified the token */
 	const char *alg;          /* static: "RS256", "PS256", "ES256", "EdDSA", "Ed25519" */
 	char kid[JWT_KID_MAX + 1];/* "" when the header had none */
 	const char *iss, *sub;    /* always set on success */
@@ -230,6 +244,17 @@ int jwt_verify(const char *token, size_t len, const struct jwks *keys,
 /* Release what jwt_verify() put in *c and zero it. NULL-safe, and safe on
  * a zeroed struct or one jwt_verify() failed on. */
 void jwt_claims_free(struct jwt_claims *c);
+
+/*
+ * Would keys still verify the token that ref came from? The key choice of
+ * jwt_verify() is made again for the token's kid and alg: 0 when it picks
+ * the same key (the same public key, byte for byte), -ENOKEY when the set
+ * has no key under that kid (or, for a token without one, not exactly one
+ * usable key), -EKEYREJECTED when it picks another key or refuses the one
+ * it finds. The claims are not looked at again: exp and the rest did not
+ * change with the keys. why never holds the kid.
+ */
+int jwt_key_still(const struct jwks *keys, const struct jwt_keyref *ref, char *why, size_t whylen);
 
 /*
  * A stable, short name for a jwt_verify()/jwks_parse() return value, for

@@ -381,6 +381,8 @@ struct pg_sess {
 	char tx;                       /* last ReadyForQuery status */
 	char user[64];                 /* the agent's startup user (audit only) */
 	bool has_deleg;                /* a verified user token came in the password field */
+	uint64_t deleg_gen;            /* the issuer's keys the user token was last checked with */
+	char *deleg_revoked;           /* why the token no longer verifies (then for good), or NULL */
 	struct ident_principal deleg;  /* the delegating user */
 	char appname[PG_APPNAME_MAX + 1];
 	char datestyle[64], timezone[64], extra_float[8], intervalstyle[32];
@@ -1504,6 +1506,43 @@ static struct pg_judged *judged_new(const struct pgc_result *r, const char *why)
  * rules and their masks.
  * rules: the agent's rules now, nr of them (at most ENFORCER_MAX_RULES).
  */
+/*
+ * The delegating user's token would still pass: not expired, and the
+ * issuer still publishes the key that verified it. Its keys are checked
+ * again whenever they change (ident_user_recheck; refreshed at their TTL
+ * while sessions hold user tokens), so an issuer that withdraws a key,
+ * rotated away from or compromised, takes away every session's acting for
+ * the users whose tokens it signed, as the agent's own token loses its
+ * identity (ident.c, held_recheck). For good: the user reconnects with a
+ * fresh token. An issuer that cannot be reached keeps its last keys: an
+ * outage does not end sessions. The token itself was never kept.
+ */
+static bool deleg_ok(struct conn *c, char *why, size_t whylen)
+{
+	struct pg_sess *s = S(c);
+	char r[256];
+	int err;
+
+	if (!s->has_deleg)
+		return true;
+	if (s->deleg.exp > 0 && (int64_t)(now_ms_realtime() / 1000) >= s->deleg.exp) {
+		snprintf(why, whylen, "the delegating user's token has expired; reconnect with a fresh one");
+		return false;
+	}
+	if (!s->deleg_revoked &&
+	    (err = enforcer_user_recheck(c->agent_idx, &s->deleg, &s->deleg_gen, r, sizeof(r))) &&
+	    !(s->deleg_revoked = strdup(err == -EKEYREVOKED ? r : "it cannot be checked again"))) {
+		snprintf(why, whylen, "the delegating user's token no longer verifies; reconnect with a fresh one");
+		return false;   /* no memory to keep the reason: refused all the same */
+	}
+	if (s->deleg_revoked) {
+		snprintf(why, whylen, "the delegating user's token no longer verifies: %s; reconnect with a fresh one",
+			 s->deleg_revoked);
+		return false;
+	}
+	return true;
+}
+
 static bool rules_unchanged(struct conn *c, const struct policy_rule *const *rules, size_t nr, char *why,
 			    size_t whylen)
 {
@@ -1623,10 +1662,8 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 		goto early;
 	/* the user's token was verified once, at the session's start: the
 	 * session acts for the user only while that token would still pass */
-	if (s->has_deleg && s->deleg.exp > 0 && (int64_t)(now_ms_realtime() / 1000) >= s->deleg.exp) {
-		snprintf(why, whylen, "the delegating user's token has expired; reconnect with a fresh one");
+	if (!deleg_ok(c, why, whylen))
 		goto early;
-	}
 	nr = enforcer_rules_for(c->policy, c->agent_idx, c->target_idx, rules, ENFORCER_MAX_RULES);
 	if (nr > ENFORCER_MAX_RULES) {
 		snprintf(why, whylen, "too many rules for this target");
@@ -4614,12 +4651,9 @@ static int fe_execute(struct conn *c, const struct pg_msg *m)
 	if (!enforcer_identity_ok(c->policy, c->agent_idx, why, sizeof(why)) && enforcer_should_refuse(c, why))
 		return standin(c, false, PG_DENY_NAME, why, NULL, "extended");
 	/* the delegating user's token too: a statement judged before it
-	 * expired is not run after (review, stop 34) */
-	if (s->has_deleg && s->deleg.exp > 0 && (int64_t)(now_ms_realtime() / 1000) >= s->deleg.exp) {
-		snprintf(why, sizeof(why), "the delegating user's token has expired; reconnect with a fresh one");
-		if (enforcer_should_refuse(c, why))
-			return standin(c, false, PG_DENY_NAME, why, NULL, "extended");
-	}
+	 * expired (or lost its key) is not run after (review, stop 34) */
+	if (!deleg_ok(c, why, sizeof(why)) && enforcer_should_refuse(c, why))
+		return standin(c, false, PG_DENY_NAME, why, NULL, "extended");
 	{
 		const struct policy_rule *rules[ENFORCER_MAX_RULES];
 		size_t nr = enforcer_rules_for(c->policy, c->agent_idx, c->target_idx, rules, ENFORCER_MAX_RULES);
@@ -5823,6 +5857,7 @@ static void pg_release(struct conn *c)
 	wipe_password(s);
 	pg_out_free(&s->out);
 	free(s->negotiate_buf);
+	free(s->deleg_revoked);
 	free(s->startup);
 	free(s->params);
 	free(s->cols);

@@ -29,9 +29,9 @@ def idp(tmp):
     p.stop()
 
 
-def start(enforcer, tmp, pg, idp):
+def start(enforcer, tmp, pg, idp, env=None):
     """Starts the enforcer on doc(); returns the policy file's path."""
-    path = enforcer.start(policy_text(doc(tmp, pg, idp)))
+    path = enforcer.start(policy_text(doc(tmp, pg, idp)), env=env)
 
     def verified():
         return any(a["name"] == AGENT and a["principal"]["verified"] for a in enforcer.status()["agents"])
@@ -189,5 +189,57 @@ def test_delegated_session_ends_with_the_user_token(tmp, pg, enforcer):
         # a fresh token works again (the agent's own refreshes meanwhile)
         rc, out, err = q(enforcer, pg, "SELECT count(*) FROM orders", idp.exchange("bob"))
         assert rc == 0 and out.strip() == "5", (rc, out, err)
+    finally:
+        idp.stop()
+
+
+def test_delegated_session_ends_when_the_issuer_withdraws_the_key(tmp, pg, enforcer):
+    """A postgres session verified the user's token once and kept acting for
+    the user after the issuer stopped publishing the key that signed it (a key
+    rotated away from, say compromised), until the token's exp: a known limit
+    until stop 50. The session now checks the key again whenever the issuer's
+    keys change (refreshed at their TTL: 2 s here, 1 s between fetches,
+    through the test knobs). The provider keeps its previous key for one
+    rotation: after one the session goes on, after two every statement is
+    refused, asking for a fresh token, which then works."""
+    idp = oidc.Provider(tmp, CLIENT_ID, CLIENT_SECRET)
+    try:
+        start(enforcer, tmp, pg, idp, env={"AGENTGATE_JWKS_TTL_S": "2", "AGENTGATE_JWKS_REFETCH_S": "1"})
+        bob = idp.exchange("bob")
+        held = Holder(enforcer, pg, agent=AGENT, env={"PGPASSWORD": bob})
+        try:
+            assert held.first == ["ok", 5]
+            idp.rotate()
+            time.sleep(4.5)   # two TTLs: the new set was fetched, and still has bob's key
+            assert held.q("select count(*) from orders") == ["ok", 5]
+            assert held.q("select count(*) from customers") == ["ok", 2]
+            idp.rotate()
+            # The agent's own token loses its key too, and the agent fetches a
+            # new one: until then its statements are refused for that reason.
+            last = []
+
+            def refused():
+                last[:] = held.q("select count(*) from orders")
+                return last[0] == "err" and "delegating user's token no longer verifies" in last[2]
+            assert wait_for(refused, 15, step=0.5), last
+            assert last[1] == "42501" and "no longer publishes the token's key" in last[2], last
+            assert "reconnect with a fresh one" in last[2], last
+            # for good, whatever is asked, with the agent verified again
+            assert wait_for(lambda: any(a["name"] == AGENT and a["principal"]["verified"]
+                                        for a in enforcer.status()["agents"]), 15)
+            r = held.q("select 1")
+            assert r[0] == "err" and "no longer verifies" in r[2], r
+        finally:
+            held.close()
+        # audited as refusals, with the reason
+        evs = [e for e in stmt_events(enforcer)
+               if "delegating user's token no longer verifies" in json.dumps(e)]
+        assert evs and all(e["unmapped"]["verdict"] == "deny" for e in evs), evs[:2]
+        # a fresh token, signed with the current key: a new session acts for bob
+        rc, out, err = q(enforcer, pg, "SELECT count(*) FROM orders", idp.exchange("bob"))
+        assert rc == 0 and out.strip() == "5", (rc, out, err)
+        # the old token is refused at the start of a new session
+        rc, out, err = q(enforcer, pg, "SELECT count(*) FROM orders", bob)
+        assert rc != 0 and "user token refused" in err, (rc, out, err)
     finally:
         idp.stop()

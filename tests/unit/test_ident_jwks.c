@@ -406,6 +406,78 @@ static void test_recheck(void)
 	EVP_PKEY_free(k2);
 }
 
+/* The same for a user token a postgres session holds without keeping it
+ * (issuer_key_check, by the key that verified it): it never fetches (a
+ * worker calls it), asks for a fetch once the TTL has passed, and says
+ * -EKEYREVOKED once the key is gone, withdrawn, or replaced under its kid. */
+static void test_key_check(void)
+{
+	const char *aud[] = { "urn:agentgate" };
+	struct jwt_policy p = { .issuer = "http://127.0.0.1:9", .audiences = aud, .naud = 1, .leeway_s = 60 };
+	EVP_PKEY *k1 = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519"), *k2 = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
+	char *j1, *j2, *j2as1, set12[800], set2[400], swapped[400], set1[400], why[512];
+	const char *sets[] = { set2, "{\"keys\":[]}", swapped };
+	struct jwt_claims c;
+	struct jwt_keyref ref;
+	struct ident_issuer *i;
+	uint64_t gen;
+	bool want;
+	char *tok;
+	int f;
+
+	must(k1 && k2);
+	j1 = jwk_ed(k1, "k1");
+	j2 = jwk_ed(k2, "k2");
+	j2as1 = jwk_ed(k2, "k1");
+	snprintf(set1, sizeof(set1), "{\"keys\":[%s]}", j1);
+	snprintf(set12, sizeof(set12), "{\"keys\":[%s,%s]}", j1, j2);
+	snprintf(set2, sizeof(set2), "{\"keys\":[%s]}", j2);
+	snprintf(swapped, sizeof(swapped), "{\"keys\":[%s]}", j2as1);
+	tok = signed_token(k1, "k1");
+	p.now = real(NULL);
+	for (size_t n = 0; n < sizeof(sets) / sizeof(sets[0]); n++) {
+		jwks_text = set1;
+		gen = 0;
+		i = mk();
+		CHECK(issuer_verify(i, tok, strlen(tok), &p, &c, why, sizeof(why)) == 0);
+		ref = c.key;
+		jwt_claims_free(&c);
+		CHECK(ref.set);
+		CHECK(issuer_key_check(i, &gen, &ref, &want, why, sizeof(why)) == 0 && gen != 0 && !want);
+		f = fetches;
+		T += 700;   /* past the TTL: a fetch is asked for, not made */
+		CHECK(issuer_key_check(i, &gen, &ref, &want, why, sizeof(why)) == 0 && want && fetches == f);
+		jwks_text = set12;   /* a key rotated in: the token's key is still there */
+		CHECK(issuer_refresh(i, false, why, sizeof(why)) == 0);
+		CHECK(issuer_key_check(i, &gen, &ref, &want, why, sizeof(why)) == 0 && !want);
+		fail = 1;            /* an outage keeps the keys */
+		T += 700;
+		issuer_refresh(i, false, why, sizeof(why));
+		CHECK(issuer_key_check(i, &gen, &ref, &want, why, sizeof(why)) == 0);
+		fail = 0;
+		jwks_text = sets[n];  /* rotated away; withdrawn; another key under its kid */
+		T += 700;
+		issuer_refresh(i, false, why, sizeof(why));
+		CHECK(issuer_key_check(i, &gen, &ref, &want, why, sizeof(why)) == -EKEYREVOKED);
+		CHECK(strstr(why, n == 1 ? "withdrew" : "no longer publishes the token's key") != NULL);
+		issuer_free(i);
+	}
+	memset(&ref, 0, sizeof(ref));
+	jwks_text = set1;
+	i = mk();
+	gen = 0;
+	CHECK(issuer_key_check(i, &gen, &ref, &want, why, sizeof(why)) == -EINVAL);   /* no ref: refused */
+	issuer_free(i);
+
+	jwks_text = JWKS;
+	free(tok);
+	free(j1);
+	free(j2);
+	free(j2as1);
+	EVP_PKEY_free(k1);
+	EVP_PKEY_free(k2);
+}
+
 /* ---- the owner of a plain-http issuer's port (real sockets) ---- */
 
 static int listen_on(int family, int port)
@@ -646,6 +718,7 @@ int main(void)
 	RUN(test_issuer_down);
 	RUN(test_keys_withdrawn);
 	RUN(test_recheck);
+	RUN(test_key_check);
 	RUN(test_loopback_owner_lookup);
 	RUN(test_loopback_owner_dual_stack);
 	RUN(test_loopback_owner_pinned);

@@ -1669,6 +1669,101 @@ static void test_single_key_set(void)
 	free(kid);
 }
 
+/*
+ * jwt_key_still: a session that held a user token without keeping it asks
+ * a newer JWKS whether that token would still verify. The same key, from
+ * another fetch, passes; the key gone, another key under its kid, the key
+ * now for another alg or of another kty, or refused, do not; a kid-less
+ * token needs a set with exactly one usable key, as jwt_verify does.
+ */
+/* jwt_key_still() against a set of the JWKs a and b (b may be NULL), which
+ * must agree with verifying the token ref came from (tok) against it. */
+static const char *still_tok;
+
+static int still(const struct jwt_keyref *ref, json_t *a, json_t *b, char *why, size_t whylen)
+{
+	json_t *arr[] = { a, b };
+	char *text = jwks_of(arr, b ? 2 : 1);
+	struct jwks *set = parse_or_die(text);
+	char vwhy[256];
+	int err;
+
+	err = jwt_key_still(set, ref, why, whylen);
+	CHECK((err == 0) == (jwt_verify(still_tok, strlen(still_tok), set, &POL_MD, NULL, vwhy, sizeof(vwhy)) == 0));
+	jwks_free(set);
+	free(text);
+	return err;
+}
+
+static void test_key_still(void)
+{
+	char *t = make_token(HDR("RS256", "k1"), GOOD, S_RS256, K.rsa);
+	char *nokid = make_token("{\"alg\":\"RS256\",\"typ\":\"at+jwt\"}", GOOD, S_RS256, K.rsa);
+	json_t *first[] = { jwk_of(K.rsa, "k1", NULL), jwk_of(K.ec, "e1", NULL) };
+	char *ft = jwks_of(first, 2), why[256];
+	struct jwks *fs = parse_or_die(ft);
+	struct jwt_claims c, cn;
+	struct jwt_keyref bad;
+
+	still_tok = t;
+	CHECK(jwt_verify(t, strlen(t), fs, &POL_MD, &c, why, sizeof(why)) == 0);
+	CHECK(c.key.set && c.key.has_kid && strcmp(c.key.kid, "k1") == 0);
+	CHECK(jwt_key_still(fs, &c.key, why, sizeof(why)) == 0);
+	/* the same key in another fetch, in another place, with company */
+	CHECK(still(&c.key, jwk_of(K.ed, "e2", NULL), jwk_of(K.rsa, "k1", NULL), why, sizeof(why)) == 0);
+	CHECK(still(&c.key, jwk_of(K.rsa, "k1", "RS256"), NULL, why, sizeof(why)) == 0);
+	/* rotated away */
+	CHECK(still(&c.key, jwk_of(K.ec, "e1", NULL), jwk_of(K.rsa2, "k2", NULL), why, sizeof(why)) == -ENOKEY);
+	CHECK(strstr(why, "k1") == NULL);   /* never the kid */
+	/* another key under the kid */
+	CHECK(still(&c.key, jwk_of(K.rsa2, "k1", NULL), NULL, why, sizeof(why)) == -EKEYREJECTED);
+	CHECK(strstr(why, "another") != NULL);
+	/* the same kid now an EC key; the key now for PS256 only */
+	CHECK(still(&c.key, jwk_of(K.ec, "k1", NULL), NULL, why, sizeof(why)) == -EKEYREJECTED);
+	CHECK(still(&c.key, jwk_of(K.rsa, "k1", "PS256"), NULL, why, sizeof(why)) == -EKEYREJECTED);
+	/* a refused key under the kid (1024 bits): alone, and with the old key
+	 * listed after it (which jwt_verify uses, and so does the check) */
+	CHECK(still(&c.key, jwk_of(K.rsa1024, "k1", NULL), jwk_of(K.ec, "e1", NULL), why, sizeof(why)) == -EKEYREJECTED);
+	CHECK(still(&c.key, jwk_of(K.rsa1024, "k1", NULL), jwk_of(K.rsa, "k1", NULL), why, sizeof(why)) == 0);
+
+	/* kid-less: one usable key, the same one */
+	{
+		json_t *one[] = { jwk_of(K.rsa, NULL, NULL) };
+		char *ot = jwks_of(one, 1);
+		struct jwks *os = parse_or_die(ot);
+
+		still_tok = nokid;
+		CHECK(jwt_verify(nokid, strlen(nokid), os, &POL_MD, &cn, why, sizeof(why)) == 0);
+		CHECK(cn.key.set && !cn.key.has_kid);
+		CHECK(jwt_key_still(os, &cn.key, why, sizeof(why)) == 0);
+		CHECK(still(&cn.key, jwk_of(K.rsa2, NULL, NULL), NULL, why, sizeof(why)) == -EKEYREJECTED);
+		CHECK(still(&cn.key, jwk_of(K.rsa, NULL, NULL), jwk_of(K.ec, "e1", NULL), why, sizeof(why)) == -EINVAL);
+		jwt_claims_free(&cn);
+		jwks_free(os);
+		free(ot);
+	}
+	/* a ref no verification filled is refused */
+	memset(&bad, 0, sizeof(bad));
+	CHECK(jwt_key_still(fs, &bad, why, sizeof(why)) == -EINVAL);
+	bad = c.key;
+	bad.alg = 99;
+	CHECK(jwt_key_still(fs, &bad, why, sizeof(why)) == -EINVAL);
+	CHECK(jwt_key_still(NULL, &c.key, why, sizeof(why)) == -EINVAL);
+	/* a failed verification leaves no ref */
+	{
+		char *forged = make_token(HDR("RS256", "k1"), GOOD, S_RS256, K.rsa2);
+
+		CHECK(jwt_verify(forged, strlen(forged), fs, &POL_MD, &cn, why, sizeof(why)) != 0);
+		CHECK(!cn.key.set);
+		free(forged);
+	}
+	jwt_claims_free(&c);
+	jwks_free(fs);
+	free(ft);
+	free(t);
+	free(nokid);
+}
+
 /* Bad arguments and bad policies are refused, never "accepted by default". */
 static void test_bad_policy(void)
 {
@@ -1772,6 +1867,7 @@ int main(int argc, char **argv)
 	RUN(test_jwks_errors);
 	RUN(test_duplicate_kids);
 	RUN(test_single_key_set);
+	RUN(test_key_still);
 	RUN(test_small_order_ed25519);
 	RUN(test_bad_policy);
 	RUN(test_why_buffer);
