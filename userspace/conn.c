@@ -1230,8 +1230,13 @@ void conn_trim(struct conn *c)
 			sd->out_cap = sd->out_len = sd->out_off = 0;
 		}
 	}
-	if (c->ops && c->ops->trim && c->proto_state)
+	if (c->ops && c->ops->trim && c->proto_state) {
+		bool finishing = c->finishing;
+
 		c->ops->trim(c);
+		if (!finishing && c->finishing && !c->closing)
+			stream_drive(c, false);   /* the module ended it: its answer goes out, then it closes */
+	}
 }
 
 void conn_deadline(struct conn *c)

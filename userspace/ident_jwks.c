@@ -1044,9 +1044,11 @@ int issuer_key_check(struct ident_issuer *iss, uint64_t *gen, const struct jwt_k
 		*want_refresh = true;
 	if (iss->gen == *gen)
 		goto out;
+	/* the reasons go to the agent: the issuer's own error text (a URL,
+	 * a host name, an HTTP status) is left out */
 	if (!iss->keys) {
 		if (iss->withdrawn) {
-			ident_setwhy(why, whylen, "the issuer withdrew its keys: %s", iss->last_error);
+			ident_setwhy(why, whylen, "the issuer withdrew its keys");
 			ret = -EKEYREVOKED;
 		}
 		goto out;   /* otherwise none were had yet: nothing to say */
@@ -1056,6 +1058,11 @@ int issuer_key_check(struct ident_issuer *iss, uint64_t *gen, const struct jwt_k
 		*gen = iss->gen;
 	} else if (ret == -ENOKEY || ret == -EKEYREJECTED) {
 		ident_setwhy(why, whylen, "the issuer no longer publishes the token's key (%s)", fr);
+		ret = -EKEYREVOKED;
+	} else if (ret != -ENOMEM) {
+		/* a kid-less token and a set of two usable keys: jwt_verify
+		 * would refuse it (which key?) */
+		ident_setwhy(why, whylen, "the issuer's keys no longer verify the token (%s)", fr);
 		ret = -EKEYREVOKED;
 	} else {
 		ident_setwhy(why, whylen, "%s", fr);

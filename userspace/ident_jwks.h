@@ -184,8 +184,9 @@ int issuer_recheck(struct ident_issuer *iss, uint64_t *gen, const char *token, s
  * issuer_recheck() for a token that is not kept, by the key that verified
  * it (jwt_key_still): never fetches, *want_refresh is set once the keys'
  * TTL has passed, for the caller to have them fetched elsewhere. The same
- * returns: 0, -EKEYREVOKED (withdrawn, not published any more, or another
- * key under its kid), other -errno.
+ * returns: 0, -EKEYREVOKED (withdrawn, not published any more, another
+ * key under its kid, or a kid-less token among several keys), other
+ * -errno. why holds no text of the issuer's (it may reach the agent).
  */
 int issuer_key_check(struct ident_issuer *iss, uint64_t *gen, const struct jwt_keyref *ref,
 		     bool *want_refresh, char *why, size_t whylen);

@@ -250,8 +250,8 @@ void jwt_claims_free(struct jwt_claims *c);
  * jwt_verify() is made again for the token's kid and alg: 0 when it picks
  * the same key (the same public key, byte for byte), -ENOKEY when the set
  * has no key under that kid (or, for a token without one, not exactly one
- * usable key), -EKEYREJECTED when it picks another key or refuses the one
- * it finds. The claims are not looked at again: exp and the rest did not
+ * usable key; -EINVAL when it has several), -EKEYREJECTED when it picks
+ * another key or refuses the one it finds. The claims are not looked at again: exp and the rest did not
  * change with the keys. why never holds the kid.
  */
 int jwt_key_still(const struct jwks *keys, const struct jwt_keyref *ref, char *why, size_t whylen);

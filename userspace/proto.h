@@ -49,7 +49,9 @@ struct proto_ops {
 	 * false: conn.c closes it (a reset, audited with c->deadline_why). */
 	bool (*on_deadline)(struct conn *c);
 	/* Stream mode only, optional: called every 200 ms between events
-	 * (conn_trim()); the module frees scratch buffers it is not using. */
+	 * (conn_trim()); the module frees scratch buffers it is not using, and
+	 * may end the connection as on_deadline() does (conn_finish() after
+	 * its answer: proto_pg, a delegating user's key withdrawn). */
 	void (*trim)(struct conn *c);
 };
 

@@ -1510,37 +1510,42 @@ static struct pg_judged *judged_new(const struct pgc_result *r, const char *why)
  * The delegating user's token would still pass: not expired, and the
  * issuer still publishes the key that verified it. Its keys are checked
  * again whenever they change (ident_user_recheck; refreshed at their TTL
- * while sessions hold user tokens), so an issuer that withdraws a key,
- * rotated away from or compromised, takes away every session's acting for
- * the users whose tokens it signed, as the agent's own token loses its
- * identity (ident.c, held_recheck). For good: the user reconnects with a
- * fresh token. An issuer that cannot be reached keeps its last keys: an
- * outage does not end sessions. The token itself was never kept.
+ * while sessions hold user tokens), at each statement, Bind and Execute,
+ * and every 0.2 s besides (pg_trim: an idle session, or one in COPY FROM
+ * STDIN), so an issuer that withdraws a key, rotated away from or
+ * compromised, takes away every session's acting for the users whose
+ * tokens it signed, as the agent's own token loses its identity (ident.c,
+ * held_recheck). DELEG_REVOKED ends the session (its open transaction is
+ * rolled back with it); past exp, statements are refused
+ * (DELEG_EXPIRED). An issuer that cannot be reached keeps its last keys:
+ * an outage ends nothing. The token itself was never kept.
  */
-static bool deleg_ok(struct conn *c, char *why, size_t whylen)
+enum { DELEG_OK, DELEG_EXPIRED, DELEG_REVOKED };
+
+static int deleg_state(struct conn *c, char *why, size_t whylen)
 {
 	struct pg_sess *s = S(c);
 	char r[256];
 	int err;
 
 	if (!s->has_deleg)
-		return true;
-	if (s->deleg.exp > 0 && (int64_t)(now_ms_realtime() / 1000) >= s->deleg.exp) {
-		snprintf(why, whylen, "the delegating user's token has expired; reconnect with a fresh one");
-		return false;
-	}
+		return DELEG_OK;
 	if (!s->deleg_revoked &&
 	    (err = enforcer_user_recheck(c->agent_idx, &s->deleg, &s->deleg_gen, r, sizeof(r))) &&
 	    !(s->deleg_revoked = strdup(err == -EKEYREVOKED ? r : "it cannot be checked again"))) {
 		snprintf(why, whylen, "the delegating user's token no longer verifies; reconnect with a fresh one");
-		return false;   /* no memory to keep the reason: refused all the same */
+		return DELEG_REVOKED;   /* no memory to keep the reason: ended all the same */
 	}
 	if (s->deleg_revoked) {
 		snprintf(why, whylen, "the delegating user's token no longer verifies: %s; reconnect with a fresh one",
 			 s->deleg_revoked);
-		return false;
+		return DELEG_REVOKED;
 	}
-	return true;
+	if (s->deleg.exp > 0 && (int64_t)(now_ms_realtime() / 1000) >= s->deleg.exp) {
+		snprintf(why, whylen, "the delegating user's token has expired; reconnect with a fresh one");
+		return DELEG_EXPIRED;
+	}
+	return DELEG_OK;
 }
 
 static bool rules_unchanged(struct conn *c, const struct policy_rule *const *rules, size_t nr, char *why,
@@ -1662,8 +1667,15 @@ static struct pg_judged *judge(struct conn *c, const char *sql, uint32_t len, ch
 		goto early;
 	/* the user's token was verified once, at the session's start: the
 	 * session acts for the user only while that token would still pass */
-	if (!deleg_ok(c, why, whylen))
+	switch (deleg_state(c, why, whylen)) {
+	case DELEG_OK:
+		break;
+	case DELEG_REVOKED:
+		s->stale_rules = STALE_ALWAYS;   /* the session ends (end_stale()) */
 		goto early;
+	default:
+		goto early;
+	}
 	nr = enforcer_rules_for(c->policy, c->agent_idx, c->target_idx, rules, ENFORCER_MAX_RULES);
 	if (nr > ENFORCER_MAX_RULES) {
 		snprintf(why, whylen, "too many rules for this target");
@@ -4522,9 +4534,10 @@ static int fe_bind(struct conn *c, const struct pg_msg *m)
 	struct pg_judged *j;
 	struct pg_portal *po;
 	struct pg_pend *p;
-	char why[200];
+	char why[300];
 	void *prev;
 	bool full;
+	int d;
 
 	if (pg_parse_bind(m, &b))
 		return fatal(c, "08P01", "agentgate: malformed Bind message");
@@ -4538,6 +4551,11 @@ static int fe_bind(struct conn *c, const struct pg_msg *m)
 		snprintf(why, sizeof(why), "prepared statement \"%.64s\" was not allowed (or does not exist)", b.stmt);
 		return standin(c, false, PG_DENY_NAME, why, NULL, "extended");
 	}
+	/* the delegating user's token, before the server converts the
+	 * parameters (a domain's CHECK runs then) and plans the statement */
+	if ((d = deleg_state(c, why, sizeof(why))) != DELEG_OK && enforcer_should_refuse(c, why))
+		return d == DELEG_REVOKED && stale_ends(c, STALE_ALWAYS) ? end_stale(c, NULL, why, "extended")
+									: standin(c, false, PG_DENY_NAME, why, NULL, "extended");
 	/* Judged with the names of then: PostgreSQL analyses a prepared
 	 * statement again when its plan is invalidated (DDL, ANALYZE), and
 	 * picks up a function or operator created since, an overload that
@@ -4634,7 +4652,8 @@ static int fe_execute(struct conn *c, const struct pg_msg *m)
 	struct pg_pend *p;
 	const char *name;
 	int32_t maxrows;
-	char why[200];
+	char why[300];
+	int d;
 
 	if (pg_parse_execute(m, &name, &maxrows))
 		return fatal(c, "08P01", "agentgate: malformed Execute message");
@@ -4652,8 +4671,9 @@ static int fe_execute(struct conn *c, const struct pg_msg *m)
 		return standin(c, false, PG_DENY_NAME, why, NULL, "extended");
 	/* the delegating user's token too: a statement judged before it
 	 * expired (or lost its key) is not run after (review, stop 34) */
-	if (!deleg_ok(c, why, sizeof(why)) && enforcer_should_refuse(c, why))
-		return standin(c, false, PG_DENY_NAME, why, NULL, "extended");
+	if ((d = deleg_state(c, why, sizeof(why))) != DELEG_OK && enforcer_should_refuse(c, why))
+		return d == DELEG_REVOKED && stale_ends(c, STALE_ALWAYS) ? end_stale(c, NULL, why, "extended")
+									: standin(c, false, PG_DENY_NAME, why, NULL, "extended");
 	{
 		const struct policy_rule *rules[ENFORCER_MAX_RULES];
 		size_t nr = enforcer_rules_for(c->policy, c->agent_idx, c->target_idx, rules, ENFORCER_MAX_RULES);
@@ -5876,10 +5896,21 @@ static void pg_release(struct conn *c)
 	c->proto_state = NULL;
 }
 
-/* Between events: the message builder does not keep what a burst grew it to. */
+/* Between events, every 0.2 s: the message builder does not keep what a
+ * burst grew it to, and a delegated session whose user's key the issuer
+ * withdrew ends (deleg_state()). */
 static void pg_trim(struct conn *c)
 {
-	pg_out_trim(&S(c)->out, 4096);
+	struct pg_sess *s = S(c);
+	char why[300];
+
+	pg_out_trim(&s->out, 4096);
+	/* a session holding a user token whose key the issuer withdrew ends
+	 * now, not at the agent's next message: an idle one, one in COPY FROM
+	 * STDIN (whose rows pass no statement check) */
+	if (s->has_deleg && s->phase == PH_READY && deleg_state(c, why, sizeof(why)) == DELEG_REVOKED &&
+	    stale_ends(c, STALE_ALWAYS) && enforcer_should_refuse(c, why))
+		fatal(c, "57P01", "agentgate: %s", why);   /* the Close event says why */
 }
 
 /* conn.c's deadline passed: a large message never completed (big_clock())

@@ -8,11 +8,12 @@ union). Real PostgreSQL 15, real OpenID provider, real psql in the agent's
 cgroup through the kernel redirect."""
 import json
 import os
+import subprocess
 import time
 
 import pytest
 
-from conftest import wait_for
+from conftest import AG, HELPERS, PY, wait_for
 import oidc
 from oidc import AUDIENCE
 from test_postgres import AGENT, psql, stmt_events
@@ -193,19 +194,59 @@ def test_delegated_session_ends_with_the_user_token(tmp, pg, enforcer):
         idp.stop()
 
 
+# A COPY FROM STDIN held open by the raw client (its rows pass no
+# statement check): the token as the password, one row sent, then it waits
+# for a line on stdin and reports what the server side said by itself.
+RAW_COPY = """
+import json, socket, sys
+sys.path.insert(0, %r)
+from pgraw import *
+c = Conn("127.0.0.1", %d, password=sys.argv[1])
+c.send(Q("COPY deleg_copy (n) FROM STDIN"))
+t, b = c.read()
+c.send(msg(b"d", b"1\\n"))
+print(json.dumps({"ready": any(t == b"Z" for t, _ in c.startup), "copy": t.decode() if t else None}), flush=True)
+sys.stdin.readline()
+c.s.settimeout(30)
+got = []
+try:
+    while True:
+        t, b = c.read()
+        if t is None:
+            got.append(["eof"])
+            break
+        got.append([t.decode(), fields(b) if t in (b"E", b"N") else None])
+except (socket.timeout, OSError) as e:
+    got.append(["error", str(e)])
+print(json.dumps(got), flush=True)
+"""
+
+
 def test_delegated_session_ends_when_the_issuer_withdraws_the_key(tmp, pg, enforcer):
     """A postgres session verified the user's token once and kept acting for
     the user after the issuer stopped publishing the key that signed it (a key
     rotated away from, say compromised), until the token's exp: a known limit
     until stop 50. The session now checks the key again whenever the issuer's
     keys change (refreshed at their TTL: 2 s here, 1 s between fetches,
-    through the test knobs). The provider keeps its previous key for one
-    rotation: after one the session goes on, after two every statement is
-    refused, asking for a fresh token, which then works."""
+    through the test knobs), at each statement and every 0.2 s besides. The
+    provider keeps its previous key for one rotation: after one the sessions
+    go on, after two they end by themselves, with FATAL 57P01 saying why: an
+    idle one, and one in COPY FROM STDIN, whose rows are not committed (the
+    review of this change: COPY data passes no statement check). A fresh
+    token then works; the old one is refused."""
+    pg.sql("CREATE TABLE IF NOT EXISTS deleg_copy (n int); GRANT SELECT, INSERT ON deleg_copy TO app")
+    before = int(pg.sql("SELECT count(*) FROM deleg_copy").strip())
     idp = oidc.Provider(tmp, CLIENT_ID, CLIENT_SECRET)
+    d = doc(tmp, pg, idp)
+    for role in d["roles"][:2]:   # the agent's and finance's: COPY into deleg_copy
+        role["rules"][0]["allow"]["statements"] += ["insert", "copy"]
+        role["rules"][0]["allow"]["tables"].append("public.deleg_copy")
+    copier = None
     try:
-        start(enforcer, tmp, pg, idp, env={"AGENTGATE_JWKS_TTL_S": "2", "AGENTGATE_JWKS_REFETCH_S": "1"})
-        bob = idp.exchange("bob")
+        enforcer.start(policy_text(d), env={"AGENTGATE_JWKS_TTL_S": "2", "AGENTGATE_JWKS_REFETCH_S": "1"})
+        assert wait_for(lambda: any(a["name"] == AGENT and a["principal"]["verified"]
+                                    for a in enforcer.status()["agents"]), 15), enforcer.status()
+        bob = idp.exchange("bob", alg="ES256")   # an EC key; the agent's own token is RS256
         held = Holder(enforcer, pg, agent=AGENT, env={"PGPASSWORD": bob})
         try:
             assert held.first == ["ok", 5]
@@ -213,29 +254,47 @@ def test_delegated_session_ends_when_the_issuer_withdraws_the_key(tmp, pg, enfor
             time.sleep(4.5)   # two TTLs: the new set was fetched, and still has bob's key
             assert held.q("select count(*) from orders") == ["ok", 5]
             assert held.q("select count(*) from customers") == ["ok", 2]
+            copier = subprocess.Popen([AG, "--state-dir", enforcer.state, "exec", "--agent", AGENT,
+                                       "--", PY, "-c", RAW_COPY % (HELPERS, pg.port), bob],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True)
+            first = json.loads(copier.stdout.readline() or "null")
+            assert first == {"ready": True, "copy": "G"}, (first, copier.stderr.read() if not first else "")
             idp.rotate()
-            # The agent's own token loses its key too, and the agent fetches a
-            # new one: until then its statements are refused for that reason.
+            copier.stdin.write("go\n")
+            copier.stdin.flush()
+            said = json.loads(copier.stdout.readline() or "null")
+            assert said and said[0][0] == "E" and said[0][1]["S"] == "FATAL", said
+            assert said[0][1]["C"] == "57P01", said
+            msg = said[0][1]["M"]
+            assert "delegating user's token no longer verifies" in msg, said
+            assert "no longer publishes the token's key" in msg and "reconnect with a fresh one" in msg, said
+            assert said[-1] == ["eof"], said
+            # the idle session has ended too, by itself (its statements may be
+            # refused first for the agent's own token, which lost its key too,
+            # until the agent has a new one)
             last = []
 
-            def refused():
+            def held_ended():
                 last[:] = held.q("select count(*) from orders")
-                return last[0] == "err" and "delegating user's token no longer verifies" in last[2]
-            assert wait_for(refused, 15, step=0.5), last
-            assert last[1] == "42501" and "no longer publishes the token's key" in last[2], last
-            assert "reconnect with a fresh one" in last[2], last
-            # for good, whatever is asked, with the agent verified again
-            assert wait_for(lambda: any(a["name"] == AGENT and a["principal"]["verified"]
-                                        for a in enforcer.status()["agents"]), 15)
-            r = held.q("select 1")
-            assert r[0] == "err" and "no longer verifies" in r[2], r
+                return ended(last) or "delegating user's token no longer verifies" in last[-1]
+            assert wait_for(held_ended, 15, step=0.5), last
         finally:
             held.close()
-        # audited as refusals, with the reason
-        evs = [e for e in stmt_events(enforcer)
-               if "delegating user's token no longer verifies" in json.dumps(e)]
-        assert evs and all(e["unmapped"]["verdict"] == "deny" for e in evs), evs[:2]
-        # a fresh token, signed with the current key: a new session acts for bob
+            if copier:
+                copier.kill()
+                copier.wait()
+        # the COPY's rows were not committed
+        assert int(pg.sql("SELECT count(*) FROM deleg_copy").strip()) == before
+        # the Close events say why
+        closes = [e for e in enforcer.events() if e.get("class_uid") == 4001 and e.get("activity_name") == "Close"
+                  and "delegating user's token no longer verifies" in json.dumps(e)]
+        assert len(closes) >= 2, [(e.get("status_detail"), e["unmapped"].get("reason"), e["unmapped"].get("module"))
+                                  for e in enforcer.events() if e.get("activity_name") == "Close"]
+        # a fresh token, signed with the current key: a new session acts for bob,
+        # once the agent has a new token of its own
+        assert wait_for(lambda: any(a["name"] == AGENT and a["principal"]["verified"]
+                                    for a in enforcer.status()["agents"]), 15)
         rc, out, err = q(enforcer, pg, "SELECT count(*) FROM orders", idp.exchange("bob"))
         assert rc == 0 and out.strip() == "5", (rc, out, err)
         # the old token is refused at the start of a new session

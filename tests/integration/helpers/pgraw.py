@@ -63,7 +63,9 @@ def F(oid, args=()):
 
 
 class Conn:
-    def __init__(self, host, port, user="agent_ro", database="shop", params=None, timeout=10):
+    def __init__(self, host, port, user="agent_ro", database="shop", params=None, timeout=10, password=None):
+        """password: answers AuthenticationCleartextPassword (a user's
+        token, for delegation)."""
         self.s = socket.create_connection((host, port), timeout=timeout)
         self.buf = b""
         kv = {"user": user, "database": database}
@@ -71,9 +73,14 @@ class Conn:
         body = struct.pack("!I", 196608) + b"".join(cstr(k) + cstr(v) for k, v in kv.items()) + b"\0"
         self.s.sendall(struct.pack("!I", len(body) + 4) + body)
         self.params, self.key, self.startup = {}, None, []
-        for t, b in self.until_ready():
+        while True:
+            t, b = self.read()
             self.startup.append((t, b))
-            if t == b"S":
+            if t is None or t == b"Z":
+                break
+            if t == b"R" and password is not None and struct.unpack("!I", b[:4])[0] == 3:
+                self.s.sendall(msg(b"p", cstr(password)))
+            elif t == b"S":
                 k, v = b.split(b"\0")[:2]
                 self.params[k.decode()] = v.decode()
             elif t == b"K":
