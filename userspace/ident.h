@@ -167,8 +167,8 @@ int ident_user_verify(struct ident_agent *a, const char *tok, size_t len, const 
  * be fetched: an outage keeps them); -EKEYREVOKED when it withdrew its
  * keys, no longer publishes that key, or publishes another one under its
  * kid. Never touches the network: asks a's next tick for a JWKS fetch once
- * the keys' TTL has passed, so a withdrawal is seen within a TTL and a
- * second. Thread-safe.
+ * the keys' TTL has passed, so a withdrawal is seen within a TTL, the
+ * fetch and the caller's next check. Thread-safe.
  */
 int ident_user_recheck(struct ident_agent *a, const struct ident_principal *user, uint64_t *gen,
 		       char *why, size_t whylen);

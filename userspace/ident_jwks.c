@@ -1056,16 +1056,14 @@ int issuer_key_check(struct ident_issuer *iss, uint64_t *gen, const struct jwt_k
 	ret = jwt_key_still(iss->keys, ref, fr, sizeof(fr));
 	if (ret == 0) {
 		*gen = iss->gen;
-	} else if (ret == -ENOKEY || ret == -EKEYREJECTED) {
-		ident_setwhy(why, whylen, "the issuer no longer publishes the token's key (%s)", fr);
-		ret = -EKEYREVOKED;
-	} else if (ret != -ENOMEM) {
-		/* a kid-less token and a set of two usable keys: jwt_verify
-		 * would refuse it (which key?) */
+	} else if (ret == -EINVAL) {
+		/* a kid-less token and a set of several usable keys: jwt_verify
+		 * refuses it too (which key?) */
 		ident_setwhy(why, whylen, "the issuer's keys no longer verify the token (%s)", fr);
 		ret = -EKEYREVOKED;
-	} else {
-		ident_setwhy(why, whylen, "%s", fr);
+	} else {   /* -ENOKEY, -EKEYREJECTED: that key is gone */
+		ident_setwhy(why, whylen, "the issuer no longer publishes the token's key (%s)", fr);
+		ret = -EKEYREVOKED;
 	}
 out:
 	pthread_mutex_unlock(&iss->mu);
