@@ -324,6 +324,39 @@ static char *signed_token(EVP_PKEY *k, const char *kid)
 	return tok;
 }
 
+/* Two Ed25519 keys and the key sets the recheck tests rotate through:
+ * set1 (k1 as "k1"), set12 (k2 rotated in), set2 (k1 rotated away) and
+ * swapped (k2 under k1's kid). */
+struct rot {
+	EVP_PKEY *k1, *k2;
+	char *j1, *j2, *j2as1;
+	char set1[400], set12[800], set2[400], swapped[400];
+};
+
+static void rot_init(struct rot *r)
+{
+	r->k1 = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
+	r->k2 = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
+	must(r->k1 && r->k2);
+	r->j1 = jwk_ed(r->k1, "k1");
+	r->j2 = jwk_ed(r->k2, "k2");
+	r->j2as1 = jwk_ed(r->k2, "k1");   /* another key under the token's kid */
+	snprintf(r->set1, sizeof(r->set1), "{\"keys\":[%s]}", r->j1);
+	snprintf(r->set12, sizeof(r->set12), "{\"keys\":[%s,%s]}", r->j1, r->j2);
+	snprintf(r->set2, sizeof(r->set2), "{\"keys\":[%s]}", r->j2);
+	snprintf(r->swapped, sizeof(r->swapped), "{\"keys\":[%s]}", r->j2as1);
+}
+
+static void rot_free(struct rot *r)
+{
+	jwks_text = JWKS;
+	free(r->j1);
+	free(r->j2);
+	free(r->j2as1);
+	EVP_PKEY_free(r->k1);
+	EVP_PKEY_free(r->k2);
+}
+
 /* Review (stop 48): a token the agent held stayed good until its exp when
  * the issuer withdrew its key; now the keys are refreshed at their TTL and
  * the token checked again whenever they change. */
@@ -331,23 +364,16 @@ static void test_recheck(void)
 {
 	const char *aud[] = { "urn:agentgate" };
 	struct jwt_policy p = { .issuer = "http://127.0.0.1:9", .audiences = aud, .naud = 1, .leeway_s = 60 };
-	EVP_PKEY *k1 = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519"), *k2 = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
-	char *j1, *j2, *j2as1, set1[400], set12[800], set2[400], swapped[400], why[512];
+	struct rot r;
+	char *set1 = r.set1, *set12 = r.set12, *set2 = r.set2, *swapped = r.swapped, why[512];
 	struct jwt_claims c;
 	struct ident_issuer *i;
 	uint64_t gen = 0;
 	char *tok;
 	int f;
 
-	must(k1 && k2);
-	j1 = jwk_ed(k1, "k1");
-	j2 = jwk_ed(k2, "k2");
-	j2as1 = jwk_ed(k2, "k1");   /* another key under the token's kid */
-	snprintf(set1, sizeof(set1), "{\"keys\":[%s]}", j1);
-	snprintf(set12, sizeof(set12), "{\"keys\":[%s,%s]}", j1, j2);
-	snprintf(set2, sizeof(set2), "{\"keys\":[%s]}", j2);
-	snprintf(swapped, sizeof(swapped), "{\"keys\":[%s]}", j2as1);
-	tok = signed_token(k1, "k1");
+	rot_init(&r);
+	tok = signed_token(r.k1, "k1");
 	p.now = real(NULL);
 
 	jwks_text = set1;
@@ -400,13 +426,8 @@ static void test_recheck(void)
 	CHECK(issuer_recheck(i, &gen, tok, strlen(tok), &p, why, sizeof(why)) < 0);
 	issuer_free(i);
 
-	jwks_text = JWKS;
 	free(tok);
-	free(j1);
-	free(j2);
-	free(j2as1);
-	EVP_PKEY_free(k1);
-	EVP_PKEY_free(k2);
+	rot_free(&r);
 }
 
 /* The same for a user token a postgres session holds without keeping it
@@ -417,9 +438,9 @@ static void test_key_check(void)
 {
 	const char *aud[] = { "urn:agentgate" };
 	struct jwt_policy p = { .issuer = "http://127.0.0.1:9", .audiences = aud, .naud = 1, .leeway_s = 60 };
-	EVP_PKEY *k1 = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519"), *k2 = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
-	char *j1, *j2, *j2as1, set12[800], set2[400], swapped[400], set1[400], why[512];
-	const char *sets[] = { set2, "{\"keys\":[]}", swapped };
+	struct rot r;
+	char *set1 = r.set1, *set12 = r.set12, why[512];
+	const char *sets[] = { r.set2, "{\"keys\":[]}", r.swapped };
 	struct jwt_claims c;
 	struct jwt_keyref ref;
 	struct ident_issuer *i;
@@ -428,15 +449,8 @@ static void test_key_check(void)
 	char *tok;
 	int f;
 
-	must(k1 && k2);
-	j1 = jwk_ed(k1, "k1");
-	j2 = jwk_ed(k2, "k2");
-	j2as1 = jwk_ed(k2, "k1");
-	snprintf(set1, sizeof(set1), "{\"keys\":[%s]}", j1);
-	snprintf(set12, sizeof(set12), "{\"keys\":[%s,%s]}", j1, j2);
-	snprintf(set2, sizeof(set2), "{\"keys\":[%s]}", j2);
-	snprintf(swapped, sizeof(swapped), "{\"keys\":[%s]}", j2as1);
-	tok = signed_token(k1, "k1");
+	rot_init(&r);
+	tok = signed_token(r.k1, "k1");
 	p.now = real(NULL);
 	for (size_t n = 0; n < sizeof(sets) / sizeof(sets[0]); n++) {
 		jwks_text = set1;
@@ -475,7 +489,7 @@ static void test_key_check(void)
 	/* a token without a kid, verified by the set's only key: a second key
 	 * rotated in makes jwt_verify refuse it (which key?), and so here */
 	free(tok);
-	tok = signed_token(k1, NULL);
+	tok = signed_token(r.k1, NULL);
 	p.now = real(NULL);
 	jwks_text = set1;
 	gen = 0;
@@ -492,13 +506,8 @@ static void test_key_check(void)
 	      strstr(why, "no longer verify") != NULL);
 	issuer_free(i);
 
-	jwks_text = JWKS;
 	free(tok);
-	free(j1);
-	free(j2);
-	free(j2as1);
-	EVP_PKEY_free(k1);
-	EVP_PKEY_free(k2);
+	rot_free(&r);
 }
 
 /* ---- the owner of a plain-http issuer's port (real sockets) ---- */
