@@ -133,12 +133,32 @@ socklen_t addr_to_sockaddr(const uint8_t a[16], uint16_t port, struct sockaddr_s
 	return sizeof(*s6);
 }
 
+/* IPv4 by hand: glibc's inet_ntop() formats it through sprintf, 1% of the
+ * workers' time on small HTTP answers (one audit event each names the
+ * destination). The same text: dotted decimal, no leading zeros. */
 void addr_str(const uint8_t a[16], char *out, size_t outlen)
 {
-	if (addr_is_v4mapped(a))
-		inet_ntop(AF_INET, a + 12, out, outlen);
-	else
-		inet_ntop(AF_INET6, a, out, outlen);
+	if (addr_is_v4mapped(a)) {
+		char b[16];
+		size_t n = 0;
+
+		for (int i = 12; i < 16; i++) {
+			unsigned v = a[i];
+
+			if (v >= 100)
+				b[n++] = (char)('0' + v / 100);
+			if (v >= 10)
+				b[n++] = (char)('0' + v / 10 % 10);
+			b[n++] = (char)('0' + v % 10);
+			b[n++] = i < 15 ? '.' : 0;
+		}
+		if (outlen >= n)
+			memcpy(out, b, n);
+		else if (outlen)
+			out[0] = 0;   /* as inet_ntop leaves nothing usable (ENOSPC) */
+	} else if (!inet_ntop(AF_INET6, a, out, outlen) && outlen) {
+		out[0] = 0;
+	}
 }
 
 void addr_loopback(int family, uint8_t a[16])
