@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <bpf/bpf.h>
+#include <bpf/btf.h>
 #include <bpf/libbpf.h>
 
 #include "agentgate.skel.h"
@@ -62,14 +63,15 @@ static int libbpf_quiet(enum libbpf_print_level level, const char *fmt, va_list 
 	return 0;
 }
 
-/* Whether the kernel loads a sock_addr program for attach type t: it
- * refuses an attach type that is not a sock_addr one (or that it does not
- * know) with EINVAL, and uapi numbers are never reused, so 49 and 50 load
- * exactly where they are connect_unix and sendmsg_unix. A load of two
- * instructions, where reading vmlinux BTF for the enum's names took
- * 65-70 ms of every start on the 2-CPU VMs (libbpf reads it once more for
- * CO-RE). */
-static bool sock_addr_type_loads(int t)
+/* Whether the kernel loads a sock_addr program for attach type t: 1 yes,
+ * 0 no, -1 this process may not load programs (`exec` run without
+ * CAP_BPF). The kernel refuses an attach type that is not a sock_addr one
+ * (or that it does not know) with EINVAL, and uapi numbers are never
+ * reused, so 49 and 50 load exactly where they are connect_unix and
+ * sendmsg_unix. A load of two instructions, where reading vmlinux BTF for
+ * the enum's names took 65-70 ms of every start and every `exec` on the
+ * 2-CPU VMs (libbpf reads it once more for CO-RE at the enforcer's load). */
+static int sock_addr_type_loads(int t)
 {
 	const struct bpf_insn prog[] = {
 		{ .code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_0, .imm = 1 },
@@ -79,19 +81,55 @@ static bool sock_addr_type_loads(int t)
 	int fd = bpf_prog_load(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, "ag_probe", "Dual BSD/GPL", prog, 2, &o);
 
 	if (fd < 0)
-		return false;
+		return errno == EPERM || errno == EACCES ? -1 : 0;
 	close(fd);
-	return true;
+	return 1;
 }
 
-/* cgroup/connect_unix and sendmsg_unix exist (probed once per process). */
+/* Whether the kernel's BTF has every one of the n enum values in names
+ * (one read of vmlinux BTF: 65-70 ms on the 2-CPU VMs). */
+static bool btf_has_enum_values(const char *const *names, int n)
+{
+	struct btf *btf = btf__load_vmlinux_btf();
+	int found = 0;
+	uint64_t seen = 0;
+
+	if (!btf)
+		return false;
+	for (unsigned int i = 1; i < btf__type_cnt(btf) && found < n; i++) {
+		const struct btf_type *t = btf__type_by_id(btf, i);
+		const struct btf_enum *e;
+
+		if (!btf_is_enum(t))
+			continue;
+		e = btf_enum(t);
+		for (int j = 0; j < btf_vlen(t); j++) {
+			const char *name = btf__name_by_offset(btf, e[j].name_off);
+
+			for (int k = 0; k < n && k < 64; k++)
+				if (!(seen & (1ULL << k)) && strcmp(name, names[k]) == 0) {
+					seen |= 1ULL << k;
+					found++;
+				}
+		}
+	}
+	btf__free(btf);
+	return found == n;
+}
+
+/* cgroup/connect_unix and sendmsg_unix exist (probed once per process; by
+ * the BTF's enum names where this process may not load a program). */
 static bool has_unix_hooks(void)
 {
+	static const char *const names[] = { "BPF_CGROUP_UNIX_CONNECT", "BPF_CGROUP_UNIX_SENDMSG" };
 	static int has = -1;
+	int c, m;
 
-	if (has < 0)
-		has = sock_addr_type_loads(AG_BPF_CGROUP_UNIX_CONNECT) &&
-		      sock_addr_type_loads(AG_BPF_CGROUP_UNIX_SENDMSG);
+	if (has < 0) {
+		c = sock_addr_type_loads(AG_BPF_CGROUP_UNIX_CONNECT);
+		m = c == 1 ? sock_addr_type_loads(AG_BPF_CGROUP_UNIX_SENDMSG) : c;
+		has = c < 0 || m < 0 ? btf_has_enum_values(names, 2) : c == 1 && m == 1;
+	}
 	return has;
 }
 
