@@ -430,6 +430,24 @@ static void test_recheck(void)
 	rot_free(&r);
 }
 
+/* A fresh issuer on set1 that verified tok: the ref of the key that did,
+ * and the key generation reset for issuer_key_check(). */
+static struct ident_issuer *verified_on_set1(const char *set1, const char *tok, const struct jwt_policy *p,
+					     struct jwt_keyref *ref, uint64_t *gen)
+{
+	struct ident_issuer *i;
+	struct jwt_claims c;
+	char why[512];
+
+	jwks_text = set1;
+	*gen = 0;
+	i = mk();
+	CHECK(issuer_verify(i, tok, strlen(tok), p, &c, why, sizeof(why)) == 0);
+	*ref = c.key;
+	jwt_claims_free(&c);
+	return i;
+}
+
 /* The same for a user token a postgres session holds without keeping it
  * (issuer_key_check, by the key that verified it): it never fetches (a
  * worker calls it), asks for a fetch once the TTL has passed, and says
@@ -441,7 +459,6 @@ static void test_key_check(void)
 	struct rot r;
 	char *set1 = r.set1, *set12 = r.set12, why[512];
 	const char *sets[] = { r.set2, "{\"keys\":[]}", r.swapped };
-	struct jwt_claims c;
 	struct jwt_keyref ref;
 	struct ident_issuer *i;
 	uint64_t gen;
@@ -453,12 +470,7 @@ static void test_key_check(void)
 	tok = signed_token(r.k1, "k1");
 	p.now = real(NULL);
 	for (size_t n = 0; n < sizeof(sets) / sizeof(sets[0]); n++) {
-		jwks_text = set1;
-		gen = 0;
-		i = mk();
-		CHECK(issuer_verify(i, tok, strlen(tok), &p, &c, why, sizeof(why)) == 0);
-		ref = c.key;
-		jwt_claims_free(&c);
+		i = verified_on_set1(set1, tok, &p, &ref, &gen);
 		CHECK(ref.set);
 		CHECK(issuer_key_check(i, &gen, &ref, &want, why, sizeof(why)) == 0 && gen != 0 && !want);
 		f = fetches;
@@ -491,12 +503,7 @@ static void test_key_check(void)
 	free(tok);
 	tok = signed_token(r.k1, NULL);
 	p.now = real(NULL);
-	jwks_text = set1;
-	gen = 0;
-	i = mk();
-	CHECK(issuer_verify(i, tok, strlen(tok), &p, &c, why, sizeof(why)) == 0);
-	ref = c.key;
-	jwt_claims_free(&c);
+	i = verified_on_set1(set1, tok, &p, &ref, &gen);
 	CHECK(ref.set && !ref.has_kid);
 	CHECK(issuer_key_check(i, &gen, &ref, &want, why, sizeof(why)) == 0);
 	jwks_text = set12;
