@@ -48,6 +48,13 @@ TCPBENCH=$PWD/build/tcpbench
 SRV_PID='' HAP_PID='' AG_PID='' SMOKE_PID=''
 AG_STATE=$TMP/agentgate
 AG_STARTED=
+# The enforcer makes the agent's cgroup (<cgroup2 mount>/agentgate/bench) and
+# leaves it when it stops: removed at the end when this run made it.
+AG_CG=$(awk '{ for (i = 7; i < NF; i++) if ($i == "-") { if ($(i + 1) == "cgroup2") { print $5; exit } break } }' \
+	/proc/self/mountinfo)
+AG_CG=${AG_CG:+$AG_CG/agentgate/bench}
+AG_CG_MADE=
+[[ -n $AG_CG && ! -d $AG_CG ]] && AG_CG_MADE=1
 
 # stop_pid PID [GRACE_SECONDS]: SIGTERM, wait, SIGKILL if it lingers, reap.
 stop_pid() {
@@ -99,6 +106,8 @@ cleanup() {
 	stop_pid "$SMOKE_PID"
 	stop_pid "$HAP_PID"
 	stop_enforcer
+	# empty once the enforcer is gone (rmdir refuses a cgroup with processes)
+	[[ -n $AG_CG_MADE && -d $AG_CG ]] && { rmdir "$AG_CG" 2>/dev/null || log "could not remove $AG_CG"; }
 	stop_pid "$SRV_PID"
 	rm -rf "$TMP"
 	exit "$rc"
