@@ -17,7 +17,7 @@
 #define AGENTGATE_ABI_H
 
 #ifndef __VMLINUX_H__
-#include <linux/types.h>   /* userspace; BPF objects get the types from vmlinux.h */
+#include <linux/types.h>   /* userspace and balance.bpf.c; agentgate.bpf.c has vmlinux.h */
 #endif
 
 #define AG_ABI_VERSION 1

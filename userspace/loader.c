@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 #include <bpf/bpf.h>
 #include <bpf/btf.h>
@@ -64,24 +65,35 @@ static int libbpf_quiet(enum libbpf_print_level level, const char *fmt, va_list 
 }
 
 /* Whether the kernel loads a sock_addr program for attach type t: 1 yes,
- * 0 no, -1 this process may not load programs (`exec` run without
- * CAP_BPF). The kernel refuses an attach type that is not a sock_addr one
- * (or that it does not know) with EINVAL, and uapi numbers are never
- * reused, so 49 and 50 load exactly where they are connect_unix and
- * sendmsg_unix. A load of two instructions, where reading vmlinux BTF for
- * the enum's names took 65-70 ms of every start and every `exec` on the
- * 2-CPU VMs (libbpf reads it once more for CO-RE at the enforcer's load). */
+ * 0 no, -1 unknown (this process may not load programs: `exec` run without
+ * CAP_BPF; a seccomp filter; no memory). Only EINVAL is a no: the kernel
+ * refuses an attach type that is not a sock_addr one (or that it does not
+ * know) with it, and uapi numbers are never reused, so 49 and 50 load
+ * exactly where they are connect_unix and sendmsg_unix. A load of two
+ * instructions, where reading vmlinux BTF for the enum's names took 65-70
+ * ms of every start and every `exec` on the 2-CPU VMs (libbpf reads it
+ * once more for CO-RE at the enforcer's load). The bpf(2) call itself, not
+ * libbpf's bpf_prog_load(): that one may raise RLIMIT_MEMLOCK to infinity
+ * when its own probe fails, and `exec` would pass that on to the agent. */
 static int sock_addr_type_loads(int t)
 {
 	const struct bpf_insn prog[] = {
 		{ .code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_0, .imm = 1 },
 		{ .code = BPF_JMP | BPF_EXIT },
 	};
-	LIBBPF_OPTS(bpf_prog_load_opts, o, .expected_attach_type = (enum bpf_attach_type)t);
-	int fd = bpf_prog_load(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, "ag_probe", "Dual BSD/GPL", prog, 2, &o);
+	static const char license[] = "Dual BSD/GPL";
+	union bpf_attr a;
+	int fd;
 
+	memset(&a, 0, sizeof(a));
+	a.prog_type = BPF_PROG_TYPE_CGROUP_SOCK_ADDR;
+	a.expected_attach_type = (__u32)t;
+	a.insns = (__u64)(uintptr_t)prog;
+	a.insn_cnt = 2;
+	a.license = (__u64)(uintptr_t)license;
+	fd = (int)syscall(__NR_bpf, BPF_PROG_LOAD, &a, sizeof(a));
 	if (fd < 0)
-		return errno == EPERM || errno == EACCES ? -1 : 0;
+		return errno == EINVAL ? 0 : -1;
 	close(fd);
 	return 1;
 }
@@ -118,7 +130,7 @@ static bool btf_has_enum_values(const char *const *names, int n)
 }
 
 /* cgroup/connect_unix and sendmsg_unix exist (probed once per process; by
- * the BTF's enum names where this process may not load a program). */
+ * the BTF's enum names where the probe cannot tell). */
 static bool has_unix_hooks(void)
 {
 	static const char *const names[] = { "BPF_CGROUP_UNIX_CONNECT", "BPF_CGROUP_UNIX_SENDMSG" };
