@@ -37,7 +37,7 @@ static int k8s_explain(const struct policy *p, int ai, int ti, const char *metho
 {
 	const struct policy_rule *rules[256], *which = NULL;
 	struct k8s_request kr;
-	char res[200], reason[200];
+	char res[200], reason[300];
 	enum k8s_verdict v;
 	size_t n = 0;
 

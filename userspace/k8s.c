@@ -582,6 +582,7 @@ static int resolve(const char *method, const char *path, size_t pathlen, const c
 		return -EINVAL;
 	if (!out->name[0] && strcmp(out->verb, "delete") == 0)
 		snprintf(out->verb, sizeof(out->verb), "deletecollection");
+	out->upgrade = upgrade;
 	return 0;
 }
 
@@ -631,8 +632,19 @@ static bool part_is(const char *p, size_t n, const char *val)
 	return (n == 1 && p[0] == '*') || (strlen(val) == n && memcmp(p, val, n) == 0);
 }
 
-/* "R[.G][/S]" against the request; see k8s.h. */
-static bool resource_entry_matches(const char *e, const struct k8s_request *r)
+/*
+ * "R[.G][/S]" against the request; see k8s.h. named: an upgraded request
+ * (a two-way stream: exec, attach, port-forward, a WebSocket to whatever
+ * serves pods/proxy, services/proxy or a custom subresource such as a VM's
+ * console) matches only an entry whose subresource part names its
+ * subresource: neither "*" nor a "*" after the slash. A rule written to
+ * read everything ({verbs: [get], resources: ["*"]}) would otherwise open
+ * such streams too, which the apiserver authorizes as a get (known limit
+ * until stop 52). Stricter than Kubernetes RBAC, where "*" covers subresources. Allow
+ * lists read it so; review lists keep the wide reading (a review of "*"
+ * still holds an upgrade for review).
+ */
+static bool resource_entry_matches(const char *e, const struct k8s_request *r, bool named)
 {
 	const char *slash = strchr(e, '/');
 	size_t rglen = slash ? (size_t)(slash - e) : strlen(e);
@@ -640,6 +652,8 @@ static bool resource_entry_matches(const char *e, const struct k8s_request *r)
 	size_t rlen = dot ? (size_t)(dot - e) : rglen;
 
 	if (e[0] == '/')
+		return false;
+	if (named && r->upgrade && (!slash || strcmp(slash + 1, "*") == 0))
 		return false;
 	if (strcmp(e, "*") == 0)
 		return true;
@@ -705,7 +719,9 @@ static bool review_verb_listed(const struct policy_strv *v, const struct k8s_req
 #undef LISTED
 }
 
-static bool action_matches(const struct policy_action *a, const struct k8s_request *r, bool review)
+/* named: see resource_entry_matches(); false only to explain a denial. */
+static bool action_matches(const struct policy_action *a, const struct k8s_request *r, bool review,
+			   bool named)
 {
 	if (!a || !r || !a->present || !r->verb[0] ||
 	    !(review ? review_verb_listed(&a->verbs, r) : verb_listed(&a->verbs, r->verb)))
@@ -715,7 +731,8 @@ static bool action_matches(const struct policy_action *a, const struct k8s_reque
 
 		if (!e || !e[0])
 			continue;
-		if (r->resource_request ? resource_entry_matches(e, r) : path_entry_matches(e, r->path))
+		if (r->resource_request ? resource_entry_matches(e, r, named && !review)
+					: path_entry_matches(e, r->path))
 			return r->resource_request ? namespace_listed(&a->namespaces, r->namespace_)
 						   : true;
 	}
@@ -724,7 +741,7 @@ static bool action_matches(const struct policy_action *a, const struct k8s_reque
 
 bool k8s_action_matches(const struct policy_action *a, const struct k8s_request *r)
 {
-	return action_matches(a, r, false);
+	return action_matches(a, r, false, true);
 }
 
 int k8s_resource_string(const struct k8s_request *r, char *out, size_t outlen)
@@ -804,7 +821,7 @@ static enum k8s_verdict decide_one(const struct policy_rule *const *rules, size_
 
 		if (!rule)
 			continue;
-		if (action_matches(&rule->review, r, true))
+		if (action_matches(&rule->review, r, true, true))
 			review = rule;
 		else if (!allow && k8s_action_matches(&rule->allow, r))
 			allow = rule;
@@ -825,12 +842,27 @@ static enum k8s_verdict decide_one(const struct policy_rule *const *rules, size_
 		return v;
 	}
 	describe(r, what, sizeof(what));
-	if (by)
+	if (by) {
 		snprintf(reason, reasonlen, "%s %s by role '%s' rule %d", what,
 			 v == K8S_REVIEW ? "needs review" : "allowed", by->role ? by->role : "?",
 			 by->index + 1);
-	else
-		snprintf(reason, reasonlen, "no rule allows %s", what);
+		return v;
+	}
+	/* Say so when a wildcard would have allowed the stream: the fix is
+	 * to name the subresource. */
+	for (size_t i = 0; r->upgrade && rules && i < n; i++) {
+		const struct policy_rule *rule = rules[i];
+		char res[200];
+
+		if (!rule || !action_matches(&rule->allow, r, false, false))
+			continue;
+		k8s_resource_string(r, res, sizeof(res));
+		snprintf(reason, reasonlen, "no rule allows %s as an upgraded stream: role '%s' rule %d "
+			 "covers it only by a wildcard; name the subresource (%s)",
+			 what, rule->role ? rule->role : "?", rule->index + 1, res);
+		return v;
+	}
+	snprintf(reason, reasonlen, "no rule allows %s", what);
 	return v;
 }
 

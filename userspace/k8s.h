@@ -137,6 +137,9 @@ struct k8s_request {
 	char name[254];             /* from the path, or a list/watch fieldSelector */
 	char path[256];             /* non-resource requests only */
 	bool may_create;            /* k8s_note_create(): it also needs create */
+	bool upgrade;               /* a protocol upgrade (WebSocket, SPDY): a
+	                             * two-way stream, allowed only by an entry
+	                             * that names its subresource (k8s.c) */
 };
 
 /*

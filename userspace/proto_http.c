@@ -113,7 +113,7 @@ struct hreq {                      /* a request in flight, answered in order */
 	const char *reason;            /* static text, or NULL */
 	char rule[96];
 	char user[IDENT_NAME_MAX];     /* the delegating user's sub, "" none */
-	char why[160];                 /* a reason built for this request */
+	char why[256];                 /* a reason built for this request */
 	/* the mask its answer gets: the connection's when it was judged (s->mask
 	 * or, once that was replaced for a later request, one in s->old_masks) */
 	struct mask_rules *mask;

@@ -202,12 +202,21 @@ def verbs_policy(port, tok):
         rules:
           - target: cluster
             allow: {{verbs: [create], resources: ["*"], namespaces: [dev]}}
+      - name: exec-in-ops
+        rules:
+          - target: cluster
+            allow: {{verbs: [create], resources: [pods/exec], namespaces: [ops]}}
+      - name: reads-all
+        rules:
+          - target: cluster
+            allow: {{verbs: [get], resources: ["*"], namespaces: [ro]}}
       - name: patcher
         rules:
           - target: cluster
             allow: {{verbs: [get, patch, update], namespaces: [stage],
                      resources: [deployments.apps, rolebindings.rbac.authorization.k8s.io]}}
-    bindings: [{{role: creator, agents: [{AGENT}]}}, {{role: patcher, agents: [{AGENT}]}}]
+    bindings: [{{role: creator, agents: [{AGENT}]}}, {{role: patcher, agents: [{AGENT}]}},
+               {{role: exec-in-ops, agents: [{AGENT}]}}, {{role: reads-all, agents: [{AGENT}]}}]
     """
 
 
@@ -228,11 +237,21 @@ VERB_CASES = [
     ("scale_spdy", get("/apis/apps/v1/namespaces/dev/deployments/d/scale",
                        "Connection: Upgrade⏎Upgrade: SPDY/3.1⏎"), 403),
     # exec is create, upgraded or not ...
-    ("exec_ws", get("/api/v1/namespaces/dev/pods/web-1/exec?command=sh", WS), 200),
+    ("exec_ws", get("/api/v1/namespaces/ops/pods/web-1/exec?command=sh", WS), 200),
     # ... but not with a bearer token of the agent's own in a subprotocol
-    ("exec_ws_token", get("/api/v1/namespaces/dev/pods/web-1/exec?command=sh",
+    ("exec_ws_token", get("/api/v1/namespaces/ops/pods/web-1/exec?command=sh",
                           WS + "Sec-WebSocket-Protocol: v5.channel.k8s.io, "
                                "base64url.bearer.authorization.k8s.io.YWdlbnQtb3du⏎"), 403),
+    # an upgraded stream needs its subresource named: "*" covers exec in dev only
+    # without the upgrade (stop 52; before, a wildcard opened the stream) ...
+    ("exec_ws_star", get("/api/v1/namespaces/dev/pods/web-1/exec?command=sh", WS), 403),
+    ("exec_star", with_body("POST", "/api/v1/namespaces/dev/pods/web-1/exec?command=sh",
+                            "application/json", b"{}"), 200),
+    # ... and a read-everything rule reads services/proxy, but opens no WebSocket there
+    ("proxy_ws_star", get("/api/v1/namespaces/ro/services/db:80/proxy/admin", WS), 403),
+    ("proxy_star", get("/api/v1/namespaces/ro/services/db:80/proxy/admin"), 200),
+    ("console_ws_star", get("/apis/subresources.kubevirt.io/v1/namespaces/ro/virtualmachineinstances/vm/console",
+                            WS), 403),
     # PUT and server-side apply create a missing object: they need create too
     ("apply", with_body("PATCH", "/apis/apps/v1/namespaces/stage/deployments/brand-new?fieldManager=a&force=true",
                         "application/apply-patch+yaml", DEPLOY), 403),
@@ -270,6 +289,13 @@ def test_upgrades_and_creating_writes_need_the_apiserver_verbs(enforcer, rec, to
                              "rolebindings.rbac.authorization.k8s.io")
     assert ev and ev["unmapped"]["kubernetes"]["verb"] == "update", ev
     assert "no rule allows create rolebindings.rbac.authorization.k8s.io" in ev["unmapped"]["reason"], ev
+    ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4002 and
+                             e["unmapped"].get("kubernetes", {}).get("resource") ==
+                             "virtualmachineinstances.subresources.kubevirt.io/console")
+    assert ev and ev["unmapped"]["reason"] == (
+        "no rule allows get virtualmachineinstances.subresources.kubevirt.io/console in namespace 'ro' as an "
+        "upgraded stream: role 'reads-all' rule 1 covers it only by a wildcard; name the subresource "
+        "(virtualmachineinstances.subresources.kubevirt.io/console)"), ev
 
 
 def test_watch_on_a_masked_route_is_refused(tmp, enforcer, rec, token):
