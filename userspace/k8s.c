@@ -640,9 +640,9 @@ static bool part_is(const char *p, size_t n, const char *val)
  * subresource: neither "*" nor a "*" after the slash. A rule written to
  * read everything ({verbs: [get], resources: ["*"]}) would otherwise open
  * such streams too, which the apiserver authorizes as a get (known limit
- * until stop 52). Stricter than Kubernetes RBAC, where "*" covers subresources. Allow
- * lists read it so; review lists keep the wide reading (a review of "*"
- * still holds an upgrade for review).
+ * until stop 52). Stricter than Kubernetes RBAC, where "*" covers
+ * subresources. Allow lists read it so; review lists keep the wide reading
+ * (a review of "*" still holds an upgrade for review).
  */
 static bool resource_entry_matches(const char *e, const struct k8s_request *r, bool named)
 {
