@@ -16,7 +16,9 @@
  *    list/watch and deletecollection);
  *  - a path made non-canonical ("/.." appended) is refused;
  *  - the rule of shared/cases/k8s.txt allows only get/list of core pods in
- *    namespace default; "*" matches every resource request and no other.
+ *    namespace default; "*" matches every resource request that is not an
+ *    upgrade and no other; the request's own resource string (R[.G][/S],
+ *    as k8s_resource_string writes it) matches it, upgrade or not.
  * The rule lines build an action for k8s_action_check/k8s_action_matches,
  * and the whole input is tried as an impersonated user and group and as a
  * header name. tests/fuzz/replay.c runs this on the corpus without libFuzzer.
@@ -130,9 +132,17 @@ static void check_rules(const struct k8s_request *r)
 		must(r->resource_request && (!strcmp(r->verb, "get") || !strcmp(r->verb, "list")) &&
 		     !strcmp(r->resource, "pods") && !r->api_group[0] && !r->subresource[0] &&
 		     !strcmp(r->namespace_, "default"));
-	must(k8s_action_matches(&every, r) == r->resource_request);
+	must(k8s_action_matches(&every, r) == (r->resource_request && !r->upgrade));
 	must(k8s_action_matches(&paths, r) == !r->resource_request);
 	must(k8s_resource_string(r, res, sizeof(res)) != -EINVAL && terminated(res, sizeof(res)));
+	if (r->resource_request) {
+		char full[200], *own[] = { full };
+		struct policy_action named = { .present = true, .verbs = { star, 1 },
+					       .resources = { own, 1 }, .namespaces = { star, 1 } };
+
+		must(k8s_resource_string(r, full, sizeof(full)) == 0);
+		must(k8s_action_matches(&named, r));
+	}
 }
 
 /* Rule lines after the request: an action to check and to match. */
@@ -234,6 +244,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		must(memcmp(&r, &zero, sizeof(r)) == 0);
 	} else {
 		check_request(method, path, plen, upgrade, &r);
+		must(r.upgrade == upgrade);
 		must(k8s_resolve(method, path, plen, qlen ? query : NULL, qlen, upgrade, &again) == 0);
 		must(memcmp(&r, &again, sizeof(r)) == 0);
 		check_rules(&r);
