@@ -655,6 +655,11 @@ static bool resource_entry_matches(const char *e, const struct k8s_request *r, b
 		return false;
 	if (named && r->upgrade && (!slash || strcmp(slash + 1, "*") == 0))
 		return false;
+	/* behind nodes/proxy: the kubelet's exec in every pod of the node
+	 * (create, above); "*" + "/proxy" does not name it (review, stop 52) */
+	if (named && r->upgrade && !r->api_group[0] && strcmp(r->resource, "nodes") == 0 &&
+	    (rlen != 5 || memcmp(e, "nodes", 5) != 0))
+		return false;
 	if (strcmp(e, "*") == 0)
 		return true;
 	if (!part_is(e, rlen, r->resource))
@@ -857,9 +862,10 @@ static enum k8s_verdict decide_one(const struct policy_rule *const *rules, size_
 		if (!rule || !action_matches(&rule->allow, r, false, false))
 			continue;
 		k8s_resource_string(r, res, sizeof(res));
-		snprintf(reason, reasonlen, "no rule allows %s as an upgraded stream: role '%s' rule %d "
-			 "covers it only by a wildcard; name the subresource (%s)",
-			 what, rule->role ? rule->role : "?", rule->index + 1, res);
+		/* the hint first: a long request is cut at the end */
+		snprintf(reason, reasonlen, "an upgraded stream needs a rule naming %s: role '%s' rule %d "
+			 "covers %s only by a wildcard", res, rule->role ? rule->role : "?", rule->index + 1,
+			 what);
 		return v;
 	}
 	snprintf(reason, reasonlen, "no rule allows %s", what);

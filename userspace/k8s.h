@@ -85,9 +85,13 @@
  *               subresource, but one must be present). "pods" is core pods
  *               only, "pods/log" their log, "deployments.apps/scale",
  *               "*.apps" every apps resource, and "pods/" followed by "*"
- *               every pod subresource, exec included. The single entry "*"
- *               is every resource of every group with or without a
- *               subresource, as in RBAC.
+ *               every pod subresource. The single entry "*" is every
+ *               resource of every group with or without a subresource, as
+ *               in RBAC; except for an upgraded request (a stream: exec,
+ *               attach, port-forward, a WebSocket), which only an entry
+ *               naming its subresource allows ("pods/exec", "*" + "/proxy"),
+ *               and for one through nodes/proxy its resource too
+ *               ("nodes/proxy").
  *   namespaces  namespace names, exact; "*" every namespace AND the
  *               cluster scope; K8S_NS_CLUSTER "(cluster)" the cluster scope
  *               only. Cluster scope (namespace "") is both a cluster-scoped

@@ -551,13 +551,17 @@ static bool decide_k8s(struct conn *c, const struct ident_principal *user, const
 	if (which)
 		rule_desc(which, r->rule, sizeof(r->rule));
 	if (user && v != K8S_DENY) {
+		char uwhy[sizeof(r->why)];
+
 		n = enforcer_user_rules_for(c->policy, c->agent_idx, user, c->target_idx, rules, ENFORCER_MAX_RULES);
 		if (n > ENFORCER_MAX_RULES) {
 			r->reason = "too many rules for this target";
 			return false;
 		}
-		uv = k8s_decide(rules, n, &kr, NULL, NULL, 0);
-		if (uv == K8S_DENY)
+		uv = k8s_decide(rules, n, &kr, NULL, uwhy, sizeof(uwhy));
+		if (uv == K8S_DENY && kr.upgrade && strncmp(uwhy, "an upgraded", 11) == 0)
+			snprintf(r->why, sizeof(r->why), "the delegating user's roles: %s", uwhy);
+		else if (uv == K8S_DENY)
 			snprintf(r->why, sizeof(r->why), "the delegating user's roles do not allow %s %s%s", kr.verb,
 				 r->k8s_res, kr.may_create ? " (and create, which it may do)" : "");
 		v = k8s_verdict_both(v, uv);

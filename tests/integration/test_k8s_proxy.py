@@ -293,9 +293,9 @@ def test_upgrades_and_creating_writes_need_the_apiserver_verbs(enforcer, rec, to
                              e["unmapped"].get("kubernetes", {}).get("resource") ==
                              "virtualmachineinstances.subresources.kubevirt.io/console")
     assert ev and ev["unmapped"]["reason"] == (
-        "no rule allows get virtualmachineinstances.subresources.kubevirt.io/console in namespace 'ro' as an "
-        "upgraded stream: role 'reads-all' rule 1 covers it only by a wildcard; name the subresource "
-        "(virtualmachineinstances.subresources.kubevirt.io/console)"), ev
+        "an upgraded stream needs a rule naming virtualmachineinstances.subresources.kubevirt.io/console: "
+        "role 'reads-all' rule 1 covers get virtualmachineinstances.subresources.kubevirt.io/console in "
+        "namespace 'ro' only by a wildcard"), ev
 
 
 def test_watch_on_a_masked_route_is_refused(tmp, enforcer, rec, token):

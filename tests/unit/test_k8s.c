@@ -871,10 +871,18 @@ static void test_resource_entries(void)
 	CHECK(matches(SV("get"), SV("virtualmachineinstances.subresources.kubevirt.io/console"), SV("d"),
 		      "GET", "/apis/subresources.kubevirt.io/v1/namespaces/d/virtualmachineinstances/vm/console",
 		      true));
-	/* nodes/proxy upgrades are create (the kubelet's exec): named too */
+	/* nodes/proxy upgrades are create (the kubelet's exec in every pod of
+	 * the node): the resource named too, not only "proxy" (review) */
 	CHECK(!matches(SV("get", "create"), SV("nodes/*"), SV("*"), "GET",
 		       "/api/v1/nodes/n1/proxy/exec/kube-system/p/c?command=sh", true));
+	CHECK(!matches(SV("*"), SV("*/proxy"), SV("*"), "GET",
+		       "/api/v1/nodes/n1/proxy/exec/kube-system/p/c?command=sh", true));
+	CHECK(matches(SV("*"), SV("*/proxy"), SV("*"), "GET", "/api/v1/nodes/n1/proxy/metrics", false));
+	CHECK(matches(SV("*"), SV("*/proxy"), SV("*"), "GET", "/api/v1/namespaces/d/services/s/proxy/ws",
+		      true));
 	CHECK(matches(SV("get", "create"), SV("nodes/proxy"), SV("*"), "GET",
+		      "/api/v1/nodes/n1/proxy/exec/kube-system/p/c?command=sh", true));
+	CHECK(matches(SV("create"), SV("nodes.*/proxy"), SV("*"), "GET",
 		      "/api/v1/nodes/n1/proxy/exec/kube-system/p/c?command=sh", true));
 	/* exec needs create: get on pods/exec grants nothing. */
 	CHECK(!matches(SV("get"), SV("pods/exec"), SV("d"), "GET",
@@ -1051,14 +1059,13 @@ static void test_decide(void)
 		all.allow.namespaces = SV("*");
 		CHECK(resolve("GET", "/api/v1/namespaces/default/services/s:80/proxy/ws", true, &r) == 0);
 		CHECK(k8s_decide(r2, 2, &r, &which, reason, sizeof(reason)) == K8S_DENY && !which);
-		CHECK_STR(reason, "no rule allows get services/proxy in namespace 'default' as an upgraded "
-			  "stream: role 'reads-all' rule 7 covers it only by a wildcard; name the "
-			  "subresource (services/proxy)");
+		CHECK_STR(reason, "an upgraded stream needs a rule naming services/proxy: role 'reads-all' "
+			  "rule 7 covers get services/proxy in namespace 'default' only by a wildcard");
 		CHECK(resolve("GET", "/api/v1/namespaces/default/services/s:80/proxy/ws", false, &r) == 0);
 		CHECK(k8s_decide(r2, 2, &r, &which, reason, sizeof(reason)) == K8S_ALLOW && which == &all);
 		CHECK(resolve("GET", "/api/v1/namespaces/default/pods/p/log", true, &r) == 0);
 		CHECK(k8s_decide(r2, 2, &r, &which, reason, sizeof(reason)) == K8S_DENY);
-		CHECK(strstr(reason, "name the subresource (pods/log)"));
+		CHECK(strncmp(reason, "an upgraded stream needs a rule naming pods/log: ", 49) == 0);
 		/* no wildcard covers it either: the plain reason */
 		CHECK(resolve("GET", "/apis/apps/v1/namespaces/x/deployments/y/scale", true, &r) == 0);
 		all.allow.resources = SV("pods/*");
