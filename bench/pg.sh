@@ -182,11 +182,13 @@ pg_agentgate_start() {
 # run after its start would otherwise pay for up to 8 new server processes
 # (a cold catalog, and the page-table entries of every shared buffer they
 # touch: on this VM's paravirtualised MMU up to a quarter of a 5 s run at 8
-# clients), which direct and haproxy pay in every run. pgbouncer is warmed
-# once at the start; agentgate after each start, as the paired rounds below
-# restart it.
+# clients), which direct and haproxy pay in every run. Both are warmed at
+# the start and again before the 8-client rows (the 1-client rows use one
+# session, and the others are let go after 30 s idle); agentgate also after
+# each start, as the paired rounds below restart it.
 pg_warm() {
-	BENCH_SECONDS=2 pg_measure "$1" simple 8 >/dev/null || true
+	PG_WARMUP=1 BENCH_SECONDS=2 pg_measure "$1" simple 8 >/dev/null || true
+	sleep 0.5   # what it spooled reaches the sink before a measurement reads the CPU counters
 }
 
 # pair_ratios A B N: the paired rounds' APAIR[A/N/r] / APAIR[B/N/r], as a list
@@ -232,7 +234,7 @@ pg_measure() {
 	tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out" | tail -n 1)
 	if [[ -z $tps ]] || ! grep -q 'number of failed transactions: 0' <<<"$out"; then
 		# called in $(...): notes go through a file
-		echo "$path $mode c=$n${script:+ ($script)}: $(tail -n 3 <<<"$out" | oneline)" >>"$TMP/pg-notes"
+		echo "${PG_WARMUP:+warm-up (not measured), }$path $mode c=$n${script:+ ($script)}: $(tail -n 3 <<<"$out" | oneline)" >>"$TMP/pg-notes"
 		return 1
 	fi
 	echo "$tps"
@@ -246,6 +248,10 @@ pg_bench_run() {
 	for n in 1 8; do
 		local modes=(simple extended prepared)
 		(( n == 1 )) && modes+=(connect)
+		if (( n == 8 )); then
+			[[ -n $PGB_PID ]] && pg_warm pgbouncer
+			[[ -n $AG_STARTED ]] && pg_warm agentgate
+		fi
 		for mode in "${modes[@]}"; do
 			for ((r = 1; r <= ROUNDS; r++)); do
 				for ((k = 0; k < ${#paths[@]}; k++)); do
@@ -343,7 +349,8 @@ pg_bench_run() {
 	echo "  agentgate policy: allow select on 2 tables, mask 1 column, detectors credit_card+email on every value"
 	echo "  connect/1: a new connection per transaction (pgbench -C), simple mode"
 	echo "  pgbouncer and agentgate keep idle server sessions 30 s, none past 5 min, and are warmed (2 s, 8 clients,"
-	echo "  not measured) after each start; direct and haproxy start new server processes in every run"
+	echo "  not measured) at the start and before the 8-client rows, agentgate also after each restart;"
+	echo "  direct and haproxy start new server processes in every run"
 	printf '%-16s %-12s%-20s%-20s%-20s\n' "mode/clients" direct pgbouncer haproxy agentgate
 	for n in 1 8; do
 		local modes=(simple extended prepared)
