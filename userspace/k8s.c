@@ -655,8 +655,9 @@ static bool resource_entry_matches(const char *e, const struct k8s_request *r, b
 		return false;
 	if (named && r->upgrade && (!slash || strcmp(slash + 1, "*") == 0))
 		return false;
-	/* behind nodes/proxy: the kubelet's exec in every pod of the node
-	 * (create, above); "*" + "/proxy" does not name it (review, stop 52) */
+	/* a stream on any subresource of nodes needs nodes named: behind
+	 * nodes/proxy is the kubelet's exec in every pod of the node (create,
+	 * above), which "*" + "/proxy" does not name (review, stop 52) */
 	if (named && r->upgrade && !r->api_group[0] && strcmp(r->resource, "nodes") == 0 &&
 	    (rlen != 5 || memcmp(e, "nodes", 5) != 0))
 		return false;
