@@ -31,6 +31,7 @@
 #include "local_ca.h"
 #include "loop.h"
 #include "proto.h"
+#include "sockdiag.h"
 #include "util.h"
 
 #ifndef SO_NETNS_COOKIE
@@ -1301,6 +1302,34 @@ static bool connect_event_may(struct agent_rt *rt)
 	return false;
 }
 
+/*
+ * A connection without a pair entry whose client socket no longer exists:
+ * its agent aborted it before we accepted it, the close hook took the entry
+ * back, and the reset never reached the queued connection. A flood of
+ * aborts overflows the kernel's per-CPU backlog of loopback packets
+ * (net.core.netdev_max_backlog, 1,000) and drops resets, or defers them to
+ * ksoftirqd past the accept; a socket closed in TCP_REPAIR mode sends none.
+ * Such a connection was refused and audited as one that came around the
+ * hooks (CI, stop 52: no_pair_entry 1 in the pair-map flood test, with
+ * 57,000 backlog drops counted in /proc/net/softnet_stat). A connection
+ * made around the hooks has its client socket alive while it waits to be
+ * accepted, and is refused as before; one whose client is gone is never
+ * served either way. The kernel is asked for both ends of the connection
+ * (NETLINK_SOCK_DIAG): ours must be found, or the lookup cannot be trusted
+ * (no diag support: every answer "none"), and the connection is refused as
+ * before. A listener found for the client's end is no client socket.
+ */
+static bool client_gone(int family, const struct ag_pair_key *k)
+{
+	int ours = tcp_socket_state(family, k->listen_addr, k->listen_port, k->client_addr, k->client_port);
+	int theirs;
+
+	if (ours <= 0 || ours == TCP_LISTEN)
+		return false;
+	theirs = tcp_socket_state(family, k->client_addr, k->client_port, k->listen_addr, k->listen_port);
+	return theirs == 0 || theirs == TCP_LISTEN;
+}
+
 void enforcer_accept(struct worker *w, int fd, int family, const struct sockaddr_storage *peer)
 {
 	const struct policy *p = __atomic_load_n(&E->policy, __ATOMIC_ACQUIRE);   /* a reload swaps it */
@@ -1350,6 +1379,11 @@ void enforcer_accept(struct worker *w, int fd, int family, const struct sockaddr
 	}
 	/* Only connections that came through the hooks have a pair entry. */
 	if (loader_pair_take(E->loader, &key, &c->pair)) {
+		if (client_gone(family, &key)) {
+			atomic_fetch_add(&E->reset_before_accept, 1);
+			conn_close(c, false);
+			return;
+		}
 		atomic_fetch_add(&E->no_pair, 1);
 		struct audit_w *w = enforcer_conn_event(c, 5, "Refuse");
 

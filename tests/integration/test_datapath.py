@@ -1474,6 +1474,53 @@ def test_entry_of_a_half_closed_then_reset_connection_is_not_taken_over(enforcer
     assert st["agents"][0]["connects_pending"] == 0, st["agents"][0]
 
 
+def test_queued_connection_whose_reset_was_lost_is_no_bypass(enforcer, servers):
+    """CI (stop 52): an agent's connection aborted while it waits in the
+    enforcer's accept queue loses its pair entry at once (the close hook),
+    and is told apart at accept by the reset it received. A reset can be
+    lost: a flood of aborts overflows the kernel's backlog of loopback
+    packets (net.core.netdev_max_backlog), and a socket closed in TCP_REPAIR
+    mode sends none, as here. Such a connection was refused and audited as
+    one made around the agent hooks (no pair entry). Its client socket is
+    gone, which the enforcer now asks the kernel: it is closed as reset
+    before accept, unaudited, never served. A client that dials the
+    enforcer around the hooks is alive when accepted, and still refused."""
+    port, log = servers.echo()
+    enforcer.start(enforce_policy(port))
+    enforcer.proc.p.send_signal(signal.SIGSTOP)
+    try:
+        # an attached workload with root's capabilities (TCP_REPAIR needs CAP_NET_ADMIN)
+        r = enforcer.in_cgroup("t-agent", [PY, "-c", textwrap.dedent(f"""
+        import socket
+        s = socket.create_connection(("127.0.0.1", {port}), timeout=5)   # queued: the enforcer is stopped
+        s.setsockopt(socket.IPPROTO_TCP, 19, 1)   # TCP_REPAIR: the close sends no reset
+        s.close()
+        print("closed")
+        """)])
+        assert r.stdout.split() == ["closed"], r.stdout + r.stderr
+        # the queued connection never heard of it
+        q = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{TCP_PORT} )"],
+                           capture_output=True, text=True, timeout=10)
+        assert len(q.stdout.splitlines()) == 1, q.stdout
+    finally:
+        enforcer.proc.p.send_signal(signal.SIGCONT)
+    counters = lambda: enforcer.status()["counters"]
+    assert wait_for(lambda: counters()["reset_before_accept"] == 1, 10), counters()
+    assert counters()["no_pair_entry"] == 0, counters()
+    assert enforcer.status()["agents"][0]["connects_pending"] == 0
+    # around the hooks: a live client, refused and audited as before
+    try:   # the refusal is a reset; it may land while connect() still waits
+        assert hello_answer(socket.create_connection(("127.0.0.1", TCP_PORT), timeout=5)) == b""
+    except ConnectionResetError:
+        pass
+    assert enforcer.wait_event(lambda e: "no pair entry" in e.get("unmapped", {}).get("reason", ""))
+    refused = [e for e in enforcer.events() if "no pair entry" in e.get("unmapped", {}).get("reason", "")]
+    assert len(refused) == 1, refused
+    assert counters()["no_pair_entry"] == 1, counters()
+    assert counters()["reset_before_accept"] == 1, counters()
+    assert open(log).read() == ""
+
+
 def test_closed_port_held_for_its_entry(enforcer, servers):
     """Review (stop 42, 43): a graceful close leaves the pair entry for the
     accept while a FIN_WAIT2 time-wait socket holds the port. An agent that
