@@ -1310,8 +1310,9 @@ static bool connect_event_may(struct agent_rt *rt)
  * (net.core.netdev_max_backlog, 1,000) and drops resets, or defers them to
  * ksoftirqd past the accept; a socket closed in TCP_REPAIR mode sends none.
  * Such a connection was refused and audited as one that came around the
- * hooks (CI, stop 52: no_pair_entry 1 in the pair-map flood test, with
- * 57,000 backlog drops counted in /proc/net/softnet_stat). A connection
+ * hooks (CI, stop 52: no_pair_entry 1 in the pair-map flood test; one run
+ * of test_datapath.py here adds some 2,000 drops to /proc/net/softnet_stat's
+ * second column). A connection
  * made around the hooks has its client socket alive while it waits to be
  * accepted, and is refused as before; one whose client is gone is never
  * served either way. The kernel is asked for both ends of the connection
