@@ -1312,22 +1312,44 @@ static bool connect_event_may(struct agent_rt *rt)
  * Such a connection was refused and audited as one that came around the
  * hooks (CI, stop 52: no_pair_entry 1 in the pair-map flood test; one run
  * of test_datapath.py here adds some 2,000 drops to /proc/net/softnet_stat's
- * second column). A connection
- * made around the hooks has its client socket alive while it waits to be
- * accepted, and is refused as before; one whose client is gone is never
- * served either way. The kernel is asked for both ends of the connection
- * (NETLINK_SOCK_DIAG): ours must be found, or the lookup cannot be trusted
- * (no diag support: every answer "none"), and the connection is refused as
- * before. A listener found for the client's end is no client socket.
+ * second column). A connection made around the hooks from this host has
+ * its client socket alive while it waits to be accepted, and is refused and
+ * audited as before; one whose client is gone is never served either way.
+ *
+ * The kernel is asked for both ends of the connection (NETLINK_SOCK_DIAG):
+ * ours must be found, or the lookup cannot be trusted (no diag support:
+ * every answer "none"). The client's end is looked up bound to no device
+ * and to each interface in turn: a socket bound to one (SO_BINDTODEVICE,
+ * open to any user) is found only so, and a lookup without one let a live
+ * dialer bound to "lo" pass for gone, unaudited (review, stop 53). A
+ * listener found for the client's end is no client socket. Only a client
+ * address on loopback is believed gone: with route_localnet another host's
+ * connection could reach the listener, and its socket is not ours to see.
+ * At most CLIENT_CHECKS_PER_S a second (each can cost a lookup per
+ * interface); past that the connection is refused and audited as before.
  */
+#define CLIENT_CHECKS_PER_S 100
+
 static bool client_gone(int family, const struct ag_pair_key *k)
 {
-	int ours = tcp_socket_state(family, k->listen_addr, k->listen_port, k->client_addr, k->client_port);
-	int theirs;
+	static _Atomic uint64_t sec, n;
+	uint64_t now = now_ns_mono() / 1000000000ull, was = atomic_load(&sec);
+	static const uint8_t v6lo[16] = { [15] = 1 };
+	bool loop = addr_is_v4mapped(k->client_addr) ? k->client_addr[12] == 127
+						     : !memcmp(k->client_addr, v6lo, 16);
+	int ours, theirs;
 
+	if (!loop)
+		return false;
+	if (was != now && atomic_compare_exchange_strong(&sec, &was, now))
+		atomic_store(&n, 0);
+	if (atomic_fetch_add(&n, 1) >= CLIENT_CHECKS_PER_S)
+		return false;
+	ours = tcp_socket_state(family, k->listen_addr, k->listen_port, k->client_addr, k->client_port, 0);
 	if (ours <= 0 || ours == TCP_LISTEN)
 		return false;
-	theirs = tcp_socket_state(family, k->client_addr, k->client_port, k->listen_addr, k->listen_port);
+	theirs = tcp_socket_state_any_dev(family, k->client_addr, k->client_port, k->listen_addr,
+					  k->listen_port);
 	return theirs == 0 || theirs == TCP_LISTEN;
 }
 

@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 #include <arpa/inet.h>
+#include <net/if.h>
 #include <linux/inet_diag.h>
 #include <linux/netlink.h>
 #include <linux/sock_diag.h>
@@ -27,7 +28,7 @@ static void diag_addr(int family, const uint8_t a[16], __be32 out[4])
 }
 
 int tcp_socket_state(int family, const uint8_t local[16], uint16_t lport, const uint8_t remote[16],
-		     uint16_t rport)
+		     uint16_t rport, int ifindex)
 {
 	struct {
 		struct nlmsghdr h;
@@ -38,7 +39,9 @@ int tcp_socket_state(int family, const uint8_t local[16], uint16_t lport, const 
 		.r = { .sdiag_family = (uint8_t)family, .sdiag_protocol = IPPROTO_TCP,
 		       .idiag_states = ~0u },
 	};
-	/* The kernel answers within the send: one message, or an error. */
+	/* The kernel answers within the send: one message, or an error. Only
+	 * the fixed head of a socket's message is read: what follows it (MD5
+	 * keys, say) may be cut off by a short buffer without harm. */
 	union {
 		struct nlmsghdr h;
 		char b[1024];
@@ -55,6 +58,7 @@ int tcp_socket_state(int family, const uint8_t local[16], uint16_t lport, const 
 	diag_addr(family, local, req.r.id.idiag_src);
 	diag_addr(family, remote, req.r.id.idiag_dst);
 	req.r.id.idiag_cookie[0] = req.r.id.idiag_cookie[1] = INET_DIAG_NOCOOKIE;
+	req.r.id.idiag_if = (uint32_t)ifindex;
 
 	fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
 	if (fd < 0)
@@ -68,14 +72,14 @@ int tcp_socket_state(int family, const uint8_t local[16], uint16_t lport, const 
 		ret = -errno;
 		goto out;
 	}
-	if (!NLMSG_OK(&ans.h, (size_t)n) || ans.h.nlmsg_seq != 1) {
+	if ((size_t)n < sizeof(ans.h) || ans.h.nlmsg_len < sizeof(ans.h) || ans.h.nlmsg_seq != 1) {
 		ret = -EPROTO;
 		goto out;
 	}
 	if (ans.h.nlmsg_type == NLMSG_ERROR) {
 		const struct nlmsgerr *e = NLMSG_DATA(&ans.h);
 
-		if (ans.h.nlmsg_len < NLMSG_LENGTH(sizeof(*e)))
+		if ((size_t)n < NLMSG_LENGTH(sizeof(*e)) || ans.h.nlmsg_len < NLMSG_LENGTH(sizeof(*e)))
 			ret = -EPROTO;
 		else if (e->error == -ENOENT)
 			ret = 0;   /* no such socket */
@@ -83,7 +87,7 @@ int tcp_socket_state(int family, const uint8_t local[16], uint16_t lport, const 
 			ret = e->error ? e->error : -EPROTO;
 		goto out;
 	}
-	if (ans.h.nlmsg_type != SOCK_DIAG_BY_FAMILY ||
+	if (ans.h.nlmsg_type != SOCK_DIAG_BY_FAMILY || (size_t)n < NLMSG_LENGTH(sizeof(struct inet_diag_msg)) ||
 	    ans.h.nlmsg_len < NLMSG_LENGTH(sizeof(struct inet_diag_msg))) {
 		ret = -EPROTO;
 		goto out;
@@ -94,4 +98,35 @@ int tcp_socket_state(int family, const uint8_t local[16], uint16_t lport, const 
 out:
 	close(fd);
 	return ret;
+}
+
+int tcp_socket_state_any_dev(int family, const uint8_t local[16], uint16_t lport,
+			     const uint8_t remote[16], uint16_t rport)
+{
+	struct if_nameindex *ifs;
+	int st, best;
+	unsigned n = 0;
+
+	best = st = tcp_socket_state(family, local, lport, remote, rport, 0);
+	if (st < 0 || (st && st != TCP_LISTEN))
+		return st;
+	if (!(ifs = if_nameindex()))
+		return -errno;
+	for (const struct if_nameindex *i = ifs; i->if_index; i++)
+		n++;
+	if (n > SOCKDIAG_MAX_IFS) {
+		if_freenameindex(ifs);
+		return -E2BIG;
+	}
+	for (const struct if_nameindex *i = ifs; i->if_index; i++) {
+		st = tcp_socket_state(family, local, lport, remote, rport, (int)i->if_index);
+		if (st < 0 || (st && st != TCP_LISTEN)) {
+			best = st;
+			break;
+		}
+		if (st == TCP_LISTEN)
+			best = st;
+	}
+	if_freenameindex(ifs);
+	return best;
 }

@@ -1,13 +1,15 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * tcp_socket_state(): the enforcer asks it whether the client of a queued
- * connection without a pair entry still exists, and closes that connection
- * unaudited when it does not (enforcer.c, client_gone()). An answer of
- * "none" where a socket exists would hide a connection made around the
- * agent hooks: each end of a real loopback connection must be found, in its
- * state, in both families; a closed one must not; a listener is reported as
- * such.
+ * tcp_socket_state(), tcp_socket_state_any_dev(): the enforcer asks them
+ * whether the client of a queued connection without a pair entry still
+ * exists, and closes that connection unaudited when it does not
+ * (enforcer.c, client_gone()). An answer of "none" where a socket exists
+ * would hide a connection made around the agent hooks: each end of a real
+ * loopback connection must be found, in its state, in both families, also
+ * a client bound to a device (review, stop 53); a closed one must not; a
+ * listener is reported as such.
  */
+#include <net/if.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -34,9 +36,10 @@ static uint16_t local_port(int fd, uint8_t a[16])
 	return port;
 }
 
-/* a listener on an ephemeral loopback port, a client connected to it, and
- * the accepted end; false when the host has no such loopback (v6) */
-static bool conn3_open(int family, struct conn3 *k)
+/* a listener on an ephemeral loopback port, a client (bound to device dev
+ * unless NULL) connected to it, and the accepted end; false when the host
+ * has no such loopback (v6) */
+static bool conn3_open_dev(int family, struct conn3 *k, const char *dev)
 {
 	struct sockaddr_storage ss;
 	socklen_t len;
@@ -50,6 +53,8 @@ static bool conn3_open(int family, struct conn3 *k)
 	len = addr_to_sockaddr(k->laddr, k->lport, &ss);
 	k->cfd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	CHECK(k->cfd >= 0);
+	if (dev)
+		CHECK(setsockopt(k->cfd, SOL_SOCKET, SO_BINDTODEVICE, dev, (socklen_t)strlen(dev) + 1) == 0);
 	CHECK(connect(k->cfd, (struct sockaddr *)&ss, len) == 0);
 	k->cport = local_port(k->cfd, k->caddr);
 	for (int i = 0; i < 1000 && k->afd < 0; i++) {
@@ -59,6 +64,11 @@ static bool conn3_open(int family, struct conn3 *k)
 	}
 	CHECK(k->afd >= 0);
 	return true;
+}
+
+static bool conn3_open(int family, struct conn3 *k)
+{
+	return conn3_open_dev(family, k, NULL);
 }
 
 static void conn3_close(struct conn3 *k)
@@ -89,20 +99,27 @@ static void both_ends(int family)
 		return;
 	}
 	/* the client's end and the accepted one */
-	CHECK(tcp_socket_state(family, k.caddr, k.cport, k.laddr, k.lport) == TCP_ESTABLISHED);
-	CHECK(tcp_socket_state(family, k.laddr, k.lport, k.caddr, k.cport) == TCP_ESTABLISHED);
+	CHECK(tcp_socket_state(family, k.caddr, k.cport, k.laddr, k.lport, 0) == TCP_ESTABLISHED);
+	CHECK(tcp_socket_state_any_dev(family, k.caddr, k.cport, k.laddr, k.lport) == TCP_ESTABLISHED);
+	CHECK(tcp_socket_state(family, k.laddr, k.lport, k.caddr, k.cport, 0) == TCP_ESTABLISHED);
 	/* the listener answers for a remote end no connection has */
 	memcpy(other, k.caddr, 16);
-	CHECK(tcp_socket_state(family, k.laddr, k.lport, other, (uint16_t)(k.cport ^ 1)) == TCP_LISTEN);
+	CHECK(tcp_socket_state(family, k.laddr, k.lport, other, (uint16_t)(k.cport ^ 1), 0) == TCP_LISTEN);
 	/* a port nobody holds */
-	CHECK(tcp_socket_state(family, k.caddr, (uint16_t)(k.cport ^ 1), k.laddr, k.lport) == 0);
+	CHECK(tcp_socket_state(family, k.caddr, (uint16_t)(k.cport ^ 1), k.laddr, k.lport, 0) == 0);
+	CHECK(tcp_socket_state_any_dev(family, k.caddr, (uint16_t)(k.cport ^ 1), k.laddr, k.lport) == 0);
 	/* the client aborts: its end is gone; the accepted end, closed by the
 	 * reset, is out of the kernel's tables and the listener answers for it
-	 * (client_gone() trusts no answer when its own end is not found) */
+	 * (client_gone() trusts no answer when its own end is not found). The
+	 * reset may wait for ksoftirqd: up to a second. */
 	abort_close(k.cfd);
 	k.cfd = -1;
-	CHECK(tcp_socket_state(family, k.caddr, k.cport, k.laddr, k.lport) == 0);
-	CHECK(tcp_socket_state(family, k.laddr, k.lport, k.caddr, k.cport) == TCP_LISTEN);
+	CHECK(tcp_socket_state(family, k.caddr, k.cport, k.laddr, k.lport, 0) == 0);
+	CHECK(tcp_socket_state_any_dev(family, k.caddr, k.cport, k.laddr, k.lport) == 0);
+	int st = 0;
+	for (int i = 0; i < 100 && (st = tcp_socket_state(family, k.laddr, k.lport, k.caddr, k.cport, 0)) != TCP_LISTEN; i++)
+		usleep(10000);
+	CHECK(st == TCP_LISTEN);
 	conn3_close(&k);
 }
 
@@ -125,10 +142,35 @@ static void test_graceful_close(void)
 	CHECK(conn3_open(AF_INET, &k));
 	close(k.cfd);
 	k.cfd = -1;
-	usleep(20000);
-	int c = tcp_socket_state(AF_INET, k.caddr, k.cport, k.laddr, k.lport);
+	int c = 0, a = 0;
+	for (int i = 0; i < 100; i++) {   /* the FIN may wait for ksoftirqd */
+		c = tcp_socket_state(AF_INET, k.caddr, k.cport, k.laddr, k.lport, 0);
+		a = tcp_socket_state(AF_INET, k.laddr, k.lport, k.caddr, k.cport, 0);
+		if ((c == TCP_FIN_WAIT2 || c == TCP_TIME_WAIT) && a == TCP_CLOSE_WAIT)
+			break;
+		usleep(10000);
+	}
 	CHECK(c == TCP_FIN_WAIT2 || c == TCP_TIME_WAIT);
-	CHECK(tcp_socket_state(AF_INET, k.laddr, k.lport, k.caddr, k.cport) == TCP_CLOSE_WAIT);
+	CHECK(a == TCP_CLOSE_WAIT);
+	conn3_close(&k);
+}
+
+/* a client bound to a device (any user may bind a new socket to one) is
+ * found only by a lookup naming that device: the one without a device
+ * misses it, the lookup over every device finds it (review, stop 53: a
+ * dialer bound to "lo" passed for gone) */
+static void test_bound_to_device(void)
+{
+	struct conn3 k;
+	int lo = (int)if_nametoindex("lo");
+
+	CHECK(lo > 0);
+	CHECK(conn3_open_dev(AF_INET, &k, "lo"));
+	CHECK(tcp_socket_state(AF_INET, k.caddr, k.cport, k.laddr, k.lport, 0) == 0);
+	CHECK(tcp_socket_state(AF_INET, k.caddr, k.cport, k.laddr, k.lport, lo) == TCP_ESTABLISHED);
+	CHECK(tcp_socket_state_any_dev(AF_INET, k.caddr, k.cport, k.laddr, k.lport) == TCP_ESTABLISHED);
+	/* the accepted end is bound to nothing */
+	CHECK(tcp_socket_state(AF_INET, k.laddr, k.lport, k.caddr, k.cport, 0) == TCP_ESTABLISHED);
 	conn3_close(&k);
 }
 
@@ -136,7 +178,8 @@ static void test_bad_family(void)
 {
 	uint8_t a[16] = { 0 };
 
-	CHECK(tcp_socket_state(AF_UNIX, a, 1, a, 2) == -EAFNOSUPPORT);
+	CHECK(tcp_socket_state(AF_UNIX, a, 1, a, 2, 0) == -EAFNOSUPPORT);
+	CHECK(tcp_socket_state_any_dev(AF_UNIX, a, 1, a, 2) == -EAFNOSUPPORT);
 }
 
 int main(void)
@@ -144,6 +187,7 @@ int main(void)
 	RUN(test_v4);
 	RUN(test_v6);
 	RUN(test_graceful_close);
+	RUN(test_bound_to_device);
 	RUN(test_bad_family);
 	UNIT_DONE("sockdiag");
 }
