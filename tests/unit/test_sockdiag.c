@@ -9,7 +9,9 @@
  * a client bound to a device (review, stop 53); a closed one must not; a
  * listener is reported as such.
  */
+#include <linux/netlink.h>
 #include <net/if.h>
+#include <sys/wait.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -174,6 +176,62 @@ static void test_bound_to_device(void)
 	conn3_close(&k);
 }
 
+/* Another process may unicast to a netlink socket that is not connected,
+ * and a process's first netlink socket takes the pid as its port id: a
+ * forged "no such socket" (an NLMSG_ERROR with -ENOENT) sprayed at the
+ * enforcer's pid would hide a live dialer. The lookups' socket is
+ * connected to the kernel, which refuses such a unicast, and the sender of
+ * an answer is checked: under the spray every lookup still finds the
+ * socket. */
+static void test_forged_answers(void)
+{
+	struct conn3 k;
+	pid_t me = getpid(), child;
+	int go[2], forged = 0, errs = 0, n = 0;
+
+	CHECK(conn3_open(AF_INET, &k));
+	CHECK(pipe(go) == 0);
+	child = fork();
+	if (child == 0) {
+		struct {
+			struct nlmsghdr h;
+			struct nlmsgerr e;
+		} m = { .h = { .nlmsg_len = sizeof(m), .nlmsg_type = NLMSG_ERROR }, .e = { .error = -ENOENT } };
+		struct sockaddr_nl to = { .nl_family = AF_NETLINK, .nl_pid = (uint32_t)me };
+		int fd = socket(AF_NETLINK, SOCK_DGRAM, NETLINK_SOCK_DIAG);
+
+		close(go[0]);
+		if (write(go[1], "x", 1) != 1)
+			_exit(1);
+		for (uint64_t end = now_ns_mono() + 500000000ull; now_ns_mono() < end;)
+			for (uint32_t seq = 1; seq <= 4; seq++) {   /* the lookups' first numbers */
+				m.h.nlmsg_seq = seq;
+				sendto(fd, &m, sizeof(m), 0, (struct sockaddr *)&to, sizeof(to));
+			}
+		_exit(0);
+	}
+	char x;
+	close(go[1]);
+	CHECK(read(go[0], &x, 1) == 1);
+	for (uint64_t end = now_ns_mono() + 400000000ull; now_ns_mono() < end; n++) {
+		int a = tcp_socket_state(AF_INET, k.caddr, k.cport, k.laddr, k.lport, 0);
+		int b = tcp_socket_state_any_dev(AF_INET, k.caddr, k.cport, k.laddr, k.lport);
+
+		/* an error is "cannot tell" (the enforcer refuses and audits);
+		 * "none" (0, or only the listener) would be the forgery */
+		forged += (a == 0 || a == TCP_LISTEN) + (b == 0 || b == TCP_LISTEN);
+		errs += (a < 0) + (b < 0);
+	}
+	waitpid(child, NULL, 0);
+	close(go[0]);
+	if (forged || errs)
+		fprintf(stderr, "  of %d lookups %d took a forged answer, %d failed\n", 2 * n, forged, errs);
+	CHECK(forged == 0);
+	CHECK(errs <= n / 100);
+	CHECK(n > 100);
+	conn3_close(&k);
+}
+
 static void test_bad_family(void)
 {
 	uint8_t a[16] = { 0 };
@@ -188,6 +246,7 @@ int main(void)
 	RUN(test_v6);
 	RUN(test_graceful_close);
 	RUN(test_bound_to_device);
+	RUN(test_forged_answers);
 	RUN(test_bad_family);
 	UNIT_DONE("sockdiag");
 }
