@@ -11,7 +11,8 @@
  *    its array, the same answer twice, attributes in their character sets;
  *  - a non-resource request keeps the path and the lower-case method;
  *  - an upgrade is a GET or POST on a subresource, with the apiserver's verb
- *    (create for exec, attach and portforward and for POST, get for GET);
+ *    (create for exec, attach and portforward and for POST, get for GET),
+ *    but create for core nodes/proxy (the kubelet's exec behind it);
  *  - get and delete always name an object (without a name they are
  *    list/watch and deletecollection);
  *  - a path made non-canonical ("/.." appended) is refused;
@@ -96,8 +97,12 @@ static void check_request(const char *method, const char *path, size_t pathlen, 
 	must(!strchr(r->subresource, '.') && !strchr(r->subresource, '*'));
 	must(!strchr(r->name, '/') && !strchr(r->name, '%') && strcmp(r->name, "..") != 0);
 	if (upgrade) {
+		/* a stream through core nodes/proxy is the kubelet's exec in
+		 * any pod of the node: create too (02b2250) */
 		bool stream = strcmp(r->subresource, "exec") == 0 || strcmp(r->subresource, "attach") == 0 ||
-			      strcmp(r->subresource, "portforward") == 0;
+			      strcmp(r->subresource, "portforward") == 0 ||
+			      (!r->api_group[0] && strcmp(r->resource, "nodes") == 0 &&
+			       strcmp(r->subresource, "proxy") == 0);
 
 		must(r->subresource[0] && (strcmp(method, "GET") == 0 || strcmp(method, "POST") == 0));
 		must(strcmp(r->verb, stream || strcmp(method, "POST") == 0 ? "create" : "get") == 0);
