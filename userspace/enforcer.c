@@ -729,8 +729,8 @@ static bool is_own_listener(const uint8_t a[16], uint16_t port)
 	static const uint8_t zero[16];
 	/* loopback, or the unspecified address (connecting to 0.0.0.0 or ::
 	 * reaches the local host) */
-	bool loop = addr_is_v4mapped(a) ? a[12] == 127 || memcmp(a + 12, zero, 4) == 0
-					: memcmp(a, zero, 15) == 0 && a[15] <= 1;
+	bool loop = addr_is_loopback(a) || (addr_is_v4mapped(a) ? memcmp(a + 12, zero, 4) == 0
+								 : memcmp(a, zero, 16) == 0);
 
 	return loop && (port == E->tcp_port ||
 			(port >= E->dns_base && port < E->dns_base + AG_MAX_AGENTS));
@@ -1287,16 +1287,23 @@ static bool connect_rate_may(struct agent_rt *rt, uint32_t rate)
 	return true;
 }
 
+/* One of at most limit a second: *sec is the second counted in, *n the
+ * count so far (whoever sees a new second first starts it again). */
+static bool per_second_may(atomic_ullong *sec, atomic_uint *n, unsigned limit)
+{
+	unsigned long long now = now_ns_mono() / 1000000000ull, was = atomic_load(sec);
+
+	if (was != now && atomic_compare_exchange_strong(sec, &was, now))
+		atomic_store(n, 0);
+	return atomic_fetch_add(n, 1) < limit;
+}
+
 /* Whether this refusal for the rate gets its own event: the first
  * CONNECT_RATE_EVENTS of each second do; an agent refused at thousands a
  * second must not fill the trail, only the counters and one summary. */
 static bool connect_event_may(struct agent_rt *rt)
 {
-	unsigned long long sec = now_ns_mono() / 1000000000ull, was = atomic_load(&rt->connect_ev_sec);
-
-	if (was != sec && atomic_compare_exchange_strong(&rt->connect_ev_sec, &was, sec))
-		atomic_store(&rt->connect_ev_n, 0);
-	if (atomic_fetch_add(&rt->connect_ev_n, 1) < CONNECT_RATE_EVENTS)
+	if (per_second_may(&rt->connect_ev_sec, &rt->connect_ev_n, CONNECT_RATE_EVENTS))
 		return true;
 	atomic_fetch_add(&rt->connect_unreported, 1);
 	return false;
@@ -1332,18 +1339,11 @@ static bool connect_event_may(struct agent_rt *rt)
 
 static bool client_gone(int family, const struct ag_pair_key *k)
 {
-	static _Atomic uint64_t sec, n;
-	uint64_t now = now_ns_mono() / 1000000000ull, was = atomic_load(&sec);
-	static const uint8_t v6lo[16] = { [15] = 1 };
-	bool loop = addr_is_v4mapped(k->client_addr) ? k->client_addr[12] == 127
-						     : !memcmp(k->client_addr, v6lo, 16);
+	static atomic_ullong sec;
+	static atomic_uint n;
 	int ours, theirs;
 
-	if (!loop)
-		return false;
-	if (was != now && atomic_compare_exchange_strong(&sec, &was, now))
-		atomic_store(&n, 0);
-	if (atomic_fetch_add(&n, 1) >= CLIENT_CHECKS_PER_S)
+	if (!addr_is_loopback(k->client_addr) || !per_second_may(&sec, &n, CLIENT_CHECKS_PER_S))
 		return false;
 	ours = tcp_socket_state(family, k->listen_addr, k->listen_port, k->client_addr, k->client_port, 0);
 	if (ours <= 0 || ours == TCP_LISTEN)

@@ -864,7 +864,7 @@ static enum k8s_verdict decide_one(const struct policy_rule *const *rules, size_
 			continue;
 		k8s_resource_string(r, res, sizeof(res));
 		/* the hint first: a long request is cut at the end */
-		snprintf(reason, reasonlen, "an upgraded stream needs a rule naming %s: role '%s' rule %d "
+		snprintf(reason, reasonlen, K8S_STREAM_HINT "%s: role '%s' rule %d "
 			 "covers %s only by a wildcard", res, rule->role ? rule->role : "?", rule->index + 1,
 			 what);
 		return v;

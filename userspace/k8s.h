@@ -183,8 +183,11 @@ enum k8s_verdict { K8S_DENY = 0, K8S_ALLOW, K8S_REVIEW };
  * plain-text explanation on every verdict, e.g. "no rule allows list pods
  * in namespace 'kube-system'"; it quotes request attributes, so escape it
  * before putting it into JSON. With r->may_create, create must be allowed
- * too (k8s_verdict_both of the two verdicts).
+ * too (k8s_verdict_both of the two verdicts). A stream denied only because
+ * every rule that covers it does so by a wildcard gets a reason that
+ * starts with K8S_STREAM_HINT and the resource string.
  */
+#define K8S_STREAM_HINT "an upgraded stream needs a rule naming "
 enum k8s_verdict k8s_decide(const struct policy_rule *const *rules, size_t n,
 			    const struct k8s_request *r, const struct policy_rule **which,
 			    char *reason, size_t reasonlen);

@@ -559,7 +559,7 @@ static bool decide_k8s(struct conn *c, const struct ident_principal *user, const
 			return false;
 		}
 		uv = k8s_decide(rules, n, &kr, NULL, uwhy, sizeof(uwhy));
-		if (uv == K8S_DENY && kr.upgrade && strncmp(uwhy, "an upgraded", 11) == 0)
+		if (uv == K8S_DENY && kr.upgrade && strncmp(uwhy, K8S_STREAM_HINT, sizeof(K8S_STREAM_HINT) - 1) == 0)
 			snprintf(r->why, sizeof(r->why), "the delegating user's roles: %s", uwhy);
 		else if (uv == K8S_DENY)
 			snprintf(r->why, sizeof(r->why), "the delegating user's roles do not allow %s %s%s", kr.verb,

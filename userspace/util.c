@@ -93,6 +93,13 @@ bool addr_is_v4mapped(const uint8_t a[16])
 	return memcmp(a, pfx, 12) == 0;
 }
 
+bool addr_is_loopback(const uint8_t a[16])
+{
+	static const uint8_t v6lo[16] = { [15] = 1 };
+
+	return addr_is_v4mapped(a) ? a[12] == 127 : memcmp(a, v6lo, 16) == 0;
+}
+
 void addr_from_sockaddr(const struct sockaddr_storage *ss, uint8_t a[16], uint16_t *port)
 {
 	memset(a, 0, 16);

@@ -34,6 +34,8 @@ int ensure_bpffs(char *out, size_t outlen);
 
 /* 16-byte (v4-mapped) address helpers. */
 bool addr_is_v4mapped(const uint8_t a[16]);
+/* 127.0.0.0/8 (v4-mapped) or ::1. */
+bool addr_is_loopback(const uint8_t a[16]);
 void addr_from_sockaddr(const struct sockaddr_storage *ss, uint8_t a[16], uint16_t *port);
 /* Fills ss for connect(): AF_INET for v4-mapped, AF_INET6 otherwise. */
 socklen_t addr_to_sockaddr(const uint8_t a[16], uint16_t port, struct sockaddr_storage *ss);
