@@ -273,6 +273,12 @@ struct jw {
 	struct mask_report *rep;
 	struct { char name[REPORT_CACHE_NAME]; size_t len; } rcache[REPORT_CACHE];
 	unsigned nrcache;              /* names already in rep->fields */
+	/* step_states()'s filter: bit key_hash(name) for the name of every
+	 * name step of every path, and whether any path has an index step. A
+	 * key whose bit is clear matches no name step (a set bit may be
+	 * another name's: the steps are then compared). */
+	uint64_t names[4];
+	bool indexes;
 	/* where arena and keys start, so a small body needs no allocation */
 	uint8_t arena0[256];
 	struct keyref keys0[32];
@@ -738,6 +744,11 @@ static void report(struct jw *w, struct ctx *cx, unsigned hits)
 
 static int parse_value(struct jw *w, int depth, bool quiet, struct ctx *cx);
 
+static inline unsigned key_hash(const uint8_t *key, size_t klen)
+{
+	return (unsigned)((klen ? key[0] : 0) ^ (klen * 37)) & 255;
+}
+
 /*
  * Path states of a child of the value at level depth (named by key or by
  * index), into level depth + 1. Returns true when a path ends there.
@@ -753,6 +764,19 @@ static inline __attribute__((always_inline)) bool step_states(struct jw *w, int 
 	uint64_t *kid = w->st + (size_t)(depth + 1) * w->npaths;
 	bool final = false;
 
+	if (is_index ? !w->indexes : !(w->names[key_hash(key, klen) >> 6] >> (key_hash(key, klen) & 63) & 1)) {
+		/* no name or index step can match this child: only the pending
+		 * descendant steps stay and the wildcard steps advance */
+		for (size_t i = 0; i < w->npaths; i++) {
+			const struct pbits *pb = &w->pb[i];
+			uint64_t in = par[i];
+
+			kid[i] = (in & pb->desc) | ((in & pb->any) << 1);
+			if (kid[i] & (1ull << pb->nsteps))
+				final = true;
+		}
+		return final;
+	}
 	for (size_t i = 0; i < w->npaths; i++) {
 		const struct pbits *pb = &w->pb[i];
 		const struct mask_step *step = w->paths[i].step;
@@ -905,116 +929,7 @@ static int scan_string_slow(struct jw *w, size_t raw, size_t rawlen, const uint8
 	return 0;
 }
 
-/*
- * A member's or element's value. final: a path ends here, the value is
- * replaced whole by "****" and only validated (quiet below it).
- */
-static int child_value(struct jw *w, int depth, bool quiet, bool final, struct ctx *kid)
-{
-	size_t start = w->pos;
-	int rc;
-
-	if (!final)
-		return parse_value(w, depth, quiet, kid);
-	report(w, kid, 1);
-	if ((rc = parse_value(w, depth, true, kid)))
-		return rc;
-	return replace(w, start, w->pos, MASKED, sizeof(MASKED) - 1);
-}
-
-static int parse_object(struct jw *w, int depth, bool quiet, struct ctx *cx)
-{
-	size_t k0 = w->nk, a0 = w->an;
-	int rc;
-
-	w->pos++;                                  /* '{' */
-	skip_ws(w);
-	if (w->pos < w->len && w->s[w->pos] == '}') {
-		w->pos++;
-		return 0;
-	}
-	for (;;) {
-		size_t raw, rawlen, dlen, off;
-		const uint8_t *d;
-		struct ctx kid = { 0 };
-		bool final = false;
-
-		if (w->pos >= w->len || w->s[w->pos] != '"')
-			return -EINVAL;
-		if ((rc = parse_string(w, &raw, &rawlen, &d, &dlen)) || (rc = push_key(w, d, dlen, &off)))
-			return rc;
-		kid.name_off = off;
-		kid.name_len = dlen;
-		/* The name is data too: scanned like a string value, but a hit is
-		 * reported under the name's own (masked) text. */
-		if ((rc = scan_string(w, raw, rawlen, d, dlen, &kid, quiet)))
-			return rc;
-		skip_ws(w);
-		kid.touched = false;
-		if (w->pos >= w->len || w->s[w->pos] != ':')
-			return -EINVAL;
-		w->pos++;
-		if (!quiet && w->npaths)
-			final = step_states(w, depth, w->arena + off, dlen, false, 0);
-		skip_ws(w);
-		if ((rc = child_value(w, depth + 1, quiet, final, &kid)))
-			return rc;
-		skip_ws(w);
-		if (w->pos >= w->len)
-			return -EINVAL;
-		if (w->s[w->pos] == ',') {
-			w->pos++;
-			skip_ws(w);
-			continue;
-		}
-		if (w->s[w->pos] != '}')
-			return -EINVAL;
-		w->pos++;
-		break;
-	}
-	if (!w->lenient && has_dup(w, k0))
-		return -EINVAL;
-	w->nk = k0;
-	w->an = a0;
-	return 0;
-}
-
-static int parse_array(struct jw *w, int depth, bool quiet, struct ctx *cx)
-{
-	uint32_t idx = 0;
-	int rc;
-
-	w->pos++;                                  /* '[' */
-	skip_ws(w);
-	if (w->pos < w->len && w->s[w->pos] == ']') {
-		w->pos++;
-		return 0;
-	}
-	for (;; idx += idx < UINT32_MAX) {
-		struct ctx kid = { .name_off = cx->name_off, .name_len = cx->name_len };
-		bool final = false;
-
-		if (!quiet && w->npaths)
-			final = step_states(w, depth, NULL, 0, true, idx);
-		if ((rc = child_value(w, depth + 1, quiet, final, &kid)))
-			return rc;
-		skip_ws(w);
-		if (w->pos >= w->len)
-			return -EINVAL;
-		if (w->s[w->pos] == ',') {
-			w->pos++;
-			skip_ws(w);
-			continue;
-		}
-		if (w->s[w->pos] != ']')
-			return -EINVAL;
-		w->pos++;
-		break;
-	}
-	return 0;
-}
-
-static int parse_number(struct jw *w, bool quiet, struct ctx *cx)
+static inline __attribute__((always_inline)) int parse_number(struct jw *w, bool quiet, struct ctx *cx)
 {
 	const uint8_t *s = w->s;
 	size_t p = w->pos, start = p, n = w->len;
@@ -1071,7 +986,6 @@ static int parse_literal(struct jw *w)
 	return -EINVAL;
 }
 
-/* The value at w->pos (whitespace before it already skipped). */
 /*
  * A string value that is itself JSON to a reader (an object or array): a
  * kubectl last-applied-configuration annotation holding the whole object, a
@@ -1091,12 +1005,159 @@ static bool json_in_string(const uint8_t *d, size_t n)
 	return mask_json_lenient((const char *)d, n) != -EINVAL;
 }
 
-static int parse_value(struct jw *w, int depth, bool quiet, struct ctx *cx)
+/*
+ * A value other than an object or an array (w->pos < w->len): inline in
+ * the loops of parse_object() and parse_array(), so the leaves, most of a
+ * body's values, cost no call of the recursive parse_value().
+ */
+static inline __attribute__((always_inline)) int parse_scalar(struct jw *w, bool quiet, struct ctx *cx)
 {
 	size_t raw, rawlen, dlen;
 	const uint8_t *d;
 	int rc;
 
+	switch (w->s[w->pos]) {
+	case '"':
+		if ((rc = parse_string(w, &raw, &rawlen, &d, &dlen)))
+			return rc;
+		if (w->npaths && !quiet && dlen && (d[0] <= ' ' || d[0] == '{' || d[0] == '[') &&
+		    json_in_string(d, dlen)) {
+			report(w, cx, 1);
+			return replace(w, raw, raw + rawlen, MASKED, sizeof(MASKED) - 1);
+		}
+		return scan_string(w, raw, rawlen, d, dlen, cx, quiet);
+	case 't': case 'f': case 'n': case 'N': case 'I':
+		return parse_literal(w);
+	default:
+		return parse_number(w, quiet, cx);
+	}
+}
+
+/*
+ * A member's or element's value. final: a path ends here, the value is
+ * replaced whole by "****" and only validated (quiet below it).
+ */
+static int child_value(struct jw *w, int depth, bool quiet, bool final, struct ctx *kid)
+{
+	size_t start = w->pos;
+	int rc;
+
+	if (!final)
+		return parse_value(w, depth, quiet, kid);
+	report(w, kid, 1);
+	if (w->pos < w->len && w->s[w->pos] != '{' && w->s[w->pos] != '[')
+		rc = parse_scalar(w, true, kid);
+	else
+		rc = parse_value(w, depth, true, kid);
+	if (rc)
+		return rc;
+	return replace(w, start, w->pos, MASKED, sizeof(MASKED) - 1);
+}
+
+/* A member's or element's value: a scalar inline, else child_value(). */
+static inline __attribute__((always_inline)) int member_value(struct jw *w, int depth, bool quiet, bool final,
+							      struct ctx *kid)
+{
+	if (!final && w->pos < w->len && w->s[w->pos] != '{' && w->s[w->pos] != '[')
+		return parse_scalar(w, quiet, kid);
+	return child_value(w, depth, quiet, final, kid);
+}
+
+static int parse_object(struct jw *w, int depth, bool quiet, struct ctx *cx)
+{
+	size_t k0 = w->nk, a0 = w->an;
+	int rc;
+
+	w->pos++;                                  /* '{' */
+	skip_ws(w);
+	if (w->pos < w->len && w->s[w->pos] == '}') {
+		w->pos++;
+		return 0;
+	}
+	for (;;) {
+		size_t raw, rawlen, dlen, off;
+		const uint8_t *d;
+		struct ctx kid = { 0 };
+		bool final = false;
+
+		if (w->pos >= w->len || w->s[w->pos] != '"')
+			return -EINVAL;
+		if ((rc = parse_string(w, &raw, &rawlen, &d, &dlen)) || (rc = push_key(w, d, dlen, &off)))
+			return rc;
+		kid.name_off = off;
+		kid.name_len = dlen;
+		/* The name is data too: scanned like a string value, but a hit is
+		 * reported under the name's own (masked) text. */
+		if ((rc = scan_string(w, raw, rawlen, d, dlen, &kid, quiet)))
+			return rc;
+		skip_ws(w);
+		kid.touched = false;
+		if (w->pos >= w->len || w->s[w->pos] != ':')
+			return -EINVAL;
+		w->pos++;
+		if (!quiet && w->npaths)
+			final = step_states(w, depth, w->arena + off, dlen, false, 0);
+		skip_ws(w);
+		if ((rc = member_value(w, depth + 1, quiet, final, &kid)))
+			return rc;
+		skip_ws(w);
+		if (w->pos >= w->len)
+			return -EINVAL;
+		if (w->s[w->pos] == ',') {
+			w->pos++;
+			skip_ws(w);
+			continue;
+		}
+		if (w->s[w->pos] != '}')
+			return -EINVAL;
+		w->pos++;
+		break;
+	}
+	if (!w->lenient && has_dup(w, k0))
+		return -EINVAL;
+	w->nk = k0;
+	w->an = a0;
+	return 0;
+}
+
+static int parse_array(struct jw *w, int depth, bool quiet, struct ctx *cx)
+{
+	uint32_t idx = 0;
+	int rc;
+
+	w->pos++;                                  /* '[' */
+	skip_ws(w);
+	if (w->pos < w->len && w->s[w->pos] == ']') {
+		w->pos++;
+		return 0;
+	}
+	for (;; idx += idx < UINT32_MAX) {
+		struct ctx kid = { .name_off = cx->name_off, .name_len = cx->name_len };
+		bool final = false;
+
+		if (!quiet && w->npaths)
+			final = step_states(w, depth, NULL, 0, true, idx);
+		if ((rc = member_value(w, depth + 1, quiet, final, &kid)))
+			return rc;
+		skip_ws(w);
+		if (w->pos >= w->len)
+			return -EINVAL;
+		if (w->s[w->pos] == ',') {
+			w->pos++;
+			skip_ws(w);
+			continue;
+		}
+		if (w->s[w->pos] != ']')
+			return -EINVAL;
+		w->pos++;
+		break;
+	}
+	return 0;
+}
+
+/* The value at w->pos (whitespace before it already skipped). */
+static int parse_value(struct jw *w, int depth, bool quiet, struct ctx *cx)
+{
 	if (w->pos >= w->len)
 		return -EINVAL;
 	switch (w->s[w->pos]) {
@@ -1108,18 +1169,8 @@ static int parse_value(struct jw *w, int depth, bool quiet, struct ctx *cx)
 		if (depth >= MASK_JSON_DEPTH)
 			return -E2BIG;
 		return parse_array(w, depth, quiet, cx);
-	case '"':
-		if ((rc = parse_string(w, &raw, &rawlen, &d, &dlen)))
-			return rc;
-		if (w->npaths && !quiet && json_in_string(d, dlen)) {
-			report(w, cx, 1);
-			return replace(w, raw, raw + rawlen, MASKED, sizeof(MASKED) - 1);
-		}
-		return scan_string(w, raw, rawlen, d, dlen, cx, quiet);
-	case 't': case 'f': case 'n': case 'N': case 'I':
-		return parse_literal(w);
 	default:
-		return parse_number(w, quiet, cx);
+		return parse_scalar(w, quiet, cx);
 	}
 }
 
@@ -1192,12 +1243,17 @@ static int mask_json_body(const struct mask_rules *m, const char *body, size_t l
 
 				if (mp->step[b].descendant)
 					pb[i].desc |= bit;
-				if (mp->step[b].kind == MSTEP_ANY)
+				if (mp->step[b].kind == MSTEP_ANY) {
 					pb[i].any |= bit;
-				else if (mp->step[b].kind == MSTEP_NAME)
+				} else if (mp->step[b].kind == MSTEP_NAME) {
+					unsigned h = key_hash((const uint8_t *)mp->step[b].name, mp->step[b].namelen);
+
 					pb[i].name |= bit;
-				else
+					w.names[h >> 6] |= 1ull << (h & 63);
+				} else {
 					pb[i].index |= bit;
+					w.indexes = true;
+				}
 			}
 		}
 	}

@@ -12,7 +12,9 @@
  *     character of every string \u-escaped, must mask alike (jansson
  *     compares the decoded outputs);
  *   - the bit-parallel path states: nested arrays, indexes, wildcards, names
- *     of the same length and first byte as a path's;
+ *     of the same length and first byte as a path's, and the key filter in
+ *     front of the step compares (escaped names, names on the same bit,
+ *     non-ASCII);
  *   - the report's name cache: a name listed once, more names than the cache;
  *   - huge strings and invalid JSON (fail closed as before).
  */
@@ -457,6 +459,45 @@ static void test_paths_nested(void)
 	mask_free(m);
 }
 
+/* ---- the key filter of the path steps ------------------------------------- */
+
+/*
+ * A member name that hashes to no name step's bit skips the step compares
+ * (step_states()): what a step names must still match through the filter,
+ * a name sharing a step's first byte and length (the same bit) must not,
+ * and wildcard and index steps advance whatever the name.
+ */
+static void test_key_filter(void)
+{
+	const char *json[5] = { "$..card", "$.a.*.z", "$['%']", "$..\xc3\xa9t\xc3\xa9", "$.l[2]" };
+	struct mask_rules *m = compile(NULL, 0, json, 5);
+	static const struct { const char *in, *want; } c[] = {
+		{ "{\"cart\":1,\"card\":2,\"drac\":3,\"car\":4,\"cards\":5}",
+		  "{\"cart\":1,\"card\":\"****\",\"drac\":3,\"car\":4,\"cards\":5}" },
+		{ "{\"\\u0063ard\":1,\"x\":{\"c\\u0061rd\":[2]}}", "{\"\\u0063ard\":\"****\",\"x\":{\"c\\u0061rd\":\"****\"}}" },
+		{ "{\"a\":{\"q\":{\"z\":1,\"y\":2},\"\\u00ff\":{\"z\":3},\"\":{\"z\":4}}}",
+		  "{\"a\":{\"q\":{\"z\":\"****\",\"y\":2},\"\\u00ff\":{\"z\":\"****\"},\"\":{\"z\":\"****\"}}}" },
+		/* "" and "%" have the same bit ('%' is 37, the length term of 1) */
+		{ "{\"\":5,\"%\":6,\"b\":{\"%\":7}}", "{\"\":5,\"%\":\"****\",\"b\":{\"%\":7}}" },
+		{ "{\"x\":[{\"\xc3\xa9t\xc3\xa9\":1}],\"\\u00e9t\\u00e9\":2,\"\xc3\xa9t\xc3\xa8\":3}",
+		  "{\"x\":[{\"\xc3\xa9t\xc3\xa9\":\"****\"}],\"\\u00e9t\\u00e9\":\"****\",\"\xc3\xa9t\xc3\xa8\":3}" },
+		{ "{\"l\":[0,1,2,3],\"m\":[0,1,2]}", "{\"l\":[0,1,\"****\",3],\"m\":[0,1,2]}" },
+	};
+
+	CHECK(m != NULL);
+	for (size_t i = 0; m && i < sizeof(c) / sizeof(c[0]); i++) {
+		int rc;
+		char *o = mjs(m, c[i].in, &rc);
+
+		if (rc || !o || strcmp(o, c[i].want)) {
+			fprintf(stderr, "  key filter #%zu: rc %d '%s', want '%s'\n", i, rc, o ? o : "(null)", c[i].want);
+			unit_failed_checks++;
+		}
+		free(o);
+	}
+	mask_free(m);
+}
+
 /* ---- the report's name cache ---------------------------------------------- */
 
 static void test_report_cache(void)
@@ -729,6 +770,7 @@ int main(void)
 	RUN(test_word_scan_offsets);
 	RUN(test_differential);
 	RUN(test_paths_nested);
+	RUN(test_key_filter);
 	RUN(test_report_cache);
 	RUN(test_huge_strings);
 	RUN(test_scratch_growth);
