@@ -764,7 +764,9 @@ static inline __attribute__((always_inline)) bool step_states(struct jw *w, int 
 	uint64_t *kid = w->st + (size_t)(depth + 1) * w->npaths;
 	bool final = false;
 
-	if (is_index ? !w->indexes : !(w->names[key_hash(key, klen) >> 6] >> (key_hash(key, klen) & 63) & 1)) {
+	unsigned h = is_index ? 0 : key_hash(key, klen);
+
+	if (is_index ? !w->indexes : !(w->names[h >> 6] >> (h & 63) & 1)) {
 		/* no name or index step can match this child: only the pending
 		 * descendant steps stay and the wildcard steps advance */
 		for (size_t i = 0; i < w->npaths; i++) {
@@ -994,7 +996,7 @@ static int parse_literal(struct jw *w)
  * the Secret that $.data masks: review, stop 25). On a route with JSON
  * paths such a value is masked whole.
  */
-static bool json_in_string(const uint8_t *d, size_t n)
+static bool json_in_string_slow(const uint8_t *d, size_t n)
 {
 	size_t i = 0;
 
@@ -1003,6 +1005,20 @@ static bool json_in_string(const uint8_t *d, size_t n)
 	if (i == n || (d[i] != '{' && d[i] != '['))
 		return false;
 	return mask_json_lenient((const char *)d, n) != -EINVAL;
+}
+
+/* json_in_string_slow() for a string starting with whitespace, '{' or
+ * '['; any other string is no JSON, inline. */
+static inline bool json_in_string(const uint8_t *d, size_t n)
+{
+	return n && (d[0] <= ' ' || d[0] == '{' || d[0] == '[') && json_in_string_slow(d, n);
+}
+
+/* The value at w->pos is a string, number or literal (or invalid), not an
+ * object or an array. */
+static inline bool scalar_next(const struct jw *w)
+{
+	return w->pos < w->len && w->s[w->pos] != '{' && w->s[w->pos] != '[';
 }
 
 /*
@@ -1020,8 +1036,7 @@ static inline __attribute__((always_inline)) int parse_scalar(struct jw *w, bool
 	case '"':
 		if ((rc = parse_string(w, &raw, &rawlen, &d, &dlen)))
 			return rc;
-		if (w->npaths && !quiet && dlen && (d[0] <= ' ' || d[0] == '{' || d[0] == '[') &&
-		    json_in_string(d, dlen)) {
+		if (w->npaths && !quiet && json_in_string(d, dlen)) {
 			report(w, cx, 1);
 			return replace(w, raw, raw + rawlen, MASKED, sizeof(MASKED) - 1);
 		}
@@ -1045,7 +1060,7 @@ static int child_value(struct jw *w, int depth, bool quiet, bool final, struct c
 	if (!final)
 		return parse_value(w, depth, quiet, kid);
 	report(w, kid, 1);
-	if (w->pos < w->len && w->s[w->pos] != '{' && w->s[w->pos] != '[')
+	if (scalar_next(w))
 		rc = parse_scalar(w, true, kid);
 	else
 		rc = parse_value(w, depth, true, kid);
@@ -1058,7 +1073,7 @@ static int child_value(struct jw *w, int depth, bool quiet, bool final, struct c
 static inline __attribute__((always_inline)) int member_value(struct jw *w, int depth, bool quiet, bool final,
 							      struct ctx *kid)
 {
-	if (!final && w->pos < w->len && w->s[w->pos] != '{' && w->s[w->pos] != '[')
+	if (!final && scalar_next(w))
 		return parse_scalar(w, quiet, kid);
 	return child_value(w, depth, quiet, final, kid);
 }
