@@ -50,6 +50,8 @@ struct spool_reader {
 	uint64_t off_seq, off;
 	char *buf;
 	size_t bcap;
+	size_t line_avg;        /* bytes per line (newline included) of the last batch */
+	uint64_t bytes_read;    /* by pread from .log files, for the tests */
 	const char **line;
 	size_t *len;
 	size_t lcap;
@@ -1104,6 +1106,11 @@ uint64_t spool_reader_backlog(struct spool_reader *r)
 	return n;
 }
 
+uint64_t spool_reader_bytes_read(const struct spool_reader *r)
+{
+	return r->bytes_read;
+}
+
 void spool_reader_seek(struct spool_reader *r, uint64_t seq)
 {
 	pthread_mutex_lock(&r->s->lock);
@@ -1220,6 +1227,7 @@ static int reader_bytes(struct spool_reader *r, uint64_t written, size_t want, c
 			break;
 		got += k;
 	}
+	r->bytes_read += got;
 	*p = r->buf;
 	*n = got;
 	return 0;
@@ -1244,7 +1252,22 @@ static int read_once(struct spool_reader *r, struct spool_batch *b, size_t max_n
 		max_n = last - r->pos + 1;
 	if ((err = ensure_lines(r, max_n)))
 		return err;
-	for (size_t want = max_bytes;;) {
+	/* A window sized for max_n lines like the last batch's, not all of
+	 * max_bytes: what a pread brings past the batch's last line is read
+	 * again by the next call. A sink taking 512 events of a backlog of
+	 * megabytes read each byte five or six times (audit_bench: 0.8 us of
+	 * copying per event, a seventh of the pipeline). A window that ends
+	 * short of max_n lines makes a smaller batch; one without a whole
+	 * line widens below. Before any batch, lines of 1 KiB are assumed
+	 * (an event is 1-2 KiB). */
+	size_t want = max_bytes, avg = r->line_avg ? r->line_avg : 1024;
+	if (max_n <= max_bytes / avg) {
+		size_t est = max_n * (avg + avg / 8) + 4096;
+
+		if (est < want)
+			want = est;
+	}
+	for (;;) {
 		const char *p, *nl;
 		size_t n, used = 0, k = 0;
 
@@ -1283,6 +1306,7 @@ static int read_once(struct spool_reader *r, struct spool_batch *b, size_t max_n
 			r->off += used;
 			r->off_seq += k;
 			r->pos += k;
+			r->line_avg = used / k;
 			return (int)k;
 		}
 		if (r->zdata || n < want)

@@ -110,6 +110,9 @@ void spool_reader_keeps_copy(struct spool_reader *r);
 /* Events appended (written or still buffered) that the reader has not
  * read yet. The reader's thread only. */
 uint64_t spool_reader_backlog(struct spool_reader *r);
+/* Bytes the reader has read from unsealed segment files so far (not
+ * counting inflated sealed ones): what a read window costs. */
+uint64_t spool_reader_bytes_read(const struct spool_reader *r);
 uint64_t spool_reader_cursor(struct spool_reader *r);
 /* Moves the read position to after seq (>= cursor): the next batch starts
  * at seq + 1. Used to skip what a sink already holds, or to re-read after a
