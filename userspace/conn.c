@@ -626,6 +626,25 @@ void conn_flush(struct conn *c, int side)
 		out_reset(sd);
 }
 
+void conn_want_idle(struct conn *c)
+{
+	c->idle_pending = true;
+	if (!c->on_idle_list) {
+		c->on_idle_list = true;
+		c->idle_next = c->w->idle;
+		c->w->idle = c;
+	}
+}
+
+void conn_idle_now(struct conn *c)
+{
+	if (!c->idle_pending)
+		return;
+	c->idle_pending = false;
+	if (c->ops && c->ops->idle && c->proto_state)
+		c->ops->idle(c);
+}
+
 uint32_t conn_out_pending(const struct conn *c, int side)
 {
 	return c->side[side].out_len - c->side[side].out_off;

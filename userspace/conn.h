@@ -62,6 +62,8 @@ struct conn {
 	char upstream_desc[64];
 	struct rec *rec;      /* session recording (recording.h), NULL when off */
 	struct conn *next, *prev;  /* worker's list */
+	struct conn *idle_next;    /* worker's idle list (conn_want_idle()) */
+	bool on_idle_list, idle_pending;
 
 	/* stream mode (conn_stream()): per side, SIDE_AGENT / SIDE_UP */
 	bool streaming;
@@ -178,6 +180,17 @@ int conn_send_now(struct conn *c, int side, const void *buf, size_t len);
  * rest stays queued): for an answer that is complete before work that need
  * not delay it. TLS legs and legs not yet up are left to the usual flush. */
 void conn_flush(struct conn *c, int side);
+/*
+ * Stream mode: the module's idle op is to run once the worker has handled
+ * what else was ready: work that no answer waits for (building audit
+ * events) comes after the next request another thread may already have
+ * sent. The agent woken by an answer often takes the worker's CPU at that
+ * send, and sends its next query before the worker goes on; built right
+ * after the send, the event delayed that query. conn_idle_now() runs it
+ * at once (before a Close event, a change of policy).
+ */
+void conn_want_idle(struct conn *c);
+void conn_idle_now(struct conn *c);
 uint32_t conn_out_pending(const struct conn *c, int side);
 /* Half-close toward side once its queued output is written (TLS: close_notify, then FIN). */
 void conn_shutdown(struct conn *c, int side);

@@ -1228,6 +1228,7 @@ void enforcer_conn_closed(struct conn *c, const char *why)
 
 	if (c->closing || c->agent_idx < 0)
 		return;
+	conn_idle_now(c);   /* the module's events put off come before the Close */
 	if (!why && c->why[0])
 		why = c->why;   /* a module's reason, set before it finished the connection */
 	if (!c->opened) {

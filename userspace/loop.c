@@ -355,6 +355,21 @@ static int wait_events(struct worker *w, struct epoll_event *evs, int max, int w
 	return n;
 }
 
+static void handle_events(struct worker *w, const struct epoll_event *evs, int n)
+{
+	for (int i = 0; i < n; i++) {
+		struct conn_end *e = evs[i].data.ptr;
+		uint64_t v;
+
+		if (e == &w->wake)
+			(void)!read(e->fd, &v, sizeof(v));
+		else if (!e->c)
+			accept_all(w, e->fd, e == &w->listen[0] ? AF_INET : AF_INET6);
+		else
+			conn_on_event(e, evs[i].events);
+	}
+}
+
 static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
@@ -375,18 +390,25 @@ static void *worker_main(void *arg)
 			wait_ms = w->hold_next_ms <= now_ms ? 0
 				: w->hold_next_ms - now_ms < 200 ? (int)(w->hold_next_ms - now_ms) : 200;
 		}
+		if (w->idle)
+			wait_ms = 0;   /* put off by the tick below: run next pass, not after a sleep */
 		int n = wait_events(w, evs, 256, wait_ms, &spin);
 
-		for (int i = 0; i < n; i++) {
-			struct conn_end *e = evs[i].data.ptr;
-			uint64_t v;
+		handle_events(w, evs, n);
+		resume_held(w);
+		if (w->idle) {
+			/* Work put off (conn_want_idle()) waits for what came in
+			 * meanwhile: one look, then it runs. Its connections
+			 * are freed only after (below), and nothing the idle ops
+			 * do puts more off. */
+			handle_events(w, evs, epoll_wait(w->epfd, evs, 256, 0));
+			while (w->idle) {
+				struct conn *c = w->idle;
 
-			if (e == &w->wake)
-				(void)!read(e->fd, &v, sizeof(v));
-			else if (!e->c)
-				accept_all(w, e->fd, e == &w->listen[0] ? AF_INET : AF_INET6);
-			else
-				conn_on_event(e, evs[i].events);
+				w->idle = c->idle_next;
+				c->on_idle_list = false;
+				conn_idle_now(c);
+			}
 		}
 		while (w->dead) {
 			struct conn *c = w->dead;
@@ -394,7 +416,6 @@ static void *worker_main(void *arg)
 			w->dead = c->next;
 			conn_free(c);
 		}
-		resume_held(w);
 		audit_defer_flush();   /* this pass's answers are out: now its events */
 		uint64_t now = now_ns_mono();
 		if (w->accept_paused_until && now > w->accept_paused_until && !w->stop_accept)
@@ -430,6 +451,7 @@ void worker_join(struct worker *w)
 	w->stop = 1;
 	worker_wake(w);
 	pthread_join(w->thread, NULL);
+	w->idle = NULL;   /* what is still put off runs at each Close below, or at the free */
 	for (struct conn *c = w->conns, *next; c; c = next) {
 		next = c->next;
 		enforcer_conn_closed(c, "enforcer stopping");

@@ -22,6 +22,7 @@ struct worker {
 	struct conn_end wake;           /* an eventfd: the main thread's stop and stop_accept */
 	struct conn *conns;             /* live */
 	struct conn *dead;              /* closed this iteration, freed after it */
+	struct conn *idle;              /* with work put off (conn_want_idle()); run before dead ones go */
 	int nconns;
 	size_t buf_bytes;               /* its connections' stream buffers (conn.c cap_note()) */
 	volatile int stop;

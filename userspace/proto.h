@@ -53,6 +53,11 @@ struct proto_ops {
 	 * may end the connection as on_deadline() does (conn_finish() after
 	 * its answer: proto_pg, a delegating user's key withdrawn). */
 	void (*trim)(struct conn *c);
+	/* Stream mode only, optional: work the module put off with
+	 * conn_want_idle() (audit events of answered statements), called once
+	 * the worker has handled what was ready (conn_idle_now()), and before
+	 * the connection's Close event. */
+	void (*idle)(struct conn *c);
 };
 
 extern const struct proto_ops proto_tcp_ops;

@@ -508,15 +508,22 @@ struct pg_sess {
 	bool no_pool;                  /* too many parameters to replay */
 	bool reused;                   /* the upstream session came from the pool */
 	bool unsynced;                 /* extended-protocol messages since the last Sync */
+	bool terminating;              /* Terminate went up with answers outstanding: they still go
+					* to the agent; what it sends after is dropped */
 	/* Bumped by every simple Query and every Execute sent: SQL can close,
 	 * re-declare (DECLARE makes a portal of the same name), or end the
 	 * transaction of a portal behind the protocol's back, so a portal's
 	 * description is trusted only within the epoch it was asked in. */
 	uint32_t sql_epoch;
-	/* Events of ended Executes, built once the batch's answers are out
-	 * (audit_deferred_flush), in order, before any other event. */
+	/* Events of ended Executes and simple Queries, built once their
+	 * answers are out and the worker has handled what else was ready
+	 * (conn_want_idle(): the idle op, audit_deferred_flush), in order,
+	 * before any other event of the connection, its Close, and a change
+	 * of policy. */
 	struct pg_adefer {
 		struct pg_judged *j;   /* a reference */
+		int idx;               /* the statement of j */
+		bool simple;           /* a simple Query's, else an Execute's */
 		uint64_t start_ns, end_ns, rows;
 		char sqlstate[6];
 		bool has_plan;
@@ -1113,7 +1120,8 @@ static void audit_deferred_flush(struct conn *c)
 		struct pg_plan plan = { .names = d->names, .hits = d->hits };
 
 		memcpy(p.sqlstate, d->sqlstate, sizeof(p.sqlstate));
-		audit_stmt_at_now(c, d->j, 0, "extended", true, NULL, NULL, &p, d->has_plan ? &plan : NULL);
+		audit_stmt_at_now(c, d->j, d->idx, d->simple ? "simple" : "extended", true, NULL, NULL, &p,
+				  d->has_plan ? &plan : NULL);
 		free(d->names);
 		judged_put(d->j);
 	}
@@ -1129,17 +1137,18 @@ static void audit_stmt_at(struct conn *c, const struct pg_judged *j, int i, cons
 }
 
 /*
- * An Execute that ran to its end (CommandComplete, EmptyQueryResponse,
- * PortalSuspended): its event is built after the answers read with it are
- * on their way to the agent (at ReadyForQuery, or when the batch is done),
- * with the duration it had when it ended. What it needs is copied: the
- * request and the portal's plan may be gone by then. Without memory for
- * the copy it is built now.
+ * A statement that ran to its end: an Execute (CommandComplete,
+ * EmptyQueryResponse, PortalSuspended), or the last statement of a simple
+ * Query. Its event is built once the answers read with it are on their way
+ * to the agent (at ReadyForQuery, or when the batch is done) and the worker
+ * has handled what else was ready, with the duration it had when it ended.
+ * What it needs is copied: the request and the plan may be gone by then.
+ * Without memory for the copy it is built now.
  */
-static void audit_execute(struct conn *c, const struct pg_pend *p)
+static void audit_ended(struct conn *c, const struct pg_pend *p, int idx, bool simple,
+			const struct pg_plan *plan)
 {
 	struct pg_sess *s = S(c);
-	const struct pg_plan *plan = p->portal ? p->portal->plan : NULL;
 	struct pg_adefer *d;
 
 	if (!c->policy->audit.allowed_requests)
@@ -1149,10 +1158,12 @@ static void audit_execute(struct conn *c, const struct pg_pend *p)
 	d = &s->adefer[s->nadefer];
 	d->names = plan && plan->names ? strdup(plan->names) : NULL;
 	if (plan && plan->names && !d->names) {
-		audit_stmt_at(c, p->j, 0, "extended", true, NULL, NULL, p, plan);
+		audit_stmt_at(c, p->j, idx, simple ? "simple" : "extended", true, NULL, NULL, p, plan);
 		return;
 	}
 	d->j = judged_get(p->j);
+	d->idx = idx;
+	d->simple = simple;
 	d->start_ns = p->start_ns;
 	d->end_ns = now_ns_mono();
 	d->rows = p->rows;
@@ -1160,6 +1171,11 @@ static void audit_execute(struct conn *c, const struct pg_pend *p)
 	d->has_plan = plan != NULL;
 	d->hits = plan ? plan->hits : 0;
 	s->nadefer++;
+}
+
+static void audit_execute(struct conn *c, const struct pg_pend *p)
+{
+	audit_ended(c, p, 0, false, p->portal ? p->portal->plan : NULL);
 }
 
 /* The events of statements from..nstmts-1 of j (the message's one when it has none). */
@@ -4889,7 +4905,12 @@ static int fe_message(struct conn *c, const struct pg_msg *m)
 		}
 		fwd(c, m);
 		conn_shutdown(c, SIDE_UP);
-		s->phase = PH_DONE;
+		/* Queries pipelined before it are answered first, as the
+		 * server does: their answers (and events) still come. */
+		if (s->qlen)
+			s->terminating = true;
+		else
+			s->phase = PH_DONE;
 		return 0;
 	default:
 		return fatal(c, "08P01", "agentgate: unexpected message type '%c'", m->type);
@@ -5024,6 +5045,8 @@ static void adopt_policy(struct conn *c)
 		return;
 	na = mask_rules_of(c, old, ra);
 	nb = mask_rules_of(c, live, rb);
+	if (s->nadefer)
+		audit_deferred_flush(c);   /* events of statements run under the old policy name it */
 	if (!masks_same(ra, na, rb, nb) || !enforcer_adopt_live(c, live, false))
 		return;
 	if (unnamed_only)
@@ -5086,9 +5109,15 @@ static int process_agent(struct conn *c)
 	int n, err = 0;
 	bool partial = false, refresh = false;
 
-	if (c->policy != __atomic_load_n(&E->policy, __ATOMIC_RELAXED))
-		adopt_policy(c);
 	in = conn_in(c, SIDE_AGENT, &len);
+	if (s->terminating) {   /* after Terminate: nothing more is the session's */
+		conn_in_consume(c, SIDE_AGENT, len);
+		return 0;
+	}
+	if (c->policy != __atomic_load_n(&E->policy, __ATOMIC_RELAXED)) {
+		adopt_policy(c);
+		in = conn_in(c, SIDE_AGENT, &len);
+	}
 	while (s->phase == PH_READY && used < len) {
 		if (s->qlen + 2 > PG_PEND_MAX || s->copy_wait) {
 			c->in_waits[SIDE_AGENT] = true;
@@ -5222,6 +5251,12 @@ static void query_end(struct conn *c, struct pg_pend *p)
 		audit_stmt_at(c, j, -1, "simple", true, NULL, NULL, p, s->qplan);
 		return;
 	}
+	/* the last statement, run: the usual one-statement query; its event
+	 * can wait (audit_ended()), none of "not run" follows it */
+	if (!p->errored && p->stmt == j->nstmts - 1) {
+		audit_ended(c, p, p->stmt++, true, s->qplan);
+		return;
+	}
 	if (!p->errored && p->stmt < j->nstmts)
 		audit_stmt_at(c, j, p->stmt++, "simple", true, NULL, NULL, p, s->qplan);
 	audit_stmts_from(c, j, p->stmt, "simple", true,
@@ -5335,7 +5370,7 @@ static int be_ready(struct conn *c, const struct pg_msg *m)
 	if (!sent)
 		return conn_send(c, SIDE_AGENT, m->body - 5, m->len + 5);
 	if (s->nadefer)
-		audit_deferred_flush(c);
+		conn_want_idle(c);
 	return err;
 }
 
@@ -5655,7 +5690,7 @@ static int process_upstream(struct conn *c)
 	}
 	if (s->nadefer) {   /* a batch without its ReadyForQuery: its answers go out first */
 		conn_flush(c, SIDE_AGENT);
-		audit_deferred_flush(c);
+		conn_want_idle(c);
 	}
 	if (refresh_t0)
 		conn_parse_spent(c, thread_cpu_ns() - refresh_t0);
@@ -5846,7 +5881,8 @@ static int pg_on_upstream_data(struct conn *c)
 	if (!err && s->phase == PH_READY)
 		err = process_agent(c);   /* input held back while the queue was full or before ready */
 	if (!err && s->phase != PH_DONE && conn_in_eof(c, SIDE_UP)) {
-		snprintf(c->why, sizeof(c->why), "the server closed the connection");
+		if (!s->terminating)
+			snprintf(c->why, sizeof(c->why), "the server closed the connection");
 		conn_finish(c);
 		s->phase = PH_DONE;
 	}
@@ -5974,4 +6010,5 @@ const struct proto_ops proto_pg_ops = {
 	.on_upstream_fail = pg_upstream_fail,
 	.on_deadline = pg_on_deadline,
 	.trim = pg_trim,
+	.idle = audit_deferred_flush,
 };
