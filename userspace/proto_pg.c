@@ -5109,15 +5109,14 @@ static int process_agent(struct conn *c)
 	int n, err = 0;
 	bool partial = false, refresh = false;
 
-	in = conn_in(c, SIDE_AGENT, &len);
 	if (s->terminating) {   /* after Terminate: nothing more is the session's */
+		conn_in(c, SIDE_AGENT, &len);
 		conn_in_consume(c, SIDE_AGENT, len);
 		return 0;
 	}
-	if (c->policy != __atomic_load_n(&E->policy, __ATOMIC_RELAXED)) {
+	if (c->policy != __atomic_load_n(&E->policy, __ATOMIC_RELAXED))
 		adopt_policy(c);
-		in = conn_in(c, SIDE_AGENT, &len);
-	}
+	in = conn_in(c, SIDE_AGENT, &len);
 	while (s->phase == PH_READY && used < len) {
 		if (s->qlen + 2 > PG_PEND_MAX || s->copy_wait) {
 			c->in_waits[SIDE_AGENT] = true;
