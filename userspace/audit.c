@@ -117,6 +117,11 @@ struct sink_rt {
 	_Atomic pid_t tid;       /* its thread, for urgency() */
 	uint64_t tick_acked;     /* acked at the last audit_urgency_tick() */
 	bool urgent;             /* under U.mu */
+	/* Written by sends with more, not yet synced (the sink thread's) */
+	uint64_t held;           /* the last such sequence */
+	uint64_t held_ms;        /* when the first of them was written */
+	unsigned held_n;         /* batches; 0: nothing held */
+	_Atomic uint64_t sends, syncs;   /* of a sink with ops->sync: sends, and syncs (theirs or sync()'s) */
 };
 
 static struct {
@@ -319,6 +324,64 @@ static size_t sink_batch_default(const struct sink_rt *k)
 	return k->s.ops->batch_max ? k->s.ops->batch_max : 512;
 }
 
+/*
+ * A sink catching up on a backlog (a full batch behind the one it sends)
+ * writes up to SINK_HOLD_BATCHES batches, for at most SINK_HOLD_MS, before
+ * it makes them durable with one sync (the file sink: one fdatasync for
+ * four batches, not four); until then they are not acknowledged. Each
+ * fdatasync waits on the disk with nothing for the sink to do: catching
+ * up on 100,000 events in batches of 4,096, the core was idle a third of
+ * the time.
+ */
+#define SINK_HOLD_BATCHES 4
+#define SINK_HOLD_MS 100
+
+void audit_sink_counts(int i, uint64_t *sends, uint64_t *syncs, uint64_t *acked)
+{
+	bool ok = i >= 0 && i < A.nsinks;
+
+	*sends = ok ? atomic_load(&A.sinks[i].sends) : 0;
+	*syncs = ok ? atomic_load(&A.sinks[i].syncs) : 0;
+	*acked = ok ? atomic_load(&A.sinks[i].acked) : 0;
+}
+
+/* Syncs what the sink holds and acknowledges it. false: the sync failed;
+ * the reader is back at the cursor, to write it again. */
+static bool sink_sync_held(struct sink_rt *k)
+{
+	int err;
+
+	if (!k->held_n)
+		return true;
+	k->held_n = 0;
+	atomic_fetch_add(&k->syncs, 1);
+	if ((err = k->s.ops->sync(&k->s))) {
+		ag_log(LOG_LVL_WARN, "audit: sink %s: %s; retrying from sequence %llu (events stay "
+		       "in the spool)", k->s.desc, strerror(-err),
+		       (unsigned long long)spool_reader_cursor(k->r) + 1);
+		k->failing = true;
+		spool_reader_seek(k->r, spool_reader_cursor(k->r));
+		return false;
+	}
+	spool_reader_ack(k->r, k->held);
+	atomic_store(&k->acked, k->held);
+	return true;
+}
+
+/* A send with more went through whole: held, not acknowledged. */
+static bool sink_hold(struct sink_rt *k, const struct sink_batch *sb, int err)
+{
+	if (!sb->more || err)
+		return false;
+	for (size_t i = 0; i < sb->n; i++)
+		if (sb->st[i] != SINK_ACK)
+			return false;
+	if (!k->held_n++)
+		k->held_ms = now_ns_mono() / 1000000;
+	k->held = sb->first + sb->n - 1;
+	return true;
+}
+
 static void sink_settle(struct sink_rt *k, struct sink_batch *sb, int err)
 {
 	size_t i = 0;
@@ -385,8 +448,10 @@ static void *sink_thread(void *arg)
 		struct spool_batch b;
 		int n, err;
 
-		if (atomic_exchange(&k->s.reopen, false) && k->s.ops->reopen)
+		if (atomic_exchange(&k->s.reopen, false) && k->s.ops->reopen) {
+			sink_sync_held(k);   /* a reopened file is another one */
 			k->s.ops->reopen(&k->s);
+		}
 		if (k->s.ops->min_interval_ms && !behind) {
 			uint64_t since = now_ns_mono() / 1000000 - last_send;
 
@@ -397,6 +462,8 @@ static void *sink_thread(void *arg)
 			k->batch_max = sink_batch_default(k);
 		max = k->batch_max;
 		n = spool_read(k->r, &b, max, SINK_BATCH_BYTES, 200);
+		if (n <= 0 && !sink_sync_held(k))
+			continue;
 		if (n <= 0) {
 			if (n < 0) {
 				ag_log(LOG_LVL_ERR, "audit: sink %s: reading the spool: %s", k->s.desc,
@@ -423,11 +490,26 @@ static void *sink_thread(void *arg)
 		/* a backlog of more than a quarter batch is sent right away */
 		backlog = spool_reader_backlog(k->r);
 		behind = backlog > max / 4;
+		sb.more = k->s.ops->sync && backlog >= max && k->held_n < SINK_HOLD_BATCHES &&
+			  (!k->held_n || last_send - k->held_ms < SINK_HOLD_MS);
 		err = k->s.ops->send(&k->s, &sb);
+		atomic_fetch_add(&k->sends, 1);
+		if (!sb.more && k->s.ops->sync)
+			atomic_fetch_add(&k->syncs, 1);   /* the send synced (what was held too) */
+		if (sink_hold(k, &sb, err))
+			continue;
+		/* what was held first: a synced send covers it (the same file,
+		 * or one synced before it was rotated), anything else syncs it */
+		if (k->held_n && (err || sb.more) && !sink_sync_held(k)) {
+			sink_sleep(next_backoff(k));
+			continue;
+		}
+		k->held_n = 0;
 		sink_settle(k, &sb, err);
 		if (backlog < SINK_CALM_EVENTS)
 			urgency(&k->urgent, 0, false);
 	}
+	sink_sync_held(k);
 	return NULL;
 }
 

@@ -137,6 +137,10 @@ uint64_t audit_made_urgent(void);
  * thread being PENDING_MAX_BYTES behind (status). */
 uint64_t audit_worker_drains(void);
 void audit_defer_end(void);   /* flushes, frees the queue, commits at once again */
+/* Sink i's sends and syncs so far (a sink with ops->sync: the file sink;
+ * a backlog is caught up with fewer syncs than sends), and the last
+ * sequence it acknowledged. For tests. */
+void audit_sink_counts(int i, uint64_t *sends, uint64_t *syncs, uint64_t *acked);
 
 json_t *audit_recent(int n);
 /* Adds a follower fd (non-blocking); audit owns and closes it. */

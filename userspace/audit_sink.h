@@ -38,6 +38,11 @@ struct sink_batch {
 	const char **line;     /* compact OCSF JSON, no trailing newline */
 	const size_t *len;
 	uint8_t *st;           /* send() fills one enum sink_status per line (preset SINK_RETRY) */
+	/* Another full batch waits right behind this one (a backlog): a sink
+	 * with ops->sync may leave what it wrote undurable and report it
+	 * SINK_ACK; the thread acknowledges it to the spool only after a
+	 * later send without more, or sync(), succeeded. */
+	bool more;
 	char why[256];         /* send() explains a failure or a SINK_DEAD here */
 };
 
@@ -71,6 +76,10 @@ struct audit_sink_ops {
 	 * again for other events. Returns how many lines fn took, or -errno. */
 	long (*adopt)(struct audit_sink *s, uint64_t after,
 		      int (*fn)(void *arg, uint64_t seq, const char *line, size_t len), void *arg);
+	/* Optional: makes durable what sends with b->more wrote (the file
+	 * sink's fdatasync, one for several batches while it catches up on a
+	 * backlog). 0 or -errno. */
+	int (*sync)(struct audit_sink *s);
 	/* Optional: reopen files / reconnect (SIGHUP). */
 	void (*reopen)(struct audit_sink *s);
 	void (*fini)(struct audit_sink *s);

@@ -27,6 +27,7 @@ struct fsink {
 	bool is_stdout;
 	char path[4096];
 	uint64_t size;
+	uint64_t synced;        /* where the last fdatasync left the file (pages before it dropped) */
 	uint64_t opened_ms;     /* start of the current file's age */
 	char *buf;
 	size_t cap;
@@ -49,6 +50,7 @@ static int fsink_open(struct fsink *f)
 	} else {
 		f->others_could_write = true;
 	}
+	f->synced = f->size;
 	f->opened_ms = now_ms_realtime();
 	return 0;
 }
@@ -193,6 +195,33 @@ static void drop_written(int fd, uint64_t start, uint64_t end)
 		posix_fadvise(fd, (off_t)from, (off_t)(to - from), POSIX_FADV_DONTNEED);
 }
 
+/* fdatasync, then the pages up to the file's end are dropped (see
+ * file_send()). */
+static int file_sync_fd(struct fsink *f)
+{
+	if (f->is_stdout)
+		return 0;
+	if (fdatasync(f->fd))
+		return -errno;
+	/* Written and on disk: these pages are not read again here, and
+	 * dropping them lets the next batch reuse them instead of growing the
+	 * page cache by every event ever written (fresh pages cost several
+	 * times the copy). A log shipper reading the file reads it from disk.
+	 * The page holding the end of the file stays: the next batch appends
+	 * into it, and once dropped it had to be read back from the disk
+	 * first, a synchronous read in every send. */
+	drop_written(f->fd, f->synced, f->size);
+	f->synced = f->size;
+	return 0;
+}
+
+static int file_sync(struct audit_sink *s)
+{
+	struct fsink *f = s->priv;
+
+	return f->fd < 0 ? -EBADF : file_sync_fd(f);
+}
+
 static int file_send(struct audit_sink *s, struct sink_batch *b)
 {
 	struct fsink *f = s->priv;
@@ -231,19 +260,15 @@ static int file_send(struct audit_sink *s, struct sink_batch *b)
 		f->size += bytes;
 		i = j;
 	}
-	if (!f->is_stdout && fdatasync(f->fd)) {
-		err = -errno;
+	if (b->more) {
+		/* synced later with what follows (file_sync): the disk can
+		 * start on these pages meanwhile */
+		if (!f->is_stdout && f->size > start)
+			sync_file_range(f->fd, (off_t)start, (off_t)(f->size - start),
+					SYNC_FILE_RANGE_WRITE);
+	} else if ((err = file_sync_fd(f))) {
 		goto fail;
 	}
-	/* Written and on disk: these pages are not read again here, and
-	 * dropping them lets the next batch reuse them instead of growing the
-	 * page cache by every event ever written (fresh pages cost several
-	 * times the copy). A log shipper reading the file reads it from disk.
-	 * The page holding the end of the file stays: the next batch appends
-	 * into it, and once dropped it had to be read back from the disk
-	 * first, a synchronous read in every send. */
-	if (!f->is_stdout)
-		drop_written(f->fd, start, f->size);
 	memset(b->st, SINK_ACK, b->n);
 	return 0;
 fail:
@@ -444,4 +469,5 @@ const struct audit_sink_ops audit_sink_file_ops = {
 	/* one write and one fdatasync per 50 ms at most, instead of one per
 	 * spool flush (10 ms): the fdatasync was most of the sink's cost */
 	.min_interval_ms = 50,
+	.sync = file_sync,
 };

@@ -364,11 +364,66 @@ static void test_tail_page_kept(void)
 	rm_dir();
 }
 
+/* Sends with more write without fdatasync (their pages stay, dirty or
+ * being written back); sync() makes all of them durable and drops every
+ * page but the one the next append writes into. */
+static void test_more_then_sync(void)
+{
+	struct policy_sink cfg = { .type = SINK_FILE, .path = path };
+	struct audit_sink s;
+	struct statfs sf;
+	unsigned char res[4096];
+	uint64_t next = 1;
+	size_t pg = (size_t)sysconf(_SC_PAGESIZE), len, elen;
+	struct stat st;
+	bool tmpfs;
+
+	fresh_dir();
+	tmpfs = statfs(dir, &sf) == 0 && sf.f_type == TMPFS_MAGIC_;
+	CHECK(sink_open(&s, &cfg) == 0);
+	CHECK(s.ops->sync != NULL);
+	for (int round = 0; round < 3; round++) {
+		struct tbatch t;
+
+		batch_make(&t, next, 40 + round * 7, round % 2);
+		t.b.more = true;
+		CHECK(s.ops->send(&s, &t.b) == 0);
+		for (size_t i = 0; i < t.b.n; i++)
+			CHECK(t.b.st[i] == SINK_ACK);
+		next += t.b.n;
+		batch_free(&t);
+	}
+	CHECK(stat(path, &st) == 0);
+	size_t n = resident(path, res, sizeof(res));
+	int kept = 0;
+
+	CHECK(n == (st.st_size + pg - 1) / pg);
+	for (size_t i = 0; i + 1 < n; i++)
+		kept += res[i] & 1;
+	CHECK(n < 2 || kept > 0);   /* not synced yet: not dropped */
+	CHECK(s.ops->sync(&s) == 0);
+	if (!tmpfs) {
+		n = resident(path, res, sizeof(res));
+		kept = 0;
+		for (size_t i = 0; i + 1 < n; i++)
+			kept += res[i] & 1;
+		CHECK(kept == 0);   /* synced: dropped */
+	}
+	char *got = slurp(path, &len), *want = expect(1, next, &elen);
+
+	CHECK(got && len == elen && memcmp(got, want, len) == 0);
+	free(got);
+	free(want);
+	s.ops->fini(&s);
+	rm_dir();
+}
+
 int main(void)
 {
 	RUN(test_batches_written_whole);
 	RUN(test_rotation_inside_batch);
 	RUN(test_resume_after_rotation);
 	RUN(test_tail_page_kept);
+	RUN(test_more_then_sync);
 	UNIT_DONE("audit_sink_file");
 }
