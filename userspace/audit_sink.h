@@ -38,7 +38,7 @@ struct sink_batch {
 	const char **line;     /* compact OCSF JSON, no trailing newline */
 	const size_t *len;
 	uint8_t *st;           /* send() fills one enum sink_status per line (preset SINK_RETRY) */
-	/* Another full batch waits right behind this one (a backlog): a sink
+	/* More events wait right behind this batch (a backlog): a sink
 	 * with ops->sync may leave what it wrote undurable and report it
 	 * SINK_ACK; the thread acknowledges it to the spool only after a
 	 * later send without more, or sync(), succeeded. */
