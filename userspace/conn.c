@@ -243,6 +243,7 @@ static int pump(struct conn *c, int d)
 {
 	int src = d == DIR_UP ? c->agent.fd : c->up.fd;
 	int dst = d == DIR_UP ? c->up.fd : c->agent.fd;
+	struct conn_side *sd = &c->side[d == DIR_UP ? SIDE_AGENT : SIDE_UP];
 	int err = ensure_buf(c, d);
 
 	if (err)
@@ -277,14 +278,24 @@ static int pump(struct conn *c, int d)
 			c->shut[d] = true;
 			return 0;
 		}
+		/* Emptied by the last read, and no event on src since (every
+		 * event is a pass for both directions): no read that would
+		 * only say EAGAIN (pgbench -S through a tcp target: 5.5 reads
+		 * a transaction, 2 of them with data). */
+		if (sd->drained)
+			return 0;
 		ssize_t n = recv(src, c->buf[d], CONN_BUF, 0);
 
 		if (n > 0) {
-			/* Read on until EAGAIN even after a short read: a read
-			 * also stops short at TCP urgent data, and with
-			 * edge-triggered epoll nothing would report the rest. */
 			rec_relay(&c->rec, c, d, c->buf[d], n);
 			c->len[d] = n;
+			/* A short read emptied the receive queue, unless the
+			 * peer also closed (read on for the EOF: no new edge
+			 * will come for it). Urgent data also stops a read
+			 * short; a peer sending it only stalls its own
+			 * connection, as in stream mode. */
+			if ((size_t)n < CONN_BUF && !sd->hup)
+				sd->drained = true;
 			continue;
 		}
 		if (n == 0) {
