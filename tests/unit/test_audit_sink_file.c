@@ -180,7 +180,7 @@ static void test_batches_written_whole(void)
 /* Rotation falls between the lines of one batch: the files together hold
  * every line once, in order, and none holds more than rotate_bytes, or
  * one line when that line alone is longer. */
-static void rotation_case(uint64_t rotate_bytes, size_t n)
+static void rotation_case(uint64_t rotate_bytes, size_t n, bool more)
 {
 	struct policy_sink cfg = { .type = SINK_FILE, .path = path, .rotate_bytes = rotate_bytes,
 				   .keep = 2000 };
@@ -190,11 +190,15 @@ static void rotation_case(uint64_t rotate_bytes, size_t n)
 	fresh_dir();
 	CHECK(sink_open(&s, &cfg) == 0);
 	batch_make(&t, 1, n, true);
+	t.b.more = more;   /* held: synced by the rotation or by sync() */
 	CHECK(s.ops->send(&s, &t.b) == 0);
 	batch_free(&t);
 	batch_make(&t, 1 + n, n, false);
+	t.b.more = more;
 	CHECK(s.ops->send(&s, &t.b) == 0);
 	batch_free(&t);
+	if (more)
+		CHECK(s.ops->sync(&s) == 0);
 	s.ops->fini(&s);
 
 	/* oldest first: path.K .. path.1, then path */
@@ -231,8 +235,9 @@ static void rotation_case(uint64_t rotate_bytes, size_t n)
 
 static void test_rotation_inside_batch(void)
 {
-	rotation_case(20000, 300);
-	rotation_case(500, 60);   /* many lines longer than a file may be */
+	rotation_case(20000, 300, false);
+	rotation_case(500, 60, false);   /* many lines longer than a file may be */
+	rotation_case(20000, 300, true);   /* sends with more, then one sync */
 }
 
 /* A restart after a SIGKILL that came between a rotation and the next
