@@ -328,13 +328,13 @@ static size_t sink_batch_default(const struct sink_rt *k)
  * A sink that is behind (more than a quarter batch waits after the one it
  * sends) writes up to SINK_HOLD_EVENTS, for at most SINK_HOLD_MS, before
  * it makes them durable with one sync (the file sink: one fdatasync for
- * eight batches of 512);
- * until then they are not acknowledged. Each fdatasync waits on the disk
- * with nothing for the sink to do: catching up on 100,000 events with one
- * per batch of 4,096, the core was idle a third of the time. So the file
- * sink's batches can be small enough for its read window (~700 KB) to stay
- * in a core's L2 cache, where 4,096 events (6 MB) went through memory and
- * evicted what the threads building events needed.
+ * eight batches of 512); until then they are not acknowledged. Each
+ * fdatasync waits on the disk with nothing for the sink to do: catching
+ * up on 100,000 events with one per batch of 4,096, the core was idle a
+ * third of the time. So the file sink's batches can be small enough for
+ * its read window (~700 KB) to stay in a core's L2 cache, where 4,096
+ * events (6 MB) went through memory and evicted what the threads building
+ * events needed.
  */
 #define SINK_HOLD_EVENTS 4096
 #define SINK_HOLD_MS 100

@@ -327,6 +327,24 @@ static size_t resident(const char *p, unsigned char *res, size_t max)
 	return n;
 }
 
+/* Pages of the file resident, the last one left out (the page the next
+ * append writes into); n: how many the file has. */
+static int kept_before_last(const unsigned char *res, size_t n)
+{
+	int kept = 0;
+
+	for (size_t i = 0; i + 1 < n; i++)
+		kept += res[i] & 1;
+	return kept;
+}
+
+static bool on_tmpfs(const char *d)
+{
+	struct statfs sf;
+
+	return statfs(d, &sf) == 0 && sf.f_type == TMPFS_MAGIC_;
+}
+
 /* After a send, the pages wholly written are dropped from the page cache,
  * and the one the next append writes into stays (reading it back from the
  * disk before each write cost a synchronous read per batch). */
@@ -334,13 +352,12 @@ static void test_tail_page_kept(void)
 {
 	struct policy_sink cfg = { .type = SINK_FILE, .path = path };
 	struct audit_sink s;
-	struct statfs sf;
 	unsigned char res[4096];
 	uint64_t next = 1;
 	size_t pg = (size_t)sysconf(_SC_PAGESIZE);
 
 	fresh_dir();
-	if (statfs(dir, &sf) == 0 && sf.f_type == TMPFS_MAGIC_) {
+	if (on_tmpfs(dir)) {
 		rm_dir();   /* tmpfs keeps every page: nothing to see */
 		return;
 	}
@@ -358,10 +375,7 @@ static void test_tail_page_kept(void)
 		CHECK(n == (st.st_size + pg - 1) / pg);
 		if (!n)
 			continue;
-		int kept = 0;
-		for (size_t i = 0; i + 1 < n; i++)
-			kept += res[i] & 1;
-		CHECK(kept == 0);   /* written and synced: dropped */
+		CHECK(kept_before_last(res, n) == 0);   /* written and synced: dropped */
 		if (st.st_size % pg)
 			CHECK(res[n - 1] & 1);   /* the partial last page: kept */
 	}
@@ -376,7 +390,6 @@ static void test_more_then_sync(void)
 {
 	struct policy_sink cfg = { .type = SINK_FILE, .path = path };
 	struct audit_sink s;
-	struct statfs sf;
 	unsigned char res[4096];
 	uint64_t next = 1;
 	size_t pg = (size_t)sysconf(_SC_PAGESIZE), len, elen;
@@ -384,7 +397,7 @@ static void test_more_then_sync(void)
 	bool tmpfs;
 
 	fresh_dir();
-	tmpfs = statfs(dir, &sf) == 0 && sf.f_type == TMPFS_MAGIC_;
+	tmpfs = on_tmpfs(dir);
 	CHECK(sink_open(&s, &cfg) == 0);
 	CHECK(s.ops->sync != NULL);
 	for (int round = 0; round < 3; round++) {
@@ -400,19 +413,13 @@ static void test_more_then_sync(void)
 	}
 	CHECK(stat(path, &st) == 0);
 	size_t n = resident(path, res, sizeof(res));
-	int kept = 0;
 
 	CHECK(n == (st.st_size + pg - 1) / pg);
-	for (size_t i = 0; i + 1 < n; i++)
-		kept += res[i] & 1;
-	CHECK(n < 2 || kept > 0);   /* not synced yet: not dropped */
+	CHECK(n < 2 || kept_before_last(res, n) > 0);   /* not synced yet: not dropped */
 	CHECK(s.ops->sync(&s) == 0);
 	if (!tmpfs) {
 		n = resident(path, res, sizeof(res));
-		kept = 0;
-		for (size_t i = 0; i + 1 < n; i++)
-			kept += res[i] & 1;
-		CHECK(kept == 0);   /* synced: dropped */
+		CHECK(kept_before_last(res, n) == 0);   /* synced: dropped */
 	}
 	char *got = slurp(path, &len), *want = expect(1, next, &elen);
 
