@@ -466,9 +466,9 @@ static void *sink_thread(void *arg)
 			k->batch_max = sink_batch_default(k);
 		max = k->batch_max;
 		n = spool_read(k->r, &b, max, SINK_BATCH_BYTES, 200);
-		if (n <= 0 && !sink_sync_held(k))
-			continue;
 		if (n <= 0) {
+			if (!sink_sync_held(k))   /* nothing follows what is held */
+				continue;
 			if (n < 0) {
 				ag_log(LOG_LVL_ERR, "audit: sink %s: reading the spool: %s", k->s.desc,
 				       strerror(-n));

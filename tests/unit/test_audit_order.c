@@ -8,7 +8,7 @@
  * thread's counts must come in order, and the sequence must have no gap.
  *
  * Also: a file sink catching up on a backlog holds several batches for one
- * fdatasync (audit.c, SINK_HOLD_BATCHES), and still writes every event
+ * fdatasync (audit.c, SINK_HOLD_EVENTS), and still writes every event
  * once, in order, and acknowledges them all.
  */
 #include <jansson.h>
@@ -102,7 +102,6 @@ static void test_commit_order_kept(void)
 	CHECK(ours == THREADS * EVENTS);
 }
 
-
 /* The sequences in the file at path, each checked to follow the one
  * before; returns how many lines, or -1 on a gap or a repeat. */
 static long count_in_order(const char *path, long long *last)
@@ -170,7 +169,7 @@ static void test_backlog_synced_in_groups(void)
 	fprintf(stderr, "  %llu events: %llu sends, %llu syncs\n", (unsigned long long)seq,
 		(unsigned long long)sends, (unsigned long long)syncs);
 	CHECK(acked == seq);
-	CHECK(sends >= BACKLOG / 4096);   /* batches of at most 4,096 */
+	CHECK(sends >= BACKLOG / 4096);   /* no send of more than 4,096 */
 	CHECK(syncs >= 1 && syncs * 2 <= sends);   /* 512 a batch, 4,096 a sync */
 	/* written once each, in order, every one acknowledged */
 	CHECK(count_in_order(lp, &last) == (long)seq);
