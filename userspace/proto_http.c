@@ -221,7 +221,7 @@ static int ocsf_activity(const char *m, const char **name)
 	};
 
 	for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
-		if (strcmp(m, map[i].m) == 0) {
+		if (m[0] == map[i].m[0] && strcmp(m, map[i].m) == 0) {
 			*name = map[i].name;
 			return map[i].id;
 		}
@@ -703,6 +703,24 @@ static void puts_(struct obuf *o, const char *s)
 	put(o, s, strlen(s));
 }
 
+/* v in decimal (not snprintf: a Content-Length goes out with every answer) */
+static void put_u64(struct obuf *o, unsigned long long v)
+{
+	char d[20], *p = d + sizeof(d);
+
+	do
+		*--p = (char)('0' + v % 10);
+	while (v /= 10);
+	put(o, p, (size_t)(d + sizeof(d) - p));
+}
+
+static void put_content_length(struct obuf *o, unsigned long long v)
+{
+	puts_(o, "Content-Length: ");
+	put_u64(o, v);
+	puts_(o, "\r\n");
+}
+
 /* Host: the agent's, checked against the target; 0 or a reason. */
 static const char *check_host(struct conn *c, const uint8_t *b, const struct http_head *h,
 			      const struct http_target *tg, char *host, size_t hostcap)
@@ -1117,10 +1135,7 @@ static int forward_head(struct conn *c, const uint8_t *b, const struct http_head
 	if (h->body == HTTP_BODY_CHUNKED) {
 		puts_(&o, "Transfer-Encoding: chunked\r\n");
 	} else if (h->body == HTTP_BODY_LENGTH) {
-		char num[32];
-
-		snprintf(num, sizeof(num), "Content-Length: %llu\r\n", (unsigned long long)h->content_length);
-		puts_(&o, num);
+		put_content_length(&o, (unsigned long long)h->content_length);
 	}
 	if (upgrade) {
 		const struct http_field *f = &h->f[h->upgrade];
@@ -1368,7 +1383,7 @@ static bool judge(struct conn *c, const uint8_t *b, const struct http_head *h, c
 		v->close_after = true;
 		return false;
 	}
-	snprintf(v->path, sizeof(v->path), "%s", path);
+	str_copy(v->path, sizeof(v->path), path);
 	if ((bad = check_host(c, b, h, tg, host, hostcap))) {
 		v->status = 400;
 		v->reason = bad;
@@ -1390,7 +1405,7 @@ static bool judge(struct conn *c, const uint8_t *b, const struct http_head *h, c
 		return false;
 	}
 	if (has_user)
-		snprintf(v->user, sizeof(v->user), "%s", user->sub);
+		str_copy(v->user, sizeof(v->user), user->sub);
 	if (st(c)->k8s && k8s_ws_token(b, h)) {
 		v->status = 403;
 		v->reason = "a bearer token in Sec-WebSocket-Protocol is refused (agentgate sends the target's "
@@ -1874,18 +1889,31 @@ static int process_agent(struct conn *c)
  * Matched by parts of the name, so the ones not listed here go too. */
 static bool body_derived(const uint8_t *n, size_t len)
 {
-	static const char *const parts[] = { "md5", "sha", "crc", "checksum", "hash", "digest", "etag",
-					     "length", "range" };
+	static const struct { const char *n; size_t len; } parts[] = {
+		NAME("md5"), NAME("sha"), NAME("crc"), NAME("checksum"), NAME("hash"), NAME("digest"),
+		NAME("etag"), NAME("length"), NAME("range"),
+	};
 	char low[128];
 
 	if (len >= sizeof(low))
 		return true;   /* no field of ours is this long: not worth the doubt */
 	for (size_t i = 0; i < len; i++)
 		low[i] = (char)(n[i] >= 'A' && n[i] <= 'Z' ? n[i] + 32 : n[i]);
-	low[len] = '\0';
-	for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
-		if (strstr(low, parts[i]))
-			return true;
+	/* One pass, each position against the parts that start with its
+	 * letter (a strstr per part scanned every field of every masked
+	 * answer nine times). */
+	for (size_t i = 0; i < len; i++) {
+		switch (low[i]) {
+		case 'c': case 'd': case 'e': case 'h': case 'l': case 'm': case 'r': case 's':
+			break;
+		default:
+			continue;
+		}
+		for (size_t k = 0; k < sizeof(parts) / sizeof(parts[0]); k++)
+			if (parts[k].n[0] == low[i] && len - i >= parts[k].len &&
+			    memcmp(low + i, parts[k].n, parts[k].len) == 0)
+				return true;
+	}
 	return false;
 }
 
@@ -1978,15 +2006,13 @@ static int send_resp_head(struct conn *c, const uint8_t *b, const struct http_he
 	bool upgrade = h->status == 101;
 	struct mask_rules *m = r->mask;
 	bool scan = r->masked && m && mask_has_detectors(m);
-	char num[48];
 
 	if (r->masked && !upgrade) {
 		/* the version and code as they came; the phrase our own */
-		char sl[64];
-
 		put(&o, b, 12);             /* "HTTP/1.x NNN" (validated) */
-		snprintf(sl, sizeof(sl), " %s\r\n", std_reason(h->status));
-		puts_(&o, sl);
+		puts_(&o, " ");
+		puts_(&o, std_reason(h->status));
+		puts_(&o, "\r\n");
 	} else {
 		put(&o, b, (size_t)(eol - b));   /* the status line, validated */
 		puts_(&o, "\r\n");
@@ -2028,8 +2054,7 @@ static int send_resp_head(struct conn *c, const uint8_t *b, const struct http_he
 		puts_(&o, "\r\n");
 	}
 	if (mlen >= 0) {
-		snprintf(num, sizeof(num), "Content-Length: %lld\r\n", mlen);
-		puts_(&o, num);
+		put_content_length(&o, (unsigned long long)mlen);
 	} else if (h->status >= 200) {
 		if (h->body == HTTP_BODY_CHUNKED && !r->v10) {
 			/* (an HTTP/1.0 agent cannot read chunked: it gets the data
@@ -2041,9 +2066,7 @@ static int send_resp_head(struct conn *c, const uint8_t *b, const struct http_he
 			 * a hidden value is), so it goes */
 			for (unsigned i = 0; i < h->nf; i++)
 				if (http_field_is(b, &h->f[i], "content-length")) {
-					snprintf(num, sizeof(num), "Content-Length: %llu\r\n",
-						 (unsigned long long)h->content_length);
-					puts_(&o, num);
+					put_content_length(&o, (unsigned long long)h->content_length);
 					break;
 				}
 		}
@@ -2243,7 +2266,7 @@ static int mask_answer(struct conn *c, const uint8_t *head, const struct http_he
 		return send_local(c, r);
 	}
 	r->mask_hits = rep.hits;
-	snprintf(r->mask_fields, sizeof(r->mask_fields), "%s", rep.fields);
+	str_copy(r->mask_fields, sizeof(r->mask_fields), rep.fields);
 	if (s->scrub.n)   /* the masked body is identity-coded: searched whole */
 		r->cred_hits += scrub_buf(&s->scrub, (uint8_t *)out, outlen) +
 				scrub_cut(&s->scrub, (uint8_t *)out, outlen);

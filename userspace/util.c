@@ -713,3 +713,12 @@ const char *memmem_last(const char *hay, size_t len, const char *needle, size_t 
 		hit = q;
 	return hit;
 }
+
+char *str_copy(char *dst, size_t cap, const char *src)
+{
+	size_t n = strnlen(src, cap - 1);
+
+	memcpy(dst, src, n);
+	dst[n] = 0;
+	return dst;
+}

@@ -25,6 +25,11 @@ void ag_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)
 #define log_info(...)  ag_log(LOG_LVL_INFO, __VA_ARGS__)
 #define log_debug(...) ag_log(LOG_LVL_DEBUG, __VA_ARGS__)
 
+/* src into dst[cap] (cap > 0), cut to cap - 1 bytes and NUL-terminated:
+ * snprintf(dst, cap, "%s", src) without the format machinery, for copies
+ * made on every request. Returns dst. */
+char *str_copy(char *dst, size_t cap, const char *src);
+
 /* Mount point of the first filesystem of type fstype ("cgroup2", "bpf") in
  * /proc/self/mountinfo, into out. 0, -ENOENT, or -errno. */
 int find_mount(const char *fstype, char *out, size_t outlen);

@@ -1384,7 +1384,8 @@ def test_masked_answers_carry_no_digest_reason_or_refusal_of_empty_bodies(enforc
     has nothing to mask and passes, where it was a 502."""
     body = '{"name":"Ada","ssn":"123-45-6789","email":"ada@example.com"}'
     digests = ("x-goog-hash: md5=AAAA\r\nx-amz-checksum-sha256: BBBB\r\nx-ms-content-crc64: CCCC\r\n"
-               "x-goog-stored-content-length: 60\r\nX-Checksum-Md5: DDDD\r\nx-request-id: keep-me\r\n")
+               "x-goog-stored-content-length: 60\r\nX-Checksum-Md5: DDDD\r\nx-request-id: keep-me\r\n"
+               "X-Body-Digest: EEEE\r\nx-obj-etag: FFFF\r\nX-Served-RANGE: GGGG\r\nx-cache-status: HIT\r\n")
     port = canned(servers, {
         "/v1/hash": f"HTTP/1.1 200 OK\r\n{digests}Content-Type: application/json\r\n"
                     f"Content-Length: {len(body)}\r\n\r\n{body}",
@@ -1399,9 +1400,10 @@ def test_masked_answers_carry_no_digest_reason_or_refusal_of_empty_bodies(enforc
         head, got = r.stdout.split("\n\n", 1)   # text mode: CRLF read as LF
         low = head.lower()
         for name in ("x-goog-hash", "x-amz-checksum", "x-ms-content-crc64", "stored-content-length",
-                     "x-checksum-md5"):
+                     "x-checksum-md5", "x-body-digest", "x-obj-etag", "x-served-range"):
             assert name not in low, (mask, head)
-        assert "x-request-id: keep-me" in low, head
+        # a part only at a name's end goes too; a name with none stays
+        assert "x-request-id: keep-me" in low and "x-cache-status: hit" in low, head
         assert json.loads(got)["ssn"] == "****" and "123-45-6789" not in r.stdout, got
         r = curl(enforcer, "-s", "-D", "-", f"http://127.0.0.1:{port}/v1/reason")
         assert r.stdout.startswith("HTTP/1.1 404 Not Found\n"), r.stdout

@@ -4,6 +4,10 @@
  * workers' time on small HTTP answers). Audit events and messages carry
  * this text: it must be inet_ntop's, byte for byte, and a short buffer must
  * never get a partial or unterminated address.
+ *
+ * str_copy(), the per-request stand-in for snprintf(dst, cap, "%s", src):
+ * the same bytes as snprintf for every length against every capacity, and
+ * nothing written past dst[cap - 1].
  */
 #include <arpa/inet.h>
 
@@ -94,9 +98,34 @@ static void test_short_buffer(void)
 	CHECK(b[0] == 0);
 }
 
+static void test_str_copy_as_snprintf(void)
+{
+	char src[40], got[48], want[48];
+	int bad = 0;
+
+	for (size_t len = 0; len < sizeof(src); len++) {
+		for (size_t i = 0; i < len; i++)
+			src[i] = (char)('a' + (len + i) % 26);
+		src[len] = 0;
+		for (size_t cap = 1; cap <= 42; cap++) {
+			memset(got, 'x', sizeof(got));
+			memset(want, 'x', sizeof(want));
+			snprintf(want, cap, "%s", src);
+			bad += str_copy(got, cap, src) != got;
+			bad += memcmp(got, want, sizeof(got)) != 0;   /* canary past cap included */
+		}
+	}
+	CHECK(bad == 0);
+	memset(got, 'x', sizeof(got));
+	str_copy(got, 4, "/v1/items");
+	CHECK_STR(got, "/v1");
+	CHECK(got[4] == 'x');
+}
+
 int main(void)
 {
 	RUN(test_same_as_inet_ntop);
 	RUN(test_short_buffer);
+	RUN(test_str_copy_as_snprintf);
 	UNIT_DONE("addr_str");
 }
