@@ -818,14 +818,6 @@ void enforcer_principal(int idx, struct ident_principal *out)
 	}
 }
 
-static void copy_str(char *dst, const char *src, size_t cap)
-{
-	size_t n = strnlen(src, cap - 1);
-
-	memcpy(dst, src, n);
-	dst[n] = 0;
-}
-
 /* Only what an event names of the principal (source, iss, sub, verified)
  * is copied into *pr, by length: the whole principal is some 7 KiB, and
  * this runs for every statement and request, under a lock the workers
@@ -960,8 +952,8 @@ void enforcer_audit_principal(int idx, struct audit_agent *a, struct ident_princ
 	pthread_mutex_lock(&rt->plock);
 	pr->source = rt->principal.source;
 	pr->verified = rt->principal.verified;
-	copy_str(pr->iss, rt->principal.iss, sizeof(pr->iss));
-	copy_str(pr->sub, rt->principal.sub, sizeof(pr->sub));
+	str_copy(pr->iss, sizeof(pr->iss), rt->principal.iss);
+	str_copy(pr->sub, sizeof(pr->sub), rt->principal.sub);
 	pthread_mutex_unlock(&rt->plock);
 	if (strcmp(pr->source, "local") != 0) {
 		a->iss = pr->iss;
