@@ -1812,13 +1812,10 @@ static void w_agent_members(struct audit_obj *top, struct audit_obj *um,
 	aobj_str(top, "name", comm);
 	aobj_open(top, "user");
 	/* a string, as OCSF's user.uid is */
-	char uid[16], *u = uid + sizeof(uid) - 1;
-	uint32_t v = a->uid;
-	*u = 0;
-	do
-		*--u = '0' + v % 10;
-	while (v /= 10);
-	aobj_str(top, "uid", u);
+	char uid[16];
+
+	uid[sizeof(uid) - 1] = 0;
+	aobj_str(top, "uid", u64_dec(uid + sizeof(uid) - 1, a->uid));
 	aobj_close(top);
 	aobj_close(top);
 	aobj_open(top, "user");

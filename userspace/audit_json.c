@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "audit_json.h"
+#include "util.h"
 
 #define MAX_DEPTH 64   /* events nest 4 deep; deeper is a loop json_dumps reports */
 
@@ -182,13 +183,9 @@ static int dump_string(const char *str, size_t len, struct audit_buf *b)
 
 static int dump_int(json_int_t v, struct audit_buf *b)
 {
-	char tmp[24], *e = tmp + sizeof(tmp), *p = e;
-	unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+	char tmp[24], *e = tmp + sizeof(tmp);
+	char *p = u64_dec(e, v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v);
 
-	do {
-		*--p = '0' + u % 10;
-		u /= 10;
-	} while (u);
 	if (v < 0)
 		*--p = '-';
 	if (reserve(b, e - p))

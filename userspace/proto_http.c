@@ -703,21 +703,12 @@ static void puts_(struct obuf *o, const char *s)
 	put(o, s, strlen(s));
 }
 
-/* v in decimal (not snprintf: a Content-Length goes out with every answer) */
-static void put_u64(struct obuf *o, unsigned long long v)
-{
-	char d[20], *p = d + sizeof(d);
-
-	do
-		*--p = (char)('0' + v % 10);
-	while (v /= 10);
-	put(o, p, (size_t)(d + sizeof(d) - p));
-}
-
 static void put_content_length(struct obuf *o, unsigned long long v)
 {
+	char d[20], *p = u64_dec(d + sizeof(d), v);
+
 	puts_(o, "Content-Length: ");
-	put_u64(o, v);
+	put(o, p, (size_t)(d + sizeof(d) - p));
 	puts_(o, "\r\n");
 }
 

@@ -714,6 +714,14 @@ const char *memmem_last(const char *hay, size_t len, const char *needle, size_t 
 	return hit;
 }
 
+char *u64_dec(char *end, uint64_t v)
+{
+	do
+		*--end = (char)('0' + v % 10);
+	while (v /= 10);
+	return end;
+}
+
 char *str_copy(char *dst, size_t cap, const char *src)
 {
 	size_t n = strnlen(src, cap - 1);

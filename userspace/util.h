@@ -30,6 +30,11 @@ void ag_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)
  * made on every request. Returns dst. */
 char *str_copy(char *dst, size_t cap, const char *src);
 
+/* v in decimal, written backwards so that it ends just before end (at most
+ * 20 digits); returns its first digit. No snprintf: events and answers
+ * carry numbers by the hundreds of thousands a second. */
+char *u64_dec(char *end, uint64_t v);
+
 /* Mount point of the first filesystem of type fstype ("cgroup2", "bpf") in
  * /proc/self/mountinfo, into out. 0, -ENOENT, or -errno. */
 int find_mount(const char *fstype, char *out, size_t outlen);
