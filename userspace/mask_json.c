@@ -1078,9 +1078,18 @@ static inline __attribute__((always_inline)) int member_value(struct jw *w, int 
 	return child_value(w, depth, quiet, final, kid);
 }
 
+/* A name's bit in parse_object()'s filter of the names it has seen: equal
+ * names have equal bits, so a name whose bit is clear is no duplicate. */
+static inline uint64_t name_bit(const uint8_t *d, size_t n)
+{
+	return n ? 1ull << ((n * 7 + d[0] + d[n - 1] * 3u) & 63) : 1;
+}
+
 static int parse_object(struct jw *w, int depth, bool quiet, struct ctx *cx)
 {
 	size_t k0 = w->nk, a0 = w->an;
+	uint64_t seen = 0;             /* name_bit() of the names so far */
+	bool twice = false;            /* a bit came twice: has_dup() looks */
 	int rc;
 
 	w->pos++;                                  /* '{' */
@@ -1101,6 +1110,12 @@ static int parse_object(struct jw *w, int depth, bool quiet, struct ctx *cx)
 			return rc;
 		kid.name_off = off;
 		kid.name_len = dlen;
+		{
+			uint64_t bit = name_bit(d, dlen);
+
+			twice |= (seen & bit) != 0;
+			seen |= bit;
+		}
 		/* The name is data too: scanned like a string value, but a hit is
 		 * reported under the name's own (masked) text. */
 		if ((rc = scan_string(w, raw, rawlen, d, dlen, &kid, quiet)))
@@ -1111,7 +1126,7 @@ static int parse_object(struct jw *w, int depth, bool quiet, struct ctx *cx)
 			return -EINVAL;
 		w->pos++;
 		if (!quiet && w->npaths)
-			final = step_states(w, depth, w->arena + off, dlen, false, 0);
+			final = step_states(w, depth, d, dlen, false, 0);
 		skip_ws(w);
 		if ((rc = member_value(w, depth + 1, quiet, final, &kid)))
 			return rc;
@@ -1128,7 +1143,7 @@ static int parse_object(struct jw *w, int depth, bool quiet, struct ctx *cx)
 		w->pos++;
 		break;
 	}
-	if (!w->lenient && has_dup(w, k0))
+	if (!w->lenient && twice && has_dup(w, k0))
 		return -EINVAL;
 	w->nk = k0;
 	w->an = a0;

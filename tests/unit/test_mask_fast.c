@@ -711,6 +711,44 @@ static void test_short_runs(void)
 	mask_free(m);
 }
 
+/* Duplicate names are found by a filter of bits (one per name, equal
+ * names on the same bit) before any names are compared: every pair of
+ * one-letter names, many of them on one bit ("a" and "q"), and the
+ * empty name, as the second and as the third member, with the first one
+ * escaped too. Equal names are duplicates, different ones are not. */
+static void test_dup_filter(void)
+{
+	static const char *const json[] = { "$..x" };
+	struct mask_rules *m = compile(NULL, 0, json, 1);
+	static const char names[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+	int bad = 0;
+
+	CHECK(m != NULL);
+	for (int i = -1; m && i < (int)sizeof(names) - 1; i++)
+		for (int j = -1; j < (int)sizeof(names) - 1; j++)
+			for (int form = 0; form < 3; form++) {
+				char a[2] = { i < 0 ? 0 : names[i], 0 }, b[2] = { j < 0 ? 0 : names[j], 0 };
+				char doc[128], ea[8];
+				char *o;
+				int rc;
+
+				if (form == 2 && i >= 0)
+					snprintf(ea, sizeof(ea), "\\u%04x", (unsigned)a[0]);
+				else
+					snprintf(ea, sizeof(ea), "%s", a);
+				if (form == 0)
+					snprintf(doc, sizeof(doc), "{\"%s\": 1, \"%s\": 2}", a, b);
+				else
+					snprintf(doc, sizeof(doc), "{\"%s\": 1, \"mid\": 0, \"%s\": 2}", ea, b);
+				o = mjs(m, doc, &rc);
+				if (i == j ? rc != -EINVAL || o : rc != 0 || !o)
+					bad++;
+				free(o);
+			}
+	CHECK(bad == 0);
+	mask_free(m);
+}
+
 /* Whitespace runs of 1 to 9 bytes (of all four kinds) between every two
  * tokens are kept as they are, masked values replaced between them; a control byte that is not JSON whitespace
  * (\v, \f, \x01) after or inside such a run is not JSON. */
@@ -775,6 +813,7 @@ int main(void)
 	RUN(test_huge_strings);
 	RUN(test_scratch_growth);
 	RUN(test_short_runs);
+	RUN(test_dup_filter);
 	RUN(test_ws_runs);
 	UNIT_DONE("mask_fast");
 }
