@@ -480,15 +480,16 @@ static inline unsigned first_special(const uint8_t *s)
 /* first_special() over 16 bytes (SSE2 is in every x86-64): the same bytes
  * are special, a signed compare with 0x20 taking both the control
  * characters and the bytes >= 0x80 (negative as signed). Exact: a mask bit
- * per byte, no borrow between them. */
-static inline unsigned first_special16(const uint8_t *s)
+ * per byte, no borrow between them. *quotes: the bytes that are '"'. */
+static inline unsigned first_special16(const uint8_t *s, unsigned *quotes)
 {
 	__m128i x = _mm_loadu_si128((const __m128i *)(const void *)s);
-	__m128i t = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('"')),
-					      _mm_cmpeq_epi8(x, _mm_set1_epi8('\\'))),
+	__m128i q = _mm_cmpeq_epi8(x, _mm_set1_epi8('"'));
+	__m128i t = _mm_or_si128(_mm_or_si128(q, _mm_cmpeq_epi8(x, _mm_set1_epi8('\\'))),
 				 _mm_cmplt_epi8(x, _mm_set1_epi8(0x20)));
 	unsigned msk = (unsigned)_mm_movemask_epi8(t);
 
+	*quotes = (unsigned)_mm_movemask_epi8(q);
 	return msk ? (unsigned)__builtin_ctz(msk) : 16;
 }
 #endif
@@ -604,8 +605,17 @@ static inline __attribute__((always_inline)) int parse_string(struct jw *w, size
 
 #ifdef __SSE2__
 			if (w->len - p >= 16) {
-				k = first_special16(s + p);
+				unsigned q;
+
+				k = first_special16(s + p, &q);
 				p += k;
+				if (k < 16 && (q >> k & 1)) {
+					/* the closing '"', known from the
+					 * compare: no load of it again */
+					*d = s + b;
+					*dlen = p - b;
+					goto closed;
+				}
 				if (k < 16)
 					break;
 				continue;
@@ -644,6 +654,7 @@ static inline __attribute__((always_inline)) int parse_string(struct jw *w, size
 			p += k + !k;
 		}
 	}
+closed:
 	*raw = w->pos;
 	*rawlen = p + 1 - w->pos;
 	w->pos = p + 1;
