@@ -123,6 +123,31 @@ static void test_min_lengths(void)
 		free(o);
 		mask_free(m);
 	}
+	/* a '%' or a '+' anywhere in a value the detectors would pass (no
+	 * digits, no '@') gets it looked at (url_encoded() may decode a
+	 * match), at every offset of every length to 40 */
+	{
+		const char *det[1] = { "email" };
+		struct mask_rules *m = compile(det, 1, NULL, 0);
+		char v[48];
+		int bad = 0;
+
+		CHECK(m != NULL);
+		for (size_t n = 1; m && n <= 40; n++) {
+			memset(v, 'x', n);
+			if (n >= mask_min_match(m) && mask_value_maybe(m, v, n))
+				bad++;      /* nothing to look at */
+			for (size_t at = 0; at < n; at++)
+				for (int k = 0; k < 3; k++) {
+					memset(v, 'x', n);
+					v[at] = "%+&"[k];
+					if (n >= mask_min_match(m) && mask_value_maybe(m, v, n) != (k < 2))
+						bad++;
+				}
+		}
+		CHECK(bad == 0);
+		mask_free(m);
+	}
 	/* no detectors: nothing to match, SIZE_MAX */
 	{
 		const char *json[1] = { "$.a" };
