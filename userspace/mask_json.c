@@ -1090,7 +1090,10 @@ static inline __attribute__((always_inline)) int member_value(struct jw *w, int 
 }
 
 /* A name's bit in parse_object()'s filter of the names it has seen: equal
- * names have equal bits, so a name whose bit is clear is no duplicate. */
+ * names have equal bits, so a name whose bit is clear is no duplicate.
+ * Not key_hash() (first byte and length, the path steps' filter): the
+ * last byte also counts here, so that names such as "item1" and "item2"
+ * in one object, which key_hash() puts together, cost no compare. */
 static inline uint64_t name_bit(const uint8_t *d, size_t n)
 {
 	return n ? 1ull << ((n * 7 + d[0] + d[n - 1] * 3u) & 63) : 1;
