@@ -87,20 +87,25 @@ static int utf8_lead(uint8_t b, uint8_t *lo, uint8_t *hi)
  * compatibility form (NFKC, which some frameworks apply to paths) contains
  * '.', '/', '\\', '%', ';', '?' or '#' (U+FF0E FULLWIDTH FULL STOP, U+2025
  * TWO DOT LEADER "..", U+FF0F FULLWIDTH SOLIDUS...), or Windows' "best fit"
- * conversion to an ANSI code page makes them '/' or '\\' (U+2215 DIVISION
- * SLASH; U+00A5 YEN and U+20A9 WON SIGN are '\\' in the Japanese and Korean
- * code pages). "/v1/invoices/<U+2025>" is one segment here and "../" to such
- * a server. The NFKC part is every such code point of Unicode 14.
+ * conversion to an ANSI code page makes them '/', '\\' or '%' (U+2215
+ * DIVISION SLASH is '/' and U+066A ARABIC PERCENT SIGN '%' in code page
+ * 1252's best-fit table; U+00A5 YEN and U+20A9 WON SIGN are '\\' in the
+ * Japanese and Korean code pages; U+2216 SET MINUS, the '\\' of U+2215,
+ * is refused too without a table at hand that says it is mapped: since
+ * stop 59, as is U+066A). "/v1/invoices/<U+2025>" is one segment here and
+ * "../" to such a server. The NFKC part is every such code point of
+ * Unicode 14.
  */
 static const struct { uint32_t lo, hi; } path_compat[] = {
-	{ 0x00a5, 0x00a5 }, { 0x037e, 0x037e }, { 0x2024, 0x2026 }, { 0x2044, 0x2044 },
-	{ 0x2047, 0x2049 }, { 0x20a9, 0x20a9 }, { 0x2100, 0x2101 }, { 0x2105, 0x2106 },
-	{ 0x2215, 0x2215 }, { 0x2488, 0x249b }, { 0x29f5, 0x29f5 }, { 0x29f8, 0x29f9 },
-	{ 0x33c2, 0x33c2 }, { 0x33c7, 0x33c7 }, { 0x33d8, 0x33d8 }, { 0xfe14, 0xfe14 },
-	{ 0xfe16, 0xfe16 }, { 0xfe19, 0xfe19 }, { 0xfe30, 0xfe30 }, { 0xfe52, 0xfe52 },
-	{ 0xfe54, 0xfe54 }, { 0xfe56, 0xfe56 }, { 0xfe5f, 0xfe5f }, { 0xfe68, 0xfe68 },
-	{ 0xfe6a, 0xfe6a }, { 0xff03, 0xff03 }, { 0xff05, 0xff05 }, { 0xff0e, 0xff0f },
-	{ 0xff1b, 0xff1b }, { 0xff1f, 0xff1f }, { 0xff3c, 0xff3c }, { 0x1f100, 0x1f100 },
+	{ 0x00a5, 0x00a5 }, { 0x037e, 0x037e }, { 0x066a, 0x066a }, { 0x2024, 0x2026 },
+	{ 0x2044, 0x2044 }, { 0x2047, 0x2049 }, { 0x20a9, 0x20a9 }, { 0x2100, 0x2101 },
+	{ 0x2105, 0x2106 }, { 0x2215, 0x2216 }, { 0x2488, 0x249b }, { 0x29f5, 0x29f5 },
+	{ 0x29f8, 0x29f9 }, { 0x33c2, 0x33c2 }, { 0x33c7, 0x33c7 }, { 0x33d8, 0x33d8 },
+	{ 0xfe14, 0xfe14 }, { 0xfe16, 0xfe16 }, { 0xfe19, 0xfe19 }, { 0xfe30, 0xfe30 },
+	{ 0xfe52, 0xfe52 }, { 0xfe54, 0xfe54 }, { 0xfe56, 0xfe56 }, { 0xfe5f, 0xfe5f },
+	{ 0xfe68, 0xfe68 }, { 0xfe6a, 0xfe6a }, { 0xff03, 0xff03 }, { 0xff05, 0xff05 },
+	{ 0xff0e, 0xff0f }, { 0xff1b, 0xff1b }, { 0xff1f, 0xff1f }, { 0xff3c, 0xff3c },
+	{ 0x1f100, 0x1f100 },
 };
 
 static bool path_compat_special(uint32_t cp)
@@ -527,11 +532,15 @@ static size_t wild_len(const char *g, size_t n)
  * table of such characters is complete, so any of them may be any text.
  * The same wildcard walk as below, inside one segment: O(|t| * |g|).
  */
+static bool short_name(const char *g, size_t gl);
+
 static bool seg_eq_fuzzy(const char *t, size_t tl, const char *g, size_t gl)
 {
 	size_t ti = 0, gi = 0, star_g = 0, star_t = 0;
 	bool star = false;
 
+	if (short_name(g, gl))
+		return true;   /* any name at all (see short_name()) */
 	while (ti < tl) {
 		size_t w = wild_len(g + gi, gl - gi);
 
@@ -688,19 +697,91 @@ static bool review_paths(const char *rule, const char *method, size_t mlen, bool
 	       (f2 < plen && f2 != f1 && review_methods(rule, method, mlen, upgrade, path, f2, fuzzy));
 }
 
+/*
+ * A segment that may be a short (8.3) name: "~" and a digit, as in
+ * "SECRE~1.TXT" or "PROGRA~2". Windows makes one for a long name from the
+ * first letters left after dropping what 8.3 cannot hold (dots, spaces,
+ * '+'...) and a number that depends on what else the directory holds, so
+ * no rule can tell which long name it is: in review rules it stands for
+ * any (review, stop 59). Such names are rare in URLs but for this.
+ */
+static bool short_name(const char *g, size_t gl)
+{
+	for (size_t i = 0; i + 1 < gl; i++)
+		if (g[i] == '~' && g[i + 1] >= '0' && g[i + 1] <= '9')
+			return true;
+	return false;
+}
+
+/*
+ * The path (lower case, no trailing slash) as an upstream on Windows that
+ * hands it to the file system reads it (review, stop 59): in each segment,
+ * ':' starts an alternate data stream ("secret.txt::$DATA" is the file's
+ * own data, "admin::$INDEX_ALLOCATION" the directory), and trailing dots
+ * and spaces are dropped ("secret.txt%20." is secret.txt); a segment they
+ * leave empty goes with its '/'. IIS static files, and express.static, Python's
+ * send_from_directory and the like running on Windows, serve
+ * GET /files/secret.txt::$DATA as /files/secret.txt. Written to out (at
+ * least len bytes); returns its length.
+ */
+static size_t windows_alias(const char *path, size_t len, char *out)
+{
+	size_t o = 0, i = 0;
+
+	while (i < len) {
+		size_t s = i + 1, e = s, n;   /* the segment after the '/' at i: [s, e) */
+
+		while (e < len && path[e] != '/')
+			e++;
+		n = e - s;
+		const char *colon = memchr(path + s, ':', n);
+		if (colon)
+			n = (size_t)(colon - (path + s));
+		for (;;) {
+			if (n >= 1 && path[s + n - 1] == '.')
+				n--;
+			else if (n >= 3 && memcmp(path + s + n - 3, "%20", 3) == 0)
+				n -= 3;
+			else
+				break;
+		}
+		if (n || e == s) {   /* one that was empty stays (not a name) */
+			out[o++] = '/';
+			memcpy(out + o, path + s, n);
+			o += n;
+		}
+		i = e;
+	}
+	if (!o)
+		out[o++] = '/';
+	out[o] = '\0';
+	return o;
+}
+
+/* A pass with seg_eq_fuzzy() is needed: an encoded non-ASCII run or a
+ * short name somewhere in the path. */
+static bool wants_fuzzy(const char *path, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		if (wild_len(path + i, len - i))
+			return true;
+	return short_name(path, len);
+}
+
 bool http_review_match(const char *rule, const char *method, size_t mlen, bool upgrade, const char *path,
 		       size_t plen)
 {
-	char lrule[4200], lpath_s[2048], *lpath = lpath_s;
-	size_t rl = strlen(rule), sp, lplen = plen;
+	char lrule[4200], lpath_s[2 * 2048], *lpath = lpath_s, *wpath;
+	size_t rl = strlen(rule), sp, lplen = plen, wlen;
 	bool hit;
 
 	if (review_paths(rule, method, mlen, upgrade, path, plen, false))
 		return true;
 	if (rl >= sizeof(lrule))
 		return false;   /* no rule is this long (policy strings: 4096 bytes) */
-	if (plen >= sizeof(lpath_s) && !(lpath = malloc(plen + 1)))
+	if (plen >= sizeof(lpath_s) / 2 && !(lpath = malloc(2 * (plen + 1))))
 		return true;    /* cannot tell: held, not let through */
+	wpath = lpath + plen + 1;
 	memcpy(lrule, rule, rl + 1);
 	sp = strcspn(lrule, " ");
 	for (size_t i = sp; i < rl; i++)
@@ -710,13 +791,17 @@ bool http_review_match(const char *rule, const char *method, size_t mlen, bool u
 	if (lplen > 1 && lpath[lplen - 1] == '/')
 		lplen--;
 	lpath[lplen] = '\0';
-	hit = review_paths(lrule, method, mlen, upgrade, lpath, lplen, false);
-	/* non-ASCII characters: any text (seg_eq_fuzzy), one more pass */
-	for (size_t i = 0; !hit && i < lplen; i++)
-		if (wild_len(lpath + i, lplen - i)) {
-			hit = review_paths(lrule, method, mlen, upgrade, lpath, lplen, true);
-			break;
-		}
+	/* non-ASCII characters and short names: any text (seg_eq_fuzzy),
+	 * one more pass */
+	hit = review_paths(lrule, method, mlen, upgrade, lpath, lplen, false) ||
+	      (wants_fuzzy(lpath, lplen) && review_paths(lrule, method, mlen, upgrade, lpath, lplen, true));
+	if (!hit && lplen && lpath[0] == '/') {
+		wlen = windows_alias(lpath, lplen, wpath);
+		if (wlen != lplen || memcmp(wpath, lpath, lplen) != 0)
+			hit = review_paths(lrule, method, mlen, upgrade, wpath, wlen, false) ||
+			      (wants_fuzzy(wpath, wlen) &&
+			       review_paths(lrule, method, mlen, upgrade, wpath, wlen, true));
+	}
 	if (lpath != lpath_s)
 		free(lpath);
 	return hit;

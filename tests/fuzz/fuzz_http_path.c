@@ -12,6 +12,7 @@
  */
 #include "http_path.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -55,6 +56,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			check_canonical(out, r.path_len);
 			must(http_target_canon((const uint8_t *)out, r.path_len, false, again, size + 2, &r2) == 0);
 			must(r2.path_len == r.path_len && memcmp(out, again, r.path_len) == 0);
+			/* a review rule takes at least what the same rule as an
+			 * allow rule takes (its aliases only add) */
+			static const char *const rules[] = {
+				"GET /files/secret.txt", "DELETE /v1/invoices/*", "GET /admin/**", "POST /v1/payouts",
+				"PUT /a/*/b/**", "GET /",
+			};
+			static const char *const methods[] = { "GET", "HEAD", "DELETE", "POST", "PUT", "PATCH" };
+			for (size_t k = 0; k < sizeof(rules) / sizeof(rules[0]); k++)
+				for (size_t m = 0; m < sizeof(methods) / sizeof(methods[0]); m++) {
+					size_t ml = strlen(methods[m]);
+					bool al = http_rule_match(rules[k], methods[m], ml, false, out, r.path_len);
+
+					must(!al || http_review_match(rules[k], methods[m], ml, false, out, r.path_len));
+				}
 		}
 		if (r.query)
 			must(r.query >= data && r.query + r.query_len <= data + size);

@@ -109,6 +109,9 @@ COMPAT = {
     "fullwidth-backslash": "/v1/invoices/42%EF%BC%BCadmin",
     "fullwidth-percent": "/v1/invoices/%EF%BC%852e%EF%BC%852e",
     "fullwidth-semicolon": "/v1/invoices/42%EF%BC%9Bx",
+    # the best-fit '\\' and '%' of Windows code page 1252 (stop 59)
+    "set-minus": "/v1/invoices/42%E2%88%96..%E2%88%96admin",
+    "arabic-percent": "/v1/invoices/%D9%AA2e%D9%AA2e",
 }
 
 

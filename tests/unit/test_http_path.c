@@ -19,6 +19,10 @@ struct canon_case {
 
 static const struct canon_case cases[] = {
 	{ "H01", "/v1/invoices/42", "/v1/invoices/42", NULL },
+	/* best-fit forms of '\\' and '%' (stop 59) */
+	{ "set-minus", "/public/%E2%88%96..%E2%88%96admin", NULL, NULL },
+	{ "arabic-percent", "/v1/invoices/%D9%AA2e%D9%AA2e", NULL, NULL },
+	{ "division-slash", "/v1/invoices/42%E2%88%95admin", NULL, NULL },
 	{ "H03", "/v1/invoices/../admin/users", NULL, NULL },
 	{ "H05", "/v1/invoices/..%2fadmin/users", NULL, NULL },
 	{ "H05-upper", "/v1/invoices/..%2Fadmin/users", NULL, NULL },
@@ -451,7 +455,37 @@ static void test_review_match(void)
 	CHECK(!RV("POST /v2/payouts", "GET", "/v2/payout%C5%BF"));
 	CHECK(!RV("POST /v2/payouts", "POST", "/v2/payout%7F"));               /* ASCII: exact */
 	CHECK(RV("POST /v2/payouts", "POST", "/v2/payout%C5"));                /* any byte over 0x7F */
+	/* Windows file names (review, stop 59): trailing dots and spaces
+	 * dropped, ':' starts a data stream, "~1" ends a short name */
+	CHECK(RV("GET /files/secret.txt", "GET", "/files/secret.txt%20"));
+	CHECK(RV("GET /files/secret.txt", "GET", "/files/secret.txt%20."));
+	CHECK(RV("GET /files/secret.txt", "GET", "/files/secret.txt.%20.%20"));
+	CHECK(RV("GET /files/secret.txt", "GET", "/files/SECRET.TXT%20"));
+	CHECK(RV("GET /files/secret.txt", "HEAD", "/files/secret.txt%20"));
+	CHECK(RV("GET /files/secret.txt", "GET", "/files/secret.txt::$DATA"));
+	CHECK(RV("GET /files/secret.txt", "GET", "/files/secret.txt:s:$DATA"));
+	CHECK(RV("GET /files/secret.txt", "GET", "/files/SECRE~1.TXT"));
+	CHECK(RV("GET /files/secret.txt", "GET", "/FILES~2/secret.txt"));
+	CHECK(RV("GET /admin/**", "GET", "/admin::$INDEX_ALLOCATION/users"));
+	CHECK(RV("GET /admin/*", "GET", "/admin%20./users"));
+	CHECK(RV("POST /v1/payouts", "POST", "/v1/payouts%20"));
+	CHECK(RV("POST /v1/payouts", "POST", "/v1/payouts::$DATA"));
+	CHECK(RV("POST /v1/payouts", "POST", "/v1/payouts.json%20"));
+	CHECK(RV("DELETE /v1/invoices/*", "DELETE", "/v1/invoices./42"));
+	CHECK(RV("DELETE /v1/invoices/*", "DELETE", "/v1/INVOIC~1/42"));
+	/* and nothing else */
+	CHECK(!RV("GET /files/secret.txt", "GET", "/files/secret.txt%20x"));
+	CHECK(!RV("GET /files/secret.txt", "GET", "/files/other.txt%20"));
+	CHECK(!RV("GET /files/secret.txt", "GET", "/files/secret~x.txt"));
+	CHECK(!RV("GET /files/secret.txt", "GET", "/files/:secret.txt"));
+	CHECK(!RV("GET /files/secret.txt", "GET", "/files/x/secret.txt%20"));
+	CHECK(!RV("GET /files/secret.txt", "GET", "/files/SECRE~1.TXT/x"));
+	CHECK(!RV("GET /files/secret.txt", "POST", "/files/secret.txt::$DATA"));
+	CHECK(!RV("DELETE /v1/invoices/*", "DELETE", "/v1/invoices./42/x"));
 	/* allow rules stay exact */
+	CHECK(!AL("GET /files/secret.txt", "GET", "/files/secret.txt%20"));
+	CHECK(!AL("GET /files/secret.txt", "GET", "/files/secret.txt::$DATA"));
+	CHECK(!AL("GET /files/secret.txt", "GET", "/files/SECRE~1.TXT"));
 	CHECK(!AL("POST /v2/payouts", "POST", "/v2/payout%C5%BF"));
 	CHECK(!AL("DELETE /v1/invoices/*", "DELETE", "/v1/INVOICES/1"));
 	CHECK(!AL("GET /v1/x", "HEAD", "/v1/x"));
