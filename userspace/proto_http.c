@@ -1057,7 +1057,16 @@ static int forward_head(struct conn *c, const uint8_t *b, const struct http_head
 		put(&o, tg->query, tg->query_len);
 	}
 	puts_(&o, " HTTP/1.1\r\nHost: ");
-	puts_(&o, host[0] ? host : st(c)->host);
+	/* the agent's name as checked (check_host()), without its port; an
+	 * IPv6 literal in its brackets again: "Host: ::1" is malformed (found
+	 * by review, stop 59) */
+	if (host[0] && strchr(host, ':')) {
+		puts_(&o, "[");
+		puts_(&o, host);
+		puts_(&o, "]");
+	} else {
+		puts_(&o, host[0] ? host : st(c)->host);
+	}
 	puts_(&o, "\r\n");
 	for (unsigned i = 0; i < h->nf; i++) {
 		const struct http_field *f = &h->f[i];

@@ -798,6 +798,22 @@ def test_http10_host_from_target_and_close(enforcer, rec):
     assert rec.all() == b"GET /v1/invoices/5 HTTP/1.1\r\nHost: api.internal\r\n\r\n"
 
 
+def test_host_forwarded_as_checked_ipv6_in_brackets(enforcer, rec):
+    """Host goes upstream as the name that was checked, without its port;
+    an IPv6 literal keeps its brackets ("Host: ::1" was sent, which is
+    malformed; found by review, stop 59), in lower case as the name is
+    checked. A target without names takes any."""
+    enforcer.start(policy(rec.port, upstream=""))
+    out = raw(enforcer, rec.port, crlf("GET /v1/invoices/5 HTTP/1.1⏎Host: [::1]:8080⏎⏎"
+                                       "GET /v1/invoices/6 HTTP/1.1⏎Host: [2001:DB8::1]⏎⏎"
+                                       "GET /v1/invoices/7 HTTP/1.1⏎Host: api.internal:8080⏎⏎"))
+    rs, _ = responses(out)
+    assert [r[0] for r in rs] == [200, 200, 200], out
+    assert rec.all() == (b"GET /v1/invoices/5 HTTP/1.1\r\nHost: [::1]\r\n\r\n"
+                         b"GET /v1/invoices/6 HTTP/1.1\r\nHost: [2001:db8::1]\r\n\r\n"
+                         b"GET /v1/invoices/7 HTTP/1.1\r\nHost: api.internal\r\n\r\n"), rec.received()
+
+
 def test_upgrade_needs_upgrade_rule(enforcer, rec):
     enforcer.start(policy(rec.port, rules='"GET /ws"'))
     out = raw(enforcer, rec.port, crlf("GET /ws HTTP/1.1⏎Host: api.internal⏎Connection: Upgrade⏎Upgrade: websocket⏎⏎"))
