@@ -1150,6 +1150,42 @@ static void indirection(struct walker *w, int body, struct scope *sc)
  * that may have changed them knows none); a type in another schema than
  * pg_catalog cannot be judged, so it is refused.
  */
+/*
+ * Object identifier types, and aclitem: their input looks a name up in a
+ * catalog and their output prints one, so a value of one is a read of
+ * that catalog. g::oid::regclass over generate_series lists every
+ * relation (those of schemas the database user may not use too:
+ * regclassout checks no privilege), ::regrole every role, and
+ * 'x=r/y'::aclitem tells whether a role exists (review, stop 59: all were
+ * allowed under a rule granting two tables, where SELECT FROM pg_class is
+ * not). A cast to one, or a column of one, reads its catalog table: the
+ * table rules decide, as they do for to_regclass() (refused, pg_funcs.c).
+ */
+static const struct { const char *type, *rel; } oid_types[] = {
+	{ "aclitem", "pg_authid" }, { "regclass", "pg_class" }, { "regcollation", "pg_collation" },
+	{ "regconfig", "pg_ts_config" }, { "regdictionary", "pg_ts_dict" },
+	{ "regnamespace", "pg_namespace" }, { "regoper", "pg_operator" },
+	{ "regoperator", "pg_operator" }, { "regproc", "pg_proc" }, { "regprocedure", "pg_proc" },
+	{ "regrole", "pg_authid" }, { "regtype", "pg_type" },
+};
+
+static void oid_type_read(struct walker *w, const char *type)
+{
+	for (size_t i = 0; i < sizeof(oid_types) / sizeof(oid_types[0]); i++)
+		if (strcmp(type, oid_types[i].type) == 0) {
+			/* not the statement's first relation (a CREATE's
+			 * target) nor a SELECT INTO's */
+			uint8_t first = w->st->first_table;
+			bool into = w->into_next;
+
+			w->into_next = false;
+			add_table(w, "pg_catalog", oid_types[i].rel);
+			w->into_next = into;
+			w->st->first_table = first;
+			return;
+		}
+}
+
 static void type_name(struct walker *w, int tn)
 {
 	int names = pgj_get(&w->j, tn, "names"), n = 0;
@@ -1168,6 +1204,8 @@ static void type_name(struct walker *w, int tn)
 	/* regclass, regproc, regtype...: a literal that names an object */
 	if (strncmp(last, "reg", 3) == 0)
 		w->nocache = true;
+	if (n == 1 || (n == 2 && strcmp(schema, "pg_catalog") == 0))
+		oid_type_read(w, last);
 	if (n > 2 || (schema && strcmp(schema, "pg_catalog") != 0 && strcmp(schema, w->schema) != 0)) {
 		deny(w, "type %s.%s not allowed: a cast to (or a column of) a type outside pg_catalog and the "
 		     "pinned schema may run the database's functions", schema ? schema : "?", last);

@@ -168,6 +168,43 @@ def test_unqualified_pg_name_outside_the_catalog(enforcer, pg, tmp):
     assert server_saw(pg, "FROM pg_class WHERE relname")
 
 
+def test_object_identifier_casts_read_the_catalog(enforcer, pg, tmp):
+    """A cast to regclass, regrole... prints names from the catalog: g::oid::regclass over
+    generate_series listed every relation (one in a schema the upstream role may not use
+    too: regclassout checks no privilege), ::regrole every role, while SELECT FROM pg_class
+    is denied (found by review, stop 59). Such a cast now reads its catalog table, which
+    the table rules must grant."""
+    pg.sql("CREATE SCHEMA hidden; CREATE TABLE hidden.payroll_9c (id int); "
+           "REVOKE ALL ON SCHEMA hidden FROM PUBLIC; CREATE ROLE ceo_9c")
+    scan = ("SELECT string_agg(g::oid::regclass::text, ',') FROM generate_series(16384, 20000) g "
+            "WHERE g::oid::regclass::text !~ '^[0-9]+$'")
+    # what the cast gives away: the server answers it (the test could fail)
+    assert "payroll_9c" in pg.sql(scan)
+    log_all(pg)
+    enforcer.start(policy(pg, tmp))
+    res = run_seq(enforcer, pg, [
+        scan,
+        "SELECT string_agg(g::oid::regrole::text, ',') FROM generate_series(10, 20000) g "
+        "WHERE g::oid::regrole::text !~ '^[0-9]+$'",
+        "SELECT 'orders'::regclass",
+        "SELECT CAST('hidden.payroll_9c' AS pg_catalog.regclass)",
+        "SELECT 'app=r/ceo_9c'::aclitem",
+        "SELECT id FROM orders WHERE id = 1",
+    ])
+    for i in range(5):
+        assert denied(res[i]), (i, res[i])
+        assert "payroll_9c" not in str(res[i]) and "ceo_9c" not in str(res[i]), res[i]
+    assert "pg_catalog.pg_class" in res[0][0] and "pg_catalog.pg_authid" in res[1][0], res
+    assert res[5][0] == "T", res[5]
+    assert not any(server_saw(pg, m) for m in ("generate_series(1", "'orders'::regclass", "hidden.payroll_9c",
+                                               "aclitem")), "a denied statement reached the server"
+    # a rule that grants the catalog allows them
+    enforcer.stop()
+    enforcer.start(policy(pg, tmp, rules=RULES_CATALOG))
+    res = run_seq(enforcer, pg, ["SELECT 'orders'::regclass::text"])
+    assert res[0][:3] == ["T", "D:orders", "C:SELECT 1"], res
+
+
 # ---- MERGE: each action is the statement it performs ----------------------------------
 
 RULES_MERGE_UPDATE = [{"target": "shop",

@@ -473,7 +473,8 @@ static void test_functions(void)
 	EXPECT("SELECT a.b.c.d()", PGC_DENY);
 	EXPECT("SELECT 1 OPERATOR(public.+) 1", PGC_DENY);
 	EXPECT("SELECT 1 OPERATOR(pg_catalog.+) 1", PGC_ALLOW);
-	EXPECT("SELECT 'x'::regclass", PGC_ALLOW);
+	/* object identifier types read their catalog (review, stop 59) */
+	EXPECT_REASON("SELECT 'x'::regclass", PGC_DENY, "pg_catalog.pg_class not allowed");
 	/* policy functions: add to the list */
 	r = judge_rules("SELECT * FROM orders WHERE id = harmless_looking()", frs, 1);
 	CHECK(r.verdict == PGC_ALLOW && r.rule == &fr);
@@ -2125,6 +2126,70 @@ static void test_threads(void)
 	}
 }
 
+/* A value of an object identifier type (or aclitem) is a read of the
+ * catalog its name comes from: g::oid::regclass over generate_series
+ * listed every relation under a rule granting two tables (review, stop
+ * 59). The table rules decide. */
+static void test_oid_types(void)
+{
+	static const struct { const char *sql, *rel; } reads[] = {
+		{ "SELECT 'customers'::regclass", "pg_catalog.pg_class" },
+		{ "SELECT relname FROM (SELECT g::oid::regclass::text AS relname "
+		  "FROM generate_series(16384, 17000) g) s WHERE relname !~ '^[0-9]+$'", "pg_catalog.pg_class" },
+		{ "SELECT regclass 'customers'", "pg_catalog.pg_class" },
+		{ "SELECT CAST('customers' AS regclass)", "pg_catalog.pg_class" },
+		{ "SELECT '{customers}'::regclass[]", "pg_catalog.pg_class" },
+		{ "SELECT 'customers'::pg_catalog.regclass", "pg_catalog.pg_class" },
+		{ "SELECT 'customers'::\"regclass\"", "pg_catalog.pg_class" },
+		{ "SELECT to_json(1259::oid::regclass)", "pg_catalog.pg_class" },
+		{ "SELECT concat(10::oid::regrole)", "pg_catalog.pg_authid" },
+		{ "SELECT CAST(10 AS regrole)", "pg_catalog.pg_authid" },
+		{ "SELECT 'bench=r/postgres'::aclitem", "pg_catalog.pg_authid" },
+		{ "SELECT g::oid::regprocedure FROM generate_series(1, 9) g", "pg_catalog.pg_proc" },
+		{ "SELECT 'now'::regproc", "pg_catalog.pg_proc" },
+		{ "SELECT '+(int4,int4)'::regoperator", "pg_catalog.pg_operator" },
+		{ "SELECT 1::oid::regoper", "pg_catalog.pg_operator" },
+		{ "SELECT 'int4'::regtype", "pg_catalog.pg_type" },
+		{ "SELECT 11::oid::regnamespace", "pg_catalog.pg_namespace" },
+		{ "SELECT 'english'::regconfig", "pg_catalog.pg_ts_config" },
+		{ "SELECT 'simple'::regdictionary", "pg_catalog.pg_ts_dict" },
+		{ "SELECT 'C'::regcollation", "pg_catalog.pg_collation" },
+		{ "SELECT a FROM (VALUES ('customers'::regclass)) v(a)", "pg_catalog.pg_class" },
+		{ "SELECT id FROM orders WHERE id = 'customers'::regclass::oid::int", "pg_catalog.pg_class" },
+	};
+	static char *s_ro[] = { "select" }, *cat[] = { "public.*", "pg_catalog.*" };
+	static struct policy_rule cat_rule = {
+		.target = "db", .role = "catalog_reader",
+		.allow = { .present = true, .statements = { s_ro, 1 }, .tables = { cat, 2 } },
+	};
+	static const struct policy_rule *catr[] = { &cat_rule };
+
+	for (size_t i = 0; i < sizeof(reads) / sizeof(reads[0]); i++) {
+		struct pgc_result r = judge(reads[i].sql);
+
+		if (r.verdict != PGC_DENY || !has_table(&r, reads[i].rel))
+			fprintf(stderr, "  %s: got %d (%s)\n", reads[i].sql, r.verdict, r.reason);
+		CHECK(r.verdict == PGC_DENY && has_table(&r, reads[i].rel));
+		CHECK(strstr(r.reason, reads[i].rel) != NULL);
+		/* a rule that grants the catalog allows it */
+		r = judge_rules(reads[i].sql, catr, 1);
+		if (r.verdict != PGC_ALLOW)
+			fprintf(stderr, "  %s (catalog granted): got %d (%s)\n", reads[i].sql, r.verdict, r.reason);
+		CHECK(r.verdict == PGC_ALLOW && has_table(&r, reads[i].rel));
+	}
+	/* oid itself names nothing; a table's own types stay as they were */
+	EXPECT("SELECT 1259::oid", PGC_ALLOW);
+	EXPECT("SELECT id::text, total::numeric(10,2) FROM orders", PGC_ALLOW);
+	/* a CREATE's target is still its first relation */
+	{
+		struct pgc_result r = judge_rules("CREATE TABLE t2 (a regclass)", catr, 1);
+
+		CHECK(r.nstmts == 1 && r.stmts[0].first_table >= 1 &&
+		      strcmp(r.tables[r.stmts[0].first_table - 1], "public.t2") == 0);
+		CHECK(has_table(&r, "pg_catalog.pg_class"));
+	}
+}
+
 int main(int argc, char **argv)
 {
 	if (argc == 3 && strcmp(argv[1], "--write-corpus") == 0)
@@ -2149,6 +2214,7 @@ int main(int argc, char **argv)
 	RUN(test_cache);
 	RUN(test_cache_owner_quota);
 	RUN(test_review_ways_around);
+	RUN(test_oid_types);
 	RUN(test_threads);
 	pgc_cache_flush();
 	UNIT_DONE("pg_classify");
