@@ -112,6 +112,9 @@ def masked(summ):
 # or answered with masked rows only; the ones marked in MUST_DENY must be denied.
 SQL_CASES = [
     ("plain", "SELECT id, email, cc FROM customers ORDER BY id"),
+    # a plan's width is the masked column's average width (stop 59)
+    ("explain", "EXPLAIN SELECT cc FROM customers"),
+    ("explain_star", "EXPLAIN (ANALYZE, FORMAT JSON) SELECT * FROM customers"),
     ("subquery", "SELECT x FROM (SELECT cc AS x FROM customers) s"),
     ("cte", "WITH t AS (SELECT cc FROM customers) SELECT cc FROM t"),
     ("cte_mat", "WITH t AS MATERIALIZED (SELECT email, cc FROM customers) SELECT * FROM t"),
@@ -177,7 +180,7 @@ MUST_DENY = {"concat_op", "concat", "format", "coalesce", "cast_varchar", "colla
              "values_sublink", "union", "union_in_from", "recursive_cte", "distinct", "error_cast_int",
              "error_cast_jsonb", "where_oracle", "using_join", "natural_join", "order_by", "pg_notify",
              "do_notice", "listen", "notify", "prepare", "execute", "copy_query", "copy_table", "fetch_multi",
-             "fetch", "move_fetch", "multi_second_bad"}
+             "fetch", "move_fetch", "multi_second_bad", "explain", "explain_star"}
 MUST_MASK = {"plain", "subquery", "cte", "cte_mat"}
 NO_ROWS = {"hold_cursor"}   # allowed (judged as its SELECT): it sends no row; FETCH/MOVE are denied
 

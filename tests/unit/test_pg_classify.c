@@ -818,6 +818,14 @@ static void test_statements(void)
 	EXPECT("EXPLAIN (ANALYZE false) UPDATE orders SET total = 1", PGC_DENY);
 	EXPECT("EXPLAIN SELECT * FROM secrets", PGC_DENY);
 	EXPECT("EXPLAIN CREATE TABLE x AS SELECT 1", PGC_DENY);
+	/* a plan's width is a masked column's average width (review, stop 59) */
+	EXPECT_REASON("EXPLAIN SELECT cc FROM customers", PGC_DENY, "EXPLAIN of masked column cc");
+	EXPECT_REASON("EXPLAIN SELECT * FROM customers", PGC_DENY, "EXPLAIN of masked columns");
+	EXPECT_REASON("EXPLAIN ANALYZE SELECT c.* FROM customers c", PGC_DENY, "EXPLAIN of masked columns");
+	EXPECT_REASON("EXPLAIN SELECT x.e FROM (SELECT email AS e FROM customers) x", PGC_DENY, "EXPLAIN of masked");
+	EXPECT("EXPLAIN (FORMAT JSON) SELECT id FROM customers WHERE id = 1", PGC_ALLOW);
+	EXPECT("EXPLAIN SELECT id FROM customers ORDER BY 1", PGC_ALLOW);
+	EXPECT("SELECT cc FROM customers", PGC_ALLOW);
 	EXPECT("WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d", PGC_DENY);
 	EXPECT("WITH d AS (INSERT INTO orders VALUES (1) RETURNING id) SELECT 1", PGC_DENY);
 	EXPECT("SELECT * INTO stolen FROM orders", PGC_DENY);
