@@ -719,10 +719,10 @@ static bool short_name(const char *g, size_t gl)
  * ':' starts an alternate data stream ("secret.txt::$DATA" is the file's
  * own data, "admin::$INDEX_ALLOCATION" the directory), and trailing dots
  * and spaces are dropped ("secret.txt%20." is secret.txt); a segment they
- * leave empty goes with its '/'. IIS static files, and express.static, Python's
- * send_from_directory and the like running on Windows, serve
+ * leave empty goes with its '/'. IIS static files, and express.static,
+ * Python's send_from_directory and the like running on Windows, serve
  * GET /files/secret.txt::$DATA as /files/secret.txt. Written to out (at
- * least len bytes); returns its length.
+ * least len + 1 bytes); returns its length.
  */
 static size_t windows_alias(const char *path, size_t len, char *out)
 {

@@ -1152,14 +1152,6 @@ static void indirection(struct walker *w, int body, struct scope *sc)
 }
 
 /*
- * A type named in a cast or a column definition. A cast to a domain runs
- * its CHECK constraints, and a cast between a type and another may run a
- * cast function: code the database defines, which no rule names. Types
- * the pinned schema defines that way come with the catalog (a session
- * that may have changed them knows none); a type in another schema than
- * pg_catalog cannot be judged, so it is refused.
- */
-/*
  * Object identifier types, and aclitem: their input looks a name up in a
  * catalog and their output prints one, so a value of one is a read of
  * that catalog. g::oid::regclass over generate_series lists every
@@ -1195,6 +1187,14 @@ static void oid_type_read(struct walker *w, const char *type)
 		}
 }
 
+/*
+ * A type named in a cast or a column definition. A cast to a domain runs
+ * its CHECK constraints, and a cast between a type and another may run a
+ * cast function: code the database defines, which no rule names. Types
+ * the pinned schema defines that way come with the catalog (a session
+ * that may have changed them knows none); a type in another schema than
+ * pg_catalog cannot be judged, so it is refused.
+ */
 static void type_name(struct walker *w, int tn)
 {
 	int names = pgj_get(&w->j, tn, "names"), n = 0;
