@@ -326,6 +326,295 @@ bool http_form_scan(struct http_form_scan *f, const uint8_t *p, size_t n)
 	return false;
 }
 
+/* ---- method overrides in JSON and multipart bodies (stop 59) ---- */
+
+/* A name (the bytes of a JSON key or a part's name) as the form scanner
+ * reads a field name; true when it is an override, or holds one before a
+ * '&', ';' or '=' (more than a server reads: fails closed). */
+static bool name_is_override(const uint8_t *k, size_t n)
+{
+	struct http_form_scan f;
+
+	http_form_scan_init(&f);
+	return http_form_scan(&f, k, n) || http_form_scan(&f, (const uint8_t *)"=", 1);
+}
+
+void http_json_scan_init(struct http_json_scan *j)
+{
+	memset(j, 0, sizeof(*j));
+}
+
+/* A decoded byte of the string being read: kept when the string is a
+ * top-level key. Never true (the key is judged when it ends). */
+static bool json_key_byte(struct http_json_scan *j, uint8_t b)
+{
+	if (!j->is_key)
+		return false;
+	if (j->kn == sizeof(j->key) - 1)
+		j->kover = true;
+	else
+		j->key[j->kn++] = (char)(b == '-' ? '_' : b >= 'A' && b <= 'Z' ? b | 0x20 : b);
+	return false;
+}
+
+static bool json_key_cp(struct http_json_scan *j, uint32_t cp)
+{
+	uint8_t u[3];
+	size_t n;
+
+	if (cp < 0x80) {
+		u[0] = (uint8_t)cp;
+		n = 1;
+	} else if (cp < 0x800) {
+		u[0] = (uint8_t)(0xc0 | cp >> 6);
+		u[1] = (uint8_t)(0x80 | (cp & 0x3f));
+		n = 2;
+	} else {
+		u[0] = (uint8_t)(0xe0 | cp >> 12);
+		u[1] = (uint8_t)(0x80 | (cp >> 6 & 0x3f));
+		u[2] = (uint8_t)(0x80 | (cp & 0x3f));
+		n = 3;
+	}
+	for (size_t i = 0; i < n; i++)
+		if (json_key_byte(j, u[i]))
+			return true;
+	return false;
+}
+
+bool http_json_scan(struct http_json_scan *j, const uint8_t *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		int c = p[i];
+
+		if (j->in_str) {
+			if (j->u_n) {
+				int v = hexval((uint8_t)c);
+
+				if (v >= 0) {
+					j->u_v = j->u_v << 4 | (uint32_t)v;
+					if (--j->u_n == 0 && json_key_cp(j, j->u_v))
+						return true;
+					continue;
+				}
+				j->u_n = 0;   /* invalid: the server refuses the body */
+			}
+			if (j->esc) {
+				static const char from[] = "bfnrt", to[] = "\b\f\n\r\t";
+				const char *e = c ? strchr(from, c) : NULL;
+
+				j->esc = false;
+				if (c == 'u') {
+					j->u_n = 4;
+					j->u_v = 0;
+				} else if (json_key_byte(j, e ? (uint8_t)to[e - from] : (uint8_t)c)) {
+					return true;
+				}
+			} else if (c == '\\') {
+				j->esc = true;
+			} else if (c == '"') {
+				j->in_str = false;
+				j->key[j->kn] = '\0';
+				if (j->is_key && !j->kover && strlen(j->key) == j->kn && override_name(j->key))
+					return true;
+				j->is_key = false;
+			} else if (json_key_byte(j, (uint8_t)c)) {
+				return true;
+			}
+			continue;
+		}
+		switch (c) {
+		case ' ': case '\t': case '\r': case '\n':
+			continue;
+		case '"':
+			j->in_str = true;
+			j->is_key = j->depth == 1 && j->top_object && j->want_key;
+			j->kn = 0;
+			j->kover = false;
+			break;
+		case '{':
+			if (!j->started)
+				j->top_object = true;
+			if (++j->depth == 1)
+				j->want_key = true;
+			break;
+		case '[':
+			j->depth++;
+			break;
+		case '}': case ']':
+			if (j->depth)
+				j->depth--;
+			break;
+		case ',':
+			if (j->depth == 1)
+				j->want_key = true;
+			break;
+		case ':':
+			if (j->depth == 1)
+				j->want_key = false;
+			break;
+		default:
+			break;
+		}
+		j->started = true;
+	}
+	return false;
+}
+
+/* The value of parameter name (case-insensitive) in a header value such as
+ * `multipart/form-data; boundary="x"`: quoted or a token. -1: none. */
+static int header_param(const char *v, size_t len, const char *name, char *out, size_t cap)
+{
+	size_t nl = strlen(name);
+
+	for (size_t i = 0; i < len; i++) {
+		size_t k = i, o = 0;
+
+		if (v[i] != ';')
+			continue;
+		for (k++; k < len && (v[k] == ' ' || v[k] == '\t'); k++)
+			;
+		if (len - k <= nl || strncasecmp(v + k, name, nl) != 0)
+			continue;
+		for (k += nl; k < len && (v[k] == ' ' || v[k] == '\t'); k++)
+			;
+		if (k >= len || v[k] != '=')
+			continue;
+		for (k++; k < len && (v[k] == ' ' || v[k] == '\t'); k++)
+			;
+		if (k < len && v[k] == '"') {
+			for (k++; k < len && v[k] != '"'; k++) {
+				if (v[k] == '\\' && k + 1 < len)
+					k++;
+				if (o + 1 >= cap)
+					return -1;
+				out[o++] = v[k];
+			}
+			if (k >= len)
+				return -1;   /* no closing quote */
+		} else {
+			for (; k < len && v[k] != ';' && v[k] != ' ' && v[k] != '\t'; k++) {
+				if (o + 1 >= cap)
+					return -1;
+				out[o++] = v[k];
+			}
+		}
+		out[o] = '\0';
+		return o ? (int)o : -1;
+	}
+	return -1;
+}
+
+int http_multipart_scan_init(struct http_multipart_scan *m, const char *ctype, size_t len)
+{
+	char b[HTTP_MP_BOUNDARY_MAX + 1];
+	int n;
+
+	while (len && (*ctype == ' ' || *ctype == '\t'))
+		ctype++, len--;
+	if (len < 10 || strncasecmp(ctype, "multipart/", 10) != 0)
+		return -ENOENT;
+	memset(m, 0, sizeof(*m));
+	if ((n = header_param(ctype, len, "boundary", b, sizeof(b))) < 0)
+		return -EINVAL;
+	memcpy(m->delim, "\n--", 3);
+	memcpy(m->delim + 3, b, (size_t)n);
+	m->dlen = (uint8_t)(3 + n);
+	m->matched = 1;   /* the body may open with "--boundary", no newline before it */
+	return 0;
+}
+
+/* Every name= / name*= parameter of a part's head: one an override? */
+static bool head_names_override(const char *h, size_t n)
+{
+	for (size_t i = 0; i + 4 < n; i++) {
+		size_t k, s;
+		bool ext = false;
+
+		if ((i && !strchr(";\t \r\n", h[i - 1])) || strncasecmp(h + i, "name", 4) != 0)
+			continue;
+		k = i + 4;
+		while (k < n && (h[k] == ' ' || h[k] == '\t'))
+			k++;
+		if (k < n && h[k] == '*') {
+			ext = true;
+			k++;
+		}
+		while (k < n && (h[k] == ' ' || h[k] == '\t'))
+			k++;
+		if (k >= n || h[k] != '=')
+			continue;
+		for (k++; k < n && (h[k] == ' ' || h[k] == '\t'); k++)
+			;
+		if (k < n && h[k] == '"') {
+			uint8_t v[HTTP_MP_HEAD_MAX];
+			size_t o = 0;
+
+			for (k++; k < n && h[k] != '"'; k++) {
+				if (h[k] == '\\' && k + 1 < n)
+					k++;
+				v[o++] = (uint8_t)h[k];
+			}
+			if (name_is_override(v, o))
+				return true;
+			continue;
+		}
+		s = k;
+		while (k < n && !strchr(";\t \r\n", h[k]))
+			k++;
+		if (ext) {   /* RFC 5987: charset'language'value, percent-encoded */
+			const char *q = memchr(h + s, '\'', k - s);
+			const char *q2 = q ? memchr(q + 1, '\'', (size_t)(h + k - q - 1)) : NULL;
+
+			if (q2)
+				s = (size_t)(q2 + 1 - h);
+		}
+		if (name_is_override((const uint8_t *)h + s, k - s))
+			return true;
+	}
+	return false;
+}
+
+bool http_multipart_scan(struct http_multipart_scan *m, const uint8_t *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		char c = (char)p[i];
+
+		switch (m->st) {
+		case 0:   /* a part's body (or the preamble): look for the delimiter */
+			if (c == m->delim[m->matched]) {
+				if (++m->matched == m->dlen) {
+					m->st = 1;
+					m->matched = 0;
+				}
+			} else {
+				/* the delimiter holds no newline after its first byte */
+				m->matched = c == '\n';
+			}
+			break;
+		case 1:   /* the rest of the delimiter's line ("--", padding) */
+			if (c == '\n') {
+				m->st = 2;
+				m->hn = 0;
+			}
+			break;
+		default:  /* a part's head, up to a blank line */
+			if (m->hn == sizeof(m->head))
+				return true;   /* longer than any real one: not judged, not passed */
+			m->head[m->hn++] = c;
+			if (c == '\n' && (m->hn == 1 || (m->hn >= 2 && m->head[m->hn - 2] == '\n') ||
+					  (m->hn == 2 && m->head[0] == '\r') ||
+					  (m->hn >= 3 && m->head[m->hn - 2] == '\r' && m->head[m->hn - 3] == '\n'))) {
+				if (head_names_override(m->head, m->hn))
+					return true;
+				m->st = 0;
+				m->matched = 0;
+			}
+			break;
+		}
+	}
+	return false;
+}
+
 /* Is the query parameter key k[0..n) (still escaped) a method override? */
 static bool key_is_method_override(const uint8_t *k, size_t n)
 {

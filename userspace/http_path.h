@@ -57,6 +57,50 @@ struct http_form_scan {
 void http_form_scan_init(struct http_form_scan *f);
 bool http_form_scan(struct http_form_scan *f, const uint8_t *p, size_t n);
 
+/*
+ * The same names among the top-level keys of a JSON body fed in pieces
+ * (Laravel reads "_method" from a JSON body: its request input is the JSON
+ * object when Content-Type holds "/json" or "+json", and Symfony's
+ * getMethod() takes the override from it). Keys are compared decoded
+ * (\u005f is '_'), in any case and with '-' for '_' as the header twins
+ * are; a JSON key is not a form name (no '%', '=' or PHP's mangling).
+ * Invalid JSON is not parsed by the server either and is not judged.
+ */
+struct http_json_scan {
+	char key[40];              /* the top-level key being read, decoded */
+	uint8_t kn;
+	bool kover;                /* longer than any override name */
+	uint32_t depth;            /* open objects and arrays */
+	uint32_t u_v;
+	uint8_t u_n;               /* hex digits of a \uXXXX still to come */
+	bool started, top_object, in_str, esc, is_key, want_key;
+};
+void http_json_scan_init(struct http_json_scan *j);
+bool http_json_scan(struct http_json_scan *j, const uint8_t *p, size_t n);
+
+/*
+ * The same names among the part names of a multipart body fed in pieces
+ * (Rack, PHP, ASP.NET Core read a multipart/form-data part named "_method"
+ * as they read the form field). Each part's head (the header lines after a
+ * "--boundary" line, up to the blank line) is kept whole, up to
+ * HTTP_MP_HEAD_MAX bytes, and every name= or name*= parameter in it is
+ * checked, quoted or not, on one line or folded. A head longer than that is
+ * reported as found (fail closed).
+ */
+#define HTTP_MP_HEAD_MAX 1024
+#define HTTP_MP_BOUNDARY_MAX 100
+struct http_multipart_scan {
+	char delim[HTTP_MP_BOUNDARY_MAX + 4];   /* "\n--" and the boundary */
+	uint8_t dlen, matched;
+	uint8_t st;                /* 0 a part's body, 1 a delimiter's line, 2 a part's head */
+	uint16_t hn;
+	char head[HTTP_MP_HEAD_MAX];
+};
+/* From the Content-Type value: 0 (ready), -ENOENT when it is not multipart,
+ * -EINVAL when it is but has no boundary this scan can use. */
+int http_multipart_scan_init(struct http_multipart_scan *m, const char *ctype, size_t len);
+bool http_multipart_scan(struct http_multipart_scan *m, const uint8_t *p, size_t n);
+
 enum http_form {
 	HTTP_FORM_ORIGIN = 0,      /* "/path?query" */
 	HTTP_FORM_ABSOLUTE,        /* "http://authority/path?query" */

@@ -137,6 +137,10 @@ struct http_state {
 	bool abody_fwd, abody_chunked;
 	bool aform;                    /* a form body: scanned for a method override */
 	struct http_form_scan aform_scan;
+	bool ajson;                    /* a JSON body: its top-level keys too */
+	bool amulti_on;                /* amulti scans this body */
+	struct http_json_scan ajson_scan;
+	struct http_multipart_scan *amulti;   /* a multipart body: its part names; NULL: none */
 	uint64_t aremain;
 	struct http_chunked ach;
 	struct hreq *abody_req;
@@ -1264,6 +1268,55 @@ static bool form_body(const uint8_t *b, const struct http_head *h)
 	return !typed;
 }
 
+/* The request's Content-Type value (the first one), or NULL. */
+static const char *content_type(const uint8_t *b, const struct http_head *h, size_t *len)
+{
+	for (unsigned i = 0; i < h->nf; i++)
+		if (http_field_is(b, &h->f[i], "content-type")) {
+			*len = h->f[i].value_len;
+			return (const char *)b + h->f[i].value;
+		}
+	return NULL;
+}
+
+/*
+ * A JSON body as Laravel tells one (Content-Type holds "/json" or
+ * "+json"): it takes its request input, "_method" included, from it, and
+ * Express's method-override is often given a getter that reads req.body,
+ * which express.json() fills (found by review, stop 59).
+ */
+static bool json_body(const uint8_t *b, const struct http_head *h)
+{
+	size_t n;
+	const char *v = content_type(b, h, &n);
+
+	return v && (memmem(v, n, "/json", 5) || memmem(v, n, "+json", 5) || memmem(v, n, "/JSON", 5) ||
+		     memmem(v, n, "+JSON", 5));
+}
+
+/* A multipart body (Rack, PHP, ASP.NET Core read a part named "_method"
+ * as they read the form field: review, stop 59). */
+static bool multipart_body(const uint8_t *b, const struct http_head *h)
+{
+	size_t n;
+	const char *v = content_type(b, h, &n);
+
+	while (v && n && (*v == ' ' || *v == '\t'))
+		v++, n--;
+	return v && n >= 10 && strncasecmp(v, "multipart/", 10) == 0;
+}
+
+/* A multipart body with a boundary the scan can follow (a server finds
+ * no part without one). */
+static bool multipart_readable(const uint8_t *b, const struct http_head *h)
+{
+	struct http_multipart_scan m;
+	size_t n = 0;
+	const char *v = content_type(b, h, &n);
+
+	return v && http_multipart_scan_init(&m, v, n) == 0;
+}
+
 /* The request's body has a Content-Encoding other than identity. */
 static bool body_encoded(const uint8_t *b, const struct http_head *h)
 {
@@ -1282,10 +1335,14 @@ static bool body_encoded(const uint8_t *b, const struct http_head *h)
  * connection closes), so it never runs. */
 static bool form_override(struct http_state *s, const uint8_t *p, size_t n)
 {
-	if (!s->aform || !http_form_scan(&s->aform_scan, p, n))
+	const char *kind = s->aform && http_form_scan(&s->aform_scan, p, n) ? "a form" :
+			   s->ajson && http_json_scan(&s->ajson_scan, p, n) ? "a JSON" :
+			   s->amulti_on && http_multipart_scan(s->amulti, p, n) ? "a multipart" : NULL;
+
+	if (!kind)
 		return false;
-	ag_log(LOG_LVL_INFO, "http: a method override (_method=) in a form body: the request is cut off "
-	       "and the connection closed");
+	ag_log(LOG_LVL_INFO, "http: a method override (\"_method\" or a twin, or a multipart part head over "
+	       "%d bytes) in %s body: the request is cut off and the connection closed", HTTP_MP_HEAD_MAX, kind);
 	return true;
 }
 
@@ -1297,6 +1354,8 @@ static void expect_body(struct http_state *s, struct hreq *r, const struct http_
 	s->abody_req = r;
 	s->abody_chunked = h->body == HTTP_BODY_CHUNKED;
 	s->aform = false;
+	s->ajson = false;
+	s->amulti_on = false;
 	s->aremain = h->content_length;
 	http_chunked_init(&s->ach);
 }
@@ -1572,12 +1631,22 @@ static int on_request(struct conn *c, const uint8_t *b, const struct http_head *
 	/* A form body the scan would read compressed: an upstream that
 	 * inflates request bodies (ASP.NET Core's request decompression, with
 	 * its method override's form field) reads what the scan did not. */
-	if (fwd && has_body && form_body(b, h) && body_encoded(b, h)) {
+	if (fwd && has_body && !s->k8s && multipart_body(b, h) && !multipart_readable(b, h)) {
+		fwd = false;
+		v.allowed = false;
+		v.status = 400;
+		v.reason = "a multipart body without a boundary (of at most 100 bytes) its method override "
+			   "check can read";
+		v.close_after = true;
+	}
+	/* (A compressed JSON body is not refused: clients send them, and
+	 * the frameworks that read _method from JSON do not inflate.) */
+	if (fwd && has_body && (form_body(b, h) || multipart_body(b, h)) && body_encoded(b, h)) {
 		fwd = false;
 		v.allowed = false;
 		v.status = 415;
-		v.reason = "a form body (or one without a media type) with a Content-Encoding: its method "
-			   "override check reads the body as sent";
+		v.reason = "a form or multipart body (or one without a media type) with a Content-Encoding: "
+			   "its method override check reads the body as sent";
 		v.close_after = true;
 	}
 	if (fwd && names_second_path(b, h)) {
@@ -1646,6 +1715,19 @@ static int on_request(struct conn *c, const uint8_t *b, const struct http_head *
 		expect_body(s, r, h, true);
 		if ((s->aform = form_body(b, h)))
 			http_form_scan_init(&s->aform_scan);
+		/* the apiserver has no method override */
+		if ((s->ajson = !s->k8s && json_body(b, h)))
+			http_json_scan_init(&s->ajson_scan);
+		if (!s->k8s && multipart_body(b, h)) {
+			size_t n = 0;
+			const char *ct = content_type(b, h, &n);
+
+			if (!s->amulti && !(s->amulti = malloc(sizeof(*s->amulti))))
+				return -ENOMEM;
+			if (http_multipart_scan_init(s->amulti, ct, n) < 0)
+				return -EPROTO;   /* checked before it was forwarded (multipart_unreadable) */
+			s->amulti_on = true;
+		}
 	} else if (upgrade)
 		s->astate = A_WAIT_UPGRADE;
 	else if (r->close_after)
@@ -3134,6 +3216,7 @@ static void http_release(struct conn *c)
 			mask_free(s->old_masks[--s->nold_masks]);
 		free(s->mhead);
 		free(s->mbody);
+		free(s->amulti);
 		if (s->resend)
 			OPENSSL_cleanse(s->resend, s->resend_cap);
 		free(s->resend);

@@ -74,6 +74,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (r.query)
 			must(r.query >= data && r.query + r.query_len <= data + size);
 	}
+	/* the same bytes as a JSON and as a multipart body: whole or cut in
+	 * two anywhere, the scanners answer alike (they read in pieces) */
+	{
+		struct http_json_scan j1, j2;
+		static struct http_multipart_scan m1, m2;
+		static const char ct[] = "multipart/form-data; boundary=b";
+		size_t cut = size ? data[0] % (size + 1) : 0;
+		bool a, b;
+
+		http_json_scan_init(&j1);
+		http_json_scan_init(&j2);
+		a = http_json_scan(&j1, data, size);
+		b = http_json_scan(&j2, data, cut) || http_json_scan(&j2, data + cut, size - cut);
+		must(a == b);
+		must(http_multipart_scan_init(&m1, ct, sizeof(ct) - 1) == 0);
+		must(http_multipart_scan_init(&m2, ct, sizeof(ct) - 1) == 0);
+		a = http_multipart_scan(&m1, data, size);
+		b = http_multipart_scan(&m2, data, cut) || http_multipart_scan(&m2, data + cut, size - cut);
+		must(a == b);
+	}
 	/* the same bytes as a rule */
 	rule = malloc(size + 1);
 	if (!rule)

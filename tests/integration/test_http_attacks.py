@@ -194,6 +194,53 @@ def test_method_override_in_form_body_cut_off(enforcer, rec):
     assert [r[0] for r in responses(out)[0]] == [200], out
 
 
+def test_method_override_in_json_and_multipart_bodies_cut_off(enforcer, rec):
+    """Laravel takes its request input, "_method" included, from a JSON body, and
+    Rack (Rails), PHP and ASP.NET Core read a multipart part named "_method" as the
+    form field: POST /v1/invoices with either ran DELETE behind a POST rule (found
+    by review, stop 59). Both are scanned as they stream, as forms are: the piece
+    naming an override never reaches the upstream. Other JSON and multipart bodies
+    pass whole; a multipart body without a readable boundary, or compressed, is
+    refused before any of it goes."""
+    enforcer.start(policy(rec.port, rules='"POST /v1/invoices", "GET /v1/invoices/*"'))
+    mp = "Content-Type: multipart/form-data; boundary=----b7⏎"
+    part = ('------b7\r\nContent-Disposition: form-data; name="amount"\r\n\r\n5\r\n'
+            '------b7\r\nContent-Disposition: form-data; name="{}"\r\n\r\nDELETE\r\n------b7--\r\n')
+    cut = (("Content-Type: application/json⏎", '{"amount": 5, "_method": "DELETE"}'),
+           ("Content-Type: application/vnd.api+json; charset=utf-8⏎", '{"a": [1, {"b": 2}], "\\u005fmethod": "PUT"}'),
+           (mp, part.format("_method")), (mp, part.format("X-HTTP-Method-Override")))
+    for ct, body in cut:
+        for framing in (f"Content-Length: {len(body)}⏎⏎", f"Transfer-Encoding: chunked⏎⏎{len(body):x}⏎"):
+            rec.reset()
+            tail = body if framing.startswith("Content-Length") else body + "\r\n0\r\n\r\n"
+            out = raw(enforcer, rec.port, crlf(f"POST /v1/invoices HTTP/1.1⏎Host: api.internal⏎{ct}{framing}") +
+                      tail.encode())
+            assert b"HTTP/1.1 200" not in out, (body, out)
+            time.sleep(0.1)
+            got = rec.all()
+            assert b"DELETE" not in got and b"PUT" not in got, (body, got)
+    # the same names elsewhere pass whole
+    ok = (("Content-Type: application/json⏎", '{"amount": 5, "note": "_method", "x": {"_method": 1}}'),
+          (mp, part.format("payment_method")),
+          (mp, '------b7\r\nContent-Disposition: form-data; name="f"; filename="_method"\r\n\r\n'
+               'name="_method"\r\n------b7--\r\n'))
+    for ct, body in ok:
+        rec.reset()
+        out = raw(enforcer, rec.port, crlf(f"POST /v1/invoices HTTP/1.1⏎Host: api.internal⏎{ct}"
+                                           f"Content-Length: {len(body)}⏎⏎") + body.encode())
+        assert [r[0] for r in responses(out)[0]] == [200], (body, out)
+        assert rec.all().endswith(body.encode()), (body, rec.all())
+    # unreadable or compressed multipart: refused, nothing sent
+    z = gzip.compress(part.format("_method").encode())
+    for ct, body, status in (("Content-Type: multipart/form-data⏎", b"--x\r\n", 400),
+                             (mp + "Content-Encoding: gzip⏎", z, 415)):
+        rec.reset()
+        out = raw(enforcer, rec.port, crlf(f"POST /v1/invoices HTTP/1.1⏎Host: api.internal⏎{ct}"
+                                           f"Content-Length: {len(body)}⏎⏎") + body)
+        assert [r[0] for r in responses(out)[0]] == [status], out
+        assert rec.all() == b"", rec.all()
+
+
 def test_method_tricks(enforcer, rec):
     """Methods are case-sensitive tokens: lower case, an unknown method, HEAD
     under a GET rule, and OPTIONS * under an any-method rule."""

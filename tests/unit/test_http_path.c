@@ -404,6 +404,138 @@ static void test_form_scan(void)
 		}
 }
 
+/* Method overrides in JSON and multipart bodies (review, stop 59), fed
+ * in pieces of every size up to 9 bytes and whole. */
+static bool json_finds(const char *body, size_t piece)
+{
+	struct http_json_scan j;
+	size_t n = strlen(body);
+
+	http_json_scan_init(&j);
+	for (size_t i = 0; i < n; i += piece)
+		if (http_json_scan(&j, (const uint8_t *)body + i, n - i < piece ? n - i : piece))
+			return true;
+	return false;
+}
+
+static void test_json_scan(void)
+{
+	static const char *const found[] = {
+		"{\"_method\":\"DELETE\"}", " {\"a\": 1, \"_method\": \"PUT\"}", "{\"\\u005fmethod\":1}",
+		"{\"_\\u006Dethod\":1}", "{\"_METHOD\":\"patch\"}", "{\"X-HTTP-Method-Override\":\"DELETE\"}",
+		"{\"a\":[1,{\"b\":2}],\"_method\":\"DELETE\"}", "{\"a\":{\"b\":{}},\n\t\"_method\" :1}",
+		"{\"a\":\"x\\\"y\",\"_method\":1}", "{\"x_http_method\":\"PUT\"}",
+	};
+	static const char *const not_found[] = {
+		"{\"a\":\"_method\"}", "{\"a\":{\"_method\":\"DELETE\"}}", "[\"_method\"]", "[{\"_method\":1}]",
+		"{\"a\":[\"_method\"]}", "\"_method\"", "{\"_method_x\":1}", "{\"x_method\":1}",
+		"{\"_methodx\":1}", "{\"a\":\"\\\"_method\\\"\"}", "{\"a\":1}{\"b\":2}", "{\"_meth\":\"od\"}",
+		/* a key is not a form name: exact, but for case and '-' */
+		"{\"_method=\":\"x\"}", "{\"_method[]\":[\"DELETE\"]}", "{\"%5Fmethod\":1}", "{\".method\":1}",
+		"{\"_method\\u0000\":1}",
+	};
+
+	for (size_t i = 0; i < sizeof(found) / sizeof(found[0]); i++)
+		for (size_t piece = 1; piece <= 10; piece++) {
+			size_t p = piece == 10 ? 4096 : piece;
+
+			if (!json_finds(found[i], p))
+				fprintf(stderr, "  missed: %s (pieces of %zu)\n", found[i], p);
+			CHECK(json_finds(found[i], p));
+		}
+	for (size_t i = 0; i < sizeof(not_found) / sizeof(not_found[0]); i++)
+		for (size_t piece = 1; piece <= 10; piece++) {
+			size_t p = piece == 10 ? 4096 : piece;
+
+			if (json_finds(not_found[i], p))
+				fprintf(stderr, "  false hit: %s (pieces of %zu)\n", not_found[i], p);
+			CHECK(!json_finds(not_found[i], p));
+		}
+}
+
+static int multipart_finds(const char *ctype, const char *body, size_t piece)
+{
+	struct http_multipart_scan m;
+	size_t n = strlen(body);
+
+	if (http_multipart_scan_init(&m, ctype, strlen(ctype)) < 0)
+		return -1;
+	for (size_t i = 0; i < n; i += piece)
+		if (http_multipart_scan(&m, (const uint8_t *)body + i, n - i < piece ? n - i : piece))
+			return 1;
+	return 0;
+}
+
+static void test_multipart_scan(void)
+{
+	static const char ct[] = "multipart/form-data; boundary=XyZ";
+	static const char *const found[] = {
+		"--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--\r\n",
+		"preamble\r\n--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n"
+		"--XyZ\r\nContent-Disposition: form-data; name=_method\r\n\r\nPUT\r\n--XyZ--\r\n",
+		"--XyZ\r\nContent-Disposition: form-data; NAME = \"_METHOD\"\r\n\r\nPUT\r\n--XyZ--",
+		"--XyZ\r\ncontent-disposition: form-data;\r\n name=\"_method\"\r\n\r\nPUT\r\n--XyZ--",
+		"--XyZ\nContent-Disposition: form-data; name=\"_method\"\n\nPUT\n--XyZ--",
+		"--XyZ\r\nContent-Disposition: form-data; name*=UTF-8''%5Fmethod\r\n\r\nPUT\r\n--XyZ--",
+		"--XyZ\r\nContent-Disposition: form-data; name=\"_me\\thod\"\r\n\r\nPUT\r\n--XyZ--",
+		"--XyZ\r\nContent-Disposition: form-data; name=\"X-HTTP-Method-Override\"\r\n\r\nPUT\r\n--XyZ--",
+		"--XyZ\r\nContent-Disposition: form-data; name=\"a\"; filename=\"f.txt\"\r\nContent-Type: text/plain"
+		"\r\n\r\nname=\"_method\"\r\n--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nX\r\n--XyZ--",
+		/* PHP takes a line that starts with the delimiter for one */
+		"--XyZw\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nx\r\n",
+	};
+	static const char *const not_found[] = {
+		"--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n_method\r\n--XyZ--\r\n",
+		"--XyZ\r\nContent-Disposition: form-data; name=\"a\"; filename=\"_method\"\r\n\r\nx\r\n--XyZ--",
+		"--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nContent-Disposition: form-data; "
+		"name=\"_method\"\r\n--XyZ--",
+		"--XyZ\r\nContent-Disposition: form-data; name=\"_method_x\"\r\n\r\nx\r\n--XyZ--",
+		"--XyZ\r\nContent-Disposition: form-data; name=\"payment_method\"\r\n\r\ncard\r\n--XyZ--",
+		"Content-Disposition: form-data; name=\"_method\"\r\n\r\nno boundary line before it",
+	};
+
+	for (size_t i = 0; i < sizeof(found) / sizeof(found[0]); i++)
+		for (size_t piece = 1; piece <= 10; piece++) {
+			size_t p = piece == 10 ? 4096 : piece;
+
+			if (multipart_finds(ct, found[i], p) != 1)
+				fprintf(stderr, "  missed: %s (pieces of %zu)\n", found[i], p);
+			CHECK(multipart_finds(ct, found[i], p) == 1);
+		}
+	for (size_t i = 0; i < sizeof(not_found) / sizeof(not_found[0]); i++)
+		for (size_t piece = 1; piece <= 10; piece++) {
+			size_t p = piece == 10 ? 4096 : piece;
+
+			if (multipart_finds(ct, not_found[i], p) != 0)
+				fprintf(stderr, "  false hit: %s (pieces of %zu)\n", not_found[i], p);
+			CHECK(multipart_finds(ct, not_found[i], p) == 0);
+		}
+	/* the boundary: quoted, other parameters around it; none or too long: refused */
+	CHECK(multipart_finds("Multipart/Mixed; charset=x; boundary=\"a b;c\"",
+			      "--a b;c\r\nContent-Disposition: form-data; name=_method\r\n\r\nx", 3) == 1);
+	CHECK(multipart_finds("multipart/form-data", "--x\r\n", 1) == -1);
+	CHECK(multipart_finds("multipart/form-data; boundary=", "--x\r\n", 1) == -1);
+	CHECK(multipart_finds("multipart/form-data; boundary=\"unclosed", "--x\r\n", 1) == -1);
+	CHECK(multipart_finds("application/json", "{}", 1) == -1);
+	{
+		char b[HTTP_MP_BOUNDARY_MAX + 40];
+
+		memset(b, 'a', sizeof(b) - 1);
+		b[sizeof(b) - 1] = '\0';
+		memcpy(b, "multipart/form-data; boundary=", 30);
+		CHECK(multipart_finds(b, "x", 1) == -1);
+	}
+	/* a part head past HTTP_MP_HEAD_MAX is not passed (fail closed) */
+	{
+		static char big[HTTP_MP_HEAD_MAX + 64];
+		size_t o = (size_t)snprintf(big, sizeof(big), "--XyZ\r\nX-Pad: ");
+
+		memset(big + o, 'p', sizeof(big) - o - 1);
+		big[sizeof(big) - 1] = '\0';
+		CHECK(multipart_finds(ct, big, 7) == 1);
+	}
+}
+
 /* Review rules take what upstreams route alike (review, stop 34). */
 static void test_review_match(void)
 {
@@ -502,6 +634,8 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	RUN(test_canon);
+	RUN(test_json_scan);
+	RUN(test_multipart_scan);
 	RUN(test_idempotent);
 	RUN(test_forms);
 	RUN(test_authority);
