@@ -328,9 +328,9 @@ bool http_form_scan(struct http_form_scan *f, const uint8_t *p, size_t n)
 
 /* ---- method overrides in JSON and multipart bodies (stop 59) ---- */
 
-/* A name (the bytes of a JSON key or a part's name) as the form scanner
- * reads a field name; true when it is an override, or holds one before a
- * '&', ';' or '=' (more than a server reads: fails closed). */
+/* A name (a query key, still escaped, or a multipart part's name) as the
+ * form scanner reads a field name; true when it is an override, or holds
+ * one before a '&', ';' or '=' (more than a server reads: fails closed). */
 static bool name_is_override(const uint8_t *k, size_t n)
 {
 	struct http_form_scan f;
@@ -615,15 +615,6 @@ bool http_multipart_scan(struct http_multipart_scan *m, const uint8_t *p, size_t
 	return false;
 }
 
-/* Is the query parameter key k[0..n) (still escaped) a method override? */
-static bool key_is_method_override(const uint8_t *k, size_t n)
-{
-	struct http_form_scan f;
-
-	http_form_scan_init(&f);
-	return !http_form_scan(&f, k, n) && http_form_scan(&f, (const uint8_t *)"=", 1);
-}
-
 static int check_query(const uint8_t *q, size_t len, struct http_target *r)
 {
 	/* Keys end at '=', pairs at '&' or ';' (some parsers split on both). */
@@ -633,7 +624,8 @@ static int check_query(const uint8_t *q, size_t len, struct http_target *r)
 		{
 			const uint8_t *eq = memchr(q + s, '=', i - s);
 
-			if (key_is_method_override(q + s, eq ? (size_t)(eq - (q + s)) : i - s))
+			/* a key holds no '=', '&' or ';' */
+			if (name_is_override(q + s, eq ? (size_t)(eq - (q + s)) : i - s))
 				return bad(r, "a method-override query parameter (\"_method\", "
 					   "\"X-HTTP-Method-Override\") in the request target");
 		}

@@ -72,7 +72,7 @@ struct http_json_scan {
 	bool kover;                /* longer than any override name */
 	uint32_t depth;            /* open objects and arrays */
 	uint32_t u_v;
-	uint8_t u_n;               /* hex digits of a \uXXXX still to come */
+	uint8_t u_n;               /* hex digits of a \u escape yet to come (4 to 0) */
 	bool started, top_object, in_str, esc, is_key, want_key;
 };
 void http_json_scan_init(struct http_json_scan *j);

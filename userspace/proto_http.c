@@ -1306,15 +1306,27 @@ static bool multipart_body(const uint8_t *b, const struct http_head *h)
 	return v && n >= 10 && strncasecmp(v, "multipart/", 10) == 0;
 }
 
-/* A multipart body with a boundary the scan can follow (a server finds
- * no part without one). */
-static bool multipart_readable(const uint8_t *b, const struct http_head *h)
+/* Readies s->amulti for this request's multipart body: 0, -ENOMEM, or
+ * -EINVAL when it has no boundary the scan can follow (a server finds no
+ * part without one either). */
+static int multipart_prepare(struct http_state *s, const uint8_t *b, const struct http_head *h)
 {
-	struct http_multipart_scan m;
 	size_t n = 0;
 	const char *v = content_type(b, h, &n);
 
-	return v && http_multipart_scan_init(&m, v, n) == 0;
+	if (!s->amulti && !(s->amulti = malloc(sizeof(*s->amulti))))
+		return -ENOMEM;
+	return v && http_multipart_scan_init(s->amulti, v, n) == 0 ? 0 : -EINVAL;
+}
+
+/* The request is answered here, not forwarded: returns the new fwd. */
+static bool refuse(struct hreq *v, int status, const char *reason)
+{
+	v->allowed = false;
+	v->status = status;
+	v->reason = reason;
+	v->close_after = true;
+	return false;
 }
 
 /* The request's body has a Content-Encoding other than identity. */
@@ -1596,66 +1608,42 @@ static int on_request(struct conn *c, const uint8_t *b, const struct http_head *
 			stale = true;
 	}
 	fwd = judge(c, b, h, path, sizeof(path), &tg, host, sizeof(host), &upgrade, &v);
-	if (stale) {
-		fwd = false;
-		v.allowed = false;
-		v.status = 503;
-		v.reason = "the policy was reloaded and this connection cannot go on under it; "
-			   "send the request again on a new connection";
-		v.close_after = true;
-	}
+	if (stale)
+		fwd = refuse(&v, 503, "the policy was reloaded and this connection cannot go on under it; "
+			     "send the request again on a new connection");
 	/* The upstream closed an idle keep-alive connection: nothing of this
 	 * request was sent yet, so any method may go on a new one. */
 	if (fwd && s->up_idle && !s->up_failed)
 		up_redial(c);
 	if (fwd && !s->up_ready && !s->up_failed)
 		return 0;
-	if (fwd && s->up_failed) {
-		fwd = false;
-		v.allowed = false;
-		v.status = 502;
-		v.reason = s->up_why[0] ? s->up_why : "the upstream is not reachable";
-		v.close_after = true;
-	}
+	if (fwd && s->up_failed)
+		fwd = refuse(&v, 502, s->up_why[0] ? s->up_why : "the upstream is not reachable");
 	/* A body on a method whose body has no meaning: an upstream that
 	 * ignores it would read it as its next request (a denied one riding in
 	 * an allowed GET). Refused, and the connection closes unread. */
-	if (fwd && has_body && bodyless_method(b, h, s->k8s)) {
-		fwd = false;
-		v.allowed = false;
-		v.status = 400;
-		v.reason = s->k8s ? "a GET, HEAD, OPTIONS, TRACE or CONNECT request with a body" :
-			   "a GET, HEAD, DELETE, OPTIONS, TRACE or CONNECT request with a body";
-		v.close_after = true;
+	if (fwd && has_body && bodyless_method(b, h, s->k8s))
+		fwd = refuse(&v, 400, s->k8s ? "a GET, HEAD, OPTIONS, TRACE or CONNECT request with a body" :
+				       "a GET, HEAD, DELETE, OPTIONS, TRACE or CONNECT request with a body");
+	/* A multipart body is scanned by its part heads (form_override()),
+	 * which needs its boundary. */
+	bool multi = fwd && has_body && !s->k8s && multipart_body(b, h);
+	if (multi && (err = multipart_prepare(s, b, h))) {
+		if (err != -EINVAL)
+			return err;
+		multi = fwd = refuse(&v, 400, "a multipart body without a boundary (of at most 100 bytes) its "
+				     "method override check can read");
 	}
 	/* A form body the scan would read compressed: an upstream that
 	 * inflates request bodies (ASP.NET Core's request decompression, with
-	 * its method override's form field) reads what the scan did not. */
-	if (fwd && has_body && !s->k8s && multipart_body(b, h) && !multipart_readable(b, h)) {
-		fwd = false;
-		v.allowed = false;
-		v.status = 400;
-		v.reason = "a multipart body without a boundary (of at most 100 bytes) its method override "
-			   "check can read";
-		v.close_after = true;
-	}
-	/* (A compressed JSON body is not refused: clients send them, and
-	 * the frameworks that read _method from JSON do not inflate.) */
-	if (fwd && has_body && (form_body(b, h) || multipart_body(b, h)) && body_encoded(b, h)) {
-		fwd = false;
-		v.allowed = false;
-		v.status = 415;
-		v.reason = "a form or multipart body (or one without a media type) with a Content-Encoding: "
-			   "its method override check reads the body as sent";
-		v.close_after = true;
-	}
-	if (fwd && names_second_path(b, h)) {
-		fwd = false;
-		v.allowed = false;
-		v.status = 400;
-		v.reason = "a Destination field (WebDAV COPY or MOVE): the path it names is not judged";
-		v.close_after = true;
-	}
+	 * its method override's form field) reads what the scan did not.
+	 * (A compressed JSON body is not refused: clients send them, and the
+	 * frameworks that read _method from JSON do not inflate.) */
+	if (fwd && has_body && (form_body(b, h) || multipart_body(b, h)) && body_encoded(b, h))
+		fwd = refuse(&v, 415, "a form or multipart body (or one without a media type) with a "
+			     "Content-Encoding: its method override check reads the body as sent");
+	if (fwd && names_second_path(b, h))
+		fwd = refuse(&v, 400, "a Destination field (WebDAV COPY or MOVE): the path it names is not judged");
 	/* Only the one request in flight, of a safe method and without a body
 	 * (http_req_resendable()), may be sent again should a reused
 	 * connection close under it. */
@@ -1718,16 +1706,7 @@ static int on_request(struct conn *c, const uint8_t *b, const struct http_head *
 		/* the apiserver has no method override */
 		if ((s->ajson = !s->k8s && json_body(b, h)))
 			http_json_scan_init(&s->ajson_scan);
-		if (!s->k8s && multipart_body(b, h)) {
-			size_t n = 0;
-			const char *ct = content_type(b, h, &n);
-
-			if (!s->amulti && !(s->amulti = malloc(sizeof(*s->amulti))))
-				return -ENOMEM;
-			if (http_multipart_scan_init(s->amulti, ct, n) < 0)
-				return -EPROTO;   /* checked before it was forwarded (multipart_unreadable) */
-			s->amulti_on = true;
-		}
+		s->amulti_on = multi;   /* readied above (multipart_prepare()) */
 	} else if (upgrade)
 		s->astate = A_WAIT_UPGRADE;
 	else if (r->close_after)

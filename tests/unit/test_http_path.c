@@ -418,6 +418,20 @@ static bool json_finds(const char *body, size_t piece)
 	return false;
 }
 
+/* Each body of list, fed in pieces of every size up to 9 bytes and whole:
+ * finds() answers want for every one. */
+static void expect_finds(bool (*finds)(const char *, size_t), const char *const *list, size_t n, bool want)
+{
+	for (size_t i = 0; i < n; i++)
+		for (size_t piece = 1; piece <= 10; piece++) {
+			size_t p = piece == 10 ? 4096 : piece;
+
+			if (finds(list[i], p) != want)
+				fprintf(stderr, "  %s: %s (pieces of %zu)\n", want ? "missed" : "false hit", list[i], p);
+			CHECK(finds(list[i], p) == want);
+		}
+}
+
 static void test_json_scan(void)
 {
 	static const char *const found[] = {
@@ -435,22 +449,8 @@ static void test_json_scan(void)
 		"{\"_method\\u0000\":1}",
 	};
 
-	for (size_t i = 0; i < sizeof(found) / sizeof(found[0]); i++)
-		for (size_t piece = 1; piece <= 10; piece++) {
-			size_t p = piece == 10 ? 4096 : piece;
-
-			if (!json_finds(found[i], p))
-				fprintf(stderr, "  missed: %s (pieces of %zu)\n", found[i], p);
-			CHECK(json_finds(found[i], p));
-		}
-	for (size_t i = 0; i < sizeof(not_found) / sizeof(not_found[0]); i++)
-		for (size_t piece = 1; piece <= 10; piece++) {
-			size_t p = piece == 10 ? 4096 : piece;
-
-			if (json_finds(not_found[i], p))
-				fprintf(stderr, "  false hit: %s (pieces of %zu)\n", not_found[i], p);
-			CHECK(!json_finds(not_found[i], p));
-		}
+	expect_finds(json_finds, found, sizeof(found) / sizeof(found[0]), true);
+	expect_finds(json_finds, not_found, sizeof(not_found) / sizeof(not_found[0]), false);
 }
 
 static int multipart_finds(const char *ctype, const char *body, size_t piece)
@@ -466,9 +466,19 @@ static int multipart_finds(const char *ctype, const char *body, size_t piece)
 	return 0;
 }
 
+static const char mp_ct[] = "multipart/form-data; boundary=XyZ";
+
+static bool mp_finds(const char *body, size_t piece)
+{
+	int r = multipart_finds(mp_ct, body, piece);
+
+	CHECK(r >= 0);
+	return r == 1;
+}
+
 static void test_multipart_scan(void)
 {
-	static const char ct[] = "multipart/form-data; boundary=XyZ";
+	const char *ct = mp_ct;
 	static const char *const found[] = {
 		"--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--\r\n",
 		"preamble\r\n--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n"
@@ -494,22 +504,8 @@ static void test_multipart_scan(void)
 		"Content-Disposition: form-data; name=\"_method\"\r\n\r\nno boundary line before it",
 	};
 
-	for (size_t i = 0; i < sizeof(found) / sizeof(found[0]); i++)
-		for (size_t piece = 1; piece <= 10; piece++) {
-			size_t p = piece == 10 ? 4096 : piece;
-
-			if (multipart_finds(ct, found[i], p) != 1)
-				fprintf(stderr, "  missed: %s (pieces of %zu)\n", found[i], p);
-			CHECK(multipart_finds(ct, found[i], p) == 1);
-		}
-	for (size_t i = 0; i < sizeof(not_found) / sizeof(not_found[0]); i++)
-		for (size_t piece = 1; piece <= 10; piece++) {
-			size_t p = piece == 10 ? 4096 : piece;
-
-			if (multipart_finds(ct, not_found[i], p) != 0)
-				fprintf(stderr, "  false hit: %s (pieces of %zu)\n", not_found[i], p);
-			CHECK(multipart_finds(ct, not_found[i], p) == 0);
-		}
+	expect_finds(mp_finds, found, sizeof(found) / sizeof(found[0]), true);
+	expect_finds(mp_finds, not_found, sizeof(not_found) / sizeof(not_found[0]), false);
 	/* the boundary: quoted, other parameters around it; none or too long: refused */
 	CHECK(multipart_finds("Multipart/Mixed; charset=x; boundary=\"a b;c\"",
 			      "--a b;c\r\nContent-Disposition: form-data; name=_method\r\n\r\nx", 3) == 1);
