@@ -316,9 +316,11 @@ struct pg_name {
 #define PG_MAP_BUCKETS 64
 struct pg_map {
 	struct pg_name *b[PG_MAP_BUCKETS];
+	uint64_t used;   /* bit i: b[i] is not empty (map_clear() visits only those) */
 	int n;
 	bool portals;
 };
+_Static_assert(PG_MAP_BUCKETS == 64, "pg_map.used has a bit per bucket");
 
 enum { UNDO_NONE = 0, UNDO_STMT, UNDO_PORTAL };
 
@@ -351,8 +353,8 @@ struct pg_pend {
 /* Masking plan of one result (one RowDescription). */
 struct pg_plan {
 	int16_t ncols;
-	uint8_t *binary;       /* per column: binary format */
-	uint8_t *how;          /* per column: MASK_NO, MASK_NAMED, MASK_SCAN */
+	uint8_t *binary;       /* per column: binary format (in the plan's own block) */
+	uint8_t *how;          /* per column: MASK_NO, MASK_NAMED, MASK_SCAN (the same) */
 	char *names;           /* masked column names for audit, or NULL */
 	unsigned hits;
 };
@@ -1209,9 +1211,7 @@ static struct pg_judged *judged_get(struct pg_judged *j)
 static void plan_free(struct pg_plan *p)
 {
 	if (p) {
-		free(p->how);
-		free(p->binary);
-		free(p->names);
+		free(p->names);   /* how and binary share p's block */
 		free(p);
 	}
 }
@@ -1287,7 +1287,8 @@ static void *map_get(struct pg_map *m, const char *name)
  * caller's). */
 static void *map_set(struct pg_map *m, const char *name, void *val, bool *full)
 {
-	struct pg_name **pp = &m->b[name_hash(name)], *e;
+	unsigned h = name_hash(name);
+	struct pg_name **pp = &m->b[h], *e;
 	void *prev;
 	size_t n;
 
@@ -1303,6 +1304,8 @@ static void *map_set(struct pg_map *m, const char *name, void *val, bool *full)
 			*pp = e->next;
 			free(e);
 			m->n--;
+			if (!m->b[h])
+				m->used &= ~(1ull << h);
 		}
 		return prev;
 	}
@@ -1316,15 +1319,19 @@ static void *map_set(struct pg_map *m, const char *name, void *val, bool *full)
 	}
 	memcpy(e->name, name, n + 1);
 	e->val = val;
-	e->next = m->b[name_hash(name)];
-	m->b[name_hash(name)] = e;
+	e->next = m->b[h];
+	m->b[h] = e;
+	m->used |= 1ull << h;
 	m->n++;
 	return NULL;
 }
 
+/* Removes every entry but those keep() keeps: run at each ReadyForQuery
+ * for the portals, so it visits only the buckets in use, not all 64. */
 static void map_clear(struct pg_map *m, bool (*keep)(void *val, void *arg), void *arg)
 {
-	for (int i = 0; i < PG_MAP_BUCKETS && m->n; i++) {
+	for (uint64_t todo = m->used; todo; todo &= todo - 1) {
+		unsigned i = (unsigned)__builtin_ctzll(todo);
 		struct pg_name **pp = &m->b[i], *e;
 
 		while ((e = *pp)) {
@@ -1337,6 +1344,8 @@ static void map_clear(struct pg_map *m, bool (*keep)(void *val, void *arg), void
 			free(e);
 			m->n--;
 		}
+		if (!m->b[i])
+			m->used &= ~(1ull << i);
 	}
 }
 
@@ -1859,13 +1868,13 @@ static int plan_for(struct pg_sess *s, const struct pg_msg *m, const struct pg_p
 		return 0;
 	if (pg_parse_rowdesc(m, f, PG_FIELDS_MAX, &n) != 0)
 		return -EBADMSG;
-	p = calloc(1, sizeof(*p));
-	if (!p || !(p->how = calloc(n ? n : 1, 1)) || !(p->binary = calloc(n ? n : 1, 1))) {
-		if (p)
-			free(p->how);
-		free(p);
+	/* one block: the plan, then how[n] and binary[n] (a plan per
+	 * statement: one allocation instead of three) */
+	p = calloc(1, sizeof(*p) + 2 * (size_t)(n ? n : 1));
+	if (!p)
 		return -ENOMEM;
-	}
+	p->how = (uint8_t *)(p + 1);
+	p->binary = p->how + (n ? n : 1);
 	p->ncols = (int16_t)n;
 	for (int i = 0; i < n; i++) {
 		bool named = false;
