@@ -15,7 +15,7 @@ PG_BENCH=${PG_BENCH:-1}
 PGB_SCALE=${PGB_SCALE:-10}
 PGBIN=/usr/lib/postgresql/15/bin
 PG_PID='' PGB_PID='' PHAP_PID=''
-declare -A PVAL APAIR ACPU
+declare -A PVAL APAIR ACPU PROUND
 CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
 
 # CPU ticks (user + system) the enforcer and all its threads used so far
@@ -259,6 +259,7 @@ pg_bench_run() {
 					tps=$(pg_measure "$path" "$mode" "$n") || continue
 					printf '  pgbench -S %-8s c=%d %-9s round %d/%d: %.0f tps\n' "$mode" "$n" "$path" "$r" "$ROUNDS" "$tps" >&2
 					PVAL[$mode/$n/$path]+=" $tps"
+					PROUND[$mode/$n/$path/$r]=$tps
 				done
 			done
 		done
@@ -369,6 +370,25 @@ pg_bench_run() {
 			echo "$line"
 		done
 	done
+	# agentgate against pgbouncer round by round: each round measures the
+	# paths one after another, so the pair shares the VM's state of the
+	# moment (its speed drifts by more than the gap over a run); the median
+	# of the rounds' ratios, above 1 where agentgate is ahead
+	local pr pk pm plo phi pline=
+	for n in 1 8; do
+		for mode in simple extended prepared; do
+			pr=
+			for ((r = 1; r <= ROUNDS; r++)); do
+				[[ -n ${PROUND[$mode/$n/agentgate/$r]:-} && -n ${PROUND[$mode/$n/pgbouncer/$r]:-} ]] &&
+					pr+=" $(awk -v a="${PROUND[$mode/$n/agentgate/$r]}" -v b="${PROUND[$mode/$n/pgbouncer/$r]}" \
+						'BEGIN { printf "%.4f", a / b }')"
+			done
+			[[ -n $pr ]] || continue
+			read -r pk pm plo phi <<<"$(ratio_stats "$pr")"
+			pline+=$(printf ' %s/%d %.2f (%.2f-%.2f);' "$mode" "$n" "$pm" "$plo" "$phi")
+		done
+	done
+	[[ -n $pline ]] && echo "agentgate/pgbouncer paired by round (median, range; above 1: agentgate ahead):${pline%;}"
 	local ua uc ud cd
 	ua=$(median "${PVAL[unc/agentgate]:-}") || ua=
 	uc=$(median "${PVAL[cac/agentgate]:-}") || uc=
