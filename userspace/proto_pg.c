@@ -1330,7 +1330,7 @@ static void *map_set(struct pg_map *m, const char *name, void *val, bool *full)
  * for the portals, so it visits only the buckets in use, not all 64. */
 static void map_clear(struct pg_map *m, bool (*keep)(void *val, void *arg), void *arg)
 {
-	for (uint64_t todo = m->used; todo; todo &= todo - 1) {
+	for (uint64_t todo = m->used; todo; todo &= todo - 1) {   /* each bucket in use, lowest first */
 		unsigned i = (unsigned)__builtin_ctzll(todo);
 		struct pg_name **pp = &m->b[i], *e;
 

@@ -369,6 +369,20 @@ static bool form_finds(const char *body, size_t piece)
 	return false;
 }
 
+/* Each body of list, fed in pieces of every size up to 9 bytes and whole:
+ * finds() answers want for every one. */
+static void expect_finds(bool (*finds)(const char *, size_t), const char *const *list, size_t n, bool want)
+{
+	for (size_t i = 0; i < n; i++)
+		for (size_t piece = 1; piece <= 10; piece++) {
+			size_t p = piece == 10 ? 4096 : piece;
+
+			if (finds(list[i], p) != want)
+				fprintf(stderr, "  %s: %s (pieces of %zu)\n", want ? "missed" : "false hit", list[i], p);
+			CHECK(finds(list[i], p) == want);
+		}
+}
+
 static void test_form_scan(void)
 {
 	static const char *const found[] = {
@@ -390,18 +404,8 @@ static void test_form_scan(void)
 		"x%00_method=DELETE", "_meth%00od=DELETE", "x[_method]=DELETE", "_meth[od]=DELETE",
 	};
 
-	for (size_t i = 0; i < sizeof(found) / sizeof(found[0]); i++)
-		for (size_t piece = 1; piece <= 7; piece += 3) {
-			if (!form_finds(found[i], piece))
-				fprintf(stderr, "  missed: %s (pieces of %zu)\n", found[i], piece);
-			CHECK(form_finds(found[i], piece));
-		}
-	for (size_t i = 0; i < sizeof(not_found) / sizeof(not_found[0]); i++)
-		for (size_t piece = 1; piece <= 7; piece += 3) {
-			if (form_finds(not_found[i], piece))
-				fprintf(stderr, "  false hit: %s (pieces of %zu)\n", not_found[i], piece);
-			CHECK(!form_finds(not_found[i], piece));
-		}
+	expect_finds(form_finds, found, sizeof(found) / sizeof(found[0]), true);
+	expect_finds(form_finds, not_found, sizeof(not_found) / sizeof(not_found[0]), false);
 }
 
 /* Method overrides in JSON and multipart bodies (review, stop 59), fed
@@ -416,20 +420,6 @@ static bool json_finds(const char *body, size_t piece)
 		if (http_json_scan(&j, (const uint8_t *)body + i, n - i < piece ? n - i : piece))
 			return true;
 	return false;
-}
-
-/* Each body of list, fed in pieces of every size up to 9 bytes and whole:
- * finds() answers want for every one. */
-static void expect_finds(bool (*finds)(const char *, size_t), const char *const *list, size_t n, bool want)
-{
-	for (size_t i = 0; i < n; i++)
-		for (size_t piece = 1; piece <= 10; piece++) {
-			size_t p = piece == 10 ? 4096 : piece;
-
-			if (finds(list[i], p) != want)
-				fprintf(stderr, "  %s: %s (pieces of %zu)\n", want ? "missed" : "false hit", list[i], p);
-			CHECK(finds(list[i], p) == want);
-		}
 }
 
 static void test_json_scan(void)
