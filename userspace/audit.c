@@ -1635,9 +1635,9 @@ struct audit_w_cache {
 	struct hdr_slot hdr[HDR_SLOTS];
 	unsigned hdr_next;
 	struct agent_slot ag[AGENT_SLOTS];
-	unsigned ag_next;
+	unsigned ag_next, ag_hit;              /* ag_hit: the slot the last hit was in */
 	struct agent_slot vd[VERDICT_SLOTS];   /* the same, for the verdict's members */
-	unsigned vd_next;
+	unsigned vd_next, vd_hit;
 	struct audit_buf key;
 	struct audit_obj t1, t2;
 };
@@ -1910,12 +1910,86 @@ static void agent_fill(struct audit_obj *top, struct audit_obj *um, const void *
 	w_agent_members(top, um, arg);
 }
 
+/* A string of a cache key (its length tag, then its bytes) at *p, before
+ * e, equals s (NULL: the tag SIZE_MAX). Moves *p past it. */
+static bool key_str_eq(const char **p, const char *e, const char *s)
+{
+	size_t tag;
+
+	if ((size_t)(e - *p) < sizeof(tag))
+		return false;
+	memcpy(&tag, *p, sizeof(tag));
+	*p += sizeof(tag);
+	if (!s || tag == SIZE_MAX)
+		return !s && tag == SIZE_MAX;
+	if ((size_t)(e - *p) < tag || (tag && strncmp(s, *p, tag)) || s[tag])
+		return false;   /* strncmp stopped at s's end, if shorter: s[tag] is in s */
+	*p += tag;
+	return true;
+}
+
+/* k holds agent_key()'s bytes for a: compared where they lie, field by
+ * field, so a hit in the agent cache (one per event) costs no building of
+ * the key. */
+static bool agent_key_eq(const struct audit_buf *k, const struct audit_agent *a)
+{
+	const char *strs[6] = { a->name, a->cgroup, a->iss, a->sub, a->policy_hash, a->policy_path };
+	const char *p = k->p, *e = k->p + k->len;
+	size_t cl = 0, tag;
+
+	if (k->len < 21 || memcmp(p, &a->pid, 4) || memcmp(p + 4, &a->tid, 4) || memcmp(p + 8, &a->uid, 4) ||
+	    memcmp(p + 12, &a->cgroup_id, 8) || p[20] != (a->verified ? 'v' : 'u'))
+		return false;
+	p += 21;
+	for (int i = 0; i < 6; i++)
+		if (!key_str_eq(&p, e, strs[i]))
+			return false;
+	/* comm: at most AG_COMM_LEN bytes, not always NUL-terminated */
+	while (a->comm && cl < AG_COMM_LEN && a->comm[cl])
+		cl++;
+	if ((size_t)(e - p) < sizeof(tag))
+		return false;
+	memcpy(&tag, p, sizeof(tag));
+	p += sizeof(tag);
+	if (!a->comm)
+		return tag == SIZE_MAX && p == e;
+	return tag == cl && (size_t)(e - p) == cl && memcmp(a->comm, p, cl) == 0;
+}
+
+/* The slot of slots whose key equals (eq) the writer's inputs, looked for
+ * from the last hit's on; NULL when none. */
+static struct agent_slot *slot_find(struct agent_slot *slots, unsigned nslots, unsigned *hit,
+				    bool (*eq)(const struct audit_buf *, const void *), const void *arg)
+{
+	for (unsigned i = 0; i < nslots; i++) {
+		unsigned j = (*hit + i) % nslots;
+		struct agent_slot *g = &slots[j];
+
+		if ((g->top.len || g->um.len) && eq(&g->key, arg)) {
+			*hit = j;
+			return g;
+		}
+	}
+	return NULL;
+}
+
+static bool agent_eq(const struct audit_buf *k, const void *arg)
+{
+	return agent_key_eq(k, arg);
+}
+
 void audit_w_agent(struct audit_w *w, const struct audit_agent *a)
 {
 	struct audit_w_cache *c = w_cache(w);
+	struct agent_slot *g;
 
 	w->own_policy = a->policy_hash != NULL;
 
+	if (c && (g = slot_find(c->ag, AGENT_SLOTS, &c->ag_hit, agent_eq, a))) {
+		aobj_members(&w->top, g->top.p, g->top.len);
+		aobj_members(&w->um, g->um.p, g->um.len);
+		return;
+	}
 	if (c && agent_key(&c->key, a) &&
 	    w_cached_members(w, c, c->ag, AGENT_SLOTS, &c->ag_next, &c->key, agent_fill, a))
 		return;
@@ -1951,11 +2025,28 @@ static void verdict_fill(struct audit_obj *top, struct audit_obj *um, const void
 	w_verdict_members(top, um, v->allowed, v->would_deny, v->rule, v->reason);
 }
 
+/* k holds the verdict key (below) of v, compared where it lies. */
+static bool verdict_eq(const struct audit_buf *k, const void *arg)
+{
+	const struct verdict_args *v = arg;
+	const char *p = k->p, *e = k->p + k->len;
+
+	return k->len >= 2 && p[0] == (char)v->allowed && p[1] == (char)v->would_deny &&
+	       (p += 2, key_str_eq(&p, e, v->rule)) && key_str_eq(&p, e, v->reason) && p == e;
+}
+
 void audit_w_verdict(struct audit_w *w, bool allowed, bool would_deny, const char *rule,
 		     const char *reason)
 {
 	struct audit_w_cache *c = w_cache(w);
 	struct verdict_args v = { allowed, would_deny, rule, reason };
+	struct agent_slot *g;
+
+	if (c && (g = slot_find(c->vd, VERDICT_SLOTS, &c->vd_hit, verdict_eq, &v))) {
+		aobj_members(&w->top, g->top.p, g->top.len);
+		aobj_members(&w->um, g->um.p, g->um.len);
+		return;
+	}
 	size_t rl = rule ? strlen(rule) : 0, sl = reason ? strlen(reason) : 0;
 
 	if (c && rl + sl < VERDICT_KEY_MAX) {

@@ -302,9 +302,8 @@ void aobj_free(struct audit_obj *o)
 }
 
 /* ',' when the open object already has a member, then "key": */
-static void member(struct audit_obj *o, const char *key)
+static void member(struct audit_obj *o, const char *key, size_t kl)
 {
-	size_t kl = strlen(key);
 	uint32_t bit = 1u << o->depth;
 
 	if (o->bad || reserve(&o->b, kl + 4)) {
@@ -323,9 +322,9 @@ static void member(struct audit_obj *o, const char *key)
 	o->has |= bit;
 }
 
-void aobj_open(struct audit_obj *o, const char *key)
+void aobj_open_k(struct audit_obj *o, const char *key, size_t kl)
 {
-	member(o, key);
+	member(o, key, kl);
 	if (o->bad || o->depth + 1 >= AOBJ_MAX_DEPTH || put(&o->b, "{", 1)) {
 		o->bad = true;
 		return;
@@ -343,38 +342,38 @@ void aobj_close(struct audit_obj *o)
 	o->depth--;
 }
 
-void aobj_strn(struct audit_obj *o, const char *key, const char *v, size_t len)
+void aobj_strn_k(struct audit_obj *o, const char *key, size_t kl, const char *v, size_t len)
 {
 	if (!v)
 		return;
-	member(o, key);
+	member(o, key, kl);
 	if (!o->bad && dump_string_x(v, len, &o->b, true))
 		o->bad = true;
 }
 
-void aobj_str(struct audit_obj *o, const char *key, const char *v)
+void aobj_str_k(struct audit_obj *o, const char *key, size_t kl, const char *v)
 {
 	if (v)
-		aobj_strn(o, key, v, strlen(v));
+		aobj_strn_k(o, key, kl, v, strlen(v));
 }
 
-void aobj_int(struct audit_obj *o, const char *key, long long v)
+void aobj_int_k(struct audit_obj *o, const char *key, size_t kl, long long v)
 {
-	member(o, key);
+	member(o, key, kl);
 	if (!o->bad && dump_int(v, &o->b))
 		o->bad = true;
 }
 
-void aobj_bool(struct audit_obj *o, const char *key, bool v)
+void aobj_bool_k(struct audit_obj *o, const char *key, size_t kl, bool v)
 {
-	member(o, key);
+	member(o, key, kl);
 	if (!o->bad && put(&o->b, v ? "true" : "false", v ? 4 : 5))
 		o->bad = true;
 }
 
-void aobj_raw(struct audit_obj *o, const char *key, const char *json, size_t len)
+void aobj_raw_k(struct audit_obj *o, const char *key, size_t kl, const char *json, size_t len)
 {
-	member(o, key);
+	member(o, key, kl);
 	if (!o->bad && put(&o->b, json, len))
 		o->bad = true;
 }

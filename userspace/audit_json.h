@@ -61,17 +61,27 @@ struct audit_obj {
 };
 void aobj_reset(struct audit_obj *o);
 void aobj_free(struct audit_obj *o);
-void aobj_open(struct audit_obj *o, const char *key);
 void aobj_close(struct audit_obj *o);
-void aobj_str(struct audit_obj *o, const char *key, const char *v);
-void aobj_strn(struct audit_obj *o, const char *key, const char *v, size_t len);
-void aobj_int(struct audit_obj *o, const char *key, long long v);
-void aobj_bool(struct audit_obj *o, const char *key, bool v);
+/* Each takes the key's length from the macro below it: __builtin_strlen()
+ * of a literal is a constant, so a member costs no strlen() call (a
+ * statement's event writes some twenty); of any other string it is
+ * strlen(). */
+void aobj_open_k(struct audit_obj *o, const char *key, size_t kl);
+#define aobj_open(o, key) aobj_open_k((o), (key), __builtin_strlen(key))
+void aobj_str_k(struct audit_obj *o, const char *key, size_t kl, const char *v);
+#define aobj_str(o, key, v) aobj_str_k((o), (key), __builtin_strlen(key), (v))
+void aobj_strn_k(struct audit_obj *o, const char *key, size_t kl, const char *v, size_t len);
+#define aobj_strn(o, key, v, len) aobj_strn_k((o), (key), __builtin_strlen(key), (v), (len))
+void aobj_int_k(struct audit_obj *o, const char *key, size_t kl, long long v);
+#define aobj_int(o, key, v) aobj_int_k((o), (key), __builtin_strlen(key), (v))
+void aobj_bool_k(struct audit_obj *o, const char *key, size_t kl, bool v);
+#define aobj_bool(o, key, v) aobj_bool_k((o), (key), __builtin_strlen(key), (v))
 /* Members already written (the bytes an aobj wrote at depth 0, without
  * braces), appended at the current depth: for parts that repeat from event
  * to event. */
 void aobj_members(struct audit_obj *o, const char *members, size_t len);
 /* A value that is already JSON (len bytes). */
-void aobj_raw(struct audit_obj *o, const char *key, const char *json, size_t len);
+void aobj_raw_k(struct audit_obj *o, const char *key, size_t kl, const char *json, size_t len);
+#define aobj_raw(o, key, json, len) aobj_raw_k((o), (key), __builtin_strlen(key), (json), (len))
 
 #endif

@@ -17,6 +17,7 @@
 #include "unit.h"
 #include "audit.h"
 #include "audit_json.h"
+#include "agentgate_abi.h"   /* AG_COMM_LEN */
 
 #define FLAGS (JSON_COMPACT | JSON_PRESERVE_ORDER)
 
@@ -458,6 +459,73 @@ static void test_writer_cache(void)
 	audit_discard(w);
 }
 
+/* The agent and verdict caches' hit test compares the inputs against the
+ * stored key where it lies. Each variant below differs from the base in one
+ * input only, some by a prefix ("a" against "ab", a comm of AG_COMM_LEN
+ * bytes without a NUL against its first 15): written right after the base
+ * (cached), it must miss, and written again it must hit; every event is
+ * compared with an uncached writer's. */
+static int writer_pair(const struct audit_agent *a, bool allowed, bool would, const char *rule,
+		       const char *reason)
+{
+	struct audit_w *w1 = audit_begin(6005, 2, "Query");
+	struct audit_w *w2 = audit_begin(6005, 2, "Query");
+	int bad;
+
+	CHECK(!w1->heap && w2->heap);
+	audit_w_agent(w1, a);
+	audit_w_agent(w2, a);
+	audit_w_verdict(w1, allowed, would, rule, reason);
+	audit_w_verdict(w2, allowed, would, rule, reason);
+	CHECK(!w1->top.bad && !w1->um.bad && !w2->top.bad && !w2->um.bad);
+	bad = w1->top.b.len != w2->top.b.len || memcmp(w1->top.b.p, w2->top.b.p, w1->top.b.len) ||
+	      w1->um.b.len != w2->um.b.len || memcmp(w1->um.b.p, w2->um.b.p, w1->um.b.len);
+	audit_discard(w2);
+	audit_discard(w1);
+	return bad;
+}
+
+static void test_writer_cache_fields(void)
+{
+	static const char full[AG_COMM_LEN] = "0123456789abcdef";   /* no NUL */
+	const struct audit_agent base = {
+		.name = "agent", .cgroup = "/agentgate/x", .pid = 100, .tid = 7, .uid = 0,
+		.comm = "0123456789abcde", .cgroup_id = 42, .iss = "https://idp", .sub = "s",
+		.verified = true, .policy_hash = "ab", .policy_path = "/p.yaml",
+	};
+	struct audit_agent v[20];
+	int nv = 0, mismatches = 0, n = 0;
+
+#define VARY(field, value) do { v[nv] = base; v[nv].field = value; nv++; } while (0)
+	VARY(name, "agen"); VARY(name, "agent2"); VARY(name, NULL); VARY(cgroup, "/agentgate/x/");
+	VARY(pid, 101); VARY(tid, 8); VARY(uid, 1); VARY(comm, full); VARY(comm, NULL); VARY(comm, "");
+	VARY(cgroup_id, 42 + (1ull << 40)); VARY(iss, NULL); VARY(sub, "s "); VARY(verified, false);
+	VARY(policy_hash, "a"); VARY(policy_hash, "abc"); VARY(policy_hash, NULL);
+	VARY(policy_path, "/p.yam"); VARY(policy_path, NULL);
+#undef VARY
+	for (int i = 0; i < nv; i++)
+		for (int k = 0; k < 4; k++) {   /* base, variant, variant again, base */
+			const struct audit_agent *a = k == 1 || k == 2 ? &v[i] : &base;
+
+			mismatches += writer_pair(a, true, false, "rule 1", "no");
+			n++;
+		}
+	/* the verdict's inputs, the same way */
+	const char *rules[] = { "rule 1", "rule 12", "rule ", NULL, "" };
+	const char *reasons[] = { "no", "no ", "n", NULL, "" };
+
+	for (int i = 0; i < 5 * 5 * 4; i++)
+		for (int k = 0; k < 3; k++) {   /* base, variant, variant again */
+			bool var = k > 0;
+
+			mismatches += writer_pair(&base, var ? i % 2 : true, var ? (i / 2) % 2 : false,
+						  var ? rules[(i / 4) % 5] : "rule 1",
+						  var ? reasons[(i / 20) % 5] : "no");
+			n++;
+		}
+	CHECK(n == nv * 4 + 300 && mismatches == 0);
+}
+
 int main(void)
 {
 	RUN(test_fixed);
@@ -470,5 +538,6 @@ int main(void)
 	RUN(test_large);
 	RUN(test_writer);
 	RUN(test_writer_cache);
+	RUN(test_writer_cache_fields);
 	UNIT_DONE("audit_json");
 }
