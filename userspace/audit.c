@@ -1936,11 +1936,15 @@ static bool agent_key_eq(const struct audit_buf *k, const struct audit_agent *a)
 	const char *strs[6] = { a->name, a->cgroup, a->iss, a->sub, a->policy_hash, a->policy_path };
 	const char *p = k->p, *e = k->p + k->len;
 	size_t cl = 0, tag;
+	/* agent_key()'s fixed part: pid, tid, uid, cgroup_id, then 'v' or 'u' */
+	enum { TID = sizeof(a->pid), UID = TID + sizeof(a->tid), CGID = UID + sizeof(a->uid),
+	       VER = CGID + sizeof(a->cgroup_id), FIXED = VER + 1 };
 
-	if (k->len < 21 || memcmp(p, &a->pid, 4) || memcmp(p + 4, &a->tid, 4) || memcmp(p + 8, &a->uid, 4) ||
-	    memcmp(p + 12, &a->cgroup_id, 8) || p[20] != (a->verified ? 'v' : 'u'))
+	if (k->len < FIXED || memcmp(p, &a->pid, sizeof(a->pid)) || memcmp(p + TID, &a->tid, sizeof(a->tid)) ||
+	    memcmp(p + UID, &a->uid, sizeof(a->uid)) || memcmp(p + CGID, &a->cgroup_id, sizeof(a->cgroup_id)) ||
+	    p[VER] != (a->verified ? 'v' : 'u'))
 		return false;
-	p += 21;
+	p += FIXED;
 	for (int i = 0; i < 6; i++)
 		if (!key_str_eq(&p, e, strs[i]))
 			return false;
