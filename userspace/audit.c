@@ -2085,19 +2085,42 @@ static int emit_parts_locked(struct audit_buf *b, const char *um, size_t umlen, 
 		"\",\"uid\":\"", md3[] = "\",\"sequence\":", md4[] = ",\"prev_hash\":\"",
 		md5[] = "\",\"log_name\":\"agentgate\",\"product\":{\"name\":\"agentgate\","
 		"\"vendor_name\":\"agentgate\",\"version\":\"" AG_VERSION "\"}}}";
-	if (audit_buf_put(b, ",\"unmapped\":{", 13) ||
-	    (umlen && audit_buf_put(b, um, umlen)) ||
-	    (!own_policy && A.polfrag.len && ((umlen && audit_buf_put(b, ",", 1)) ||
-			       audit_buf_put(b, A.polfrag.p, A.polfrag.len))) ||
-	    audit_buf_put(b, md1, sizeof(md1) - 1) || audit_buf_int(b, (long long)time_ms) ||
-	    audit_buf_put(b, md2, sizeof(md2) - 1) || audit_buf_put(b, uid, 36) ||
-	    audit_buf_put(b, md3, sizeof(md3) - 1) || audit_buf_int(b, (long long)seq) ||
-	    audit_buf_put(b, md4, sizeof(md4) - 1) || audit_buf_put(b, A.last_hash, AUDIT_HASH_HEX - 1) ||
-	    audit_buf_put(b, md5, sizeof(md5) - 1) || audit_buf_reserve(b, 1)) {
+	static const char um0[] = ",\"unmapped\":{";
+	char tbuf[24], sbuf[24], *te = tbuf + sizeof(tbuf), *se = sbuf + sizeof(sbuf);
+	char *ts = u64_dec(te, time_ms), *ss = u64_dec(se, seq);
+	bool pol = !own_policy && A.polfrag.len;
+	size_t need = sizeof(um0) - 1 + umlen + (pol ? (umlen ? 1 : 0) + A.polfrag.len : 0) +
+		      sizeof(md1) - 1 + (size_t)(te - ts) + sizeof(md2) - 1 + 36 + sizeof(md3) - 1 +
+		      (size_t)(se - ss) + sizeof(md4) - 1 + AUDIT_HASH_HEX - 1 + sizeof(md5) - 1;
+
+	/* one reservation (room for the '\n' too), then the pieces copied in
+	 * order: the same bytes as appending them one by one */
+	if (audit_buf_reserve(b, need + 1)) {
 		ag_log(LOG_LVL_ERR, "audit: out of memory, an event was not recorded");
 		drop_locked(-ENOMEM);
 		return -ENOMEM;
 	}
+	char *o = b->p + b->len;
+#define PIECE(src, n) do { memcpy(o, (src), (n)); o += (n); } while (0)
+	PIECE(um0, sizeof(um0) - 1);
+	if (umlen)
+		PIECE(um, umlen);
+	if (pol) {
+		if (umlen)
+			*o++ = ',';
+		PIECE(A.polfrag.p, A.polfrag.len);
+	}
+	PIECE(md1, sizeof(md1) - 1);
+	PIECE(ts, (size_t)(te - ts));
+	PIECE(md2, sizeof(md2) - 1);
+	PIECE(uid, 36);
+	PIECE(md3, sizeof(md3) - 1);
+	PIECE(ss, (size_t)(se - ss));
+	PIECE(md4, sizeof(md4) - 1);
+	PIECE(A.last_hash, AUDIT_HASH_HEX - 1);
+	PIECE(md5, sizeof(md5) - 1);
+#undef PIECE
+	b->len = (size_t)(o - b->p);
 	b->p[b->len] = 0;
 	return spool_line_locked(b->p, b->len, seq);
 }
