@@ -1876,33 +1876,104 @@ hit:
 	return true;
 }
 
-/* The agent cache's key: every input of w_agent_members(). false when it
- * is too long to cache. */
-static bool agent_key(struct audit_buf *k, const struct audit_agent *a)
+/*
+ * A cache key, written into a buffer (out) or compared with a stored one
+ * (p..e), by the same code: the hit test (one per event) builds no key,
+ * and the layout is written down once. Fixed-size fields as they are;
+ * strings as a length tag (SIZE_MAX for NULL: NULL and "" differ) and
+ * their bytes. differs: the comparison failed, or the key grew past max.
+ */
+struct key_io {
+	struct audit_buf *out;   /* writing; NULL: comparing */
+	const char *p, *e;
+	size_t max;
+	bool differs;
+};
+
+static inline __attribute__((always_inline)) void key_bytes(struct key_io *k, const void *s, size_t n)
 {
-	const char *strs[7] = { a->name, a->cgroup, a->iss, a->sub, a->policy_hash, a->policy_path, a->comm };
+	if (k->differs)
+		return;
+	if (k->out)
+		k->differs = k->out->len + n > k->max || audit_buf_put(k->out, s, n);
+	else if ((size_t)(k->e - k->p) < n || memcmp(k->p, s, n))
+		k->differs = true;
+	else
+		k->p += n;
+}
+
+/* s's first n bytes (s NULL: none, tagged SIZE_MAX). */
+static inline __attribute__((always_inline)) void key_strn(struct key_io *k, const char *s, size_t n)
+{
+	size_t tag = s ? n : SIZE_MAX;
+
+	key_bytes(k, &tag, sizeof(tag));
+	if (s && n)
+		key_bytes(k, s, n);
+}
+
+/* A C string: compared without a strlen() (the stored tag says how many
+ * bytes; s must end right there). */
+static inline __attribute__((always_inline)) void key_str(struct key_io *k, const char *s)
+{
+	size_t tag;
+
+	if (k->out || k->differs) {
+		key_strn(k, s, s ? strlen(s) : 0);
+		return;
+	}
+	if ((size_t)(k->e - k->p) < sizeof(tag)) {
+		k->differs = true;
+		return;
+	}
+	memcpy(&tag, k->p, sizeof(tag));
+	k->p += sizeof(tag);
+	if (!s || tag == SIZE_MAX)
+		k->differs = s || tag != SIZE_MAX;
+	else if ((size_t)(k->e - k->p) < tag || (tag && strncmp(s, k->p, tag)) || s[tag])
+		k->differs = true;   /* strncmp stopped at s's end, if shorter: s[tag] is in s */
+	else
+		k->p += tag;
+}
+
+/* true: written whole, or equal to the stored key (to its end). */
+static inline __attribute__((always_inline)) bool key_done(const struct key_io *k)
+{
+	return !k->differs && (k->out || k->p == k->e);
+}
+
+static struct key_io key_writer(struct audit_buf *out, size_t max)
+{
+	out->len = 0;
+	return (struct key_io){ .out = out, .max = max };
+}
+
+static struct key_io key_reader(const struct audit_buf *stored)
+{
+	return (struct key_io){ .p = stored->p, .e = stored->p + stored->len };
+}
+
+/* The agent cache's key: every input of w_agent_members(). */
+static inline __attribute__((always_inline)) bool agent_key(struct key_io *k, const struct audit_agent *a)
+{
 	size_t cl = 0;
 
-	k->len = 0;
-	if (audit_buf_put(k, (const char *)&a->pid, sizeof(a->pid)) ||
-	    audit_buf_put(k, (const char *)&a->tid, sizeof(a->tid)) ||
-	    audit_buf_put(k, (const char *)&a->uid, sizeof(a->uid)) ||
-	    audit_buf_put(k, (const char *)&a->cgroup_id, sizeof(a->cgroup_id)) ||
-	    audit_buf_put(k, a->verified ? "v" : "u", 1))
-		return false;
+	key_bytes(k, &a->pid, sizeof(a->pid));
+	key_bytes(k, &a->tid, sizeof(a->tid));
+	key_bytes(k, &a->uid, sizeof(a->uid));
+	key_bytes(k, &a->cgroup_id, sizeof(a->cgroup_id));
+	key_bytes(k, a->verified ? "v" : "u", 1);
+	key_str(k, a->name);
+	key_str(k, a->cgroup);
+	key_str(k, a->iss);
+	key_str(k, a->sub);
+	key_str(k, a->policy_hash);
+	key_str(k, a->policy_path);
+	/* comm: at most AG_COMM_LEN bytes, not always NUL-terminated */
 	while (a->comm && cl < AG_COMM_LEN && a->comm[cl])
 		cl++;
-	for (int i = 0; i < 7; i++) {
-		size_t n = i == 6 ? cl : strs[i] ? strlen(strs[i]) : 0;
-
-		/* NULL and "" differ: a length of SIZE_MAX marks NULL */
-		size_t tag = strs[i] ? n : SIZE_MAX;
-		if (k->len + n > AGENT_KEY_MAX ||
-		    audit_buf_put(k, (const char *)&tag, sizeof(tag)) ||
-		    (n && audit_buf_put(k, strs[i], n)))
-			return false;
-	}
-	return true;
+	key_strn(k, a->comm, cl);
+	return key_done(k);
 }
 
 static void agent_fill(struct audit_obj *top, struct audit_obj *um, const void *arg)
@@ -1910,66 +1981,16 @@ static void agent_fill(struct audit_obj *top, struct audit_obj *um, const void *
 	w_agent_members(top, um, arg);
 }
 
-/* A string of a cache key (its length tag, then its bytes) at *p, before
- * e, equals s (NULL: the tag SIZE_MAX). Moves *p past it. */
-static bool key_str_eq(const char **p, const char *e, const char *s)
-{
-	size_t tag;
-
-	if ((size_t)(e - *p) < sizeof(tag))
-		return false;
-	memcpy(&tag, *p, sizeof(tag));
-	*p += sizeof(tag);
-	if (!s || tag == SIZE_MAX)
-		return !s && tag == SIZE_MAX;
-	if ((size_t)(e - *p) < tag || (tag && strncmp(s, *p, tag)) || s[tag])
-		return false;   /* strncmp stopped at s's end, if shorter: s[tag] is in s */
-	*p += tag;
-	return true;
-}
-
-/* k holds agent_key()'s bytes for a: compared where they lie, field by
- * field, so a hit in the agent cache (one per event) costs no building of
- * the key. */
-static bool agent_key_eq(const struct audit_buf *k, const struct audit_agent *a)
-{
-	const char *strs[6] = { a->name, a->cgroup, a->iss, a->sub, a->policy_hash, a->policy_path };
-	const char *p = k->p, *e = k->p + k->len;
-	size_t cl = 0, tag;
-	/* agent_key()'s fixed part: pid, tid, uid, cgroup_id, then 'v' or 'u' */
-	enum { TID = sizeof(a->pid), UID = TID + sizeof(a->tid), CGID = UID + sizeof(a->uid),
-	       VER = CGID + sizeof(a->cgroup_id), FIXED = VER + 1 };
-
-	if (k->len < FIXED || memcmp(p, &a->pid, sizeof(a->pid)) || memcmp(p + TID, &a->tid, sizeof(a->tid)) ||
-	    memcmp(p + UID, &a->uid, sizeof(a->uid)) || memcmp(p + CGID, &a->cgroup_id, sizeof(a->cgroup_id)) ||
-	    p[VER] != (a->verified ? 'v' : 'u'))
-		return false;
-	p += FIXED;
-	for (int i = 0; i < 6; i++)
-		if (!key_str_eq(&p, e, strs[i]))
-			return false;
-	/* comm: at most AG_COMM_LEN bytes, not always NUL-terminated */
-	while (a->comm && cl < AG_COMM_LEN && a->comm[cl])
-		cl++;
-	if ((size_t)(e - p) < sizeof(tag))
-		return false;
-	memcpy(&tag, p, sizeof(tag));
-	p += sizeof(tag);
-	if (!a->comm)
-		return tag == SIZE_MAX && p == e;
-	return tag == cl && (size_t)(e - p) == cl && memcmp(a->comm, p, cl) == 0;
-}
-
-/* The slot of slots whose key equals (eq) the writer's inputs, looked for
+/* The slot of slots whose stored key the inputs (arg) match, looked for
  * from the last hit's on; NULL when none. */
 static struct agent_slot *slot_find(struct agent_slot *slots, unsigned nslots, unsigned *hit,
-				    bool (*eq)(const struct audit_buf *, const void *), const void *arg)
+				    bool (*match)(const struct audit_buf *, const void *), const void *arg)
 {
 	for (unsigned i = 0; i < nslots; i++) {
 		unsigned j = (*hit + i) % nslots;
 		struct agent_slot *g = &slots[j];
 
-		if ((g->top.len || g->um.len) && eq(&g->key, arg)) {
+		if ((g->top.len || g->um.len) && match(&g->key, arg)) {
 			*hit = j;
 			return g;
 		}
@@ -1977,9 +1998,13 @@ static struct agent_slot *slot_find(struct agent_slot *slots, unsigned nslots, u
 	return NULL;
 }
 
-static bool agent_eq(const struct audit_buf *k, const void *arg)
+/* agent_key() reading: with the key_io made here, the compiler drops its
+ * writing branches */
+static bool agent_match(const struct audit_buf *stored, const void *arg)
 {
-	return agent_key_eq(k, arg);
+	struct key_io k = key_reader(stored);
+
+	return agent_key(&k, arg);
 }
 
 void audit_w_agent(struct audit_w *w, const struct audit_agent *a)
@@ -1989,12 +2014,14 @@ void audit_w_agent(struct audit_w *w, const struct audit_agent *a)
 
 	w->own_policy = a->policy_hash != NULL;
 
-	if (c && (g = slot_find(c->ag, AGENT_SLOTS, &c->ag_hit, agent_eq, a))) {
+	if (c && (g = slot_find(c->ag, AGENT_SLOTS, &c->ag_hit, agent_match, a))) {
 		aobj_members(&w->top, g->top.p, g->top.len);
 		aobj_members(&w->um, g->um.p, g->um.len);
 		return;
 	}
-	if (c && agent_key(&c->key, a) &&
+	struct key_io k = c ? key_writer(&c->key, AGENT_KEY_MAX) : (struct key_io){ 0 };
+
+	if (c && agent_key(&k, a) &&
 	    w_cached_members(w, c, c->ag, AGENT_SLOTS, &c->ag_next, &c->key, agent_fill, a))
 		return;
 	w_agent_members(&w->top, &w->um, a);
@@ -2029,14 +2056,23 @@ static void verdict_fill(struct audit_obj *top, struct audit_obj *um, const void
 	w_verdict_members(top, um, v->allowed, v->would_deny, v->rule, v->reason);
 }
 
-/* k holds the verdict key (below) of v, compared where it lies. */
-static bool verdict_eq(const struct audit_buf *k, const void *arg)
+/* The verdict cache's key: the two flags, the rule, the reason. */
+static inline __attribute__((always_inline)) bool verdict_key(struct key_io *k, const void *arg)
 {
 	const struct verdict_args *v = arg;
-	const char *p = k->p, *e = k->p + k->len;
+	const char f[2] = { v->allowed, v->would_deny };
 
-	return k->len >= 2 && p[0] == (char)v->allowed && p[1] == (char)v->would_deny &&
-	       (p += 2, key_str_eq(&p, e, v->rule)) && key_str_eq(&p, e, v->reason) && p == e;
+	key_bytes(k, f, 2);
+	key_str(k, v->rule);
+	key_str(k, v->reason);
+	return key_done(k);
+}
+
+static bool verdict_match(const struct audit_buf *stored, const void *arg)
+{
+	struct key_io k = key_reader(stored);
+
+	return verdict_key(&k, arg);
 }
 
 void audit_w_verdict(struct audit_w *w, bool allowed, bool would_deny, const char *rule,
@@ -2046,27 +2082,16 @@ void audit_w_verdict(struct audit_w *w, bool allowed, bool would_deny, const cha
 	struct verdict_args v = { allowed, would_deny, rule, reason };
 	struct agent_slot *g;
 
-	if (c && (g = slot_find(c->vd, VERDICT_SLOTS, &c->vd_hit, verdict_eq, &v))) {
+	if (c && (g = slot_find(c->vd, VERDICT_SLOTS, &c->vd_hit, verdict_match, &v))) {
 		aobj_members(&w->top, g->top.p, g->top.len);
 		aobj_members(&w->um, g->um.p, g->um.len);
 		return;
 	}
-	size_t rl = rule ? strlen(rule) : 0, sl = reason ? strlen(reason) : 0;
+	struct key_io k = c ? key_writer(&c->key, VERDICT_KEY_MAX) : (struct key_io){ 0 };
 
-	if (c && rl + sl < VERDICT_KEY_MAX) {
-		/* flags, then each string with its length (SIZE_MAX: NULL) */
-		size_t rt = rule ? rl : SIZE_MAX, st = reason ? sl : SIZE_MAX;
-		char f[2] = { allowed, would_deny };
-
-		c->key.len = 0;
-		if (!audit_buf_put(&c->key, f, 2) &&
-		    !audit_buf_put(&c->key, (const char *)&rt, sizeof(rt)) &&
-		    (!rl || !audit_buf_put(&c->key, rule, rl)) &&
-		    !audit_buf_put(&c->key, (const char *)&st, sizeof(st)) &&
-		    (!sl || !audit_buf_put(&c->key, reason, sl)) &&
-		    w_cached_members(w, c, c->vd, VERDICT_SLOTS, &c->vd_next, &c->key, verdict_fill, &v))
-			return;
-	}
+	if (c && verdict_key(&k, &v) &&
+	    w_cached_members(w, c, c->vd, VERDICT_SLOTS, &c->vd_next, &c->key, verdict_fill, &v))
+		return;
 	w_verdict_members(&w->top, &w->um, allowed, would_deny, rule, reason);
 }
 
@@ -2085,42 +2110,19 @@ static int emit_parts_locked(struct audit_buf *b, const char *um, size_t umlen, 
 		"\",\"uid\":\"", md3[] = "\",\"sequence\":", md4[] = ",\"prev_hash\":\"",
 		md5[] = "\",\"log_name\":\"agentgate\",\"product\":{\"name\":\"agentgate\","
 		"\"vendor_name\":\"agentgate\",\"version\":\"" AG_VERSION "\"}}}";
-	static const char um0[] = ",\"unmapped\":{";
-	char tbuf[24], sbuf[24], *te = tbuf + sizeof(tbuf), *se = sbuf + sizeof(sbuf);
-	char *ts = u64_dec(te, time_ms), *ss = u64_dec(se, seq);
-	bool pol = !own_policy && A.polfrag.len;
-	size_t need = sizeof(um0) - 1 + umlen + (pol ? (umlen ? 1 : 0) + A.polfrag.len : 0) +
-		      sizeof(md1) - 1 + (size_t)(te - ts) + sizeof(md2) - 1 + 36 + sizeof(md3) - 1 +
-		      (size_t)(se - ss) + sizeof(md4) - 1 + AUDIT_HASH_HEX - 1 + sizeof(md5) - 1;
-
-	/* one reservation (room for the '\n' too), then the pieces copied in
-	 * order: the same bytes as appending them one by one */
-	if (audit_buf_reserve(b, need + 1)) {
+	if (audit_buf_put(b, ",\"unmapped\":{", 13) ||
+	    (umlen && audit_buf_put(b, um, umlen)) ||
+	    (!own_policy && A.polfrag.len && ((umlen && audit_buf_put(b, ",", 1)) ||
+			       audit_buf_put(b, A.polfrag.p, A.polfrag.len))) ||
+	    audit_buf_put(b, md1, sizeof(md1) - 1) || audit_buf_int(b, (long long)time_ms) ||
+	    audit_buf_put(b, md2, sizeof(md2) - 1) || audit_buf_put(b, uid, 36) ||
+	    audit_buf_put(b, md3, sizeof(md3) - 1) || audit_buf_int(b, (long long)seq) ||
+	    audit_buf_put(b, md4, sizeof(md4) - 1) || audit_buf_put(b, A.last_hash, AUDIT_HASH_HEX - 1) ||
+	    audit_buf_put(b, md5, sizeof(md5) - 1) || audit_buf_reserve(b, 1)) {
 		ag_log(LOG_LVL_ERR, "audit: out of memory, an event was not recorded");
 		drop_locked(-ENOMEM);
 		return -ENOMEM;
 	}
-	char *o = b->p + b->len;
-#define PIECE(src, n) do { memcpy(o, (src), (n)); o += (n); } while (0)
-	PIECE(um0, sizeof(um0) - 1);
-	if (umlen)
-		PIECE(um, umlen);
-	if (pol) {
-		if (umlen)
-			*o++ = ',';
-		PIECE(A.polfrag.p, A.polfrag.len);
-	}
-	PIECE(md1, sizeof(md1) - 1);
-	PIECE(ts, (size_t)(te - ts));
-	PIECE(md2, sizeof(md2) - 1);
-	PIECE(uid, 36);
-	PIECE(md3, sizeof(md3) - 1);
-	PIECE(ss, (size_t)(se - ss));
-	PIECE(md4, sizeof(md4) - 1);
-	PIECE(A.last_hash, AUDIT_HASH_HEX - 1);
-	PIECE(md5, sizeof(md5) - 1);
-#undef PIECE
-	b->len = (size_t)(o - b->p);
 	b->p[b->len] = 0;
 	return spool_line_locked(b->p, b->len, seq);
 }

@@ -22,7 +22,7 @@ unsigned long audit_json_fallbacks(void)
 	return fallbacks;
 }
 
-static int grow(struct audit_buf *b, size_t n)
+int audit_buf_grow(struct audit_buf *b, size_t n)
 {
 	size_t cap = b->cap ? b->cap : 4096;
 	char *p;
@@ -42,12 +42,7 @@ static int grow(struct audit_buf *b, size_t n)
 /* Room for n more bytes and the NUL. */
 static inline int reserve(struct audit_buf *b, size_t n)
 {
-	return b->cap - b->len > n ? 0 : grow(b, n);
-}
-
-int audit_buf_reserve(struct audit_buf *b, size_t n)
-{
-	return reserve(b, n);
+	return audit_buf_reserve(b, n);
 }
 
 void audit_buf_free(struct audit_buf *b)
@@ -389,11 +384,6 @@ void aobj_members(struct audit_obj *o, const char *members, size_t len)
 	if (put(&o->b, members, len))
 		o->bad = true;
 	o->has |= 1u << o->depth;
-}
-
-int audit_buf_put(struct audit_buf *b, const char *s, size_t n)
-{
-	return put(b, s, n);
 }
 
 int audit_buf_str(struct audit_buf *b, const char *s, size_t n)

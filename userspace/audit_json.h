@@ -14,6 +14,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /* A growable output buffer, reused from event to event. */
 struct audit_buf {
@@ -30,13 +31,27 @@ struct audit_buf {
 int audit_json_dump(const json_t *v, struct audit_buf *b);
 /* How many trees went to json_dumps (tests: the fast path is taken). */
 unsigned long audit_json_fallbacks(void);
-/* Reserves room for n more bytes. 0 or -1. */
-int audit_buf_reserve(struct audit_buf *b, size_t n);
+/* Grows b to room for n more bytes and a NUL (audit_buf_reserve's slow
+ * path). 0 or -1. */
+int audit_buf_grow(struct audit_buf *b, size_t n);
+/* Reserves room for n more bytes and a NUL. 0 or -1. Inline, as
+ * audit_buf_put() is: an event is closed by some fifteen appends. */
+static inline int audit_buf_reserve(struct audit_buf *b, size_t n)
+{
+	return b->cap - b->len > n ? 0 : audit_buf_grow(b, n);
+}
 void audit_buf_free(struct audit_buf *b);
 /* Appends n bytes as they are / as a JSON string (escaped as json_dumps
  * escapes; invalid UTF-8 written as U+FFFD) / a decimal integer. 0 or -1
  * (no memory). */
-int audit_buf_put(struct audit_buf *b, const char *s, size_t n);
+static inline int audit_buf_put(struct audit_buf *b, const char *s, size_t n)
+{
+	if (audit_buf_reserve(b, n))
+		return -1;
+	memcpy(b->p + b->len, s, n);
+	b->len += n;
+	return 0;
+}
 int audit_buf_str(struct audit_buf *b, const char *s, size_t n);
 int audit_buf_int(struct audit_buf *b, long long v);
 

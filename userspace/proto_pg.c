@@ -1330,10 +1330,13 @@ static void *map_set(struct pg_map *m, const char *name, void *val, bool *full)
  * for the portals, so it visits only the buckets in use, not all 64. */
 static void map_clear(struct pg_map *m, bool (*keep)(void *val, void *arg), void *arg)
 {
-	for (uint64_t todo = m->used; todo; todo &= todo - 1) {   /* each bucket in use, lowest first */
+	uint64_t todo = m->used;   /* the buckets in use, lowest first */
+
+	while (todo) {
 		unsigned i = (unsigned)__builtin_ctzll(todo);
 		struct pg_name **pp = &m->b[i], *e;
 
+		todo &= todo - 1;   /* bucket i is being done */
 		while ((e = *pp)) {
 			if (keep && keep(e->val, arg)) {
 				pp = &e->next;
