@@ -261,28 +261,11 @@ def test_unsynced_extended_batch_not_kept(enforcer, pg, tmp):
     assert wait_for(lambda: app_backends(pg) == [], 10), app_backends(pg)
 
 
-def _listen_on_two(pg):
-    """Restarts the server listening on 127.0.0.1 and 127.0.0.2 (same port)."""
-    import subprocess
-    from pg import PGBIN, PSQL, pg_gid, pg_uid
-    pg.stop()
-    with open(os.path.join(pg.dir, "postgresql.conf"), "a") as f:
-        f.write("listen_addresses = '127.0.0.1,127.0.0.2'\n")
-    with open(os.path.join(pg.dir, "pg_hba.conf"), "a") as f:
-        f.write("host all all 127.0.0.2/32 scram-sha-256\n")
-    pg.proc = subprocess.Popen(["setpriv", f"--reuid={pg_uid()}", f"--regid={pg_gid()}", "--clear-groups",
-                                f"{PGBIN}/postgres", "-D", pg.dir], stdout=open(pg.log, "a"),
-                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    assert wait_for(lambda: subprocess.run([PSQL, "-h", pg.sock, "-p", str(pg.port), "-U", "postgres", "-d",
-                                            "postgres", "-Atc", "SELECT 1"], capture_output=True).returncode == 0,
-                    15), "postgres did not restart"
-
-
 def test_cidr_target_never_reuses_another_address(enforcer, pg, tmp):
     """(Found in review.) A CIDR target is dialled at the agent's own
     destination: a session kept from 127.0.0.2 is not handed to a
     connection to 127.0.0.1."""
-    _listen_on_two(pg)
+    pg.listen_on(["127.0.0.1", "127.0.0.2"])
     doc = policy(pg, tmp).replace(f'"127.0.0.1:{pg.port}"', f'"127.0.0.0/8:{pg.port}"')
     assert "127.0.0.0/8" in doc
     enforcer.start(doc)

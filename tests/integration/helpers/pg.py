@@ -203,6 +203,19 @@ class Postgres:
         """Runs q as the superuser over the unix socket (never through agentgate)."""
         return _sql(self.sock, self.port, q, db)
 
+    def listen_on(self, addrs):
+        """Restarts the server listening on each of addrs (the same port),
+        every client address of 127.0.0.0/24 allowed as 127.0.0.1 is."""
+        self.stop()
+        with open(os.path.join(self.dir, "postgresql.conf"), "a") as f:
+            f.write("listen_addresses = '%s'\n" % ",".join(addrs))
+        with open(os.path.join(self.dir, "pg_hba.conf"), "a") as f:
+            f.write("host all all 127.0.0.0/24 scram-sha-256\n")
+        self.proc = subprocess.Popen(["setpriv", f"--reuid={pg_uid()}", f"--regid={pg_gid()}", "--clear-groups",
+                                      f"{PGBIN}/postgres", "-D", self.dir], stdout=open(self.log, "a"),
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        _wait_up(self.sock, self.port, self.proc, self.log)
+
     def stop(self, immediate=False):
         """Fast shutdown, or immediate (no checkpoint: for a cluster that
         is thrown away next, about 0.4 s sooner)."""
