@@ -2673,8 +2673,9 @@ static struct policy **retired;
 static size_t nretired;
 
 /* tried: the hash of a file that loaded but was refused, or "" */
+/* allowed: the new audit.allowed_requests when the reload changed it, else -1 */
 static void reload_event(bool ok, const char *hash, const char *prev_hash, const char *tried,
-			 const char *msg, pid_t pid, uid_t uid)
+			 const char *msg, pid_t pid, uid_t uid, int allowed)
 {
 	json_t *ev = audit_event(3004, 3, "Update");
 	char uidbuf[16];
@@ -2686,6 +2687,8 @@ static void reload_event(bool ok, const char *hash, const char *prev_hash, const
 	}
 	if (tried[0])
 		json_object_set_new(data, "refused_hash", json_string(tried));
+	if (allowed >= 0)
+		json_object_set_new(data, "audit_allowed_requests", json_boolean(allowed));
 	snprintf(uidbuf, sizeof(uidbuf), "%u", (unsigned)uid);
 	json_object_set_new(ev, "entity", json_pack("{s:s, s:s, s:s, s:o}", "type", "policy",
 						     "name", E->policy_desc, "uid", hash, "data", data));
@@ -2730,7 +2733,7 @@ json_t *enforcer_reload(pid_t pid, uid_t uid)
 			 json_array_size(msgs) ? json_string_value(json_array_get(msgs, 0)) : "cannot be read",
 			 json_array_size(msgs) > 1 ? " (and more)" : "", old->hash);
 		log_warn("%s", msg);
-		reload_event(false, old->hash, old->hash, tried, msg, pid, uid);
+		reload_event(false, old->hash, old->hash, tried, msg, pid, uid, -1);
 		snprintf(msg, sizeof(msg), "policy not reloaded; the running policy (%.12s) stays", old->hash);
 		return json_pack("{s:b, s:s, s:o}", "ok", 0, "error", msg, "errors", msgs);
 	}
@@ -2738,7 +2741,7 @@ json_t *enforcer_reload(pid_t pid, uid_t uid)
 	if (strcmp(nw->hash, old->hash) == 0) {
 		policy_free(nw);
 		snprintf(msg, sizeof(msg), "policy unchanged: %s (%.12s)", E->policy_desc, old->hash);
-		reload_event(true, old->hash, old->hash, "", msg, pid, uid);
+		reload_event(true, old->hash, old->hash, "", msg, pid, uid, -1);
 		return json_pack("{s:b, s:s, s:s, s:b}", "ok", 1, "message", msg, "hash", old->hash,
 				 "changed", 0);
 	}
@@ -2748,7 +2751,7 @@ json_t *enforcer_reload(pid_t pid, uid_t uid)
 		snprintf(msg, sizeof(msg), "policy not reloaded: out of memory; the running policy (%.12s) stays",
 			 old->hash);
 		log_err("%s", msg);
-		reload_event(false, old->hash, old->hash, tried, msg, pid, uid);
+		reload_event(false, old->hash, old->hash, tried, msg, pid, uid, -1);
 		return json_pack("{s:b, s:s}", "ok", 0, "error", msg);
 	}
 	retired = r;
@@ -2762,7 +2765,7 @@ json_t *enforcer_reload(pid_t pid, uid_t uid)
 		snprintf(msg, sizeof(msg), "policy not reloaded: kernel maps: %s; the running policy (%.12s) stays",
 			 strerror(-err), old->hash);
 		log_err("%s", msg);
-		reload_event(false, old->hash, old->hash, tried, msg, pid, uid);
+		reload_event(false, old->hash, old->hash, tried, msg, pid, uid, -1);
 		return json_pack("{s:b, s:s}", "ok", 0, "error", msg);
 	}
 	/* Workers read E->policy once per accepted connection. */
@@ -2789,8 +2792,19 @@ json_t *enforcer_reload(pid_t pid, uid_t uid)
 			 "in a transaction or holding prepared statements keep the previous one until then, tcp "
 			 "relays keep it, and connections to a target it no longer grants are closed", live,
 			 live == 1 ? "" : "s");
-	log_info("%s", msg);
-	reload_event(true, nw->hash, old->hash, "", msg, pid, uid);
+	if (old->audit.allowed_requests != nw->audit.allowed_requests)
+		snprintf(msg + strlen(msg), sizeof(msg) - strlen(msg), "; audit.allowed_requests: %s -> %s (%s, "
+			 "by each session as it takes the new policy)", old->audit.allowed_requests ? "true" : "false",
+			 nw->audit.allowed_requests ? "true" : "false",
+			 nw->audit.allowed_requests ? "allowed statements and requests are recorded again"
+						    : "allowed statements and requests are no longer recorded; denials, "
+						      "connections and identity still are");
+	if (old->audit.allowed_requests && !nw->audit.allowed_requests)
+		log_warn("%s", msg);
+	else
+		log_info("%s", msg);
+	reload_event(true, nw->hash, old->hash, "", msg, pid, uid,
+		     old->audit.allowed_requests != nw->audit.allowed_requests ? nw->audit.allowed_requests : -1);
 	return json_pack("{s:b, s:s, s:s, s:s, s:b, s:i}", "ok", 1, "message", msg, "hash", nw->hash,
 			 "previous_hash", old->hash, "changed", 1, "connections_kept", (int)live);
 }

@@ -59,12 +59,17 @@ static bool sink_eq(const struct policy_sink *a, const struct policy_sink *b)
 	       a->rotate_age_ms == b->rotate_age_ms && a->keep == b->keep;
 }
 
+/* What of the audit section needs a restart: the spool, the sinks and the
+ * recordings are opened once. allowed_requests is not among them: each
+ * session reads it from the policy it runs under, so a reload turns the
+ * events of allowed statements and requests on or off as sessions take the
+ * new policy (the reload's own event says so). */
 static bool audit_eq(const struct policy_audit *a, const struct policy_audit *b)
 {
 	if (!str_eq(a->spool_dir, b->spool_dir) || a->spool_max_bytes != b->spool_max_bytes ||
 	    !str_eq(a->on_full, b->on_full) || a->nsinks != b->nsinks ||
 	    !str_eq(a->recording_dir, b->recording_dir) || a->recording_max_bytes != b->recording_max_bytes ||
-	    a->recording_max_age_ms != b->recording_max_age_ms || a->allowed_requests != b->allowed_requests)
+	    a->recording_max_age_ms != b->recording_max_age_ms)
 		return false;
 	for (size_t i = 0; i < a->nsinks; i++)
 		if (!sink_eq(&a->sinks[i], &b->sinks[i]))

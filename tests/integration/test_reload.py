@@ -3,7 +3,7 @@
 without dropping sessions. New connections get the new policy; connections
 already open keep the one they started with until they close (documented in
 the README). A bad file, or a change that needs a restart (agents, targets'
-addresses, dns, audit), is refused and the running policy stays. Every
+addresses, dns, audit but allowed_requests), is refused and the running policy stays. Every
 attempt is an Entity Management (3004) event. The kernel allow set and the
 mode flags follow the new policy. Real PostgreSQL, psql, psycopg2, echo
 servers, the real kernel programs."""
@@ -387,6 +387,62 @@ def test_reload_with_bad_file_keeps_running_policy(enforcer, pg, tmp):
         f.write(good)
     r = enforcer.cli("reload")
     assert r.returncode == 0 and r.stdout.startswith("policy unchanged"), r.stdout + r.stderr
+
+
+def test_reload_turns_events_of_allowed_statements_off_and_on(enforcer, pg, tmp):
+    """audit.allowed_requests may change on reload (the spool and the sinks
+    stay as they are): a session open across the reload stops recording its
+    allowed statements from its next one, a new session records none,
+    denials are still recorded; a reload back records them again. The
+    reload's message, log line and event say so."""
+    base = pg_policy(pg, tmp, ["public.customers", "public.orders"])
+    path = enforcer.start(base)
+    h0 = enforcer.status()["policy"]["hash"]
+
+    def stmts(h, verdict):
+        return [e for e in enforcer.events() if e.get("class_uid") == 6005 and
+                e["unmapped"]["policy"]["hash"] == h and e["unmapped"]["verdict"] == verdict]
+
+    idle = Holder(enforcer, pg)
+    assert idle.first == ["ok", 5], idle.first
+    assert idle.q("select count(*) from customers") == ["ok", 2]
+    assert wait_for(lambda: len(stmts(h0, "allow")) == 2), stmts(h0, "allow")
+
+    with open(path, "w") as f:
+        f.write(base + f"\naudit:\n  allowed_requests: false\n  sinks:\n    - {{type: file, path: {enforcer.audit}}}\n")
+    r = enforcer.cli("reload")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "audit.allowed_requests: true -> false" in r.stdout, r.stdout
+    st = enforcer.status()
+    h1 = st["policy"]["hash"]
+    assert h1 != h0 and st["audit"]["allowed_requests"] is False, st["audit"]
+    assert "audit.allowed_requests: true -> false" in enforcer.read_log()
+    assert psql(enforcer, pg, "select count(*) from customers")[:2] == (0, "2")   # a new session
+    assert idle.q("select count(*) from customers") == ["ok", 2]                 # the open one
+    assert idle.q("select count(*) from orders") == ["ok", 5]
+    assert idle.q("select count(*) from secrets")[:2] == ["err", "42501"]
+    # the denial is recorded, after the psql session's Close: by then every
+    # event of the allowed statements before it would be in the file too
+    assert wait_for(lambda: len(stmts(h1, "deny")) == 1), stmts(h1, "deny")
+    assert wait_for(lambda: [e for e in enforcer.events() if e.get("class_uid") == 4001 and
+                             e.get("activity_name") == "Close" and
+                             e["unmapped"]["policy"]["hash"] == h1])
+    assert stmts(h1, "allow") == [] and len(stmts(h0, "allow")) == 2, stmts(h1, "allow")
+    assert stmts(h1, "deny")[0]["unmapped"]["statement"]["tables"] == "public.secrets"
+
+    rewrite(enforcer, path, base)
+    r = enforcer.cli("reload")
+    assert r.returncode == 0 and "audit.allowed_requests: false -> true" in r.stdout, r.stdout + r.stderr
+    h2 = enforcer.status()["policy"]["hash"]
+    assert enforcer.status()["audit"]["allowed_requests"] is True
+    n2 = len(stmts(h2, "allow"))
+    assert idle.q("select count(*) from orders") == ["ok", 5]
+    assert wait_for(lambda: len(stmts(h2, "allow")) == n2 + 1), stmts(h2, "allow")
+    idle.close()
+    ok = [e for e in reloads(enforcer) if e["status"] == "Success"]
+    assert [e["entity"]["data"].get("audit_allowed_requests") for e in ok[-2:]] == [False, True], ok
+    assert all("audit.allowed_requests" in e["message"] for e in ok[-2:]), ok
+    validate_events(ok)
 
 
 def test_reload_refuses_what_needs_a_restart(enforcer, pg, tmp):
