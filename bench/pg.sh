@@ -15,7 +15,7 @@ PG_BENCH=${PG_BENCH:-1}
 PGB_SCALE=${PGB_SCALE:-10}
 PGBIN=/usr/lib/postgresql/15/bin
 PG_PID='' PGB_PID='' PHAP_PID=''
-declare -A PVAL APAIR ACPU PROUND
+declare -A PVAL APAIR ACPU PROUND TOG
 CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
 
 # CPU ticks (user + system) the enforcer and all its threads used so far
@@ -240,6 +240,62 @@ pg_measure() {
 	echo "$tps"
 }
 
+# pg_audit_toggle CLIENTS KIND: what full auditing costs, measured inside one
+# pgbench -S simple run of AUDIT_TOGGLE_SECONDS through one enforcer, whose
+# policy is reloaded every 2 s between full auditing and
+# audit.allowed_requests: false (KIND onoff; the sessions take the new
+# policy at their next statement), or between two audited policies that
+# differ only by a comment (KIND aa: the same method where there is nothing
+# to find, the noise it reads). No restart, no new server process, and the
+# VM's drift cancels out of neighbouring windows. pgbench's per-second tps
+# (--progress-timestamp) are sorted by the policy in force; a second that
+# overlaps a reload is dropped. Each window of the first policy is compared
+# with the mean of the windows either side of it. Sets TOG[KIND/CLIENTS] to
+# "PAIRS MEDIAN MIN MAX" of those ratios, or fails. Not to be called in
+# $(...): the enforcer it starts must be the bench's (AG_PID).
+pg_audit_toggle() {
+	local n=$1 kind=$2 live=$TMP/pg-policy-live.yaml a=$TMP/pg-policy.yaml b pid st=1 t0
+	if [[ $kind == aa ]]; then
+		b=$TMP/pg-policy-aa.yaml
+		{ cat "$a"; echo "# the same policy under another hash"; } >"$b"
+	else
+		b=$TMP/pg-policy-off.yaml
+	fi
+	cp "$a" "$live"
+	pg_agentgate_start "$live" || return 1
+	: >"$TMP/toggle.marks"
+	PGPASSWORD=bench-pw PGSSLMODE=disable timeout -k 5 $((AUDIT_TOGGLE_SECONDS + 60)) \
+		./agentgate --state-dir "$AG_STATE" exec --agent bench -- \
+		pgbench -n -M simple -S -c "$n" -j "$n" -T "$AUDIT_TOGGLE_SECONDS" -P 1 --progress-timestamp \
+		-h 127.0.0.1 -p "$PG_PORT" -U bench bench >"$TMP/toggle.out" 2>&1 &
+	pid=$!
+	while sleep 2 && kill -0 "$pid" 2>/dev/null; do
+		t0=$(date +%s.%N)
+		if ((st)); then cp "$b" "$live"; st=0; else cp "$a" "$live"; st=1; fi
+		./agentgate --state-dir "$AG_STATE" reload >>"$TMP/toggle.reloads" 2>&1 ||
+			echo "audit toggle c=$n: a reload failed: $(tail -n 1 "$TMP/toggle.reloads" | oneline)" >>"$TMP/pg-notes"
+		echo "$t0 $(date +%s.%N) $st" >>"$TMP/toggle.marks"
+	done
+	wait "$pid" || { echo "audit toggle c=$n $kind: $(tail -n 3 "$TMP/toggle.out" | oneline)" >>"$TMP/pg-notes"; return 1; }
+	TOG[$kind/$n]=$(awk 'NR == FNR { m0[NR] = $1; m1[NR] = $2; ms[NR] = $3; nm = NR; next }
+	/^progress:/ {
+		t = $2 + 0; s = 1; bad = 0
+		for (i = 1; i <= nm; i++) {
+			if (m1[i] <= t - 1) s = ms[i]
+			else if (m0[i] < t) bad = 1
+		}
+		if (!bad) { w += (w == 0 || s != ws[w]); ws[w] = s; sum[w] += $4; cnt[w]++ }
+	}
+	END {
+		for (i = 2; i < w; i++)
+			if (ws[i] == 1)
+				r[++k] = (sum[i] / cnt[i]) / ((sum[i - 1] / cnt[i - 1] + sum[i + 1] / cnt[i + 1]) / 2)
+		if (!k) exit 1
+		for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (r[j] < r[i]) { x = r[i]; r[i] = r[j]; r[j] = x }
+		printf "%d %.4f %.4f %.4f\n", k, k % 2 ? r[(k + 1) / 2] : (r[k / 2] + r[k / 2 + 1]) / 2, r[1], r[k] }' \
+		"$TMP/toggle.marks" "$TMP/toggle.out")
+}
+
 pg_bench_run() {
 	local paths=(direct) mode n r k path tps d v line policy
 	[[ -n $PGB_PID ]] && paths+=(pgbouncer)
@@ -343,6 +399,14 @@ pg_bench_run() {
 				done
 			done
 		done
+		local kind
+		for n in 1 8; do
+			for kind in onoff aa; do
+				pg_audit_toggle "$n" "$kind" || TOG[$kind/$n]=
+				[[ -n ${TOG[$kind/$n]:-} ]] &&
+					printf '  pgbench -S simple c=%d audit toggled by reload (%s): %s\n' "$n" "$kind" "${TOG[$kind/$n]}" >&2
+			done
+		done
 	fi
 
 	echo
@@ -422,6 +486,17 @@ pg_bench_run() {
 			awk -v a="$ua" -v b="$uc" -v n="$n" -v k="$k" -v m="$m" -v lo="$lo" -v hi="$hi" 'BEGIN {
 				printf "audit cost, pgbench -S simple c=%d: median of %d paired rounds on/off %.3f, cost %.1f%% (rounds %.1f%% to %.1f%%; goal <= 3%%); medians %.0f tps audited, %.0f without\n",
 					n, k, m, (1 - m) * 100, (1 - hi) * 100, (1 - lo) * 100, a, b }'
+		fi
+		# the same inside one run, the policy reloaded every 2 s (pg_audit_toggle)
+		if [[ -n ${TOG[onoff/$n]:-} ]]; then
+			read -r k m lo hi <<<"${TOG[onoff/$n]}"
+			local ak am alo ahi
+			read -r ak am alo ahi <<<"${TOG[aa/$n]:-0 0 0 0}"
+			awk -v n="$n" -v k="$k" -v m="$m" -v lo="$lo" -v hi="$hi" -v ak="$ak" -v am="$am" -v alo="$alo" \
+				-v ahi="$ahi" -v s="$AUDIT_TOGGLE_SECONDS" 'BEGIN {
+				printf "audit cost, pgbench -S simple c=%d, one %d s run with audit.allowed_requests reloaded every 2 s: median of %d audited/unaudited window pairs %.3f, cost %.1f%% (pairs %.1f%% to %.1f%%)", n, s, k, m, (1 - m) * 100, (1 - hi) * 100, (1 - lo) * 100
+				if (ak > 0) printf "; the same between two audited policies (nothing to find): %.3f over %d pairs (%.3f to %.3f)", am, ak, alo, ahi
+				printf "\n" }'
 		fi
 		# The same from CPU time, which one run measures to well under a
 		# percent where throughput moves by more than ten: the enforcer's

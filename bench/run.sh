@@ -8,6 +8,7 @@
 #   ROUNDS=3         rounds per test and path; the table shows the median
 #   AUDIT_EVENTS=200000  events per round of the audit pipeline section (last)
 #   AUDIT_ROUNDS=6   paired on/off rounds for what auditing costs pgbench
+#   AUDIT_TOGGLE_SECONDS=60   the one-run measure of it: audit reloaded on/off every 2 s
 #   TCP_TESTS="bulk rr cps"  the TCP tests to run ("" skips the TCP table);
 #   HTTP_BENCH=0, PG_BENCH=0 skip those sections
 #
@@ -32,6 +33,8 @@ log() { echo "bench: $*" >&2; }
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer, not '$ROUNDS'"
 AUDIT_EVENTS=${AUDIT_EVENTS:-200000}
 AUDIT_ROUNDS=${AUDIT_ROUNDS:-6}
+AUDIT_TOGGLE_SECONDS=${AUDIT_TOGGLE_SECONDS:-60}
+[[ $AUDIT_TOGGLE_SECONDS =~ ^[1-9][0-9]*$ ]] || die "AUDIT_TOGGLE_SECONDS must be a positive integer, not '$AUDIT_TOGGLE_SECONDS'"
 [[ $AUDIT_ROUNDS =~ ^[1-9][0-9]*$ ]] || die "AUDIT_ROUNDS must be a positive integer, not '$AUDIT_ROUNDS'"
 [[ $AUDIT_EVENTS =~ ^[1-9][0-9]*$ ]] || die "AUDIT_EVENTS must be a positive integer, not '$AUDIT_EVENTS'"
 command -v ss >/dev/null || die "ss (iproute2) is needed to find free ports"
