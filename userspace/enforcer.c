@@ -2672,8 +2672,8 @@ static int main_loop(int epfd, int sfd, struct ring_buffer *rb, struct admin *ad
 static struct policy **retired;
 static size_t nretired;
 
-/* tried: the hash of a file that loaded but was refused, or "" */
-/* allowed: the new audit.allowed_requests when the reload changed it, else -1 */
+/* tried: the hash of a file that loaded but was refused, or ""; allowed:
+ * the new audit.allowed_requests when the reload changed it, else -1 */
 static void reload_event(bool ok, const char *hash, const char *prev_hash, const char *tried,
 			 const char *msg, pid_t pid, uid_t uid, int allowed)
 {
