@@ -39,12 +39,6 @@ int audit_buf_grow(struct audit_buf *b, size_t n)
 	return 0;
 }
 
-/* Room for n more bytes and the NUL. */
-static inline int reserve(struct audit_buf *b, size_t n)
-{
-	return audit_buf_reserve(b, n);
-}
-
 void audit_buf_free(struct audit_buf *b)
 {
 	free(b->p);
@@ -108,7 +102,7 @@ static int dump_string_x(const char *str, size_t len, struct audit_buf *b, bool 
 	char *o;
 
 	/* worst case: every byte a control character, \u00XX */
-	if (len > (SIZE_MAX - 2) / 6 || reserve(b, 6 * len + 2))
+	if (len > (SIZE_MAX - 2) / 6 || audit_buf_reserve(b, 6 * len + 2))
 		return -1;
 	o = b->p + b->len;
 	*o++ = '"';
@@ -183,7 +177,7 @@ static int dump_int(json_int_t v, struct audit_buf *b)
 
 	if (v < 0)
 		*--p = '-';
-	if (reserve(b, e - p))
+	if (audit_buf_reserve(b, e - p))
 		return -1;
 	memcpy(b->p + b->len, p, e - p);
 	b->len += e - p;
@@ -197,18 +191,9 @@ static int dump_real(const json_t *v, struct audit_buf *b)
 	char tmp[128];
 	size_t n = json_dumpb(v, tmp, sizeof(tmp), JSON_COMPACT | JSON_ENCODE_ANY);
 
-	if (!n || n > sizeof(tmp) || reserve(b, n))
+	if (!n || n > sizeof(tmp) || audit_buf_reserve(b, n))
 		return -1;
 	memcpy(b->p + b->len, tmp, n);
-	b->len += n;
-	return 0;
-}
-
-static inline int put(struct audit_buf *b, const char *s, size_t n)
-{
-	if (reserve(b, n))
-		return -1;
-	memcpy(b->p + b->len, s, n);
 	b->len += n;
 	return 0;
 }
@@ -219,11 +204,11 @@ static int dump(const json_t *v, struct audit_buf *b, int depth)
 		return -1;
 	switch (json_typeof(v)) {
 	case JSON_NULL:
-		return put(b, "null", 4);
+		return audit_buf_put(b, "null", 4);
 	case JSON_TRUE:
-		return put(b, "true", 4);
+		return audit_buf_put(b, "true", 4);
 	case JSON_FALSE:
-		return put(b, "false", 5);
+		return audit_buf_put(b, "false", 5);
 	case JSON_INTEGER:
 		return dump_int(json_integer_value(v), b);
 	case JSON_REAL:
@@ -233,26 +218,26 @@ static int dump(const json_t *v, struct audit_buf *b, int depth)
 	case JSON_ARRAY: {
 		size_t n = json_array_size(v);
 
-		if (put(b, "[", 1))
+		if (audit_buf_put(b, "[", 1))
 			return -1;
 		for (size_t i = 0; i < n; i++)
-			if ((i && put(b, ",", 1)) || dump(json_array_get(v, i), b, depth + 1))
+			if ((i && audit_buf_put(b, ",", 1)) || dump(json_array_get(v, i), b, depth + 1))
 				return -1;
-		return put(b, "]", 1);
+		return audit_buf_put(b, "]", 1);
 	}
 	case JSON_OBJECT: {
 		bool first = true;
 
-		if (put(b, "{", 1))
+		if (audit_buf_put(b, "{", 1))
 			return -1;
 		/* jansson keeps insertion order; json_dumps walks the same iterator */
 		for (void *it = json_object_iter((json_t *)v); it;
 		     it = json_object_iter_next((json_t *)v, it), first = false)
-			if ((!first && put(b, ",", 1)) ||
+			if ((!first && audit_buf_put(b, ",", 1)) ||
 			    dump_string(json_object_iter_key(it), json_object_iter_key_len(it), b) ||
-			    put(b, ":", 1) || dump(json_object_iter_value(it), b, depth + 1))
+			    audit_buf_put(b, ":", 1) || dump(json_object_iter_value(it), b, depth + 1))
 				return -1;
-		return put(b, "}", 1);
+		return audit_buf_put(b, "}", 1);
 	}
 	}
 	return -1;
@@ -264,7 +249,7 @@ int audit_json_dump(const json_t *v, struct audit_buf *b)
 	char *ref;
 	int err;
 
-	if ((json_is_object(v) || json_is_array(v)) && !dump(v, b, 0) && !reserve(b, 0)) {
+	if ((json_is_object(v) || json_is_array(v)) && !dump(v, b, 0) && !audit_buf_reserve(b, 0)) {
 		b->p[b->len] = 0;
 		return 0;
 	}
@@ -274,7 +259,7 @@ int audit_json_dump(const json_t *v, struct audit_buf *b)
 	b->len = start;
 	fallbacks++;
 	ref = json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER);
-	err = ref ? put(b, ref, strlen(ref)) : -1;
+	err = ref ? audit_buf_put(b, ref, strlen(ref)) : -1;
 	free(ref);
 	if (b->p)
 		b->p[b->len] = 0;
@@ -301,7 +286,7 @@ static void member(struct audit_obj *o, const char *key, size_t kl)
 {
 	uint32_t bit = 1u << o->depth;
 
-	if (o->bad || reserve(&o->b, kl + 4)) {
+	if (o->bad || audit_buf_reserve(&o->b, kl + 4)) {
 		o->bad = true;
 		return;
 	}
@@ -320,7 +305,7 @@ static void member(struct audit_obj *o, const char *key, size_t kl)
 void aobj_open_k(struct audit_obj *o, const char *key, size_t kl)
 {
 	member(o, key, kl);
-	if (o->bad || o->depth + 1 >= AOBJ_MAX_DEPTH || put(&o->b, "{", 1)) {
+	if (o->bad || o->depth + 1 >= AOBJ_MAX_DEPTH || audit_buf_put(&o->b, "{", 1)) {
 		o->bad = true;
 		return;
 	}
@@ -330,7 +315,7 @@ void aobj_open_k(struct audit_obj *o, const char *key, size_t kl)
 
 void aobj_close(struct audit_obj *o)
 {
-	if (o->bad || !o->depth || put(&o->b, "}", 1)) {
+	if (o->bad || !o->depth || audit_buf_put(&o->b, "}", 1)) {
 		o->bad = true;
 		return;
 	}
@@ -362,14 +347,14 @@ void aobj_int_k(struct audit_obj *o, const char *key, size_t kl, long long v)
 void aobj_bool_k(struct audit_obj *o, const char *key, size_t kl, bool v)
 {
 	member(o, key, kl);
-	if (!o->bad && put(&o->b, v ? "true" : "false", v ? 4 : 5))
+	if (!o->bad && audit_buf_put(&o->b, v ? "true" : "false", v ? 4 : 5))
 		o->bad = true;
 }
 
 void aobj_raw_k(struct audit_obj *o, const char *key, size_t kl, const char *json, size_t len)
 {
 	member(o, key, kl);
-	if (!o->bad && put(&o->b, json, len))
+	if (!o->bad && audit_buf_put(&o->b, json, len))
 		o->bad = true;
 }
 
@@ -377,11 +362,11 @@ void aobj_members(struct audit_obj *o, const char *members, size_t len)
 {
 	if (!len || o->bad)
 		return;
-	if (((o->has >> o->depth) & 1u) && put(&o->b, ",", 1)) {
+	if (((o->has >> o->depth) & 1u) && audit_buf_put(&o->b, ",", 1)) {
 		o->bad = true;
 		return;
 	}
-	if (put(&o->b, members, len))
+	if (audit_buf_put(&o->b, members, len))
 		o->bad = true;
 	o->has |= 1u << o->depth;
 }

@@ -1330,13 +1330,13 @@ static void *map_set(struct pg_map *m, const char *name, void *val, bool *full)
  * for the portals, so it visits only the buckets in use, not all 64. */
 static void map_clear(struct pg_map *m, bool (*keep)(void *val, void *arg), void *arg)
 {
-	uint64_t todo = m->used;   /* the buckets in use, lowest first */
+	uint64_t left = m->used;   /* the buckets in use not yet cleared, lowest first */
 
-	while (todo) {
-		unsigned i = (unsigned)__builtin_ctzll(todo);
+	while (left) {
+		unsigned i = (unsigned)__builtin_ctzll(left);
 		struct pg_name **pp = &m->b[i], *e;
 
-		todo &= todo - 1;   /* bucket i is being done */
+		left &= left - 1;   /* bucket i: cleared below */
 		while ((e = *pp)) {
 			if (keep && keep(e->val, arg)) {
 				pp = &e->next;
