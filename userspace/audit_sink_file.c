@@ -34,13 +34,34 @@ struct fsink {
 	bool others_could_write;   /* when opened: owned by another user, or group/other writable */
 };
 
+static int not_regular(const char *path)
+{
+	ag_log(LOG_LVL_ERR, "audit: '%s' is not a regular file: a file sink writes, syncs and "
+	       "rotates regular files only (for the console, use the stdout sink)", path);
+	return -EINVAL;
+}
+
 static int fsink_open(struct fsink *f)
 {
 	struct stat st;
 
-	f->fd = open(f->path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	/* O_NONBLOCK: a FIFO at the path with no reader would block the
+	 * open for ever; it is refused below like any file that is not a
+	 * regular one */
+	f->fd = open(f->path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK,
+		     0600);
 	if (f->fd < 0)
-		return -errno;
+		return errno == ENXIO ? not_regular(f->path) : -errno;   /* ENXIO: that FIFO */
+	/* Only a regular file: a device such as /dev/null would have been
+	 * made 0600 below (the host's /dev/null unusable to everyone else),
+	 * and neither a device, a FIFO nor a socket can be synced, rotated
+	 * or read back for the resume. */
+	if (fstat(f->fd, &st) == 0 && !S_ISREG(st.st_mode)) {
+		close(f->fd);
+		f->fd = -1;
+		return not_regular(f->path);
+	}
+	fcntl(f->fd, F_SETFL, O_APPEND);   /* blocking writes again */
 	/* The trail is for the security team only, whatever the umask says. */
 	if (fstat(f->fd, &st) == 0) {
 		f->others_could_write = (st.st_mode & 022) || !owner_ok(st.st_uid);
@@ -97,13 +118,14 @@ static void file_fini(struct audit_sink *s)
 static void file_reopen(struct audit_sink *s)
 {
 	struct fsink *f = s->priv;
+	int err;
 
 	if (f->is_stdout)
 		return;
 	if (f->fd >= 0)
 		close(f->fd);
-	if (fsink_open(f))
-		ag_log(LOG_LVL_ERR, "audit: reopening '%s': %s", f->path, strerror(errno));
+	if ((err = fsink_open(f)))
+		ag_log(LOG_LVL_ERR, "audit: reopening '%s': %s", f->path, strerror(-err));
 }
 
 /* path.(keep-1) -> path.keep ... path -> path.1, then a fresh path. */

@@ -9,6 +9,7 @@
 #include <inttypes.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/vfs.h>
 
 #include "audit_sink.h"
@@ -430,6 +431,52 @@ static void test_more_then_sync(void)
 	rm_dir();
 }
 
+/* Only a regular file is a file sink's: a FIFO (whose open would block
+ * with no reader) and a device are refused at init, and left as they
+ * were (a sink pointed at /dev/null made it 0600 for the whole host); a
+ * regular file is still taken and made 0600. */
+static void test_refuses_what_is_not_a_regular_file(void)
+{
+	char fifo[400], dev[400];
+	struct policy_sink cfg = { .type = SINK_FILE };
+	struct audit_sink s;
+	struct stat st;
+
+	fresh_dir();
+	snprintf(fifo, sizeof(fifo), "%s/fifo", dir);
+	snprintf(dev, sizeof(dev), "%s/null", dir);
+	CHECK(mkfifo(fifo, 0644) == 0);
+	CHECK(mknod(dev, S_IFCHR | 0666, makedev(1, 3)) == 0);
+	CHECK(chmod(dev, 0666) == 0);   /* whatever the umask took */
+	alarm(20);   /* an open that blocks ends the test (SIGALRM), not the suite */
+	cfg.path = fifo;
+	CHECK(sink_open(&s, &cfg) == -EINVAL);
+	s.ops->fini(&s);
+	cfg.path = dev;
+	CHECK(sink_open(&s, &cfg) == -EINVAL);
+	s.ops->fini(&s);
+	alarm(0);
+	CHECK(stat(fifo, &st) == 0 && S_ISFIFO(st.st_mode) && (st.st_mode & 0777) == 0644);
+	CHECK(stat(dev, &st) == 0 && S_ISCHR(st.st_mode) && (st.st_mode & 0777) == 0666);
+	/* a regular file someone made readable: taken, and made 0600 */
+	int fd = open(path, O_WRONLY | O_CREAT, 0644);
+	CHECK(fd >= 0);
+	if (fd >= 0) {
+		CHECK(fchmod(fd, 0644) == 0);
+		close(fd);
+	}
+	cfg.path = path;
+	CHECK(sink_open(&s, &cfg) == 0);
+	CHECK(stat(path, &st) == 0 && (st.st_mode & 0777) == 0600);
+	struct tbatch t;
+
+	batch_make(&t, 1, 3, true);
+	CHECK(s.ops->send(&s, &t.b) == 0);   /* and written to, blocking again */
+	batch_free(&t);
+	s.ops->fini(&s);
+	rm_dir();
+}
+
 int main(void)
 {
 	RUN(test_batches_written_whole);
@@ -437,5 +484,6 @@ int main(void)
 	RUN(test_resume_after_rotation);
 	RUN(test_tail_page_kept);
 	RUN(test_more_then_sync);
+	RUN(test_refuses_what_is_not_a_regular_file);
 	UNIT_DONE("audit_sink_file");
 }
