@@ -56,21 +56,19 @@ static int fsink_open(struct fsink *f)
 	 * made 0600 below (the host's /dev/null unusable to everyone else),
 	 * and neither a device, a FIFO nor a socket can be synced, rotated
 	 * or read back for the resume. */
-	if (fstat(f->fd, &st) == 0 && !S_ISREG(st.st_mode)) {
+	int err = fstat(f->fd, &st) < 0 ? -errno : !S_ISREG(st.st_mode) ? not_regular(f->path) : 0;
+
+	if (err) {
 		close(f->fd);
 		f->fd = -1;
-		return not_regular(f->path);
+		return err;
 	}
 	fcntl(f->fd, F_SETFL, O_APPEND);   /* blocking writes again */
 	/* The trail is for the security team only, whatever the umask says. */
-	if (fstat(f->fd, &st) == 0) {
-		f->others_could_write = (st.st_mode & 022) || !owner_ok(st.st_uid);
-		if ((st.st_mode & 0777) != 0600)
-			fchmod(f->fd, 0600);
-		f->size = st.st_size;
-	} else {
-		f->others_could_write = true;
-	}
+	f->others_could_write = (st.st_mode & 022) || !owner_ok(st.st_uid);
+	if ((st.st_mode & 0777) != 0600)
+		fchmod(f->fd, 0600);
+	f->size = st.st_size;
 	f->synced = f->size;
 	f->opened_ms = now_ms_realtime();
 	return 0;
