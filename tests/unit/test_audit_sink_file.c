@@ -19,12 +19,18 @@
 
 static char dir[256], path[320];
 
-static void fresh_dir(void)
+/* A new directory under base for the test's file. */
+static void fresh_dir_in(const char *base)
 {
-	snprintf(dir, sizeof(dir), "/tmp/agentgate-sinkfile-XXXXXX");
+	snprintf(dir, sizeof(dir), "%s/agentgate-sinkfile-XXXXXX", base);
 	if (!mkdtemp(dir))
 		abort();
 	snprintf(path, sizeof(path), "%s/audit.jsonl", dir);
+}
+
+static void fresh_dir(void)
+{
+	fresh_dir_in("/tmp");
 }
 
 static void rm_dir(void)
@@ -362,10 +368,7 @@ static void test_tail_page_kept(void)
 		/* tmpfs keeps every page: nothing to see there; the build
 		 * directory (the tests run from the tree's top) is on a disk */
 		rm_dir();
-		snprintf(dir, sizeof(dir), "build/agentgate-sinkfile-XXXXXX");
-		if (!mkdtemp(dir))
-			abort();
-		snprintf(path, sizeof(path), "%s/audit.jsonl", dir);
+		fresh_dir_in("build");
 		fprintf(stderr, "test_tail_page_kept: /tmp is tmpfs, the file is written under %s\n", dir);
 		CHECK(!on_tmpfs(dir));   /* nowhere to see it: failed, not skipped */
 	}
