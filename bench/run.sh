@@ -357,6 +357,14 @@ echo "  bulk: $BULK_STREAMS stream(s) of 128 KiB writes; rr: $RR_SIZE B ping-pon
 echo "  haproxy: $(haproxy -v 2>/dev/null | head -n 1 | cut -d' ' -f1-3)${HAP_NA:+ — n/a, see below}"
 rev=$(git rev-parse --short HEAD 2>/dev/null) && { git diff --quiet HEAD 2>/dev/null || rev+=+dirty; }
 echo "  agentgate: ${rev:-unknown revision}${AG_NA:+ — n/a, see below}"
+# The scheduler's autogroups change the PostgreSQL figures (bench/README.md):
+# say which way this run had them. Read only; the bench never changes it.
+autogroup=$(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null)
+case $autogroup in
+1) echo "  scheduler: autogroup on (kernel.sched_autogroup_enabled=1: every PostgreSQL backend is a group of its own)" ;;
+0) echo "  scheduler: autogroup off (kernel.sched_autogroup_enabled=0)" ;;
+*) echo "  scheduler: no autogroup (kernel.sched_autogroup_enabled absent)" ;;
+esac
 
 # Interleaved: every round runs each path once, back to back, and the
 # starting path rotates, so drift (thermal, noisy neighbours, page cache)
