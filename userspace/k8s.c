@@ -612,14 +612,24 @@ static bool verb_listed(const struct policy_strv *v, const char *verb)
 	return false;
 }
 
-static bool namespace_listed(const struct policy_strv *v, const char *ns)
+/*
+ * review: a review list reads cluster scope (namespace "") the wide way.
+ * A request across all namespaces (GET /api/v1/secrets, a watch of every
+ * deployment, one with fieldSelector=metadata.namespace=prod) reaches every
+ * namespace a review names, and the resolver cannot tell it from a
+ * cluster-scoped resource without discovery; so any namespace entry holds
+ * it for review (review, stop 64: a review of prod let the all-namespaces
+ * list of prod's secrets through under a broader allow). An allow list
+ * keeps the narrow reading above: names never match cluster scope.
+ */
+static bool namespace_listed(const struct policy_strv *v, const char *ns, bool review)
 {
 	for (size_t i = 0; i < v->n; i++) {
 		const char *e = v->v[i];
 
 		if (!e)
 			continue;
-		if (strcmp(e, "*") == 0)
+		if (strcmp(e, "*") == 0 || (review && !ns[0]))
 			return true;
 		if (ns[0] ? strcmp(e, ns) == 0 : strcmp(e, K8S_NS_CLUSTER) == 0)
 			return true;
@@ -739,7 +749,7 @@ static bool action_matches(const struct policy_action *a, const struct k8s_reque
 			continue;
 		if (r->resource_request ? resource_entry_matches(e, r, named && !review)
 					: path_entry_matches(e, r->path))
-			return r->resource_request ? namespace_listed(&a->namespaces, r->namespace_)
+			return r->resource_request ? namespace_listed(&a->namespaces, r->namespace_, review)
 						   : true;
 	}
 	return false;

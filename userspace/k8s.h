@@ -99,7 +99,8 @@
  *               across all namespaces (GET /api/v1/pods): the resolver
  *               cannot tell them apart without discovery, and both reach
  *               beyond any one namespace, so a list of names never matches
- *               them. The namespace object itself (/api/v1/namespaces/foo)
+ *               them in an allow list, and always does in a review list.
+ *               The namespace object itself (/api/v1/namespaces/foo)
  *               is in namespace foo, as the apiserver sees it.
  *
  * A non-resource request is matched by resources entries that start with

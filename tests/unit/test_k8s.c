@@ -1046,6 +1046,51 @@ static void test_decide(void)
 	CHECK(resolve("GET", "/api/v1/nodes", false, &r) == 0);
 	CHECK(k8s_decide(rules, 3, &r, &which, reason, sizeof(reason)) == K8S_DENY);
 	CHECK_STR(reason, "no rule allows list nodes cluster-wide");
+	/* A review of named namespaces holds what reaches across all of them
+	 * (cluster scope, namespace ""): a list or watch of every secret,
+	 * with or without a field selector naming prod (review, stop 64);
+	 * an allow of names still never matches cluster scope. */
+	{
+		struct policy_rule all = { .role = "all", .index = 0 };
+		const struct policy_rule *r3[] = { &all };
+
+		all.allow.present = true;
+		all.allow.verbs = SV("*");
+		all.allow.resources = SV("*");
+		all.allow.namespaces = SV("*");
+		all.review.present = true;
+		all.review.verbs = SV("*");
+		all.review.resources = SV("*");
+		all.review.namespaces = SV("prod");
+		CHECK(resolve("GET", "/api/v1/namespaces/prod/secrets", false, &r) == 0);
+		CHECK(k8s_decide(r3, 1, &r, &which, reason, sizeof(reason)) == K8S_REVIEW);
+		CHECK(resolve("GET", "/api/v1/secrets", false, &r) == 0);
+		CHECK(k8s_decide(r3, 1, &r, &which, reason, sizeof(reason)) == K8S_REVIEW);
+		CHECK_STR(reason, "list secrets cluster-wide needs review by role 'all' rule 1");
+		CHECK(resolve("GET", "/api/v1/secrets?fieldSelector=metadata.namespace%3Dprod", false, &r) == 0);
+		CHECK(k8s_decide(r3, 1, &r, &which, reason, sizeof(reason)) == K8S_REVIEW);
+		CHECK(resolve("GET", "/api/v1/watch/secrets", false, &r) == 0);
+		CHECK(k8s_decide(r3, 1, &r, &which, reason, sizeof(reason)) == K8S_REVIEW);
+		CHECK(resolve("GET", "/apis/apps/v1/deployments?watch=true", false, &r) == 0);
+		CHECK(k8s_decide(r3, 1, &r, &which, reason, sizeof(reason)) == K8S_REVIEW);
+		CHECK(resolve("DELETE", "/api/v1/nodes/n1", false, &r) == 0);   /* cluster-scoped: held too */
+		CHECK(k8s_decide(r3, 1, &r, &which, reason, sizeof(reason)) == K8S_REVIEW);
+		CHECK(resolve("GET", "/api/v1/namespaces/dev/secrets", false, &r) == 0);
+		CHECK(k8s_decide(r3, 1, &r, &which, reason, sizeof(reason)) == K8S_ALLOW);
+		/* the review's verbs still decide */
+		all.review.verbs = SV("delete");
+		CHECK(resolve("GET", "/api/v1/secrets", false, &r) == 0);
+		CHECK(k8s_decide(r3, 1, &r, &which, reason, sizeof(reason)) == K8S_ALLOW);
+		CHECK(resolve("DELETE", "/api/v1/namespaces/dev/pods", false, &r) == 0);
+		CHECK(k8s_decide(r3, 1, &r, &which, reason, sizeof(reason)) == K8S_ALLOW);
+		/* an allow of named namespaces: cluster scope is not among them */
+		all.review.present = false;
+		all.allow.namespaces = SV("prod", "dev");
+		CHECK(resolve("GET", "/api/v1/secrets", false, &r) == 0);
+		CHECK(k8s_decide(r3, 1, &r, &which, reason, sizeof(reason)) == K8S_DENY);
+		CHECK(resolve("GET", "/api/v1/namespaces/dev/secrets", false, &r) == 0);
+		CHECK(k8s_decide(r3, 1, &r, &which, reason, sizeof(reason)) == K8S_ALLOW);
+	}
 	/* An upgrade a wildcard would cover: denied, and the reason says to
 	 * name the subresource. A review list keeps the wide reading: a
 	 * review of "*" still holds the stream. */
