@@ -934,6 +934,10 @@ static bool rule_match(const char *rule, const char *method, size_t method_len, 
  * (/v1/payouts.json: Rails adds (.:format) to every route, older Spring
  * MVC matched suffixes) and PUT and PATCH for each other (Rails routes
  * both to update). Allow rules stay exact (case-sensitive: failing closed).
+ * And (review, stop 64) an upgraded GET is a GET too: an upstream with no
+ * WebSocket on the route (Go's net/http, Node's http without an 'upgrade'
+ * listener, Flask, Spring MVC) answers it as the plain GET, which is
+ * relayed, so a "GET" or "*" review holds it beside an "UPGRADE" one.
  */
 static bool review_methods(const char *rule, const char *method, size_t mlen, bool upgrade, const char *path,
 			   size_t plen, bool fuzzy)
@@ -943,6 +947,7 @@ static bool review_methods(const char *rule, const char *method, size_t mlen, bo
 	bool patch = mlen == 5 && memcmp(method, "PATCH", 5) == 0;
 
 	return rule_match(rule, method, mlen, upgrade, path, plen, fuzzy) ||
+	       (upgrade && rule_match(rule, method, mlen, false, path, plen, fuzzy)) ||
 	       (head && rule_match(rule, "GET", 3, upgrade, path, plen, fuzzy)) ||
 	       (put && rule_match(rule, "PATCH", 5, upgrade, path, plen, fuzzy)) ||
 	       (patch && rule_match(rule, "PUT", 3, upgrade, path, plen, fuzzy));

@@ -826,6 +826,27 @@ def test_upgrade_needs_upgrade_rule(enforcer, rec):
     assert rec.all() == b""
 
 
+def test_upgrade_held_by_a_get_review(enforcer, rec):
+    """A GET with Upgrade is a GET to an upstream with no WebSocket on the
+    route (it answers as the plain GET, which is relayed), so a GET or "*"
+    review holds it beside an UPGRADE allow (found by review, stop 64: it
+    went through under the allow)."""
+    enforcer.start(policy(rec.port, rules='"* /v1/**", "UPGRADE /v1/**"',
+                          extra_rule='review: {http: ["GET /v1/secrets/*", "* /v1/admin/**"]}'))
+    for path in ("/v1/secrets/1", "/v1/admin/users"):
+        out = raw(enforcer, rec.port, crlf(f"GET {path} HTTP/1.1⏎Host: api.internal⏎Connection: Upgrade⏎"
+                                           "Upgrade: websocket⏎Sec-WebSocket-Version: 13⏎"
+                                           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==⏎⏎"))
+        rs, _ = responses(out)
+        assert [r[0] for r in rs] == [403] and b"needs approval" in rs[0][2], out
+    assert rec.all() == b""
+    # the same upgrade elsewhere is allowed and reaches the upstream
+    raw(enforcer, rec.port, crlf("GET /v1/public/1 HTTP/1.1⏎Host: api.internal⏎Connection: Upgrade⏎"
+                                 "Upgrade: websocket⏎Sec-WebSocket-Version: 13⏎"
+                                 "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==⏎⏎"))
+    assert rec.all().startswith(b"GET /v1/public/1 HTTP/1.1\r\n"), rec.received()
+
+
 def test_observe_mode_forwards_and_marks(enforcer, rec):
     enforcer.start(policy(rec.port, mode="observe"))
     out = raw(enforcer, rec.port, crlf("DELETE /v1/invoices/1 HTTP/1.1⏎Host: api.internal⏎⏎"))

@@ -552,6 +552,23 @@ static void test_review_match(void)
 	CHECK(!RV("PUT /v1/invoices/*", "POST", "/v1/invoices/42"));
 	CHECK(!AL("POST /v1/payouts", "POST", "/v1/payouts.json"));
 	CHECK(!AL("PUT /v1/x", "PATCH", "/v1/x"));
+	/* an upgraded GET is held by a GET or "*" review too: an upstream with
+	 * no WebSocket there answers it as the GET (review, stop 64); allow
+	 * rules keep needing UPGRADE */
+#define RVU(rule, path) http_review_match(rule, "GET", 3, true, path, strlen(path))
+#define ALU(rule, path) http_rule_match(rule, "GET", 3, true, path, strlen(path))
+	CHECK(RVU("GET /v1/secrets/*", "/v1/secrets/1"));
+	CHECK(RVU("GET /v1/secrets/*", "/v1/Secrets/1/"));
+	CHECK(RVU("* /v1/admin/**", "/v1/admin/users"));
+	CHECK(RVU("UPGRADE /v1/admin/**", "/v1/admin/users"));
+	CHECK(!RVU("POST /v1/secrets/*", "/v1/secrets/1"));
+	CHECK(!RVU("GET /v1/secrets/*", "/v1/public/1"));
+	CHECK(!http_review_match("UPGRADE /v1/admin/**", "GET", 3, false, "/v1/admin/users", 15));
+	CHECK(ALU("UPGRADE /v1/**", "/v1/secrets/1"));
+	CHECK(!ALU("GET /v1/**", "/v1/secrets/1"));
+	CHECK(!ALU("* /v1/**", "/v1/secrets/1"));
+#undef RVU
+#undef ALU
 	/* characters that fold or normalise to ASCII letters (review, stop 46):
 	 * an encoded non-ASCII run may stand for any text of its segment */
 	CHECK(RV("DELETE /v2/keys/*", "DELETE", "/v2/%E2%84%AAeys/1"));        /* KELVIN SIGN */
