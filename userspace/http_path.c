@@ -125,6 +125,30 @@ static void put_pct(char *out, size_t *o, int v)
 	out[(*o)++] = hex[v & 15];
 }
 
+/*
+ * A dot segment: "." or "..", and (review, stop 64) any other segment of
+ * dots and spaces alone ("...", "..%20", ".%20."). Windows drops a name's
+ * trailing dots and spaces, so an upstream there may read "..%20" as ".."
+ * and "..." as ".." or "." (windows_alias() below reads them so for review
+ * rules); no other server gives such a name a meaning worth the doubt.
+ */
+static bool dot_segment(const char *s, size_t n)
+{
+	bool dot = false;
+
+	for (size_t i = 0; i < n;) {
+		if (s[i] == '.') {
+			dot = true;
+			i++;
+		} else if (n - i >= 3 && memcmp(s + i, "%20", 3) == 0) {
+			i += 3;
+		} else {
+			return false;
+		}
+	}
+	return dot;
+}
+
 /* The path part p[0..len) (starts with '/'), canonical into out. */
 static int canon_path(const uint8_t *p, size_t len, char *out, size_t outcap, struct http_target *r)
 {
@@ -144,7 +168,7 @@ static int canon_path(const uint8_t *p, size_t len, char *out, size_t outcap, st
 
 				if (sl == 0)
 					return bad(r, "empty path segment (\"//\")");
-				if ((sl == 1 && out[seg] == '.') || (sl == 2 && out[seg] == '.' && out[seg + 1] == '.'))
+				if (dot_segment(out + seg, sl))
 					return bad(r, "dot segment in the path");
 			}
 			out[o++] = '/';
@@ -214,9 +238,7 @@ static int canon_path(const uint8_t *p, size_t len, char *out, size_t outcap, st
 		}
 	}
 	{
-		size_t sl = o - seg;
-
-		if ((sl == 1 && out[seg] == '.') || (sl == 2 && out[seg] == '.' && out[seg + 1] == '.'))
+		if (dot_segment(out + seg, o - seg))
 			return bad(r, "dot segment in the path");
 	}
 	out[o] = '\0';

@@ -306,6 +306,9 @@ DENY_400 = {
     "semicolon": "GET /v1/invoices/42/..;/..;/admin HTTP/1.1⏎Host: api.internal⏎⏎",
     "overlong": "GET /v1/invoices/%C0%AE%C0%AE/admin HTTP/1.1⏎Host: api.internal⏎⏎",
     "enc-backslash": "GET /v1/invoices/%5c..%5cadmin HTTP/1.1⏎Host: api.internal⏎⏎",
+    # dots and spaces alone: Windows drops trailing ones (review, stop 64)
+    "dotdot-space": "GET /v1/invoices/..%20/admin HTTP/1.1⏎Host: api.internal⏎⏎",
+    "three-dots": "GET /v1/invoices/.../admin HTTP/1.1⏎Host: api.internal⏎⏎",
 }
 
 
