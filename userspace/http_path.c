@@ -833,8 +833,38 @@ static size_t wild_len(const char *g, size_t n)
  * many other compatibility characters ASCII text of one or more letters:
  * DELETE /v2/%E2%84%AAeys/1 went past a review of DELETE on /v2/keys/{id}. No
  * table of such characters is complete, so any of them may be any text.
- * The same wildcard walk as below, inside one segment: O(|t| * |g|).
+ * A run that starts with a combining mark stands for the character before
+ * it too (review, stop 64): the mark composes with it, so NFC makes "e%CC%81" one character,
+ * U+00E9, and DELETE /v1/cafe%CC%81/1 went past a review of
+ * /v1/caf%C3%A9/{id}. The same wildcard walk as below, inside one segment:
+ * O(|t| * |g|).
  */
+static bool combining_first(const char *g, size_t w)
+{
+	uint32_t cp = 0;
+	int b[3];
+
+	for (int k = 0; k < 3; k++)
+		b[k] = (size_t)k * 3 + 3 <= w ? hexval((uint8_t)g[k * 3 + 1]) << 4 | hexval((uint8_t)g[k * 3 + 2]) : 0;
+	if (b[0] >= 0xc0 && b[0] < 0xe0)
+		cp = (uint32_t)(b[0] & 0x1f) << 6 | (b[1] & 0x3f);
+	else if (b[0] >= 0xe0 && b[0] < 0xf0)
+		cp = (uint32_t)(b[0] & 0x0f) << 12 | (uint32_t)(b[1] & 0x3f) << 6 | (b[2] & 0x3f);
+	/* the combining diacritical marks blocks */
+	return (cp >= 0x300 && cp <= 0x36f) || (cp >= 0x1ab0 && cp <= 0x1aff) ||
+	       (cp >= 0x1dc0 && cp <= 0x1dff) || (cp >= 0x20d0 && cp <= 0x20ff) ||
+	       (cp >= 0xfe20 && cp <= 0xfe2f);
+}
+
+static size_t run_here(const char *g, size_t n)
+{
+	size_t w = wild_len(g, n);
+
+	if (!w && n > 1 && g[0] != '%' && (w = wild_len(g + 1, n - 1)))
+		w = combining_first(g + 1, w) ? w + 1 : 0;
+	return w;
+}
+
 static bool short_name(const char *g, size_t gl);
 
 static bool seg_eq_fuzzy(const char *t, size_t tl, const char *g, size_t gl)
@@ -845,7 +875,7 @@ static bool seg_eq_fuzzy(const char *t, size_t tl, const char *g, size_t gl)
 	if (short_name(g, gl))
 		return true;   /* any name at all (see short_name()) */
 	while (ti < tl) {
-		size_t w = wild_len(g + gi, gl - gi);
+		size_t w = run_here(g + gi, gl - gi);
 
 		if (w) {
 			gi += w;
@@ -863,7 +893,7 @@ static bool seg_eq_fuzzy(const char *t, size_t tl, const char *g, size_t gl)
 		}
 	}
 	while (gi < gl) {
-		size_t w = wild_len(g + gi, gl - gi);
+		size_t w = run_here(g + gi, gl - gi);
 
 		if (!w)
 			return false;

@@ -561,6 +561,14 @@ static void test_review_match(void)
 	CHECK(!RV("PUT /v1/invoices/*", "POST", "/v1/invoices/42"));
 	CHECK(!AL("POST /v1/payouts", "POST", "/v1/payouts.json"));
 	CHECK(!AL("PUT /v1/x", "PATCH", "/v1/x"));
+	/* a combining mark composes with the character before it (NFC):
+	 * "e%CC%81" is U+00E9 (review, stop 64) */
+	CHECK(RV("DELETE /v1/caf%C3%A9/*", "DELETE", "/v1/cafe%CC%81/1"));
+	CHECK(RV("DELETE /v1/caf%C3%A9/*", "DELETE", "/v1/CAFE%CC%81/1/"));
+	CHECK(RV("DELETE /v1/cafe/*", "DELETE", "/v1/cafe%CC%81/1"));
+	CHECK(!RV("DELETE /v1/caf%C3%A9/*", "DELETE", "/v1/cafe/1"));
+	CHECK(!RV("DELETE /v1/caf%C3%A9/*", "DELETE", "/v1/tea%CC%81/1"));
+	CHECK(!AL("DELETE /v1/caf%C3%A9/*", "DELETE", "/v1/cafe%CC%81/1"));
 	/* an upgraded GET is held by a GET or "*" review too: an upstream with
 	 * no WebSocket there answers it as the GET (review, stop 64); allow
 	 * rules keep needing UPGRADE */
