@@ -735,6 +735,22 @@ static bool review_verb_listed(const struct policy_strv *v, const struct k8s_req
 #undef LISTED
 }
 
+/*
+ * A review list's pod streams hold the kubelet's too (review, stop 64):
+ * create on nodes/proxy (an upgrade, or a POST to the kubelet's /run/) is
+ * exec, attach or port-forward in any pod of the node (resolve() judges
+ * it create for that reason), so an entry naming pods/exec, pods/attach,
+ * pods/portforward or "pods/" + "*" holds it for review. An allow list still
+ * needs nodes/proxy named.
+ */
+static bool kubelet_stream_entry(const char *e, const struct k8s_request *r)
+{
+	return !r->api_group[0] && strcmp(r->resource, "nodes") == 0 &&
+	       strcmp(r->subresource, "proxy") == 0 && strcmp(r->verb, "create") == 0 &&
+	       (strcmp(e, "pods/exec") == 0 || strcmp(e, "pods/attach") == 0 ||
+		strcmp(e, "pods/portforward") == 0 || strcmp(e, "pods/*") == 0);
+}
+
 /* named: see resource_entry_matches(); false only to explain a denial. */
 static bool action_matches(const struct policy_action *a, const struct k8s_request *r, bool review,
 			   bool named)
@@ -747,7 +763,8 @@ static bool action_matches(const struct policy_action *a, const struct k8s_reque
 
 		if (!e || !e[0])
 			continue;
-		if (r->resource_request ? resource_entry_matches(e, r, named && !review)
+		if (r->resource_request ? resource_entry_matches(e, r, named && !review) ||
+					  (review && kubelet_stream_entry(e, r))
 					: path_entry_matches(e, r->path))
 			return r->resource_request ? namespace_listed(&a->namespaces, r->namespace_, review)
 						   : true;

@@ -1083,6 +1083,30 @@ static void test_decide(void)
 		CHECK(k8s_decide(r3, 1, &r, &which, reason, sizeof(reason)) == K8S_ALLOW);
 		CHECK(resolve("DELETE", "/api/v1/namespaces/dev/pods", false, &r) == 0);
 		CHECK(k8s_decide(r3, 1, &r, &which, reason, sizeof(reason)) == K8S_ALLOW);
+		/* a review of pod streams holds the kubelet's through nodes/proxy
+		 * (exec in any pod of the node; review, stop 64) */
+		all.allow.resources = SV("*", "nodes/proxy", "pods/exec");
+		all.review.verbs = SV("create");
+		all.review.resources = SV("pods/exec");
+		all.review.namespaces = SV("*");
+		CHECK(resolve("GET", "/api/v1/nodes/n1/proxy/exec/default/web/c?command=sh", true, &r) == 0);
+		CHECK(k8s_decide(r3, 1, &r, &which, reason, sizeof(reason)) == K8S_REVIEW);
+		CHECK(resolve("POST", "/api/v1/nodes/n1/proxy/run/default/web/c", false, &r) == 0);
+		CHECK(k8s_decide(r3, 1, &r, &which, reason, sizeof(reason)) == K8S_REVIEW);
+		all.review.resources = SV("pods/*");
+		all.review.namespaces = SV("prod");
+		CHECK(resolve("GET", "/api/v1/nodes/n1/proxy/attach/prod/web/c", true, &r) == 0);
+		CHECK(k8s_decide(r3, 1, &r, &which, reason, sizeof(reason)) == K8S_REVIEW);
+		CHECK(resolve("GET", "/api/v1/nodes/n1/proxy/metrics", false, &r) == 0);   /* a get */
+		CHECK(k8s_decide(r3, 1, &r, &which, reason, sizeof(reason)) == K8S_ALLOW);
+		all.review.resources = SV("pods/log");
+		CHECK(resolve("GET", "/api/v1/nodes/n1/proxy/exec/default/web/c?command=sh", true, &r) == 0);
+		CHECK(k8s_decide(r3, 1, &r, &which, reason, sizeof(reason)) == K8S_ALLOW);
+		/* an allow of pods/exec alone does not allow it */
+		all.review.present = false;
+		all.allow.resources = SV("pods/exec");
+		CHECK(k8s_decide(r3, 1, &r, &which, reason, sizeof(reason)) == K8S_DENY);
+		all.allow.resources = SV("*");
 		/* an allow of named namespaces: cluster scope is not among them */
 		all.review.present = false;
 		all.allow.namespaces = SV("prod", "dev");
