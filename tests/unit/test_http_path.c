@@ -561,6 +561,11 @@ static void test_review_match(void)
 	CHECK(!RV("PUT /v1/invoices/*", "POST", "/v1/invoices/42"));
 	CHECK(!AL("POST /v1/payouts", "POST", "/v1/payouts.json"));
 	CHECK(!AL("PUT /v1/x", "PATCH", "/v1/x"));
+	/* a review of "*" holds TRACE, which "*" leaves out of an allow */
+	CHECK(RV("* /v1/admin/**", "TRACE", "/v1/admin/x"));
+	CHECK(!AL("* /v1/admin/**", "TRACE", "/v1/admin/x"));
+	CHECK(!RV("* /v1/admin/**", "TRACE", "/v1/public/x"));
+	CHECK(!RV("GET /v1/admin/**", "TRACE", "/v1/admin/x"));
 	/* a combining mark composes with the character before it (NFC):
 	 * "e%CC%81" is U+00E9 (review, stop 64) */
 	CHECK(RV("DELETE /v1/caf%C3%A9/*", "DELETE", "/v1/cafe%CC%81/1"));
