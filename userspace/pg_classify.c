@@ -345,7 +345,38 @@ static const char *const stats_rels[] = {
 	"pg_statistic", "pg_statistic_ext_data", "pg_stats", "pg_stats_ext", "pg_stats_ext_exprs",
 };
 
+/*
+ * pg_catalog relations that show settings or secrets SHOW and
+ * current_setting() are refused for: per-role and per-database settings
+ * (pg_db_role_setting; rolconfig/useconfig of pg_roles, pg_authid, pg_user,
+ * pg_shadow, which also hold password hashes), every server setting
+ * (pg_settings, pg_file_settings), the server's authentication files
+ * (pg_hba_file_rules, pg_ident_file_mappings) and the options (passwords)
+ * of user mappings (review F4: pg_catalog.* granted them). No rule grants
+ * them; ::regrole and aclitem, which read pg_authid, go with them.
+ */
+static const char *const secret_rels[] = {
+	"pg_authid", "pg_db_role_setting", "pg_file_settings", "pg_hba_file_rules",
+	"pg_ident_file_mappings", "pg_roles", "pg_settings", "pg_shadow", "pg_user",
+	"pg_user_mapping", "pg_user_mappings",
+};
+
+static bool in_sorted(const char *const *v, size_t n, const char *name);
+
+static void record_table(struct walker *w, const char *schema, const char *rel);
+
+/* Records schema.rel as read or written by the statement, or denies it. */
 static void add_table(struct walker *w, const char *schema, const char *rel)
+{
+	record_table(w, schema, rel);
+	/* recorded first, so the denial's audit names it */
+	if (strcmp(schema, "pg_catalog") == 0 &&
+	    in_sorted(secret_rels, sizeof(secret_rels) / sizeof(secret_rels[0]), rel))
+		deny(w, "pg_catalog.%s shows server, role or database settings (or credentials) "
+		     "that SHOW is refused for", rel);
+}
+
+static void record_table(struct walker *w, const char *schema, const char *rel)
 {
 	struct pgc_result *o = w->out;
 	char name[sizeof(o->tables[0])];
@@ -484,7 +515,8 @@ static bool catalog_relation(const char *name)
 bool pgc_catalog_list_sorted(void);
 bool pgc_catalog_list_sorted(void)
 {
-	return list_sorted(catalog_rels, sizeof(catalog_rels) / sizeof(catalog_rels[0]));
+	return list_sorted(catalog_rels, sizeof(catalog_rels) / sizeof(catalog_rels[0])) &&
+	       list_sorted(secret_rels, sizeof(secret_rels) / sizeof(secret_rels[0]));
 }
 
 /*

@@ -386,13 +386,45 @@ static void test_names(void)
 		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "public.pg_private"));
 		r = judge_rules("SELECT * FROM pg_private", brs, 1);
 		CHECK(r.verdict == PGC_ALLOW && r.ntables == 2);
-		r = judge_rules("SELECT * FROM pg_class, pg_locks, pg_settings, pg_views", crs, 1);
+		r = judge_rules("SELECT * FROM pg_class, pg_locks, pg_tables, pg_views", crs, 1);
 		CHECK(r.verdict == PGC_ALLOW && r.ntables == 4 && has_table(&r, "pg_catalog.pg_views"));
 		/* other sessions' statements, values and all (review, stop 25) */
 		r = judge_rules("SELECT pid, query FROM pg_stat_activity", crs, 1);
 		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "pg_catalog.pg_stat_activity holds other sessions'"));
 		r = judge_rules("SELECT query FROM PG_CATALOG.PG_STAT_ACTIVITY a JOIN pg_class c ON true", crs, 1);
 		CHECK(r.verdict == PGC_DENY);
+		/* settings and credentials SHOW is refused for (review F4):
+		 * pg_catalog.* does not grant them, in any spelling */
+		{
+			static const char *const secret[] = {
+				"SELECT rolconfig FROM pg_roles",
+				"SELECT setconfig FROM pg_db_role_setting",
+				"SELECT setconfig FROM pg_catalog.pg_db_role_setting",
+				"SELECT setting FROM \"pg_settings\" WHERE name = 'data_directory'",
+				"SELECT * FROM PG_CATALOG.PG_FILE_SETTINGS",
+				"SELECT * FROM pg_hba_file_rules",
+				"SELECT * FROM pg_ident_file_mappings",
+				"SELECT rolpassword FROM pg_authid",
+				"SELECT useconfig FROM pg_user",
+				"SELECT passwd FROM pg_shadow",
+				"SELECT umoptions FROM pg_user_mappings",
+				"SELECT umoptions FROM pg_user_mapping",
+				"SELECT 1 FROM pg_class WHERE EXISTS (SELECT 1 FROM pg_roles WHERE rolconfig IS NOT NULL)",
+				"WITH r AS (SELECT rolconfig FROM pg_catalog.pg_roles) SELECT * FROM r",
+				"SELECT (SELECT array_agg(s) FROM pg_db_role_setting s)",
+				"SELECT c.relname FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner",
+			};
+
+			for (size_t i = 0; i < sizeof(secret) / sizeof(secret[0]); i++) {
+				r = judge_rules(secret[i], crs, 1);
+				if (r.verdict != PGC_DENY || !strstr(r.reason, "SHOW is refused for"))
+					fprintf(stderr, "  %s: got %d (%s)\n", secret[i], r.verdict, r.reason);
+				CHECK(r.verdict == PGC_DENY && strstr(r.reason, "SHOW is refused for"));
+			}
+			/* a table of that name elsewhere is not the catalog's */
+			r = judge_rules("SELECT * FROM public.pg_roles", brs, 1);
+			CHECK(r.verdict == PGC_ALLOW);
+		}
 		r = judge_rules("SELECT query FROM pg_stat_statements", brs, 1);
 		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "pg_stat_statements holds other sessions'"));
 		r = judge_rules("WITH q AS (SELECT query FROM public.pg_stat_statements) SELECT * FROM q", brs, 1);
@@ -1179,8 +1211,9 @@ static void test_settings(void)
 		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "pg_settings"));
 		r = judge_rules("CREATE VIEW v AS SELECT id FROM orders", vrs, 1);
 		CHECK(r.verdict == PGC_ALLOW);
+		/* reading it shows what SHOW is refused for (review F4) */
 		r = judge_rules("SELECT setting FROM pg_settings WHERE name = 'search_path'", anys, 1);
-		CHECK(r.verdict == PGC_ALLOW);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "pg_settings"));
 		r = judge_rules("UPDATE pg_temp.pg_settings SET setting = 'x'", anys, 1);
 		CHECK(r.verdict == PGC_ALLOW);       /* a temp table of that name */
 	}
@@ -2150,9 +2183,6 @@ static void test_oid_types(void)
 		{ "SELECT 'customers'::pg_catalog.regclass", "pg_catalog.pg_class" },
 		{ "SELECT 'customers'::\"regclass\"", "pg_catalog.pg_class" },
 		{ "SELECT to_json(1259::oid::regclass)", "pg_catalog.pg_class" },
-		{ "SELECT concat(10::oid::regrole)", "pg_catalog.pg_authid" },
-		{ "SELECT CAST(10 AS regrole)", "pg_catalog.pg_authid" },
-		{ "SELECT 'bench=r/postgres'::aclitem", "pg_catalog.pg_authid" },
 		{ "SELECT g::oid::regprocedure FROM generate_series(1, 9) g", "pg_catalog.pg_proc" },
 		{ "SELECT 'now'::regproc", "pg_catalog.pg_proc" },
 		{ "SELECT '+(int4,int4)'::regoperator", "pg_catalog.pg_operator" },
@@ -2184,6 +2214,19 @@ static void test_oid_types(void)
 		if (r.verdict != PGC_ALLOW)
 			fprintf(stderr, "  %s (catalog granted): got %d (%s)\n", reads[i].sql, r.verdict, r.reason);
 		CHECK(r.verdict == PGC_ALLOW && has_table(&r, reads[i].rel));
+	}
+	/* pg_authid's names: no rule grants pg_authid (review F4) */
+	{
+		static const char *const roles[] = {
+			"SELECT concat(10::oid::regrole)", "SELECT CAST(10 AS regrole)",
+			"SELECT 'bench=r/postgres'::aclitem",
+		};
+
+		for (size_t i = 0; i < sizeof(roles) / sizeof(roles[0]); i++) {
+			struct pgc_result r = judge_rules(roles[i], catr, 1);
+
+			CHECK(r.verdict == PGC_DENY && strstr(r.reason, "pg_catalog.pg_authid"));
+		}
 	}
 	/* oid itself names nothing; a table's own types stay as they were */
 	EXPECT("SELECT 1259::oid", PGC_ALLOW);
