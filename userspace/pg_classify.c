@@ -2809,6 +2809,46 @@ bool pgc_rules_may_write(const struct policy_rule *const *rules, size_t nrules)
 	return false;
 }
 
+/*
+ * Parse's parameter types (review F5). A parameter's value goes through its
+ * type's input function with no cast in the text for the classifier to see:
+ * Parse("SELECT $1", [regclass]) with Bind("16402") returns a relation's
+ * name, the catalog read a ::regclass cast is denied for. A denylist, not
+ * an allowlist of plain scalars: clients declare what they like (JDBC,
+ * Npgsql and pgx send inet, money, xml, point, ranges... from their own
+ * type maps), and every type PostgreSQL itself defines below 10000 is
+ * harmless as a value except these:
+ *   - the reg* types and their arrays (they name catalog objects by OID:
+ *     oid_types[]), aclitem and _aclitem (role names);
+ *   - the row types of the four bootstrap catalogs (pg_type, pg_attribute,
+ *     pg_proc, pg_class) and their arrays, and those of pg_database,
+ *     pg_authid, pg_auth_members, pg_shseclabel, pg_subscription, whose
+ *     fields include reg* and aclitem ones;
+ *   - every OID from 10000 up: initdb assigns those to the other catalogs'
+ *     and views' row types (pg_sequences', pg_range's, with regclass and
+ *     regproc fields) and to the arrays of the five above, and from 16384
+ *     up they are the database's own (a domain's CHECK runs on the value).
+ * Parameter types left unspecified (0) are inferred from the text, which
+ * the classifier judges.
+ */
+const char *pgc_param_type_refused(uint32_t oid)
+{
+	static const uint32_t catalog_reads[] = {
+		24, 71, 75, 81, 83, 210, 270, 272, 273, 1008, 1033, 1034, 1248, 2202, 2203,
+		2204, 2205, 2206, 2207, 2208, 2209, 2210, 2211, 2842, 2843, 3734, 3735, 3769,
+		3770, 4066, 4089, 4090, 4096, 4097, 4191, 4192, 6101,
+	};
+
+	if (oid >= 16384)
+		return "which the database defined: only PostgreSQL's own types are allowed";
+	if (oid >= 10000)
+		return "a catalog's or view's row type, whose value reads the catalog";
+	for (size_t i = 0; i < sizeof(catalog_reads) / sizeof(catalog_reads[0]); i++)
+		if (oid == catalog_reads[i])
+			return "an object identifier, aclitem or catalog row type, whose value reads the catalog";
+	return NULL;
+}
+
 bool pgc_statement_name_known(const char *s)
 {
 	static const char *const extra[] = {

@@ -216,6 +216,11 @@ const char *pgc_class_name(enum pgc_class c);
  * statement (so BEGIN READ WRITE / SET TRANSACTION READ WRITE is allowed). */
 bool pgc_rules_may_write(const struct policy_rule *const *rules, size_t nrules);
 
+/* Why a Parse message may not declare a parameter of type OID oid (its
+ * value would read the catalog, or run code the database defined), as a
+ * phrase for a denial; NULL when the type is allowed. */
+const char *pgc_param_type_refused(uint32_t oid);
+
 /* True when s is a statements: entry the classifier understands (a class
  * name or a command tag it can produce). For policy validation. */
 bool pgc_statement_name_known(const char *s);

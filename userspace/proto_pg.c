@@ -3416,7 +3416,6 @@ static bool names_query(struct conn *c, char *sql, size_t cap)
 	return n < cap;
 }
 
-#define PG_FIRST_NORMAL_OID 16384   /* PostgreSQL's FirstNormalObjectId: OIDs below are its own */
 #define PG_DB_NAMES_MAX 65536   /* functions, operators and types in the pinned schema */
 
 /* One (kind, name) row of names_query(). */
@@ -4500,15 +4499,18 @@ static int fe_parse(struct conn *c, const struct pg_msg *m)
 		return standin(c, false, PG_DENY_NAME, "prepared statement names starting with "
 			       PG_OUR_PREFIX " are agentgate's own", NULL, "extended");
 	/* A parameter declared with a type the database defined (a domain: its
-	 * CHECK runs on the value) runs its code with no cast in the text:
-	 * only PostgreSQL's own types pass. */
+	 * CHECK runs on the value) runs its code with no cast in the text, and
+	 * one of an object identifier or catalog row type reads the catalog
+	 * (Parse("SELECT $1", [regclass]), review F5): pgc_param_type_refused()
+	 * says which. */
 	for (int i = 0; pp.param_types && i < pp.nparams; i++) {
 		const uint8_t *t = pp.param_types + 4 * i;
 		uint32_t oid = (uint32_t)t[0] << 24 | (uint32_t)t[1] << 16 | (uint32_t)t[2] << 8 | t[3];
+		const char *refused = pgc_param_type_refused(oid);
 
-		if (oid >= PG_FIRST_NORMAL_OID) {
-			snprintf(why, sizeof(why), "parameter $%d is declared with type OID %u, which the "
-				 "database defined: only PostgreSQL's own types are allowed", i + 1, oid);
+		if (refused) {
+			snprintf(why, sizeof(why), "parameter $%d is declared with type OID %u, %s",
+				 i + 1, oid, refused);
 			if (enforcer_should_refuse(c, why)) {
 				if (!pp.name[0] && (prev = map_set(&s->stmts, "", NULL, NULL)))
 					judged_put(prev);

@@ -2241,6 +2241,44 @@ static void test_oid_types(void)
 	}
 }
 
+/* Parse's declared parameter types (review F5): Parse("SELECT $1",
+ * [regclass]) + Bind("16402") returned a relation's name, the catalog read
+ * a cast is denied for; so did a catalog row type's reg* fields. */
+static void test_param_types(void)
+{
+	static const uint32_t refused[] = {
+		/* reg* and their arrays */
+		24, 1008, 2202, 2207, 2203, 2208, 2204, 2209, 2205, 2210, 2206, 2211, 3734, 3735,
+		3769, 3770, 4089, 4090, 4096, 4097, 4191, 4192,
+		1033, 1034,                                     /* aclitem, _aclitem */
+		71, 210, 75, 270, 81, 272, 83, 273,             /* bootstrap catalogs' rows */
+		1248, 2842, 2843, 4066, 6101,                   /* shared catalogs' rows */
+		10000, 10052, 12000, 13000, 16383,              /* initdb's row types, arrays */
+		16384, 16402, 100000, UINT32_MAX,               /* the database's own */
+	};
+	/* what pgbench -M extended/prepared, psycopg2, libpq's PQexecParams
+	 * and JDBC-style typed parameters send */
+	static const uint32_t allowed[] = {
+		0, 16, 17, 18, 19, 20, 21, 23, 25, 26, 114, 142, 700, 701, 705, 790, 869, 1000,
+		1005, 1007, 1009, 1016, 1015, 1042, 1043, 1082, 1083, 1114, 1184, 1186, 1266, 1700,
+		2950, 3802, 3807, 3904, 9999,
+	};
+
+	for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+		if (!pgc_param_type_refused(refused[i]))
+			fprintf(stderr, "  type OID %u allowed\n", refused[i]);
+		CHECK(pgc_param_type_refused(refused[i]) != NULL);
+	}
+	for (size_t i = 0; i < sizeof(allowed) / sizeof(allowed[0]); i++) {
+		if (pgc_param_type_refused(allowed[i]))
+			fprintf(stderr, "  type OID %u refused\n", allowed[i]);
+		CHECK(pgc_param_type_refused(allowed[i]) == NULL);
+	}
+	CHECK(strstr(pgc_param_type_refused(16384), "database defined") != NULL);
+	CHECK(strstr(pgc_param_type_refused(2205), "reads the catalog") != NULL);
+}
+
+
 int main(int argc, char **argv)
 {
 	if (argc == 3 && strcmp(argv[1], "--write-corpus") == 0)
@@ -2266,6 +2304,7 @@ int main(int argc, char **argv)
 	RUN(test_cache_owner_quota);
 	RUN(test_review_ways_around);
 	RUN(test_oid_types);
+	RUN(test_param_types);
 	RUN(test_threads);
 	pgc_cache_flush();
 	UNIT_DONE("pg_classify");
