@@ -1202,21 +1202,115 @@ static const struct { const char *type, *rel; } oid_types[] = {
 	{ "regrole", "pg_authid" }, { "regtype", "pg_type" },
 };
 
+/* A relation a type reads: not the statement's first relation (a CREATE's
+ * target) nor a SELECT INTO's. */
+static void type_read(struct walker *w, const char *schema, const char *rel)
+{
+	uint8_t first = w->st->first_table;
+	bool into = w->into_next;
+
+	w->into_next = false;
+	add_table(w, schema, rel);
+	w->into_next = into;
+	w->st->first_table = first;
+}
+
+static bool oid_type(const char *type)
+{
+	for (size_t i = 0; i < sizeof(oid_types) / sizeof(oid_types[0]); i++)
+		if (strcmp(type, oid_types[i].type) == 0)
+			return true;
+	return false;
+}
+
 static void oid_type_read(struct walker *w, const char *type)
 {
 	for (size_t i = 0; i < sizeof(oid_types) / sizeof(oid_types[0]); i++)
 		if (strcmp(type, oid_types[i].type) == 0) {
-			/* not the statement's first relation (a CREATE's
-			 * target) nor a SELECT INTO's */
-			uint8_t first = w->st->first_table;
-			bool into = w->into_next;
-
-			w->into_next = false;
-			add_table(w, "pg_catalog", oid_types[i].rel);
-			w->into_next = into;
-			w->st->first_table = first;
+			type_read(w, "pg_catalog", oid_types[i].rel);
 			return;
 		}
+}
+
+/*
+ * PostgreSQL 15's pg_catalog types that are no relation's row type (base,
+ * pseudo, range and multirange types; the reg* types and aclitem are
+ * oid_types[]), sorted (strcmp order; the unit test checks it).
+ */
+static const char *const builtin_types[] = {
+	"any", "anyarray", "anycompatible", "anycompatiblearray", "anycompatiblemultirange",
+	"anycompatiblenonarray", "anycompatiblerange", "anyelement", "anyenum", "anymultirange",
+	"anynonarray", "anyrange", "bit", "bool", "box", "bpchar", "bytea", "char", "cid", "cidr",
+	"circle", "cstring", "date", "datemultirange", "daterange", "event_trigger", "fdw_handler",
+	"float4", "float8", "gtsvector", "index_am_handler", "inet", "int2", "int2vector", "int4",
+	"int4multirange", "int4range", "int8", "int8multirange", "int8range", "internal", "interval",
+	"json", "jsonb", "jsonpath", "language_handler", "line", "lseg", "macaddr", "macaddr8",
+	"money", "name", "numeric", "nummultirange", "numrange", "oid", "oidvector", "path",
+	"pg_brin_bloom_summary", "pg_brin_minmax_multi_summary", "pg_ddl_command", "pg_dependencies",
+	"pg_lsn", "pg_mcv_list", "pg_ndistinct", "pg_node_tree", "pg_snapshot", "point", "polygon",
+	"record", "refcursor", "table_am_handler", "text", "tid", "time", "timestamp", "timestamptz",
+	"timetz", "trigger", "tsm_handler", "tsmultirange", "tsquery", "tsrange", "tstzmultirange",
+	"tstzrange", "tsvector", "txid_snapshot", "unknown", "uuid", "varbit", "varchar", "void",
+	"xid", "xid8", "xml",
+};
+
+/* For the unit test, as pgc_catalog_list_sorted(). */
+bool pgc_type_list_sorted(void);
+bool pgc_type_list_sorted(void)
+{
+	return list_sorted(builtin_types, sizeof(builtin_types) / sizeof(builtin_types[0]));
+}
+
+static bool builtin_type(const char *name)
+{
+	return in_sorted(builtin_types, sizeof(builtin_types) / sizeof(builtin_types[0]), name);
+}
+
+/*
+ * A relation's row type (review F1). Every table and view has one, named
+ * as the relation, and a value of it is made field by field through the
+ * fields' input and output functions: ('(s,s,o,' || g || ',1,1,1,1,t,1,1)')
+ * ::pg_sequences turned each OID g into a relation's name through its
+ * regclass field, ::pg_range's regproc fields named functions, and
+ * ::pg_namespace's aclitem roles; (NULL::secrets).* shows an unlisted
+ * table's columns. The classifier has no catalog of types to tell a row
+ * type from an enum or a domain, so the rule fails closed where it cannot
+ * know (schema is NULL when the name is unqualified, base is the name
+ * without an array type's leading '_'):
+ *   - in pg_catalog (written so, or unqualified: pg_catalog is searched
+ *     first), a type named like one of its relations is that relation's row
+ *     type: a read of it, and, as its fields may be of any object
+ *     identifier type, of the catalogs oid_types[] read (pg_authid aside:
+ *     aclitem's input takes role names, not OIDs, and no catalog has a
+ *     regrole field). A pg_* name that is neither a relation nor a type of
+ *     PostgreSQL 15 may be a newer server's catalog: read as one too;
+ *   - in the pinned schema, a name that is not PostgreSQL's own type is a
+ *     read of the relation of that name. With the session's catalog
+ *     (ctx->catalog) the pinned schema's non-enum types, row types
+ *     included, are denied anyway (type_name()); without one (policy
+ *     explain, a session whose read failed) a user's enum cast then needs
+ *     its name in tables: as a table would (or schema.*), which is the price
+ *     of not telling it from a table's row type.
+ */
+static void row_type_read(struct walker *w, const char *schema, const char *name)
+{
+	const char *base = name[0] == '_' && name[1] ? name + 1 : name;
+	bool catalog = !schema || strcmp(schema, "pg_catalog") == 0;
+
+	if (oid_type(base) || builtin_type(base) || builtin_type(name))
+		return;
+	if (catalog && (catalog_relation(base) || strncmp(base, "pg_", 3) == 0)) {
+		type_read(w, "pg_catalog", base);
+		for (size_t i = 0; i < sizeof(oid_types) / sizeof(oid_types[0]); i++)
+			if (strcmp(oid_types[i].rel, "pg_authid") != 0)
+				type_read(w, "pg_catalog", oid_types[i].rel);
+		if (catalog_relation(base) || schema)
+			return;
+	}
+	if (schema && strcmp(schema, "pg_catalog") == 0)
+		return;
+	if (!w->ctx->catalog && !strchr(base, '.'))
+		type_read(w, w->schema, base);
 }
 
 /*
@@ -1252,6 +1346,7 @@ static void type_name(struct walker *w, int tn)
 		     "pinned schema may run the database's functions", schema ? schema : "?", last);
 		return;
 	}
+	row_type_read(w, schema, last);
 	if (schema && strcmp(schema, "pg_catalog") == 0)
 		return;
 	if (w->names_unknown || (c && in_sorted(c->types, c->ntypes, last)))

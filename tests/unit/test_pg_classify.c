@@ -23,6 +23,7 @@
 
 bool pgc_builtin_list_sorted(void);
 bool pgc_catalog_list_sorted(void);
+bool pgc_type_list_sorted(void);
 bool pgc_operator_list_sorted(void);
 
 /* ---- rules built by hand (the shape policy_load.c produces) ---- */
@@ -367,6 +368,7 @@ static void test_names(void)
 	/* a pg_* name pg_catalog lacks is the pinned schema's (or a newer
 	 * server's catalog relation): both must be allowed */
 	CHECK(pgc_catalog_list_sorted());
+	CHECK(pgc_type_list_sorted());
 	{
 		static char *s_ro[] = { "select" }, *cat[] = { "pg_catalog.*" },
 			    *both[] = { "pg_catalog.*", "public.*" };
@@ -2241,6 +2243,111 @@ static void test_oid_types(void)
 	}
 }
 
+/* A cast to a relation's row type reads the relation (review F1): its
+ * fields' reg* and aclitem input and output read the catalog
+ * (::pg_sequences listed every relation), and (NULL::secrets).* shows an
+ * unlisted table's columns. */
+static void test_row_types(void)
+{
+	static const struct { const char *sql, *rel; } reads[] = {
+		{ "SELECT ('(s,s,o,' || g || ',1,1,1,1,t,1,1)')::pg_sequences FROM generate_series(16380,16420) g",
+		  "pg_catalog.pg_sequences" },
+		{ "SELECT ('(1,1,1,1,1,' || g || ',-)')::pg_range FROM generate_series(1,3000) g", "pg_catalog.pg_range" },
+		{ "SELECT ('(1,x,1,\"{=r/' || 'app' || '}\")')::pg_namespace", "pg_catalog.pg_namespace" },
+		{ "SELECT NULL::pg_catalog.pg_sequences", "pg_catalog.pg_sequences" },
+		{ "SELECT NULL::PG_CATALOG.\"pg_sequences\"", "pg_catalog.pg_sequences" },
+		{ "SELECT '{}'::pg_sequences[]", "pg_catalog.pg_sequences" },
+		{ "SELECT '{}'::_pg_class", "pg_catalog.pg_class" },
+		{ "SELECT CAST('(x)' AS pg_class)", "pg_catalog.pg_class" },
+		{ "SELECT ROW(1, 2)::pg_range", "pg_catalog.pg_range" },
+		{ "SELECT to_json(NULL::pg_sequences)", "pg_catalog.pg_sequences" },
+		{ "SELECT x FROM (SELECT NULL::pg_type AS x) s", "pg_catalog.pg_type" },
+		{ "WITH t AS (SELECT '(x)'::pg_proc AS x) SELECT x FROM t", "pg_catalog.pg_proc" },
+		{ "SELECT id FROM orders WHERE id IN (SELECT length((NULL::pg_range)::text))", "pg_catalog.pg_range" },
+		{ "CREATE TABLE mine (a pg_catalog.pg_sequences)", "pg_catalog.pg_sequences" },
+		/* a pg_* name PostgreSQL 15 lacks may be a newer server's catalog */
+		{ "SELECT NULL::pg_newer_catalog", "pg_catalog.pg_newer_catalog" },
+		/* the pinned schema's: a table's row type (without the catalog,
+		 * nothing tells it from an enum) */
+		{ "SELECT (NULL::secrets).*", "public.secrets" },
+		{ "SELECT (NULL::public.secrets).*", "public.secrets" },
+		{ "SELECT NULL::\"secrets\"[]", "public.secrets" },
+		{ "SELECT NULL::_secrets", "public.secrets" },
+		{ "SELECT CAST(NULL AS secrets)", "public.secrets" },
+		{ "SELECT ROW(1, 'x')::secrets", "public.secrets" },
+		{ "SELECT x FROM (SELECT NULL::secrets AS x) s", "public.secrets" },
+		{ "WITH t AS (SELECT NULL::secrets AS x) SELECT x FROM t", "public.secrets" },
+		{ "SELECT id FROM orders WHERE EXISTS (SELECT (NULL::secrets).*)", "public.secrets" },
+		{ "CREATE TABLE mine (a secrets)", "public.secrets" },
+	};
+	static char *s_ro[] = { "select", "create_table" }, *cat[] = { "public.*", "pg_catalog.*" };
+	static struct policy_rule cat_rule = {
+		.target = "db", .role = "catalog_reader",
+		.allow = { .present = true, .statements = { s_ro, 2 }, .tables = { cat, 2 } },
+	};
+	static const struct policy_rule *catr[] = { &cat_rule };
+
+	for (size_t i = 0; i < sizeof(reads) / sizeof(reads[0]); i++) {
+		struct pgc_result r = judge(reads[i].sql);
+
+		if (r.verdict != PGC_DENY || !has_table(&r, reads[i].rel))
+			fprintf(stderr, "  %s: got %d (%s)\n", reads[i].sql, r.verdict, r.reason);
+		CHECK(r.verdict == PGC_DENY && has_table(&r, reads[i].rel));
+		/* a rule that grants the relations allows it */
+		r = judge_rules(reads[i].sql, catr, 1);
+		if (r.verdict != PGC_ALLOW)
+			fprintf(stderr, "  %s (granted): got %d (%s)\n", reads[i].sql, r.verdict, r.reason);
+		CHECK(r.verdict == PGC_ALLOW && has_table(&r, reads[i].rel));
+	}
+	/* a catalog row type's fields may be of any reg* type: their catalogs too */
+	{
+		struct pgc_result r = judge_rules("SELECT NULL::pg_sequences", catr, 1);
+
+		CHECK(has_table(&r, "pg_catalog.pg_class") && has_table(&r, "pg_catalog.pg_proc") &&
+		      !has_table(&r, "pg_catalog.pg_authid"));
+	}
+	/* the catalogs no rule grants stay denied as row types */
+	EXPECT_REASON("SELECT NULL::pg_roles", PGC_DENY, "SHOW is refused for");
+	EXPECT_REASON("SELECT NULL::pg_stats", PGC_DENY, "sampled");
+	/* PostgreSQL's own types, in every spelling, read nothing */
+	{
+		static const char *const plain[] = {
+			"SELECT 1::int, 'a'::text, 1.5::numeric(10,2), now()::timestamptz, '{}'::jsonb",
+			"SELECT '{a}'::varchar[], 'x'::int4, CAST(1 AS bigint), '1'::pg_lsn, true::bool",
+			"SELECT 'a'::\"text\", '{1}'::_int4, 'a'::pg_catalog.text, '1 day'::interval",
+			"SELECT '00000000-0000-0000-0000-000000000000'::uuid, '1'::float8, 'x'::bytea",
+			"SELECT ROW(1, 'a')::record IS NULL, NULL::anyelement IS NULL, 1::oid, 'a'::name",
+			"SELECT '[1,2)'::int4range, '1'::xid8, 'a'::char(3), 'a'::character varying(3)",
+			"SELECT id::text, total::numeric(10,2) FROM orders",
+			"SELECT NULL::int[], NULL::double precision, NULL::timestamp(3) with time zone",
+		};
+
+		for (size_t i = 0; i < sizeof(plain) / sizeof(plain[0]); i++) {
+			struct pgc_result r = judge(plain[i]);
+
+			if (r.verdict != PGC_ALLOW)
+				fprintf(stderr, "  %s: got %d (%s)\n", plain[i], r.verdict, r.reason);
+			CHECK(r.verdict == PGC_ALLOW);
+		}
+	}
+	/* With the session's catalog, the pinned schema's row types are its
+	 * types (denied) and an enum (the catalog leaves enums out) passes */
+	{
+		static const char *const types[] = { "secrets" };
+		struct pgc_catalog cat = { .types = types, .ntypes = 1, .hash = { 3 } };
+		struct pgc_result r = judge_cat(&cat, "SELECT 'happy'::mood", ro, 1);
+
+		CHECK(r.verdict == PGC_ALLOW && r.ntables == 0);
+		r = judge_cat(&cat, "SELECT (NULL::secrets).*", ro, 1);
+		CHECK(r.verdict == PGC_DENY);
+		r = judge_cat(&cat, "SELECT NULL::pg_sequences", ro, 1);
+		CHECK(r.verdict == PGC_DENY && has_table(&r, "pg_catalog.pg_sequences"));
+		/* without it, the enum is read as the table it may be */
+		r = judge("SELECT 'happy'::mood");
+		CHECK(r.verdict == PGC_DENY && has_table(&r, "public.mood"));
+	}
+}
+
 /* Parse's declared parameter types (review F5): Parse("SELECT $1",
  * [regclass]) + Bind("16402") returned a relation's name, the catalog read
  * a cast is denied for; so did a catalog row type's reg* fields. */
@@ -2304,6 +2411,7 @@ int main(int argc, char **argv)
 	RUN(test_cache_owner_quota);
 	RUN(test_review_ways_around);
 	RUN(test_oid_types);
+	RUN(test_row_types);
 	RUN(test_param_types);
 	RUN(test_threads);
 	pgc_cache_flush();
