@@ -237,6 +237,7 @@ struct walker {
 	int in_from_func;              /* inside a function (or XMLTABLE) in FROM */
 	bool explain;                  /* inside EXPLAIN: no column is an output */
 	unsigned lineage_steps;        /* derived_has() calls so far (LINEAGE_STEPS_MAX) */
+	unsigned rel_reads;            /* relations named outside a DML target, so far */
 };
 
 static void deny(struct walker *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -589,6 +590,7 @@ static bool relation(struct walker *w, int rv, struct scope *sc, bool may_be_cte
 		return false;
 	}
 	add_table(w, s, r);
+	w->rel_reads++;
 	*schema = s;
 	*rel = r;
 	return !w->denied;
@@ -1896,6 +1898,7 @@ static struct entry *dml_target(struct walker *w, int body, struct scope *sc)
 
 	if (rv < 0 || !relation(w, rv, sc, false, &s, &r, &c))
 		return NULL;
+	w->rel_reads--;         /* written, not read (walk_dml) */
 	/* pg_settings' UPDATE rule calls set_config(): a write to it would
 	 * change pinned settings (standard_conforming_strings, search_path,
 	 * client_encoding...), whatever the rules grant */
@@ -1984,11 +1987,25 @@ static void conflict_target(struct walker *w, int clause, const struct entry *e)
 	}
 }
 
+/*
+ * INSERT, UPDATE, DELETE, MERGE. Write-only rules do not read (review F3):
+ * PostgreSQL itself asks SELECT privilege for RETURNING and for the
+ * relations a statement reads, so a non-empty RETURNING, and any relation
+ * named other than as the target (INSERT ... SELECT's source, UPDATE ...
+ * FROM, DELETE ... USING, MERGE's source, a sub-select anywhere, a CTE's,
+ * the target itself read again), add the select need: one rule must grant
+ * select as well as the write, over all the statement's tables. The
+ * target's own columns in WHERE and SET expressions do not (PostgreSQL asks
+ * SELECT on them too): an update-only rule could not say WHERE id = 1
+ * otherwise. The row count then tells which rows match; masked columns
+ * are denied there as anywhere but in a plain output.
+ */
 static void walk_dml(struct walker *w, int key, int body, struct scope *parent)
 {
 	const struct pgj *j = &w->j;
 	struct scope sc = { .parent = parent };
 	struct entry *e;
+	unsigned reads = w->rel_reads;
 	int i;
 
 	if (!enter(w)) {
@@ -2045,7 +2062,10 @@ static void walk_dml(struct walker *w, int key, int body, struct scope *parent)
 		expr(w, pgj_get(j, body, "mergeWhenClauses"), &sc);
 	}
 	/* RETURNING is not a result with lineage: masked columns denied */
-	expr(w, pgj_get(j, body, "returningList"), &sc);
+	i = pgj_get(j, body, "returningList");
+	expr(w, i, &sc);
+	if (pgj_first(j, i) >= 0 || w->rel_reads != reads)
+		add_need(w, "select", PGC_READ, false);
 	leave(w);
 }
 

@@ -1043,9 +1043,13 @@ static void test_statements(void)
 				"THEN UPDATE SET total = 1 WHEN NOT MATCHED THEN DO NOTHING", mrs, 1);
 		CHECK(r.verdict == PGC_ALLOW && r.cls == PGC_WRITE);
 		CHECK_STR(r.tag, "merge");
-		r = judge_rules("MERGE INTO orders o USING customers c ON o.id = c.id WHEN MATCHED "
+		r = judge_rules("MERGE INTO orders o USING (VALUES (1)) c(id) ON o.id = c.id WHEN MATCHED "
 				"THEN DO NOTHING", mors, 1);
 		CHECK(r.verdict == PGC_ALLOW);
+		/* its source table is read: select too (review F3) */
+		r = judge_rules("MERGE INTO orders o USING customers c ON o.id = c.id WHEN MATCHED "
+				"THEN DO NOTHING", mors, 1);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "select"));
 		r = judge_rules("MERGE INTO orders o USING customers c ON o.id = c.id WHEN MATCHED "
 				"THEN UPDATE SET total = 1", mors, 1);
 		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "update"));
@@ -2243,6 +2247,111 @@ static void test_oid_types(void)
 	}
 }
 
+/* Write-only rules do not read (review F3): RETURNING and any relation read
+ * as a source need select as well, as PostgreSQL asks SELECT privilege
+ * for them. */
+static void test_write_only_reads(void)
+{
+	static char *ins[] = { "insert" }, *ud[] = { "update", "delete" }, *orders[] = { "public.orders" };
+	static char *ins_sel[] = { "insert", "select" }, *ud_read[] = { "update", "delete", "read" };
+	static char *wr[] = { "write" };
+	struct policy_rule ir = { .target = "db",
+		.allow = { .present = true, .statements = { ins, 1 }, .tables = { orders, 1 } } };
+	struct policy_rule ur = { .target = "db",
+		.allow = { .present = true, .statements = { ud, 2 }, .tables = { orders, 1 } } };
+	struct policy_rule isr = ir, urr = ur, wrr = ir;
+	const struct policy_rule *irs[] = { &ir }, *urs[] = { &ur }, *isrs[] = { &isr }, *urrs[] = { &urr };
+	const struct policy_rule *wrrs[] = { &wrr };
+	static const char *const ins_reads[] = {
+		"INSERT INTO orders (customer_id, total) SELECT customer_id, total FROM orders "
+		"RETURNING customer_id, total",
+		"INSERT INTO orders (customer_id, total) SELECT customer_id, total FROM orders",
+		"INSERT INTO public.orders SELECT * FROM \"orders\"",
+		"INSERT INTO orders VALUES (1) RETURNING *",
+		"INSERT INTO orders DEFAULT VALUES RETURNING id",
+		"INSERT INTO orders VALUES (1) RETURNING 1",
+		"INSERT INTO orders VALUES ((SELECT max(total) FROM orders))",
+		"INSERT INTO orders SELECT x FROM (SELECT total AS x FROM orders) s",
+		"WITH s AS (SELECT total FROM orders) INSERT INTO orders (total) SELECT total FROM s",
+		"INSERT INTO orders (total) SELECT total FROM orders o WHERE EXISTS (SELECT 1)",
+		"INSERT INTO orders VALUES (1) ON CONFLICT (id) DO NOTHING RETURNING id",
+		"WITH i AS (INSERT INTO orders VALUES (1) RETURNING total) SELECT 1",
+	};
+	static const char *const ud_reads[] = {
+		"DELETE FROM orders RETURNING *",
+		"UPDATE orders SET id = id RETURNING *",
+		"UPDATE orders SET total = 0 RETURNING total",
+		"DELETE FROM public.orders o RETURNING o",
+		"UPDATE orders SET total = o2.total FROM orders o2 WHERE o2.id = orders.id",
+		"DELETE FROM orders USING orders o2 WHERE o2.id = orders.id",
+		"DELETE FROM orders WHERE id IN (SELECT id FROM orders WHERE total > 100)",
+		"UPDATE orders SET total = (SELECT max(total) FROM orders)",
+		"WITH d AS (SELECT id FROM orders) DELETE FROM orders WHERE id IN (SELECT id FROM d)",
+		"WITH d AS (DELETE FROM orders RETURNING id) DELETE FROM orders WHERE false",
+	};
+
+	isr.allow.statements = (struct policy_strv){ ins_sel, 2 };
+	urr.allow.statements = (struct policy_strv){ ud_read, 3 };
+	wrr.allow.statements = (struct policy_strv){ wr, 1 };
+	for (size_t i = 0; i < sizeof(ins_reads) / sizeof(ins_reads[0]); i++) {
+		struct pgc_result r = judge_rules(ins_reads[i], irs, 1);
+
+		if (r.verdict != PGC_DENY || !strstr(r.reason, "select"))
+			fprintf(stderr, "  %s: got %d (%s)\n", ins_reads[i], r.verdict, r.reason);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "select"));
+		r = judge_rules(ins_reads[i], isrs, 1);
+		if (r.verdict != PGC_ALLOW)
+			fprintf(stderr, "  %s (select too): got %d (%s)\n", ins_reads[i], r.verdict, r.reason);
+		CHECK(r.verdict == PGC_ALLOW);
+		/* the write class alone does not read */
+		r = judge_rules(ins_reads[i], wrrs, 1);
+		CHECK(r.verdict == PGC_DENY);
+	}
+	for (size_t i = 0; i < sizeof(ud_reads) / sizeof(ud_reads[0]); i++) {
+		struct pgc_result r = judge_rules(ud_reads[i], urs, 1);
+
+		if (r.verdict != PGC_DENY || !strstr(r.reason, "select"))
+			fprintf(stderr, "  %s: got %d (%s)\n", ud_reads[i], r.verdict, r.reason);
+		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "select"));
+		r = judge_rules(ud_reads[i], urrs, 1);
+		if (r.verdict != PGC_ALLOW)
+			fprintf(stderr, "  %s (read too): got %d (%s)\n", ud_reads[i], r.verdict, r.reason);
+		CHECK(r.verdict == PGC_ALLOW);
+	}
+	/* plain writes, and the target's own columns in WHERE and SET, stay
+	 * write-only (documented: the row count is the only answer) */
+	{
+		static const char *const plain_ins[] = {
+			"INSERT INTO orders VALUES (1)",
+			"INSERT INTO orders (id, total) VALUES (1, 2), (3, 4)",
+			"INSERT INTO orders SELECT 1, 2",
+			"INSERT INTO orders VALUES (1) ON CONFLICT (id) DO NOTHING",
+			"INSERT INTO orders VALUES ($1, $2)",
+		};
+		static const char *const plain_ud[] = {
+			"UPDATE orders SET total = total + 1 WHERE id = 1",
+			"DELETE FROM orders WHERE id = 1",
+			"DELETE FROM orders",
+			"UPDATE orders SET total = 0",
+		};
+
+		for (size_t i = 0; i < sizeof(plain_ins) / sizeof(plain_ins[0]); i++) {
+			struct pgc_result r = judge_rules(plain_ins[i], irs, 1);
+
+			if (r.verdict != PGC_ALLOW)
+				fprintf(stderr, "  %s: got %d (%s)\n", plain_ins[i], r.verdict, r.reason);
+			CHECK(r.verdict == PGC_ALLOW);
+		}
+		for (size_t i = 0; i < sizeof(plain_ud) / sizeof(plain_ud[0]); i++) {
+			struct pgc_result r = judge_rules(plain_ud[i], urs, 1);
+
+			if (r.verdict != PGC_ALLOW)
+				fprintf(stderr, "  %s: got %d (%s)\n", plain_ud[i], r.verdict, r.reason);
+			CHECK(r.verdict == PGC_ALLOW);
+		}
+	}
+}
+
 /* A cast to a relation's row type reads the relation (review F1): its
  * fields' reg* and aclitem input and output read the catalog
  * (::pg_sequences listed every relation), and (NULL::secrets).* shows an
@@ -2411,6 +2520,7 @@ int main(int argc, char **argv)
 	RUN(test_cache_owner_quota);
 	RUN(test_review_ways_around);
 	RUN(test_oid_types);
+	RUN(test_write_only_reads);
 	RUN(test_row_types);
 	RUN(test_param_types);
 	RUN(test_threads);
