@@ -1527,7 +1527,8 @@ static void from_item(struct walker *w, int item, struct scope *sc)
 		struct entry *e;
 
 		if (d) {
-			walk_query(w, pgj_get(j, body, "subquery"), sc, true, false, d);
+			/* inside EXPLAIN nothing is an output (H_EXPLAIN) */
+			walk_query(w, pgj_get(j, body, "subquery"), sc, !w->explain, false, d);
 			if (cols && derived_has(w, d, NULL, 0))
 				d->star_masked = true;
 			if ((e = add_entry(w, sc, al, ENT_DERIVED)))
@@ -1668,7 +1669,9 @@ static void walk_with(struct walker *w, int wc, struct scope *sc)
 		}
 		ct->d = d;
 		ct->pending = false;
-		walk_query(w, pgj_get(j, body, "ctequery"), sc, true, false, d);
+		/* inside EXPLAIN nothing is an output: EXPLAIN WITH t AS
+		 * MATERIALIZED (SELECT cc ...) showed cc's width (review F2) */
+		walk_query(w, pgj_get(j, body, "ctequery"), sc, !w->explain, false, d);
 		if (pgj_get(j, body, "aliascolnames") >= 0 && derived_has(w, d, NULL, 0))
 			d->star_masked = true;
 		/* CYCLE ... SET m TO v DEFAULT d: v and d are typed literals
@@ -2574,7 +2577,7 @@ static void statement(struct walker *w, int key, int body, struct scope *sc, boo
 		deny(w, "%s", k->why);
 		break;
 	case H_SELECT:
-		walk_select(w, body, sc, true, true, NULL);
+		walk_select(w, body, sc, !w->explain, true, NULL);
 		break;
 	case H_DML:
 		walk_dml(w, key, body, sc);
@@ -2586,7 +2589,10 @@ static void statement(struct walker *w, int key, int body, struct scope *sc, boo
 		/* EXPLAIN [ANALYZE] X is judged as X whatever its options, with
 		 * no plain output column: a plan's width is the planner's
 		 * average width of what it returns, pg_stats.avg_width of a
-		 * masked column returned alone (review, stop 59) */
+		 * masked column returned alone (review, stop 59). That holds
+		 * for every node of the plan, so w->explain makes DECLARE's
+		 * query, CTEs and subqueries in FROM non-outputs too (review
+		 * F2) */
 		bool was = w->explain;
 
 		if (top)
@@ -2599,7 +2605,8 @@ static void statement(struct walker *w, int key, int body, struct scope *sc, boo
 	case H_DECLARE:
 		if (top)
 			st->tag = k->tag;
-		walk_query(w, pgj_get(&w->j, body, "query"), sc, true, true, NULL);
+		/* EXPLAIN DECLARE c CURSOR FOR X plans X (review F2) */
+		walk_query(w, pgj_get(&w->j, body, "query"), sc, !w->explain, true, NULL);
 		break;
 	case H_CTAS: {
 		const char *ot = get_str(w, body, "objtype");

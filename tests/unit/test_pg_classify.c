@@ -857,6 +857,35 @@ static void test_statements(void)
 	EXPECT_REASON("EXPLAIN SELECT * FROM customers", PGC_DENY, "EXPLAIN of masked columns");
 	EXPECT_REASON("EXPLAIN ANALYZE SELECT c.* FROM customers c", PGC_DENY, "EXPLAIN of masked columns");
 	EXPECT_REASON("EXPLAIN SELECT x.e FROM (SELECT email AS e FROM customers) x", PGC_DENY, "EXPLAIN of masked");
+	/* every node of the plan has a width: DECLARE's query, CTEs and
+	 * subqueries are no outputs inside EXPLAIN either (review F2) */
+	{
+		static const char *const widths[] = {
+			"EXPLAIN DECLARE c CURSOR FOR SELECT cc FROM customers",
+			"EXPLAIN DECLARE c CURSOR FOR SELECT * FROM customers",
+			"EXPLAIN ANALYZE DECLARE c SCROLL CURSOR WITH HOLD FOR SELECT c.email FROM public.customers c",
+			"EXPLAIN WITH t AS MATERIALIZED (SELECT cc FROM customers) SELECT 1 FROM t",
+			"EXPLAIN WITH t AS (SELECT cc FROM customers) SELECT count(*) FROM t",
+			"EXPLAIN WITH t AS (SELECT * FROM customers) SELECT 1",
+			"EXPLAIN WITH RECURSIVE t AS (SELECT \"cc\" FROM customers) SELECT 1 FROM t",
+			"EXPLAIN SELECT 1 FROM (SELECT cc FROM customers OFFSET 0) s",
+			"EXPLAIN SELECT count(*) FROM (SELECT c.* FROM customers c) s",
+			"EXPLAIN SELECT 1 FROM orders o, LATERAL (SELECT cc FROM customers c WHERE c.id = o.id) s",
+			"EXPLAIN SELECT 1 FROM orders WHERE EXISTS (SELECT 1 FROM (SELECT email FROM customers) s)",
+			"EXPLAIN WITH a AS (SELECT 1), b AS (SELECT x.cc FROM (SELECT cc FROM customers) x) SELECT 1 FROM b",
+			"EXPLAIN DECLARE c CURSOR FOR WITH t AS (SELECT cc FROM customers) SELECT 1 FROM t",
+		};
+
+		for (size_t i = 0; i < sizeof(widths) / sizeof(widths[0]); i++)
+			EXPECT_REASON(widths[i], PGC_DENY, "EXPLAIN of masked");
+	}
+	/* outside EXPLAIN they are outputs as before */
+	EXPECT("DECLARE c CURSOR FOR SELECT cc FROM customers", PGC_ALLOW);
+	EXPECT("WITH t AS MATERIALIZED (SELECT cc FROM customers) SELECT cc FROM t", PGC_ALLOW);
+	EXPECT("SELECT s.cc FROM (SELECT cc FROM customers) s", PGC_ALLOW);
+	EXPECT("EXPLAIN WITH t AS (SELECT id FROM customers) SELECT id FROM t", PGC_ALLOW);
+	EXPECT("EXPLAIN DECLARE c CURSOR FOR SELECT id FROM customers", PGC_ALLOW);
+	EXPECT("EXPLAIN SELECT 1 FROM (SELECT id, total FROM orders) s", PGC_ALLOW);
 	EXPECT("EXPLAIN (FORMAT JSON) SELECT id FROM customers WHERE id = 1", PGC_ALLOW);
 	EXPECT("EXPLAIN SELECT id FROM customers ORDER BY 1", PGC_ALLOW);
 	EXPECT("SELECT cc FROM customers", PGC_ALLOW);
