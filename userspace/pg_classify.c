@@ -88,7 +88,13 @@
  *     Parse), FETCH/MOVE (cursors are not tracked), LOAD, DDL or admin
  *     statements touching a table with masked columns.
  *   - EXPLAIN [ANALYZE] X is judged as X (plain EXPLAIN too: the options
- *     are not interpreted). DECLARE ... CURSOR FOR X is judged as X.
+ *     are not interpreted), with no column an output: a plan shows widths.
+ *     DECLARE ... CURSOR FOR X is judged as X.
+ *   - INSERT/UPDATE/DELETE/MERGE add select when they read: a non-empty
+ *     RETURNING, or a relation named other than as the target (walk_dml).
+ *   - A cast to (or a column of) a relation's row type reads the relation
+ *     (row_type_read); the settings and credentials catalogs (secret_rels)
+ *     and the planner statistics (stats_rels) no rule grants.
  *   - COPY ... TO STDOUT / FROM STDIN needs a rule whose statements: names
  *     "copy" (a class never grants it), FROM STDIN insert (or write) as
  *     well, and is denied for any table with
@@ -352,14 +358,15 @@ static const char *const stats_rels[] = {
  * (pg_db_role_setting; rolconfig/useconfig of pg_roles, pg_authid, pg_user,
  * pg_shadow, which also hold password hashes), every server setting
  * (pg_settings, pg_file_settings), the server's authentication files
- * (pg_hba_file_rules, pg_ident_file_mappings) and the options (passwords)
- * of user mappings (review F4: pg_catalog.* granted them). No rule grants
- * them; ::regrole and aclitem, which read pg_authid, go with them.
+ * (pg_hba_file_rules, pg_ident_file_mappings), and the options (passwords)
+ * of user mappings and subscriptions' connection strings (review F4:
+ * pg_catalog.* granted them). No rule grants them; ::regrole and aclitem,
+ * which read pg_authid, go with them.
  */
 static const char *const secret_rels[] = {
 	"pg_authid", "pg_db_role_setting", "pg_file_settings", "pg_hba_file_rules",
-	"pg_ident_file_mappings", "pg_roles", "pg_settings", "pg_shadow", "pg_user",
-	"pg_user_mapping", "pg_user_mappings",
+	"pg_ident_file_mappings", "pg_roles", "pg_settings", "pg_shadow", "pg_subscription",
+	"pg_user", "pg_user_mapping", "pg_user_mappings",
 };
 
 static bool in_sorted(const char *const *v, size_t n, const char *name);

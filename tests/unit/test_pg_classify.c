@@ -411,6 +411,8 @@ static void test_names(void)
 				"SELECT passwd FROM pg_shadow",
 				"SELECT umoptions FROM pg_user_mappings",
 				"SELECT umoptions FROM pg_user_mapping",
+				"SELECT subconninfo FROM pg_subscription",
+				"SELECT NULL::pg_subscription",
 				"SELECT 1 FROM pg_class WHERE EXISTS (SELECT 1 FROM pg_roles WHERE rolconfig IS NOT NULL)",
 				"WITH r AS (SELECT rolconfig FROM pg_catalog.pg_roles) SELECT * FROM r",
 				"SELECT (SELECT array_agg(s) FROM pg_db_role_setting s)",
