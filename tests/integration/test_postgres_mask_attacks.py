@@ -115,6 +115,10 @@ SQL_CASES = [
     # a plan's width is the masked column's average width (stop 59)
     ("explain", "EXPLAIN SELECT cc FROM customers"),
     ("explain_star", "EXPLAIN (ANALYZE, FORMAT JSON) SELECT * FROM customers"),
+    # every node of a plan has a width: DECLARE's query, a CTE, a subquery (review F2)
+    ("explain_declare", "EXPLAIN DECLARE c CURSOR FOR SELECT cc FROM customers"),
+    ("explain_cte", "EXPLAIN WITH t AS MATERIALIZED (SELECT cc FROM customers) SELECT 1 FROM t"),
+    ("explain_subquery", "EXPLAIN SELECT 1 FROM (SELECT email FROM customers OFFSET 0) s"),
     ("subquery", "SELECT x FROM (SELECT cc AS x FROM customers) s"),
     ("cte", "WITH t AS (SELECT cc FROM customers) SELECT cc FROM t"),
     ("cte_mat", "WITH t AS MATERIALIZED (SELECT email, cc FROM customers) SELECT * FROM t"),
@@ -180,7 +184,8 @@ MUST_DENY = {"concat_op", "concat", "format", "coalesce", "cast_varchar", "colla
              "values_sublink", "union", "union_in_from", "recursive_cte", "distinct", "error_cast_int",
              "error_cast_jsonb", "where_oracle", "using_join", "natural_join", "order_by", "pg_notify",
              "do_notice", "listen", "notify", "prepare", "execute", "copy_query", "copy_table", "fetch_multi",
-             "fetch", "move_fetch", "multi_second_bad", "explain", "explain_star"}
+             "fetch", "move_fetch", "multi_second_bad", "explain", "explain_star",
+             "explain_declare", "explain_cte", "explain_subquery"}
 MUST_MASK = {"plain", "subquery", "cte", "cte_mat"}
 NO_ROWS = {"hold_cursor"}   # allowed (judged as its SELECT): it sends no row; FETCH/MOVE are denied
 

@@ -205,6 +205,73 @@ def test_object_identifier_casts_read_the_catalog(enforcer, pg, tmp):
     assert res[0][:3] == ["T", "D:orders", "C:SELECT 1"], res
 
 
+
+def test_catalog_reads_the_review_found(enforcer, pg, tmp):
+    """Review F4 and F1, against the server: under pg_catalog.* the relations holding
+    settings and credentials (pg_roles' rolconfig, pg_db_role_setting) read what SHOW is
+    refused for; a cast to a catalog row type (::pg_sequences, whose regclass field
+    names any OID's relation) listed every relation under a rule granting none of the
+    catalog. Both are denied before the server sees them; plain catalog reads still
+    work under pg_catalog.*."""
+    pg.sql("CREATE SCHEMA hidden; CREATE TABLE hidden.payroll_f1 (id int); "
+           "REVOKE ALL ON SCHEMA hidden FROM PUBLIC; ALTER ROLE app SET work_mem = '7777kB'")
+    log_all(pg)
+    enforcer.start(policy(pg, tmp, rules=RULES_CATALOG))
+    res = run_seq(enforcer, pg, [
+        "SELECT rolconfig FROM pg_roles WHERE rolname = 'app'",
+        "SELECT setconfig FROM pg_db_role_setting",
+        "SELECT setting FROM pg_catalog.pg_settings WHERE name = 'work_mem'",
+        "SELECT count(*) > 0 FROM pg_class WHERE relname = 'orders'",
+    ])
+    for i in (0, 1, 2):
+        assert denied(res[i]) and "SHOW is refused for" in res[i][0], (i, res[i])
+        assert "7777" not in str(res[i]), res[i]
+    assert res[3][:3] == ["T", "D:t", "C:SELECT 1"], res[3]
+    assert not server_saw(pg, "rolconfig") and not server_saw(pg, "pg_db_role_setting")
+    enforcer.stop()
+    enforcer.start(policy(pg, tmp))
+    scan = ("SELECT string_agg((('(s,s,o,' || g || ',1,1,1,1,t,1,1)')::pg_sequences).sequencename, ',') "
+            "FROM generate_series(16384, 20000) g")
+    res = run_seq(enforcer, pg, [scan, "SELECT NULL::pg_catalog.pg_range[]"])
+    for r in res:
+        assert denied(r) and "pg_catalog.pg_" in r[0], res
+        assert "payroll_f1" not in str(r), r
+    assert not server_saw(pg, "::pg_sequences") and not server_saw(pg, "pg_range[]")
+
+
+def test_write_only_rules_do_not_read(enforcer, pg, tmp):
+    """Review F3: statements: [insert] allowed INSERT ... SELECT ... FROM orders RETURNING
+    (rows back), [update, delete] DELETE ... RETURNING *. PostgreSQL asks SELECT privilege
+    for both; so does agentgate now. Plain writes stay allowed."""
+    log_all(pg)
+    enforcer.start(policy(pg, tmp, rules=[{"target": "shop", "allow": {
+        "statements": ["insert"], "tables": ["public.orders"]}}]))
+    before = orders_ids(pg)
+    res = run_seq(enforcer, pg, [
+        "INSERT INTO orders (customer_id, total) SELECT customer_id, total FROM orders "
+        "RETURNING customer_id, total",
+        "INSERT INTO orders (customer_id, total) VALUES (5, 55) RETURNING id",
+        "INSERT INTO orders (customer_id, total) VALUES (5, 56)",
+    ])
+    assert denied(res[0]) and "select" in res[0][0], res[0]
+    assert denied(res[1]) and "select" in res[1][0], res[1]
+    assert res[2][0] == "C:INSERT 0 1", res[2]
+    assert pg.sql("SELECT count(*) FROM orders WHERE total = 56") == "1"
+    assert pg.sql("SELECT count(*) FROM orders WHERE total = 55") == "0"
+    assert not server_saw(pg, "RETURNING")
+    enforcer.stop()
+    enforcer.start(policy(pg, tmp, rules=[{"target": "shop", "allow": {
+        "statements": ["update", "delete"], "tables": ["public.orders"]}}]))
+    res = run_seq(enforcer, pg, [
+        "DELETE FROM orders RETURNING *",
+        "UPDATE orders SET id = id RETURNING *",
+        "UPDATE orders SET total = 57 WHERE total = 56",
+    ])
+    assert denied(res[0]) and denied(res[1]), res
+    assert res[2][0] == "C:UPDATE 1", res[2]
+    assert orders_ids(pg).startswith(before), (before, orders_ids(pg))
+
+
 # ---- MERGE: each action is the statement it performs ----------------------------------
 
 RULES_MERGE_UPDATE = [{"target": "shop",
@@ -400,6 +467,7 @@ def test_database_comparisons_and_casts(enforcer, pg, tmp):
     # a Parse that declares its parameter of type d: the CHECK would run on
     # the value with no cast in the text
     oid = int(pg.sql("SELECT 'public.d'::regtype::oid"))
+    seq = int(pg.sql("SELECT 'pg_sequences'::regtype::oid"))
     out = run(enforcer, pg, f"""
 c = Conn("127.0.0.1", PORT)
 c.send(P("", "SELECT $1::text", [{oid}]) + B("", "", ["88"]) + E("") + S)
@@ -408,9 +476,10 @@ c.send(P("", "SELECT $1::text", [25]) + B("", "", ["89"]) + E("") + S)
 r2 = summary(c.until_ready())
 # a parameter of an object identifier type reads the catalog with no cast
 # in the text: regclass names a relation (review F5); so do the reg*
-# fields of a catalog row type (pg_class's 83, pg_sequences' from 10000)
+# fields of a catalog row type (pg_class's 83, pg_sequences' from 10000:
+# its regclass field)
 rs = []
-for t, v in ((2205, "1259"), (2210, "{{1259}}"), (83, "(x)"), (12000, "(x)")):
+for t, v in ((2205, "1259"), (2210, "{{1259}}"), (83, "(x)"), ({seq}, "(s,s,o,1259,1,1,1,1,t,1,1)")):
     c.send(P("", "SELECT $1", [t]) + B("", "", [v]) + E("") + S)
     rs.append(summary(c.until_ready()))
 print(json.dumps([r, r2, rs]))
