@@ -1294,12 +1294,14 @@ static bool builtin_type(const char *name)
  *     regrole field). A pg_* name that is neither a relation nor a type of
  *     PostgreSQL 15 may be a newer server's catalog: read as one too;
  *   - in the pinned schema, a name that is not PostgreSQL's own type is a
- *     read of the relation of that name. With the session's catalog
- *     (ctx->catalog) the pinned schema's non-enum types, row types
- *     included, are denied anyway (type_name()); without one (policy
- *     explain, a session whose read failed) a user's enum cast then needs
- *     its name in tables: as a table would (or schema.*), which is the price
- *     of not telling it from a table's row type.
+ *     read of the relation of that name, with the session's catalog or
+ *     without. The catalog lists the schema's types but enums and
+ *     extensions' (type_name() denies those it lists, row types of the
+ *     tables it saw included), so a name it lacks may still be a table
+ *     made since it was read; and the catalog only ever takes permissions
+ *     away (the fuzzer checks it). The price: a cast to an enum or an
+ *     extension's type (`'x'::mood`, `'[1,2]'::vector`) needs its name in
+ *     a rule's tables: (public.mood, or public.*), as a table would.
  */
 static void row_type_read(struct walker *w, const char *schema, const char *name)
 {
@@ -1318,7 +1320,7 @@ static void row_type_read(struct walker *w, const char *schema, const char *name
 	}
 	if (schema && strcmp(schema, "pg_catalog") == 0)
 		return;
-	if (!w->ctx->catalog && !strchr(base, '.'))
+	if (!strchr(base, '.'))
 		type_read(w, w->schema, base);
 }
 

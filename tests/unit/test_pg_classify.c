@@ -2471,20 +2471,28 @@ static void test_row_types(void)
 		}
 	}
 	/* With the session's catalog, the pinned schema's row types are its
-	 * types (denied) and an enum (the catalog leaves enums out) passes */
+	 * types (denied); a name it lacks (an enum, an extension's type, a
+	 * table made since) is read as the table it may be, as without it:
+	 * the catalog only takes permissions away */
 	{
 		static const char *const types[] = { "secrets" };
+		static char *mood_t[] = { "public.orders", "public.mood", "public.vector" };
+		struct policy_rule mr = ro_rule;
+		const struct policy_rule *mrs[] = { &mr };
 		struct pgc_catalog cat = { .types = types, .ntypes = 1, .hash = { 3 } };
 		struct pgc_result r = judge_cat(&cat, "SELECT 'happy'::mood", ro, 1);
 
-		CHECK(r.verdict == PGC_ALLOW && r.ntables == 0);
+		CHECK(r.verdict == PGC_DENY && has_table(&r, "public.mood"));
+		r = judge("SELECT 'happy'::mood");
+		CHECK(r.verdict == PGC_DENY && has_table(&r, "public.mood"));
 		r = judge_cat(&cat, "SELECT (NULL::secrets).*", ro, 1);
 		CHECK(r.verdict == PGC_DENY);
 		r = judge_cat(&cat, "SELECT NULL::pg_sequences", ro, 1);
 		CHECK(r.verdict == PGC_DENY && has_table(&r, "pg_catalog.pg_sequences"));
-		/* without it, the enum is read as the table it may be */
-		r = judge("SELECT 'happy'::mood");
-		CHECK(r.verdict == PGC_DENY && has_table(&r, "public.mood"));
+		/* naming the type in tables: allows its casts */
+		mr.allow.tables = (struct policy_strv){ mood_t, 3 };
+		r = judge_cat(&cat, "SELECT 'happy'::mood, id FROM orders ORDER BY '[1]'::vector", mrs, 1);
+		CHECK(r.verdict == PGC_ALLOW);
 	}
 }
 
