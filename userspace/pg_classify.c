@@ -359,7 +359,7 @@ static const char *const stats_rels[] = {
  * pg_shadow, which also hold password hashes), every server setting
  * (pg_settings, pg_file_settings), the server's authentication files
  * (pg_hba_file_rules, pg_ident_file_mappings), and the options (passwords)
- * of user mappings and subscriptions' connection strings (review F4:
+ * of user mappings and subscriptions' connection strings (review, stop 64:
  * pg_catalog.* granted them). No rule grants them; ::regrole and aclitem,
  * which read pg_authid, go with them.
  */
@@ -1276,7 +1276,7 @@ static bool builtin_type(const char *name)
 }
 
 /*
- * A relation's row type (review F1). Every table and view has one, named
+ * A relation's row type (review, stop 64). Every table and view has one, named
  * as the relation, and a value of it is made field by field through the
  * fields' input and output functions: ('(s,s,o,' || g || ',1,1,1,1,t,1,1)')
  * ::pg_sequences turned each OID g into a relation's name through its
@@ -1679,7 +1679,7 @@ static void walk_with(struct walker *w, int wc, struct scope *sc)
 		ct->d = d;
 		ct->pending = false;
 		/* inside EXPLAIN nothing is an output: EXPLAIN WITH t AS
-		 * MATERIALIZED (SELECT cc ...) showed cc's width (review F2) */
+		 * MATERIALIZED (SELECT cc ...) showed cc's width (review, stop 64) */
 		walk_query(w, pgj_get(j, body, "ctequery"), sc, !w->explain, false, d);
 		if (pgj_get(j, body, "aliascolnames") >= 0 && derived_has(w, d, NULL, 0))
 			d->star_masked = true;
@@ -2000,7 +2000,7 @@ static void conflict_target(struct walker *w, int clause, const struct entry *e)
 }
 
 /*
- * INSERT, UPDATE, DELETE, MERGE. Write-only rules do not read (review F3):
+ * INSERT, UPDATE, DELETE, MERGE. Write-only rules do not read (review, stop 64):
  * PostgreSQL itself asks SELECT privilege for RETURNING and for the
  * relations a statement reads, so a non-empty RETURNING, and any relation
  * named other than as the target (INSERT ... SELECT's source, UPDATE ...
@@ -2614,7 +2614,7 @@ static void statement(struct walker *w, int key, int body, struct scope *sc, boo
 	case H_DECLARE:
 		if (top)
 			st->tag = k->tag;
-		/* EXPLAIN DECLARE c CURSOR FOR X plans X (review F2) */
+		/* EXPLAIN DECLARE c CURSOR FOR X plans X (review, stop 64) */
 		walk_query(w, pgj_get(&w->j, body, "query"), sc, !w->explain, true, NULL);
 		break;
 	case H_CTAS: {
@@ -2941,7 +2941,7 @@ bool pgc_rules_may_write(const struct policy_rule *const *rules, size_t nrules)
 }
 
 /*
- * Parse's parameter types (review F5). A parameter's value goes through its
+ * Parse's parameter types (review, stop 64). A parameter's value goes through its
  * type's input function with no cast in the text for the classifier to see:
  * Parse("SELECT $1", [regclass]) with Bind("16402") returns a relation's
  * name, the catalog read a ::regclass cast is denied for. A denylist, not

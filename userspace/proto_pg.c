@@ -4501,7 +4501,7 @@ static int fe_parse(struct conn *c, const struct pg_msg *m)
 	/* A parameter declared with a type the database defined (a domain: its
 	 * CHECK runs on the value) runs its code with no cast in the text, and
 	 * one of an object identifier or catalog row type reads the catalog
-	 * (Parse("SELECT $1", [regclass]), review F5): pgc_param_type_refused()
+	 * (Parse("SELECT $1", [regclass]), review, stop 64): pgc_param_type_refused()
 	 * says which. */
 	for (int i = 0; pp.param_types && i < pp.nparams; i++) {
 		const uint8_t *t = pp.param_types + 4 * i;

@@ -115,7 +115,7 @@ SQL_CASES = [
     # a plan's width is the masked column's average width (stop 59)
     ("explain", "EXPLAIN SELECT cc FROM customers"),
     ("explain_star", "EXPLAIN (ANALYZE, FORMAT JSON) SELECT * FROM customers"),
-    # every node of a plan has a width: DECLARE's query, a CTE, a subquery (review F2)
+    # every node of a plan has a width: DECLARE's query, a CTE, a subquery (review, stop 64)
     ("explain_declare", "EXPLAIN DECLARE c CURSOR FOR SELECT cc FROM customers"),
     ("explain_cte", "EXPLAIN WITH t AS MATERIALIZED (SELECT cc FROM customers) SELECT 1 FROM t"),
     ("explain_subquery", "EXPLAIN SELECT 1 FROM (SELECT email FROM customers OFFSET 0) s"),

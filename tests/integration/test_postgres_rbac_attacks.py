@@ -475,7 +475,7 @@ r = summary(c.until_ready())
 c.send(P("", "SELECT $1::text", [25]) + B("", "", ["89"]) + E("") + S)
 r2 = summary(c.until_ready())
 # a parameter of an object identifier type reads the catalog with no cast
-# in the text: regclass names a relation (review F5); so do the reg*
+# in the text: regclass names a relation (review, stop 64); so do the reg*
 # fields of a catalog row type (pg_class's 83, pg_sequences' from 10000:
 # its regclass field)
 rs = []

@@ -395,7 +395,7 @@ static void test_names(void)
 		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "pg_catalog.pg_stat_activity holds other sessions'"));
 		r = judge_rules("SELECT query FROM PG_CATALOG.PG_STAT_ACTIVITY a JOIN pg_class c ON true", crs, 1);
 		CHECK(r.verdict == PGC_DENY);
-		/* settings and credentials SHOW is refused for (review F4):
+		/* settings and credentials SHOW is refused for (review, stop 64):
 		 * pg_catalog.* does not grant them, in any spelling */
 		{
 			static const char *const secret[] = {
@@ -860,7 +860,7 @@ static void test_statements(void)
 	EXPECT_REASON("EXPLAIN ANALYZE SELECT c.* FROM customers c", PGC_DENY, "EXPLAIN of masked columns");
 	EXPECT_REASON("EXPLAIN SELECT x.e FROM (SELECT email AS e FROM customers) x", PGC_DENY, "EXPLAIN of masked");
 	/* every node of the plan has a width: DECLARE's query, CTEs and
-	 * subqueries are no outputs inside EXPLAIN either (review F2) */
+	 * subqueries are no outputs inside EXPLAIN either (review, stop 64) */
 	{
 		static const char *const widths[] = {
 			"EXPLAIN DECLARE c CURSOR FOR SELECT cc FROM customers",
@@ -1077,7 +1077,7 @@ static void test_statements(void)
 		r = judge_rules("MERGE INTO orders o USING (VALUES (1)) c(id) ON o.id = c.id WHEN MATCHED "
 				"THEN DO NOTHING", mors, 1);
 		CHECK(r.verdict == PGC_ALLOW);
-		/* its source table is read: select too (review F3) */
+		/* its source table is read: select too (review, stop 64) */
 		r = judge_rules("MERGE INTO orders o USING customers c ON o.id = c.id WHEN MATCHED "
 				"THEN DO NOTHING", mors, 1);
 		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "select"));
@@ -1248,7 +1248,7 @@ static void test_settings(void)
 		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "pg_settings"));
 		r = judge_rules("CREATE VIEW v AS SELECT id FROM orders", vrs, 1);
 		CHECK(r.verdict == PGC_ALLOW);
-		/* reading it shows what SHOW is refused for (review F4) */
+		/* reading it shows what SHOW is refused for (review, stop 64) */
 		r = judge_rules("SELECT setting FROM pg_settings WHERE name = 'search_path'", anys, 1);
 		CHECK(r.verdict == PGC_DENY && strstr(r.reason, "pg_settings"));
 		r = judge_rules("UPDATE pg_temp.pg_settings SET setting = 'x'", anys, 1);
@@ -2252,7 +2252,7 @@ static void test_oid_types(void)
 			fprintf(stderr, "  %s (catalog granted): got %d (%s)\n", reads[i].sql, r.verdict, r.reason);
 		CHECK(r.verdict == PGC_ALLOW && has_table(&r, reads[i].rel));
 	}
-	/* pg_authid's names: no rule grants pg_authid (review F4) */
+	/* pg_authid's names: no rule grants pg_authid (review, stop 64) */
 	{
 		static const char *const roles[] = {
 			"SELECT concat(10::oid::regrole)", "SELECT CAST(10 AS regrole)",
@@ -2278,7 +2278,7 @@ static void test_oid_types(void)
 	}
 }
 
-/* Write-only rules do not read (review F3): RETURNING and any relation read
+/* Write-only rules do not read (review, stop 64): RETURNING and any relation read
  * as a source need select as well, as PostgreSQL asks SELECT privilege
  * for them. */
 static void test_write_only_reads(void)
@@ -2383,7 +2383,7 @@ static void test_write_only_reads(void)
 	}
 }
 
-/* A cast to a relation's row type reads the relation (review F1): its
+/* A cast to a relation's row type reads the relation (review, stop 64): its
  * fields' reg* and aclitem input and output read the catalog
  * (::pg_sequences listed every relation), and (NULL::secrets).* shows an
  * unlisted table's columns. */
@@ -2496,7 +2496,7 @@ static void test_row_types(void)
 	}
 }
 
-/* Parse's declared parameter types (review F5): Parse("SELECT $1",
+/* Parse's declared parameter types (review, stop 64): Parse("SELECT $1",
  * [regclass]) + Bind("16402") returned a relation's name, the catalog read
  * a cast is denied for; so did a catalog row type's reg* fields. */
 static void test_param_types(void)
