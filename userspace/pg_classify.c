@@ -1224,21 +1224,21 @@ static void type_read(struct walker *w, const char *schema, const char *rel)
 	w->st->first_table = first;
 }
 
-static bool oid_type(const char *type)
+/* The catalog an object identifier type's values name, or NULL. */
+static const char *oid_type_rel(const char *type)
 {
 	for (size_t i = 0; i < sizeof(oid_types) / sizeof(oid_types[0]); i++)
 		if (strcmp(type, oid_types[i].type) == 0)
-			return true;
-	return false;
+			return oid_types[i].rel;
+	return NULL;
 }
 
 static void oid_type_read(struct walker *w, const char *type)
 {
-	for (size_t i = 0; i < sizeof(oid_types) / sizeof(oid_types[0]); i++)
-		if (strcmp(type, oid_types[i].type) == 0) {
-			type_read(w, "pg_catalog", oid_types[i].rel);
-			return;
-		}
+	const char *rel = oid_type_rel(type);
+
+	if (rel)
+		type_read(w, "pg_catalog", rel);
 }
 
 /*
@@ -1308,7 +1308,7 @@ static void row_type_read(struct walker *w, const char *schema, const char *name
 	const char *base = name[0] == '_' && name[1] ? name + 1 : name;
 	bool catalog = !schema || strcmp(schema, "pg_catalog") == 0;
 
-	if (oid_type(base) || builtin_type(base) || builtin_type(name))
+	if (oid_type_rel(base) || builtin_type(base) || builtin_type(name))
 		return;
 	if (catalog && (catalog_relation(base) || strncmp(base, "pg_", 3) == 0)) {
 		type_read(w, "pg_catalog", base);
@@ -2600,8 +2600,8 @@ static void statement(struct walker *w, int key, int body, struct scope *sc, boo
 		 * average width of what it returns, pg_stats.avg_width of a
 		 * masked column returned alone (review, stop 59). That holds
 		 * for every node of the plan, so w->explain makes DECLARE's
-		 * query, CTEs and subqueries in FROM non-outputs too (review
-		 * F2) */
+		 * query, CTEs and subqueries in FROM non-outputs too (review,
+		 * stop 64) */
 		bool was = w->explain;
 
 		if (top)

@@ -207,7 +207,7 @@ def test_object_identifier_casts_read_the_catalog(enforcer, pg, tmp):
 
 
 def test_catalog_reads_the_review_found(enforcer, pg, tmp):
-    """Review F4 and F1, against the server: under pg_catalog.* the relations holding
+    """Found by review (stop 64), against the server: under pg_catalog.* the relations holding
     settings and credentials (pg_roles' rolconfig, pg_db_role_setting) read what SHOW is
     refused for; a cast to a catalog row type (::pg_sequences, whose regclass field
     names any OID's relation) listed every relation under a rule granting none of the
@@ -240,7 +240,7 @@ def test_catalog_reads_the_review_found(enforcer, pg, tmp):
 
 
 def test_write_only_rules_do_not_read(enforcer, pg, tmp):
-    """Review F3: statements: [insert] allowed INSERT ... SELECT ... FROM orders RETURNING
+    """Found by review (stop 64): statements: [insert] allowed INSERT ... SELECT ... FROM orders RETURNING
     (rows back), [update, delete] DELETE ... RETURNING *. PostgreSQL asks SELECT privilege
     for both; so does agentgate now. Plain writes stay allowed."""
     log_all(pg)
