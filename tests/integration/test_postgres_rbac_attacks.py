@@ -239,6 +239,40 @@ def test_catalog_reads_the_review_found(enforcer, pg, tmp):
     assert not server_saw(pg, "::pg_sequences") and not server_saw(pg, "pg_range[]")
 
 
+def test_pg_typeof_gives_its_type_to_other_values(enforcer, pg, tmp):
+    """pg_typeof() returns a regtype, and a literal or parameter beside it (GREATEST,
+    UNION, CASE, coalesce) becomes one too: an OID comes back as the name of its type, a
+    table's row type giving the table's name, with no cast in the text (found by review,
+    stop 65). Such a pg_typeof reads pg_type, which the rule does not grant; cast straight
+    to text it still works."""
+    pg.sql("CREATE SCHEMA hidden; CREATE TABLE hidden.payroll_t5 (id int); "
+           "REVOKE ALL ON SCHEMA hidden FROM PUBLIC")
+    oid = pg.sql("SELECT reltype FROM pg_class WHERE relname = 'payroll_t5'")
+    scan = f"SELECT greatest(pg_typeof(1), '{oid}')"
+    # what it gives away: the server answers it (the test could fail)
+    assert "payroll_t5" in pg.sql(scan)
+    log_all(pg)
+    enforcer.start(policy(pg, tmp))
+    res = run_seq(enforcer, pg, [
+        scan,
+        f"SELECT pg_typeof(1) UNION SELECT '{oid}'",
+        f"SELECT coalesce(nullif(o.pg_typeof, o.pg_typeof), '{oid}') FROM orders o",
+        "SELECT pg_typeof(id)::text FROM orders WHERE id = 1",
+    ])
+    for i in range(3):
+        assert denied(res[i]) and "pg_catalog.pg_type" in res[i][0], (i, res[i])
+        assert "payroll_t5" not in str(res[i]), res[i]
+    assert res[3][:3] == ["T", "D:integer", "C:SELECT 1"], res[3]
+    out = run(enforcer, pg, f"""
+c = Conn("127.0.0.1", PORT)
+c.send(P("", "SELECT greatest(pg_typeof(1), $1)", [0]) + B("", "", ["{oid}"]) + E("") + S)
+print(json.dumps(summary(c.until_ready())))
+""")
+    assert denied(out) and "payroll_t5" not in str(out), out
+    assert not server_saw(pg, "greatest(pg_typeof") and not server_saw(pg, "UNION SELECT") \
+        and not server_saw(pg, "nullif(o.pg_typeof"), "a denied statement reached the server"
+
+
 def test_write_only_rules_do_not_read(enforcer, pg, tmp):
     """Found by review (stop 64): statements: [insert] allowed INSERT ... SELECT ... FROM orders RETURNING
     (rows back), [update, delete] DELETE ... RETURNING *. PostgreSQL asks SELECT privilege

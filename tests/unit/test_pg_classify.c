@@ -2228,6 +2228,24 @@ static void test_oid_types(void)
 		{ "SELECT 'C'::regcollation", "pg_catalog.pg_collation" },
 		{ "SELECT a FROM (VALUES ('customers'::regclass)) v(a)", "pg_catalog.pg_class" },
 		{ "SELECT id FROM orders WHERE id = 'customers'::regclass::oid::int", "pg_catalog.pg_class" },
+		/* pg_typeof()'s regtype gives its type to what meets it
+		 * (review, stop 65): coalesce('16414', pg_typeof(1)) printed
+		 * a table's row type's name, with no cast in the text */
+		{ "SELECT coalesce('16414', pg_typeof(1))", "pg_catalog.pg_type" },
+		{ "SELECT coalesce($1, pg_typeof(1))", "pg_catalog.pg_type" },
+		{ "SELECT pg_catalog.pg_typeof(1) UNION SELECT '16414'", "pg_catalog.pg_type" },
+		{ "SELECT CASE WHEN true THEN $1 ELSE pg_typeof(1) END", "pg_catalog.pg_type" },
+		{ "SELECT ARRAY[pg_typeof(id), '16414'] FROM orders", "pg_catalog.pg_type" },
+		{ "SELECT greatest(pg_typeof(1), $1)", "pg_catalog.pg_type" },
+		{ "SELECT pg_typeof(1) = 'customers'", "pg_catalog.pg_type" },
+		{ "SELECT coalesce(t, '16414') FROM (SELECT pg_typeof(1) AS t) s", "pg_catalog.pg_type" },
+		{ "SELECT coalesce(t, '16414') FROM pg_typeof(1) t", "pg_catalog.pg_type" },
+		{ "SELECT pg_typeof(id) FROM orders", "pg_catalog.pg_type" },
+		{ "SELECT coalesce(o.pg_typeof, '16414') FROM orders o", "pg_catalog.pg_type" },
+		{ "SELECT coalesce((1).pg_typeof, $1)", "pg_catalog.pg_type" },
+		{ "SELECT coalesce(g.pg_typeof, '16414') FROM generate_series(1, 2) g", "pg_catalog.pg_type" },
+		{ "SELECT concat(pg_typeof(1)::regtype, '')", "pg_catalog.pg_type" },
+		{ "SELECT coalesce(lower(pg_typeof(1)::text)::regtype, '16414')", "pg_catalog.pg_type" },
 	};
 	static char *s_ro[] = { "select" }, *cat[] = { "public.*", "pg_catalog.*" };
 	static struct policy_rule cat_rule = {
@@ -2259,6 +2277,10 @@ static void test_oid_types(void)
 		for (size_t i = 0; i < sizeof(roles) / sizeof(roles[0]); i++)
 			expect_rules(roles[i], catr, PGC_DENY, "pg_catalog.pg_authid");
 	}
+	/* cast straight to text, pg_typeof's value meets no other */
+	EXPECT("SELECT pg_typeof(id)::text, pg_catalog.pg_typeof(total)::varchar FROM orders", PGC_ALLOW);
+	EXPECT("SELECT id FROM orders WHERE CAST(pg_typeof(total) AS text) = 'numeric'", PGC_ALLOW);
+	EXPECT("SELECT coalesce(pg_typeof(1)::text, $1)", PGC_ALLOW);
 	/* oid itself names nothing; a table's own types stay as they were */
 	EXPECT("SELECT 1259::oid", PGC_ALLOW);
 	EXPECT("SELECT id::text, total::numeric(10,2) FROM orders", PGC_ALLOW);
