@@ -4257,3 +4257,30 @@ int pgc_judge(const struct pgc_ctx *ctx, const char *sql, size_t len,
 	ctx->spent(ctx->garg, thread_cpu_ns() - t0);
 	return rc;
 }
+
+int pgc_stmts_prefix(const char *sql, size_t len, int n, int total, size_t *out)
+{
+	PgQuerySplitResult sr;
+	char *text;
+	int rc = -EINVAL;
+
+	if (!sql || n <= 0 || n > total || len > PGC_MAX_SQL || (len && memchr(sql, '\0', len)))
+		return -EINVAL;
+	if (!(text = malloc(len + 1)))
+		return -ENOMEM;
+	memcpy(text, sql, len);
+	text[len] = '\0';
+	sr = pg_query_split_with_parser(text);
+	if (!sr.error && sr.n_stmts == total) {
+		const PgQuerySplitStmt *st = sr.stmts[n - 1];
+
+		if (st->stmt_location >= 0 && st->stmt_len > 0 &&
+		    (size_t)st->stmt_location + (size_t)st->stmt_len <= len) {
+			*out = (size_t)st->stmt_location + (size_t)st->stmt_len;
+			rc = 0;
+		}
+	}
+	pg_query_free_split_result(sr);
+	free(text);
+	return rc;
+}

@@ -209,6 +209,18 @@ int pgc_judge(const struct pgc_ctx *ctx, const char *sql, size_t len,
  * Per statement (stmts[]) the same. */
 void pgc_combine(struct pgc_result *agent, const struct pgc_result *user);
 
+/*
+ * The length of the start of sql (len bytes) that holds its first n
+ * statements, as PostgreSQL's parser splits the text: up to the end of
+ * statement n - 1, before the ';' after it. total is how many statements
+ * the text must hold (those pgc_judge() found). For the wire module, which
+ * sends the statements before a denied one as PostgreSQL would have run
+ * them. Returns 0 and *out; -EINVAL when the text does not split into total
+ * statements (or n is not in 1..total), -ENOMEM. Parses the text again: the
+ * caller pays for it.
+ */
+int pgc_stmts_prefix(const char *sql, size_t len, int n, int total, size_t *out);
+
 /* "read", "write", "ddl", "admin", "transaction", "utility". */
 const char *pgc_class_name(enum pgc_class c);
 

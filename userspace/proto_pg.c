@@ -109,6 +109,10 @@
 #define PG_CANCEL_MAX   65536             /* live sessions with a cancel key, all workers */
 #define PG_DENY_TEXT    "agentgate denied"   /* the stand-in: a syntax error at parse time */
 #define PG_DENY_NAME    "agentgate_denied"   /* stand-in statement name for non-Parse denials */
+/* after the allowed statements of a Query, in place of a denied one: fails
+ * when it runs (no FROM, so no column of that name), not when the text is
+ * parsed, so that those before it have run (query_prefix()) */
+#define PG_DENY_TAIL    ";SELECT agentgate_denied_statement"
 #define PG_OUR_PREFIX   "agentgate_"         /* statement names the agent may not Parse (ours) */
 #define PG_OUR_STMT     "agentgate_refresh"  /* the statement of our catalog queries mid-session */
 #define PG_OID_HIGH_Q   "SELECT max(oid)::text FROM pg_catalog.pg_class"   /* one row, one column */
@@ -278,6 +282,9 @@ struct pg_judged {
 	bool copy_in, copy_out, cached;
 	bool changes_names;    /* can create or move functions or operators (names epochs) */
 	bool names_stale;      /* judged as if names could have changed (ctx.names_stale) */
+	/* not allowed, but its first ran statements (each allowed) were sent
+	 * all the same, before a failing one of ours (query_prefix()); 0: none */
+	int ran;
 	uint64_t names_epoch;  /* the database's names epoch when it was judged */
 	uint64_t lineage_id;   /* masking: the session's serial when judged (lineage_changed()) */
 	char *tables;          /* "public.a,public.b", or NULL */
@@ -346,6 +353,9 @@ struct pg_pend {
 	 * Describe the server skipped after an error was sent all the same) */
 	uint32_t sql_epoch;
 	int stmt;              /* Query: the statement whose answer comes next (audited once it ends) */
+	/* Query: only j's first j->ran statements were sent, then
+	 * PG_DENY_TAIL, whose error is the denial (deny, deny_detail) */
+	bool denied_rest;
 	bool audited;          /* Query: every event of it is out (a FunctionCall's, at once) */
 	char sqlstate[6];      /* a server error, for audit */
 };
@@ -1098,9 +1108,12 @@ static void audit_stmt_at_now(struct conn *c, const struct pg_judged *j, int i, 
 		}
 		tabs[n] = '\0';
 	}
-	if (!reason)
+	/* a statement sent before a denied one (query_prefix()): allowed */
+	bool ran = i < j->ran;
+
+	if (!reason && !ran)
 		reason = stmt_reason(j, i, rbuf, sizeof(rbuf));
-	audit_stmt(c, &v, proto, sent, sent && !j->allowed, reason, p, plan, i + 1,
+	audit_stmt(c, &v, proto, sent, sent && !j->allowed && !ran, reason, p, plan, i + 1,
 		   st->judged ? verdict_name(st->verdict) : NULL);
 }
 
@@ -4430,6 +4443,111 @@ static int fwd(struct conn *c, const struct pg_msg *m)
 	return conn_send(c, SIDE_UP, m->body - 5, m->len + 5);
 }
 
+/*
+ * PostgreSQL runs the statements of a Query message one at a time, each
+ * parsed and run after the one before it, and stops at the first that
+ * fails: those before it have run. In the message's implicit transaction
+ * they are rolled back with it; but a BEGIN among them opens a block that
+ * the failure leaves aborted (the server answers 'E' and refuses all but
+ * ROLLBACK), a COMMIT among them commits what came before it, a SAVEPOINT
+ * is there to roll back to. A stand-in for the whole text (standin())
+ * left the server outside any transaction after "BEGIN; INSERT ...;
+ * <denied>", where PostgreSQL would have had an aborted block: the
+ * agent's next statements ran and committed one by one instead of failing
+ * until its ROLLBACK (review). So the statements before a denied one are
+ * sent as they are, followed by PG_DENY_TAIL in place of the rest: the
+ * server is left as PostgreSQL leaves it when the denied statement fails.
+ *
+ * The index of the first statement of j not allowed, when those before it
+ * may be sent that way (each allowed by a rule of its own; no COPY FROM
+ * STDIN; no relation the lineage does not know, which judge() reads again
+ * for before an allowed message); 0: the whole text stands in. s->res
+ * still holds the result j was made from.
+ */
+static int denied_from(struct pg_sess *s, const struct pg_judged *j)
+{
+	struct pgc_result *r = &s->res;
+	const char *unk;
+	int k = 0, n;
+
+	if (j->nstmts < 2 || j->denied_stmt <= 0 || j->copy_in || r->nstmts != j->nstmts)
+		return 0;
+	while (k < j->nstmts && j->st[k].judged && j->st[k].verdict == PGC_ALLOW)
+		k++;
+	if (k == 0 || k > j->denied_stmt)
+		return 0;
+	n = r->nstmts;
+	r->nstmts = k;
+	unk = unknown_rel(s, r);
+	r->nstmts = n;
+	return unk ? 0 : k;
+}
+
+/*
+ * Sends the first k statements of the agent's Query text (sql, len bytes),
+ * allowed, then PG_DENY_TAIL (denied_from()); why: the denial, as
+ * standin() gives it. Takes j (its events: the statements sent as they
+ * end, then the others as not allowed, at ReadyForQuery: query_end()).
+ * 1 when the text could not be split (j is the caller's still, to stand
+ * in for all of it), else 0 or an error.
+ */
+static int query_prefix(struct conn *c, const char *sql, uint32_t len, struct pg_judged *j, int k,
+			const char *why)
+{
+	struct pg_sess *s = S(c);
+	struct pg_pend *p;
+	size_t plen;
+	uint64_t t0;
+	void *prev;
+	int rc;
+
+	if (!conn_parse_may(c, NULL, 0))
+		return 1;
+	t0 = thread_cpu_ns();
+	rc = pgc_stmts_prefix(sql, len, k, j->nstmts, &plen);
+	conn_parse_spent(c, thread_cpu_ns() - t0);
+	if (rc)
+		return 1;
+	p = pend_push(s, 'Q');
+	if (!p) {
+		judged_put(j);
+		return fatal(c, "54000", "agentgate: too many requests in flight");
+	}
+	j->ran = k;
+	p->j = j;
+	p->denied_rest = true;
+	p->deny = strdup(why);
+	if (!p->deny)
+		return -ENOMEM;
+	if (j->verdict == PGC_REVIEW)
+		p->deny_detail = strdup("the policy's verdict is review: a person must approve this statement");
+	/* what judge() does for an allowed text: the statements sent may
+	 * change names or relations */
+	if (j->changes_names)
+		names_change(c, s);
+	if (stmts_change_rels(j->st, k))
+		s->rel_changer = true;
+	/* as fe_query() for an allowed text: the unnamed statement and portal go */
+	prev = map_set(&s->stmts, "", NULL, NULL);
+	if (prev) {
+		p->undo = UNDO_STMT;
+		p->undo_name = strdup("");
+		p->undo_prev = prev;
+	}
+	prev = map_set(&s->portals, "", NULL, NULL);
+	if (prev)
+		portal_put(prev);
+	s->syncs++;
+	bump_epoch(s);
+	s->copy_wait = false;
+	pg_out_begin(&s->out, 'Q');
+	pg_out_bytes(&s->out, sql, plen);
+	pg_out_bytes(&s->out, PG_DENY_TAIL, sizeof(PG_DENY_TAIL) - 1);
+	pg_out_u8(&s->out, 0);
+	pg_out_end(&s->out);
+	return send_out(c, SIDE_UP);
+}
+
 static int fe_query(struct conn *c, const struct pg_msg *m)
 {
 	struct pg_sess *s = S(c);
@@ -4450,8 +4568,13 @@ static int fe_query(struct conn *c, const struct pg_msg *m)
 	}
 	if (j && !j->allowed && stale_ends(c, s->stale_rules) && enforcer_should_refuse(c, why))
 		return end_stale(c, j, why, "simple");
-	if (!j || (!j->allowed && enforcer_should_refuse(c, why)))
+	if (!j || (!j->allowed && enforcer_should_refuse(c, why))) {
+		int k = j ? denied_from(s, j) : 0, err;
+
+		if (k > 0 && (err = query_prefix(c, sql, len, j, k, why)) != 1)
+			return err;
 		return standin(c, true, NULL, why, j, "simple");
+	}
 	if (j->copy_in && j->nstmts > 1) {
 		/* the server reads the agent's next messages as the data of
 		 * each COPY in turn, as long as the Query runs: followed one
@@ -5240,9 +5363,12 @@ static void query_stmt_end(struct conn *c, struct pg_pend *p, bool error)
 
 	if (p->audited || !p->j || p->j->nstmts == 0)
 		return;
-	if (!error && p->stmt >= p->j->nstmts - 1)
+	/* the last one's event waits for ReadyForQuery, unless our failing
+	 * statement follows it (query_prefix(): it ends the statements sent,
+	 * whose events are out, and the others' are query_end()'s) */
+	if (!error && !p->denied_rest && p->stmt >= p->j->nstmts - 1)
 		return;
-	if (p->stmt < p->j->nstmts)
+	if (p->stmt < (p->denied_rest ? p->j->ran : p->j->nstmts))
 		audit_stmt_at(c, p->j, p->stmt, "simple", true, NULL, NULL, p, s->qplan);
 	p->stmt++;
 	p->rows = 0;
@@ -5262,6 +5388,16 @@ static void query_end(struct conn *c, struct pg_pend *p)
 	p->audited = true;
 	if (!j || j->nstmts == 0) {
 		audit_stmt_at(c, j, -1, "simple", true, NULL, NULL, p, s->qplan);
+		return;
+	}
+	if (p->denied_rest) {
+		/* the statements sent (query_prefix()) that did not run (one of
+		 * them failed), then those that were not sent: not allowed */
+		for (; p->stmt < j->ran; p->stmt++)
+			audit_stmt_at(c, j, p->stmt, "simple", true,
+				      "not run: an earlier statement of this message failed", NULL, NULL, NULL);
+		for (int i = j->ran; i < j->nstmts; i++)
+			audit_stmt_at(c, j, i, "simple", false, NULL, NULL, NULL, NULL);
 		return;
 	}
 	/* the last statement, run: the usual one-statement query; its event
@@ -5296,7 +5432,9 @@ static int be_error(struct conn *c, const struct pg_msg *m, struct pg_pend *p)
 	}
 	if (p && code)
 		snprintf(p->sqlstate, sizeof(p->sqlstate), "%.5s", code);
-	if (p && p->standin) {
+	/* a stand-in's error, or that of PG_DENY_TAIL after the statements of
+	 * a Query that ran (query_prefix()): the denial */
+	if (p && (p->standin || (p->denied_rest && p->stmt >= p->j->ran))) {
 		pg_out_denied(&s->out, p->deny ? p->deny : "not allowed", p->deny_detail);
 		err = send_out(c, SIDE_AGENT);
 	} else {

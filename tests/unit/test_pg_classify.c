@@ -1713,6 +1713,34 @@ static void test_per_statement(void)
 	CHECK(r.stmts[2].verdict == PGC_DENY && !r.stmts[2].judged);
 }
 
+/* pgc_stmts_prefix(): the statements before a denied one of a Query, cut as
+ * PostgreSQL's parser splits the text (proto_pg.c query_prefix() sends them,
+ * then a failing statement, so a BEGIN among them leaves the block aborted) */
+static void test_stmts_prefix(void)
+{
+	static const char q1[] = "BEGIN; INSERT INTO orders VALUES (1); DELETE FROM orders";
+	static const char q2[] = "SELECT 1 -- a ; in a comment\n; ;; SELECT 'a;b'; DELETE FROM orders";
+	static const char q3[] = "SELECT $$;$$ /* ; */; DELETE FROM orders;";
+	size_t n = 0;
+
+	CHECK(pgc_stmts_prefix(q1, strlen(q1), 1, 3, &n) == 0 && n == 5);
+	CHECK(pgc_stmts_prefix(q1, strlen(q1), 2, 3, &n) == 0 && n == strlen("BEGIN; INSERT INTO orders VALUES (1)"));
+	CHECK(pgc_stmts_prefix(q1, strlen(q1), 3, 3, &n) == 0 && n == strlen(q1));
+	/* comments and empty statements: up to the ';' that ends the statement */
+	CHECK(pgc_stmts_prefix(q2, strlen(q2), 1, 3, &n) == 0 && n == strlen("SELECT 1 -- a ; in a comment\n"));
+	CHECK(pgc_stmts_prefix(q2, strlen(q2), 2, 3, &n) == 0 &&
+	      n == strlen("SELECT 1 -- a ; in a comment\n; ;; SELECT 'a;b'"));
+	CHECK(pgc_stmts_prefix(q3, strlen(q3), 1, 2, &n) == 0 && n == strlen("SELECT $$;$$ /* ; */"));
+	/* another count than the classifier's, a parse error, n out of range: refused */
+	CHECK(pgc_stmts_prefix(q1, strlen(q1), 1, 2, &n) == -EINVAL);
+	CHECK(pgc_stmts_prefix("SELEC 1; SELECT 2", 17, 1, 2, &n) == -EINVAL);
+	CHECK(pgc_stmts_prefix(q1, strlen(q1), 0, 3, &n) == -EINVAL);
+	CHECK(pgc_stmts_prefix(q1, strlen(q1), 4, 3, &n) == -EINVAL);
+	CHECK(pgc_stmts_prefix("SELECT 1\0; SELECT 2", 19, 1, 2, &n) == -EINVAL);
+	/* the length given is the text: bytes after it are not read */
+	CHECK(pgc_stmts_prefix(q1, 5, 1, 1, &n) == 0 && n == 5);
+}
+
 /* policy_load.c accepts in statements: only what pgc_statement_name_known() does */
 static void test_policy_statements(void)
 {
@@ -2538,6 +2566,7 @@ int main(int argc, char **argv)
 	RUN(test_masks);
 	RUN(test_rules);
 	RUN(test_per_statement);
+	RUN(test_stmts_prefix);
 	RUN(test_policy_statements);
 	RUN(test_limits);
 	RUN(test_cache);

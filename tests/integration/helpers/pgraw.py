@@ -65,8 +65,15 @@ def F(oid, args=()):
 class Conn:
     def __init__(self, host, port, user="agent_ro", database="shop", params=None, timeout=10, password=None):
         """password: answers AuthenticationCleartextPassword (a user's
-        token, for delegation)."""
-        self.s = socket.create_connection((host, port), timeout=timeout)
+        token, for delegation). A host starting with '/' is a directory
+        holding the server's Unix socket (as libpq's host), for tests that
+        ask PostgreSQL itself what it answers."""
+        if host.startswith("/"):
+            self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.s.settimeout(timeout)
+            self.s.connect(f"{host}/.s.PGSQL.{port}")
+        else:
+            self.s = socket.create_connection((host, port), timeout=timeout)
         self.buf = b""
         kv = {"user": user, "database": database}
         kv.update(params or {})
