@@ -169,6 +169,27 @@ static bool json_like(const struct mask_rules *m, const uint8_t *p, size_t n)
 	return false;
 }
 
+bool http_mask_json_field(const struct mask_rules *m, const uint8_t *v, size_t n)
+{
+	struct mask_report rep;
+	size_t i = 0, outlen;
+	char *out;
+	int rc;
+
+	while (i < n && (v[i] == ' ' || v[i] == '\t'))
+		i++;
+	if (i == n || (v[i] != '{' && v[i] != '[') || mask_json_lenient((const char *)v, n) == -EINVAL)
+		return false;
+	if (mask_has_json(m))
+		return true;
+	if (!mask_has_detectors(m))
+		return false;
+	if ((rc = mask_json(m, (const char *)v, n, &out, &outlen, &rep)))
+		return true;   /* lenient readers only, too deep, no memory: not read, so whole */
+	free(out);
+	return rep.hits > 0;
+}
+
 static bool coding_is(const char *c, size_t n, const char *name)
 {
 	return n == strlen(name) && strncasecmp(c, name, n) == 0;

@@ -31,6 +31,20 @@
 int http_mask_body(const struct mask_rules *m, const uint8_t *body, size_t len, const char *coding,
 		   size_t codinglen, char **out, size_t *outlen, struct mask_report *rep, const char **why);
 
+/*
+ * A response field value that is itself JSON (an object or an array, as a
+ * lenient reader takes it: Dropbox's Dropbox-API-Result holds a file's
+ * metadata, an X-Pagination field a page's cursor and links): the route's
+ * JSON paths do not reach into it, and detectors reading its text miss what
+ * its escapes spell ("ada\u0040example.com"). True when the value must go
+ * masked whole: on a route whose mask names JSON paths, any such value (as
+ * a string value holding JSON is in a body); with detectors only, one whose
+ * decoded names, strings or numbers they match, or that only lenient
+ * readers take (or that is too large or deep to tell). False for any other
+ * value: it is scanned as text.
+ */
+bool http_mask_json_field(const struct mask_rules *m, const uint8_t *v, size_t n);
+
 /* Inflate gzip or zlib-wrapped (or raw) deflate into a malloc'd buffer of
  * at most max bytes. 0, -EINVAL (corrupt), -E2BIG (over max), -ENOMEM. */
 int http_inflate(const uint8_t *in, size_t len, size_t max, uint8_t **out, size_t *outlen);

@@ -1029,6 +1029,29 @@ def test_mask_content_negotiation_does_not_drop_json_paths(enforcer, canned):
     assert EMAIL not in out and b"not-a-detectable" not in out, out
 
 
+def test_mask_json_in_response_fields(enforcer, canned):
+    """A field holding JSON (Dropbox's Dropbox-API-Result carries a file's
+    metadata, an X-Pagination field a page's cursor): on a route whose mask
+    names only JSON paths it was passed as it came, and with detectors its
+    escapes hid an address (found by review). On a path route such a field
+    goes masked whole; with detectors, when they match it decoded."""
+    canned.put("dbx", b'{"ok": true}', ["Content-Type: application/json",
+                                       'Dropbox-API-Result: {"name": "a.txt", "customer": {"email": '
+                                       '"ada@example.com"}, "ssn": "078-05-1120"}',
+                                       'X-Pagination: {"next": "ada\\u0040example.com"}',
+                                       'Report-To: {"group": "csp", "max_age": 60}', "X-Keep: plain"])
+    enforcer.start(mask_policy(canned.port, '{json: ["$.customer.email", "$..ssn"]}'))
+    out = raw(enforcer, canned.port, crlf("GET /v1/r/dbx HTTP/1.1⏎Host: api.internal⏎⏎"))
+    assert EMAIL not in out and b"078-05" not in out and b"u0040" not in out, out
+    assert b"Dropbox-API-Result: ****\r\n" in out and b"X-Keep: plain\r\n" in out, out
+    enforcer.stop()
+    enforcer.start(mask_policy(canned.port, "{detectors: [email, us_ssn]}"))
+    out = raw(enforcer, canned.port, crlf("GET /v1/r/dbx HTTP/1.1⏎Host: api.internal⏎⏎"))
+    assert EMAIL not in out and b"078-05" not in out and b"u0040" not in out, out
+    assert b"X-Pagination: ****\r\n" in out, out
+    assert b'Report-To: {"group": "csp", "max_age": 60}\r\n' in out, out   # nothing in it: as it came
+
+
 # ---- 5. Kubernetes ---------------------------------------------------------------
 
 def k8s_policy(port, tok):
