@@ -1052,6 +1052,25 @@ def test_mask_json_in_response_fields(enforcer, canned):
     assert b'Report-To: {"group": "csp", "max_age": 60}\r\n' in out, out   # nothing in it: as it came
 
 
+def test_mask_escapes_in_text_not_passed(enforcer, canned):
+    """JSONP on a route with detectors only is text to the masker, scanned
+    as written: the escapes PHP's json_encode and Python's json.dumps write
+    for non-ASCII ("jos\\u00e9@ex\\u00e4mple.com") and JavaScript's "\\x40"
+    spelled an address the detectors did not see, which the agent's JSON
+    or JavaScript reader then decoded (found by review). Such text is
+    refused; JSONP whose escapes hide nothing is masked as before."""
+    canned.put("idn", b'cb({"email": "jos\\u00e9@ex\\u00e4mple.com", "n": 1});', ["Content-Type: text/javascript"])
+    canned.put("x40", b"cb({'email': 'ada\\x40example.com'});", ["Content-Type: text/javascript"])
+    canned.put("plain", b'cb({"email": "ada@example.com", "path": "C:\\\\temp"});', ["Content-Type: text/javascript"])
+    enforcer.start(mask_policy(canned.port, "{detectors: [email]}"))
+    for name in ("idn", "x40"):
+        (status, _, got), out = fetch(enforcer, canned.port, name)
+        assert status == 502 and b"mple.com" not in out, (name, out)
+        assert "escapes" in json.loads(got)["reason"], got
+    (status, _, got), out = fetch(enforcer, canned.port, "plain")
+    assert status == 200 and got == b'cb({"email": "****", "path": "C:\\\\temp"});', out
+
+
 # ---- 5. Kubernetes ---------------------------------------------------------------
 
 def k8s_policy(port, tok):

@@ -301,6 +301,63 @@ static void test_json_fields(void)
 	mask_free(det_only);
 }
 
+/* Text that is not JSON on a route with detectors: what its JavaScript or
+ * JSON string escapes spell was not looked at, and a JSONP answer (or one
+ * with a trailing comma, read by lenient readers) showed
+ * "jos\u00e9@ex\u00e4mple.com" whole (found by review). Such text is
+ * refused when the detectors match once its escapes are undone. */
+static void test_escaped_text(void)
+{
+	char *dets[] = { "email", "credit_card", "phone" };
+	struct mask_rules *m = compile(NULL, 0, dets, 3);
+	static const char *const refused[] = {
+		"cb({\"e\": \"jos\\u00e9@ex\\u00e4mple.com\"})",
+		"cb({\"e\": \"ada\\u0040example.com\"})",
+		"{\"e\": \"ada\\u0040example.com\",}",
+		"cb('ada\\x40example.com')",
+		"x = \"ada\\@example.com\"",
+		"x = \"ada\\u{40}example.com\"",
+		"{\"c\": \"4111\\u00201111 1111 1111\"} x",
+		"cb({\"p\": \"\\u002b1 415 555 2671\"})",
+		"cb({\"e\": \"\\ud83d\\ude00 ada\\u0040example.com\"})",
+	};
+	static const struct { const char *in, *out; } masked[] = {
+		/* escapes that hide nothing, and what matches as it is */
+		{ "cb({\"e\": \"ada@example.com\", \"p\": \"C:\\\\temp\\\\new\"})",
+		  "cb({\"e\": \"****\", \"p\": \"C:\\\\temp\\\\new\"})" },
+		{ "line\\nline 2\\t\\u00e9 \\ud800 ok \\x4 \\u{zz}", NULL },
+		{ "trailing \\", NULL },
+	};
+	const char *why;
+	struct mask_report rep;
+	size_t ol;
+	char *out;
+
+	CHECK(m != NULL);
+	for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+		int rc;
+
+		why = NULL;
+		out = NULL;
+		rc = http_mask_body(m, (const uint8_t *)refused[i], strlen(refused[i]), NULL, 0, &out, &ol, &rep, &why);
+		if (rc != -EINVAL)
+			fprintf(stderr, "  not refused: %s -> %s\n", refused[i], out ? out : "(null)");
+		CHECK(rc == -EINVAL && !out && why && strstr(why, "escapes"));
+		free(out);
+	}
+	for (size_t i = 0; i < sizeof(masked) / sizeof(masked[0]); i++) {
+		int rc = http_mask_body(m, (const uint8_t *)masked[i].in, strlen(masked[i].in), NULL, 0, &out, &ol,
+					&rep, &why);
+
+		CHECK(rc == 0);
+		if (rc == 0) {
+			CHECK_STR(out, masked[i].out ? masked[i].out : masked[i].in);
+			free(out);
+		}
+	}
+	mask_free(m);
+}
+
 int main(void)
 {
 	RUN(test_inflate);
@@ -309,5 +366,6 @@ int main(void)
 	RUN(test_non_ascii_names);
 	RUN(test_json_in_strings);
 	RUN(test_json_fields);
+	RUN(test_escaped_text);
 	UNIT_DONE("http_mask");
 }
