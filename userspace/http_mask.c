@@ -314,6 +314,76 @@ static int escapes_hide(const struct mask_rules *m, const char *s, size_t n)
 	return hit ? -EINVAL : 0;
 }
 
+/* A charset name http_mask_charset_ok() lets through: one of a few names,
+ * or a family's prefix and its number (iso-8859-15, windows-1252). */
+static bool charset_ok(const char *v, size_t n)
+{
+	static const struct { const char *name; bool family; } ok[] = {
+		{ "utf-8", false }, { "utf8", false }, { "us-ascii", false }, { "ascii", false },
+		{ "latin1", false }, { "iso-8859-", true }, { "windows-125", true },
+	};
+
+	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+		size_t l = strlen(ok[i].name), k = l;
+
+		if (n < l || strncasecmp(v, ok[i].name, l) != 0)
+			continue;
+		if (!ok[i].family)
+			return n == l;
+		while (k < n && v[k] >= '0' && v[k] <= '9')
+			k++;
+		return k == n && n > l;
+	}
+	return false;
+}
+
+bool http_mask_charset_ok(const char *ct, size_t n)
+{
+	size_t i = 0;
+
+	/* the parameters after the media type: ;name=value or ;name="value" */
+	while (i < n && ct[i] != ';')
+		i++;
+	while (i < n) {
+		size_t ns, ne, vs, ve;
+
+		i++;   /* ';' */
+		while (i < n && (ct[i] == ' ' || ct[i] == '\t'))
+			i++;
+		ns = i;
+		while (i < n && ct[i] != '=' && ct[i] != ';' && ct[i] != ' ' && ct[i] != '\t')
+			i++;
+		ne = i;
+		while (i < n && (ct[i] == ' ' || ct[i] == '\t'))
+			i++;
+		if (i == n || ct[i] != '=') {
+			while (i < n && ct[i] != ';')
+				i++;
+			continue;
+		}
+		i++;
+		while (i < n && (ct[i] == ' ' || ct[i] == '\t'))
+			i++;
+		if (i < n && ct[i] == '"') {
+			vs = ++i;
+			while (i < n && ct[i] != '"')
+				i += ct[i] == '\\' && i + 1 < n ? 2 : 1;
+			ve = i < n ? i : n;
+		} else {
+			vs = i;
+			while (i < n && ct[i] != ';' && ct[i] != ' ' && ct[i] != '\t')
+				i++;
+			ve = i;
+		}
+		if (ne - ns == 7 && strncasecmp(ct + ns, "charset", 7) == 0 &&
+		    (memchr(ct + vs, '\\', ve - vs) || !charset_ok(ct + vs, ve - vs)))
+			return false;   /* (an escape in the name: no charset is spelled so) */
+		while (i < n && ct[i] != ';')
+			i++;
+	}
+	return true;
+}
+
 static bool coding_is(const char *c, size_t n, const char *name)
 {
 	return n == strlen(name) && strncasecmp(c, name, n) == 0;

@@ -46,6 +46,17 @@ int http_mask_body(const struct mask_rules *m, const uint8_t *body, size_t len, 
  */
 bool http_mask_json_field(const struct mask_rules *m, const uint8_t *v, size_t n);
 
+/*
+ * Whether a Content-Type value ct (n bytes) names a charset the masker
+ * reads as the agent's client will: none, or one in which every byte below
+ * 0x80 is that ASCII character (UTF-8, US-ASCII, ISO-8859-*, Windows-125*).
+ * false for any other: in UTF-7 the bytes "ada+AEA-example.com" are
+ * ada@example.com to a client that honours the label (Python requests'
+ * .json() and .text do), text no detector sees as an address; in Shift_JIS
+ * or GBK an ASCII byte can be half of another character.
+ */
+bool http_mask_charset_ok(const char *ct, size_t n);
+
 /* Inflate gzip or zlib-wrapped (or raw) deflate into a malloc'd buffer of
  * at most max bytes. 0, -EINVAL (corrupt), -E2BIG (over max), -ENOMEM. */
 int http_inflate(const uint8_t *in, size_t len, size_t max, uint8_t **out, size_t *outlen);

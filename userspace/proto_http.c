@@ -2306,12 +2306,22 @@ static int mask_answer(struct conn *c, const uint8_t *head, const struct http_he
 	char *out = NULL;
 	int err;
 
-	for (unsigned i = 0; i < h->nf; i++)
+	for (unsigned i = 0; i < h->nf; i++) {
 		if (http_field_is(head, &h->f[i], "content-encoding")) {
 			coding = (const char *)head + h->f[i].value;
 			clen = h->f[i].value_len;
 		}
-	if (!r->mask) {   /* never for a masked request: fail closed all the same */
+		/* the masker reads UTF-8: a label under which the agent's client
+		 * reads the same bytes as other text (UTF-7's "+AEA-" is an '@')
+		 * would pass what it holds (found by review) */
+		if (blen && http_field_is(head, &h->f[i], "content-type") &&
+		    !http_mask_charset_ok((const char *)head + h->f[i].value, h->f[i].value_len))
+			why = "the response's charset is not one the masker reads (UTF-8, US-ASCII, ISO-8859-*, "
+			      "Windows-125*)";
+	}
+	if (why) {
+		err = -EINVAL;
+	} else if (!r->mask) {   /* never for a masked request: fail closed all the same */
 		err = -EINVAL;
 		why = "the route's mask is missing";
 	} else {

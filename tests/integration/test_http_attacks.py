@@ -1071,6 +1071,26 @@ def test_mask_escapes_in_text_not_passed(enforcer, canned):
     assert status == 200 and got == b'cb({"email": "****", "path": "C:\\\\temp"});', out
 
 
+def test_mask_charset_the_masker_does_not_read_refused(enforcer, canned):
+    """A body labelled UTF-7 is other text to a client that honours the
+    label (Python requests' .json() and .text do): "ada+AEA-example.com" is
+    ada@example.com and "+-1 415..." a phone number, neither of which the
+    detectors saw in the bytes (found by review). Such an answer is a 502;
+    UTF-8 and Latin-1 labels are masked as before."""
+    doc = '{"email": "ada@example.com", "phone": "+1 415 555 2671"}'
+    # "@" as UTF-7 may write it (RFC 2152 leaves it to the encoder), "+" as it must
+    utf7 = b'{"email": "ada+AEA-example.com", "phone": "+-1 415 555 2671"}'
+    assert utf7.decode("utf-7") == doc
+    canned.put("utf7", utf7, ["Content-Type: application/json; charset=utf-7"])
+    canned.put("latin1", doc.encode(), ["Content-Type: application/json; charset=ISO-8859-1"])
+    enforcer.start(mask_policy(canned.port, "{detectors: [email, phone]}"))
+    (status, _, got), out = fetch(enforcer, canned.port, "utf7")
+    assert status == 502 and b"AEA" not in out and b"415" not in out, out
+    assert "charset" in json.loads(got)["reason"], got
+    (status, _, got), out = fetch(enforcer, canned.port, "latin1")
+    assert status == 200 and json.loads(got) == {"email": "****", "phone": "****"}, out
+
+
 # ---- 5. Kubernetes ---------------------------------------------------------------
 
 def k8s_policy(port, tok):
