@@ -190,132 +190,6 @@ bool http_mask_json_field(const struct mask_rules *m, const uint8_t *v, size_t n
 	return rep.hits > 0;
 }
 
-/* n hex digits at s, at most max, into *v; how many were read. */
-static size_t hex_run(const char *s, size_t n, size_t max, uint32_t *v)
-{
-	size_t k = 0;
-
-	*v = 0;
-	for (; k < n && k < max; k++) {
-		uint8_t c = (uint8_t)s[k], d;
-
-		if (c >= '0' && c <= '9')
-			d = c - '0';
-		else if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f')
-			d = (c | 0x20) - 'a' + 10;
-		else
-			break;
-		*v = *v << 4 | d;
-	}
-	return k;
-}
-
-static size_t put_cp(char *o, uint32_t cp)
-{
-	if (cp >= 0xd800 && cp <= 0xdfff)
-		cp = 0xfffd;   /* a lone surrogate: what readers make of it */
-	if (cp < 0x80) {
-		o[0] = (char)cp;
-		return 1;
-	}
-	if (cp < 0x800) {
-		o[0] = (char)(0xc0 | cp >> 6);
-		o[1] = (char)(0x80 | (cp & 0x3f));
-		return 2;
-	}
-	if (cp < 0x10000) {
-		o[0] = (char)(0xe0 | cp >> 12);
-		o[1] = (char)(0x80 | (cp >> 6 & 0x3f));
-		o[2] = (char)(0x80 | (cp & 0x3f));
-		return 3;
-	}
-	o[0] = (char)(0xf0 | cp >> 18);
-	o[1] = (char)(0x80 | (cp >> 12 & 0x3f));
-	o[2] = (char)(0x80 | (cp >> 6 & 0x3f));
-	o[3] = (char)(0x80 | (cp & 0x3f));
-	return 4;
-}
-
-/*
- * Text that is not JSON is still read by a JavaScript or lenient JSON
- * reader (JSONP, a literal, JSON with a comma too many): what its string
- * escapes spell ("ada\u0040example.com", the "jos\u00e9@ex\u00e4mple.com"
- * PHP and Python write for non-ASCII, "\x40", "\@") the detectors never saw
- * in the text as it is (found by review). The masked text s has its
- * escapes undone in a copy (every escape is longer than what it spells);
- * when the detectors match there, something stayed hidden: -EINVAL, the
- * answer is refused rather than guessed at. 0 when nothing is hidden,
- * -ENOMEM.
- */
-static int escapes_hide(const struct mask_rules *m, const char *s, size_t n)
-{
-	const char *bs = memchr(s, '\\', n);
-	size_t o, i;
-	char *d;
-	bool hit;
-
-	if (!bs || !mask_has_detectors(m))
-		return 0;
-	if (!(d = malloc(n)))
-		return -ENOMEM;
-	o = i = (size_t)(bs - s);
-	memcpy(d, s, o);
-	while (i < n) {
-		uint32_t cp, lo;
-		size_t k;
-
-		if (s[i] != '\\' || i + 1 == n) {
-			d[o++] = s[i++];
-			continue;
-		}
-		switch (s[i + 1]) {
-		case 'u':
-			if (i + 2 < n && s[i + 2] == '{') {   /* \u{1F600} */
-				k = hex_run(s + i + 3, n - i - 3, 6, &cp);
-				if (k && i + 3 + k < n && s[i + 3 + k] == '}' && cp <= 0x10ffff) {
-					o += put_cp(d + o, cp);
-					i += 4 + k;
-					continue;
-				}
-			} else if (hex_run(s + i + 2, n - i - 2, 4, &cp) == 4) {
-				i += 6;
-				if (cp >= 0xd800 && cp <= 0xdbff && n - i >= 6 && s[i] == '\\' && s[i + 1] == 'u' &&
-				    hex_run(s + i + 2, 4, 4, &lo) == 4 && lo >= 0xdc00 && lo <= 0xdfff) {
-					cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
-					i += 6;
-				}
-				o += put_cp(d + o, cp);
-				continue;
-			}
-			break;
-		case 'x':
-			if (hex_run(s + i + 2, n - i - 2, 2, &cp) == 2) {
-				o += put_cp(d + o, cp);
-				i += 4;
-				continue;
-			}
-			break;
-		case 'b': d[o++] = '\b'; i += 2; continue;
-		case 'f': d[o++] = '\f'; i += 2; continue;
-		case 'n': d[o++] = '\n'; i += 2; continue;
-		case 'r': d[o++] = '\r'; i += 2; continue;
-		case 't': d[o++] = '\t'; i += 2; continue;
-		case 'v': d[o++] = '\v'; i += 2; continue;
-		case '0': d[o++] = '\0'; i += 2; continue;
-		default:
-			break;
-		}
-		/* \", \\, \/ and JavaScript's identity escapes ("\@"): the character */
-		d[o++] = s[i + 1];
-		i += 2;
-	}
-	hit = o < n && mask_value_matches(m, d, o);
-	free(d);
-	return hit ? -EINVAL : 0;
-}
-
-/* A charset name http_mask_charset_ok() lets through: one of a few names,
- * or a family's prefix and its number (iso-8859-15, windows-1252). */
 static bool charset_ok(const char *v, size_t n)
 {
 	static const struct { const char *name; bool family; } ok[] = {
@@ -481,13 +355,17 @@ int http_mask_body(const struct mask_rules *m, const uint8_t *body, size_t len, 
 		return -EINVAL;
 	}
 	(*out)[*outlen] = '\0';
-	if ((rc = escapes_hide(m, *out, *outlen))) {
+	/* Not JSON, but read by a JavaScript or lenient JSON reader all the
+	 * same (JSONP, a comma too many): what its string escapes spell
+	 * ("jos\u00e9@ex\u00e4mple.com", as PHP and Python write non-ASCII)
+	 * the detectors did not see as written (found by review). */
+	if ((rc = mask_escapes_hide(m, *out, *outlen))) {
 		free(*out);
 		*out = NULL;
-		*why = rc == -ENOMEM ? "out of memory"
+		*why = rc < 0 ? "out of memory"
 			: "the response is not JSON but its string escapes spell what the detectors mask "
 			  "(\\u0040 for an at sign: JSONP, a JavaScript literal...) and cannot be masked";
-		return rc;
+		return rc < 0 ? rc : -EINVAL;
 	}
 	if (rep->hits)
 		mask_report_add(rep, m, "(body)", 6);

@@ -432,6 +432,96 @@ static size_t put_utf8(uint8_t *o, uint32_t cp)
 	return 4;
 }
 
+/* Up to max hex digits at s (n bytes there) into *v; how many were read. */
+static size_t hex_run(const char *s, size_t n, size_t max, uint32_t *v)
+{
+	size_t k = 0;
+
+	*v = 0;
+	for (; k < n && k < max; k++) {
+		uint8_t c = (uint8_t)s[k], d;
+
+		if (c >= '0' && c <= '9')
+			d = c - '0';
+		else if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f')
+			d = (c | 0x20) - 'a' + 10;
+		else
+			break;
+		*v = *v << 4 | d;
+	}
+	return k;
+}
+
+int mask_escapes_hide(const struct mask_rules *m, const char *s, size_t n)
+{
+	const char *bs = memchr(s, '\\', n);
+	size_t o, i;
+	uint8_t *d;
+	bool hit;
+
+	if (!bs || !mask_has_detectors(m))
+		return 0;
+	if (!(d = malloc(n)))
+		return -ENOMEM;
+	o = i = (size_t)(bs - s);
+	memcpy(d, s, o);
+	/* every escape is longer than what it spells: d never outgrows n */
+	while (i < n) {
+		uint32_t cp, lo;
+		size_t k;
+
+		if (s[i] != '\\' || i + 1 == n) {
+			d[o++] = (uint8_t)s[i++];
+			continue;
+		}
+		cp = (uint8_t)s[i + 1];
+		k = 2;
+		switch (s[i + 1]) {
+		case 'u':
+			if (i + 2 < n && s[i + 2] == '{') {   /* \u{1F600} */
+				size_t h = hex_run(s + i + 3, n - i - 3, 6, &lo);
+
+				if (h && i + 3 + h < n && s[i + 3 + h] == '}' && lo <= 0x10ffff)
+					cp = lo, k = h + 4;
+			} else if (hex_run(s + i + 2, n - i - 2, 4, &cp) == 4) {
+				k = 6;
+				if (cp >= 0xd800 && cp <= 0xdbff && n - i >= 12 && s[i + 6] == '\\' && s[i + 7] == 'u' &&
+				    hex_run(s + i + 8, 4, 4, &lo) == 4 && lo >= 0xdc00 && lo <= 0xdfff) {
+					cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+					k = 12;
+				}
+			} else {
+				cp = 'u';
+			}
+			break;
+		case 'x':
+			if (hex_run(s + i + 2, n - i - 2, 2, &cp) == 2)
+				k = 4;
+			else
+				cp = 'x';
+			break;
+		case 'b': cp = '\b'; break;
+		case 'f': cp = '\f'; break;
+		case 'n': cp = '\n'; break;
+		case 'r': cp = '\r'; break;
+		case 't': cp = '\t'; break;
+		case 'v': cp = '\v'; break;
+		case '0': cp = 0; break;
+		default:   /* \", \\, \/ and JavaScript's identity escapes ("\@"): the byte */
+			d[o++] = (uint8_t)s[i + 1];
+			i += 2;
+			continue;
+		}
+		if (cp >= 0xd800 && cp <= 0xdfff)
+			cp = 0xfffd;   /* a lone surrogate: what readers make of it */
+		o += put_utf8(d + o, cp);
+		i += k;
+	}
+	hit = o < n && mask_value_matches(m, (const char *)d, o);
+	free(d);
+	return hit;
+}
+
 /* Length of the valid UTF-8 sequence at p (n bytes left), 0 if invalid. */
 static size_t utf8_seq(const uint8_t *p, size_t n)
 {
@@ -925,14 +1015,24 @@ static int scan_string_slow(struct jw *w, size_t raw, size_t rawlen, const uint8
 	unsigned hits = 0;
 	size_t mlen;
 	int rc;
+	/* a string holding escapes of its own (JSON in a JSON string, a
+	 * script): its reader undoes them again (found by review) */
+	bool esc = memchr(d, '\\', dlen) != NULL;
 
 	/* mask_value_maybe() is false only when mask_value() would give the
 	 * text back unchanged with no hit (mask.h): then the raw token stays,
 	 * without a copy through w->mbuf. */
-	if (!mask_value_maybe(w->m, (const char *)d, dlen))
+	if (!esc && !mask_value_maybe(w->m, (const char *)d, dlen))
 		return 0;
 	if ((rc = detect(w, d, dlen, &mlen, &hits)))
 		return rc;
+	if (esc && (rc = mask_escapes_hide(w->m, hits ? w->mbuf : (const char *)d, hits ? mlen : dlen))) {
+		if (rc < 0)
+			return rc;
+		/* what they spell cannot be masked in place: the whole string */
+		report(w, cx, 1);
+		return replace(w, raw, raw + rawlen, MASKED, sizeof(MASKED) - 1);
+	}
 	if (!hits)
 		return 0;
 	report(w, cx, hits);
