@@ -358,13 +358,17 @@ int http_mask_body(const struct mask_rules *m, const uint8_t *body, size_t len, 
 	/* Not JSON, but read by a JavaScript or lenient JSON reader all the
 	 * same (JSONP, a comma too many): what its string escapes spell
 	 * ("jos\u00e9@ex\u00e4mple.com", as PHP and Python write non-ASCII)
-	 * the detectors did not see as written (found by review). */
+	 * the detectors did not see as written (found by review); nor what
+	 * HTML character references spell to a browser or an HTML-to-text
+	 * reader ("ada&#64;example.com", how pages hide an address from
+	 * harvesters). */
 	if ((rc = mask_escapes_hide(m, *out, *outlen))) {
 		free(*out);
 		*out = NULL;
 		*why = rc < 0 ? "out of memory"
-			: "the response is not JSON but its string escapes spell what the detectors mask "
-			  "(\\u0040 for an at sign: JSONP, a JavaScript literal...) and cannot be masked";
+			: "the response is not JSON but its string escapes or character references spell what "
+			  "the detectors mask (\\u0040 or &#64; for an at sign: JSONP, a script, HTML...) and "
+			  "cannot be masked";
 		return rc < 0 ? rc : -EINVAL;
 	}
 	if (rep->hits)

@@ -12,9 +12,10 @@
  * names, a BOM, \u0000, NaN: mask_json_lenient()), whose paths and escaped
  * values text scanning would miss; and a body that is not UTF-8 text
  * (binary, UTF-16, a content coding left on by two Content-Encoding
- * fields), which the detectors cannot read; and text whose string escapes,
- * undone as a JSON or JavaScript reader would (JSONP: "ada\u0040..."),
- * spell what the detectors mask. The result is sent identity-coded.
+ * fields), which the detectors cannot read; and text whose string escapes
+ * or HTML character references, undone as a JSON, JavaScript or HTML reader
+ * would (JSONP: "ada\u0040...", a page: "ada&#64;..."), spell what the
+ * detectors mask. The result is sent identity-coded.
  */
 #ifndef AGENTGATE_HTTP_MASK_H
 #define AGENTGATE_HTTP_MASK_H

@@ -158,8 +158,8 @@ size_t mask_min_match(const struct mask_rules *m);
  *     type (objects and arrays are replaced whole);
  *   - every string value is decoded (so "\u0040" hides nothing) and masked
  *     by the detectors, then re-encoded; one that holds escapes of its own
- *     (JSON in a string) is masked whole when the detectors match it with
- *     those undone too (mask_escapes_hide());
+ *     (JSON in a string, HTML) is masked whole when the detectors match it
+ *     with those undone too (mask_escapes_hide());
  *   - every number is scanned as text: a matching number (a card stored as
  *     a JSON number) becomes the string "****";
  *   - every member name is masked by the detectors too: {"alice@x.io": 1}
@@ -181,13 +181,15 @@ int mask_json(const struct mask_rules *m, const char *body, size_t len, char **o
 int mask_json_lenient(const char *body, size_t len);
 
 /*
- * Text a JavaScript or JSON reader reads with its string escapes undone
- * (JSONP, a literal, JSON held in a JSON string) can spell what the
+ * Text a JavaScript, JSON or HTML reader reads with its escapes undone
+ * (JSONP, a literal, JSON held in a JSON string, a page) can spell what the
  * detectors look for where the text as it is does not: "ada\u0040x.io",
  * the "jos\u00e9@ex\u00e4mple.com" PHP and Python write for non-ASCII,
- * "\x40", "\@". s (n bytes, already masked) has its escapes undone in a
- * copy (\uXXXX with surrogate pairs, \u{...}, \xHH, \b \f \n \r \t \v \0,
- * and any other escaped character as itself). Returns 1 when the detectors
+ * "\x40", "\@", "ada&#64;x.io", "&commat;". s (n bytes, already masked) has
+ * them undone in a copy (\uXXXX with surrogate pairs, \u{...}, \xHH,
+ * \b \f \n \r \t \v \0, any other escaped character as itself; numeric
+ * character references with or without ';', and the named ones of the
+ * characters detectors look for). Returns 1 when the detectors
  * match there (what was hidden cannot be masked in place: the caller
  * refuses or masks whole), 0 when they do not or s has no escape, -ENOMEM.
  */

@@ -452,24 +452,75 @@ static size_t hex_run(const char *s, size_t n, size_t max, uint32_t *v)
 	return k;
 }
 
+/* The HTML character reference at s[i] ('&'; n bytes in all): its code
+ * point in *cp and its length, or 0. Numeric ones with or without the ';'
+ * (browsers take both), and the named ones of the characters detectors
+ * look for ("&commat;" is how pages hide an '@' from harvesters). */
+static size_t html_ref(const char *s, size_t n, size_t i, uint32_t *cp)
+{
+	static const struct { const char *name; char c; } named[] = {
+		{ "commat;", '@' }, { "period;", '.' }, { "plus;", '+' }, { "hyphen;", '-' }, { "dash;", '-' },
+		{ "amp;", '&' }, { "lt;", '<' }, { "gt;", '>' }, { "quot;", '"' }, { "apos;", '\'' },
+		{ "lpar;", '(' }, { "rpar;", ')' }, { "lowbar;", '_' }, { "sol;", '/' }, { "colon;", ':' },
+	};
+	size_t k;
+
+	if (i + 2 < n && s[i + 1] == '#') {
+		bool hex = (s[i + 2] | 0x20) == 'x';
+		size_t at = i + 2 + hex;
+
+		*cp = 0;
+		for (k = 0; at + k < n && k < 8; k++) {
+			uint8_t c = (uint8_t)s[at + k];
+			uint32_t d;
+
+			if (c >= '0' && c <= '9')
+				d = c - '0';
+			else if (hex && (c | 0x20) >= 'a' && (c | 0x20) <= 'f')
+				d = (c | 0x20) - 'a' + 10;
+			else
+				break;
+			*cp = *cp * (hex ? 16 : 10) + d;
+		}
+		if (!k || *cp > 0x10ffff)
+			return 0;
+		return at + k - i + (at + k < n && s[at + k] == ';');
+	}
+	for (size_t j = 0; j < sizeof(named) / sizeof(named[0]); j++) {
+		k = strlen(named[j].name);
+		if (n - i - 1 >= k && memcmp(s + i + 1, named[j].name, k) == 0) {
+			*cp = (uint8_t)named[j].c;
+			return k + 1;
+		}
+	}
+	return 0;
+}
+
 int mask_escapes_hide(const struct mask_rules *m, const char *s, size_t n)
 {
-	const char *bs = memchr(s, '\\', n);
+	const char *bs = memchr(s, '\\', n), *amp = memchr(s, '&', n);
 	size_t o, i;
 	uint8_t *d;
 	bool hit;
 
-	if (!bs || !mask_has_detectors(m))
+	if ((!bs && !amp) || !mask_has_detectors(m))
 		return 0;
 	if (!(d = malloc(n)))
 		return -ENOMEM;
-	o = i = (size_t)(bs - s);
+	o = i = (size_t)((bs && (!amp || bs < amp) ? bs : amp) - s);
 	memcpy(d, s, o);
 	/* every escape is longer than what it spells: d never outgrows n */
 	while (i < n) {
 		uint32_t cp, lo;
 		size_t k;
 
+		if (s[i] == '&' && (k = html_ref(s, n, i, &cp))) {
+			if (cp >= 0xd800 && cp <= 0xdfff)
+				cp = 0xfffd;
+			o += put_utf8(d + o, cp);
+			i += k;
+			continue;
+		}
 		if (s[i] != '\\' || i + 1 == n) {
 			d[o++] = (uint8_t)s[i++];
 			continue;
@@ -1016,8 +1067,8 @@ static int scan_string_slow(struct jw *w, size_t raw, size_t rawlen, const uint8
 	size_t mlen;
 	int rc;
 	/* a string holding escapes of its own (JSON in a JSON string, a
-	 * script): its reader undoes them again (found by review) */
-	bool esc = memchr(d, '\\', dlen) != NULL;
+	 * script, HTML): its reader undoes them again (found by review) */
+	bool esc = memchr(d, '\\', dlen) || memchr(d, '&', dlen);
 
 	/* mask_value_maybe() is false only when mask_value() would give the
 	 * text back unchanged with no hit (mask.h): then the raw token stays,

@@ -320,6 +320,11 @@ static void test_escaped_text(void)
 		"{\"c\": \"4111\\u00201111 1111 1111\"} x",
 		"cb({\"p\": \"\\u002b1 415 555 2671\"})",
 		"cb({\"e\": \"\\ud83d\\ude00 ada\\u0040example.com\"})",
+		/* HTML character references, as pages hide an address */
+		"<p>Mail ada&#64;example&#46;com</p>",
+		"<a>&#97;&#100;&#x61;&#X40;&#101;xample.com</a>",
+		"<p>ada&commat;example.com</p>",
+		"<p>ada&#64example.com</p>",
 	};
 	static const struct { const char *in, *out; } masked[] = {
 		/* escapes that hide nothing, and what matches as it is */
@@ -327,6 +332,8 @@ static void test_escaped_text(void)
 		  "cb({\"e\": \"****\", \"p\": \"C:\\\\temp\\\\new\"})" },
 		{ "line\\nline 2\\t\\u00e9 \\ud800 ok \\x4 \\u{zz}", NULL },
 		{ "trailing \\", NULL },
+		{ "<p>a &amp; b &lt; c, &#; &#x; &#99999999; ada@example.com &",
+		  "<p>a &amp; b &lt; c, &#; &#x; &#99999999; **** &" },
 	};
 	const char *why;
 	struct mask_report rep;
