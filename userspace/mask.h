@@ -57,8 +57,10 @@
  * also scanned decoded ('+' as a space), up to three times while escapes
  * remain (a URL in another URL's query is encoded twice), and the encoded
  * bytes of a match there are masked with the rest ("?email=ada%40example.com"
- * -> "?email=****"). With custom patterns, bytes of a decoded view that are
- * not UTF-8 read as '?' there.
+ * -> "?email=****"). A value still encoded after the third round is decoded
+ * on, up to eight rounds, only to look: a match there, or escapes left
+ * after the eighth, masks the value whole. With custom patterns, bytes of a
+ * decoded view that are not UTF-8 read as '?' there.
  *
  * Custom patterns get 50 ms of the thread's CPU time per value, and 1 s for
  * all the values of one JSON body; past that the value is masked whole.
