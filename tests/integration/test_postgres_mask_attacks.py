@@ -1250,3 +1250,57 @@ print(json.dumps(out))
     assert res["before"][:4] == ["T", "D:1|****", "D:2|****", "C:SELECT 2"], res
     assert res["after"][0].startswith("E:57P01:agentgate: the masked columns' lineage could not be read again"), res
     assert res["then"] == ["EOF"], res                  # the session is over
+
+
+def test_values_whose_escapes_spell_what_the_detectors_mask(enforcer, pg, tmp):
+    """A value whose own escapes spell an address or a card (a json value Python's
+    json.dumps wrote, "jos\\u00e9@ex\\u00e4mple.com"; a page's "ada&#64;example.com")
+    passed the detectors, which read it as written, and its reader undoes them (found by
+    review, stop 65). Such a value goes masked whole: '****' as text, '"****"' as json and
+    jsonb (with jsonb's version byte in binary), NULL for other types; quoted in an error,
+    the field is '****'; a COPY row holding one ends the session."""
+    pg.sql("ALTER TABLE notes ADD COLUMN j json, ADD COLUMN jb jsonb, ADD COLUMN arr text[]; "
+           "INSERT INTO notes (id, body, j, jb, arr) VALUES "
+           "(10, 'write to ada&#64;example&#46;com', '{\"e\": \"jos\\u00e9@ex\\u00e4mple.com\"}', "
+           "'{\"h\": \"ada&#64;example.com\"}', '{\"ada&#64;example.com\"}'), "
+           "(11, 'plain &amp; simple', '{\"n\": \"caf\\u00e9\"}', '{\"e\": \"ada@example.com\"}', '{x}')")
+    # what a reader makes of them (the test could fail)
+    assert pg.sql("SELECT (j->>'e') FROM notes WHERE id = 10") == "josé@exämple.com"
+    assert pg.sql("SELECT j::text FROM notes WHERE id = 10") == '{"e": "jos\\u00e9@ex\\u00e4mple.com"}'
+    enforcer.start(policy(pg, tmp, rules=RULES_RW))
+    res = agent_py(enforcer, f"""
+    import psycopg2, io
+    c = psycopg2.connect(host="127.0.0.1", port={pg.port}, user="agent_ro", dbname="shop")
+    c.autocommit = True
+    cur = c.cursor()
+    out = {{}}
+    cur.execute("SELECT id, body, j::text, jb::text, arr FROM notes WHERE id >= 10 ORDER BY id")
+    out["rows"] = cur.fetchall()
+    cur.execute("SELECT j, jb FROM notes WHERE id = 10")
+    out["json"] = cur.fetchall()
+    try:
+        cur.execute("SELECT j::text::int FROM notes WHERE id = 10")
+        out["err"] = "ran"
+    except psycopg2.Error as e:
+        out["err"] = [e.pgcode, e.diag.message_primary]
+    try:
+        cur.copy_expert("COPY (SELECT j FROM notes WHERE id = 10) TO STDOUT WITH (FORMAT csv)", io.StringIO())
+        out["copy"] = "ran"
+    except psycopg2.Error as e:
+        out["copy"] = [e.pgcode, str(e)]
+    print(json.dumps(out))
+    """)
+    rows = res["rows"]
+    assert rows[0] == [10, "****", "****", "****", None], rows
+    # nothing hidden: as they were (an '&amp;', an escape that spells no address)
+    assert rows[1] == [11, "plain &amp; simple", '{"n": "caf\\u00e9"}', '{"e": "****"}', ["x"]], rows
+    assert res["json"] == [["****", "****"]], res["json"]
+    assert res["err"][0] == "22P02" and res["err"][1] == "****", res["err"]
+    assert res["copy"][0] == "42501" and "escapes" in res["copy"][1], res["copy"]
+    # binary results: json's is its text, jsonb's has its version byte
+    out = run(enforcer, pg, r"""
+c = Conn("127.0.0.1", PORT)
+c.send(P("", "SELECT j, jb, body FROM notes WHERE id = 10", []) + B("", "", [], [1]) + E("") + S)
+print(json.dumps(summary(c.until_ready())))
+""")
+    assert 'D:****|\x01"****"|****' in out, out
