@@ -1288,8 +1288,21 @@ def test_values_whose_escapes_spell_what_the_detectors_mask(enforcer, pg, tmp):
         out["copy"] = "ran"
     except psycopg2.Error as e:
         out["copy"] = [e.pgcode, str(e)]
+    # COPY's text format doubles the backslash its reader takes back
+    c = psycopg2.connect(host="127.0.0.1", port={pg.port}, user="agent_ro", dbname="shop")
+    try:
+        c.cursor().copy_expert("COPY (SELECT j FROM notes WHERE id = 10) TO STDOUT", io.StringIO())
+        out["copy_text"] = "ran"
+    except psycopg2.Error as e:
+        out["copy_text"] = [e.pgcode, str(e)]
+    buf = io.StringIO()
+    c = psycopg2.connect(host="127.0.0.1", port={pg.port}, user="agent_ro", dbname="shop")
+    c.cursor().copy_expert("COPY (SELECT j FROM notes WHERE id = 11) TO STDOUT", buf)
+    out["copy_plain"] = buf.getvalue()
     print(json.dumps(out))
     """)
+    assert res["copy_text"][0] == "42501" and "escapes" in res["copy_text"][1], res["copy_text"]
+    assert res["copy_plain"] == '{"n": "caf\\\\u00e9"}\n', res["copy_plain"]
     rows = res["rows"]
     assert rows[0] == [10, "****", "****", "****", None], rows
     # nothing hidden: as they were (an '&amp;', an escape that spells no address)
