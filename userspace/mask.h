@@ -189,10 +189,12 @@ int mask_json_lenient(const char *body, size_t len);
  * the "jos\u00e9@ex\u00e4mple.com" PHP and Python write for non-ASCII,
  * "\x40", "\@", "ada&#64;x.io", "&commat;". s (n bytes, already masked) has
  * them undone in a copy (\uXXXX with surrogate pairs, \u{...}, \xHH,
- * \b \f \n \r \t \v \0, any other escaped character as itself; numeric
- * character references with or without ';', and the named ones of the
- * characters detectors look for). Returns 1 when the detectors
- * match there (what was hidden cannot be masked in place: the caller
+ * octal \0 to \377, \b \f \n \r \t \v, any other escaped character as
+ * itself; numeric character references with or without ';', leading zeros
+ * too, and the named ones of the characters detectors look for), up to
+ * four rounds while escapes remain (a value under another layer: COPY's
+ * text format, an array's text form, "&amp;#64;"). Returns 1 when the
+ * detectors match after a round (what was hidden cannot be masked in place: the caller
  * refuses or masks whole), 0 when they do not or s has no escape, -ENOMEM.
  */
 int mask_escapes_hide(const struct mask_rules *m, const char *s, size_t n);

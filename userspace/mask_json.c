@@ -469,8 +469,10 @@ static size_t html_ref(const char *s, size_t n, size_t i, uint32_t *cp)
 		bool hex = (s[i + 2] | 0x20) == 'x';
 		size_t at = i + 2 + hex;
 
+		/* every digit is read, leading zeros too ("&#000000064;" is an
+		 * '@' to a browser); past U+10FFFF the value stops growing */
 		*cp = 0;
-		for (k = 0; at + k < n && k < 8; k++) {
+		for (k = 0; at + k < n; k++) {
 			uint8_t c = (uint8_t)s[at + k];
 			uint32_t d;
 
@@ -480,7 +482,8 @@ static size_t html_ref(const char *s, size_t n, size_t i, uint32_t *cp)
 				d = (c | 0x20) - 'a' + 10;
 			else
 				break;
-			*cp = *cp * (hex ? 16 : 10) + d;
+			if (*cp <= 0x10ffff)
+				*cp = *cp * (hex ? 16 : 10) + d;
 		}
 		if (!k || *cp > 0x10ffff)
 			return 0;
@@ -496,20 +499,23 @@ static size_t html_ref(const char *s, size_t n, size_t i, uint32_t *cp)
 	return 0;
 }
 
-int mask_escapes_hide(const struct mask_rules *m, const char *s, size_t n)
+/*
+ * One round of mask_escapes_hide(): s's escapes (n bytes) undone into d,
+ * which holds n bytes and may be s itself (every escape is longer than
+ * what it spells, and is read whole before what it spells is written, so
+ * the writes never pass the reads). Returns the length in d.
+ */
+static size_t unescape_round(const char *s, size_t n, uint8_t *d)
 {
 	const char *bs = memchr(s, '\\', n), *amp = memchr(s, '&', n);
 	size_t o, i;
-	uint8_t *d;
-	bool hit;
 
-	if ((!bs && !amp) || !mask_has_detectors(m))
-		return 0;
-	if (!(d = malloc(n)))
-		return -ENOMEM;
-	o = i = (size_t)((bs && (!amp || bs < amp) ? bs : amp) - s);
-	memcpy(d, s, o);
-	/* every escape is longer than what it spells: d never outgrows n */
+	if (!bs && !amp)
+		o = i = n;
+	else
+		o = i = (size_t)((bs && (!amp || bs < amp) ? bs : amp) - s);
+	if ((const char *)d != s)
+		memcpy(d, s, o);
 	while (i < n) {
 		uint32_t cp, lo;
 		size_t k;
@@ -529,11 +535,16 @@ int mask_escapes_hide(const struct mask_rules *m, const char *s, size_t n)
 		k = 2;
 		switch (s[i + 1]) {
 		case 'u':
-			if (i + 2 < n && s[i + 2] == '{') {   /* \u{1F600} */
-				size_t h = hex_run(s + i + 3, n - i - 3, 6, &lo);
+			if (i + 2 < n && s[i + 2] == '{') {   /* \u{1F600}, leading zeros allowed */
+				size_t z = 0, h;
 
-				if (h && i + 3 + h < n && s[i + 3 + h] == '}' && lo <= 0x10ffff)
-					cp = lo, k = h + 4;
+				while (i + 3 + z < n && s[i + 3 + z] == '0')
+					z++;
+				h = hex_run(s + i + 3 + z, n - i - 3 - z, 6, &lo);
+				if ((h || z) && i + 3 + z + h < n && s[i + 3 + z + h] == '}' && lo <= 0x10ffff)
+					cp = lo, k = z + h + 4;
+				else
+					cp = 'u';
 			} else if (hex_run(s + i + 2, n - i - 2, 4, &cp) == 4) {
 				k = 6;
 				if (cp >= 0xd800 && cp <= 0xdbff && n - i >= 12 && s[i + 6] == '\\' && s[i + 7] == 'u' &&
@@ -557,7 +568,17 @@ int mask_escapes_hide(const struct mask_rules *m, const char *s, size_t n)
 		case 'r': cp = '\r'; break;
 		case 't': cp = '\t'; break;
 		case 'v': cp = '\v'; break;
-		case '0': cp = 0; break;
+		case '0': case '1': case '2': case '3': case '4': case '5': case '6': case '7': {
+			/* octal, as sloppy-mode JavaScript (a JSONP script), Python
+			 * and C read it: "\100" is an '@'; "\0" alone a NUL */
+			size_t h = 1, max = s[i + 1] <= '3' ? 3 : 2;
+
+			cp = (uint32_t)(s[i + 1] - '0');
+			while (h < max && i + 1 + h < n && s[i + 1 + h] >= '0' && s[i + 1 + h] <= '7')
+				cp = cp * 8 + (uint32_t)(s[i + 1 + h++] - '0');
+			k = 1 + h;
+			break;
+		}
 		default:   /* \", \\, \/ and JavaScript's identity escapes ("\@"): the byte */
 			d[o++] = (uint8_t)s[i + 1];
 			i += 2;
@@ -568,7 +589,32 @@ int mask_escapes_hide(const struct mask_rules *m, const char *s, size_t n)
 		o += put_utf8(d + o, cp);
 		i += k;
 	}
-	hit = o < n && mask_value_matches(m, (const char *)d, o);
+	return o;
+}
+
+/* Rounds of undoing: a value under another layer of escaping (COPY's
+ * text format, an array's or a record's text form, JSON in a JSON
+ * string, "&amp;#64;") spells it only once that layer is undone too. */
+#define ESC_ROUNDS 4
+
+int mask_escapes_hide(const struct mask_rules *m, const char *s, size_t n)
+{
+	size_t len = n, o;
+	uint8_t *d;
+	bool hit = false;
+
+	if ((!memchr(s, '\\', n) && !memchr(s, '&', n)) || !mask_has_detectors(m))
+		return 0;
+	if (!(d = malloc(n)))
+		return -ENOMEM;
+	o = unescape_round(s, n, d);
+	for (int r = 1; o < len; r++) {
+		if ((hit = mask_value_matches(m, (const char *)d, o)) || r == ESC_ROUNDS ||
+		    (!memchr(d, '\\', o) && !memchr(d, '&', o)))
+			break;
+		len = o;
+		o = unescape_round((const char *)d, len, d);
+	}
 	free(d);
 	return hit;
 }

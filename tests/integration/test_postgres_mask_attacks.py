@@ -1317,3 +1317,37 @@ c.send(P("", "SELECT j, jb, body FROM notes WHERE id = 10", []) + B("", "", [], 
 print(json.dumps(summary(c.until_ready())))
 """)
     assert 'D:****|\x01"****"|****' in out, out
+
+
+def test_escapes_under_another_layer_of_escaping(enforcer, pg, tmp):
+    """A value whose own escapes spell an address is masked whole in a text column
+    ('ada\\u0040example.com' -> '****'). The same value reached the agent in clear
+    when one more layer of escaping wrapped it: COPY's default text format doubles
+    its backslash, and so do an array's and a record's text forms; their readers
+    undo that layer and hand back exactly the value the text column masks."""
+    pg.sql("ALTER TABLE notes ADD COLUMN IF NOT EXISTS arr2 text[]; "
+           "INSERT INTO notes (id, body, arr2) VALUES "
+           "(20, E'ada\\\\u0040example.com', ARRAY[E'ada\\\\u0040example.com'])")
+    assert pg.sql("SELECT body FROM notes WHERE id = 20") == "ada\\u0040example.com"
+    enforcer.start(policy(pg, tmp, rules=RULES_RW))
+    res = agent_py(enforcer, f"""
+    import psycopg2, io
+    c = psycopg2.connect(host="127.0.0.1", port={pg.port}, user="agent_ro", dbname="shop")
+    c.autocommit = True
+    cur = c.cursor()
+    out = {{}}
+    cur.execute("SELECT body, arr2, row(body)::text FROM notes WHERE id = 20")
+    out["rows"] = cur.fetchall()
+    buf = io.StringIO()
+    try:
+        cur.copy_expert("COPY (SELECT body FROM notes WHERE id = 20) TO STDOUT", buf)
+        out["copy"] = buf.getvalue()
+    except psycopg2.Error as e:
+        out["copy"] = [e.pgcode, str(e)]
+    print(json.dumps(out))
+    """)
+    body, arr, rec = res["rows"][0]
+    assert body == "****", res
+    assert arr is None or arr == ["****"], res          # not ["ada\\u0040example.com"]
+    assert rec is None or "u0040" not in rec, res
+    assert "u0040" not in json.dumps(res["copy"]), res

@@ -325,6 +325,16 @@ static void test_escaped_text(void)
 		"<a>&#97;&#100;&#x61;&#X40;&#101;xample.com</a>",
 		"<p>ada&commat;example.com</p>",
 		"<p>ada&#64example.com</p>",
+		/* under one more layer of escaping (COPY's text format, an
+		 * array's text form, JSON in a JSON string, an HTML page quoting
+		 * one), leading zeros, octal */
+		"ada\\\\u0040example.com",
+		"{\"ada\\\\u0040example.com\"}",
+		"<p>ada&amp;#64;example.com</p>",
+		"cb(\"ada\\u0026#64;example.com\")",
+		"<p>ada&#000000064;example.com</p>",
+		"x = \"ada\\u{0000040}example.com\"",
+		"cb('ada\\100example.com')",
 	};
 	static const struct { const char *in, *out; } masked[] = {
 		/* escapes that hide nothing, and what matches as it is */
