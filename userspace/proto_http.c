@@ -2067,6 +2067,7 @@ static int send_resp_head(struct conn *c, const uint8_t *b, const struct http_he
 	bool upgrade = h->status == 101;
 	struct mask_rules *m = r->mask;
 	bool scan = r->masked && m && mask_has_detectors(m);
+	int e = 0;
 
 	if (r->masked && !upgrade) {
 		/* the version and code as they came; the phrase our own */
@@ -2104,11 +2105,26 @@ static int send_resp_head(struct conn *c, const uint8_t *b, const struct http_he
 
 			if (cap > o.cap - o.n || (n = mask_value(m, (const char *)b + f->value,
 								  f->value_len, o.b + o.n, o.cap - o.n,
-								  &hits)) == (size_t)-1) {
-				o.over = true;
+								  &hits)) == (size_t)-1 ||
+			    (e = mask_escapes_hide(m, o.b + o.n, n)) < 0) {
+				o.over = true;   /* (no memory to look: nothing goes) */
+			} else if (e > 0) {
+				puts_(&o, MASK_TOKEN);   /* over what was masked in place */
+				r->mask_hits++;
 			} else {
 				o.n += n;
 				r->mask_hits += hits;
+			}
+		} else if (scan && (e = mask_escapes_hide(m, (const char *)b + f->value, f->value_len)) != 0) {
+			/* its escapes or character references spell what the
+			 * detectors mask ('"ada\\u0040example.com"', a Link's
+			 * title="ada&#64;..."), as a body's would (http_mask_body()):
+			 * whole (found by review) */
+			if (e < 0)
+				o.over = true;
+			else {
+				puts_(&o, MASK_TOKEN);
+				r->mask_hits++;
 			}
 		} else {
 			size_t at = o.n;

@@ -1285,3 +1285,19 @@ def test_mask_conditionals_not_an_oracle(enforcer, servers, tmp):
         out = raw(enforcer, port, crlf(f"GET /v1/inv HTTP/1.1⏎Host: 127.0.0.1:{port}⏎{cond}⏎⏎"))
         rs, _ = responses(out)
         assert rs and rs[0][0] == 200 and b"****" in out and b"ada@" not in out, (cond, out)
+
+
+def test_mask_escapes_in_response_fields_that_are_not_json(enforcer, canned):
+    """A response field that is not a JSON object or array was scanned as
+    written: its escapes or character references ("ada\\u0040example.com",
+    a JSON string, a title="ada&#64;example.com" parameter) spelled an
+    address the detectors did not see, where the same text as a body is
+    refused (found by review). Such a field goes masked whole."""
+    canned.put("hdr", b"ok", ["Content-Type: text/plain",
+                               'X-Owner: "ada\\u0040example.com"',
+                               'Link: </u/7>; rel="author"; title="ada&#64;example&#46;com"',
+                               "X-Keep: plain"])
+    enforcer.start(mask_policy(canned.port, "{detectors: [email]}"))
+    out = raw(enforcer, canned.port, crlf("GET /v1/r/hdr HTTP/1.1⏎Host: api.internal⏎⏎"))
+    assert b"u0040" not in out and b"&#64;" not in out, out
+    assert b"X-Keep: plain\r\n" in out, out
