@@ -2115,33 +2115,6 @@ static int mask_fields(struct pg_sess *s, const struct pg_msg *m)
 	return 0;
 }
 
-/*
- * A COPY row's values with escapes of their own (mask_escapes_hide()): CSV
- * keeps a json value's "\u0040" as it is, COPY's text format writes its
- * backslash twice, which its reader takes back before the value's own
- * reader (JSON's) undoes "\u0040". So the row is looked at as it is and
- * with each doubled backslash taken back once. 1, 0, -ENOMEM.
- */
-static int copy_escapes_hide(const struct mask_rules *m, const char *row, size_t n)
-{
-	int rc = mask_escapes_hide(m, row, n);
-	size_t o = 0;
-	char *d;
-
-	if (rc || !memmem(row, n, "\\\\", 2))
-		return rc;
-	if (!(d = malloc(n)))
-		return -ENOMEM;
-	for (size_t i = 0; i < n; i++) {
-		d[o++] = row[i];
-		if (row[i] == '\\' && i + 1 < n && row[i + 1] == '\\')
-			i++;
-	}
-	rc = mask_escapes_hide(m, d, o);
-	free(d);
-	return rc;
-}
-
 static int mask_notification(struct pg_sess *s, const struct pg_msg *m)
 {
 	uint32_t pid;
@@ -5685,8 +5658,10 @@ static int be_message(struct conn *c, const struct pg_msg *m)
 					return -ENOMEM;
 				n = mask_value(s->mask, (const char *)m->body, m->len, buf, cap, NULL);
 				/* a row holding escapes that spell what the detectors
-				 * mask: not masked in place, so not let out (mask_row()) */
-				if (n == (size_t)-1 || (err = copy_escapes_hide(s->mask, buf, n)) != 0) {
+				 * mask (CSV keeps a json value's "\u0040", the text
+				 * format writes "\\u0040": mask_escapes_hide() undoes
+				 * both): not masked in place, so not let out (mask_row()) */
+				if (n == (size_t)-1 || (err = mask_escapes_hide(s->mask, buf, n)) != 0) {
 					free(buf);
 					if (n == (size_t)-1 || err < 0)
 						return -ENOMEM;
