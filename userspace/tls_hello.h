@@ -84,7 +84,8 @@ struct tls_hello {
  * ALPN, when present: 1..8 protocol names of 1..31 printable ASCII bytes;
  * anything the struct cannot hold exactly is MALFORMED rather than dropped,
  * so a caller that checks ALPN never sees half of the list.
- * encrypted_client_hello (0xfe0d, draft-ietf-tls-esni) and the older ESNI
+ * encrypted_client_hello (0xfe0d, draft-ietf-tls-esni; also its earlier
+ * drafts' code points 0xfe08-0xfe0c, 0xff02, 0xff08) and the older ESNI
  * draft extension (0xffce) are reported in has_ech, not refused: whether an
  * outer name is enough to allow a connection is policy, not parsing.
  * SSLv2-compatible hellos are MALFORMED.

@@ -993,8 +993,12 @@ static void test_ech(void)
 	n = hello_with(&e, rec, sizeof(rec));
 	CHECK(parse(rec, n, &h) == OK && !h.has_ech);
 
-	static const unsigned types[] = { 0xfe0d, 0xffce };
-	for (size_t i = 0; i < 2; i++) {
+	/* today's, ESNI's, and every earlier ECH draft's code point: servers
+	 * built on a draft (NSS's 0xfe08, Cloudflare's 0xfe09/0xfe0a) read
+	 * the inner name too (found by review) */
+	static const unsigned types[] = { 0xfe0d, 0xffce, 0xfe08, 0xfe09, 0xfe0a, 0xfe0b, 0xfe0c,
+					  0xff02, 0xff08 };
+	for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
 		bb_init(&e, e_buf, sizeof(e_buf));
 		ext_sni(&e, "public.example.com");
 		ext_raw(&e, types[i], "\0\1\2\3", 4);
@@ -1002,7 +1006,19 @@ static void test_ech(void)
 		CHECK(parse(rec, n, &h) == OK);
 		CHECK(h.has_ech);
 		CHECK_STR(h.sni, "public.example.com");
-		unit_seed(i == 0 ? "ok-ech" : "ok-esni", rec, n);
+		if (i < 2)
+			unit_seed(i == 0 ? "ok-ech" : "ok-esni", rec, n);
+		else if (types[i] == 0xfe0a)
+			unit_seed("ok-ech-draft10", rec, n);
+	}
+	/* their neighbours are other extensions */
+	static const unsigned others[] = { 0xfe07, 0xfe0e, 0xff01, 0xff03, 0xfd00 };
+	for (size_t i = 0; i < sizeof(others) / sizeof(others[0]); i++) {
+		bb_init(&e, e_buf, sizeof(e_buf));
+		ext_sni(&e, "public.example.com");
+		ext_raw(&e, others[i], "\0\1\2\3", 4);
+		n = hello_with(&e, rec, sizeof(rec));
+		CHECK(parse(rec, n, &h) == OK && !h.has_ech);
 	}
 }
 
