@@ -247,12 +247,14 @@ static int tls_start(struct ssink *k, char *why, size_t wl)
 
 	if (!(k->ssl = SSL_new(k->ctx)))
 		return -ENOMEM;
-	SSL_set_fd(k->ssl, k->fd);
-	if (ip) {
-		X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(k->ssl), k->host);
-	} else {
-		SSL_set_tlsext_host_name(k->ssl, k->host);
-		SSL_set1_host(k->ssl, k->host);
+	/* without the name, any certificate the CA signed would pass: a name
+	 * that cannot be set is a failed connection (http_upstream.c does so) */
+	if (!SSL_set_fd(k->ssl, k->fd) ||
+	    (ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(k->ssl), k->host) != 1
+		: SSL_set_tlsext_host_name(k->ssl, k->host) != 1 || SSL_set1_host(k->ssl, k->host) != 1)) {
+		snprintf(why, wl, "TLS: cannot set the name to verify (%s)", k->host);
+		ERR_clear_error();
+		return -EPROTO;
 	}
 	if (SSL_connect(k->ssl) != 1) {
 		long v = SSL_get_verify_result(k->ssl);
