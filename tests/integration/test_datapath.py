@@ -2655,6 +2655,35 @@ def test_tls_retry_with_ech_to_a_target_that_checks_no_name(enforcer, servers, t
         enforcer.stop()
 
 
+def test_tls_ech_under_an_earlier_drafts_code_point_is_ech(enforcer, servers, tmp):
+    """Found by review: only 0xfe0d (and ESNI's 0xffce) counted as ECH, so a
+    ClientHello whose outer SNI was the allowed name and which carried
+    encrypted_client_hello under an earlier draft's code point (0xfe08 to
+    0xfe0c, 0xff02, 0xff08: servers built on those drafts decrypt the inner
+    hello and its name) passed a target that checks names. A target without
+    a name still accepts it."""
+    port = vhosts_nginx(servers, tmp)
+    for server_name, want in ((", upstream: {server_name: allowed.test}", "failed"), ("", "ok allowed.test")):
+        enforcer.start(f"""
+        version: 1
+        agents: [{{name: t-agent}}]
+        targets:
+          - {{name: web, protocol: tls, address: 127.0.0.1:{port}{server_name}}}
+        roles: [{{name: r, rules: [{{target: web}}]}}]
+        bindings: [{{role: r, agents: [t-agent]}}]
+        """)
+        got = {}
+        for ech in ("ech=0xfe08", "ech=0xfe0a", "ech=0xff02"):
+            r = enforcer.exec("t-agent", [TLS_RETRY, "127.0.0.1", str(port), "allowed.test", "allowed.test", ech])
+            got[ech] = r.stdout.strip()
+        assert got == {k: want for k in got}, (server_name, got)
+        if want == "failed":
+            ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4001 and "Encrypted Client Hello" in
+                                     e.get("unmapped", {}).get("reason", ""))
+            assert ev and ev["activity_name"] == "Refuse", ev
+        enforcer.stop()
+
+
 def test_tls_second_client_hello_after_retry_must_name_the_same_server(enforcer, servers, tmp):
     """Found by review: a TLS 1.3 server may answer the first ClientHello with a
     HelloRetryRequest, and then takes its certificate and virtual host from the second

@@ -7,11 +7,12 @@
  * picks its certificate from the second, which an enforcer that judged
  * only the first never saw.
  *
- *   tls_retry_client IP PORT SNI1 SNI2 [ech]
+ *   tls_retry_client IP PORT SNI1 SNI2 [ech | ech=0xTYPE]
  *
  * With "ech", both ClientHellos carry an encrypted_client_hello extension
  * (0xfe0d) of made-up bytes, as a client sending GREASE ECH does (OpenSSL
  * 3.0 has no ECH: a custom extension of that type; servers ignore it).
+ * "ech=0xfe0a" sends it under that code point (an earlier draft's).
  *
  * Prints "ok <subject CN of the server's certificate>" after the handshake,
  * or "failed" (exit 1).
@@ -45,9 +46,12 @@ int main(int argc, char **argv)
 	SSL_CTX *ctx;
 	X509 *peer;
 	SSL *ssl;
+	unsigned int ech_type = 0xfe0d;
 	int fd, r;
 
-	if (argc != 5 && !(argc == 6 && strcmp(argv[5], "ech") == 0))
+	if (argc == 6 && strncmp(argv[5], "ech=", 4) == 0)
+		ech_type = (unsigned int)strtoul(argv[5] + 4, NULL, 16);
+	else if (argc != 5 && !(argc == 6 && strcmp(argv[5], "ech") == 0))
 		return 2;
 	a.sin_port = htons((uint16_t)atoi(argv[2]));
 	if (inet_pton(AF_INET, argv[1], &a.sin_addr) != 1)
@@ -56,7 +60,7 @@ int main(int argc, char **argv)
 	SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
 	SSL_CTX_set1_groups_list(ctx, "P-256:X25519");   /* a key share for the first only */
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
-	if (argc == 6 && !SSL_CTX_add_custom_ext(ctx, 0xfe0d, SSL_EXT_CLIENT_HELLO, add_ech, NULL, NULL, NULL, NULL)) {
+	if (argc == 6 && !SSL_CTX_add_custom_ext(ctx, ech_type, SSL_EXT_CLIENT_HELLO, add_ech, NULL, NULL, NULL, NULL)) {
 		puts("failed: cannot add the extension");
 		return 1;
 	}
