@@ -775,6 +775,59 @@ def test_tls_both_legs_and_md5(enforcer, pg, tmp):
     assert rc != 0 and "upstream authentication" in err and "password authentication failed" in err, err
 
 
+def test_agent_leg_encryption_requests(enforcer, pg, tmp):
+    """What README says of the agent leg's negotiation, each case once
+    (a review found no test of them): GSSENCRequest is answered 'N'
+    (a second one ends the session); SSLRequest then gets 'S' and TLS from
+    the local CA, inside which another SSLRequest ends the session; bytes
+    sent after SSLRequest before the handshake close the connection
+    (CVE-2021-23214); a ClientHello as the first bytes (PG 17 direct TLS) is
+    refused."""
+    enforcer.start(policy(pg, tmp))
+    res = agent_py(enforcer, f"""
+    import ssl
+    out = {{}}
+    def startup():
+        body = struct.pack("!I", 196608) + b"user\\0agent_ro\\0database\\0shop\\0\\0"
+        return struct.pack("!I", len(body) + 4) + body
+    def rd(s):
+        # the answer's first byte, an error's SQLSTATE, or how it ended
+        try:
+            d = s.recv(200)
+        except OSError as e:
+            return type(e).__name__
+        if d[:1] == b"E":
+            return "E:" + d.split(b"\\0C")[1][:5].decode()
+        return d[:1].decode("latin1") or "EOF"
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    GSS, SSL = struct.pack("!II", 8, 80877104), struct.pack("!II", 8, 80877103)
+    s = socket.create_connection(("127.0.0.1", {pg.port}), timeout=5)
+    s.sendall(GSS); out["gss"] = rd(s)
+    s.sendall(GSS); out["gss2"] = rd(s)
+    s = socket.create_connection(("127.0.0.1", {pg.port}), timeout=5)
+    s.sendall(GSS); s.recv(1)
+    s.sendall(SSL); out["ssl"] = rd(s)
+    t = ctx.wrap_socket(s)
+    t.sendall(SSL); out["ssl-in-tls"] = rd(t)
+    s = socket.create_connection(("127.0.0.1", {pg.port}), timeout=5)
+    s.sendall(SSL + startup()); out["inject"] = rd(s)
+    s = socket.create_connection(("127.0.0.1", {pg.port}), timeout=5)
+    try:
+        ctx.wrap_socket(s); out["direct"] = "handshake"
+    except (ssl.SSLError, OSError) as e:
+        out["direct"] = "refused"
+    print(json.dumps(out))
+    """)
+    assert res == {"gss": "N", "gss2": "E:08P01", "ssl": "S", "ssl-in-tls": "E:08P01", "inject": "EOF",
+                   "direct": "refused"}, res
+    for why in ("bytes sent after SSLRequest before the TLS handshake", "direct TLS negotiation is not supported"):
+        ev = enforcer.wait_event(lambda e: e.get("class_uid") == 4001 and e.get("activity_name") == "Refuse" and
+                                 e.get("unmapped", {}).get("reason") == why)
+        assert ev, (why, [e.get("unmapped", {}).get("reason") for e in enforcer.events()])
+
+
 def test_observe_mode_records_and_allows(enforcer, pg, tmp):
     enforcer.start(policy(pg, tmp, mode="observe"))
     rc, out, err = psql(enforcer, pg, "SELECT count(*) FROM secrets")
