@@ -1192,6 +1192,55 @@ def test_agent_tls_intercepted_with_local_ca(enforcer, servers, tmp):
     assert ev
 
 
+def test_agent_tls_offers_nothing_it_does_not_inspect(enforcer, servers, tmp):
+    """The agent leg of an http target speaks what the module reads, and
+    nothing that would carry requests past it (a review found it
+    holds; no test said so): ALPN "h2" is not selected (HTTP/1.1 goes on),
+    and the HTTP/2 preface is refused; no session ticket is issued, so no
+    resumption and no 0-RTT early data; TLS below 1.2 is refused; TLS 1.2
+    renegotiation is refused; an SNI that is not the target's gets the
+    target's own certificate and its Host is refused."""
+    port, d = nginx(tmp, servers.procs)
+    enforcer.start(policy(port))
+    r = enforcer.py(AGENT, f"""
+    import socket, ssl, warnings
+    warnings.simplefilter("ignore")
+    out = []
+    def tls(sni="api.internal", alpn=None, maxv=None):
+        c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        c.check_hostname = False
+        c.verify_mode = ssl.CERT_NONE
+        if alpn:
+            c.set_alpn_protocols(alpn)
+        if maxv:
+            c.minimum_version = c.maximum_version = maxv
+            c.set_ciphers("ALL:@SECLEVEL=0")
+        return c.wrap_socket(socket.create_connection(("127.0.0.1", {port}), timeout=5), server_hostname=sni)
+    s = tls(alpn=["h2", "http/1.1"])
+    s.sendall(b"GET /v1/invoices/42 HTTP/1.1\\r\\nHost: api.internal\\r\\n\\r\\n")
+    out.append("alpn=%s %s ticket=%s" % (s.selected_alpn_protocol(), s.recv(12).decode(), s.session.has_ticket))
+    s = tls(alpn=["h2"])
+    s.sendall(b"PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n")
+    out.append("preface=" + s.recv(12).decode())
+    try:
+        tls(maxv=ssl.TLSVersion.TLSv1_1)
+        out.append("tls1.1=accepted")
+    except (ssl.SSLError, OSError):
+        out.append("tls1.1=refused")
+    s = tls(sni="evil.test")
+    cert = s.getpeercert(binary_form=True)
+    s.sendall(b"GET /v1/invoices/42 HTTP/1.1\\r\\nHost: evil.test\\r\\n\\r\\n")
+    out.append("evil=%s %s" % (b"evil.test" in cert, s.recv(12).decode()))
+    print(" | ".join(out))
+    """)
+    assert r.stdout.strip() == ("alpn=None HTTP/1.1 200 ticket=False | preface=HTTP/1.1 400 | tls1.1=refused | "
+                                "evil=False HTTP/1.1 400"), r.stdout + r.stderr
+    # s_client's "R" asks for a renegotiation (TLS 1.2)
+    r = enforcer.exec(AGENT, ["bash", "-c", f"(printf 'R\\n'; sleep 1) | openssl s_client -tls1_2 -connect "
+                              f"127.0.0.1:{port} -servername api.internal 2>&1"], timeout=30)
+    assert "RENEGOTIATING" in r.stdout and "no renegotiation" in r.stdout, r.stdout[-2000:]
+
+
 def test_agent_tls_connection_close_ends_with_close_notify(enforcer, servers, tmp):
     """Review (stop 36): an answer the enforcer ends by closing the
     connection (Connection: close, HTTP/1.0) went to a TLS agent with a
