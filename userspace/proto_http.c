@@ -2120,9 +2120,9 @@ static int send_resp_head(struct conn *c, const uint8_t *b, const struct http_he
 			 * detectors mask ('"ada\\u0040example.com"', a Link's
 			 * title="ada&#64;..."), as a body's would (http_mask_body()):
 			 * whole (found by review) */
-			if (e < 0)
+			if (e < 0) {
 				o.over = true;
-			else {
+			} else {
 				puts_(&o, MASK_TOKEN);
 				r->mask_hits++;
 			}
