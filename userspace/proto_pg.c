@@ -363,7 +363,8 @@ struct pg_pend {
 /* Masking plan of one result (one RowDescription). */
 struct pg_plan {
 	int16_t ncols;
-	uint8_t *binary;       /* per column: binary format (in the plan's own block) */
+	uint8_t *jsonb_bin;    /* per column: jsonb in binary format, whose value starts with a
+	                        * version byte (in the plan's own block) */
 	uint8_t *how;          /* per column: MASK_NO, MASK_NAMED, MASK_SCAN (the same) */
 	char *names;           /* masked column names for audit, or NULL */
 	unsigned hits;
@@ -1885,20 +1886,21 @@ static int plan_for(struct pg_sess *s, const struct pg_msg *m, const struct pg_p
 		return 0;
 	if (pg_parse_rowdesc(m, f, PG_FIELDS_MAX, &n) != 0)
 		return -EBADMSG;
-	/* one block: the plan, then how[n] and binary[n] (a plan per
+	/* one block: the plan, then how[n] and jsonb_bin[n] (a plan per
 	 * statement: one allocation instead of three) */
 	p = calloc(1, sizeof(*p) + 2 * (size_t)(n ? n : 1));
 	if (!p)
 		return -ENOMEM;
 	p->how = (uint8_t *)(p + 1);
-	p->binary = p->how + (n ? n : 1);
+	p->jsonb_bin = p->how + (n ? n : 1);
 	p->ncols = (int16_t)n;
 	for (int i = 0; i < n; i++) {
 		bool named = false;
 		const char *nm = f[i].table_oid ? lineage_name(s, f[i].table_oid, f[i].attnum, &named) : NULL;
 		int fmt = f[i].format;   /* Describe 'P' and simple Query: the real formats */
 
-		p->binary[i] = (uint8_t)fmt;
+		/* json in binary is its text; jsonb's starts with a version byte */
+		p->jsonb_bin[i] = fmt == 1 && f[i].type_oid == 3802;
 		bool json = f[i].type_oid == 114 || f[i].type_oid == 3802;
 
 		char fresh[40];
@@ -1915,14 +1917,12 @@ static int plan_for(struct pg_sess *s, const struct pg_msg *m, const struct pg_p
 		}
 		if (named) {
 			p->how[i] = json ? COL_NAMED_JSON : textlike_type(f[i].type_oid) ? COL_NAMED : COL_NULL;
-			if (json && fmt == 1 && f[i].type_oid == 114)
-				p->how[i] = COL_NAMED;   /* json binary is its text */
 			nl += snprintf(names + nl, sizeof(names) - nl, "%s%s", nl ? "," : "", nm);
 			if (nl >= sizeof(names))
 				nl = sizeof(names) - 1;
 			any = true;
 		} else if (mask_has_detectors(s->mask) && textlike_type(f[i].type_oid)) {
-			p->how[i] = json && !(fmt == 1 && f[i].type_oid == 114) ? COL_SCAN_JSON : COL_SCAN;
+			p->how[i] = json ? COL_SCAN_JSON : COL_SCAN;
 			any = true;
 		} else if (mask_has_detectors(s->mask) && fmt == 0) {
 			p->how[i] = COL_SCAN_NULL;
@@ -1943,11 +1943,9 @@ static int plan_for(struct pg_sess *s, const struct pg_msg *m, const struct pg_p
 }
 
 /* A value masked whole: ****, as a JSON string for json and jsonb (with
- * jsonb's version byte in binary). */
-static void put_token(struct pg_sess *s, bool json, bool binary)
+ * jsonb's version byte in binary: jsonb_bin). */
+static void put_token(struct pg_sess *s, bool json, bool jsonb_bin)
 {
-	bool jsonb_bin = json && binary;
-
 	pg_out_i32(&s->out, MASK_TOKEN_LEN + (json ? 2 : 0) + (jsonb_bin ? 1 : 0));
 	if (jsonb_bin)
 		pg_out_u8(&s->out, 1);
@@ -1982,7 +1980,7 @@ static int mask_row(struct pg_sess *s, const struct pg_msg *m, struct pg_plan *p
 			continue;
 		}
 		if (how == COL_NAMED || how == COL_NAMED_JSON) {
-			put_token(s, how == COL_NAMED_JSON, plan->binary[i - 1]);
+			put_token(s, how == COL_NAMED_JSON, plan->jsonb_bin[i - 1]);
 			plan->hits++;
 			continue;
 		}
@@ -2019,7 +2017,7 @@ static int mask_row(struct pg_sess *s, const struct pg_msg *m, struct pg_plan *p
 			if (e < 0)
 				n = (size_t)-1;
 			else
-				put_token(s, how == COL_SCAN_JSON, plan->binary[i - 1]);
+				put_token(s, how == COL_SCAN_JSON, plan->jsonb_bin[i - 1]);
 			plan->hits += e > 0;
 		} else if (n != (size_t)-1) {
 			pg_out_i32(&s->out, (int32_t)n);

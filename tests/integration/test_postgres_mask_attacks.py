@@ -1316,7 +1316,7 @@ c = Conn("127.0.0.1", PORT)
 c.send(P("", "SELECT j, jb, body FROM notes WHERE id = 10", []) + B("", "", [], [1]) + E("") + S)
 print(json.dumps(summary(c.until_ready())))
 """)
-    assert 'D:****|\x01"****"|****' in out, out
+    assert 'D:"****"|\x01"****"|****' in out, out
 
 
 def test_escapes_under_another_layer_of_escaping(enforcer, pg, tmp):
