@@ -4491,8 +4491,9 @@ static int fwd(struct conn *c, const struct pg_msg *m)
  * sent as they are, followed by PG_DENY_TAIL in place of the rest: the
  * server is left as PostgreSQL leaves it when the denied statement fails.
  *
- * The index of the first statement of j not allowed, when those before it
- * may be sent that way (each allowed by a rule of its own; no COPY FROM
+ * The index of the first statement of j not allowed (denied, or needing
+ * approval), when those before it may be sent that way (each allowed by a
+ * rule of its own; no COPY FROM
  * STDIN; no relation the lineage does not know, which judge() reads again
  * for before an allowed message); 0: the whole text stands in. s->res
  * still holds the result j was made from.
@@ -4503,11 +4504,15 @@ static int denied_from(struct pg_sess *s, const struct pg_judged *j)
 	const char *unk;
 	int k = 0, n;
 
-	if (j->nstmts < 2 || j->denied_stmt <= 0 || j->copy_in || r->nstmts != j->nstmts)
+	/* a denial names its statement; a review verdict, judged whole,
+	 * has each statement's own (one needing approval stops there too) */
+	bool review = j->verdict == PGC_REVIEW && j->denied_stmt < 0;
+
+	if (j->nstmts < 2 || (j->denied_stmt <= 0 && !review) || j->copy_in || r->nstmts != j->nstmts)
 		return 0;
 	while (k < j->nstmts && j->st[k].judged && j->st[k].verdict == PGC_ALLOW)
 		k++;
-	if (k == 0 || k > j->denied_stmt)
+	if (k == 0 || k == j->nstmts || (!review && k > j->denied_stmt))
 		return 0;
 	n = r->nstmts;
 	r->nstmts = k;

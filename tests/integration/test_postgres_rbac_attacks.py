@@ -1054,9 +1054,27 @@ def test_denied_statement_of_a_query_leaves_the_transaction_as_postgres_would(en
     its own where PostgreSQL would have refused it (25P02) and rolled all back. The
     reference is PostgreSQL itself, with a statement that fails in place of the denied
     one; the denied statement never reaches the server."""
+    _query_with_a_statement_not_allowed(enforcer, pg, tmp, RULES_INS,
+                                        "E:42501:agentgate: denied: statement delete")
+
+
+RULES_INS_REVIEW = [{"target": "shop",
+                     "allow": {"statements": ["select", "insert", "delete"], "tables": ["public.orders"]},
+                     "review": {"statements": ["delete"], "tables": ["public.orders"]}}]
+
+
+def test_statement_needing_approval_in_a_query_leaves_the_transaction_as_postgres_would(enforcer, pg, tmp):
+    """As above, with the DELETE needing approval (a review rule; approvals are not
+    available, so it is refused) instead of denied: the statements before it run, as
+    before a denied one (review, stop 65: the whole text was stood in for)."""
+    _query_with_a_statement_not_allowed(enforcer, pg, tmp, RULES_INS_REVIEW,
+                                        "E:42501:agentgate: denied: review: needs approval")
+
+
+def _query_with_a_statement_not_allowed(enforcer, pg, tmp, rules, refusal):
     import pgraw
     log_all(pg)
-    enforcer.start(policy(pg, tmp, rules=RULES_INS))
+    enforcer.start(policy(pg, tmp, rules=rules))
 
     def norm(summ):
         # errors by code, but the two stand-ins for the same failure
@@ -1094,7 +1112,7 @@ print(json.dumps(out))
     got_ids = []
     for i, seq in enumerate(res):
         assert [norm(s) for s in seq] == want[i], (TX_QUERIES[i], seq, want[i])
-        assert any(x.startswith("E:42501:agentgate: denied: statement delete") for s in seq for x in s), seq
+        assert any(x.startswith(refusal) for s in seq for x in s), seq
     # what committed: the same (ids after each sequence, added up)
     assert want[0][0][-1] == "ZE" and want[0][1][0].startswith("E:25P02") and want[0][2][0] == "C:ROLLBACK"
     got_ids = orders_ids(pg)
