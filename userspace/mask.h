@@ -188,7 +188,7 @@ int mask_json_lenient(const char *body, size_t len);
  * detectors look for where the text as it is does not: "ada\u0040x.io",
  * the "jos\u00e9@ex\u00e4mple.com" PHP and Python write for non-ASCII,
  * "\x40", "\@", "ada&#64;x.io", "&commat;". s (n bytes, already masked) has
- * them undone in a copy (\uXXXX with surrogate pairs, \u{...}, \xHH,
+ * them undone in a copy (\uXXXX with surrogate pairs, \u{1F600}, \xHH,
  * octal \0 to \377, \b \f \n \r \t \v, any other escaped character as
  * itself; numeric character references with or without ';', leading zeros
  * too, and the named ones of the characters detectors look for), up to

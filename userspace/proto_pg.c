@@ -4476,6 +4476,24 @@ static int fwd(struct conn *c, const struct pg_msg *m)
 	return conn_send(c, SIDE_UP, m->body - 5, m->len + 5);
 }
 
+/* A Query goes upstream (p its pending entry): it drops the unnamed statement
+ * (exec_simple_query; p undoes that if it never runs) and portal. */
+static void query_sent(struct pg_sess *s, struct pg_pend *p)
+{
+	void *prev = map_set(&s->stmts, "", NULL, NULL);
+
+	if (prev) {
+		p->undo = UNDO_STMT;
+		p->undo_name = strdup("");
+		p->undo_prev = prev;
+	}
+	prev = map_set(&s->portals, "", NULL, NULL);
+	if (prev)
+		portal_put(prev);
+	s->syncs++;
+	bump_epoch(s);
+}
+
 /*
  * PostgreSQL runs the statements of a Query message one at a time, each
  * parsed and run after the one before it, and stops at the first that
@@ -4536,7 +4554,6 @@ static int query_prefix(struct conn *c, const char *sql, uint32_t len, struct pg
 	struct pg_pend *p;
 	size_t plen;
 	uint64_t t0;
-	void *prev;
 	int rc;
 
 	if (!conn_parse_may(c, NULL, 0))
@@ -4565,18 +4582,7 @@ static int query_prefix(struct conn *c, const char *sql, uint32_t len, struct pg
 		names_change(c, s);
 	if (stmts_change_rels(j->st, k))
 		s->rel_changer = true;
-	/* as fe_query() for an allowed text: the unnamed statement and portal go */
-	prev = map_set(&s->stmts, "", NULL, NULL);
-	if (prev) {
-		p->undo = UNDO_STMT;
-		p->undo_name = strdup("");
-		p->undo_prev = prev;
-	}
-	prev = map_set(&s->portals, "", NULL, NULL);
-	if (prev)
-		portal_put(prev);
-	s->syncs++;
-	bump_epoch(s);
+	query_sent(s, p);
 	s->copy_wait = false;
 	pg_out_begin(&s->out, 'Q');
 	pg_out_bytes(&s->out, sql, plen);
@@ -4594,7 +4600,6 @@ static int fe_query(struct conn *c, const struct pg_msg *m)
 	char why[300];
 	struct pg_judged *j;
 	struct pg_pend *p;
-	void *prev;
 
 	if (pg_parse_query(m, &sql, &len))
 		return fatal(c, "08P01", "agentgate: malformed Query message");
@@ -4627,17 +4632,7 @@ static int fe_query(struct conn *c, const struct pg_msg *m)
 		return fatal(c, "54000", "agentgate: too many requests in flight");
 	}
 	p->j = j;   /* observe mode: j->why says what would have been denied */
-	prev = map_set(&s->stmts, "", NULL, NULL);
-	if (prev) {
-		p->undo = UNDO_STMT;
-		p->undo_name = strdup("");
-		p->undo_prev = prev;
-	}
-	prev = map_set(&s->portals, "", NULL, NULL);
-	if (prev)
-		portal_put(prev);
-	s->syncs++;
-	bump_epoch(s);
+	query_sent(s, p);
 	s->copy_wait = j->copy_in;
 	return fwd(c, m);
 }
