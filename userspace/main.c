@@ -42,8 +42,11 @@ static int usage(FILE *f)
 		"  policy explain [--policy FILE] --agent NAME --target T [REQUEST]\n"
 		"  audit tail [-f] [--json] [-n N]          recent audit events\n"
 		"  audit verify FILE [--pubkey FILE] [--strict]   check the hash chain and signed checkpoints\n"
+		"  replay SESSION [--dir DIR] [--raw]       a recorded session, in order, with timestamps\n"
 		"  token verify --agent NAME [--policy FILE] TOKEN|-   verify a token as the enforcer would\n"
-		"  version\n");
+		"  version\n"
+		"\n"
+		"  approvals (list, approve, deny) comes with the approval mechanism: not in this build\n");
 	return f == stderr ? 2 : 0;
 }
 
