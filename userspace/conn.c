@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -424,12 +425,16 @@ int conn_in_reserve(struct conn *c, int side, uint32_t max)
  * connections: 4 GiB). While more than CONN_IN_MAX is buffered, nothing
  * changes.
  */
+static void set_lowat(struct conn *c, int side, int lowat);
+
 void conn_in_release(struct conn *c, int side)
 {
 	struct conn_side *sd = &c->side[side];
 	uint32_t have = sd->in_len - sd->in_off, cap = CONN_BUF;
 	uint8_t *nb;
 
+	if (sd->lowat > 1)
+		set_lowat(c, side, 1);
 	if ((sd->in_max <= CONN_IN_MAX && sd->in_cap <= CONN_IN_MAX) || have > CONN_IN_MAX)
 		return;
 	sd->in_max = CONN_IN_MAX;
@@ -474,6 +479,50 @@ static int grow(uint8_t **buf, uint32_t *cap, size_t need, size_t limit)
 	*buf = nb;
 	*cap = ncap;
 	return 0;
+}
+
+static int side_fd(struct conn *c, int side);
+
+/* SO_RCVLOWAT on side's socket; a failure only costs wakeups (it is a hint). */
+static void set_lowat(struct conn *c, int side, int lowat)
+{
+	struct conn_side *sd = &c->side[side];
+	int fd = side_fd(c, side);
+
+	if (fd >= 0 && setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &lowat, sizeof(lowat)) == 0)
+		sd->lowat = lowat;
+	else
+		sd->lowat = 0;
+}
+
+void conn_in_expect(struct conn *c, int side, uint32_t total)
+{
+	struct conn_side *sd = &c->side[side];
+	uint32_t have = sd->in_len - sd->in_off;
+	int lowat = 1;
+
+	if (sd->ssl || sd->in_eof)
+		return;
+	if (total > have && total <= sd->in_max) {
+		if (sd->in_cap - sd->in_off < total && sd->in_off) {
+			memmove(sd->in, sd->in + sd->in_off, have);
+			sd->in_len = have;
+			sd->in_off = 0;
+		}
+		if (sd->in_cap < total) {
+			uint32_t was = sd->in_cap;
+			int err = grow(&sd->in, &sd->in_cap, total, sd->in_max);
+
+			cap_note(c, was, sd->in_cap);
+			if (err)
+				return;   /* read as it comes: the module sees the bound */
+		}
+		/* the kernel caps it at half the most a receive buffer may
+		 * hold (tcp_rmem[2] / 2), and wakes at that */
+		lowat = total - have > INT_MAX ? INT_MAX : (int)(total - have);
+	}
+	if (lowat != (sd->lowat ? sd->lowat : 1))
+		set_lowat(c, side, lowat);
 }
 
 static bool side_live(struct conn *c, int side);

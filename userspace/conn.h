@@ -88,6 +88,7 @@ struct conn {
 					* write): what is queued for it is dropped, and what it
 					* sent before is still read (flush_out) */
 		uint32_t out_hw;       /* the most of out ever holding bytes since it was last empty */
+		int lowat;             /* SO_RCVLOWAT asked by conn_in_expect(); 0: the default */
 	} side[2];
 	bool finishing;            /* conn_finish(): close once the agent's output is written */
 	/* The module stopped reading side s on purpose until the other side
@@ -154,8 +155,21 @@ bool conn_in_eof(const struct conn *c, int side);
 /* Let side's input buffer grow to max bytes (<= CONN_IN_LIMIT) for one big message. */
 int conn_in_reserve(struct conn *c, int side, uint32_t max);
 /* The big message is done: side's input goes back to CONN_IN_MAX and its
- * buffer shrinks to what it holds (pointers from conn_in() are stale). */
+ * buffer shrinks to what it holds (pointers from conn_in() are stale); a
+ * conn_in_expect() ends too. */
 void conn_in_release(struct conn *c, int side);
+/*
+ * The module can do nothing with side's input before it holds total bytes
+ * (a masked answer of known length, within what conn_in_reserve() let it
+ * grow to): the buffer grows to hold them now, and the kernel is asked not
+ * to report the socket readable before the rest is queued (SO_RCVLOWAT),
+ * so the message costs one wakeup and one read instead of one of each per
+ * piece the peer's writes arrived in. The peer's FIN, an error and memory
+ * pressure still wake at once; a wakeup short of total (pressure) leaves
+ * the module to call this again. Plain sockets only (under TLS the bytes
+ * queued are records). Pointers from conn_in() are stale after it.
+ */
+void conn_in_expect(struct conn *c, int side, uint32_t total);
 int conn_send(struct conn *c, int side, const void *buf, size_t len);
 /* Stream mode: a module that sets c->rec_side[side] has what it queues for
  * that side recorded (recording.h), as it sends it; conn_record() records

@@ -2398,8 +2398,12 @@ static int held_body(struct conn *c, const uint8_t *in, uint32_t len, bool eof)
 	size_t need = s->mh.head_len + (size_t)s->mh.content_length;
 	int err;
 
-	if (len < need)
-		return eof ? -EPIPE : 0;   /* cut short: never taken for whole */
+	if (len < need) {
+		if (eof)
+			return -EPIPE;   /* cut short: never taken for whole */
+		conn_in_expect(c, SIDE_UP, (uint32_t)need);   /* no wakeup before it is whole */
+		return 0;
+	}
 	err = mask_answer(c, in, &s->mh, in + s->mh.head_len, (size_t)s->mh.content_length);
 	held_put(c);
 	held_queued(c);
@@ -2885,6 +2889,8 @@ static int process_upstream(struct conn *c)
 				return err;
 			s->mh = h;
 			s->ustate = U_HELD;
+			/* held_body() asks for no wakeup before the rest is in
+			 * (conn_in_expect()); conn_in_release() ends that */
 			if ((err = process_agent(c)))
 				return err;
 			continue;

@@ -195,3 +195,28 @@ def test_masked_pipelined_and_cut_short(enforcer, servers, tmp):
         r = curl(enforcer, "-w", "\n%{http_code}", f"http://127.0.0.1:{port}/v1/cut/{step}/tricky")
         assert r.returncode != 0, (step, r.stdout)   # never taken for a whole answer
         assert "4111" not in r.stdout and "example.com" not in r.stdout and "****" not in r.stdout, r.stdout
+
+
+def test_masked_trickled_answers_on_one_connection(enforcer, servers, tmp):
+    """A held answer that arrives in many pieces is read once it is whole
+    (conn_in_expect: SO_RCVLOWAT set to what is missing), and the ask ends
+    with it: the next answer on the same connection, small and in pieces,
+    is read as it comes (a wakeup threshold left at the first answer's size
+    would leave it unread: the connection would hang)."""
+    port, d = upstream(tmp, servers.procs)
+    with open(os.path.join(d, "tricky"), "wb") as f:
+        f.write(TRICKY)
+    doc300, n300 = bench_doc(300 << 10)
+    with open(os.path.join(d, "big"), "w") as f:
+        f.write(doc300)
+    enforcer.start(mask_policy(port, MASK))
+    paths = ["/v1/cl/8192/big", "/v1/cl/7/tricky", "/v1/cl/8192/big", "/v1/ch/5/tricky"]
+    out = raw(enforcer, port, crlf("".join(f"GET {p} HTTP/1.1⏎Host: 127.0.0.1⏎⏎" for p in paths)))
+    rs, rest = responses(out)
+    assert [r[0] for r in rs] == [200, 200, 200, 200], out[:500]
+    want = {"items": [{"id": i, "customer": {"name": "Ada", "email": "****"}, "card": "****",
+                       "total": i * 7} for i in range(n300)]}
+    for (_, hdrs, body), p in zip(rs, paths):
+        assert json.loads(body) == (TRICKY_MASKED if p.endswith("tricky") else want), p
+    assert rest == b"<OPEN>"
+    assert b"4111" not in out and b"example.com" not in out
