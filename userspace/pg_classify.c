@@ -1382,12 +1382,17 @@ static void type_name(struct walker *w, int tn)
 		return;
 	}
 	const char *last = part[n - 1], *schema = n >= 2 ? part[n - 2] : NULL;
+	/* an array type's own name is its element type's with '_' in front:
+	 * _regclass is regclass[], and reads pg_class as it does (review:
+	 * array[g::oid]::_regclass listed every relation, ::_regrole every
+	 * role, where regclass[] was denied) */
+	const char *elem = last[0] == '_' && last[1] ? last + 1 : last;
 
 	/* regclass, regproc, regtype...: a literal that names an object */
-	if (strncmp(last, "reg", 3) == 0)
+	if (strncmp(elem, "reg", 3) == 0)
 		w->nocache = true;
 	if (n == 1 || (n == 2 && strcmp(schema, "pg_catalog") == 0))
-		oid_type_read(w, last);
+		oid_type_read(w, elem);
 	if (n > 2 || (schema && strcmp(schema, "pg_catalog") != 0 && strcmp(schema, w->schema) != 0)) {
 		deny(w, "type %s.%s not allowed: a cast to (or a column of) a type outside pg_catalog and the "
 		     "pinned schema may run the database's functions", schema ? schema : "?", last);

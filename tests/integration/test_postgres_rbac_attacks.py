@@ -207,6 +207,43 @@ def test_object_identifier_casts_read_the_catalog(enforcer, pg, tmp):
 
 
 
+def test_array_type_names_of_object_identifier_types(enforcer, pg, tmp):
+    """An array type's own name, _regclass (regclass[] written as PostgreSQL names it in
+    pg_type), _regrole, _aclitem, read no catalog for the classifier, which took only
+    regclass itself for one (found by review): array[g::oid]::_regclass over
+    generate_series listed every relation, one in a schema the upstream role may not use
+    too, and ::_regrole every role, under a rule granting two tables. They now read the
+    catalog their element type does, as regclass[] did."""
+    pg.sql("CREATE SCHEMA hidden; CREATE TABLE hidden.payroll_ar (id int); "
+           "REVOKE ALL ON SCHEMA hidden FROM PUBLIC; CREATE ROLE ceo_ar")
+    scan = ("SELECT array_to_string(array_agg(g::oid)::pg_catalog._regclass, ',') "
+            "FROM generate_series(16384, 20000) g")
+    roles = ("SELECT array_to_string(array_agg(g::oid)::_regrole, ',') FROM generate_series(10, 20000) g")
+    # what the casts give away: the server answers them (the test could fail)
+    assert "payroll_ar" in pg.sql(scan) and "ceo_ar" in pg.sql(roles)
+    log_all(pg)
+    enforcer.start(policy(pg, tmp))
+    res = run_seq(enforcer, pg, [
+        scan,
+        roles,
+        "SELECT '{orders}'::_regclass",
+        "SELECT '{app=r/ceo_ar}'::_aclitem",
+        "SELECT id FROM orders WHERE id = 1",
+    ])
+    for i in range(4):
+        assert denied(res[i]), (i, res[i])
+        assert "payroll_ar" not in str(res[i]) and "ceo_ar" not in str(res[i]), res[i]
+    assert "pg_catalog.pg_class" in res[0][0] and "pg_catalog.pg_authid" in res[1][0], res
+    assert res[4][0] == "T", res[4]
+    assert not any(server_saw(pg, m) for m in ("_regclass", "_regrole", "_aclitem")), \
+        "a denied statement reached the server"
+    # a rule that grants the catalog allows the relations' names
+    enforcer.stop()
+    enforcer.start(policy(pg, tmp, rules=RULES_CATALOG))
+    res = run_seq(enforcer, pg, ["SELECT ('{orders}'::_regclass)[1]::text"])
+    assert res[0][:3] == ["T", "D:orders", "C:SELECT 1"], res
+
+
 def test_catalog_reads_the_review_found(enforcer, pg, tmp):
     """Found by review (stop 64), against the server: under pg_catalog.* the relations holding
     settings and credentials (pg_roles' rolconfig, pg_db_role_setting) read what SHOW is

@@ -2242,6 +2242,12 @@ static void test_oid_types(void)
 		{ "SELECT regclass 'customers'", "pg_catalog.pg_class" },
 		{ "SELECT CAST('customers' AS regclass)", "pg_catalog.pg_class" },
 		{ "SELECT '{customers}'::regclass[]", "pg_catalog.pg_class" },
+		/* an array type by its own name (review: they read nothing) */
+		{ "SELECT '{customers}'::_regclass", "pg_catalog.pg_class" },
+		{ "SELECT array_agg(g::oid)::pg_catalog._regclass FROM generate_series(1, 9) g",
+		  "pg_catalog.pg_class" },
+		{ "SELECT CAST('{now}' AS _regproc)", "pg_catalog.pg_proc" },
+		{ "SELECT '{int4}'::\"_regtype\"", "pg_catalog.pg_type" },
 		{ "SELECT 'customers'::pg_catalog.regclass", "pg_catalog.pg_class" },
 		{ "SELECT 'customers'::\"regclass\"", "pg_catalog.pg_class" },
 		{ "SELECT to_json(1259::oid::regclass)", "pg_catalog.pg_class" },
@@ -2300,6 +2306,7 @@ static void test_oid_types(void)
 		static const char *const roles[] = {
 			"SELECT concat(10::oid::regrole)", "SELECT CAST(10 AS regrole)",
 			"SELECT 'bench=r/postgres'::aclitem",
+			"SELECT '{10}'::_regrole", "SELECT '{bench=r/postgres}'::pg_catalog._aclitem",
 		};
 
 		for (size_t i = 0; i < sizeof(roles) / sizeof(roles[0]); i++)
