@@ -854,6 +854,7 @@ static void checkpoint_seq_save(void)
 }
 
 static void loss_event_locked(bool now);
+static void spool_lost_event_locked(void);
 static void drop_forget_locked(void);
 
 /*
@@ -920,6 +921,7 @@ void audit_flush(void)
 		checkpoint_locked(false);
 	if (A.dropped && A.spool && spool_has_room(A.spool, A.resume_room))
 		loss_event_locked(false);
+	spool_lost_event_locked();
 	if (A.dropped)
 		drop_save_locked(false);
 	else
@@ -1420,6 +1422,47 @@ static void loss_event_locked(bool now)
 		 * not itself a lost event) */
 		A.dropped = n;
 	}
+	json_decref(ev);
+}
+
+/* Event Log Activity for sequences a sink's reader found missing from the
+ * spool (spool_take_lost(): a closed segment whose file ends short). They
+ * had numbers and may have reached some sinks; the others skip them, and
+ * this says which and how many. A.lock held. */
+static void spool_lost_event_locked(void)
+{
+	uint64_t first, last, n, now = now_ms_realtime();
+	json_t *ev;
+	char msg[256];
+
+	if (!A.spool || !meta_due_locked() || !(n = spool_take_lost(A.spool, &first, &last)))
+		return;
+	if (!(ev = audit_event(1008, 99, "Drop"))) {
+		spool_put_lost(A.spool, n, first, last);
+		return;
+	}
+	snprintf(msg, sizeof(msg), "%llu audit events lost from the spool (sequences %llu..%llu): a "
+		 "spool segment ends before them (a power cut before they were synced, or a damaged "
+		 "file); sinks that had not received them go on after them",
+		 (unsigned long long)n, (unsigned long long)first, (unsigned long long)last);
+	json_object_set_new(ev, "message", json_string(msg));
+	json_object_set_new(ev, "severity_id", json_integer(4));
+	json_object_set_new(ev, "severity", json_string("High"));
+	json_object_set_new(ev, "status_id", json_integer(2));
+	json_object_set_new(ev, "status", json_string("Failure"));
+	json_object_set_new(ev, "count", json_integer((json_int_t)n));
+	/* the lost lines' own times went with them: the window is when the
+	 * loss was found */
+	json_object_set_new(ev, "start_time", json_integer((json_int_t)now));
+	json_object_set_new(ev, "end_time", json_integer((json_int_t)now));
+	add_self(ev);
+	json_object_set_new(ev, "unmapped", json_pack("{s:{s:s, s:I, s:I, s:I}}", "loss",
+		"counter", "spool_lost", "count", (json_int_t)n, "first_sequence", (json_int_t)first,
+		"last_sequence", (json_int_t)last));
+	if (meta_emit_locked(ev) == 0)
+		A.cp_pending++;   /* a plain event for the checkpoint count */
+	else
+		spool_put_lost(A.spool, n, first, last);   /* tried again a second later */
 	json_decref(ev);
 }
 

@@ -31,6 +31,7 @@ struct seg {
 	bool closed;            /* no longer the active segment */
 	bool sealed;            /* .z exists, .log is gone */
 	uint64_t closed_ms;     /* when it closed (0: found closed at open) */
+	bool short_seen;        /* its file was found to end before last (reported) */
 };
 
 struct spool_reader {
@@ -96,6 +97,10 @@ struct spool {
 	pthread_t thr;
 	void (*tick_fn)(void *);
 	void *tick_arg;
+	/* sequences a reader found missing from a closed segment's file (a
+	 * power cut took its unsynced tail, or the file was damaged), not
+	 * yet taken by spool_take_lost() */
+	uint64_t lost, lost_first, lost_last;
 };
 
 static uint64_t mono_ms(void)
@@ -1233,6 +1238,79 @@ static int reader_bytes(struct spool_reader *r, uint64_t written, size_t want, c
 	return 0;
 }
 
+/*
+ * The current segment's data ran out at line r->off_seq, before its last
+ * sequence. The active segment may still grow: -EAGAIN, as before. A
+ * segment with a successor never will: its file ends short (a power cut
+ * took the tail written since the last fdatasync, which a roll does not
+ * wait for, or the file was damaged). Waiting for those lines stalled the
+ * sink for good, and every sink behind it, with nothing said (review): the
+ * reader goes on at the next segment instead, and the sequences missing
+ * are counted once for spool_take_lost() (a loss event) and logged.
+ * written: the segment's size when the reader located it, so a segment
+ * that closed meanwhile with lines the reader has not seen is not taken
+ * for a short one. Returns -EAGAIN (the caller reads again).
+ */
+static int hole_skip(struct spool_reader *r, uint64_t written)
+{
+	struct spool *s = r->s;
+	size_t i;
+
+	pthread_mutex_lock(&s->lock);
+	for (i = 0; i < s->nsegs && s->segs[i].first != r->seg_first; i++)
+		;
+	if (i + 1 >= s->nsegs || (!r->zdata && written != s->segs[i].written) ||
+	    r->off_seq > s->segs[i].wlast) {
+		pthread_mutex_unlock(&s->lock);
+		return -EAGAIN;
+	}
+	struct seg *sg = &s->segs[i];
+	uint64_t from = r->off_seq, to = sg->wlast;
+
+	if (!sg->short_seen) {
+		sg->short_seen = true;
+		if (!s->lost)
+			s->lost_first = from;
+		s->lost += to - from + 1;
+		s->lost_last = to;
+		ag_log(LOG_LVL_ERR, "audit spool: segment %" PRIu64 " in '%s' ends before sequence %"
+		       PRIu64 ": sequences %" PRIu64 "..%" PRIu64 " are lost (a power cut before they "
+		       "were synced, or a damaged file); sinks go on from sequence %" PRIu64,
+		       sg->first, s->dir, from, from, to, to + 1);
+	}
+	if (r->pos <= to)
+		r->pos = to + 1;
+	pthread_mutex_unlock(&s->lock);
+	reader_drop_seg(r);
+	return -EAGAIN;
+}
+
+uint64_t spool_take_lost(struct spool *s, uint64_t *first, uint64_t *last)
+{
+	uint64_t n;
+
+	pthread_mutex_lock(&s->lock);
+	n = s->lost;
+	*first = s->lost_first;
+	*last = s->lost_last;
+	s->lost = 0;
+	pthread_mutex_unlock(&s->lock);
+	return n;
+}
+
+void spool_put_lost(struct spool *s, uint64_t n, uint64_t first, uint64_t last)
+{
+	pthread_mutex_lock(&s->lock);
+	if (s->lost) {
+		first = first < s->lost_first ? first : s->lost_first;
+		last = last > s->lost_last ? last : s->lost_last;
+	}
+	s->lost += n;
+	s->lost_first = first;
+	s->lost_last = last;
+	pthread_mutex_unlock(&s->lock);
+}
+
 static int read_once(struct spool_reader *r, struct spool_batch *b, size_t max_n,
 		     size_t max_bytes)
 {
@@ -1282,7 +1360,9 @@ static int read_once(struct spool_reader *r, struct spool_batch *b, size_t max_n
 		p += used;
 		n -= used;
 		if (r->off_seq < r->pos) {
-			if (!used && (want >= READ_CAP_MAX || r->zdata))
+			if (!used && (r->zdata || n < want))
+				return hole_skip(r, written);   /* the file ends before r->pos */
+			if (!used && want >= READ_CAP_MAX)
 				return -EIO;
 			if (!used)
 				want *= 2;
@@ -1310,7 +1390,7 @@ static int read_once(struct spool_reader *r, struct spool_batch *b, size_t max_n
 			return (int)k;
 		}
 		if (r->zdata || n < want)
-			return -EAGAIN;
+			return hole_skip(r, written);
 		if (want >= READ_CAP_MAX)
 			return -EIO;
 		want *= 2;   /* one line longer than the window */

@@ -123,6 +123,15 @@ void spool_reader_seek(struct spool_reader *r, uint64_t seq);
  * new), or -errno. */
 int spool_read(struct spool_reader *r, struct spool_batch *b, size_t max_n, size_t max_bytes,
 	       int wait_ms);
+/* Sequences a reader found missing from a closed segment (its file ends
+ * before the next segment begins: a power cut took its unsynced tail, or
+ * the file was damaged). Readers go on after them; each such segment is
+ * counted once per run. Returns how many were counted since the last call
+ * (0: none), with the lowest and highest in *first and *last, and forgets
+ * them; spool_put_lost() gives them back (a report that could not be
+ * recorded). */
+uint64_t spool_take_lost(struct spool *s, uint64_t *first, uint64_t *last);
+void spool_put_lost(struct spool *s, uint64_t n, uint64_t first, uint64_t last);
 /* Everything up to and including seq is acknowledged: persisted in the
  * cursor file (written, not synced: a SIGKILL keeps it, a power loss may
  * resend a batch). 0 or -errno. */

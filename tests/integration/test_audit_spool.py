@@ -313,3 +313,62 @@ def test_drops_counted_across_a_stop_with_a_full_spool(enforcer, servers):
     evs = file_events(enforcer.audit)
     assert seqs(evs) == list(range(1, len(evs) + 1))
     assert max(l["count"] for l in loss_events(evs)) > 100
+
+
+def test_short_spool_segment_is_skipped_and_reported(enforcer, servers):
+    """Review: a closed spool segment whose file ends before the next
+    segment begins (a power cut took the tail written since the last
+    fdatasync, which a segment roll does not wait for; or a damaged disk)
+    stalled every sink that had not read it yet, for good and without a
+    word: a new file sink got the lines up to the hole and nothing after,
+    not even the next run's events. The sinks now go on after the hole and
+    a loss event (1008 Drop, counter spool_lost) names the sequences."""
+    port, _ = servers.echo()
+    hook_port = free_port()                 # nobody listens: the webhook keeps every segment
+    hook = f"- {{type: webhook, url: 'http://127.0.0.1:{hook_port}/hook'}}\n"
+    extra = "spool: {max_bytes: 1MiB}\n"   # 128 KiB segments, sealed only after 10 s
+    enforcer.start(policy(port, hook + f"- {{type: file, path: {enforcer.audit}}}\n", extra))
+    traffic(enforcer, port, 100)
+    enforcer.stop()
+    spool = os.path.join(enforcer.state, "spool")
+    segs = sorted(f for f in os.listdir(spool) if f.startswith("seg-"))
+    closed = [i for i in range(len(segs) - 1) if segs[i].endswith(".log")]
+    assert closed, segs                    # (older ones may be sealed already)
+    first, nxt = int(segs[closed[0]][4:24]), int(segs[closed[0] + 1][4:24])
+    path = os.path.join(spool, segs[closed[0]])
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")[:-1]
+    assert len(lines) == nxt - first, (len(lines), first, nxt)
+    keep = 5                               # the power cut: lines first+5.. gone, one torn
+    with open(path, "wb") as f:
+        f.write(b"".join(l + b"\n" for l in lines[:keep]) + lines[keep][:40])
+    lost = list(range(first + keep, nxt))
+
+    other = os.path.join(enforcer.tmp, "other.jsonl")   # a new sink reads the spool from its start
+    enforcer.start(policy(port, hook + f"- {{type: file, path: {other}}}\n", extra))
+    traffic(enforcer, port, 3)
+
+    def starts():
+        return [e for e in file_events(other) if e["class_uid"] == 6002 and e["activity_name"] == "Start"]
+    assert wait_for(lambda: len(starts()) == 2, 10), (len(file_events(other)), enforcer.read_log()[-2000:])
+
+    def reports():
+        return [e for e in file_events(other) if e["class_uid"] == 1008 and
+                e.get("unmapped", {}).get("loss", {}).get("counter") == "spool_lost"]
+    assert wait_for(lambda: reports(), 10)
+    enforcer.stop()
+    evs = file_events(other)
+    got = seqs(evs)
+    assert got == sorted(got) and len(got) == len(set(got))
+    assert not set(lost) & set(got) and set(got) >= set(range(1, first + keep))
+    assert got == [s for s in range(1, max(got) + 1) if s not in lost]
+    (rep,) = reports()
+    lu = rep["unmapped"]["loss"]
+    assert lu["count"] == rep["count"] == len(lost), lu
+    assert (lu["first_sequence"], lu["last_sequence"]) == (lost[0], lost[-1])
+    assert rep["activity_name"] == "Drop" and rep["severity_id"] >= 3
+    assert "ends before sequence" in enforcer.read_log()
+    validate_events(evs)
+    # the trail says where the lines are missing
+    r = enforcer.cli("audit", "verify", other)
+    assert r.returncode == 1 and f"sequence {lost[0]}..{lost[-1]} missing" in r.stdout, r.stdout
