@@ -211,7 +211,9 @@ static int inflate_file(const char *path, char **out, size_t *len)
 	free(z);
 	if (rc != Z_STREAM_END) {
 		free(raw);
-		return -EIO;
+		/* -EIO only for data that is not a whole zlib stream: readers
+		 * take that segment for lost (hole_skip()) */
+		return rc == Z_MEM_ERROR ? -ENOMEM : -EIO;
 	}
 	*out = raw;
 	return 0;
@@ -1259,7 +1261,7 @@ static int hole_skip(struct spool_reader *r, uint64_t written)
 	pthread_mutex_lock(&s->lock);
 	for (i = 0; i < s->nsegs && s->segs[i].first != r->seg_first; i++)
 		;
-	if (i + 1 >= s->nsegs || (!r->zdata && written != s->segs[i].written) ||
+	if (i + 1 >= s->nsegs || (!r->seg_sealed && written != s->segs[i].written) ||
 	    r->off_seq > s->segs[i].wlast) {
 		pthread_mutex_unlock(&s->lock);
 		return -EAGAIN;
@@ -1323,6 +1325,11 @@ static int read_once(struct spool_reader *r, struct spool_batch *b, size_t max_n
 	if (err < 0)
 		return err;
 	if (err == 1 && (err = reader_load(r))) {
+		/* a sealed segment that does not inflate is damaged: its lines
+		 * are lost, like a short segment's tail (it is never the
+		 * active one) */
+		if (err == -EIO && r->seg_sealed)
+			return hole_skip(r, written);
 		reader_drop_seg(r);
 		return err == -ENOENT ? -EAGAIN : err;
 	}
