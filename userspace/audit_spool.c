@@ -32,6 +32,7 @@ struct seg {
 	bool sealed;            /* .z exists, .log is gone */
 	uint64_t closed_ms;     /* when it closed (0: found closed at open) */
 	bool short_seen;        /* its file was found to end before last (reported) */
+	bool unsynced;          /* closed with lines written since the last fdatasync */
 };
 
 struct spool_reader {
@@ -78,6 +79,7 @@ struct spool {
 	uint64_t last_sync_ms;
 	uint64_t sync_mark;     /* last sequence written at the previous sync point */
 	uint64_t nsyncs;
+	uint64_t nsyncs_closed; /* of closed segments' files (tests) */
 	struct spool_reader *readers[SPOOL_MAX_READERS];
 	int nreaders;
 	/* the dead-letter file: its own lock (counting an existing file's
@@ -482,7 +484,13 @@ static int roll_locked(struct spool *s, uint64_t next)
 		return err;
 	s->segs[s->nsegs - 2].closed = true;
 	s->segs[s->nsegs - 2].closed_ms = mono_ms();
-	/* the old fd is synced by the seal; the thread may be syncing a dup */
+	/* What was written to it since the last fdatasync is synced at the
+	 * thread's next sync point, before the new segment: the periodic
+	 * sync is of the active segment only, and a seal comes 10 s later
+	 * if at all, so a power cut in between took the closed segment's
+	 * tail while the lines after it, in the next one, were on disk
+	 * (review). The thread may be syncing a dup of this fd. */
+	s->segs[s->nsegs - 2].unsynced = s->unsynced > 0;
 	close(s->fd);
 	s->fd = -1;
 	if ((err = open_active(s, next))) {
@@ -618,6 +626,40 @@ static int flush_async(struct spool *s)
 	}
 	pthread_cond_broadcast(&s->flushed);
 	return err;
+}
+
+/* Closed segments with lines not yet synced (roll_locked()), each synced
+ * without the lock, oldest first; sync: false when the sync is skipped
+ * (see spool_thread). A segment sealed or deleted meanwhile needs none:
+ * its .z was synced before its rename, or no reader needs it. */
+static void sync_closed_unlocked(struct spool *s, bool sync)
+{
+	for (;;) {
+		uint64_t first = 0;
+		char path[4200];
+		int fd;
+
+		for (size_t i = 0; i + 1 < s->nsegs; i++) {
+			if (s->segs[i].unsynced) {
+				s->segs[i].unsynced = false;
+				if (sync && !s->segs[i].sealed) {
+					first = s->segs[i].first;
+					break;
+				}
+			}
+		}
+		if (!first)
+			return;
+		seg_path(s, first, ".log", path, sizeof(path));
+		s->nsyncs_closed++;
+		pthread_mutex_unlock(&s->lock);
+		if ((fd = open(path, O_RDONLY | O_CLOEXEC)) >= 0) {
+			if (fdatasync(fd))
+				ag_log(LOG_LVL_WARN, "audit spool: syncing '%s': %s", path, strerror(errno));
+			close(fd);
+		}
+		pthread_mutex_lock(&s->lock);
+	}
 }
 
 /* fdatasync without holding the lock: emitters never wait on the disk. */
@@ -869,9 +911,11 @@ static void *spool_thread(void *arg)
 			 * would have their sequence numbers given to other events
 			 * (review, stop 34). */
 			if (s->nreaders && all_keep_copies_locked(s) && min_acked_locked(s) >= s->sync_mark) {
+				sync_closed_unlocked(s, false);
 				s->unsynced = 0;
 				s->last_sync_ms = mono_ms();
 			} else {
+				sync_closed_unlocked(s, true);
 				sync_unlocked(s);
 			}
 			s->sync_mark = mark;
@@ -970,6 +1014,16 @@ uint64_t spool_sync_count(struct spool *s)
 
 	pthread_mutex_lock(&s->lock);
 	n = s->nsyncs;
+	pthread_mutex_unlock(&s->lock);
+	return n;
+}
+
+uint64_t spool_closed_sync_count(struct spool *s)
+{
+	uint64_t n;
+
+	pthread_mutex_lock(&s->lock);
+	n = s->nsyncs_closed;
 	pthread_mutex_unlock(&s->lock);
 	return n;
 }

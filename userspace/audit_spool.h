@@ -160,6 +160,9 @@ void spool_readers_quit(struct spool *s);
 int spool_last_line(struct spool *s, char **out, size_t *len);
 /* fdatasync calls the spool thread made on the active segment (tests). */
 uint64_t spool_sync_count(struct spool *s);
+/* fdatasync calls the spool thread made on closed segments, for the lines
+ * a segment roll left unsynced in them (tests). */
+uint64_t spool_closed_sync_count(struct spool *s);
 /* The spool directory. */
 const char *spool_dir(const struct spool *s);
 
