@@ -80,6 +80,10 @@ struct spool {
 	uint64_t sync_mark;     /* last sequence written at the previous sync point */
 	uint64_t nsyncs;
 	uint64_t nsyncs_closed; /* of closed segments' files (tests) */
+	int closed_syncing;     /* closed segments being synced without the lock */
+	/* every line up to this one is on disk (fdatasync'ed): what readers
+	 * whose sink keeps no copy may read (reader_end_locked()) */
+	uint64_t synced_seq;
 	struct spool_reader *readers[SPOOL_MAX_READERS];
 	int nreaders;
 	/* the dead-letter file: its own lock (counting an existing file's
@@ -350,6 +354,8 @@ static int recover(struct spool *s)
 	return err;
 }
 
+static int sync_unlocked(struct spool *s);
+
 int spool_open(struct spool **out, const char *dir, uint64_t max_bytes, uint64_t *last_seq)
 {
 	struct spool *s = calloc(1, sizeof(*s));
@@ -383,6 +389,14 @@ int spool_open(struct spool **out, const char *dir, uint64_t max_bytes, uint64_t
 		spool_close(s);
 		return err ? err : -ENOMEM;
 	}
+	/* A run killed before its sync left lines in the page cache only: on
+	 * disk before any reader that keeps no copy reads them */
+	for (size_t i = 0; i < s->nsegs; i++)
+		s->segs[i].unsynced = !s->segs[i].sealed;
+	pthread_mutex_lock(&s->lock);
+	sync_unlocked(s);
+	s->synced_seq = s->last_seq;
+	pthread_mutex_unlock(&s->lock);
 	*last_seq = s->last_seq;
 	*out = s;
 	return 0;
@@ -652,6 +666,7 @@ static void sync_closed_unlocked(struct spool *s, bool sync)
 			return;
 		seg_path(s, first, ".log", path, sizeof(path));
 		s->nsyncs_closed++;
+		s->closed_syncing++;
 		pthread_mutex_unlock(&s->lock);
 		if ((fd = open(path, O_RDONLY | O_CLOEXEC)) >= 0) {
 			if (fdatasync(fd))
@@ -659,14 +674,23 @@ static void sync_closed_unlocked(struct spool *s, bool sync)
 			close(fd);
 		}
 		pthread_mutex_lock(&s->lock);
+		s->closed_syncing--;
 	}
 }
 
-/* fdatasync without holding the lock: emitters never wait on the disk. */
+/* fdatasync without holding the lock: emitters never wait on the disk.
+ * The closed segments a roll left unsynced first; then what the active
+ * one holds is on disk, up to the line written last when it began:
+ * synced_seq moves there (not while another thread still syncs a closed
+ * segment, whose lines come before). */
 static int sync_unlocked(struct spool *s)
 {
-	int fd = dup(s->fd), err = 0;
+	int fd, err = 0;
+	uint64_t mark;
 
+	sync_closed_unlocked(s, true);
+	fd = dup(s->fd);
+	mark = active(s)->wlast;
 	s->unsynced = 0;
 	s->last_sync_ms = mono_ms();
 	s->nsyncs++;
@@ -677,6 +701,10 @@ static int sync_unlocked(struct spool *s)
 		err = -errno;
 	close(fd);
 	pthread_mutex_lock(&s->lock);
+	if (!err && !s->closed_syncing && mark > s->synced_seq) {
+		s->synced_seq = mark;
+		pthread_cond_broadcast(&s->data);
+	}
 	return err;
 }
 
@@ -915,7 +943,6 @@ static void *spool_thread(void *arg)
 				s->unsynced = 0;
 				s->last_sync_ms = mono_ms();
 			} else {
-				sync_closed_unlocked(s, true);
 				sync_unlocked(s);
 			}
 			s->sync_mark = mark;
@@ -1203,19 +1230,35 @@ int spool_reader_ack(struct spool_reader *r, uint64_t seq)
 
 /* Loads the segment holding r->pos (under the lock: segment list). Returns
  * the readable end (last sequence available), or 0 when none. */
+/*
+ * The last sequence r may read. A reader whose sink keeps no copy (a SIEM)
+ * reads only what is on disk: what it acknowledged and a power cut then
+ * took from the spool would have its sequence numbers given to other
+ * events, which that SIEM then holds twice (review: the sync came up to
+ * 100 ms after those readers had read and sent the lines). A file sink
+ * reads what is written: the next start takes back what it holds.
+ */
+static uint64_t reader_end_locked(const struct spool_reader *r)
+{
+	uint64_t end = active(r->s)->wlast;
+
+	return !r->keeps_copy && end > r->s->synced_seq ? r->s->synced_seq : end;
+}
+
 static int reader_locate(struct spool_reader *r, uint64_t *avail_last, uint64_t *seg_written)
 {
 	struct spool *s = r->s;
+	uint64_t end = reader_end_locked(r);
 	size_t i;
 
 	for (i = 0; i < s->nsegs; i++)
 		if (r->pos >= s->segs[i].first && r->pos <= s->segs[i].wlast)
 			break;
-	if (i == s->nsegs)
+	if (i == s->nsegs || r->pos > end)
 		return -EAGAIN;
 	const struct seg *sg = &s->segs[i];
 
-	*avail_last = sg->wlast;
+	*avail_last = sg->wlast < end ? sg->wlast : end;
 	*seg_written = sg->written;
 	if (r->seg_first == sg->first && (r->zdata || r->lfd >= 0))
 		return 0;
@@ -1471,7 +1514,7 @@ int spool_read(struct spool_reader *r, struct spool_batch *b, size_t max_n, size
 		if (wait_ms <= 0 || waited || tries == 2)
 			continue;
 		pthread_mutex_lock(&r->s->lock);
-		if (!r->s->stop && !r->s->quit && r->pos > active(r->s)->wlast) {
+		if (!r->s->stop && !r->s->quit && r->pos > reader_end_locked(r)) {
 			cond_wait_ms(&r->s->data, &r->s->lock, (uint64_t)wait_ms);
 			waited = true;
 		}

@@ -120,7 +120,7 @@ static void test_growing_segment(void)
 	CHECK(start(s) == 0);
 	for (int round = 0; round < 8; round++) {
 		CHECK(append_range(s, next, next + 50) == 0);
-		CHECK(spool_flush(s, false) == 0);
+		CHECK(spool_flush(s, true) == 0);
 		next = read_check(r, next, round % 2 ? 7 : 1000, round % 3 ? 4096 : 100000, &bad);
 		CHECK(next == 1 + 50 * (uint64_t)(round + 1));
 		CHECK(spool_reader_ack(r, next - 1) == 0);
@@ -145,7 +145,7 @@ static void test_across_segments_and_seek(void)
 	CHECK(spool_reader_open(s, "r", &r) == 0);
 	CHECK(start(s) == 0);
 	CHECK(append_range(s, 1, 120) == 0);
-	CHECK(spool_flush(s, false) == 0);
+	CHECK(spool_flush(s, true) == 0);
 	next = read_check(r, 1, 10, 8192, &bad);
 	CHECK(next == 120);
 	CHECK(bad == 0);
@@ -157,7 +157,7 @@ static void test_across_segments_and_seek(void)
 	CHECK(spool_reader_ack(r, 119) == 0);
 	/* more after everything was read: the reader moves on */
 	CHECK(append_range(s, 120, 200) == 0);
-	CHECK(spool_flush(s, false) == 0);
+	CHECK(spool_flush(s, true) == 0);
 	next = read_check(r, 120, 3, 2000, &bad);
 	CHECK(next == 200);
 	CHECK(bad == 0);
@@ -305,7 +305,7 @@ static void test_window_follows_batch(void)
 		CHECK(spool_append(s, q, line, len) == 0);
 		total += len + 1;
 	}
-	CHECK(spool_flush(s, false) == 0);
+	CHECK(spool_flush(s, true) == 0);
 	while ((n = spool_read(r, &b, 64, 4 << 20, 20)) > 0) {
 		batches++;
 		if (b.first != next || n > 64)
