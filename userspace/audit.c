@@ -754,7 +754,10 @@ int audit_open(const struct policy *p)
 		}
 		if ((err = spool_reader_open(A.spool, k->s.id, &k->r)))
 			return err;
-		if (k->s.ops->adopt)
+		/* stdout shares the file sink's code, not its copy: nothing
+		 * syncs or takes back what went to the console or the journal
+		 * (review) */
+		if (k->s.ops->adopt && ps->type != SINK_STDOUT)
 			spool_reader_keeps_copy(k->r);
 		atomic_store(&k->acked, spool_reader_cursor(k->r));
 	}
@@ -2541,6 +2544,11 @@ void audit_follow(int fd)
 	else
 		close(fd);
 	pthread_mutex_unlock(&A.lock);
+}
+
+uint64_t audit_spool_syncs(void)
+{
+	return A.spool ? spool_sync_count(A.spool) : 0;
 }
 
 uint64_t audit_sequence(void)

@@ -146,6 +146,8 @@ json_t *audit_recent(int n);
 /* Adds a follower fd (non-blocking); audit owns and closes it. */
 void audit_follow(int fd);
 
+/* fdatasync calls the spool thread made on the active segment (tests). */
+uint64_t audit_spool_syncs(void);
 uint64_t audit_sequence(void);
 
 #endif
