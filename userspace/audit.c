@@ -141,6 +141,7 @@ static struct {
 	uint64_t resume_room;        /* free bytes that count as "room again" */
 	uint64_t spool_half;         /* half the spool's max_bytes: sinks behind are urgent past it */
 	uint64_t dropped, drop_first_ms, drop_last_ms, drop_after_seq;
+	uint64_t dl_discard_reported;     /* spool_dead_letters_discarded() last reported */
 	int drop_err;                     /* why the window's first event was lost (-errno) */
 	uint64_t drop_saved;              /* the count spool/dropped holds (drop_save_locked) */
 	uint64_t drop_saved_ms;           /* when it was last written (monotonic) */
@@ -726,6 +727,7 @@ int audit_open(const struct policy *p)
 	audit_chain_resume();
 	pthread_mutex_lock(&A.lock);
 	drop_load_locked();
+	A.dl_discard_reported = spool_dead_letters_discarded();   /* one counter per process */
 	pthread_mutex_unlock(&A.lock);
 	for (size_t i = 0; i < p->audit.nsinks && A.nsinks < MAX_SINKS; i++) {
 		const struct policy_sink *ps = &p->audit.sinks[i];
@@ -858,6 +860,7 @@ static void checkpoint_seq_save(void)
 
 static void loss_event_locked(bool now);
 static void spool_lost_event_locked(void);
+static void dead_letter_loss_event_locked(void);
 static void drop_forget_locked(void);
 
 /*
@@ -925,6 +928,7 @@ void audit_flush(void)
 	if (A.dropped && A.spool && spool_has_room(A.spool, A.resume_room))
 		loss_event_locked(false);
 	spool_lost_event_locked();
+	dead_letter_loss_event_locked();
 	if (A.dropped)
 		drop_save_locked(false);
 	else
@@ -972,6 +976,8 @@ void audit_close(void)
 		loss_event_locked(true);
 	if (A.dropped)
 		drop_save_locked(true);   /* no room: the next run reports them */
+	spool_lost_event_locked();   /* what was found since the last audit_flush() */
+	dead_letter_loss_event_locked();
 	/* A clean stop ends with its stop checkpoint, which saves the state
 	 * as no run on. Not recorded (signing failed, the spool full), or a
 	 * start that failed before it marked the run (and before it reported
@@ -1466,6 +1472,42 @@ static void spool_lost_event_locked(void)
 		A.cp_pending++;   /* a plain event for the checkpoint count */
 	else
 		spool_put_lost(A.spool, n, first, last);   /* tried again a second later */
+	json_decref(ev);
+}
+
+/* Event Log Activity for dead letters the dead-letter file's rotation
+ * discarded (spool_dead_letter()): events a sink's destination refused,
+ * whose only copy for that destination went with them. The log and
+ * status counted them; the trail did not (review). A.lock held. */
+static void dead_letter_loss_event_locked(void)
+{
+	uint64_t total = spool_dead_letters_discarded(), n = total - A.dl_discard_reported;
+	uint64_t now = now_ms_realtime();
+	json_t *ev;
+	char msg[256];
+
+	if (!A.spool || !n || !meta_due_locked() || !(ev = audit_event(1008, 99, "Drop")))
+		return;
+	snprintf(msg, sizeof(msg), "%llu dead letters discarded: the dead-letter file of events a "
+		 "sink's destination refused reached its bound, and its older copy was replaced",
+		 (unsigned long long)n);
+	json_object_set_new(ev, "message", json_string(msg));
+	json_object_set_new(ev, "severity_id", json_integer(4));
+	json_object_set_new(ev, "severity", json_string("High"));
+	json_object_set_new(ev, "status_id", json_integer(2));
+	json_object_set_new(ev, "status", json_string("Failure"));
+	json_object_set_new(ev, "count", json_integer((json_int_t)n));
+	/* when they were discarded: the events' own times are in the lines
+	 * that went */
+	json_object_set_new(ev, "start_time", json_integer((json_int_t)now));
+	json_object_set_new(ev, "end_time", json_integer((json_int_t)now));
+	add_self(ev);
+	json_object_set_new(ev, "unmapped", json_pack("{s:{s:s, s:I}}", "loss",
+		"counter", "dead_letters_discarded", "count", (json_int_t)n));
+	if (meta_emit_locked(ev) == 0) {
+		A.cp_pending++;   /* a plain event for the checkpoint count */
+		A.dl_discard_reported = total;
+	}
 	json_decref(ev);
 }
 

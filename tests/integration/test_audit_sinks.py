@@ -8,6 +8,7 @@ Events come from real traffic: a client inside the agent cgroup opens
 connections through the enforcer (each gives an Open and a Close event)."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -441,6 +442,39 @@ def test_http_permanent_error_goes_to_dead_letter(enforcer, servers, collector):
     assert hec_seqs(collector) == []
     assert "test-token" not in enforcer.read_log() and "test-token" not in open(dl).read()
 
+
+
+def test_discarded_dead_letters_are_reported_in_the_trail(enforcer, servers, collector):
+    """Review: dead letters the dead-letter file's bound discarded (its
+    older copy replaced) were only logged and counted in status: events a
+    destination refused were then gone for it, and the trail said nothing.
+    A 1008 Drop event (counter dead_letters_discarded) now says how many."""
+    port, _ = servers.echo()
+    collector.hec_400 = True
+    sinks = http_sinks(collector, enforcer.tmp, enforcer.audit)
+    sinks = "\n".join(l for l in sinks.splitlines() if "elasticsearch" not in l and "webhook" not in l)
+    # dead letters: at most 64 KiB (max_bytes / 8, at least 64 KiB) and one older copy
+    enforcer.start(policy(port, sinks + "\n", "spool: {max_bytes: 512KiB}\n"))
+    traffic(enforcer, port, 150)
+
+    def reports():
+        return [e for e in file_events(enforcer.audit) if e["class_uid"] == 1008 and
+                e.get("unmapped", {}).get("loss", {}).get("counter") == "dead_letters_discarded"]
+    def logged():
+        return sum(int(m) for m in re.findall(r"(\d+) older dead letters", enforcer.read_log()))
+
+    def reported():
+        return sum(r["count"] for r in reports())
+    assert wait_for(lambda: logged() > 0, 20), enforcer.read_log()[-2000:]
+    # every discard the log names is in the trail (the reports are
+    # refused and dead-lettered too, and may discard more: counted next)
+    assert wait_for(lambda: reported() == logged(), 10), (reported(), logged())
+    reps = reports()
+    enforcer.stop()
+    for r in reps:
+        assert r["activity_name"] == "Drop" and r["severity_id"] >= 3
+        assert r["unmapped"]["loss"]["count"] == r["count"]
+    validate_events(file_events(enforcer.audit))
 
 
 def test_hec_request_refused_is_retried_not_dead_lettered(enforcer, servers, collector):
