@@ -258,6 +258,61 @@ bool http_mask_charset_ok(const char *ct, size_t n)
 	return true;
 }
 
+static bool decl_space(uint8_t c)
+{
+	return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+/*
+ * The charsets text names for itself: an XML declaration's encoding="..."
+ * (libxml2, under lxml, PHP, Nokogiri and xmllint, decodes by it when the
+ * Content-Type names none, UTF-7 included), an HTML meta's charset=... (in
+ * its own attribute or in a content="text/html; charset=...") and CSS's
+ * @charset "...". Under UTF-7 "ada+AEA-example.com" is an address the
+ * detectors did not see in the bytes, as under a Content-Type naming it
+ * (found by review). So every such name must be one charset_ok() takes,
+ * wherever it is (a parser reads a meta anywhere in a head; fail closed
+ * for prose that writes "charset=utf-7"). An encoding= without a quote is
+ * no XML declaration's (a query's "?encoding=json").
+ */
+static bool declared_charsets_ok(const uint8_t *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		size_t k, vs;
+		bool enc, quoted = false;
+
+		if ((p[i] | 0x20) == 'c' && n - i >= 7 && strncasecmp((const char *)p + i, "charset", 7) == 0)
+			enc = false, k = i + 7;
+		else if ((p[i] | 0x20) == 'e' && n - i >= 8 && strncasecmp((const char *)p + i, "encoding", 8) == 0)
+			enc = true, k = i + 8;
+		else
+			continue;
+		while (k < n && decl_space(p[k]))
+			k++;
+		if (k < n && p[k] == '=') {
+			k++;
+			while (k < n && decl_space(p[k]))
+				k++;
+		} else if (enc || i == 0 || p[i - 1] != '@') {
+			continue;   /* a word of prose: nothing named */
+		}
+		if (k < n && (p[k] == '"' || p[k] == '\'')) {
+			quoted = true;
+			k++;
+		}
+		if (enc && !quoted)
+			continue;
+		vs = k;
+		while (k < n && !decl_space(p[k]) && p[k] != '"' && p[k] != '\'' && p[k] != ';' && p[k] != '>' &&
+		       p[k] != '/' && p[k] != ',' && p[k] != '?' && p[k] != '&')
+			k++;
+		if (!charset_ok((const char *)p + vs, k - vs))
+			return false;
+		i = k - 1;
+	}
+	return true;
+}
+
 static bool coding_is(const char *c, size_t n, const char *name)
 {
 	return n == strlen(name) && strncasecmp(c, name, n) == 0;
@@ -337,6 +392,13 @@ int http_mask_body(const struct mask_rules *m, const uint8_t *body, size_t len, 
 		free(plain);
 		*why = "the response is not UTF-8 text (binary, another charset, or still content-coded) "
 		       "and cannot be masked";
+		return -EINVAL;
+	}
+	if (!declared_charsets_ok(p, plen)) {
+		free(plain);
+		*why = "the response names a charset in its text that the masker does not read (an XML "
+		       "declaration's encoding, an HTML meta charset, CSS @charset: UTF-8, US-ASCII, ISO-8859-*, "
+		       "Windows-125* are read) and cannot be masked";
 		return -EINVAL;
 	}
 	cap = mask_value_bound(plen);

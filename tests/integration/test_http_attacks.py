@@ -1136,6 +1136,29 @@ def test_mask_charset_the_masker_does_not_read_refused(enforcer, canned):
     assert status == 200 and json.loads(got) == {"email": "****", "phone": "****"}, out
 
 
+def test_mask_charset_the_text_names_refused(enforcer, canned):
+    """Text that names its own charset, with no label saying otherwise: an
+    XML declaration's encoding="UTF-7" is what libxml2 (lxml, PHP,
+    Nokogiri, xmllint) decodes by, and "ada+AEA-example.com" then reads
+    ada@example.com, which the detectors did not see; an HTML meta charset
+    likewise (found by review: passed unmasked). Refused with 502; a
+    declaration of UTF-8 is masked as before."""
+    xml7 = b'<?xml version="1.0" encoding="UTF-7"?><c><e>ada+AEA-example.com</e></c>'
+    assert xml7.decode("utf-7").endswith("<e>ada@example.com</e></c>")
+    canned.put("xml7", xml7, ["Content-Type: application/xml"])
+    canned.put("html7", b'<html><head><meta http-equiv="Content-Type" content="text/html; charset=utf-7">'
+               b"</head><p>ada+AEA-example.com</p></html>", ["Content-Type: text/html"])
+    canned.put("xml8", b'<?xml version="1.0" encoding="UTF-8"?><c><e>ada@example.com</e></c>',
+               ["Content-Type: application/xml"])
+    enforcer.start(mask_policy(canned.port, "{detectors: [email]}"))
+    for name in ("xml7", "html7"):
+        (status, _, got), out = fetch(enforcer, canned.port, name)
+        assert status == 502 and b"AEA" not in out, (name, out)
+        assert "charset" in json.loads(got)["reason"], got
+    (status, _, got), out = fetch(enforcer, canned.port, "xml8")
+    assert status == 200 and got == b'<?xml version="1.0" encoding="UTF-8"?><c><e>****</e></c>', out
+
+
 # ---- 5. Kubernetes ---------------------------------------------------------------
 
 def k8s_policy(port, tok):
