@@ -2086,7 +2086,27 @@ static int send_resp_head(struct conn *c, const uint8_t *b, const struct http_he
 		 * the body the agent would not get unmasked */
 		if (strip_resp_field(b, f, upgrade, mlen >= 0 || r->masked) || http_conn_names(b, h, f))
 			continue;
-		put(&o, b + f->name, f->name_len);
+		if (scan && f->name_len >= mask_min_match(m) &&
+		    mask_value_maybe(m, (const char *)b + f->name, f->name_len) &&
+		    mask_value_matches(m, (const char *)b + f->name, f->name_len)) {
+			/* a name is data too where an upstream makes names of it
+			 * (x-amz-meta-<key>, a field per account): masked in place
+			 * as a JSON member name is ('*' is a token byte, and the
+			 * rest are the name's own), on a 1xx too (found by review) */
+			size_t n;
+			unsigned hits = 0;
+
+			if (mask_value_bound(f->name_len) > o.cap - o.n ||
+			    (n = mask_value(m, (const char *)b + f->name, f->name_len, o.b + o.n, o.cap - o.n,
+					    &hits)) == (size_t)-1) {
+				o.over = true;
+			} else {
+				o.n += n;
+				r->mask_hits += hits;
+			}
+		} else {
+			put(&o, b + f->name, f->name_len);
+		}
 		puts_(&o, ": ");
 		if (r->masked && m && !upgrade && http_mask_json_field(m, b + f->value, f->value_len)) {
 			/* a field holding JSON (Dropbox-API-Result, X-Pagination):

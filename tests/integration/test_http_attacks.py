@@ -1017,6 +1017,29 @@ def test_mask_detectors_see_response_headers(enforcer, canned):
     assert EMAIL not in out and b"4111" not in out, out
 
 
+def test_mask_detectors_see_response_field_names(enforcer, canned):
+    """A field's name is data too where an upstream makes names of it
+    (S3's x-amz-meta-<key>, a field per account): a card number, an SSN or
+    a key in a name passed as it came, on the final answer and on a 103
+    before it (found by review), where a JSON member name holding one is
+    masked. Such a name is masked in place ('*' is a token byte); the
+    value after it is masked on its own."""
+    with open(os.path.join(canned.dir, "names"), "wb") as f:
+        f.write(b"HTTP/1.1 103 Early Hints\r\nX-Meta-4111111111111111: 1\r\n\r\n"
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Card-4111-1111-1111-1111: 2\r\n"
+                b"x-amz-meta-078-05-1120: 4111 1111 1111 1111\r\n"
+                b"AKIAIOSFODNN7EXAMPLE: k\r\nX-Plain-42: as-is\r\nContent-Length: 12\r\n\r\n"
+                b'{"ok": true}')
+    enforcer.start(mask_policy(canned.port, "{detectors: [credit_card, us_ssn, api_key]}"))
+    out = raw(enforcer, canned.port, crlf("GET /v1/r/names HTTP/1.1⏎Host: api.internal⏎⏎"))
+    for leak in (b"4111", b"078-05", b"AKIA"):
+        assert leak not in out, (leak, out)
+    assert b"HTTP/1.1 103 Early Hints\r\nX-Meta-****: 1\r\n\r\n" in out, out
+    assert b"\r\nX-Card-****: 2\r\n" in out and b"\r\nx-amz-meta-****: ****\r\n" in out, out
+    assert b"\r\n****: k\r\n" in out and b"\r\nX-Plain-42: as-is\r\n" in out, out
+    assert out.endswith(b'{"ok": true}<OPEN>'), out
+
+
 def test_mask_content_negotiation_does_not_drop_json_paths(enforcer, canned):
     doc = {"customer": {"email": "ada@example.com"}, "ssn": "not-a-detectable-value-42"}
     canned.put("neg", json.dumps(doc).encode(), ["Content-Type: application/json"])
