@@ -278,12 +278,16 @@ static bool decl_space(uint8_t c)
 static bool declared_charsets_ok(const uint8_t *p, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
+		uint8_t c = p[i] | 0x20;
 		size_t k, vs;
 		bool enc, quoted = false;
 
-		if ((p[i] | 0x20) == 'c' && n - i >= 7 && strncasecmp((const char *)p + i, "charset", 7) == 0)
+		/* two bytes first: an 'e' or a 'c' is in most words of prose */
+		if ((c != 'c' && c != 'e') || n - i < 7 || (p[i + 1] | 0x20) != (c == 'c' ? 'h' : 'n'))
+			continue;
+		if (c == 'c' && strncasecmp((const char *)p + i, "charset", 7) == 0)
 			enc = false, k = i + 7;
-		else if ((p[i] | 0x20) == 'e' && n - i >= 8 && strncasecmp((const char *)p + i, "encoding", 8) == 0)
+		else if (c == 'e' && n - i >= 8 && strncasecmp((const char *)p + i, "encoding", 8) == 0)
 			enc = true, k = i + 8;
 		else
 			continue;
