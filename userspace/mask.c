@@ -148,7 +148,27 @@ static bool luhn_ok(const uint8_t *d, int n)
 	return sum % 10 == 0;
 }
 
-/* A card is a run of whole digit groups (single ' ', '-' or '.' between groups),
+/*
+ * The separator between a card's digit groups at s[q]: its length, 0 for
+ * none. ' ', '-' or '.', and the spaces that keep the groups on one line
+ * where text is laid out: U+00A0 NO-BREAK SPACE (HTML's &nbsp;), U+2007
+ * FIGURE SPACE, U+2009 THIN SPACE and U+202F NARROW NO-BREAK SPACE (what
+ * locale formatting writes); a reader sees the same card, the detectors
+ * saw none (found by review).
+ */
+static size_t card_sep(const uint8_t *s, size_t len, size_t q)
+{
+	if (q < len && (s[q] == ' ' || s[q] == '-' || s[q] == '.'))
+		return 1;
+	if (q + 1 < len && s[q] == 0xc2 && s[q + 1] == 0xa0)
+		return 2;
+	if (q + 2 < len && s[q] == 0xe2 && s[q + 1] == 0x80 &&
+	    (s[q + 2] == 0x87 || s[q + 2] == 0x89 || s[q + 2] == 0xaf))
+		return 3;
+	return 0;
+}
+
+/* A card is a run of whole digit groups (a single separator between groups: card_sep()),
  * starting at a group start, 13-19 digits; the longest valid run from each
  * group start wins. A group is a maximal digit run, so digits inside a
  * longer run are never a card on their own. */
@@ -162,6 +182,8 @@ static bool next_card(const uint8_t *s, size_t len, size_t from, size_t *ms, siz
 		if (!is_digit(s[p]) || (p > 0 && is_digit(s[p - 1])))
 			continue;
 		for (;;) {
+			size_t sl;
+
 			while (q < len && is_digit(s[q]) && nd <= 19) {
 				if (nd < 19)
 					d[nd] = s[q] - '0';
@@ -172,8 +194,8 @@ static bool next_card(const uint8_t *s, size_t len, size_t from, size_t *ms, siz
 				break;
 			if (nd >= 13 && card_issuer_ok(d, nd) && luhn_ok(d, nd))
 				best = q;
-			if (q + 1 < len && (s[q] == ' ' || s[q] == '-' || s[q] == '.') && is_digit(s[q + 1]))
-				q++;
+			if ((sl = card_sep(s, len, q)) && q + sl < len && is_digit(s[q + sl]))
+				q += sl;
 			else
 				break;
 		}

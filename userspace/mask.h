@@ -9,7 +9,8 @@
  * Masked content is replaced by the fixed token MASK_TOKEN.
  *
  * Detectors (policy names, nothing else is accepted):
- *   credit_card  13-19 digits, a single ' ', '-' or '.' between groups,
+ *   credit_card  13-19 digits, a single ' ', '-', '.', U+00A0, U+2007,
+ *                U+2009 or U+202F (UTF-8) between groups,
  *                Luhn-valid AND an issuer prefix with that brand's lengths
  *                (Visa 4, Mastercard 51-55/2221-2720, Amex 34/37,
  *                Discover 6011/65/644-649, JCB 3528-3589, Diners

@@ -462,6 +462,9 @@ static size_t html_ref(const char *s, size_t n, size_t i, uint32_t *cp)
 		{ "commat;", '@' }, { "period;", '.' }, { "plus;", '+' }, { "hyphen;", '-' }, { "dash;", '-' },
 		{ "amp;", '&' }, { "lt;", '<' }, { "gt;", '>' }, { "quot;", '"' }, { "apos;", '\'' },
 		{ "lpar;", '(' }, { "rpar;", ')' }, { "lowbar;", '_' }, { "sol;", '/' }, { "colon;", ':' },
+		/* a space between a card's groups to the detectors, as the
+		 * U+00A0 it is ("4111&nbsp;1111&nbsp;...": found by review) */
+		{ "nbsp;", ' ' }, { "thinsp;", ' ' }, { "numsp;", ' ' },
 	};
 	size_t k;
 

@@ -325,6 +325,8 @@ static void test_escaped_text(void)
 		"<a>&#97;&#100;&#x61;&#X40;&#101;xample.com</a>",
 		"<p>ada&commat;example.com</p>",
 		"<p>ada&#64example.com</p>",
+		"<p>4111&nbsp;1111&nbsp;1111&nbsp;1111</p>",   /* found by review: passed */
+		"<p>4111&#160;1111&#xA0;1111&nbsp;1111</p>",
 		/* under one more layer of escaping (COPY's text format, an
 		 * array's text form, JSON in a JSON string, an HTML page quoting
 		 * one), leading zeros, octal */

@@ -86,6 +86,11 @@ struct vcase {
 	const char *want;  /* expected output */
 };
 
+#define NBSP "\xc2\xa0"        /* U+00A0 NO-BREAK SPACE */
+#define NNBSP "\xe2\x80\xaf"   /* U+202F NARROW NO-BREAK SPACE */
+#define THINSP "\xe2\x80\x89"  /* U+2009 THIN SPACE */
+#define FIGSP "\xe2\x80\x87"   /* U+2007 FIGURE SPACE */
+
 static const struct vcase vcases[] = {
 	/* credit_card: brands, separators, Luhn, issuer, lengths, embedding */
 	{ "credit_card", "4111111111111111", "****" },
@@ -93,6 +98,14 @@ static const struct vcase vcases[] = {
 	{ "credit_card", "4111-1111-1111-1111", "****" },
 	{ "credit_card", "4111.1111.1111.1111", "****" },
 	{ "credit_card", "4111_1111_1111_1111", "4111_1111_1111_1111" },      /* not caught */
+	/* no-break and narrow spaces, as pages and formatted text keep a
+	 * card's groups on one line (found by review: passed) */
+	{ "credit_card", "4111" NBSP "1111" NBSP "1111" NBSP "1111", "****" },
+	{ "credit_card", "card 4111" NNBSP "1111" NNBSP "1111" NNBSP "1111.", "card ****." },
+	{ "credit_card", "4111" THINSP "1111" THINSP "1111" FIGSP "1111 x", "**** x" },
+	{ "credit_card", "4111" NBSP NBSP "1111" NBSP "1111" NBSP "1111",
+	  "4111" NBSP NBSP "1111" NBSP "1111" NBSP "1111" },        /* two, as two spaces are */
+	{ "credit_card", "4111" NBSP "1111" NBSP "1111\xc2", "4111" NBSP "1111" NBSP "1111\xc2" },
 	{ "credit_card", "version 1.2.3.4 and 10.0.0.1", "version 1.2.3.4 and 10.0.0.1" },
 	{ "credit_card", "Visa13 4222222222222.", "Visa13 ****." },
 	{ "credit_card", "5555555555554444", "****" },
