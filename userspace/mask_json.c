@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #ifdef __SSE2__
 #include <emmintrin.h>
 #endif
@@ -1225,6 +1226,61 @@ static inline bool json_in_string(const uint8_t *d, size_t n)
 	return n && (d[0] <= ' ' || d[0] == '{' || d[0] == '[') && json_in_string_slow(d, n);
 }
 
+static inline bool word_byte(uint8_t c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+	       c == '$' || c >= 0x80;
+}
+
+/*
+ * A string value holding another format's key that a path names by its
+ * last named step: a ConfigMap's YAML ("db:\n  password: hunter2"), a
+ * properties or INI file ("db.password=..."), XML ("<email>..."), a query
+ * ("?email=..."). Its reader finds the value, which the path does not
+ * reach inside a string (found by review), as a body in such a format
+ * would carry it (http_mask.c refuses those). On a route with paths such a
+ * string is masked whole, as one holding JSON is. The name must be a word
+ * of its own, in any case, followed by ':' or '=' (blanks and a closing
+ * quote may come between) or following a '<': the word alone in prose
+ * ("write an email") is left.
+ */
+static bool keyed_in_string_slow(const struct jw *w, const uint8_t *d, size_t n)
+{
+	for (size_t k = 0; k < w->npaths; k++) {
+		const struct mask_path *p = &w->paths[k];
+		const struct mask_step *st = NULL;
+
+		for (unsigned i = 0; i < p->nsteps; i++)
+			if (p->step[i].kind == MSTEP_NAME)
+				st = &p->step[i];
+		if (!st || !st->namelen || st->namelen >= n)
+			continue;
+		for (size_t at = 0; at + st->namelen < n; at++) {
+			size_t e = at + st->namelen;
+
+			if ((d[at] | 0x20) != ((uint8_t)st->name[0] | 0x20) ||
+			    strncasecmp((const char *)d + at, st->name, st->namelen) != 0 ||
+			    (at > 0 && word_byte(d[at - 1])) || word_byte(d[e]))
+				continue;
+			if (at > 0 && d[at - 1] == '<')
+				return true;
+			while (e < n && (d[e] == ' ' || d[e] == '\t' || d[e] == '"' || d[e] == '\''))
+				e++;
+			if (e < n && (d[e] == ':' || d[e] == '='))
+				return true;
+		}
+	}
+	return false;
+}
+
+/* keyed_in_string_slow() for a string with a ':', '=' or '<' in it; any
+ * other string holds no key, inline. */
+static inline bool keyed_in_string(const struct jw *w, const uint8_t *d, size_t n)
+{
+	return n > 2 && (memchr(d, ':', n) || memchr(d, '=', n) || memchr(d, '<', n)) &&
+	       keyed_in_string_slow(w, d, n);
+}
+
 /* The value at w->pos is a string, number or literal (or invalid), not an
  * object or an array. */
 static inline bool scalar_next(const struct jw *w)
@@ -1247,7 +1303,7 @@ static inline __attribute__((always_inline)) int parse_scalar(struct jw *w, bool
 	case '"':
 		if ((rc = parse_string(w, &raw, &rawlen, &d, &dlen)))
 			return rc;
-		if (w->npaths && !quiet && json_in_string(d, dlen)) {
+		if (w->npaths && !quiet && (json_in_string(d, dlen) || keyed_in_string(w, d, dlen))) {
 			report(w, cx, 1);
 			return replace(w, raw, raw + rawlen, MASKED, sizeof(MASKED) - 1);
 		}

@@ -1110,6 +1110,25 @@ def test_mask_escapes_in_json_held_in_a_string(enforcer, canned):
     assert json.loads(got) == {"record": "****", "other": keep, "id": 7}, got
 
 
+def test_mask_keys_of_another_format_in_a_string(enforcer, canned):
+    """A string value holding YAML, a properties file, XML or a query whose
+    key a path names (a ConfigMap's "app.yaml": "db:\\n  password: ..."):
+    the agent's YAML or XML reader finds the value, which $..password does
+    not reach inside a string (found by review: passed), where a body in
+    such a format is refused. Such a string is masked whole; prose using
+    the word is left."""
+    cm = {"kind": "ConfigMap", "data": {"app.yaml": "db:\n  host: pg\n  password: hunter2\n",
+                                        "app.properties": "db.password=hunter3",
+                                        "feed.xml": "<c><email>ada@example.com</email></c>",
+                                        "about": "we answer every email"}}
+    canned.put("cm", json.dumps(cm).encode(), ["Content-Type: application/json"])
+    enforcer.start(mask_policy(canned.port, '{json: ["$..password", "$.customer.email"]}'))
+    (status, _, got), out = fetch(enforcer, canned.port, "cm")
+    assert status == 200 and b"hunter" not in out and EMAIL not in out, out
+    assert json.loads(got)["data"] == {"app.yaml": "****", "app.properties": "****", "feed.xml": "****",
+                                       "about": "we answer every email"}, got
+
+
 def test_mask_html_character_references(enforcer, canned):
     """Pages hide an address from harvesters as character references
     (WordPress's antispambot() in a post's content.rendered, a CMS's

@@ -259,6 +259,47 @@ static void test_json_in_strings(void)
 	mask_free(m);
 }
 
+/* A string value holding another format's key that a path names (a
+ * ConfigMap's YAML or properties file, XML, a query): its reader finds the
+ * value, which the path did not reach in a string (found by review). Such a
+ * string is masked whole; prose using the word is left. */
+static void test_keys_in_strings(void)
+{
+	char *paths[] = { "$..password", "$.customer.email" };
+	struct mask_rules *m = compile(paths, 2, NULL, 0);
+	static const char body[] =
+		"{\"kind\":\"ConfigMap\",\"data\":{"
+		"\"app.yaml\":\"db:\\n  password: hunter2\\n\","
+		"\"app.properties\":\"db.password=hunter3\","
+		"\"app.ini\":\"[db]\\nPassword = hunter4\","
+		"\"quoted\":\"{'password' : 'hunter5'}x\","
+		"\"xml\":\"<user><email>ada@example.com</email></user>\","
+		"\"next\":\"/v1/c?email=ada%40example.com\","
+		"\"prose\":\"reset your password: see the docs\","
+		"\"prose2\":\"write an email to us\","
+		"\"longer\":\"passwords: none; password_hint= h\"}}";
+	struct mask_report rep;
+	const char *why = NULL;
+	size_t ol;
+	char *out = NULL;
+
+	CHECK(m != NULL);
+	CHECK(http_mask_body(m, (const uint8_t *)body, strlen(body), NULL, 0, &out, &ol, &rep, &why) == 0);
+	CHECK(out && !strstr(out, "hunter") && !strstr(out, "ada@") && !strstr(out, "ada%40"));
+	CHECK(out && strstr(out, "\"app.yaml\":\"****\"") && strstr(out, "\"app.properties\":\"****\""));
+	CHECK(out && strstr(out, "\"app.ini\":\"****\"") && strstr(out, "\"xml\":\"****\""));
+	CHECK(out && strstr(out, "\"quoted\":\"****\"") && strstr(out, "\"next\":\"****\""));
+	/* "password:" in prose is a key to a YAML reader too: masked; the
+	 * word alone, or a longer word, is not */
+	CHECK(out && strstr(out, "\"prose\":\"****\""));
+	CHECK(out && strstr(out, "\"prose2\":\"write an email to us\""));
+	CHECK(out && strstr(out, "\"longer\":\"passwords: none; password_hint= h\""));
+	if (out && strstr(out, "hunter"))
+		fprintf(stderr, "  %s\n", out);
+	free(out);
+	mask_free(m);
+}
+
 /* A response field holding JSON (Dropbox-API-Result, X-Pagination): on a
  * route with only JSON paths it was passed as it came, and the detectors
  * read its text, where escapes hide what it holds (found by review). */
@@ -468,6 +509,7 @@ int main(void)
 	RUN(test_wrapped_json);
 	RUN(test_non_ascii_names);
 	RUN(test_json_in_strings);
+	RUN(test_keys_in_strings);
 	RUN(test_json_fields);
 	RUN(test_escaped_text);
 	RUN(test_charsets);
