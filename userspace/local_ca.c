@@ -325,7 +325,14 @@ static SSL_CTX *mint(const char *name, time_t *renew_at)
 	if (!ctx)
 		goto out;
 	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+	/*
+	 * No resumption, in either version: SSL_SESS_CACHE_OFF keeps no
+	 * session ids and set_num_tickets(0) sends no TLS 1.3 ticket, but a
+	 * TLS 1.2 ticket is stateless and was issued all the same (found by
+	 * review, stop 66: a TLS 1.2 client got one, valid 2 h, and resumed
+	 * with it, also under another SNI). SSL_OP_NO_TICKET stops that.
+	 */
+	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_TICKET);
 	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 	SSL_CTX_set_num_tickets(ctx, 0);
 	if (!SSL_CTX_use_certificate(ctx, x) || !SSL_CTX_use_PrivateKey(ctx, ca.leaf_key) ||

@@ -1197,7 +1197,8 @@ def test_agent_tls_offers_nothing_it_does_not_inspect(enforcer, servers, tmp):
     nothing that would carry requests past it (a review found it
     holds; no test said so): ALPN "h2" is not selected (HTTP/1.1 goes on),
     and the HTTP/2 preface is refused; no session ticket is issued, so no
-    resumption and no 0-RTT early data; TLS below 1.2 is refused; TLS 1.2
+    resumption and no 0-RTT early data (TLS 1.2's stateless tickets were,
+    until stop 66); TLS below 1.2 is refused; TLS 1.2
     renegotiation is refused; an SNI that is not the target's gets the
     target's own certificate and its Host is refused."""
     port, d = nginx(tmp, servers.procs)
@@ -1219,6 +1220,19 @@ def test_agent_tls_offers_nothing_it_does_not_inspect(enforcer, servers, tmp):
     s = tls(alpn=["h2", "http/1.1"])
     s.sendall(b"GET /v1/invoices/42 HTTP/1.1\\r\\nHost: api.internal\\r\\n\\r\\n")
     out.append("alpn=%s %s ticket=%s" % (s.selected_alpn_protocol(), s.recv(12).decode(), s.session.has_ticket))
+    # TLS 1.2's tickets are stateless: SSL_SESS_CACHE_OFF did not stop them (stop 66)
+    c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    c.check_hostname = False
+    c.verify_mode = ssl.CERT_NONE
+    c.maximum_version = ssl.TLSVersion.TLSv1_2
+    s = c.wrap_socket(socket.create_connection(("127.0.0.1", {port}), timeout=5), server_hostname="api.internal")
+    s.sendall(b"GET /v1/invoices/42 HTTP/1.1\\r\\nHost: api.internal\\r\\n\\r\\n")
+    s.recv(12)
+    sess = s.session
+    s.close()
+    s = c.wrap_socket(socket.create_connection(("127.0.0.1", {port}), timeout=5), server_hostname="api.internal",
+                      session=sess)
+    out.append("tls1.2 ticket=%s resumed=%s" % (sess.has_ticket, s.session_reused))
     s = tls(alpn=["h2"])
     s.sendall(b"PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n")
     out.append("preface=" + s.recv(12).decode())
@@ -1233,7 +1247,8 @@ def test_agent_tls_offers_nothing_it_does_not_inspect(enforcer, servers, tmp):
     out.append("evil=%s %s" % (b"evil.test" in cert, s.recv(12).decode()))
     print(" | ".join(out))
     """)
-    assert r.stdout.strip() == ("alpn=None HTTP/1.1 200 ticket=False | preface=HTTP/1.1 400 | tls1.1=refused | "
+    assert r.stdout.strip() == ("alpn=None HTTP/1.1 200 ticket=False | tls1.2 ticket=False resumed=False | "
+                                "preface=HTTP/1.1 400 | tls1.1=refused | "
                                 "evil=False HTTP/1.1 400"), r.stdout + r.stderr
     # s_client's "R" asks for a renegotiation (TLS 1.2)
     r = enforcer.exec(AGENT, ["bash", "-c", f"(printf 'R\\n'; sleep 1) | openssl s_client -tls1_2 -connect "
