@@ -408,6 +408,11 @@ bool conn_in_eof(const struct conn *c, int side)
 	return c->side[side].in_eof;
 }
 
+bool conn_in_eof_bare(const struct conn *c, int side)
+{
+	return c->side[side].in_eof_bare;
+}
+
 int conn_in_reserve(struct conn *c, int side, uint32_t max)
 {
 	if (max > CONN_IN_LIMIT)
@@ -953,6 +958,23 @@ static int fill_in(struct conn *c, int side)
 					got = 1;
 					break;
 				}
+				/*
+				 * A client leg whose server closed without
+				 * close_notify (many do, idle keep-alive legs
+				 * too) ends as a FIN does, marked: a module
+				 * reading an answer that only the close ends
+				 * must not take it for whole then (found by
+				 * review, stop 66). Its context must not set
+				 * SSL_OP_IGNORE_UNEXPECTED_EOF, which makes the
+				 * two look alike.
+				 */
+				if (e == SSL_ERROR_SSL && !sd->tls_server &&
+				    ERR_GET_REASON(ERR_peek_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
+					ERR_clear_error();
+					sd->in_eof = sd->in_eof_bare = true;
+					got = 1;
+					break;
+				}
 				tls_errtext(c, "TLS read");
 				if (got) {
 					sd->in_err = -EPROTO;
@@ -1236,7 +1258,7 @@ int conn_redial_upstream(struct conn *c)
 	sd->ssl = NULL;
 	sd->in_len = sd->in_off = 0;
 	out_reset(sd);
-	sd->in_eof = sd->want_shut = sd->shut = sd->wr_dead = false;
+	sd->in_eof = sd->in_eof_bare = sd->want_shut = sd->shut = sd->wr_dead = false;
 	sd->tls_pending = sd->tls_ready = sd->tls_server = false;
 	sd->drained = sd->hup = false;
 	sd->in_err = 0;
@@ -1276,7 +1298,8 @@ int conn_adopt_upstream(struct conn *c, int fd, SSL *ssl, const char *desc, uint
 	}
 	sd->ssl = ssl;
 	sd->tls_ready = ssl != NULL;
-	sd->tls_pending = sd->in_eof = sd->want_shut = sd->shut = sd->drained = sd->hup = sd->wr_dead = false;
+	sd->tls_pending = sd->in_eof = sd->in_eof_bare = sd->want_shut = sd->shut = sd->drained = sd->hup =
+		sd->wr_dead = false;
 	out_reset(sd);
 	sd->in_len = sd->in_off = 0;
 	snprintf(c->upstream_desc, sizeof(c->upstream_desc), "%s", desc);

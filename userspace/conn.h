@@ -74,6 +74,7 @@ struct conn {
 		uint8_t *out;          /* queued by the module, not yet written */
 		uint32_t out_len, out_off, out_cap;
 		bool in_eof;           /* the peer finished sending (or TLS close_notify) */
+		bool in_eof_bare;      /* ... a client TLS leg's peer closed without close_notify */
 		bool want_shut, shut;  /* conn_shutdown() asked / done */
 		SSL *ssl;              /* TLS on this leg, after conn_tls() */
 		bool tls_pending;      /* conn_tls() asked: starts once out is flushed */
@@ -152,6 +153,9 @@ int conn_stream(struct conn *c);
 const uint8_t *conn_in(struct conn *c, int side, uint32_t *len);
 void conn_in_consume(struct conn *c, int side, uint32_t n);
 bool conn_in_eof(const struct conn *c, int side);
+/* The EOF of a TLS leg came without close_notify: what the peer sent may
+ * have been cut (a FIN anyone on the path can forge). Client legs only. */
+bool conn_in_eof_bare(const struct conn *c, int side);
 /* Let side's input buffer grow to max bytes (<= CONN_IN_LIMIT) for one big message. */
 int conn_in_reserve(struct conn *c, int side, uint32_t max);
 /* The big message is done: side's input goes back to CONN_IN_MAX and its

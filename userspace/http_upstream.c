@@ -250,8 +250,9 @@ static SSL_CTX *make_ctx(const struct policy_upstream *u, char *why, size_t whyl
 	 * balancers do) is an EOF, as a plain FIN is: the module judges whether
 	 * an answer was cut. As an error it reset the agent's connection, also
 	 * for an idle keep-alive leg that should just be dialled again (review,
-	 * stop 36). */
-	SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
+	 * stop 36). conn.c makes it that EOF, marked (conn_in_eof_bare()), so
+	 * no SSL_OP_IGNORE_UNEXPECTED_EOF here: it hid the mark, and an answer
+	 * ended only by the close was passed on as whole when cut (stop 66). */
 	SSL_CTX_set_verify(ctx, verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
 	if (verify) {
 		int ok = u->ca_file ? SSL_CTX_load_verify_locations(ctx, u->ca_file, NULL)

@@ -2688,6 +2688,10 @@ static int upstream_body(struct conn *c, const uint8_t *in, size_t len, bool eof
 		if ((err = body_out(c, in, len, false)))
 			return err;
 		off = len;
+		/* over TLS, only close_notify ends it (RFC 9112 9.8): a bare FIN
+		 * may be anyone's, and the agent would take the cut for whole */
+		if (eof && conn_in_eof_bare(c, SIDE_UP))
+			return -EPIPE;
 		if (eof) {
 			conn_in_consume(c, SIDE_UP, (uint32_t)off);
 			s->up_close = true;

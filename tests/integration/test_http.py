@@ -1172,6 +1172,80 @@ def test_upstream_tls_without_close_notify_and_a_slow_handshake(enforcer, server
         enforcer.stop()
 
 
+# A TLS upstream whose answers only the close ends (no Content-Length, not
+# chunked): "/clean" ends with close_notify, anything else with a bare FIN
+# in the middle of the body, as a FIN forged on the path would.
+CUT_TLS_SERVER = r"""
+import os, socket, ssl, sys, threading
+crt, key, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(crt, key)
+ls = socket.socket()
+ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind(("127.0.0.1", port))
+ls.listen(16)
+def serve(c):
+    try:
+        s = ctx.wrap_socket(c, server_side=True)
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            d = s.recv(65536)
+            if not d:
+                return
+            buf += d
+        s.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nfirst half")
+        if b"/clean" in buf.split(b"\r\n")[0]:
+            s.unwrap().close()
+        else:
+            socket.socket(fileno=os.dup(s.fileno())).shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+while True:
+    c, _ = ls.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+
+
+def test_answer_ended_by_a_close_without_close_notify_is_cut(enforcer, servers, tmp):
+    """Review (stop 66): an answer that only the close ends, from a TLS
+    upstream that closed without close_notify, was passed on as whole (the
+    upstream context set SSL_OP_IGNORE_UNEXPECTED_EOF, so a bare FIN, which
+    anyone on the path can forge, ended it as close_notify does), and a TLS
+    agent got close_notify after the cut body. Only close_notify ends such
+    an answer (RFC 9112 9.8); a bare FIN cuts it, so the agent sees a cut."""
+    ca, crt, key = make_ca(tmp, "cut", cn="127.0.0.1", san="IP:127.0.0.1")
+    port = free_port()
+    servers.procs.append(Proc([PY, "-c", CUT_TLS_SERVER, crt, key, str(port)]))
+    wait_port("127.0.0.1", port)
+    enforcer.start(policy(port, rules='"GET /v1/*"', upstream=f"tls: verify-full, ca_file: {ca}"))
+    r = enforcer.py(AGENT, f"""
+    import socket, ssl
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF
+    out = []
+    for path in ("/v1/clean", "/v1/cut"):
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", {port}), timeout=10),
+                            suppress_ragged_eofs=False)
+        s.sendall(b"GET %s HTTP/1.1\\r\\nHost: api\\r\\n\\r\\n" % path.encode())
+        buf = b""
+        try:
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    out.append("clean" if buf.endswith(b"first half") else "short")
+                    break
+                buf += d
+        except ssl.SSLEOFError:
+            out.append("cut")
+        except OSError as e:
+            out.append("cut-" + type(e).__name__)
+    print(" ".join(out))
+    """)
+    assert r.stdout.split() == ["clean", "cut"], r.stdout + r.stderr
+
+
 def test_agent_tls_intercepted_with_local_ca(enforcer, servers, tmp):
     port, d = nginx(tmp, servers.procs)
     enforcer.start(policy(port, upstream=""))
