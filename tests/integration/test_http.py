@@ -1346,7 +1346,9 @@ def test_agent_tls_connection_close_ends_with_close_notify(enforcer, servers, tm
     out = []
     for req in (b"GET /v1/invoices/42 HTTP/1.1\\r\\nHost: api\\r\\nConnection: close\\r\\n\\r\\n",
                 b"GET /v1/invoices/42 HTTP/1.0\\r\\n\\r\\n"):
-        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", {port}), timeout=10))
+        # suppress_ragged_eofs (on by default) turns a bare FIN into b"": off
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", {port}), timeout=10),
+                            suppress_ragged_eofs=False)
         s.sendall(req)
         buf = b""
         try:
