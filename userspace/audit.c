@@ -1434,6 +1434,22 @@ static void loss_event_locked(bool now)
 	json_decref(ev);
 }
 
+/* The fields a loss found by the enforcer carries (a 1008 Drop of the
+ * spool's or the dead-letter file's): the lost lines' own times went with
+ * them, so the window is when the loss was found. */
+static void found_loss_fields(json_t *ev, const char *msg, uint64_t n, uint64_t now)
+{
+	json_object_set_new(ev, "message", json_string(msg));
+	json_object_set_new(ev, "severity_id", json_integer(4));
+	json_object_set_new(ev, "severity", json_string("High"));
+	json_object_set_new(ev, "status_id", json_integer(2));
+	json_object_set_new(ev, "status", json_string("Failure"));
+	json_object_set_new(ev, "count", json_integer((json_int_t)n));
+	json_object_set_new(ev, "start_time", json_integer((json_int_t)now));
+	json_object_set_new(ev, "end_time", json_integer((json_int_t)now));
+	add_self(ev);
+}
+
 /* Event Log Activity for sequences a sink's reader found missing from the
  * spool (spool_take_lost(): a closed segment whose file ends short). They
  * had numbers and may have reached some sinks; the others skip them, and
@@ -1454,17 +1470,7 @@ static void spool_lost_event_locked(void)
 		 "spool segment ends before them (a power cut before they were synced, or a damaged "
 		 "file); sinks that had not received them go on after them",
 		 (unsigned long long)n, (unsigned long long)first, (unsigned long long)last);
-	json_object_set_new(ev, "message", json_string(msg));
-	json_object_set_new(ev, "severity_id", json_integer(4));
-	json_object_set_new(ev, "severity", json_string("High"));
-	json_object_set_new(ev, "status_id", json_integer(2));
-	json_object_set_new(ev, "status", json_string("Failure"));
-	json_object_set_new(ev, "count", json_integer((json_int_t)n));
-	/* the lost lines' own times went with them: the window is when the
-	 * loss was found */
-	json_object_set_new(ev, "start_time", json_integer((json_int_t)now));
-	json_object_set_new(ev, "end_time", json_integer((json_int_t)now));
-	add_self(ev);
+	found_loss_fields(ev, msg, n, now);
 	json_object_set_new(ev, "unmapped", json_pack("{s:{s:s, s:I, s:I, s:I}}", "loss",
 		"counter", "spool_lost", "count", (json_int_t)n, "first_sequence", (json_int_t)first,
 		"last_sequence", (json_int_t)last));
@@ -1491,17 +1497,7 @@ static void dead_letter_loss_event_locked(void)
 	snprintf(msg, sizeof(msg), "%llu dead letters discarded: the dead-letter file of events a "
 		 "sink's destination refused reached its bound, and its older copy was replaced",
 		 (unsigned long long)n);
-	json_object_set_new(ev, "message", json_string(msg));
-	json_object_set_new(ev, "severity_id", json_integer(4));
-	json_object_set_new(ev, "severity", json_string("High"));
-	json_object_set_new(ev, "status_id", json_integer(2));
-	json_object_set_new(ev, "status", json_string("Failure"));
-	json_object_set_new(ev, "count", json_integer((json_int_t)n));
-	/* when they were discarded: the events' own times are in the lines
-	 * that went */
-	json_object_set_new(ev, "start_time", json_integer((json_int_t)now));
-	json_object_set_new(ev, "end_time", json_integer((json_int_t)now));
-	add_self(ev);
+	found_loss_fields(ev, msg, n, now);
 	json_object_set_new(ev, "unmapped", json_pack("{s:{s:s, s:I}}", "loss",
 		"counter", "dead_letters_discarded", "count", (json_int_t)n));
 	if (meta_emit_locked(ev) == 0) {
