@@ -180,7 +180,7 @@ void conn_close(struct conn *c, bool reset)
 	for (int s = 0; !reset && s < 2; s++) {
 		struct conn_side *sd = &c->side[s];
 
-		if (sd->ssl && sd->tls_ready && !sd->shut && (s == SIDE_AGENT ? c->agent.fd : c->up.fd) >= 0) {
+		if (sd->ssl && sd->tls_ready && !sd->shut && !sd->shut_bare && (s == SIDE_AGENT ? c->agent.fd : c->up.fd) >= 0) {
 			SSL_shutdown(sd->ssl);
 			ERR_clear_error();   /* a full socket: the alert is lost, nothing else */
 		}
@@ -720,6 +720,11 @@ void conn_shutdown(struct conn *c, int side)
 	c->side[side].want_shut = true;
 }
 
+void conn_shutdown_bare(struct conn *c, int side)
+{
+	c->side[side].want_shut = c->side[side].shut_bare = true;
+}
+
 void conn_finish(struct conn *c)
 {
 	c->finishing = true;
@@ -890,7 +895,7 @@ static int flush_out(struct conn *c, int side, bool *moved)
 		sd->out_cap = 0;
 	}
 	if (sd->want_shut && !sd->shut) {
-		if (sd->ssl && sd->tls_ready)
+		if (sd->ssl && sd->tls_ready && !sd->shut_bare)
 			SSL_shutdown(sd->ssl);   /* close_notify; no wait for the peer's */
 		shutdown(fd, SHUT_WR);
 		sd->shut = true;
@@ -1258,7 +1263,7 @@ int conn_redial_upstream(struct conn *c)
 	sd->ssl = NULL;
 	sd->in_len = sd->in_off = 0;
 	out_reset(sd);
-	sd->in_eof = sd->in_eof_bare = sd->want_shut = sd->shut = sd->wr_dead = false;
+	sd->in_eof = sd->in_eof_bare = sd->want_shut = sd->shut = sd->shut_bare = sd->wr_dead = false;
 	sd->tls_pending = sd->tls_ready = sd->tls_server = false;
 	sd->drained = sd->hup = false;
 	sd->in_err = 0;
@@ -1298,8 +1303,8 @@ int conn_adopt_upstream(struct conn *c, int fd, SSL *ssl, const char *desc, uint
 	}
 	sd->ssl = ssl;
 	sd->tls_ready = ssl != NULL;
-	sd->tls_pending = sd->in_eof = sd->in_eof_bare = sd->want_shut = sd->shut = sd->drained = sd->hup =
-		sd->wr_dead = false;
+	sd->tls_pending = sd->in_eof = sd->in_eof_bare = sd->want_shut = sd->shut = sd->shut_bare = sd->drained =
+		sd->hup = sd->wr_dead = false;
 	out_reset(sd);
 	sd->in_len = sd->in_off = 0;
 	snprintf(c->upstream_desc, sizeof(c->upstream_desc), "%s", desc);

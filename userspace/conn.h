@@ -76,6 +76,7 @@ struct conn {
 		bool in_eof;           /* the peer finished sending (or TLS close_notify) */
 		bool in_eof_bare;      /* ... a client TLS leg's peer closed without close_notify */
 		bool want_shut, shut;  /* conn_shutdown() asked / done */
+		bool shut_bare;        /* ... with no TLS close_notify (conn_shutdown_bare()) */
 		SSL *ssl;              /* TLS on this leg, after conn_tls() */
 		bool tls_pending;      /* conn_tls() asked: starts once out is flushed */
 		bool tls_ready;        /* handshake done */
@@ -156,6 +157,12 @@ bool conn_in_eof(const struct conn *c, int side);
 /* The EOF of a TLS leg came without close_notify: what the peer sent may
  * have been cut (a FIN anyone on the path can forge). Client legs only. */
 bool conn_in_eof_bare(const struct conn *c, int side);
+/*
+ * Ends side's sending once what is queued is written (a FIN), without TLS
+ * close_notify: a relay passes a bare end from the other leg on as what it
+ * was, so the peer's TLS stack sees a cut where one may have happened.
+ */
+void conn_shutdown_bare(struct conn *c, int side);
 /* Let side's input buffer grow to max bytes (<= CONN_IN_LIMIT) for one big message. */
 int conn_in_reserve(struct conn *c, int side, uint32_t max);
 /* The big message is done: side's input goes back to CONN_IN_MAX and its

@@ -2800,7 +2800,14 @@ static int process_upstream(struct conn *c)
 			if (eof) {
 				if (s->scrub.n && (err = scrub_end(c, false, true)))
 					return err;
-				conn_shutdown(c, SIDE_AGENT);
+				/* a TLS upstream's end without close_notify (a FIN
+				 * anyone on the path can forge) reaches a TLS agent
+				 * as the same: close_notify would tell it the
+				 * tunnel's bytes are whole (review, stop 66) */
+				if (conn_in_eof_bare(c, SIDE_UP))
+					conn_shutdown_bare(c, SIDE_AGENT);
+				else
+					conn_shutdown(c, SIDE_AGENT);
 			}
 			return 0;
 		}
