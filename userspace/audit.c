@@ -387,15 +387,44 @@ static bool sink_hold(struct sink_rt *k, const struct sink_batch *sb, int err)
 	return true;
 }
 
+/* The leading events of sb the destination took or refused for good: the
+ * refused ones go to the dead-letter file, durably, before the cursor
+ * passes them. Returns how many lead (those not dead-lettered are kept). */
+static size_t sink_dead_letter(struct sink_rt *k, struct sink_batch *sb)
+{
+	const char **line = NULL;
+	size_t *len = NULL, lead = 0, ndead = 0, done = 0;
+
+	while (lead < sb->n && sb->st[lead] != SINK_RETRY)
+		ndead += sb->st[lead++] == SINK_DEAD;
+	if (!ndead)
+		return lead;
+	if ((line = malloc(ndead * sizeof(*line))) && (len = malloc(ndead * sizeof(*len)))) {
+		ndead = 0;
+		for (size_t i = 0; i < lead; i++)
+			if (sb->st[i] == SINK_DEAD) {
+				line[ndead] = sb->line[i];
+				len[ndead++] = sb->len[i];
+			}
+		int err = spool_dead_letter(A.spool, k->s.id, sb->why, line, len, ndead, &done);
+
+		if (err)
+			ag_log(LOG_LVL_ERR, "audit: sink %s: writing the dead-letter file: %s; the events "
+			       "stay in the spool", k->s.desc, strerror(-err));
+	}
+	free(line);
+	free(len);
+	/* up to the first dead letter that is not on disk */
+	for (size_t i = 0; i < lead; i++)
+		if (sb->st[i] == SINK_DEAD && !done--)
+			return i;
+	return lead;
+}
+
 static void sink_settle(struct sink_rt *k, struct sink_batch *sb, int err)
 {
-	size_t i = 0;
+	size_t i = err ? 0 : sink_dead_letter(k, sb);
 
-	if (!err)
-		for (; i < sb->n && sb->st[i] != SINK_RETRY; i++)
-			if (sb->st[i] == SINK_DEAD &&
-			    spool_dead_letter(A.spool, k->s.id, sb->why, sb->line[i], sb->len[i]))
-				break;   /* not even dead-lettered: keep it */
 	if (i) {
 		spool_reader_ack(k->r, sb->first + i - 1);
 		atomic_store(&k->acked, sb->first + i - 1);

@@ -91,6 +91,8 @@ struct spool {
 	pthread_mutex_t dl_lock;
 	int dlfd;
 	uint64_t dl_bytes;                /* dead-letter.jsonl's size */
+	uint64_t dl_synced;               /* how much of it is on disk (fdatasync'ed) */
+	bool dl_dir_dirty;                /* its directory entry is not: created or rotated since */
 	uint64_t dl_lines_old;            /* lines in dead-letter.jsonl.1 (this run's; -1: unknown) */
 	uint64_t dl_lines;                /* lines in dead-letter.jsonl (this run's, or counted at open) */
 	/* segments dropped from the list whose files the spool thread deletes
@@ -1552,9 +1554,10 @@ static uint64_t file_lines(int fd)
 }
 
 /* The current dead-letter file: open (counting what an earlier run left in
- * it), and rotated when this line would take it over its bound. s->dl_lock
- * held. */
-static int dl_file(struct spool *s, size_t add)
+ * it), and rotated when this line would take it over its bound. A file
+ * renamed away is fdatasync'ed first: the lines it holds are then on disk
+ * (*durable). s->dl_lock held. */
+static int dl_file(struct spool *s, size_t add, bool *durable)
 {
 	char path[4200], old[4300];
 	uint64_t cap = s->max_bytes / 8 > (64u << 10) ? s->max_bytes / 8 : (64u << 10);
@@ -1566,11 +1569,17 @@ static int dl_file(struct spool *s, size_t add)
 		if ((s->dlfd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)) < 0)
 			return -errno;
 		s->dl_bytes = fstat(s->dlfd, &st) == 0 ? (uint64_t)st.st_size : 0;
+		s->dl_synced = s->dl_bytes;   /* an earlier run's: what it held is there or not */
+		s->dl_dir_dirty = !s->dl_bytes;   /* new (or empty): its name is not on disk yet */
 		s->dl_lines = file_lines(s->dlfd);
 		s->dl_lines_old = UINT64_MAX;
 	}
 	if (!s->dl_bytes || s->dl_bytes + add <= cap)
 		return 0;
+	if (s->dl_synced < s->dl_bytes && fdatasync(s->dlfd))
+		return -errno;
+	s->dl_synced = s->dl_bytes;
+	*durable = true;
 	/* the file before the last goes; its lines are counted as lost */
 	if (s->dl_lines_old == UINT64_MAX) {
 		int fd = open(old, O_RDONLY | O_CLOEXEC);
@@ -1588,45 +1597,91 @@ static int dl_file(struct spool *s, size_t add)
 	}
 	s->dl_lines_old = s->dl_lines;
 	close(s->dlfd);
-	s->dl_lines = s->dl_bytes = 0;
+	s->dl_lines = s->dl_bytes = s->dl_synced = 0;
+	s->dl_dir_dirty = true;   /* the rename and the new file */
 	if ((s->dlfd = open(path, O_RDWR | O_APPEND | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600)) < 0)
 		return -errno;
 	return 0;
 }
 
-int spool_dead_letter(struct spool *s, const char *sink, const char *why, const char *line,
-		      size_t len)
+/* One dead letter appended (not synced). s->dl_lock held. */
+static int dl_append(struct spool *s, const char *h, size_t hl, const char *line, size_t len,
+		     bool *durable)
+{
+	/* {"sink":..,"reason":..,"time":..,"event":<the line as spooled>} */
+	struct iovec iov[4] = { { (void *)h, hl }, { "\"event\":", 8 }, { (void *)line, len },
+				{ "}\n", 2 } };
+	size_t total = hl + 8 + len + 2;
+	ssize_t w;
+	int err;
+
+	if ((err = dl_file(s, total, durable)))
+		return err;
+	if ((w = writev(s->dlfd, iov, 4)) < 0)
+		return -errno;
+	if ((size_t)w < total)   /* a short write (ENOSPC): cut back below */
+		return -ENOSPC;
+	s->dl_bytes += total;
+	s->dl_lines++;
+	return 0;
+}
+
+int spool_dead_letter(struct spool *s, const char *sink, const char *why, const char *const *line,
+		      const size_t *len, size_t n, size_t *done)
 {
 	json_t *hdr = json_pack("{s:s, s:s, s:I}", "sink", sink, "reason", why,
 				"time", (json_int_t)now_ms_realtime());
 	char *h = hdr ? json_dumps(hdr, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
-	int err;
+	size_t i, unsynced = 0;   /* lines of ours in the current file since its last sync */
+	int err = 0;
 
 	json_decref(hdr);
+	*done = 0;
 	if (!h)
 		return -ENOMEM;
-	/* {"sink":..,"reason":..,"time":..,"event":<the line as spooled>} */
 	size_t hl = strlen(h);
 	h[hl - 1] = ',';
-	struct iovec iov[4] = { { h, hl }, { "\"event\":", 8 }, { (void *)line, len }, { "}\n", 2 } };
-	size_t total = hl + 8 + len + 2;
-
 	pthread_mutex_lock(&s->dl_lock);
-	if (!(err = dl_file(s, total))) {
-		ssize_t w = writev(s->dlfd, iov, 4);
+	for (i = 0; i < n && !err; i++) {
+		bool durable = false;
 
-		if (w < 0) {
-			err = -errno;
-		} else if ((size_t)w < total) {   /* a short write (ENOSPC): cut back, not a torn line */
-			if (ftruncate(s->dlfd, (off_t)s->dl_bytes) < 0)
-				ag_log(LOG_LVL_WARN, "audit: dead-letter file: %s", strerror(errno));
-			err = -ENOSPC;
-		} else {
-			s->dl_bytes += total;
-			s->dl_lines++;
-			atomic_fetch_add(&dl_events, 1);
+		err = dl_append(s, h, hl, line[i], len[i], &durable);
+		if (durable) {   /* the lines before this one went to disk with the rotated file */
+			*done = i;
+			unsynced = 0;
 		}
+		if (!err)
+			unsynced++;
 	}
+	/* Only then may the caller's cursor pass them: after a power cut the
+	 * destination that refused them would not have them, nor would we. */
+	if (!err && s->dl_synced < s->dl_bytes && fdatasync(s->dlfd))
+		err = -errno;
+	if (!err && s->dl_dir_dirty) {
+		char path[4200];
+
+		snprintf(path, sizeof(path), "%s/dead-letter.jsonl", s->dir);
+		err = fsync_parent(path);
+	}
+	if (!err) {
+		s->dl_synced = s->dl_bytes;
+		s->dl_dir_dirty = false;
+		*done = n;
+	} else if (s->dlfd >= 0) {
+		/* What was written since the last sync is not there: after a
+		 * failed fdatasync a later one may return 0 with the pages lost
+		 * (errseq), and the caller writes these lines again. */
+		if (ftruncate(s->dlfd, (off_t)s->dl_synced) < 0) {
+			ag_log(LOG_LVL_WARN, "audit: dead-letter file: cutting back to %llu bytes: %s; "
+			       "reopened before the next dead letter", (unsigned long long)s->dl_synced,
+			       strerror(errno));
+			close(s->dlfd);   /* dl_file() counts the file again */
+			s->dlfd = -1;
+		}
+		s->dl_bytes = s->dl_synced;
+		s->dl_lines -= unsynced;
+	}
+	atomic_fetch_add(&dl_events, *done);
 	pthread_mutex_unlock(&s->dl_lock);
 	free(h);
 	return err;

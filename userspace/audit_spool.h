@@ -137,14 +137,19 @@ void spool_put_lost(struct spool *s, uint64_t n, uint64_t first, uint64_t last);
  * resend a batch). 0 or -errno. */
 int spool_reader_ack(struct spool_reader *r, uint64_t seq);
 /*
- * Appends lines to dead-letter.jsonl (0600) with the reason. 0 or -errno.
+ * Appends the n lines to dead-letter.jsonl (0600), each with the reason,
+ * and makes them durable (fdatasync, and the directory's fsync when the
+ * file is new or was rotated) before it returns. 0 or -errno; *done says
+ * how many of the lines, from the first, are on disk either way (a
+ * rotation syncs the file it renames away). What is not is cut back out of
+ * the file: the caller keeps those events, and dead-letters them again.
  * The file holds at most an eighth of max_bytes (at least 64 KiB, or one
  * longer line): past that it is renamed dead-letter.jsonl.1 (replacing the
  * one before, whose loss is logged and counted) and a new one begun, so
  * dead letters take at most a quarter of max_bytes besides the spool.
  */
-int spool_dead_letter(struct spool *s, const char *sink, const char *why, const char *line,
-		      size_t len);
+int spool_dead_letter(struct spool *s, const char *sink, const char *why, const char *const *line,
+		      const size_t *len, size_t n, size_t *done);
 /* Events dead-lettered since the process started, and dead letters the
  * rotation discarded since (those written by earlier runs included), for
  * status. */
