@@ -532,9 +532,25 @@ static void *sink_thread(void *arg)
 			atomic_fetch_add(&k->syncs, 1);   /* the send synced (what was held too) */
 		if (sink_hold(k, &sb, err))
 			continue;
+		if (k->held_n && err) {
+			/* the sink took back what it held with the rest (the
+			 * file sink cuts its file to its last good sync): from
+			 * the cursor again */
+			uint64_t c = spool_reader_cursor(k->r);
+
+			k->held_n = 0;
+			if (!k->failing)
+				ag_log(LOG_LVL_WARN, "audit: sink %s: %s; retrying from sequence %llu "
+				       "(events stay in the spool)", k->s.desc,
+				       sb.why[0] ? sb.why : strerror(-err), (unsigned long long)c + 1);
+			k->failing = true;
+			spool_reader_seek(k->r, c);
+			sink_sleep(next_backoff(k));
+			continue;
+		}
 		/* what was held first: a synced send covers it (the same file,
 		 * or one synced before it was rotated), anything else syncs it */
-		if (k->held_n && (err || sb.more) && !sink_sync_held(k)) {
+		if (k->held_n && sb.more && !sink_sync_held(k)) {
 			sink_sleep(next_backoff(k));
 			continue;
 		}

@@ -28,6 +28,9 @@ struct fsink {
 	char path[4096];
 	uint64_t size;
 	uint64_t synced;        /* where the last fdatasync left the file (pages before it dropped) */
+	dev_t dev;              /* the file open (fsink_open()) */
+	ino_t ino;
+	bool trunc_pending;     /* cut to synced when reopened: unwind() could not */
 	uint64_t opened_ms;     /* start of the current file's age */
 	char *buf;
 	size_t cap;
@@ -63,6 +66,25 @@ static int fsink_open(struct fsink *f)
 		f->fd = -1;
 		return err;
 	}
+	if (f->trunc_pending && st.st_dev == f->dev && st.st_ino == f->ino &&
+	    (uint64_t)st.st_size > f->synced) {
+		/* see unwind(): nothing is appended after lines that may be lost */
+		if (ftruncate(f->fd, (off_t)f->synced)) {
+			err = -errno;
+			close(f->fd);
+			f->fd = -1;
+			return err;
+		}
+		st.st_size = (off_t)f->synced;
+		ag_log(LOG_LVL_INFO, "audit: '%s' cut back to its last sync (%llu bytes)", f->path,
+		       (unsigned long long)f->synced);
+	} else if (f->trunc_pending && (st.st_dev != f->dev || st.st_ino != f->ino)) {
+		ag_log(LOG_LVL_WARN, "audit: '%s' is another file now: the lines written to the one "
+		       "before after its last sync may be there as well", f->path);
+	}
+	f->trunc_pending = false;
+	f->dev = st.st_dev;
+	f->ino = st.st_ino;
 	fcntl(f->fd, F_SETFL, O_APPEND);   /* blocking writes again */
 	/* The trail is for the security team only, whatever the umask says. */
 	f->others_could_write = (st.st_mode & 022) || !owner_ok(st.st_uid);
@@ -216,6 +238,33 @@ static void drop_written(int fd, uint64_t start, uint64_t end)
 		posix_fadvise(fd, (off_t)from, (off_t)(to - from), POSIX_FADV_DONTNEED);
 }
 
+/*
+ * A write or an fdatasync failed: everything written since the last good
+ * sync counts as not written, and is cut, so that the sink thread writing
+ * it again from its cursor leaves each line in the file once. Not only
+ * what this send wrote: after a failed fdatasync the kernel may have
+ * dropped those pages, and the next fdatasync returns 0 all the same (the
+ * error is reported once, errseq), so nothing written before the failure
+ * may be acknowledged on a later sync. When the cut itself fails, the file
+ * is closed and cut when reopened before the next write (fsink_open()).
+ */
+static void unwind(struct fsink *f)
+{
+	if (f->is_stdout || f->fd < 0)
+		return;
+	if (ftruncate(f->fd, (off_t)f->synced) == 0) {
+		f->size = f->synced;
+		return;
+	}
+	ag_log(LOG_LVL_ERR, "audit: '%s': cutting the lines written since its last sync (%llu bytes): "
+	       "%s; it is reopened and cut before the next write", f->path,
+	       (unsigned long long)f->synced, strerror(errno));
+	close(f->fd);
+	f->fd = -1;
+	f->trunc_pending = true;
+	f->size = f->synced;
+}
+
 /* fdatasync, then the pages up to the file's end are dropped (see
  * file_send()). */
 static int file_sync_fd(struct fsink *f)
@@ -239,12 +288,15 @@ static int file_sync_fd(struct fsink *f)
 static int file_sync(struct audit_sink *s)
 {
 	struct fsink *f = s->priv;
+	int err;
 
 	/* no file (its reopening after a rotation failed): what was held
 	 * went to disk with the rotated one, unless written since */
 	if (f->fd < 0)
 		return f->synced == f->size ? 0 : -EBADF;
-	return file_sync_fd(f);
+	if ((err = file_sync_fd(f)))
+		unwind(f);
+	return err;
 }
 
 static int file_send(struct audit_sink *s, struct sink_batch *b)
@@ -275,13 +327,8 @@ static int file_send(struct audit_sink *s, struct sink_batch *b)
 				goto fail;
 			start = f->size;
 		}
-		if ((err = write_lines(f, b, i, j, bytes))) {
-			/* A short write leaves a torn line: cut it so the next
-			 * write starts a line (resume() relies on whole lines). */
-			if (!f->is_stdout)
-				ftruncate(f->fd, f->size);
-			goto fail;
-		}
+		if ((err = write_lines(f, b, i, j, bytes)))
+			goto fail;   /* a short write's torn line is cut with the rest */
 		f->size += bytes;
 		i = j;
 	}
@@ -297,6 +344,7 @@ static int file_send(struct audit_sink *s, struct sink_batch *b)
 	memset(b->st, SINK_ACK, b->n);
 	return 0;
 fail:
+	unwind(f);
 	snprintf(b->why, sizeof(b->why), "%s: %s", f->path[0] ? f->path : "stdout", strerror(-err));
 	return err;
 }

@@ -780,3 +780,109 @@ def test_hec_slow_acks_are_waited_for_not_reposted(enforcer, servers):
         assert "not acknowledged by the indexer" in enforcer.read_log(), enforcer.read_log()[-2000:]
     finally:
         col.stop()
+
+
+# ---- file sink on a disk that fills up (stop 67) ---------------------------------
+
+class SmallDisk:
+    """A small file system for a file sink, mounted in the test's tmp and
+    undone after it. "tmpfs": a 1 MiB tmpfs, where a full disk fails the
+    write(2). "thin": ext4 (no journal) on a loop device whose backing file
+    lies on a 4 MiB tmpfs, a thin-provisioned volume: writes land in the
+    page cache and it is fdatasync that fails (ENOSPC) once the storage
+    behind is full, as with a full thin pool. fill() makes it full (for
+    "thin", also taking what the volume can still store, blocks the tmpfs
+    holds already, with a file of its own); free() makes room again."""
+
+    def __init__(self, tmp, kind):
+        self.kind, self.loop = kind, None
+        self.top = os.path.join(tmp, "disk")
+        os.makedirs(self.top)
+        run = lambda *a: subprocess.run(a, check=True, capture_output=True, text=True)
+        if kind == "tmpfs":
+            run("mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", self.top)
+            self.mnt = self.top
+            return
+        run("mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", self.top)
+        img = os.path.join(self.top, "img")
+        run("truncate", "-s", "32M", img)
+        run("mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-b", "4096", img)
+        self.loop = run("losetup", "-f", "--show", img).stdout.strip()
+        self.mnt = os.path.join(self.top, "mnt")
+        os.mkdir(self.mnt)
+        run("mount", "-o", "errors=continue", self.loop, self.mnt)
+        os.chmod(self.mnt, 0o700)
+
+    def fill(self):
+        subprocess.run(f"dd if=/dev/zero of={self.top}/fill bs=4k", shell=True, capture_output=True)
+        if self.kind == "thin":
+            fd = os.open(os.path.join(self.mnt, "slack"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            try:
+                for _ in range(512):
+                    os.write(fd, b"\0" * 65536)
+                    os.fdatasync(fd)
+            except OSError:
+                pass
+            os.close(fd)
+
+    def free(self):
+        os.unlink(os.path.join(self.top, "fill"))
+
+    def remove(self):
+        if self.loop:
+            if subprocess.run(["umount", self.mnt], capture_output=True).returncode:
+                subprocess.run(["umount", "-l", self.mnt], capture_output=True)
+            subprocess.run(["losetup", "-d", self.loop], capture_output=True)
+        if subprocess.run(["umount", self.top], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", self.top], capture_output=True)
+
+
+@pytest.fixture
+def small_disk(tmp, enforcer):
+    """enforcer: torn down first, so nothing holds a file on the disk."""
+    made = []
+
+    def make(kind):
+        made.append(SmallDisk(tmp, kind))
+        return made[-1]
+    yield make
+    for d in made:
+        d.remove()
+
+
+def seq_list(path):
+    return [e["metadata"]["sequence"] for e in file_events(path)]
+
+
+@pytest.mark.parametrize("kind", ["tmpfs", "thin"])
+def test_file_sink_full_disk_writes_each_event_once(enforcer, servers, small_disk, kind):
+    """Review (stop 67): a file sink whose write or fdatasync failed (ENOSPC)
+    wrote again from its cursor, so the lines written since its last good
+    sync were in the file twice ('reordered' for audit verify), and after a
+    failed fdatasync a later one returns 0 though the pages were lost
+    (errseq). It now cuts the file back to its last good sync first. Events
+    are made while the disk is full; once there is room again each sequence
+    is in the file once, in order, and verify --strict passes."""
+    disk = small_disk(kind)
+    path = os.path.join(disk.mnt, "audit.jsonl")
+    port, _ = servers.echo()
+    enforcer.start(policy(port, f"- {{type: file, path: {enforcer.audit}}}\n"
+                                f"- {{type: file, path: {path}}}\n"))
+    traffic(enforcer, port, 20)
+    assert wait_for(lambda: len(file_events(path)) >= 40, 10)
+    disk.fill()
+    for _ in range(6):      # batches of events, each refused by the full disk
+        traffic(enforcer, port, 25)
+        time.sleep(0.3)
+    assert wait_for(lambda: "No space left on device" in enforcer.read_log(), 10), \
+        enforcer.read_log()[-2000:]
+    disk.free()
+    traffic(enforcer, port, 5)
+    ref = lambda: seq_list(enforcer.audit)
+    assert wait_for(lambda: seq_list(path)[-1:] == ref()[-1:], 20), (seq_list(path)[-3:], ref()[-3:])
+    enforcer.stop()
+    got, want = seq_list(path), seq_list(enforcer.audit)
+    assert len(got) == len(set(got)), f"{len(got) - len(set(got))} lines written twice"
+    assert got == want
+    r = enforcer.cli("audit", "verify", path, "--strict")
+    assert r.returncode == 0, r.stdout + r.stderr
