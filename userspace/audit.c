@@ -530,6 +530,14 @@ static void *sink_thread(void *arg)
 		atomic_fetch_add(&k->sends, 1);
 		if (!sb.more && k->s.ops->sync)
 			atomic_fetch_add(&k->syncs, 1);   /* the send synced (what was held too) */
+		if (sb.durable > spool_reader_cursor(k->r)) {
+			/* on disk already (a file sink's rotation), whatever
+			 * came of the rest: not written again */
+			spool_reader_ack(k->r, sb.durable);
+			atomic_store(&k->acked, sb.durable);
+			if (k->held_n && k->held <= sb.durable)
+				k->held_n = 0;
+		}
 		if (sink_hold(k, &sb, err))
 			continue;
 		if (k->held_n && err) {

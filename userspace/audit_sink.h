@@ -43,6 +43,12 @@ struct sink_batch {
 	 * SINK_ACK; the thread acknowledges it to the spool only after a
 	 * later send without more, or sync(), succeeded. */
 	bool more;
+	/* send() sets it when it made events durable on the way (the file
+	 * sink syncs a file before renaming it away in a rotation): the last
+	 * such sequence, whatever send() returns. The thread acknowledges up
+	 * to it, so a failure after it does not write those events again.
+	 * 0: none. */
+	uint64_t durable;
 	char why[256];         /* send() explains a failure or a SINK_DEAD here */
 };
 

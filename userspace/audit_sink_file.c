@@ -31,6 +31,7 @@ struct fsink {
 	dev_t dev;              /* the file open (fsink_open()) */
 	ino_t ino;
 	bool trunc_pending;     /* cut to synced when reopened: unwind() could not */
+	bool dir_dirty;         /* the file's name is not on disk yet (new, or a rotation's) */
 	uint64_t opened_ms;     /* start of the current file's age */
 	char *buf;
 	size_t cap;
@@ -83,6 +84,7 @@ static int fsink_open(struct fsink *f)
 		       "before after its last sync may be there as well", f->path);
 	}
 	f->trunc_pending = false;
+	f->dir_dirty = !st.st_size;   /* created, most likely: fsync_parent() at the first sync */
 	f->dev = st.st_dev;
 	f->ino = st.st_ino;
 	fcntl(f->fd, F_SETFL, O_APPEND);   /* blocking writes again */
@@ -148,32 +150,47 @@ static void file_reopen(struct audit_sink *s)
 		ag_log(LOG_LVL_ERR, "audit: reopening '%s': %s", f->path, strerror(-err));
 }
 
-/* path.(keep-1) -> path.keep ... path -> path.1, then a fresh path. */
+/*
+ * path.(keep-1) -> path.keep ... path -> path.1, then a fresh path. The
+ * caller synced the file first: what it holds is on disk, whatever fails
+ * here. A rename that fails leaves the file open as it was (the send
+ * fails, and the rotation is tried again with it); a new file that cannot
+ * be made leaves none (the next send opens path again). The directory's
+ * fsync, if it fails, is done before the next sync counts (dir_dirty).
+ */
 static int rotate(struct audit_sink *s, struct fsink *f)
 {
-	uint32_t keep = s->cfg->keep ? s->cfg->keep : 5;
+	uint32_t keep = s->cfg->keep ? s->cfg->keep : 5, hole = keep;
 	char from[4200], to[4200];
+	struct stat st;
 	int err;
 
-	/* what this batch wrote so far is acknowledged with the batch: it
-	 * must be on disk before the file is renamed away (review, stop 34) */
-	if (fdatasync(f->fd))
-		return -errno;
-	f->synced = f->size;   /* what sends with more held is on disk too */
-	close(f->fd);
-	f->fd = -1;
-	for (uint32_t k = keep; k > 1; k--) {
+	/* shift only up to the first missing one: after a rotation that
+	 * failed at path -> path.1, trying again must not push each older
+	 * file one further (the oldest kept would be lost at each try) */
+	for (uint32_t k = 1; k < keep; k++) {
+		snprintf(to, sizeof(to), "%s.%u", f->path, k);
+		if (lstat(to, &st) && errno == ENOENT) {
+			hole = k;
+			break;
+		}
+	}
+	for (uint32_t k = hole; k > 1; k--) {
 		snprintf(from, sizeof(from), "%s.%u", f->path, k - 1);
 		snprintf(to, sizeof(to), "%s.%u", f->path, k);
-		rename(from, to);
+		if (rename(from, to))
+			ag_log(LOG_LVL_WARN, "audit: rotating '%s' to '%s': %s", from, to, strerror(errno));
 	}
 	snprintf(to, sizeof(to), "%s.1", f->path);
 	if (rename(f->path, to))
-		ag_log(LOG_LVL_WARN, "audit: rotating '%s': %s", f->path, strerror(errno));
+		return -errno;
+	close(f->fd);
+	f->fd = -1;
+	f->size = f->synced = 0;   /* no file until fsink_open() made one */
 	if ((err = fsink_open(f)))
 		return err;
 	/* the renames and the new file survive a power cut with the lines */
-	fsync_parent(f->path);
+	f->dir_dirty = fsync_parent(f->path) != 0;
 	return 0;
 }
 
@@ -269,10 +286,16 @@ static void unwind(struct fsink *f)
  * file_send()). */
 static int file_sync_fd(struct fsink *f)
 {
+	int err;
+
 	if (f->is_stdout)
 		return 0;
 	if (fdatasync(f->fd))
 		return -errno;
+	/* a new file's lines are not on disk before its name is */
+	if (f->dir_dirty && (err = fsync_parent(f->path)))
+		return err;
+	f->dir_dirty = false;
 	/* Written and on disk: these pages are not read again here, and
 	 * dropping them lets the next batch reuse them instead of growing the
 	 * page cache by every event ever written (fresh pages cost several
@@ -323,8 +346,18 @@ static int file_send(struct audit_sink *s, struct sink_batch *b)
 						over(s, f, bytes + b->len[j] + 1))))
 			bytes += b->len[j++] + 1;
 		if (due(s, f, bytes)) {
-			if ((err = rotate(s, f)))
+			/* What the file holds goes to disk before it is renamed
+			 * away, and counts as delivered whatever follows: written
+			 * again after a failure later in the batch, it would be in
+			 * path.1 and in path. */
+			if ((err = file_sync_fd(f)))
 				goto fail;
+			b->durable = b->first + i - 1;
+			if ((err = rotate(s, f))) {
+				snprintf(b->why, sizeof(b->why), "rotating '%s': %s", f->path,
+					 strerror(-err));
+				return err;
+			}
 			start = f->size;
 		}
 		if ((err = write_lines(f, b, i, j, bytes)))

@@ -794,13 +794,13 @@ class SmallDisk:
     "thin", also taking what the volume can still store, blocks the tmpfs
     holds already, with a file of its own); free() makes room again."""
 
-    def __init__(self, tmp, kind):
+    def __init__(self, tmp, kind, opts=""):
         self.kind, self.loop = kind, None
         self.top = os.path.join(tmp, "disk")
         os.makedirs(self.top)
         run = lambda *a: subprocess.run(a, check=True, capture_output=True, text=True)
         if kind == "tmpfs":
-            run("mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", self.top)
+            run("mount", "-t", "tmpfs", "-o", "size=1m,mode=0700" + opts, "tmpfs", self.top)
             self.mnt = self.top
             return
         run("mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", self.top)
@@ -842,8 +842,8 @@ def small_disk(tmp, enforcer):
     """enforcer: torn down first, so nothing holds a file on the disk."""
     made = []
 
-    def make(kind):
-        made.append(SmallDisk(tmp, kind))
+    def make(kind, opts=""):
+        made.append(SmallDisk(tmp, kind, opts))
         return made[-1]
     yield make
     for d in made:
@@ -885,4 +885,79 @@ def test_file_sink_full_disk_writes_each_event_once(enforcer, servers, small_dis
     assert len(got) == len(set(got)), f"{len(got) - len(set(got))} lines written twice"
     assert got == want
     r = enforcer.cli("audit", "verify", path, "--strict")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def rotated_files(d):
+    """audit.jsonl.N .. audit.jsonl.1, audit.jsonl in d: oldest first."""
+    names = [p for p in os.listdir(d) if re.fullmatch(r"audit\.jsonl\.\d+", p)]
+    return sorted(names, key=lambda p: -int(p.rsplit(".", 1)[1])) + ["audit.jsonl"]
+
+
+def rotated_seqs(d):
+    return [q for name in rotated_files(d) if os.path.exists(os.path.join(d, name))
+            for q in seq_list(os.path.join(d, name))]
+
+
+@pytest.mark.parametrize("how", ["no_inode", "immutable_dir"])
+def test_file_sink_rotation_that_fails_resumes_without_duplicates(enforcer, servers, small_disk, how):
+    """Review (stop 67): a rotation that failed in the middle of a batch
+    wrote the batch again from its start, so the lines before the rotation
+    were in path.1 and again in path (no_inode: the new file cannot be
+    created, its tmpfs is out of inodes); a rename that failed (immutable
+    directory) went on writing the same file past rotate_bytes, one
+    rotation attempt per line. Now the file is synced before the rename and
+    those lines count delivered; a failed rename or creation is retried
+    with the rest. Once the disk takes them again every event is in the
+    files once, in order, none over rotate_bytes, and the chain verifies."""
+    disk = small_disk("tmpfs", ",nr_inodes=64")
+    path = os.path.join(disk.mnt, "audit.jsonl")
+    port, _ = servers.echo()
+    enforcer.start(policy(port, f"- {{type: file, path: {enforcer.audit}}}\n"
+                                f"- {{type: file, path: {path}, rotate_bytes: 16KiB, keep: 50}}\n"),
+                   env={"AGENTGATE_SINK_BACKOFF_MS": "200"})
+    traffic(enforcer, port, 10)
+    assert wait_for(lambda: len(rotated_seqs(disk.mnt)) >= 20, 10)
+    blockers = []
+    if how == "no_inode":
+        try:
+            for i in range(100):
+                p = os.path.join(disk.mnt, f"blocker{i}")
+                open(p, "w").close()
+                blockers.append(p)
+        except OSError:
+            pass
+        assert len(blockers) < 100
+    else:
+        subprocess.run(["chattr", "+i", disk.mnt], check=True)
+    try:
+        for _ in range(6):
+            traffic(enforcer, port, 12)
+            time.sleep(0.2)
+        want = "No space left on device" if how == "no_inode" else "Operation not permitted"
+        assert wait_for(lambda: want in enforcer.read_log(), 10), enforcer.read_log()[-2000:]
+    finally:
+        if how == "immutable_dir":
+            subprocess.run(["chattr", "-i", disk.mnt], check=True)
+        for p in blockers:
+            os.unlink(p)
+    traffic(enforcer, port, 5)
+    ref = lambda: seq_list(enforcer.audit)
+    assert wait_for(lambda: rotated_seqs(disk.mnt)[-1:] == ref()[-1:], 20), \
+        (rotated_seqs(disk.mnt)[-3:], ref()[-3:])
+    enforcer.stop()
+    files = rotated_files(disk.mnt)
+    got, lines = [], []
+    for name in files:
+        p = os.path.join(disk.mnt, name)
+        assert os.path.getsize(p) <= 16 << 10, (name, os.path.getsize(p))
+        got += seq_list(p)
+        with open(p) as f:
+            lines += f.readlines()
+    assert len(got) == len(set(got)), f"{len(got) - len(set(got))} lines written twice"
+    assert got == seq_list(enforcer.audit)
+    whole = os.path.join(enforcer.tmp, "rotated-whole.jsonl")
+    with open(whole, "w") as f:
+        f.writelines(lines)
+    r = enforcer.cli("audit", "verify", whole, "--strict")
     assert r.returncode == 0, r.stdout + r.stderr
