@@ -655,7 +655,10 @@ static void thin_fs_umount(void)
 	if (!thin_top[0])
 		return;
 	(void)!sh("umount %s 2>/dev/null; losetup -d %s 2>/dev/null", thin_mnt, thin_loop);
-	(void)!sh("umount %s; rmdir %s", thin_top, thin_top);
+	/* the loop device lets go of its backing file a moment after detach */
+	(void)!sh("umount %s 2>/dev/null || (sleep 0.5; umount %s 2>/dev/null)", thin_top, thin_top);
+	(void)!sh("mountpoint -q %s && umount -l %s", thin_top, thin_top);
+	(void)!sh("rmdir %s%s", thin_top, "");
 	thin_top[0] = thin_loop[0] = 0;
 }
 
