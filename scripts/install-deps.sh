@@ -10,6 +10,8 @@ PKGS=(
   libclang-rt-14-dev libpg-query-dev libprotobuf-c-dev librelp-dev
   # run
   iproute2 util-linux
+  # test: a small ext4 on a loop device whose fdatasync fails (mount has losetup), chattr
+  mount e2fsprogs
   # test: real servers and clients
   curl dnsmasq-base python3 python3-pytest python3-psycopg2 python3-jsonschema socat openssl liburing-dev
   strace   # holds a syscall to open a race window (test_exec_joins_the_cgroup_it_checked)
