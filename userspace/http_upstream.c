@@ -239,7 +239,9 @@ int http_upstream_cred(const struct policy *p, int t, char *buf, size_t cap, con
 static SSL_CTX *make_ctx(const struct policy_upstream *u, char *why, size_t whylen)
 {
 	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-	bool verify = !u->tls || strcmp(u->tls, "require") != 0;
+	/* require with a ca_file checks the chain (not the name), as libpq's
+	 * sslmode=require does with a root certificate file */
+	bool verify = policy_tls_check(u) >= POLICY_TLS_CHAIN;
 
 	if (!ctx) {
 		snprintf(why, whylen, "upstream TLS: cannot make a context");
@@ -384,7 +386,7 @@ int http_upstream_ssl(const struct policy *p, int t, const uint8_t dialled[16], 
 		return -EPROTO;
 	}
 	peer_name(tg, dialled, name, sizeof(name));
-	bool check = strcmp(mode, "require") != 0, named = true;
+	bool check = policy_tls_check(&tg->upstream) == POLICY_TLS_FULL, named = true;
 	if (inet_pton(AF_INET, name, ip) != 1 && inet_pton(AF_INET6, name, ip) != 1) {
 		SSL_set_tlsext_host_name(ssl, name);
 		if (check)

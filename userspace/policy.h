@@ -270,6 +270,17 @@ int policy_parse_addr(const char *s, struct policy_addr *out, char *why, size_t 
 
 const char *policy_proto_name(enum policy_proto p);
 
+/* What is checked of an upstream's certificate. */
+enum policy_tls_check {
+	POLICY_TLS_OFF,     /* tls: disable: no TLS */
+	POLICY_TLS_NONE,    /* tls: require without a ca_file: encrypted, nothing checked */
+	POLICY_TLS_CHAIN,   /* tls: require with a ca_file: the chain against it, not the name
+			     * (libpq's sslmode=require with a root certificate file, as verify-ca) */
+	POLICY_TLS_FULL,    /* tls: verify-full: the chain (ca_file, else the system store) and the name */
+};
+/* The check an upstream's tls and ca_file ask for (tls absent: disable). */
+enum policy_tls_check policy_tls_check(const struct policy_upstream *u);
+
 /* Calls fn once per legal but risky setting, with a one-line message naming
  * the target: today, an http or kubernetes credential sent upstream without
  * a verified TLS connection, to an address off this host. */

@@ -39,6 +39,15 @@ const char *policy_proto_name(enum policy_proto p)
 	return names[p];
 }
 
+enum policy_tls_check policy_tls_check(const struct policy_upstream *u)
+{
+	if (!u->tls || strcmp(u->tls, "disable") == 0)
+		return POLICY_TLS_OFF;
+	if (strcmp(u->tls, "require") == 0)
+		return u->ca_file ? POLICY_TLS_CHAIN : POLICY_TLS_NONE;
+	return POLICY_TLS_FULL;   /* verify-full, and anything unknown: the most checked */
+}
+
 void policy_error_format(const struct policy_error *e, char *out, size_t outlen)
 {
 	if (!out || outlen == 0)
@@ -446,9 +455,11 @@ void policy_warnings(const struct policy *p, void (*fn)(void *arg, const char *m
 				   u->basic_auth_file ? "basic_auth_file" :
 				   u->header_value_file ? "header" :
 				   u->bearer_agent_token ? "bearer: agent_token" : NULL;
+		enum policy_tls_check chk = policy_tls_check(u);
+		const char *how = chk == POLICY_TLS_CHAIN ? ", with ca_file: its chain is checked, not its name" : "";
 		char msg[512];
 
-		if ((u->tls && !strcmp(u->tls, "verify-full")) || addr_on_host(to))
+		if (chk == POLICY_TLS_FULL || addr_on_host(to))
 			continue;
 		/* A postgres password goes in clear only to a verified server
 		 * (proto_pg.c); but md5 and SCRAM answers are made with a salt
@@ -456,10 +467,10 @@ void policy_warnings(const struct policy *p, void (*fn)(void *arg, const char *m
 		 * and an impostor can test guesses of the password against them
 		 * offline. */
 		if (t->proto == PROTO_POSTGRES && u->password_file) {
-			snprintf(msg, sizeof(msg), "target '%s': the server is not verified (tls: %s): whoever "
+			snprintf(msg, sizeof(msg), "target '%s': the server is not verified (tls: %s%s): whoever "
 				 "answers for the upstream address gets an md5 or SCRAM answer made from its "
 				 "password, against which guesses of the password can be tested offline; set "
-				 "tls: verify-full", t->name, u->tls ? u->tls : "disable");
+				 "tls: verify-full", t->name, u->tls ? u->tls : "disable", how);
 			fn(arg, msg);
 			continue;
 		}
@@ -467,8 +478,9 @@ void policy_warnings(const struct policy *p, void (*fn)(void *arg, const char *m
 			continue;
 		snprintf(msg, sizeof(msg), "target '%s': its credential (%s) is sent upstream over %s: whoever "
 			 "answers for the upstream address can read it; set tls: verify-full", t->name, cred,
-			 u->tls && !strcmp(u->tls, "require") ? "TLS that is not verified (tls: require)" :
-			 "plain TCP (no tls)");
+			 chk == POLICY_TLS_CHAIN ? "TLS whose server name is not verified (tls: require, with "
+						   "ca_file: its chain is checked, not its name)" :
+			 chk == POLICY_TLS_NONE ? "TLS that is not verified (tls: require)" : "plain TCP (no tls)");
 		fn(arg, msg);
 	}
 }

@@ -14,10 +14,11 @@
  * send the target's user, database, client_encoding=UTF8,
  * standard_conforming_strings=on, the target's search_path (default
  * public), statement_timeout and idle_in_transaction_session_timeout, with
- * TLS per target (disable | require | verify-full: CA file, host name; one
- * SSL_CTX per target, built once per policy and shared by sessions) and
- * authenticate with the target's password (SCRAM-SHA-256 with the server
- * signature checked, md5, cleartext, trust). Only after the upstream said
+ * TLS per target (disable | require: with a ca_file, the chain | verify-full:
+ * CA file, host name; one SSL_CTX per target, built once per policy and
+ * shared by sessions) and authenticate with the target's password
+ * (SCRAM-SHA-256 with the server signature checked, md5, cleartext,
+ * trust). Only after the upstream said
  * AuthenticationOk does the agent get its AuthenticationOk; ParameterStatus
  * is passed on, BackendKeyData is replaced by a key we issue, ReadyForQuery
  * passed on. ParameterStatus is also a tripwire: standard_conforming_strings
@@ -2484,6 +2485,12 @@ static const char *tls_mode(struct conn *c)
 	return m ? m : "disable";
 }
 
+/* Is the server's chain checked (verify-full, or require with a ca_file)? */
+static bool tls_checks_chain(struct conn *c)
+{
+	return policy_tls_check(&target(c)->upstream) >= POLICY_TLS_CHAIN;
+}
+
 /*
  * The TLS context of a target: the CA file (or the system store) and the
  * client certificate, loaded once. Verification itself is checked by us
@@ -2638,8 +2645,10 @@ static SSL *upstream_ssl(struct conn *c, char *why, size_t whylen)
 {
 	const struct policy_target *t = target(c);
 	const struct policy_upstream *u = &t->upstream;
-	bool verify = strcmp(tls_mode(c), "verify-full") == 0;
-	SSL_CTX *ctx = upstream_ctx(c, verify, why, whylen);
+	/* the name is checked under verify-full only; require with a ca_file
+	 * checks the chain (up_tls_verified), as libpq's verify-ca does */
+	bool verify = policy_tls_check(u) == POLICY_TLS_FULL;
+	SSL_CTX *ctx = upstream_ctx(c, tls_checks_chain(c), why, whylen);
 	SSL *ssl = NULL;
 	char host[256];
 	uint8_t bin[16];
@@ -2929,7 +2938,7 @@ static int pool_take(struct conn *c)
 	if (strcmp(tls_mode(c), "disable") != 0) {
 		char why[300];
 
-		if (!(ctx = upstream_ctx(c, strcmp(tls_mode(c), "verify-full") == 0, why, sizeof(why))))
+		if (!(ctx = upstream_ctx(c, tls_checks_chain(c), why, sizeof(why))))
 			return 0;   /* dialling says why */
 	}
 	while (upool_take(&k, &leg)) {
@@ -3147,7 +3156,9 @@ static int up_auth(struct conn *c, const struct pg_msg *m)
 		/* The password itself, to a server not verified: under tls
 		 * disable or require, whoever answers the dial (an impostor, a
 		 * relay in the path) asks and gets it (review, stop 28). Only
-		 * to a server whose certificate and name were checked. */
+		 * to a server whose certificate and name were checked: require
+		 * with a ca_file checks the chain alone, so any server the CA
+		 * certified could ask for it; not enough. */
 		const char *mode = target(c)->upstream.tls;
 
 		if (!s->password)
@@ -5959,14 +5970,15 @@ static int pg_on_agent_data(struct conn *c)
 	}
 }
 
-/* verify-full: the chain (CA file) and the name, checked after the handshake. */
+/* verify-full: the chain (CA file) and the name; require with a ca_file:
+ * the chain. Checked after the handshake. */
 static bool up_tls_verified(struct conn *c, char *why, size_t whylen)
 {
 	SSL *ssl = c->side[SIDE_UP].ssl;
 	X509 *peer;
 	long v;
 
-	if (strcmp(tls_mode(c), "verify-full") != 0)
+	if (!tls_checks_chain(c))
 		return true;
 	peer = SSL_get1_peer_certificate(ssl);
 	if (!peer) {
@@ -6053,6 +6065,10 @@ static int pg_on_upstream_data(struct conn *c)
 		if (!conn_tls_ready(c, SIDE_UP))
 			return 0;
 		if (!up_tls_verified(c, why, sizeof(why))) {
+			/* a wrong ca_file or a server impersonated: the operator's to see */
+			ag_log(LOG_LVL_WARN, "postgres: target '%s': upstream TLS (tls: %s%s): %s", target(c)->name,
+			       tls_mode(c), policy_tls_check(&target(c)->upstream) == POLICY_TLS_CHAIN ?
+			       ", chain checked against ca_file" : "", why);
 			audit_refuse(c, why);
 			return fatal(c, "08001", "agentgate: upstream TLS for target \"%s\": %s", target(c)->name, why);
 		}

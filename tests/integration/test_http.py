@@ -1010,6 +1010,31 @@ def test_upstream_tls_verified_and_failure(enforcer, servers, tmp):
 
 
 
+def test_upstream_tls_require_with_ca_file_checks_the_chain(enforcer, servers, tmp):
+    """tls: require ignored ca_file (as the postgres module did): any certificate was taken.
+    With a ca_file, require now checks the chain against it (libpq's sslmode=require with a
+    root certificate file), not the name: another CA's certificate is a 502, the right one
+    passes under a server_name the certificate does not carry."""
+    ca, crt, key = make_ca(tmp, "req")
+    other_ca, _, _ = make_ca(tmp, "req-other")
+    port, d = nginx(tmp, servers.procs, tls=(crt, key))
+    front = free_port()
+    enforcer.start(policy(front, upstream=f"address: 127.0.0.1:{port}, tls: require, ca_file: {other_ca}, "
+                                          "server_name: not-api.internal"))
+    r = curl(enforcer, "-H", "Host: not-api.internal", f"http://127.0.0.1:{front}/v1/invoices/42")
+    assert json.loads(r.stdout)["reason"].startswith("the upstream's TLS certificate failed verification"), r.stdout
+    enforcer.stop()
+    enforcer.start(policy(front, upstream=f"address: 127.0.0.1:{port}, tls: require, ca_file: {ca}, "
+                                          "server_name: not-api.internal"))
+    r = curl(enforcer, "-H", "Host: not-api.internal", f"http://127.0.0.1:{front}/v1/invoices/42")
+    assert r.returncode == 0 and r.stdout == '{"id": 42}\n', (r.stdout, r.stderr)
+    enforcer.stop()
+    # without a ca_file, as before: encrypted, nothing checked
+    enforcer.start(policy(front, upstream=f"address: 127.0.0.1:{port}, tls: require, server_name: x.internal"))
+    r = curl(enforcer, "-H", "Host: x.internal", f"http://127.0.0.1:{front}/v1/invoices/42")
+    assert r.returncode == 0 and r.stdout == '{"id": 42}\n', (r.stdout, r.stderr)
+
+
 def test_upstream_tls_files_rotated_on_disk_are_loaded_again(enforcer, servers, tmp):
     """A target's TLS context was built once per policy, so a ca_file or client
     certificate rotated on disk (cert-manager renames over it) was not seen until a

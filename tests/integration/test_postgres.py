@@ -650,6 +650,24 @@ def test_upstream_down_and_tls_failures(enforcer, pg, tmp, servers):
         fake.wait()
 
 
+def test_tls_require_with_ca_file_checks_the_chain(enforcer, pg, tmp):
+    """tls: require ignored ca_file: any certificate was taken. As libpq's sslmode=require
+    with a root certificate file does (verify-ca), a ca_file now makes require check the
+    server's chain against it, not its name: a server whose certificate another CA signed
+    is refused, with the reason to the agent and in the log, before anything is sent; the
+    right CA passes under a server_name the certificate does not carry."""
+    enforcer.start(policy(pg, tmp, tls="require", ca=pg.other_ca, upstream={"server_name": "not-db.test"}))
+    rc, out, err = psql(enforcer, pg, "SELECT id FROM orders WHERE id = 1")
+    assert rc != 0 and "agentgate: upstream TLS" in err and "certificate verify failed" in err, (out, err)
+    assert wait_for(lambda: "certificate verify failed" in enforcer.read_log(), 5), enforcer.read_log()
+    assert "chain checked against ca_file" in enforcer.read_log(), enforcer.read_log()
+    assert "certificate verify failed" in json.dumps(enforcer.events())
+    enforcer.stop()
+    enforcer.start(policy(pg, tmp, tls="require", ca=pg.ca, upstream={"server_name": "not-db.test"}))
+    rc, out, err = psql(enforcer, pg, "SELECT id FROM orders WHERE id = 1")
+    assert rc == 0 and out.strip() == "1", (out, err)
+
+
 # A fake server's greeting (fake_pg_server()): an SSLRequest is declined,
 # then the StartupMessage is read.
 NO_SSL_STARTUP = """

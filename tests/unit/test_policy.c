@@ -1310,6 +1310,11 @@ static void test_plaintext_credential_warnings(void)
 		"  - {name: db-local, protocol: postgres, address: 127.0.0.1:5432,\n"
 		"     upstream: {user: app, password_file: /etc/agentgate-unit/t}}\n"
 		"  - {name: db-trust, protocol: postgres, address: 10.0.0.5:5434, upstream: {user: app}}\n"
+		"  - {name: db-chain, protocol: postgres, address: 10.0.0.5:5435,\n"
+		"     upstream: {user: app, password_file: /etc/agentgate-unit/t, tls: require,\n"
+		"                ca_file: /etc/agentgate-unit/t}}\n"
+		"  - {name: chain, protocol: http, address: 10.0.0.12:443,\n"
+		"     upstream: {tls: require, ca_file: /etc/agentgate-unit/t, bearer_token_file: /etc/agentgate-unit/t}}\n"
 		"  - {name: db-name, protocol: postgres, address: localhost:5432,\n"
 		"     upstream: {user: app, password_file: /etc/agentgate-unit/t}}\n";
 	struct warn_log w = { 0 };
@@ -1322,7 +1327,7 @@ static void test_plaintext_credential_warnings(void)
 		return;
 	}
 	policy_warnings(p, collect_warning, &w);
-	CHECK(w.n == 5);
+	CHECK(w.n == 7);
 	CHECK(strstr(w.text, "target 'db': the server is not verified (tls: disable): ") != NULL);
 	CHECK(strstr(w.text, "target 'plain': its credential (bearer_token_file) is sent upstream over "
 			     "plain TCP (no tls)") != NULL);
@@ -1331,7 +1336,21 @@ static void test_plaintext_credential_warnings(void)
 	CHECK(strstr(w.text, "target 'away': ") != NULL);
 	CHECK(strstr(w.text, "target 'cluster': its credential (bearer: agent_token)") != NULL);
 	CHECK(strstr(w.text, "set tls: verify-full") != NULL);
-	if (w.n != 5)
+	/* require with a ca_file checks the chain, not the name: still said */
+	CHECK(strstr(w.text, "target 'db-chain': the server is not verified (tls: require, with ca_file: "
+			     "its chain is checked, not its name)") != NULL);
+	CHECK(strstr(w.text, "target 'chain': its credential (bearer_token_file) is sent upstream over TLS "
+			     "whose server name is not verified") != NULL);
+	for (size_t i = 0; i < p->ntargets; i++) {
+		const struct policy_target *t = &p->targets[i];
+		enum policy_tls_check want = !strcmp(t->name, "db-chain") || !strcmp(t->name, "chain") ?
+					     POLICY_TLS_CHAIN : !strcmp(t->name, "unverified") ? POLICY_TLS_NONE :
+					     !strcmp(t->name, "verified") || !strcmp(t->name, "db-verified") ?
+					     POLICY_TLS_FULL : POLICY_TLS_OFF;
+
+		CHECK(policy_tls_check(&t->upstream) == want);
+	}
+	if (w.n != 7)
 		fprintf(stderr, "  warnings:\n%s", w.text);
 	policy_free(p);
 }
