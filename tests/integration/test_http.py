@@ -659,7 +659,7 @@ def test_h35_header_hygiene_and_credential(enforcer, rec, tmp):
 
 def test_basic_and_header_credentials(enforcer, rec, tmp):
     b = os.path.join(tmp, "basic")
-    with open(b, "w") as f:
+    with open(os.open(b, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
         f.write("user:pa ss\n")
     enforcer.start(policy(rec.port, upstream=f"server_name: api.internal, basic_auth_file: {b}"))
     raw(enforcer, rec.port, crlf("GET /v1/invoices HTTP/1.1⏎Host: api.internal⏎⏎"))

@@ -661,7 +661,7 @@ def test_tls_require_with_ca_file_checks_the_chain(enforcer, pg, tmp):
     assert rc != 0 and "agentgate: upstream TLS" in err and "certificate verify failed" in err, (out, err)
     assert wait_for(lambda: "certificate verify failed" in enforcer.read_log(), 5), enforcer.read_log()
     assert "chain checked against ca_file" in enforcer.read_log(), enforcer.read_log()
-    assert "certificate verify failed" in json.dumps(enforcer.events())
+    assert wait_for(lambda: "certificate verify failed" in json.dumps(enforcer.events()), 5), enforcer.events()
     enforcer.stop()
     enforcer.start(policy(pg, tmp, tls="require", ca=pg.ca, upstream={"server_name": "not-db.test"}))
     rc, out, err = psql(enforcer, pg, "SELECT id FROM orders WHERE id = 1")
