@@ -290,6 +290,7 @@ static int post(struct audit_sink *s, const char *url, const char *ctype, const 
 	curl_easy_setopt(h->curl, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(h->curl, CURLOPT_FOLLOWLOCATION, 0L);   /* never send the token elsewhere */
 	curl_easy_setopt(h->curl, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(h->curl, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);   /* as every context of ours */
 	if (s->cfg->ca_file)
 		curl_easy_setopt(h->curl, CURLOPT_CAINFO, s->cfg->ca_file);
 	rc = curl_easy_perform(h->curl);

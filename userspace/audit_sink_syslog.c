@@ -247,6 +247,8 @@ static int tls_start(struct ssink *k, char *why, size_t wl)
 
 	if (!(k->ssl = SSL_new(k->ctx)))
 		return -ENOMEM;
+	/* a DNS SAN only, never the CN, and no partial wildcard (RFC 9525) */
+	SSL_set_hostflags(k->ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS | X509_CHECK_FLAG_NEVER_CHECK_SUBJECT);
 	/* without the name, any certificate the CA signed would pass: a name
 	 * that cannot be set is a failed connection (http_upstream.c does so) */
 	if (!SSL_set_fd(k->ssl, k->fd) ||

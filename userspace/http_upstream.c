@@ -389,6 +389,9 @@ int http_upstream_ssl(const struct policy *p, int t, const uint8_t dialled[16], 
 	bool check = policy_tls_check(&tg->upstream) == POLICY_TLS_FULL, named = true;
 	if (inet_pton(AF_INET, name, ip) != 1 && inet_pton(AF_INET6, name, ip) != 1) {
 		SSL_set_tlsext_host_name(ssl, name);
+		/* a DNS SAN only, never the subject's CN (OpenSSL's fallback when
+		 * there is none), and no partial wildcard (f*.example.com): RFC 9525 */
+		SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS | X509_CHECK_FLAG_NEVER_CHECK_SUBJECT);
 		if (check)
 			named = SSL_set1_host(ssl, name) == 1;
 	} else if (check) {

@@ -499,6 +499,7 @@ int ident_http(const char *url, const char *ca_file, const char *post, const cha
 	    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L) ||
 	    curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L) ||
 	    curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L) ||
+	    curl_easy_setopt(c, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2) ||
 	    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)IDENT_CONNECT_TIMEOUT_MS) ||
 	    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)IDENT_TOTAL_TIMEOUT_MS) ||
 	    curl_easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)IDENT_FETCH_MAX) ||

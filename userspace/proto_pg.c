@@ -2677,6 +2677,10 @@ static SSL *upstream_ssl(struct conn *c, char *why, size_t whylen)
 			goto bad_name;
 	} else {
 		SSL_set_tlsext_host_name(ssl, host);
+		/* RFC 9525: the name from a DNS SAN only (never the subject's
+		 * CN, which OpenSSL falls back to when there is none) and a
+		 * wildcard only as a whole left label (not f*.example.com) */
+		SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS | X509_CHECK_FLAG_NEVER_CHECK_SUBJECT);
 		if (verify && SSL_set1_host(ssl, host) != 1)
 			goto bad_name;
 	}

@@ -971,6 +971,8 @@ def test_nginx_large_bodies_streamed(enforcer, servers, tmp):
 
 
 def make_ca(tmp, name, cn="api.internal", san=None):
+    """A CA and a certificate it signed for cn, with san as its subjectAltName
+    (default DNS:cn; san=False: none, the name in the subject's CN only)."""
     ca_key, ca_crt = os.path.join(tmp, f"{name}-ca.key"), os.path.join(tmp, f"{name}-ca.crt")
     key, csr, crt = (os.path.join(tmp, f"{name}.{x}") for x in ("key", "csr", "crt"))
     run = lambda *a: subprocess.run(a, check=True, capture_output=True)
@@ -980,7 +982,7 @@ def make_ca(tmp, name, cn="api.internal", san=None):
         "-out", csr, "-subj", f"/CN={cn}")
     ext = os.path.join(tmp, f"{name}.ext")
     with open(ext, "w") as f:
-        f.write(f"subjectAltName={san or 'DNS:' + cn}\n")
+        f.write(f"subjectAltName={san or 'DNS:' + cn}\n" if san is not False else "basicConstraints=CA:FALSE\n")
     run("openssl", "x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key, "-CAcreateserial",
         "-out", crt, "-days", "1", "-extfile", ext)
     return ca_crt, crt, key
@@ -1033,6 +1035,28 @@ def test_upstream_tls_require_with_ca_file_checks_the_chain(enforcer, servers, t
     enforcer.start(policy(front, upstream=f"address: 127.0.0.1:{port}, tls: require, server_name: x.internal"))
     r = curl(enforcer, "-H", "Host: x.internal", f"http://127.0.0.1:{front}/v1/invoices/42")
     assert r.returncode == 0 and r.stdout == '{"id": 42}\n', (r.stdout, r.stderr)
+
+
+def test_upstream_tls_name_only_from_a_dns_san_without_partial_wildcards(enforcer, servers, tmp):
+    """verify-full used OpenSSL's default name check: a certificate with no DNS SAN was
+    taken for the name in its subject's CN, and a partial wildcard (a*.corp.internal)
+    matched api.corp.internal. RFC 9525 allows neither (since stop 67): both are a 502
+    naming a hostname mismatch; a DNS SAN, or a whole-label wildcard, passes."""
+    want = "api.corp.internal"
+    cases = [("cn-only", False, False), ("partial", "DNS:a*.corp.internal", False),
+             ("san", f"DNS:{want}", True), ("wild", "DNS:*.corp.internal", True)]
+    for name, san, ok in cases:
+        ca, crt, key = make_ca(tmp, name, cn=want if san is False else "not-the-name", san=san)
+        port, d = nginx(tmp, servers.procs, tls=(crt, key))
+        front = free_port()
+        enforcer.start(policy(front, upstream=f"address: 127.0.0.1:{port}, tls: verify-full, ca_file: {ca}, "
+                                              f"server_name: {want}"))
+        r = curl(enforcer, "-H", f"Host: {want}", f"http://127.0.0.1:{front}/v1/invoices/42")
+        if ok:
+            assert r.returncode == 0 and r.stdout == '{"id": 42}\n', (name, r.stdout, r.stderr)
+        else:
+            assert "hostname mismatch" in json.loads(r.stdout)["reason"], (name, r.stdout)
+        enforcer.stop()
 
 
 def test_upstream_tls_files_rotated_on_disk_are_loaded_again(enforcer, servers, tmp):

@@ -19,7 +19,7 @@ import pytest
 from conftest import PY, wait_for
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers"))
-from pg import Postgres  # noqa: E402
+from pg import Postgres, pg_gid, pg_uid  # noqa: E402
 
 AGENT = "t-pg"
 HELPERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers")
@@ -664,6 +664,43 @@ def test_tls_require_with_ca_file_checks_the_chain(enforcer, pg, tmp):
     assert wait_for(lambda: "certificate verify failed" in json.dumps(enforcer.events()), 5), enforcer.events()
     enforcer.stop()
     enforcer.start(policy(pg, tmp, tls="require", ca=pg.ca, upstream={"server_name": "not-db.test"}))
+    rc, out, err = psql(enforcer, pg, "SELECT id FROM orders WHERE id = 1")
+    assert rc == 0 and out.strip() == "1", (out, err)
+
+
+def test_tls_verify_full_name_only_from_a_dns_san(enforcer, pg, tmp):
+    """verify-full took OpenSSL's default name check: a server certificate without a DNS SAN
+    passed on the name in its subject's CN, and a partial wildcard (d*.corp.test) matched
+    db.corp.test. Neither does since stop 67 (RFC 9525): the server gets certificates its
+    own CA signs here, each loaded by a configuration reload; a DNS SAN passes."""
+    certdir = os.path.join(tmp, "pgcerts")
+    want = "db.corp.test"
+
+    def serve(name, cn, san):
+        run = lambda *a: subprocess.run(a, check=True, capture_output=True, cwd=certdir)
+        run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}")
+        with open(os.path.join(certdir, f"{name}.ext"), "w") as f:
+            f.write(f"subjectAltName={san}\n" if san else "basicConstraints=CA:FALSE\n")
+        run("openssl", "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", f"{name}.crt", "-days", "1", "-extfile", f"{name}.ext")
+        for ext in ("crt", "key"):
+            dst = os.path.join(certdir, f"server.{ext}")
+            shutil.copy(os.path.join(certdir, f"{name}.{ext}"), dst)
+            os.chown(dst, pg_uid(), pg_gid())
+            os.chmod(dst, 0o600)
+        pg.sql("SELECT pg_reload_conf()")
+        time.sleep(0.5)
+        r = subprocess.run(["openssl", "s_client", "-starttls", "postgres", "-connect", f"127.0.0.1:{pg.port}"],
+                           input="", capture_output=True, text=True, timeout=20)
+        assert f"CN = {cn}" in r.stdout or f"CN={cn}" in r.stdout, r.stdout[-2000:]
+
+    enforcer.start(policy(pg, tmp, tls="verify-full", ca=pg.ca, upstream={"server_name": want}))
+    for name, cn, san in [("cn-only", want, None), ("partial", "x", "DNS:d*.corp.test")]:
+        serve(name, cn, san)
+        rc, out, err = psql(enforcer, pg, "SELECT id FROM orders WHERE id = 1")
+        assert rc != 0 and "certificate verify failed: hostname mismatch" in err, (name, out, err)
+    serve("san", "x", f"DNS:{want}")
     rc, out, err = psql(enforcer, pg, "SELECT id FROM orders WHERE id = 1")
     assert rc == 0 and out.strip() == "1", (out, err)
 
