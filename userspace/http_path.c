@@ -125,23 +125,66 @@ static void put_pct(char *out, size_t *o, int v)
 	out[(*o)++] = hex[v & 15];
 }
 
+/* Unicode white space that a server's trim may drop from a name: the
+ * White_Space property (U+0085 NEL, U+00A0 NO-BREAK SPACE, U+1680, U+2000
+ * to U+200A, U+2028, U+2029, U+202F, U+205F, U+3000), U+180E (white space
+ * before Unicode 6.3: Java 8 still trims it), U+200B and U+FEFF (.NET's
+ * Trim before 4.0, and JavaScript's trim() for U+FEFF). ASCII controls
+ * never get this far (refused in the path). */
+static bool trimmed_space(uint32_t cp)
+{
+	return cp == 0x85 || cp == 0xa0 || cp == 0x1680 || cp == 0x180e || (cp >= 0x2000 && cp <= 0x200b) ||
+	       cp == 0x2028 || cp == 0x2029 || cp == 0x202f || cp == 0x205f || cp == 0x3000 || cp == 0xfeff;
+}
+
+/* Length of the escaped space at s[i] in canonical text ("%20", or a
+ * trimmed_space() code point as its escaped UTF-8, "%C2%A0"), else 0. */
+static size_t space_escape(const char *s, size_t n, size_t i)
+{
+	uint8_t lo, hi;
+	int v = pct((const uint8_t *)s, n, i), more;
+	uint32_t cp;
+
+	if (v == ' ')
+		return 3;
+	if (v < 0x80 || (more = utf8_lead((uint8_t)v, &lo, &hi)) < 0)
+		return 0;
+	cp = (uint32_t)v & (0x7fu >> (more + 1));
+	for (int k = 1; k <= more; k++) {
+		int c = i + 3 * k < n && s[i + 3 * k] == '%' ? pct((const uint8_t *)s, n, i + 3 * k) : -1;
+
+		if (c < 0x80 || c > 0xbf)
+			return 0;
+		cp = cp << 6 | ((uint32_t)c & 0x3f);
+	}
+	return trimmed_space(cp) ? 3 * (size_t)(more + 1) : 0;
+}
+
 /*
  * A dot segment: "." or "..", and (review, stop 64) any other segment of
  * dots and spaces alone ("...", "..%20", ".%20."). Windows drops a name's
  * trailing dots and spaces, so an upstream there may read "..%20" as ".."
  * and "..." as ".." or "." (windows_alias() below reads them so for review
  * rules); no other server gives such a name a meaning worth the doubt.
+ * Since stop 67 (found by review) the spaces are any Unicode white space a
+ * trim drops ("..%C2%A0", "..%E3%80%80", "%E2%80%83.."): servers that trim
+ * a segment (Java's strip(), .NET's Trim(), Python's strip(), Go's
+ * TrimSpace) before comparing it with "." and ".." read them as dot
+ * segments. The other trailing forms are refused before this: controls
+ * ("..%09", "..%00"), ';' ("..;", Tomcat's path parameters, raw or %3B).
  */
 static bool dot_segment(const char *s, size_t n)
 {
 	bool dot = false;
 
 	for (size_t i = 0; i < n;) {
+		size_t w;
+
 		if (s[i] == '.') {
 			dot = true;
 			i++;
-		} else if (n - i >= 3 && memcmp(s + i, "%20", 3) == 0) {
-			i += 3;
+		} else if (s[i] == '%' && (w = space_escape(s, n, i))) {
+			i += w;
 		} else {
 			return false;
 		}

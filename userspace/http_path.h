@@ -24,7 +24,9 @@
  *     stay escaped; code points some server reads as '.', '/', '\', '%',
  *     ';', '?' or '#' (their NFKC form has one, e.g. U+FF0E, U+2025, or a
  *     Windows best-fit code page maps them to '/' or '\') are refused;
- *   - segments: "." and ".." are refused, and so are empty segments ("//"),
+ *   - segments: "." and ".." are refused, and so is any other segment of
+ *     dots and white space alone ("...", "..%20", "..%C2%A0": what a server
+ *     that trims a segment reads as ".."), and empty segments ("//"),
  *     except one trailing "/" (a different path, only matched by a pattern
  *     that ends in "/" or "**").
  * The query is opaque: forwarded as sent, after checking that it has no '#'
