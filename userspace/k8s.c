@@ -654,7 +654,8 @@ static bool part_is(const char *p, size_t n, const char *val)
  * subresources. Allow lists read it so; review lists keep the wide reading
  * (a review of "*" still holds an upgrade for review).
  */
-static bool resource_entry_matches(const char *e, const struct k8s_request *r, bool named)
+static bool resource_entry_in_group(const char *e, const struct k8s_request *r, const char *group,
+				    bool named)
 {
 	const char *slash = strchr(e, '/');
 	size_t rglen = slash ? (size_t)(slash - e) : strlen(e);
@@ -668,18 +669,48 @@ static bool resource_entry_matches(const char *e, const struct k8s_request *r, b
 	/* a stream on any subresource of nodes needs nodes named: behind
 	 * nodes/proxy is the kubelet's exec in every pod of the node (create,
 	 * above), which "*" + "/proxy" does not name (review, stop 52) */
-	if (named && r->upgrade && !r->api_group[0] && strcmp(r->resource, "nodes") == 0 &&
+	if (named && r->upgrade && !group[0] && strcmp(r->resource, "nodes") == 0 &&
 	    (rlen != 5 || memcmp(e, "nodes", 5) != 0))
 		return false;
 	if (strcmp(e, "*") == 0)
 		return true;
 	if (!part_is(e, rlen, r->resource))
 		return false;
-	if (dot ? !part_is(dot + 1, rglen - rlen - 1, r->api_group) : r->api_group[0] != '\0')
+	if (dot ? !part_is(dot + 1, rglen - rlen - 1, group) : group[0] != '\0')
 		return false;
 	if (!slash)
 		return r->subresource[0] == '\0';
 	return r->subresource[0] && part_is(slash + 1, strlen(slash + 1), r->subresource);
+}
+
+/*
+ * The group that serves the same objects under another name, or NULL.
+ * Events are one store read and written through the core group (v1) and
+ * through events.k8s.io (v1): a delete through either deletes the Event.
+ * Kubernetes RBAC matches resources together with apiGroups, and so does
+ * an allow list here: "events" is the core group's only, and does not
+ * allow /apis/events.k8s.io/... (nor "events.events.k8s.io" /api/v1/...).
+ * A review list takes the wide reading, as it does for verbs and paths
+ * (stop 67, found by review: a review of "events" with an allow of "*"
+ * let DELETE /apis/events.k8s.io/v1/namespaces/x/events/e through unheld).
+ * The groups that served Deployments, Ingresses and the like twice
+ * (extensions) are gone from the apiserver since 1.22.
+ */
+static const char *twin_group(const struct k8s_request *r)
+{
+	if (strcmp(r->resource, "events") != 0)
+		return NULL;
+	if (!r->api_group[0])
+		return "events.k8s.io";
+	return strcmp(r->api_group, "events.k8s.io") == 0 ? "" : NULL;
+}
+
+static bool resource_entry_matches(const char *e, const struct k8s_request *r, bool named, bool review)
+{
+	const char *twin = review ? twin_group(r) : NULL;
+
+	return resource_entry_in_group(e, r, r->api_group, named) ||
+	       (twin && resource_entry_in_group(e, r, twin, named));
 }
 
 /* RBAC's nonResourceURLs: exact, or a prefix before a final '*'. */
@@ -763,7 +794,7 @@ static bool action_matches(const struct policy_action *a, const struct k8s_reque
 
 		if (!e || !e[0])
 			continue;
-		if (r->resource_request ? resource_entry_matches(e, r, named && !review) ||
+		if (r->resource_request ? resource_entry_matches(e, r, named && !review, review) ||
 					  (review && kubelet_stream_entry(e, r))
 					: path_entry_matches(e, r->path))
 			return r->resource_request ? namespace_listed(&a->namespaces, r->namespace_, review)
@@ -1018,6 +1049,30 @@ static const char *group_of_known(const char *r, size_t n)
 	return NULL;
 }
 
+/*
+ * The apiserver's own API groups (Kubernetes 1.33). An entry spelling one
+ * whole ("events.k8s.io") reads as resource "events" of a group "k8s.io"
+ * that does not exist, and matched nothing (in a review list: let the
+ * request through under allow); the Events of that group are
+ * "events.events.k8s.io" (stop 67).
+ */
+static bool is_builtin_group(const char *g, size_t n)
+{
+	static const char *const groups[] = {
+		"admissionregistration.k8s.io", "apiextensions.k8s.io", "apiregistration.k8s.io",
+		"authentication.k8s.io", "authorization.k8s.io", "certificates.k8s.io", "coordination.k8s.io",
+		"discovery.k8s.io", "events.k8s.io", "flowcontrol.apiserver.k8s.io",
+		"internal.apiserver.k8s.io", "metrics.k8s.io", "networking.k8s.io", "node.k8s.io",
+		"rbac.authorization.k8s.io", "resource.k8s.io", "scheduling.k8s.io", "storage.k8s.io",
+		"storagemigration.k8s.io",
+	};
+
+	for (size_t i = 0; i < sizeof(groups) / sizeof(groups[0]); i++)
+		if (strlen(groups[i]) == n && memcmp(g, groups[i], n) == 0)
+			return true;
+	return false;
+}
+
 /* In a rule: lower case only. The apiserver's resources and subresources
  * are (CRD plurals must be); an upper-case entry matched nothing, and in a
  * review list silently let the request through under allow (review, stop 28). */
@@ -1103,6 +1158,11 @@ int k8s_action_check(const struct policy_action *a, char *whybuf, size_t whylen)
 		const char *g = e[rlen] == '.' ? e + rlen + 1 : NULL, *known;
 		size_t gl = g ? rglen - rlen - 1 : 0;
 
+		if (g && is_builtin_group(e, rglen))
+			return fail(whybuf, whylen, "kubernetes resource '%.64s' is an API group's name: as "
+				    "resource.group it names resource %.*s of a group %.*s, which does not "
+				    "exist (the Events of events.k8s.io are events.events.k8s.io)", e,
+				    (int)rlen, e, (int)gl, g);
 		if (g && ((gl == 4 && memcmp(g, "core", 4) == 0) || (gl == 2 && memcmp(g, "v1", 2) == 0)))
 			return fail(whybuf, whylen, "kubernetes resource '%.64s': the core group has no "
 				    "name in a rule (write the resource alone, e.g. pods)", e);

@@ -83,7 +83,11 @@
  *               group) with subresource S (absent: no subresource).
  *               R, G and S may each be "*" (any resource / any group / any
  *               subresource, but one must be present). "pods" is core pods
- *               only, "pods/log" their log, "deployments.apps/scale",
+ *               only ("events" the core group's Events, not those of
+ *               events.k8s.io, "events.events.k8s.io": RBAC matches
+ *               resources with their apiGroups; a review list takes either
+ *               for both, the same objects), "pods/log" their log,
+ *               "deployments.apps/scale",
  *               "*.apps" every apps resource, and "pods/" followed by "*"
  *               every pod subresource. The single entry "*" is every
  *               resource of every group with or without a subresource, as

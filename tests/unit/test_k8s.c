@@ -909,6 +909,23 @@ static void test_resource_entries(void)
 	CHECK(matches(SV("list"), SV("*.*"), SV("x"), "GET", "/api/v1/namespaces/x/pods", false));
 	CHECK(!matches(SV("get"), SV("*.*"), SV("x"), "GET", "/api/v1/namespaces/x/pods/p/log",
 		       false));
+	/* Events are served by the core group and by events.k8s.io: as in
+	 * RBAC, a resource is matched with its group, so neither name allows
+	 * the other group's (stop 67: checked, it held) */
+	CHECK(matches(SV("list"), SV("events"), SV("x"), "GET", "/api/v1/namespaces/x/events", false));
+	CHECK(!matches(SV("list"), SV("events"), SV("x"), "GET", "/apis/events.k8s.io/v1/namespaces/x/events",
+		       false));
+	CHECK(!matches(SV("delete"), SV("events"), SV("x"), "DELETE",
+		       "/apis/events.k8s.io/v1/namespaces/x/events/e1", false));
+	CHECK(matches(SV("list"), SV("events.events.k8s.io"), SV("x"), "GET",
+		      "/apis/events.k8s.io/v1/namespaces/x/events", false));
+	CHECK(!matches(SV("list"), SV("events.events.k8s.io"), SV("x"), "GET", "/api/v1/namespaces/x/events",
+		       false));
+	CHECK(!matches(SV("list"), SV("events.k8s.io"), SV("x"), "GET", "/apis/events.k8s.io/v1/namespaces/x/events",
+		       false));
+	CHECK(matches(SV("list"), SV("events.*"), SV("x"), "GET", "/api/v1/namespaces/x/events", false));
+	CHECK(matches(SV("list"), SV("events.*"), SV("x"), "GET", "/apis/events.k8s.io/v1/namespaces/x/events",
+		      false));
 	/* "*" alone is everything, subresources included (as RBAC). */
 	CHECK(matches(SV("get"), SV("*"), SV("x"), "GET", "/api/v1/namespaces/x/pods/p/log", false));
 	CHECK(matches(SV("*"), SV("*"), SV("*"), "DELETE", "/api/v1/nodes/n1", false));
@@ -1026,6 +1043,42 @@ static void test_decide(void)
 	CHECK(k8s_decide(rules, 3, &r, &which, reason, sizeof(reason)) == K8S_REVIEW && which == &ops);
 	CHECK(resolve("GET", "/api/v1/namespaces/default/pods/p", false, &r) == 0);
 	CHECK(k8s_decide(rules, 3, &r, &which, reason, sizeof(reason)) == K8S_ALLOW);
+	/* A review of events holds them through either group that serves
+	 * them (the same objects); an allow list keeps RBAC's reading (stop
+	 * 67: a review of "events" under an allow of "*" let DELETE through
+	 * /apis/events.k8s.io go unheld) */
+	{
+		struct policy_rule ev = { .role = "ev", .index = 0 };
+		const struct policy_rule *evr[] = { &ev };
+
+		ev.allow.present = true;
+		ev.allow.verbs = SV("*");
+		ev.allow.resources = SV("*");
+		ev.allow.namespaces = SV("*");
+		ev.review.present = true;
+		ev.review.verbs = SV("delete");
+		ev.review.resources = SV("events");
+		ev.review.namespaces = SV("x");
+		CHECK(resolve("DELETE", "/api/v1/namespaces/x/events/e1", false, &r) == 0);
+		CHECK(k8s_decide(evr, 1, &r, &which, reason, sizeof(reason)) == K8S_REVIEW);
+		CHECK(resolve("DELETE", "/apis/events.k8s.io/v1/namespaces/x/events/e1", false, &r) == 0);
+		CHECK(k8s_decide(evr, 1, &r, &which, reason, sizeof(reason)) == K8S_REVIEW);
+		CHECK(resolve("DELETE", "/apis/events.k8s.io/v1/namespaces/x/events", false, &r) == 0);
+		CHECK(k8s_decide(evr, 1, &r, &which, reason, sizeof(reason)) == K8S_REVIEW);
+		CHECK(resolve("DELETE", "/apis/events.example.com/v1/namespaces/x/events/e1", false, &r) == 0);
+		CHECK(k8s_decide(evr, 1, &r, &which, reason, sizeof(reason)) == K8S_ALLOW);
+		ev.review.resources = SV("events.events.k8s.io");
+		CHECK(resolve("DELETE", "/api/v1/namespaces/x/events/e1", false, &r) == 0);
+		CHECK(k8s_decide(evr, 1, &r, &which, reason, sizeof(reason)) == K8S_REVIEW);
+		CHECK(resolve("GET", "/api/v1/namespaces/x/events/e1", false, &r) == 0);
+		CHECK(k8s_decide(evr, 1, &r, &which, reason, sizeof(reason)) == K8S_ALLOW);
+		/* the allow list: one group only */
+		ev.review.present = false;
+		ev.allow.resources = SV("events");
+		CHECK(resolve("DELETE", "/apis/events.k8s.io/v1/namespaces/x/events/e1", false, &r) == 0);
+		CHECK(k8s_decide(evr, 1, &r, &which, reason, sizeof(reason)) == K8S_DENY);
+		CHECK_STR(reason, "no rule allows delete events.events.k8s.io in namespace 'x'");
+	}
 	/* HTTP methods beside resources and /paths: PUT is update or create */
 	ops.review.verbs = SV("put");
 	ops.review.resources = SV("pods", "/x");
@@ -1290,6 +1343,14 @@ static void test_action_check(void)
 	CHECK(check_action(SV("get"), SV("pods.core"), SV("d"), why, sizeof(why)) == -EINVAL);
 	CHECK(strstr(why, "the core group has no name") != NULL);
 	CHECK(check_action(SV("get"), SV("pods.v1"), SV("d"), why, sizeof(why)) == -EINVAL);
+	/* an API group's name written as a resource: resource "events" of a
+	 * group "k8s.io" that does not exist (stop 67) */
+	CHECK(check_action(SV("get"), SV("events.k8s.io"), SV("d"), why, sizeof(why)) == -EINVAL);
+	CHECK(strstr(why, "events.events.k8s.io") != NULL);
+	CHECK(check_action(SV("get"), SV("rbac.authorization.k8s.io/x"), SV("d"), why, sizeof(why)) == -EINVAL);
+	CHECK(check_action(SV("get"), SV("events.events.k8s.io", "events", "events.*"), SV("d"), why,
+			   sizeof(why)) == 0);
+
 	CHECK(check_action(SV("get"), SV("deployments.apps", "widgets.example.com", "jobs.batch/status", "pods",
 					 "*", "*/scale", "services/proxy", "persistentvolumeclaims"), SV("d"), why,
 			   sizeof(why)) == 0);
