@@ -1351,9 +1351,11 @@ static size_t emit_whole(char *out, size_t outcap, unsigned *hits)
  * percent-encoded (a URL in a Location field or in a JSON string:
  * "?email=ada%40example.com", "card=4111%201111%201111%201111"), encoded
  * twice (a URL in another URL's query: "next=%2F%3Femail%3Dada%2540x.io"),
- * or form-encoded ("4111+1111+1111+1111"), which the detectors do not read
- * as such. A value with a "%XX" escape or a '+' between two digits is
- * therefore also scanned decoded ("%XX" -> the byte, '+' -> ' '), and again
+ * or form-encoded ("4111+1111+1111+1111"), or with JavaScript's and IIS's
+ * "%uXXXX" ("ada%u0040example.com"), which the detectors do not read as
+ * such. A value with a "%XX" or "%uXXXX" escape or a '+' between two digits
+ * is therefore also scanned decoded ("%XX" -> the byte, "%uXXXX" -> the
+ * character in UTF-8, '+' -> ' '), and again
  * while the decoded text has escapes, up to PCT_ROUNDS times; a match in
  * any view masks the encoded bytes it came from, together with what the
  * value matched as it is. With custom patterns, bytes of a decoded view that
@@ -1369,19 +1371,85 @@ static int hexval(uint8_t c)
 	       c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
 }
 
-/* Encoded bytes of the decoded byte at s[i]: 3 for an escape, else 1. */
-static size_t pct_width(const uint8_t *s, size_t len, size_t i)
+/* The four hex digits of a "%uXXXX" escape at s[i], or -1. */
+static long pct_u(const uint8_t *s, size_t len, size_t i)
 {
-	return s[i] == '%' && i + 2 < len && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0 ? 3 : 1;
+	long v = 0;
+
+	if (i + 5 >= len || s[i] != '%' || (s[i + 1] | 0x20) != 'u')
+		return -1;
+	for (size_t k = 2; k < 6; k++) {
+		int h = hexval(s[i + k]);
+
+		if (h < 0)
+			return -1;
+		v = v << 4 | h;
+	}
+	return v;
+}
+
+/*
+ * The unit of encoded text at s[i]: "%XX" (3 bytes), or since stop 67
+ * "%uXXXX" (6, or 12 for a surrogate pair), the non-standard escape that
+ * JavaScript's unescape() and IIS decode ("ada%u0040example.com" is an
+ * address to them; found by review: it passed every detector), else one
+ * byte ('+' a space). Returns its encoded width; the decoded bytes (1 to
+ * 4, never more than the width: views do not grow) go to d, their number
+ * to *dn. A lone surrogate decodes to U+FFFD.
+ */
+static size_t pct_unit(const uint8_t *s, size_t len, size_t i, uint8_t d[4], size_t *dn)
+{
+	long u = pct_u(s, len, i), lo;
+	size_t w = 6;
+
+	if (u >= 0) {
+		uint32_t cp = (uint32_t)u;
+
+		if (u >= 0xd800 && u <= 0xdbff && (lo = pct_u(s, len, i + 6)) >= 0xdc00 && lo <= 0xdfff) {
+			cp = 0x10000 + (((uint32_t)u - 0xd800) << 10) + ((uint32_t)lo - 0xdc00);
+			w = 12;
+		} else if (u >= 0xd800 && u <= 0xdfff) {
+			cp = 0xfffd;
+		}
+		if (cp < 0x80) {
+			d[0] = (uint8_t)cp;
+			*dn = 1;
+		} else if (cp < 0x800) {
+			d[0] = (uint8_t)(0xc0 | cp >> 6);
+			d[1] = (uint8_t)(0x80 | (cp & 0x3f));
+			*dn = 2;
+		} else if (cp < 0x10000) {
+			d[0] = (uint8_t)(0xe0 | cp >> 12);
+			d[1] = (uint8_t)(0x80 | (cp >> 6 & 0x3f));
+			d[2] = (uint8_t)(0x80 | (cp & 0x3f));
+			*dn = 3;
+		} else {
+			d[0] = (uint8_t)(0xf0 | cp >> 18);
+			d[1] = (uint8_t)(0x80 | (cp >> 12 & 0x3f));
+			d[2] = (uint8_t)(0x80 | (cp >> 6 & 0x3f));
+			d[3] = (uint8_t)(0x80 | (cp & 0x3f));
+			*dn = 4;
+		}
+		return w;
+	}
+	*dn = 1;
+	if (s[i] == '%' && i + 2 < len && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0) {
+		d[0] = (uint8_t)(hexval(s[i + 1]) << 4 | hexval(s[i + 2]));
+		return 3;
+	}
+	d[0] = s[i] == '+' ? ' ' : s[i];
+	return 1;
 }
 
 /* Worth decoding: an escape, or a '+' between digits. */
 static bool url_encoded(const uint8_t *s, size_t len)
 {
 	const uint8_t *p = s, *end = s + len;
+	uint8_t d[4];
+	size_t dn;
 
 	while ((p = memchr(p, '%', (size_t)(end - p)))) {
-		if (pct_width(s, len, (size_t)(p - s)) == 3)
+		if (pct_unit(s, len, (size_t)(p - s), d, &dn) > 1)
 			return true;
 		p++;
 	}
@@ -1393,13 +1461,11 @@ static bool url_encoded(const uint8_t *s, size_t len)
 
 static size_t url_decode(const uint8_t *s, size_t len, uint8_t *d)
 {
-	size_t dl = 0;
+	size_t dl = 0, dn;
 
 	for (size_t i = 0; i < len; ) {
-		size_t w = pct_width(s, len, i);
-
-		d[dl++] = w == 3 ? (uint8_t)(hexval(s[i + 1]) << 4 | hexval(s[i + 2])) : s[i] == '+' ? ' ' : s[i];
-		i += w;
+		i += pct_unit(s, len, i, d + dl, &dn);
+		dl += dn;
 	}
 	return dl;
 }
@@ -1439,15 +1505,22 @@ static bool push_span(void *arg, size_t start, size_t end)
 }
 
 /* Spans v[from..n) (in order, offsets in the view decoded from e) to
- * offsets in e. */
+ * offsets in e. A span that starts or ends inside a unit's decoded bytes
+ * (a "%u00E9" is two) takes the whole unit. */
 static void map_down(struct spanv *sv, size_t from, const uint8_t *e, size_t elen)
 {
-	size_t di = 0, ei = 0;
+	size_t di = 0, ei = 0, dn, w;
+	uint8_t d[4];
 
 	for (size_t j = from; j < sv->n; j++)
 		for (int k = 0; k < 2; k++) {
-			for (; di < sv->v[j][k]; di++)
-				ei += pct_width(e, elen, ei);
+			while (di < sv->v[j][k] && ei < elen) {
+				w = pct_unit(e, elen, ei, d, &dn);
+				if (k == 0 && di + dn > sv->v[j][k])
+					break;   /* a start inside this unit: at its start */
+				di += dn;
+				ei += w;
+			}
 			sv->v[j][k] = ei;
 		}
 }

@@ -1779,6 +1779,35 @@ def test_detectors_see_percent_encoded_values(enforcer, servers):
 
 
 
+def test_detectors_see_u_escapes(enforcer, servers):
+    """"%uXXXX" is no URL escape, but JavaScript's unescape() and IIS decode
+    it: "ada%u0040example.com" is an address to an agent reading a link so,
+    and it passed every detector (found by review, stop 67). Such values
+    are scanned decoded too, as %40 ones are, in a JSON string, a text
+    body and a response field."""
+    link = "https://app.example.com/cb?to=%u003Cada%u0040example.com%u003E&card=4111%u00201111%u00201111%u00201111&n=7"
+    body = json.dumps({"next": link, "id": 7})
+    text = "write to bob%u0040example.org or caf%u00E9 %uD83D%uDE00 carol%U0040example.net\n"
+    port = canned(servers, {
+        "/v1/json": f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n{body}",
+        "/v1/text": f"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                    f"Content-Length: {len(text)}\r\n\r\n{text}",
+        "/v1/moved": "HTTP/1.1 302 Found\r\nLocation: /v1/login?to=%u003Cdan%u0040example.org%u003E&x=1\r\n"
+                     "Content-Length: 0\r\n\r\n",
+    })
+    enforcer.start(mask_policy(port, "{detectors: [email, credit_card]}"))
+    r = curl(enforcer, "-s", f"http://127.0.0.1:{port}/v1/json")
+    assert json.loads(r.stdout) == {"next": "https://app.example.com/cb?to=%u003C****%u003E&card=****&n=7", "id": 7}, r.stdout
+    r = curl(enforcer, "-s", f"http://127.0.0.1:{port}/v1/text")
+    assert r.stdout == "write to **** or caf%u00E9 %uD83D%uDE00 ****\n", r.stdout
+    r = curl(enforcer, "-s", "-D", "-", "-o", "/dev/null", f"http://127.0.0.1:{port}/v1/moved")
+    loc = [l for l in r.stdout.split("\n") if l.lower().startswith("location:")]
+    assert loc and loc[0].split(":", 1)[1].strip() == "/v1/login?to=%u003C****%u003E&x=1", r.stdout
+    allev = json.dumps(enforcer.events())
+    assert "u0040" not in allev and "4111" not in allev, allev[-2000:]
+
+
 # A raw upstream: every request gets a JSON answer with an SSN and PAD bytes
 # of padding (argv: port [PAD [gzip | stall]]).
 BIG_UPSTREAM = textwrap.dedent(r"""

@@ -311,6 +311,22 @@ static void test_percent_encoded(void)
 	CHECK_STR(mvs(m, "e=ada%252525252525252540example.com"), "****");   /* eight rounds */
 	CHECK_STR(mvs(m, "e=ada%25252525252525252540example.com"), "****");   /* still encoded after them */
 	CHECK_STR(mvs(m, "a=%2525252540&b=%252525252B1"), "a=%2525252540&b=%252525252B1");   /* nothing there */
+	/* "%uXXXX", which JavaScript's unescape() and IIS decode (review,
+	 * stop 67: "ada%u0040example.com" passed every detector) */
+	CHECK_STR(mvs(m, "ada%u0040example.com"), "****");
+	CHECK_STR(mvs(m, "to:ada%U0040example.com&x=1"), "to:****&x=1");
+	CHECK_STR(mvs(m, "https://x/?to=%u003Cada%u0040example.com%u003E"), "https://x/?to=%u003C****%u003E");
+	CHECK_STR(mvs(m, "%u0034111111111111111"), "****");
+	CHECK_STR(mvs(m, "card=4111%u00201111%u00201111%u00201111;"), "card=****;");
+	CHECK_STR(mvs(m, "ada%25u0040example.com"), "****");            /* encoded twice */
+	CHECK_STR(mvs(m, "ada%u0025u0040example.com"), "****");
+	/* escapes of several bytes before and in a match keep the offsets */
+	CHECK_STR(mvs(m, "caf%u00E9 %u4E2D ada%u0040example.com"), "caf%u00E9 %u4E2D ****");
+	CHECK_STR(mvs(m, "%uD83D%uDE00 ada%u0040example.com %uD800"), "%uD83D%uDE00 **** %uD800");
+	/* not escapes: kept */
+	CHECK_STR(mvs(m, "ada%u00zzexample.com %u004"), "ada%u00zzexample.com %u004");
+	CHECK(mask_value_matches(m, "ada%u0040example.com", 20));
+	CHECK(mask_value_maybe(m, "ada%u0040example.com", 20));
 	/* form encoding: '+' is a space */
 	CHECK_STR(mvs(m, "card=4111+1111+1111+1111&q=a+b"), "card=****&q=a+b");
 	CHECK_STR(mvs(m, "tel=%2B1+415+555+2671"), "tel=****");
