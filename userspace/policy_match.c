@@ -459,6 +459,16 @@ void policy_warnings(const struct policy *p, void (*fn)(void *arg, const char *m
 		const char *how = chk == POLICY_TLS_CHAIN ? ", with ca_file: its chain is checked, not its name" : "";
 		char msg[512];
 
+		/* Host is checked against the target's names (proto_http.c
+		 * host_ok()); one with none forwards any (audited) */
+		if ((t->proto == PROTO_HTTP || t->proto == PROTO_KUBERNETES) && t->addr.kind != ADDR_HOST &&
+		    !u->server_name && !(u->has_address && u->address.kind == ADDR_HOST)) {
+			snprintf(msg, sizeof(msg), "target '%s': it has no name (an address, no "
+				 "upstream.server_name), so the agent's Host is forwarded as sent, and an "
+				 "upstream serving several sites there picks one by it; set "
+				 "upstream.server_name to accept that name only", t->name);
+			fn(arg, msg);
+		}
 		if (chk == POLICY_TLS_FULL || addr_on_host(to))
 			continue;
 		/* A postgres password goes in clear only to a verified server

@@ -36,16 +36,43 @@ def test_policy_check_warns_of_a_credential_sent_in_clear(tmp):
         f.write("""version: 1
 agents: [{name: a}]
 targets:
-  - {name: api, protocol: http, address: 10.0.0.6:80, upstream: {bearer_token_file: /etc/agentgate-t/tok}}
+  - {name: api, protocol: http, address: 10.0.0.6:80,
+     upstream: {server_name: api.internal, bearer_token_file: /etc/agentgate-t/tok}}
   - {name: safe, protocol: http, address: 10.0.0.7:443,
-     upstream: {tls: verify-full, bearer_token_file: /etc/agentgate-t/tok}}
-  - {name: here, protocol: http, address: 127.0.0.1:8080, upstream: {bearer_token_file: /etc/agentgate-t/tok}}
+     upstream: {server_name: safe.internal, tls: verify-full, bearer_token_file: /etc/agentgate-t/tok}}
+  - {name: here, protocol: http, address: 127.0.0.1:8080,
+     upstream: {server_name: here.internal, bearer_token_file: /etc/agentgate-t/tok}}
 """)
     r = run("policy", "check", p)
     assert r.returncode == 0 and "ok (1 agents" in r.stdout, r.stdout + r.stderr
     assert r.stderr == (f"{p}: warning: target 'api': its credential (bearer_token_file) is sent upstream "
                         "over plain TCP (no tls): whoever answers for the upstream address can read it; "
                         "set tls: verify-full\n"), r.stderr
+
+
+def test_policy_check_warns_of_an_http_target_without_a_name(tmp):
+    """An http or kubernetes target with only an address forwards the
+    agent's Host as sent (an upstream serving several sites there picks one
+    by it): legal, and said on stderr. A host name, upstream.server_name or
+    an upstream host name pins it; other protocols have no Host."""
+    p = os.path.join(tmp, "p.yaml")
+    with open(p, "w") as f:
+        f.write("""version: 1
+agents: [{name: a}]
+targets:
+  - {name: bare, protocol: http, address: 127.0.0.1:8080}
+  - {name: cidr, protocol: kubernetes, address: 10.0.0.0/24:6443}
+  - {name: pinned, protocol: http, address: 127.0.0.1:8081, upstream: {server_name: api.internal}}
+  - {name: named, protocol: http, address: api.internal:80}
+  - {name: named-up, protocol: http, address: 127.0.0.1:8082, upstream: {address: api.internal:80}}
+  - {name: db, protocol: tcp, address: 127.0.0.1:5432}
+""")
+    r = run("policy", "check", p)
+    assert r.returncode == 0 and "ok (1 agents" in r.stdout, r.stdout + r.stderr
+    assert r.stderr == "".join(
+        f"{p}: warning: target '{t}': it has no name (an address, no upstream.server_name), so the "
+        "agent's Host is forwarded as sent, and an upstream serving several sites there picks one by "
+        "it; set upstream.server_name to accept that name only\n" for t in ("bare", "cidr")), r.stderr
 
 
 def test_policy_explain(tmp):
