@@ -17,8 +17,9 @@
  *                36/38/300-305, UnionPay 62). A number is judged on whole
  *                digit groups: the 16 digits inside a 25-digit run are not a
  *                card (and are not half-masked). Not caught: other
- *                separators ("4111_1111..."), non-ASCII digits, a card
- *                written as a JSON number with an exponent.
+ *                separators ("4111_1111..."), non-ASCII digits. In JSON a
+ *                number with a fraction or an exponent is also read as
+ *                the whole number it stands for (mask_json()).
  *   email        practical RFC 5321 local@domain.tld: dot-atom local part,
  *                at least two domain labels, alphabetic TLD of 2+ letters
  *                (non-ASCII bytes are accepted in both parts, so IDN
@@ -163,8 +164,11 @@ size_t mask_min_match(const struct mask_rules *m);
  *     by the detectors, then re-encoded; one that holds escapes of its own
  *     (JSON in a string, HTML) is masked whole when the detectors match it
  *     with those undone too (mask_escapes_hide());
- *   - every number is scanned as text: a matching number (a card stored as
- *     a JSON number) becomes the string "****";
+ *   - every number is scanned as text, and one with a fraction or an
+ *     exponent whose value is a whole number of at most 19 digits
+ *     ("4.111111111111111e15", "41111111111111110e-1") as that number's
+ *     digits too (computed exactly): a matching number (a card stored as a
+ *     JSON number) becomes the string "****";
  *   - every member name is masked by the detectors too: {"alice@x.io": 1}
  *     becomes {"****": 1}. Paths match the original name. Two names masked
  *     to the same text in one object give a repeated name in the output.

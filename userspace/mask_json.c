@@ -1143,6 +1143,100 @@ static int scan_string_slow(struct jw *w, size_t raw, size_t rawlen, const uint8
 	return 0;
 }
 
+/*
+ * The whole number a JSON number with a fraction or an exponent stands for:
+ * "4.111111111111111e15", "41111111111111110e-1", "0.04111111111111111e17"
+ * and "4111111111111111.000" are 4111111111111111 to a reader of numbers
+ * (Python's json, JavaScript's), where the detectors reading the text saw
+ * no card once a zero more or less changed the length of a digit group
+ * (found by review). s is n bytes of valid JSON number grammar. Computed
+ * exactly from the digits and the exponent, no floating point: d gets the
+ * integer's digits without sign or leading zeros, at most 19 (the longest
+ * card), and their count is returned; 0 when the value is zero, not whole,
+ * or longer.
+ */
+static size_t number_integer(const uint8_t *s, size_t n, char d[19])
+{
+	size_t i = s[0] == '-', k = 0, first = SIZE_MAX, last = 0, nd;
+	int64_t frac = 0, exp = 0, e;
+	bool in_frac = false, neg = false;
+
+	for (; i < n && s[i] != 'e' && s[i] != 'E'; i++) {
+		if (s[i] == '.') {
+			in_frac = true;
+			continue;
+		}
+		frac += in_frac;
+		if (s[i] != '0') {
+			if (first == SIZE_MAX)
+				first = k;
+			else if (k - first >= 19)
+				return 0;   /* more than 19 significant digits */
+			last = k;
+		}
+		if (first != SIZE_MAX && k - first < 19)
+			d[k - first] = (char)s[i];
+		k++;
+	}
+	if (first == SIZE_MAX)
+		return 0;   /* zero */
+	if (i < n) {
+		if (s[++i] == '-' || s[i] == '+')
+			neg = s[i++] == '-';
+		for (; i < n; i++)   /* saturated: far past what gives 19 digits */
+			if (exp < 100000000)
+				exp = exp * 10 + (s[i] - '0');
+		if (neg)
+			exp = -exp;
+	}
+	/* d[0..nd) times 10^e: the zeros after the last nonzero digit count
+	 * in e, as do the fraction's digits (against it) */
+	nd = last - first + 1;
+	e = exp - frac + (int64_t)(k - 1 - last);
+	if (e < 0 || (int64_t)nd + e > 19)
+		return 0;
+	memset(d + nd, '0', (size_t)e);
+	return nd + (size_t)e;
+}
+
+/*
+ * The rest of a number from its fraction or exponent on (s[p] is '.', 'e'
+ * or 'E'): out of line, as most numbers have neither. Its text goes to the
+ * detectors as a plain number's does, and so does the whole number it
+ * spells (number_integer()).
+ */
+static __attribute__((noinline, cold)) int number_tail(struct jw *w, bool quiet, struct ctx *cx, size_t start, size_t p)
+{
+	const uint8_t *s = w->s;
+	size_t n = w->len, nd;
+	char d[19];
+
+	if (s[p] == '.') {
+		if (++p >= n || s[p] < '0' || s[p] > '9')
+			return -EINVAL;
+		while (p < n && s[p] >= '0' && s[p] <= '9')
+			p++;
+	}
+	if (p < n && (s[p] == 'e' || s[p] == 'E')) {
+		p++;
+		if (p < n && (s[p] == '+' || s[p] == '-'))
+			p++;
+		if (p >= n || s[p] < '0' || s[p] > '9')
+			return -EINVAL;
+		while (p < n && s[p] >= '0' && s[p] <= '9')
+			p++;
+	}
+	w->pos = p;
+	if (quiet || !w->detect)
+		return 0;
+	if ((p - start >= w->minlen && mask_value_matches(w->m, (const char *)s + start, p - start)) ||
+	    ((nd = number_integer(s + start, p - start, d)) && nd >= w->minlen && mask_value_matches(w->m, d, nd))) {
+		report(w, cx, 1);
+		return replace(w, start, p, MASKED, sizeof(MASKED) - 1);
+	}
+	return 0;
+}
+
 static inline __attribute__((always_inline)) int parse_number(struct jw *w, bool quiet, struct ctx *cx)
 {
 	const uint8_t *s = w->s;
@@ -1161,21 +1255,8 @@ static inline __attribute__((always_inline)) int parse_number(struct jw *w, bool
 			p++;
 	else
 		return -EINVAL;
-	if (p < n && s[p] == '.') {
-		if (++p >= n || s[p] < '0' || s[p] > '9')
-			return -EINVAL;
-		while (p < n && s[p] >= '0' && s[p] <= '9')
-			p++;
-	}
-	if (p < n && (s[p] == 'e' || s[p] == 'E')) {
-		p++;
-		if (p < n && (s[p] == '+' || s[p] == '-'))
-			p++;
-		if (p >= n || s[p] < '0' || s[p] > '9')
-			return -EINVAL;
-		while (p < n && s[p] >= '0' && s[p] <= '9')
-			p++;
-	}
+	if (p < n && __builtin_expect(s[p] == '.' || s[p] == 'e' || s[p] == 'E', 0))
+		return number_tail(w, quiet, cx, start, p);
 	w->pos = p;
 	if (quiet)
 		return 0;

@@ -1630,6 +1630,30 @@ def test_json_masking_gzip_range(enforcer, servers, tmp):
     assert "ada@example.com" not in json.dumps(enforcer.events())
 
 
+def test_json_masking_card_as_number_with_fraction_or_exponent(enforcer, servers, tmp):
+    """A card number written as a JSON number with a fraction or an
+    exponent is the card to a client that reads numbers (Python's json,
+    JavaScript): 4.111111111111111e15, or with a zero more or less in a
+    digit group, 41111111111111110e-1, which the detectors reading the text
+    did not see (found by review: passed). Such a number is masked as the
+    plain one is; other numbers keep their spelling."""
+    port, d = nginx(tmp, servers.procs)
+    nums = ["4111111111111111", "4.111111111111111e15", "4111111111111111.0", "41111111111111.11E2",
+            "0.4111111111111111e16", "41111111111111110e-1", "4.1111111111111110e15", "0.04111111111111111e17",
+            "411111111111111100E-2"]
+    body = '{"cards": [' + ", ".join(nums) + '], "total": 12.50, "big": 1e18, "n": 4111111111111112.0}\n'
+    assert all(v == 4111111111111111 for v in json.loads(body)["cards"])
+    with open(os.path.join(d, "www", "v1", "cards"), "w") as f:
+        f.write(body)
+    enforcer.start(mask_policy(port, "{detectors: [credit_card]}"))
+    r = curl(enforcer, f"http://127.0.0.1:{port}/v1/cards")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"cards": ["****"] * len(nums), "total": 12.5, "big": 1e18,
+                                    "n": 4111111111111112}, r.stdout
+    assert '"total": 12.50, "big": 1e18, "n": 4111111111111112.0}' in r.stdout, r.stdout
+    assert "4111111111111111" not in r.stdout and "1111111111110" not in r.stdout, r.stdout
+
+
 def test_masked_route_non_json_refused_without_detectors(enforcer, servers, tmp):
     port, d = nginx(tmp, servers.procs)
     with open(os.path.join(d, "www", "v1", "text"), "w") as f:
