@@ -15,7 +15,8 @@
  * fields), which the detectors cannot read; and text whose string escapes
  * or HTML character references, undone as a JSON, JavaScript or HTML reader
  * would (JSONP: "ada\u0040...", a page: "ada&#64;..."), spell what the
- * detectors mask. The result is sent identity-coded.
+ * detectors mask; and text declaring XML entities ("<!ENTITY"), whose
+ * expansion spells what its pieces do not. The result is sent identity-coded.
  */
 #ifndef AGENTGATE_HTTP_MASK_H
 #define AGENTGATE_HTTP_MASK_H

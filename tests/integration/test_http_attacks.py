@@ -11,6 +11,7 @@ test_http.py and small raw servers written here."""
 import gzip
 import json
 import os
+import subprocess
 import textwrap
 import time
 import zlib
@@ -1250,6 +1251,38 @@ def test_mask_charset_the_text_names_refused(enforcer, canned):
         assert "charset" in json.loads(got)["reason"], got
     (status, _, got), out = fetch(enforcer, canned.port, "xml8")
     assert status == 200 and got == b'<?xml version="1.0" encoding="UTF-8"?><c><e>****</e></c>', out
+
+
+def test_mask_xml_entity_declarations_refused(enforcer, canned, tmp):
+    """A DOCTYPE's internal subset declaring entities: a reader that expands
+    them (xmllint --noent, lxml, PHP, Python's ElementTree) reads
+    "ada@exa" + "mple.com" as ada@example.com, which the detectors did not
+    see in the pieces (found by review: passed). Refused with 502, parameter
+    entities and XHTML too; a DOCTYPE that declares none is masked as text."""
+    docs = {
+        "xml": (b'<!DOCTYPE r [<!ENTITY a "ada@exa"><!ENTITY b "mple.com">]><r>&a;&b;</r>', "application/xml"),
+        "param": (b'<?xml version="1.0"?>\n<!DOCTYPE r [\n<!ENTITY % p "<!ENTITY a \'ada@exa\'>"> %p;\n'
+                  b'<!ENTITY b "mple.com">]><r>&a;&b;</r>', "text/xml"),
+        "xhtml": (b'<!DOCTYPE html [<!ENTITY a "ada@exa">]><html xmlns="http://www.w3.org/1999/xhtml">'
+                  b'<body><p>&a;mple.com</p></body></html>', "application/xhtml+xml"),
+    }
+    for name, (body, ct) in docs.items():
+        path = os.path.join(tmp, name + ".xml")
+        with open(path, "wb") as f:
+            f.write(body)
+        r = subprocess.run(["xmllint", "--noent", path], capture_output=True, check=True)
+        assert b"ada@example.com" in r.stdout, (name, r.stdout)   # what the agent's reader would get
+        assert EMAIL not in body
+        canned.put(name, body, ["Content-Type: " + ct])
+    canned.put("plain", b'<!DOCTYPE r [<!ELEMENT r ANY>]><r>ada@example.com &amp; co</r>',
+               ["Content-Type: application/xml"])
+    enforcer.start(mask_policy(canned.port, "{detectors: [email]}"))
+    for name in docs:
+        (status, _, got), out = fetch(enforcer, canned.port, name)
+        assert status == 502 and b"ada@exa" not in out and b"mple.com" not in out, (name, out)
+        assert "entities" in json.loads(got)["reason"], got
+    (status, _, got), out = fetch(enforcer, canned.port, "plain")
+    assert status == 200 and got == b'<!DOCTYPE r [<!ELEMENT r ANY>]><r>**** &amp; co</r>', out
 
 
 # ---- 5. Kubernetes ---------------------------------------------------------------
