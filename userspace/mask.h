@@ -204,6 +204,23 @@ int mask_json_lenient(const char *body, size_t len);
  */
 int mask_escapes_hide(const struct mask_rules *m, const char *s, size_t n);
 
+/*
+ * Whether text is read as the detectors read it, where it says how to read
+ * itself (the HTTP module refuses such a body; mask_json() masks such a
+ * string value whole):
+ *   mask_charset_ok: a charset name v (n bytes) in which every byte below
+ *     0x80 is that ASCII character (UTF-8, US-ASCII, ISO-8859-*,
+ *     Windows-125*); false for any other (UTF-7, Shift_JIS...).
+ *   mask_declared_charsets_ok: false when s (n bytes) names a charset
+ *     mask_charset_ok() refuses anywhere in it: an XML declaration's
+ *     encoding="...", an HTML meta charset=..., CSS @charset.
+ *   mask_declares_entities: true when s holds "<!ENTITY" (any case): XML
+ *     entities whose expansion spells what their pieces do not.
+ */
+bool mask_charset_ok(const char *v, size_t n);
+bool mask_declared_charsets_ok(const char *s, size_t n);
+bool mask_declares_entities(const char *s, size_t n);
+
 /* Appends name to rep->fields (comma list; see struct mask_report). For
  * callers building a report from mask_value(). */
 void mask_report_add(struct mask_report *rep, const struct mask_rules *m, const char *name,

@@ -623,6 +623,113 @@ int mask_escapes_hide(const struct mask_rules *m, const char *s, size_t n)
 	return hit;
 }
 
+/* ---- what a document says of its own reading ---------------------------- */
+
+bool mask_charset_ok(const char *v, size_t n)
+{
+	static const struct { const char *name; bool family; } ok[] = {
+		{ "utf-8", false }, { "utf8", false }, { "us-ascii", false }, { "ascii", false },
+		{ "latin1", false }, { "iso-8859-", true }, { "windows-125", true },
+	};
+
+	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+		size_t l = strlen(ok[i].name), k = l;
+
+		if (n < l || strncasecmp(v, ok[i].name, l) != 0)
+			continue;
+		if (!ok[i].family)
+			return n == l;
+		while (k < n && v[k] >= '0' && v[k] <= '9')
+			k++;
+		return k == n && n > l;
+	}
+	return false;
+}
+
+static bool decl_space(uint8_t c)
+{
+	return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+/*
+ * The charsets text names for itself: an XML declaration's encoding="..."
+ * (libxml2, under lxml, PHP, Nokogiri and xmllint, decodes by it when the
+ * Content-Type names none, UTF-7 included), an HTML meta's charset=... (in
+ * its own attribute or in a content="text/html; charset=...") and CSS's
+ * @charset "...". Under UTF-7 "ada+AEA-example.com" is an address the
+ * detectors did not see in the bytes, as under a Content-Type naming it
+ * (found by review). So every such name must be one mask_charset_ok() takes,
+ * wherever it is (a parser reads a meta anywhere in a head; fail closed
+ * for prose that writes "charset=utf-7"). An encoding= without a quote is
+ * no XML declaration's (a query's "?encoding=json").
+ */
+bool mask_declared_charsets_ok(const char *s, size_t n)
+{
+	const uint8_t *p = (const uint8_t *)s;
+
+	for (size_t i = 0; i < n; i++) {
+		uint8_t c = p[i] | 0x20;
+		size_t k, vs;
+		bool enc, quoted = false;
+
+		/* two bytes first: an 'e' or a 'c' is in most words of prose */
+		if ((c != 'c' && c != 'e') || n - i < 7 || (p[i + 1] | 0x20) != (c == 'c' ? 'h' : 'n'))
+			continue;
+		if (c == 'c' && strncasecmp((const char *)p + i, "charset", 7) == 0)
+			enc = false, k = i + 7;
+		else if (c == 'e' && n - i >= 8 && strncasecmp((const char *)p + i, "encoding", 8) == 0)
+			enc = true, k = i + 8;
+		else
+			continue;
+		while (k < n && decl_space(p[k]))
+			k++;
+		if (k < n && p[k] == '=') {
+			k++;
+			while (k < n && decl_space(p[k]))
+				k++;
+		} else if (enc || i == 0 || p[i - 1] != '@') {
+			continue;   /* a word of prose: nothing named */
+		}
+		if (k < n && (p[k] == '"' || p[k] == '\'')) {
+			quoted = true;
+			k++;
+		}
+		if (enc && !quoted)
+			continue;
+		vs = k;
+		while (k < n && !decl_space(p[k]) && p[k] != '"' && p[k] != '\'' && p[k] != ';' && p[k] != '>' &&
+		       p[k] != '/' && p[k] != ',' && p[k] != '?' && p[k] != '&')
+			k++;
+		if (!mask_charset_ok((const char *)p + vs, k - vs))
+			return false;
+		i = k - 1;
+	}
+	return true;
+}
+
+/*
+ * An XML entity declaration: <!DOCTYPE r [<!ENTITY a "ada@exa"><!ENTITY b
+ * "mple.com">]><r>&a;&b;</r> is ada@example.com to a reader that expands
+ * entities (libxml2 with substitution: xmllint --noent, lxml's default,
+ * PHP, Nokogiri; Python's ElementTree and minidom), an address no detector
+ * saw in the pieces (found by review). Every declaration, general or
+ * parameter (<!ENTITY % p "...">, whose text may declare more), starts
+ * with "<!ENTITY" in the text itself, in an internal subset or in a DTD the
+ * route serves (a reader loading it from here); so that is looked for
+ * anywhere, in any case (fail closed for prose quoting one).
+ */
+bool mask_declares_entities(const char *s, size_t n)
+{
+	const uint8_t *p = (const uint8_t *)s, *at = p, *end = p + n;
+
+	while ((size_t)(end - at) >= 8 && (at = memchr(at, '<', (size_t)(end - at) - 7))) {
+		if (at[1] == '!' && strncasecmp((const char *)at + 2, "ENTITY", 6) == 0)
+			return true;
+		at++;
+	}
+	return false;
+}
+
 /* Length of the valid UTF-8 sequence at p (n bytes left), 0 if invalid. */
 static size_t utf8_seq(const uint8_t *p, size_t n)
 {
