@@ -163,7 +163,11 @@ size_t mask_min_match(const struct mask_rules *m);
  *   - every string value is decoded (so "\u0040" hides nothing) and masked
  *     by the detectors, then re-encoded; one that holds escapes of its own
  *     (JSON in a string, HTML) is masked whole when the detectors match it
- *     with those undone too (mask_escapes_hide());
+ *     with those undone too (mask_escapes_hide()); one holding a document
+ *     that names a charset mask_charset_ok() refuses, or declares XML
+ *     entities (mask_declared_charsets_ok(), mask_declares_entities()), is
+ *     masked whole on any masked route: its reader reads what the
+ *     detectors did not;
  *   - every number is scanned as text, and one with a fraction or an
  *     exponent whose value is a whole number of at most 19 digits
  *     ("4.111111111111111e15", "41111111111111110e-1") as that number's

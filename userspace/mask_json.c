@@ -1461,32 +1461,75 @@ static bool keyed_in_string_slow(const struct jw *w, const uint8_t *d, size_t n)
 	return false;
 }
 
-/* keyed_in_string_slow() for a string with a ':', '=' or '<' in it; any
- * other string holds no key, inline. Eight bytes at a time (a zero byte
- * of x ^ c per byte c looked for): most strings are short, where three
- * memchr() calls, or a loop over the bytes, cost 5% of masking the bench's
- * document. */
-static inline bool keyed_in_string(const struct jw *w, const uint8_t *d, size_t n)
+/*
+ * A string value holding a document that says how to read itself in a way
+ * the detectors do not: a charset mask_charset_ok() refuses (an XML
+ * declaration's encoding="UTF-7", an HTML meta charset, CSS @charset:
+ * {"doc": "<?xml version=\"1.0\" encoding=\"UTF-7\"?><a>ada+AEA-example.com</a>"}),
+ * or XML entity declarations (their expansion spells what their pieces do
+ * not). The agent that reads the document from the string reads the
+ * address, which the detectors did not see (found by review), as in a
+ * text body, which is refused (http_mask.c). Such a string is masked
+ * whole rather than the answer refused: as one holding JSON or another
+ * format's key is (keyed_in_string_slow()), what cannot be read is never
+ * shown, and the rest of the answer stays usable (an API listing mails or
+ * pages, one of them UTF-7, still answers). Prose naming such a charset
+ * ("charset=utf-7") is masked too: fail closed.
+ */
+static bool doc_in_string_slow(const uint8_t *d, size_t n)
+{
+	return mask_declares_entities((const char *)d, n) || !mask_declared_charsets_ok((const char *)d, n);
+}
+
+/* The high bit of each of the 8 bytes of x that is c (exact where one is;
+ * a bit above a match may be set too: see zero_byte() in mask.c). */
+static inline uint64_t bytes_eq(uint64_t x, uint8_t c)
 {
 	const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+	uint64_t y = x ^ (ones * c);
+
+	return (y - ones) & ~y & highs;
+}
+
+/*
+ * Whether a string value must be masked whole for what it holds:
+ * keyed_in_string_slow() (on a route with paths) for a string with a ':',
+ * '=' or '<', doc_in_string_slow() for one with a '=' or a '<' (which an
+ * XML declaration's encoding=, a meta's charset= and "<!ENTITY" need) or
+ * that starts with "@c" (CSS reads "@charset" only as a stylesheet's first
+ * bytes; in a page's <style> the '<' is there). Eight bytes at a time, one
+ * pass for both: most strings are short and have none, where memchr()
+ * calls, or a loop over the bytes, cost 5% of masking the bench's
+ * document. The last word is the string's last 8 bytes, read again in
+ * part; a string shorter than 8 holds no declaration and is looked at
+ * byte by byte for a key.
+ */
+static inline __attribute__((always_inline)) bool whole_for_content(const struct jw *w, const uint8_t *d, size_t n)
+{
+	uint64_t doc = 0, colon = 0, x;
 	size_t i = 0;
 
 	if (n <= 2)
 		return false;
-	for (; i + 8 <= n; i += 8) {
-		uint64_t x, a, b, c;
-
-		memcpy(&x, d + i, 8);
-		a = x ^ (ones * ':');
-		b = x ^ (ones * '=');
-		c = x ^ (ones * '<');
-		if ((((a - ones) & ~a) | ((b - ones) & ~b) | ((c - ones) & ~c)) & highs)
-			return keyed_in_string_slow(w, d, n);
+	if (n < 8) {
+		for (; i < n; i++)
+			if (d[i] == ':' || d[i] == '=' || d[i] == '<')
+				return w->npaths && keyed_in_string_slow(w, d, n);
+		return false;
 	}
-	for (; i < n; i++)
-		if (d[i] == ':' || d[i] == '=' || d[i] == '<')
-			return keyed_in_string_slow(w, d, n);
-	return false;
+	for (; i + 8 <= n; i += 8) {
+		memcpy(&x, d + i, 8);
+		doc |= bytes_eq(x, '=') | bytes_eq(x, '<');
+		colon |= bytes_eq(x, ':');
+	}
+	if (i < n) {
+		memcpy(&x, d + n - 8, 8);
+		doc |= bytes_eq(x, '=') | bytes_eq(x, '<');
+		colon |= bytes_eq(x, ':');
+	}
+	if ((doc | colon) && w->npaths && keyed_in_string_slow(w, d, n))
+		return true;
+	return (doc || (d[0] == '@' && (d[1] | 0x20) == 'c')) && doc_in_string_slow(d, n);
 }
 
 /* The value at w->pos is a string, number or literal (or invalid), not an
@@ -1511,7 +1554,8 @@ static inline __attribute__((always_inline)) int parse_scalar(struct jw *w, bool
 	case '"':
 		if ((rc = parse_string(w, &raw, &rawlen, &d, &dlen)))
 			return rc;
-		if (w->npaths && !quiet && (json_in_string(d, dlen) || keyed_in_string(w, d, dlen))) {
+		if (!quiet && (w->npaths || w->detect) &&
+		    ((w->npaths && json_in_string(d, dlen)) || whole_for_content(w, d, dlen))) {
 			report(w, cx, 1);
 			return replace(w, raw, raw + rawlen, MASKED, sizeof(MASKED) - 1);
 		}

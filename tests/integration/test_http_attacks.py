@@ -1253,6 +1253,34 @@ def test_mask_charset_the_text_names_refused(enforcer, canned):
     assert status == 200 and got == b'<?xml version="1.0" encoding="UTF-8"?><c><e>****</e></c>', out
 
 
+def test_mask_document_in_a_string_that_names_a_charset(enforcer, canned, tmp):
+    """A JSON string holding a document that names a charset the masker does
+    not read (an XML declaration's encoding="UTF-7", an HTML meta charset,
+    CSS @charset) or declares XML entities: the agent that reads the
+    document from the string (xmllint, lxml) reads ada@example.com, which
+    the detectors did not see (found by review: passed; a text body saying
+    so is refused). Such a string is masked whole, the rest of the answer
+    is masked as before; a document in UTF-8 is masked in place."""
+    xml7 = '<?xml version="1.0" encoding="UTF-7"?><c><e>ada+AEA-example.com</e></c>'
+    path = os.path.join(tmp, "u7.xml")
+    with open(path, "w") as f:
+        f.write(xml7)
+    r = subprocess.run(["xmllint", "--encode", "utf-8", path], capture_output=True, check=True)
+    assert b"<e>ada@example.com</e>" in r.stdout, r.stdout   # what the agent's reader gets
+    doc = {"doc": xml7,
+           "page": '<html><head><meta charset="utf-7"></head><p>ada+AEA-example.com</p></html>',
+           "css": '@charset "UTF-7"; a::after { content: "ada+AEA-example.com" }',
+           "ent": '<!DOCTYPE r [<!ENTITY a "ada@exa">]><r>&a;mple.com</r>',
+           "utf8": '<?xml version="1.0" encoding="UTF-8"?><c><e>ada@example.com</e></c>',
+           "id": 7}
+    canned.put("docs", json.dumps(doc).encode(), ["Content-Type: application/json"])
+    enforcer.start(mask_policy(canned.port, "{detectors: [email]}"))
+    (status, _, got), out = fetch(enforcer, canned.port, "docs")
+    assert status == 200 and b"AEA" not in out and b"ada@" not in out, out
+    assert json.loads(got) == {"doc": "****", "page": "****", "css": "****", "ent": "****",
+                               "utf8": '<?xml version="1.0" encoding="UTF-8"?><c><e>****</e></c>', "id": 7}, got
+
+
 def test_mask_xml_entity_declarations_refused(enforcer, canned, tmp):
     """A DOCTYPE's internal subset declaring entities: a reader that expands
     them (xmllint --noent, lxml, PHP, Python's ElementTree) reads

@@ -880,6 +880,23 @@ static const struct jcase jcases[] = {
 	  "41111111111111111110e-1, 1e18, 1.0e15, 12.50, 0e99, -0.0, 1E400, 1e-400]", 0,
 	  "[4.1111111111111115e15, 4111111111111112.0, 4.11111111111111100000000000000000000001e15, "
 	  "41111111111111111110e-1, 1e18, 1.0e15, 12.50, 0e99, -0.0, 1E400, 1e-400]" },
+	/* a string holding a document that names a charset the masker does
+	 * not read, or declares XML entities: its reader reads what the
+	 * detectors did not see (found by review); masked whole. CSS reads
+	 * "@charset" only first; "?encoding=json" names none */
+	{ "det-doc-in-string", { NULL }, true,
+	  "{\"xml\":\"<?xml version=\\\"1.0\\\" encoding=\\\"UTF-7\\\"?><a>ada+AEA-example.com</a>\","
+	  "\"page\":\"<html><meta charset=utf-7><p>ada+AEA-example.com\",\"css\":\"@Charset \\\"utf-7\\\";\","
+	  "\"ent\":\"<!DOCTYPE r [<!ENTITY a 'ada@exa'>]><r>&a;mple.com</r>\",\"short\":\"<!ENTIT\","
+	  "\"utf8\":\"<?xml version='1.0' encoding='utf-8'?><a>x</a>\",\"q\":\"/s?encoding=json&x=1\","
+	  "\"css2\":\"p {} @charset \\\"utf-7\\\";\"}", 0,
+	  "{\"xml\":\"****\",\"page\":\"****\",\"css\":\"****\",\"ent\":\"****\",\"short\":\"<!ENTIT\","
+	  "\"utf8\":\"<?xml version='1.0' encoding='utf-8'?><a>x</a>\",\"q\":\"/s?encoding=json&x=1\","
+	  "\"css2\":\"p {} @charset \\\"utf-7\\\";\"}" },
+	/* with paths only too: in UTF-7 a key hides from keyed_in_string() */
+	{ "path-doc-in-string", { "$..email" }, false,
+	  "[\"<?xml version='1.0' encoding='utf-7'?><a>+ADw-email+AD4-ada+AEA-example.com+ADw-/email+AD4-</a>\", "
+	  "\"<a>x</a>\"]", 0, "[\"****\", \"<a>x</a>\"]" },
 	{ "det-key", { "$[\"alice@example.com\"]" }, true, "{\"alice@example.com\":{\"x\":1}}", 0,
 	  "{\"****\":\"****\"}" },
 	{ "det-key-only", { NULL }, true, "{\"bob@example.com\":1}", 0, "{\"****\":1}" },
