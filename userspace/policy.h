@@ -282,9 +282,35 @@ enum policy_tls_check {
 enum policy_tls_check policy_tls_check(const struct policy_upstream *u);
 
 /* Calls fn once per legal but risky setting, with a one-line message naming
- * the target: today, an http or kubernetes credential sent upstream without
- * a verified TLS connection, to an address off this host. */
+ * the target: an http or kubernetes credential sent upstream without a
+ * verified TLS connection, to an address off this host; and a secret file
+ * that group or others may access (policy_secret_warnings(), which stats the
+ * files named). */
 void policy_warnings(const struct policy *p, void (*fn)(void *arg, const char *msg), void *arg);
+
+/* A secret file the policy names (policy_secrets.c): a target upstream's
+ * password_file, key_file, bearer_token_file, basic_auth_file or
+ * header.value_file, or an audit sink's token_file. Points into the policy. */
+struct policy_secret {
+	const char *target;            /* the target's name; NULL: an audit sink's */
+	size_t sink;                   /* target NULL: its index in audit.sinks */
+	const char *sink_type;         /* target NULL: "splunk_hec", ... */
+	const char *field;             /* "password_file", ..., "header.value_file", "token_file" */
+	const char *path;
+};
+/* Calls fn for each secret file p names, targets in order, then sinks. */
+void policy_secret_files(const struct policy *p, void (*fn)(void *arg, const struct policy_secret *s),
+			 void *arg);
+/* path's permission bits (& 07777) when they give group or others any
+ * access, else 0, also when it cannot be stat'ed (not there yet: it is
+ * checked again at the next load). Never opens the file. */
+unsigned policy_secret_exposed(const char *path);
+/* "target 'db'" or "audit sink 1 (splunk_hec)" into out. */
+void policy_secret_owner(const struct policy_secret *s, char *out, size_t len);
+/* Calls fn once per exposed secret file: "target 'db': password_file
+ * '/etc/x' may be accessed by group or others (mode 0644); make it 0600".
+ * Names the path and mode, never the content. */
+void policy_secret_warnings(const struct policy *p, void (*fn)(void *arg, const char *msg), void *arg);
 
 /*
  * agentgate reload: 0 when nw may replace old in a running enforcer, else -1

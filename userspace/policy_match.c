@@ -5,7 +5,8 @@
  * small parsers and formatters shared with policy_load.c.
  *
  * Everything here that takes a struct policy is pure and allocation-free: it
- * runs for every accepted connection and every DNS query.
+ * runs for every accepted connection and every DNS query. policy_warnings(),
+ * run at load only, also stats the secret files (policy_secrets.c).
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -493,4 +494,5 @@ void policy_warnings(const struct policy *p, void (*fn)(void *arg, const char *m
 			 chk == POLICY_TLS_NONE ? "TLS that is not verified (tls: require)" : "plain TCP (no tls)");
 		fn(arg, msg);
 	}
+	policy_secret_warnings(p, fn, arg);
 }

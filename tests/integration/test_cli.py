@@ -75,6 +75,45 @@ targets:
         "it; set upstream.server_name to accept that name only\n" for t in ("bare", "cidr")), r.stderr
 
 
+def test_policy_check_warns_of_a_secret_file_others_may_read(tmp):
+    """DESIGN §3: a secret file group or others may access is reported, not
+    refused. policy check names the target (or sink), the field, the path and
+    the mode, from a stat (the content is never shown), and exits 0; at 0600
+    it says nothing."""
+    os.chmod(tmp, 0o755)
+    pw, tok = os.path.join(tmp, "pw"), os.path.join(tmp, "tok")
+    for path, mode in ((pw, 0o644), (tok, 0o640)):
+        with open(path, "w") as f:
+            f.write("check-secret-value\n")
+        os.chmod(path, mode)
+    p = os.path.join(tmp, "p.yaml")
+    with open(p, "w") as f:
+        f.write(f"""version: 1
+agents: [{{name: a}}]
+targets:
+  - {{name: db, protocol: postgres, address: 127.0.0.1:5432, upstream: {{user: app, password_file: {pw}}}}}
+  - {{name: api, protocol: http, address: 127.0.0.1:8080, upstream: {{server_name: api.internal, bearer_token_file: {tok}}}}}
+audit:
+  sinks:
+    - {{type: stdout}}
+    - {{type: webhook, url: "https://127.0.0.1:9", token_file: {tok}}}
+""")
+    r = run("policy", "check", p)
+    assert r.returncode == 0 and "ok (1 agents" in r.stdout, r.stdout + r.stderr
+    assert r.stderr == (
+        f"{p}: warning: target 'db': password_file '{pw}' may be accessed by group or others "
+        "(mode 0644); make it 0600\n"
+        f"{p}: warning: target 'api': bearer_token_file '{tok}' may be accessed by group or others "
+        "(mode 0640); make it 0600\n"
+        f"{p}: warning: audit sink 1 (webhook): token_file '{tok}' may be accessed by group or others "
+        "(mode 0640); make it 0600\n"), r.stderr
+    assert "check-secret-value" not in r.stdout + r.stderr
+    os.chmod(pw, 0o600)
+    os.chmod(tok, 0o600)
+    r = run("policy", "check", p)
+    assert r.returncode == 0 and "ok (1 agents" in r.stdout and r.stderr == "", r.stdout + r.stderr
+
+
 def test_policy_explain(tmp):
     p = os.path.join(tmp, "p.yaml")
     with open(p, "w") as f:

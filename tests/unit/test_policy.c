@@ -1359,6 +1359,91 @@ static void test_plaintext_credential_warnings(void)
 	policy_free(p);
 }
 
+struct secret_log {
+	char text[2048];
+	int n;
+};
+
+static void collect_secret(void *arg, const struct policy_secret *s)
+{
+	struct secret_log *l = arg;
+	size_t used = strlen(l->text);
+	char owner[300];
+
+	policy_secret_owner(s, owner, sizeof(owner));
+	snprintf(l->text + used, sizeof(l->text) - used, "%s %s\n", owner, s->field);
+	l->n++;
+}
+
+/* Every secret file a target or sink names is listed; a file group or
+ * others may access is warned about with its mode, one at 0600 or not there
+ * is not (DESIGN §3: reported, not refused). */
+static void test_secret_files_exposed(void)
+{
+	char d[] = "/tmp/agentgate-unit-XXXXXX", open644[64], open640[64], closed[64], text[2048];
+	struct secret_log l = { 0 };
+	struct warn_log w = { 0 };
+	struct policy_errors e;
+	struct policy *p;
+	int fd;
+
+	CHECK(mkdtemp(d) != NULL);
+	snprintf(open644, sizeof(open644), "%s/a", d);
+	snprintf(open640, sizeof(open640), "%s/b", d);
+	snprintf(closed, sizeof(closed), "%s/c", d);
+	const char *files[] = { open644, open640, closed };
+	const mode_t modes[] = { 0644, 0640, 0600 };
+
+	for (int i = 0; i < 3; i++) {
+		CHECK((fd = open(files[i], O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) >= 0);
+		CHECK(fchmod(fd, modes[i]) == 0);
+		close(fd);
+	}
+	snprintf(text, sizeof(text),
+		 "version: 1\n"
+		 "agents: [{name: a}]\n"
+		 "targets:\n"
+		 "  - {name: db, protocol: postgres, address: 127.0.0.1:5432,\n"
+		 "     upstream: {user: app, password_file: %s, tls: verify-full, cert_file: %s, key_file: %s}}\n"
+		 "  - {name: b, protocol: http, address: 127.0.0.1:80, upstream: {bearer_token_file: %s}}\n"
+		 "  - {name: u, protocol: http, address: 127.0.0.1:81, upstream: {basic_auth_file: %s}}\n"
+		 "  - {name: h, protocol: http, address: 127.0.0.1:82, upstream: {header: {name: X-K, value_file: %s}}}\n"
+		 "  - {name: gone, protocol: http, address: 127.0.0.1:83, upstream: {bearer_token_file: %s/none}}\n"
+		 "audit:\n"
+		 "  sinks:\n"
+		 "    - {type: stdout}\n"
+		 "    - {type: splunk_hec, url: 'https://127.0.0.1:8088', token_file: %s}\n",
+		 closed, open644, open640, closed, open644, closed, d, open640);
+	p = load_str("secrets.yaml", text, &e);
+	CHECK(p != NULL);
+	if (!p) {
+		dump_errors(&e);
+		goto out;
+	}
+	policy_secret_files(p, collect_secret, &l);
+	CHECK(l.n == 7);
+	CHECK(strcmp(l.text, "target 'db' password_file\ntarget 'db' key_file\ntarget 'b' bearer_token_file\n"
+			     "target 'u' basic_auth_file\ntarget 'h' header.value_file\n"
+			     "target 'gone' bearer_token_file\naudit sink 1 (splunk_hec) token_file\n") == 0);
+	CHECK(policy_secret_exposed(open644) == 0644 && policy_secret_exposed(open640) == 0640);
+	CHECK(policy_secret_exposed(closed) == 0 && policy_secret_exposed(d) == 0);
+	policy_warnings(p, collect_warning, &w);
+	CHECK(w.n == 3);
+	snprintf(text, sizeof(text),
+		 "target 'db': key_file '%s' may be accessed by group or others (mode 0640); make it 0600\n"
+		 "target 'u': basic_auth_file '%s' may be accessed by group or others (mode 0644); make it 0600\n"
+		 "audit sink 1 (splunk_hec): token_file '%s' may be accessed by group or others (mode 0640); "
+		 "make it 0600\n", open640, open644, open640);
+	CHECK(strcmp(w.text, text) == 0);
+	if (strcmp(w.text, text) != 0)
+		fprintf(stderr, "  warnings:\n%s", w.text);
+	policy_free(p);
+out:
+	for (int i = 0; i < 3; i++)
+		unlink(files[i]);
+	rmdir(d);
+}
+
 int main(void)
 {
 	RUN(test_default_policy);
@@ -1386,5 +1471,6 @@ int main(void)
 	RUN(test_error_text_bidi);
 	RUN(test_hec_ack_timeout);
 	RUN(test_plaintext_credential_warnings);
+	RUN(test_secret_files_exposed);
 	UNIT_DONE("policy");
 }
