@@ -1718,6 +1718,50 @@ static void check_counters(void)
 	}
 }
 
+/* The secret files p names for targets and sinks that group or others may
+ * access (policy_secrets.c), stat'ed now: [{target | sink and type, field,
+ * path, mode}] for status and the start and reload events. Reported, never
+ * refused (DESIGN §3); the path and mode, never the content. */
+static void exposed_add(void *arg, const struct policy_secret *s)
+{
+	unsigned mode = policy_secret_exposed(s->path);
+	char m[8];
+	json_t *o;
+
+	if (!mode)
+		return;
+	snprintf(m, sizeof(m), "%04o", mode);
+	o = s->target ? json_pack("{s:s}", "target", s->target)
+		      : json_pack("{s:I, s:s}", "sink", (json_int_t)s->sink, "type", s->sink_type);
+	if (!o)
+		return;
+	json_object_set_new(o, "field", json_string(s->field));
+	json_object_set_new(o, "path", json_string(s->path));
+	json_object_set_new(o, "mode", json_string(m));
+	json_array_append_new(arg, o);
+}
+
+static json_t *secret_files_exposed(const struct policy *p)
+{
+	json_t *a = json_array();
+
+	if (a)
+		policy_secret_files(p, exposed_add, a);
+	return a;
+}
+
+/* {secret_files_exposed: [...]} when p has any, else NULL: for an event. */
+static json_t *exposed_unmapped(const struct policy *p)
+{
+	json_t *a = secret_files_exposed(p);
+
+	if (!json_array_size(a)) {
+		json_decref(a);
+		return NULL;
+	}
+	return json_pack("{s:o}", "secret_files_exposed", a);
+}
+
 static json_t *known_limits(void)
 {
 	const struct loader_features *f = loader_features(E->loader);
@@ -1899,6 +1943,7 @@ void *enforcer_status_json(void)
 				   "recording_dir", p->audit.recording_dir));
 	json_object_set_new(st, "pair_quota", json_integer(pair_quota(p)));
 	json_object_set_new(st, "unattached_guard", json_boolean(E->unattached_guarded));
+	json_object_set_new(st, "secret_files_exposed", secret_files_exposed(p));
 	json_t *per = json_array();
 
 	for (int i = 0; i < E->nworkers; i++)
@@ -2673,18 +2718,25 @@ static struct policy **retired;
 static size_t nretired;
 
 /* tried: the hash of a file that loaded but was refused, or ""; allowed:
- * the new audit.allowed_requests when the reload changed it, else -1 */
+ * the new audit.allowed_requests when the reload changed it, else -1;
+ * now: the policy in force after a reload that succeeded, whose exposed
+ * secret files are listed (NULL after a failed one) */
 static void reload_event(bool ok, const char *hash, const char *prev_hash, const char *tried,
-			 const char *msg, pid_t pid, uid_t uid, int allowed)
+			 const char *msg, pid_t pid, uid_t uid, int allowed, const struct policy *now)
 {
 	json_t *ev = audit_event(3004, 3, "Update");
 	char uidbuf[16];
 	json_t *data = json_pack("{s:s}", "previous_hash", prev_hash);
+	json_t *exposed = now ? exposed_unmapped(now) : NULL;
 
 	if (!ev) {
 		json_decref(data);
+		json_decref(exposed);
 		return;
 	}
+	if (exposed)
+		json_object_update(data, exposed);
+	json_decref(exposed);
 	if (tried[0])
 		json_object_set_new(data, "refused_hash", json_string(tried));
 	if (allowed >= 0)
@@ -2733,7 +2785,7 @@ json_t *enforcer_reload(pid_t pid, uid_t uid)
 			 json_array_size(msgs) ? json_string_value(json_array_get(msgs, 0)) : "cannot be read",
 			 json_array_size(msgs) > 1 ? " (and more)" : "", old->hash);
 		log_warn("%s", msg);
-		reload_event(false, old->hash, old->hash, tried, msg, pid, uid, -1);
+		reload_event(false, old->hash, old->hash, tried, msg, pid, uid, -1, NULL);
 		snprintf(msg, sizeof(msg), "policy not reloaded; the running policy (%.12s) stays", old->hash);
 		return json_pack("{s:b, s:s, s:o}", "ok", 0, "error", msg, "errors", msgs);
 	}
@@ -2741,7 +2793,7 @@ json_t *enforcer_reload(pid_t pid, uid_t uid)
 	if (strcmp(nw->hash, old->hash) == 0) {
 		policy_free(nw);
 		snprintf(msg, sizeof(msg), "policy unchanged: %s (%.12s)", E->policy_desc, old->hash);
-		reload_event(true, old->hash, old->hash, "", msg, pid, uid, -1);
+		reload_event(true, old->hash, old->hash, "", msg, pid, uid, -1, old);
 		return json_pack("{s:b, s:s, s:s, s:b}", "ok", 1, "message", msg, "hash", old->hash,
 				 "changed", 0);
 	}
@@ -2751,7 +2803,7 @@ json_t *enforcer_reload(pid_t pid, uid_t uid)
 		snprintf(msg, sizeof(msg), "policy not reloaded: out of memory; the running policy (%.12s) stays",
 			 old->hash);
 		log_err("%s", msg);
-		reload_event(false, old->hash, old->hash, tried, msg, pid, uid, -1);
+		reload_event(false, old->hash, old->hash, tried, msg, pid, uid, -1, NULL);
 		return json_pack("{s:b, s:s}", "ok", 0, "error", msg);
 	}
 	retired = r;
@@ -2765,7 +2817,7 @@ json_t *enforcer_reload(pid_t pid, uid_t uid)
 		snprintf(msg, sizeof(msg), "policy not reloaded: kernel maps: %s; the running policy (%.12s) stays",
 			 strerror(-err), old->hash);
 		log_err("%s", msg);
-		reload_event(false, old->hash, old->hash, tried, msg, pid, uid, -1);
+		reload_event(false, old->hash, old->hash, tried, msg, pid, uid, -1, NULL);
 		return json_pack("{s:b, s:s}", "ok", 0, "error", msg);
 	}
 	/* Workers read E->policy once per accepted connection. */
@@ -2804,7 +2856,7 @@ json_t *enforcer_reload(pid_t pid, uid_t uid)
 	else
 		log_info("%s", msg);
 	reload_event(true, nw->hash, old->hash, "", msg, pid, uid,
-		     old->audit.allowed_requests != nw->audit.allowed_requests ? nw->audit.allowed_requests : -1);
+		     old->audit.allowed_requests != nw->audit.allowed_requests ? nw->audit.allowed_requests : -1, nw);
 	return json_pack("{s:b, s:s, s:s, s:s, s:b, s:i}", "ok", 1, "message", msg, "hash", nw->hash,
 			 "previous_hash", old->hash, "changed", 1, "connections_kept", (int)live);
 }
@@ -3217,7 +3269,7 @@ int enforcer_run(const char *policy_path, const char *state_dir)
 		snprintf(msg, sizeof(msg), "enforcer started (policy %s, %s mode, %zu agents)",
 			 E->policy_desc, E->policy->mode == POLICY_OBSERVE ? "observe" : "enforce",
 			 E->policy->nagents);
-		lifecycle_event(3, "Start", msg, NULL);
+		lifecycle_event(3, "Start", msg, exposed_unmapped(E->policy));
 		log_info("%s; ready", msg);
 		ret = 0;
 	}

@@ -110,6 +110,19 @@ static void print_status(json_t *st)
 		       json_string_value(json_object_get(t, "protocol")),
 		       json_string_value(json_object_get(t, "address")),
 		       json_string_value(json_object_get(t, "module")));
+	json_t *x = json_object_get(st, "secret_files_exposed");
+
+	if (json_array_size(x))
+		printf("\nsecret files group or others may access (still used; make them 0600):\n");
+	json_array_foreach(x, i, t) {
+		if (json_is_string(json_object_get(t, "target")))
+			printf("  target '%s'", json_string_value(json_object_get(t, "target")));
+		else
+			printf("  audit sink %lld (%s)", json_integer_value(json_object_get(t, "sink")),
+			       json_string_value(json_object_get(t, "type")));
+		printf(": %s '%s' (mode %s)\n", json_string_value(json_object_get(t, "field")),
+		       json_string_value(json_object_get(t, "path")), json_string_value(json_object_get(t, "mode")));
+	}
 	printf("\ncounters:");
 	const char *k;
 	json_t *v;

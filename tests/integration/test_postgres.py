@@ -1333,3 +1333,47 @@ def test_password_file_in_a_directory_others_may_write_is_not_read(enforcer, pg,
     os.chmod(d, 0o755)
     rc, out, err = psql(enforcer, pg, "SELECT id FROM customers ORDER BY id")
     assert rc == 0 and out.split() == ["1", "2"], out + err
+
+
+def test_password_file_others_may_read_is_reported_and_used(enforcer, pg, tmp):
+    """DESIGN §3: a secret file group or others may access is reported, not
+    refused. A 0640 password_file: the log warns at start, status lists it
+    (target, field, path, mode), the Start event carries the list, and the
+    agent still logs in. Made 0600, status lists nothing and a reload's event
+    has no list; made 0644 again, the reload warns and its event lists it.
+    The password reaches none of them."""
+    from test_audit_schema import validate_events
+    pwfile = os.path.join(tmp, "pw")
+    with open(pwfile, "w") as f:
+        f.write("app-secret-pw\n")
+    os.chmod(pwfile, 0o640)
+    want = {"target": "shop", "field": "password_file", "path": pwfile, "mode": "0640"}
+    enforcer.start(policy(pg, tmp, pwfile=pwfile))
+    warning = (f"target 'shop': password_file '{pwfile}' may be accessed by group or others "
+               "(mode 0640); make it 0600")
+    assert warning in enforcer.read_log(), enforcer.read_log()[-2000:]
+    assert enforcer.status()["secret_files_exposed"] == [want]
+    text = enforcer.cli("status")
+    assert f"  target 'shop': password_file '{pwfile}' (mode 0640)" in text.stdout, text.stdout
+    start = enforcer.wait_event(lambda e: e["class_uid"] == 6002 and e["activity_name"] == "Start")
+    assert start and start["unmapped"]["secret_files_exposed"] == [want], start
+    rc, out, err = psql(enforcer, pg, "SELECT id FROM customers ORDER BY id")
+    assert rc == 0 and out.split() == ["1", "2"], out + err
+
+    os.chmod(pwfile, 0o600)
+    assert enforcer.status()["secret_files_exposed"] == []
+    assert enforcer.cli("reload").returncode == 0
+    os.chmod(pwfile, 0o644)
+    assert enforcer.cli("reload").returncode == 0
+    assert wait_for(lambda: len([e for e in enforcer.events() if e["class_uid"] == 3004]) == 2)
+    quiet, loud = [e for e in enforcer.events() if e["class_uid"] == 3004]
+    assert "secret_files_exposed" not in quiet["entity"]["data"], quiet
+    assert loud["entity"]["data"]["secret_files_exposed"] == [dict(want, mode="0644")], loud
+    assert "(mode 0644); make it 0600" in enforcer.read_log()
+    assert enforcer.status()["secret_files_exposed"] == [dict(want, mode="0644")]
+    rc, out, err = psql(enforcer, pg, "SELECT id FROM customers ORDER BY id")
+    assert rc == 0 and out.split() == ["1", "2"], out + err
+    enforcer.stop()
+    evs = enforcer.events()
+    validate_events(evs)
+    assert "app-secret-pw" not in json.dumps(evs) + enforcer.read_log()
