@@ -666,6 +666,25 @@ def test_basic_and_header_credentials(enforcer, rec, tmp):
     assert b"\r\nAuthorization: Basic dXNlcjpwYSBzcw==\r\n" in rec.all()
 
 
+def test_header_value_file_others_may_read_is_reported_and_used(enforcer, rec, tmp):
+    """DESIGN §3: reported, not refused. A 0640 header.value_file: status and
+    the Start event name the target, the field, the path and the mode, and the
+    header is sent as with a 0600 file; the value reaches neither."""
+    v = os.path.join(tmp, "key")
+    with open(os.open(v, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        f.write("k3y-v4lue\n")
+    os.chmod(v, 0o640)
+    enforcer.start(policy(rec.port, upstream=f"server_name: api.internal, header: {{name: X-Key, value_file: {v}}}"))
+    want = [{"target": "api", "field": "header.value_file", "path": v, "mode": "0640"}]
+    st = enforcer.status()
+    assert st["secret_files_exposed"] == want, st.get("secret_files_exposed")
+    start = enforcer.wait_event(lambda e: e["class_uid"] == 6002 and e["activity_name"] == "Start")
+    assert start and start["unmapped"]["secret_files_exposed"] == want, start
+    raw(enforcer, rec.port, crlf("GET /v1/invoices HTTP/1.1⏎Host: api.internal⏎⏎"))
+    assert b"\r\nX-Key: k3y-v4lue\r\n" in rec.all()
+    assert "k3y" not in json.dumps(st) + json.dumps(enforcer.events()) + enforcer.read_log()
+
+
 def test_missing_credential_fails_closed(enforcer, rec, tmp):
     enforcer.start(policy(rec.port, upstream=f"server_name: api.internal, bearer_token_file: {tmp}/nope"))
     out = raw(enforcer, rec.port, crlf("GET /v1/invoices HTTP/1.1⏎Host: api.internal⏎⏎"))
