@@ -1240,12 +1240,12 @@ def test_upstream_tls_without_close_notify_and_a_slow_handshake(enforcer, server
         enforcer.stop()
 
 
-# A TLS upstream whose answers only the close ends (no Content-Length, not
-# chunked): "/clean" ends with close_notify, anything else with a bare FIN
-# in the middle of the body, as a FIN forged on the path would.
-CUT_TLS_SERVER = r"""
+# A TLS upstream that sends one answer (argv[4], hex) to any request and then
+# ends the connection: with close_notify when the request's path has
+# "/clean", else with a bare FIN, as one forged on the path would.
+ENDING_TLS_SERVER = r"""
 import os, socket, ssl, sys, threading
-crt, key, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+crt, key, port, answer = sys.argv[1], sys.argv[2], int(sys.argv[3]), bytes.fromhex(sys.argv[4])
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 ctx.load_cert_chain(crt, key)
 ls = socket.socket()
@@ -1261,7 +1261,7 @@ def serve(c):
             if not d:
                 return
             buf += d
-        s.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nfirst half")
+        s.sendall(answer)
         if b"/clean" in buf.split(b"\r\n")[0]:
             s.unwrap().close()
         else:
@@ -1283,7 +1283,10 @@ def test_answer_ended_by_a_close_without_close_notify_is_cut(enforcer, servers, 
     an answer (RFC 9112 9.8); a bare FIN cuts it, so the agent sees a cut."""
     ca, crt, key = make_ca(tmp, "cut", cn="127.0.0.1", san="IP:127.0.0.1")
     port = free_port()
-    servers.procs.append(Proc([PY, "-c", CUT_TLS_SERVER, crt, key, str(port)]))
+    # only the close ends the answer (no Content-Length, not chunked): a
+    # bare FIN comes in the middle of its body
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nfirst half"
+    servers.procs.append(Proc([PY, "-c", ENDING_TLS_SERVER, crt, key, str(port), answer.hex()]))
     wait_port("127.0.0.1", port)
     enforcer.start(policy(port, rules='"GET /v1/*"', upstream=f"tls: verify-full, ca_file: {ca}"))
     r = enforcer.py(AGENT, f"""
@@ -1314,42 +1317,6 @@ def test_answer_ended_by_a_close_without_close_notify_is_cut(enforcer, servers, 
     assert r.stdout.split() == ["clean", "cut"], r.stdout + r.stderr
 
 
-# A TLS upstream that takes any Upgrade (101), sends "tunnel bytes" on the
-# upgraded connection, and ends it with close_notify ("/ws/clean") or with a
-# bare FIN, as one forged on the path would.
-TUNNEL_TLS_SERVER = r"""
-import os, socket, ssl, sys, threading
-crt, key, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-ctx.load_cert_chain(crt, key)
-ls = socket.socket()
-ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-ls.bind(("127.0.0.1", port))
-ls.listen(16)
-def serve(c):
-    try:
-        s = ctx.wrap_socket(c, server_side=True)
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            d = s.recv(65536)
-            if not d:
-                return
-            buf += d
-        s.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
-                  b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
-                  b"tunnel bytes")
-        if b"/clean" in buf.split(b"\r\n")[0]:
-            s.unwrap().close()
-        else:
-            socket.socket(fileno=os.dup(s.fileno())).shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-while True:
-    c, _ = ls.accept()
-    threading.Thread(target=serve, args=(c,), daemon=True).start()
-"""
-
-
 def test_tunnel_ended_by_a_close_without_close_notify_is_cut(enforcer, servers, tmp):
     """Review (stop 66, left undone then): an upgraded connection (WebSocket,
     SPDY for kubectl exec) to a TLS upstream that ended with a bare FIN, which
@@ -1359,7 +1326,11 @@ def test_tunnel_ended_by_a_close_without_close_notify_is_cut(enforcer, servers, 
     bare FIN, with the bytes before it either way."""
     ca, crt, key = make_ca(tmp, "tun", cn="127.0.0.1", san="IP:127.0.0.1")
     port = free_port()
-    servers.procs.append(Proc([PY, "-c", TUNNEL_TLS_SERVER, crt, key, str(port)]))
+    # the 101 any Upgrade with the tests' Sec-WebSocket-Key asks for, and
+    # bytes on the upgraded connection
+    answer = (b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+              b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\ntunnel bytes")
+    servers.procs.append(Proc([PY, "-c", ENDING_TLS_SERVER, crt, key, str(port), answer.hex()]))
     wait_port("127.0.0.1", port)
     enforcer.start(policy(port, rules='"UPGRADE /ws/*"', upstream=f"tls: verify-full, ca_file: {ca}"))
     r = enforcer.py(AGENT, f"""
