@@ -12,7 +12,9 @@ import pytest
 from test_http import AGENT, Recorder, crlf, raw, responses
 
 
-def k8s_policy(port, tok, extra_role=""):
+def cluster_policy(port, tok, roles, bindings):
+    """A policy with the one kubernetes target; roles: the YAML list items
+    under roles:, indented as here; bindings: the flow list's items."""
     return f"""
     version: 1
     agents: [{{name: {AGENT}}}]
@@ -22,6 +24,13 @@ def k8s_policy(port, tok, extra_role=""):
         address: 127.0.0.1:{port}
         upstream: {{server_name: kubernetes.default, bearer_token_file: {tok}}}
     roles:
+{roles}
+    bindings: [{bindings}]
+    """
+
+
+def k8s_policy(port, tok, extra_role=""):
+    return cluster_policy(port, tok, f"""\
       - name: pod-reader
         rules:
           - target: cluster
@@ -29,9 +38,8 @@ def k8s_policy(port, tok, extra_role=""):
       - name: probes
         rules:
           - target: cluster
-            allow: {{verbs: [get], resources: [{extra_role or '"/nothing"'}]}}
-    bindings: [{{role: pod-reader, agents: [{AGENT}]}}, {{role: probes, agents: [{AGENT}]}}]
-    """
+            allow: {{verbs: [get], resources: [{extra_role or '"/nothing"'}]}}""",
+                          f"{{role: pod-reader, agents: [{AGENT}]}}, {{role: probes, agents: [{AGENT}]}}")
 
 
 @pytest.fixture
@@ -331,26 +339,17 @@ def test_watch_on_a_masked_route_is_refused(tmp, enforcer, rec, token):
 
 
 def events_policy(port, tok):
-    return f"""
-    version: 1
-    agents: [{{name: {AGENT}}}]
-    targets:
-      - name: cluster
-        protocol: kubernetes
-        address: 127.0.0.1:{port}
-        upstream: {{server_name: kubernetes.default, bearer_token_file: {tok}}}
-    roles:
+    return cluster_policy(port, tok, """\
       - name: event-reader
         rules:
           - target: cluster
-            allow: {{verbs: [get, list], resources: [events], namespaces: [default]}}
+            allow: {verbs: [get, list], resources: [events], namespaces: [default]}
       - name: ops
         rules:
           - target: cluster
-            allow: {{verbs: ["*"], resources: ["*"], namespaces: [ops]}}
-            review: {{verbs: [delete, deletecollection], resources: [events], namespaces: [ops]}}
-    bindings: [{{role: event-reader, agents: [{AGENT}]}}, {{role: ops, agents: [{AGENT}]}}]
-    """
+            allow: {verbs: ["*"], resources: ["*"], namespaces: [ops]}
+            review: {verbs: [delete, deletecollection], resources: [events], namespaces: [ops]}""",
+                          f"{{role: event-reader, agents: [{AGENT}]}}, {{role: ops, agents: [{AGENT}]}}")
 
 
 def test_events_rule_names_its_group(enforcer, rec, token):
