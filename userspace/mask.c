@@ -1087,18 +1087,11 @@ static const uint8_t cls[256] = {
 	['-'] = C_DASH | C_NANPSEP,
 };
 
-/* Nonzero when one of the 8 bytes of x is zero. A false bit can only sit
- * above a true zero byte (the borrow), so "nonzero" is exact. */
-static inline uint64_t zero_byte(uint64_t x)
-{
-	return (x - 0x0101010101010101ull) & ~x & 0x8080808080808080ull;
-}
-
 /*
  * The classes of cls[] over s, 8 bytes at a time: the digit count is exact
  * (per byte b < 0x80, b + 0x50 has its top bit set iff b >= '0', b + 0x46
  * iff b > '9'; no carry leaves a byte; bytes >= 0x80 are dropped), and a
- * class is seen iff zero_byte() of the word XOR that byte is nonzero.
+ * class is seen iff mask_bytes_eq() of the word and that byte is nonzero.
  */
 static unsigned classes(const uint8_t *s, size_t len, bool digits_only, size_t *digits)
 {
@@ -1124,11 +1117,11 @@ static unsigned classes(const uint8_t *s, size_t len, bool digits_only, size_t *
 		y = x & ~highs;
 		dg = (y + ones * 0x50) & ~(y + ones * 0x46) & ~x & highs;
 		nd += (size_t)(((dg >> 7) * ones) >> 56);
-		dot |= zero_byte(x ^ (ones * '.'));
-		at |= zero_byte(x ^ (ones * '@'));
-		plus |= zero_byte(x ^ (ones * '+'));
-		paren |= zero_byte(x ^ (ones * '('));
-		dash |= zero_byte(x ^ (ones * '-'));
+		dot |= mask_bytes_eq(x, '.');
+		at |= mask_bytes_eq(x, '@');
+		plus |= mask_bytes_eq(x, '+');
+		paren |= mask_bytes_eq(x, '(');
+		dash |= mask_bytes_eq(x, '-');
 	}
 	seen = (nd ? C_DIGIT : 0) | (dot ? C_DOT | C_NANPSEP : 0) | (at ? C_AT : 0) |
 	       (plus ? C_PLUS : 0) | (paren ? C_NANPSEP : 0) | (dash ? C_DASH | C_NANPSEP : 0);
@@ -1411,25 +1404,7 @@ static size_t pct_unit(const uint8_t *s, size_t len, size_t i, uint8_t d[4], siz
 		} else if (u >= 0xd800 && u <= 0xdfff) {
 			cp = 0xfffd;
 		}
-		if (cp < 0x80) {
-			d[0] = (uint8_t)cp;
-			*dn = 1;
-		} else if (cp < 0x800) {
-			d[0] = (uint8_t)(0xc0 | cp >> 6);
-			d[1] = (uint8_t)(0x80 | (cp & 0x3f));
-			*dn = 2;
-		} else if (cp < 0x10000) {
-			d[0] = (uint8_t)(0xe0 | cp >> 12);
-			d[1] = (uint8_t)(0x80 | (cp >> 6 & 0x3f));
-			d[2] = (uint8_t)(0x80 | (cp & 0x3f));
-			*dn = 3;
-		} else {
-			d[0] = (uint8_t)(0xf0 | cp >> 18);
-			d[1] = (uint8_t)(0x80 | (cp >> 12 & 0x3f));
-			d[2] = (uint8_t)(0x80 | (cp >> 6 & 0x3f));
-			d[3] = (uint8_t)(0x80 | (cp & 0x3f));
-			*dn = 4;
-		}
+		*dn = mask_put_utf8(d, cp);
 		return w;
 	}
 	*dn = 1;

@@ -243,6 +243,41 @@ int mask_json_path_check(const char *path, char *why, size_t whylen);
  * body share on this thread (mask_json() does both). */
 void mask_budget_body(bool start);
 
+/* Of the 8 bytes of x, the high bit of each that is c: nonzero iff one is
+ * (a false bit can only sit above a true match, by the borrow). */
+static inline uint64_t mask_bytes_eq(uint64_t x, uint8_t c)
+{
+	uint64_t y = x ^ (0x0101010101010101ull * c);
+
+	return (y - 0x0101010101010101ull) & ~y & 0x8080808080808080ull;
+}
+
+/* Writes code point cp (at most U+10FFFF) at o as UTF-8: 1 to 4 bytes,
+ * their number returned. */
+static inline size_t mask_put_utf8(uint8_t *o, uint32_t cp)
+{
+	if (cp < 0x80) {
+		o[0] = (uint8_t)cp;
+		return 1;
+	}
+	if (cp < 0x800) {
+		o[0] = (uint8_t)(0xc0 | cp >> 6);
+		o[1] = (uint8_t)(0x80 | (cp & 0x3f));
+		return 2;
+	}
+	if (cp < 0x10000) {
+		o[0] = (uint8_t)(0xe0 | cp >> 12);
+		o[1] = (uint8_t)(0x80 | (cp >> 6 & 0x3f));
+		o[2] = (uint8_t)(0x80 | (cp & 0x3f));
+		return 3;
+	}
+	o[0] = (uint8_t)(0xf0 | cp >> 18);
+	o[1] = (uint8_t)(0x80 | (cp >> 12 & 0x3f));
+	o[2] = (uint8_t)(0x80 | (cp >> 6 & 0x3f));
+	o[3] = (uint8_t)(0x80 | (cp & 0x3f));
+	return 4;
+}
+
 #define MASK_PATH_MAX_STEPS 32
 #define MASK_PATH_MAX_LEN   512
 

@@ -420,19 +420,6 @@ static int hex4(const uint8_t *p, uint32_t *v)
 	return 0;
 }
 
-static size_t put_utf8(uint8_t *o, uint32_t cp)
-{
-	if (cp < 0x80) { o[0] = (uint8_t)cp; return 1; }
-	if (cp < 0x800) { o[0] = 0xc0 | (cp >> 6); o[1] = 0x80 | (cp & 0x3f); return 2; }
-	if (cp < 0x10000) {
-		o[0] = 0xe0 | (cp >> 12); o[1] = 0x80 | ((cp >> 6) & 0x3f); o[2] = 0x80 | (cp & 0x3f);
-		return 3;
-	}
-	o[0] = 0xf0 | (cp >> 18); o[1] = 0x80 | ((cp >> 12) & 0x3f);
-	o[2] = 0x80 | ((cp >> 6) & 0x3f); o[3] = 0x80 | (cp & 0x3f);
-	return 4;
-}
-
 /* Up to max hex digits at s (n bytes there) into *v; how many were read. */
 static size_t hex_run(const char *s, size_t n, size_t max, uint32_t *v)
 {
@@ -527,7 +514,7 @@ static size_t unescape_round(const char *s, size_t n, uint8_t *d)
 		if (s[i] == '&' && (k = html_ref(s, n, i, &cp))) {
 			if (cp >= 0xd800 && cp <= 0xdfff)
 				cp = 0xfffd;
-			o += put_utf8(d + o, cp);
+			o += mask_put_utf8(d + o, cp);
 			i += k;
 			continue;
 		}
@@ -590,7 +577,7 @@ static size_t unescape_round(const char *s, size_t n, uint8_t *d)
 		}
 		if (cp >= 0xd800 && cp <= 0xdfff)
 			cp = 0xfffd;   /* a lone surrogate: what readers make of it */
-		o += put_utf8(d + o, cp);
+		o += mask_put_utf8(d + o, cp);
 		i += k;
 	}
 	return o;
@@ -875,7 +862,7 @@ static int decode_string(struct jw *w, size_t b, size_t p, size_t *end, size_t *
 					cp = 0xfffd;
 				}
 			}
-			o += put_utf8(w->dec + o, cp);
+			o += mask_put_utf8(w->dec + o, cp);
 		}
 	}
 	*end = p;
@@ -1481,16 +1468,6 @@ static bool doc_in_string_slow(const uint8_t *d, size_t n)
 	return mask_declares_entities((const char *)d, n) || !mask_declared_charsets_ok((const char *)d, n);
 }
 
-/* The high bit of each of the 8 bytes of x that is c (exact where one is;
- * a bit above a match may be set too: see zero_byte() in mask.c). */
-static inline uint64_t bytes_eq(uint64_t x, uint8_t c)
-{
-	const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
-	uint64_t y = x ^ (ones * c);
-
-	return (y - ones) & ~y & highs;
-}
-
 /*
  * Whether a string value must be masked whole for what it holds:
  * keyed_in_string_slow() (on a route with paths) for a string with a ':',
@@ -1519,13 +1496,13 @@ static inline __attribute__((always_inline)) bool whole_for_content(const struct
 	}
 	for (; i + 8 <= n; i += 8) {
 		memcpy(&x, d + i, 8);
-		doc |= bytes_eq(x, '=') | bytes_eq(x, '<');
-		colon |= bytes_eq(x, ':');
+		doc |= mask_bytes_eq(x, '=') | mask_bytes_eq(x, '<');
+		colon |= mask_bytes_eq(x, ':');
 	}
 	if (i < n) {
 		memcpy(&x, d + n - 8, 8);
-		doc |= bytes_eq(x, '=') | bytes_eq(x, '<');
-		colon |= bytes_eq(x, ':');
+		doc |= mask_bytes_eq(x, '=') | mask_bytes_eq(x, '<');
+		colon |= mask_bytes_eq(x, ':');
 	}
 	if ((doc | colon) && w->npaths && keyed_in_string_slow(w, d, n))
 		return true;
